@@ -1,0 +1,63 @@
+"""The ``mnistgen`` command: one parser built on demand (nothing happens at import time).
+
+Each command family lives in its own module exposing ``register(subparsers)``; a family's
+subcommands set ``func`` to the function that runs them. User errors (:class:`MnistgenError`) print
+one line to stderr and exit 1; bad flags exit 2 with one line; Ctrl-C exits 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .. import __version__
+from ..errors import MnistgenError
+
+EXIT_USER_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``mnistgen vae train: error: ...``), not a usage dump."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import data as data_commands
+    from . import families
+
+    parser = OneLineParser(
+        prog="mnistgen",
+        description="Train, evaluate and draw a 2-D-latent VAE and a small convolutional GAN of digits.",
+    )
+    parser.add_argument("--version", action="version", version=f"mnistgen {__version__}")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=OneLineParser)
+    subparsers.required = True
+    data_commands.register(subparsers)
+    for family in families.FAMILIES:
+        family.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.func(args)
+    except MnistgenError as exc:
+        print(f"mnistgen: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("mnistgen: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return 0
+    return int(result or 0)
+
+
+def run() -> None:
+    sys.exit(main())

@@ -1,0 +1,7 @@
+"""The command families other than ``data``, in the order ``mnistgen --help`` lists them."""
+
+from __future__ import annotations
+
+from . import experiment, explore, gan, report, score, vae
+
+FAMILIES = [vae, gan, score, experiment, report, explore]

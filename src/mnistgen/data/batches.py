@@ -1,0 +1,34 @@
+"""Mini-batch order: the one place that decides which rows each step (and each rank) sees.
+
+Data lives in memory as one contiguous tensor; a batch is a slice of a shuffled index, so no
+DataLoader workers, no per-image Python. Under torchrun each rank takes every ``world_size``-th
+batch of the same permutation (same generator state on all ranks), so ranks never overlap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+
+def num_batches(num_items: int, batch_size: int, drop_last: bool, world_size: int = 1) -> int:
+    full, rest = divmod(num_items, batch_size)
+    total = full if drop_last or rest == 0 else full + 1
+    return len(range(0, total, world_size)) if world_size > 1 else total
+
+
+def shuffled_batches(
+    num_items: int,
+    batch_size: int,
+    generator: torch.Generator,
+    drop_last: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[torch.Tensor]:
+    """Yield index tensors of one epoch: a fresh permutation from ``generator``, cut into batches."""
+    order = torch.randperm(num_items, generator=generator)
+    stop = num_items - num_items % batch_size if drop_last else num_items
+    for batch_number, start in enumerate(range(0, stop, batch_size)):
+        if batch_number % world_size == rank:
+            yield order[start:start + batch_size]

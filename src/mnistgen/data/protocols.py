@@ -1,0 +1,97 @@
+"""The training protocols of SPEC §2 and §3, each loaded once into contiguous float32 tensors.
+
+- ``hw``   (VAE reference): the first 10,000 training images and the 10,000 test images,
+           binarized once by rounding (pixel/255 >= 0.5 -> 1). Flat: (N, 784).
+- ``full`` (VAE): all 60,000 training images minus the last ``validation_size`` held out for
+           validation; gray levels in [0, 1] are kept and a fresh binary image x ~ Bernoulli(pixel)
+           is drawn every time an image is used in training (:func:`binarize_batch`). Validation
+           and test images are binarized once, with a fixed seed, so evaluation is repeatable.
+- ``gan``  (GAN): all 60,000 training images in [0, 1], shape (N, 1, 28, 28).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from .sources import RawData
+
+HW_TRAIN_SIZE = 10_000
+EVAL_BINARIZATION_SEED = 0  # fixes the one-time binarization of the full protocol's evaluation sets
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Tensors of one protocol (on CPU; move with :meth:`to`)."""
+
+    name: Literal["hw", "full", "gan"]
+    train_images: torch.Tensor  # (N, 784) for hw/full, (N, 1, 28, 28) for gan; float32
+    train_labels: torch.Tensor  # (N,) int64
+    eval_images: torch.Tensor  # what "test_elbo" is measured on: test (hw) or validation (full)
+    eval_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    dynamic_binarization: bool  # True: train_images hold probabilities; binarize each batch
+    eval_name: str  # "test" or "validation"
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def to(self, device: torch.device) -> Protocol:
+        moved = {k: getattr(self, k).to(device) for k in (
+            "train_images", "train_labels", "eval_images", "eval_labels", "test_images", "test_labels")}
+        return Protocol(self.name, **moved, dynamic_binarization=self.dynamic_binarization,
+                        eval_name=self.eval_name, provenance=self.provenance)
+
+
+def to_unit(images_uint8) -> torch.Tensor:
+    """uint8 (N, 28, 28) -> float32 in [0, 1], flattened to (N, 784)."""
+    flat = images_uint8.reshape(len(images_uint8), -1).astype(np.float32)  # a writable copy
+    return torch.from_numpy(flat).div_(255.0)
+
+
+def round_binarize(images: torch.Tensor) -> torch.Tensor:
+    """SPEC §2: pixel >= 0.5 -> 1, else 0."""
+    return (images >= 0.5).float()
+
+
+def binarize_batch(probabilities: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Dynamic binarization: x ~ Bernoulli(pixel), drawn anew at each call."""
+    return torch.bernoulli(probabilities, generator=generator)
+
+
+def _labels(array) -> torch.Tensor:
+    return torch.from_numpy(array.astype("int64"))
+
+
+def load_protocol(name: str, raw: RawData, validation_size: int = 10_000) -> Protocol:
+    """Build protocol ``name`` from a loaded dataset."""
+    prov = dict(raw.provenance, protocol=name)
+    test_images, test_labels = to_unit(raw.test_images), _labels(raw.test_labels)
+    if name == "hw":
+        n = min(HW_TRAIN_SIZE, len(raw.train_images))
+        train = round_binarize(to_unit(raw.train_images[:n]))
+        test = round_binarize(test_images)
+        return Protocol("hw", train, _labels(raw.train_labels[:n]), test, test_labels, test, test_labels,
+                        dynamic_binarization=False, eval_name="test", provenance=prov)
+    if name == "full":
+        total = len(raw.train_images)
+        if not 0 < validation_size < total:
+            raise DataError(f"--validation-size must be between 1 and {total - 1}, got {validation_size}")
+        everything = to_unit(raw.train_images)
+        cut = total - validation_size
+        generator = torch.Generator().manual_seed(EVAL_BINARIZATION_SEED)
+        validation = binarize_batch(everything[cut:], generator)
+        test = binarize_batch(test_images, generator)
+        labels = _labels(raw.train_labels)
+        return Protocol("full", everything[:cut].contiguous(), labels[:cut], validation, labels[cut:],
+                        test, test_labels, dynamic_binarization=True, eval_name="validation",
+                        provenance=prov)
+    if name == "gan":
+        train = to_unit(raw.train_images).view(-1, 1, 28, 28)
+        test = test_images.view(-1, 1, 28, 28)
+        return Protocol("gan", train, _labels(raw.train_labels), test, test_labels, test, test_labels,
+                        dynamic_binarization=False, eval_name="test", provenance=prov)
+    raise DataError(f"unknown protocol {name!r} (choose hw, full or gan)")

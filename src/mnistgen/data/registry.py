@@ -1,0 +1,94 @@
+"""The datasets mnistgen knows: file names, checksums and mirrors, in one table.
+
+``content_md5`` is the MD5 of the decompressed IDX file (the same whatever gzip wrapper a copy has);
+``gz_md5`` is the MD5 of the compressed file exactly as the mirrors serve it. A file is accepted if
+either matches (a local copy may have been re-compressed); a download is accepted only if the bytes
+received match ``gz_md5`` (or, when that is unknown, their decompressed content matches ``content_md5``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+IMAGES_MAGIC = 0x00000803
+LABELS_MAGIC = 0x00000801
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    role: str  # "train_images" | "train_labels" | "test_images" | "test_labels"
+    name: str  # file name as served, e.g. "train-images-idx3-ubyte.gz"
+    gz_md5: str | None
+    content_md5: str | None
+    count: int  # number of items (images or labels)
+
+    @property
+    def magic(self) -> int:
+        return IMAGES_MAGIC if self.role.endswith("images") else LABELS_MAGIC
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    title: str
+    files: tuple[FileSpec, ...]
+    mirrors: tuple[str, ...]  # base URLs, tried in order; each ends with "/"
+    classes: tuple[str, ...]
+
+    def file(self, role: str) -> FileSpec:
+        return next(f for f in self.files if f.role == role)
+
+
+def _files(md5s: dict[str, tuple[str | None, str | None]]) -> tuple[FileSpec, ...]:
+    layout = (
+        ("train_images", "train-images-idx3-ubyte.gz", 60000),
+        ("train_labels", "train-labels-idx1-ubyte.gz", 60000),
+        ("test_images", "t10k-images-idx3-ubyte.gz", 10000),
+        ("test_labels", "t10k-labels-idx1-ubyte.gz", 10000),
+    )
+    return tuple(FileSpec(role, name, *md5s[role], count) for role, name, count in layout)
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "mnist": DatasetSpec(
+        name="mnist",
+        title="MNIST",
+        files=_files({
+            "train_images": ("f68b3c2dcbeaaa9fbdd348bbdeb94873", "6bbc9ace898e44ae57da46a324031adb"),
+            "train_labels": ("d53e105ee54ea40749a09fcbcd1e9432", "a25bea736e30d166cdddb491f175f624"),
+            "test_images": ("9fb629c4189551a2d022fa330f9573f3", "2646ac647ad5339dbf082846283269ea"),
+            "test_labels": ("ec29112dd5afa0611ce80d1b7f02629c", "27ae3e4e09519cfbb04c329615203637"),
+        }),
+        mirrors=(
+            "https://ossci-datasets.s3.amazonaws.com/mnist/",
+            "https://storage.googleapis.com/cvdf-datasets/mnist/",
+            "http://yann.lecun.com/exdb/mnist/",
+        ),
+        classes=tuple(str(d) for d in range(10)),
+    ),
+    "fashion-mnist": DatasetSpec(
+        name="fashion-mnist",
+        title="Fashion-MNIST",
+        files=_files({
+            "train_images": ("8d4fb7e6c68d591d4c3dfef9ec88bf0d", None),
+            "train_labels": ("25c81989df183df01b3e8a0aad5dffbe", None),
+            "test_images": ("bef4ecab320f06d8554ea6380940ec79", None),
+            "test_labels": ("bb300cfdad3c16e7a12a480ee83cd310", None),
+        }),
+        mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+        classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                 "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+    ),
+    "kmnist": DatasetSpec(
+        name="kmnist",
+        title="Kuzushiji-MNIST",
+        files=_files({
+            "train_images": ("bdb82020997e1d708af4cf47b453dcf7", None),
+            "train_labels": ("e144d726b3acfaa3e44228e80efcd344", None),
+            "test_images": ("5c965bf0a639b31b8f53240b1b52f4d7", None),
+            "test_labels": ("7320c461ea6c1c855c0b718fb2a4b134", None),
+        }),
+        mirrors=("http://codh.rois.ac.jp/kmnist/dataset/kmnist/",),
+        classes=("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"),
+    ),
+}

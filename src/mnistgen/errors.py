@@ -1,0 +1,13 @@
+"""The one exception type that means "the user did something we can explain in one line".
+
+The CLI catches :class:`MnistgenError` and prints ``mnistgen: error: <message>`` to stderr with a
+non-zero exit; anything else is a bug and keeps its traceback.
+"""
+
+
+class MnistgenError(Exception):
+    """A user-facing error: bad input, missing or corrupt file, unreachable data."""
+
+
+class DataError(MnistgenError):
+    """A data file is missing, corrupt, truncated or mislabelled, or no source could provide it."""
