@@ -72,7 +72,9 @@ def parse_idx(content: bytes, name: str = "<bytes>") -> np.ndarray:
     return array.astype(dtype.newbyteorder("="), copy=False)
 
 
-def read_idx(path: Path, expect_magic: int | None = None, expect_shape_tail: tuple[int, ...] | None = None) -> np.ndarray:
+def read_idx(
+    path: Path, expect_magic: int | None = None, expect_shape_tail: tuple[int, ...] | None = None
+) -> np.ndarray:
     """Read an IDX file; optionally require its 4-byte magic and its trailing dimensions (e.g. 28x28)."""
     path = Path(path)
     content = read_bytes(path)

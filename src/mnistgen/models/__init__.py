@@ -1,0 +1,1 @@
+"""Networks only: no losses, no training logic."""
