@@ -1,0 +1,5 @@
+"""``python -m mnistgen`` is the ``mnistgen`` command."""
+
+from .cli import run
+
+run()

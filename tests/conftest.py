@@ -1,0 +1,47 @@
+"""Shared fixtures. Real MNIST comes from $MNISTGEN_DATA_DIR, else ../shared/data/mnist beside the project.
+
+Where neither holds the files, real-data tests are skipped with the reason, unless
+MNISTGEN_REQUIRE_REAL_DATA=1 (set by .ci/run), which turns the skip into a failure.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_REAL_DATA = PROJECT_ROOT.parent / "shared" / "data" / "mnist"
+
+
+def real_data_dir() -> Path | None:
+    env = os.environ.get("MNISTGEN_DATA_DIR")
+    folder = Path(env) if env else DEFAULT_REAL_DATA
+    return folder if (folder / "train-images-idx3-ubyte.gz").is_file() else None
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    folder = real_data_dir()
+    if folder is None:
+        if os.environ.get("MNISTGEN_REQUIRE_REAL_DATA") == "1":
+            pytest.fail("MNISTGEN_REQUIRE_REAL_DATA=1 but no real MNIST found (set MNISTGEN_DATA_DIR)")
+        pytest.skip("real MNIST not available here: set MNISTGEN_DATA_DIR to a folder with the IDX files")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def mnist_raw(mnist_dir):
+    """The whole of real MNIST in memory (RawData), loaded once per test session."""
+    from mnistgen.config import DataConfig
+    from mnistgen.data.sources import load_raw
+
+    return load_raw(DataConfig(dataset="mnist", data_dir=str(mnist_dir), offline=True))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_user_dirs(tmp_path_factory, monkeypatch):
+    """Never touch the real user cache, and never the network, from a test."""
+    cache = tmp_path_factory.getbasetemp() / "user-cache"
+    monkeypatch.setenv("MNISTGEN_CACHE_DIR", str(cache))
