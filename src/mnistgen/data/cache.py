@@ -1,0 +1,112 @@
+"""The per-user cache: where downloads go by default, and the remembered verdicts of verified files.
+
+Location: ``$MNISTGEN_CACHE_DIR`` if set, else the platform's user cache folder for "mnistgen"
+(platformdirs: ``~/.cache/mnistgen`` on Linux, ``~/Library/Caches/mnistgen`` on macOS,
+``%LOCALAPPDATA%\\mnistgen\\Cache`` on Windows). Layout::
+
+    CACHE/<dataset>/<file>.gz     downloaded files (only after their checksum matched)
+    CACHE/verified.json           hashes of files that passed verification, by absolute path
+
+A verdict is reused only while the file's size and modification time are those it had when it was
+hashed, so the second load of a dataset costs a ``stat`` per file instead of hashing 55 MB.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import platformdirs
+
+from .integrity import FileHashes
+
+CACHE_DIR_ENV = "MNISTGEN_CACHE_DIR"
+VERDICTS_FILE = "verified.json"
+
+
+def cache_root() -> Path:
+    """The user cache folder (not created here)."""
+    override = os.environ.get(CACHE_DIR_ENV)
+    if override:
+        return Path(override).expanduser().resolve()
+    return Path(platformdirs.user_cache_dir("mnistgen", appauthor=False))
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write via a temporary file in the same folder and a rename, so readers never see half a file.
+
+    (A torch-free twin of :func:`mnistgen.runs.atomic_write`: ``mnistgen data`` must start quickly.)
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class VerdictStore:
+    """Hashes of files that passed verification, keyed by absolute path, valid for one (size, mtime)."""
+
+    def __init__(self, root: Path):
+        self.path = Path(root) / VERDICTS_FILE
+        self._entries: dict[str, dict] = self._read()
+        self._changed: dict[str, dict | None] = {}
+
+    def _read(self) -> dict[str, dict]:
+        try:
+            entries = json.loads(self.path.read_text())
+        except (OSError, ValueError):  # absent or damaged: every file is simply verified again
+            return {}
+        return entries if isinstance(entries, dict) else {}
+
+    @staticmethod
+    def _key(file: Path) -> str:
+        return str(Path(file).resolve())
+
+    @staticmethod
+    def _stamp(file: Path) -> dict[str, int]:
+        status = Path(file).stat()
+        return {"size": status.st_size, "mtime_ns": status.st_mtime_ns}
+
+    def lookup(self, file: Path) -> FileHashes | None:
+        """The remembered hashes of ``file``, or None if unknown or changed since."""
+        entry = self._entries.get(self._key(file))
+        if not isinstance(entry, dict):
+            return None
+        try:
+            if {k: entry.get(k) for k in ("size", "mtime_ns")} != self._stamp(file):
+                return None
+            return FileHashes(md5=str(entry["md5"]), content_md5=str(entry["content_md5"]), size=int(entry["size"]))
+        except (OSError, KeyError, TypeError, ValueError):
+            return None
+
+    def remember(self, file: Path, hashes: FileHashes) -> None:
+        entry = {**self._stamp(file), "md5": hashes.md5, "content_md5": hashes.content_md5}
+        self._entries[self._key(file)] = entry
+        self._changed[self._key(file)] = entry
+
+    def forget(self, file: Path) -> None:
+        self._entries.pop(self._key(file), None)
+        self._changed[self._key(file)] = None
+
+    def save(self) -> None:
+        """Write changes, merged into what is on disk now (another process may have added entries)."""
+        if not self._changed:
+            return
+        merged = self._read()
+        for key, entry in self._changed.items():
+            if entry is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = entry
+        try:
+            write_text_atomically(self.path, json.dumps(merged, indent=1, sort_keys=True) + "\n")
+        except OSError:
+            pass  # an unwritable cache costs only speed: the files are verified again next time
+        self._changed.clear()

