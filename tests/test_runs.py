@@ -95,3 +95,12 @@ def test_tile_places_images_row_major(tmp_path):
     picture = np.asarray(Image.open(tmp_path / "g.png"))
     assert picture.shape == (14, 18) and picture[2, 2] == round(0.1 * 255)
     assert not any(name.startswith(".") for name in os.listdir(tmp_path))
+
+
+def test_atomic_write_gives_ordinary_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "x.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o644

@@ -72,6 +72,14 @@ class VAEConfig:
     latent_dim: int = option(2, "dimension D_z of the latent space")
     hidden: int = option(500, "width of the tanh hidden layer of encoder and decoder")
     validation_size: int = option(10000, "full protocol: training images held out for validation")
+    lr_schedule: Literal["none", "cosine", "step"] = option(
+        "none", "learning rate by epoch: none (constant, SPEC), cosine (from --lr down to --lr-min over the "
+        "epochs) or step (multiplied by --lr-decay every --lr-decay-every epochs)"
+    )
+    lr_min: float = option(1e-5, "cosine schedule: learning rate of the last epoch")
+    lr_decay: float = option(0.5, "step schedule: factor applied to the learning rate at each step, in (0, 1]")
+    lr_decay_every: int = option(100, "step schedule: epochs between two decays")
+    threads: int = option(0, "CPU threads torch may use (0: torch's default, one per core)")
     device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "where to compute")
 
 
@@ -88,6 +96,7 @@ class GANConfig:
     seed: int = option(2, "seed that fixes the whole run")
     grid_every: int = option(10, "save an 8x8 grid from fixed noise every this many epochs")
     device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "where to compute")
+    threads: int = option(0, "CPU threads torch may use (0: torch's default, one per core)")
 
 
 # --------------------------------------------------------------------------- JSON round trip
@@ -204,7 +213,7 @@ class ClassifierConfig:
     """The small MNIST classifier behind ``mnistgen score``: trained once, shipped in ``mnistgen/assets``."""
 
     data: DataConfig = field(default_factory=DataConfig)
-    epochs: int = option(6, "passes over the training images (the epoch with the best validation accuracy is kept)")
+    epochs: int = option(5, "passes over the training images (the epoch with the best validation accuracy is kept)")
     batch_size: int = option(128, "images per Adam step")
     lr: float = option(1e-3, "Adam learning rate (decayed by a cosine to 0 over the epochs)")
     seed: int = option(0, "seed that fixes the whole run")
@@ -245,11 +254,71 @@ class ReproduceConfig:
 
 
 REPRODUCE_QUICK: dict[str, Any] = {
-    "vae_epochs": 5,
-    "gan_epochs": 2,
+    "vae_epochs": 3,
+    "gan_epochs": 1,
     "grid_every": 1,
     "iw_samples": 50,
 }
 """``mnistgen reproduce --quick``: a few epochs and smaller estimates; the same pipeline, minutes on 2 CPU cores."""
 
 _POSITIVE_INTS |= {"vae_epochs", "gan_epochs", "iw_samples", "score_samples"}
+
+
+@dataclass(frozen=True)
+class VAEEvalConfig:
+    """``mnistgen vae eval|plot|sample``: estimates from, figures of and draws from a trained VAE run."""
+
+    iw: int = option(1000, "K, importance samples per test image for the estimate of log p(x)")
+    samples: int = option(10, "Monte Carlo samples of z per test image for the test ELBO")
+    seed: int | None = option(None, "seed of the random draws (default: the run's training seed)")
+    device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "where to compute")
+
+
+_POSITIVE_INTS |= {"lr_decay_every", "iw", "samples"}
+
+
+@dataclass(frozen=True)
+class ElboEstimatorsConfig:
+    """``mnistgen experiment elbo-estimators RUN``: Eq. 1 against Eq. 2 on a trained VAE (docs/theory.md §12.1)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    images: int = option(100, "first test images used, one mini-batch (SPEC's training batch is 100)")
+    draws: int = option(1000, "independent draws of eps ~ N(0, I) per image, the same for both estimators")
+    seed: int = option(0, "seed of the draws")
+    device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "where to compute")
+
+
+@dataclass(frozen=True)
+class FixedEncoderConfig:
+    """``mnistgen experiment fixed-encoder RUN``: trained encoder vs N(0, I) vs one shared Gaussian q (§12.2)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    draws: int = option(10, "samples of z per test image for the trained encoder's ELBO (Eq. 1, closed-form KL)")
+    shared_samples: int = option(
+        1000, "samples of z for the two shared q's: one set to fit on the training set, a fresh one for the test set"
+    )
+    max_iterations: int = option(200, "L-BFGS iterations to fit the shared Gaussian q, from each start")
+    starts: int = option(
+        5, "starting points of the shared Gaussian's fit: N(0, I), then N(m, I) with m drawn from the prior"
+    )
+    seed: int = option(0, "seed of the draws")
+    device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "where to compute")
+
+
+_POSITIVE_INTS |= {"images", "draws", "shared_samples", "max_iterations", "starts"}
+
+
+@dataclass(frozen=True)
+class GANSampleConfig:
+    """``mnistgen gan sample RUN``: images from a trained GAN's generator."""
+
+    seed: int | None = option(None, "seed of the noise z (default: the run's training seed)")
+    device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "where to compute")
+
+
+@dataclass(frozen=True)
+class GANPlotConfig:
+    """``mnistgen gan plot RUN``: the progress figure of a GAN run."""
+
+    epochs: str = option("0,30,70", "comma-separated epochs whose saved grids are shown side by side (SPEC §3)")
+

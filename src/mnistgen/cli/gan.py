@@ -1,7 +1,125 @@
-"""``mnistgen gan``: (to be built)."""
+"""``mnistgen gan``: train, draw and sample the GAN of SPEC §3 (argument parsing only).
+
+The work is done by :mod:`mnistgen.train.gan` (training, grids, figures, samples).
+"""
 
 from __future__ import annotations
 
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..config import GANConfig, GANPlotConfig, GANSampleConfig, add_config_arguments, config_from_args, from_dict
+from ..errors import MnistgenError
+from ..runs import RunDir, atomic_write
+from . import EXIT_INTERRUPTED
+
 
 def register(subparsers) -> None:
-    """Add this family's commands to ``mnistgen``; nothing yet."""
+    """Add ``mnistgen gan train|plot|sample``."""
+    parser = subparsers.add_parser(
+        "gan", help="the GAN of SPEC §3: train, plot, sample",
+        description="The small convolutional GAN of SPEC §3: train it into a run folder, then draw its progress "
+                    "figure and sample from it.")
+    commands = parser.add_subparsers(title="gan commands", metavar="COMMAND", parser_class=type(parser))
+    commands.required = True
+
+    train = commands.add_parser(
+        "train", help="train the GAN into a run folder",
+        description="Train the GAN (defaults: all 60,000 training images, batch 256, z ~ U[-1, 1]^64, Adam lr 2e-4 "
+                    "for each network, one D step then one G step per batch, 100 epochs, seed 2). RUN gets "
+                    "config.json, data.json, metrics.jsonl (one line per epoch), checkpoint.pt (after every "
+                    "epoch) and grids/epoch_NNN.png, an 8x8 grid of G's images for one fixed batch of noise (epoch 0, "
+                    "every --grid-every epochs and the last). Ctrl-C saves the state and stops; --resume continues.")
+    train.add_argument("--out", required=True, metavar="RUN", help="run folder to create (or continue with --resume)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in RUN from its checkpoint, with its saved settings (only --epochs, "
+                            "--grid-every, --device and --threads may change)")
+    add_config_arguments(train, GANConfig)
+    train.set_defaults(func=run_train)
+
+    plot = commands.add_parser(
+        "plot", help="draw the progress figure of a run (RUN/figures/progress.png)",
+        description="Write RUN/figures/progress.png, the saved 8x8 grids of the chosen epochs side by side, each "
+                    "titled with its epoch, and RUN/figures/training.png, the losses and D's outputs per epoch.")
+    plot.add_argument("run", metavar="RUN", help="a GAN run folder")
+    add_config_arguments(plot, GANPlotConfig)
+    plot.set_defaults(func=run_plot)
+
+    sample = commands.add_parser(
+        "sample", help="draw images G(z) of a trained run into a .npy file",
+        description="Draw N images G(z), z ~ U[-1, 1]^zdim, from the run's latest checkpoint. Saved as an "
+                    "(N, 28, 28) float32 array in [0, 1].")
+    sample.add_argument("run", metavar="RUN", help="a GAN run folder")
+    sample.add_argument("--n", required=True, type=int, metavar="N", help="number of images")
+    sample.add_argument("--out", required=True, metavar="FILE.npy", help="where to save the array")
+    add_config_arguments(sample, GANSampleConfig)
+    sample.set_defaults(func=run_sample)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ..data.protocols import load_protocol
+    from ..data.sources import load_raw
+    from ..train.gan import TrainingInterrupted, check_run_folder, train_gan
+
+    run = RunDir(args.out)
+    base = None
+    if args.resume:
+        saved = run.read_config()
+        if saved.get("kind") != "gan":
+            raise MnistgenError(f"{run.path}: a {saved.get('kind')!r} run folder, not a GAN run")
+        base = from_dict(GANConfig, saved["config"])
+    config = config_from_args(GANConfig, args, base)
+    check_run_folder(config, run, args.resume)  # before the data are loaded
+    protocol = load_protocol("gan", load_raw(config.data))
+    try:
+        history = train_gan(config, protocol.train_images, run, resume=args.resume, provenance=protocol.provenance)
+    except TrainingInterrupted as exc:
+        print(f"mnistgen: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if history:
+        last = history[-1]
+        print(f"epoch {last['epoch']}/{config.epochs}: D loss {last['d_loss']:.3f}, G loss {last['g_loss']:.3f}, "
+              f"mean D(x) {last['d_real']:.3f}, mean D(G(z)) {last['d_fake']:.3f}; run folder {run.path}")
+    return 0
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    from ..train.gan import write_figures
+
+    run = RunDir(args.run).require()
+    options = config_from_args(GANPlotConfig, args)
+    for path in write_figures(run, parse_epochs(options.epochs)):
+        print(f"wrote {path}")
+    return 0
+
+
+def parse_epochs(text: str) -> list[int]:
+    """``"0,30,70"`` -> [0, 30, 70]; anything else is a one-line error."""
+    try:
+        epochs = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise MnistgenError(f"--epochs {text!r}: give comma-separated epoch numbers, e.g. 0,30,70") from None
+    if any(epoch < 0 for epoch in epochs):
+        raise MnistgenError(f"--epochs {text!r}: epochs are 0 (before training) or more")
+    return epochs
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    from ..device import resolve_device
+    from ..train.gan import load_generator, sample_images
+
+    out = Path(args.out).expanduser()
+    if out.suffix != ".npy":
+        raise MnistgenError(f"--out {args.out}: the file name must end with .npy")
+    if args.n <= 0:
+        raise MnistgenError(f"--n must be a positive integer, got {args.n}")
+    run = RunDir(args.run).require()
+    options = config_from_args(GANSampleConfig, args)
+    generator, config = load_generator(run, resolve_device(options.device))
+    images = sample_images(generator, args.n, config.seed if options.seed is None else options.seed)
+    atomic_write(out, lambda handle: np.save(handle, images))
+    print(f"wrote {out}: {images.shape[0]} images {images.shape[1]}x{images.shape[2]}, float32 in [0, 1], G(z)")
+    return 0

@@ -1,7 +1,98 @@
-"""``mnistgen score``: (to be built)."""
+"""``mnistgen score FILE.npy``: how close images are to MNIST; ``mnistgen score-classifier train``: its classifier."""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import shlex
+import sys
+
+from ..config import ClassifierConfig, ScoreConfig, add_config_arguments, config_from_args
+
+# The score is always measured against real MNIST with an MNIST classifier: no --dataset flag.
+NOT_FLAGS = ("dataset",)
+
 
 def register(subparsers) -> None:
-    """Add this family's commands to ``mnistgen``; nothing yet."""
+    parser = subparsers.add_parser(
+        "score", help="how close a set of (N, 28, 28) images in [0, 1] is to MNIST",
+        description="Score images with mnistgen's own MNIST classifier: Frechet distance of its 128-d features "
+                    "to those of the 10,000 test images, classifier score exp(E KL(p(y|x) || p(y))) and the "
+                    "histogram of predicted classes, beside the real-vs-real reference. Writes FILE.score.json "
+                    "beside each FILE.npy.")
+    parser.add_argument("files", nargs="+", metavar="FILE.npy",
+                        help="(N, 28, 28) float32/float64 array(s) in [0, 1], N >= 2, saved with numpy.save")
+    add_config_arguments(parser, ScoreConfig, exclude=NOT_FLAGS)
+    parser.set_defaults(func=run_score)
+
+    classifier = subparsers.add_parser(
+        "score-classifier", help="train the MNIST classifier behind mnistgen score",
+        description="The classifier that mnistgen score uses; mnistgen ships trained weights in mnistgen/assets.")
+    commands = classifier.add_subparsers(title="score-classifier commands", metavar="COMMAND",
+                                         parser_class=type(classifier))
+    commands.required = True
+    train = commands.add_parser(
+        "train", help="train it on the MNIST training split (validation carved from it)",
+        description="Train the classifier and write OUT/classifier.pt with OUT/classifier.json (its SHA-256, "
+                    "validation and test accuracy, the command), OUT/config.json and OUT/metrics.jsonl. Use "
+                    "the weights with mnistgen score --weights OUT/classifier.pt.")
+    train.add_argument("--out", required=True, metavar="OUT", help="folder to write the weights into")
+    add_config_arguments(train, ClassifierConfig, exclude=NOT_FLAGS)
+    train.set_defaults(func=run_train)
+
+
+def run_score(args: argparse.Namespace) -> int:
+    from ..device import resolve_device
+    from ..score import (
+        format_report,
+        load_classifier,
+        load_images,
+        reference_statistics,
+        score_images,
+        write_report,
+    )
+
+    config = config_from_args(ScoreConfig, args)
+    arrays = [load_images(path) for path in args.files]  # every file checked before any work
+    classifier = load_classifier(config.weights, resolve_device(config.device))
+    reference = reference_statistics(classifier, config.data, config.batch_size)
+    for path, images in zip(args.files, arrays, strict=True):
+        report = score_images(images, classifier, reference, config)
+        written = write_report(path, report)
+        print(format_report(report, path))
+        print(f"written: {written}")
+    return 0
+
+
+def _command_line(args: argparse.Namespace, config: ClassifierConfig) -> list[str]:
+    """The flags that made this run (those given explicitly), for the record shipped with the weights."""
+    words = ["score-classifier", "train", "--out", args.out]
+    for name in [f.name for f in dataclasses.fields(ClassifierConfig)] + [f.name for f in dataclasses.fields(
+            type(config.data))]:
+        value = getattr(args, name, None)
+        if value is None or name in NOT_FLAGS:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            words.append(flag if value else "--no-" + flag[2:])
+        else:
+            words += [flag, str(value)]
+    return words
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ..data.sources import load_raw
+    from ..device import resolve_device
+    from ..errors import MnistgenError
+    from ..train.classifier import train_and_save
+
+    config = config_from_args(ClassifierConfig, args)
+    if config.data.dataset != "mnist":
+        raise MnistgenError("the score classifier is trained on MNIST only")
+    device = resolve_device(config.device)
+    raw = load_raw(config.data)
+    meta = train_and_save(config, args.out, raw, device, _command_line(args, config))
+    print(f"best epoch {meta['best_epoch']}: validation accuracy {meta['validation_accuracy']:.4f}, "
+          f"test accuracy {meta['test_accuracy']:.4f}; sha256 {meta['sha256']}")
+    print(f"written: {shlex.quote(args.out)}/{meta['file']} and its .json", file=sys.stdout)
+    return 0

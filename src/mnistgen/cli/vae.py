@@ -1,7 +1,138 @@
-"""``mnistgen vae``: (to be built)."""
+"""``mnistgen vae``: train, evaluate, draw and sample the VAE of SPEC §2 (argument parsing only).
+
+The work is done by :func:`mnistgen.train.vae.train_vae` and :mod:`mnistgen.evaluate`.
+"""
 
 from __future__ import annotations
 
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..config import VAEConfig, VAEEvalConfig, add_config_arguments, config_from_args, from_dict
+from ..errors import MnistgenError
+from ..runs import RunDir, atomic_write
+from . import EXIT_INTERRUPTED
+
 
 def register(subparsers) -> None:
-    """Add this family's commands to ``mnistgen``; nothing yet."""
+    """Add ``mnistgen vae train|eval|plot|sample``."""
+    parser = subparsers.add_parser(
+        "vae", help="the VAE of SPEC §2: train, eval, plot, sample",
+        description="The 2-D-latent VAE of SPEC §2: train it into a run folder, then evaluate it, draw its "
+                    "figures and sample from it.")
+    commands = parser.add_subparsers(title="vae commands", metavar="COMMAND", parser_class=type(parser))
+    commands.required = True
+
+    train = commands.add_parser(
+        "train", help="train the VAE into a run folder",
+        description="Train the VAE (defaults: SPEC's hw protocol, batch 100, Adam lr 1e-3, 200 epochs, seed 1234). "
+                    "RUN gets config.json, data.json, metrics.jsonl (one line per epoch) and checkpoint.pt "
+                    "(after every epoch). Ctrl-C saves the state and stops; --resume continues it.")
+    train.add_argument("--out", required=True, metavar="RUN", help="run folder to create (or continue with --resume)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in RUN from its checkpoint, with its saved settings (only --epochs, "
+                            "--device and --threads may change)")
+    add_config_arguments(train, VAEConfig)
+    train.set_defaults(func=run_train)
+
+    evaluate = commands.add_parser(
+        "eval", help="test ELBO and importance-weighted log p(x) of a trained run (RUN/eval.json)",
+        description="Estimate the test ELBO (mean over the test images and several draws of z) and the "
+                    "importance-weighted log p(x) with K samples per image; print them and write RUN/eval.json.")
+    evaluate.add_argument("run", metavar="RUN", help="a VAE run folder")
+    add_config_arguments(evaluate, VAEEvalConfig)
+    evaluate.set_defaults(func=run_eval)
+
+    plot = commands.add_parser(
+        "plot", help="draw the figures of a trained run into RUN/figures",
+        description="Write RUN/figures/samples.png, latent.png, interpolation.png, manifold.png and curves.png.")
+    plot.add_argument("run", metavar="RUN", help="a VAE run folder")
+    add_config_arguments(plot, VAEEvalConfig, exclude=("iw", "samples"))
+    plot.set_defaults(func=run_plot)
+
+    sample = commands.add_parser(
+        "sample", help="draw images from the prior of a trained run into a .npy file",
+        description="Draw N images x from z ~ N(0, I): the decoder's probabilities p(x|z), or binary draws "
+                    "with --binary. Saved as an (N, 28, 28) float32 array in [0, 1].")
+    sample.add_argument("run", metavar="RUN", help="a VAE run folder")
+    sample.add_argument("--n", required=True, type=int, metavar="N", help="number of images")
+    sample.add_argument("--out", required=True, metavar="FILE.npy", help="where to save the array")
+    sample.add_argument("--binary", action="store_true", help="binary draws x ~ p(x|z) instead of p(x|z)")
+    add_config_arguments(sample, VAEEvalConfig, exclude=("iw", "samples"))
+    sample.set_defaults(func=run_sample)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ..train.vae import TrainingInterrupted, train_vae
+
+    run = RunDir(args.out)
+    base = None
+    if args.resume:
+        saved = run.read_config()
+        if saved.get("kind") != "vae":
+            raise MnistgenError(f"{run.path}: a {saved.get('kind')!r} run folder, not a VAE run")
+        base = from_dict(VAEConfig, saved["config"])
+    config = config_from_args(VAEConfig, args, base)
+    try:
+        history = train_vae(config, run, resume=args.resume)
+    except TrainingInterrupted as exc:
+        print(f"mnistgen: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if history:
+        last = history[-1]
+        held_out = next(k for k in last if k.endswith("_elbo") and k != "train_elbo")
+        print(f"epoch {last['epoch']}/{config.epochs}: train ELBO {last['train_elbo']:.2f}, "
+              f"{held_out.replace('_elbo', '')} ELBO {last[held_out]:.2f} nats per image; run folder {run.path}")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from ..evaluate import evaluate_run
+    from ..train.common import progress
+
+    run = RunDir(args.run).require()
+    options = config_from_args(VAEEvalConfig, args)
+    bar = progress(total=0, description=f"log p(x), K={options.iw}")
+    try:
+        def advance(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        result = evaluate_run(run, options, on_progress=advance)
+    finally:
+        bar.close()
+    error = result["test_elbo_mc_standard_error"]
+    spread = f"; Monte Carlo standard error {error:.3f}" if error is not None else ""
+    print(f"test ELBO      {result['test_elbo']:9.2f} nats per image (mean of {result['elbo_samples']} draw(s) "
+          f"of z per image{spread})")
+    print(f"train ELBO     {result['train_elbo']:9.2f} nats per image")
+    print(f"test log p(x)  {result['test_iw_log_likelihood']:9.2f} nats per image (importance-weighted, "
+          f"K={result['iw_samples']})")
+    print(f"wrote {run.eval}")
+    return 0
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    from ..evaluate import write_figures
+
+    run = RunDir(args.run).require()
+    for path in write_figures(run, config_from_args(VAEEvalConfig, args)):
+        print(f"wrote {path}")
+    return 0
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    from ..evaluate import sample_run
+
+    out = Path(args.out).expanduser()
+    if out.suffix != ".npy":
+        raise MnistgenError(f"--out {args.out}: the file name must end with .npy")
+    run = RunDir(args.run).require()
+    images = sample_run(run, args.n, args.binary, config_from_args(VAEEvalConfig, args))
+    atomic_write(out, lambda handle: np.save(handle, images))
+    kind = "binary draws x ~ p(x|z)" if args.binary else "decoder means p(x|z)"
+    print(f"wrote {out}: {images.shape[0]} images {images.shape[1]}x{images.shape[2]}, float32, {kind}")
+    return 0

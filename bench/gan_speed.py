@@ -1,0 +1,128 @@
+"""How fast mnistgen trains the GAN: mnistgen's training loop against the classic loop, same process.
+
+Both loops train SPEC §3's networks from the same weights on the 60,000 MNIST training images (batch
+256); bench/gan_baseline.py is the classic loop (a DataLoader with shuffle=True, G(z) once for D's step
+and again for G's step), tests/test_gan_speed.py shows both take the same steps. Each repetition
+times each loop once, alternating which goes first; the medians and their ratio are printed, as
+wall-clock time and as CPU time of this process.
+
+A whole epoch (234 batches) of the classic loop takes minutes on 2 shared CPU cores, so by default
+each repetition times the first ``--batches`` batches of an epoch and the per-epoch figures are
+extrapolated (x 234 / batches); ``--batches 0`` times whole epochs.
+
+    nice -n 10 python bench/gan_speed.py --data-dir ../shared/data/mnist --batches 20 --repeat 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from mnistgen.config import DataConfig, GANConfig
+from mnistgen.data.batches import num_batches, shuffled_batches
+from mnistgen.data.protocols import load_protocol
+from mnistgen.data.sources import load_raw
+from mnistgen.device import seed_everything
+from mnistgen.models.gan import Discriminator, Generator
+from mnistgen.train.gan import NOISE_STREAM, STATS, build_models, make_optimizers, train_epoch
+from mnistgen.train.vae import stream_seed
+
+HERE = Path(__file__).resolve().parent
+
+
+def load_baseline():
+    spec = importlib.util.spec_from_file_location("gan_baseline", HERE / "gan_baseline.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def timed(function) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    function()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=os.environ.get("MNISTGEN_DATA_DIR"),
+                        help="folder with the four MNIST .gz files (default: $MNISTGEN_DATA_DIR)")
+    parser.add_argument("--batches", type=int, default=20,
+                        help="batches timed per repetition, extrapolated to an epoch (0: whole epochs)")
+    parser.add_argument("--repeat", type=int, default=5, help="timed repetitions of each loop")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    args = parser.parse_args()
+    if not args.data_dir:
+        parser.error("give --data-dir or set MNISTGEN_DATA_DIR")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    baseline = load_baseline()
+
+    config = GANConfig(data=DataConfig(data_dir=args.data_dir, offline=True), device="cpu")
+    images = load_protocol("gan", load_raw(config.data)).train_images  # (60000, 1, 28, 28) in [0, 1]
+    device = torch.device("cpu")
+    per_epoch = num_batches(len(images), config.batch_size, drop_last=True)
+    batches_timed = args.batches if 0 < args.batches < per_epoch else per_epoch
+
+    order = seed_everything(config.seed)
+    generator, discriminator = build_models(config, device)
+    optimizer_g, optimizer_d = make_optimizers(generator, discriminator, config)
+    noise = torch.Generator().manual_seed(stream_seed(config.seed, NOISE_STREAM))
+
+    plain_generator, plain_discriminator = Generator(config.zdim), Discriminator()  # PyTorch's default layout
+    plain_generator.load_state_dict(generator.state_dict())
+    plain_discriminator.load_state_dict(discriminator.state_dict())
+    plain_optimizer_g = torch.optim.Adam(plain_generator.parameters(), lr=config.lr_g)
+    plain_optimizer_d = torch.optim.Adam(plain_discriminator.parameters(), lr=config.lr_d)
+    plain_order = torch.Generator().manual_seed(config.seed)
+    plain_noise = torch.Generator().manual_seed(stream_seed(config.seed, NOISE_STREAM))
+    loader = baseline.make_loader(images, config.batch_size, plain_order)
+
+    def mnistgen_run() -> None:
+        batches = list(shuffled_batches(len(images), config.batch_size, order, drop_last=True))[:batches_timed]
+        step_stats = torch.zeros(len(batches), len(STATS))
+        train_epoch(generator, discriminator, optimizer_g, optimizer_d, images, batches, noise=noise,
+                    step_stats=step_stats)
+        step_stats.tolist()  # what the loop does at the end of an epoch
+
+    def classic_run() -> None:
+        baseline.baseline_epoch(plain_generator, plain_discriminator, plain_optimizer_g, plain_optimizer_d,
+                                loader, plain_noise, config.zdim, max_batches=batches_timed)
+
+    loops = {"classic loop": classic_run, "mnistgen": mnistgen_run}
+    for run in loops.values():  # warm-up: oneDNN primitives, allocator
+        run()
+    times = {name: [] for name in loops}
+    for repetition in range(args.repeat):
+        names = list(loops) if repetition % 2 == 0 else list(reversed(loops))
+        for name in names:
+            times[name].append(timed(loops[name]))
+
+    scale = per_epoch / batches_timed
+    print(f"GAN training speed, {batches_timed} of {per_epoch} batches of {config.batch_size} per timing"
+          + (f", extrapolated x{scale:.2f} to an epoch" if scale != 1 else "") + f"; {args.repeat} repetitions")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads; {datetime.date.today().isoformat()}")
+    medians = {}
+    for name, samples in times.items():
+        wall = statistics.median(s[0] for s in samples) * scale
+        cpu = statistics.median(s[1] for s in samples) * scale
+        medians[name] = (wall, cpu)
+        every = ", ".join(f"{s[0] * scale:.1f}" for s in samples)
+        print(f"  {name:13s} epoch: median {wall:7.1f} s wall, {cpu:7.1f} s CPU   (wall per repetition: {every})")
+    (base_wall, base_cpu), (ours_wall, ours_cpu) = medians["classic loop"], medians["mnistgen"]
+    print(f"speed-up of mnistgen over the classic loop: {base_wall / ours_wall:.2f}x wall-clock, "
+          f"{base_cpu / ours_cpu:.2f}x CPU time")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""How fast mnistgen trains the VAE: one hw-protocol epoch of mnistgen's loop against a plain PyTorch loop.
+
+Both loops train the same model from the same weights on the same 10,000 binary images with the same
+random draws (bench/vae_baseline.py is the plain loop; tests/test_vae_speed.py shows the two follow the
+same loss trajectory). Each repetition times one epoch of each, alternating; the medians and their ratio
+are printed, as wall-clock and as CPU time of this process (the latter is less disturbed by other
+programs on a shared machine when one thread is used).
+
+    nice -n 10 python bench/vae_speed.py --data-dir ../shared/data/mnist --repeat 7 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from mnistgen.config import DataConfig, VAEConfig
+from mnistgen.data.batches import shuffled_batches
+from mnistgen.data.protocols import load_protocol
+from mnistgen.data.sources import load_raw
+from mnistgen.device import seed_everything
+from mnistgen.train.vae import NOISE_STREAM, build_model, make_optimizer, stream_seed, train_epoch
+
+HERE = Path(__file__).resolve().parent
+
+
+def load_baseline():
+    spec = importlib.util.spec_from_file_location("vae_baseline", HERE / "vae_baseline.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=os.environ.get("MNISTGEN_DATA_DIR"),
+                        help="folder with the four MNIST .gz files (default: $MNISTGEN_DATA_DIR)")
+    parser.add_argument("--repeat", type=int, default=7, help="timed epochs of each loop")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"], help="where both loops run")
+    args = parser.parse_args()
+    if not args.data_dir:
+        parser.error("give --data-dir or set MNISTGEN_DATA_DIR")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    baseline = load_baseline()
+
+    config = VAEConfig(data=DataConfig(data_dir=args.data_dir, offline=True), device="cpu")
+    device = torch.device(args.device)
+    images = load_protocol("hw", load_raw(config.data)).train_images.to(device)  # (10000, 784) binary
+
+    order = seed_everything(config.seed)
+    model = build_model(config, device)
+    optimizer = make_optimizer(model, config.lr)
+    noise = torch.Generator(device).manual_seed(stream_seed(config.seed, NOISE_STREAM))
+    plain = baseline.PlainVAE.copy_of(model)
+    plain_optimizer = torch.optim.Adam(plain.parameters(), lr=config.lr)
+    plain_order = torch.Generator().manual_seed(config.seed)
+    plain_noise = torch.Generator(device).manual_seed(stream_seed(config.seed, NOISE_STREAM))
+
+    def mnistgen_epoch() -> float:
+        batches = list(shuffled_batches(len(images), config.batch_size, order))
+        step_elbos = torch.zeros(len(batches), device=device)
+        train_epoch(model, optimizer, images, batches, noise=noise, analytic_kl=False,
+                    dynamic_binarization=False, step_elbos=step_elbos)
+        return float(step_elbos.sum()) / len(images)
+
+    def plain_epoch() -> float:
+        losses = baseline.baseline_epoch(plain, plain_optimizer, images, plain_order, plain_noise,
+                                         config.batch_size)
+        return -statistics.fmean(losses)
+
+    loops = {"plain PyTorch loop": plain_epoch, "mnistgen": mnistgen_epoch}
+    wall = {name: [] for name in loops}
+    cpu = {name: [] for name in loops}
+    elbo = {}
+    where = torch.cuda.get_device_name(0) if device.type == "cuda" else device.type
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
+          f"{torch.__version__}, {torch.get_num_threads()} torch thread(s), loops on {where}; load average "
+          f"{os.getloadavg()[0]:.1f} at start", flush=True)
+
+    def synchronize() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    for loop in loops.values():  # one untimed warm-up epoch each
+        loop()
+    for repetition in range(args.repeat):
+        for name, loop in loops.items():
+            synchronize()
+            wall_start, cpu_start = time.perf_counter(), time.process_time()
+            elbo[name] = loop()
+            synchronize()
+            wall[name].append(time.perf_counter() - wall_start)
+            cpu[name].append(time.process_time() - cpu_start)
+        print(f"  repetition {repetition + 1}: " + ", ".join(
+            f"{name} {wall[name][-1]:.3f} s (ELBO {elbo[name]:.3f})" for name in loops), flush=True)
+
+    base_wall, base_cpu = statistics.median(wall["plain PyTorch loop"]), statistics.median(cpu["plain PyTorch loop"])
+    print(f"\none hw epoch (10,000 images, batch {config.batch_size}), median of {args.repeat}:")
+    print(f"{'loop':22s} {'wall s':>8s} {'CPU s':>8s} {'speed-up (wall)':>16s} {'speed-up (CPU)':>15s}")
+    for name in loops:
+        w, c = statistics.median(wall[name]), statistics.median(cpu[name])
+        print(f"{name:22s} {w:8.3f} {c:8.3f} {base_wall / w:15.2f}x {base_cpu / c:14.2f}x")
+    print(f"load average {os.getloadavg()[0]:.1f} at the end; last epoch ELBOs: "
+          + ", ".join(f"{k} {v:.3f}" for k, v in elbo.items()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,335 @@
+"""Measuring and drawing a trained VAE: ELBO and importance-weighted estimates of log p(x), latent codes,
+decodes and samples, and the run-level operations behind ``mnistgen vae eval|plot|sample``.
+
+Estimators (model-level, pure: a model, tensors and a generator in, tensors out):
+
+- :func:`elbo_samples`: the ELBO of each image, for several independent draws of z;
+- :func:`iw_log_likelihood`: log p(x) ~= log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x), z_k ~ q(z|x)
+  (the importance-weighted bound; it rises towards log p(x) as K grows, and equals the one-sample
+  ELBO at K = 1), computed in chunks so memory stays bounded for any K;
+- :func:`log_marginal_quadrature`: log p(x) by a midpoint rule on a grid of the 2-D latent plane, an
+  estimate that uses no encoder at all (for checks on models whose posterior is wider than the grid step).
+
+Run-level (read a run folder, write into it through :mod:`mnistgen.runs`): :func:`load_trained_vae`,
+:func:`evaluate_run` (RUN/eval.json), :func:`write_figures` (RUN/figures/*.png), :func:`sample_run`.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import VAEConfig, VAEEvalConfig, from_dict
+from .data.protocols import Protocol, binarize_batch, load_protocol
+from .data.registry import DATASETS
+from .data.sources import load_raw
+from .device import resolve_device
+from .distributions import log_bernoulli_logits, log_normal_logvar, log_standard_normal, sample_bernoulli
+from .errors import MnistgenError
+from .losses import vae_elbo
+from .models.vae import IMAGE_SIZE, VAE
+from .runs import RunDir, atomic_write, is_main_process, write_json
+
+EVAL_CHUNK_IMAGES = 1000  # images per forward pass when evaluating a data set
+IW_CHUNK_ELEMENTS = 1 << 22  # logits per importance-sampling chunk (16 MiB in float32), whatever K is
+IW_IMAGES_PER_GROUP = 100  # images whose K samples are drawn together
+
+# figures
+SAMPLE_ROWS = 10  # SPEC figure 1: ten z from the prior
+INTERPOLATION_PAIRS = 3  # SPEC figure 3: three pairs of training images...
+INTERPOLATION_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))  # ...and alpha = 0, 0.1, ..., 1
+MANIFOLD_POINTS = 20  # the manifold figure: a 20 x 20 grid of latent points...
+MANIFOLD_HALF_WIDTH = 3.0  # ...over [-3, 3]^2, where the prior N(0, I) puts 99.5% of its mass
+
+
+# --------------------------------------------------------------------------- estimators
+
+
+@torch.inference_mode()
+def elbo_samples(model: VAE, images: torch.Tensor, samples: int = 1, analytic_kl: bool = False,
+                 generator: torch.Generator | None = None, chunk_size: int = EVAL_CHUNK_IMAGES) -> torch.Tensor:
+    """The ELBO of each image for ``samples`` independent draws of z: (N, 784) -> (samples, N).
+
+    Each draw is :func:`mnistgen.losses.vae_elbo` (Eq. 1 with ``analytic_kl``, else Eq. 2), chunk by chunk.
+    """
+    out = torch.empty(samples, len(images), device=images.device)
+    for sample in range(samples):
+        for start in range(0, len(images), chunk_size):
+            chunk = images[start:start + chunk_size]
+            out[sample, start:start + len(chunk)] = vae_elbo(model, chunk, analytic_kl, generator)
+    return out
+
+
+@torch.inference_mode()
+def iw_log_likelihood(model: VAE, images: torch.Tensor, k: int = 1000, generator: torch.Generator | None = None,
+                      max_elements: int = IW_CHUNK_ELEMENTS,
+                      on_group: Callable[[int], Any] | None = None) -> torch.Tensor:
+    """The importance-weighted estimate of log p(x) with K samples per image: (N, 784) -> (N,).
+
+    Images go in groups of up to 100; each group's K samples are drawn in chunks of at most
+    ``max_elements`` logits, and log-weights are combined with a running logsumexp, so memory does
+    not grow with K. ``on_group(n)`` is called after each group of n images (for a progress bar).
+    """
+    results = torch.empty(len(images), device=images.device)
+    for start in range(0, len(images), IW_IMAGES_PER_GROUP):
+        x = images[start:start + IW_IMAGES_PER_GROUP]  # (b, 784)
+        b, pixels = x.shape
+        mean, logvar = model.encoder(x)  # (b, D_z) each
+        std = torch.exp(0.5 * logvar)
+        per_chunk = max(1, max_elements // (b * pixels))  # samples of every image in one chunk
+        running = torch.full((b,), -math.inf, device=x.device)
+        for done in range(0, k, per_chunk):
+            n = min(per_chunk, k - done)
+            eps = torch.randn((n, b, mean.shape[1]), generator=generator, device=x.device, dtype=x.dtype)
+            z = (mean + std * eps).reshape(n * b, -1)  # (n*b, D_z), sample-major
+            logits = model.decoder.logits(z)  # (n*b, 784)
+            log_weights = (log_bernoulli_logits(x.repeat(n, 1), logits) + log_standard_normal(z)
+                           - log_normal_logvar(z, mean.repeat(n, 1), logvar.repeat(n, 1)))
+            running = torch.logaddexp(running, torch.logsumexp(log_weights.view(n, b), dim=0))
+        results[start:start + b] = running - math.log(k)
+        if on_group is not None:
+            on_group(b)
+    return results
+
+
+@torch.inference_mode()
+def log_marginal_quadrature(model: VAE, images: torch.Tensor, half_width: float = 6.0,
+                            points: int = 301) -> torch.Tensor:
+    """log p(x) = log of the integral of p(x|z) p(z) over the latent plane, by the midpoint rule: (N, 784) -> (N,).
+
+    The grid has ``points`` x ``points`` cells over [-half_width, half_width]^2 (2-D latents only). The
+    estimate is good when p(z|x) is wider than a cell and lies inside the square; it does not use the
+    encoder, so it checks the encoder-based estimators independently.
+    """
+    if model.latent_dim != 2:
+        raise MnistgenError(f"quadrature needs a 2-D latent space, this model has {model.latent_dim}")
+    step = 2.0 * half_width / points
+    axis = -half_width + step * (0.5 + torch.arange(points, device=images.device, dtype=images.dtype))
+    z = torch.cartesian_prod(axis, axis)  # (points^2, 2) cell centres
+    log_joint = []
+    for start in range(0, len(z), EVAL_CHUNK_IMAGES):
+        chunk = z[start:start + EVAL_CHUNK_IMAGES]
+        logits = model.decoder.logits(chunk)  # (c, 784)
+        # log p(x|z) = x . l - sum softplus(l): one matrix product for all images and grid points
+        log_likelihood = images @ logits.t() - torch.nn.functional.softplus(logits).sum(dim=1)  # (N, c)
+        log_joint.append(log_likelihood + log_standard_normal(chunk))
+    return torch.logsumexp(torch.cat(log_joint, dim=1), dim=1) + 2.0 * math.log(step)
+
+
+@torch.inference_mode()
+def encode_means(model: VAE, images: torch.Tensor, chunk_size: int = EVAL_CHUNK_IMAGES) -> torch.Tensor:
+    """The mean of q(z|x) of each image: (N, 784) -> (N, D_z)."""
+    return torch.cat([model.encoder(images[s:s + chunk_size])[0] for s in range(0, len(images), chunk_size)])
+
+
+@torch.inference_mode()
+def decode(model: VAE, z: torch.Tensor, chunk_size: int = EVAL_CHUNK_IMAGES) -> torch.Tensor:
+    """The decoder's probabilities p(x|z): (M, D_z) -> (M, 784)."""
+    return torch.cat([model.decoder(z[s:s + chunk_size]) for s in range(0, len(z), chunk_size)])
+
+
+@torch.inference_mode()
+def sample_prior(model: VAE, n: int, generator: torch.Generator | None = None,
+                 binary: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """n draws z ~ N(0, I) and their images: (z (n, D_z), p(x|z) (n, 784), or x ~ p(x|z) if ``binary``)."""
+    device = next(model.parameters()).device
+    z = torch.randn((n, model.latent_dim), generator=generator, device=device)
+    probabilities = decode(model, z)
+    return z, sample_bernoulli(probabilities, generator) if binary else probabilities
+
+
+def interpolate(mean_a: torch.Tensor, mean_b: torch.Tensor, alphas: tuple[float, ...]) -> torch.Tensor:
+    """SPEC figure 3's line z_alpha = alpha mean_a + (1 - alpha) mean_b: (D_z,), (D_z,) -> (len(alphas), D_z)."""
+    alpha = torch.tensor(alphas, dtype=mean_a.dtype, device=mean_a.device)[:, None]
+    return alpha * mean_a + (1.0 - alpha) * mean_b
+
+
+def choose_pairs(labels: torch.Tensor, pairs: int, generator: torch.Generator) -> list[tuple[int, int]]:
+    """``pairs`` pairs of indices (a, b) of images of different classes, drawn with ``generator`` (reproducible)."""
+    if len(torch.unique(labels)) < 2:
+        raise MnistgenError("interpolation needs images of at least two classes")
+    chosen: list[tuple[int, int]] = []
+    while len(chosen) < pairs:
+        a, b = torch.randint(len(labels), (2,), generator=generator).tolist()
+        if labels[a] != labels[b]:
+            chosen.append((a, b))
+    return chosen
+
+
+def latent_grid(points: int = MANIFOLD_POINTS,
+                half_width: float = MANIFOLD_HALF_WIDTH) -> tuple[np.ndarray, torch.Tensor]:
+    """A regular grid over [-half_width, half_width]^2 in image order (rows from high z2 to low, columns
+    from low z1 to high): the axis values (points,) and the points (points*points, 2) as (z1, z2)."""
+    axis = np.linspace(-half_width, half_width, points)
+    z1, z2 = np.meshgrid(axis, axis[::-1])
+    return axis, torch.from_numpy(np.stack([z1.ravel(), z2.ravel()], axis=1).astype(np.float32))
+
+
+# --------------------------------------------------------------------------- run folders
+
+
+@dataclass(frozen=True)
+class TrainedVAE:
+    """A VAE run's config and its model with the checkpoint's weights, ready to evaluate (eval mode)."""
+
+    config: VAEConfig
+    model: VAE
+    epochs: int  # completed epochs in the checkpoint
+    steps: int  # steps of the next epoch already taken (a run stopped by Ctrl-C mid-epoch), else 0
+    device: torch.device
+
+
+def load_vae_protocol(config: VAEConfig) -> Protocol:
+    """The data of a VAE run: ``config.protocol`` built from ``config.data``."""
+    return load_protocol(config.protocol, load_raw(config.data), config.validation_size)
+
+
+def load_trained_vae(run: RunDir, device: str = "auto") -> TrainedVAE:
+    """Read RUN/config.json and RUN/checkpoint.pt (weights_only) into a model on ``device``."""
+    info = run.read_config()
+    if info.get("kind") != "vae":
+        raise MnistgenError(f"{run.path}: a {info.get('kind')!r} run folder, not a VAE run")
+    config = from_dict(VAEConfig, info["config"])
+    state = run.load_checkpoint(map_location="cpu")
+    model = VAE(latent_dim=config.latent_dim, hidden=config.hidden)
+    try:
+        model.load_state_dict(state["model"])
+    except (KeyError, RuntimeError) as exc:
+        raise MnistgenError(f"{run.checkpoint}: weights do not fit the run's config ({type(exc).__name__})") from None
+    resolved = resolve_device(device)
+    return TrainedVAE(config, model.to(resolved).eval(), int(state["epoch"]), int(state["step"]), resolved)
+
+
+def _generator(device: torch.device, seed: int) -> torch.Generator:
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    return generator
+
+
+def evaluate_run(run: RunDir, options: VAEEvalConfig | None = None,
+                 on_progress: Callable[[int, int], Any] | None = None) -> dict[str, Any]:
+    """The test ELBO (mean over images and ``options.samples`` draws) and the K = ``options.iw`` estimate of
+    log p(x), plus the training images' ELBO; written to RUN/eval.json and returned.
+
+    ``on_progress(done, total)`` is called as the importance-weighted estimate advances (test images).
+    """
+    options = options or VAEEvalConfig()
+    trained = load_trained_vae(run, options.device)
+    config, model = trained.config, trained.model
+    seed = config.seed if options.seed is None else options.seed
+    data = load_vae_protocol(config).to(trained.device)
+    analytic_kl = config.objective == "analytic"
+    generator = _generator(trained.device, seed)
+    train_images = data.train_images
+    if data.dynamic_binarization:
+        train_images = binarize_batch(train_images, generator)
+    test = elbo_samples(model, data.test_images, options.samples, analytic_kl, generator)  # (S, N)
+    train = elbo_samples(model, train_images, options.samples, analytic_kl, generator)
+    done = 0
+
+    def advance(n: int) -> None:
+        nonlocal done
+        done += n
+        if on_progress is not None:
+            on_progress(done, len(data.test_images))
+
+    iw = iw_log_likelihood(model, data.test_images, options.iw, generator, on_group=advance)
+    per_draw = test.mean(dim=1)  # (S,): the test-set mean of each draw
+    result = {
+        "test_elbo": float(test.mean()),
+        "test_elbo_mc_standard_error": float(per_draw.std() / math.sqrt(options.samples)) if options.samples > 1
+        else None,
+        "test_iw_log_likelihood": float(iw.mean()),
+        "train_elbo": float(train.mean()),
+        "iw_samples": options.iw,
+        "elbo_samples": options.samples,
+        "objective": config.objective,
+        "test_images": len(data.test_images),
+        "train_images": len(train_images),
+        "epochs": trained.epochs,
+        "steps_into_next_epoch": trained.steps,
+        "seed": seed,
+        "device": str(trained.device),
+    }
+    if is_main_process():
+        write_json(run.eval, result)
+    return result
+
+
+def sample_run(run: RunDir, n: int, binary: bool = False, options: VAEEvalConfig | None = None) -> np.ndarray:
+    """n images from the prior of a trained run: (n, 28, 28) float32 in [0, 1] (decoder means, or binary draws)."""
+    if n <= 0:
+        raise MnistgenError(f"--n must be a positive integer, got {n}")
+    options = options or VAEEvalConfig()
+    trained = load_trained_vae(run, options.device)
+    seed = trained.config.seed if options.seed is None else options.seed
+    _, images = sample_prior(trained.model, n, _generator(trained.device, seed), binary)
+    return images.reshape(n, IMAGE_SIZE, IMAGE_SIZE).float().cpu().numpy()
+
+
+def _save_figure(path: Path, figure) -> None:
+    """A matplotlib Figure as a PNG file, written atomically."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
+
+
+def write_figures(run: RunDir, options: VAEEvalConfig | None = None) -> list[Path]:
+    """RUN/figures/{samples,latent,interpolation,manifold,curves}.png; returns their paths.
+
+    With more than two latent dimensions the latent figure shows the first two coordinates and the
+    manifold figure (a picture of the 2-D plane) is not made.
+    """
+    from .plots import vae as plots
+
+    options = options or VAEEvalConfig()
+    trained = load_trained_vae(run, options.device)
+    config, model, device = trained.config, trained.model, trained.device
+    if config.latent_dim < 2:
+        raise MnistgenError(f"the figures need at least 2 latent dimensions; this run has {config.latent_dim}")
+    seed = config.seed if options.seed is None else options.seed
+    data = load_vae_protocol(config).to(device)
+    classes = DATASETS[config.data.dataset].classes if config.data.dataset in DATASETS else None
+    train_images = data.train_images
+    if data.dynamic_binarization:  # the model saw binary draws of these gray images: encode one such draw
+        train_images = binarize_batch(train_images, _generator(device, seed))
+
+    def to_numpy(images: torch.Tensor) -> np.ndarray:
+        return images.reshape(*images.shape[:-1], IMAGE_SIZE, IMAGE_SIZE).float().cpu().numpy()
+
+    generator = _generator(device, seed)
+    z, probabilities = sample_prior(model, SAMPLE_ROWS, generator)
+    binary = sample_bernoulli(probabilities, generator)
+    figures = {"samples": plots.samples_figure(to_numpy(probabilities), to_numpy(binary), z.cpu().numpy())}
+
+    means = encode_means(model, train_images)
+    figures["latent"] = plots.latent_figure(means.cpu().numpy(), data.train_labels.cpu().numpy(), classes,
+                                            f"{len(means):,} training images ({config.protocol} protocol)")
+
+    pairs = choose_pairs(data.train_labels.cpu(), INTERPOLATION_PAIRS, _generator(torch.device("cpu"), seed))
+    rows, pair_labels = [], []
+    for a, b in pairs:
+        line = interpolate(means[a], means[b], INTERPOLATION_ALPHAS)
+        rows.append(to_numpy(decode(model, line)))
+        pair_labels.append((int(data.train_labels[a]), int(data.train_labels[b])))
+    figures["interpolation"] = plots.interpolation_figure(np.stack(rows), pair_labels, INTERPOLATION_ALPHAS, classes)
+
+    if config.latent_dim == 2:
+        axis, grid = latent_grid()
+        figures["manifold"] = plots.manifold_figure(to_numpy(decode(model, grid.to(device))), axis)
+    figures["curves"] = plots.curves_figure(run.read_metrics())
+
+    paths = []
+    for name, figure in figures.items():
+        path = run.figures / f"{name}.png"
+        if is_main_process():
+            _save_figure(path, figure)
+        paths.append(path)
+    return paths

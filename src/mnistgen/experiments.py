@@ -1,0 +1,456 @@
+"""The two experiments of docs/theory.md §12 on a trained VAE: computations on tensors, then run folders.
+
+- :func:`elbo_estimator_study`: Eq. 1 (closed-form KL) against Eq. 2 (one-sample Monte Carlo KL), the
+  variance of the per-image ELBO estimate and of the gradient of the mini-batch ELBO with respect to
+  the encoder's and the decoder's parameters, over many draws of eps (the same eps for both estimators:
+  common random numbers, so their difference is exactly the Monte Carlo noise of the KL term).
+- :func:`fixed_encoder_study`: the test-set ELBO with the trained encoder, with q(z|x) = N(0, I) for
+  every x, and with the best single diagonal Gaussian q shared by all x (fitted on the training set).
+
+They see the model only through :class:`VAEParts` (encode, decode to logits, the two parameter
+groups), so they do not depend on how the module is organised. Results are dicts of floats and NumPy
+arrays. :func:`run_elbo_estimators` and :func:`run_fixed_encoder` apply them to a run folder of
+``mnistgen vae train`` and write RUN/experiments/<name>.json and <name>.png.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+import shlex
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import DataConfig, ElboEstimatorsConfig, FixedEncoderConfig, VAEConfig, from_dict, to_dict
+from .distributions import log_bernoulli_logits
+from .errors import MnistgenError
+from .losses import elbo_analytic, elbo_mc
+from .runs import RunDir, atomic_write, environment, is_main_process, read_json, write_json
+from .theory import kl_diag_gaussians, kl_estimator_noise_variance
+from .train.common import progress
+
+ELBO_ESTIMATORS = "elbo-estimators"  # experiment names: the CLI subcommands and the files they write
+FIXED_ENCODER = "fixed-encoder"
+EXPERIMENTS_FOLDER = "experiments"  # RUN/experiments/<name>.{json,png}
+FIGURE_DPI = 100
+EXAMPLE_IMAGES = 8  # test images shown in the fixed-encoder figure
+SHARED_FIT_TOLERANCE = 1e-9  # L-BFGS stops when the gradient's largest entry is below this
+
+
+@dataclass(frozen=True)
+class VAEParts:
+    """What the experiments need of a trained VAE."""
+
+    encode: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # (B, 784) -> mu, logvar (B, D)
+    decode_logits: Callable[[torch.Tensor], torch.Tensor]  # (B, D) -> logits of p(x|z), (B, 784)
+    parameter_groups: dict[str, Sequence[torch.nn.Parameter]]  # {"encoder": [...], "decoder": [...]}
+    latent_dim: int
+
+
+# --------------------------------------------------------------------------- one-sample estimators
+
+
+def one_sample_elbos(parts: VAEParts, images: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 1 and Eq. 2 one-sample estimates per image, from the same eps ~ N(0, I).
+
+    z = mu + sigma * eps (reparametrization). Eq. 1: log p(x|z) - KL(q || N(0, I)) in closed form;
+    Eq. 2: log p(x|z) + log p(z) - log q(z|x). Shapes: images (B, 784), eps (B, D) -> two (B,) tensors.
+    """
+    mu, logvar = parts.encode(images)
+    z = mu + (0.5 * logvar).exp() * eps
+    logits = parts.decode_logits(z)  # one decoder pass serves both: they differ only in the KL term
+    return elbo_analytic(images, logits, mu, logvar), elbo_mc(images, logits, z, mu, logvar)
+
+
+class _RunningMoments:
+    """Running mean and variance of a vector from float64 sums of deviations from the first value
+    (shifting by a typical value keeps the sum of squares free of cancellation). Kept on the CPU,
+    which has float64 on every platform."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.shift: torch.Tensor | None = None
+        self.total: torch.Tensor | None = None
+        self.total_squares: torch.Tensor | None = None
+
+    def add(self, value: torch.Tensor) -> None:
+        value = value.detach().to("cpu", torch.float64, copy=True)  # a copy: modified in place below
+        if self.shift is None:
+            self.shift, self.total, self.total_squares = value.clone(), torch.zeros_like(value), torch.zeros_like(value)
+        deviation = value.sub_(self.shift)
+        self.total.add_(deviation)
+        self.total_squares.addcmul_(deviation, deviation)
+        self.count += 1
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.shift + self.total / self.count
+
+    def variance(self) -> torch.Tensor:
+        return (self.total_squares - self.total.square() / self.count) / (self.count - 1)
+
+
+def _flat_gradients(value: torch.Tensor, groups: dict[str, Sequence[torch.nn.Parameter]]) -> dict[str, torch.Tensor]:
+    """d value / d parameters, one flat vector per group."""
+    parameters = [p for group in groups.values() for p in group]
+    grads = iter(torch.autograd.grad(value, parameters, retain_graph=True))
+    return {name: torch.cat([next(grads).reshape(-1) for _ in group]) for name, group in groups.items()}
+
+
+def elbo_estimator_study(parts: VAEParts, images: torch.Tensor, draws: int, generator: torch.Generator,
+                         show_progress: bool | None = None) -> dict:
+    """Variance of Eq. 1 and Eq. 2 over ``draws`` independent eps, for each image and for the gradients.
+
+    images (B, 784) on the model's device. Per draw: one eps (B, D), both estimators on it, and the
+    gradients of each estimator's batch mean (what one training step uses) with respect to each
+    parameter group. Because eps is drawn independently for each image, the variance of the batch-mean
+    gradient is 1/B^2 times the sum of the per-image gradient variances: B times it is the average
+    per-image gradient variance (the ``per_image`` numbers).
+    """
+    if draws < 2:
+        raise ValueError("a variance needs at least 2 draws")
+    batch = images.shape[0]
+    device = images.device
+    values = {"eq1": torch.empty(draws, batch, dtype=torch.float64),
+              "eq2": torch.empty(draws, batch, dtype=torch.float64)}
+    moments = {(eq, group): _RunningMoments() for eq in values for group in parts.parameter_groups}
+    decoder_difference = 0.0
+    with progress(draws, "elbo-estimators draws", enabled=show_progress) as bar:
+        for k in range(draws):
+            eps = torch.randn(batch, parts.latent_dim, generator=generator).to(device)
+            eq1, eq2 = one_sample_elbos(parts, images, eps)
+            values["eq1"][k], values["eq2"][k] = eq1.detach().cpu(), eq2.detach().cpu()
+            # one backward pass per estimator, for all parameters at once, then split into the groups
+            g1 = _flat_gradients(eq1.mean(), parts.parameter_groups)
+            g2 = _flat_gradients(eq2.mean(), parts.parameter_groups)
+            for group in parts.parameter_groups:
+                moments["eq1", group].add(g1[group])
+                moments["eq2", group].add(g2[group])
+            if "decoder" in parts.parameter_groups:
+                decoder_difference = max(decoder_difference, float((g1["decoder"] - g2["decoder"]).abs().max()))
+            bar.update(1)
+
+    with torch.no_grad():
+        mu, logvar = parts.encode(images)
+        predicted_noise = kl_estimator_noise_variance(mu.cpu().double(), logvar.cpu().double()).numpy()
+    per_image = {
+        "eq1_mean": values["eq1"].mean(0).numpy(), "eq2_mean": values["eq2"].mean(0).numpy(),
+        "eq1_variance": values["eq1"].var(0).numpy(), "eq2_variance": values["eq2"].var(0).numpy(),
+        "kl_noise_variance_measured": (values["eq2"] - values["eq1"]).var(0).numpy(),
+        "kl_noise_variance_predicted": predicted_noise,
+    }
+    # z statistic of the difference of the two per-image means (paired: same eps)
+    difference = values["eq2"] - values["eq1"]
+    difference_se = difference.std(0) / math.sqrt(draws)
+    z_scores = (difference.mean(0) / difference_se.clamp_min(1e-300)).numpy()
+    gradients = {}
+    for (eq, group), moment in moments.items():
+        trace = float(moment.variance().sum())
+        signal = float(moment.mean.square().sum())
+        gradients.setdefault(group, {})[eq] = {
+            "trace_covariance_batch_mean": trace,
+            "trace_covariance_per_image": trace * batch,
+            "squared_norm_of_mean": signal,
+            "signal_to_noise": signal / trace if trace > 0 else math.inf,
+            "parameters": int(moment.mean.numel()),
+        }
+    overall = {eq: {"mean": float(v.mean()), "standard_error": float(v.mean(1).std() / math.sqrt(draws))}
+               for eq, v in values.items()}
+    return {
+        "images": batch, "draws": draws,
+        "elbo": overall,
+        "per_image": per_image,
+        "summary": {
+            "eq1_variance_mean": float(per_image["eq1_variance"].mean()),
+            "eq2_variance_mean": float(per_image["eq2_variance"].mean()),
+            "eq1_variance_median": float(np.median(per_image["eq1_variance"])),
+            "eq2_variance_median": float(np.median(per_image["eq2_variance"])),
+            "fraction_of_images_where_eq1_has_lower_variance": float(
+                np.mean(per_image["eq1_variance"] < per_image["eq2_variance"])),
+            "kl_noise_variance_measured_mean": float(per_image["kl_noise_variance_measured"].mean()),
+            "kl_noise_variance_predicted_mean": float(predicted_noise.mean()),
+            "largest_abs_z_of_mean_difference": float(np.abs(z_scores).max()),
+        },
+        "gradients": gradients,
+        "decoder_gradient_max_abs_difference": decoder_difference,
+        "example_draws": {"eq1": values["eq1"][:, 0].numpy(), "eq2": values["eq2"][:, 0].numpy()},
+    }
+
+
+# --------------------------------------------------------------------------- fixed and shared q
+
+
+def log_likelihood_matrix(images: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """log p(x_n | z_s) for every image n and every latent point s at once: (N, 784), (S, 784) -> (N, S).
+
+    log p(x|z) = sum_j x_j log yhat_j + (1 - x_j) log(1 - yhat_j) is linear in x, so one matrix product
+    per term replaces N*S separate likelihoods. ``images`` may hold gray levels in [0, 1] (an average
+    image): the same formula is then the expected log-likelihood over x ~ Bernoulli(images).
+    """
+    return images @ F.logsigmoid(logits).T + (1.0 - images) @ F.logsigmoid(-logits).T
+
+
+def shared_q_elbos(parts: VAEParts, images: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
+                   eps: torch.Tensor, chunk: int = 2000) -> torch.Tensor:
+    """ELBO(x_n) with the same q = N(mu, diag exp(logvar)) for every image, by Monte Carlo over the S
+    rows of eps (S, D) shared by all images, the KL in closed form. -> (N,)."""
+    with torch.no_grad():
+        logits = parts.decode_logits(mu + (0.5 * logvar).exp() * eps)  # (S, 784)
+        kl = kl_diag_gaussians(mu[None], logvar[None])[0]
+        pieces = [log_likelihood_matrix(images[i:i + chunk], logits).mean(1) for i in range(0, len(images), chunk)]
+    return torch.cat(pieces) - kl
+
+
+def fit_shared_gaussian(parts: VAEParts, mean_image: torch.Tensor, eps: torch.Tensor, max_iterations: int,
+                        start_mu: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """The single diagonal Gaussian q that maximizes the training-set mean ELBO, from q = N(start_mu, I).
+
+    Mean over images of E_q log p(x|z) = E_q log p(mean_image | z) (linearity in x), so the objective
+    depends on the data only through ``mean_image`` (784,). The expectation uses the fixed eps (S, D)
+    (a sample-average approximation: a smooth deterministic objective), maximized by L-BFGS with a
+    strong-Wolfe line search, which never accepts a step that lowers it: the result is at least as
+    good as the start on this objective. ``start_mu`` defaults to 0 (the start is then N(0, I)).
+    """
+    device = mean_image.device
+    start = torch.zeros(parts.latent_dim) if start_mu is None else start_mu
+    mu = start.clone().to(device).requires_grad_(True)
+    logvar = torch.zeros(parts.latent_dim, device=device, requires_grad=True)
+
+    def objective() -> torch.Tensor:  # mean training ELBO under the shared q
+        logits = parts.decode_logits(mu + (0.5 * logvar).exp() * eps)
+        return log_likelihood_matrix(mean_image[None], logits).mean() - kl_diag_gaussians(mu[None], logvar[None])[0]
+
+    with torch.no_grad():
+        start_value = float(objective())
+    optimizer = torch.optim.LBFGS([mu, logvar], max_iter=max_iterations, tolerance_grad=SHARED_FIT_TOLERANCE,
+                                  tolerance_change=0.0, history_size=20, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = -objective()
+        mu.grad, logvar.grad = torch.autograd.grad(loss, [mu, logvar])
+        return loss
+
+    optimizer.step(closure)
+    with torch.no_grad():
+        end = float(objective())
+    state = optimizer.state[optimizer._params[0]]
+    return mu.detach(), logvar.detach(), {"start_mu": start.tolist(), "train_objective_at_start": start_value,
+                                          "train_objective_at_fit": end, "iterations": int(state.get("n_iter", 0))}
+
+
+def encoder_elbos(parts: VAEParts, images: torch.Tensor, draws: int, generator: torch.Generator,
+                  chunk: int = 500, show_progress: bool | None = None) -> torch.Tensor:
+    """ELBO(x_n) with the trained encoder's own q(z|x_n): Eq. 1 (closed-form KL), E_q log p(x|z)
+    averaged over ``draws`` reparametrized samples per image. -> (N,)."""
+    results = []
+    with torch.no_grad(), progress(len(images), "encoder ELBO", enabled=show_progress) as bar:
+        for start in range(0, len(images), chunk):
+            x = images[start:start + chunk]  # (C, 784)
+            mu, logvar = parts.encode(x)
+            eps = torch.randn(draws, *mu.shape, generator=generator).to(x.device)  # (K, C, D)
+            z = mu + (0.5 * logvar).exp() * eps
+            logits = parts.decode_logits(z.reshape(-1, parts.latent_dim)).reshape(draws, len(x), -1)
+            log_likelihood = log_bernoulli_logits(x.expand(draws, -1, -1).reshape(draws * len(x), -1),
+                                                  logits.reshape(draws * len(x), -1)).reshape(draws, len(x))
+            results.append(log_likelihood.mean(0) - kl_diag_gaussians(mu, logvar))
+            bar.update(len(x))
+    return torch.cat(results)
+
+
+def _mean_and_se(values: torch.Tensor) -> dict[str, float]:
+    values = values.cpu().double()  # float64 on the CPU: MPS has no float64
+    return {"mean": float(values.mean()), "standard_error": float(values.std() / math.sqrt(values.numel()))}
+
+
+def fixed_encoder_study(parts: VAEParts, train_images: torch.Tensor, test_images: torch.Tensor, draws: int,
+                        shared_samples: int, max_iterations: int, starts: int, generator: torch.Generator,
+                        show_progress: bool | None = None) -> dict:
+    """Test-set ELBO with (a) the trained encoder, (b) q = N(0, I) for every x, (c) the best shared Gaussian.
+
+    ``train_images`` (N, 784) may hold gray levels (dynamic binarization): only their mean is used.
+    (b) and (c) use ``shared_samples`` draws of eps for the fit and fresh ones for the test evaluation.
+    The objective of (c) may have several local maxima: it is fitted from ``starts`` starting points,
+    N(0, I) first, then N(m, I) with m drawn from the prior, and the best fit is kept (so it is at
+    least as good as N(0, I) on the training objective).
+    """
+    device = test_images.device
+    latent = parts.latent_dim
+    fit_eps = torch.randn(shared_samples, latent, generator=generator).to(device)
+    test_eps = torch.randn(shared_samples, latent, generator=generator).to(device)
+    mean_image = train_images.cpu().double().mean(0).float().to(device)  # (784,), summed in float64
+    start_means = [torch.zeros(latent)] + [torch.randn(latent, generator=generator) for _ in range(starts - 1)]
+    fits = [fit_shared_gaussian(parts, mean_image, fit_eps, max_iterations, m) for m in start_means]
+    mu, logvar, fit = max(fits, key=lambda result: result[2]["train_objective_at_fit"])
+    fit = {"train_objective_at_standard_normal": fits[0][2]["train_objective_at_start"], **fit,
+           "all_starts": [result[2] for result in fits]}
+    zeros = torch.zeros(latent, device=device)
+    per_image = {
+        "encoder": encoder_elbos(parts, test_images, draws, generator, show_progress=show_progress),
+        "shared_gaussian": shared_q_elbos(parts, test_images, mu, logvar, test_eps),
+        "standard_normal": shared_q_elbos(parts, test_images, zeros, zeros, test_eps),
+    }
+    with torch.no_grad():
+        examples = test_images[:EXAMPLE_IMAGES]
+        encoder_means, _ = parts.encode(examples)
+        pictures = {
+            "images": examples,
+            "encoder": torch.sigmoid(parts.decode_logits(encoder_means)),
+            "shared_gaussian": torch.sigmoid(parts.decode_logits(mu[None])).expand(len(examples), -1),
+            "standard_normal": torch.sigmoid(parts.decode_logits(zeros[None])).expand(len(examples), -1),
+        }
+    return {
+        "test_images": int(len(test_images)), "train_images": int(len(train_images)),
+        "draws_per_image_encoder": draws, "shared_samples": shared_samples,
+        "test_elbo": {name: _mean_and_se(values) for name, values in per_image.items()},
+        "shared_gaussian": {"mu": mu.cpu().tolist(), "logvar": logvar.cpu().tolist(),
+                            "kl_to_prior": float(kl_diag_gaussians(mu[None], logvar[None])[0]), **fit},
+        "per_image": {name: values.cpu().numpy() for name, values in per_image.items()},
+        "pictures": {name: value.reshape(-1, 28, 28).cpu().numpy() for name, value in pictures.items()},
+    }
+
+
+# --------------------------------------------------------------------------- run folders
+
+
+def vae_parts(model: torch.nn.Module) -> VAEParts:
+    """The :class:`VAEParts` of a :class:`mnistgen.models.vae.VAE`."""
+    return VAEParts(encode=model.encoder, decode_logits=model.decoder.logits,
+                    parameter_groups={"encoder": list(model.encoder.parameters()),
+                                      "decoder": list(model.decoder.parameters())},
+                    latent_dim=model.latent_dim)
+
+
+def experiment_paths(run: RunDir, name: str) -> tuple[Path, Path]:
+    """RUN/experiments/<name>.json and RUN/experiments/<name>.png."""
+    folder = run.path / EXPERIMENTS_FOLDER
+    return folder / f"{name}.json", folder / f"{name}.png"
+
+
+def run_data_config(run: RunDir) -> DataConfig:
+    """The data settings the VAE run was trained with (the experiments' defaults for --dataset etc.)."""
+    return _load_vae_config(run).data
+
+
+def _load_vae_config(run: RunDir) -> VAEConfig:
+    info = run.read_config()
+    if info.get("kind") != "vae":
+        raise MnistgenError(f"{run.path}: a {info.get('kind')!r} run folder; the experiments need a VAE run "
+                            "(from mnistgen vae train)")
+    return from_dict(VAEConfig, info["config"])
+
+
+def _command(name: str, run: RunDir, config: Any) -> str:
+    """The command line that repeats this experiment (data flags left out: they are in the JSON's config)."""
+    flags = [f"--{f.name.replace('_', '-')} {getattr(config, f.name)}" for f in dataclasses.fields(config)
+             if f.name != "data"]
+    return " ".join(["mnistgen experiment", name, shlex.quote(str(run.path)), *flags])
+
+
+def _save_figure(path: Path, figure) -> None:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=FIGURE_DPI)
+    plt.close(figure)
+    if is_main_process():
+        atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def _load(run: RunDir, device: str, data: DataConfig):
+    """The trained model and the run's protocol (read from ``data``), both on the model's device."""
+    from .evaluate import load_trained_vae, load_vae_protocol
+
+    _load_vae_config(run)  # a clear error for a non-VAE folder before anything heavy
+    trained = load_trained_vae(run, device)
+    protocol = load_vae_protocol(dataclasses.replace(trained.config, data=data)).to(trained.device)
+    return trained, protocol
+
+
+def run_elbo_estimators(run: RunDir, config: ElboEstimatorsConfig, show_progress: bool | None = None) -> dict:
+    """Experiment 1 on a VAE run folder: writes RUN/experiments/elbo-estimators.{json,png}; returns the record."""
+    from .plots.experiments import elbo_estimators_figure
+
+    started = time.perf_counter()
+    trained, protocol = _load(run, config.device, config.data)
+    if config.images > len(protocol.test_images):
+        raise MnistgenError(f"--images {config.images}: the test set has only {len(protocol.test_images)} images")
+    images = protocol.test_images[:config.images]
+    generator = torch.Generator().manual_seed(config.seed)  # eps drawn on the CPU: the same draws on any device
+    study = elbo_estimator_study(vae_parts(trained.model), images, config.draws, generator, show_progress)
+    per_image = study["per_image"]
+    gradient_variance = {group: {eq: values["trace_covariance_per_image"] for eq, values in by_eq.items()}
+                         for group, by_eq in study["gradients"].items()}
+    title = (f"Eq. 1 vs Eq. 2 on {run.path.name} (epoch {trained.epochs}): {config.images} test images, "
+             f"{config.draws} draws of eps each, the same draws for both estimators")
+    figure = elbo_estimators_figure(per_image["eq1_variance"], per_image["eq2_variance"], study["example_draws"],
+                                    gradient_variance, title)
+    json_path, png_path = experiment_paths(run, ELBO_ESTIMATORS)
+    record = {"experiment": ELBO_ESTIMATORS, "command": _command(ELBO_ESTIMATORS, run, config),
+              "run": str(run.path), "epochs": trained.epochs, "training_objective": trained.config.objective,
+              "config": to_dict(config), "figure": str(png_path), **_jsonable(study),
+              "seconds": time.perf_counter() - started, "environment": environment()}
+    _save_figure(png_path, figure)
+    if is_main_process():
+        write_json(json_path, record)
+    return record
+
+
+def run_fixed_encoder(run: RunDir, config: FixedEncoderConfig, show_progress: bool | None = None) -> dict:
+    """Experiment 2 on a VAE run folder: writes RUN/experiments/fixed-encoder.{json,png,npz}; returns the record
+    (per-image ELBOs only in the .npz)."""
+    from .plots.experiments import fixed_encoder_figure
+
+    started = time.perf_counter()
+    trained, protocol = _load(run, config.device, config.data)
+    generator = torch.Generator().manual_seed(config.seed)
+    study = fixed_encoder_study(vae_parts(trained.model), protocol.train_images, protocol.test_images, config.draws,
+                                config.shared_samples, config.max_iterations, config.starts, generator,
+                                show_progress)
+    reference = None
+    if run.eval.is_file():  # the importance-weighted log p(x) of `mnistgen vae eval`, if it was run
+        evaluation = read_json(run.eval)
+        if evaluation.get("test_iw_log_likelihood") is not None:
+            reference = (f"log p(x), importance-weighted K={evaluation.get('iw_samples')} (vae eval)",
+                         float(evaluation["test_iw_log_likelihood"]))
+    elbo = study["test_elbo"]
+    title = (f"Why an encoder: test-set ELBO of {run.path.name} (epoch {trained.epochs}) with three choices of "
+             f"q(z|x): encoder {elbo['encoder']['mean']:.1f}, shared Gaussian {elbo['shared_gaussian']['mean']:.1f}, "
+             f"N(0, I) {elbo['standard_normal']['mean']:.1f} nats")
+    figure = fixed_encoder_figure(study["per_image"], study["pictures"], title, reference)
+    json_path, png_path = experiment_paths(run, FIXED_ENCODER)
+    arrays_path = json_path.with_suffix(".npz")
+    summary = {name: {"quantiles_5_50_95": np.quantile(values, [0.05, 0.5, 0.95]).tolist()}
+               for name, values in study["per_image"].items()}
+    record = {"experiment": FIXED_ENCODER, "command": _command(FIXED_ENCODER, run, config),
+              "run": str(run.path), "epochs": trained.epochs, "config": to_dict(config),
+              "figure": str(png_path), "per_image_values": str(arrays_path),
+              **{k: v for k, v in study.items() if k not in ("per_image", "pictures")},
+              "per_image_summary": summary,
+              "gap_encoder_minus_shared": elbo["encoder"]["mean"] - elbo["shared_gaussian"]["mean"],
+              "gap_shared_minus_standard_normal": elbo["shared_gaussian"]["mean"] - elbo["standard_normal"]["mean"],
+              "reference_log_likelihood": reference[1] if reference else None,
+              "seconds": time.perf_counter() - started, "environment": environment()}
+    _save_figure(png_path, figure)
+    if is_main_process():
+        buffer = io.BytesIO()
+        np.savez(buffer, **study["per_image"])
+        atomic_write(arrays_path, lambda handle: handle.write(buffer.getvalue()))
+        write_json(json_path, record)
+    return record

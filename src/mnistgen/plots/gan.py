@@ -1,0 +1,59 @@
+"""The GAN's figures: arrays in, :class:`matplotlib.figure.Figure` out (saving is the caller's job).
+
+Images are (28, 28) arrays of values in [0, 1] shown in gray (white = 1 = ink, as MNIST is stored).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from ..imaging import tile
+
+INK = "gray"
+PANEL_INCHES = 3.2  # displayed size of one 8x8 grid
+
+
+def progress_figure(epochs: Sequence[int], grids: Sequence[np.ndarray], side: int = 8) -> Figure:
+    """SPEC §3's progress figure: the generator's images for the same fixed noise at several epochs, side by side.
+
+    epochs: the epoch of each grid (0 = before training); grids: (side*side, 28, 28) arrays in [0, 1].
+    """
+    if len(epochs) != len(grids) or not epochs:
+        raise ValueError("give one grid per epoch, at least one")
+    figure = Figure(figsize=(PANEL_INCHES * len(grids) + 0.4, PANEL_INCHES + 0.9), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(1, len(grids)))
+    for axis, epoch, images in zip(axes, epochs, grids, strict=True):
+        axis.imshow(tile(images, side, side, padding=1), cmap=INK, vmin=0.0, vmax=1.0, interpolation="nearest")
+        axis.set_title("before training (epoch 0)" if epoch == 0 else f"epoch {epoch}", fontsize=11)
+        axis.set_xticks([])
+        axis.set_yticks([])
+    figure.suptitle(f"GAN samples G(z) for the same {side * side} noise vectors z ~ U[-1, 1]^zdim, "
+                    "as training progresses", fontsize=11)
+    return figure
+
+
+def training_figure(records: Sequence[dict]) -> Figure:
+    """Losses and D's mean outputs per epoch, from the records of RUN/metrics.jsonl."""
+    epochs = [r["epoch"] for r in records]
+    figure = Figure(figsize=(10, 3.8), layout="constrained")
+    losses, outputs = figure.subplots(1, 2)
+    losses.plot(epochs, [r["d_loss"] for r in records], label="D loss  -[log D(x) + log(1 - D(G(z)))]")
+    losses.plot(epochs, [r["g_loss"] for r in records], label="G loss  -log D(G(z))")
+    losses.axhline(2 * np.log(2), color="gray", linestyle=":", linewidth=1, label="D loss at D = 1/2 (2 log 2)")
+    losses.set_xlabel("epoch")
+    losses.set_ylabel("mean binary cross-entropy (nats)")
+    losses.set_title("losses (mean over the epoch's steps)")
+    losses.legend(fontsize=8)
+    outputs.plot(epochs, [r["d_real"] for r in records], label="mean D(x), real images")
+    outputs.plot(epochs, [r["d_fake"] for r in records], label="mean D(G(z)), generated images")
+    outputs.axhline(0.5, color="gray", linestyle=":", linewidth=1, label="1/2: D cannot tell them apart")
+    outputs.set_ylim(0.0, 1.0)
+    outputs.set_xlabel("epoch")
+    outputs.set_ylabel("probability of 'real'")
+    outputs.set_title("discriminator outputs")
+    outputs.legend(fontsize=8)
+    figure.suptitle("GAN training", fontsize=11)
+    return figure

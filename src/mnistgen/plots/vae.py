@@ -1,0 +1,155 @@
+"""The VAE's figures (SPEC §2 figures 1-3, the 2-D manifold, the training curves): arrays in, Figure out.
+
+Each function builds a standalone :class:`matplotlib.figure.Figure` (no pyplot state), with a title,
+labelled axes and a legend or colorbar where colors carry meaning; saving is the caller's job.
+Images are (28, 28) arrays of values in [0, 1] shown in gray (white = 1 = ink).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+
+from ..imaging import tile
+
+INK = "gray"  # colormap: 0 black background, 1 white ink, as MNIST is stored
+IMAGE_INCHES = 0.75  # displayed size of one 28x28 image in the grid figures
+CURVE_LABELS = {
+    "train_elbo": "train (mean over the epoch's steps)",
+    "test_elbo": "test (after the epoch)",
+    "validation_elbo": "validation (after the epoch)",
+}
+
+
+def _class_name(label: int, classes: Sequence[str] | None) -> str:
+    return classes[label] if classes is not None and label < len(classes) else str(label)
+
+
+def _image(axis, image: np.ndarray) -> None:
+    axis.imshow(image, cmap=INK, vmin=0.0, vmax=1.0, interpolation="nearest")
+    axis.set_xticks([])
+    axis.set_yticks([])
+
+
+def samples_figure(probabilities: np.ndarray, binary: np.ndarray, z: np.ndarray) -> Figure:
+    """SPEC figure 1: one row per z ~ N(0, I); left p(x|z), right one x ~ p(x|z).
+
+    probabilities, binary: (R, 28, 28); z: (R, D_z), shown at the start of each row.
+    """
+    rows = len(probabilities)
+    figure = Figure(figsize=(3.6, 0.9 * rows + 1.3), layout="constrained")
+    axes = figure.subplots(rows, 2, squeeze=False)
+    for row in range(rows):
+        _image(axes[row, 0], probabilities[row])
+        _image(axes[row, 1], binary[row])
+        coordinates = ", ".join(f"{value:+.2f}" for value in z[row][:2])
+        axes[row, 0].set_ylabel(f"z = ({coordinates})", rotation=0, ha="right", va="center", fontsize=8)
+    axes[0, 0].set_title("p(x|z)\npixel probabilities", fontsize=9)
+    axes[0, 1].set_title("x ~ p(x|z)\none binary sample", fontsize=9)
+    figure.suptitle(f"{rows} samples from the prior z ~ N(0, I)", fontsize=10)
+    return figure
+
+
+def latent_figure(means: np.ndarray, labels: np.ndarray, classes: Sequence[str] | None = None,
+                  subtitle: str = "") -> Figure:
+    """SPEC figure 2: the mean of q(z|x) of every image as a point, colored by its class (legend).
+
+    means: (N, D_z) (the first two coordinates are drawn); labels: (N,) integers 0-9.
+    """
+    figure = Figure(figsize=(7.5, 6.5), layout="constrained")
+    axis = figure.subplots()
+    palette = _tab10()
+    order = np.random.default_rng(0).permutation(len(means))  # draw classes interleaved, not one on top
+    colors = np.asarray(palette)[labels[order] % len(palette)]
+    axis.scatter(means[order, 0], means[order, 1], c=colors, s=2, alpha=0.6, linewidths=0, rasterized=True)
+    handles = [Line2D([], [], marker="o", linestyle="", color=palette[c % len(palette)], markersize=7,
+                      label=_class_name(c, classes)) for c in sorted(set(labels.tolist()))]
+    axis.legend(handles=handles, title="class", loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    axis.set_xlabel("z1 (mean of q(z|x))")
+    axis.set_ylabel("z2 (mean of q(z|x))")
+    axis.set_aspect("equal", adjustable="datalim")
+    axis.grid(alpha=0.3)
+    title = "Latent space: each training image encoded to the mean of q(z|x)"
+    axis.set_title(f"{title}\n{subtitle}" if subtitle else title, fontsize=10)
+    return figure
+
+
+def _tab10() -> list[Any]:
+    from matplotlib import colormaps
+
+    return list(colormaps["tab10"].colors)
+
+
+def interpolation_figure(rows: np.ndarray, pairs: Sequence[tuple[int, int]], alphas: Sequence[float],
+                         classes: Sequence[str] | None = None) -> Figure:
+    """SPEC figure 3: p(x|z_alpha) along z_alpha = alpha mu_a + (1 - alpha) mu_b, one row per pair (a, b).
+
+    rows: (P, A, 28, 28) for P pairs and A alphas; pairs: the classes (a, b) of each row.
+    Column alpha = 0 decodes mu_b, column alpha = 1 decodes mu_a.
+    """
+    count, steps = rows.shape[:2]
+    figure = Figure(figsize=(IMAGE_INCHES * steps + 1.6, IMAGE_INCHES * count + 1.4), layout="constrained")
+    axes = figure.subplots(count, steps, squeeze=False)
+    for r in range(count):
+        for c in range(steps):
+            _image(axes[r, c], rows[r, c])
+        a, b = (_class_name(label, classes) for label in pairs[r])
+        axes[r, 0].set_ylabel(f"{b} \u2192 {a}", rotation=0, ha="right", va="center", fontsize=11)
+    for c, alpha in enumerate(alphas):
+        axes[0, c].set_title(f"\u03b1={alpha:g}", fontsize=9)
+    figure.suptitle("Interpolation between two training images of different classes (row label: class b \u2192 "
+                    "class a)\nz = \u03b1 \u03bc_a + (1 \u2212 \u03b1) \u03bc_b, image = p(x|z)", fontsize=10)
+    return figure
+
+
+def manifold_figure(images: np.ndarray, axis_values: np.ndarray) -> Figure:
+    """The decoder's mean p(x|z) at each point of a regular latent grid, placed at its (z1, z2).
+
+    images: (P*P, 28, 28) in image order (rows from the highest z2 down, columns from the lowest z1);
+    axis_values: (P,) the grid's coordinates along each axis.
+    """
+    points = len(axis_values)
+    mosaic = tile(images, points, points, padding=0)
+    spacing = (axis_values[-1] - axis_values[0]) / (points - 1) if points > 1 else 1.0
+    low, high = axis_values[0] - spacing / 2, axis_values[-1] + spacing / 2
+    figure = Figure(figsize=(8.0, 8.4), layout="constrained")
+    axis = figure.subplots()
+    axis.imshow(mosaic, cmap=INK, vmin=0.0, vmax=1.0, extent=(low, high, low, high), interpolation="nearest")
+    axis.set_xlabel("z1")
+    axis.set_ylabel("z2")
+    axis.set_title(f"Learned manifold: p(x|z) on a {points} x {points} grid of the latent plane "
+                   f"[{axis_values[0]:g}, {axis_values[-1]:g}]\u00b2", fontsize=10)
+    return figure
+
+
+def curves_figure(history: Sequence[dict[str, Any]]) -> Figure:
+    """Train and held-out ELBO by epoch from a run's metrics.jsonl records (higher is better)."""
+    figure = Figure(figsize=(7.5, 4.5), layout="constrained")
+    axis = figure.subplots()
+    epochs = [record["epoch"] for record in history]
+    series = [key for key in ("train_elbo", "test_elbo", "validation_elbo") if any(key in r for r in history)]
+    for key in series:
+        points = [(r["epoch"], r[key]) for r in history if r.get(key) is not None]
+        if points:
+            xs, ys = zip(*points, strict=True)
+            axis.plot(xs, ys, marker="o" if len(xs) < 15 else None, markersize=3, label=CURVE_LABELS[key])
+    if epochs:
+        values = [r[k] for r in history for k in series if r.get(k) is not None]
+        late = [r[k] for r in history[len(history) // 10:] for k in series if r.get(k) is not None]
+        if late and values:  # the first epochs are far lower: zoom on the rest so the gap stays visible
+            span = max(late) - min(late)
+            axis.set_ylim(min(late) - 0.15 * span - 1.0, max(values) + 0.15 * span + 1.0)
+        axis.legend(title="images")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    else:
+        axis.text(0.5, 0.5, "no completed epoch yet", ha="center", va="center", transform=axis.transAxes)
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("ELBO (nats per image)")
+    axis.grid(alpha=0.3)
+    axis.set_title("Training curves: evidence lower bound per epoch (higher is better)", fontsize=10)
+    return figure

@@ -1,0 +1,401 @@
+"""Sample quality measured by mnistgen itself: how close a set of 28x28 images in [0, 1] is to MNIST.
+
+A small MNIST classifier of mnistgen's own (:mod:`mnistgen.models.classifier`, shipped in
+``mnistgen/assets`` with its SHA-256) maps each image to a 128-d feature vector and to class
+probabilities p(y|x). From them:
+
+- **Frechet distance** between the features of the images and of the 10,000 MNIST test images,
+  ``||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2))`` in float64. ``Tr (S1 S2)^(1/2)`` is the sum of
+  the square roots of the eigenvalues of the symmetric PSD matrix ``S1^(1/2) S2 S1^(1/2)`` (same
+  spectrum as ``S1 S2``), so numpy's ``eigh`` suffices and scipy is not needed at runtime.
+- **Classifier score** ``exp(E_x KL(p(y|x) || p(y)))`` with ``p(y)`` the mean of ``p(y|x)`` over the
+  set: the MNIST analogue of the Inception Score, between 1 (one class, or no confidence) and 10
+  (confident and balanced).
+- **Class histogram**: how many images the classifier assigns to each digit.
+
+Every score comes with the **real-vs-real reference**: the same numbers for 10,000 real training
+images (the last 10,000, held out from the classifier's training) against the test images. The
+reference statistics are cached in the user cache, keyed by the classifier's checksum and the
+checksums of the image bytes they came from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import zipfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__
+from .config import DataConfig, ScoreConfig
+from .data.cache import cache_root
+from .data.sources import RawData, load_raw
+from .errors import MnistgenError
+from .models.classifier import FEATURE_DIM, IMAGE_SIZE, NUM_CLASSES, MnistClassifier
+from .runs import atomic_write, read_json, write_json
+
+WEIGHTS_NAME = "classifier.pt"
+REFERENCE_TRAIN_IMAGES = 10_000  # the last 10k training images: the classifier's held-out validation part
+REFERENCE_VERSION = "1"  # bump when the definition of the cached reference changes
+MIN_IMAGES = 2  # a covariance needs at least two samples
+DEFAULT_BATCH_SIZE = ScoreConfig().batch_size
+
+
+# --------------------------------------------------------------------------- pure statistics
+
+
+def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N, D) features -> mean (D,) and unbiased covariance (D, D), both float64."""
+    features = np.asarray(features, dtype=np.float64)
+    if features.ndim != 2 or len(features) < MIN_IMAGES:
+        raise MnistgenError(f"need at least {MIN_IMAGES} feature rows for a covariance, got shape {features.shape}")
+    return features.mean(axis=0), np.cov(features, rowvar=False)
+
+
+def _sqrt_psd(matrix: np.ndarray) -> np.ndarray:
+    """Symmetric square root of a symmetric PSD matrix (round-off negative eigenvalues clipped to 0)."""
+    eigenvalues, eigenvectors = np.linalg.eigh((matrix + matrix.T) / 2.0)
+    return (eigenvectors * np.sqrt(np.clip(eigenvalues, 0.0, None))) @ eigenvectors.T
+
+
+def trace_sqrt_product(cov1: np.ndarray, cov2: np.ndarray) -> float:
+    """Tr (S1 S2)^(1/2) for PSD S1, S2: the eigenvalues of S1 S2 are those of S1^(1/2) S2 S1^(1/2) >= 0."""
+    root1 = _sqrt_psd(np.asarray(cov1, dtype=np.float64))
+    middle = root1 @ np.asarray(cov2, dtype=np.float64) @ root1  # (D, D), symmetric PSD
+    eigenvalues = np.linalg.eigvalsh((middle + middle.T) / 2.0)
+    return float(np.sqrt(np.clip(eigenvalues, 0.0, None)).sum())
+
+
+def frechet_distance(mean1: np.ndarray, cov1: np.ndarray, mean2: np.ndarray, cov2: np.ndarray) -> float:
+    """Squared 2-Wasserstein distance between N(mean1, cov1) and N(mean2, cov2), in float64."""
+    mean1, mean2 = np.asarray(mean1, np.float64), np.asarray(mean2, np.float64)
+    cov1, cov2 = np.asarray(cov1, np.float64), np.asarray(cov2, np.float64)
+    difference = mean1 - mean2
+    value = difference @ difference + np.trace(cov1) + np.trace(cov2) - 2.0 * trace_sqrt_product(cov1, cov2)
+    return max(float(value), 0.0)  # a distance; tiny negative values are round-off
+
+
+def classifier_score(probabilities: np.ndarray) -> float:
+    """exp(E_x KL(p(y|x) || p(y))) for (N, C) rows p(y|x) summing to 1; p(y) is their mean. In [1, C]."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    marginal = p.mean(axis=0, keepdims=True)  # (1, C) p(y)
+    # KL row by row; 0 log 0 = 0, and p(y) > 0 wherever some p(y|x) > 0
+    safe_p = np.where(p > 0, p, 1.0)
+    safe_marginal = np.where(marginal > 0, marginal, 1.0)
+    kl = np.sum(np.where(p > 0, p * (np.log(safe_p) - np.log(safe_marginal)), 0.0), axis=1)  # (N,)
+    return float(np.exp(kl.mean()))
+
+
+def class_histogram(probabilities: np.ndarray) -> list[int]:
+    """Number of images whose most probable class is 0, 1, ..., C-1."""
+    predictions = np.asarray(probabilities).argmax(axis=1)
+    return np.bincount(predictions, minlength=np.shape(probabilities)[1]).astype(int).tolist()
+
+
+# --------------------------------------------------------------------------- input images
+
+
+def check_images(array: Any, what: str = "images") -> np.ndarray:
+    """Accept an (N, 28, 28) float32/float64 array in [0, 1] with N >= 2; anything else is a one-line error."""
+    if not isinstance(array, np.ndarray):
+        raise MnistgenError(f"{what}: expected a numpy array, got {type(array).__name__}")
+    if array.dtype not in (np.float32, np.float64):
+        hint = " (divide 8-bit images by 255)" if array.dtype == np.uint8 else ""
+        raise MnistgenError(f"{what}: dtype {array.dtype}, expected float32 or float64 in [0, 1]{hint}")
+    if array.ndim != 3 or array.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+        raise MnistgenError(f"{what}: shape {array.shape}, expected (N, {IMAGE_SIZE}, {IMAGE_SIZE})")
+    if len(array) < MIN_IMAGES:
+        raise MnistgenError(f"{what}: {len(array)} image(s), need at least {MIN_IMAGES} for a covariance")
+    nan_count = int(np.isnan(array).sum())
+    if nan_count:
+        raise MnistgenError(f"{what}: {nan_count} NaN value(s)")
+    infinite_count = int(np.isinf(array).sum())
+    if infinite_count:
+        raise MnistgenError(f"{what}: {infinite_count} infinite value(s)")
+    low, high = float(array.min()), float(array.max())
+    if low < 0.0 or high > 1.0:
+        raise MnistgenError(f"{what}: values outside [0, 1] (min {low:.4g}, max {high:.4g})")
+    return array
+
+
+def load_images(path: str | os.PathLike) -> np.ndarray:
+    """Read and check an (N, 28, 28) array from a .npy file (never unpickles)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MnistgenError(f"{path}: no such file")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        reason = "holds pickled objects" if "pickle" in str(exc) else "not a readable .npy array"
+        raise MnistgenError(f"{path}: not a .npy file ({reason})") from None
+    if not isinstance(loaded, np.ndarray):  # an .npz archive
+        loaded.close()
+        raise MnistgenError(f"{path}: an .npz archive, not a .npy file (save one array with numpy.save)")
+    return check_images(loaded, str(path))
+
+
+def score_path(images_path: str | os.PathLike) -> Path:
+    """``samples.npy`` -> ``samples.score.json`` beside it."""
+    path = Path(images_path)
+    return path.with_name((path.stem if path.suffix == ".npy" else path.name) + ".score.json")
+
+
+# --------------------------------------------------------------------------- the classifier
+
+
+def shipped_weights() -> Path:
+    """The weights shipped with mnistgen (their checksum lies beside them in classifier.json)."""
+    return Path(str(resources.files("mnistgen") / "assets" / WEIGHTS_NAME))
+
+
+def metadata_path(weights: Path) -> Path:
+    return Path(weights).with_suffix(".json")
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class Classifier:
+    """The classifier in eval mode on its device, with the checksum of the file it came from."""
+
+    model: MnistClassifier
+    sha256: str
+    info: dict[str, Any]  # the .json beside the weights: sha256, test accuracy, command, ...
+    device: torch.device
+    path: Path
+
+
+def save_classifier(weights: Path, state_dict: dict[str, torch.Tensor], info: dict[str, Any]) -> dict[str, Any]:
+    """Write the state_dict and, beside it, a .json with its SHA-256 and ``info``; returns that JSON."""
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, buffer)
+    data = buffer.getvalue()
+    atomic_write(Path(weights), lambda h: h.write(data))
+    meta = {"file": Path(weights).name, "sha256": sha256_bytes(data), "bytes": len(data), **info}
+    write_json(metadata_path(weights), meta)
+    return meta
+
+
+def load_classifier(weights: str | os.PathLike | None = None, device: torch.device | str = "cpu") -> Classifier:
+    """Load and checksum-verify the classifier (default: the shipped weights); any problem is one line."""
+    path = Path(weights).expanduser() if weights else shipped_weights()
+    meta_file = metadata_path(path)
+    if not path.is_file():
+        raise MnistgenError(f"{path}: no classifier weights here")
+    if not meta_file.is_file():
+        raise MnistgenError(f"{path}: no checksum file {meta_file.name} beside it (made by score-classifier train)")
+    info = read_json(meta_file)
+    expected = info.get("sha256") if isinstance(info, dict) else None
+    if not isinstance(expected, str):
+        raise MnistgenError(f"{meta_file}: no \"sha256\" entry")
+    data = path.read_bytes()
+    digest = sha256_bytes(data)
+    if digest != expected:
+        raise MnistgenError(f"{path}: checksum mismatch (SHA-256 {digest[:16]}..., expected {expected[:16]}... "
+                            f"from {meta_file.name}): the weights file is corrupt or was replaced")
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        model = MnistClassifier()
+        model.load_state_dict(state)
+    except Exception as exc:  # torch raises many types for a bad file or mismatched keys
+        raise MnistgenError(f"{path}: not weights of mnistgen's classifier ({type(exc).__name__})") from None
+    device = torch.device(device)
+    return Classifier(model.to(device).eval(), digest, info, device, path)
+
+
+@torch.no_grad()
+def classify(classifier: Classifier, images: np.ndarray | torch.Tensor, batch_size: int = DEFAULT_BATCH_SIZE,
+             description: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 28, 28) images in [0, 1] -> features (N, 128) and probabilities p(y|x) (N, 10), float64.
+
+    ``description``: show a progress bar (on a terminal) with this title.
+    """
+    from .train.common import progress
+
+    images = torch.as_tensor(images)
+    features = np.empty((len(images), FEATURE_DIM), np.float64)
+    probabilities = np.empty((len(images), NUM_CLASSES), np.float64)
+    bar = progress(-(-len(images) // batch_size), description or "", enabled=None if description else False)
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size].to(classifier.device, torch.float32)
+        batch = batch.reshape(-1, 1, IMAGE_SIZE, IMAGE_SIZE)  # (B, 1, 28, 28)
+        batch_features = classifier.model.features(batch)  # (B, 128)
+        logits = classifier.model.logits(batch_features)  # (B, 10); eval mode: batch norm running statistics
+        # float64 on the CPU (MPS has no float64): softmax and statistics in double precision
+        features[start:start + len(batch)] = batch_features.cpu().double().numpy()
+        probabilities[start:start + len(batch)] = torch.softmax(logits.cpu().double(), dim=1).numpy()
+        bar.update(1)
+    bar.close()
+    return features, probabilities
+
+
+def accuracy(classifier: Classifier, images: np.ndarray | torch.Tensor, labels: np.ndarray,
+             batch_size: int = DEFAULT_BATCH_SIZE) -> float:
+    """Fraction of images whose most probable class is their label."""
+    _, probabilities = classify(classifier, images, batch_size)
+    return float((probabilities.argmax(axis=1) == np.asarray(labels)).mean())
+
+
+# --------------------------------------------------------------------------- the real-vs-real reference
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Features of the 10k test images, and the scores of 10k real training images against them."""
+
+    test_mean: np.ndarray  # (128,) float64
+    test_cov: np.ndarray  # (128, 128) float64
+    frechet_distance: float  # 10k training images vs the test images
+    classifier_score: float  # of the 10k training images
+    class_histogram: list[int]  # predicted classes of the 10k training images
+    test_classifier_score: float  # of the test images themselves
+    key: str  # the cache key: classifier checksum and checksums of the images' bytes
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "what": f"the last {REFERENCE_TRAIN_IMAGES:,} MNIST training images (the shipped classifier's held-out "
+                    "validation images) against the 10,000 test images",
+            "n_images": REFERENCE_TRAIN_IMAGES,
+            "frechet_distance": self.frechet_distance,
+            "classifier_score": self.classifier_score,
+            "class_histogram": self.class_histogram,
+            "test_images_classifier_score": self.test_classifier_score,
+        }
+
+
+def _reference_key(classifier: Classifier, reference_images: np.ndarray, test_images: np.ndarray) -> str:
+    parts = [REFERENCE_VERSION, classifier.sha256, sha256_bytes(np.ascontiguousarray(reference_images).tobytes()),
+             sha256_bytes(np.ascontiguousarray(test_images).tobytes())]
+    return sha256_bytes("\n".join(parts).encode())
+
+
+def _reference_file(key: str) -> Path:
+    return cache_root() / "score" / f"reference-{key[:24]}.npz"
+
+
+def _read_cached_reference(path: Path, key: str) -> Reference | None:
+    """The cached reference, or None if absent or unreadable (then it is recomputed and rewritten)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as cached:
+            if str(cached["key"]) != key:
+                return None
+            return Reference(cached["test_mean"], cached["test_cov"], float(cached["frechet_distance"]),
+                             float(cached["classifier_score"]), cached["class_histogram"].astype(int).tolist(),
+                             float(cached["test_classifier_score"]), key)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+
+
+def _scale(images_uint8: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images_uint8.astype(np.float32) / 255.0)  # SPEC §1: pixels / 255
+
+
+def compute_reference(classifier: Classifier, raw: RawData, batch_size: int = DEFAULT_BATCH_SIZE) -> Reference:
+    """Reference statistics from a loaded dataset (RawData), through the on-disk cache."""
+    if raw.provenance.get("sample") or len(raw.train_images) < REFERENCE_TRAIN_IMAGES:
+        reason = raw.provenance.get("fallback_reason") or f"{len(raw.train_images):,} training images"
+        raise MnistgenError(f"the score's real-vs-real reference needs full MNIST, not a sample ({reason}); "
+                            "run `mnistgen data fetch` or pass --data-dir")
+    reference_images = raw.train_images[-REFERENCE_TRAIN_IMAGES:]
+    key = _reference_key(classifier, reference_images, raw.test_images)
+    path = _reference_file(key)
+    cached = _read_cached_reference(path, key)
+    if cached is not None:
+        return cached
+    test_features, test_probabilities = classify(classifier, _scale(raw.test_images), batch_size,
+                                                 "real-vs-real reference (once, then cached): test images")
+    train_features, train_probabilities = classify(classifier, _scale(reference_images), batch_size,
+                                                   "real-vs-real reference (once, then cached): training images")
+    test_mean, test_cov = feature_statistics(test_features)
+    reference = Reference(
+        test_mean, test_cov,
+        frechet_distance(*feature_statistics(train_features), test_mean, test_cov),
+        classifier_score(train_probabilities), class_histogram(train_probabilities),
+        classifier_score(test_probabilities), key,
+    )
+    arrays = {"key": np.array(key), "test_mean": test_mean, "test_cov": test_cov,
+              "frechet_distance": np.array(reference.frechet_distance),
+              "classifier_score": np.array(reference.classifier_score),
+              "class_histogram": np.array(reference.class_histogram),
+              "test_classifier_score": np.array(reference.test_classifier_score)}
+    atomic_write(path, lambda h: np.savez(h, **arrays))
+    return reference
+
+
+def reference_statistics(classifier: Classifier, data: DataConfig | None = None,
+                         batch_size: int = DEFAULT_BATCH_SIZE) -> Reference:
+    """Load real MNIST as ``data`` says (default: the default DataConfig) and return the cached reference."""
+    data = data if data is not None else DataConfig()
+    if data.dataset != "mnist":
+        raise MnistgenError(f"the score's reference is real MNIST, not {data.dataset}")
+    return compute_reference(classifier, load_raw(data), batch_size)
+
+
+# --------------------------------------------------------------------------- the score
+
+
+def score_images(images: np.ndarray, classifier: Classifier | None = None, reference: Reference | None = None,
+                 config: ScoreConfig | None = None) -> dict[str, Any]:
+    """Score (N, 28, 28) images in [0, 1] against MNIST; returns the JSON-ready report.
+
+    Pass ``classifier`` and ``reference`` to score many arrays without reloading them; otherwise they
+    are loaded as ``config`` says (its weights, its data flags, its device).
+    """
+    from .device import resolve_device
+
+    config = config if config is not None else ScoreConfig()
+    images = check_images(images)
+    if classifier is None:
+        classifier = load_classifier(config.weights, resolve_device(config.device))
+    if reference is None:
+        reference = reference_statistics(classifier, config.data, config.batch_size)
+    features, probabilities = classify(classifier, images, config.batch_size, "scoring")
+    mean, cov = feature_statistics(features)
+    return {
+        "n_images": len(images),
+        "frechet_distance": frechet_distance(mean, cov, reference.test_mean, reference.test_cov),
+        "classifier_score": classifier_score(probabilities),
+        "class_histogram": class_histogram(probabilities),
+        "real_vs_real_reference": reference.summary(),
+        "classifier": {"sha256": classifier.sha256, "test_accuracy": classifier.info.get("test_accuracy"),
+                       "feature_dim": FEATURE_DIM, "file": str(classifier.path)},
+        "mnistgen_version": __version__,
+    }
+
+
+def format_report(report: dict[str, Any], name: str) -> str:
+    """The score as a few lines of text, the real-vs-real reference beside every number."""
+    reference = report["real_vs_real_reference"]
+    histogram = "  ".join(f"{digit}:{count}" for digit, count in enumerate(report["class_histogram"]))
+    reference_histogram = "  ".join(f"{digit}:{count}" for digit, count in enumerate(reference["class_histogram"]))
+    lines = [
+        f"{name}: {report['n_images']:,} images, scored by mnistgen's MNIST classifier "
+        f"(sha256 {report['classifier']['sha256'][:12]})",
+        f"{'':28}{'these images':>14}{'real vs real':>14}",
+        f"{'Frechet distance (lower)':28}{report['frechet_distance']:14.3f}{reference['frechet_distance']:14.3f}",
+        f"{'classifier score (max 10)':28}{report['classifier_score']:14.3f}{reference['classifier_score']:14.3f}",
+        f"predicted classes:  {histogram}",
+        f"real (10k train):   {reference_histogram}",
+        f"real vs real: {reference['what']}",
+    ]
+    if report["n_images"] < reference["n_images"]:
+        lines.append(f"note: {report['n_images']:,} images against a reference of {reference['n_images']:,}: the "
+                     "Frechet distance grows as N shrinks, so compare sets of equal size")
+    return "\n".join(lines)
+
+
+def write_report(images_path: str | os.PathLike, report: dict[str, Any]) -> Path:
+    path = score_path(images_path)
+    write_json(path, {"file": str(Path(images_path).name), **report})
+    return path

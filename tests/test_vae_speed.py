@@ -1,0 +1,68 @@
+"""The fast training loop does the same mathematics as the plain PyTorch loop that bench/vae_speed.py
+times it against: same seed and data -> the same loss at every step and the same weights, to float tolerance."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mnistgen.config import VAEConfig
+from mnistgen.data.batches import shuffled_batches
+from mnistgen.device import seed_everything
+from mnistgen.train.vae import NOISE_STREAM, build_model, make_optimizer, stream_seed, train_epoch
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "vae_baseline.py"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One CPU thread for this module: the tests check results, not speed, and stay quick on a busy machine
+    (two threads that must meet at every matrix product stall when another program holds a core)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def load_baseline():
+    spec = importlib.util.spec_from_file_location("vae_baseline", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_mnistgen_loop_follows_the_plain_loop(mnist_raw):
+    baseline = load_baseline()
+    images = torch.from_numpy((mnist_raw.train_images[:1000].reshape(1000, 784) >= 128).astype(np.float32))
+    config = VAEConfig(device="cpu")
+    order = seed_everything(config.seed)
+    model = build_model(config, torch.device("cpu"))
+    optimizer = make_optimizer(model, config.lr)  # fused Adam
+    noise = torch.Generator().manual_seed(stream_seed(config.seed, NOISE_STREAM))
+    plain = baseline.PlainVAE.copy_of(model)
+    plain_optimizer = torch.optim.Adam(plain.parameters(), lr=config.lr)  # PyTorch's default (for-loop) Adam
+    plain_order = torch.Generator().manual_seed(config.seed)
+    plain_noise = torch.Generator().manual_seed(stream_seed(config.seed, NOISE_STREAM))
+
+    fast_losses, plain_losses = [], []
+    for _ in range(3):  # 30 Adam steps
+        batches = list(shuffled_batches(len(images), config.batch_size, order))
+        step_elbos = torch.zeros(len(batches))
+        train_epoch(model, optimizer, images, batches, noise=noise, analytic_kl=False, dynamic_binarization=False,
+                    step_elbos=step_elbos)
+        fast_losses += (-step_elbos / config.batch_size).tolist()
+        plain_losses += baseline.baseline_epoch(plain, plain_optimizer, images, plain_order, plain_noise,
+                                                config.batch_size)
+    assert len(fast_losses) == 30
+    np.testing.assert_allclose(fast_losses, plain_losses, rtol=2e-5)
+    assert fast_losses[-1] < fast_losses[0] - 100  # it is learning: the comparison is not between two flat lines
+    pairs = [("encoder.hidden", plain.enc), ("encoder.mean", plain.enc_mu), ("encoder.logvar", plain.enc_logvar),
+             ("decoder.hidden", plain.dec), ("decoder.output", plain.dec_out)]
+    state = model.state_dict()
+    for name, module in pairs:
+        torch.testing.assert_close(state[f"{name}.weight"], module.weight.detach(), rtol=0, atol=2e-5)
+        torch.testing.assert_close(state[f"{name}.bias"], module.bias.detach(), rtol=0, atol=2e-5)
