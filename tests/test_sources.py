@@ -22,18 +22,6 @@ WARNING_MARK = "mnistgen: WARNING: using the 5,000-digit MNIST sample shipped wi
 
 
 @pytest.fixture(autouse=True)
-def only_localhost(monkeypatch):
-    real_connect = socket.socket.connect
-
-    def guarded(self, address):
-        if self.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in ("127.0.0.1", "::1"):
-            raise AssertionError(f"test tried to connect to {address}")
-        return real_connect(self, address)
-
-    monkeypatch.setattr(socket.socket, "connect", guarded)
-
-
-@pytest.fixture(autouse=True)
 def clean_environment(monkeypatch, tmp_path):
     for name in (sources.DATA_DIR_ENV, sources.OFFLINE_ENV, "MNISTGEN_MIRRORS"):
         monkeypatch.delenv(name, raising=False)
