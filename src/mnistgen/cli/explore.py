@@ -1,7 +1,31 @@
-"""``mnistgen explore``: (to be built)."""
+"""``mnistgen explore RUN --out explorer.html``: the VAE's latent plane and live decoder in one page."""
 
 from __future__ import annotations
 
+import argparse
+
 
 def register(subparsers) -> None:
-    """Add this family's commands to ``mnistgen``; nothing yet."""
+    from ..config import DEVICES
+
+    parser = subparsers.add_parser(
+        "explore", help="write an interactive page of the VAE's latent plane (decoder runs in the page)",
+        description="Write one self-contained HTML page: the encoder means of the run's training images as a "
+                    "scatter colored by class; moving the pointer over it shows the decoder's image for that "
+                    "z, computed in the page from the embedded weights (no server, no network).")
+    parser.add_argument("run", metavar="RUN", help="a VAE run folder, or a reproduction folder holding vae/")
+    parser.add_argument("--out", metavar="FILE", default=None,
+                        help="where to write the page (default: RUN/explorer.html)")
+    parser.add_argument("--gan", metavar="GAN_RUN", default=None,
+                        help="a GAN run folder for the second panel (default: RUN/gan when RUN is a reproduction)")
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="where to encode the images (default: auto)")
+    parser.set_defaults(func=run_explore)
+
+
+def run_explore(args: argparse.Namespace) -> int:
+    from ..explore import explorer_from_run, write_explorer
+    from ..runs import RunDir
+
+    out = args.out if args.out else RunDir(args.run).path / "explorer.html"
+    print(write_explorer(explorer_from_run(args.run, args.device, args.gan), out))
+    return 0

@@ -1,7 +1,78 @@
-"""``mnistgen report``: (to be built)."""
+"""``mnistgen reproduce`` (the whole specification into one folder and its report) and ``mnistgen report``."""
 
 from __future__ import annotations
 
+import argparse
+
 
 def register(subparsers) -> None:
-    """Add this family's commands to ``mnistgen``; nothing yet."""
+    from ..config import REPRODUCE_QUICK, ReproduceConfig, add_config_arguments
+
+    quick = ", ".join(f"{name.replace('_', '-')} {value}" for name, value in REPRODUCE_QUICK.items())
+    reproduce = subparsers.add_parser(
+        "reproduce", help="run the whole specification (VAE, GAN, scores) and write RUN/report.html",
+        description="Train and evaluate the VAE, train the GAN, score both models' samples against the "
+                    "real-vs-real reference, and write RUN/report.html (and RUN/explorer.html). Every stage "
+                    "is recorded with its time in RUN/stages.json.")
+    reproduce.add_argument("--out", required=True, metavar="RUN", help="folder of the reproduction (created)")
+    reproduce.add_argument("--quick", action="store_true",
+                           help=f"a first look in a few minutes on a CPU: {quick} (flags given still win)")
+    reproduce.add_argument("--resume", action="store_true",
+                           help="continue an interrupted reproduction in RUN: finished stages are skipped, an "
+                                "interrupted training continues from its checkpoint (with RUN's saved settings)")
+    add_config_arguments(reproduce, ReproduceConfig)
+    reproduce.set_defaults(func=run_reproduce)
+
+    report = subparsers.add_parser(
+        "report", help="(re)build RUN/report.html from a reproduction or run folder",
+        description="Build one self-contained HTML page (figures embedded, no network) from a reproduction "
+                    "folder (mnistgen reproduce) or from one VAE or GAN run folder.")
+    report.add_argument("run", metavar="RUN", help="reproduction, VAE or GAN run folder")
+    report.add_argument("--out", metavar="FILE", default=None,
+                        help="where to write the page (default: RUN/report.html)")
+    report.set_defaults(func=run_report)
+
+
+def run_reproduce(args: argparse.Namespace) -> int:
+    from ..config import ReproduceConfig, config_from_args
+    from ..reproduce import quick_config, reproduce
+
+    base = quick_config() if args.quick else None
+    config = config_from_args(ReproduceConfig, args, base)
+    report = reproduce(args.out, config, resume=args.resume, explicit=explicit_fields(args),
+                       command=command_line(args))
+    print(f"report: {report}")
+    return 0
+
+
+def explicit_fields(args: argparse.Namespace) -> set[str]:
+    """Names of the config fields the command line sets (argparse leaves the others None); --quick sets its own."""
+    from ..config import REPRODUCE_QUICK, ReproduceConfig
+    from ..reproduce import config_field_names
+
+    given = {name for name in config_field_names(ReproduceConfig) if getattr(args, name, None) is not None}
+    return given | (set(REPRODUCE_QUICK) if args.quick else set())
+
+
+def command_line(args: argparse.Namespace) -> list[str]:
+    """The command as typed, rebuilt from the parsed flags (for the record in RUN/stages.json)."""
+    from ..config import ReproduceConfig
+    from ..reproduce import config_field_names
+
+    words = ["mnistgen", "reproduce", "--out", args.out]
+    words += [flag for flag, given in (("--quick", args.quick), ("--resume", args.resume)) if given]
+    for name in config_field_names(ReproduceConfig):
+        value = getattr(args, name, None)
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            words.append(flag if value else "--no-" + flag[2:])
+        elif value is not None:
+            words += [flag, str(value)]
+    return words
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from ..report import write_report
+
+    print(write_report(args.run, args.out))
+    return 0

@@ -1,0 +1,335 @@
+"""``explorer.html``: the VAE's 2-D latent plane, live, in one self-contained page.
+
+Left, the encoder means of the protocol's training images as a scatter colored by class (with a
+legend that shows or hides each class); right, the decoder's 28x28 image p(x|z) for the z under the
+pointer (or set by the two sliders, or moved with the arrow keys), drawn at 280x280 with nearest
+neighbour. The decoder, Linear(2, H) -> tanh -> Linear(H, 784) -> sigmoid, runs in the page's own
+JavaScript (``assets/explorer.js``) from its weights embedded as base64 little-endian float32: no
+server, no network (the page's Content-Security-Policy forbids every request). The page exposes
+``window.mnistgenExplorer`` with ``decode(z) -> Float32Array(784)``, ``setZ(z1, z2)``, ``z`` and
+``pixels`` so tests (and users) can check it against the Python decoder.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import html
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import MnistgenError
+from .runs import RunDir, atomic_write, read_json
+
+CONTENT_SECURITY_POLICY = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'"
+IMAGE_SIDE = 28
+PLANE_SIZE = 600  # canvas pixels of the latent plane (square)
+PLANE_MARGIN = 40  # canvas pixels left around the plane for the axes' labels
+DIGIT_SIZE = 280  # canvas pixels of the decoded image: 10 screen pixels per image pixel
+MAX_POINTS = 10_000  # more encoded means than this are subsampled (fixed seed) to keep the file small
+SUBSAMPLE_SEED = 0
+MIN_SPAN = 6.0  # the plane is at least 6 wide: +-3 standard deviations of the prior
+RANGE_QUANTILE = 0.99  # ... and holds the central 99% of the means on each axis
+RANGE_PADDING = 1.1  # ... with 5% of room on each side
+# matplotlib's tab10, the palette of the VAE's latent figure: the same class has the same color
+CLASS_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+                "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+
+
+@dataclass(frozen=True)
+class ExplorerData:
+    """What the page needs: the decoder's weights (torch's Linear layout) and the encoded training means."""
+
+    w1: np.ndarray  # (H, 2) weight of Linear(2, H)
+    b1: np.ndarray  # (H,)
+    w2: np.ndarray  # (784, H) weight of Linear(H, 784)
+    b2: np.ndarray  # (784,)
+    means: np.ndarray  # (N, 2) encoder means mu(x) of the training images
+    labels: np.ndarray  # (N,) int class of each
+    classes: tuple[str, ...]  # class names, index = label
+    title: str
+    gan: GeneratorWeights | None = None  # the optional second panel
+
+
+def decoder_arrays(decoder: torch.nn.Module) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The two Linear layers of SPEC's decoder as float32 arrays (w1 (H, 2), b1, w2 (784, H), b2).
+
+    Raises if the module is not Linear(2, H) -> ... -> Linear(H, 784): the page implements exactly that.
+    """
+    linears = [m for m in decoder.modules() if isinstance(m, torch.nn.Linear)]
+    if len(linears) != 2:
+        raise MnistgenError(f"the explorer needs the decoder Linear -> tanh -> Linear -> sigmoid; "
+                            f"this one has {len(linears)} Linear layer(s)")
+    first, second = linears
+    if first.in_features != 2:
+        raise MnistgenError(f"the explorer needs a 2-D latent space; this VAE has {first.in_features} dimensions")
+    if second.out_features != IMAGE_SIDE * IMAGE_SIDE or second.in_features != first.out_features:
+        raise MnistgenError(f"decoder shapes {first.in_features}->{first.out_features}->"
+                            f"{second.in_features}->{second.out_features} are not 2->H->H->784")
+    as_array = lambda t: t.detach().cpu().to(torch.float32).numpy().copy()  # noqa: E731
+    return as_array(first.weight), as_array(first.bias), as_array(second.weight), as_array(second.bias)
+
+
+GAN_CORNERS = 4  # the GAN panel morphs between this many noise vectors (the corners of its square)
+GAN_CORNER_SEED = 0
+GAN_TILES = 8  # the GAN pad's background: G(z) on an 8 x 8 grid of mixtures
+GAN_PAD_SIZE = 400  # canvas pixels of that pad (square)
+
+
+@dataclass(frozen=True)
+class GeneratorWeights:
+    """SPEC §3's generator as arrays (torch layouts): Linear(zdim, 1568), then three 3x3 convolutions."""
+
+    linear_w: np.ndarray  # (1568, zdim)
+    linear_b: np.ndarray  # (1568,)
+    convs: tuple[tuple[np.ndarray, np.ndarray], ...]  # (weight, bias): (16, 32, 3, 3), (8, 16, 3, 3), (1, 8, 3, 3)
+    slope: float  # LeakyReLU's negative slope
+    corners: np.ndarray  # (GAN_CORNERS, zdim) noise vectors z ~ U[-1, 1]^zdim
+
+
+GENERATOR_CHANNELS = (32, 16, 8, 1)  # channels after the reshape and after each convolution (SPEC §3)
+GENERATOR_START = 7  # the reshape gives 32 x 7 x 7; two nearest upsamplings make 28 x 28
+
+
+def generator_arrays(generator: torch.nn.Module, seed: int = GAN_CORNER_SEED) -> GeneratorWeights:
+    """The weights of SPEC §3's generator, checked against the one layout the page implements."""
+    linears = [m for m in generator.modules() if isinstance(m, torch.nn.Linear)]
+    convs = [m for m in generator.modules() if isinstance(m, torch.nn.Conv2d)]
+    upsamples = [m for m in generator.modules() if isinstance(m, torch.nn.Upsample)]
+    slopes = {m.negative_slope for m in generator.modules() if isinstance(m, torch.nn.LeakyReLU)}
+    channels = tuple([c.in_channels for c in convs[:1]] + [c.out_channels for c in convs])
+    layout_ok = (len(linears) == 1 and linears[0].out_features == GENERATOR_CHANNELS[0] * GENERATOR_START ** 2
+                 and channels == GENERATOR_CHANNELS and len(slopes) == 1 and len(upsamples) == 2
+                 and all(c.kernel_size == (3, 3) and c.stride == (1, 1) and c.padding == (1, 1) for c in convs)
+                 and all(u.mode == "nearest" and float(u.scale_factor) == 2.0 for u in upsamples))
+    if not layout_ok:
+        raise MnistgenError("the explorer's GAN panel implements SPEC §3's generator only "
+                            "(Linear -> LeakyReLU -> 2x nearest upsample -> 3 convolutions 3x3 -> sigmoid)")
+    as_array = lambda t: t.detach().cpu().to(torch.float32).numpy().copy()  # noqa: E731
+    zdim = linears[0].in_features
+    corners = np.random.default_rng(seed).uniform(-1.0, 1.0, size=(GAN_CORNERS, zdim)).astype(np.float32)
+    return GeneratorWeights(as_array(linears[0].weight), as_array(linears[0].bias),
+                            tuple((as_array(c.weight), as_array(c.bias)) for c in convs), float(slopes.pop()), corners)
+
+
+def plane_range(means: np.ndarray) -> tuple[tuple[float, float], tuple[float, float]]:
+    """The square of the latent plane the page shows: ((z1 low, z1 high), (z2 low, z2 high)), equal spans.
+
+    It holds the central RANGE_QUANTILE of the means on each axis with some padding, is at least
+    MIN_SPAN wide (the prior's +-3 sigma), and its centre and half-width are multiples of 0.5.
+    """
+    if len(means) == 0:
+        return (-MIN_SPAN / 2, MIN_SPAN / 2), (-MIN_SPAN / 2, MIN_SPAN / 2)
+    tail = (1.0 - RANGE_QUANTILE) / 2.0
+    low, high = np.quantile(means, [tail, 1.0 - tail], axis=0)  # (2,) each
+    span = max(float((high - low).max()) * RANGE_PADDING, MIN_SPAN)
+    half = float(np.ceil(span)) / 2.0  # a multiple of 0.5
+    centres = np.round(low + high) / 2.0  # multiples of 0.5, within 0.25 of the data's centre
+    return tuple((float(c - half), float(c + half)) for c in centres)
+
+
+def subsample(means: np.ndarray, labels: np.ndarray, limit: int = MAX_POINTS) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``limit`` points, drawn without replacement with a fixed seed (all of them if fewer)."""
+    if len(means) <= limit:
+        return means, labels
+    keep = np.sort(np.random.default_rng(SUBSAMPLE_SEED).choice(len(means), size=limit, replace=False))
+    return means[keep], labels[keep]
+
+
+def base64_array(array: np.ndarray, dtype: str) -> str:
+    return base64.b64encode(np.ascontiguousarray(array, dtype=dtype).tobytes()).decode("ascii")
+
+
+def page_data(data: ExplorerData) -> dict:
+    """The JSON the page's script reads."""
+    means, labels = subsample(np.asarray(data.means, np.float32), np.asarray(data.labels))
+    if labels.size and (labels.min() < 0 or labels.max() >= len(data.classes)):
+        raise MnistgenError(f"labels outside 0..{len(data.classes) - 1}")
+    return {
+        "latent_dim": 2,
+        "hidden": int(data.w1.shape[0]),
+        "side": IMAGE_SIDE,
+        "w1": base64_array(data.w1, "<f4"),
+        "b1": base64_array(data.b1, "<f4"),
+        "w2": base64_array(data.w2, "<f4"),
+        "b2": base64_array(data.b2, "<f4"),
+        "means": base64_array(means, "<f4"),
+        "labels": base64_array(labels, "u1"),
+        "classes": list(data.classes),
+        "colors": [CLASS_COLORS[i % len(CLASS_COLORS)] for i in range(len(data.classes))],
+        "range": [list(axis) for axis in plane_range(means)],
+        "margin": PLANE_MARGIN,
+        "gan": None if data.gan is None else gan_page_data(data.gan),
+    }
+
+
+def gan_page_data(gan: GeneratorWeights) -> dict:
+    return {
+        "zdim": int(gan.linear_w.shape[1]),
+        "channels": list(GENERATOR_CHANNELS),
+        "start": GENERATOR_START,
+        "slope": gan.slope,
+        "linear_w": base64_array(gan.linear_w, "<f4"),
+        "linear_b": base64_array(gan.linear_b, "<f4"),
+        "conv_w": [base64_array(w, "<f4") for w, _ in gan.convs],
+        "conv_b": [base64_array(b, "<f4") for _, b in gan.convs],
+        "corners": base64_array(gan.corners, "<f4"),
+        "tiles": GAN_TILES,
+    }
+
+
+STYLE = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d1d1f;background:#fafafa}
+header{background:#16324f;color:#fff;padding:1rem 2rem} header h1{margin:0;font-size:1.45rem}
+header p{margin:.3rem 0 0;opacity:.85}
+main{display:flex;flex-wrap:wrap;gap:2rem;padding:1.5rem 2rem;align-items:flex-start}
+.stack{position:relative;width:PLANEpx;height:PLANEpx}
+.stack canvas{position:absolute;left:0;top:0;width:PLANEpx;height:PLANEpx}
+#plane-overlay{cursor:crosshair;touch-action:none}
+#digit{width:DIGITpx;height:DIGITpx;image-rendering:pixelated;border:1px solid #444;background:#000}
+#legend{display:flex;flex-wrap:wrap;gap:.3rem;margin-top:.6rem;max-width:PLANEpx}
+.legend-item{display:flex;align-items:center;gap:.3rem;border:1px solid #ccc;background:#fff;border-radius:4px;
+ padding:.15rem .5rem;cursor:pointer;font-size:.9rem}
+.legend-item.off{opacity:.35} .swatch{width:12px;height:12px;border-radius:2px;display:inline-block}
+label{display:block;margin:.6rem 0 .1rem;font-weight:600} input[type=range]{width:DIGITpx}
+#readout,.readout{font-family:ui-monospace,monospace;font-size:1.05rem;margin:.6rem 0}
+.hint{color:#555;max-width:360px;font-size:.92rem}
+h2{margin:0 0 .6rem;color:#16324f;font-size:1.2rem} main.gan{border-top:1px solid #ddd}
+.pad{position:relative;width:PADpx;height:PADpx}
+.pad canvas{position:absolute;left:0;top:0;width:PADpx;height:PADpx}
+#gan-pad-overlay{cursor:crosshair;touch-action:none}
+#gan-digit{width:DIGITpx;height:DIGITpx;image-rendering:pixelated;border:1px solid #444;background:#000}
+"""
+
+
+def build_explorer(data: ExplorerData) -> str:
+    """The whole page as one HTML string."""
+    script = resources.files("mnistgen").joinpath("assets/explorer.js").read_text(encoding="utf-8")
+    # JSON inside <script>: "</" must not end the element early
+    payload = json.dumps(page_data(data), separators=(",", ":")).replace("</", "<\\/")
+    style = (STYLE.replace("PLANEpx", f"{PLANE_SIZE}px").replace("DIGITpx", f"{DIGIT_SIZE}px")
+             .replace("PADpx", f"{GAN_PAD_SIZE}px"))
+    title = html.escape(data.title)
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f'<meta http-equiv="Content-Security-Policy" content="{CONTENT_SECURITY_POLICY}">'
+        f"<title>{title}</title><style>{style}</style></head><body>"
+        f"<header><h1>{title}</h1><p>Each dot is one training image, placed at the mean of q(z|x) and colored "
+        "by its digit. Move the pointer over the plane (or use the sliders, or the arrow keys; Shift for "
+        "bigger steps) to see what the decoder draws at that z.</p></header><main>"
+        f'<div><div class="stack"><canvas id="plane" width="{PLANE_SIZE}" height="{PLANE_SIZE}"></canvas>'
+        f'<canvas id="plane-overlay" width="{PLANE_SIZE}" height="{PLANE_SIZE}" '
+        'aria-label="latent plane: move the pointer to choose z"></canvas></div>'
+        '<div id="legend" aria-label="classes (click to show or hide)"></div></div>'
+        f'<div><canvas id="digit" width="{DIGIT_SIZE}" height="{DIGIT_SIZE}" '
+        'aria-label="decoder output p(x|z)"></canvas>'
+        '<div id="readout"></div>'
+        '<label for="z1">z1</label><input id="z1" type="range" value="0">'
+        '<label for="z2">z2</label><input id="z2" type="range" value="0">'
+        '<p class="hint">The image shows p(x|z): the probability that each pixel is on (white = 1), computed '
+        "in this page from the decoder's weights. The plane covers the region where the training images "
+        "landed (the central 99% of them on each axis).</p></div></main>"
+        + (gan_panel() if data.gan is not None else "")
+        + f'<script id="explorer-data" type="application/json">{payload}</script>'
+        f"<script>{script}</script></body></html>\n"
+    )
+
+
+def gan_panel() -> str:
+    pad, digit = GAN_PAD_SIZE, DIGIT_SIZE
+    return (
+        '<main class="gan"><div><h2>GAN: the generator between four noise vectors</h2>'
+        f'<div class="pad"><canvas id="gan-pad" width="{pad}" height="{pad}"></canvas>'
+        f'<canvas id="gan-pad-overlay" width="{pad}" height="{pad}" aria-label="GAN mixing square"></canvas></div>'
+        f'</div><div><canvas id="gan-digit" width="{digit}" height="{digit}" aria-label="generator output"></canvas>'
+        '<div id="gan-readout" class="readout"></div>'
+        '<p class="hint">The four corners of the square are four fixed noise vectors z ~ U[-1, 1]^64; inside it '
+        "the noise is their bilinear mixture (u across, v down), and each tile shows G(z) at its centre. Move the "
+        "pointer over the square to see G(z), computed in this page from the generator's weights.</p></div></main>"
+    )
+
+
+def write_explorer(data: ExplorerData, out: str | Path) -> Path:
+    path = Path(out).expanduser().resolve()
+    text = build_explorer(data)
+    atomic_write(path, lambda h: h.write(text), mode="w")
+    return path
+
+
+def vae_run_of(folder: str | Path) -> RunDir:
+    """The VAE run folder itself, or the ``vae/`` folder of a reproduction."""
+    run = RunDir(folder)
+    if (run.path / "vae" / "config.json").is_file():
+        return RunDir(run.path / "vae")
+    config = run.read_config()
+    if config.get("kind") != "vae":
+        raise MnistgenError(f"{run.path}: a {config.get('kind')!r} run; explore needs a VAE run "
+                            "(or a reproduction folder holding one)")
+    return run
+
+
+
+def run_data_config(run: RunDir, config):
+    """The VAE config with its data pinned to the files the run trained on.
+
+    A run trained with data found through $MNISTGEN_DATA_DIR has no data_dir in its config; its data.json
+    records the folder. Reading that folder (offline) gives the same images today, whatever the environment
+    says; the points drawn are then those the model saw, or an error, never another dataset's.
+    """
+    recorded = read_json(run.data) if run.data.is_file() else {}
+    if config.data.data_dir is not None or not recorded.get("folder") or recorded.get("sample"):
+        return config
+    return dataclasses.replace(config, data=dataclasses.replace(config.data, data_dir=recorded["folder"],
+                                                                offline=True))
+
+
+def check_same_data(run: RunDir, provenance: dict) -> None:
+    """Refuse to draw other images than the run's (e.g. the bundled sample standing in for missing MNIST)."""
+    recorded = read_json(run.data) if run.data.is_file() else {}
+    for key in ("dataset", "sample"):
+        if key in recorded and recorded[key] != provenance.get(key):
+            raise MnistgenError(f"{run.path}: trained on {recorded.get('title', recorded['dataset'])} (sample: "
+                                f"{recorded.get('sample')}), but only {provenance.get('title')} (sample: "
+                                f"{provenance.get('sample')}) could be loaded now; pass the data's folder with "
+                                "MNISTGEN_DATA_DIR")
+
+
+def explorer_from_run(folder: str | Path, device: str = "auto", gan_folder: str | Path | None = None) -> ExplorerData:
+    """Load the VAE of a run folder (or of a reproduction's vae/) and encode its protocol's training images.
+
+    The points are those of the run's latent figure (RUN/figures/latent.png): the encoder means of the
+    protocol's training images (for the full protocol, of one binary draw of each, as the model saw them).
+    The GAN panel comes from ``gan_folder``, or from the reproduction's gan/ when ``folder`` is one.
+    """
+    from .data.protocols import binarize_batch
+    from .data.registry import DATASETS
+    from .evaluate import encode_means, load_trained_vae, load_vae_protocol
+
+    run = vae_run_of(folder)
+    trained = load_trained_vae(run, device)
+    config = trained.config
+    if config.latent_dim != 2:
+        raise MnistgenError(f"{run.path}: the explorer needs a 2-D latent space; this VAE has {config.latent_dim}")
+    protocol = load_vae_protocol(run_data_config(run, config))
+    check_same_data(run, protocol.provenance)
+    images = protocol.train_images
+    if protocol.dynamic_binarization:
+        images = binarize_batch(images, torch.Generator().manual_seed(config.seed))
+    means = encode_means(trained.model, images.to(trained.device)).cpu().numpy()
+    dataset = config.data.dataset
+    classes = DATASETS[dataset].classes if dataset in DATASETS else tuple(str(d) for d in range(10))
+    title = (f"mnistgen latent explorer: the VAE of {RunDir(folder).path.name} ({dataset}, {config.protocol} protocol, "
+             f"{trained.epochs} epoch(s))")
+    gan_run = RunDir(gan_folder) if gan_folder is not None else RunDir(RunDir(folder).path / "gan")
+    gan = None
+    if gan_folder is not None or gan_run.checkpoint.is_file():
+        from .train.gan import load_generator
+
+        gan = generator_arrays(load_generator(gan_run, torch.device("cpu"))[0])
+    return ExplorerData(*decoder_arrays(trained.model.decoder), means=means, labels=protocol.train_labels.numpy(),
+                        classes=tuple(classes), title=title, gan=gan)

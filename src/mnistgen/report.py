@@ -1,0 +1,586 @@
+"""``report.html``: one self-contained page describing a reproduction folder (or a single VAE or GAN run).
+
+Everything the page shows is read from the folder (see :mod:`mnistgen.reproduce` for its layout and
+:mod:`mnistgen.runs` for a run folder's): every figure embedded as a base64 ``data:`` URI with a
+caption, the metrics as tables, the training curves, the configuration, the data's provenance, the
+sample-quality scores beside the real-vs-real reference, the versions, the machine and the time of
+each stage. The page loads nothing: no script, no font, no stylesheet from anywhere, and a
+Content-Security-Policy that forbids every request except ``data:`` images.
+
+The builder only reads the folder; the one file it writes is the page itself (atomically).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import importlib.metadata
+import io
+import json
+import math
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .errors import MnistgenError
+from .runs import RunDir, atomic_write, read_json
+
+CONTENT_SECURITY_POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+LIBRARIES = ("torch", "numpy", "matplotlib", "pillow", "tqdm", "pooch", "platformdirs", "mlxtend")
+SAMPLE_PREVIEW = (6, 12)  # rows x columns of the preview of each scored sample set
+SAMPLE_PREVIEW_SCALE = 2  # pixels per image pixel in that preview
+LONG_TOKEN = 32  # strings longer than this without a space (paths, checksums) may break anywhere
+METRIC_ROWS_SHOWN = 12  # per-epoch tables longer than this are folded (the full table stays in the page)
+
+# Captions of the figures the model commands write, by run kind and file name; others get their name.
+CAPTIONS: dict[tuple[str, str], str] = {
+    ("vae", "samples.png"): (
+        "SPEC figure 1. Ten latent points z drawn from the prior N(0, I), one per row. Left: the decoder's "
+        "output p(x|z), the probability that each pixel is on, as a gray level; right: one binary image "
+        "x ~ Bernoulli(p(x|z)) drawn from it."),
+    ("vae", "latent.png"): (
+        "SPEC figure 2. Every training image of the protocol encoded: the mean of q(z|x) as a point in the "
+        "2-D latent plane, colored by the image's digit class. Classes that share a region are the ones "
+        "the model confuses."),
+    ("vae", "interpolation.png"): (
+        "SPEC figure 3. Three pairs of training images of different classes (one pair per row). Both images "
+        "are encoded, and the decoder's p(x|z) is shown along the straight line "
+        "z = alpha mu_a + (1 - alpha) mu_b, alpha = 0, 0.1, ..., 1."),
+    ("vae", "manifold.png"): (
+        "The learned 2-D manifold: the decoder's mean image p(x|z) at each point of a regular grid over the "
+        "latent plane. Neighbouring points decode to similar digits."),
+    ("vae", "curves.png"): (
+        "Training curves: the evidence lower bound (ELBO, in nats per image; higher is better) on the "
+        "training images and on the held-out images after each epoch."),
+    ("gan", "progress.png"): (
+        "SPEC §3 progress figure: the generator's images for one fixed batch of noise at chosen epochs (SPEC's "
+        "example: 0, 30 and 70 of 100), side by side. Epoch 0 is the untrained generator."),
+    ("gan", "training.png"): (
+        "Training curves: left, the mean losses of D (binary cross-entropy on real and generated images) and "
+        "of G (the non-saturating -log D(G(z))) per epoch; right, D's mean probability of 'real' on real and "
+        "on generated images. Both near 1/2 means D can no longer tell them apart."),
+}
+CURVES_FIGURE = {"vae": "curves.png", "gan": "training.png"}  # when absent, the report draws the curves itself
+SAMPLE_SET_TITLES = {
+    "vae_means": "VAE, decoder means p(x|z), z ~ N(0, I)",
+    "vae_binary": "VAE, binary draws x ~ p(x|z), z ~ N(0, I)",
+    "gan": "GAN, G(z), z ~ U[-1, 1]^zdim",
+}
+
+
+# --------------------------------------------------------------------------- small HTML helpers
+
+
+def escape(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def format_value(value: Any) -> str:
+    """A number as a person reads it (ELBOs with 2 decimals, small values with 4 digits); text escaped."""
+    if isinstance(value, bool) or value is None:
+        return escape("—" if value is None else value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return escape(value)
+        magnitude = abs(value)
+        if magnitude >= 100:
+            return f"{value:,.2f}"
+        if magnitude >= 1:
+            return f"{value:.4f}"
+        return f"{value:.4g}"
+    return escape(value)
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], css_class: str = "") -> str:
+    """An HTML table; cells that are already HTML are passed as :class:`Markup`."""
+    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{cell_html(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table class="{css_class}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+class Markup(str):
+    """A string that is already HTML (not escaped again)."""
+
+
+def cell_html(value: Any) -> str:
+    return value if isinstance(value, Markup) else format_value(value)
+
+
+def value_html(value: Any) -> Markup:
+    """Any JSON value as HTML: dicts as key/value tables, lists of dicts as tables, lists of scalars joined."""
+    if isinstance(value, dict):
+        if not value:
+            return Markup("—")
+        return Markup(table(("key", "value"), ((k, value_html(v)) for k, v in value.items()), "kv"))
+    if isinstance(value, list):
+        if value and all(isinstance(v, dict) for v in value):
+            headers = list(dict.fromkeys(k for v in value for k in v))
+            return Markup(table(headers, ([value_html(v.get(h)) for h in headers] for v in value), "kv"))
+        return Markup(", ".join(cell_html(value_html(v)) for v in value) or "—")
+    if isinstance(value, str) and len(value) > LONG_TOKEN and " " not in value:  # a path or a checksum
+        return Markup(f'<span class="token">{escape(value)}</span>')
+    return Markup(format_value(value))
+
+
+def png_data_uri(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def figure_html(png: bytes, caption: str, alt: str, css_class: str = "") -> str:
+    return (f'<figure class="{css_class}"><img src="{png_data_uri(png)}" alt="{escape(alt)}">'
+            f"<figcaption>{escape(caption)}</figcaption></figure>")
+
+
+def figure_png(figure) -> bytes:
+    """A matplotlib figure as PNG bytes (the figure is closed)."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def array_png(image: np.ndarray, scale: int) -> bytes:
+    """A 2-D array in [0, 1] as grayscale PNG bytes, enlarged ``scale`` times (nearest neighbour)."""
+    from PIL import Image
+
+    pixels = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    picture = Image.fromarray(pixels, mode="L")
+    picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def section(anchor: str, title: str, body: str) -> str:
+    return f'<section id="{escape(anchor)}"><h2>{escape(title)}</h2>{body}</section>'
+
+
+def details(summary: str, body: str) -> str:
+    return f"<details><summary>{escape(summary)}</summary>{body}</details>"
+
+
+# --------------------------------------------------------------------------- reading a folder
+
+
+def read_json_if_present(path: Path) -> Any:
+    return read_json(path) if path.is_file() else None
+
+
+def metrics_table(records: list[dict[str, Any]]) -> str:
+    """Per-epoch metrics: the last epochs visible, the whole history folded below."""
+    if not records:
+        return "<p class='missing'>No metrics recorded.</p>"
+    headers = list(dict.fromkeys(k for r in records for k in r))
+    rows = [[r.get(h) for h in headers] for r in records]
+    if len(rows) <= METRIC_ROWS_SHOWN:
+        return table(headers, rows, "metrics")
+    return (table(headers, rows[-3:], "metrics")
+            + details(f"all {len(rows)} epochs", table(headers, rows, "metrics")))
+
+
+def numeric_series(records: list[dict[str, Any]], key: str) -> list[float | None]:
+    return [r.get(key) if isinstance(r.get(key), int | float) else None for r in records]
+
+
+# Panels of the curves the report draws for a run without curves.png: (title, y label, {metric: legend}).
+KNOWN_PANELS = (
+    ("GAN losses", "mean over the epoch's steps", {"d_loss": "D: cross-entropy on real and generated",
+                                                    "g_loss": "G: -log D(G(z)) (non-saturating)"}),
+    ("discriminator outputs", "mean probability of 'real'", {"d_real": "D(x) on real images",
+                                                             "d_fake": "D(G(z)) on generated images"}),
+    ("ELBO", "nats per image (higher is better)", {"train_elbo": "training images", "test_elbo": "test images",
+                                                   "validation_elbo": "validation images"}),
+)
+NOT_PLOTTED = ("epoch", "seconds", "train_seconds", "lr")
+
+
+def curves_png(records: list[dict[str, Any]], title: str) -> bytes | None:
+    """Curves of the numeric metrics by epoch (known metrics in their panels, others in one more); None if none."""
+    from .plots.report import metric_curves
+
+    epochs = [r.get("epoch", i) for i, r in enumerate(records)]
+    keys = [k for k in dict.fromkeys(k for r in records for k in r) if k not in NOT_PLOTTED]
+    keys = [k for k in keys if any(v is not None for v in numeric_series(records, k))]
+    if not records or not keys:
+        return None
+    panels = []
+    for panel_title, ylabel, legend in KNOWN_PANELS:
+        series = {label: numeric_series(records, key) for key, label in legend.items() if key in keys}
+        if series:
+            panels.append((panel_title, ylabel, series))
+    known = {key for _, _, legend in KNOWN_PANELS for key in legend}
+    others = {key: numeric_series(records, key) for key in keys if key not in known}
+    if others:
+        panels.append(("other metrics", "value", others))
+    return figure_png(metric_curves(epochs, panels, title))
+
+
+def run_figures(run: RunDir, kind: str) -> list[tuple[str, bytes, str]]:
+    """(file name, PNG bytes, caption) of the run's figures/*.png, the known figures first in SPEC order."""
+    if not run.figures.is_dir():
+        return []
+    order = [name for (k, name) in CAPTIONS if k == kind]
+    files = sorted(run.figures.glob("*.png"), key=lambda p: (order.index(p.name) if p.name in order
+                                                           else len(order), p.name))
+    return [(p.name, p.read_bytes(), CAPTIONS.get((kind, p.name), f"{p.stem.replace('_', ' ')} ({p.name})"))
+            for p in files]
+
+
+def run_section(run: RunDir, kind: str, title: str) -> str:
+    """Figures, evaluation, curves, metrics, configuration and data provenance of one VAE or GAN run."""
+    if not run.config.is_file():
+        return section(kind, title, "<p class='missing'>This stage has not produced a run folder yet.</p>")
+    config = run.read_config()
+    records = run.read_metrics()
+    parts = []
+    if records:
+        last = records[-1]
+        parts.append(f"<p>{escape(len(records))} epoch(s) trained; last epoch's metrics:</p>"
+                     + table(list(last), [list(last.values())], "metrics"))
+    evaluation = read_json_if_present(run.eval)
+    if evaluation is not None:
+        parts.append("<h3>Evaluation</h3>" + value_html(evaluation))
+    figures = run_figures(run, kind)
+    for name, png, caption in figures:
+        parts.append(figure_html(png, caption, f"{title}: {name}"))
+    if records and not any(name == CURVES_FIGURE[kind] for name, _, _ in figures):
+        png = curves_png(records, f"{title}: training curves")
+        if png is not None:
+            parts.append(figure_html(png, "Training curves: the metrics of metrics.jsonl after each epoch.",
+                                     f"{title}: training curves"))
+    grids = sorted((run.path / "grids").glob("epoch_*.png")) if (run.path / "grids").is_dir() else []
+    if grids:
+        gallery = "".join(figure_html(p.read_bytes(), f"epoch {int(p.stem.split('_')[-1])}", p.name, "grid")
+                          for p in grids)
+        parts.append(details(f"all {len(grids)} grids from the fixed noise batch (8x8, by epoch)",
+                             f'<div class="gallery">{gallery}</div>'))
+    parts.append("<h3>Metrics by epoch</h3>" + metrics_table(records))
+    parts.append("<h3>Configuration</h3>" + value_html(config.get("config", {})))
+    data = read_json_if_present(run.data)
+    parts.append("<h3>Data</h3>" + (data_html(data) if data is not None
+                                     else "<p class='missing'>No data.json in this run folder.</p>"))
+    return section(kind, title, "".join(parts))
+
+
+def data_html(provenance: dict[str, Any]) -> str:
+    """Which dataset and files, their checksums, and whether it is the full data or the bundled sample."""
+    dataset = provenance.get("dataset", "?")
+    sample = dataset == "mnist-sample" or bool(provenance.get("sample"))
+    verdict = ("the bundled sample (not the full dataset): numbers are not comparable with SPEC's"
+               if sample else "the full dataset")
+    if sample and provenance.get("requested_dataset"):
+        verdict += (f"; it stood in for {provenance['requested_dataset']}"
+                    f" ({provenance.get('fallback_reason', 'reason not recorded')})")
+    css = ' class="missing"' if sample else ""
+    folder = provenance.get("folder")
+    files = provenance.get("files")
+    if folder and isinstance(files, list):  # a path that is just folder/name says nothing new: leave it out
+        files = [{k: v for k, v in f.items() if not (k == "path" and v == str(Path(folder) / f.get("name", "")))}
+                 if isinstance(f, dict) else f for f in files]
+        provenance = {**provenance, "files": files}
+    return f"<p{css}>Dataset <b>{escape(dataset)}</b>: {escape(verdict)}.</p>" + value_html(provenance)
+
+
+# --------------------------------------------------------------------------- scores
+
+
+def score_files(root: Path) -> list[Path]:
+    """The *.score.json of a folder: the known sample sets in the order of SAMPLE_SET_TITLES, then the others."""
+    folders = [root, root / "samples", root / "vae", root / "gan"]
+    files = [p for folder in folders if folder.is_dir() for p in sorted(folder.glob("*.score.json"))]
+    order = list(SAMPLE_SET_TITLES)
+    stem = lambda p: p.name[: -len(".score.json")]  # noqa: E731
+    return sorted(files, key=lambda p: order.index(stem(p)) if stem(p) in order else len(order))
+
+
+def samples_preview(npy: Path) -> bytes | None:
+    """The first images of a scored .npy as one tiled PNG (None if the array is gone or unreadable)."""
+    from .imaging import tile
+
+    if not npy.is_file():
+        return None
+    try:
+        images = np.load(npy, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    rows, cols = SAMPLE_PREVIEW
+    return array_png(tile(np.asarray(images[: rows * cols]), rows, cols), SAMPLE_PREVIEW_SCALE)
+
+
+def scores_section(root: Path) -> str:
+    files = score_files(root)
+    if not files:
+        return ""
+    scores = [(p, read_json(p)) for p in files]
+    reference = next((s["real_vs_real_reference"] for _, s in scores if "real_vs_real_reference" in s), None)
+    rows = []
+    if reference is not None:
+        rows.append([Markup(f"<b>real vs real</b> (reference: {escape(reference.get('what', ''))})"),
+                     reference.get("n_images"), reference.get("frechet_distance"),
+                     reference.get("classifier_score"), histogram_html(reference.get("class_histogram", []))])
+    for path, score in scores:
+        stem = path.name[: -len(".score.json")]
+        rows.append([SAMPLE_SET_TITLES.get(stem, stem), score.get("n_images"), score.get("frechet_distance"),
+                     score.get("classifier_score"), histogram_html(score.get("class_histogram", []))])
+    body = ("<p>Each set of images is passed through mnistgen's own MNIST classifier. <b>Frechet distance</b>: "
+            "between the classifier's features of the images and of the 10,000 test images (lower is closer to "
+            "MNIST; it grows as the number of images shrinks, so compare sets of equal size). <b>Classifier "
+            "score</b>: exp(E KL(p(y|x) || p(y))), between 1 and 10 (higher: confident and balanced classes). "
+            "The first row is real against real: the floor a perfect model would reach.</p>"
+            + table(("images", "N", "Frechet distance", "classifier score", "predicted classes 0-9"), rows,
+                    "scores"))
+    classifier = next((s["classifier"] for _, s in scores if "classifier" in s), None)
+    if classifier is not None:
+        body += "<p>Classifier: " + value_html(classifier) + "</p>"
+    previews = []
+    for path, _ in scores:
+        stem = path.name[: -len(".score.json")]
+        png = samples_preview(path.with_name(stem + ".npy"))
+        if png is not None:
+            previews.append(figure_html(png, f"The first {SAMPLE_PREVIEW[0] * SAMPLE_PREVIEW[1]} of the scored "
+                                        f"images: {SAMPLE_SET_TITLES.get(stem, stem)}.", stem, "preview"))
+    if previews:
+        body += f'<div class="gallery">{"".join(previews)}</div>'
+    return section("scores", "Sample quality", body)
+
+
+def histogram_html(counts: Sequence[int]) -> Markup:
+    """Class counts as a row of small bars with the count under each digit."""
+    if not counts:
+        return Markup("—")
+    top = max(max(counts), 1)
+    bars = "".join(
+        f'<span class="bar" title="digit {d}: {c:,}"><span style="height:{round(30 * c / top)}px"></span>'
+        f"<small>{d}</small></span>" for d, c in enumerate(counts))
+    return Markup(f'<span class="hist">{bars}</span> <small>{escape(", ".join(f"{c:,}" for c in counts))}</small>')
+
+
+# --------------------------------------------------------------------------- stages, versions, machine
+
+
+def stages_section(stages: dict[str, Any] | None) -> str:
+    if not stages:
+        return ""
+    rows = []
+    total = 0.0
+    for name, record in stages.get("stages", {}).items():
+        seconds = record.get("seconds")
+        total += seconds or 0.0
+        rows.append([name, record.get("status"), duration(seconds), record.get("started"), record.get("finished"),
+                     record.get("error") or record.get("note") or ""])
+    rows.append([Markup("<b>total</b>"), "", duration(total), "", "", ""])
+    command = stages.get("command")
+    body = (f"<p>Command: <code>{escape(' '.join(command))}</code></p>" if command else "")
+    return section("stages", "Stages and time", body + table(("stage", "status", "time", "started", "finished", "note"),
+                                                             rows, "stages"))
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{int(minutes)} min {rest:.0f} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{int(hours)} h {int(minutes)} min"
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"mnistgen": __version__}
+    for name in LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def environment_section(environments: dict[str, dict[str, Any]]) -> str:
+    """The versions and machine recorded by each run, side by side (one column per run), then the page's libraries."""
+    keys = list(dict.fromkeys(k for env in environments.values() for k in env))
+    rows = [[key, *[value_html(env.get(key)) for env in environments.values()]] for key in keys]
+    body = table(("", *environments), rows, "kv") if environments else ""
+    body += "<h3>Libraries used to build this page</h3>" + value_html(library_versions())
+    return section("environment", "Versions and machine", body)
+
+
+# --------------------------------------------------------------------------- the page
+
+
+STYLE = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d1d1f;background:#fafafa}
+main{max-width:1280px;margin:0 auto;padding:1.5rem 2rem 4rem}
+header{background:#16324f;color:#fff;padding:1.2rem 2rem}
+header h1{margin:0 0 .3rem;font-size:1.6rem} header p{margin:.1rem 0;opacity:.85}
+header code{background:#2a4a6b;color:#fff} header a{color:#fff}
+nav{background:#e8eef5;padding:.5rem 2rem;position:sticky;top:0;z-index:1}
+nav a{margin-right:1.2rem;color:#16324f;text-decoration:none;font-weight:600}
+section{background:#fff;border:1px solid #e2e2e2;border-radius:8px;padding:1rem 1.5rem;margin:1.2rem 0}
+h2{margin-top:.2rem;color:#16324f} h3{color:#34495e}
+figure{margin:1rem 0;text-align:center} figure img{max-width:100%;border:1px solid #ddd}
+figcaption{font-size:.92rem;color:#444;max-width:800px;margin:.4rem auto;text-align:left}
+.gallery{display:flex;flex-wrap:wrap;gap:.6rem} .gallery figure{margin:.3rem}
+.gallery figcaption{text-align:center}
+figure.grid img{width:180px;image-rendering:pixelated}
+table{border-collapse:collapse;margin:.5rem 0;font-size:.9rem}
+th,td{border:1px solid #ddd;padding:.25rem .55rem;text-align:left;vertical-align:top;overflow-wrap:break-word}
+th{white-space:nowrap} .token{word-break:break-all;font-family:ui-monospace,monospace;font-size:.82rem}
+section{overflow-x:auto}
+th{background:#f1f4f8} td{font-variant-numeric:tabular-nums}
+table.kv table.kv{font-size:.85rem;margin:0} table.summary td:nth-child(3){white-space:nowrap}
+.banner{background:#fff4d6;border:1px solid #e0b84c;border-radius:6px;padding:.6rem 1rem;margin:1rem 0 0}
+.hist{display:inline-flex;align-items:flex-end;gap:2px;height:44px;vertical-align:bottom}
+.bar{display:inline-flex;flex-direction:column;align-items:center;justify-content:flex-end;width:12px}
+.bar span{display:block;width:10px;background:#3b7dd8}
+.bar small{font-size:9px;color:#555}
+.missing{color:#a33} code{background:#f3f3f3;padding:0 .2rem}
+details{margin:.5rem 0} summary{cursor:pointer;color:#16324f}
+"""
+
+
+def page(title: str, subtitle: Sequence[str], sections: Sequence[tuple[str, str, str]]) -> str:
+    """The whole document: sections are (anchor, nav label, html)."""
+    present = [(a, label, body) for a, label, body in sections if body]
+    nav = "".join(f'<a href="#{escape(a)}">{escape(label)}</a>' for a, label, _ in present)
+    sub = "".join(f"<p>{line}</p>" for line in subtitle)
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f'<meta http-equiv="Content-Security-Policy" content="{CONTENT_SECURITY_POLICY}">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>"
+        f"<header><h1>{escape(title)}</h1>{sub}</header><nav>{nav}</nav><main>"
+        + "".join(body for _, _, body in present)
+        + "</main></body></html>\n"
+    )
+
+
+def summary_section(root: Path, runs: dict[str, RunDir]) -> str:
+    """The headline numbers of each part, one table: what was measured, its value, and how to read it."""
+    rows = []
+    vae = runs.get("vae")
+    if vae is not None and vae.config.is_file():
+        records = vae.read_metrics()
+        rows.append(["VAE", "epochs trained", len(records), ""])
+        evaluation = read_json_if_present(vae.eval)
+        if evaluation is not None:
+            rows += [["VAE", SUMMARY_LABELS.get(k, k), v, SUMMARY_NOTES.get(k, "")] for k, v in evaluation.items()
+                     if k in SUMMARY_LABELS]
+        elif records:
+            rows += [["VAE", f"{k} (last epoch)", v, ""] for k, v in records[-1].items() if k.endswith("elbo")]
+    gan = runs.get("gan")
+    if gan is not None and gan.config.is_file():
+        records = gan.read_metrics()
+        rows.append(["GAN", "epochs trained", max((r.get("epoch", 0) for r in records), default=0), ""])
+        if records:
+            rows += [["GAN", f"{k} (last epoch)", v, ""] for k, v in records[-1].items()
+                     if k not in ("epoch", "seconds") and isinstance(v, int | float) and not k.endswith("seconds")]
+    reference_shown = False
+    for path in score_files(root):
+        score = read_json(path)
+        stem = path.name[: -len(".score.json")]
+        reference = score.get("real_vs_real_reference", {})
+        if reference and not reference_shown:
+            rows.append(["score", "real vs real: Frechet distance / classifier score",
+                         Markup(f"{format_value(reference.get('frechet_distance'))} / "
+                                f"{format_value(reference.get('classifier_score'))}"),
+                         "the floor: real training images against the real test images"])
+            reference_shown = True
+        rows.append(["score", f"{SAMPLE_SET_TITLES.get(stem, stem)}: Frechet distance / classifier score",
+                     Markup(f"{format_value(score.get('frechet_distance'))} / "
+                            f"{format_value(score.get('classifier_score'))}"),
+                     "distance: lower is closer to MNIST; score: up to 10"])
+    if not rows:
+        return ""
+    return section("summary", "Results at a glance", table(("part", "quantity", "value", "how to read it"), rows,
+                                                           "summary"))
+
+
+SUMMARY_LABELS = {
+    "test_elbo": "test ELBO (nats per image)",
+    "test_iw_log_likelihood": "test log p(x), importance-weighted estimate",
+    "iw_samples": "K, importance samples per image",
+    "train_elbo": "training ELBO (nats per image)",
+}
+SUMMARY_NOTES = {
+    "test_elbo": "higher is better; SPEC's reference run reaches -162.0 after 200 epochs",
+    "test_iw_log_likelihood": "a tighter lower bound on log p(x) than the ELBO; reference -151.0 (K = 1000)",
+    "train_elbo": "reference -148.7; far above the test ELBO means over-fitting",
+}
+
+
+def shortened_banner(kind: str, settings: dict[str, Any]) -> str:
+    """A warning above the results when a reproduction trained for fewer epochs than SPEC's defaults."""
+    from .config import ReproduceConfig
+
+    if kind != "reproduce":
+        return ""
+    defaults = ReproduceConfig()
+    short = [f"{name.replace('_', ' ')} {settings[name]} (SPEC: {getattr(defaults, name)})"
+             for name in ("vae_epochs", "gan_epochs") if settings.get(name, getattr(defaults, name)) < getattr(
+                 defaults, name)]
+    if not short:
+        return ""
+    return (f'<p class="banner"><b>A shortened run</b> ({escape("; ".join(short))}), e.g. mnistgen reproduce '
+            "--quick: a first look at the whole pipeline. Its numbers are far from the specification's; run "
+            "<code>mnistgen reproduce</code> without --quick for those.</p>")
+
+
+def folder_runs(root: Path, kind: str) -> dict[str, RunDir]:
+    """The run folders a report covers: the reproduction's vae/ and gan/, or the folder itself."""
+    if kind == "reproduce":
+        return {"vae": RunDir(root / "vae"), "gan": RunDir(root / "gan")}
+    if kind in ("vae", "gan"):
+        return {kind: RunDir(root)}
+    raise MnistgenError(f"{root}: a {kind!r} folder; report works on a reproduction, VAE or GAN run folder")
+
+
+def build_report(folder: str | Path) -> str:
+    """The HTML of the report on ``folder`` (a reproduction folder, or one VAE or GAN run folder)."""
+    root = RunDir(folder).path
+    if not root.is_dir():
+        raise MnistgenError(f"{root}: no such folder")
+    if not (root / "config.json").is_file():
+        raise MnistgenError(f"{root}: not a reproduction or run folder (no config.json)")
+    top = read_json(root / "config.json")
+    kind = top.get("kind") if isinstance(top, dict) else None
+    runs = folder_runs(root, kind)
+    stages = read_json_if_present(root / "stages.json")
+    environments = {f"{name.upper()} training": run.read_config().get("environment", {})
+                    for name, run in runs.items() if run.config.is_file()}
+    if kind == "reproduce":
+        environments = {"reproduction started": top.get("environment", {}), **environments}
+    subtitle = [f"Folder: <code>{escape(root)}</code>",
+                f"mnistgen {escape(top.get('mnistgen_version', '?'))}; page built "
+                f"{escape(time.strftime('%Y-%m-%d %H:%M:%S %z'))}"]
+    if kind == "reproduce":
+        subtitle.append("Settings: " + escape(json.dumps({k: v for k, v in top.get("config", {}).items()
+                                                           if k != "data"})))
+        if (root / "explorer.html").is_file():
+            subtitle.append('Interactive latent explorer: <a href="explorer.html">explorer.html</a>')
+    titles = {"vae": "VAE (SPEC §2)", "gan": "GAN (SPEC §3)"}
+    sections = [("summary", "Summary", shortened_banner(kind, top.get("config", {})) + summary_section(root, runs))]
+    sections += [(name, titles[name], run_section(run, name, titles[name])) for name, run in runs.items()]
+    sections += [("scores", "Sample quality", scores_section(root)),
+                 ("stages", "Time", stages_section(stages)),
+                 ("environment", "Versions", environment_section(environments))]
+    title = {"reproduce": "mnistgen: reproduction of the specification", "vae": "mnistgen: VAE run",
+             "gan": "mnistgen: GAN run"}[kind]
+    return page(title, subtitle, sections)
+
+
+def write_report(folder: str | Path, out: str | Path | None = None) -> Path:
+    """Build the report on ``folder`` and write it (default ``folder/report.html``); returns the path."""
+    text = build_report(folder)
+    path = Path(out).expanduser().resolve() if out else RunDir(folder).path / "report.html"
+    atomic_write(path, lambda h: h.write(text), mode="w")
+    return path

@@ -1,0 +1,317 @@
+"""``mnistgen reproduce``: the whole specification, stage by stage, into one folder, ending with its report.
+
+Layout of a reproduction folder ``RUN/``::
+
+    RUN/config.json        kind "reproduce": the ReproduceConfig, mnistgen's version and the environment
+    RUN/stages.json        the command, and per stage: status (running|done|interrupted|failed), seconds
+    RUN/vae/               the VAE run folder (mnistgen vae train/eval/plot)
+    RUN/gan/               the GAN run folder (mnistgen gan train/plot)
+    RUN/samples/NAME.npy   samples of each model, and NAME.score.json beside each (mnistgen score)
+    RUN/explorer.html      the interactive latent explorer (mnistgen explore)
+    RUN/report.html        the report (mnistgen report), rebuilt at the end of every reproduce
+
+Stages run in order; each one finished is recorded in stages.json with its time, so ``--resume``
+skips it. A training interrupted (Ctrl-C, a crash, a lost machine) continues from its last
+checkpoint through the models' own resume support, and its time adds to the time already spent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import sys
+import time
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import (
+    REPRODUCE_QUICK,
+    GANConfig,
+    ReproduceConfig,
+    ScoreConfig,
+    VAEConfig,
+    VAEEvalConfig,
+    from_dict,
+    to_dict,
+)
+from .errors import MnistgenError
+from .runs import RunDir, atomic_write, read_json, write_json
+
+SAMPLE_SETS = ("vae_means", "vae_binary", "gan")  # the .npy files in RUN/samples, each scored
+SCORED_DATASETS = ("mnist", "mnist-sample")  # the score's classifier knows digits only
+PROGRESS_FRACTIONS = (0.0, 0.3, 0.7)  # the GAN progress figure: epochs 0, 30, 70 of 100 (SPEC §3's example)
+
+
+class Reproduction:
+    """Paths of one reproduction folder."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path).expanduser().resolve()
+
+    config = property(lambda self: self.path / "config.json")
+    stages = property(lambda self: self.path / "stages.json")
+    vae = property(lambda self: RunDir(self.path / "vae"))
+    gan = property(lambda self: RunDir(self.path / "gan"))
+    samples = property(lambda self: self.path / "samples")
+    explorer = property(lambda self: self.path / "explorer.html")
+    report = property(lambda self: self.path / "report.html")
+
+    def sample_file(self, name: str) -> Path:
+        return self.samples / f"{name}.npy"
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    description: str
+    run: Callable[[Reproduction, ReproduceConfig], dict[str, Any] | None]  # may return fields to record
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def config_field_names(cls: type) -> list[str]:
+    """Flag destinations of a config class, nested config fields (``data``) included."""
+    hints = typing.get_type_hints(cls)
+    names = []
+    for f in dataclasses.fields(cls):
+        names += config_field_names(hints[f.name]) if dataclasses.is_dataclass(hints[f.name]) else [f.name]
+    return names
+
+
+def quick_config() -> ReproduceConfig:
+    """The ``--quick`` settings: the defaults with :data:`REPRODUCE_QUICK` applied."""
+    return dataclasses.replace(ReproduceConfig(), **REPRODUCE_QUICK)
+
+
+def progress_epochs(saved: list[int], epochs: int) -> list[int]:
+    """Three epochs of the saved grids for the progress figure: 0, ~30% and ~70% of training (SPEC §3's example
+    0, 30, 70 of 100), each the latest saved grid at or before its target; all of them if fewer than three."""
+    saved = sorted(set(saved))
+    if len(saved) <= len(PROGRESS_FRACTIONS):
+        return saved
+    chosen = sorted({max([e for e in saved if e <= fraction * epochs] or saved[:1]) for fraction in PROGRESS_FRACTIONS})
+    for epoch in reversed(saved):  # fewer than three distinct: fill with the latest others
+        if len(chosen) == len(PROGRESS_FRACTIONS):
+            break
+        if epoch not in chosen:
+            chosen = sorted({*chosen, epoch})
+    return chosen
+
+
+# --------------------------------------------------------------------------- stages.json
+
+
+def read_stages(repro: Reproduction) -> dict[str, Any]:
+    return read_json(repro.stages) if repro.stages.is_file() else {"stages": {}}
+
+
+def record_stage(repro: Reproduction, stages: dict[str, Any], name: str, **fields: Any) -> None:
+    stages["stages"].setdefault(name, {}).update(fields)
+    write_json(repro.stages, stages)
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+def prepare(repro: Reproduction, config: ReproduceConfig, resume: bool, explicit: set[str]) -> ReproduceConfig:
+    """Check the folder against the request; return the config to run with (the saved one on resume)."""
+    if not resume:
+        if repro.config.is_file() or repro.stages.is_file():
+            raise MnistgenError(f"{repro.path} already holds a reproduction: add --resume to continue it, "
+                                "or choose another --out")
+        if repro.path.exists() and any(repro.path.iterdir()):
+            raise MnistgenError(f"{repro.path} exists and is not empty: choose another --out")
+        repro.path.mkdir(parents=True, exist_ok=True)
+        RunDir(repro.path).write_config(to_dict(config), kind="reproduce")
+        return config
+    if not repro.config.is_file():
+        raise MnistgenError(f"{repro.path}: nothing to resume (no config.json); run without --resume first")
+    saved_file = read_json(repro.config)
+    if saved_file.get("kind") != "reproduce":
+        raise MnistgenError(f"{repro.path}: a {saved_file.get('kind')!r} run folder, not a reproduction")
+    saved = from_dict(ReproduceConfig, saved_file["config"])
+    requested, stored = flat_fields(config), flat_fields(saved)
+    differ = sorted(name for name in explicit if name != "device" and requested[name] != stored[name])
+    if differ:
+        raise MnistgenError("--resume continues with the saved settings; these flags differ from them: "
+                            + ", ".join(f"--{n.replace('_', '-')}" for n in differ))
+    # the device is where to compute, not part of the result: it may change on resume
+    return dataclasses.replace(saved, device=config.device) if "device" in explicit else saved
+
+
+def flat_fields(config: ReproduceConfig) -> dict[str, Any]:
+    values = {k: v for k, v in to_dict(config).items() if k != "data"}
+    return {**values, **to_dict(config.data)}
+
+
+def reproduce(folder: str | Path, config: ReproduceConfig, resume: bool = False,
+              explicit: set[str] | None = None, command: list[str] | None = None) -> Path:
+    """Run every stage not yet done, then write the report; returns the report's path."""
+    from .report import write_report
+
+    repro = Reproduction(folder)
+    config = prepare(repro, config, resume, explicit or set())
+    stages = read_stages(repro)
+    stages.setdefault("command", command or ["mnistgen", "reproduce", "--out", str(repro.path)])
+    if resume:
+        stages.setdefault("resumed", []).append({"at": now(), "command": command})
+    for number, stage in enumerate(STAGES, start=1):
+        record = stages["stages"].get(stage.name, {})
+        label = f"[{number}/{len(STAGES)}] {stage.name}"
+        if record.get("status") == "done":
+            say(f"{label}: done before ({record.get('seconds', 0):.1f} s), skipped")
+            continue
+        say(f"{label}: {stage.description}")
+        spent_before = float(record.get("seconds") or 0.0)
+        record_stage(repro, stages, stage.name, status="running", started=record.get("started") or now())
+        start = time.perf_counter()
+        try:
+            extra = stage.run(repro, config) or {}
+        except BaseException as exc:
+            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            record_stage(repro, stages, stage.name, status=status, seconds=spent_before + time.perf_counter() - start,
+                         error=f"{type(exc).__name__}: {exc}")
+            say(f"{label}: {status}; continue with: mnistgen reproduce --out {repro.path} --resume "
+                f"(the report so far: mnistgen report {repro.path})")
+            raise
+        seconds = spent_before + time.perf_counter() - start
+        record_stage(repro, stages, stage.name, status="done", seconds=seconds, finished=now(), error=None, **extra)
+        say(f"{label}: done in {seconds:.1f} s" + (f" ({extra['note']})" if "note" in extra else ""))
+    return write_report(repro.path)
+
+
+# --------------------------------------------------------------------------- the stages
+
+
+def vae_config(config: ReproduceConfig) -> VAEConfig:
+    """SPEC §2's defaults, with the reproduction's data, epochs and device."""
+    return VAEConfig(data=config.data, epochs=config.vae_epochs, device=config.device)
+
+
+def fresh_or_resumable(run: RunDir) -> bool:
+    """True if ``run`` holds a checkpoint to resume from. A folder with none never completed an epoch
+    (it was interrupted while loading data or in its first epoch): it is cleared, and training starts over."""
+    if run.checkpoint.is_file():
+        return True
+    if run.path.exists():
+        shutil.rmtree(run.path)
+    return False
+
+
+def stage_vae_train(repro: Reproduction, config: ReproduceConfig) -> None:
+    from .train.vae import train_vae
+
+    run = repro.vae
+    train_vae(vae_config(config), run, resume=fresh_or_resumable(run))
+
+
+def stage_vae_eval(repro: Reproduction, config: ReproduceConfig) -> None:
+    from .evaluate import evaluate_run
+
+    result = evaluate_run(repro.vae, VAEEvalConfig(iw=config.iw_samples, device=config.device))
+    say(f"  test ELBO {result['test_elbo']:.2f}, log p(x) >= {result['test_iw_log_likelihood']:.2f} "
+        f"(K = {config.iw_samples})")
+
+
+def stage_vae_plots(repro: Reproduction, config: ReproduceConfig) -> None:
+    from .evaluate import write_figures
+
+    write_figures(repro.vae, VAEEvalConfig(device=config.device))
+
+
+def save_images(path: Path, images: np.ndarray) -> None:
+    atomic_write(path, lambda handle: np.save(handle, images))
+
+
+def stage_vae_samples(repro: Reproduction, config: ReproduceConfig) -> None:
+    from .evaluate import sample_run
+
+    options = VAEEvalConfig(device=config.device)
+    save_images(repro.sample_file("vae_means"), sample_run(repro.vae, config.score_samples, False, options))
+    save_images(repro.sample_file("vae_binary"), sample_run(repro.vae, config.score_samples, True, options))
+
+
+def gan_config(config: ReproduceConfig) -> GANConfig:
+    """SPEC §3's defaults, with the reproduction's data, epochs, grid interval and device."""
+    return GANConfig(data=config.data, epochs=config.gan_epochs, grid_every=config.grid_every, device=config.device)
+
+
+def stage_gan_train(repro: Reproduction, config: ReproduceConfig) -> None:
+    from .data.protocols import load_protocol
+    from .data.sources import load_raw
+    from .train.gan import train_gan
+
+    protocol = load_protocol("gan", load_raw(config.data))
+    provenance = {**protocol.provenance, "train_images": len(protocol.train_images)}
+    run = repro.gan
+    train_gan(gan_config(config), protocol.train_images, run, resume=fresh_or_resumable(run), provenance=provenance)
+
+
+def stage_gan_plots(repro: Reproduction, config: ReproduceConfig) -> dict[str, Any]:
+    from .train.gan import saved_grid_epochs, write_figures
+
+    epochs = progress_epochs(saved_grid_epochs(repro.gan), config.gan_epochs)
+    write_figures(repro.gan, epochs)
+    return {"note": "progress figure of epochs " + ", ".join(map(str, epochs))}
+
+
+def stage_gan_samples(repro: Reproduction, config: ReproduceConfig) -> None:
+    from .device import resolve_device
+    from .train.gan import load_generator, sample_images
+
+    generator, saved = load_generator(repro.gan, resolve_device(config.device))
+    save_images(repro.sample_file("gan"), sample_images(generator, config.score_samples, saved.seed))
+
+
+def stage_scores(repro: Reproduction, config: ReproduceConfig) -> dict[str, Any] | None:
+    """Score every sample set against MNIST's test images, beside the real-vs-real reference."""
+    from .device import resolve_device
+    from .score import load_classifier, reference_statistics, score_images, write_report
+
+    if config.data.dataset not in SCORED_DATASETS:
+        return {"note": f"skipped: the score measures closeness to MNIST digits, not to {config.data.dataset}"}
+    # the reference is always real MNIST, found where the reproduction's data settings say
+    score_config = ScoreConfig(data=dataclasses.replace(config.data, dataset="mnist"), device=config.device)
+    classifier = load_classifier(score_config.weights, resolve_device(score_config.device))
+    reference = reference_statistics(classifier, score_config.data, score_config.batch_size)
+    for name in SAMPLE_SETS:
+        path = repro.sample_file(name)
+        if path.is_file():
+            report = score_images(np.load(path, allow_pickle=False), classifier, reference, score_config)
+            write_report(path, report)
+            say(f"  {name}: Frechet distance {report['frechet_distance']:.2f} "
+                f"(real vs real {reference.frechet_distance:.2f}), classifier score {report['classifier_score']:.2f}")
+    return None
+
+
+def stage_explorer(repro: Reproduction, config: ReproduceConfig) -> None:
+    from .explore import explorer_from_run, write_explorer
+
+    write_explorer(explorer_from_run(repro.path, config.device), repro.explorer)  # VAE and GAN panels
+
+
+STAGES: list[Stage] = [
+    Stage("vae-train", "train the VAE (SPEC §2)", stage_vae_train),
+    Stage("vae-eval", "test ELBO and importance-weighted log p(x)", stage_vae_eval),
+    Stage("vae-plots", "the VAE's figures", stage_vae_plots),
+    Stage("vae-samples", "samples of the VAE for the score", stage_vae_samples),
+    Stage("gan-train", "train the GAN (SPEC §3)", stage_gan_train),
+    Stage("gan-plots", "the GAN's progress figure and training curves", stage_gan_plots),
+    Stage("gan-samples", "samples of the GAN for the score", stage_gan_samples),
+    Stage("scores", "score the samples against MNIST", stage_scores),
+    Stage("explorer", "the interactive latent explorer", stage_explorer),
+]

