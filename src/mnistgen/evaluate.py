@@ -16,6 +16,7 @@ Run-level (read a run folder, write into it through :mod:`mnistgen.runs`): :func
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 from collections.abc import Callable
@@ -35,7 +36,7 @@ from .distributions import log_bernoulli_logits, log_normal_logvar, log_standard
 from .errors import MnistgenError
 from .losses import vae_elbo
 from .models.vae import IMAGE_SIZE, VAE
-from .runs import RunDir, atomic_write, is_main_process, write_json
+from .runs import RunDir, atomic_write, is_main_process, read_json, write_json
 
 EVAL_CHUNK_IMAGES = 1000  # images per forward pass when evaluating a data set
 IW_CHUNK_ELEMENTS = 1 << 22  # logits per importance-sampling chunk (16 MiB in float32), whatever K is
@@ -191,6 +192,38 @@ def load_vae_protocol(config: VAEConfig) -> Protocol:
     return load_protocol(config.protocol, load_raw(config.data), config.validation_size)
 
 
+def pin_run_data(run: RunDir, config: VAEConfig) -> VAEConfig:
+    """The VAE config with its data pinned to the files the run trained on.
+
+    A run trained with data found through $MNISTGEN_DATA_DIR has no data_dir in its config; its data.json
+    records the folder. Reading that folder (offline) gives the same images today, whatever the environment
+    says; the points drawn are then those the model saw, or an error, never another dataset's.
+    """
+    recorded = read_json(run.data) if run.data.is_file() else {}
+    if config.data.data_dir is not None or not recorded.get("folder") or recorded.get("sample"):
+        return config
+    return dataclasses.replace(config, data=dataclasses.replace(config.data, data_dir=recorded["folder"],
+                                                                offline=True))
+
+
+def check_same_data(run: RunDir, provenance: dict) -> None:
+    """Refuse to draw other images than the run's (e.g. the bundled sample standing in for missing MNIST)."""
+    recorded = read_json(run.data) if run.data.is_file() else {}
+    for key in ("dataset", "sample"):
+        if key in recorded and recorded[key] != provenance.get(key):
+            raise MnistgenError(f"{run.path}: trained on {recorded.get('title', recorded['dataset'])} (sample: "
+                                f"{recorded.get('sample')}), but only {provenance.get('title')} (sample: "
+                                f"{provenance.get('sample')}) could be loaded now; pass the data's folder with "
+                                "MNISTGEN_DATA_DIR")
+
+
+def load_run_protocol(run: RunDir, config: VAEConfig) -> Protocol:
+    """The protocol of a trained run, from the very data it was trained on (or a one-line error)."""
+    protocol = load_vae_protocol(pin_run_data(run, config))
+    check_same_data(run, protocol.provenance)
+    return protocol
+
+
 def load_trained_vae(run: RunDir, device: str = "auto") -> TrainedVAE:
     """Read RUN/config.json and RUN/checkpoint.pt (weights_only) into a model on ``device``."""
     info = run.read_config()
@@ -224,7 +257,7 @@ def evaluate_run(run: RunDir, options: VAEEvalConfig | None = None,
     trained = load_trained_vae(run, options.device)
     config, model = trained.config, trained.model
     seed = config.seed if options.seed is None else options.seed
-    data = load_vae_protocol(config).to(trained.device)
+    data = load_run_protocol(run, config).to(trained.device)
     analytic_kl = config.objective == "analytic"
     generator = _generator(trained.device, seed)
     train_images = data.train_images
@@ -295,7 +328,7 @@ def write_figures(run: RunDir, options: VAEEvalConfig | None = None) -> list[Pat
     if config.latent_dim < 2:
         raise MnistgenError(f"the figures need at least 2 latent dimensions; this run has {config.latent_dim}")
     seed = config.seed if options.seed is None else options.seed
-    data = load_vae_protocol(config).to(device)
+    data = load_run_protocol(run, config).to(device)
     classes = DATASETS[config.data.dataset].classes if config.data.dataset in DATASETS else None
     train_images = data.train_images
     if data.dynamic_binarization:  # the model saw binary draws of these gray images: encode one such draw

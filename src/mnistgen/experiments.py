@@ -375,11 +375,11 @@ def _jsonable(value: Any) -> Any:
 
 def _load(run: RunDir, device: str, data: DataConfig):
     """The trained model and the run's protocol (read from ``data``), both on the model's device."""
-    from .evaluate import load_trained_vae, load_vae_protocol
+    from .evaluate import load_run_protocol, load_trained_vae
 
     _load_vae_config(run)  # a clear error for a non-VAE folder before anything heavy
     trained = load_trained_vae(run, device)
-    protocol = load_vae_protocol(dataclasses.replace(trained.config, data=data)).to(trained.device)
+    protocol = load_run_protocol(run, dataclasses.replace(trained.config, data=data)).to(trained.device)
     return trained, protocol
 
 

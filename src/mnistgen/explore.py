@@ -13,7 +13,6 @@ server, no network (the page's Content-Security-Policy forbids every request). T
 from __future__ import annotations
 
 import base64
-import dataclasses
 import html
 import json
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 
 from .errors import MnistgenError
-from .runs import RunDir, atomic_write, read_json
+from .runs import RunDir, atomic_write
 
 CONTENT_SECURITY_POLICY = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'"
 IMAGE_SIDE = 28
@@ -274,31 +273,6 @@ def vae_run_of(folder: str | Path) -> RunDir:
 
 
 
-def run_data_config(run: RunDir, config):
-    """The VAE config with its data pinned to the files the run trained on.
-
-    A run trained with data found through $MNISTGEN_DATA_DIR has no data_dir in its config; its data.json
-    records the folder. Reading that folder (offline) gives the same images today, whatever the environment
-    says; the points drawn are then those the model saw, or an error, never another dataset's.
-    """
-    recorded = read_json(run.data) if run.data.is_file() else {}
-    if config.data.data_dir is not None or not recorded.get("folder") or recorded.get("sample"):
-        return config
-    return dataclasses.replace(config, data=dataclasses.replace(config.data, data_dir=recorded["folder"],
-                                                                offline=True))
-
-
-def check_same_data(run: RunDir, provenance: dict) -> None:
-    """Refuse to draw other images than the run's (e.g. the bundled sample standing in for missing MNIST)."""
-    recorded = read_json(run.data) if run.data.is_file() else {}
-    for key in ("dataset", "sample"):
-        if key in recorded and recorded[key] != provenance.get(key):
-            raise MnistgenError(f"{run.path}: trained on {recorded.get('title', recorded['dataset'])} (sample: "
-                                f"{recorded.get('sample')}), but only {provenance.get('title')} (sample: "
-                                f"{provenance.get('sample')}) could be loaded now; pass the data's folder with "
-                                "MNISTGEN_DATA_DIR")
-
-
 def explorer_from_run(folder: str | Path, device: str = "auto", gan_folder: str | Path | None = None) -> ExplorerData:
     """Load the VAE of a run folder (or of a reproduction's vae/) and encode its protocol's training images.
 
@@ -308,15 +282,14 @@ def explorer_from_run(folder: str | Path, device: str = "auto", gan_folder: str 
     """
     from .data.protocols import binarize_batch
     from .data.registry import DATASETS
-    from .evaluate import encode_means, load_trained_vae, load_vae_protocol
+    from .evaluate import encode_means, load_run_protocol, load_trained_vae
 
     run = vae_run_of(folder)
     trained = load_trained_vae(run, device)
     config = trained.config
     if config.latent_dim != 2:
         raise MnistgenError(f"{run.path}: the explorer needs a 2-D latent space; this VAE has {config.latent_dim}")
-    protocol = load_vae_protocol(run_data_config(run, config))
-    check_same_data(run, protocol.provenance)
+    protocol = load_run_protocol(run, config)
     images = protocol.train_images
     if protocol.dynamic_binarization:
         images = binarize_batch(images, torch.Generator().manual_seed(config.seed))
