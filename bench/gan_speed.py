@@ -10,7 +10,15 @@ A whole epoch (234 batches) of the classic loop takes minutes on 2 shared CPU co
 each repetition times the first ``--batches`` batches of an epoch and the per-epoch figures are
 extrapolated (x 234 / batches); ``--batches 0`` times whole epochs.
 
+The C library's allocator: ``mnistgen gan train`` tunes its own process so that freed tensors' memory is
+reused instead of page-faulted back every step (:func:`mnistgen.train.common.keep_freed_memory`).
+``--tune-allocator`` does the same in this process (then both loops profit: the same-process ratio);
+``--classic-in-subprocess`` times the classic loop instead in a fresh Python process per repetition
+that does not tune it (what a user of the classic loop gets), alternating with mnistgen's timings here.
+
     nice -n 10 python bench/gan_speed.py --data-dir ../shared/data/mnist --batches 20 --repeat 5
+    nice -n 10 python bench/gan_speed.py --data-dir ../shared/data/mnist --threads 1 --tune-allocator \
+        --classic-in-subprocess
 """
 
 from __future__ import annotations
@@ -18,9 +26,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib.util
+import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -32,6 +43,7 @@ from mnistgen.data.protocols import load_protocol
 from mnistgen.data.sources import load_raw
 from mnistgen.device import seed_everything
 from mnistgen.models.gan import Discriminator, Generator
+from mnistgen.train.common import keep_freed_memory
 from mnistgen.train.gan import NOISE_STREAM, STATS, build_models, make_optimizers, train_epoch
 from mnistgen.train.vae import stream_seed
 
@@ -45,11 +57,20 @@ def load_baseline():
     return module
 
 
-def timed(function) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this process) of one call."""
-    wall, cpu = time.perf_counter(), time.process_time()
+def minor_page_faults() -> int:
+    """Minor page faults of this process so far (0 where ``resource`` is missing: Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def timed(function) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds, minor page faults of this process) of one call."""
+    faults, wall, cpu = minor_page_faults(), time.perf_counter(), time.process_time()
     function()
-    return time.perf_counter() - wall, time.process_time() - cpu
+    return time.perf_counter() - wall, time.process_time() - cpu, minor_page_faults() - faults
 
 
 def main() -> None:
@@ -60,9 +81,16 @@ def main() -> None:
                         help="batches timed per repetition, extrapolated to an epoch (0: whole epochs)")
     parser.add_argument("--repeat", type=int, default=5, help="timed repetitions of each loop")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--tune-allocator", action="store_true",
+                        help="keep freed memory in this process, as `mnistgen gan train` does")
+    parser.add_argument("--classic-in-subprocess", action="store_true",
+                        help="time the classic loop in a fresh, untuned Python process per repetition")
+    parser.add_argument("--only-classic-json", action="store_true",
+                        help=argparse.SUPPRESS)  # the subprocess: one timed classic run, printed as JSON
     args = parser.parse_args()
     if not args.data_dir:
         parser.error("give --data-dir or set MNISTGEN_DATA_DIR")
+    allocator_tuned = keep_freed_memory() if args.tune_allocator else False
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     baseline = load_baseline()
@@ -98,27 +126,52 @@ def main() -> None:
         baseline.baseline_epoch(plain_generator, plain_discriminator, plain_optimizer_g, plain_optimizer_d,
                                 loader, plain_noise, config.zdim, max_batches=batches_timed)
 
-    loops = {"classic loop": classic_run, "mnistgen": mnistgen_run}
-    for run in loops.values():  # warm-up: oneDNN primitives, allocator
-        run()
+    if args.only_classic_json:
+        classic_run()  # warm-up: oneDNN primitives, allocator
+        print(json.dumps(timed(classic_run)))
+        return
+
+    def classic_subprocess() -> None:
+        command = [sys.executable, __file__, "--data-dir", args.data_dir, "--batches", str(batches_timed),
+                   "--threads", str(args.threads), "--only-classic-json"]
+        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        subprocess_times.append(tuple(json.loads(output.strip().splitlines()[-1])))
+
+    subprocess_times: list[tuple[float, float, int]] = []
+    loops = {"classic loop": classic_subprocess if args.classic_in_subprocess else classic_run,
+             "mnistgen": mnistgen_run}
+    for name, run in loops.items():  # warm-up: oneDNN primitives, allocator
+        if name == "mnistgen" or not args.classic_in_subprocess:
+            run()
     times = {name: [] for name in loops}
     for repetition in range(args.repeat):
         names = list(loops) if repetition % 2 == 0 else list(reversed(loops))
         for name in names:
-            times[name].append(timed(loops[name]))
+            if name == "classic loop" and args.classic_in_subprocess:
+                loops[name]()
+                times[name].append(subprocess_times[-1])
+            else:
+                times[name].append(timed(loops[name]))
 
     scale = per_epoch / batches_timed
     print(f"GAN training speed, {batches_timed} of {per_epoch} batches of {config.batch_size} per timing"
           + (f", extrapolated x{scale:.2f} to an epoch" if scale != 1 else "") + f"; {args.repeat} repetitions")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; {datetime.date.today().isoformat()}")
+    where = ("a fresh untuned subprocess per repetition" if args.classic_in_subprocess
+             else "this process")
+    print(f"allocator: mnistgen {'tuned (keep_freed_memory)' if allocator_tuned else 'glibc default'}; "
+          f"classic loop in {where}, "
+          + ("glibc default" if args.classic_in_subprocess or not allocator_tuned else "tuned (keep_freed_memory)"))
     medians = {}
     for name, samples in times.items():
         wall = statistics.median(s[0] for s in samples) * scale
         cpu = statistics.median(s[1] for s in samples) * scale
         medians[name] = (wall, cpu)
+        faults = statistics.median(s[2] for s in samples) / batches_timed
         every = ", ".join(f"{s[0] * scale:.1f}" for s in samples)
-        print(f"  {name:13s} epoch: median {wall:7.1f} s wall, {cpu:7.1f} s CPU   (wall per repetition: {every})")
+        print(f"  {name:13s} epoch: median {wall:7.1f} s wall, {cpu:7.1f} s CPU, {faults:7.0f} page faults per batch"
+              f"   (wall per repetition: {every})")
     (base_wall, base_cpu), (ours_wall, ours_cpu) = medians["classic loop"], medians["mnistgen"]
     print(f"speed-up of mnistgen over the classic loop: {base_wall / ours_wall:.2f}x wall-clock, "
           f"{base_cpu / ours_cpu:.2f}x CPU time")

@@ -1,9 +1,12 @@
 """Every speed-up of the GAN's training loop leaves the mathematics unchanged (bench/gan_speed.py measures them).
 
-- G(z) by phases (:func:`mnistgen.models.gan.generate`) = the layer-by-layer forward, values and gradients;
-- channels-last weights give the same values;
+- nearest-upsample + 3x3 conv as one stride-2 transposed conv (:func:`mnistgen.models.gan.upsample_conv`):
+  a hand-computed case at the border, and values and gradients against the layers;
+- G(z) (:func:`mnistgen.models.gan.generate`) = the layer-by-layer forward, values and gradients;
+- channels-last weights (G and D) give the same values and gradients;
 - one D pass over real and generated images = two passes;
 - fused Adam = PyTorch's default Adam;
+- keeping freed memory (:func:`mnistgen.train.common.keep_freed_memory`) stops the page faults of every step;
 - and all of it together: mnistgen's training step = the classic step of bench/gan_baseline.py (G(z) for
   D's step and again for G's step, D on each batch separately, default layout and Adam).
 """
@@ -11,6 +14,9 @@
 from __future__ import annotations
 
 import importlib.util
+import platform
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +24,8 @@ import torch
 
 from mnistgen.config import GANConfig
 from mnistgen.device import seed_everything
-from mnistgen.models.gan import Discriminator, Generator, generate
+from mnistgen.models.gan import Discriminator, Generator, generate, upsample_conv
+from mnistgen.train import common
 from mnistgen.train import gan as train
 
 BASELINE = Path(__file__).resolve().parents[1] / "bench" / "gan_baseline.py"
@@ -60,7 +67,7 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
-def test_generate_by_phases_equals_the_layer_by_layer_forward(memory_format):
+def test_generate_equals_the_layer_by_layer_forward(memory_format):
     reference = trained_looking_generator()
     fast = copy_of(reference, memory_format)
     z = train.uniform_noise(16, 64, torch.Generator().manual_seed(1))
@@ -76,18 +83,96 @@ def test_generate_by_phases_equals_the_layer_by_layer_forward(memory_format):
         assert relative_error(got, want) < 1e-4, name
 
 
-def test_generate_by_phases_sees_the_image_border():
-    # Only conv3's bias and one corner tap: the border of the 28x28 image must get conv3's zero padding.
-    generator = Generator()
+def test_upsample_conv_by_hand_at_the_border():
+    # Only the upper-left tap: each output pixel is the upsampled pixel up-left of it, 0 in the first row/column.
+    conv = torch.nn.Conv2d(1, 1, 3, padding=1)
     with torch.no_grad():
-        for parameter in generator.parameters():
-            parameter.zero_()
-        generator.conv2.bias.fill_(1.0)  # every pixel of conv2's output is 1 (then LeakyReLU keeps 1)
-        generator.conv3.weight[0, :, 0, 0] = 1.0  # reads the upper-left neighbour: 0 outside the image
-    z = torch.zeros(1, 64)
-    expected = generator(z)
-    assert torch.equal(expected[0, 0, 0], torch.full((28,), 0.5))  # first row: the neighbour is padding
-    assert (generate(generator, z) - expected).abs().max().item() < 1e-6
+        conv.weight.zero_()
+        conv.weight[0, 0, 0, 0] = 1.0
+        conv.bias.fill_(0.5)
+    images = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).view(1, 1, 2, 2)
+    upsampled = torch.tensor([[1.0, 1.0, 2.0, 2.0], [1.0, 1.0, 2.0, 2.0], [3.0, 3.0, 4.0, 4.0], [3.0, 3.0, 4.0, 4.0]])
+    expected = torch.zeros(4, 4)
+    expected[1:, 1:] = upsampled[:3, :3]
+    assert torch.equal(upsample_conv(conv, images)[0, 0], expected + 0.5)
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize(("channels_in", "channels_out", "side"), [(32, 16, 7), (16, 8, 14), (3, 2, 5)])
+def test_upsample_conv_equals_upsample_then_conv(channels_in, channels_out, side, memory_format):
+    torch.manual_seed(side)
+    conv = torch.nn.Conv2d(channels_in, channels_out, 3, padding=1)
+    with torch.no_grad():
+        conv.bias.normal_()
+    fast = torch.nn.Conv2d(channels_in, channels_out, 3, padding=1).to(memory_format=memory_format)
+    fast.load_state_dict(conv.state_dict())
+    images = torch.randn(4, channels_in, side, side).contiguous(memory_format=memory_format).requires_grad_()
+    expected = conv(torch.nn.functional.interpolate(images, scale_factor=2, mode="nearest"))
+    actual = upsample_conv(fast, images)
+    assert actual.shape == (4, channels_out, 2 * side, 2 * side)
+    assert relative_error(actual, expected) < 1e-5
+    weights = torch.randn_like(expected)  # every output pixel weighted differently
+    want = torch.autograd.grad((expected * weights).sum(), [images, conv.weight, conv.bias])
+    got = torch.autograd.grad((actual * weights).sum(), [images, fast.weight, fast.bias])
+    for name, w, g in zip(["images", "weight", "bias"], want, got, strict=True):
+        assert relative_error(g, w) < 1e-5, name
+
+
+@pytest.mark.parametrize("requires_input_grad", [False, True], ids=["d_step", "g_step"])
+def test_channels_last_discriminator_equals_the_default_layout(requires_input_grad):
+    torch.manual_seed(0)
+    reference = Discriminator()
+    with torch.no_grad():
+        for parameter in reference.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    fast = copy_of(reference, torch.channels_last)
+    images = torch.rand(16, 1, 28, 28).pow(3)
+    images[:, :, :6] = 0.0  # MNIST-like empty rows: equal values in the max-pool windows (ties)
+    images.requires_grad_(requires_input_grad)
+    expected, actual = reference(images), fast(images)
+    assert relative_error(actual, expected) < 1e-5
+    inputs = [images] if requires_input_grad else []
+    want = torch.autograd.grad((expected * torch.linspace(-1, 1, 16).view(16, 1)).sum(),
+                               inputs + list(reference.parameters()))
+    got = torch.autograd.grad((actual * torch.linspace(-1, 1, 16).view(16, 1)).sum(), inputs + list(fast.parameters()))
+    for want_grad, got_grad in zip(want, got, strict=True):
+        assert relative_error(got_grad, want_grad) < 1e-5
+
+
+PAGE_FAULTS = """
+import resource, torch
+from mnistgen.config import GANConfig
+from mnistgen.train import common, gan as train
+torch.set_num_threads(1)
+config = GANConfig(device="cpu")
+generator, discriminator = train.build_models(config, torch.device("cpu"))
+optimizer_g, optimizer_d = train.make_optimizers(generator, discriminator, config)
+real, z = torch.rand(256, 1, 28, 28), torch.rand(256, 64) * 2 - 1
+def faults_per_step():
+    train.train_step(generator, discriminator, optimizer_g, optimizer_d, real, z)  # warm-up
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(2):
+        train.train_step(generator, discriminator, optimizer_g, optimizer_d, real, z)
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 2
+default = faults_per_step()
+assert common.keep_freed_memory()
+print(default, faults_per_step())
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt tuning is glibc-only (a no-op elsewhere)")
+def test_keeping_freed_memory_stops_the_page_faults_of_every_step():
+    # A fresh process: glibc's default returns the step's few-MB tensors to the system, thousands of page
+    # faults (4 KiB each) per step; once keep_freed_memory() is called they are reused from the heap.
+    output = subprocess.run([sys.executable, "-c", PAGE_FAULTS], check=True, capture_output=True, text=True).stdout
+    default, kept = map(float, output.split()[-2:])
+    assert default > 1000
+    assert kept < default / 10
+
+
+def test_keeping_freed_memory_is_a_no_op_off_linux(monkeypatch):
+    monkeypatch.setattr(common.sys, "platform", "darwin")
+    assert common.keep_freed_memory() is False
 
 
 def test_one_discriminator_pass_over_both_batches_equals_two_passes():

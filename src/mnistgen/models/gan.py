@@ -79,86 +79,60 @@ class Generator(nn.Module):
         return self.sigmoid(self.conv3(h))  # (B, 1, 28, 28)
 
 
-# --------------------------------------------------------------------------- G(z), computed by phases
+# --------------------------------------------------------------------------- G(z), faster
 #
-# The generator's last stage, "nearest 2x upsampling, 3x3 convolution, LeakyReLU, 3x3 convolution" on the
-# 28x28 grid, is computed on the 14x14 grid instead, with the same parameters and the same values:
+# "Nearest 2x upsampling, then a 3x3 convolution with padding 1" is one transposed convolution with stride 2,
+# a 4x4 kernel and padding 1, with the same parameters and the same values:
 #
-# 1. Upsampling by 2 then a 3x3 convolution (padding 1) gives, at the even rows 2i of the output, the rows
-#    i-1 and i of the input weighted by (w0, w1 + w2), and at the odd rows 2i+1 the rows i and i+1 weighted by
-#    (w0 + w1, w2); the same holds along columns. So the 28x28 output is four interleaved "phases", each a
-#    2x2 convolution of the 14x14 input: one Conv2d with 4x the output channels and 2x2 kernels (padding 1,
-#    a 15x15 grid on which phase (a, b) sits shifted by (a, b)). That is 16 multiply-adds per input pixel
-#    and channel pair instead of 36, and the 16x28x28 upsampled map is never formed.
-# 2. LeakyReLU acts pixel by pixel, so on the phases as well; the grid cells that lie outside the 28x28 image
-#    are then set to 0, the zero padding the next convolution expects.
-# 3. The final 3x3 convolution of the interleaved 28x28 map reads, for each output phase, three rows (and
-#    columns) that belong to known input phases at grid offsets 0 or 1: a 2x2 convolution of the 15x15 phase
-#    maps (32 channels -> 4 output phases) with the 3x3 weights placed accordingly (and zeros elsewhere).
-# 4. pixel_shuffle interleaves the 4 output phases into the 1x28x28 image.
+# Along one axis, output row 2i of the upsample-conv reads upsampled rows 2i-1, 2i, 2i+1 = input rows i-1, i, i
+# with taps (w0, w1, w2): input i-1 with w0, input i with w1 + w2. Output row 2i+1 reads upsampled rows 2i,
+# 2i+1, 2i+2 = input rows i, i, i+1: input i with w0 + w1, input i+1 with w2.
+# A transposed convolution (stride 2, padding 1) adds input row i into output row o with kernel tap
+# k = o - 2i + 1: row 2i gets input i-1 through k = 3 and input i through k = 1, row 2i+1 gets input i
+# through k = 2 and input i+1 through k = 0. So its 1-D kernel is (w2, w1 + w2, w0 + w1, w0), and the 2-D
+# kernel is that along both axes; the output side is 2 * side (no extra rows, no cropping), and the
+# borders match because an input row outside the image contributes nothing in both forms (zero padding).
+# That is 16 multiply-adds per input pixel and channel pair instead of 36, and the upsampled map is never
+# formed. The kernel is built from the Conv2d's own weight inside the forward, so autograd carries the
+# gradients back to the spec's parameters.
 #
 # tests/test_gan_speed.py checks values and gradients against the layer-by-layer forward.
 
 
-def _phase_taps(weight: torch.Tensor, dim: int) -> torch.Tensor:
-    """Upsample-then-filter along ``dim`` as 2-tap filters per output phase: (.., 3, ..) -> (2 phases, .., 2 taps, ..).
+def _upsample_taps(weight: torch.Tensor, dim: int) -> torch.Tensor:
+    """Upsample-by-2-then-filter along ``dim`` as a stride-2 transposed-convolution filter: 3 taps -> 4 taps.
 
-    Phase 0 (even outputs) reads input offsets (-1, 0) with (w0, w1 + w2); phase 1 reads (0, +1) with (w0 + w1, w2).
+    (w0, w1, w2) -> (w2, w1 + w2, w0 + w1, w0) (see the comment above).
     """
     w0, w1, w2 = weight.unbind(dim)
-    return torch.stack([torch.stack([w0, w1 + w2], dim), torch.stack([w0 + w1, w2], dim)])
+    return torch.stack([w2, w1 + w2, w0 + w1, w0], dim)
 
 
-def _phase_reads(weight: torch.Tensor, dim: int) -> torch.Tensor:
-    """A 3-tap filter of an interleaved signal, read from its phase maps: (.., 3, ..) -> (2, 2, .., 2 taps, ..).
+def upsample_conv(conv: nn.Conv2d, images: torch.Tensor) -> torch.Tensor:
+    """conv(Upsample(scale 2, nearest)(images)) for a 3x3, stride 1, padding 1 ``conv``, as one transposed convolution.
 
-    Index [A, a, .., u, ..]: output phase A takes from input phase a at grid offset u (phase a's value for
-    signal position 2p - a is stored at grid position p). Output 2i reads 2i-1 (phase 1, u=0) with w0, 2i
-    (phase 0, u=0) with w1, 2i+1 (phase 1, u=1) with w2; output 2i+1 reads 2i (phase 0, u=0) with w0,
-    2i+1 (phase 1, u=1) with w1, 2i+2 (phase 0, u=1) with w2.
+    (B, C_in, H, W) -> (B, C_out, 2H, 2W). Same values and gradients (w.r.t. the images and ``conv``'s parameters).
     """
-    w0, w1, w2 = weight.unbind(dim)
-    zero = torch.zeros_like(w0)
-    even = torch.stack([torch.stack([w1, zero], dim), torch.stack([w0, w2], dim)])
-    odd = torch.stack([torch.stack([w0, w2], dim), torch.stack([zero, w1], dim)])
-    return torch.stack([even, odd])
-
-
-def _inside_image(side: int, channels: int, like: torch.Tensor) -> torch.Tensor:
-    """(1, 4*channels, side+1, side+1) mask of the phase grid: 1 where phase (a, b)'s cell is inside the image."""
-    cells = torch.arange(side + 1, device=like.device)
-    valid = torch.stack([cells <= side - 1, cells >= 1])  # (2, side+1): phase 0 holds rows 0..side-1 at 0..side-1
-    mask = valid[:, None, None, :, None] & valid[None, :, None, None, :]  # (a, b, 1, side+1, side+1)
-    return mask.expand(2, 2, channels, side + 1, side + 1).reshape(1, 4 * channels, side + 1, side + 1).to(like.dtype)
-
-
-def _layout_of(kernel: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-    """The kernel in the memory format of the feature maps it convolves (keeps oneDNN on its channels-last path)."""
+    kernel = _upsample_taps(_upsample_taps(conv.weight, dim=2), dim=3)  # (C_out, C_in, 4, 4)
+    kernel = kernel.transpose(0, 1)  # conv_transpose2d takes (C_in, C_out, kH, kW)
+    # the kernel in the memory format of the maps it reads (keeps oneDNN on its channels-last path)
     if images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous():
-        return kernel.contiguous(memory_format=torch.channels_last)
-    return kernel.contiguous()
+        kernel = kernel.contiguous(memory_format=torch.channels_last)
+    else:
+        kernel = kernel.contiguous()
+    return F.conv_transpose2d(images, kernel, conv.bias, stride=2, padding=1)
 
 
 def generate(generator: Generator, z: torch.Tensor) -> torch.Tensor:
     """G(z): the same function of z and of G's parameters as ``generator(z)``, faster (see the comment above).
 
-    (B, zdim) -> (B, 1, 28, 28) in (0, 1). Gradients reach G's Conv2d parameters through the phase kernels.
+    (B, zdim) -> (B, 1, 28, 28) in (0, 1). Gradients reach G's Conv2d parameters through the 4x4 kernels.
+    up1/conv1 and up2/conv2 run as :func:`upsample_conv`; act2 and act3 as the same LeakyReLU, in place.
     """
     h = generator.act1(generator.linear(z)).view(-1, *GENERATOR_START)  # (B, 32, 7, 7)
     if generator.conv1.weight.is_contiguous(memory_format=torch.channels_last):
         h = h.contiguous(memory_format=torch.channels_last)  # channels-last weights: keep every map channels-last
-    h = generator.act2(generator.conv1(generator.up1(h)))  # (B, 16, 14, 14)
-    conv2, conv3 = generator.conv2, generator.conv3
-    side, mid = h.shape[-1], conv2.out_channels
-    # 1. up2 + conv2 as four 2x2 phase convolutions: (B, 16, 14, 14) -> (B, 4*8, 15, 15), channels (a, b, out)
-    kernel2 = _phase_taps(_phase_taps(conv2.weight, dim=2), dim=-1)  # (b, a, 8, 16, 2, 2)
-    kernel2 = kernel2.transpose(0, 1).reshape(4 * mid, conv2.in_channels, 2, 2)
-    h = F.conv2d(h, _layout_of(kernel2, h), conv2.bias.repeat(4), padding=1)
-    # 2. act3 on every phase; cells outside the 28x28 image become the zero padding of conv3
-    h = generator.act3(h) * _inside_image(side, mid, h)
-    # 3. conv3 read from the phases: (B, 32, 15, 15) -> (B, 4, 14, 14), channels = output phases (A, B)
-    kernel3 = _phase_reads(_phase_reads(conv3.weight, dim=2), dim=-1)  # (B', b, A, a, 1, 8, 2, 2)
-    kernel3 = kernel3.permute(4, 2, 0, 3, 1, 5, 6, 7).reshape(4 * conv3.out_channels, 4 * mid, 2, 2)
-    h = F.conv2d(h, _layout_of(kernel3, h), conv3.bias.repeat_interleave(4))
-    # 4. interleave the output phases: (B, 4, 14, 14) -> (B, 1, 28, 28)
-    return generator.sigmoid(F.pixel_shuffle(h, 2))
+    # LeakyReLU in place: each convolution's output is used by nothing else (its backward reads the result)
+    h = F.leaky_relu(upsample_conv(generator.conv1, h), generator.act2.negative_slope, inplace=True)  # (B, 16, 14, 14)
+    h = F.leaky_relu(upsample_conv(generator.conv2, h), generator.act3.negative_slope, inplace=True)  # (B, 8, 28, 28)
+    return generator.sigmoid(generator.conv3(h))  # (B, 1, 28, 28)

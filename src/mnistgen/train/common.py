@@ -5,6 +5,8 @@ Kept as small functions (no trainer class): each loop in ``train/`` reads top to
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import math
 import sys
 from typing import Any
@@ -13,6 +15,32 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import MnistgenError
+
+# glibc's mallopt parameters (malloc.h) and the values :func:`keep_freed_memory` sets
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_KEEP_BELOW_BYTES = 32 * 2**20  # blocks up to 32 MiB come from the heap (glibc's largest allowed threshold)
+_NEVER_TRIM_BYTES = 2**30  # free heap memory is given back to the system only beyond 1 GiB
+
+
+def keep_freed_memory() -> bool:
+    """Let this process keep and reuse the memory of freed tensors instead of returning it to the system.
+
+    glibc's malloc serves blocks over its (dynamic) mmap threshold with fresh mappings and returns them on
+    free, and trims the heap top; a training loop that allocates and frees the same few-MB tensors every
+    step then page-faults them all back in each time (25-30% of a GAN step on a 2-core CPU,
+    docs/BENCHMARKS.md). Fixed thresholds stop that; values and results are unchanged. Returns True if
+    applied; a no-op returning False where the C library is not glibc (macOS, Windows, musl).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, _KEEP_BELOW_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM_BYTES))
 
 
 class NonFiniteLossError(MnistgenError):

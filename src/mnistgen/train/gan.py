@@ -18,10 +18,12 @@ each point gives the same values and gradients as the classic loop of bench/gan_
   computes there and then throws away, are never formed.
 - Batches are contiguous slices of the epoch's images, gathered once in the order that
   :func:`mnistgen.data.batches.shuffled_batches` decides (no DataLoader, no per-image Python).
-- G's last stage (nearest upsampling, 3x3 convolution, LeakyReLU, 3x3 convolution on the 28x28 grid) is
-  computed on the 14x14 grid of its four phases (:func:`mnistgen.models.gan.generate`): 2x2 phase
-  kernels summed from the 3x3 weights, fewer multiply-adds, no upsampled map in memory.
-- On CPU, G's convolutions run channels-last, oneDNN's fastest layout for them (same values).
+- Each of G's "nearest 2x upsampling, then 3x3 convolution" is one stride-2 transposed convolution with a
+  4x4 kernel summed from the 3x3 weights (:func:`mnistgen.models.gan.generate`): fewer multiply-adds, no
+  upsampled map in memory.
+- On CPU, G's and D's convolutions run channels-last, oneDNN's fastest layout for them (same values).
+- The process keeps the memory of freed tensors for reuse (:func:`mnistgen.train.common.keep_freed_memory`)
+  instead of returning it to the system and page-faulting it back every step.
 - The losses and D's outputs of every step stay on the device until the end of the epoch: no host
   synchronisation per step on a GPU. The NaN guard reads them then, and names the first bad step.
 
@@ -55,7 +57,7 @@ from ..imaging import save_png, tile
 from ..losses import discriminator_loss, generator_loss
 from ..models.gan import Discriminator, Generator, generate
 from ..runs import RunDir, atomic_write, is_main_process, write_json
-from .common import check_finite, generator_states, progress, restore_generators
+from .common import check_finite, generator_states, keep_freed_memory, progress, restore_generators
 from .vae import distributed_rank_and_size, sigint_requests_stop, stream_seed, synchronize_gradients, torch_threads
 
 NOISE_STREAM = 1  # key of the generator that draws the training noise z
@@ -78,14 +80,15 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 def preferred_memory_format(device: torch.device) -> torch.memory_format:
-    """channels-last on CPU, where oneDNN runs G's convolutions faster (docs/BENCHMARKS.md); else the default."""
+    """channels-last on CPU, where oneDNN runs G's and D's convolutions faster (docs/BENCHMARKS.md); else the
+    default. The parameters' values and state_dict keys are the same in either layout."""
     return torch.channels_last if device.type == "cpu" else torch.contiguous_format
 
 
 def build_models(config: GANConfig, device: torch.device) -> tuple[Generator, Discriminator]:
     """G and D initialised per SPEC §3 from the global RNG (seeded by the caller), on ``device``."""
     generator = Generator(config.zdim).to(device, memory_format=preferred_memory_format(device))
-    discriminator = Discriminator().to(device)
+    discriminator = Discriminator().to(device, memory_format=preferred_memory_format(device))
     return generator, discriminator
 
 
@@ -319,6 +322,7 @@ def train_gan(config: GANConfig, images: torch.Tensor, run: RunDir, *, resume: b
         raise MnistgenError(f"--batch-size {config.batch_size} is more than the {len(images)} training images "
                             "(the last partial batch is dropped, so no step would be taken)")
     check_run_folder(config, run, resume)
+    keep_freed_memory()  # reuse freed tensors' memory: no page faults every step (same results)
 
     with torch_threads(config.threads), (
             sigint_requests_stop() if stop is None else _given(stop)) as stop_requested:
