@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from ..imaging import tile
 
@@ -30,8 +31,10 @@ def progress_figure(epochs: Sequence[int], grids: Sequence[np.ndarray], side: in
         axis.set_title("before training (epoch 0)" if epoch == 0 else f"epoch {epoch}", fontsize=11)
         axis.set_xticks([])
         axis.set_yticks([])
-    figure.suptitle(f"GAN samples G(z) for the same {side * side} noise vectors z ~ U[-1, 1]^zdim, "
-                    "as training progresses", fontsize=11)
+    # The title breaks onto two lines when fewer than three panels leave it too little width.
+    separator = " " if len(grids) >= 3 else "\n"
+    figure.suptitle(f"GAN samples G(z) for the same {side * side} noise vectors z ~ U[-1, 1]^zdim,"
+                    f"{separator}as training progresses", fontsize=11)
     return figure
 
 
@@ -40,20 +43,22 @@ def training_figure(records: Sequence[dict]) -> Figure:
     epochs = [r["epoch"] for r in records]
     figure = Figure(figsize=(10, 3.8), layout="constrained")
     losses, outputs = figure.subplots(1, 2)
-    losses.plot(epochs, [r["d_loss"] for r in records], label="D loss  -[log D(x) + log(1 - D(G(z)))]")
-    losses.plot(epochs, [r["g_loss"] for r in records], label="G loss  -log D(G(z))")
+    losses.plot(epochs, [r["d_loss"] for r in records], label="D loss  -[log D(x) + log(1 - D(G(z)))]", marker=".")
+    losses.plot(epochs, [r["g_loss"] for r in records], label="G loss  -log D(G(z))", marker=".")
     losses.axhline(2 * np.log(2), color="gray", linestyle=":", linewidth=1, label="D loss at D = 1/2 (2 log 2)")
     losses.set_xlabel("epoch")
     losses.set_ylabel("mean binary cross-entropy (nats)")
     losses.set_title("losses (mean over the epoch's steps)")
     losses.legend(fontsize=8)
-    outputs.plot(epochs, [r["d_real"] for r in records], label="mean D(x), real images")
-    outputs.plot(epochs, [r["d_fake"] for r in records], label="mean D(G(z)), generated images")
+    outputs.plot(epochs, [r["d_real"] for r in records], label="mean D(x), real images", marker=".")
+    outputs.plot(epochs, [r["d_fake"] for r in records], label="mean D(G(z)), generated images", marker=".")
     outputs.axhline(0.5, color="gray", linestyle=":", linewidth=1, label="1/2: D cannot tell them apart")
     outputs.set_ylim(0.0, 1.0)
     outputs.set_xlabel("epoch")
     outputs.set_ylabel("probability of 'real'")
     outputs.set_title("discriminator outputs")
     outputs.legend(fontsize=8)
+    for axis in (losses, outputs):
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     figure.suptitle("GAN training", fontsize=11)
     return figure
