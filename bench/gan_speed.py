@@ -43,9 +43,8 @@ from mnistgen.data.protocols import load_protocol
 from mnistgen.data.sources import load_raw
 from mnistgen.device import seed_everything
 from mnistgen.models.gan import Discriminator, Generator
-from mnistgen.train.common import keep_freed_memory
+from mnistgen.train.common import keep_freed_memory, stream_seed
 from mnistgen.train.gan import NOISE_STREAM, STATS, build_models, make_optimizers, train_epoch
-from mnistgen.train.vae import stream_seed
 
 HERE = Path(__file__).resolve().parent
 

@@ -27,7 +27,8 @@ from mnistgen.data.batches import shuffled_batches
 from mnistgen.data.protocols import load_protocol
 from mnistgen.data.sources import load_raw
 from mnistgen.device import seed_everything
-from mnistgen.train.vae import NOISE_STREAM, build_model, make_optimizer, stream_seed, train_epoch
+from mnistgen.train.common import stream_seed
+from mnistgen.train.vae import NOISE_STREAM, build_model, make_optimizer, train_epoch
 
 HERE = Path(__file__).resolve().parent
 

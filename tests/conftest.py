@@ -65,3 +65,15 @@ def only_localhost(monkeypatch):
         return real_connect(self, address)
 
     monkeypatch.setattr(socket.socket, "connect", guarded)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One CPU thread for the modules that use it: the tests check results, not speed, and stay quick on a busy machine
+    (two threads that must meet at every matrix product stall when another program holds a core)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -18,15 +18,7 @@ from PIL import Image
 from mnistgen.cli import main
 from mnistgen.runs import RunDir
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One CPU thread for this module: the tests check results, not speed, and stay quick on a busy machine
-    (two threads that must meet at every matrix product stall when another program holds a core)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -17,15 +17,7 @@ from mnistgen.models.vae import VAE
 from mnistgen.theory import kl_diag_gaussians
 from mnistgen.train.vae import elbo_with_gradients, make_optimizer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One CPU thread for this module: the tests check results, not speed, and stay quick on a busy machine
-    (two threads that must meet at every matrix product stall when another program holds a core)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def model_with_seed(seed: int = 0, dtype=torch.float32) -> VAE:

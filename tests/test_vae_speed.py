@@ -13,19 +13,13 @@ import torch
 from mnistgen.config import VAEConfig
 from mnistgen.data.batches import shuffled_batches
 from mnistgen.device import seed_everything
-from mnistgen.train.vae import NOISE_STREAM, build_model, make_optimizer, stream_seed, train_epoch
+from mnistgen.train.common import stream_seed
+from mnistgen.train.vae import NOISE_STREAM, build_model, make_optimizer, train_epoch
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "vae_baseline.py"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One CPU thread for this module: the tests check results, not speed, and stay quick on a busy machine
-    (two threads that must meet at every matrix product stall when another program holds a core)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def load_baseline():

@@ -14,20 +14,13 @@ from mnistgen.data.protocols import load_protocol
 from mnistgen.errors import MnistgenError
 from mnistgen.evaluate import elbo_samples, load_trained_vae
 from mnistgen.runs import RunDir, read_json
-from mnistgen.train.common import NonFiniteLossError
-from mnistgen.train.vae import EVAL_STREAM, TrainingInterrupted, learning_rate, stream_seed, train_vae
+from mnistgen.train.common import NonFiniteLossError, stream_seed
+from mnistgen.train.vae import EVAL_STREAM, TrainingInterrupted, learning_rate, train_vae
 
 EPOCHS = 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One CPU thread for this module: the tests check results, not speed, and stay quick on a busy machine
-    (two threads that must meet at every matrix product stall when another program holds a core)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def shrink(protocol, train: int = 1000, held_out: int = 500):

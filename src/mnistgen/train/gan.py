@@ -57,8 +57,18 @@ from ..imaging import save_png, tile
 from ..losses import discriminator_loss, generator_loss
 from ..models.gan import Discriminator, Generator, generate
 from ..runs import RunDir, atomic_write, is_main_process, write_json
-from .common import check_finite, generator_states, keep_freed_memory, progress, restore_generators
-from .vae import distributed_rank_and_size, sigint_requests_stop, stream_seed, synchronize_gradients, torch_threads
+from .common import (
+    check_finite,
+    distributed_rank_and_size,
+    generator_states,
+    keep_freed_memory,
+    progress,
+    restore_generators,
+    sigint_requests_stop,
+    stream_seed,
+    synchronize_gradients,
+    torch_threads,
+)
 
 NOISE_STREAM = 1  # key of the generator that draws the training noise z
 GRID_STREAM = 2  # key of the generator of the grid's fixed noise

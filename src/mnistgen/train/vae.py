@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -43,7 +41,17 @@ from ..errors import MnistgenError
 from ..evaluate import elbo_samples, load_vae_protocol
 from ..models.vae import VAE
 from ..runs import RunDir, is_main_process, write_json
-from .common import check_finite, generator_states, progress, restore_generators
+from .common import (
+    check_finite,
+    distributed_rank_and_size,
+    generator_states,
+    progress,
+    restore_generators,
+    sigint_requests_stop,
+    stream_seed,
+    synchronize_gradients,
+    torch_threads,
+)
 
 NOISE_STREAM = 1  # key of the generator that draws eps and the full protocol's binary images
 EVAL_STREAM = 2  # key of the per-epoch generators of the evaluation ELBO
@@ -55,11 +63,6 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 # --------------------------------------------------------------------------- small pieces
-
-
-def stream_seed(seed: int, *keys: int) -> int:
-    """A seed for one random stream of a run, independent of the others (NumPy's SeedSequence mixes the keys)."""
-    return int(np.random.SeedSequence([seed, *keys]).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
 def learning_rate(config: VAEConfig, epoch: int) -> float:
@@ -90,57 +93,6 @@ def validate_vae_config(config: VAEConfig) -> None:
 
 def build_model(config: VAEConfig, device: torch.device) -> VAE:
     return VAE(latent_dim=config.latent_dim, hidden=config.hidden).to(device)
-
-
-def distributed_rank_and_size() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-def synchronize_gradients(model: torch.nn.Module) -> None:
-    """Average the gradients over the ranks of a torchrun job; nothing to do in a single process."""
-    rank, world_size = distributed_rank_and_size()
-    if world_size == 1:
-        return
-    for parameter in model.parameters():
-        torch.distributed.all_reduce(parameter.grad)
-        parameter.grad.div_(world_size)
-
-
-@contextmanager
-def torch_threads(threads: int) -> Iterator[None]:
-    """Use ``threads`` CPU threads inside the block (0: leave torch's setting alone)."""
-    if threads <= 0:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-@contextmanager
-def sigint_requests_stop() -> Iterator[Callable[[], bool]]:
-    """Inside the block a first Ctrl-C only asks the loop to stop after the current step (it saves, then
-    stops); a second one interrupts at once. Yields the function the loop polls."""
-    requested = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield requested.is_set  # Python delivers signals to the main thread only: nothing to install here
-        return
-
-    def handler(signum, frame):
-        if requested.is_set():
-            raise KeyboardInterrupt
-        requested.set()
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield requested.is_set
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 # --------------------------------------------------------------------------- one step, one epoch
