@@ -254,8 +254,8 @@ class ReproduceConfig:
 
 
 REPRODUCE_QUICK: dict[str, Any] = {
-    "vae_epochs": 3,
-    "gan_epochs": 1,
+    "vae_epochs": 10,
+    "gan_epochs": 3,
     "grid_every": 1,
     "iw_samples": 50,
 }
