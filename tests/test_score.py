@@ -193,7 +193,7 @@ def test_cli_refuses_nan_and_infinity(tmp_path, capsys):
 
 
 def test_cli_refuses_files_that_are_not_npy(tmp_path, capsys):
-    assert "not a .npy file" in score_error(tmp_path, capsys, raw_bytes=b"just some text\n")
+    assert "not a .npy file (no NumPy header" in score_error(tmp_path, capsys, raw_bytes=b"just some text\n")
     assert "not a .npy file" in score_error(tmp_path, capsys, raw_bytes=b"")
     truncated = tmp_path / "whole.npy"
     np.save(truncated, images())

@@ -130,6 +130,10 @@ def load_images(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise MnistgenError(f"{path}: no such file")
+    with open(path, "rb") as handle:
+        magic = handle.read(6)
+    if not magic.startswith((b"\x93NUMPY", b"PK\x03\x04")):  # .npy, or .npz (a zip) refused below
+        raise MnistgenError(f"{path}: not a .npy file (no NumPy header; save the array with numpy.save)")
     try:
         loaded = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
