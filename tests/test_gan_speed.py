@@ -31,12 +31,7 @@ from mnistgen.train import gan as train
 BASELINE = Path(__file__).resolve().parents[1] / "bench" / "gan_baseline.py"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def load_baseline():

@@ -23,13 +23,7 @@ from mnistgen.train.common import NonFiniteLossError
 SMALL = GANConfig(epochs=3, batch_size=32, grid_every=2, device="cpu", threads=1)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is faster than two, and steadier on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def images(count: int = 100, seed: int = 0) -> torch.Tensor:
