@@ -104,3 +104,13 @@ def test_atomic_write_gives_ordinary_permissions(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_read_config_as_checks_the_kind_and_rebuilds_the_dataclass(tmp_path):
+    from mnistgen.config import GANConfig, VAEConfig, to_dict
+
+    run = RunDir(tmp_path / "run")
+    run.write_config(to_dict(VAEConfig(epochs=7)), kind="vae")
+    assert run.read_config_as("vae", VAEConfig, "a VAE run") == VAEConfig(epochs=7)
+    with pytest.raises(MnistgenError, match=r"a 'vae' run folder, not a GAN run$"):
+        run.read_config_as("gan", GANConfig, "a GAN run")

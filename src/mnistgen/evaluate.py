@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import VAEConfig, VAEEvalConfig, from_dict
+from .config import VAEConfig, VAEEvalConfig
 from .data.protocols import Protocol, binarize_batch, load_protocol
 from .data.registry import DATASETS
 from .data.sources import load_raw
@@ -226,10 +226,7 @@ def load_run_protocol(run: RunDir, config: VAEConfig) -> Protocol:
 
 def load_trained_vae(run: RunDir, device: str = "auto") -> TrainedVAE:
     """Read RUN/config.json and RUN/checkpoint.pt (weights_only) into a model on ``device``."""
-    info = run.read_config()
-    if info.get("kind") != "vae":
-        raise MnistgenError(f"{run.path}: a {info.get('kind')!r} run folder, not a VAE run")
-    config = from_dict(VAEConfig, info["config"])
+    config = run.read_config_as("vae", VAEConfig, "a VAE run")
     state = run.load_checkpoint(map_location="cpu")
     model = VAE(latent_dim=config.latent_dim, hidden=config.hidden)
     try:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import DataConfig, ElboEstimatorsConfig, FixedEncoderConfig, VAEConfig, from_dict, to_dict
+from .config import DataConfig, ElboEstimatorsConfig, FixedEncoderConfig, VAEConfig, to_dict
 from .distributions import log_bernoulli_logits
 from .errors import MnistgenError
 from .losses import elbo_analytic, elbo_mc
@@ -341,11 +341,7 @@ def run_data_config(run: RunDir) -> DataConfig:
 
 
 def _load_vae_config(run: RunDir) -> VAEConfig:
-    info = run.read_config()
-    if info.get("kind") != "vae":
-        raise MnistgenError(f"{run.path}: a {info.get('kind')!r} run folder; the experiments need a VAE run "
-                            "(from mnistgen vae train)")
-    return from_dict(VAEConfig, info["config"])
+    return run.read_config_as("vae", VAEConfig, "a VAE run (the experiments need a VAE run, from mnistgen vae train)")
 
 
 def _command(name: str, run: RunDir, config: Any) -> str:

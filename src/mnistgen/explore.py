@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .config import VAEConfig
 from .errors import MnistgenError
 from .runs import RunDir, atomic_write
 
@@ -265,10 +266,7 @@ def vae_run_of(folder: str | Path) -> RunDir:
     run = RunDir(folder)
     if (run.path / "vae" / "config.json").is_file():
         return RunDir(run.path / "vae")
-    config = run.read_config()
-    if config.get("kind") != "vae":
-        raise MnistgenError(f"{run.path}: a {config.get('kind')!r} run; explore needs a VAE run "
-                            "(or a reproduction folder holding one)")
+    run.read_config_as("vae", VAEConfig, "a VAE run (explore needs a VAE run, or a reproduction folder holding one)")
     return run
 
 

@@ -36,7 +36,6 @@ from .config import (
     ScoreConfig,
     VAEConfig,
     VAEEvalConfig,
-    from_dict,
     to_dict,
 )
 from .errors import MnistgenError
@@ -140,10 +139,7 @@ def prepare(repro: Reproduction, config: ReproduceConfig, resume: bool, explicit
         return config
     if not repro.config.is_file():
         raise MnistgenError(f"{repro.path}: nothing to resume (no config.json); run without --resume first")
-    saved_file = read_json(repro.config)
-    if saved_file.get("kind") != "reproduce":
-        raise MnistgenError(f"{repro.path}: a {saved_file.get('kind')!r} run folder, not a reproduction")
-    saved = from_dict(ReproduceConfig, saved_file["config"])
+    saved = RunDir(repro.path).read_config_as("reproduce", ReproduceConfig, "a reproduction")
     requested, stored = flat_fields(config), flat_fields(saved)
     differ = sorted(name for name in explicit if name != "device" and requested[name] != stored[name])
     if differ:

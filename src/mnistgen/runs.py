@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from . import __version__
+from .config import from_dict
 from .errors import MnistgenError
 
 
@@ -167,6 +168,14 @@ class RunDir:
 
     def read_config(self) -> dict[str, Any]:
         return read_json(self.require().config)
+
+    def read_config_as(self, kind: str, config_class: type, expected: str) -> Any:
+        """The run's config as ``config_class``, if config.json says the run is of ``kind``; else a one-line
+        error ``RUN: a 'gan' run folder, not <expected>``."""
+        saved = self.read_config()
+        if saved.get("kind") != kind:
+            raise MnistgenError(f"{self.path}: a {saved.get('kind')!r} run folder, not {expected}")
+        return from_dict(config_class, saved["config"])
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         """Append one line to metrics.jsonl (flushed and fsynced: an interrupted run keeps its history)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from .. import __version__
 from ..errors import MnistgenError
@@ -24,6 +25,23 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):  # noqa: D401 - argparse API
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def npy_output(text: str) -> Path:
+    """The ``--out`` of a command that writes an array: must name a .npy file (checked before any work)."""
+    out = Path(text).expanduser()
+    if out.suffix != ".npy":
+        raise MnistgenError(f"--out {text}: the file name must end with .npy")
+    return out
+
+
+def save_npy(out: Path, array) -> None:
+    """Write ``array`` to ``out`` atomically (a reader never sees half an array)."""
+    import numpy as np
+
+    from ..runs import atomic_write
+
+    atomic_write(out, lambda handle: np.save(handle, array))
 
 
 def build_parser() -> argparse.ArgumentParser:

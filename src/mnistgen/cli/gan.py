@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-import numpy as np
-
-from ..config import GANConfig, GANPlotConfig, GANSampleConfig, add_config_arguments, config_from_args, from_dict
+from ..config import GANConfig, GANPlotConfig, GANSampleConfig, add_config_arguments, config_from_args
 from ..errors import MnistgenError
-from ..runs import RunDir, atomic_write
-from . import EXIT_INTERRUPTED
+from ..runs import RunDir
+from . import EXIT_INTERRUPTED, npy_output, save_npy
 
 
 def register(subparsers) -> None:
@@ -65,12 +62,7 @@ def run_train(args: argparse.Namespace) -> int:
     from ..train.gan import TrainingInterrupted, check_run_folder, train_gan
 
     run = RunDir(args.out)
-    base = None
-    if args.resume:
-        saved = run.read_config()
-        if saved.get("kind") != "gan":
-            raise MnistgenError(f"{run.path}: a {saved.get('kind')!r} run folder, not a GAN run")
-        base = from_dict(GANConfig, saved["config"])
+    base = run.read_config_as("gan", GANConfig, "a GAN run") if args.resume else None
     config = config_from_args(GANConfig, args, base)
     check_run_folder(config, run, args.resume)  # before the data are loaded
     protocol = load_protocol("gan", load_raw(config.data))
@@ -111,15 +103,13 @@ def run_sample(args: argparse.Namespace) -> int:
     from ..device import resolve_device
     from ..train.gan import load_generator, sample_images
 
-    out = Path(args.out).expanduser()
-    if out.suffix != ".npy":
-        raise MnistgenError(f"--out {args.out}: the file name must end with .npy")
+    out = npy_output(args.out)
     if args.n <= 0:
         raise MnistgenError(f"--n must be a positive integer, got {args.n}")
     run = RunDir(args.run).require()
     options = config_from_args(GANSampleConfig, args)
     generator, config = load_generator(run, resolve_device(options.device))
     images = sample_images(generator, args.n, config.seed if options.seed is None else options.seed)
-    atomic_write(out, lambda handle: np.save(handle, images))
+    save_npy(out, images)
     print(f"wrote {out}: {images.shape[0]} images {images.shape[1]}x{images.shape[2]}, float32 in [0, 1], G(z)")
     return 0

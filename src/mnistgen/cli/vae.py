@@ -7,14 +7,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-import numpy as np
-
-from ..config import VAEConfig, VAEEvalConfig, add_config_arguments, config_from_args, from_dict
-from ..errors import MnistgenError
-from ..runs import RunDir, atomic_write
-from . import EXIT_INTERRUPTED
+from ..config import VAEConfig, VAEEvalConfig, add_config_arguments, config_from_args
+from ..runs import RunDir
+from . import EXIT_INTERRUPTED, npy_output, save_npy
 
 
 def register(subparsers) -> None:
@@ -69,12 +65,7 @@ def run_train(args: argparse.Namespace) -> int:
     from ..train.vae import TrainingInterrupted, train_vae
 
     run = RunDir(args.out)
-    base = None
-    if args.resume:
-        saved = run.read_config()
-        if saved.get("kind") != "vae":
-            raise MnistgenError(f"{run.path}: a {saved.get('kind')!r} run folder, not a VAE run")
-        base = from_dict(VAEConfig, saved["config"])
+    base = run.read_config_as("vae", VAEConfig, "a VAE run") if args.resume else None
     config = config_from_args(VAEConfig, args, base)
     try:
         history = train_vae(config, run, resume=args.resume)
@@ -127,12 +118,10 @@ def run_plot(args: argparse.Namespace) -> int:
 def run_sample(args: argparse.Namespace) -> int:
     from ..evaluate import sample_run
 
-    out = Path(args.out).expanduser()
-    if out.suffix != ".npy":
-        raise MnistgenError(f"--out {args.out}: the file name must end with .npy")
+    out = npy_output(args.out)
     run = RunDir(args.run).require()
     images = sample_run(run, args.n, args.binary, config_from_args(VAEEvalConfig, args))
-    atomic_write(out, lambda handle: np.save(handle, images))
+    save_npy(out, images)
     kind = "binary draws x ~ p(x|z)" if args.binary else "decoder means p(x|z)"
     print(f"wrote {out}: {images.shape[0]} images {images.shape[1]}x{images.shape[2]}, float32, {kind}")
     return 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import dataclasses
 import math
 import signal
 import sys
@@ -146,3 +147,16 @@ def sigint_requests_stop() -> Iterator[Callable[[], bool]]:
         yield requested.is_set
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def refuse_changed_settings(run_path: Any, saved: Any, requested: Any, may_change: tuple[str, ...],
+                            also_changed: tuple[str, ...] = ()) -> None:
+    """``--resume`` continues the saved run: a one-line error naming every field of ``requested`` (a config
+    dataclass) that differs from ``saved`` and is not in ``may_change`` (plus the names in ``also_changed``)."""
+    differ = [f.name for f in dataclasses.fields(requested)
+              if f.name not in may_change and getattr(saved, f.name) != getattr(requested, f.name)]
+    differ += also_changed
+    if differ:
+        names = ", ".join("--" + name.replace("_", "-") for name in differ)
+        raise MnistgenError(f"{run_path}: --resume must keep the run's settings; these differ from its config.json: "
+                            f"{names}")

@@ -38,7 +38,6 @@ ranks before each Adam step, and only rank 0 writes (through :class:`mnistgen.ru
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import time
 from collections.abc import Callable, Iterator
@@ -49,7 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import GANConfig, from_dict, to_dict
+from ..config import GANConfig, to_dict
 from ..data.batches import num_batches, shuffled_batches
 from ..device import resolve_device, seed_everything
 from ..errors import MnistgenError
@@ -63,6 +62,7 @@ from .common import (
     generator_states,
     keep_freed_memory,
     progress,
+    refuse_changed_settings,
     restore_generators,
     sigint_requests_stop,
     stream_seed,
@@ -269,18 +269,10 @@ def validate_gan_config(config: GANConfig) -> None:
 
 
 def _resume_config(run: RunDir, config: GANConfig) -> None:
-    saved_file = run.read_config()
-    if saved_file.get("kind") != "gan":
-        raise MnistgenError(f"{run.path}: a {saved_file.get('kind')!r} run folder, not a GAN run")
-    saved = from_dict(GANConfig, saved_file["config"])
-    fixed = [f.name for f in dataclasses.fields(GANConfig) if f.name not in (*RESUMABLE_FIELDS, "data")]
-    differ = [name for name in fixed if getattr(saved, name) != getattr(config, name)]
-    if saved.data.dataset != config.data.dataset:
-        differ.append("dataset")
-    if differ:
-        names = ", ".join("--" + name.replace("_", "-") for name in differ)
-        raise MnistgenError(f"{run.path}: --resume must keep the run's settings; these differ from its config.json: "
-                            f"{names}")
+    saved = run.read_config_as("gan", GANConfig, "a GAN run")
+    # The data may be found elsewhere now (another --data-dir); only the dataset must stay the same.
+    other_dataset = ("dataset",) if saved.data.dataset != config.data.dataset else ()
+    refuse_changed_settings(run.path, saved, config, (*RESUMABLE_FIELDS, "data"), other_dataset)
 
 
 def _checkpoint(models, optimizers, generators, config, epoch, step, order_state, step_stats, seconds):
@@ -425,10 +417,7 @@ def _train(config: GANConfig, images: torch.Tensor, run: RunDir, resume: bool, p
 
 def load_generator(run: RunDir, device: torch.device) -> tuple[Generator, GANConfig]:
     """The generator of a GAN run's latest checkpoint, on ``device``, and the run's config."""
-    saved_file = run.read_config()
-    if saved_file.get("kind") != "gan":
-        raise MnistgenError(f"{run.path}: a {saved_file.get('kind')!r} run folder, not a GAN run")
-    config = from_dict(GANConfig, saved_file["config"])
+    config = run.read_config_as("gan", GANConfig, "a GAN run")
     state = run.load_checkpoint(map_location="cpu")
     if "generator" not in state:
         raise MnistgenError(f"{run.checkpoint}: no generator weights in this checkpoint")

@@ -23,7 +23,6 @@ ranks in :func:`synchronize_gradients`, and only rank 0 writes (through :class:`
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -33,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import VAEConfig, from_dict, to_dict
+from ..config import VAEConfig, to_dict
 from ..data.batches import shuffled_batches
 from ..data.protocols import Protocol, binarize_batch
 from ..device import resolve_device, seed_everything
@@ -46,6 +45,7 @@ from .common import (
     distributed_rank_and_size,
     generator_states,
     progress,
+    refuse_changed_settings,
     restore_generators,
     sigint_requests_stop,
     stream_seed,
@@ -201,13 +201,8 @@ def train_epoch(model: VAE, optimizer: torch.optim.Optimizer, images: torch.Tens
 
 
 def _resume_config(run: RunDir, config: VAEConfig) -> None:
-    saved = from_dict(VAEConfig, run.read_config()["config"])
-    differ = [f.name for f in dataclasses.fields(VAEConfig)
-              if f.name not in RESUMABLE_FIELDS and getattr(saved, f.name) != getattr(config, f.name)]
-    if differ:
-        names = ", ".join("--" + name.replace("_", "-") for name in differ)
-        raise MnistgenError(f"{run.path}: --resume must keep the run's settings; these differ from its config.json: "
-                            f"{names}")
+    saved = run.read_config_as("vae", VAEConfig, "a VAE run")
+    refuse_changed_settings(run.path, saved, config, RESUMABLE_FIELDS)
 
 
 def _checkpoint(model, optimizer, generators, config, epoch, step, order_state, step_elbos, seconds):
