@@ -16,7 +16,7 @@ from report_support import embedded_images, parse
 
 from mnistgen import reproduce as pipeline
 from mnistgen.cli import main
-from mnistgen.config import REPRODUCE_QUICK, ReproduceConfig
+from mnistgen.config import REPRODUCE_QUICK, DataConfig, ReproduceConfig
 from mnistgen.errors import MnistgenError
 from mnistgen.runs import RunDir
 
@@ -174,3 +174,18 @@ def test_resume_needs_a_reproduction(tmp_path):
     (tmp_path / "full" / "notes.txt").write_text("mine")
     with pytest.raises(MnistgenError, match="not empty"):
         pipeline.reproduce(tmp_path / "full", ReproduceConfig())
+
+
+def test_offline_without_mnist_the_scores_are_skipped_not_fatal(tmp_path, reproduction):
+    """Offline with no MNIST files the pipeline runs on the bundled sample; the score stage, whose
+    real-vs-real reference needs full MNIST, says so and lets the reproduction finish."""
+    copy = tmp_path / "RUN"
+    shutil.copytree(reproduction, copy)
+    for score in (copy / "samples").glob("*.score.json"):
+        score.unlink()
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    config = ReproduceConfig(data=DataConfig(dataset="mnist", data_dir=str(empty), offline=True))
+    result = pipeline.stage_scores(pipeline.Reproduction(copy), config)
+    assert result is not None and "needs full MNIST" in result["note"]
+    assert not list((copy / "samples").glob("*.score.json"))
