@@ -75,6 +75,8 @@ def test_the_report_shows_all_of_it(reproduction):
     for name in STAGE_NAMES:
         assert f"<td>{name}</td><td>done</td>" in text
     assert "the bundled sample (not the full dataset)" in text
+    banner = "Trained on the bundled 5,000-digit MNIST sample</b> (VAE, GAN)"
+    assert banner in text and text.index(banner) < text.index('id="vae"')  # above the results
     assert "real vs real" in text and 'href="explorer.html"' in text
     assert (reproduction / "explorer.html").stat().st_size > 100_000
 

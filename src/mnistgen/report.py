@@ -270,10 +270,27 @@ def run_section(run: RunDir, kind: str, title: str) -> str:
     return section(kind, title, "".join(parts))
 
 
+def is_bundled_sample(provenance: dict[str, Any]) -> bool:
+    """Whether a run's data.json says it used the 5,000-digit sample rather than a full dataset."""
+    return provenance.get("dataset") == "mnist-sample" or bool(provenance.get("sample"))
+
+
+def sample_banner(runs: dict[str, RunDir]) -> str:
+    """A warning above the results when any model was trained on the bundled sample."""
+    on_sample = [name.upper() for name, run in runs.items()
+                 if run.data.is_file() and is_bundled_sample(read_json(run.data))]
+    if not on_sample:
+        return ""
+    parts = escape(", ".join(on_sample))
+    return (f'<p class="banner"><b>Trained on the bundled 5,000-digit MNIST sample</b> ({parts}),'
+            " not on full MNIST: its numbers are not comparable with the specification's (see each part's Data "
+            "section for why; <code>mnistgen data fetch</code> gets the full dataset).</p>")
+
+
 def data_html(provenance: dict[str, Any]) -> str:
     """Which dataset and files, their checksums, and whether it is the full data or the bundled sample."""
     dataset = provenance.get("dataset", "?")
-    sample = dataset == "mnist-sample" or bool(provenance.get("sample"))
+    sample = is_bundled_sample(provenance)
     verdict = ("the bundled sample (not the full dataset): numbers are not comparable with SPEC's"
                if sample else "the full dataset")
     if sample and provenance.get("requested_dataset"):
@@ -568,7 +585,8 @@ def build_report(folder: str | Path) -> str:
         if (root / "explorer.html").is_file():
             subtitle.append('Interactive latent explorer: <a href="explorer.html">explorer.html</a>')
     titles = {"vae": "VAE (SPEC §2)", "gan": "GAN (SPEC §3)"}
-    sections = [("summary", "Summary", shortened_banner(kind, top.get("config", {})) + summary_section(root, runs))]
+    banners = shortened_banner(kind, top.get("config", {})) + sample_banner(runs)
+    sections = [("summary", "Summary", banners + summary_section(root, runs))]
     sections += [(name, titles[name], run_section(run, name, titles[name])) for name, run in runs.items()]
     sections += [("scores", "Sample quality", scores_section(root)),
                  ("stages", "Time", stages_section(stages)),
