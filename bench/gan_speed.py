@@ -42,6 +42,7 @@ from mnistgen.data.batches import num_batches, shuffled_batches
 from mnistgen.data.protocols import load_protocol
 from mnistgen.data.sources import load_raw
 from mnistgen.device import seed_everything
+from mnistgen.kernels.gan import choose_gan_forward
 from mnistgen.models.gan import Discriminator, Generator
 from mnistgen.train.common import keep_freed_memory, stream_seed
 from mnistgen.train.gan import NOISE_STREAM, STATS, build_models, make_optimizers, train_epoch
@@ -84,6 +85,8 @@ def main() -> None:
                         help="keep freed memory in this process, as `mnistgen gan train` does")
     parser.add_argument("--classic-in-subprocess", action="store_true",
                         help="time the classic loop in a fresh, untuned Python process per repetition")
+    parser.add_argument("--cpu-kernels", choices=("auto", "native", "torch"), default="auto",
+                        help="mnistgen's D and G's last stage: its C kernels or PyTorch's (as `mnistgen gan train`)")
     parser.add_argument("--only-classic-json", action="store_true",
                         help=argparse.SUPPRESS)  # the subprocess: one timed classic run, printed as JSON
     args = parser.parse_args()
@@ -94,9 +97,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     baseline = load_baseline()
 
-    config = GANConfig(data=DataConfig(data_dir=args.data_dir, offline=True), device="cpu")
+    config = GANConfig(data=DataConfig(data_dir=args.data_dir, offline=True), device="cpu",
+                       cpu_kernels=args.cpu_kernels)
     images = load_protocol("gan", load_raw(config.data)).train_images  # (60000, 1, 28, 28) in [0, 1]
     device = torch.device("cpu")
+    forward = choose_gan_forward(config.cpu_kernels, device)
     per_epoch = num_batches(len(images), config.batch_size, drop_last=True)
     batches_timed = args.batches if 0 < args.batches < per_epoch else per_epoch
 
@@ -118,7 +123,7 @@ def main() -> None:
         batches = list(shuffled_batches(len(images), config.batch_size, order, drop_last=True))[:batches_timed]
         step_stats = torch.zeros(len(batches), len(STATS))
         train_epoch(generator, discriminator, optimizer_g, optimizer_d, images, batches, noise=noise,
-                    step_stats=step_stats)
+                    step_stats=step_stats, forward=forward)
         step_stats.tolist()  # what the loop does at the end of an epoch
 
     def classic_run() -> None:
@@ -159,6 +164,7 @@ def main() -> None:
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; {datetime.date.today().isoformat()}")
     where = ("a fresh untuned subprocess per repetition" if args.classic_in_subprocess
              else "this process")
+    print(f"mnistgen's kernels for D and G's last stage: {forward.kernels}")
     print(f"allocator: mnistgen {'tuned (keep_freed_memory)' if allocator_tuned else 'glibc default'}; "
           f"classic loop in {where}, "
           + ("glibc default" if args.classic_in_subprocess or not allocator_tuned else "tuned (keep_freed_memory)"))

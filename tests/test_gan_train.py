@@ -122,7 +122,8 @@ def test_run_folder_contents(uninterrupted):
     records = run.read_metrics()
     assert records == json.loads(json.dumps(history))
     assert [r["epoch"] for r in records] == [1, 2, 3]
-    assert all(set(r) == {"epoch", "d_loss", "g_loss", "d_real", "d_fake", "seconds"} for r in records)
+    assert all(set(r) == {"epoch", "d_loss", "g_loss", "d_real", "d_fake", "seconds", "kernels"} for r in records)
+    assert all(r["kernels"] == "native" for r in records)  # --cpu-kernels auto, on a CPU with a C compiler
     assert all(0.0 < r["d_real"] < 1.0 and 0.0 < r["d_fake"] < 1.0 and r["seconds"] > 0 for r in records)
     assert train.saved_grid_epochs(run) == [0, 2, 3]  # epoch 0, every 2 epochs, and the last
     grid = np.load(run.path / "grids" / "epoch_003.npy")

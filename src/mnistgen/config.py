@@ -97,6 +97,9 @@ class GANConfig:
     grid_every: int = option(10, "save an 8x8 grid from fixed noise every this many epochs")
     device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "where to compute")
     threads: int = option(0, "CPU threads torch may use (0: torch's default, one per core)")
+    cpu_kernels: Literal["auto", "native", "torch"] = option(
+        "auto", "on CPU, compute D and G's last stage with mnistgen's C kernels (native; built on first use with the "
+        "C compiler) or PyTorch's (torch); auto: native where a compiler works. Same mathematics either way")
 
 
 # --------------------------------------------------------------------------- JSON round trip

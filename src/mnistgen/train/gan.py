@@ -53,8 +53,9 @@ from ..data.batches import num_batches, shuffled_batches
 from ..device import resolve_device, seed_everything
 from ..errors import MnistgenError
 from ..imaging import save_png, tile
+from ..kernels.gan import TORCH_KERNELS, GANForward, choose_gan_forward, torch_discriminate
 from ..losses import discriminator_loss, generator_loss
-from ..models.gan import Discriminator, Generator, generate
+from ..models.gan import Discriminator, Generator
 from ..runs import RunDir, atomic_write, is_main_process, write_json
 from .common import (
     check_finite,
@@ -79,7 +80,8 @@ GRID_PADDING = 2
 FIGURE_DPI = 100
 SAMPLE_BATCH = 1000  # images generated per forward pass by :func:`sample_images`
 STATS = ("d_loss", "g_loss", "d_real", "d_fake")  # per-step values, in this order in the step tensor
-RESUMABLE_FIELDS = ("epochs", "grid_every", "device", "threads")  # may change on --resume: same mathematics
+# may change on --resume: the same mathematics
+RESUMABLE_FIELDS = ("epochs", "grid_every", "device", "threads", "cpu_kernels")
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -126,12 +128,14 @@ def grid_noise(config: GANConfig, device: torch.device) -> torch.Tensor:
 
 
 def discriminator_step(discriminator: Discriminator, optimizer: torch.optim.Optimizer, real: torch.Tensor,
-                       fake: torch.Tensor) -> torch.Tensor:
+                       fake: torch.Tensor, discriminate: Callable[..., torch.Tensor] = torch_discriminate
+                       ) -> torch.Tensor:
     """One Adam step of D on a real batch (B, 1, 28, 28) and a generated one; G is never reached.
 
+    ``discriminate(discriminator, images, parameter_gradients)`` computes D's logits (a :class:`GANForward`'s).
     Returns (3,) detached on the device: D's loss, mean D(x) and mean D(G(z)) (probabilities, before the step).
     """
-    logits = discriminator(torch.cat([real, fake.detach()]))  # (2B, 1): one pass over both batches
+    logits = discriminate(discriminator, torch.cat([real, fake.detach()]))  # (2B, 1): one pass over both batches
     real_logits, fake_logits = logits[:len(real)], logits[len(real):]
     loss = discriminator_loss(real_logits, fake_logits)
     optimizer.zero_grad(set_to_none=True)
@@ -143,10 +147,10 @@ def discriminator_step(discriminator: Discriminator, optimizer: torch.optim.Opti
 
 
 def generator_step(discriminator: Discriminator, optimizer: torch.optim.Optimizer, generator: Generator,
-                   fake: torch.Tensor) -> torch.Tensor:
+                   fake: torch.Tensor, discriminate: Callable[..., torch.Tensor] = torch_discriminate) -> torch.Tensor:
     """One Adam step of G on -log D(G(z)); ``fake`` = G(z) with its graph. D's parameters are left as they are
     (their gradients are not even computed). Returns G's loss (0-d, detached, on the device)."""
-    loss = generator_loss(discriminator(fake))
+    loss = generator_loss(discriminate(discriminator, fake, False))
     optimizer.zero_grad(set_to_none=True)
     loss.backward(inputs=list(generator.parameters()))
     synchronize_gradients(generator)
@@ -155,18 +159,22 @@ def generator_step(discriminator: Discriminator, optimizer: torch.optim.Optimize
 
 
 def train_step(generator: Generator, discriminator: Discriminator, optimizer_g: torch.optim.Optimizer,
-               optimizer_d: torch.optim.Optimizer, real: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """One D step then one G step on the same z; returns (4,) on the device, in the order of :data:`STATS`."""
-    fake = generate(generator, z)  # (B, 1, 28, 28), computed once for both steps
-    d_loss, d_real, d_fake = discriminator_step(discriminator, optimizer_d, real, fake)
-    g_loss = generator_step(discriminator, optimizer_g, generator, fake)
+               optimizer_d: torch.optim.Optimizer, real: torch.Tensor, z: torch.Tensor,
+               forward: GANForward = TORCH_KERNELS) -> torch.Tensor:
+    """One D step then one G step on the same z; returns (4,) on the device, in the order of :data:`STATS`.
+
+    ``forward``: whose kernels compute G(z) and D (mnistgen.kernels.gan; the same functions either way)."""
+    fake = forward.generate(generator, z)  # (B, 1, 28, 28), computed once for both steps
+    d_loss, d_real, d_fake = discriminator_step(discriminator, optimizer_d, real, fake, forward.discriminate)
+    g_loss = generator_step(discriminator, optimizer_g, generator, fake, forward.discriminate)
     return torch.stack([d_loss, g_loss, d_real, d_fake])
 
 
 def train_epoch(generator: Generator, discriminator: Discriminator, optimizer_g: torch.optim.Optimizer,
                 optimizer_d: torch.optim.Optimizer, images: torch.Tensor, batches: list[torch.Tensor], *,
                 noise: torch.Generator, step_stats: torch.Tensor, start_step: int = 0,
-                stop: Callable[[], bool] | None = None, on_step: Callable[[], Any] | None = None) -> int:
+                stop: Callable[[], bool] | None = None, on_step: Callable[[], Any] | None = None,
+                forward: GANForward = TORCH_KERNELS) -> int:
     """The steps ``start_step..`` of one epoch; returns the number of steps done (fewer if ``stop()`` said so).
 
     images (N, 1, 28, 28) on the models' device; batches: index tensors from ``shuffled_batches``;
@@ -181,7 +189,7 @@ def train_epoch(generator: Generator, discriminator: Discriminator, optimizer_g:
             return step
         real = epoch_images[ends[step] - len(batches[step]):ends[step]]
         z = uniform_noise(len(real), generator.zdim, noise)
-        step_stats[step] = train_step(generator, discriminator, optimizer_g, optimizer_d, real, z)
+        step_stats[step] = train_step(generator, discriminator, optimizer_g, optimizer_d, real, z, forward)
         if on_step is not None:
             on_step()
     return len(batches)
@@ -324,11 +332,12 @@ def train_gan(config: GANConfig, images: torch.Tensor, run: RunDir, *, resume: b
         raise MnistgenError(f"--batch-size {config.batch_size} is more than the {len(images)} training images "
                             "(the last partial batch is dropped, so no step would be taken)")
     check_run_folder(config, run, resume)
+    forward = choose_gan_forward(config.cpu_kernels, device)  # before any file is written: "native" may refuse
     keep_freed_memory()  # reuse freed tensors' memory: no page faults every step (same results)
 
     with torch_threads(config.threads), (
             sigint_requests_stop() if stop is None else _given(stop)) as stop_requested:
-        return _train(config, images, run, resume, provenance, device, stop_requested, show_progress)
+        return _train(config, images, run, resume, provenance, device, forward, stop_requested, show_progress)
 
 
 @contextmanager
@@ -337,7 +346,8 @@ def _given(stop: Callable[[], bool]) -> Iterator[Callable[[], bool]]:
 
 
 def _train(config: GANConfig, images: torch.Tensor, run: RunDir, resume: bool, provenance: dict[str, Any] | None,
-           device: torch.device, stop: Callable[[], bool], show_progress: bool | None) -> list[dict[str, Any]]:
+           device: torch.device, forward: GANForward, stop: Callable[[], bool],
+           show_progress: bool | None) -> list[dict[str, Any]]:
     order_generator = seed_everything(config.seed)  # also seeds the global RNG that initialises the weights
     generator, discriminator = build_models(config, device)
     optimizer_g, optimizer_d = make_optimizers(generator, discriminator, config)
@@ -384,7 +394,7 @@ def _train(config: GANConfig, images: torch.Tensor, run: RunDir, resume: bool, p
             started = time.perf_counter()
             done = train_epoch(generator, discriminator, optimizer_g, optimizer_d, images, batches, noise=noise,
                                step_stats=step_stats, start_step=start_step, stop=stop,
-                               on_step=lambda: bar.update(1))
+                               on_step=lambda: bar.update(1), forward=forward)
             seconds = seconds_before + time.perf_counter() - started
             if done < len(batches):
                 run.save_checkpoint(_checkpoint((generator, discriminator), (optimizer_g, optimizer_d), generators,
@@ -398,7 +408,8 @@ def _train(config: GANConfig, images: torch.Tensor, run: RunDir, resume: bool, p
                 step, column = int(bad[0, 0]), int(bad[0, 1])
                 check_finite(float(stats[step, column]), STATS[column], epoch + 1, step + 1)
             means = stats.mean(dim=0).tolist()
-            record = {"epoch": epoch + 1, **dict(zip(STATS, means, strict=True)), "seconds": seconds}
+            record = {"epoch": epoch + 1, **dict(zip(STATS, means, strict=True)), "seconds": seconds,
+                      "kernels": forward.kernels}
             run.append_metrics(record)
             if grid_due(epoch + 1, config):
                 save_grid(run, epoch + 1, generator, fixed_noise)

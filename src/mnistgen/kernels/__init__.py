@@ -1,0 +1,1 @@
+"""mnistgen's own CPU kernels (C, compiled on first use) for the parts of the GAN where PyTorch's are slow."""

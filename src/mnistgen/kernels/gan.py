@@ -1,0 +1,198 @@
+"""The GAN's forward passes on CPU with mnistgen's C kernels, as autograd functions, and the choice between
+them and PyTorch's kernels.
+
+Two pieces of SPEC §3's networks run in ``gan_cpu.c`` (built by :mod:`mnistgen.kernels.native`):
+
+- **D**, whole: images (B, 1, 28, 28) -> logits (B, 1), with gradients for the images and/or D's 593
+  parameters. D's 1- to 8-channel layers are where PyTorch's CPU kernels are slowest (docs/BENCHMARKS.md);
+  the C code runs eight images per vector register.
+- **G's last stage** before the sigmoid: conv3(LeakyReLU(u)) for conv2's output u (B, 8, 28, 28), with
+  gradients for u and conv3's parameters. The rest of G stays in PyTorch (:func:`generator_trunk`).
+
+Both are the same functions of the same parameters as the spec's modules: tests/test_native_kernels.py
+checks values and every gradient against ``Discriminator.forward`` and ``conv3(leaky_relu(u))`` to float32
+rounding, ties of the max-pools included, and that a training step gives the same losses and weights.
+The parameters are read from the modules at each call (no copy to keep in sync); their gradients reach
+the modules' parameters through autograd.
+
+:func:`choose_gan_forward` turns the ``--cpu-kernels`` setting into one of the two :class:`GANForward`
+objects; that is the only place the choice is made.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import MnistgenError
+from ..models.gan import Discriminator, Generator, generate, generator_trunk
+from .native import NativeKernelsUnavailable, load_gan_library
+
+LANES = 8  # D's images per vector register in gan_cpu.c
+D_PARAMETERS = 593
+TAIL_PARAMETERS = 73  # conv3's weight (1, 8, 3, 3) and bias
+
+
+def _threads() -> int:
+    return max(1, torch.get_num_threads())
+
+
+def _check(status: int, what: str) -> None:
+    if status != 0:
+        raise MemoryError(f"{what}: the C kernel could not allocate its working memory")
+
+
+# --------------------------------------------------------------------------- D
+
+
+def _to_groups(images: torch.Tensor) -> torch.Tensor:
+    """(B, 1, 28, 28) -> (ceil(B / 8), 28 * 28, 8): eight images side by side per pixel (zero images pad B)."""
+    flat = images.detach().reshape(len(images), 28 * 28).float()
+    padding = -len(images) % LANES
+    if padding:
+        flat = torch.cat([flat, flat.new_zeros(padding, 28 * 28)])
+    return flat.view(-1, LANES, 28 * 28).transpose(1, 2).contiguous()
+
+
+def _from_groups(grouped: torch.Tensor, count: int) -> torch.Tensor:
+    """The inverse of :func:`_to_groups`: (G, 784, 8) -> (count, 1, 28, 28)."""
+    return grouped.transpose(1, 2).reshape(-1, 1, 28, 28)[:count]
+
+
+class _NativeDiscriminator(torch.autograd.Function):
+    """logits (B, 1) = D(images) with D's parameters given as one (593,) vector (Discriminator.parameters() order)."""
+
+    @staticmethod
+    def forward(ctx, images: torch.Tensor, parameters: torch.Tensor) -> torch.Tensor:
+        library = load_gan_library()
+        grouped = _to_groups(images)  # (G, 784, 8)
+        parameters = parameters.detach().contiguous()
+        logits = torch.empty(len(grouped), LANES)
+        _check(library.mnistgen_d_forward(grouped.data_ptr(), parameters.data_ptr(), logits.data_ptr(),
+                                          len(grouped), _threads()), "D forward")
+        ctx.save_for_backward(grouped, parameters)
+        ctx.count = len(images)
+        return logits.view(-1, 1)[:len(images)]
+
+    @staticmethod
+    def backward(ctx, grad_logits: torch.Tensor):
+        grouped, parameters = ctx.saved_tensors
+        want_images, want_parameters = ctx.needs_input_grad
+        grad = torch.zeros(len(grouped) * LANES)
+        grad[:ctx.count] = grad_logits.reshape(-1)
+        grad_grouped = torch.empty_like(grouped) if want_images else None
+        grad_parameters = torch.empty(D_PARAMETERS) if want_parameters else None
+        scratch = torch.empty(len(grouped), D_PARAMETERS) if want_parameters else None
+        _check(load_gan_library().mnistgen_d_backward(
+            grouped.data_ptr(), parameters.data_ptr(), grad.data_ptr(),
+            grad_grouped.data_ptr() if want_images else None,
+            grad_parameters.data_ptr() if want_parameters else None,
+            scratch.data_ptr() if want_parameters else None, len(grouped), _threads()), "D backward")
+        grad_images = _from_groups(grad_grouped, ctx.count) if want_images else None
+        return grad_images, grad_parameters
+
+
+def flat_parameters(module: torch.nn.Module) -> torch.Tensor:
+    """All parameters of ``module`` as one vector, in ``parameters()`` order, each flattened in its logical
+    (PyTorch default) order whatever its memory layout; differentiable."""
+    return torch.cat([parameter.reshape(-1) for parameter in module.parameters()])
+
+
+def native_discriminate(discriminator: Discriminator, images: torch.Tensor,
+                        parameter_gradients: bool = True) -> torch.Tensor:
+    """D(images) -> (B, 1) logits by the C kernel; D's parameters get gradients only if ``parameter_gradients``."""
+    parameters = flat_parameters(discriminator) if parameter_gradients else flat_parameters(discriminator).detach()
+    return _NativeDiscriminator.apply(images, parameters)
+
+
+def torch_discriminate(discriminator: Discriminator, images: torch.Tensor,
+                       parameter_gradients: bool = True) -> torch.Tensor:
+    """D(images) -> (B, 1) logits by the module itself (the caller's backward chooses which gradients it needs)."""
+    return discriminator(images)
+
+
+# --------------------------------------------------------------------------- G's last stage
+
+
+class _NativeGeneratorTail(torch.autograd.Function):
+    """s (B, 1, 28, 28) = conv3(leaky_relu(u, slope)) for u (B, 8, 28, 28); conv3's weight and bias as one (73,)."""
+
+    @staticmethod
+    def forward(ctx, u: torch.Tensor, parameters: torch.Tensor, slope: float) -> torch.Tensor:
+        u = u.detach().float().contiguous(memory_format=torch.channels_last)  # memory (B, 28, 28, 8)
+        parameters = parameters.detach().contiguous()
+        logits = torch.empty(len(u), 1, 28, 28)
+        _check(load_gan_library().mnistgen_g_tail_forward(u.data_ptr(), parameters.data_ptr(), slope,
+                                                          logits.data_ptr(), len(u), _threads()), "G forward")
+        ctx.save_for_backward(u, parameters)
+        ctx.slope = slope
+        return logits
+
+    @staticmethod
+    def backward(ctx, grad_logits: torch.Tensor):
+        u, parameters = ctx.saved_tensors
+        want_parameters = ctx.needs_input_grad[1]
+        grad = grad_logits.float().contiguous()
+        grad_u = torch.empty_like(u, memory_format=torch.channels_last)
+        grad_parameters = torch.empty(TAIL_PARAMETERS) if want_parameters else None
+        scratch = torch.empty(len(u), TAIL_PARAMETERS) if want_parameters else None
+        _check(load_gan_library().mnistgen_g_tail_backward(
+            u.data_ptr(), parameters.data_ptr(), ctx.slope, grad.data_ptr(), grad_u.data_ptr(),
+            grad_parameters.data_ptr() if want_parameters else None,
+            scratch.data_ptr() if want_parameters else None, len(u), _threads()), "G backward")
+        return grad_u, grad_parameters, None
+
+
+def native_generator_tail(generator: Generator, u: torch.Tensor) -> torch.Tensor:
+    """conv3(act3(u)) (before the sigmoid) for conv2's output u (B, 8, 28, 28), by the C kernel."""
+    return _NativeGeneratorTail.apply(u, flat_parameters(generator.conv3), generator.act3.negative_slope)
+
+
+def native_generate(generator: Generator, z: torch.Tensor) -> torch.Tensor:
+    """G(z), (B, zdim) -> (B, 1, 28, 28): :func:`generator_trunk` in PyTorch, the last stage by the C kernel."""
+    return torch.sigmoid(native_generator_tail(generator, generator_trunk(generator, z)))
+
+
+# --------------------------------------------------------------------------- the choice
+
+
+@dataclass(frozen=True)
+class GANForward:
+    """How training computes G(z) and D's logits. Both choices compute the same functions (to float32 rounding)."""
+
+    kernels: str  # "native" or "torch", as recorded in the run
+    generate: Callable[[Generator, torch.Tensor], torch.Tensor]
+    discriminate: Callable[..., torch.Tensor]  # (discriminator, images, parameter_gradients) -> logits (B, 1)
+
+
+TORCH_KERNELS = GANForward("torch", generate, torch_discriminate)
+NATIVE_KERNELS = GANForward("native", native_generate, native_discriminate)
+
+
+def choose_gan_forward(cpu_kernels: str, device: torch.device, say: Callable[[str], None] | None = None) -> GANForward:
+    """The GANForward for the ``--cpu-kernels`` setting on ``device``.
+
+    "torch": PyTorch's kernels. "native": mnistgen's C kernels, or an error (one line: why not) where they
+    cannot be built. "auto": the C kernels on CPU where they can be built; otherwise PyTorch's, and ``say``
+    (default: stderr) gets a one-line note with the reason. Off the CPU it is always PyTorch's kernels.
+    """
+    if cpu_kernels not in ("auto", "native", "torch"):
+        raise MnistgenError(f"--cpu-kernels must be auto, native or torch, got {cpu_kernels!r}")
+    if cpu_kernels == "torch" or device.type != "cpu":
+        return TORCH_KERNELS
+    try:
+        load_gan_library()
+    except NativeKernelsUnavailable as exc:
+        if cpu_kernels == "native":
+            raise MnistgenError(f"--cpu-kernels native: {exc}") from None
+        (say or _stderr)(f"mnistgen: note: the GAN trains with PyTorch's CPU kernels, about 1.5x slower: {exc}")
+        return TORCH_KERNELS
+    return NATIVE_KERNELS
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+

@@ -1,0 +1,447 @@
+/* CPU kernels for SPEC §3's GAN: the discriminator D, forward and backward, and the generator's last stage
+ * (LeakyReLU, then the 3x3 convolution from 8 channels to 1), forward and backward.
+ *
+ * D's layers have 1 to 8 channels, too few for a library's convolution kernels to fill a vector register
+ * with channels (or with output pixels, at 5x5 to 28x28). Here the vector lanes hold eight *images*
+ * instead: every multiply-add, maximum and comparison of D is the same for the eight lanes, so the whole
+ * network is straight-line vector code with no remainders, and one group's activations (about 130 KiB)
+ * stay in the core's cache from the first convolution to the last gradient. In G's last stage the lanes
+ * hold the 8 input channels (G's channels-last layout has them side by side).
+ *
+ * D's layout: an image batch is given as groups of eight, (groups, 28, 28, 8) floats, lane = image within
+ * the group. D's parameters: one vector of 593 floats in the order of Discriminator.parameters() (conv1
+ * weight (2,1,3,3), conv1 bias, conv2 weight (4,2,3,3), conv2 bias, conv3 weight (8,4,3,3), conv3 bias,
+ * linear weight (1,200) over the (8,5,5) features flattened channel-first, linear bias).
+ *
+ * The mathematics is the networks', layer for layer (mnistgen/kernels/gan.py says how they are used;
+ * tests/test_native_kernels.py checks values and gradients against torch to float32 rounding): zero-padded
+ * 3x3 cross-correlations; ReLU; 2x2 max-pooling whose gradient goes to the first maximum of each window in
+ * row-major order (PyTorch's rule, ties included); ReLU's gradient passes where the pre-activation is > 0,
+ * LeakyReLU's slope applies where it is not.
+ *
+ * A backward recomputes the forward of its group or image (cheap; nothing is kept between the calls).
+ * Parameter gradients are summed per group or image, and those sums are added in order by the calling
+ * thread: the result does not depend on the number of threads.
+ *
+ * Threads: each call splits its groups or images over `threads` OpenMP threads (see run_jobs).
+ */
+
+#define _POSIX_C_SOURCE 200809L
+
+#include <stdlib.h>
+#include <string.h>
+
+typedef float vf __attribute__((vector_size(32)));               /* 8 lanes: the same value of 8 images */
+typedef int vi __attribute__((vector_size(32)));
+typedef float vfu __attribute__((vector_size(32), aligned(4)));  /* the same, at any float alignment */
+
+#define LANES 8
+#define NPARAM 593
+/* offsets in the parameter vector */
+#define W1 0
+#define B1 18
+#define W2 20
+#define B2 92
+#define W3 96
+#define B3 384
+#define WL 392
+#define BL 592
+
+typedef struct {
+    vf x[30][30];        /* input, zero border */
+    vf a1[2][28][28];    /* conv1 pre-activation */
+    vf p1[2][16][16];    /* relu + pool1, zero border */
+    vf a2[4][14][14];    /* conv2 pre-activation */
+    vf p2[4][7][7];      /* relu + pool2 */
+    vf a3[8][5][5];      /* conv3 pre-activation */
+    /* gradients; the ga* have a zero border of 2 so that the convolutions' input gradients are gathers with
+     * each sum kept in a register */
+    vf ga1[2][32][32];   /* d/d a1 at [2 + y][2 + x] */
+    vf gp1[2][14][14];
+    vf ga2[4][18][18];   /* d/d a2 at [2 + y][2 + x] */
+    vf gp2[4][7][7];
+    vf ga3[8][9][9];     /* d/d a3 at [2 + y][2 + x] */
+    vf gparam[NPARAM];
+} Work;
+
+static inline vf splat(float value) { return (vf){0} + value; }
+
+/* max(a, b) as PyTorch's max-pool and ReLU take it: NaN wins (a NaN pixel makes D's logit NaN, for the guard) */
+static inline vf vmax(vf a, vf b) {
+    vi take_a = (a > b) | (a != a);
+    return (vf)(((vi)a & take_a) | ((vi)b & ~take_a));
+}
+
+/* value where mask is set, else 0 */
+static inline vf where(vi mask, vf value) { return (vf)((vi)value & mask); }
+
+static inline float lane_sum(vf v) {
+    float total = 0.0f;
+    for (int lane = 0; lane < LANES; lane++) total += v[lane];
+    return total;
+}
+
+static void forward_group(Work *w, const float *images, const float *P, float *logits) {
+    memset(w->x, 0, sizeof w->x);
+    memset(w->p1, 0, sizeof w->p1);
+    const vfu *in = (const vfu *)images;
+    for (int y = 0; y < 28; y++)
+        for (int x = 0; x < 28; x++) w->x[y + 1][x + 1] = in[y * 28 + x];
+
+    /* conv1: 1 -> 2 channels, 3x3, padding 1: (28, 28) -> (2, 28, 28) */
+    for (int c = 0; c < 2; c++) {
+        vf k[9];
+        for (int t = 0; t < 9; t++) k[t] = splat(P[W1 + c * 9 + t]);
+        for (int y = 0; y < 28; y++)
+            for (int x = 0; x < 28; x++) {
+                vf acc = splat(P[B1 + c]);
+                for (int dy = 0; dy < 3; dy++)
+                    for (int dx = 0; dx < 3; dx++) acc += k[dy * 3 + dx] * w->x[y + dy][x + dx];
+                w->a1[c][y][x] = acc;
+            }
+    }
+    /* relu, max-pool 2x2: -> (2, 14, 14), stored inside a zero border for conv2 */
+    for (int c = 0; c < 2; c++)
+        for (int i = 0; i < 14; i++)
+            for (int j = 0; j < 14; j++) {
+                vf m = vmax(vmax(w->a1[c][2 * i][2 * j], w->a1[c][2 * i][2 * j + 1]),
+                            vmax(w->a1[c][2 * i + 1][2 * j], w->a1[c][2 * i + 1][2 * j + 1]));
+                w->p1[c][i + 1][j + 1] = vmax(m, splat(0.0f));  /* max of relu = relu of max */
+            }
+    /* conv2: 2 -> 4 channels, 3x3, padding 1: -> (4, 14, 14) */
+    for (int c = 0; c < 4; c++)
+        for (int y = 0; y < 14; y++)
+            for (int x = 0; x < 14; x++) {
+                vf acc = splat(P[B2 + c]);
+                for (int ci = 0; ci < 2; ci++)
+                    for (int dy = 0; dy < 3; dy++)
+                        for (int dx = 0; dx < 3; dx++)
+                            acc += P[W2 + ((c * 2 + ci) * 3 + dy) * 3 + dx] * w->p1[ci][y + dy][x + dx];
+                w->a2[c][y][x] = acc;
+            }
+    /* relu, max-pool 2x2: -> (4, 7, 7) */
+    for (int c = 0; c < 4; c++)
+        for (int i = 0; i < 7; i++)
+            for (int j = 0; j < 7; j++) {
+                vf m = vmax(vmax(w->a2[c][2 * i][2 * j], w->a2[c][2 * i][2 * j + 1]),
+                            vmax(w->a2[c][2 * i + 1][2 * j], w->a2[c][2 * i + 1][2 * j + 1]));
+                w->p2[c][i][j] = vmax(m, splat(0.0f));
+            }
+    /* conv3: 4 -> 8 channels, 3x3, no padding: -> (8, 5, 5); relu; linear 200 -> 1 */
+    vf logit = splat(P[BL]);
+    for (int c = 0; c < 8; c++)
+        for (int y = 0; y < 5; y++)
+            for (int x = 0; x < 5; x++) {
+                vf acc = splat(P[B3 + c]);
+                for (int ci = 0; ci < 4; ci++)
+                    for (int dy = 0; dy < 3; dy++)
+                        for (int dx = 0; dx < 3; dx++)
+                            acc += P[W3 + ((c * 4 + ci) * 3 + dy) * 3 + dx] * w->p2[ci][y + dy][x + dx];
+                w->a3[c][y][x] = acc;
+                logit += P[WL + (c * 5 + y) * 5 + x] * vmax(acc, splat(0.0f));
+            }
+    if (logits) *(vfu *)logits = logit;
+}
+
+/* Gradient of a 2x2 max-pool (of relu(a)) to the first maximum of each window, then through the relu:
+ * ga[window position] = gp where that position is the window's first maximum and a > 0, else 0. */
+static inline void pool_relu_backward(vf a00, vf a01, vf a10, vf a11, vf pooled, vf gp,
+                                      vf *g00, vf *g01, vf *g10, vf *g11) {
+    vf zero = splat(0.0f);
+    vf r[4] = {vmax(a00, zero), vmax(a01, zero), vmax(a10, zero), vmax(a11, zero)};
+    vf a[4] = {a00, a01, a10, a11};
+    vf *g[4] = {g00, g01, g10, g11};
+    vi taken = (vi){0};
+    for (int k = 0; k < 4; k++) {
+        vi first = (r[k] == pooled) & ~taken;
+        taken |= first;
+        *g[k] = where(first & (a[k] > zero), gp);
+    }
+}
+
+/* A 3x3 convolution's weight and bias gradients for one (output channel, input channel) pair:
+ * taps[3 * dy + dx] = sum over output positions (y, x) < (side, side) of gout[y + 2][x + 2] * in[y + dy][x + dx],
+ * *bias = sum of gout[y + 2][x + 2]. Pixels outside, taps inside: ten independent sums, so the adds overlap
+ * instead of each waiting for the previous one. */
+static inline void weight_gradients(int side, int gstride, const vf *gout, int istride, const vf *in, vf taps[9],
+                                    vf *bias) {
+    vf acc[9], sum = splat(0.0f);
+    for (int t = 0; t < 9; t++) acc[t] = splat(0.0f);
+    for (int y = 0; y < side; y++)
+        for (int x = 0; x < side; x++) {
+            vf g = gout[(y + 2) * gstride + x + 2];
+            sum += g;
+            for (int dy = 0; dy < 3; dy++)
+                for (int dx = 0; dx < 3; dx++) acc[dy * 3 + dx] += g * in[(y + dy) * istride + x + dx];
+        }
+    for (int t = 0; t < 9; t++) taps[t] = acc[t];
+    *bias = sum;
+}
+
+static void backward_group(Work *w, const float *images, const float *P, const float *grad_logits,
+                           float *grad_images, float *grad_param_group) {
+    forward_group(w, images, P, NULL);
+    const int want_params = grad_param_group != NULL;
+    vf *gP = w->gparam;
+    vf zero = splat(0.0f);
+    vf g = *(const vfu *)grad_logits;
+    memset(w->ga1, 0, sizeof w->ga1);
+    memset(w->ga2, 0, sizeof w->ga2);
+    memset(w->ga3, 0, sizeof w->ga3);
+
+    /* linear and relu3 */
+    for (int c = 0; c < 8; c++)
+        for (int y = 0; y < 5; y++)
+            for (int x = 0; x < 5; x++) {
+                int k = (c * 5 + y) * 5 + x;
+                vf a = w->a3[c][y][x];
+                if (want_params) gP[WL + k] = g * vmax(a, zero);
+                w->ga3[c][y + 2][x + 2] = where(a > zero, g * P[WL + k]);
+            }
+    if (want_params) gP[BL] = g;
+    /* conv3 (valid): parameters, then the gradient of p2 as a gather over ga3's zero border */
+    if (want_params)
+        for (int c = 0; c < 8; c++)
+            for (int ci = 0; ci < 4; ci++)
+                weight_gradients(5, 9, &w->ga3[c][0][0], 7, &w->p2[ci][0][0], &gP[W3 + (c * 4 + ci) * 9], &gP[B3 + c]);
+    for (int ci = 0; ci < 4; ci++)
+        for (int y = 0; y < 7; y++)
+            for (int x = 0; x < 7; x++) {
+                vf acc = zero;
+                for (int c = 0; c < 8; c++)
+                    for (int dy = 0; dy < 3; dy++)
+                        for (int dx = 0; dx < 3; dx++)
+                            acc += P[W3 + ((c * 4 + ci) * 3 + dy) * 3 + dx] * w->ga3[c][y + 2 - dy][x + 2 - dx];
+                w->gp2[ci][y][x] = acc;
+            }
+    /* pool2 and relu2 */
+    for (int c = 0; c < 4; c++)
+        for (int i = 0; i < 7; i++)
+            for (int j = 0; j < 7; j++)
+                pool_relu_backward(w->a2[c][2 * i][2 * j], w->a2[c][2 * i][2 * j + 1], w->a2[c][2 * i + 1][2 * j],
+                                   w->a2[c][2 * i + 1][2 * j + 1], w->p2[c][i][j], w->gp2[c][i][j],
+                                   &w->ga2[c][2 * i + 2][2 * j + 2], &w->ga2[c][2 * i + 2][2 * j + 3],
+                                   &w->ga2[c][2 * i + 3][2 * j + 2], &w->ga2[c][2 * i + 3][2 * j + 3]);
+    /* conv2 (padding 1) */
+    if (want_params)
+        for (int c = 0; c < 4; c++)
+            for (int ci = 0; ci < 2; ci++)
+                weight_gradients(14, 18, &w->ga2[c][0][0], 16, &w->p1[ci][0][0], &gP[W2 + (c * 2 + ci) * 9], &gP[B2 + c]);
+    /* d/d p1[ci][y][x] = sum of w2[c][ci][dy][dx] * ga2[c][y + 1 - dy][x + 1 - dx] (zero outside) */
+    for (int ci = 0; ci < 2; ci++)
+        for (int y = 0; y < 14; y++)
+            for (int x = 0; x < 14; x++) {
+                vf acc = zero;
+                for (int c = 0; c < 4; c++)
+                    for (int dy = 0; dy < 3; dy++)
+                        for (int dx = 0; dx < 3; dx++)
+                            acc += P[W2 + ((c * 2 + ci) * 3 + dy) * 3 + dx] * w->ga2[c][y + 3 - dy][x + 3 - dx];
+                w->gp1[ci][y][x] = acc;
+            }
+    /* pool1 and relu1 */
+    for (int c = 0; c < 2; c++)
+        for (int i = 0; i < 14; i++)
+            for (int j = 0; j < 14; j++)
+                pool_relu_backward(w->a1[c][2 * i][2 * j], w->a1[c][2 * i][2 * j + 1], w->a1[c][2 * i + 1][2 * j],
+                                   w->a1[c][2 * i + 1][2 * j + 1], w->p1[c][i + 1][j + 1], w->gp1[c][i][j],
+                                   &w->ga1[c][2 * i + 2][2 * j + 2], &w->ga1[c][2 * i + 2][2 * j + 3],
+                                   &w->ga1[c][2 * i + 3][2 * j + 2], &w->ga1[c][2 * i + 3][2 * j + 3]);
+    /* conv1 (padding 1) */
+    if (want_params)
+        for (int c = 0; c < 2; c++)
+            weight_gradients(28, 32, &w->ga1[c][0][0], 30, &w->x[0][0], &gP[W1 + c * 9], &gP[B1 + c]);
+    if (grad_images) {
+        vf k[2][9];
+        for (int c = 0; c < 2; c++)
+            for (int t = 0; t < 9; t++) k[c][t] = splat(P[W1 + c * 9 + t]);
+        vfu *out = (vfu *)grad_images;
+        for (int y = 0; y < 28; y++)
+            for (int x = 0; x < 28; x++) {
+                vf acc = zero;
+                for (int c = 0; c < 2; c++)
+                    for (int dy = 0; dy < 3; dy++)
+                        for (int dx = 0; dx < 3; dx++) acc += k[c][dy * 3 + dx] * w->ga1[c][y + 3 - dy][x + 3 - dx];
+                out[y * 28 + x] = acc;
+            }
+    }
+    if (want_params)
+        for (int k = 0; k < NPARAM; k++) grad_param_group[k] = lane_sum(gP[k]);
+}
+
+/* ------------------------------------------------------------------------- G's last stage */
+
+/* G's last stage before the sigmoid: s = conv3(leaky_relu(u)), conv3 8 -> 1 channels, 3x3, padding 1.
+ * u: (images, 28, 28, 8), G's channels-last layout (here the lanes are u's 8 channels); s: (images, 28, 28).
+ * Parameters: 73 floats, conv3's weight (1, 8, 3, 3) then its bias. */
+
+#define TAIL_PARAMS 73
+
+typedef struct {
+    vf h[30][30];      /* leaky_relu(u), zero border */
+    float gs[30][30];  /* gradient of s, zero border */
+} TailWork;
+
+static inline vf leaky(vf u, float slope) {
+    vi positive = u > splat(0.0f);
+    return (vf)(((vi)u & positive) | ((vi)(u * slope) & ~positive));
+}
+
+static void tail_load(TailWork *w, const float *u, float slope) {
+    memset(w->h, 0, sizeof w->h);
+    const vfu *in = (const vfu *)u;
+    for (int y = 0; y < 28; y++)
+        for (int x = 0; x < 28; x++) w->h[y + 1][x + 1] = leaky(in[y * 28 + x], slope);
+}
+
+static void tail_kernel(const float *P, vf kernel[9]) {
+    for (int t = 0; t < 9; t++)
+        for (int c = 0; c < LANES; c++) kernel[t][c] = P[c * 9 + t];
+}
+
+static void tail_forward_image(TailWork *w, const float *u, const float *P, float slope, float *s) {
+    vf kernel[9];
+    tail_kernel(P, kernel);
+    tail_load(w, u, slope);
+    for (int y = 0; y < 28; y++)
+        for (int x = 0; x < 28; x++) {
+            vf acc = splat(0.0f);
+            for (int dy = 0; dy < 3; dy++)
+                for (int dx = 0; dx < 3; dx++) acc += kernel[dy * 3 + dx] * w->h[y + dy][x + dx];
+            s[y * 28 + x] = P[72] + lane_sum(acc);
+        }
+}
+
+static void tail_backward_image(TailWork *w, const float *u, const float *P, float slope, const float *grad_s,
+                                float *grad_u, float *grad_param_image) {
+    vf kernel[9];
+    tail_kernel(P, kernel);
+    tail_load(w, u, slope);
+    memset(w->gs, 0, sizeof w->gs);
+    float gbias = 0.0f;
+    for (int y = 0; y < 28; y++)
+        for (int x = 0; x < 28; x++) {
+            w->gs[y + 1][x + 1] = grad_s[y * 28 + x];
+            gbias += grad_s[y * 28 + x];
+        }
+    /* d/dh[y][x] = sum of kernel[dy][dx] * ds[y + 1 - dy][x + 1 - dx] (zero outside); then LeakyReLU's slope */
+    const vfu *in = (const vfu *)u;
+    vfu *out = (vfu *)grad_u;
+    for (int y = 0; y < 28; y++)
+        for (int x = 0; x < 28; x++) {
+            vf gh = splat(0.0f);
+            for (int dy = 0; dy < 3; dy++)
+                for (int dx = 0; dx < 3; dx++) gh += kernel[dy * 3 + dx] * w->gs[y + 2 - dy][x + 2 - dx];
+            vi positive = in[y * 28 + x] > splat(0.0f);
+            out[y * 28 + x] = (vf)(((vi)gh & positive) | ((vi)(gh * slope) & ~positive));
+        }
+    if (grad_param_image) {
+        vf acc[9];  /* pixels outside, taps inside: nine independent sums */
+        for (int t = 0; t < 9; t++) acc[t] = splat(0.0f);
+        for (int y = 0; y < 28; y++)
+            for (int x = 0; x < 28; x++) {
+                float g = w->gs[y + 1][x + 1];
+                for (int dy = 0; dy < 3; dy++)
+                    for (int dx = 0; dx < 3; dx++) acc[dy * 3 + dx] += g * w->h[y + dy][x + dx];
+            }
+        for (int t = 0; t < 9; t++)
+            for (int c = 0; c < LANES; c++) grad_param_image[c * 9 + t] = acc[t][c];
+        grad_param_image[72] = gbias;
+    }
+}
+
+/* ------------------------------------------------------------------------------------------- threads */
+
+enum Kind { D_FORWARD, D_BACKWARD, TAIL_FORWARD, TAIL_BACKWARD };
+
+typedef struct {  /* one call: what to compute for each item (D: a group of 8 images; G's last stage: an image) */
+    enum Kind kind;
+    const float *input, *params, *grad_output;
+    float *output, *grad_input, *grad_param_items;
+    float slope;
+} Job;
+
+#define GROUP_FLOATS (28 * 28 * LANES)  /* one group of D's images, or one u of G's last stage */
+
+static void run_item(const Job *job, long item, void *scratch) {
+    const float *input = job->input + item * GROUP_FLOATS;
+    switch (job->kind) {
+    case D_FORWARD:
+        forward_group(scratch, input, job->params, job->output + item * LANES);
+        break;
+    case D_BACKWARD:
+        backward_group(scratch, input, job->params, job->grad_output + item * LANES,
+                       job->grad_input ? job->grad_input + item * GROUP_FLOATS : NULL,
+                       job->grad_param_items ? job->grad_param_items + item * NPARAM : NULL);
+        break;
+    case TAIL_FORWARD:
+        tail_forward_image(scratch, input, job->params, job->slope, job->output + item * 28 * 28);
+        break;
+    case TAIL_BACKWARD:
+        tail_backward_image(scratch, input, job->params, job->slope, job->grad_output + item * 28 * 28,
+                            job->grad_input + item * GROUP_FLOATS,
+                            job->grad_param_items ? job->grad_param_items + item * TAIL_PARAMS : NULL);
+        break;
+    }
+}
+
+/* The items split over `threads` OpenMP threads: torch's own OpenMP runtime where the library was linked to
+ * it (its idle threads then do this work instead of spinning beside it). Without OpenMP: one thread. */
+static int run_jobs(const Job *job, long items, int threads) {
+    int failed = 0;
+    size_t size = sizeof(Work) > sizeof(TailWork) ? sizeof(Work) : sizeof(TailWork);
+    (void)threads;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+    {
+        void *scratch = NULL;
+        if (posix_memalign(&scratch, 64, size) != 0) scratch = NULL;
+#pragma omp for schedule(static)
+        for (long item = 0; item < items; item++) {
+            if (scratch)
+                run_item(job, item, scratch);
+            else
+                failed = 1;
+        }
+        free(scratch);
+    }
+    return failed ? -1 : 0;
+}
+
+/* total[k] = sum over items of partial[item][k], items in order: independent of the number of threads */
+static void sum_items(float *total, const float *partial, long items, int width) {
+    for (int k = 0; k < width; k++) total[k] = 0.0f;
+    for (long item = 0; item < items; item++)
+        for (int k = 0; k < width; k++) total[k] += partial[item * width + k];
+}
+
+/* D's logits (groups, 8) of images (groups, 28, 28, 8). Returns 0, or -1 if memory ran out. */
+int mnistgen_d_forward(const float *images, const float *params, float *logits, long groups, int threads) {
+    Job job = {D_FORWARD, images, params, NULL, logits, NULL, NULL, 0.0f};
+    return run_jobs(&job, groups, threads);
+}
+
+/* Given dL/dlogits (groups, 8): dL/dimages (groups, 28, 28, 8) if grad_images is not NULL, and dL/dparams
+ * (593) if grad_params is not NULL (scratch: groups * 593 floats, for the groups' sums). Returns 0 or -1. */
+int mnistgen_d_backward(const float *images, const float *params, const float *grad_logits, float *grad_images,
+                        float *grad_params, float *scratch, long groups, int threads) {
+    Job job = {D_BACKWARD, images, params, grad_logits, NULL, grad_images, grad_params ? scratch : NULL,
+               0.0f};
+    if (run_jobs(&job, groups, threads) != 0) return -1;
+    if (grad_params) sum_items(grad_params, scratch, groups, NPARAM);
+    return 0;
+}
+
+/* G's last stage: s (images, 28, 28) = conv3(leaky_relu(u, slope)) for u (images, 28, 28, 8). */
+int mnistgen_g_tail_forward(const float *u, const float *params, float slope, float *s, long images, int threads) {
+    Job job = {TAIL_FORWARD, u, params, NULL, s, NULL, NULL, slope};
+    return run_jobs(&job, images, threads);
+}
+
+/* Given dL/ds: dL/du (images, 28, 28, 8), and dL/dparams (73) if grad_params is not NULL (scratch: images * 73
+ * floats). */
+int mnistgen_g_tail_backward(const float *u, const float *params, float slope, const float *grad_s, float *grad_u,
+                             float *grad_params, float *scratch, long images, int threads) {
+    Job job = {TAIL_BACKWARD, u, params, grad_s, NULL, grad_u, grad_params ? scratch : NULL, slope};
+    if (run_jobs(&job, images, threads) != 0) return -1;
+    if (grad_params) sum_items(grad_params, scratch, images, TAIL_PARAMS);
+    return 0;
+}

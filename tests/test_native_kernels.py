@@ -1,0 +1,285 @@
+"""mnistgen's C kernels (src/mnistgen/kernels/gan_cpu.c) compute the spec's networks: D, and G's last stage.
+
+Values and every gradient against the torch modules (ties of the max-pools included), independence from
+the number of threads, a training step equal to PyTorch's kernels and to the classic loop, and the build:
+cached once per user, atomic, and a clear one-line refusal where no compiler works.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mnistgen.config import GANConfig
+from mnistgen.device import seed_everything
+from mnistgen.errors import MnistgenError
+from mnistgen.kernels import gan as kernels
+from mnistgen.kernels import native
+from mnistgen.models.gan import Discriminator, Generator, generate, generator_trunk
+from mnistgen.train import gan as train
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+BASELINE = Path(__file__).resolve().parents[1] / "bench" / "gan_baseline.py"
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
+
+
+def perturbed(module: torch.nn.Module, seed: int, scale: float = 0.1) -> torch.nn.Module:
+    """Weights off their init and non-zero biases, so no term of a check is trivially zero."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.add_(scale * torch.randn_like(parameter))
+    return module
+
+
+def digit_like_images(count: int, seed: int = 0) -> torch.Tensor:
+    """MNIST-like batch: dark background (exact zeros), a saturated white block (exact ones), random strokes;
+    plus an all-black and an all-white image. Equal values make equal conv outputs: ties in the max-pools."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.rand((count, 1, 28, 28), generator=generator).pow(3)
+    images[:, :, :6] = 0.0
+    images[:, :, 10:20, 8:18] = 1.0
+    images[0] = 0.0
+    images[1] = 1.0
+    return images
+
+
+@pytest.mark.parametrize("count", [13, 16], ids=["partial-group", "two-groups"])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+def test_native_discriminator_equals_the_module(count, memory_format):
+    discriminator = perturbed(Discriminator(), seed=count).to(memory_format=memory_format)
+    images = digit_like_images(count).requires_grad_()
+    expected = discriminator(images)
+    actual = kernels.native_discriminate(discriminator, images)
+    assert actual.shape == (count, 1)
+    assert relative_error(actual, expected) < 1e-5
+    weights = torch.linspace(-1.0, 2.0, count).view(count, 1)  # each image's logit weighted differently
+    inputs = [images, *discriminator.parameters()]
+    want = torch.autograd.grad((expected * weights).sum(), inputs)
+    got = torch.autograd.grad((actual * weights).sum(), inputs)
+    names = ["images"] + [name for name, _ in discriminator.named_parameters()]
+    for name, want_grad, got_grad in zip(names, want, got, strict=True):
+        assert got_grad.shape == want_grad.shape, name
+        assert relative_error(got_grad, want_grad) < 1e-5, name
+
+
+def test_max_pool_ties_send_the_gradient_to_the_first_maximum():
+    # Positive ties: conv1 = its (positive) bias alone, so every window of the first pool holds four equal
+    # positive values; PyTorch gives the window's gradient to its first (upper-left) element. conv1's
+    # weight gradient then sums the images' pixels at the upper-left positions only: a kernel that split
+    # the gradient among ties, or took another element, gets another weight gradient.
+    discriminator = perturbed(Discriminator(), seed=3)
+    with torch.no_grad():
+        discriminator.conv1.weight.zero_()
+        discriminator.conv1.bias.fill_(0.5)
+    images = digit_like_images(8, seed=4)
+    expected = torch.autograd.grad(discriminator(images).sum(), discriminator.conv1.weight)[0]
+    actual = torch.autograd.grad(kernels.native_discriminate(discriminator, images).sum(),
+                                 discriminator.conv1.weight)[0]
+    assert expected.abs().max() > 0
+    assert relative_error(actual, expected) < 1e-5
+
+
+def test_a_nan_pixel_makes_that_image_logit_nan_as_in_pytorch():
+    # the training loop's NaN guard relies on it: PyTorch's max-pool and ReLU pass NaN on
+    discriminator = perturbed(Discriminator(), seed=14)
+    images = digit_like_images(9)
+    images[3, 0, 14, 14] = float("nan")
+    expected, actual = discriminator(images), kernels.native_discriminate(discriminator, images)
+    assert torch.equal(torch.isnan(actual), torch.isnan(expected))
+    assert torch.isnan(actual[3]).all() and not torch.isnan(actual[4:]).any()
+
+
+def test_the_g_step_gets_no_discriminator_gradients():
+    discriminator = perturbed(Discriminator(), seed=5)
+    images = digit_like_images(8).requires_grad_()
+    logits = kernels.native_discriminate(discriminator, images, parameter_gradients=False)
+    logits.sum().backward()
+    assert images.grad is not None and images.grad.abs().max() > 0
+    assert all(parameter.grad is None for parameter in discriminator.parameters())
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+def test_native_generator_tail_equals_conv3_of_leaky_relu(memory_format):
+    generator = perturbed(Generator(), seed=6).to(memory_format=memory_format)
+    u = torch.randn(5, 8, 28, 28).contiguous(memory_format=memory_format).requires_grad_()  # both signs
+    expected = generator.conv3(F.leaky_relu(u, 0.2))
+    actual = kernels.native_generator_tail(generator, u)
+    assert actual.shape == (5, 1, 28, 28)
+    assert relative_error(actual, expected) < 1e-5
+    weights = torch.randn(5, 1, 28, 28)  # every pixel weighted differently: borders and interior count
+    inputs = [u, generator.conv3.weight, generator.conv3.bias]
+    want = torch.autograd.grad((expected * weights).sum(), inputs)
+    got = torch.autograd.grad((actual * weights).sum(), inputs)
+    for name, want_grad, got_grad in zip(["u", "weight", "bias"], want, got, strict=True):
+        assert relative_error(got_grad, want_grad) < 1e-5, name
+
+
+def test_native_generate_equals_the_layer_by_layer_generator():
+    reference = perturbed(Generator(), seed=7)
+    fast = Generator()
+    fast.load_state_dict(reference.state_dict())
+    fast = fast.to(memory_format=torch.channels_last)
+    z = train.uniform_noise(12, 64, torch.Generator().manual_seed(8))
+    expected, actual = reference(z), kernels.native_generate(fast, z)
+    assert relative_error(actual, expected) < 1e-5
+    weights = torch.linspace(-1.0, 2.0, 784).view(1, 1, 28, 28)
+    want = torch.autograd.grad((expected * weights).sum(), list(reference.parameters()))
+    got = torch.autograd.grad((actual * weights).sum(), list(fast.parameters()))
+    for (name, _), want_grad, got_grad in zip(reference.named_parameters(), want, got, strict=True):
+        assert relative_error(got_grad, want_grad) < 1e-4, name
+
+
+def test_generator_trunk_is_generate_before_its_last_stage():
+    generator = perturbed(Generator(), seed=9)
+    z = train.uniform_noise(4, 64, torch.Generator().manual_seed(10))
+    h = F.leaky_relu(generator_trunk(generator, z), 0.2)
+    assert torch.equal(torch.sigmoid(generator.conv3(h)), generate(generator, z))
+
+
+def test_the_number_of_threads_does_not_change_any_bit():
+    discriminator = perturbed(Discriminator(), seed=11)
+    generator = perturbed(Generator(), seed=12).to(memory_format=torch.channels_last)
+    images = digit_like_images(40).requires_grad_()
+    z = train.uniform_noise(24, 64, torch.Generator().manual_seed(13))
+
+    def everything() -> list[torch.Tensor]:
+        logits = kernels.native_discriminate(discriminator, images)
+        fake = kernels.native_generate(generator, z)
+        inputs = [images, *discriminator.parameters(), *generator.parameters()]
+        return [logits, fake, *torch.autograd.grad(logits.sum() + fake.square().sum(), inputs)]
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = everything()
+        torch.set_num_threads(3)
+        three = everything()
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(one, three, strict=True):
+        assert torch.equal(a, b)
+
+
+def load_baseline():
+    spec = importlib.util.spec_from_file_location("gan_baseline", BASELINE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_training_steps_with_native_kernels_equal_pytorch_kernels_and_the_classic_loop():
+    baseline = load_baseline()
+    config = GANConfig(device="cpu")
+    seed_everything(config.seed)
+    generator, discriminator = train.build_models(config, torch.device("cpu"))
+    twins = {}
+    for name in ("torch", "classic"):
+        g, d = Generator(), Discriminator()
+        g.load_state_dict(generator.state_dict())
+        d.load_state_dict(discriminator.state_dict())
+        twins[name] = (g, d)
+    optimizer_g, optimizer_d = train.make_optimizers(generator, discriminator, config)
+    torch_optimizers = train.make_optimizers(*twins["torch"], config)
+    classic_g = torch.optim.Adam(twins["classic"][0].parameters(), lr=config.lr_g)
+    classic_d = torch.optim.Adam(twins["classic"][1].parameters(), lr=config.lr_d)
+
+    data = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        real = digit_like_images(32, seed=int(torch.randint(1000, (1,), generator=data)))
+        z = train.uniform_noise(32, config.zdim, data)
+        native_stats = train.train_step(generator, discriminator, optimizer_g, optimizer_d, real, z,
+                                        kernels.NATIVE_KERNELS).tolist()
+        torch_stats = train.train_step(*twins["torch"], *torch_optimizers, real, z, kernels.TORCH_KERNELS).tolist()
+        classic_losses = baseline.classic_step(*twins["classic"], classic_g, classic_d, real, z)
+        assert native_stats == pytest.approx(torch_stats, rel=1e-5)
+        assert native_stats[:2] == pytest.approx(list(classic_losses), rel=1e-5)
+    # Adam's first steps move each weight by about lr = 2e-4 whatever the gradient's size: agreeing to a
+    # tenth of one step after four means every step went the same way (a wrong gradient, even a wrong
+    # sign of a small one, moves a weight by a whole step).
+    mine = list(generator.parameters()) + list(discriminator.parameters())
+    for name, (g, d) in twins.items():
+        for index, (a, b) in enumerate(zip(mine, list(g.parameters()) + list(d.parameters()), strict=True)):
+            assert (a - b).abs().max().item() < 0.1 * config.lr_g, (name, index)
+
+
+# --------------------------------------------------------------------------- building and choosing
+
+
+@pytest.fixture
+def fresh_library(tmp_path, monkeypatch):
+    """An empty user cache and no library loaded yet in this process (restored afterwards)."""
+    monkeypatch.setenv("MNISTGEN_CACHE_DIR", str(tmp_path / "cache"))
+    native.load_gan_library.cache_clear()
+    yield tmp_path / "cache" / "kernels"
+    native.load_gan_library.cache_clear()
+
+
+def test_the_library_is_built_into_the_user_cache_once(fresh_library, monkeypatch):
+    native.load_gan_library()
+    built = sorted(fresh_library.iterdir())
+    assert len(built) == 1 and built[0].name.startswith("gan_cpu-")  # no temporary file left behind
+    native.load_gan_library.cache_clear()
+
+    def no_second_build(*args):
+        raise AssertionError("compiled again although the cached library was there")
+
+    monkeypatch.setattr(native, "build", no_second_build)
+    native.load_gan_library()
+
+
+def test_a_changed_source_builds_a_new_library(fresh_library, monkeypatch, tmp_path):
+    native.load_gan_library()
+    changed = tmp_path / "gan_cpu.c"
+    changed.write_text(native.SOURCE.read_text() + "\n/* changed */\n")
+    monkeypatch.setattr(native, "SOURCE", changed)
+    native.load_gan_library.cache_clear()
+    native.load_gan_library()
+    assert len(list(fresh_library.iterdir())) == 2
+
+
+def test_a_failing_compiler_gives_one_line_and_leaves_no_file(fresh_library, monkeypatch, tmp_path):
+    broken = tmp_path / "gan_cpu.c"
+    broken.write_text("this is not C\n")
+    monkeypatch.setattr(native, "SOURCE", broken)
+    with pytest.raises(native.NativeKernelsUnavailable) as error:
+        native.load_gan_library()
+    assert "\n" not in str(error.value) and "compiling gan_cpu.c" in str(error.value)
+    assert not fresh_library.exists() or not any(fresh_library.iterdir())
+
+
+def test_no_compiler_means_pytorch_kernels_with_a_note_or_a_refusal(fresh_library, monkeypatch):
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    cpu = torch.device("cpu")
+    notes: list[str] = []
+    assert kernels.choose_gan_forward("auto", cpu, say=notes.append) is kernels.TORCH_KERNELS
+    assert len(notes) == 1 and "PyTorch's CPU kernels" in notes[0] and "/nonexistent/cc" in notes[0]
+    with pytest.raises(MnistgenError, match="--cpu-kernels native: "):
+        kernels.choose_gan_forward("native", cpu)
+    assert kernels.choose_gan_forward("torch", cpu) is kernels.TORCH_KERNELS
+
+
+def test_the_c_kernels_are_chosen_on_cpu_only():
+    assert kernels.choose_gan_forward("auto", torch.device("cpu")) is kernels.NATIVE_KERNELS
+    assert kernels.choose_gan_forward("native", torch.device("cuda")) is kernels.TORCH_KERNELS
+
+
+def test_cli_refuses_native_kernels_without_a_compiler_in_one_line(tmp_path):
+    environment = {**os.environ, "CC": "/nonexistent/cc", "MNISTGEN_CACHE_DIR": str(tmp_path / "cache")}
+    command = [sys.executable, "-m", "mnistgen", "gan", "train", "--out", str(tmp_path / "run"), "--dataset",
+               "mnist-sample", "--epochs", "1", "--cpu-kernels", "native", "--device", "cpu"]
+    result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--cpu-kernels native" in lines[0] and "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "config.json").exists()  # refused before anything was written
