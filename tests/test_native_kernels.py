@@ -1,4 +1,4 @@
-"""mnistgen's C kernels (src/mnistgen/kernels/gan_cpu.c) compute the spec's networks: D, and G's last stage.
+"""mnistgen's C kernels (src/mnistgen/kernels/gan_cpu.c) compute the spec's networks: D, and G's last two stages.
 
 Values and every gradient against the torch modules (ties of the max-pools included), independence from
 the number of threads, a training step equal to PyTorch's kernels and to the classic loop, and the build:
@@ -22,7 +22,7 @@ from mnistgen.device import seed_everything
 from mnistgen.errors import MnistgenError
 from mnistgen.kernels import gan as kernels
 from mnistgen.kernels import native
-from mnistgen.models.gan import Discriminator, Generator, generate, generator_trunk
+from mnistgen.models.gan import Discriminator, Generator, generate, generator_start, upsample_conv
 from mnistgen.train import gan as train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -110,19 +110,37 @@ def test_the_g_step_gets_no_discriminator_gradients():
 
 
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
-def test_native_generator_tail_equals_conv3_of_leaky_relu(memory_format):
+def test_native_generator_end_equals_g_s_last_layers(memory_format):
     generator = perturbed(Generator(), seed=6).to(memory_format=memory_format)
-    u = torch.randn(5, 8, 28, 28).contiguous(memory_format=memory_format).requires_grad_()  # both signs
+    h = torch.randn(5, 16, 14, 14).contiguous(memory_format=memory_format).requires_grad_()  # both signs
+    u = generator.conv2(F.interpolate(h, scale_factor=2, mode="nearest"))
     expected = generator.conv3(F.leaky_relu(u, 0.2))
-    actual = kernels.native_generator_tail(generator, u)
+    actual = kernels.native_generator_end(generator, h)
     assert actual.shape == (5, 1, 28, 28)
     assert relative_error(actual, expected) < 1e-5
-    weights = torch.randn(5, 1, 28, 28)  # every pixel weighted differently: borders and interior count
-    inputs = [u, generator.conv3.weight, generator.conv3.bias]
+    # every pixel weighted differently, borders and interior; positive, so that conv3's bias gradient (the
+    # sum of the weights) is not a difference of large numbers that float32 rounding would dominate
+    weights = torch.rand(5, 1, 28, 28) + 0.5
+    inputs = [h, generator.conv2.weight, generator.conv2.bias, generator.conv3.weight, generator.conv3.bias]
     want = torch.autograd.grad((expected * weights).sum(), inputs)
     got = torch.autograd.grad((actual * weights).sum(), inputs)
-    for name, want_grad, got_grad in zip(["u", "weight", "bias"], want, got, strict=True):
+    for name, want_grad, got_grad in zip(["h", "conv2.weight", "conv2.bias", "conv3.weight", "conv3.bias"], want, got,
+                                         strict=True):
         assert relative_error(got_grad, want_grad) < 1e-5, name
+
+
+def test_phase_kernels_by_hand():
+    # one input channel, one output channel, 3x3 taps w[ky][kx] = 10 ky + kx: each phase kernel entry is the
+    # sum of the taps its row and column groups select (rows: phase 0 -> (0), (1, 2); phase 1 -> (0, 1), (2))
+    weight = torch.tensor([[10.0 * ky + kx for kx in range(3)] for ky in range(3)]).view(1, 1, 3, 3)
+    kernels_ = kernels.phase_kernels(weight)[..., 0, 0]  # (a, b, dy, dx)
+    groups = {(0, 0): [0], (0, 1): [1, 2], (1, 0): [0, 1], (1, 1): [2]}
+    for a in range(2):
+        for b in range(2):
+            for dy in range(2):
+                for dx in range(2):
+                    expected = sum(10.0 * ky + kx for ky in groups[a, dy] for kx in groups[b, dx])
+                    assert kernels_[a, b, dy, dx].item() == expected
 
 
 def test_native_generate_equals_the_layer_by_layer_generator():
@@ -140,10 +158,10 @@ def test_native_generate_equals_the_layer_by_layer_generator():
         assert relative_error(got_grad, want_grad) < 1e-4, name
 
 
-def test_generator_trunk_is_generate_before_its_last_stage():
+def test_generator_start_is_generate_up_to_act2():
     generator = perturbed(Generator(), seed=9)
     z = train.uniform_noise(4, 64, torch.Generator().manual_seed(10))
-    h = F.leaky_relu(generator_trunk(generator, z), 0.2)
+    h = F.leaky_relu(upsample_conv(generator.conv2, generator_start(generator, z)), 0.2)
     assert torch.equal(torch.sigmoid(generator.conv3(h)), generate(generator, z))
 
 

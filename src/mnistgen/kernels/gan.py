@@ -6,12 +6,13 @@ Two pieces of SPEC §3's networks run in ``gan_cpu.c`` (built by :mod:`mnistgen.
 - **D**, whole: images (B, 1, 28, 28) -> logits (B, 1), with gradients for the images and/or D's 593
   parameters. D's 1- to 8-channel layers are where PyTorch's CPU kernels are slowest (docs/BENCHMARKS.md);
   the C code runs eight images per vector register.
-- **G's last stage** before the sigmoid: conv3(LeakyReLU(u)) for conv2's output u (B, 8, 28, 28), with
-  gradients for u and conv3's parameters. The rest of G stays in PyTorch (:func:`generator_trunk`).
+- **G's last two stages** before the sigmoid: conv3(LeakyReLU(conv2(Upsample(h)))) for act2's output h
+  (B, 16, 14, 14), with gradients for h and for conv2's and conv3's parameters; conv2 after the upsample
+  runs in its phase form (:func:`phase_kernels`). The start of G stays in PyTorch (:func:`generator_start`).
 
 Both are the same functions of the same parameters as the spec's modules: tests/test_native_kernels.py
-checks values and every gradient against ``Discriminator.forward`` and ``conv3(leaky_relu(u))`` to float32
-rounding, ties of the max-pools included, and that a training step gives the same losses and weights.
+checks values and every gradient against ``Discriminator.forward`` and G's layers to float32 rounding, ties
+of the max-pools included, and that a training step gives the same losses and weights.
 The parameters are read from the modules at each call (no copy to keep in sync); their gradients reach
 the modules' parameters through autograd.
 
@@ -28,12 +29,12 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import MnistgenError
-from ..models.gan import Discriminator, Generator, generate, generator_trunk
+from ..models.gan import Discriminator, Generator, generate, generator_start
 from .native import NativeKernelsUnavailable, load_gan_library
 
 LANES = 8  # D's images per vector register in gan_cpu.c
 D_PARAMETERS = 593
-TAIL_PARAMETERS = 73  # conv3's weight (1, 8, 3, 3) and bias
+G_PARAMETERS = 2129  # conv2's phase kernels (2048) and bias (8), conv3's weight (72) and bias
 
 
 def _threads() -> int:
@@ -114,46 +115,69 @@ def torch_discriminate(discriminator: Discriminator, images: torch.Tensor,
     return discriminator(images)
 
 
-# --------------------------------------------------------------------------- G's last stage
+# --------------------------------------------------------------------------- G's last two stages
 
 
-class _NativeGeneratorTail(torch.autograd.Function):
-    """s (B, 1, 28, 28) = conv3(leaky_relu(u, slope)) for u (B, 8, 28, 28); conv3's weight and bias as one (73,)."""
+def phase_kernels(weight: torch.Tensor) -> torch.Tensor:
+    """The 2x2 kernels of "nearest 2x upsample, then 3x3 convolution" in phase form; differentiable.
+
+    weight (C_out, C_in, 3, 3) -> (a, b, dy, dx, C_in, C_out) = (2, 2, 2, 2, C_in, C_out): output pixel
+    (2i + a, 2j + b) is the sum over dy, dx in {0, 1} of the zero-padded input at row i + a + dy, column
+    j + b + dx (padded coordinates) times kernel [a, b, dy, dx]. Along each axis the taps are those of
+    :func:`mnistgen.models.gan.upsample_conv`'s 4-tap filter (w2, w1 + w2, w0 + w1, w0), split by phase:
+    phase 0 reads (w0, w1 + w2), phase 1 reads (w0 + w1, w2).
+    """
+    def split(w: torch.Tensor, dim: int) -> torch.Tensor:  # 3 taps along dim -> (phase, tap) in its place
+        w0, w1, w2 = w.unbind(dim)
+        return torch.stack([torch.stack([w0, w1 + w2], dim), torch.stack([w0 + w1, w2], dim)], dim)
+
+    kernels = split(split(weight, 3), 2)  # (C_out, C_in, a, dy, b, dx)
+    return kernels.permute(2, 4, 3, 5, 1, 0)
+
+
+def _g_parameters(generator: Generator) -> torch.Tensor:
+    """(2129,): conv2's phase kernels (a, b, dy, dx, ci, co), conv2's bias, conv3's weight and bias."""
+    return torch.cat([phase_kernels(generator.conv2.weight).reshape(-1), generator.conv2.bias,
+                      generator.conv3.weight.reshape(-1), generator.conv3.bias])
+
+
+class _NativeGeneratorEnd(torch.autograd.Function):
+    """s (B, 1, 28, 28) = conv3(leaky_relu(conv2(upsample(h)), slope)) for h (B, 16, 14, 14), the parameters as
+    :func:`_g_parameters` packs them."""
 
     @staticmethod
-    def forward(ctx, u: torch.Tensor, parameters: torch.Tensor, slope: float) -> torch.Tensor:
-        u = u.detach().float().contiguous(memory_format=torch.channels_last)  # memory (B, 28, 28, 8)
+    def forward(ctx, h: torch.Tensor, parameters: torch.Tensor, slope: float) -> torch.Tensor:
+        h = h.detach().float().contiguous(memory_format=torch.channels_last)  # memory (B, 14, 14, 16)
         parameters = parameters.detach().contiguous()
-        logits = torch.empty(len(u), 1, 28, 28)
-        _check(load_gan_library().mnistgen_g_tail_forward(u.data_ptr(), parameters.data_ptr(), slope,
-                                                          logits.data_ptr(), len(u), _threads()), "G forward")
-        ctx.save_for_backward(u, parameters)
+        logits = torch.empty(len(h), 1, 28, 28)
+        u = torch.empty(len(h), 28, 28, 8)  # conv2's output, for the backward
+        _check(load_gan_library().mnistgen_g_forward(h.data_ptr(), parameters.data_ptr(), slope, logits.data_ptr(),
+                                                     u.data_ptr(), len(h), _threads()), "G forward")
+        ctx.save_for_backward(h, u, parameters)
         ctx.slope = slope
         return logits
 
     @staticmethod
     def backward(ctx, grad_logits: torch.Tensor):
-        u, parameters = ctx.saved_tensors
-        want_parameters = ctx.needs_input_grad[1]
+        h, u, parameters = ctx.saved_tensors
         grad = grad_logits.float().contiguous()
-        grad_u = torch.empty_like(u, memory_format=torch.channels_last)
-        grad_parameters = torch.empty(TAIL_PARAMETERS) if want_parameters else None
-        scratch = torch.empty(len(u), TAIL_PARAMETERS) if want_parameters else None
-        _check(load_gan_library().mnistgen_g_tail_backward(
-            u.data_ptr(), parameters.data_ptr(), ctx.slope, grad.data_ptr(), grad_u.data_ptr(),
-            grad_parameters.data_ptr() if want_parameters else None,
-            scratch.data_ptr() if want_parameters else None, len(u), _threads()), "G backward")
-        return grad_u, grad_parameters, None
+        grad_h = torch.empty_like(h, memory_format=torch.channels_last)
+        grad_parameters = torch.empty(G_PARAMETERS)
+        scratch = torch.empty(len(h), G_PARAMETERS)
+        _check(load_gan_library().mnistgen_g_backward(
+            h.data_ptr(), u.data_ptr(), parameters.data_ptr(), ctx.slope, grad.data_ptr(), grad_h.data_ptr(),
+            grad_parameters.data_ptr(), scratch.data_ptr(), len(h), _threads()), "G backward")
+        return grad_h, grad_parameters, None
 
 
-def native_generator_tail(generator: Generator, u: torch.Tensor) -> torch.Tensor:
-    """conv3(act3(u)) (before the sigmoid) for conv2's output u (B, 8, 28, 28), by the C kernel."""
-    return _NativeGeneratorTail.apply(u, flat_parameters(generator.conv3), generator.act3.negative_slope)
+def native_generator_end(generator: Generator, h: torch.Tensor) -> torch.Tensor:
+    """conv3(act3(conv2(up2(h)))) (before the sigmoid) for act2's output h (B, 16, 14, 14), by the C kernel."""
+    return _NativeGeneratorEnd.apply(h, _g_parameters(generator), generator.act3.negative_slope)
 
 
 def native_generate(generator: Generator, z: torch.Tensor) -> torch.Tensor:
-    """G(z), (B, zdim) -> (B, 1, 28, 28): :func:`generator_trunk` in PyTorch, the last stage by the C kernel."""
-    return torch.sigmoid(native_generator_tail(generator, generator_trunk(generator, z)))
+    """G(z), (B, zdim) -> (B, 1, 28, 28): :func:`generator_start` in PyTorch, the rest by the C kernel."""
+    return torch.sigmoid(native_generator_end(generator, generator_start(generator, z)))
 
 
 # --------------------------------------------------------------------------- the choice

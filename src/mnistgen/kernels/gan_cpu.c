@@ -19,7 +19,8 @@
  * row-major order (PyTorch's rule, ties included); ReLU's gradient passes where the pre-activation is > 0,
  * LeakyReLU's slope applies where it is not.
  *
- * A backward recomputes the forward of its group or image (cheap; nothing is kept between the calls).
+ * D's backward recomputes the forward of its group (cheap: nothing is kept between the calls); G's backward
+ * reads conv2's output u, which its forward kept.
  * Parameter gradients are summed per group or image, and those sums are added in order by the calling
  * thread: the result does not depend on the number of threads.
  *
@@ -30,6 +31,9 @@
 
 #include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 typedef float vf __attribute__((vector_size(32)));               /* 8 lanes: the same value of 8 images */
 typedef int vi __attribute__((vector_size(32)));
@@ -268,118 +272,218 @@ static void backward_group(Work *w, const float *images, const float *P, const f
         for (int k = 0; k < NPARAM; k++) grad_param_group[k] = lane_sum(gP[k]);
 }
 
-/* ------------------------------------------------------------------------- G's last stage */
+/* ------------------------------------------------------------------- G's last two stages */
 
-/* G's last stage before the sigmoid: s = conv3(leaky_relu(u)), conv3 8 -> 1 channels, 3x3, padding 1.
- * u: (images, 28, 28, 8), G's channels-last layout (here the lanes are u's 8 channels); s: (images, 28, 28).
- * Parameters: 73 floats, conv3's weight (1, 8, 3, 3) then its bias. */
+/* G after act2: s = conv3(leaky_relu(conv2(upsample(h)))) before the sigmoid, for h (images, 14, 14, 16), G's
+ * channels-last layout, and s (images, 28, 28).
+ *
+ * conv2(upsample(h)) is computed in its phase form (mnistgen/models/gan.py derives it): output pixel
+ * (2i + a, 2j + b) is a 2x2 convolution of the zero-padded h at rows i + a + dy, columns j + b + dx
+ * (dy, dx in {0, 1}) with the kernel K[a][b][dy][dx] whose taps are sums of conv2's 3x3 taps. The caller
+ * builds K from conv2's weight (autograd then carries K's gradient back to that weight).
+ *
+ * Parameters, 2129 floats: K (a, b, dy, dx, ci, co) = (2, 2, 2, 2, 16, 8), conv2's bias (8), conv3's weight
+ * (1, 8, 3, 3) and bias (1). Lanes: conv2's 8 output channels (u, leaky_relu(u)), or, for h's gradient,
+ * 8 of h's 16 channels. */
 
-#define TAIL_PARAMS 73
+#define G_PARAMS 2129
+#define G_K 0
+#define G_B2 2048
+#define G_W3 2056
+#define G_B3 2128
+#define G_IN_FLOATS (14 * 14 * 16)
 
 typedef struct {
-    vf h[30][30];      /* leaky_relu(u), zero border */
-    float gs[30][30];  /* gradient of s, zero border */
-} TailWork;
+    float hp[16][16][16];  /* h with a zero border: [row][column][channel] */
+    vf u[28][28];          /* conv2(upsample(h)) + bias: the 8 channels */
+    vf h3[30][30];         /* leaky_relu(u), zero border */
+    float gs[30][30];      /* gradient of s, zero border */
+    vf gu[28][28];         /* gradient of u */
+    vf gp[2][2][16][16];   /* the same by phase, zero border: gp[a][b][i + 1][j + 1] = gu[2i + a][2j + b] */
+    vf kt[16][8][2];       /* K transposed: [phase and tap][co] -> the 16 channels ci as two vectors */
+} GWork;
 
 static inline vf leaky(vf u, float slope) {
     vi positive = u > splat(0.0f);
     return (vf)(((vi)u & positive) | ((vi)(u * slope) & ~positive));
 }
 
-static void tail_load(TailWork *w, const float *u, float slope) {
-    memset(w->h, 0, sizeof w->h);
-    const vfu *in = (const vfu *)u;
+static void g_load(GWork *w, const float *h) {
+    memset(w->hp, 0, sizeof w->hp);
+    for (int r = 0; r < 14; r++)
+        for (int c = 0; c < 14; c++) memcpy(w->hp[r + 1][c + 1], h + (r * 14 + c) * 16, 16 * sizeof(float));
+}
+
+static void g_leaky(GWork *w, float slope) {
+    memset(w->h3, 0, sizeof w->h3);
     for (int y = 0; y < 28; y++)
-        for (int x = 0; x < 28; x++) w->h[y + 1][x + 1] = leaky(in[y * 28 + x], slope);
+        for (int x = 0; x < 28; x++) w->h3[y + 1][x + 1] = leaky(w->u[y][x], slope);
 }
 
-static void tail_kernel(const float *P, vf kernel[9]) {
+/* s of one image; u (28 * 28 * 8 floats) is kept for the backward */
+static void g_forward_image(GWork *w, const float *h, const float *P, float slope, float *s, float *u) {
+    const vfu *K = (const vfu *)(P + G_K);
+    vf bias2 = *(const vfu *)(P + G_B2), kernel3[9];
     for (int t = 0; t < 9; t++)
-        for (int c = 0; c < LANES; c++) kernel[t][c] = P[c * 9 + t];
-}
-
-static void tail_forward_image(TailWork *w, const float *u, const float *P, float slope, float *s) {
-    vf kernel[9];
-    tail_kernel(P, kernel);
-    tail_load(w, u, slope);
+        for (int c = 0; c < LANES; c++) kernel3[t][c] = P[G_W3 + c * 9 + t];
+    g_load(w, h);
+    /* conv2(upsample(h)): (14, 14, 16) -> (28, 28, 8), seven output pixels of a row and phase at a time
+     * (seven independent sums sharing each load of the kernel) */
+    for (int a = 0; a < 2; a++)
+        for (int b = 0; b < 2; b++)
+            for (int i = 0; i < 14; i++)
+                for (int j0 = 0; j0 < 14; j0 += 7) {
+                    vf acc[7];
+                    for (int q = 0; q < 7; q++) acc[q] = bias2;
+                    for (int dy = 0; dy < 2; dy++)
+                        for (int dx = 0; dx < 2; dx++) {
+                            const float(*row)[16] = &w->hp[i + a + dy][j0 + b + dx];
+                            const vfu *k = K + (((a * 2 + b) * 2 + dy) * 2 + dx) * 16;
+                            for (int ci = 0; ci < 16; ci++) {
+                                vf kernel = k[ci];
+                                for (int q = 0; q < 7; q++) acc[q] += row[q][ci] * kernel;
+                            }
+                        }
+                    for (int q = 0; q < 7; q++) w->u[2 * i + a][2 * (j0 + q) + b] = acc[q];
+                }
+    memcpy(u, w->u, sizeof w->u);
+    /* leaky_relu, then conv3: 8 -> 1 channel, 3x3, padding 1 */
+    g_leaky(w, slope);
     for (int y = 0; y < 28; y++)
         for (int x = 0; x < 28; x++) {
             vf acc = splat(0.0f);
             for (int dy = 0; dy < 3; dy++)
-                for (int dx = 0; dx < 3; dx++) acc += kernel[dy * 3 + dx] * w->h[y + dy][x + dx];
-            s[y * 28 + x] = P[72] + lane_sum(acc);
+                for (int dx = 0; dx < 3; dx++) acc += kernel3[dy * 3 + dx] * w->h3[y + dy][x + dx];
+            s[y * 28 + x] = P[G_B3] + lane_sum(acc);
         }
 }
 
-static void tail_backward_image(TailWork *w, const float *u, const float *P, float slope, const float *grad_s,
-                                float *grad_u, float *grad_param_image) {
-    vf kernel[9];
-    tail_kernel(P, kernel);
-    tail_load(w, u, slope);
+static void g_backward_image(GWork *w, const float *h, const float *u, const float *P, float slope,
+                             const float *grad_s, float *grad_h, float *partial) {
+    g_load(w, h);
+    memcpy(w->u, u, sizeof w->u);
+    g_leaky(w, slope);
+    const vfu *K = (const vfu *)(P + G_K);
+    vf kernel3[9], zero = splat(0.0f);
+    for (int t = 0; t < 9; t++)
+        for (int c = 0; c < LANES; c++) kernel3[t][c] = P[G_W3 + c * 9 + t];
+    /* conv3: its parameters' gradients, and d/d leaky_relu(u) -> d/du */
     memset(w->gs, 0, sizeof w->gs);
-    float gbias = 0.0f;
+    float bias3 = 0.0f;
     for (int y = 0; y < 28; y++)
         for (int x = 0; x < 28; x++) {
             w->gs[y + 1][x + 1] = grad_s[y * 28 + x];
-            gbias += grad_s[y * 28 + x];
+            bias3 += grad_s[y * 28 + x];
         }
-    /* d/dh[y][x] = sum of kernel[dy][dx] * ds[y + 1 - dy][x + 1 - dx] (zero outside); then LeakyReLU's slope */
-    const vfu *in = (const vfu *)u;
-    vfu *out = (vfu *)grad_u;
+    vf taps3[9];  /* pixels outside, taps inside: nine independent sums */
+    for (int t = 0; t < 9; t++) taps3[t] = zero;
     for (int y = 0; y < 28; y++)
         for (int x = 0; x < 28; x++) {
-            vf gh = splat(0.0f);
+            float g = w->gs[y + 1][x + 1];
             for (int dy = 0; dy < 3; dy++)
-                for (int dx = 0; dx < 3; dx++) gh += kernel[dy * 3 + dx] * w->gs[y + 2 - dy][x + 2 - dx];
-            vi positive = in[y * 28 + x] > splat(0.0f);
-            out[y * 28 + x] = (vf)(((vi)gh & positive) | ((vi)(gh * slope) & ~positive));
+                for (int dx = 0; dx < 3; dx++) taps3[dy * 3 + dx] += g * w->h3[y + dy][x + dx];
         }
-    if (grad_param_image) {
-        vf acc[9];  /* pixels outside, taps inside: nine independent sums */
-        for (int t = 0; t < 9; t++) acc[t] = splat(0.0f);
-        for (int y = 0; y < 28; y++)
-            for (int x = 0; x < 28; x++) {
-                float g = w->gs[y + 1][x + 1];
-                for (int dy = 0; dy < 3; dy++)
-                    for (int dx = 0; dx < 3; dx++) acc[dy * 3 + dx] += g * w->h[y + dy][x + dx];
+    vf bias2 = zero;
+    for (int y = 0; y < 28; y++)
+        for (int x = 0; x < 28; x++) {
+            vf g = zero;
+            for (int dy = 0; dy < 3; dy++)
+                for (int dx = 0; dx < 3; dx++) g += kernel3[dy * 3 + dx] * w->gs[y + 2 - dy][x + 2 - dx];
+            vi positive = w->u[y][x] > zero;
+            g = (vf)(((vi)g & positive) | ((vi)(g * slope) & ~positive));
+            w->gu[y][x] = g;
+            bias2 += g;
+        }
+    /* K's gradient: for each phase and tap, the sum over the output pixels of h's pixel times d/du; eight
+     * input channels at a time (eight independent sums sharing each load of d/du) */
+    for (int a = 0; a < 2; a++)
+        for (int b = 0; b < 2; b++)
+            for (int dy = 0; dy < 2; dy++)
+                for (int dx = 0; dx < 2; dx++) {
+                    int pt = ((a * 2 + b) * 2 + dy) * 2 + dx;
+                    for (int ci0 = 0; ci0 < 16; ci0 += 8) {
+                        vf acc[8];
+                        for (int k = 0; k < 8; k++) acc[k] = zero;
+                        for (int i = 0; i < 14; i++)
+                            for (int j = 0; j < 14; j++) {
+                                vf g = w->gu[2 * i + a][2 * j + b];
+                                const float *pixel = &w->hp[i + a + dy][j + b + dx][ci0];
+                                for (int k = 0; k < 8; k++) acc[k] += pixel[k] * g;
+                            }
+                        for (int k = 0; k < 8; k++) *(vfu *)(partial + G_K + (pt * 16 + ci0 + k) * 8) = acc[k];
+                    }
+                }
+    *(vfu *)(partial + G_B2) = bias2;
+    for (int t = 0; t < 9; t++)
+        for (int c = 0; c < LANES; c++) partial[G_W3 + c * 9 + t] = taps3[t][c];
+    partial[G_B3] = bias3;
+    /* h's gradient: input pixel (padded row r, column c) feeds output (2i + a, 2j + b) through tap
+     * (dy, dx) = (r - i - a, c - j - b). d/du is regrouped by phase with a zero border (gp), so that pairs
+     * (i, j) outside the image read zeros; lanes: 8 of h's 16 channels; seven pixels of a row at a time. */
+    memset(w->gp, 0, sizeof w->gp);
+    for (int a = 0; a < 2; a++)
+        for (int b = 0; b < 2; b++)
+            for (int i = 0; i < 14; i++)
+                for (int j = 0; j < 14; j++) w->gp[a][b][i + 1][j + 1] = w->gu[2 * i + a][2 * j + b];
+    for (int pt = 0; pt < 16; pt++)
+        for (int co = 0; co < 8; co++)
+            for (int half = 0; half < 2; half++)
+                for (int lane = 0; lane < LANES; lane++)
+                    w->kt[pt][co][half][lane] = K[pt * 16 + half * 8 + lane][co];
+    for (int r = 1; r <= 14; r++)
+        for (int c0 = 1; c0 <= 14; c0 += 7)
+            for (int half = 0; half < 2; half++) {
+                vf acc[7];
+                for (int q = 0; q < 7; q++) acc[q] = zero;
+                for (int a = 0; a < 2; a++)
+                    for (int b = 0; b < 2; b++)
+                        for (int dy = 0; dy < 2; dy++)
+                            for (int dx = 0; dx < 2; dx++) {
+                                /* gp index of pair (i, j) = (r - a - dy, c - b - dx) is that + 1 */
+                                const vf *g = &w->gp[a][b][r - a - dy + 1][c0 - b - dx + 1];
+                                const vf *k = &w->kt[((a * 2 + b) * 2 + dy) * 2 + dx][0][half];
+                                for (int co = 0; co < 8; co++) {
+                                    vf kernel = k[co * 2];
+                                    for (int q = 0; q < 7; q++) acc[q] += g[q][co] * kernel;
+                                }
+                            }
+                for (int q = 0; q < 7; q++)
+                    *(vfu *)(grad_h + ((r - 1) * 14 + c0 + q - 1) * 16 + half * 8) = acc[q];
             }
-        for (int t = 0; t < 9; t++)
-            for (int c = 0; c < LANES; c++) grad_param_image[c * 9 + t] = acc[t][c];
-        grad_param_image[72] = gbias;
-    }
 }
 
 /* ------------------------------------------------------------------------------------------- threads */
 
-enum Kind { D_FORWARD, D_BACKWARD, TAIL_FORWARD, TAIL_BACKWARD };
+enum Kind { D_FORWARD, D_BACKWARD, G_FORWARD, G_BACKWARD };
 
-typedef struct {  /* one call: what to compute for each item (D: a group of 8 images; G's last stage: an image) */
+typedef struct {  /* one call: what to compute for each item (D: a group of 8 images; G: an image) */
     enum Kind kind;
     const float *input, *params, *grad_output;
     float *output, *grad_input, *grad_param_items;
+    float *kept;  /* G: u, written by the forward, read by the backward */
     float slope;
 } Job;
 
-#define GROUP_FLOATS (28 * 28 * LANES)  /* one group of D's images, or one u of G's last stage */
+#define GROUP_FLOATS (28 * 28 * LANES)  /* one group of D's images */
 
 static void run_item(const Job *job, long item, void *scratch) {
-    const float *input = job->input + item * GROUP_FLOATS;
     switch (job->kind) {
     case D_FORWARD:
-        forward_group(scratch, input, job->params, job->output + item * LANES);
+        forward_group(scratch, job->input + item * GROUP_FLOATS, job->params, job->output + item * LANES);
         break;
     case D_BACKWARD:
-        backward_group(scratch, input, job->params, job->grad_output + item * LANES,
+        backward_group(scratch, job->input + item * GROUP_FLOATS, job->params, job->grad_output + item * LANES,
                        job->grad_input ? job->grad_input + item * GROUP_FLOATS : NULL,
                        job->grad_param_items ? job->grad_param_items + item * NPARAM : NULL);
         break;
-    case TAIL_FORWARD:
-        tail_forward_image(scratch, input, job->params, job->slope, job->output + item * 28 * 28);
+    case G_FORWARD:
+        g_forward_image(scratch, job->input + item * G_IN_FLOATS, job->params, job->slope,
+                        job->output + item * 28 * 28, job->kept + item * 28 * 28 * 8);
         break;
-    case TAIL_BACKWARD:
-        tail_backward_image(scratch, input, job->params, job->slope, job->grad_output + item * 28 * 28,
-                            job->grad_input + item * GROUP_FLOATS,
-                            job->grad_param_items ? job->grad_param_items + item * TAIL_PARAMS : NULL);
+    case G_BACKWARD:
+        g_backward_image(scratch, job->input + item * G_IN_FLOATS, job->kept + item * 28 * 28 * 8, job->params,
+                         job->slope, job->grad_output + item * 28 * 28, job->grad_input + item * G_IN_FLOATS,
+                         job->grad_param_items + item * G_PARAMS);
         break;
     }
 }
@@ -388,7 +492,7 @@ static void run_item(const Job *job, long item, void *scratch) {
  * it (its idle threads then do this work instead of spinning beside it). Without OpenMP: one thread. */
 static int run_jobs(const Job *job, long items, int threads) {
     int failed = 0;
-    size_t size = sizeof(Work) > sizeof(TailWork) ? sizeof(Work) : sizeof(TailWork);
+    size_t size = sizeof(Work) > sizeof(GWork) ? sizeof(Work) : sizeof(GWork);
     (void)threads;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
     {
@@ -406,16 +510,26 @@ static int run_jobs(const Job *job, long items, int threads) {
     return failed ? -1 : 0;
 }
 
-/* total[k] = sum over items of partial[item][k], items in order: independent of the number of threads */
-static void sum_items(float *total, const float *partial, long items, int width) {
-    for (int k = 0; k < width; k++) total[k] = 0.0f;
-    for (long item = 0; item < items; item++)
-        for (int k = 0; k < width; k++) total[k] += partial[item * width + k];
+/* total[k] = sum over items of partial[item][k], items in order: independent of the number of threads (the
+ * threads split the k, not the items) */
+static void sum_items(float *total, const float *partial, long items, int width, int threads) {
+    (void)threads;
+#pragma omp parallel num_threads(threads)
+    {
+        int first = 0, last = width;
+#ifdef _OPENMP
+        first = (int)((long)width * omp_get_thread_num() / omp_get_num_threads());
+        last = (int)((long)width * (omp_get_thread_num() + 1) / omp_get_num_threads());
+#endif
+        for (int k = first; k < last; k++) total[k] = 0.0f;
+        for (long item = 0; item < items; item++)
+            for (int k = first; k < last; k++) total[k] += partial[item * width + k];
+    }
 }
 
 /* D's logits (groups, 8) of images (groups, 28, 28, 8). Returns 0, or -1 if memory ran out. */
 int mnistgen_d_forward(const float *images, const float *params, float *logits, long groups, int threads) {
-    Job job = {D_FORWARD, images, params, NULL, logits, NULL, NULL, 0.0f};
+    Job job = {D_FORWARD, images, params, NULL, logits, NULL, NULL, NULL, 0.0f};
     return run_jobs(&job, groups, threads);
 }
 
@@ -423,25 +537,27 @@ int mnistgen_d_forward(const float *images, const float *params, float *logits, 
  * (593) if grad_params is not NULL (scratch: groups * 593 floats, for the groups' sums). Returns 0 or -1. */
 int mnistgen_d_backward(const float *images, const float *params, const float *grad_logits, float *grad_images,
                         float *grad_params, float *scratch, long groups, int threads) {
-    Job job = {D_BACKWARD, images, params, grad_logits, NULL, grad_images, grad_params ? scratch : NULL,
+    Job job = {D_BACKWARD, images, params, grad_logits, NULL, grad_images, grad_params ? scratch : NULL, NULL,
                0.0f};
     if (run_jobs(&job, groups, threads) != 0) return -1;
-    if (grad_params) sum_items(grad_params, scratch, groups, NPARAM);
+    if (grad_params) sum_items(grad_params, scratch, groups, NPARAM, threads);
     return 0;
 }
 
-/* G's last stage: s (images, 28, 28) = conv3(leaky_relu(u, slope)) for u (images, 28, 28, 8). */
-int mnistgen_g_tail_forward(const float *u, const float *params, float slope, float *s, long images, int threads) {
-    Job job = {TAIL_FORWARD, u, params, NULL, s, NULL, NULL, slope};
+/* G after act2: s (images, 28, 28) = conv3(leaky_relu(conv2(upsample(h)), slope)) for h (images, 14, 14, 16);
+ * u (images, 28, 28, 8) receives conv2's output for the backward. */
+int mnistgen_g_forward(const float *h, const float *params, float slope, float *s, float *u, long images,
+                       int threads) {
+    Job job = {G_FORWARD, h, params, NULL, s, NULL, NULL, u, slope};
     return run_jobs(&job, images, threads);
 }
 
-/* Given dL/ds: dL/du (images, 28, 28, 8), and dL/dparams (73) if grad_params is not NULL (scratch: images * 73
+/* Given dL/ds and the forward's u: dL/dh (images, 14, 14, 16) and dL/dparams (2129; scratch: images * 2129
  * floats). */
-int mnistgen_g_tail_backward(const float *u, const float *params, float slope, const float *grad_s, float *grad_u,
-                             float *grad_params, float *scratch, long images, int threads) {
-    Job job = {TAIL_BACKWARD, u, params, grad_s, NULL, grad_u, grad_params ? scratch : NULL, slope};
+int mnistgen_g_backward(const float *h, const float *u, const float *params, float slope, const float *grad_s,
+                        float *grad_h, float *grad_params, float *scratch, long images, int threads) {
+    Job job = {G_BACKWARD, h, params, grad_s, NULL, grad_h, scratch, (float *)u, slope};
     if (run_jobs(&job, images, threads) != 0) return -1;
-    if (grad_params) sum_items(grad_params, scratch, images, TAIL_PARAMS);
+    sum_items(grad_params, scratch, images, G_PARAMS, threads);
     return 0;
 }

@@ -114,8 +114,8 @@ def _declare(library: ctypes.CDLL) -> ctypes.CDLL:
     signatures = {
         "mnistgen_d_forward": [p, p, p, n, threads],
         "mnistgen_d_backward": [p, p, p, p, p, p, n, threads],
-        "mnistgen_g_tail_forward": [p, p, slope, p, n, threads],
-        "mnistgen_g_tail_backward": [p, p, slope, p, p, p, p, n, threads],
+        "mnistgen_g_forward": [p, p, slope, p, p, n, threads],
+        "mnistgen_g_backward": [p, p, p, slope, p, p, p, p, n, threads],
     }
     for name, argtypes in signatures.items():
         function = getattr(library, name)
