@@ -1,4 +1,4 @@
-"""mnistgen's C kernels (src/mnistgen/kernels/gan_cpu.c) compute the spec's networks: D, and G's last two stages.
+"""mnistgen's C kernels (src/mnistgen/kernels/gan_cpu.c) compute the spec's networks: D, and G after act1.
 
 Values and every gradient against the torch modules (ties of the max-pools included), independence from
 the number of threads, a training step equal to PyTorch's kernels and to the classic loop, and the build:
@@ -109,23 +109,25 @@ def test_the_g_step_gets_no_discriminator_gradients():
     assert all(parameter.grad is None for parameter in discriminator.parameters())
 
 
+@pytest.mark.parametrize("count", [5, 11], ids=["one-chunk", "two-chunks"])
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
-def test_native_generator_end_equals_g_s_last_layers(memory_format):
+def test_native_generator_after_act1_equals_g_s_layers(memory_format, count):
     generator = perturbed(Generator(), seed=6).to(memory_format=memory_format)
-    h = torch.randn(5, 16, 14, 14).contiguous(memory_format=memory_format).requires_grad_()  # both signs
-    u = generator.conv2(F.interpolate(h, scale_factor=2, mode="nearest"))
-    expected = generator.conv3(F.leaky_relu(u, 0.2))
-    actual = kernels.native_generator_end(generator, h)
-    assert actual.shape == (5, 1, 28, 28)
+    h0 = torch.randn(count, 32 * 7 * 7, requires_grad=True)  # both signs
+    u1 = generator.conv1(F.interpolate(h0.view(count, 32, 7, 7), scale_factor=2, mode="nearest"))
+    u2 = generator.conv2(F.interpolate(F.leaky_relu(u1, 0.2), scale_factor=2, mode="nearest"))
+    expected = generator.conv3(F.leaky_relu(u2, 0.2))
+    actual = kernels.native_generator_after_act1(generator, h0)
+    assert actual.shape == (count, 1, 28, 28)
     assert relative_error(actual, expected) < 1e-5
     # every pixel weighted differently, borders and interior; positive, so that conv3's bias gradient (the
     # sum of the weights) is not a difference of large numbers that float32 rounding would dominate
-    weights = torch.rand(5, 1, 28, 28) + 0.5
-    inputs = [h, generator.conv2.weight, generator.conv2.bias, generator.conv3.weight, generator.conv3.bias]
+    weights = torch.rand(count, 1, 28, 28) + 0.5
+    inputs = [h0, *generator.conv1.parameters(), *generator.conv2.parameters(), *generator.conv3.parameters()]
     want = torch.autograd.grad((expected * weights).sum(), inputs)
     got = torch.autograd.grad((actual * weights).sum(), inputs)
-    for name, want_grad, got_grad in zip(["h", "conv2.weight", "conv2.bias", "conv3.weight", "conv3.bias"], want, got,
-                                         strict=True):
+    names = ["h0", "conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "conv3.weight", "conv3.bias"]
+    for name, want_grad, got_grad in zip(names, want, got, strict=True):
         assert relative_error(got_grad, want_grad) < 1e-5, name
 
 

@@ -6,9 +6,10 @@ Two pieces of SPEC §3's networks run in ``gan_cpu.c`` (built by :mod:`mnistgen.
 - **D**, whole: images (B, 1, 28, 28) -> logits (B, 1), with gradients for the images and/or D's 593
   parameters. D's 1- to 8-channel layers are where PyTorch's CPU kernels are slowest (docs/BENCHMARKS.md);
   the C code runs eight images per vector register.
-- **G's last two stages** before the sigmoid: conv3(LeakyReLU(conv2(Upsample(h)))) for act2's output h
-  (B, 16, 14, 14), with gradients for h and for conv2's and conv3's parameters; conv2 after the upsample
-  runs in its phase form (:func:`phase_kernels`). The start of G stays in PyTorch (:func:`generator_start`).
+- **G after act1**, up to the sigmoid: the two upsample-convolutions (in their phase form,
+  :func:`phase_kernels`), act2, act3 and conv3, for act1's output h0 (B, 1568) viewed as (B, 32, 7, 7),
+  with gradients for h0 and for conv1's, conv2's and conv3's parameters. G's Linear, act1 and sigmoid stay
+  in PyTorch.
 
 Both are the same functions of the same parameters as the spec's modules: tests/test_native_kernels.py
 checks values and every gradient against ``Discriminator.forward`` and G's layers to float32 rounding, ties
@@ -29,12 +30,15 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import MnistgenError
-from ..models.gan import Discriminator, Generator, generate, generator_start
+from ..models.gan import Discriminator, Generator, generate
 from .native import NativeKernelsUnavailable, load_gan_library
 
 LANES = 8  # D's images per vector register in gan_cpu.c
 D_PARAMETERS = 593
-G_PARAMETERS = 2129  # conv2's phase kernels (2048) and bias (8), conv3's weight (72) and bias
+G_PARAMETERS = 10337  # conv1's phase kernels (8192) and bias (16), conv2's (2048, 8), conv3's weight (72) and bias
+G_INPUT = 32 * 7 * 7  # act1's output per image
+G_KEPT = 28 * 28 * 8 + 14 * 14 * 16  # conv2's and conv1's outputs per image, kept by the forward
+G_CHUNK = 8  # images whose parameter gradients the C kernel sums together
 
 
 def _threads() -> int:
@@ -136,48 +140,52 @@ def phase_kernels(weight: torch.Tensor) -> torch.Tensor:
 
 
 def _g_parameters(generator: Generator) -> torch.Tensor:
-    """(2129,): conv2's phase kernels (a, b, dy, dx, ci, co), conv2's bias, conv3's weight and bias."""
-    return torch.cat([phase_kernels(generator.conv2.weight).reshape(-1), generator.conv2.bias,
+    """(10337,): conv1's phase kernels (a, b, dy, dx, ci, co) and bias, conv2's the same, conv3's weight and bias."""
+    return torch.cat([phase_kernels(generator.conv1.weight).reshape(-1), generator.conv1.bias,
+                      phase_kernels(generator.conv2.weight).reshape(-1), generator.conv2.bias,
                       generator.conv3.weight.reshape(-1), generator.conv3.bias])
 
 
-class _NativeGeneratorEnd(torch.autograd.Function):
-    """s (B, 1, 28, 28) = conv3(leaky_relu(conv2(upsample(h)), slope)) for h (B, 16, 14, 14), the parameters as
-    :func:`_g_parameters` packs them."""
+class _NativeGenerator(torch.autograd.Function):
+    """s (B, 1, 28, 28) = G after act1, before the sigmoid, for act1's output h0 (B, 1568) (= (B, 32, 7, 7)),
+    the parameters as :func:`_g_parameters` packs them, act2's and act3's slopes."""
 
     @staticmethod
-    def forward(ctx, h: torch.Tensor, parameters: torch.Tensor, slope: float) -> torch.Tensor:
-        h = h.detach().float().contiguous(memory_format=torch.channels_last)  # memory (B, 14, 14, 16)
+    def forward(ctx, h0: torch.Tensor, parameters: torch.Tensor, slope2: float, slope3: float) -> torch.Tensor:
+        h0 = h0.detach().float().reshape(len(h0), G_INPUT).contiguous()
         parameters = parameters.detach().contiguous()
-        logits = torch.empty(len(h), 1, 28, 28)
-        u = torch.empty(len(h), 28, 28, 8)  # conv2's output, for the backward
-        _check(load_gan_library().mnistgen_g_forward(h.data_ptr(), parameters.data_ptr(), slope, logits.data_ptr(),
-                                                     u.data_ptr(), len(h), _threads()), "G forward")
-        ctx.save_for_backward(h, u, parameters)
-        ctx.slope = slope
+        logits = torch.empty(len(h0), 1, 28, 28)
+        kept = torch.empty(len(h0), G_KEPT)  # conv1's and conv2's outputs, for the backward
+        _check(load_gan_library().mnistgen_g_forward(h0.data_ptr(), parameters.data_ptr(), slope2, slope3,
+                                                     logits.data_ptr(), kept.data_ptr(), len(h0), _threads()),
+               "G forward")
+        ctx.save_for_backward(h0, kept, parameters)
+        ctx.slopes = (slope2, slope3)
         return logits
 
     @staticmethod
     def backward(ctx, grad_logits: torch.Tensor):
-        h, u, parameters = ctx.saved_tensors
+        h0, kept, parameters = ctx.saved_tensors
         grad = grad_logits.float().contiguous()
-        grad_h = torch.empty_like(h, memory_format=torch.channels_last)
+        grad_h0 = torch.empty_like(h0)
         grad_parameters = torch.empty(G_PARAMETERS)
-        scratch = torch.empty(len(h), G_PARAMETERS)
+        scratch = torch.empty(-(-len(h0) // G_CHUNK), G_PARAMETERS)
         _check(load_gan_library().mnistgen_g_backward(
-            h.data_ptr(), u.data_ptr(), parameters.data_ptr(), ctx.slope, grad.data_ptr(), grad_h.data_ptr(),
-            grad_parameters.data_ptr(), scratch.data_ptr(), len(h), _threads()), "G backward")
-        return grad_h, grad_parameters, None
+            h0.data_ptr(), kept.data_ptr(), parameters.data_ptr(), *ctx.slopes, grad.data_ptr(), grad_h0.data_ptr(),
+            grad_parameters.data_ptr(), scratch.data_ptr(), len(h0), _threads()), "G backward")
+        return grad_h0, grad_parameters, None, None
 
 
-def native_generator_end(generator: Generator, h: torch.Tensor) -> torch.Tensor:
-    """conv3(act3(conv2(up2(h)))) (before the sigmoid) for act2's output h (B, 16, 14, 14), by the C kernel."""
-    return _NativeGeneratorEnd.apply(h, _g_parameters(generator), generator.act3.negative_slope)
+def native_generator_after_act1(generator: Generator, h0: torch.Tensor) -> torch.Tensor:
+    """G from act1's output h0 (B, 1568) to conv3's output (before the sigmoid), (B, 1, 28, 28), by the C kernel."""
+    return _NativeGenerator.apply(h0, _g_parameters(generator), generator.act2.negative_slope,
+                                  generator.act3.negative_slope)
 
 
 def native_generate(generator: Generator, z: torch.Tensor) -> torch.Tensor:
-    """G(z), (B, zdim) -> (B, 1, 28, 28): :func:`generator_start` in PyTorch, the rest by the C kernel."""
-    return torch.sigmoid(native_generator_end(generator, generator_start(generator, z)))
+    """G(z), (B, zdim) -> (B, 1, 28, 28): the Linear and act1 in PyTorch, the rest by the C kernel."""
+    h0 = generator.act1(generator.linear(z))  # (B, 1568) = (B, 32, 7, 7) channel-first
+    return torch.sigmoid(native_generator_after_act1(generator, h0))
 
 
 # --------------------------------------------------------------------------- the choice

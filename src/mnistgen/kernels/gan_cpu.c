@@ -272,35 +272,47 @@ static void backward_group(Work *w, const float *images, const float *P, const f
         for (int k = 0; k < NPARAM; k++) grad_param_group[k] = lane_sum(gP[k]);
 }
 
-/* ------------------------------------------------------------------- G's last two stages */
+/* ------------------------------------------------------------------------ G after act1 */
 
-/* G after act2: s = conv3(leaky_relu(conv2(upsample(h)))) before the sigmoid, for h (images, 14, 14, 16), G's
- * channels-last layout, and s (images, 28, 28).
+/* G from act1's output to before the sigmoid: s = conv3(act3(conv2(up2(act2(conv1(up1(h0))))))) for h0
+ * (images, 1568) = (32, 7, 7) channel-first per image (the Linear's output after act1, viewed), and s
+ * (images, 28, 28).
  *
- * conv2(upsample(h)) is computed in its phase form (mnistgen/models/gan.py derives it): output pixel
- * (2i + a, 2j + b) is a 2x2 convolution of the zero-padded h at rows i + a + dy, columns j + b + dx
- * (dy, dx in {0, 1}) with the kernel K[a][b][dy][dx] whose taps are sums of conv2's 3x3 taps. The caller
- * builds K from conv2's weight (autograd then carries K's gradient back to that weight).
+ * Each conv(upsample(.)) is computed in its phase form (mnistgen/kernels/gan.py, phase_kernels): output
+ * pixel (2i + a, 2j + b) is a 2x2 convolution of the zero-padded input at rows i + a + dy, columns
+ * j + b + dx (dy, dx in {0, 1}) with the kernel K[a][b][dy][dx], whose taps are sums of the 3x3 taps. The
+ * caller builds the K from conv1's and conv2's weights (autograd carries K's gradients back to them).
  *
- * Parameters, 2129 floats: K (a, b, dy, dx, ci, co) = (2, 2, 2, 2, 16, 8), conv2's bias (8), conv3's weight
- * (1, 8, 3, 3) and bias (1). Lanes: conv2's 8 output channels (u, leaky_relu(u)), or, for h's gradient,
- * 8 of h's 16 channels. */
+ * Parameters, 10337 floats: K1 (a, b, dy, dx, ci, co) = (2, 2, 2, 2, 32, 16), conv1's bias (16), K2 (2, 2,
+ * 2, 2, 16, 8), conv2's bias (8), conv3's weight (1, 8, 3, 3) and bias (1). Lanes: output channels (conv1's
+ * 16 as two vectors, conv2's 8), or, for an input's gradient, 8 of the input channels; conv3 sums its 8
+ * input channels across the lanes. The forward keeps conv1's and conv2's outputs for the backward. */
 
-#define G_PARAMS 2129
-#define G_K 0
-#define G_B2 2048
-#define G_W3 2056
-#define G_B3 2128
-#define G_IN_FLOATS (14 * 14 * 16)
+#define G_PARAMS 10337
+#define G_K1 0
+#define G_B1 8192
+#define G_K 8208
+#define G_B2 10256
+#define G_W3 10264
+#define G_B3 10336
+#define G_IN_FLOATS 1568
+#define G_KEPT (28 * 28 * 8 + 14 * 14 * 16)  /* u, then u1 */
+#define G_CHUNK 8                          /* images whose parameter gradients are summed together */
 
 typedef struct {
-    float hp[16][16][16];  /* h with a zero border: [row][column][channel] */
-    vf u[28][28];          /* conv2(upsample(h)) + bias: the 8 channels */
-    vf h3[30][30];         /* leaky_relu(u), zero border */
+    float hp0[9][9][32];   /* h0 with a zero border: [row][column][channel] */
+    vf u1[14][14][2];      /* conv1(upsample(h0)) + bias: 16 channels as two vectors */
+    float hp[16][16][16];  /* act2(u1) with a zero border */
+    vf u[28][28];          /* conv2(upsample(act2(u1))) + bias: the 8 channels */
+    vf h3[30][30];         /* act3(u), zero border */
     float gs[30][30];      /* gradient of s, zero border */
     vf gu[28][28];         /* gradient of u */
     vf gp[2][2][16][16];   /* the same by phase, zero border: gp[a][b][i + 1][j + 1] = gu[2i + a][2j + b] */
-    vf kt[16][8][2];       /* K transposed: [phase and tap][co] -> the 16 channels ci as two vectors */
+    vf kt[16][8][2];       /* K2 transposed: [phase and tap][co] -> the 16 channels ci as two vectors */
+    vf gh1[14][14][2];     /* gradient of act2(u1), then of u1 */
+    vf gp1[2][2][9][9][2]; /* the gradient of u1 by phase, zero border */
+    vf k1t[16][16][4];     /* K1 transposed: [phase and tap][co] -> the 32 channels ci as four vectors */
+    float partial[G_PARAMS]; /* one image's parameter gradients */
 } GWork;
 
 static inline vf leaky(vf u, float slope) {
@@ -308,27 +320,61 @@ static inline vf leaky(vf u, float slope) {
     return (vf)(((vi)u & positive) | ((vi)(u * slope) & ~positive));
 }
 
-static void g_load(GWork *w, const float *h) {
-    memset(w->hp, 0, sizeof w->hp);
-    for (int r = 0; r < 14; r++)
-        for (int c = 0; c < 14; c++) memcpy(w->hp[r + 1][c + 1], h + (r * 14 + c) * 16, 16 * sizeof(float));
+/* d/du of leaky(u) applied to g: g where u > 0, slope * g elsewhere */
+static inline vf leaky_backward(vf g, vf u, float slope) {
+    vi positive = u > splat(0.0f);
+    return (vf)(((vi)g & positive) | ((vi)(g * slope) & ~positive));
 }
 
-static void g_leaky(GWork *w, float slope) {
+static void g_load(GWork *w, const float *h0) {
+    memset(w->hp0, 0, sizeof w->hp0);
+    for (int c = 0; c < 32; c++)
+        for (int y = 0; y < 7; y++)
+            for (int x = 0; x < 7; x++) w->hp0[y + 1][x + 1][c] = h0[(c * 7 + y) * 7 + x];
+}
+
+/* hp = act2(u1) with a zero border */
+static void g_act2(GWork *w, float slope2) {
+    memset(w->hp, 0, sizeof w->hp);
+    for (int y = 0; y < 14; y++)
+        for (int x = 0; x < 14; x++)
+            for (int half = 0; half < 2; half++)
+                *(vfu *)&w->hp[y + 1][x + 1][half * 8] = leaky(w->u1[y][x][half], slope2);
+}
+
+/* h3 = act3(u) with a zero border */
+static void g_act3(GWork *w, float slope3) {
     memset(w->h3, 0, sizeof w->h3);
     for (int y = 0; y < 28; y++)
-        for (int x = 0; x < 28; x++) w->h3[y + 1][x + 1] = leaky(w->u[y][x], slope);
+        for (int x = 0; x < 28; x++) w->h3[y + 1][x + 1] = leaky(w->u[y][x], slope3);
 }
 
-/* s of one image; u (28 * 28 * 8 floats) is kept for the backward */
-static void g_forward_image(GWork *w, const float *h, const float *P, float slope, float *s, float *u) {
+static void g_forward_image(GWork *w, const float *h0, const float *P, float slope2, float slope3, float *s,
+                            float *kept) {
+    g_load(w, h0);
+    /* conv1(upsample(h0)): (7, 7, 32) -> (14, 14, 16); a row of 7 output pixels of one phase at a time
+     * (seven independent sums sharing each load of the kernel), one half of the 16 channels at a time */
+    for (int a = 0; a < 2; a++)
+        for (int b = 0; b < 2; b++)
+            for (int i = 0; i < 7; i++)
+                for (int half = 0; half < 2; half++) {
+                    vf acc[7];
+                    for (int q = 0; q < 7; q++) acc[q] = *(const vfu *)(P + G_B1 + half * 8);
+                    for (int dy = 0; dy < 2; dy++)
+                        for (int dx = 0; dx < 2; dx++) {
+                            const float(*row)[32] = &w->hp0[i + a + dy][b + dx];
+                            const float *k = P + G_K1 + (((a * 2 + b) * 2 + dy) * 2 + dx) * 32 * 16 + half * 8;
+                            for (int ci = 0; ci < 32; ci++) {
+                                vf kernel = *(const vfu *)(k + ci * 16);
+                                for (int q = 0; q < 7; q++) acc[q] += row[q][ci] * kernel;
+                            }
+                        }
+                    for (int q = 0; q < 7; q++) w->u1[2 * i + a][2 * q + b][half] = acc[q];
+                }
+    g_act2(w, slope2);
+    /* conv2(upsample(act2(u1))): (14, 14, 16) -> (28, 28, 8), seven output pixels at a time */
     const vfu *K = (const vfu *)(P + G_K);
     vf bias2 = *(const vfu *)(P + G_B2), kernel3[9];
-    for (int t = 0; t < 9; t++)
-        for (int c = 0; c < LANES; c++) kernel3[t][c] = P[G_W3 + c * 9 + t];
-    g_load(w, h);
-    /* conv2(upsample(h)): (14, 14, 16) -> (28, 28, 8), seven output pixels of a row and phase at a time
-     * (seven independent sums sharing each load of the kernel) */
     for (int a = 0; a < 2; a++)
         for (int b = 0; b < 2; b++)
             for (int i = 0; i < 14; i++)
@@ -346,9 +392,12 @@ static void g_forward_image(GWork *w, const float *h, const float *P, float slop
                         }
                     for (int q = 0; q < 7; q++) w->u[2 * i + a][2 * (j0 + q) + b] = acc[q];
                 }
-    memcpy(u, w->u, sizeof w->u);
-    /* leaky_relu, then conv3: 8 -> 1 channel, 3x3, padding 1 */
-    g_leaky(w, slope);
+    memcpy(kept, w->u, sizeof w->u);
+    memcpy(kept + 28 * 28 * 8, w->u1, sizeof w->u1);
+    /* act3, then conv3: 8 -> 1 channel, 3x3, padding 1 */
+    g_act3(w, slope3);
+    for (int t = 0; t < 9; t++)
+        for (int c = 0; c < LANES; c++) kernel3[t][c] = P[G_W3 + c * 9 + t];
     for (int y = 0; y < 28; y++)
         for (int x = 0; x < 28; x++) {
             vf acc = splat(0.0f);
@@ -358,16 +407,20 @@ static void g_forward_image(GWork *w, const float *h, const float *P, float slop
         }
 }
 
-static void g_backward_image(GWork *w, const float *h, const float *u, const float *P, float slope,
-                             const float *grad_s, float *grad_h, float *partial) {
-    g_load(w, h);
-    memcpy(w->u, u, sizeof w->u);
-    g_leaky(w, slope);
+/* One image's gradients: dL/dh0 into grad_h0 (1568, channel-first), the parameters' into w->partial. */
+static void g_backward_image(GWork *w, const float *h0, const float *kept, const float *P, float slope2,
+                             float slope3, const float *grad_s, float *grad_h0) {
+    float *partial = w->partial;
+    g_load(w, h0);
+    memcpy(w->u, kept, sizeof w->u);
+    memcpy(w->u1, kept + 28 * 28 * 8, sizeof w->u1);
+    g_act2(w, slope2);
+    g_act3(w, slope3);
     const vfu *K = (const vfu *)(P + G_K);
     vf kernel3[9], zero = splat(0.0f);
     for (int t = 0; t < 9; t++)
         for (int c = 0; c < LANES; c++) kernel3[t][c] = P[G_W3 + c * 9 + t];
-    /* conv3: its parameters' gradients, and d/d leaky_relu(u) -> d/du */
+    /* conv3: its parameters' gradients, and d/d act3(u) -> d/du */
     memset(w->gs, 0, sizeof w->gs);
     float bias3 = 0.0f;
     for (int y = 0; y < 28; y++)
@@ -389,13 +442,12 @@ static void g_backward_image(GWork *w, const float *h, const float *u, const flo
             vf g = zero;
             for (int dy = 0; dy < 3; dy++)
                 for (int dx = 0; dx < 3; dx++) g += kernel3[dy * 3 + dx] * w->gs[y + 2 - dy][x + 2 - dx];
-            vi positive = w->u[y][x] > zero;
-            g = (vf)(((vi)g & positive) | ((vi)(g * slope) & ~positive));
+            g = leaky_backward(g, w->u[y][x], slope3);
             w->gu[y][x] = g;
             bias2 += g;
         }
-    /* K's gradient: for each phase and tap, the sum over the output pixels of h's pixel times d/du; eight
-     * input channels at a time (eight independent sums sharing each load of d/du) */
+    /* K2's gradient: for each phase and tap, the sum over the output pixels of act2(u1)'s pixel times d/du;
+     * eight input channels at a time (eight independent sums sharing each load of d/du) */
     for (int a = 0; a < 2; a++)
         for (int b = 0; b < 2; b++)
             for (int dy = 0; dy < 2; dy++)
@@ -417,9 +469,10 @@ static void g_backward_image(GWork *w, const float *h, const float *u, const flo
     for (int t = 0; t < 9; t++)
         for (int c = 0; c < LANES; c++) partial[G_W3 + c * 9 + t] = taps3[t][c];
     partial[G_B3] = bias3;
-    /* h's gradient: input pixel (padded row r, column c) feeds output (2i + a, 2j + b) through tap
+    /* d/d act2(u1): input pixel (padded row r, column c) feeds output (2i + a, 2j + b) through tap
      * (dy, dx) = (r - i - a, c - j - b). d/du is regrouped by phase with a zero border (gp), so that pairs
-     * (i, j) outside the image read zeros; lanes: 8 of h's 16 channels; seven pixels of a row at a time. */
+     * (i, j) outside the image read zeros; lanes: 8 of the 16 channels; seven pixels of a row at a time.
+     * Then through act2: d/du1. */
     memset(w->gp, 0, sizeof w->gp);
     for (int a = 0; a < 2; a++)
         for (int b = 0; b < 2; b++)
@@ -448,20 +501,88 @@ static void g_backward_image(GWork *w, const float *h, const float *u, const flo
                                 }
                             }
                 for (int q = 0; q < 7; q++)
-                    *(vfu *)(grad_h + ((r - 1) * 14 + c0 + q - 1) * 16 + half * 8) = acc[q];
+                    w->gh1[r - 1][c0 + q - 1][half] = leaky_backward(acc[q], w->u1[r - 1][c0 + q - 1][half], slope2);
             }
+    /* conv1's bias and K1's gradients: sums over the 14x14 output pixels; eight input channels at a time */
+    for (int half = 0; half < 2; half++) {
+        vf bias1 = zero;
+        for (int y = 0; y < 14; y++)
+            for (int x = 0; x < 14; x++) bias1 += w->gh1[y][x][half];
+        *(vfu *)(partial + G_B1 + half * 8) = bias1;
+    }
+    for (int a = 0; a < 2; a++)
+        for (int b = 0; b < 2; b++)
+            for (int dy = 0; dy < 2; dy++)
+                for (int dx = 0; dx < 2; dx++) {
+                    int pt = ((a * 2 + b) * 2 + dy) * 2 + dx;
+                    for (int half = 0; half < 2; half++)
+                        for (int ci0 = 0; ci0 < 32; ci0 += 8) {
+                            vf acc[8];
+                            for (int k = 0; k < 8; k++) acc[k] = zero;
+                            for (int i = 0; i < 7; i++)
+                                for (int j = 0; j < 7; j++) {
+                                    vf g = w->gh1[2 * i + a][2 * j + b][half];
+                                    const float *pixel = &w->hp0[i + a + dy][j + b + dx][ci0];
+                                    for (int k = 0; k < 8; k++) acc[k] += pixel[k] * g;
+                                }
+                            for (int k = 0; k < 8; k++)
+                                *(vfu *)(partial + G_K1 + (pt * 32 + ci0 + k) * 16 + half * 8) = acc[k];
+                        }
+                }
+    /* d/dh0, the same way as d/d act2(u1) above: lanes 8 of the 32 channels, the 7 pixels of a row at once */
+    memset(w->gp1, 0, sizeof w->gp1);
+    for (int a = 0; a < 2; a++)
+        for (int b = 0; b < 2; b++)
+            for (int i = 0; i < 7; i++)
+                for (int j = 0; j < 7; j++)
+                    for (int half = 0; half < 2; half++) w->gp1[a][b][i + 1][j + 1][half] = w->gh1[2 * i + a][2 * j + b][half];
+    const float *K1 = P + G_K1;
+    for (int pt = 0; pt < 16; pt++)
+        for (int co = 0; co < 16; co++)
+            for (int v = 0; v < 4; v++)
+                for (int lane = 0; lane < LANES; lane++) w->k1t[pt][co][v][lane] = K1[(pt * 32 + v * 8 + lane) * 16 + co];
+    for (int r = 1; r <= 7; r++)
+        for (int v = 0; v < 4; v++) {
+            vf acc[7];
+            for (int q = 0; q < 7; q++) acc[q] = zero;
+            for (int a = 0; a < 2; a++)
+                for (int b = 0; b < 2; b++)
+                    for (int dy = 0; dy < 2; dy++)
+                        for (int dx = 0; dx < 2; dx++) {
+                            const vf (*g)[2] = &w->gp1[a][b][r - a - dy + 1][1 - b - dx + 1];
+                            const vf *k = &w->k1t[((a * 2 + b) * 2 + dy) * 2 + dx][0][v];
+                            for (int co = 0; co < 16; co++) {
+                                vf kernel = k[co * 4];
+                                for (int q = 0; q < 7; q++) acc[q] += g[q][co / 8][co % 8] * kernel;
+                            }
+                        }
+            for (int q = 0; q < 7; q++)
+                for (int lane = 0; lane < LANES; lane++) grad_h0[((v * 8 + lane) * 7 + r - 1) * 7 + q] = acc[q][lane];
+        }
+}
+
+/* A chunk of G_CHUNK images (fewer at the end): their dL/dh0, and their parameter gradients summed in order. */
+static void g_backward_chunk(GWork *w, long first, long count, const float *h0, const float *kept, const float *P,
+                             float slope2, float slope3, const float *grad_s, float *grad_h0, float *chunk_sum) {
+    for (int k = 0; k < G_PARAMS; k++) chunk_sum[k] = 0.0f;
+    for (long image = first; image < first + count; image++) {
+        g_backward_image(w, h0 + image * G_IN_FLOATS, kept + image * G_KEPT, P, slope2, slope3,
+                         grad_s + image * 28 * 28, grad_h0 + image * G_IN_FLOATS);
+        for (int k = 0; k < G_PARAMS; k++) chunk_sum[k] += w->partial[k];
+    }
 }
 
 /* ------------------------------------------------------------------------------------------- threads */
 
 enum Kind { D_FORWARD, D_BACKWARD, G_FORWARD, G_BACKWARD };
 
-typedef struct {  /* one call: what to compute for each item (D: a group of 8 images; G: an image) */
+typedef struct {  /* one call: what to compute for each item (D: a group of 8 images; G: an image, or 8 in the backward) */
     enum Kind kind;
     const float *input, *params, *grad_output;
     float *output, *grad_input, *grad_param_items;
-    float *kept;  /* G: u, written by the forward, read by the backward */
-    float slope;
+    float *kept;         /* G: conv1's and conv2's outputs, written by the forward, read by the backward */
+    float slope2, slope3; /* G: act2's and act3's */
+    long images;         /* G: the number of images (the last chunk may be short) */
 } Job;
 
 #define GROUP_FLOATS (28 * 28 * LANES)  /* one group of D's images */
@@ -477,14 +598,15 @@ static void run_item(const Job *job, long item, void *scratch) {
                        job->grad_param_items ? job->grad_param_items + item * NPARAM : NULL);
         break;
     case G_FORWARD:
-        g_forward_image(scratch, job->input + item * G_IN_FLOATS, job->params, job->slope,
-                        job->output + item * 28 * 28, job->kept + item * 28 * 28 * 8);
+        g_forward_image(scratch, job->input + item * G_IN_FLOATS, job->params, job->slope2, job->slope3,
+                        job->output + item * 28 * 28, job->kept + item * G_KEPT);
         break;
-    case G_BACKWARD:
-        g_backward_image(scratch, job->input + item * G_IN_FLOATS, job->kept + item * 28 * 28 * 8, job->params,
-                         job->slope, job->grad_output + item * 28 * 28, job->grad_input + item * G_IN_FLOATS,
-                         job->grad_param_items + item * G_PARAMS);
+    case G_BACKWARD: {
+        long first = item * G_CHUNK, count = job->images - first < G_CHUNK ? job->images - first : G_CHUNK;
+        g_backward_chunk(scratch, first, count, job->input, job->kept, job->params, job->slope2, job->slope3,
+                         job->grad_output, job->grad_input, job->grad_param_items + item * G_PARAMS);
         break;
+    }
     }
 }
 
@@ -529,7 +651,7 @@ static void sum_items(float *total, const float *partial, long items, int width,
 
 /* D's logits (groups, 8) of images (groups, 28, 28, 8). Returns 0, or -1 if memory ran out. */
 int mnistgen_d_forward(const float *images, const float *params, float *logits, long groups, int threads) {
-    Job job = {D_FORWARD, images, params, NULL, logits, NULL, NULL, NULL, 0.0f};
+    Job job = {D_FORWARD, images, params, NULL, logits, NULL, NULL, NULL, 0.0f, 0.0f, 0};
     return run_jobs(&job, groups, threads);
 }
 
@@ -538,26 +660,28 @@ int mnistgen_d_forward(const float *images, const float *params, float *logits, 
 int mnistgen_d_backward(const float *images, const float *params, const float *grad_logits, float *grad_images,
                         float *grad_params, float *scratch, long groups, int threads) {
     Job job = {D_BACKWARD, images, params, grad_logits, NULL, grad_images, grad_params ? scratch : NULL, NULL,
-               0.0f};
+               0.0f, 0.0f, 0};
     if (run_jobs(&job, groups, threads) != 0) return -1;
     if (grad_params) sum_items(grad_params, scratch, groups, NPARAM, threads);
     return 0;
 }
 
-/* G after act2: s (images, 28, 28) = conv3(leaky_relu(conv2(upsample(h)), slope)) for h (images, 14, 14, 16);
- * u (images, 28, 28, 8) receives conv2's output for the backward. */
-int mnistgen_g_forward(const float *h, const float *params, float slope, float *s, float *u, long images,
-                       int threads) {
-    Job job = {G_FORWARD, h, params, NULL, s, NULL, NULL, u, slope};
+/* G after act1: s (images, 28, 28) for h0 (images, 1568); kept (images, 9408) receives conv1's and conv2's
+ * outputs for the backward. */
+int mnistgen_g_forward(const float *h0, const float *params, float slope2, float slope3, float *s, float *kept,
+                       long images, int threads) {
+    Job job = {G_FORWARD, h0, params, NULL, s, NULL, NULL, kept, slope2, slope3, images};
     return run_jobs(&job, images, threads);
 }
 
-/* Given dL/ds and the forward's u: dL/dh (images, 14, 14, 16) and dL/dparams (2129; scratch: images * 2129
- * floats). */
-int mnistgen_g_backward(const float *h, const float *u, const float *params, float slope, const float *grad_s,
-                        float *grad_h, float *grad_params, float *scratch, long images, int threads) {
-    Job job = {G_BACKWARD, h, params, grad_s, NULL, grad_h, scratch, (float *)u, slope};
-    if (run_jobs(&job, images, threads) != 0) return -1;
-    sum_items(grad_params, scratch, images, G_PARAMS, threads);
+/* Given dL/ds and the forward's kept outputs: dL/dh0 (images, 1568) and dL/dparams (10337; scratch:
+ * ceil(images / 8) * 10337 floats, for the chunks' sums). */
+int mnistgen_g_backward(const float *h0, const float *kept, const float *params, float slope2, float slope3,
+                        const float *grad_s, float *grad_h0, float *grad_params, float *scratch, long images,
+                        int threads) {
+    long chunks = (images + G_CHUNK - 1) / G_CHUNK;
+    Job job = {G_BACKWARD, h0, params, grad_s, NULL, grad_h0, scratch, (float *)kept, slope2, slope3, images};
+    if (run_jobs(&job, chunks, threads) != 0) return -1;
+    sum_items(grad_params, scratch, chunks, G_PARAMS, threads);
     return 0;
 }

@@ -34,7 +34,7 @@ from ..data.cache import cache_root
 from ..errors import MnistgenError
 
 SOURCE = Path(__file__).with_name("gan_cpu.c")
-BASE_FLAGS = ("-O3", "-std=c11", "-shared", "-fPIC")
+BASE_FLAGS = ("-O3", "-std=c11", "-ffp-contract=fast", "-shared", "-fPIC")
 COMPILE_TIMEOUT_S = 120
 
 
@@ -114,8 +114,8 @@ def _declare(library: ctypes.CDLL) -> ctypes.CDLL:
     signatures = {
         "mnistgen_d_forward": [p, p, p, n, threads],
         "mnistgen_d_backward": [p, p, p, p, p, p, n, threads],
-        "mnistgen_g_forward": [p, p, slope, p, p, n, threads],
-        "mnistgen_g_backward": [p, p, p, slope, p, p, p, p, n, threads],
+        "mnistgen_g_forward": [p, p, slope, slope, p, p, n, threads],
+        "mnistgen_g_backward": [p, p, p, slope, slope, p, p, p, p, n, threads],
     }
     for name, argtypes in signatures.items():
         function = getattr(library, name)
