@@ -7,7 +7,7 @@ times each loop once, alternating which goes first; the medians and their ratio 
 wall-clock time and as CPU time of this process.
 
 mnistgen's loop uses the kernels that ``mnistgen gan train`` would choose (``--cpu-kernels``, default auto:
-its C kernels for D and G's last two stages where a C compiler works; ``torch`` for PyTorch's).
+its C kernels for D and G's convolutions where a C compiler works; ``torch`` for PyTorch's).
 
 A whole epoch (234 batches) of the classic loop takes about a minute on 2 CPU cores, so by default
 each repetition times the first ``--batches`` batches of an epoch and the per-epoch figures are
@@ -89,7 +89,7 @@ def main() -> None:
     parser.add_argument("--classic-in-subprocess", action="store_true",
                         help="time the classic loop in a fresh, untuned Python process per repetition")
     parser.add_argument("--cpu-kernels", choices=("auto", "native", "torch"), default="auto",
-                        help="mnistgen's D and G's last stage: its C kernels or PyTorch's (as `mnistgen gan train`)")
+                        help="mnistgen's D and G's convolutions: its C kernels or PyTorch's (as `mnistgen gan train`)")
     parser.add_argument("--only-classic-json", action="store_true",
                         help=argparse.SUPPRESS)  # the subprocess: one timed classic run, printed as JSON
     args = parser.parse_args()
@@ -167,7 +167,7 @@ def main() -> None:
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; {datetime.date.today().isoformat()}")
     where = ("a fresh untuned subprocess per repetition" if args.classic_in_subprocess
              else "this process")
-    print(f"mnistgen's kernels for D and G's last stage: {forward.kernels}")
+    print(f"mnistgen's kernels for D and G's convolutions: {forward.kernels}")
     print(f"allocator: mnistgen {'tuned (keep_freed_memory)' if allocator_tuned else 'glibc default'}; "
           f"classic loop in {where}, "
           + ("glibc default" if args.classic_in_subprocess or not allocator_tuned else "tuned (keep_freed_memory)"))

@@ -22,7 +22,7 @@ from mnistgen.device import seed_everything
 from mnistgen.errors import MnistgenError
 from mnistgen.kernels import gan as kernels
 from mnistgen.kernels import native
-from mnistgen.models.gan import Discriminator, Generator, generate, generator_start, upsample_conv
+from mnistgen.models.gan import Discriminator, Generator
 from mnistgen.train import gan as train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -158,13 +158,6 @@ def test_native_generate_equals_the_layer_by_layer_generator():
     got = torch.autograd.grad((actual * weights).sum(), list(fast.parameters()))
     for (name, _), want_grad, got_grad in zip(reference.named_parameters(), want, got, strict=True):
         assert relative_error(got_grad, want_grad) < 1e-4, name
-
-
-def test_generator_start_is_generate_up_to_act2():
-    generator = perturbed(Generator(), seed=9)
-    z = train.uniform_noise(4, 64, torch.Generator().manual_seed(10))
-    h = F.leaky_relu(upsample_conv(generator.conv2, generator_start(generator, z)), 0.2)
-    assert torch.equal(torch.sigmoid(generator.conv3(h)), generate(generator, z))
 
 
 def test_the_number_of_threads_does_not_change_any_bit():

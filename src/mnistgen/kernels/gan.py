@@ -119,7 +119,7 @@ def torch_discriminate(discriminator: Discriminator, images: torch.Tensor,
     return discriminator(images)
 
 
-# --------------------------------------------------------------------------- G's last two stages
+# --------------------------------------------------------------------------- G after act1
 
 
 def phase_kernels(weight: torch.Tensor) -> torch.Tensor:

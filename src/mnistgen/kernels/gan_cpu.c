@@ -1,12 +1,13 @@
-/* CPU kernels for SPEC §3's GAN: the discriminator D, forward and backward, and the generator's last stage
- * (LeakyReLU, then the 3x3 convolution from 8 channels to 1), forward and backward.
+/* CPU kernels for SPEC §3's GAN: the discriminator D, forward and backward, and the generator G from its
+ * first LeakyReLU to before its sigmoid (both upsample-convolutions, the LeakyReLUs, conv3), forward and
+ * backward.
  *
  * D's layers have 1 to 8 channels, too few for a library's convolution kernels to fill a vector register
  * with channels (or with output pixels, at 5x5 to 28x28). Here the vector lanes hold eight *images*
  * instead: every multiply-add, maximum and comparison of D is the same for the eight lanes, so the whole
  * network is straight-line vector code with no remainders, and one group's activations (about 130 KiB)
- * stay in the core's cache from the first convolution to the last gradient. In G's last stage the lanes
- * hold the 8 input channels (G's channels-last layout has them side by side).
+ * stay in the core's cache from the first convolution to the last gradient. In G the lanes hold 8
+ * channels of one image (G has 32, 16, 8 and 1 of them).
  *
  * D's layout: an image batch is given as groups of eight, (groups, 28, 28, 8) floats, lane = image within
  * the group. D's parameters: one vector of 593 floats in the order of Discriminator.parameters() (conv1

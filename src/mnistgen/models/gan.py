@@ -123,21 +123,16 @@ def upsample_conv(conv: nn.Conv2d, images: torch.Tensor) -> torch.Tensor:
     return F.conv_transpose2d(images, kernel, conv.bias, stride=2, padding=1)
 
 
-def generator_start(generator: Generator, z: torch.Tensor) -> torch.Tensor:
-    """G up to act2: (B, zdim) -> (B, 16, 14, 14), the input of G's last two stages (see :func:`generate`)."""
-    h = generator.act1(generator.linear(z)).view(-1, *GENERATOR_START)  # (B, 32, 7, 7)
-    if generator.conv1.weight.is_contiguous(memory_format=torch.channels_last):
-        h = h.contiguous(memory_format=torch.channels_last)  # channels-last weights: keep every map channels-last
-    # LeakyReLU in place: the convolution's output is used by nothing else (its backward reads the result)
-    return F.leaky_relu(upsample_conv(generator.conv1, h), generator.act2.negative_slope, inplace=True)
-
-
 def generate(generator: Generator, z: torch.Tensor) -> torch.Tensor:
     """G(z): the same function of z and of G's parameters as ``generator(z)``, faster (see the comment above).
 
     (B, zdim) -> (B, 1, 28, 28) in (0, 1). Gradients reach G's Conv2d parameters through the 4x4 kernels.
     up1/conv1 and up2/conv2 run as :func:`upsample_conv`; act2 and act3 as the same LeakyReLU, in place.
     """
-    h = upsample_conv(generator.conv2, generator_start(generator, z))  # (B, 8, 28, 28)
-    h = F.leaky_relu(h, generator.act3.negative_slope, inplace=True)
+    h = generator.act1(generator.linear(z)).view(-1, *GENERATOR_START)  # (B, 32, 7, 7)
+    if generator.conv1.weight.is_contiguous(memory_format=torch.channels_last):
+        h = h.contiguous(memory_format=torch.channels_last)  # channels-last weights: keep every map channels-last
+    # LeakyReLU in place: each convolution's output is used by nothing else (its backward reads the result)
+    h = F.leaky_relu(upsample_conv(generator.conv1, h), generator.act2.negative_slope, inplace=True)  # (B, 16, 14, 14)
+    h = F.leaky_relu(upsample_conv(generator.conv2, h), generator.act3.negative_slope, inplace=True)  # (B, 8, 28, 28)
     return generator.sigmoid(generator.conv3(h))  # (B, 1, 28, 28)

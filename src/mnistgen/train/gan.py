@@ -22,7 +22,7 @@ each point gives the same values and gradients as the classic loop of bench/gan_
   4x4 kernel summed from the 3x3 weights (:func:`mnistgen.models.gan.generate`): fewer multiply-adds, no
   upsampled map in memory.
 - On CPU, G's and D's convolutions run channels-last, oneDNN's fastest layout for them (same values).
-- On CPU, D and G's last two stages run in mnistgen's own C kernels where a C compiler is available
+- On CPU, D and G after its Linear run in mnistgen's own C kernels where a C compiler is available
   (:mod:`mnistgen.kernels.gan`, ``--cpu-kernels``): D's 1- to 8-channel layers fill no vector register in
   a library's kernels, eight images side by side do. The same functions, tested to float32 rounding.
 - The process keeps the memory of freed tensors for reuse (:func:`mnistgen.train.common.keep_freed_memory`)
