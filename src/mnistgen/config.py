@@ -99,7 +99,7 @@ class GANConfig:
     threads: int = option(0, "CPU threads torch may use (0: torch's default, one per core)")
     cpu_kernels: Literal["auto", "native", "torch"] = option(
         "auto", "on CPU, compute D and G's convolutional part with mnistgen's C kernels (native; built on first "
-        "use with the C compiler; about twice as fast) or PyTorch's (torch); auto: native where a compiler works. "
+        "use with the C compiler; about 2.4x faster) or PyTorch's (torch); auto: native where a compiler works. "
         "Same mathematics either way")
 
 
