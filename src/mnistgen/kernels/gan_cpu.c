@@ -183,6 +183,42 @@ static inline void weight_gradients(int side, int gstride, const vf *gout, int i
     *bias = sum;
 }
 
+/* pool_relu_backward over a layer: channels planes of pre-activations a (2 side x 2 side), their pooled maxima
+ * (side x side inside planes of pooled_stride, at offset pooled_offset), the pooled gradient gp (side x side);
+ * writes ga (planes of ga_stride, the (2 side)^2 values at [2 + y][2 + x]). */
+static void pool_relu_layer_backward(int channels, int side, const vf *a, const vf *pooled, int pooled_stride,
+                                     int pooled_offset, const vf *gp, vf *ga, int ga_stride) {
+    int a_side = 2 * side;
+    for (int c = 0; c < channels; c++)
+        for (int i = 0; i < side; i++)
+            for (int j = 0; j < side; j++) {
+                const vf *a00 = a + (c * a_side + 2 * i) * a_side + 2 * j;
+                vf *g00 = ga + (c * ga_stride + 2 * i + 2) * ga_stride + 2 * j + 2;
+                vf max = pooled[(c * pooled_stride + i + pooled_offset) * pooled_stride + j + pooled_offset];
+                pool_relu_backward(a00[0], a00[1], a00[a_side], a00[a_side + 1], max, gp[(c * side + i) * side + j],
+                                   g00, g00 + 1, g00 + ga_stride, g00 + ga_stride + 1);
+            }
+}
+
+/* A 3x3 convolution's input gradient as a gather (each sum kept in a register):
+ * gin[ci][y][x] = sum over c, dy, dx of weight[c][ci][dy][dx] * gout[c][y + offset - dy][x + offset - dx]
+ * for y, x < side, where gout (cout planes of stride x stride) holds the output gradient inside a zero border
+ * (offset 2 for a valid convolution stored at [2 + y][2 + x], 3 for padding 1). */
+static void input_gradient(int cin, int cout, int side, int stride, int offset, const float *weight, const vf *gout,
+                           vf *gin) {
+    for (int ci = 0; ci < cin; ci++)
+        for (int y = 0; y < side; y++)
+            for (int x = 0; x < side; x++) {
+                vf acc = splat(0.0f);
+                for (int c = 0; c < cout; c++)
+                    for (int dy = 0; dy < 3; dy++)
+                        for (int dx = 0; dx < 3; dx++)
+                            acc += weight[((c * cin + ci) * 3 + dy) * 3 + dx] *
+                                   gout[(c * stride + y + offset - dy) * stride + x + offset - dx];
+                gin[(ci * side + y) * side + x] = acc;
+            }
+}
+
 static void backward_group(Work *w, const float *images, const float *P, const float *grad_logits,
                            float *grad_images, float *grad_param_group) {
     forward_group(w, images, P, NULL);
@@ -209,48 +245,18 @@ static void backward_group(Work *w, const float *images, const float *P, const f
         for (int c = 0; c < 8; c++)
             for (int ci = 0; ci < 4; ci++)
                 weight_gradients(5, 9, &w->ga3[c][0][0], 7, &w->p2[ci][0][0], &gP[W3 + (c * 4 + ci) * 9], &gP[B3 + c]);
-    for (int ci = 0; ci < 4; ci++)
-        for (int y = 0; y < 7; y++)
-            for (int x = 0; x < 7; x++) {
-                vf acc = zero;
-                for (int c = 0; c < 8; c++)
-                    for (int dy = 0; dy < 3; dy++)
-                        for (int dx = 0; dx < 3; dx++)
-                            acc += P[W3 + ((c * 4 + ci) * 3 + dy) * 3 + dx] * w->ga3[c][y + 2 - dy][x + 2 - dx];
-                w->gp2[ci][y][x] = acc;
-            }
+    input_gradient(4, 8, 7, 9, 2, P + W3, &w->ga3[0][0][0], &w->gp2[0][0][0]);
     /* pool2 and relu2 */
-    for (int c = 0; c < 4; c++)
-        for (int i = 0; i < 7; i++)
-            for (int j = 0; j < 7; j++)
-                pool_relu_backward(w->a2[c][2 * i][2 * j], w->a2[c][2 * i][2 * j + 1], w->a2[c][2 * i + 1][2 * j],
-                                   w->a2[c][2 * i + 1][2 * j + 1], w->p2[c][i][j], w->gp2[c][i][j],
-                                   &w->ga2[c][2 * i + 2][2 * j + 2], &w->ga2[c][2 * i + 2][2 * j + 3],
-                                   &w->ga2[c][2 * i + 3][2 * j + 2], &w->ga2[c][2 * i + 3][2 * j + 3]);
+    pool_relu_layer_backward(4, 7, &w->a2[0][0][0], &w->p2[0][0][0], 7, 0, &w->gp2[0][0][0], &w->ga2[0][0][0], 18);
     /* conv2 (padding 1) */
     if (want_params)
         for (int c = 0; c < 4; c++)
             for (int ci = 0; ci < 2; ci++)
                 weight_gradients(14, 18, &w->ga2[c][0][0], 16, &w->p1[ci][0][0], &gP[W2 + (c * 2 + ci) * 9], &gP[B2 + c]);
     /* d/d p1[ci][y][x] = sum of w2[c][ci][dy][dx] * ga2[c][y + 1 - dy][x + 1 - dx] (zero outside) */
-    for (int ci = 0; ci < 2; ci++)
-        for (int y = 0; y < 14; y++)
-            for (int x = 0; x < 14; x++) {
-                vf acc = zero;
-                for (int c = 0; c < 4; c++)
-                    for (int dy = 0; dy < 3; dy++)
-                        for (int dx = 0; dx < 3; dx++)
-                            acc += P[W2 + ((c * 2 + ci) * 3 + dy) * 3 + dx] * w->ga2[c][y + 3 - dy][x + 3 - dx];
-                w->gp1[ci][y][x] = acc;
-            }
+    input_gradient(2, 4, 14, 18, 3, P + W2, &w->ga2[0][0][0], &w->gp1[0][0][0]);
     /* pool1 and relu1 */
-    for (int c = 0; c < 2; c++)
-        for (int i = 0; i < 14; i++)
-            for (int j = 0; j < 14; j++)
-                pool_relu_backward(w->a1[c][2 * i][2 * j], w->a1[c][2 * i][2 * j + 1], w->a1[c][2 * i + 1][2 * j],
-                                   w->a1[c][2 * i + 1][2 * j + 1], w->p1[c][i + 1][j + 1], w->gp1[c][i][j],
-                                   &w->ga1[c][2 * i + 2][2 * j + 2], &w->ga1[c][2 * i + 2][2 * j + 3],
-                                   &w->ga1[c][2 * i + 3][2 * j + 2], &w->ga1[c][2 * i + 3][2 * j + 3]);
+    pool_relu_layer_backward(2, 14, &w->a1[0][0][0], &w->p1[0][0][0], 16, 1, &w->gp1[0][0][0], &w->ga1[0][0][0], 32);
     /* conv1 (padding 1) */
     if (want_params)
         for (int c = 0; c < 2; c++)
