@@ -13,14 +13,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import platform
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from bench_support import load_bench_module, perturbed, relative_error
 
 from mnistgen.config import GANConfig
 from mnistgen.device import seed_everything
@@ -28,27 +27,7 @@ from mnistgen.models.gan import Discriminator, Generator, generate, upsample_con
 from mnistgen.train import common
 from mnistgen.train import gan as train
 
-BASELINE = Path(__file__).resolve().parents[1] / "bench" / "gan_baseline.py"
-
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def load_baseline():
-    spec = importlib.util.spec_from_file_location("gan_baseline", BASELINE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def trained_looking_generator(seed: int = 0) -> Generator:
-    """A generator with non-zero biases and weights off their init, so no term of the check is trivially zero."""
-    torch.manual_seed(seed)
-    generator = Generator()
-    with torch.no_grad():
-        for parameter in generator.parameters():
-            parameter.add_(0.1 * torch.randn_like(parameter))
-    return generator
 
 
 def copy_of(module: torch.nn.Module, memory_format=torch.contiguous_format) -> torch.nn.Module:
@@ -57,13 +36,9 @@ def copy_of(module: torch.nn.Module, memory_format=torch.contiguous_format) -> t
     return twin.to(memory_format=memory_format)
 
 
-def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
-
-
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
 def test_generate_equals_the_layer_by_layer_forward(memory_format):
-    reference = trained_looking_generator()
+    reference = perturbed(Generator(), seed=0)
     fast = copy_of(reference, memory_format)
     z = train.uniform_noise(16, 64, torch.Generator().manual_seed(1))
     expected, actual = reference(z), generate(fast, z)
@@ -115,11 +90,7 @@ def test_upsample_conv_equals_upsample_then_conv(channels_in, channels_out, side
 
 @pytest.mark.parametrize("requires_input_grad", [False, True], ids=["d_step", "g_step"])
 def test_channels_last_discriminator_equals_the_default_layout(requires_input_grad):
-    torch.manual_seed(0)
-    reference = Discriminator()
-    with torch.no_grad():
-        for parameter in reference.parameters():
-            parameter.add_(0.1 * torch.randn_like(parameter))
+    reference = perturbed(Discriminator(), seed=0)
     fast = copy_of(reference, torch.channels_last)
     images = torch.rand(16, 1, 28, 28).pow(3)
     images[:, :, :6] = 0.0  # MNIST-like empty rows: equal values in the max-pool windows (ties)
@@ -195,7 +166,7 @@ def test_fused_adam_takes_the_default_adam_steps():
 
 
 def test_mnistgen_step_equals_the_classic_step():
-    baseline = load_baseline()
+    baseline = load_bench_module("gan_baseline")
     config = GANConfig(device="cpu")
     seed_everything(config.seed)
     generator, discriminator = train.build_models(config, torch.device("cpu"))  # channels-last G on CPU

@@ -7,15 +7,14 @@ cached once per user, atomic, and a clear one-line refusal where no compiler wor
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from bench_support import load_bench_module, perturbed, relative_error
 
 from mnistgen.config import GANConfig
 from mnistgen.device import seed_everything
@@ -26,20 +25,6 @@ from mnistgen.models.gan import Discriminator, Generator
 from mnistgen.train import gan as train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-BASELINE = Path(__file__).resolve().parents[1] / "bench" / "gan_baseline.py"
-
-
-def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
-
-
-def perturbed(module: torch.nn.Module, seed: int, scale: float = 0.1) -> torch.nn.Module:
-    """Weights off their init and non-zero biases, so no term of a check is trivially zero."""
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for parameter in module.parameters():
-            parameter.add_(scale * torch.randn_like(parameter))
-    return module
 
 
 def digit_like_images(count: int, seed: int = 0) -> torch.Tensor:
@@ -184,15 +169,8 @@ def test_the_number_of_threads_does_not_change_any_bit():
         assert torch.equal(a, b)
 
 
-def load_baseline():
-    spec = importlib.util.spec_from_file_location("gan_baseline", BASELINE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_training_steps_with_native_kernels_equal_pytorch_kernels_and_the_classic_loop():
-    baseline = load_baseline()
+    baseline = load_bench_module("gan_baseline")
     config = GANConfig(device="cpu")
     seed_everything(config.seed)
     generator, discriminator = train.build_models(config, torch.device("cpu"))

@@ -3,12 +3,10 @@ times it against: same seed and data -> the same loss at every step and the same
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from bench_support import load_bench_module
 
 from mnistgen.config import VAEConfig
 from mnistgen.data.batches import shuffled_batches
@@ -16,21 +14,11 @@ from mnistgen.device import seed_everything
 from mnistgen.train.common import stream_seed
 from mnistgen.train.vae import NOISE_STREAM, build_model, make_optimizer, train_epoch
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "vae_baseline.py"
-
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def load_baseline():
-    spec = importlib.util.spec_from_file_location("vae_baseline", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_mnistgen_loop_follows_the_plain_loop(mnist_raw):
-    baseline = load_baseline()
+    baseline = load_bench_module("vae_baseline")
     images = torch.from_numpy((mnist_raw.train_images[:1000].reshape(1000, 784) >= 128).astype(np.float32))
     config = VAEConfig(device="cpu")
     order = seed_everything(config.seed)
