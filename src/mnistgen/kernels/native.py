@@ -75,10 +75,10 @@ def compiler_version(compiler: str) -> str:
     return result.stdout
 
 
-def library_path(compiler: str, flags: tuple[str, ...]) -> Path:
-    """Where the library built from this source with this compiler and these flags is cached."""
+def library_path(compiler: str, version: str, flags: tuple[str, ...]) -> Path:
+    """Where the library built from this source with this compiler (``--version`` output) and flags is cached."""
     key = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), compiler.encode(), compiler_version(compiler).encode(), " ".join(flags).encode(),
+    for part in (SOURCE.read_bytes(), compiler.encode(), version.encode(), " ".join(flags).encode(),
                  platform.machine().encode(), sys.platform.encode()):
         key.update(part)
         key.update(b"\0")
@@ -138,9 +138,10 @@ def load_gan_library() -> ctypes.CDLL:
     Raises :class:`NativeKernelsUnavailable` (one line: why) where they cannot be built or loaded.
     """
     compiler = find_compiler()
+    version = compiler_version(compiler)
     failures = []
     for flags in flag_sets():
-        target = library_path(compiler, flags)
+        target = library_path(compiler, version, flags)
         try:
             if not target.is_file():
                 build(compiler, flags, target)
