@@ -28,7 +28,7 @@ from mnistgen.data.protocols import load_protocol
 from mnistgen.data.sources import load_raw
 from mnistgen.device import seed_everything
 from mnistgen.train.common import stream_seed
-from mnistgen.train.vae import NOISE_STREAM, build_model, make_optimizer, train_epoch
+from mnistgen.train.vae import NOISE_STREAM, build_model, choose_vae_kernels, make_optimizer, train_epoch
 
 HERE = Path(__file__).resolve().parent
 
@@ -47,6 +47,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=7, help="timed epochs of each loop")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"], help="where both loops run")
+    parser.add_argument("--cpu-kernels", default="auto", choices=["auto", "native", "torch"],
+                        help="mnistgen's kernels on CPU, as `mnistgen vae train --cpu-kernels` (default: auto)")
     args = parser.parse_args()
     if not args.data_dir:
         parser.error("give --data-dir or set MNISTGEN_DATA_DIR")
@@ -54,8 +56,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     baseline = load_baseline()
 
-    config = VAEConfig(data=DataConfig(data_dir=args.data_dir, offline=True), device="cpu")
+    config = VAEConfig(data=DataConfig(data_dir=args.data_dir, offline=True), device="cpu",
+                       cpu_kernels=args.cpu_kernels)
     device = torch.device(args.device)
+    kernels = choose_vae_kernels(config.cpu_kernels, device)
     images = load_protocol("hw", load_raw(config.data)).train_images.to(device)  # (10000, 784) binary
 
     order = seed_everything(config.seed)
@@ -71,7 +75,7 @@ def main() -> None:
         batches = list(shuffled_batches(len(images), config.batch_size, order))
         step_elbos = torch.zeros(len(batches), device=device)
         train_epoch(model, optimizer, images, batches, noise=noise, analytic_kl=False,
-                    dynamic_binarization=False, step_elbos=step_elbos)
+                    dynamic_binarization=False, step_elbos=step_elbos, kernels=kernels)
         return float(step_elbos.sum()) / len(images)
 
     def plain_epoch() -> float:
@@ -85,7 +89,8 @@ def main() -> None:
     elbo = {}
     where = torch.cuda.get_device_name(0) if device.type == "cuda" else device.type
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
-          f"{torch.__version__}, {torch.get_num_threads()} torch thread(s), loops on {where}; load average "
+          f"{torch.__version__}, {torch.get_num_threads()} torch thread(s), loops on {where}, mnistgen's kernels: "
+          f"{kernels.kernels}; load average "
           f"{os.getloadavg()[0]:.1f} at start", flush=True)
 
     def synchronize() -> None:

@@ -211,16 +211,16 @@ def test_training_steps_with_native_kernels_equal_pytorch_kernels_and_the_classi
 def fresh_library(tmp_path, monkeypatch):
     """An empty user cache and no library loaded yet in this process (restored afterwards)."""
     monkeypatch.setenv("MNISTGEN_CACHE_DIR", str(tmp_path / "cache"))
-    native.load_gan_library.cache_clear()
+    native.load_library.cache_clear()
     yield tmp_path / "cache" / "kernels"
-    native.load_gan_library.cache_clear()
+    native.load_library.cache_clear()
 
 
 def test_the_library_is_built_into_the_user_cache_once(fresh_library, monkeypatch):
     native.load_gan_library()
     built = sorted(fresh_library.iterdir())
     assert len(built) == 1 and built[0].name.startswith("gan_cpu-")  # no temporary file left behind
-    native.load_gan_library.cache_clear()
+    native.load_library.cache_clear()
 
     def no_second_build(*args):
         raise AssertionError("compiled again although the cached library was there")
@@ -232,9 +232,9 @@ def test_the_library_is_built_into_the_user_cache_once(fresh_library, monkeypatc
 def test_a_changed_source_builds_a_new_library(fresh_library, monkeypatch, tmp_path):
     native.load_gan_library()
     changed = tmp_path / "gan_cpu.c"
-    changed.write_text(native.SOURCE.read_text() + "\n/* changed */\n")
-    monkeypatch.setattr(native, "SOURCE", changed)
-    native.load_gan_library.cache_clear()
+    changed.write_text(native.GAN_SOURCE.read_text() + "\n/* changed */\n")
+    monkeypatch.setattr(native, "GAN_SOURCE", changed)
+    native.load_library.cache_clear()
     native.load_gan_library()
     assert len(list(fresh_library.iterdir())) == 2
 
@@ -242,7 +242,7 @@ def test_a_changed_source_builds_a_new_library(fresh_library, monkeypatch, tmp_p
 def test_a_failing_compiler_gives_one_line_and_leaves_no_file(fresh_library, monkeypatch, tmp_path):
     broken = tmp_path / "gan_cpu.c"
     broken.write_text("this is not C\n")
-    monkeypatch.setattr(native, "SOURCE", broken)
+    monkeypatch.setattr(native, "GAN_SOURCE", broken)
     with pytest.raises(native.NativeKernelsUnavailable) as error:
         native.load_gan_library()
     assert "\n" not in str(error.value) and "compiling gan_cpu.c" in str(error.value)

@@ -81,6 +81,10 @@ class VAEConfig:
     lr_decay_every: int = option(100, "step schedule: epochs between two decays")
     threads: int = option(0, "CPU threads torch may use (0: torch's default, one per core)")
     device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "where to compute")
+    cpu_kernels: Literal["auto", "native", "torch"] = option(
+        "auto", "on CPU, run the training step with mnistgen's C kernels (native; built on first use with the C "
+        "compiler; sums over the images' nonzero pixels instead of two of the five big matrix products) or "
+        "PyTorch's (torch); auto: native where a compiler works. Same mathematics either way")
 
 
 @dataclass(frozen=True)

@@ -23,15 +23,13 @@ objects; that is the only place the choice is made.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from ..errors import MnistgenError
 from ..models.gan import Discriminator, Generator, generate
-from .native import NativeKernelsUnavailable, load_gan_library
+from .native import load_gan_library, use_native_kernels
 
 LANES = 8  # D's images per vector register in gan_cpu.c
 D_PARAMETERS = 593
@@ -205,26 +203,7 @@ NATIVE_KERNELS = GANForward("native", native_generate, native_discriminate)
 
 
 def choose_gan_forward(cpu_kernels: str, device: torch.device, say: Callable[[str], None] | None = None) -> GANForward:
-    """The GANForward for the ``--cpu-kernels`` setting on ``device``.
-
-    "torch": PyTorch's kernels. "native": mnistgen's C kernels, or an error (one line: why not) where they
-    cannot be built. "auto": the C kernels on CPU where they can be built; otherwise PyTorch's, and ``say``
-    (default: stderr) gets a one-line note with the reason. Off the CPU it is always PyTorch's kernels.
-    """
-    if cpu_kernels not in ("auto", "native", "torch"):
-        raise MnistgenError(f"--cpu-kernels must be auto, native or torch, got {cpu_kernels!r}")
-    if cpu_kernels == "torch" or device.type != "cpu":
-        return TORCH_KERNELS
-    try:
-        load_gan_library()
-    except NativeKernelsUnavailable as exc:
-        if cpu_kernels == "native":
-            raise MnistgenError(f"--cpu-kernels native: {exc}") from None
-        (say or _stderr)(f"mnistgen: note: the GAN trains with PyTorch's CPU kernels, about 2.4x slower: {exc}")
-        return TORCH_KERNELS
-    return NATIVE_KERNELS
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr)
-
+    """The GANForward for the ``--cpu-kernels`` setting on ``device`` (see
+    :func:`mnistgen.kernels.native.use_native_kernels`: "auto" falls back to PyTorch's kernels with a note)."""
+    note = "the GAN trains with PyTorch's CPU kernels, about 2.4x slower"
+    return NATIVE_KERNELS if use_native_kernels(cpu_kernels, device, load_gan_library, note, say) else TORCH_KERNELS

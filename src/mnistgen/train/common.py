@@ -106,12 +106,17 @@ def distributed_rank_and_size() -> tuple[int, int]:
 
 def synchronize_gradients(model: torch.nn.Module) -> None:
     """Average the gradients over the ranks of a torchrun job; nothing to do in a single process."""
+    average_over_ranks([parameter.grad for parameter in model.parameters()])
+
+
+def average_over_ranks(tensors: list[torch.Tensor]) -> None:
+    """Replace each tensor by its mean over the ranks of a torchrun job; nothing to do in a single process."""
     rank, world_size = distributed_rank_and_size()
     if world_size == 1:
         return
-    for parameter in model.parameters():
-        torch.distributed.all_reduce(parameter.grad)
-        parameter.grad.div_(world_size)
+    for tensor in tensors:
+        torch.distributed.all_reduce(tensor)
+        tensor.div_(world_size)
 
 
 @contextmanager

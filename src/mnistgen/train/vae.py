@@ -26,7 +26,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,9 +39,12 @@ from ..data.protocols import Protocol, binarize_batch
 from ..device import resolve_device, seed_everything
 from ..errors import MnistgenError
 from ..evaluate import elbo_samples, load_vae_protocol
+from ..kernels.native import load_vae_library, use_native_kernels
+from ..kernels.vae import NativeVAEStep
 from ..models.vae import VAE
 from ..runs import RunDir, is_main_process, write_json
 from .common import (
+    average_over_ranks,
     check_finite,
     distributed_rank_and_size,
     generator_states,
@@ -55,7 +59,7 @@ from .common import (
 
 NOISE_STREAM = 1  # key of the generator that draws eps and the full protocol's binary images
 EVAL_STREAM = 2  # key of the per-epoch generators of the evaluation ELBO
-RESUMABLE_FIELDS = ("epochs", "device", "threads")  # may differ on --resume: they don't change the mathematics
+RESUMABLE_FIELDS = ("epochs", "device", "threads", "cpu_kernels")  # may differ on --resume: same mathematics
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -167,33 +171,90 @@ def elbo_with_gradients(model: VAE, x: torch.Tensor, eps: torch.Tensor, analytic
     return elbo_sum
 
 
+# A training step: (x (B, 784), eps (B, D_z), analytic_kl) -> the batch's ELBO sum (0-d tensor or float),
+# after which the model has taken its Adam step.
+StepFunction = Callable[[torch.Tensor, torch.Tensor, bool], "torch.Tensor | float"]
+
+
+@contextmanager
+def torch_steps(model: VAE, optimizer: torch.optim.Optimizer, capacity: int) -> Iterator[StepFunction]:
+    """Steps with PyTorch's kernels: :func:`elbo_with_gradients`, then ``optimizer.step()``."""
+    def step(x: torch.Tensor, eps: torch.Tensor, analytic_kl: bool) -> torch.Tensor:
+        elbo_sum = elbo_with_gradients(model, x, eps, analytic_kl)
+        synchronize_gradients(model)
+        optimizer.step()
+        return elbo_sum
+
+    yield step
+
+
+@contextmanager
+def native_steps(model: VAE, optimizer: torch.optim.Optimizer, capacity: int) -> Iterator[StepFunction]:
+    """Steps with mnistgen's C kernels (:class:`mnistgen.kernels.vae.NativeVAEStep`): the weights and Adam's
+    state are copied in on entry and back into ``model`` and ``optimizer`` on exit; Adam's hyper-parameters
+    are read from the optimizer at every step."""
+    native = NativeVAEStep(model, capacity)
+    native.load(model, optimizer)
+    group = optimizer.param_groups[0]
+
+    def step(x: torch.Tensor, eps: torch.Tensor, analytic_kl: bool) -> float:
+        elbo_sum = native.compute_gradients(x, eps, analytic_kl)
+        average_over_ranks([native.gradients])
+        native.adam_step(group["lr"], group["betas"], group["eps"])
+        return elbo_sum
+
+    try:
+        yield step
+    finally:
+        native.store(model, optimizer)
+
+
+@dataclass(frozen=True)
+class VAEKernels:
+    """How training steps are computed. Both choices compute the same steps (to float32 rounding)."""
+
+    kernels: str  # "native" or "torch", as recorded in the run's metrics
+    steps: Callable[[VAE, torch.optim.Optimizer, int], AbstractContextManager[StepFunction]]
+
+
+TORCH_KERNELS = VAEKernels("torch", torch_steps)
+NATIVE_KERNELS = VAEKernels("native", native_steps)
+
+
+def choose_vae_kernels(cpu_kernels: str, device: torch.device, say: Callable[[str], None] | None = None) -> VAEKernels:
+    """The VAEKernels for the ``--cpu-kernels`` setting on ``device`` (see
+    :func:`mnistgen.kernels.native.use_native_kernels`: "auto" falls back to PyTorch's kernels with a note)."""
+    note = "the VAE trains with PyTorch's CPU kernels, about 1.5x slower"
+    return NATIVE_KERNELS if use_native_kernels(cpu_kernels, device, load_vae_library, note, say) else TORCH_KERNELS
+
+
 def train_epoch(model: VAE, optimizer: torch.optim.Optimizer, images: torch.Tensor, batches: list[torch.Tensor],
                 *, noise: torch.Generator, analytic_kl: bool, dynamic_binarization: bool,
                 step_elbos: torch.Tensor, start_step: int = 0, stop: Callable[[], bool] | None = None,
-                on_step: Callable[[], Any] | None = None) -> int:
+                on_step: Callable[[], Any] | None = None, kernels: VAEKernels = TORCH_KERNELS) -> int:
     """The steps ``start_step..`` of one epoch; returns the number of steps done (fewer if ``stop()`` said so).
 
     images (N, 784) on the model's device (binary, or gray levels when ``dynamic_binarization``);
     batches: index tensors from ``shuffled_batches``; step_elbos (len(batches),) receives each step's
-    ELBO sum. ``stop`` is polled before each step; ``on_step`` is called after each.
+    ELBO sum. ``stop`` is polled before each step; ``on_step`` is called after each. ``kernels``: see
+    :func:`choose_vae_kernels`.
     """
     device = images.device
     order = torch.cat(batches).to(device)
     epoch_images = images.index_select(0, order)  # (n, 784): one gather, then contiguous slices
     ends = np.cumsum([len(b) for b in batches]).tolist()
     latent_dim = model.latent_dim
-    for step in range(start_step, len(batches)):
-        if stop is not None and stop():
-            return step
-        x = epoch_images[ends[step] - len(batches[step]):ends[step]]  # (B, 784)
-        if dynamic_binarization:
-            x = binarize_batch(x, noise)
-        eps = torch.randn((x.shape[0], latent_dim), generator=noise, device=device, dtype=x.dtype)
-        step_elbos[step] = elbo_with_gradients(model, x, eps, analytic_kl)
-        synchronize_gradients(model)
-        optimizer.step()
-        if on_step is not None:
-            on_step()
+    with kernels.steps(model, optimizer, max(len(b) for b in batches)) as take_step:
+        for step in range(start_step, len(batches)):
+            if stop is not None and stop():
+                return step
+            x = epoch_images[ends[step] - len(batches[step]):ends[step]]  # (B, 784)
+            if dynamic_binarization:
+                x = binarize_batch(x, noise)
+            eps = torch.randn((x.shape[0], latent_dim), generator=noise, device=device, dtype=x.dtype)
+            step_elbos[step] = take_step(x, eps, analytic_kl)
+            if on_step is not None:
+                on_step()
     return len(batches)
 
 
@@ -238,13 +299,14 @@ def train_vae(config: VAEConfig, run: RunDir, *, resume: bool = False, protocol:
         _resume_config(run, config)
     elif run.config.is_file() or run.checkpoint.is_file():
         raise MnistgenError(f"{run.path} already holds a run: add --resume to continue it, or choose another --out")
+    kernels = choose_vae_kernels(config.cpu_kernels, device)  # before any file is written: "native" may refuse
     protocol = protocol if protocol is not None else load_vae_protocol(config)
     if protocol.train_images.dim() != 2:
         raise MnistgenError(f"protocol {protocol.name!r} has no flat images; the VAE trains on hw or full")
 
     with torch_threads(config.threads), (
             sigint_requests_stop() if stop is None else _given(stop)) as stop_requested:
-        return _train(config, run, resume, protocol, device, stop_requested, show_progress)
+        return _train(config, run, resume, protocol, device, kernels, stop_requested, show_progress)
 
 
 @contextmanager
@@ -253,7 +315,7 @@ def _given(stop: Callable[[], bool]) -> Iterator[Callable[[], bool]]:
 
 
 def _train(config: VAEConfig, run: RunDir, resume: bool, protocol: Protocol, device: torch.device,
-           stop: Callable[[], bool], show_progress: bool | None) -> list[dict[str, Any]]:
+           kernels: VAEKernels, stop: Callable[[], bool], show_progress: bool | None) -> list[dict[str, Any]]:
     order_generator = seed_everything(config.seed)  # also seeds the global RNG that initialises the weights
     model = build_model(config, device)
     optimizer = make_optimizer(model, config.lr)
@@ -301,7 +363,7 @@ def _train(config: VAEConfig, run: RunDir, resume: bool, protocol: Protocol, dev
             started = time.perf_counter()
             done = train_epoch(model, optimizer, data.train_images, batches, noise=noise, analytic_kl=analytic_kl,
                                dynamic_binarization=data.dynamic_binarization, step_elbos=step_elbos,
-                               start_step=start_step, stop=stop, on_step=lambda: bar.update(1))
+                               start_step=start_step, stop=stop, on_step=lambda: bar.update(1), kernels=kernels)
             train_seconds = seconds_before + time.perf_counter() - started
             if done < len(batches):
                 run.save_checkpoint(_checkpoint(model, optimizer, generators, config, epoch, done, order_state,
@@ -320,7 +382,8 @@ def _train(config: VAEConfig, run: RunDir, resume: bool, protocol: Protocol, dev
             eval_elbo = float(elbo_samples(model, data.eval_images, samples=1, analytic_kl=analytic_kl,
                                            generator=evaluation_generator).mean())
             record = {"epoch": epoch + 1, "train_elbo": train_elbo, f"{data.eval_name}_elbo": eval_elbo, "lr": lr,
-                      "seconds": seconds_before + time.perf_counter() - started, "train_seconds": train_seconds}
+                      "seconds": seconds_before + time.perf_counter() - started, "train_seconds": train_seconds,
+                      "kernels": kernels.kernels}
             run.append_metrics(record)
             run.save_checkpoint(_checkpoint(model, optimizer, generators, config, epoch + 1, 0,
                                             order_generator.get_state(), step_elbos, 0.0))

@@ -1,0 +1,188 @@
+"""One VAE training step on CPU with mnistgen's C kernels (``vae_cpu.c``) and PyTorch's matrix multiply.
+
+:class:`NativeVAEStep` holds the parameters of a :class:`mnistgen.models.vae.VAE`, their gradients and
+Adam's two moments as four flat buffers of the same layout, and the activations of one batch. A step:
+
+1. C: list the images' nonzero pixels; h1 = tanh(x W1^T + b1) as sums over them (the encoder weight is
+   stored pixel-major, W1^T, so that each pixel's weights are one contiguous row); the heads; z by the
+   reparametrization with the given eps; h2 = tanh(z Wd^T + bd);
+2. PyTorch: logits = h2 Wo^T + bo, the first of the three dense 100 x 500 x 784 products;
+3. C: each image's log p(x|z), dL/dlogits = (sigmoid(logits) - x) / B and the output bias's gradient;
+4. PyTorch: Wo's gradient dL/dlogits^T h2 and dL/dh2 = dL/dlogits Wo;
+5. C: the rest of the backward pass (W1's gradient again as sums over the nonzero pixels) and the ELBO;
+6. C: Adam over the flat buffers, PyTorch's algorithm.
+
+The mathematics is :func:`mnistgen.train.vae.elbo_with_gradients` followed by PyTorch's Adam
+(tests/test_vae_native.py compares values, gradients and whole training runs); only the order of
+float32 additions differs. :meth:`NativeVAEStep.load` copies a model's weights and its optimizer's
+moments in, :meth:`NativeVAEStep.store` copies them back (the optimizer's state in PyTorch's own format,
+so checkpoints are the same whichever kernels wrote them).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+
+import torch
+
+from ..errors import MnistgenError
+from ..models.vae import VAE
+from .native import load_vae_library
+
+_P = ctypes.c_void_p
+
+
+class _Buffers(ctypes.Structure):
+    """The C struct VAEBuffers (same fields, same order)."""
+
+    _fields_ = [(name, ctypes.c_long) for name in ("pixels", "hidden", "latent", "capacity")] + [
+        (name, _P) for name in (
+            "enc_wt", "enc_b", "mean_w", "mean_b", "logvar_w", "logvar_b", "dec_w", "dec_b", "out_w", "out_b", "dec_wt",
+            "g_enc_wt", "g_enc_b", "g_mean_w", "g_mean_b", "g_logvar_w", "g_logvar_b", "g_dec_w", "g_dec_b",
+            "g_out_b",
+            "h1", "mean", "logvar", "std", "z", "h2", "logits", "d_logits", "d_h2", "d_a1", "row_elbo",
+            "image_count", "image_pixel", "image_value", "pixel_count", "pixel_image", "pixel_value")]
+
+
+def _parameter_slots(model: VAE) -> list[tuple[str, torch.nn.Parameter, bool]]:
+    """(name in the C struct, the model's parameter, stored transposed?) in the flat buffers' order."""
+    encoder, decoder = model.encoder, model.decoder
+    return [("enc_wt", encoder.hidden.weight, True), ("enc_b", encoder.hidden.bias, False),
+            ("mean_w", encoder.mean.weight, False), ("mean_b", encoder.mean.bias, False),
+            ("logvar_w", encoder.logvar.weight, False), ("logvar_b", encoder.logvar.bias, False),
+            ("dec_w", decoder.hidden.weight, False), ("dec_b", decoder.hidden.bias, False),
+            ("out_w", decoder.output.weight, False), ("out_b", decoder.output.bias, False)]
+
+
+def _check(status: int, what: str) -> None:
+    if status != 0:
+        raise MemoryError(f"{what}: the C kernel could not allocate its working memory")
+
+
+class NativeVAEStep:
+    """The state of VAE training on CPU by the C kernels, for batches of at most ``capacity`` images."""
+
+    def __init__(self, model: VAE, capacity: int):
+        self.library = load_vae_library()  # raises NativeKernelsUnavailable (one line) where it cannot be built
+        pixels, hidden, latent = model.encoder.hidden.in_features, model.encoder.hidden.out_features, model.latent_dim
+        slots = _parameter_slots(model)
+        total = sum(parameter.numel() for _, parameter, _ in slots)
+        # four flat buffers of one layout: parameters, gradients, Adam's first and second moments
+        self.parameters, self.gradients = torch.zeros(total), torch.zeros(total)
+        self.exp_avg, self.exp_avg_sq = torch.zeros(total), torch.zeros(total)
+        self.adam_steps = 0
+        self._views: list[tuple[torch.nn.Parameter, bool, slice, tuple[int, ...]]] = []
+        fields, offset = {}, 0
+        for name, parameter, transposed in slots:
+            shape = tuple(parameter.t().shape if transposed else parameter.shape)
+            where = slice(offset, offset + parameter.numel())
+            self._views.append((parameter, transposed, where, shape))
+            fields[name] = self.parameters[where].data_ptr()
+            fields["g_" + name] = self.gradients[where].data_ptr()
+            offset += parameter.numel()
+        del fields["g_out_w"]  # PyTorch's product writes it
+        self.out_weight = self.parameters[self._views[8][2]].view(pixels, hidden)  # (D, H) Wo
+        self.out_bias = self.parameters[self._views[9][2]]
+        self.out_weight_gradient = self.gradients[self._views[8][2]].view(pixels, hidden)
+
+        # activations of one batch, (capacity, .)
+        self.capacity = capacity
+        self.h1, self.h2, self.d_h2, self.d_a1 = (torch.empty(capacity, hidden) for _ in range(4))
+        self.mean, self.logvar, self.std, self.z = (torch.empty(capacity, latent) for _ in range(4))
+        self.logits, self.d_logits = torch.empty(capacity, pixels), torch.empty(capacity, pixels)
+        self.dec_wt = torch.empty(latent, hidden)
+        self.row_elbo = torch.empty(capacity, dtype=torch.float64)
+        self.image_count = torch.empty(capacity, dtype=torch.int32)
+        self.pixel_count = torch.empty(pixels, dtype=torch.int32)
+        self.image_pixel = torch.empty(capacity, pixels, dtype=torch.int32)
+        self.pixel_image = torch.empty(pixels, capacity, dtype=torch.int32)
+        self.image_value, self.pixel_value = torch.empty(capacity, pixels), torch.empty(pixels, capacity)
+        for name in ("dec_wt", "h1", "mean", "logvar", "std", "z", "h2", "logits", "d_logits", "d_h2", "d_a1",
+                     "row_elbo", "image_count", "image_pixel", "image_value", "pixel_count", "pixel_image",
+                     "pixel_value"):
+            fields[name] = getattr(self, name).data_ptr()
+        self._buffers = _Buffers(pixels=pixels, hidden=hidden, latent=latent, capacity=capacity, **fields)
+        self._buffers_address = ctypes.addressof(self._buffers)
+        self._elbo = ctypes.c_float()
+
+    # ------------------------------------------------------------------ state in and out
+
+    def load(self, model: VAE, optimizer: torch.optim.Adam) -> None:
+        """Copy the model's weights and the optimizer's moments and step count into the flat buffers."""
+        self._check_optimizer(model, optimizer)
+        steps = set()
+        for parameter, transposed, where, shape in self._views:
+            self.parameters[where].view(shape).copy_(parameter.detach().t() if transposed else parameter.detach())
+            state = optimizer.state.get(parameter, {})
+            for flat, key in ((self.exp_avg, "exp_avg"), (self.exp_avg_sq, "exp_avg_sq")):
+                moment = state.get(key)
+                if moment is None:
+                    flat[where].zero_()
+                else:
+                    flat[where].view(shape).copy_(moment.t() if transposed else moment)
+            steps.add(int(state["step"]) if "step" in state else 0)
+        if len(steps) != 1:
+            raise MnistgenError(f"the optimizer's parameters have taken different numbers of steps: {sorted(steps)}")
+        self.adam_steps = steps.pop()
+
+    def store(self, model: VAE, optimizer: torch.optim.Adam) -> None:
+        """Copy the weights and Adam's state back into the model and the optimizer (PyTorch's state format)."""
+        with torch.no_grad():
+            for parameter, transposed, where, shape in self._views:
+                values = self.parameters[where].view(shape)
+                parameter.copy_(values.t() if transposed else values)
+                if self.adam_steps == 0:
+                    continue
+                state = optimizer.state[parameter]
+                if not state:
+                    state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                    state["exp_avg"] = torch.zeros_like(parameter, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(parameter, memory_format=torch.preserve_format)
+                state["step"].fill_(self.adam_steps)
+                for flat, key in ((self.exp_avg, "exp_avg"), (self.exp_avg_sq, "exp_avg_sq")):
+                    moment = flat[where].view(shape)
+                    state[key].copy_(moment.t() if transposed else moment)
+
+    @staticmethod
+    def _check_optimizer(model: VAE, optimizer: torch.optim.Adam) -> None:
+        groups = optimizer.param_groups
+        if len(groups) != 1 or [id(p) for p in groups[0]["params"]] != [id(p) for p in model.parameters()]:
+            raise MnistgenError("the C kernels' Adam needs one parameter group holding the model's parameters")
+        group = groups[0]
+        if group.get("weight_decay", 0) or group.get("amsgrad") or group.get("maximize"):
+            raise MnistgenError("the C kernels' Adam has no weight decay, amsgrad or maximize")
+
+    # ------------------------------------------------------------------ the step
+
+    def compute_gradients(self, x: torch.Tensor, eps: torch.Tensor, analytic_kl: bool) -> float:
+        """Fill ``self.gradients`` with those of loss = -mean ELBO of the batch; return the batch's ELBO sum.
+
+        x (B, D) float32 contiguous images (binary, or any values: the sums skip the zeros only);
+        eps (B, D_z) the standard normal draws of z = mean + std eps.
+        """
+        batch = x.shape[0]
+        if batch > self.capacity:
+            raise ValueError(f"a batch of {batch} images exceeds the capacity of {self.capacity}")
+        x, eps = x.contiguous(), eps.contiguous()
+        threads, scale = max(1, torch.get_num_threads()), 1.0 / batch
+        library, buffers = self.library, self._buffers_address
+        _check(library.mnistgen_vae_forward(buffers, x.data_ptr(), eps.data_ptr(), batch, threads), "VAE forward")
+        h2, d_logits = self.h2[:batch], self.d_logits[:batch]
+        torch.addmm(self.out_bias, h2, self.out_weight.t(), out=self.logits[:batch])  # (B, D)
+        library.mnistgen_vae_output(buffers, x.data_ptr(), batch, scale, threads)
+        torch.mm(d_logits.t(), h2, out=self.out_weight_gradient)  # (D, H)
+        torch.mm(d_logits, self.out_weight, out=self.d_h2[:batch])  # (B, H)
+        _check(library.mnistgen_vae_backward(buffers, eps.data_ptr(), batch, scale, int(analytic_kl),
+                                             ctypes.byref(self._elbo), threads), "VAE backward")
+        return self._elbo.value
+
+    def adam_step(self, lr: float, betas: tuple[float, float], eps: float) -> None:
+        """One Adam step of every parameter with ``self.gradients`` (PyTorch's Adam, no weight decay)."""
+        self.adam_steps += 1
+        beta1, beta2 = betas
+        step_size = lr / (1.0 - beta1 ** self.adam_steps)
+        bias_correction2_sqrt = math.sqrt(1.0 - beta2 ** self.adam_steps)
+        self.library.mnistgen_adam(self.parameters.data_ptr(), self.gradients.data_ptr(), self.exp_avg.data_ptr(),
+                                   self.exp_avg_sq.data_ptr(), self.parameters.numel(), beta1, beta2, step_size,
+                                   bias_correction2_sqrt, eps, max(1, torch.get_num_threads()))
