@@ -66,6 +66,7 @@ def main() -> None:
     model = build_model(config, device)
     optimizer = make_optimizer(model, config.lr)
     noise = torch.Generator(device).manual_seed(stream_seed(config.seed, NOISE_STREAM))
+    steps = kernels.steps(model, optimizer, config.batch_size)
     plain = baseline.PlainVAE.copy_of(model)
     plain_optimizer = torch.optim.Adam(plain.parameters(), lr=config.lr)
     plain_order = torch.Generator().manual_seed(config.seed)
@@ -75,7 +76,7 @@ def main() -> None:
         batches = list(shuffled_batches(len(images), config.batch_size, order))
         step_elbos = torch.zeros(len(batches), device=device)
         train_epoch(model, optimizer, images, batches, noise=noise, analytic_kl=False,
-                    dynamic_binarization=False, step_elbos=step_elbos, kernels=kernels)
+                    dynamic_binarization=False, step_elbos=step_elbos, steps=steps)
         return float(step_elbos.sum()) / len(images)
 
     def plain_epoch() -> float:

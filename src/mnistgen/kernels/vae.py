@@ -45,6 +45,12 @@ class _Buffers(ctypes.Structure):
             "image_count", "image_pixel", "image_value", "pixel_count", "pixel_image", "pixel_value")]
 
 
+class _AdamStep(ctypes.Structure):
+    """The C struct AdamStep: the scalars of one step of PyTorch's Adam."""
+
+    _fields_ = [(name, ctypes.c_float) for name in ("beta1", "beta2", "step_size", "bias_correction2_sqrt", "eps")]
+
+
 def _parameter_slots(model: VAE) -> list[tuple[str, torch.nn.Parameter, bool]]:
     """(name in the C struct, the model's parameter, stored transposed?) in the flat buffers' order."""
     encoder, decoder = model.encoder, model.decoder
@@ -82,9 +88,10 @@ class NativeVAEStep:
             fields["g_" + name] = self.gradients[where].data_ptr()
             offset += parameter.numel()
         del fields["g_out_w"]  # PyTorch's product writes it
-        self.out_weight = self.parameters[self._views[8][2]].view(pixels, hidden)  # (D, H) Wo
-        self.out_bias = self.parameters[self._views[9][2]]
-        self.out_weight_gradient = self.gradients[self._views[8][2]].view(pixels, hidden)
+        where = {name: view[2] for (name, _, _), view in zip(slots, self._views, strict=True)}
+        self.out_weight = self.parameters[where["out_w"]].view(pixels, hidden)  # (D, H) Wo
+        self.out_bias = self.parameters[where["out_b"]]
+        self.out_weight_gradient = self.gradients[where["out_w"]].view(pixels, hidden)
 
         # activations of one batch, (capacity, .)
         self.capacity = capacity
@@ -158,14 +165,14 @@ class NativeVAEStep:
     def compute_gradients(self, x: torch.Tensor, eps: torch.Tensor, analytic_kl: bool) -> float:
         """Fill ``self.gradients`` with those of loss = -mean ELBO of the batch; return the batch's ELBO sum.
 
-        x (B, D) float32 contiguous images (binary, or any values: the sums skip the zeros only);
-        eps (B, D_z) the standard normal draws of z = mean + std eps.
+        x (B, D) float32 images (binary, or any values: the sums skip the zeros only); eps (B, D_z) the
+        standard normal draws of z = mean + std eps.
         """
         batch = x.shape[0]
         if batch > self.capacity:
             raise ValueError(f"a batch of {batch} images exceeds the capacity of {self.capacity}")
-        x, eps = x.contiguous(), eps.contiguous()
-        threads, scale = max(1, torch.get_num_threads()), 1.0 / batch
+        x, eps = x.float().contiguous(), eps.float().contiguous()
+        threads, scale = _threads(), 1.0 / batch
         library, buffers = self.library, self._buffers_address
         _check(library.mnistgen_vae_forward(buffers, x.data_ptr(), eps.data_ptr(), batch, threads), "VAE forward")
         h2, d_logits = self.h2[:batch], self.d_logits[:batch]
@@ -181,8 +188,12 @@ class NativeVAEStep:
         """One Adam step of every parameter with ``self.gradients`` (PyTorch's Adam, no weight decay)."""
         self.adam_steps += 1
         beta1, beta2 = betas
-        step_size = lr / (1.0 - beta1 ** self.adam_steps)
-        bias_correction2_sqrt = math.sqrt(1.0 - beta2 ** self.adam_steps)
+        adam = _AdamStep(beta1=beta1, beta2=beta2, step_size=lr / (1.0 - beta1 ** self.adam_steps),
+                         bias_correction2_sqrt=math.sqrt(1.0 - beta2 ** self.adam_steps), eps=eps)
         self.library.mnistgen_adam(self.parameters.data_ptr(), self.gradients.data_ptr(), self.exp_avg.data_ptr(),
-                                   self.exp_avg_sq.data_ptr(), self.parameters.numel(), beta1, beta2, step_size,
-                                   bias_correction2_sqrt, eps, max(1, torch.get_num_threads()))
+                                   self.exp_avg_sq.data_ptr(), self.parameters.numel(), ctypes.byref(adam),
+                                   _threads())
+
+
+def _threads() -> int:
+    return max(1, torch.get_num_threads())

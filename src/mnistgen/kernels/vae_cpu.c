@@ -74,6 +74,28 @@ typedef struct {
     float *pixel_value; /* (D, B) */
 } VAEBuffers;
 
+/* the scalars of one Adam step (PyTorch's Adam without weight decay): step_size = lr / (1 - beta1^t),
+ * bias_correction2_sqrt = sqrt(1 - beta2^t) */
+typedef struct {
+    float beta1, beta2, step_size, bias_correction2_sqrt, eps;
+} AdamStep;
+
+/* Adam on n parameters, in the order of operations of PyTorch's fused CPU kernel:
+ * m = m + (1 - beta1) (g - m); v = beta2 v + (1 - beta2) g^2; param -= step_size m / (sqrt(v) / bc2_sqrt + eps) */
+static inline void adam_update(float *restrict param, const float *restrict grad, float *restrict m,
+                               float *restrict v, long n, const AdamStep *a) {
+    float one_minus_beta1 = 1.0f - a->beta1, one_minus_beta2 = 1.0f - a->beta2, beta2 = a->beta2;
+    float step_size = a->step_size, bias_correction2_sqrt = a->bias_correction2_sqrt, eps = a->eps;
+    for (long i = 0; i < n; i++) {
+        float g = grad[i];
+        float mi = m[i] + one_minus_beta1 * (g - m[i]);
+        float vi_ = v[i] * beta2 + g * g * one_minus_beta2;
+        m[i] = mi;
+        v[i] = vi_;
+        param[i] -= step_size * mi / (sqrtf(vi_) / bias_correction2_sqrt + eps);
+    }
+}
+
 /* --------------------------------------------------------------------------- vector math */
 
 static inline vf vload(const float *p) { return *(const vfu *)p; }
@@ -538,24 +560,13 @@ int mnistgen_vae_backward(const VAEBuffers *s, const float *eps, long batch, flo
     return 0;
 }
 
-/* One Adam step (PyTorch's algorithm and its fused CPU kernel's order of operations) over n parameters:
- * m = m + (1 - beta1) (g - m); v = beta2 v + (1 - beta2) g^2;
- * param -= step_size * m / (sqrt(v) / bias_correction2_sqrt + eps), step_size = lr / (1 - beta1^t). */
-void mnistgen_adam(float *param, const float *grad, float *m, float *v, long n, float beta1, float beta2,
-                   float step_size, float bias_correction2_sqrt, float eps, int threads) {
+/* One Adam step (adam_update) over n parameters, split over the threads */
+void mnistgen_adam(float *param, const float *grad, float *m, float *v, long n, const AdamStep *adam, int threads) {
     (void)threads;
-    float one_minus_beta1 = 1.0f - beta1, one_minus_beta2 = 1.0f - beta2;
 #pragma omp parallel num_threads(threads)
     {
         long first, last;
         share(n, &first, &last);
-        for (long i = first; i < last; i++) {
-            float g = grad[i];
-            float mi = m[i] + one_minus_beta1 * (g - m[i]);
-            float vi_ = v[i] * beta2 + g * g * one_minus_beta2;
-            m[i] = mi;
-            v[i] = vi_;
-            param[i] -= step_size * mi / (sqrtf(vi_) / bias_correction2_sqrt + eps);
-        }
+        adam_update(param + first, grad + first, m + first, v + first, last - first, adam);
     }
 }

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,42 +171,49 @@ def elbo_with_gradients(model: VAE, x: torch.Tensor, eps: torch.Tensor, analytic
     return elbo_sum
 
 
-# A training step: (x (B, 784), eps (B, D_z), analytic_kl) -> the batch's ELBO sum (0-d tensor or float),
-# after which the model has taken its Adam step.
-StepFunction = Callable[[torch.Tensor, torch.Tensor, bool], "torch.Tensor | float"]
+class TorchSteps:
+    """Training steps with PyTorch's kernels: :func:`elbo_with_gradients`, then ``optimizer.step()``; the
+    model's and the optimizer's own tensors are the state."""
 
+    def __init__(self, model: VAE, optimizer: torch.optim.Optimizer, capacity: int):
+        self.model, self.optimizer = model, optimizer
 
-@contextmanager
-def torch_steps(model: VAE, optimizer: torch.optim.Optimizer, capacity: int) -> Iterator[StepFunction]:
-    """Steps with PyTorch's kernels: :func:`elbo_with_gradients`, then ``optimizer.step()``."""
-    def step(x: torch.Tensor, eps: torch.Tensor, analytic_kl: bool) -> torch.Tensor:
-        elbo_sum = elbo_with_gradients(model, x, eps, analytic_kl)
-        synchronize_gradients(model)
-        optimizer.step()
+    def step(self, x: torch.Tensor, eps: torch.Tensor, analytic_kl: bool) -> torch.Tensor:
+        """One Adam step on x (B, 784) with the draws eps (B, D_z); returns the batch's ELBO sum (0-d tensor)."""
+        elbo_sum = elbo_with_gradients(self.model, x, eps, analytic_kl)
+        synchronize_gradients(self.model)
+        self.optimizer.step()
         return elbo_sum
 
-    yield step
+    def store(self) -> None:
+        """Nothing to do: the model and the optimizer are always up to date."""
 
 
-@contextmanager
-def native_steps(model: VAE, optimizer: torch.optim.Optimizer, capacity: int) -> Iterator[StepFunction]:
-    """Steps with mnistgen's C kernels (:class:`mnistgen.kernels.vae.NativeVAEStep`): the weights and Adam's
-    state are copied in on entry and back into ``model`` and ``optimizer`` on exit; Adam's hyper-parameters
-    are read from the optimizer at every step."""
-    native = NativeVAEStep(model, capacity)
-    native.load(model, optimizer)
-    group = optimizer.param_groups[0]
+class NativeSteps:
+    """Training steps with mnistgen's C kernels (:class:`mnistgen.kernels.vae.NativeVAEStep`), for batches
+    of at most ``capacity`` images. The weights and Adam's state are copied in once, here, and live in the
+    kernels' flat buffers; :meth:`store` copies them back into the model and the optimizer (train_epoch does
+    at the end of every epoch, so evaluation and checkpoints see them). Adam's hyper-parameters are read from
+    the optimizer at every step (the learning rate schedule sets them per epoch)."""
 
-    def step(x: torch.Tensor, eps: torch.Tensor, analytic_kl: bool) -> float:
-        elbo_sum = native.compute_gradients(x, eps, analytic_kl)
-        average_over_ranks([native.gradients])
-        native.adam_step(group["lr"], group["betas"], group["eps"])
+    def __init__(self, model: VAE, optimizer: torch.optim.Optimizer, capacity: int):
+        self.model, self.optimizer = model, optimizer
+        self.native = NativeVAEStep(model, capacity)
+        self.native.load(model, optimizer)
+
+    def step(self, x: torch.Tensor, eps: torch.Tensor, analytic_kl: bool) -> float:
+        """As :meth:`TorchSteps.step`; returns the ELBO sum as a float."""
+        elbo_sum = self.native.compute_gradients(x, eps, analytic_kl)
+        average_over_ranks([self.native.gradients])
+        group = self.optimizer.param_groups[0]
+        self.native.adam_step(group["lr"], group["betas"], group["eps"])
         return elbo_sum
 
-    try:
-        yield step
-    finally:
-        native.store(model, optimizer)
+    def store(self) -> None:
+        self.native.store(self.model, self.optimizer)
+
+
+VAESteps = TorchSteps | NativeSteps
 
 
 @dataclass(frozen=True)
@@ -214,37 +221,39 @@ class VAEKernels:
     """How training steps are computed. Both choices compute the same steps (to float32 rounding)."""
 
     kernels: str  # "native" or "torch", as recorded in the run's metrics
-    steps: Callable[[VAE, torch.optim.Optimizer, int], AbstractContextManager[StepFunction]]
+    steps: Callable[[VAE, torch.optim.Optimizer, int], VAESteps]  # (model, optimizer, most images per batch)
 
 
-TORCH_KERNELS = VAEKernels("torch", torch_steps)
-NATIVE_KERNELS = VAEKernels("native", native_steps)
+TORCH_KERNELS = VAEKernels("torch", TorchSteps)
+NATIVE_KERNELS = VAEKernels("native", NativeSteps)
 
 
 def choose_vae_kernels(cpu_kernels: str, device: torch.device, say: Callable[[str], None] | None = None) -> VAEKernels:
     """The VAEKernels for the ``--cpu-kernels`` setting on ``device`` (see
     :func:`mnistgen.kernels.native.use_native_kernels`: "auto" falls back to PyTorch's kernels with a note)."""
-    note = "the VAE trains with PyTorch's CPU kernels, about 1.5x slower"
+    note = "the VAE trains with PyTorch's CPU kernels, about 1.6x slower"
     return NATIVE_KERNELS if use_native_kernels(cpu_kernels, device, load_vae_library, note, say) else TORCH_KERNELS
 
 
 def train_epoch(model: VAE, optimizer: torch.optim.Optimizer, images: torch.Tensor, batches: list[torch.Tensor],
                 *, noise: torch.Generator, analytic_kl: bool, dynamic_binarization: bool,
                 step_elbos: torch.Tensor, start_step: int = 0, stop: Callable[[], bool] | None = None,
-                on_step: Callable[[], Any] | None = None, kernels: VAEKernels = TORCH_KERNELS) -> int:
+                on_step: Callable[[], Any] | None = None, steps: VAESteps | None = None) -> int:
     """The steps ``start_step..`` of one epoch; returns the number of steps done (fewer if ``stop()`` said so).
 
     images (N, 784) on the model's device (binary, or gray levels when ``dynamic_binarization``);
     batches: index tensors from ``shuffled_batches``; step_elbos (len(batches),) receives each step's
-    ELBO sum. ``stop`` is polled before each step; ``on_step`` is called after each. ``kernels``: see
-    :func:`choose_vae_kernels`.
+    ELBO sum. ``stop`` is polled before each step; ``on_step`` is called after each. ``steps``: how a step
+    is computed, made by :func:`choose_vae_kernels`'s ``steps`` for this model and optimizer (default:
+    PyTorch's kernels); its :meth:`store` runs before returning, so the model and the optimizer are current.
     """
+    steps = steps if steps is not None else TorchSteps(model, optimizer, 0)
     device = images.device
     order = torch.cat(batches).to(device)
     epoch_images = images.index_select(0, order)  # (n, 784): one gather, then contiguous slices
     ends = np.cumsum([len(b) for b in batches]).tolist()
     latent_dim = model.latent_dim
-    with kernels.steps(model, optimizer, max(len(b) for b in batches)) as take_step:
+    try:
         for step in range(start_step, len(batches)):
             if stop is not None and stop():
                 return step
@@ -252,10 +261,12 @@ def train_epoch(model: VAE, optimizer: torch.optim.Optimizer, images: torch.Tens
             if dynamic_binarization:
                 x = binarize_batch(x, noise)
             eps = torch.randn((x.shape[0], latent_dim), generator=noise, device=device, dtype=x.dtype)
-            step_elbos[step] = take_step(x, eps, analytic_kl)
+            step_elbos[step] = steps.step(x, eps, analytic_kl)
             if on_step is not None:
                 on_step()
-    return len(batches)
+        return len(batches)
+    finally:
+        steps.store()
 
 
 # --------------------------------------------------------------------------- the loop
@@ -346,6 +357,7 @@ def _train(config: VAEConfig, run: RunDir, resume: bool, protocol: Protocol, dev
     num_train = len(data.train_images)
     analytic_kl = config.objective == "analytic"
     steps_per_epoch = len(range(0, num_train, config.batch_size))
+    steps = kernels.steps(model, optimizer, config.batch_size)  # after the checkpoint is loaded: native copies it
     bar = progress(total=steps_per_epoch * (config.epochs - epochs_done) - start_step, description="vae",
                    enabled=show_progress)
     try:
@@ -363,7 +375,7 @@ def _train(config: VAEConfig, run: RunDir, resume: bool, protocol: Protocol, dev
             started = time.perf_counter()
             done = train_epoch(model, optimizer, data.train_images, batches, noise=noise, analytic_kl=analytic_kl,
                                dynamic_binarization=data.dynamic_binarization, step_elbos=step_elbos,
-                               start_step=start_step, stop=stop, on_step=lambda: bar.update(1), kernels=kernels)
+                               start_step=start_step, stop=stop, on_step=lambda: bar.update(1), steps=steps)
             train_seconds = seconds_before + time.perf_counter() - started
             if done < len(batches):
                 run.save_checkpoint(_checkpoint(model, optimizer, generators, config, epoch, done, order_state,
