@@ -127,6 +127,7 @@ SIGNATURES = {
         "mnistgen_vae_output": [_P, _P, _N, _F, _THREADS],
         "mnistgen_vae_backward": [_P, _P, _N, _F, ctypes.c_int, _P, _THREADS],
         "mnistgen_adam": ([_P, _P, _P, _P, _N, _P, _THREADS], None),
+        "mnistgen_vae_math": [ctypes.c_int, _P, _P, _N],
     },
 }
 

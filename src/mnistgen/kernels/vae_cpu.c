@@ -570,3 +570,14 @@ void mnistgen_adam(float *param, const float *grad, float *m, float *v, long n, 
         adam_update(param + first, grad + first, m + first, v + first, last - first, adam);
     }
 }
+
+/* The vector functions above, for tests: out[i] = f(in[i]) with f = exp (function 0), log1p on [0, 1]
+ * (function 1) or tanh (function 2). Returns -1 for another function number. */
+int mnistgen_vae_math(int function, const float *in, float *out, long n) {
+    if (function < 0 || function > 2) return -1;
+    memcpy(out, in, sizeof(float) * (size_t)n);
+    if (function == 0) MAP_IN_PLACE(v_exp, out, n);
+    if (function == 1) MAP_IN_PLACE(v_log1p_unit, out, n);
+    if (function == 2) MAP_IN_PLACE(v_tanh, out, n);
+    return 0;
+}

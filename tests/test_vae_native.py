@@ -1,0 +1,375 @@
+"""The VAE's C kernels (kernels/vae_cpu.c through kernels/vae.py and train/vae.py's NativeSteps) against
+PyTorch: the vector functions, the ELBO and every gradient against the hand-derived and the autograd
+backward, odd sizes (hidden widths that leave vector tails, gray images, empty and full images), NaN,
+independence of the thread count, Adam against PyTorch's, the state copied in and out, and whole training
+runs against PyTorch's kernels and the plain loop."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+from bench_support import load_bench_module
+
+from mnistgen.config import DataConfig, VAEConfig
+from mnistgen.data.batches import shuffled_batches
+from mnistgen.data.protocols import load_protocol
+from mnistgen.device import seed_everything
+from mnistgen.errors import MnistgenError
+from mnistgen.kernels import native
+from mnistgen.kernels.native import load_vae_library
+from mnistgen.kernels.vae import NativeVAEStep
+from mnistgen.losses import elbo_analytic, elbo_mc
+from mnistgen.models.vae import VAE
+from mnistgen.runs import RunDir
+from mnistgen.train.common import stream_seed
+from mnistgen.train.vae import (
+    NATIVE_KERNELS,
+    NOISE_STREAM,
+    TORCH_KERNELS,
+    build_model,
+    choose_vae_kernels,
+    elbo_with_gradients,
+    make_optimizer,
+    train_epoch,
+    train_vae,
+)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+EXP, LOG1P, TANH = 0, 1, 2
+ULP = 2.0 ** -23  # float32's relative spacing at 1
+
+
+def vector_math(function: int, values: torch.Tensor) -> torch.Tensor:
+    values = values.float().contiguous()
+    out = torch.empty_like(values)
+    assert load_vae_library().mnistgen_vae_math(function, values.data_ptr(), out.data_ptr(), values.numel()) == 0
+    return out
+
+
+def binary_images(count: int, density: float = 0.13, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.rand(count, 784, generator=generator) < density).float()
+
+
+def native_gradients(model: VAE, x: torch.Tensor, eps: torch.Tensor, analytic_kl: bool, capacity: int | None = None):
+    """The C kernels' ELBO sum and gradients, in the model's parameters' layout and order."""
+    native = NativeVAEStep(model, capacity or len(x))
+    native.load(model, torch.optim.Adam(model.parameters()))
+    elbo = native.compute_gradients(x, eps, analytic_kl)
+    gradients = []
+    for _parameter, transposed, where, shape in native._views:
+        flat = native.gradients[where].view(shape)
+        gradients.append((flat.t() if transposed else flat).clone())
+    gradients[8] = native.out_weight_gradient.clone()  # written by PyTorch's product into the same buffer
+    return elbo, gradients
+
+
+def reference_gradients(model: VAE, x: torch.Tensor, eps: torch.Tensor, analytic_kl: bool):
+    for parameter in model.parameters():
+        parameter.grad = None
+    elbo = elbo_with_gradients(model, x, eps, analytic_kl)
+    return float(elbo), [parameter.grad.clone() for parameter in model.parameters()]
+
+
+def assert_gradients_close(mine, theirs, tolerance: float):
+    for index, (a, b) in enumerate(zip(mine, theirs, strict=True)):
+        scale = b.abs().max().item() + 1e-30
+        assert (a - b).abs().max().item() <= tolerance * scale, f"parameter {index}"
+
+
+# --------------------------------------------------------------------------- vector functions
+
+
+def test_exp_log1p_and_tanh_are_accurate_to_a_few_units_in_the_last_place():
+    # exp over the whole range it serves (arguments <= 0 in the kernels, both signs tested)
+    x = torch.linspace(-87.0, 88.0, 200_001)
+    exact = torch.exp(x.double())
+    assert ((vector_math(EXP, x).double() - exact).abs() / exact).max() < 4 * ULP
+    # log1p(e) for e in [0, 1], including tiny e where log(1 + e) would lose everything
+    e = torch.cat([torch.linspace(0.0, 1.0, 200_001), torch.logspace(-30, -1, 1000)])
+    exact = torch.log1p(e.double())
+    error = (vector_math(LOG1P, e).double() - exact).abs() / exact.clamp_min(1e-300)
+    assert error[e > 0].max() < 4 * ULP and vector_math(LOG1P, torch.zeros(3)).eq(0).all()
+    # tanh across both branches (|a| < 0.5 by its series, beyond by exp), tiny values and saturation
+    a = torch.cat([torch.linspace(-12.0, 12.0, 200_001), torch.logspace(-30, 0, 1000), -torch.logspace(-30, 0, 1000)])
+    exact = torch.tanh(a.double())
+    error = (vector_math(TANH, a).double() - exact).abs() / exact.abs().clamp_min(1e-300)
+    assert error[a != 0].max() < 4 * ULP
+    assert vector_math(TANH, torch.tensor([40.0, -40.0, math.inf, -math.inf])).tolist() == [1.0, -1.0, 1.0, -1.0]
+
+
+def test_the_vector_functions_propagate_nan():
+    nan = torch.full((11,), math.nan)  # 11: one full vector and a padded tail
+    for function in (EXP, LOG1P, TANH):
+        assert vector_math(function, nan).isnan().all(), function
+
+
+# --------------------------------------------------------------------------- one step's numbers
+
+
+@pytest.mark.parametrize("analytic_kl", [False, True], ids=["eq2-mc", "eq1-analytic"])
+def test_elbo_and_every_gradient_equal_the_hand_derived_backward(analytic_kl):
+    torch.manual_seed(0)
+    model = VAE()
+    x, eps = binary_images(100), torch.randn(100, 2)
+    elbo, gradients = native_gradients(model, x, eps, analytic_kl)
+    reference_elbo, reference = reference_gradients(model, x, eps, analytic_kl)
+    assert elbo == pytest.approx(reference_elbo, rel=1e-6)
+    assert_gradients_close(gradients, reference, 1e-5)
+
+
+@pytest.mark.parametrize("hidden, latent", [(5, 1), (13, 3), (70, 2), (136, 4)])
+def test_odd_widths_gray_images_and_small_batches_equal_autograd(hidden, latent):
+    """Widths below one vector, with a tail, one full block plus a tail, two blocks; gray levels (the sums
+    use the values, not just 1); 7 images in buffers for 10; autograd through losses.vae_elbo in float64."""
+    torch.manual_seed(1)
+    model = VAE(latent_dim=latent, hidden=hidden)
+    gray = torch.rand(7, 784) * binary_images(7, density=0.3, seed=1)
+    eps = torch.randn(7, latent)
+    for analytic_kl in (False, True):
+        elbo, gradients = native_gradients(model, gray, eps, analytic_kl, capacity=10)
+        exact = VAE(latent_dim=latent, hidden=hidden).double()
+        exact.load_state_dict(model.state_dict())
+        x64 = gray.double()
+        mean, logvar = exact.encoder(x64)
+        z = mean + torch.exp(0.5 * logvar) * eps.double()
+        logits = exact.decoder.logits(z)
+        elbos = elbo_analytic(x64, logits, mean, logvar) if analytic_kl else elbo_mc(x64, logits, z, mean, logvar)
+        loss = -elbos.mean()
+        exact.zero_grad()
+        loss.backward()
+        assert elbo == pytest.approx(-loss.item() * len(gray), rel=1e-5)
+        assert_gradients_close(gradients, [p.grad.float() for p in exact.parameters()], 2e-5)
+
+
+def test_empty_and_full_images_and_extreme_latents_stay_finite():
+    torch.manual_seed(2)
+    model = VAE()
+    with torch.no_grad():
+        model.encoder.logvar.bias.fill_(-40.0)  # std = exp(-20)
+        model.encoder.mean.bias.fill_(30.0)  # z far out in the tails of the prior
+    x = torch.cat([torch.zeros(3, 784), torch.ones(3, 784)])  # no nonzero pixel at all / every pixel on
+    eps = torch.randn(6, 2) * 5
+    for analytic_kl in (False, True):
+        elbo, gradients = native_gradients(model, x, eps, analytic_kl)
+        reference_elbo, reference = reference_gradients(model, x, eps, analytic_kl)
+        assert math.isfinite(elbo) and all(g.isfinite().all() for g in gradients)
+        assert elbo == pytest.approx(reference_elbo, rel=1e-6)
+        assert_gradients_close(gradients, reference, 1e-5)
+
+
+def test_a_nan_weight_gives_a_nan_elbo():
+    for poison in ("encoder.hidden.weight", "decoder.output.bias", "encoder.logvar.weight"):
+        torch.manual_seed(3)
+        model = VAE()
+        with torch.no_grad():
+            model.get_parameter(poison).view(-1)[0] = math.nan  # pixel 0's weight, or logit 0's bias, ...
+        x = binary_images(4)
+        x[:, 0] = 1.0  # pixel 0 is on, so the poisoned weight is read
+        elbo, _ = native_gradients(model, x, torch.randn(4, 2), analytic_kl=False)
+        assert math.isnan(elbo), poison
+
+
+def test_results_do_not_depend_on_the_number_of_threads():
+    torch.manual_seed(4)
+    model = VAE(hidden=140)  # two column blocks and a tail: the jobs split differently
+    x, eps = binary_images(50), torch.randn(50, 2)
+    results = []
+    for threads in (1, 2, 3):
+        torch.set_num_threads(threads)
+        results.append(native_gradients(model, x, eps, analytic_kl=False))
+    torch.set_num_threads(1)
+    for elbo, gradients in results[1:]:
+        assert elbo == results[0][0]
+        assert all(torch.equal(a, b) for a, b in zip(gradients, results[0][1], strict=True))
+
+
+def test_a_batch_above_the_capacity_is_refused():
+    native = NativeVAEStep(VAE(hidden=8), capacity=4)
+    with pytest.raises(ValueError, match="capacity of 4"):
+        native.compute_gradients(binary_images(5), torch.randn(5, 2), analytic_kl=False)
+
+
+# --------------------------------------------------------------------------- Adam and the state
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "for-loop"])
+def test_adam_steps_equal_pytorchs_adam(fused):
+    torch.manual_seed(5)
+    model = VAE(hidden=24)
+    twin = VAE(hidden=24)
+    twin.load_state_dict(model.state_dict())
+    optimizer = torch.optim.Adam(twin.parameters(), lr=3e-3, betas=(0.8, 0.99), eps=1e-6, fused=fused)
+    native = NativeVAEStep(model, capacity=1)
+    native.load(model, torch.optim.Adam(model.parameters()))
+    for _ in range(25):
+        for parameter, transposed, where, shape in native._views:
+            gradient = torch.randn_like(parameter) * 0.1
+            parameter.grad = None
+            twin.get_parameter(_name(model, parameter)).grad = gradient
+            native.gradients[where].view(shape).copy_(gradient.t() if transposed else gradient)
+        optimizer.step()
+        native.adam_step(3e-3, (0.8, 0.99), 1e-6)
+    native.store(model, torch.optim.Adam(model.parameters()))
+    for (name, mine), theirs in zip(model.named_parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-6, msg=name)
+
+
+def _name(model: torch.nn.Module, parameter: torch.nn.Parameter) -> str:
+    return next(name for name, p in model.named_parameters() if p is parameter)
+
+
+def test_state_goes_in_and_out_unchanged_and_pytorchs_adam_can_continue_it():
+    torch.manual_seed(6)
+    x, eps = binary_images(20), torch.randn(20, 2)
+    model = VAE(hidden=40)
+    optimizer = make_optimizer(model, 1e-3)
+    for _ in range(3):  # PyTorch's Adam first: its state is what the kernels must take over
+        elbo_with_gradients(model, x, eps, analytic_kl=False)
+        optimizer.step()
+    native = NativeVAEStep(model, capacity=20)
+    native.load(model, optimizer)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    moments = {id(p): {k: v.clone() for k, v in optimizer.state[p].items()} for p in model.parameters()}
+    native.store(model, optimizer)  # no step in between: everything comes back bit for bit
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    for parameter in model.parameters():
+        for key, value in optimizer.state[parameter].items():
+            assert torch.equal(value, moments[id(parameter)][key]), key
+
+    # five steps by the kernels, stored, then five by PyTorch's Adam == ten by PyTorch's Adam
+    twin = VAE(hidden=40)
+    twin.load_state_dict(model.state_dict())
+    twin_optimizer = make_optimizer(twin, 1e-3)
+    twin_optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))  # (it would share the moments)
+    for _ in range(5):
+        native.compute_gradients(x, eps, analytic_kl=False)
+        native.adam_step(1e-3, (0.9, 0.999), 1e-8)
+        elbo_with_gradients(twin, x, eps, analytic_kl=False)
+        twin_optimizer.step()
+    native.store(model, optimizer)
+    assert int(optimizer.state[model.encoder.hidden.weight]["step"]) == 8
+    for _ in range(5):
+        for m, o in ((model, optimizer), (twin, twin_optimizer)):
+            elbo_with_gradients(m, x, eps, analytic_kl=False)
+            o.step()
+    for (name, mine), theirs in zip(model.named_parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=2e-6, msg=name)
+
+
+def test_the_kernels_refuse_an_optimizer_they_cannot_follow():
+    model = VAE(hidden=8)
+    native = NativeVAEStep(model, capacity=2)
+    with pytest.raises(MnistgenError, match="weight decay"):
+        native.load(model, torch.optim.Adam(model.parameters(), weight_decay=0.1))
+    with pytest.raises(MnistgenError, match="one parameter group"):
+        native.load(model, torch.optim.Adam(list(model.parameters())[:4]))
+
+
+# --------------------------------------------------------------------------- training
+
+
+@pytest.mark.parametrize("dynamic_binarization", [False, True], ids=["hw-binary", "full-dynamic"])
+def test_an_epoch_with_the_kernels_follows_pytorchs_kernels(mnist_raw, dynamic_binarization):
+    protocol = load_protocol("full" if dynamic_binarization else "hw", mnist_raw, validation_size=10000)
+    images = protocol.train_images[:1000]
+    runs = []
+    for kernels in (NATIVE_KERNELS, TORCH_KERNELS):
+        config = VAEConfig(device="cpu")
+        order = seed_everything(config.seed)
+        model = build_model(config, torch.device("cpu"))
+        optimizer = make_optimizer(model, config.lr)
+        noise = torch.Generator().manual_seed(stream_seed(config.seed, NOISE_STREAM))
+        steps = kernels.steps(model, optimizer, config.batch_size)
+        elbos = []
+        for _ in range(2):  # 20 steps, the state stored and kept across the epoch boundary
+            batches = list(shuffled_batches(len(images), config.batch_size, order))
+            step_elbos = torch.zeros(len(batches))
+            train_epoch(model, optimizer, images, batches, noise=noise, analytic_kl=False,
+                        dynamic_binarization=dynamic_binarization, step_elbos=step_elbos, steps=steps)
+            elbos += step_elbos.tolist()
+        runs.append((elbos, model.state_dict(), optimizer.state_dict()))
+    (native_elbos, native_weights, native_adam), (torch_elbos, torch_weights, torch_adam) = runs
+    np.testing.assert_allclose(native_elbos, torch_elbos, rtol=2e-5)
+    assert native_elbos[-1] > native_elbos[0] + 100 * 100  # learning: 100 nats per image better
+    # Weights equal to 2e-5, except at most a handful of the 392,000 encoder weights: a gradient summed to
+    # nearly zero from terms that cancel (a pixel seen in few images) has a rounding-dependent sign, and Adam
+    # turns a sign into a step of up to lr; so those stay within one step (lr = 1e-3).
+    for key in torch_weights:
+        difference = (native_weights[key] - torch_weights[key]).abs()
+        assert int((difference > 2e-5).sum()) <= 10 and difference.max().item() < 1e-3, key
+    for index, state in torch_adam["state"].items():
+        assert int(native_adam["state"][index]["step"]) == int(state["step"]) == 20
+        torch.testing.assert_close(native_adam["state"][index]["exp_avg"], state["exp_avg"], rtol=0, atol=1e-5)
+
+
+def test_the_kernels_follow_the_plain_loop_of_the_benchmark(mnist_raw):
+    """The loop bench/vae_speed.py times (C kernels) against its yardstick (tests/test_vae_speed.py does the
+    same for PyTorch's kernels)."""
+    baseline = load_bench_module("vae_baseline")
+    images = torch.from_numpy((mnist_raw.train_images[:1000].reshape(1000, 784) >= 128).astype(np.float32))
+    config = VAEConfig(device="cpu")
+    order = seed_everything(config.seed)
+    model = build_model(config, torch.device("cpu"))
+    optimizer = make_optimizer(model, config.lr)
+    steps = NATIVE_KERNELS.steps(model, optimizer, config.batch_size)
+    noise = torch.Generator().manual_seed(stream_seed(config.seed, NOISE_STREAM))
+    plain = baseline.PlainVAE.copy_of(model)
+    plain_optimizer = torch.optim.Adam(plain.parameters(), lr=config.lr)
+    plain_order = torch.Generator().manual_seed(config.seed)
+    plain_noise = torch.Generator().manual_seed(stream_seed(config.seed, NOISE_STREAM))
+    native_losses, plain_losses = [], []
+    for _ in range(3):
+        batches = list(shuffled_batches(len(images), config.batch_size, order))
+        step_elbos = torch.zeros(len(batches))
+        train_epoch(model, optimizer, images, batches, noise=noise, analytic_kl=False, dynamic_binarization=False,
+                    step_elbos=step_elbos, steps=steps)
+        native_losses += (-step_elbos / config.batch_size).tolist()
+        plain_losses += baseline.baseline_epoch(plain, plain_optimizer, images, plain_order, plain_noise,
+                                                config.batch_size)
+    np.testing.assert_allclose(native_losses, plain_losses, rtol=2e-5)
+    assert native_losses[-1] < native_losses[0] - 100
+
+
+def test_choice_of_kernels(monkeypatch, tmp_path):
+    assert choose_vae_kernels("auto", torch.device("cpu")) is NATIVE_KERNELS
+    assert choose_vae_kernels("native", torch.device("cuda")) is TORCH_KERNELS  # off the CPU: PyTorch's
+    assert choose_vae_kernels("torch", torch.device("cpu")) is TORCH_KERNELS
+    with pytest.raises(MnistgenError, match="auto, native or torch"):
+        choose_vae_kernels("fast", torch.device("cpu"))
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    monkeypatch.setenv("MNISTGEN_CACHE_DIR", str(tmp_path / "cache"))
+    native.load_library.cache_clear()
+    try:
+        notes: list[str] = []
+        assert choose_vae_kernels("auto", torch.device("cpu"), say=notes.append) is TORCH_KERNELS
+        assert len(notes) == 1 and "VAE trains with PyTorch's CPU kernels" in notes[0] and "/nonexistent/cc" in notes[0]
+        with pytest.raises(MnistgenError, match="--cpu-kernels native: "):
+            choose_vae_kernels("native", torch.device("cpu"))
+    finally:
+        native.load_library.cache_clear()
+
+
+def test_a_run_records_its_kernels_and_may_switch_them_on_resume(mnist_raw, tmp_path):
+    protocol = load_protocol("hw", mnist_raw)
+    small = dataclasses.replace(protocol, train_images=protocol.train_images[:500],
+                                train_labels=protocol.train_labels[:500], eval_images=protocol.eval_images[:200],
+                                eval_labels=protocol.eval_labels[:200])
+    config = VAEConfig(epochs=2, device="cpu", data=DataConfig(offline=True))
+    straight = RunDir(tmp_path / "native")
+    train_vae(config, straight, protocol=small, show_progress=False)
+    switched = RunDir(tmp_path / "switched")
+    train_vae(dataclasses.replace(config, epochs=1, cpu_kernels="torch"), switched, protocol=small,
+              show_progress=False)
+    train_vae(config, switched, resume=True, protocol=small, show_progress=False)
+    assert [r["kernels"] for r in straight.read_metrics()] == ["native", "native"]
+    assert [r["kernels"] for r in switched.read_metrics()] == ["torch", "native"]
+    mine, theirs = straight.load_checkpoint(), switched.load_checkpoint()
+    for key, value in mine["model"].items():
+        torch.testing.assert_close(value, theirs["model"][key], rtol=0, atol=2e-5, msg=key)
