@@ -1,12 +1,14 @@
 """How fast mnistgen trains the VAE: one hw-protocol epoch of mnistgen's loop against a plain PyTorch loop.
 
-Both loops train the same model from the same weights on the same 10,000 binary images with the same
-random draws (bench/vae_baseline.py is the plain loop; tests/test_vae_speed.py shows the two follow the
-same loss trajectory). Each repetition times one epoch of each, alternating; the medians and their ratio
-are printed, as wall-clock and as CPU time of this process (the latter is less disturbed by other
-programs on a shared machine when one thread is used).
+The loops train the same model from the same weights on the same 10,000 binary images with the same
+random draws: the plain loop (bench/vae_baseline.py) and mnistgen's `train_epoch` with the kernels that
+`--cpu-kernels` chooses (default auto: the C kernels on CPU where a compiler works), and, when those are
+the C kernels, mnistgen's loop with PyTorch's kernels too. tests/test_vae_speed.py and
+tests/test_vae_native.py show that they follow the same loss trajectory. Each repetition times one epoch
+of each loop, in turn; the medians and their ratios to the plain loop are printed, as wall-clock and as
+CPU time of this process.
 
-    nice -n 10 python bench/vae_speed.py --data-dir ../shared/data/mnist --repeat 7 --threads 1
+    python bench/vae_speed.py --data-dir ../shared/data/mnist --repeat 7 [--threads 1] [--cpu-kernels torch]
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -28,7 +31,16 @@ from mnistgen.data.protocols import load_protocol
 from mnistgen.data.sources import load_raw
 from mnistgen.device import seed_everything
 from mnistgen.train.common import stream_seed
-from mnistgen.train.vae import NOISE_STREAM, build_model, choose_vae_kernels, make_optimizer, train_epoch
+from mnistgen.train.vae import (
+    NATIVE_KERNELS,
+    NOISE_STREAM,
+    TORCH_KERNELS,
+    VAEKernels,
+    build_model,
+    choose_vae_kernels,
+    make_optimizer,
+    train_epoch,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -62,36 +74,47 @@ def main() -> None:
     kernels = choose_vae_kernels(config.cpu_kernels, device)
     images = load_protocol("hw", load_raw(config.data)).train_images.to(device)  # (10000, 784) binary
 
-    order = seed_everything(config.seed)
-    model = build_model(config, device)
-    optimizer = make_optimizer(model, config.lr)
-    noise = torch.Generator(device).manual_seed(stream_seed(config.seed, NOISE_STREAM))
-    steps = kernels.steps(model, optimizer, config.batch_size)
-    plain = baseline.PlainVAE.copy_of(model)
+    def mnistgen_loop(kernels: VAEKernels, initial: dict) -> Callable[[], float]:
+        """An epoch function of mnistgen's loop with these kernels, from the weights ``initial``."""
+        order = seed_everything(config.seed)
+        model = build_model(config, device)
+        model.load_state_dict(initial)
+        optimizer = make_optimizer(model, config.lr)
+        noise = torch.Generator(device).manual_seed(stream_seed(config.seed, NOISE_STREAM))
+        steps = kernels.steps(model, optimizer, config.batch_size)
+
+        def epoch() -> float:
+            batches = list(shuffled_batches(len(images), config.batch_size, order))
+            step_elbos = torch.zeros(len(batches), device=device)
+            train_epoch(model, optimizer, images, batches, noise=noise, analytic_kl=False,
+                        dynamic_binarization=False, step_elbos=step_elbos, steps=steps)
+            return float(step_elbos.sum()) / len(images)
+
+        return epoch
+
+    seed_everything(config.seed)
+    reference = build_model(config, device)  # the weights all loops start from (never trained itself)
+    initial = reference.state_dict()
+    plain = baseline.PlainVAE.copy_of(reference)
     plain_optimizer = torch.optim.Adam(plain.parameters(), lr=config.lr)
     plain_order = torch.Generator().manual_seed(config.seed)
     plain_noise = torch.Generator(device).manual_seed(stream_seed(config.seed, NOISE_STREAM))
-
-    def mnistgen_epoch() -> float:
-        batches = list(shuffled_batches(len(images), config.batch_size, order))
-        step_elbos = torch.zeros(len(batches), device=device)
-        train_epoch(model, optimizer, images, batches, noise=noise, analytic_kl=False,
-                    dynamic_binarization=False, step_elbos=step_elbos, steps=steps)
-        return float(step_elbos.sum()) / len(images)
 
     def plain_epoch() -> float:
         losses = baseline.baseline_epoch(plain, plain_optimizer, images, plain_order, plain_noise,
                                          config.batch_size)
         return -statistics.fmean(losses)
 
-    loops = {"plain PyTorch loop": plain_epoch, "mnistgen": mnistgen_epoch}
+    loops = {"plain PyTorch loop": plain_epoch}
+    if kernels is NATIVE_KERNELS:  # both of mnistgen's loops: what the C kernels add to the PyTorch one
+        loops["mnistgen, torch kernels"] = mnistgen_loop(TORCH_KERNELS, initial)
+    loops[f"mnistgen, {kernels.kernels} kernels"] = mnistgen_loop(kernels, initial)
     wall = {name: [] for name in loops}
     cpu = {name: [] for name in loops}
     elbo = {}
     where = torch.cuda.get_device_name(0) if device.type == "cuda" else device.type
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
-          f"{torch.__version__}, {torch.get_num_threads()} torch thread(s), loops on {where}, mnistgen's kernels: "
-          f"{kernels.kernels}; load average "
+          f"{torch.__version__}, {torch.get_num_threads()} torch thread(s), loops on {where}; load average "
           f"{os.getloadavg()[0]:.1f} at start", flush=True)
 
     def synchronize() -> None:
@@ -113,10 +136,10 @@ def main() -> None:
 
     base_wall, base_cpu = statistics.median(wall["plain PyTorch loop"]), statistics.median(cpu["plain PyTorch loop"])
     print(f"\none hw epoch (10,000 images, batch {config.batch_size}), median of {args.repeat}:")
-    print(f"{'loop':22s} {'wall s':>8s} {'CPU s':>8s} {'speed-up (wall)':>16s} {'speed-up (CPU)':>15s}")
+    print(f"{'loop':26s} {'wall s':>8s} {'CPU s':>8s} {'speed-up (wall)':>16s} {'speed-up (CPU)':>15s}")
     for name in loops:
         w, c = statistics.median(wall[name]), statistics.median(cpu[name])
-        print(f"{name:22s} {w:8.3f} {c:8.3f} {base_wall / w:15.2f}x {base_cpu / c:14.2f}x")
+        print(f"{name:26s} {w:8.3f} {c:8.3f} {base_wall / w:15.2f}x {base_cpu / c:14.2f}x")
     print(f"load average {os.getloadavg()[0]:.1f} at the end; last epoch ELBOs: "
           + ", ".join(f"{k} {v:.3f}" for k, v in elbo.items()))
 
