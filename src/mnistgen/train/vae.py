@@ -7,10 +7,14 @@ gradient, and takes an Adam step. After the epoch the ELBO of the evaluation ima
 validation for ``full``) is measured, one line is appended to RUN/metrics.jsonl and RUN/checkpoint.pt is
 replaced atomically.
 
-Speed without changing the mathematics (bench/vae_speed.py measures it, tests/test_vae_train.py
-proves the equality): the gradient of the batch-mean ELBO is derived by hand
-(:func:`elbo_with_gradients`) instead of being recorded by autograd, Adam runs as one fused kernel,
-and the per-step ELBOs stay on the device until the end of the epoch (no host sync per step).
+Speed without changing the mathematics (bench/vae_speed.py measures it; tests/test_vae_speed.py and
+tests/test_vae_native.py prove the equality). A step is computed by one of two :class:`VAEKernels`
+(``--cpu-kernels``, chosen by :func:`choose_vae_kernels`): PyTorch's (:class:`TorchSteps`: the gradient
+of the batch-mean ELBO derived by hand in :func:`elbo_with_gradients` instead of recorded by autograd,
+Adam as one fused kernel; on GPUs and wherever no C compiler works) or mnistgen's C kernels on CPU
+(:class:`NativeSteps`, :mod:`mnistgen.kernels.vae`: sums over the images' nonzero pixels instead of the
+two products that read them, PyTorch's matrix multiply for the other three). Either way the per-step
+ELBOs stay on the device until the end of the epoch (no host sync per step).
 
 Randomness: one CPU generator orders the batches, one generator on the device draws eps (and the
 binary images of the full protocol), and the evaluation draws from a generator seeded anew per
@@ -18,7 +22,8 @@ epoch. Their states are in every checkpoint, so ``--resume`` ends with the same 
 uninterrupted run, whether the run stopped between epochs or (Ctrl-C) in the middle of one.
 
 Ready for torchrun: batches are sharded by rank in ``shuffled_batches``, gradients are averaged over
-ranks in :func:`synchronize_gradients`, and only rank 0 writes (through :class:`mnistgen.runs.RunDir`).
+ranks in :func:`mnistgen.train.common.average_over_ranks` (both kinds of steps call it before Adam), and
+only rank 0 writes (through :class:`mnistgen.runs.RunDir`).
 """
 
 from __future__ import annotations
@@ -231,7 +236,7 @@ NATIVE_KERNELS = VAEKernels("native", NativeSteps)
 def choose_vae_kernels(cpu_kernels: str, device: torch.device, say: Callable[[str], None] | None = None) -> VAEKernels:
     """The VAEKernels for the ``--cpu-kernels`` setting on ``device`` (see
     :func:`mnistgen.kernels.native.use_native_kernels`: "auto" falls back to PyTorch's kernels with a note)."""
-    note = "the VAE trains with PyTorch's CPU kernels, about 1.6x slower"
+    note = "the VAE trains with PyTorch's CPU kernels, about 1.5x slower"
     return NATIVE_KERNELS if use_native_kernels(cpu_kernels, device, load_vae_library, note, say) else TORCH_KERNELS
 
 
