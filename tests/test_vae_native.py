@@ -2,7 +2,7 @@
 PyTorch: the vector functions, the ELBO and every gradient against the hand-derived and the autograd
 backward, odd sizes (hidden widths that leave vector tails, gray images, empty and full images), NaN,
 independence of the thread count, Adam against PyTorch's, the state copied in and out, and whole training
-runs against PyTorch's kernels and the plain loop."""
+runs against PyTorch's kernels (tests/test_vae_speed.py: both against the plain loop of the benchmark)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from bench_support import load_bench_module
 
 from mnistgen.config import DataConfig, VAEConfig
 from mnistgen.data.batches import shuffled_batches
@@ -307,34 +306,6 @@ def test_an_epoch_with_the_kernels_follows_pytorchs_kernels(mnist_raw, dynamic_b
     for index, state in torch_adam["state"].items():
         assert int(native_adam["state"][index]["step"]) == int(state["step"]) == 20
         torch.testing.assert_close(native_adam["state"][index]["exp_avg"], state["exp_avg"], rtol=0, atol=1e-5)
-
-
-def test_the_kernels_follow_the_plain_loop_of_the_benchmark(mnist_raw):
-    """The loop bench/vae_speed.py times (C kernels) against its yardstick (tests/test_vae_speed.py does the
-    same for PyTorch's kernels)."""
-    baseline = load_bench_module("vae_baseline")
-    images = torch.from_numpy((mnist_raw.train_images[:1000].reshape(1000, 784) >= 128).astype(np.float32))
-    config = VAEConfig(device="cpu")
-    order = seed_everything(config.seed)
-    model = build_model(config, torch.device("cpu"))
-    optimizer = make_optimizer(model, config.lr)
-    steps = NATIVE_KERNELS.steps(model, optimizer, config.batch_size)
-    noise = torch.Generator().manual_seed(stream_seed(config.seed, NOISE_STREAM))
-    plain = baseline.PlainVAE.copy_of(model)
-    plain_optimizer = torch.optim.Adam(plain.parameters(), lr=config.lr)
-    plain_order = torch.Generator().manual_seed(config.seed)
-    plain_noise = torch.Generator().manual_seed(stream_seed(config.seed, NOISE_STREAM))
-    native_losses, plain_losses = [], []
-    for _ in range(3):
-        batches = list(shuffled_batches(len(images), config.batch_size, order))
-        step_elbos = torch.zeros(len(batches))
-        train_epoch(model, optimizer, images, batches, noise=noise, analytic_kl=False, dynamic_binarization=False,
-                    step_elbos=step_elbos, steps=steps)
-        native_losses += (-step_elbos / config.batch_size).tolist()
-        plain_losses += baseline.baseline_epoch(plain, plain_optimizer, images, plain_order, plain_noise,
-                                                config.batch_size)
-    np.testing.assert_allclose(native_losses, plain_losses, rtol=2e-5)
-    assert native_losses[-1] < native_losses[0] - 100
 
 
 def test_choice_of_kernels(monkeypatch, tmp_path):
