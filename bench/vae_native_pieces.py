@@ -52,7 +52,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = VAE()
     native = NativeVAEStep(model, BATCH)
-    native.load(model, torch.optim.Adam(model.parameters()))
+    native.load(torch.optim.Adam(model.parameters()))
     library, buffers, threads = native.library, native._buffers_address, torch.get_num_threads()
     eps = torch.randn(BATCH, 2)
     elbo = ctypes.c_float()

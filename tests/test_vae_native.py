@@ -19,7 +19,7 @@ from mnistgen.data.batches import shuffled_batches
 from mnistgen.data.protocols import load_protocol
 from mnistgen.device import seed_everything
 from mnistgen.errors import MnistgenError
-from mnistgen.kernels import native
+from mnistgen.kernels import native as native_build
 from mnistgen.kernels.native import load_vae_library
 from mnistgen.kernels.vae import NativeVAEStep
 from mnistgen.losses import elbo_analytic, elbo_mc
@@ -59,7 +59,7 @@ def binary_images(count: int, density: float = 0.13, seed: int = 0) -> torch.Ten
 def native_gradients(model: VAE, x: torch.Tensor, eps: torch.Tensor, analytic_kl: bool, capacity: int | None = None):
     """The C kernels' ELBO sum and gradients, in the model's parameters' layout and order."""
     native = NativeVAEStep(model, capacity or len(x))
-    native.load(model, torch.optim.Adam(model.parameters()))
+    native.load(torch.optim.Adam(model.parameters()))
     elbo = native.compute_gradients(x, eps, analytic_kl)
     gradients = []
     for _parameter, transposed, where, shape in native._views:
@@ -206,7 +206,7 @@ def test_adam_steps_equal_pytorchs_adam(fused):
     twin.load_state_dict(model.state_dict())
     optimizer = torch.optim.Adam(twin.parameters(), lr=3e-3, betas=(0.8, 0.99), eps=1e-6, fused=fused)
     native = NativeVAEStep(model, capacity=1)
-    native.load(model, torch.optim.Adam(model.parameters()))
+    native.load(torch.optim.Adam(model.parameters()))
     for _ in range(25):
         for parameter, transposed, where, shape in native._views:
             gradient = torch.randn_like(parameter) * 0.1
@@ -215,7 +215,7 @@ def test_adam_steps_equal_pytorchs_adam(fused):
             native.gradients[where].view(shape).copy_(gradient.t() if transposed else gradient)
         optimizer.step()
         native.adam_step(3e-3, (0.8, 0.99), 1e-6)
-    native.store(model, torch.optim.Adam(model.parameters()))
+    native.store(torch.optim.Adam(model.parameters()))
     for (name, mine), theirs in zip(model.named_parameters(), twin.parameters(), strict=True):
         torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-6, msg=name)
 
@@ -233,10 +233,10 @@ def test_state_goes_in_and_out_unchanged_and_pytorchs_adam_can_continue_it():
         elbo_with_gradients(model, x, eps, analytic_kl=False)
         optimizer.step()
     native = NativeVAEStep(model, capacity=20)
-    native.load(model, optimizer)
+    native.load(optimizer)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     moments = {id(p): {k: v.clone() for k, v in optimizer.state[p].items()} for p in model.parameters()}
-    native.store(model, optimizer)  # no step in between: everything comes back bit for bit
+    native.store(optimizer)  # no step in between: everything comes back bit for bit
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     for parameter in model.parameters():
         for key, value in optimizer.state[parameter].items():
@@ -252,7 +252,7 @@ def test_state_goes_in_and_out_unchanged_and_pytorchs_adam_can_continue_it():
         native.adam_step(1e-3, (0.9, 0.999), 1e-8)
         elbo_with_gradients(twin, x, eps, analytic_kl=False)
         twin_optimizer.step()
-    native.store(model, optimizer)
+    native.store(optimizer)
     assert int(optimizer.state[model.encoder.hidden.weight]["step"]) == 8
     for _ in range(5):
         for m, o in ((model, optimizer), (twin, twin_optimizer)):
@@ -266,9 +266,9 @@ def test_the_kernels_refuse_an_optimizer_they_cannot_follow():
     model = VAE(hidden=8)
     native = NativeVAEStep(model, capacity=2)
     with pytest.raises(MnistgenError, match="weight decay"):
-        native.load(model, torch.optim.Adam(model.parameters(), weight_decay=0.1))
+        native.load(torch.optim.Adam(model.parameters(), weight_decay=0.1))
     with pytest.raises(MnistgenError, match="one parameter group"):
-        native.load(model, torch.optim.Adam(list(model.parameters())[:4]))
+        native.load(torch.optim.Adam(list(model.parameters())[:4]))
 
 
 # --------------------------------------------------------------------------- training
@@ -316,7 +316,7 @@ def test_choice_of_kernels(monkeypatch, tmp_path):
         choose_vae_kernels("fast", torch.device("cpu"))
     monkeypatch.setenv("CC", "/nonexistent/cc")
     monkeypatch.setenv("MNISTGEN_CACHE_DIR", str(tmp_path / "cache"))
-    native.load_library.cache_clear()
+    native_build.load_library.cache_clear()
     try:
         notes: list[str] = []
         assert choose_vae_kernels("auto", torch.device("cpu"), say=notes.append) is TORCH_KERNELS
@@ -324,7 +324,7 @@ def test_choice_of_kernels(monkeypatch, tmp_path):
         with pytest.raises(MnistgenError, match="--cpu-kernels native: "):
             choose_vae_kernels("native", torch.device("cpu"))
     finally:
-        native.load_library.cache_clear()
+        native_build.load_library.cache_clear()
 
 
 def test_a_run_records_its_kernels_and_may_switch_them_on_resume(mnist_raw, tmp_path):

@@ -67,9 +67,14 @@ def _check(status: int, what: str) -> None:
 
 
 class NativeVAEStep:
-    """The state of VAE training on CPU by the C kernels, for batches of at most ``capacity`` images."""
+    """The state of training ``model`` on CPU by the C kernels, for batches of at most ``capacity`` images.
+
+    The weights live in the flat buffers between :meth:`load` and :meth:`store`; the model's own tensors are
+    only read by :meth:`load` and written by :meth:`store`.
+    """
 
     def __init__(self, model: VAE, capacity: int):
+        self.model = model
         self.library = load_vae_library()  # raises NativeKernelsUnavailable (one line) where it cannot be built
         pixels, hidden, latent = model.encoder.hidden.in_features, model.encoder.hidden.out_features, model.latent_dim
         slots = _parameter_slots(model)
@@ -115,9 +120,9 @@ class NativeVAEStep:
 
     # ------------------------------------------------------------------ state in and out
 
-    def load(self, model: VAE, optimizer: torch.optim.Adam) -> None:
-        """Copy the model's weights and the optimizer's moments and step count into the flat buffers."""
-        self._check_optimizer(model, optimizer)
+    def load(self, optimizer: torch.optim.Adam) -> None:
+        """Copy the model's weights and the moments and step count of its optimizer into the flat buffers."""
+        self._check_optimizer(optimizer)
         steps = set()
         for parameter, transposed, where, shape in self._views:
             self.parameters[where].view(shape).copy_(parameter.detach().t() if transposed else parameter.detach())
@@ -133,8 +138,8 @@ class NativeVAEStep:
             raise MnistgenError(f"the optimizer's parameters have taken different numbers of steps: {sorted(steps)}")
         self.adam_steps = steps.pop()
 
-    def store(self, model: VAE, optimizer: torch.optim.Adam) -> None:
-        """Copy the weights and Adam's state back into the model and the optimizer (PyTorch's state format)."""
+    def store(self, optimizer: torch.optim.Adam) -> None:
+        """Copy the weights and Adam's state back into the model and its optimizer (PyTorch's state format)."""
         with torch.no_grad():
             for parameter, transposed, where, shape in self._views:
                 values = self.parameters[where].view(shape)
@@ -151,10 +156,9 @@ class NativeVAEStep:
                     moment = flat[where].view(shape)
                     state[key].copy_(moment.t() if transposed else moment)
 
-    @staticmethod
-    def _check_optimizer(model: VAE, optimizer: torch.optim.Adam) -> None:
+    def _check_optimizer(self, optimizer: torch.optim.Adam) -> None:
         groups = optimizer.param_groups
-        if len(groups) != 1 or [id(p) for p in groups[0]["params"]] != [id(p) for p in model.parameters()]:
+        if len(groups) != 1 or [id(p) for p in groups[0]["params"]] != [id(p) for p in self.model.parameters()]:
             raise MnistgenError("the C kernels' Adam needs one parameter group holding the model's parameters")
         group = groups[0]
         if group.get("weight_decay", 0) or group.get("amsgrad") or group.get("maximize"):

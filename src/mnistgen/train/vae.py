@@ -204,7 +204,7 @@ class NativeSteps:
     def __init__(self, model: VAE, optimizer: torch.optim.Optimizer, capacity: int):
         self.model, self.optimizer = model, optimizer
         self.native = NativeVAEStep(model, capacity)
-        self.native.load(model, optimizer)
+        self.native.load(optimizer)
 
     def step(self, x: torch.Tensor, eps: torch.Tensor, analytic_kl: bool) -> float:
         """As :meth:`TorchSteps.step`; returns the ELBO sum as a float."""
@@ -215,7 +215,7 @@ class NativeSteps:
         return elbo_sum
 
     def store(self) -> None:
-        self.native.store(self.model, self.optimizer)
+        self.native.store(self.optimizer)
 
 
 VAESteps = TorchSteps | NativeSteps
