@@ -1,6 +1,6 @@
-/* CPU kernels for one training step of SPEC §2's VAE, everything except the three dense products of the
- * decoder's output layer (PyTorch's matrix multiply does those; mnistgen/kernels/vae.py says how the
- * pieces fit together), and Adam.
+/* CPU kernels for one training step of SPEC §2's VAE, Adam included: everything except the three dense
+ * products of the decoder's output layer, which PyTorch's matrix multiply does (mnistgen/kernels/vae.py
+ * says how the pieces fit together).
  *
  * Why: at batch 100 the step of a PyTorch loop is five 100 x 784 x 500 products plus many small
  * operations, each one a pass over memory with its own dispatch. Here
@@ -17,7 +17,7 @@
  * threads, so results do not depend on it.
  *
  * Vector math: exp, log1p and tanh below are accurate to a few units in the last place of float32
- * (tests check them against PyTorch's on a dense range of inputs); NaN propagates through all three.
+ * (tests check them against float64 on dense ranges of inputs); NaN propagates through all three.
  *
  * Layout (all float32, row-major): x (B, D) images; eps (B, Z) standard normal draws; the parameters and
  * gradients in the VAEBuffers struct below; activations for up to `capacity` rows.
