@@ -183,6 +183,16 @@ static inline void weight_gradients(int side, int gstride, const vf *gout, int i
     *bias = sum;
 }
 
+/* weight_gradients over a layer: cout planes of the output gradient (gstride x gstride each), cin input planes
+ * (istride x istride each); writes the (cout, cin, 3, 3) taps and the cout biases */
+static void layer_weight_gradients(int cout, int cin, int side, int gstride, const vf *gout, int istride,
+                                   const vf *in, vf *taps, vf *bias) {
+    for (int c = 0; c < cout; c++)
+        for (int ci = 0; ci < cin; ci++)
+            weight_gradients(side, gstride, gout + c * gstride * gstride, istride, in + ci * istride * istride,
+                             taps + (c * cin + ci) * 9, bias + c);
+}
+
 /* pool_relu_backward over a layer: channels planes of pre-activations a (2 side x 2 side), their pooled maxima
  * (side x side inside planes of pooled_stride, at offset pooled_offset), the pooled gradient gp (side x side);
  * writes ga (planes of ga_stride, the (2 side)^2 values at [2 + y][2 + x]). */
@@ -241,26 +251,18 @@ static void backward_group(Work *w, const float *images, const float *P, const f
             }
     if (want_params) gP[BL] = g;
     /* conv3 (valid): parameters, then the gradient of p2 as a gather over ga3's zero border */
-    if (want_params)
-        for (int c = 0; c < 8; c++)
-            for (int ci = 0; ci < 4; ci++)
-                weight_gradients(5, 9, &w->ga3[c][0][0], 7, &w->p2[ci][0][0], &gP[W3 + (c * 4 + ci) * 9], &gP[B3 + c]);
+    if (want_params) layer_weight_gradients(8, 4, 5, 9, &w->ga3[0][0][0], 7, &w->p2[0][0][0], &gP[W3], &gP[B3]);
     input_gradient(4, 8, 7, 9, 2, P + W3, &w->ga3[0][0][0], &w->gp2[0][0][0]);
     /* pool2 and relu2 */
     pool_relu_layer_backward(4, 7, &w->a2[0][0][0], &w->p2[0][0][0], 7, 0, &w->gp2[0][0][0], &w->ga2[0][0][0], 18);
     /* conv2 (padding 1) */
-    if (want_params)
-        for (int c = 0; c < 4; c++)
-            for (int ci = 0; ci < 2; ci++)
-                weight_gradients(14, 18, &w->ga2[c][0][0], 16, &w->p1[ci][0][0], &gP[W2 + (c * 2 + ci) * 9], &gP[B2 + c]);
+    if (want_params) layer_weight_gradients(4, 2, 14, 18, &w->ga2[0][0][0], 16, &w->p1[0][0][0], &gP[W2], &gP[B2]);
     /* d/d p1[ci][y][x] = sum of w2[c][ci][dy][dx] * ga2[c][y + 1 - dy][x + 1 - dx] (zero outside) */
     input_gradient(2, 4, 14, 18, 3, P + W2, &w->ga2[0][0][0], &w->gp1[0][0][0]);
     /* pool1 and relu1 */
     pool_relu_layer_backward(2, 14, &w->a1[0][0][0], &w->p1[0][0][0], 16, 1, &w->gp1[0][0][0], &w->ga1[0][0][0], 32);
     /* conv1 (padding 1) */
-    if (want_params)
-        for (int c = 0; c < 2; c++)
-            weight_gradients(28, 32, &w->ga1[c][0][0], 30, &w->x[0][0], &gP[W1 + c * 9], &gP[B1 + c]);
+    if (want_params) layer_weight_gradients(2, 1, 28, 32, &w->ga1[0][0][0], 30, &w->x[0][0], &gP[W1], &gP[B1]);
     if (grad_images) {
         vf k[2][9];
         for (int c = 0; c < 2; c++)

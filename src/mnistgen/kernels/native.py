@@ -109,9 +109,6 @@ def build(source: Path, compiler: str, flags: tuple[str, ...], target: Path) -> 
         Path(temporary).unlink(missing_ok=True)
 
 
-_float_p = ctypes.POINTER(ctypes.c_float)
-
-
 _P, _N, _THREADS, _F = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_float
 # The C functions' signatures by source (pointers are passed as addresses: ``tensor.data_ptr()`` or None),
 # each returning an int status unless given as (argtypes, restype).
