@@ -265,12 +265,13 @@ def test_the_c_kernels_are_chosen_on_cpu_only():
     assert kernels.choose_gan_forward("native", torch.device("cuda")) is kernels.TORCH_KERNELS
 
 
-def test_cli_refuses_native_kernels_without_a_compiler_in_one_line(tmp_path):
+@pytest.mark.parametrize("model", ["gan", "vae"])
+def test_cli_refuses_native_kernels_without_a_compiler_in_one_line(tmp_path, model):
     environment = {**os.environ, "CC": "/nonexistent/cc", "MNISTGEN_CACHE_DIR": str(tmp_path / "cache")}
-    command = [sys.executable, "-m", "mnistgen", "gan", "train", "--out", str(tmp_path / "run"), "--dataset",
+    command = [sys.executable, "-m", "mnistgen", model, "train", "--out", str(tmp_path / "run"), "--dataset",
                "mnist-sample", "--epochs", "1", "--cpu-kernels", "native", "--device", "cpu"]
     result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "--cpu-kernels native" in lines[0] and "Traceback" not in result.stderr
-    assert not (tmp_path / "run" / "config.json").exists()  # refused before anything was written
+    assert not (tmp_path / "run").exists()  # refused before anything was written
