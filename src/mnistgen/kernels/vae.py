@@ -41,7 +41,8 @@ class _Buffers(ctypes.Structure):
             "enc_wt", "enc_b", "mean_w", "mean_b", "logvar_w", "logvar_b", "dec_w", "dec_b", "out_w", "out_b", "dec_wt",
             "g_enc_wt", "g_enc_b", "g_mean_w", "g_mean_b", "g_logvar_w", "g_logvar_b", "g_dec_w", "g_dec_b",
             "g_out_b",
-            "h1", "mean", "logvar", "std", "z", "h2", "logits", "d_logits", "d_h2", "d_a1", "row_elbo",
+            "h1", "mean", "logvar", "std", "z", "h2", "logits", "d_logits", "d_h2", "d_a1", "d_mean", "d_logvar",
+            "row_elbo",
             "image_count", "image_pixel", "image_value", "pixel_count", "pixel_image", "pixel_value")]
 
 
@@ -62,8 +63,8 @@ def _parameter_slots(model: VAE) -> list[tuple[str, torch.nn.Parameter, bool]]:
 
 
 def _check(status: int, what: str) -> None:
-    if status != 0:
-        raise MemoryError(f"{what}: the C kernel could not allocate its working memory")
+    if status != 0:  # the kernels check their sizes; NativeVAEStep checks them first, so this is a bug
+        raise RuntimeError(f"{what}: the C kernel refused its arguments (status {status})")
 
 
 class NativeVAEStep:
@@ -102,6 +103,7 @@ class NativeVAEStep:
         self.capacity = capacity
         self.h1, self.h2, self.d_h2, self.d_a1 = (torch.empty(capacity, hidden) for _ in range(4))
         self.mean, self.logvar, self.std, self.z = (torch.empty(capacity, latent) for _ in range(4))
+        self.d_mean, self.d_logvar = torch.empty(capacity, latent), torch.empty(capacity, latent)
         self.logits, self.d_logits = torch.empty(capacity, pixels), torch.empty(capacity, pixels)
         self.dec_wt = torch.empty(latent, hidden)
         self.row_elbo = torch.empty(capacity, dtype=torch.float64)
@@ -111,6 +113,7 @@ class NativeVAEStep:
         self.pixel_image = torch.empty(pixels, capacity, dtype=torch.int32)
         self.image_value, self.pixel_value = torch.empty(capacity, pixels), torch.empty(pixels, capacity)
         for name in ("dec_wt", "h1", "mean", "logvar", "std", "z", "h2", "logits", "d_logits", "d_h2", "d_a1",
+                     "d_mean", "d_logvar",
                      "row_elbo", "image_count", "image_pixel", "image_value", "pixel_count", "pixel_image",
                      "pixel_value"):
             fields[name] = getattr(self, name).data_ptr()

@@ -26,7 +26,6 @@
 #define _POSIX_C_SOURCE 200809L
 
 #include <math.h>
-#include <stdlib.h>
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -64,6 +63,7 @@ typedef struct {
     float *d_logits; /* (B, D) dL/dlogits */
     float *d_h2;     /* (B, H) dL/dh2, written by PyTorch's product; overwritten with dL/da2 */
     float *d_a1;     /* (B, H) dL/da1 */
+    float *d_mean, *d_logvar; /* (B, Z) dL/dmean, dL/dlogvar */
     double *row_elbo; /* (B) each image's ELBO estimate */
     /* the nonzero pixels, image by image and pixel by pixel */
     int *image_count;   /* (B) */
@@ -445,9 +445,7 @@ int mnistgen_vae_output(const VAEBuffers *s, const float *x, long batch, float s
 int mnistgen_vae_backward(const VAEBuffers *s, const float *eps, long batch, float scale, int analytic_kl,
                           float *elbo_sum, int threads) {
     long H = s->hidden, Z = s->latent;
-    float *d_mean = (float *)malloc(sizeof(float) * (size_t)(2 * batch * Z));
-    if (!d_mean) return -1;
-    float *d_logvar = d_mean + batch * Z;
+    float *d_mean = s->d_mean, *d_logvar = s->d_logvar;
     (void)threads;
 #pragma omp parallel num_threads(threads)
     {
@@ -556,7 +554,6 @@ int mnistgen_vae_backward(const VAEBuffers *s, const float *eps, long batch, flo
     }
     for (long b = 0; b < batch; b++) total += s->row_elbo[b];
     *elbo_sum = (float)total;
-    free(d_mean);
     return 0;
 }
 
