@@ -1,15 +1,24 @@
-"""Every default of mnistgen, as typed frozen dataclasses, and their one-to-one mapping onto CLI flags.
+"""Every default of mnistgen, as typed frozen dataclasses, their bounds, and their one-to-one mapping onto CLI flags.
 
 Each field becomes a flag of the same name (``batch_size`` -> ``--batch-size``); a ``Literal`` type
 becomes ``choices``; a ``bool`` becomes an on/off switch. A field whose type is itself a config
 dataclass (``data: DataConfig``) contributes its own fields' flags. Configs are saved as JSON in each
 run folder (:func:`to_dict`) and read back with :func:`from_dict`, which rejects unknown keys.
+
+A numeric field declares the values it accepts beside its default, as :class:`Bound` s given to
+:func:`option` (``option(200, "passes", POSITIVE)``); a bound's end may name another field of the same
+config, and a bound may apply only while another field has a given value. :func:`validate` checks every
+bound and every ``Literal`` of a config and of the configs nested in it, and refuses the first value out
+of bounds in one line that names its flag; :func:`config_from_args` and :func:`from_dict` call it, so no
+config that no run could use leaves this module.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -19,10 +28,98 @@ from .errors import MnistgenError
 DATASETS = ("mnist", "fashion-mnist", "kmnist", "mnist-sample")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
+# --------------------------------------------------------------------------- bounds
 
-def option(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse
-    """A dataclass field with a default and the help text of its CLI flag."""
-    return field(default=default, metadata={"help": help})
+Number = int | float
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The interval a numeric field must lie in.
+
+    Each end is a number, the name of another field of the same config (``high="lr"``), or None for no end;
+    an open end excludes the end itself. ``when=(name, value)`` applies the bound only while the field
+    ``name`` of the same config equals ``value``. A float field with any bound must also be finite (no NaN,
+    no infinity).
+    """
+
+    low: Number | str | None = None
+    high: Number | str | None = None
+    low_open: bool = False
+    high_open: bool = False
+    when: tuple[str, Any] | None = None
+
+    def applies(self, config: Any) -> bool:
+        """False where ``when`` names a condition that ``config`` does not meet."""
+        return self.when is None or getattr(config, self.when[0]) == self.when[1]
+
+    def admits(self, value: Number, config: Any) -> bool:
+        """Whether ``value`` lies in the interval (an end that names a field takes that field's value in ``config``)."""
+        low, high = _resolve(self.low, config), _resolve(self.high, config)
+        above_low = low is None or (value > low if self.low_open else value >= low)
+        below_high = high is None or (value < high if self.high_open else value <= high)
+        return above_low and below_high
+
+    def requirement(self, integer: bool, config: Any | None = None) -> str:
+        """What the bound asks for, in words: "a positive integer", "0 or more", "in (0, 1]", "<= --lr (0.001)".
+
+        With ``config``, an end that names a field shows that field's value beside its flag.
+        """
+        low, high = _end_text(self.low, config), _end_text(self.high, config)
+        if self.low == 0 and self.high is None:
+            if self.low_open:
+                return "a positive integer" if integer else "a positive number"
+            return "0 or more"
+        if self.low is not None and self.high is not None:
+            return f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {low}"
+        return f"{'<' if self.high_open else '<='} {high}"
+
+    def summary(self) -> str:
+        """The bound as the help text of its flag shows it: "> 0", ">= 0", "in (0, 1]", "<= --lr under ..."."""
+        if self.low is not None and self.high is None:
+            text = f"{'>' if self.low_open else '>='} {_end_text(self.low)}"
+        else:
+            text = self.requirement(integer=False)
+        return text + self.condition()
+
+    def condition(self) -> str:
+        """" under --lr-schedule cosine" for ``when=("lr_schedule", "cosine")``; empty without ``when``."""
+        return "" if self.when is None else f" under {_flag(self.when[0])} {self.when[1]}"
+
+
+POSITIVE = Bound(low=0, low_open=True)
+NON_NEGATIVE = Bound(low=0)
+SEED_BOUND = Bound(low=0, high=2**64 - 1)
+"""NumPy's SeedSequence refuses negative seeds and torch's generators seeds past 64 bits."""
+_WRITTEN_OUT_LIMIT = 2**32  # larger integers of the form 2**k - 1 are written as such in bounds
+
+
+def _resolve(end: Number | str | None, config: Any) -> Number | None:
+    return getattr(config, end) if isinstance(end, str) else end
+
+
+def _end_text(end: Number | str | None, config: Any | None = None) -> str:
+    """A number as written in a bound (2**64 - 1 rather than its 20 digits), or a field's flag (with its value)."""
+    if isinstance(end, str):
+        return _flag(end) if config is None else f"{_flag(end)} ({getattr(config, end)})"
+    if isinstance(end, int) and end > _WRITTEN_OUT_LIMIT and (end + 1) & end == 0:
+        return f"2**{(end + 1).bit_length() - 1} - 1"
+    return str(end)
+
+
+def option(default: Any, help: str, *bounds: Bound) -> Any:  # noqa: A002 - mirrors argparse
+    """A dataclass field with a default, the help text of its CLI flag and the bounds its values must lie in."""
+    return field(default=default, metadata={"help": help, "bounds": bounds})
+
+
+def bounds_of(f: dataclasses.Field) -> tuple[Bound, ...]:
+    """The bounds declared with :func:`option` for a field (none for a field declared otherwise)."""
+    return f.metadata.get("bounds", ())
+
+
+# --------------------------------------------------------------------------- the configs
 
 
 @dataclass(frozen=True)
@@ -42,16 +139,11 @@ class DataConfig:
         "(also: $MNISTGEN_MIRRORS)"
     )
     download_timeout: float = option(
-        15.0, "seconds to wait for a mirror (connecting, or for the next bytes) before trying the next one"
+        15.0, "seconds to wait for a mirror (connecting, or for the next bytes) before trying the next one", POSITIVE
     )
-    download_retries: int = option(2, "extra rounds over the mirrors after a server error or a cut-off transfer")
-
-    def __post_init__(self) -> None:
-        # Checked here, not in validate(): these fields are DataConfig's own and used by the data layer alone.
-        if not 0 < self.download_timeout < float("inf"):
-            raise MnistgenError(f"--download-timeout must be a positive number of seconds, got {self.download_timeout}")
-        if self.download_retries < 0:
-            raise MnistgenError(f"--download-retries must be 0 or more, got {self.download_retries}")
+    download_retries: int = option(
+        2, "extra rounds over the mirrors after a server error or a cut-off transfer", NON_NEGATIVE
+    )
 
 
 @dataclass(frozen=True)
@@ -62,29 +154,36 @@ class VAEConfig:
     protocol: Literal["hw", "full"] = option(
         "hw", "hw: first 10k train images, rounded; full: 60k with validation, dynamic binarization"
     )
-    epochs: int = option(200, "number of passes over the training images")
-    batch_size: int = option(100, "images per Adam step")
-    lr: float = option(1e-3, "Adam learning rate")
-    seed: int = option(1234, "seed that fixes the whole run")
+    epochs: int = option(200, "number of passes over the training images", POSITIVE)
+    batch_size: int = option(100, "images per Adam step", POSITIVE)
+    lr: float = option(1e-3, "Adam learning rate", POSITIVE)
+    seed: int = option(1234, "seed that fixes the whole run", SEED_BOUND)
     objective: Literal["mc", "analytic"] = option(
         "mc", "mc: Eq. 2, one-sample E_q[log p(x|z) + log p(z) - log q(z|x)]; analytic: Eq. 1, closed-form KL"
     )
-    latent_dim: int = option(2, "dimension D_z of the latent space")
-    hidden: int = option(500, "width of the tanh hidden layer of encoder and decoder")
-    validation_size: int = option(10000, "full protocol: training images held out for validation")
+    latent_dim: int = option(2, "dimension D_z of the latent space", POSITIVE)
+    hidden: int = option(500, "width of the tanh hidden layer of encoder and decoder", POSITIVE)
+    validation_size: int = option(10000, "full protocol: training images held out for validation", POSITIVE)
     lr_schedule: Literal["none", "cosine", "step"] = option(
         "none", "learning rate by epoch: none (constant, SPEC), cosine (from --lr down to --lr-min over the "
         "epochs) or step (multiplied by --lr-decay every --lr-decay-every epochs)"
     )
-    lr_min: float = option(1e-5, "cosine schedule: learning rate of the last epoch")
-    lr_decay: float = option(0.5, "step schedule: factor applied to the learning rate at each step, in (0, 1]")
-    lr_decay_every: int = option(100, "step schedule: epochs between two decays")
-    threads: int = option(0, "CPU threads torch may use (0: torch's default, one per core)")
+    lr_min: float = option(
+        1e-5, "cosine schedule: learning rate of the last epoch",
+        POSITIVE, Bound(high="lr", when=("lr_schedule", "cosine")),
+    )
+    lr_decay: float = option(
+        0.5, "step schedule: factor applied to the learning rate at each step", Bound(low=0, high=1, low_open=True)
+    )
+    lr_decay_every: int = option(100, "step schedule: epochs between two decays", POSITIVE)
+    threads: int = option(0, "CPU threads torch may use (0: torch's default, one per core)", NON_NEGATIVE)
     device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "where to compute")
-    cpu_kernels: Literal["auto", "native", "torch"] = option(
-        "auto", "on CPU, run the training step with mnistgen's C kernels (native; built on first use with the C "
-        "compiler; sums over the images' nonzero pixels instead of two of the five big matrix products) or "
-        "PyTorch's (torch); auto: native where a compiler works. Same mathematics either way")
+    cpu_kernels: Literal["auto", "native", "torch", "reference"] = option(
+        "auto", "which fast path trains the encoder and decoder: auto (the fastest accelerator that applies to the "
+        "models as they are: mnistgen's C kernels on CPU, else PyTorch-only fast paths, else the reference path, "
+        "with a one-line note naming the reason), native (insist on the C kernels on CPU: refused in one line where "
+        "they do not apply), torch (PyTorch's kernels only), reference (autograd through the modules' forward, no "
+        "accelerator). Same mathematics either way")
 
 
 @dataclass(frozen=True)
@@ -92,19 +191,183 @@ class GANConfig:
     """SPEC §3: the GAN and its training defaults."""
 
     data: DataConfig = field(default_factory=DataConfig)
-    epochs: int = option(100, "number of passes over the 60k training images")
-    batch_size: int = option(256, "images per step (the last partial batch is dropped)")
-    lr_d: float = option(2e-4, "Adam learning rate of the discriminator")
-    lr_g: float = option(2e-4, "Adam learning rate of the generator")
-    zdim: int = option(64, "dimension of the generator's input noise z ~ U[-1, 1]^zdim")
-    seed: int = option(2, "seed that fixes the whole run")
-    grid_every: int = option(10, "save an 8x8 grid from fixed noise every this many epochs")
+    epochs: int = option(100, "number of passes over the 60k training images", POSITIVE)
+    batch_size: int = option(256, "images per step (the last partial batch is dropped)", POSITIVE)
+    lr_d: float = option(2e-4, "Adam learning rate of the discriminator", POSITIVE)
+    lr_g: float = option(2e-4, "Adam learning rate of the generator", POSITIVE)
+    zdim: int = option(64, "dimension of the generator's input noise z ~ U[-1, 1]^zdim", POSITIVE)
+    seed: int = option(2, "seed that fixes the whole run", SEED_BOUND)
+    grid_every: int = option(10, "save an 8x8 grid from fixed noise every this many epochs", POSITIVE)
     device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "where to compute")
-    threads: int = option(0, "CPU threads torch may use (0: torch's default, one per core)")
-    cpu_kernels: Literal["auto", "native", "torch"] = option(
-        "auto", "on CPU, compute D and G's convolutional part with mnistgen's C kernels (native; built on first "
-        "use with the C compiler; about 2.4x faster) or PyTorch's (torch); auto: native where a compiler works. "
-        "Same mathematics either way")
+    threads: int = option(0, "CPU threads torch may use (0: torch's default, one per core)", NON_NEGATIVE)
+    cpu_kernels: Literal["auto", "native", "torch", "reference"] = option(
+        "auto", "which fast path trains the generator and discriminator: auto (the fastest accelerator that applies "
+        "to the models as they are: mnistgen's C kernels on CPU, else PyTorch-only fast paths, else the reference "
+        "path, with a one-line note naming the reason), native (insist on the C kernels on CPU: refused in one line "
+        "where they do not apply), torch (PyTorch's kernels only), reference (autograd through the modules' "
+        "forward, no accelerator). Same mathematics either way")
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """The small MNIST classifier behind ``mnistgen score``: trained once, shipped in ``mnistgen/assets``."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    epochs: int = option(
+        5, "passes over the training images (the epoch with the best validation accuracy is kept)", POSITIVE
+    )
+    batch_size: int = option(128, "images per Adam step", POSITIVE)
+    lr: float = option(1e-3, "Adam learning rate (decayed by a cosine to 0 over the epochs)", POSITIVE)
+    seed: int = option(0, "seed that fixes the whole run", SEED_BOUND)
+    validation_size: int = option(
+        10000, "last training images held out for validation (they are also the real-vs-real reference)", POSITIVE
+    )
+    device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "where to compute")
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """``mnistgen score``: which classifier, which real data, where to compute."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    weights: str | None = option(
+        None, "classifier weights (.pt with its .json beside it; default: the ones shipped with mnistgen)"
+    )
+    batch_size: int = option(1000, "images per forward pass of the classifier", POSITIVE)
+    device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "where to compute")
+
+
+@dataclass(frozen=True)
+class ReproduceConfig:
+    """Issue 6, ``mnistgen reproduce``: the whole specification (VAE, GAN, scores, report) in one run folder.
+
+    The defaults are SPEC's (VAE 200 epochs on the hw protocol, GAN 100 epochs); every other setting of
+    the two models is their own config's default. ``--quick`` replaces the fields named in
+    :data:`REPRODUCE_QUICK` (unless given on the command line) for a first look in a couple of minutes.
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    vae_epochs: int = option(VAEConfig.epochs, "VAE training epochs (hw protocol)", POSITIVE)
+    gan_epochs: int = option(GANConfig.epochs, "GAN training epochs", POSITIVE)
+    grid_every: int = option(GANConfig.grid_every, "save the GAN's 8x8 grid every this many epochs", POSITIVE)
+    iw_samples: int = option(1000, "K, importance samples per test image for the estimate of log p(x)", POSITIVE)
+    score_samples: int = option(10000, "samples of each model given to the sample-quality score", POSITIVE)
+    device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "where to compute")
+
+
+REPRODUCE_QUICK: dict[str, Any] = {
+    "vae_epochs": 10,
+    "gan_epochs": 3,
+    "grid_every": 1,
+    "iw_samples": 50,
+}
+"""``mnistgen reproduce --quick``: a few epochs and smaller estimates; the same pipeline, minutes on 2 CPU cores."""
+
+
+@dataclass(frozen=True)
+class VAEEvalConfig:
+    """``mnistgen vae eval|plot|sample``: estimates from, figures of and draws from a trained VAE run."""
+
+    iw: int = option(1000, "K, importance samples per test image for the estimate of log p(x)", POSITIVE)
+    samples: int = option(10, "Monte Carlo samples of z per test image for the test ELBO", POSITIVE)
+    seed: int | None = option(None, "seed of the random draws (default: the run's training seed)", SEED_BOUND)
+    device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "where to compute")
+
+
+@dataclass(frozen=True)
+class ElboEstimatorsConfig:
+    """``mnistgen experiment elbo-estimators RUN``: Eq. 1 against Eq. 2 on a trained VAE (docs/theory.md §12.1)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    images: int = option(100, "first test images used, one mini-batch (SPEC's training batch is 100)", POSITIVE)
+    draws: int = option(
+        1000, "independent draws of eps ~ N(0, I) per image, the same for both estimators", POSITIVE
+    )
+    seed: int = option(0, "seed of the draws", SEED_BOUND)
+    device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "where to compute")
+
+
+@dataclass(frozen=True)
+class FixedEncoderConfig:
+    """``mnistgen experiment fixed-encoder RUN``: trained encoder vs N(0, I) vs one shared Gaussian q (§12.2)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    draws: int = option(
+        10, "samples of z per test image for the trained encoder's ELBO (Eq. 1, closed-form KL)", POSITIVE
+    )
+    shared_samples: int = option(
+        1000, "samples of z for the two shared q's: one set to fit on the training set, a fresh one for the test set",
+        POSITIVE,
+    )
+    max_iterations: int = option(200, "L-BFGS iterations to fit the shared Gaussian q, from each start", POSITIVE)
+    starts: int = option(
+        5, "starting points of the shared Gaussian's fit: N(0, I), then N(m, I) with m drawn from the prior", POSITIVE
+    )
+    seed: int = option(0, "seed of the draws", SEED_BOUND)
+    device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "where to compute")
+
+
+@dataclass(frozen=True)
+class GANSampleConfig:
+    """``mnistgen gan sample RUN``: images from a trained GAN's generator."""
+
+    seed: int | None = option(None, "seed of the noise z (default: the run's training seed)", SEED_BOUND)
+    device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "where to compute")
+
+
+@dataclass(frozen=True)
+class GANPlotConfig:
+    """``mnistgen gan plot RUN``: the progress figure of a GAN run."""
+
+    epochs: str = option("0,30,70", "comma-separated epochs whose saved grids are shown side by side (SPEC §3)")
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def validate(config: Any) -> None:
+    """Refuse, in one line naming the flag, the first value of ``config`` (or of a config nested in it) out of bounds.
+
+    Checks every :class:`Bound` declared with :func:`option` and every ``Literal``'s choices. An optional field
+    left unset (None, such as a seed that defaults to the run's) has nothing to check.
+    """
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        field_type = _base_type(hints[f.name])
+        optional = field_type is not hints[f.name]
+        if dataclasses.is_dataclass(value):
+            validate(value)
+        elif value is None and optional:
+            continue
+        elif typing.get_origin(field_type) is Literal:
+            _check_choice(f.name, value, typing.get_args(field_type))
+        elif bounds_of(f):
+            _check_bounds(f.name, value, field_type is int, bounds_of(f), config)
+
+
+def _check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
+    if value not in choices:
+        raise MnistgenError(f"{_flag(name)} must be one of {', '.join(map(str, choices))}, got {value!r}")
+
+
+def _check_bounds(name: str, value: Any, integer: bool, bounds: tuple[Bound, ...], config: Any) -> None:
+    """Refuse a value out of bounds, or of the wrong kind (a string, a bool, a float for an int, NaN, infinity)."""
+    for bound in bounds:
+        if not bound.applies(config):
+            continue
+        if not (_is_number(value, integer) and bound.admits(value, config)):
+            requirement = bound.requirement(integer, config) + bound.condition()
+            raise MnistgenError(f"{_flag(name)} must be {requirement}, got {value!r}")
+
+
+def _is_number(value: Any, integer: bool) -> bool:
+    """An int for an int field; an int or a finite float for a float field (a bool is neither)."""
+    if isinstance(value, bool):
+        return False
+    if integer:
+        return isinstance(value, int)
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 # --------------------------------------------------------------------------- JSON round trip
@@ -116,7 +379,14 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 def from_dict(cls: type, values: dict[str, Any]) -> Any:
-    """Rebuild a config from :func:`to_dict`'s output; unknown keys are an error, missing keys default."""
+    """Rebuild and :func:`validate` a config from :func:`to_dict`'s output; unknown keys are an error, missing keys
+    default."""
+    config = _build(cls, values)
+    validate(config)
+    return config
+
+
+def _build(cls: type, values: dict[str, Any]) -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(values) - names
@@ -125,7 +395,7 @@ def from_dict(cls: type, values: dict[str, Any]) -> Any:
     kwargs = {}
     for name, value in values.items():
         if dataclasses.is_dataclass(hints[name]) and isinstance(value, dict):
-            value = from_dict(hints[name], value)
+            value = _build(hints[name], value)
         kwargs[name] = value
     return cls(**kwargs)
 
@@ -140,14 +410,15 @@ def _flag(name: str) -> str:
 def _base_type(tp: Any) -> Any:
     """``int | None`` -> ``int``; ``Literal[...]`` stays as it is."""
     args = typing.get_args(tp)
-    if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
         non_none = [a for a in args if a is not type(None)]
         if len(non_none) == 1:
             return non_none[0]
     return tp
 
 
-def _positive_or_any(tp: type, flag: str):
+def _parser_of(tp: type):
+    """An argparse ``type=`` that converts with ``tp`` and reports a bad value as argparse does."""
     def parse(text: str):
         try:
             return tp(text)
@@ -156,6 +427,12 @@ def _positive_or_any(tp: type, flag: str):
 
     parse.__name__ = tp.__name__
     return parse
+
+
+def _help(f: dataclasses.Field, default: Any) -> str:
+    """The field's help text, its default, and its bounds: "... (default: 0.5; in (0, 1])"."""
+    details = [f"default: {default}", *(bound.summary() for bound in bounds_of(f))]
+    return f"{f.metadata.get('help', '')} ({'; '.join(details)})"
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str, ...] = ()) -> None:
@@ -169,164 +446,37 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, exclude: tu
             add_config_arguments(parser, tp, exclude)
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text = f.metadata.get("help", "")
+        help_text = _help(f, default)
         flag = _flag(f.name)
         if tp is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
-                                default=None, help=f"{help_text} (default: {default})")
+                                default=None, help=help_text)
         elif typing.get_origin(tp) is Literal:
             choices = list(typing.get_args(tp))
-            parser.add_argument(flag, dest=f.name, choices=choices, default=None,
-                                help=f"{help_text} (default: {default})")
+            parser.add_argument(flag, dest=f.name, choices=choices, default=None, help=help_text)
         else:
-            parser.add_argument(flag, dest=f.name, type=_positive_or_any(tp, flag), default=None,
-                                metavar=f.name.upper(), help=f"{help_text} (default: {default})")
+            parser.add_argument(flag, dest=f.name, type=_parser_of(tp), default=None,
+                                metavar=f.name.upper(), help=help_text)
 
 
 def config_from_args(cls: type, args: argparse.Namespace, base: Any | None = None) -> Any:
-    """Build ``cls`` from parsed flags: a flag given on the command line overrides ``base`` (or the defaults)."""
+    """Build ``cls`` from parsed flags: a flag given on the command line overrides ``base`` (or the defaults).
+
+    The result is :func:`validate` d: a value out of bounds is refused in one line.
+    """
     base = base if base is not None else cls()
+    config = _replace_from_args(cls, args, base)
+    validate(config)
+    return config
+
+
+def _replace_from_args(cls: type, args: argparse.Namespace, base: Any) -> Any:
     hints = typing.get_type_hints(cls)
     changes = {}
     for f in dataclasses.fields(cls):
         tp = _base_type(hints[f.name])
         if dataclasses.is_dataclass(tp):
-            changes[f.name] = config_from_args(tp, args, getattr(base, f.name))
+            changes[f.name] = _replace_from_args(tp, args, getattr(base, f.name))
         elif getattr(args, f.name, None) is not None:
             changes[f.name] = getattr(args, f.name)
-    config = dataclasses.replace(base, **changes)
-    validate(config)
-    return config
-
-
-def validate(config: Any) -> None:
-    """Reject values no run could use, with a one-line reason."""
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        if dataclasses.is_dataclass(value):
-            validate(value)
-        elif isinstance(value, bool):
-            continue
-        elif isinstance(value, int) and f.name in _POSITIVE_INTS and value <= 0:
-            raise MnistgenError(f"{_flag(f.name)} must be a positive integer, got {value}")
-        elif isinstance(value, float) and f.name.startswith("lr") and not value > 0:
-            raise MnistgenError(f"{_flag(f.name)} must be a positive number, got {value}")
-
-
-_POSITIVE_INTS = {"epochs", "batch_size", "latent_dim", "hidden", "zdim", "grid_every", "validation_size"}
-
-
-@dataclass(frozen=True)
-class ClassifierConfig:
-    """The small MNIST classifier behind ``mnistgen score``: trained once, shipped in ``mnistgen/assets``."""
-
-    data: DataConfig = field(default_factory=DataConfig)
-    epochs: int = option(5, "passes over the training images (the epoch with the best validation accuracy is kept)")
-    batch_size: int = option(128, "images per Adam step")
-    lr: float = option(1e-3, "Adam learning rate (decayed by a cosine to 0 over the epochs)")
-    seed: int = option(0, "seed that fixes the whole run")
-    validation_size: int = option(
-        10000, "last training images held out for validation (they are also the real-vs-real reference)"
-    )
-    device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "where to compute")
-
-
-@dataclass(frozen=True)
-class ScoreConfig:
-    """``mnistgen score``: which classifier, which real data, where to compute."""
-
-    data: DataConfig = field(default_factory=DataConfig)
-    weights: str | None = option(
-        None, "classifier weights (.pt with its .json beside it; default: the ones shipped with mnistgen)"
-    )
-    batch_size: int = option(1000, "images per forward pass of the classifier")
-    device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "where to compute")
-
-
-@dataclass(frozen=True)
-class ReproduceConfig:
-    """Issue 6, ``mnistgen reproduce``: the whole specification (VAE, GAN, scores, report) in one run folder.
-
-    The defaults are SPEC's (VAE 200 epochs on the hw protocol, GAN 100 epochs); every other setting of
-    the two models is their own config's default. ``--quick`` replaces the fields named in
-    :data:`REPRODUCE_QUICK` (unless given on the command line) for a first look in a couple of minutes.
-    """
-
-    data: DataConfig = field(default_factory=DataConfig)
-    vae_epochs: int = option(VAEConfig.epochs, "VAE training epochs (hw protocol)")
-    gan_epochs: int = option(GANConfig.epochs, "GAN training epochs")
-    grid_every: int = option(GANConfig.grid_every, "save the GAN's 8x8 grid every this many epochs")
-    iw_samples: int = option(1000, "K, importance samples per test image for the estimate of log p(x)")
-    score_samples: int = option(10000, "samples of each model given to the sample-quality score")
-    device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "where to compute")
-
-
-REPRODUCE_QUICK: dict[str, Any] = {
-    "vae_epochs": 10,
-    "gan_epochs": 3,
-    "grid_every": 1,
-    "iw_samples": 50,
-}
-"""``mnistgen reproduce --quick``: a few epochs and smaller estimates; the same pipeline, minutes on 2 CPU cores."""
-
-_POSITIVE_INTS |= {"vae_epochs", "gan_epochs", "iw_samples", "score_samples"}
-
-
-@dataclass(frozen=True)
-class VAEEvalConfig:
-    """``mnistgen vae eval|plot|sample``: estimates from, figures of and draws from a trained VAE run."""
-
-    iw: int = option(1000, "K, importance samples per test image for the estimate of log p(x)")
-    samples: int = option(10, "Monte Carlo samples of z per test image for the test ELBO")
-    seed: int | None = option(None, "seed of the random draws (default: the run's training seed)")
-    device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "where to compute")
-
-
-_POSITIVE_INTS |= {"lr_decay_every", "iw", "samples"}
-
-
-@dataclass(frozen=True)
-class ElboEstimatorsConfig:
-    """``mnistgen experiment elbo-estimators RUN``: Eq. 1 against Eq. 2 on a trained VAE (docs/theory.md §12.1)."""
-
-    data: DataConfig = field(default_factory=DataConfig)
-    images: int = option(100, "first test images used, one mini-batch (SPEC's training batch is 100)")
-    draws: int = option(1000, "independent draws of eps ~ N(0, I) per image, the same for both estimators")
-    seed: int = option(0, "seed of the draws")
-    device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "where to compute")
-
-
-@dataclass(frozen=True)
-class FixedEncoderConfig:
-    """``mnistgen experiment fixed-encoder RUN``: trained encoder vs N(0, I) vs one shared Gaussian q (§12.2)."""
-
-    data: DataConfig = field(default_factory=DataConfig)
-    draws: int = option(10, "samples of z per test image for the trained encoder's ELBO (Eq. 1, closed-form KL)")
-    shared_samples: int = option(
-        1000, "samples of z for the two shared q's: one set to fit on the training set, a fresh one for the test set"
-    )
-    max_iterations: int = option(200, "L-BFGS iterations to fit the shared Gaussian q, from each start")
-    starts: int = option(
-        5, "starting points of the shared Gaussian's fit: N(0, I), then N(m, I) with m drawn from the prior"
-    )
-    seed: int = option(0, "seed of the draws")
-    device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "where to compute")
-
-
-_POSITIVE_INTS |= {"images", "draws", "shared_samples", "max_iterations", "starts"}
-
-
-@dataclass(frozen=True)
-class GANSampleConfig:
-    """``mnistgen gan sample RUN``: images from a trained GAN's generator."""
-
-    seed: int | None = option(None, "seed of the noise z (default: the run's training seed)")
-    device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "where to compute")
-
-
-@dataclass(frozen=True)
-class GANPlotConfig:
-    """``mnistgen gan plot RUN``: the progress figure of a GAN run."""
-
-    epochs: str = option("0,30,70", "comma-separated epochs whose saved grids are shown side by side (SPEC §3)")
-
+    return dataclasses.replace(base, **changes)
