@@ -26,6 +26,9 @@
  * thread: the result does not depend on the number of threads.
  *
  * Threads: each call splits its groups or images over `threads` OpenMP threads (see run_jobs).
+ *
+ * The library reports these sizes (parameter counts, offsets, per-image sizes) through mnistgen_gan_layout, at
+ * the end: the Python side checks them when it loads the library, and checks every buffer before each call.
  */
 
 #define _POSIX_C_SOURCE 200809L
@@ -692,5 +695,50 @@ int mnistgen_g_backward(const float *h0, const float *kept, const float *params,
     Job job = {G_BACKWARD, h0, params, grad_s, NULL, grad_h0, scratch, (float *)kept, slope2, slope3, images};
     if (run_jobs(&job, chunks, threads) != 0) return -1;
     sum_items(grad_params, scratch, chunks, G_PARAMS, threads);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------- layout */
+
+/* The sizes above as the library reports them: mnistgen/kernels/native.py reads this table when it loads the
+ * library and refuses a library whose table is not the one mnistgen/kernels/gan.py declares. A piece of a
+ * parameter vector is two entries, NAME.offset and NAME.length; the length is the product of the shape the
+ * loops above read the piece with. */
+typedef struct {
+    const char *name;
+    long value;
+} LayoutEntry;
+
+#define PIECE(name, offset, length) {name ".offset", offset}, {name ".length", length}
+
+static const LayoutEntry LAYOUT[] = {
+    {"lanes", LANES},
+    {"pixels", 28 * 28},                       /* one image: D's input, G's output */
+    {"d.parameters", NPARAM},                  /* in Discriminator.parameters() order: */
+    PIECE("d.conv1.weight", W1, 2 * 1 * 3 * 3),
+    PIECE("d.conv1.bias", B1, 2),
+    PIECE("d.conv2.weight", W2, 4 * 2 * 3 * 3),
+    PIECE("d.conv2.bias", B2, 4),
+    PIECE("d.conv3.weight", W3, 8 * 4 * 3 * 3),
+    PIECE("d.conv3.bias", B3, 8),
+    PIECE("d.linear.weight", WL, 1 * 8 * 5 * 5),
+    PIECE("d.linear.bias", BL, 1),
+    {"g.parameters", G_PARAMS},
+    PIECE("g.conv1.phase_kernels", G_K1, 2 * 2 * 2 * 2 * 32 * 16),  /* (a, b, dy, dx, ci, co) */
+    PIECE("g.conv1.bias", G_B1, 16),
+    PIECE("g.conv2.phase_kernels", G_K, 2 * 2 * 2 * 2 * 16 * 8),
+    PIECE("g.conv2.bias", G_B2, 8),
+    PIECE("g.conv3.weight", G_W3, 1 * 8 * 3 * 3),
+    PIECE("g.conv3.bias", G_B3, 1),
+    {"g.input", G_IN_FLOATS},
+    {"g.kept", G_KEPT},
+    {"g.chunk", G_CHUNK},
+};
+
+/* Entry `index` of LAYOUT: *name and *value. Returns 0, or -1 past the last entry. */
+int mnistgen_gan_layout(int index, const char **name, long *value) {
+    if (index < 0 || index >= (int)(sizeof LAYOUT / sizeof LAYOUT[0])) return -1;
+    *name = LAYOUT[index].name;
+    *value = LAYOUT[index].value;
     return 0;
 }

@@ -14,6 +14,16 @@ spin idle beside them.
 Compiler: ``$CC`` if set, else ``cc``, ``gcc`` or ``clang`` from PATH. Where none works (Windows, a
 macOS without the command-line tools) :func:`load_library` raises :class:`NativeKernelsUnavailable`
 with the reason in one line, and mnistgen's training uses PyTorch's own kernels (and says so).
+
+The interface has one source of truth, the C source. Each library reports its own layout (``mnistgen_gan_layout``,
+``mnistgen_vae_layout``: a table of names and values, such as D's parameter count, the offset and length of each
+of its parameters, a struct's size and its fields' offsets); the Python side declares what it relies on
+(``LAYOUT`` in :mod:`mnistgen.kernels.gan` and :mod:`mnistgen.kernels.vae`), and :func:`load_library` refuses a
+library whose table differs (:class:`KernelLayoutMismatch`, a :class:`NativeKernelsUnavailable`, one line: a
+stale or foreign library), so that callers fall back to PyTorch's kernels or refuse cleanly. Before every call,
+each tensor whose address goes to C passes :func:`checked_pointer`: exactly the element count the C code will
+read or write, its dtype, on the CPU, contiguous; anything else is a :class:`KernelArgumentError` (one line)
+instead of a read out of bounds.
 """
 
 from __future__ import annotations
@@ -21,13 +31,14 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import importlib
 import os
 import platform
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -44,6 +55,16 @@ COMPILE_TIMEOUT_S = 120
 
 class NativeKernelsUnavailable(MnistgenError):
     """The C kernels cannot be built or loaded here; the message says why in one line."""
+
+
+class KernelLayoutMismatch(NativeKernelsUnavailable):
+    """The library reports another layout than the Python side declares: a stale or foreign library, or one side
+    of the interface changed without the other (a bug where the library is the one built from the source)."""
+
+
+class KernelArgumentError(MnistgenError):
+    """A tensor for a C kernel has another element count, dtype, device or memory layout than the kernel reads:
+    refused before the call (one line: which buffer, what the kernel takes, what it got)."""
 
 
 def find_compiler() -> str:
@@ -110,16 +131,20 @@ def build(source: Path, compiler: str, flags: tuple[str, ...], target: Path) -> 
 
 
 _P, _N, _THREADS, _F = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_float
-# The C functions' signatures by source (pointers are passed as addresses: ``tensor.data_ptr()`` or None),
-# each returning an int status unless given as (argtypes, restype).
+# a layout function: (index, *name, *value) -> 0, or -1 past the last entry
+_LAYOUT = [ctypes.c_int, ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(ctypes.c_long)]
+# The C functions' signatures by source (pointers are passed as addresses: ``checked_pointer(tensor, ...)`` or
+# None), each returning an int status unless given as (argtypes, restype).
 SIGNATURES = {
     "gan_cpu": {
+        "mnistgen_gan_layout": _LAYOUT,
         "mnistgen_d_forward": [_P, _P, _P, _N, _THREADS],
         "mnistgen_d_backward": [_P, _P, _P, _P, _P, _P, _N, _THREADS],
         "mnistgen_g_forward": [_P, _P, _F, _F, _P, _P, _N, _THREADS],
         "mnistgen_g_backward": [_P, _P, _P, _F, _F, _P, _P, _P, _P, _N, _THREADS],
     },
     "vae_cpu": {
+        "mnistgen_vae_layout": _LAYOUT,
         "mnistgen_vae_forward": [_P, _P, _P, _N, _THREADS],
         "mnistgen_vae_output": [_P, _P, _N, _F, _THREADS],
         "mnistgen_vae_backward": [_P, _P, _N, _F, ctypes.c_int, _P, _THREADS],
@@ -127,6 +152,43 @@ SIGNATURES = {
         "mnistgen_vae_math": [ctypes.c_int, _P, _P, _N],
     },
 }
+
+
+# By source: the function through which the library reports its layout, and the module whose ``LAYOUT`` (a dict
+# of names and values) declares what the Python side expects it to report.
+LAYOUTS = {
+    "gan_cpu": ("mnistgen_gan_layout", "mnistgen.kernels.gan"),
+    "vae_cpu": ("mnistgen_vae_layout", "mnistgen.kernels.vae"),
+}
+MAX_LAYOUT_ENTRIES = 1000  # a table longer than this is not one of mnistgen's
+
+
+def reported_layout(library: ctypes.CDLL, source: Path) -> dict[str, int]:
+    """The layout table that the library built from ``source`` reports: {name: value}, in its order."""
+    function = getattr(library, LAYOUTS[source.stem][0])
+    name, value, layout = ctypes.c_char_p(), ctypes.c_long(), {}
+    for index in range(MAX_LAYOUT_ENTRIES + 1):
+        if function(index, ctypes.byref(name), ctypes.byref(value)) != 0:
+            return layout
+        layout[(name.value or b"").decode("ascii", "replace")] = value.value
+    raise KernelLayoutMismatch(f"{source.name}'s library reports more than {MAX_LAYOUT_ENTRIES} layout entries")
+
+
+def expected_layout(source: Path) -> Mapping[str, int]:
+    """The layout that mnistgen's Python side declares for the library built from ``source``."""
+    return importlib.import_module(LAYOUTS[source.stem][1]).LAYOUT
+
+
+def check_layout(reported: Mapping[str, int], expected: Mapping[str, int], what: str) -> None:
+    """Raises KernelLayoutMismatch, a NativeKernelsUnavailable (one line: the first difference, and how many more),
+    unless the library's reported layout is exactly the one expected: the same names, the same values."""
+    differences = [f"{name} is {reported[name] if name in reported else 'missing'}, mnistgen expects {value}"
+                   for name, value in expected.items() if reported.get(name) != value]
+    differences += [f"{name} = {reported[name]} is unknown to mnistgen" for name in reported if name not in expected]
+    if differences:
+        more = f" (and {len(differences) - 1} more)" if len(differences) > 1 else ""
+        raise KernelLayoutMismatch(f"{what} does not have the layout mnistgen's Python side declares, a stale or "
+                                   f"foreign library: {differences[0]}{more}")
 
 
 def _declare(library: ctypes.CDLL, source: Path) -> ctypes.CDLL:
@@ -159,11 +221,16 @@ def load_library(source: Path) -> ctypes.CDLL:
         try:
             if not target.is_file():
                 build(source, compiler, flags, target)
-            return _declare(ctypes.CDLL(str(target)), source)
+            library = _declare(ctypes.CDLL(str(target)), source)
         except NativeKernelsUnavailable as exc:
             failures.append(exc)
+            continue
         except (OSError, AttributeError) as exc:
             failures.append(NativeKernelsUnavailable(f"cannot load {target}: {exc}"))
+            continue
+        # the layout is the source's, not the flags': a mismatch is final
+        check_layout(reported_layout(library, source), expected_layout(source), f"the library {target.name}")
+        return library
     raise failures[0]
 
 
@@ -175,6 +242,34 @@ def load_gan_library() -> ctypes.CDLL:
 def load_vae_library() -> ctypes.CDLL:
     """The VAE's kernels (``vae_cpu.c``): see :func:`load_library`."""
     return load_library(VAE_SOURCE)
+
+
+def check_tensor(tensor: torch.Tensor | None, name: str, count: int, dtype: torch.dtype = torch.float32,
+                 contiguous: bool = True) -> None:
+    """Raises KernelArgumentError (one line) unless ``tensor`` is a CPU tensor of exactly ``count`` elements of
+    ``dtype``, contiguous unless ``contiguous`` is False; ``name`` says which buffer in the message.
+
+    O(1) work, no copy: it runs before every C call, for every buffer."""
+    if (not isinstance(tensor, torch.Tensor) or tensor.dtype != dtype or tensor.numel() != count or not tensor.is_cpu
+            or (contiguous and not tensor.is_contiguous())):
+        wanted = f"{count} {_dtype_name(dtype)}{' contiguous' if contiguous else ''} on the CPU"
+        if isinstance(tensor, torch.Tensor):
+            layout = "contiguous" if tensor.is_contiguous() else "non-contiguous"
+            got = f"{tensor.numel()} {_dtype_name(tensor.dtype)} {layout} on {tensor.device} {tuple(tensor.shape)}"
+        else:
+            got = type(tensor).__name__
+        raise KernelArgumentError(f"{name}: the C kernel takes {wanted}, got {got}")
+
+
+def checked_pointer(tensor: torch.Tensor, name: str, count: int, dtype: torch.dtype = torch.float32) -> int:
+    """The address of ``tensor``'s data for a C kernel that reads or writes ``count`` elements of ``dtype`` there,
+    after :func:`check_tensor` (contiguous, on the CPU, exactly that count and dtype)."""
+    check_tensor(tensor, name, count, dtype)
+    return tensor.data_ptr()
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def use_native_kernels(cpu_kernels: str, device: torch.device, load: Callable[[], ctypes.CDLL], fallback_note: str,

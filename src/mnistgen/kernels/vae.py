@@ -17,6 +17,14 @@ The mathematics is :func:`mnistgen.train.vae.elbo_with_gradients` followed by Py
 float32 additions differs. :meth:`NativeVAEStep.load` copies a model's weights and its optimizer's
 moments in, :meth:`NativeVAEStep.store` copies them back (the optimizer's state in PyTorch's own format,
 so checkpoints are the same whichever kernels wrote them).
+
+The C side's structs are mirrored here with ctypes (:class:`_Buffers`, :class:`_AdamStep`); the library reports
+their sizes and field offsets (``mnistgen_vae_layout``) and is refused when it is loaded unless they equal the
+mirror's (``LAYOUT``). Every buffer is checked (:func:`mnistgen.kernels.native.checked_pointer`: element count,
+dtype, CPU, contiguous) before its address goes to C: the struct's once, when :class:`NativeVAEStep` takes them
+(it keeps them for its whole life), x, eps and Adam's four buffers at every call. A float64 model, or one
+whose layers' sizes do not fit together, is refused with a one-line
+:class:`~mnistgen.kernels.native.KernelArgumentError`.
 """
 
 from __future__ import annotations
@@ -28,13 +36,13 @@ import torch
 
 from ..errors import MnistgenError
 from ..models.vae import VAE
-from .native import load_vae_library
+from .native import check_tensor, checked_pointer, load_vae_library
 
 _P = ctypes.c_void_p
 
 
 class _Buffers(ctypes.Structure):
-    """The C struct VAEBuffers (same fields, same order)."""
+    """The C struct VAEBuffers (same fields, same order; checked against the library's report when it is loaded)."""
 
     _fields_ = [(name, ctypes.c_long) for name in ("pixels", "hidden", "latent", "capacity")] + [
         (name, _P) for name in (
@@ -52,6 +60,18 @@ class _AdamStep(ctypes.Structure):
     _fields_ = [(name, ctypes.c_float) for name in ("beta1", "beta2", "step_size", "bias_correction2_sqrt", "eps")]
 
 
+def struct_layout(struct: type[ctypes.Structure], c_name: str) -> dict[str, int]:
+    """A ctypes struct's size and its fields' offsets, named as the library reports those of the C struct
+    ``c_name``: "sizeof(VAEBuffers)", "offsetof(VAEBuffers, pixels)", ..."""
+    layout = {f"sizeof({c_name})": ctypes.sizeof(struct)}
+    layout |= {f"offsetof({c_name}, {name})": getattr(struct, name).offset for name, _ in struct._fields_}
+    return layout
+
+
+# The layout the library must report (mnistgen.kernels.native.check_layout): the mirrors' sizes and offsets
+LAYOUT = {**struct_layout(_Buffers, "VAEBuffers"), **struct_layout(_AdamStep, "AdamStep")}
+
+
 def _parameter_slots(model: VAE) -> list[tuple[str, torch.nn.Parameter, bool]]:
     """(name in the C struct, the model's parameter, stored transposed?) in the flat buffers' order."""
     encoder, decoder = model.encoder, model.decoder
@@ -60,6 +80,23 @@ def _parameter_slots(model: VAE) -> list[tuple[str, torch.nn.Parameter, bool]]:
             ("logvar_w", encoder.logvar.weight, False), ("logvar_b", encoder.logvar.bias, False),
             ("dec_w", decoder.hidden.weight, False), ("dec_b", decoder.hidden.bias, False),
             ("out_w", decoder.output.weight, False), ("out_b", decoder.output.bias, False)]
+
+
+def _c_shapes(pixels: int, hidden: int, latent: int, capacity: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Each buffer of VAEBuffers as the C kernels read it for these sizes: (shape, dtype) by field name. The
+    gradients ("g_" + name) have their parameter's shape."""
+    D, H, Z, B = pixels, hidden, latent, capacity
+    f32, i32 = torch.float32, torch.int32
+    parameters = {"enc_wt": (D, H), "enc_b": (H,), "mean_w": (Z, H), "mean_b": (Z,), "logvar_w": (Z, H),
+                  "logvar_b": (Z,), "dec_w": (H, Z), "dec_b": (H,), "out_w": (D, H), "out_b": (D,)}
+    activations = {"dec_wt": (Z, H), "h1": (B, H), "mean": (B, Z), "logvar": (B, Z), "std": (B, Z), "z": (B, Z),
+                   "h2": (B, H), "logits": (B, D), "d_logits": (B, D), "d_h2": (B, H), "d_a1": (B, H),
+                   "d_mean": (B, Z), "d_logvar": (B, Z), "image_value": (B, D), "pixel_value": (D, B)}
+    shapes = {name: (shape, f32) for name, shape in (parameters | activations).items()}
+    shapes |= {"g_" + name: (shape, f32) for name, shape in parameters.items()}
+    shapes |= {"row_elbo": ((B,), torch.float64), "image_count": ((B,), i32), "image_pixel": ((B, D), i32),
+               "pixel_count": ((D,), i32), "pixel_image": ((D, B), i32)}
+    return shapes
 
 
 def _check(status: int, what: str) -> None:
@@ -78,8 +115,13 @@ class NativeVAEStep:
         self.model = model
         self.library = load_vae_library()  # raises NativeKernelsUnavailable (one line) where it cannot be built
         pixels, hidden, latent = model.encoder.hidden.in_features, model.encoder.hidden.out_features, model.latent_dim
+        c_shapes = _c_shapes(pixels, hidden, latent, capacity)
         slots = _parameter_slots(model)
-        total = sum(parameter.numel() for _, parameter, _ in slots)
+        names = {id(parameter): name for name, parameter in model.named_parameters()}
+        for name, parameter, _ in slots:  # float32, and each layer's size as the C code reads it for D, H, Z
+            check_tensor(parameter, f"the VAE's {names.get(id(parameter), name)}", math.prod(c_shapes[name][0]),
+                         contiguous=False)
+        total = self._parameter_count = sum(parameter.numel() for _, parameter, _ in slots)
         # four flat buffers of one layout: parameters, gradients, Adam's first and second moments
         self.parameters, self.gradients = torch.zeros(total), torch.zeros(total)
         self.exp_avg, self.exp_avg_sq = torch.zeros(total), torch.zeros(total)
@@ -90,8 +132,8 @@ class NativeVAEStep:
             shape = tuple(parameter.t().shape if transposed else parameter.shape)
             where = slice(offset, offset + parameter.numel())
             self._views.append((parameter, transposed, where, shape))
-            fields[name] = self.parameters[where].data_ptr()
-            fields["g_" + name] = self.gradients[where].data_ptr()
+            fields[name] = self.parameters[where]
+            fields["g_" + name] = self.gradients[where]
             offset += parameter.numel()
         del fields["g_out_w"]  # PyTorch's product writes it
         where = {name: view[2] for (name, _, _), view in zip(slots, self._views, strict=True)}
@@ -116,8 +158,17 @@ class NativeVAEStep:
                      "d_mean", "d_logvar",
                      "row_elbo", "image_count", "image_pixel", "image_value", "pixel_count", "pixel_image",
                      "pixel_value"):
-            fields[name] = getattr(self, name).data_ptr()
-        self._buffers = _Buffers(pixels=pixels, hidden=hidden, latent=latent, capacity=capacity, **fields)
+            fields[name] = getattr(self, name)
+        pointer_fields = {name for name, kind in _Buffers._fields_ if kind is _P}
+        if set(fields) != pointer_fields:  # a NULL the C code would write through
+            raise AssertionError(f"the buffers given differ from VAEBuffers' pointers: {set(fields) ^ pointer_fields}")
+        # each buffer checked once, as its address goes into the struct, and kept alive as long as the struct
+        pointers = {}
+        for name, tensor in fields.items():
+            shape, dtype = c_shapes[name]
+            pointers[name] = checked_pointer(tensor, f"VAE buffers: {name}", math.prod(shape), dtype)
+        self._struct_tensors = tuple(fields.values())
+        self._buffers = _Buffers(pixels=pixels, hidden=hidden, latent=latent, capacity=capacity, **pointers)
         self._buffers_address = ctypes.addressof(self._buffers)
         self._elbo = ctypes.c_float()
 
@@ -159,6 +210,14 @@ class NativeVAEStep:
                     moment = flat[where].view(shape)
                     state[key].copy_(moment.t() if transposed else moment)
 
+    def parameter_gradients(self) -> list[torch.Tensor]:
+        """The gradients of the last :meth:`compute_gradients`, in the model's parameters' order and shapes (copies)."""
+        gradients = []
+        for _, transposed, where, shape in self._views:
+            flat = self.gradients[where].view(shape)
+            gradients.append((flat.t() if transposed else flat).clone())
+        return gradients
+
     def _check_optimizer(self, optimizer: torch.optim.Adam) -> None:
         groups = optimizer.param_groups
         if len(groups) != 1 or [id(p) for p in groups[0]["params"]] != [id(p) for p in self.model.parameters()]:
@@ -178,28 +237,33 @@ class NativeVAEStep:
         batch = x.shape[0]
         if batch > self.capacity:
             raise ValueError(f"a batch of {batch} images exceeds the capacity of {self.capacity}")
-        x, eps = x.float().contiguous(), eps.float().contiguous()
+        buffers = self._buffers
+        x_pointer = checked_pointer(x, "VAE step: x", batch * buffers.pixels)  # (B, D) float32, contiguous
+        eps_pointer = checked_pointer(eps, "VAE step: eps", batch * buffers.latent)  # (B, Z)
         threads, scale = _threads(), 1.0 / batch
-        library, buffers = self.library, self._buffers_address
-        _check(library.mnistgen_vae_forward(buffers, x.data_ptr(), eps.data_ptr(), batch, threads), "VAE forward")
+        library, address = self.library, self._buffers_address
+        _check(library.mnistgen_vae_forward(address, x_pointer, eps_pointer, batch, threads), "VAE forward")
         h2, d_logits = self.h2[:batch], self.d_logits[:batch]
         torch.addmm(self.out_bias, h2, self.out_weight.t(), out=self.logits[:batch])  # (B, D)
-        library.mnistgen_vae_output(buffers, x.data_ptr(), batch, scale, threads)
+        library.mnistgen_vae_output(address, x_pointer, batch, scale, threads)
         torch.mm(d_logits.t(), h2, out=self.out_weight_gradient)  # (D, H)
         torch.mm(d_logits, self.out_weight, out=self.d_h2[:batch])  # (B, H)
-        _check(library.mnistgen_vae_backward(buffers, eps.data_ptr(), batch, scale, int(analytic_kl),
+        _check(library.mnistgen_vae_backward(address, eps_pointer, batch, scale, int(analytic_kl),
                                              ctypes.byref(self._elbo), threads), "VAE backward")
         return self._elbo.value
 
     def adam_step(self, lr: float, betas: tuple[float, float], eps: float) -> None:
         """One Adam step of every parameter with ``self.gradients`` (PyTorch's Adam, no weight decay)."""
+        count = self._parameter_count
+        buffers = (checked_pointer(self.parameters, "Adam: parameters", count),
+                   checked_pointer(self.gradients, "Adam: gradients", count),
+                   checked_pointer(self.exp_avg, "Adam: exp_avg", count),
+                   checked_pointer(self.exp_avg_sq, "Adam: exp_avg_sq", count))
         self.adam_steps += 1
         beta1, beta2 = betas
         adam = _AdamStep(beta1=beta1, beta2=beta2, step_size=lr / (1.0 - beta1 ** self.adam_steps),
                          bias_correction2_sqrt=math.sqrt(1.0 - beta2 ** self.adam_steps), eps=eps)
-        self.library.mnistgen_adam(self.parameters.data_ptr(), self.gradients.data_ptr(), self.exp_avg.data_ptr(),
-                                   self.exp_avg_sq.data_ptr(), self.parameters.numel(), ctypes.byref(adam),
-                                   _threads())
+        self.library.mnistgen_adam(*buffers, count, ctypes.byref(adam), _threads())
 
 
 def _threads() -> int:

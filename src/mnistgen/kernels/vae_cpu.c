@@ -20,12 +20,15 @@
  * (tests check them against float64 on dense ranges of inputs); NaN propagates through all three.
  *
  * Layout (all float32, row-major): x (B, D) images; eps (B, Z) standard normal draws; the parameters and
- * gradients in the VAEBuffers struct below; activations for up to `capacity` rows.
+ * gradients in the VAEBuffers struct below; activations for up to `capacity` rows. The library reports the
+ * size and field offsets of its two structs (mnistgen_vae_layout, at the end): the Python side, which mirrors
+ * them with ctypes, checks them when it loads the library.
  */
 
 #define _POSIX_C_SOURCE 200809L
 
 #include <math.h>
+#include <stddef.h>
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -576,5 +579,45 @@ int mnistgen_vae_math(int function, const float *in, float *out, long n) {
     if (function == 0) MAP_IN_PLACE(v_exp, out, n);
     if (function == 1) MAP_IN_PLACE(v_log1p_unit, out, n);
     if (function == 2) MAP_IN_PLACE(v_tanh, out, n);
+    return 0;
+}
+
+/* --------------------------------------------------------------------------- layout */
+
+/* The structs' layout as this compiler laid them out: mnistgen/kernels/vae.py mirrors VAEBuffers and AdamStep
+ * field for field with ctypes, and mnistgen/kernels/native.py refuses a library whose sizes and offsets are not
+ * those of the mirror (a field added, removed, moved or of another size on one side only). */
+typedef struct {
+    const char *name;
+    long value;
+} LayoutEntry;
+
+#define SIZE(type) {"sizeof(" #type ")", (long)sizeof(type)}
+#define FIELD(type, field) {"offsetof(" #type ", " #field ")", (long)offsetof(type, field)}
+
+static const LayoutEntry LAYOUT[] = {
+    SIZE(VAEBuffers),
+    FIELD(VAEBuffers, pixels), FIELD(VAEBuffers, hidden), FIELD(VAEBuffers, latent), FIELD(VAEBuffers, capacity),
+    FIELD(VAEBuffers, enc_wt), FIELD(VAEBuffers, enc_b), FIELD(VAEBuffers, mean_w), FIELD(VAEBuffers, mean_b),
+    FIELD(VAEBuffers, logvar_w), FIELD(VAEBuffers, logvar_b), FIELD(VAEBuffers, dec_w), FIELD(VAEBuffers, dec_b),
+    FIELD(VAEBuffers, out_w), FIELD(VAEBuffers, out_b), FIELD(VAEBuffers, dec_wt), FIELD(VAEBuffers, g_enc_wt),
+    FIELD(VAEBuffers, g_enc_b), FIELD(VAEBuffers, g_mean_w), FIELD(VAEBuffers, g_mean_b),
+    FIELD(VAEBuffers, g_logvar_w), FIELD(VAEBuffers, g_logvar_b), FIELD(VAEBuffers, g_dec_w),
+    FIELD(VAEBuffers, g_dec_b), FIELD(VAEBuffers, g_out_b), FIELD(VAEBuffers, h1), FIELD(VAEBuffers, mean),
+    FIELD(VAEBuffers, logvar), FIELD(VAEBuffers, std), FIELD(VAEBuffers, z), FIELD(VAEBuffers, h2),
+    FIELD(VAEBuffers, logits), FIELD(VAEBuffers, d_logits), FIELD(VAEBuffers, d_h2), FIELD(VAEBuffers, d_a1),
+    FIELD(VAEBuffers, d_mean), FIELD(VAEBuffers, d_logvar), FIELD(VAEBuffers, row_elbo),
+    FIELD(VAEBuffers, image_count), FIELD(VAEBuffers, image_pixel), FIELD(VAEBuffers, image_value),
+    FIELD(VAEBuffers, pixel_count), FIELD(VAEBuffers, pixel_image), FIELD(VAEBuffers, pixel_value),
+    SIZE(AdamStep),
+    FIELD(AdamStep, beta1), FIELD(AdamStep, beta2), FIELD(AdamStep, step_size),
+    FIELD(AdamStep, bias_correction2_sqrt), FIELD(AdamStep, eps),
+};
+
+/* Entry `index` of LAYOUT: *name and *value. Returns 0, or -1 past the last entry. */
+int mnistgen_vae_layout(int index, const char **name, long *value) {
+    if (index < 0 || index >= (int)(sizeof LAYOUT / sizeof LAYOUT[0])) return -1;
+    *name = LAYOUT[index].name;
+    *value = LAYOUT[index].value;
     return 0;
 }
