@@ -32,15 +32,15 @@ import torch.nn.functional as F
 from .config import DataConfig, ElboEstimatorsConfig, FixedEncoderConfig, VAEConfig, to_dict
 from .distributions import log_bernoulli_logits
 from .errors import MnistgenError
+from .files import atomic_write, read_json, save_figure, write_json
 from .losses import elbo_analytic, elbo_mc
-from .runs import RunDir, atomic_write, environment, is_main_process, read_json, write_json
+from .runs import RunDir, environment, is_main_process
 from .theory import kl_diag_gaussians, kl_estimator_noise_variance
 from .train.common import progress
 
 ELBO_ESTIMATORS = "elbo-estimators"  # experiment names: the CLI subcommands and the files they write
 FIXED_ENCODER = "fixed-encoder"
 EXPERIMENTS_FOLDER = "experiments"  # RUN/experiments/<name>.{json,png}
-FIGURE_DPI = 100
 EXAMPLE_IMAGES = 8  # test images shown in the fixed-encoder figure
 SHARED_FIT_TOLERANCE = 1e-9  # L-BFGS stops when the gradient's largest entry is below this
 
@@ -351,16 +351,6 @@ def _command(name: str, run: RunDir, config: Any) -> str:
     return " ".join(["mnistgen experiment", name, shlex.quote(str(run.path)), *flags])
 
 
-def _save_figure(path: Path, figure) -> None:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=FIGURE_DPI)
-    plt.close(figure)
-    if is_main_process():
-        atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
-
-
 def _jsonable(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return value.tolist()
@@ -371,7 +361,7 @@ def _jsonable(value: Any) -> Any:
 
 def _load(run: RunDir, device: str, data: DataConfig):
     """The trained model and the run's protocol (read from ``data``), both on the model's device."""
-    from .evaluate import load_run_protocol, load_trained_vae
+    from .evaluate.vae import load_run_protocol, load_trained_vae
 
     _load_vae_config(run)  # a clear error for a non-VAE folder before anything heavy
     trained = load_trained_vae(run, device)
@@ -402,7 +392,8 @@ def run_elbo_estimators(run: RunDir, config: ElboEstimatorsConfig, show_progress
               "run": str(run.path), "epochs": trained.epochs, "training_objective": trained.config.objective,
               "config": to_dict(config), "figure": str(png_path), **_jsonable(study),
               "seconds": time.perf_counter() - started, "environment": environment()}
-    _save_figure(png_path, figure)
+    if is_main_process():
+        save_figure(png_path, figure)
     if is_main_process():
         write_json(json_path, record)
     return record
@@ -443,7 +434,8 @@ def run_fixed_encoder(run: RunDir, config: FixedEncoderConfig, show_progress: bo
               "gap_shared_minus_standard_normal": elbo["shared_gaussian"]["mean"] - elbo["standard_normal"]["mean"],
               "reference_log_likelihood": reference[1] if reference else None,
               "seconds": time.perf_counter() - started, "environment": environment()}
-    _save_figure(png_path, figure)
+    if is_main_process():
+        save_figure(png_path, figure)
     if is_main_process():
         buffer = io.BytesIO()
         np.savez(buffer, **study["per_image"])

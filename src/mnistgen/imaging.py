@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .runs import atomic_write
+from .files import atomic_write
 
 
 def tile(images: np.ndarray, rows: int, cols: int, padding: int = 2, pad_value: float = 1.0) -> np.ndarray:

@@ -27,7 +27,8 @@ import numpy as np
 
 from . import __version__
 from .errors import MnistgenError
-from .runs import RunDir, atomic_write, read_json
+from .files import atomic_write, figure_png, read_json
+from .runs import RunDir
 
 CONTENT_SECURITY_POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 LIBRARIES = ("torch", "numpy", "matplotlib", "pillow", "tqdm", "pooch", "platformdirs", "mlxtend")
@@ -135,16 +136,6 @@ def png_data_uri(data: bytes) -> str:
 def figure_html(png: bytes, caption: str, alt: str, css_class: str = "") -> str:
     return (f'<figure class="{css_class}"><img src="{png_data_uri(png)}" alt="{escape(alt)}">'
             f"<figcaption>{escape(caption)}</figcaption></figure>")
-
-
-def figure_png(figure) -> bytes:
-    """A matplotlib figure as PNG bytes (the figure is closed)."""
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    plt.close(figure)
-    return buffer.getvalue()
 
 
 def array_png(image: np.ndarray, scale: int) -> bytes:

@@ -7,6 +7,7 @@ Layout of a run folder ``RUN/``::
     RUN/checkpoint.pt     the latest state (weights, optimizers, RNG states, epoch), written atomically
     RUN/data.json         provenance of the data used (dataset, files, checksums, or the sample)
     RUN/figures/*.png     figures made by ``plot`` commands
+    RUN/grids/epoch_NNN.png, .npy   a GAN run's 8x8 grids of G's images for its fixed noise, by epoch
     RUN/eval.json         results of ``eval``
 
 All file writing of training goes through this module, and only the rank-0 process writes
@@ -16,21 +17,25 @@ All file writing of training goes through this module, and only the rank-0 proce
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import sys
-import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from . import __version__
 from .config import from_dict
 from .errors import MnistgenError
+from .files import atomic_write, json_line, read_json, write_json
+from .imaging import save_png, tile
+
+GRID_SIDE = 8  # a GAN run's progress grids are 8x8 images
+GRID_PNG_SCALE = 3  # grid PNGs are enlarged 3x (nearest) so a digit is 84 screen pixels
+GRID_PADDING = 2
 
 
 def is_main_process() -> bool:
@@ -38,67 +43,6 @@ def is_main_process() -> bool:
     return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
         torch.distributed.get_rank() == 0
     )
-
-
-# --------------------------------------------------------------------------- atomic writes
-
-
-def _umask() -> int:
-    """The process's umask (reading it means setting it; it is set straight back)."""
-    current = os.umask(0)
-    os.umask(current)
-    return current
-
-
-def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Write ``path`` via a temporary file in the same folder, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 files; results are meant to be shared
-        with os.fdopen(fd, mode) as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "item"):
-        return value.item()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def _finite_or_none(value: Any) -> Any:
-    """JSON has no NaN/inf: write them as null rather than as invalid JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite_or_none(v) for v in value]
-    return value
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Atomically write ``obj`` as pretty JSON."""
-    text = json.dumps(_finite_or_none(obj), indent=2, default=_json_default) + "\n"
-    atomic_write(path, lambda h: h.write(text), mode="w")
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise MnistgenError(f"{path}: no such file") from None
-    except json.JSONDecodeError as exc:
-        raise MnistgenError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -156,6 +100,8 @@ class RunDir:
     figures = property(lambda self: self.path / "figures")
     eval = property(lambda self: self.path / "eval.json")
 
+    grids = property(lambda self: self.path / "grids")
+
     def require(self) -> RunDir:
         if not self.config.is_file():
             raise MnistgenError(f"{self.path}: not a run folder (no config.json)")
@@ -183,7 +129,7 @@ class RunDir:
             return
         self.path.mkdir(parents=True, exist_ok=True)
         with open(self.metrics, "a") as handle:
-            handle.write(json.dumps(_finite_or_none(record), default=_json_default) + "\n")
+            handle.write(json_line(record) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
 
@@ -196,7 +142,7 @@ class RunDir:
         """On resume, drop metric lines of epochs the checkpoint does not contain."""
         if is_main_process() and self.metrics.is_file():
             kept = [r for r in self.read_metrics() if r.get("epoch", 0) <= epochs_done]
-            text = "".join(json.dumps(r) + "\n" for r in kept)
+            text = "".join(json_line(r) + "\n" for r in kept)
             atomic_write(self.metrics, lambda h: h.write(text), mode="w")
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
@@ -205,3 +151,35 @@ class RunDir:
 
     def load_checkpoint(self, map_location: str | torch.device = "cpu") -> dict[str, Any]:
         return load_checkpoint(self.checkpoint, map_location)
+
+    # ------------------------------------------------------------------ a GAN run's grids
+
+    def grid_paths(self, epoch: int) -> tuple[Path, Path]:
+        """RUN/grids/epoch_NNN.png (the 8x8 picture) and .npy (its 64 images, float32 (64, 28, 28))."""
+        stem = self.grids / f"epoch_{epoch:03d}"
+        return stem.with_suffix(".png"), stem.with_suffix(".npy")
+
+    def save_grid(self, epoch: int, images: np.ndarray) -> None:
+        """The 64 images (64, 28, 28) in [0, 1] of epoch ``epoch``'s grid, as a picture and as an array (rank 0)."""
+        if not is_main_process():
+            return
+        png, array = self.grid_paths(epoch)
+        save_png(png, tile(images, GRID_SIDE, GRID_SIDE, padding=GRID_PADDING), scale=GRID_PNG_SCALE)
+        atomic_write(array, lambda handle: np.save(handle, np.asarray(images, dtype=np.float32)))
+
+    def grid_epochs(self) -> list[int]:
+        """Epochs with a saved grid (its .npy), ascending."""
+        epochs = []
+        for path in self.grids.glob("epoch_*.npy"):
+            number = path.stem.removeprefix("epoch_")
+            if number.isdigit():
+                epochs.append(int(number))
+        return sorted(epochs)
+
+    def load_grid(self, epoch: int) -> np.ndarray:
+        """The 64 images of the grid saved at ``epoch``: (64, 28, 28) float32."""
+        _, array = self.grid_paths(epoch)
+        try:
+            return np.load(array, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise MnistgenError(f"{array}: not a readable grid ({type(exc).__name__})") from None

@@ -38,8 +38,8 @@ from .config import DataConfig, ScoreConfig
 from .data.cache import cache_root
 from .data.sources import RawData, load_raw
 from .errors import MnistgenError
+from .files import atomic_write, read_json, write_json
 from .models.classifier import FEATURE_DIM, IMAGE_SIZE, NUM_CLASSES, MnistClassifier
-from .runs import atomic_write, read_json, write_json
 
 WEIGHTS_NAME = "classifier.pt"
 REFERENCE_TRAIN_IMAGES = 10_000  # the last 10k training images: the classifier's held-out validation part

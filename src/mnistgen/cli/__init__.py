@@ -39,7 +39,7 @@ def save_npy(out: Path, array) -> None:
     """Write ``array`` to ``out`` atomically (a reader never sees half an array)."""
     import numpy as np
 
-    from ..runs import atomic_write
+    from ..files import atomic_write
 
     atomic_write(out, lambda handle: np.save(handle, array))
 

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import platformdirs
 
+from ..files import atomic_write
 from .integrity import FileHashes
 
 CACHE_DIR_ENV = "MNISTGEN_CACHE_DIR"
@@ -32,22 +32,6 @@ def cache_root() -> Path:
     if override:
         return Path(override).expanduser().resolve()
     return Path(platformdirs.user_cache_dir("mnistgen", appauthor=False))
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder and a rename, so readers never see half a file.
-
-    (A torch-free twin of :func:`mnistgen.runs.atomic_write`: ``mnistgen data`` must start quickly.)
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class VerdictStore:
@@ -106,7 +90,8 @@ class VerdictStore:
             else:
                 merged[key] = entry
         try:
-            write_text_atomically(self.path, json.dumps(merged, indent=1, sort_keys=True) + "\n")
+            text = json.dumps(merged, indent=1, sort_keys=True) + "\n"
+            atomic_write(self.path, lambda handle: handle.write(text), mode="w")
         except OSError:
             pass  # an unwritable cache costs only speed: the files are verified again next time
         self._changed.clear()

@@ -1,0 +1,112 @@
+"""Writing files so that a reader never sees half of one: a temporary file in the same folder, then a rename.
+
+Torch-free (``mnistgen data`` must start quickly), and the one implementation of that pattern in mnistgen:
+:func:`replacing` for files written by someone else (a download, a compiler), :func:`atomic_write` for
+content written by a callback, :func:`write_json` and :func:`save_figure` on top of it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from .errors import MnistgenError
+
+FIGURE_DPI = 100  # every PNG figure mnistgen writes
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it; it is set straight back)."""
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+@contextmanager
+def replacing(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; when the block ends normally, the temporary file (which the
+    block must have written) is flushed to disk and renamed onto ``path``. If the block raises, it is removed
+    and ``path`` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    temporary = Path(name)
+    try:
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600 files; results are meant to be shared
+        yield temporary
+        with open(temporary, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)  # after the rename there is nothing left to remove
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> None:
+    """Write ``path`` through ``write(handle)`` (a file opened with ``mode``), atomically (see :func:`replacing`)."""
+    with replacing(path) as temporary, open(temporary, mode) as handle:
+        write(handle)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item"):  # NumPy and torch scalars
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def finite_or_none(value: Any) -> Any:
+    """JSON has no NaN/inf: they are written as null rather than as invalid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_none(v) for v in value]
+    return value
+
+
+def json_line(record: Any) -> str:
+    """``record`` as one line of JSON (no NaN or inf: null), without the newline."""
+    return json.dumps(finite_or_none(record), default=_json_default)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Atomically write ``obj`` as pretty JSON."""
+    text = json.dumps(finite_or_none(obj), indent=2, default=_json_default) + "\n"
+    atomic_write(path, lambda handle: handle.write(text), mode="w")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """The JSON in ``path``; a missing or invalid file is a one-line :class:`MnistgenError`."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise MnistgenError(f"{path}: no such file") from None
+    except json.JSONDecodeError as exc:
+        raise MnistgenError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def figure_png(figure: Any) -> bytes:
+    """A matplotlib Figure as PNG bytes (at :data:`FIGURE_DPI`); the figure is closed."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=FIGURE_DPI)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def save_figure(path: str | os.PathLike, figure: Any) -> Path:
+    """A matplotlib Figure as a PNG file (see :func:`figure_png`), written atomically; returns the path."""
+    png = figure_png(figure)
+    atomic_write(path, lambda handle: handle.write(png))
+    return Path(path)
