@@ -24,7 +24,8 @@ import torch
 
 from .config import VAEConfig
 from .errors import MnistgenError
-from .runs import RunDir, atomic_write
+from .files import atomic_write
+from .runs import RunDir
 
 CONTENT_SECURITY_POLICY = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'"
 IMAGE_SIDE = 28
@@ -280,7 +281,7 @@ def explorer_from_run(folder: str | Path, device: str = "auto", gan_folder: str 
     """
     from .data.protocols import binarize_batch
     from .data.registry import DATASETS
-    from .evaluate import encode_means, load_run_protocol, load_trained_vae
+    from .evaluate.vae import encode_means, load_run_protocol, load_trained_vae
 
     run = vae_run_of(folder)
     trained = load_trained_vae(run, device)
@@ -299,7 +300,7 @@ def explorer_from_run(folder: str | Path, device: str = "auto", gan_folder: str 
     gan_run = RunDir(gan_folder) if gan_folder is not None else RunDir(RunDir(folder).path / "gan")
     gan = None
     if gan_folder is not None or gan_run.checkpoint.is_file():
-        from .train.gan import load_generator
+        from .evaluate.gan import load_generator
 
         gan = generator_arrays(load_generator(gan_run, torch.device("cpu"))[0])
     return ExplorerData(*decoder_arrays(trained.model.decoder), means=means, labels=protocol.train_labels.numpy(),

@@ -39,7 +39,8 @@ from .config import (
     to_dict,
 )
 from .errors import MnistgenError
-from .runs import RunDir, atomic_write, read_json, write_json
+from .files import atomic_write, read_json, write_json
+from .runs import RunDir
 
 SAMPLE_SETS = ("vae_means", "vae_binary", "gan")  # the .npy files in RUN/samples, each scored
 SCORED_DATASETS = ("mnist", "mnist-sample")  # the score's classifier knows digits only
@@ -216,7 +217,7 @@ def stage_vae_train(repro: Reproduction, config: ReproduceConfig) -> None:
 
 
 def stage_vae_eval(repro: Reproduction, config: ReproduceConfig) -> None:
-    from .evaluate import evaluate_run
+    from .evaluate.vae import evaluate_run
 
     result = evaluate_run(repro.vae, VAEEvalConfig(iw=config.iw_samples, device=config.device))
     say(f"  test ELBO {result['test_elbo']:.2f}, log p(x) >= {result['test_iw_log_likelihood']:.2f} "
@@ -224,7 +225,7 @@ def stage_vae_eval(repro: Reproduction, config: ReproduceConfig) -> None:
 
 
 def stage_vae_plots(repro: Reproduction, config: ReproduceConfig) -> None:
-    from .evaluate import write_figures
+    from .evaluate.vae import write_figures
 
     write_figures(repro.vae, VAEEvalConfig(device=config.device))
 
@@ -234,7 +235,7 @@ def save_images(path: Path, images: np.ndarray) -> None:
 
 
 def stage_vae_samples(repro: Reproduction, config: ReproduceConfig) -> None:
-    from .evaluate import sample_run
+    from .evaluate.vae import sample_run
 
     options = VAEEvalConfig(device=config.device)
     save_images(repro.sample_file("vae_means"), sample_run(repro.vae, config.score_samples, False, options))
@@ -258,16 +259,16 @@ def stage_gan_train(repro: Reproduction, config: ReproduceConfig) -> None:
 
 
 def stage_gan_plots(repro: Reproduction, config: ReproduceConfig) -> dict[str, Any]:
-    from .train.gan import saved_grid_epochs, write_figures
+    from .evaluate.gan import write_figures
 
-    epochs = progress_epochs(saved_grid_epochs(repro.gan), config.gan_epochs)
+    epochs = progress_epochs(repro.gan.grid_epochs(), config.gan_epochs)
     write_figures(repro.gan, epochs)
     return {"note": "progress figure of epochs " + ", ".join(map(str, epochs))}
 
 
 def stage_gan_samples(repro: Reproduction, config: ReproduceConfig) -> None:
     from .device import resolve_device
-    from .train.gan import load_generator, sample_images
+    from .evaluate.gan import load_generator, sample_images
 
     generator, saved = load_generator(repro.gan, resolve_device(config.device))
     save_images(repro.sample_file("gan"), sample_images(generator, config.score_samples, saved.seed))

@@ -59,12 +59,13 @@ def register(subparsers) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from ..data.protocols import load_protocol
     from ..data.sources import load_raw
-    from ..train.gan import TrainingInterrupted, check_run_folder, train_gan
+    from ..train.common import check_run_folder
+    from ..train.gan import RESUMABLE_FIELDS, TrainingInterrupted, train_gan
 
     run = RunDir(args.out)
     base = run.read_config_as("gan", GANConfig, "a GAN run") if args.resume else None
     config = config_from_args(GANConfig, args, base)
-    check_run_folder(config, run, args.resume)  # before the data are loaded
+    check_run_folder(run, args.resume, "gan", config, RESUMABLE_FIELDS)  # before the data are loaded
     protocol = load_protocol("gan", load_raw(config.data))
     try:
         history = train_gan(config, protocol.train_images, run, resume=args.resume, provenance=protocol.provenance)
@@ -79,7 +80,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_plot(args: argparse.Namespace) -> int:
-    from ..train.gan import write_figures
+    from ..evaluate.gan import write_figures
 
     run = RunDir(args.run).require()
     options = config_from_args(GANPlotConfig, args)
@@ -101,7 +102,7 @@ def parse_epochs(text: str) -> list[int]:
 
 def run_sample(args: argparse.Namespace) -> int:
     from ..device import resolve_device
-    from ..train.gan import load_generator, sample_images
+    from ..evaluate.gan import load_generator, sample_images
 
     out = npy_output(args.out)
     if args.n <= 0:

@@ -81,7 +81,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from ..evaluate import evaluate_run
+    from ..evaluate.vae import evaluate_run
     from ..train.common import progress
 
     run = RunDir(args.run).require()
@@ -107,7 +107,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_plot(args: argparse.Namespace) -> int:
-    from ..evaluate import write_figures
+    from ..evaluate.vae import write_figures
 
     run = RunDir(args.run).require()
     for path in write_figures(run, config_from_args(VAEEvalConfig, args)):
@@ -116,7 +116,7 @@ def run_plot(args: argparse.Namespace) -> int:
 
 
 def run_sample(args: argparse.Namespace) -> int:
-    from ..evaluate import sample_run
+    from ..evaluate.vae import sample_run
 
     out = npy_output(args.out)
     run = RunDir(args.run).require()

@@ -3,7 +3,7 @@ decodes and samples, and the run-level operations behind ``mnistgen vae eval|plo
 
 Estimators (model-level, pure: a model, tensors and a generator in, tensors out):
 
-- :func:`elbo_samples`: the ELBO of each image, for several independent draws of z;
+- :func:`mnistgen.losses.elbo_samples`: the ELBO of each image, for several independent draws of z;
 - :func:`iw_log_likelihood`: log p(x) ~= log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x), z_k ~ q(z|x)
   (the importance-weighted bound; it rises towards log p(x) as K grows, and equals the one-sample
   ELBO at K = 1), computed in chunks so memory stays bounded for any K;
@@ -17,7 +17,6 @@ Run-level (read a run folder, write into it through :mod:`mnistgen.runs`): :func
 from __future__ import annotations
 
 import dataclasses
-import io
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,16 +26,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import VAEConfig, VAEEvalConfig
-from .data.protocols import Protocol, binarize_batch, load_protocol
-from .data.registry import DATASETS
-from .data.sources import load_raw
-from .device import resolve_device
-from .distributions import log_bernoulli_logits, log_normal_logvar, log_standard_normal, sample_bernoulli
-from .errors import MnistgenError
-from .losses import vae_elbo
-from .models.vae import IMAGE_SIZE, VAE
-from .runs import RunDir, atomic_write, is_main_process, read_json, write_json
+from ..config import VAEConfig, VAEEvalConfig
+from ..data.protocols import Protocol, binarize_batch, load_protocol
+from ..data.registry import DATASETS
+from ..data.sources import load_raw
+from ..device import resolve_device
+from ..distributions import log_bernoulli_logits, log_normal_logvar, log_standard_normal, sample_bernoulli
+from ..errors import MnistgenError
+from ..files import read_json, save_figure, write_json
+from ..losses import elbo_samples
+from ..models.vae import IMAGE_SIZE, VAE
+from ..runs import RunDir, is_main_process
 
 EVAL_CHUNK_IMAGES = 1000  # images per forward pass when evaluating a data set
 IW_CHUNK_ELEMENTS = 1 << 22  # logits per importance-sampling chunk (16 MiB in float32), whatever K is
@@ -51,21 +51,6 @@ MANIFOLD_HALF_WIDTH = 3.0  # ...over [-3, 3]^2, where the prior N(0, I) puts 99.
 
 
 # --------------------------------------------------------------------------- estimators
-
-
-@torch.inference_mode()
-def elbo_samples(model: VAE, images: torch.Tensor, samples: int = 1, analytic_kl: bool = False,
-                 generator: torch.Generator | None = None, chunk_size: int = EVAL_CHUNK_IMAGES) -> torch.Tensor:
-    """The ELBO of each image for ``samples`` independent draws of z: (N, 784) -> (samples, N).
-
-    Each draw is :func:`mnistgen.losses.vae_elbo` (Eq. 1 with ``analytic_kl``, else Eq. 2), chunk by chunk.
-    """
-    out = torch.empty(samples, len(images), device=images.device)
-    for sample in range(samples):
-        for start in range(0, len(images), chunk_size):
-            chunk = images[start:start + chunk_size]
-            out[sample, start:start + len(chunk)] = vae_elbo(model, chunk, analytic_kl, generator)
-    return out
 
 
 @torch.inference_mode()
@@ -304,20 +289,13 @@ def sample_run(run: RunDir, n: int, binary: bool = False, options: VAEEvalConfig
     return images.reshape(n, IMAGE_SIZE, IMAGE_SIZE).float().cpu().numpy()
 
 
-def _save_figure(path: Path, figure) -> None:
-    """A matplotlib Figure as a PNG file, written atomically."""
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
-
-
 def write_figures(run: RunDir, options: VAEEvalConfig | None = None) -> list[Path]:
     """RUN/figures/{samples,latent,interpolation,manifold,curves}.png; returns their paths.
 
     With more than two latent dimensions the latent figure shows the first two coordinates and the
     manifold figure (a picture of the 2-D plane) is not made.
     """
-    from .plots import vae as plots
+    from ..plots import vae as plots
 
     options = options or VAEEvalConfig()
     trained = load_trained_vae(run, options.device)
@@ -360,6 +338,6 @@ def write_figures(run: RunDir, options: VAEEvalConfig | None = None) -> list[Pat
     for name, figure in figures.items():
         path = run.figures / f"{name}.png"
         if is_main_process():
-            _save_figure(path, figure)
+            save_figure(path, figure)
         paths.append(path)
     return paths
