@@ -1,13 +1,12 @@
 """How fast mnistgen trains the GAN: mnistgen's training loop against the classic loop, same process.
 
-Both loops train SPEC §3's networks from the same weights on the 60,000 MNIST training images (batch
+The loops train SPEC §3's networks from the same weights on the 60,000 MNIST training images (batch
 256); bench/gan_baseline.py is the classic loop (a DataLoader with shuffle=True, G(z) once for D's step
-and again for G's step), tests/test_gan_speed.py shows both take the same steps. Each repetition
-times each loop once, alternating which goes first; the medians and their ratio are printed, as
-wall-clock time and as CPU time of this process.
-
-mnistgen's loop uses the kernels that ``mnistgen gan train`` would choose (``--cpu-kernels``, default auto:
-its C kernels for D and G's convolutions where a C compiler works; ``torch`` for PyTorch's).
+and again for G's step), tests/test_gan_speed.py shows they take the same steps. mnistgen's loop runs
+twice: on its reference path (the modules' own calls) and with the accelerators that ``mnistgen gan train``
+would choose (``--cpu-kernels``, default auto: its C kernels for D and G where a C compiler works; ``torch``
+for PyTorch-only ones). Each repetition times each loop once, alternating the order; the medians and their
+ratios to the classic loop are printed, as wall-clock time and as CPU time of this process.
 
 A whole epoch (234 batches) of the classic loop takes about a minute on 2 CPU cores, so by default
 each repetition times the first ``--batches`` batches of an epoch and the per-epoch figures are
@@ -45,10 +44,9 @@ from mnistgen.data.batches import num_batches, shuffled_batches
 from mnistgen.data.protocols import load_protocol
 from mnistgen.data.sources import load_raw
 from mnistgen.device import seed_everything
-from mnistgen.kernels.gan import choose_gan_forward
 from mnistgen.models.gan import Discriminator, Generator
 from mnistgen.train.common import keep_freed_memory, stream_seed
-from mnistgen.train.gan import NOISE_STREAM, STATS, build_models, make_optimizers, train_epoch
+from mnistgen.train.gan import NOISE_STREAM, REFERENCE, STATS, build_models, choose_calls, make_optimizers, train_epoch
 
 HERE = Path(__file__).resolve().parent
 
@@ -89,7 +87,7 @@ def main() -> None:
     parser.add_argument("--classic-in-subprocess", action="store_true",
                         help="time the classic loop in a fresh, untuned Python process per repetition")
     parser.add_argument("--cpu-kernels", choices=("auto", "native", "torch"), default="auto",
-                        help="mnistgen's D and G's convolutions: its C kernels or PyTorch's (as `mnistgen gan train`)")
+                        help="mnistgen's accelerators: its C kernels or PyTorch-only ones (as `mnistgen gan train`)")
     parser.add_argument("--only-classic-json", action="store_true",
                         help=argparse.SUPPRESS)  # the subprocess: one timed classic run, printed as JSON
     args = parser.parse_args()
@@ -104,15 +102,32 @@ def main() -> None:
                        cpu_kernels=args.cpu_kernels)
     images = load_protocol("gan", load_raw(config.data)).train_images  # (60000, 1, 28, 28) in [0, 1]
     device = torch.device("cpu")
-    forward = choose_gan_forward(config.cpu_kernels, device)
     per_epoch = num_batches(len(images), config.batch_size, drop_last=True)
     batches_timed = args.batches if 0 < args.batches < per_epoch else per_epoch
 
-    order = seed_everything(config.seed)
-    generator, discriminator = build_models(config, device)
-    optimizer_g, optimizer_d = make_optimizers(generator, discriminator, config)
-    noise = torch.Generator().manual_seed(stream_seed(config.seed, NOISE_STREAM))
+    seed_everything(config.seed)
+    initial = build_models(config, device)  # the weights every loop starts from (never trained itself)
 
+    def mnistgen_loop(accelerated: bool):
+        """An epoch function of mnistgen's loop (reference path, or with the accelerators) and its calls."""
+        order = torch.Generator().manual_seed(config.seed)
+        generator, discriminator = Generator(config.zdim), Discriminator()
+        generator.load_state_dict(initial[0].state_dict())
+        discriminator.load_state_dict(initial[1].state_dict())
+        optimizer_g, optimizer_d = make_optimizers(generator, discriminator, config)
+        noise = torch.Generator().manual_seed(stream_seed(config.seed, NOISE_STREAM))
+        calls = choose_calls(generator, discriminator, config, device) if accelerated else REFERENCE
+
+        def run() -> None:
+            batches = list(shuffled_batches(len(images), config.batch_size, order, drop_last=True))[:batches_timed]
+            step_stats = torch.zeros(len(batches), len(STATS))
+            train_epoch(generator, discriminator, optimizer_g, optimizer_d, images, batches, noise=noise,
+                        step_stats=step_stats, calls=calls)
+            step_stats.tolist()  # what the loop does at the end of an epoch
+
+        return run, calls
+
+    generator, discriminator = initial
     plain_generator, plain_discriminator = Generator(config.zdim), Discriminator()  # PyTorch's default layout
     plain_generator.load_state_dict(generator.state_dict())
     plain_discriminator.load_state_dict(discriminator.state_dict())
@@ -121,13 +136,6 @@ def main() -> None:
     plain_order = torch.Generator().manual_seed(config.seed)
     plain_noise = torch.Generator().manual_seed(stream_seed(config.seed, NOISE_STREAM))
     loader = baseline.make_loader(images, config.batch_size, plain_order)
-
-    def mnistgen_run() -> None:
-        batches = list(shuffled_batches(len(images), config.batch_size, order, drop_last=True))[:batches_timed]
-        step_stats = torch.zeros(len(batches), len(STATS))
-        train_epoch(generator, discriminator, optimizer_g, optimizer_d, images, batches, noise=noise,
-                    step_stats=step_stats, forward=forward)
-        step_stats.tolist()  # what the loop does at the end of an epoch
 
     def classic_run() -> None:
         baseline.baseline_epoch(plain_generator, plain_discriminator, plain_optimizer_g, plain_optimizer_d,
@@ -145,10 +153,12 @@ def main() -> None:
         subprocess_times.append(tuple(json.loads(output.strip().splitlines()[-1])))
 
     subprocess_times: list[tuple[float, float, int]] = []
+    reference_run, _ = mnistgen_loop(accelerated=False)
+    accelerated_run, calls = mnistgen_loop(accelerated=True)
     loops = {"classic loop": classic_subprocess if args.classic_in_subprocess else classic_run,
-             "mnistgen": mnistgen_run}
+             "mnistgen, reference": reference_run, "mnistgen, accelerated": accelerated_run}
     for name, run in loops.items():  # warm-up: oneDNN primitives, allocator
-        if name == "mnistgen" or not args.classic_in_subprocess:
+        if name != "classic loop" or not args.classic_in_subprocess:
             run()
     times = {name: [] for name in loops}
     for repetition in range(args.repeat):
@@ -167,7 +177,7 @@ def main() -> None:
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; {datetime.date.today().isoformat()}")
     where = ("a fresh untuned subprocess per repetition" if args.classic_in_subprocess
              else "this process")
-    print(f"mnistgen's kernels for D and G's convolutions: {forward.kernels}")
+    print(f"mnistgen, accelerated: {calls.trained_by}")
     print(f"allocator: mnistgen {'tuned (keep_freed_memory)' if allocator_tuned else 'glibc default'}; "
           f"classic loop in {where}, "
           + ("glibc default" if args.classic_in_subprocess or not allocator_tuned else "tuned (keep_freed_memory)"))
@@ -178,11 +188,13 @@ def main() -> None:
         medians[name] = (wall, cpu)
         faults = statistics.median(s[2] for s in samples) / batches_timed
         every = ", ".join(f"{s[0] * scale:.1f}" for s in samples)
-        print(f"  {name:13s} epoch: median {wall:7.1f} s wall, {cpu:7.1f} s CPU, {faults:7.0f} page faults per batch"
+        print(f"  {name:21s} epoch: median {wall:7.1f} s wall, {cpu:7.1f} s CPU, {faults:7.0f} page faults per batch"
               f"   (wall per repetition: {every})")
-    (base_wall, base_cpu), (ours_wall, ours_cpu) = medians["classic loop"], medians["mnistgen"]
-    print(f"speed-up of mnistgen over the classic loop: {base_wall / ours_wall:.2f}x wall-clock, "
-          f"{base_cpu / ours_cpu:.2f}x CPU time")
+    base_wall, base_cpu = medians["classic loop"]
+    for name in ("mnistgen, reference", "mnistgen, accelerated"):
+        ours_wall, ours_cpu = medians[name]
+        print(f"speed-up of {name} over the classic loop: {base_wall / ours_wall:.2f}x wall-clock, "
+              f"{base_cpu / ours_cpu:.2f}x CPU time")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,11 @@
 """How fast mnistgen trains the VAE: one hw-protocol epoch of mnistgen's loop against a plain PyTorch loop.
 
 The loops train the same model from the same weights on the same 10,000 binary images with the same
-random draws: the plain loop (bench/vae_baseline.py) and mnistgen's `train_epoch` with the kernels that
-`--cpu-kernels` chooses (default auto: the C kernels on CPU where a compiler works), and, when those are
-the C kernels, mnistgen's loop with PyTorch's kernels too. tests/test_vae_speed.py and
-tests/test_vae_native.py show that they follow the same loss trajectory. Each repetition times one epoch
-of each loop, in turn; the medians and their ratios to the plain loop are printed, as wall-clock and as
-CPU time of this process.
+random draws: the plain loop (bench/vae_baseline.py), and mnistgen's `train_epoch` on its reference path
+(autograd through the modules), with the hand-derived gradient ("torch") and, where the accelerator that
+`--cpu-kernels` chooses is the C kernels, with those. tests/test_vae_speed.py shows that they follow the
+same loss trajectory. Each repetition times one epoch of each loop, in turn; the medians and their ratios to
+the plain loop are printed, as wall-clock and as CPU time of this process.
 
     python bench/vae_speed.py --data-dir ../shared/data/mnist --repeat 7 [--threads 1] [--cpu-kernels torch]
 """
@@ -25,22 +24,15 @@ from pathlib import Path
 
 import torch
 
+from mnistgen.accelerate import Accelerator
+from mnistgen.accelerate.vae import NATIVE, TORCH, choose_vae_accelerator
 from mnistgen.config import DataConfig, VAEConfig
 from mnistgen.data.batches import shuffled_batches
 from mnistgen.data.protocols import load_protocol
 from mnistgen.data.sources import load_raw
 from mnistgen.device import seed_everything
 from mnistgen.train.common import stream_seed
-from mnistgen.train.vae import (
-    NATIVE_KERNELS,
-    NOISE_STREAM,
-    TORCH_KERNELS,
-    VAEKernels,
-    build_model,
-    choose_vae_kernels,
-    make_optimizer,
-    train_epoch,
-)
+from mnistgen.train.vae import NOISE_STREAM, build_model, make_optimizer, train_epoch
 
 HERE = Path(__file__).resolve().parent
 
@@ -71,23 +63,23 @@ def main() -> None:
     config = VAEConfig(data=DataConfig(data_dir=args.data_dir, offline=True), device="cpu",
                        cpu_kernels=args.cpu_kernels)
     device = torch.device(args.device)
-    kernels = choose_vae_kernels(config.cpu_kernels, device)
     images = load_protocol("hw", load_raw(config.data)).train_images.to(device)  # (10000, 784) binary
 
-    def mnistgen_loop(kernels: VAEKernels, initial: dict) -> Callable[[], float]:
-        """An epoch function of mnistgen's loop with these kernels, from the weights ``initial``."""
+    def mnistgen_loop(accelerator: Accelerator | None, initial: dict) -> Callable[[], float]:
+        """An epoch function of mnistgen's loop with this accelerator (None: the reference path), from the
+        weights ``initial``."""
         order = seed_everything(config.seed)
         model = build_model(config, device)
         model.load_state_dict(initial)
         optimizer = make_optimizer(model, config.lr)
         noise = torch.Generator(device).manual_seed(stream_seed(config.seed, NOISE_STREAM))
-        steps = kernels.steps(model, optimizer, config.batch_size)
+        step = accelerator.implementation(model, optimizer, config) if accelerator is not None else None
 
         def epoch() -> float:
             batches = list(shuffled_batches(len(images), config.batch_size, order))
             step_elbos = torch.zeros(len(batches), device=device)
             train_epoch(model, optimizer, images, batches, noise=noise, analytic_kl=False,
-                        dynamic_binarization=False, step_elbos=step_elbos, steps=steps)
+                        dynamic_binarization=False, step_elbos=step_elbos, accelerator=step)
             return float(step_elbos.sum()) / len(images)
 
         return epoch
@@ -105,10 +97,11 @@ def main() -> None:
                                          config.batch_size)
         return -statistics.fmean(losses)
 
-    loops = {"plain PyTorch loop": plain_epoch}
-    if kernels is NATIVE_KERNELS:  # both of mnistgen's loops: what the C kernels add to the PyTorch one
-        loops["mnistgen, torch kernels"] = mnistgen_loop(TORCH_KERNELS, initial)
-    loops[f"mnistgen, {kernels.kernels} kernels"] = mnistgen_loop(kernels, initial)
+    chosen = choose_vae_accelerator(reference, config, device).accelerator
+    loops = {"plain PyTorch loop": plain_epoch, "mnistgen, reference": mnistgen_loop(None, initial),
+             "mnistgen, torch": mnistgen_loop(TORCH, initial)}
+    if chosen is NATIVE:
+        loops["mnistgen, native"] = mnistgen_loop(NATIVE, initial)
     wall = {name: [] for name in loops}
     cpu = {name: [] for name in loops}
     elbo = {}

@@ -77,3 +77,28 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def native_kernels_unavailable() -> str | None:
+    """Why mnistgen's C kernels (both libraries) cannot be built or loaded on this machine, or None if they can."""
+    from mnistgen.kernels.native import NativeKernelsUnavailable, load_gan_library, load_vae_library
+
+    try:
+        load_gan_library()
+        load_vae_library()
+    except NativeKernelsUnavailable as exc:
+        return str(exc)
+    return None
+
+
+def native_kernels_build() -> bool:
+    """Whether mnistgen's C kernels work here: what ``--cpu-kernels auto`` takes on this machine's CPU."""
+    return native_kernels_unavailable() is None
+
+
+@pytest.fixture
+def needs_native_kernels():
+    """For tests of the C kernels themselves: skipped, with the reason, on a machine without a C compiler."""
+    reason = native_kernels_unavailable()
+    if reason is not None:
+        pytest.skip(f"needs mnistgen's C kernels, which cannot be built here: {reason}")

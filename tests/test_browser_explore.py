@@ -12,10 +12,10 @@ from browser_support import browser, open_page  # noqa: F401 - browser is a fixt
 from mnistgen.cli import main
 from mnistgen.config import DataConfig, GANConfig, VAEConfig, to_dict
 from mnistgen.data.protocols import load_protocol
-from mnistgen.evaluate import load_trained_vae
+from mnistgen.evaluate.gan import load_generator
+from mnistgen.evaluate.vae import load_trained_vae
 from mnistgen.models.gan import Generator
 from mnistgen.runs import RunDir
-from mnistgen.train.gan import load_generator
 from mnistgen.train.vae import train_vae
 
 TRAIN_IMAGES = 1000

@@ -23,7 +23,7 @@ from mnistgen.cli import main
 from mnistgen.config import DataConfig, ElboEstimatorsConfig, FixedEncoderConfig, VAEConfig
 from mnistgen.data.protocols import load_protocol
 from mnistgen.distributions import log_bernoulli_logits
-from mnistgen.evaluate import load_trained_vae
+from mnistgen.evaluate.vae import load_trained_vae
 from mnistgen.losses import elbo_analytic, elbo_mc
 from mnistgen.runs import RunDir, write_json
 from mnistgen.theory import kl_diag_gaussians, kl_estimator_noise_variance

@@ -181,7 +181,7 @@ def test_explorer_reads_the_data_folder_the_run_recorded(tmp_path, mnist_dir, mn
     """A run that found MNIST through $MNISTGEN_DATA_DIR is explored later without it: data.json says where."""
     from mnistgen.config import DataConfig, VAEConfig
     from mnistgen.data.protocols import load_protocol
-    from mnistgen.evaluate import check_same_data
+    from mnistgen.evaluate.vae import check_same_data
     from mnistgen.explore import explorer_from_run
     from mnistgen.runs import RunDir, write_json
     from mnistgen.train.vae import train_vae

@@ -1,14 +1,14 @@
 """Every speed-up of the GAN's training loop leaves the mathematics unchanged (bench/gan_speed.py measures them).
 
-- nearest-upsample + 3x3 conv as one stride-2 transposed conv (:func:`mnistgen.models.gan.upsample_conv`):
+- nearest-upsample + 3x3 conv as one stride-2 transposed conv (:func:`mnistgen.accelerate.gan.upsample_conv`):
   a hand-computed case at the border, and values and gradients against the layers;
-- G(z) (:func:`mnistgen.models.gan.generate`) = the layer-by-layer forward, values and gradients;
-- channels-last weights (G and D) give the same values and gradients;
-- one D pass over real and generated images = two passes;
-- fused Adam = PyTorch's default Adam;
+- G(z) by the torch accelerator (:func:`mnistgen.accelerate.gan.torch_generate`) = the layer-by-layer
+  forward, values and gradients, whatever the weights' memory layout;
+- one D call over real and generated images = two calls;
 - keeping freed memory (:func:`mnistgen.train.common.keep_freed_memory`) stops the page faults of every step;
-- and all of it together: mnistgen's training step = the classic step of bench/gan_baseline.py (G(z) for
-  D's step and again for G's step, D on each batch separately, default layout and Adam).
+- and all of it together: mnistgen's training step, on the reference path and with each accelerator, = the
+  classic step of bench/gan_baseline.py (G(z) for D's step and again for G's step, D on each batch
+  separately, the default Adam).
 """
 
 from __future__ import annotations
@@ -21,9 +21,11 @@ import pytest
 import torch
 from bench_support import load_bench_module, perturbed, relative_error
 
+from mnistgen.accelerate.gan import torch_discriminate_both, torch_generate, upsample_conv
 from mnistgen.config import GANConfig
 from mnistgen.device import seed_everything
-from mnistgen.models.gan import Discriminator, Generator, generate, upsample_conv
+from mnistgen.distributions import sample_uniform_noise
+from mnistgen.models.gan import Discriminator, Generator
 from mnistgen.train import common
 from mnistgen.train import gan as train
 
@@ -40,8 +42,8 @@ def copy_of(module: torch.nn.Module, memory_format=torch.contiguous_format) -> t
 def test_generate_equals_the_layer_by_layer_forward(memory_format):
     reference = perturbed(Generator(), seed=0)
     fast = copy_of(reference, memory_format)
-    z = train.uniform_noise(16, 64, torch.Generator().manual_seed(1))
-    expected, actual = reference(z), generate(fast, z)
+    z = sample_uniform_noise(16, 64, torch.Generator().manual_seed(1))
+    expected, actual = reference(z), torch_generate(fast, z)
     assert actual.shape == (16, 1, 28, 28)
     assert (actual - expected).abs().max().item() < 1e-5
     # a loss that weighs every pixel differently, so border and interior, even and odd pixels all count
@@ -88,23 +90,6 @@ def test_upsample_conv_equals_upsample_then_conv(channels_in, channels_out, side
         assert relative_error(g, w) < 1e-5, name
 
 
-@pytest.mark.parametrize("requires_input_grad", [False, True], ids=["d_step", "g_step"])
-def test_channels_last_discriminator_equals_the_default_layout(requires_input_grad):
-    reference = perturbed(Discriminator(), seed=0)
-    fast = copy_of(reference, torch.channels_last)
-    images = torch.rand(16, 1, 28, 28).pow(3)
-    images[:, :, :6] = 0.0  # MNIST-like empty rows: equal values in the max-pool windows (ties)
-    images.requires_grad_(requires_input_grad)
-    expected, actual = reference(images), fast(images)
-    assert relative_error(actual, expected) < 1e-5
-    inputs = [images] if requires_input_grad else []
-    want = torch.autograd.grad((expected * torch.linspace(-1, 1, 16).view(16, 1)).sum(),
-                               inputs + list(reference.parameters()))
-    got = torch.autograd.grad((actual * torch.linspace(-1, 1, 16).view(16, 1)).sum(), inputs + list(fast.parameters()))
-    for want_grad, got_grad in zip(want, got, strict=True):
-        assert relative_error(got_grad, want_grad) < 1e-5
-
-
 PAGE_FAULTS = """
 import resource, torch
 from mnistgen.config import GANConfig
@@ -115,11 +100,12 @@ generator, discriminator = train.build_models(config, torch.device("cpu"))
 optimizer_g, optimizer_d = train.make_optimizers(generator, discriminator, config)
 real, z = torch.rand(256, 1, 28, 28), torch.rand(256, 64) * 2 - 1
 def faults_per_step():
-    train.train_step(generator, discriminator, optimizer_g, optimizer_d, real, z)  # warm-up
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(2):
+    for _ in range(2):  # warm-up: the heap grows to the step's needs once
         train.train_step(generator, discriminator, optimizer_g, optimizer_d, real, z)
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 2
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(3):
+        train.train_step(generator, discriminator, optimizer_g, optimizer_d, real, z)
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 3
 default = faults_per_step()
 assert common.keep_freed_memory()
 print(default, faults_per_step())
@@ -141,45 +127,35 @@ def test_keeping_freed_memory_is_a_no_op_off_linux(monkeypatch):
     assert common.keep_freed_memory() is False
 
 
-def test_one_discriminator_pass_over_both_batches_equals_two_passes():
-    torch.manual_seed(0)
-    discriminator = Discriminator()
+def test_one_discriminator_call_over_both_batches_equals_two_calls():
+    discriminator = perturbed(Discriminator(), seed=0)
     real, fake = torch.rand(8, 1, 28, 28), torch.rand(8, 1, 28, 28)
-    together = discriminator(torch.cat([real, fake]))
-    assert torch.allclose(together[:8], discriminator(real), atol=1e-6)
-    assert torch.allclose(together[8:], discriminator(fake), atol=1e-6)
+    real_logits, fake_logits = torch_discriminate_both(discriminator, real, fake)
+    assert relative_error(real_logits, discriminator(real)) < 1e-6
+    assert relative_error(fake_logits, discriminator(fake)) < 1e-6
 
 
-def test_fused_adam_takes_the_default_adam_steps():
-    torch.manual_seed(0)
-    first = torch.nn.Parameter(torch.randn(50))
-    second = torch.nn.Parameter(first.detach().clone())
-    fused = torch.optim.Adam([first], lr=2e-4, fused=True)
-    default = torch.optim.Adam([second], lr=2e-4)
-    for step in range(5):
-        gradient = torch.randn(50, generator=torch.Generator().manual_seed(step))
-        first.grad, second.grad = gradient.clone(), gradient.clone()
-        fused.step()
-        default.step()
-    assert torch.allclose(first, second, atol=1e-7)
-    assert not torch.allclose(first, torch.randn(50, generator=torch.Generator().manual_seed(0)))
-
-
-def test_mnistgen_step_equals_the_classic_step():
+@pytest.mark.parametrize("cpu_kernels", ["reference", "torch", "native"])
+def test_mnistgen_step_equals_the_classic_step(cpu_kernels, request):
+    if cpu_kernels == "native":
+        request.getfixturevalue("needs_native_kernels")
     baseline = load_bench_module("gan_baseline")
-    config = GANConfig(device="cpu")
+    config = GANConfig(device="cpu", cpu_kernels=cpu_kernels)
     seed_everything(config.seed)
-    generator, discriminator = train.build_models(config, torch.device("cpu"))  # channels-last G on CPU
+    generator, discriminator = train.build_models(config, torch.device("cpu"))
     optimizer_g, optimizer_d = train.make_optimizers(generator, discriminator, config)
     plain_generator, plain_discriminator = copy_of(generator), copy_of(discriminator)
     plain_g = torch.optim.Adam(plain_generator.parameters(), lr=config.lr_g)
     plain_d = torch.optim.Adam(plain_discriminator.parameters(), lr=config.lr_d)
+    calls = train.choose_calls(generator, discriminator, config, torch.device("cpu"))
+    assert calls.trained_by == f"G {cpu_kernels}, D {cpu_kernels}"
 
     data = torch.Generator().manual_seed(0)
     for _ in range(3):
         real = torch.rand((32, 1, 28, 28), generator=data).pow(3)
-        z = train.uniform_noise(32, config.zdim, data)
-        d_loss, g_loss, _, _ = train.train_step(generator, discriminator, optimizer_g, optimizer_d, real, z).tolist()
+        z = sample_uniform_noise(32, config.zdim, data)
+        d_loss, g_loss, _, _ = train.train_step(generator, discriminator, optimizer_g, optimizer_d, real, z,
+                                                calls).tolist()
         plain_d_loss, plain_g_loss = baseline.classic_step(plain_generator, plain_discriminator, plain_g, plain_d,
                                                            real, z)
         assert d_loss == pytest.approx(plain_d_loss, rel=1e-5)

@@ -11,12 +11,15 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import native_kernels_build
 
 from mnistgen.config import GANConfig
 from mnistgen.device import seed_everything
+from mnistgen.distributions import sample_uniform_noise
 from mnistgen.errors import MnistgenError
-from mnistgen.models.gan import Discriminator, Generator, generate
-from mnistgen.runs import RunDir
+from mnistgen.evaluate.gan import load_generator, sample_images, write_figures
+from mnistgen.models.gan import Discriminator, Generator
+from mnistgen.runs import GRID_PADDING, GRID_PNG_SCALE, RunDir
 from mnistgen.train import gan as train
 from mnistgen.train.common import NonFiniteLossError
 
@@ -50,54 +53,44 @@ def models_and_optimizers():
 # --------------------------------------------------------------------------- one step
 
 
-def test_discriminator_step_changes_d_and_leaves_g_untouched():
-    generator, discriminator, _, optimizer_d = models_and_optimizers()
-    g_before, d_before = parameters(generator), parameters(discriminator)
-    fake = generate(generator, train.uniform_noise(32, 64, torch.Generator().manual_seed(0)))
-    loss, d_real, d_fake = train.discriminator_step(discriminator, optimizer_d, images()[:32], fake)
-    assert same(g_before, generator)
-    assert all(p.grad is None for p in generator.parameters())  # nothing even reached G
-    assert all(not torch.equal(a, b) for a, b in zip(d_before, discriminator.parameters(), strict=True))
-    assert 0.0 < d_real.item() < 1.0 and 0.0 < d_fake.item() < 1.0 and loss.item() > 0.0
-
-
-def test_generator_step_changes_g_and_leaves_d_untouched():
-    generator, discriminator, optimizer_g, _ = models_and_optimizers()
-    for p in discriminator.parameters():  # gradients left by an earlier D step must stay as they are
-        p.grad = torch.full_like(p, 7.0)
-    g_before, d_before = parameters(generator), parameters(discriminator)
-    fake = generate(generator, train.uniform_noise(32, 64, torch.Generator().manual_seed(0)))
-    loss = train.generator_step(discriminator, optimizer_g, generator, fake)
-    assert same(d_before, discriminator)
-    assert all(torch.equal(p.grad, torch.full_like(p, 7.0)) for p in discriminator.parameters())
-    changed = [not torch.equal(a, b) for a, b in zip(g_before, generator.parameters(), strict=True)]
-    assert all(changed)
-    assert loss.item() > 0.0
-
-
-def test_train_step_takes_d_step_before_g_step_on_the_same_z():
-    # Doing the two steps by hand in this order with one G(z) must give exactly what train_step gives.
+def test_train_step_is_the_recipe_written_out_d_step_first_on_the_same_z():
+    # The step by hand, with the modules' own calls: G(z) once; D's step on real and G(z) detached; G's step
+    # on -log D(G(z)) with the updated D. train_step must give the same losses and weights.
     first, second = models_and_optimizers(), models_and_optimizers()
-    real, z = images()[:32], train.uniform_noise(32, 64, torch.Generator().manual_seed(3))
+    real, z = images()[:32], sample_uniform_noise(32, 64, torch.Generator().manual_seed(3))
     stats = train.train_step(*first, real, z)
     generator, discriminator, optimizer_g, optimizer_d = second
-    fake = generate(generator, z)
-    d_loss, d_real, d_fake = train.discriminator_step(discriminator, optimizer_d, real, fake)
-    g_loss = train.generator_step(discriminator, optimizer_g, generator, fake)
-    assert stats.tolist() == [d_loss.item(), g_loss.item(), d_real.item(), d_fake.item()]
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    fake = generator(z)
+    real_logits, fake_logits = discriminator(real), discriminator(fake.detach())
+    d_loss = bce(real_logits, torch.ones(32, 1)) + bce(fake_logits, torch.zeros(32, 1))
+    optimizer_d.zero_grad()
+    d_loss.backward()
+    assert all(p.grad is None for p in generator.parameters())  # D's loss never reached G
+    d_gradients = [p.grad.clone() for p in discriminator.parameters()]
+    optimizer_d.step()
+    g_loss = bce(discriminator(fake), torch.ones(32, 1))
+    optimizer_g.zero_grad()
+    g_loss.backward()
+    optimizer_g.step()
+    expected = [d_loss.item(), g_loss.item(), torch.sigmoid(real_logits).mean().item(),
+                torch.sigmoid(fake_logits).mean().item()]
+    assert stats.tolist() == pytest.approx(expected, rel=1e-6)
     for a, b in zip(list(first[0].parameters()) + list(first[1].parameters()),
                     list(generator.parameters()) + list(discriminator.parameters()), strict=True):
-        assert torch.equal(a, b)
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-7)
+    # G's step left D's gradients as D's step made them (it computes none for D)
+    for mine, theirs in zip(first[1].parameters(), d_gradients, strict=True):
+        torch.testing.assert_close(mine.grad, theirs, rtol=0, atol=1e-7)
     # and G's loss is measured with the updated D: with the old D it differs
     with torch.no_grad():
         untouched = models_and_optimizers()[1]
-        old_d_loss = torch.nn.functional.binary_cross_entropy_with_logits(
-            untouched(fake), torch.ones(32, 1)).item()
-    assert old_d_loss != pytest.approx(g_loss.item(), rel=1e-6)
+        old_g_loss = bce(untouched(fake), torch.ones(32, 1)).item()
+    assert old_g_loss != pytest.approx(stats[1].item(), rel=1e-6)
 
 
 def test_noise_is_uniform_on_minus_one_one():
-    z = train.uniform_noise(20000, 64, torch.Generator().manual_seed(0))
+    z = sample_uniform_noise(20000, 64, torch.Generator().manual_seed(0))
     assert z.shape == (20000, 64) and z.min() >= -1.0 and z.max() < 1.0
     assert z.mean().item() == pytest.approx(0.0, abs=0.01)
     assert z.var().item() == pytest.approx(1.0 / 3.0, rel=0.01)  # Var U[-1, 1] = (b - a)^2 / 12
@@ -122,16 +115,17 @@ def test_run_folder_contents(uninterrupted):
     records = run.read_metrics()
     assert records == json.loads(json.dumps(history))
     assert [r["epoch"] for r in records] == [1, 2, 3]
-    assert all(set(r) == {"epoch", "d_loss", "g_loss", "d_real", "d_fake", "seconds", "kernels"} for r in records)
-    assert all(r["kernels"] == "native" for r in records)  # --cpu-kernels auto, on a CPU with a C compiler
+    assert all(set(r) == {"epoch", "d_loss", "g_loss", "d_real", "d_fake", "seconds", "trained_by"} for r in records)
+    fastest = "native" if native_kernels_build() else "torch"  # --cpu-kernels auto: what this machine has
+    assert all(r["trained_by"] == f"G {fastest}, D {fastest}" for r in records)
     assert all(0.0 < r["d_real"] < 1.0 and 0.0 < r["d_fake"] < 1.0 and r["seconds"] > 0 for r in records)
-    assert train.saved_grid_epochs(run) == [0, 2, 3]  # epoch 0, every 2 epochs, and the last
+    assert run.grid_epochs() == [0, 2, 3]  # epoch 0, every 2 epochs, and the last
     grid = np.load(run.path / "grids" / "epoch_003.npy")
     assert grid.shape == (64, 28, 28) and grid.dtype == np.float32 and 0.0 < grid.min() and grid.max() < 1.0
     from PIL import Image
 
     with Image.open(run.path / "grids" / "epoch_000.png") as picture:
-        side = (8 * 28 + 9 * train.GRID_PADDING) * train.GRID_PNG_SCALE
+        side = (8 * 28 + 9 * GRID_PADDING) * GRID_PNG_SCALE
         assert picture.size == (side, side) and picture.mode == "L"
 
 
@@ -164,7 +158,7 @@ def _assert_same_run(run: RunDir, reference: RunDir) -> None:
         assert torch.equal(mine[key], theirs[key]), key
     strip = lambda records: [{k: v for k, v in r.items() if k != "seconds"} for r in records]  # noqa: E731
     assert strip(run.read_metrics()) == strip(reference.read_metrics())
-    for epoch in train.saved_grid_epochs(reference):
+    for epoch in reference.grid_epochs():
         assert np.array_equal(np.load(run.path / "grids" / f"epoch_{epoch:03d}.npy"),
                               np.load(reference.path / "grids" / f"epoch_{epoch:03d}.npy"))
 
@@ -221,24 +215,24 @@ def test_nan_guard_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
 
 def test_figures(uninterrupted):
     run, _ = uninterrupted
-    written = train.write_figures(run, [0, 3])
+    written = write_figures(run, [0, 3])
     assert [p.name for p in written] == ["progress.png", "training.png"]
     from PIL import Image
 
     with Image.open(written[0]) as picture:
         assert picture.width > 2 * picture.height * 0.8  # two grids side by side
     with pytest.raises(MnistgenError, match=r"no saved grid for epoch\(s\) 1; grids exist for epochs 0, 2, 3"):
-        train.write_figures(run, [0, 1])
+        write_figures(run, [0, 1])
 
 
 def test_sample_images_are_reproducible_and_in_range(uninterrupted):
     run, _ = uninterrupted
-    generator, config = train.load_generator(run, torch.device("cpu"))
-    first = train.sample_images(generator, 1500, seed=5)  # more than one batch of generation
+    generator, config = load_generator(run, torch.device("cpu"))
+    first = sample_images(generator, 1500, seed=5)  # more than one batch of generation
     assert first.shape == (1500, 28, 28) and first.dtype == np.float32
     assert 0.0 <= first.min() and first.max() <= 1.0
-    assert np.array_equal(first, train.sample_images(generator, 1500, seed=5))
-    assert not np.array_equal(first[:10], train.sample_images(generator, 10, seed=6))
-    np.testing.assert_allclose(first[:10], train.sample_images(generator, 10, seed=5), atol=1e-6)  # same z
+    assert np.array_equal(first, sample_images(generator, 1500, seed=5))
+    assert not np.array_equal(first[:10], sample_images(generator, 10, seed=6))
+    np.testing.assert_allclose(first[:10], sample_images(generator, 10, seed=5), atol=1e-6)  # same z
     assert config == SMALL
     assert isinstance(generator, Generator) and not isinstance(generator, Discriminator)

@@ -2,11 +2,13 @@
 
 Values and every gradient against the torch modules (ties of the max-pools included), independence from
 the number of threads, a training step equal to PyTorch's kernels and to the classic loop, and the build:
-cached once per user, atomic, and a clear one-line refusal where no compiler works.
+cached once per user, atomic, and a clear one-line refusal where no compiler works. The tests marked
+``needs_native_kernels`` are skipped, with the reason, on a machine without a C compiler.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -18,6 +20,7 @@ from bench_support import load_bench_module, perturbed, relative_error
 
 from mnistgen.config import GANConfig
 from mnistgen.device import seed_everything
+from mnistgen.distributions import sample_uniform_noise
 from mnistgen.errors import MnistgenError
 from mnistgen.kernels import gan as kernels
 from mnistgen.kernels import native
@@ -25,6 +28,7 @@ from mnistgen.models.gan import Discriminator, Generator
 from mnistgen.train import gan as train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+needs_native_kernels = pytest.mark.usefixtures("needs_native_kernels")
 
 
 def digit_like_images(count: int, seed: int = 0) -> torch.Tensor:
@@ -39,6 +43,7 @@ def digit_like_images(count: int, seed: int = 0) -> torch.Tensor:
     return images
 
 
+@needs_native_kernels
 @pytest.mark.parametrize("count", [13, 16], ids=["partial-group", "two-groups"])
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
 def test_native_discriminator_equals_the_module(count, memory_format):
@@ -58,6 +63,7 @@ def test_native_discriminator_equals_the_module(count, memory_format):
         assert relative_error(got_grad, want_grad) < 1e-5, name
 
 
+@needs_native_kernels
 def test_max_pool_ties_send_the_gradient_to_the_first_maximum():
     # Positive ties: conv1 = its (positive) bias alone, so every window of the first pool holds four equal
     # positive values; PyTorch gives the window's gradient to its first (upper-left) element. conv1's
@@ -75,6 +81,7 @@ def test_max_pool_ties_send_the_gradient_to_the_first_maximum():
     assert relative_error(actual, expected) < 1e-5
 
 
+@needs_native_kernels
 def test_a_nan_pixel_makes_that_image_logit_nan_as_in_pytorch():
     # the training loop's NaN guard relies on it: PyTorch's max-pool and ReLU pass NaN on
     discriminator = perturbed(Discriminator(), seed=14)
@@ -85,6 +92,7 @@ def test_a_nan_pixel_makes_that_image_logit_nan_as_in_pytorch():
     assert torch.isnan(actual[3]).all() and not torch.isnan(actual[4:]).any()
 
 
+@needs_native_kernels
 def test_the_g_step_gets_no_discriminator_gradients():
     discriminator = perturbed(Discriminator(), seed=5)
     images = digit_like_images(8).requires_grad_()
@@ -94,6 +102,7 @@ def test_the_g_step_gets_no_discriminator_gradients():
     assert all(parameter.grad is None for parameter in discriminator.parameters())
 
 
+@needs_native_kernels
 @pytest.mark.parametrize("count", [5, 11], ids=["one-chunk", "two-chunks"])
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
 def test_native_generator_after_act1_equals_g_s_layers(memory_format, count):
@@ -130,12 +139,13 @@ def test_phase_kernels_by_hand():
                     assert kernels_[a, b, dy, dx].item() == expected
 
 
+@needs_native_kernels
 def test_native_generate_equals_the_layer_by_layer_generator():
     reference = perturbed(Generator(), seed=7)
     fast = Generator()
     fast.load_state_dict(reference.state_dict())
     fast = fast.to(memory_format=torch.channels_last)
-    z = train.uniform_noise(12, 64, torch.Generator().manual_seed(8))
+    z = sample_uniform_noise(12, 64, torch.Generator().manual_seed(8))
     expected, actual = reference(z), kernels.native_generate(fast, z)
     assert relative_error(actual, expected) < 1e-5
     weights = torch.linspace(-1.0, 2.0, 784).view(1, 1, 28, 28)
@@ -145,11 +155,12 @@ def test_native_generate_equals_the_layer_by_layer_generator():
         assert relative_error(got_grad, want_grad) < 1e-4, name
 
 
+@needs_native_kernels
 def test_the_number_of_threads_does_not_change_any_bit():
     discriminator = perturbed(Discriminator(), seed=11)
     generator = perturbed(Generator(), seed=12).to(memory_format=torch.channels_last)
     images = digit_like_images(40).requires_grad_()
-    z = train.uniform_noise(24, 64, torch.Generator().manual_seed(13))
+    z = sample_uniform_noise(24, 64, torch.Generator().manual_seed(13))
 
     def everything() -> list[torch.Tensor]:
         logits = kernels.native_discriminate(discriminator, images)
@@ -169,6 +180,7 @@ def test_the_number_of_threads_does_not_change_any_bit():
         assert torch.equal(a, b)
 
 
+@needs_native_kernels
 def test_training_steps_with_native_kernels_equal_pytorch_kernels_and_the_classic_loop():
     baseline = load_bench_module("gan_baseline")
     config = GANConfig(device="cpu")
@@ -182,16 +194,21 @@ def test_training_steps_with_native_kernels_equal_pytorch_kernels_and_the_classi
         twins[name] = (g, d)
     optimizer_g, optimizer_d = train.make_optimizers(generator, discriminator, config)
     torch_optimizers = train.make_optimizers(*twins["torch"], config)
+    native_calls = train.choose_calls(generator, discriminator, dataclasses.replace(config, cpu_kernels="native"),
+                                      torch.device("cpu"))
+    torch_calls = train.choose_calls(*twins["torch"], dataclasses.replace(config, cpu_kernels="torch"),
+                                     torch.device("cpu"))
+    assert (native_calls.trained_by, torch_calls.trained_by) == ("G native, D native", "G torch, D torch")
     classic_g = torch.optim.Adam(twins["classic"][0].parameters(), lr=config.lr_g)
     classic_d = torch.optim.Adam(twins["classic"][1].parameters(), lr=config.lr_d)
 
     data = torch.Generator().manual_seed(0)
     for _ in range(4):
         real = digit_like_images(32, seed=int(torch.randint(1000, (1,), generator=data)))
-        z = train.uniform_noise(32, config.zdim, data)
+        z = sample_uniform_noise(32, config.zdim, data)
         native_stats = train.train_step(generator, discriminator, optimizer_g, optimizer_d, real, z,
-                                        kernels.NATIVE_KERNELS).tolist()
-        torch_stats = train.train_step(*twins["torch"], *torch_optimizers, real, z, kernels.TORCH_KERNELS).tolist()
+                                        native_calls).tolist()
+        torch_stats = train.train_step(*twins["torch"], *torch_optimizers, real, z, torch_calls).tolist()
         classic_losses = baseline.classic_step(*twins["classic"], classic_g, classic_d, real, z)
         assert native_stats == pytest.approx(torch_stats, rel=1e-5)
         assert native_stats[:2] == pytest.approx(list(classic_losses), rel=1e-5)
@@ -216,6 +233,7 @@ def fresh_library(tmp_path, monkeypatch):
     native.load_library.cache_clear()
 
 
+@needs_native_kernels
 def test_the_library_is_built_into_the_user_cache_once(fresh_library, monkeypatch):
     native.load_gan_library()
     built = sorted(fresh_library.iterdir())
@@ -229,6 +247,7 @@ def test_the_library_is_built_into_the_user_cache_once(fresh_library, monkeypatc
     native.load_gan_library()
 
 
+@needs_native_kernels
 def test_a_changed_source_builds_a_new_library(fresh_library, monkeypatch, tmp_path):
     native.load_gan_library()
     changed = tmp_path / "gan_cpu.c"
@@ -239,6 +258,7 @@ def test_a_changed_source_builds_a_new_library(fresh_library, monkeypatch, tmp_p
     assert len(list(fresh_library.iterdir())) == 2
 
 
+@needs_native_kernels
 def test_a_failing_compiler_gives_one_line_and_leaves_no_file(fresh_library, monkeypatch, tmp_path):
     broken = tmp_path / "gan_cpu.c"
     broken.write_text("this is not C\n")
@@ -252,17 +272,18 @@ def test_a_failing_compiler_gives_one_line_and_leaves_no_file(fresh_library, mon
 def test_no_compiler_means_pytorch_kernels_with_a_note_or_a_refusal(fresh_library, monkeypatch):
     monkeypatch.setenv("CC", "/nonexistent/cc")
     cpu = torch.device("cpu")
+    seed_everything(0)
+    generator, discriminator = Generator(), Discriminator()
     notes: list[str] = []
-    assert kernels.choose_gan_forward("auto", cpu, say=notes.append) is kernels.TORCH_KERNELS
-    assert len(notes) == 1 and "PyTorch's CPU kernels" in notes[0] and "/nonexistent/cc" in notes[0]
-    with pytest.raises(MnistgenError, match="--cpu-kernels native: "):
-        kernels.choose_gan_forward("native", cpu)
-    assert kernels.choose_gan_forward("torch", cpu) is kernels.TORCH_KERNELS
-
-
-def test_the_c_kernels_are_chosen_on_cpu_only():
-    assert kernels.choose_gan_forward("auto", torch.device("cpu")) is kernels.NATIVE_KERNELS
-    assert kernels.choose_gan_forward("native", torch.device("cuda")) is kernels.TORCH_KERNELS
+    calls = train.choose_calls(generator, discriminator, GANConfig(), cpu, say=notes.append)
+    assert calls.trained_by == "G torch, D torch"
+    assert len(notes) == 1 and "/nonexistent/cc" in notes[0] and notes[0].startswith("mnistgen: note: the GAN")
+    with pytest.raises(MnistgenError, match="--cpu-kernels native: the C kernels do not apply: native: "):
+        train.choose_calls(generator, discriminator, GANConfig(cpu_kernels="native"), cpu)
+    notes.clear()
+    assert train.choose_calls(generator, discriminator, GANConfig(cpu_kernels="torch"), cpu,
+                              say=notes.append).trained_by == "G torch, D torch"
+    assert notes == []
 
 
 @pytest.mark.parametrize("model", ["gan", "vae"])

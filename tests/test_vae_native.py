@@ -1,4 +1,4 @@
-"""The VAE's C kernels (kernels/vae_cpu.c through kernels/vae.py and train/vae.py's NativeSteps) against
+"""The VAE's C kernels (kernels/vae_cpu.c through kernels/vae.py and accelerate/vae.py's NativeVAESteps) against
 PyTorch: the vector functions, the ELBO and every gradient against the hand-derived and the autograd
 backward, odd sizes (hidden widths that leave vector tails, gray images, empty and full images), NaN,
 independence of the thread count, Adam against PyTorch's, the state copied in and out, and whole training
@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from mnistgen.accelerate.vae import NATIVE, TORCH, choose_vae_accelerator, elbo_with_gradients
 from mnistgen.config import DataConfig, VAEConfig
 from mnistgen.data.batches import shuffled_batches
 from mnistgen.data.protocols import load_protocol
@@ -26,19 +27,9 @@ from mnistgen.losses import elbo_analytic, elbo_mc
 from mnistgen.models.vae import VAE
 from mnistgen.runs import RunDir
 from mnistgen.train.common import stream_seed
-from mnistgen.train.vae import (
-    NATIVE_KERNELS,
-    NOISE_STREAM,
-    TORCH_KERNELS,
-    build_model,
-    choose_vae_kernels,
-    elbo_with_gradients,
-    make_optimizer,
-    train_epoch,
-    train_vae,
-)
+from mnistgen.train.vae import NOISE_STREAM, build_model, make_optimizer, train_epoch, train_vae
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "needs_native_kernels")
 
 EXP, LOG1P, TANH = 0, 1, 2
 ULP = 2.0 ** -23  # float32's relative spacing at 1
@@ -275,23 +266,23 @@ def test_the_kernels_refuse_an_optimizer_they_cannot_follow():
 
 
 @pytest.mark.parametrize("dynamic_binarization", [False, True], ids=["hw-binary", "full-dynamic"])
-def test_an_epoch_with_the_kernels_follows_pytorchs_kernels(mnist_raw, dynamic_binarization):
+def test_an_epoch_with_the_kernels_follows_the_reference_path(mnist_raw, dynamic_binarization):
     protocol = load_protocol("full" if dynamic_binarization else "hw", mnist_raw, validation_size=10000)
     images = protocol.train_images[:1000]
     runs = []
-    for kernels in (NATIVE_KERNELS, TORCH_KERNELS):
+    for accelerator in (NATIVE, None):  # None: the reference path, autograd through the modules
         config = VAEConfig(device="cpu")
         order = seed_everything(config.seed)
         model = build_model(config, torch.device("cpu"))
         optimizer = make_optimizer(model, config.lr)
         noise = torch.Generator().manual_seed(stream_seed(config.seed, NOISE_STREAM))
-        steps = kernels.steps(model, optimizer, config.batch_size)
+        step = accelerator and accelerator.implementation(model, optimizer, config)
         elbos = []
         for _ in range(2):  # 20 steps, the state stored and kept across the epoch boundary
             batches = list(shuffled_batches(len(images), config.batch_size, order))
             step_elbos = torch.zeros(len(batches))
             train_epoch(model, optimizer, images, batches, noise=noise, analytic_kl=False,
-                        dynamic_binarization=dynamic_binarization, step_elbos=step_elbos, steps=steps)
+                        dynamic_binarization=dynamic_binarization, step_elbos=step_elbos, accelerator=step)
             elbos += step_elbos.tolist()
         runs.append((elbos, model.state_dict(), optimizer.state_dict()))
     (native_elbos, native_weights, native_adam), (torch_elbos, torch_weights, torch_adam) = runs
@@ -308,21 +299,21 @@ def test_an_epoch_with_the_kernels_follows_pytorchs_kernels(mnist_raw, dynamic_b
         torch.testing.assert_close(native_adam["state"][index]["exp_avg"], state["exp_avg"], rtol=0, atol=1e-5)
 
 
-def test_choice_of_kernels(monkeypatch, tmp_path):
-    assert choose_vae_kernels("auto", torch.device("cpu")) is NATIVE_KERNELS
-    assert choose_vae_kernels("native", torch.device("cuda")) is TORCH_KERNELS  # off the CPU: PyTorch's
-    assert choose_vae_kernels("torch", torch.device("cpu")) is TORCH_KERNELS
-    with pytest.raises(MnistgenError, match="auto, native or torch"):
-        choose_vae_kernels("fast", torch.device("cpu"))
+def test_choice_of_the_vae_accelerator(monkeypatch, tmp_path):
+    cpu, config = torch.device("cpu"), VAEConfig(device="cpu")
+    seed_everything(0)
+    model = VAE()
+    assert choose_vae_accelerator(model, config, cpu).accelerator is NATIVE
+    assert choose_vae_accelerator(model, dataclasses.replace(config, cpu_kernels="torch"), cpu).accelerator is TORCH
+    assert choose_vae_accelerator(model, dataclasses.replace(config, cpu_kernels="reference"), cpu).accelerator is None
     monkeypatch.setenv("CC", "/nonexistent/cc")
     monkeypatch.setenv("MNISTGEN_CACHE_DIR", str(tmp_path / "cache"))
     native_build.load_library.cache_clear()
     try:
-        notes: list[str] = []
-        assert choose_vae_kernels("auto", torch.device("cpu"), say=notes.append) is TORCH_KERNELS
-        assert len(notes) == 1 and "VAE trains with PyTorch's CPU kernels" in notes[0] and "/nonexistent/cc" in notes[0]
-        with pytest.raises(MnistgenError, match="--cpu-kernels native: "):
-            choose_vae_kernels("native", torch.device("cpu"))
+        choice = choose_vae_accelerator(model, config, cpu)
+        assert choice.accelerator is TORCH and len(choice.skipped) == 1 and "/nonexistent/cc" in choice.skipped[0]
+        with pytest.raises(MnistgenError, match="--cpu-kernels native: the C kernels do not apply: native: "):
+            choose_vae_accelerator(model, dataclasses.replace(config, cpu_kernels="native"), cpu)
     finally:
         native_build.load_library.cache_clear()
 
@@ -339,8 +330,8 @@ def test_a_run_records_its_kernels_and_may_switch_them_on_resume(mnist_raw, tmp_
     train_vae(dataclasses.replace(config, epochs=1, cpu_kernels="torch"), switched, protocol=small,
               show_progress=False)
     train_vae(config, switched, resume=True, protocol=small, show_progress=False)
-    assert [r["kernels"] for r in straight.read_metrics()] == ["native", "native"]
-    assert [r["kernels"] for r in switched.read_metrics()] == ["torch", "native"]
+    assert [r["trained_by"] for r in straight.read_metrics()] == ["native", "native"]
+    assert [r["trained_by"] for r in switched.read_metrics()] == ["torch", "native"]
     mine, theirs = straight.load_checkpoint(), switched.load_checkpoint()
     for key, value in mine["model"].items():
         torch.testing.assert_close(value, theirs["model"][key], rtol=0, atol=2e-5, msg=key)

@@ -1,6 +1,6 @@
-"""The fast training loop does the same mathematics as the plain PyTorch loop that bench/vae_speed.py
-times it against, with either kind of kernels: same seed and data -> the same loss at every step and the
-same weights, to float tolerance."""
+"""mnistgen's training loop does the same mathematics as the plain PyTorch loop that bench/vae_speed.py
+times it against, on the reference path and with each accelerator: same seed and data -> the same loss at
+every step and the same weights, to float tolerance."""
 
 from __future__ import annotations
 
@@ -9,24 +9,27 @@ import pytest
 import torch
 from bench_support import load_bench_module
 
+from mnistgen.accelerate.vae import NATIVE, TORCH
 from mnistgen.config import VAEConfig
 from mnistgen.data.batches import shuffled_batches
 from mnistgen.device import seed_everything
 from mnistgen.train.common import stream_seed
-from mnistgen.train.vae import NATIVE_KERNELS, NOISE_STREAM, TORCH_KERNELS, build_model, make_optimizer, train_epoch
+from mnistgen.train.vae import NOISE_STREAM, build_model, make_optimizer, train_epoch
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.mark.parametrize("kernels", [TORCH_KERNELS, NATIVE_KERNELS], ids=lambda k: k.kernels)
-def test_mnistgen_loop_follows_the_plain_loop(mnist_raw, kernels):
+@pytest.mark.parametrize("accelerator", [None, TORCH, NATIVE], ids=["reference", "torch", "native"])
+def test_mnistgen_loop_follows_the_plain_loop(mnist_raw, accelerator, request):
+    if accelerator is NATIVE:
+        request.getfixturevalue("needs_native_kernels")
     baseline = load_bench_module("vae_baseline")
     images = torch.from_numpy((mnist_raw.train_images[:1000].reshape(1000, 784) >= 128).astype(np.float32))
     config = VAEConfig(device="cpu")
     order = seed_everything(config.seed)
     model = build_model(config, torch.device("cpu"))
     optimizer = make_optimizer(model, config.lr)  # fused Adam
-    steps = kernels.steps(model, optimizer, config.batch_size)
+    step = accelerator and accelerator.implementation(model, optimizer, config)
     noise = torch.Generator().manual_seed(stream_seed(config.seed, NOISE_STREAM))
     plain = baseline.PlainVAE.copy_of(model)
     plain_optimizer = torch.optim.Adam(plain.parameters(), lr=config.lr)  # PyTorch's default (for-loop) Adam
@@ -38,7 +41,7 @@ def test_mnistgen_loop_follows_the_plain_loop(mnist_raw, kernels):
         batches = list(shuffled_batches(len(images), config.batch_size, order))
         step_elbos = torch.zeros(len(batches))
         train_epoch(model, optimizer, images, batches, noise=noise, analytic_kl=False, dynamic_binarization=False,
-                    step_elbos=step_elbos, steps=steps)
+                    step_elbos=step_elbos, accelerator=step)
         fast_losses += (-step_elbos / config.batch_size).tolist()
         plain_losses += baseline.baseline_epoch(plain, plain_optimizer, images, plain_order, plain_noise,
                                                 config.batch_size)

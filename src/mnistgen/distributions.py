@@ -93,3 +93,8 @@ def sample_normal_logvar(mean: torch.Tensor, logvar: torch.Tensor,
 def sample_bernoulli(probabilities: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """x ~ Bernoulli(probabilities), elementwise: 1.0 with probability p, else 0.0. Same shape, float."""
     return torch.bernoulli(probabilities, generator=generator)
+
+
+def sample_uniform_noise(count: int, dim: int, generator: torch.Generator) -> torch.Tensor:
+    """(count, dim) draws of U[-1, 1] (the GAN's z, SPEC §3) on the generator's device."""
+    return torch.rand((count, dim), generator=generator, device=generator.device).mul_(2.0).sub_(1.0)

@@ -1,5 +1,4 @@
-"""The GAN's forward passes on CPU with mnistgen's C kernels, as autograd functions, and the choice between
-them and PyTorch's kernels.
+"""The GAN's forward passes on CPU with mnistgen's C kernels, as autograd functions.
 
 Two pieces of SPEC §3's networks run in ``gan_cpu.c`` (built by :mod:`mnistgen.kernels.native`):
 
@@ -17,26 +16,57 @@ of the max-pools included, and that a training step gives the same losses and we
 The parameters are read from the modules at each call (no copy to keep in sync); their gradients reach
 the modules' parameters through autograd.
 
-:func:`choose_gan_forward` turns the ``--cpu-kernels`` setting into one of the two :class:`GANForward`
-objects; that is the only place the choice is made.
+The sizes below (``LANES``, ``D_PIECES``, ...) are the Python side's declarations of the C code's; the library
+reports its own (``mnistgen_gan_layout``) and :func:`mnistgen.kernels.native.load_library` refuses one that
+differs from ``LAYOUT``. Every C call goes through one of :func:`_d_forward`, :func:`_d_backward`,
+:func:`_g_forward`, :func:`_g_backward`, which check each buffer's element count (for the batch at hand),
+dtype, device and contiguity first: a float64 model, or one with other channel counts, is refused with a
+one-line :class:`~mnistgen.kernels.native.KernelArgumentError`, never read out of bounds.
+
+Whether they apply to a given model is decided in :mod:`mnistgen.accelerate.gan`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import math
 
 import torch
 
-from ..models.gan import Discriminator, Generator, generate
-from .native import load_gan_library, use_native_kernels
+from ..models.gan import Discriminator, Generator
+from .native import check_tensor, checked_pointer, load_gan_library
 
-LANES = 8  # D's images per vector register in gan_cpu.c
+# What gan_cpu.c's code is written for, as it reports it (mnistgen_gan_layout; checked when it is loaded)
+LANES = 8  # D's images per vector register
+PIXELS = 28 * 28  # one image: D's input, G's output
+GROUP = PIXELS * LANES  # floats of one group of D's images, (28, 28, 8)
 D_PARAMETERS = 593
-G_PARAMETERS = 10337  # conv1's phase kernels (8192) and bias (16), conv2's (2048, 8), conv3's weight (72) and bias
+# D's parameters in its flat vector (Discriminator.parameters() order): name, shape
+D_PIECES = (("conv1.weight", (2, 1, 3, 3)), ("conv1.bias", (2,)), ("conv2.weight", (4, 2, 3, 3)), ("conv2.bias", (4,)),
+            ("conv3.weight", (8, 4, 3, 3)), ("conv3.bias", (8,)), ("linear.weight", (1, 200)), ("linear.bias", (1,)))
+G_PARAMETERS = 10337
+# G's packed parameters (:func:`_g_parameters`): name, shape (phase kernels: (a, b, dy, dx, C_in, C_out))
+G_PIECES = (("conv1.phase_kernels", (2, 2, 2, 2, 32, 16)), ("conv1.bias", (16,)),
+            ("conv2.phase_kernels", (2, 2, 2, 2, 16, 8)), ("conv2.bias", (8,)),
+            ("conv3.weight", (1, 8, 3, 3)), ("conv3.bias", (1,)))
 G_INPUT = 32 * 7 * 7  # act1's output per image
 G_KEPT = 28 * 28 * 8 + 14 * 14 * 16  # conv2's and conv1's outputs per image, kept by the forward
 G_CHUNK = 8  # images whose parameter gradients the C kernel sums together
+
+
+def _pieces(prefix: str, pieces: tuple[tuple[str, tuple[int, ...]], ...]) -> dict[str, int]:
+    """Each piece's offset and length in a flat vector of the pieces one after the other, as the library names them."""
+    layout, offset = {}, 0
+    for name, shape in pieces:
+        length = math.prod(shape)
+        layout |= {f"{prefix}.{name}.offset": offset, f"{prefix}.{name}.length": length}
+        offset += length
+    return layout
+
+
+# The layout the library must report (mnistgen.kernels.native.check_layout), name by name
+LAYOUT = {"lanes": LANES, "pixels": PIXELS, "d.parameters": D_PARAMETERS, **_pieces("d", D_PIECES),
+          "g.parameters": G_PARAMETERS, **_pieces("g", G_PIECES), "g.input": G_INPUT, "g.kept": G_KEPT,
+          "g.chunk": G_CHUNK}
 
 
 def _threads() -> int:
@@ -52,12 +82,14 @@ def _check(status: int, what: str) -> None:
 
 
 def _to_groups(images: torch.Tensor) -> torch.Tensor:
-    """(B, 1, 28, 28) -> (ceil(B / 8), 28 * 28, 8): eight images side by side per pixel (zero images pad B)."""
-    flat = images.detach().reshape(len(images), 28 * 28).float()
+    """(B, 1, 28, 28) float32 -> (ceil(B / 8), 28 * 28, 8): eight images side by side per pixel (zero images pad
+    B). Other dtypes and image sizes are refused (KernelArgumentError), not converted."""
+    check_tensor(images, "D's images", len(images) * PIXELS, contiguous=False)  # any layout: copied here
+    flat = images.detach().reshape(len(images), PIXELS)
     padding = -len(images) % LANES
     if padding:
-        flat = torch.cat([flat, flat.new_zeros(padding, 28 * 28)])
-    return flat.view(-1, LANES, 28 * 28).transpose(1, 2).contiguous()
+        flat = torch.cat([flat, flat.new_zeros(padding, PIXELS)])
+    return flat.view(-1, LANES, PIXELS).transpose(1, 2).contiguous()
 
 
 def _from_groups(grouped: torch.Tensor, count: int) -> torch.Tensor:
@@ -65,17 +97,41 @@ def _from_groups(grouped: torch.Tensor, count: int) -> torch.Tensor:
     return grouped.transpose(1, 2).reshape(-1, 1, 28, 28)[:count]
 
 
+def _d_forward(grouped: torch.Tensor, parameters: torch.Tensor, logits: torch.Tensor) -> None:
+    """mnistgen_d_forward: logits (G, 8) of the image groups (G, 784, 8), D's parameters (593,); buffers checked."""
+    groups = len(grouped)
+    _check(load_gan_library().mnistgen_d_forward(
+        checked_pointer(grouped, "D forward: images", groups * GROUP),
+        checked_pointer(parameters, "D forward: parameters", D_PARAMETERS),
+        checked_pointer(logits, "D forward: logits", groups * LANES), groups, _threads()), "D forward")
+
+
+def _d_backward(grouped: torch.Tensor, parameters: torch.Tensor, grad_logits: torch.Tensor,
+                grad_grouped: torch.Tensor | None, grad_parameters: torch.Tensor | None,
+                scratch: torch.Tensor | None) -> None:
+    """mnistgen_d_backward: given dL/dlogits (G, 8), dL/dimages (G, 784, 8) into ``grad_grouped`` and dL/dparameters
+    (593,) into ``grad_parameters`` (with ``scratch`` (G, 593)), each only if given; buffers checked."""
+    groups = len(grouped)
+    want_parameters = grad_parameters is not None
+    _check(load_gan_library().mnistgen_d_backward(
+        checked_pointer(grouped, "D backward: images", groups * GROUP),
+        checked_pointer(parameters, "D backward: parameters", D_PARAMETERS),
+        checked_pointer(grad_logits, "D backward: dL/dlogits", groups * LANES),
+        checked_pointer(grad_grouped, "D backward: dL/dimages", groups * GROUP) if grad_grouped is not None else None,
+        checked_pointer(grad_parameters, "D backward: dL/dparameters", D_PARAMETERS) if want_parameters else None,
+        checked_pointer(scratch, "D backward: scratch", groups * D_PARAMETERS) if want_parameters else None,
+        groups, _threads()), "D backward")
+
+
 class _NativeDiscriminator(torch.autograd.Function):
     """logits (B, 1) = D(images) with D's parameters given as one (593,) vector (Discriminator.parameters() order)."""
 
     @staticmethod
     def forward(ctx, images: torch.Tensor, parameters: torch.Tensor) -> torch.Tensor:
-        library = load_gan_library()
         grouped = _to_groups(images)  # (G, 784, 8)
-        parameters = parameters.detach().contiguous()
+        parameters = parameters.detach()
         logits = torch.empty(len(grouped), LANES)
-        _check(library.mnistgen_d_forward(grouped.data_ptr(), parameters.data_ptr(), logits.data_ptr(),
-                                          len(grouped), _threads()), "D forward")
+        _d_forward(grouped, parameters, logits)
         ctx.save_for_backward(grouped, parameters)
         ctx.count = len(images)
         return logits.view(-1, 1)[:len(images)]
@@ -89,11 +145,7 @@ class _NativeDiscriminator(torch.autograd.Function):
         grad_grouped = torch.empty_like(grouped) if want_images else None
         grad_parameters = torch.empty(D_PARAMETERS) if want_parameters else None
         scratch = torch.empty(len(grouped), D_PARAMETERS) if want_parameters else None
-        _check(load_gan_library().mnistgen_d_backward(
-            grouped.data_ptr(), parameters.data_ptr(), grad.data_ptr(),
-            grad_grouped.data_ptr() if want_images else None,
-            grad_parameters.data_ptr() if want_parameters else None,
-            scratch.data_ptr() if want_parameters else None, len(grouped), _threads()), "D backward")
+        _d_backward(grouped, parameters, grad, grad_grouped, grad_parameters, scratch)
         grad_images = _from_groups(grad_grouped, ctx.count) if want_images else None
         return grad_images, grad_parameters
 
@@ -106,15 +158,11 @@ def flat_parameters(module: torch.nn.Module) -> torch.Tensor:
 
 def native_discriminate(discriminator: Discriminator, images: torch.Tensor,
                         parameter_gradients: bool = True) -> torch.Tensor:
-    """D(images) -> (B, 1) logits by the C kernel; D's parameters get gradients only if ``parameter_gradients``."""
+    """D(images) -> (B, 1) logits by the C kernel; D's parameters get gradients only if ``parameter_gradients``.
+
+    float32 only, D as SPEC §3 has it (593 parameters): anything else is a KernelArgumentError."""
     parameters = flat_parameters(discriminator) if parameter_gradients else flat_parameters(discriminator).detach()
     return _NativeDiscriminator.apply(images, parameters)
-
-
-def torch_discriminate(discriminator: Discriminator, images: torch.Tensor,
-                       parameter_gradients: bool = True) -> torch.Tensor:
-    """D(images) -> (B, 1) logits by the module itself (the caller's backward chooses which gradients it needs)."""
-    return discriminator(images)
 
 
 # --------------------------------------------------------------------------- G after act1
@@ -126,7 +174,7 @@ def phase_kernels(weight: torch.Tensor) -> torch.Tensor:
     weight (C_out, C_in, 3, 3) -> (a, b, dy, dx, C_in, C_out) = (2, 2, 2, 2, C_in, C_out): output pixel
     (2i + a, 2j + b) is the sum over dy, dx in {0, 1} of the zero-padded input at row i + a + dy, column
     j + b + dx (padded coordinates) times kernel [a, b, dy, dx]. Along each axis the taps are those of
-    :func:`mnistgen.models.gan.upsample_conv`'s 4-tap filter (w2, w1 + w2, w0 + w1, w0), split by phase:
+    :func:`mnistgen.accelerate.gan.upsample_conv`'s 4-tap filter (w2, w1 + w2, w0 + w1, w0), split by phase:
     phase 0 reads (w0, w1 + w2), phase 1 reads (w0 + w1, w2).
     """
     def split(w: torch.Tensor, dim: int) -> torch.Tensor:  # 3 taps along dim -> (phase, tap) in its place
@@ -138,10 +186,40 @@ def phase_kernels(weight: torch.Tensor) -> torch.Tensor:
 
 
 def _g_parameters(generator: Generator) -> torch.Tensor:
-    """(10337,): conv1's phase kernels (a, b, dy, dx, ci, co) and bias, conv2's the same, conv3's weight and bias."""
+    """(10337,): conv1's phase kernels (a, b, dy, dx, ci, co) and bias, conv2's the same, conv3's weight and bias
+    (G_PIECES)."""
     return torch.cat([phase_kernels(generator.conv1.weight).reshape(-1), generator.conv1.bias,
                       phase_kernels(generator.conv2.weight).reshape(-1), generator.conv2.bias,
                       generator.conv3.weight.reshape(-1), generator.conv3.bias])
+
+
+def _g_forward(h0: torch.Tensor, parameters: torch.Tensor, slope2: float, slope3: float, s: torch.Tensor,
+               kept: torch.Tensor) -> None:
+    """mnistgen_g_forward: s (B, 1, 28, 28) and ``kept`` (B, 9408) for h0 (B, 1568), G's packed parameters
+    (10337,); buffers checked."""
+    images = len(h0)
+    _check(load_gan_library().mnistgen_g_forward(
+        checked_pointer(h0, "G forward: h0", images * G_INPUT),
+        checked_pointer(parameters, "G forward: parameters", G_PARAMETERS), slope2, slope3,
+        checked_pointer(s, "G forward: output", images * PIXELS),
+        checked_pointer(kept, "G forward: kept outputs", images * G_KEPT), images, _threads()), "G forward")
+
+
+def _g_backward(h0: torch.Tensor, kept: torch.Tensor, parameters: torch.Tensor, slope2: float, slope3: float,
+                grad_s: torch.Tensor, grad_h0: torch.Tensor, grad_parameters: torch.Tensor,
+                scratch: torch.Tensor) -> None:
+    """mnistgen_g_backward: given dL/ds (B, 1, 28, 28) and the forward's ``kept``, dL/dh0 (B, 1568) and
+    dL/dparameters (10337,) (with ``scratch`` (ceil(B / 8), 10337)); buffers checked."""
+    images = len(h0)
+    _check(load_gan_library().mnistgen_g_backward(
+        checked_pointer(h0, "G backward: h0", images * G_INPUT),
+        checked_pointer(kept, "G backward: kept outputs", images * G_KEPT),
+        checked_pointer(parameters, "G backward: parameters", G_PARAMETERS), slope2, slope3,
+        checked_pointer(grad_s, "G backward: dL/doutput", images * PIXELS),
+        checked_pointer(grad_h0, "G backward: dL/dh0", images * G_INPUT),
+        checked_pointer(grad_parameters, "G backward: dL/dparameters", G_PARAMETERS),
+        checked_pointer(scratch, "G backward: scratch", -(-images // G_CHUNK) * G_PARAMETERS), images, _threads()),
+        "G backward")
 
 
 class _NativeGenerator(torch.autograd.Function):
@@ -150,13 +228,11 @@ class _NativeGenerator(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h0: torch.Tensor, parameters: torch.Tensor, slope2: float, slope3: float) -> torch.Tensor:
-        h0 = h0.detach().float().reshape(len(h0), G_INPUT).contiguous()
-        parameters = parameters.detach().contiguous()
+        h0 = h0.detach().contiguous()  # (B, 1568) float32, else refused
+        parameters = parameters.detach()
         logits = torch.empty(len(h0), 1, 28, 28)
         kept = torch.empty(len(h0), G_KEPT)  # conv1's and conv2's outputs, for the backward
-        _check(load_gan_library().mnistgen_g_forward(h0.data_ptr(), parameters.data_ptr(), slope2, slope3,
-                                                     logits.data_ptr(), kept.data_ptr(), len(h0), _threads()),
-               "G forward")
+        _g_forward(h0, parameters, slope2, slope3, logits, kept)
         ctx.save_for_backward(h0, kept, parameters)
         ctx.slopes = (slope2, slope3)
         return logits
@@ -164,18 +240,18 @@ class _NativeGenerator(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_logits: torch.Tensor):
         h0, kept, parameters = ctx.saved_tensors
-        grad = grad_logits.float().contiguous()
+        grad = grad_logits.contiguous()  # (B, 1, 28, 28); autograd may give an expanded one
         grad_h0 = torch.empty_like(h0)
         grad_parameters = torch.empty(G_PARAMETERS)
         scratch = torch.empty(-(-len(h0) // G_CHUNK), G_PARAMETERS)
-        _check(load_gan_library().mnistgen_g_backward(
-            h0.data_ptr(), kept.data_ptr(), parameters.data_ptr(), *ctx.slopes, grad.data_ptr(), grad_h0.data_ptr(),
-            grad_parameters.data_ptr(), scratch.data_ptr(), len(h0), _threads()), "G backward")
+        _g_backward(h0, kept, parameters, *ctx.slopes, grad, grad_h0, grad_parameters, scratch)
         return grad_h0, grad_parameters, None, None
 
 
 def native_generator_after_act1(generator: Generator, h0: torch.Tensor) -> torch.Tensor:
-    """G from act1's output h0 (B, 1568) to conv3's output (before the sigmoid), (B, 1, 28, 28), by the C kernel."""
+    """G from act1's output h0 (B, 1568) to conv3's output (before the sigmoid), (B, 1, 28, 28), by the C kernel.
+
+    float32 only, G as SPEC §3 has it: anything else is a KernelArgumentError."""
     return _NativeGenerator.apply(h0, _g_parameters(generator), generator.act2.negative_slope,
                                   generator.act3.negative_slope)
 
@@ -184,26 +260,3 @@ def native_generate(generator: Generator, z: torch.Tensor) -> torch.Tensor:
     """G(z), (B, zdim) -> (B, 1, 28, 28): the Linear and act1 in PyTorch, the rest by the C kernel."""
     h0 = generator.act1(generator.linear(z))  # (B, 1568) = (B, 32, 7, 7) channel-first
     return torch.sigmoid(native_generator_after_act1(generator, h0))
-
-
-# --------------------------------------------------------------------------- the choice
-
-
-@dataclass(frozen=True)
-class GANForward:
-    """How training computes G(z) and D's logits. Both choices compute the same functions (to float32 rounding)."""
-
-    kernels: str  # "native" or "torch", as recorded in the run
-    generate: Callable[[Generator, torch.Tensor], torch.Tensor]
-    discriminate: Callable[..., torch.Tensor]  # (discriminator, images, parameter_gradients) -> logits (B, 1)
-
-
-TORCH_KERNELS = GANForward("torch", generate, torch_discriminate)
-NATIVE_KERNELS = GANForward("native", native_generate, native_discriminate)
-
-
-def choose_gan_forward(cpu_kernels: str, device: torch.device, say: Callable[[str], None] | None = None) -> GANForward:
-    """The GANForward for the ``--cpu-kernels`` setting on ``device`` (see
-    :func:`mnistgen.kernels.native.use_native_kernels`: "auto" falls back to PyTorch's kernels with a note)."""
-    note = "the GAN trains with PyTorch's CPU kernels, about 2.4x slower"
-    return NATIVE_KERNELS if use_native_kernels(cpu_kernels, device, load_gan_library, note, say) else TORCH_KERNELS

@@ -1,6 +1,9 @@
-"""What every training loop shares: RNG state for exact resume, the NaN guard, the progress bar.
+"""What the VAE's and the GAN's training loops share: the new-or-resume check, the checkpoint writer and reader,
+the end-of-epoch sequence (NaN guard, interrupt, metrics, save), Ctrl-C, threads, the progress bar, random
+streams and the gradient average over torchrun ranks.
 
-Kept as small functions (no trainer class): each loop in ``train/`` reads top to bottom.
+Kept as small functions and one small record (:class:`RunState`), no trainer class: each loop in ``train/``
+reads top to bottom and calls these where it needs them.
 """
 
 from __future__ import annotations
@@ -14,13 +17,16 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..config import to_dict
 from ..errors import MnistgenError
+from ..runs import RunDir
 
 # glibc's mallopt parameters (malloc.h) and the values :func:`keep_freed_memory` sets
 _M_TRIM_THRESHOLD = -1
@@ -50,15 +56,20 @@ def keep_freed_memory() -> bool:
 
 
 class NonFiniteLossError(MnistgenError):
-    """A loss became NaN or infinite; the last good checkpoint is kept."""
+    """A loss or an evaluation became NaN or infinite; the last good checkpoint is kept."""
 
 
-def check_finite(value: float, what: str, epoch: int, step: int) -> None:
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped training after a completed step; the state was saved. ``str()`` says how to continue."""
+
+
+def check_finite(value: float, what: str, epoch: int, step: int | None = None) -> None:
     """Stop the run with a clear message if ``value`` is NaN or infinite."""
     if not math.isfinite(value):
+        where = f"epoch {epoch}, step {step}" if step is not None else f"the end of epoch {epoch}"
         raise NonFiniteLossError(
-            f"{what} became {value} at epoch {epoch}, step {step}; stopped, the checkpoint of the "
-            f"last completed epoch is kept (try a lower learning rate)"
+            f"{what} became {value} at {where}; stopped, the checkpoint of the last completed epoch is kept "
+            "(try a lower learning rate)"
         )
 
 
@@ -154,14 +165,112 @@ def sigint_requests_stop() -> Iterator[Callable[[], bool]]:
         signal.signal(signal.SIGINT, previous)
 
 
-def refuse_changed_settings(run_path: Any, saved: Any, requested: Any, may_change: tuple[str, ...],
-                            also_changed: tuple[str, ...] = ()) -> None:
-    """``--resume`` continues the saved run: a one-line error naming every field of ``requested`` (a config
-    dataclass) that differs from ``saved`` and is not in ``may_change`` (plus the names in ``also_changed``)."""
-    differ = [f.name for f in dataclasses.fields(requested)
-              if f.name not in may_change and getattr(saved, f.name) != getattr(requested, f.name)]
-    differ += also_changed
+# --------------------------------------------------------------------------- the run: new or resumed, checkpoints
+
+
+def check_run_folder(run: RunDir, resume: bool, kind: str, config: Any, may_change: tuple[str, ...]) -> None:
+    """A new run needs a folder without a run in it; ``--resume`` needs a run of ``kind`` with a checkpoint and
+    the same settings, but for the fields in ``may_change`` and the data's location (the dataset must stay).
+    Called before anything is written; a one-line :class:`MnistgenError` otherwise."""
+    if not resume:
+        if run.config.is_file() or run.checkpoint.is_file():
+            raise MnistgenError(f"{run.path} already holds a run: add --resume to continue it, or choose another --out")
+        return
+    if not run.checkpoint.is_file():
+        raise MnistgenError(f"{run.path}: nothing to resume (no checkpoint.pt); train without --resume first")
+    saved = run.read_config_as(kind, type(config), f"a {kind.upper()} run")
+    differ = [f.name for f in dataclasses.fields(config)
+              if f.name not in (*may_change, "data") and getattr(saved, f.name) != getattr(config, f.name)]
+    if saved.data.dataset != config.data.dataset:
+        differ.append("dataset")
     if differ:
         names = ", ".join("--" + name.replace("_", "-") for name in differ)
-        raise MnistgenError(f"{run_path}: --resume must keep the run's settings; these differ from its config.json: "
+        raise MnistgenError(f"{run.path}: --resume must keep the run's settings; these differ from its config.json: "
                             f"{names}")
+
+
+@dataclass
+class RunState:
+    """What a run's checkpoint holds besides its position: the objects with a ``state_dict`` (models and
+    optimizers) under their checkpoint keys, the random generators (the batch order's under "order"), the
+    config, and the key of the per-step values (the ELBOs, the losses) of a partly done epoch."""
+
+    run: RunDir
+    config: Any
+    stateful: dict[str, Any]
+    generators: dict[str, torch.Generator]
+    values_key: str
+
+    def save(self, *, epoch: int, step: int, order_state: torch.Tensor, step_values: torch.Tensor,
+             seconds: float) -> None:
+        """RUN/checkpoint.pt, atomically (rank 0): ``epoch`` epochs and ``step`` steps of the next one done;
+        ``order_state``: the state the next epoch's batch order is drawn from."""
+        self.run.save_checkpoint({
+            **{key: value.state_dict() for key, value in self.stateful.items()},
+            "generators": generator_states(self.generators),
+            "order_state": order_state,
+            "epoch": epoch,  # epochs completed
+            "step": step,  # steps completed of epoch ``epoch + 1`` (0 between epochs)
+            self.values_key: step_values[:step].cpu(),
+            "seconds": seconds,  # training seconds spent so far in epoch ``epoch + 1``
+            "config": to_dict(self.config),
+        })
+
+    def restore(self) -> tuple[int, int, torch.Tensor, float]:
+        """Load the checkpoint into the objects and generators; returns (epochs done, steps done of the next
+        epoch, those steps' values, seconds spent in them)."""
+        state = self.run.load_checkpoint(map_location="cpu")
+        for key, value in self.stateful.items():
+            value.load_state_dict(state[key])
+        restore_generators(self.generators, state["generators"])
+        self.generators["order"].set_state(state["order_state"])
+        return int(state["epoch"]), int(state["step"]), state[self.values_key], float(state["seconds"])
+
+
+def end_steps(state: RunState, *, epoch: int, done: int, steps: int, step_values: torch.Tensor,
+              value_names: tuple[str, ...], order_state: torch.Tensor, seconds: float, command: str) -> torch.Tensor:
+    """The first half of the end of epoch ``epoch`` (0-based), after its steps:
+
+    1. the NaN guard: the values of the ``done`` steps (``step_values``, (steps, len(value_names)) or (steps,),
+       read from the device here, once per epoch) must be finite, else :class:`NonFiniteLossError` and nothing
+       is saved: the checkpoint of the last completed epoch stays;
+    2. if ``done < steps`` (Ctrl-C): save the position inside the epoch and raise :class:`TrainingInterrupted`
+       (its message ends with the ``command`` that continues the run).
+
+    Returns the values, (done, len(value_names)) on the CPU. :func:`record_epoch` is the second half.
+    """
+    values = step_values[:done].cpu().reshape(done, len(value_names))
+    bad = torch.nonzero(~torch.isfinite(values))
+    if len(bad):
+        step, column = int(bad[0, 0]), int(bad[0, 1])
+        check_finite(float(values[step, column]), value_names[column], epoch + 1, step + 1)
+    if done < steps:
+        state.save(epoch=epoch, step=done, order_state=order_state, step_values=step_values, seconds=seconds)
+        raise TrainingInterrupted(f"interrupted in epoch {epoch + 1} after step {done} of {steps}; saved "
+                                  f"{state.run.checkpoint}; continue with: {command} --out {state.run.path} --resume")
+    return values
+
+
+def record_epoch(state: RunState, record: dict[str, Any]) -> dict[str, Any]:
+    """The second half of the end of an epoch: every number of its ``record`` (the epoch's metrics, "epoch" being
+    the number of epochs completed) must be finite (an evaluation may fail too), the record is appended to
+    RUN/metrics.jsonl, and the checkpoint of the completed epoch is saved. Returns the record."""
+    for key, value in record.items():
+        if isinstance(value, float):
+            check_finite(value, key, record["epoch"])
+    state.run.append_metrics(record)
+    state.save(epoch=record["epoch"], step=0, order_state=state.generators["order"].get_state(),
+               step_values=torch.zeros(0), seconds=0.0)
+    return record
+
+
+@contextmanager
+def training_context(threads: int, stop: Callable[[], bool] | None) -> Iterator[Callable[[], bool]]:
+    """``threads`` CPU threads (0: torch's default), and the stop request the loop polls: ``stop`` if given,
+    else Ctrl-C (see :func:`sigint_requests_stop`)."""
+    with torch_threads(threads):
+        if stop is not None:
+            yield stop
+        else:
+            with sigint_requests_stop() as requested:
+                yield requested

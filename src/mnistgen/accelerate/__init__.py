@@ -1,0 +1,221 @@
+"""Accelerators: fast ways to compute a training step, beside the reference path, each checking first that it
+computes what the reference path would.
+
+The reference path (in :mod:`mnistgen.train.vae` and :mod:`mnistgen.train.gan`) computes the objective from
+the modules' own ``forward`` and back-propagates with autograd; it trains whatever network ``models/``
+defines. An accelerator computes the same step faster, but it was written for one network (the spec's), one
+dtype, some devices and some objectives. Before training, its ``check`` inspects the actual models and config
+and returns ``None`` or the reason it does not apply:
+
+1. the structure: every leaf module's name, type and settings (``extra_repr``: widths, kernel sizes, slopes,
+   bias) and every parameter's name and shape equal those of the network the accelerator was written for
+   (built here from ``torch.nn`` directly, not from ``models/``, so that an edited model cannot move both);
+2. dtype float32, the device, contiguous parameters, the objective;
+3. a numerical probe: the module's ``forward`` and the accelerator run on a small batch (copies of the
+   modules, the global random state restored afterwards), and their outputs and one gradient must agree to
+   float32 rounding (:data:`PROBE_TOLERANCE`). This catches what no structure shows: an activation changed
+   inside ``forward``, a layer applied twice, a dropout.
+
+:func:`choose` takes the first accelerator of a list (fastest first) that is allowed by ``--cpu-kernels``,
+runs on the device, and passes its check; the reasons of those skipped go into one note.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import torch
+from torch import nn
+
+from ..errors import MnistgenError
+from ..runs import is_main_process
+
+PROBE_TOLERANCE = 1e-4  # largest relative difference (in norm) between the accelerator and the module's forward
+PROBE_SEED = 0  # the probes' inputs come from their own generator: the run's random streams are not touched
+CPU_KERNELS = ("auto", "native", "torch", "reference")  # the values of --cpu-kernels
+REFERENCE_DESCRIPTION = "the reference path (autograd through the modules' forward)"
+
+Implementation = TypeVar("Implementation")
+
+
+@dataclass(frozen=True)
+class Accelerator(Generic[Implementation]):
+    """One fast path, the conditions under which it applies, and what the training loop uses from it."""
+
+    name: str  # recorded in each metrics line ("native", "torch")
+    description: str  # what it is, for the note when a faster one does not apply ("mnistgen's C kernels")
+    native: bool  # runs mnistgen's C kernels (--cpu-kernels torch excludes it, native insists on it)
+    devices: tuple[str, ...]  # device types it runs on ("cpu", "cuda", "mps")
+    check: Callable[..., str | None]  # (models..., config, device) -> why it does not apply, or None
+    implementation: Implementation
+
+
+@dataclass(frozen=True)
+class Choice(Generic[Implementation]):
+    """What :func:`choose` decided: the accelerator (None: the reference path) and why faster ones were skipped."""
+
+    accelerator: Accelerator[Implementation] | None
+    skipped: tuple[str, ...]  # "<name>: <reason>" of each accelerator for this device that did not apply
+
+    @property
+    def name(self) -> str:
+        return self.accelerator.name if self.accelerator is not None else "reference"
+
+    @property
+    def description(self) -> str:
+        return self.accelerator.description if self.accelerator is not None else REFERENCE_DESCRIPTION
+
+
+def note_choice(what: str, choices: dict[str, Choice], say: Callable[[str], None] | None = None) -> None:
+    """One note (``say``, default stderr; rank 0 only) if a faster accelerator than the chosen one was skipped
+    for any of ``choices`` (by network: "G", "D", or "" for a model with one): what trains with what, and why
+    the faster ones do not apply (a reason shared by several networks is given once)."""
+    reasons: dict[str, list[str]] = {}  # "native: no C compiler found" -> ["G", "D"]
+    for network, choice in choices.items():
+        for reason in choice.skipped:
+            reasons.setdefault(reason, []).append(network)
+    if not reasons or not is_main_process():
+        return
+    paths = ", ".join(f"{network} with {choice.description}" if network else choice.description
+                      for network, choice in choices.items())
+    why = "; ".join(_for_networks(reason, networks) for reason, networks in reasons.items())
+    message = f"mnistgen: note: the {what} trains {paths if ',' in paths else 'with ' + paths}, as faster paths " \
+              f"do not apply: {why}"
+    if say is not None:
+        say(message)
+    else:
+        print(message, file=sys.stderr)
+
+
+def _for_networks(reason: str, networks: list[str]) -> str:
+    """"native: why" -> "native for G and D: why" (unchanged for a model with one network)."""
+    named = [network for network in networks if network]
+    if not named:
+        return reason
+    name, _, why = reason.partition(": ")
+    return f"{name} for {' and '.join(named)}: {why}"
+
+
+def choose(candidates: Sequence[Accelerator[Implementation]], cpu_kernels: str, device: torch.device,
+           *check_arguments: Any) -> Choice[Implementation]:
+    """The first of ``candidates`` (fastest first) that ``cpu_kernels`` allows, runs on ``device`` and whose
+    ``check(*check_arguments)`` passes; ``Choice(None, ...)`` (the reference path) if none does.
+
+    ``cpu_kernels``: "auto" any; "torch" none with C kernels; "reference" none at all; "native" like "auto",
+    but on the CPU the chosen one must be native, otherwise a one-line :class:`MnistgenError` with the reasons.
+    Accelerators for other devices are passed over silently (the C kernels are not missed on a GPU).
+    """
+    if cpu_kernels not in CPU_KERNELS:
+        raise MnistgenError(f"--cpu-kernels must be one of {', '.join(CPU_KERNELS)}, got {cpu_kernels!r}")
+    skipped: list[str] = []
+    chosen = None
+    if cpu_kernels != "reference":
+        for accelerator in candidates:
+            if device.type not in accelerator.devices or (accelerator.native and cpu_kernels == "torch"):
+                continue
+            try:
+                reason = accelerator.check(*check_arguments)
+            except MnistgenError as exc:
+                reason = str(exc)
+            except Exception as exc:  # an accelerator that cannot even run on these models does not apply to them
+                reason = f"its check failed ({type(exc).__name__}: {exc})"
+            if reason is None:
+                chosen = accelerator
+                break
+            skipped.append(f"{accelerator.name}: {reason}")
+    if cpu_kernels == "native" and device.type == "cpu" and (chosen is None or not chosen.native):
+        raise MnistgenError("--cpu-kernels native: the C kernels do not apply: " + "; ".join(skipped))
+    return Choice(chosen, tuple(skipped))
+
+
+# --------------------------------------------------------------------------- structure
+
+
+def layout_mismatch(module: nn.Module, expected: dict[str, nn.Module], what: str) -> str | None:
+    """Why ``module``'s leaf modules and parameters differ from ``expected`` (leaf name -> module, e.g. built on
+    the meta device), or None if the names, types, settings and parameter shapes are the same."""
+    leaves = {name: leaf for name, leaf in module.named_modules() if name and not list(leaf.children())}
+    extra = [name for name in leaves if name not in expected]
+    missing = [name for name in expected if name not in leaves]
+    if extra or missing:
+        parts = ([f"has {', '.join(extra)}"] if extra else []) + ([f"lacks {', '.join(missing)}"] if missing else [])
+        return f"{what} {' and '.join(parts)} (written for the spec's layers)"
+    for name, layer in expected.items():
+        actual = leaves[name]
+        if type(actual) is not type(layer) or actual.extra_repr() != layer.extra_repr():
+            return f"{what}.{name} is {_describe(actual)}, written for {_describe(layer)}"
+    shapes = {name: tuple(p.shape) for name, p in module.named_parameters()}
+    wanted = {f"{leaf}.{name}": tuple(p.shape) for leaf, layer in expected.items()
+              for name, p in layer.named_parameters()}
+    if shapes != wanted:
+        differing = sorted(name for name in shapes.keys() | wanted.keys() if shapes.get(name) != wanted.get(name))
+        return f"{what}'s parameters differ from the spec's ({', '.join(differing)})"
+    return None
+
+
+def _describe(layer: nn.Module) -> str:
+    return f"{type(layer).__name__}({layer.extra_repr()})"
+
+
+def parameter_mismatch(modules: Sequence[nn.Module], device: torch.device) -> str | None:
+    """Why the parameters of ``modules`` are not float32, contiguous tensors on ``device``, or None."""
+    for module in modules:
+        for name, parameter in module.named_parameters():
+            if parameter.dtype != torch.float32:
+                return f"{type(module).__name__}.{name} is {str(parameter.dtype).removeprefix('torch.')}, " \
+                       "the accelerators compute in float32"
+            if parameter.device.type != device.type:
+                return f"{type(module).__name__}.{name} is on {parameter.device}, training on {device}"
+            if not parameter.is_contiguous():
+                return f"{type(module).__name__}.{name} is not contiguous"
+    return None
+
+
+def on_meta_device(build: Callable[[], dict[str, nn.Module]]) -> dict[str, nn.Module]:
+    """``build()``'s modules created on the meta device: shapes and settings only, no memory, no initialization."""
+    with torch.device("meta"):
+        return build()
+
+
+# --------------------------------------------------------------------------- the probe
+
+
+@contextmanager
+def probing(*modules: nn.Module) -> Iterator[list[nn.Module]]:
+    """Copies of ``modules`` to probe (their buffers and gradients stay untouched), with the global random
+    state (CPU, and the CUDA devices the modules are on) restored when the block ends."""
+    devices = sorted({p.device.index or 0 for m in modules for p in m.parameters() if p.device.type == "cuda"})
+    with torch.random.fork_rng(devices=devices):
+        yield [copy.deepcopy(module) for module in modules]
+
+
+def probe_generator(device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(PROBE_SEED)
+
+
+def relative_difference(mine: torch.Tensor, reference: torch.Tensor) -> float:
+    """||mine - reference|| / ||reference|| in float64 (inf if the shapes differ; 0 if both are zero)."""
+    if mine.shape != reference.shape:
+        return float("inf")
+    mine, reference = mine.detach().double(), reference.detach().double()
+    scale = reference.norm().item()
+    difference = (mine - reference).norm().item()
+    if difference == 0.0:
+        return 0.0
+    return difference / scale if scale > 0.0 else float("inf")
+
+
+def probe_mismatch(pairs: Sequence[tuple[str, torch.Tensor, torch.Tensor]]) -> str | None:
+    """The first (what, accelerator's value, forward's value) that differs beyond :data:`PROBE_TOLERANCE`
+    (NaN included), as a reason; None if all agree."""
+    for what, mine, reference in pairs:
+        difference = relative_difference(mine, reference)
+        if not difference <= PROBE_TOLERANCE:
+            return (f"the probe found {what} {difference:.2g} away (relative) from the module's forward: "
+                    "the model is not the one the accelerator was written for")
+    return None

@@ -1,0 +1,287 @@
+"""The GAN's accelerators: faster ways to compute G(z) and D's logits inside the reference path's step, and
+their checks.
+
+The reference step (:func:`mnistgen.train.gan.train_step`) calls the modules themselves: ``generator(z)``,
+then ``discriminator(real)`` and ``discriminator(fake)`` for D's step and ``discriminator(fake)`` for G's.
+The losses, autograd and Adam stay the same with every accelerator; only these calls are replaced, for each
+network on its own (a changed D keeps G accelerated, and the other way round):
+
+G(z):
+- ``native`` (CPU, SPEC §3's G): G's Linear and act1 in PyTorch, the rest by mnistgen's C kernels
+  (:func:`mnistgen.kernels.gan.native_generate`);
+- ``torch`` (every device, SPEC §3's G): each "nearest 2x upsampling, then 3x3 convolution" as one stride-2
+  transposed convolution (:func:`upsample_conv`), on CPU in the channels-last layout.
+
+D's logits:
+- ``native`` (CPU, SPEC §3's D): the C kernels (:func:`mnistgen.kernels.gan.native_discriminate`), the real
+  and the generated batch in one call; in G's step without D's parameter gradients;
+- ``torch`` (every device, any D whose images do not interact): one call of the module on both batches
+  together instead of two (the probe checks that each logit is what a separate call gives: a batch norm,
+  for one, breaks it).
+
+:func:`choose_gan_accelerators` picks one for each network under ``--cpu-kernels``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import GANConfig
+from ..kernels.gan import native_discriminate, native_generate
+from ..kernels.native import NativeKernelsUnavailable, load_gan_library
+from ..models.gan import DISCRIMINATOR_FEATURES, GENERATOR_START, IMAGE_SHAPE, LEAKY_SLOPE, Discriminator, Generator
+from . import (
+    Accelerator,
+    Choice,
+    choose,
+    layout_mismatch,
+    on_meta_device,
+    parameter_mismatch,
+    probe_generator,
+    probe_mismatch,
+    probing,
+)
+
+PROBE_IMAGES = 9  # images in the start-up probes' batches (one more than the C kernels' group of 8)
+ALL_DEVICES = ("cpu", "cuda", "mps")
+
+
+def spec_generator_layers(zdim: int) -> dict[str, nn.Module]:
+    """The leaf modules of SPEC §3's generator (the table's order), as the G accelerators read them."""
+    channels = GENERATOR_START[0]
+    return {"linear": nn.Linear(zdim, channels * GENERATOR_START[1] * GENERATOR_START[2]),
+            "act1": nn.LeakyReLU(LEAKY_SLOPE), "up1": nn.Upsample(scale_factor=2),
+            "conv1": nn.Conv2d(channels, 16, kernel_size=3, stride=1, padding=1), "act2": nn.LeakyReLU(LEAKY_SLOPE),
+            "up2": nn.Upsample(scale_factor=2), "conv2": nn.Conv2d(16, 8, kernel_size=3, stride=1, padding=1),
+            "act3": nn.LeakyReLU(LEAKY_SLOPE), "conv3": nn.Conv2d(8, 1, kernel_size=3, stride=1, padding=1),
+            "sigmoid": nn.Sigmoid()}
+
+
+def spec_discriminator_layers() -> dict[str, nn.Module]:
+    """The leaf modules of SPEC §3's discriminator (the table's order), as the native D reads them."""
+    features = DISCRIMINATOR_FEATURES[0] * DISCRIMINATOR_FEATURES[1] * DISCRIMINATOR_FEATURES[2]
+    return {"conv1": nn.Conv2d(1, 2, kernel_size=3, stride=1, padding=1), "relu1": nn.ReLU(),
+            "pool1": nn.MaxPool2d(kernel_size=2, stride=2),
+            "conv2": nn.Conv2d(2, 4, kernel_size=3, stride=1, padding=1), "relu2": nn.ReLU(),
+            "pool2": nn.MaxPool2d(kernel_size=2, stride=2),
+            "conv3": nn.Conv2d(4, 8, kernel_size=3, stride=1, padding=0), "relu3": nn.ReLU(),
+            "linear": nn.Linear(features, 1)}
+
+
+# --------------------------------------------------------------------------- G(z) in PyTorch, faster
+#
+# "Nearest 2x upsampling, then a 3x3 convolution with padding 1" is one transposed convolution with stride 2,
+# a 4x4 kernel and padding 1, with the same parameters and the same values:
+#
+# Along one axis, output row 2i of the upsample-conv reads upsampled rows 2i-1, 2i, 2i+1 = input rows i-1, i, i
+# with taps (w0, w1, w2): input i-1 with w0, input i with w1 + w2. Output row 2i+1 reads upsampled rows 2i,
+# 2i+1, 2i+2 = input rows i, i, i+1: input i with w0 + w1, input i+1 with w2.
+# A transposed convolution (stride 2, padding 1) adds input row i into output row o with kernel tap
+# k = o - 2i + 1: row 2i gets input i-1 through k = 3 and input i through k = 1, row 2i+1 gets input i
+# through k = 2 and input i+1 through k = 0. So its 1-D kernel is (w2, w1 + w2, w0 + w1, w0), and the 2-D
+# kernel is that along both axes; the output side is 2 * side (no extra rows, no cropping), and the
+# borders match because an input row outside the image contributes nothing in both forms (zero padding).
+# That is 16 multiply-adds per input pixel and channel pair instead of 36, and the upsampled map is never
+# formed. The kernel is built from the Conv2d's own weight inside the forward, so autograd carries the
+# gradients back to the spec's parameters.
+
+
+def _upsample_taps(weight: torch.Tensor, dim: int) -> torch.Tensor:
+    """Upsample-by-2-then-filter along ``dim`` as a stride-2 transposed-convolution filter: 3 taps -> 4 taps.
+
+    (w0, w1, w2) -> (w2, w1 + w2, w0 + w1, w0) (see the comment above).
+    """
+    w0, w1, w2 = weight.unbind(dim)
+    return torch.stack([w2, w1 + w2, w0 + w1, w0], dim)
+
+
+def upsample_conv(conv: nn.Conv2d, images: torch.Tensor) -> torch.Tensor:
+    """conv(Upsample(scale 2, nearest)(images)) for a 3x3, stride 1, padding 1 ``conv``, as one transposed convolution.
+
+    (B, C_in, H, W) -> (B, C_out, 2H, 2W). Same values and gradients (w.r.t. the images and ``conv``'s parameters).
+    """
+    kernel = _upsample_taps(_upsample_taps(conv.weight, dim=2), dim=3)  # (C_out, C_in, 4, 4)
+    kernel = kernel.transpose(0, 1)  # conv_transpose2d takes (C_in, C_out, kH, kW)
+    # the kernel in the memory format of the maps it reads (keeps oneDNN on its channels-last path)
+    if images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous():
+        kernel = kernel.contiguous(memory_format=torch.channels_last)
+    else:
+        kernel = kernel.contiguous()
+    return F.conv_transpose2d(images, kernel, conv.bias, stride=2, padding=1)
+
+
+def torch_generate(generator: Generator, z: torch.Tensor) -> torch.Tensor:
+    """G(z) for SPEC §3's G: the same function of z and of G's parameters as ``generator(z)``, faster.
+
+    (B, zdim) -> (B, 1, 28, 28) in (0, 1). up1/conv1 and up2/conv2 run as :func:`upsample_conv`; on CPU every
+    map is channels-last (oneDNN's fastest layout for these convolutions).
+    """
+    h = generator.act1(generator.linear(z)).view(-1, *GENERATOR_START)  # (B, 32, 7, 7)
+    if h.device.type == "cpu":
+        h = h.contiguous(memory_format=torch.channels_last)
+    # LeakyReLU in place: each convolution's output is used by nothing else (its backward reads the result)
+    h = F.leaky_relu(upsample_conv(generator.conv1, h), generator.act2.negative_slope, inplace=True)  # (B, 16, 14, 14)
+    h = F.leaky_relu(upsample_conv(generator.conv2, h), generator.act3.negative_slope, inplace=True)  # (B, 8, 28, 28)
+    return generator.sigmoid(generator.conv3(h))  # (B, 1, 28, 28)
+
+
+# --------------------------------------------------------------------------- D's logits
+
+
+def native_discriminate_both(discriminator: Discriminator, real: torch.Tensor,
+                             fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """D's step: the logits (B, 1) of the real and of the generated batch, by the C kernels in one call."""
+    logits = native_discriminate(discriminator, torch.cat([real, fake]))
+    return logits[:len(real)], logits[len(real):]
+
+
+def native_discriminate_generated(discriminator: Discriminator, fake: torch.Tensor) -> torch.Tensor:
+    """G's step: D's logits (B, 1) of G's images by the C kernels; D's parameters get no gradient."""
+    return native_discriminate(discriminator, fake, parameter_gradients=False)
+
+
+def torch_discriminate_both(discriminator: nn.Module, real: torch.Tensor,
+                            fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """D's step: the logits of the real and of the generated batch from one call of the module on both."""
+    logits = discriminator(torch.cat([real, fake]))  # (2B, 1)
+    return logits[:len(real)], logits[len(real):]
+
+
+def torch_discriminate_generated(discriminator: nn.Module, fake: torch.Tensor) -> torch.Tensor:
+    """G's step: the module's logits of G's images (the same call as the reference path's)."""
+    return discriminator(fake)
+
+
+@dataclass(frozen=True)
+class DiscriminatorCalls:
+    """How the step gets D's logits: for D's step (real and generated batch) and for G's step."""
+
+    both: Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    generated: Callable[[nn.Module, torch.Tensor], torch.Tensor]
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _probe_generator(generator: Generator, generate: Callable) -> str | None:
+    """``generate(G, z)`` against ``G(z)`` on a small batch: the images and the gradient of a weighted sum of
+    them with respect to every parameter of G; the reason if they differ, else None."""
+    device = next(generator.parameters()).device
+    with probing(generator, generator) as (reference, accelerated):
+        draws = probe_generator(torch.device("cpu"))
+        z = (torch.rand(PROBE_IMAGES, generator.linear.in_features, generator=draws) * 2 - 1).to(device)
+        weights = torch.randn(PROBE_IMAGES, *IMAGE_SHAPE, generator=draws).to(device)
+        results = []
+        for module, function in ((reference, lambda g, noise: g(noise)), (accelerated, generate)):
+            images = function(module, z)
+            gradients = torch.autograd.grad((images * weights).sum(), list(module.parameters()), allow_unused=True)
+            results.append((images, gradients))
+        (expected, expected_gradients), (images, gradients) = results
+        names = [name for name, _ in reference.named_parameters()]
+        return probe_mismatch([("G(z)", images, expected)] + [
+            (f"the gradient of generator.{name}", _dense(mine, p), _dense(theirs, p))
+            for name, mine, theirs, p in zip(names, gradients, expected_gradients, reference.parameters(),
+                                              strict=True)])
+
+
+def _probe_discriminator(discriminator: nn.Module, calls: DiscriminatorCalls) -> str | None:
+    """``calls`` against the module's own calls on small random batches: the logits, and the gradients of a
+    weighted sum of them with respect to D's parameters and the generated images (D's step), and with respect
+    to the generated images alone (G's step); the reason if they differ, else None."""
+    device = next(discriminator.parameters()).device
+    with probing(discriminator, discriminator) as (reference, accelerated):
+        draws = probe_generator(torch.device("cpu"))
+        real = torch.rand(PROBE_IMAGES, *IMAGE_SHAPE, generator=draws).to(device)
+        fake = torch.rand(PROBE_IMAGES, *IMAGE_SHAPE, generator=draws).to(device)
+        weights = torch.randn(3, PROBE_IMAGES, 1, generator=draws).to(device)
+        results = []
+        for module, both, generated in ((reference, lambda d, r, f: (d(r), d(f)), lambda d, f: d(f)),
+                                        (accelerated, calls.both, calls.generated)):
+            fake_input, fake_for_g = fake.clone().requires_grad_(), fake.clone().requires_grad_()
+            real_logits, fake_logits = both(module, real, fake_input)
+            parameters = list(module.parameters())
+            d_gradients = torch.autograd.grad((real_logits * weights[0]).sum() + (fake_logits * weights[1]).sum(),
+                                              [*parameters, fake_input], allow_unused=True)
+            g_logits = generated(module, fake_for_g)
+            (g_gradient,) = torch.autograd.grad((g_logits * weights[2]).sum(), [fake_for_g])
+            results.append((real_logits, fake_logits, d_gradients, g_logits, g_gradient))
+        expected, actual = results
+        names = [f"discriminator.{name}" for name, _ in reference.named_parameters()] + ["the generated images"]
+        inputs = [*reference.parameters(), fake]
+        return probe_mismatch(
+            [("D's logits of the real batch", actual[0], expected[0]),
+             ("D's logits of the generated batch", actual[1], expected[1])]
+            + [(f"the gradient of {name} in D's step", _dense(mine, x), _dense(theirs, x))
+               for name, mine, theirs, x in zip(names, actual[2], expected[2], inputs, strict=True)]
+            + [("D's logits in G's step", actual[3], expected[3]),
+               ("the gradient of the generated images in G's step", actual[4], expected[4])])
+
+
+def _dense(gradient: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(like) if gradient is None else gradient
+
+
+def _native_library_missing() -> str | None:
+    try:
+        load_gan_library()
+    except NativeKernelsUnavailable as exc:
+        return str(exc)
+    return None
+
+
+def check_native_generator(generator: Generator, config: GANConfig, device: torch.device) -> str | None:
+    """Why the C kernels do not apply to ``generator``, or None."""
+    return (layout_mismatch(generator, on_meta_device(lambda: spec_generator_layers(config.zdim)), "the generator")
+            or parameter_mismatch([generator], device) or _native_library_missing()
+            or _probe_generator(generator, native_generate))
+
+
+def check_torch_generator(generator: Generator, config: GANConfig, device: torch.device) -> str | None:
+    """Why the transposed-convolution G(z) does not apply to ``generator``, or None."""
+    return (layout_mismatch(generator, on_meta_device(lambda: spec_generator_layers(config.zdim)), "the generator")
+            or parameter_mismatch([generator], device) or _probe_generator(generator, torch_generate))
+
+
+NATIVE_CALLS = DiscriminatorCalls(native_discriminate_both, native_discriminate_generated)
+TORCH_CALLS = DiscriminatorCalls(torch_discriminate_both, torch_discriminate_generated)
+
+
+def check_native_discriminator(discriminator: Discriminator, config: GANConfig,
+                               device: torch.device) -> str | None:
+    """Why the C kernels do not apply to ``discriminator``, or None."""
+    return (layout_mismatch(discriminator, on_meta_device(spec_discriminator_layers), "the discriminator")
+            or parameter_mismatch([discriminator], device) or _native_library_missing()
+            or _probe_discriminator(discriminator, NATIVE_CALLS))
+
+
+def check_torch_discriminator(discriminator: nn.Module, config: GANConfig, device: torch.device) -> str | None:
+    """Why one call of ``discriminator`` on both batches is not the same as two, or None (any layers)."""
+    return parameter_mismatch([discriminator], device) or _probe_discriminator(discriminator, TORCH_CALLS)
+
+
+GENERATOR_ACCELERATORS = (  # fastest first
+    Accelerator(name="native", description="mnistgen's C kernels", native=True, devices=("cpu",),
+                check=check_native_generator, implementation=native_generate),
+    Accelerator(name="torch", description="transposed convolutions", native=False, devices=ALL_DEVICES,
+                check=check_torch_generator, implementation=torch_generate),
+)
+DISCRIMINATOR_ACCELERATORS = (
+    Accelerator(name="native", description="mnistgen's C kernels", native=True, devices=("cpu",),
+                check=check_native_discriminator, implementation=NATIVE_CALLS),
+    Accelerator(name="torch", description="one call on both batches", native=False, devices=ALL_DEVICES,
+                check=check_torch_discriminator, implementation=TORCH_CALLS),
+)
+
+
+def choose_gan_accelerators(generator: Generator, discriminator: nn.Module, config: GANConfig,
+                            device: torch.device) -> tuple[Choice, Choice]:
+    """The accelerators for G(z) and for D's logits under ``config.cpu_kernels`` on ``device`` (None: the
+    module's own calls), with the reasons faster ones do not apply; ``--cpu-kernels native`` where the C
+    kernels do not apply to both networks is a one-line error."""
+    return (choose(GENERATOR_ACCELERATORS, config.cpu_kernels, device, generator, config, device),
+            choose(DISCRIMINATOR_ACCELERATORS, config.cpu_kernels, device, discriminator, config, device))

@@ -1,0 +1,245 @@
+"""The VAE's accelerators: two faster ways to take the reference path's training step, and their checks.
+
+The reference step (:func:`mnistgen.train.vae.reference_step`) is autograd through the modules' forward and
+Adam. An accelerator replaces that whole step for SPEC §2's network (any hidden width and latent size, both
+objectives, float32):
+
+- ``native`` (CPU): mnistgen's C kernels (:class:`mnistgen.kernels.vae.NativeVAEStep`): the forward and
+  backward pass with sums over the images' nonzero pixels instead of the two products that read them,
+  PyTorch's matrix multiply for the other three, and Adam over flat buffers;
+- ``torch`` (every device): the gradient derived by hand (:func:`elbo_with_gradients`) instead of recorded by
+  autograd, then the optimizer's own (fused) Adam.
+
+:func:`choose_vae_accelerator` picks one for ``--cpu-kernels`` (see :func:`mnistgen.accelerate.choose`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ..config import VAEConfig
+from ..kernels.native import NativeKernelsUnavailable, load_vae_library
+from ..kernels.vae import NativeVAEStep
+from ..losses import vae_elbo
+from ..models.vae import IMAGE_PIXELS, VAE
+from ..train.common import average_over_ranks, synchronize_gradients
+from . import (
+    Accelerator,
+    Choice,
+    choose,
+    layout_mismatch,
+    on_meta_device,
+    parameter_mismatch,
+    probe_generator,
+    probe_mismatch,
+    probing,
+)
+
+OBJECTIVES = ("mc", "analytic")  # the ELBO forms both accelerators compute (Eq. 2 and Eq. 1)
+PROBE_IMAGES = 8  # images in the start-up probe's batch
+PROBE_DENSITY = 0.2  # fraction of lit pixels in the probe's random binary images (MNIST: about 0.13)
+
+
+def spec_layers(config: VAEConfig) -> dict[str, nn.Module]:
+    """The leaf modules of SPEC §2's VAE with ``config``'s widths, as the accelerators read them."""
+    hidden, latent = config.hidden, config.latent_dim
+    return {"encoder.hidden": nn.Linear(IMAGE_PIXELS, hidden), "encoder.mean": nn.Linear(hidden, latent),
+            "encoder.logvar": nn.Linear(hidden, latent), "decoder.hidden": nn.Linear(latent, hidden),
+            "decoder.output": nn.Linear(hidden, IMAGE_PIXELS)}
+
+
+# --------------------------------------------------------------------------- the hand-derived step
+
+
+@torch.no_grad()
+def elbo_with_gradients(model: VAE, x: torch.Tensor, eps: torch.Tensor, analytic_kl: bool) -> torch.Tensor:
+    """Forward pass and hand-derived backward pass of loss = -mean_b ELBO_b; fills every ``.grad``.
+
+    x (B, 784) binary images; eps (B, D_z) standard normal draws (z = mean + exp(logvar / 2) * eps).
+    Returns the sum over the batch of the ELBO estimates (a 0-d tensor on the device: no host sync).
+
+    The same mathematics as autograd through :func:`mnistgen.losses.vae_elbo` for SPEC §2's network (the
+    probe and the tests compare both): with s = 1/B, l the decoder's logits, h1 = tanh(a1) the encoder's
+    and h2 = tanh(a2) the decoder's hidden layer, and std = exp(logvar / 2):
+
+    - dL/dl = s (sigmoid(l) - x), since log p(x|z) = sum x l - softplus(l);
+    - back through the decoder to dL/dz = (dL/da2) W_dec1 (+ s z, from -log p(z), in Eq. 2);
+    - z = mean + std eps gives dL/dmean = dL/dz and dL/dlogvar = dL/dz * std * eps / 2;
+    - Eq. 2: log q(z|x) = -1/2 sum(eps^2 + logvar + log 2 pi) at z = mean + std eps, so its total
+      derivative is 0 in the mean and -1/2 in logvar (its z-path and direct terms cancel);
+    - Eq. 1: KL = 1/2 sum(mean^2 + exp(logvar) - logvar - 1) adds s mean and s (exp(logvar) - 1) / 2;
+    - back through the two heads (their gradients add up in h1) and the encoder's hidden layer.
+    """
+    encoder, decoder = model.encoder, model.decoder
+    for parameter in model.parameters():
+        if parameter.grad is None:
+            parameter.grad = torch.zeros_like(parameter)
+    scale = 1.0 / x.shape[0]
+
+    # forward
+    h1 = torch.addmm(encoder.hidden.bias, x, encoder.hidden.weight.t()).tanh_()  # (B, H)
+    mean = torch.addmm(encoder.mean.bias, h1, encoder.mean.weight.t())  # (B, D_z)
+    logvar = torch.addmm(encoder.logvar.bias, h1, encoder.logvar.weight.t())  # (B, D_z)
+    std = torch.exp(0.5 * logvar)
+    z = torch.addcmul(mean, std, eps)  # (B, D_z)
+    h2 = torch.addmm(decoder.hidden.bias, z, decoder.hidden.weight.t()).tanh_()  # (B, H)
+    logits = torch.addmm(decoder.output.bias, h2, decoder.output.weight.t())  # (B, 784)
+
+    # value: sum_b ELBO_b (the log 2 pi terms of log p(z) and log q(z|x) cancel in Eq. 2)
+    log_likelihood = torch.dot(x.reshape(-1), logits.reshape(-1)) - torch.nn.functional.softplus(logits).sum()
+    if analytic_kl:
+        kl = 0.5 * (mean.square() + logvar.exp() - logvar - 1.0).sum()
+        elbo_sum = log_likelihood - kl
+    else:
+        elbo_sum = log_likelihood - 0.5 * z.square().sum() + 0.5 * (eps.square().sum() + logvar.sum())
+
+    # backward
+    d_logits = torch.sigmoid(logits).sub_(x).mul_(scale)  # (B, 784)
+    torch.mm(d_logits.t(), h2, out=decoder.output.weight.grad)
+    torch.sum(d_logits, 0, out=decoder.output.bias.grad)
+    d_h2 = torch.mm(d_logits, decoder.output.weight)  # (B, H)
+    d_a2 = d_h2.addcmul_(d_h2 * h2, h2, value=-1.0)  # times tanh' = 1 - h2^2
+    torch.mm(d_a2.t(), z, out=decoder.hidden.weight.grad)
+    torch.sum(d_a2, 0, out=decoder.hidden.bias.grad)
+    d_z = torch.mm(d_a2, decoder.hidden.weight)  # (B, D_z)
+    if analytic_kl:
+        d_mean = d_z + scale * mean
+        d_logvar = (0.5 * d_z * std * eps).add_(0.5 * scale * (logvar.exp() - 1.0))
+    else:
+        d_z.add_(z, alpha=scale)
+        d_mean = d_z
+        d_logvar = (0.5 * d_z * std * eps).sub_(0.5 * scale)
+    torch.mm(d_mean.t(), h1, out=encoder.mean.weight.grad)
+    torch.sum(d_mean, 0, out=encoder.mean.bias.grad)
+    torch.mm(d_logvar.t(), h1, out=encoder.logvar.weight.grad)
+    torch.sum(d_logvar, 0, out=encoder.logvar.bias.grad)
+    d_h1 = torch.mm(d_mean, encoder.mean.weight).addmm_(d_logvar, encoder.logvar.weight)  # (B, H)
+    d_a1 = d_h1.addcmul_(d_h1 * h1, h1, value=-1.0)  # times tanh' = 1 - h1^2
+    torch.mm(d_a1.t(), x, out=encoder.hidden.weight.grad)
+    torch.sum(d_a1, 0, out=encoder.hidden.bias.grad)
+    return elbo_sum
+
+
+class TorchVAEStep:
+    """Training steps with PyTorch's kernels: :func:`elbo_with_gradients`, then ``optimizer.step()``; the
+    model's and the optimizer's own tensors are the state."""
+
+    def __init__(self, model: VAE, optimizer: torch.optim.Optimizer, config: VAEConfig):
+        self.model, self.optimizer = model, optimizer
+        self.analytic_kl = config.objective == "analytic"
+
+    def step(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """One Adam step on x (B, 784) with the draws eps (B, D_z); returns the batch's ELBO sum (0-d tensor)."""
+        elbo_sum = elbo_with_gradients(self.model, x, eps, self.analytic_kl)
+        synchronize_gradients(self.model)
+        self.optimizer.step()
+        return elbo_sum
+
+    def store(self) -> None:
+        """Nothing to do: the model and the optimizer are always up to date."""
+
+
+def _torch_gradients(model: VAE, x: torch.Tensor, eps: torch.Tensor, analytic_kl: bool):
+    elbo_sum = elbo_with_gradients(model, x, eps, analytic_kl)
+    return elbo_sum, [parameter.grad for parameter in model.parameters()]
+
+
+# --------------------------------------------------------------------------- the C kernels
+
+
+class NativeVAESteps:
+    """Training steps with mnistgen's C kernels (:class:`mnistgen.kernels.vae.NativeVAEStep`), for batches of
+    at most ``config.batch_size`` images. The weights and Adam's state are copied in once, here, and live in
+    the kernels' flat buffers; :meth:`store` copies them back into the model and the optimizer (the training
+    loop does at the end of every epoch, so evaluation and checkpoints see them). Adam's hyper-parameters are
+    read from the optimizer at every step (the learning rate schedule sets them per epoch)."""
+
+    def __init__(self, model: VAE, optimizer: torch.optim.Optimizer, config: VAEConfig):
+        self.optimizer = optimizer
+        self.analytic_kl = config.objective == "analytic"
+        self.native = NativeVAEStep(model, config.batch_size)
+        self.native.load(optimizer)
+
+    def step(self, x: torch.Tensor, eps: torch.Tensor) -> float:
+        """As :meth:`TorchVAEStep.step`; returns the ELBO sum as a float."""
+        elbo_sum = self.native.compute_gradients(x, eps, self.analytic_kl)
+        average_over_ranks([self.native.gradients])
+        group = self.optimizer.param_groups[0]
+        self.native.adam_step(group["lr"], group["betas"], group["eps"])
+        return elbo_sum
+
+    def store(self) -> None:
+        self.native.store(self.optimizer)
+
+
+def _native_gradients(model: VAE, x: torch.Tensor, eps: torch.Tensor, analytic_kl: bool):
+    native = NativeVAEStep(model, len(x))
+    native.load(torch.optim.Adam(model.parameters()))
+    elbo_sum = native.compute_gradients(x, eps, analytic_kl)
+    return torch.tensor(elbo_sum), native.parameter_gradients()
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _probe(model: VAE, config: VAEConfig, gradients: Callable) -> str | None:
+    """Run the module's forward (autograd) and the accelerator's ``gradients(model, x, eps, analytic_kl)`` on a
+    small random batch; the reason if the ELBO or any gradient differs, else None."""
+    analytic_kl = config.objective == "analytic"
+    device = next(model.parameters()).device
+    with probing(model, model) as (reference, accelerated):
+        draws = probe_generator(torch.device("cpu"))
+        x = (torch.rand(PROBE_IMAGES, IMAGE_PIXELS, generator=draws) < PROBE_DENSITY).float().to(device)
+        eps = torch.randn(PROBE_IMAGES, config.latent_dim, generator=draws).to(device)
+        elbo = vae_elbo(reference, x, eps, analytic_kl)  # (B,)
+        names, parameters = zip(*reference.named_parameters(), strict=True)
+        expected = torch.autograd.grad(-elbo.mean(), parameters, allow_unused=True)
+        expected = [torch.zeros_like(p) if g is None else g for p, g in zip(parameters, expected, strict=True)]
+        elbo_sum, actual = gradients(accelerated, x, eps, analytic_kl)
+        return probe_mismatch([("the ELBO", elbo_sum, elbo.detach().sum())] + [
+            (f"the gradient of {name}", mine, theirs) for name, mine, theirs in zip(names, actual, expected,
+                                                                                      strict=True)])
+
+
+def _common_mismatch(model: VAE, config: VAEConfig, device: torch.device) -> str | None:
+    if config.objective not in OBJECTIVES:
+        return f"the objective {config.objective!r} is not one it computes ({', '.join(OBJECTIVES)})"
+    return (layout_mismatch(model, on_meta_device(lambda: spec_layers(config)), "the VAE")
+            or parameter_mismatch([model], device))
+
+
+def check_torch(model: VAE, config: VAEConfig, device: torch.device) -> str | None:
+    """Why the hand-derived step does not apply to ``model`` and ``config``, or None."""
+    return _common_mismatch(model, config, device) or _probe(model, config, _torch_gradients)
+
+
+def check_native(model: VAE, config: VAEConfig, device: torch.device) -> str | None:
+    """Why the C kernels' step does not apply to ``model`` and ``config``, or None."""
+    if device.type != "cpu":
+        return f"the C kernels run on the CPU, not on {device.type}"
+    reason = _common_mismatch(model, config, device)
+    if reason is not None:
+        return reason
+    try:
+        load_vae_library()
+    except NativeKernelsUnavailable as exc:
+        return str(exc)
+    return _probe(model, config, _native_gradients)
+
+
+StepFactory = Callable[[VAE, torch.optim.Optimizer, VAEConfig], TorchVAEStep | NativeVAESteps]
+NATIVE = Accelerator[StepFactory](name="native", description="mnistgen's C kernels", native=True, devices=("cpu",),
+                                  check=check_native, implementation=NativeVAESteps)
+TORCH = Accelerator[StepFactory](name="torch", description="the hand-derived gradient in PyTorch's kernels",
+                                 native=False, devices=("cpu", "cuda", "mps"), check=check_torch,
+                                 implementation=TorchVAEStep)
+ACCELERATORS = (NATIVE, TORCH)  # fastest first
+
+
+def choose_vae_accelerator(model: VAE, config: VAEConfig, device: torch.device) -> Choice[StepFactory]:
+    """The accelerator that trains ``model`` under ``config.cpu_kernels`` on ``device`` (None: the reference path)
+    and the reasons faster ones do not apply; ``--cpu-kernels native`` where they do not is a one-line error."""
+    return choose(ACCELERATORS, config.cpu_kernels, device, model, config, device)
