@@ -114,9 +114,9 @@ def main() -> None:
         generator, discriminator = Generator(config.zdim), Discriminator()
         generator.load_state_dict(initial[0].state_dict())
         discriminator.load_state_dict(initial[1].state_dict())
+        calls = choose_calls(generator, discriminator, config, device) if accelerated else REFERENCE
         optimizer_g, optimizer_d = make_optimizers(generator, discriminator, config)
         noise = torch.Generator().manual_seed(stream_seed(config.seed, NOISE_STREAM))
-        calls = choose_calls(generator, discriminator, config, device) if accelerated else REFERENCE
 
         def run() -> None:
             batches = list(shuffled_batches(len(images), config.batch_size, order, drop_last=True))[:batches_timed]

@@ -21,7 +21,7 @@ from mnistgen.evaluate.gan import load_generator, sample_images, write_figures
 from mnistgen.models.gan import Discriminator, Generator
 from mnistgen.runs import GRID_PADDING, GRID_PNG_SCALE, RunDir
 from mnistgen.train import gan as train
-from mnistgen.train.common import NonFiniteLossError
+from mnistgen.train.common import NonFiniteLossError, match_state_layouts
 
 SMALL = GANConfig(epochs=3, batch_size=32, grid_every=2, device="cpu", threads=1)
 
@@ -236,3 +236,40 @@ def test_sample_images_are_reproducible_and_in_range(uninterrupted):
     np.testing.assert_allclose(first[:10], sample_images(generator, 10, seed=5), atol=1e-6)  # same z
     assert config == SMALL
     assert isinstance(generator, Generator) and not isinstance(generator, Discriminator)
+
+
+def test_resume_may_switch_accelerators_and_weight_layouts(uninterrupted, tmp_path):
+    # --cpu-kernels torch keeps the weights channels-last on CPU, the reference path in PyTorch's default layout;
+    # Adam's moments come back from the checkpoint in the layout they were saved in, and a fused Adam that read
+    # them in another layout than their parameter would mix their elements up (restore() re-lays them out).
+    first = dataclasses.replace(SMALL, epochs=1, cpu_kernels="torch")
+    run = RunDir(tmp_path / "run")
+    train.train_gan(first, images(), run, show_progress=False)
+    saved = torch.load(run.checkpoint, weights_only=True)["optimizer_d"]["state"][2]["exp_avg"]  # conv2.weight's
+    assert saved.is_contiguous(memory_format=torch.channels_last) and not saved.is_contiguous()
+    train.train_gan(dataclasses.replace(SMALL, cpu_kernels="reference"), images(), run, resume=True,
+                    show_progress=False)
+    assert [r["trained_by"] for r in run.read_metrics()] == ["G torch, D torch"] + ["G reference, D reference"] * 2
+    straight = RunDir(tmp_path / "straight")
+    train.train_gan(dataclasses.replace(SMALL, cpu_kernels="reference"), images(), straight, show_progress=False)
+    mine, theirs = _weights(run), _weights(straight)
+    # The convolutions' weights, whose layout changed: the two paths round differently (Adam turns the sign of a
+    # gradient that is zero but for rounding into a step, seen on up to 1% of the elements after 9 steps), but
+    # moments mixed up move nearly every element (seen: 86-99%).
+    for key in (key for key in theirs if theirs[key].dim() == 4):
+        differing = float(((mine[key] - theirs[key]).abs() > SMALL.lr_g / 10).double().mean())
+        assert differing <= 0.1, (key, differing)
+
+
+def test_adam_moments_take_their_parameters_layout():
+    parameter = torch.nn.Parameter(torch.randn(4, 3, 3, 3).contiguous(memory_format=torch.channels_last))
+    optimizer = torch.optim.Adam([parameter], fused=True)
+    optimizer.load_state_dict({"state": {0: {"step": torch.tensor(1.0), "exp_avg": torch.randn(4, 3, 3, 3),
+                                             "exp_avg_sq": torch.rand(4, 3, 3, 3)}},
+                               "param_groups": optimizer.state_dict()["param_groups"]})
+    assert optimizer.state[parameter]["exp_avg"].is_contiguous()  # as saved: not the parameter's layout
+    values = {key: value.clone() for key, value in optimizer.state[parameter].items()}
+    match_state_layouts(optimizer)
+    for key, value in optimizer.state[parameter].items():
+        assert torch.equal(value, values[key])  # the same values...
+        assert value.dim() == 0 or value.stride() == parameter.stride()  # ...laid out as the parameter

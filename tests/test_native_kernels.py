@@ -192,12 +192,12 @@ def test_training_steps_with_native_kernels_equal_pytorch_kernels_and_the_classi
         g.load_state_dict(generator.state_dict())
         d.load_state_dict(discriminator.state_dict())
         twins[name] = (g, d)
-    optimizer_g, optimizer_d = train.make_optimizers(generator, discriminator, config)
-    torch_optimizers = train.make_optimizers(*twins["torch"], config)
     native_calls = train.choose_calls(generator, discriminator, dataclasses.replace(config, cpu_kernels="native"),
                                       torch.device("cpu"))
     torch_calls = train.choose_calls(*twins["torch"], dataclasses.replace(config, cpu_kernels="torch"),
-                                     torch.device("cpu"))
+                                     torch.device("cpu"))  # channels-last weights for the torch twins
+    optimizer_g, optimizer_d = train.make_optimizers(generator, discriminator, config)
+    torch_optimizers = train.make_optimizers(*twins["torch"], config)
     assert (native_calls.trained_by, torch_calls.trained_by) == ("G native, D native", "G torch, D torch")
     classic_g = torch.optim.Adam(twins["classic"][0].parameters(), lr=config.lr_g)
     classic_d = torch.optim.Adam(twins["classic"][1].parameters(), lr=config.lr_d)

@@ -30,7 +30,7 @@ import torch
 from . import __version__
 from .config import from_dict
 from .errors import MnistgenError
-from .files import atomic_write, json_line, read_json, write_json
+from .files import atomic_write, json_line, read_json, save_figure, write_json
 from .imaging import save_png, tile
 
 GRID_SIDE = 8  # a GAN run's progress grids are 8x8 images
@@ -151,6 +151,14 @@ class RunDir:
 
     def load_checkpoint(self, map_location: str | torch.device = "cpu") -> dict[str, Any]:
         return load_checkpoint(self.checkpoint, map_location)
+
+    def save_figures(self, figures: dict[str, Any]) -> list[Path]:
+        """Each matplotlib figure as RUN/figures/<name>.png (rank 0 writes); returns the paths."""
+        paths = [self.figures / f"{name}.png" for name in figures]
+        if is_main_process():
+            for path, figure in zip(paths, figures.values(), strict=True):
+                save_figure(path, figure)
+        return paths
 
     # ------------------------------------------------------------------ a GAN run's grids
 

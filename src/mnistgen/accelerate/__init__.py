@@ -53,6 +53,8 @@ class Accelerator(Generic[Implementation]):
     devices: tuple[str, ...]  # device types it runs on ("cpu", "cuda", "mps")
     check: Callable[..., str | None]  # (models..., config, device) -> why it does not apply, or None
     implementation: Implementation
+    # what it changes in its module before training (the parameters' memory layout; never their values), or None
+    prepare: Callable[[nn.Module, torch.device], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -163,7 +165,8 @@ def _describe(layer: nn.Module) -> str:
 
 
 def parameter_mismatch(modules: Sequence[nn.Module], device: torch.device) -> str | None:
-    """Why the parameters of ``modules`` are not float32, contiguous tensors on ``device``, or None."""
+    """Why the parameters of ``modules`` are not float32 tensors on ``device``, contiguous (in PyTorch's default
+    or the channels-last layout), or None."""
     for module in modules:
         for name, parameter in module.named_parameters():
             if parameter.dtype != torch.float32:
@@ -171,7 +174,7 @@ def parameter_mismatch(modules: Sequence[nn.Module], device: torch.device) -> st
                        "the accelerators compute in float32"
             if parameter.device.type != device.type:
                 return f"{type(module).__name__}.{name} is on {parameter.device}, training on {device}"
-            if not parameter.is_contiguous():
+            if not (parameter.is_contiguous() or parameter.is_contiguous(memory_format=torch.channels_last)):
                 return f"{type(module).__name__}.{name} is not contiguous"
     return None
 

@@ -14,9 +14,8 @@ import torch
 from ..config import GANConfig
 from ..distributions import sample_uniform_noise
 from ..errors import MnistgenError
-from ..files import save_figure
 from ..models.gan import Generator
-from ..runs import GRID_SIDE, RunDir, is_main_process
+from ..runs import GRID_SIDE, RunDir
 from ..train.common import stream_seed
 
 SAMPLE_STREAM = 3  # key of the generator of ``mnistgen gan sample`` (with the sample seed)
@@ -69,10 +68,4 @@ def write_figures(run: RunDir, epochs: list[int]) -> list[Path]:
     records = run.read_metrics()
     if records:
         figures["training"] = training_figure(records)
-    paths = []
-    for name, figure in figures.items():
-        path = run.figures / f"{name}.png"
-        if is_main_process():
-            save_figure(path, figure)
-        paths.append(path)
-    return paths
+    return run.save_figures(figures)

@@ -33,7 +33,7 @@ from ..data.sources import load_raw
 from ..device import resolve_device
 from ..distributions import log_bernoulli_logits, log_normal_logvar, log_standard_normal, sample_bernoulli
 from ..errors import MnistgenError
-from ..files import read_json, save_figure, write_json
+from ..files import read_json, write_json
 from ..losses import elbo_samples
 from ..models.vae import IMAGE_SIZE, VAE
 from ..runs import RunDir, is_main_process
@@ -334,10 +334,4 @@ def write_figures(run: RunDir, options: VAEEvalConfig | None = None) -> list[Pat
         figures["manifold"] = plots.manifold_figure(to_numpy(decode(model, grid.to(device))), axis)
     figures["curves"] = plots.curves_figure(run.read_metrics())
 
-    paths = []
-    for name, figure in figures.items():
-        path = run.figures / f"{name}.png"
-        if is_main_process():
-            save_figure(path, figure)
-        paths.append(path)
-    return paths
+    return run.save_figures(figures)

@@ -3,8 +3,8 @@
 Two pieces of SPEC §3's networks run in ``gan_cpu.c`` (built by :mod:`mnistgen.kernels.native`):
 
 - **D**, whole: images (B, 1, 28, 28) -> logits (B, 1), with gradients for the images and/or D's 593
-  parameters. D's 1- to 8-channel layers are where PyTorch's CPU kernels are slowest (docs/BENCHMARKS.md);
-  the C code runs eight images per vector register.
+  parameters. D's 1- to 8-channel layers fill no vector register in a library's kernels; the C code runs eight
+  images per vector register.
 - **G after act1**, up to the sigmoid: the two upsample-convolutions (in their phase form,
   :func:`phase_kernels`), act2, act3 and conv3, for act1's output h0 (B, 1568) viewed as (B, 32, 7, 7),
   with gradients for h0 and for conv1's, conv2's and conv3's parameters. G's Linear, act1 and sigmoid stay

@@ -37,14 +37,14 @@ import platform
 import shutil
 import subprocess
 import sys
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
 from ..data.cache import cache_root
 from ..errors import MnistgenError
+from ..files import replacing
 
 GAN_SOURCE = Path(__file__).with_name("gan_cpu.c")
 VAE_SOURCE = Path(__file__).with_name("vae_cpu.c")
@@ -113,11 +113,8 @@ def library_path(source: Path, compiler: str, version: str, flags: tuple[str, ..
 
 def build(source: Path, compiler: str, flags: tuple[str, ...], target: Path) -> None:
     """Compile ``source`` into ``target`` (atomically: a temporary file in the same folder, then a rename)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        command = [compiler, *flags, "-o", temporary, str(source)]
+    with replacing(target) as temporary:
+        command = [compiler, *flags, "-o", str(temporary), str(source)]
         try:
             result = subprocess.run(command, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
         except (OSError, subprocess.SubprocessError) as exc:
@@ -125,9 +122,6 @@ def build(source: Path, compiler: str, flags: tuple[str, ...], target: Path) -> 
         if result.returncode != 0:
             first_error = next((line for line in result.stderr.splitlines() if "error" in line), result.stderr.strip())
             raise NativeKernelsUnavailable(f"compiling {source.name} with {compiler} failed: {first_error[:300]}")
-        os.replace(temporary, target)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
 
 
 _P, _N, _THREADS, _F = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_float
@@ -270,29 +264,3 @@ def checked_pointer(tensor: torch.Tensor, name: str, count: int, dtype: torch.dt
 
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
-
-
-def use_native_kernels(cpu_kernels: str, device: torch.device, load: Callable[[], ctypes.CDLL], fallback_note: str,
-                       say: Callable[[str], None] | None = None) -> bool:
-    """Whether training uses mnistgen's C kernels (``load`` builds them) under the ``--cpu-kernels`` setting.
-
-    "torch": no. "native": yes, or an error (one line: why not) where they cannot be built. "auto": yes on
-    CPU where they can be built; otherwise no, and ``say`` (default: stderr) gets ``fallback_note`` and the
-    reason in one line. Off the CPU: never (PyTorch's kernels).
-    """
-    if cpu_kernels not in ("auto", "native", "torch"):
-        raise MnistgenError(f"--cpu-kernels must be auto, native or torch, got {cpu_kernels!r}")
-    if cpu_kernels == "torch" or device.type != "cpu":
-        return False
-    try:
-        load()
-    except NativeKernelsUnavailable as exc:
-        if cpu_kernels == "native":
-            raise MnistgenError(f"--cpu-kernels native: {exc}") from None
-        (say or _stderr)(f"mnistgen: note: {fallback_note}: {exc}")
-        return False
-    return True
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr)

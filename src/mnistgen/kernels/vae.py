@@ -12,7 +12,7 @@ Adam's two moments as four flat buffers of the same layout, and the activations 
 5. C: the rest of the backward pass (W1's gradient again as sums over the nonzero pixels) and the ELBO;
 6. C: Adam over the flat buffers, PyTorch's algorithm.
 
-The mathematics is :func:`mnistgen.train.vae.elbo_with_gradients` followed by PyTorch's Adam
+The mathematics is :func:`mnistgen.accelerate.vae.elbo_with_gradients` followed by PyTorch's Adam
 (tests/test_vae_native.py compares values, gradients and whole training runs); only the order of
 float32 additions differs. :meth:`NativeVAEStep.load` copies a model's weights and its optimizer's
 moments in, :meth:`NativeVAEStep.store` copies them back (the optimizer's state in PyTorch's own format,

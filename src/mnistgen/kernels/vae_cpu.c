@@ -11,7 +11,7 @@
  *   run as a few passes over rows or column blocks, with vector math written out below;
  * - Adam is one pass over one flat buffer of all parameters.
  *
- * The mathematics is the one of mnistgen.train.vae.elbo_with_gradients (which states it); tests compare
+ * The mathematics is the one of mnistgen.accelerate.vae.elbo_with_gradients (which states it); tests compare
  * values and gradients with it and with autograd to float32 rounding. Sums over the batch (parameter
  * gradients) and over a row (dot products, the log-likelihood) run in a fixed order whatever the number of
  * threads, so results do not depend on it.

@@ -40,9 +40,9 @@ def keep_freed_memory() -> bool:
 
     glibc's malloc serves blocks over its (dynamic) mmap threshold with fresh mappings and returns them on
     free, and trims the heap top; a training loop that allocates and frees the same few-MB tensors every
-    step then page-faults them all back in each time (25-30% of a GAN step on a 2-core CPU,
-    docs/BENCHMARKS.md). Fixed thresholds stop that; values and results are unchanged. Returns True if
-    applied; a no-op returning False where the C library is not glibc (macOS, Windows, musl).
+    step then page-faults them all back in each time. Fixed thresholds stop that; values and results are
+    unchanged. Returns True if applied; a no-op returning False where the C library is not glibc (macOS,
+    Windows, musl).
     """
     if not sys.platform.startswith("linux"):
         return False
@@ -189,6 +189,18 @@ def check_run_folder(run: RunDir, resume: bool, kind: str, config: Any, may_chan
                             f"{names}")
 
 
+def match_state_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give every per-parameter state tensor (Adam's moments) its parameter's memory layout.
+
+    A checkpoint keeps each tensor's layout, and the parameters' layout depends on the accelerator (channels-last
+    weights on CPU, say); PyTorch's fused Adam walks parameter, gradient and moments in memory order, so moments
+    in another layout than their parameter would be mixed up element by element, silently."""
+    for parameter, state in optimizer.state.items():
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.shape == parameter.shape and value.stride() != parameter.stride():
+                state[key] = torch.empty_like(parameter).copy_(value)
+
+
 @dataclass
 class RunState:
     """What a run's checkpoint holds besides its position: the objects with a ``state_dict`` (models and
@@ -222,6 +234,8 @@ class RunState:
         state = self.run.load_checkpoint(map_location="cpu")
         for key, value in self.stateful.items():
             value.load_state_dict(state[key])
+            if isinstance(value, torch.optim.Optimizer):
+                match_state_layouts(value)
         restore_generators(self.generators, state["generators"])
         self.generators["order"].set_state(state["order_state"])
         return int(state["epoch"]), int(state["step"]), state[self.values_key], float(state["seconds"])

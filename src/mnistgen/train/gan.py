@@ -177,15 +177,23 @@ def train_epoch(generator: nn.Module, discriminator: nn.Module, optimizer_g: tor
 def choose_calls(generator: nn.Module, discriminator: nn.Module, config: GANConfig, device: torch.device,
                  say: Callable[[str], None] | None = None) -> GANCalls:
     """The calls a step makes under ``config.cpu_kernels``: the accelerators that apply to G and to D as they
-    are, the modules' own calls for a network where none does (with one note naming the reasons)."""
+    are, the modules' own calls for a network where none does (with one note naming the reasons).
+
+    Call it before the optimizers hold any state: a chosen accelerator may put its module's weights in another
+    memory layout (never other values)."""
     for_g, for_d = choose_gan_accelerators(generator, discriminator, config, device)
     note_choice("GAN", {"G": for_g, "D": for_d}, say)
-    return GANCalls(_implementation(for_g, REFERENCE.generate), _implementation(for_d, REFERENCE.discriminate),
-                    f"G {for_g.name}, D {for_d.name}")
+    return GANCalls(_prepared(for_g, generator, device, REFERENCE.generate),
+                    _prepared(for_d, discriminator, device, REFERENCE.discriminate), f"G {for_g.name}, D {for_d.name}")
 
 
-def _implementation(choice: Choice, reference: Any) -> Any:
-    return reference if choice.accelerator is None else choice.accelerator.implementation
+def _prepared(choice: Choice, module: nn.Module, device: torch.device, reference: Any) -> Any:
+    """The chosen accelerator's implementation, its module prepared for it; ``reference`` if none was chosen."""
+    if choice.accelerator is None:
+        return reference
+    if choice.accelerator.prepare is not None:
+        choice.accelerator.prepare(module, device)
+    return choice.accelerator.implementation
 
 
 # --------------------------------------------------------------------------- the loop
@@ -227,6 +235,8 @@ def _train(config: GANConfig, images: torch.Tensor, run: RunDir, resume: bool, p
            say: Callable[[str], None] | None) -> list[dict[str, Any]]:
     order_generator = seed_everything(config.seed)  # also seeds the global RNG that initialises the weights
     generator, discriminator = build_models(config, device)
+    # before any file is written ("native" may refuse) and before the optimizers (the weights' layout may change)
+    calls = choose_calls(generator, discriminator, config, device, say)
     optimizer_g, optimizer_d = make_optimizers(generator, discriminator, config)
     rank, world_size = distributed_rank_and_size()
     noise = torch.Generator(device=device)
@@ -237,9 +247,6 @@ def _train(config: GANConfig, images: torch.Tensor, run: RunDir, resume: bool, p
     epochs_done, start_step, saved_stats, seconds_before = 0, 0, None, 0.0
     if resume:
         epochs_done, start_step, saved_stats, seconds_before = state.restore()
-    calls = choose_calls(generator, discriminator, config, device, say)  # before any file: "native" may refuse
-
-    if resume:
         run.truncate_metrics(epochs_done)
     run.write_config(to_dict(config), kind="gan")
     if is_main_process() and provenance is not None:

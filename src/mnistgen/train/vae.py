@@ -171,6 +171,8 @@ def _train(config: VAEConfig, run: RunDir, resume: bool, protocol: Protocol | No
            say: Callable[[str], None] | None) -> list[dict[str, Any]]:
     order_generator = seed_everything(config.seed)  # also seeds the global RNG that initialises the weights
     model = build_model(config, device)
+    choice = choose_vae_accelerator(model, config, device)  # before any file is written: "native" may refuse
+    note_choice("VAE", {"": choice}, say)
     optimizer = make_optimizer(model, config.lr)
     noise = torch.Generator(device=device)
     noise.manual_seed(stream_seed(config.seed, NOISE_STREAM))
@@ -182,8 +184,6 @@ def _train(config: VAEConfig, run: RunDir, resume: bool, protocol: Protocol | No
         if config.epochs < epochs_done + (start_step > 0):
             raise MnistgenError(f"{run.path}: {epochs_done} epochs are done already; give --epochs of at least "
                                 f"{epochs_done + (start_step > 0)} to continue")
-    choice = choose_vae_accelerator(model, config, device)  # before any file is written: "native" may refuse
-    note_choice("VAE", {"": choice}, say)
     protocol = protocol if protocol is not None else load_protocol(config.protocol, load_raw(config.data),
                                                                    config.validation_size)
     if protocol.train_images.dim() != 2:
