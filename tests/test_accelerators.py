@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 
 import pytest
 import torch
@@ -304,18 +303,6 @@ def test_the_spec_models_on_a_cpu_with_a_compiler_take_the_c_kernels(needs_nativ
     assert choose_vae_accelerator(vae_models.VAE(), VAE_CONFIG, CPU).name == "native"
     for_g, for_d = choose_gan_accelerators(gan_models.Generator(), gan_models.Discriminator(), GAN_CONFIG, CPU)
     assert (for_g.name, for_d.name, for_g.skipped, for_d.skipped) == ("native", "native", (), ())
-
-
-def test_the_probes_cost_under_a_fifth_of_a_second_each(needs_native_kernels):
-    seed_everything(0)
-    models = (vae_models.VAE(), gan_models.Generator(), gan_models.Discriminator())
-    choose_vae_accelerator(models[0], VAE_CONFIG, CPU)  # the first call may build the kernels: not timed
-    choose_gan_accelerators(models[1], models[2], GAN_CONFIG, CPU)
-    started = time.perf_counter()
-    choose_vae_accelerator(models[0], VAE_CONFIG, CPU)
-    choose_gan_accelerators(models[1], models[2], GAN_CONFIG, CPU)
-    # the budget is 0.2 s per probe; this bound is loose on purpose (a shared, busy machine)
-    assert time.perf_counter() - started < 3.0
 
 
 def test_the_probes_leave_the_models_and_the_random_state_as_they_were():

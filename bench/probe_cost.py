@@ -1,0 +1,81 @@
+"""What the accelerators' start-up checks cost: each check (structure, then the numerical probe) of the spec's
+models, against one training step of the accelerated path measured in the same run.
+
+Each check runs once untimed (the C libraries are built or loaded then), then ``--repeat`` times; the
+medians are printed in milliseconds and as a number of training steps.
+
+    python bench/probe_cost.py --repeat 9
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from mnistgen.accelerate.gan import DISCRIMINATOR_ACCELERATORS, GENERATOR_ACCELERATORS
+from mnistgen.accelerate.vae import ACCELERATORS as VAE_ACCELERATORS
+from mnistgen.config import GANConfig, VAEConfig
+from mnistgen.device import seed_everything
+from mnistgen.distributions import sample_uniform_noise
+from mnistgen.train import gan as gan_training
+from mnistgen.train import vae as vae_training
+
+
+def median_ms(function: Callable[[], object], repeat: int) -> float:
+    function()  # untimed: builds or loads the C library, warms the allocator
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - started)
+    return 1000 * statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=9, help="timed runs of each check and step")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    cpu = torch.device("cpu")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} thread(s); {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+
+    vae_config = VAEConfig(device="cpu")
+    seed_everything(vae_config.seed)
+    model = vae_training.build_model(vae_config, cpu)
+    step = VAE_ACCELERATORS[0].implementation(model, vae_training.make_optimizer(model, vae_config.lr), vae_config)
+    x = (torch.rand(vae_config.batch_size, 784) < 0.13).float()
+    eps = torch.randn(vae_config.batch_size, vae_config.latent_dim)
+    vae_step = median_ms(lambda: step.step(x, eps), args.repeat)
+    print(f"VAE: one training step with the C kernels (batch {vae_config.batch_size}): {vae_step:.2f} ms")
+    for accelerator in VAE_ACCELERATORS:
+        cost = median_ms(lambda a=accelerator: a.check(model, vae_config, cpu), args.repeat)
+        print(f"  check of {accelerator.name:6s}: {cost:7.2f} ms = {cost / vae_step:5.1f} steps")
+
+    gan_config = GANConfig(device="cpu")
+    seed_everything(gan_config.seed)
+    generator, discriminator = gan_training.build_models(gan_config, cpu)
+    calls = gan_training.choose_calls(generator, discriminator, gan_config, cpu)
+    optimizer_g, optimizer_d = gan_training.make_optimizers(generator, discriminator, gan_config)
+    real = torch.rand(gan_config.batch_size, 1, 28, 28)
+    z = sample_uniform_noise(gan_config.batch_size, gan_config.zdim, torch.Generator().manual_seed(0))
+    gan_step = median_ms(lambda: gan_training.train_step(generator, discriminator, optimizer_g, optimizer_d, real, z,
+                                                         calls), args.repeat)
+    print(f"GAN: one training step ({calls.trained_by}, batch {gan_config.batch_size}): {gan_step:.2f} ms")
+    for network, module, accelerators in (("G", generator, GENERATOR_ACCELERATORS),
+                                          ("D", discriminator, DISCRIMINATOR_ACCELERATORS)):
+        for accelerator in accelerators:
+            cost = median_ms(lambda a=accelerator, m=module: a.check(m, gan_config, cpu), args.repeat)
+            print(f"  check of {network} {accelerator.name:6s}: {cost:7.2f} ms = {cost / gan_step:5.1f} steps")
+
+
+if __name__ == "__main__":
+    main()
