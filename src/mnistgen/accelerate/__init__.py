@@ -83,11 +83,12 @@ def note_choice(what: str, choices: dict[str, Choice], say: Callable[[str], None
             reasons.setdefault(reason, []).append(network)
     if not reasons or not is_main_process():
         return
-    paths = ", ".join(f"{network} with {choice.description}" if network else choice.description
-                      for network, choice in choices.items())
+    if list(choices) == [""]:
+        paths = f"with {choices[''].description}"
+    else:
+        paths = ", ".join(f"{network} with {choice.description}" for network, choice in choices.items())
     why = "; ".join(_for_networks(reason, networks) for reason, networks in reasons.items())
-    message = f"mnistgen: note: the {what} trains {paths if ',' in paths else 'with ' + paths}, as faster paths " \
-              f"do not apply: {why}"
+    message = f"mnistgen: note: the {what} trains {paths}, as faster paths do not apply: {why}"
     if say is not None:
         say(message)
     else:
@@ -95,7 +96,8 @@ def note_choice(what: str, choices: dict[str, Choice], say: Callable[[str], None
 
 
 def _for_networks(reason: str, networks: list[str]) -> str:
-    """"native: why" -> "native for G and D: why" (unchanged for a model with one network)."""
+    """A skipped accelerator's reason with the networks it concerns: ``native: why`` becomes
+    ``native for G and D: why`` (unchanged for a model with one network)."""
     named = [network for network in networks if network]
     if not named:
         return reason
