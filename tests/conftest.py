@@ -80,12 +80,22 @@ def one_torch_thread():
 
 
 def native_kernels_unavailable() -> str | None:
-    """Why mnistgen's C kernels (both libraries) cannot be built or loaded on this machine, or None if they can."""
-    from mnistgen.kernels.native import NativeKernelsUnavailable, load_gan_library, load_vae_library
+    """Why mnistgen's C kernels (both libraries) cannot be built or loaded on this machine, or None if they can.
+
+    A library that was built but reports another layout than the Python side declares is a bug, not a missing
+    compiler: its KernelLayoutMismatch is raised, so that the tests fail rather than skip."""
+    from mnistgen.kernels.native import (
+        KernelLayoutMismatch,
+        NativeKernelsUnavailable,
+        load_gan_library,
+        load_vae_library,
+    )
 
     try:
         load_gan_library()
         load_vae_library()
+    except KernelLayoutMismatch:
+        raise
     except NativeKernelsUnavailable as exc:
         return str(exc)
     return None

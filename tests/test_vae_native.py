@@ -52,12 +52,7 @@ def native_gradients(model: VAE, x: torch.Tensor, eps: torch.Tensor, analytic_kl
     native = NativeVAEStep(model, capacity or len(x))
     native.load(torch.optim.Adam(model.parameters()))
     elbo = native.compute_gradients(x, eps, analytic_kl)
-    gradients = []
-    for _parameter, transposed, where, shape in native._views:
-        flat = native.gradients[where].view(shape)
-        gradients.append((flat.t() if transposed else flat).clone())
-    gradients[8] = native.out_weight_gradient.clone()  # written by PyTorch's product into the same buffer
-    return elbo, gradients
+    return elbo, native.parameter_gradients()
 
 
 def reference_gradients(model: VAE, x: torch.Tensor, eps: torch.Tensor, analytic_kl: bool):

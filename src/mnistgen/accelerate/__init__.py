@@ -51,7 +51,9 @@ class Accelerator(Generic[Implementation]):
     description: str  # what it is, for the note when a faster one does not apply ("mnistgen's C kernels")
     native: bool  # runs mnistgen's C kernels (--cpu-kernels torch excludes it, native insists on it)
     devices: tuple[str, ...]  # device types it runs on ("cpu", "cuda", "mps")
-    check: Callable[..., str | None]  # (models..., config, device) -> why it does not apply, or None
+    # (models..., config, device) -> why it does not apply, or None; a MnistgenError it raises (the C library
+    # cannot be built, say) is taken as the reason by :func:`choose`
+    check: Callable[..., str | None]
     implementation: Implementation
     # what it changes in its module before training (the parameters' memory layout; never their values), or None
     prepare: Callable[[nn.Module, torch.device], None] | None = None
@@ -213,6 +215,12 @@ def relative_difference(mine: torch.Tensor, reference: torch.Tensor) -> float:
     if difference == 0.0:
         return 0.0
     return difference / scale if scale > 0.0 else float("inf")
+
+
+def gradients_of(output: torch.Tensor, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """d output / d inputs, with zeros for an input the output does not depend on."""
+    gradients = torch.autograd.grad(output, list(inputs), allow_unused=True)
+    return [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, gradients, strict=True)]
 
 
 def probe_mismatch(pairs: Sequence[tuple[str, torch.Tensor, torch.Tensor]]) -> str | None:

@@ -33,12 +33,13 @@ from torch import nn
 
 from ..config import GANConfig
 from ..kernels.gan import native_discriminate, native_generate
-from ..kernels.native import NativeKernelsUnavailable, load_gan_library
+from ..kernels.native import load_gan_library
 from ..models.gan import DISCRIMINATOR_FEATURES, GENERATOR_START, IMAGE_SHAPE, LEAKY_SLOPE, Discriminator, Generator
 from . import (
     Accelerator,
     Choice,
     choose,
+    gradients_of,
     layout_mismatch,
     on_meta_device,
     parameter_mismatch,
@@ -179,14 +180,12 @@ def _probe_generator(generator: Generator, generate: Callable) -> str | None:
         results = []
         for module, function in ((reference, lambda g, noise: g(noise)), (accelerated, generate)):
             images = function(module, z)
-            gradients = torch.autograd.grad((images * weights).sum(), list(module.parameters()), allow_unused=True)
-            results.append((images, gradients))
+            results.append((images, gradients_of((images * weights).sum(), list(module.parameters()))))
         (expected, expected_gradients), (images, gradients) = results
         names = [name for name, _ in reference.named_parameters()]
         return probe_mismatch([("G(z)", images, expected)] + [
-            (f"the gradient of generator.{name}", _dense(mine, p), _dense(theirs, p))
-            for name, mine, theirs, p in zip(names, gradients, expected_gradients, reference.parameters(),
-                                              strict=True)])
+            (f"the gradient of generator.{name}", mine, theirs)
+            for name, mine, theirs in zip(names, gradients, expected_gradients, strict=True)])
 
 
 def _probe_discriminator(discriminator: nn.Module, calls: DiscriminatorCalls) -> str | None:
@@ -205,46 +204,41 @@ def _probe_discriminator(discriminator: nn.Module, calls: DiscriminatorCalls) ->
             fake_input, fake_for_g = fake.clone().requires_grad_(), fake.clone().requires_grad_()
             real_logits, fake_logits = both(module, real, fake_input)
             parameters = list(module.parameters())
-            d_gradients = torch.autograd.grad((real_logits * weights[0]).sum() + (fake_logits * weights[1]).sum(),
-                                              [*parameters, fake_input], allow_unused=True)
+            d_gradients = gradients_of((real_logits * weights[0]).sum() + (fake_logits * weights[1]).sum(),
+                                       [*parameters, fake_input])
             g_logits = generated(module, fake_for_g)
             (g_gradient,) = torch.autograd.grad((g_logits * weights[2]).sum(), [fake_for_g])
             results.append((real_logits, fake_logits, d_gradients, g_logits, g_gradient))
         expected, actual = results
         names = [f"discriminator.{name}" for name, _ in reference.named_parameters()] + ["the generated images"]
-        inputs = [*reference.parameters(), fake]
         return probe_mismatch(
             [("D's logits of the real batch", actual[0], expected[0]),
              ("D's logits of the generated batch", actual[1], expected[1])]
-            + [(f"the gradient of {name} in D's step", _dense(mine, x), _dense(theirs, x))
-               for name, mine, theirs, x in zip(names, actual[2], expected[2], inputs, strict=True)]
+            + [(f"the gradient of {name} in D's step", mine, theirs)
+               for name, mine, theirs in zip(names, actual[2], expected[2], strict=True)]
             + [("D's logits in G's step", actual[3], expected[3]),
                ("the gradient of the generated images in G's step", actual[4], expected[4])])
 
 
-def _dense(gradient: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
-    return torch.zeros_like(like) if gradient is None else gradient
-
-
-def _native_library_missing() -> str | None:
-    try:
-        load_gan_library()
-    except NativeKernelsUnavailable as exc:
-        return str(exc)
-    return None
+def _generator_mismatch(generator: Generator, config: GANConfig, device: torch.device) -> str | None:
+    """Why ``generator`` is not SPEC §3's G in float32 on ``device`` (both G accelerators read its layers)."""
+    return (layout_mismatch(generator, on_meta_device(lambda: spec_generator_layers(config.zdim)), "the generator")
+            or parameter_mismatch([generator], device))
 
 
 def check_native_generator(generator: Generator, config: GANConfig, device: torch.device) -> str | None:
-    """Why the C kernels do not apply to ``generator``, or None."""
-    return (layout_mismatch(generator, on_meta_device(lambda: spec_generator_layers(config.zdim)), "the generator")
-            or parameter_mismatch([generator], device) or _native_library_missing()
-            or _probe_generator(generator, native_generate))
+    """Why the C kernels do not apply to ``generator``, or None (NativeKernelsUnavailable where the library cannot
+    be built here)."""
+    reason = _generator_mismatch(generator, config, device)
+    if reason is not None:
+        return reason
+    load_gan_library()
+    return _probe_generator(generator, native_generate)
 
 
 def check_torch_generator(generator: Generator, config: GANConfig, device: torch.device) -> str | None:
     """Why the transposed-convolution G(z) does not apply to ``generator``, or None."""
-    return (layout_mismatch(generator, on_meta_device(lambda: spec_generator_layers(config.zdim)), "the generator")
-            or parameter_mismatch([generator], device) or _probe_generator(generator, torch_generate))
+    return _generator_mismatch(generator, config, device) or _probe_generator(generator, torch_generate)
 
 
 def channels_last_on_cpu(module: nn.Module, device: torch.device) -> None:
@@ -260,10 +254,14 @@ TORCH_CALLS = DiscriminatorCalls(torch_discriminate_both, torch_discriminate_gen
 
 def check_native_discriminator(discriminator: Discriminator, config: GANConfig,
                                device: torch.device) -> str | None:
-    """Why the C kernels do not apply to ``discriminator``, or None."""
-    return (layout_mismatch(discriminator, on_meta_device(spec_discriminator_layers), "the discriminator")
-            or parameter_mismatch([discriminator], device) or _native_library_missing()
-            or _probe_discriminator(discriminator, NATIVE_CALLS))
+    """Why the C kernels do not apply to ``discriminator``, or None (NativeKernelsUnavailable where the library
+    cannot be built here)."""
+    reason = (layout_mismatch(discriminator, on_meta_device(spec_discriminator_layers), "the discriminator")
+              or parameter_mismatch([discriminator], device))
+    if reason is not None:
+        return reason
+    load_gan_library()
+    return _probe_discriminator(discriminator, NATIVE_CALLS)
 
 
 def check_torch_discriminator(discriminator: nn.Module, config: GANConfig, device: torch.device) -> str | None:
