@@ -6,6 +6,7 @@ Location: ``$MNISTGEN_CACHE_DIR`` if set, else the platform's user cache folder 
 
     CACHE/<dataset>/<file>.gz     downloaded files (only after their checksum matched)
     CACHE/verified.json           hashes of files that passed verification, by absolute path
+    CACHE/kernels/, kernel-hashes/  the compiled C kernels and their SHA-256 (0700; see mnistgen.kernels.native)
 
 A verdict is reused only while the file's size and modification time are those it had when it was
 hashed, so the second load of a dataset costs a ``stat`` per file instead of hashing 55 MB.
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import platformdirs
 
+from ..errors import MnistgenError
 from ..files import atomic_write
 from .integrity import FileHashes
 
@@ -92,6 +94,6 @@ class VerdictStore:
         try:
             text = json.dumps(merged, indent=1, sort_keys=True) + "\n"
             atomic_write(self.path, lambda handle: handle.write(text), mode="w")
-        except OSError:
+        except (OSError, MnistgenError):
             pass  # an unwritable cache costs only speed: the files are verified again next time
         self._changed.clear()
