@@ -4,7 +4,11 @@ The server serves small synthetic IDX files (and, for one end-to-end test, the r
 under a path prefix that picks its behaviour: ``/good/``, ``/e500/`` (HTTP 500), ``/e404/``,
 ``/stall/`` (headers and half the body, then silence), ``/hang/`` (silence before any header),
 ``/cut/`` (Content-Length of the whole file, half the body, then the connection closes), ``/bad/``
-(a valid gzip of other content) and ``/flaky/`` (500 on the first request, then good).
+(a valid gzip of other content), ``/flaky/`` (500 on the first request, then good) and ``/nolength/``
+(no Content-Length: the body ends when the connection closes).
+
+Memory is measured in a fresh Python (:func:`test_idx.run_measured`), so that the test process's own
+memory does not blur the number.
 """
 
 from __future__ import annotations
@@ -12,17 +16,22 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.server
+import os
 import shutil
+import stat
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+from test_idx import MEMORY_BUDGET_MB, MNIST_TRAIN, run_measured, write_gzip_bomb
 
+from mnistgen import files
 from mnistgen.config import DataConfig
 from mnistgen.data import download, sources
 from mnistgen.data.cache import VerdictStore
 from mnistgen.data.download import DownloadError, download_file, mirror_list
+from mnistgen.data.integrity import content_size, stored_size_limit
 from mnistgen.data.registry import DATASETS, DatasetSpec, FileSpec
 from mnistgen.errors import DataError
 
@@ -71,7 +80,8 @@ class Server:
                 if mode == "bad":
                     body = OTHER_GZ
                 self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
+                if mode != "nolength":
+                    self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 if mode in ("stall", "cut"):
                     self.wfile.write(body[: len(body) // 2])
@@ -204,6 +214,90 @@ def test_existing_good_file_is_replaced_only_by_a_verified_one(server, tmp_path)
     assert (tmp_path / TOY.name).read_bytes() == b"previous"
 
 
+# --------------------------------------------------------------------------- bounded memory and disk
+
+
+_DOWNLOAD = """
+spec = registry.DATASETS["mnist"].file("train_images")
+try:
+    download.download_file(spec, [sys.argv[2]], sys.argv[3], timeout=10, retries=2, backoff=0.01, log=print)
+    print("downloaded")
+except Exception as exc:
+    print(f"{type(exc).__name__}: {exc}")
+"""
+
+
+def test_gzip_bomb_from_a_mirror_is_rejected_in_bounded_memory(tmp_path):
+    """1 MB served for MNIST's training images that inflates to 1 GiB: inflated no further than those 47 MB."""
+    bomb = write_gzip_bomb(tmp_path / "bomb.gz")
+    running = Server({MNIST_TRAIN.name: bomb.read_bytes()})
+    try:
+        before, after, lines = run_measured(_DOWNLOAD, running.url("good"), str(tmp_path / "data"))
+    finally:
+        running.stop()
+    assert after - before < MEMORY_BUDGET_MB, f"peak memory rose from {before:.0f} MB to {after:.0f} MB"
+    url = running.url("good") + MNIST_TRAIN.name
+    reason = f"inflates to more than the {content_size(MNIST_TRAIN)} bytes expected (reading stopped there)"
+    assert lines[-1] == f"DownloadError: {MNIST_TRAIN.name}: no mirror delivered it ({url}: {reason})"
+    assert running.requests == [f"good/{MNIST_TRAIN.name}"]  # the wrong file is not asked for again
+    assert_only(tmp_path / "data", set())  # no .part file left
+
+
+@pytest.mark.parametrize("mode", ["good", "nolength"])
+def test_body_larger_than_any_copy_of_the_file_is_refused(tmp_path, mode):
+    """A body bigger than the file can be, compressed or not, is refused as declared or cut off as soon as it
+    passes that size (disk stays bounded); not retried."""
+    running = Server({TOY.name: bytes(1 << 20)})
+    try:
+        with pytest.raises(DownloadError) as info:
+            fetch(running, [mode], tmp_path, retries=2)
+    finally:
+        running.stop()
+    limit = stored_size_limit(TOY)
+    said = f"serves {1 << 20} bytes, more" if mode == "good" else "sent more"
+    assert f"{said} than the {limit} bytes a copy of {TOY.name} can have" in str(info.value)
+    assert running.requests == [f"{mode}/{TOY.name}"]
+    assert_only(tmp_path, set())
+
+
+# --------------------------------------------------------------------------- the file rules
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_downloaded_file_has_the_permissions_of_every_output(server, tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        got = fetch(server, ["good"], tmp_path)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(got.path.stat().st_mode) == 0o666 & ~umask
+
+
+def test_folder_is_flushed_after_the_rename(server, tmp_path, monkeypatch):
+    synced = []
+    real_sync = files.sync_folder
+
+    def recording(folder):
+        synced.append((Path(folder), {p.name for p in Path(folder).iterdir()}))
+        real_sync(folder)
+
+    monkeypatch.setattr(files, "sync_folder", recording)
+    fetch(server, ["good"], tmp_path)
+    assert synced == [(tmp_path, {TOY.name})]  # after the rename: the file is there, no .part beside it
+
+
+def test_local_file_system_failure_is_not_blamed_on_the_mirror(server, tmp_path):
+    """The target cannot be written (here a folder has its name): one DataError naming it, no other mirror tried."""
+    (tmp_path / TOY.name).mkdir()
+    with pytest.raises(DataError) as info:
+        fetch(server, ["good", "good"], tmp_path, retries=2)
+    message = str(info.value)
+    assert not isinstance(info.value, DownloadError) and "\n" not in message
+    assert message.startswith(f"cannot write {tmp_path / TOY.name}: ")
+    assert server.requests == [f"good/{TOY.name}"]
+    assert_only(tmp_path, {TOY.name})  # the folder, and no .part file
+
+
 # --------------------------------------------------------------------------- mirror list
 
 
@@ -261,6 +355,7 @@ def real_server(mnist_dir):
 def test_mnist_downloads_from_local_mirrors_and_matches_the_real_files(real_server, mnist_raw, tmp_path):
     """End to end: an empty --data-dir, a failing first mirror, the real MNIST files from the second."""
     target = tmp_path / "mnist"
+    target.mkdir()  # a folder named with --data-dir must exist
     data = DataConfig(data_dir=str(target), mirrors=f"{real_server.url('e500')},{real_server.url('good')}",
                       download_retries=0)
     raw = sources.load_raw(data)

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import gzip
 import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mnistgen.data.idx import decode_idx, decompress, parse_idx, read_bytes, read_idx
-from mnistgen.data.registry import IMAGES_MAGIC, LABELS_MAGIC
+from mnistgen.data.idx import MAX_CONTENT_BYTES, decode_idx, decompress, parse_idx, read_bytes, read_idx
+from mnistgen.data.integrity import content_size, hash_file
+from mnistgen.data.registry import DATASETS, IMAGES_MAGIC, LABELS_MAGIC
 from mnistgen.errors import DataError
 
 TYPE_CODES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -129,6 +133,113 @@ def test_huge_declared_dimensions_do_not_overflow():
     content = bytes([0, 0, 8, 4]) + struct.pack(">4I", *[2**32 - 1] * 4)
     with pytest.raises(DataError, match="truncated"):
         parse_idx(content)
+
+
+# --------------------------------------------------------------------------- bounded memory (gzip bombs)
+
+GIB = 1 << 30
+MEMORY_BUDGET_MB = 200  # the most a rejected file may add to a process's peak memory
+MNIST_TRAIN = DATASETS["mnist"].file("train_images")
+MNIST_TRAIN_HEADER = bytes([0, 0, 8, 3]) + struct.pack(">3I", 60000, 28, 28)
+
+
+def write_gzip_bomb(path: Path, header: bytes = MNIST_TRAIN_HEADER, total: int = GIB) -> Path:
+    """A gzip file of about ``total`` / 1000 bytes that inflates to ``total`` bytes: ``header``, then zeros.
+
+    Built in a moment and in little memory: concatenated gzip members of 1 MiB each (one valid gzip file)."""
+    block = 1 << 20
+    zeros = gzip.compress(bytes(block), compresslevel=9, mtime=0)
+    with open(path, "wb") as out:
+        out.write(gzip.compress(header + bytes(block - len(header)), compresslevel=9, mtime=0))
+        for _ in range(total // block - 1):
+            out.write(zeros)
+    return path
+
+
+_MEASURE = """
+import resource, sys
+from mnistgen.data import download, idx, integrity, registry, sources  # imported before the baseline
+
+def peak_mb():
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
+
+before = peak_mb()
+exec(sys.argv[1])
+print("PEAK_MB", before, peak_mb())
+"""
+
+
+def run_measured(code: str, *args: str) -> tuple[float, float, list[str]]:
+    """Run ``code`` (``sys.argv[2:]`` are ``args``) in a fresh Python, so that the test process's own memory does
+    not blur the number: its peak resident memory before and after, in MB, and the lines it printed."""
+    result = subprocess.run([sys.executable, "-c", _MEASURE, code, *args], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    _, before, after = lines[-1].split()
+    return float(before), float(after), lines[:-1]
+
+
+_READ_THE_BOMB = """
+path, spec = sys.argv[2], registry.DATASETS["mnist"].file("train_images")
+for read in (lambda: sources.check_file(path, spec, None),  # a file found in a data folder
+             lambda: integrity.hash_file(path, integrity.content_size(spec)),  # the registry's size known
+             lambda: idx.read_idx(path)):  # any IDX file: the size its header claims
+    try:
+        read()
+        print("accepted")
+    except Exception as exc:
+        print(f"{type(exc).__name__}: {exc}")
+"""
+
+
+def test_gzip_bomb_in_a_data_folder_is_rejected_in_bounded_memory(tmp_path):
+    """1 MB on disk that inflates to 1 GiB, its header claiming MNIST's training images: read no further than
+    those 47 MB, whichever way it is read."""
+    path = write_gzip_bomb(tmp_path / MNIST_TRAIN.name)
+    assert path.stat().st_size < 2 << 20
+    before, after, lines = run_measured(_READ_THE_BOMB, str(path))
+    assert after - before < MEMORY_BUDGET_MB, f"peak memory rose from {before:.0f} MB to {after:.0f} MB"
+    size = content_size(MNIST_TRAIN)
+    assert lines == [
+        f"DataError: {path}: inflates to more than the {size} bytes expected (reading stopped there)",
+        f"DataError: {path}: inflates to more than the {size} bytes expected (reading stopped there)",
+        f"DataError: {path}: has trailing bytes: header says 60000x28x28 of uint8 ({size} bytes), "
+        "file inflates to more (reading stopped there)",
+    ]
+
+
+def test_header_claiming_too_much_is_refused_before_inflating(tmp_path):
+    claim = 4 + 12 + 1_000_000 * 28 * 28  # 784 MB: more than any IDX file mnistgen reads
+    path = write_gzip_bomb(tmp_path / "huge-idx3-ubyte.gz", bytes([0, 0, 8, 3]) + struct.pack(">3I", 1_000_000, 28, 28),
+                           total=4 << 20)
+    with pytest.raises(DataError) as info:
+        read_idx(path)
+    assert str(info.value) == (f"{path}: header says 1000000x28x28 of uint8 ({claim} bytes), more than the "
+                               f"{MAX_CONTENT_BYTES} bytes an IDX file may have")
+
+
+@pytest.mark.parametrize("compress", [True, False], ids=["gzip", "raw"])
+def test_content_longer_than_the_known_size_is_rejected(tmp_path, images, compress):
+    content = idx_bytes(images)
+    path = tmp_path / "images.idx"
+    path.write_bytes(gzip.compress(content + bytes(5000)) if compress else content + bytes(5000))
+    with pytest.raises(DataError) as info:
+        hash_file(path, len(content))
+    verb = "inflates to" if compress else "has"
+    assert str(info.value) == f"{path}: {verb} more than the {len(content)} bytes expected (reading stopped there)"
+    exact = tmp_path / "exact.gz"
+    exact.write_bytes(gzip.compress(content) if compress else content)
+    hashes, read = hash_file(exact, len(content))
+    assert read == content and hashes.size == exact.stat().st_size
+
+
+def test_decompress_stops_at_its_cap():
+    packed = gzip.compress(bytes(3000))
+    assert decompress(packed, "x.gz", size=3000) == bytes(3000)
+    with pytest.raises(DataError, match=r"^x.gz: inflates to more than the 2999 bytes expected"):
+        decompress(packed, "x.gz", size=2999)
 
 
 # --------------------------------------------------------------------------- property-based

@@ -6,21 +6,27 @@ refusing mirror is dropped at once, a server error or a cut-off transfer is retr
 round), and acceptance by either of two checksums (:mod:`.integrity`).
 
 Guarantees:
-- the bytes go to a temporary ``.<name>.<random>.part`` file in the destination folder; only after
-  the whole body arrived (``Content-Length`` honoured) and its checksum matched is it renamed onto
-  ``<folder>/<name>`` (same folder, so the rename is atomic);
+- the bytes go to a temporary ``.<name>.<random>.part`` file in the destination folder
+  (:func:`mnistgen.files.replacing`); only after the whole body arrived (``Content-Length`` honoured)
+  and its checksum matched is it flushed to disk, given the permissions of every file mnistgen writes
+  (``0666`` less the umask), renamed onto ``<folder>/<name>`` (same folder, so the rename is atomic),
+  and the folder flushed too;
 - on any failure, Ctrl-C included, the temporary file is deleted: a wrong or partial file never
   appears under the real name;
+- memory and disk stay bounded whatever a mirror sends: a body longer than a copy of the file can be
+  (:func:`.integrity.stored_size_limit`) is cut off, and the file is inflated in chunks no further than
+  the size the registry knows its content has (:func:`.integrity.content_size`); either is a mirror
+  serving the wrong thing, like a wrong checksum: not asked again;
 - a server that stops sending costs at most ``timeout`` seconds (the socket timeout applies to the
-  connection and to every read), after which the next mirror is tried.
+  connection and to every read), after which the next mirror is tried;
+- a failure of the local file system (a read-only or full folder) is not blamed on the mirror: it is
+  one :class:`DataError` naming the file, raised at once without trying other mirrors.
 """
-
 from __future__ import annotations
 
 import http.client
 import os
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -32,9 +38,9 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..config import DataConfig
-from ..errors import DataError
-from .idx import read_file
-from .integrity import FileHashes, hash_bytes, mismatch_reason
+from ..errors import DataError, MnistgenError
+from ..files import replacing
+from .integrity import FileHashes, content_size, hash_stream, mismatch_reason, stored_size_limit
 from .registry import DatasetSpec, FileSpec
 
 MIRRORS_ENV = "MNISTGEN_MIRRORS"
@@ -43,6 +49,8 @@ CHUNK_BYTES = 1 << 16  # one read() of the response; small enough for a smooth p
 RETRY_BACKOFF_S = 1.0  # pause before the 2nd round over the mirrors; doubled for each further round
 RETRY_HTTP_CODES = frozenset({408, 425, 429})  # 4xx codes that mean "try again later"
 USER_AGENT = f"mnistgen/{__version__} (Python urllib)"
+PART_SUFFIX = ".part"  # of the temporary file a download is written to
+NETWORK_ERRORS = (urllib.error.URLError, OSError, http.client.HTTPException)
 
 
 class DownloadError(DataError):
@@ -101,44 +109,57 @@ def _progress_bar(total: int | None, name: str) -> tqdm:
                 disable=not sys.stderr.isatty(), dynamic_ncols=True)
 
 
+def _receive(url: str, name: str, part: Path, timeout: float, limit: int) -> None:
+    """Write the body at ``url`` into ``part``. A failure of the mirror or the network is a :class:`_MirrorFailed`;
+    one of the local file system (opening or writing ``part``) is left as the OSError it is."""
+    with open(part, "wb") as out:
+        try:
+            response = urllib.request.urlopen(urllib.request.Request(url, headers={"User-Agent": USER_AGENT}),
+                                              timeout=timeout)
+        except NETWORK_ERRORS as exc:
+            raise _MirrorFailed(*_describe(exc, timeout)) from None
+        with response:
+            declared = response.headers.get("Content-Length")
+            expected = int(declared) if declared and declared.isdigit() else None
+            if expected is not None and expected > limit:
+                raise _MirrorFailed(f"serves {expected} bytes, more than the {limit} bytes a copy of {name} can have",
+                                    retry=False)
+            received = 0
+            with _progress_bar(expected, name) as bar:
+                while True:
+                    try:
+                        chunk = response.read(CHUNK_BYTES)
+                    except NETWORK_ERRORS as exc:
+                        raise _MirrorFailed(*_describe(exc, timeout)) from None
+                    if not chunk:
+                        break
+                    received += len(chunk)
+                    if received > limit:
+                        raise _MirrorFailed(f"sent more than the {limit} bytes a copy of {name} can have",
+                                            retry=False)
+                    out.write(chunk)
+                    bar.update(len(chunk))
+    if expected is not None and received != expected:
+        raise _MirrorFailed(f"transfer cut off after {received} of {expected} bytes", retry=True)
+
+
 def _attempt(url: str, spec: FileSpec, folder: Path, timeout: float) -> Downloaded:
     """One try from one URL; the file lands at ``folder/spec.name`` only if complete and checksum-valid."""
+    target = folder / spec.name
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{spec.name}.", suffix=".part", dir=folder)
-    except OSError as exc:
-        raise DataError(f"{folder}: cannot write a download here ({exc.strerror or exc})") from None
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                declared = response.headers.get("Content-Length")
-                expected = int(declared) if declared and declared.isdigit() else None
-                received = 0
-                with _progress_bar(expected, spec.name) as bar:
-                    while chunk := response.read(CHUNK_BYTES):
-                        out.write(chunk)
-                        received += len(chunk)
-                        bar.update(len(chunk))
-            out.flush()
-            os.fsync(out.fileno())
-        if expected is not None and received != expected:
-            raise _MirrorFailed(f"transfer cut off after {received} of {expected} bytes", retry=True)
-        try:
-            hashes, content = hash_bytes(read_file(tmp), url)
-        except DataError as exc:  # not even valid gzip: the mirror serves something else
-            raise _MirrorFailed(str(exc).removeprefix(f"{url}: "), retry=False) from None
-        reason = mismatch_reason(spec, hashes)
-        if reason is not None:
-            raise _MirrorFailed(reason, retry=False)
-        target = folder / spec.name
-        os.replace(tmp, target)
-        return Downloaded(target, hashes, content, url)
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-        reason, retry = _describe(exc, timeout)
-        raise _MirrorFailed(reason, retry) from None
-    finally:
-        tmp.unlink(missing_ok=True)  # after a successful rename there is nothing left to remove
+        with replacing(target, PART_SUFFIX) as part:  # removes the .part file on any exception
+            _receive(url, spec.name, part, timeout, stored_size_limit(spec))
+            with open(part, "rb") as handle:
+                try:
+                    hashes, content = hash_stream(handle, url, content_size(spec))
+                except DataError as exc:  # not valid gzip, or inflating past the file's size: not this file
+                    raise _MirrorFailed(str(exc).removeprefix(f"{url}: "), retry=False) from None
+            reason = mismatch_reason(spec, hashes)
+            if reason is not None:
+                raise _MirrorFailed(reason, retry=False)
+    except MnistgenError as exc:  # from replacing(): the local file system failed, not the mirror
+        raise DataError(f"{exc} (downloading from {url})") from None
+    return Downloaded(target, hashes, content, url)
 
 
 def download_file(
@@ -155,7 +176,8 @@ def download_file(
     Round 1 tries every mirror in order; a mirror that answered with a server error (5xx, 408, 429)
     or cut the transfer short is tried again in up to ``retries`` further rounds, after a pause of
     ``backoff``, 2x``backoff``, ... seconds. Mirrors that refused, stalled, answered 4xx or served
-    bytes with the wrong checksum are not asked again.
+    the wrong thing (the wrong checksum, not gzip, or more bytes or more content than the file has) are not
+    asked again. A failure to write into ``folder`` is a DataError at once: no other mirror would help.
     """
     log = log or (lambda line: print(line, file=sys.stderr))
     folder = Path(folder)

@@ -8,20 +8,40 @@ Every function here either returns an array whose shape agrees with the file's l
 :class:`DataError` whose one-line message names the file and says what is wrong. The array is a
 zero-copy, read-only view of the decompressed bytes (no per-item Python): 60,000 images load in the
 time it takes zlib to inflate them.
+
+Memory is bounded whatever a file holds (a gzip "bomb" of 1 MB that inflates to 1 GiB included): a file
+is read and inflated in chunks, and reading stops one byte past a cap, which is
+
+- the size the caller knows the content must have (a registry file's, :func:`.integrity.content_size`), else
+- for an IDX file, the size its header claims, refused before anything is allocated when above
+  :data:`MAX_CONTENT_BYTES`, else
+- :data:`MAX_CONTENT_BYTES` (:func:`decompress` of other data, :func:`read_file`).
+
+Content longer than its cap is a one-line :class:`DataError` giving both sizes.
 """
 
 from __future__ import annotations
 
 import gzip
+import io
 import math
+import os
 import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from ..errors import DataError
 
 GZIP_MAGIC = b"\x1f\x8b"
+# The most content mnistgen holds from one data file: 2.8x the largest file it knows (MNIST's training
+# images, 47,040,016 bytes), and small enough that a hostile file cannot exhaust a machine's memory.
+MAX_CONTENT_BYTES = 128 << 20
+READ_CHUNK_BYTES = 1 << 20  # content inflated per step
+MAX_HEADER_BYTES = 4 + 4 * 255  # the magic and up to 255 dimension sizes
 
 # IDX type code -> big-endian numpy dtype
 IDX_DTYPES = {
@@ -34,11 +54,13 @@ IDX_DTYPES = {
 }
 
 
-def read_file(path: Path) -> bytes:
-    """The bytes of ``path`` exactly as stored; a missing or unreadable file is a DataError naming it."""
-    path = Path(path)
+@contextmanager
+def opened(path: Path) -> Iterator[BinaryIO]:
+    """``path`` open for reading; a missing or unreadable file (then or while reading it in the block) is a
+    DataError naming it."""
     try:
-        return path.read_bytes()
+        with open(path, "rb") as handle:
+            yield handle
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -47,23 +69,113 @@ def read_file(path: Path) -> bytes:
         raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from None
 
 
-def decompress(raw: bytes, name: str = "<bytes>") -> bytes:
-    """``raw`` inflated if it starts with the gzip magic bytes (detected by content, not by file name)."""
+def read_file(path: Path, limit: int = MAX_CONTENT_BYTES) -> bytes:
+    """The bytes of ``path`` exactly as stored (at most ``limit`` of them, checked before reading); a missing,
+    unreadable or larger file is a DataError naming it."""
+    path = Path(path)
+    with opened(path) as handle:
+        stored = os.fstat(handle.fileno()).st_size
+        if stored > limit:
+            raise DataError(f"{path}: {stored} bytes, more than the {limit} bytes a data file may have")
+        raw = handle.read(limit + 1)
+    if len(raw) > limit:  # grew while being read
+        raise DataError(f"{path}: more than the {limit} bytes a data file may have")
+    return raw
+
+
+class _Tapped:
+    """A binary file whose bytes, as they are read, are also handed to ``tap`` (e.g. an MD5's ``update``)."""
+
+    def __init__(self, handle: BinaryIO, tap: Callable[[bytes], object] | None):
+        self._handle, self._tap = handle, tap
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._handle.read(size)
+        if self._tap is not None:
+            self._tap(chunk)
+        return chunk
+
+
+def _copy(stream: BinaryIO, out: io.BytesIO, count: int) -> None:
+    """Append up to ``count`` bytes of ``stream`` to ``out``; fewer only at the end of the stream."""
+    while count > 0:
+        chunk = stream.read(min(READ_CHUNK_BYTES, count))
+        if not chunk:
+            return
+        out.write(chunk)
+        count -= len(chunk)
+
+
+def _stream_content(
+    handle: BinaryIO, name: str, size: int | None, tap: Callable[[bytes], object] | None, idx: bool
+) -> bytes:
+    head = handle.read(2)
+    handle.seek(-len(head), io.SEEK_CUR)
+    packed = head == GZIP_MAGIC
+    source = _Tapped(handle, tap)
+    stream = gzip.GzipFile(fileobj=source, mode="rb") if packed else source
+    verb = "inflates to" if packed else "has"
+    out = io.BytesIO()
+    try:
+        if size is None and idx:
+            _copy(stream, out, MAX_HEADER_BYTES)
+            _, shape, dtype, claim = _header(out.getvalue(), name)
+            if claim > MAX_CONTENT_BYTES:
+                raise DataError(f"{name}: header says {_described(shape)} of {dtype.name} ({claim} bytes), more "
+                                f"than the {MAX_CONTENT_BYTES} bytes an IDX file may have")
+            limit = claim
+        else:
+            limit = MAX_CONTENT_BYTES if size is None else size
+        _copy(stream, out, limit + 1 - out.tell())  # one byte more than the cap tells "too long" from "exact"
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise DataError(f"{name}: corrupt or truncated gzip data ({exc})") from None
+    if out.tell() > limit:
+        if size is None and idx:
+            raise DataError(f"{name}: has trailing bytes: header says {_described(shape)} of {dtype.name} "
+                            f"({limit} bytes), file {verb} more (reading stopped there)")
+        expected = "expected" if size is not None else "a data file may have"
+        raise DataError(f"{name}: {verb} more than the {limit} bytes {expected} (reading stopped there)")
+    return out.getvalue()
+
+
+def read_stream(
+    handle: BinaryIO, name: str, size: int | None = None, tap: Callable[[bytes], object] | None = None
+) -> bytes:
+    """The IDX content of the open, seekable binary file ``handle``: inflated if it starts with the gzip magic
+    bytes (detected by content, not by file name), read in chunks and never more than one byte past the cap
+    (``size`` if given, else what the IDX header claims; see the module docstring). ``tap``, if given, sees every
+    byte read from ``handle``: the whole file once this returns. A corrupt gzip or content past its cap is a
+    DataError naming ``name``; errors of the file system itself are left to the caller (OSError)."""
+    return _stream_content(handle, name, size, tap, idx=True)
+
+
+def decompress(raw: bytes, name: str = "<bytes>", size: int | None = None) -> bytes:
+    """``raw`` inflated if it starts with the gzip magic bytes (detected by content, not by file name), to at
+    most ``size`` bytes (default :data:`MAX_CONTENT_BYTES`): more is a DataError giving both sizes."""
     if raw[:2] != GZIP_MAGIC:
         return raw
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
-        raise DataError(f"{name}: corrupt or truncated gzip data ({exc})") from None
+    return _stream_content(io.BytesIO(raw), name, size, None, idx=False)
 
 
-def read_bytes(path: Path) -> bytes:
-    """The decompressed content of ``path``."""
-    return decompress(read_file(path), str(path))
+def read_content(path: Path, size: int | None = None, tap: Callable[[bytes], object] | None = None) -> bytes:
+    """The IDX content of the file ``path`` (see :func:`read_stream`)."""
+    with opened(path) as handle:
+        return read_stream(handle, str(path), size, tap)
 
 
-def parse_idx(content: bytes, name: str = "<bytes>") -> np.ndarray:
-    """Parse IDX ``content`` into an array of its declared shape; any inconsistency is a DataError."""
+def read_bytes(path: Path, size: int | None = None) -> bytes:
+    """The decompressed content of ``path``, an IDX file whose content has ``size`` bytes if given (see
+    :func:`read_stream` for the cap)."""
+    return read_content(path, size)
+
+
+def _described(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape)) if len(shape) <= 8 else f"{len(shape)}-dimensional array"
+
+
+def _header(content: bytes, name: str) -> tuple[int, tuple[int, ...], np.dtype, int]:
+    """The IDX header at the start of ``content``, checked: its length, the shape, the dtype and the length of
+    the whole file it describes; any inconsistency is a DataError."""
     if len(content) < 4:
         raise DataError(f"{name}: too short for an IDX header ({len(content)} bytes)")
     if content[0] != 0 or content[1] != 0:
@@ -79,12 +191,16 @@ def parse_idx(content: bytes, name: str = "<bytes>") -> np.ndarray:
     shape = tuple(int(d) for d in np.frombuffer(content, dtype=">u4", count=ndim, offset=4))
     dtype = IDX_DTYPES[type_code]
     # Python ints: a product of up to 255 uint32 sizes must not wrap around as an int64 would.
-    expected = header + math.prod(shape) * dtype.itemsize
+    return header, shape, dtype, header + math.prod(shape) * dtype.itemsize
+
+
+def parse_idx(content: bytes, name: str = "<bytes>") -> np.ndarray:
+    """Parse IDX ``content`` into an array of its declared shape; any inconsistency is a DataError."""
+    header, shape, dtype, expected = _header(content, name)
     if len(content) != expected:
         what = "truncated" if len(content) < expected else "has trailing bytes"
-        described = "x".join(map(str, shape)) if ndim <= 8 else f"{ndim}-dimensional array"
         raise DataError(
-            f"{name}: {what}: header says {described} of {dtype.name} "
+            f"{name}: {what}: header says {_described(shape)} of {dtype.name} "
             f"({expected} bytes), file has {len(content)} bytes"
         )
     array = np.frombuffer(content, dtype=dtype, offset=header).reshape(shape)

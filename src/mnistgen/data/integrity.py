@@ -5,16 +5,24 @@ publish) and of its decompressed IDX content (``content_md5``; what SPEC §1 giv
 any gzip wrapper). A file is accepted when either one equals the registry's value for it, so a copy
 re-compressed locally (different wrapper, same content) still checks out, while one flipped bit in
 the content never does.
+
+Files are hashed as they are read, in chunks, and inflated no further than the size the registry knows
+their content has (:func:`content_size`; see :mod:`.idx` for the cap): a wrong file or a gzip bomb is
+rejected in one line after at most that much memory.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import BinaryIO
 
-from .idx import decompress, read_file
+from .idx import decompress, opened, read_stream
 from .registry import FileSpec
+
+IDX_UBYTE_HEADER = 4  # magic (2 zero bytes, type code, number of dimensions), then a uint32 per dimension
 
 
 @dataclass(frozen=True)
@@ -32,17 +40,49 @@ def md5_hex(data: bytes) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
-def hash_bytes(raw: bytes, name: str) -> tuple[FileHashes, bytes]:
-    """Hashes of a file's ``raw`` bytes, and its decompressed content (a corrupt gzip is a DataError naming it)."""
-    content = decompress(raw, name)
+def content_size(spec: FileSpec) -> int:
+    """The exact length of ``spec``'s decompressed IDX content: header, then one unsigned byte per pixel or
+    label (e.g. 16 + 60000x28x28 = 47,040,016 bytes for MNIST's training images)."""
+    ndim = 1 + len(spec.item_shape)
+    return IDX_UBYTE_HEADER + 4 * ndim + spec.count * math.prod(spec.item_shape)
+
+
+def stored_size_limit(spec: FileSpec) -> int:
+    """The most bytes a copy of ``spec`` may have as stored: its content, raw or gzip-compressed (deflate adds
+    at most 5 bytes per 16 KiB block to incompressible data), plus room for the gzip header and trailer."""
+    size = content_size(spec)
+    return size + size // 1000 + (64 << 10)
+
+
+def hash_bytes(raw: bytes, name: str, size: int | None = None) -> tuple[FileHashes, bytes]:
+    """Hashes of a file's ``raw`` bytes, and its decompressed content of at most ``size`` bytes (a corrupt gzip,
+    or more content, is a DataError naming it)."""
+    content = decompress(raw, name, size)
     md5 = md5_hex(raw)
     content_md5 = md5 if content is raw else md5_hex(content)
     return FileHashes(md5=md5, content_md5=content_md5, size=len(raw)), content
 
 
-def hash_file(path: Path) -> tuple[FileHashes, bytes]:
-    """Read ``path`` once: its hashes and its decompressed content."""
-    return hash_bytes(read_file(path), str(path))
+def hash_stream(handle: BinaryIO, name: str, size: int | None = None) -> tuple[FileHashes, bytes]:
+    """Read the open file ``handle`` once, in chunks: its hashes and its decompressed IDX content, inflated to at
+    most ``size`` bytes (else what the IDX header claims; see :func:`.idx.read_stream`). A corrupt gzip or too
+    much content is a DataError naming ``name``; a failing read is left to the caller (OSError)."""
+    stored = hashlib.md5(usedforsecurity=False)
+    counted = [0]
+
+    def tap(chunk: bytes) -> None:
+        stored.update(chunk)
+        counted[0] += len(chunk)
+
+    content = read_stream(handle, name, size, tap)
+    return FileHashes(md5=stored.hexdigest(), content_md5=md5_hex(content), size=counted[0]), content
+
+
+def hash_file(path: Path, size: int | None = None) -> tuple[FileHashes, bytes]:
+    """Read ``path`` once: its hashes and its decompressed content (of at most ``size`` bytes, see
+    :func:`hash_stream`); an unreadable file is a DataError naming it too."""
+    with opened(path) as handle:
+        return hash_stream(handle, str(path), size)
 
 
 def accepted_md5(spec: FileSpec, hashes: FileHashes) -> str | None:
