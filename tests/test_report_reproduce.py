@@ -178,16 +178,16 @@ def test_resume_needs_a_reproduction(tmp_path):
         pipeline.reproduce(tmp_path / "full", ReproduceConfig())
 
 
-def test_offline_without_mnist_the_scores_are_skipped_not_fatal(tmp_path, reproduction):
+def test_offline_without_mnist_the_scores_are_skipped_not_fatal(tmp_path, reproduction, monkeypatch):
     """Offline with no MNIST files the pipeline runs on the bundled sample; the score stage, whose
     real-vs-real reference needs full MNIST, says so and lets the reproduction finish."""
     copy = tmp_path / "RUN"
     shutil.copytree(reproduction, copy)
     for score in (copy / "samples").glob("*.score.json"):
         score.unlink()
-    empty = tmp_path / "no-data"
-    empty.mkdir()
-    config = ReproduceConfig(data=DataConfig(dataset="mnist", data_dir=str(empty), offline=True))
+    monkeypatch.setenv("MNISTGEN_CACHE_DIR", str(tmp_path / "empty-cache"))  # the sample stands in there only
+    monkeypatch.delenv("MNISTGEN_DATA_DIR", raising=False)
+    config = ReproduceConfig(data=DataConfig(dataset="mnist", offline=True))
     result = pipeline.stage_scores(pipeline.Reproduction(copy), config)
     assert result is not None and "needs full MNIST" in result["note"]
     assert not list((copy / "samples").glob("*.score.json"))

@@ -45,6 +45,8 @@ def warning_lines(err: str) -> list[str]:
 def test_data_dir_then_environment_then_user_cache(tmp_path, monkeypatch):
     assert sources.data_folder(DataConfig(), "kmnist").path == tmp_path / "cache" / "kmnist"
     assert sources.data_folder(DataConfig(), "kmnist").origin == "user cache"
+    (tmp_path / "env").mkdir()
+    (tmp_path / "flag").mkdir()
     monkeypatch.setenv(sources.DATA_DIR_ENV, str(tmp_path / "env"))
     assert sources.data_folder(DataConfig(), "kmnist").path == tmp_path / "env"
     given = sources.data_folder(DataConfig(data_dir=str(tmp_path / "flag")), "kmnist")
@@ -150,11 +152,33 @@ def test_missing_files_offline_are_one_line_naming_them(tmp_path):
     )
 
 
+def test_a_named_folder_must_exist_but_data_fetch_may_create_it(tmp_path, monkeypatch):
+    """A mistyped --data-dir or $MNISTGEN_DATA_DIR is one error naming it, never the sample in its place; only
+    `data fetch`, told to fill the folder, creates it."""
+    missing = tmp_path / "typo"
+    with pytest.raises(DataError, match=r"typo \(--data-dir\): no such folder .*mnistgen data fetch --data-dir"):
+        sources.load_raw(DataConfig(data_dir=str(missing), offline=True))
+    monkeypatch.setenv(sources.DATA_DIR_ENV, str(missing))
+    with pytest.raises(DataError, match=r"\(\$MNISTGEN_DATA_DIR\): no such folder"):
+        sources.load_raw(DataConfig(offline=True))
+    assert not missing.exists()
+    with pytest.raises(DataError, match="4 of 4 files missing from .*typo.*offline mode is on"):
+        sources.fetch_files(DataConfig(offline=True))  # fetch may fill a new folder: its reason is another
+
+
+def test_a_named_folder_without_the_files_is_an_error_not_the_sample(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="4 of 4 files missing from .*empty.*offline mode is on"):
+        sources.load_raw(DataConfig(data_dir=str(tmp_path / "empty"), offline=True))
+    assert "WARNING" not in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------- offline: the sample
 
 
 def test_offline_mnist_without_files_uses_the_sample_loudly(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv(sources.DATA_DIR_ENV, str(tmp_path / "empty"))
+    monkeypatch.setenv("MNISTGEN_CACHE_DIR", str(tmp_path / "empty"))
+    monkeypatch.delenv(sources.DATA_DIR_ENV, raising=False)  # the sample stands in only in the user cache
     monkeypatch.setenv(sources.OFFLINE_ENV, "1")
     raw = sources.load_raw(DataConfig())
     err = capsys.readouterr().err
@@ -169,7 +193,8 @@ def test_offline_mnist_without_files_uses_the_sample_loudly(tmp_path, monkeypatc
 
 def test_unreachable_mirrors_use_the_sample_loudly(tmp_path, monkeypatch, capsys):
     """Every mirror on a closed port of 127.0.0.1: refused at once, no waiting for timeouts."""
-    monkeypatch.setenv(sources.DATA_DIR_ENV, str(tmp_path / "empty"))
+    monkeypatch.setenv("MNISTGEN_CACHE_DIR", str(tmp_path / "empty"))
+    monkeypatch.delenv(sources.DATA_DIR_ENV, raising=False)  # the sample stands in only in the user cache
     port = closed_port()
     monkeypatch.setenv("MNISTGEN_MIRRORS", f"http://127.0.0.1:{port}/a/,http://127.0.0.1:{port}/b/")
     raw = sources.load_raw(DataConfig())
@@ -178,11 +203,13 @@ def test_unreachable_mirrors_use_the_sample_loudly(tmp_path, monkeypatch, capsys
     assert raw.provenance["dataset"] == "mnist-sample"
     assert "connection refused" in raw.provenance["fallback_reason"]
     assert f"http://127.0.0.1:{port}/b/train-images-idx3-ubyte.gz" in raw.provenance["fallback_reason"]
-    assert not any((tmp_path / "empty").iterdir())  # nothing partial left behind
+    assert not any((tmp_path / "empty" / "mnist").iterdir())  # nothing partial left behind
 
 
-def test_the_warning_is_printed_once_per_process(tmp_path, capsys):
-    data = DataConfig(data_dir=str(tmp_path / "empty"), offline=True)
+def test_the_warning_is_printed_once_per_process(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MNISTGEN_CACHE_DIR", str(tmp_path / "empty"))
+    monkeypatch.delenv(sources.DATA_DIR_ENV, raising=False)  # the sample stands in only in the user cache
+    data = DataConfig(offline=True)
     first, second = sources.load_raw(data), sources.load_raw(data)
     assert len(warning_lines(capsys.readouterr().err)) == 1
     assert first.provenance == second.provenance
@@ -196,6 +223,7 @@ def test_sample_chosen_on_purpose_is_silent(capsys):
 
 @pytest.mark.parametrize("dataset", ["fashion-mnist", "kmnist"])
 def test_other_datasets_have_no_stand_in(tmp_path, capsys, dataset):
+    (tmp_path / "empty").mkdir()
     with pytest.raises(DataError) as info:
         sources.load_raw(DataConfig(dataset=dataset, data_dir=str(tmp_path / "empty"), offline=True))
     message = str(info.value)

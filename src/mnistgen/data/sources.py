@@ -8,14 +8,16 @@ Resolution (one folder, never a silent mix):
 In that folder each file is looked for under its served name (``train-images-idx3-ubyte.gz``), then
 without ``.gz``. A file found is verified against the registry's checksums once: its hashes are then
 remembered (keyed by path, size and mtime) so later loads skip the hashing. A file in a folder the
-user named (1 or 2) that fails verification is an error naming it and is left untouched; a damaged
-file in the cache is deleted and downloaded again. Missing files are downloaded into the same folder
-(:mod:`.download`) unless offline (``--offline`` or ``MNISTGEN_OFFLINE=1``).
+user named (1 or 2) must exist (only ``data fetch`` creates it), and a file there that fails verification
+is an error naming it and is left untouched; a damaged file in the cache is deleted and downloaded again.
+Missing files are downloaded into the same folder (:mod:`.download`) unless offline (``--offline`` or
+``MNISTGEN_OFFLINE=1``).
 
-If MNIST's files cannot be had (missing and offline, or every mirror failed), the 5,000-digit sample
-of :mod:`.sample` is used instead, with one loud warning line on stderr per process and the reason
-in the provenance. ``--dataset mnist-sample`` selects the sample on purpose, without warning. Other
-datasets have no stand-in: missing files there are a one-line error.
+If MNIST's files cannot be had in the user cache (missing and offline, or every mirror failed), the
+5,000-digit sample of :mod:`.sample` is used instead, with one loud warning line on stderr per process and
+the reason in the provenance; in a folder the user named, missing files are an error. ``--dataset
+mnist-sample`` selects the sample on purpose, without warning. Other datasets have no stand-in: missing files
+there are a one-line error.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from ..errors import DataError
 from .cache import VerdictStore, cache_root
 from .download import DownloadError, download_file, mirror_list
 from .idx import decode_idx, read_bytes
-from .integrity import FileHashes, accepted_md5, hash_file, mismatch_reason
+from .integrity import FileHashes, accepted_md5, content_size, hash_file, mismatch_reason
 from .registry import NUM_CLASSES, DatasetSpec, FileSpec, get_dataset
 from .sample import SAMPLE_DATASET, load_sample_arrays
 
@@ -119,8 +121,12 @@ def offline_requested(data: DataConfig) -> bool:
     return data.offline or word in _TRUE_WORDS
 
 
-def data_folder(data: DataConfig, dataset: str) -> DataFolder:
-    """The one folder where ``dataset``'s files are looked for and downloaded to."""
+def data_folder(data: DataConfig, dataset: str, create: bool = False) -> DataFolder:
+    """The one folder where ``dataset``'s files are looked for and downloaded to.
+
+    A folder the user named (``--data-dir``, ``$MNISTGEN_DATA_DIR``) must exist, unless ``create`` (``data fetch``,
+    told to fill it, may create it): a mistyped path is an error, not an empty folder to download into or to
+    replace by the sample."""
     if data.data_dir:
         folder = DataFolder(Path(data.data_dir).expanduser().resolve(), "--data-dir")
     elif os.environ.get(DATA_DIR_ENV):
@@ -129,6 +135,9 @@ def data_folder(data: DataConfig, dataset: str) -> DataFolder:
         folder = DataFolder(cache_root() / dataset, "user cache")
     if folder.path.exists() and not folder.path.is_dir():
         raise DataError(f"{folder}: is a file, not a folder")
+    if folder.named_by_user and not create and not folder.path.exists():
+        fetch = f"mnistgen data fetch --data-dir {folder.path}" if data.data_dir else "mnistgen data fetch"
+        raise DataError(f"{folder}: no such folder (check the path; `{fetch}` creates it and downloads the files)")
     return folder
 
 
@@ -144,8 +153,8 @@ def check_file(path: Path, spec: FileSpec, store: VerdictStore | None) -> LocalF
     """Read ``path`` and make sure it is ``spec``'s file; with a ``store``, reuse a remembered verdict."""
     remembered = store.lookup(path) if store is not None else None
     if remembered is not None and mismatch_reason(spec, remembered) is None:
-        return LocalFile(spec, path, remembered, read_bytes(path))
-    hashes, content = hash_file(path)
+        return LocalFile(spec, path, remembered, read_bytes(path, content_size(spec)))
+    hashes, content = hash_file(path, content_size(spec))  # inflated no further than the file's known size
     reason = mismatch_reason(spec, hashes)
     if reason is not None:
         raise DataError(f"{path}: {reason}")
@@ -155,10 +164,12 @@ def check_file(path: Path, spec: FileSpec, store: VerdictStore | None) -> LocalF
 
 
 def obtain_files(
-    spec: DatasetSpec, data: DataConfig, store: VerdictStore, log: Callable[[str], None] = _log
+    spec: DatasetSpec, data: DataConfig, store: VerdictStore, log: Callable[[str], None] = _log,
+    folder: DataFolder | None = None,
 ) -> tuple[DataFolder, dict[str, LocalFile]]:
-    """Every file of ``spec``, verified: found in the data folder, else downloaded into it."""
-    folder = data_folder(data, spec.name)
+    """Every file of ``spec``, verified: found in the data folder (``folder``, default :func:`data_folder`), else
+    downloaded into it."""
+    folder = folder if folder is not None else data_folder(data, spec.name)
     found: dict[str, LocalFile] = {}
     missing: list[FileSpec] = []
     for file_spec in spec.files:
@@ -232,8 +243,8 @@ def load_raw(data: DataConfig) -> RawData:
     try:
         folder, files = obtain_files(spec, data, store)
     except FilesUnavailable as exc:
-        if spec.name != SAMPLE_STANDS_IN_FOR:
-            raise
+        if spec.name != SAMPLE_STANDS_IN_FOR or data_folder(data, spec.name).named_by_user:
+            raise  # the sample stands in only where no folder was named: the user cache, with no network
         return _sample(requested=spec.name, reason=str(exc).removeprefix(f"{spec.name}: "))
     finally:
         store.save()
@@ -307,7 +318,7 @@ def fetch_files(data: DataConfig, log: Callable[[str], None] = _log) -> tuple[Da
     spec = get_dataset(data.dataset)
     store = VerdictStore(cache_root())
     try:
-        folder, files = obtain_files(spec, data, store, log)
+        folder, files = obtain_files(spec, data, store, log, data_folder(data, spec.name, create=True))
     finally:
         store.save()
     return folder, [FileReport(files[f.role].path.name, True, files[f.role].matched_md5) for f in spec.files]
