@@ -29,24 +29,75 @@ def _umask() -> int:
     return current
 
 
-@contextmanager
-def replacing(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; when the block ends normally, the temporary file (which the
-    block must have written) is flushed to disk and renamed onto ``path``. If the block raises, it is removed
-    and ``path`` is left as it was."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    temporary = Path(name)
+TEMPORARY_SUFFIX = ".tmp"
+
+
+def temporary_prefix(path: Path) -> str:
+    """The name start of :func:`replacing`'s temporary files for ``path``: ``.<name>.``."""
+    return f".{path.name}."
+
+
+def sync_folder(folder: str | os.PathLike) -> None:
+    """Flush a folder's entries to disk, so that a rename in it survives a crash of the machine (POSIX; Windows
+    has no handle on a folder to flush and makes renames durable itself)."""
+    if os.name != "posix":
+        return
+    descriptor = os.open(folder, os.O_RDONLY)
     try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+@contextmanager
+def replacing(path: str | os.PathLike, suffix: str = TEMPORARY_SUFFIX) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; when the block ends normally, the temporary file (which the
+    block must have written) is flushed to disk, renamed onto ``path``, and the folder flushed too. If the block
+    raises, the temporary file is removed and ``path`` is left as it was. A failure of the file system (disk
+    full, no permission, a read-only folder) is one :class:`MnistgenError` that names ``path``."""
+    path = Path(path)
+    temporary = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=suffix, dir=path.parent)
+        os.close(fd)
+        temporary = Path(name)
         os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600 files; results are meant to be shared
         yield temporary
         with open(temporary, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(temporary, path)
+        sync_folder(path.parent)
+    except OSError as exc:
+        raise MnistgenError(f"cannot write {path}: {exc.strerror or exc}; {path.name} is unchanged") from None
     finally:
-        temporary.unlink(missing_ok=True)  # after the rename there is nothing left to remove
+        if temporary is not None:
+            temporary.unlink(missing_ok=True)  # after the rename there is nothing left to remove
+
+
+def remove_temporaries(folder: str | os.PathLike, names: tuple[str, ...]) -> list[Path]:
+    """Remove what :func:`replacing` left in ``folder`` for the files ``names`` when its process was killed
+    (``.<name>.<random>.tmp``); call it only while no other process may be writing them. Returns the removed."""
+    removed = []
+    for name in names:
+        for leftover in Path(folder).glob(f"{temporary_prefix(Path(name))}*{TEMPORARY_SUFFIX}"):
+            leftover.unlink(missing_ok=True)
+            removed.append(leftover)
+    return removed
+
+
+def check_output_file(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """Refuse, before any work, an output file whose folder does not exist or is not writable (one line);
+    returns the path. The folder is not created: a mistyped folder would otherwise be made silently."""
+    path = Path(path).expanduser()
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise MnistgenError(f"{flag} {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise MnistgenError(f"{flag} {path}: the folder {folder} is not writable")
+    if path.is_dir():
+        raise MnistgenError(f"{flag} {path}: is a folder, not a file")
+    return path
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> None:

@@ -16,11 +16,16 @@ All file writing of training goes through this module, and only the rank-0 proce
 
 from __future__ import annotations
 
+import errno
+import io
 import json
+import math
 import os
 import platform
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +35,7 @@ import torch
 from . import __version__
 from .config import from_dict
 from .errors import MnistgenError
-from .files import atomic_write, json_line, read_json, save_figure, write_json
+from .files import atomic_write, json_line, read_json, remove_temporaries, save_figure, write_json
 from .imaging import save_png, tile
 
 GRID_SIDE = 8  # a GAN run's progress grids are 8x8 images
@@ -49,8 +54,14 @@ def is_main_process() -> bool:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Atomically save a dict of tensors and plain values (loadable with ``weights_only=True``)."""
-    atomic_write(path, lambda h: torch.save(state, h))
+    """Atomically save a dict of tensors and plain values (loadable with ``weights_only=True``).
+
+    Serialized in memory first (a checkpoint is a few MB), so that a full disk or a quota is the file system's
+    one-line error from :func:`mnistgen.files.atomic_write`, and the previous checkpoint stays."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getvalue()
+    atomic_write(path, lambda handle: handle.write(data))
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -62,6 +73,109 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for a corrupt file
         raise MnistgenError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from None
+
+
+# --------------------------------------------------------------------------- metrics.jsonl
+
+TEXT_METRICS = ("trained_by",)  # the values of metrics.jsonl that are text; every other one is a number
+
+
+def parse_metrics(text: str, path: Path, required: tuple[str, ...] = (),
+                  say: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl text: one JSON object per line, each with an integer "epoch" of at least 1,
+    numbers (or null) for its values but the text ones (:data:`TEXT_METRICS`), and a number for each key in
+    ``required``.
+
+    A damaged last line is what a crash in the middle of an append leaves: it is dropped with one note to ``say``
+    (default: stderr). A damaged line before it is a one-line :class:`MnistgenError` naming the file and line.
+    """
+    lines = [(number, line) for number, line in enumerate(text.split("\n"), 1) if line.strip()]
+    records = []
+    for index, (number, line) in enumerate(lines):
+        problem = _metrics_problem(line, required)
+        if problem is None:
+            records.append(json.loads(line))
+        elif index == len(lines) - 1:
+            (say or _stderr)(f"mnistgen: note: {path}, line {number}: {problem} (the end of an interrupted write); "
+                             "ignored")
+        else:
+            raise MnistgenError(f"{path}, line {number}: {problem}")
+    return records
+
+
+def _metrics_problem(line: str, required: tuple[str, ...]) -> str | None:
+    """Why a metrics.jsonl line is not a valid record, or None."""
+    try:
+        record = json.loads(line, parse_constant=lambda name: name)  # NaN and Infinity stay text: refused below
+    except (ValueError, RecursionError):
+        return "not a complete JSON line"
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    epoch = record.get("epoch")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+        return f"its epoch is {epoch!r}, not a whole number of at least 1"
+    for key, value in record.items():
+        if key in TEXT_METRICS:
+            if not isinstance(value, str):
+                return f"{key!r} is {value!r}, not text"
+        elif value is None and key not in required:
+            continue
+        elif isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            return f"{key!r} is {value!r}, not a finite number"
+    missing = [key for key in required if key not in record]
+    if missing:
+        return f"no {', '.join(repr(key) for key in missing)}"
+    return None
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- the lock
+
+RUN_FILES = ("checkpoint.pt", "config.json", "metrics.jsonl", "data.json", "eval.json")  # written by replacing()
+
+
+def _lock_exclusively(lock: Path, folder: Path) -> int:
+    """Open and ``flock`` the lock file without waiting; returns its descriptor, or refuses in one line when
+    another process holds it. POSIX only (``fcntl``): elsewhere the folder is not locked, and this says so once."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        _stderr(f"mnistgen: note: {folder} is not locked against a second process on this platform")
+        return os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    while True:
+        try:
+            descriptor = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise MnistgenError(f"{folder}: cannot write here ({exc.strerror or exc})") from None
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(descriptor)
+            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise MnistgenError(f"{lock}: cannot lock it ({exc.strerror or exc})") from None
+            holder = _lock_holder(lock)
+            raise MnistgenError(f"{folder} is in use by another mnistgen process{holder}; wait for it to end, "
+                                "or choose another --out") from None
+        try:
+            same_file = os.stat(lock).st_ino == os.fstat(descriptor).st_ino
+        except FileNotFoundError:
+            same_file = False
+        if same_file:  # not a lock file that its last holder removed between our open and our flock
+            os.ftruncate(descriptor, 0)
+            os.write(descriptor, f"{os.getpid()}\n".encode())
+            return descriptor
+        os.close(descriptor)
+
+
+def _lock_holder(lock: Path) -> str:
+    try:
+        pid = lock.read_text().strip()
+    except OSError:
+        return ""
+    return f" (pid {pid})" if pid.isdigit() else ""
 
 
 # --------------------------------------------------------------------------- metadata
@@ -101,6 +215,7 @@ class RunDir:
     eval = property(lambda self: self.path / "eval.json")
 
     grids = property(lambda self: self.path / "grids")
+    lock = property(lambda self: self.path / ".lock")
 
     def require(self) -> RunDir:
         if not self.config.is_file():
@@ -119,9 +234,14 @@ class RunDir:
         """The run's config as ``config_class``, if config.json says the run is of ``kind``; else a one-line
         error ``RUN: a 'gan' run folder, not <expected>``."""
         saved = self.read_config()
+        if not isinstance(saved, dict) or "config" not in saved:
+            raise MnistgenError(f"{self.config}: not a run's config (a JSON object with \"kind\" and \"config\")")
         if saved.get("kind") != kind:
             raise MnistgenError(f"{self.path}: a {saved.get('kind')!r} run folder, not {expected}")
-        return from_dict(config_class, saved["config"])
+        try:
+            return from_dict(config_class, saved["config"])
+        except MnistgenError as exc:
+            raise MnistgenError(f"{self.config}: {exc}") from None
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         """Append one line to metrics.jsonl (flushed and fsynced: an interrupted run keeps its history)."""
@@ -133,17 +253,51 @@ class RunDir:
             handle.flush()
             os.fsync(handle.fileno())
 
-    def read_metrics(self) -> list[dict[str, Any]]:
+    def read_metrics(self, required: tuple[str, ...] = (), say: Callable[[str], None] | None = None
+                     ) -> list[dict[str, Any]]:
+        """The records of metrics.jsonl (see :func:`parse_metrics`); [] when there is none yet."""
         if not self.metrics.is_file():
             return []
-        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+        try:
+            text = self.metrics.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise MnistgenError(f"{self.metrics}: not readable ({exc})") from None
+        return parse_metrics(text, self.metrics, required, say)
 
-    def truncate_metrics(self, epochs_done: int) -> None:
-        """On resume, drop metric lines of epochs the checkpoint does not contain."""
+    def truncate_metrics(self, epochs_done: int, say: Callable[[str], None] | None = None) -> None:
+        """Drop the metric lines of epochs the checkpoint does not hold (and a partial last line); on a new start
+        (``epochs_done`` 0), whatever an earlier start left, unread."""
         if is_main_process() and self.metrics.is_file():
-            kept = [r for r in self.read_metrics() if r.get("epoch", 0) <= epochs_done]
+            kept = [r for r in self.read_metrics(say=say) if r["epoch"] <= epochs_done] if epochs_done else []
             text = "".join(json_line(r) + "\n" for r in kept)
             atomic_write(self.metrics, lambda h: h.write(text), mode="w")
+
+    @contextmanager
+    def claimed(self) -> Iterator[None]:
+        """Hold the run folder for this process inside the block (rank 0 only), creating it if needed.
+
+        An exclusive ``flock`` on RUN/.lock: a second process that claims the same folder is refused in one line,
+        and a crashed or killed process releases it (the kernel drops the lock with the process). While it is
+        held, what a killed writer left (``.checkpoint.pt.*.tmp`` and the like) is removed. A folder this call
+        created is removed again if the block leaves nothing in it but the lock.
+        """
+        if not is_main_process():
+            yield
+            return
+        created = not self.path.exists()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise MnistgenError(f"{self.path}: cannot create the run folder ({exc.strerror or exc})") from None
+        descriptor = _lock_exclusively(self.lock, self.path)
+        try:
+            remove_temporaries(self.path, RUN_FILES)
+            yield
+        finally:
+            if created and [p.name for p in self.path.iterdir()] == [self.lock.name]:
+                self.lock.unlink(missing_ok=True)
+                self.path.rmdir()
+            os.close(descriptor)
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         if is_main_process():

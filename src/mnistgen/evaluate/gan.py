@@ -17,6 +17,7 @@ from ..errors import MnistgenError
 from ..models.gan import Generator
 from ..runs import GRID_SIDE, RunDir
 from ..train.common import stream_seed
+from ..train.gan import STATS
 
 SAMPLE_STREAM = 3  # key of the generator of ``mnistgen gan sample`` (with the sample seed)
 SAMPLE_BATCH = 1000  # images generated per forward pass by :func:`sample_images`
@@ -65,7 +66,7 @@ def write_figures(run: RunDir, epochs: list[int]) -> list[Path]:
         raise MnistgenError(f"{run.path}: no saved grid for epoch(s) {', '.join(map(str, missing))}; "
                             f"grids exist for epochs {listed}")
     figures = {"progress": progress_figure(epochs, [run.load_grid(epoch) for epoch in epochs], GRID_SIDE)}
-    records = run.read_metrics()
+    records = run.read_metrics(required=STATS)  # the figure draws these four
     if records:
         figures["training"] = training_figure(records)
     return run.save_figures(figures)

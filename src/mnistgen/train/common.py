@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..config import to_dict
+from ..config import from_dict, to_dict
 from ..errors import MnistgenError
-from ..runs import RunDir
+from ..runs import RunDir, is_main_process
 
 # glibc's mallopt parameters (malloc.h) and the values :func:`keep_freed_memory` sets
 _M_TRIM_THRESHOLD = -1
@@ -63,14 +63,21 @@ class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C stopped training after a completed step; the state was saved. ``str()`` says how to continue."""
 
 
-def check_finite(value: float, what: str, epoch: int, step: int | None = None) -> None:
-    """Stop the run with a clear message if ``value`` is NaN or infinite."""
+KEEP_THE_LAST_CHECKPOINT = "the checkpoint of the last completed epoch is kept"
+
+
+def check_finite(value: float, what: str, epoch: int, step: int | None = None,
+                 kept: str = KEEP_THE_LAST_CHECKPOINT) -> None:
+    """Stop the run with a clear message if ``value`` is NaN or infinite; ``kept`` says what stays on disk."""
     if not math.isfinite(value):
         where = f"epoch {epoch}, step {step}" if step is not None else f"the end of epoch {epoch}"
-        raise NonFiniteLossError(
-            f"{what} became {value} at {where}; stopped, the checkpoint of the last completed epoch is kept "
-            "(try a lower learning rate)"
-        )
+        raise NonFiniteLossError(f"{what} became {value} at {where}; stopped, {kept} (try a lower learning rate)")
+
+
+def say_on_main_process(line: str) -> None:
+    """The default ``say`` of the loops: a note on stderr, from rank 0 only."""
+    if is_main_process():
+        print(line, file=sys.stderr)
 
 
 def generator_states(generators: dict[str, torch.Generator]) -> dict[str, torch.Tensor]:
@@ -168,25 +175,69 @@ def sigint_requests_stop() -> Iterator[Callable[[], bool]]:
 # --------------------------------------------------------------------------- the run: new or resumed, checkpoints
 
 
-def check_run_folder(run: RunDir, resume: bool, kind: str, config: Any, may_change: tuple[str, ...]) -> None:
-    """A new run needs a folder without a run in it; ``--resume`` needs a run of ``kind`` with a checkpoint and
-    the same settings, but for the fields in ``may_change`` and the data's location (the dataset must stay).
-    Called before anything is written; a one-line :class:`MnistgenError` otherwise."""
+def check_run_folder(run: RunDir, resume: bool, kind: str, config: Any, may_change: tuple[str, ...],
+                     say: Callable[[str], None] | None = None, metric_keys: tuple[str, ...] = ()
+                     ) -> dict[str, Any] | None:
+    """Decide, before anything is written, whether ``run`` starts anew or continues; returns the checkpoint to
+    continue from, or None to start from epoch 1. A one-line :class:`MnistgenError` where neither fits.
+
+    - A new run needs a folder without a checkpoint. A config.json without one is what a start that ended before
+      its first checkpoint leaves (killed, disk full, NaN in epoch 1): it starts anew, with one note to ``say``.
+    - ``--resume`` needs a run of ``kind``. Without a checkpoint yet it starts from epoch 1 (with one note);
+      with one, every setting but the fields in ``may_change`` and the data's location (the dataset must stay)
+      must equal those the checkpoint was written with: a config.json edited by hand is refused like a flag,
+      and its metrics.jsonl must hold valid records (with the numbers ``metric_keys``).
+    """
+    say = say or say_on_main_process
+    has_checkpoint = run.checkpoint.is_file()
     if not resume:
-        if run.config.is_file() or run.checkpoint.is_file():
+        if has_checkpoint:
             raise MnistgenError(f"{run.path} already holds a run: add --resume to continue it, or choose another --out")
-        return
-    if not run.checkpoint.is_file():
-        raise MnistgenError(f"{run.path}: nothing to resume (no checkpoint.pt); train without --resume first")
-    saved = run.read_config_as(kind, type(config), f"a {kind.upper()} run")
+        if run.config.is_file():
+            say(f"mnistgen: note: {run.path}: an earlier start ended before its first checkpoint; starting anew")
+        return None
+    if not run.config.is_file():
+        raise MnistgenError(f"{run.path}: nothing to resume (no run here); train without --resume first")
+    run.read_config_as(kind, type(config), f"a {kind.upper()} run")
+    if not has_checkpoint:
+        say(f"mnistgen: note: {run.path}: no checkpoint yet (its first start ended before one); starting from "
+            "epoch 1 with its settings")
+        return None
+    run.read_metrics(metric_keys, say=lambda line: None)  # a damaged line is refused now, before the data load
+    checkpoint = run.load_checkpoint(map_location="cpu")
+    if not isinstance(checkpoint, dict) or "config" not in checkpoint:
+        raise MnistgenError(f"{run.checkpoint}: not a checkpoint of a {kind.upper()} run (no config in it)")
+    try:
+        saved = from_dict(type(config), checkpoint["config"])
+    except MnistgenError as exc:
+        raise MnistgenError(f"{run.checkpoint}: its config is not a {kind.upper()} config ({exc})") from None
     differ = [f.name for f in dataclasses.fields(config)
               if f.name not in (*may_change, "data") and getattr(saved, f.name) != getattr(config, f.name)]
     if saved.data.dataset != config.data.dataset:
         differ.append("dataset")
     if differ:
+        first = differ[0]
+        then, now = (saved.data, config.data) if first == "dataset" else (saved, config)
         names = ", ".join("--" + name.replace("_", "-") for name in differ)
-        raise MnistgenError(f"{run.path}: --resume must keep the run's settings; these differ from its config.json: "
-                            f"{names}")
+        raise MnistgenError(f"{run.path}: --resume must keep the settings the run was trained with; these differ from "
+                            f"its checkpoint (a flag, or an edited config.json): {names} (--{first.replace('_', '-')} "
+                            f"was {getattr(then, first)!r}, now {getattr(now, first)!r})")
+    return checkpoint
+
+
+def epochs_left(run: RunDir, config: Any, epochs_done: int, start_step: int,
+                say: Callable[[str], None] | None = None) -> bool:
+    """After a restore: whether ``config.epochs`` leaves epochs to train (False, with one note, when the run is
+    complete); fewer epochs than are done already is a one-line error."""
+    partly_done = epochs_done + (start_step > 0)
+    if config.epochs < partly_done:
+        raise MnistgenError(f"{run.path}: {epochs_done} epochs are done already; give --epochs of at least "
+                            f"{partly_done} to continue")
+    if config.epochs == epochs_done and start_step == 0:
+        (say or say_on_main_process)(f"mnistgen: note: {run.path}: all {epochs_done} epochs are done; nothing left "
+                                     "to do (give a larger --epochs with --resume to train further)")
+        return False
+    return True
 
 
 def match_state_layouts(optimizer: torch.optim.Optimizer) -> None:
@@ -201,24 +252,62 @@ def match_state_layouts(optimizer: torch.optim.Optimizer) -> None:
                 state[key] = torch.empty_like(parameter).copy_(value)
 
 
+def non_finite_entry(states: dict[str, Any]) -> str | None:
+    """The first tensor in the (nested) state dicts ``states`` with a NaN or an infinity, as "key name", or None."""
+    tensors: list[tuple[str, torch.Tensor]] = []
+
+    def collect(prefix: str, value: Any) -> None:
+        if torch.is_tensor(value):
+            if value.is_floating_point():
+                tensors.append((prefix, value))
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                collect(f"{prefix}.{key}" if prefix else str(key), item)
+        elif isinstance(value, list | tuple):
+            for index, item in enumerate(value):
+                collect(f"{prefix}.{index}", item)
+
+    collect("", states)
+    if not tensors:
+        return None
+    finite = torch.stack([torch.isfinite(tensor).all() for _, tensor in tensors]).cpu()  # one device read
+    bad = torch.nonzero(~finite)
+    return tensors[int(bad[0])][0] if len(bad) else None
+
+
+def describe_position(epoch: int, step: int) -> str:
+    """Where a checkpoint stands: "after epoch 3", or "in epoch 4 after step 120"."""
+    return f"after epoch {epoch}" if step == 0 else f"in epoch {epoch + 1} after step {step}"
+
+
 @dataclass
 class RunState:
     """What a run's checkpoint holds besides its position: the objects with a ``state_dict`` (models and
     optimizers) under their checkpoint keys, the random generators (the batch order's under "order"), the
-    config, and the key of the per-step values (the ELBOs, the losses) of a partly done epoch."""
+    config, and the key of the per-step values (the ELBOs, the losses) of a partly done epoch. ``kept`` says
+    what RUN/checkpoint.pt holds now, for the messages of a run that stops."""
 
     run: RunDir
     config: Any
     stateful: dict[str, Any]
     generators: dict[str, torch.Generator]
     values_key: str
+    kept: str = "nothing was saved (the run had no checkpoint yet)"
 
     def save(self, *, epoch: int, step: int, order_state: torch.Tensor, step_values: torch.Tensor,
              seconds: float) -> None:
         """RUN/checkpoint.pt, atomically (rank 0): ``epoch`` epochs and ``step`` steps of the next one done;
-        ``order_state``: the state the next epoch's batch order is drawn from."""
+        ``order_state``: the state the next epoch's batch order is drawn from.
+
+        Never writes a NaN or an infinity: a weight or an optimizer state (Adam's moments) that is not finite
+        stops the run with :class:`NonFiniteLossError`, and the checkpoint on disk stays as it was."""
+        states = {key: value.state_dict() for key, value in self.stateful.items()}
+        bad = non_finite_entry(states)
+        if bad is not None:
+            raise NonFiniteLossError(f"{bad} became NaN or infinite in epoch {epoch + (step > 0)}; stopped, "
+                                     f"{self.kept} (try a lower learning rate)")
         self.run.save_checkpoint({
-            **{key: value.state_dict() for key, value in self.stateful.items()},
+            **states,
             "generators": generator_states(self.generators),
             "order_state": order_state,
             "epoch": epoch,  # epochs completed
@@ -227,18 +316,29 @@ class RunState:
             "seconds": seconds,  # training seconds spent so far in epoch ``epoch + 1``
             "config": to_dict(self.config),
         })
+        self.kept = f"{self.run.checkpoint} keeps the state {describe_position(epoch, step)}"
 
-    def restore(self) -> tuple[int, int, torch.Tensor, float]:
-        """Load the checkpoint into the objects and generators; returns (epochs done, steps done of the next
-        epoch, those steps' values, seconds spent in them)."""
-        state = self.run.load_checkpoint(map_location="cpu")
-        for key, value in self.stateful.items():
-            value.load_state_dict(state[key])
-            if isinstance(value, torch.optim.Optimizer):
-                match_state_layouts(value)
-        restore_generators(self.generators, state["generators"])
-        self.generators["order"].set_state(state["order_state"])
-        return int(state["epoch"]), int(state["step"]), state[self.values_key], float(state["seconds"])
+    def restore(self, checkpoint: dict[str, Any]) -> tuple[int, int, torch.Tensor, float]:
+        """Load ``checkpoint`` (from :func:`check_run_folder`) into the objects and generators; returns (epochs
+        done, steps done of the next epoch, those steps' values, seconds spent in them). A checkpoint that does not
+        fit (keys, shapes, types) is a one-line :class:`MnistgenError`; the run stops before writing anything."""
+        try:
+            epoch, step = checkpoint["epoch"], checkpoint["step"]
+            values, seconds = checkpoint[self.values_key], checkpoint["seconds"]
+            if not (isinstance(epoch, int) and isinstance(step, int) and epoch >= 0 and step >= 0
+                    and torch.is_tensor(values) and len(values) == step and isinstance(seconds, int | float)):
+                raise ValueError("its position (epoch, step, the step values, seconds) is inconsistent")
+            for key, value in self.stateful.items():
+                value.load_state_dict(checkpoint[key])
+                if isinstance(value, torch.optim.Optimizer):
+                    match_state_layouts(value)
+            restore_generators(self.generators, checkpoint["generators"])
+            self.generators["order"].set_state(checkpoint["order_state"])
+        except (KeyError, RuntimeError, ValueError, TypeError, IndexError, AttributeError) as exc:
+            problem = f"no {exc}" if isinstance(exc, KeyError) else " ".join(str(exc).split())[:300]
+            raise MnistgenError(f"{self.run.checkpoint} does not fit this run's models: {problem}") from None
+        self.kept = f"{self.run.checkpoint} keeps the state {describe_position(epoch, step)}"
+        return epoch, step, values, float(seconds)
 
 
 def end_steps(state: RunState, *, epoch: int, done: int, steps: int, step_values: torch.Tensor,
@@ -247,9 +347,10 @@ def end_steps(state: RunState, *, epoch: int, done: int, steps: int, step_values
 
     1. the NaN guard: the values of the ``done`` steps (``step_values``, (steps, len(value_names)) or (steps,),
        read from the device here, once per epoch) must be finite, else :class:`NonFiniteLossError` and nothing
-       is saved: the checkpoint of the last completed epoch stays;
-    2. if ``done < steps`` (Ctrl-C): save the position inside the epoch and raise :class:`TrainingInterrupted`
-       (its message ends with the ``command`` that continues the run).
+       is saved: the checkpoint on disk stays;
+    2. if ``done < steps`` (Ctrl-C): save the position inside the epoch (if the weights and optimizer states are
+       finite, see :meth:`RunState.save`) and raise :class:`TrainingInterrupted` (its message ends with the
+       ``command`` that continues the run).
 
     Returns the values, (done, len(value_names)) on the CPU. :func:`record_epoch` is the second half.
     """
@@ -257,7 +358,7 @@ def end_steps(state: RunState, *, epoch: int, done: int, steps: int, step_values
     bad = torch.nonzero(~torch.isfinite(values))
     if len(bad):
         step, column = int(bad[0, 0]), int(bad[0, 1])
-        check_finite(float(values[step, column]), value_names[column], epoch + 1, step + 1)
+        check_finite(float(values[step, column]), value_names[column], epoch + 1, step + 1, state.kept)
     if done < steps:
         state.save(epoch=epoch, step=done, order_state=order_state, step_values=step_values, seconds=seconds)
         raise TrainingInterrupted(f"interrupted in epoch {epoch + 1} after step {done} of {steps}; saved "
@@ -271,7 +372,7 @@ def record_epoch(state: RunState, record: dict[str, Any]) -> dict[str, Any]:
     RUN/metrics.jsonl, and the checkpoint of the completed epoch is saved. Returns the record."""
     for key, value in record.items():
         if isinstance(value, float):
-            check_finite(value, key, record["epoch"])
+            check_finite(value, key, record["epoch"], kept=state.kept)
     state.run.append_metrics(record)
     state.save(epoch=record["epoch"], step=0, order_state=state.generators["order"].get_state(),
                step_values=torch.zeros(0), seconds=0.0)

@@ -50,6 +50,7 @@ from .common import (
     check_run_folder,
     distributed_rank_and_size,
     end_steps,
+    epochs_left,
     keep_freed_memory,
     progress,
     record_epoch,
@@ -224,13 +225,15 @@ def train_gan(config: GANConfig, images: torch.Tensor, run: RunDir, *, resume: b
     validate(config)
     device = resolve_device(config.device)
     check_images(images, config)
-    check_run_folder(run, resume, "gan", config, RESUMABLE_FIELDS)
     keep_freed_memory()  # reuse freed tensors' memory: no page faults every step (same results)
-    with training_context(config.threads, stop) as stop_requested:
-        return _train(config, images, run, resume, provenance, device, stop_requested, show_progress, say)
+    with run.claimed():  # one process per run folder
+        checkpoint = check_run_folder(run, resume, "gan", config, RESUMABLE_FIELDS, say, STATS)
+        with training_context(config.threads, stop) as stop_requested:
+            return _train(config, images, run, checkpoint, provenance, device, stop_requested, show_progress, say)
 
 
-def _train(config: GANConfig, images: torch.Tensor, run: RunDir, resume: bool, provenance: dict[str, Any] | None,
+def _train(config: GANConfig, images: torch.Tensor, run: RunDir, checkpoint: dict[str, Any] | None,
+           provenance: dict[str, Any] | None,
            device: torch.device, stop: Callable[[], bool], show_progress: bool | None,
            say: Callable[[str], None] | None) -> list[dict[str, Any]]:
     order_generator = seed_everything(config.seed)  # also seeds the global RNG that initialises the weights
@@ -245,15 +248,17 @@ def _train(config: GANConfig, images: torch.Tensor, run: RunDir, resume: bool, p
                                    "optimizer_g": optimizer_g, "optimizer_d": optimizer_d},
                      {"order": order_generator, "noise": noise}, "step_stats")
     epochs_done, start_step, saved_stats, seconds_before = 0, 0, None, 0.0
-    if resume:
-        epochs_done, start_step, saved_stats, seconds_before = state.restore()
-        run.truncate_metrics(epochs_done)
+    if checkpoint is not None:
+        epochs_done, start_step, saved_stats, seconds_before = state.restore(checkpoint)
+        if not epochs_left(run, config, epochs_done, start_step, say):
+            return run.read_metrics(STATS, say)
+    history = [r for r in run.read_metrics(STATS, say) if r["epoch"] <= epochs_done] if epochs_done else []
+    run.truncate_metrics(epochs_done)  # epochs the checkpoint does not hold (all of them on a new start)
     run.write_config(to_dict(config), kind="gan")
     if is_main_process() and provenance is not None:
         write_json(run.data, provenance)
-    history = run.read_metrics()
     fixed_noise = grid_noise(config, device).to(next(generator.parameters()).dtype)
-    if not resume:
+    if checkpoint is None:
         save_grid(run, 0, generator, fixed_noise)  # the untrained generator
         state.save(epoch=0, step=0, order_state=order_generator.get_state(), step_values=torch.zeros(0, len(STATS)),
                    seconds=0.0)

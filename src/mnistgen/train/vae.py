@@ -49,6 +49,7 @@ from .common import (
     check_run_folder,
     distributed_rank_and_size,
     end_steps,
+    epochs_left,
     progress,
     record_epoch,
     stream_seed,
@@ -66,6 +67,12 @@ __all__ = ["TrainingInterrupted", "train_vae", "train_epoch", "reference_step", 
 
 
 # --------------------------------------------------------------------------- small pieces
+
+
+def metric_keys(config: VAEConfig) -> tuple[str, ...]:
+    """The numbers every metrics line of a VAE run holds: the training ELBO and the held-out one (the test set's
+    under hw, the validation set's under full)."""
+    return ("train_elbo", "validation_elbo" if config.protocol == "full" else "test_elbo")
 
 
 def learning_rate(config: VAEConfig, epoch: int) -> float:
@@ -161,12 +168,14 @@ def train_vae(config: VAEConfig, run: RunDir, *, resume: bool = False, protocol:
     """
     validate(config)
     device = resolve_device(config.device)
-    check_run_folder(run, resume, "vae", config, RESUMABLE_FIELDS)
-    with training_context(config.threads, stop) as stop_requested:
-        return _train(config, run, resume, protocol, device, stop_requested, show_progress, say)
+    with run.claimed():  # one process per run folder
+        checkpoint = check_run_folder(run, resume, "vae", config, RESUMABLE_FIELDS, say, metric_keys(config))
+        with training_context(config.threads, stop) as stop_requested:
+            return _train(config, run, checkpoint, protocol, device, stop_requested, show_progress, say)
 
 
-def _train(config: VAEConfig, run: RunDir, resume: bool, protocol: Protocol | None, device: torch.device,
+def _train(config: VAEConfig, run: RunDir, checkpoint: dict[str, Any] | None, protocol: Protocol | None,
+           device: torch.device,
            stop: Callable[[], bool], show_progress: bool | None,
            say: Callable[[str], None] | None) -> list[dict[str, Any]]:
     order_generator = seed_everything(config.seed)  # also seeds the global RNG that initialises the weights
@@ -179,22 +188,21 @@ def _train(config: VAEConfig, run: RunDir, resume: bool, protocol: Protocol | No
     state = RunState(run, config, {"model": model, "optimizer": optimizer},
                      {"order": order_generator, "noise": noise}, "step_elbos")
     epochs_done, start_step, saved_elbos, seconds_before = 0, 0, None, 0.0
-    if resume:
-        epochs_done, start_step, saved_elbos, seconds_before = state.restore()
-        if config.epochs < epochs_done + (start_step > 0):
-            raise MnistgenError(f"{run.path}: {epochs_done} epochs are done already; give --epochs of at least "
-                                f"{epochs_done + (start_step > 0)} to continue")
+    if checkpoint is not None:
+        epochs_done, start_step, saved_elbos, seconds_before = state.restore(checkpoint)
+        if not epochs_left(run, config, epochs_done, start_step, say):
+            return run.read_metrics(metric_keys(config), say)
     protocol = protocol if protocol is not None else load_protocol(config.protocol, load_raw(config.data),
                                                                    config.validation_size)
     if protocol.train_images.dim() != 2:
         raise MnistgenError(f"protocol {protocol.name!r} has no flat images; the VAE trains on hw or full")
 
-    if resume:
-        run.truncate_metrics(epochs_done)
+    history = [r for r in run.read_metrics(metric_keys(config), say) if r["epoch"] <= epochs_done] if epochs_done \
+        else []
+    run.truncate_metrics(epochs_done)  # epochs the checkpoint does not hold (all of them on a new start)
     run.write_config(to_dict(config), kind="vae")
     if is_main_process():
         write_json(run.data, {**protocol.provenance, "dynamic_binarization": protocol.dynamic_binarization})
-    history = run.read_metrics()
 
     dtype = next(model.parameters()).dtype
     data = protocol.to(device)  # moved once; every batch is a slice of these tensors

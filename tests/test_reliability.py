@@ -1,0 +1,383 @@
+"""Nothing lost, nobody in: the faults a run folder must survive (docs/RELIABILITY.md lists each with its test).
+
+Each test injects the fault: a gradient that overflows, a start that dies before its first checkpoint, a metrics
+line cut off by a crash, an edited config.json, a second process, a damaged checkpoint, a full disk. Small
+synthetic image sets keep every training run here under a few seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from mnistgen.cli import main
+from mnistgen.config import DataConfig, GANConfig, VAEConfig, to_dict
+from mnistgen.data.protocols import Protocol
+from mnistgen.errors import MnistgenError
+from mnistgen.runs import RunDir
+from mnistgen.train import gan as train_gan_module
+from mnistgen.train import vae as train_vae_module
+from mnistgen.train.common import NonFiniteLossError, TrainingInterrupted
+from mnistgen.train.gan import train_gan
+from mnistgen.train.vae import train_vae
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+VAE_SMALL = VAEConfig(epochs=2, device="cpu", hidden=32, cpu_kernels="reference", data=DataConfig(offline=True))
+GAN_SMALL = GANConfig(epochs=2, batch_size=32, grid_every=1, device="cpu", threads=1, cpu_kernels="reference")
+
+
+def vae_protocol(count: int = 600, held_out: int = 200, seed: int = 0) -> Protocol:
+    """Random binary 'images' (count, 784): six steps of 100 per epoch."""
+    generator = torch.Generator().manual_seed(seed)
+    train = (torch.rand(count, 784, generator=generator) < 0.2).float()
+    held = (torch.rand(held_out, 784, generator=generator) < 0.2).float()
+    labels = torch.zeros(count, dtype=torch.int64)
+    return Protocol("hw", train, labels, held, labels[:held_out], held, labels[:held_out],
+                    dynamic_binarization=False, eval_name="test")
+
+
+def gan_images(count: int = 100, seed: int = 0) -> torch.Tensor:
+    return torch.rand((count, 1, 28, 28), generator=torch.Generator().manual_seed(seed)).pow(4)
+
+
+def stop_after(steps: int):
+    """A ``stop`` that asks the loop to stop once ``steps`` steps were taken (it is polled before each step)."""
+    polls = iter(range(10**9))
+    return lambda: next(polls) >= steps
+
+
+def overflowing_gradient(module: torch.nn.Module, at_call: int) -> None:
+    """From its ``at_call``-th backward on, the first parameter's gradient is infinite (as an overflow gives)."""
+    calls = iter(range(1, 10**9))
+    parameter = next(module.parameters())
+    parameter.register_hook(lambda grad: grad * math.inf if next(calls) >= at_call else grad)
+
+
+def folder_bytes(run: RunDir) -> dict[str, bytes]:
+    return {p.relative_to(run.path).as_posix(): p.read_bytes() for p in sorted(run.path.rglob("*")) if p.is_file()}
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("mnistgen: error: ") and "Traceback" not in err, err
+    return err
+
+
+# --------------------------------------------------------------------------- 1. no checkpoint with a NaN in it
+
+
+def test_vae_stop_after_a_gradient_overflow_never_saves_nan_weights(tmp_path, monkeypatch):
+    """The loss of step 3 is finite, its gradient is not: Adam leaves NaN weights behind. Ctrl-C right after it
+    must not replace the good checkpoint, and the message must say which state is kept."""
+    run, protocol = RunDir(tmp_path / "run"), vae_protocol()
+    train_vae(dataclasses.replace(VAE_SMALL, epochs=1), run, protocol=protocol, show_progress=False)
+    good = run.checkpoint.read_bytes()
+    build = train_vae_module.build_model
+
+    def build_then_overflow(config, device):
+        model = build(config, device)
+        overflowing_gradient(model, at_call=3)
+        return model
+
+    monkeypatch.setattr(train_vae_module, "build_model", build_then_overflow)
+    with pytest.raises(NonFiniteLossError) as error:
+        train_vae(VAE_SMALL, run, resume=True, protocol=protocol, stop=stop_after(3), show_progress=False)
+    assert "NaN or infinite" in str(error.value) and "keeps the state after epoch 1" in str(error.value)
+    assert run.checkpoint.read_bytes() == good
+    monkeypatch.setattr(train_vae_module, "build_model", build)
+    history = train_vae(VAE_SMALL, run, resume=True, protocol=protocol, show_progress=False)  # still resumable
+    assert [r["epoch"] for r in history] == [1, 2]
+
+
+def test_gan_stop_after_a_gradient_overflow_never_saves_nan_weights(tmp_path, monkeypatch):
+    run, images = RunDir(tmp_path / "run"), gan_images()
+    build = train_gan_module.build_models
+
+    def build_then_overflow(config, device):
+        generator, discriminator = build(config, device)
+        overflowing_gradient(discriminator, at_call=2)  # D's second step, in epoch 1 (3 steps per epoch)
+        return generator, discriminator
+
+    monkeypatch.setattr(train_gan_module, "build_models", build_then_overflow)
+    with pytest.raises(NonFiniteLossError) as error:
+        train_gan(GAN_SMALL, images, run, stop=stop_after(2), show_progress=False)
+    assert "keeps the state after epoch 0" in str(error.value)  # the untrained state written at the start
+    assert torch.load(run.checkpoint, weights_only=True)["epoch"] == 0
+    checkpoint = torch.load(run.checkpoint, weights_only=True)
+    assert all(torch.isfinite(t).all() for t in checkpoint["discriminator"].values())
+
+
+def test_a_nan_in_the_first_epoch_says_that_nothing_was_saved(tmp_path, monkeypatch):
+    run, protocol = RunDir(tmp_path / "run"), vae_protocol()
+    build = train_vae_module.build_model
+    monkeypatch.setattr(train_vae_module, "build_model",
+                        lambda config, device: (lambda m: (overflowing_gradient(m, 2), m)[1])(build(config, device)))
+    with pytest.raises(NonFiniteLossError, match="nothing was saved"):
+        train_vae(VAE_SMALL, run, protocol=protocol, stop=stop_after(2), show_progress=False)
+    assert not run.checkpoint.exists()
+
+
+# --------------------------------------------------------------------------- 2. a start that died early
+
+
+def test_a_start_that_died_before_its_first_checkpoint_is_no_dead_end(tmp_path, capsys):
+    """NaN in epoch 1 leaves config.json and no checkpoint: the same command starts anew, and --resume starts
+    from epoch 1 with the stored settings."""
+    run = RunDir(tmp_path / "run")
+    poisoned = dataclasses.replace(vae_protocol(), train_images=torch.full((600, 784), math.nan))
+    with pytest.raises(NonFiniteLossError):
+        train_vae(VAE_SMALL, run, protocol=poisoned, show_progress=False)
+    assert run.config.is_file() and not run.checkpoint.exists()
+    capsys.readouterr()
+    history = train_vae(VAE_SMALL, run, protocol=vae_protocol(), show_progress=False)
+    assert [r["epoch"] for r in history] == [1, 2]
+    assert "an earlier start ended before its first checkpoint; starting anew" in capsys.readouterr().err
+
+    again = RunDir(tmp_path / "again")
+    with pytest.raises(NonFiniteLossError):
+        train_vae(VAE_SMALL, again, protocol=poisoned, show_progress=False)
+    resumed = train_vae(VAE_SMALL, again, resume=True, protocol=vae_protocol(), show_progress=False)
+    assert "no checkpoint yet" in capsys.readouterr().err
+    assert [r["epoch"] for r in resumed] == [1, 2]
+    assert torch.equal(again.load_checkpoint()["model"]["decoder.output.weight"],
+                       run.load_checkpoint()["model"]["decoder.output.weight"])
+
+
+def test_a_full_disk_at_the_first_save_is_one_line_and_the_command_then_works(tmp_path):
+    """A real write failure from the kernel (a file-size limit: EFBIG, as ENOSPC would be) while the first
+    checkpoint is written: one line, exit 1, no temporary left; the same command afterwards trains the run."""
+    out = tmp_path / "run"
+    command = [sys.executable, "-c", textwrap.dedent(f"""
+        import resource, signal, sys
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing us
+        limit = int(sys.argv[1])
+        if limit:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        from mnistgen.cli import main
+        sys.exit(main(["vae", "train", "--out", {str(out)!r}, "--dataset", "mnist-sample", "--epochs", "1",
+                       "--hidden", "64", "--threads", "1"]))
+        """)]
+    full = subprocess.run([*command, "200000"], capture_output=True, text=True, timeout=300)
+    assert full.returncode == 1, full.stderr
+    error = [line for line in full.stderr.splitlines() if "error" in line]
+    assert error == [line for line in full.stderr.splitlines() if line.startswith("mnistgen: error: ")]
+    assert len(error) == 1 and "cannot write" in error[0] and "checkpoint.pt" in error[0]
+    assert "File too large" in error[0] and "Traceback" not in full.stderr
+    assert not list(out.glob(".*.tmp")) and not (out / "checkpoint.pt").exists()
+    again = subprocess.run([*command, "0"], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "starting anew" in again.stderr and (out / "checkpoint.pt").is_file()
+
+
+# --------------------------------------------------------------------------- 3. a damaged metrics.jsonl
+
+
+def test_a_partial_last_metrics_line_is_dropped_with_one_note(tmp_path, capsys):
+    run, protocol = RunDir(tmp_path / "run"), vae_protocol()
+    train_vae(dataclasses.replace(VAE_SMALL, epochs=1), run, protocol=protocol, show_progress=False)
+    with open(run.metrics, "a") as handle:
+        handle.write('{"epoch": 2, "train_elbo": -31')  # what a kill in the middle of an append leaves
+    capsys.readouterr()
+    assert [r["epoch"] for r in run.read_metrics()] == [1]
+    note = capsys.readouterr().err
+    assert len(note.splitlines()) == 1 and "metrics.jsonl, line 2" in note and "ignored" in note
+    history = train_vae(VAE_SMALL, run, resume=True, protocol=protocol, show_progress=False)
+    assert [r["epoch"] for r in history] == [1, 2]
+    assert [json.loads(line)["epoch"] for line in run.metrics.read_text().splitlines()] == [1, 2]
+
+
+def test_a_damaged_metrics_line_before_the_last_is_one_error_naming_the_line(tmp_path, capsys):
+    run = RunDir(tmp_path / "run")
+    train_vae(VAE_SMALL, run, protocol=vae_protocol(), show_progress=False)
+    lines = run.metrics.read_text().splitlines()
+    run.metrics.write_text("\n".join(['{"epoch": 1, "train_elbo": "high"}', *lines[1:]]) + "\n")
+    with pytest.raises(MnistgenError, match=r"metrics.jsonl, line 1: 'train_elbo' is 'high', not a finite number"):
+        run.read_metrics()
+    assert main(["report", str(run.path)]) == 1
+    assert "metrics.jsonl, line 1" in one_line_error(capsys)
+    assert main(["vae", "train", "--out", str(run.path), "--resume", "--epochs", "3"]) == 1
+    assert "metrics.jsonl, line 1" in one_line_error(capsys)
+
+
+# --------------------------------------------------------------------------- 4. the evaluation is guarded
+
+
+def test_a_non_finite_evaluation_stops_the_run_like_a_non_finite_loss(tmp_path):
+    run, protocol = RunDir(tmp_path / "run"), vae_protocol()
+    train_vae(dataclasses.replace(VAE_SMALL, epochs=1), run, protocol=protocol, show_progress=False)
+    good = run.checkpoint.read_bytes()
+    broken = dataclasses.replace(protocol, eval_images=torch.full_like(protocol.eval_images, math.nan))
+    with pytest.raises(NonFiniteLossError, match="test_elbo became nan at the end of epoch 2"):
+        train_vae(VAE_SMALL, run, resume=True, protocol=broken, show_progress=False)
+    assert run.checkpoint.read_bytes() == good and len(run.read_metrics()) == 1
+
+
+# --------------------------------------------------------------------------- 5. an edited config.json
+
+
+@pytest.mark.parametrize(("field", "value", "flag"), [("objective", "analytic", "--objective"), ("lr", 1e6, "--lr"),
+                                                      ("hidden", 64, "--hidden")])
+def test_resume_refuses_a_config_json_edited_against_the_checkpoint(tmp_path, capsys, field, value, flag):
+    run = RunDir(tmp_path / "run")
+    train_vae(dataclasses.replace(VAE_SMALL, epochs=1), run, protocol=vae_protocol(), show_progress=False)
+    saved = json.loads(run.config.read_text())
+    saved["config"][field] = value
+    run.config.write_text(json.dumps(saved))
+    before = folder_bytes(run)
+    assert main(["vae", "train", "--out", str(run.path), "--resume"]) == 1
+    err = one_line_error(capsys)
+    assert f"differ from its checkpoint (a flag, or an edited config.json): {flag} " in err
+    assert folder_bytes(run) == before
+
+
+# --------------------------------------------------------------------------- 6. one process per run folder
+
+
+def test_a_second_process_on_the_same_run_folder_is_refused_in_one_line(tmp_path):
+    """The lock is a real flock: a subprocess started while this process holds the folder is refused (naming
+    this pid), and a holder killed with SIGKILL releases it."""
+    run = RunDir(tmp_path / "run")
+    cli = [sys.executable, "-m", "mnistgen", "vae", "train", "--out", str(run.path), "--dataset", "mnist-sample",
+           "--epochs", "1"]
+    with run.claimed():
+        second = subprocess.run(cli, capture_output=True, text=True, timeout=300)
+        assert second.returncode == 1 and len(second.stderr.splitlines()) == 1, second.stderr
+        assert f"is in use by another mnistgen process (pid {os.getpid()})" in second.stderr
+    assert not run.path.exists()  # the folder the claim created is gone with it: nothing was written
+
+    killed = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import os, signal
+        from mnistgen.runs import RunDir
+        with RunDir({str(run.path)!r}).claimed():
+            os.kill(os.getpid(), signal.SIGKILL)
+        """)], capture_output=True, timeout=120)
+    assert killed.returncode == -9 and run.lock.is_file()
+    with run.claimed():  # the kernel released the dead holder's lock
+        pass
+
+
+def test_two_trainings_started_one_after_the_other_cannot_both_write(tmp_path):
+    run = RunDir(tmp_path / "run")
+    with run.claimed(), pytest.raises(MnistgenError, match="in use by another mnistgen process"):
+        train_vae(VAE_SMALL, run, protocol=vae_protocol(), show_progress=False)  # same process, second descriptor
+    with run.claimed(), pytest.raises(MnistgenError, match="in use by another mnistgen process"):
+        train_gan(GAN_SMALL, gan_images(), run, show_progress=False)
+
+
+# --------------------------------------------------------------------------- 9. clear errors, nothing written
+
+
+@pytest.mark.parametrize("damage", ["missing key", "wrong shape", "wrong type"])
+def test_a_checkpoint_that_does_not_fit_is_one_line_on_resume(tmp_path, damage):
+    run = RunDir(tmp_path / "run")
+    train_vae(dataclasses.replace(VAE_SMALL, epochs=1), run, protocol=vae_protocol(), show_progress=False)
+    checkpoint = run.load_checkpoint()
+    if damage == "missing key":
+        del checkpoint["optimizer"]
+    elif damage == "wrong shape":
+        checkpoint["model"]["encoder.hidden.weight"] = torch.zeros(3, 3)
+    else:
+        checkpoint["epoch"] = "one"
+    torch.save(checkpoint, run.checkpoint)
+    before = folder_bytes(run)
+    with pytest.raises(MnistgenError) as error:
+        train_vae(VAE_SMALL, run, resume=True, protocol=vae_protocol(), show_progress=False)
+    assert str(error.value).startswith(f"{run.checkpoint} does not fit this run's models: ")
+    assert "\n" not in str(error.value) and folder_bytes(run) == before
+
+
+@pytest.mark.parametrize(("edit", "expected"), [
+    (lambda saved: saved["config"].update(epochs="3"), "--epochs must be a positive integer, got '3'"),
+    (lambda saved: saved["config"].update(epochs=3.5), "--epochs must be a positive integer, got 3.5"),
+    (lambda saved: saved["config"].update(lr=-0.1), "--lr must be a positive number, got -0.1"),
+    (lambda saved: saved["config"].update(objective=None), "--objective must be one of"),
+    (lambda saved: saved["config"].update(data=7), "data must be a JSON object"),
+    (lambda saved: saved["config"].update(hidden=True), "--hidden must be a positive integer, got True"),
+    (lambda saved: saved.update(config=None), "a VAEConfig must be a JSON object of its fields, got None"),
+    (lambda saved: saved.clear(), "not a run's config"),
+])
+def test_a_config_json_with_wrong_types_is_one_line_naming_the_file(tmp_path, capsys, edit, expected):
+    run = RunDir(tmp_path / "run")
+    train_vae(dataclasses.replace(VAE_SMALL, epochs=1), run, protocol=vae_protocol(), show_progress=False)
+    saved = json.loads(run.config.read_text())
+    edit(saved)
+    run.config.write_text(json.dumps(saved))
+    before = folder_bytes(run)
+    assert main(["vae", "train", "--out", str(run.path), "--resume"]) == 1
+    err = one_line_error(capsys)
+    assert str(run.config) in err and expected in err
+    assert folder_bytes(run) == before
+
+
+def test_a_failed_write_keeps_the_previous_file_and_names_it(tmp_path):
+    """The file system's refusal (here a real one: RLIMIT_FSIZE makes the kernel fail the write) is one
+    MnistgenError naming the file; the previous checkpoint is intact and no temporary file is left."""
+    path = tmp_path / "checkpoint.pt"
+    script = textwrap.dedent(f"""
+        import resource, signal, torch
+        from mnistgen.errors import MnistgenError
+        from mnistgen.runs import save_checkpoint
+        save_checkpoint({str(path)!r}, {{"w": torch.ones(10)}})
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100000, 100000))
+        try:
+            save_checkpoint({str(path)!r}, {{"w": torch.zeros(10**6)}})
+        except MnistgenError as error:
+            print(error)
+        """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert result.stdout == f"cannot write {path}: File too large; checkpoint.pt is unchanged\n"
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(10))
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+# --------------------------------------------------------------------------- 10. no surprises
+
+
+def test_resume_of_a_finished_run_says_there_is_nothing_left_and_writes_nothing(tmp_path, capsys):
+    run = RunDir(tmp_path / "run")
+    history = train_vae(VAE_SMALL, run, protocol=vae_protocol(), show_progress=False)
+    before = folder_bytes(run)
+    capsys.readouterr()
+    again = train_vae(VAE_SMALL, run, resume=True, protocol=vae_protocol(), show_progress=False)
+    assert again == history and folder_bytes(run) == before
+    assert "all 2 epochs are done; nothing left to do" in capsys.readouterr().err
+    gan = RunDir(tmp_path / "gan")
+    train_gan(GAN_SMALL, gan_images(), gan, show_progress=False)
+    before = folder_bytes(gan)
+    train_gan(GAN_SMALL, gan_images(), gan, resume=True, show_progress=False)
+    assert folder_bytes(gan) == before and "nothing left to do" in capsys.readouterr().err
+
+
+def test_leftover_temporaries_of_a_killed_writer_are_removed_at_the_next_start(tmp_path):
+    run = RunDir(tmp_path / "run")
+    train_vae(dataclasses.replace(VAE_SMALL, epochs=1), run, protocol=vae_protocol(), show_progress=False)
+    leftovers = [run.path / ".checkpoint.pt.k2j3h4.tmp", run.path / ".metrics.jsonl.abc.tmp"]
+    for leftover in leftovers:
+        leftover.write_bytes(b"half a file")
+    keep = run.path / "notes.tmp"  # not one of mnistgen's temporaries: left alone
+    keep.write_text("mine")
+    train_vae(VAE_SMALL, run, resume=True, protocol=vae_protocol(), show_progress=False)
+    assert not any(p.exists() for p in leftovers) and keep.read_text() == "mine"
+
+
+def test_ctrl_c_then_resume_still_ends_with_the_uninterrupted_weights(tmp_path):
+    """The guards above must not change the mathematics: stop mid-epoch, resume, compare with one go."""
+    whole, parts = RunDir(tmp_path / "whole"), RunDir(tmp_path / "parts")
+    train_vae(VAE_SMALL, whole, protocol=vae_protocol(), show_progress=False)
+    with pytest.raises(TrainingInterrupted):
+        train_vae(VAE_SMALL, parts, protocol=vae_protocol(), stop=stop_after(4), show_progress=False)
+    train_vae(VAE_SMALL, parts, resume=True, protocol=vae_protocol(), show_progress=False)
+    for name, tensor in whole.load_checkpoint()["model"].items():
+        assert torch.equal(tensor, parts.load_checkpoint()["model"][name]), name
+    assert to_dict(VAE_SMALL) == parts.load_checkpoint()["config"]
