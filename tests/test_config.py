@@ -353,13 +353,13 @@ def test_bad_flags_are_one_line_and_exit_2(capsys, argv, expected):
     assert expected in captured.err and captured.err.startswith("mnistgen")
 
 
-@pytest.mark.parametrize(("argv", "expected"), [
-    (["data", "info", "--download-timeout", "0"], "--download-timeout must be a positive number"),
-    (["data", "info", "--dataset", "kmnist", "--offline", "--data-dir", "{empty}"], "kmnist: 4 of 4 files missing"),
+@pytest.mark.parametrize(("argv", "code", "expected"), [
+    (["data", "info", "--download-timeout", "0"], 2, "--download-timeout must be a positive number"),
+    (["data", "info", "--dataset", "kmnist", "--offline", "--data-dir", "{empty}"], 1, "kmnist: 4 of 4 files missing"),
 ])
-def test_user_errors_are_one_line_and_exit_1(capsys, tmp_path, argv, expected):
+def test_user_errors_are_one_line_and_flag_values_exit_2(capsys, tmp_path, argv, code, expected):
     argv = [a.replace("{empty}", str(tmp_path)) for a in argv]
-    assert main(argv) == 1
+    assert main(argv) == code
     captured = capsys.readouterr()
     assert captured.out == "" and len(captured.err.splitlines()) == 1
     assert captured.err.startswith("mnistgen: error: ") and expected in captured.err
@@ -368,7 +368,7 @@ def test_user_errors_are_one_line_and_exit_1(capsys, tmp_path, argv, expected):
 def test_installed_command_reports_errors_without_traceback(tmp_path):
     script = Path(sys.executable).with_name("mnistgen")
     command = [str(script)] if script.exists() else [sys.executable, "-m", "mnistgen"]
-    cases = ((["data", "verify", "--download-retries", "2"], 2), (["data", "info", "--download-timeout", "-3"], 1))
+    cases = ((["data", "verify", "--download-retries", "2"], 2), (["data", "info", "--download-timeout", "-3"], 2))
     for argv, code in cases:
         result = subprocess.run([*command, *argv], capture_output=True, text=True, timeout=120)
         assert result.returncode == code and len(result.stderr.splitlines()) == 1, result.stderr

@@ -197,15 +197,15 @@ def test_the_commands_write_their_files_and_reject_bad_input(trained_run, tmp_pa
     assert "Eq. 1" in out and "decoder gradient variance" in out
     assert json.loads((trained_run.path / "experiments" / "elbo-estimators.json").read_text())["images"] == 4
 
-    def one_line_error(argv: list[str]) -> str:
-        assert main(argv) == 1
+    def one_line_error(argv: list[str], code: int = 1) -> str:
+        assert main(argv) == code
         err = capsys.readouterr().err.strip()
         assert err.startswith("mnistgen: error:") and "\n" not in err and "Traceback" not in err
         return err
 
     assert "not a run folder" in one_line_error(["experiment", "fixed-encoder", str(tmp_path)])
     assert "--draws must be a positive integer" in one_line_error(
-        ["experiment", "elbo-estimators", str(trained_run.path), "--draws", "0"])
+        ["experiment", "elbo-estimators", str(trained_run.path), "--draws", "0"], code=2)  # a flag's value: 2
     assert "only 10000 images" in one_line_error(
         ["experiment", "elbo-estimators", str(trained_run.path), "--images", "10001", *data_flags])
     gan_run = RunDir(tmp_path / "gan")

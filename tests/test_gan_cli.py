@@ -97,19 +97,20 @@ def test_sample_writes_n_images_in_unit_range(trained, tmp_path, capsys):
     assert not np.array_equal(np.load(other), images)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["gan", "plot", "{run}", "--epochs", "zero"], "comma-separated epoch numbers"),
-    (["gan", "plot", "{tmp}/nowhere"], "not a run folder"),
-    (["gan", "sample", "{run}", "--n", "0", "--out", "{tmp}/x.npy"], "--n must be a positive integer"),
-    (["gan", "sample", "{run}", "--n", "5", "--out", "{tmp}/x.txt"], "must end with .npy"),
-    (["gan", "train", "--out", "{run}"], "already holds a run"),
-    (["gan", "train", "--out", "{tmp}/new", "--epochs", "0"], "--epochs must be a positive integer"),
-    (["gan", "train", "--out", "{tmp}/new", "--resume"], "not a run folder"),
-    (["gan", "train", "--out", "{run}", "--resume", "--lr-d", "0.1"], "--lr-d"),
+@pytest.mark.parametrize("argv, code, message", [
+    (["gan", "plot", "{run}", "--epochs", "zero"], 2, "comma-separated epoch numbers"),
+    (["gan", "plot", "{tmp}/nowhere"], 1, "not a run folder"),
+    (["gan", "sample", "{run}", "--n", "0", "--out", "{tmp}/x.npy"], 2, "--n must be a positive integer"),
+    (["gan", "sample", "{run}", "--n", "5", "--out", "{tmp}/x.txt"], 2, "must end with .npy"),
+    (["gan", "train", "--out", "{run}"], 1, "already holds a run"),
+    (["gan", "train", "--out", "{tmp}/new", "--epochs", "0"], 2, "--epochs must be a positive integer"),
+    (["gan", "train", "--out", "{tmp}/new", "--resume"], 1, "not a run folder"),
+    (["gan", "train", "--out", "{run}", "--resume", "--lr-d", "0.1"], 1, "--lr-d"),
 ])
-def test_bad_input_is_one_line_and_exit_1(trained, tmp_path, capsys, argv, message):
+def test_bad_input_is_one_line_and_flag_values_exit_2(trained, tmp_path, capsys, argv, code, message):
+    """A flag's value out of its bounds exits 2, as a flag argparse refuses; other user errors exit 1."""
     argv = [a.format(run=trained, tmp=tmp_path) for a in argv]
-    assert main(argv) == 1
+    assert main(argv) == code
     assert message in one_line_error(capsys)
 
 

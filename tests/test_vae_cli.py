@@ -89,18 +89,18 @@ def test_sample_saves_images_in_the_unit_interval(trained_run, tmp_path, binary)
 
 
 @pytest.mark.parametrize("argv, code, text", [
-    (["vae", "train", "--out", "{tmp}/a", "--epochs", "0"], 1, "--epochs must be a positive integer"),
-    (["vae", "train", "--out", "{tmp}/a", "--lr-decay", "2"], 1, "--lr-decay must be in (0, 1]"),
+    (["vae", "train", "--out", "{tmp}/a", "--epochs", "0"], 2, "--epochs must be a positive integer"),
+    (["vae", "train", "--out", "{tmp}/a", "--lr-decay", "2"], 2, "--lr-decay must be in (0, 1]"),
     (["vae", "train", "--out", "{tmp}/a", "--objective", "exact"], 2, "invalid choice: 'exact'"),
     (["vae", "train", "--out", "{tmp}/a", "--batch-size", "many"], 2, "invalid int value: 'many'"),
     (["vae", "train", "--out", "{tmp}/nothing", "--resume"], 1, "not a run folder"),
     (["vae", "eval", "{tmp}/nothing"], 1, "not a run folder"),
-    (["vae", "eval", "{run}", "--iw", "0"], 1, "--iw must be a positive integer"),
+    (["vae", "eval", "{run}", "--iw", "0"], 2, "--iw must be a positive integer"),
     (["vae", "plot", "{tmp}"], 1, "not a run folder"),
-    (["vae", "sample", "{run}", "--n", "4", "--out", "{tmp}/x.txt"], 1, "must end with .npy"),
-    (["vae", "sample", "{run}", "--n", "-3", "--out", "{tmp}/x.npy"], 1, "--n must be a positive integer"),
+    (["vae", "sample", "{run}", "--n", "4", "--out", "{tmp}/x.txt"], 2, "must end with .npy"),
+    (["vae", "sample", "{run}", "--n", "-3", "--out", "{tmp}/x.npy"], 2, "--n must be a positive integer"),
     (["vae", "train", "--out", "{run}"], 1, "already holds a run"),
-    (["vae", "train", "--out", "{run}", "--resume", "--lr", "0.1"], 1, "these differ from its config.json: --lr"),
+    (["vae", "train", "--out", "{run}", "--resume", "--lr", "0.1"], 1, "edited config.json): --lr"),
     (["vae"], 2, "required"),
 ])
 def test_bad_input_gives_one_line_and_a_non_zero_exit(argv, code, text, trained_run, tmp_path, capsys):

@@ -23,7 +23,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .errors import MnistgenError
+from .errors import MnistgenError, UsageError
 
 DATASETS = ("mnist", "fashion-mnist", "kmnist", "mnist-sample")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -336,14 +336,34 @@ def validate(config: Any) -> None:
         value = getattr(config, f.name)
         field_type = _base_type(hints[f.name])
         optional = field_type is not hints[f.name]
-        if dataclasses.is_dataclass(value):
+        if dataclasses.is_dataclass(field_type):
+            if not isinstance(value, field_type):
+                raise MnistgenError(f"{f.name} must be a JSON object of {field_type.__name__}'s fields, got "
+                                    f"{value!r}")
             validate(value)
         elif value is None and optional:
             continue
         elif typing.get_origin(field_type) is Literal:
             _check_choice(f.name, value, typing.get_args(field_type))
-        elif bounds_of(f):
+        elif bounds_of(f):  # a bound also refuses a value of the wrong kind, saying which numbers it takes
             _check_bounds(f.name, value, field_type is int, bounds_of(f), config)
+        else:
+            _check_type(f.name, value, field_type)
+
+
+_TYPE_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
+
+
+def _check_type(name: str, value: Any, field_type: type) -> None:
+    """Refuse a value of another type than its field's (as a config.json edited by hand may hold)."""
+    if field_type is float:
+        right = isinstance(value, int | float) and not isinstance(value, bool)
+    elif field_type is int:
+        right = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        right = isinstance(value, field_type)
+    if not right:
+        raise MnistgenError(f"{_flag(name)} must be {_TYPE_NAMES.get(field_type, field_type.__name__)}, got {value!r}")
 
 
 def _check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
@@ -387,6 +407,8 @@ def from_dict(cls: type, values: dict[str, Any]) -> Any:
 
 
 def _build(cls: type, values: dict[str, Any]) -> Any:
+    if not isinstance(values, dict):
+        raise MnistgenError(f"a {cls.__name__} must be a JSON object of its fields, got {values!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(values) - names
@@ -462,11 +484,14 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, exclude: tu
 def config_from_args(cls: type, args: argparse.Namespace, base: Any | None = None) -> Any:
     """Build ``cls`` from parsed flags: a flag given on the command line overrides ``base`` (or the defaults).
 
-    The result is :func:`validate` d: a value out of bounds is refused in one line.
+    The result is :func:`validate` d: a value out of bounds is refused in one line (:class:`UsageError`: exit 2).
     """
     base = base if base is not None else cls()
     config = _replace_from_args(cls, args, base)
-    validate(config)
+    try:
+        validate(config)
+    except MnistgenError as exc:  # ``base`` was valid: a flag's value is out of bounds
+        raise UsageError(str(exc)) from None
     return config
 
 

@@ -11,3 +11,7 @@ class MnistgenError(Exception):
 
 class DataError(MnistgenError):
     """A data file is missing, corrupt, truncated or mislabelled, or no source could provide it."""
+
+
+class UsageError(MnistgenError):
+    """A flag's value that the command cannot take (out of its bounds): exits 2, as a flag argparse refuses."""

@@ -309,6 +309,67 @@ def score_files(root: Path) -> list[Path]:
     return sorted(files, key=lambda p: order.index(stem(p)) if stem(p) in order else len(order))
 
 
+SCORE_FIELDS = ("n_images", "frechet_distance", "classifier_score", "class_histogram")  # in every score and reference
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of a value's type, for messages: string, number, object, ..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    names = {str: "a string", list: "a list", dict: "an object"}
+    return next((name for kind, name in names.items() if isinstance(value, kind)), type(value).__name__)
+
+
+def score_problem(score: Any, where: str = "") -> str | None:
+    """What is wrong with a score (or its real-vs-real reference, ``where`` its key) as mnistgen score writes it, or
+    None: an object with a whole number of images, two numbers (null stands for NaN) and the counts of classes."""
+    if not isinstance(score, dict):
+        return f'"{where}" is {json_type(score)}, not an object' if where else f"it holds {json_type(score)}, " \
+            "not an object"
+    name = lambda key: f'"{where}.{key}"' if where else f'"{key}"'  # noqa: E731
+    for key in SCORE_FIELDS:
+        if key not in score:
+            return f"no {name(key)}"
+    count = score["n_images"]
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        return f"{name('n_images')} is {json_type(count)}, not a count of images"
+    for key in ("frechet_distance", "classifier_score"):
+        value = score[key]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            return f"{name(key)} is {json_type(value)}, not a number"
+    histogram = score["class_histogram"]
+    if not isinstance(histogram, list):
+        return f"{name('class_histogram')} is {json_type(histogram)}, not a list of counts"
+    for count in histogram:
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            return f"{name('class_histogram')} holds {json_type(count)} {json.dumps(count)[:20]}, not a count"
+    if not where:
+        if "real_vs_real_reference" in score:
+            problem = score_problem(score["real_vs_real_reference"], "real_vs_real_reference")
+            if problem is not None:
+                return problem
+            what = score["real_vs_real_reference"].get("what", "")
+            if not isinstance(what, str):
+                return f'"real_vs_real_reference.what" is {json_type(what)}, not a string'
+        if "classifier" in score and not isinstance(score["classifier"], dict):
+            return f'"classifier" is {json_type(score["classifier"])}, not an object'
+    return None
+
+
+def read_score(path: Path) -> dict[str, Any]:
+    """A FILE.score.json written by mnistgen score; anything else is one line naming the file (never a traceback)."""
+    score = read_json(path)
+    problem = score_problem(score)
+    if problem is not None:
+        raise MnistgenError(f"{path}: not a score written by mnistgen score ({problem}); score the images again "
+                            "or remove the file")
+    return score
+
+
 def samples_preview(npy: Path) -> bytes | None:
     """The first images of a scored .npy as one tiled PNG (None if the array is gone or unreadable)."""
     from .imaging import tile
@@ -319,6 +380,8 @@ def samples_preview(npy: Path) -> bytes | None:
         images = np.load(npy, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError):
         return None
+    if not isinstance(images, np.ndarray) or images.ndim != 3 or images.dtype.kind not in "fiu":
+        return None  # not an array of images (the score was computed from another file, or it was replaced)
     rows, cols = SAMPLE_PREVIEW
     return array_png(tile(np.asarray(images[: rows * cols]), rows, cols), SAMPLE_PREVIEW_SCALE)
 
@@ -327,7 +390,7 @@ def scores_section(root: Path) -> str:
     files = score_files(root)
     if not files:
         return ""
-    scores = [(p, read_json(p)) for p in files]
+    scores = [(p, read_score(p)) for p in files]
     reference = next((s["real_vs_real_reference"] for _, s in scores if "real_vs_real_reference" in s), None)
     rows = []
     if reference is not None:
@@ -494,7 +557,7 @@ def summary_section(root: Path, runs: dict[str, RunDir]) -> str:
                      if k not in ("epoch", "seconds") and isinstance(v, int | float) and not k.endswith("seconds")]
     reference_shown = False
     for path in score_files(root):
-        score = read_json(path)
+        score = read_score(path)
         stem = path.name[: -len(".score.json")]
         reference = score.get("real_vs_real_reference", {})
         if reference and not reference_shown:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import zipfile
 from dataclasses import dataclass
@@ -35,9 +36,10 @@ import torch
 
 from . import __version__
 from .config import DataConfig, ScoreConfig
-from .data.cache import cache_root
-from .data.sources import RawData, load_raw
-from .errors import MnistgenError
+from .data.cache import VerdictStore, cache_root
+from .data.registry import get_dataset
+from .data.sources import FilesUnavailable, RawData, load_raw, obtain_files
+from .errors import DataError, MnistgenError
 from .files import atomic_write, read_json, write_json
 from .models.classifier import FEATURE_DIM, IMAGE_SIZE, NUM_CLASSES, MnistClassifier
 
@@ -125,8 +127,33 @@ def check_images(array: Any, what: str = "images") -> np.ndarray:
     return array
 
 
+def check_npy_header(path: Path) -> None:
+    """Refuse a .npy file from its header alone, before any array is allocated: one of Python objects, or one whose
+    header claims more data than the file holds (say 100 million images in a file of a few bytes, which np.load
+    would first try to allocate)."""
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    try:
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            if version not in readers:  # 3.0 only holds structured arrays with non-Latin-1 field names
+                raise MnistgenError(f"{path}: not a .npy file mnistgen reads (format version {version[0]}."
+                                    f"{version[1]}; save the array with numpy.save)")
+            shape, _, dtype = readers[version](handle)
+            offset = handle.tell()
+    except (ValueError, OSError, EOFError):
+        raise MnistgenError(f"{path}: not a .npy file (not a readable .npy array)") from None
+    if dtype.hasobject:
+        raise MnistgenError(f"{path}: not a .npy file (holds pickled objects)")
+    claimed = math.prod(shape) * dtype.itemsize
+    held = path.stat().st_size - offset
+    if held < claimed:
+        raise MnistgenError(f"{path}: not a .npy file (its header claims an array of shape {shape} and dtype {dtype}, "
+                            f"{claimed:,} bytes, but only {held:,} follow it: truncated or damaged)")
+
+
 def load_images(path: str | os.PathLike) -> np.ndarray:
-    """Read and check an (N, 28, 28) array from a .npy file (never unpickles)."""
+    """Read and check an (N, 28, 28) array from a .npy file (never unpickles; the header is checked against the
+    file's size before anything is allocated)."""
     path = Path(path)
     if not path.is_file():
         raise MnistgenError(f"{path}: no such file")
@@ -134,6 +161,8 @@ def load_images(path: str | os.PathLike) -> np.ndarray:
         magic = handle.read(6)
     if not magic.startswith((b"\x93NUMPY", b"PK\x03\x04")):  # .npy, or .npz (a zip) refused below
         raise MnistgenError(f"{path}: not a .npy file (no NumPy header; save the array with numpy.save)")
+    if magic.startswith(b"\x93NUMPY"):
+        check_npy_header(path)
     try:
         loaded = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
@@ -343,7 +372,24 @@ def reference_statistics(classifier: Classifier, data: DataConfig | None = None,
     data = data if data is not None else DataConfig()
     if data.dataset != "mnist":
         raise MnistgenError(f"the score's reference is real MNIST, not {data.dataset}")
-    return compute_reference(classifier, load_raw(data), batch_size)
+    return compute_reference(classifier, load_reference_data(data), batch_size)
+
+
+def load_reference_data(data: DataConfig) -> RawData:
+    """Full MNIST as ``data`` says, never the 5,000-digit stand-in: files that are missing and cannot be had (offline,
+    or no mirror delivered them) are one line with the reason, rather than the stand-in's warning (which suggests a
+    --dataset flag score does not have) followed by the reference's refusal of the stand-in."""
+    store = VerdictStore(cache_root())
+    try:
+        obtain_files(get_dataset("mnist"), data, store)  # finds and verifies the files, or downloads what is missing
+    except FilesUnavailable as exc:
+        reason = str(exc).removeprefix("mnist: ")
+        fetch = "" if "mnistgen data fetch" in reason else "run `mnistgen data fetch` once a mirror answers, "
+        raise DataError(f"the score's real-vs-real reference needs full MNIST: {reason}; {fetch or 'or '}pass "
+                        "--data-dir with a folder that holds its files") from None
+    finally:
+        store.save()
+    return load_raw(data)  # every file is there and verified now (the verdicts are remembered: no second hashing)
 
 
 # --------------------------------------------------------------------------- the score

@@ -2,7 +2,8 @@
 
 Each command family lives in its own module exposing ``register(subparsers)``; a family's
 subcommands set ``func`` to the function that runs them. User errors (:class:`MnistgenError`) print
-one line to stderr and exit 1; bad flags exit 2 with one line; Ctrl-C exits 130.
+one line to stderr and exit 1; bad flags, and flag values out of bounds (:class:`UsageError`), exit 2 with one
+line; Ctrl-C exits 130.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .. import __version__
-from ..errors import MnistgenError
+from ..errors import MnistgenError, UsageError
 
 EXIT_USER_ERROR = 1
 EXIT_USAGE = 2
@@ -27,12 +28,32 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def writable_output(path: str | Path, flag: str = "--out") -> Path:
+    """Refuse, before any work, an output file that could not be written: its folder missing (never created), not a
+    folder, or not writable; returns the path. Writability is tried, not guessed: a file is created in the folder and
+    removed at once (an unnamed one where the system allows). ``os.access`` alone answers yes to root everywhere but on
+    read-only file systems and immutable folders, and cannot know the rules of some network file systems."""
+    import tempfile
+
+    from ..files import TEMPORARY_SUFFIX, check_output_file, temporary_prefix
+
+    path = check_output_file(path, flag)
+    folder = path.parent
+    try:
+        with tempfile.TemporaryFile(prefix=temporary_prefix(path), suffix=TEMPORARY_SUFFIX, dir=folder):
+            pass
+    except OSError as exc:
+        raise MnistgenError(f"{flag} {path}: the folder {folder} is not writable ({exc.strerror or exc})") from None
+    return path
+
+
 def npy_output(text: str) -> Path:
-    """The ``--out`` of a command that writes an array: must name a .npy file (checked before any work)."""
+    """The ``--out`` of a command that writes an array: a .npy file in an existing, writable folder (checked before any
+    work; the folder is not created)."""
     out = Path(text).expanduser()
     if out.suffix != ".npy":
-        raise MnistgenError(f"--out {text}: the file name must end with .npy")
-    return out
+        raise UsageError(f"--out {text}: the file name must end with .npy")
+    return writable_output(out, "--out")
 
 
 def save_npy(out: Path, array) -> None:
@@ -42,6 +63,12 @@ def save_npy(out: Path, array) -> None:
     from ..files import atomic_write
 
     atomic_write(out, lambda handle: np.save(handle, array))
+
+
+def printable(message: str) -> str:
+    """``message`` as one printable line: a control character (a newline, or one from a file's content that a
+    terminal would act on) is shown escaped, as Python writes it in a string."""
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in message)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,8 +93,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         result = args.func(args)
+    except UsageError as exc:
+        print(f"mnistgen: error: {printable(str(exc))}", file=sys.stderr)
+        return EXIT_USAGE
     except MnistgenError as exc:
-        print(f"mnistgen: error: {exc}", file=sys.stderr)
+        print(f"mnistgen: error: {printable(str(exc))}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("mnistgen: interrupted", file=sys.stderr)

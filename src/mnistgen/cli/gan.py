@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from ..config import GANConfig, GANPlotConfig, GANSampleConfig, add_config_arguments, config_from_args
-from ..errors import MnistgenError
+from ..errors import UsageError
 from ..runs import RunDir
 from . import EXIT_INTERRUPTED, npy_output, save_npy
 
@@ -66,7 +66,7 @@ def run_train(args: argparse.Namespace) -> int:
     run = RunDir(args.out)
     base = run.read_config_as("gan", GANConfig, "a GAN run") if args.resume else None
     config = config_from_args(GANConfig, args, base)
-    check_run_folder(run, args.resume, "gan", config, RESUMABLE_FIELDS)  # before the data are loaded
+    check_run_folder(run, args.resume, "gan", config, RESUMABLE_FIELDS, say=lambda line: None)  # before the data
     protocol = load_protocol("gan", load_raw(config.data))
     try:
         history = train_gan(config, protocol.train_images, run, resume=args.resume, provenance=protocol.provenance)
@@ -95,9 +95,9 @@ def parse_epochs(text: str) -> list[int]:
     try:
         epochs = [int(part) for part in text.split(",")]
     except ValueError:
-        raise MnistgenError(f"--epochs {text!r}: give comma-separated epoch numbers, e.g. 0,30,70") from None
+        raise UsageError(f"--epochs {text!r}: give comma-separated epoch numbers, e.g. 0,30,70") from None
     if any(epoch < 0 for epoch in epochs):
-        raise MnistgenError(f"--epochs {text!r}: epochs are 0 (before training) or more")
+        raise UsageError(f"--epochs {text!r}: epochs are 0 (before training) or more")
     return epochs
 
 
@@ -107,7 +107,7 @@ def run_sample(args: argparse.Namespace) -> int:
 
     out = npy_output(args.out)
     if args.n <= 0:
-        raise MnistgenError(f"--n must be a positive integer, got {args.n}")
+        raise UsageError(f"--n must be a positive integer, got {args.n}")
     run = RunDir(args.run).require()
     options = config_from_args(GANSampleConfig, args)
     generator, config = load_generator(run, resolve_device(options.device))

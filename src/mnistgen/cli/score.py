@@ -49,11 +49,16 @@ def run_score(args: argparse.Namespace) -> int:
         load_images,
         reference_statistics,
         score_images,
+        score_path,
         write_report,
     )
+    from . import writable_output
 
     config = config_from_args(ScoreConfig, args)
-    arrays = [load_images(path) for path in args.files]  # every file checked before any work
+    arrays = []
+    for path in args.files:  # every file, and the folder its score goes to, checked before any work
+        arrays.append(load_images(path))
+        writable_output(score_path(path), "cannot write")
     classifier = load_classifier(config.weights, resolve_device(config.device))
     reference = reference_statistics(classifier, config.data, config.batch_size)
     for path, images in zip(args.files, arrays, strict=True):

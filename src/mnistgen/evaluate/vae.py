@@ -32,7 +32,7 @@ from ..data.registry import DATASETS
 from ..data.sources import load_raw
 from ..device import resolve_device
 from ..distributions import log_bernoulli_logits, log_normal_logvar, log_standard_normal, sample_bernoulli
-from ..errors import MnistgenError
+from ..errors import MnistgenError, UsageError
 from ..files import read_json, write_json
 from ..losses import elbo_samples
 from ..models.vae import IMAGE_SIZE, VAE
@@ -281,7 +281,7 @@ def evaluate_run(run: RunDir, options: VAEEvalConfig | None = None,
 def sample_run(run: RunDir, n: int, binary: bool = False, options: VAEEvalConfig | None = None) -> np.ndarray:
     """n images from the prior of a trained run: (n, 28, 28) float32 in [0, 1] (decoder means, or binary draws)."""
     if n <= 0:
-        raise MnistgenError(f"--n must be a positive integer, got {n}")
+        raise UsageError(f"--n must be a positive integer, got {n}")
     options = options or VAEEvalConfig()
     trained = load_trained_vae(run, options.device)
     seed = trained.config.seed if options.seed is None else options.seed
