@@ -154,6 +154,15 @@ def test_good_images_pass_the_check(dtype):
     assert check_images(array) is array
 
 
+def test_eight_bit_images_are_read_as_levels_over_255():
+    """uint8 levels (as MNIST and mnistgen's reproductions store images) are the floats level / 255."""
+    levels = np.random.default_rng(1).integers(0, 256, size=(5, 28, 28), dtype=np.uint8)
+    levels[0, 0, :2] = (0, 255)
+    checked = check_images(levels)
+    assert checked.dtype == np.float32 and checked[0, 0, 0] == 0.0 and checked[0, 0, 1] == 1.0
+    assert np.array_equal(checked, levels.astype(np.float32) / np.float32(255))
+
+
 def score_error(tmp_path, capsys, array=None, raw_bytes: bytes | None = None, name: str = "bad.npy") -> str:
     """Run ``mnistgen score`` on a bad file: exit 1, exactly one stderr line, no score JSON written."""
     path = tmp_path / name
@@ -175,7 +184,7 @@ def score_error(tmp_path, capsys, array=None, raw_bytes: bytes | None = None, na
     (images()[:, :27], "shape (4, 27, 28), expected (N, 28, 28)"),
     (images().reshape(4, 1, 28, 28), "shape (4, 1, 28, 28)"),
     (images()[0], "shape (28, 28)"),
-    ((images() * 255).astype(np.uint8), "dtype uint8, expected float32 or float64 in [0, 1] (divide 8-bit"),
+    ((images() * 255).astype(np.int16), "dtype int16, expected float32 or float64 in [0, 1], or uint8 0-255"),
     (out_of_range(), "values outside [0, 1] (min -0.25, max 1.5)"),
     (images(1), "1 image(s), need at least 2 for a covariance"),
     (images(0), "0 image(s)"),

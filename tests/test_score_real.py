@@ -109,6 +109,16 @@ def test_command_writes_the_score_beside_the_file(scoring, mnist_raw, mnist_dir,
     assert "real vs real" in out and f"{reference.frechet_distance:.3f}" in out
 
 
+def test_eight_bit_samples_score_as_their_levels_over_255(scoring, mnist_raw):
+    """A reproduction stores its samples as uint8 levels: the score of the levels is the score of level / 255."""
+    classifier, reference = scoring
+    levels = mnist_raw.test_images[:1000]
+    from_levels = score.score_images(levels, classifier, reference)
+    from_floats = score.score_images(levels.astype(np.float32) / np.float32(255), classifier, reference)
+    assert from_levels["frechet_distance"] == from_floats["frechet_distance"]
+    assert from_levels["class_histogram"] == from_floats["class_histogram"]
+
+
 def test_the_score_does_not_depend_on_the_batch_size(scoring, mnist_raw):
     # batch norm in eval mode and per-image features: cutting the images into other batches changes nothing
     classifier, reference = scoring

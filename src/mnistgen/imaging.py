@@ -11,8 +11,10 @@ from .files import atomic_write
 
 
 def tile(images: np.ndarray, rows: int, cols: int, padding: int = 2, pad_value: float = 1.0) -> np.ndarray:
-    """(N, H, W) values in [0, 1] -> one (rows*(H+p)+p, cols*(W+p)+p) array; missing cells stay ``pad_value``."""
-    images = np.asarray(images, dtype=np.float32)
+    """(N, H, W) values in [0, 1] (or 8-bit levels 0-255) -> one (rows*(H+p)+p, cols*(W+p)+p) array in [0, 1];
+    missing cells stay ``pad_value``."""
+    images = np.asarray(images)
+    images = images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else images.astype(np.float32)
     if images.ndim == 4:  # (N, 1, H, W)
         images = images[:, 0]
     n, h, w = images.shape
@@ -24,9 +26,15 @@ def tile(images: np.ndarray, rows: int, cols: int, padding: int = 2, pad_value: 
     return grid
 
 
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] as 8-bit levels 0-255 (rounded to the nearest; x = level / 255 within 1/510), the way
+    MNIST itself stores pixels: a quarter of float32's size."""
+    return (np.clip(images, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
 def save_png(path: Path, image: np.ndarray, scale: int = 1) -> None:
     """Save a 2-D array in [0, 1] as an 8-bit grayscale PNG (atomically), optionally enlarged."""
-    pixels = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    pixels = to_uint8(image)
     picture = Image.fromarray(pixels, mode="L")
     if scale > 1:
         picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)

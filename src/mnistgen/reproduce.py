@@ -6,7 +6,7 @@ Layout of a reproduction folder ``RUN/``::
     RUN/stages.json        the command, and per stage: status (running|done|interrupted|failed), seconds
     RUN/vae/               the VAE run folder (mnistgen vae train/eval/plot)
     RUN/gan/               the GAN run folder (mnistgen gan train/plot)
-    RUN/samples/NAME.npy   samples of each model, and NAME.score.json beside each (mnistgen score)
+    RUN/samples/NAME.npy   samples of each model as 8-bit levels (uint8), NAME.score.json beside each (score)
     RUN/explorer.html      the interactive latent explorer (mnistgen explore)
     RUN/report.html        the report (mnistgen report), rebuilt at the end of every reproduce
 
@@ -40,6 +40,7 @@ from .config import (
 )
 from .errors import MnistgenError
 from .files import atomic_write, read_json, write_json
+from .imaging import to_uint8
 from .runs import RunDir
 
 SAMPLE_SETS = ("vae_means", "vae_binary", "gan")  # the .npy files in RUN/samples, each scored
@@ -231,7 +232,10 @@ def stage_vae_plots(repro: Reproduction, config: ReproduceConfig) -> None:
 
 
 def save_images(path: Path, images: np.ndarray) -> None:
-    atomic_write(path, lambda handle: np.save(handle, images))
+    """(N, 28, 28) samples in [0, 1], stored as 8-bit levels (as MNIST's own pixels; `score` reads them as
+    level / 255): 7.8 MB for 10,000 samples instead of 31 MB."""
+    levels = to_uint8(images)
+    atomic_write(path, lambda handle: np.save(handle, levels))
 
 
 def stage_vae_samples(repro: Reproduction, config: ReproduceConfig) -> None:

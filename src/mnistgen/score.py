@@ -105,16 +105,18 @@ def class_histogram(probabilities: np.ndarray) -> list[int]:
 
 
 def check_images(array: Any, what: str = "images") -> np.ndarray:
-    """Accept an (N, 28, 28) float32/float64 array in [0, 1] with N >= 2; anything else is a one-line error."""
+    """Accept an (N, 28, 28) array with N >= 2: float32/float64 in [0, 1], or uint8 levels 0-255 (as MNIST stores
+    pixels; read as level / 255, SPEC §1). Returns it as floats in [0, 1]; anything else is a one-line error."""
     if not isinstance(array, np.ndarray):
         raise MnistgenError(f"{what}: expected a numpy array, got {type(array).__name__}")
-    if array.dtype not in (np.float32, np.float64):
-        hint = " (divide 8-bit images by 255)" if array.dtype == np.uint8 else ""
-        raise MnistgenError(f"{what}: dtype {array.dtype}, expected float32 or float64 in [0, 1]{hint}")
+    if array.dtype not in (np.float32, np.float64, np.uint8):
+        raise MnistgenError(f"{what}: dtype {array.dtype}, expected float32 or float64 in [0, 1], or uint8 0-255")
     if array.ndim != 3 or array.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
         raise MnistgenError(f"{what}: shape {array.shape}, expected (N, {IMAGE_SIZE}, {IMAGE_SIZE})")
     if len(array) < MIN_IMAGES:
         raise MnistgenError(f"{what}: {len(array)} image(s), need at least {MIN_IMAGES} for a covariance")
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / 255.0
     nan_count = int(np.isnan(array).sum())
     if nan_count:
         raise MnistgenError(f"{what}: {nan_count} NaN value(s)")
