@@ -1,6 +1,7 @@
-"""Shared fixtures. Real MNIST comes from $MNISTGEN_DATA_DIR, else ../shared/data/mnist beside the project.
+"""Shared fixtures. Real MNIST comes from $MNISTGEN_DATA_DIR, else ../shared/data/mnist beside the project, else
+the user's cache, where `mnistgen data fetch` puts it.
 
-Where neither holds the files, real-data tests are skipped with the reason, unless
+Where none holds the files, real-data tests are skipped with the one command that enables them, unless
 MNISTGEN_REQUIRE_REAL_DATA=1 (set by .ci/run), which turns the skip into a failure.
 """
 
@@ -16,10 +17,28 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REAL_DATA = PROJECT_ROOT.parent / "shared" / "data" / "mnist"
 
 
+def _user_cache_mnist() -> Path:
+    """The user's own cache folder of MNIST, as `mnistgen data fetch` fills it (read before the tests isolate the
+    cache; the files are only read there, never written)."""
+    from mnistgen.data.cache import cache_root
+
+    return cache_root() / "mnist"
+
+
+USER_CACHE_MNIST = _user_cache_mnist()
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+               "t10k-labels-idx1-ubyte")
+
+
+def _holds_mnist(folder: Path) -> bool:
+    return all((folder / f"{name}.gz").is_file() or (folder / name).is_file() for name in MNIST_FILES)
+
+
 def real_data_dir() -> Path | None:
+    """$MNISTGEN_DATA_DIR if set (and nothing else then), else ../shared/data/mnist, else the user cache."""
     env = os.environ.get("MNISTGEN_DATA_DIR")
-    folder = Path(env) if env else DEFAULT_REAL_DATA
-    return folder if (folder / "train-images-idx3-ubyte.gz").is_file() else None
+    candidates = [Path(env)] if env else [DEFAULT_REAL_DATA, USER_CACHE_MNIST]
+    return next((folder for folder in candidates if _holds_mnist(folder)), None)
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +47,8 @@ def mnist_dir() -> Path:
     if folder is None:
         if os.environ.get("MNISTGEN_REQUIRE_REAL_DATA") == "1":
             pytest.fail("MNISTGEN_REQUIRE_REAL_DATA=1 but no real MNIST found (set MNISTGEN_DATA_DIR)")
-        pytest.skip("real MNIST not available here: set MNISTGEN_DATA_DIR to a folder with the IDX files")
+        pytest.skip("real MNIST not found: run `mnistgen data fetch` once (or set MNISTGEN_DATA_DIR to a folder "
+                    "with the IDX files)")
     return folder
 
 

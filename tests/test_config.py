@@ -94,7 +94,9 @@ def test_one_flag_per_field_with_help_and_default(cls):
     flags = {a.option_strings[0]: a for a in parser._actions if a.option_strings and a.dest != "help"}
     assert set(flags) == {"--" + name.replace("_", "-") for name in leaf_fields(cls)}
     for flag, action in flags.items():
-        assert "(default: " in action.help and len(action.help) > len("(default: )") + 5, flag
+        # each default shown once; a field unset by default (None) says in words what happens, never "None"
+        assert action.help.count("(default: ") == 1 and len(action.help) > len("(default: )") + 5, flag
+        assert "None" not in action.help, flag
     assert config_from_args(cls, parser.parse_args([])) == cls()
 
 
@@ -362,7 +364,9 @@ def test_user_errors_are_one_line_and_flag_values_exit_2(capsys, tmp_path, argv,
     assert main(argv) == code
     captured = capsys.readouterr()
     assert captured.out == "" and len(captured.err.splitlines()) == 1
-    assert captured.err.startswith("mnistgen: error: ") and expected in captured.err
+    start = "mnistgen: error: " if code == 1 else "mnistgen data info: error: "  # a usage error names its command
+    assert captured.err.startswith(start) and expected in captured.err
+    assert code == 1 or captured.err.rstrip().endswith("(see mnistgen data info --help)")
 
 
 def test_installed_command_reports_errors_without_traceback(tmp_path):

@@ -200,7 +200,8 @@ def test_the_commands_write_their_files_and_reject_bad_input(trained_run, tmp_pa
     def one_line_error(argv: list[str], code: int = 1) -> str:
         assert main(argv) == code
         err = capsys.readouterr().err.strip()
-        assert err.startswith("mnistgen: error:") and "\n" not in err and "Traceback" not in err
+        start = "mnistgen: error:" if code == 1 else f"mnistgen {' '.join(argv[:2])}: error:"  # usage: the command
+        assert err.startswith(start) and "\n" not in err and "Traceback" not in err
         return err
 
     assert "not a run folder" in one_line_error(["experiment", "fixed-encoder", str(tmp_path)])

@@ -39,6 +39,15 @@ def one_line_error(capsys, code: int, expected_code: int, text: str) -> None:
     assert text in err, err
 
 
+def test_usage_errors_name_the_help_of_the_command_that_ran(capsys):
+    """A flag argparse refuses and a flag value out of its bounds read alike: the command, then its --help."""
+    for argv in (["vae", "train", "--out", "x", "--epochs", "many"], ["vae", "train", "--out", "x", "--lr", "-1"]):
+        assert run_main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("mnistgen vae train: error: ") and err.endswith("(see mnistgen vae train --help)\n")
+        assert len(err.splitlines()) == 1
+
+
 def run_main(argv):
     try:
         return main(argv)

