@@ -172,3 +172,66 @@ def test_gan_pad_pointer_shows_generator_of_the_mixed_noise(page, explorer):
         np.testing.assert_allclose(pixels, python_generate(explorer, z)[0], atol=TOLERANCE, rtol=0)
         images.append(pixels)
     assert np.abs(images[0] - images[1]).max() > 0.01
+
+
+def box_of(page, selector) -> dict:
+    return page.locator(selector).bounding_box()
+
+
+@pytest.mark.parametrize("viewport", [(900, 800), (1280, 800)])
+def test_the_decoded_image_stays_beside_the_plane_in_view(browser, explorer, viewport):  # noqa: F811 - fixture
+    """While the pointer moves over the plane, the image it decodes is in view, to the right of the plane."""
+    page, traffic = open_page(browser, explorer[0], viewport=viewport)
+    try:
+        plane_box, digit = box_of(page, "#plane-overlay"), box_of(page, "#digit")
+        width, height = viewport
+        assert digit["x"] >= plane_box["x"] + plane_box["width"]  # beside the plane ...
+        assert digit["y"] < plane_box["y"] + plane_box["height"] / 2  # ... level with its top half, not below it
+        assert digit["x"] + digit["width"] <= width and digit["y"] + digit["height"] <= height  # in the viewport
+        assert plane_box["x"] + plane_box["width"] <= width and plane_box["width"] >= 400  # the plane still usable
+        assert page.evaluate("document.documentElement.scrollWidth") <= width  # no sideways scrolling
+        # the pointer still lands where it points on the (possibly scaled) plane
+        low, _, span = plane(page)
+        target = low + np.array([0.3, 0.6]) * span
+        assert np.abs(pointer_to(page, target) - target).max() < 2 * span / 500 * 600 / plane_box["width"]
+        assert traffic.console_errors == []
+    finally:
+        page.context.close()
+
+
+def shown_values(page) -> dict:
+    """What the page shows of z: the readout, each slider's value text, and the sliders' own values."""
+    return page.evaluate("""() => ({
+        readout: document.getElementById('readout').textContent,
+        texts: ['z1-value', 'z2-value'].map(id => document.getElementById(id).textContent),
+        sliders: ['z1', 'z2'].map(id => Number(document.getElementById(id).value)),
+        z: window.mnistgenExplorer.z})""")
+
+
+def assert_readout_agrees_with_sliders(shown):
+    assert shown["readout"] == f"z = ({shown['texts'][0]}, {shown['texts'][1]})"
+    assert shown["sliders"] == shown["z"]  # the sliders hold z itself, not z snapped to a step
+    assert shown["texts"] == [f"{v:.3f}" if abs(v) >= 0.0005 else "0.000" for v in shown["z"]]
+
+
+def test_readout_and_slider_values_agree(browser, explorer):  # noqa: F811 - fixture
+    page, _ = open_page(browser, explorer[0], viewport=(900, 800))
+    try:
+        low, _, span = plane(page)
+        for fraction in ((0.1234, 0.8766), (0.61, 0.27), (0.5, 0.5)):  # the pointer, anywhere on the plane
+            pointer_to(page, low + np.array(fraction) * span)
+            assert_readout_agrees_with_sliders(shown_values(page))
+        page.locator("#z1").fill(str(low[0] + 0.4321 * span))  # a slider set directly
+        assert_readout_agrees_with_sliders(shown_values(page))
+        page.locator("#z2").focus()  # a slider moved with its keys
+        page.keyboard.press("ArrowRight")
+        page.keyboard.press("ArrowRight")
+        shown = shown_values(page)
+        assert_readout_agrees_with_sliders(shown)
+        page.locator("body").click(position={"x": 5, "y": 5})  # the page's own arrow keys
+        page.keyboard.press("ArrowLeft")
+        assert_readout_agrees_with_sliders(shown_values(page))
+        page.evaluate("window.mnistgenExplorer.setZ(-0.0001, 0.00049)")  # no "-0.000"
+        assert shown_values(page)["readout"] == "z = (0.000, 0.000)"
+    finally:
+        page.context.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 from report_support import (
     CHECKSUM,
@@ -177,3 +178,92 @@ def test_scores_are_listed_models_first_in_a_fixed_order(tmp_path):
     text = build_report(root)
     positions = [text.index(title) for title in ("VAE, decoder means", "VAE, binary draws", "GAN, G(z)")]
     assert positions == sorted(positions) and text.index("GAN, G(z)") < text.index("<td>other</td>")
+
+
+def test_vae_curves_show_every_point_even_a_far_lower_first_epoch():
+    """The first training ELBO (the mean over an epoch that starts untrained) is far below the rest: it must stay
+    inside the axes, and the later epochs must not be squashed into a flat line."""
+    from mnistgen.plots.vae import curves_figure
+
+    history = [{"epoch": e, "train_elbo": -150.0 - 20.0 / e - (250.0 if e == 1 else 0.0),
+                "test_elbo": -155.0 - 20.0 / e} for e in range(1, 31)]
+    figure = curves_figure(history)
+    plotted = set()
+    for axis in figure.axes:
+        low, high = axis.get_ylim()
+        for line in axis.get_lines():
+            ys = np.asarray(line.get_ydata(), dtype=float)
+            assert low <= ys.min() and ys.max() <= high, (axis.get_title(), line.get_label(), (low, high))
+            plotted |= {(x, y) for x, y in zip(line.get_xdata(), ys, strict=True)}
+        assert axis.get_xlabel() == "epoch" and "ELBO" in axis.get_ylabel()
+        assert axis.get_legend() is not None
+    assert {(1, -420.0), (1, -175.0)} <= plotted  # the first epoch's points are drawn
+    assert figure.get_suptitle()
+    # one panel shows the later epochs on a scale where the train-test gap (5 nats) is readable
+    zoomed = [a for a in figure.axes if a.get_ylim()[1] - a.get_ylim()[0] < 60]
+    assert zoomed, [a.get_ylim() for a in figure.axes]
+    # a history without a far first epoch keeps one panel; an empty one says so
+    assert len(curves_figure(history[1:3]).axes) == 1
+    assert len(curves_figure([]).axes) == 1
+
+
+def test_settings_and_identifiers_are_shown_as_typed_and_measurements_with_decimals(text):
+    # the configuration: SPEC's seed 1234 and the download timeout 15.0, as typed
+    assert re.search(r"<td>seed</td><td>1234</td>", text) and "1,234" not in text
+    assert re.search(r"<td>seed</td><td>2</td>", text)  # the GAN's
+    assert re.search(r"<td>download_timeout</td><td>15\.0</td>", text) and "15.0000" not in text
+    assert re.search(r"<td>validation_size</td><td>10000</td>", text)
+    assert re.search(r"<td>lr_min</td><td>1e-05</td>", text)
+    # measurements: ELBOs with 2 decimals, a count of five digits or more with separators (10,000 images)
+    assert "-170.50" in text and "-160.25" in text
+    assert re.search(r"<td>10,000</td>", text) and "9,912,422" in text
+    from mnistgen.report import format_setting, value_html
+
+    assert format_value(1000) == "1000" and format_value(12345) == "12,345" and format_value(-170.5) == "-170.50"
+    assert format_setting(15.0) == "15.0" and format_setting(0.0002) == "0.0002" and format_setting(1234) == "1234"
+    assert format_setting(True) == "True" and format_setting(None) == "—"
+    # a seed is an identifier wherever it appears
+    assert "<td>12345</td>" in value_html({"seed": 12345, "sampler_seed": 54321})
+    assert "<td>54321</td>" in value_html({"seed": 12345, "sampler_seed": 54321})
+
+
+def summary_rows(text: str) -> list[list[str]]:
+    summary = text.split('<table class="summary">')[1].split("</table>")[0]
+    rows = re.findall(r"<tr>(.*?)</tr>", summary.split("<tbody>")[1])
+    return [re.findall(r"<td>(.*?)</td>", row) for row in rows]
+
+
+def test_every_row_of_results_at_a_glance_says_how_to_read_it(text):
+    rows = summary_rows(text)
+    assert {row[0] for row in rows} == {"VAE", "GAN", "score"}
+    assert [row for row in rows if not row[3].strip()] == []
+    notes = {row[1]: row[3] for row in rows if row[0] == "GAN"}
+    assert set(notes) == {"epochs trained", "d_loss (last epoch)", "g_loss (last epoch)", "d_real (last epoch)",
+                          "d_fake (last epoch)"}
+    assert "2 log 2 \u2248 1.386" in notes["d_loss (last epoch)"] and "D = 1/2" in notes["d_loss (last epoch)"]
+    assert "-log D(G(z))" in notes["g_loss (last epoch)"] and "log 2 \u2248 0.693" in notes["g_loss (last epoch)"]
+    assert "real images" in notes["d_real (last epoch)"] and "1/2" in notes["d_real (last epoch)"]
+    assert "generated images" in notes["d_fake (last epoch)"] and "1/2" in notes["d_fake (last epoch)"]
+    assert notes["epochs trained"] == "of 100 configured; SPEC trains 100"
+    vae = {row[1]: row[3] for row in rows if row[0] == "VAE"}
+    assert vae["epochs trained"] == "of 200 configured; SPEC trains 200"
+    assert "SPEC uses K = 1000" in vae["K, importance samples per image"]
+
+
+def test_a_vae_run_without_evaluation_reads_its_last_epoch(tmp_path):
+    root = make_reproduction(tmp_path / "RUN")
+    (root / "vae" / "eval.json").unlink()
+    rows = [row for row in summary_rows(build_report(root)) if row[0] == "VAE"]
+    assert [row[1] for row in rows] == ["epochs trained", "train_elbo (last epoch)", "test_elbo (last epoch)"]
+    assert all("higher is better" in row[3] for row in rows[1:])
+
+
+def test_libraries_that_are_not_installed_are_left_out(reproduction, monkeypatch):
+    from mnistgen import report
+
+    monkeypatch.setattr(report, "LIBRARIES", ("numpy", "no-such-library-for-mnistgen"))
+    versions = report.library_versions()
+    assert set(versions) == {"mnistgen", "numpy"}
+    text = build_report(reproduction)
+    assert "not installed" not in text and "no-such-library-for-mnistgen" not in text
+    assert f"<td>numpy</td><td>{np.__version__}</td>" in text

@@ -184,25 +184,32 @@ def gan_page_data(gan: GeneratorWeights) -> dict:
     }
 
 
+NARROW = 640  # CSS pixels: below this viewport width the image column wraps below the plane; above it, the
+# plane shrinks (down to what is left beside the image column) so the image stays beside it while hovering
+
 STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d1d1f;background:#fafafa}
 header{background:#16324f;color:#fff;padding:1rem 2rem} header h1{margin:0;font-size:1.45rem}
 header p{margin:.3rem 0 0;opacity:.85}
-main{display:flex;flex-wrap:wrap;gap:2rem;padding:1.5rem 2rem;align-items:flex-start}
-.stack{position:relative;width:PLANEpx;height:PLANEpx}
-.stack canvas{position:absolute;left:0;top:0;width:PLANEpx;height:PLANEpx}
+main{display:flex;flex-wrap:nowrap;gap:2rem;padding:1.5rem 2rem;align-items:flex-start}
+.view{flex:0 1 PLANEpx;min-width:0} main.gan .view{flex-basis:PADpx}
+.side{flex:0 0 DIGITpx;width:DIGITpx}
+@media (max-width:NARROWpx){main{flex-wrap:wrap} .view{flex-basis:100%}}
+.stack{position:relative;width:100%;max-width:PLANEpx;aspect-ratio:1}
+.stack canvas{position:absolute;left:0;top:0;width:100%;height:100%}
 #plane-overlay{cursor:crosshair;touch-action:none}
 #digit{width:DIGITpx;height:DIGITpx;image-rendering:pixelated;border:1px solid #444;background:#000}
 #legend{display:flex;flex-wrap:wrap;gap:.3rem;margin-top:.6rem;max-width:PLANEpx}
 .legend-item{display:flex;align-items:center;gap:.3rem;border:1px solid #ccc;background:#fff;border-radius:4px;
  padding:.15rem .5rem;cursor:pointer;font-size:.9rem}
 .legend-item.off{opacity:.35} .swatch{width:12px;height:12px;border-radius:2px;display:inline-block}
-label{display:block;margin:.6rem 0 .1rem;font-weight:600} input[type=range]{width:DIGITpx}
+label{display:block;margin:.6rem 0 .1rem;font-weight:600} input[type=range]{width:DIGITpx;margin:0}
+label output{font-family:ui-monospace,monospace;font-weight:400}
 #readout,.readout{font-family:ui-monospace,monospace;font-size:1.05rem;margin:.6rem 0}
-.hint{color:#555;max-width:360px;font-size:.92rem}
+.hint{color:#555;font-size:.92rem}
 h2{margin:0 0 .6rem;color:#16324f;font-size:1.2rem} main.gan{border-top:1px solid #ddd}
-.pad{position:relative;width:PADpx;height:PADpx}
-.pad canvas{position:absolute;left:0;top:0;width:PADpx;height:PADpx}
+.pad{position:relative;width:100%;max-width:PADpx;aspect-ratio:1}
+.pad canvas{position:absolute;left:0;top:0;width:100%;height:100%}
 #gan-pad-overlay{cursor:crosshair;touch-action:none}
 #gan-digit{width:DIGITpx;height:DIGITpx;image-rendering:pixelated;border:1px solid #444;background:#000}
 """
@@ -214,24 +221,28 @@ def build_explorer(data: ExplorerData) -> str:
     # JSON inside <script>: "</" must not end the element early
     payload = json.dumps(page_data(data), separators=(",", ":")).replace("</", "<\\/")
     style = (STYLE.replace("PLANEpx", f"{PLANE_SIZE}px").replace("DIGITpx", f"{DIGIT_SIZE}px")
-             .replace("PADpx", f"{GAN_PAD_SIZE}px"))
+             .replace("PADpx", f"{GAN_PAD_SIZE}px").replace("NARROWpx", f"{NARROW}px"))
     title = html.escape(data.title)
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f'<meta http-equiv="Content-Security-Policy" content="{CONTENT_SECURITY_POLICY}">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{title}</title><style>{style}</style></head><body>"
         f"<header><h1>{title}</h1><p>Each dot is one training image, placed at the mean of q(z|x) and colored "
         "by its digit. Move the pointer over the plane (or use the sliders, or the arrow keys; Shift for "
         "bigger steps) to see what the decoder draws at that z.</p></header><main>"
-        f'<div><div class="stack"><canvas id="plane" width="{PLANE_SIZE}" height="{PLANE_SIZE}"></canvas>'
+        f'<div class="view"><div class="stack"><canvas id="plane" width="{PLANE_SIZE}" height="{PLANE_SIZE}">'
+        "</canvas>"
         f'<canvas id="plane-overlay" width="{PLANE_SIZE}" height="{PLANE_SIZE}" '
         'aria-label="latent plane: move the pointer to choose z"></canvas></div>'
         '<div id="legend" aria-label="classes (click to show or hide)"></div></div>'
-        f'<div><canvas id="digit" width="{DIGIT_SIZE}" height="{DIGIT_SIZE}" '
+        f'<div class="side"><canvas id="digit" width="{DIGIT_SIZE}" height="{DIGIT_SIZE}" '
         'aria-label="decoder output p(x|z)"></canvas>'
-        '<div id="readout"></div>'
-        '<label for="z1">z1</label><input id="z1" type="range" value="0">'
-        '<label for="z2">z2</label><input id="z2" type="range" value="0">'
+        '<div id="readout" aria-live="polite"></div>'
+        '<label for="z1">z1 = <output id="z1-value" for="z1"></output></label>'
+        '<input id="z1" type="range" step="any" value="0">'
+        '<label for="z2">z2 = <output id="z2-value" for="z2"></output></label>'
+        '<input id="z2" type="range" step="any" value="0">'
         '<p class="hint">The image shows p(x|z): the probability that each pixel is on (white = 1), computed '
         "in this page from the decoder's weights. The plane covers the region where the training images "
         "landed (the central 99% of them on each axis).</p></div></main>"
@@ -244,10 +255,11 @@ def build_explorer(data: ExplorerData) -> str:
 def gan_panel() -> str:
     pad, digit = GAN_PAD_SIZE, DIGIT_SIZE
     return (
-        '<main class="gan"><div><h2>GAN: the generator between four noise vectors</h2>'
+        '<main class="gan"><div class="view"><h2>GAN: the generator between four noise vectors</h2>'
         f'<div class="pad"><canvas id="gan-pad" width="{pad}" height="{pad}"></canvas>'
         f'<canvas id="gan-pad-overlay" width="{pad}" height="{pad}" aria-label="GAN mixing square"></canvas></div>'
-        f'</div><div><canvas id="gan-digit" width="{digit}" height="{digit}" aria-label="generator output"></canvas>'
+        f'</div><div class="side"><canvas id="gan-digit" width="{digit}" height="{digit}" '
+        'aria-label="generator output"></canvas>'
         '<div id="gan-readout" class="readout"></div>'
         '<p class="hint">The four corners of the square are four fixed noise vectors z ~ U[-1, 1]^64; inside it '
         "the noise is their bilinear mixture (u across, v down), and each tile shows G(z) at its centre. Move the "

@@ -31,7 +31,7 @@ from .files import atomic_write, figure_png, read_json
 from .runs import RunDir
 
 CONTENT_SECURITY_POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
-LIBRARIES = ("torch", "numpy", "matplotlib", "pillow", "tqdm", "pooch", "platformdirs", "mlxtend")
+LIBRARIES = ("torch", "numpy", "matplotlib", "pillow", "tqdm", "platformdirs")
 SAMPLE_PREVIEW = (6, 12)  # rows x columns of the preview of each scored sample set
 SAMPLE_PREVIEW_SCALE = 2  # pixels per image pixel in that preview
 LONG_TOKEN = 32  # strings longer than this without a space (paths, checksums) may break anywhere
@@ -56,7 +56,8 @@ CAPTIONS: dict[tuple[str, str], str] = {
         "latent plane. Neighbouring points decode to similar digits."),
     ("vae", "curves.png"): (
         "Training curves: the evidence lower bound (ELBO, in nats per image; higher is better) on the "
-        "training images and on the held-out images after each epoch."),
+        "training images and on the held-out images after each epoch. When the first epochs are far lower than "
+        "the rest, a second panel shows the later epochs alone on their own scale."),
     ("gan", "progress.png"): (
         "SPEC §3 progress figure: the generator's images for one fixed batch of noise at chosen epochs (SPEC's "
         "example: 0, 30 and 70 of 100), side by side. Epoch 0 is the untrained generator."),
@@ -80,12 +81,17 @@ def escape(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
+SEPARATOR_FROM = 10_000  # counts from here on get thousands separators (10,000 images); 4-digit ones read fine
+PLAIN_KEYS = ("seed",)  # identifiers: shown as typed wherever they appear, never as a count (1234, not 1,234)
+
+
 def format_value(value: Any) -> str:
-    """A number as a person reads it (ELBOs with 2 decimals, small values with 4 digits); text escaped."""
+    """A measured number as a person reads it (ELBOs with 2 decimals, small values with 4 digits, counts of five
+    digits or more with thousands separators); text escaped."""
     if isinstance(value, bool) or value is None:
         return escape("—" if value is None else value)
     if isinstance(value, int):
-        return f"{value:,}"
+        return f"{value:,}" if abs(value) >= SEPARATOR_FROM else str(value)
     if isinstance(value, float):
         if not math.isfinite(value):
             return escape(value)
@@ -96,6 +102,16 @@ def format_value(value: Any) -> str:
             return f"{value:.4f}"
         return f"{value:.4g}"
     return escape(value)
+
+
+def format_setting(value: Any) -> str:
+    """A setting or an identifier as it was typed: integers without separators (seed 1234), floats in their
+    shortest exact form (15.0, 0.0002, 1e-05), never padded to a number of decimals; text escaped."""
+    if isinstance(value, float) and not isinstance(value, bool) and math.isfinite(value):
+        return repr(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return format_value(value)
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], css_class: str = "") -> str:
@@ -113,20 +129,30 @@ def cell_html(value: Any) -> str:
     return value if isinstance(value, Markup) else format_value(value)
 
 
-def value_html(value: Any) -> Markup:
-    """Any JSON value as HTML: dicts as key/value tables, lists of dicts as tables, lists of scalars joined."""
+def is_plain_key(key: Any) -> bool:
+    return isinstance(key, str) and (key in PLAIN_KEYS or key.endswith("_seed"))
+
+
+def value_html(value: Any, settings: bool = False) -> Markup:
+    """Any JSON value as HTML: dicts as key/value tables, lists of dicts as tables, lists of scalars joined.
+
+    Numbers are measurements (:func:`format_value`), or with ``settings`` a configuration's values as typed
+    (:func:`format_setting`); identifiers such as a seed are shown as typed either way.
+    """
     if isinstance(value, dict):
         if not value:
             return Markup("—")
-        return Markup(table(("key", "value"), ((k, value_html(v)) for k, v in value.items()), "kv"))
+        return Markup(table(("key", "value"), ((k, value_html(v, settings or is_plain_key(k)))
+                                               for k, v in value.items()), "kv"))
     if isinstance(value, list):
         if value and all(isinstance(v, dict) for v in value):
             headers = list(dict.fromkeys(k for v in value for k in v))
-            return Markup(table(headers, ([value_html(v.get(h)) for h in headers] for v in value), "kv"))
-        return Markup(", ".join(cell_html(value_html(v)) for v in value) or "—")
+            return Markup(table(headers, ([value_html(v.get(h), settings or is_plain_key(h)) for h in headers]
+                                          for v in value), "kv"))
+        return Markup(", ".join(cell_html(value_html(v, settings)) for v in value) or "—")
     if isinstance(value, str) and len(value) > LONG_TOKEN and " " not in value:  # a path or a checksum
         return Markup(f'<span class="token">{escape(value)}</span>')
-    return Markup(format_value(value))
+    return Markup(format_setting(value) if settings else format_value(value))
 
 
 def png_data_uri(data: bytes) -> str:
@@ -254,7 +280,7 @@ def run_section(run: RunDir, kind: str, title: str) -> str:
         parts.append(details(f"all {len(grids)} grids from the fixed noise batch (8x8, by epoch)",
                              f'<div class="gallery">{gallery}</div>'))
     parts.append("<h3>Metrics by epoch</h3>" + metrics_table(records))
-    parts.append("<h3>Configuration</h3>" + value_html(config.get("config", {})))
+    parts.append("<h3>Configuration</h3>" + value_html(config.get("config", {}), settings=True))
     data = read_json_if_present(run.data)
     parts.append("<h3>Data</h3>" + (data_html(data) if data is not None
                                      else "<p class='missing'>No data.json in this run folder.</p>"))
@@ -429,9 +455,10 @@ def histogram_html(counts: Sequence[int]) -> Markup:
         return Markup("—")
     top = max(max(counts), 1)
     bars = "".join(
-        f'<span class="bar" title="digit {d}: {c:,}"><span style="height:{round(30 * c / top)}px"></span>'
-        f"<small>{d}</small></span>" for d, c in enumerate(counts))
-    return Markup(f'<span class="hist">{bars}</span> <small>{escape(", ".join(f"{c:,}" for c in counts))}</small>')
+        f'<span class="bar" title="digit {d}: {format_value(c)}"><span style="height:{round(30 * c / top)}px">'
+        f"</span><small>{d}</small></span>" for d, c in enumerate(counts))
+    listed = ", ".join(format_value(c) for c in counts)
+    return Markup(f'<span class="hist">{bars}</span> <small>{escape(listed)}</small>')
 
 
 # --------------------------------------------------------------------------- stages, versions, machine
@@ -467,12 +494,14 @@ def duration(seconds: float | None) -> str:
 
 
 def library_versions() -> dict[str, str]:
+    """mnistgen's version and that of each of LIBRARIES that is installed: an optional library that is absent
+    was not used to build the page, so it is left out rather than listed as a fault."""
     versions = {"mnistgen": __version__}
     for name in LIBRARIES:
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
-            versions[name] = "not installed"
+            continue
     return versions
 
 
@@ -541,20 +570,24 @@ def summary_section(root: Path, runs: dict[str, RunDir]) -> str:
     vae = runs.get("vae")
     if vae is not None and vae.config.is_file():
         records = vae.read_metrics()
-        rows.append(["VAE", "epochs trained", len(records), ""])
+        rows.append(["VAE", "epochs trained", len(records), epochs_note(vae, "vae")])
         evaluation = read_json_if_present(vae.eval)
         if evaluation is not None:
             rows += [["VAE", SUMMARY_LABELS.get(k, k), v, SUMMARY_NOTES.get(k, "")] for k, v in evaluation.items()
                      if k in SUMMARY_LABELS]
         elif records:
-            rows += [["VAE", f"{k} (last epoch)", v, ""] for k, v in records[-1].items() if k.endswith("elbo")]
+            rows += [["VAE", f"{k} (last epoch)", v, LAST_EPOCH_NOTES.get(k, LAST_EPOCH_NOTE)]
+                     for k, v in records[-1].items() if k.endswith("elbo")]
     gan = runs.get("gan")
     if gan is not None and gan.config.is_file():
         records = gan.read_metrics()
-        rows.append(["GAN", "epochs trained", max((r.get("epoch", 0) for r in records), default=0), ""])
+        rows.append(["GAN", "epochs trained", max((r.get("epoch", 0) for r in records), default=0),
+                     epochs_note(gan, "gan")])
         if records:
-            rows += [["GAN", f"{k} (last epoch)", v, ""] for k, v in records[-1].items()
-                     if k not in ("epoch", "seconds") and isinstance(v, int | float) and not k.endswith("seconds")]
+            rows += [["GAN", f"{k} (last epoch)", v, LAST_EPOCH_NOTES.get(k, LAST_EPOCH_NOTE)]
+                     for k, v in records[-1].items()
+                     if k not in ("epoch", "seconds") and isinstance(v, int | float) and not isinstance(v, bool)
+                     and not k.endswith("seconds")]
     reference_shown = False
     for path in score_files(root):
         score = read_score(path)
@@ -586,7 +619,34 @@ SUMMARY_NOTES = {
     "test_elbo": "higher is better; SPEC's reference run reaches -162.0 after 200 epochs",
     "test_iw_log_likelihood": "a tighter lower bound on log p(x) than the ELBO; reference -151.0 (K = 1000)",
     "train_elbo": "reference -148.7; far above the test ELBO means over-fitting",
+    "iw_samples": "more samples give a tighter estimate of log p(x); SPEC uses K = 1000",
 }
+# "How to read it" of the last epoch's metrics. At the GAN's equilibrium (G's images indistinguishable from real
+# ones) the best D outputs 1/2 everywhere: D's cross-entropy is log 2 on each of its two batches, G's is log 2.
+LAST_EPOCH_NOTES = {
+    "train_elbo": "mean ELBO over the epoch's training steps, nats per image; higher is better",
+    "test_elbo": "ELBO on the test images after the epoch, nats per image; higher is better",
+    "validation_elbo": "ELBO on the validation images after the epoch, nats per image; higher is better",
+    "d_loss": "D's cross-entropy, -log D(x) - log(1 - D(G(z))), mean over the epoch's steps; "
+              "2 log 2 \u2248 1.386 at the equilibrium D = 1/2; near 0: D wins, G has stopped learning",
+    "g_loss": "G's non-saturating loss -log D(G(z)), mean over the epoch's steps; log 2 \u2248 0.693 at the "
+              "equilibrium; large: D rejects G's images",
+    "d_real": "mean D(x), D's probability of 'real' on real images; 1/2 at the equilibrium, near 1 while D "
+              "still tells them apart",
+    "d_fake": "mean D(G(z)), D's probability of 'real' on generated images; 1/2 at the equilibrium, near 0 "
+              "while D still tells them apart",
+}
+LAST_EPOCH_NOTE = "the last epoch's value in metrics.jsonl (see the curves below)"
+
+
+def epochs_note(run: RunDir, kind: str) -> str:
+    """How far the run got: the epochs its configuration asked for, and SPEC's."""
+    from .config import GANConfig, VAEConfig
+
+    spec = (VAEConfig() if kind == "vae" else GANConfig()).epochs
+    asked = run.read_config().get("config", {}).get("epochs")
+    configured = f"of {asked} configured; " if isinstance(asked, int) and not isinstance(asked, bool) else ""
+    return f"{configured}SPEC trains {spec}"
 
 
 def shortened_banner(kind: str, settings: dict[str, Any]) -> str:

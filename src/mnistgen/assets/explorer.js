@@ -54,6 +54,7 @@
   const overlay = document.getElementById("plane-overlay");
   const digit = document.getElementById("digit");
   const sliders = [document.getElementById("z1"), document.getElementById("z2")];
+  const sliderValues = [document.getElementById("z1-value"), document.getElementById("z2-value")];
   const readout = document.getElementById("readout");
   const [X0, X1] = data.range[0], [Y0, Y1] = data.range[1];  // z1 across, z2 up; equal spans (a square)
   const SPAN = X1 - X0;
@@ -64,6 +65,8 @@
   const toCanvas = (z) => [MARGIN + (z[0] - X0) / SPAN * INNER, MARGIN + (Y1 - z[1]) / SPAN * INNER];
   const fromCanvas = (x, y) => [X0 + (x - MARGIN) / INNER * SPAN, Y1 - (y - MARGIN) / INNER * SPAN];
   const clamp = (v, low, high) => Math.min(high, Math.max(low, v));
+  // one coordinate as the readout and the sliders' values show it: 3 decimals, never "-0.000"
+  const formatZ = (v) => (Math.abs(v) < 0.0005 ? 0 : v).toFixed(3);
 
   function drawPlane() {
     const ctx = plane.getContext("2d");
@@ -122,14 +125,19 @@
 
   const state = { z: [0, 0], pixels: decode([0, 0]) };
 
+  // One number per coordinate, everywhere: the sliders hold z (step "any": no snapping to a grid; the browser
+  // keeps 15 significant digits, so z is read back from them), the image decodes it, and the readout and the
+  // sliders' value texts show it with the same formatting.
   function setZ(z1, z2) {
-    state.z = [clamp(Number(z1), X0, X1), clamp(Number(z2), Y0, Y1)];
+    const wanted = [clamp(Number(z1), X0, X1), clamp(Number(z2), Y0, Y1)];
+    sliders.forEach((slider, axis) => { slider.value = String(wanted[axis]); });
+    state.z = sliders.map((slider, axis) => (slider.value === "" ? wanted[axis] : Number(slider.value)));
     state.pixels = decode(state.z);
     drawDigit(state.pixels);
     drawMarker(state.z);
-    sliders[0].value = String(state.z[0]);
-    sliders[1].value = String(state.z[1]);
-    readout.textContent = "z = (" + state.z[0].toFixed(3) + ", " + state.z[1].toFixed(3) + ")";
+    const shown = state.z.map(formatZ);
+    sliderValues.forEach((output, axis) => { output.value = shown[axis]; });
+    readout.textContent = "z = (" + shown[0] + ", " + shown[1] + ")";
     return state.pixels;
   }
 
@@ -144,7 +152,7 @@
   overlay.addEventListener("pointerdown", (event) => { const z = pointerToZ(event); setZ(z[0], z[1]); });
   [[X0, X1], [Y0, Y1]].forEach(([low, high], axis) => {
     const slider = sliders[axis];
-    slider.min = String(low); slider.max = String(high); slider.step = String(SPAN / 400);
+    slider.min = String(low); slider.max = String(high);  // step "any" (in the HTML): the slider holds any z
     slider.addEventListener("input", () => setZ(sliders[0].value, sliders[1].value));
   });
   const STEP = SPAN / 100;

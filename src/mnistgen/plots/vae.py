@@ -127,29 +127,54 @@ def manifold_figure(images: np.ndarray, axis_values: np.ndarray) -> Figure:
     return figure
 
 
+ZOOM_RATIO = 3.0  # a second panel zooms on the later epochs when all epochs span this many times their range
+
+
 def curves_figure(history: Sequence[dict[str, Any]]) -> Figure:
-    """Train and held-out ELBO by epoch from a run's metrics.jsonl records (higher is better)."""
-    figure = Figure(figsize=(7.5, 4.5), layout="constrained")
-    axis = figure.subplots()
-    epochs = [record["epoch"] for record in history]
+    """Train and held-out ELBO by epoch from a run's metrics.jsonl records (higher is better).
+
+    Every point is inside the axes. The first epochs are far lower than the rest (the first training ELBO is
+    the mean over an epoch that starts from an untrained model), which squashes the later epochs into a flat
+    line; then a second panel shows the later epochs alone, so the gap between train and test stays readable.
+    """
     series = [key for key in ("train_elbo", "test_elbo", "validation_elbo") if any(key in r for r in history)]
-    for key in series:
-        points = [(r["epoch"], r[key]) for r in history if r.get(key) is not None]
-        if points:
-            xs, ys = zip(*points, strict=True)
-            axis.plot(xs, ys, marker="o" if len(xs) < 15 else None, markersize=3, label=CURVE_LABELS[key])
-    if epochs:
-        values = [r[k] for r in history for k in series if r.get(k) is not None]
-        late = [r[k] for r in history[len(history) // 10:] for k in series if r.get(k) is not None]
-        if late and values:  # the first epochs are far lower: zoom on the rest so the gap stays visible
-            span = max(late) - min(late)
-            axis.set_ylim(min(late) - 0.15 * span - 1.0, max(values) + 0.15 * span + 1.0)
-        axis.legend(title="images")
+    curves = {key: [(r["epoch"], r[key]) for r in history if r.get(key) is not None] for key in series}
+    curves = {key: points for key, points in curves.items() if points}
+    zoom_from = _zoom_start(curves)
+    panels = 1 if zoom_from is None else 2
+    figure = Figure(figsize=(7.5 if panels == 1 else 12.0, 4.5), layout="constrained")
+    axes = figure.subplots(1, panels, squeeze=False)[0]
+    for index, axis in enumerate(axes):
+        first = None if index == 0 else zoom_from
+        for key, points in curves.items():
+            shown = [(x, y) for x, y in points if first is None or x >= first]
+            if shown:
+                xs, ys = zip(*shown, strict=True)
+                axis.plot(xs, ys, marker="o" if len(xs) < 15 else None, markersize=3, label=CURVE_LABELS[key])
+        axis.set_xlabel("epoch")
+        axis.set_ylabel("ELBO (nats per image)")
+        axis.grid(alpha=0.3)
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-    else:
-        axis.text(0.5, 0.5, "no completed epoch yet", ha="center", va="center", transform=axis.transAxes)
-    axis.set_xlabel("epoch")
-    axis.set_ylabel("ELBO (nats per image)")
-    axis.grid(alpha=0.3)
-    axis.set_title("Training curves: evidence lower bound per epoch (higher is better)", fontsize=10)
+        if curves:
+            axis.legend(title="images")
+        if panels == 2:
+            last = max(x for points in curves.values() for x, _ in points)
+            axis.set_title("all epochs" if index == 0 else
+                           f"epochs {first}\u2013{last}, zoomed (the first epochs are far lower)", fontsize=10)
+    if not curves:
+        axes[0].text(0.5, 0.5, "no completed epoch yet", ha="center", va="center", transform=axes[0].transAxes)
+    figure.suptitle("Training curves: evidence lower bound per epoch (higher is better)", fontsize=11)
     return figure
+
+
+def _zoom_start(curves: dict[str, list[tuple[Any, float]]]) -> Any | None:
+    """The first epoch of the zoomed panel (the first tenth of the epochs, at least one, left out), or None when
+    all epochs fit in one panel without squashing the later ones."""
+    epochs = sorted({x for points in curves.values() for x, _ in points})
+    if len(epochs) < 3:
+        return None
+    start = epochs[max(1, len(epochs) // 10)]
+    values = [y for points in curves.values() for _, y in points]
+    late = [y for points in curves.values() for x, y in points if x >= start]
+    span, late_span = max(values) - min(values), max(late) - min(late)
+    return start if span > ZOOM_RATIO * max(late_span, 1e-9) else None
