@@ -27,7 +27,7 @@ from report_support import GAN_SCORE, make_reproduction
 
 from mnistgen.cli import main
 from mnistgen.runs import RunDir
-from mnistgen.score import score_path
+from mnistgen.scoring import score_path
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -160,13 +160,13 @@ def test_score_without_mnist_gives_only_the_real_reason(tmp_path, monkeypatch, c
 
 
 def test_score_refuses_a_read_only_folder_before_the_work(tmp_path, monkeypatch, capsys, read_only):
-    import mnistgen.score
+    import mnistgen.scoring
 
     folder = tmp_path / "locked"
     folder.mkdir()
     np.save(folder / "x.npy", images())
     read_only(folder)
-    forbid(monkeypatch, mnistgen.score, "load_classifier")
+    forbid(monkeypatch, mnistgen.scoring, "load_classifier")
     line = error_line(capsys, main(["score", str(folder / "x.npy"), "--device", "cpu"]))
     assert line.startswith(f"mnistgen: error: cannot write {folder / 'x.score.json'}: the folder {folder} is not "
                            "writable"), line
@@ -176,13 +176,13 @@ def test_score_refuses_a_read_only_folder_before_the_work(tmp_path, monkeypatch,
 def test_the_output_folder_is_tried_not_guessed(tmp_path, monkeypatch, capsys, read_only):
     """Where os.access cannot know (root on some network file systems), the file created and removed in the
     folder still tells: simulated by an os.access that says yes to everything."""
-    import mnistgen.score
+    import mnistgen.scoring
 
     folder = tmp_path / "locked"
     folder.mkdir()
     np.save(folder / "x.npy", images())
     read_only(folder)
-    forbid(monkeypatch, mnistgen.score, "load_classifier")
+    forbid(monkeypatch, mnistgen.scoring, "load_classifier")
     monkeypatch.setattr(os, "access", lambda *args, **kwargs: True)
     line = error_line(capsys, main(["score", str(folder / "x.npy"), "--device", "cpu"]))
     assert f"the folder {folder} is not writable (" in line, line

@@ -15,7 +15,7 @@ import scipy.linalg
 from mnistgen.cli import main
 from mnistgen.data.sources import RawData
 from mnistgen.errors import MnistgenError
-from mnistgen.score import (
+from mnistgen.scoring import (
     check_images,
     class_histogram,
     classifier_score,

@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-import mnistgen.score as score
+import mnistgen.scoring as score
 from mnistgen.cli import main
 from mnistgen.config import DataConfig, ScoreConfig
 

@@ -282,7 +282,7 @@ def stage_scores(repro: Reproduction, config: ReproduceConfig) -> dict[str, Any]
     """Score every sample set against MNIST's test images, beside the real-vs-real reference."""
     from .data.sources import load_raw
     from .device import resolve_device
-    from .score import compute_reference, load_classifier, score_images, write_report
+    from .scoring import compute_reference, load_classifier, score_images, write_report
 
     if config.data.dataset not in SCORED_DATASETS:
         return {"note": f"skipped: the score measures closeness to MNIST digits, not to {config.data.dataset}"}

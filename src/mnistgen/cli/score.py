@@ -43,7 +43,7 @@ def register(subparsers) -> None:
 
 def run_score(args: argparse.Namespace) -> int:
     from ..device import resolve_device
-    from ..score import (
+    from ..scoring import (
         format_report,
         load_classifier,
         load_images,

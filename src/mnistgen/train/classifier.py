@@ -116,7 +116,7 @@ def train_and_save(config: ClassifierConfig, out: str, raw: RawData, device: tor
     Copy those two files into ``src/mnistgen/assets/`` to ship them.
     """
     from ..files import write_json
-    from ..score import WEIGHTS_NAME, accuracy, load_classifier, metadata_path, save_classifier
+    from ..scoring import WEIGHTS_NAME, accuracy, load_classifier, metadata_path, save_classifier
 
     run = RunDir(out)
     run.path.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,411 @@
+"""The Python API of mnistgen: train, load, sample, encode, decode and score from a notebook.
+
+The stable surface is what :mod:`mnistgen` exports in ``__all__``: :func:`load_run` and its :class:`Run`,
+:func:`train_vae`, :func:`train_gan`, :func:`score` and :class:`mnistgen.MnistgenError`. Each does what the
+command of the same name does, through the same functions, so a seed gives the same arrays and a bad value the
+same one-line message (:class:`mnistgen.MnistgenError`) as the CLI:
+
+==========================================  ==============================================
+Python                                      command line
+==========================================  ==============================================
+``train_vae(out, epochs=1, data_dir=D)``    ``mnistgen vae train --out OUT --epochs 1 --data-dir D``
+``train_gan(out, resume=True)``             ``mnistgen gan train --out OUT --resume``
+``load_run(out).sample(n, seed=s)``         ``mnistgen vae|gan sample OUT --n N --seed S``
+``score(images)``                           ``mnistgen score F.npy`` (the dict it writes to F.score.json)
+==========================================  ==============================================
+
+Everything else in this module is free to change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import numbers
+import os
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from .config import GANConfig, GANSampleConfig, ScoreConfig, VAEConfig, VAEEvalConfig, config_from_args, validate
+from .errors import MnistgenError, UsageError
+from .runs import RunDir
+
+IMAGE_SIDE = 28
+IMAGE_PIXELS = IMAGE_SIDE * IMAGE_SIDE
+CHUNK = 1000  # images per forward pass of encode/decode
+
+SCORE_NOT_SETTINGS = ("dataset",)  # as ``mnistgen score``: the score is always against real MNIST
+
+
+class WrongKindError(MnistgenError, AttributeError):
+    """``run.vae`` of a GAN run, ``run.generator`` of a VAE run: a one-line error (and ``hasattr`` is False)."""
+
+
+# --------------------------------------------------------------------------- settings: keyword arguments -> config
+
+
+def _settings(cls: type, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The flat settings of a config class, as CLI flags see them: ``{name: type}``, nested configs' fields too."""
+    hints = typing.get_type_hints(cls)
+    names: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        tp = _strip_optional(hints[f.name])
+        if dataclasses.is_dataclass(tp):
+            names.update(_settings(tp, exclude))
+        elif f.name not in exclude:
+            names[f.name] = tp
+    return names
+
+
+def _strip_optional(tp: Any) -> Any:
+    """``str | None`` -> ``str``; any other type (a ``Literal`` included) as it is."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is not Literal and type(None) in args and len(args) == 2:
+        return next(a for a in args if a is not type(None))
+    return tp
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    """What a notebook naturally passes, as the CLI's parsed flag would hold it: a path for a text setting, a NumPy
+    integer for an int, an int for a float. Anything else is left for :func:`mnistgen.config.validate` to refuse."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if tp is str and isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if tp is int and isinstance(value, numbers.Integral):
+        return int(value)
+    if tp is float and isinstance(value, numbers.Real):
+        return float(value)
+    return value
+
+
+def config_from_settings(cls: type, settings: dict[str, Any], base: Any | None, what: str,
+                         exclude: tuple[str, ...] = ()) -> Any:
+    """``cls`` built from keyword settings exactly as the CLI builds it from flags: one keyword per flag (the nested
+    DataConfig's fields too: ``data_dir=``, ``dataset=``, ``offline=``), None for "not given", over ``base`` (the
+    stored config on resume) or the defaults; validated with the CLI's messages.
+
+    An unknown name is a one-line :class:`MnistgenError` naming it and the closest setting (or all of them).
+    """
+    known = _settings(cls, exclude)
+    unknown = [name for name in settings if name not in known]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], list(known), n=1)
+        names = ", ".join(repr(name) for name in unknown)
+        hint = f"did you mean {close[0]!r}?" if close else f"the settings are: {', '.join(known)}"
+        raise UsageError(f"{what}: unknown setting{'s' if len(unknown) > 1 else ''} {names} ({hint})")
+    values = {name: _coerce(value, known[name]) for name, value in settings.items()}
+    return config_from_args(cls, argparse.Namespace(**values), base)
+
+
+# --------------------------------------------------------------------------- array arguments
+
+
+def _as_array(values: Any, what: str) -> np.ndarray:
+    """A NumPy array from a NumPy array, a torch tensor or nested lists (one-line error for anything else)."""
+    if isinstance(values, torch.Tensor):
+        return values.detach().cpu().numpy()
+    try:
+        array = np.asarray(values)
+    except (ValueError, TypeError) as exc:
+        raise MnistgenError(f"{what}: not an array ({exc})") from None
+    if array.dtype == object:
+        raise MnistgenError(f"{what}: not an array of numbers ({type(values).__name__})")
+    return array
+
+
+def _check_finite(array: np.ndarray, what: str) -> None:
+    nan_count = int(np.isnan(array).sum())
+    if nan_count:
+        raise MnistgenError(f"{what}: {nan_count} NaN value(s)")
+    infinite_count = int(np.isinf(array).sum())
+    if infinite_count:
+        raise MnistgenError(f"{what}: {infinite_count} infinite value(s)")
+
+
+def _unit_images(images: Any, what: str = "images") -> np.ndarray:
+    """(N, 28, 28) or (N, 784) images -> float32 (N, 784) in [0, 1]: floats in [0, 1], uint8 (0..255, divided by
+    255 as SPEC §1 scales MNIST) or bool; anything else is a one-line error."""
+    array = _as_array(images, what)
+    if array.ndim not in (2, 3) or array.shape[1:] not in ((IMAGE_SIDE, IMAGE_SIDE), (IMAGE_PIXELS,)) \
+            or len(array) == 0:
+        raise MnistgenError(f"{what}: shape {array.shape}, expected (N, {IMAGE_SIDE}, {IMAGE_SIDE}) or "
+                            f"(N, {IMAGE_PIXELS}) with N >= 1")
+    if array.dtype == np.uint8:
+        return array.reshape(len(array), IMAGE_PIXELS).astype(np.float32) / np.float32(255.0)
+    if array.dtype == np.bool_:
+        return array.reshape(len(array), IMAGE_PIXELS).astype(np.float32)
+    if not np.issubdtype(array.dtype, np.floating):
+        raise MnistgenError(f"{what}: dtype {array.dtype}, expected floats in [0, 1] (or uint8 0..255)")
+    _check_finite(array, what)
+    low, high = float(array.min()), float(array.max())
+    if low < 0.0 or high > 1.0:
+        raise MnistgenError(f"{what}: values outside [0, 1] (min {low:.4g}, max {high:.4g})")
+    return array.reshape(len(array), IMAGE_PIXELS).astype(np.float32)
+
+
+def _check_count(n: Any) -> int:
+    """``n`` of :meth:`Run.sample`: a positive integer, refused as ``--n`` is."""
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n <= 0:
+        raise UsageError(f"--n must be a positive integer, got {n!r}")
+    return int(n)
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    from .device import resolve_device
+
+    if isinstance(device, torch.device):
+        return device
+    if not isinstance(device, str):
+        raise UsageError(f"--device must be one of auto, cpu, cuda, mps, got {device!r}")
+    return resolve_device(device)
+
+
+# --------------------------------------------------------------------------- a trained run
+
+
+class Run:
+    """A trained VAE or GAN run folder, loaded: its settings, its history and its models on one device.
+
+    Attributes:
+        path: the run folder (absolute).
+        kind: ``"vae"`` or ``"gan"``.
+        config: the run's settings, a :class:`mnistgen.config.VAEConfig` or :class:`mnistgen.config.GANConfig`.
+        metrics: one dict per completed epoch, as in ``RUN/metrics.jsonl`` (``epoch``, ``train_elbo``, ...).
+        eval: ``RUN/eval.json`` (written by ``mnistgen vae eval``) as a dict, or None where there is none.
+        epochs: epochs completed in the checkpoint.
+        device: the torch device the models are on.
+        vae: (VAE runs) the :class:`mnistgen.models.vae.VAE` in eval mode.
+        generator, discriminator: (GAN runs) the networks of :mod:`mnistgen.models.gan` in eval mode.
+
+    Build one with :func:`load_run` (or :func:`train_vae` / :func:`train_gan`, which return one).
+    """
+
+    def __init__(self, path: Path, kind: str, config: Any, metrics: list[dict[str, Any]],
+                 evaluation: dict[str, Any] | None, epochs: int, device: torch.device,
+                 models: dict[str, torch.nn.Module]):
+        self.path = path
+        self.kind = kind
+        self.config = config
+        self.metrics = metrics
+        self.eval = evaluation
+        self.epochs = epochs
+        self.device = device
+        self._models = models
+
+    def __repr__(self) -> str:
+        return (f"<mnistgen.Run {self.kind} {str(self.path)!r}: {self.epochs}/{self.config.epochs} epochs, "
+                f"on {self.device}>")
+
+    def _model(self, name: str) -> torch.nn.Module:
+        if name not in self._models:
+            has = " and ".join(f"run.{model}" for model in self._models)
+            raise WrongKindError(f"{self.path}: a {self.kind.upper()} run has no run.{name} (it has {has})")
+        return self._models[name]
+
+    vae = property(lambda self: self._model("vae"), doc="(VAE runs) the VAE, in eval mode on :attr:`device`.")
+    generator = property(lambda self: self._model("generator"), doc="(GAN runs) G, in eval mode on :attr:`device`.")
+    discriminator = property(lambda self: self._model("discriminator"),
+                             doc="(GAN runs) D, in eval mode on :attr:`device`.")
+
+    def sample(self, n: int, seed: int | None = None) -> np.ndarray:
+        """n images from the model: (n, 28, 28) float32 in [0, 1].
+
+        VAE: the decoder's probabilities p(x|z) for z ~ N(0, I)^D_z, as ``mnistgen vae sample RUN --n N`` (without
+        ``--binary``). GAN: G(z) for z ~ U[-1, 1]^zdim, as ``mnistgen gan sample RUN --n N``. ``seed`` defaults,
+        as the CLI's ``--seed``, to the run's training seed; the same seed on the same device gives the very array
+        the command saves.
+        """
+        n = _check_count(n)
+        if self.kind == "vae":
+            from .evaluate.vae import sample_prior
+
+            options = VAEEvalConfig(seed=seed)
+            _validate(options)
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(self.config.seed if seed is None else seed)
+            _, images = sample_prior(self.vae, n, generator)
+            return images.reshape(n, IMAGE_SIDE, IMAGE_SIDE).float().cpu().numpy()
+        from .evaluate.gan import sample_images
+
+        _validate(GANSampleConfig(seed=seed))
+        return sample_images(self.generator, n, self.config.seed if seed is None else seed)
+
+    @torch.inference_mode()
+    def encode(self, images: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(VAE runs) The encoder's q(z|x) = N(mean, diag(exp(logvar))) of each image.
+
+        images: (N, 28, 28) or (N, 784), a NumPy array or a torch tensor of floats in [0, 1] (uint8 0..255 is
+        divided by 255). Returns ``(mean, logvar)``, each a float32 NumPy array (N, D_z) (D_z = 2 with SPEC's
+        defaults).
+        """
+        vae = self._model_for("encode", "vae")
+        x = torch.from_numpy(_unit_images(images)).to(self.device)
+        means, logvars = [], []
+        for start in range(0, len(x), CHUNK):
+            mean, logvar = vae.encoder(x[start:start + CHUNK])
+            means.append(mean.float().cpu())
+            logvars.append(logvar.float().cpu())
+        return torch.cat(means).numpy(), torch.cat(logvars).numpy()
+
+    @torch.inference_mode()
+    def decode(self, z: Any) -> np.ndarray:
+        """(VAE runs) The decoder's pixel probabilities p(x|z): z (N, D_z) -> (N, 28, 28) float32 in [0, 1].
+
+        z: a NumPy array or a torch tensor of finite numbers, D_z = ``run.config.latent_dim``.
+        """
+        from .evaluate.vae import decode
+
+        vae = self._model_for("decode", "vae")
+        array = _as_array(z, "z")
+        latent_dim = self.config.latent_dim
+        if array.ndim != 2 or array.shape[1] != latent_dim or len(array) == 0:
+            raise MnistgenError(f"z: shape {array.shape}, expected (N, {latent_dim}) with N >= 1 (this run's latent "
+                                f"dimension is {latent_dim})")
+        if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+            raise MnistgenError(f"z: dtype {array.dtype}, expected numbers")
+        _check_finite(array, "z")
+        tensor = torch.from_numpy(array.astype(np.float32)).to(self.device)
+        return decode(vae, tensor).reshape(len(array), IMAGE_SIDE, IMAGE_SIDE).float().cpu().numpy()
+
+    def _model_for(self, method: str, name: str) -> torch.nn.Module:
+        if self.kind != name:
+            raise WrongKindError(f"{self.path}: {method} needs a VAE run, this is a {self.kind.upper()} run")
+        return self._models[name]
+
+
+def _validate(config: Any) -> None:
+    try:
+        validate(config)
+    except MnistgenError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def load_run(path: str | os.PathLike, device: str | torch.device = "auto") -> Run:
+    """Load a trained run folder (``mnistgen vae train`` or ``mnistgen gan train``, or :func:`train_vae` /
+    :func:`train_gan`) with its models on ``device``.
+
+    path: the run folder (``RUN``, holding config.json and checkpoint.pt). device: ``"auto"`` (CUDA, then MPS, then
+    the CPU), ``"cpu"``, ``"cuda"``, ``"mps"`` or a ``torch.device``. Returns a :class:`Run`: ``run.kind``,
+    ``run.config``, ``run.metrics``, ``run.eval``, ``run.vae`` or ``run.generator`` / ``run.discriminator``,
+    ``run.sample(n)`` -> (n, 28, 28), and for a VAE ``run.encode(images)`` -> (mean (N, D_z), logvar (N, D_z))
+    and ``run.decode(z)`` -> (N, 28, 28).
+    """
+    from .files import read_json
+
+    run = RunDir(path).require()
+    saved = run.read_config()
+    kind = saved.get("kind") if isinstance(saved, dict) else None
+    if kind == "reproduce":
+        raise MnistgenError(f"{run.path}: a reproduction folder; load one of its runs: {run.path / 'vae'} or "
+                            f"{run.path / 'gan'}")
+    if kind not in ("vae", "gan"):
+        raise MnistgenError(f"{run.path}: a {kind!r} run folder, not a VAE or GAN run")
+    resolved = _resolve_device(device)
+    if kind == "vae":
+        from .evaluate.vae import load_trained_vae
+
+        trained = load_trained_vae(run, "cpu")  # then moved: ``device`` may be a torch.device ("cuda:1")
+        config, epochs, models = trained.config, trained.epochs, {"vae": trained.model.to(resolved)}
+    else:
+        from .evaluate.gan import load_generator
+        from .models.gan import Discriminator
+
+        generator, config = load_generator(run, resolved)
+        state = run.load_checkpoint(map_location="cpu")
+        discriminator = Discriminator()
+        try:
+            discriminator.load_state_dict(state["discriminator"])
+        except (KeyError, RuntimeError) as exc:
+            raise MnistgenError(f"{run.checkpoint}: discriminator weights that do not fit the run's config "
+                                f"({type(exc).__name__})") from None
+        epochs = int(state.get("epoch", 0))
+        models = {"generator": generator, "discriminator": discriminator.to(resolved).eval()}
+    evaluation = read_json(run.eval) if run.eval.is_file() else None
+    return Run(run.path, kind, config, run.read_metrics(), evaluation, epochs, resolved, models)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def train_vae(out: str | os.PathLike, *, resume: bool = False, show_progress: bool | None = None,
+              **settings: Any) -> Run:
+    """Train the VAE into the run folder ``out``, as ``mnistgen vae train --out OUT``; return :func:`load_run` (out).
+
+    settings: one keyword per flag of ``mnistgen vae train`` (the fields of :class:`mnistgen.config.VAEConfig`,
+    and of its DataConfig: ``epochs=1, hidden=100, dataset="mnist-sample", data_dir=..., device="cpu"``); the rest
+    keep their defaults (SPEC's hw protocol: 10,000 images (N, 784) in {0, 1}, batch 100, 200 epochs, seed 1234).
+    A name that is no flag, or a value the flag would refuse, is a one-line :class:`mnistgen.MnistgenError`.
+
+    resume: as ``--resume``, continue the run in ``out`` from its checkpoint with its stored settings (only
+    ``epochs``, ``device``, ``threads``, ``cpu_kernels`` and where the data are found may change).
+    show_progress: a progress bar on stderr (None: only on a terminal).
+    Ctrl-C (a notebook's interrupt) saves the state after the current step and raises
+    :class:`mnistgen.train.common.TrainingInterrupted` (a ``KeyboardInterrupt``), whose message says how to go on.
+
+    Returns the :class:`Run`, its VAE on the device it trained on: ``run.sample(n)`` -> (n, 28, 28),
+    ``run.encode(images (N, 28, 28))`` -> (mean (N, D_z), logvar (N, D_z)), ``run.decode(z (N, D_z))`` -> (N, 28, 28).
+    """
+    from .train.vae import train_vae as train
+
+    run = RunDir(out)
+    base = run.read_config_as("vae", VAEConfig, "a VAE run") if resume else None
+    config = config_from_settings(VAEConfig, settings, base, "train_vae")
+    train(config, run, resume=resume, show_progress=show_progress)
+    return load_run(run.path, config.device)
+
+
+def train_gan(out: str | os.PathLike, *, resume: bool = False, show_progress: bool | None = None,
+              **settings: Any) -> Run:
+    """Train the GAN into the run folder ``out``, as ``mnistgen gan train --out OUT``; return :func:`load_run` (out).
+
+    settings: one keyword per flag of ``mnistgen gan train`` (the fields of :class:`mnistgen.config.GANConfig`,
+    and of its DataConfig: ``epochs=1, dataset="mnist-sample", data_dir=..., grid_every=1``); the rest keep their
+    defaults (SPEC §3: the 60,000 training images (N, 1, 28, 28) in [0, 1], batch 256, z ~ U[-1, 1]^64, 100 epochs,
+    seed 2). A name that is no flag, or a value the flag would refuse, is a one-line :class:`mnistgen.MnistgenError`.
+
+    resume: as ``--resume`` (only ``epochs``, ``grid_every``, ``device``, ``threads``, ``cpu_kernels`` and where
+    the data are found may change). show_progress: a progress bar on stderr (None: only on a terminal).
+    Ctrl-C saves the state after the current step and raises :class:`mnistgen.train.common.TrainingInterrupted`.
+
+    Returns the :class:`Run`, its G and D on the device it trained on: ``run.sample(n)`` -> G(z), (n, 28, 28).
+    """
+    from .data.protocols import load_protocol
+    from .data.sources import load_raw
+    from .train.common import check_run_folder
+    from .train.gan import RESUMABLE_FIELDS
+    from .train.gan import train_gan as train
+
+    run = RunDir(out)
+    base = run.read_config_as("gan", GANConfig, "a GAN run") if resume else None
+    config = config_from_settings(GANConfig, settings, base, "train_gan")
+    check_run_folder(run, resume, "gan", config, RESUMABLE_FIELDS, say=lambda line: None)  # before the data
+    protocol = load_protocol("gan", load_raw(config.data))
+    train(config, protocol.train_images, run, resume=resume, provenance=protocol.provenance,
+          show_progress=show_progress)
+    return load_run(run.path, config.device)
+
+
+# --------------------------------------------------------------------------- the score
+
+
+def score(images: Any, **settings: Any) -> dict[str, Any]:
+    """How close a set of images is to MNIST, as ``mnistgen score F.npy``: the dict it writes to F.score.json
+    (without its ``"file"`` entry).
+
+    images: (N, 28, 28) with N >= 2, a NumPy array (or a torch tensor) of float32/float64 in [0, 1], or uint8
+    0..255 (divided by 255). settings: the flags of ``mnistgen score`` (``weights``, ``batch_size``, ``device``,
+    ``data_dir``, ``offline``, ...). Returns ``{"n_images", "frechet_distance", "classifier_score",
+    "class_histogram" (10 counts), "real_vs_real_reference" {...}, "classifier" {...}, "mnistgen_version"}``.
+    The real-vs-real reference needs full MNIST (found as ``mnistgen score`` finds it; computed once, then cached).
+    """
+    from .scoring import score_images
+
+    config = config_from_settings(ScoreConfig, settings, None, "score", exclude=SCORE_NOT_SETTINGS)
+    array = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else images
+    return score_images(array, config=config)  # checked as the CLI checks a file's array (uint8: level / 255)
