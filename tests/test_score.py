@@ -22,6 +22,7 @@ from mnistgen.scoring import (
     compute_reference,
     feature_statistics,
     frechet_distance,
+    load_images,
     score_path,
     trace_sqrt_product,
 )
@@ -212,10 +213,37 @@ def test_cli_refuses_files_that_are_not_npy(tmp_path, capsys):
     assert "no such file" in score_error(tmp_path, capsys, name="missing.npy")
 
 
-def test_cli_refuses_an_npz_archive(tmp_path, capsys):
-    archive = tmp_path / "images.npz"
-    np.savez(archive, images=images())
-    assert "an .npz archive, not a .npy file" in score_error(tmp_path, capsys, name="images.npz")
+def test_an_npz_of_one_array_reads_as_that_array(tmp_path):
+    """numpy.savez_compressed(FILE, images=ARRAY): what a reproduction stores, read exactly as the .npy would be."""
+    levels = np.random.default_rng(2).integers(0, 256, size=(6, 28, 28), dtype=np.uint8)
+    np.savez_compressed(tmp_path / "levels.npz", images=levels)
+    np.save(tmp_path / "levels.npy", levels)
+    np.savez(tmp_path / "floats.npz", np.asfortranarray(images()))  # unnamed, uncompressed, Fortran order
+    assert np.array_equal(load_images(tmp_path / "levels.npz"), load_images(tmp_path / "levels.npy"))
+    assert np.array_equal(load_images(tmp_path / "floats.npz"), images())
+    assert score_path(tmp_path / "levels.npz") == tmp_path / "levels.score.json"
+
+
+def test_cli_refuses_an_npz_of_several_arrays_or_a_lying_header(tmp_path, capsys):
+    np.savez(tmp_path / "two.npz", a=images(), b=images())
+    two = (tmp_path / "two.npz").read_bytes()
+    assert "an .npz archive of 2 files; mnistgen reads one array" in score_error(tmp_path, capsys, name="two.npz",
+                                                                                 raw_bytes=two)
+    import io
+    import zipfile
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False,
+                                                  "shape": (100_000_000, 28, 28)})
+    lying = io.BytesIO()
+    with zipfile.ZipFile(lying, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("images.npy", header.getvalue() + bytes(784))
+    assert "claims 100,000,000 images" in score_error(tmp_path, capsys, name="lying.npz", raw_bytes=lying.getvalue())
+    small = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header := io.BytesIO(), {"descr": "|u1", "fortran_order": False,
+                                                                  "shape": (1000, 28, 28)})
+    with zipfile.ZipFile(small, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("images.npy", header.getvalue() + bytes(784 * 3))
+    assert "damaged" in score_error(tmp_path, capsys, name="short.npz", raw_bytes=small.getvalue())
 
 
 def test_one_bad_file_among_several_stops_before_any_work(tmp_path, capsys):

@@ -396,20 +396,19 @@ def read_score(path: Path) -> dict[str, Any]:
     return score
 
 
-def samples_preview(npy: Path) -> bytes | None:
-    """The first images of a scored .npy as one tiled PNG (None if the array is gone or unreadable)."""
+def samples_preview(images_file: Path) -> bytes | None:
+    """The first images of a scored .npy or .npz as one tiled PNG (None if the file is gone or not images)."""
     from .imaging import tile
+    from .scoring import load_images
 
-    if not npy.is_file():
+    if not images_file.is_file():
         return None
     try:
-        images = np.load(npy, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError):
-        return None
-    if not isinstance(images, np.ndarray) or images.ndim != 3 or images.dtype.kind not in "fiu":
+        images = load_images(images_file)  # checked as `score` checks it: (N, 28, 28), in [0, 1]
+    except MnistgenError:
         return None  # not an array of images (the score was computed from another file, or it was replaced)
     rows, cols = SAMPLE_PREVIEW
-    return array_png(tile(np.asarray(images[: rows * cols]), rows, cols), SAMPLE_PREVIEW_SCALE)
+    return array_png(tile(images[: rows * cols], rows, cols), SAMPLE_PREVIEW_SCALE)
 
 
 def scores_section(root: Path) -> str:
@@ -440,7 +439,8 @@ def scores_section(root: Path) -> str:
     previews = []
     for path, _ in scores:
         stem = path.name[: -len(".score.json")]
-        png = samples_preview(path.with_name(stem + ".npy"))
+        png = next((preview for suffix in (".npz", ".npy")
+                    if (preview := samples_preview(path.with_name(stem + suffix))) is not None), None)
         if png is not None:
             previews.append(figure_html(png, f"The first {SAMPLE_PREVIEW[0] * SAMPLE_PREVIEW[1]} of the scored "
                                         f"images: {SAMPLE_SET_TITLES.get(stem, stem)}.", stem, "preview"))

@@ -26,6 +26,7 @@ import io
 import math
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -129,23 +130,32 @@ def check_images(array: Any, what: str = "images") -> np.ndarray:
     return array
 
 
+MAX_IMAGES = 10_000_000  # the most images an .npz may claim (7.8 GB as uint8): refused from its header above
+_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _array_header(handle: Any, where: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran_order, dtype) from an open .npy stream (a file, or a member of an .npz archive)."""
+    try:
+        version = np.lib.format.read_magic(handle)
+        if version not in _HEADER_READERS:  # 3.0 only holds structured arrays with non-Latin-1 field names
+            raise MnistgenError(f"{where}: not a .npy array mnistgen reads (format version {version[0]}."
+                                f"{version[1]}; save the array with numpy.save)")
+        shape, fortran_order, dtype = _HEADER_READERS[version](handle)
+    except (ValueError, OSError, EOFError):
+        raise MnistgenError(f"{where}: not a .npy file (not a readable .npy array)") from None
+    if dtype.hasobject:
+        raise MnistgenError(f"{where}: not a .npy file (holds pickled objects)")
+    return shape, fortran_order, dtype
+
+
 def check_npy_header(path: Path) -> None:
     """Refuse a .npy file from its header alone, before any array is allocated: one of Python objects, or one whose
     header claims more data than the file holds (say 100 million images in a file of a few bytes, which np.load
     would first try to allocate)."""
-    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-    try:
-        with open(path, "rb") as handle:
-            version = np.lib.format.read_magic(handle)
-            if version not in readers:  # 3.0 only holds structured arrays with non-Latin-1 field names
-                raise MnistgenError(f"{path}: not a .npy file mnistgen reads (format version {version[0]}."
-                                    f"{version[1]}; save the array with numpy.save)")
-            shape, _, dtype = readers[version](handle)
-            offset = handle.tell()
-    except (ValueError, OSError, EOFError):
-        raise MnistgenError(f"{path}: not a .npy file (not a readable .npy array)") from None
-    if dtype.hasobject:
-        raise MnistgenError(f"{path}: not a .npy file (holds pickled objects)")
+    with open(path, "rb") as handle:
+        shape, _, dtype = _array_header(handle, str(path))
+        offset = handle.tell()
     claimed = math.prod(shape) * dtype.itemsize
     held = path.stat().st_size - offset
     if held < claimed:
@@ -153,33 +163,65 @@ def check_npy_header(path: Path) -> None:
                             f"{claimed:,} bytes, but only {held:,} follow it: truncated or damaged)")
 
 
+def load_npz_images(path: Path) -> np.ndarray:
+    """The one array of an .npz archive (``numpy.savez_compressed(FILE, images=ARRAY)``), read member by member:
+    its header is checked against the size the archive declares, and no more than that is ever inflated."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError):
+        raise MnistgenError(f"{path}: not a readable .npz archive") from None
+    with archive:
+        members = [info for info in archive.infolist() if not info.is_dir()]
+        if len(members) != 1 or not members[0].filename.endswith(".npy"):
+            raise MnistgenError(f"{path}: an .npz archive of {len(members)} files; mnistgen reads one array (save it "
+                                "with numpy.savez_compressed(FILE, images=ARRAY), or numpy.save)")
+        info = members[0]
+        where = f"{path} ({info.filename})"
+        try:
+            with archive.open(info) as handle:
+                shape, fortran_order, dtype = _array_header(handle, where)
+                if len(shape) == 3 and shape[0] > MAX_IMAGES:  # the archive's declared size could be as large
+                    raise MnistgenError(f"{where}: its header claims {shape[0]:,} images; mnistgen scores at most "
+                                        f"{MAX_IMAGES:,} from an archive")
+                claimed = math.prod(shape) * dtype.itemsize
+                if info.file_size - handle.tell() != claimed:
+                    raise MnistgenError(f"{where}: its header claims {claimed:,} bytes of data, the archive "
+                                        f"{info.file_size - handle.tell():,}: damaged")
+                data = handle.read(claimed)  # the archive's reader stops at the declared size
+        except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
+            raise MnistgenError(f"{where}: not readable ({exc})") from None
+    if len(data) != claimed:
+        raise MnistgenError(f"{where}: truncated ({len(data):,} of {claimed:,} bytes)")
+    array = np.frombuffer(data, dtype)
+    return array.reshape(shape[::-1]).T if fortran_order else array.reshape(shape)
+
+
 def load_images(path: str | os.PathLike) -> np.ndarray:
-    """Read and check an (N, 28, 28) array from a .npy file (never unpickles; the header is checked against the
-    file's size before anything is allocated)."""
+    """Read and check an (N, 28, 28) array from a .npy file, or from an .npz archive of one array (never unpickles;
+    the header is checked against the file's size, or the archive's, before anything is allocated). Returns floats
+    in [0, 1] (see :func:`check_images`)."""
     path = Path(path)
     if not path.is_file():
         raise MnistgenError(f"{path}: no such file")
     with open(path, "rb") as handle:
         magic = handle.read(6)
-    if not magic.startswith((b"\x93NUMPY", b"PK\x03\x04")):  # .npy, or .npz (a zip) refused below
+    if magic.startswith(b"PK\x03\x04"):  # a zip: an .npz archive
+        return check_images(load_npz_images(path), str(path))
+    if not magic.startswith(b"\x93NUMPY"):
         raise MnistgenError(f"{path}: not a .npy file (no NumPy header; save the array with numpy.save)")
-    if magic.startswith(b"\x93NUMPY"):
-        check_npy_header(path)
+    check_npy_header(path)
     try:
         loaded = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         reason = "holds pickled objects" if "pickle" in str(exc) else "not a readable .npy array"
         raise MnistgenError(f"{path}: not a .npy file ({reason})") from None
-    if not isinstance(loaded, np.ndarray):  # an .npz archive
-        loaded.close()
-        raise MnistgenError(f"{path}: an .npz archive, not a .npy file (save one array with numpy.save)")
     return check_images(loaded, str(path))
 
 
 def score_path(images_path: str | os.PathLike) -> Path:
-    """``samples.npy`` -> ``samples.score.json`` beside it."""
+    """``samples.npy`` (or ``samples.npz``) -> ``samples.score.json`` beside it."""
     path = Path(images_path)
-    return path.with_name((path.stem if path.suffix == ".npy" else path.name) + ".score.json")
+    return path.with_name((path.stem if path.suffix in (".npy", ".npz") else path.name) + ".score.json")
 
 
 # --------------------------------------------------------------------------- the classifier

@@ -19,9 +19,10 @@ def register(subparsers) -> None:
         description="Score images with mnistgen's own MNIST classifier: Frechet distance of its 128-d features "
                     "to those of the 10,000 test images, classifier score exp(E KL(p(y|x) || p(y))) and the "
                     "histogram of predicted classes, beside the real-vs-real reference. Writes FILE.score.json "
-                    "beside each FILE.npy.")
+                    "beside each FILE.npy (or FILE.npz).")
     parser.add_argument("files", nargs="+", metavar="FILE.npy",
-                        help="(N, 28, 28) float32/float64 array(s) in [0, 1], N >= 2, saved with numpy.save")
+                        help="(N, 28, 28) array(s), N >= 2: float32/float64 in [0, 1] or uint8 levels 0-255, saved "
+                             "with numpy.save, or alone in an .npz (numpy.savez_compressed)")
     add_config_arguments(parser, ScoreConfig, exclude=NOT_FLAGS)
     parser.set_defaults(func=run_score)
 
