@@ -228,14 +228,19 @@ class RunDir:
                                      "environment": environment(), "config": config_dict})
 
     def read_config(self) -> dict[str, Any]:
-        return read_json(self.require().config)
+        """config.json: a JSON object whose "config" is an object (the settings) and whose "environment", where
+        present, is one too; anything else is a one-line error naming the file."""
+        saved = read_json(self.require().config)
+        if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict) or not isinstance(
+                saved.get("environment", {}), dict):
+            raise MnistgenError(f"{self.config}: not a run's config (a JSON object with \"kind\" and a \"config\" "
+                                "object)")
+        return saved
 
     def read_config_as(self, kind: str, config_class: type, expected: str) -> Any:
         """The run's config as ``config_class``, if config.json says the run is of ``kind``; else a one-line
         error ``RUN: a 'gan' run folder, not <expected>``."""
         saved = self.read_config()
-        if not isinstance(saved, dict) or "config" not in saved:
-            raise MnistgenError(f"{self.config}: not a run's config (a JSON object with \"kind\" and \"config\")")
         if saved.get("kind") != kind:
             raise MnistgenError(f"{self.path}: a {saved.get('kind')!r} run folder, not {expected}")
         try:
