@@ -58,25 +58,34 @@ def register(subparsers) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    """``mnistgen gan train``, in one process or in each process of a torchrun job (see :mod:`mnistgen.distributed`:
+    rank 0 reads and writes RUN and prints; every rank trains its share of each batch)."""
     from ..data.protocols import load_protocol
     from ..data.sources import load_raw
+    from ..distributed import from_main_rank, main_rank_first, ranks_agree, torchrun_job
+    from ..runs import is_main_process
     from ..train.common import check_run_folder
     from ..train.gan import RESUMABLE_FIELDS, TrainingInterrupted, train_gan
 
     run = RunDir(args.out)
-    base = run.read_config_as("gan", GANConfig, "a GAN run") if args.resume else None
-    config = config_from_args(GANConfig, args, base)
-    check_run_folder(run, args.resume, "gan", config, RESUMABLE_FIELDS, say=lambda line: None)  # before the data
-    protocol = load_protocol("gan", load_raw(config.data))
-    try:
-        history = train_gan(config, protocol.train_images, run, resume=args.resume, provenance=protocol.provenance)
-    except TrainingInterrupted as exc:
-        print(f"mnistgen: {exc}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    if history:
-        last = history[-1]
-        print(f"epoch {last['epoch']}/{config.epochs}: D loss {last['d_loss']:.3f}, G loss {last['g_loss']:.3f}, "
-              f"mean D(x) {last['d_real']:.3f}, mean D(G(z)) {last['d_fake']:.3f}; run folder {run.path}")
+    with torchrun_job():
+        base = from_main_rank(lambda: run.read_config_as("gan", GANConfig, "a GAN run")) if args.resume else None
+        with ranks_agree():
+            config = config_from_args(GANConfig, args, base)
+        from_main_rank(lambda: check_run_folder(run, args.resume, "gan", config, RESUMABLE_FIELDS,
+                                                say=lambda line: None) and None)  # before the data
+        protocol = main_rank_first(lambda: load_protocol("gan", load_raw(config.data)))  # a download happens once
+        try:
+            history = train_gan(config, protocol.train_images, run, resume=args.resume,
+                                provenance=protocol.provenance)
+        except TrainingInterrupted as exc:
+            if is_main_process():
+                print(f"mnistgen: {exc}", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        if history and is_main_process():
+            last = history[-1]
+            print(f"epoch {last['epoch']}/{config.epochs}: D loss {last['d_loss']:.3f}, G loss {last['g_loss']:.3f}, "
+                  f"mean D(x) {last['d_real']:.3f}, mean D(G(z)) {last['d_fake']:.3f}; run folder {run.path}")
     return 0
 
 

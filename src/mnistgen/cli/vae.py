@@ -62,21 +62,28 @@ def register(subparsers) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    """``mnistgen vae train``, in one process or in each process of a torchrun job (see :mod:`mnistgen.distributed`:
+    rank 0 reads and writes RUN and prints; every rank trains its share of each batch)."""
+    from ..distributed import from_main_rank, ranks_agree, torchrun_job
+    from ..runs import is_main_process
     from ..train.vae import TrainingInterrupted, train_vae
 
     run = RunDir(args.out)
-    base = run.read_config_as("vae", VAEConfig, "a VAE run") if args.resume else None
-    config = config_from_args(VAEConfig, args, base)
-    try:
-        history = train_vae(config, run, resume=args.resume)
-    except TrainingInterrupted as exc:
-        print(f"mnistgen: {exc}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    if history:
-        last = history[-1]
-        held_out = next(k for k in last if k.endswith("_elbo") and k != "train_elbo")
-        print(f"epoch {last['epoch']}/{config.epochs}: train ELBO {last['train_elbo']:.2f}, "
-              f"{held_out.replace('_elbo', '')} ELBO {last[held_out]:.2f} nats per image; run folder {run.path}")
+    with torchrun_job():
+        base = from_main_rank(lambda: run.read_config_as("vae", VAEConfig, "a VAE run")) if args.resume else None
+        with ranks_agree():
+            config = config_from_args(VAEConfig, args, base)
+        try:
+            history = train_vae(config, run, resume=args.resume)
+        except TrainingInterrupted as exc:
+            if is_main_process():
+                print(f"mnistgen: {exc}", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        if history and is_main_process():
+            last = history[-1]
+            held_out = next(k for k in last if k.endswith("_elbo") and k != "train_elbo")
+            print(f"epoch {last['epoch']}/{config.epochs}: train ELBO {last['train_elbo']:.2f}, "
+                  f"{held_out.replace('_elbo', '')} ELBO {last[held_out]:.2f} nats per image; run folder {run.path}")
     return 0
 
 

@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import from_dict, to_dict
+from ..distributed import from_main_rank, rank_and_size
 from ..errors import MnistgenError
 from ..runs import RunDir, is_main_process
 
@@ -105,8 +106,10 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 def progress(total: int, description: str, enabled: bool | None = None) -> tqdm:
-    """A progress bar on stderr; shown only on a terminal unless ``enabled`` says otherwise."""
+    """A progress bar on stderr; shown only on a terminal unless ``enabled`` says otherwise, and never on a torchrun
+    rank other than 0."""
     disable = (not sys.stderr.isatty()) if enabled is None else not enabled
+    disable = disable or not is_main_process()
     return tqdm(total=total, desc=description, unit="batch", leave=False, disable=disable,
                 dynamic_ncols=True)
 
@@ -117,9 +120,8 @@ def stream_seed(seed: int, *keys: int) -> int:
 
 
 def distributed_rank_and_size() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
+    """(this process's rank, the number of processes) of a torchrun job; (0, 1) in one process."""
+    return rank_and_size()
 
 
 def synchronize_gradients(model: torch.nn.Module) -> None:
@@ -223,6 +225,21 @@ def check_run_folder(run: RunDir, resume: bool, kind: str, config: Any, may_chan
                             f"its checkpoint (a flag, or an edited config.json): {names} (--{first.replace('_', '-')} "
                             f"was {getattr(then, first)!r}, now {getattr(now, first)!r})")
     return checkpoint
+
+
+def claim_run(held: ExitStack, run: RunDir, resume: bool, kind: str, config: Any, may_change: tuple[str, ...],
+              say: Callable[[str], None] | None = None, metric_keys: tuple[str, ...] = ()) -> dict[str, Any] | None:
+    """Hold ``run`` for this process until ``held`` closes (:meth:`RunDir.claimed`), then :func:`check_run_folder`.
+
+    Under torchrun rank 0 alone does both: it holds the lock and reads the folder, and every rank receives its answer
+    (the checkpoint to continue from, or its one-line error: all ranks stop). This is also the barrier after which
+    rank 0 writes: no rank reads the folder after it."""
+
+    def on_rank_0() -> dict[str, Any] | None:
+        held.enter_context(run.claimed())
+        return check_run_folder(run, resume, kind, config, may_change, say, metric_keys)
+
+    return from_main_rank(on_rank_0)
 
 
 def epochs_left(run: RunDir, config: Any, epochs_done: int, start_step: int,

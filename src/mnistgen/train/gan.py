@@ -18,14 +18,18 @@ fixed noise comes from a third seeded stream. Their states are in every checkpoi
 ends with the same weights as an uninterrupted run, whether the run stopped between epochs or (Ctrl-C)
 in the middle of one.
 
-Ready for torchrun: batches are sharded by rank in ``shuffled_batches``, gradients are averaged over
-ranks before each Adam step, and only rank 0 writes (through :class:`mnistgen.runs.RunDir`).
+Under torchrun (:mod:`mnistgen.distributed`) ``batch_size`` is the global batch: every rank draws the same
+order and, per step, the same z for the whole batch, and trains on its equal slice of the images and of z; the
+gradients are averaged over the ranks before each Adam step, the step values averaged once per epoch, the stop
+request combined before each step, and only rank 0 reads and writes the run folder (the others receive the
+checkpoint from it). So N processes take the steps of one process to float rounding.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +42,15 @@ from ..accelerate.gan import DiscriminatorCalls, choose_gan_accelerators
 from ..config import GANConfig, to_dict, validate
 from ..data.batches import num_batches, shuffled_batches
 from ..device import resolve_device, seed_everything
+from ..distributed import (
+    check_device,
+    check_global_batch,
+    from_main_rank,
+    rank_share,
+    ranks_agree,
+    stop_on_every_rank,
+    sum_over_ranks,
+)
 from ..distributions import sample_uniform_noise
 from ..errors import MnistgenError
 from ..files import write_json
@@ -47,7 +60,7 @@ from ..runs import GRID_SIDE, RunDir, is_main_process
 from .common import (
     RunState,
     TrainingInterrupted,
-    check_run_folder,
+    claim_run,
     distributed_rank_and_size,
     end_steps,
     epochs_left,
@@ -153,12 +166,16 @@ def train_epoch(generator: nn.Module, discriminator: nn.Module, optimizer_g: tor
                 optimizer_d: torch.optim.Optimizer, images: torch.Tensor, batches: list[torch.Tensor], *,
                 noise: torch.Generator, step_stats: torch.Tensor, start_step: int = 0,
                 stop: Callable[[], bool] | None = None, on_step: Callable[[], Any] | None = None,
-                calls: GANCalls = REFERENCE) -> int:
+                calls: GANCalls = REFERENCE, rank: int = 0, world_size: int = 1) -> int:
     """The steps ``start_step..`` of one epoch; returns the number of steps done (fewer if ``stop()`` said so).
 
     images (N, 1, 28, 28) on the models' device, in D's dtype; batches: index tensors from
     ``shuffled_batches``; step_stats (len(batches), 4) receives each step's values (:data:`STATS`). ``stop``
     is polled before each step, ``on_step`` called after each.
+
+    With ``world_size`` > 1 each batch is a global batch: its z is drawn whole (the same draws on every rank, and
+    as one process draws them), and this rank trains on its slice ``rank`` of the images and of z
+    (:func:`mnistgen.distributed.rank_share`); step_stats then receives the values over that slice.
     """
     order = torch.cat(batches).to(images.device)
     epoch_images = images.index_select(0, order)  # (n, 1, 28, 28): one gather, then contiguous slices
@@ -169,6 +186,9 @@ def train_epoch(generator: nn.Module, discriminator: nn.Module, optimizer_g: tor
             return step
         real = epoch_images[ends[step] - len(batches[step]):ends[step]]
         z = sample_uniform_noise(len(real), generator.zdim, noise).to(g_dtype)  # (B, zdim)
+        if world_size > 1:  # this rank's share of the global batch and of its draws
+            start, end = rank_share(len(real), rank, world_size)
+            real, z = real[start:end], z[start:end]
         step_stats[step] = train_step(generator, discriminator, optimizer_g, optimizer_d, real, z, calls)
         if on_step is not None:
             on_step()
@@ -222,38 +242,44 @@ def train_gan(config: GANConfig, images: torch.Tensor, run: RunDir, *, resume: b
     :class:`mnistgen.train.common.NonFiniteLossError` if a loss becomes NaN or infinite (the checkpoint
     of the last completed epoch is kept).
     """
-    validate(config)
-    device = resolve_device(config.device)
-    check_images(images, config)
+    with ranks_agree():  # under torchrun: the same checks on every rank, an error stops them all
+        validate(config)
+        device = resolve_device(config.device)
+        check_device(device)
+        check_images(images, config)
+        check_global_batch(config.batch_size)
     keep_freed_memory()  # reuse freed tensors' memory: no page faults every step (same results)
-    with run.claimed():  # one process per run folder
-        checkpoint = check_run_folder(run, resume, "gan", config, RESUMABLE_FIELDS, say, STATS)
+    with ExitStack() as held:  # one process per run folder (rank 0 holds it)
+        checkpoint = claim_run(held, run, resume, "gan", config, RESUMABLE_FIELDS, say, STATS)
         with training_context(config.threads, stop) as stop_requested:
-            return _train(config, images, run, checkpoint, provenance, device, stop_requested, show_progress, say)
+            return _train(config, images, run, checkpoint, provenance, device, stop_on_every_rank(stop_requested),
+                          show_progress, say)
 
 
 def _train(config: GANConfig, images: torch.Tensor, run: RunDir, checkpoint: dict[str, Any] | None,
            provenance: dict[str, Any] | None,
            device: torch.device, stop: Callable[[], bool], show_progress: bool | None,
            say: Callable[[str], None] | None) -> list[dict[str, Any]]:
-    order_generator = seed_everything(config.seed)  # also seeds the global RNG that initialises the weights
-    generator, discriminator = build_models(config, device)
-    # before any file is written ("native" may refuse) and before the optimizers (the weights' layout may change)
-    calls = choose_calls(generator, discriminator, config, device, say)
-    optimizer_g, optimizer_d = make_optimizers(generator, discriminator, config)
-    rank, world_size = distributed_rank_and_size()
-    noise = torch.Generator(device=device)
-    noise.manual_seed(stream_seed(config.seed, NOISE_STREAM, *([rank] if world_size > 1 else [])))
-    state = RunState(run, config, {"generator": generator, "discriminator": discriminator,
-                                   "optimizer_g": optimizer_g, "optimizer_d": optimizer_d},
-                     {"order": order_generator, "noise": noise}, "step_stats")
-    epochs_done, start_step, saved_stats, seconds_before = 0, 0, None, 0.0
-    if checkpoint is not None:
-        epochs_done, start_step, saved_stats, seconds_before = state.restore(checkpoint)
-        if not epochs_left(run, config, epochs_done, start_step, say):
-            return run.read_metrics(STATS, say)
-    history = [r for r in run.read_metrics(STATS, say) if r["epoch"] <= epochs_done] if epochs_done else []
-    run.truncate_metrics(epochs_done)  # epochs the checkpoint does not hold (all of them on a new start)
+    with ranks_agree():
+        order_generator = seed_everything(config.seed)  # also seeds the global RNG that initialises the weights
+        generator, discriminator = build_models(config, device)
+        # before any file is written ("native" may refuse) and before the optimizers (the weights' layout may change)
+        calls = choose_calls(generator, discriminator, config, device, say)
+        optimizer_g, optimizer_d = make_optimizers(generator, discriminator, config)
+        noise = torch.Generator(device=device)  # the same stream on every torchrun rank: each takes its share
+        noise.manual_seed(stream_seed(config.seed, NOISE_STREAM))
+        state = RunState(run, config, {"generator": generator, "discriminator": discriminator,
+                                       "optimizer_g": optimizer_g, "optimizer_d": optimizer_d},
+                         {"order": order_generator, "noise": noise}, "step_stats")
+        epochs_done, start_step, saved_stats, seconds_before, complete = 0, 0, None, 0.0, False
+        if checkpoint is not None:
+            epochs_done, start_step, saved_stats, seconds_before = state.restore(checkpoint)
+            complete = not epochs_left(run, config, epochs_done, start_step, say)
+    if complete:
+        return from_main_rank(lambda: run.read_metrics(STATS, say))
+    history = from_main_rank(lambda: [r for r in run.read_metrics(STATS, say) if r["epoch"] <= epochs_done]
+                             if epochs_done else [])
+    run.truncate_metrics(epochs_done, say=lambda line: None)  # epochs the checkpoint lacks (all on a new start)
     run.write_config(to_dict(config), kind="gan")
     if is_main_process() and provenance is not None:
         write_json(run.data, provenance)
@@ -264,22 +290,23 @@ def _train(config: GANConfig, images: torch.Tensor, run: RunDir, checkpoint: dic
                    seconds=0.0)
 
     images = images.to(device, next(discriminator.parameters()).dtype)  # moved once; batches are slices of it
-    steps_per_epoch = num_batches(len(images), config.batch_size, drop_last=True, world_size=world_size)
+    rank, world_size = distributed_rank_and_size()
+    steps_per_epoch = num_batches(len(images), config.batch_size, drop_last=True)
     bar = progress(total=steps_per_epoch * max(config.epochs - epochs_done, 0) - start_step, description="gan",
                    enabled=show_progress)
     try:
         for epoch in range(epochs_done, config.epochs):
             bar.set_description(f"gan epoch {epoch + 1}/{config.epochs}")
             order_state = order_generator.get_state()
-            batches = list(shuffled_batches(len(images), config.batch_size, order_generator, drop_last=True,
-                                            rank=rank, world_size=world_size))
+            batches = list(shuffled_batches(len(images), config.batch_size, order_generator, drop_last=True))
             step_stats = torch.zeros(len(batches), len(STATS), device=device)
             if start_step:
                 step_stats[:start_step] = saved_stats.to(device)
             started = time.perf_counter()
             done = train_epoch(generator, discriminator, optimizer_g, optimizer_d, images, batches, noise=noise,
                                step_stats=step_stats, start_step=start_step, stop=stop,
-                               on_step=lambda: bar.update(1), calls=calls)
+                               on_step=lambda: bar.update(1), calls=calls, rank=rank, world_size=world_size)
+            sum_over_ranks(step_stats[start_step:done], mean=True)  # the global batches' values (done: everywhere)
             seconds = seconds_before + time.perf_counter() - started
             stats = end_steps(state, epoch=epoch, done=done, steps=len(batches), step_values=step_stats,
                               value_names=STATS, order_state=order_state, seconds=seconds, command=COMMAND)
@@ -298,5 +325,7 @@ def _train(config: GANConfig, images: torch.Tensor, run: RunDir, checkpoint: dic
 
 @torch.no_grad()
 def save_grid(run: RunDir, epoch: int, generator: nn.Module, noise: torch.Tensor) -> None:
-    """G's 64 images for the fixed noise (the module's own forward), saved as epoch ``epoch``'s grid."""
+    """G's 64 images for the fixed noise (the module's own forward), saved as epoch ``epoch``'s grid (rank 0)."""
+    if not is_main_process():
+        return
     run.save_grid(epoch, generator(noise)[:, 0].float().cpu().numpy())

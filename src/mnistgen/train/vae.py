@@ -17,8 +17,11 @@ binary images of the full protocol), and the evaluation draws from a generator s
 epoch. Their states are in every checkpoint, so ``--resume`` ends with the same weights as an
 uninterrupted run, whether the run stopped between epochs or (Ctrl-C) in the middle of one.
 
-Ready for torchrun: batches are sharded by rank in ``shuffled_batches``, gradients are averaged over
-ranks before each Adam step, and only rank 0 writes (through :class:`mnistgen.runs.RunDir`).
+Under torchrun (:mod:`mnistgen.distributed`) ``batch_size`` is the global batch: every rank draws the same
+order and, per step, the same binary images and eps for the whole batch, and trains on its equal slice of them;
+the gradients are averaged over the ranks before each Adam step, the step ELBOs summed once per epoch, the
+stop request combined before each step, and only rank 0 reads and writes the run folder (the others receive the
+checkpoint from it). So N processes take the steps of one process to float rounding.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from typing import Any
 
 import numpy as np
@@ -38,6 +42,16 @@ from ..data.batches import shuffled_batches
 from ..data.protocols import Protocol, binarize_batch, load_protocol
 from ..data.sources import load_raw
 from ..device import resolve_device, seed_everything
+from ..distributed import (
+    check_device,
+    check_global_batch,
+    from_main_rank,
+    main_rank_first,
+    rank_share,
+    ranks_agree,
+    stop_on_every_rank,
+    sum_over_ranks,
+)
 from ..errors import MnistgenError
 from ..files import write_json
 from ..losses import elbo_samples, standard_normal_draws, vae_elbo
@@ -46,7 +60,7 @@ from ..runs import RunDir, is_main_process
 from .common import (
     RunState,
     TrainingInterrupted,
-    check_run_folder,
+    claim_run,
     distributed_rank_and_size,
     end_steps,
     epochs_left,
@@ -118,7 +132,8 @@ def reference_step(model: VAE, optimizer: torch.optim.Optimizer, x: torch.Tensor
 def train_epoch(model: VAE, optimizer: torch.optim.Optimizer, images: torch.Tensor, batches: list[torch.Tensor],
                 *, noise: torch.Generator, analytic_kl: bool, dynamic_binarization: bool,
                 step_elbos: torch.Tensor, start_step: int = 0, stop: Callable[[], bool] | None = None,
-                on_step: Callable[[], Any] | None = None, accelerator: Any = None) -> int:
+                on_step: Callable[[], Any] | None = None, accelerator: Any = None, rank: int = 0,
+                world_size: int = 1) -> int:
     """The steps ``start_step..`` of one epoch; returns the number of steps done (fewer if ``stop()`` said so).
 
     images (N, 784) on the model's device and in its dtype (binary, or gray levels when
@@ -127,6 +142,10 @@ def train_epoch(model: VAE, optimizer: torch.optim.Optimizer, images: torch.Tens
     ``accelerator``: None for :func:`reference_step`, else the object made by the chosen accelerator for this
     model and optimizer (its ``step(x, eps)`` replaces the reference step; its ``store()`` runs before
     returning, so the model and the optimizer are current).
+
+    With ``world_size`` > 1 each batch is a global batch: its binary images and eps are drawn whole (the same
+    draws on every rank, and as one process draws them), and this rank trains on its slice ``rank`` of them
+    (:func:`mnistgen.distributed.rank_share`); step_elbos then receives the sums over that slice.
     """
     order = torch.cat(batches).to(images.device)
     epoch_images = images.index_select(0, order)  # (n, 784): one gather, then contiguous slices
@@ -139,6 +158,9 @@ def train_epoch(model: VAE, optimizer: torch.optim.Optimizer, images: torch.Tens
             if dynamic_binarization:
                 x = binarize_batch(x, noise)
             eps = standard_normal_draws(len(x), model.latent_dim, noise, x)  # (B, D_z)
+            if world_size > 1:  # this rank's share of the global batch and of its draws
+                start, end = rank_share(len(x), rank, world_size)
+                x, eps = x[start:end], eps[start:end]
             if accelerator is None:
                 step_elbos[step] = reference_step(model, optimizer, x, eps, analytic_kl)
             else:
@@ -166,40 +188,49 @@ def train_vae(config: VAEConfig, run: RunDir, *, resume: bool = False, protocol:
     Raises :class:`mnistgen.train.common.NonFiniteLossError` if the ELBO becomes NaN or infinite (the
     checkpoint of the last completed epoch is kept).
     """
-    validate(config)
-    device = resolve_device(config.device)
-    with run.claimed():  # one process per run folder
-        checkpoint = check_run_folder(run, resume, "vae", config, RESUMABLE_FIELDS, say, metric_keys(config))
+    with ranks_agree():  # under torchrun: the same checks on every rank, an error stops them all
+        validate(config)
+        device = resolve_device(config.device)
+        check_device(device)
+        check_global_batch(config.batch_size)
+    with ExitStack() as held:  # one process per run folder (rank 0 holds it)
+        checkpoint = claim_run(held, run, resume, "vae", config, RESUMABLE_FIELDS, say, metric_keys(config))
         with training_context(config.threads, stop) as stop_requested:
-            return _train(config, run, checkpoint, protocol, device, stop_requested, show_progress, say)
+            return _train(config, run, checkpoint, protocol, device, stop_on_every_rank(stop_requested),
+                          show_progress, say)
 
 
 def _train(config: VAEConfig, run: RunDir, checkpoint: dict[str, Any] | None, protocol: Protocol | None,
            device: torch.device,
            stop: Callable[[], bool], show_progress: bool | None,
            say: Callable[[str], None] | None) -> list[dict[str, Any]]:
-    order_generator = seed_everything(config.seed)  # also seeds the global RNG that initialises the weights
-    model = build_model(config, device)
-    choice = choose_vae_accelerator(model, config, device)  # before any file is written: "native" may refuse
-    note_choice("VAE", {"": choice}, say)
-    optimizer = make_optimizer(model, config.lr)
-    noise = torch.Generator(device=device)
-    noise.manual_seed(stream_seed(config.seed, NOISE_STREAM))
-    state = RunState(run, config, {"model": model, "optimizer": optimizer},
-                     {"order": order_generator, "noise": noise}, "step_elbos")
-    epochs_done, start_step, saved_elbos, seconds_before = 0, 0, None, 0.0
-    if checkpoint is not None:
-        epochs_done, start_step, saved_elbos, seconds_before = state.restore(checkpoint)
-        if not epochs_left(run, config, epochs_done, start_step, say):
-            return run.read_metrics(metric_keys(config), say)
-    protocol = protocol if protocol is not None else load_protocol(config.protocol, load_raw(config.data),
-                                                                   config.validation_size)
-    if protocol.train_images.dim() != 2:
-        raise MnistgenError(f"protocol {protocol.name!r} has no flat images; the VAE trains on hw or full")
+    with ranks_agree():
+        order_generator = seed_everything(config.seed)  # also seeds the global RNG that initialises the weights
+        model = build_model(config, device)
+        choice = choose_vae_accelerator(model, config, device)  # before any file is written: "native" may refuse
+        note_choice("VAE", {"": choice}, say)
+        optimizer = make_optimizer(model, config.lr)
+        noise = torch.Generator(device=device)
+        noise.manual_seed(stream_seed(config.seed, NOISE_STREAM))
+        state = RunState(run, config, {"model": model, "optimizer": optimizer},
+                         {"order": order_generator, "noise": noise}, "step_elbos")
+        epochs_done, start_step, saved_elbos, seconds_before, complete = 0, 0, None, 0.0, False
+        if checkpoint is not None:
+            epochs_done, start_step, saved_elbos, seconds_before = state.restore(checkpoint)
+            complete = not epochs_left(run, config, epochs_done, start_step, say)
+    if complete:
+        return from_main_rank(lambda: run.read_metrics(metric_keys(config), say))
+    if protocol is None:  # each machine's first process first: a download happens once
+        protocol = main_rank_first(lambda: load_protocol(config.protocol, load_raw(config.data),
+                                                         config.validation_size))
+    with ranks_agree():
+        if protocol.train_images.dim() != 2:
+            raise MnistgenError(f"protocol {protocol.name!r} has no flat images; the VAE trains on hw or full")
+        check_global_batch(config.batch_size, len(protocol.train_images), drop_last=False)
 
-    history = [r for r in run.read_metrics(metric_keys(config), say) if r["epoch"] <= epochs_done] if epochs_done \
-        else []
-    run.truncate_metrics(epochs_done)  # epochs the checkpoint does not hold (all of them on a new start)
+    history = from_main_rank(lambda: [r for r in run.read_metrics(metric_keys(config), say)
+                                      if r["epoch"] <= epochs_done] if epochs_done else [])
+    run.truncate_metrics(epochs_done, say=lambda line: None)  # epochs the checkpoint lacks (all on a new start)
     run.write_config(to_dict(config), kind="vae")
     if is_main_process():
         write_json(run.data, {**protocol.provenance, "dynamic_binarization": protocol.dynamic_binarization})
@@ -220,8 +251,7 @@ def _train(config: VAEConfig, run: RunDir, checkpoint: dict[str, Any] | None, pr
                 group["lr"] = lr
             bar.set_description(f"vae epoch {epoch + 1}/{config.epochs}")
             order_state = order_generator.get_state()
-            batches = list(shuffled_batches(len(train_images), config.batch_size, order_generator,
-                                            rank=rank, world_size=world_size))
+            batches = list(shuffled_batches(len(train_images), config.batch_size, order_generator))  # global
             step_elbos = torch.zeros(len(batches), device=device, dtype=dtype)
             if start_step:
                 step_elbos[:start_step] = saved_elbos.to(device)
@@ -229,7 +259,8 @@ def _train(config: VAEConfig, run: RunDir, checkpoint: dict[str, Any] | None, pr
             done = train_epoch(model, optimizer, train_images, batches, noise=noise, analytic_kl=analytic_kl,
                                dynamic_binarization=data.dynamic_binarization, step_elbos=step_elbos,
                                start_step=start_step, stop=stop, on_step=lambda: bar.update(1),
-                               accelerator=accelerator)
+                               accelerator=accelerator, rank=rank, world_size=world_size)
+            sum_over_ranks(step_elbos[start_step:done])  # the sums over the global batches (done: the same everywhere)
             train_seconds = seconds_before + time.perf_counter() - started
             elbos = end_steps(state, epoch=epoch, done=done, steps=len(batches), step_values=step_elbos,
                               value_names=("the training ELBO",), order_state=order_state, seconds=train_seconds,

@@ -1,0 +1,260 @@
+"""Training under torchrun: ``torchrun --nproc-per-node N -m mnistgen vae train ...`` (or ``gan train``).
+
+torchrun starts N copies of the command on each machine, with RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and
+MASTER_PORT in their environment. :func:`torchrun_job` (``run_train`` of both commands) sees them, joins the job's
+process group (gloo for CPU tensors, and NCCL for CUDA tensors where CUDA is present: ``cpu:gloo,cuda:nccl``; each
+process uses the GPU ``cuda:LOCAL_RANK``) and leaves it at the end, also on an error. Without those variables (one
+process), every function here does what one process does, and nothing else.
+
+How the work is shared (the loops in :mod:`mnistgen.train.vae` and :mod:`mnistgen.train.gan`):
+
+- ``--batch-size`` is the *global* batch: every rank draws the same batch order and, for each step, the same random
+  numbers for the whole global batch (the VAE's eps and binary images, the GAN's z), then keeps the slice of the
+  batch that is its own (:func:`rank_share`: W equal parts, in rank order). Each rank's loss is the mean over its
+  slice and the gradients are averaged over the ranks, so each step is the one-process step on the same global
+  batch with the same draws: the runs agree to float rounding, whatever the number of processes;
+- the per-step values (ELBOs, losses) are combined over the ranks once per epoch (:func:`sum_over_ranks`), so every
+  rank holds the same numbers and takes the same decisions (the NaN guard);
+- the stop request of Ctrl-C is combined before every step (:func:`stop_on_every_rank`: one one-element all-reduce
+  on the CPU), so all ranks stop after the same step;
+- rank 0 alone reads and writes the run folder (it holds its lock); the others receive what it read, the
+  checkpoint included (:func:`from_main_rank`).
+
+Errors: the checks before training run inside :func:`ranks_agree` or :func:`from_main_rank`: a
+:class:`~mnistgen.errors.MnistgenError` raised there on any rank is raised on every rank, so that all processes
+stop together, and :func:`torchrun_job` lets rank 0 alone print it. An error that only one rank can meet later (rank
+0's disk is full) ends that process; torchrun then stops the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+
+from .errors import MnistgenError
+
+T = TypeVar("T")
+
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+EXIT_USER_ERROR = 1  # as mnistgen.cli
+EXIT_INTERRUPTED = 130
+
+
+def launched_by_torchrun() -> bool:
+    """True where torchrun (or another launcher setting its variables) started this process."""
+    return all(name in os.environ for name in TORCHRUN_VARIABLES)
+
+
+def rank_and_size() -> tuple[int, int]:
+    """(this process's rank, the number of processes) of the initialised process group; (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+# --------------------------------------------------------------------------- the job
+
+
+@contextlib.contextmanager
+def torchrun_job() -> Iterator[None]:
+    """Inside the block, this process belongs to its torchrun job's process group (where torchrun started it with
+    more than one process; otherwise nothing happens). The group is destroyed when the block ends, however it ends.
+
+    On ranks other than 0, an error that every rank raised (those of :func:`ranks_agree` and
+    :func:`from_main_rank`, a NaN: rank 0 prints it) and a Ctrl-C end the process with its exit status and no
+    message; another :class:`MnistgenError` (one only this rank met) is named with the rank: ``rank 3: ...``."""
+    if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) <= 1 or (dist.is_available()
+                                                                            and dist.is_initialized()):
+        yield
+        return
+    rank = int(os.environ["RANK"])
+    try:
+        _join_process_group()
+        try:
+            yield
+        finally:
+            dist.destroy_process_group()
+    except KeyboardInterrupt:
+        if rank != 0:
+            raise SystemExit(EXIT_INTERRUPTED) from None
+        raise
+    except MnistgenError as exc:
+        if rank == 0:
+            raise
+        if _said_by_rank_0(exc):
+            raise SystemExit(EXIT_USER_ERROR) from None
+        exc.args = (f"rank {rank}: {exc}",)
+        raise
+    except RuntimeError as exc:
+        if not _peer_ended(exc):
+            raise
+        first = " ".join(str(exc).split())[:200]
+        raise MnistgenError(f"rank {rank}: stopped, as another process of this torchrun job ended ({first})") from None
+
+
+def _peer_ended(exc: RuntimeError) -> bool:
+    """Whether ``exc`` is a collective's failure (another process of the job ended), not a bug of this one."""
+    return isinstance(exc, dist.DistError) or any(
+        words in str(exc) for words in ("Connection closed by peer", "Connection reset by peer", "Broken pipe"))
+
+
+def _join_process_group() -> None:
+    if not dist.is_available():
+        raise MnistgenError("torchrun: this build of PyTorch has no torch.distributed")
+    local_rank = int(os.environ["LOCAL_RANK"])
+    backend = "gloo"
+    if torch.cuda.is_available():
+        backend = "cpu:gloo,cuda:nccl"  # CPU tensors (the small agreements) through gloo, CUDA ones through NCCL
+        if local_rank < torch.cuda.device_count():
+            torch.cuda.set_device(local_rank)  # "cuda" is cuda:LOCAL_RANK from here on
+    try:
+        dist.init_process_group(backend)  # the env:// rendezvous of torchrun's variables
+    except (RuntimeError, ValueError) as exc:
+        first = " ".join(str(exc).split())[:300]
+        raise MnistgenError(f"torchrun: could not join the job's process group ({first})") from None
+
+
+def check_device(device: torch.device) -> None:
+    """Under torchrun on CUDA, each process of a machine needs its own GPU (``cuda:LOCAL_RANK``)."""
+    if device.type == "mps" and rank_and_size()[1] > 1:
+        raise MnistgenError("torchrun: training on MPS with more than one process is not supported; "
+                            "use --device cpu")
+    if device.type == "cuda" and rank_and_size()[1] > 1:
+        local_rank, gpus = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
+        if local_rank >= gpus:
+            raise MnistgenError(f"torchrun started more processes on this machine than it has GPUs ({gpus}): give "
+                                f"--nproc-per-node {gpus} at most, or --device cpu")
+
+
+# --------------------------------------------------------------------------- errors that every rank raises
+
+
+def _agreed(exc: MnistgenError) -> MnistgenError:
+    exc.said_by_rank_0 = True
+    return exc
+
+
+def _said_by_rank_0(exc: BaseException) -> bool:
+    from .train.common import NonFiniteLossError  # the values it checks are the same on every rank
+
+    return getattr(exc, "said_by_rank_0", False) or isinstance(exc, NonFiniteLossError)
+
+
+@contextlib.contextmanager
+def ranks_agree() -> Iterator[None]:
+    """Run the block on every rank; a :class:`MnistgenError` raised in it on any rank is raised, once all the ranks
+    are through the block, on every rank (the lowest failing rank's, named ``rank R: ...`` on the others unless R is
+    0). One all-gather of a short text per use; nothing in one process. Every rank must enter the block."""
+    rank, world_size = rank_and_size()
+    if world_size == 1:
+        yield
+        return
+    error: MnistgenError | None = None
+    try:
+        yield
+    except MnistgenError as exc:
+        error = exc
+    messages: list[str | None] = [None] * world_size
+    dist.all_gather_object(messages, None if error is None else str(error))
+    failed = next((r for r, message in enumerate(messages) if message is not None), None)
+    if failed is None:
+        return
+    if failed == rank and error is not None:
+        raise _agreed(error)
+    raise _agreed(MnistgenError(messages[failed] if failed == 0 else f"rank {failed}: {messages[failed]}"))
+
+
+def from_main_rank(work: Callable[[], T]) -> T:
+    """``work()`` on rank 0 only (reading the run folder, say); every rank gets its result, or its
+    :class:`MnistgenError`. Also a barrier: no rank goes on before rank 0 is done. In one process: ``work()``."""
+    rank, world_size = rank_and_size()
+    if world_size == 1:
+        return work()
+    payload: list[Any] = [None]
+    error: MnistgenError | None = None
+    if rank == 0:
+        try:
+            payload = [(None, work())]
+        except MnistgenError as exc:
+            error, payload = exc, [(str(exc), None)]
+    dist.broadcast_object_list(payload, src=0)
+    message, result = payload[0]
+    if message is not None:
+        raise _agreed(error if error is not None else MnistgenError(message))
+    return result
+
+
+def main_rank_first(work: Callable[[], T]) -> T:
+    """``work()`` on every rank: first on each machine's local rank 0 (a download into a shared cache happens once),
+    then on the others, whose messages (notes, progress bars) are not shown: rank 0 shows them. Errors as
+    :func:`ranks_agree`."""
+    rank, world_size = rank_and_size()
+    if world_size == 1:
+        return work()
+    first = int(os.environ.get("LOCAL_RANK", rank)) == 0
+    result: Any = None
+    for turn in (True, False):
+        with ranks_agree():
+            if first == turn:
+                if rank == 0:
+                    result = work()
+                else:
+                    with open(os.devnull, "w") as nowhere, contextlib.redirect_stderr(nowhere):
+                        result = work()
+    return result
+
+
+# --------------------------------------------------------------------------- the steps
+
+
+def check_global_batch(batch_size: int, num_items: int | None = None, drop_last: bool = True) -> None:
+    """Under torchrun ``--batch-size`` is the global batch, shared equally by the ranks: it must be a multiple of
+    their number, and so must the last, partial batch of an epoch of ``num_items`` (when it is not dropped)."""
+    world_size = rank_and_size()[1]
+    if world_size == 1:
+        return
+    if batch_size % world_size:
+        raise MnistgenError(f"--batch-size {batch_size} is the global batch, shared equally by the {world_size} "
+                            f"processes of this torchrun job: give a multiple of {world_size}")
+    last = 0 if num_items is None or drop_last else num_items % batch_size
+    if last % world_size:
+        raise MnistgenError(f"the last batch of each epoch holds {last} images ({num_items} training images, "
+                            f"--batch-size {batch_size}), which the {world_size} processes of this torchrun job "
+                            f"cannot share equally: choose a --batch-size that leaves a multiple of {world_size}")
+
+
+def rank_share(batch_length: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Rows [start, end) of a global batch of ``batch_length`` rows that are rank ``rank``'s (equal shares, in rank
+    order; :func:`check_global_batch` made ``batch_length`` a multiple of ``world_size``)."""
+    share = batch_length // world_size
+    return rank * share, (rank + 1) * share
+
+
+def sum_over_ranks(tensor: torch.Tensor, mean: bool = False) -> torch.Tensor:
+    """``tensor`` (contiguous) replaced in place by its sum (or mean) over the ranks; unchanged in one process."""
+    world_size = rank_and_size()[1]
+    if world_size > 1 and tensor.numel():
+        dist.all_reduce(tensor)
+        if mean:
+            tensor.div_(world_size)
+    return tensor
+
+
+def stop_on_every_rank(stop: Callable[[], bool]) -> Callable[[], bool]:
+    """``stop`` as the loops poll it before each step; under torchrun, True on every rank as soon as it is True on
+    one (one all-reduce of one number on the CPU per poll), so that all ranks stop after the same step."""
+    if rank_and_size()[1] == 1:
+        return stop
+    flag = torch.zeros(1, dtype=torch.int32)
+
+    def stop_anywhere() -> bool:
+        flag.fill_(1 if stop() else 0)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    return stop_anywhere
