@@ -11,7 +11,7 @@ Layout of a run folder ``RUN/``::
     RUN/eval.json         results of ``eval``
 
 All file writing of training goes through this module, and only the rank-0 process writes
-(:func:`is_main_process`), so the loops can later run under torchrun unchanged.
+(:func:`is_main_process`): under torchrun, rank 0 (see :mod:`mnistgen.distributed`).
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """Mini-batch order: the one place that decides which rows each step (and each rank) sees.
 
 Data lives in memory as one contiguous tensor; a batch is a slice of a shuffled index, so no
-DataLoader workers, no per-image Python. Under torchrun each rank takes every ``world_size``-th
-batch of the same permutation (same generator state on all ranks), so ranks never overlap.
+DataLoader workers, no per-image Python. Every rank of a torchrun job draws the same permutation (same
+generator state on all ranks). The training loops share each *global* batch between the ranks
+(:func:`mnistgen.distributed.rank_share`); ``rank``/``world_size`` here instead deal whole batches out
+(every ``world_size``-th batch to a rank), a scheme kept for data-parallel uses that want it.
 """
 
 from __future__ import annotations
