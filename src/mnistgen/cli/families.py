@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from . import experiment, explore, gan, report, score, vae
+from . import experiment, explore, gan, report, score, sweep, vae
 
-FAMILIES = [vae, gan, score, experiment, report, explore]
+FAMILIES = [vae, gan, score, experiment, report, explore, sweep]

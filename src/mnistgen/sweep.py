@@ -1,0 +1,632 @@
+"""``mnistgen sweep SWEEP.toml --out DIR``: many trainings of one model, a grid (or list) of settings times seeds.
+
+The sweep file (TOML; every key of ``[base]``, ``[grid]`` and ``[[list]]`` is a setting of ``mnistgen vae train`` or
+``mnistgen gan train``, named as its flag without the dashes and with ``_`` for ``-``)::
+
+    model = "vae"                 # or "gan"
+    seeds = [1, 2, 3]             # or: replicas = 3 (seeds counting up from [base]'s seed, else the model's default)
+    [base]                        # settings of every trial
+    epochs = 2
+    dataset = "mnist-sample"
+    [grid]                        # every combination, in the order written
+    lr = [1e-3, 3e-3]
+    hidden = [100, 500]
+    # or, instead of [grid], one [[list]] table per configuration:
+    # [[list]]
+    # lr = 1e-3
+    # hidden = 100
+
+Each trial is an ordinary run folder, ``DIR/trials/<configuration>/seed=<seed>`` (``lr=0.001,hidden=100/seed=1``),
+trained by :func:`mnistgen.train_vae` / :func:`mnistgen.train_gan` in a worker: a process of a
+``ProcessPoolExecutor`` (``engine="local"``) or a Ray task (``engine="ray"``). A trial whose checkpoint holds all
+its epochs is skipped on a rerun; one with a checkpoint short of them is resumed. A failing trial is reported with
+its one-line error and the others go on. ``DIR/summary.csv`` and ``DIR/summary.html`` give, per configuration, the
+mean of each headline number over its seeds with a 95% Student-t interval, best first.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import itertools
+import math
+import os
+import re
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .config import NON_NEGATIVE, POSITIVE, GANConfig, VAEConfig, option
+from .errors import MnistgenError, UsageError
+
+SPEC_KEYS = ("model", "seeds", "replicas", "base", "grid", "list")
+MODELS = {"vae": VAEConfig, "gan": GANConfig}
+NAME_LIMIT = 120  # characters of a configuration's folder name; longer ones end in a hash
+RAY_INSTALL = 'pip install "mnistgen[ray]"'
+PRIVATE_RAY_ENVIRONMENT = {
+    "RAY_USAGE_STATS_ENABLED": "0",  # no usage report
+    # Ray's own name for "a single machine": its node address is 127.0.0.1 (not the address of the interface that
+    # routes to 8.8.8.8, which Ray otherwise looks up and would turn 127.0.0.1 into)
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+}
+
+# t_{0.975, df} for df = 1..30: the half-width of a 95% interval is t * s / sqrt(n), df = n - 1
+T_975 = (12.706205, 4.302653, 3.182446, 2.776445, 2.570582, 2.446912, 2.364624, 2.306004, 2.262157, 2.228139,
+         2.200985, 2.178813, 2.160369, 2.144787, 2.131450, 2.119905, 2.109816, 2.100922, 2.093024, 2.085963,
+         2.079614, 2.073873, 2.068658, 2.063899, 2.059539, 2.055529, 2.051831, 2.048407, 2.045230, 2.042272)
+Z_975 = 1.959963984540054
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    """How ``mnistgen sweep`` runs its trials (its flags besides SWEEP.toml and ``--out``)."""
+
+    engine: Literal["local", "ray"] = option(
+        "local", "local: a pool of processes on this machine; ray: one Ray task per trial, on a Ray cluster "
+        "(--address) or on a Ray instance started here for the sweep")
+    jobs: int = option(0, "local engine: trials at a time (0: one per CPU core); ray without --address: the CPUs "
+                          "of the Ray instance started here (0: all cores)", NON_NEGATIVE)
+    address: str | None = option(
+        None, "ray engine: address of a running Ray cluster (HOST:PORT, or auto); without it, a Ray instance "
+              "private to this machine (127.0.0.1) runs the sweep")
+    cpus_per_trial: float = option(
+        1.0, "ray engine: CPUs each trial asks Ray for (its torch threads too, unless the sweep sets threads)",
+        POSITIVE)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A parsed sweep file: the model, the seeds and the configurations, each a name and its settings."""
+
+    model: Literal["vae", "gan"]
+    seeds: tuple[int, ...]
+    base: dict[str, Any]
+    configurations: tuple[tuple[str, dict[str, Any]], ...]  # (name, the settings that vary), in file order
+    source: str = ""  # the sweep file's text, for the summary page
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One training: a configuration and a seed, in its own run folder."""
+
+    model: str
+    configuration: str
+    seed: int
+    settings: dict[str, Any]  # keyword settings of train_vae/train_gan, the seed included
+    folder: str
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """What a trial gives back: its status ("trained", "skipped" or "failed"), its headline numbers or its error."""
+
+    configuration: str
+    seed: int
+    status: Literal["trained", "skipped", "failed"]
+    numbers: dict[str, float] = field(default_factory=dict)
+    error: str = ""
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Interval:
+    """Mean of n values and the half-width of its 95% Student-t interval (None for a single value)."""
+
+    n: int
+    mean: float
+    half_width: float | None
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    results: tuple[TrialResult, ...]
+    csv_path: Path
+    html_path: Path
+
+    @property
+    def failed(self) -> list[TrialResult]:
+        return [result for result in self.results if result.status == "failed"]
+
+
+# --------------------------------------------------------------------------- interval
+
+
+def t_quantile_975(df: int) -> float:
+    """The 0.975 quantile of Student's t with ``df`` degrees of freedom: a table for df <= 30, beyond it the
+    Cornish-Fisher expansion in 1/df about the normal quantile (within 1e-7 there)."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be at least 1, got {df}")
+    if df <= len(T_975):
+        return T_975[df - 1]
+    z = Z_975
+    terms = ((z**3 + z) / 4,
+             (5 * z**5 + 16 * z**3 + 3 * z) / 96,
+             (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384,
+             (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160)
+    return z + sum(term / df ** (power + 1) for power, term in enumerate(terms))
+
+
+def interval(values: Sequence[float]) -> Interval:
+    """Mean ± t_{0.975, n-1} · s / sqrt(n), s the sample standard deviation (n - 1 in its denominator)."""
+    n = len(values)
+    if n == 0:
+        raise ValueError("no values")
+    mean = math.fsum(values) / n
+    if n == 1:
+        return Interval(1, mean, None)
+    s = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
+    return Interval(n, mean, t_quantile_975(n - 1) * s / math.sqrt(n))
+
+
+# --------------------------------------------------------------------------- the sweep file
+
+
+def read_sweep(path: str | os.PathLike) -> Sweep:
+    """Parse and check a sweep file; a one-line :class:`MnistgenError` for anything wrong (a :class:`UsageError`
+    for a setting its flag would refuse)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise MnistgenError(f"{path}: no such sweep file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MnistgenError(f"{path}: cannot read it ({exc})") from None
+    return parse_sweep(text, str(path))
+
+
+def parse_sweep(text: str, where: str = "SWEEP.toml") -> Sweep:
+    """:func:`read_sweep` of a sweep file's text; ``where`` names it in errors."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: the same module, from PyPI, where installed
+        try:
+            import tomli as tomllib
+        except ModuleNotFoundError:
+            raise MnistgenError("mnistgen sweep reads TOML with Python 3.11's tomllib; on Python 3.10, "
+                                "pip install tomli") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise MnistgenError(f"{where}: not valid TOML ({exc})") from None
+    unknown = [key for key in data if key not in SPEC_KEYS]
+    if unknown:
+        raise MnistgenError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))} (a sweep file has "
+                            f"{', '.join(SPEC_KEYS)})")
+    model = data.get("model")
+    if model not in MODELS:
+        raise MnistgenError(f"{where}: model must be \"vae\" or \"gan\", got {model!r}")
+    base = data.get("base", {})
+    if not isinstance(base, dict):
+        raise MnistgenError(f"{where}: base must be a table ([base]) of settings")
+    configurations = _configurations(data, base, where)
+    seeds = _seeds(data, base, MODELS[model], where)
+    sweep = Sweep(model, seeds, {k: v for k, v in base.items() if k != "seed"}, configurations, text)
+    for trial in trials_of(sweep, "."):  # every trial's settings, checked as its flags would be
+        _trial_config(trial, where)
+    return sweep
+
+
+def _configurations(data: dict[str, Any], base: dict[str, Any], where: str) -> tuple[tuple[str, dict], ...]:
+    if "grid" in data and "list" in data:
+        raise MnistgenError(f"{where}: give either [grid] or [[list]] tables, not both")
+    if "grid" in data:
+        grid = data["grid"]
+        if not isinstance(grid, dict) or not grid:
+            raise MnistgenError(f"{where}: [grid] is empty: give each setting to vary a list of values")
+        for key, values in grid.items():
+            if not isinstance(values, list) or not values:
+                raise MnistgenError(f"{where}: [grid] {key} must be a non-empty list of values, got {values!r}")
+        entries = [dict(zip(grid, combination, strict=True)) for combination in itertools.product(*grid.values())]
+        table = "[grid]"
+    elif "list" in data:
+        entries = data["list"]
+        if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
+            raise MnistgenError(f"{where}: list must be one or more [[list]] tables of settings")
+        table = "[[list]]"
+    else:
+        entries, table = [{}], ""
+    for entry in entries:
+        for key in entry:
+            if key == "seed":
+                raise MnistgenError(f"{where}: {table} sets seed; give the seeds with seeds = [...] or replicas = N")
+            if key in base:
+                raise MnistgenError(f"{where}: {key} is both in [base] and in {table}")
+    named = [(configuration_name(entry), entry) for entry in entries]
+    seen: dict[str, dict] = {}
+    for name, entry in named:
+        if name in seen:
+            raise MnistgenError(f"{where}: two configurations have the folder name {name!r} ({seen[name]} and "
+                                f"{entry})")
+        seen[name] = entry
+    return tuple(named)
+
+
+def _seeds(data: dict[str, Any], base: dict[str, Any], config_class: type, where: str) -> tuple[int, ...]:
+    if "seeds" in data and "replicas" in data:
+        raise MnistgenError(f"{where}: give either seeds = [...] or replicas = N, not both")
+    if "seeds" in data:
+        if "seed" in base:
+            raise MnistgenError(f"{where}: [base] seed and seeds = [...] both set the seeds; keep one")
+        seeds = data["seeds"]
+        if not isinstance(seeds, list) or not seeds or not all(_is_int(s) for s in seeds):
+            raise MnistgenError(f"{where}: seeds must be a non-empty list of whole numbers, got {seeds!r}")
+        if len(set(seeds)) != len(seeds):
+            raise MnistgenError(f"{where}: seeds holds a seed twice: {seeds!r}")
+        return tuple(seeds)
+    replicas = data.get("replicas", 1)
+    if not _is_int(replicas) or replicas < 1:
+        raise MnistgenError(f"{where}: replicas must be a positive whole number, got {replicas!r}")
+    first = base.get("seed", config_class.seed)
+    if not _is_int(first):
+        raise MnistgenError(f"{where}: [base] seed must be a whole number, got {first!r}")
+    return tuple(range(first, first + replicas))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def setting_text(value: Any) -> str:
+    """A setting's value as a folder name shows it: 0.001, 100, true, mnist-sample."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def configuration_name(settings: dict[str, Any]) -> str:
+    """The folder name of a configuration: ``lr=0.001,hidden=100`` (``base`` for none), characters that a file name
+    should not hold replaced by ``_``, a long one cut and ended with a hash of the whole."""
+    if not settings:
+        return "base"
+    name = ",".join(f"{key}={setting_text(value)}" for key, value in settings.items())
+    name = re.sub(r"[^A-Za-z0-9._=,+-]", "_", name)
+    if len(name) > NAME_LIMIT:
+        import hashlib
+
+        name = name[:NAME_LIMIT - 9] + "~" + hashlib.sha1(name.encode()).hexdigest()[:8]
+    return name
+
+
+def trials_of(sweep: Sweep, out: str | os.PathLike) -> list[Trial]:
+    """Every (configuration, seed) of the sweep, configuration by configuration, in the file's order."""
+    root = Path(out) / "trials"
+    return [Trial(sweep.model, name, seed, {**sweep.base, **settings, "seed": seed},
+                  str(root / name / f"seed={seed}"))
+            for name, settings in sweep.configurations for seed in sweep.seeds]
+
+
+def _trial_config(trial: Trial, where: str = "") -> Any:
+    """The trial's config, built and checked as ``train_vae``/``train_gan`` build it from the same settings."""
+    from .api import config_from_settings
+
+    what = f"{where + ': ' if where else ''}configuration {trial.configuration}"
+    try:
+        return config_from_settings(MODELS[trial.model], trial.settings, None, what)
+    except UsageError as exc:
+        message = str(exc)
+        raise UsageError(message if message.startswith(what) else f"{what}: {message}") from None
+
+
+# --------------------------------------------------------------------------- one trial (in a worker)
+
+
+def headline_keys(model: str) -> tuple[str, ...]:
+    """The headline numbers of a trial, the primary one first."""
+    return ("held_out_elbo", "train_elbo") if model == "vae" else ("g_loss", "d_loss")
+
+
+HIGHER_IS_BETTER = {"held_out_elbo": True, "g_loss": False}
+PRIMARY_TEXT = {
+    "vae": "held_out_elbo: the last epoch's ELBO on the held-out images (test_elbo under the hw protocol, "
+           "validation_elbo under full), in nats per image; higher is better",
+    "gan": "g_loss: the last epoch's mean generator loss -log D(G(z)); lower first. A GAN's losses are no measure "
+           "of its samples' quality: a low g_loss only means that G fools this D",
+}
+
+
+def headline_numbers(model: str, metrics: list[dict[str, Any]]) -> dict[str, float]:
+    """The last epoch's headline numbers of a run's metrics."""
+    if not metrics:
+        raise MnistgenError("the run recorded no epoch")
+    last = metrics[-1]
+    if model == "vae":
+        held_out = last.get("test_elbo", last.get("validation_elbo"))
+        return {"held_out_elbo": held_out, "train_elbo": last["train_elbo"]}
+    return {"g_loss": last["g_loss"], "d_loss": last["d_loss"]}
+
+
+def run_trial(trial: Trial) -> TrialResult:
+    """Train one trial into its folder (or skip it where its checkpoint holds all its epochs, or resume it where
+    a checkpoint holds fewer); never raises: an error becomes a failed result with its one line."""
+    start = time.perf_counter()
+    try:
+        import mnistgen
+
+        from .runs import RunDir
+
+        config = _trial_config(trial)
+        run = RunDir(trial.folder)
+        if run.checkpoint.is_file():
+            loaded = mnistgen.load_run(run.path, device="cpu")
+            _check_same_settings(trial, loaded.config, config)
+            if loaded.epochs >= config.epochs:
+                return TrialResult(trial.configuration, trial.seed, "skipped",
+                                   headline_numbers(trial.model, loaded.metrics[:config.epochs]))
+        train = mnistgen.train_vae if trial.model == "vae" else mnistgen.train_gan
+        trained = train(run.path, resume=run.checkpoint.is_file(), show_progress=False, **trial.settings)
+        return TrialResult(trial.configuration, trial.seed, "trained", headline_numbers(trial.model, trained.metrics),
+                           seconds=time.perf_counter() - start)
+    except Exception as exc:  # noqa: BLE001 - any failure of one trial is reported, never stops the sweep
+        message = str(exc) if isinstance(exc, MnistgenError) else f"{type(exc).__name__}: {exc}"
+        if not isinstance(exc, MnistgenError):
+            traceback.print_exc(file=sys.stderr)
+        return TrialResult(trial.configuration, trial.seed, "failed", error=_one_line(message),
+                           seconds=time.perf_counter() - start)
+
+
+def _check_same_settings(trial: Trial, saved: Any, wanted: Any) -> None:
+    """Refuse to count a run folder trained with other settings (the sweep file changed) as this trial's."""
+    from .train.gan import RESUMABLE_FIELDS as GAN_MAY_CHANGE
+    from .train.vae import RESUMABLE_FIELDS as VAE_MAY_CHANGE
+
+    may_change = VAE_MAY_CHANGE if trial.model == "vae" else GAN_MAY_CHANGE
+    differ = [f.name for f in dataclasses.fields(wanted)
+              if f.name not in (*may_change, "data") and getattr(saved, f.name) != getattr(wanted, f.name)]
+    if saved.data.dataset != wanted.data.dataset:
+        differ.append("dataset")
+    if differ:
+        raise MnistgenError(f"{trial.folder}: holds a run trained with other settings than the sweep file's "
+                            f"({', '.join('--' + name.replace('_', '-') for name in differ)}); move it away or "
+                            "choose another --out")
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split()) or "failed without a message"
+
+
+# --------------------------------------------------------------------------- engines
+
+
+def cpu_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _with_threads(trials: list[Trial], threads: int) -> list[Trial]:
+    """Trials whose settings give torch ``threads`` CPU threads, unless the sweep sets threads itself."""
+    return [trial if "threads" in trial.settings else
+            dataclasses.replace(trial, settings={**trial.settings, "threads": threads}) for trial in trials]
+
+
+def run_local(trials: list[Trial], jobs: int, report: Callable[[TrialResult], None]) -> list[TrialResult]:
+    """Each trial in a process of a spawn-context ``ProcessPoolExecutor`` of ``jobs`` processes."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    trials = _with_threads(trials, max(1, cpu_cores() // jobs))
+    results = []
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(run_trial, trial): trial for trial in trials}
+        try:
+            for future in as_completed(futures):
+                trial = futures[future]
+                try:
+                    result = future.result()
+                except Exception as exc:  # noqa: BLE001 - the worker process died (killed, out of memory)
+                    result = TrialResult(trial.configuration, trial.seed, "failed",
+                                         error=_one_line(f"{type(exc).__name__}: {exc}"))
+                results.append(result)
+                report(result)
+        except KeyboardInterrupt:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    return results
+
+
+def run_ray(trials: list[Trial], options: SweepOptions, report: Callable[[TrialResult], None],
+            say: Callable[[str], None]) -> list[TrialResult]:
+    """Each trial a Ray task asking for ``cpus_per_trial`` CPUs (and a GPU where it trains on CUDA), on the cluster
+    at ``options.address``, or on a Ray instance started here for the sweep on 127.0.0.1 (usage reporting off)."""
+    if not options.address:
+        os.environ.update(PRIVATE_RAY_ENVIRONMENT)  # before Ray reads it; inherited by every process of the instance
+    try:
+        import ray
+    except ModuleNotFoundError:
+        raise MnistgenError(f"--engine ray needs Ray, which is not installed: {RAY_INSTALL}") from None
+    from ray._private import ray_constants
+
+    cluster_constant = ray_constants.ENABLE_RAY_CLUSTER
+    if options.address:
+        ray.init(address=options.address, logging_level="warning")
+    else:
+        ray_constants.ENABLE_RAY_CLUSTER = False  # as the variable says, where Ray was imported before it was set
+        ray.init(address="local", num_cpus=options.jobs or cpu_cores(), include_dashboard=False,
+                 _node_ip_address="127.0.0.1", object_store_memory=128 * 2**20, logging_level="warning")
+    try:
+        nodes = sorted({node["NodeManagerAddress"] for node in ray.nodes() if node.get("Alive")})
+        gcs = ray.get_runtime_context().gcs_address
+        say(f"ray: {len(nodes)} node(s) ({', '.join(nodes)}), GCS at {gcs}")
+        if not options.address and (nodes != ["127.0.0.1"] or not gcs.startswith("127.0.0.1:")):
+            raise MnistgenError(f"the Ray instance started for the sweep listens on {', '.join(nodes)}, not only on "
+                                "127.0.0.1; refusing to run on it")
+        has_gpus = ray.cluster_resources().get("GPU", 0) > 0
+        threads = max(1, math.floor(options.cpus_per_trial))
+        tasks = {gpus: ray.remote(num_cpus=options.cpus_per_trial, num_gpus=gpus, max_retries=0)(run_trial)
+                 for gpus in (0, 1)}
+        pending = {}
+        for trial in _with_threads(trials, threads):
+            device = trial.settings.get("device", "auto")
+            gpus = 1 if device == "cuda" or (device == "auto" and has_gpus) else 0
+            pending[tasks[gpus].remote(trial)] = trial
+        results = []
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            trial = pending.pop(done[0])
+            try:
+                result = ray.get(done[0])
+            except Exception as exc:  # noqa: BLE001 - the task's worker died, or the node went away
+                first_line = (str(exc).strip().splitlines() or [""])[0]  # a RayTaskError holds a traceback
+                result = TrialResult(trial.configuration, trial.seed, "failed",
+                                     error=_one_line(f"{type(exc).__name__}: {first_line}"))
+            results.append(result)
+            report(result)
+        return results
+    finally:
+        ray.shutdown()
+        ray_constants.ENABLE_RAY_CLUSTER = cluster_constant
+
+
+# --------------------------------------------------------------------------- the sweep
+
+
+def run_sweep(sweep_file: str | os.PathLike, out: str | os.PathLike, options: SweepOptions | None = None,
+              say: Callable[[str], None] = print) -> SweepResult:
+    """Run every trial of ``sweep_file`` not yet finished under ``out`` and write the summary; return the results
+    (failed trials included: the caller decides what they mean)."""
+    from .config import validate
+
+    options = options or SweepOptions()
+    validate(options)
+    sweep = read_sweep(sweep_file)
+    out = Path(out).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    trials = trials_of(sweep, out)
+    jobs = options.jobs or cpu_cores()
+    say(f"sweep: {len(sweep.configurations)} configuration(s) x {len(sweep.seeds)} seed(s) = {len(trials)} trials, "
+        f"engine {options.engine}" + (f", {jobs} at a time" if options.engine == "local" else ""))
+
+    def report(result: TrialResult) -> None:
+        label = f"{result.configuration}/seed={result.seed}"
+        if result.status == "failed":
+            say(f"  {label}: FAILED: {result.error}")
+        elif result.status == "skipped":
+            say(f"  {label}: finished before, skipped")
+        else:
+            numbers = ", ".join(f"{key} {value:.4g}" for key, value in result.numbers.items())
+            say(f"  {label}: trained in {result.seconds:.1f} s: {numbers}")
+
+    if options.engine == "ray":
+        results = run_ray(trials, options, report, say)
+    else:
+        results = run_local(trials, min(jobs, len(trials)), report)
+    order = {(t.configuration, t.seed): i for i, t in enumerate(trials)}
+    results = tuple(sorted(results, key=lambda r: order[(r.configuration, r.seed)]))
+    csv_path, html_path = write_summary(sweep, out, results, options)
+    counts = {status: sum(r.status == status for r in results) for status in ("trained", "skipped", "failed")}
+    say(f"sweep: {counts['trained']} trained, {counts['skipped']} skipped (finished before), {counts['failed']} "
+        f"failed; summary: {csv_path}, {html_path}")
+    return SweepResult(results, csv_path, html_path)
+
+
+# --------------------------------------------------------------------------- summary
+
+
+@dataclass(frozen=True)
+class ConfigurationSummary:
+    name: str
+    settings: dict[str, Any]
+    seeds: tuple[int, ...]  # of the trials with numbers
+    values: dict[str, tuple[float, ...]]  # per headline key, per seed
+    intervals: dict[str, Interval]
+    failed: int
+
+
+def summarize(sweep: Sweep, results: Sequence[TrialResult]) -> list[ConfigurationSummary]:
+    """One summary per configuration, best first by the primary headline number (those without numbers last)."""
+    keys = headline_keys(sweep.model)
+    summaries = []
+    for name, settings in sweep.configurations:
+        mine = [r for r in results if r.configuration == name]
+        good = [r for r in mine if r.status != "failed"]
+        values = {key: tuple(r.numbers[key] for r in good) for key in keys}
+        intervals = {key: interval(vals) for key, vals in values.items() if vals}
+        summaries.append(ConfigurationSummary(name, settings, tuple(r.seed for r in good), values, intervals,
+                                              len(mine) - len(good)))
+    primary = keys[0]
+    sign = -1 if HIGHER_IS_BETTER[primary] else 1
+    return sorted(summaries, key=lambda s: (primary not in s.intervals,
+                                            sign * s.intervals[primary].mean if primary in s.intervals else 0))
+
+
+def summary_csv(sweep: Sweep, summaries: list[ConfigurationSummary]) -> str:
+    """One row per configuration, best first: rank, configuration, its settings, seeds, then per headline number
+    its mean, the half-width of the 95% interval and the per-seed values (``;``-separated, in the seeds' order)."""
+    keys = headline_keys(sweep.model)
+    setting_names = list(dict.fromkeys(key for _, settings in sweep.configurations for key in settings))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["rank", "configuration", *setting_names, "n", "seeds", "failed",
+                     *(f"{key}_{part}" for key in keys for part in ("mean", "ci95", "values"))])
+    for rank, summary in enumerate(summaries, 1):
+        cells: list[Any] = [rank, summary.name, *(setting_text(summary.settings[name]) if name in summary.settings
+                                                  else "" for name in setting_names),
+                            len(summary.seeds), ";".join(map(str, summary.seeds)), summary.failed]
+        for key in keys:
+            found = summary.intervals.get(key)
+            cells += ["" if found is None else repr(found.mean),
+                      "" if found is None or found.half_width is None else repr(found.half_width),
+                      ";".join(repr(v) for v in summary.values[key])]
+        writer.writerow(cells)
+    return buffer.getvalue()
+
+
+def summary_html(sweep: Sweep, summaries: list[ConfigurationSummary], results: Sequence[TrialResult],
+                 options: SweepOptions) -> str:
+    from .report import Markup, escape, format_value, page, section, table
+
+    keys = headline_keys(sweep.model)
+
+    def spread(found: Interval | None) -> str:
+        if found is None:
+            return "—"
+        if found.half_width is None:
+            return f"{format_value(found.mean)} (one seed)"
+        half = f"{found.half_width:,.2f}" if abs(found.mean) >= 1 else format_value(found.half_width)  # as the mean
+        return f"{format_value(found.mean)} ± {half}"
+
+    rows = [[rank, Markup(f"<code>{escape(s.name)}</code>"), len(s.seeds),
+             *(cell for key in keys for cell in (Markup(spread(s.intervals.get(key))),
+                                                 Markup(", ".join(f"{format_value(v)} <small>(seed {seed})</small>"
+                                                                  for v, seed in zip(s.values[key], s.seeds,
+                                                                                     strict=True)) or "—"))),
+             s.failed]
+            for rank, s in enumerate(summaries, 1)]
+    headers = ["rank", "configuration", "n seeds", *(h for key in keys for h in (f"{key}: mean ± 95% interval",
+                                                                                 f"{key} per seed")), "failed"]
+    explanation = (f"<p>Sorted best first by {escape(PRIMARY_TEXT[sweep.model])}. Each number is the mean over the "
+                   "configuration's seeds ± the half-width of its 95% Student-t interval, t<sub>0.975, n−1</sub> · "
+                   "s / √n (s the standard deviation of the seeds' values, n − 1 in its denominator); with one seed "
+                   "no interval is shown. Every number is the last epoch's.</p>")
+    failures = [r for r in results if r.status == "failed"]
+    failure_html = table(["configuration", "seed", "error"],
+                         [[Markup(f"<code>{escape(r.configuration)}</code>"), Markup(str(r.seed)), r.error]
+                          for r in failures]) if failures else ""
+    counts = {status: sum(r.status == status for r in results) for status in ("trained", "skipped", "failed")}
+    engine = options.engine + (f" at {options.address}" if options.address else "")
+    subtitle = [escape(f"{sweep.model.upper()}: {len(sweep.configurations)} configuration(s) x {len(sweep.seeds)} "
+                       f"seed(s) ({', '.join(map(str, sweep.seeds))}); engine {engine}; {counts['trained']} trained "
+                       f"now, {counts['skipped']} finished before, {counts['failed']} failed")]
+    sections = [
+        ("results", "Results", section("results", "Results, best first", explanation + table(headers, rows))),
+        ("failures", "Failures", section("failures", f"Failed trials ({len(failures)})", failure_html)
+         if failures else ""),
+        ("sweep", "Sweep file", section("sweep", "The sweep file", f"<pre>{escape(sweep.source)}</pre>")),
+    ]
+    return page(f"mnistgen sweep: {sweep.model.upper()}", subtitle, sections)
+
+
+def write_summary(sweep: Sweep, out: Path, results: Sequence[TrialResult],
+                  options: SweepOptions) -> tuple[Path, Path]:
+    from .files import atomic_write
+
+    summaries = summarize(sweep, results)
+    csv_path, html_path = out / "summary.csv", out / "summary.html"
+    text = summary_csv(sweep, summaries)
+    atomic_write(csv_path, lambda handle: handle.write(text), mode="w")
+    page_text = summary_html(sweep, summaries, results, options)
+    atomic_write(html_path, lambda handle: handle.write(page_text), mode="w")
+    return csv_path, html_path

@@ -1,0 +1,374 @@
+"""``mnistgen sweep``: the sweep file and its errors, trial names, the 95% interval against scipy, the local engine end
+to end (summary numbers recomputed from the trials' own metrics, a rerun that skips, a failing trial), and the same
+sweep through a real Ray instance on 127.0.0.1 giving the same summary."""
+
+from __future__ import annotations
+
+import csv
+import ipaddress
+import math
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from mnistgen.errors import MnistgenError, UsageError
+from mnistgen.sweep import (
+    SweepOptions,
+    TrialResult,
+    configuration_name,
+    headline_numbers,
+    interval,
+    parse_sweep,
+    read_sweep,
+    run_sweep,
+    summarize,
+    t_quantile_975,
+    trials_of,
+)
+
+GRID_2X2 = """\
+model = "vae"
+seeds = [1, 2]
+[base]
+epochs = 1
+dataset = "mnist-sample"
+device = "cpu"
+threads = 1
+[grid]
+lr = [1e-3, 3e-3]
+hidden = [8, 16]
+"""
+NAMES_2X2 = ["lr=0.001,hidden=8", "lr=0.001,hidden=16", "lr=0.003,hidden=8", "lr=0.003,hidden=16"]
+
+
+# --------------------------------------------------------------------------- the sweep file
+
+
+def test_a_grid_is_every_combination_in_the_files_order_times_the_seeds(tmp_path):
+    sweep = parse_sweep(GRID_2X2)
+    assert sweep.model == "vae" and sweep.seeds == (1, 2)
+    assert [name for name, _ in sweep.configurations] == NAMES_2X2
+    assert sweep.configurations[1][1] == {"lr": 1e-3, "hidden": 16}
+    trials = trials_of(sweep, tmp_path)
+    assert len(trials) == 8
+    assert Path(trials[1].folder) == tmp_path / "trials" / "lr=0.001,hidden=8" / "seed=2"
+    assert trials[1].settings == {"epochs": 1, "dataset": "mnist-sample", "device": "cpu", "threads": 1,
+                                  "lr": 1e-3, "hidden": 8, "seed": 2}
+
+
+def test_list_tables_and_replicas():
+    sweep = parse_sweep('model = "gan"\nreplicas = 3\n[base]\nseed = 5\n[[list]]\nlr_d = 1e-4\n'
+                        '[[list]]\nlr_d = 2e-4\nzdim = 32\n')
+    assert sweep.seeds == (5, 6, 7)
+    assert [name for name, _ in sweep.configurations] == ["lr_d=0.0001", "lr_d=0.0002,zdim=32"]
+    assert "seed" not in sweep.base
+    # no seeds given: one trial with the model's own default seed; no [grid]: one configuration, "base"
+    plain = parse_sweep('model = "vae"\n[base]\nepochs = 1\n')
+    assert plain.seeds == (1234,) and plain.configurations == (("base", {}),)
+
+
+def test_configuration_names_are_readable_and_safe_for_a_folder():
+    assert configuration_name({"lr": 0.001, "hidden": 100}) == "lr=0.001,hidden=100"
+    assert configuration_name({"lr": 1e-05, "offline": True, "dataset": "mnist-sample"}) == \
+        "lr=1e-05,offline=true,dataset=mnist-sample"
+    assert configuration_name({"data_dir": "/data/my mnist"}) == "data_dir=_data_my_mnist"
+    long = configuration_name({"data_dir": "x" * 300})
+    assert len(long) == 120 and long != configuration_name({"data_dir": "x" * 301})
+
+
+ERRORS = [
+    ('modle = "vae"\n', MnistgenError, "unknown key(s) 'modle'"),
+    ('model = "cnn"\n', MnistgenError, 'model must be "vae" or "gan", got \'cnn\''),
+    ('model = "vae"\n[base]\nepoch = 2\n', UsageError, "unknown setting 'epoch' (did you mean 'epochs'?)"),
+    ('model = "vae"\n[grid]\nlr = [1e-3, -1.0]\n', UsageError,
+     "configuration lr=-1.0: --lr must be a positive number, got -1.0"),
+    ('model = "vae"\n[grid]\nprotocol = ["hw", "half"]\n', UsageError, "--protocol must be one of hw, full"),
+    ('model = "vae"\n[grid]\n', MnistgenError, "[grid] is empty"),
+    ('model = "vae"\n[grid]\nlr = []\n', MnistgenError, "[grid] lr must be a non-empty list of values, got []"),
+    ('model = "vae"\n[grid]\nlr = 0.1\n', MnistgenError, "[grid] lr must be a non-empty list of values, got 0.1"),
+    ('model = "vae"\n[grid]\nlr = [0.1]\n[[list]]\nlr = 0.1\n', MnistgenError, "either [grid] or [[list]]"),
+    ('model = "vae"\n[grid]\nseed = [1, 2]\n', MnistgenError, "[grid] sets seed; give the seeds with seeds"),
+    ('model = "vae"\n[base]\nlr = 0.1\n[grid]\nlr = [0.1]\n', MnistgenError, "lr is both in [base] and in [grid]"),
+    ('model = "vae"\nseeds = [1]\nreplicas = 2\n', MnistgenError, "either seeds = [...] or replicas = N"),
+    ('model = "vae"\nseeds = [1, 1]\n', MnistgenError, "seeds holds a seed twice"),
+    ('model = "vae"\nseeds = []\n', MnistgenError, "seeds must be a non-empty list of whole numbers"),
+    ('model = "vae"\nreplicas = 0\n', MnistgenError, "replicas must be a positive whole number, got 0"),
+    ('model = "vae"\nseeds = [-1]\n', UsageError, "--seed must be in [0, 2**64 - 1], got -1"),
+    ('model = "vae"\n[grid]\nlr = [0.1, 0.10]\n', MnistgenError, "two configurations have the folder name"),
+    ('model = "vae\n', MnistgenError, "not valid TOML"),
+]
+
+
+@pytest.mark.parametrize(("text", "kind", "message"), ERRORS)
+def test_each_bad_sweep_file_is_one_line_naming_the_problem(text, kind, message):
+    with pytest.raises(kind) as caught:
+        parse_sweep(text, "s.toml")
+    assert message in str(caught.value) and str(caught.value).startswith("s.toml: ")
+    assert "\n" not in str(caught.value)
+
+
+def test_a_missing_sweep_file_is_one_line(tmp_path):
+    with pytest.raises(MnistgenError, match=r"nope\.toml: no such sweep file$"):
+        read_sweep(tmp_path / "nope.toml")
+
+
+# --------------------------------------------------------------------------- the interval
+
+
+def test_the_t_quantile_and_the_interval_agree_with_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    for df in range(1, 301):
+        assert t_quantile_975(df) == pytest.approx(stats.t.ppf(0.975, df), rel=2e-6), df
+    values = [-101.5, -99.25, -100.0, -98.0, -103.125]
+    found = interval(values)
+    low, high = stats.t.interval(0.95, len(values) - 1, loc=found.mean, scale=stats.sem(values))
+    assert found.mean == pytest.approx(sum(values) / len(values))
+    assert found.half_width == pytest.approx((high - low) / 2, rel=1e-6)
+    assert interval([3.0]).half_width is None and interval([3.0, 3.0]).half_width == 0.0
+
+
+def test_gan_headlines_sort_lower_g_loss_first():
+    sweep = parse_sweep('model = "gan"\nseeds = [1]\n[grid]\nzdim = [8, 16]\n')
+    assert headline_numbers("gan", [{"epoch": 1, "d_loss": 1.0, "g_loss": 2.0, "d_real": .5}]) == \
+        {"g_loss": 2.0, "d_loss": 1.0}
+    results = [TrialResult("zdim=8", 1, "trained", {"g_loss": 3.0, "d_loss": 1.0}),
+               TrialResult("zdim=16", 1, "trained", {"g_loss": 2.0, "d_loss": 1.0})]
+    assert [s.name for s in summarize(sweep, results)] == ["zdim=16", "zdim=8"]
+
+
+# --------------------------------------------------------------------------- the local engine, end to end
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def held_out(folder: Path) -> tuple[float, float]:
+    from mnistgen.runs import RunDir
+
+    last = RunDir(folder).read_metrics()[-1]
+    return last["test_elbo"], last["train_elbo"]
+
+
+@pytest.fixture(scope="module")
+def local_sweep(tmp_path_factory):
+    """The 2x2 grid x 2 seeds through the local engine, 2 processes; (sweep folder, what it said, seconds)."""
+    root = tmp_path_factory.mktemp("sweep")
+    (root / "s.toml").write_text(GRID_2X2)
+    lines: list[str] = []
+    start = time.perf_counter()
+    result = run_sweep(root / "s.toml", root / "out", SweepOptions(jobs=2), say=lines.append)
+    assert not result.failed, result.failed
+    return root / "out", lines, time.perf_counter() - start
+
+
+def test_the_local_engine_trains_every_trial_and_summarizes_them_best_first(local_sweep):
+    out, lines, _ = local_sweep
+    assert lines[-1].startswith("sweep: 8 trained, 0 skipped (finished before), 0 failed")
+    rows = read_rows(out / "summary.csv")
+    assert sorted(row["configuration"] for row in rows) == sorted(NAMES_2X2)
+    means = [float(row["held_out_elbo_mean"]) for row in rows]
+    assert means == sorted(means, reverse=True) and [row["rank"] for row in rows] == ["1", "2", "3", "4"]
+    for row in rows:  # every number recomputed from the trials' own metrics.jsonl
+        seeds = [1, 2]
+        per_seed = [held_out(out / "trials" / row["configuration"] / f"seed={seed}") for seed in seeds]
+        for column, values in (("held_out_elbo", [p[0] for p in per_seed]), ("train_elbo", [p[1] for p in per_seed])):
+            mean = sum(values) / 2
+            half = 12.706205 * abs(values[0] - values[1]) / math.sqrt(2) / math.sqrt(2)  # t_{.975,1} s / sqrt(2)
+            assert float(row[f"{column}_mean"]) == pytest.approx(mean, rel=1e-12)
+            assert float(row[f"{column}_ci95"]) == pytest.approx(half, rel=1e-6)
+            assert [float(v) for v in row[f"{column}_values"].split(";")] == values
+        assert (row["n"], row["seeds"], row["failed"]) == ("2", "1;2", "0")
+        assert row["lr"] in ("0.001", "0.003") and row["hidden"] in ("8", "16")
+    page = (out / "summary.html").read_text()
+    assert "Content-Security-Policy" in page and "src=\"http" not in page and "<script" not in page
+    assert "95% Student-t interval" in page and "held_out_elbo: the last epoch" in page
+    best = rows[0]
+    assert f"<code>{best['configuration']}</code>" in page and " ± " in page
+    assert page.index(rows[0]["configuration"]) < page.index(rows[-1]["configuration"])
+
+
+def test_a_rerun_skips_finished_trials_and_rewrites_the_same_summary(local_sweep):
+    out, _, _ = local_sweep
+    checkpoints = sorted((out / "trials").glob("*/seed=*/checkpoint.pt"))
+    assert len(checkpoints) == 8
+    before = {path: path.stat().st_mtime_ns for path in checkpoints}
+    summary = (out / "summary.csv").read_text()
+    lines: list[str] = []
+    run_sweep(out.parent / "s.toml", out, SweepOptions(jobs=2), say=lines.append)
+    assert lines[-1].startswith("sweep: 0 trained, 8 skipped (finished before), 0 failed")
+    assert sum("finished before, skipped" in line for line in lines) == 8
+    assert {path: path.stat().st_mtime_ns for path in checkpoints} == before
+    assert (out / "summary.csv").read_text() == summary
+
+
+def test_a_rerun_with_more_epochs_resumes_the_trials(tmp_path):
+    (tmp_path / "s.toml").write_text('model = "vae"\nseeds = [3]\n[base]\nepochs = 1\ndataset = "mnist-sample"\n'
+                                     'device = "cpu"\nhidden = 8\n')
+    run_sweep(tmp_path / "s.toml", tmp_path / "out", SweepOptions(jobs=1), say=lambda line: None)
+    (tmp_path / "s.toml").write_text((tmp_path / "s.toml").read_text().replace("epochs = 1", "epochs = 2"))
+    lines: list[str] = []
+    run_sweep(tmp_path / "s.toml", tmp_path / "out", SweepOptions(jobs=1), say=lines.append)
+    assert lines[-1].startswith("sweep: 1 trained, 0 skipped")
+    from mnistgen.runs import RunDir
+
+    assert [r["epoch"] for r in RunDir(tmp_path / "out" / "trials" / "base" / "seed=3").read_metrics()] == [1, 2]
+
+
+def test_a_gan_sweep_reports_its_last_epochs_losses(tmp_path):
+    from mnistgen.runs import RunDir
+
+    (tmp_path / "s.toml").write_text('model = "gan"\nseeds = [4]\n[base]\nepochs = 1\ndataset = "mnist-sample"\n'
+                                     'device = "cpu"\nthreads = 1\n[grid]\nzdim = [16]\n')
+    result = run_sweep(tmp_path / "s.toml", tmp_path / "out", SweepOptions(jobs=1), say=lambda line: None)
+    last = RunDir(tmp_path / "out" / "trials" / "zdim=16" / "seed=4").read_metrics()[-1]
+    assert result.results[0].numbers == {"g_loss": last["g_loss"], "d_loss": last["d_loss"]}
+    row = read_rows(tmp_path / "out" / "summary.csv")[0]
+    assert (float(row["g_loss_mean"]), row["g_loss_ci95"], row["n"]) == (last["g_loss"], "", "1")
+    assert "g_loss: the last epoch" in (tmp_path / "out" / "summary.html").read_text()
+
+
+def test_a_failing_trial_is_reported_and_the_others_finish(tmp_path, capsys):
+    from mnistgen.cli import main
+
+    (tmp_path / "s.toml").write_text(
+        'model = "vae"\nseeds = [1]\n[base]\nepochs = 1\ndataset = "mnist-sample"\ndevice = "cpu"\nhidden = 8\n'
+        '[[list]]\nprotocol = "full"\nvalidation_size = 4000\n[[list]]\nlr = 0.002\n')
+    assert main(["sweep", str(tmp_path / "s.toml"), "--out", str(tmp_path / "out"), "--jobs", "2"]) == 1
+    captured = capsys.readouterr()
+    assert "mnistgen: error: 1 of 2 trials failed" in captured.err
+    assert "protocol=full,validation_size=4000/seed=1: FAILED: --validation-size must be between 1 and 3999" \
+        in captured.out
+    rows = read_rows(tmp_path / "out" / "summary.csv")
+    assert [(row["configuration"], row["n"], row["failed"]) for row in rows] == \
+        [("lr=0.002", "1", "0"), ("protocol=full,validation_size=4000", "0", "1")]
+    page = (tmp_path / "out" / "summary.html").read_text()
+    assert "Failed trials (1)" in page and "--validation-size must be between 1 and 3999" in page
+
+
+def test_the_command_line(tmp_path, capsys):
+    from mnistgen.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["sweep", "--help"])
+    assert exited.value.code == 0
+    assert "SWEEP.toml" in capsys.readouterr().out
+    assert main(["sweep", str(tmp_path / "none.toml"), "--out", str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err.strip().endswith("none.toml: no such sweep file")
+    (tmp_path / "s.toml").write_text('model = "vae"\n[grid]\nhidden = [0]\n')
+    assert main(["sweep", str(tmp_path / "s.toml"), "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "configuration hidden=0: --hidden must be a positive integer, got 0" in error
+    assert main(["sweep", str(tmp_path / "s.toml"), "--out", str(tmp_path / "out"), "--cpus-per-trial", "0"]) == 2
+
+
+def test_without_ray_the_ray_engine_is_one_line(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    (tmp_path / "s.toml").write_text('model = "vae"\n[base]\nepochs = 1\n')
+    with pytest.raises(MnistgenError, match=r'^--engine ray needs Ray, which is not installed: pip install '
+                                            r'"mnistgen\[ray\]"$'):
+        run_sweep(tmp_path / "s.toml", tmp_path / "out", SweepOptions(engine="ray"), say=lambda line: None)
+
+
+# --------------------------------------------------------------------------- Ray
+
+
+def descendants(pid: int) -> set[int]:
+    """Every living process below ``pid``, from /proc."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An address of /proc/net/tcp{,6} (hex, in the kernel's byte order)."""
+    raw = bytes.fromhex(text)
+    if len(raw) == 4:
+        return ipaddress.IPv4Address(raw[::-1])
+    address = ipaddress.IPv6Address(b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4)))
+    return address.ipv4_mapped or address
+
+
+def sockets_of(pids: set[int]) -> list[tuple[str, str, str]]:
+    """(inode, local address, remote address) of every TCP and UDP socket the processes ``pids`` hold."""
+    inodes = set()
+    for pid in pids:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:
+            continue
+    found = []
+    for table in ("tcp", "tcp6", "udp", "udp6"):
+        try:
+            lines = Path(f"/proc/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[9] in inodes:
+                found.append((fields[9], *(str(_address(f.split(":")[0])) for f in fields[1:3])))
+    return found
+
+
+def test_the_same_sweep_through_a_local_ray_instance_on_127_0_0_1_gives_the_same_summary(
+        local_sweep, tmp_path, monkeypatch):
+    pytest.importorskip("ray")
+    # the variables the engine sets for its private instance, restored after the test
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    (tmp_path / "s.toml").write_text(GRID_2X2)
+    before = descendants(os.getpid())  # multiprocessing's resource tracker, started by the local engine, stays
+    seen: set[tuple[str, str, str]] = set()
+    done = threading.Event()
+
+    def watch():  # every socket of every process below this one, while the sweep runs
+        while not done.is_set():
+            seen.update(sockets_of(descendants(os.getpid())))
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    lines: list[str] = []
+    start = time.perf_counter()
+    try:
+        result = run_sweep(tmp_path / "s.toml", tmp_path / "out", SweepOptions(engine="ray", jobs=2),
+                           say=lines.append)
+    finally:
+        done.set()
+        watcher.join()
+    seconds = time.perf_counter() - start
+    assert not result.failed, result.failed
+    assert lines[1].startswith("ray: 1 node(s) (127.0.0.1), GCS at 127.0.0.1:"), lines[1]
+    assert lines[-1].startswith("sweep: 8 trained, 0 skipped"), lines
+    assert (tmp_path / "out" / "summary.csv").read_text() == (local_sweep[0] / "summary.csv").read_text()
+    # every socket of Ray's processes was bound to and talked with 127.0.0.1 only
+    loopback = {"127.0.0.1", "::1"}
+    assert sum(remote in loopback for _, _, remote in seen) >= 4, seen  # the watcher did see Ray's connections
+    assert {local for _, local, _ in seen} <= loopback, seen
+    assert {remote for _, _, remote in seen} <= loopback | {"0.0.0.0", "::"}, seen
+    # ray.shutdown() stopped every process it started
+    deadline = time.monotonic() + 10
+    while descendants(os.getpid()) - before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = {pid: Path(f"/proc/{pid}/cmdline").read_bytes()[:80] for pid in descendants(os.getpid()) - before}
+    assert left == {}, left
+    print(f"ray sweep: {seconds:.1f} s, local sweep: {local_sweep[2]:.1f} s")
