@@ -34,6 +34,7 @@ import torch
 from .config import GANConfig, GANSampleConfig, ScoreConfig, VAEConfig, VAEEvalConfig, config_from_args, validate
 from .errors import MnistgenError, UsageError
 from .runs import RunDir
+from .scoring import check_finite_values
 
 IMAGE_SIDE = 28
 IMAGE_PIXELS = IMAGE_SIDE * IMAGE_SIDE
@@ -119,15 +120,6 @@ def _as_array(values: Any, what: str) -> np.ndarray:
     return array
 
 
-def _check_finite(array: np.ndarray, what: str) -> None:
-    nan_count = int(np.isnan(array).sum())
-    if nan_count:
-        raise MnistgenError(f"{what}: {nan_count} NaN value(s)")
-    infinite_count = int(np.isinf(array).sum())
-    if infinite_count:
-        raise MnistgenError(f"{what}: {infinite_count} infinite value(s)")
-
-
 def _unit_images(images: Any, what: str = "images") -> np.ndarray:
     """(N, 28, 28) or (N, 784) images -> float32 (N, 784) in [0, 1]: floats in [0, 1], uint8 (0..255, divided by
     255 as SPEC §1 scales MNIST) or bool; anything else is a one-line error."""
@@ -142,7 +134,7 @@ def _unit_images(images: Any, what: str = "images") -> np.ndarray:
         return array.reshape(len(array), IMAGE_PIXELS).astype(np.float32)
     if not np.issubdtype(array.dtype, np.floating):
         raise MnistgenError(f"{what}: dtype {array.dtype}, expected floats in [0, 1] (or uint8 0..255)")
-    _check_finite(array, what)
+    check_finite_values(array, what)
     low, high = float(array.min()), float(array.max())
     if low < 0.0 or high > 1.0:
         raise MnistgenError(f"{what}: values outside [0, 1] (min {low:.4g}, max {high:.4g})")
@@ -269,7 +261,7 @@ class Run:
                                 f"dimension is {latent_dim})")
         if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
             raise MnistgenError(f"z: dtype {array.dtype}, expected numbers")
-        _check_finite(array, "z")
+        check_finite_values(array, "z")
         tensor = torch.from_numpy(array.astype(np.float32)).to(self.device)
         return decode(vae, tensor).reshape(len(array), IMAGE_SIDE, IMAGE_SIDE).float().cpu().numpy()
 

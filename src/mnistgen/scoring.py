@@ -118,12 +118,7 @@ def check_images(array: Any, what: str = "images") -> np.ndarray:
         raise MnistgenError(f"{what}: {len(array)} image(s), need at least {MIN_IMAGES} for a covariance")
     if array.dtype == np.uint8:
         return array.astype(np.float32) / 255.0
-    nan_count = int(np.isnan(array).sum())
-    if nan_count:
-        raise MnistgenError(f"{what}: {nan_count} NaN value(s)")
-    infinite_count = int(np.isinf(array).sum())
-    if infinite_count:
-        raise MnistgenError(f"{what}: {infinite_count} infinite value(s)")
+    check_finite_values(array, what)
     low, high = float(array.min()), float(array.max())
     if low < 0.0 or high > 1.0:
         raise MnistgenError(f"{what}: values outside [0, 1] (min {low:.4g}, max {high:.4g})")
@@ -147,6 +142,16 @@ def _array_header(handle: Any, where: str) -> tuple[tuple[int, ...], bool, np.dt
     if dtype.hasobject:
         raise MnistgenError(f"{where}: not a .npy file (holds pickled objects)")
     return shape, fortran_order, dtype
+
+
+def check_finite_values(array: np.ndarray, what: str) -> None:
+    """Refuse, in one line naming ``what``, an array holding NaN or infinite values (counting each kind)."""
+    nan_count = int(np.isnan(array).sum())
+    if nan_count:
+        raise MnistgenError(f"{what}: {nan_count} NaN value(s)")
+    infinite_count = int(np.isinf(array).sum())
+    if infinite_count:
+        raise MnistgenError(f"{what}: {infinite_count} infinite value(s)")
 
 
 def check_npy_header(path: Path) -> None:
