@@ -77,6 +77,7 @@ def torchrun_job() -> Iterator[None]:
         _join_process_group()
         try:
             yield
+            dist.barrier()  # a job that ends well: no rank tears the group down while another still uses it
         finally:
             dist.destroy_process_group()
     except KeyboardInterrupt:
