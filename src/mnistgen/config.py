@@ -109,14 +109,71 @@ def _end_text(end: Number | str | None, config: Any | None = None) -> str:
     return str(end)
 
 
-def option(default: Any, help: str, *bounds: Bound) -> Any:  # noqa: A002 - mirrors argparse
-    """A dataclass field with a default, the help text of its CLI flag and the bounds its values must lie in."""
-    return field(default=default, metadata={"help": help, "bounds": bounds})
+def option(default: Any, help: str, *bounds: Bound, check: Any = None) -> Any:  # noqa: A002 - mirrors argparse
+    """A dataclass field with a default, the help text of its CLI flag and the bounds its values must lie in;
+    ``check(value, config)``, where given, refuses a value that no bound can describe (a one-line
+    :class:`MnistgenError`)."""
+    return field(default=default, metadata={"help": help, "bounds": bounds, "check": check})
 
 
 def bounds_of(f: dataclasses.Field) -> tuple[Bound, ...]:
     """The bounds declared with :func:`option` for a field (none for a field declared otherwise)."""
     return f.metadata.get("bounds", ())
+
+
+# --------------------------------------------------------------------------- seeds as replicas
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """``"1234,1235"`` -> (1234, 1235): distinct whole numbers within :data:`SEED_BOUND`; else a one-line error."""
+    parts = [part.strip() for part in text.split(",")]
+    try:
+        seeds = tuple(int(part) for part in parts)
+    except ValueError:
+        raise MnistgenError(f"--seeds must be comma-separated whole numbers, got {text!r}") from None
+    for seed in seeds:
+        if not SEED_BOUND.admits(seed, None):
+            raise MnistgenError(f"--seeds: each seed must be {SEED_BOUND.requirement(True)}, got {seed}")
+    if len(set(seeds)) != len(seeds):
+        raise MnistgenError(f"--seeds holds a seed twice: {text!r}")
+    return seeds
+
+
+def _check_seeds(text: str, config: Any) -> None:
+    parse_seeds(text)
+    if config.replicas != 1:
+        raise MnistgenError("give --seeds or --replicas, not both (--replicas counts up from --seed)")
+
+
+def _check_replicas(replicas: int, config: Any) -> None:
+    if config.seeds is None and config.seed + replicas - 1 > SEED_BOUND.high:
+        raise MnistgenError(f"--seed {config.seed} with --replicas {replicas} runs past the largest seed, "
+                            f"{_end_text(SEED_BOUND.high)}")
+
+
+def replica_seeds(config: Any) -> tuple[int, ...]:
+    """The seeds a VAE or GAN config trains: ``--seeds``, else ``--replicas`` seeds counting up from ``--seed``."""
+    if config.seeds is not None:
+        return parse_seeds(config.seeds)
+    return tuple(range(config.seed, config.seed + config.replicas))
+
+
+def is_replicated(config: Any) -> bool:
+    """Whether ``config`` trains replicas (``--seeds`` or ``--replicas`` > 1): a run folder with one sub-folder
+    ``seed=N`` per seed. Otherwise it is a plain single-seed run folder."""
+    return config.seeds is not None or config.replicas > 1
+
+
+def replica_config(config: Any, seed: int) -> Any:
+    """The single-seed config of one replica: ``config`` with ``seed`` and no replicas (what a separate run of
+    that seed would be given)."""
+    return dataclasses.replace(config, seed=seed, replicas=1, seeds=None)
+
+
+_REPLICAS_HELP = ("train this many seeds, counting up from --seed, as replicas of one batched run; RUN then holds "
+                  "one single-seed run folder per seed, RUN/seed=N")
+_SEEDS_HELP = ("comma-separated seeds trained as replicas of one batched run, instead of --seed and --replicas "
+               "(e.g. 1234,1235,1236); RUN then holds one single-seed run folder per seed, RUN/seed=N")
 
 
 # --------------------------------------------------------------------------- the configs
@@ -158,6 +215,8 @@ class VAEConfig:
     batch_size: int = option(100, "images per Adam step", POSITIVE)
     lr: float = option(1e-3, "Adam learning rate", POSITIVE)
     seed: int = option(1234, "seed that fixes the whole run", SEED_BOUND)
+    replicas: int = option(1, _REPLICAS_HELP, POSITIVE, check=_check_replicas)
+    seeds: str | None = option(None, _SEEDS_HELP, check=_check_seeds)
     objective: Literal["mc", "analytic"] = option(
         "mc", "mc: Eq. 2, one-sample E_q[log p(x|z) + log p(z) - log q(z|x)]; analytic: Eq. 1, closed-form KL"
     )
@@ -197,6 +256,8 @@ class GANConfig:
     lr_g: float = option(2e-4, "Adam learning rate of the generator", POSITIVE)
     zdim: int = option(64, "dimension of the generator's input noise z ~ U[-1, 1]^zdim", POSITIVE)
     seed: int = option(2, "seed that fixes the whole run", SEED_BOUND)
+    replicas: int = option(1, _REPLICAS_HELP, POSITIVE, check=_check_replicas)
+    seeds: str | None = option(None, _SEEDS_HELP, check=_check_seeds)
     grid_every: int = option(10, "save an 8x8 grid from fixed noise every this many epochs", POSITIVE)
     device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "where to compute")
     threads: int = option(0, "CPU threads torch may use (0: torch's default, one per core)", NON_NEGATIVE)
@@ -349,6 +410,8 @@ def validate(config: Any) -> None:
             _check_bounds(f.name, value, field_type is int, bounds_of(f), config)
         else:
             _check_type(f.name, value, field_type)
+        if f.metadata.get("check") is not None and value is not None:
+            f.metadata["check"](value, config)
 
 
 _TYPE_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .config import from_dict
+from .config import GANConfig, VAEConfig, from_dict, is_replicated, replica_seeds
 from .errors import MnistgenError
 from .files import atomic_write, json_line, read_json, remove_temporaries, save_figure, write_json
 from .imaging import save_png, tile
@@ -41,6 +41,8 @@ from .imaging import save_png, tile
 GRID_SIDE = 8  # a GAN run's progress grids are 8x8 images
 GRID_PNG_SCALE = 3  # grid PNGs are enlarged 3x (nearest) so a digit is 84 screen pixels
 GRID_PADDING = 2
+SEED_FOLDER_PREFIX = "seed="  # a replica run's sub-folder of one seed: RUN/seed=1234
+_CONFIG_CLASSES = {"vae": VAEConfig, "gan": GANConfig}  # the kinds of run that may hold replicas
 
 
 def is_main_process() -> bool:
@@ -216,6 +218,29 @@ class RunDir:
 
     grids = property(lambda self: self.path / "grids")
     lock = property(lambda self: self.path / ".lock")
+    replicas_commit = property(lambda self: self.path / "replicas.json")  # a replica run's last saved position
+
+    def seed_run(self, seed: int) -> RunDir:
+        """The single-seed run folder of one replica of a replica run: RUN/seed=N."""
+        return RunDir(self.path / f"{SEED_FOLDER_PREFIX}{seed}")
+
+    def replicas(self) -> list[tuple[int, RunDir]]:
+        """A replica run's seeds and their run folders (RUN/seed=N), in the order of its config's seeds; an empty
+        list for a single-seed run. Reads config.json (a one-line error if it is not a run's)."""
+        saved = self.read_config()
+        values = saved["config"]
+        if values.get("seeds") is None and values.get("replicas", 1) == 1:
+            return []
+        config_class = _CONFIG_CLASSES.get(saved.get("kind"))
+        if config_class is None:
+            raise MnistgenError(f"{self.config}: a {saved.get('kind')!r} run cannot hold replicas")
+        try:
+            config = from_dict(config_class, values)
+        except MnistgenError as exc:
+            raise MnistgenError(f"{self.config}: {exc}") from None
+        if not is_replicated(config):
+            return []
+        return [(seed, self.seed_run(seed)) for seed in replica_seeds(config)]
 
     def require(self) -> RunDir:
         if not self.config.is_file():

@@ -39,7 +39,7 @@ from torch import nn
 
 from ..accelerate import Choice, note_choice
 from ..accelerate.gan import DiscriminatorCalls, choose_gan_accelerators
-from ..config import GANConfig, to_dict, validate
+from ..config import GANConfig, is_replicated, to_dict, validate
 from ..data.batches import num_batches, shuffled_batches
 from ..device import resolve_device, seed_everything
 from ..distributed import (
@@ -241,7 +241,15 @@ def train_gan(config: GANConfig, images: torch.Tensor, run: RunDir, *, resume: b
     a faster accelerator does not apply (default: stderr, rank 0). Raises
     :class:`mnistgen.train.common.NonFiniteLossError` if a loss becomes NaN or infinite (the checkpoint
     of the last completed epoch is kept).
+
+    A config with several seeds (``--seeds``, ``--replicas``) trains them as replicas into RUN/seed=N
+    (:func:`mnistgen.train.replicas.train_gan_replicas`) and returns their histories by seed.
     """
+    if is_replicated(config):
+        from .replicas import train_gan_replicas
+
+        return train_gan_replicas(config, images, run, resume=resume, provenance=provenance, stop=stop,
+                                  show_progress=show_progress, say=say)
     with ranks_agree():  # under torchrun: the same checks on every rank, an error stops them all
         validate(config)
         device = resolve_device(config.device)

@@ -37,7 +37,7 @@ import torch
 
 from ..accelerate import note_choice
 from ..accelerate.vae import choose_vae_accelerator
-from ..config import VAEConfig, to_dict, validate
+from ..config import VAEConfig, is_replicated, to_dict, validate
 from ..data.batches import shuffled_batches
 from ..data.protocols import Protocol, binarize_batch, load_protocol
 from ..data.sources import load_raw
@@ -187,7 +187,15 @@ def train_vae(config: VAEConfig, run: RunDir, *, resume: bool = False, protocol:
     ``say`` gets the one-line note when a faster accelerator does not apply (default: stderr, rank 0).
     Raises :class:`mnistgen.train.common.NonFiniteLossError` if the ELBO becomes NaN or infinite (the
     checkpoint of the last completed epoch is kept).
+
+    A config with several seeds (``--seeds``, ``--replicas``) trains them as replicas into RUN/seed=N
+    (:func:`mnistgen.train.replicas.train_vae_replicas`) and returns their histories by seed.
     """
+    if is_replicated(config):
+        from .replicas import train_vae_replicas
+
+        return train_vae_replicas(config, run, resume=resume, protocol=protocol, stop=stop,
+                                  show_progress=show_progress, say=say)
     with ranks_agree():  # under torchrun: the same checks on every rank, an error stops them all
         validate(config)
         device = resolve_device(config.device)
