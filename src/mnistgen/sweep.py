@@ -43,6 +43,7 @@ from typing import Any, Literal
 
 from .config import NON_NEGATIVE, POSITIVE, GANConfig, VAEConfig, option
 from .errors import MnistgenError, UsageError
+from .stats import Interval, interval, t_quantile_975  # noqa: F401 - t_quantile_975 re-exported
 
 SPEC_KEYS = ("model", "seeds", "replicas", "base", "grid", "list")
 MODELS = {"vae": VAEConfig, "gan": GANConfig}
@@ -55,11 +56,6 @@ PRIVATE_RAY_ENVIRONMENT = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
 }
 
-# t_{0.975, df} for df = 1..30: the half-width of a 95% interval is t * s / sqrt(n), df = n - 1
-T_975 = (12.706205, 4.302653, 3.182446, 2.776445, 2.570582, 2.446912, 2.364624, 2.306004, 2.262157, 2.228139,
-         2.200985, 2.178813, 2.160369, 2.144787, 2.131450, 2.119905, 2.109816, 2.100922, 2.093024, 2.085963,
-         2.079614, 2.073873, 2.068658, 2.063899, 2.059539, 2.055529, 2.051831, 2.048407, 2.045230, 2.042272)
-Z_975 = 1.959963984540054
 
 
 @dataclass(frozen=True)
@@ -114,15 +110,6 @@ class TrialResult:
 
 
 @dataclass(frozen=True)
-class Interval:
-    """Mean of n values and the half-width of its 95% Student-t interval (None for a single value)."""
-
-    n: int
-    mean: float
-    half_width: float | None
-
-
-@dataclass(frozen=True)
 class SweepResult:
     results: tuple[TrialResult, ...]
     csv_path: Path
@@ -131,36 +118,6 @@ class SweepResult:
     @property
     def failed(self) -> list[TrialResult]:
         return [result for result in self.results if result.status == "failed"]
-
-
-# --------------------------------------------------------------------------- interval
-
-
-def t_quantile_975(df: int) -> float:
-    """The 0.975 quantile of Student's t with ``df`` degrees of freedom: a table for df <= 30, beyond it the
-    Cornish-Fisher expansion in 1/df about the normal quantile (within 1e-7 there)."""
-    if df < 1:
-        raise ValueError(f"degrees of freedom must be at least 1, got {df}")
-    if df <= len(T_975):
-        return T_975[df - 1]
-    z = Z_975
-    terms = ((z**3 + z) / 4,
-             (5 * z**5 + 16 * z**3 + 3 * z) / 96,
-             (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384,
-             (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160)
-    return z + sum(term / df ** (power + 1) for power, term in enumerate(terms))
-
-
-def interval(values: Sequence[float]) -> Interval:
-    """Mean ± t_{0.975, n-1} · s / sqrt(n), s the sample standard deviation (n - 1 in its denominator)."""
-    n = len(values)
-    if n == 0:
-        raise ValueError("no values")
-    mean = math.fsum(values) / n
-    if n == 1:
-        return Interval(1, mean, None)
-    s = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
-    return Interval(n, mean, t_quantile_975(n - 1) * s / math.sqrt(n))
 
 
 # --------------------------------------------------------------------------- the sweep file

@@ -1,0 +1,97 @@
+"""Numbers with their spread: the mean of a few seeds' values, their standard deviation and a 95% interval.
+
+The interval is Student's t interval of the mean, mean ± t_{0.975, n-1} · s / sqrt(n), with s the sample standard
+deviation (n - 1 in its denominator): it assumes the seeds' values are independent draws from a normal
+distribution, which for 3-10 seeds is the usual and the only checkable assumption. One value has no interval.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+INTERVAL_NAME = "95% Student-t interval of the mean"
+
+# t_{0.975, df} for df = 1..30: the half-width of a 95% interval is t * s / sqrt(n), df = n - 1
+T_975 = (12.706205, 4.302653, 3.182446, 2.776445, 2.570582, 2.446912, 2.364624, 2.306004, 2.262157, 2.228139,
+         2.200985, 2.178813, 2.160369, 2.144787, 2.131450, 2.119905, 2.109816, 2.100922, 2.093024, 2.085963,
+         2.079614, 2.073873, 2.068658, 2.063899, 2.059539, 2.055529, 2.051831, 2.048407, 2.045230, 2.042272)
+Z_975 = 1.959963984540054
+
+
+@dataclass(frozen=True)
+class Interval:
+    """Mean of n values and the half-width of its 95% Student-t interval (None for a single value)."""
+
+    n: int
+    mean: float
+    half_width: float | None
+
+
+def t_quantile_975(df: int) -> float:
+    """The 0.975 quantile of Student's t with ``df`` degrees of freedom: a table for df <= 30, beyond it the
+    Cornish-Fisher expansion in 1/df about the normal quantile (within 1e-7 there)."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be at least 1, got {df}")
+    if df <= len(T_975):
+        return T_975[df - 1]
+    z = Z_975
+    terms = ((z**3 + z) / 4,
+             (5 * z**5 + 16 * z**3 + 3 * z) / 96,
+             (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384,
+             (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160)
+    return z + sum(term / df ** (power + 1) for power, term in enumerate(terms))
+
+
+def interval(values: Sequence[float]) -> Interval:
+    """Mean ± t_{0.975, n-1} · s / sqrt(n), s the sample standard deviation (n - 1 in its denominator)."""
+    n = len(values)
+    if n == 0:
+        raise ValueError("no values")
+    mean = math.fsum(values) / n
+    if n == 1:
+        return Interval(1, mean, None)
+    s = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
+    return Interval(n, mean, t_quantile_975(n - 1) * s / math.sqrt(n))
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Each seed's value, their mean, sample standard deviation and the 95% Student-t interval of the mean
+    (``std`` and ``half_width`` are None for a single value)."""
+
+    values: tuple[float, ...]
+    mean: float
+    std: float | None
+    half_width: float | None
+
+    @property
+    def low(self) -> float | None:
+        return None if self.half_width is None else self.mean - self.half_width
+
+    @property
+    def high(self) -> float | None:
+        return None if self.half_width is None else self.mean + self.half_width
+
+    def text(self, digits: int = 2) -> str:
+        """"-137.62 ± 0.41" (mean ± half-width), or the single value."""
+        if self.half_width is None:
+            return f"{self.mean:.{digits}f}"
+        return f"{self.mean:.{digits}f} ± {self.half_width:.{digits}f}"
+
+    def as_dict(self) -> dict[str, Any]:
+        """What eval.json and score.json hold: n, the values, mean, std, the interval's ends and its name."""
+        return {"n": len(self.values), "values": list(self.values), "mean": self.mean, "std": self.std,
+                "ci95_low": self.low, "ci95_high": self.high, "ci95_half_width": self.half_width,
+                "interval": INTERVAL_NAME}
+
+
+def spread(values: Sequence[float]) -> Spread:
+    """The :class:`Spread` of one number over seeds (``values`` in the seeds' order)."""
+    found = interval(values)
+    std = None
+    if len(values) > 1:
+        std = math.sqrt(math.fsum((v - found.mean) ** 2 for v in values) / (len(values) - 1))
+    return Spread(tuple(float(v) for v in values), found.mean, std, found.half_width)
