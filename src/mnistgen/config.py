@@ -173,7 +173,8 @@ def replica_config(config: Any, seed: int) -> Any:
 _REPLICAS_HELP = ("train this many seeds, counting up from --seed, as replicas of one batched run; RUN then holds "
                   "one single-seed run folder per seed, RUN/seed=N")
 _SEEDS_HELP = ("comma-separated seeds trained as replicas of one batched run, instead of --seed and --replicas "
-               "(e.g. 1234,1235,1236); RUN then holds one single-seed run folder per seed, RUN/seed=N")
+               "(e.g. 1234,1235,1236); RUN then holds one single-seed run folder per seed, RUN/seed=N (default: --seed "
+               "and --replicas decide)")
 
 
 # --------------------------------------------------------------------------- the configs
