@@ -177,6 +177,7 @@ EXPECTED_BOUNDS = {
     "download_retries": NON_NEGATIVE_INT,
     "threads": NON_NEGATIVE_INT,
     "seed": SEED,
+    "replicas": POSITIVE_INT,
 }
 
 UNBOUNDED_BY_DESIGN: set[tuple[str, str]] = set()
@@ -379,3 +380,33 @@ def test_installed_command_reports_errors_without_traceback(tmp_path):
         assert "Traceback" not in result.stderr
     version = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=120)
     assert version.returncode == 0 and version.stdout == f"mnistgen {__version__}\n"
+
+
+# --------------------------------------------------------------------------- seeds as replicas
+
+
+@pytest.mark.parametrize("cls", [VAEConfig, GANConfig])
+def test_replica_seeds_count_up_from_seed_or_are_listed(cls):
+    from mnistgen.config import is_replicated, replica_config, replica_seeds
+
+    assert replica_seeds(cls(seed=7)) == (7,) and not is_replicated(cls(seed=7))
+    assert replica_seeds(cls(seed=7, replicas=3)) == (7, 8, 9) and is_replicated(cls(replicas=3))
+    listed = cls(seeds="5, 3,11")
+    assert replica_seeds(listed) == (5, 3, 11) and is_replicated(listed) and is_replicated(cls(seeds="5"))
+    one = replica_config(cls(seed=7, replicas=3, epochs=4), 8)
+    assert one == cls(seed=8, epochs=4) and not is_replicated(one)
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"seeds": "1,x"}, "--seeds must be comma-separated whole numbers, got '1,x'"),
+    ({"seeds": "1,2,1"}, "--seeds holds a seed twice: '1,2,1'"),
+    ({"seeds": "1,-2"}, "--seeds: each seed must be in [0, 2**64 - 1], got -2"),
+    ({"seeds": "1,2", "replicas": 2}, "give --seeds or --replicas, not both (--replicas counts up from --seed)"),
+    ({"seed": 2**64 - 2, "replicas": 3}, "--seed 18446744073709551614 with --replicas 3 runs past the largest seed, "
+                                         "2**64 - 1"),
+])
+def test_bad_seed_lists_are_refused_in_one_line(changes, message):
+    with pytest.raises(MnistgenError) as error:
+        validate(dataclasses.replace(VAEConfig(), **changes))
+    assert str(error.value) == message
+    validate(dataclasses.replace(VAEConfig(), seed=2**64 - 3, replicas=3))  # the last seed is the largest
