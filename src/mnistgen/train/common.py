@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,7 @@ from tqdm.auto import tqdm
 from ..config import from_dict, to_dict
 from ..distributed import from_main_rank, rank_and_size
 from ..errors import MnistgenError
-from ..runs import RunDir, is_main_process
+from ..runs import RunDir, is_main_process, save_checkpoint
 
 # glibc's mallopt parameters (malloc.h) and the values :func:`keep_freed_memory` sets
 _M_TRIM_THRESHOLD = -1
@@ -310,6 +311,7 @@ class RunState:
     generators: dict[str, torch.Generator]
     values_key: str
     kept: str = "nothing was saved (the run had no checkpoint yet)"
+    checkpoint_path: Path | None = None  # where save() writes (default RUN/checkpoint.pt; a replica's pending file)
 
     def save(self, *, epoch: int, step: int, order_state: torch.Tensor, step_values: torch.Tensor,
              seconds: float) -> None:
@@ -323,7 +325,7 @@ class RunState:
         if bad is not None:
             raise NonFiniteLossError(f"{bad} became NaN or infinite in epoch {epoch + (step > 0)}; stopped, "
                                      f"{self.kept} (try a lower learning rate)")
-        self.run.save_checkpoint({
+        state = {
             **states,
             "generators": generator_states(self.generators),
             "order_state": order_state,
@@ -332,8 +334,13 @@ class RunState:
             self.values_key: step_values[:step].cpu(),
             "seconds": seconds,  # training seconds spent so far in epoch ``epoch + 1``
             "config": to_dict(self.config),
-        })
-        self.kept = f"{self.run.checkpoint} keeps the state {describe_position(epoch, step)}"
+        }
+        path = self.checkpoint_path or self.run.checkpoint
+        if self.checkpoint_path is None:
+            self.run.save_checkpoint(state)
+        elif is_main_process():
+            save_checkpoint(path, state)
+        self.kept = f"{path} keeps the state {describe_position(epoch, step)}"
 
     def restore(self, checkpoint: dict[str, Any]) -> tuple[int, int, torch.Tensor, float]:
         """Load ``checkpoint`` (from :func:`check_run_folder`) into the objects and generators; returns (epochs
