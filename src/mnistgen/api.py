@@ -40,7 +40,7 @@ IMAGE_SIDE = 28
 IMAGE_PIXELS = IMAGE_SIDE * IMAGE_SIDE
 CHUNK = 1000  # images per forward pass of encode/decode
 
-SCORE_NOT_SETTINGS = ("dataset",)  # as ``mnistgen score``: the score is always against real MNIST
+SCORE_NOT_SETTINGS = ("dataset", "samples")  # as ``mnistgen score``: always against real MNIST; (images, not runs)
 
 
 class WrongKindError(MnistgenError, AttributeError):
@@ -171,6 +171,8 @@ class Run:
         metrics: one dict per completed epoch, as in ``RUN/metrics.jsonl`` (``epoch``, ``train_elbo``, ...).
         eval: ``RUN/eval.json`` (written by ``mnistgen vae eval``) as a dict, or None where there is none.
         epochs: epochs completed in the checkpoint.
+        seeds: the seeds of the folder it was loaded from: a replica run's (``load_run(RUN, seed=N)`` loads another
+            one), or this run's alone.
         device: the torch device the models are on.
         vae: (VAE runs) the :class:`mnistgen.models.vae.VAE` in eval mode.
         generator, discriminator: (GAN runs) the networks of :mod:`mnistgen.models.gan` in eval mode.
@@ -180,8 +182,9 @@ class Run:
 
     def __init__(self, path: Path, kind: str, config: Any, metrics: list[dict[str, Any]],
                  evaluation: dict[str, Any] | None, epochs: int, device: torch.device,
-                 models: dict[str, torch.nn.Module]):
+                 models: dict[str, torch.nn.Module], seeds: tuple[int, ...] = ()):
         self.path = path
+        self.seeds = seeds or (config.seed,)
         self.kind = kind
         self.config = config
         self.metrics = metrics
@@ -201,7 +204,9 @@ class Run:
         return self._models[name]
 
     vae = property(lambda self: self._model("vae"), doc="(VAE runs) the VAE, in eval mode on :attr:`device`.")
-    generator = property(lambda self: self._model("generator"), doc="(GAN runs) G, in eval mode on :attr:`device`.")
+    generator = property(lambda self: self._model("generator"),
+                         doc="(GAN runs) G, in eval mode on :attr:`device`; for a run trained with ``ema_decay``, "
+                             "the moving average of G's weights (as ``mnistgen gan sample`` without ``--raw``).")
     discriminator = property(lambda self: self._model("discriminator"),
                              doc="(GAN runs) D, in eval mode on :attr:`device`.")
 
@@ -278,7 +283,7 @@ def _validate(config: Any) -> None:
         raise UsageError(str(exc)) from None
 
 
-def load_run(path: str | os.PathLike, device: str | torch.device = "auto") -> Run:
+def load_run(path: str | os.PathLike, device: str | torch.device = "auto", seed: int | None = None) -> Run:
     """Load a trained run folder (``mnistgen vae train`` or ``mnistgen gan train``, or :func:`train_vae` /
     :func:`train_gan`) with its models on ``device``.
 
@@ -287,10 +292,24 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "auto") -> Ru
     ``run.config``, ``run.metrics``, ``run.eval``, ``run.vae`` or ``run.generator`` / ``run.discriminator``,
     ``run.sample(n)`` -> (n, 28, 28), and for a VAE ``run.encode(images)`` -> (mean (N, D_z), logvar (N, D_z))
     and ``run.decode(z)`` -> (N, 28, 28).
+
+    A replica run (``--replicas`` / ``--seeds``) holds one run per seed, RUN/seed=N: ``seed=N`` loads that one;
+    without it, the first seed's is loaded, with a note on stderr. ``run.seeds`` lists the folder's seeds (one for
+    a single-seed run).
     """
+    from .evaluate.replicas import first_seed
     from .files import read_json
 
-    run = RunDir(path).require()
+    top = RunDir(path).require()
+    seeds = tuple(replica for replica, _ in top.replicas())
+    if seed is None:
+        run = first_seed(top, "loading", say=_note, another="load_run(RUN, seed=N) loads another")
+    elif seed in seeds:
+        run = top.seed_run(int(seed))
+    elif seeds:
+        raise MnistgenError(f"{top.path}: no replica of seed {seed!r} here (its seeds: {', '.join(map(str, seeds))})")
+    else:
+        raise MnistgenError(f"{top.path}: a single-seed run; seed= chooses one seed of a replica run")
     saved = run.read_config()
     kind = saved.get("kind") if isinstance(saved, dict) else None
     if kind == "reproduce":
@@ -319,7 +338,13 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "auto") -> Ru
         epochs = int(state.get("epoch", 0))
         models = {"generator": generator, "discriminator": discriminator.to(resolved).eval()}
     evaluation = read_json(run.eval) if run.eval.is_file() else None
-    return Run(run.path, kind, config, run.read_metrics(), evaluation, epochs, resolved, models)
+    return Run(run.path, kind, config, run.read_metrics(), evaluation, epochs, resolved, models, seeds)
+
+
+def _note(line: str) -> None:
+    import sys
+
+    print(line, file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- training

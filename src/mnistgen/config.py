@@ -218,8 +218,14 @@ class VAEConfig:
     seed: int = option(1234, "seed that fixes the whole run", SEED_BOUND)
     replicas: int = option(1, _REPLICAS_HELP, POSITIVE, check=_check_replicas)
     seeds: str | None = option(None, _SEEDS_HELP, check=_check_seeds)
-    objective: Literal["mc", "analytic"] = option(
-        "mc", "mc: Eq. 2, one-sample E_q[log p(x|z) + log p(z) - log q(z|x)]; analytic: Eq. 1, closed-form KL"
+    objective: Literal["mc", "analytic", "iwae"] = option(
+        "mc", "mc: Eq. 2, one-sample E_q[log p(x|z) + log p(z) - log q(z|x)]; analytic: Eq. 1, closed-form KL; "
+        "iwae: the importance-weighted bound of Burda et al. (2016), log (1/K) sum_k p(x, z_k) / q(z_k|x) with "
+        "K = --train-samples"
+    )
+    train_samples: int = option(
+        1, "K, draws of z per image in each training step: iwae trains on the K-sample bound; mc and analytic on "
+        "the mean of K one-sample ELBOs (a lower-variance estimate of the same ELBO)", POSITIVE
     )
     latent_dim: int = option(2, "dimension D_z of the latent space", POSITIVE)
     hidden: int = option(500, "width of the tanh hidden layer of encoder and decoder", POSITIVE)
@@ -246,6 +252,47 @@ class VAEConfig:
         "accelerator). Same mathematics either way")
 
 
+def parse_betas(text: str) -> tuple[float, float]:
+    """``"0.5,0.999"`` -> (0.5, 0.999): Adam's two decay rates, each in [0, 1); anything else is a one-line error."""
+    try:
+        betas = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        betas = ()
+    if len(betas) != 2:
+        raise MnistgenError(f"--betas must be two comma-separated numbers B1,B2 (e.g. 0.5,0.999), got {text!r}")
+    if not all(0.0 <= beta < 1.0 for beta in betas):
+        raise MnistgenError(f"--betas: each of B1,B2 must be in [0, 1), got {text!r}")
+    return betas
+
+
+GAN_RECIPES: dict[str, dict[str, Any]] = {
+    "spec": {"lr_d": 2e-4, "lr_g": 2e-4, "betas": "0.9,0.999", "ema_decay": None},
+    # provisional: plausible values from common GAN practice, to be replaced by measured ones
+    "improved": {"lr_d": 4e-4, "lr_g": 1e-4, "betas": "0.5,0.999", "ema_decay": 0.999},
+}
+"""``--recipe``: the values a recipe gives the GAN's training options that are not given as flags (or keywords).
+``spec`` is SPEC §3's defaults, exactly the fields' own defaults."""
+
+
+def _check_ema_decay(config: Any) -> None:
+    # until the batched replica engine (mnistgen.train.replicas) carries the average: refused, never ignored
+    if is_replicated(config):
+        via = f" (--recipe {config.recipe} sets it)" if GAN_RECIPES.get(config.recipe, {}).get("ema_decay") else ""
+        raise MnistgenError(f"--ema-decay{via} does not train replicas yet (--replicas, --seeds): train each seed as "
+                            "its own run")
+
+
+def _recipe_text(values: dict[str, Any]) -> str:
+    return ", ".join(f"--{name.replace('_', '-')} {'off' if value is None else value}"
+                     for name, value in values.items())
+
+
+_RECIPE_HELP = (
+    "a set of training options, applied to those not given as flags: "
+    + "; ".join(f"{name} ({_recipe_text(values)})" for name, values in GAN_RECIPES.items())
+    + "; improved's values are provisional until measured. config.json records the recipe and every value taken")
+
+
 @dataclass(frozen=True)
 class GANConfig:
     """SPEC §3: the GAN and its training defaults."""
@@ -255,6 +302,16 @@ class GANConfig:
     batch_size: int = option(256, "images per step (the last partial batch is dropped)", POSITIVE)
     lr_d: float = option(2e-4, "Adam learning rate of the discriminator", POSITIVE)
     lr_g: float = option(2e-4, "Adam learning rate of the generator", POSITIVE)
+    betas: str = option(
+        "0.9,0.999", "Adam's decay rates B1,B2 of both networks' optimizers, each in [0, 1); the default is "
+        "PyTorch's, as SPEC §3", check=lambda text, config: parse_betas(text))
+    ema_decay: float | None = option(
+        None, "keep an exponential moving average of G's weights, ema = D*ema + (1-D)*w after each G step, starting "
+        "from G's initial weights (so it needs well over 1/(1-D) steps; 234 steps per epoch with SPEC's defaults); "
+        "RUN/grids, `gan plot`, `gan sample` and scores then use the average (RUN/grids/raw and --raw: the trained "
+        "G) (default: off, as SPEC §3)",
+        Bound(low=0, high=1, low_open=True, high_open=True), check=lambda decay, config: _check_ema_decay(config))
+    recipe: Literal["spec", "improved"] = option("spec", _RECIPE_HELP)
     zdim: int = option(64, "dimension of the generator's input noise z ~ U[-1, 1]^zdim", POSITIVE)
     seed: int = option(2, "seed that fixes the whole run", SEED_BOUND)
     replicas: int = option(1, _REPLICAS_HELP, POSITIVE, check=_check_replicas)
@@ -296,6 +353,9 @@ class ScoreConfig:
         None, "classifier weights, a .pt with its .json beside it (default: the ones shipped with mnistgen)"
     )
     batch_size: int = option(1000, "images per forward pass of the classifier", POSITIVE)
+    samples: int = option(
+        10000, "images drawn from each seed's model when a run folder is scored (at least 2; VAE: decoder means "
+        "p(x|z), GAN: G(z))", POSITIVE)
     device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "where to compute")
 
 
@@ -314,6 +374,9 @@ class ReproduceConfig:
     grid_every: int = option(GANConfig.grid_every, "save the GAN's 8x8 grid every this many epochs", POSITIVE)
     iw_samples: int = option(1000, "K, importance samples per test image for the estimate of log p(x)", POSITIVE)
     score_samples: int = option(10000, "samples of each model given to the sample-quality score", POSITIVE)
+    replicas: int = option(
+        1, "train each model with this many seeds (counting up from its default seed), evaluate and score each, and "
+        "report every number as the mean with its 95 percent Student-t interval over the seeds", POSITIVE)
     device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "where to compute")
 
 
@@ -375,6 +438,8 @@ class GANSampleConfig:
 
     seed: int | None = option(None, "seed of the noise z (default: the run's training seed)", SEED_BOUND)
     device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "where to compute")
+    raw: bool = option(False, "a run trained with --ema-decay: sample the trained G rather than the moving average "
+                       "of its weights (the default there)")
 
 
 @dataclass(frozen=True)
@@ -382,6 +447,8 @@ class GANPlotConfig:
     """``mnistgen gan plot RUN``: the progress figure of a GAN run."""
 
     epochs: str = option("0,30,70", "comma-separated epochs whose saved grids are shown side by side (SPEC §3)")
+    raw: bool = option(False, "a run trained with --ema-decay: show the trained G's grids (RUN/grids/raw) rather "
+                       "than those of the moving average of its weights (the default there)")
 
 
 # --------------------------------------------------------------------------- validation
@@ -551,15 +618,27 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, exclude: tu
 def config_from_args(cls: type, args: argparse.Namespace, base: Any | None = None) -> Any:
     """Build ``cls`` from parsed flags: a flag given on the command line overrides ``base`` (or the defaults).
 
+    Without ``base``, a ``--recipe`` given (a :class:`GANConfig`) first sets the fields of its :data:`GAN_RECIPES`
+    entry, so flags given still win and the values taken are in the config. With ``base`` (a resumed run) the
+    saved fields stay: a changed recipe is then a change of setting, which ``--resume`` refuses.
+
     The result is :func:`validate` d: a value out of bounds is refused in one line (:class:`UsageError`: exit 2).
     """
-    base = base if base is not None else cls()
+    base = base if base is not None else recipe_defaults(cls, getattr(args, "recipe", None))
     config = _replace_from_args(cls, args, base)
     try:
         validate(config)
     except MnistgenError as exc:  # ``base`` was valid: a flag's value is out of bounds
         raise UsageError(str(exc)) from None
     return config
+
+
+def recipe_defaults(cls: type, recipe: str | None) -> Any:
+    """``cls``'s defaults with the values of ``recipe`` (:data:`GAN_RECIPES`, for a :class:`GANConfig`), or the
+    plain defaults (no recipe, or an unknown one: :func:`validate` refuses it in one line)."""
+    if cls is not GANConfig or recipe not in GAN_RECIPES:
+        return cls()
+    return dataclasses.replace(cls(), recipe=recipe, **GAN_RECIPES[recipe])
 
 
 def _replace_from_args(cls: type, args: argparse.Namespace, base: Any) -> Any:

@@ -5,10 +5,14 @@ and 0 on generated images; G uses the non-saturating loss -log D(G(z)).
 
 VAE (SPEC §2): the evidence lower bound per image, in nats, by Eq. 2 (one Monte Carlo sample of
 log p(x|z) + log p(z) - log q(z|x)) or by Eq. 1 (E_q[log p(x|z)] - KL(q(z|x) || p(z)) with the KL in
-closed form, :func:`mnistgen.theory.kl_diag_gaussians`). Training maximizes the batch mean.
+closed form, :func:`mnistgen.theory.kl_diag_gaussians`). Training maximizes the batch mean. With K draws per
+image (``--train-samples``), :func:`vae_elbo` gives the mean of the K one-sample estimates, or (``--objective
+iwae``) the importance-weighted bound of Burda et al. (2016) over the K draws (docs/theory.md, section 13).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -54,25 +58,50 @@ def elbo_analytic(x: torch.Tensor, logits: torch.Tensor, mean: torch.Tensor, log
     return log_bernoulli_logits(x, logits) - kl_diag_gaussians(mean, logvar)
 
 
-def vae_elbo(model: torch.nn.Module, x: torch.Tensor, eps: torch.Tensor, analytic_kl: bool = False) -> torch.Tensor:
+def vae_elbo(model: torch.nn.Module, x: torch.Tensor, eps: torch.Tensor, analytic_kl: bool = False,
+             importance_weighted: bool = False) -> torch.Tensor:
     """The ELBO of each image under ``model`` (a :class:`mnistgen.models.vae.VAE`), from the modules' own code.
 
     Encodes x with ``model.encoder``, takes z = mean + exp(logvar / 2) * eps (the reparametrization, with the
     standard normal draws ``eps`` given), decodes with ``model.decoder.logits`` and returns Eq. 1
     (``analytic_kl``) or Eq. 2. Differentiable. x (B, 784), eps (B, D_z) -> (B,).
+
+    With eps (K, B, D_z), K draws per image (sample-major, as :func:`standard_normal_draws` with ``samples``):
+    the mean over k of the K one-sample estimates, or with ``importance_weighted`` the K-sample bound of Burda et
+    al. (2016), log (1/K) sum_k exp(w_k) with w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x) (Eq. 2's integrand),
+    by logsumexp. With K = 1 both are the one-sample value itself. (K, B, D_z) -> (B,).
     """
     mean, logvar = model.encoder(x)  # (B, D_z) each
-    z = mean + torch.exp(0.5 * logvar) * eps  # (B, D_z)
-    logits = model.decoder.logits(z)  # (B, 784)
+    if eps.dim() == 2:
+        if importance_weighted:
+            raise ValueError("the importance-weighted bound takes eps of shape (K, B, D_z)")
+        z = mean + torch.exp(0.5 * logvar) * eps  # (B, D_z)
+        logits = model.decoder.logits(z)  # (B, 784)
+        if analytic_kl:
+            return elbo_analytic(x, logits, mean, logvar)
+        return elbo_mc(x, logits, z, mean, logvar)
+    if importance_weighted and analytic_kl:
+        raise ValueError("the importance-weighted bound is built on Eq. 2's integrand, not on Eq. 1")
+    samples, batch = eps.shape[0], x.shape[0]
+    z = (mean + torch.exp(0.5 * logvar) * eps).reshape(samples * batch, -1)  # (K*B, D_z), sample-major
+    logits = model.decoder.logits(z)  # (K*B, 784): the decoder sees K*B rows, as it would K*B images
+    x, mean, logvar = x.repeat(samples, 1), mean.repeat(samples, 1), logvar.repeat(samples, 1)  # row k*B + b
     if analytic_kl:
-        return elbo_analytic(x, logits, mean, logvar)
-    return elbo_mc(x, logits, z, mean, logvar)
+        per_draw = elbo_analytic(x, logits, mean, logvar)
+    else:
+        per_draw = elbo_mc(x, logits, z, mean, logvar)  # (K*B,): Eq. 2's integrand, the log weight w_k
+    per_draw = per_draw.view(samples, batch)
+    if importance_weighted:
+        return torch.logsumexp(per_draw, dim=0) - math.log(samples)
+    return per_draw.mean(dim=0)
 
 
 def standard_normal_draws(count: int, latent_dim: int, generator: torch.Generator | None,
-                          like: torch.Tensor) -> torch.Tensor:
-    """eps ~ N(0, I): (count, latent_dim) on ``like``'s device and dtype, from ``generator``."""
-    return torch.randn((count, latent_dim), generator=generator, device=like.device, dtype=like.dtype)
+                          like: torch.Tensor, samples: int | None = None) -> torch.Tensor:
+    """eps ~ N(0, I): (count, latent_dim) on ``like``'s device and dtype, from ``generator``; with ``samples``,
+    (samples, count, latent_dim) (sample-major: with ``samples`` = 1, the very numbers of the 2-D draw)."""
+    shape = (count, latent_dim) if samples is None else (samples, count, latent_dim)
+    return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
 
 
 @torch.inference_mode()

@@ -19,7 +19,7 @@ import io
 import json
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from . import __version__
 from .errors import MnistgenError
 from .files import atomic_write, figure_png, read_json
 from .runs import RunDir
+from .stats import spread
 
 CONTENT_SECURITY_POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 LIBRARIES = ("torch", "numpy", "matplotlib", "pillow", "tqdm", "platformdirs")
@@ -219,25 +220,57 @@ KNOWN_PANELS = (
 NOT_PLOTTED = ("epoch", "seconds", "train_seconds", "lr")
 
 
+def plotted_keys(records: list[dict[str, Any]]) -> list[str]:
+    """The metrics the curves show: those with a number in some record, but the epoch, times and learning rate."""
+    keys = [k for k in dict.fromkeys(k for r in records for k in r) if k not in NOT_PLOTTED]
+    return [k for k in keys if any(v is not None for v in numeric_series(records, k))]
+
+
+def curve_panels(keys: list[str], lines: Callable[[str, str], dict[str, list[float | None]]]
+                 ) -> list[tuple[str, str, dict[str, list[float | None]]]]:
+    """The panels of the curves: known metrics in their panels, others in one more. ``lines(key, label)`` gives the
+    lines of one metric, {legend: its values by epoch}: one line for a run, one per seed for a replica run."""
+    panels = []
+    for panel_title, ylabel, legend in KNOWN_PANELS:
+        series = {name: values for key, label in legend.items() if key in keys
+                  for name, values in lines(key, label).items()}
+        if series:
+            panels.append((panel_title, ylabel, series))
+    known = {key for _, _, legend in KNOWN_PANELS for key in legend}
+    others = {name: values for key in keys if key not in known for name, values in lines(key, key).items()}
+    if others:
+        panels.append(("other metrics", "value", others))
+    return panels
+
+
 def curves_png(records: list[dict[str, Any]], title: str) -> bytes | None:
     """Curves of the numeric metrics by epoch (known metrics in their panels, others in one more); None if none."""
     from .plots.report import metric_curves
 
     epochs = [r.get("epoch", i) for i, r in enumerate(records)]
-    keys = [k for k in dict.fromkeys(k for r in records for k in r) if k not in NOT_PLOTTED]
-    keys = [k for k in keys if any(v is not None for v in numeric_series(records, k))]
+    keys = plotted_keys(records)
     if not records or not keys:
         return None
-    panels = []
-    for panel_title, ylabel, legend in KNOWN_PANELS:
-        series = {label: numeric_series(records, key) for key, label in legend.items() if key in keys}
-        if series:
-            panels.append((panel_title, ylabel, series))
-    known = {key for _, _, legend in KNOWN_PANELS for key in legend}
-    others = {key: numeric_series(records, key) for key in keys if key not in known}
-    if others:
-        panels.append(("other metrics", "value", others))
+    panels = curve_panels(keys, lambda key, label: {label: numeric_series(records, key)})
     return figure_png(metric_curves(epochs, panels, title))
+
+
+def replica_curves_png(histories: dict[int, list[dict[str, Any]]], title: str) -> bytes | None:
+    """The curves of every seed of a replica run, ``{seed: its metrics.jsonl records}``: each metric one line per seed,
+    labelled "seed S: metric", on the epochs of all seeds (a seed that lacks an epoch has a gap); None if none."""
+    from .plots.report import metric_curves
+
+    by_epoch = {seed: {r.get("epoch", i): r for i, r in enumerate(records)} for seed, records in histories.items()}
+    epochs = sorted({epoch for records in by_epoch.values() for epoch in records})
+    keys = plotted_keys([r for records in histories.values() for r in records])
+    if not epochs or not keys:
+        return None
+
+    def lines(key: str, label: str) -> dict[str, list[float | None]]:
+        return {f"seed {seed}: {label}": numeric_series([records.get(e, {}) for e in epochs], key)
+                for seed, records in by_epoch.items()}
+
+    return figure_png(metric_curves(epochs, curve_panels(keys, lines), title))
 
 
 def run_figures(run: RunDir, kind: str) -> list[tuple[str, bytes, str]]:
@@ -256,6 +289,9 @@ def run_section(run: RunDir, kind: str, title: str) -> str:
     if not run.config.is_file():
         return section(kind, title, "<p class='missing'>This stage has not produced a run folder yet.</p>")
     config = run.read_config()
+    replicas = seed_runs(run)
+    if replicas:
+        return replica_section(run, kind, title, replicas)
     records = run.read_metrics()
     parts = []
     if records:
@@ -273,17 +309,167 @@ def run_section(run: RunDir, kind: str, title: str) -> str:
         if png is not None:
             parts.append(figure_html(png, "Training curves: the metrics of metrics.jsonl after each epoch.",
                                      f"{title}: training curves"))
-    grids = sorted((run.path / "grids").glob("epoch_*.png")) if (run.path / "grids").is_dir() else []
-    if grids:
-        gallery = "".join(figure_html(p.read_bytes(), f"epoch {int(p.stem.split('_')[-1])}", p.name, "grid")
-                          for p in grids)
-        parts.append(details(f"all {len(grids)} grids from the fixed noise batch (8x8, by epoch)",
-                             f'<div class="gallery">{gallery}</div>'))
+    parts.append(grids_gallery(run))
     parts.append("<h3>Metrics by epoch</h3>" + metrics_table(records))
     parts.append("<h3>Configuration</h3>" + value_html(config.get("config", {}), settings=True))
-    data = read_json_if_present(run.data)
-    parts.append("<h3>Data</h3>" + (data_html(data) if data is not None
-                                     else "<p class='missing'>No data.json in this run folder.</p>"))
+    parts.append(data_part(run))
+    return section(kind, title, "".join(parts))
+
+
+def grids_gallery(run: RunDir, whose: str = "") -> str:
+    """The GAN's saved 8x8 grids by epoch, folded ("" when the run has none)."""
+    grids = sorted((run.path / "grids").glob("epoch_*.png")) if (run.path / "grids").is_dir() else []
+    if not grids:
+        return ""
+    gallery = "".join(figure_html(p.read_bytes(), f"epoch {int(p.stem.split('_')[-1])}", p.name, "grid")
+                      for p in grids)
+    return details(f"all {len(grids)} grids{whose} from the fixed noise batch (8x8, by epoch)",
+                   f'<div class="gallery">{gallery}</div>')
+
+
+def data_part(run: RunDir) -> str:
+    data = read_json_if_present(data_file(run))
+    return "<h3>Data</h3>" + (data_html(data) if data is not None
+                              else "<p class='missing'>No data.json in this run folder.</p>")
+
+
+# --------------------------------------------------------------------------- replica runs: several seeds in one run
+
+
+def seed_runs(run: RunDir) -> list[tuple[int, RunDir]]:
+    """A replica run's seeds and their run folders RUN/seed=S, in order; [] for a single-seed run (or none yet)."""
+    return run.replicas() if run.config.is_file() else []
+
+
+def seed_folders(run: RunDir) -> dict[int | None, RunDir]:
+    """{seed: RUN/seed=S} of a replica run; {None: the run} of a single-seed run."""
+    return dict(seed_runs(run)) or {None: run}
+
+
+def data_file(run: RunDir) -> Path:
+    """A run's data.json; a replica run's is its first seed's when RUN has none (every seed reads the same data)."""
+    replicas = seed_runs(run)
+    return replicas[0][1].data if replicas and not run.data.is_file() else run.data
+
+
+def interval_name(n: int) -> str:
+    return f"95% Student-t interval over {n} seed{'' if n == 1 else 's'}"
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def spread_html(values: Sequence[Any], seeds: int) -> Markup:
+    """The mean ± the half-width of the 95% Student-t interval of the finite numbers among ``values`` (one per seed
+    of ``seeds``; those a seed lacks are left out, and the count said), to 2 decimals from 100 on, else 4."""
+    numbers = [float(v) for v in values if is_number(v) and math.isfinite(v)]
+    if not numbers:
+        return Markup("—")
+    found = spread(numbers)
+    digits = 2 if abs(found.mean) >= 100 else 4
+    text = f"{found.mean:,.{digits}f}" + ("" if found.half_width is None else f" ± {found.half_width:,.{digits}f}")
+    if len(numbers) < seeds:
+        text += f" ({len(numbers)} of {seeds} seeds)"
+    return Markup(f'<span class="spread" title="mean ± {escape(interval_name(len(numbers)))}">{escape(text)}</span>')
+
+
+def across_seeds(values: dict[int, Any], plain: bool = False) -> tuple[Markup, Markup]:
+    """One quantity of a replica run, ``{seed: value}``: (the value every seed shares, such as a setting, else a
+    measurement's mean ± its 95% interval; each seed's value, "seed S: value; ..."). ``plain``: identifiers."""
+    each = seeds_html({seed: value_html(value, plain) for seed, value in values.items()})
+    listed = list(values.values())
+    shared = {json.dumps(v, sort_keys=True) for v in listed}
+    if len(shared) == 1:  # a setting (or a time) that is the same for every seed: no spread to show
+        return value_html(listed[0], plain), each
+    if any(isinstance(v, float) for v in listed):
+        return spread_html(listed, len(listed)), each
+    return Markup("differs by seed"), each
+
+
+def seeds_html(values: dict[int, Markup]) -> Markup:
+    """Each seed's value (already HTML): "seed S: value; ...", a line breaking only between seeds."""
+    return Markup("; ".join(f'<span class="seed">seed {seed}: {value}</span>' for seed, value in values.items()))
+
+
+def combined(values: dict[int | None, Any]) -> tuple[Any, Markup | None]:
+    """A quantity of a single-seed run, ``{None: value}``, as it is (and no per-seed values), or of a replica run
+    across its seeds (:func:`across_seeds`)."""
+    if list(values) == [None]:
+        return values[None], None
+    return across_seeds(values)
+
+
+def seed_evaluations(run: RunDir) -> dict[int | None, dict[str, Any] | None]:
+    """The eval.json of each seed (RUN/seed=S/eval.json, else its entry in RUN/eval.json's "per_seed"), or of the
+    single-seed run (seed None); None where there is none."""
+    folders = seed_folders(run)
+    if list(folders) == [None]:
+        return {None: read_json_if_present(run.eval)}
+    aggregate = read_json_if_present(run.eval)
+    per_seed = aggregate.get("per_seed") if isinstance(aggregate, dict) else None
+    per_seed = per_seed if isinstance(per_seed, dict) else {}
+    found = {seed: read_json_if_present(folder.eval) or per_seed.get(str(seed)) for seed, folder in folders.items()}
+    return {seed: result if isinstance(result, dict) else None for seed, result in found.items()}
+
+
+def seeds_table(results: dict[int, dict[str, Any]]) -> str:
+    """Each quantity (a row) of every seed (a column each), after their mean ± the 95% interval (for a count or a
+    setting: the value every seed shares)."""
+    keys = list(dict.fromkeys(k for result in results.values() for k in result))
+    rows = []
+    for key in keys:
+        values = {seed: result.get(key) for seed, result in results.items()}
+        centre, _ = across_seeds(values, is_plain_key(key))
+        rows.append([key, centre, *(value_html(v, is_plain_key(key)) for v in values.values())])
+    headers = ("quantity", f"mean ± {interval_name(len(results))}", *(f"seed {seed}" for seed in results))
+    return table(headers, rows, "kv seeds")
+
+
+def replica_figures(run: RunDir, kind: str, replicas: list[tuple[int, RunDir]]) -> list[tuple[str, bytes, str]]:
+    """The figures of a replica run, each caption saying whose model it shows: RUN/figures (where the model commands
+    draw the first seed's model, and the training curves of every seed), else the first seed's own figures but its
+    single-seed training curves."""
+    first_seed, first = replicas[0]
+    one = f"Seed {first_seed}, the first of the {len(replicas)} seeds. "
+    every = f"Every seed ({', '.join(str(seed) for seed, _ in replicas)}), one line per seed. "
+    own = run_figures(run, kind)
+    if own:
+        return [(name, png, (every if name == CURVES_FIGURE[kind] else one) + caption) for name, png, caption in own]
+    return [(name, png, one + caption) for name, png, caption in run_figures(first, kind)
+            if name != CURVES_FIGURE[kind]]
+
+
+def replica_section(run: RunDir, kind: str, title: str, replicas: list[tuple[int, RunDir]]) -> str:
+    """A replica run: each seed's last epoch and evaluation after their mean ± 95% interval, the figures of the first
+    seed, the training curves of every seed, each seed's metrics, the configuration and the data."""
+    n, (first_seed, first) = len(replicas), replicas[0]
+    histories = {seed: folder.read_metrics() for seed, folder in replicas}
+    seeds = ", ".join(str(seed) for seed, _ in replicas)
+    parts = [f"<p>{n} seeds ({seeds}) trained as replicas, each in its own run folder <code>seed=S/</code>. A number "
+             f"measured on every seed is shown as the mean ± the half-width of its <b>{interval_name(n)}</b> "
+             "(t<sub>0.975, n-1</sub> s / &radic;n, s the standard deviation over the seeds), then each seed's value. "
+             f"The figures show seed {first_seed}, the first seed; the training curves show every seed.</p>"]
+    last = {seed: records[-1] for seed, records in histories.items() if records}
+    if last:
+        parts.append("<p>Epochs trained and the last epoch's metrics of each seed:</p>" + seeds_table(last))
+    evaluations = seed_evaluations(run)
+    if any(result is not None for result in evaluations.values()):
+        parts.append("<h3>Evaluation</h3>" + seeds_table({seed: result or {} for seed, result in evaluations.items()}))
+    figures = replica_figures(run, kind, replicas)
+    parts += [figure_html(png, caption, f"{title}: {name}") for name, png, caption in figures]
+    if not any(name == CURVES_FIGURE[kind] for name, _, _ in figures):
+        png = replica_curves_png(histories, f"{title}: training curves of {n} seeds")
+        if png is not None:
+            parts.append(figure_html(png, f"Training curves of every seed ({seeds}), one line per seed and metric "
+                                          "(labelled seed S): the metrics of each seed's metrics.jsonl after each "
+                                          "epoch.", f"{title}: training curves of {n} seeds"))
+    parts.append(grids_gallery(first, f" of seed {first_seed} (the first seed)"))
+    parts.append("<h3>Metrics by epoch</h3>" + "".join(
+        f"<p>Seed {seed} (<code>seed={seed}/metrics.jsonl</code>):</p>" + metrics_table(records)
+        for seed, records in histories.items()))
+    parts.append("<h3>Configuration</h3>" + value_html(run.read_config().get("config", {}), settings=True))
+    parts.append(data_part(run))
     return section(kind, title, "".join(parts))
 
 
@@ -295,7 +481,7 @@ def is_bundled_sample(provenance: dict[str, Any]) -> bool:
 def sample_banner(runs: dict[str, RunDir]) -> str:
     """A warning above the results when any model was trained on the bundled sample."""
     on_sample = [name.upper() for name, run in runs.items()
-                 if run.data.is_file() and is_bundled_sample(read_json(run.data))]
+                 if data_file(run).is_file() and is_bundled_sample(read_json(data_file(run)))]
     if not on_sample:
         return ""
     parts = escape(", ".join(on_sample))
@@ -333,6 +519,28 @@ def score_files(root: Path) -> list[Path]:
     order = list(SAMPLE_SET_TITLES)
     stem = lambda p: p.name[: -len(".score.json")]  # noqa: E731
     return sorted(files, key=lambda p: order.index(stem(p)) if stem(p) in order else len(order))
+
+
+def score_stem(path: Path) -> str:
+    return path.name[: -len(".score.json")]
+
+
+def score_sets(root: Path, runs: dict[str, RunDir]) -> list[tuple[str, dict[int | None, Path]]]:
+    """(title, {seed: NAME.score.json}) of each scored set of images: one file (seed None) of :func:`score_files`,
+    or one per seed of a replica run, RUN/seed=S/NAME.score.json (``mnistgen score RUN``, a reproduction's samples);
+    the known sets in the order of SAMPLE_SET_TITLES, then the others."""
+    sets: list[tuple[str, dict[int | None, Path]]] = [
+        (SAMPLE_SET_TITLES.get(score_stem(path), score_stem(path)), {None: path}) for path in score_files(root)]
+    by_seed: dict[str, dict[int | None, Path]] = {}
+    for name, run in runs.items():
+        for seed, folder in seed_runs(run):
+            for path in sorted(folder.path.glob("*.score.json")):
+                title = SAMPLE_SET_TITLES.get(score_stem(path), f"{name.upper()}: {score_stem(path)}")
+                by_seed.setdefault(title, {})[seed] = path
+    order = list(SAMPLE_SET_TITLES)
+    stem = lambda files: score_stem(next(iter(files.values())))  # noqa: E731
+    return sorted([*sets, *by_seed.items()], key=lambda item: order.index(stem(item[1])) if stem(item[1]) in order
+                  else len(order))
 
 
 SCORE_FIELDS = ("n_images", "frechet_distance", "classifier_score", "class_histogram")  # in every score and reference
@@ -411,21 +619,30 @@ def samples_preview(images_file: Path) -> bytes | None:
     return array_png(tile(images[: rows * cols], rows, cols), SAMPLE_PREVIEW_SCALE)
 
 
-def scores_section(root: Path) -> str:
-    files = score_files(root)
-    if not files:
+def scores_section(root: Path, runs: dict[str, RunDir]) -> str:
+    """The scores of every set of images beside the real-vs-real reference, and a preview of each set. A set scored
+    for each seed of a replica run has a row of its mean ± 95% interval over the seeds, then one row per seed."""
+    sets = [(title, {seed: (path, read_score(path)) for seed, path in files.items()})
+            for title, files in score_sets(root, runs)]
+    if not sets:
         return ""
-    scores = [(p, read_score(p)) for p in files]
+    scores = [found for _, files in sets for found in files.values()]
     reference = next((s["real_vs_real_reference"] for _, s in scores if "real_vs_real_reference" in s), None)
     rows = []
     if reference is not None:
         rows.append([Markup(f"<b>real vs real</b> (reference: {escape(reference.get('what', ''))})"),
                      reference.get("n_images"), reference.get("frechet_distance"),
                      reference.get("classifier_score"), histogram_html(reference.get("class_histogram", []))])
-    for path, score in scores:
-        stem = path.name[: -len(".score.json")]
-        rows.append([SAMPLE_SET_TITLES.get(stem, stem), score.get("n_images"), score.get("frechet_distance"),
-                     score.get("classifier_score"), histogram_html(score.get("class_histogram", []))])
+    for title, files in sets:
+        if list(files) != [None]:
+            counts = {seed: score.get("n_images") for seed, (_, score) in files.items()}
+            rows.append([Markup(f"<b>{escape(title)}</b>: mean ± {escape(interval_name(len(files)))}"),
+                         across_seeds(counts)[0],
+                         *(spread_html([score.get(key) for _, score in files.values()], len(files))
+                           for key in ("frechet_distance", "classifier_score")), ""])
+        rows += [[title if seed is None else f"{title}, seed {seed}", score.get("n_images"),
+                  score.get("frechet_distance"), score.get("classifier_score"),
+                  histogram_html(score.get("class_histogram", []))] for seed, (_, score) in files.items()]
     body = ("<p>Each set of images is passed through mnistgen's own MNIST classifier. <b>Frechet distance</b>: "
             "between the classifier's features of the images and of the 10,000 test images (lower is closer to "
             "MNIST; it grows as the number of images shrinks, so compare sets of equal size). <b>Classifier "
@@ -437,13 +654,16 @@ def scores_section(root: Path) -> str:
     if classifier is not None:
         body += "<p>Classifier: " + value_html(classifier) + "</p>"
     previews = []
-    for path, _ in scores:
-        stem = path.name[: -len(".score.json")]
+    for title, files in sets:
+        seed, (path, _) = next(iter(files.items()))  # a replica run's: its first seed's
+        stem = score_stem(path)
         png = next((preview for suffix in (".npz", ".npy")
                     if (preview := samples_preview(path.with_name(stem + suffix))) is not None), None)
+        whose = "" if seed is None else f", seed {seed} (the first of {len(files)} seeds)"
         if png is not None:
             previews.append(figure_html(png, f"The first {SAMPLE_PREVIEW[0] * SAMPLE_PREVIEW[1]} of the scored "
-                                        f"images: {SAMPLE_SET_TITLES.get(stem, stem)}.", stem, "preview"))
+                                        f"images: {title}{whose}.", stem if seed is None else f"{stem}, seed {seed}",
+                                        "preview"))
     if previews:
         body += f'<div class="gallery">{"".join(previews)}</div>'
     return section("scores", "Sample quality", body)
@@ -545,6 +765,7 @@ table.kv table.kv{font-size:.85rem;margin:0} table.summary td:nth-child(3){white
 .bar small{font-size:9px;color:#555}
 .missing{color:#a33} code{background:#f3f3f3;padding:0 .2rem}
 details{margin:.5rem 0} summary{cursor:pointer;color:#16324f}
+.spread,.seed{white-space:nowrap}
 """
 
 
@@ -565,48 +786,87 @@ def page(title: str, subtitle: Sequence[str], sections: Sequence[tuple[str, str,
 
 
 def summary_section(root: Path, runs: dict[str, RunDir]) -> str:
-    """The headline numbers of each part, one table: what was measured, its value, and how to read it."""
-    rows = []
-    vae = runs.get("vae")
-    if vae is not None and vae.config.is_file():
-        records = vae.read_metrics()
-        rows.append(["VAE", "epochs trained", len(records), epochs_note(vae, "vae")])
-        evaluation = read_json_if_present(vae.eval)
-        if evaluation is not None:
-            rows += [["VAE", SUMMARY_LABELS.get(k, k), v, SUMMARY_NOTES.get(k, "")] for k, v in evaluation.items()
-                     if k in SUMMARY_LABELS]
-        elif records:
-            rows += [["VAE", f"{k} (last epoch)", v, LAST_EPOCH_NOTES.get(k, LAST_EPOCH_NOTE)]
-                     for k, v in records[-1].items() if k.endswith("elbo")]
-    gan = runs.get("gan")
-    if gan is not None and gan.config.is_file():
-        records = gan.read_metrics()
-        rows.append(["GAN", "epochs trained", max((r.get("epoch", 0) for r in records), default=0),
-                     epochs_note(gan, "gan")])
-        if records:
-            rows += [["GAN", f"{k} (last epoch)", v, LAST_EPOCH_NOTES.get(k, LAST_EPOCH_NOTE)]
-                     for k, v in records[-1].items()
-                     if k not in ("epoch", "seconds") and isinstance(v, int | float) and not isinstance(v, bool)
-                     and not k.endswith("seconds")]
+    """The headline numbers of each part, one table: what was measured, its value, and how to read it. A replica
+    run's measurement is the mean ± its 95% interval over the seeds, each seed's value in a column beside it."""
+    rows = []  # [part, quantity, value, each seed's value (None for a single-seed run), how to read it]
+    for name, part_rows in (("vae", vae_summary_rows), ("gan", gan_summary_rows)):
+        run = runs.get(name)
+        if run is not None and run.config.is_file():
+            rows += part_rows(run)
+    rows += score_summary_rows(root, runs)
+    if not rows:
+        return ""
+    if all(each is None for _, _, _, each, _ in rows):
+        return section("summary", "Results at a glance", table(("part", "quantity", "value", "how to read it"),
+                                                               ([p, q, v, note] for p, q, v, _, note in rows),
+                                                               "summary"))
+    replicated = [f"{name.upper()}: the {interval_name(len(found))} ({', '.join(str(seed) for seed, _ in found)})"
+                  for name, run in runs.items() if (found := seed_runs(run))]
+    intro = ("<p>Each number measured on several seeds is their mean ± the half-width of its 95% Student-t interval "
+             f"(t<sub>0.975, n-1</sub> s / &radic;n), then each seed's value: {escape('; '.join(replicated))}. A "
+             "count or a setting that every seed shares is shown once.</p>")
+    return section("summary", "Results at a glance",
+                   intro + table(("part", "quantity", "mean ± 95% interval", "each seed", "how to read it"),
+                                 ([p, q, v, "—" if each is None else each, note] for p, q, v, each, note in rows),
+                                 "summary"))
+
+
+def vae_summary_rows(run: RunDir) -> list[list[Any]]:
+    """Epochs, then the evaluation's headline numbers, else the last epoch's ELBOs (of each seed of a replica run)."""
+    histories = {seed: folder.read_metrics() for seed, folder in seed_folders(run).items()}
+    rows = [["VAE", "epochs trained", *combined({seed: len(records) for seed, records in histories.items()}),
+             epochs_note(run, "vae")]]
+    evaluations = seed_evaluations(run)
+    if any(result is not None for result in evaluations.values()):
+        keys = dict.fromkeys(k for result in evaluations.values() if result for k in result if k in SUMMARY_LABELS)
+        rows += [["VAE", SUMMARY_LABELS[k], *combined({seed: (result or {}).get(k)
+                                                        for seed, result in evaluations.items()}),
+                  SUMMARY_NOTES.get(k, "")] for k in keys]
+    elif any(histories.values()):
+        last = {seed: records[-1] if records else {} for seed, records in histories.items()}
+        keys = dict.fromkeys(k for record in last.values() for k in record if k.endswith("elbo"))
+        rows += [["VAE", f"{k} (last epoch)", *combined({seed: record.get(k) for seed, record in last.items()}),
+                  LAST_EPOCH_NOTES.get(k, LAST_EPOCH_NOTE)] for k in keys]
+    return rows
+
+
+def gan_summary_rows(run: RunDir) -> list[list[Any]]:
+    """Epochs, then the last epoch's numbers (of each seed of a replica run)."""
+    histories = {seed: folder.read_metrics() for seed, folder in seed_folders(run).items()}
+    rows = [["GAN", "epochs trained", *combined({seed: max((r.get("epoch", 0) for r in records), default=0)
+                                                 for seed, records in histories.items()}), epochs_note(run, "gan")]]
+    last = {seed: records[-1] if records else {} for seed, records in histories.items()}
+    keys = dict.fromkeys(k for record in last.values() for k, v in record.items()
+                         if k not in ("epoch", "seconds") and is_number(v) and not k.endswith("seconds"))
+    rows += [["GAN", f"{k} (last epoch)", *combined({seed: record.get(k) for seed, record in last.items()}),
+              LAST_EPOCH_NOTES.get(k, LAST_EPOCH_NOTE)] for k in keys]
+    return rows
+
+
+def score_summary_rows(root: Path, runs: dict[str, RunDir]) -> list[list[Any]]:
+    """The real-vs-real reference, then the Frechet distance and classifier score of each scored set of images (over
+    the seeds of a replica run)."""
+    rows: list[list[Any]] = []
     reference_shown = False
-    for path in score_files(root):
-        score = read_score(path)
-        stem = path.name[: -len(".score.json")]
-        reference = score.get("real_vs_real_reference", {})
+    for title, files in score_sets(root, runs):
+        scores = {seed: read_score(path) for seed, path in files.items()}
+        reference = next((s["real_vs_real_reference"] for s in scores.values() if s.get("real_vs_real_reference")), {})
         if reference and not reference_shown:
             rows.append(["score", "real vs real: Frechet distance / classifier score",
                          Markup(f"{format_value(reference.get('frechet_distance'))} / "
-                                f"{format_value(reference.get('classifier_score'))}"),
+                                f"{format_value(reference.get('classifier_score'))}"), None,
                          "the floor: real training images against the real test images"])
             reference_shown = True
-        rows.append(["score", f"{SAMPLE_SET_TITLES.get(stem, stem)}: Frechet distance / classifier score",
-                     Markup(f"{format_value(score.get('frechet_distance'))} / "
-                            f"{format_value(score.get('classifier_score'))}"),
+        pair = {seed: Markup(f"{format_value(s.get('frechet_distance'))} / {format_value(s.get('classifier_score'))}")
+                for seed, s in scores.items()}
+        value, each = pair.get(None), None
+        if None not in pair:
+            value = Markup(" / ".join(spread_html([s.get(key) for s in scores.values()], len(scores))
+                                      for key in ("frechet_distance", "classifier_score")))
+            each = seeds_html(pair)
+        rows.append(["score", f"{title}: Frechet distance / classifier score", value, each,
                      "distance: lower is closer to MNIST; score: up to 10"])
-    if not rows:
-        return ""
-    return section("summary", "Results at a glance", table(("part", "quantity", "value", "how to read it"), rows,
-                                                           "summary"))
+    return rows
 
 
 SUMMARY_LABELS = {
@@ -702,7 +962,7 @@ def build_report(folder: str | Path) -> str:
     banners = shortened_banner(kind, top.get("config", {})) + sample_banner(runs)
     sections = [("summary", "Summary", banners + summary_section(root, runs))]
     sections += [(name, titles[name], run_section(run, name, titles[name])) for name, run in runs.items()]
-    sections += [("scores", "Sample quality", scores_section(root)),
+    sections += [("scores", "Sample quality", scores_section(root, runs)),
                  ("stages", "Time", stages_section(stages)),
                  ("environment", "Versions", environment_section(environments))]
     title = {"reproduce": "mnistgen: reproduction of the specification", "vae": "mnistgen: VAE run",

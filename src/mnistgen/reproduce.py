@@ -10,6 +10,13 @@ Layout of a reproduction folder ``RUN/``::
     RUN/explorer.html      the interactive latent explorer (mnistgen explore)
     RUN/report.html        the report (mnistgen report), rebuilt at the end of every reproduce
 
+With ``--replicas N`` each model trains N seeds (counting up from its default seed) as one replica run: RUN/vae/ and
+RUN/gan/ then hold one ordinary run folder per seed, RUN/vae/seed=S/ (:meth:`mnistgen.runs.RunDir.replicas`). Each
+seed is evaluated (RUN/vae/seed=S/eval.json, and RUN/vae/eval.json the mean and 95% interval over the seeds), sampled
+and scored: the samples of a seed lie beside its run, RUN/vae/seed=S/NAME.npz and NAME.score.json. The figures and
+the explorer show the first seed's models (the training curves every seed's); the report shows every number as the
+mean ± its 95% interval over the seeds, each seed's value beside it.
+
 Stages run in order; each one finished is recorded in stages.json with its time, so ``--resume``
 skips it. A training interrupted (Ctrl-C, a crash, a lost machine) continues from its last
 checkpoint through the models' own resume support, and its time adds to the time already spent.
@@ -41,9 +48,10 @@ from .config import (
 from .errors import MnistgenError
 from .files import atomic_write, read_json, write_json
 from .imaging import to_uint8
-from .runs import RunDir
+from .runs import SEED_FOLDER_PREFIX, RunDir
 
 SAMPLE_SETS = ("vae_means", "vae_binary", "gan")  # the .npz files in RUN/samples, each scored
+MODEL_SAMPLE_SETS = {"vae": SAMPLE_SETS[:2], "gan": SAMPLE_SETS[2:]}  # the sample sets of each model
 SCORED_DATASETS = ("mnist", "mnist-sample")  # the score's classifier knows digits only
 PROGRESS_FRACTIONS = (0.0, 0.3, 0.7)  # the GAN progress figure: epochs 0, 30, 70 of 100 (SPEC §3's example)
 
@@ -64,6 +72,15 @@ class Reproduction:
 
     def sample_file(self, name: str) -> Path:
         return self.samples / f"{name}.npz"
+
+    def model_samples(self, model: str) -> list[tuple[RunDir, dict[str, Path]]]:
+        """Each single-seed run of ``model`` ("vae" or "gan") with the .npz of each of its sample sets: the run and
+        RUN/samples/NAME.npz, or for a replica run each RUN/MODEL/seed=S and its own RUN/MODEL/seed=S/NAME.npz."""
+        names, run = MODEL_SAMPLE_SETS[model], getattr(self, model)
+        runs = model_runs(run)
+        if runs[0] is run:  # a single-seed run
+            return [(run, {name: self.sample_file(name) for name in names})]
+        return [(seed_run, {name: seed_run.path / f"{name}.npz" for name in names}) for seed_run in runs]
 
 
 @dataclass(frozen=True)
@@ -196,14 +213,21 @@ def reproduce(folder: str | Path, config: ReproduceConfig, resume: bool = False,
 
 
 def vae_config(config: ReproduceConfig) -> VAEConfig:
-    """SPEC §2's defaults, with the reproduction's data, epochs and device."""
-    return VAEConfig(data=config.data, epochs=config.vae_epochs, device=config.device)
+    """SPEC §2's defaults, with the reproduction's data, epochs, replicas and device."""
+    return VAEConfig(data=config.data, epochs=config.vae_epochs, replicas=config.replicas, device=config.device)
+
+
+def model_runs(run: RunDir) -> list[RunDir]:
+    """The single-seed run folders of a trained model: each replica's RUN/MODEL/seed=S, or the run itself."""
+    return [seed_run for _, seed_run in (run.replicas() if run.config.is_file() else [])] or [run]
 
 
 def fresh_or_resumable(run: RunDir) -> bool:
-    """True if ``run`` holds a checkpoint to resume from. A folder with none never completed an epoch
-    (it was interrupted while loading data or in its first epoch): it is cleared, and training starts over."""
-    if run.checkpoint.is_file():
+    """True if ``run`` holds a checkpoint to resume from (a replica run: a committed position, or a seed's
+    checkpoint). A folder with none never completed an epoch (it was interrupted while loading data or in its
+    first epoch): it is cleared, and training starts over."""
+    seed_checkpoints = (folder / run.checkpoint.name for folder in run.path.glob(f"{SEED_FOLDER_PREFIX}*"))
+    if run.checkpoint.is_file() or run.replicas_commit.is_file() or any(p.is_file() for p in seed_checkpoints):
         return True
     if run.path.exists():
         shutil.rmtree(run.path)
@@ -218,17 +242,34 @@ def stage_vae_train(repro: Reproduction, config: ReproduceConfig) -> None:
 
 
 def stage_vae_eval(repro: Reproduction, config: ReproduceConfig) -> None:
-    from .evaluate.vae import evaluate_run
+    from .evaluate.vae import evaluate_replicas, evaluate_run
+    from .stats import spread
 
-    result = evaluate_run(repro.vae, VAEEvalConfig(iw=config.iw_samples, device=config.device))
-    say(f"  test ELBO {result['test_elbo']:.2f}, log p(x) >= {result['test_iw_log_likelihood']:.2f} "
+    options = VAEEvalConfig(iw=config.iw_samples, device=config.device)
+    if not repro.vae.replicas():
+        result = evaluate_run(repro.vae, options)
+        say(f"  test ELBO {result['test_elbo']:.2f}, log p(x) >= {result['test_iw_log_likelihood']:.2f} "
+            f"(K = {config.iw_samples})")
+        return
+    summary = evaluate_replicas(repro.vae, options)["summary"]  # each seed's eval.json, and RUN/vae/eval.json
+    elbo, iw = (spread(summary[key]["values"]).text() for key in ("test_elbo", "test_iw_log_likelihood"))
+    say(f"  {len(summary['test_elbo']['values'])} seeds, mean ± 95% interval: test ELBO {elbo}, log p(x) >= {iw} "
         f"(K = {config.iw_samples})")
 
 
-def stage_vae_plots(repro: Reproduction, config: ReproduceConfig) -> None:
+def stage_vae_plots(repro: Reproduction, config: ReproduceConfig) -> dict[str, Any] | None:
     from .evaluate.vae import write_figures
 
-    write_figures(repro.vae, VAEEvalConfig(device=config.device))
+    write_figures(repro.vae, VAEEvalConfig(device=config.device))  # a replica run: the first seed's model
+    note = first_seed_note(repro.vae)
+    return {"note": note} if note else None
+
+
+def first_seed_note(run: RunDir) -> str | None:
+    """Whose model a replica run's figures show, for the stage's note (None for a single-seed run)."""
+    replicas = run.replicas()
+    return (f"the figures show seed {replicas[0][0]}, the first of {len(replicas)} seeds; the training curves every "
+            "seed" if replicas else None)
 
 
 def save_images(path: Path, images: np.ndarray) -> None:
@@ -242,13 +283,15 @@ def stage_vae_samples(repro: Reproduction, config: ReproduceConfig) -> None:
     from .evaluate.vae import sample_run
 
     options = VAEEvalConfig(device=config.device)
-    save_images(repro.sample_file("vae_means"), sample_run(repro.vae, config.score_samples, False, options))
-    save_images(repro.sample_file("vae_binary"), sample_run(repro.vae, config.score_samples, True, options))
+    for run, files in repro.model_samples("vae"):  # each seed's own samples, from its own seed
+        save_images(files["vae_means"], sample_run(run, config.score_samples, False, options))
+        save_images(files["vae_binary"], sample_run(run, config.score_samples, True, options))
 
 
 def gan_config(config: ReproduceConfig) -> GANConfig:
-    """SPEC §3's defaults, with the reproduction's data, epochs, grid interval and device."""
-    return GANConfig(data=config.data, epochs=config.gan_epochs, grid_every=config.grid_every, device=config.device)
+    """SPEC §3's defaults, with the reproduction's data, epochs, grid interval, replicas and device."""
+    return GANConfig(data=config.data, epochs=config.gan_epochs, grid_every=config.grid_every,
+                     replicas=config.replicas, device=config.device)
 
 
 def stage_gan_train(repro: Reproduction, config: ReproduceConfig) -> None:
@@ -265,17 +308,19 @@ def stage_gan_train(repro: Reproduction, config: ReproduceConfig) -> None:
 def stage_gan_plots(repro: Reproduction, config: ReproduceConfig) -> dict[str, Any]:
     from .evaluate.gan import write_figures
 
-    epochs = progress_epochs(repro.gan.grid_epochs(), config.gan_epochs)
-    write_figures(repro.gan, epochs)
-    return {"note": "progress figure of epochs " + ", ".join(map(str, epochs))}
+    epochs = progress_epochs(model_runs(repro.gan)[0].grid_epochs(), config.gan_epochs)  # the first seed's grids
+    write_figures(repro.gan, epochs)  # a replica run: the first seed's grids, every seed's curves
+    note = first_seed_note(repro.gan)
+    return {"note": "progress figure of epochs " + ", ".join(map(str, epochs)) + (f"; {note}" if note else "")}
 
 
 def stage_gan_samples(repro: Reproduction, config: ReproduceConfig) -> None:
     from .device import resolve_device
     from .evaluate.gan import load_generator, sample_images
 
-    generator, saved = load_generator(repro.gan, resolve_device(config.device))
-    save_images(repro.sample_file("gan"), sample_images(generator, config.score_samples, saved.seed))
+    for run, files in repro.model_samples("gan"):  # each seed's own samples, from its own seed
+        generator, saved = load_generator(run, resolve_device(config.device))
+        save_images(files["gan"], sample_images(generator, config.score_samples, saved.seed))
 
 
 def stage_scores(repro: Reproduction, config: ReproduceConfig) -> dict[str, Any] | None:
@@ -296,11 +341,12 @@ def stage_scores(repro: Reproduction, config: ReproduceConfig) -> dict[str, Any]
                         "5,000-digit sample could be loaded (run `mnistgen data fetch`, or pass --data-dir)"}
     classifier = load_classifier(score_config.weights, resolve_device(score_config.device))
     reference = compute_reference(classifier, real, score_config.batch_size)
-    for name in SAMPLE_SETS:
-        path = repro.sample_file(name)
+    for path in (path for model in MODEL_SAMPLE_SETS for _, files in repro.model_samples(model)
+                 for path in files.values()):
         if path.is_file():
             report = score_images(load_images(path), classifier, reference, score_config)
             write_report(path, report)
+            name = path.stem if path.parent == repro.samples else path.relative_to(repro.path).with_suffix("")
             say(f"  {name}: Frechet distance {report['frechet_distance']:.2f} "
                 f"(real vs real {reference.frechet_distance:.2f}), classifier score {report['classifier_score']:.2f}")
     return None
@@ -309,7 +355,12 @@ def stage_scores(repro: Reproduction, config: ReproduceConfig) -> dict[str, Any]
 def stage_explorer(repro: Reproduction, config: ReproduceConfig) -> None:
     from .explore import explorer_from_run, write_explorer
 
-    write_explorer(explorer_from_run(repro.path, config.device), repro.explorer)  # VAE and GAN panels
+    vae, gan = repro.vae, repro.gan
+    if model_runs(vae)[0] is vae:  # a single-seed run
+        write_explorer(explorer_from_run(repro.path, config.device), repro.explorer)  # VAE and GAN panels
+    else:  # replicas: the first seed's models
+        first_vae, first_gan = model_runs(vae)[0], model_runs(gan)[0]
+        write_explorer(explorer_from_run(first_vae.path, config.device, gan_folder=first_gan.path), repro.explorer)
 
 
 STAGES: list[Stage] = [

@@ -7,7 +7,8 @@ Layout of a run folder ``RUN/``::
     RUN/checkpoint.pt     the latest state (weights, optimizers, RNG states, epoch), written atomically
     RUN/data.json         provenance of the data used (dataset, files, checksums, or the sample)
     RUN/figures/*.png     figures made by ``plot`` commands
-    RUN/grids/epoch_NNN.png, .npy   a GAN run's 8x8 grids of G's images for its fixed noise, by epoch
+    RUN/grids/epoch_NNN.png, .npy   a GAN run's 8x8 grids of G's images for its fixed noise, by epoch (with
+                          --ema-decay: the average's, and G's own in RUN/grids/raw/)
     RUN/eval.json         results of ``eval``
 
 All file writing of training goes through this module, and only the rank-0 process writes
@@ -79,7 +80,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
 
 # --------------------------------------------------------------------------- metrics.jsonl
 
-TEXT_METRICS = ("trained_by",)  # the values of metrics.jsonl that are text; every other one is a number
+TEXT_METRICS = ("trained_by", "train_elbo_is")  # the values of metrics.jsonl that are text; the others are numbers
 
 
 def parse_metrics(text: str, path: Path, required: tuple[str, ...] = (),
@@ -346,31 +347,32 @@ class RunDir:
 
     # ------------------------------------------------------------------ a GAN run's grids
 
-    def grid_paths(self, epoch: int) -> tuple[Path, Path]:
-        """RUN/grids/epoch_NNN.png (the 8x8 picture) and .npy (its 64 images, float32 (64, 28, 28))."""
-        stem = self.grids / f"epoch_{epoch:03d}"
+    def grid_paths(self, epoch: int, raw: bool = False) -> tuple[Path, Path]:
+        """RUN/grids/epoch_NNN.png (the 8x8 picture) and .npy (its 64 images, float32 (64, 28, 28)); with ``raw``,
+        in RUN/grids/raw/ (a run with ``--ema-decay``: the trained G's, beside the average's grids)."""
+        stem = (self.grids / "raw" if raw else self.grids) / f"epoch_{epoch:03d}"
         return stem.with_suffix(".png"), stem.with_suffix(".npy")
 
-    def save_grid(self, epoch: int, images: np.ndarray) -> None:
+    def save_grid(self, epoch: int, images: np.ndarray, raw: bool = False) -> None:
         """The 64 images (64, 28, 28) in [0, 1] of epoch ``epoch``'s grid, as a picture and as an array (rank 0)."""
         if not is_main_process():
             return
-        png, array = self.grid_paths(epoch)
+        png, array = self.grid_paths(epoch, raw)
         save_png(png, tile(images, GRID_SIDE, GRID_SIDE, padding=GRID_PADDING), scale=GRID_PNG_SCALE)
         atomic_write(array, lambda handle: np.save(handle, np.asarray(images, dtype=np.float32)))
 
-    def grid_epochs(self) -> list[int]:
+    def grid_epochs(self, raw: bool = False) -> list[int]:
         """Epochs with a saved grid (its .npy), ascending."""
         epochs = []
-        for path in self.grids.glob("epoch_*.npy"):
+        for path in (self.grids / "raw" if raw else self.grids).glob("epoch_*.npy"):
             number = path.stem.removeprefix("epoch_")
             if number.isdigit():
                 epochs.append(int(number))
         return sorted(epochs)
 
-    def load_grid(self, epoch: int) -> np.ndarray:
+    def load_grid(self, epoch: int, raw: bool = False) -> np.ndarray:
         """The 64 images of the grid saved at ``epoch``: (64, 28, 28) float32."""
-        _, array = self.grid_paths(epoch)
+        _, array = self.grid_paths(epoch, raw)
         try:
             return np.load(array, allow_pickle=False)
         except (OSError, ValueError) as exc:

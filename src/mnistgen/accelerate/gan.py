@@ -4,7 +4,9 @@ their checks.
 The reference step (:func:`mnistgen.train.gan.train_step`) calls the modules themselves: ``generator(z)``,
 then ``discriminator(real)`` and ``discriminator(fake)`` for D's step and ``discriminator(fake)`` for G's.
 The losses, autograd and Adam stay the same with every accelerator; only these calls are replaced, for each
-network on its own (a changed D keeps G accelerated, and the other way round):
+network on its own (a changed D keeps G accelerated, and the other way round). So the training-only options apply
+on every path as they are: ``--lr-d``, ``--lr-g`` and ``--betas`` are the Adams' arguments, and the moving average
+of G's weights (``--ema-decay``) is updated after the step, from G's parameters:
 
 G(z):
 - ``native`` (CPU, SPEC §3's G): G's Linear and act1 in PyTorch, the rest by mnistgen's C kernels
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +50,7 @@ from . import (
     probe_mismatch,
     probing,
 )
+from .graphs import CapturedStep, capturable_adam, copy_state, graph_problem
 
 PROBE_IMAGES = 9  # images in the start-up probes' batches (one more than the C kernels' group of 8)
 ALL_DEVICES = ("cpu", "cuda", "mps")
@@ -290,3 +294,62 @@ def choose_gan_accelerators(generator: Generator, discriminator: nn.Module, conf
     kernels do not apply to both networks is a one-line error."""
     return (choose(GENERATOR_ACCELERATORS, config.cpu_kernels, device, generator, config, device),
             choose(DISCRIMINATOR_ACCELERATORS, config.cpu_kernels, device, discriminator, config, device))
+
+
+# --------------------------------------------------------------------------- the whole step in a CUDA graph
+
+
+class GraphGANStep:
+    """The GAN's whole step (:func:`mnistgen.train.gan.train_step`: D's step, then G's, through ``calls``)
+    captured in a CUDA graph (:class:`mnistgen.accelerate.graphs.CapturedStep`) and replayed; ``step(real, z)``
+    returns the step's :data:`mnistgen.train.gan.STATS`. It steps capturable copies of the two Adams;
+    :meth:`store` copies their state back into the run's optimizers, which the checkpoint saves."""
+
+    def __init__(self, generator: nn.Module, discriminator: nn.Module, optimizer_g: torch.optim.Optimizer,
+                 optimizer_d: torch.optim.Optimizer, batch_size: int, calls: Any):
+        from ..train.gan import train_step
+
+        self.optimizers = (optimizer_g, optimizer_d)
+        self.captured_optimizers = (capturable_adam(optimizer_g), capturable_adam(optimizer_d))
+        first = next(discriminator.parameters())
+        real = torch.zeros(batch_size, *IMAGE_SHAPE, device=first.device, dtype=first.dtype)
+        z = torch.zeros(batch_size, generator.zdim, device=first.device, dtype=next(generator.parameters()).dtype)
+
+        def step(real: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+            return train_step(generator, discriminator, *self.captured_optimizers, real, z, calls)
+
+        self.captured = CapturedStep(step, [real, z], [*generator.parameters(), *discriminator.parameters()],
+                                     list(self.captured_optimizers))
+
+    def step(self, real: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.captured(real, z)
+
+    def store(self) -> None:
+        for captured, optimizer in zip(self.captured_optimizers, self.optimizers, strict=True):
+            copy_state(captured, optimizer)
+
+
+def check_gan_graph(generator: nn.Module, discriminator: nn.Module, config: Any, device: torch.device,
+                    calls: Any) -> str | None:
+    """Why the whole step cannot be captured here, or None: :func:`mnistgen.accelerate.graphs.graph_problem`,
+    ``--cpu-kernels reference``, then a probe: one replayed step and one eager step, from copies of the same
+    weights on the same inputs, must leave the same weights."""
+    if config.cpu_kernels == "reference":
+        return "--cpu-kernels reference"
+    problem = graph_problem(device)
+    if problem is not None:
+        return problem
+    from ..train.gan import make_optimizers, train_step
+
+    with probing(generator, discriminator, generator, discriminator) as (g1, d1, g2, d2):
+        source = probe_generator(device)
+        real = torch.rand(config.batch_size, *IMAGE_SHAPE, device=device, generator=source)
+        z = torch.rand(config.batch_size, g1.zdim, device=device, generator=source) * 2 - 1
+        try:
+            GraphGANStep(g1, d1, *make_optimizers(g1, d1, config), config.batch_size, calls).step(real, z)
+        except RuntimeError as exc:
+            return f"the step could not be captured: {' '.join(str(exc).split())[:200]}"
+        train_step(g2, d2, *make_optimizers(g2, d2, config), real, z, calls)
+        return probe_mismatch([(f"{name} after one step", a, b) for (name, a), b in
+                               zip([*g1.named_parameters(), *d1.named_parameters()],
+                                   [*g2.parameters(), *d2.parameters()], strict=True)])

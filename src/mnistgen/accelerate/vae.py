@@ -2,7 +2,8 @@
 
 The reference step (:func:`mnistgen.train.vae.reference_step`) is autograd through the modules' forward and
 Adam. An accelerator replaces that whole step for SPEC §2's network (any hidden width and latent size, both
-objectives, float32):
+objectives of SPEC with one draw of z per image, float32; ``--objective iwae`` and ``--train-samples`` K > 1
+train on the reference path):
 
 - ``native`` (CPU): mnistgen's C kernels (:class:`mnistgen.kernels.vae.NativeVAEStep`): the forward and
   backward pass with sums over the images' nonzero pixels instead of the two products that read them,
@@ -38,6 +39,7 @@ from . import (
     probe_mismatch,
     probing,
 )
+from .graphs import CapturedStep, capturable_adam, copy_state, graph_problem
 
 OBJECTIVES = ("mc", "analytic")  # the ELBO forms both accelerators compute (Eq. 2 and Eq. 1)
 PROBE_IMAGES = 8  # images in the start-up probe's batch
@@ -207,6 +209,8 @@ def _probe(model: VAE, config: VAEConfig, gradients: Callable) -> str | None:
 def _common_mismatch(model: VAE, config: VAEConfig, device: torch.device) -> str | None:
     if config.objective not in OBJECTIVES:
         return f"the objective {config.objective!r} is not one it computes ({', '.join(OBJECTIVES)})"
+    if config.train_samples != 1:
+        return f"it draws one z per image, not --train-samples {config.train_samples}"
     return (layout_mismatch(model, on_meta_device(lambda: spec_layers(config)), "the VAE")
             or parameter_mismatch([model], device))
 
@@ -226,13 +230,75 @@ def check_native(model: VAE, config: VAEConfig, device: torch.device) -> str | N
     return _probe(model, config, _native_gradients)
 
 
-StepFactory = Callable[[VAE, torch.optim.Optimizer, VAEConfig], TorchVAEStep | NativeVAESteps]
+class GraphVAEStep:
+    """The reference step (:func:`mnistgen.train.vae.reference_step`: the modules' forward, autograd, Adam)
+    captured in a CUDA graph (:class:`mnistgen.accelerate.graphs.CapturedStep`) and replayed each step.
+
+    It steps a capturable copy of the run's Adam (same parameters, hyper-parameters and state); :meth:`store`
+    copies that Adam's state back into the run's optimizer, which the checkpoint saves."""
+
+    def __init__(self, model: VAE, optimizer: torch.optim.Optimizer, config: VAEConfig):
+        from ..train.vae import reference_step
+
+        self.optimizer = optimizer
+        self.captured_optimizer = capturable_adam(optimizer)
+        analytic_kl, importance_weighted = config.objective == "analytic", config.objective == "iwae"
+        draws = config.train_samples if importance_weighted or config.train_samples > 1 else None
+        first = next(model.parameters())
+        x = torch.zeros(config.batch_size, model.encoder.hidden.in_features, device=first.device, dtype=first.dtype)
+        eps = torch.zeros((*((draws,) if draws else ()), config.batch_size, model.latent_dim), device=first.device,
+                          dtype=first.dtype)  # (B, D_z), or (K, B, D_z) for K draws per image
+
+        def step(x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+            return reference_step(model, self.captured_optimizer, x, eps, analytic_kl, importance_weighted)
+
+        self.captured = CapturedStep(step, [x, eps], list(model.parameters()), [self.captured_optimizer])
+
+    def step(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """One step on x (B, 784) and eps; returns the batch's training-objective sum (0-d, on the device)."""
+        return self.captured(x, eps)
+
+    def store(self) -> None:
+        copy_state(self.captured_optimizer, self.optimizer)
+
+
+def check_graph(model: VAE, config: VAEConfig, device: torch.device) -> str | None:
+    """Why the captured reference step does not apply here, or None: the conditions of
+    :func:`mnistgen.accelerate.graphs.graph_problem`, then a probe: one replayed step and one eager reference step,
+    from copies of the same weights on the same inputs, must leave the same weights."""
+    problem = graph_problem(device, fixed_lr=config.lr_schedule == "none")
+    if problem is not None:
+        return problem
+    from ..train.vae import make_optimizer, reference_step
+
+    with probing(model, model) as (captured_model, eager_model):
+        generator = probe_generator(device)
+        inputs = [(torch.rand(config.batch_size, captured_model.encoder.hidden.in_features, device=device,
+                              generator=generator) < PROBE_DENSITY).float()]
+        draws = config.train_samples if config.objective == "iwae" or config.train_samples > 1 else None
+        inputs.append(torch.randn((*((draws,) if draws else ()), config.batch_size, captured_model.latent_dim),
+                                  device=device, generator=generator))
+        captured_optimizer = make_optimizer(captured_model, config.lr)
+        try:
+            GraphVAEStep(captured_model, captured_optimizer, config).step(*inputs)
+        except RuntimeError as exc:  # a module that cannot be captured (a host synchronisation inside forward)
+            return f"the step could not be captured: {' '.join(str(exc).split())[:200]}"
+        reference_step(eager_model, make_optimizer(eager_model, config.lr), *inputs, config.objective == "analytic",
+                       config.objective == "iwae")
+        return probe_mismatch([(f"{name} after one step", a, b) for (name, a), b in
+                               zip(captured_model.named_parameters(), eager_model.parameters(), strict=True)])
+
+
+GRAPH = Accelerator(name="cuda-graph", description="the reference step captured once in a CUDA graph", native=False,
+                    devices=("cuda",), check=check_graph, implementation=GraphVAEStep)
+
+StepFactory = Callable[[VAE, torch.optim.Optimizer, VAEConfig], TorchVAEStep | NativeVAESteps | GraphVAEStep]
 NATIVE = Accelerator[StepFactory](name="native", description="mnistgen's C kernels", native=True, devices=("cpu",),
                                   check=check_native, implementation=NativeVAESteps)
 TORCH = Accelerator[StepFactory](name="torch", description="the hand-derived gradient in PyTorch's kernels",
                                  native=False, devices=("cpu", "cuda", "mps"), check=check_torch,
                                  implementation=TorchVAEStep)
-ACCELERATORS = (NATIVE, TORCH)  # fastest first
+ACCELERATORS = (GRAPH, NATIVE, TORCH)  # fastest first (the graph on CUDA, the C kernels on the CPU)
 
 
 def choose_vae_accelerator(model: VAE, config: VAEConfig, device: torch.device) -> Choice[StepFactory]:

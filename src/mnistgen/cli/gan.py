@@ -29,7 +29,9 @@ def register(subparsers) -> None:
                     "for each network, one D step then one G step per batch, 100 epochs, seed 2). RUN gets "
                     "config.json, data.json, metrics.jsonl (one line per epoch), checkpoint.pt (after every "
                     "epoch) and grids/epoch_NNN.png, an 8x8 grid of G's images for one fixed batch of noise (epoch 0, "
-                    "every --grid-every epochs and the last). Ctrl-C saves the state and stops; --resume continues.")
+                    "every --grid-every epochs and the last). Ctrl-C saves the state and stops; --resume continues. "
+                    "Training-only options (--betas, --ema-decay, --recipe improved) leave SPEC's networks as they "
+                    "are; the defaults, and --recipe spec, are SPEC's.")
     train.add_argument("--out", required=True, metavar="RUN", help="run folder to create (or continue with --resume)")
     train.add_argument("--resume", action="store_true",
                        help="continue the run in RUN from its checkpoint, with its saved settings (only --epochs, "
@@ -48,7 +50,8 @@ def register(subparsers) -> None:
 
     sample = commands.add_parser(
         "sample", help="draw images G(z) of a trained run into a .npy file",
-        description="Draw N images G(z), z ~ U[-1, 1]^zdim, from the run's latest checkpoint. Saved as an "
+        description="Draw N images G(z), z ~ U[-1, 1]^zdim, from the run's latest checkpoint (a run trained with "
+                    "--ema-decay: from the moving average of G's weights, unless --raw). Saved as an "
                     "(N, 28, 28) float32 array in [0, 1].")
     sample.add_argument("run", metavar="RUN", help="a GAN run folder")
     sample.add_argument("--n", required=True, type=int, metavar="N", help="number of images")
@@ -60,6 +63,7 @@ def register(subparsers) -> None:
 def run_train(args: argparse.Namespace) -> int:
     """``mnistgen gan train``, in one process or in each process of a torchrun job (see :mod:`mnistgen.distributed`:
     rank 0 reads and writes RUN and prints; every rank trains its share of each batch)."""
+    from ..config import is_replicated
     from ..data.protocols import load_protocol
     from ..data.sources import load_raw
     from ..distributed import from_main_rank, main_rank_first, ranks_agree, torchrun_job
@@ -72,8 +76,9 @@ def run_train(args: argparse.Namespace) -> int:
         base = from_main_rank(lambda: run.read_config_as("gan", GANConfig, "a GAN run")) if args.resume else None
         with ranks_agree():
             config = config_from_args(GANConfig, args, base)
-        from_main_rank(lambda: check_run_folder(run, args.resume, "gan", config, RESUMABLE_FIELDS,
-                                                say=lambda line: None) and None)  # before the data
+        if not is_replicated(config):
+            from_main_rank(lambda: check_run_folder(run, args.resume, "gan", config, RESUMABLE_FIELDS,
+                                                    say=lambda line: None) and None)  # before the data
         protocol = main_rank_first(lambda: load_protocol("gan", load_raw(config.data)))  # a download happens once
         try:
             history = train_gan(config, protocol.train_images, run, resume=args.resume,
@@ -82,20 +87,28 @@ def run_train(args: argparse.Namespace) -> int:
             if is_main_process():
                 print(f"mnistgen: {exc}", file=sys.stderr)
             return EXIT_INTERRUPTED
-        if history and is_main_process():
-            last = history[-1]
-            print(f"epoch {last['epoch']}/{config.epochs}: D loss {last['d_loss']:.3f}, G loss {last['g_loss']:.3f}, "
-                  f"mean D(x) {last['d_real']:.3f}, mean D(G(z)) {last['d_fake']:.3f}; run folder {run.path}")
+        if not is_main_process():
+            return 0
+        histories = history if isinstance(history, dict) else {None: history}  # by seed for replicas
+        for seed, records in histories.items():
+            if records:
+                last = records[-1]
+                where = run.path if seed is None else run.seed_run(seed).path
+                print(f"epoch {last['epoch']}/{config.epochs}: D loss {last['d_loss']:.3f}, G loss "
+                      f"{last['g_loss']:.3f}, mean D(x) {last['d_real']:.3f}, mean D(G(z)) {last['d_fake']:.3f}; "
+                      f"run folder {where}")
     return 0
 
 
 def run_plot(args: argparse.Namespace) -> int:
     from ..evaluate.gan import write_figures
+    from ..evaluate.replicas import figure_lines
 
     run = RunDir(args.run).require()
     options = config_from_args(GANPlotConfig, args)
-    for path in write_figures(run, parse_epochs(options.epochs)):
-        print(f"wrote {path}")
+    paths = write_figures(run, parse_epochs(options.epochs), raw=options.raw)
+    for line in figure_lines(paths, run.replicas(), every_seed="training"):
+        print(line)
     return 0
 
 
@@ -112,15 +125,18 @@ def parse_epochs(text: str) -> list[int]:
 
 def run_sample(args: argparse.Namespace) -> int:
     from ..device import resolve_device
-    from ..evaluate.gan import load_generator, sample_images
+    from ..evaluate.gan import generator_label, load_generator, sample_images
+    from ..evaluate.replicas import first_seed
 
     out = npy_output(args.out)
     if args.n <= 0:
         raise UsageError(f"--n must be a positive integer, got {args.n}")
     run = RunDir(args.run).require()
     options = config_from_args(GANSampleConfig, args)
-    generator, config = load_generator(run, resolve_device(options.device))
+    run = first_seed(run, "sampling", say=lambda line: print(line, file=sys.stderr), kind="gan")  # replicas
+    generator, config = load_generator(run, resolve_device(options.device), raw=options.raw)
     images = sample_images(generator, args.n, config.seed if options.seed is None else options.seed)
     save_npy(out, images)
-    print(f"wrote {out}: {images.shape[0]} images {images.shape[1]}x{images.shape[2]}, float32 in [0, 1], G(z)")
+    print(f"wrote {out}: {images.shape[0]} images {images.shape[1]}x{images.shape[2]}, float32 in [0, 1], "
+          f"{generator_label(config, options.raw)}")
     return 0

@@ -6,8 +6,10 @@ import argparse
 import dataclasses
 import shlex
 import sys
+from pathlib import Path
 
 from ..config import ClassifierConfig, ScoreConfig, add_config_arguments, config_from_args
+from ..errors import MnistgenError
 
 # The score is always measured against real MNIST with an MNIST classifier: no --dataset flag.
 NOT_FLAGS = ("dataset",)
@@ -15,14 +17,18 @@ NOT_FLAGS = ("dataset",)
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "score", help="how close a set of (N, 28, 28) images in [0, 1] is to MNIST",
+        "score", help="how close a set of (N, 28, 28) images in [0, 1], or a run's samples, is to MNIST",
         description="Score images with mnistgen's own MNIST classifier: Frechet distance of its 128-d features "
                     "to those of the 10,000 test images, classifier score exp(E KL(p(y|x) || p(y))) and the "
                     "histogram of predicted classes, beside the real-vs-real reference. Writes FILE.score.json "
-                    "beside each FILE.npy (or FILE.npz).")
-    parser.add_argument("files", nargs="+", metavar="FILE.npy",
+                    "beside each FILE.npy (or FILE.npz). A VAE or GAN run folder RUN gets --samples images drawn "
+                    "from its model with its seed (as its sample command draws them), saved as RUN/samples.npz and "
+                    "scored (RUN/samples.score.json); a replica run's seeds each get theirs in RUN/seed=N, and "
+                    "RUN/score.json gives each number's mean, std and 95% Student-t interval over the seeds.")
+    parser.add_argument("files", nargs="+", metavar="FILE.npy|RUN",
                         help="(N, 28, 28) array(s), N >= 2: float32/float64 in [0, 1] or uint8 levels 0-255, saved "
-                             "with numpy.save, or alone in an .npz (numpy.savez_compressed)")
+                             "with numpy.save, or alone in an .npz (numpy.savez_compressed); or run folder(s) of "
+                             "mnistgen vae|gan train")
     add_config_arguments(parser, ScoreConfig, exclude=NOT_FLAGS)
     parser.set_defaults(func=run_score)
 
@@ -44,6 +50,7 @@ def register(subparsers) -> None:
 
 def run_score(args: argparse.Namespace) -> int:
     from ..device import resolve_device
+    from ..evaluate.score_runs import check_samples, run_to_score, samples_path, score_run
     from ..scoring import (
         format_report,
         load_classifier,
@@ -56,13 +63,26 @@ def run_score(args: argparse.Namespace) -> int:
     from . import writable_output
 
     config = config_from_args(ScoreConfig, args)
-    arrays = []
-    for path in args.files:  # every file, and the folder its score goes to, checked before any work
-        arrays.append(load_images(path))
-        writable_output(score_path(path), "cannot write")
+    inputs = []  # (path, images) of a file, or the ScoredRun of a run folder
+    for path in args.files:  # every file or run, and the folders scores go to, checked before any work
+        if Path(path).is_dir():
+            scored = run_to_score(path)
+            check_samples(config)
+            for _, target in scored.targets:
+                writable_output(score_path(samples_path(target)), "cannot write")
+            inputs.append(scored)
+        else:
+            if not Path(path).exists():
+                raise MnistgenError(f"{path}: no such file or run folder")
+            inputs.append((path, load_images(path)))
+            writable_output(score_path(path), "cannot write")
     classifier = load_classifier(config.weights, resolve_device(config.device))
     reference = reference_statistics(classifier, config.data, config.batch_size)
-    for path, images in zip(args.files, arrays, strict=True):
+    for item in inputs:
+        if not isinstance(item, tuple):
+            score_run(item, classifier, reference, config, say=print)
+            continue
+        path, images = item
         report = score_images(images, classifier, reference, config)
         written = write_report(path, report)
         print(format_report(report, path))
@@ -89,7 +109,6 @@ def _command_line(args: argparse.Namespace, config: ClassifierConfig) -> list[st
 def run_train(args: argparse.Namespace) -> int:
     from ..data.sources import load_raw
     from ..device import resolve_device
-    from ..errors import MnistgenError
     from ..train.classifier import train_and_save
 
     config = config_from_args(ClassifierConfig, args)

@@ -79,29 +79,38 @@ def run_train(args: argparse.Namespace) -> int:
             if is_main_process():
                 print(f"mnistgen: {exc}", file=sys.stderr)
             return EXIT_INTERRUPTED
-        if history and is_main_process():
-            last = history[-1]
-            held_out = next(k for k in last if k.endswith("_elbo") and k != "train_elbo")
-            print(f"epoch {last['epoch']}/{config.epochs}: train ELBO {last['train_elbo']:.2f}, "
-                  f"{held_out.replace('_elbo', '')} ELBO {last[held_out]:.2f} nats per image; run folder {run.path}")
+        if not is_main_process():
+            return 0
+        histories = history if isinstance(history, dict) else {None: history}  # by seed for replicas
+        for seed, records in histories.items():
+            if records:
+                last = records[-1]
+                held_out = next(k for k in last if k.endswith("_elbo") and k != "train_elbo")
+                trained = f"train {last.get('train_elbo_is', 'ELBO')}"  # iwae, K > 1: what train_elbo is
+                where = run.path if seed is None else run.seed_run(seed).path
+                print(f"epoch {last['epoch']}/{config.epochs}: {trained} {last['train_elbo']:.2f}, "
+                      f"{held_out.replace('_elbo', '')} ELBO {last[held_out]:.2f} nats per image; run folder {where}")
     return 0
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from ..evaluate.vae import evaluate_run
+    from ..evaluate.vae import evaluate_replicas, evaluate_run
     from ..train.common import progress
 
     run = RunDir(args.run).require()
     options = config_from_args(VAEEvalConfig, args)
-    bar = progress(total=0, description=f"log p(x), K={options.iw}")
+    replicas = run.replicas()
+    bar = progress(total=0, description=f"log p(x), K={options.iw}" + (f", {len(replicas)} seeds" if replicas else ""))
     try:
         def advance(done: int, total: int) -> None:
             bar.total = total
             bar.update(done - bar.n)
 
-        result = evaluate_run(run, options, on_progress=advance)
+        result = (evaluate_replicas if replicas else evaluate_run)(run, options, on_progress=advance)
     finally:
         bar.close()
+    if replicas:
+        return print_replica_eval(run, result, options)
     error = result["test_elbo_mc_standard_error"]
     spread = f"; Monte Carlo standard error {error:.3f}" if error is not None else ""
     print(f"test ELBO      {result['test_elbo']:9.2f} nats per image (mean of {result['elbo_samples']} draw(s) "
@@ -113,20 +122,37 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def print_replica_eval(run: RunDir, result: dict, options: VAEEvalConfig) -> int:
+    """The table of a replica run's eval.json: each headline number's mean ± interval, std and per-seed values."""
+    from ..evaluate.replicas import summary_table
+
+    print(f"{run.path}: nats per image; test ELBO: mean of {options.samples} draw(s) of z per image; log p(x): "
+          f"importance-weighted, K={options.iw}")
+    for line in summary_table(result, {"test_elbo": "test ELBO", "train_elbo": "train ELBO",
+                                       "test_iw_log_likelihood": "test log p(x)"}):
+        print(line)
+    print(f"wrote {run.eval} (and each seed's eval.json in {run.path / 'seed=N'})")
+    return 0
+
+
 def run_plot(args: argparse.Namespace) -> int:
+    from ..evaluate.replicas import figure_lines
     from ..evaluate.vae import write_figures
 
     run = RunDir(args.run).require()
-    for path in write_figures(run, config_from_args(VAEEvalConfig, args)):
-        print(f"wrote {path}")
+    paths = write_figures(run, config_from_args(VAEEvalConfig, args))
+    for line in figure_lines(paths, run.replicas(), every_seed="curves"):
+        print(line)
     return 0
 
 
 def run_sample(args: argparse.Namespace) -> int:
+    from ..evaluate.replicas import first_seed
     from ..evaluate.vae import sample_run
 
     out = npy_output(args.out)
-    run = RunDir(args.run).require()
+    run = first_seed(RunDir(args.run).require(), "sampling", say=lambda line: print(line, file=sys.stderr),
+                     kind="vae")
     images = sample_run(run, args.n, args.binary, config_from_args(VAEEvalConfig, args))
     save_npy(out, images)
     kind = "binary draws x ~ p(x|z)" if args.binary else "decoder means p(x|z)"

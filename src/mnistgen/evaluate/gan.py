@@ -2,6 +2,9 @@
 
 The grids themselves are saved during training (:meth:`mnistgen.runs.RunDir.save_grid`); this module reads
 them back to draw the progress figure.
+
+A run trained with ``--ema-decay`` keeps a moving average of G's weights beside G: samples, figures and scores use
+the average, and say so (:func:`generator_label`); ``raw=True`` (``--raw``) uses the trained G itself.
 """
 
 from __future__ import annotations
@@ -23,15 +26,32 @@ SAMPLE_STREAM = 3  # key of the generator of ``mnistgen gan sample`` (with the s
 SAMPLE_BATCH = 1000  # images generated per forward pass by :func:`sample_images`
 
 
-def load_generator(run: RunDir, device: torch.device) -> tuple[Generator, GANConfig]:
-    """The generator of a GAN run's latest checkpoint, on ``device`` in eval mode, and the run's config."""
+def uses_average(config: GANConfig, raw: bool = False) -> bool:
+    """Whether a run's samples and figures come from the moving average of G's weights (``--ema-decay``, unless
+    ``raw``)."""
+    return config.ema_decay is not None and not raw
+
+
+def generator_label(config: GANConfig, raw: bool = False) -> str:
+    """What made a run's images, for messages and figure titles: "G(z)", or the average's name and decay."""
+    if uses_average(config, raw):
+        return f"G_ema(z) (G's weights averaged, EMA decay {config.ema_decay})"
+    return "G(z) (the trained G, not its average)" if config.ema_decay is not None else "G(z)"
+
+
+def load_generator(run: RunDir, device: torch.device, raw: bool = False) -> tuple[Generator, GANConfig]:
+    """The generator of a GAN run's latest checkpoint, on ``device`` in eval mode, and the run's config.
+
+    A run with ``--ema-decay``: the moving average of G's weights, or with ``raw`` the trained G itself."""
     config = run.read_config_as("gan", GANConfig, "a GAN run")
     state = run.load_checkpoint(map_location="cpu")
-    if "generator" not in state:
-        raise MnistgenError(f"{run.checkpoint}: no generator weights in this checkpoint")
+    key = "generator_ema" if uses_average(config, raw) else "generator"
+    if key not in state:
+        what = "averaged generator (--ema-decay)" if key == "generator_ema" else "generator"
+        raise MnistgenError(f"{run.checkpoint}: no {what} weights in this checkpoint")
     generator = Generator(config.zdim)
     try:
-        generator.load_state_dict(state["generator"])
+        generator.load_state_dict(state[key])
     except RuntimeError as exc:
         raise MnistgenError(f"{run.checkpoint}: weights do not fit the run's config ({type(exc).__name__})") from None
     return generator.to(device).eval(), config
@@ -55,18 +75,32 @@ def sample_images(generator: Generator, n: int, seed: int) -> np.ndarray:
     return images
 
 
-def write_figures(run: RunDir, epochs: list[int]) -> list[Path]:
-    """RUN/figures/progress.png (the grids of ``epochs`` side by side) and, once an epoch is done, training.png."""
-    from ..plots.gan import progress_figure, training_figure
+def write_figures(run: RunDir, epochs: list[int], raw: bool = False) -> list[Path]:
+    """RUN/figures/progress.png (the grids of ``epochs`` side by side) and, once an epoch is done, training.png.
 
-    available = run.grid_epochs()
+    A replica run's progress figure (in RUN/figures) shows its first seed's grids, and training.png every seed.
+    A run with ``--ema-decay``: the average's grids, or with ``raw`` the trained G's (RUN/grids/raw), as the title
+    says."""
+    from ..plots.gan import progress_figure, replica_training_figure, training_figure
+
+    config = run.read_config_as("gan", GANConfig, "a GAN run")
+    from_raw = raw and config.ema_decay is not None  # without an average, the grids are G's own
+    replicas = run.replicas()
+    source = replicas[0][1] if replicas else run  # a replica run: the first seed's grids, every seed's curves
+    available = source.grid_epochs(from_raw)
     missing = [epoch for epoch in epochs if epoch not in available]
     if missing:
         listed = ", ".join(str(e) for e in available) or "none yet"
-        raise MnistgenError(f"{run.path}: no saved grid for epoch(s) {', '.join(map(str, missing))}; "
+        raise MnistgenError(f"{source.path}: no saved grid for epoch(s) {', '.join(map(str, missing))}; "
                             f"grids exist for epochs {listed}")
-    figures = {"progress": progress_figure(epochs, [run.load_grid(epoch) for epoch in epochs], GRID_SIDE)}
-    records = run.read_metrics(required=STATS)  # the figure draws these four
-    if records:
-        figures["training"] = training_figure(records)
+    figures = {"progress": progress_figure(epochs, [source.load_grid(epoch, from_raw) for epoch in epochs], GRID_SIDE,
+                                           generator_label(config, raw))}
+    if replicas:
+        histories = {seed: seed_run.read_metrics(required=STATS) for seed, seed_run in replicas}
+        if any(histories.values()):
+            figures["training"] = replica_training_figure(histories)
+    else:
+        records = run.read_metrics(required=STATS)  # the figure draws these four
+        if records:
+            figures["training"] = training_figure(records)
     return run.save_figures(figures)

@@ -48,6 +48,7 @@ INTERPOLATION_PAIRS = 3  # SPEC figure 3: three pairs of training images...
 INTERPOLATION_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))  # ...and alpha = 0, 0.1, ..., 1
 MANIFOLD_POINTS = 20  # the manifold figure: a 20 x 20 grid of latent points...
 MANIFOLD_HALF_WIDTH = 3.0  # ...over [-3, 3]^2, where the prior N(0, I) puts 99.5% of its mass
+HEADLINES = ("test_elbo", "train_elbo", "test_iw_log_likelihood")  # what a replica run's eval.json summarizes
 
 
 # --------------------------------------------------------------------------- estimators
@@ -278,6 +279,31 @@ def evaluate_run(run: RunDir, options: VAEEvalConfig | None = None,
     return result
 
 
+def evaluate_replicas(run: RunDir, options: VAEEvalConfig | None = None,
+                      on_progress: Callable[[int, int], Any] | None = None) -> dict[str, Any]:
+    """Each seed of a replica run evaluated by :func:`evaluate_run` (each writes RUN/seed=N/eval.json), then
+    RUN/eval.json: every seed's result and the mean, std and 95% interval of each of :data:`HEADLINES` (the format
+    of :func:`mnistgen.evaluate.replicas.seeds_summary`); returned. ``on_progress(done, total)`` counts the test
+    images of all seeds together."""
+    from .replicas import seeds_summary
+
+    run.read_config_as("vae", VAEConfig, "a VAE run")
+    replicas = run.replicas()
+    if not replicas:
+        raise MnistgenError(f"{run.path}: a single-seed run, not a replica run")
+    per_seed = {}
+    for index, (seed, seed_run) in enumerate(replicas):
+        def advance(done: int, total: int, index: int = index) -> None:
+            if on_progress is not None:
+                on_progress(index * total + done, len(replicas) * total)
+
+        per_seed[seed] = evaluate_run(seed_run, options, advance)
+    aggregate = seeds_summary(per_seed, HEADLINES)
+    if is_main_process():
+        write_json(run.eval, aggregate)
+    return aggregate
+
+
 def sample_run(run: RunDir, n: int, binary: bool = False, options: VAEEvalConfig | None = None) -> np.ndarray:
     """n images from the prior of a trained run: (n, 28, 28) float32 in [0, 1] (decoder means, or binary draws)."""
     if n <= 0:
@@ -293,17 +319,21 @@ def write_figures(run: RunDir, options: VAEEvalConfig | None = None) -> list[Pat
     """RUN/figures/{samples,latent,interpolation,manifold,curves}.png; returns their paths.
 
     With more than two latent dimensions the latent figure shows the first two coordinates and the
-    manifold figure (a picture of the 2-D plane) is not made.
+    manifold figure (a picture of the 2-D plane) is not made. A replica run's figures (in RUN/figures) show its
+    first seed's model, and its training curves every seed's.
     """
     from ..plots import vae as plots
 
     options = options or VAEEvalConfig()
-    trained = load_trained_vae(run, options.device)
+    run.read_config_as("vae", VAEConfig, "a VAE run")
+    replicas = run.replicas()
+    source = replicas[0][1] if replicas else run
+    trained = load_trained_vae(source, options.device)
     config, model, device = trained.config, trained.model, trained.device
     if config.latent_dim < 2:
         raise MnistgenError(f"the figures need at least 2 latent dimensions; this run has {config.latent_dim}")
     seed = config.seed if options.seed is None else options.seed
-    data = load_run_protocol(run, config).to(device)
+    data = load_run_protocol(source, config).to(device)
     classes = DATASETS[config.data.dataset].classes if config.data.dataset in DATASETS else None
     train_images = data.train_images
     if data.dynamic_binarization:  # the model saw binary draws of these gray images: encode one such draw
@@ -332,6 +362,9 @@ def write_figures(run: RunDir, options: VAEEvalConfig | None = None) -> list[Pat
     if config.latent_dim == 2:
         axis, grid = latent_grid()
         figures["manifold"] = plots.manifold_figure(to_numpy(decode(model, grid.to(device))), axis)
-    figures["curves"] = plots.curves_figure(run.read_metrics())
+    if replicas:
+        figures["curves"] = plots.replica_curves_figure({seed: seed_run.read_metrics() for seed, seed_run in replicas})
+    else:
+        figures["curves"] = plots.curves_figure(run.read_metrics())
 
     return run.save_figures(figures)

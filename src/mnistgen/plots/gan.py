@@ -5,7 +5,7 @@ Images are (28, 28) arrays of values in [0, 1] shown in gray (white = 1 = ink, a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -17,10 +17,12 @@ INK = "gray"
 PANEL_INCHES = 3.2  # displayed size of one 8x8 grid
 
 
-def progress_figure(epochs: Sequence[int], grids: Sequence[np.ndarray], side: int = 8) -> Figure:
+def progress_figure(epochs: Sequence[int], grids: Sequence[np.ndarray], side: int = 8,
+                    generator: str = "G(z)") -> Figure:
     """SPEC §3's progress figure: the generator's images for the same fixed noise at several epochs, side by side.
 
-    epochs: the epoch of each grid (0 = before training); grids: (side*side, 28, 28) arrays in [0, 1].
+    epochs: the epoch of each grid (0 = before training); grids: (side*side, 28, 28) arrays in [0, 1]; generator:
+    what made them, for the title (the moving average of G's weights says so).
     """
     if len(epochs) != len(grids) or not epochs:
         raise ValueError("give one grid per epoch, at least one")
@@ -31,9 +33,10 @@ def progress_figure(epochs: Sequence[int], grids: Sequence[np.ndarray], side: in
         axis.set_title("before training (epoch 0)" if epoch == 0 else f"epoch {epoch}", fontsize=11)
         axis.set_xticks([])
         axis.set_yticks([])
-    # The title breaks onto two lines when fewer than three panels leave it too little width.
-    separator = " " if len(grids) >= 3 else "\n"
-    figure.suptitle(f"GAN samples G(z) for the same {side * side} noise vectors z ~ U[-1, 1]^zdim,"
+    # The title breaks onto two lines when fewer than three panels (or a longer name of the generator) leave it too
+    # little width.
+    separator = " " if len(grids) >= 3 and generator == "G(z)" else "\n"
+    figure.suptitle(f"GAN samples {generator} for the same {side * side} noise vectors z ~ U[-1, 1]^zdim,"
                     f"{separator}as training progresses", fontsize=11)
     return figure
 
@@ -61,4 +64,36 @@ def training_figure(records: Sequence[dict]) -> Figure:
     for axis in (losses, outputs):
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     figure.suptitle("GAN training", fontsize=11)
+    return figure
+
+
+REPLICA_PANELS = (  # (metrics.jsonl key, panel title, y label, reference value, what the reference means)
+    ("d_loss", "D loss  -[log D(x) + log(1 - D(G(z)))]", "mean binary cross-entropy (nats)", 2 * np.log(2),
+     "D = 1/2 (2 log 2)"),
+    ("g_loss", "G loss  -log D(G(z))", "mean binary cross-entropy (nats)", None, None),
+    ("d_real", "mean D(x), real images", "probability of 'real'", 0.5, "1/2: D cannot tell them apart"),
+    ("d_fake", "mean D(G(z)), generated images", "probability of 'real'", 0.5, "1/2: D cannot tell them apart"),
+)
+
+
+def replica_training_figure(histories: Mapping[int, Sequence[dict]]) -> Figure:
+    """The training curves of a replica run, ``{seed: its metrics.jsonl records}``: one panel per quantity (D's and
+    G's losses, D's mean outputs), one line per seed in each, labelled with its seed (the same colour in every
+    panel)."""
+    figure = Figure(figsize=(11, 7.2), layout="constrained")
+    axes = figure.subplots(2, 2).ravel()
+    for axis, (key, title, ylabel, reference, meaning) in zip(axes, REPLICA_PANELS, strict=True):
+        for index, (seed, records) in enumerate(histories.items()):
+            axis.plot([r["epoch"] for r in records], [r[key] for r in records], color=f"C{index % 10}", marker=".",
+                      label=f"seed {seed}")
+        if reference is not None:
+            axis.axhline(reference, color="gray", linestyle=":", linewidth=1, label=meaning)
+        if key in ("d_real", "d_fake"):
+            axis.set_ylim(0.0, 1.0)
+        axis.set_title(title + " (mean over the epoch's steps)" if key.endswith("loss") else title, fontsize=10)
+        axis.set_xlabel("epoch")
+        axis.set_ylabel(ylabel)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.legend(title="replica", fontsize=8)
+    figure.suptitle(f"GAN training of {len(histories)} seeds", fontsize=11)
     return figure

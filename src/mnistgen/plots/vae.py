@@ -7,7 +7,7 @@ Images are (28, 28) arrays of values in [0, 1] shown in gray (white = 1 = ink).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -137,9 +137,9 @@ def curves_figure(history: Sequence[dict[str, Any]]) -> Figure:
     the mean over an epoch that starts from an untrained model), which squashes the later epochs into a flat
     line; then a second panel shows the later epochs alone, so the gap between train and test stays readable.
     """
-    series = [key for key in ("train_elbo", "test_elbo", "validation_elbo") if any(key in r for r in history)]
-    curves = {key: [(r["epoch"], r[key]) for r in history if r.get(key) is not None] for key in series}
-    curves = {key: points for key, points in curves.items() if points}
+    curves = _elbo_curves(history)
+    trained_on = next((r["train_elbo_is"] for r in history if "train_elbo_is" in r), None)  # iwae, K > 1
+    labels = {**CURVE_LABELS, **({"train_elbo": f"train: {trained_on}"} if trained_on else {})}
     zoom_from = _zoom_start(curves)
     panels = 1 if zoom_from is None else 2
     figure = Figure(figsize=(7.5 if panels == 1 else 12.0, 4.5), layout="constrained")
@@ -150,7 +150,7 @@ def curves_figure(history: Sequence[dict[str, Any]]) -> Figure:
             shown = [(x, y) for x, y in points if first is None or x >= first]
             if shown:
                 xs, ys = zip(*shown, strict=True)
-                axis.plot(xs, ys, marker="o" if len(xs) < 15 else None, markersize=3, label=CURVE_LABELS[key])
+                axis.plot(xs, ys, marker="o" if len(xs) < 15 else None, markersize=3, label=labels[key])
         axis.set_xlabel("epoch")
         axis.set_ylabel("ELBO (nats per image)")
         axis.grid(alpha=0.3)
@@ -164,6 +164,51 @@ def curves_figure(history: Sequence[dict[str, Any]]) -> Figure:
     if not curves:
         axes[0].text(0.5, 0.5, "no completed epoch yet", ha="center", va="center", transform=axes[0].transAxes)
     figure.suptitle("Training curves: evidence lower bound per epoch (higher is better)", fontsize=11)
+    return figure
+
+
+def _elbo_curves(history: Sequence[dict[str, Any]]) -> dict[str, list[tuple[Any, float]]]:
+    """{"train_elbo": [(epoch, value), ...], "test_elbo" or "validation_elbo": [...]} from metrics.jsonl records,
+    each series with at least one point."""
+    curves = {key: [(r["epoch"], r[key]) for r in history if r.get(key) is not None] for key in CURVE_LABELS}
+    return {key: points for key, points in curves.items() if points}
+
+
+def replica_curves_figure(histories: Mapping[int, Sequence[dict[str, Any]]]) -> Figure:
+    """The training curves of a replica run, ``{seed: its metrics.jsonl records}``: one row of panels per ELBO
+    (train, then test or validation), one line per seed in each panel, labelled with its seed (the same colour in
+    every panel). As in :func:`curves_figure`, a second column zooms on the later epochs where the first ones
+    squash them."""
+    per_seed = {seed: _elbo_curves(history) for seed, history in histories.items()}
+    series = [key for key in CURVE_LABELS if any(key in curves for curves in per_seed.values())]
+    zoom_from = _zoom_start({f"{seed} {key}": points for seed, curves in per_seed.items()
+                             for key, points in curves.items()})
+    columns = 1 if zoom_from is None else 2
+    figure = Figure(figsize=(7.5 if columns == 1 else 12.0, 0.6 + 3.4 * max(1, len(series))), layout="constrained")
+    axes = figure.subplots(max(1, len(series)), columns, squeeze=False)
+    colours = _tab10()
+    for row, key in enumerate(series):
+        last = max(x for curves in per_seed.values() for x, _ in curves.get(key, []))
+        for column, axis in enumerate(axes[row]):
+            first = None if column == 0 else zoom_from
+            for index, (seed, curves) in enumerate(per_seed.items()):
+                shown = [(x, y) for x, y in curves.get(key, []) if first is None or x >= first]
+                if shown:
+                    xs, ys = zip(*shown, strict=True)
+                    axis.plot(xs, ys, color=colours[index % len(colours)], marker="o" if len(xs) < 15 else None,
+                              markersize=3, label=f"seed {seed}")
+            axis.set_xlabel("epoch")
+            axis.set_ylabel("ELBO (nats per image)")
+            axis.grid(alpha=0.3)
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+            axis.legend(title="replica", fontsize=8)
+            zoomed = "" if first is None else f", epochs {first}\u2013{last}, zoomed"
+            name, _, detail = CURVE_LABELS[key].partition(" ")  # "test (after the epoch)" -> test ELBO (after ...)
+            axis.set_title(f"{name} ELBO {detail}{zoomed}", fontsize=10)
+    if not series:
+        axes[0][0].text(0.5, 0.5, "no completed epoch yet", ha="center", va="center", transform=axes[0][0].transAxes)
+    figure.suptitle(f"Training curves of {len(per_seed)} seeds: evidence lower bound per epoch (higher is better)",
+                    fontsize=11)
     return figure
 
 

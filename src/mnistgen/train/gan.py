@@ -8,6 +8,11 @@ epoch one line goes to RUN/metrics.jsonl and RUN/checkpoint.pt is replaced atomi
 images for one fixed batch of noise is saved at epoch 0, every ``grid_every`` epochs and at the end
 (RUN/grids/).
 
+Training-only options (the networks stay SPEC §3's): ``betas`` are both Adams' (B1, B2); ``ema_decay`` keeps an
+exponential moving average of G's weights (:func:`update_ema` after each G step, starting from G's initial weights)
+in a copy of G, saved in the checkpoint as "generator_ema"; the grids are then the average's, and G's own go to
+RUN/grids/raw/.
+
 The step calls the modules themselves (:data:`REFERENCE`): ``generator(z)``, ``discriminator(images)``.
 Where an accelerator applies to a network as it is (:mod:`mnistgen.accelerate.gan`: mnistgen's C kernels
 on CPU, or PyTorch-only rewrites), it replaces that network's calls with the same function; the losses,
@@ -27,8 +32,9 @@ checkpoint from it). So N processes take the steps of one process to float round
 
 from __future__ import annotations
 
+import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -38,8 +44,8 @@ import torch
 from torch import nn
 
 from ..accelerate import Choice, note_choice
-from ..accelerate.gan import DiscriminatorCalls, choose_gan_accelerators
-from ..config import GANConfig, is_replicated, to_dict, validate
+from ..accelerate.gan import DiscriminatorCalls, GraphGANStep, check_gan_graph, choose_gan_accelerators
+from ..config import GANConfig, is_replicated, parse_betas, to_dict, validate
 from ..data.batches import num_batches, shuffled_batches
 from ..device import resolve_device, seed_everything
 from ..distributed import (
@@ -67,6 +73,7 @@ from .common import (
     keep_freed_memory,
     progress,
     record_epoch,
+    say_on_main_process,
     stream_seed,
     synchronize_gradients,
     training_context,
@@ -78,7 +85,8 @@ STATS = ("d_loss", "g_loss", "d_real", "d_fake")  # per-step values, in this ord
 RESUMABLE_FIELDS = ("epochs", "grid_every", "device", "threads", "cpu_kernels")  # may change: same mathematics
 COMMAND = "mnistgen gan train"
 
-__all__ = ["TrainingInterrupted", "train_gan", "train_epoch", "train_step", "build_models", "make_optimizers"]
+__all__ = ["TrainingInterrupted", "train_gan", "train_epoch", "train_step", "build_models", "make_optimizers",
+           "update_ema", "weight_average"]
 
 
 # --------------------------------------------------------------------------- models and noise
@@ -91,11 +99,26 @@ def build_models(config: GANConfig, device: torch.device) -> tuple[Generator, Di
 
 def make_optimizers(generator: nn.Module, discriminator: nn.Module,
                     config: GANConfig) -> tuple[torch.optim.Adam, torch.optim.Adam]:
-    """Adam for each network (SPEC: lr 2e-4 each, PyTorch's betas and eps), as one fused kernel where the
-    device has it; returns (for G, for D)."""
+    """Adam for each network (SPEC: lr 2e-4 each, PyTorch's betas and eps), with ``config.lr_g`` / ``lr_d`` and
+    ``config.betas``, as one fused kernel where the device has it; returns (for G, for D)."""
     fused = next(generator.parameters()).device.type in ("cpu", "cuda", "mps")
-    return (torch.optim.Adam(generator.parameters(), lr=config.lr_g, fused=fused),
-            torch.optim.Adam(discriminator.parameters(), lr=config.lr_d, fused=fused))
+    betas = parse_betas(config.betas)
+    return (torch.optim.Adam(generator.parameters(), lr=config.lr_g, betas=betas, fused=fused),
+            torch.optim.Adam(discriminator.parameters(), lr=config.lr_d, betas=betas, fused=fused))
+
+
+def weight_average(generator: nn.Module) -> nn.Module:
+    """A copy of ``generator`` to hold the moving average of its weights (``--ema-decay``), starting from its
+    present weights, in their memory layout; its parameters take no gradients."""
+    return copy.deepcopy(generator).requires_grad_(False)
+
+
+@torch.no_grad()
+def update_ema(ema_params: Sequence[torch.Tensor], params: Sequence[torch.Tensor], decay: float) -> None:
+    """ema = decay * ema + (1 - decay) * w for each pair of tensors (same shapes, device and dtype), in place."""
+    ema_params = list(ema_params)
+    torch._foreach_mul_(ema_params, decay)
+    torch._foreach_add_(ema_params, list(params), alpha=1.0 - decay)
 
 
 def grid_noise(config: GANConfig, device: torch.device) -> torch.Tensor:
@@ -166,12 +189,17 @@ def train_epoch(generator: nn.Module, discriminator: nn.Module, optimizer_g: tor
                 optimizer_d: torch.optim.Optimizer, images: torch.Tensor, batches: list[torch.Tensor], *,
                 noise: torch.Generator, step_stats: torch.Tensor, start_step: int = 0,
                 stop: Callable[[], bool] | None = None, on_step: Callable[[], Any] | None = None,
-                calls: GANCalls = REFERENCE, rank: int = 0, world_size: int = 1) -> int:
+                calls: GANCalls = REFERENCE, rank: int = 0, world_size: int = 1,
+                ema: tuple[nn.Module, float] | None = None,
+                captured: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> int:
     """The steps ``start_step..`` of one epoch; returns the number of steps done (fewer if ``stop()`` said so).
 
     images (N, 1, 28, 28) on the models' device, in D's dtype; batches: index tensors from
     ``shuffled_batches``; step_stats (len(batches), 4) receives each step's values (:data:`STATS`). ``stop``
-    is polled before each step, ``on_step`` called after each.
+    is polled before each step, ``on_step`` called after each. ``ema``: (the copy of G holding the moving average
+    of its weights, the decay), updated by :func:`update_ema` after each step's G step. ``captured``: the same
+    step captured in a CUDA graph (:class:`mnistgen.accelerate.gan.GraphGANStep`), called instead of
+    :func:`train_step` where given.
 
     With ``world_size`` > 1 each batch is a global batch: its z is drawn whole (the same draws on every rank, and
     as one process draws them), and this rank trains on its slice ``rank`` of the images and of z
@@ -181,6 +209,8 @@ def train_epoch(generator: nn.Module, discriminator: nn.Module, optimizer_g: tor
     epoch_images = images.index_select(0, order)  # (n, 1, 28, 28): one gather, then contiguous slices
     ends = np.cumsum([len(b) for b in batches]).tolist()
     g_dtype = next(generator.parameters()).dtype
+    if ema is not None:
+        ema_params, g_params, decay = list(ema[0].parameters()), list(generator.parameters()), ema[1]
     for step in range(start_step, len(batches)):
         if stop is not None and stop():
             return step
@@ -189,7 +219,12 @@ def train_epoch(generator: nn.Module, discriminator: nn.Module, optimizer_g: tor
         if world_size > 1:  # this rank's share of the global batch and of its draws
             start, end = rank_share(len(real), rank, world_size)
             real, z = real[start:end], z[start:end]
-        step_stats[step] = train_step(generator, discriminator, optimizer_g, optimizer_d, real, z, calls)
+        if captured is not None:
+            step_stats[step] = captured(real, z)
+        else:
+            step_stats[step] = train_step(generator, discriminator, optimizer_g, optimizer_d, real, z, calls)
+        if ema is not None:
+            update_ema(ema_params, g_params, decay)
         if on_step is not None:
             on_step()
     return len(batches)
@@ -273,11 +308,17 @@ def _train(config: GANConfig, images: torch.Tensor, run: RunDir, checkpoint: dic
         generator, discriminator = build_models(config, device)
         # before any file is written ("native" may refuse) and before the optimizers (the weights' layout may change)
         calls = choose_calls(generator, discriminator, config, device, say)
+        graph_reason = check_gan_graph(generator, discriminator, config, device, calls)
+        if device.type == "cuda" and graph_reason is not None and config.cpu_kernels != "reference":
+            (say or say_on_main_process)(f"mnistgen: note: the GAN's step is not captured in a CUDA graph: "
+                                         f"{graph_reason}")
         optimizer_g, optimizer_d = make_optimizers(generator, discriminator, config)
+        average = weight_average(generator) if config.ema_decay is not None else None  # G's initial weights
         noise = torch.Generator(device=device)  # the same stream on every torchrun rank: each takes its share
         noise.manual_seed(stream_seed(config.seed, NOISE_STREAM))
         state = RunState(run, config, {"generator": generator, "discriminator": discriminator,
-                                       "optimizer_g": optimizer_g, "optimizer_d": optimizer_d},
+                                       "optimizer_g": optimizer_g, "optimizer_d": optimizer_d,
+                                       **({"generator_ema": average} if average is not None else {})},
                          {"order": order_generator, "noise": noise}, "step_stats")
         epochs_done, start_step, saved_stats, seconds_before, complete = 0, 0, None, 0.0, False
         if checkpoint is not None:
@@ -293,12 +334,15 @@ def _train(config: GANConfig, images: torch.Tensor, run: RunDir, checkpoint: dic
         write_json(run.data, provenance)
     fixed_noise = grid_noise(config, device).to(next(generator.parameters()).dtype)
     if checkpoint is None:
-        save_grid(run, 0, generator, fixed_noise)  # the untrained generator
+        save_grid(run, 0, generator, fixed_noise, average)  # the untrained generator
         state.save(epoch=0, step=0, order_state=order_generator.get_state(), step_values=torch.zeros(0, len(STATS)),
                    seconds=0.0)
 
     images = images.to(device, next(discriminator.parameters()).dtype)  # moved once; batches are slices of it
     rank, world_size = distributed_rank_and_size()
+    graph = None if graph_reason is not None else GraphGANStep(generator, discriminator, optimizer_g, optimizer_d,
+                                                               config.batch_size, calls)  # after the restore
+    trained_by = calls.trained_by if graph is None else f"cuda-graph ({calls.trained_by})"
     steps_per_epoch = num_batches(len(images), config.batch_size, drop_last=True)
     bar = progress(total=steps_per_epoch * max(config.epochs - epochs_done, 0) - start_step, description="gan",
                    enabled=show_progress)
@@ -313,16 +357,20 @@ def _train(config: GANConfig, images: torch.Tensor, run: RunDir, checkpoint: dic
             started = time.perf_counter()
             done = train_epoch(generator, discriminator, optimizer_g, optimizer_d, images, batches, noise=noise,
                                step_stats=step_stats, start_step=start_step, stop=stop,
-                               on_step=lambda: bar.update(1), calls=calls, rank=rank, world_size=world_size)
+                               on_step=lambda: bar.update(1), calls=calls, rank=rank, world_size=world_size,
+                               ema=None if average is None else (average, config.ema_decay),
+                               captured=None if graph is None else graph.step)
+            if graph is not None:
+                graph.store()  # the captured Adams' state into the optimizers the checkpoint saves
             sum_over_ranks(step_stats[start_step:done], mean=True)  # the global batches' values (done: everywhere)
             seconds = seconds_before + time.perf_counter() - started
             stats = end_steps(state, epoch=epoch, done=done, steps=len(batches), step_values=step_stats,
                               value_names=STATS, order_state=order_state, seconds=seconds, command=COMMAND)
             means = stats.mean(dim=0).tolist()
             if epoch + 1 == config.epochs or (epoch + 1) % config.grid_every == 0:
-                save_grid(run, epoch + 1, generator, fixed_noise)
+                save_grid(run, epoch + 1, generator, fixed_noise, average)
             record = record_epoch(state, {"epoch": epoch + 1, **dict(zip(STATS, means, strict=True)),
-                                          "seconds": seconds, "trained_by": calls.trained_by})
+                                          "seconds": seconds, "trained_by": trained_by})
             history.append(record)
             bar.set_postfix(d_loss=f"{means[0]:.3f}", g_loss=f"{means[1]:.3f}")
             start_step, seconds_before = 0, 0.0
@@ -332,8 +380,14 @@ def _train(config: GANConfig, images: torch.Tensor, run: RunDir, checkpoint: dic
 
 
 @torch.no_grad()
-def save_grid(run: RunDir, epoch: int, generator: nn.Module, noise: torch.Tensor) -> None:
-    """G's 64 images for the fixed noise (the module's own forward), saved as epoch ``epoch``'s grid (rank 0)."""
+def save_grid(run: RunDir, epoch: int, generator: nn.Module, noise: torch.Tensor,
+              average: nn.Module | None = None) -> None:
+    """G's 64 images for the fixed noise (the module's own forward), saved as epoch ``epoch``'s grid (rank 0).
+
+    With ``average`` (the moving average of G's weights, ``--ema-decay``) the grid is the average's images and G's
+    own are saved beside it, in RUN/grids/raw/."""
     if not is_main_process():
         return
-    run.save_grid(epoch, generator(noise)[:, 0].float().cpu().numpy())
+    if average is not None:
+        run.save_grid(epoch, average(noise)[:, 0].float().cpu().numpy())
+    run.save_grid(epoch, generator(noise)[:, 0].float().cpu().numpy(), raw=average is not None)

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from ..accelerate import note_choice
+from ..accelerate.graphs import CapturedStep, graph_problem
 from ..config import GANConfig, VAEConfig, replica_config, replica_seeds, to_dict, validate
 from ..data.batches import num_batches, shuffled_batches
 from ..data.protocols import Protocol, binarize_batch, load_protocol
@@ -179,10 +180,30 @@ def stack_from(params: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer
 
 
 def stacked_adam(params: dict[str, torch.Tensor], like: torch.optim.Optimizer) -> torch.optim.Adam:
-    """One Adam over the stacked tensors with the hyper-parameters of ``like`` (a replica's own Adam)."""
+    """One Adam over the stacked tensors with the hyper-parameters of ``like`` (a replica's own Adam); capturable
+    (its step count on the device) on CUDA, so that its step can be captured in a CUDA graph."""
     group = like.param_groups[0]
+    capturable = next(iter(params.values())).device.type == "cuda"
     return torch.optim.Adam(list(params.values()), lr=group["lr"], betas=group["betas"], eps=group["eps"],
-                            weight_decay=group["weight_decay"], fused=group.get("fused"))
+                            weight_decay=group["weight_decay"], fused=group.get("fused"), capturable=capturable)
+
+
+def captured_if_possible(step: Callable[..., torch.Tensor], example_inputs: list[torch.Tensor],
+                         parameters: list[torch.Tensor], optimizers: list[torch.optim.Optimizer],
+                         device: torch.device, config: Any, say: Callable[[str], None]) -> tuple[Callable, bool]:
+    """The batched step captured in a CUDA graph (:class:`mnistgen.accelerate.graphs.CapturedStep`) where that
+    applies (CUDA, a fixed learning rate, not ``--cpu-kernels reference``), else the step itself (with a note on
+    CUDA); returns (the step to call, whether it is captured)."""
+    fixed_lr = getattr(config, "lr_schedule", "none") == "none"
+    problem = "--cpu-kernels reference" if config.cpu_kernels == "reference" else graph_problem(device, fixed_lr)
+    if problem is None:
+        try:
+            return CapturedStep(step, example_inputs, parameters, optimizers), True
+        except RuntimeError as exc:
+            problem = f"the step could not be captured: {' '.join(str(exc).split())[:200]}"
+    if device.type == "cuda":
+        say(f"mnistgen: note: the replicas' batched step is not captured in a CUDA graph: {problem}")
+    return step, False
 
 
 # --------------------------------------------------------------------------- a replica and the engines
@@ -204,12 +225,12 @@ class Replica:
 class _ElboOf(nn.Module):
     """A VAE's per-image ELBO as a module's forward, so that ``functional_call`` can run it on other weights."""
 
-    def __init__(self, vae: nn.Module, analytic_kl: bool):
+    def __init__(self, vae: nn.Module, analytic_kl: bool, importance_weighted: bool):
         super().__init__()
-        self.vae, self.analytic_kl = vae, analytic_kl
+        self.vae, self.analytic_kl, self.importance_weighted = vae, analytic_kl, importance_weighted
 
     def forward(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        return vae_elbo(self.vae, x, eps, self.analytic_kl)
+        return vae_elbo(self.vae, x, eps, self.analytic_kl, self.importance_weighted)
 
 
 class StackedSteps:
@@ -412,29 +433,46 @@ def train_vae_replicas(config: VAEConfig, run: RunDir, *, resume: bool = False, 
                             for r in replicas]  # after the restore, as in the separate run
             return _train_vae(config, run, replicas, engine, accelerators, protocol, device, epochs_done, start_step,
                               saved, seconds_before, histories, stop_requested, show_progress, trained_by,
-                              learning_rate, EVAL_STREAM)
+                              learning_rate, EVAL_STREAM, say)
 
 
 def _train_vae(config, run, replicas, engine, accelerators, protocol, device, epochs_done, start_step, saved,
-               seconds_before, histories, stop, show_progress, trained_by, learning_rate, eval_stream):
-    from .vae import COMMAND, reference_step
+               seconds_before, histories, stop, show_progress, trained_by, learning_rate, eval_stream, say):
+    from .vae import COMMAND, reference_step, training_value
 
     models = [r.modules["model"] for r in replicas]
     dtype = next(models[0].parameters()).dtype
     data = protocol.to(device)
     train_images, eval_images = data.train_images.to(dtype), data.eval_images.to(dtype)
-    analytic_kl = config.objective == "analytic"
+    analytic_kl, importance_weighted = config.objective == "analytic", config.objective == "iwae"
+    draws = config.train_samples if importance_weighted or config.train_samples > 1 else None  # as train_epoch
     latent_dim = models[0].latent_dim
     R = len(replicas)
     if isinstance(engine, StackedSteps):
-        objective = _ElboOf(models[0], analytic_kl)
+        objective = _ElboOf(models[0], analytic_kl, importance_weighted)
         params = {f"vae.{name}": tensor for name, tensor in engine.params["model"].items()}
 
         def replica_elbo(replica_params, x, eps):  # one replica: x (B, 784), eps (B, D_z) -> (B,)
             return torch.func.functional_call(objective, replica_params, (x, eps))
 
-        batched_elbo = torch.func.vmap(replica_elbo)  # (R, B, 784), (R, B, D_z) -> (R, B)
+        batched_elbo = torch.func.vmap(replica_elbo)  # (R, B, 784), (R, [K,] B, D_z) -> (R, B)
         optimizer = engine.optimizers["model"]
+
+        def stacked_step(x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+            elbo = batched_elbo(params, x, eps)  # (R, B)
+            loss = -elbo.mean(dim=1).sum()  # each replica's gradient is that of its own -mean objective
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            return elbo.detach().sum(dim=1)  # (R,)
+
+        example = [torch.zeros(R, config.batch_size, train_images.shape[1], device=device, dtype=dtype),
+                   torch.zeros(R, *((draws,) if draws else ()), config.batch_size, latent_dim, device=device,
+                               dtype=dtype)]
+        run_step, captured = captured_if_possible(stacked_step, example, list(params.values()), [optimizer], device,
+                                                  config, say)
+        if captured:
+            trained_by += ", captured in a CUDA graph"
     steps = num_batches(len(train_images), config.batch_size, drop_last=False)
     bar = progress(total=steps * (config.epochs - epochs_done) - start_step, description="vae",
                    enabled=show_progress)
@@ -459,21 +497,16 @@ def _train_vae(config, run, replicas, engine, accelerators, protocol, device, ep
                 x = train_images[orders[:, ends[step]:ends[step + 1]]]  # (R, B, 784)
                 if data.dynamic_binarization:
                     x = torch.stack([binarize_batch(x[k], r.noise) for k, r in enumerate(replicas)])
-                eps = torch.stack([standard_normal_draws(x.shape[1], latent_dim, r.noise, x)
-                                   for r in replicas])  # (R, B, D_z), each from its replica's stream
+                eps = torch.stack([standard_normal_draws(x.shape[1], latent_dim, r.noise, x, draws)
+                                   for r in replicas])  # (R, [K,] B, D_z), each from its replica's stream
                 if isinstance(engine, StackedSteps):
-                    elbo = batched_elbo(params, x, eps)  # (R, B)
-                    loss = -elbo.mean(dim=1).sum()  # each replica's gradient is that of its own -mean ELBO
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    step_elbos[:, step] = elbo.detach().sum(dim=1)
+                    step_elbos[:, step] = run_step(x, eps)
                 else:
                     for k, replica in enumerate(replicas):
                         if accelerators[k] is None:
                             step_elbos[k, step] = reference_step(replica.modules["model"],
                                                                  replica.optimizers["model"], x[k], eps[k],
-                                                                 analytic_kl)
+                                                                 analytic_kl, importance_weighted)
                         else:
                             step_elbos[k, step] = accelerators[k].step(x[k], eps[k])
                 done = step + 1
@@ -496,7 +529,8 @@ def _train_vae(config, run, replicas, engine, accelerators, protocol, device, ep
                                                generator=evaluation).mean())
                 record = {"epoch": epoch + 1, "train_elbo": float(step_elbos[k].sum()) / n,
                           f"{data.eval_name}_elbo": eval_elbo, "lr": lr, "train_seconds": train_seconds,
-                          "seconds": seconds_before + time.perf_counter() - started, "trained_by": trained_by}
+                          "seconds": seconds_before + time.perf_counter() - started, "trained_by": trained_by,
+                          **training_value(config)}
                 for key, value in record.items():
                     if isinstance(value, float):
                         check_finite(value, f"seed {replica.seed}'s {key}", epoch + 1, kept=replica.state.kept)
@@ -598,11 +632,11 @@ def train_gan_replicas(config: GANConfig, images: torch.Tensor, run: RunDir, *, 
                           step_values=torch.zeros(len(replicas), 0, len(STATS)), seconds=0.0)
             return _train_gan(config, images, run, replicas, engine, calls, device, epochs_done, start_step, saved,
                               seconds_before, histories, stop_requested, show_progress, trained_by, fixed, STATS,
-                              save_grid)
+                              save_grid, say)
 
 
 def _train_gan(config, images, run, replicas, engine, calls, device, epochs_done, start_step, saved,
-               seconds_before, histories, stop, show_progress, trained_by, fixed, stats_names, save_grid):
+               seconds_before, histories, stop, show_progress, trained_by, fixed, stats_names, save_grid, say):
     from .gan import COMMAND, train_step
 
     R = len(replicas)
@@ -619,6 +653,31 @@ def _train_gan(config, images, run, replicas, engine, calls, device, epochs_done
         optimizer_g, optimizer_d = engine.optimizers["generator"], engine.optimizers["discriminator"]
         per_replica_d_loss = torch.func.vmap(discriminator_loss)  # (R, B, 1) twice -> (R,)
         per_replica_g_loss = torch.func.vmap(generator_loss)
+
+        def stacked_step(real: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+            """Every replica's D step, then G step, on the same G(z); returns (R, 4) in the order of STATS."""
+            fake = generate(g_params, z)  # (R, B, 1, 28, 28), once for both steps
+            real_logits = discriminate(d_params, real)  # (R, B, 1)
+            fake_logits = discriminate(d_params, fake.detach())
+            d_loss = per_replica_d_loss(real_logits, fake_logits)  # (R,)
+            optimizer_d.zero_grad(set_to_none=True)
+            d_loss.sum().backward()
+            optimizer_d.step()
+            g_loss = per_replica_g_loss(discriminate(d_params, fake))  # with the D just updated
+            optimizer_g.zero_grad(set_to_none=True)
+            g_loss.sum().backward(inputs=list(g_params.values()))
+            optimizer_g.step()
+            with torch.no_grad():
+                return torch.stack([d_loss, g_loss, torch.sigmoid(real_logits).mean(dim=(1, 2)),
+                                    torch.sigmoid(fake_logits).mean(dim=(1, 2))], dim=1)
+
+        d_dtype = next(iter(d_params.values())).dtype
+        example = [torch.zeros(R, config.batch_size, *images.shape[1:], device=device, dtype=d_dtype),
+                   torch.zeros(R, config.batch_size, zdim, device=device, dtype=g_dtype)]
+        run_step, captured = captured_if_possible(stacked_step, example, [*g_params.values(), *d_params.values()],
+                                                  [optimizer_g, optimizer_d], device, config, say)
+        if captured:
+            trained_by += ", captured in a CUDA graph"
     steps = num_batches(len(images), config.batch_size, drop_last=True)
     bar = progress(total=steps * max(config.epochs - epochs_done, 0) - start_step, description="gan",
                    enabled=show_progress)
@@ -642,20 +701,7 @@ def _train_gan(config, images, run, replicas, engine, calls, device, epochs_done
                 real = images[orders[:, step * B:(step + 1) * B]]  # (R, B, 1, 28, 28)
                 z = torch.stack([sample_uniform_noise(B, zdim, r.noise).to(g_dtype) for r in replicas])  # (R, B, zdim)
                 if isinstance(engine, StackedSteps):
-                    fake = generate(g_params, z)  # (R, B, 1, 28, 28), once for both steps
-                    real_logits = discriminate(d_params, real)  # (R, B, 1)
-                    fake_logits = discriminate(d_params, fake.detach())
-                    d_loss = per_replica_d_loss(real_logits, fake_logits)  # (R,)
-                    optimizer_d.zero_grad(set_to_none=True)
-                    d_loss.sum().backward()
-                    optimizer_d.step()
-                    g_loss = per_replica_g_loss(discriminate(d_params, fake))  # with the D just updated
-                    optimizer_g.zero_grad(set_to_none=True)
-                    g_loss.sum().backward(inputs=list(g_params.values()))
-                    optimizer_g.step()
-                    with torch.no_grad():
-                        step_stats[:, step] = torch.stack([d_loss, g_loss, torch.sigmoid(real_logits).mean(dim=(1, 2)),
-                                                           torch.sigmoid(fake_logits).mean(dim=(1, 2))], dim=1)
+                    step_stats[:, step] = run_step(real, z)
                 else:
                     for k, replica in enumerate(replicas):
                         step_stats[k, step] = train_step(

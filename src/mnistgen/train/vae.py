@@ -2,10 +2,11 @@
 
 Per epoch: the batch order comes from :func:`mnistgen.data.batches.shuffled_batches`; the epoch's images
 are gathered once in that order (each batch is then a contiguous slice); each step draws (full protocol:
-a fresh binary image from each gray image, then) one eps ~ N(0, I) per image and takes one Adam step on
-the batch's negative mean ELBO. After the epoch the ELBO of the evaluation images (test for ``hw``,
-validation for ``full``) is measured, one line is appended to RUN/metrics.jsonl and RUN/checkpoint.pt is
-replaced atomically.
+a fresh binary image from each gray image, then) one eps ~ N(0, I) per image (K = ``--train-samples`` of them
+with ``--objective iwae`` or K > 1) and takes one Adam step on the batch's negative mean objective: the ELBO (Eq. 2
+or Eq. 1; with K > 1 the mean of K one-sample estimates), or iwae's K-sample bound. After the epoch the
+one-sample ELBO of the evaluation images (test for ``hw``, validation for ``full``; Eq. 2 for iwae) is measured,
+one line is appended to RUN/metrics.jsonl and RUN/checkpoint.pt is replaced atomically.
 
 The step is :func:`reference_step`: the ELBO from the modules' own code (:func:`mnistgen.losses.vae_elbo`),
 back-propagated by autograd. Where an accelerator applies to the model as it is (:mod:`mnistgen.accelerate.vae`:
@@ -105,6 +106,20 @@ def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Adam:
     return torch.optim.Adam(model.parameters(), lr=lr, fused=fused)
 
 
+def training_value(config: VAEConfig) -> dict[str, str]:
+    """What a metrics line's ``train_elbo`` is, where it is not SPEC's one-sample ELBO: {"train_elbo_is": ...}
+    for ``--objective iwae`` (the K-sample bound L_K, above the ELBO for K > 1) or ``--train-samples`` K > 1 (the
+    mean of K one-sample ELBOs); {} otherwise, so the lines of SPEC's objectives stay as they were. The held-out
+    ELBO after each epoch is the one-sample ELBO under every objective (Eq. 2 for iwae)."""
+    samples = config.train_samples
+    if config.objective == "iwae":
+        return {"train_elbo_is": f"the importance-weighted bound L_{samples} ({samples} draws per image)"}
+    if samples > 1:
+        equation = 1 if config.objective == "analytic" else 2
+        return {"train_elbo_is": f"the mean of {samples} one-sample ELBOs (Eq. {equation})"}
+    return {}
+
+
 def build_model(config: VAEConfig, device: torch.device) -> VAE:
     """SPEC §2's VAE with ``config``'s widths, initialized from the global RNG (seeded by the caller)."""
     return VAE(latent_dim=config.latent_dim, hidden=config.hidden).to(device)
@@ -114,13 +129,15 @@ def build_model(config: VAEConfig, device: torch.device) -> VAE:
 
 
 def reference_step(model: VAE, optimizer: torch.optim.Optimizer, x: torch.Tensor, eps: torch.Tensor,
-                   analytic_kl: bool) -> torch.Tensor:
+                   analytic_kl: bool, importance_weighted: bool = False) -> torch.Tensor:
     """One Adam step on the batch's -mean ELBO, computed by the modules and differentiated by autograd.
 
-    x (B, 784) binary images; eps (B, D_z) the standard normal draws of z = mean + std * eps.
-    Returns the batch's ELBO sum (0-d, on the device: no host synchronisation).
+    x (B, 784) binary images; eps (B, D_z) the standard normal draws of z = mean + std * eps, or (K, B, D_z) for
+    K draws per image (:func:`mnistgen.losses.vae_elbo`: the mean of K one-sample ELBOs, or with
+    ``importance_weighted`` the K-sample bound). Returns the batch's sum of that value (0-d, on the device: no
+    host synchronisation).
     """
-    elbo = vae_elbo(model, x, eps, analytic_kl)  # (B,) ELBO per image, Eq. 1 or Eq. 2
+    elbo = vae_elbo(model, x, eps, analytic_kl, importance_weighted)  # (B,) per image: Eq. 1, Eq. 2 or L_K
     loss = -elbo.mean()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -133,7 +150,7 @@ def train_epoch(model: VAE, optimizer: torch.optim.Optimizer, images: torch.Tens
                 *, noise: torch.Generator, analytic_kl: bool, dynamic_binarization: bool,
                 step_elbos: torch.Tensor, start_step: int = 0, stop: Callable[[], bool] | None = None,
                 on_step: Callable[[], Any] | None = None, accelerator: Any = None, rank: int = 0,
-                world_size: int = 1) -> int:
+                world_size: int = 1, importance_weighted: bool = False, samples: int = 1) -> int:
     """The steps ``start_step..`` of one epoch; returns the number of steps done (fewer if ``stop()`` said so).
 
     images (N, 784) on the model's device and in its dtype (binary, or gray levels when
@@ -143,10 +160,15 @@ def train_epoch(model: VAE, optimizer: torch.optim.Optimizer, images: torch.Tens
     model and optimizer (its ``step(x, eps)`` replaces the reference step; its ``store()`` runs before
     returning, so the model and the optimizer are current).
 
+    ``samples`` K > 1, or ``importance_weighted`` (the iwae objective, even with K = 1), draw eps (K, B, D_z)
+    per step (with K = 1 the very numbers of the one-sample draw) for the reference step; the accelerators
+    take one draw per image and step aside there (:func:`mnistgen.accelerate.vae.choose_vae_accelerator`).
+
     With ``world_size`` > 1 each batch is a global batch: its binary images and eps are drawn whole (the same
     draws on every rank, and as one process draws them), and this rank trains on its slice ``rank`` of them
     (:func:`mnistgen.distributed.rank_share`); step_elbos then receives the sums over that slice.
     """
+    draws = samples if importance_weighted or samples > 1 else None  # None: one (B, D_z) draw, as SPEC's ELBO
     order = torch.cat(batches).to(images.device)
     epoch_images = images.index_select(0, order)  # (n, 784): one gather, then contiguous slices
     ends = np.cumsum([len(b) for b in batches]).tolist()
@@ -157,12 +179,12 @@ def train_epoch(model: VAE, optimizer: torch.optim.Optimizer, images: torch.Tens
             x = epoch_images[ends[step] - len(batches[step]):ends[step]]  # (B, 784)
             if dynamic_binarization:
                 x = binarize_batch(x, noise)
-            eps = standard_normal_draws(len(x), model.latent_dim, noise, x)  # (B, D_z)
+            eps = standard_normal_draws(len(x), model.latent_dim, noise, x, draws)  # (B, D_z) or (K, B, D_z)
             if world_size > 1:  # this rank's share of the global batch and of its draws
                 start, end = rank_share(len(x), rank, world_size)
-                x, eps = x[start:end], eps[start:end]
+                x, eps = x[start:end], eps[..., start:end, :]
             if accelerator is None:
-                step_elbos[step] = reference_step(model, optimizer, x, eps, analytic_kl)
+                step_elbos[step] = reference_step(model, optimizer, x, eps, analytic_kl, importance_weighted)
             else:
                 step_elbos[step] = accelerator.step(x, eps)
             if on_step is not None:
@@ -247,7 +269,7 @@ def _train(config: VAEConfig, run: RunDir, checkpoint: dict[str, Any] | None, pr
     data = protocol.to(device)  # moved once; every batch is a slice of these tensors
     train_images, eval_images = data.train_images.to(dtype), data.eval_images.to(dtype)
     rank, world_size = distributed_rank_and_size()
-    analytic_kl = config.objective == "analytic"
+    analytic_kl, importance_weighted = config.objective == "analytic", config.objective == "iwae"
     accelerator = None if choice.accelerator is None else choice.accelerator.implementation(model, optimizer, config)
     steps_per_epoch = len(range(0, len(train_images), config.batch_size))
     bar = progress(total=steps_per_epoch * (config.epochs - epochs_done) - start_step, description="vae",
@@ -267,7 +289,8 @@ def _train(config: VAEConfig, run: RunDir, checkpoint: dict[str, Any] | None, pr
             done = train_epoch(model, optimizer, train_images, batches, noise=noise, analytic_kl=analytic_kl,
                                dynamic_binarization=data.dynamic_binarization, step_elbos=step_elbos,
                                start_step=start_step, stop=stop, on_step=lambda: bar.update(1),
-                               accelerator=accelerator, rank=rank, world_size=world_size)
+                               accelerator=accelerator, rank=rank, world_size=world_size,
+                               importance_weighted=importance_weighted, samples=config.train_samples)
             sum_over_ranks(step_elbos[start_step:done])  # the sums over the global batches (done: the same everywhere)
             train_seconds = seconds_before + time.perf_counter() - started
             elbos = end_steps(state, epoch=epoch, done=done, steps=len(batches), step_values=step_elbos,
@@ -280,7 +303,8 @@ def _train(config: VAEConfig, run: RunDir, checkpoint: dict[str, Any] | None, pr
             record = record_epoch(state, {
                 "epoch": epoch + 1, "train_elbo": float(elbos.sum()) / sum(len(b) for b in batches),
                 f"{data.eval_name}_elbo": eval_elbo, "lr": lr, "train_seconds": train_seconds,
-                "seconds": seconds_before + time.perf_counter() - started, "trained_by": choice.name})
+                "seconds": seconds_before + time.perf_counter() - started, "trained_by": choice.name,
+                **training_value(config)})
             history.append(record)
             bar.set_postfix(train=f"{record['train_elbo']:.2f}", **{data.eval_name: f"{eval_elbo:.2f}"})
             start_step, seconds_before = 0, 0.0

@@ -1,0 +1,104 @@
+"""What the importance-weighted objective costs: seconds per hw epoch of `--objective iwae --train-samples K`
+against SPEC's default (Eq. 2, one draw per image), measured in the same run.
+
+Every loop is mnistgen's `train_epoch` on the 10,000 binary images of the hw protocol, from the same initial
+weights: the default with the accelerator `--cpu-kernels auto` chooses here ("default, auto"), the default on
+the reference path (autograd through the modules), and iwae with each K (always the reference path: the
+accelerators step aside for it). Each repetition times one epoch of each loop, in turn, after one untimed
+warm-up epoch each; the medians and their ratios to both defaults are printed.
+
+    python bench/iwae_cost.py --data-dir ../shared/data/mnist --samples 1,5,50 --repeat 3 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from mnistgen.accelerate.vae import choose_vae_accelerator
+from mnistgen.config import DataConfig, VAEConfig
+from mnistgen.data.batches import shuffled_batches
+from mnistgen.data.protocols import load_protocol
+from mnistgen.data.sources import load_raw
+from mnistgen.device import seed_everything
+from mnistgen.train.common import stream_seed
+from mnistgen.train.vae import NOISE_STREAM, build_model, make_optimizer, train_epoch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=os.environ.get("MNISTGEN_DATA_DIR"),
+                        help="folder with the four MNIST .gz files (default: $MNISTGEN_DATA_DIR)")
+    parser.add_argument("--samples", default="1,5,50", help="comma-separated K of the iwae loops")
+    parser.add_argument("--repeat", type=int, default=3, help="timed epochs of each loop")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    args = parser.parse_args()
+    if not args.data_dir:
+        parser.error("give --data-dir or set MNISTGEN_DATA_DIR")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cpu")
+    default = VAEConfig(data=DataConfig(data_dir=args.data_dir, offline=True), device="cpu")
+    images = load_protocol("hw", load_raw(default.data)).train_images.to(device)  # (10000, 784) binary
+    seed_everything(default.seed)
+    initial = build_model(default, device).state_dict()  # the weights every loop starts from
+
+    def loop(config: VAEConfig) -> tuple[Callable[[], float], str]:
+        """An epoch function of mnistgen's loop under ``config`` from ``initial``, and what trains it."""
+        order = seed_everything(config.seed)
+        model = build_model(config, device)
+        model.load_state_dict(initial)
+        optimizer = make_optimizer(model, config.lr)
+        noise = torch.Generator(device).manual_seed(stream_seed(config.seed, NOISE_STREAM))
+        choice = choose_vae_accelerator(model, config, device)
+        step = choice.accelerator.implementation(model, optimizer, config) if choice.accelerator else None
+
+        def epoch() -> float:
+            batches = list(shuffled_batches(len(images), config.batch_size, order))
+            step_elbos = torch.zeros(len(batches), device=device)
+            train_epoch(model, optimizer, images, batches, noise=noise, analytic_kl=config.objective == "analytic",
+                        dynamic_binarization=False, step_elbos=step_elbos, accelerator=step,
+                        importance_weighted=config.objective == "iwae", samples=config.train_samples)
+            return float(step_elbos.sum()) / len(images)
+
+        return epoch, choice.name
+
+    loops: dict[str, Callable[[], float]] = {}
+    auto, auto_name = loop(default)
+    loops[f"default, auto ({auto_name})"] = auto
+    loops["default, reference"] = loop(dataclasses.replace(default, cpu_kernels="reference"))[0]
+    for k in (int(text) for text in args.samples.split(",")):
+        loops[f"iwae K={k}"] = loop(dataclasses.replace(default, objective="iwae", train_samples=k))[0]
+    names = list(loops)
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} torch thread(s); load average {os.getloadavg()[0]:.1f} at start", flush=True)
+    for epoch in loops.values():  # one untimed warm-up epoch each
+        epoch()
+    wall: dict[str, list[float]] = {name: [] for name in names}
+    value: dict[str, float] = {}
+    for repetition in range(args.repeat):
+        for name, epoch in loops.items():
+            started = time.perf_counter()
+            value[name] = epoch()
+            wall[name].append(time.perf_counter() - started)
+        print(f"  repetition {repetition + 1}: " + ", ".join(f"{name} {wall[name][-1]:.2f} s" for name in names),
+              flush=True)
+    medians = {name: statistics.median(times) for name, times in wall.items()}
+    base_auto, base_reference = medians[names[0]], medians[names[1]]
+    print(f"\none hw epoch (10,000 images, batch {default.batch_size}), median of {args.repeat} (wall clock):")
+    print(f"{'loop':28s} {'s/epoch':>8s} {'x default auto':>15s} {'x default reference':>20s} {'train value':>12s}")
+    for name in names:
+        print(f"{name:28s} {medians[name]:8.2f} {medians[name] / base_auto:14.2f}x "
+              f"{medians[name] / base_reference:19.2f}x {value[name]:12.2f}")
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""``mnistgen score RUN``: samples drawn from a trained run's model and scored against MNIST; a replica run's seeds
+each, then summarized.
+
+Each seed's draws are what its ``sample`` command gives with its own seed: the VAE's decoder means p(x|z) of
+z ~ N(0, I) (``mnistgen vae sample``), the GAN's G(z) of z ~ U[-1, 1]^zdim (``mnistgen gan sample``). They are saved
+as RUN[/seed=N]/samples.npz (8-bit levels, compressed, as a reproduction stores its samples) and that file is
+scored, so ``mnistgen score RUN/seed=N/samples.npz`` gives the same numbers; its report lies beside it,
+samples.score.json. A replica run gets RUN/score.json too: :func:`mnistgen.evaluate.replicas.seeds_summary` of the
+reports, with :data:`HEADLINES` summarized.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import ScoreConfig, VAEEvalConfig
+from ..errors import MnistgenError, UsageError
+from ..files import write_json
+from ..runs import RunDir
+from .replicas import seeds_summary
+
+SAMPLES_FILE = "samples.npz"  # in each scored run folder, beside its samples.score.json
+SUMMARY_FILE = "score.json"  # a replica run's summary over its seeds
+HEADLINES = ("frechet_distance", "classifier_score")  # the numbers of a score report summarized over seeds
+LABELS = {"frechet_distance": "Frechet distance (lower)", "classifier_score": "classifier score (max 10)"}
+MIN_SAMPLES = 2  # a covariance needs two images
+
+
+@dataclass(frozen=True)
+class ScoredRun:
+    """A run folder to score: its kind, and the folders whose models are sampled, (seed, RUN/seed=N) for each seed of
+    a replica run, or (None, RUN) alone."""
+
+    run: RunDir
+    kind: str
+    targets: list[tuple[int | None, RunDir]]
+
+    @property
+    def replicated(self) -> bool:
+        return self.targets[0][0] is not None
+
+    @property
+    def summary_path(self) -> Path:
+        return self.run.path / SUMMARY_FILE
+
+
+def samples_path(target: RunDir) -> Path:
+    return target.path / SAMPLES_FILE
+
+
+def run_to_score(path: str | Path) -> ScoredRun:
+    """Check, before any work, that ``path`` is a trained VAE or GAN run folder (single-seed or replica) whose every
+    model has a checkpoint; anything else is a one-line error."""
+    run = RunDir(path).require()
+    kind = run.read_config().get("kind")
+    if kind == "reproduce":
+        raise MnistgenError(f"{run.path}: a reproduction folder; score its runs, {run.path / 'vae'} and "
+                            f"{run.path / 'gan'}, or its samples, {run.path / 'samples'}/*.npz")
+    if kind not in ("vae", "gan"):
+        raise MnistgenError(f"{run.path}: a {kind!r} run folder, not a VAE or GAN run (nor a .npy file of images)")
+    targets: list[tuple[int | None, RunDir]] = list(run.replicas()) or [(None, run)]
+    for _, target in targets:
+        if not target.checkpoint.is_file():
+            raise MnistgenError(f"{target.checkpoint}: no checkpoint here (train first, or check the run folder)")
+    return ScoredRun(run, kind, targets)
+
+
+def score_run(scored: ScoredRun, classifier: Any, reference: Any, config: ScoreConfig,
+              say: Callable[[str], None]) -> dict[str, Any]:
+    """Draw ``config.samples`` images from each model of ``scored``, save and score them (see the module's
+    docstring), saying each report; for a replica run, write RUN/score.json and say its table. Returns the report
+    of a single-seed run, or the replica run's summary."""
+    from ..reproduce import save_images
+    from ..scoring import format_report, load_images, score_images, write_report
+    from .replicas import summary_table
+
+    reports: dict[int, dict[str, Any]] = {}
+    for seed, target in scored.targets:
+        path = samples_path(target)
+        save_images(path, draw_samples(target, scored.kind, config.samples, config.device))
+        report = score_images(load_images(path), classifier, reference, config)
+        written = write_report(path, report)
+        report = {"file": path.name, **report}  # as samples.score.json holds it
+        run_seed = seed if seed is not None else target.read_config()["config"].get("seed")
+        say(format_report(report, str(path)))
+        ema_decay = target.read_config()["config"].get("ema_decay") if scored.kind == "gan" else None
+        say(f"written: {path} ({what_is_drawn(scored.kind, config.samples, run_seed, ema_decay)}) and {written}")
+        if seed is None:
+            return report
+        reports[seed] = report
+    aggregate = write_summary(scored, reports)
+    real = reference.summary()
+    say(f"{scored.run.path}: {config.samples:,} images of each seed's model")
+    for line in summary_table(aggregate, LABELS, digits=3):
+        say(line)
+    say(f"real vs real ({real['n_images']:,} training images against the test images): Frechet distance "
+        f"{real['frechet_distance']:.3f}, classifier score {real['classifier_score']:.3f}")
+    say(f"written: {scored.summary_path}")
+    return aggregate
+
+
+def draw_samples(target: RunDir, kind: str, n: int, device: str) -> np.ndarray:
+    """n images (n, 28, 28) float32 in [0, 1] from one run folder's model, with the run's own seed."""
+    if kind == "vae":
+        from .vae import sample_run
+
+        return sample_run(target, n, False, VAEEvalConfig(device=device))
+    from ..device import resolve_device
+    from .gan import load_generator, sample_images
+
+    generator, config = load_generator(target, resolve_device(device))
+    return sample_images(generator, n, config.seed)
+
+
+def what_is_drawn(kind: str, n: int, seed: int, ema_decay: float | None = None) -> str:
+    """The images scored, in words; a GAN run trained with --ema-decay is sampled from the average of G's weights."""
+    if kind == "vae":
+        return f"{n:,} decoder means p(x|z), z ~ N(0, I), seed {seed}"
+    made_by = "G(z)" if ema_decay is None else f"G_ema(z) (G's weights averaged, EMA decay {ema_decay})"
+    return f"{n:,} images {made_by}, seed {seed}"
+
+
+def write_summary(scored: ScoredRun, reports: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """RUN/score.json of a replica run: each seed's report and the spread of :data:`HEADLINES`; returned."""
+    aggregate = seeds_summary(reports, HEADLINES)
+    write_json(scored.summary_path, aggregate)
+    return aggregate
+
+
+def check_samples(config: ScoreConfig) -> None:
+    if config.samples < MIN_SAMPLES:
+        raise UsageError(f"--samples {config.samples}: a run's score needs at least {MIN_SAMPLES} images (a "
+                            "covariance)")

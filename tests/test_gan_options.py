@@ -1,0 +1,297 @@
+"""The GAN's training-only options (issue 15): ``--ema-decay`` (a moving average of G's weights), ``--betas`` and
+``--lr-d`` / ``--lr-g`` (Adam's arguments), ``--recipe``. SPEC's networks stay as they are.
+
+Small random image sets and one CPU thread keep every run here to a few seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import native_kernels_build
+
+from mnistgen.cli import main
+from mnistgen.config import GAN_RECIPES, GANConfig, add_config_arguments, config_from_args, parse_betas
+from mnistgen.device import seed_everything
+from mnistgen.errors import MnistgenError
+from mnistgen.evaluate import gan as evaluate
+from mnistgen.models.gan import Generator
+from mnistgen.runs import RunDir
+from mnistgen.train import gan as train
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+# far from 1, so that the average after a few steps lies far from G's weights and from G's start; not 1/2, where
+# D and 1 - D swapped would give the same average
+DECAY = 0.8
+SMALL = GANConfig(epochs=3, batch_size=32, grid_every=2, device="cpu", threads=1, lr_g=1e-3, ema_decay=DECAY)
+
+
+def images(count: int = 100, seed: int = 0) -> torch.Tensor:
+    """Blurry random "digits" in [0, 1]: (count, 1, 28, 28). 100 images, batch 32 -> 3 steps per epoch."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand((count, 1, 28, 28), generator=generator).pow(4)
+
+
+def checkpoint(run: RunDir) -> dict:
+    return torch.load(run.checkpoint, weights_only=True)
+
+
+def stop_after(steps: int):
+    """A ``stop`` for train_gan that stops the run after ``steps`` steps (it is polled before each step)."""
+    polls = iter(range(1000))
+    return lambda: next(polls) == steps
+
+
+def generator_with(weights: dict[str, torch.Tensor]) -> Generator:
+    generator = Generator(SMALL.zdim)
+    generator.load_state_dict(weights)
+    return generator
+
+
+@pytest.fixture(scope="module")
+def averaged(tmp_path_factory):
+    """One complete small run with the average: its folder."""
+    run = RunDir(tmp_path_factory.mktemp("gan-ema") / "run")
+    train.train_gan(SMALL, images(), run, show_progress=False)
+    return run
+
+
+# --------------------------------------------------------------------------- the average
+
+
+def test_update_ema_is_the_formula_on_every_tensor_of_the_lists():
+    draws = torch.Generator().manual_seed(0)
+    ema = [torch.randn(3, 4, generator=draws), torch.randn(2, 8, 3, 3, generator=draws)]
+    ema[1] = ema[1].contiguous(memory_format=torch.channels_last)  # as G's convolutions on CPU under "torch"
+    weights = [torch.randn(3, 4, generator=draws), torch.randn(2, 8, 3, 3, generator=draws)]
+    expected = [0.9 * e.double() + 0.1 * w.double() for e, w in zip(ema, weights, strict=True)]
+    train.update_ema(ema, weights, 0.9)
+    for mine, theirs in zip(ema, expected, strict=True):
+        torch.testing.assert_close(mine.double(), theirs, rtol=0, atol=1e-6)
+
+
+def test_the_average_is_the_formula_by_hand_after_0_to_3_steps_of_a_run(tmp_path):
+    # Stopping the run after k steps leaves G's weights w_k and the average in its checkpoint. By hand:
+    # ema_0 = w_0 (G's initial weights), ema_k = D * ema_(k-1) + (1 - D) * w_k, one update after each G step.
+    config = dataclasses.replace(SMALL, epochs=1)  # 3 steps
+    raw, average = [], []
+    for steps in range(4):
+        run = RunDir(tmp_path / f"after-{steps}")
+        if steps < 3:
+            with pytest.raises(train.TrainingInterrupted, match=f"after step {steps} of 3"):
+                train.train_gan(config, images(), run, stop=stop_after(steps), show_progress=False)
+        else:
+            train.train_gan(config, images(), run, show_progress=False)
+        state = checkpoint(run)
+        raw.append(state["generator"])
+        average.append(state["generator_ema"])
+    seed_everything(config.seed)
+    initial = Generator(config.zdim).state_dict()
+    for name in initial:
+        assert torch.equal(raw[0][name], initial[name]) and torch.equal(average[0][name], initial[name]), name
+        expected = initial[name].double()
+        for steps in (1, 2, 3):
+            expected = DECAY * expected + (1 - DECAY) * raw[steps][name].double()
+            torch.testing.assert_close(average[steps][name].double(), expected, rtol=0, atol=1e-6)
+        # the check can fail: G moved, and the average lies measurably between its start and G
+        assert (raw[3][name] - average[3][name]).abs().max() > 1e-5, name
+
+
+def _all_tensors(run: RunDir) -> dict[str, torch.Tensor]:
+    state = checkpoint(run)
+    return {f"{net}.{key}": value for net in ("generator", "discriminator", "generator_ema")
+            for key, value in state[net].items()}
+
+
+def test_an_interrupted_run_resumes_to_the_same_average_bit_for_bit(averaged, tmp_path):
+    run = RunDir(tmp_path / "run")
+    with pytest.raises(train.TrainingInterrupted, match="interrupted in epoch 2 after step 1 of 3"):
+        train.train_gan(SMALL, images(), run, stop=stop_after(4), show_progress=False)
+    train.train_gan(SMALL, images(), run, resume=True, show_progress=False)
+    mine, theirs = _all_tensors(run), _all_tensors(averaged)
+    assert mine.keys() == theirs.keys() and any(key.startswith("generator_ema.") for key in mine)
+    for key in theirs:
+        assert torch.equal(mine[key], theirs[key]), key
+    for raw in (False, True):
+        assert averaged.grid_epochs(raw) == [0, 2, 3]
+        for epoch in averaged.grid_epochs(raw):
+            assert np.array_equal(run.load_grid(epoch, raw), averaged.load_grid(epoch, raw)), (epoch, raw)
+
+
+@pytest.mark.parametrize("change, flag", [({"ema_decay": 0.9}, "--ema-decay"), ({"ema_decay": None}, "--ema-decay"),
+                                          ({"betas": "0.5,0.999"}, "--betas"), ({"recipe": "improved"}, "--recipe")])
+def test_resume_refuses_a_changed_average_betas_or_recipe(averaged, change, flag):
+    with pytest.raises(MnistgenError, match=f"these differ from its checkpoint .*{flag}"):
+        train.train_gan(dataclasses.replace(SMALL, **change), images(), averaged, resume=True, show_progress=False)
+
+
+# --------------------------------------------------------------------------- grids, samples, figures
+
+
+def test_grids_are_the_averages_and_the_raw_grids_g_own(averaged):
+    state = checkpoint(averaged)
+    noise = train.grid_noise(SMALL, torch.device("cpu"))
+    with torch.no_grad():
+        mean_images = generator_with(state["generator_ema"])(noise)[:, 0].numpy()
+        raw_images = generator_with(state["generator"])(noise)[:, 0].numpy()
+    assert np.abs(mean_images - raw_images).max() > 1e-4  # they differ: each check below can fail
+    np.testing.assert_allclose(averaged.load_grid(3), mean_images, atol=1e-6)
+    np.testing.assert_allclose(averaged.load_grid(3, raw=True), raw_images, atol=1e-6)
+
+
+def test_load_generator_gives_the_average_and_g_on_request(averaged):
+    state = checkpoint(averaged)
+    for raw, key in ((False, "generator_ema"), (True, "generator")):
+        generator, config = evaluate.load_generator(averaged, torch.device("cpu"), raw=raw)
+        assert config == SMALL
+        for name, value in generator.state_dict().items():
+            assert torch.equal(value, state[key][name]), (raw, name)
+
+
+def test_gan_sample_uses_the_average_says_so_and_raw_on_request(averaged, tmp_path, capsys):
+    out, raw_out = tmp_path / "mean.npy", tmp_path / "raw.npy"
+    assert main(["gan", "sample", str(averaged.path), "--n", "20", "--out", str(out), "--device", "cpu"]) == 0
+    assert "G_ema(z) (G's weights averaged, EMA decay 0.8)" in capsys.readouterr().out
+    assert main(["gan", "sample", str(averaged.path), "--n", "20", "--out", str(raw_out), "--device", "cpu",
+                 "--raw"]) == 0
+    assert "the trained G, not its average" in capsys.readouterr().out
+    state = checkpoint(averaged)
+    for path, key in ((out, "generator_ema"), (raw_out, "generator")):
+        expected = evaluate.sample_images(generator_with(state[key]), 20, SMALL.seed)
+        np.testing.assert_allclose(np.load(path), expected, atol=1e-6)
+    assert not np.allclose(np.load(out), np.load(raw_out), atol=1e-4)
+
+
+def test_the_progress_figure_shows_the_averages_grids_and_g_on_request(averaged, monkeypatch):
+    from mnistgen.plots import gan as plots
+
+    drawn = []
+    real = plots.progress_figure
+    monkeypatch.setattr(plots, "progress_figure",
+                        lambda epochs, grids, side, generator: drawn.append((grids, generator)) or real(
+                            epochs, grids, side, generator))
+    evaluate.write_figures(averaged, [0, 3])
+    evaluate.write_figures(averaged, [0, 3], raw=True)
+    (mean_grids, mean_title), (raw_grids, raw_title) = drawn
+    assert "EMA decay 0.8" in mean_title and "not its average" in raw_title
+    assert np.array_equal(mean_grids[1], averaged.load_grid(3))
+    assert np.array_equal(raw_grids[1], averaged.load_grid(3, raw=True))
+
+
+def test_a_run_without_the_average_is_as_before(tmp_path):
+    run = RunDir(tmp_path / "run")
+    train.train_gan(dataclasses.replace(SMALL, epochs=1, ema_decay=None), images(), run, show_progress=False)
+    assert "generator_ema" not in checkpoint(run) and not (run.grids / "raw").exists()
+    generator, _ = evaluate.load_generator(run, torch.device("cpu"), raw=False)
+    assert all(torch.equal(v, checkpoint(run)["generator"][k]) for k, v in generator.state_dict().items())
+    assert evaluate.generator_label(GANConfig()) == "G(z)"
+
+
+# --------------------------------------------------------------------------- Adam's arguments
+
+
+@pytest.mark.parametrize("cpu_kernels", ["reference", "auto"])
+def test_betas_and_each_learning_rate_reach_their_networks_optimizer(tmp_path, cpu_kernels):
+    config = dataclasses.replace(SMALL, epochs=1, lr_d=4e-4, lr_g=1e-4, betas="0.5,0.99", cpu_kernels=cpu_kernels)
+    run = RunDir(tmp_path / "run")
+    train.train_gan(config, images(), run, show_progress=False)
+    trained_by = run.read_metrics()[-1]["trained_by"]
+    if cpu_kernels == "auto":  # the accelerated path is what this test exercises
+        fastest = "native" if native_kernels_build() else "torch"
+        assert trained_by == f"G {fastest}, D {fastest}"
+    else:
+        assert trained_by == "G reference, D reference"
+    state = checkpoint(run)
+    for optimizer, network, lr in (("optimizer_g", "generator", 1e-4), ("optimizer_d", "discriminator", 4e-4)):
+        (group,) = state[optimizer]["param_groups"]
+        assert group["lr"] == lr and tuple(group["betas"]) == (0.5, 0.99), optimizer
+        # the optimizer holds that network's parameters: its moments have their shapes, in order
+        shapes = [tuple(state[optimizer]["state"][index]["exp_avg"].shape) for index in group["params"]]
+        assert shapes == [tuple(value.shape) for value in state[network].values()], optimizer
+
+
+def test_parse_betas():
+    assert parse_betas("0.5,0.999") == (0.5, 0.999) and parse_betas(" 0 , 0.9") == (0.0, 0.9)
+    assert parse_betas(GANConfig().betas) == (0.9, 0.999)  # PyTorch's, as SPEC §3
+    for bad in ("0.5", "0.5,0.9,0.99", "a,b", "1,0.9", "0.5,1", "-0.1,0.9", "nan,0.9", "0.5,inf", ""):
+        with pytest.raises(MnistgenError):
+            parse_betas(bad)
+
+
+# --------------------------------------------------------------------------- the recipe
+
+
+def parsed(*argv: str) -> GANConfig:
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, GANConfig)
+    return config_from_args(GANConfig, parser.parse_args(list(argv)))
+
+
+def test_recipe_spec_is_exactly_todays_defaults():
+    spec = GANConfig()
+    assert (spec.lr_d, spec.lr_g, spec.betas, spec.ema_decay, spec.recipe) == (2e-4, 2e-4, "0.9,0.999", None, "spec")
+    assert {name: getattr(spec, name) for name in GAN_RECIPES["spec"]} == GAN_RECIPES["spec"]
+    assert parsed("--recipe", "spec") == parsed() == spec
+    assert GAN_RECIPES["improved"].keys() == GAN_RECIPES["spec"].keys()
+
+
+def test_recipe_improved_fills_the_options_not_given():
+    config = parsed("--recipe", "improved", "--lr-g", "3e-4")
+    assert config.recipe == "improved" and config.lr_g == 3e-4  # a flag given wins
+    assert {name: getattr(config, name) for name in GAN_RECIPES["improved"] if name != "lr_g"} == {
+        name: value for name, value in GAN_RECIPES["improved"].items() if name != "lr_g"}
+    assert config != dataclasses.replace(GANConfig(), recipe="improved", lr_g=3e-4)  # it changed other fields
+
+
+def test_recipe_improved_is_recorded_in_config_json(tmp_path, capsys):
+    run = tmp_path / "run"
+    argv = ["gan", "train", "--dataset", "mnist-sample", "--epochs", "1", "--grid-every", "1", "--device", "cpu",
+            "--threads", "1", "--out", str(run), "--recipe", "improved", "--lr-d", "3e-4"]
+    assert main(argv) == 0
+    saved = json.loads((run / "config.json").read_text())["config"]
+    assert saved["recipe"] == "improved" and saved["lr_d"] == 3e-4
+    assert {name: saved[name] for name in GAN_RECIPES["improved"] if name != "lr_d"} == {
+        name: value for name, value in GAN_RECIPES["improved"].items() if name != "lr_d"}
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert ("generator_ema" in state) == (GAN_RECIPES["improved"]["ema_decay"] is not None)
+    assert tuple(state["optimizer_g"]["param_groups"][0]["betas"]) == parse_betas(GAN_RECIPES["improved"]["betas"])
+    # the resumed run keeps the recipe's values (from config.json), not the defaults
+    assert main(["gan", "train", "--out", str(run), "--resume", "--epochs", "2", "--threads", "1"]) == 0
+    assert json.loads((run / "config.json").read_text())["config"] == {**saved, "epochs": 2}
+
+
+# --------------------------------------------------------------------------- bad values
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--betas", "0.5"], "--betas must be two comma-separated numbers B1,B2"),
+    (["--betas", "0.5,0.9,0.99"], "--betas must be two comma-separated numbers B1,B2"),
+    (["--betas", "0.5,x"], "--betas must be two comma-separated numbers B1,B2"),
+    (["--betas", "0.5,1"], "--betas: each of B1,B2 must be in [0, 1)"),
+    (["--betas=-0.5,0.9"], "--betas: each of B1,B2 must be in [0, 1)"),
+    (["--ema-decay", "1"], "--ema-decay must be in (0, 1)"),
+    (["--ema-decay", "0"], "--ema-decay must be in (0, 1)"),
+    (["--ema-decay", "nan"], "--ema-decay must be in (0, 1)"),
+    (["--ema-decay", "0.9", "--replicas", "2"], "--ema-decay does not train replicas yet"),
+    (["--recipe", "improved", "--seeds", "1,2"], "--ema-decay (--recipe improved sets it) does not train replicas"),
+    (["--lr-g", "0"], "--lr-g must be a positive number"),
+])
+def test_bad_values_are_one_line_errors_with_exit_2(tmp_path, capsys, flags, message):
+    assert main(["gan", "train", "--out", str(tmp_path / "run"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_unknown_recipe_is_refused_by_argparse(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["gan", "train", "--out", str(tmp_path / "run"), "--recipe", "best"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'best'" in err and err.count("\n") == 1, err
