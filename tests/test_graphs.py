@@ -4,13 +4,21 @@ output is in docs/BENCHMARKS.md): captured steps against the eager reference pat
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+
 import pytest
 import torch
 
-from mnistgen.accelerate.graphs import capturable_adam, copy_state, graph_problem
+from mnistgen.accelerate.graphs import CapturedStep, capturable_adam, copy_state, graph_problem
 from mnistgen.accelerate.vae import GRAPH, choose_vae_accelerator
-from mnistgen.config import VAEConfig
+from mnistgen.config import DataConfig, GANConfig, VAEConfig
+from mnistgen.data.protocols import load_protocol
 from mnistgen.models.vae import VAE
+from mnistgen.runs import RunDir
+from mnistgen.train.common import TrainingInterrupted
+from mnistgen.train.gan import train_gan
+from mnistgen.train.vae import train_vae
 
 
 def test_graphs_step_aside_off_cuda_and_with_a_changing_learning_rate():
@@ -72,3 +80,136 @@ def test_copy_state_writes_into_the_tensors_a_graph_reads():
     for p in model.parameters():
         for key, tensor in held[p].items():
             assert target.state[p][key] is tensor and torch.equal(tensor, source.state[p][key])
+
+
+# --------------------------------------------------------------------------- the bookkeeping around the capture
+
+
+class EagerCapture(CapturedStep):
+    """CapturedStep with its three CUDA calls done eagerly: "capturing" runs the step once (undone with the warm-up,
+    as a real capture runs nothing), and a "replay" runs it again on the static inputs, writing into the captured
+    output. Everything else (warm-up, restore, input copies, the eager path for other shapes, the Adam copies) is the
+    real code, so these tests check that bookkeeping; bench/graph_device_check.py checks real graphs on a GPU."""
+
+    @contextlib.contextmanager
+    def _side_stream(self):
+        yield
+
+    def _capture(self):
+        return self.step(*self.inputs)
+
+    def _replay(self):
+        self.output.copy_(self.step(*self.inputs))
+
+
+@pytest.fixture
+def graphs_on_the_cpu(monkeypatch):
+    """The VAE's graph accelerator and the GAN's captured step allowed on the CPU, with EagerCapture."""
+    import mnistgen.accelerate.gan as accelerate_gan
+    import mnistgen.accelerate.vae as accelerate_vae
+    import mnistgen.train.gan as train_gan_module
+
+    monkeypatch.setattr(accelerate_vae, "CapturedStep", EagerCapture)
+    monkeypatch.setattr(accelerate_gan, "CapturedStep", EagerCapture)
+    monkeypatch.setattr(accelerate_vae, "graph_problem", lambda device, fixed_lr=True: None if fixed_lr else "lr")
+    monkeypatch.setattr(accelerate_gan, "graph_problem", lambda device, fixed_lr=True: None)
+    monkeypatch.setattr(accelerate_vae, "ACCELERATORS", (dataclasses.replace(GRAPH, devices=("cpu",)),))
+    real_check = accelerate_gan.check_gan_graph
+    monkeypatch.setattr(train_gan_module, "check_gan_graph", lambda g, d, config, device, calls: real_check(
+        g, d, config, device, calls))
+    torch.set_default_dtype(torch.float64)  # the captured Adam (capturable) and the plain one round alike here
+    yield
+    torch.set_default_dtype(torch.float32)
+
+
+def small_hw(mnist_raw):
+    protocol = load_protocol("hw", mnist_raw)
+    return dataclasses.replace(protocol, train_images=protocol.train_images[:550],
+                               eval_images=protocol.eval_images[:200])
+
+
+def without_times(records):
+    return [{k: v for k, v in r.items() if "seconds" not in k and k != "trained_by"} for r in records]
+
+
+def stop_after(steps):
+    count = {"n": 0}
+
+    def stop():
+        count["n"] += 1
+        return count["n"] > steps
+
+    return stop
+
+
+def test_vae_captured_step_trains_like_the_reference_path_and_resumes_exactly(graphs_on_the_cpu, mnist_raw, tmp_path):
+    """550 images: 5 steps of 100 replayed and a last one of 50 taken eagerly, each epoch."""
+    protocol = small_hw(mnist_raw)
+    config = VAEConfig(epochs=3, device="cpu", data=DataConfig(offline=True))
+    graph = train_vae(config, RunDir(tmp_path / "graph"), protocol=protocol, show_progress=False)
+    eager = train_vae(dataclasses.replace(config, cpu_kernels="reference"), RunDir(tmp_path / "eager"),
+                      protocol=protocol, show_progress=False)
+    assert graph[-1]["trained_by"] == "cuda-graph" and eager[-1]["trained_by"] == "reference"
+    for a, b in zip(graph, eager, strict=True):
+        assert a["train_elbo"] == pytest.approx(b["train_elbo"], rel=1e-12)
+    mine, theirs = (RunDir(tmp_path / name).load_checkpoint() for name in ("graph", "eager"))
+    for key, value in theirs["model"].items():
+        torch.testing.assert_close(mine["model"][key], value, rtol=1e-10, atol=1e-13)
+    for index, state in theirs["optimizer"]["state"].items():  # store() handed the captured Adam's state back
+        for name in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(mine["optimizer"]["state"][index][name], state[name], rtol=1e-10, atol=1e-16)
+        assert float(mine["optimizer"]["state"][index]["step"]) == float(state["step"]) == 18
+    stopped = RunDir(tmp_path / "stopped")
+    with pytest.raises(TrainingInterrupted):
+        train_vae(config, stopped, protocol=protocol, stop=stop_after(8), show_progress=False)
+    resumed = train_vae(config, stopped, resume=True, protocol=protocol, show_progress=False)
+    assert without_times(resumed) == without_times(graph)
+    for key, value in mine["model"].items():
+        assert torch.equal(stopped.load_checkpoint()["model"][key], value), key
+
+
+def test_gan_captured_step_trains_like_the_reference_path_and_resumes_exactly(graphs_on_the_cpu, mnist_raw, tmp_path):
+    images = load_protocol("gan", mnist_raw).train_images[:160].clone()  # 5 steps of 32
+    config = GANConfig(epochs=2, batch_size=32, device="cpu", data=DataConfig(offline=True))
+    graph = train_gan(config, images, RunDir(tmp_path / "graph"), show_progress=False)
+    eager = train_gan(dataclasses.replace(config, cpu_kernels="reference"), images, RunDir(tmp_path / "eager"),
+                      show_progress=False)
+    assert graph[-1]["trained_by"] == "cuda-graph (G reference, D reference)"  # float64: no accelerator
+    assert eager[-1]["trained_by"] == "G reference, D reference"
+    for a, b in zip(graph, eager, strict=True):
+        for stat in ("d_loss", "g_loss", "d_real", "d_fake"):
+            assert a[stat] == pytest.approx(b[stat], rel=1e-9), stat
+    mine, theirs = (RunDir(tmp_path / name).load_checkpoint() for name in ("graph", "eager"))
+    for network in ("generator", "discriminator"):
+        for key, value in theirs[network].items():
+            torch.testing.assert_close(mine[network][key], value, rtol=1e-8, atol=1e-12)
+    assert float(mine["optimizer_g"]["state"][0]["step"]) == 10
+    stopped = RunDir(tmp_path / "stopped")
+    with pytest.raises(TrainingInterrupted):
+        train_gan(config, images, stopped, stop=stop_after(7), show_progress=False)
+    resumed = train_gan(config, images, stopped, resume=True, show_progress=False)
+    assert without_times(resumed) == without_times(graph)
+    for network in ("generator", "discriminator"):
+        for key, value in mine[network].items():
+            assert torch.equal(stopped.load_checkpoint()[network][key], value), key
+
+
+def test_replicas_captured_batched_step_equals_the_eager_one(mnist_raw, tmp_path, monkeypatch):
+    import mnistgen.train.replicas as replicas_module
+
+    monkeypatch.setattr(replicas_module, "CapturedStep", EagerCapture)
+    monkeypatch.setattr(replicas_module, "graph_problem", lambda device, fixed_lr=True: None)
+    protocol = small_hw(mnist_raw)
+    config = VAEConfig(epochs=2, device="cpu", replicas=2, cpu_kernels="torch", data=DataConfig(offline=True))
+    # cpu_kernels torch on the CPU: an accelerator applies, so force the batched engine as on a GPU
+    monkeypatch.setattr(replicas_module, "use_stacked", lambda device, accelerated: True)
+    captured = train_vae(config, RunDir(tmp_path / "captured"), protocol=protocol, show_progress=False)
+    monkeypatch.setattr(replicas_module, "graph_problem", lambda device, fixed_lr=True: "off")
+    eager = train_vae(config, RunDir(tmp_path / "eager"), protocol=protocol, show_progress=False)
+    for seed in captured:
+        assert captured[seed][-1]["trained_by"].endswith("captured in a CUDA graph")
+        assert not eager[seed][-1]["trained_by"].endswith("captured in a CUDA graph")
+        assert without_times(captured[seed]) == without_times(eager[seed])
+        a = RunDir(tmp_path / "captured" / f"seed={seed}").load_checkpoint()["model"]
+        b = RunDir(tmp_path / "eager" / f"seed={seed}").load_checkpoint()["model"]
+        assert all(torch.equal(a[k], b[k]) for k in a)

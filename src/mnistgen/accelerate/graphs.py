@@ -15,7 +15,8 @@ The warm-up steps change the weights and the optimizer's state; both are put bac
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -74,17 +75,12 @@ class CapturedStep:
         with torch.no_grad():
             saved_parameters = [p.detach().clone() for p in parameters]
         saved_states = [copy.deepcopy(o.state_dict()["state"]) for o in optimizers]
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
+        with self._side_stream():
             for _ in range(WARM_UP_CALLS):
                 step(*self.inputs)
-        torch.cuda.current_stream().wait_stream(side)
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.output = step(*self.inputs)
+        self.output = self._capture()
         with torch.no_grad():  # undo the warm-up: the same tensors (the graph reads them), the values before it
             for parameter, saved in zip(parameters, saved_parameters, strict=True):
                 parameter.copy_(saved)
@@ -100,5 +96,25 @@ class CapturedStep:
             return self.step(*inputs)
         for static, x in zip(self.inputs, inputs, strict=True):
             static.copy_(x)
-        self.graph.replay()
+        self._replay()
         return self.output.clone()
+
+    # the three CUDA calls, apart (tests on the CPU replace them by eager calls to check the bookkeeping around)
+
+    @contextmanager
+    def _side_stream(self) -> Iterator[None]:
+        """Warm-up work on a side stream, as PyTorch's documentation of CUDA graphs asks."""
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            yield
+        torch.cuda.current_stream().wait_stream(side)
+
+    def _capture(self) -> torch.Tensor:
+        """Record one call of the step into ``self.graph``; returns its output tensor (rewritten by each replay)."""
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            return self.step(*self.inputs)
+
+    def _replay(self) -> None:
+        self.graph.replay()

@@ -272,12 +272,12 @@ def check_graph(model: VAE, config: VAEConfig, device: torch.device) -> str | No
     from ..train.vae import make_optimizer, reference_step
 
     with probing(model, model) as (captured_model, eager_model):
-        generator = probe_generator(device)
+        generator, dtype = probe_generator(device), next(model.parameters()).dtype
         inputs = [(torch.rand(config.batch_size, captured_model.encoder.hidden.in_features, device=device,
-                              generator=generator) < PROBE_DENSITY).float()]
+                              generator=generator) < PROBE_DENSITY).to(dtype)]
         draws = config.train_samples if config.objective == "iwae" or config.train_samples > 1 else None
         inputs.append(torch.randn((*((draws,) if draws else ()), config.batch_size, captured_model.latent_dim),
-                                  device=device, generator=generator))
+                                  device=device, generator=generator, dtype=dtype))
         captured_optimizer = make_optimizer(captured_model, config.lr)
         try:
             GraphVAEStep(captured_model, captured_optimizer, config).step(*inputs)
