@@ -278,8 +278,6 @@ def test_recipe_improved_is_recorded_in_config_json(tmp_path, capsys):
     (["--ema-decay", "1"], "--ema-decay must be in (0, 1)"),
     (["--ema-decay", "0"], "--ema-decay must be in (0, 1)"),
     (["--ema-decay", "nan"], "--ema-decay must be in (0, 1)"),
-    (["--ema-decay", "0.9", "--replicas", "2"], "--ema-decay does not train replicas yet"),
-    (["--recipe", "improved", "--seeds", "1,2"], "--ema-decay (--recipe improved sets it) does not train replicas"),
     (["--lr-g", "0"], "--lr-g must be a positive number"),
 ])
 def test_bad_values_are_one_line_errors_with_exit_2(tmp_path, capsys, flags, message):

@@ -214,6 +214,34 @@ def test_gan_batched_replicas_equal_separate_runs_exactly_in_float64(gan_images,
         torch.set_default_dtype(torch.float32)
 
 
+@pytest.mark.parametrize("kernels", ["auto", "reference"])
+def test_gan_replicas_keep_each_seeds_moving_average_of_g(kernels, gan_images, tmp_path):
+    """--ema-decay with replicas: each replica's average equals its separate run's (bit for bit one by one, to
+    float64 rounding batched), and the grids are the average's with G's own in grids/raw."""
+    torch.set_default_dtype(torch.float64 if kernels == "reference" else torch.float32)
+    try:
+        config = gan_config(ema_decay=0.8, cpu_kernels=kernels)
+        run = RunDir(tmp_path / "replicas")
+        train_gan(config, gan_images, run, show_progress=False)
+        averages = {}
+        for seed, (separate, _) in separate_gan_runs(tmp_path, gan_images, config).items():
+            mine, theirs = checkpoint_of(run.seed_run(seed)), checkpoint_of(separate)
+            averages[seed] = mine["generator_ema"]
+            assert not torch.equal(mine["generator_ema"]["linear.weight"], mine["generator"]["linear.weight"])
+            for key, value in theirs["generator_ema"].items():
+                if kernels == "auto":
+                    assert torch.equal(mine["generator_ema"][key], value), key
+                else:
+                    torch.testing.assert_close(mine["generator_ema"][key], value, rtol=1e-10, atol=1e-12, msg=key)
+            grid, raw = run.seed_run(seed).load_grid(2), run.seed_run(seed).load_grid(2, raw=True)
+            assert torch.allclose(torch.from_numpy(grid).double(), torch.from_numpy(separate.load_grid(2)).double(),
+                                  atol=1e-6)
+            assert not torch.allclose(torch.from_numpy(grid).double(), torch.from_numpy(raw).double(), atol=1e-3)
+        assert not torch.equal(averages[SEEDS[0]]["linear.weight"], averages[SEEDS[1]]["linear.weight"])
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
 def test_the_replicas_differ_from_each_other(hw, tmp_path):
     """Each replica draws from its own seed's streams (a bug that shared one stream would make them equal)."""
     run = RunDir(tmp_path / "replicas")
@@ -286,7 +314,7 @@ def test_vae_replicas_resume_mid_epoch_like_an_uninterrupted_run(kernels, full, 
 
 
 def test_gan_replicas_resume_mid_epoch_like_an_uninterrupted_run(gan_images, tmp_path):
-    config = gan_config(cpu_kernels="reference")
+    config = gan_config(cpu_kernels="reference", ema_decay=0.9)  # the averages too resume exactly
     whole = RunDir(tmp_path / "whole")
     expected = train_gan(config, gan_images, whole, show_progress=False)
     run = RunDir(tmp_path / "interrupted")
@@ -294,9 +322,9 @@ def test_gan_replicas_resume_mid_epoch_like_an_uninterrupted_run(gan_images, tmp
         train_gan(config, gan_images, run, stop=stop_after(5), show_progress=False)
     histories = train_gan(config, gan_images, run, resume=True, show_progress=False)
     for seed in SEEDS:
-        mine, theirs = tensors(checkpoint_of(run.seed_run(seed)), GAN_KEYS), tensors(checkpoint_of(
-            whole.seed_run(seed)), GAN_KEYS)
-        assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+        mine, theirs = tensors(checkpoint_of(run.seed_run(seed)), (*GAN_KEYS, "generator_ema")), tensors(
+            checkpoint_of(whole.seed_run(seed)), (*GAN_KEYS, "generator_ema"))
+        assert "generator_ema.linear.weight" in mine and all(torch.equal(mine[k], theirs[k]) for k in mine)
         assert without_times(histories[seed]) == without_times(expected[seed])
         assert run.seed_run(seed).grid_epochs() == [0, 1, 2]
 

@@ -274,14 +274,6 @@ GAN_RECIPES: dict[str, dict[str, Any]] = {
 ``spec`` is SPEC §3's defaults, exactly the fields' own defaults."""
 
 
-def _check_ema_decay(config: Any) -> None:
-    # until the batched replica engine (mnistgen.train.replicas) carries the average: refused, never ignored
-    if is_replicated(config):
-        via = f" (--recipe {config.recipe} sets it)" if GAN_RECIPES.get(config.recipe, {}).get("ema_decay") else ""
-        raise MnistgenError(f"--ema-decay{via} does not train replicas yet (--replicas, --seeds): train each seed as "
-                            "its own run")
-
-
 def _recipe_text(values: dict[str, Any]) -> str:
     return ", ".join(f"--{name.replace('_', '-')} {'off' if value is None else value}"
                      for name, value in values.items())
@@ -310,7 +302,7 @@ class GANConfig:
         "from G's initial weights (so it needs well over 1/(1-D) steps; 234 steps per epoch with SPEC's defaults); "
         "RUN/grids, `gan plot`, `gan sample` and scores then use the average (RUN/grids/raw and --raw: the trained "
         "G) (default: off, as SPEC §3)",
-        Bound(low=0, high=1, low_open=True, high_open=True), check=lambda decay, config: _check_ema_decay(config))
+        Bound(low=0, high=1, low_open=True, high_open=True))
     recipe: Literal["spec", "improved"] = option("spec", _RECIPE_HELP)
     zdim: int = option(64, "dimension of the generator's input noise z ~ U[-1, 1]^zdim", POSITIVE)
     seed: int = option(2, "seed that fixes the whole run", SEED_BOUND)

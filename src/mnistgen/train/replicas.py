@@ -220,6 +220,7 @@ class Replica:
     order: torch.Generator
     noise: torch.Generator
     state: RunState
+    average: nn.Module | None = None  # the GAN's moving average of G's weights (--ema-decay), or None
 
 
 class _ElboOf(nn.Module):
@@ -243,18 +244,30 @@ class StackedSteps:
         self.keys = list(replicas[0].modules)
         self.params = {key: stack_parameters([r.modules[key] for r in replicas]) for key in self.keys}
         self.optimizers = {key: stacked_adam(self.params[key], replicas[0].optimizers[key]) for key in self.keys}
+        self.averages = None  # the GAN's moving averages of G, stacked, where it keeps them
+        if replicas[0].average is not None:
+            self.averages = {f"generator.{name}": tensor.detach() for name, tensor in
+                             stack_parameters([r.average for r in replicas]).items()}
 
     def load(self) -> None:
         """The replicas' own modules and Adams (as restored from their checkpoints) into the stacked tensors."""
         for k, replica in enumerate(self.replicas):
             for key in self.keys:
                 stack_from(self.params[key], self.optimizers[key], k, replica.modules[key], replica.optimizers[key])
+            if self.averages is not None:
+                with torch.no_grad():
+                    for name, parameter in replica.average.named_parameters():
+                        self.averages[f"generator.{name}"][k].copy_(parameter)
 
     def store(self) -> None:
         """The stacked tensors into each replica's own modules and Adams (before a save or an evaluation)."""
         for k, replica in enumerate(self.replicas):
             for key in self.keys:
                 unstack_into(self.params[key], self.optimizers[key], k, replica.modules[key], replica.optimizers[key])
+            if self.averages is not None:
+                with torch.no_grad():
+                    for name, parameter in replica.average.named_parameters():
+                        parameter.copy_(self.averages[f"generator.{name}"][k])
 
     def set_lr(self, lr: float, key: str | None = None) -> None:
         for name in [key] if key else self.keys:
@@ -577,6 +590,7 @@ def train_gan_replicas(config: GANConfig, images: torch.Tensor, run: RunDir, *, 
         grid_noise,
         make_optimizers,
         save_grid,
+        weight_average,
     )
 
     say = say or say_on_main_process
@@ -600,14 +614,16 @@ def train_gan_replicas(config: GANConfig, images: torch.Tensor, run: RunDir, *, 
                                           _prepared(choices[1], discriminator, device, REFERENCE.discriminate),
                                           f"G {choices[0].name}, D {choices[1].name}"))
                 optimizer_g, optimizer_d = make_optimizers(generator, discriminator, one)
+                average = weight_average(generator) if one.ema_decay is not None else None  # G's initial weights
                 noise = torch.Generator(device=device)
                 noise.manual_seed(stream_seed(seed, NOISE_STREAM))
                 state = _run_state(run, seed, one, {"generator": generator, "discriminator": discriminator,
-                                                    "optimizer_g": optimizer_g, "optimizer_d": optimizer_d},
+                                                    "optimizer_g": optimizer_g, "optimizer_d": optimizer_d,
+                                                    **({"generator_ema": average} if average is not None else {})},
                                    {"order": order, "noise": noise}, "step_stats")
                 replicas.append(Replica(seed, one, {"generator": generator, "discriminator": discriminator},
                                         {"generator": optimizer_g, "discriminator": optimizer_d}, order, noise,
-                                        state))
+                                        state, average))
             if stacked:
                 engine: StackedSteps | OneByOneSteps = StackedSteps(replicas)
                 note_choice("GAN", {"G": _as_reference(choices[0]), "D": _as_reference(choices[1])}, say)
@@ -627,7 +643,7 @@ def train_gan_replicas(config: GANConfig, images: torch.Tensor, run: RunDir, *, 
             fixed = [grid_noise(r.config, device) for r in replicas]
             if all(c is None for c in checkpoints):
                 for replica, noise in zip(replicas, fixed, strict=True):
-                    save_grid(replica.state.run, 0, replica.modules["generator"], noise)
+                    save_grid(replica.state.run, 0, replica.modules["generator"], noise, replica.average)
                 _save_all(run, replicas, epoch=0, step=0, order_states=[r.order.get_state() for r in replicas],
                           step_values=torch.zeros(len(replicas), 0, len(STATS)), seconds=0.0)
             return _train_gan(config, images, run, replicas, engine, calls, device, epochs_done, start_step, saved,
@@ -637,9 +653,10 @@ def train_gan_replicas(config: GANConfig, images: torch.Tensor, run: RunDir, *, 
 
 def _train_gan(config, images, run, replicas, engine, calls, device, epochs_done, start_step, saved,
                seconds_before, histories, stop, show_progress, trained_by, fixed, stats_names, save_grid, say):
-    from .gan import COMMAND, train_step
+    from .gan import COMMAND, train_step, update_ema
 
     R = len(replicas)
+    decay = config.ema_decay  # None: no moving average of G
     generators = [r.modules["generator"] for r in replicas]
     images = images.to(device, next(replicas[0].modules["discriminator"].parameters()).dtype)
     g_dtype = next(generators[0].parameters()).dtype
@@ -647,6 +664,7 @@ def _train_gan(config, images, run, replicas, engine, calls, device, epochs_done
     if isinstance(engine, StackedSteps):
         both = _GANStep(generators[0], replicas[0].modules["discriminator"])
         g_params = {f"generator.{n}": t for n, t in engine.params["generator"].items()}
+        ema_params = None if decay is None else engine.averages  # (R, ...) each, beside G's
         d_params = {f"discriminator.{n}": t for n, t in engine.params["discriminator"].items()}
         generate = torch.func.vmap(lambda p, z: torch.func.functional_call(both, p, ("generate", z)))
         discriminate = torch.func.vmap(lambda p, x: torch.func.functional_call(both, p, ("discriminate", x)))
@@ -667,6 +685,8 @@ def _train_gan(config, images, run, replicas, engine, calls, device, epochs_done
             optimizer_g.zero_grad(set_to_none=True)
             g_loss.sum().backward(inputs=list(g_params.values()))
             optimizer_g.step()
+            if ema_params is not None:  # elementwise: each replica's average of its own G
+                update_ema(list(ema_params.values()), list(g_params.values()), decay)
             with torch.no_grad():
                 return torch.stack([d_loss, g_loss, torch.sigmoid(real_logits).mean(dim=(1, 2)),
                                     torch.sigmoid(fake_logits).mean(dim=(1, 2))], dim=1)
@@ -708,6 +728,9 @@ def _train_gan(config, images, run, replicas, engine, calls, device, epochs_done
                             replica.modules["generator"], replica.modules["discriminator"],
                             replica.optimizers["generator"], replica.optimizers["discriminator"], real[k], z[k],
                             calls[k])
+                        if replica.average is not None:
+                            update_ema(list(replica.average.parameters()),
+                                       list(replica.modules["generator"].parameters()), decay)
                 done = step + 1
                 bar.update(1)
             engine.store()
@@ -727,7 +750,7 @@ def _train_gan(config, images, run, replicas, engine, calls, device, epochs_done
                 histories[replica.seed].append(record)
             for k, replica in enumerate(replicas):
                 if epoch + 1 == config.epochs or (epoch + 1) % config.grid_every == 0:
-                    save_grid(replica.state.run, epoch + 1, generators[k], fixed[k])
+                    save_grid(replica.state.run, epoch + 1, generators[k], fixed[k], replica.average)
                 replica.state.run.append_metrics(histories[replica.seed][-1])
             _save_all(run, replicas, epoch=epoch + 1, step=0, order_states=[r.order.get_state() for r in replicas],
                       step_values=torch.zeros(R, 0, len(stats_names)), seconds=0.0)
