@@ -293,17 +293,22 @@ def stop_after(steps: int):
     return stop
 
 
-@pytest.mark.parametrize("kernels", ["auto", "reference"])
-def test_vae_replicas_resume_mid_epoch_like_an_uninterrupted_run(kernels, full, tmp_path):
+@pytest.mark.parametrize(("kernels", "first_stop", "stopped_at", "second_stop"), [
+    ("auto", 2, 4, 2),  # one by one, 2 steps of each replica in turn: the stop is polled at steps 0, 2, 4
+    ("reference", 3, 3, 5),  # batched: polled before every step
+])
+def test_vae_replicas_resume_mid_epoch_like_an_uninterrupted_run(kernels, first_stop, stopped_at, second_stop, full,
+                                                                 tmp_path, monkeypatch):
+    monkeypatch.setattr(replicas_module, "ONE_BY_ONE_STEPS", 2)
     config = vae_config(protocol="full", cpu_kernels=kernels)
     whole = RunDir(tmp_path / "whole")
     expected = train_vae(config, whole, protocol=full, show_progress=False)
     run = RunDir(tmp_path / "interrupted")
-    with pytest.raises(TrainingInterrupted, match="after step 3 of 6"):
-        train_vae(config, run, protocol=full, stop=stop_after(3), show_progress=False)
-    assert json.loads(run.replicas_commit.read_text())["step"] == 3
+    with pytest.raises(TrainingInterrupted, match=f"after step {stopped_at} of 6"):
+        train_vae(config, run, protocol=full, stop=stop_after(first_stop), show_progress=False)
+    assert json.loads(run.replicas_commit.read_text())["step"] == stopped_at
     with pytest.raises(TrainingInterrupted, match="in epoch 2 after step 2"):  # across the epoch boundary
-        train_vae(config, run, resume=True, protocol=full, stop=stop_after(5), show_progress=False)
+        train_vae(config, run, resume=True, protocol=full, stop=stop_after(second_stop), show_progress=False)
     histories = train_vae(config, run, resume=True, protocol=full, show_progress=False)
     for seed in SEEDS:
         mine, theirs = tensors(checkpoint_of(run.seed_run(seed)), VAE_KEYS), tensors(checkpoint_of(
@@ -313,8 +318,10 @@ def test_vae_replicas_resume_mid_epoch_like_an_uninterrupted_run(kernels, full, 
         assert without_times(histories[seed]) == without_times(expected[seed])
 
 
-def test_gan_replicas_resume_mid_epoch_like_an_uninterrupted_run(gan_images, tmp_path):
-    config = gan_config(cpu_kernels="reference", ema_decay=0.9)  # the averages too resume exactly
+@pytest.mark.parametrize("kernels", ["auto", "reference"])
+def test_gan_replicas_resume_mid_epoch_like_an_uninterrupted_run(kernels, gan_images, tmp_path, monkeypatch):
+    monkeypatch.setattr(replicas_module, "ONE_BY_ONE_STEPS", 3)  # 8 steps an epoch: chunks 0-2, 3-5, 6-7
+    config = gan_config(cpu_kernels=kernels, ema_decay=0.9)  # the averages too resume exactly
     whole = RunDir(tmp_path / "whole")
     expected = train_gan(config, gan_images, whole, show_progress=False)
     run = RunDir(tmp_path / "interrupted")

@@ -297,6 +297,18 @@ class OneByOneSteps:
                         group["lr"] = lr
 
 
+ONE_BY_ONE_STEPS = 10  # steps each replica takes in turn on the one-by-one engine (the stop request is polled between)
+
+
+def step_chunks(start: int, steps: int, engine: Any) -> list[tuple[int, int]]:
+    """The runs of steps [first, last) the loop takes between two polls of the stop request: single steps on the
+    batched engine; on the one-by-one engine :data:`ONE_BY_ONE_STEPS` steps of each replica in turn, so that its
+    weights and Adam state stay in the CPU's cache (interleaving replicas step by step evicts them: an hw VAE
+    replica's are 10 MB). Every replica stands at the same step between chunks, where a checkpoint may be taken."""
+    size = 1 if isinstance(engine, StackedSteps) else ONE_BY_ONE_STEPS
+    return [(first, min(first + size, steps)) for first in range(start, steps, size)]
+
+
 def _as_reference(choice: Any) -> Any:
     """A choice as the batched engine takes it: the reference path, whatever accelerator would apply alone."""
     if choice.accelerator is None:
@@ -504,26 +516,31 @@ def _train_vae(config, run, replicas, engine, accelerators, protocol, device, ep
                     step_elbos[k, :start_step] = saved[k].to(device)
             started = time.perf_counter()
             done = start_step
-            for step in range(start_step, len(batches[0])):
+            for first, last in step_chunks(start_step, len(batches[0]), engine):
                 if stop():
                     break
-                x = train_images[orders[:, ends[step]:ends[step + 1]]]  # (R, B, 784)
-                if data.dynamic_binarization:
-                    x = torch.stack([binarize_batch(x[k], r.noise) for k, r in enumerate(replicas)])
-                eps = torch.stack([standard_normal_draws(x.shape[1], latent_dim, r.noise, x, draws)
-                                   for r in replicas])  # (R, [K,] B, D_z), each from its replica's stream
-                if isinstance(engine, StackedSteps):
-                    step_elbos[:, step] = run_step(x, eps)
-                else:
+                if isinstance(engine, StackedSteps):  # one step of every replica at once
+                    x = train_images[orders[:, ends[first]:ends[first + 1]]]  # (R, B, 784)
+                    if data.dynamic_binarization:
+                        x = torch.stack([binarize_batch(x[k], r.noise) for k, r in enumerate(replicas)])
+                    eps = torch.stack([standard_normal_draws(x.shape[1], latent_dim, r.noise, x, draws)
+                                       for r in replicas])  # (R, [K,] B, D_z), each from its replica's stream
+                    step_elbos[:, first] = run_step(x, eps)
+                else:  # each replica's steps first..last in turn, its weights staying in the cache
                     for k, replica in enumerate(replicas):
-                        if accelerators[k] is None:
-                            step_elbos[k, step] = reference_step(replica.modules["model"],
-                                                                 replica.optimizers["model"], x[k], eps[k],
-                                                                 analytic_kl, importance_weighted)
-                        else:
-                            step_elbos[k, step] = accelerators[k].step(x[k], eps[k])
-                done = step + 1
-                bar.update(1)
+                        for step in range(first, last):
+                            x = train_images[orders[k, ends[step]:ends[step + 1]]]  # (B, 784)
+                            if data.dynamic_binarization:
+                                x = binarize_batch(x, replica.noise)
+                            eps = standard_normal_draws(len(x), latent_dim, replica.noise, x, draws)
+                            if accelerators[k] is None:
+                                step_elbos[k, step] = reference_step(replica.modules["model"],
+                                                                     replica.optimizers["model"], x, eps,
+                                                                     analytic_kl, importance_weighted)
+                            else:
+                                step_elbos[k, step] = accelerators[k].step(x, eps)
+                done = last
+                bar.update(last - first)
             for accelerator in accelerators:
                 if accelerator is not None:
                     accelerator.store()
@@ -715,24 +732,27 @@ def _train_gan(config, images, run, replicas, engine, calls, device, epochs_done
                     step_stats[k, :start_step] = saved[k].to(device)
             started = time.perf_counter()
             done = start_step
-            for step in range(start_step, len(batches[0])):
+            for first, last in step_chunks(start_step, len(batches[0]), engine):
                 if stop():
                     break
-                real = images[orders[:, step * B:(step + 1) * B]]  # (R, B, 1, 28, 28)
-                z = torch.stack([sample_uniform_noise(B, zdim, r.noise).to(g_dtype) for r in replicas])  # (R, B, zdim)
-                if isinstance(engine, StackedSteps):
-                    step_stats[:, step] = run_step(real, z)
-                else:
+                if isinstance(engine, StackedSteps):  # one step of every replica at once
+                    real = images[orders[:, first * B:(first + 1) * B]]  # (R, B, 1, 28, 28)
+                    z = torch.stack([sample_uniform_noise(B, zdim, r.noise).to(g_dtype) for r in replicas])
+                    step_stats[:, first] = run_step(real, z)  # z: (R, B, zdim), each from its replica's stream
+                else:  # each replica's steps first..last in turn
                     for k, replica in enumerate(replicas):
-                        step_stats[k, step] = train_step(
-                            replica.modules["generator"], replica.modules["discriminator"],
-                            replica.optimizers["generator"], replica.optimizers["discriminator"], real[k], z[k],
-                            calls[k])
-                        if replica.average is not None:
-                            update_ema(list(replica.average.parameters()),
-                                       list(replica.modules["generator"].parameters()), decay)
-                done = step + 1
-                bar.update(1)
+                        for step in range(first, last):
+                            real = images[orders[k, step * B:(step + 1) * B]]  # (B, 1, 28, 28)
+                            z = sample_uniform_noise(B, zdim, replica.noise).to(g_dtype)
+                            step_stats[k, step] = train_step(
+                                replica.modules["generator"], replica.modules["discriminator"],
+                                replica.optimizers["generator"], replica.optimizers["discriminator"], real, z,
+                                calls[k])
+                            if replica.average is not None:
+                                update_ema(list(replica.average.parameters()),
+                                           list(replica.modules["generator"].parameters()), decay)
+                done = last
+                bar.update(last - first)
             engine.store()
             seconds = seconds_before + time.perf_counter() - started
             _check_steps(replicas, step_stats[:, :done], stats_names, epoch)
