@@ -370,6 +370,24 @@ def _save_all(run: RunDir, replicas: list[Replica], *, epoch: int, step: int, or
     commit_checkpoints(run, [r.state for r in replicas], epoch=epoch, step=step)
 
 
+def _epoch_orders(replicas: list[Replica], count: int, batch_size: int, drop_last: bool, device: torch.device
+                  ) -> tuple[list[torch.Tensor], list[list[torch.Tensor]], torch.Tensor]:
+    """Each replica's batch order for the next epoch, from its own order generator (as its separate run draws
+    it): (the generators' states before it, each replica's batches, their indices stacked (R, n) on the device)."""
+    states = [r.order.get_state() for r in replicas]
+    batches = [list(shuffled_batches(count, batch_size, r.order, drop_last=drop_last)) for r in replicas]
+    return states, batches, torch.stack([torch.cat(b) for b in batches]).to(device)
+
+
+def _step_values(shape: tuple[int, ...], saved: list[torch.Tensor | None], start_step: int, device: torch.device,
+                 dtype: torch.dtype | None) -> torch.Tensor:
+    """The per-step values of an epoch, (R, steps, ...): zeros, with a resumed epoch's first steps restored."""
+    values = torch.zeros(shape, device=device, dtype=dtype)
+    for k in range(shape[0] if start_step else 0):
+        values[k, :start_step] = saved[k].to(device)
+    return values
+
+
 def _check_steps(replicas: list[Replica], values: torch.Tensor, names: tuple[str, ...], epoch: int) -> None:
     """The NaN guard of :func:`mnistgen.train.common.end_steps`, for every replica's step values (R, done, ...)."""
     flat = values.cpu().reshape(len(replicas), values.shape[1], len(names))
@@ -506,14 +524,9 @@ def _train_vae(config, run, replicas, engine, accelerators, protocol, device, ep
             lr = learning_rate(config, epoch)
             engine.set_lr(lr)
             bar.set_description(f"vae epoch {epoch + 1}/{config.epochs} ({R} seeds)")
-            order_states = [r.order.get_state() for r in replicas]
-            batches = [list(shuffled_batches(len(train_images), config.batch_size, r.order)) for r in replicas]
-            orders = torch.stack([torch.cat(b) for b in batches]).to(device)  # (R, n): each replica's own order
+            order_states, batches, orders = _epoch_orders(replicas, len(train_images), config.batch_size, False, device)
             ends = [0, *torch.tensor([len(b) for b in batches[0]]).cumsum(0).tolist()]
-            step_elbos = torch.zeros(R, len(batches[0]), device=device, dtype=dtype)
-            if start_step:
-                for k in range(R):
-                    step_elbos[k, :start_step] = saved[k].to(device)
+            step_elbos = _step_values((R, len(batches[0])), saved, start_step, device, dtype)
             started = time.perf_counter()
             done = start_step
             for first, last in step_chunks(start_step, len(batches[0]), engine):
@@ -721,15 +734,9 @@ def _train_gan(config, images, run, replicas, engine, calls, device, epochs_done
     try:
         for epoch in range(epochs_done, config.epochs):
             bar.set_description(f"gan epoch {epoch + 1}/{config.epochs} ({R} seeds)")
-            order_states = [r.order.get_state() for r in replicas]
-            batches = [list(shuffled_batches(len(images), config.batch_size, r.order, drop_last=True))
-                       for r in replicas]
-            orders = torch.stack([torch.cat(b) for b in batches]).to(device)  # (R, n)
+            order_states, batches, orders = _epoch_orders(replicas, len(images), config.batch_size, True, device)
             B = config.batch_size
-            step_stats = torch.zeros(R, len(batches[0]), len(stats_names), device=device)
-            if start_step:
-                for k in range(R):
-                    step_stats[k, :start_step] = saved[k].to(device)
+            step_stats = _step_values((R, len(batches[0]), len(stats_names)), saved, start_step, device, None)
             started = time.perf_counter()
             done = start_step
             for first, last in step_chunks(start_step, len(batches[0]), engine):
