@@ -354,13 +354,13 @@ def test_an_interrupted_replica_training_resumes_from_its_checkpoints(replicated
     resumed = []
     polls = {"count": 0}
 
-    def stop_after_8_polls():  # 15 steps per epoch on the sample: this stops in the middle of it
-        polls["count"] += 1
-        return polls["count"] > 8
+    def stop_at_the_second_poll():  # 15 steps per epoch on the sample, polled at steps 0 and 10 (one by one,
+        polls["count"] += 1           # ONE_BY_ONE_STEPS): this stops after step 10 of epoch 1
+        return polls["count"] > 1
 
     def interrupted(*args, **kwargs):
         resumed.append(kwargs["resume"])
-        return real_train_gan(*args, **kwargs, stop=stop_after_8_polls)
+        return real_train_gan(*args, **kwargs, stop=stop_at_the_second_poll)
 
     monkeypatch.setattr(gan_training, "train_gan", interrupted)
     with pytest.raises(KeyboardInterrupt):
