@@ -1,0 +1,48 @@
+"""The table of bench/gan_recipes.sh: each GAN training option's Fréchet distance and classifier score (mnistgen
+score, 10,000 samples per seed), mean ± the 95% Student-t interval over the seeds, each seed's value beside it.
+
+    python bench/gan_recipes_summary.py runs/recipes
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from mnistgen.stats import spread
+
+ROWS = (  # (training, sample set, what it is)
+    ("spec", "raw", "SPEC's defaults"),
+    ("spec", "average", "+ EMA 0.999 of G (the same training)"),
+    ("betas", "raw", "betas 0.5,0.999"),
+    ("betas", "average", "betas 0.5,0.999 + EMA 0.999"),
+    ("ttur", "raw", "lr-d 4e-4, lr-g 1e-4 (TTUR)"),
+    ("ttur", "average", "TTUR + EMA 0.999"),
+    ("improved", "raw", "--recipe improved, the trained G"),
+    ("improved", "average", "--recipe improved (betas 0.5, TTUR, EMA 0.999)"),
+)
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    epochs = sorted(int(p.stem.split("epoch")[1]) for p in out.glob("score-epoch*.txt"))
+    seeds = sorted(int(p.name.split("=")[1]) for p in (out / "spec").glob("seed=*"))
+    print(f"seeds {', '.join(map(str, seeds))}; Fréchet distance (lower is better) and classifier score, "
+          "mean ± 95% Student-t interval over the seeds, then each seed's value")
+    print("| option | " + " | ".join(f"FD, epoch {e} | CS, epoch {e}" for e in epochs) + " |")
+    print("|---|" + "---:|---:|" * len(epochs))
+    for training, kind, text in ROWS:
+        cells = []
+        for epoch in epochs:
+            reports = [json.loads((out / training / f"seed={seed}" / f"epoch{epoch}-{kind}.score.json").read_text())
+                       for seed in seeds]
+            for key, digits in (("frechet_distance", 1), ("classifier_score", 2)):
+                values = [r[key] for r in reports]
+                each = ", ".join(f"{v:.{digits}f}" for v in values)
+                cells.append(f"{spread(values).text(digits)} ({each})")
+        print(f"| {text} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
