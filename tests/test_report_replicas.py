@@ -379,3 +379,47 @@ def test_an_interrupted_replica_training_resumes_from_its_checkpoints(replicated
         assert weights.keys() == reference.keys()
         for key in weights:
             torch.testing.assert_close(weights[key], reference[key], rtol=0, atol=0)
+
+
+def test_beyond_section_shows_each_option_over_the_seeds_beside_spec(replica_folder, tmp_path):
+    """RUN/beyond of a replica reproduction: each option's numbers as the mean ± 95% interval over its seeds, each
+    seed's beside it, SPEC's first; the ratio of mean distances to SPEC's."""
+    root = tmp_path / "RUN"
+    shutil.copytree(replica_folder, root)
+    improved = root / "beyond" / "gan-improved"
+    shutil.copytree(root / "gan", improved)  # the seed folders of a trained replica run; its scores chosen here
+    chosen = {"average": {2: (40.5, 8.5), 5: (47.25, 8.0)}, "raw": {2: (70.0, 7.5), 5: (61.0, 7.75)}}
+    for name, by_seed in chosen.items():
+        for seed, (distance, score) in by_seed.items():
+            write_json(improved / f"seed={seed}" / f"{name}.score.json",
+                       {"n_images": 64, "frechet_distance": distance, "classifier_score": score,
+                        "class_histogram": [7, 6, 6, 6, 7, 6, 6, 7, 6, 7], "real_vs_real_reference": REFERENCE})
+    iwae = root / "beyond" / "vae-iwae"
+    shutil.copytree(root / "vae", iwae)
+    iwae_numbers = {1234: (-150.5, -145.25), 1235: (-152.0, -146.0), 1236: (-149.0, -144.5)}
+    for seed, (elbo, log_px) in iwae_numbers.items():
+        path = iwae / f"seed={seed}" / "eval.json"
+        write_json(path, {**read(path), "test_elbo": elbo, "test_iw_log_likelihood": log_px})
+
+    beyond = section_of(build_report(root), "beyond")
+    rows = [re.findall(r"<td>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", beyond)]
+    gan_rows, vae_rows = [row for row in rows if len(row) == 7], [row for row in rows if len(row) == 5]
+    assert [plain(row[2]) for row in gan_rows] == ["G", "the moving average of G", "the trained G"]
+    assert "SPEC" in gan_rows[0][0] and "--recipe improved" in plain(gan_rows[1][1])
+    spec_distances = [distance for distance, _ in GAN_SCORES.values()]
+    assert_interval(gan_rows[0][3], spec_distances, 2)
+    for row, name in zip(gan_rows[1:], ("average", "raw"), strict=True):
+        distances, scores = ([pair[i] for pair in chosen[name].values()] for i in (0, 1))
+        assert_interval(row[3], distances, 2)
+        assert float(plain(row[4])) == pytest.approx(np.mean(distances) / np.mean(spec_distances), abs=0.006)
+        assert_interval(row[5], scores, 4)
+        assert_each_seed(row[6], dict(zip(chosen[name], distances, strict=True)))
+    assert "95% Student-t interval over 2 seeds" in beyond
+    assert "SPEC" in vae_rows[0][0] and "iwae" in plain(vae_rows[1][1])
+    spec_log_px = [read(root / "vae" / f"seed={seed}" / "eval.json")["test_iw_log_likelihood"] for seed in VAE_SEEDS]
+    assert_interval(vae_rows[0][3], spec_log_px, 2)
+    assert_interval(vae_rows[1][2], [elbo for elbo, _ in iwae_numbers.values()], 2)
+    assert_interval(vae_rows[1][3], [log_px for _, log_px in iwae_numbers.values()], 2)
+    assert_each_seed(vae_rows[1][4], {seed: elbo for seed, (elbo, _) in iwae_numbers.items()})
+    # the first seed's last grids: SPEC's and the recipe's (this copy of SPEC's run kept no average: no grids/raw)
+    assert len(embedded_images(beyond)) == 2

@@ -7,6 +7,7 @@ with mnistgen, 1 epoch each, so that it runs in seconds; the score's reference i
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -191,3 +192,72 @@ def test_offline_without_mnist_the_scores_are_skipped_not_fatal(tmp_path, reprod
     result = pipeline.stage_scores(pipeline.Reproduction(copy), config)
     assert result is not None and "needs full MNIST" in result["note"]
     assert not list((copy / "samples").glob("*.score.json"))
+
+
+BEYOND_STAGES = ["beyond-gan-train", "beyond-gan-samples", "beyond-scores", "beyond-vae-train", "beyond-vae-eval"]
+
+
+def test_beyond_added_on_resume_trains_scores_and_reports_each_option(reproduction, tmp_path, capsys):
+    """``--resume --beyond`` on a finished reproduction: SPEC's stages are not rerun; each option trains with the
+    reproduction's data, epochs and seed, is scored or evaluated, and the report puts it beside SPEC's numbers."""
+    from mnistgen.beyond import GAN_OPTIONS, IWAE_TRAIN_SAMPLES
+    from mnistgen.config import GAN_RECIPES
+
+    copy = tmp_path / "RUN"
+    shutil.copytree(reproduction, copy)
+    assert main(["reproduce", "--out", str(copy), "--resume", "--beyond"]) == 0
+    assert capsys.readouterr().err.count("done before") == len(STAGE_NAMES)
+    stages = json.loads((copy / "stages.json").read_text())["stages"]
+    assert list(stages) == STAGE_NAMES + BEYOND_STAGES and all(r["status"] == "done" for r in stages.values())
+    assert json.loads((copy / "config.json").read_text())["config"]["beyond"] is True  # kept for the next resume
+
+    expected = {"gan-ema": {"ema_decay": 0.999, "lr_d": 2e-4, "lr_g": 2e-4, "betas": "0.9,0.999"},
+                "gan-betas": {"ema_decay": 0.999, "lr_d": 2e-4, "lr_g": 2e-4, "betas": "0.5,0.999"},
+                "gan-ttur": {"ema_decay": 0.999, "lr_d": 4e-4, "lr_g": 1e-4, "betas": "0.9,0.999"},
+                "gan-improved": {**GAN_RECIPES["improved"], "recipe": "improved"}}
+    assert [option.folder for option in GAN_OPTIONS] == list(expected)
+    spec_gan = json.loads((copy / "gan" / "config.json").read_text())["config"]
+    for folder, settings in expected.items():
+        saved = json.loads((copy / "beyond" / folder / "config.json").read_text())["config"]
+        assert {key: saved[key] for key in settings} == settings, folder
+        assert {k: v for k, v in saved.items() if k not in {*settings, "recipe"}} == \
+            {k: v for k, v in spec_gan.items() if k not in {*settings, "recipe"}}  # epochs, seed, data: SPEC run's
+        sets = ["average"] if folder == "gan-ema" else ["average", "raw"]
+        for name in sets:
+            score = json.loads((copy / "beyond" / folder / f"{name}.score.json").read_text())
+            assert score["n_images"] == SCORE_SAMPLES
+        assert not (folder == "gan-ema" and (copy / "beyond" / folder / "raw.npz").exists())
+    # the average is kept beside SPEC's training without changing it: the trained G is SPEC's run's, bit for bit
+    spec_g = torch.load(copy / "gan" / "checkpoint.pt", weights_only=True)["generator"]
+    ema_run = torch.load(copy / "beyond" / "gan-ema" / "checkpoint.pt", weights_only=True)
+    for key in spec_g:
+        torch.testing.assert_close(ema_run["generator"][key], spec_g[key], rtol=0, atol=0)
+    assert any(not torch.equal(ema_run["generator_ema"][key], spec_g[key]) for key in spec_g)
+    vae = json.loads((copy / "beyond" / "vae-iwae" / "config.json").read_text())["config"]
+    assert (vae["objective"], vae["train_samples"], vae["epochs"]) == ("iwae", IWAE_TRAIN_SAMPLES, 1)
+    assert json.loads((copy / "beyond" / "vae-iwae" / "eval.json").read_text())["iw_samples"] == 3
+
+    text = (copy / "report.html").read_text()
+    assert parse(text).errors == []
+    beyond = text.split('<section id="beyond">')[1].split("</section>")[0]
+    assert text.index('id="scores"') < text.index('id="beyond"')  # SPEC's results come first
+    rows = [re.findall(r"<td>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", beyond)]
+    gan_rows = [row for row in rows if len(row) == 6]
+    spec_score = json.loads((copy / "samples" / "gan.score.json").read_text())
+    assert "SPEC" in gan_rows[0][0] and float(gan_rows[0][3]) == pytest.approx(spec_score["frechet_distance"],
+                                                                               abs=0.006)
+    assert gan_rows[0][4] == "1.00"  # its ratio to itself
+    assert len(gan_rows) == 1 + 1 + 2 * 3  # SPEC, the EMA's average, then the average and G of the three others
+    improved = json.loads((copy / "beyond" / "gan-improved" / "average.score.json").read_text())
+    assert float(gan_rows[6][3]) == pytest.approx(improved["frechet_distance"], abs=0.006)
+    assert float(gan_rows[6][4]) == pytest.approx(improved["frechet_distance"] / spec_score["frechet_distance"],
+                                                  abs=0.006)
+    assert "the moving average of G" in gan_rows[6][2] and "--recipe improved" in gan_rows[6][1]
+    assert len(embedded_images(beyond)) == 3  # SPEC's last grid, the recipe's average and trained G
+    vae_rows = [row for row in rows if len(row) == 4]
+    assert [row[0].startswith("SPEC") for row in vae_rows] == [True, False]
+    iwae_eval = json.loads((copy / "beyond" / "vae-iwae" / "eval.json").read_text())
+    assert float(vae_rows[1][3]) == pytest.approx(iwae_eval["test_iw_log_likelihood"], abs=0.006)
+
+    assert main(["reproduce", "--out", str(copy), "--resume", "--no-beyond"]) == 1  # the options stay
+    assert "--beyond" in capsys.readouterr().err

@@ -274,14 +274,15 @@ GAN_RECIPES: dict[str, dict[str, Any]] = {
 ``spec`` is SPEC §3's defaults, exactly the fields' own defaults."""
 
 
-def _recipe_text(values: dict[str, Any]) -> str:
+def recipe_text(values: dict[str, Any]) -> str:
+    """A recipe's values as the flags that give them: "--lr-d 0.0004, --betas 0.5,0.999, ..."."""
     return ", ".join(f"--{name.replace('_', '-')} {'off' if value is None else value}"
                      for name, value in values.items())
 
 
 _RECIPE_HELP = (
     "a set of training options, applied to those not given as flags: "
-    + "; ".join(f"{name} ({_recipe_text(values)})" for name, values in GAN_RECIPES.items())
+    + "; ".join(f"{name} ({recipe_text(values)})" for name, values in GAN_RECIPES.items())
     + "; improved's values are provisional until measured. config.json records the recipe and every value taken")
 
 
@@ -369,6 +370,10 @@ class ReproduceConfig:
     replicas: int = option(
         1, "train each model with this many seeds (counting up from its default seed), evaluate and score each, and "
         "report every number as the mean with its 95 percent Student-t interval over the seeds", POSITIVE)
+    beyond: bool = option(
+        False, "after SPEC's runs, train and score the options beyond SPEC (the GAN with an EMA of G, Adam betas "
+        "0.5,0.999, two learning rates, and --recipe improved; the VAE on the importance-weighted bound) with the same "
+        "epochs and seeds, shown in the report's 'Beyond the spec' section; may be added on --resume")
     device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "where to compute")
 
 

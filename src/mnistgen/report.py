@@ -962,8 +962,12 @@ def build_report(folder: str | Path) -> str:
     banners = shortened_banner(kind, top.get("config", {})) + sample_banner(runs)
     sections = [("summary", "Summary", banners + summary_section(root, runs))]
     sections += [(name, titles[name], run_section(run, name, titles[name])) for name, run in runs.items()]
-    sections += [("scores", "Sample quality", scores_section(root, runs)),
-                 ("stages", "Time", stages_section(stages)),
+    sections.append(("scores", "Sample quality", scores_section(root, runs)))
+    if kind == "reproduce":
+        from .report_beyond import beyond_section
+
+        sections.append(("beyond", "Beyond the spec", beyond_section(root)))
+    sections += [("stages", "Time", stages_section(stages)),
                  ("environment", "Versions", environment_section(environments))]
     title = {"reproduce": "mnistgen: reproduction of the specification", "vae": "mnistgen: VAE run",
              "gan": "mnistgen: GAN run"}[kind]

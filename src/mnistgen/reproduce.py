@@ -9,6 +9,7 @@ Layout of a reproduction folder ``RUN/``::
     RUN/samples/NAME.npz   samples of each model (uint8 levels, compressed), NAME.score.json beside (score)
     RUN/explorer.html      the interactive latent explorer (mnistgen explore)
     RUN/report.html        the report (mnistgen report), rebuilt at the end of every reproduce
+    RUN/beyond/            with --beyond: the training options beyond SPEC, one run folder each (mnistgen.beyond)
 
 With ``--replicas N`` each model trains N seeds (counting up from its default seed) as one replica run: RUN/vae/ and
 RUN/gan/ then hold one ordinary run folder per seed, RUN/vae/seed=S/ (:meth:`mnistgen.runs.RunDir.replicas`). Each
@@ -16,6 +17,10 @@ seed is evaluated (RUN/vae/seed=S/eval.json, and RUN/vae/eval.json the mean and 
 and scored: the samples of a seed lie beside its run, RUN/vae/seed=S/NAME.npz and NAME.score.json. The figures and
 the explorer show the first seed's models (the training curves every seed's); the report shows every number as the
 mean ± its 95% interval over the seeds, each seed's value beside it.
+
+``--beyond`` adds the stages of :data:`BEYOND_STAGES` after SPEC's: the GAN's training options and the VAE's
+importance-weighted bound, each trained with the reproduction's epochs and seeds, scored or evaluated as SPEC's runs,
+and shown in the report's "Beyond the spec" section. It may be turned on when resuming a finished reproduction.
 
 Stages run in order; each one finished is recorded in stages.json with its time, so ``--resume``
 skips it. A training interrupted (Ctrl-C, a crash, a lost machine) continues from its last
@@ -36,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from . import beyond
 from .config import (
     REPRODUCE_QUICK,
     GANConfig,
@@ -160,10 +166,15 @@ def prepare(repro: Reproduction, config: ReproduceConfig, resume: bool, explicit
         raise MnistgenError(f"{repro.path}: nothing to resume (no config.json); run without --resume first")
     saved = RunDir(repro.path).read_config_as("reproduce", ReproduceConfig, "a reproduction")
     requested, stored = flat_fields(config), flat_fields(saved)
-    differ = sorted(name for name in explicit if name != "device" and requested[name] != stored[name])
+    adds_beyond = "beyond" in explicit and config.beyond and not saved.beyond  # stages added after SPEC's: allowed
+    differ = sorted(name for name in explicit if name != "device" and requested[name] != stored[name]
+                    and not (name == "beyond" and adds_beyond))
     if differ:
         raise MnistgenError("--resume continues with the saved settings; these flags differ from them: "
                             + ", ".join(f"--{n.replace('_', '-')}" for n in differ))
+    if adds_beyond:
+        saved = dataclasses.replace(saved, beyond=True)
+        RunDir(repro.path).write_config(to_dict(saved), kind="reproduce")
     # the device is where to compute, not part of the result: it may change on resume
     return dataclasses.replace(saved, device=config.device) if "device" in explicit else saved
 
@@ -184,9 +195,10 @@ def reproduce(folder: str | Path, config: ReproduceConfig, resume: bool = False,
     stages.setdefault("command", command or ["mnistgen", "reproduce", "--out", str(repro.path)])
     if resume:
         stages.setdefault("resumed", []).append({"at": now(), "command": command})
-    for number, stage in enumerate(STAGES, start=1):
+    chosen = stages_of(config)
+    for number, stage in enumerate(chosen, start=1):
         record = stages["stages"].get(stage.name, {})
-        label = f"[{number}/{len(STAGES)}] {stage.name}"
+        label = f"[{number}/{len(chosen)}] {stage.name}"
         if record.get("status") == "done":
             say(f"{label}: done before ({record.get('seconds', 0):.1f} s), skipped")
             continue
@@ -325,6 +337,13 @@ def stage_gan_samples(repro: Reproduction, config: ReproduceConfig) -> None:
 
 def stage_scores(repro: Reproduction, config: ReproduceConfig) -> dict[str, Any] | None:
     """Score every sample set against MNIST's test images, beside the real-vs-real reference."""
+    paths = [path for model in MODEL_SAMPLE_SETS for _, files in repro.model_samples(model) for path in files.values()]
+    return score_sample_files(repro, config, paths)
+
+
+def score_sample_files(repro: Reproduction, config: ReproduceConfig, paths: list[Path]) -> dict[str, Any] | None:
+    """Score each of ``paths`` (the .npz of a sample set; those missing are left out) against MNIST's test images,
+    beside the real-vs-real reference, into PATH.score.json; or a note why the score does not apply."""
     from .data.sources import load_raw
     from .device import resolve_device
     from .scoring import compute_reference, load_classifier, load_images, score_images, write_report
@@ -341,8 +360,7 @@ def stage_scores(repro: Reproduction, config: ReproduceConfig) -> dict[str, Any]
                         "5,000-digit sample could be loaded (run `mnistgen data fetch`, or pass --data-dir)"}
     classifier = load_classifier(score_config.weights, resolve_device(score_config.device))
     reference = compute_reference(classifier, real, score_config.batch_size)
-    for path in (path for model in MODEL_SAMPLE_SETS for _, files in repro.model_samples(model)
-                 for path in files.values()):
+    for path in paths:
         if path.is_file():
             report = score_images(load_images(path), classifier, reference, score_config)
             write_report(path, report)
@@ -374,3 +392,17 @@ STAGES: list[Stage] = [
     Stage("scores", "score the samples against MNIST", stage_scores),
     Stage("explorer", "the interactive latent explorer", stage_explorer),
 ]
+BEYOND_STAGES: list[Stage] = [
+    Stage("beyond-gan-train", "train the GAN with each option beyond SPEC: "
+          + "; ".join(option.flags for option in beyond.GAN_OPTIONS), beyond.stage_gan_train),
+    Stage("beyond-gan-samples", "samples of each option's GAN for the score", beyond.stage_gan_samples),
+    Stage("beyond-scores", "score the options' samples against MNIST", beyond.stage_scores),
+    Stage("beyond-vae-train", f"train the VAE on the importance-weighted bound ({beyond.VAE_FLAGS})",
+          beyond.stage_vae_train),
+    Stage("beyond-vae-eval", "its test ELBO and importance-weighted log p(x)", beyond.stage_vae_eval),
+]
+
+
+def stages_of(config: ReproduceConfig) -> list[Stage]:
+    """The stages a reproduction runs: SPEC's, then with ``beyond`` the options beyond it."""
+    return STAGES + (BEYOND_STAGES if config.beyond else [])
