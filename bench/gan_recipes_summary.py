@@ -19,8 +19,10 @@ ROWS = (  # (training, sample set, what it is)
     ("betas", "average", "betas 0.5,0.999 + EMA 0.999"),
     ("ttur", "raw", "lr-d 4e-4, lr-g 1e-4 (TTUR)"),
     ("ttur", "average", "TTUR + EMA 0.999"),
-    ("improved", "raw", "--recipe improved, the trained G"),
-    ("improved", "average", "--recipe improved (betas 0.5, TTUR, EMA 0.999)"),
+    ("combo", "raw", "betas 0.5, TTUR, the trained G"),
+    ("combo", "average", "betas 0.5, TTUR, EMA 0.999"),
+    ("improved", "raw", "--recipe improved (betas 0.5, TTUR, batch 64), the trained G"),
+    ("improved", "average", "--recipe improved: betas 0.5, TTUR, batch 64, EMA 0.999"),
 )
 
 
@@ -33,10 +35,15 @@ def main() -> None:
     print("| option | " + " | ".join(f"FD, epoch {e} | CS, epoch {e}" for e in epochs) + " |")
     print("|---|" + "---:|---:|" * len(epochs))
     for training, kind, text in ROWS:
+        if not (out / training).is_dir():
+            continue
         cells = []
         for epoch in epochs:
-            reports = [json.loads((out / training / f"seed={seed}" / f"epoch{epoch}-{kind}.score.json").read_text())
-                       for seed in seeds]
+            files = [out / training / f"seed={seed}" / f"epoch{epoch}-{kind}.score.json" for seed in seeds]
+            if not all(file.is_file() for file in files):
+                cells.append("— | —")
+                continue
+            reports = [json.loads(file.read_text()) for file in files]
             for key, digits in (("frechet_distance", 1), ("classifier_score", 2)):
                 values = [r[key] for r in reports]
                 each = ", ".join(f"{v:.{digits}f}" for v in values)
