@@ -229,9 +229,7 @@ def vae_config(config: ReproduceConfig) -> VAEConfig:
     return VAEConfig(data=config.data, epochs=config.vae_epochs, replicas=config.replicas, device=config.device)
 
 
-def model_runs(run: RunDir) -> list[RunDir]:
-    """The single-seed run folders of a trained model: each replica's RUN/MODEL/seed=S, or the run itself."""
-    return [seed_run for _, seed_run in (run.replicas() if run.config.is_file() else [])] or [run]
+model_runs = beyond.single_runs  # the single-seed run folders of a trained model (one definition, in beyond)
 
 
 def fresh_or_resumable(run: RunDir) -> bool:
