@@ -10,6 +10,7 @@ import json
 import re
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from browser_support import browser, open_page  # noqa: F401 - browser is a fixture
@@ -19,6 +20,9 @@ from mnistgen import reproduce as pipeline
 from mnistgen.cli import main
 from mnistgen.config import REPRODUCE_QUICK, DataConfig, ReproduceConfig
 from mnistgen.errors import MnistgenError
+from mnistgen.evaluate.gan import sample_images
+from mnistgen.imaging import to_uint8
+from mnistgen.models.gan import Generator
 from mnistgen.runs import RunDir
 
 STAGE_NAMES = ["vae-train", "vae-eval", "vae-plots", "vae-samples", "gan-train", "gan-plots", "gan-samples",
@@ -227,6 +231,15 @@ def test_beyond_added_on_resume_trains_scores_and_reports_each_option(reproducti
             score = json.loads((copy / "beyond" / folder / f"{name}.score.json").read_text())
             assert score["n_images"] == SCORE_SAMPLES
         assert not (folder == "gan-ema" and (copy / "beyond" / folder / "raw.npz").exists())
+        # each sample set is drawn from the weights it names, with the run's own seed
+        checkpoint = torch.load(copy / "beyond" / folder / "checkpoint.pt", weights_only=True)
+        for name, key in (("average", "generator_ema"), ("raw", "generator")):
+            if name in sets:
+                generator = Generator(saved["zdim"])
+                generator.load_state_dict(checkpoint[key])
+                drawn = to_uint8(sample_images(generator.eval(), SCORE_SAMPLES, saved["seed"]))
+                with np.load(copy / "beyond" / folder / f"{name}.npz") as stored:
+                    np.testing.assert_array_equal(stored["images"], drawn, err_msg=f"{folder}/{name}")
     # the average is kept beside SPEC's training without changing it: the trained G is SPEC's run's, bit for bit
     spec_g = torch.load(copy / "gan" / "checkpoint.pt", weights_only=True)["generator"]
     ema_run = torch.load(copy / "beyond" / "gan-ema" / "checkpoint.pt", weights_only=True)
