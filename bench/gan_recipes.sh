@@ -1,35 +1,50 @@
 #!/bin/sh
-# Issue 15's GAN measurement: SPEC's defaults, each option, their combination and --recipe improved (the
-# combination with batch 64), 3 seeds each (replicas), scored with `mnistgen score` (10,000 samples per seed) at
-# epochs 30 and 100, the moving average and the trained G alike.
-# Every training keeps an EMA of G (--ema-decay 0.999): it does not change the training, so each run gives the
-# option without the average (--raw) and with it. Two trainings run at a time, one torch thread each.
+# Issue 15's GAN measurement: SPEC's defaults, each option, their combinations, --recipe improved, 3 seeds each
+# (replicas), scored with `mnistgen score` (10,000 samples per seed) at the given epoch, the moving average and the
+# trained G alike. Run it with 30, then with 100: the second call continues each training from its epoch 30.
+# Every training keeps an EMA of G: it does not change the training, so each run gives the option without the
+# average (--raw) and with it. Two trainings run at a time, one torch thread each.
 #   OUT=runs/recipes MNISTGEN_DATA_DIR=../shared/data/mnist sh bench/gan_recipes.sh 30   # then 100
+#   CONFIGS="b32 fastd" OUT=... sh bench/gan_recipes.sh 30                              # only these trainings
 set -eu
 OUT=${OUT:-runs/recipes}
 EPOCHS=${1:-30}
 SEEDS=${SEEDS:-2,3,4}
+CONFIGS=${CONFIGS:-spec betas ttur combo improved}
 PY=${PY:-python}
 mkdir -p "$OUT"
-train() {  # name, flags...: train (or continue) to $EPOCHS epochs
-  name=$1; shift
+flags() {  # the flags of one named training (beside --seeds, --epochs, --threads)
+  case $1 in
+    spec) echo "--ema-decay 0.999" ;;
+    betas) echo "--ema-decay 0.999 --betas 0.5,0.999" ;;
+    ttur) echo "--ema-decay 0.999 --lr-d 4e-4 --lr-g 1e-4" ;;
+    combo) echo "--ema-decay 0.999 --betas 0.5,0.999 --lr-d 4e-4 --lr-g 1e-4" ;;
+    improved) echo "--recipe improved" ;;  # the combination with a batch of 64: 4x the steps per epoch
+    b32) echo "--betas 0.5,0.999 --lr-d 4e-4 --lr-g 1e-4 --batch-size 32 --ema-decay 0.9999" ;;
+    fastd) echo "--betas 0.5,0.999 --lr-d 1e-3 --lr-g 2e-4 --batch-size 64 --ema-decay 0.9999" ;;
+    *) echo "gan_recipes.sh: unknown configuration '$1'" >&2; exit 2 ;;
+  esac
+}
+train() {  # name: train (or continue) to $EPOCHS epochs
+  name=$1
   if [ -f "$OUT/$name/replicas.json" ]; then
     $PY -m mnistgen gan train --out "$OUT/$name" --resume --epochs "$EPOCHS" --threads 1 > "$OUT/$name.log" 2>&1
   else
-    $PY -m mnistgen gan train --out "$OUT/$name" --seeds "$SEEDS" --epochs "$EPOCHS" --threads 1 "$@" \
+    # shellcheck disable=SC2046
+    $PY -m mnistgen gan train --out "$OUT/$name" --seeds "$SEEDS" --epochs "$EPOCHS" --threads 1 $(flags "$name") \
       > "$OUT/$name.log" 2>&1
   fi
 }
-train spec --ema-decay 0.999 &
-train betas --ema-decay 0.999 --betas 0.5,0.999 &
-wait
-train ttur --ema-decay 0.999 --lr-d 4e-4 --lr-g 1e-4 &
-train combo --ema-decay 0.999 --betas 0.5,0.999 --lr-d 4e-4 --lr-g 1e-4 &
-wait
-train improved --recipe improved &  # the combination with a batch of 64: 4x the steps per epoch
-wait
+for name in $CONFIGS; do flags "$name" > /dev/null; done  # refuse an unknown name before any training
+set -- $CONFIGS
+while [ $# -gt 0 ]; do  # two at a time
+  train "$1" &
+  if [ $# -gt 1 ]; then train "$2" & shift; fi
+  shift
+  wait
+done
 files=""
-for name in spec betas ttur combo improved; do
+for name in $CONFIGS; do
   for seed in $(echo "$SEEDS" | tr , ' '); do
     run="$OUT/$name/seed=$seed"
     $PY -m mnistgen gan sample "$run" --n 10000 --out "$run/epoch$EPOCHS-average.npy" > /dev/null

@@ -23,13 +23,17 @@ ROWS = (  # (training, sample set, what it is)
     ("combo", "average", "betas 0.5, TTUR, EMA 0.999"),
     ("improved", "raw", "--recipe improved (betas 0.5, TTUR, batch 64), the trained G"),
     ("improved", "average", "--recipe improved: betas 0.5, TTUR, batch 64, EMA 0.999"),
+    ("b32", "raw", "betas 0.5, TTUR, batch 32, the trained G"),
+    ("b32", "average", "betas 0.5, TTUR, batch 32, EMA 0.9999"),
+    ("fastd", "raw", "betas 0.5, lr-d 1e-3, lr-g 2e-4, batch 64, the trained G"),
+    ("fastd", "average", "betas 0.5, lr-d 1e-3, lr-g 2e-4, batch 64, EMA 0.9999"),
 )
 
 
 def main() -> None:
     out = Path(sys.argv[1])
     epochs = sorted(int(p.stem.split("epoch")[1]) for p in out.glob("score-epoch*.txt"))
-    seeds = sorted(int(p.name.split("=")[1]) for p in (out / "spec").glob("seed=*"))
+    seeds = sorted({int(p.name.split("=")[1]) for p in out.glob("*/seed=*")})
     print(f"seeds {', '.join(map(str, seeds))}; Fréchet distance (lower is better) and classifier score, "
           "mean ± 95% Student-t interval over the seeds, then each seed's value")
     print("| option | " + " | ".join(f"FD, epoch {e} | CS, epoch {e}" for e in epochs) + " |")
