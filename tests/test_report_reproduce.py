@@ -233,13 +233,12 @@ def test_beyond_added_on_resume_trains_scores_and_reports_each_option(reproducti
         assert not (folder == "gan-ema" and (copy / "beyond" / folder / "raw.npz").exists())
         # each sample set is drawn from the weights it names, with the run's own seed
         checkpoint = torch.load(copy / "beyond" / folder / "checkpoint.pt", weights_only=True)
-        for name, key in (("average", "generator_ema"), ("raw", "generator")):
-            if name in sets:
-                generator = Generator(saved["zdim"])
-                generator.load_state_dict(checkpoint[key])
-                drawn = to_uint8(sample_images(generator.eval(), SCORE_SAMPLES, saved["seed"]))
-                with np.load(copy / "beyond" / folder / f"{name}.npz") as stored:
-                    np.testing.assert_array_equal(stored["images"], drawn, err_msg=f"{folder}/{name}")
+        for name in sets:
+            generator = Generator(saved["zdim"])
+            generator.load_state_dict(checkpoint[{"average": "generator_ema", "raw": "generator"}[name]])
+            drawn = to_uint8(sample_images(generator.eval(), SCORE_SAMPLES, saved["seed"]))
+            with np.load(copy / "beyond" / folder / f"{name}.npz") as stored:
+                np.testing.assert_array_equal(stored["images"], drawn, err_msg=f"{folder}/{name}")
     # the average is kept beside SPEC's training without changing it: the trained G is SPEC's run's, bit for bit
     spec_g = torch.load(copy / "gan" / "checkpoint.pt", weights_only=True)["generator"]
     ema_run = torch.load(copy / "beyond" / "gan-ema" / "checkpoint.pt", weights_only=True)
