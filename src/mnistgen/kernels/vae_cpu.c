@@ -14,7 +14,8 @@
  * The mathematics is the one of mnistgen.accelerate.vae.elbo_with_gradients (which states it); tests compare
  * values and gradients with it and with autograd to float32 rounding. Sums over the batch (parameter
  * gradients) and over a row (dot products, the log-likelihood) run in a fixed order whatever the number of
- * threads, so results do not depend on it.
+ * threads, so these kernels' results do not depend on it. (The three products are PyTorch's: on some CPUs MKL
+ * splits their sums by thread, and their rounding then depends on torch's thread count.)
  *
  * Vector math: exp, log1p and tanh below are accurate to a few units in the last place of float32
  * (tests check them against float64 on dense ranges of inputs); NaN propagates through all three.
