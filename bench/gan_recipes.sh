@@ -19,7 +19,7 @@ flags() {  # the flags of one named training (beside --seeds, --epochs, --thread
     betas) echo "--ema-decay 0.999 --betas 0.5,0.999" ;;
     ttur) echo "--ema-decay 0.999 --lr-d 4e-4 --lr-g 1e-4" ;;
     combo) echo "--ema-decay 0.999 --betas 0.5,0.999 --lr-d 4e-4 --lr-g 1e-4" ;;
-    improved) echo "--recipe improved" ;;  # the combination with a batch of 64: 4x the steps per epoch
+    improved) echo "--recipe improved" ;;  # its values: GAN_RECIPES in src/mnistgen/config.py
     b32) echo "--betas 0.5,0.999 --lr-d 4e-4 --lr-g 1e-4 --batch-size 32 --ema-decay 0.9999" ;;
     fastd) echo "--betas 0.5,0.999 --lr-d 1e-3 --lr-g 2e-4 --batch-size 64 --ema-decay 0.9999" ;;
     *) echo "gan_recipes.sh: unknown configuration '$1'" >&2; exit 2 ;;
@@ -37,11 +37,15 @@ train() {  # name: train (or continue) to $EPOCHS epochs
 }
 for name in $CONFIGS; do flags "$name" > /dev/null; done  # refuse an unknown name before any training
 set -- $CONFIGS
-while [ $# -gt 0 ]; do  # two at a time
-  train "$1" &
-  if [ $# -gt 1 ]; then train "$2" & shift; fi
+while [ $# -gt 0 ]; do  # two at a time; a training that fails or is interrupted stops the script before any scoring
+  train "$1" & first=$!
+  second=""
+  if [ $# -gt 1 ]; then train "$2" & second=$!; shift; fi
   shift
-  wait
+  wait "$first" || { echo "gan_recipes.sh: a training failed (see $OUT/*.log); nothing scored" >&2; exit 1; }
+  if [ -n "$second" ]; then
+    wait "$second" || { echo "gan_recipes.sh: a training failed (see $OUT/*.log); nothing scored" >&2; exit 1; }
+  fi
 done
 files=""
 for name in $CONFIGS; do

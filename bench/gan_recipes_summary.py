@@ -21,8 +21,8 @@ ROWS = (  # (training, sample set, what it is)
     ("ttur", "average", "TTUR + EMA 0.999"),
     ("combo", "raw", "betas 0.5, TTUR, the trained G"),
     ("combo", "average", "betas 0.5, TTUR, EMA 0.999"),
-    ("improved", "raw", "--recipe improved (betas 0.5, TTUR, batch 64), the trained G"),
-    ("improved", "average", "--recipe improved: betas 0.5, TTUR, batch 64, EMA 0.999"),
+    ("improved", "raw", "--recipe improved, the trained G"),  # its values: GAN_RECIPES in mnistgen/config.py
+    ("improved", "average", "--recipe improved, its moving average of G"),
     ("b32", "raw", "betas 0.5, TTUR, batch 32, the trained G"),
     ("b32", "average", "betas 0.5, TTUR, batch 32, EMA 0.9999"),
     ("fastd", "raw", "betas 0.5, lr-d 1e-3, lr-g 2e-4, batch 64, the trained G"),

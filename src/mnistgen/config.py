@@ -267,8 +267,8 @@ def parse_betas(text: str) -> tuple[float, float]:
 
 GAN_RECIPES: dict[str, dict[str, Any]] = {
     "spec": {"lr_d": 2e-4, "lr_g": 2e-4, "betas": "0.9,0.999", "ema_decay": None, "batch_size": 256},
-    # the best of the combinations measured over 3 seeds at epochs 30 and 100 (docs/BENCHMARKS.md, seventh session)
-    "improved": {"lr_d": 4e-4, "lr_g": 1e-4, "betas": "0.5,0.999", "ema_decay": 0.999, "batch_size": 64},
+    # the best of the combinations measured over 3 seeds at epochs 30 and 100 (docs/BENCHMARKS.md, ninth session)
+    "improved": {"lr_d": 1e-3, "lr_g": 2e-4, "betas": "0.5,0.999", "ema_decay": 0.999, "batch_size": 64},
 }
 """``--recipe``: the values a recipe gives the GAN's training options that are not given as flags (or keywords).
 ``spec`` is SPEC §3's defaults, exactly the fields' own defaults."""
