@@ -36,16 +36,17 @@ train() {  # name: train (or continue) to $EPOCHS epochs
   fi
 }
 for name in $CONFIGS; do flags "$name" > /dev/null; done  # refuse an unknown name before any training
+finished() {  # pid...: wait for each; a training that failed or was interrupted stops the script before any scoring
+  for pid in "$@"; do
+    wait "$pid" || { echo "gan_recipes.sh: a training failed (see $OUT/*.log); nothing scored" >&2; exit 1; }
+  done
+}
 set -- $CONFIGS
-while [ $# -gt 0 ]; do  # two at a time; a training that fails or is interrupted stops the script before any scoring
-  train "$1" & first=$!
-  second=""
-  if [ $# -gt 1 ]; then train "$2" & second=$!; shift; fi
+while [ $# -gt 0 ]; do  # two at a time
+  train "$1" & pids=$!
+  if [ $# -gt 1 ]; then train "$2" & pids="$pids $!"; shift; fi
   shift
-  wait "$first" || { echo "gan_recipes.sh: a training failed (see $OUT/*.log); nothing scored" >&2; exit 1; }
-  if [ -n "$second" ]; then
-    wait "$second" || { echo "gan_recipes.sh: a training failed (see $OUT/*.log); nothing scored" >&2; exit 1; }
-  fi
+  finished $pids
 done
 files=""
 for name in $CONFIGS; do
