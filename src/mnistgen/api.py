@@ -360,7 +360,9 @@ def train_vae(out: str | os.PathLike, *, resume: bool = False, show_progress: bo
     A name that is no flag, or a value the flag would refuse, is a one-line :class:`mnistgen.MnistgenError`.
 
     resume: as ``--resume``, continue the run in ``out`` from its checkpoint with its stored settings (only
-    ``epochs``, ``device``, ``threads``, ``cpu_kernels`` and where the data are found may change).
+    ``epochs``, ``device``, ``threads``, ``cpu_kernels``, ``flush_denormals`` and where the data are found may
+    change). ``flush_denormals=True`` reaches all of torch's CPU threads only where torch has not computed yet in
+    this process (a note says so otherwise); one thread (``threads=1``) always gets it.
     show_progress: a progress bar on stderr (None: only on a terminal).
     Ctrl-C (a notebook's interrupt) saves the state after the current step and raises
     :class:`mnistgen.train.common.TrainingInterrupted` (a ``KeyboardInterrupt``), whose message says how to go on.

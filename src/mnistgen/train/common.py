@@ -403,11 +403,52 @@ def record_epoch(state: RunState, record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
+SUBNORMAL_PROBE = 1e-41  # a float32 subnormal: products of it stay subnormal unless the CPU flushes them
+
+
+def subnormals_flushed() -> bool:
+    """Whether the CPU threads of torch's matrix products and elementwise kernels flush subnormal floats to zero:
+    a product of subnormals is exactly 0 where they are flushed, a subnormal elsewhere. The sizes are those of the
+    VAE's decoder product and of kernels that torch splits over its threads."""
+    product = torch.full((512, 784), SUBNORMAL_PROBE) @ torch.ones(784, 512)
+    elementwise = torch.full((1 << 18,), SUBNORMAL_PROBE) * 1.0
+    return int(torch.count_nonzero(product)) == 0 and int(torch.count_nonzero(elementwise)) == 0
+
+
 @contextmanager
-def training_context(threads: int, stop: Callable[[], bool] | None) -> Iterator[Callable[[], bool]]:
-    """``threads`` CPU threads (0: torch's default), and the stop request the loop polls: ``stop`` if given,
-    else Ctrl-C (see :func:`sigint_requests_stop`)."""
-    with torch_threads(threads):
+def flushed_denormals(flush: bool, say: Callable[[str], None] | None = None) -> Iterator[None]:
+    """With ``flush``, the CPU flushes subnormal floats to zero inside the block (``torch.set_flush_denormal``:
+    x86's FTZ and DAZ modes) and the calling thread returns to IEEE arithmetic after it.
+
+    The mode belongs to each thread; the threads torch starts inside the block (its CPU thread pool, started at
+    its first parallel work or ``torch.set_num_threads``) inherit it and keep it. Where some of torch's threads
+    were started before (a notebook that computed already), or the CPU has no such mode, ``say`` gets a one-line
+    note and those threads keep IEEE arithmetic: the results are the same either way, only the speed differs.
+    """
+    if not flush:
+        yield
+        return
+    say = say or say_on_main_process
+    if not torch.set_flush_denormal(True):
+        say("mnistgen: note: this CPU cannot flush subnormal floats to zero; --flush-denormals has no effect")
+        yield
+        return
+    if not subnormals_flushed():
+        say("mnistgen: note: --flush-denormals reaches only the threads torch starts after it: some of its CPU "
+            "threads started before and keep IEEE arithmetic (same results, less speed-up)")
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+
+
+@contextmanager
+def training_context(threads: int, stop: Callable[[], bool] | None, flush_denormals: bool = False,
+                     say: Callable[[str], None] | None = None) -> Iterator[Callable[[], bool]]:
+    """``threads`` CPU threads (0: torch's default), subnormals flushed to zero with ``flush_denormals`` (see
+    :func:`flushed_denormals`), and the stop request the loop polls: ``stop`` if given, else Ctrl-C (see
+    :func:`sigint_requests_stop`)."""
+    with flushed_denormals(flush_denormals, say), torch_threads(threads):  # flushing first: new threads inherit it
         if stop is not None:
             yield stop
         else:

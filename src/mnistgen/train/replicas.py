@@ -435,7 +435,7 @@ def train_vae_replicas(config: VAEConfig, run: RunDir, *, resume: bool = False, 
     keys = metric_keys(config)
     with ExitStack() as held:
         checkpoints = _claim_and_check(held, run, resume, "vae", config, RESUMABLE_FIELDS, say, keys)
-        with training_context(config.threads, stop) as stop_requested:
+        with training_context(config.threads, stop, config.flush_denormals, say) as stop_requested:
             replicas, choice = [], None
             for seed in replica_seeds(config):
                 one = replica_config(config, seed)

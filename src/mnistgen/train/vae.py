@@ -74,7 +74,8 @@ from .common import (
 
 NOISE_STREAM = 1  # key of the generator that draws eps and the full protocol's binary images
 EVAL_STREAM = 2  # key of the per-epoch generators of the evaluation ELBO
-RESUMABLE_FIELDS = ("epochs", "device", "threads", "cpu_kernels")  # may differ on --resume: same mathematics
+RESUMABLE_FIELDS = ("epochs", "device", "threads", "cpu_kernels", "flush_denormals")  # may differ on --resume:
+# the same mathematics
 COMMAND = "mnistgen vae train"
 
 __all__ = ["TrainingInterrupted", "train_vae", "train_epoch", "reference_step", "build_model", "make_optimizer",
@@ -225,7 +226,7 @@ def train_vae(config: VAEConfig, run: RunDir, *, resume: bool = False, protocol:
         check_global_batch(config.batch_size)
     with ExitStack() as held:  # one process per run folder (rank 0 holds it)
         checkpoint = claim_run(held, run, resume, "vae", config, RESUMABLE_FIELDS, say, metric_keys(config))
-        with training_context(config.threads, stop) as stop_requested:
+        with training_context(config.threads, stop, config.flush_denormals, say) as stop_requested:
             return _train(config, run, checkpoint, protocol, device, stop_on_every_rank(stop_requested),
                           show_progress, say)
 
