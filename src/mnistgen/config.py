@@ -245,7 +245,7 @@ class VAEConfig:
     threads: int = option(0, "CPU threads torch may use (0: torch's default, one per core)", NON_NEGATIVE)
     flush_denormals: bool = option(
         False, "on the CPU, flush subnormal floats (below 1.2e-38) to zero while training, as GPUs' fast math does: "
-        "the same mathematics to float rounding; --objective iwae trains about 1.5x faster with it, as its "
+        "the same mathematics to float rounding; --objective iwae trains about 1.4x faster with it, as its "
         "normalized importance weights underflow into subnormals that slow the CPU's matrix products "
         "(docs/BENCHMARKS.md)"
     )
