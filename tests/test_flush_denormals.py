@@ -1,8 +1,8 @@
-"""``--flush-denormals``: the CPU flushes subnormal floats to zero while the VAE trains, and only then.
+"""``--flush-denormals``: the CPU flushes subnormal floats to zero while the VAE or the GAN trains, and only then.
 
-What it must not change is the mathematics: the importance-weighted objective's normalized weights underflow into
-subnormals (the reason for the flag), and a step taken with them flushed lands where the IEEE step lands, to float
-rounding. Its speed is measured in bench/flush_denormals.py, not here.
+What it must not change is the mathematics: where training produces subnormals (the reason for the flag: the VAE's
+importance weights, the GAN's sigmoid pixels near 0), a step taken with them flushed lands where the IEEE step
+lands, to float rounding. Its speed is measured in bench/flush_denormals.py, not here.
 """
 
 from __future__ import annotations
@@ -14,11 +14,13 @@ import pytest
 import torch
 
 from mnistgen.cli import main
-from mnistgen.config import DataConfig, VAEConfig
+from mnistgen.config import DataConfig, GANConfig, VAEConfig
 from mnistgen.data.protocols import Protocol
 from mnistgen.losses import vae_elbo
+from mnistgen.models.gan import Discriminator, Generator
 from mnistgen.models.vae import VAE
 from mnistgen.runs import RunDir
+from mnistgen.train import gan as gan_training
 from mnistgen.train import vae as vae_training
 from mnistgen.train.common import flushed_denormals, subnormals_flushed
 
@@ -59,6 +61,21 @@ def test_subnormals_are_flushed_during_training_and_not_after_it(tmp_path, rando
                            stop=stop, show_progress=False, say=lambda line: None)
     assert seen == [(flush, flush)] * 2
     assert not is_flushing()  # IEEE arithmetic again after the training
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_the_gan_flushes_during_training_and_not_after_it(tmp_path, flush):
+    seen = []
+
+    def stop() -> bool:
+        seen.append((is_flushing(), subnormals_flushed()))
+        return False
+
+    images = torch.rand((64, 1, 28, 28), generator=torch.Generator().manual_seed(0))  # 2 steps of 32
+    config = GANConfig(epochs=1, batch_size=32, device="cpu", flush_denormals=flush)
+    gan_training.train_gan(config, images, RunDir(tmp_path), stop=stop, show_progress=False, say=lambda line: None)
+    assert seen == [(flush, flush)] * 2
+    assert not is_flushing()
 
 
 def test_the_block_returns_to_ieee_arithmetic_after_an_error():
@@ -116,14 +133,55 @@ def test_a_step_with_flushed_subnormals_lands_where_the_ieee_step_lands():
     assert len(changed) == len(ieee_weights)  # every tensor trained: the comparison compares steps
 
 
-def test_the_flag_is_saved_and_may_change_on_resume(tmp_path, capsys):
+def saturated_gan() -> tuple[Generator, Discriminator]:
+    """SPEC's G and D with G's last bias at -88: sigmoid(-88 +- a few) puts many generated pixels below float32's
+    smallest normal number, as G's background pixels late in a real training. D's biases are drawn away from
+    SPEC's initial zeros, as after any training: with zero biases, D's first ReLU would sit at its kink on those
+    pixels, where a subnormal input (IEEE) passes the gradient and its flushed zero does not, like any rounding
+    difference at a kink."""
+    torch.manual_seed(0)
+    generator, discriminator = Generator(), Discriminator()
+    with torch.no_grad():
+        generator.conv3.bias.fill_(-88.0)
+        for layer in (discriminator.conv1, discriminator.conv2, discriminator.conv3, discriminator.linear):
+            layer.bias.uniform_(-0.1, 0.1)
+    return generator, discriminator
+
+
+def test_a_gan_step_on_subnormal_pixels_lands_where_the_ieee_step_lands():
+    generator = torch.Generator().manual_seed(2)
+    real = torch.rand((32, 1, 28, 28), generator=generator).pow(4)
+    z = torch.rand((3, 32, 64), generator=generator) * 2 - 1
+    with torch.no_grad():  # the reason for the flag, under IEEE arithmetic: subnormal generated pixels
+        fake = saturated_gan()[0](z[0])
+    assert int(((fake > 0) & (fake < SMALLEST_NORMAL)).sum()) > 100, "no subnormal pixel: the test tests nothing"
+
+    results = {}
+    for flush in (False, True):
+        g, d = saturated_gan()
+        optimizer_g, optimizer_d = gan_training.make_optimizers(g, d, GANConfig())
+        with flushed_denormals(flush):
+            stats = [gan_training.train_step(g, d, optimizer_g, optimizer_d, real, z[i]) for i in range(3)]
+        results[flush] = torch.stack(stats), {**{f"G.{k}": v.clone() for k, v in g.state_dict().items()},
+                                              **{f"D.{k}": v.clone() for k, v in d.state_dict().items()}}
+    (ieee_stats, ieee_weights), (flushed_stats, flushed_weights) = results[False], results[True]
+    torch.testing.assert_close(flushed_stats, ieee_stats, rtol=1e-5, atol=1e-6)
+    for name, value in ieee_weights.items():
+        torch.testing.assert_close(flushed_weights[name], value, rtol=1e-5, atol=1e-7, msg=name)
+    initial_d = saturated_gan()[1].state_dict()
+    assert all(not torch.equal(ieee_weights[f"D.{k}"], v) for k, v in initial_d.items())  # D trained: compared
+
+
+@pytest.mark.parametrize("model", ["vae", "gan"])
+def test_the_flag_is_saved_and_may_change_on_resume(tmp_path, capsys, model):
     folder = tmp_path / "run"
-    common = ["vae", "train", "--out", str(folder), "--device", "cpu", "--offline", "--dataset", "mnist-sample",
-              "--hidden", "32", "--objective", "iwae", "--train-samples", "2"]
+    common = [model, "train", "--out", str(folder), "--device", "cpu", "--offline", "--dataset", "mnist-sample"]
+    common += ["--hidden", "32", "--objective", "iwae", "--train-samples", "2"] if model == "vae" else \
+        ["--batch-size", "1000", "--grid-every", "1"]
     assert main([*common, "--epochs", "1", "--flush-denormals"]) == 0
     assert json.loads((folder / "config.json").read_text())["config"]["flush_denormals"] is True
     assert main([*common, "--epochs", "2", "--resume", "--no-flush-denormals"]) == 0  # how to compute, not what
     assert [r["epoch"] for r in RunDir(folder).read_metrics()] == [1, 2]
     assert json.loads((folder / "config.json").read_text())["config"]["flush_denormals"] is False
-    assert VAEConfig().flush_denormals is False  # IEEE arithmetic unless asked
+    assert (VAEConfig().flush_denormals, GANConfig().flush_denormals) == (False, False)  # IEEE unless asked
     capsys.readouterr()

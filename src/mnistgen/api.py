@@ -388,8 +388,9 @@ def train_gan(out: str | os.PathLike, *, resume: bool = False, show_progress: bo
     defaults (SPEC §3: the 60,000 training images (N, 1, 28, 28) in [0, 1], batch 256, z ~ U[-1, 1]^64, 100 epochs,
     seed 2). A name that is no flag, or a value the flag would refuse, is a one-line :class:`mnistgen.MnistgenError`.
 
-    resume: as ``--resume`` (only ``epochs``, ``grid_every``, ``device``, ``threads``, ``cpu_kernels`` and where
-    the data are found may change). show_progress: a progress bar on stderr (None: only on a terminal).
+    resume: as ``--resume`` (only ``epochs``, ``grid_every``, ``device``, ``threads``, ``cpu_kernels``,
+    ``flush_denormals`` (see :func:`train_vae`) and where the data are found may change).
+    show_progress: a progress bar on stderr (None: only on a terminal).
     Ctrl-C saves the state after the current step and raises :class:`mnistgen.train.common.TrainingInterrupted`.
 
     Returns the :class:`Run`, its G and D on the device it trained on: ``run.sample(n)`` -> G(z), (n, 28, 28).

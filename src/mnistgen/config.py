@@ -204,6 +204,13 @@ class DataConfig:
     )
 
 
+_FLUSH_HELP = (
+    "on the CPU, flush subnormal floats (below 1.2e-38) to zero while training, as GPUs' fast math does: the same "
+    "mathematics to float rounding, and faster once training produces subnormals, which the CPU computes with many "
+    "times slower (the GAN's sigmoid pixels near 0, the VAE's iwae importance weights: 1.4-2x, docs/BENCHMARKS.md)"
+)
+
+
 @dataclass(frozen=True)
 class VAEConfig:
     """SPEC §2: the VAE and its reference training protocol ("hw")."""
@@ -243,12 +250,7 @@ class VAEConfig:
     )
     lr_decay_every: int = option(100, "step schedule: epochs between two decays", POSITIVE)
     threads: int = option(0, "CPU threads torch may use (0: torch's default, one per core)", NON_NEGATIVE)
-    flush_denormals: bool = option(
-        False, "on the CPU, flush subnormal floats (below 1.2e-38) to zero while training, as GPUs' fast math does: "
-        "the same mathematics to float rounding; --objective iwae trains about 1.4x faster with it, as its "
-        "normalized importance weights underflow into subnormals that slow the CPU's matrix products "
-        "(docs/BENCHMARKS.md)"
-    )
+    flush_denormals: bool = option(False, _FLUSH_HELP)
     device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "where to compute")
     cpu_kernels: Literal["auto", "native", "torch", "reference"] = option(
         "auto", "which fast path trains the encoder and decoder: auto (the fastest accelerator that applies to the "
@@ -319,6 +321,7 @@ class GANConfig:
     grid_every: int = option(10, "save an 8x8 grid from fixed noise every this many epochs", POSITIVE)
     device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "where to compute")
     threads: int = option(0, "CPU threads torch may use (0: torch's default, one per core)", NON_NEGATIVE)
+    flush_denormals: bool = option(False, _FLUSH_HELP)
     cpu_kernels: Literal["auto", "native", "torch", "reference"] = option(
         "auto", "which fast path trains the generator and discriminator: auto (the fastest accelerator that applies "
         "to the models as they are: mnistgen's C kernels on CPU, else PyTorch-only fast paths, else the reference "

@@ -420,10 +420,11 @@ def flushed_denormals(flush: bool, say: Callable[[str], None] | None = None) -> 
     """With ``flush``, the CPU flushes subnormal floats to zero inside the block (``torch.set_flush_denormal``:
     x86's FTZ and DAZ modes) and the calling thread returns to IEEE arithmetic after it.
 
-    The mode belongs to each thread; the threads torch starts inside the block (its CPU thread pool, started at
-    its first parallel work or ``torch.set_num_threads``) inherit it and keep it. Where some of torch's threads
-    were started before (a notebook that computed already), or the CPU has no such mode, ``say`` gets a one-line
-    note and those threads keep IEEE arithmetic: the results are the same either way, only the speed differs.
+    The mode belongs to each thread: threads torch starts inside the block (its CPU pool, started at its first
+    parallel work or ``torch.set_num_threads``) inherit it, and may keep it after the block. Whether threads started
+    before follow depends on the thread library, so the block checks them (:func:`subnormals_flushed`); where some
+    keep IEEE arithmetic, or the CPU has no such mode, ``say`` gets a one-line note. The results are the same either
+    way; only the speed differs.
     """
     if not flush:
         yield

@@ -82,7 +82,8 @@ from .common import (
 NOISE_STREAM = 1  # key of the generator that draws the training noise z
 GRID_STREAM = 2  # key of the generator of the grid's fixed noise
 STATS = ("d_loss", "g_loss", "d_real", "d_fake")  # per-step values, in this order in the step tensor
-RESUMABLE_FIELDS = ("epochs", "grid_every", "device", "threads", "cpu_kernels")  # may change: same mathematics
+RESUMABLE_FIELDS = ("epochs", "grid_every", "device", "threads", "cpu_kernels", "flush_denormals")  # may change:
+# the same mathematics
 COMMAND = "mnistgen gan train"
 
 __all__ = ["TrainingInterrupted", "train_gan", "train_epoch", "train_step", "build_models", "make_optimizers",
@@ -294,7 +295,7 @@ def train_gan(config: GANConfig, images: torch.Tensor, run: RunDir, *, resume: b
     keep_freed_memory()  # reuse freed tensors' memory: no page faults every step (same results)
     with ExitStack() as held:  # one process per run folder (rank 0 holds it)
         checkpoint = claim_run(held, run, resume, "gan", config, RESUMABLE_FIELDS, say, STATS)
-        with training_context(config.threads, stop) as stop_requested:
+        with training_context(config.threads, stop, config.flush_denormals, say) as stop_requested:
             return _train(config, images, run, checkpoint, provenance, device, stop_on_every_rank(stop_requested),
                           show_progress, say)
 

@@ -630,7 +630,7 @@ def train_gan_replicas(config: GANConfig, images: torch.Tensor, run: RunDir, *, 
     keep_freed_memory()
     with ExitStack() as held:
         checkpoints = _claim_and_check(held, run, resume, "gan", config, RESUMABLE_FIELDS, say, STATS)
-        with training_context(config.threads, stop) as stop_requested:
+        with training_context(config.threads, stop, config.flush_denormals, say) as stop_requested:
             replicas, calls, choices = [], [], None
             for seed in replica_seeds(config):
                 one = replica_config(config, seed)
