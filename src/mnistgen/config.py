@@ -206,8 +206,9 @@ class DataConfig:
 
 _FLUSH_HELP = (
     "on the CPU, flush subnormal floats (below 1.2e-38) to zero while training, as GPUs' fast math does: the same "
-    "mathematics to float rounding, and faster once training produces subnormals, which the CPU computes with many "
-    "times slower (the GAN's sigmoid pixels near 0, the VAE's iwae importance weights: 1.4-2x, docs/BENCHMARKS.md)"
+    "mathematics to float rounding, and faster once training produces subnormals, on which the CPU's arithmetic is "
+    "many times slower (the GAN's sigmoid pixels near 0, the VAE's iwae importance weights: 1.2-1.8x where they "
+    "occur, docs/BENCHMARKS.md)"
 )
 
 
