@@ -305,15 +305,17 @@ def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     return address.ipv4_mapped or address
 
 
-def sockets_of(pids: set[int]) -> list[tuple[str, str, str]]:
-    """(inode, local address, remote address) of every TCP and UDP socket the processes ``pids`` hold."""
-    inodes = set()
+def sockets_of(pids: set[int]) -> list[tuple[str, str, str, str]]:
+    """(inode, local address, remote address, who: "table pid command") of every TCP and UDP socket the processes
+    ``pids`` hold; who names the socket in a failure's message."""
+    inodes = {}
     for pid in pids:
         try:
+            command = Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")[:100]
             for fd in Path(f"/proc/{pid}/fd").iterdir():
                 target = os.readlink(fd)
                 if target.startswith("socket:["):
-                    inodes.add(target[8:-1])
+                    inodes[target[8:-1]] = f"{pid} {command}"
         except OSError:
             continue
     found = []
@@ -325,7 +327,8 @@ def sockets_of(pids: set[int]) -> list[tuple[str, str, str]]:
         for line in lines:
             fields = line.split()
             if fields[9] in inodes:
-                found.append((fields[9], *(str(_address(f.split(":")[0])) for f in fields[1:3])))
+                found.append((fields[9], *(str(_address(f.split(":")[0])) for f in fields[1:3]),
+                              f"{table} {inodes[fields[9]]}"))
     return found
 
 
@@ -362,9 +365,10 @@ def test_the_same_sweep_through_a_local_ray_instance_on_127_0_0_1_gives_the_same
     assert (tmp_path / "out" / "summary.csv").read_text() == (local_sweep[0] / "summary.csv").read_text()
     # every socket of Ray's processes was bound to and talked with 127.0.0.1 only
     loopback = {"127.0.0.1", "::1"}
-    assert sum(remote in loopback for _, _, remote in seen) >= 4, seen  # the watcher did see Ray's connections
-    assert {local for _, local, _ in seen} <= loopback, seen
-    assert {remote for _, _, remote in seen} <= loopback | {"0.0.0.0", "::"}, seen
+    assert sum(remote in loopback for _, _, remote, _ in seen) >= 4, seen  # the watcher did see Ray's connections
+    assert {local for _, local, _, _ in seen} <= loopback, [s for s in seen if s[1] not in loopback]
+    assert {remote for _, _, remote, _ in seen} <= loopback | {"0.0.0.0", "::"}, \
+        [s for s in seen if s[2] not in loopback | {"0.0.0.0", "::"}]
     # ray.shutdown() stopped every process it started
     deadline = time.monotonic() + 10
     while descendants(os.getpid()) - before and time.monotonic() < deadline:
