@@ -361,8 +361,8 @@ def train_vae(out: str | os.PathLike, *, resume: bool = False, show_progress: bo
 
     resume: as ``--resume``, continue the run in ``out`` from its checkpoint with its stored settings (only
     ``epochs``, ``device``, ``threads``, ``cpu_kernels``, ``flush_denormals`` and where the data are found may
-    change). ``flush_denormals=True`` reaches all of torch's CPU threads only where torch has not computed yet in
-    this process (a note says so otherwise); one thread (``threads=1``) always gets it.
+    change). With ``flush_denormals=True`` a one-line note says when some of torch's CPU threads do not follow it
+    (threads started before it may not; one thread, ``threads=1``, always does).
     show_progress: a progress bar on stderr (None: only on a terminal).
     Ctrl-C (a notebook's interrupt) saves the state after the current step and raises
     :class:`mnistgen.train.common.TrainingInterrupted` (a ``KeyboardInterrupt``), whose message says how to go on.
