@@ -27,9 +27,9 @@ from mnistgen.config import DataConfig, VAEConfig
 from mnistgen.data.batches import shuffled_batches
 from mnistgen.data.protocols import binarize_batch, load_protocol
 from mnistgen.data.sources import load_raw
-from mnistgen.device import seed_everything
+from mnistgen.device import seed_everything, stream_seed
 from mnistgen.losses import standard_normal_draws, vae_elbo
-from mnistgen.train.common import flushed_denormals, stream_seed
+from mnistgen.train.common import flushed_denormals
 from mnistgen.train.vae import NOISE_STREAM, build_model, make_optimizer, train_epoch
 
 

@@ -43,9 +43,9 @@ from mnistgen.config import DataConfig, GANConfig
 from mnistgen.data.batches import num_batches, shuffled_batches
 from mnistgen.data.protocols import load_protocol
 from mnistgen.data.sources import load_raw
-from mnistgen.device import seed_everything
+from mnistgen.device import seed_everything, stream_seed
 from mnistgen.models.gan import Discriminator, Generator
-from mnistgen.train.common import keep_freed_memory, stream_seed
+from mnistgen.train.common import keep_freed_memory
 from mnistgen.train.gan import NOISE_STREAM, REFERENCE, STATS, build_models, choose_calls, make_optimizers, train_epoch
 
 HERE = Path(__file__).resolve().parent

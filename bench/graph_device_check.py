@@ -22,8 +22,8 @@ import torch
 from mnistgen.config import DataConfig, GANConfig, VAEConfig, replica_config
 from mnistgen.data.protocols import load_protocol
 from mnistgen.data.sources import load_raw
+from mnistgen.errors import TrainingInterrupted
 from mnistgen.runs import RunDir
-from mnistgen.train.common import TrainingInterrupted
 from mnistgen.train.gan import train_gan
 from mnistgen.train.vae import train_vae
 

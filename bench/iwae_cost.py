@@ -27,8 +27,7 @@ from mnistgen.config import DataConfig, VAEConfig
 from mnistgen.data.batches import shuffled_batches
 from mnistgen.data.protocols import load_protocol
 from mnistgen.data.sources import load_raw
-from mnistgen.device import seed_everything
-from mnistgen.train.common import stream_seed
+from mnistgen.device import seed_everything, stream_seed
 from mnistgen.train.vae import NOISE_STREAM, build_model, make_optimizer, train_epoch
 
 

@@ -25,7 +25,7 @@ from mnistgen.cli import main
 from mnistgen.config import DataConfig, GANConfig, VAEConfig
 from mnistgen.data.batches import shuffled_batches
 from mnistgen.data.protocols import Protocol
-from mnistgen.device import seed_everything
+from mnistgen.device import seed_everything, stream_seed
 from mnistgen.distributions import sample_uniform_noise
 from mnistgen.errors import MnistgenError
 from mnistgen.models import gan as gan_models
@@ -34,7 +34,6 @@ from mnistgen.models.gan import init_spec_
 from mnistgen.runs import RunDir
 from mnistgen.train import gan as gan_training
 from mnistgen.train import vae as vae_training
-from mnistgen.train.common import stream_seed
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 
+from mnistgen.classifier import train_and_save, train_classifier
 from mnistgen.cli import main
 from mnistgen.config import ClassifierConfig
 from mnistgen.data.sources import RawData
 from mnistgen.errors import MnistgenError
 from mnistgen.models.classifier import MnistClassifier
 from mnistgen.scoring import load_classifier, metadata_path, save_classifier, shipped_weights
-from mnistgen.train.classifier import train_and_save, train_classifier
 
 # --------------------------------------------------------------------------- the network
 

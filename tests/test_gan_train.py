@@ -16,12 +16,12 @@ from conftest import native_kernels_build
 from mnistgen.config import GANConfig
 from mnistgen.device import seed_everything
 from mnistgen.distributions import sample_uniform_noise
-from mnistgen.errors import MnistgenError
+from mnistgen.errors import MnistgenError, NonFiniteLossError
 from mnistgen.evaluate.gan import load_generator, sample_images, write_figures
 from mnistgen.models.gan import Discriminator, Generator
 from mnistgen.runs import GRID_PADDING, GRID_PNG_SCALE, RunDir
 from mnistgen.train import gan as train
-from mnistgen.train.common import NonFiniteLossError, match_state_layouts
+from mnistgen.train.common import match_state_layouts
 
 SMALL = GANConfig(epochs=3, batch_size=32, grid_every=2, device="cpu", threads=1)
 

@@ -14,9 +14,9 @@ from mnistgen.accelerate.graphs import CapturedStep, capturable_adam, copy_state
 from mnistgen.accelerate.vae import GRAPH, choose_vae_accelerator
 from mnistgen.config import DataConfig, GANConfig, VAEConfig
 from mnistgen.data.protocols import load_protocol
+from mnistgen.errors import TrainingInterrupted
 from mnistgen.models.vae import VAE
 from mnistgen.runs import RunDir
-from mnistgen.train.common import TrainingInterrupted
 from mnistgen.train.gan import train_gan
 from mnistgen.train.vae import train_vae
 

@@ -22,14 +22,13 @@ from mnistgen.cli import main
 from mnistgen.config import DataConfig, VAEConfig
 from mnistgen.data.batches import shuffled_batches
 from mnistgen.data.protocols import Protocol
-from mnistgen.device import seed_everything
+from mnistgen.device import seed_everything, stream_seed
 from mnistgen.errors import MnistgenError
 from mnistgen.losses import vae_elbo
 from mnistgen.models.vae import VAE
 from mnistgen.plots.vae import curves_figure
 from mnistgen.runs import RunDir
 from mnistgen.train import vae as vae_training
-from mnistgen.train.common import stream_seed
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -21,11 +21,10 @@ import torch
 from mnistgen.cli import main
 from mnistgen.config import DataConfig, GANConfig, VAEConfig, to_dict
 from mnistgen.data.protocols import Protocol
-from mnistgen.errors import MnistgenError
+from mnistgen.errors import MnistgenError, NonFiniteLossError, TrainingInterrupted
 from mnistgen.runs import RunDir
 from mnistgen.train import gan as train_gan_module
 from mnistgen.train import vae as train_vae_module
-from mnistgen.train.common import NonFiniteLossError, TrainingInterrupted
 from mnistgen.train.gan import train_gan
 from mnistgen.train.vae import train_vae
 

@@ -18,10 +18,9 @@ import torch
 
 from mnistgen.config import DataConfig, GANConfig, VAEConfig, replica_config
 from mnistgen.data.protocols import load_protocol
-from mnistgen.errors import MnistgenError
+from mnistgen.errors import MnistgenError, TrainingInterrupted
 from mnistgen.runs import RunDir
 from mnistgen.train import replicas as replicas_module
-from mnistgen.train.common import TrainingInterrupted
 from mnistgen.train.gan import train_gan
 from mnistgen.train.vae import train_vae
 

@@ -16,8 +16,8 @@ import torch.multiprocessing as mp
 from mnistgen.accelerate.vae import NATIVE, TORCH
 from mnistgen.config import VAEConfig
 from mnistgen.data.batches import shuffled_batches
-from mnistgen.device import seed_everything
-from mnistgen.train.common import distributed_rank_and_size, stream_seed
+from mnistgen.device import seed_everything, stream_seed
+from mnistgen.train.common import distributed_rank_and_size
 from mnistgen.train.vae import NOISE_STREAM, build_model, make_optimizer, train_epoch
 
 WORLD = 2

@@ -18,7 +18,7 @@ from mnistgen.accelerate.vae import NATIVE, TORCH, choose_vae_accelerator, elbo_
 from mnistgen.config import DataConfig, VAEConfig
 from mnistgen.data.batches import shuffled_batches
 from mnistgen.data.protocols import load_protocol
-from mnistgen.device import seed_everything
+from mnistgen.device import seed_everything, stream_seed
 from mnistgen.errors import MnistgenError
 from mnistgen.kernels import native as native_build
 from mnistgen.kernels import vae as vae_kernels
@@ -27,7 +27,6 @@ from mnistgen.kernels.vae import NativeVAEStep
 from mnistgen.losses import elbo_analytic, elbo_mc
 from mnistgen.models.vae import VAE
 from mnistgen.runs import RunDir
-from mnistgen.train.common import stream_seed
 from mnistgen.train.vae import NOISE_STREAM, build_model, make_optimizer, train_epoch, train_vae
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "needs_native_kernels")

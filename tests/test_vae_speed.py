@@ -12,8 +12,7 @@ from bench_support import load_bench_module
 from mnistgen.accelerate.vae import NATIVE, TORCH
 from mnistgen.config import VAEConfig
 from mnistgen.data.batches import shuffled_batches
-from mnistgen.device import seed_everything
-from mnistgen.train.common import stream_seed
+from mnistgen.device import seed_everything, stream_seed
 from mnistgen.train.vae import NOISE_STREAM, build_model, make_optimizer, train_epoch
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -11,11 +11,11 @@ import torch
 
 from mnistgen.config import DataConfig, VAEConfig, from_dict
 from mnistgen.data.protocols import load_protocol
-from mnistgen.errors import MnistgenError
+from mnistgen.device import stream_seed
+from mnistgen.errors import MnistgenError, NonFiniteLossError
 from mnistgen.evaluate.vae import load_trained_vae
 from mnistgen.losses import elbo_samples
 from mnistgen.runs import RunDir, read_json
-from mnistgen.train.common import NonFiniteLossError, stream_seed
 from mnistgen.train.vae import EVAL_STREAM, TrainingInterrupted, learning_rate, train_vae
 
 EPOCHS = 3

@@ -17,8 +17,7 @@ import importlib
 from typing import Any
 
 from .errors import MnistgenError
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = ["__version__", "MnistgenError", "Run", "load_run", "train_vae", "train_gan", "score"]
 

@@ -1,4 +1,4 @@
-"""Choosing the compute device and seeding: ``--device auto`` means CUDA, then MPS, then CPU."""
+"""Choosing the compute device, and seeding: ``--device auto`` means CUDA, then MPS, then CPU."""
 
 from __future__ import annotations
 
@@ -25,6 +25,11 @@ def resolve_device(name: str) -> torch.device:
     if name not in ("cpu", "cuda", "mps"):
         raise MnistgenError(f"--device {name}: unknown device (choose auto, cpu, cuda or mps)")
     return torch.device(name)
+
+
+def stream_seed(seed: int, *keys: int) -> int:
+    """A seed for one random stream of a run, independent of the others (NumPy's SeedSequence mixes the keys)."""
+    return int(np.random.SeedSequence([seed, *keys]).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from .errors import MnistgenError
+from .errors import MnistgenError, NonFiniteLossError
 
 T = TypeVar("T")
 
@@ -48,6 +48,11 @@ EXIT_INTERRUPTED = 130
 def launched_by_torchrun() -> bool:
     """True where torchrun (or another launcher setting its variables) started this process."""
     return all(name in os.environ for name in TORCHRUN_VARIABLES)
+
+
+def is_main_process() -> bool:
+    """True unless this is a non-zero rank of an initialised torch.distributed job."""
+    return rank_and_size()[0] == 0
 
 
 def rank_and_size() -> tuple[int, int]:
@@ -141,8 +146,6 @@ def _agreed(exc: MnistgenError) -> MnistgenError:
 
 
 def _said_by_rank_0(exc: BaseException) -> bool:
-    from .train.common import NonFiniteLossError  # the values it checks are the same on every rank
-
     return getattr(exc, "said_by_rank_0", False) or isinstance(exc, NonFiniteLossError)
 
 

@@ -13,5 +13,13 @@ class DataError(MnistgenError):
     """A data file is missing, corrupt, truncated or mislabelled, or no source could provide it."""
 
 
+class NonFiniteLossError(MnistgenError):
+    """A loss or an evaluation became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped training after a completed step; the state was saved. ``str()`` says how to continue."""
+
+
 class UsageError(MnistgenError):
     """A flag's value that the command cannot take (out of its bounds): exits 2, as a flag argparse refuses."""

@@ -30,13 +30,14 @@ import torch
 import torch.nn.functional as F
 
 from .config import DataConfig, ElboEstimatorsConfig, FixedEncoderConfig, VAEConfig, to_dict
+from .distributed import is_main_process
 from .distributions import log_bernoulli_logits
 from .errors import MnistgenError
 from .files import atomic_write, read_json, save_figure, write_json
 from .losses import elbo_analytic, elbo_mc
-from .runs import RunDir, environment, is_main_process
+from .progress import progress
+from .runs import RunDir, environment
 from .theory import kl_diag_gaussians, kl_estimator_noise_variance
-from .train.common import progress
 
 ELBO_ESTIMATORS = "elbo-estimators"  # experiment names: the CLI subcommands and the files they write
 FIXED_ENCODER = "fixed-encoder"

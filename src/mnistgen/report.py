@@ -25,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
 from .errors import MnistgenError
 from .files import atomic_write, figure_png, read_json
 from .runs import RunDir
 from .stats import spread
+from .version import __version__
 
 CONTENT_SECURITY_POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 LIBRARIES = ("torch", "numpy", "matplotlib", "pillow", "tqdm", "platformdirs")

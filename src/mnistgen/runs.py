@@ -33,24 +33,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import __version__
 from .config import GANConfig, VAEConfig, from_dict, is_replicated, replica_seeds
+from .distributed import is_main_process
 from .errors import MnistgenError
 from .files import atomic_write, json_line, read_json, remove_temporaries, save_figure, write_json
 from .imaging import save_png, tile
+from .version import __version__
 
 GRID_SIDE = 8  # a GAN run's progress grids are 8x8 images
 GRID_PNG_SCALE = 3  # grid PNGs are enlarged 3x (nearest) so a digit is 84 screen pixels
 GRID_PADDING = 2
 SEED_FOLDER_PREFIX = "seed="  # a replica run's sub-folder of one seed: RUN/seed=1234
 _CONFIG_CLASSES = {"vae": VAEConfig, "gan": GANConfig}  # the kinds of run that may hold replicas
-
-
-def is_main_process() -> bool:
-    """True unless this is a non-zero rank of an initialised torch.distributed job."""
-    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
-        torch.distributed.get_rank() == 0
-    )
 
 
 # --------------------------------------------------------------------------- checkpoints

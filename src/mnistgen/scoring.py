@@ -35,7 +35,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import __version__
 from .config import DataConfig, ScoreConfig
 from .data.cache import VerdictStore, cache_root
 from .data.registry import get_dataset
@@ -43,6 +42,7 @@ from .data.sources import FilesUnavailable, RawData, load_raw, obtain_files
 from .errors import DataError, MnistgenError
 from .files import atomic_write, read_json, write_json
 from .models.classifier import FEATURE_DIM, IMAGE_SIZE, NUM_CLASSES, MnistClassifier
+from .version import __version__
 
 WEIGHTS_NAME = "classifier.pt"
 REFERENCE_TRAIN_IMAGES = 10_000  # the last 10k training images: the classifier's held-out validation part
@@ -301,7 +301,7 @@ def classify(classifier: Classifier, images: np.ndarray | torch.Tensor, batch_si
 
     ``description``: show a progress bar (on a terminal) with this title.
     """
-    from .train.common import progress
+    from .progress import progress
 
     images = torch.as_tensor(images)
     features = np.empty((len(images), FEATURE_DIM), np.float64)

@@ -32,8 +32,8 @@ from typing import Any, Generic, TypeVar
 import torch
 from torch import nn
 
+from ..distributed import is_main_process
 from ..errors import MnistgenError
-from ..runs import is_main_process
 
 PROBE_TOLERANCE = 1e-4  # largest relative difference (in norm) between the accelerator and the module's forward
 PROBE_SEED = 0  # the probes' inputs come from their own generator: the run's random streams are not touched

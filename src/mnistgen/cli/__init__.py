@@ -13,8 +13,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .. import __version__
 from ..errors import MnistgenError, UsageError
+from ..version import __version__
 
 EXIT_USER_ERROR = 1
 EXIT_USAGE = 2

@@ -66,8 +66,7 @@ def run_train(args: argparse.Namespace) -> int:
     from ..config import is_replicated
     from ..data.protocols import load_protocol
     from ..data.sources import load_raw
-    from ..distributed import from_main_rank, main_rank_first, ranks_agree, torchrun_job
-    from ..runs import is_main_process
+    from ..distributed import from_main_rank, is_main_process, main_rank_first, ranks_agree, torchrun_job
     from ..train.common import check_run_folder
     from ..train.gan import RESUMABLE_FIELDS, TrainingInterrupted, train_gan
 

@@ -107,9 +107,9 @@ def _command_line(args: argparse.Namespace, config: ClassifierConfig) -> list[st
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from ..classifier import train_and_save
     from ..data.sources import load_raw
     from ..device import resolve_device
-    from ..train.classifier import train_and_save
 
     config = config_from_args(ClassifierConfig, args)
     if config.data.dataset != "mnist":

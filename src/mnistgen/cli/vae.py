@@ -64,8 +64,7 @@ def register(subparsers) -> None:
 def run_train(args: argparse.Namespace) -> int:
     """``mnistgen vae train``, in one process or in each process of a torchrun job (see :mod:`mnistgen.distributed`:
     rank 0 reads and writes RUN and prints; every rank trains its share of each batch)."""
-    from ..distributed import from_main_rank, ranks_agree, torchrun_job
-    from ..runs import is_main_process
+    from ..distributed import from_main_rank, is_main_process, ranks_agree, torchrun_job
     from ..train.vae import TrainingInterrupted, train_vae
 
     run = RunDir(args.out)
@@ -95,7 +94,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     from ..evaluate.vae import evaluate_replicas, evaluate_run
-    from ..train.common import progress
+    from ..progress import progress
 
     run = RunDir(args.run).require()
     options = config_from_args(VAEEvalConfig, args)

@@ -36,10 +36,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .. import __version__
 from ..config import DataConfig
 from ..errors import DataError, MnistgenError
 from ..files import replacing
+from ..version import __version__
 from .integrity import FileHashes, content_size, hash_stream, mismatch_reason, stored_size_limit
 from .registry import DatasetSpec, FileSpec
 

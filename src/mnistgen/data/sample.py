@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
 from ..errors import DataError
+from ..version import __version__
 from .idx import decode_idx
 from .integrity import content_size, hash_file, mismatch_reason
 from .registry import SAMPLE_SPEC

@@ -15,12 +15,11 @@ import numpy as np
 import torch
 
 from ..config import GANConfig
+from ..device import stream_seed
 from ..distributions import sample_uniform_noise
 from ..errors import MnistgenError
-from ..models.gan import Generator
+from ..models.gan import STATS, Generator
 from ..runs import GRID_SIDE, RunDir
-from ..train.common import stream_seed
-from ..train.gan import STATS
 
 SAMPLE_STREAM = 3  # key of the generator of ``mnistgen gan sample`` (with the sample seed)
 SAMPLE_BATCH = 1000  # images generated per forward pass by :func:`sample_images`

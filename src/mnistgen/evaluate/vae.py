@@ -31,12 +31,13 @@ from ..data.protocols import Protocol, binarize_batch, load_protocol
 from ..data.registry import DATASETS
 from ..data.sources import load_raw
 from ..device import resolve_device
+from ..distributed import is_main_process
 from ..distributions import log_bernoulli_logits, log_normal_logvar, log_standard_normal, sample_bernoulli
 from ..errors import MnistgenError, UsageError
 from ..files import read_json, write_json
 from ..losses import elbo_samples
 from ..models.vae import IMAGE_SIZE, VAE
-from ..runs import RunDir, is_main_process
+from ..runs import RunDir
 
 EVAL_CHUNK_IMAGES = 1000  # images per forward pass when evaluating a data set
 IW_CHUNK_ELEMENTS = 1 << 22  # logits per importance-sampling chunk (16 MiB in float32), whatever K is

@@ -17,6 +17,7 @@ IMAGE_SHAPE = (1, 28, 28)
 GENERATOR_START = (32, 7, 7)  # the Linear's 1568 outputs, viewed as 32 channels of 7x7
 DISCRIMINATOR_FEATURES = (8, 5, 5)  # what the last convolution leaves, flattened into the Linear
 LEAKY_SLOPE = 0.2
+STATS = ("d_loss", "g_loss", "d_real", "d_fake")  # what a training step returns, in this order
 
 
 def init_spec_(module: nn.Module) -> nn.Module:

@@ -21,13 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..config import from_dict, to_dict
 from ..distributed import from_main_rank, rank_and_size
-from ..errors import MnistgenError
+from ..errors import MnistgenError, NonFiniteLossError, TrainingInterrupted
 from ..runs import RunDir, is_main_process, save_checkpoint
 
 # glibc's mallopt parameters (malloc.h) and the values :func:`keep_freed_memory` sets
@@ -55,14 +53,6 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(mallopt(_M_MMAP_THRESHOLD, _KEEP_BELOW_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM_BYTES))
-
-
-class NonFiniteLossError(MnistgenError):
-    """A loss or an evaluation became NaN or infinite; the last good checkpoint is kept."""
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped training after a completed step; the state was saved. ``str()`` says how to continue."""
 
 
 KEEP_THE_LAST_CHECKPOINT = "the checkpoint of the last completed epoch is kept"
@@ -104,20 +94,6 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def progress(total: int, description: str, enabled: bool | None = None) -> tqdm:
-    """A progress bar on stderr; shown only on a terminal unless ``enabled`` says otherwise, and never on a torchrun
-    rank other than 0."""
-    disable = (not sys.stderr.isatty()) if enabled is None else not enabled
-    disable = disable or not is_main_process()
-    return tqdm(total=total, desc=description, unit="batch", leave=False, disable=disable,
-                dynamic_ncols=True)
-
-
-def stream_seed(seed: int, *keys: int) -> int:
-    """A seed for one random stream of a run, independent of the others (NumPy's SeedSequence mixes the keys)."""
-    return int(np.random.SeedSequence([seed, *keys]).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
 def distributed_rank_and_size() -> tuple[int, int]:

@@ -47,7 +47,7 @@ from ..accelerate import Choice, note_choice
 from ..accelerate.gan import DiscriminatorCalls, GraphGANStep, check_gan_graph, choose_gan_accelerators
 from ..config import GANConfig, is_replicated, parse_betas, to_dict, validate
 from ..data.batches import num_batches, shuffled_batches
-from ..device import resolve_device, seed_everything
+from ..device import resolve_device, seed_everything, stream_seed
 from ..distributed import (
     check_device,
     check_global_batch,
@@ -61,7 +61,8 @@ from ..distributions import sample_uniform_noise
 from ..errors import MnistgenError
 from ..files import write_json
 from ..losses import discriminator_loss, generator_loss
-from ..models.gan import IMAGE_SHAPE, Discriminator, Generator
+from ..models.gan import IMAGE_SHAPE, STATS, Discriminator, Generator
+from ..progress import progress
 from ..runs import GRID_SIDE, RunDir, is_main_process
 from .common import (
     RunState,
@@ -71,17 +72,14 @@ from .common import (
     end_steps,
     epochs_left,
     keep_freed_memory,
-    progress,
     record_epoch,
     say_on_main_process,
-    stream_seed,
     synchronize_gradients,
     training_context,
 )
 
 NOISE_STREAM = 1  # key of the generator that draws the training noise z
 GRID_STREAM = 2  # key of the generator of the grid's fixed noise
-STATS = ("d_loss", "g_loss", "d_real", "d_fake")  # per-step values, in this order in the step tensor
 RESUMABLE_FIELDS = ("epochs", "grid_every", "device", "threads", "cpu_kernels", "flush_denormals")  # may change:
 # the same mathematics
 COMMAND = "mnistgen gan train"

@@ -44,12 +44,13 @@ from ..config import GANConfig, VAEConfig, replica_config, replica_seeds, to_dic
 from ..data.batches import num_batches, shuffled_batches
 from ..data.protocols import Protocol, binarize_batch, load_protocol
 from ..data.sources import load_raw
-from ..device import resolve_device, seed_everything
+from ..device import resolve_device, seed_everything, stream_seed
 from ..distributed import rank_and_size
 from ..distributions import sample_uniform_noise
 from ..errors import MnistgenError
 from ..files import read_json, sync_folder, write_json
 from ..losses import discriminator_loss, elbo_samples, generator_loss, standard_normal_draws, vae_elbo
+from ..progress import progress
 from ..runs import RunDir, is_main_process, load_checkpoint
 from .common import (
     KEEP_THE_LAST_CHECKPOINT,
@@ -58,9 +59,7 @@ from .common import (
     check_finite,
     check_run_folder,
     keep_freed_memory,
-    progress,
     say_on_main_process,
-    stream_seed,
     training_context,
 )
 

@@ -42,7 +42,7 @@ from ..config import VAEConfig, is_replicated, to_dict, validate
 from ..data.batches import shuffled_batches
 from ..data.protocols import Protocol, binarize_batch, load_protocol
 from ..data.sources import load_raw
-from ..device import resolve_device, seed_everything
+from ..device import resolve_device, seed_everything, stream_seed
 from ..distributed import (
     check_device,
     check_global_batch,
@@ -57,6 +57,7 @@ from ..errors import MnistgenError
 from ..files import write_json
 from ..losses import elbo_samples, standard_normal_draws, vae_elbo
 from ..models.vae import VAE
+from ..progress import progress
 from ..runs import RunDir, is_main_process
 from .common import (
     RunState,
@@ -65,9 +66,7 @@ from .common import (
     distributed_rank_and_size,
     end_steps,
     epochs_left,
-    progress,
     record_epoch,
-    stream_seed,
     synchronize_gradients,
     training_context,
 )

@@ -18,14 +18,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..config import ClassifierConfig, to_dict
-from ..data.batches import num_batches, shuffled_batches
-from ..data.sources import RawData
-from ..device import seed_everything
-from ..errors import DataError
-from ..models.classifier import IMAGE_SIZE, MnistClassifier
-from ..runs import RunDir, environment
-from .common import check_finite, progress
+from .config import ClassifierConfig, to_dict
+from .data.batches import num_batches, shuffled_batches
+from .data.sources import RawData
+from .device import seed_everything
+from .errors import DataError
+from .models.classifier import IMAGE_SIZE, MnistClassifier
+from .progress import progress
+from .runs import RunDir, environment
+from .train.common import check_finite
 
 
 @dataclass
@@ -115,8 +116,8 @@ def train_and_save(config: ClassifierConfig, out: str, raw: RawData, device: tor
 
     Copy those two files into ``src/mnistgen/assets/`` to ship them.
     """
-    from ..files import write_json
-    from ..scoring import WEIGHTS_NAME, accuracy, load_classifier, metadata_path, save_classifier
+    from .files import write_json
+    from .scoring import WEIGHTS_NAME, accuracy, load_classifier, metadata_path, save_classifier
 
     run = RunDir(out)
     run.path.mkdir(parents=True, exist_ok=True)
