@@ -26,6 +26,7 @@ that does not tune it (what a user of the classic loop gets), alternating with m
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import importlib.util
 import json
@@ -39,14 +40,16 @@ from pathlib import Path
 
 import torch
 
+from mnistgen.accelerate.engines import Replica
+from mnistgen.accelerate.gan import choose_gan_calls, gan_engine
 from mnistgen.config import DataConfig, GANConfig
-from mnistgen.data.batches import num_batches, shuffled_batches
+from mnistgen.data.batches import epoch_order, num_batches
 from mnistgen.data.protocols import load_protocol
 from mnistgen.data.sources import load_raw
 from mnistgen.device import seed_everything, stream_seed
-from mnistgen.models.gan import Discriminator, Generator
-from mnistgen.train.common import keep_freed_memory
-from mnistgen.train.gan import NOISE_STREAM, REFERENCE, STATS, build_models, choose_calls, make_optimizers, train_epoch
+from mnistgen.models.gan import STATS, Discriminator, Generator, build_models, make_optimizers
+from mnistgen.train.common import keep_freed_memory, take_steps
+from mnistgen.train.gan import NOISE_STREAM, step_inputs
 
 HERE = Path(__file__).resolve().parent
 
@@ -109,23 +112,28 @@ def main() -> None:
     initial = build_models(config, device)  # the weights every loop starts from (never trained itself)
 
     def mnistgen_loop(accelerated: bool):
-        """An epoch function of mnistgen's loop (reference path, or with the accelerators) and its calls."""
+        """An epoch function of mnistgen's loop (reference path, or with the accelerators) and its step's name."""
         order = torch.Generator().manual_seed(config.seed)
         generator, discriminator = Generator(config.zdim), Discriminator()
         generator.load_state_dict(initial[0].state_dict())
         discriminator.load_state_dict(initial[1].state_dict())
-        calls = choose_calls(generator, discriminator, config, device) if accelerated else REFERENCE
+        loop_config = config if accelerated else dataclasses.replace(config, cpu_kernels="reference")
         optimizer_g, optimizer_d = make_optimizers(generator, discriminator, config)
+        chosen = choose_gan_calls(generator, discriminator, optimizer_g, optimizer_d, loop_config, device)
+        chosen.prepare(generator, discriminator, device)
         noise = torch.Generator().manual_seed(stream_seed(config.seed, NOISE_STREAM))
+        engine = gan_engine([Replica({"generator": generator, "discriminator": discriminator},
+                                     {"generator": optimizer_g, "discriminator": optimizer_d})],
+                            loop_config, device, chosen, say=print)
 
         def run() -> None:
-            batches = list(shuffled_batches(len(images), config.batch_size, order, drop_last=True))[:batches_timed]
-            step_stats = torch.zeros(len(batches), len(STATS))
-            train_epoch(generator, discriminator, optimizer_g, optimizer_d, images, batches, noise=noise,
-                        step_stats=step_stats, calls=calls)
+            orders = [epoch_order(len(images), config.batch_size, order, device, drop_last=True)]
+            step_stats = torch.zeros(1, batches_timed, len(STATS))
+            take_steps(engine, 0, batches_timed, step_inputs(images, orders, [noise], config.batch_size, config.zdim,
+                                                             torch.float32), step_stats)
             step_stats.tolist()  # what the loop does at the end of an epoch
 
-        return run, calls
+        return run, engine.name
 
     generator, discriminator = initial
     plain_generator, plain_discriminator = Generator(config.zdim), Discriminator()  # PyTorch's default layout
@@ -154,7 +162,7 @@ def main() -> None:
 
     subprocess_times: list[tuple[float, float, int]] = []
     reference_run, _ = mnistgen_loop(accelerated=False)
-    accelerated_run, calls = mnistgen_loop(accelerated=True)
+    accelerated_run, accelerated_name = mnistgen_loop(accelerated=True)
     loops = {"classic loop": classic_subprocess if args.classic_in_subprocess else classic_run,
              "mnistgen, reference": reference_run, "mnistgen, accelerated": accelerated_run}
     for name, run in loops.items():  # warm-up: oneDNN primitives, allocator
@@ -177,7 +185,7 @@ def main() -> None:
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; {datetime.date.today().isoformat()}")
     where = ("a fresh untuned subprocess per repetition" if args.classic_in_subprocess
              else "this process")
-    print(f"mnistgen, accelerated: {calls.trained_by}")
+    print(f"mnistgen, accelerated: {accelerated_name}")
     print(f"allocator: mnistgen {'tuned (keep_freed_memory)' if allocator_tuned else 'glibc default'}; "
           f"classic loop in {where}, "
           + ("glibc default" if args.classic_in_subprocess or not allocator_tuned else "tuned (keep_freed_memory)"))

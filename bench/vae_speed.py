@@ -1,11 +1,12 @@
 """How fast mnistgen trains the VAE: one hw-protocol epoch of mnistgen's loop against a plain PyTorch loop.
 
 The loops train the same model from the same weights on the same 10,000 binary images with the same
-random draws: the plain loop (bench/vae_baseline.py), and mnistgen's `train_epoch` on its reference path
-(autograd through the modules), with the hand-derived gradient ("torch") and, where the accelerator that
-`--cpu-kernels` chooses is the C kernels, with those. tests/test_vae_speed.py shows that they follow the
-same loss trajectory. Each repetition times one epoch of each loop, in turn; the medians and their ratios to
-the plain loop are printed, as wall-clock and as CPU time of this process.
+random draws: the plain loop (bench/vae_baseline.py), and the steps of mnistgen's loop (its step inputs, its
+engine, `take_steps`) on the reference step (autograd through the model's forward), with the hand-derived
+gradient ("torch") and, where the accelerator that `--cpu-kernels` chooses is the C kernels, with those.
+tests/test_vae_speed.py shows that they follow the same loss trajectory. Each repetition times one epoch of each
+loop, in turn; the medians and their ratios to the plain loop are printed, as wall-clock and as CPU time
+of this process.
 
     python bench/vae_speed.py --data-dir ../shared/data/mnist --repeat 7 [--threads 1] [--cpu-kernels torch]
 """
@@ -24,14 +25,17 @@ from pathlib import Path
 
 import torch
 
-from mnistgen.accelerate import Accelerator
-from mnistgen.accelerate.vae import NATIVE, TORCH, choose_vae_accelerator
+from mnistgen.accelerate import Accelerator, Choice
+from mnistgen.accelerate.engines import Replica
+from mnistgen.accelerate.vae import NATIVE, TORCH, choose_vae_accelerator, vae_engine
 from mnistgen.config import DataConfig, VAEConfig
-from mnistgen.data.batches import shuffled_batches
+from mnistgen.data.batches import epoch_order, num_batches
 from mnistgen.data.protocols import load_protocol
 from mnistgen.data.sources import load_raw
 from mnistgen.device import seed_everything, stream_seed
-from mnistgen.train.vae import NOISE_STREAM, build_model, make_optimizer, train_epoch
+from mnistgen.models.vae import build_model, make_optimizer
+from mnistgen.train.common import take_steps
+from mnistgen.train.vae import NOISE_STREAM, step_inputs
 
 HERE = Path(__file__).resolve().parent
 
@@ -65,20 +69,22 @@ def main() -> None:
     images = load_protocol("hw", load_raw(config.data)).train_images.to(device)  # (10000, 784) binary
 
     def mnistgen_loop(accelerator: Accelerator | None, initial: dict) -> Callable[[], float]:
-        """An epoch function of mnistgen's loop with this accelerator (None: the reference path), from the
+        """An epoch function of mnistgen's loop with this accelerator (None: the reference step), from the
         weights ``initial``."""
         order = seed_everything(config.seed)
         model = build_model(config, device)
         model.load_state_dict(initial)
-        optimizer = make_optimizer(model, config.lr)
+        optimizer = make_optimizer(model, config)
         noise = torch.Generator(device).manual_seed(stream_seed(config.seed, NOISE_STREAM))
-        step = accelerator.implementation(model, optimizer, config) if accelerator is not None else None
+        engine = vae_engine([Replica({"model": model}, {"model": optimizer})], config, device,
+                            Choice(accelerator, ()), say=print)
+        steps = num_batches(len(images), config.batch_size, drop_last=False)
 
         def epoch() -> float:
-            batches = list(shuffled_batches(len(images), config.batch_size, order))
-            step_elbos = torch.zeros(len(batches), device=device)
-            train_epoch(model, optimizer, images, batches, noise=noise, analytic_kl=False,
-                        dynamic_binarization=False, step_elbos=step_elbos, accelerator=step)
+            orders = [epoch_order(len(images), config.batch_size, order, device)]
+            step_elbos = torch.zeros(1, steps, device=device)
+            take_steps(engine, 0, steps, step_inputs(images, orders, [noise], config.batch_size, config.latent_dim,
+                                                     None, False), step_elbos)
             return float(step_elbos.sum()) / len(images)
 
         return epoch
@@ -96,7 +102,7 @@ def main() -> None:
                                          config.batch_size)
         return -statistics.fmean(losses)
 
-    chosen = choose_vae_accelerator(reference, config, device).accelerator
+    chosen = choose_vae_accelerator(reference, make_optimizer(reference, config), config, device).accelerator
     loops = {"plain PyTorch loop": plain_epoch, "mnistgen, reference": mnistgen_loop(None, initial),
              "mnistgen, torch": mnistgen_loop(TORCH, initial)}
     if chosen is NATIVE:

@@ -142,14 +142,14 @@ def vae_data() -> Protocol:
 VAE_CONFIG = VAEConfig(epochs=1, device="cpu", data=DataConfig(offline=True))
 
 
-def plain_vae_loop(config: VAEConfig, images: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The VAE of ``mnistgen.models`` (as it is now) trained the plain way: Eq. 2 written out, autograd, Adam,
-    with mnistgen's seeds for the initial weights, the batch order and eps."""
+def plain_vae_loop(config: VAEConfig, images: torch.Tensor, make_optimizer=None) -> dict[str, torch.Tensor]:
+    """The VAE of ``mnistgen.models`` (as it is now) trained the plain way: Eq. 2 written out, autograd, Adam (or
+    ``make_optimizer(model, config)``'s), with mnistgen's seeds for the initial weights, the batch order and eps."""
     order = seed_everything(config.seed)
     model = vae_models.VAE(latent_dim=config.latent_dim, hidden=config.hidden)
     dtype = next(model.parameters()).dtype
     images = images.to(dtype)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = (make_optimizer or (lambda m, c: torch.optim.Adam(m.parameters(), lr=c.lr)))(model, config)
     noise = torch.Generator().manual_seed(stream_seed(config.seed, vae_training.NOISE_STREAM))
     for _ in range(config.epochs):
         for batch in shuffled_batches(len(images), config.batch_size, order):
@@ -213,6 +213,25 @@ def test_the_spec_vae_and_a_10d_latent_stay_accelerated(tmp_path, vae_data):
         assert [record["trained_by"] for record in run.read_metrics()] == [FASTEST]
         assert notes == [] if FASTEST == "native" else (len(notes) == 1 and "native: " in notes[0])
         assert_same_weights(run.load_checkpoint()["model"], plain_vae_loop(config, vae_data.train_images), config.lr)
+
+
+OTHER_OPTIMIZERS = {"SGD": lambda model, config: torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9),
+                    "AdamW": lambda model, config: torch.optim.AdamW(model.parameters(), lr=config.lr)}
+
+
+@pytest.mark.parametrize("optimizer", list(OTHER_OPTIMIZERS))
+def test_another_optimizer_trains_on_the_reference_step_with_a_note(optimizer, monkeypatch, tmp_path, vae_data):
+    """Every accelerator is written for SPEC's optimizer, Adam: with SGD or AdamW (``make_optimizer`` edited) the
+    VAE trains on the reference step, as a plain loop with that optimizer does, with the usual note."""
+    monkeypatch.setattr(vae_models, "make_optimizer", OTHER_OPTIMIZERS[optimizer])
+    run, notes = train_changed_vae(tmp_path, vae_data)
+    assert len(notes) == 1 and "the VAE trains with the reference path" in notes[0], notes
+    assert f"written for SPEC's optimizer, Adam; the optimizer is {optimizer}" in notes[0]
+    assert [record["trained_by"] for record in run.read_metrics()] == ["reference"]
+    assert_same_weights(run.load_checkpoint()["model"],
+                        plain_vae_loop(VAE_CONFIG, vae_data.train_images, OTHER_OPTIMIZERS[optimizer]), VAE_CONFIG.lr)
+    with pytest.raises(MnistgenError, match="the C kernels do not apply: native: it is written for SPEC's optimizer"):
+        train_changed_vae(tmp_path / "native", vae_data, dataclasses.replace(VAE_CONFIG, cpu_kernels="native"))
 
 
 def test_cpu_kernels_torch_and_reference_choose_without_a_note(tmp_path, vae_data):
@@ -299,8 +318,12 @@ def test_the_spec_gan_stays_accelerated(tmp_path):
 
 def test_the_spec_models_on_a_cpu_with_a_compiler_take_the_c_kernels(needs_native_kernels):
     seed_everything(0)
-    assert choose_vae_accelerator(vae_models.VAE(), VAE_CONFIG, CPU).name == "native"
-    for_g, for_d = choose_gan_accelerators(gan_models.Generator(), gan_models.Discriminator(), GAN_CONFIG, CPU)
+    model = vae_models.VAE()
+    assert choose_vae_accelerator(model, vae_models.make_optimizer(model, VAE_CONFIG), VAE_CONFIG, CPU).name == "native"
+    generator, discriminator = gan_models.Generator(), gan_models.Discriminator()
+    for_g, for_d = choose_gan_accelerators(generator, discriminator,
+                                           *gan_models.make_optimizers(generator, discriminator, GAN_CONFIG),
+                                           GAN_CONFIG, CPU)
     assert (for_g.name, for_d.name, for_g.skipped, for_d.skipped) == ("native", "native", (), ())
 
 
@@ -309,7 +332,8 @@ def test_the_probes_leave_the_models_and_the_random_state_as_they_were():
     model = vae_models.VAE()
     before = {key: value.clone() for key, value in model.state_dict().items()}
     state = torch.get_rng_state()
-    choose_vae_accelerator(model, dataclasses.replace(VAE_CONFIG, cpu_kernels="torch"), CPU)
+    choose_vae_accelerator(model, vae_models.make_optimizer(model, VAE_CONFIG),
+                           dataclasses.replace(VAE_CONFIG, cpu_kernels="torch"), CPU)
     assert torch.equal(torch.get_rng_state(), state)
     assert all(torch.equal(before[key], value) for key, value in model.state_dict().items())
     assert all(parameter.grad is None for parameter in model.parameters())
@@ -321,10 +345,11 @@ def test_a_check_that_crashes_is_a_reason_not_a_crash():
     def broken(*_):
         raise IndexError("out of range")
 
-    choice = choose([Accelerator("broken", "a broken one", False, ("cpu",), broken, None)], "auto", CPU)
+    adam = torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+    choice = choose([Accelerator("broken", "a broken one", False, ("cpu",), broken, None)], "auto", CPU, adam)
     assert choice.accelerator is None and choice.skipped == ("broken: its check failed (IndexError: out of range)",)
     with pytest.raises(MnistgenError, match="--cpu-kernels must be one of auto, native, torch, reference"):
-        choose([], "fast", CPU)
+        choose([], "fast", CPU, adam)
 
 
 # --------------------------------------------------------------------------- native refuses a changed model

@@ -265,7 +265,7 @@ def test_gan_sample_is_the_clis_array(gan_run, tmp_path, capsys, seed):
 
 def test_ctrl_c_propagates_and_resume_ends_where_the_uninterrupted_run_does(gan_run, tmp_path, monkeypatch):
     from mnistgen.errors import TrainingInterrupted
-    from mnistgen.train import gan as train
+    from mnistgen.models import gan as train
 
     real_step, calls = train.train_step, []
 

@@ -1,10 +1,10 @@
-"""Batch order: a permutation per epoch, drop_last, and disjoint rank shards."""
+"""Batch order: a permutation per epoch, drop_last, and the epoch's order as the loops read it."""
 
 from __future__ import annotations
 
 import torch
 
-from mnistgen.data.batches import num_batches, shuffled_batches
+from mnistgen.data.batches import epoch_order, num_batches, shuffled_batches
 
 
 def test_one_epoch_covers_every_item_once():
@@ -27,9 +27,7 @@ def test_same_seed_same_order_and_epochs_differ():
     assert not torch.equal(first, torch.cat(list(shuffled_batches(50, 7, g1))))
 
 
-def test_rank_shards_are_disjoint_and_complete():
-    shards = [torch.cat(list(shuffled_batches(40, 4, torch.Generator().manual_seed(1), rank=r, world_size=2)))
-              for r in range(2)]
-    assert set(shards[0].tolist()).isdisjoint(shards[1].tolist())
-    assert sorted(torch.cat(shards).tolist()) == list(range(40))
-    assert num_batches(40, 4, drop_last=False, world_size=2) == 5
+def test_the_epoch_order_is_the_batches_in_a_row():
+    batches = list(shuffled_batches(10, 3, torch.Generator().manual_seed(2), drop_last=True))
+    order = epoch_order(10, 3, torch.Generator().manual_seed(2), torch.device("cpu"), drop_last=True)
+    assert order.tolist() == torch.cat(batches).tolist() and len(order) == 9

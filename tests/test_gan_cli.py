@@ -11,7 +11,7 @@ import torch
 from conftest import native_kernels_build
 
 from mnistgen.cli import main
-from mnistgen.train import gan as train
+from mnistgen.models import gan as gan_models
 
 TRAIN = ["gan", "train", "--dataset", "mnist-sample", "--epochs", "1", "--grid-every", "1", "--device", "cpu",
          "--threads", "1"]
@@ -48,7 +48,7 @@ def test_train_writes_the_run_folder(trained, capsys):
 
 def test_ctrl_c_stops_cleanly_and_resume_matches_the_uninterrupted_run(trained, tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
-    real_step, calls = train.train_step, []
+    real_step, calls = gan_models.train_step, []
 
     def step_then_ctrl_c(*args):
         result = real_step(*args)
@@ -57,11 +57,11 @@ def test_ctrl_c_stops_cleanly_and_resume_matches_the_uninterrupted_run(trained, 
             signal.raise_signal(signal.SIGINT)  # what Ctrl-C sends; training stops after this step
         return result
 
-    monkeypatch.setattr(train, "train_step", step_then_ctrl_c)
+    monkeypatch.setattr(gan_models, "train_step", step_then_ctrl_c)
     assert main([*TRAIN, "--out", str(run)]) == 130
     err = one_line_error(capsys)
     assert "interrupted in epoch 1 after step 4 of 15" in err and "--resume" in err
-    monkeypatch.setattr(train, "train_step", real_step)
+    monkeypatch.setattr(gan_models, "train_step", real_step)
     assert main(["gan", "train", "--out", str(run), "--resume"]) == 0
     mine, reference = weights(run), weights(trained)
     assert all(torch.equal(mine[k], reference[k]) for k in reference)

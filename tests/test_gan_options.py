@@ -20,6 +20,7 @@ from mnistgen.config import GAN_RECIPES, GANConfig, add_config_arguments, config
 from mnistgen.device import seed_everything
 from mnistgen.errors import MnistgenError
 from mnistgen.evaluate import gan as evaluate
+from mnistgen.models import gan as gan_models
 from mnistgen.models.gan import Generator
 from mnistgen.runs import RunDir
 from mnistgen.train import gan as train
@@ -71,7 +72,7 @@ def test_update_ema_is_the_formula_on_every_tensor_of_the_lists():
     ema[1] = ema[1].contiguous(memory_format=torch.channels_last)  # as G's convolutions on CPU under "torch"
     weights = [torch.randn(3, 4, generator=draws), torch.randn(2, 8, 3, 3, generator=draws)]
     expected = [0.9 * e.double() + 0.1 * w.double() for e, w in zip(ema, weights, strict=True)]
-    train.update_ema(ema, weights, 0.9)
+    gan_models.update_ema(ema, weights, 0.9)
     for mine, theirs in zip(ema, expected, strict=True):
         torch.testing.assert_close(mine.double(), theirs, rtol=0, atol=1e-6)
 

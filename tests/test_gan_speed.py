@@ -21,13 +21,13 @@ import pytest
 import torch
 from bench_support import load_bench_module, perturbed, relative_error
 
-from mnistgen.accelerate.gan import torch_discriminate_both, torch_generate, upsample_conv
+from mnistgen.accelerate.gan import choose_gan_calls, torch_discriminate_both, torch_generate, upsample_conv
 from mnistgen.config import GANConfig
 from mnistgen.device import seed_everything
 from mnistgen.distributions import sample_uniform_noise
+from mnistgen.models import gan as gan_models
 from mnistgen.models.gan import Discriminator, Generator
 from mnistgen.train import common
-from mnistgen.train import gan as train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -93,19 +93,20 @@ def test_upsample_conv_equals_upsample_then_conv(channels_in, channels_out, side
 PAGE_FAULTS = """
 import resource, torch
 from mnistgen.config import GANConfig
-from mnistgen.train import common, gan as train
+from mnistgen.models import gan as gan_models
+from mnistgen.train import common
 torch.set_num_threads(1)
 config = GANConfig(device="cpu")
-generator, discriminator = train.build_models(config, torch.device("cpu"))
-optimizer_g, optimizer_d = train.make_optimizers(generator, discriminator, config)
+generator, discriminator = gan_models.build_models(config, torch.device("cpu"))
+optimizer_g, optimizer_d = gan_models.make_optimizers(generator, discriminator, config)
 real, z = torch.rand(256, 1, 28, 28), torch.rand(256, 64) * 2 - 1
 def faults_per_step():
     for _ in range(2):  # warm-up: the heap grows to the step's needs once
-        train.train_step(generator, discriminator, optimizer_g, optimizer_d, real, z)
+        gan_models.train_step(generator, discriminator, optimizer_g, optimizer_d, real, z)
     counts = []
     for _ in range(5):  # the median step: a late growth of the heap (it happens) is not a step's steady cost
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        train.train_step(generator, discriminator, optimizer_g, optimizer_d, real, z)
+        gan_models.train_step(generator, discriminator, optimizer_g, optimizer_d, real, z)
         counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     return sorted(counts)[2]
 default = faults_per_step()
@@ -144,11 +145,12 @@ def test_mnistgen_step_equals_the_classic_step(cpu_kernels, request):
     baseline = load_bench_module("gan_baseline")
     config = GANConfig(device="cpu", cpu_kernels=cpu_kernels)
     seed_everything(config.seed)
-    generator, discriminator = train.build_models(config, torch.device("cpu"))
+    generator, discriminator = gan_models.build_models(config, torch.device("cpu"))
     plain_generator, plain_discriminator = copy_of(generator), copy_of(discriminator)
-    calls = train.choose_calls(generator, discriminator, config, torch.device("cpu"))  # may change the layout
-    assert calls.trained_by == f"G {cpu_kernels}, D {cpu_kernels}"
-    optimizer_g, optimizer_d = train.make_optimizers(generator, discriminator, config)
+    optimizer_g, optimizer_d = gan_models.make_optimizers(generator, discriminator, config)
+    chosen = choose_gan_calls(generator, discriminator, optimizer_g, optimizer_d, config, torch.device("cpu"))
+    chosen.prepare(generator, discriminator, torch.device("cpu"))  # may change the layout
+    assert chosen.name == f"G {cpu_kernels}, D {cpu_kernels}"
     plain_g = torch.optim.Adam(plain_generator.parameters(), lr=config.lr_g)
     plain_d = torch.optim.Adam(plain_discriminator.parameters(), lr=config.lr_d)
 
@@ -156,8 +158,8 @@ def test_mnistgen_step_equals_the_classic_step(cpu_kernels, request):
     for _ in range(3):
         real = torch.rand((32, 1, 28, 28), generator=data).pow(3)
         z = sample_uniform_noise(32, config.zdim, data)
-        d_loss, g_loss, _, _ = train.train_step(generator, discriminator, optimizer_g, optimizer_d, real, z,
-                                                calls).tolist()
+        d_loss, g_loss, _, _ = gan_models.train_step(generator, discriminator, optimizer_g, optimizer_d, real, z,
+                                                     chosen.calls).tolist()
         plain_d_loss, plain_g_loss = baseline.classic_step(plain_generator, plain_discriminator, plain_g, plain_d,
                                                            real, z)
         assert d_loss == pytest.approx(plain_d_loss, rel=1e-5)

@@ -18,6 +18,7 @@ from mnistgen.device import seed_everything
 from mnistgen.distributions import sample_uniform_noise
 from mnistgen.errors import MnistgenError, NonFiniteLossError
 from mnistgen.evaluate.gan import load_generator, sample_images, write_figures
+from mnistgen.models import gan as gan_models
 from mnistgen.models.gan import Discriminator, Generator
 from mnistgen.runs import GRID_PADDING, GRID_PNG_SCALE, RunDir
 from mnistgen.train import gan as train
@@ -45,8 +46,8 @@ def same(before: list[torch.Tensor], module: torch.nn.Module) -> bool:
 
 def models_and_optimizers():
     seed_everything(SMALL.seed)
-    generator, discriminator = train.build_models(SMALL, torch.device("cpu"))
-    optimizer_g, optimizer_d = train.make_optimizers(generator, discriminator, SMALL)
+    generator, discriminator = gan_models.build_models(SMALL, torch.device("cpu"))
+    optimizer_g, optimizer_d = gan_models.make_optimizers(generator, discriminator, SMALL)
     return generator, discriminator, optimizer_g, optimizer_d
 
 
@@ -58,7 +59,7 @@ def test_train_step_is_the_recipe_written_out_d_step_first_on_the_same_z():
     # on -log D(G(z)) with the updated D. train_step must give the same losses and weights.
     first, second = models_and_optimizers(), models_and_optimizers()
     real, z = images()[:32], sample_uniform_noise(32, 64, torch.Generator().manual_seed(3))
-    stats = train.train_step(*first, real, z)
+    stats = gan_models.train_step(*first, real, z)
     generator, discriminator, optimizer_g, optimizer_d = second
     bce = torch.nn.functional.binary_cross_entropy_with_logits
     fake = generator(z)

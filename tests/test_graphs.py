@@ -1,6 +1,7 @@
-"""The CUDA-graph accelerators (mnistgen.accelerate.graphs) where no GPU is: when they step aside, and the Adam
-state they hand back and forth. What they compute is checked on a GPU by bench/graph_device_check.py (its latest
-output is in docs/BENCHMARKS.md): captured steps against the eager reference path, and an exact resume."""
+"""The CUDA graphs (mnistgen.accelerate.graphs, engines.Captured) where no GPU is: when they step aside, the Adam
+state they hand back and forth, and the bookkeeping around a capture. What they compute is checked on a GPU by
+bench/graph_device_check.py (its latest output is in docs/BENCHMARKS.md): captured steps against the eager
+reference step, and an exact resume."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import dataclasses
 import pytest
 import torch
 
+import mnistgen.accelerate.engines as engines
 from mnistgen.accelerate.graphs import CapturedStep, capturable_adam, copy_state, graph_problem
-from mnistgen.accelerate.vae import GRAPH, choose_vae_accelerator
 from mnistgen.config import DataConfig, GANConfig, VAEConfig
 from mnistgen.data.protocols import load_protocol
 from mnistgen.errors import TrainingInterrupted
@@ -21,13 +22,21 @@ from mnistgen.train.gan import train_gan
 from mnistgen.train.vae import train_vae
 
 
-def test_graphs_step_aside_off_cuda_and_with_a_changing_learning_rate():
+def test_graphs_step_aside_off_cuda_and_with_a_changing_learning_rate(mnist_raw, tmp_path):
     assert graph_problem(torch.device("cpu")) == "CUDA graphs run on CUDA devices only"
     assert "learning rate changes" in graph_problem(torch.device("cuda"), fixed_lr=False)
-    # on the CPU the graph accelerator is passed over silently: the C kernels or PyTorch's fast path train
-    choice = choose_vae_accelerator(VAE(), VAEConfig(), torch.device("cpu"))
-    assert choice.accelerator is not GRAPH and not any("cuda-graph" in reason for reason in choice.skipped)
-    assert GRAPH.devices == ("cuda",)
+    # on the CPU no graph is captured, silently: the C kernels or PyTorch's fast path train
+    notes = []
+    history = train_vae(VAEConfig(epochs=1, device="cpu", data=DataConfig(offline=True)), RunDir(tmp_path / "run"),
+                        protocol=small_hw(mnist_raw), show_progress=False, say=notes.append)
+    assert "cuda-graph" not in history[-1]["trained_by"] and not any("CUDA graph" in note for note in notes)
+
+
+def test_the_graph_probe_refuses_another_optimizer():
+    replica = engines.Replica({"model": VAE(hidden=10)}, {})
+    replica.optimizers["model"] = torch.optim.SGD(replica.modules["model"].parameters(), lr=0.1)
+    reason = engines.check_graph([replica], False, lambda r: None, [], torch.device("cuda"), fixed_lr=True)
+    assert reason == "it is written for SPEC's optimizer, Adam; the optimizer is SGD"
 
 
 def adam_after_steps(model: torch.nn.Module, steps: int) -> torch.optim.Adam:
@@ -104,19 +113,10 @@ class EagerCapture(CapturedStep):
 
 @pytest.fixture
 def graphs_on_the_cpu(monkeypatch):
-    """The VAE's graph accelerator and the GAN's captured step allowed on the CPU, with EagerCapture."""
-    import mnistgen.accelerate.gan as accelerate_gan
-    import mnistgen.accelerate.vae as accelerate_vae
-    import mnistgen.train.gan as train_gan_module
-
-    monkeypatch.setattr(accelerate_vae, "CapturedStep", EagerCapture)
-    monkeypatch.setattr(accelerate_gan, "CapturedStep", EagerCapture)
-    monkeypatch.setattr(accelerate_vae, "graph_problem", lambda device, fixed_lr=True: None if fixed_lr else "lr")
-    monkeypatch.setattr(accelerate_gan, "graph_problem", lambda device, fixed_lr=True: None)
-    monkeypatch.setattr(accelerate_vae, "ACCELERATORS", (dataclasses.replace(GRAPH, devices=("cpu",)),))
-    real_check = accelerate_gan.check_gan_graph
-    monkeypatch.setattr(train_gan_module, "check_gan_graph", lambda g, d, config, device, calls: real_check(
-        g, d, config, device, calls))
+    """CUDA graphs allowed on the CPU, with EagerCapture; float64, where no accelerator applies (the C kernels and
+    PyTorch's fast paths compute in float32), so every step that is captured is the reference step."""
+    monkeypatch.setattr(engines, "CapturedStep", EagerCapture)
+    monkeypatch.setattr(engines, "graph_problem", lambda device, fixed_lr=True: None if fixed_lr else "lr")
     torch.set_default_dtype(torch.float64)  # the captured Adam (capturable) and the plain one round alike here
     yield
     torch.set_default_dtype(torch.float32)
@@ -149,7 +149,7 @@ def test_vae_captured_step_trains_like_the_reference_path_and_resumes_exactly(gr
     graph = train_vae(config, RunDir(tmp_path / "graph"), protocol=protocol, show_progress=False)
     eager = train_vae(dataclasses.replace(config, cpu_kernels="reference"), RunDir(tmp_path / "eager"),
                       protocol=protocol, show_progress=False)
-    assert graph[-1]["trained_by"] == "cuda-graph" and eager[-1]["trained_by"] == "reference"
+    assert graph[-1]["trained_by"] == "cuda-graph (reference)" and eager[-1]["trained_by"] == "reference"
     for a, b in zip(graph, eager, strict=True):
         assert a["train_elbo"] == pytest.approx(b["train_elbo"], rel=1e-12)
     mine, theirs = (RunDir(tmp_path / name).load_checkpoint() for name in ("graph", "eager"))
@@ -194,22 +194,19 @@ def test_gan_captured_step_trains_like_the_reference_path_and_resumes_exactly(gr
             assert torch.equal(stopped.load_checkpoint()[network][key], value), key
 
 
-def test_replicas_captured_batched_step_equals_the_eager_one(mnist_raw, tmp_path, monkeypatch):
-    import mnistgen.train.replicas as replicas_module
-
-    monkeypatch.setattr(replicas_module, "CapturedStep", EagerCapture)
-    monkeypatch.setattr(replicas_module, "graph_problem", lambda device, fixed_lr=True: None)
+def test_replicas_captured_batched_step_equals_the_eager_one(graphs_on_the_cpu, mnist_raw, tmp_path, monkeypatch):
     protocol = small_hw(mnist_raw)
-    config = VAEConfig(epochs=2, device="cpu", replicas=2, cpu_kernels="torch", data=DataConfig(offline=True))
-    # cpu_kernels torch on the CPU: an accelerator applies, so force the batched engine as on a GPU
-    monkeypatch.setattr(replicas_module, "use_stacked", lambda device, accelerated: True)
+    config = VAEConfig(epochs=2, device="cpu", replicas=2, data=DataConfig(offline=True))  # float64: stacked
     captured = train_vae(config, RunDir(tmp_path / "captured"), protocol=protocol, show_progress=False)
-    monkeypatch.setattr(replicas_module, "graph_problem", lambda device, fixed_lr=True: "off")
+    monkeypatch.setattr(engines, "graph_problem", lambda device, fixed_lr=True: "off")
     eager = train_vae(config, RunDir(tmp_path / "eager"), protocol=protocol, show_progress=False)
     for seed in captured:
-        assert captured[seed][-1]["trained_by"].endswith("captured in a CUDA graph")
-        assert not eager[seed][-1]["trained_by"].endswith("captured in a CUDA graph")
+        assert captured[seed][-1]["trained_by"] == ("2 replicas, batched (vmap over the reference path), captured in "
+                                                    "a CUDA graph")
+        assert eager[seed][-1]["trained_by"] == "2 replicas, batched (vmap over the reference path)"
         assert without_times(captured[seed]) == without_times(eager[seed])
-        a = RunDir(tmp_path / "captured" / f"seed={seed}").load_checkpoint()["model"]
-        b = RunDir(tmp_path / "eager" / f"seed={seed}").load_checkpoint()["model"]
-        assert all(torch.equal(a[k], b[k]) for k in a)
+        a = RunDir(tmp_path / "captured" / f"seed={seed}").load_checkpoint()
+        b = RunDir(tmp_path / "eager" / f"seed={seed}").load_checkpoint()
+        assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+        for index, state in b["optimizer"]["state"].items():  # store() handed the captured Adam's state back
+            assert all(torch.equal(a["optimizer"]["state"][index][k], value) for k, value in state.items())

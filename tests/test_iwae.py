@@ -25,6 +25,7 @@ from mnistgen.data.protocols import Protocol
 from mnistgen.device import seed_everything, stream_seed
 from mnistgen.errors import MnistgenError
 from mnistgen.losses import vae_elbo
+from mnistgen.models import vae as vae_models
 from mnistgen.models.vae import VAE
 from mnistgen.plots.vae import curves_figure
 from mnistgen.runs import RunDir
@@ -230,7 +231,7 @@ def test_the_reference_step_follows_the_gradient_of_an_independent_bound():
     assert numerical == pytest.approx(analytic, rel=1e-6)
 
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-    value = vae_training.reference_step(model, optimizer, x, eps, analytic_kl=False, importance_weighted=True)
+    value = vae_models.train_step(model, optimizer, x, eps, "iwae")
     assert float(value) == pytest.approx(8 * float(plain_bound(params, x, eps)), rel=1e-12)  # the batch's sum
     for name, parameter in model.named_parameters():
         torch.testing.assert_close(parameter.detach() - params[name], expected[name], rtol=0, atol=1e-12,

@@ -18,14 +18,15 @@ import torch
 import torch.nn.functional as F
 from bench_support import load_bench_module, perturbed, relative_error
 
+from mnistgen.accelerate.gan import ChosenCalls, choose_gan_calls
 from mnistgen.config import GANConfig
 from mnistgen.device import seed_everything
 from mnistgen.distributions import sample_uniform_noise
 from mnistgen.errors import MnistgenError
 from mnistgen.kernels import gan as kernels
 from mnistgen.kernels import native
+from mnistgen.models import gan as gan_models
 from mnistgen.models.gan import Discriminator, Generator
-from mnistgen.train import gan as train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 needs_native_kernels = pytest.mark.usefixtures("needs_native_kernels")
@@ -180,25 +181,32 @@ def test_the_number_of_threads_does_not_change_any_bit():
         assert torch.equal(a, b)
 
 
+def chosen_calls(generator, discriminator, config: GANConfig, say=None) -> ChosenCalls:
+    """The calls ``--cpu-kernels`` chooses for these networks (with Adam, as ``gan train`` makes), their modules
+    prepared for them."""
+    chosen = choose_gan_calls(generator, discriminator, *gan_models.make_optimizers(generator, discriminator, config),
+                              config, torch.device("cpu"), say)
+    chosen.prepare(generator, discriminator, torch.device("cpu"))
+    return chosen
+
+
 @needs_native_kernels
 def test_training_steps_with_native_kernels_equal_pytorch_kernels_and_the_classic_loop():
     baseline = load_bench_module("gan_baseline")
     config = GANConfig(device="cpu")
     seed_everything(config.seed)
-    generator, discriminator = train.build_models(config, torch.device("cpu"))
+    generator, discriminator = gan_models.build_models(config, torch.device("cpu"))
     twins = {}
     for name in ("torch", "classic"):
         g, d = Generator(), Discriminator()
         g.load_state_dict(generator.state_dict())
         d.load_state_dict(discriminator.state_dict())
         twins[name] = (g, d)
-    native_calls = train.choose_calls(generator, discriminator, dataclasses.replace(config, cpu_kernels="native"),
-                                      torch.device("cpu"))
-    torch_calls = train.choose_calls(*twins["torch"], dataclasses.replace(config, cpu_kernels="torch"),
-                                     torch.device("cpu"))  # channels-last weights for the torch twins
-    optimizer_g, optimizer_d = train.make_optimizers(generator, discriminator, config)
-    torch_optimizers = train.make_optimizers(*twins["torch"], config)
-    assert (native_calls.trained_by, torch_calls.trained_by) == ("G native, D native", "G torch, D torch")
+    native_calls = chosen_calls(generator, discriminator, dataclasses.replace(config, cpu_kernels="native"))
+    torch_calls = chosen_calls(*twins["torch"], dataclasses.replace(config, cpu_kernels="torch"))  # channels-last
+    optimizer_g, optimizer_d = gan_models.make_optimizers(generator, discriminator, config)
+    torch_optimizers = gan_models.make_optimizers(*twins["torch"], config)
+    assert (native_calls.name, torch_calls.name) == ("G native, D native", "G torch, D torch")
     classic_g = torch.optim.Adam(twins["classic"][0].parameters(), lr=config.lr_g)
     classic_d = torch.optim.Adam(twins["classic"][1].parameters(), lr=config.lr_d)
 
@@ -206,9 +214,9 @@ def test_training_steps_with_native_kernels_equal_pytorch_kernels_and_the_classi
     for _ in range(4):
         real = digit_like_images(32, seed=int(torch.randint(1000, (1,), generator=data)))
         z = sample_uniform_noise(32, config.zdim, data)
-        native_stats = train.train_step(generator, discriminator, optimizer_g, optimizer_d, real, z,
-                                        native_calls).tolist()
-        torch_stats = train.train_step(*twins["torch"], *torch_optimizers, real, z, torch_calls).tolist()
+        native_stats = gan_models.train_step(generator, discriminator, optimizer_g, optimizer_d, real, z,
+                                             native_calls.calls).tolist()
+        torch_stats = gan_models.train_step(*twins["torch"], *torch_optimizers, real, z, torch_calls.calls).tolist()
         classic_losses = baseline.classic_step(*twins["classic"], classic_g, classic_d, real, z)
         assert native_stats == pytest.approx(torch_stats, rel=1e-5)
         assert native_stats[:2] == pytest.approx(list(classic_losses), rel=1e-5)
@@ -271,18 +279,16 @@ def test_a_failing_compiler_gives_one_line_and_leaves_no_file(fresh_library, mon
 
 def test_no_compiler_means_pytorch_kernels_with_a_note_or_a_refusal(fresh_library, monkeypatch):
     monkeypatch.setenv("CC", "/nonexistent/cc")
-    cpu = torch.device("cpu")
     seed_everything(0)
     generator, discriminator = Generator(), Discriminator()
     notes: list[str] = []
-    calls = train.choose_calls(generator, discriminator, GANConfig(), cpu, say=notes.append)
-    assert calls.trained_by == "G torch, D torch"
+    assert chosen_calls(generator, discriminator, GANConfig(), say=notes.append).name == "G torch, D torch"
     assert len(notes) == 1 and "/nonexistent/cc" in notes[0] and notes[0].startswith("mnistgen: note: the GAN")
     with pytest.raises(MnistgenError, match="--cpu-kernels native: the C kernels do not apply: native: "):
-        train.choose_calls(generator, discriminator, GANConfig(cpu_kernels="native"), cpu)
+        chosen_calls(generator, discriminator, GANConfig(cpu_kernels="native"))
     notes.clear()
-    assert train.choose_calls(generator, discriminator, GANConfig(cpu_kernels="torch"), cpu,
-                              say=notes.append).trained_by == "G torch, D torch"
+    assert chosen_calls(generator, discriminator, GANConfig(cpu_kernels="torch"), say=notes.append).name == \
+        "G torch, D torch"
     assert notes == []
 
 

@@ -1,7 +1,7 @@
-"""Seeds as replicas (issue 14, part 1): several seeds trained in one process into one run folder.
+"""Seeds as replicas: several seeds trained in one process into one run folder.
 
-Replica k must take the steps of a separate run with seed k: bit for bit where the replicas are stepped one by one
-(the CPU with an accelerator), and to float rounding where they are batched with vmap over the reference path
+Replica k must take the steps of a separate run with seed k: bit for bit where the replicas are stepped one after
+another (the CPU with an accelerator), and to float rounding where they are stacked with vmap over the reference step
 (shown exactly in float64, where rounding is 1e-16, and to a tolerance in float32). Interruptions, resumes and a
 kill in the middle of a commit must end where an uninterrupted replica run ends.
 """
@@ -16,11 +16,12 @@ import sys
 import pytest
 import torch
 
+from mnistgen.accelerate import engines
 from mnistgen.config import DataConfig, GANConfig, VAEConfig, replica_config
 from mnistgen.data.protocols import load_protocol
 from mnistgen.errors import MnistgenError, TrainingInterrupted
 from mnistgen.runs import RunDir
-from mnistgen.train import replicas as replicas_module
+from mnistgen.train import common
 from mnistgen.train.gan import train_gan
 from mnistgen.train.vae import train_vae
 
@@ -265,7 +266,7 @@ def test_replica_run_folder_holds_one_ordinary_run_per_seed(hw, tmp_path):
         one = seed_run.read_config_as("vae", VAEConfig, "a VAE run")
         assert one == replica_config(config, seed) and one.seed == seed and one.replicas == 1
         assert checkpoint_of(seed_run)["config"]["seed"] == seed
-        assert not (seed_run.path / replicas_module.PENDING_CHECKPOINT).exists()
+        assert not (seed_run.path / common.PENDING_CHECKPOINT).exists()
         assert [r["epoch"] for r in seed_run.read_metrics()] == [1]
     assert not run.checkpoint.exists()
 
@@ -298,7 +299,7 @@ def stop_after(steps: int):
 ])
 def test_vae_replicas_resume_mid_epoch_like_an_uninterrupted_run(kernels, first_stop, stopped_at, second_stop, full,
                                                                  tmp_path, monkeypatch):
-    monkeypatch.setattr(replicas_module, "ONE_BY_ONE_STEPS", 2)
+    monkeypatch.setattr(engines, "STEPS_PER_TURN", 2)
     config = vae_config(protocol="full", cpu_kernels=kernels)
     whole = RunDir(tmp_path / "whole")
     expected = train_vae(config, whole, protocol=full, show_progress=False)
@@ -319,7 +320,7 @@ def test_vae_replicas_resume_mid_epoch_like_an_uninterrupted_run(kernels, first_
 
 @pytest.mark.parametrize("kernels", ["auto", "reference"])
 def test_gan_replicas_resume_mid_epoch_like_an_uninterrupted_run(kernels, gan_images, tmp_path, monkeypatch):
-    monkeypatch.setattr(replicas_module, "ONE_BY_ONE_STEPS", 3)  # 8 steps an epoch: chunks 0-2, 3-5, 6-7
+    monkeypatch.setattr(engines, "STEPS_PER_TURN", 3)  # 8 steps an epoch: chunks 0-2, 3-5, 6-7
     config = gan_config(cpu_kernels=kernels, ema_decay=0.9)  # the averages too resume exactly
     whole = RunDir(tmp_path / "whole")
     expected = train_gan(config, gan_images, whole, show_progress=False)
@@ -348,20 +349,19 @@ def test_a_commit_cut_short_is_settled_on_resume(where, hw, tmp_path, monkeypatc
     expected = train_vae(config, whole, protocol=hw, show_progress=False)
     run = RunDir(tmp_path / "killed")
     train_vae(dataclasses.replace(config, epochs=1), run, protocol=hw, show_progress=False)
-    real_commit = replicas_module.commit_checkpoints
+    real_commit = common.ReplicaRuns.commit
 
-    def commit_cut_short(commit_run, states, *, epoch, step):
+    def commit_cut_short(runs, *, epoch, step):
         if where == "after the commit":  # the record written and the first replica's file renamed, then killed
-            replicas_module.write_json(commit_run.replicas_commit, {"seeds": list(SEEDS), "epoch": epoch,
-                                                                    "step": step})
-            replicas_module.os.replace(replicas_module.pending_checkpoint(states[0].run), states[0].run.checkpoint)
+            common.write_json(runs.run.replicas_commit, {"seeds": list(SEEDS), "epoch": epoch, "step": step})
+            common.os.replace(common.pending_checkpoint(runs.states[0].run), runs.states[0].run.checkpoint)
         raise Killed
 
-    monkeypatch.setattr(replicas_module, "commit_checkpoints", commit_cut_short)
+    monkeypatch.setattr(common.ReplicaRuns, "commit", commit_cut_short)
     with pytest.raises(Killed):
         train_vae(dataclasses.replace(config, epochs=2), run, resume=True, protocol=hw, show_progress=False)
-    monkeypatch.setattr(replicas_module, "commit_checkpoints", real_commit)
-    pending = [run.seed_run(s).path / replicas_module.PENDING_CHECKPOINT for s in SEEDS]
+    monkeypatch.setattr(common.ReplicaRuns, "commit", real_commit)
+    pending = [run.seed_run(s).path / common.PENDING_CHECKPOINT for s in SEEDS]
     assert any(p.exists() for p in pending)  # the kill left a half-done commit behind
     histories = train_vae(config, run, resume=True, protocol=hw, show_progress=False)
     for seed in SEEDS:

@@ -12,13 +12,11 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from bench_support import vae_epochs
 
 from mnistgen.accelerate.vae import NATIVE, TORCH
 from mnistgen.config import VAEConfig
-from mnistgen.data.batches import shuffled_batches
-from mnistgen.device import seed_everything, stream_seed
-from mnistgen.train.common import distributed_rank_and_size
-from mnistgen.train.vae import NOISE_STREAM, build_model, make_optimizer, train_epoch
+from mnistgen.distributed import rank_and_size
 
 WORLD = 2
 ACCELERATORS = {"reference": None, "torch": TORCH, "native": NATIVE}
@@ -34,20 +32,9 @@ def rank_trains(rank: int, port: int, path: str, images: torch.Tensor, results: 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     try:
         torch.set_num_threads(1)
-        assert distributed_rank_and_size() == (rank, WORLD)
-        config = VAEConfig(device="cpu")
-        order = seed_everything(config.seed)
-        model = build_model(config, torch.device("cpu"))
-        optimizer = make_optimizer(model, config.lr)
-        noise = torch.Generator().manual_seed(stream_seed(config.seed, NOISE_STREAM))
-        accelerator = ACCELERATORS[path] and ACCELERATORS[path].implementation(model, optimizer, config)
-        elbos = []
-        for _ in range(2):  # 2 epochs: 8 batches of 100, 4 steps per rank each
-            batches = list(shuffled_batches(len(images), config.batch_size, order, rank=rank, world_size=WORLD))
-            step_elbos = torch.zeros(len(batches))
-            train_epoch(model, optimizer, images, batches, noise=noise, analytic_kl=False,
-                        dynamic_binarization=False, step_elbos=step_elbos, accelerator=accelerator)
-            elbos += step_elbos.tolist()
+        assert rank_and_size() == (rank, WORLD)
+        # 2 epochs of 8 global batches of 100: each rank trains on its half of every batch
+        model, _, elbos = vae_epochs(VAEConfig(device="cpu"), ACCELERATORS[path], images, 2)
         results[rank] = ({k: v.clone() for k, v in model.state_dict().items()}, elbos)
     finally:
         dist.destroy_process_group()

@@ -11,12 +11,12 @@ import torch
 from torch import nn
 
 from mnistgen.accelerate.vae import elbo_with_gradients
+from mnistgen.config import VAEConfig
 from mnistgen.distributions import log_normal_logvar, log_standard_normal, sample_normal_logvar
 from mnistgen.evaluate.vae import iw_log_likelihood, log_marginal_quadrature
 from mnistgen.losses import elbo_analytic, elbo_mc, elbo_samples, vae_elbo
-from mnistgen.models.vae import VAE
+from mnistgen.models.vae import VAE, make_optimizer
 from mnistgen.theory import kl_diag_gaussians
-from mnistgen.train.vae import make_optimizer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -126,7 +126,7 @@ def test_hand_derived_gradient_equals_autograd(analytic_kl):
 def test_one_optimizer_step_changes_every_parameter():
     model = model_with_seed(7)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    optimizer = make_optimizer(model, lr=1e-3)
+    optimizer = make_optimizer(model, VAEConfig(lr=1e-3))
     x = random_binary(100, seed=3, p=0.5)  # every pixel is on in some image: every weight has a gradient
     elbo_with_gradients(model, x, torch.randn(100, 2), analytic_kl=False)
     optimizer.step()
@@ -166,7 +166,7 @@ def briefly_trained(mnist_raw):
     """A model after 60 Adam steps on 1,000 real images: posteriors narrower than the prior, not yet sharp."""
     images = torch.from_numpy((mnist_raw.train_images[:1000].reshape(1000, 784) >= 128).astype(np.float32))
     model = model_with_seed(9)
-    optimizer = make_optimizer(model, lr=1e-3)
+    optimizer = make_optimizer(model, VAEConfig(lr=1e-3))
     generator = torch.Generator().manual_seed(0)
     for step in range(60):
         x = images[(step % 10) * 100:(step % 10 + 1) * 100]

@@ -13,21 +13,21 @@ import math
 import numpy as np
 import pytest
 import torch
+from bench_support import vae_epochs
 
 from mnistgen.accelerate.vae import NATIVE, TORCH, choose_vae_accelerator, elbo_with_gradients
 from mnistgen.config import DataConfig, VAEConfig
-from mnistgen.data.batches import shuffled_batches
 from mnistgen.data.protocols import load_protocol
-from mnistgen.device import seed_everything, stream_seed
+from mnistgen.device import seed_everything
 from mnistgen.errors import MnistgenError
 from mnistgen.kernels import native as native_build
 from mnistgen.kernels import vae as vae_kernels
 from mnistgen.kernels.native import load_vae_library
 from mnistgen.kernels.vae import NativeVAEStep
 from mnistgen.losses import elbo_analytic, elbo_mc
-from mnistgen.models.vae import VAE
+from mnistgen.models.vae import VAE, make_optimizer
 from mnistgen.runs import RunDir
-from mnistgen.train.vae import NOISE_STREAM, build_model, make_optimizer, train_epoch, train_vae
+from mnistgen.train.vae import train_vae
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "needs_native_kernels")
 
@@ -217,7 +217,7 @@ def test_state_goes_in_and_out_unchanged_and_pytorchs_adam_can_continue_it():
     torch.manual_seed(6)
     x, eps = binary_images(20), torch.randn(20, 2)
     model = VAE(hidden=40)
-    optimizer = make_optimizer(model, 1e-3)
+    optimizer = make_optimizer(model, VAEConfig(lr=1e-3))
     for _ in range(3):  # PyTorch's Adam first: its state is what the kernels must take over
         elbo_with_gradients(model, x, eps, analytic_kl=False)
         optimizer.step()
@@ -234,7 +234,7 @@ def test_state_goes_in_and_out_unchanged_and_pytorchs_adam_can_continue_it():
     # five steps by the kernels, stored, then five by PyTorch's Adam == ten by PyTorch's Adam
     twin = VAE(hidden=40)
     twin.load_state_dict(model.state_dict())
-    twin_optimizer = make_optimizer(twin, 1e-3)
+    twin_optimizer = make_optimizer(twin, VAEConfig(lr=1e-3))
     twin_optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))  # (it would share the moments)
     for _ in range(5):
         native.compute_gradients(x, eps, analytic_kl=False)
@@ -268,20 +268,9 @@ def test_an_epoch_with_the_kernels_follows_the_reference_path(mnist_raw, dynamic
     protocol = load_protocol("full" if dynamic_binarization else "hw", mnist_raw, validation_size=10000)
     images = protocol.train_images[:1000]
     runs = []
-    for accelerator in (NATIVE, None):  # None: the reference path, autograd through the modules
-        config = VAEConfig(device="cpu")
-        order = seed_everything(config.seed)
-        model = build_model(config, torch.device("cpu"))
-        optimizer = make_optimizer(model, config.lr)
-        noise = torch.Generator().manual_seed(stream_seed(config.seed, NOISE_STREAM))
-        step = accelerator and accelerator.implementation(model, optimizer, config)
-        elbos = []
-        for _ in range(2):  # 20 steps, the state stored and kept across the epoch boundary
-            batches = list(shuffled_batches(len(images), config.batch_size, order))
-            step_elbos = torch.zeros(len(batches))
-            train_epoch(model, optimizer, images, batches, noise=noise, analytic_kl=False,
-                        dynamic_binarization=dynamic_binarization, step_elbos=step_elbos, accelerator=step)
-            elbos += step_elbos.tolist()
+    for accelerator in (NATIVE, None):  # None: the reference step, autograd through the model's forward
+        # 20 steps, the state stored and kept across the epoch boundary
+        model, optimizer, elbos = vae_epochs(VAEConfig(device="cpu"), accelerator, images, 2, dynamic_binarization)
         runs.append((elbos, model.state_dict(), optimizer.state_dict()))
     (native_elbos, native_weights, native_adam), (torch_elbos, torch_weights, torch_adam) = runs
     np.testing.assert_allclose(native_elbos, torch_elbos, rtol=2e-5)
@@ -301,17 +290,20 @@ def test_choice_of_the_vae_accelerator(monkeypatch, tmp_path):
     cpu, config = torch.device("cpu"), VAEConfig(device="cpu")
     seed_everything(0)
     model = VAE()
-    assert choose_vae_accelerator(model, config, cpu).accelerator is NATIVE
-    assert choose_vae_accelerator(model, dataclasses.replace(config, cpu_kernels="torch"), cpu).accelerator is TORCH
-    assert choose_vae_accelerator(model, dataclasses.replace(config, cpu_kernels="reference"), cpu).accelerator is None
+    adam = make_optimizer(model, config)
+    assert choose_vae_accelerator(model, adam, config, cpu).accelerator is NATIVE
+    assert choose_vae_accelerator(model, adam, dataclasses.replace(config, cpu_kernels="torch"), cpu).accelerator \
+        is TORCH
+    assert choose_vae_accelerator(model, adam, dataclasses.replace(config, cpu_kernels="reference"),
+                                  cpu).accelerator is None
     monkeypatch.setenv("CC", "/nonexistent/cc")
     monkeypatch.setenv("MNISTGEN_CACHE_DIR", str(tmp_path / "cache"))
     native_build.load_library.cache_clear()
     try:
-        choice = choose_vae_accelerator(model, config, cpu)
+        choice = choose_vae_accelerator(model, adam, config, cpu)
         assert choice.accelerator is TORCH and len(choice.skipped) == 1 and "/nonexistent/cc" in choice.skipped[0]
         with pytest.raises(MnistgenError, match="--cpu-kernels native: the C kernels do not apply: native: "):
-            choose_vae_accelerator(model, dataclasses.replace(config, cpu_kernels="native"), cpu)
+            choose_vae_accelerator(model, adam, dataclasses.replace(config, cpu_kernels="native"), cpu)
     finally:
         native_build.load_library.cache_clear()
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from bench_support import load_bench_module
+from bench_support import load_bench_module, vae_epochs
 
 from mnistgen.accelerate.vae import NATIVE, TORCH
 from mnistgen.config import VAEConfig
-from mnistgen.data.batches import shuffled_batches
 from mnistgen.device import seed_everything, stream_seed
-from mnistgen.train.vae import NOISE_STREAM, build_model, make_optimizer, train_epoch
+from mnistgen.models.vae import build_model
+from mnistgen.train.vae import NOISE_STREAM
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -25,23 +25,15 @@ def test_mnistgen_loop_follows_the_plain_loop(mnist_raw, accelerator, request):
     baseline = load_bench_module("vae_baseline")
     images = torch.from_numpy((mnist_raw.train_images[:1000].reshape(1000, 784) >= 128).astype(np.float32))
     config = VAEConfig(device="cpu")
-    order = seed_everything(config.seed)
-    model = build_model(config, torch.device("cpu"))
-    optimizer = make_optimizer(model, config.lr)  # fused Adam
-    step = accelerator and accelerator.implementation(model, optimizer, config)
-    noise = torch.Generator().manual_seed(stream_seed(config.seed, NOISE_STREAM))
-    plain = baseline.PlainVAE.copy_of(model)
+    seed_everything(config.seed)
+    plain = baseline.PlainVAE.copy_of(build_model(config, torch.device("cpu")))  # the weights mnistgen starts from
     plain_optimizer = torch.optim.Adam(plain.parameters(), lr=config.lr)  # PyTorch's default (for-loop) Adam
     plain_order = torch.Generator().manual_seed(config.seed)
     plain_noise = torch.Generator().manual_seed(stream_seed(config.seed, NOISE_STREAM))
 
-    fast_losses, plain_losses = [], []
-    for _ in range(3):  # 30 Adam steps
-        batches = list(shuffled_batches(len(images), config.batch_size, order))
-        step_elbos = torch.zeros(len(batches))
-        train_epoch(model, optimizer, images, batches, noise=noise, analytic_kl=False, dynamic_binarization=False,
-                    step_elbos=step_elbos, accelerator=step)
-        fast_losses += (-step_elbos / config.batch_size).tolist()
+    model, _, elbos = vae_epochs(config, accelerator, images, 3)  # 30 steps with mnistgen's fused Adam
+    fast_losses, plain_losses = [-elbo / config.batch_size for elbo in elbos], []
+    for _ in range(3):
         plain_losses += baseline.baseline_epoch(plain, plain_optimizer, images, plain_order, plain_noise,
                                                 config.batch_size)
     assert len(fast_losses) == 30

@@ -239,6 +239,22 @@ def rank_share(batch_length: int, rank: int, world_size: int) -> tuple[int, int]
     return rank * share, (rank + 1) * share
 
 
+def average_over_ranks(tensors: list[torch.Tensor]) -> None:
+    """Replace each tensor by its mean over the ranks of a torchrun job; nothing to do in one process."""
+    world_size = rank_and_size()[1]
+    if world_size == 1:
+        return
+    for tensor in tensors:
+        dist.all_reduce(tensor)
+        tensor.div_(world_size)
+
+
+def average_gradients(optimizer: torch.optim.Optimizer) -> None:
+    """The gradients of the parameters ``optimizer`` steps, averaged over the ranks of a torchrun job (each rank's
+    loss is the mean over its share of the global batch); nothing to do in one process."""
+    average_over_ranks([p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None])
+
+
 def sum_over_ranks(tensor: torch.Tensor, mean: bool = False) -> torch.Tensor:
     """``tensor`` (contiguous) replaced in place by its sum (or mean) over the ranks; unchanged in one process."""
     world_size = rank_and_size()[1]

@@ -24,18 +24,19 @@ ELBO_CHUNK_IMAGES = 1000  # images per forward pass of :func:`elbo_samples`
 
 
 def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    """Mean BCE of D: -[log D(x) + log(1 - D(G(z)))], averaged over the real and the fake batch each.
+    """D's binary cross-entropy: -[log D(x) + log(1 - D(G(z)))], the mean over the real and over the fake batch.
 
-    Shapes: real_logits (B, 1) or (B,), fake_logits likewise. Returns a scalar: the sum of the two means.
+    Shapes: real_logits and fake_logits ([R,] B, 1) -> ([R],): one loss per replica where R replicas are stacked.
     """
-    real = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
-    fake = F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
-    return real + fake
+    real = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits), reduction="none")
+    fake = F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits), reduction="none")
+    return real.mean(dim=(-2, -1)) + fake.mean(dim=(-2, -1))
 
 
 def generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
-    """Non-saturating G loss: mean of -log D(G(z)) = BCE(logits, 1). Scalar."""
-    return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+    """G's non-saturating loss: the mean of -log D(G(z)) = BCE(logits, 1). ([R,] B, 1) -> ([R],)."""
+    loss = F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits), reduction="none")
+    return loss.mean(dim=(-2, -1))
 
 
 # --------------------------------------------------------------------------- VAE

@@ -1,23 +1,26 @@
-"""Accelerators: fast ways to compute a training step, beside the reference path, each checking first that it
-computes what the reference path would.
+"""Accelerators: fast ways to compute a training step, beside the reference step, each checking first that it
+computes what the reference step would.
 
-The reference path (in :mod:`mnistgen.train.vae` and :mod:`mnistgen.train.gan`) computes the objective from
-the modules' own ``forward`` and back-propagates with autograd; it trains whatever network ``models/``
-defines. An accelerator computes the same step faster, but it was written for one network (the spec's), one
-dtype, some devices and some objectives. Before training, its ``check`` inspects the actual models and config
-and returns ``None`` or the reason it does not apply:
+The reference step (:func:`mnistgen.models.vae.train_step`, :func:`mnistgen.models.gan.train_step`) computes the
+objective from the modules' own ``forward``, back-propagates with autograd and steps the optimizer; it trains
+whatever network and optimizer ``models/`` defines. An accelerator computes the same step faster, but it was
+written for one network (the spec's), one dtype, some devices, some objectives and, where it replaces the
+optimizer's step, one optimizer. Before training, its ``check`` inspects the actual models, optimizer and config and
+returns ``None`` or the reason it does not apply:
 
 1. the structure: every leaf module's name, type and settings (``extra_repr``: widths, kernel sizes, slopes,
    bias) and every parameter's name and shape equal those of the network the accelerator was written for
    (built here from ``torch.nn`` directly, not from ``models/``, so that an edited model cannot move both);
-2. dtype float32, the device, contiguous parameters, the objective;
-3. a numerical probe: the module's ``forward`` and the accelerator run on a small batch (copies of the
-   modules, the global random state restored afterwards), and their outputs and one gradient must agree to
-   float32 rounding (:data:`PROBE_TOLERANCE`). This catches what no structure shows: an activation changed
-   inside ``forward``, a layer applied twice, a dropout.
+2. dtype float32, the device, contiguous parameters, the objective, the optimizer (:func:`adam_mismatch`);
+3. a numerical probe: the reference and the accelerator run on a small batch (copies of the modules, the global
+   random state restored afterwards), and their outputs and gradients must agree to float32 rounding
+   (:data:`PROBE_TOLERANCE`). This catches what no structure shows: an activation changed inside ``forward``, a
+   layer applied twice, a dropout.
 
 :func:`choose` takes the first accelerator of a list (fastest first) that is allowed by ``--cpu-kernels``,
-runs on the device, and passes its check; the reasons of those skipped go into one note.
+runs on the device, and passes its check; the reasons of those skipped go into one note. The engines that execute
+the step for several replicas (:mod:`mnistgen.accelerate.engines`) and the CUDA graphs
+(:mod:`mnistgen.accelerate.graphs`) are checked the same way.
 """
 
 from __future__ import annotations
@@ -108,9 +111,10 @@ def _for_networks(reason: str, networks: list[str]) -> str:
 
 
 def choose(candidates: Sequence[Accelerator[Implementation]], cpu_kernels: str, device: torch.device,
-           *check_arguments: Any) -> Choice[Implementation]:
-    """The first of ``candidates`` (fastest first) that ``cpu_kernels`` allows, runs on ``device`` and whose
-    ``check(*check_arguments)`` passes; ``Choice(None, ...)`` (the reference path) if none does.
+           optimizer: torch.optim.Optimizer, *check_arguments: Any) -> Choice[Implementation]:
+    """The first of ``candidates`` (fastest first) that ``cpu_kernels`` allows, runs on ``device`` and applies to
+    ``optimizer`` (:func:`adam_mismatch`: every accelerator is written for SPEC's training, with Adam) and whose
+    ``check(*check_arguments)`` passes; ``Choice(None, ...)`` (the reference step) if none does.
 
     ``cpu_kernels``: "auto" any; "torch" none with C kernels; "reference" none at all; "native" like "auto",
     but on the CPU the chosen one must be native, otherwise a one-line :class:`MnistgenError` with the reasons.
@@ -125,11 +129,11 @@ def choose(candidates: Sequence[Accelerator[Implementation]], cpu_kernels: str, 
             if device.type not in accelerator.devices or (accelerator.native and cpu_kernels == "torch"):
                 continue
             try:
-                reason = accelerator.check(*check_arguments)
+                reason = adam_mismatch(optimizer) or accelerator.check(*check_arguments)
             except MnistgenError as exc:
                 reason = str(exc)
             except Exception as exc:  # an accelerator that cannot even run on these models does not apply to them
-                reason = f"its check failed ({type(exc).__name__}: {exc})"
+                reason = f"its check failed ({describe_exception(exc)})"
             if reason is None:
                 chosen = accelerator
                 break
@@ -193,7 +197,7 @@ def on_meta_device(build: Callable[[], dict[str, nn.Module]]) -> dict[str, nn.Mo
 
 
 @contextmanager
-def probing(*modules: nn.Module) -> Iterator[list[nn.Module]]:
+def probing(*modules: Any) -> Iterator[list[Any]]:
     """Copies of ``modules`` to probe (their buffers and gradients stay untouched), with the global random
     state (CPU, and the CUDA devices the modules are on) restored when the block ends."""
     devices = sorted({p.device.index or 0 for m in modules for p in m.parameters() if p.device.type == "cuda"})
@@ -205,9 +209,10 @@ def probe_generator(device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(PROBE_SEED)
 
 
-def relative_difference(mine: torch.Tensor, reference: torch.Tensor) -> float:
-    """||mine - reference|| / ||reference|| in float64 (inf if the shapes differ; 0 if both are zero)."""
-    if mine.shape != reference.shape:
+def relative_difference(mine: torch.Tensor | None, reference: torch.Tensor | None) -> float:
+    """||mine - reference|| / ||reference|| in float64 (inf if the shapes differ or one is missing; 0 if both are
+    zero)."""
+    if mine is None or reference is None or mine.shape != reference.shape:
         return float("inf")
     mine, reference = mine.detach().double(), reference.detach().double()
     scale = reference.norm().item()
@@ -223,12 +228,29 @@ def gradients_of(output: torch.Tensor, inputs: Sequence[torch.Tensor]) -> list[t
     return [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, gradients, strict=True)]
 
 
-def probe_mismatch(pairs: Sequence[tuple[str, torch.Tensor, torch.Tensor]]) -> str | None:
-    """The first (what, accelerator's value, forward's value) that differs beyond :data:`PROBE_TOLERANCE`
-    (NaN included), as a reason; None if all agree."""
-    for what, mine, reference in pairs:
-        difference = relative_difference(mine, reference)
+def probe_mismatch(pairs: Sequence[tuple[str, torch.Tensor, torch.Tensor]],
+                   reference: str = "the module's forward") -> str | None:
+    """The first (what, accelerator's value, the reference's value) that differs beyond :data:`PROBE_TOLERANCE`
+    (NaN included), as a reason naming ``reference``; None if all agree."""
+    for what, mine, theirs in pairs:
+        difference = relative_difference(mine, theirs)
         if not difference <= PROBE_TOLERANCE:
-            return (f"the probe found {what} {difference:.2g} away (relative) from the module's forward: "
-                    "the model is not the one the accelerator was written for")
+            return f"the probe found {what} {difference:.2g} away (relative) from {reference}"
+    return None
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``Type: message``, on one line, at most 200 characters of the message."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+
+
+def adam_mismatch(optimizer: torch.optim.Optimizer) -> str | None:
+    """Why ``optimizer`` is not the plain Adam of SPEC's training (one parameter group; no weight decay, amsgrad or
+    maximize), for which every accelerator is written, or None."""
+    if type(optimizer) is not torch.optim.Adam:
+        return f"it is written for SPEC's optimizer, Adam; the optimizer is {type(optimizer).__name__}"
+    group = optimizer.param_groups[0]
+    if len(optimizer.param_groups) > 1 or group["weight_decay"] or group["amsgrad"] or group["maximize"]:
+        return "it is written for SPEC's optimizer, plain Adam (one parameter group, no weight decay, amsgrad or " \
+               "maximize)"
     return None

@@ -1,7 +1,7 @@
-"""The GAN's accelerators: faster ways to compute G(z) and D's logits inside the reference path's step, and
-their checks.
+"""The GAN's accelerators: faster ways to compute G(z) and D's logits inside the reference step, their checks,
+and the engine that takes the steps of a run's replicas.
 
-The reference step (:func:`mnistgen.train.gan.train_step`) calls the modules themselves: ``generator(z)``,
+The reference step (:func:`mnistgen.models.gan.train_step`) calls the modules themselves: ``generator(z)``,
 then ``discriminator(real)`` and ``discriminator(fake)`` for D's step and ``discriminator(fake)`` for G's.
 The losses, autograd and Adam stay the same with every accelerator; only these calls are replaced, for each
 network on its own (a changed D keeps G accelerated, and the other way round). So the training-only options apply
@@ -21,14 +21,14 @@ D's logits:
   together instead of two (the probe checks that each logit is what a separate call gives: a batch norm,
   for one, breaks it); on CPU D's weights are channels-last, oneDNN's faster layout for its convolutions.
 
-:func:`choose_gan_accelerators` picks one for each network under ``--cpu-kernels``.
+:func:`choose_gan_calls` picks one for each network under ``--cpu-kernels``; :func:`gan_engine` how the replicas'
+steps are taken (:mod:`mnistgen.accelerate.engines`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -37,20 +37,32 @@ from torch import nn
 from ..config import GANConfig
 from ..kernels.gan import native_discriminate, native_generate
 from ..kernels.native import load_gan_library
-from ..models.gan import DISCRIMINATOR_FEATURES, GENERATOR_START, IMAGE_SHAPE, LEAKY_SLOPE, Discriminator, Generator
+from ..models import gan as gan_model
+from ..models.gan import (
+    DISCRIMINATOR_FEATURES,
+    GENERATOR_START,
+    IMAGE_SHAPE,
+    LEAKY_SLOPE,
+    REFERENCE,
+    Discriminator,
+    GANCalls,
+    Generator,
+)
 from . import (
+    PROBE_SEED,
     Accelerator,
     Choice,
     choose,
     gradients_of,
     layout_mismatch,
+    note_choice,
     on_meta_device,
     parameter_mismatch,
     probe_generator,
     probe_mismatch,
     probing,
 )
-from .graphs import CapturedStep, capturable_adam, copy_state, graph_problem
+from .engines import Bound, Engine, Replica, choose_engine
 
 PROBE_IMAGES = 9  # images in the start-up probes' batches (one more than the C kernels' group of 8)
 ALL_DEVICES = ("cpu", "cuda", "mps")
@@ -287,69 +299,77 @@ DISCRIMINATOR_ACCELERATORS = (
 )
 
 
-def choose_gan_accelerators(generator: Generator, discriminator: nn.Module, config: GANConfig,
+def choose_gan_accelerators(generator: Generator, discriminator: nn.Module, optimizer_g: torch.optim.Optimizer,
+                            optimizer_d: torch.optim.Optimizer, config: GANConfig,
                             device: torch.device) -> tuple[Choice, Choice]:
     """The accelerators for G(z) and for D's logits under ``config.cpu_kernels`` on ``device`` (None: the
     module's own calls), with the reasons faster ones do not apply; ``--cpu-kernels native`` where the C
     kernels do not apply to both networks is a one-line error."""
-    return (choose(GENERATOR_ACCELERATORS, config.cpu_kernels, device, generator, config, device),
-            choose(DISCRIMINATOR_ACCELERATORS, config.cpu_kernels, device, discriminator, config, device))
+    return (choose(GENERATOR_ACCELERATORS, config.cpu_kernels, device, optimizer_g, generator, config, device),
+            choose(DISCRIMINATOR_ACCELERATORS, config.cpu_kernels, device, optimizer_d, discriminator, config, device))
 
 
-# --------------------------------------------------------------------------- the whole step in a CUDA graph
+@dataclass(frozen=True)
+class ChosenCalls:
+    """What :func:`choose_gan_calls` decided: the step's calls, their name for the metrics ("G native, D torch"),
+    and whether an accelerator computes any of them."""
+
+    calls: GANCalls
+    name: str
+    accelerated: bool
+    choices: tuple[Choice, Choice]
+
+    def prepare(self, generator: nn.Module, discriminator: nn.Module, device: torch.device) -> None:
+        """What the chosen accelerators change in their modules (the weights' memory layout, never their values; the
+        parameters stay the same objects): call it for every replica before its optimizers hold any state."""
+        for choice, module in zip(self.choices, (generator, discriminator), strict=True):
+            if choice.accelerator is not None and choice.accelerator.prepare is not None:
+                choice.accelerator.prepare(module, device)
 
 
-class GraphGANStep:
-    """The GAN's whole step (:func:`mnistgen.train.gan.train_step`: D's step, then G's, through ``calls``)
-    captured in a CUDA graph (:class:`mnistgen.accelerate.graphs.CapturedStep`) and replayed; ``step(real, z)``
-    returns the step's :data:`mnistgen.train.gan.STATS`. It steps capturable copies of the two Adams;
-    :meth:`store` copies their state back into the run's optimizers, which the checkpoint saves."""
-
-    def __init__(self, generator: nn.Module, discriminator: nn.Module, optimizer_g: torch.optim.Optimizer,
-                 optimizer_d: torch.optim.Optimizer, batch_size: int, calls: Any):
-        from ..train.gan import train_step
-
-        self.optimizers = (optimizer_g, optimizer_d)
-        self.captured_optimizers = (capturable_adam(optimizer_g), capturable_adam(optimizer_d))
-        first = next(discriminator.parameters())
-        real = torch.zeros(batch_size, *IMAGE_SHAPE, device=first.device, dtype=first.dtype)
-        z = torch.zeros(batch_size, generator.zdim, device=first.device, dtype=next(generator.parameters()).dtype)
-
-        def step(real: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-            return train_step(generator, discriminator, *self.captured_optimizers, real, z, calls)
-
-        self.captured = CapturedStep(step, [real, z], [*generator.parameters(), *discriminator.parameters()],
-                                     list(self.captured_optimizers))
-
-    def step(self, real: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return self.captured(real, z)
-
-    def store(self) -> None:
-        for captured, optimizer in zip(self.captured_optimizers, self.optimizers, strict=True):
-            copy_state(captured, optimizer)
+def choose_gan_calls(generator: nn.Module, discriminator: nn.Module, optimizer_g: torch.optim.Optimizer,
+                     optimizer_d: torch.optim.Optimizer, config: GANConfig, device: torch.device,
+                     say: Callable[[str], None] | None = None) -> ChosenCalls:
+    """The calls a step makes under ``config.cpu_kernels``: the accelerators that apply to G and to D (and their
+    optimizers) as they are, the modules' own calls for a network where none does (with one note naming the
+    reasons)."""
+    for_g, for_d = choose_gan_accelerators(generator, discriminator, optimizer_g, optimizer_d, config, device)
+    note_choice("GAN", {"G": for_g, "D": for_d}, say)
+    generate = for_g.accelerator.implementation if for_g.accelerator is not None else REFERENCE.generate
+    discriminate = for_d.accelerator.implementation if for_d.accelerator is not None else None
+    calls = GANCalls(generate, discriminate.both if discriminate else REFERENCE.discriminate_both,
+                     discriminate.generated if discriminate else REFERENCE.discriminate)
+    return ChosenCalls(calls, f"G {for_g.name}, D {for_d.name}",
+                       for_g.accelerator is not None or for_d.accelerator is not None, (for_g, for_d))
 
 
-def check_gan_graph(generator: nn.Module, discriminator: nn.Module, config: Any, device: torch.device,
-                    calls: Any) -> str | None:
-    """Why the whole step cannot be captured here, or None: :func:`mnistgen.accelerate.graphs.graph_problem`,
-    ``--cpu-kernels reference``, then a probe: one replayed step and one eager step, from copies of the same
-    weights on the same inputs, must leave the same weights."""
-    if config.cpu_kernels == "reference":
-        return "--cpu-kernels reference"
-    problem = graph_problem(device)
-    if problem is not None:
-        return problem
-    from ..train.gan import make_optimizers, train_step
+def gan_engine(replicas: list[Replica], config: GANConfig, device: torch.device, chosen: ChosenCalls,
+               say: Callable[[str], None]) -> Engine:
+    """How the steps of the replicas (each ``Replica({"generator": G, "discriminator": D}, their optimizers, with
+    {"generator": the moving average of G} where ``--ema-decay`` keeps one)``) are taken: see
+    :func:`mnistgen.accelerate.engines.choose_engine`; each replica's own step makes ``chosen`` 's calls."""
 
-    with probing(generator, discriminator, generator, discriminator) as (g1, d1, g2, d2):
-        source = probe_generator(device)
-        real = torch.rand(config.batch_size, *IMAGE_SHAPE, device=device, generator=source)
-        z = torch.rand(config.batch_size, g1.zdim, device=device, generator=source) * 2 - 1
-        try:
-            GraphGANStep(g1, d1, *make_optimizers(g1, d1, config), config.batch_size, calls).step(real, z)
-        except RuntimeError as exc:
-            return f"the step could not be captured: {' '.join(str(exc).split())[:200]}"
-        train_step(g2, d2, *make_optimizers(g2, d2, config), real, z, calls)
-        return probe_mismatch([(f"{name} after one step", a, b) for (name, a), b in
-                               zip([*g1.named_parameters(), *d1.named_parameters()],
-                                   [*g2.parameters(), *d2.parameters()], strict=True)])
+    def step_with(calls: GANCalls) -> Callable[[Replica], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
+        def bind(replica: Replica) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+            generator, discriminator = replica.modules["generator"], replica.modules["discriminator"]
+            optimizers, average = replica.optimizers, replica.averages.get("generator")
+            ema = None if average is None else (list(average.parameters()), config.ema_decay)
+            return lambda real, z: gan_model.train_step(generator, discriminator, optimizers["generator"],
+                                                        optimizers["discriminator"], real, z, calls, ema)
+
+        return bind
+
+    step = step_with(chosen.calls)
+    like = next(replicas[0].modules["discriminator"].parameters())
+
+    def example(k: int, images: int) -> tuple[torch.Tensor, torch.Tensor]:
+        draws = torch.Generator().manual_seed(PROBE_SEED + k)
+        real = torch.rand(images, *IMAGE_SHAPE, generator=draws, dtype=torch.float64)
+        z = torch.rand(images, config.zdim, generator=draws, dtype=torch.float64) * 2 - 1
+        return real.to(like), z.to(like)
+
+    return choose_engine(replicas, bind=step_with(REFERENCE), step=step, step_name=chosen.name,
+                         runner=lambda replica: Bound(step(replica), chosen.name), accelerated=chosen.accelerated,
+                         example=example, batch_size=config.batch_size,
+                         graph_refusal="--cpu-kernels reference" if config.cpu_kernels == "reference" else None,
+                         fixed_lr=True, device=device, say=say)

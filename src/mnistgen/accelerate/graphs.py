@@ -1,15 +1,17 @@
-"""The reference step captured once in a CUDA graph and replayed: the same kernels, without launching them one by one.
+"""The step captured once in a CUDA graph and replayed: the same kernels, without launching them one by one.
 
 On a GPU a step of these small networks is a few dozen tiny kernels, and launching them from Python costs more
-than running them. :class:`CapturedStep` records one call of a step function (the reference path itself: the
-modules' forward, autograd's backward and Adam, with ``capturable=True``) into a CUDA graph, after warm-up calls
-on a side stream; each later step copies its inputs (the batch and its random draws, drawn eagerly from the
-run's own generators) into the graph's input buffers and replays it. The arithmetic is the reference step's.
+than running them. :class:`CapturedStep` records one call of a step (the model's one step function, with the
+modules' forward, autograd's backward and Adam with ``capturable=True``; see :class:`mnistgen.accelerate.engines.
+Captured`) into a CUDA graph, after warm-up calls on a side stream; each later step copies its inputs (the
+batch and its random draws, drawn eagerly from the run's own generators) into the graph's input buffers and replays
+it. The arithmetic is the step's own.
 
-What it needs, checked by :func:`graph_problem`: a CUDA device, one process (no all-reduce inside the graph), a
-learning rate that stays fixed (a replayed Adam step keeps the lr it was captured with), and inputs of one shape
-(a batch of another size, such as the last partial batch of an epoch, takes the same step eagerly).
-The warm-up steps change the weights and the optimizer's state; both are put back before training starts.
+What it needs (:func:`graph_problem`, then the probe of :func:`mnistgen.accelerate.engines.check_graph`): a CUDA
+device, one process (no all-reduce inside the graph), a learning rate that stays fixed (a replayed Adam step keeps
+the lr it was captured with), Adam, and inputs of one shape (a batch of another size, such as the last partial batch
+of an epoch, takes the same step eagerly). The warm-up steps change the weights, the averages and the optimizer's
+state; all are put back before training starts.
 """
 
 from __future__ import annotations
@@ -118,3 +120,4 @@ class CapturedStep:
 
     def _replay(self) -> None:
         self.graph.replay()
+

@@ -1,17 +1,19 @@
-"""The VAE's accelerators: two faster ways to take the reference path's training step, and their checks.
+"""The VAE's accelerators: two faster ways to take the reference training step, their checks, and the engine that
+takes the steps of a run's replicas.
 
-The reference step (:func:`mnistgen.train.vae.reference_step`) is autograd through the modules' forward and
-Adam. An accelerator replaces that whole step for SPEC §2's network (any hidden width and latent size, both
-objectives of SPEC with one draw of z per image, float32; ``--objective iwae`` and ``--train-samples`` K > 1
-train on the reference path):
+The reference step (:func:`mnistgen.models.vae.train_step`) is autograd through the model's forward (its training
+objective) and the optimizer's step. An accelerator replaces that whole step for SPEC §2's network (any hidden width
+and latent size, both objectives of SPEC with one draw of z per image, float32; ``--objective iwae`` and
+``--train-samples`` K > 1 train on the reference step):
 
 - ``native`` (CPU): mnistgen's C kernels (:class:`mnistgen.kernels.vae.NativeVAEStep`): the forward and
   backward pass with sums over the images' nonzero pixels instead of the two products that read them,
   PyTorch's matrix multiply for the other three, and Adam over flat buffers;
 - ``torch`` (every device): the gradient derived by hand (:func:`elbo_with_gradients`) instead of recorded by
-  autograd, then the optimizer's own (fused) Adam.
+  autograd, then the optimizer's own step.
 
-:func:`choose_vae_accelerator` picks one for ``--cpu-kernels`` (see :func:`mnistgen.accelerate.choose`).
+:func:`choose_vae_accelerator` picks one for ``--cpu-kernels`` (see :func:`mnistgen.accelerate.choose`);
+:func:`vae_engine` how the replicas' steps are taken (:mod:`mnistgen.accelerate.engines`).
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ import torch
 from torch import nn
 
 from ..config import VAEConfig
+from ..distributed import average_gradients, average_over_ranks
 from ..kernels.native import load_vae_library
 from ..kernels.vae import NativeVAEStep
-from ..losses import vae_elbo
-from ..models.vae import IMAGE_PIXELS, VAE
-from ..train.common import average_over_ranks, synchronize_gradients
+from ..models import vae as vae_model
+from ..models.vae import IMAGE_PIXELS, VAE, draws_per_image
 from . import (
+    PROBE_SEED,
     Accelerator,
     Choice,
     choose,
@@ -39,7 +42,7 @@ from . import (
     probe_mismatch,
     probing,
 )
-from .graphs import CapturedStep, capturable_adam, copy_state, graph_problem
+from .engines import Bound, Engine, Replica, choose_engine
 
 OBJECTIVES = ("mc", "analytic")  # the ELBO forms both accelerators compute (Eq. 2 and Eq. 1)
 PROBE_IMAGES = 8  # images in the start-up probe's batch
@@ -130,14 +133,16 @@ class TorchVAEStep:
     """Training steps with PyTorch's kernels: :func:`elbo_with_gradients`, then ``optimizer.step()``; the
     model's and the optimizer's own tensors are the state."""
 
+    name = "torch"
+
     def __init__(self, model: VAE, optimizer: torch.optim.Optimizer, config: VAEConfig):
         self.model, self.optimizer = model, optimizer
         self.analytic_kl = config.objective == "analytic"
 
     def step(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """One Adam step on x (B, 784) with the draws eps (B, D_z); returns the batch's ELBO sum (0-d tensor)."""
+        """One step on x (B, 784) with the draws eps (B, D_z); returns the batch's ELBO sum (0-d tensor)."""
         elbo_sum = elbo_with_gradients(self.model, x, eps, self.analytic_kl)
-        synchronize_gradients(self.model)
+        average_gradients(self.optimizer)
         self.optimizer.step()
         return elbo_sum
 
@@ -159,6 +164,8 @@ class NativeVAESteps:
     the kernels' flat buffers; :meth:`store` copies them back into the model and the optimizer (the training
     loop does at the end of every epoch, so evaluation and checkpoints see them). Adam's hyper-parameters are
     read from the optimizer at every step (the learning rate schedule sets them per epoch)."""
+
+    name = "native"
 
     def __init__(self, model: VAE, optimizer: torch.optim.Optimizer, config: VAEConfig):
         self.optimizer = optimizer
@@ -189,21 +196,29 @@ def _native_gradients(model: VAE, x: torch.Tensor, eps: torch.Tensor, analytic_k
 
 
 def _probe(model: VAE, config: VAEConfig, gradients: Callable) -> str | None:
-    """Run the module's forward (autograd) and the accelerator's ``gradients(model, x, eps, analytic_kl)`` on a
-    small random batch; the reason if the ELBO or any gradient differs, else None."""
-    analytic_kl = config.objective == "analytic"
-    device = next(model.parameters()).device
+    """Run the model's forward (the step's objective, differentiated by autograd) and the accelerator's
+    ``gradients(model, x, eps, analytic_kl)`` on a small random batch; the reason if the objective or any gradient
+    differs, else None."""
     with probing(model, model) as (reference, accelerated):
-        draws = probe_generator(torch.device("cpu"))
-        x = (torch.rand(PROBE_IMAGES, IMAGE_PIXELS, generator=draws) < PROBE_DENSITY).float().to(device)
-        eps = torch.randn(PROBE_IMAGES, config.latent_dim, generator=draws).to(device)
-        elbo = vae_elbo(reference, x, eps, analytic_kl)  # (B,)
+        x, eps = probe_batch(config, next(model.parameters()), PROBE_IMAGES, probe_generator(torch.device("cpu")))
+        values = reference(x, eps, config.objective)  # (B,)
         names, parameters = zip(*reference.named_parameters(), strict=True)
-        expected = gradients_of(-elbo.mean(), parameters)
-        elbo_sum, actual = gradients(accelerated, x, eps, analytic_kl)
-        return probe_mismatch([("the ELBO", elbo_sum, elbo.detach().sum())] + [
+        expected = gradients_of(-values.mean(), parameters)
+        value_sum, actual = gradients(accelerated, x, eps, config.objective == "analytic")
+        return probe_mismatch([("the ELBO", value_sum, values.detach().sum())] + [
             (f"the gradient of {name}", mine, theirs) for name, mine, theirs in zip(names, actual, expected,
                                                                                       strict=True)])
+
+
+def probe_batch(config: VAEConfig, like: torch.Tensor, images: int,
+                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random inputs of a step: x (images, 784) binary with :data:`PROBE_DENSITY` lit pixels, eps ([K,] images,
+    D_z), drawn on the CPU from ``generator``, on ``like``'s device and in its dtype."""
+    x = (torch.rand(images, IMAGE_PIXELS, generator=generator) < PROBE_DENSITY).double()
+    draws = draws_per_image(config)
+    eps = torch.randn((*((draws,) if draws else ()), images, config.latent_dim), generator=generator,
+                      dtype=torch.float64)
+    return x.to(like), eps.to(like)
 
 
 def _common_mismatch(model: VAE, config: VAEConfig, device: torch.device) -> str | None:
@@ -216,7 +231,7 @@ def _common_mismatch(model: VAE, config: VAEConfig, device: torch.device) -> str
 
 
 def check_torch(model: VAE, config: VAEConfig, device: torch.device) -> str | None:
-    """Why the hand-derived step does not apply to ``model`` and ``config``, or None."""
+    """Why the hand-derived gradient does not apply to ``model`` and ``config``, or None."""
     return _common_mismatch(model, config, device) or _probe(model, config, _torch_gradients)
 
 
@@ -230,78 +245,43 @@ def check_native(model: VAE, config: VAEConfig, device: torch.device) -> str | N
     return _probe(model, config, _native_gradients)
 
 
-class GraphVAEStep:
-    """The reference step (:func:`mnistgen.train.vae.reference_step`: the modules' forward, autograd, Adam)
-    captured in a CUDA graph (:class:`mnistgen.accelerate.graphs.CapturedStep`) and replayed each step.
-
-    It steps a capturable copy of the run's Adam (same parameters, hyper-parameters and state); :meth:`store`
-    copies that Adam's state back into the run's optimizer, which the checkpoint saves."""
-
-    def __init__(self, model: VAE, optimizer: torch.optim.Optimizer, config: VAEConfig):
-        from ..train.vae import reference_step
-
-        self.optimizer = optimizer
-        self.captured_optimizer = capturable_adam(optimizer)
-        analytic_kl, importance_weighted = config.objective == "analytic", config.objective == "iwae"
-        draws = config.train_samples if importance_weighted or config.train_samples > 1 else None
-        first = next(model.parameters())
-        x = torch.zeros(config.batch_size, model.encoder.hidden.in_features, device=first.device, dtype=first.dtype)
-        eps = torch.zeros((*((draws,) if draws else ()), config.batch_size, model.latent_dim), device=first.device,
-                          dtype=first.dtype)  # (B, D_z), or (K, B, D_z) for K draws per image
-
-        def step(x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-            return reference_step(model, self.captured_optimizer, x, eps, analytic_kl, importance_weighted)
-
-        self.captured = CapturedStep(step, [x, eps], list(model.parameters()), [self.captured_optimizer])
-
-    def step(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """One step on x (B, 784) and eps; returns the batch's training-objective sum (0-d, on the device)."""
-        return self.captured(x, eps)
-
-    def store(self) -> None:
-        copy_state(self.captured_optimizer, self.optimizer)
-
-
-def check_graph(model: VAE, config: VAEConfig, device: torch.device) -> str | None:
-    """Why the captured reference step does not apply here, or None: the conditions of
-    :func:`mnistgen.accelerate.graphs.graph_problem`, then a probe: one replayed step and one eager reference step,
-    from copies of the same weights on the same inputs, must leave the same weights."""
-    problem = graph_problem(device, fixed_lr=config.lr_schedule == "none")
-    if problem is not None:
-        return problem
-    from ..train.vae import make_optimizer, reference_step
-
-    with probing(model, model) as (captured_model, eager_model):
-        generator, dtype = probe_generator(device), next(model.parameters()).dtype
-        inputs = [(torch.rand(config.batch_size, captured_model.encoder.hidden.in_features, device=device,
-                              generator=generator) < PROBE_DENSITY).to(dtype)]
-        draws = config.train_samples if config.objective == "iwae" or config.train_samples > 1 else None
-        inputs.append(torch.randn((*((draws,) if draws else ()), config.batch_size, captured_model.latent_dim),
-                                  device=device, generator=generator, dtype=dtype))
-        captured_optimizer = make_optimizer(captured_model, config.lr)
-        try:
-            GraphVAEStep(captured_model, captured_optimizer, config).step(*inputs)
-        except RuntimeError as exc:  # a module that cannot be captured (a host synchronisation inside forward)
-            return f"the step could not be captured: {' '.join(str(exc).split())[:200]}"
-        reference_step(eager_model, make_optimizer(eager_model, config.lr), *inputs, config.objective == "analytic",
-                       config.objective == "iwae")
-        return probe_mismatch([(f"{name} after one step", a, b) for (name, a), b in
-                               zip(captured_model.named_parameters(), eager_model.parameters(), strict=True)])
-
-
-GRAPH = Accelerator(name="cuda-graph", description="the reference step captured once in a CUDA graph", native=False,
-                    devices=("cuda",), check=check_graph, implementation=GraphVAEStep)
-
-StepFactory = Callable[[VAE, torch.optim.Optimizer, VAEConfig], TorchVAEStep | NativeVAESteps | GraphVAEStep]
+StepFactory = Callable[[VAE, torch.optim.Optimizer, VAEConfig], TorchVAEStep | NativeVAESteps]
 NATIVE = Accelerator[StepFactory](name="native", description="mnistgen's C kernels", native=True, devices=("cpu",),
                                   check=check_native, implementation=NativeVAESteps)
 TORCH = Accelerator[StepFactory](name="torch", description="the hand-derived gradient in PyTorch's kernels",
                                  native=False, devices=("cpu", "cuda", "mps"), check=check_torch,
                                  implementation=TorchVAEStep)
-ACCELERATORS = (GRAPH, NATIVE, TORCH)  # fastest first (the graph on CUDA, the C kernels on the CPU)
+ACCELERATORS = (NATIVE, TORCH)  # fastest first
 
 
-def choose_vae_accelerator(model: VAE, config: VAEConfig, device: torch.device) -> Choice[StepFactory]:
-    """The accelerator that trains ``model`` under ``config.cpu_kernels`` on ``device`` (None: the reference path)
-    and the reasons faster ones do not apply; ``--cpu-kernels native`` where they do not is a one-line error."""
-    return choose(ACCELERATORS, config.cpu_kernels, device, model, config, device)
+def choose_vae_accelerator(model: VAE, optimizer: torch.optim.Optimizer, config: VAEConfig,
+                           device: torch.device) -> Choice[StepFactory]:
+    """The accelerator that trains ``model`` with ``optimizer`` under ``config.cpu_kernels`` on ``device`` (None: the
+    reference step) and the reasons faster ones do not apply; ``--cpu-kernels native`` where they do not is a
+    one-line error."""
+    return choose(ACCELERATORS, config.cpu_kernels, device, optimizer, model, config, device)
+
+
+def vae_engine(replicas: list[Replica], config: VAEConfig, device: torch.device, choice: Choice[StepFactory],
+               say: Callable[[str], None]) -> Engine:
+    """How the steps of the replicas (each ``Replica({"model": vae}, {"model": optimizer})``) are taken: see
+    :func:`mnistgen.accelerate.engines.choose_engine`; ``choice``: the accelerator of each replica's own step."""
+
+    def bind(replica: Replica) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        model, optimizer = replica.modules["model"], replica.optimizers["model"]
+        return lambda x, eps: vae_model.train_step(model, optimizer, x, eps, config.objective)
+
+    def runner(replica: Replica) -> TorchVAEStep | NativeVAESteps | Bound:
+        if choice.accelerator is None:
+            return Bound(bind(replica))
+        return choice.accelerator.implementation(replica.modules["model"], replica.optimizers["model"], config)
+
+    like = next(replicas[0].modules["model"].parameters())
+
+    def example(k: int, images: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return probe_batch(config, like, images, torch.Generator().manual_seed(PROBE_SEED + k))
+
+    return choose_engine(replicas, bind=bind, step=bind, step_name="reference", runner=runner,
+                         accelerated=choice.accelerator is not None, example=example, batch_size=config.batch_size,
+                         graph_refusal="--cpu-kernels reference" if config.cpu_kernels == "reference" else None,
+                         fixed_lr=config.lr_schedule == "none", device=device, say=say)

@@ -1,10 +1,8 @@
-"""Mini-batch order: the one place that decides which rows each step (and each rank) sees.
+"""Mini-batch order: the one place that decides which rows each step sees.
 
-Data lives in memory as one contiguous tensor; a batch is a slice of a shuffled index, so no
-DataLoader workers, no per-image Python. Every rank of a torchrun job draws the same permutation (same
-generator state on all ranks). The training loops share each *global* batch between the ranks
-(:func:`mnistgen.distributed.rank_share`); ``rank``/``world_size`` here instead deal whole batches out
-(every ``world_size``-th batch to a rank), a scheme kept for data-parallel uses that want it.
+Data lives in memory as one contiguous tensor; a batch is a slice of a shuffled index, so no DataLoader workers,
+no per-image Python. Every rank of a torchrun job draws the same permutation (same generator state on all ranks)
+and takes its share of each batch (:func:`mnistgen.distributed.rank_share`).
 """
 
 from __future__ import annotations
@@ -14,23 +12,22 @@ from collections.abc import Iterator
 import torch
 
 
-def num_batches(num_items: int, batch_size: int, drop_last: bool, world_size: int = 1) -> int:
+def num_batches(num_items: int, batch_size: int, drop_last: bool) -> int:
     full, rest = divmod(num_items, batch_size)
-    total = full if drop_last or rest == 0 else full + 1
-    return len(range(0, total, world_size)) if world_size > 1 else total
+    return full if drop_last or rest == 0 else full + 1
 
 
-def shuffled_batches(
-    num_items: int,
-    batch_size: int,
-    generator: torch.Generator,
-    drop_last: bool = False,
-    rank: int = 0,
-    world_size: int = 1,
-) -> Iterator[torch.Tensor]:
+def shuffled_batches(num_items: int, batch_size: int, generator: torch.Generator,
+                     drop_last: bool = False) -> Iterator[torch.Tensor]:
     """Yield index tensors of one epoch: a fresh permutation from ``generator``, cut into batches."""
     order = torch.randperm(num_items, generator=generator)
     stop = num_items - num_items % batch_size if drop_last else num_items
-    for batch_number, start in enumerate(range(0, stop, batch_size)):
-        if batch_number % world_size == rank:
-            yield order[start:start + batch_size]
+    for start in range(0, stop, batch_size):
+        yield order[start:start + batch_size]
+
+
+def epoch_order(num_items: int, batch_size: int, generator: torch.Generator, device: torch.device,
+                drop_last: bool = False) -> torch.Tensor:
+    """One epoch's order of the items, as :func:`shuffled_batches` draws it, on ``device``: step s reads the
+    items ``order[s * batch_size:(s + 1) * batch_size]``."""
+    return torch.cat(list(shuffled_batches(num_items, batch_size, generator, drop_last))).to(device)

@@ -1,4 +1,5 @@
-"""SPEC §3's GAN: the discriminator and the generator, layer for layer as the spec's tables list them.
+"""SPEC §3's GAN: the discriminator and the generator, layer for layer as the spec's tables list them, and how they
+train: :func:`train_step`, the one training step (D's step, G's step, then the moving average of G's weights).
 
 Each network defines its layers in the constructor in the tables' order, and nothing else: the two
 reshapes (flattening 8x5x5 -> 200 in D, 1568 -> 32x7x7 in G) are views in ``forward``, not layers.
@@ -10,8 +11,16 @@ Shapes below are per image; a batch adds a leading dimension B.
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
 import torch
 from torch import nn
+
+from ..config import GANConfig, parse_betas
+from ..distributed import average_gradients
+from ..losses import discriminator_loss, generator_loss
 
 IMAGE_SHAPE = (1, 28, 28)
 GENERATOR_START = (32, 7, 7)  # the Linear's 1568 outputs, viewed as 32 channels of 7x7
@@ -77,3 +86,102 @@ class Generator(nn.Module):
         h = self.act2(self.conv1(self.up1(h)))  # (B, 32, 14, 14) -> (B, 16, 14, 14)
         h = self.act3(self.conv2(self.up2(h)))  # (B, 16, 28, 28) -> (B, 8, 28, 28)
         return self.sigmoid(self.conv3(h))  # (B, 1, 28, 28)
+
+
+# --------------------------------------------------------------------------- how they train
+
+
+def build_models(config: GANConfig, device: torch.device) -> tuple[Generator, Discriminator]:
+    """G and D initialised per SPEC §3 from the global RNG (seeded by the caller), on ``device``."""
+    return Generator(config.zdim).to(device), Discriminator().to(device)
+
+
+def make_optimizers(generator: nn.Module, discriminator: nn.Module,
+                    config: GANConfig) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+    """Adam for each network (SPEC: lr 2e-4 each, PyTorch's betas and eps), with ``config.lr_g`` / ``lr_d`` and
+    ``config.betas``, as one fused kernel where the device has it; returns (for G, for D)."""
+    fused = next(generator.parameters()).device.type in ("cpu", "cuda", "mps")
+    betas = parse_betas(config.betas)
+    return (torch.optim.Adam(generator.parameters(), lr=config.lr_g, betas=betas, fused=fused),
+            torch.optim.Adam(discriminator.parameters(), lr=config.lr_d, betas=betas, fused=fused))
+
+
+def weight_average(generator: nn.Module) -> nn.Module:
+    """A copy of ``generator`` to hold the moving average of its weights (``--ema-decay``), starting from its
+    present weights, in their memory layout; its parameters take no gradients."""
+    return copy.deepcopy(generator).requires_grad_(False)
+
+
+@torch.no_grad()
+def update_ema(ema_params: Sequence[torch.Tensor], params: Sequence[torch.Tensor], decay: float) -> None:
+    """ema = decay * ema + (1 - decay) * w for each pair of tensors (same shapes, device and dtype), in place."""
+    ema_params = list(ema_params)
+    torch._foreach_mul_(ema_params, decay)
+    torch._foreach_add_(ema_params, list(params), alpha=1.0 - decay)
+
+
+def _call_generator(generator: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    return generator(z)
+
+
+def _call_discriminator_twice(discriminator: nn.Module, real: torch.Tensor,
+                              fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return discriminator(real), discriminator(fake)
+
+
+def _call_discriminator(discriminator: nn.Module, fake: torch.Tensor) -> torch.Tensor:
+    return discriminator(fake)
+
+
+@dataclass(frozen=True)
+class GANCalls:
+    """How the step computes G(z) and D's logits: the modules' own calls (:data:`REFERENCE`), or an accelerator's
+    (:mod:`mnistgen.accelerate.gan`) computing the same function of the inputs and parameters."""
+
+    generate: Callable[[nn.Module, torch.Tensor], torch.Tensor]  # (G, z ([R,] B, zdim)) -> ([R,] B, 1, 28, 28)
+    # (D, real, generated) -> D's logits ([R,] B, 1) of each, for D's step
+    discriminate_both: Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    discriminate: Callable[[nn.Module, torch.Tensor], torch.Tensor]  # (D, generated) -> logits, for G's step
+
+
+REFERENCE = GANCalls(_call_generator, _call_discriminator_twice, _call_discriminator)
+
+
+def optimized_parameters(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """The tensors ``optimizer`` steps, in its order."""
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+def train_step(generator: nn.Module, discriminator: nn.Module, optimizer_g: torch.optim.Optimizer,
+               optimizer_d: torch.optim.Optimizer, real: torch.Tensor, z: torch.Tensor, calls: GANCalls = REFERENCE,
+               ema: tuple[Sequence[torch.Tensor], float] | None = None) -> torch.Tensor:
+    """One D step then one G step on the same z, then the moving average of G's weights where one is kept.
+
+    real (B, 1, 28, 28) in [0, 1]; z (B, zdim). ``calls``: how G(z) and D's logits are computed. ``ema``: (the
+    tensors of the moving average of G's weights, in ``optimizer_g``'s order; the decay), or None. Returns (4,)
+    detached on the device, in the order of :data:`STATS` (the losses, and mean D(x) and D(G(z)) as probabilities,
+    before D's step). The networks may also be R replicas stacked (:mod:`mnistgen.accelerate.engines`): then every
+    tensor gains a leading R and the result is (R, 4), each replica's own.
+    """
+    fake = calls.generate(generator, z)  # ([R,] B, 1, 28, 28), computed once for both steps
+
+    # D step: towards 1 on real and 0 on generated images; G is not reached (fake is detached)
+    real_logits, fake_logits = calls.discriminate_both(discriminator, real, fake.detach())  # ([R,] B, 1) each
+    d_loss = discriminator_loss(real_logits, fake_logits)  # ([R],)
+    optimizer_d.zero_grad(set_to_none=True)
+    d_loss.sum().backward()
+    average_gradients(optimizer_d)  # the mean over torchrun ranks (nothing in one process)
+    optimizer_d.step()
+
+    # G step: -log D(G(z)) with the D just updated; only G's parameters get gradients
+    g_loss = generator_loss(calls.discriminate(discriminator, fake))  # ([R],)
+    optimizer_g.zero_grad(set_to_none=True)
+    g_loss.sum().backward(inputs=optimized_parameters(optimizer_g))
+    average_gradients(optimizer_g)
+    optimizer_g.step()
+    if ema is not None:
+        update_ema(ema[0], optimized_parameters(optimizer_g), ema[1])
+
+    with torch.no_grad():
+        return torch.stack([d_loss.detach(), g_loss.detach(), torch.sigmoid(real_logits).mean(dim=(-2, -1)),
+                            torch.sigmoid(fake_logits).mean(dim=(-2, -1))], dim=-1)

@@ -1,7 +1,8 @@
-"""The VAE of SPEC §2: a diagonal-Gaussian encoder q_phi(z|x) and a Bernoulli decoder p_theta(x|z).
+"""The VAE of SPEC §2: a diagonal-Gaussian encoder q_phi(z|x) and a Bernoulli decoder p_theta(x|z), and how it
+trains: the model's forward is its training objective, and :func:`train_step` is the one training step.
 
-Networks only (the objective is in :mod:`mnistgen.losses`, the distributions in
-:mod:`mnistgen.distributions`). Layers keep PyTorch's default initialisation (SPEC names none).
+The objective's terms are in :mod:`mnistgen.losses`, the distributions in :mod:`mnistgen.distributions`. Layers
+keep PyTorch's default initialisation (SPEC names none).
 
 Parameter count with the defaults (D = 784, H = 500, D_z = 2):
 encoder 784*500 + 500 + 2 * (500*2 + 2) = 394,504; decoder 2*500 + 500 + 500*784 + 784 = 394,284.
@@ -11,6 +12,10 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from ..config import VAEConfig
+from ..distributed import average_gradients
+from ..losses import vae_elbo
 
 IMAGE_SIZE = 28
 IMAGE_PIXELS = IMAGE_SIZE * IMAGE_SIZE  # 784: images enter the encoder flattened
@@ -63,3 +68,49 @@ class VAE(nn.Module):
         self.latent_dim = latent_dim
         self.encoder = Encoder(input_dim, hidden, latent_dim)
         self.decoder = Decoder(latent_dim, hidden, input_dim)
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor, objective: str = "mc") -> torch.Tensor:
+        """The training objective of each image: x (B, 784), eps (B, D_z) or (K, B, D_z) -> (B,).
+
+        ``objective`` (``--objective``): "mc" SPEC's Eq. 2, "analytic" Eq. 1 (closed-form KL), both with one z per
+        image (eps (B, D_z)) or the mean of K one-sample estimates; "iwae" the K-sample importance-weighted bound.
+        See :func:`mnistgen.losses.vae_elbo`."""
+        return vae_elbo(self, x, eps, analytic_kl=objective == "analytic", importance_weighted=objective == "iwae")
+
+
+# --------------------------------------------------------------------------- how it trains
+
+
+def build_model(config: VAEConfig, device: torch.device) -> VAE:
+    """SPEC §2's VAE with ``config``'s widths, initialized from the global RNG (seeded by the caller)."""
+    return VAE(latent_dim=config.latent_dim, hidden=config.hidden).to(device)
+
+
+def make_optimizer(model: nn.Module, config: VAEConfig) -> torch.optim.Optimizer:
+    """Adam (SPEC: lr 1e-3, PyTorch's betas and eps), as one fused kernel where the device has it."""
+    fused = next(model.parameters()).device.type in ("cpu", "cuda", "mps")
+    return torch.optim.Adam(model.parameters(), lr=config.lr, fused=fused)
+
+
+def draws_per_image(config: VAEConfig) -> int | None:
+    """K of the draws eps (K, B, D_z) a step takes (``--train-samples``, and always for iwae); None for SPEC's one
+    draw per image, eps (B, D_z)."""
+    return config.train_samples if config.objective == "iwae" or config.train_samples > 1 else None
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, eps: torch.Tensor,
+               objective: str = "mc") -> torch.Tensor:
+    """One step on the batch's negative mean objective: the model's forward, autograd's backward, the optimizer.
+
+    x (B, 784) binary images, eps (B, D_z) or (K, B, D_z) standard normal draws (z = mean + std * eps). Returns the
+    batch's sum of the objective, (), detached on the device (no host synchronisation). ``model`` may also be R
+    replicas stacked (:mod:`mnistgen.accelerate.engines`): then x (R, B, 784), eps (R, [K,] B, D_z) -> (R,), each
+    replica's own sum, and each replica's gradient is that of its own mean.
+    """
+    values = model(x, eps, objective)  # ([R,] B): the objective of each image
+    loss = -values.mean(dim=-1).sum()  # each replica's -mean over its batch (the replicas are independent)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    average_gradients(optimizer)  # the mean over torchrun ranks (nothing in one process)
+    optimizer.step()
+    return values.detach().sum(dim=-1)

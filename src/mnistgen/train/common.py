@@ -1,9 +1,16 @@
 """What the VAE's and the GAN's training loops share: the new-or-resume check, the checkpoint writer and reader,
-the end-of-epoch sequence (NaN guard, interrupt, metrics, save), Ctrl-C, threads, the progress bar, random
-streams and the gradient average over torchrun ranks.
+the run folders of R replicas (:class:`ReplicaRuns`) with their end-of-epoch sequence (NaN guard, interrupt,
+metrics, save), Ctrl-C, threads and subnormal floats.
 
-Kept as small functions and one small record (:class:`RunState`), no trainer class: each loop in ``train/``
-reads top to bottom and calls these where it needs them.
+Kept as small functions and two small records (:class:`RunState`, :class:`ReplicaRuns`), no trainer class: each
+loop in ``train/`` reads top to bottom and calls these where it needs them.
+
+A run trains R >= 1 replicas of its model, one per seed (``--seeds``, ``--replicas``). A single-seed run (R = 1)
+writes RUN itself. A replica run writes its config to RUN/config.json and each seed's state to an ordinary
+single-seed run folder, RUN/seed=N, readable by every command that reads a run; its checkpoints are committed
+together: each replica's state goes to RUN/seed=N/checkpoint.next.pt, then RUN/replicas.json records the position
+(the commit), then each file is renamed to checkpoint.pt. A run killed between these steps is settled when it is
+next opened (:func:`settle_checkpoints`), so every replica resumes from the same step.
 """
 
 from __future__ import annotations
@@ -12,10 +19,11 @@ import ctypes
 import ctypes.util
 import dataclasses
 import math
+import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +31,11 @@ from typing import Any
 
 import torch
 
-from ..config import from_dict, to_dict
-from ..distributed import from_main_rank, rank_and_size
+from ..config import from_dict, is_replicated, replica_config, replica_seeds, to_dict
+from ..distributed import from_main_rank, is_main_process, rank_and_size
 from ..errors import MnistgenError, NonFiniteLossError, TrainingInterrupted
-from ..runs import RunDir, is_main_process, save_checkpoint
+from ..files import read_json, sync_folder, write_json
+from ..runs import RunDir, load_checkpoint, save_checkpoint
 
 # glibc's mallopt parameters (malloc.h) and the values :func:`keep_freed_memory` sets
 _M_TRIM_THRESHOLD = -1
@@ -80,40 +89,6 @@ def generator_states(generators: dict[str, torch.Generator]) -> dict[str, torch.
 def restore_generators(generators: dict[str, torch.Generator], states: dict[str, torch.Tensor]) -> None:
     for name, g in generators.items():
         g.set_state(states[name].to("cpu") if g.device.type == "cpu" else states[name])
-
-
-def cpu_rng_state() -> dict[str, Any]:
-    """The global torch RNG state (CPU and, when present, CUDA): draws not made through a generator."""
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def distributed_rank_and_size() -> tuple[int, int]:
-    """(this process's rank, the number of processes) of a torchrun job; (0, 1) in one process."""
-    return rank_and_size()
-
-
-def synchronize_gradients(model: torch.nn.Module) -> None:
-    """Average the gradients over the ranks of a torchrun job; nothing to do in a single process."""
-    average_over_ranks([parameter.grad for parameter in model.parameters()])
-
-
-def average_over_ranks(tensors: list[torch.Tensor]) -> None:
-    """Replace each tensor by its mean over the ranks of a torchrun job; nothing to do in a single process."""
-    rank, world_size = distributed_rank_and_size()
-    if world_size == 1:
-        return
-    for tensor in tensors:
-        torch.distributed.all_reduce(tensor)
-        tensor.div_(world_size)
 
 
 @contextmanager
@@ -341,42 +316,223 @@ class RunState:
         return epoch, step, values, float(seconds)
 
 
-def end_steps(state: RunState, *, epoch: int, done: int, steps: int, step_values: torch.Tensor,
-              value_names: tuple[str, ...], order_state: torch.Tensor, seconds: float, command: str) -> torch.Tensor:
-    """The first half of the end of epoch ``epoch`` (0-based), after its steps:
+# --------------------------------------------------------------------------- the run folders of R replicas
 
-    1. the NaN guard: the values of the ``done`` steps (``step_values``, (steps, len(value_names)) or (steps,),
-       read from the device here, once per epoch) must be finite, else :class:`NonFiniteLossError` and nothing
-       is saved: the checkpoint on disk stays;
-    2. if ``done < steps`` (Ctrl-C): save the position inside the epoch (if the weights and optimizer states are
-       finite, see :meth:`RunState.save`) and raise :class:`TrainingInterrupted` (its message ends with the
-       ``command`` that continues the run).
-
-    Returns the values, (done, len(value_names)) on the CPU. :func:`record_epoch` is the second half.
-    """
-    values = step_values[:done].cpu().reshape(done, len(value_names))
-    bad = torch.nonzero(~torch.isfinite(values))
-    if len(bad):
-        step, column = int(bad[0, 0]), int(bad[0, 1])
-        check_finite(float(values[step, column]), value_names[column], epoch + 1, step + 1, state.kept)
-    if done < steps:
-        state.save(epoch=epoch, step=done, order_state=order_state, step_values=step_values, seconds=seconds)
-        raise TrainingInterrupted(f"interrupted in epoch {epoch + 1} after step {done} of {steps}; saved "
-                                  f"{state.run.checkpoint}; continue with: {command} --out {state.run.path} --resume")
-    return values
+PENDING_CHECKPOINT = "checkpoint.next.pt"  # a replica's state written, not yet committed
 
 
-def record_epoch(state: RunState, record: dict[str, Any]) -> dict[str, Any]:
-    """The second half of the end of an epoch: every number of its ``record`` (the epoch's metrics, "epoch" being
-    the number of epochs completed) must be finite (an evaluation may fail too), the record is appended to
-    RUN/metrics.jsonl, and the checkpoint of the completed epoch is saved. Returns the record."""
-    for key, value in record.items():
-        if isinstance(value, float):
-            check_finite(value, key, record["epoch"], kept=state.kept)
-    state.run.append_metrics(record)
-    state.save(epoch=record["epoch"], step=0, order_state=state.generators["order"].get_state(),
-               step_values=torch.zeros(0), seconds=0.0)
-    return record
+def pending_checkpoint(run: RunDir) -> Path:
+    return run.path / PENDING_CHECKPOINT
+
+
+def settle_checkpoints(run: RunDir, seeds: Sequence[int]) -> None:
+    """Finish or undo a commit that a killed process left half done, so every replica's checkpoint.pt stands at
+    the position RUN/replicas.json records (see the module's docstring)."""
+    committed = read_json(run.replicas_commit) if run.replicas_commit.is_file() else None
+    for seed in seeds:
+        pending = pending_checkpoint(run.seed_run(seed))
+        if not pending.is_file():
+            continue
+        state = load_checkpoint(pending)
+        position = (state.get("epoch"), state.get("step")) if isinstance(state, dict) else None
+        if committed is not None and position == (committed.get("epoch"), committed.get("step")):
+            os.replace(pending, run.seed_run(seed).checkpoint)
+        else:
+            pending.unlink()
+        sync_folder(pending.parent)
+
+
+def check_replica_folder(run: RunDir, resume: bool, kind: str, config: Any, may_change: tuple[str, ...],
+                         say: Callable[[str], None], metric_keys: tuple[str, ...]) -> list[dict[str, Any] | None]:
+    """The new-or-resume check of a replica run (:func:`check_run_folder` for RUN's own config and for each seed's
+    folder); returns each replica's checkpoint to continue from, or None."""
+    seeds = replica_seeds(config)
+    if not resume:
+        if run.replicas_commit.is_file() or any(run.seed_run(s).checkpoint.is_file() for s in seeds):
+            raise MnistgenError(f"{run.path} already holds a run: add --resume to continue it, or choose another --out")
+        if run.checkpoint.is_file():
+            raise MnistgenError(f"{run.path} already holds a single-seed run: choose another --out")
+        return [None] * len(seeds)
+    if not run.config.is_file():
+        raise MnistgenError(f"{run.path}: nothing to resume (no run here); train without --resume first")
+    saved = run.read_config_as(kind, type(config), f"a {kind.upper()} run")
+    if replica_seeds(saved) != seeds:
+        raise MnistgenError(f"{run.path}: --resume must keep the seeds the run was trained with "
+                            f"({','.join(map(str, replica_seeds(saved)))})")
+    settle_checkpoints(run, seeds)
+    checkpoints = [check_run_folder(run.seed_run(seed), True, kind, replica_config(config, seed), may_change,
+                                    lambda line: None, metric_keys) if run.seed_run(seed).config.is_file() else None
+                   for seed in seeds]
+    positions = {(c["epoch"], c["step"]) if c is not None else (0, 0) for c in checkpoints}
+    if len(positions) > 1:
+        raise MnistgenError(f"{run.path}: its replicas' checkpoints stand at different positions "
+                            f"({sorted(positions)}); they were not written by one replica run")
+    if all(c is None for c in checkpoints):
+        say(f"mnistgen: note: {run.path}: no checkpoint yet (its first start ended before one); starting from epoch "
+            "1 with its settings")
+    return checkpoints
+
+
+def claim_runs(held: ExitStack, run: RunDir, resume: bool, kind: str, config: Any, may_change: tuple[str, ...],
+               say: Callable[[str], None], metric_keys: tuple[str, ...]) -> list[dict[str, Any] | None]:
+    """Hold ``run`` for this process until ``held`` closes, and check it (:func:`claim_run` for a single-seed run,
+    :func:`check_replica_folder` for replicas); returns each replica's checkpoint to continue from, or None."""
+    if not is_replicated(config):
+        return [claim_run(held, run, resume, kind, config, may_change, say, metric_keys)]
+    held.enter_context(run.claimed())
+    return check_replica_folder(run, resume, kind, config, may_change, say, metric_keys)
+
+
+def check_one_process(config: Any) -> None:
+    """Replicas (``--seeds``, ``--replicas``) train in one process: under torchrun, a one-line error."""
+    if is_replicated(config) and rank_and_size()[1] > 1:
+        raise MnistgenError("replicas (--seeds, --replicas) train in one process; run them without torchrun, or "
+                            "train each seed under torchrun on its own")
+
+
+@dataclass
+class ReplicaRuns:
+    """The run folders of a run of R replicas and their end-of-epoch sequence: ``states[k]`` is replica k's
+    (RUN itself for a single-seed run, RUN/seed=N for a replica run, whose checkpoints are committed together).
+    ``command`` continues the run (in the message of an interrupted run)."""
+
+    run: RunDir
+    config: Any
+    states: list[RunState]
+    command: str
+
+    @classmethod
+    def build(cls, run: RunDir, config: Any, command: str) -> ReplicaRuns:
+        """Without states yet: :meth:`add` one per seed of ``config``, in its order."""
+        return cls(run, config, [], command)
+
+    def add(self, seed: int, stateful: dict[str, Any], generators: dict[str, torch.Generator],
+            values_key: str) -> RunState:
+        """The run state of the replica of ``seed`` (its single-seed config), appended."""
+        folder = self.run.seed_run(seed) if is_replicated(self.config) else self.run
+        state = RunState(folder, replica_config(self.config, seed), stateful, generators, values_key)
+        if is_replicated(self.config):
+            state.checkpoint_path = pending_checkpoint(folder)
+        self.states.append(state)
+        return state
+
+    def label(self, k: int, what: str) -> str:
+        """``what`` of replica k as a message names it: "the training ELBO", or "seed 3's the training ELBO"."""
+        return f"seed {self.states[k].config.seed}'s {what}" if is_replicated(self.config) else what
+
+    def restore(self, checkpoints: Sequence[dict[str, Any] | None], say: Callable[[str], None]
+                ) -> tuple[int, int, list[torch.Tensor | None], float] | None:
+        """Every replica restored from its checkpoint (all stand at one position); returns (epochs done, steps done
+        of the next epoch, each replica's values of those steps, seconds spent in them), or None where the run is
+        complete (with a note)."""
+        epochs_done, start_step, values, seconds = 0, 0, [None] * len(self.states), 0.0
+        for k, (state, checkpoint) in enumerate(zip(self.states, checkpoints, strict=True)):
+            if checkpoint is not None:
+                epochs_done, start_step, values[k], seconds = state.restore(checkpoint)
+        if any(c is not None for c in checkpoints) and not epochs_left(self.run, self.config, epochs_done,
+                                                                        start_step, say):
+            return None
+        return epochs_done, start_step, values, seconds
+
+    def histories(self, keys: tuple[str, ...], say: Callable[[str], None], epochs: int | None = None
+                  ) -> list[list[dict[str, Any]]]:
+        """Each replica's metric records (of the first ``epochs`` epochs; all where None), read on rank 0."""
+        return from_main_rank(lambda: [[r for r in s.run.read_metrics(keys, say) if epochs is None or
+                                        r["epoch"] <= epochs] for s in self.states])
+
+    def start(self, kind: str, epochs_done: int, provenance: dict[str, Any] | None) -> None:
+        """Before the first step: drop the metric lines the checkpoints lack (all, on a new start), and write the
+        configs and the data's provenance (RUN/data.json)."""
+        if is_replicated(self.config):
+            self.run.write_config(to_dict(self.config), kind=kind)
+        for state in self.states:
+            if is_main_process():
+                state.run.path.mkdir(parents=True, exist_ok=True)
+            state.run.truncate_metrics(epochs_done, say=lambda line: None)
+            state.run.write_config(to_dict(state.config), kind=kind)
+            if provenance is not None and is_main_process():
+                write_json(state.run.data, provenance)
+
+    def save(self, *, epoch: int, step: int, order_states: Sequence[torch.Tensor], step_values: torch.Tensor,
+             seconds: float) -> None:
+        """Every replica's checkpoint (:meth:`RunState.save`; ``step_values`` (R, steps, ...)), committed together
+        in a replica run: RUN/replicas.json records the position, then each pending file becomes checkpoint.pt."""
+        for k, state in enumerate(self.states):
+            state.save(epoch=epoch, step=step, order_state=order_states[k], step_values=step_values[k],
+                       seconds=seconds)
+        if is_replicated(self.config) and is_main_process():
+            self.commit(epoch=epoch, step=step)
+
+    def commit(self, *, epoch: int, step: int) -> None:
+        """Once every replica's state is in its pending file: record the position, then rename each file."""
+        write_json(self.run.replicas_commit, {"seeds": [s.config.seed for s in self.states], "epoch": epoch,
+                                              "step": step})
+        for state in self.states:
+            os.replace(pending_checkpoint(state.run), state.run.checkpoint)
+            sync_folder(state.run.path)
+            state.kept = state.kept.replace(PENDING_CHECKPOINT, state.run.checkpoint.name)
+
+    def end_steps(self, *, epoch: int, done: int, steps: int, step_values: torch.Tensor,
+                  value_names: tuple[str, ...], order_states: Sequence[torch.Tensor], seconds: float) -> torch.Tensor:
+        """The first half of the end of epoch ``epoch`` (0-based), after its steps:
+
+        1. the NaN guard: every replica's values of the ``done`` steps (``step_values`` (R, steps[, values]), read
+           from the device here, once per epoch) must be finite, else :class:`NonFiniteLossError` and nothing is
+           saved: the checkpoints on disk stay;
+        2. if ``done < steps`` (Ctrl-C): save the position inside the epoch (if the weights and optimizer states are
+           finite, see :meth:`RunState.save`) and raise :class:`TrainingInterrupted` (its message ends with the
+           command that continues the run).
+
+        Returns the values, (R, done, len(value_names)) on the CPU. :meth:`record_epoch` is the second half.
+        """
+        values = step_values[:, :done].cpu().reshape(len(self.states), done, len(value_names))
+        bad = torch.nonzero(~torch.isfinite(values))
+        if len(bad):
+            k, step, column = (int(i) for i in bad[0])
+            check_finite(float(values[k, step, column]), self.label(k, value_names[column]), epoch + 1, step + 1,
+                         self.states[k].kept)
+        if done < steps:
+            self.save(epoch=epoch, step=done, order_states=order_states, step_values=step_values, seconds=seconds)
+            saved = (f"every replica's checkpoint in {self.run.path}" if is_replicated(self.config) else
+                     str(self.run.checkpoint))
+            raise TrainingInterrupted(f"interrupted in epoch {epoch + 1} after step {done} of {steps}; saved {saved}; "
+                                      f"continue with: {self.command} --out {self.run.path} --resume")
+        return values
+
+    def record_epoch(self, records: Sequence[dict[str, Any]]) -> None:
+        """The second half of the end of an epoch: every number of each replica's record (the epoch's metrics,
+        "epoch" being the number of epochs completed) must be finite (an evaluation may fail too), each record is
+        appended to its RUN/metrics.jsonl, and the checkpoints of the completed epoch are saved."""
+        for k, record in enumerate(records):
+            for key, value in record.items():
+                if isinstance(value, float):
+                    check_finite(value, self.label(k, key), record["epoch"], kept=self.states[k].kept)
+        for state, record in zip(self.states, records, strict=True):
+            state.run.append_metrics(record)
+        self.save(epoch=records[0]["epoch"], step=0, order_states=[s.generators["order"].get_state()
+                                                                    for s in self.states],
+                  step_values=torch.zeros(len(records), 0), seconds=0.0)
+
+
+def take_steps(engine: Any, start: int, steps: int, inputs: Callable[[int, int], Sequence[torch.Tensor]],
+               values: torch.Tensor, stop: Callable[[], bool] = lambda: False, bar: Any = None) -> int:
+    """Steps ``start..steps-1`` of every replica by ``engine`` (:mod:`mnistgen.accelerate.engines`), polling
+    ``stop`` before each run of ``engine.steps_between_polls`` steps; replica k's inputs of step s are
+    ``inputs(k, s)``, its values go to ``values[k, s]``; ``bar`` (a progress bar) advances with them. Returns the
+    number of steps done; the engine has stored its state into the replicas' modules and optimizers."""
+    done = start
+    try:
+        for first in range(start, steps, engine.steps_between_polls):
+            if stop():
+                break
+            last = min(first + engine.steps_between_polls, steps)
+            engine.run(first, last, inputs, values)
+            done = last
+            if bar is not None:
+                bar.update(last - first)
+    finally:
+        engine.store()
+    return done
 
 
 SUBNORMAL_PROBE = 1e-41  # a float32 subnormal: products of it stay subnormal unless the CPU flushes them
