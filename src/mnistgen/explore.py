@@ -15,16 +15,20 @@ from __future__ import annotations
 import base64
 import html
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from .accelerate import PROBE_SEED, PROBE_TOLERANCE, layout_mismatch, on_meta_device, probing, relative_difference
 from .config import VAEConfig
 from .errors import MnistgenError
 from .files import atomic_write
+from .models.gan import GENERATOR_START, LEAKY_SLOPE
 from .runs import RunDir
 
 CONTENT_SECURITY_POLICY = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'"
@@ -57,29 +61,11 @@ class ExplorerData:
     gan: GeneratorWeights | None = None  # the optional second panel
 
 
-def decoder_arrays(decoder: torch.nn.Module) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The two Linear layers of SPEC's decoder as float32 arrays (w1 (H, 2), b1, w2 (784, H), b2).
-
-    Raises if the module is not Linear(2, H) -> ... -> Linear(H, 784): the page implements exactly that.
-    """
-    linears = [m for m in decoder.modules() if isinstance(m, torch.nn.Linear)]
-    if len(linears) != 2:
-        raise MnistgenError(f"the explorer needs the decoder Linear -> tanh -> Linear -> sigmoid; "
-                            f"this one has {len(linears)} Linear layer(s)")
-    first, second = linears
-    if first.in_features != 2:
-        raise MnistgenError(f"the explorer needs a 2-D latent space; this VAE has {first.in_features} dimensions")
-    if second.out_features != IMAGE_SIDE * IMAGE_SIDE or second.in_features != first.out_features:
-        raise MnistgenError(f"decoder shapes {first.in_features}->{first.out_features}->"
-                            f"{second.in_features}->{second.out_features} are not 2->H->H->784")
-    as_array = lambda t: t.detach().cpu().to(torch.float32).numpy().copy()  # noqa: E731
-    return as_array(first.weight), as_array(first.bias), as_array(second.weight), as_array(second.bias)
-
-
 GAN_CORNERS = 4  # the GAN panel morphs between this many noise vectors (the corners of its square)
 GAN_CORNER_SEED = 0
 GAN_TILES = 8  # the GAN pad's background: G(z) on an 8 x 8 grid of mixtures
 GAN_PAD_SIZE = 400  # canvas pixels of that pad (square)
+PROBE_POINTS = 16  # inputs at which a network is compared with the page's formula
 
 
 @dataclass(frozen=True)
@@ -89,33 +75,77 @@ class GeneratorWeights:
     linear_w: np.ndarray  # (1568, zdim)
     linear_b: np.ndarray  # (1568,)
     convs: tuple[tuple[np.ndarray, np.ndarray], ...]  # (weight, bias): (16, 32, 3, 3), (8, 16, 3, 3), (1, 8, 3, 3)
-    slope: float  # LeakyReLU's negative slope
     corners: np.ndarray  # (GAN_CORNERS, zdim) noise vectors z ~ U[-1, 1]^zdim
 
 
-GENERATOR_CHANNELS = (32, 16, 8, 1)  # channels after the reshape and after each convolution (SPEC §3)
-GENERATOR_START = 7  # the reshape gives 32 x 7 x 7; two nearest upsamplings make 28 x 28
+def _arrays(*tensors: torch.Tensor) -> list[np.ndarray]:
+    return [t.detach().cpu().to(torch.float32).numpy().copy() for t in tensors]
 
 
-def generator_arrays(generator: torch.nn.Module, seed: int = GAN_CORNER_SEED) -> GeneratorWeights:
-    """The weights of SPEC §3's generator, checked against the one layout the page implements."""
-    linears = [m for m in generator.modules() if isinstance(m, torch.nn.Linear)]
-    convs = [m for m in generator.modules() if isinstance(m, torch.nn.Conv2d)]
-    upsamples = [m for m in generator.modules() if isinstance(m, torch.nn.Upsample)]
-    slopes = {m.negative_slope for m in generator.modules() if isinstance(m, torch.nn.LeakyReLU)}
-    channels = tuple([c.in_channels for c in convs[:1]] + [c.out_channels for c in convs])
-    layout_ok = (len(linears) == 1 and linears[0].out_features == GENERATOR_CHANNELS[0] * GENERATOR_START ** 2
-                 and channels == GENERATOR_CHANNELS and len(slopes) == 1 and len(upsamples) == 2
-                 and all(c.kernel_size == (3, 3) and c.stride == (1, 1) and c.padding == (1, 1) for c in convs)
-                 and all(u.mode == "nearest" and float(u.scale_factor) == 2.0 for u in upsamples))
-    if not layout_ok:
-        raise MnistgenError("the explorer's GAN panel implements SPEC §3's generator only "
-                            "(Linear -> LeakyReLU -> 2x nearest upsample -> 3 convolutions 3x3 -> sigmoid)")
-    as_array = lambda t: t.detach().cpu().to(torch.float32).numpy().copy()  # noqa: E731
-    zdim = linears[0].in_features
-    corners = np.random.default_rng(seed).uniform(-1.0, 1.0, size=(GAN_CORNERS, zdim)).astype(np.float32)
-    return GeneratorWeights(as_array(linears[0].weight), as_array(linears[0].bias),
-                            tuple((as_array(c.weight), as_array(c.bias)) for c in convs), float(slopes.pop()), corners)
+def _check_drawable(module: torch.nn.Module, build: Callable[[], dict[str, torch.nn.Module]], what: str,
+                    inputs: torch.Tensor, page: Callable[[torch.Tensor], torch.Tensor], formula: str) -> None:
+    """Refuse (one line) a network the page would draw wrongly: its leaf modules differ from ``build()``'s (the
+    accelerators' layout check), or its output at ``inputs`` differs from ``page(inputs)`` (the page's
+    ``formula``, in torch on the CPU) beyond float32 rounding: an activation changed inside ``forward`` shows
+    only there."""
+    reason = layout_mismatch(module, on_meta_device(build), what)
+    if reason is None:
+        with probing(module) as (copy,), torch.no_grad():
+            output = copy(inputs.to(next(module.parameters()).device)).float().cpu()
+        difference = relative_difference(output, page(inputs))
+        if not difference <= PROBE_TOLERANCE:
+            reason = (f"its output is {difference:.2g} away (relative) from the page's {formula} at {len(inputs)} "
+                      "points (an activation or the order of the layers differs)")
+    if reason is not None:
+        raise MnistgenError(f"the explorer cannot draw this {what}: {reason}")
+
+
+def decoder_arrays(decoder: torch.nn.Module, config: VAEConfig) -> list[np.ndarray]:
+    """SPEC §2's decoder with ``config``'s widths as float32 arrays: w1 (H, 2), b1, w2 (784, H), b2.
+
+    The page computes p(x|z) = sigmoid(w2 tanh(w1 z + b1) + b2) and nothing else; another decoder is refused.
+    """
+    from .accelerate.vae import spec_layers
+
+    if config.latent_dim != 2:
+        raise MnistgenError(f"the explorer needs a 2-D latent space; this VAE has {config.latent_dim} dimensions")
+
+    def layers() -> dict[str, torch.nn.Module]:
+        return {name.removeprefix("decoder."): layer for name, layer in spec_layers(config).items()
+                if name.startswith("decoder.")}
+
+    def page(z: torch.Tensor) -> torch.Tensor:
+        hidden, output = decoder.hidden, decoder.output
+        return torch.sigmoid(F.linear(torch.tanh(F.linear(z, hidden.weight.float().cpu(), hidden.bias.float().cpu())),
+                                      output.weight.float().cpu(), output.bias.float().cpu()))
+
+    z = 3.0 * torch.randn(PROBE_POINTS, 2, generator=torch.Generator().manual_seed(PROBE_SEED))  # the prior's +-3 sd
+    _check_drawable(decoder, layers, "decoder", z, page, "sigmoid(Linear(tanh(Linear(z))))")
+    return _arrays(decoder.hidden.weight, decoder.hidden.bias, decoder.output.weight, decoder.output.bias)
+
+
+def generator_arrays(generator: torch.nn.Module, zdim: int) -> GeneratorWeights:
+    """SPEC §3's generator as arrays, with GAN_CORNERS noise vectors; another generator is refused.
+
+    The page computes Linear -> LeakyReLU -> 2x nearest -> conv -> LeakyReLU -> 2x nearest -> conv -> LeakyReLU
+    -> conv -> sigmoid (3x3 convolutions, padding 1)."""
+    from .accelerate.gan import spec_generator_layers
+
+    def page(z: torch.Tensor) -> torch.Tensor:
+        convs = [(conv.weight.float().cpu(), conv.bias.float().cpu())
+                 for conv in (generator.conv1, generator.conv2, generator.conv3)]
+        h = F.linear(z, generator.linear.weight.float().cpu(), generator.linear.bias.float().cpu())
+        h = F.leaky_relu(h, LEAKY_SLOPE).view(-1, *GENERATOR_START)
+        for i, (weight, bias) in enumerate(convs):
+            h = F.conv2d(h if i == 2 else F.interpolate(h, scale_factor=2.0, mode="nearest"), weight, bias, padding=1)
+            h = torch.sigmoid(h) if i == 2 else F.leaky_relu(h, LEAKY_SLOPE)
+        return h
+
+    z = torch.rand(PROBE_POINTS, zdim, generator=torch.Generator().manual_seed(PROBE_SEED)) * 2 - 1
+    _check_drawable(generator, lambda: spec_generator_layers(zdim), "generator", z, page, "SPEC §3 generator")
+    corners = np.random.default_rng(GAN_CORNER_SEED).uniform(-1.0, 1.0, size=(GAN_CORNERS, zdim)).astype(np.float32)
+    convs = [_arrays(conv.weight, conv.bias) for conv in (generator.conv1, generator.conv2, generator.conv3)]
+    return GeneratorWeights(*_arrays(generator.linear.weight, generator.linear.bias), tuple(map(tuple, convs)), corners)
 
 
 def plane_range(means: np.ndarray) -> tuple[tuple[float, float], tuple[float, float]]:
@@ -172,9 +202,9 @@ def page_data(data: ExplorerData) -> dict:
 def gan_page_data(gan: GeneratorWeights) -> dict:
     return {
         "zdim": int(gan.linear_w.shape[1]),
-        "channels": list(GENERATOR_CHANNELS),
-        "start": GENERATOR_START,
-        "slope": gan.slope,
+        "channels": [GENERATOR_START[0]] + [int(w.shape[0]) for w, _ in gan.convs],  # 32, 16, 8, 1
+        "start": GENERATOR_START[1],
+        "slope": LEAKY_SLOPE,
         "linear_w": base64_array(gan.linear_w, "<f4"),
         "linear_b": base64_array(gan.linear_b, "<f4"),
         "conv_w": [base64_array(w, "<f4") for w, _ in gan.convs],
@@ -283,7 +313,6 @@ def vae_run_of(folder: str | Path) -> RunDir:
     return run
 
 
-
 def explorer_from_run(folder: str | Path, device: str = "auto", gan_folder: str | Path | None = None) -> ExplorerData:
     """Load the VAE of a run folder (or of a reproduction's vae/) and encode its protocol's training images.
 
@@ -298,8 +327,14 @@ def explorer_from_run(folder: str | Path, device: str = "auto", gan_folder: str 
     run = vae_run_of(folder)
     trained = load_trained_vae(run, device)
     config = trained.config
-    if config.latent_dim != 2:
-        raise MnistgenError(f"{run.path}: the explorer needs a 2-D latent space; this VAE has {config.latent_dim}")
+    decoder = decoder_arrays(trained.model.decoder, config)  # refused before the work, as is a generator
+    gan_run = RunDir(gan_folder) if gan_folder is not None else RunDir(RunDir(folder).path / "gan")
+    gan = None
+    if gan_folder is not None or gan_run.checkpoint.is_file():
+        from .evaluate.gan import load_generator
+
+        generator, gan_config = load_generator(gan_run, torch.device("cpu"))
+        gan = generator_arrays(generator, gan_config.zdim)
     protocol = load_run_protocol(run, config)
     images = protocol.train_images
     if protocol.dynamic_binarization:
@@ -309,11 +344,5 @@ def explorer_from_run(folder: str | Path, device: str = "auto", gan_folder: str 
     classes = DATASETS[dataset].classes if dataset in DATASETS else tuple(str(d) for d in range(10))
     title = (f"mnistgen latent explorer: the VAE of {RunDir(folder).path.name} ({dataset}, {config.protocol} protocol, "
              f"{trained.epochs} epoch(s))")
-    gan_run = RunDir(gan_folder) if gan_folder is not None else RunDir(RunDir(folder).path / "gan")
-    gan = None
-    if gan_folder is not None or gan_run.checkpoint.is_file():
-        from .evaluate.gan import load_generator
-
-        gan = generator_arrays(load_generator(gan_run, torch.device("cpu"))[0])
-    return ExplorerData(*decoder_arrays(trained.model.decoder), means=means, labels=protocol.train_labels.numpy(),
-                        classes=tuple(classes), title=title, gan=gan)
+    return ExplorerData(*decoder, means=means, labels=protocol.train_labels.numpy(), classes=tuple(classes),
+                        title=title, gan=gan)
