@@ -60,7 +60,7 @@ def run_score(args: argparse.Namespace) -> int:
         score_path,
         write_report,
     )
-    from . import writable_output
+    from .common import writable_output
 
     config = config_from_args(ScoreConfig, args)
     inputs = []  # (path, images) of a file, or the ScoredRun of a run folder
