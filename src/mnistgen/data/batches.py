@@ -20,14 +20,8 @@ def num_batches(num_items: int, batch_size: int, drop_last: bool, world_size: in
     return len(range(0, total, world_size)) if world_size > 1 else total
 
 
-def shuffled_batches(
-    num_items: int,
-    batch_size: int,
-    generator: torch.Generator,
-    drop_last: bool = False,
-    rank: int = 0,
-    world_size: int = 1,
-) -> Iterator[torch.Tensor]:
+def shuffled_batches(num_items: int, batch_size: int, generator: torch.Generator, drop_last: bool = False,
+                     rank: int = 0, world_size: int = 1) -> Iterator[torch.Tensor]:
     """Yield index tensors of one epoch: a fresh permutation from ``generator``, cut into batches."""
     order = torch.randperm(num_items, generator=generator)
     stop = num_items - num_items % batch_size if drop_last else num_items

@@ -52,15 +52,10 @@ _ANNOUNCED_FALLBACKS: set[str] = set()
 
 @dataclass(frozen=True)
 class RawData:
-    """A whole dataset in memory: uint8 images (N, 28, 28) and int64 labels (N,), with provenance.
-
-    The image arrays are read-only views of the decompressed files (no copy); make a copy (as
-    :func:`mnistgen.data.protocols.to_unit` does) before writing into them.
-    ``provenance`` is JSON-ready and is what a run folder saves as ``data.json``: dataset name and
-    title, ``sample`` (True if mnistgen's bundled sample was used, with ``requested_dataset`` and
-    ``fallback_reason`` when it stood in for MNIST), ``folder``, ``files`` (name, path, md5 of the
-    file, content_md5 of the decompressed IDX, size, downloaded_from) and the split sizes.
-    """
+    """A whole dataset in memory: uint8 images (N, 28, 28), read-only views of the decompressed files (copy before
+    writing), and int64 labels (N,). ``provenance`` is what a run folder saves as ``data.json``: dataset, title,
+    ``sample`` (with ``requested_dataset`` and ``fallback_reason`` where the sample stood in for MNIST), folder,
+    each file (name, path, MD5s, size, downloaded_from) and the split sizes."""
 
     train_images: np.ndarray
     train_labels: np.ndarray
@@ -94,7 +89,6 @@ class LocalFile:
 
     @property
     def matched_md5(self) -> str:
-        """The registry checksum this file matched (its content MD5 where the registry knows it)."""
         return accepted_md5(self.spec, self.hashes) or ""
 
     def provenance(self) -> dict[str, Any]:
@@ -122,11 +116,8 @@ def offline_requested(data: DataConfig) -> bool:
 
 
 def data_folder(data: DataConfig, dataset: str, create: bool = False) -> DataFolder:
-    """The one folder where ``dataset``'s files are looked for and downloaded to.
-
-    A folder the user named (``--data-dir``, ``$MNISTGEN_DATA_DIR``) must exist, unless ``create`` (``data fetch``,
-    told to fill it, may create it): a mistyped path is an error, not an empty folder to download into or to
-    replace by the sample."""
+    """The one folder where ``dataset``'s files are looked for and downloaded to. A folder the user named must exist
+    unless ``create`` (``data fetch``): a mistyped path is an error, not an empty folder to fill or replace."""
     if data.data_dir:
         folder = DataFolder(Path(data.data_dir).expanduser().resolve(), "--data-dir")
     elif os.environ.get(DATA_DIR_ENV):
@@ -163,10 +154,8 @@ def check_file(path: Path, spec: FileSpec, store: VerdictStore | None) -> LocalF
     return LocalFile(spec, path, hashes, content)
 
 
-def obtain_files(
-    spec: DatasetSpec, data: DataConfig, store: VerdictStore, log: Callable[[str], None] = _log,
-    folder: DataFolder | None = None,
-) -> tuple[DataFolder, dict[str, LocalFile]]:
+def obtain_files(spec: DatasetSpec, data: DataConfig, store: VerdictStore, log: Callable[[str], None] = _log,
+                 folder: DataFolder | None = None) -> tuple[DataFolder, dict[str, LocalFile]]:
     """Every file of ``spec``, verified: found in the data folder (``folder``, default :func:`data_folder`), else
     downloaded into it."""
     folder = folder if folder is not None else data_folder(data, spec.name)
@@ -214,13 +203,11 @@ def _sample(requested: str | None = None, reason: str | None = None) -> RawData:
         provenance.update(requested_dataset=requested, fallback_reason=reason)
         if requested not in _ANNOUNCED_FALLBACKS:
             _ANNOUNCED_FALLBACKS.add(requested)
-            _log(
-                f"mnistgen: WARNING: using the {len(arrays['train_labels']) + len(arrays['test_labels']):,}-digit "
-                f"MNIST sample shipped with mnistgen ({len(arrays['train_labels']):,} train / "
-                f"{len(arrays['test_labels']):,} test images), NOT full MNIST: {reason}. Results are not comparable "
-                f"with full-MNIST numbers; run `mnistgen data fetch` to get MNIST, or pass --dataset mnist-sample "
-                f"to use the sample on purpose."
-            )
+            _log(f"mnistgen: WARNING: using the {len(arrays['train_labels']) + len(arrays['test_labels']):,}-digit "
+                 f"MNIST sample shipped with mnistgen ({len(arrays['train_labels']):,} train / "
+                 f"{len(arrays['test_labels']):,} test images), NOT full MNIST: {reason}. Results are not comparable "
+                 f"with full-MNIST numbers; run `mnistgen data fetch` to get MNIST, or pass --dataset mnist-sample "
+                 f"to use the sample on purpose.")
     return RawData(**arrays, provenance=provenance)
 
 
@@ -250,21 +237,11 @@ def load_raw(data: DataConfig) -> RawData:
         store.save()
     arrays = {role: decode_idx(f.content, str(f.path), f.spec.magic, f.spec.item_shape) for role, f in files.items()}
     _check_arrays(spec, arrays, files)
-    provenance = {
-        "dataset": spec.name,
-        "title": spec.title,
-        "sample": False,
-        "folder": str(folder.path),
-        "located_by": folder.origin,
-        "files": [files[f.role].provenance() for f in spec.files],
-        "train_size": len(arrays["train_labels"]),
-        "test_size": len(arrays["test_labels"]),
-    }
-    return RawData(
-        arrays["train_images"], arrays["train_labels"].astype(np.int64),
-        arrays["test_images"], arrays["test_labels"].astype(np.int64),
-        provenance,
-    )
+    provenance = {"dataset": spec.name, "title": spec.title, "sample": False, "folder": str(folder.path),
+                  "located_by": folder.origin, "files": [files[f.role].provenance() for f in spec.files],
+                  "train_size": len(arrays["train_labels"]), "test_size": len(arrays["test_labels"])}
+    return RawData(arrays["train_images"], arrays["train_labels"].astype(np.int64),
+                   arrays["test_images"], arrays["test_labels"].astype(np.int64), provenance)
 
 
 # --------------------------------------------------------------------------- the `data` commands
@@ -272,8 +249,6 @@ def load_raw(data: DataConfig) -> RawData:
 
 @dataclass(frozen=True)
 class FileReport:
-    """One line of ``mnistgen data verify`` / ``fetch``."""
-
     name: str
     ok: bool
     detail: str  # the matching MD5 when ok, else the reason

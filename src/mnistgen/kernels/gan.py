@@ -10,20 +10,13 @@ Two pieces of SPEC §3's networks run in ``gan_cpu.c`` (built by :mod:`mnistgen.
   with gradients for h0 and for conv1's, conv2's and conv3's parameters. G's Linear, act1 and sigmoid stay
   in PyTorch.
 
-Both are the same functions of the same parameters as the spec's modules: tests/test_native_kernels.py
-checks values and every gradient against ``Discriminator.forward`` and G's layers to float32 rounding, ties
-of the max-pools included, and that a training step gives the same losses and weights.
-The parameters are read from the modules at each call (no copy to keep in sync); their gradients reach
-the modules' parameters through autograd.
+Both are the same functions of the same parameters as the spec's modules, to float32 rounding (max-pool ties
+included). The parameters are read from the modules at each call; their gradients reach them through autograd.
 
-The sizes below (``LANES``, ``D_PIECES``, ...) are the Python side's declarations of the C code's; the library
-reports its own (``mnistgen_gan_layout``) and :func:`mnistgen.kernels.native.load_library` refuses one that
-differs from ``LAYOUT``. Every C call goes through one of :func:`_d_forward`, :func:`_d_backward`,
-:func:`_g_forward`, :func:`_g_backward`, which check each buffer's element count (for the batch at hand),
-dtype, device and contiguity first: a float64 model, or one with other channel counts, is refused with a
-one-line :class:`~mnistgen.kernels.native.KernelArgumentError`, never read out of bounds.
-
-Whether they apply to a given model is decided in :mod:`mnistgen.accelerate.gan`.
+The sizes below are the Python side's declarations of the C code's (``LAYOUT``: a library reporting others is
+refused when loaded). Every C call goes through :func:`_d_forward`, :func:`_d_backward`, :func:`_g_forward` or
+:func:`_g_backward`, which check each buffer first (a one-line ``KernelArgumentError``, never a read out of
+bounds). Whether they apply to a model is decided in :mod:`mnistgen.accelerate.gan`.
 """
 
 from __future__ import annotations
@@ -35,7 +28,7 @@ import torch
 from ..models.gan import Discriminator, Generator
 from .native import check_tensor, checked_pointer, load_gan_library
 
-# What gan_cpu.c's code is written for, as it reports it (mnistgen_gan_layout; checked when it is loaded)
+# What gan_cpu.c's code is written for, as it reports it (mnistgen_gan_layout)
 LANES = 8  # D's images per vector register
 PIXELS = 28 * 28  # one image: D's input, G's output
 GROUP = PIXELS * LANES  # floats of one group of D's images, (28, 28, 8)
@@ -54,7 +47,6 @@ G_CHUNK = 8  # images whose parameter gradients the C kernel sums together
 
 
 def _pieces(prefix: str, pieces: tuple[tuple[str, tuple[int, ...]], ...]) -> dict[str, int]:
-    """Each piece's offset and length in a flat vector of the pieces one after the other, as the library names them."""
     layout, offset = {}, 0
     for name, shape in pieces:
         length = math.prod(shape)
@@ -63,7 +55,6 @@ def _pieces(prefix: str, pieces: tuple[tuple[str, tuple[int, ...]], ...]) -> dic
     return layout
 
 
-# The layout the library must report (mnistgen.kernels.native.check_layout), name by name
 LAYOUT = {"lanes": LANES, "pixels": PIXELS, "d.parameters": D_PARAMETERS, **_pieces("d", D_PIECES),
           "g.parameters": G_PARAMETERS, **_pieces("g", G_PIECES), "g.input": G_INPUT, "g.kept": G_KEPT,
           "g.chunk": G_CHUNK}
@@ -82,8 +73,7 @@ def _check(status: int, what: str) -> None:
 
 
 def _to_groups(images: torch.Tensor) -> torch.Tensor:
-    """(B, 1, 28, 28) float32 -> (ceil(B / 8), 28 * 28, 8): eight images side by side per pixel (zero images pad
-    B). Other dtypes and image sizes are refused (KernelArgumentError), not converted."""
+    """(B, 1, 28, 28) float32 -> (ceil(B / 8), 28 * 28, 8): eight images side by side per pixel, zero-padded."""
     check_tensor(images, "D's images", len(images) * PIXELS, contiguous=False)  # any layout: copied here
     flat = images.detach().reshape(len(images), PIXELS)
     padding = -len(images) % LANES
@@ -93,7 +83,6 @@ def _to_groups(images: torch.Tensor) -> torch.Tensor:
 
 
 def _from_groups(grouped: torch.Tensor, count: int) -> torch.Tensor:
-    """The inverse of :func:`_to_groups`: (G, 784, 8) -> (count, 1, 28, 28)."""
     return grouped.transpose(1, 2).reshape(-1, 1, 28, 28)[:count]
 
 
@@ -151,16 +140,13 @@ class _NativeDiscriminator(torch.autograd.Function):
 
 
 def flat_parameters(module: torch.nn.Module) -> torch.Tensor:
-    """All parameters of ``module`` as one vector, in ``parameters()`` order, each flattened in its logical
-    (PyTorch default) order whatever its memory layout; differentiable."""
+    """All parameters of ``module`` as one differentiable vector, each in its logical order whatever its layout."""
     return torch.cat([parameter.reshape(-1) for parameter in module.parameters()])
 
 
 def native_discriminate(discriminator: Discriminator, images: torch.Tensor,
                         parameter_gradients: bool = True) -> torch.Tensor:
-    """D(images) -> (B, 1) logits by the C kernel; D's parameters get gradients only if ``parameter_gradients``.
-
-    float32 only, D as SPEC §3 has it (593 parameters): anything else is a KernelArgumentError."""
+    """D(images) -> (B, 1) logits by the C kernel; D's parameters get gradients only if ``parameter_gradients``."""
     parameters = flat_parameters(discriminator) if parameter_gradients else flat_parameters(discriminator).detach()
     return _NativeDiscriminator.apply(images, parameters)
 
@@ -249,9 +235,7 @@ class _NativeGenerator(torch.autograd.Function):
 
 
 def native_generator_after_act1(generator: Generator, h0: torch.Tensor) -> torch.Tensor:
-    """G from act1's output h0 (B, 1568) to conv3's output (before the sigmoid), (B, 1, 28, 28), by the C kernel.
-
-    float32 only, G as SPEC §3 has it: anything else is a KernelArgumentError."""
+    """G from act1's output h0 (B, 1568) to conv3's output (before the sigmoid), (B, 1, 28, 28), by the C kernel."""
     return _NativeGenerator.apply(h0, _g_parameters(generator), generator.act2.negative_slope,
                                   generator.act3.negative_slope)
 

@@ -12,19 +12,13 @@ Adam's two moments as four flat buffers of the same layout, and the activations 
 5. C: the rest of the backward pass (W1's gradient again as sums over the nonzero pixels) and the ELBO;
 6. C: Adam over the flat buffers, PyTorch's algorithm.
 
-The mathematics is :func:`mnistgen.accelerate.vae.elbo_with_gradients` followed by PyTorch's Adam
-(tests/test_vae_native.py compares values, gradients and whole training runs); only the order of
-float32 additions differs. :meth:`NativeVAEStep.load` copies a model's weights and its optimizer's
-moments in, :meth:`NativeVAEStep.store` copies them back (the optimizer's state in PyTorch's own format,
-so checkpoints are the same whichever kernels wrote them).
+The mathematics is :func:`mnistgen.accelerate.vae.elbo_with_gradients` followed by PyTorch's Adam; only the
+order of float32 additions differs. :meth:`NativeVAEStep.store` writes the optimizer's state in PyTorch's own
+format, so checkpoints are the same whichever kernels wrote them.
 
-The C side's structs are mirrored here with ctypes (:class:`_Buffers`, :class:`_AdamStep`); the library reports
-their sizes and field offsets (``mnistgen_vae_layout``) and is refused when it is loaded unless they equal the
-mirror's (``LAYOUT``). Every buffer is checked (:func:`mnistgen.kernels.native.checked_pointer`: element count,
-dtype, CPU, contiguous) before its address goes to C: the struct's once, when :class:`NativeVAEStep` takes them
-(it keeps them for its whole life), x, eps and Adam's four buffers at every call. A float64 model, or one
-whose layers' sizes do not fit together, is refused with a one-line
-:class:`~mnistgen.kernels.native.KernelArgumentError`.
+The C structs are mirrored with ctypes (:class:`_Buffers`, :class:`_AdamStep`; the library must report the same
+sizes and offsets, ``LAYOUT``). Every buffer passes :func:`mnistgen.kernels.native.checked_pointer` before its
+address goes to C: the struct's once (kept for the step's life), x, eps and Adam's buffers at every call.
 """
 
 from __future__ import annotations
@@ -42,7 +36,7 @@ _P = ctypes.c_void_p
 
 
 class _Buffers(ctypes.Structure):
-    """The C struct VAEBuffers (same fields, same order; checked against the library's report when it is loaded)."""
+    """The C struct VAEBuffers (same fields, same order)."""
 
     _fields_ = [(name, ctypes.c_long) for name in ("pixels", "hidden", "latent", "capacity")] + [
         (name, _P) for name in (
@@ -61,14 +55,12 @@ class _AdamStep(ctypes.Structure):
 
 
 def struct_layout(struct: type[ctypes.Structure], c_name: str) -> dict[str, int]:
-    """A ctypes struct's size and its fields' offsets, named as the library reports those of the C struct
-    ``c_name``: "sizeof(VAEBuffers)", "offsetof(VAEBuffers, pixels)", ..."""
+    """A ctypes struct's size and offsets, named as the library reports them: "offsetof(VAEBuffers, pixels)"."""
     layout = {f"sizeof({c_name})": ctypes.sizeof(struct)}
     layout |= {f"offsetof({c_name}, {name})": getattr(struct, name).offset for name, _ in struct._fields_}
     return layout
 
 
-# The layout the library must report (mnistgen.kernels.native.check_layout): the mirrors' sizes and offsets
 LAYOUT = {**struct_layout(_Buffers, "VAEBuffers"), **struct_layout(_AdamStep, "AdamStep")}
 
 
@@ -83,8 +75,7 @@ def _parameter_slots(model: VAE) -> list[tuple[str, torch.nn.Parameter, bool]]:
 
 
 def _c_shapes(pixels: int, hidden: int, latent: int, capacity: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    """Each buffer of VAEBuffers as the C kernels read it for these sizes: (shape, dtype) by field name. The
-    gradients ("g_" + name) have their parameter's shape."""
+    """(shape, dtype) of each buffer of VAEBuffers, by field name, as the C kernels read it."""
     D, H, Z, B = pixels, hidden, latent, capacity
     f32, i32 = torch.float32, torch.int32
     parameters = {"enc_wt": (D, H), "enc_b": (H,), "mean_w": (Z, H), "mean_b": (Z,), "logvar_w": (Z, H),
@@ -105,11 +96,8 @@ def _check(status: int, what: str) -> None:
 
 
 class NativeVAEStep:
-    """The state of training ``model`` on CPU by the C kernels, for batches of at most ``capacity`` images.
-
-    The weights live in the flat buffers between :meth:`load` and :meth:`store`; the model's own tensors are
-    only read by :meth:`load` and written by :meth:`store`.
-    """
+    """The state of training ``model`` on CPU by the C kernels, for batches of at most ``capacity`` images; the
+    weights live in the flat buffers between :meth:`load` and :meth:`store`."""
 
     def __init__(self, model: VAE, capacity: int):
         self.model = model
@@ -141,24 +129,11 @@ class NativeVAEStep:
         self.out_bias = self.parameters[where["out_b"]]
         self.out_weight_gradient = self.gradients[where["out_w"]].view(pixels, hidden)
 
-        # activations of one batch, (capacity, .)
         self.capacity = capacity
-        self.h1, self.h2, self.d_h2, self.d_a1 = (torch.empty(capacity, hidden) for _ in range(4))
-        self.mean, self.logvar, self.std, self.z = (torch.empty(capacity, latent) for _ in range(4))
-        self.d_mean, self.d_logvar = torch.empty(capacity, latent), torch.empty(capacity, latent)
-        self.logits, self.d_logits = torch.empty(capacity, pixels), torch.empty(capacity, pixels)
-        self.dec_wt = torch.empty(latent, hidden)
-        self.row_elbo = torch.empty(capacity, dtype=torch.float64)
-        self.image_count = torch.empty(capacity, dtype=torch.int32)
-        self.pixel_count = torch.empty(pixels, dtype=torch.int32)
-        self.image_pixel = torch.empty(capacity, pixels, dtype=torch.int32)
-        self.pixel_image = torch.empty(pixels, capacity, dtype=torch.int32)
-        self.image_value, self.pixel_value = torch.empty(capacity, pixels), torch.empty(pixels, capacity)
-        for name in ("dec_wt", "h1", "mean", "logvar", "std", "z", "h2", "logits", "d_logits", "d_h2", "d_a1",
-                     "d_mean", "d_logvar",
-                     "row_elbo", "image_count", "image_pixel", "image_value", "pixel_count", "pixel_image",
-                     "pixel_value"):
-            fields[name] = getattr(self, name)
+        for name in c_shapes.keys() - fields.keys() - {"g_out_w"}:  # the activations of one batch (self.h1, ...)
+            shape, dtype = c_shapes[name]
+            fields[name] = torch.empty(shape, dtype=dtype)
+            setattr(self, name, fields[name])
         pointer_fields = {name for name, kind in _Buffers._fields_ if kind is _P}
         if set(fields) != pointer_fields:  # a NULL the C code would write through
             raise AssertionError(f"the buffers given differ from VAEBuffers' pointers: {set(fields) ^ pointer_fields}")
@@ -231,8 +206,7 @@ class NativeVAEStep:
     def compute_gradients(self, x: torch.Tensor, eps: torch.Tensor, analytic_kl: bool) -> float:
         """Fill ``self.gradients`` with those of loss = -mean ELBO of the batch; return the batch's ELBO sum.
 
-        x (B, D) float32 images (binary, or any values: the sums skip the zeros only); eps (B, D_z) the
-        standard normal draws of z = mean + std eps.
+        x (B, D) float32 images (any values: the sums skip the zeros only); eps (B, D_z): z = mean + std eps.
         """
         batch = x.shape[0]
         if batch > self.capacity:
