@@ -27,7 +27,6 @@ from .errors import MnistgenError, UsageError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
-# --------------------------------------------------------------------------- bounds
 
 Number = int | float
 
@@ -109,9 +108,6 @@ def bounds_of(f: dataclasses.Field) -> tuple[Bound, ...]:
     return f.metadata.get("bounds", ())
 
 
-# --------------------------------------------------------------------------- seeds as replicas
-
-
 def parse_seeds(text: str) -> tuple[int, ...]:
     """``"1234,1235"`` -> (1234, 1235): distinct whole numbers within :data:`SEED_BOUND`; else a one-line error."""
     parts = [part.strip() for part in text.split(",")]
@@ -161,9 +157,6 @@ _REPLICAS_HELP = ("train this many seeds, counting up from --seed, as replicas o
 _SEEDS_HELP = ("comma-separated seeds trained as replicas of one batched run, instead of --seed and --replicas "
                "(e.g. 1234,1235,1236); RUN then holds one single-seed run folder per seed, RUN/seed=N (default: --seed "
                "and --replicas decide)")
-
-
-# --------------------------------------------------------------------------- the configs
 
 
 @dataclass(frozen=True)
@@ -416,9 +409,6 @@ class GANPlotConfig:
                        "than those of the moving average of its weights (the default there)")
 
 
-# --------------------------------------------------------------------------- validation
-
-
 def validate(config: Any) -> None:
     """Refuse, in one line naming the flag, the first value of ``config`` (or of a config nested in it) out of its
     bounds, its ``Literal``'s choices or its type; an optional field left unset (None) has nothing to check."""
@@ -480,9 +470,6 @@ def _is_number(value: Any, integer: bool) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-# --------------------------------------------------------------------------- JSON round trip
-
-
 def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
@@ -509,9 +496,6 @@ def _build(cls: type, values: dict[str, Any]) -> Any:
             value = _build(hints[name], value)
         kwargs[name] = value
     return cls(**kwargs)
-
-
-# --------------------------------------------------------------------------- CLI mapping
 
 
 def _flag(name: str) -> str:

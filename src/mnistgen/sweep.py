@@ -113,9 +113,6 @@ class SweepResult:
         return [result for result in self.results if result.status == "failed"]
 
 
-# --------------------------------------------------------------------------- the sweep file
-
-
 def read_sweep(path: str | os.PathLike) -> Sweep:
     """Parse and check a sweep file: a one-line :class:`MnistgenError` for anything wrong (:class:`UsageError` for
     a setting its flag would refuse)."""
@@ -258,9 +255,6 @@ def _trial_config(trial: Trial, where: str = "") -> Any:
         raise UsageError(message if message.startswith(what) else f"{what}: {message}") from None
 
 
-# --------------------------------------------------------------------------- one trial (in a worker)
-
-
 def headline_keys(model: str) -> tuple[str, ...]:
     return ("held_out_elbo", "train_elbo") if model == "vae" else ("g_loss", "d_loss")
 
@@ -331,9 +325,6 @@ def _check_same_settings(trial: Trial, saved: Any, wanted: Any) -> None:
 
 def _one_line(message: str) -> str:
     return " ".join(message.split()) or "failed without a message"
-
-
-# --------------------------------------------------------------------------- engines
 
 
 def cpu_cores() -> int:
@@ -422,9 +413,6 @@ def run_ray(trials: list[Trial], options: SweepOptions, report: Callable[[TrialR
         ray_constants.ENABLE_RAY_CLUSTER = cluster_constant
 
 
-# --------------------------------------------------------------------------- the sweep
-
-
 def run_sweep(sweep_file: str | os.PathLike, out: str | os.PathLike, options: SweepOptions | None = None,
               say: Callable[[str], None] = print) -> SweepResult:
     """Run every trial of ``sweep_file`` not yet finished under ``out``, write the summary, return the results
@@ -462,9 +450,6 @@ def run_sweep(sweep_file: str | os.PathLike, out: str | os.PathLike, options: Sw
     say(f"sweep: {counts['trained']} trained, {counts['skipped']} skipped (finished before), {counts['failed']} "
         f"failed; summary: {csv_path}, {html_path}")
     return SweepResult(results, csv_path, html_path)
-
-
-# --------------------------------------------------------------------------- summary
 
 
 @dataclass(frozen=True)

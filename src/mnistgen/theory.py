@@ -1,21 +1,9 @@
-"""Small pure functions that the product and the checks of SPEC §4 share.
+"""Small pure functions that the product and the checks of SPEC §4 share: Gaussian KLs (torch, batch-first);
+discrete or tabulated densities (NumPy, float64); finite latent spaces by enumeration; distances on the line.
 
-- :func:`kl_diag_gaussians`: the closed-form KL between diagonal Gaussians, the one the analytic ELBO
-  (Eq. 1) uses, and :func:`kl_estimator_noise_variance`, the variance of the Monte Carlo KL term that
-  Eq. 2 carries instead. Torch, batch-first.
-- Discrete or tabulated densities (NumPy, float64): :func:`kl_divergence`, :func:`js_divergence`,
-  :func:`optimal_discriminator`, :func:`gan_value`, :func:`gan_value_at_optimal_discriminator`,
-  :func:`pointwise_discriminator_objective`.
-- Latent-variable models with a finite latent space, by enumeration: :func:`log_evidence_by_enumeration`,
-  :func:`posterior_by_enumeration`, :func:`discrete_elbo`.
-- Distances on the real line: :func:`wasserstein1_samples` (from two samples, via their quantile
-  functions), :func:`wasserstein1_from_cdfs` (from two CDFs tabulated on a grid), and the uniform
-  distributions of SPEC §4 (:func:`uniform_density`, :func:`uniform_cdf`, :func:`kl_uniform`).
-
-A "tabulated density" is an array of density values on a uniform grid of spacing ``dx``: integrals
-become Riemann sums ``sum(values) * dx``. With ``dx = 1`` the same functions take probability vectors
-of discrete distributions. Convention throughout: 0 * log 0 = 0, and p * log(p / 0) = +inf for p > 0.
-The derivations are in docs/theory.md.
+A "tabulated density" is an array of density values on a uniform grid of spacing ``dx``: integrals become
+Riemann sums ``sum(values) * dx``; with ``dx = 1`` the functions take probability vectors. Convention: 0 * log 0 =
+0, and p * log(p / 0) = +inf for p > 0. The derivations are in docs/theory.md.
 """
 
 from __future__ import annotations
@@ -51,9 +39,6 @@ def kl_estimator_noise_variance(mu: torch.Tensor, logvar: torch.Tensor) -> torch
     return (mu ** 2 * variance + 0.5 * (variance - 1.0) ** 2).sum(dim=-1)
 
 
-# --------------------------------------------------------------------------- discrete / tabulated densities
-
-
 def _nonnegative_pair(p, q) -> tuple[np.ndarray, np.ndarray]:
     p = np.asarray(p, dtype=np.float64)
     q = np.asarray(q, dtype=np.float64)
@@ -74,10 +59,7 @@ def _xlogy_ratio(p: np.ndarray, q: np.ndarray) -> np.ndarray:
 
 
 def kl_divergence(p, q, dx: float = 1.0) -> float:
-    """KL(p || q) = sum p log(p / q) dx: +inf as soon as p > 0 somewhere q = 0.
-
-    ``p``, ``q``: probability vectors (``dx = 1``) or densities tabulated on the same uniform grid.
-    """
+    """KL(p || q) = sum p log(p / q) dx: +inf as soon as p > 0 somewhere q = 0."""
     p, q = _nonnegative_pair(p, q)
     return float(_xlogy_ratio(p, q).sum() * dx)
 
@@ -90,11 +72,7 @@ def js_divergence(p, q, dx: float = 1.0) -> float:
 
 
 def optimal_discriminator(p_data, p_model) -> np.ndarray:
-    """D*(x) = p_data(x) / (p_data(x) + p_G(x)), pointwise.
-
-    Where both densities are 0 the value of D does not enter the GAN value; D* is set to 1/2 there
-    (any value in [0, 1] would do).
-    """
+    """D*(x) = p_data(x) / (p_data(x) + p_G(x)), pointwise; 1/2 where both are 0 (D does not enter V there)."""
     p_data, p_model = _nonnegative_pair(p_data, p_model)
     total = p_data + p_model
     d_star = np.full_like(total, 0.5)
@@ -112,10 +90,8 @@ def pointwise_discriminator_objective(d, a: float, b: float) -> np.ndarray:
 
 
 def gan_value(p_data, p_model, discriminator, dx: float = 1.0) -> float:
-    """V(D, G) = E_{x~p_data}[log D(x)] + E_{x~p_G}[log(1 - D(x))] on a grid (-inf where D errs with certainty).
-
-    ``discriminator``: the values D(x) in [0, 1] on the same points as the two densities.
-    """
+    """V(D, G) = E_{x~p_data}[log D(x)] + E_{x~p_G}[log(1 - D(x))] on a grid (-inf where D errs with certainty);
+    ``discriminator``: D(x) in [0, 1] on the same points as the densities."""
     p_data, p_model = _nonnegative_pair(p_data, p_model)
     d = np.asarray(discriminator, dtype=np.float64)
     if d.shape != p_data.shape:
@@ -140,9 +116,6 @@ def gan_value_at_optimal_discriminator(p_data, p_model, dx: float = 1.0) -> floa
     return float((_xlogy_ratio(p_data, total).sum() + _xlogy_ratio(p_model, total).sum()) * dx)
 
 
-# --------------------------------------------------------------------------- finite latent spaces
-
-
 def log_evidence_by_enumeration(log_likelihood, log_prior) -> float:
     """log p(x) = log sum_z p(x|z) p(z), computed stably (log-sum-exp) from per-state log values."""
     log_joint = np.asarray(log_likelihood, dtype=np.float64) + np.asarray(log_prior, dtype=np.float64)
@@ -162,9 +135,6 @@ def discrete_elbo(q, log_likelihood, log_prior) -> float:
     log_likelihood = np.asarray(log_likelihood, dtype=np.float64)
     expected_log_likelihood = float(np.sum(np.where(q > 0, q * log_likelihood, 0.0)))
     return expected_log_likelihood - kl_divergence(q, np.exp(np.asarray(log_prior, dtype=np.float64)))
-
-
-# --------------------------------------------------------------------------- the real line
 
 
 def uniform_density(x, low: float, high: float) -> np.ndarray:

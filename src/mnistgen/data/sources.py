@@ -104,9 +104,6 @@ def _log(line: str) -> None:
     print(line, file=sys.stderr)
 
 
-# --------------------------------------------------------------------------- where
-
-
 def offline_requested(data: DataConfig) -> bool:
     """``--offline`` or ``MNISTGEN_OFFLINE`` set to 1/true/yes/on (0/false/no/off or empty mean online)."""
     word = os.environ.get(OFFLINE_ENV, "").strip().lower()
@@ -135,9 +132,6 @@ def data_folder(data: DataConfig, dataset: str, create: bool = False) -> DataFol
 def find_local(folder: Path, spec: FileSpec) -> Path | None:
     """The file of ``spec`` in ``folder`` (as served, else decompressed), or None."""
     return next((folder / name for name in spec.local_names if (folder / name).is_file()), None)
-
-
-# --------------------------------------------------------------------------- verify
 
 
 def check_file(path: Path, spec: FileSpec, store: VerdictStore | None) -> LocalFile:
@@ -194,9 +188,6 @@ def obtain_files(spec: DatasetSpec, data: DataConfig, store: VerdictStore, log: 
     return folder, found
 
 
-# --------------------------------------------------------------------------- load
-
-
 def _sample(requested: str | None = None, reason: str | None = None) -> RawData:
     arrays, provenance = load_sample_arrays()
     if requested is not None:
@@ -242,9 +233,6 @@ def load_raw(data: DataConfig) -> RawData:
                   "train_size": len(arrays["train_labels"]), "test_size": len(arrays["test_labels"])}
     return RawData(arrays["train_images"], arrays["train_labels"].astype(np.int64),
                    arrays["test_images"], arrays["test_labels"].astype(np.int64), provenance)
-
-
-# --------------------------------------------------------------------------- the `data` commands
 
 
 @dataclass(frozen=True)

@@ -69,9 +69,6 @@ def _check(status: int, what: str) -> None:
         raise MemoryError(f"{what}: the C kernel could not allocate its working memory")
 
 
-# --------------------------------------------------------------------------- D
-
-
 def _to_groups(images: torch.Tensor) -> torch.Tensor:
     """(B, 1, 28, 28) float32 -> (ceil(B / 8), 28 * 28, 8): eight images side by side per pixel, zero-padded."""
     check_tensor(images, "D's images", len(images) * PIXELS, contiguous=False)  # any layout: copied here
@@ -149,9 +146,6 @@ def native_discriminate(discriminator: Discriminator, images: torch.Tensor,
     """D(images) -> (B, 1) logits by the C kernel; D's parameters get gradients only if ``parameter_gradients``."""
     parameters = flat_parameters(discriminator) if parameter_gradients else flat_parameters(discriminator).detach()
     return _NativeDiscriminator.apply(images, parameters)
-
-
-# --------------------------------------------------------------------------- G after act1
 
 
 def phase_kernels(weight: torch.Tensor) -> torch.Tensor:

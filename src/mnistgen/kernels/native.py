@@ -1,38 +1,26 @@
-"""Building and loading mnistgen's C kernels (``gan_cpu.c``, ``vae_cpu.c``) with the machine's C compiler, once
-per user.
+"""Building and loading mnistgen's C kernels (``gan_cpu.c``, ``vae_cpu.c``) with the machine's C compiler.
 
-The first use of a source compiles it (plain C with OpenMP, no Python or torch headers: about a second) into
-``CACHE/kernels/<stem>-<key>.so`` (CACHE as in :mod:`mnistgen.data.cache`; the key hashes the source, the compiler
-command, its version and the flags); calls go through :mod:`ctypes`, which releases the GIL while the C code runs.
-Linked with ``-fopenmp`` it needs ``libgomp.so.1``, and where torch has loaded its own (the Linux wheels) the loader
-reuses it: the kernels run on torch's OpenMP threads, which would otherwise spin idle beside them. Compiler: ``$CC``,
-else ``cc``, ``gcc`` or ``clang`` from PATH; where none works, :class:`NativeKernelsUnavailable` (one line) and
-training uses PyTorch's kernels (and says so).
+The first use of a source compiles it (plain C with OpenMP: about a second) into ``CACHE/kernels/<stem>-<key>.so``
+(the key hashes the source, the compiler, its version and the flags); calls go through :mod:`ctypes`, which releases
+the GIL. Linked with ``-fopenmp``, the library reuses the ``libgomp.so.1`` torch loaded (Linux wheels): the kernels
+run on torch's OpenMP threads. Compiler: ``$CC``, else ``cc``, ``gcc`` or ``clang``; where none works,
+:class:`NativeKernelsUnavailable` (one line) and training uses PyTorch's kernels.
 
-Loading a library runs its code as the user (its constructors run inside ``dlopen``), so only what this user built,
-intact, is loaded:
+Loading a library runs its code as the user, so only what this user built, intact, is loaded:
 
-- ``CACHE/kernels`` and ``CACHE/kernel-hashes`` are created with mode 0700 (whatever the umask) and, before each use,
-  opened without following a symbolic link and checked on that handle: a folder, the user's, writable by nobody
-  else; otherwise :class:`UnsafeKernelFolder` (one line: the folder, why, what to do). Without ``os.getuid``
-  (Windows) there are no owners and modes: only the hash is checked.
-- Each build is compiled to a temporary name, flushed and renamed, then records the library's SHA-256 in
-  ``CACHE/kernel-hashes/<library name>.sha256`` (``sha256sum``'s format), beside the libraries' folder so that it
-  holds only libraries. A library is loaded only once its bytes hash to that record; one missing, damaged, not a
-  regular file or without a record is built again (once), and if the new one does not verify either,
-  :class:`NativeKernelsUnavailable`.
-- Parent folders are not checked. On Linux the library is hashed and loaded through one open handle
-  (``dlopen("/proc/self/fd/N")``, kept open), so renaming anything after the checks changes nothing loaded. Where
-  there is no ``/proc/self/fd`` (macOS, the BSDs) it is loaded by name once the name still leads to the verified
-  file, and a parent folder others could rename entries in (owned by another user than root, or writable by group
-  or others without the sticky bit) is refused.
+- ``CACHE/kernels`` and ``CACHE/kernel-hashes`` are created 0700 and, before each use, opened without following a
+  symbolic link and checked on that handle: a folder, the user's, writable by nobody else (else
+  :class:`UnsafeKernelFolder`). Without ``os.getuid`` (Windows) only the hash is checked.
+- Each build (to a temporary name, flushed, renamed) records the library's SHA-256 in
+  ``CACHE/kernel-hashes/<library name>.sha256`` (``sha256sum``'s format); a library loads only once its bytes hash
+  to that record, else it is built again (once), and if that does not verify either: NativeKernelsUnavailable.
+- On Linux the library is hashed and loaded through one open handle (``dlopen("/proc/self/fd/N")``), so renaming
+  anything after the checks changes nothing. Elsewhere it is loaded by name once the name still leads to the
+  verified file, in a parent folder no one else can rename entries in (else refused).
 
-The C source is the interface's one source of truth: each library reports its layout (``mnistgen_gan_layout``,
-``mnistgen_vae_layout``: names and values, such as parameter offsets and struct sizes), which must equal ``LAYOUT``
-in :mod:`mnistgen.kernels.gan` and :mod:`mnistgen.kernels.vae`, else :class:`KernelLayoutMismatch` (a stale or
-foreign library). Every tensor whose address goes to C passes :func:`checked_pointer` (exactly the element count
-the C code reads or writes, its dtype, on the CPU, contiguous), else :class:`KernelArgumentError` instead of a read
-out of bounds.
+Each library reports its layout (names and values: parameter offsets, struct sizes), which must equal ``LAYOUT`` in
+:mod:`mnistgen.kernels.gan` / :mod:`mnistgen.kernels.vae` (else :class:`KernelLayoutMismatch`: a stale or foreign
+library). Every tensor whose address goes to C passes :func:`checked_pointer` (else :class:`KernelArgumentError`).
 """
 
 from __future__ import annotations
@@ -169,9 +157,6 @@ def _sha256(descriptor: int) -> str:
     return digest.hexdigest()
 
 
-# --------------------------------------------------------------------------- the user's own folders
-
-
 def _refusal(folder: Path, reason: str, advice: str) -> UnsafeKernelFolder:
     return UnsafeKernelFolder(f"the C kernels' cache folder {folder} {reason}; mnistgen loads libraries only from a "
                               f"folder of your own ({advice})")
@@ -239,9 +224,6 @@ def _private_folders() -> Iterator[tuple[int | None, int | None]]:
         for handle in handles:
             if handle is not None:
                 os.close(handle)
-
-
-# --------------------------------------------------------------------------- verified loading
 
 
 def _open_in(folder: Path, handle: int | None, name: str) -> int:

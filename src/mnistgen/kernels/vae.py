@@ -147,8 +147,6 @@ class NativeVAEStep:
         self._buffers_address = ctypes.addressof(self._buffers)
         self._elbo = ctypes.c_float()
 
-    # ------------------------------------------------------------------ state in and out
-
     def load(self, optimizer: torch.optim.Adam) -> None:
         """Copy the model's weights and the moments and step count of its optimizer into the flat buffers."""
         self._check_optimizer(optimizer)
@@ -200,8 +198,6 @@ class NativeVAEStep:
         group = groups[0]
         if group.get("weight_decay", 0) or group.get("amsgrad") or group.get("maximize"):
             raise MnistgenError("the C kernels' Adam has no weight decay, amsgrad or maximize")
-
-    # ------------------------------------------------------------------ the step
 
     def compute_gradients(self, x: torch.Tensor, eps: torch.Tensor, analytic_kl: bool) -> float:
         """Fill ``self.gradients`` with those of loss = -mean ELBO of the batch; return the batch's ELBO sum.

@@ -19,11 +19,8 @@ PANEL_INCHES = 3.2  # displayed size of one 8x8 grid
 
 def progress_figure(epochs: Sequence[int], grids: Sequence[np.ndarray], side: int = 8,
                     generator: str = "G(z)") -> Figure:
-    """SPEC §3's progress figure: the generator's images for the same fixed noise at several epochs, side by side.
-
-    epochs: the epoch of each grid (0 = before training); grids: (side*side, 28, 28) arrays in [0, 1]; generator:
-    what made them, for the title (the moving average of G's weights says so).
-    """
+    """SPEC §3's progress figure: grids (side*side, 28, 28) of the same fixed noise at ``epochs`` (0 = before
+    training), side by side; ``generator`` names what made them in the title."""
     if len(epochs) != len(grids) or not epochs:
         raise ValueError("give one grid per epoch, at least one")
     figure = Figure(figsize=(PANEL_INCHES * len(grids) + 0.4, PANEL_INCHES + 0.9), layout="constrained")
@@ -33,8 +30,7 @@ def progress_figure(epochs: Sequence[int], grids: Sequence[np.ndarray], side: in
         axis.set_title("before training (epoch 0)" if epoch == 0 else f"epoch {epoch}", fontsize=11)
         axis.set_xticks([])
         axis.set_yticks([])
-    # The title breaks onto two lines when fewer than three panels (or a longer name of the generator) leave it too
-    # little width.
+    # two lines where fewer than three panels (or a longer name of the generator) leave the title too little width
     separator = " " if len(grids) >= 3 and generator == "G(z)" else "\n"
     figure.suptitle(f"GAN samples {generator} for the same {side * side} noise vectors z ~ U[-1, 1]^zdim,"
                     f"{separator}as training progresses", fontsize=11)
@@ -77,9 +73,8 @@ REPLICA_PANELS = (  # (metrics.jsonl key, panel title, y label, reference value,
 
 
 def replica_training_figure(histories: Mapping[int, Sequence[dict]]) -> Figure:
-    """The training curves of a replica run, ``{seed: its metrics.jsonl records}``: one panel per quantity (D's and
-    G's losses, D's mean outputs), one line per seed in each, labelled with its seed (the same colour in every
-    panel)."""
+    """The training curves of a replica run, ``{seed: its metrics.jsonl records}``: one panel per quantity, one line
+    per seed (the same colour in every panel)."""
     figure = Figure(figsize=(11, 7.2), layout="constrained")
     axes = figure.subplots(2, 2).ravel()
     for axis, (key, title, ylabel, reference, meaning) in zip(axes, REPLICA_PANELS, strict=True):
