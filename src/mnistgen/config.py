@@ -1,16 +1,10 @@
 """Every default of mnistgen, as typed frozen dataclasses, their bounds, and their one-to-one mapping onto CLI flags.
 
-Each field becomes a flag of the same name (``batch_size`` -> ``--batch-size``); a ``Literal`` type
-becomes ``choices``; a ``bool`` becomes an on/off switch. A field whose type is itself a config
-dataclass (``data: DataConfig``) contributes its own fields' flags. Configs are saved as JSON in each
-run folder (:func:`to_dict`) and read back with :func:`from_dict`, which rejects unknown keys.
-
-A numeric field declares the values it accepts beside its default, as :class:`Bound` s given to
-:func:`option` (``option(200, "passes", POSITIVE)``); a bound's end may name another field of the same
-config, and a bound may apply only while another field has a given value. :func:`validate` checks every
-bound and every ``Literal`` of a config and of the configs nested in it, and refuses the first value out
-of bounds in one line that names its flag; :func:`config_from_args` and :func:`from_dict` call it, so no
-config that no run could use leaves this module.
+Each field is a flag of the same name (``batch_size`` -> ``--batch-size``; a ``Literal`` gives ``choices``, a
+``bool`` an on/off switch, a nested config its own fields' flags). Configs are saved as JSON (:func:`to_dict`) and
+read back with :func:`from_dict`. A numeric field declares its :class:`Bound` s with :func:`option`;
+:func:`validate` refuses the first value out of bounds in one line naming its flag, and :func:`config_from_args`
+and :func:`from_dict` call it, so no config that no run could use leaves this module.
 """
 
 from __future__ import annotations

@@ -1,14 +1,11 @@
 """The two experiments of docs/theory.md §12 on a trained VAE: computations on tensors, then run folders.
 
-- :func:`elbo_estimator_study`: Eq. 1 (closed-form KL) against Eq. 2 (one-sample Monte Carlo KL), the
-  variance of the per-image ELBO estimate and of the gradient of the mini-batch ELBO with respect to
-  the encoder's and the decoder's parameters, over many draws of eps (the same eps for both estimators:
-  common random numbers, so their difference is exactly the Monte Carlo noise of the KL term).
-- :func:`fixed_encoder_study`: the test-set ELBO with the trained encoder, with q(z|x) = N(0, I) for
-  every x, and with the best single diagonal Gaussian q shared by all x (fitted on the training set).
+- :func:`elbo_estimator_study`: Eq. 1 (closed-form KL) against Eq. 2 (Monte Carlo KL) on the same draws of eps
+  (their difference is exactly the KL term's noise): variance of the per-image estimate and of the gradient.
+- :func:`fixed_encoder_study`: the test ELBO with the trained encoder, with q = N(0, I), and with the best single
+  Gaussian q shared by all x.
 
-They see the model only through :class:`VAEParts`. :func:`run_elbo_estimators` and :func:`run_fixed_encoder`
-apply them to a VAE run folder and write RUN/experiments/<name>.json and <name>.png.
+:func:`run_elbo_estimators` and :func:`run_fixed_encoder` write RUN/experiments/<name>.json and <name>.png.
 """
 
 from __future__ import annotations

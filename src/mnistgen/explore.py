@@ -1,13 +1,10 @@
 """``explorer.html``: the VAE's 2-D latent plane, live, in one self-contained page.
 
-Left, the encoder means of the protocol's training images as a scatter colored by class (with a
-legend that shows or hides each class); right, the decoder's 28x28 image p(x|z) for the z under the
-pointer (or set by the two sliders, or moved with the arrow keys), drawn at 280x280 with nearest
-neighbour. The decoder, Linear(2, H) -> tanh -> Linear(H, 784) -> sigmoid, runs in the page's own
-JavaScript (``assets/explorer.js``) from its weights embedded as base64 little-endian float32: no
-server, no network (the page's Content-Security-Policy forbids every request). The page exposes
-``window.mnistgenExplorer`` with ``decode(z) -> Float32Array(784)``, ``setZ(z1, z2)``, ``z`` and
-``pixels`` so tests (and users) can check it against the Python decoder.
+Left, the encoder means of the training images colored by class (a legend shows or hides each class); right,
+p(x|z) for the z under the pointer (or the sliders, or the arrow keys). The decoder runs in the page's JavaScript
+(``assets/explorer.js``) from its weights embedded as base64 float32: no server, no network (the page's
+Content-Security-Policy forbids every request). ``window.mnistgenExplorer`` exposes ``decode(z)``, ``setZ(z1, z2)``,
+``z`` and ``pixels`` so tests (and users) can check it against the Python decoder.
 """
 
 from __future__ import annotations
@@ -149,11 +146,8 @@ def generator_arrays(generator: torch.nn.Module, zdim: int) -> GeneratorWeights:
 
 
 def plane_range(means: np.ndarray) -> tuple[tuple[float, float], tuple[float, float]]:
-    """The square of the latent plane the page shows: ((z1 low, z1 high), (z2 low, z2 high)), equal spans.
-
-    It holds the central RANGE_QUANTILE of the means on each axis with some padding, is at least
-    MIN_SPAN wide (the prior's +-3 sigma), and its centre and half-width are multiples of 0.5.
-    """
+    """The square of the latent plane the page shows, ((z1 low, z1 high), (z2 low, z2 high)): see the constants;
+    its centre and half-width are multiples of 0.5."""
     if len(means) == 0:
         return (-MIN_SPAN / 2, MIN_SPAN / 2), (-MIN_SPAN / 2, MIN_SPAN / 2)
     tail = (1.0 - RANGE_QUANTILE) / 2.0
@@ -181,37 +175,21 @@ def page_data(data: ExplorerData) -> dict:
     means, labels = subsample(np.asarray(data.means, np.float32), np.asarray(data.labels))
     if labels.size and (labels.min() < 0 or labels.max() >= len(data.classes)):
         raise MnistgenError(f"labels outside 0..{len(data.classes) - 1}")
-    return {
-        "latent_dim": 2,
-        "hidden": int(data.w1.shape[0]),
-        "side": IMAGE_SIDE,
-        "w1": base64_array(data.w1, "<f4"),
-        "b1": base64_array(data.b1, "<f4"),
-        "w2": base64_array(data.w2, "<f4"),
-        "b2": base64_array(data.b2, "<f4"),
-        "means": base64_array(means, "<f4"),
-        "labels": base64_array(labels, "u1"),
-        "classes": list(data.classes),
-        "colors": [CLASS_COLORS[i % len(CLASS_COLORS)] for i in range(len(data.classes))],
-        "range": [list(axis) for axis in plane_range(means)],
-        "margin": PLANE_MARGIN,
-        "gan": None if data.gan is None else gan_page_data(data.gan),
-    }
+    return {"latent_dim": 2, "hidden": int(data.w1.shape[0]), "side": IMAGE_SIDE,
+            **{name: base64_array(getattr(data, name), "<f4") for name in ("w1", "b1", "w2", "b2")},
+            "means": base64_array(means, "<f4"), "labels": base64_array(labels, "u1"), "classes": list(data.classes),
+            "colors": [CLASS_COLORS[i % len(CLASS_COLORS)] for i in range(len(data.classes))],
+            "range": [list(axis) for axis in plane_range(means)], "margin": PLANE_MARGIN,
+            "gan": None if data.gan is None else gan_page_data(data.gan)}
 
 
 def gan_page_data(gan: GeneratorWeights) -> dict:
-    return {
-        "zdim": int(gan.linear_w.shape[1]),
-        "channels": [GENERATOR_START[0]] + [int(w.shape[0]) for w, _ in gan.convs],  # 32, 16, 8, 1
-        "start": GENERATOR_START[1],
-        "slope": LEAKY_SLOPE,
-        "linear_w": base64_array(gan.linear_w, "<f4"),
-        "linear_b": base64_array(gan.linear_b, "<f4"),
-        "conv_w": [base64_array(w, "<f4") for w, _ in gan.convs],
-        "conv_b": [base64_array(b, "<f4") for _, b in gan.convs],
-        "corners": base64_array(gan.corners, "<f4"),
-        "tiles": GAN_TILES,
-    }
+    return {"zdim": int(gan.linear_w.shape[1]),
+            "channels": [GENERATOR_START[0]] + [int(w.shape[0]) for w, _ in gan.convs],  # 32, 16, 8, 1
+            "start": GENERATOR_START[1], "slope": LEAKY_SLOPE,
+            **{name: base64_array(getattr(gan, name), "<f4") for name in ("linear_w", "linear_b", "corners")},
+            "conv_w": [base64_array(w, "<f4") for w, _ in gan.convs],
+            "conv_b": [base64_array(b, "<f4") for _, b in gan.convs], "tiles": GAN_TILES}
 
 
 NARROW = 640  # CSS pixels: below this viewport width the image column wraps below the plane; above it, the
@@ -298,8 +276,7 @@ def gan_panel() -> str:
 
 
 def write_explorer(data: ExplorerData, out: str | Path) -> Path:
-    path = Path(out).expanduser().resolve()
-    text = build_explorer(data)
+    path, text = Path(out).expanduser().resolve(), build_explorer(data)
     atomic_write(path, lambda h: h.write(text), mode="w")
     return path
 
@@ -314,12 +291,9 @@ def vae_run_of(folder: str | Path) -> RunDir:
 
 
 def explorer_from_run(folder: str | Path, device: str = "auto", gan_folder: str | Path | None = None) -> ExplorerData:
-    """Load the VAE of a run folder (or of a reproduction's vae/) and encode its protocol's training images.
-
-    The points are those of the run's latent figure (RUN/figures/latent.png): the encoder means of the
-    protocol's training images (for the full protocol, of one binary draw of each, as the model saw them).
-    The GAN panel comes from ``gan_folder``, or from the reproduction's gan/ when ``folder`` is one.
-    """
+    """The VAE of a run folder (or of a reproduction's vae/) and the points of its latent figure: the encoder means
+    of its protocol's training images (one binary draw of each for the full protocol). The GAN panel comes from
+    ``gan_folder``, or from the reproduction's gan/."""
     from .data.protocols import binarize_batch
     from .data.registry import DATASETS
     from .evaluate.vae import encode_means, load_run_protocol, load_trained_vae

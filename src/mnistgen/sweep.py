@@ -1,27 +1,12 @@
 """``mnistgen sweep SWEEP.toml --out DIR``: many trainings of one model, a grid (or list) of settings times seeds.
 
-The sweep file (TOML; every key of ``[base]``, ``[grid]`` and ``[[list]]`` is a setting of ``mnistgen vae train`` or
-``mnistgen gan train``, named as its flag without the dashes and with ``_`` for ``-``)::
-
-    model = "vae"                 # or "gan"
-    seeds = [1, 2, 3]             # or: replicas = 3 (seeds counting up from [base]'s seed, else the model's default)
-    [base]                        # settings of every trial
-    epochs = 2
-    dataset = "mnist-sample"
-    [grid]                        # every combination, in the order written
-    lr = [1e-3, 3e-3]
-    hidden = [100, 500]
-    # or, instead of [grid], one [[list]] table per configuration:
-    # [[list]]
-    # lr = 1e-3
-    # hidden = 100
-
-Each trial is an ordinary run folder, ``DIR/trials/<configuration>/seed=<seed>`` (``lr=0.001,hidden=100/seed=1``),
-trained by :func:`mnistgen.train_vae` / :func:`mnistgen.train_gan` in a worker: a process of a
-``ProcessPoolExecutor`` (``engine="local"``) or a Ray task (``engine="ray"``). A trial whose checkpoint holds all
-its epochs is skipped on a rerun; one with a checkpoint short of them is resumed. A failing trial is reported with
-its one-line error and the others go on. ``DIR/summary.csv`` and ``DIR/summary.html`` give, per configuration, the
-mean of each headline number over its seeds with a 95% Student-t interval, best first.
+The sweep file's format is in the README ('Sweeps, locally and on a cluster'): ``model``, ``seeds`` or ``replicas``,
+``[base]``, and ``[grid]`` or ``[[list]]`` tables whose keys are settings of ``vae train`` or ``gan train``. Each
+trial is an ordinary run folder, ``DIR/trials/<configuration>/seed=<seed>``, trained by :func:`mnistgen.train_vae` /
+:func:`mnistgen.train_gan` in a spawned process (``engine="local"``) or a Ray task (``engine="ray"``); a rerun skips
+finished trials and resumes the others; a failing trial is reported in one line and the others go on.
+``DIR/summary.csv`` and ``DIR/summary.html``: per configuration, each headline number's mean over its seeds with a
+95% Student-t interval, best first.
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
-"""The ``mnistgen`` command: one parser built on demand (nothing happens at import time).
+"""The ``mnistgen`` command: one parser built on demand; each family's module has ``register(subparsers)``.
 
-Each command family lives in its own module exposing ``register(subparsers)``; a family's
-subcommands set ``func`` to the function that runs them. User errors (:class:`MnistgenError`) print
-one line to stderr and exit 1; bad flags, and flag values out of bounds (:class:`UsageError`), exit 2 with one
-line; Ctrl-C exits 130.
+A user error (:class:`MnistgenError`) is one line and exit 1; a bad flag or value (:class:`UsageError`) one line and
+exit 2; Ctrl-C exits 130.
 """
 
 from __future__ import annotations

@@ -1,10 +1,7 @@
-"""Mini-batch order: the one place that decides which rows each step (and each rank) sees.
+"""Mini-batch order: a batch is a slice of a shuffled index of data held in memory (no DataLoader workers).
 
-Data lives in memory as one contiguous tensor; a batch is a slice of a shuffled index, so no
-DataLoader workers, no per-image Python. Every rank of a torchrun job draws the same permutation (same
-generator state on all ranks). The training loops share each *global* batch between the ranks
-(:func:`mnistgen.distributed.rank_share`); ``rank``/``world_size`` here instead deal whole batches out
-(every ``world_size``-th batch to a rank), a scheme kept for data-parallel uses that want it.
+Every rank of a torchrun job draws the same permutation. The training loops share each global batch between the
+ranks (:func:`mnistgen.distributed.rank_share`); ``rank``/``world_size`` here deal whole batches out instead.
 """
 
 from __future__ import annotations

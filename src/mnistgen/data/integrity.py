@@ -1,14 +1,9 @@
 """Checksums of dataset files: what a file's bytes hash to, and whether that matches the registry.
 
-A file is described by two MD5s: of its bytes as stored (``md5``; for a .gz file, what the mirrors
-publish) and of its decompressed IDX content (``content_md5``; what SPEC §1 gives, and the same for
-any gzip wrapper). A file is accepted when either one equals the registry's value for it, so a copy
-re-compressed locally (different wrapper, same content) still checks out, while one flipped bit in
-the content never does.
-
-Files are hashed as they are read, in chunks, and inflated no further than the size the registry knows
-their content has (:func:`content_size`; see :mod:`.idx` for the cap): a wrong file or a gzip bomb is
-rejected in one line after at most that much memory.
+A file has two MD5s: of its bytes as stored (``md5``: what mirrors publish for the .gz) and of its IDX content
+(``content_md5``: SPEC §1's, the same for any gzip wrapper). Either matching the registry accepts it: a copy
+re-compressed locally still checks out, one flipped bit in the content never does. Files are hashed as read and
+inflated no further than their content's known size (:func:`content_size`): a gzip bomb costs no more memory.
 """
 
 from __future__ import annotations

@@ -1,14 +1,9 @@
 """The datasets mnistgen knows: file names, checksums and mirrors, in one table.
 
-``content_md5`` is the MD5 of the decompressed IDX file (the same whatever gzip wrapper a copy has);
-``gz_md5`` is the MD5 of the compressed file exactly as the mirrors serve it. A file, found on disk or
-just downloaded, is accepted if either known hash matches (a copy may have been re-compressed, which
-changes ``gz_md5`` but not ``content_md5``; see :mod:`mnistgen.data.integrity`).
-
-The gz MD5s are the ones torchvision and the datasets' own pages publish; the decompressed MD5s of
-MNIST are SPEC §1's. Fashion-MNIST and KMNIST publish only the gz MD5s, so only those are checked.
-Mirrors are base URLs tried in order; ``--mirrors`` or ``$MNISTGEN_MIRRORS`` replace them
-(:func:`mnistgen.data.download.mirror_list`).
+``gz_md5``: of the compressed file as the mirrors serve it (torchvision's and the datasets' pages publish them);
+``content_md5``: of the decompressed IDX file (SPEC §1's for MNIST; Fashion-MNIST and KMNIST publish none). Either
+matching accepts a file (:mod:`mnistgen.data.integrity`). Mirrors are base URLs tried in order; ``--mirrors`` or
+``$MNISTGEN_MIRRORS`` replace them.
 """
 
 from __future__ import annotations

@@ -1,23 +1,14 @@
 """Where a dataset's files come from, and loading them into memory with their provenance.
 
-Resolution (one folder, never a silent mix):
-1. ``--data-dir DIR`` (``DataConfig.data_dir``), else
-2. ``$MNISTGEN_DATA_DIR``, else
-3. the user cache, ``CACHE/<dataset>/`` (:mod:`.cache`).
+One folder, never a silent mix: ``--data-dir``, else ``$MNISTGEN_DATA_DIR``, else the user cache
+``CACHE/<dataset>/``. There each file is looked for as served (``.gz``), then inflated; it is verified against the
+registry once (the verdict remembered by path, size and mtime). A folder the user named must exist (only ``data
+fetch`` creates it) and a bad file there is an error, left untouched; a bad file in the cache is downloaded again.
+Missing files are downloaded into the folder unless offline (``--offline``, ``MNISTGEN_OFFLINE=1``).
 
-In that folder each file is looked for under its served name (``train-images-idx3-ubyte.gz``), then
-without ``.gz``. A file found is verified against the registry's checksums once: its hashes are then
-remembered (keyed by path, size and mtime) so later loads skip the hashing. A file in a folder the
-user named (1 or 2) must exist (only ``data fetch`` creates it), and a file there that fails verification
-is an error naming it and is left untouched; a damaged file in the cache is deleted and downloaded again.
-Missing files are downloaded into the same folder (:mod:`.download`) unless offline (``--offline`` or
-``MNISTGEN_OFFLINE=1``).
-
-If MNIST's files cannot be had in the user cache (missing and offline, or every mirror failed), the
-5,000-digit sample of :mod:`.sample` is used instead, with one loud warning line on stderr per process and
-the reason in the provenance; in a folder the user named, missing files are an error. ``--dataset
-mnist-sample`` selects the sample on purpose, without warning. Other datasets have no stand-in: missing files
-there are a one-line error.
+Where MNIST cannot be had in the user cache (offline, or every mirror failed), the bundled 5,000-digit sample
+(:mod:`.sample`) stands in, with one loud warning per process and the reason in the provenance; ``--dataset
+mnist-sample`` selects it on purpose. Other datasets, and named folders, have no stand-in: a one-line error.
 """
 
 from __future__ import annotations

@@ -1,22 +1,13 @@
-"""The GAN's forward passes on CPU with mnistgen's C kernels, as autograd functions.
+"""The GAN's forward passes on CPU with mnistgen's C kernels (``gan_cpu.c``), as autograd functions.
 
-Two pieces of SPEC §3's networks run in ``gan_cpu.c`` (built by :mod:`mnistgen.kernels.native`):
+- **D**, whole: images (B, 1, 28, 28) -> logits (B, 1), with gradients for the images and/or D's 593 parameters;
+  the C code runs eight images per vector register (D's 1- to 8-channel layers fill none in a library's kernels).
+- **G after act1** up to the sigmoid: the two upsample-convolutions (in phase form, :func:`phase_kernels`), act2,
+  act3 and conv3 for act1's output h0 (B, 1568), with gradients for h0 and the convolutions' parameters.
 
-- **D**, whole: images (B, 1, 28, 28) -> logits (B, 1), with gradients for the images and/or D's 593
-  parameters. D's 1- to 8-channel layers fill no vector register in a library's kernels; the C code runs eight
-  images per vector register.
-- **G after act1**, up to the sigmoid: the two upsample-convolutions (in their phase form,
-  :func:`phase_kernels`), act2, act3 and conv3, for act1's output h0 (B, 1568) viewed as (B, 32, 7, 7),
-  with gradients for h0 and for conv1's, conv2's and conv3's parameters. G's Linear, act1 and sigmoid stay
-  in PyTorch.
-
-Both are the same functions of the same parameters as the spec's modules, to float32 rounding (max-pool ties
-included). The parameters are read from the modules at each call; their gradients reach them through autograd.
-
-The sizes below are the Python side's declarations of the C code's (``LAYOUT``: a library reporting others is
-refused when loaded). Every C call goes through :func:`_d_forward`, :func:`_d_backward`, :func:`_g_forward` or
-:func:`_g_backward`, which check each buffer first (a one-line ``KernelArgumentError``, never a read out of
-bounds). Whether they apply to a model is decided in :mod:`mnistgen.accelerate.gan`.
+Both equal the spec's modules to float32 rounding (max-pool ties included); parameters are read from the modules
+at each call, and their gradients reach them through autograd. The sizes below are the C code's as declared here
+(``LAYOUT``); every C call checks each buffer first. Whether they apply is decided in :mod:`mnistgen.accelerate.gan`.
 """
 
 from __future__ import annotations

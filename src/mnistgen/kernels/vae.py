@@ -1,24 +1,20 @@
 """One VAE training step on CPU with mnistgen's C kernels (``vae_cpu.c``) and PyTorch's matrix multiply.
 
-:class:`NativeVAEStep` holds the parameters of a :class:`mnistgen.models.vae.VAE`, their gradients and
-Adam's two moments as four flat buffers of the same layout, and the activations of one batch. A step:
+:class:`NativeVAEStep` holds the parameters of a :class:`mnistgen.models.vae.VAE`, their gradients and Adam's two
+moments as four flat buffers of one layout, and the activations of one batch. A step:
 
-1. C: list the images' nonzero pixels; h1 = tanh(x W1^T + b1) as sums over them (the encoder weight is
-   stored pixel-major, W1^T, so that each pixel's weights are one contiguous row); the heads; z by the
-   reparametrization with the given eps; h2 = tanh(z Wd^T + bd);
-2. PyTorch: logits = h2 Wo^T + bo, the first of the three dense 100 x 500 x 784 products;
+1. C: list the images' nonzero pixels; h1 = tanh(x W1^T + b1) as sums over them (W1^T stored pixel-major, each
+   pixel's weights one contiguous row); the heads; z = mean + std eps; h2 = tanh(z Wd^T + bd);
+2. PyTorch: logits = h2 Wo^T + bo;
 3. C: each image's log p(x|z), dL/dlogits = (sigmoid(logits) - x) / B and the output bias's gradient;
 4. PyTorch: Wo's gradient dL/dlogits^T h2 and dL/dh2 = dL/dlogits Wo;
-5. C: the rest of the backward pass (W1's gradient again as sums over the nonzero pixels) and the ELBO;
-6. C: Adam over the flat buffers, PyTorch's algorithm.
+5. C: the rest of the backward pass (W1's gradient again over the nonzero pixels) and the ELBO;
+6. C: PyTorch's Adam over the flat buffers.
 
-The mathematics is :func:`mnistgen.accelerate.vae.elbo_with_gradients` followed by PyTorch's Adam; only the
-order of float32 additions differs. :meth:`NativeVAEStep.store` writes the optimizer's state in PyTorch's own
-format, so checkpoints are the same whichever kernels wrote them.
-
-The C structs are mirrored with ctypes (:class:`_Buffers`, :class:`_AdamStep`; the library must report the same
-sizes and offsets, ``LAYOUT``). Every buffer passes :func:`mnistgen.kernels.native.checked_pointer` before its
-address goes to C: the struct's once (kept for the step's life), x, eps and Adam's buffers at every call.
+The mathematics is :func:`mnistgen.accelerate.vae.elbo_with_gradients` then PyTorch's Adam, up to the order of
+float32 additions; :meth:`NativeVAEStep.store` writes the optimizer's state in PyTorch's format. The C structs are
+mirrored with ctypes (``LAYOUT``); every buffer passes :func:`~mnistgen.kernels.native.checked_pointer` before its
+address goes to C: the struct's once, x, eps and Adam's at every call.
 """
 
 from __future__ import annotations

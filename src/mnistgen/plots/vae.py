@@ -1,8 +1,5 @@
-"""The VAE's figures (SPEC §2 figures 1-3, the 2-D manifold, the training curves): arrays in, Figure out.
-
-Each function builds a standalone :class:`matplotlib.figure.Figure` (no pyplot state), with a title,
-labelled axes and a legend or colorbar where colors carry meaning; saving is the caller's job.
-Images are (28, 28) arrays of values in [0, 1] shown in gray (white = 1 = ink).
+"""The VAE's figures (SPEC §2 figures 1-3, the 2-D manifold, the training curves): arrays in, a standalone
+:class:`matplotlib.figure.Figure` out. Images are (28, 28) arrays in [0, 1] shown in gray (white = 1 = ink).
 """
 
 from __future__ import annotations
