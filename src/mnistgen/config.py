@@ -62,11 +62,9 @@ class Bound:
 
     def summary(self) -> str:
         """As the flag's help shows it: "> 0", ">= 0", "in (0, 1]", "<= --lr under ..."."""
-        if self.low is not None and self.high is None:
-            text = f"{'>' if self.low_open else '>='} {_end_text(self.low)}"
-        else:
-            text = self.requirement(integer=False)
-        return text + self.condition()
+        low_only = self.low is not None and self.high is None  # "> 0" rather than "a positive number"
+        return (f"{'>' if self.low_open else '>='} {_end_text(self.low)}" if low_only
+                else self.requirement(integer=False)) + self.condition()
 
     def condition(self) -> str:
         return "" if self.when is None else f" under {_flag(self.when[0])} {self.when[1]}"
@@ -104,9 +102,8 @@ def bounds_of(f: dataclasses.Field) -> tuple[Bound, ...]:
 
 def parse_seeds(text: str) -> tuple[int, ...]:
     """``"1234,1235"`` -> (1234, 1235): distinct whole numbers within :data:`SEED_BOUND`; else a one-line error."""
-    parts = [part.strip() for part in text.split(",")]
     try:
-        seeds = tuple(int(part) for part in parts)
+        seeds = tuple(int(part.strip()) for part in text.split(","))
     except ValueError:
         raise MnistgenError(f"--seeds must be comma-separated whole numbers, got {text!r}") from None
     for seed in seeds:
@@ -413,13 +410,14 @@ def validate(config: Any) -> None:
         optional = field_type is not hints[f.name]
         if dataclasses.is_dataclass(field_type):
             if not isinstance(value, field_type):
-                raise MnistgenError(f"{f.name} must be a JSON object of {field_type.__name__}'s fields, got "
-                                    f"{value!r}")
+                raise MnistgenError(f"{f.name} must be a JSON object of {field_type.__name__}'s fields, got {value!r}")
             validate(value)
         elif value is None and optional:
             continue
         elif typing.get_origin(field_type) is Literal:
-            _check_choice(f.name, value, typing.get_args(field_type))
+            if value not in typing.get_args(field_type):
+                raise MnistgenError(f"{_flag(f.name)} must be one of {', '.join(map(str, typing.get_args(field_type)))}"
+                                    f", got {value!r}")
         elif bounds_of(f):  # a bound also refuses a value of the wrong kind, saying which numbers it takes
             _check_bounds(f.name, value, field_type is int, bounds_of(f), config)
         else:
@@ -440,11 +438,6 @@ def _check_type(name: str, value: Any, field_type: type) -> None:
         right = isinstance(value, field_type)
     if not right:
         raise MnistgenError(f"{_flag(name)} must be {_TYPE_NAMES.get(field_type, field_type.__name__)}, got {value!r}")
-
-
-def _check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
-    if value not in choices:
-        raise MnistgenError(f"{_flag(name)} must be one of {', '.join(map(str, choices))}, got {value!r}")
 
 
 def _check_bounds(name: str, value: Any, integer: bool, bounds: tuple[Bound, ...], config: Any) -> None:

@@ -195,41 +195,16 @@ def gan_page_data(gan: GeneratorWeights) -> dict:
 NARROW = 640  # CSS pixels: below this viewport width the image column wraps below the plane; above it, the
 # plane shrinks (down to what is left beside the image column) so the image stays beside it while hovering
 
-STYLE = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d1d1f;background:#fafafa}
-header{background:#16324f;color:#fff;padding:1rem 2rem} header h1{margin:0;font-size:1.45rem}
-header p{margin:.3rem 0 0;opacity:.85}
-main{display:flex;flex-wrap:nowrap;gap:2rem;padding:1.5rem 2rem;align-items:flex-start}
-.view{flex:0 1 PLANEpx;min-width:0} main.gan .view{flex-basis:PADpx}
-.side{flex:0 0 DIGITpx;width:DIGITpx}
-@media (max-width:NARROWpx){main{flex-wrap:wrap} .view{flex-basis:100%}}
-.stack{position:relative;width:100%;max-width:PLANEpx;aspect-ratio:1}
-.stack canvas{position:absolute;left:0;top:0;width:100%;height:100%}
-#plane-overlay{cursor:crosshair;touch-action:none}
-#digit{width:DIGITpx;height:DIGITpx;image-rendering:pixelated;border:1px solid #444;background:#000}
-#legend{display:flex;flex-wrap:wrap;gap:.3rem;margin-top:.6rem;max-width:PLANEpx}
-.legend-item{display:flex;align-items:center;gap:.3rem;border:1px solid #ccc;background:#fff;border-radius:4px;
- padding:.15rem .5rem;cursor:pointer;font-size:.9rem}
-.legend-item.off{opacity:.35} .swatch{width:12px;height:12px;border-radius:2px;display:inline-block}
-label{display:block;margin:.6rem 0 .1rem;font-weight:600} input[type=range]{width:DIGITpx;margin:0}
-label output{font-family:ui-monospace,monospace;font-weight:400}
-#readout,.readout{font-family:ui-monospace,monospace;font-size:1.05rem;margin:.6rem 0}
-.hint{color:#555;font-size:.92rem}
-h2{margin:0 0 .6rem;color:#16324f;font-size:1.2rem} main.gan{border-top:1px solid #ddd}
-.pad{position:relative;width:100%;max-width:PADpx;aspect-ratio:1}
-.pad canvas{position:absolute;left:0;top:0;width:100%;height:100%}
-#gan-pad-overlay{cursor:crosshair;touch-action:none}
-#gan-digit{width:DIGITpx;height:DIGITpx;image-rendering:pixelated;border:1px solid #444;background:#000}
-"""
-
 
 def build_explorer(data: ExplorerData) -> str:
     """The whole page as one HTML string."""
-    script = resources.files("mnistgen").joinpath("assets/explorer.js").read_text(encoding="utf-8")
+    assets = resources.files("mnistgen").joinpath("assets")
+    script = assets.joinpath("explorer.js").read_text(encoding="utf-8")
     # JSON inside <script>: "</" must not end the element early
     payload = json.dumps(page_data(data), separators=(",", ":")).replace("</", "<\\/")
-    style = (STYLE.replace("PLANEpx", f"{PLANE_SIZE}px").replace("DIGITpx", f"{DIGIT_SIZE}px")
-             .replace("PADpx", f"{GAN_PAD_SIZE}px").replace("NARROWpx", f"{NARROW}px"))
+    style = assets.joinpath("explorer.css").read_text(encoding="utf-8")
+    for name, size in (("PLANE", PLANE_SIZE), ("DIGIT", DIGIT_SIZE), ("PAD", GAN_PAD_SIZE), ("NARROW", NARROW)):
+        style = style.replace(f"{name}px", f"{size}px")
     title = html.escape(data.title)
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"

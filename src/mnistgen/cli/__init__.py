@@ -28,18 +28,14 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import data as data_commands
-    from . import families
+    from . import data, experiment, explore, gan, report, score, sweep, vae
 
-    parser = OneLineParser(
-        prog="mnistgen",
-        description="Train, evaluate and draw a 2-D-latent VAE and a small convolutional GAN of digits.",
-    )
+    parser = OneLineParser(prog="mnistgen", description="Train, evaluate and draw a 2-D-latent VAE and a small "
+                                                        "convolutional GAN of digits.")
     parser.add_argument("--version", action="version", version=f"mnistgen {__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=OneLineParser)
     subparsers.required = True
-    data_commands.register(subparsers)
-    for family in families.FAMILIES:
+    for family in (data, vae, gan, score, experiment, report, explore, sweep):  # in mnistgen --help's order
         family.register(subparsers)
     return parser
 

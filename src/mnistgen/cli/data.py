@@ -71,12 +71,12 @@ def run_info(args: argparse.Namespace) -> int:
     from ..data.describe import describe, example_grid
 
     data = config_from_args(DataConfig, args)
-    summary = describe(data)
+    raw, lines = describe(data)
     from ..imaging import save_png  # imports torch (via runs): only once there is something to save
 
-    for label, text in summary.lines:
+    for label, text in lines:
         print(f"{label:<9} {text}")
     out = Path(args.out).expanduser() if args.out else cache_root() / "figures" / f"{data.dataset}-examples.png"
-    save_png(out.resolve(), example_grid(summary.raw, GRID_EXAMPLES_PER_CLASS), scale=GRID_SCALE)
+    save_png(out.resolve(), example_grid(raw, GRID_EXAMPLES_PER_CLASS), scale=GRID_SCALE)
     print(f"{'examples':<9} {out.resolve()} (row k: the first {GRID_EXAMPLES_PER_CLASS} training images of class k)")
     return 0

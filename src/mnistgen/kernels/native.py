@@ -327,10 +327,8 @@ SIGNATURES = {
 
 
 # By source: the library's layout function, and the module whose ``LAYOUT`` declares what it must report.
-LAYOUTS = {
-    "gan_cpu": ("mnistgen_gan_layout", "mnistgen.kernels.gan"),
-    "vae_cpu": ("mnistgen_vae_layout", "mnistgen.kernels.vae"),
-}
+LAYOUTS = {"gan_cpu": ("mnistgen_gan_layout", "mnistgen.kernels.gan"),
+           "vae_cpu": ("mnistgen_vae_layout", "mnistgen.kernels.vae")}
 MAX_LAYOUT_ENTRIES = 1000  # a table longer than this is not one of mnistgen's
 
 
@@ -361,10 +359,8 @@ def check_layout(reported: Mapping[str, int], expected: Mapping[str, int], what:
 
 def _declare(library: ctypes.CDLL, source: Path) -> ctypes.CDLL:
     for name, signature in SIGNATURES[source.stem].items():
-        argtypes, restype = signature if isinstance(signature, tuple) else (signature, ctypes.c_int)
         function = getattr(library, name)
-        function.argtypes = argtypes
-        function.restype = restype
+        function.argtypes, function.restype = signature if isinstance(signature, tuple) else (signature, ctypes.c_int)
     return library
 
 
