@@ -152,8 +152,6 @@ _SEEDS_HELP = ("comma-separated seeds trained as replicas of one batched run, in
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where images come from. Shared by every command that reads data."""
-
     dataset: Literal["mnist", "fashion-mnist", "kmnist", "mnist-sample"] = option(
         "mnist", "dataset to use; mnist-sample is the 5,000-digit sample of real MNIST shipped with mnistgen")
     data_dir: str | None = option(None, "folder holding the IDX files; missing ones are downloaded into it "
@@ -317,11 +315,8 @@ class ScoreConfig:
 
 @dataclass(frozen=True)
 class ReproduceConfig:
-    """``mnistgen reproduce``: the whole specification (VAE, GAN, scores, report) in one run folder.
-
-    The defaults are SPEC's (VAE 200 epochs on the hw protocol, GAN 100 epochs); every other setting of the two
-    models is their own config's default. ``--quick`` sets :data:`REPRODUCE_QUICK`'s fields not given as flags.
-    """
+    """``mnistgen reproduce``: the whole specification (VAE, GAN, scores, report) in one run folder, SPEC's
+    defaults; ``--quick`` sets :data:`REPRODUCE_QUICK`'s fields not given as flags."""
 
     data: DataConfig = field(default_factory=DataConfig)
     vae_epochs: int = option(VAEConfig.epochs, "VAE training epochs (hw protocol)", POSITIVE)
@@ -544,14 +539,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, exclude: tu
 
 
 def config_from_args(cls: type, args: argparse.Namespace, base: Any | None = None) -> Any:
-    """Build ``cls`` from parsed flags: a flag given on the command line overrides ``base`` (or the defaults).
-
-    Without ``base``, a ``--recipe`` given (a :class:`GANConfig`) first sets the fields of its :data:`GAN_RECIPES`
-    entry, so flags given still win and the values taken are in the config. With ``base`` (a resumed run) the
-    saved fields stay: a changed recipe is then a change of setting, which ``--resume`` refuses.
-
-    The result is :func:`validate` d: a value out of bounds is refused in one line (:class:`UsageError`: exit 2).
-    """
+    """Build ``cls`` from parsed flags, each given one overriding ``base`` (or the defaults), then :func:`validate`
+    it (:class:`UsageError`: exit 2). Without ``base``, a ``--recipe`` given first sets its :data:`GAN_RECIPES`
+    fields (flags still win); with ``base`` (a resumed run) a changed recipe is a change of setting."""
     base = base if base is not None else recipe_defaults(cls, getattr(args, "recipe", None))
     config = _replace_from_args(cls, args, base)
     try:
@@ -562,8 +552,8 @@ def config_from_args(cls: type, args: argparse.Namespace, base: Any | None = Non
 
 
 def recipe_defaults(cls: type, recipe: str | None) -> Any:
-    """``cls``'s defaults with the values of ``recipe`` (:data:`GAN_RECIPES`, for a :class:`GANConfig`), or the
-    plain defaults (no recipe, or an unknown one: :func:`validate` refuses it in one line)."""
+    """``cls``'s defaults with the values of ``recipe`` (:data:`GAN_RECIPES`; an unknown one is left to
+    :func:`validate`)."""
     if cls is not GANConfig or recipe not in GAN_RECIPES:
         return cls()
     return dataclasses.replace(cls(), recipe=recipe, **GAN_RECIPES[recipe])

@@ -186,12 +186,9 @@ def shared_q_elbos(parts: VAEParts, images: torch.Tensor, mu: torch.Tensor, logv
 
 def fit_shared_gaussian(parts: VAEParts, mean_image: torch.Tensor, eps: torch.Tensor, max_iterations: int,
                         start_mu: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """The single diagonal Gaussian q that maximizes the training-set mean ELBO, from q = N(start_mu (0), I).
-
-    By linearity in x the objective depends on the data only through ``mean_image`` (784,); its expectation
-    uses the fixed eps (S, D) (a smooth deterministic objective), maximized by L-BFGS with a strong-Wolfe line
-    search, which never accepts a step that lowers it.
-    """
+    """The single diagonal Gaussian q that maximizes the training-set mean ELBO, from q = N(start_mu (0), I): by
+    linearity in x a function of ``mean_image`` (784,), its expectation over the fixed eps (S, D), by L-BFGS with a
+    strong-Wolfe line search (which never accepts a step that lowers it)."""
     device = mean_image.device
     start = torch.zeros(parts.latent_dim) if start_mu is None else start_mu
     mu = start.clone().to(device).requires_grad_(True)
@@ -246,12 +243,9 @@ def _mean_and_se(values: torch.Tensor) -> dict[str, float]:
 def fixed_encoder_study(parts: VAEParts, train_images: torch.Tensor, test_images: torch.Tensor, draws: int,
                         shared_samples: int, max_iterations: int, starts: int, generator: torch.Generator,
                         show_progress: bool | None = None) -> dict:
-    """Test-set ELBO with (a) the trained encoder, (b) q = N(0, I) for every x, (c) the best shared Gaussian.
-
-    Only the mean of ``train_images`` is used. (b) and (c) use ``shared_samples`` draws of eps for the fit and
-    fresh ones for the test. (c) is fitted from ``starts`` points (N(0, I), then N(m, I), m from the prior; it
-    may have several local maxima) and the best fit kept.
-    """
+    """Test-set ELBO with (a) the trained encoder, (b) q = N(0, I) for every x, (c) the best shared Gaussian, fitted
+    (on the mean training image, ``shared_samples`` draws; fresh ones for the test) from ``starts`` points, N(0, I)
+    then N(m, I) with m from the prior, keeping the best (it may have several local maxima)."""
     device = test_images.device
     latent = parts.latent_dim
     fit_eps = torch.randn(shared_samples, latent, generator=generator).to(device)

@@ -171,7 +171,6 @@ def base64_array(array: np.ndarray, dtype: str) -> str:
 
 
 def page_data(data: ExplorerData) -> dict:
-    """The JSON the page's script reads."""
     means, labels = subsample(np.asarray(data.means, np.float32), np.asarray(data.labels))
     if labels.size and (labels.min() < 0 or labels.max() >= len(data.classes)):
         raise MnistgenError(f"labels outside 0..{len(data.classes) - 1}")
@@ -197,57 +196,20 @@ NARROW = 640  # CSS pixels: below this viewport width the image column wraps bel
 
 
 def build_explorer(data: ExplorerData) -> str:
-    """The whole page as one HTML string."""
-    assets = resources.files("mnistgen").joinpath("assets")
-    script = assets.joinpath("explorer.js").read_text(encoding="utf-8")
-    # JSON inside <script>: "</" must not end the element early
-    payload = json.dumps(page_data(data), separators=(",", ":")).replace("</", "<\\/")
-    style = assets.joinpath("explorer.css").read_text(encoding="utf-8")
+    """The whole page as one HTML string: ``assets/explorer-page.html`` with the style, data and script inlined."""
+    def asset(name: str, joined: bool = False) -> str:  # joined: the template's lines as one
+        text = resources.files("mnistgen").joinpath("assets", name).read_text(encoding="utf-8")
+        return "".join(text.splitlines()) if joined else text
+
+    style = asset("explorer.css")
     for name, size in (("PLANE", PLANE_SIZE), ("DIGIT", DIGIT_SIZE), ("PAD", GAN_PAD_SIZE), ("NARROW", NARROW)):
         style = style.replace(f"{name}px", f"{size}px")
-    title = html.escape(data.title)
-    return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f'<meta http-equiv="Content-Security-Policy" content="{CONTENT_SECURITY_POLICY}">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{title}</title><style>{style}</style></head><body>"
-        f"<header><h1>{title}</h1><p>Each dot is one training image, placed at the mean of q(z|x) and colored "
-        "by its digit. Move the pointer over the plane (or use the sliders, or the arrow keys; Shift for "
-        "bigger steps) to see what the decoder draws at that z.</p></header><main>"
-        f'<div class="view"><div class="stack"><canvas id="plane" width="{PLANE_SIZE}" height="{PLANE_SIZE}">'
-        "</canvas>"
-        f'<canvas id="plane-overlay" width="{PLANE_SIZE}" height="{PLANE_SIZE}" '
-        'aria-label="latent plane: move the pointer to choose z"></canvas></div>'
-        '<div id="legend" aria-label="classes (click to show or hide)"></div></div>'
-        f'<div class="side"><canvas id="digit" width="{DIGIT_SIZE}" height="{DIGIT_SIZE}" '
-        'aria-label="decoder output p(x|z)"></canvas>'
-        '<div id="readout" aria-live="polite"></div>'
-        '<label for="z1">z1 = <output id="z1-value" for="z1"></output></label>'
-        '<input id="z1" type="range" step="any" value="0">'
-        '<label for="z2">z2 = <output id="z2-value" for="z2"></output></label>'
-        '<input id="z2" type="range" step="any" value="0">'
-        '<p class="hint">The image shows p(x|z): the probability that each pixel is on (white = 1), computed '
-        "in this page from the decoder's weights. The plane covers the region where the training images "
-        "landed (the central 99% of them on each axis).</p></div></main>"
-        + (gan_panel() if data.gan is not None else "")
-        + f'<script id="explorer-data" type="application/json">{payload}</script>'
-        f"<script>{script}</script></body></html>\n"
-    )
-
-
-def gan_panel() -> str:
-    pad, digit = GAN_PAD_SIZE, DIGIT_SIZE
-    return (
-        '<main class="gan"><div class="view"><h2>GAN: the generator between four noise vectors</h2>'
-        f'<div class="pad"><canvas id="gan-pad" width="{pad}" height="{pad}"></canvas>'
-        f'<canvas id="gan-pad-overlay" width="{pad}" height="{pad}" aria-label="GAN mixing square"></canvas></div>'
-        f'</div><div class="side"><canvas id="gan-digit" width="{digit}" height="{digit}" '
-        'aria-label="generator output"></canvas>'
-        '<div id="gan-readout" class="readout"></div>'
-        '<p class="hint">The four corners of the square are four fixed noise vectors z ~ U[-1, 1]^64; inside it '
-        "the noise is their bilinear mixture (u across, v down), and each tile shows G(z) at its centre. Move the "
-        "pointer over the square to see G(z), computed in this page from the generator's weights.</p></div></main>"
-    )
+    # JSON inside <script>: "</" must not end the element early
+    payload = json.dumps(page_data(data), separators=(",", ":")).replace("</", "<\\/")
+    gan = "" if data.gan is None else asset("explorer-gan.html", True).format(pad=GAN_PAD_SIZE, digit=DIGIT_SIZE)
+    return asset("explorer-page.html", True).format(
+        csp=CONTENT_SECURITY_POLICY, title=html.escape(data.title), style=style, plane=PLANE_SIZE, digit=DIGIT_SIZE,
+        gan=gan, payload=payload, script=asset("explorer.js")) + "\n"
 
 
 def write_explorer(data: ExplorerData, out: str | Path) -> Path:

@@ -522,12 +522,10 @@ def summary_html(sweep: Sweep, summaries: list[ConfigurationSummary], results: S
     subtitle = [escape(f"{sweep.model.upper()}: {len(sweep.configurations)} configuration(s) x {len(sweep.seeds)} "
                        f"seed(s) ({', '.join(map(str, sweep.seeds))}); engine {engine}; {counts['trained']} trained "
                        f"now, {counts['skipped']} finished before, {counts['failed']} failed")]
-    sections = [
-        ("results", "Results", section("results", "Results, best first", explanation + table(headers, rows))),
-        ("failures", "Failures", section("failures", f"Failed trials ({len(failures)})", failure_html)
-         if failures else ""),
-        ("sweep", "Sweep file", section("sweep", "The sweep file", f"<pre>{escape(sweep.source)}</pre>")),
-    ]
+    sections = [("results", "Results", section("results", "Results, best first", explanation + table(headers, rows))),
+                ("failures", "Failures", section("failures", f"Failed trials ({len(failures)})", failure_html)
+                 if failures else ""),
+                ("sweep", "Sweep file", section("sweep", "The sweep file", f"<pre>{escape(sweep.source)}</pre>"))]
     return page(f"mnistgen sweep: {sweep.model.upper()}", subtitle, sections)
 
 

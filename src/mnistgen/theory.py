@@ -16,11 +16,9 @@ import torch
 
 def kl_diag_gaussians(mu_q: torch.Tensor, logvar_q: torch.Tensor,
                       mu_p: torch.Tensor | float = 0.0, logvar_p: torch.Tensor | float = 0.0) -> torch.Tensor:
-    """KL(N(mu_q, diag exp(logvar_q)) || N(mu_p, diag exp(logvar_p))), summed over the last dim.
-
-    Per dimension: log(s_p/s_q) + (s_q^2 + (mu_q - mu_p)^2) / (2 s_p^2) - 1/2.
-    Shapes: mu_q, logvar_q (B, D); mu_p, logvar_p broadcastable (default: the prior N(0, I)). -> (B,)
-    """
+    """KL(N(mu_q, diag exp(logvar_q)) || N(mu_p, diag exp(logvar_p))), summed over the last dim: per dimension
+    log(s_p/s_q) + (s_q^2 + (mu_q - mu_p)^2) / (2 s_p^2) - 1/2. mu_q, logvar_q (B, D); mu_p, logvar_p broadcastable
+    (default: the prior N(0, I)) -> (B,)."""
     mu_p = torch.as_tensor(mu_p, dtype=mu_q.dtype, device=mu_q.device)
     logvar_p = torch.as_tensor(logvar_p, dtype=mu_q.dtype, device=mu_q.device)
     per_dim = 0.5 * (logvar_p - logvar_q + (logvar_q.exp() + (mu_q - mu_p) ** 2) / logvar_p.exp() - 1.0)
@@ -105,12 +103,8 @@ def gan_value(p_data, p_model, discriminator, dx: float = 1.0) -> float:
 
 
 def gan_value_at_optimal_discriminator(p_data, p_model, dx: float = 1.0) -> float:
-    """max_D V(D, G) = V(D*, G); equals 2 JSD(p_data, p_G) - log 4 (docs/theory.md).
-
-    Computed as sum p_data log(p_data / (p_data + p_G)) + p_G log(p_G / (p_data + p_G)), i.e. with
-    log D* and log(1 - D*) taken as differences of logs: in far tails D* = p_data / (p_data + p_G) can
-    round to 0 or 1 although both densities are positive.
-    """
+    """max_D V(D, G) = V(D*, G) = 2 JSD(p_data, p_G) - log 4 (docs/theory.md), with log D* and log(1 - D*) as
+    differences of logs: in far tails D* can round to 0 or 1 although both densities are positive."""
     p_data, p_model = _nonnegative_pair(p_data, p_model)
     total = p_data + p_model
     return float((_xlogy_ratio(p_data, total).sum() + _xlogy_ratio(p_model, total).sum()) * dx)
@@ -144,7 +138,6 @@ def uniform_density(x, low: float, high: float) -> np.ndarray:
 
 
 def uniform_cdf(x, low: float, high: float) -> np.ndarray:
-    """CDF of U[low, high] at x."""
     return np.clip((np.asarray(x, dtype=np.float64) - low) / (high - low), 0.0, 1.0)
 
 
@@ -157,12 +150,8 @@ def kl_uniform(low_p: float, high_p: float, low_q: float, high_q: float) -> floa
 
 
 def wasserstein1_samples(u, v) -> float:
-    """W1 between the empirical distributions of two 1-D samples (sizes may differ).
-
-    On the line W1(P, Q) = integral_0^1 |F_P^-1(t) - F_Q^-1(t)| dt (the monotone coupling). Both
-    empirical quantile functions are step functions, constant between the levels k/n and k/m, so
-    the integral is an exact finite sum over the merged levels.
-    """
+    """W1 between the empirical distributions of two 1-D samples (sizes may differ): integral_0^1 |F_P^-1(t) -
+    F_Q^-1(t)| dt, an exact finite sum as both quantile functions are constant between the levels k/n and k/m."""
     u = np.sort(np.asarray(u, dtype=np.float64).ravel())
     v = np.sort(np.asarray(v, dtype=np.float64).ravel())
     if u.size == 0 or v.size == 0:

@@ -23,10 +23,9 @@ def printable(message: str) -> str:
 
 
 def writable_output(path: str | Path, flag: str = "--out") -> Path:
-    """Refuse, before any work, an output file that could not be written: its folder missing (never created), not a
-    folder, or not writable; returns the path. Writability is tried, not guessed: a file is created in the folder and
-    removed at once (an unnamed one where the system allows). ``os.access`` alone answers yes to root everywhere but on
-    read-only file systems and immutable folders, and cannot know the rules of some network file systems."""
+    """Refuse, before any work, an output file that could not be written (its folder missing, not a folder, or not
+    writable); returns the path. Writability is tried, by creating and removing a file there: ``os.access`` answers
+    yes to root on read-only file systems and immutable folders, and cannot know some network file systems' rules."""
     import tempfile
 
     from ..files import TEMPORARY_SUFFIX, check_output_file, temporary_prefix
@@ -42,8 +41,7 @@ def writable_output(path: str | Path, flag: str = "--out") -> Path:
 
 
 def npy_output(text: str) -> Path:
-    """The ``--out`` of a command that writes an array: a .npy file in an existing, writable folder (checked before any
-    work; the folder is not created)."""
+    """The ``--out`` of a command that writes an array: a .npy file in an existing, writable folder."""
     out = Path(text).expanduser()
     if out.suffix != ".npy":
         raise UsageError(f"--out {text}: the file name must end with .npy")

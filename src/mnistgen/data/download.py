@@ -1,8 +1,7 @@
 """Downloading one dataset file: mirrors in order, timeouts, retries, a progress bar, an atomic rename.
 
-Plain ``urllib`` (no pooch/requests): several mirrors per file tried in order, a failure classified per mirror
-(a stalled or refusing mirror is dropped at once, a server error or a cut-off transfer retried in a later round),
-and acceptance by either of two checksums (:mod:`.integrity`). Guarantees:
+Plain ``urllib``: mirrors tried in order, each failure classified (a stalled or refusing mirror is dropped, a
+server error or a cut-off transfer retried in a later round), either checksum accepted. Guarantees:
 
 - the bytes go to a temporary ``.<name>.<random>.part`` file in the destination folder
   (:func:`mnistgen.files.replacing`), renamed onto ``<folder>/<name>`` only once the whole body arrived
@@ -154,11 +153,9 @@ def _attempt(url: str, spec: FileSpec, folder: Path, timeout: float) -> Download
 
 def download_file(spec: FileSpec, mirrors: Sequence[str], folder: Path, timeout: float, retries: int,
                   backoff: float = RETRY_BACKOFF_S, log: Callable[[str], None] | None = None) -> Downloaded:
-    """Fetch ``spec.name`` into ``folder`` from the first mirror that delivers it intact.
-
-    Round 1 tries every mirror in order; one that answered a server error (5xx, 408, 429) or cut the transfer
-    short is tried again in up to ``retries`` further rounds, after ``backoff``, 2x``backoff``, ... seconds.
-    """
+    """Fetch ``spec.name`` into ``folder`` from the first mirror that delivers it intact. A mirror that answered a
+    server error (5xx, 408, 429) or cut the transfer short is tried again in up to ``retries`` further rounds, after
+    ``backoff``, 2x``backoff``, ... seconds."""
     log = log or (lambda line: print(line, file=sys.stderr))
     folder = Path(folder)
     try:

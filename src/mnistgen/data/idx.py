@@ -1,17 +1,11 @@
 """Reading IDX files (the MNIST format), gzip-compressed or raw, with every header field validated.
 
-Layout (big-endian): two zero bytes, a type code (0x08 = unsigned byte, ...), the number of dimensions
-n, then n uint32 sizes, then the data. MNIST images are ``0x00000803`` (ubyte, 3-D) and labels
-``0x00000801`` (ubyte, 1-D).
-
-Every function here returns an array whose shape agrees with the file's length, or raises a one-line
-:class:`DataError` naming the file and what is wrong. The array is a zero-copy, read-only view of the
-decompressed bytes: 60,000 images load in the time it takes zlib to inflate them.
-
-Memory is bounded whatever a file holds (a gzip "bomb" included): a file is read and inflated in chunks, and
-reading stops one byte past a cap: the size the caller knows the content must have (a registry file's), else for
-an IDX file the size its header claims (refused before anything is allocated when above
-:data:`MAX_CONTENT_BYTES`), else :data:`MAX_CONTENT_BYTES`. Content past its cap is a DataError giving both sizes.
+Layout (big-endian): two zero bytes, a type code (0x08 = unsigned byte, ...), the number of dimensions n, n uint32
+sizes, the data; MNIST images are ``0x00000803`` and labels ``0x00000801``. Every function returns an array whose
+shape agrees with the file's length (a zero-copy, read-only view of the decompressed bytes), or a one-line
+:class:`DataError` naming the file. Memory is bounded whatever a file holds (a gzip "bomb" included): it is inflated
+in chunks and reading stops one byte past a cap: the content's known size, else the size the IDX header claims (at
+most :data:`MAX_CONTENT_BYTES`, refused before any allocation), else :data:`MAX_CONTENT_BYTES`.
 """
 
 from __future__ import annotations
@@ -127,7 +121,6 @@ def decompress(raw: bytes, name: str = "<bytes>", size: int | None = None) -> by
 
 
 def read_bytes(path: Path, size: int | None = None) -> bytes:
-    """The IDX content of the file ``path`` (see :func:`read_stream`)."""
     with opened(path) as handle:
         return read_stream(handle, str(path), size)
 

@@ -70,7 +70,6 @@ def _labels(array: np.ndarray) -> torch.Tensor:
 
 
 def load_protocol(name: str, raw: RawData, validation_size: int = 10_000) -> Protocol:
-    """Build protocol ``name`` from a loaded dataset."""
     total = len(raw.train_images)
     if name == "hw":
         n = min(HW_TRAIN_SIZE, total)

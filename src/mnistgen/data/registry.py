@@ -36,7 +36,6 @@ class FileSpec:
 
     @property
     def item_shape(self) -> tuple[int, ...]:
-        """Shape of one item: an image is 28x28, a label a scalar."""
         return IMAGE_SHAPE if self.is_images else ()
 
     @property

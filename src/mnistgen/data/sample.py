@@ -1,12 +1,8 @@
 """mnistgen's own 5,000-digit sample of real MNIST, shipped inside the package, as a stand-in dataset.
 
-Four IDX files, gzip-compressed, in ``mnistgen/assets/mnist-sample/`` (package data: they come with every install
-and need no network and no other package):
-
-- ``sample-train-images-idx3-ubyte.gz`` / ``sample-train-labels-idx1-ubyte.gz``: 4,000 images, 400 of each digit,
-  from MNIST's training file;
-- ``sample-t10k-images-idx3-ubyte.gz`` / ``sample-t10k-labels-idx1-ubyte.gz``: 1,000 images, 100 of each digit,
-  from MNIST's test file (t10k), so that the sample's test images are real MNIST test images.
+Four gzip-compressed IDX files in ``mnistgen/assets/mnist-sample/`` (package data: no network needed):
+``sample-train-*``, 4,000 images (400 of each digit) from MNIST's training file, and ``sample-t10k-*``, 1,000 (100
+of each) from its test file, so that the sample's test images are real MNIST test images.
 
 Which images: of the ``n_d`` images of digit ``d`` in file order, those at positions ``floor(i * n_d / k)``,
 ``i = 0 .. k-1`` (``k`` = 400 or 100), interleaved by digit so that every prefix (the ``hw`` protocol's "first
@@ -43,7 +39,6 @@ SPLIT_DESCRIPTION = ("train: 400 images of each digit from MNIST's training file
 
 
 def sample_folder() -> Path:
-    """The folder of the sample's files inside the installed package."""
     return Path(str(resources.files("mnistgen").joinpath("assets", "mnist-sample")))
 
 

@@ -70,8 +70,6 @@ class DataFolder:
 
 @dataclass(frozen=True)
 class LocalFile:
-    """One verified file of a dataset, with its decompressed content."""
-
     spec: FileSpec
     path: Path
     hashes: FileHashes

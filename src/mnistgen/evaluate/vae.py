@@ -271,11 +271,8 @@ def sample_run(run: RunDir, n: int, binary: bool = False, options: VAEEvalConfig
 
 
 def write_figures(run: RunDir, options: VAEEvalConfig | None = None) -> list[Path]:
-    """RUN/figures/{samples,latent,interpolation,manifold,curves}.png; returns their paths.
-
-    Beyond two latent dimensions the latent figure shows the first two and there is no manifold figure. A replica
-    run's figures show its first seed's model, and its training curves every seed's.
-    """
+    """RUN/figures/{samples,latent,interpolation,manifold (2-D latents only),curves}.png; returns their paths. A
+    replica run's figures show its first seed's model, and its training curves every seed's."""
     from ..plots import vae as plots
 
     options = options or VAEEvalConfig()

@@ -142,11 +142,9 @@ def native_discriminate(discriminator: Discriminator, images: torch.Tensor,
 def phase_kernels(weight: torch.Tensor) -> torch.Tensor:
     """The 2x2 kernels of "nearest 2x upsample, then 3x3 convolution" in phase form; differentiable.
 
-    weight (C_out, C_in, 3, 3) -> (a, b, dy, dx, C_in, C_out) = (2, 2, 2, 2, C_in, C_out): output pixel
-    (2i + a, 2j + b) is the sum over dy, dx in {0, 1} of the zero-padded input at row i + a + dy, column
-    j + b + dx (padded coordinates) times kernel [a, b, dy, dx]. Along each axis the taps are those of
-    :func:`mnistgen.accelerate.gan.upsample_conv`'s 4-tap filter (w2, w1 + w2, w0 + w1, w0), split by phase:
-    phase 0 reads (w0, w1 + w2), phase 1 reads (w0 + w1, w2).
+    weight (C_out, C_in, 3, 3) -> (a, b, dy, dx, C_in, C_out): output pixel (2i + a, 2j + b) is the sum over dy, dx
+    in {0, 1} of the zero-padded input at (i + a + dy, j + b + dx) times kernel [a, b, dy, dx]. Along each axis
+    phase 0 reads taps (w0, w1 + w2), phase 1 reads (w0 + w1, w2).
     """
     def split(w: torch.Tensor, dim: int) -> torch.Tensor:  # 3 taps along dim -> (phase, tap) in its place
         w0, w1, w2 = w.unbind(dim)

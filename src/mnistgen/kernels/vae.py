@@ -37,11 +37,9 @@ class _Buffers(ctypes.Structure):
     _fields_ = [(name, ctypes.c_long) for name in ("pixels", "hidden", "latent", "capacity")] + [
         (name, _P) for name in (
             "enc_wt", "enc_b", "mean_w", "mean_b", "logvar_w", "logvar_b", "dec_w", "dec_b", "out_w", "out_b", "dec_wt",
-            "g_enc_wt", "g_enc_b", "g_mean_w", "g_mean_b", "g_logvar_w", "g_logvar_b", "g_dec_w", "g_dec_b",
-            "g_out_b",
+            "g_enc_wt", "g_enc_b", "g_mean_w", "g_mean_b", "g_logvar_w", "g_logvar_b", "g_dec_w", "g_dec_b", "g_out_b",
             "h1", "mean", "logvar", "std", "z", "h2", "logits", "d_logits", "d_h2", "d_a1", "d_mean", "d_logvar",
-            "row_elbo",
-            "image_count", "image_pixel", "image_value", "pixel_count", "pixel_image", "pixel_value")]
+            "row_elbo", "image_count", "image_pixel", "image_value", "pixel_count", "pixel_image", "pixel_value")]
 
 
 class _AdamStep(ctypes.Structure):
