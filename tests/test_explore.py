@@ -12,6 +12,7 @@ import pytest
 import torch
 from report_support import parse
 
+from mnistgen.config import VAEConfig
 from mnistgen.errors import MnistgenError
 from mnistgen.explore import (
     MAX_POINTS,
@@ -23,18 +24,27 @@ from mnistgen.explore import (
     plane_range,
     subsample,
 )
+from mnistgen.models.gan import Generator
+from mnistgen.models.vae import VAE, Decoder
 
 
 def spec_decoder(hidden: int = 500, latent: int = 2) -> torch.nn.Module:
-    """SPEC §2's decoder layout, randomly initialised (the layer types are all the page relies on)."""
+    """SPEC §2's decoder, randomly initialised."""
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(latent, hidden), torch.nn.Tanh(),
-                               torch.nn.Linear(hidden, 784), torch.nn.Sigmoid())
+    return Decoder(latent, hidden)
+
+
+class ReluDecoder(Decoder):
+    """SPEC's layers, but relu instead of tanh inside ``logits``: no leaf module shows the change."""
+
+    def logits(self, z: torch.Tensor) -> torch.Tensor:
+        return self.output(torch.relu(self.hidden(z)))
 
 
 def explorer_data(n: int = 500, hidden: int = 500) -> ExplorerData:
     rng = np.random.default_rng(0)
-    return ExplorerData(*decoder_arrays(spec_decoder(hidden)), means=rng.normal(size=(n, 2)).astype(np.float32),
+    return ExplorerData(*decoder_arrays(spec_decoder(hidden), VAEConfig(hidden=hidden)),
+                        means=rng.normal(size=(n, 2)).astype(np.float32),
                         labels=rng.integers(0, 10, n), classes=tuple(str(d) for d in range(10)), title="t")
 
 
@@ -61,20 +71,27 @@ def test_weights_and_points_round_trip_exactly():
 
 def test_decoder_arrays_are_torch_linear_layout():
     decoder = spec_decoder()
-    w1, b1, w2, b2 = decoder_arrays(decoder)
+    w1, b1, w2, b2 = decoder_arrays(decoder, VAEConfig())
     z = np.array([[0.3, -1.2]], np.float32)
     by_hand = 1 / (1 + np.exp(-(np.tanh(z @ w1.T + b1) @ w2.T + b2)))
     with torch.no_grad():
         np.testing.assert_allclose(by_hand, decoder(torch.from_numpy(z)).numpy(), atol=1e-6)
 
 
-@pytest.mark.parametrize("decoder", [spec_decoder(latent=3),
-                                     torch.nn.Sequential(torch.nn.Linear(2, 10), torch.nn.Linear(10, 10),
-                                                         torch.nn.Linear(10, 784)),
-                                     torch.nn.Sequential(torch.nn.Linear(2, 10), torch.nn.Linear(10, 100))])
-def test_decoders_the_page_cannot_run_are_refused(decoder):
-    with pytest.raises(MnistgenError):
-        decoder_arrays(decoder)
+@pytest.mark.parametrize(("decoder", "differs"), [
+    (spec_decoder(latent=3), r"decoder.hidden is Linear\(in_features=3"),
+    (spec_decoder(hidden=10), r"decoder.hidden is Linear\(in_features=2, out_features=10,"),
+    (Decoder(2, 500, output_dim=100), r"decoder.output is Linear\(in_features=500, out_features=100,"),
+    (torch.nn.Sequential(torch.nn.Linear(2, 500), torch.nn.Tanh(), torch.nn.Linear(500, 784)), "decoder has 0, 1"),
+    (ReluDecoder(), r"its output is .* away \(relative\) from the page's sigmoid\(Linear\(tanh\(Linear\(z\)\)\)\)")])
+def test_decoders_the_page_cannot_run_are_refused(decoder, differs):
+    with pytest.raises(MnistgenError, match=f"^the explorer cannot draw this decoder: {differs}"):
+        decoder_arrays(decoder, VAEConfig())
+
+
+def test_the_explorer_needs_a_2d_latent_space():
+    with pytest.raises(MnistgenError, match="needs a 2-D latent space; this VAE has 3 dimensions"):
+        decoder_arrays(spec_decoder(latent=3), VAEConfig(latent_dim=3))
 
 
 def test_plane_range_is_a_square_around_the_means():
@@ -128,39 +145,52 @@ def test_title_is_escaped():
     assert embedded_json(text)["classes"][0] == "<b>0</b>"  # the page inserts names as text, not HTML
 
 
-def spec_generator(upsample_mode: str = "nearest", padding: int = 1) -> torch.nn.Module:
-    """SPEC §3's generator layout as a Sequential, randomly initialised."""
-    from torch import nn
-
+def spec_generator() -> Generator:
     torch.manual_seed(1)
-    return nn.Sequential(nn.Linear(64, 1568), nn.LeakyReLU(0.2), nn.Unflatten(1, (32, 7, 7)),
-                         nn.Upsample(scale_factor=2, mode=upsample_mode), nn.Conv2d(32, 16, 3, 1, padding),
-                         nn.LeakyReLU(0.2), nn.Upsample(scale_factor=2, mode=upsample_mode),
-                         nn.Conv2d(16, 8, 3, 1, padding), nn.LeakyReLU(0.2), nn.Conv2d(8, 1, 3, 1, padding),
-                         nn.Sigmoid())
+    return Generator(64)
+
+
+def with_layer(name: str, layer: torch.nn.Module) -> Generator:
+    generator = spec_generator()
+    setattr(generator, name, layer)
+    return generator
+
+
+class SwappedGenerator(Generator):
+    """SPEC's layers, but sigmoid before the last convolution: no leaf module shows the change."""
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.act1(self.linear(z)).view(-1, 32, 7, 7)
+        h = self.act2(self.conv1(self.up1(h)))
+        return self.conv3(self.sigmoid(self.conv2(self.up2(h))))
 
 
 def test_generator_arrays_and_corners():
     from mnistgen.explore import GAN_CORNERS, generator_arrays
 
-    gan = generator_arrays(spec_generator())
-    assert gan.linear_w.shape == (1568, 64) and gan.slope == pytest.approx(0.2)
+    gan = generator_arrays(spec_generator(), 64)
+    assert gan.linear_w.shape == (1568, 64)
     assert [w.shape for w, _ in gan.convs] == [(16, 32, 3, 3), (8, 16, 3, 3), (1, 8, 3, 3)]
     assert gan.corners.shape == (GAN_CORNERS, 64)
     assert gan.corners.min() >= -1 and gan.corners.max() <= 1 and gan.corners.std() > 0.4  # U[-1, 1]: std 0.577
     embedded = embedded_json(build_explorer(dataclasses.replace(explorer_data(), gan=gan)))["gan"]
     np.testing.assert_array_equal(floats(embedded["conv_w"][1], (8, 16, 3, 3)), gan.convs[1][0])
+    assert embedded["slope"] == pytest.approx(0.2) and embedded["channels"] == [32, 16, 8, 1]
     assert "GAN: the generator" in build_explorer(dataclasses.replace(explorer_data(), gan=gan))
     assert embedded_json(build_explorer(explorer_data()))["gan"] is None
 
 
-@pytest.mark.parametrize("generator", [spec_generator(upsample_mode="bilinear"), spec_generator(padding=0),
-                                       torch.nn.Sequential(torch.nn.Linear(64, 1568))])
-def test_generators_the_page_cannot_run_are_refused(generator):
+@pytest.mark.parametrize(("generator", "differs"), [
+    (with_layer("up1", torch.nn.Upsample(scale_factor=2, mode="bilinear")), "generator.up1 is Upsample"),
+    (with_layer("conv2", torch.nn.Conv2d(16, 8, 3, 1, 0)), "generator.conv2 is Conv2d"),
+    (with_layer("act2", torch.nn.ReLU()), "generator.act2 is ReLU"),
+    (torch.nn.Sequential(torch.nn.Linear(64, 1568)), "generator has 0"),
+    (SwappedGenerator(), r"its output is .* away \(relative\) from the page's SPEC §3 generator")])
+def test_generators_the_page_cannot_run_are_refused(generator, differs):
     from mnistgen.explore import generator_arrays
 
-    with pytest.raises(MnistgenError, match="SPEC §3's generator only"):
-        generator_arrays(generator)
+    with pytest.raises(MnistgenError, match=f"^the explorer cannot draw this generator: {differs}"):
+        generator_arrays(generator, 64)
 
 
 def test_cli_explore_errors_are_one_line(tmp_path, capsys):
@@ -203,3 +233,55 @@ def test_explorer_reads_the_data_folder_the_run_recorded(tmp_path, mnist_dir, mn
     with pytest.raises(MnistgenError, match="could be loaded now"):
         check_same_data(run, {"dataset": "mnist", "title": "MNIST 5,000-digit sample", "sample": True})
     check_same_data(run, {"dataset": "mnist", "title": "MNIST", "sample": False})
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, mnist_dir, mnist_raw):
+    """A VAE run trained 1 epoch on the first 500 images of real MNIST's hw protocol."""
+    from mnistgen.config import DataConfig
+    from mnistgen.data.protocols import load_protocol
+    from mnistgen.runs import RunDir
+    from mnistgen.train.vae import train_vae
+
+    run = RunDir(tmp_path_factory.mktemp("explore") / "vae")
+    protocol = load_protocol("hw", mnist_raw)
+    first = dataclasses.replace(protocol, train_images=protocol.train_images[:500],
+                                train_labels=protocol.train_labels[:500])
+    train_vae(VAEConfig(data=DataConfig(dataset="mnist", data_dir=str(mnist_dir), offline=True), epochs=1,
+                        device="cpu"), run, protocol=first, show_progress=False)
+    return run.path
+
+
+class ReluLayerVAE(VAE):
+    """SPEC's VAE with a ReLU module added to its decoder (as a replaced model class would bring)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.decoder.act = torch.nn.ReLU()
+
+
+@pytest.mark.parametrize("change", ["relu in logits", "relu layer"])
+def test_cli_explore_refuses_a_decoder_the_page_cannot_draw(tiny_run, tmp_path, capsys, monkeypatch, change):
+    from mnistgen.cli import main
+
+    if change == "relu in logits":
+        monkeypatch.setattr(Decoder, "logits", ReluDecoder.logits)
+        differs = (r"its output is \S+ away \(relative\) from the page's sigmoid\(Linear\(tanh\(Linear\(z\)\)\)\) "
+                   r"at 16 points \(an activation or the order of the layers differs\)")
+    else:
+        monkeypatch.setattr("mnistgen.evaluate.vae.VAE", ReluLayerVAE)
+        differs = r"decoder has act \(written for the spec's layers\)"
+    out = tmp_path / "explorer.html"
+    assert main(["explore", str(tiny_run), "--out", str(out), "--device", "cpu"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1, captured.err
+    assert re.fullmatch(f"mnistgen: error: the explorer cannot draw this decoder: {differs}\n", captured.err)
+    assert not out.exists()
+
+
+def test_cli_explore_accepts_the_spec_decoder(tiny_run, tmp_path, capsys):
+    from mnistgen.cli import main
+
+    out = tmp_path / "explorer.html"
+    assert main(["explore", str(tiny_run), "--out", str(out), "--device", "cpu"]) == 0
+    assert capsys.readouterr().out == f"{out}\n" and embedded_json(out.read_text())["hidden"] == 500

@@ -1,16 +1,10 @@
 """Every default of mnistgen, as typed frozen dataclasses, their bounds, and their one-to-one mapping onto CLI flags.
 
-Each field becomes a flag of the same name (``batch_size`` -> ``--batch-size``); a ``Literal`` type
-becomes ``choices``; a ``bool`` becomes an on/off switch. A field whose type is itself a config
-dataclass (``data: DataConfig``) contributes its own fields' flags. Configs are saved as JSON in each
-run folder (:func:`to_dict`) and read back with :func:`from_dict`, which rejects unknown keys.
-
-A numeric field declares the values it accepts beside its default, as :class:`Bound` s given to
-:func:`option` (``option(200, "passes", POSITIVE)``); a bound's end may name another field of the same
-config, and a bound may apply only while another field has a given value. :func:`validate` checks every
-bound and every ``Literal`` of a config and of the configs nested in it, and refuses the first value out
-of bounds in one line that names its flag; :func:`config_from_args` and :func:`from_dict` call it, so no
-config that no run could use leaves this module.
+Each field is a flag of the same name (``batch_size`` -> ``--batch-size``; a ``Literal`` gives ``choices``, a
+``bool`` an on/off switch, a nested config its own fields' flags). Configs are saved as JSON (:func:`to_dict`) and
+read back with :func:`from_dict`. A numeric field declares its :class:`Bound` s with :func:`option`;
+:func:`validate` refuses the first value out of bounds in one line naming its flag, and :func:`config_from_args`
+and :func:`from_dict` call it, so no config that no run could use leaves this module.
 """
 
 from __future__ import annotations
@@ -25,23 +19,17 @@ from typing import Any, Literal
 
 from .errors import MnistgenError, UsageError
 
-DATASETS = ("mnist", "fashion-mnist", "kmnist", "mnist-sample")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
-# --------------------------------------------------------------------------- bounds
 
 Number = int | float
 
 
 @dataclass(frozen=True)
 class Bound:
-    """The interval a numeric field must lie in.
-
-    Each end is a number, the name of another field of the same config (``high="lr"``), or None for no end;
-    an open end excludes the end itself. ``when=(name, value)`` applies the bound only while the field
-    ``name`` of the same config equals ``value``. A float field with any bound must also be finite (no NaN,
-    no infinity).
-    """
+    """The interval a numeric field must lie in: each end a number, the name of another field of the same config
+    (``high="lr"``) or None; an open end excludes itself. ``when=(name, value)``: only while field ``name`` equals
+    ``value``. A float field with any bound must also be finite."""
 
     low: Number | str | None = None
     high: Number | str | None = None
@@ -50,21 +38,17 @@ class Bound:
     when: tuple[str, Any] | None = None
 
     def applies(self, config: Any) -> bool:
-        """False where ``when`` names a condition that ``config`` does not meet."""
         return self.when is None or getattr(config, self.when[0]) == self.when[1]
 
     def admits(self, value: Number, config: Any) -> bool:
-        """Whether ``value`` lies in the interval (an end that names a field takes that field's value in ``config``)."""
         low, high = _resolve(self.low, config), _resolve(self.high, config)
         above_low = low is None or (value > low if self.low_open else value >= low)
         below_high = high is None or (value < high if self.high_open else value <= high)
         return above_low and below_high
 
     def requirement(self, integer: bool, config: Any | None = None) -> str:
-        """What the bound asks for, in words: "a positive integer", "0 or more", "in (0, 1]", "<= --lr (0.001)".
-
-        With ``config``, an end that names a field shows that field's value beside its flag.
-        """
+        """What the bound asks for, in words: "a positive integer", "0 or more", "in (0, 1]", "<= --lr (0.001)" (the
+        field's value shown with ``config``)."""
         low, high = _end_text(self.low, config), _end_text(self.high, config)
         if self.low == 0 and self.high is None:
             if self.low_open:
@@ -77,15 +61,12 @@ class Bound:
         return f"{'<' if self.high_open else '<='} {high}"
 
     def summary(self) -> str:
-        """The bound as the help text of its flag shows it: "> 0", ">= 0", "in (0, 1]", "<= --lr under ..."."""
-        if self.low is not None and self.high is None:
-            text = f"{'>' if self.low_open else '>='} {_end_text(self.low)}"
-        else:
-            text = self.requirement(integer=False)
-        return text + self.condition()
+        """As the flag's help shows it: "> 0", ">= 0", "in (0, 1]", "<= --lr under ..."."""
+        low_only = self.low is not None and self.high is None  # "> 0" rather than "a positive number"
+        return (f"{'>' if self.low_open else '>='} {_end_text(self.low)}" if low_only
+                else self.requirement(integer=False)) + self.condition()
 
     def condition(self) -> str:
-        """" under --lr-schedule cosine" for ``when=("lr_schedule", "cosine")``; empty without ``when``."""
         return "" if self.when is None else f" under {_flag(self.when[0])} {self.when[1]}"
 
 
@@ -101,7 +82,7 @@ def _resolve(end: Number | str | None, config: Any) -> Number | None:
 
 
 def _end_text(end: Number | str | None, config: Any | None = None) -> str:
-    """A number as written in a bound (2**64 - 1 rather than its 20 digits), or a field's flag (with its value)."""
+    """A number as a bound writes it (2**64 - 1 rather than its 20 digits), or a field's flag (with its value)."""
     if isinstance(end, str):
         return _flag(end) if config is None else f"{_flag(end)} ({getattr(config, end)})"
     if isinstance(end, int) and end > _WRITTEN_OUT_LIMIT and (end + 1) & end == 0:
@@ -110,25 +91,19 @@ def _end_text(end: Number | str | None, config: Any | None = None) -> str:
 
 
 def option(default: Any, help: str, *bounds: Bound, check: Any = None) -> Any:  # noqa: A002 - mirrors argparse
-    """A dataclass field with a default, the help text of its CLI flag and the bounds its values must lie in;
-    ``check(value, config)``, where given, refuses a value that no bound can describe (a one-line
-    :class:`MnistgenError`)."""
+    """A field with a default, its flag's help and its bounds; ``check(value, config)`` refuses (one line) what no
+    bound can describe."""
     return field(default=default, metadata={"help": help, "bounds": bounds, "check": check})
 
 
 def bounds_of(f: dataclasses.Field) -> tuple[Bound, ...]:
-    """The bounds declared with :func:`option` for a field (none for a field declared otherwise)."""
     return f.metadata.get("bounds", ())
-
-
-# --------------------------------------------------------------------------- seeds as replicas
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
     """``"1234,1235"`` -> (1234, 1235): distinct whole numbers within :data:`SEED_BOUND`; else a one-line error."""
-    parts = [part.strip() for part in text.split(",")]
     try:
-        seeds = tuple(int(part) for part in parts)
+        seeds = tuple(int(part.strip()) for part in text.split(","))
     except ValueError:
         raise MnistgenError(f"--seeds must be comma-separated whole numbers, got {text!r}") from None
     for seed in seeds:
@@ -159,14 +134,12 @@ def replica_seeds(config: Any) -> tuple[int, ...]:
 
 
 def is_replicated(config: Any) -> bool:
-    """Whether ``config`` trains replicas (``--seeds`` or ``--replicas`` > 1): a run folder with one sub-folder
-    ``seed=N`` per seed. Otherwise it is a plain single-seed run folder."""
+    """Whether ``config`` trains replicas (``--seeds`` or ``--replicas`` > 1): a run folder of ``seed=N`` folders."""
     return config.seeds is not None or config.replicas > 1
 
 
 def replica_config(config: Any, seed: int) -> Any:
-    """The single-seed config of one replica: ``config`` with ``seed`` and no replicas (what a separate run of
-    that seed would be given)."""
+    """The single-seed config of one replica (what a separate run of that seed would be given)."""
     return dataclasses.replace(config, seed=seed, replicas=1, seeds=None)
 
 
@@ -177,39 +150,34 @@ _SEEDS_HELP = ("comma-separated seeds trained as replicas of one batched run, in
                "and --replicas decide)")
 
 
-# --------------------------------------------------------------------------- the configs
-
-
 @dataclass(frozen=True)
 class DataConfig:
-    """Where images come from. Shared by every command that reads data."""
-
     dataset: Literal["mnist", "fashion-mnist", "kmnist", "mnist-sample"] = option(
-        "mnist", "dataset to use; mnist-sample is the 5,000-digit sample of real MNIST shipped with mnistgen"
-    )
-    data_dir: str | None = option(
-        None, "folder holding the IDX files; missing ones are downloaded into it "
-        "(default: $MNISTGEN_DATA_DIR, then the user cache)"
-    )
+        "mnist", "dataset to use; mnist-sample is the 5,000-digit sample of real MNIST shipped with mnistgen")
+    data_dir: str | None = option(None, "folder holding the IDX files; missing ones are downloaded into it "
+                                  "(default: $MNISTGEN_DATA_DIR, then the user cache)")
     offline: bool = option(False, "never touch the network (also: MNISTGEN_OFFLINE=1)")
-    mirrors: str | None = option(
-        None, "comma-separated base URLs to download from, in order "
-        "(default: $MNISTGEN_MIRRORS, else the registry's mirrors)"
-    )
+    mirrors: str | None = option(None, "comma-separated base URLs to download from, in order "
+                                 "(default: $MNISTGEN_MIRRORS, else the registry's mirrors)")
     download_timeout: float = option(
-        15.0, "seconds to wait for a mirror (connecting, or for the next bytes) before trying the next one", POSITIVE
-    )
-    download_retries: int = option(
-        2, "extra rounds over the mirrors after a server error or a cut-off transfer", NON_NEGATIVE
-    )
+        15.0, "seconds to wait for a mirror (connecting, or for the next bytes) before trying the next one", POSITIVE)
+    download_retries: int = option(2, "extra rounds over the mirrors after a server error or a cut-off transfer",
+                                   NON_NEGATIVE)
 
 
 _FLUSH_HELP = (
     "on the CPU, flush subnormal floats (below 1.2e-38) to zero while training, as GPUs' fast math does: the same "
     "mathematics to float rounding, and faster once training produces subnormals, on which the CPU's arithmetic is "
     "many times slower (the GAN's sigmoid pixels near 0, the VAE's iwae importance weights: 1.2-1.8x where they "
-    "occur, docs/BENCHMARKS.md)"
-)
+    "occur, docs/BENCHMARKS.md)")
+
+
+def _cpu_kernels_help(networks: str) -> str:
+    return (f"which fast path trains the {networks}: auto (the fastest accelerator that applies to the models as they "
+            "are: mnistgen's C kernels on CPU, else PyTorch-only fast paths, else the reference path, with a one-line "
+            "note naming the reason), native (insist on the C kernels on CPU: refused in one line where they do not "
+            "apply), torch (PyTorch's kernels only), reference (autograd through the modules' forward, no "
+            "accelerator). Same mathematics either way")
 
 
 @dataclass(frozen=True)
@@ -218,8 +186,7 @@ class VAEConfig:
 
     data: DataConfig = field(default_factory=DataConfig)
     protocol: Literal["hw", "full"] = option(
-        "hw", "hw: first 10k train images, rounded; full: 60k with validation, dynamic binarization"
-    )
+        "hw", "hw: first 10k train images, rounded; full: 60k with validation, dynamic binarization")
     epochs: int = option(200, "number of passes over the training images", POSITIVE)
     batch_size: int = option(100, "images per Adam step", POSITIVE)
     lr: float = option(1e-3, "Adam learning rate", POSITIVE)
@@ -229,36 +196,26 @@ class VAEConfig:
     objective: Literal["mc", "analytic", "iwae"] = option(
         "mc", "mc: Eq. 2, one-sample E_q[log p(x|z) + log p(z) - log q(z|x)]; analytic: Eq. 1, closed-form KL; "
         "iwae: the importance-weighted bound of Burda et al. (2016), log (1/K) sum_k p(x, z_k) / q(z_k|x) with "
-        "K = --train-samples"
-    )
+        "K = --train-samples")
     train_samples: int = option(
         1, "K, draws of z per image in each training step: iwae trains on the K-sample bound; mc and analytic on "
-        "the mean of K one-sample ELBOs (a lower-variance estimate of the same ELBO)", POSITIVE
-    )
+        "the mean of K one-sample ELBOs (a lower-variance estimate of the same ELBO)", POSITIVE)
     latent_dim: int = option(2, "dimension D_z of the latent space", POSITIVE)
     hidden: int = option(500, "width of the tanh hidden layer of encoder and decoder", POSITIVE)
     validation_size: int = option(10000, "full protocol: training images held out for validation", POSITIVE)
     lr_schedule: Literal["none", "cosine", "step"] = option(
         "none", "learning rate by epoch: none (constant, SPEC), cosine (from --lr down to --lr-min over the "
-        "epochs) or step (multiplied by --lr-decay every --lr-decay-every epochs)"
-    )
-    lr_min: float = option(
-        1e-5, "cosine schedule: learning rate of the last epoch",
-        POSITIVE, Bound(high="lr", when=("lr_schedule", "cosine")),
-    )
+        "epochs) or step (multiplied by --lr-decay every --lr-decay-every epochs)")
+    lr_min: float = option(1e-5, "cosine schedule: learning rate of the last epoch",
+                           POSITIVE, Bound(high="lr", when=("lr_schedule", "cosine")))
     lr_decay: float = option(
-        0.5, "step schedule: factor applied to the learning rate at each step", Bound(low=0, high=1, low_open=True)
-    )
+        0.5, "step schedule: factor applied to the learning rate at each step", Bound(low=0, high=1, low_open=True))
     lr_decay_every: int = option(100, "step schedule: epochs between two decays", POSITIVE)
     threads: int = option(0, "CPU threads torch may use (0: torch's default, one per core)", NON_NEGATIVE)
     flush_denormals: bool = option(False, _FLUSH_HELP)
     device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "where to compute")
     cpu_kernels: Literal["auto", "native", "torch", "reference"] = option(
-        "auto", "which fast path trains the encoder and decoder: auto (the fastest accelerator that applies to the "
-        "models as they are: mnistgen's C kernels on CPU, else PyTorch-only fast paths, else the reference path, "
-        "with a one-line note naming the reason), native (insist on the C kernels on CPU: refused in one line where "
-        "they do not apply), torch (PyTorch's kernels only), reference (autograd through the modules' forward, no "
-        "accelerator). Same mathematics either way")
+        "auto", _cpu_kernels_help("encoder and decoder"))
 
 
 def parse_betas(text: str) -> tuple[float, float]:
@@ -276,7 +233,7 @@ def parse_betas(text: str) -> tuple[float, float]:
 
 GAN_RECIPES: dict[str, dict[str, Any]] = {
     "spec": {"lr_d": 2e-4, "lr_g": 2e-4, "betas": "0.9,0.999", "ema_decay": None, "batch_size": 256},
-    # the best of the combinations measured over 3 seeds at epochs 30 and 100 (docs/BENCHMARKS.md, ninth session)
+    # the best of the combinations measured over 3 seeds at epochs 30 and 100 (docs/BENCHMARKS.md)
     "improved": {"lr_d": 1e-3, "lr_g": 2e-4, "betas": "0.5,0.999", "ema_decay": 0.999, "batch_size": 64},
 }
 """``--recipe``: the values a recipe gives the GAN's training options that are not given as flags (or keywords).
@@ -324,11 +281,7 @@ class GANConfig:
     threads: int = option(0, "CPU threads torch may use (0: torch's default, one per core)", NON_NEGATIVE)
     flush_denormals: bool = option(False, _FLUSH_HELP)
     cpu_kernels: Literal["auto", "native", "torch", "reference"] = option(
-        "auto", "which fast path trains the generator and discriminator: auto (the fastest accelerator that applies "
-        "to the models as they are: mnistgen's C kernels on CPU, else PyTorch-only fast paths, else the reference "
-        "path, with a one-line note naming the reason), native (insist on the C kernels on CPU: refused in one line "
-        "where they do not apply), torch (PyTorch's kernels only), reference (autograd through the modules' "
-        "forward, no accelerator). Same mathematics either way")
+        "auto", _cpu_kernels_help("generator and discriminator"))
 
 
 @dataclass(frozen=True)
@@ -336,15 +289,13 @@ class ClassifierConfig:
     """The small MNIST classifier behind ``mnistgen score``: trained once, shipped in ``mnistgen/assets``."""
 
     data: DataConfig = field(default_factory=DataConfig)
-    epochs: int = option(
-        5, "passes over the training images (the epoch with the best validation accuracy is kept)", POSITIVE
-    )
+    epochs: int = option(5, "passes over the training images (the epoch with the best validation accuracy is kept)",
+                         POSITIVE)
     batch_size: int = option(128, "images per Adam step", POSITIVE)
     lr: float = option(1e-3, "Adam learning rate (decayed by a cosine to 0 over the epochs)", POSITIVE)
     seed: int = option(0, "seed that fixes the whole run", SEED_BOUND)
     validation_size: int = option(
-        10000, "last training images held out for validation (they are also the real-vs-real reference)", POSITIVE
-    )
+        10000, "last training images held out for validation (they are also the real-vs-real reference)", POSITIVE)
     device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "where to compute")
 
 
@@ -354,8 +305,7 @@ class ScoreConfig:
 
     data: DataConfig = field(default_factory=DataConfig)
     weights: str | None = option(
-        None, "classifier weights, a .pt with its .json beside it (default: the ones shipped with mnistgen)"
-    )
+        None, "classifier weights, a .pt with its .json beside it (default: the ones shipped with mnistgen)")
     batch_size: int = option(1000, "images per forward pass of the classifier", POSITIVE)
     samples: int = option(
         10000, "images drawn from each seed's model when a run folder is scored (at least 2; VAE: decoder means "
@@ -365,12 +315,8 @@ class ScoreConfig:
 
 @dataclass(frozen=True)
 class ReproduceConfig:
-    """Issue 6, ``mnistgen reproduce``: the whole specification (VAE, GAN, scores, report) in one run folder.
-
-    The defaults are SPEC's (VAE 200 epochs on the hw protocol, GAN 100 epochs); every other setting of
-    the two models is their own config's default. ``--quick`` replaces the fields named in
-    :data:`REPRODUCE_QUICK` (unless given on the command line) for a first look in a couple of minutes.
-    """
+    """``mnistgen reproduce``: the whole specification (VAE, GAN, scores, report) in one run folder, SPEC's
+    defaults; ``--quick`` sets :data:`REPRODUCE_QUICK`'s fields not given as flags."""
 
     data: DataConfig = field(default_factory=DataConfig)
     vae_epochs: int = option(VAEConfig.epochs, "VAE training epochs (hw protocol)", POSITIVE)
@@ -388,12 +334,7 @@ class ReproduceConfig:
     device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "where to compute")
 
 
-REPRODUCE_QUICK: dict[str, Any] = {
-    "vae_epochs": 10,
-    "gan_epochs": 3,
-    "grid_every": 1,
-    "iw_samples": 50,
-}
+REPRODUCE_QUICK: dict[str, Any] = {"vae_epochs": 10, "gan_epochs": 3, "grid_every": 1, "iw_samples": 50}
 """``mnistgen reproduce --quick``: a few epochs and smaller estimates; the same pipeline, minutes on 2 CPU cores."""
 
 
@@ -413,9 +354,7 @@ class ElboEstimatorsConfig:
 
     data: DataConfig = field(default_factory=DataConfig)
     images: int = option(100, "first test images used, one mini-batch (SPEC's training batch is 100)", POSITIVE)
-    draws: int = option(
-        1000, "independent draws of eps ~ N(0, I) per image, the same for both estimators", POSITIVE
-    )
+    draws: int = option(1000, "independent draws of eps ~ N(0, I) per image, the same for both estimators", POSITIVE)
     seed: int = option(0, "seed of the draws", SEED_BOUND)
     device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "where to compute")
 
@@ -426,16 +365,13 @@ class FixedEncoderConfig:
 
     data: DataConfig = field(default_factory=DataConfig)
     draws: int = option(
-        10, "samples of z per test image for the trained encoder's ELBO (Eq. 1, closed-form KL)", POSITIVE
-    )
+        10, "samples of z per test image for the trained encoder's ELBO (Eq. 1, closed-form KL)", POSITIVE)
     shared_samples: int = option(
         1000, "samples of z for the two shared q's: one set to fit on the training set, a fresh one for the test set",
-        POSITIVE,
-    )
+        POSITIVE)
     max_iterations: int = option(200, "L-BFGS iterations to fit the shared Gaussian q, from each start", POSITIVE)
     starts: int = option(
-        5, "starting points of the shared Gaussian's fit: N(0, I), then N(m, I) with m drawn from the prior", POSITIVE
-    )
+        5, "starting points of the shared Gaussian's fit: N(0, I), then N(m, I) with m drawn from the prior", POSITIVE)
     seed: int = option(0, "seed of the draws", SEED_BOUND)
     device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "where to compute")
 
@@ -459,15 +395,9 @@ class GANPlotConfig:
                        "than those of the moving average of its weights (the default there)")
 
 
-# --------------------------------------------------------------------------- validation
-
-
 def validate(config: Any) -> None:
-    """Refuse, in one line naming the flag, the first value of ``config`` (or of a config nested in it) out of bounds.
-
-    Checks every :class:`Bound` declared with :func:`option` and every ``Literal``'s choices. An optional field
-    left unset (None, such as a seed that defaults to the run's) has nothing to check.
-    """
+    """Refuse, in one line naming the flag, the first value of ``config`` (or of a config nested in it) out of its
+    bounds, its ``Literal``'s choices or its type; an optional field left unset (None) has nothing to check."""
     hints = typing.get_type_hints(type(config))
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
@@ -475,13 +405,14 @@ def validate(config: Any) -> None:
         optional = field_type is not hints[f.name]
         if dataclasses.is_dataclass(field_type):
             if not isinstance(value, field_type):
-                raise MnistgenError(f"{f.name} must be a JSON object of {field_type.__name__}'s fields, got "
-                                    f"{value!r}")
+                raise MnistgenError(f"{f.name} must be a JSON object of {field_type.__name__}'s fields, got {value!r}")
             validate(value)
         elif value is None and optional:
             continue
         elif typing.get_origin(field_type) is Literal:
-            _check_choice(f.name, value, typing.get_args(field_type))
+            if value not in typing.get_args(field_type):
+                raise MnistgenError(f"{_flag(f.name)} must be one of {', '.join(map(str, typing.get_args(field_type)))}"
+                                    f", got {value!r}")
         elif bounds_of(f):  # a bound also refuses a value of the wrong kind, saying which numbers it takes
             _check_bounds(f.name, value, field_type is int, bounds_of(f), config)
         else:
@@ -494,7 +425,6 @@ _TYPE_NAMES = {bool: "true or false", int: "a whole number", float: "a number", 
 
 
 def _check_type(name: str, value: Any, field_type: type) -> None:
-    """Refuse a value of another type than its field's (as a config.json edited by hand may hold)."""
     if field_type is float:
         right = isinstance(value, int | float) and not isinstance(value, bool)
     elif field_type is int:
@@ -505,13 +435,7 @@ def _check_type(name: str, value: Any, field_type: type) -> None:
         raise MnistgenError(f"{_flag(name)} must be {_TYPE_NAMES.get(field_type, field_type.__name__)}, got {value!r}")
 
 
-def _check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
-    if value not in choices:
-        raise MnistgenError(f"{_flag(name)} must be one of {', '.join(map(str, choices))}, got {value!r}")
-
-
 def _check_bounds(name: str, value: Any, integer: bool, bounds: tuple[Bound, ...], config: Any) -> None:
-    """Refuse a value out of bounds, or of the wrong kind (a string, a bool, a float for an int, NaN, infinity)."""
     for bound in bounds:
         if not bound.applies(config):
             continue
@@ -521,7 +445,6 @@ def _check_bounds(name: str, value: Any, integer: bool, bounds: tuple[Bound, ...
 
 
 def _is_number(value: Any, integer: bool) -> bool:
-    """An int for an int field; an int or a finite float for a float field (a bool is neither)."""
     if isinstance(value, bool):
         return False
     if integer:
@@ -529,16 +452,12 @@ def _is_number(value: Any, integer: bool) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-# --------------------------------------------------------------------------- JSON round trip
-
-
 def to_dict(config: Any) -> dict[str, Any]:
-    """A JSON-ready dict of a config (nested configs become nested dicts)."""
     return dataclasses.asdict(config)
 
 
 def from_dict(cls: type, values: dict[str, Any]) -> Any:
-    """Rebuild and :func:`validate` a config from :func:`to_dict`'s output; unknown keys are an error, missing keys
+    """Rebuild and :func:`validate` a config from :func:`to_dict`'s output; unknown keys are refused, missing ones
     default."""
     config = _build(cls, values)
     validate(config)
@@ -561,9 +480,6 @@ def _build(cls: type, values: dict[str, Any]) -> Any:
     return cls(**kwargs)
 
 
-# --------------------------------------------------------------------------- CLI mapping
-
-
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -579,7 +495,6 @@ def _base_type(tp: Any) -> Any:
 
 
 def _parser_of(tp: type):
-    """An argparse ``type=`` that converts with ``tp`` and reports a bad value as argparse does."""
     def parse(text: str):
         try:
             return tp(text)
@@ -600,7 +515,7 @@ def _help(f: dataclasses.Field, default: Any) -> str:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str, ...] = ()) -> None:
-    """Add one flag per field of ``cls`` (recursing into nested config fields), default from the class."""
+    """Add one flag per field of ``cls`` (and of configs nested in it)."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in exclude:
@@ -624,14 +539,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, exclude: tu
 
 
 def config_from_args(cls: type, args: argparse.Namespace, base: Any | None = None) -> Any:
-    """Build ``cls`` from parsed flags: a flag given on the command line overrides ``base`` (or the defaults).
-
-    Without ``base``, a ``--recipe`` given (a :class:`GANConfig`) first sets the fields of its :data:`GAN_RECIPES`
-    entry, so flags given still win and the values taken are in the config. With ``base`` (a resumed run) the
-    saved fields stay: a changed recipe is then a change of setting, which ``--resume`` refuses.
-
-    The result is :func:`validate` d: a value out of bounds is refused in one line (:class:`UsageError`: exit 2).
-    """
+    """Build ``cls`` from parsed flags, each given one overriding ``base`` (or the defaults), then :func:`validate`
+    it (:class:`UsageError`: exit 2). Without ``base``, a ``--recipe`` given first sets its :data:`GAN_RECIPES`
+    fields (flags still win); with ``base`` (a resumed run) a changed recipe is a change of setting."""
     base = base if base is not None else recipe_defaults(cls, getattr(args, "recipe", None))
     config = _replace_from_args(cls, args, base)
     try:
@@ -642,8 +552,8 @@ def config_from_args(cls: type, args: argparse.Namespace, base: Any | None = Non
 
 
 def recipe_defaults(cls: type, recipe: str | None) -> Any:
-    """``cls``'s defaults with the values of ``recipe`` (:data:`GAN_RECIPES`, for a :class:`GANConfig`), or the
-    plain defaults (no recipe, or an unknown one: :func:`validate` refuses it in one line)."""
+    """``cls``'s defaults with the values of ``recipe`` (:data:`GAN_RECIPES`; an unknown one is left to
+    :func:`validate`)."""
     if cls is not GANConfig or recipe not in GAN_RECIPES:
         return cls()
     return dataclasses.replace(cls(), recipe=recipe, **GAN_RECIPES[recipe])

@@ -1,16 +1,11 @@
 """The two experiments of docs/theory.md §12 on a trained VAE: computations on tensors, then run folders.
 
-- :func:`elbo_estimator_study`: Eq. 1 (closed-form KL) against Eq. 2 (one-sample Monte Carlo KL), the
-  variance of the per-image ELBO estimate and of the gradient of the mini-batch ELBO with respect to
-  the encoder's and the decoder's parameters, over many draws of eps (the same eps for both estimators:
-  common random numbers, so their difference is exactly the Monte Carlo noise of the KL term).
-- :func:`fixed_encoder_study`: the test-set ELBO with the trained encoder, with q(z|x) = N(0, I) for
-  every x, and with the best single diagonal Gaussian q shared by all x (fitted on the training set).
+- :func:`elbo_estimator_study`: Eq. 1 (closed-form KL) against Eq. 2 (Monte Carlo KL) on the same draws of eps
+  (their difference is exactly the KL term's noise): variance of the per-image estimate and of the gradient.
+- :func:`fixed_encoder_study`: the test ELBO with the trained encoder, with q = N(0, I), and with the best single
+  Gaussian q shared by all x.
 
-They see the model only through :class:`VAEParts` (encode, decode to logits, the two parameter
-groups), so they do not depend on how the module is organised. Results are dicts of floats and NumPy
-arrays. :func:`run_elbo_estimators` and :func:`run_fixed_encoder` apply them to a run folder of
-``mnistgen vae train`` and write RUN/experiments/<name>.json and <name>.png.
+:func:`run_elbo_estimators` and :func:`run_fixed_encoder` write RUN/experiments/<name>.json and <name>.png.
 """
 
 from __future__ import annotations
@@ -48,23 +43,15 @@ SHARED_FIT_TOLERANCE = 1e-9  # L-BFGS stops when the gradient's largest entry is
 
 @dataclass(frozen=True)
 class VAEParts:
-    """What the experiments need of a trained VAE."""
-
     encode: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # (B, 784) -> mu, logvar (B, D)
     decode_logits: Callable[[torch.Tensor], torch.Tensor]  # (B, D) -> logits of p(x|z), (B, 784)
     parameter_groups: dict[str, Sequence[torch.nn.Parameter]]  # {"encoder": [...], "decoder": [...]}
     latent_dim: int
 
 
-# --------------------------------------------------------------------------- one-sample estimators
-
-
 def one_sample_elbos(parts: VAEParts, images: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eq. 1 and Eq. 2 one-sample estimates per image, from the same eps ~ N(0, I).
-
-    z = mu + sigma * eps (reparametrization). Eq. 1: log p(x|z) - KL(q || N(0, I)) in closed form;
-    Eq. 2: log p(x|z) + log p(z) - log q(z|x). Shapes: images (B, 784), eps (B, D) -> two (B,) tensors.
-    """
+    """Eq. 1 (closed-form KL) and Eq. 2 one-sample estimates per image at z = mu + sigma * eps, the same eps:
+    images (B, 784), eps (B, D) -> two (B,) tensors."""
     mu, logvar = parts.encode(images)
     z = mu + (0.5 * logvar).exp() * eps
     logits = parts.decode_logits(z)  # one decoder pass serves both: they differ only in the KL term
@@ -72,9 +59,8 @@ def one_sample_elbos(parts: VAEParts, images: torch.Tensor, eps: torch.Tensor) -
 
 
 class _RunningMoments:
-    """Running mean and variance of a vector from float64 sums of deviations from the first value
-    (shifting by a typical value keeps the sum of squares free of cancellation). Kept on the CPU,
-    which has float64 on every platform."""
+    """Running mean and variance of a vector: float64 sums (on the CPU) of deviations from the first value,
+    which keeps the sum of squares free of cancellation."""
 
     def __init__(self) -> None:
         self.count = 0
@@ -108,20 +94,15 @@ def _flat_gradients(value: torch.Tensor, groups: dict[str, Sequence[torch.nn.Par
 
 def elbo_estimator_study(parts: VAEParts, images: torch.Tensor, draws: int, generator: torch.Generator,
                          show_progress: bool | None = None) -> dict:
-    """Variance of Eq. 1 and Eq. 2 over ``draws`` independent eps, for each image and for the gradients.
-
-    images (B, 784) on the model's device. Per draw: one eps (B, D), both estimators on it, and the
-    gradients of each estimator's batch mean (what one training step uses) with respect to each
-    parameter group. Because eps is drawn independently for each image, the variance of the batch-mean
-    gradient is 1/B^2 times the sum of the per-image gradient variances: B times it is the average
-    per-image gradient variance (the ``per_image`` numbers).
+    """Variance of Eq. 1 and Eq. 2 over ``draws`` independent eps (B, D), for each image (B, 784) and for the
+    gradients of each estimator's batch mean per parameter group. eps being independent per image, B times the
+    batch-mean gradient's variance is the average per-image gradient variance (``trace_covariance_per_image``).
     """
     if draws < 2:
         raise ValueError("a variance needs at least 2 draws")
     batch = images.shape[0]
     device = images.device
-    values = {"eq1": torch.empty(draws, batch, dtype=torch.float64),
-              "eq2": torch.empty(draws, batch, dtype=torch.float64)}
+    values = {eq: torch.empty(draws, batch, dtype=torch.float64) for eq in ("eq1", "eq2")}
     moments = {(eq, group): _RunningMoments() for eq in values for group in parts.parameter_groups}
     decoder_difference = 0.0
     with progress(draws, "elbo-estimators draws", enabled=show_progress) as bar:
@@ -186,16 +167,9 @@ def elbo_estimator_study(parts: VAEParts, images: torch.Tensor, draws: int, gene
     }
 
 
-# --------------------------------------------------------------------------- fixed and shared q
-
-
 def log_likelihood_matrix(images: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """log p(x_n | z_s) for every image n and every latent point s at once: (N, 784), (S, 784) -> (N, S).
-
-    log p(x|z) = sum_j x_j log yhat_j + (1 - x_j) log(1 - yhat_j) is linear in x, so one matrix product
-    per term replaces N*S separate likelihoods. ``images`` may hold gray levels in [0, 1] (an average
-    image): the same formula is then the expected log-likelihood over x ~ Bernoulli(images).
-    """
+    """log p(x_n | z_s) for every image n and latent point s: (N, 784), (S, 784) logits -> (N, S). Linear in x, so
+    one matrix product per term; for gray levels in [0, 1] it is the expectation over x ~ Bernoulli(images)."""
     return images @ F.logsigmoid(logits).T + (1.0 - images) @ F.logsigmoid(-logits).T
 
 
@@ -212,14 +186,9 @@ def shared_q_elbos(parts: VAEParts, images: torch.Tensor, mu: torch.Tensor, logv
 
 def fit_shared_gaussian(parts: VAEParts, mean_image: torch.Tensor, eps: torch.Tensor, max_iterations: int,
                         start_mu: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """The single diagonal Gaussian q that maximizes the training-set mean ELBO, from q = N(start_mu, I).
-
-    Mean over images of E_q log p(x|z) = E_q log p(mean_image | z) (linearity in x), so the objective
-    depends on the data only through ``mean_image`` (784,). The expectation uses the fixed eps (S, D)
-    (a sample-average approximation: a smooth deterministic objective), maximized by L-BFGS with a
-    strong-Wolfe line search, which never accepts a step that lowers it: the result is at least as
-    good as the start on this objective. ``start_mu`` defaults to 0 (the start is then N(0, I)).
-    """
+    """The single diagonal Gaussian q that maximizes the training-set mean ELBO, from q = N(start_mu (0), I): by
+    linearity in x a function of ``mean_image`` (784,), its expectation over the fixed eps (S, D), by L-BFGS with a
+    strong-Wolfe line search (which never accepts a step that lowers it)."""
     device = mean_image.device
     start = torch.zeros(parts.latent_dim) if start_mu is None else start_mu
     mu = start.clone().to(device).requires_grad_(True)
@@ -250,8 +219,7 @@ def fit_shared_gaussian(parts: VAEParts, mean_image: torch.Tensor, eps: torch.Te
 
 def encoder_elbos(parts: VAEParts, images: torch.Tensor, draws: int, generator: torch.Generator,
                   chunk: int = 500, show_progress: bool | None = None) -> torch.Tensor:
-    """ELBO(x_n) with the trained encoder's own q(z|x_n): Eq. 1 (closed-form KL), E_q log p(x|z)
-    averaged over ``draws`` reparametrized samples per image. -> (N,)."""
+    """ELBO(x_n) with the trained encoder's q(z|x_n), Eq. 1, E_q log p(x|z) over ``draws`` samples -> (N,)."""
     results = []
     with torch.no_grad(), progress(len(images), "encoder ELBO", enabled=show_progress) as bar:
         for start in range(0, len(images), chunk):
@@ -275,14 +243,9 @@ def _mean_and_se(values: torch.Tensor) -> dict[str, float]:
 def fixed_encoder_study(parts: VAEParts, train_images: torch.Tensor, test_images: torch.Tensor, draws: int,
                         shared_samples: int, max_iterations: int, starts: int, generator: torch.Generator,
                         show_progress: bool | None = None) -> dict:
-    """Test-set ELBO with (a) the trained encoder, (b) q = N(0, I) for every x, (c) the best shared Gaussian.
-
-    ``train_images`` (N, 784) may hold gray levels (dynamic binarization): only their mean is used.
-    (b) and (c) use ``shared_samples`` draws of eps for the fit and fresh ones for the test evaluation.
-    The objective of (c) may have several local maxima: it is fitted from ``starts`` starting points,
-    N(0, I) first, then N(m, I) with m drawn from the prior, and the best fit is kept (so it is at
-    least as good as N(0, I) on the training objective).
-    """
+    """Test-set ELBO with (a) the trained encoder, (b) q = N(0, I) for every x, (c) the best shared Gaussian, fitted
+    (on the mean training image, ``shared_samples`` draws; fresh ones for the test) from ``starts`` points, N(0, I)
+    then N(m, I) with m from the prior, keeping the best (it may have several local maxima)."""
     device = test_images.device
     latent = parts.latent_dim
     fit_eps = torch.randn(shared_samples, latent, generator=generator).to(device)
@@ -319,11 +282,7 @@ def fixed_encoder_study(parts: VAEParts, train_images: torch.Tensor, test_images
     }
 
 
-# --------------------------------------------------------------------------- run folders
-
-
 def vae_parts(model: torch.nn.Module) -> VAEParts:
-    """The :class:`VAEParts` of a :class:`mnistgen.models.vae.VAE`."""
     return VAEParts(encode=model.encoder, decode_logits=model.decoder.logits,
                     parameter_groups={"encoder": list(model.encoder.parameters()),
                                       "decoder": list(model.decoder.parameters())},
@@ -331,13 +290,11 @@ def vae_parts(model: torch.nn.Module) -> VAEParts:
 
 
 def experiment_paths(run: RunDir, name: str) -> tuple[Path, Path]:
-    """RUN/experiments/<name>.json and RUN/experiments/<name>.png."""
     folder = run.path / EXPERIMENTS_FOLDER
     return folder / f"{name}.json", folder / f"{name}.png"
 
 
 def run_data_config(run: RunDir) -> DataConfig:
-    """The data settings the VAE run was trained with (the experiments' defaults for --dataset etc.)."""
     return _load_vae_config(run).data
 
 
@@ -346,7 +303,7 @@ def _load_vae_config(run: RunDir) -> VAEConfig:
 
 
 def _command(name: str, run: RunDir, config: Any) -> str:
-    """The command line that repeats this experiment (data flags left out: they are in the JSON's config)."""
+    """The command that repeats this experiment (data flags left out: they are in the JSON's config)."""
     flags = [f"--{f.name.replace('_', '-')} {getattr(config, f.name)}" for f in dataclasses.fields(config)
              if f.name != "data"]
     return " ".join(["mnistgen experiment", name, shlex.quote(str(run.path)), *flags])
@@ -361,7 +318,6 @@ def _jsonable(value: Any) -> Any:
 
 
 def _load(run: RunDir, device: str, data: DataConfig):
-    """The trained model and the run's protocol (read from ``data``), both on the model's device."""
     from .evaluate.vae import load_run_protocol, load_trained_vae
 
     _load_vae_config(run)  # a clear error for a non-VAE folder before anything heavy
@@ -395,7 +351,6 @@ def run_elbo_estimators(run: RunDir, config: ElboEstimatorsConfig, show_progress
               "seconds": time.perf_counter() - started, "environment": environment()}
     if is_main_process():
         save_figure(png_path, figure)
-    if is_main_process():
         write_json(json_path, record)
     return record
 
@@ -437,7 +392,6 @@ def run_fixed_encoder(run: RunDir, config: FixedEncoderConfig, show_progress: bo
               "seconds": time.perf_counter() - started, "environment": environment()}
     if is_main_process():
         save_figure(png_path, figure)
-    if is_main_process():
         buffer = io.BytesIO()
         np.savez(buffer, **study["per_image"])
         atomic_write(arrays_path, lambda handle: handle.write(buffer.getvalue()))

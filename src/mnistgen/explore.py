@@ -1,13 +1,10 @@
 """``explorer.html``: the VAE's 2-D latent plane, live, in one self-contained page.
 
-Left, the encoder means of the protocol's training images as a scatter colored by class (with a
-legend that shows or hides each class); right, the decoder's 28x28 image p(x|z) for the z under the
-pointer (or set by the two sliders, or moved with the arrow keys), drawn at 280x280 with nearest
-neighbour. The decoder, Linear(2, H) -> tanh -> Linear(H, 784) -> sigmoid, runs in the page's own
-JavaScript (``assets/explorer.js``) from its weights embedded as base64 little-endian float32: no
-server, no network (the page's Content-Security-Policy forbids every request). The page exposes
-``window.mnistgenExplorer`` with ``decode(z) -> Float32Array(784)``, ``setZ(z1, z2)``, ``z`` and
-``pixels`` so tests (and users) can check it against the Python decoder.
+Left, the encoder means of the training images colored by class (a legend shows or hides each class); right,
+p(x|z) for the z under the pointer (or the sliders, or the arrow keys). The decoder runs in the page's JavaScript
+(``assets/explorer.js``) from its weights embedded as base64 float32: no server, no network (the page's
+Content-Security-Policy forbids every request). ``window.mnistgenExplorer`` exposes ``decode(z)``, ``setZ(z1, z2)``,
+``z`` and ``pixels`` so tests (and users) can check it against the Python decoder.
 """
 
 from __future__ import annotations
@@ -15,16 +12,20 @@ from __future__ import annotations
 import base64
 import html
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from .accelerate import PROBE_SEED, PROBE_TOLERANCE, layout_mismatch, on_meta_device, probing, relative_difference
 from .config import VAEConfig
 from .errors import MnistgenError
 from .files import atomic_write
+from .models.gan import GENERATOR_START, LEAKY_SLOPE
 from .runs import RunDir
 
 CONTENT_SECURITY_POLICY = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'"
@@ -57,29 +58,11 @@ class ExplorerData:
     gan: GeneratorWeights | None = None  # the optional second panel
 
 
-def decoder_arrays(decoder: torch.nn.Module) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The two Linear layers of SPEC's decoder as float32 arrays (w1 (H, 2), b1, w2 (784, H), b2).
-
-    Raises if the module is not Linear(2, H) -> ... -> Linear(H, 784): the page implements exactly that.
-    """
-    linears = [m for m in decoder.modules() if isinstance(m, torch.nn.Linear)]
-    if len(linears) != 2:
-        raise MnistgenError(f"the explorer needs the decoder Linear -> tanh -> Linear -> sigmoid; "
-                            f"this one has {len(linears)} Linear layer(s)")
-    first, second = linears
-    if first.in_features != 2:
-        raise MnistgenError(f"the explorer needs a 2-D latent space; this VAE has {first.in_features} dimensions")
-    if second.out_features != IMAGE_SIDE * IMAGE_SIDE or second.in_features != first.out_features:
-        raise MnistgenError(f"decoder shapes {first.in_features}->{first.out_features}->"
-                            f"{second.in_features}->{second.out_features} are not 2->H->H->784")
-    as_array = lambda t: t.detach().cpu().to(torch.float32).numpy().copy()  # noqa: E731
-    return as_array(first.weight), as_array(first.bias), as_array(second.weight), as_array(second.bias)
-
-
 GAN_CORNERS = 4  # the GAN panel morphs between this many noise vectors (the corners of its square)
 GAN_CORNER_SEED = 0
 GAN_TILES = 8  # the GAN pad's background: G(z) on an 8 x 8 grid of mixtures
 GAN_PAD_SIZE = 400  # canvas pixels of that pad (square)
+PROBE_POINTS = 16  # inputs at which a network is compared with the page's formula
 
 
 @dataclass(frozen=True)
@@ -89,41 +72,82 @@ class GeneratorWeights:
     linear_w: np.ndarray  # (1568, zdim)
     linear_b: np.ndarray  # (1568,)
     convs: tuple[tuple[np.ndarray, np.ndarray], ...]  # (weight, bias): (16, 32, 3, 3), (8, 16, 3, 3), (1, 8, 3, 3)
-    slope: float  # LeakyReLU's negative slope
     corners: np.ndarray  # (GAN_CORNERS, zdim) noise vectors z ~ U[-1, 1]^zdim
 
 
-GENERATOR_CHANNELS = (32, 16, 8, 1)  # channels after the reshape and after each convolution (SPEC §3)
-GENERATOR_START = 7  # the reshape gives 32 x 7 x 7; two nearest upsamplings make 28 x 28
+def _arrays(*tensors: torch.Tensor) -> list[np.ndarray]:
+    return [t.detach().cpu().to(torch.float32).numpy().copy() for t in tensors]
 
 
-def generator_arrays(generator: torch.nn.Module, seed: int = GAN_CORNER_SEED) -> GeneratorWeights:
-    """The weights of SPEC §3's generator, checked against the one layout the page implements."""
-    linears = [m for m in generator.modules() if isinstance(m, torch.nn.Linear)]
-    convs = [m for m in generator.modules() if isinstance(m, torch.nn.Conv2d)]
-    upsamples = [m for m in generator.modules() if isinstance(m, torch.nn.Upsample)]
-    slopes = {m.negative_slope for m in generator.modules() if isinstance(m, torch.nn.LeakyReLU)}
-    channels = tuple([c.in_channels for c in convs[:1]] + [c.out_channels for c in convs])
-    layout_ok = (len(linears) == 1 and linears[0].out_features == GENERATOR_CHANNELS[0] * GENERATOR_START ** 2
-                 and channels == GENERATOR_CHANNELS and len(slopes) == 1 and len(upsamples) == 2
-                 and all(c.kernel_size == (3, 3) and c.stride == (1, 1) and c.padding == (1, 1) for c in convs)
-                 and all(u.mode == "nearest" and float(u.scale_factor) == 2.0 for u in upsamples))
-    if not layout_ok:
-        raise MnistgenError("the explorer's GAN panel implements SPEC §3's generator only "
-                            "(Linear -> LeakyReLU -> 2x nearest upsample -> 3 convolutions 3x3 -> sigmoid)")
-    as_array = lambda t: t.detach().cpu().to(torch.float32).numpy().copy()  # noqa: E731
-    zdim = linears[0].in_features
-    corners = np.random.default_rng(seed).uniform(-1.0, 1.0, size=(GAN_CORNERS, zdim)).astype(np.float32)
-    return GeneratorWeights(as_array(linears[0].weight), as_array(linears[0].bias),
-                            tuple((as_array(c.weight), as_array(c.bias)) for c in convs), float(slopes.pop()), corners)
+def _check_drawable(module: torch.nn.Module, build: Callable[[], dict[str, torch.nn.Module]], what: str,
+                    inputs: torch.Tensor, page: Callable[[torch.Tensor], torch.Tensor], formula: str) -> None:
+    """Refuse (one line) a network the page would draw wrongly: its leaf modules differ from ``build()``'s (the
+    accelerators' layout check), or its output at ``inputs`` differs from ``page(inputs)`` (the page's
+    ``formula``, in torch on the CPU) beyond float32 rounding: an activation changed inside ``forward`` shows
+    only there."""
+    reason = layout_mismatch(module, on_meta_device(build), what)
+    if reason is None:
+        with probing(module) as (copy,), torch.no_grad():
+            output = copy(inputs.to(next(module.parameters()).device)).float().cpu()
+        difference = relative_difference(output, page(inputs))
+        if not difference <= PROBE_TOLERANCE:
+            reason = (f"its output is {difference:.2g} away (relative) from the page's {formula} at {len(inputs)} "
+                      "points (an activation or the order of the layers differs)")
+    if reason is not None:
+        raise MnistgenError(f"the explorer cannot draw this {what}: {reason}")
+
+
+def decoder_arrays(decoder: torch.nn.Module, config: VAEConfig) -> list[np.ndarray]:
+    """SPEC §2's decoder with ``config``'s widths as float32 arrays: w1 (H, 2), b1, w2 (784, H), b2.
+
+    The page computes p(x|z) = sigmoid(w2 tanh(w1 z + b1) + b2) and nothing else; another decoder is refused.
+    """
+    from .accelerate.vae import spec_layers
+
+    if config.latent_dim != 2:
+        raise MnistgenError(f"the explorer needs a 2-D latent space; this VAE has {config.latent_dim} dimensions")
+
+    def layers() -> dict[str, torch.nn.Module]:
+        return {name.removeprefix("decoder."): layer for name, layer in spec_layers(config).items()
+                if name.startswith("decoder.")}
+
+    def page(z: torch.Tensor) -> torch.Tensor:
+        hidden, output = decoder.hidden, decoder.output
+        return torch.sigmoid(F.linear(torch.tanh(F.linear(z, hidden.weight.float().cpu(), hidden.bias.float().cpu())),
+                                      output.weight.float().cpu(), output.bias.float().cpu()))
+
+    z = 3.0 * torch.randn(PROBE_POINTS, 2, generator=torch.Generator().manual_seed(PROBE_SEED))  # the prior's +-3 sd
+    _check_drawable(decoder, layers, "decoder", z, page, "sigmoid(Linear(tanh(Linear(z))))")
+    return _arrays(decoder.hidden.weight, decoder.hidden.bias, decoder.output.weight, decoder.output.bias)
+
+
+def generator_arrays(generator: torch.nn.Module, zdim: int) -> GeneratorWeights:
+    """SPEC §3's generator as arrays, with GAN_CORNERS noise vectors; another generator is refused.
+
+    The page computes Linear -> LeakyReLU -> 2x nearest -> conv -> LeakyReLU -> 2x nearest -> conv -> LeakyReLU
+    -> conv -> sigmoid (3x3 convolutions, padding 1)."""
+    from .accelerate.gan import spec_generator_layers
+
+    def page(z: torch.Tensor) -> torch.Tensor:
+        convs = [(conv.weight.float().cpu(), conv.bias.float().cpu())
+                 for conv in (generator.conv1, generator.conv2, generator.conv3)]
+        h = F.linear(z, generator.linear.weight.float().cpu(), generator.linear.bias.float().cpu())
+        h = F.leaky_relu(h, LEAKY_SLOPE).view(-1, *GENERATOR_START)
+        for i, (weight, bias) in enumerate(convs):
+            h = F.conv2d(h if i == 2 else F.interpolate(h, scale_factor=2.0, mode="nearest"), weight, bias, padding=1)
+            h = torch.sigmoid(h) if i == 2 else F.leaky_relu(h, LEAKY_SLOPE)
+        return h
+
+    z = torch.rand(PROBE_POINTS, zdim, generator=torch.Generator().manual_seed(PROBE_SEED)) * 2 - 1
+    _check_drawable(generator, lambda: spec_generator_layers(zdim), "generator", z, page, "SPEC §3 generator")
+    corners = np.random.default_rng(GAN_CORNER_SEED).uniform(-1.0, 1.0, size=(GAN_CORNERS, zdim)).astype(np.float32)
+    convs = [_arrays(conv.weight, conv.bias) for conv in (generator.conv1, generator.conv2, generator.conv3)]
+    return GeneratorWeights(*_arrays(generator.linear.weight, generator.linear.bias), tuple(map(tuple, convs)), corners)
 
 
 def plane_range(means: np.ndarray) -> tuple[tuple[float, float], tuple[float, float]]:
-    """The square of the latent plane the page shows: ((z1 low, z1 high), (z2 low, z2 high)), equal spans.
-
-    It holds the central RANGE_QUANTILE of the means on each axis with some padding, is at least
-    MIN_SPAN wide (the prior's +-3 sigma), and its centre and half-width are multiples of 0.5.
-    """
+    """The square of the latent plane the page shows, ((z1 low, z1 high), (z2 low, z2 high)): see the constants;
+    its centre and half-width are multiples of 0.5."""
     if len(means) == 0:
         return (-MIN_SPAN / 2, MIN_SPAN / 2), (-MIN_SPAN / 2, MIN_SPAN / 2)
     tail = (1.0 - RANGE_QUANTILE) / 2.0
@@ -147,129 +171,49 @@ def base64_array(array: np.ndarray, dtype: str) -> str:
 
 
 def page_data(data: ExplorerData) -> dict:
-    """The JSON the page's script reads."""
     means, labels = subsample(np.asarray(data.means, np.float32), np.asarray(data.labels))
     if labels.size and (labels.min() < 0 or labels.max() >= len(data.classes)):
         raise MnistgenError(f"labels outside 0..{len(data.classes) - 1}")
-    return {
-        "latent_dim": 2,
-        "hidden": int(data.w1.shape[0]),
-        "side": IMAGE_SIDE,
-        "w1": base64_array(data.w1, "<f4"),
-        "b1": base64_array(data.b1, "<f4"),
-        "w2": base64_array(data.w2, "<f4"),
-        "b2": base64_array(data.b2, "<f4"),
-        "means": base64_array(means, "<f4"),
-        "labels": base64_array(labels, "u1"),
-        "classes": list(data.classes),
-        "colors": [CLASS_COLORS[i % len(CLASS_COLORS)] for i in range(len(data.classes))],
-        "range": [list(axis) for axis in plane_range(means)],
-        "margin": PLANE_MARGIN,
-        "gan": None if data.gan is None else gan_page_data(data.gan),
-    }
+    return {"latent_dim": 2, "hidden": int(data.w1.shape[0]), "side": IMAGE_SIDE,
+            **{name: base64_array(getattr(data, name), "<f4") for name in ("w1", "b1", "w2", "b2")},
+            "means": base64_array(means, "<f4"), "labels": base64_array(labels, "u1"), "classes": list(data.classes),
+            "colors": [CLASS_COLORS[i % len(CLASS_COLORS)] for i in range(len(data.classes))],
+            "range": [list(axis) for axis in plane_range(means)], "margin": PLANE_MARGIN,
+            "gan": None if data.gan is None else gan_page_data(data.gan)}
 
 
 def gan_page_data(gan: GeneratorWeights) -> dict:
-    return {
-        "zdim": int(gan.linear_w.shape[1]),
-        "channels": list(GENERATOR_CHANNELS),
-        "start": GENERATOR_START,
-        "slope": gan.slope,
-        "linear_w": base64_array(gan.linear_w, "<f4"),
-        "linear_b": base64_array(gan.linear_b, "<f4"),
-        "conv_w": [base64_array(w, "<f4") for w, _ in gan.convs],
-        "conv_b": [base64_array(b, "<f4") for _, b in gan.convs],
-        "corners": base64_array(gan.corners, "<f4"),
-        "tiles": GAN_TILES,
-    }
+    return {"zdim": int(gan.linear_w.shape[1]),
+            "channels": [GENERATOR_START[0]] + [int(w.shape[0]) for w, _ in gan.convs],  # 32, 16, 8, 1
+            "start": GENERATOR_START[1], "slope": LEAKY_SLOPE,
+            **{name: base64_array(getattr(gan, name), "<f4") for name in ("linear_w", "linear_b", "corners")},
+            "conv_w": [base64_array(w, "<f4") for w, _ in gan.convs],
+            "conv_b": [base64_array(b, "<f4") for _, b in gan.convs], "tiles": GAN_TILES}
 
 
 NARROW = 640  # CSS pixels: below this viewport width the image column wraps below the plane; above it, the
 # plane shrinks (down to what is left beside the image column) so the image stays beside it while hovering
 
-STYLE = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d1d1f;background:#fafafa}
-header{background:#16324f;color:#fff;padding:1rem 2rem} header h1{margin:0;font-size:1.45rem}
-header p{margin:.3rem 0 0;opacity:.85}
-main{display:flex;flex-wrap:nowrap;gap:2rem;padding:1.5rem 2rem;align-items:flex-start}
-.view{flex:0 1 PLANEpx;min-width:0} main.gan .view{flex-basis:PADpx}
-.side{flex:0 0 DIGITpx;width:DIGITpx}
-@media (max-width:NARROWpx){main{flex-wrap:wrap} .view{flex-basis:100%}}
-.stack{position:relative;width:100%;max-width:PLANEpx;aspect-ratio:1}
-.stack canvas{position:absolute;left:0;top:0;width:100%;height:100%}
-#plane-overlay{cursor:crosshair;touch-action:none}
-#digit{width:DIGITpx;height:DIGITpx;image-rendering:pixelated;border:1px solid #444;background:#000}
-#legend{display:flex;flex-wrap:wrap;gap:.3rem;margin-top:.6rem;max-width:PLANEpx}
-.legend-item{display:flex;align-items:center;gap:.3rem;border:1px solid #ccc;background:#fff;border-radius:4px;
- padding:.15rem .5rem;cursor:pointer;font-size:.9rem}
-.legend-item.off{opacity:.35} .swatch{width:12px;height:12px;border-radius:2px;display:inline-block}
-label{display:block;margin:.6rem 0 .1rem;font-weight:600} input[type=range]{width:DIGITpx;margin:0}
-label output{font-family:ui-monospace,monospace;font-weight:400}
-#readout,.readout{font-family:ui-monospace,monospace;font-size:1.05rem;margin:.6rem 0}
-.hint{color:#555;font-size:.92rem}
-h2{margin:0 0 .6rem;color:#16324f;font-size:1.2rem} main.gan{border-top:1px solid #ddd}
-.pad{position:relative;width:100%;max-width:PADpx;aspect-ratio:1}
-.pad canvas{position:absolute;left:0;top:0;width:100%;height:100%}
-#gan-pad-overlay{cursor:crosshair;touch-action:none}
-#gan-digit{width:DIGITpx;height:DIGITpx;image-rendering:pixelated;border:1px solid #444;background:#000}
-"""
-
 
 def build_explorer(data: ExplorerData) -> str:
-    """The whole page as one HTML string."""
-    script = resources.files("mnistgen").joinpath("assets/explorer.js").read_text(encoding="utf-8")
+    """The whole page as one HTML string: ``assets/explorer-page.html`` with the style, data and script inlined."""
+    def asset(name: str, joined: bool = False) -> str:  # joined: the template's lines as one
+        text = resources.files("mnistgen").joinpath("assets", name).read_text(encoding="utf-8")
+        return "".join(text.splitlines()) if joined else text
+
+    style = asset("explorer.css")
+    for name, size in (("PLANE", PLANE_SIZE), ("DIGIT", DIGIT_SIZE), ("PAD", GAN_PAD_SIZE), ("NARROW", NARROW)):
+        style = style.replace(f"{name}px", f"{size}px")
     # JSON inside <script>: "</" must not end the element early
     payload = json.dumps(page_data(data), separators=(",", ":")).replace("</", "<\\/")
-    style = (STYLE.replace("PLANEpx", f"{PLANE_SIZE}px").replace("DIGITpx", f"{DIGIT_SIZE}px")
-             .replace("PADpx", f"{GAN_PAD_SIZE}px").replace("NARROWpx", f"{NARROW}px"))
-    title = html.escape(data.title)
-    return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f'<meta http-equiv="Content-Security-Policy" content="{CONTENT_SECURITY_POLICY}">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{title}</title><style>{style}</style></head><body>"
-        f"<header><h1>{title}</h1><p>Each dot is one training image, placed at the mean of q(z|x) and colored "
-        "by its digit. Move the pointer over the plane (or use the sliders, or the arrow keys; Shift for "
-        "bigger steps) to see what the decoder draws at that z.</p></header><main>"
-        f'<div class="view"><div class="stack"><canvas id="plane" width="{PLANE_SIZE}" height="{PLANE_SIZE}">'
-        "</canvas>"
-        f'<canvas id="plane-overlay" width="{PLANE_SIZE}" height="{PLANE_SIZE}" '
-        'aria-label="latent plane: move the pointer to choose z"></canvas></div>'
-        '<div id="legend" aria-label="classes (click to show or hide)"></div></div>'
-        f'<div class="side"><canvas id="digit" width="{DIGIT_SIZE}" height="{DIGIT_SIZE}" '
-        'aria-label="decoder output p(x|z)"></canvas>'
-        '<div id="readout" aria-live="polite"></div>'
-        '<label for="z1">z1 = <output id="z1-value" for="z1"></output></label>'
-        '<input id="z1" type="range" step="any" value="0">'
-        '<label for="z2">z2 = <output id="z2-value" for="z2"></output></label>'
-        '<input id="z2" type="range" step="any" value="0">'
-        '<p class="hint">The image shows p(x|z): the probability that each pixel is on (white = 1), computed '
-        "in this page from the decoder's weights. The plane covers the region where the training images "
-        "landed (the central 99% of them on each axis).</p></div></main>"
-        + (gan_panel() if data.gan is not None else "")
-        + f'<script id="explorer-data" type="application/json">{payload}</script>'
-        f"<script>{script}</script></body></html>\n"
-    )
-
-
-def gan_panel() -> str:
-    pad, digit = GAN_PAD_SIZE, DIGIT_SIZE
-    return (
-        '<main class="gan"><div class="view"><h2>GAN: the generator between four noise vectors</h2>'
-        f'<div class="pad"><canvas id="gan-pad" width="{pad}" height="{pad}"></canvas>'
-        f'<canvas id="gan-pad-overlay" width="{pad}" height="{pad}" aria-label="GAN mixing square"></canvas></div>'
-        f'</div><div class="side"><canvas id="gan-digit" width="{digit}" height="{digit}" '
-        'aria-label="generator output"></canvas>'
-        '<div id="gan-readout" class="readout"></div>'
-        '<p class="hint">The four corners of the square are four fixed noise vectors z ~ U[-1, 1]^64; inside it '
-        "the noise is their bilinear mixture (u across, v down), and each tile shows G(z) at its centre. Move the "
-        "pointer over the square to see G(z), computed in this page from the generator's weights.</p></div></main>"
-    )
+    gan = "" if data.gan is None else asset("explorer-gan.html", True).format(pad=GAN_PAD_SIZE, digit=DIGIT_SIZE)
+    return asset("explorer-page.html", True).format(
+        csp=CONTENT_SECURITY_POLICY, title=html.escape(data.title), style=style, plane=PLANE_SIZE, digit=DIGIT_SIZE,
+        gan=gan, payload=payload, script=asset("explorer.js")) + "\n"
 
 
 def write_explorer(data: ExplorerData, out: str | Path) -> Path:
-    path = Path(out).expanduser().resolve()
-    text = build_explorer(data)
+    path, text = Path(out).expanduser().resolve(), build_explorer(data)
     atomic_write(path, lambda h: h.write(text), mode="w")
     return path
 
@@ -283,14 +227,10 @@ def vae_run_of(folder: str | Path) -> RunDir:
     return run
 
 
-
 def explorer_from_run(folder: str | Path, device: str = "auto", gan_folder: str | Path | None = None) -> ExplorerData:
-    """Load the VAE of a run folder (or of a reproduction's vae/) and encode its protocol's training images.
-
-    The points are those of the run's latent figure (RUN/figures/latent.png): the encoder means of the
-    protocol's training images (for the full protocol, of one binary draw of each, as the model saw them).
-    The GAN panel comes from ``gan_folder``, or from the reproduction's gan/ when ``folder`` is one.
-    """
+    """The VAE of a run folder (or of a reproduction's vae/) and the points of its latent figure: the encoder means
+    of its protocol's training images (one binary draw of each for the full protocol). The GAN panel comes from
+    ``gan_folder``, or from the reproduction's gan/."""
     from .data.protocols import binarize_batch
     from .data.registry import DATASETS
     from .evaluate.vae import encode_means, load_run_protocol, load_trained_vae
@@ -298,8 +238,14 @@ def explorer_from_run(folder: str | Path, device: str = "auto", gan_folder: str 
     run = vae_run_of(folder)
     trained = load_trained_vae(run, device)
     config = trained.config
-    if config.latent_dim != 2:
-        raise MnistgenError(f"{run.path}: the explorer needs a 2-D latent space; this VAE has {config.latent_dim}")
+    decoder = decoder_arrays(trained.model.decoder, config)  # refused before the work, as is a generator
+    gan_run = RunDir(gan_folder) if gan_folder is not None else RunDir(RunDir(folder).path / "gan")
+    gan = None
+    if gan_folder is not None or gan_run.checkpoint.is_file():
+        from .evaluate.gan import load_generator
+
+        generator, gan_config = load_generator(gan_run, torch.device("cpu"))
+        gan = generator_arrays(generator, gan_config.zdim)
     protocol = load_run_protocol(run, config)
     images = protocol.train_images
     if protocol.dynamic_binarization:
@@ -309,11 +255,5 @@ def explorer_from_run(folder: str | Path, device: str = "auto", gan_folder: str 
     classes = DATASETS[dataset].classes if dataset in DATASETS else tuple(str(d) for d in range(10))
     title = (f"mnistgen latent explorer: the VAE of {RunDir(folder).path.name} ({dataset}, {config.protocol} protocol, "
              f"{trained.epochs} epoch(s))")
-    gan_run = RunDir(gan_folder) if gan_folder is not None else RunDir(RunDir(folder).path / "gan")
-    gan = None
-    if gan_folder is not None or gan_run.checkpoint.is_file():
-        from .evaluate.gan import load_generator
-
-        gan = generator_arrays(load_generator(gan_run, torch.device("cpu"))[0])
-    return ExplorerData(*decoder_arrays(trained.model.decoder), means=means, labels=protocol.train_labels.numpy(),
-                        classes=tuple(classes), title=title, gan=gan)
+    return ExplorerData(*decoder, means=means, labels=protocol.train_labels.numpy(), classes=tuple(classes),
+                        title=title, gan=gan)

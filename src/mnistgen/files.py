@@ -1,8 +1,7 @@
 """Writing files so that a reader never sees half of one: a temporary file in the same folder, then a rename.
 
-Torch-free (``mnistgen data`` must start quickly), and the one implementation of that pattern in mnistgen:
-:func:`replacing` for files written by someone else (a download, a compiler), :func:`atomic_write` for
-content written by a callback, :func:`write_json` and :func:`save_figure` on top of it.
+Torch-free (``mnistgen data`` must start quickly): :func:`replacing` for files written by someone else (a download,
+a compiler), :func:`atomic_write` for a callback, :func:`write_json` and :func:`save_figure` on top of it.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ FIGURE_DPI = 100  # every PNG figure mnistgen writes
 
 
 def _umask() -> int:
-    """The process's umask (reading it means setting it; it is set straight back)."""
     current = os.umask(0)
     os.umask(current)
     return current
@@ -51,10 +49,9 @@ def sync_folder(folder: str | os.PathLike) -> None:
 
 @contextmanager
 def replacing(path: str | os.PathLike, suffix: str = TEMPORARY_SUFFIX) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; when the block ends normally, the temporary file (which the
-    block must have written) is flushed to disk, renamed onto ``path``, and the folder flushed too. If the block
-    raises, the temporary file is removed and ``path`` is left as it was. A failure of the file system (disk
-    full, no permission, a read-only folder) is one :class:`MnistgenError` that names ``path``."""
+    """Yield a temporary path beside ``path`` for the block to write; when it ends normally the file is flushed,
+    renamed onto ``path`` and the folder flushed; if it raises, ``path`` is left as it was. A failure of the file
+    system is one :class:`MnistgenError` naming ``path``."""
     path = Path(path)
     temporary = None
     try:
@@ -87,8 +84,8 @@ def remove_temporaries(folder: str | os.PathLike, names: tuple[str, ...]) -> lis
 
 
 def check_output_file(path: str | os.PathLike, flag: str = "--out") -> Path:
-    """Refuse, before any work, an output file whose folder does not exist or is not writable (one line);
-    returns the path. The folder is not created: a mistyped folder would otherwise be made silently."""
+    """Refuse, before any work, an output file whose folder does not exist (it is not created: a mistyped folder
+    would be made silently) or is not writable; returns the path."""
     path = Path(path).expanduser()
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
@@ -131,7 +128,6 @@ def json_line(record: Any) -> str:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Atomically write ``obj`` as pretty JSON."""
     text = json.dumps(finite_or_none(obj), indent=2, default=_json_default) + "\n"
     atomic_write(path, lambda handle: handle.write(text), mode="w")
 

@@ -1,27 +1,12 @@
 """``mnistgen sweep SWEEP.toml --out DIR``: many trainings of one model, a grid (or list) of settings times seeds.
 
-The sweep file (TOML; every key of ``[base]``, ``[grid]`` and ``[[list]]`` is a setting of ``mnistgen vae train`` or
-``mnistgen gan train``, named as its flag without the dashes and with ``_`` for ``-``)::
-
-    model = "vae"                 # or "gan"
-    seeds = [1, 2, 3]             # or: replicas = 3 (seeds counting up from [base]'s seed, else the model's default)
-    [base]                        # settings of every trial
-    epochs = 2
-    dataset = "mnist-sample"
-    [grid]                        # every combination, in the order written
-    lr = [1e-3, 3e-3]
-    hidden = [100, 500]
-    # or, instead of [grid], one [[list]] table per configuration:
-    # [[list]]
-    # lr = 1e-3
-    # hidden = 100
-
-Each trial is an ordinary run folder, ``DIR/trials/<configuration>/seed=<seed>`` (``lr=0.001,hidden=100/seed=1``),
-trained by :func:`mnistgen.train_vae` / :func:`mnistgen.train_gan` in a worker: a process of a
-``ProcessPoolExecutor`` (``engine="local"``) or a Ray task (``engine="ray"``). A trial whose checkpoint holds all
-its epochs is skipped on a rerun; one with a checkpoint short of them is resumed. A failing trial is reported with
-its one-line error and the others go on. ``DIR/summary.csv`` and ``DIR/summary.html`` give, per configuration, the
-mean of each headline number over its seeds with a 95% Student-t interval, best first.
+The sweep file's format is in the README ('Sweeps, locally and on a cluster'): ``model``, ``seeds`` or ``replicas``,
+``[base]``, and ``[grid]`` or ``[[list]]`` tables whose keys are settings of ``vae train`` or ``gan train``. Each
+trial is an ordinary run folder, ``DIR/trials/<configuration>/seed=<seed>``, trained by :func:`mnistgen.train_vae` /
+:func:`mnistgen.train_gan` in a spawned process (``engine="local"``) or a Ray task (``engine="ray"``); a rerun skips
+finished trials and resumes the others; a failing trial is reported in one line and the others go on.
+``DIR/summary.csv`` and ``DIR/summary.html``: per configuration, each headline number's mean over its seeds with a
+95% Student-t interval, best first.
 """
 
 from __future__ import annotations
@@ -57,7 +42,6 @@ PRIVATE_RAY_ENVIRONMENT = {
 }
 
 
-
 @dataclass(frozen=True)
 class SweepOptions:
     """How ``mnistgen sweep`` runs its trials (its flags besides SWEEP.toml and ``--out``)."""
@@ -77,8 +61,6 @@ class SweepOptions:
 
 @dataclass(frozen=True)
 class Sweep:
-    """A parsed sweep file: the model, the seeds and the configurations, each a name and its settings."""
-
     model: Literal["vae", "gan"]
     seeds: tuple[int, ...]
     base: dict[str, Any]
@@ -88,8 +70,6 @@ class Sweep:
 
 @dataclass(frozen=True)
 class Trial:
-    """One training: a configuration and a seed, in its own run folder."""
-
     model: str
     configuration: str
     seed: int
@@ -99,8 +79,6 @@ class Trial:
 
 @dataclass(frozen=True)
 class TrialResult:
-    """What a trial gives back: its status ("trained", "skipped" or "failed"), its headline numbers or its error."""
-
     configuration: str
     seed: int
     status: Literal["trained", "skipped", "failed"]
@@ -120,12 +98,9 @@ class SweepResult:
         return [result for result in self.results if result.status == "failed"]
 
 
-# --------------------------------------------------------------------------- the sweep file
-
-
 def read_sweep(path: str | os.PathLike) -> Sweep:
-    """Parse and check a sweep file; a one-line :class:`MnistgenError` for anything wrong (a :class:`UsageError`
-    for a setting its flag would refuse)."""
+    """Parse and check a sweep file: a one-line :class:`MnistgenError` for anything wrong (:class:`UsageError` for
+    a setting its flag would refuse)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -196,10 +171,8 @@ def _configurations(data: dict[str, Any], base: dict[str, Any], where: str) -> t
     named = [(configuration_name(entry), entry) for entry in entries]
     seen: dict[str, dict] = {}
     for name, entry in named:
-        if name in seen:
-            raise MnistgenError(f"{where}: two configurations have the folder name {name!r} ({seen[name]} and "
-                                f"{entry})")
-        seen[name] = entry
+        if seen.setdefault(name, entry) is not entry:
+            raise MnistgenError(f"{where}: two configurations have the folder name {name!r} ({seen[name]} and {entry})")
     return tuple(named)
 
 
@@ -236,8 +209,8 @@ def setting_text(value: Any) -> str:
 
 
 def configuration_name(settings: dict[str, Any]) -> str:
-    """The folder name of a configuration: ``lr=0.001,hidden=100`` (``base`` for none), characters that a file name
-    should not hold replaced by ``_``, a long one cut and ended with a hash of the whole."""
+    """A configuration's folder name: ``lr=0.001,hidden=100`` (``base`` for none), other characters than
+    ``[A-Za-z0-9._=,+-]`` as ``_``, a long one cut and ended with a hash of the whole."""
     if not settings:
         return "base"
     name = ",".join(f"{key}={setting_text(value)}" for key, value in settings.items())
@@ -250,7 +223,6 @@ def configuration_name(settings: dict[str, Any]) -> str:
 
 
 def trials_of(sweep: Sweep, out: str | os.PathLike) -> list[Trial]:
-    """Every (configuration, seed) of the sweep, configuration by configuration, in the file's order."""
     root = Path(out) / "trials"
     return [Trial(sweep.model, name, seed, {**sweep.base, **settings, "seed": seed},
                   str(root / name / f"seed={seed}"))
@@ -258,7 +230,6 @@ def trials_of(sweep: Sweep, out: str | os.PathLike) -> list[Trial]:
 
 
 def _trial_config(trial: Trial, where: str = "") -> Any:
-    """The trial's config, built and checked as ``train_vae``/``train_gan`` build it from the same settings."""
     from .api import config_from_settings
 
     what = f"{where + ': ' if where else ''}configuration {trial.configuration}"
@@ -269,11 +240,7 @@ def _trial_config(trial: Trial, where: str = "") -> Any:
         raise UsageError(message if message.startswith(what) else f"{what}: {message}") from None
 
 
-# --------------------------------------------------------------------------- one trial (in a worker)
-
-
 def headline_keys(model: str) -> tuple[str, ...]:
-    """The headline numbers of a trial, the primary one first."""
     return ("held_out_elbo", "train_elbo") if model == "vae" else ("g_loss", "d_loss")
 
 
@@ -287,7 +254,6 @@ PRIMARY_TEXT = {
 
 
 def headline_numbers(model: str, metrics: list[dict[str, Any]]) -> dict[str, float]:
-    """The last epoch's headline numbers of a run's metrics."""
     if not metrics:
         raise MnistgenError("the run recorded no epoch")
     last = metrics[-1]
@@ -298,8 +264,8 @@ def headline_numbers(model: str, metrics: list[dict[str, Any]]) -> dict[str, flo
 
 
 def run_trial(trial: Trial) -> TrialResult:
-    """Train one trial into its folder (or skip it where its checkpoint holds all its epochs, or resume it where
-    a checkpoint holds fewer); never raises: an error becomes a failed result with its one line."""
+    """Train one trial into its folder (skipped where its checkpoint holds all its epochs, else resumed from one);
+    never raises: an error becomes a failed result with its one line."""
     start = time.perf_counter()
     try:
         import mnistgen
@@ -346,21 +312,16 @@ def _one_line(message: str) -> str:
     return " ".join(message.split()) or "failed without a message"
 
 
-# --------------------------------------------------------------------------- engines
-
-
 def cpu_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _with_threads(trials: list[Trial], threads: int) -> list[Trial]:
-    """Trials whose settings give torch ``threads`` CPU threads, unless the sweep sets threads itself."""
     return [trial if "threads" in trial.settings else
             dataclasses.replace(trial, settings={**trial.settings, "threads": threads}) for trial in trials]
 
 
 def run_local(trials: list[Trial], jobs: int, report: Callable[[TrialResult], None]) -> list[TrialResult]:
-    """Each trial in a process of a spawn-context ``ProcessPoolExecutor`` of ``jobs`` processes."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -437,13 +398,10 @@ def run_ray(trials: list[Trial], options: SweepOptions, report: Callable[[TrialR
         ray_constants.ENABLE_RAY_CLUSTER = cluster_constant
 
 
-# --------------------------------------------------------------------------- the sweep
-
-
 def run_sweep(sweep_file: str | os.PathLike, out: str | os.PathLike, options: SweepOptions | None = None,
               say: Callable[[str], None] = print) -> SweepResult:
-    """Run every trial of ``sweep_file`` not yet finished under ``out`` and write the summary; return the results
-    (failed trials included: the caller decides what they mean)."""
+    """Run every trial of ``sweep_file`` not yet finished under ``out``, write the summary, return the results
+    (failed trials included)."""
     from .config import validate
 
     options = options or SweepOptions()
@@ -477,9 +435,6 @@ def run_sweep(sweep_file: str | os.PathLike, out: str | os.PathLike, options: Sw
     say(f"sweep: {counts['trained']} trained, {counts['skipped']} skipped (finished before), {counts['failed']} "
         f"failed; summary: {csv_path}, {html_path}")
     return SweepResult(results, csv_path, html_path)
-
-
-# --------------------------------------------------------------------------- summary
 
 
 @dataclass(frozen=True)
@@ -567,12 +522,10 @@ def summary_html(sweep: Sweep, summaries: list[ConfigurationSummary], results: S
     subtitle = [escape(f"{sweep.model.upper()}: {len(sweep.configurations)} configuration(s) x {len(sweep.seeds)} "
                        f"seed(s) ({', '.join(map(str, sweep.seeds))}); engine {engine}; {counts['trained']} trained "
                        f"now, {counts['skipped']} finished before, {counts['failed']} failed")]
-    sections = [
-        ("results", "Results", section("results", "Results, best first", explanation + table(headers, rows))),
-        ("failures", "Failures", section("failures", f"Failed trials ({len(failures)})", failure_html)
-         if failures else ""),
-        ("sweep", "Sweep file", section("sweep", "The sweep file", f"<pre>{escape(sweep.source)}</pre>")),
-    ]
+    sections = [("results", "Results", section("results", "Results, best first", explanation + table(headers, rows))),
+                ("failures", "Failures", section("failures", f"Failed trials ({len(failures)})", failure_html)
+                 if failures else ""),
+                ("sweep", "Sweep file", section("sweep", "The sweep file", f"<pre>{escape(sweep.source)}</pre>"))]
     return page(f"mnistgen sweep: {sweep.model.upper()}", subtitle, sections)
 
 
@@ -581,9 +534,8 @@ def write_summary(sweep: Sweep, out: Path, results: Sequence[TrialResult],
     from .files import atomic_write
 
     summaries = summarize(sweep, results)
-    csv_path, html_path = out / "summary.csv", out / "summary.html"
-    text = summary_csv(sweep, summaries)
-    atomic_write(csv_path, lambda handle: handle.write(text), mode="w")
-    page_text = summary_html(sweep, summaries, results, options)
-    atomic_write(html_path, lambda handle: handle.write(page_text), mode="w")
-    return csv_path, html_path
+    paths = out / "summary.csv", out / "summary.html"
+    for path, text in zip(paths, (summary_csv(sweep, summaries), summary_html(sweep, summaries, results, options)),
+                          strict=True):
+        atomic_write(path, lambda handle, text=text: handle.write(text), mode="w")
+    return paths

@@ -1,21 +1,9 @@
-"""Small pure functions that the product and the checks of SPEC §4 share.
+"""Small pure functions that the product and the checks of SPEC §4 share: Gaussian KLs (torch, batch-first);
+discrete or tabulated densities (NumPy, float64); finite latent spaces by enumeration; distances on the line.
 
-- :func:`kl_diag_gaussians`: the closed-form KL between diagonal Gaussians, the one the analytic ELBO
-  (Eq. 1) uses, and :func:`kl_estimator_noise_variance`, the variance of the Monte Carlo KL term that
-  Eq. 2 carries instead. Torch, batch-first.
-- Discrete or tabulated densities (NumPy, float64): :func:`kl_divergence`, :func:`js_divergence`,
-  :func:`optimal_discriminator`, :func:`gan_value`, :func:`gan_value_at_optimal_discriminator`,
-  :func:`pointwise_discriminator_objective`.
-- Latent-variable models with a finite latent space, by enumeration: :func:`log_evidence_by_enumeration`,
-  :func:`posterior_by_enumeration`, :func:`discrete_elbo`.
-- Distances on the real line: :func:`wasserstein1_samples` (from two samples, via their quantile
-  functions), :func:`wasserstein1_from_cdfs` (from two CDFs tabulated on a grid), and the uniform
-  distributions of SPEC §4 (:func:`uniform_density`, :func:`uniform_cdf`, :func:`kl_uniform`).
-
-A "tabulated density" is an array of density values on a uniform grid of spacing ``dx``: integrals
-become Riemann sums ``sum(values) * dx``. With ``dx = 1`` the same functions take probability vectors
-of discrete distributions. Convention throughout: 0 * log 0 = 0, and p * log(p / 0) = +inf for p > 0.
-The derivations are in docs/theory.md.
+A "tabulated density" is an array of density values on a uniform grid of spacing ``dx``: integrals become
+Riemann sums ``sum(values) * dx``; with ``dx = 1`` the functions take probability vectors. Convention: 0 * log 0 =
+0, and p * log(p / 0) = +inf for p > 0. The derivations are in docs/theory.md.
 """
 
 from __future__ import annotations
@@ -28,11 +16,9 @@ import torch
 
 def kl_diag_gaussians(mu_q: torch.Tensor, logvar_q: torch.Tensor,
                       mu_p: torch.Tensor | float = 0.0, logvar_p: torch.Tensor | float = 0.0) -> torch.Tensor:
-    """KL(N(mu_q, diag exp(logvar_q)) || N(mu_p, diag exp(logvar_p))), summed over the last dim.
-
-    Per dimension: log(s_p/s_q) + (s_q^2 + (mu_q - mu_p)^2) / (2 s_p^2) - 1/2.
-    Shapes: mu_q, logvar_q (B, D); mu_p, logvar_p broadcastable (default: the prior N(0, I)). -> (B,)
-    """
+    """KL(N(mu_q, diag exp(logvar_q)) || N(mu_p, diag exp(logvar_p))), summed over the last dim: per dimension
+    log(s_p/s_q) + (s_q^2 + (mu_q - mu_p)^2) / (2 s_p^2) - 1/2. mu_q, logvar_q (B, D); mu_p, logvar_p broadcastable
+    (default: the prior N(0, I)) -> (B,)."""
     mu_p = torch.as_tensor(mu_p, dtype=mu_q.dtype, device=mu_q.device)
     logvar_p = torch.as_tensor(logvar_p, dtype=mu_q.dtype, device=mu_q.device)
     per_dim = 0.5 * (logvar_p - logvar_q + (logvar_q.exp() + (mu_q - mu_p) ** 2) / logvar_p.exp() - 1.0)
@@ -49,9 +35,6 @@ def kl_estimator_noise_variance(mu: torch.Tensor, logvar: torch.Tensor) -> torch
     """
     variance = logvar.exp()
     return (mu ** 2 * variance + 0.5 * (variance - 1.0) ** 2).sum(dim=-1)
-
-
-# --------------------------------------------------------------------------- discrete / tabulated densities
 
 
 def _nonnegative_pair(p, q) -> tuple[np.ndarray, np.ndarray]:
@@ -74,10 +57,7 @@ def _xlogy_ratio(p: np.ndarray, q: np.ndarray) -> np.ndarray:
 
 
 def kl_divergence(p, q, dx: float = 1.0) -> float:
-    """KL(p || q) = sum p log(p / q) dx: +inf as soon as p > 0 somewhere q = 0.
-
-    ``p``, ``q``: probability vectors (``dx = 1``) or densities tabulated on the same uniform grid.
-    """
+    """KL(p || q) = sum p log(p / q) dx: +inf as soon as p > 0 somewhere q = 0."""
     p, q = _nonnegative_pair(p, q)
     return float(_xlogy_ratio(p, q).sum() * dx)
 
@@ -90,11 +70,7 @@ def js_divergence(p, q, dx: float = 1.0) -> float:
 
 
 def optimal_discriminator(p_data, p_model) -> np.ndarray:
-    """D*(x) = p_data(x) / (p_data(x) + p_G(x)), pointwise.
-
-    Where both densities are 0 the value of D does not enter the GAN value; D* is set to 1/2 there
-    (any value in [0, 1] would do).
-    """
+    """D*(x) = p_data(x) / (p_data(x) + p_G(x)), pointwise; 1/2 where both are 0 (D does not enter V there)."""
     p_data, p_model = _nonnegative_pair(p_data, p_model)
     total = p_data + p_model
     d_star = np.full_like(total, 0.5)
@@ -112,10 +88,8 @@ def pointwise_discriminator_objective(d, a: float, b: float) -> np.ndarray:
 
 
 def gan_value(p_data, p_model, discriminator, dx: float = 1.0) -> float:
-    """V(D, G) = E_{x~p_data}[log D(x)] + E_{x~p_G}[log(1 - D(x))] on a grid (-inf where D errs with certainty).
-
-    ``discriminator``: the values D(x) in [0, 1] on the same points as the two densities.
-    """
+    """V(D, G) = E_{x~p_data}[log D(x)] + E_{x~p_G}[log(1 - D(x))] on a grid (-inf where D errs with certainty);
+    ``discriminator``: D(x) in [0, 1] on the same points as the densities."""
     p_data, p_model = _nonnegative_pair(p_data, p_model)
     d = np.asarray(discriminator, dtype=np.float64)
     if d.shape != p_data.shape:
@@ -129,18 +103,11 @@ def gan_value(p_data, p_model, discriminator, dx: float = 1.0) -> float:
 
 
 def gan_value_at_optimal_discriminator(p_data, p_model, dx: float = 1.0) -> float:
-    """max_D V(D, G) = V(D*, G); equals 2 JSD(p_data, p_G) - log 4 (docs/theory.md).
-
-    Computed as sum p_data log(p_data / (p_data + p_G)) + p_G log(p_G / (p_data + p_G)), i.e. with
-    log D* and log(1 - D*) taken as differences of logs: in far tails D* = p_data / (p_data + p_G) can
-    round to 0 or 1 although both densities are positive.
-    """
+    """max_D V(D, G) = V(D*, G) = 2 JSD(p_data, p_G) - log 4 (docs/theory.md), with log D* and log(1 - D*) as
+    differences of logs: in far tails D* can round to 0 or 1 although both densities are positive."""
     p_data, p_model = _nonnegative_pair(p_data, p_model)
     total = p_data + p_model
     return float((_xlogy_ratio(p_data, total).sum() + _xlogy_ratio(p_model, total).sum()) * dx)
-
-
-# --------------------------------------------------------------------------- finite latent spaces
 
 
 def log_evidence_by_enumeration(log_likelihood, log_prior) -> float:
@@ -164,9 +131,6 @@ def discrete_elbo(q, log_likelihood, log_prior) -> float:
     return expected_log_likelihood - kl_divergence(q, np.exp(np.asarray(log_prior, dtype=np.float64)))
 
 
-# --------------------------------------------------------------------------- the real line
-
-
 def uniform_density(x, low: float, high: float) -> np.ndarray:
     """Density of U[low, high] at x: 1/(high - low) inside the closed interval, 0 outside."""
     x = np.asarray(x, dtype=np.float64)
@@ -174,7 +138,6 @@ def uniform_density(x, low: float, high: float) -> np.ndarray:
 
 
 def uniform_cdf(x, low: float, high: float) -> np.ndarray:
-    """CDF of U[low, high] at x."""
     return np.clip((np.asarray(x, dtype=np.float64) - low) / (high - low), 0.0, 1.0)
 
 
@@ -187,12 +150,8 @@ def kl_uniform(low_p: float, high_p: float, low_q: float, high_q: float) -> floa
 
 
 def wasserstein1_samples(u, v) -> float:
-    """W1 between the empirical distributions of two 1-D samples (sizes may differ).
-
-    On the line W1(P, Q) = integral_0^1 |F_P^-1(t) - F_Q^-1(t)| dt (the monotone coupling). Both
-    empirical quantile functions are step functions, constant between the levels k/n and k/m, so
-    the integral is an exact finite sum over the merged levels.
-    """
+    """W1 between the empirical distributions of two 1-D samples (sizes may differ): integral_0^1 |F_P^-1(t) -
+    F_Q^-1(t)| dt, an exact finite sum as both quantile functions are constant between the levels k/n and k/m."""
     u = np.sort(np.asarray(u, dtype=np.float64).ravel())
     v = np.sort(np.asarray(v, dtype=np.float64).ravel())
     if u.size == 0 or v.size == 0:

@@ -1,9 +1,7 @@
-"""The ``mnistgen`` command: one parser built on demand (nothing happens at import time).
+"""The ``mnistgen`` command: one parser built on demand; each family's module has ``register(subparsers)``.
 
-Each command family lives in its own module exposing ``register(subparsers)``; a family's
-subcommands set ``func`` to the function that runs them. User errors (:class:`MnistgenError`) print
-one line to stderr and exit 1; bad flags, and flag values out of bounds (:class:`UsageError`), exit 2 with one
-line; Ctrl-C exits 130.
+A user error (:class:`MnistgenError`) is one line and exit 1; a bad flag or value (:class:`UsageError`) one line and
+exit 2; Ctrl-C exits 130.
 """
 
 from __future__ import annotations
@@ -11,14 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from ..errors import MnistgenError, UsageError
 from ..version import __version__
-
-EXIT_USER_ERROR = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+from .common import EXIT_INTERRUPTED, EXIT_USAGE, EXIT_USER_ERROR, printable, usage_line
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -33,67 +27,15 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, usage_line(self.prog, message))
 
 
-def usage_line(prog: str, message: str) -> str:
-    """A usage error as one line that names the help of the command that was run."""
-    return f"{prog}: error: {printable(message)} (see {prog} --help)\n"
-
-
-def writable_output(path: str | Path, flag: str = "--out") -> Path:
-    """Refuse, before any work, an output file that could not be written: its folder missing (never created), not a
-    folder, or not writable; returns the path. Writability is tried, not guessed: a file is created in the folder and
-    removed at once (an unnamed one where the system allows). ``os.access`` alone answers yes to root everywhere but on
-    read-only file systems and immutable folders, and cannot know the rules of some network file systems."""
-    import tempfile
-
-    from ..files import TEMPORARY_SUFFIX, check_output_file, temporary_prefix
-
-    path = check_output_file(path, flag)
-    folder = path.parent
-    try:
-        with tempfile.TemporaryFile(prefix=temporary_prefix(path), suffix=TEMPORARY_SUFFIX, dir=folder):
-            pass
-    except OSError as exc:
-        raise MnistgenError(f"{flag} {path}: the folder {folder} is not writable ({exc.strerror or exc})") from None
-    return path
-
-
-def npy_output(text: str) -> Path:
-    """The ``--out`` of a command that writes an array: a .npy file in an existing, writable folder (checked before any
-    work; the folder is not created)."""
-    out = Path(text).expanduser()
-    if out.suffix != ".npy":
-        raise UsageError(f"--out {text}: the file name must end with .npy")
-    return writable_output(out, "--out")
-
-
-def save_npy(out: Path, array) -> None:
-    """Write ``array`` to ``out`` atomically (a reader never sees half an array)."""
-    import numpy as np
-
-    from ..files import atomic_write
-
-    atomic_write(out, lambda handle: np.save(handle, array))
-
-
-def printable(message: str) -> str:
-    """``message`` as one printable line: a control character (a newline, or one from a file's content that a
-    terminal would act on) is shown escaped, as Python writes it in a string."""
-    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    from . import data as data_commands
-    from . import families
+    from . import data, experiment, explore, gan, report, score, sweep, vae
 
-    parser = OneLineParser(
-        prog="mnistgen",
-        description="Train, evaluate and draw a 2-D-latent VAE and a small convolutional GAN of digits.",
-    )
+    parser = OneLineParser(prog="mnistgen", description="Train, evaluate and draw a 2-D-latent VAE and a small "
+                                                        "convolutional GAN of digits.")
     parser.add_argument("--version", action="version", version=f"mnistgen {__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=OneLineParser)
     subparsers.required = True
-    data_commands.register(subparsers)
-    for family in families.FAMILIES:
+    for family in (data, vae, gan, score, experiment, report, explore, sweep):  # in mnistgen --help's order
         family.register(subparsers)
     return parser
 

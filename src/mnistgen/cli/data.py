@@ -16,32 +16,28 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "data", help="fetch, verify and describe dataset files",
         description="Dataset files are looked for in --data-dir, else $MNISTGEN_DATA_DIR, else the user cache "
-                    "($MNISTGEN_CACHE_DIR or the platform's cache folder); missing ones are downloaded there.",
-    )
+                    "($MNISTGEN_CACHE_DIR or the platform's cache folder); missing ones are downloaded there.")
     commands = parser.add_subparsers(title="data commands", metavar="COMMAND", parser_class=type(parser))
     commands.required = True
 
     fetch = commands.add_parser(
         "fetch", help="download the dataset's missing files and verify all of them",
         description="Download what is missing (mirrors in order, checksum checked before the file is moved into "
-                    "place), verify what is there, and print one line per file.",
-    )
+                    "place), verify what is there, and print one line per file.")
     add_config_arguments(fetch, DataConfig)
     fetch.set_defaults(func=run_fetch)
 
     verify = commands.add_parser(
         "verify", help="check every file's checksum; exit 0 only if all pass",
         description="Hash every file of the dataset afresh and print 'OK NAME MD5' or 'FAIL NAME: REASON' per "
-                    "file. Never downloads. Exit status 0 only when every file checks out.",
-    )
+                    "file. Never downloads. Exit status 0 only when every file checks out.")
     add_config_arguments(verify, DataConfig, exclude=NETWORK_FIELDS)
     verify.set_defaults(func=run_verify)
 
     info = commands.add_parser(
         "info", help="sizes, label counts, pixel statistics and a PNG grid of examples",
         description="Load the dataset (downloading it if needed) and describe it; write a grid of examples, one "
-                    "row per class.",
-    )
+                    "row per class.")
     add_config_arguments(info, DataConfig)
     info.add_argument("--out", metavar="PNG", default=None,
                       help="where to write the grid of examples (default: CACHE/figures/DATASET-examples.png)")
@@ -75,12 +71,12 @@ def run_info(args: argparse.Namespace) -> int:
     from ..data.describe import describe, example_grid
 
     data = config_from_args(DataConfig, args)
-    summary = describe(data)
+    raw, lines = describe(data)
     from ..imaging import save_png  # imports torch (via runs): only once there is something to save
 
-    for label, text in summary.lines:
+    for label, text in lines:
         print(f"{label:<9} {text}")
     out = Path(args.out).expanduser() if args.out else cache_root() / "figures" / f"{data.dataset}-examples.png"
-    save_png(out.resolve(), example_grid(summary.raw, GRID_EXAMPLES_PER_CLASS), scale=GRID_SCALE)
+    save_png(out.resolve(), example_grid(raw, GRID_EXAMPLES_PER_CLASS), scale=GRID_SCALE)
     print(f"{'examples':<9} {out.resolve()} (row k: the first {GRID_EXAMPLES_PER_CLASS} training images of class k)")
     return 0

@@ -1,10 +1,4 @@
-"""``mnistgen experiment``: the theory experiments of docs/theory.md §12 on a trained VAE run folder.
-
-- ``mnistgen experiment elbo-estimators RUN``: Eq. 1 vs Eq. 2, variance of the ELBO estimate and its gradient;
-- ``mnistgen experiment fixed-encoder RUN``: test ELBO with the encoder, with N(0, I), with one shared Gaussian.
-
-Each writes RUN/experiments/<name>.json and <name>.png and prints a short summary.
-"""
+"""``mnistgen experiment elbo-estimators|fixed-encoder RUN``: the theory experiments of docs/theory.md §12."""
 
 from __future__ import annotations
 
@@ -15,7 +9,6 @@ from ..config import ElboEstimatorsConfig, FixedEncoderConfig, add_config_argume
 
 
 def register(subparsers) -> None:
-    """Add ``experiment`` and its two subcommands to ``mnistgen``."""
     parser = subparsers.add_parser(
         "experiment", help="theory experiments on a trained VAE (docs/theory.md)",
         description="Experiments that measure statements of docs/theory.md on a trained VAE run folder. "

@@ -11,7 +11,7 @@ import sys
 from ..config import GANConfig, GANPlotConfig, GANSampleConfig, add_config_arguments, config_from_args
 from ..errors import UsageError
 from ..runs import RunDir
-from . import EXIT_INTERRUPTED, npy_output, save_npy
+from .common import EXIT_INTERRUPTED, npy_output, save_npy
 
 
 def register(subparsers) -> None:

@@ -49,18 +49,10 @@ def register(subparsers) -> None:
 
 
 def run_score(args: argparse.Namespace) -> int:
+    from .. import scoring
     from ..device import resolve_device
     from ..evaluate.score_runs import check_samples, run_to_score, samples_path, score_run
-    from ..scoring import (
-        format_report,
-        load_classifier,
-        load_images,
-        reference_statistics,
-        score_images,
-        score_path,
-        write_report,
-    )
-    from . import writable_output
+    from .common import writable_output
 
     config = config_from_args(ScoreConfig, args)
     inputs = []  # (path, images) of a file, or the ScoredRun of a run folder
@@ -69,23 +61,23 @@ def run_score(args: argparse.Namespace) -> int:
             scored = run_to_score(path)
             check_samples(config)
             for _, target in scored.targets:
-                writable_output(score_path(samples_path(target)), "cannot write")
+                writable_output(scoring.score_path(samples_path(target)), "cannot write")
             inputs.append(scored)
         else:
             if not Path(path).exists():
                 raise MnistgenError(f"{path}: no such file or run folder")
-            inputs.append((path, load_images(path)))
-            writable_output(score_path(path), "cannot write")
-    classifier = load_classifier(config.weights, resolve_device(config.device))
-    reference = reference_statistics(classifier, config.data, config.batch_size)
+            inputs.append((path, scoring.load_images(path)))
+            writable_output(scoring.score_path(path), "cannot write")
+    classifier = scoring.load_classifier(config.weights, resolve_device(config.device))
+    reference = scoring.reference_statistics(classifier, config.data, config.batch_size)
     for item in inputs:
         if not isinstance(item, tuple):
             score_run(item, classifier, reference, config, say=print)
             continue
         path, images = item
-        report = score_images(images, classifier, reference, config)
-        written = write_report(path, report)
-        print(format_report(report, path))
+        report = scoring.score_images(images, classifier, reference, config)
+        written = scoring.write_report(path, report)
+        print(scoring.format_report(report, path))
         print(f"written: {written}")
     return 0
 

@@ -10,7 +10,7 @@ import sys
 
 from ..config import VAEConfig, VAEEvalConfig, add_config_arguments, config_from_args
 from ..runs import RunDir
-from . import EXIT_INTERRUPTED, npy_output, save_npy
+from .common import EXIT_INTERRUPTED, npy_output, save_npy
 
 
 def register(subparsers) -> None:

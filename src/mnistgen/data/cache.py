@@ -1,15 +1,8 @@
 """The per-user cache: where downloads go by default, and the remembered verdicts of verified files.
 
-Location: ``$MNISTGEN_CACHE_DIR`` if set, else the platform's user cache folder for "mnistgen"
-(platformdirs: ``~/.cache/mnistgen`` on Linux, ``~/Library/Caches/mnistgen`` on macOS,
-``%LOCALAPPDATA%\\mnistgen\\Cache`` on Windows). Layout::
-
-    CACHE/<dataset>/<file>.gz     downloaded files (only after their checksum matched)
-    CACHE/verified.json           hashes of files that passed verification, by absolute path
-    CACHE/kernels/, kernel-hashes/  the compiled C kernels and their SHA-256 (0700; see mnistgen.kernels.native)
-
-A verdict is reused only while the file's size and modification time are those it had when it was
-hashed, so the second load of a dataset costs a ``stat`` per file instead of hashing 55 MB.
+``$MNISTGEN_CACHE_DIR``, else platformdirs' user cache folder for "mnistgen": ``CACHE/<dataset>/`` (downloads),
+``CACHE/verified.json`` (hashes of verified files by absolute path, reused only while the file's size and mtime are
+unchanged: a ``stat`` instead of hashing 55 MB), ``CACHE/kernels/`` and ``kernel-hashes/`` (the C kernels).
 """
 
 from __future__ import annotations

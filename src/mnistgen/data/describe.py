@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from ..config import DataConfig
@@ -11,24 +9,13 @@ from .registry import DATASETS, NUM_CLASSES
 from .sources import RawData, load_raw
 
 
-@dataclass(frozen=True)
-class PixelStats:
-    mean: float  # of pixel/255 over every pixel of every image
-    std: float
-
-
-def pixel_stats(images_uint8: np.ndarray) -> PixelStats:
+def pixel_stats(images_uint8: np.ndarray) -> tuple[float, float]:
     """Mean and standard deviation of pixel/255, exact, from a 256-bin histogram (no float copy of the images)."""
     counts = np.bincount(np.asarray(images_uint8).reshape(-1), minlength=256).astype(np.float64)
     levels = np.arange(256, dtype=np.float64) / 255.0
     total = counts.sum()
     mean = float(counts @ levels / total)
-    variance = float(counts @ (levels - mean) ** 2 / total)
-    return PixelStats(mean, variance ** 0.5)
-
-
-def label_counts(labels: np.ndarray) -> list[int]:
-    return np.bincount(labels, minlength=NUM_CLASSES).tolist()
+    return mean, float(counts @ (levels - mean) ** 2 / total) ** 0.5
 
 
 def example_grid(raw: RawData, per_class: int) -> np.ndarray:
@@ -44,13 +31,8 @@ def example_grid(raw: RawData, per_class: int) -> np.ndarray:
     return tile(np.concatenate(rows), rows=NUM_CLASSES, cols=per_class)
 
 
-@dataclass(frozen=True)
-class Summary:
-    raw: RawData
-    lines: list[tuple[str, str]]  # (label, text), in print order
-
-
-def describe(data: DataConfig) -> Summary:
+def describe(data: DataConfig) -> tuple[RawData, list[tuple[str, str]]]:
+    """The dataset and its (label, text) lines, in print order."""
     raw = load_raw(data)
     prov = raw.provenance
     if prov.get("sample"):
@@ -65,9 +47,9 @@ def describe(data: DataConfig) -> Summary:
         lines.append(("classes", ", ".join(f"{i} {name}" for i, name in enumerate(spec.classes))))
     for split, images, labels in (("train", raw.train_images, raw.train_labels),
                                   ("test", raw.test_images, raw.test_labels)):
-        stats = pixel_stats(images)
-        counts = " ".join(f"{digit}:{count}" for digit, count in enumerate(label_counts(labels)))
+        mean, std = pixel_stats(images)
+        counts = " ".join(f"{digit}:{count}" for digit, count in enumerate(np.bincount(labels, minlength=NUM_CLASSES)))
         shape = "x".join(map(str, images.shape[1:]))
-        lines.append((split, f"{len(images):,} images {shape}, pixel/255 mean {stats.mean:.4f} std {stats.std:.4f}; "
+        lines.append((split, f"{len(images):,} images {shape}, pixel/255 mean {mean:.4f} std {std:.4f}; "
                              f"labels {counts}"))
-    return Summary(raw, lines)
+    return raw, lines

@@ -1,26 +1,15 @@
 """Downloading one dataset file: mirrors in order, timeouts, retries, a progress bar, an atomic rename.
 
-Plain ``urllib`` (no pooch/requests) because what is needed here is a loop that pooch does not
-provide: several mirrors per file tried in order, a failure classified per mirror (a stalled or
-refusing mirror is dropped at once, a server error or a cut-off transfer is retried in a later
-round), and acceptance by either of two checksums (:mod:`.integrity`).
+Plain ``urllib``: mirrors tried in order, each failure classified (a stalled or refusing mirror is dropped, a
+server error or a cut-off transfer retried in a later round), either checksum accepted. Guarantees:
 
-Guarantees:
 - the bytes go to a temporary ``.<name>.<random>.part`` file in the destination folder
-  (:func:`mnistgen.files.replacing`); only after the whole body arrived (``Content-Length`` honoured)
-  and its checksum matched is it flushed to disk, given the permissions of every file mnistgen writes
-  (``0666`` less the umask), renamed onto ``<folder>/<name>`` (same folder, so the rename is atomic),
-  and the folder flushed too;
-- on any failure, Ctrl-C included, the temporary file is deleted: a wrong or partial file never
-  appears under the real name;
-- memory and disk stay bounded whatever a mirror sends: a body longer than a copy of the file can be
-  (:func:`.integrity.stored_size_limit`) is cut off, and the file is inflated in chunks no further than
-  the size the registry knows its content has (:func:`.integrity.content_size`); either is a mirror
-  serving the wrong thing, like a wrong checksum: not asked again;
-- a server that stops sending costs at most ``timeout`` seconds (the socket timeout applies to the
-  connection and to every read), after which the next mirror is tried;
-- a failure of the local file system (a read-only or full folder) is not blamed on the mirror: it is
-  one :class:`DataError` naming the file, raised at once without trying other mirrors.
+  (:func:`mnistgen.files.replacing`), renamed onto ``<folder>/<name>`` only once the whole body arrived
+  (``Content-Length`` honoured) and its checksum matched; on any failure, Ctrl-C included, it is deleted;
+- memory and disk stay bounded: a body longer than a copy of the file can be is cut off, and the file is
+  inflated no further than its content's known size; either is a mirror serving the wrong thing, not asked again;
+- a server that stops sending costs at most ``timeout`` seconds (connection and every read);
+- a failure of the local file system is not blamed on the mirror: one :class:`DataError` naming the file, at once.
 """
 from __future__ import annotations
 
@@ -110,8 +99,8 @@ def _progress_bar(total: int | None, name: str) -> tqdm:
 
 
 def _receive(url: str, name: str, part: Path, timeout: float, limit: int) -> None:
-    """Write the body at ``url`` into ``part``. A failure of the mirror or the network is a :class:`_MirrorFailed`;
-    one of the local file system (opening or writing ``part``) is left as the OSError it is."""
+    """Write the body at ``url`` into ``part``: a failure of the mirror or the network is a :class:`_MirrorFailed`,
+    one of the local file system an OSError."""
     with open(part, "wb") as out:
         try:
             response = urllib.request.urlopen(urllib.request.Request(url, headers={"User-Agent": USER_AGENT}),
@@ -162,23 +151,11 @@ def _attempt(url: str, spec: FileSpec, folder: Path, timeout: float) -> Download
     return Downloaded(target, hashes, content, url)
 
 
-def download_file(
-    spec: FileSpec,
-    mirrors: Sequence[str],
-    folder: Path,
-    timeout: float,
-    retries: int,
-    backoff: float = RETRY_BACKOFF_S,
-    log: Callable[[str], None] | None = None,
-) -> Downloaded:
-    """Fetch ``spec.name`` into ``folder`` from the first mirror that delivers it intact.
-
-    Round 1 tries every mirror in order; a mirror that answered with a server error (5xx, 408, 429)
-    or cut the transfer short is tried again in up to ``retries`` further rounds, after a pause of
-    ``backoff``, 2x``backoff``, ... seconds. Mirrors that refused, stalled, answered 4xx or served
-    the wrong thing (the wrong checksum, not gzip, or more bytes or more content than the file has) are not
-    asked again. A failure to write into ``folder`` is a DataError at once: no other mirror would help.
-    """
+def download_file(spec: FileSpec, mirrors: Sequence[str], folder: Path, timeout: float, retries: int,
+                  backoff: float = RETRY_BACKOFF_S, log: Callable[[str], None] | None = None) -> Downloaded:
+    """Fetch ``spec.name`` into ``folder`` from the first mirror that delivers it intact. A mirror that answered a
+    server error (5xx, 408, 429) or cut the transfer short is tried again in up to ``retries`` further rounds, after
+    ``backoff``, 2x``backoff``, ... seconds."""
     log = log or (lambda line: print(line, file=sys.stderr))
     folder = Path(folder)
     try:

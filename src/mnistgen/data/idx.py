@@ -1,23 +1,11 @@
 """Reading IDX files (the MNIST format), gzip-compressed or raw, with every header field validated.
 
-Layout (big-endian): two zero bytes, a type code (0x08 = unsigned byte, ...), the number of dimensions
-n, then n uint32 sizes, then the data. MNIST images are ``0x00000803`` (ubyte, 3-D) and labels
-``0x00000801`` (ubyte, 1-D).
-
-Every function here either returns an array whose shape agrees with the file's length, or raises a
-:class:`DataError` whose one-line message names the file and says what is wrong. The array is a
-zero-copy, read-only view of the decompressed bytes (no per-item Python): 60,000 images load in the
-time it takes zlib to inflate them.
-
-Memory is bounded whatever a file holds (a gzip "bomb" of 1 MB that inflates to 1 GiB included): a file
-is read and inflated in chunks, and reading stops one byte past a cap, which is
-
-- the size the caller knows the content must have (a registry file's, :func:`.integrity.content_size`), else
-- for an IDX file, the size its header claims, refused before anything is allocated when above
-  :data:`MAX_CONTENT_BYTES`, else
-- :data:`MAX_CONTENT_BYTES` (:func:`decompress` of other data, :func:`read_file`).
-
-Content longer than its cap is a one-line :class:`DataError` giving both sizes.
+Layout (big-endian): two zero bytes, a type code (0x08 = unsigned byte, ...), the number of dimensions n, n uint32
+sizes, the data; MNIST images are ``0x00000803`` and labels ``0x00000801``. Every function returns an array whose
+shape agrees with the file's length (a zero-copy, read-only view of the decompressed bytes), or a one-line
+:class:`DataError` naming the file. Memory is bounded whatever a file holds (a gzip "bomb" included): it is inflated
+in chunks and reading stops one byte past a cap: the content's known size, else the size the IDX header claims (at
+most :data:`MAX_CONTENT_BYTES`, refused before any allocation), else :data:`MAX_CONTENT_BYTES`.
 """
 
 from __future__ import annotations
@@ -25,7 +13,6 @@ from __future__ import annotations
 import gzip
 import io
 import math
-import os
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -44,14 +31,8 @@ READ_CHUNK_BYTES = 1 << 20  # content inflated per step
 MAX_HEADER_BYTES = 4 + 4 * 255  # the magic and up to 255 dimension sizes
 
 # IDX type code -> big-endian numpy dtype
-IDX_DTYPES = {
-    0x08: np.dtype(">u1"),
-    0x09: np.dtype(">i1"),
-    0x0B: np.dtype(">i2"),
-    0x0C: np.dtype(">i4"),
-    0x0D: np.dtype(">f4"),
-    0x0E: np.dtype(">f8"),
-}
+IDX_DTYPES = {0x08: np.dtype(">u1"), 0x09: np.dtype(">i1"), 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
+              0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
 
 @contextmanager
@@ -69,22 +50,8 @@ def opened(path: Path) -> Iterator[BinaryIO]:
         raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from None
 
 
-def read_file(path: Path, limit: int = MAX_CONTENT_BYTES) -> bytes:
-    """The bytes of ``path`` exactly as stored (at most ``limit`` of them, checked before reading); a missing,
-    unreadable or larger file is a DataError naming it."""
-    path = Path(path)
-    with opened(path) as handle:
-        stored = os.fstat(handle.fileno()).st_size
-        if stored > limit:
-            raise DataError(f"{path}: {stored} bytes, more than the {limit} bytes a data file may have")
-        raw = handle.read(limit + 1)
-    if len(raw) > limit:  # grew while being read
-        raise DataError(f"{path}: more than the {limit} bytes a data file may have")
-    return raw
-
-
 class _Tapped:
-    """A binary file whose bytes, as they are read, are also handed to ``tap`` (e.g. an MD5's ``update``)."""
+    """A binary file whose bytes, as read, are also handed to ``tap`` (an MD5's ``update``)."""
 
     def __init__(self, handle: BinaryIO, tap: Callable[[bytes], object] | None):
         self._handle, self._tap = handle, tap
@@ -106,9 +73,8 @@ def _copy(stream: BinaryIO, out: io.BytesIO, count: int) -> None:
         count -= len(chunk)
 
 
-def _stream_content(
-    handle: BinaryIO, name: str, size: int | None, tap: Callable[[bytes], object] | None, idx: bool
-) -> bytes:
+def _stream_content(handle: BinaryIO, name: str, size: int | None, tap: Callable[[bytes], object] | None,
+                    idx: bool) -> bytes:
     head = handle.read(2)
     handle.seek(-len(head), io.SEEK_CUR)
     packed = head == GZIP_MAGIC
@@ -138,35 +104,25 @@ def _stream_content(
     return out.getvalue()
 
 
-def read_stream(
-    handle: BinaryIO, name: str, size: int | None = None, tap: Callable[[bytes], object] | None = None
-) -> bytes:
-    """The IDX content of the open, seekable binary file ``handle``: inflated if it starts with the gzip magic
-    bytes (detected by content, not by file name), read in chunks and never more than one byte past the cap
-    (``size`` if given, else what the IDX header claims; see the module docstring). ``tap``, if given, sees every
-    byte read from ``handle``: the whole file once this returns. A corrupt gzip or content past its cap is a
-    DataError naming ``name``; errors of the file system itself are left to the caller (OSError)."""
+def read_stream(handle: BinaryIO, name: str, size: int | None = None,
+                tap: Callable[[bytes], object] | None = None) -> bytes:
+    """The IDX content of the open, seekable file ``handle``, inflated if it starts with the gzip magic (by content,
+    not name), never read past its cap. ``tap`` sees every byte read: the whole file once this returns. A corrupt
+    gzip or content past its cap is a DataError naming ``name``; file system errors are left to the caller."""
     return _stream_content(handle, name, size, tap, idx=True)
 
 
 def decompress(raw: bytes, name: str = "<bytes>", size: int | None = None) -> bytes:
-    """``raw`` inflated if it starts with the gzip magic bytes (detected by content, not by file name), to at
-    most ``size`` bytes (default :data:`MAX_CONTENT_BYTES`): more is a DataError giving both sizes."""
+    """``raw`` inflated if it starts with the gzip magic, to at most ``size`` bytes (default
+    :data:`MAX_CONTENT_BYTES`)."""
     if raw[:2] != GZIP_MAGIC:
         return raw
     return _stream_content(io.BytesIO(raw), name, size, None, idx=False)
 
 
-def read_content(path: Path, size: int | None = None, tap: Callable[[bytes], object] | None = None) -> bytes:
-    """The IDX content of the file ``path`` (see :func:`read_stream`)."""
-    with opened(path) as handle:
-        return read_stream(handle, str(path), size, tap)
-
-
 def read_bytes(path: Path, size: int | None = None) -> bytes:
-    """The decompressed content of ``path``, an IDX file whose content has ``size`` bytes if given (see
-    :func:`read_stream` for the cap)."""
-    return read_content(path, size)
+    with opened(path) as handle:
+        return read_stream(handle, str(path), size)
 
 
 def _described(shape: tuple[int, ...]) -> str:
@@ -175,7 +131,7 @@ def _described(shape: tuple[int, ...]) -> str:
 
 def _header(content: bytes, name: str) -> tuple[int, tuple[int, ...], np.dtype, int]:
     """The IDX header at the start of ``content``, checked: its length, the shape, the dtype and the length of
-    the whole file it describes; any inconsistency is a DataError."""
+    the whole file it describes."""
     if len(content) < 4:
         raise DataError(f"{name}: too short for an IDX header ({len(content)} bytes)")
     if content[0] != 0 or content[1] != 0:
@@ -199,20 +155,14 @@ def parse_idx(content: bytes, name: str = "<bytes>") -> np.ndarray:
     header, shape, dtype, expected = _header(content, name)
     if len(content) != expected:
         what = "truncated" if len(content) < expected else "has trailing bytes"
-        raise DataError(
-            f"{name}: {what}: header says {_described(shape)} of {dtype.name} "
-            f"({expected} bytes), file has {len(content)} bytes"
-        )
+        raise DataError(f"{name}: {what}: header says {_described(shape)} of {dtype.name} ({expected} bytes), file "
+                        f"has {len(content)} bytes")
     array = np.frombuffer(content, dtype=dtype, offset=header).reshape(shape)
     return array.astype(dtype.newbyteorder("="), copy=False)
 
 
-def decode_idx(
-    content: bytes,
-    name: str,
-    expect_magic: int | None = None,
-    expect_shape_tail: tuple[int, ...] | None = None,
-) -> np.ndarray:
+def decode_idx(content: bytes, name: str, expect_magic: int | None = None,
+               expect_shape_tail: tuple[int, ...] | None = None) -> np.ndarray:
     """:func:`parse_idx` plus the checks a known file allows: its 4-byte magic and its item shape (e.g. 28x28)."""
     if expect_magic is not None and len(content) >= 4:
         magic = int.from_bytes(content[:4], "big")
@@ -226,8 +176,7 @@ def decode_idx(
     return array
 
 
-def read_idx(
-    path: Path, expect_magic: int | None = None, expect_shape_tail: tuple[int, ...] | None = None
-) -> np.ndarray:
+def read_idx(path: Path, expect_magic: int | None = None, expect_shape_tail: tuple[int, ...] | None = None
+             ) -> np.ndarray:
     """Read an IDX file; optionally require its 4-byte magic and its trailing dimensions (e.g. 28x28)."""
     return decode_idx(read_bytes(path), str(path), expect_magic, expect_shape_tail)

@@ -1,14 +1,9 @@
 """Checksums of dataset files: what a file's bytes hash to, and whether that matches the registry.
 
-A file is described by two MD5s: of its bytes as stored (``md5``; for a .gz file, what the mirrors
-publish) and of its decompressed IDX content (``content_md5``; what SPEC §1 gives, and the same for
-any gzip wrapper). A file is accepted when either one equals the registry's value for it, so a copy
-re-compressed locally (different wrapper, same content) still checks out, while one flipped bit in
-the content never does.
-
-Files are hashed as they are read, in chunks, and inflated no further than the size the registry knows
-their content has (:func:`content_size`; see :mod:`.idx` for the cap): a wrong file or a gzip bomb is
-rejected in one line after at most that much memory.
+A file has two MD5s: of its bytes as stored (``md5``: what mirrors publish for the .gz) and of its IDX content
+(``content_md5``: SPEC §1's, the same for any gzip wrapper). Either matching the registry accepts it: a copy
+re-compressed locally still checks out, one flipped bit in the content never does. Files are hashed as read and
+inflated no further than their content's known size (:func:`content_size`): a gzip bomb costs no more memory.
 """
 
 from __future__ import annotations
@@ -19,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from .idx import decompress, opened, read_stream
+from .idx import opened, read_stream
 from .registry import FileSpec
 
 IDX_UBYTE_HEADER = 4  # magic (2 zero bytes, type code, number of dimensions), then a uint32 per dimension
@@ -54,19 +49,8 @@ def stored_size_limit(spec: FileSpec) -> int:
     return size + size // 1000 + (64 << 10)
 
 
-def hash_bytes(raw: bytes, name: str, size: int | None = None) -> tuple[FileHashes, bytes]:
-    """Hashes of a file's ``raw`` bytes, and its decompressed content of at most ``size`` bytes (a corrupt gzip,
-    or more content, is a DataError naming it)."""
-    content = decompress(raw, name, size)
-    md5 = md5_hex(raw)
-    content_md5 = md5 if content is raw else md5_hex(content)
-    return FileHashes(md5=md5, content_md5=content_md5, size=len(raw)), content
-
-
 def hash_stream(handle: BinaryIO, name: str, size: int | None = None) -> tuple[FileHashes, bytes]:
-    """Read the open file ``handle`` once, in chunks: its hashes and its decompressed IDX content, inflated to at
-    most ``size`` bytes (else what the IDX header claims; see :func:`.idx.read_stream`). A corrupt gzip or too
-    much content is a DataError naming ``name``; a failing read is left to the caller (OSError)."""
+    """Read the open file ``handle`` once, in chunks: its hashes and its IDX content (:func:`.idx.read_stream`)."""
     stored = hashlib.md5(usedforsecurity=False)
     counted = [0]
 
@@ -79,8 +63,7 @@ def hash_stream(handle: BinaryIO, name: str, size: int | None = None) -> tuple[F
 
 
 def hash_file(path: Path, size: int | None = None) -> tuple[FileHashes, bytes]:
-    """Read ``path`` once: its hashes and its decompressed content (of at most ``size`` bytes, see
-    :func:`hash_stream`); an unreadable file is a DataError naming it too."""
+    """:func:`hash_stream` of the file ``path`` (an unreadable file is a DataError naming it)."""
     with opened(path) as handle:
         return hash_stream(handle, str(path), size)
 
@@ -95,7 +78,6 @@ def accepted_md5(spec: FileSpec, hashes: FileHashes) -> str | None:
 
 
 def mismatch_reason(spec: FileSpec, hashes: FileHashes) -> str | None:
-    """None if the file checks out, else a short reason saying which checksum differs."""
     if accepted_md5(spec, hashes) is not None:
         return None
     if spec.content_md5 is not None:

@@ -1,12 +1,10 @@
 """The training protocols of SPEC §2 and §3, each loaded once into contiguous float32 tensors.
 
-- ``hw``   (VAE reference): the first 10,000 training images (all of them if there are fewer, as in
-           the 4,000-image mnist-sample) and all test images, binarized once by rounding
-           (pixel/255 >= 0.5 -> 1). Flat: (N, 784).
-- ``full`` (VAE): the training images minus the last ``validation_size``, held out for validation;
-           gray levels in [0, 1] are kept and a fresh binary image x ~ Bernoulli(pixel) is drawn
-           every time an image is used in training (:func:`binarize_batch`). Validation and test
-           images are binarized once, with a fixed seed, so evaluation is repeatable. Flat: (N, 784).
+- ``hw``   (VAE reference): the first 10,000 training images (all, if fewer) and all test images, binarized
+           once by rounding (pixel/255 >= 0.5 -> 1). Flat: (N, 784).
+- ``full`` (VAE): the training images minus the last ``validation_size`` (held out), gray levels in [0, 1],
+           binarized afresh each time they are used (:func:`binarize_batch`); validation and test images
+           binarized once with a fixed seed, so evaluation is repeatable. Flat: (N, 784).
 - ``gan``  (GAN): all training images in [0, 1], shape (N, 1, 28, 28); test images likewise.
 
 Each tensor owns its storage (no view into a larger tensor), so nothing unused stays in memory.
@@ -72,7 +70,6 @@ def _labels(array: np.ndarray) -> torch.Tensor:
 
 
 def load_protocol(name: str, raw: RawData, validation_size: int = 10_000) -> Protocol:
-    """Build protocol ``name`` from a loaded dataset."""
     total = len(raw.train_images)
     if name == "hw":
         n = min(HW_TRAIN_SIZE, total)

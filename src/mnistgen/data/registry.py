@@ -1,14 +1,9 @@
 """The datasets mnistgen knows: file names, checksums and mirrors, in one table.
 
-``content_md5`` is the MD5 of the decompressed IDX file (the same whatever gzip wrapper a copy has);
-``gz_md5`` is the MD5 of the compressed file exactly as the mirrors serve it. A file, found on disk or
-just downloaded, is accepted if either known hash matches (a copy may have been re-compressed, which
-changes ``gz_md5`` but not ``content_md5``; see :mod:`mnistgen.data.integrity`).
-
-The gz MD5s are the ones torchvision and the datasets' own pages publish; the decompressed MD5s of
-MNIST are SPEC §1's. Fashion-MNIST and KMNIST publish only the gz MD5s, so only those are checked.
-Mirrors are base URLs tried in order; ``--mirrors`` or ``$MNISTGEN_MIRRORS`` replace them
-(:func:`mnistgen.data.download.mirror_list`).
+``gz_md5``: of the compressed file as the mirrors serve it (torchvision's and the datasets' pages publish them);
+``content_md5``: of the decompressed IDX file (SPEC §1's for MNIST; Fashion-MNIST and KMNIST publish none). Either
+matching accepts a file (:mod:`mnistgen.data.integrity`). Mirrors are base URLs tried in order; ``--mirrors`` or
+``$MNISTGEN_MIRRORS`` replace them.
 """
 
 from __future__ import annotations
@@ -41,7 +36,6 @@ class FileSpec:
 
     @property
     def item_shape(self) -> tuple[int, ...]:
-        """Shape of one item: an image is 28x28, a label a scalar."""
         return IMAGE_SHAPE if self.is_images else ()
 
     @property
@@ -62,86 +56,47 @@ class DatasetSpec:
         return next(f for f in self.files if f.role == role)
 
 
-def _files(md5s: dict[str, tuple[str | None, str | None]]) -> tuple[FileSpec, ...]:
-    layout = (
-        ("train_images", "train-images-idx3-ubyte.gz", 60000),
-        ("train_labels", "train-labels-idx1-ubyte.gz", 60000),
-        ("test_images", "t10k-images-idx3-ubyte.gz", 10000),
-        ("test_labels", "t10k-labels-idx1-ubyte.gz", 10000),
-    )
-    return tuple(FileSpec(role, name, *md5s[role], count) for role, name, count in layout)
+def _files(*md5s: tuple[str | None, str | None], prefix: str = "", sizes: tuple[int, int] = (60000, 10000)
+           ) -> tuple[FileSpec, ...]:
+    """The four files from their (gz MD5, content MD5): train images, train labels, test images, test labels."""
+    layout = (("train_images", "train-images-idx3-ubyte.gz", sizes[0]),
+              ("train_labels", "train-labels-idx1-ubyte.gz", sizes[0]),
+              ("test_images", "t10k-images-idx3-ubyte.gz", sizes[1]),
+              ("test_labels", "t10k-labels-idx1-ubyte.gz", sizes[1]))
+    return tuple(FileSpec(role, prefix + name, *md5, count)
+                 for (role, name, count), md5 in zip(layout, md5s, strict=True))
 
 
+DIGITS = tuple(str(d) for d in range(10))
 DATASETS: dict[str, DatasetSpec] = {
-    "mnist": DatasetSpec(
-        name="mnist",
-        title="MNIST",
-        files=_files({
-            "train_images": ("f68b3c2dcbeaaa9fbdd348bbdeb94873", "6bbc9ace898e44ae57da46a324031adb"),
-            "train_labels": ("d53e105ee54ea40749a09fcbcd1e9432", "a25bea736e30d166cdddb491f175f624"),
-            "test_images": ("9fb629c4189551a2d022fa330f9573f3", "2646ac647ad5339dbf082846283269ea"),
-            "test_labels": ("ec29112dd5afa0611ce80d1b7f02629c", "27ae3e4e09519cfbb04c329615203637"),
-        }),
-        mirrors=(
-            "https://ossci-datasets.s3.amazonaws.com/mnist/",
-            "https://storage.googleapis.com/cvdf-datasets/mnist/",
-            "http://yann.lecun.com/exdb/mnist/",
-        ),
-        classes=tuple(str(d) for d in range(10)),
-    ),
-    "fashion-mnist": DatasetSpec(
-        name="fashion-mnist",
-        title="Fashion-MNIST",
-        files=_files({
-            "train_images": ("8d4fb7e6c68d591d4c3dfef9ec88bf0d", None),
-            "train_labels": ("25c81989df183df01b3e8a0aad5dffbe", None),
-            "test_images": ("bef4ecab320f06d8554ea6380940ec79", None),
-            "test_labels": ("bb300cfdad3c16e7a12a480ee83cd310", None),
-        }),
-        mirrors=(
-            "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
-            "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-        ),
-        classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                 "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
-    ),
-    "kmnist": DatasetSpec(
-        name="kmnist",
-        title="Kuzushiji-MNIST",
-        files=_files({
-            "train_images": ("bdb82020997e1d708af4cf47b453dcf7", None),
-            "train_labels": ("e144d726b3acfaa3e44228e80efcd344", None),
-            "test_images": ("5c965bf0a639b31b8f53240b1b52f4d7", None),
-            "test_labels": ("7320c461ea6c1c855c0b718fb2a4b134", None),
-        }),
-        mirrors=(
-            "https://codh.rois.ac.jp/kmnist/dataset/kmnist/",
-            "http://codh.rois.ac.jp/kmnist/dataset/kmnist/",
-        ),
-        classes=("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"),
-    ),
+    "mnist": DatasetSpec("mnist", "MNIST", _files(
+        ("f68b3c2dcbeaaa9fbdd348bbdeb94873", "6bbc9ace898e44ae57da46a324031adb"),
+        ("d53e105ee54ea40749a09fcbcd1e9432", "a25bea736e30d166cdddb491f175f624"),
+        ("9fb629c4189551a2d022fa330f9573f3", "2646ac647ad5339dbf082846283269ea"),
+        ("ec29112dd5afa0611ce80d1b7f02629c", "27ae3e4e09519cfbb04c329615203637")),
+        ("https://ossci-datasets.s3.amazonaws.com/mnist/", "https://storage.googleapis.com/cvdf-datasets/mnist/",
+         "http://yann.lecun.com/exdb/mnist/"), DIGITS),
+    "fashion-mnist": DatasetSpec("fashion-mnist", "Fashion-MNIST", _files(
+        ("8d4fb7e6c68d591d4c3dfef9ec88bf0d", None), ("25c81989df183df01b3e8a0aad5dffbe", None),
+        ("bef4ecab320f06d8554ea6380940ec79", None), ("bb300cfdad3c16e7a12a480ee83cd310", None)),
+        ("https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+         "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"),
+        ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")),
+    "kmnist": DatasetSpec("kmnist", "Kuzushiji-MNIST", _files(
+        ("bdb82020997e1d708af4cf47b453dcf7", None), ("e144d726b3acfaa3e44228e80efcd344", None),
+        ("5c965bf0a639b31b8f53240b1b52f4d7", None), ("7320c461ea6c1c855c0b718fb2a4b134", None)),
+        ("https://codh.rois.ac.jp/kmnist/dataset/kmnist/", "http://codh.rois.ac.jp/kmnist/dataset/kmnist/"),
+        ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo")),
 }
 
-
-# mnistgen's own 5,000-digit sample of real MNIST, shipped as package data in ``mnistgen/assets/mnist-sample/``
-# (made by ``scripts/make_sample.py``; see :mod:`mnistgen.data.sample`). Not in DATASETS: nothing is downloaded for
-# it; ``gz_md5`` is the MD5 of each shipped file, ``content_md5`` of its decompressed IDX content.
-SAMPLE_SPEC = DatasetSpec(
-    name="mnist-sample",
-    title="MNIST 5,000-digit sample",
-    files=(
-        FileSpec("train_images", "sample-train-images-idx3-ubyte.gz",
-                 "b9224c56685bcec990529d1f20ed7521", "7c436313f92f84ffdaff6bc0b4239c9d", 4000),
-        FileSpec("train_labels", "sample-train-labels-idx1-ubyte.gz",
-                 "78afc0a169f2e2d6a1de3ff92e78e779", "658bc865842ab76288e829a67dcb1c06", 4000),
-        FileSpec("test_images", "sample-t10k-images-idx3-ubyte.gz",
-                 "075a46a29ff48b6ab258bedec118ff2c", "98823ef7529b063f13cea0f63bfa6364", 1000),
-        FileSpec("test_labels", "sample-t10k-labels-idx1-ubyte.gz",
-                 "2523da948fd0a767ea39c01ecfcead44", "25a4ce62dcd2602d01c1eebf4701d637", 1000),
-    ),
-    mirrors=(),
-    classes=tuple(str(d) for d in range(10)),
-)
+# mnistgen's own 5,000-digit sample of real MNIST, shipped in ``mnistgen/assets/mnist-sample/`` (made by
+# ``scripts/make_sample.py``; see :mod:`mnistgen.data.sample`). Not in DATASETS: nothing is downloaded for it.
+SAMPLE_SPEC = DatasetSpec("mnist-sample", "MNIST 5,000-digit sample", _files(
+    ("b9224c56685bcec990529d1f20ed7521", "7c436313f92f84ffdaff6bc0b4239c9d"),
+    ("78afc0a169f2e2d6a1de3ff92e78e779", "658bc865842ab76288e829a67dcb1c06"),
+    ("075a46a29ff48b6ab258bedec118ff2c", "98823ef7529b063f13cea0f63bfa6364"),
+    ("2523da948fd0a767ea39c01ecfcead44", "25a4ce62dcd2602d01c1eebf4701d637"), prefix="sample-", sizes=(4000, 1000)),
+    (), DIGITS)
 
 
 def get_dataset(name: str) -> DatasetSpec:

@@ -1,20 +1,13 @@
 """mnistgen's own 5,000-digit sample of real MNIST, shipped inside the package, as a stand-in dataset.
 
-Four IDX files, gzip-compressed, in ``mnistgen/assets/mnist-sample/`` (package data: they come with every install
-and need no network and no other package):
+Four gzip-compressed IDX files in ``mnistgen/assets/mnist-sample/`` (package data: no network needed):
+``sample-train-*``, 4,000 images (400 of each digit) from MNIST's training file, and ``sample-t10k-*``, 1,000 (100
+of each) from its test file, so that the sample's test images are real MNIST test images.
 
-- ``sample-train-images-idx3-ubyte.gz`` / ``sample-train-labels-idx1-ubyte.gz``: 4,000 images, 400 of each digit,
-  from MNIST's training file;
-- ``sample-t10k-images-idx3-ubyte.gz`` / ``sample-t10k-labels-idx1-ubyte.gz``: 1,000 images, 100 of each digit,
-  from MNIST's test file (t10k), so that the sample's test images are real MNIST test images.
-
-Which images: within each file, the ``n_d`` images of digit ``d`` in file order; the sample takes those at
-positions ``floor(i * n_d / k)``, ``i = 0 .. k-1`` (``k`` = 400 or 100), i.e. evenly spaced through the whole
-file. Both parts are interleaved by digit (the ``i``-th chosen image of digits 0, 1, ..., 9, then the ``i+1``-th),
-so that every prefix, e.g. the ``hw`` protocol's "first 10,000" (here all 4,000), is balanced.
-``scripts/make_sample.py`` makes the four files from the real MNIST files, byte for byte (a deterministic gzip);
-their MD5s are in :data:`mnistgen.data.registry.SAMPLE_SPEC` and are checked on every load: a damaged file is a
-one-line :class:`~mnistgen.errors.DataError` naming it.
+Which images: of the ``n_d`` images of digit ``d`` in file order, those at positions ``floor(i * n_d / k)``,
+``i = 0 .. k-1`` (``k`` = 400 or 100), interleaved by digit so that every prefix (the ``hw`` protocol's "first
+10,000") is balanced. ``scripts/make_sample.py`` makes the four files from the real MNIST files, byte for byte;
+their MD5s (:data:`mnistgen.data.registry.SAMPLE_SPEC`) are checked on every load.
 
 Source and license: the MNIST database of handwritten digits by Yann LeCun, Corinna Cortes and Christopher J.C.
 Burges (https://yann.lecun.com/exdb/mnist/), a derivative of NIST's Special Databases 1 and 3, made available
@@ -37,30 +30,21 @@ from .integrity import content_size, hash_file, mismatch_reason
 from .registry import SAMPLE_SPEC
 
 SAMPLE_DATASET = SAMPLE_SPEC.name  # "mnist-sample"
-SAMPLE_TITLE = SAMPLE_SPEC.title
-SAMPLE_FOLDER = ("assets", "mnist-sample")  # inside the mnistgen package
-SAMPLE_PER_DIGIT = {"train": 400, "test": 100}
 SAMPLE_LICENSE = "CC BY-SA 3.0"
-SAMPLE_SOURCE = (
-    f"MNIST (Yann LeCun, Corinna Cortes, Christopher J.C. Burges; {SAMPLE_LICENSE}), "
-    f"a 5,000-image subset shipped with mnistgen {__version__}"
-)
-SPLIT_DESCRIPTION = (
-    "train: 400 images of each digit from MNIST's training file, test: 100 of each from its test file (t10k), "
-    "evenly spaced in file order (positions floor(i * n_digit / k)); both interleaved by digit"
-)
+SAMPLE_SOURCE = (f"MNIST (Yann LeCun, Corinna Cortes, Christopher J.C. Burges; {SAMPLE_LICENSE}), "
+                 f"a 5,000-image subset shipped with mnistgen {__version__}")
+SPLIT_DESCRIPTION = ("train: 400 images of each digit from MNIST's training file, test: 100 of each from its test "
+                     "file (t10k), evenly spaced in file order (positions floor(i * n_digit / k)); both interleaved by "
+                     "digit")
 
 
 def sample_folder() -> Path:
-    """The folder of the sample's files inside the installed package."""
-    return Path(str(resources.files("mnistgen").joinpath(*SAMPLE_FOLDER)))
+    return Path(str(resources.files("mnistgen").joinpath("assets", "mnist-sample")))
 
 
 def load_sample_arrays() -> tuple[dict[str, np.ndarray], dict]:
-    """The sample's four arrays (as :class:`~mnistgen.data.sources.RawData` wants them) and its provenance.
-
-    Each file is checked against the registry's MD5 (of its content, or of the file as shipped) before it is
-    decoded; a missing or damaged file is a one-line DataError naming it."""
+    """The sample's four arrays (as :class:`~mnistgen.data.sources.RawData` wants them) and its provenance; a
+    missing or damaged file is a one-line DataError naming it."""
     folder = sample_folder()
     arrays: dict[str, np.ndarray] = {}
     files = []
@@ -80,17 +64,8 @@ def load_sample_arrays() -> tuple[dict[str, np.ndarray], dict]:
             raise DataError(f"{path}: {len(array)} items, expected {spec.count}")
         arrays[spec.role] = array if spec.is_images else array.astype(np.int64)
         files.append({"role": spec.role, "name": spec.name, "path": str(path), **hashes.to_dict()})
-    provenance = {
-        "dataset": SAMPLE_DATASET,
-        "title": SAMPLE_TITLE,
-        "sample": True,
-        "source": SAMPLE_SOURCE,
-        "license": SAMPLE_LICENSE,
-        "folder": str(folder),
-        "located_by": "mnistgen package data",
-        "files": files,
-        "split": SPLIT_DESCRIPTION,
-        "train_size": len(arrays["train_labels"]),
-        "test_size": len(arrays["test_labels"]),
-    }
+    provenance = {"dataset": SAMPLE_DATASET, "title": SAMPLE_SPEC.title, "sample": True, "source": SAMPLE_SOURCE,
+                  "license": SAMPLE_LICENSE, "folder": str(folder), "located_by": "mnistgen package data",
+                  "files": files, "split": SPLIT_DESCRIPTION, "train_size": len(arrays["train_labels"]),
+                  "test_size": len(arrays["test_labels"])}
     return arrays, provenance

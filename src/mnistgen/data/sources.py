@@ -1,23 +1,14 @@
 """Where a dataset's files come from, and loading them into memory with their provenance.
 
-Resolution (one folder, never a silent mix):
-1. ``--data-dir DIR`` (``DataConfig.data_dir``), else
-2. ``$MNISTGEN_DATA_DIR``, else
-3. the user cache, ``CACHE/<dataset>/`` (:mod:`.cache`).
+One folder, never a silent mix: ``--data-dir``, else ``$MNISTGEN_DATA_DIR``, else the user cache
+``CACHE/<dataset>/``. There each file is looked for as served (``.gz``), then inflated; it is verified against the
+registry once (the verdict remembered by path, size and mtime). A folder the user named must exist (only ``data
+fetch`` creates it) and a bad file there is an error, left untouched; a bad file in the cache is downloaded again.
+Missing files are downloaded into the folder unless offline (``--offline``, ``MNISTGEN_OFFLINE=1``).
 
-In that folder each file is looked for under its served name (``train-images-idx3-ubyte.gz``), then
-without ``.gz``. A file found is verified against the registry's checksums once: its hashes are then
-remembered (keyed by path, size and mtime) so later loads skip the hashing. A file in a folder the
-user named (1 or 2) must exist (only ``data fetch`` creates it), and a file there that fails verification
-is an error naming it and is left untouched; a damaged file in the cache is deleted and downloaded again.
-Missing files are downloaded into the same folder (:mod:`.download`) unless offline (``--offline`` or
-``MNISTGEN_OFFLINE=1``).
-
-If MNIST's files cannot be had in the user cache (missing and offline, or every mirror failed), the
-5,000-digit sample of :mod:`.sample` is used instead, with one loud warning line on stderr per process and
-the reason in the provenance; in a folder the user named, missing files are an error. ``--dataset
-mnist-sample`` selects the sample on purpose, without warning. Other datasets have no stand-in: missing files
-there are a one-line error.
+Where MNIST cannot be had in the user cache (offline, or every mirror failed), the bundled 5,000-digit sample
+(:mod:`.sample`) stands in, with one loud warning per process and the reason in the provenance; ``--dataset
+mnist-sample`` selects it on purpose. Other datasets, and named folders, have no stand-in: a one-line error.
 """
 
 from __future__ import annotations
@@ -52,15 +43,10 @@ _ANNOUNCED_FALLBACKS: set[str] = set()
 
 @dataclass(frozen=True)
 class RawData:
-    """A whole dataset in memory: uint8 images (N, 28, 28) and int64 labels (N,), with provenance.
-
-    The image arrays are read-only views of the decompressed files (no copy); make a copy (as
-    :func:`mnistgen.data.protocols.to_unit` does) before writing into them.
-    ``provenance`` is JSON-ready and is what a run folder saves as ``data.json``: dataset name and
-    title, ``sample`` (True if mnistgen's bundled sample was used, with ``requested_dataset`` and
-    ``fallback_reason`` when it stood in for MNIST), ``folder``, ``files`` (name, path, md5 of the
-    file, content_md5 of the decompressed IDX, size, downloaded_from) and the split sizes.
-    """
+    """A whole dataset in memory: uint8 images (N, 28, 28), read-only views of the decompressed files (copy before
+    writing), and int64 labels (N,). ``provenance`` is what a run folder saves as ``data.json``: dataset, title,
+    ``sample`` (with ``requested_dataset`` and ``fallback_reason`` where the sample stood in for MNIST), folder,
+    each file (name, path, MD5s, size, downloaded_from) and the split sizes."""
 
     train_images: np.ndarray
     train_labels: np.ndarray
@@ -84,8 +70,6 @@ class DataFolder:
 
 @dataclass(frozen=True)
 class LocalFile:
-    """One verified file of a dataset, with its decompressed content."""
-
     spec: FileSpec
     path: Path
     hashes: FileHashes
@@ -94,7 +78,6 @@ class LocalFile:
 
     @property
     def matched_md5(self) -> str:
-        """The registry checksum this file matched (its content MD5 where the registry knows it)."""
         return accepted_md5(self.spec, self.hashes) or ""
 
     def provenance(self) -> dict[str, Any]:
@@ -110,9 +93,6 @@ def _log(line: str) -> None:
     print(line, file=sys.stderr)
 
 
-# --------------------------------------------------------------------------- where
-
-
 def offline_requested(data: DataConfig) -> bool:
     """``--offline`` or ``MNISTGEN_OFFLINE`` set to 1/true/yes/on (0/false/no/off or empty mean online)."""
     word = os.environ.get(OFFLINE_ENV, "").strip().lower()
@@ -122,11 +102,8 @@ def offline_requested(data: DataConfig) -> bool:
 
 
 def data_folder(data: DataConfig, dataset: str, create: bool = False) -> DataFolder:
-    """The one folder where ``dataset``'s files are looked for and downloaded to.
-
-    A folder the user named (``--data-dir``, ``$MNISTGEN_DATA_DIR``) must exist, unless ``create`` (``data fetch``,
-    told to fill it, may create it): a mistyped path is an error, not an empty folder to download into or to
-    replace by the sample."""
+    """The one folder where ``dataset``'s files are looked for and downloaded to. A folder the user named must exist
+    unless ``create`` (``data fetch``): a mistyped path is an error, not an empty folder to fill or replace."""
     if data.data_dir:
         folder = DataFolder(Path(data.data_dir).expanduser().resolve(), "--data-dir")
     elif os.environ.get(DATA_DIR_ENV):
@@ -146,9 +123,6 @@ def find_local(folder: Path, spec: FileSpec) -> Path | None:
     return next((folder / name for name in spec.local_names if (folder / name).is_file()), None)
 
 
-# --------------------------------------------------------------------------- verify
-
-
 def check_file(path: Path, spec: FileSpec, store: VerdictStore | None) -> LocalFile:
     """Read ``path`` and make sure it is ``spec``'s file; with a ``store``, reuse a remembered verdict."""
     remembered = store.lookup(path) if store is not None else None
@@ -163,10 +137,8 @@ def check_file(path: Path, spec: FileSpec, store: VerdictStore | None) -> LocalF
     return LocalFile(spec, path, hashes, content)
 
 
-def obtain_files(
-    spec: DatasetSpec, data: DataConfig, store: VerdictStore, log: Callable[[str], None] = _log,
-    folder: DataFolder | None = None,
-) -> tuple[DataFolder, dict[str, LocalFile]]:
+def obtain_files(spec: DatasetSpec, data: DataConfig, store: VerdictStore, log: Callable[[str], None] = _log,
+                 folder: DataFolder | None = None) -> tuple[DataFolder, dict[str, LocalFile]]:
     """Every file of ``spec``, verified: found in the data folder (``folder``, default :func:`data_folder`), else
     downloaded into it."""
     folder = folder if folder is not None else data_folder(data, spec.name)
@@ -205,22 +177,17 @@ def obtain_files(
     return folder, found
 
 
-# --------------------------------------------------------------------------- load
-
-
 def _sample(requested: str | None = None, reason: str | None = None) -> RawData:
     arrays, provenance = load_sample_arrays()
     if requested is not None:
         provenance.update(requested_dataset=requested, fallback_reason=reason)
         if requested not in _ANNOUNCED_FALLBACKS:
             _ANNOUNCED_FALLBACKS.add(requested)
-            _log(
-                f"mnistgen: WARNING: using the {len(arrays['train_labels']) + len(arrays['test_labels']):,}-digit "
-                f"MNIST sample shipped with mnistgen ({len(arrays['train_labels']):,} train / "
-                f"{len(arrays['test_labels']):,} test images), NOT full MNIST: {reason}. Results are not comparable "
-                f"with full-MNIST numbers; run `mnistgen data fetch` to get MNIST, or pass --dataset mnist-sample "
-                f"to use the sample on purpose."
-            )
+            _log(f"mnistgen: WARNING: using the {len(arrays['train_labels']) + len(arrays['test_labels']):,}-digit "
+                 f"MNIST sample shipped with mnistgen ({len(arrays['train_labels']):,} train / "
+                 f"{len(arrays['test_labels']):,} test images), NOT full MNIST: {reason}. Results are not comparable "
+                 f"with full-MNIST numbers; run `mnistgen data fetch` to get MNIST, or pass --dataset mnist-sample "
+                 f"to use the sample on purpose.")
     return RawData(**arrays, provenance=provenance)
 
 
@@ -250,30 +217,15 @@ def load_raw(data: DataConfig) -> RawData:
         store.save()
     arrays = {role: decode_idx(f.content, str(f.path), f.spec.magic, f.spec.item_shape) for role, f in files.items()}
     _check_arrays(spec, arrays, files)
-    provenance = {
-        "dataset": spec.name,
-        "title": spec.title,
-        "sample": False,
-        "folder": str(folder.path),
-        "located_by": folder.origin,
-        "files": [files[f.role].provenance() for f in spec.files],
-        "train_size": len(arrays["train_labels"]),
-        "test_size": len(arrays["test_labels"]),
-    }
-    return RawData(
-        arrays["train_images"], arrays["train_labels"].astype(np.int64),
-        arrays["test_images"], arrays["test_labels"].astype(np.int64),
-        provenance,
-    )
-
-
-# --------------------------------------------------------------------------- the `data` commands
+    provenance = {"dataset": spec.name, "title": spec.title, "sample": False, "folder": str(folder.path),
+                  "located_by": folder.origin, "files": [files[f.role].provenance() for f in spec.files],
+                  "train_size": len(arrays["train_labels"]), "test_size": len(arrays["test_labels"])}
+    return RawData(arrays["train_images"], arrays["train_labels"].astype(np.int64),
+                   arrays["test_images"], arrays["test_labels"].astype(np.int64), provenance)
 
 
 @dataclass(frozen=True)
 class FileReport:
-    """One line of ``mnistgen data verify`` / ``fetch``."""
-
     name: str
     ok: bool
     detail: str  # the matching MD5 when ok, else the reason

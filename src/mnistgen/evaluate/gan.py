@@ -1,8 +1,5 @@
 """A trained GAN's run folder: its generator, samples from it, and its figures (``mnistgen gan plot|sample``).
 
-The grids themselves are saved during training (:meth:`mnistgen.runs.RunDir.save_grid`); this module reads
-them back to draw the progress figure.
-
 A run trained with ``--ema-decay`` keeps a moving average of G's weights beside G: samples, figures and scores use
 the average, and say so (:func:`generator_label`); ``raw=True`` (``--raw``) uses the trained G itself.
 """
@@ -26,8 +23,6 @@ SAMPLE_BATCH = 1000  # images generated per forward pass by :func:`sample_images
 
 
 def uses_average(config: GANConfig, raw: bool = False) -> bool:
-    """Whether a run's samples and figures come from the moving average of G's weights (``--ema-decay``, unless
-    ``raw``)."""
     return config.ema_decay is not None and not raw
 
 
@@ -39,9 +34,8 @@ def generator_label(config: GANConfig, raw: bool = False) -> str:
 
 
 def load_generator(run: RunDir, device: torch.device, raw: bool = False) -> tuple[Generator, GANConfig]:
-    """The generator of a GAN run's latest checkpoint, on ``device`` in eval mode, and the run's config.
-
-    A run with ``--ema-decay``: the moving average of G's weights, or with ``raw`` the trained G itself."""
+    """The generator of a GAN run's latest checkpoint (the average, see above), on ``device`` in eval mode, and the
+    run's config."""
     config = run.read_config_as("gan", GANConfig, "a GAN run")
     state = run.load_checkpoint(map_location="cpu")
     key = "generator_ema" if uses_average(config, raw) else "generator"
@@ -58,10 +52,8 @@ def load_generator(run: RunDir, device: torch.device, raw: bool = False) -> tupl
 
 @torch.no_grad()
 def sample_images(generator: Generator, n: int, seed: int) -> np.ndarray:
-    """n images G(z), z ~ U[-1, 1]^zdim from a CPU generator seeded with ``seed`` (the same z on every device).
-
-    Returns (n, 28, 28) float32 in [0, 1].
-    """
+    """n images G(z), (n, 28, 28) float32 in [0, 1], z ~ U[-1, 1]^zdim from a CPU generator seeded with ``seed``
+    (the same z on every device)."""
     if n <= 0:
         raise MnistgenError(f"--n must be a positive integer, got {n}")
     parameter = next(generator.parameters())
@@ -75,17 +67,14 @@ def sample_images(generator: Generator, n: int, seed: int) -> np.ndarray:
 
 
 def write_figures(run: RunDir, epochs: list[int], raw: bool = False) -> list[Path]:
-    """RUN/figures/progress.png (the grids of ``epochs`` side by side) and, once an epoch is done, training.png.
-
-    A replica run's progress figure (in RUN/figures) shows its first seed's grids, and training.png every seed.
-    A run with ``--ema-decay``: the average's grids, or with ``raw`` the trained G's (RUN/grids/raw), as the title
-    says."""
+    """RUN/figures/progress.png (the grids of ``epochs`` side by side; with ``raw``, RUN/grids/raw) and, once an epoch
+    is done, training.png. A replica run: the first seed's grids, every seed's curves."""
     from ..plots.gan import progress_figure, replica_training_figure, training_figure
 
     config = run.read_config_as("gan", GANConfig, "a GAN run")
     from_raw = raw and config.ema_decay is not None  # without an average, the grids are G's own
     replicas = run.replicas()
-    source = replicas[0][1] if replicas else run  # a replica run: the first seed's grids, every seed's curves
+    source = replicas[0][1] if replicas else run
     available = source.grid_epochs(from_raw)
     missing = [epoch for epoch in epochs if epoch not in available]
     if missing:

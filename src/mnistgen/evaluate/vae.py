@@ -1,17 +1,8 @@
 """Measuring and drawing a trained VAE: ELBO and importance-weighted estimates of log p(x), latent codes,
 decodes and samples, and the run-level operations behind ``mnistgen vae eval|plot|sample``.
 
-Estimators (model-level, pure: a model, tensors and a generator in, tensors out):
-
-- :func:`mnistgen.losses.elbo_samples`: the ELBO of each image, for several independent draws of z;
-- :func:`iw_log_likelihood`: log p(x) ~= log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x), z_k ~ q(z|x)
-  (the importance-weighted bound; it rises towards log p(x) as K grows, and equals the one-sample
-  ELBO at K = 1), computed in chunks so memory stays bounded for any K;
-- :func:`log_marginal_quadrature`: log p(x) by a midpoint rule on a grid of the 2-D latent plane, an
-  estimate that uses no encoder at all (for checks on models whose posterior is wider than the grid step).
-
-Run-level (read a run folder, write into it through :mod:`mnistgen.runs`): :func:`load_trained_vae`,
-:func:`evaluate_run` (RUN/eval.json), :func:`write_figures` (RUN/figures/*.png), :func:`sample_run`.
+The estimators are pure (a model, tensors and a generator in, tensors out); the run-level functions read a run
+folder and write into it: :func:`evaluate_run` (RUN/eval.json), :func:`write_figures` (RUN/figures/*.png).
 """
 
 from __future__ import annotations
@@ -52,19 +43,13 @@ MANIFOLD_HALF_WIDTH = 3.0  # ...over [-3, 3]^2, where the prior N(0, I) puts 99.
 HEADLINES = ("test_elbo", "train_elbo", "test_iw_log_likelihood")  # what a replica run's eval.json summarizes
 
 
-# --------------------------------------------------------------------------- estimators
-
-
 @torch.inference_mode()
 def iw_log_likelihood(model: VAE, images: torch.Tensor, k: int = 1000, generator: torch.Generator | None = None,
                       max_elements: int = IW_CHUNK_ELEMENTS,
                       on_group: Callable[[int], Any] | None = None) -> torch.Tensor:
-    """The importance-weighted estimate of log p(x) with K samples per image: (N, 784) -> (N,).
-
-    Images go in groups of up to 100; each group's K samples are drawn in chunks of at most
-    ``max_elements`` logits, and log-weights are combined with a running logsumexp, so memory does
-    not grow with K. ``on_group(n)`` is called after each group of n images (for a progress bar).
-    """
+    """log p(x) ~= log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x), z_k ~ q(z|x) (the one-sample ELBO at K = 1):
+    (N, 784) -> (N,). Memory does not grow with K: chunks of at most ``max_elements`` logits, combined by a
+    running logsumexp. ``on_group(n)`` is called after each group of n images."""
     results = torch.empty(len(images), device=images.device)
     for start in range(0, len(images), IW_IMAGES_PER_GROUP):
         x = images[start:start + IW_IMAGES_PER_GROUP]  # (b, 784)
@@ -90,12 +75,8 @@ def iw_log_likelihood(model: VAE, images: torch.Tensor, k: int = 1000, generator
 @torch.inference_mode()
 def log_marginal_quadrature(model: VAE, images: torch.Tensor, half_width: float = 6.0,
                             points: int = 301) -> torch.Tensor:
-    """log p(x) = log of the integral of p(x|z) p(z) over the latent plane, by the midpoint rule: (N, 784) -> (N,).
-
-    The grid has ``points`` x ``points`` cells over [-half_width, half_width]^2 (2-D latents only). The
-    estimate is good when p(z|x) is wider than a cell and lies inside the square; it does not use the
-    encoder, so it checks the encoder-based estimators independently.
-    """
+    """log p(x) by the midpoint rule on ``points`` x ``points`` cells over [-half_width, half_width]^2 of a 2-D latent
+    plane: (N, 784) -> (N,). No encoder: an independent check, good where p(z|x) is wider than a cell."""
     if model.latent_dim != 2:
         raise MnistgenError(f"quadrature needs a 2-D latent space, this model has {model.latent_dim}")
     step = 2.0 * half_width / points
@@ -160,13 +141,8 @@ def latent_grid(points: int = MANIFOLD_POINTS,
     return axis, torch.from_numpy(np.stack([z1.ravel(), z2.ravel()], axis=1).astype(np.float32))
 
 
-# --------------------------------------------------------------------------- run folders
-
-
 @dataclass(frozen=True)
 class TrainedVAE:
-    """A VAE run's config and its model with the checkpoint's weights, ready to evaluate (eval mode)."""
-
     config: VAEConfig
     model: VAE
     epochs: int  # completed epochs in the checkpoint
@@ -175,17 +151,12 @@ class TrainedVAE:
 
 
 def load_vae_protocol(config: VAEConfig) -> Protocol:
-    """The data of a VAE run: ``config.protocol`` built from ``config.data``."""
     return load_protocol(config.protocol, load_raw(config.data), config.validation_size)
 
 
 def pin_run_data(run: RunDir, config: VAEConfig) -> VAEConfig:
-    """The VAE config with its data pinned to the files the run trained on.
-
-    A run trained with data found through $MNISTGEN_DATA_DIR has no data_dir in its config; its data.json
-    records the folder. Reading that folder (offline) gives the same images today, whatever the environment
-    says; the points drawn are then those the model saw, or an error, never another dataset's.
-    """
+    """The VAE config with its data pinned (offline) to the folder data.json records: a run that found its data
+    through $MNISTGEN_DATA_DIR reads the same images today, or fails, never another dataset's."""
     recorded = read_json(run.data) if run.data.is_file() else {}
     if config.data.data_dir is not None or not recorded.get("folder") or recorded.get("sample"):
         return config
@@ -225,18 +196,13 @@ def load_trained_vae(run: RunDir, device: str = "auto") -> TrainedVAE:
 
 
 def _generator(device: torch.device, seed: int) -> torch.Generator:
-    generator = torch.Generator(device=device)
-    generator.manual_seed(seed)
-    return generator
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 def evaluate_run(run: RunDir, options: VAEEvalConfig | None = None,
                  on_progress: Callable[[int, int], Any] | None = None) -> dict[str, Any]:
-    """The test ELBO (mean over images and ``options.samples`` draws) and the K = ``options.iw`` estimate of
-    log p(x), plus the training images' ELBO; written to RUN/eval.json and returned.
-
-    ``on_progress(done, total)`` is called as the importance-weighted estimate advances (test images).
-    """
+    """The test ELBO (mean over images and ``options.samples`` draws), the K = ``options.iw`` estimate of log p(x)
+    and the training ELBO, written to RUN/eval.json; ``on_progress(done, total)``: test images of the estimate."""
     options = options or VAEEvalConfig()
     trained = load_trained_vae(run, options.device)
     config, model = trained.config, trained.model
@@ -259,22 +225,12 @@ def evaluate_run(run: RunDir, options: VAEEvalConfig | None = None,
 
     iw = iw_log_likelihood(model, data.test_images, options.iw, generator, on_group=advance)
     per_draw = test.mean(dim=1)  # (S,): the test-set mean of each draw
-    result = {
-        "test_elbo": float(test.mean()),
-        "test_elbo_mc_standard_error": float(per_draw.std() / math.sqrt(options.samples)) if options.samples > 1
-        else None,
-        "test_iw_log_likelihood": float(iw.mean()),
-        "train_elbo": float(train.mean()),
-        "iw_samples": options.iw,
-        "elbo_samples": options.samples,
-        "objective": config.objective,
-        "test_images": len(data.test_images),
-        "train_images": len(train_images),
-        "epochs": trained.epochs,
-        "steps_into_next_epoch": trained.steps,
-        "seed": seed,
-        "device": str(trained.device),
-    }
+    standard_error = float(per_draw.std() / math.sqrt(options.samples)) if options.samples > 1 else None
+    result = {"test_elbo": float(test.mean()), "test_elbo_mc_standard_error": standard_error,
+              "test_iw_log_likelihood": float(iw.mean()), "train_elbo": float(train.mean()), "iw_samples": options.iw,
+              "elbo_samples": options.samples, "objective": config.objective, "test_images": len(data.test_images),
+              "train_images": len(train_images), "epochs": trained.epochs, "steps_into_next_epoch": trained.steps,
+              "seed": seed, "device": str(trained.device)}
     if is_main_process():
         write_json(run.eval, result)
     return result
@@ -282,10 +238,8 @@ def evaluate_run(run: RunDir, options: VAEEvalConfig | None = None,
 
 def evaluate_replicas(run: RunDir, options: VAEEvalConfig | None = None,
                       on_progress: Callable[[int, int], Any] | None = None) -> dict[str, Any]:
-    """Each seed of a replica run evaluated by :func:`evaluate_run` (each writes RUN/seed=N/eval.json), then
-    RUN/eval.json: every seed's result and the mean, std and 95% interval of each of :data:`HEADLINES` (the format
-    of :func:`mnistgen.evaluate.replicas.seeds_summary`); returned. ``on_progress(done, total)`` counts the test
-    images of all seeds together."""
+    """:func:`evaluate_run` of each seed of a replica run, then RUN/eval.json: every seed's result and the summary of
+    :data:`HEADLINES` (:func:`mnistgen.evaluate.replicas.seeds_summary`); ``on_progress`` counts all seeds' images."""
     from .replicas import seeds_summary
 
     run.read_config_as("vae", VAEConfig, "a VAE run")
@@ -317,12 +271,8 @@ def sample_run(run: RunDir, n: int, binary: bool = False, options: VAEEvalConfig
 
 
 def write_figures(run: RunDir, options: VAEEvalConfig | None = None) -> list[Path]:
-    """RUN/figures/{samples,latent,interpolation,manifold,curves}.png; returns their paths.
-
-    With more than two latent dimensions the latent figure shows the first two coordinates and the
-    manifold figure (a picture of the 2-D plane) is not made. A replica run's figures (in RUN/figures) show its
-    first seed's model, and its training curves every seed's.
-    """
+    """RUN/figures/{samples,latent,interpolation,manifold (2-D latents only),curves}.png; returns their paths. A
+    replica run's figures show its first seed's model, and its training curves every seed's."""
     from ..plots import vae as plots
 
     options = options or VAEEvalConfig()

@@ -1,29 +1,13 @@
-"""The GAN's forward passes on CPU with mnistgen's C kernels, as autograd functions.
+"""The GAN's forward passes on CPU with mnistgen's C kernels (``gan_cpu.c``), as autograd functions.
 
-Two pieces of SPEC §3's networks run in ``gan_cpu.c`` (built by :mod:`mnistgen.kernels.native`):
+- **D**, whole: images (B, 1, 28, 28) -> logits (B, 1), with gradients for the images and/or D's 593 parameters;
+  the C code runs eight images per vector register (D's 1- to 8-channel layers fill none in a library's kernels).
+- **G after act1** up to the sigmoid: the two upsample-convolutions (in phase form, :func:`phase_kernels`), act2,
+  act3 and conv3 for act1's output h0 (B, 1568), with gradients for h0 and the convolutions' parameters.
 
-- **D**, whole: images (B, 1, 28, 28) -> logits (B, 1), with gradients for the images and/or D's 593
-  parameters. D's 1- to 8-channel layers fill no vector register in a library's kernels; the C code runs eight
-  images per vector register.
-- **G after act1**, up to the sigmoid: the two upsample-convolutions (in their phase form,
-  :func:`phase_kernels`), act2, act3 and conv3, for act1's output h0 (B, 1568) viewed as (B, 32, 7, 7),
-  with gradients for h0 and for conv1's, conv2's and conv3's parameters. G's Linear, act1 and sigmoid stay
-  in PyTorch.
-
-Both are the same functions of the same parameters as the spec's modules: tests/test_native_kernels.py
-checks values and every gradient against ``Discriminator.forward`` and G's layers to float32 rounding, ties
-of the max-pools included, and that a training step gives the same losses and weights.
-The parameters are read from the modules at each call (no copy to keep in sync); their gradients reach
-the modules' parameters through autograd.
-
-The sizes below (``LANES``, ``D_PIECES``, ...) are the Python side's declarations of the C code's; the library
-reports its own (``mnistgen_gan_layout``) and :func:`mnistgen.kernels.native.load_library` refuses one that
-differs from ``LAYOUT``. Every C call goes through one of :func:`_d_forward`, :func:`_d_backward`,
-:func:`_g_forward`, :func:`_g_backward`, which check each buffer's element count (for the batch at hand),
-dtype, device and contiguity first: a float64 model, or one with other channel counts, is refused with a
-one-line :class:`~mnistgen.kernels.native.KernelArgumentError`, never read out of bounds.
-
-Whether they apply to a given model is decided in :mod:`mnistgen.accelerate.gan`.
+Both equal the spec's modules to float32 rounding (max-pool ties included); parameters are read from the modules
+at each call, and their gradients reach them through autograd. The sizes below are the C code's as declared here
+(``LAYOUT``); every C call checks each buffer first. Whether they apply is decided in :mod:`mnistgen.accelerate.gan`.
 """
 
 from __future__ import annotations
@@ -35,7 +19,7 @@ import torch
 from ..models.gan import Discriminator, Generator
 from .native import check_tensor, checked_pointer, load_gan_library
 
-# What gan_cpu.c's code is written for, as it reports it (mnistgen_gan_layout; checked when it is loaded)
+# What gan_cpu.c's code is written for, as it reports it (mnistgen_gan_layout)
 LANES = 8  # D's images per vector register
 PIXELS = 28 * 28  # one image: D's input, G's output
 GROUP = PIXELS * LANES  # floats of one group of D's images, (28, 28, 8)
@@ -54,7 +38,6 @@ G_CHUNK = 8  # images whose parameter gradients the C kernel sums together
 
 
 def _pieces(prefix: str, pieces: tuple[tuple[str, tuple[int, ...]], ...]) -> dict[str, int]:
-    """Each piece's offset and length in a flat vector of the pieces one after the other, as the library names them."""
     layout, offset = {}, 0
     for name, shape in pieces:
         length = math.prod(shape)
@@ -63,7 +46,6 @@ def _pieces(prefix: str, pieces: tuple[tuple[str, tuple[int, ...]], ...]) -> dic
     return layout
 
 
-# The layout the library must report (mnistgen.kernels.native.check_layout), name by name
 LAYOUT = {"lanes": LANES, "pixels": PIXELS, "d.parameters": D_PARAMETERS, **_pieces("d", D_PIECES),
           "g.parameters": G_PARAMETERS, **_pieces("g", G_PIECES), "g.input": G_INPUT, "g.kept": G_KEPT,
           "g.chunk": G_CHUNK}
@@ -78,12 +60,8 @@ def _check(status: int, what: str) -> None:
         raise MemoryError(f"{what}: the C kernel could not allocate its working memory")
 
 
-# --------------------------------------------------------------------------- D
-
-
 def _to_groups(images: torch.Tensor) -> torch.Tensor:
-    """(B, 1, 28, 28) float32 -> (ceil(B / 8), 28 * 28, 8): eight images side by side per pixel (zero images pad
-    B). Other dtypes and image sizes are refused (KernelArgumentError), not converted."""
+    """(B, 1, 28, 28) float32 -> (ceil(B / 8), 28 * 28, 8): eight images side by side per pixel, zero-padded."""
     check_tensor(images, "D's images", len(images) * PIXELS, contiguous=False)  # any layout: copied here
     flat = images.detach().reshape(len(images), PIXELS)
     padding = -len(images) % LANES
@@ -93,7 +71,6 @@ def _to_groups(images: torch.Tensor) -> torch.Tensor:
 
 
 def _from_groups(grouped: torch.Tensor, count: int) -> torch.Tensor:
-    """The inverse of :func:`_to_groups`: (G, 784, 8) -> (count, 1, 28, 28)."""
     return grouped.transpose(1, 2).reshape(-1, 1, 28, 28)[:count]
 
 
@@ -151,31 +128,23 @@ class _NativeDiscriminator(torch.autograd.Function):
 
 
 def flat_parameters(module: torch.nn.Module) -> torch.Tensor:
-    """All parameters of ``module`` as one vector, in ``parameters()`` order, each flattened in its logical
-    (PyTorch default) order whatever its memory layout; differentiable."""
+    """All parameters of ``module`` as one differentiable vector, each in its logical order whatever its layout."""
     return torch.cat([parameter.reshape(-1) for parameter in module.parameters()])
 
 
 def native_discriminate(discriminator: Discriminator, images: torch.Tensor,
                         parameter_gradients: bool = True) -> torch.Tensor:
-    """D(images) -> (B, 1) logits by the C kernel; D's parameters get gradients only if ``parameter_gradients``.
-
-    float32 only, D as SPEC §3 has it (593 parameters): anything else is a KernelArgumentError."""
+    """D(images) -> (B, 1) logits by the C kernel; D's parameters get gradients only if ``parameter_gradients``."""
     parameters = flat_parameters(discriminator) if parameter_gradients else flat_parameters(discriminator).detach()
     return _NativeDiscriminator.apply(images, parameters)
-
-
-# --------------------------------------------------------------------------- G after act1
 
 
 def phase_kernels(weight: torch.Tensor) -> torch.Tensor:
     """The 2x2 kernels of "nearest 2x upsample, then 3x3 convolution" in phase form; differentiable.
 
-    weight (C_out, C_in, 3, 3) -> (a, b, dy, dx, C_in, C_out) = (2, 2, 2, 2, C_in, C_out): output pixel
-    (2i + a, 2j + b) is the sum over dy, dx in {0, 1} of the zero-padded input at row i + a + dy, column
-    j + b + dx (padded coordinates) times kernel [a, b, dy, dx]. Along each axis the taps are those of
-    :func:`mnistgen.accelerate.gan.upsample_conv`'s 4-tap filter (w2, w1 + w2, w0 + w1, w0), split by phase:
-    phase 0 reads (w0, w1 + w2), phase 1 reads (w0 + w1, w2).
+    weight (C_out, C_in, 3, 3) -> (a, b, dy, dx, C_in, C_out): output pixel (2i + a, 2j + b) is the sum over dy, dx
+    in {0, 1} of the zero-padded input at (i + a + dy, j + b + dx) times kernel [a, b, dy, dx]. Along each axis
+    phase 0 reads taps (w0, w1 + w2), phase 1 reads (w0 + w1, w2).
     """
     def split(w: torch.Tensor, dim: int) -> torch.Tensor:  # 3 taps along dim -> (phase, tap) in its place
         w0, w1, w2 = w.unbind(dim)
@@ -249,9 +218,7 @@ class _NativeGenerator(torch.autograd.Function):
 
 
 def native_generator_after_act1(generator: Generator, h0: torch.Tensor) -> torch.Tensor:
-    """G from act1's output h0 (B, 1568) to conv3's output (before the sigmoid), (B, 1, 28, 28), by the C kernel.
-
-    float32 only, G as SPEC §3 has it: anything else is a KernelArgumentError."""
+    """G from act1's output h0 (B, 1568) to conv3's output (before the sigmoid), (B, 1, 28, 28), by the C kernel."""
     return _NativeGenerator.apply(h0, _g_parameters(generator), generator.act2.negative_slope,
                                   generator.act3.negative_slope)
 

@@ -1,52 +1,26 @@
-"""Building and loading mnistgen's C kernels (``gan_cpu.c``, ``vae_cpu.c``) with the machine's C compiler,
-once per user.
+"""Building and loading mnistgen's C kernels (``gan_cpu.c``, ``vae_cpu.c``) with the machine's C compiler.
 
-The sources ship with the package; the first use of one compiles it into a shared library in the user cache
-(``CACHE/kernels/gan_cpu-<key>.so``, CACHE as in :mod:`mnistgen.data.cache`) and later uses load that
-file. The key hashes the source, the compiler command and its version, so a changed source or compiler
-builds a new library; the file is compiled to a temporary name, flushed to disk and renamed, so a half-written
-library never sits under the name. The library is plain C with OpenMP and no Python or torch headers: compiling
-takes about a second, and calls go through :mod:`ctypes` (which releases the GIL while the C code runs). Linked
-with ``-fopenmp`` it needs ``libgomp.so.1``, and where torch has already loaded its own (the Linux wheels do)
-the dynamic loader reuses that one: the kernels then run on torch's OpenMP threads, which would otherwise
-spin idle beside them.
+The first use of a source compiles it (plain C with OpenMP: about a second) into ``CACHE/kernels/<stem>-<key>.so``
+(the key hashes the source, the compiler, its version and the flags); calls go through :mod:`ctypes`, which releases
+the GIL. Linked with ``-fopenmp``, the library reuses the ``libgomp.so.1`` torch loaded (Linux wheels): the kernels
+run on torch's OpenMP threads. Compiler: ``$CC``, else ``cc``, ``gcc`` or ``clang``; where none works,
+:class:`NativeKernelsUnavailable` (one line) and training uses PyTorch's kernels.
 
-Loading a library runs its code as the user (its constructors run inside ``dlopen``), so the cache loads only
-what this user built, intact:
+Loading a library runs its code as the user, so only what this user built, intact, is loaded:
 
-- ``CACHE/kernels`` and ``CACHE/kernel-hashes`` are the user's own: created with mode 0700 (whatever the umask),
-  and before each use opened without following a symbolic link and checked on that open handle: owned by the
-  user and writable by nobody else. Otherwise :class:`UnsafeKernelFolder` (a :class:`NativeKernelsUnavailable`,
-  one line naming the folder, why, and what to do), and nothing in it is loaded.
-- Each build records the library's SHA-256 in ``CACHE/kernel-hashes/<library name>.sha256`` (``sha256sum``'s
-  format: ``<hex>  <library name>``), written atomically once the library itself was flushed and renamed. A
-  library is loaded only after the hash of its bytes equals that record: one that is missing, empty, truncated,
-  changed, not a regular file or without a record is built again (silently, once); if the fresh build does not
-  verify either, :class:`NativeKernelsUnavailable` (one line). The records live beside the ``kernels`` folder,
-  not in it, so that folder holds only the libraries.
-- The parent folders are not checked. On Linux the library is hashed and loaded through one open file found
-  through the open folder (``dlopen("/proc/self/fd/N")``, the handle kept open while the process runs), so
-  renaming the folder or the file after the checks changes nothing that is loaded. Where there is no
-  ``/proc/self/fd`` (macOS, the BSDs) the library is loaded by name, after checking that the name still leads to
-  the verified file; the short window between that check and ``dlopen`` is closed by refusing a parent folder
-  that others could rename entries in: owned by another user (root excepted), or writable by group or others
-  without the sticky bit.
-- Without ``os.getuid`` (Windows, where the kernels would need a POSIX C compiler anyway) there are no owners
-  and modes to check: the folders are created plainly, and the hash is still checked before loading.
+- ``CACHE/kernels`` and ``CACHE/kernel-hashes`` are created 0700 and, before each use, opened without following a
+  symbolic link and checked on that handle: a folder, the user's, writable by nobody else (else
+  :class:`UnsafeKernelFolder`). Without ``os.getuid`` (Windows) only the hash is checked.
+- Each build (to a temporary name, flushed, renamed) records the library's SHA-256 in
+  ``CACHE/kernel-hashes/<library name>.sha256`` (``sha256sum``'s format); a library loads only once its bytes hash
+  to that record, else it is built again (once), and if that does not verify either: NativeKernelsUnavailable.
+- On Linux the library is hashed and loaded through one open handle (``dlopen("/proc/self/fd/N")``), so renaming
+  anything after the checks changes nothing. Elsewhere it is loaded by name once the name still leads to the
+  verified file, in a parent folder no one else can rename entries in (else refused).
 
-Compiler: ``$CC`` if set, else ``cc``, ``gcc`` or ``clang`` from PATH. Where none works (Windows, a
-macOS without the command-line tools) :func:`load_library` raises :class:`NativeKernelsUnavailable`
-with the reason in one line, and mnistgen's training uses PyTorch's own kernels (and says so).
-
-The interface has one source of truth, the C source. Each library reports its own layout (``mnistgen_gan_layout``,
-``mnistgen_vae_layout``: a table of names and values, such as D's parameter count, the offset and length of each
-of its parameters, a struct's size and its fields' offsets); the Python side declares what it relies on
-(``LAYOUT`` in :mod:`mnistgen.kernels.gan` and :mod:`mnistgen.kernels.vae`), and :func:`load_library` refuses a
-library whose table differs (:class:`KernelLayoutMismatch`, a :class:`NativeKernelsUnavailable`, one line: a
-stale or foreign library), so that callers fall back to PyTorch's kernels or refuse cleanly. Before every call,
-each tensor whose address goes to C passes :func:`checked_pointer`: exactly the element count the C code will
-read or write, its dtype, on the CPU, contiguous; anything else is a :class:`KernelArgumentError` (one line)
-instead of a read out of bounds.
+Each library reports its layout (names and values: parameter offsets, struct sizes), which must equal ``LAYOUT`` in
+:mod:`mnistgen.kernels.gan` / :mod:`mnistgen.kernels.vae` (else :class:`KernelLayoutMismatch`: a stale or foreign
+library). Every tensor whose address goes to C passes :func:`checked_pointer` (else :class:`KernelArgumentError`).
 """
 
 from __future__ import annotations
@@ -90,19 +64,15 @@ class NativeKernelsUnavailable(MnistgenError):
 
 
 class UnsafeKernelFolder(NativeKernelsUnavailable):
-    """A folder of the kernel cache is not the user's own (another owner, writable by others, a symbolic link, or
-    where it has no ``/proc/self/fd``, in a folder where others can rename it): nothing in it is loaded, whatever
-    the compiler flags."""
+    """A folder of the kernel cache is not the user's own: nothing in it is loaded, whatever the compiler flags."""
 
 
 class KernelLayoutMismatch(NativeKernelsUnavailable):
-    """The library reports another layout than the Python side declares: a stale or foreign library, or one side
-    of the interface changed without the other (a bug where the library is the one built from the source)."""
+    """The library reports another layout than the Python side declares (a stale or foreign library)."""
 
 
 class KernelArgumentError(MnistgenError):
-    """A tensor for a C kernel has another element count, dtype, device or memory layout than the kernel reads:
-    refused before the call (one line: which buffer, what the kernel takes, what it got)."""
+    """A tensor for a C kernel is not what the kernel reads: refused before the call."""
 
 
 def find_compiler() -> str:
@@ -117,11 +87,8 @@ def find_compiler() -> str:
 
 
 def architecture_flags() -> tuple[str, ...]:
-    """Vector instructions to compile for: AVX2 and FMA on x86-64 processors that torch found to have them.
-
-    Not ``-march=native``: the cached library may be loaded on another machine sharing the home folder, and
-    torch's own check of the processor is what decides whether its AVX2 kernels run here.
-    """
+    """AVX2 and FMA on x86-64 processors where torch found them. Not ``-march=native``: the cached library may be
+    loaded on another machine sharing the home folder."""
     if platform.machine().lower() in ("x86_64", "amd64") and torch.backends.cpu.get_cpu_capability() in (
             "AVX2", "AVX512"):
         return ("-mavx2", "-mfma")
@@ -139,7 +106,6 @@ def compiler_version(compiler: str) -> str:
 
 
 def library_path(source: Path, compiler: str, version: str, flags: tuple[str, ...]) -> Path:
-    """Where the library built from ``source`` with this compiler (``--version`` output) and flags is cached."""
     key = hashlib.sha256()
     for part in (source.read_bytes(), compiler.encode(), version.encode(), " ".join(flags).encode(),
                  platform.machine().encode(), sys.platform.encode()):
@@ -150,22 +116,19 @@ def library_path(source: Path, compiler: str, version: str, flags: tuple[str, ..
 
 
 def kernel_folders() -> tuple[Path, Path]:
-    """The folders of the libraries and of their recorded hashes, ``CACHE/kernels`` and ``CACHE/kernel-hashes``,
-    with CACHE's symbolic links resolved (so that the folders checked are the ones used)."""
+    """``CACHE/kernels`` and ``CACHE/kernel-hashes``, CACHE's symbolic links resolved (the folders checked are the
+    ones used)."""
     root = Path(os.path.realpath(cache_root()))
     return root / KERNELS_FOLDER, root / HASHES_FOLDER
 
 
 def hash_path(library: Path) -> Path:
-    """Where the SHA-256 of ``library`` (a :func:`library_path`) is recorded when it is built:
-    ``CACHE/kernel-hashes/<library name>.sha256``, one line as ``sha256sum`` writes it."""
     return library.parent.parent / HASHES_FOLDER / f"{library.name}.sha256"
 
 
 def build(source: Path, compiler: str, flags: tuple[str, ...], target: Path) -> None:
-    """Compile ``source`` into ``target`` and record its SHA-256 in :func:`hash_path`. The library is compiled to
-    a temporary file in the same folder, flushed to disk and renamed; only then is the record written (atomically
-    too), so that a record never describes a library that is not complete under its name."""
+    """Compile ``source`` into ``target``, then record its SHA-256: a record never describes an incomplete
+    library."""
     try:
         with replacing(target) as temporary:
             command = [compiler, *flags, "-o", str(temporary), str(source)]
@@ -194,19 +157,14 @@ def _sha256(descriptor: int) -> str:
     return digest.hexdigest()
 
 
-# --------------------------------------------------------------------------- the user's own folders
-
-
 def _refusal(folder: Path, reason: str, advice: str) -> UnsafeKernelFolder:
     return UnsafeKernelFolder(f"the C kernels' cache folder {folder} {reason}; mnistgen loads libraries only from a "
                               f"folder of your own ({advice})")
 
 
 def open_private_folder(folder: Path) -> int | None:
-    """An open handle on ``folder`` (created with mode 0700 where missing, whatever the umask), after checking on
-    that handle that it is a folder, not a symbolic link, owned by the user and writable by nobody else; otherwise
-    :class:`UnsafeKernelFolder` (one line). :class:`NativeKernelsUnavailable` where it cannot be created. None
-    without ``os.getuid`` (Windows): the folder is only created, there are no owner and mode to check."""
+    """An open handle on ``folder`` (created 0700 where missing) once checked to be the user's own (see the module's
+    docstring); None without ``os.getuid`` (Windows), where the folder is only created."""
     created = False
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -245,9 +203,7 @@ def open_private_folder(folder: Path) -> int | None:
 
 
 def _check_parent(folder: Path) -> None:
-    """Raises UnsafeKernelFolder where others could rename entries of ``folder``'s parent (swap ``folder`` for
-    their own): a parent owned by another user than this one or root, or writable by group or others without the
-    sticky bit. Only needed where a library is loaded by name (no ``/proc/self/fd``)."""
+    """Refuse a parent in which others could swap ``folder`` for their own (needed where loading is by name)."""
     status = os.stat(folder.parent)
     mode = stat.S_IMODE(status.st_mode)
     if status.st_uid not in (os.getuid(), 0):
@@ -259,7 +215,6 @@ def _check_parent(folder: Path) -> None:
 
 @contextlib.contextmanager
 def _private_folders() -> Iterator[tuple[int | None, int | None]]:
-    """Open handles on the kernels and hashes folders (see :func:`open_private_folder`), closed afterwards."""
     handles: list[int | None] = []
     try:
         for folder in kernel_folders():
@@ -271,11 +226,7 @@ def _private_folders() -> Iterator[tuple[int | None, int | None]]:
                 os.close(handle)
 
 
-# --------------------------------------------------------------------------- verified loading
-
-
 def _open_in(folder: Path, handle: int | None, name: str) -> int:
-    """Open ``name`` in ``folder`` for reading, through the folder's open ``handle`` where there is one."""
     if handle is None:
         return os.open(folder / name, _READ_FLAGS)
     return os.open(name, _READ_FLAGS, dir_fd=handle)
@@ -290,9 +241,8 @@ def _recorded_hash(record: bytes, name: str) -> str | None:
 
 
 def open_verified(target: Path, folders: tuple[int | None, int | None]) -> int | None:
-    """An open handle on the library ``target`` if it is a regular file whose SHA-256 is the one recorded when it
-    was built; None if it is missing, not a regular file, has no record, or has another hash (empty, truncated,
-    damaged, or not the library that was built). ``folders``: from :func:`_private_folders`."""
+    """An open handle on the library ``target`` if it is a regular file whose SHA-256 is the one recorded, else
+    None."""
     record = hash_path(target)
     try:
         handle = _open_in(record.parent, folders[1], record.name)
@@ -320,7 +270,6 @@ _LOADED_THROUGH: dict[tuple[int, int], int] = {}
 
 
 def _dlopen_verified(handle: int, target: Path) -> ctypes.CDLL:
-    """Load the library ``target``, open as ``handle`` and verified (the handle is taken over)."""
     status = os.fstat(handle)
     identity = (status.st_dev, status.st_ino)
     if (FD_FOLDER / str(handle)).exists():  # dlopen opens that name again: this very file, whatever the names now
@@ -342,8 +291,7 @@ def _dlopen_verified(handle: int, target: Path) -> ctypes.CDLL:
 
 def _load_verified(source: Path, compiler: str, flags: tuple[str, ...], target: Path,
                    folders: tuple[int | None, int | None]) -> ctypes.CDLL:
-    """The library ``target``, loaded once its SHA-256 matched its record: the one built earlier if intact, else
-    built again now (once); never a file whose hash was not checked."""
+    """The library ``target`` once its SHA-256 matched its record: built earlier if intact, else built now (once)."""
     handle = open_verified(target, folders)
     if handle is None:
         build(source, compiler, flags, target)
@@ -378,17 +326,13 @@ SIGNATURES = {
 }
 
 
-# By source: the function through which the library reports its layout, and the module whose ``LAYOUT`` (a dict
-# of names and values) declares what the Python side expects it to report.
-LAYOUTS = {
-    "gan_cpu": ("mnistgen_gan_layout", "mnistgen.kernels.gan"),
-    "vae_cpu": ("mnistgen_vae_layout", "mnistgen.kernels.vae"),
-}
+# By source: the library's layout function, and the module whose ``LAYOUT`` declares what it must report.
+LAYOUTS = {"gan_cpu": ("mnistgen_gan_layout", "mnistgen.kernels.gan"),
+           "vae_cpu": ("mnistgen_vae_layout", "mnistgen.kernels.vae")}
 MAX_LAYOUT_ENTRIES = 1000  # a table longer than this is not one of mnistgen's
 
 
 def reported_layout(library: ctypes.CDLL, source: Path) -> dict[str, int]:
-    """The layout table that the library built from ``source`` reports: {name: value}, in its order."""
     function = getattr(library, LAYOUTS[source.stem][0])
     name, value, layout = ctypes.c_char_p(), ctypes.c_long(), {}
     for index in range(MAX_LAYOUT_ENTRIES + 1):
@@ -399,13 +343,11 @@ def reported_layout(library: ctypes.CDLL, source: Path) -> dict[str, int]:
 
 
 def expected_layout(source: Path) -> Mapping[str, int]:
-    """The layout that mnistgen's Python side declares for the library built from ``source``."""
     return importlib.import_module(LAYOUTS[source.stem][1]).LAYOUT
 
 
 def check_layout(reported: Mapping[str, int], expected: Mapping[str, int], what: str) -> None:
-    """Raises KernelLayoutMismatch, a NativeKernelsUnavailable (one line: the first difference, and how many more),
-    unless the library's reported layout is exactly the one expected: the same names, the same values."""
+    """KernelLayoutMismatch (the first difference, and how many more) unless ``reported`` equals ``expected``."""
     differences = [f"{name} is {reported[name] if name in reported else 'missing'}, mnistgen expects {value}"
                    for name, value in expected.items() if reported.get(name) != value]
     differences += [f"{name} = {reported[name]} is unknown to mnistgen" for name in reported if name not in expected]
@@ -417,28 +359,21 @@ def check_layout(reported: Mapping[str, int], expected: Mapping[str, int], what:
 
 def _declare(library: ctypes.CDLL, source: Path) -> ctypes.CDLL:
     for name, signature in SIGNATURES[source.stem].items():
-        argtypes, restype = signature if isinstance(signature, tuple) else (signature, ctypes.c_int)
         function = getattr(library, name)
-        function.argtypes = argtypes
-        function.restype = restype
+        function.argtypes, function.restype = signature if isinstance(signature, tuple) else (signature, ctypes.c_int)
     return library
 
 
 def flag_sets() -> list[tuple[str, ...]]:
-    """Compiler flags to try, best first: with OpenMP (threads), then without (one thread; Apple's clang has no
-    OpenMP unless libomp is installed)."""
+    """Compiler flags, best first: with OpenMP, then without (Apple's clang has none unless libomp is installed)."""
     flags = (*BASE_FLAGS, *architecture_flags())
     return [(*flags, "-fopenmp"), flags]
 
 
 @functools.cache
 def load_library(source: Path) -> ctypes.CDLL:
-    """The compiled kernels of ``source`` (built into the user cache on first use; loaded once per process).
-
-    Only a library in the user's own folders whose SHA-256 is the one recorded when it was built is loaded; a
-    missing, damaged or foreign one is built again (see the module's docstring). Raises
-    :class:`NativeKernelsUnavailable` (one line: why) where they cannot be built or loaded.
-    """
+    """The compiled kernels of ``source``, built on first use and loaded once per process (see the module's
+    docstring); :class:`NativeKernelsUnavailable` (one line) where they cannot be built or loaded."""
     compiler = find_compiler()
     version = compiler_version(compiler)
     failures = []
@@ -462,21 +397,17 @@ def load_library(source: Path) -> ctypes.CDLL:
 
 
 def load_gan_library() -> ctypes.CDLL:
-    """The GAN's kernels (``gan_cpu.c``): see :func:`load_library`."""
     return load_library(GAN_SOURCE)
 
 
 def load_vae_library() -> ctypes.CDLL:
-    """The VAE's kernels (``vae_cpu.c``): see :func:`load_library`."""
     return load_library(VAE_SOURCE)
 
 
 def check_tensor(tensor: torch.Tensor | None, name: str, count: int, dtype: torch.dtype = torch.float32,
                  contiguous: bool = True) -> None:
-    """Raises KernelArgumentError (one line) unless ``tensor`` is a CPU tensor of exactly ``count`` elements of
-    ``dtype``, contiguous unless ``contiguous`` is False; ``name`` says which buffer in the message.
-
-    O(1) work, no copy: it runs before every C call, for every buffer."""
+    """KernelArgumentError (one line naming buffer ``name``) unless ``tensor`` is a CPU tensor of exactly ``count``
+    elements of ``dtype``, contiguous unless ``contiguous`` is False. O(1), no copy: it runs before every C call."""
     if (not isinstance(tensor, torch.Tensor) or tensor.dtype != dtype or tensor.numel() != count or not tensor.is_cpu
             or (contiguous and not tensor.is_contiguous())):
         wanted = f"{count} {_dtype_name(dtype)}{' contiguous' if contiguous else ''} on the CPU"
@@ -489,8 +420,7 @@ def check_tensor(tensor: torch.Tensor | None, name: str, count: int, dtype: torc
 
 
 def checked_pointer(tensor: torch.Tensor, name: str, count: int, dtype: torch.dtype = torch.float32) -> int:
-    """The address of ``tensor``'s data for a C kernel that reads or writes ``count`` elements of ``dtype`` there,
-    after :func:`check_tensor` (contiguous, on the CPU, exactly that count and dtype)."""
+    """The address of ``tensor``'s data, after :func:`check_tensor`."""
     check_tensor(tensor, name, count, dtype)
     return tensor.data_ptr()
 

@@ -1,30 +1,20 @@
 """One VAE training step on CPU with mnistgen's C kernels (``vae_cpu.c``) and PyTorch's matrix multiply.
 
-:class:`NativeVAEStep` holds the parameters of a :class:`mnistgen.models.vae.VAE`, their gradients and
-Adam's two moments as four flat buffers of the same layout, and the activations of one batch. A step:
+:class:`NativeVAEStep` holds the parameters of a :class:`mnistgen.models.vae.VAE`, their gradients and Adam's two
+moments as four flat buffers of one layout, and the activations of one batch. A step:
 
-1. C: list the images' nonzero pixels; h1 = tanh(x W1^T + b1) as sums over them (the encoder weight is
-   stored pixel-major, W1^T, so that each pixel's weights are one contiguous row); the heads; z by the
-   reparametrization with the given eps; h2 = tanh(z Wd^T + bd);
-2. PyTorch: logits = h2 Wo^T + bo, the first of the three dense 100 x 500 x 784 products;
+1. C: list the images' nonzero pixels; h1 = tanh(x W1^T + b1) as sums over them (W1^T stored pixel-major, each
+   pixel's weights one contiguous row); the heads; z = mean + std eps; h2 = tanh(z Wd^T + bd);
+2. PyTorch: logits = h2 Wo^T + bo;
 3. C: each image's log p(x|z), dL/dlogits = (sigmoid(logits) - x) / B and the output bias's gradient;
 4. PyTorch: Wo's gradient dL/dlogits^T h2 and dL/dh2 = dL/dlogits Wo;
-5. C: the rest of the backward pass (W1's gradient again as sums over the nonzero pixels) and the ELBO;
-6. C: Adam over the flat buffers, PyTorch's algorithm.
+5. C: the rest of the backward pass (W1's gradient again over the nonzero pixels) and the ELBO;
+6. C: PyTorch's Adam over the flat buffers.
 
-The mathematics is :func:`mnistgen.accelerate.vae.elbo_with_gradients` followed by PyTorch's Adam
-(tests/test_vae_native.py compares values, gradients and whole training runs); only the order of
-float32 additions differs. :meth:`NativeVAEStep.load` copies a model's weights and its optimizer's
-moments in, :meth:`NativeVAEStep.store` copies them back (the optimizer's state in PyTorch's own format,
-so checkpoints are the same whichever kernels wrote them).
-
-The C side's structs are mirrored here with ctypes (:class:`_Buffers`, :class:`_AdamStep`); the library reports
-their sizes and field offsets (``mnistgen_vae_layout``) and is refused when it is loaded unless they equal the
-mirror's (``LAYOUT``). Every buffer is checked (:func:`mnistgen.kernels.native.checked_pointer`: element count,
-dtype, CPU, contiguous) before its address goes to C: the struct's once, when :class:`NativeVAEStep` takes them
-(it keeps them for its whole life), x, eps and Adam's four buffers at every call. A float64 model, or one
-whose layers' sizes do not fit together, is refused with a one-line
-:class:`~mnistgen.kernels.native.KernelArgumentError`.
+The mathematics is :func:`mnistgen.accelerate.vae.elbo_with_gradients` then PyTorch's Adam, up to the order of
+float32 additions; :meth:`NativeVAEStep.store` writes the optimizer's state in PyTorch's format. The C structs are
+mirrored with ctypes (``LAYOUT``); every buffer passes :func:`~mnistgen.kernels.native.checked_pointer` before its
+address goes to C: the struct's once, x, eps and Adam's at every call.
 """
 
 from __future__ import annotations
@@ -42,16 +32,14 @@ _P = ctypes.c_void_p
 
 
 class _Buffers(ctypes.Structure):
-    """The C struct VAEBuffers (same fields, same order; checked against the library's report when it is loaded)."""
+    """The C struct VAEBuffers (same fields, same order)."""
 
     _fields_ = [(name, ctypes.c_long) for name in ("pixels", "hidden", "latent", "capacity")] + [
         (name, _P) for name in (
             "enc_wt", "enc_b", "mean_w", "mean_b", "logvar_w", "logvar_b", "dec_w", "dec_b", "out_w", "out_b", "dec_wt",
-            "g_enc_wt", "g_enc_b", "g_mean_w", "g_mean_b", "g_logvar_w", "g_logvar_b", "g_dec_w", "g_dec_b",
-            "g_out_b",
+            "g_enc_wt", "g_enc_b", "g_mean_w", "g_mean_b", "g_logvar_w", "g_logvar_b", "g_dec_w", "g_dec_b", "g_out_b",
             "h1", "mean", "logvar", "std", "z", "h2", "logits", "d_logits", "d_h2", "d_a1", "d_mean", "d_logvar",
-            "row_elbo",
-            "image_count", "image_pixel", "image_value", "pixel_count", "pixel_image", "pixel_value")]
+            "row_elbo", "image_count", "image_pixel", "image_value", "pixel_count", "pixel_image", "pixel_value")]
 
 
 class _AdamStep(ctypes.Structure):
@@ -61,14 +49,12 @@ class _AdamStep(ctypes.Structure):
 
 
 def struct_layout(struct: type[ctypes.Structure], c_name: str) -> dict[str, int]:
-    """A ctypes struct's size and its fields' offsets, named as the library reports those of the C struct
-    ``c_name``: "sizeof(VAEBuffers)", "offsetof(VAEBuffers, pixels)", ..."""
+    """A ctypes struct's size and offsets, named as the library reports them: "offsetof(VAEBuffers, pixels)"."""
     layout = {f"sizeof({c_name})": ctypes.sizeof(struct)}
     layout |= {f"offsetof({c_name}, {name})": getattr(struct, name).offset for name, _ in struct._fields_}
     return layout
 
 
-# The layout the library must report (mnistgen.kernels.native.check_layout): the mirrors' sizes and offsets
 LAYOUT = {**struct_layout(_Buffers, "VAEBuffers"), **struct_layout(_AdamStep, "AdamStep")}
 
 
@@ -83,8 +69,7 @@ def _parameter_slots(model: VAE) -> list[tuple[str, torch.nn.Parameter, bool]]:
 
 
 def _c_shapes(pixels: int, hidden: int, latent: int, capacity: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    """Each buffer of VAEBuffers as the C kernels read it for these sizes: (shape, dtype) by field name. The
-    gradients ("g_" + name) have their parameter's shape."""
+    """(shape, dtype) of each buffer of VAEBuffers, by field name, as the C kernels read it."""
     D, H, Z, B = pixels, hidden, latent, capacity
     f32, i32 = torch.float32, torch.int32
     parameters = {"enc_wt": (D, H), "enc_b": (H,), "mean_w": (Z, H), "mean_b": (Z,), "logvar_w": (Z, H),
@@ -105,11 +90,8 @@ def _check(status: int, what: str) -> None:
 
 
 class NativeVAEStep:
-    """The state of training ``model`` on CPU by the C kernels, for batches of at most ``capacity`` images.
-
-    The weights live in the flat buffers between :meth:`load` and :meth:`store`; the model's own tensors are
-    only read by :meth:`load` and written by :meth:`store`.
-    """
+    """The state of training ``model`` on CPU by the C kernels, for batches of at most ``capacity`` images; the
+    weights live in the flat buffers between :meth:`load` and :meth:`store`."""
 
     def __init__(self, model: VAE, capacity: int):
         self.model = model
@@ -141,24 +123,11 @@ class NativeVAEStep:
         self.out_bias = self.parameters[where["out_b"]]
         self.out_weight_gradient = self.gradients[where["out_w"]].view(pixels, hidden)
 
-        # activations of one batch, (capacity, .)
         self.capacity = capacity
-        self.h1, self.h2, self.d_h2, self.d_a1 = (torch.empty(capacity, hidden) for _ in range(4))
-        self.mean, self.logvar, self.std, self.z = (torch.empty(capacity, latent) for _ in range(4))
-        self.d_mean, self.d_logvar = torch.empty(capacity, latent), torch.empty(capacity, latent)
-        self.logits, self.d_logits = torch.empty(capacity, pixels), torch.empty(capacity, pixels)
-        self.dec_wt = torch.empty(latent, hidden)
-        self.row_elbo = torch.empty(capacity, dtype=torch.float64)
-        self.image_count = torch.empty(capacity, dtype=torch.int32)
-        self.pixel_count = torch.empty(pixels, dtype=torch.int32)
-        self.image_pixel = torch.empty(capacity, pixels, dtype=torch.int32)
-        self.pixel_image = torch.empty(pixels, capacity, dtype=torch.int32)
-        self.image_value, self.pixel_value = torch.empty(capacity, pixels), torch.empty(pixels, capacity)
-        for name in ("dec_wt", "h1", "mean", "logvar", "std", "z", "h2", "logits", "d_logits", "d_h2", "d_a1",
-                     "d_mean", "d_logvar",
-                     "row_elbo", "image_count", "image_pixel", "image_value", "pixel_count", "pixel_image",
-                     "pixel_value"):
-            fields[name] = getattr(self, name)
+        for name in c_shapes.keys() - fields.keys() - {"g_out_w"}:  # the activations of one batch (self.h1, ...)
+            shape, dtype = c_shapes[name]
+            fields[name] = torch.empty(shape, dtype=dtype)
+            setattr(self, name, fields[name])
         pointer_fields = {name for name, kind in _Buffers._fields_ if kind is _P}
         if set(fields) != pointer_fields:  # a NULL the C code would write through
             raise AssertionError(f"the buffers given differ from VAEBuffers' pointers: {set(fields) ^ pointer_fields}")
@@ -171,8 +140,6 @@ class NativeVAEStep:
         self._buffers = _Buffers(pixels=pixels, hidden=hidden, latent=latent, capacity=capacity, **pointers)
         self._buffers_address = ctypes.addressof(self._buffers)
         self._elbo = ctypes.c_float()
-
-    # ------------------------------------------------------------------ state in and out
 
     def load(self, optimizer: torch.optim.Adam) -> None:
         """Copy the model's weights and the moments and step count of its optimizer into the flat buffers."""
@@ -226,13 +193,10 @@ class NativeVAEStep:
         if group.get("weight_decay", 0) or group.get("amsgrad") or group.get("maximize"):
             raise MnistgenError("the C kernels' Adam has no weight decay, amsgrad or maximize")
 
-    # ------------------------------------------------------------------ the step
-
     def compute_gradients(self, x: torch.Tensor, eps: torch.Tensor, analytic_kl: bool) -> float:
         """Fill ``self.gradients`` with those of loss = -mean ELBO of the batch; return the batch's ELBO sum.
 
-        x (B, D) float32 images (binary, or any values: the sums skip the zeros only); eps (B, D_z) the
-        standard normal draws of z = mean + std eps.
+        x (B, D) float32 images (any values: the sums skip the zeros only); eps (B, D_z): z = mean + std eps.
         """
         batch = x.shape[0]
         if batch > self.capacity:

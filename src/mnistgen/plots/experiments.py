@@ -21,13 +21,8 @@ HISTOGRAM_BINS = 60
 
 def elbo_estimators_figure(eq1_variance: np.ndarray, eq2_variance: np.ndarray, example_draws: Mapping[str, np.ndarray],
                            gradient_variance: Mapping[str, Mapping[str, float]], title: str) -> Figure:
-    """Three panels: per-image variance of the ELBO estimate (Eq. 1 vs Eq. 2, one point per image); the
-    draws of both estimators for one image; the gradient variance (trace of the covariance, per image)
-    for the encoder's and the decoder's parameters.
-
-    eq1_variance, eq2_variance (B,); example_draws {"eq1": (K,), "eq2": (K,)};
-    gradient_variance {"encoder"|"decoder": {"eq1"|"eq2": value}}.
-    """
+    """Three panels: per-image variance of the ELBO estimate, Eq. 1 vs Eq. 2 (B,) each; the draws {"eq1": (K,),
+    "eq2": (K,)} for one image; the gradient variance per image {"encoder"|"decoder": {"eq1"|"eq2": value}}."""
     figure, (scatter, histogram, bars) = plt.subplots(1, 3, figsize=(16, 4.8), layout="constrained")
 
     low = max(min(eq1_variance.min(), eq2_variance.min()), 1e-6)
@@ -78,13 +73,8 @@ def elbo_estimators_figure(eq1_variance: np.ndarray, eq2_variance: np.ndarray, e
 
 def fixed_encoder_figure(per_image: Mapping[str, np.ndarray], pictures: Mapping[str, np.ndarray],
                          title: str, reference: tuple[str, float] | None = None) -> Figure:
-    """Left: histograms of the per-image test ELBO for each choice of q, means marked. Right: a few test
-    images and the decoder's image p(x|z) at the mean of each q: the encoder's follows the image, the
-    two shared q's give the same picture whatever the image.
-
-    per_image {name: (N,)}; pictures {"images": (M, 28, 28), name: (M, 28, 28)}; ``reference``: an
-    optional (label, value) drawn as a vertical line (e.g. the importance-weighted log p(x)).
-    """
+    """Left: histograms of the per-image test ELBO {name: (N,)} for each q, means marked, and an optional
+    ``reference`` (label, value) line. Right: test images and p(x|z) at the mean of each q, {name: (M, 28, 28)}."""
     names = [name for name in Q_LABELS if name in per_image]
     rows = ["images"] + names
     columns = len(pictures["images"])
@@ -108,8 +98,7 @@ def fixed_encoder_figure(per_image: Mapping[str, np.ndarray], pictures: Mapping[
     axis.legend(fontsize=8, loc="upper left")
 
     grid = right.subplots(len(rows), columns, squeeze=False)
-    row_titles = {"images": "test image x",
-                  "encoder": "p(x|z) at z = mean of\ntrained q(z|x)",
+    row_titles = {"images": "test image x", "encoder": "p(x|z) at z = mean of\ntrained q(z|x)",
                   "shared_gaussian": "p(x|z) at z = mean of\nshared Gaussian q",
                   "standard_normal": "p(x|z) at z = 0\n(mean of N(0, I))"}
     for r, row in enumerate(rows):

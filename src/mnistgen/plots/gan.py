@@ -19,11 +19,8 @@ PANEL_INCHES = 3.2  # displayed size of one 8x8 grid
 
 def progress_figure(epochs: Sequence[int], grids: Sequence[np.ndarray], side: int = 8,
                     generator: str = "G(z)") -> Figure:
-    """SPEC §3's progress figure: the generator's images for the same fixed noise at several epochs, side by side.
-
-    epochs: the epoch of each grid (0 = before training); grids: (side*side, 28, 28) arrays in [0, 1]; generator:
-    what made them, for the title (the moving average of G's weights says so).
-    """
+    """SPEC §3's progress figure: grids (side*side, 28, 28) of the same fixed noise at ``epochs`` (0 = before
+    training), side by side; ``generator`` names what made them in the title."""
     if len(epochs) != len(grids) or not epochs:
         raise ValueError("give one grid per epoch, at least one")
     figure = Figure(figsize=(PANEL_INCHES * len(grids) + 0.4, PANEL_INCHES + 0.9), layout="constrained")
@@ -33,41 +30,14 @@ def progress_figure(epochs: Sequence[int], grids: Sequence[np.ndarray], side: in
         axis.set_title("before training (epoch 0)" if epoch == 0 else f"epoch {epoch}", fontsize=11)
         axis.set_xticks([])
         axis.set_yticks([])
-    # The title breaks onto two lines when fewer than three panels (or a longer name of the generator) leave it too
-    # little width.
+    # two lines where fewer than three panels (or a longer name of the generator) leave the title too little width
     separator = " " if len(grids) >= 3 and generator == "G(z)" else "\n"
     figure.suptitle(f"GAN samples {generator} for the same {side * side} noise vectors z ~ U[-1, 1]^zdim,"
                     f"{separator}as training progresses", fontsize=11)
     return figure
 
 
-def training_figure(records: Sequence[dict]) -> Figure:
-    """Losses and D's mean outputs per epoch, from the records of RUN/metrics.jsonl."""
-    epochs = [r["epoch"] for r in records]
-    figure = Figure(figsize=(10, 3.8), layout="constrained")
-    losses, outputs = figure.subplots(1, 2)
-    losses.plot(epochs, [r["d_loss"] for r in records], label="D loss  -[log D(x) + log(1 - D(G(z)))]", marker=".")
-    losses.plot(epochs, [r["g_loss"] for r in records], label="G loss  -log D(G(z))", marker=".")
-    losses.axhline(2 * np.log(2), color="gray", linestyle=":", linewidth=1, label="D loss at D = 1/2 (2 log 2)")
-    losses.set_xlabel("epoch")
-    losses.set_ylabel("mean binary cross-entropy (nats)")
-    losses.set_title("losses (mean over the epoch's steps)")
-    losses.legend(fontsize=8)
-    outputs.plot(epochs, [r["d_real"] for r in records], label="mean D(x), real images", marker=".")
-    outputs.plot(epochs, [r["d_fake"] for r in records], label="mean D(G(z)), generated images", marker=".")
-    outputs.axhline(0.5, color="gray", linestyle=":", linewidth=1, label="1/2: D cannot tell them apart")
-    outputs.set_ylim(0.0, 1.0)
-    outputs.set_xlabel("epoch")
-    outputs.set_ylabel("probability of 'real'")
-    outputs.set_title("discriminator outputs")
-    outputs.legend(fontsize=8)
-    for axis in (losses, outputs):
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
-    figure.suptitle("GAN training", fontsize=11)
-    return figure
-
-
-REPLICA_PANELS = (  # (metrics.jsonl key, panel title, y label, reference value, what the reference means)
+PANELS = (  # (metrics.jsonl key, label, y label, reference value, what the reference means)
     ("d_loss", "D loss  -[log D(x) + log(1 - D(G(z)))]", "mean binary cross-entropy (nats)", 2 * np.log(2),
      "D = 1/2 (2 log 2)"),
     ("g_loss", "G loss  -log D(G(z))", "mean binary cross-entropy (nats)", None, None),
@@ -76,24 +46,40 @@ REPLICA_PANELS = (  # (metrics.jsonl key, panel title, y label, reference value,
 )
 
 
+def _finish(axis, ylabel: str, reference: float | None, meaning: str | None, heading: str, **legend) -> None:
+    if reference is not None:
+        axis.axhline(reference, color="gray", linestyle=":", linewidth=1, label=meaning)
+    if ylabel.startswith("probability"):
+        axis.set_ylim(0.0, 1.0)
+    axis.set_title(heading, fontsize=10)
+    axis.set_xlabel("epoch")
+    axis.set_ylabel(ylabel)
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+    axis.legend(fontsize=8, **legend)
+
+
+def training_figure(records: Sequence[dict]) -> Figure:
+    """Losses and D's mean outputs per epoch, from the records of RUN/metrics.jsonl."""
+    epochs = [r["epoch"] for r in records]
+    figure = Figure(figsize=(10, 3.8), layout="constrained")
+    for axis, panels, title in zip(figure.subplots(1, 2), (PANELS[:2], PANELS[2:]),
+                                   ("losses (mean over the epoch's steps)", "discriminator outputs"), strict=True):
+        for key, label, *_ in panels:
+            axis.plot(epochs, [r[key] for r in records], label=label, marker=".")
+        _finish(axis, *panels[0][2:], title)
+    figure.suptitle("GAN training", fontsize=11)
+    return figure
+
+
 def replica_training_figure(histories: Mapping[int, Sequence[dict]]) -> Figure:
-    """The training curves of a replica run, ``{seed: its metrics.jsonl records}``: one panel per quantity (D's and
-    G's losses, D's mean outputs), one line per seed in each, labelled with its seed (the same colour in every
-    panel)."""
+    """The training curves of a replica run, ``{seed: its metrics.jsonl records}``: one panel per quantity, one line
+    per seed (the same colour in every panel)."""
     figure = Figure(figsize=(11, 7.2), layout="constrained")
-    axes = figure.subplots(2, 2).ravel()
-    for axis, (key, title, ylabel, reference, meaning) in zip(axes, REPLICA_PANELS, strict=True):
+    for axis, (key, title, ylabel, reference, meaning) in zip(figure.subplots(2, 2).ravel(), PANELS, strict=True):
         for index, (seed, records) in enumerate(histories.items()):
             axis.plot([r["epoch"] for r in records], [r[key] for r in records], color=f"C{index % 10}", marker=".",
                       label=f"seed {seed}")
-        if reference is not None:
-            axis.axhline(reference, color="gray", linestyle=":", linewidth=1, label=meaning)
-        if key in ("d_real", "d_fake"):
-            axis.set_ylim(0.0, 1.0)
-        axis.set_title(title + " (mean over the epoch's steps)" if key.endswith("loss") else title, fontsize=10)
-        axis.set_xlabel("epoch")
-        axis.set_ylabel(ylabel)
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axis.legend(title="replica", fontsize=8)
+        _finish(axis, ylabel, reference, meaning,
+                title + " (mean over the epoch's steps)" if key.endswith("loss") else title, title="replica")
     figure.suptitle(f"GAN training of {len(histories)} seeds", fontsize=11)
     return figure

@@ -1,8 +1,5 @@
-"""The VAE's figures (SPEC §2 figures 1-3, the 2-D manifold, the training curves): arrays in, Figure out.
-
-Each function builds a standalone :class:`matplotlib.figure.Figure` (no pyplot state), with a title,
-labelled axes and a legend or colorbar where colors carry meaning; saving is the caller's job.
-Images are (28, 28) arrays of values in [0, 1] shown in gray (white = 1 = ink).
+"""The VAE's figures (SPEC §2 figures 1-3, the 2-D manifold, the training curves): arrays in, a standalone
+:class:`matplotlib.figure.Figure` out. Images are (28, 28) arrays in [0, 1] shown in gray (white = 1 = ink).
 """
 
 from __future__ import annotations
@@ -37,10 +34,7 @@ def _image(axis, image: np.ndarray) -> None:
 
 
 def samples_figure(probabilities: np.ndarray, binary: np.ndarray, z: np.ndarray) -> Figure:
-    """SPEC figure 1: one row per z ~ N(0, I); left p(x|z), right one x ~ p(x|z).
-
-    probabilities, binary: (R, 28, 28); z: (R, D_z), shown at the start of each row.
-    """
+    """SPEC figure 1: one row per z ~ N(0, I) (R, D_z); left p(x|z), right one x ~ p(x|z), (R, 28, 28) each."""
     rows = len(probabilities)
     figure = Figure(figsize=(3.6, 0.9 * rows + 1.3), layout="constrained")
     axes = figure.subplots(rows, 2, squeeze=False)
@@ -57,10 +51,8 @@ def samples_figure(probabilities: np.ndarray, binary: np.ndarray, z: np.ndarray)
 
 def latent_figure(means: np.ndarray, labels: np.ndarray, classes: Sequence[str] | None = None,
                   subtitle: str = "") -> Figure:
-    """SPEC figure 2: the mean of q(z|x) of every image as a point, colored by its class (legend).
-
-    means: (N, D_z) (the first two coordinates are drawn); labels: (N,) integers 0-9.
-    """
+    """SPEC figure 2: the mean of q(z|x) of every image, (N, D_z) (the first two coordinates drawn), as a point
+    colored by its class, labels (N,) 0-9."""
     figure = Figure(figsize=(7.5, 6.5), layout="constrained")
     axis = figure.subplots()
     palette = _tab10()
@@ -87,11 +79,8 @@ def _tab10() -> list[Any]:
 
 def interpolation_figure(rows: np.ndarray, pairs: Sequence[tuple[int, int]], alphas: Sequence[float],
                          classes: Sequence[str] | None = None) -> Figure:
-    """SPEC figure 3: p(x|z_alpha) along z_alpha = alpha mu_a + (1 - alpha) mu_b, one row per pair (a, b).
-
-    rows: (P, A, 28, 28) for P pairs and A alphas; pairs: the classes (a, b) of each row.
-    Column alpha = 0 decodes mu_b, column alpha = 1 decodes mu_a.
-    """
+    """SPEC figure 3: p(x|z_alpha) along z_alpha = alpha mu_a + (1 - alpha) mu_b: rows (P, A, 28, 28) for P pairs
+    of classes (a, b) and A alphas."""
     count, steps = rows.shape[:2]
     figure = Figure(figsize=(IMAGE_INCHES * steps + 1.6, IMAGE_INCHES * count + 1.4), layout="constrained")
     axes = figure.subplots(count, steps, squeeze=False)
@@ -108,11 +97,8 @@ def interpolation_figure(rows: np.ndarray, pairs: Sequence[tuple[int, int]], alp
 
 
 def manifold_figure(images: np.ndarray, axis_values: np.ndarray) -> Figure:
-    """The decoder's mean p(x|z) at each point of a regular latent grid, placed at its (z1, z2).
-
-    images: (P*P, 28, 28) in image order (rows from the highest z2 down, columns from the lowest z1);
-    axis_values: (P,) the grid's coordinates along each axis.
-    """
+    """p(x|z) at each point of a regular latent grid, placed at its (z1, z2): images (P*P, 28, 28) in image order
+    (rows from the highest z2 down), axis_values (P,) the grid's coordinates."""
     points = len(axis_values)
     mosaic = tile(images, points, points, padding=0)
     spacing = (axis_values[-1] - axis_values[0]) / (points - 1) if points > 1 else 1.0
@@ -131,12 +117,8 @@ ZOOM_RATIO = 3.0  # a second panel zooms on the later epochs when all epochs spa
 
 
 def curves_figure(history: Sequence[dict[str, Any]]) -> Figure:
-    """Train and held-out ELBO by epoch from a run's metrics.jsonl records (higher is better).
-
-    Every point is inside the axes. The first epochs are far lower than the rest (the first training ELBO is
-    the mean over an epoch that starts from an untrained model), which squashes the later epochs into a flat
-    line; then a second panel shows the later epochs alone, so the gap between train and test stays readable.
-    """
+    """Train and held-out ELBO by epoch from a run's metrics.jsonl records. Where the first epochs (far lower: the
+    first training ELBO starts from an untrained model) squash the later ones, a second panel shows those alone."""
     curves = _elbo_curves(history)
     trained_on = next((r["train_elbo_is"] for r in history if "train_elbo_is" in r), None)  # iwae, K > 1
     labels = {**CURVE_LABELS, **({"train_elbo": f"train: {trained_on}"} if trained_on else {})}
@@ -146,17 +128,7 @@ def curves_figure(history: Sequence[dict[str, Any]]) -> Figure:
     axes = figure.subplots(1, panels, squeeze=False)[0]
     for index, axis in enumerate(axes):
         first = None if index == 0 else zoom_from
-        for key, points in curves.items():
-            shown = [(x, y) for x, y in points if first is None or x >= first]
-            if shown:
-                xs, ys = zip(*shown, strict=True)
-                axis.plot(xs, ys, marker="o" if len(xs) < 15 else None, markersize=3, label=labels[key])
-        axis.set_xlabel("epoch")
-        axis.set_ylabel("ELBO (nats per image)")
-        axis.grid(alpha=0.3)
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if curves:
-            axis.legend(title="images")
+        _panel(axis, {labels[key]: points for key, points in curves.items()}, first, title="images")
         if panels == 2:
             last = max(x for points in curves.values() for x, _ in points)
             axis.set_title("all epochs" if index == 0 else
@@ -168,17 +140,14 @@ def curves_figure(history: Sequence[dict[str, Any]]) -> Figure:
 
 
 def _elbo_curves(history: Sequence[dict[str, Any]]) -> dict[str, list[tuple[Any, float]]]:
-    """{"train_elbo": [(epoch, value), ...], "test_elbo" or "validation_elbo": [...]} from metrics.jsonl records,
-    each series with at least one point."""
+    """{"train_elbo": [(epoch, value), ...], "test_elbo" or "validation_elbo": [...]}, each with a point."""
     curves = {key: [(r["epoch"], r[key]) for r in history if r.get(key) is not None] for key in CURVE_LABELS}
     return {key: points for key, points in curves.items() if points}
 
 
 def replica_curves_figure(histories: Mapping[int, Sequence[dict[str, Any]]]) -> Figure:
-    """The training curves of a replica run, ``{seed: its metrics.jsonl records}``: one row of panels per ELBO
-    (train, then test or validation), one line per seed in each panel, labelled with its seed (the same colour in
-    every panel). As in :func:`curves_figure`, a second column zooms on the later epochs where the first ones
-    squash them."""
+    """The training curves of a replica run, ``{seed: its metrics.jsonl records}``: one row of panels per ELBO, one
+    line per seed (the same colour in every panel), a second column zoomed as in :func:`curves_figure`."""
     per_seed = {seed: _elbo_curves(history) for seed, history in histories.items()}
     series = [key for key in CURVE_LABELS if any(key in curves for curves in per_seed.values())]
     zoom_from = _zoom_start({f"{seed} {key}": points for seed, curves in per_seed.items()
@@ -191,17 +160,8 @@ def replica_curves_figure(histories: Mapping[int, Sequence[dict[str, Any]]]) -> 
         last = max(x for curves in per_seed.values() for x, _ in curves.get(key, []))
         for column, axis in enumerate(axes[row]):
             first = None if column == 0 else zoom_from
-            for index, (seed, curves) in enumerate(per_seed.items()):
-                shown = [(x, y) for x, y in curves.get(key, []) if first is None or x >= first]
-                if shown:
-                    xs, ys = zip(*shown, strict=True)
-                    axis.plot(xs, ys, color=colours[index % len(colours)], marker="o" if len(xs) < 15 else None,
-                              markersize=3, label=f"seed {seed}")
-            axis.set_xlabel("epoch")
-            axis.set_ylabel("ELBO (nats per image)")
-            axis.grid(alpha=0.3)
-            axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-            axis.legend(title="replica", fontsize=8)
+            _panel(axis, {f"seed {seed}": curves.get(key, []) for seed, curves in per_seed.items()}, first,
+                   colours, title="replica", fontsize=8)
             zoomed = "" if first is None else f", epochs {first}\u2013{last}, zoomed"
             name, _, detail = CURVE_LABELS[key].partition(" ")  # "test (after the epoch)" -> test ELBO (after ...)
             axis.set_title(f"{name} ELBO {detail}{zoomed}", fontsize=10)
@@ -210,6 +170,23 @@ def replica_curves_figure(histories: Mapping[int, Sequence[dict[str, Any]]]) -> 
     figure.suptitle(f"Training curves of {len(per_seed)} seeds: evidence lower bound per epoch (higher is better)",
                     fontsize=11)
     return figure
+
+
+def _panel(axis, lines: dict[str, list[tuple[Any, float]]], first: Any | None, colours: list | None = None,
+           **legend: Any) -> None:
+    """ELBO curves by epoch on one axis, from epoch ``first`` (all where None), each labelled with its key."""
+    for index, (label, points) in enumerate(lines.items()):
+        shown = [(x, y) for x, y in points if first is None or x >= first]
+        if shown:
+            xs, ys = zip(*shown, strict=True)
+            axis.plot(xs, ys, color=None if colours is None else colours[index % len(colours)],
+                      marker="o" if len(xs) < 15 else None, markersize=3, label=label)
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("ELBO (nats per image)")
+    axis.grid(alpha=0.3)
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if lines:
+        axis.legend(**legend)
 
 
 def _zoom_start(curves: dict[str, list[tuple[Any, float]]]) -> Any | None:
