@@ -3,7 +3,7 @@
 
     python scripts/make_sample.py --mnist-dir ../shared/data/mnist --out src/mnistgen/assets/mnist-sample
 
-Which images (the rule; also in ``mnistgen.data.sample`` and the README):
+Which images (the rule; also in ``mnistgen.data.sample`` and docs/DATA.md):
 
 - train: 400 images of each digit from MNIST's training file (``train-*``), test: 100 of each digit from
   its test file (``t10k-*``); 4,000 + 1,000 in all, and a test image is a real MNIST test image.

@@ -3,7 +3,7 @@
 Tiny runs are trained through the API (a VAE of 50 hidden units on real MNIST, one epoch; a GAN on the 4,000-image
 sample, one epoch). What the API gives must be what the command line gives: the same config from the same
 settings, the very sampled arrays for a seed, the very numbers of ``mnistgen score``, the same one-line messages.
-The README's "From Python" code runs here as written.
+The "From Python" code of docs/COMMANDS.md runs here as written.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from mnistgen.config import GANConfig, VAEConfig, config_from_args
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+FROM_PYTHON_DOC = Path(__file__).resolve().parents[1] / "docs" / "COMMANDS.md"
 GAN_SETTINGS = {"dataset": "mnist-sample", "epochs": 1, "device": "cpu", "threads": 1}
 
 
@@ -327,21 +327,21 @@ def test_score_is_the_numbers_mnistgen_score_writes(gan_run, mnist_dir, tmp_path
         mnistgen.score(images[:1], data_dir=mnist_dir)
 
 
-# --------------------------------------------------------------------------- the README
+# --------------------------------------------------------------------------- the From Python code of docs/COMMANDS.md
 
 
 def readme_python_blocks() -> list[str]:
-    section = README.read_text().split("\n## From Python\n", 1)[1].split("\n## ", 1)[0]
+    section = FROM_PYTHON_DOC.read_text().split("\n## From Python\n", 1)[1].split("\n## ", 1)[0]
     return re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
 
 
 def test_the_readme_code_runs_as_written(mnist_dir, tmp_path, monkeypatch, capsys):
     blocks = readme_python_blocks()
-    assert blocks, "README.md has no python block in its From Python section"
+    assert blocks, "docs/COMMANDS.md has no python block in its From Python section"
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MNISTGEN_DATA_DIR", str(mnist_dir))  # the score's full MNIST (the training uses the sample)
     for block in blocks:
-        exec(compile(block, "README.md (From Python)", "exec"), {"__name__": "__readme__"})
+        exec(compile(block, "docs/COMMANDS.md (From Python)", "exec"), {"__name__": "__readme__"})
     out = capsys.readouterr().out
     assert "train_vae: unknown setting 'epoch' (did you mean 'epochs'?)" in out
     assert (tmp_path / "runs" / "vae-notebook" / "checkpoint.pt").is_file()
