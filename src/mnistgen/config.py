@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import math
+import numbers
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -569,3 +572,51 @@ def _replace_from_args(cls: type, args: argparse.Namespace, base: Any) -> Any:
         elif getattr(args, f.name, None) is not None:
             changes[f.name] = getattr(args, f.name)
     return dataclasses.replace(base, **changes)
+
+
+# --------------------------------------------------------------------------- keyword arguments -> config
+
+def _settings(cls: type, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The flat settings of a config class, as CLI flags see them: ``{name: type}``, nested configs' fields too."""
+    hints = typing.get_type_hints(cls)
+    names: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        tp = _base_type(hints[f.name])
+        if dataclasses.is_dataclass(tp):
+            names.update(_settings(tp, exclude))
+        elif f.name not in exclude:
+            names[f.name] = tp
+    return names
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    """What a notebook naturally passes, as the CLI's parsed flag would hold it: a path for a text setting, a NumPy
+    integer for an int, an int for a float. Anything else is left for :func:`mnistgen.config.validate` to refuse."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if tp is str and isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if tp is int and isinstance(value, numbers.Integral):
+        return int(value)
+    if tp is float and isinstance(value, numbers.Real):
+        return float(value)
+    return value
+
+
+def config_from_settings(cls: type, settings: dict[str, Any], base: Any | None, what: str,
+                         exclude: tuple[str, ...] = ()) -> Any:
+    """``cls`` built from keyword settings exactly as the CLI builds it from flags: one keyword per flag (the nested
+    DataConfig's fields too: ``data_dir=``, ``dataset=``, ``offline=``), None for "not given", over ``base`` (the
+    stored config on resume) or the defaults; validated with the CLI's messages.
+
+    An unknown name is a one-line :class:`MnistgenError` naming it and the closest setting (or all of them).
+    """
+    known = _settings(cls, exclude)
+    unknown = [name for name in settings if name not in known]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], list(known), n=1)
+        names = ", ".join(repr(name) for name in unknown)
+        hint = f"did you mean {close[0]!r}?" if close else f"the settings are: {', '.join(known)}"
+        raise UsageError(f"{what}: unknown setting{'s' if len(unknown) > 1 else ''} {names} ({hint})")
+    values = {name: _coerce(value, known[name]) for name, value in settings.items()}
+    return config_from_args(cls, argparse.Namespace(**values), base)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .config import NON_NEGATIVE, POSITIVE, GANConfig, VAEConfig, option
+from .config import NON_NEGATIVE, POSITIVE, GANConfig, VAEConfig, config_from_settings, option
 from .errors import MnistgenError, UsageError
 from .stats import Interval, interval, t_quantile_975  # noqa: F401 - t_quantile_975 re-exported
 
@@ -230,8 +230,6 @@ def trials_of(sweep: Sweep, out: str | os.PathLike) -> list[Trial]:
 
 
 def _trial_config(trial: Trial, where: str = "") -> Any:
-    from .api import config_from_settings
-
     what = f"{where + ': ' if where else ''}configuration {trial.configuration}"
     try:
         return config_from_settings(MODELS[trial.model], trial.settings, None, what)
