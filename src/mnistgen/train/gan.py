@@ -16,17 +16,9 @@ The step calls the modules themselves (:data:`mnistgen.models.gan.REFERENCE`). W
 network as it is (:mod:`mnistgen.accelerate.gan`: mnistgen's C kernels on CPU, or PyTorch-only rewrites), it
 replaces that network's calls with the same function; the losses, autograd and Adam stay. The engine
 (:func:`mnistgen.accelerate.gan.gan_engine`) takes each replica's step in turn, or all at once, stacked, and on CUDA
-captures the step in a CUDA graph. ``--cpu-kernels`` chooses; each metrics line records ``trained_by``.
-
-Randomness: per replica, one CPU generator orders the batches, one generator on the device draws z, and the grid's
-fixed noise comes from a third seeded stream. Their states are in every checkpoint, so ``--resume`` ends with the
-same weights as an uninterrupted run, whether the run stopped between epochs or (Ctrl-C) in the middle of one.
-
-Under torchrun (:mod:`mnistgen.distributed`, one replica) ``batch_size`` is the global batch: every rank draws the
-same order and, per step, the same z for the whole batch, and trains on its equal slice of the images and of z; the
-step averages the gradients over the ranks, the step values are averaged once per epoch, the stop request combined
-before each step, and only rank 0 reads and writes the run folder (the others receive the checkpoint from it). So N
-processes take the steps of one process to float rounding.
+captures the step in a CUDA graph. ``--cpu-kernels`` chooses; each metrics line records ``trained_by``. The random
+streams (the batch order, z, the grid's fixed noise), resume and torchrun are as :mod:`mnistgen.train.common`
+describes.
 """
 
 from __future__ import annotations

@@ -11,18 +11,8 @@ iwae) is measured, one line is appended to RUN/metrics.jsonl and RUN/checkpoint.
 The engine that takes the steps (:func:`mnistgen.accelerate.vae.vae_engine`) runs each replica's step in turn, with
 an accelerator where one applies to the model as it is (mnistgen's C kernels on CPU, the hand-derived gradient, a
 CUDA graph: ``--cpu-kernels`` chooses), or all replicas' steps at once, stacked; each metrics line records
-``trained_by``. Replica k takes the steps of a separate run with seed k.
-
-Randomness: per replica, one CPU generator orders the batches, one generator on the device draws eps (and the
-binary images of the full protocol), and the evaluation draws from a generator seeded anew per epoch. Their states
-are in every checkpoint, so ``--resume`` ends with the same weights as an uninterrupted run, whether the run stopped
-between epochs or (Ctrl-C) in the middle of one.
-
-Under torchrun (:mod:`mnistgen.distributed`, one replica) ``batch_size`` is the global batch: every rank draws the
-same order and, per step, the same binary images and eps for the whole batch, and trains on its equal slice of them;
-the step averages the gradients over the ranks, the step ELBOs are summed once per epoch, the stop request combined
-before each step, and only rank 0 reads and writes the run folder (the others receive the checkpoint from it). So N
-processes take the steps of one process to float rounding.
+``trained_by``. The random streams (the batch order; eps and the full protocol's binary images; the evaluation's,
+seeded anew per epoch), resume and torchrun are as :mod:`mnistgen.train.common` describes.
 """
 
 from __future__ import annotations
