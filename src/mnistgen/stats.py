@@ -30,6 +30,11 @@ class Interval:
     half_width: float | None
 
 
+def is_number(value: Any) -> bool:
+    """Whether a JSON value is a number (an int or a float; not a boolean, which Python counts as an int)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def t_quantile_975(df: int) -> float:
     """The 0.975 quantile of Student's t with ``df`` degrees of freedom: a table for df <= 30, beyond it the
     Cornish-Fisher expansion in 1/df about the normal quantile (within 1e-7 there)."""

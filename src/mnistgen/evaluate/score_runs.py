@@ -22,7 +22,7 @@ from ..config import ScoreConfig, VAEEvalConfig
 from ..errors import MnistgenError, UsageError
 from ..files import write_json
 from ..runs import RunDir
-from .replicas import seeds_summary
+from .replicas import seed_folders, seeds_summary, summary_table
 
 SAMPLES_FILE = "samples.npz"  # in each scored run folder, beside its samples.score.json
 SUMMARY_FILE = "score.json"  # a replica run's summary over its seeds
@@ -63,7 +63,7 @@ def run_to_score(path: str | Path) -> ScoredRun:
                             f"{run.path / 'gan'}, or its samples, {run.path / 'samples'}/*.npz")
     if kind not in ("vae", "gan"):
         raise MnistgenError(f"{run.path}: a {kind!r} run folder, not a VAE or GAN run (nor a .npy file of images)")
-    targets: list[tuple[int | None, RunDir]] = list(run.replicas()) or [(None, run)]
+    targets = list(seed_folders(run).items())
     for _, target in targets:
         if not target.checkpoint.is_file():
             raise MnistgenError(f"{target.checkpoint}: no checkpoint here (train first, or check the run folder)")
@@ -75,9 +75,7 @@ def score_run(scored: ScoredRun, classifier: Any, reference: Any, config: ScoreC
     """Draw ``config.samples`` images from each model of ``scored``, save and score them (see the module's
     docstring), saying each report; for a replica run, write RUN/score.json and say its table. Returns the report
     of a single-seed run, or the replica run's summary."""
-    from ..reproduce import save_images
-    from ..scoring import format_report, load_images, score_images, write_report
-    from .replicas import summary_table
+    from ..scoring import format_report, load_images, save_images, score_images, write_report
 
     reports: dict[int, dict[str, Any]] = {}
     for seed, target in scored.targets:
