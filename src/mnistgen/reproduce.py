@@ -119,8 +119,8 @@ def prepare(repro: Reproduction, config: ReproduceConfig, resume: bool, explicit
 
 
 def flat_fields(config: ReproduceConfig) -> dict[str, Any]:
-    values = {k: v for k, v in to_dict(config).items() if k != "data"}
-    return {**values, **to_dict(config.data)}
+    """The settings by the name of their flag, in the order of the fields (the data's first)."""
+    return {**to_dict(config.data), **{k: v for k, v in to_dict(config).items() if k != "data"}}
 
 
 def reproduce(folder: str | Path, config: ReproduceConfig, resume: bool = False,
