@@ -9,12 +9,8 @@
     RUN/samples/NAME.npz   samples of each model (uint8 levels, compressed), NAME.score.json beside (score)
     RUN/explorer.html      the interactive latent explorer (mnistgen explore)
     RUN/report.html        the report (mnistgen report), rebuilt at the end of every reproduce
-    RUN/beyond/            with --beyond: the training options beyond SPEC (:data:`GAN_OPTIONS`), one run each:
-        gan-ema/           SPEC's GAN training, keeping a moving average of G (--ema-decay 0.999)
-        gan-betas/         --betas 0.5,0.999 (with the average kept beside: the run gives both)
-        gan-ttur/          --lr-d 4e-4 --lr-g 1e-4 (with the average)
-        gan-improved/      --recipe improved
-        vae-iwae/          the VAE on the importance-weighted bound, --objective iwae --train-samples 5
+    RUN/beyond/FOLDER/     with --beyond: one GAN run per training option beyond SPEC (:data:`GAN_OPTIONS`: gan-ema,
+                           gan-betas, gan-ttur, gan-improved), and vae-iwae/, the VAE on the importance-weighted bound
 
 A replica run (``--replicas N``) holds one ordinary run folder per seed, RUN/vae/seed=S/
 (:meth:`mnistgen.runs.RunDir.replicas`), and each seed's samples lie beside it, RUN/vae/seed=S/NAME.npz, instead of

@@ -262,6 +262,28 @@ def grids_gallery(run: RunDir, whose: str = "") -> str:
                    f'<div class="gallery">{gallery}</div>')
 
 
+def numbers_part(histories: dict[int | None, list[dict[str, Any]]],
+                 evaluations: dict[int | None, dict[str, Any] | None]) -> str:
+    """The last epoch's metrics and the evaluation of a run; of a replica run, after how to read its intervals, each
+    seed's (a column each) beside their mean ± 95% interval."""
+    if None in histories:
+        records, evaluation = histories[None], evaluations[None]
+        return ((f"<p>{escape(len(records))} epoch(s) trained; last epoch's metrics:</p>"
+                 + table(list(records[-1]), [list(records[-1].values())], "metrics") if records else "")
+                + ("" if evaluation is None else "<h3>Evaluation</h3>" + value_html(evaluation)))
+    n, seeds = len(histories), ", ".join(str(seed) for seed in histories)
+    parts = [f"<p>{n} seeds ({seeds}) trained as replicas, each in its own run folder <code>seed=S/</code>. A number "
+             f"measured on every seed is shown as the mean ± the half-width of its <b>{interval_name(n)}</b> "
+             "(t<sub>0.975, n-1</sub> s / &radic;n, s the standard deviation over the seeds), then each seed's value. "
+             f"The figures show seed {next(iter(histories))}, the first seed; the training curves show every seed.</p>"]
+    last = {seed: records[-1] for seed, records in histories.items() if records}
+    if last:
+        parts.append("<p>Epochs trained and the last epoch's metrics of each seed:</p>" + seeds_table(last))
+    if any(result is not None for result in evaluations.values()):
+        parts.append("<h3>Evaluation</h3>" + seeds_table({seed: result or {} for seed, result in evaluations.items()}))
+    return "".join(parts)
+
+
 def run_section(run: RunDir, kind: str) -> str:
     """Figures, evaluation, curves, metrics, configuration and data provenance of one VAE or GAN run; of a replica
     run, each seed's numbers after their mean ± 95% interval, the figures of the first seed, the training curves of
@@ -271,36 +293,15 @@ def run_section(run: RunDir, kind: str) -> str:
         return section(kind, title, "<p class='missing'>This stage has not produced a run folder yet.</p>")
     folders = seed_folders(run)
     histories = {seed: folder.read_metrics() for seed, folder in folders.items()}
-    evaluations = seed_evaluations(run)
     (first_seed, first), n = next(iter(folders.items())), len(folders)
-    seeds = ", ".join(str(seed) for seed in folders)
-    parts = []
-    if first_seed is None:
-        records = histories[None]
-        if records:
-            parts.append(f"<p>{escape(len(records))} epoch(s) trained; last epoch's metrics:</p>"
-                         + table(list(records[-1]), [list(records[-1].values())], "metrics"))
-        if evaluations[None] is not None:
-            parts.append("<h3>Evaluation</h3>" + value_html(evaluations[None]))
-    else:
-        parts.append(f"<p>{n} seeds ({seeds}) trained as replicas, each in its own run folder <code>seed=S/</code>. A "
-                     f"number measured on every seed is shown as the mean ± the half-width of its <b>{interval_name(n)}"
-                     "</b> (t<sub>0.975, n-1</sub> s / &radic;n, s the standard deviation over the seeds), then each "
-                     f"seed's value. The figures show seed {first_seed}, the first seed; the training curves show "
-                     "every seed.</p>")
-        last = {seed: records[-1] for seed, records in histories.items() if records}
-        if last:
-            parts.append("<p>Epochs trained and the last epoch's metrics of each seed:</p>" + seeds_table(last))
-        if any(result is not None for result in evaluations.values()):
-            parts.append("<h3>Evaluation</h3>" + seeds_table({seed: result or {}
-                                                               for seed, result in evaluations.items()}))
+    parts = [numbers_part(histories, seed_evaluations(run))]
     figures = seed_figures(run, kind, folders)
     parts += [figure_html(png, caption, f"{title}: {name}") for name, png, caption in figures]
     whose, caption = "", "Training curves: the metrics of metrics.jsonl after each epoch."
     if first_seed is not None:
         whose = f" of {n} seeds"
-        caption = (f"Training curves of every seed ({seeds}), one line per seed and metric (labelled seed S): the "
-                   "metrics of each seed's metrics.jsonl after each epoch.")
+        caption = (f"Training curves of every seed ({', '.join(map(str, folders))}), one line per seed and metric "
+                   "(labelled seed S): the metrics of each seed's metrics.jsonl after each epoch.")
     curves = None if any(name == CURVES_FIGURE[kind] for name, _, _ in figures) else history_curves(
         histories, f"{title}: training curves{whose}")
     if curves is not None:
