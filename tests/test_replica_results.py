@@ -1,6 +1,6 @@
-"""Issue 14, part 1: every result of a replica run (``--replicas`` / ``--seeds``) gives each seed's number beside their
-mean, standard deviation and 95% Student-t interval: ``vae eval``, ``score RUN``; the figures and samples of a replica
-run come from its first seed (and say so), its training curves show every seed; ``load_run`` reaches every seed.
+"""Every result of a replica run (``--replicas`` / ``--seeds``) gives each seed's number beside their mean, standard
+deviation and 95% Student-t interval: ``vae eval``, ``score RUN``; the figures and samples of a replica run come from
+its first seed (and say so), its training curves show every seed; ``load_run`` reaches every seed.
 
 Real replica runs on disk, trained on the 4,000-image MNIST sample (a VAE of 3 seeds, 2 epochs; a GAN of 2 seeds,
 1 epoch). The spreads are checked against numpy and scipy.stats.t, the per-seed values against the seed folders' own

@@ -18,7 +18,8 @@ from report_support import (
 
 from mnistgen.cli import main
 from mnistgen.errors import MnistgenError
-from mnistgen.report import build_report, duration, format_value, write_report
+from mnistgen.report import build_report, write_report
+from mnistgen.report.html import duration, format_value
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +218,7 @@ def test_settings_and_identifiers_are_shown_as_typed_and_measurements_with_decim
     # measurements: ELBOs with 2 decimals, a count of five digits or more with separators (10,000 images)
     assert "-170.50" in text and "-160.25" in text
     assert re.search(r"<td>10,000</td>", text) and "9,912,422" in text
-    from mnistgen.report import format_setting, value_html
+    from mnistgen.report.html import format_setting, value_html
 
     assert format_value(1000) == "1000" and format_value(12345) == "12,345" and format_value(-170.5) == "-170.50"
     assert format_setting(15.0) == "15.0" and format_setting(0.0002) == "0.0002" and format_setting(1234) == "1234"
@@ -259,10 +260,10 @@ def test_a_vae_run_without_evaluation_reads_its_last_epoch(tmp_path):
 
 
 def test_libraries_that_are_not_installed_are_left_out(reproduction, monkeypatch):
-    from mnistgen import report
+    from mnistgen.report import sections
 
-    monkeypatch.setattr(report, "LIBRARIES", ("numpy", "no-such-library-for-mnistgen"))
-    versions = report.library_versions()
+    monkeypatch.setattr(sections, "LIBRARIES", ("numpy", "no-such-library-for-mnistgen"))
+    versions = sections.library_versions()
     assert set(versions) == {"mnistgen", "numpy"}
     text = build_report(reproduction)
     assert "not installed" not in text and "no-such-library-for-mnistgen" not in text

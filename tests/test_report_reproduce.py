@@ -23,6 +23,7 @@ from mnistgen.errors import MnistgenError
 from mnistgen.evaluate.gan import sample_images
 from mnistgen.imaging import to_uint8
 from mnistgen.models.gan import Generator
+from mnistgen.reproduction import SAMPLE_SETS
 from mnistgen.runs import RunDir
 
 STAGE_NAMES = ["vae-train", "vae-eval", "vae-plots", "vae-samples", "gan-train", "gan-plots", "gan-samples",
@@ -61,7 +62,7 @@ def test_the_folder_holds_every_product(reproduction):
     assert json.loads(vae.eval.read_text())["iw_samples"] == 3
     assert (gan.figures / "progress.png").is_file()
     assert sorted(p.name for p in (gan.path / "grids").glob("*.png")) == ["epoch_000.png", "epoch_001.png"]
-    for name in pipeline.SAMPLE_SETS:
+    for name in SAMPLE_SETS:
         score = json.loads((reproduction / "samples" / f"{name}.score.json").read_text())
         assert score["n_images"] == SCORE_SAMPLES
         assert score["frechet_distance"] > score["real_vs_real_reference"]["frechet_distance"]
@@ -204,8 +205,8 @@ BEYOND_STAGES = ["beyond-gan-train", "beyond-gan-samples", "beyond-scores", "bey
 def test_beyond_added_on_resume_trains_scores_and_reports_each_option(reproduction, tmp_path, capsys):
     """``--resume --beyond`` on a finished reproduction: SPEC's stages are not rerun; each option trains with the
     reproduction's data, epochs and seed, is scored or evaluated, and the report puts it beside SPEC's numbers."""
-    from mnistgen.beyond import GAN_OPTIONS, IWAE_TRAIN_SAMPLES
     from mnistgen.config import GAN_RECIPES
+    from mnistgen.reproduction import GAN_OPTIONS, IWAE_TRAIN_SAMPLES
 
     copy = tmp_path / "RUN"
     shutil.copytree(reproduction, copy)

@@ -6,6 +6,7 @@ scipy.linalg.sqrtm, hand reasoning), and every bad input is refused before any w
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -16,6 +17,10 @@ from mnistgen.cli import main
 from mnistgen.data.sources import RawData
 from mnistgen.errors import MnistgenError
 from mnistgen.scoring import (
+    REFERENCE_KEY,
+    ReferenceScore,
+    ScoreFile,
+    SetScore,
     check_images,
     class_histogram,
     classifier_score,
@@ -23,8 +28,10 @@ from mnistgen.scoring import (
     feature_statistics,
     frechet_distance,
     load_images,
+    read_score,
     score_path,
     trace_sqrt_product,
+    write_report,
 )
 
 
@@ -269,3 +276,34 @@ def test_the_reference_refuses_the_mnist_sample_stand_in():
                      {"sample": True, "fallback_reason": "offline and no files in the cache"})
     with pytest.raises(MnistgenError, match=r"needs full MNIST, not a sample \(offline and no files in the cache\)"):
         compute_reference(None, sample)
+
+
+# --------------------------------------------------------------------------- the score file, read back
+
+
+def test_a_score_file_reads_back_as_the_record_it_was_written_from(tmp_path):
+    """The numbers go into FILE.score.json through SetScore and come back as the same record, the reference and the
+    classifier beside them; null stands for a NaN distance."""
+    numbers = SetScore(64, None, 3.25, (10, 2, 5, 7, 0, 9, 11, 3, 8, 9))
+    reference = ReferenceScore(10_000, 0.75, 9.61, (1000,) * 10, what="real training images against the test images")
+    written = write_report(tmp_path / "gan.npz", {**numbers.as_json(), REFERENCE_KEY: {
+        "what": reference.what, **reference.as_json()}, "classifier": {"sha256": "ab" * 32}})
+    assert written == tmp_path / "gan.score.json"
+    assert read_score(written) == ScoreFile(**vars(numbers), reference=reference, classifier={"sha256": "ab" * 32})
+
+
+@pytest.mark.parametrize(("field", "value", "problem"), [
+    ("class_histogram", [1000] * 9 + [-1], '"real_vs_real_reference.class_histogram" holds a number -1, not a count'),
+    ("n_images", 10_000.5, '"real_vs_real_reference.n_images" is a number, not a count of images'),
+    ("what", ["not", "text"], '"real_vs_real_reference.what" is a list, not a string'),
+])
+def test_a_damaged_score_file_is_one_line_naming_the_file_and_the_field(tmp_path, field, value, problem):
+    reference = {"what": "real against real", "n_images": 10_000, "frechet_distance": 0.75, "classifier_score": 9.61,
+                 "class_histogram": [1000] * 10}
+    path = tmp_path / "gan.score.json"
+    path.write_text(json.dumps({"n_images": 64, "frechet_distance": 123.5, "classifier_score": 3.25,
+                                "class_histogram": [6] * 10, REFERENCE_KEY: {**reference, field: value}}))
+    with pytest.raises(MnistgenError) as error:
+        read_score(path)
+    assert str(error.value) == (f"{path}: not a score written by mnistgen score ({problem}); score the images again "
+                                "or remove the file")

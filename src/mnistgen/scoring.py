@@ -13,6 +13,10 @@ probabilities p(y|x). From them:
   (confident and balanced).
 - **Class histogram**: how many images the classifier assigns to each digit.
 
+These numbers are one record, :class:`SetScore`: :func:`score_images` writes them through it into FILE.score.json
+(:func:`write_report`), and :func:`read_score` reads that file back into a :class:`ScoreFile` (checked once, as it
+is read: a file that is not what ``mnistgen score`` wrote is one line naming the file and the field).
+
 Every score comes with the **real-vs-real reference**: the same numbers for 10,000 real training
 images (the last 10,000, held out from the classifier's training) against the test images. The
 reference statistics are cached in the user cache, keyed by the classifier's checksum and the
@@ -21,8 +25,10 @@ checksums of the image bytes they came from.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
+import json
 import math
 import os
 import zipfile
@@ -41,7 +47,9 @@ from .data.registry import get_dataset
 from .data.sources import FilesUnavailable, RawData, load_raw, obtain_files
 from .errors import DataError, MnistgenError
 from .files import atomic_write, read_json, write_json
+from .imaging import to_uint8
 from .models.classifier import FEATURE_DIM, IMAGE_SIZE, NUM_CLASSES, MnistClassifier
+from .stats import is_number
 from .version import __version__
 
 WEIGHTS_NAME = "classifier.pt"
@@ -49,6 +57,7 @@ REFERENCE_TRAIN_IMAGES = 10_000  # the last 10k training images: the classifier'
 REFERENCE_VERSION = "1"  # bump when the definition of the cached reference changes
 MIN_IMAGES = 2  # a covariance needs at least two samples
 DEFAULT_BATCH_SIZE = ScoreConfig().batch_size
+REFERENCE_KEY = "real_vs_real_reference"  # the key of the reference's numbers in a score file
 
 
 # --------------------------------------------------------------------------- pure statistics
@@ -223,6 +232,13 @@ def load_images(path: str | os.PathLike) -> np.ndarray:
     return check_images(loaded, str(path))
 
 
+def save_images(path: Path, images: np.ndarray) -> None:
+    """(N, 28, 28) images in [0, 1] as 8-bit levels (as MNIST's own pixels; :func:`load_images` reads them as
+    level / 255) in a compressed .npz of one array: 0.5-3.5 MB for 10,000 images instead of 31 MB as float32."""
+    levels = to_uint8(images)
+    atomic_write(path, lambda handle: np.savez_compressed(handle, images=levels))
+
+
 def score_path(images_path: str | os.PathLike) -> Path:
     """``samples.npy`` (or ``samples.npz``) -> ``samples.score.json`` beside it."""
     path = Path(images_path)
@@ -331,27 +347,34 @@ def accuracy(classifier: Classifier, images: np.ndarray | torch.Tensor, labels: 
 
 
 @dataclass(frozen=True)
-class Reference:
-    """Features of the 10k test images, and the scores of 10k real training images against them."""
+class SetScore:
+    """The numbers of one set of images, as a score file holds them for its images and for the reference."""
+
+    n_images: int
+    frechet_distance: float | None  # None where the file holds null (a NaN)
+    classifier_score: float | None
+    class_histogram: tuple[int, ...]  # (10,): how many images the classifier assigns to each digit
+
+    def as_json(self) -> dict[str, Any]:
+        """These numbers as a score file holds them."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(SetScore)} | {
+            "class_histogram": list(self.class_histogram)}
+
+
+@dataclass(frozen=True)
+class Reference(SetScore):
+    """The score of the last 10k real training images against the 10k test images, and the test images' features."""
 
     test_mean: np.ndarray  # (128,) float64
     test_cov: np.ndarray  # (128, 128) float64
-    frechet_distance: float  # 10k training images vs the test images
-    classifier_score: float  # of the 10k training images
-    class_histogram: list[int]  # predicted classes of the 10k training images
     test_classifier_score: float  # of the test images themselves
     key: str  # the cache key: classifier checksum and checksums of the images' bytes
 
     def summary(self) -> dict[str, Any]:
-        return {
-            "what": f"the last {REFERENCE_TRAIN_IMAGES:,} MNIST training images (the shipped classifier's held-out "
-                    "validation images) against the 10,000 test images",
-            "n_images": REFERENCE_TRAIN_IMAGES,
-            "frechet_distance": self.frechet_distance,
-            "classifier_score": self.classifier_score,
-            "class_histogram": self.class_histogram,
-            "test_images_classifier_score": self.test_classifier_score,
-        }
+        """The reference as a score file holds it (:data:`REFERENCE_KEY`)."""
+        return {"what": f"the last {REFERENCE_TRAIN_IMAGES:,} MNIST training images (the shipped classifier's held-out "
+                        "validation images) against the 10,000 test images",
+                **self.as_json(), "test_images_classifier_score": self.test_classifier_score}
 
 
 def _reference_key(classifier: Classifier, reference_images: np.ndarray, test_images: np.ndarray) -> str:
@@ -372,9 +395,9 @@ def _read_cached_reference(path: Path, key: str) -> Reference | None:
         with np.load(path, allow_pickle=False) as cached:
             if str(cached["key"]) != key:
                 return None
-            return Reference(cached["test_mean"], cached["test_cov"], float(cached["frechet_distance"]),
-                             float(cached["classifier_score"]), cached["class_histogram"].astype(int).tolist(),
-                             float(cached["test_classifier_score"]), key)
+            return Reference(REFERENCE_TRAIN_IMAGES, float(cached["frechet_distance"]),
+                             float(cached["classifier_score"]), tuple(cached["class_histogram"].astype(int).tolist()),
+                             cached["test_mean"], cached["test_cov"], float(cached["test_classifier_score"]), key)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None
 
@@ -400,12 +423,10 @@ def compute_reference(classifier: Classifier, raw: RawData, batch_size: int = DE
     train_features, train_probabilities = classify(classifier, _scale(reference_images), batch_size,
                                                    "real-vs-real reference (once, then cached): training images")
     test_mean, test_cov = feature_statistics(test_features)
-    reference = Reference(
-        test_mean, test_cov,
-        frechet_distance(*feature_statistics(train_features), test_mean, test_cov),
-        classifier_score(train_probabilities), class_histogram(train_probabilities),
-        classifier_score(test_probabilities), key,
-    )
+    train_distance = frechet_distance(*feature_statistics(train_features), test_mean, test_cov)
+    reference = Reference(REFERENCE_TRAIN_IMAGES, train_distance, classifier_score(train_probabilities),
+                          tuple(class_histogram(train_probabilities)), test_mean, test_cov,
+                          classifier_score(test_probabilities), key)
     arrays = {"key": np.array(key), "test_mean": test_mean, "test_cov": test_cov,
               "frechet_distance": np.array(reference.frechet_distance),
               "classifier_score": np.array(reference.classifier_score),
@@ -461,12 +482,11 @@ def score_images(images: np.ndarray, classifier: Classifier | None = None, refer
         reference = reference_statistics(classifier, config.data, config.batch_size)
     features, probabilities = classify(classifier, images, config.batch_size, "scoring")
     mean, cov = feature_statistics(features)
+    numbers = SetScore(len(images), frechet_distance(mean, cov, reference.test_mean, reference.test_cov),
+                       classifier_score(probabilities), tuple(class_histogram(probabilities)))
     return {
-        "n_images": len(images),
-        "frechet_distance": frechet_distance(mean, cov, reference.test_mean, reference.test_cov),
-        "classifier_score": classifier_score(probabilities),
-        "class_histogram": class_histogram(probabilities),
-        "real_vs_real_reference": reference.summary(),
+        **numbers.as_json(),
+        REFERENCE_KEY: reference.summary(),
         "classifier": {"sha256": classifier.sha256, "test_accuracy": classifier.info.get("test_accuracy"),
                        "feature_dim": FEATURE_DIM, "file": str(classifier.path)},
         "mnistgen_version": __version__,
@@ -475,7 +495,7 @@ def score_images(images: np.ndarray, classifier: Classifier | None = None, refer
 
 def format_report(report: dict[str, Any], name: str) -> str:
     """The score as a few lines of text, the real-vs-real reference beside every number."""
-    reference = report["real_vs_real_reference"]
+    reference = report[REFERENCE_KEY]
     histogram = "  ".join(f"{digit}:{count}" for digit, count in enumerate(report["class_histogram"]))
     reference_histogram = "  ".join(f"{digit}:{count}" for digit, count in enumerate(reference["class_histogram"]))
     lines = [
@@ -495,6 +515,84 @@ def format_report(report: dict[str, Any], name: str) -> str:
 
 
 def write_report(images_path: str | os.PathLike, report: dict[str, Any]) -> Path:
+    """The score of :func:`score_images` as FILE.score.json beside the images (:func:`read_score` reads it)."""
     path = score_path(images_path)
     write_json(path, {"file": str(Path(images_path).name), **report})
     return path
+
+
+# --------------------------------------------------------------------------- the score file, read back
+
+
+@dataclass(frozen=True)
+class ReferenceScore(SetScore):
+    what: str = ""  # which real images against which
+
+
+@dataclass(frozen=True)
+class ScoreFile(SetScore):
+    """A FILE.score.json as :func:`write_report` writes it, checked field by field once, as :func:`read_score` reads
+    it: what is wrong is a :class:`MnistgenError` naming the field."""
+
+    reference: ReferenceScore | None = None  # the real-vs-real reference scored beside the images
+    classifier: dict[str, Any] | None = None  # the classifier that scored them: its checksum, test accuracy, ...
+
+    @classmethod
+    def from_json(cls, value: Any) -> ScoreFile:
+        numbers, reference = set_score_fields(value), None
+        if REFERENCE_KEY in value:
+            reference = ReferenceScore(**set_score_fields(value[REFERENCE_KEY], REFERENCE_KEY),
+                                       what=value[REFERENCE_KEY].get("what", ""))
+            if not isinstance(reference.what, str):
+                raise MnistgenError(f'"{REFERENCE_KEY}.what" is {json_type(reference.what)}, not a string')
+        if "classifier" in value and not isinstance(value["classifier"], dict):
+            raise MnistgenError(f'"classifier" is {json_type(value["classifier"])}, not an object')
+        return cls(**numbers, reference=reference, classifier=value.get("classifier"))
+
+
+JSON_TYPES = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list", dict: "an object",
+              type(None): "null"}  # the JSON names of Python's types, for messages (bool before int: True is an int)
+
+
+def json_type(value: Any) -> str:
+    return next((name for kind, name in JSON_TYPES.items() if isinstance(value, kind)), type(value).__name__)
+
+
+def is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+SET_SCORE_CHECKS = {  # each field of a SetScore in a score file: (does a value fit, what it must be)
+    "n_images": (is_count, "a count of images"),
+    "frechet_distance": (lambda value: value is None or is_number(value), "a number"),
+    "classifier_score": (lambda value: value is None or is_number(value), "a number"),
+    "class_histogram": (lambda value: isinstance(value, list), "a list of counts"),
+}
+
+
+def set_score_fields(value: Any, where: str = "") -> dict[str, Any]:
+    """The fields of a :class:`SetScore` from a score file's object (``where``: its key, "" for the file's own)."""
+    if not isinstance(value, dict):
+        raise MnistgenError(f'"{where}" is {json_type(value)}, not an object' if where
+                            else f"it holds {json_type(value)}, not an object")
+    name = lambda key: f'"{where}.{key}"' if where else f'"{key}"'  # noqa: E731
+    for key, (fits, expected) in SET_SCORE_CHECKS.items():
+        if key not in value:
+            raise MnistgenError(f"no {name(key)}")
+        if not fits(value[key]):
+            raise MnistgenError(f"{name(key)} is {json_type(value[key])}, not {expected}")
+    wrong = [entry for entry in value["class_histogram"] if not is_count(entry)]
+    if wrong:
+        raise MnistgenError(f"{name('class_histogram')} holds {json_type(wrong[0])} {json.dumps(wrong[0])[:20]}, "
+                            "not a count")
+    return {**{key: value[key] for key in SET_SCORE_CHECKS}, "class_histogram": tuple(value["class_histogram"])}
+
+
+def read_score(path: Path) -> ScoreFile:
+    """A FILE.score.json written by mnistgen score; anything else is one line naming the file and what is wrong."""
+    value = read_json(path)
+    try:
+        return ScoreFile.from_json(value)
+    except MnistgenError as problem:
+        raise MnistgenError(f"{path}: not a score written by mnistgen score ({problem}); score the images again or "
+                            "remove the file") from None

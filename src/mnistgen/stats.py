@@ -30,6 +30,11 @@ class Interval:
     half_width: float | None
 
 
+def is_number(value: Any) -> bool:
+    """Whether a JSON value is a number (an int or a float; not a boolean, which Python counts as an int)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def t_quantile_975(df: int) -> float:
     """The 0.975 quantile of Student's t with ``df`` degrees of freedom: a table for df <= 30, beyond it the
     Cornish-Fisher expansion in 1/df about the normal quantile (within 1e-7 there)."""
@@ -47,14 +52,8 @@ def t_quantile_975(df: int) -> float:
 
 def interval(values: Sequence[float]) -> Interval:
     """Mean ± t_{0.975, n-1} · s / sqrt(n), s the sample standard deviation (n - 1 in its denominator)."""
-    n = len(values)
-    if n == 0:
-        raise ValueError("no values")
-    mean = math.fsum(values) / n
-    if n == 1:
-        return Interval(1, mean, None)
-    s = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
-    return Interval(n, mean, t_quantile_975(n - 1) * s / math.sqrt(n))
+    found = spread(values)
+    return Interval(len(found.values), found.mean, found.half_width)
 
 
 @dataclass(frozen=True)
@@ -67,14 +66,6 @@ class Spread:
     std: float | None
     half_width: float | None
 
-    @property
-    def low(self) -> float | None:
-        return None if self.half_width is None else self.mean - self.half_width
-
-    @property
-    def high(self) -> float | None:
-        return None if self.half_width is None else self.mean + self.half_width
-
     def text(self, digits: int = 2) -> str:
         """"-137.62 ± 0.41" (mean ± half-width), or the single value."""
         if self.half_width is None:
@@ -83,15 +74,18 @@ class Spread:
 
     def as_dict(self) -> dict[str, Any]:
         """What eval.json and score.json hold: n, the values, mean, std, the interval's ends and its name."""
+        low, high = (None, None) if self.half_width is None else (self.mean - self.half_width,
+                                                                   self.mean + self.half_width)
         return {"n": len(self.values), "values": list(self.values), "mean": self.mean, "std": self.std,
-                "ci95_low": self.low, "ci95_high": self.high, "ci95_half_width": self.half_width,
-                "interval": INTERVAL_NAME}
+                "ci95_low": low, "ci95_high": high, "ci95_half_width": self.half_width, "interval": INTERVAL_NAME}
 
 
 def spread(values: Sequence[float]) -> Spread:
     """The :class:`Spread` of one number over seeds (``values`` in the seeds' order)."""
-    found = interval(values)
-    std = None
-    if len(values) > 1:
-        std = math.sqrt(math.fsum((v - found.mean) ** 2 for v in values) / (len(values) - 1))
-    return Spread(tuple(float(v) for v in values), found.mean, std, found.half_width)
+    n = len(values)
+    if n == 0:
+        raise ValueError("no values")
+    mean = math.fsum(values) / n
+    std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
+    half_width = None if std is None else t_quantile_975(n - 1) * std / math.sqrt(n)
+    return Spread(tuple(float(v) for v in values), mean, std, half_width)

@@ -48,20 +48,20 @@ def run_reproduce(args: argparse.Namespace) -> int:
 def explicit_fields(args: argparse.Namespace) -> set[str]:
     """Names of the config fields the command line sets (argparse leaves the others None); --quick sets its own."""
     from ..config import REPRODUCE_QUICK, ReproduceConfig
-    from ..reproduce import config_field_names
+    from ..reproduce import flat_fields
 
-    given = {name for name in config_field_names(ReproduceConfig) if getattr(args, name, None) is not None}
+    given = {name for name in flat_fields(ReproduceConfig()) if getattr(args, name, None) is not None}
     return given | (set(REPRODUCE_QUICK) if args.quick else set())
 
 
 def command_line(args: argparse.Namespace) -> list[str]:
     """The command as typed, rebuilt from the parsed flags (for the record in RUN/stages.json)."""
     from ..config import ReproduceConfig
-    from ..reproduce import config_field_names
+    from ..reproduce import flat_fields
 
     words = ["mnistgen", "reproduce", "--out", args.out]
     words += [flag for flag, given in (("--quick", args.quick), ("--resume", args.resume)) if given]
-    for name in config_field_names(ReproduceConfig):
+    for name in flat_fields(ReproduceConfig()):
         value = getattr(args, name, None)
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):

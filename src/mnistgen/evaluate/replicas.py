@@ -60,6 +60,12 @@ def summary_table(aggregate: dict[str, Any], labels: Mapping[str, str], digits: 
     return lines
 
 
+def seed_folders(run: RunDir) -> dict[int | None, RunDir]:
+    """{seed: RUN/seed=S} of a replica run, in its seeds' order; {None: RUN} of a single-seed run (or of a folder
+    with no config.json yet)."""
+    return (dict(run.replicas()) if run.config.is_file() else {}) or {None: run}
+
+
 def seeds_text(replicas: Sequence[tuple[int, RunDir]]) -> str:
     """"3 seeds (1234, 1235, 1236)"."""
     return f"{len(replicas)} seed{'s' if len(replicas) != 1 else ''} ({', '.join(str(s) for s, _ in replicas)})"

@@ -22,13 +22,22 @@ from ..config import ScoreConfig, VAEEvalConfig
 from ..errors import MnistgenError, UsageError
 from ..files import write_json
 from ..runs import RunDir
-from .replicas import seeds_summary
+from ..scoring import (
+    MIN_IMAGES,
+    Classifier,
+    Reference,
+    format_report,
+    load_images,
+    save_images,
+    score_images,
+    write_report,
+)
+from .replicas import seed_folders, seeds_summary, summary_table
 
 SAMPLES_FILE = "samples.npz"  # in each scored run folder, beside its samples.score.json
 SUMMARY_FILE = "score.json"  # a replica run's summary over its seeds
-HEADLINES = ("frechet_distance", "classifier_score")  # the numbers of a score report summarized over seeds
-LABELS = {"frechet_distance": "Frechet distance (lower)", "classifier_score": "classifier score (max 10)"}
-MIN_SAMPLES = 2  # a covariance needs two images
+# the numbers of a score report summarized over seeds, with their labels
+HEADLINES = {"frechet_distance": "Frechet distance (lower)", "classifier_score": "classifier score (max 10)"}
 
 
 @dataclass(frozen=True)
@@ -39,10 +48,6 @@ class ScoredRun:
     run: RunDir
     kind: str
     targets: list[tuple[int | None, RunDir]]
-
-    @property
-    def replicated(self) -> bool:
-        return self.targets[0][0] is not None
 
     @property
     def summary_path(self) -> Path:
@@ -63,22 +68,18 @@ def run_to_score(path: str | Path) -> ScoredRun:
                             f"{run.path / 'gan'}, or its samples, {run.path / 'samples'}/*.npz")
     if kind not in ("vae", "gan"):
         raise MnistgenError(f"{run.path}: a {kind!r} run folder, not a VAE or GAN run (nor a .npy file of images)")
-    targets: list[tuple[int | None, RunDir]] = list(run.replicas()) or [(None, run)]
+    targets = list(seed_folders(run).items())
     for _, target in targets:
         if not target.checkpoint.is_file():
             raise MnistgenError(f"{target.checkpoint}: no checkpoint here (train first, or check the run folder)")
     return ScoredRun(run, kind, targets)
 
 
-def score_run(scored: ScoredRun, classifier: Any, reference: Any, config: ScoreConfig,
+def score_run(scored: ScoredRun, classifier: Classifier, reference: Reference, config: ScoreConfig,
               say: Callable[[str], None]) -> dict[str, Any]:
     """Draw ``config.samples`` images from each model of ``scored``, save and score them (see the module's
     docstring), saying each report; for a replica run, write RUN/score.json and say its table. Returns the report
     of a single-seed run, or the replica run's summary."""
-    from ..reproduce import save_images
-    from ..scoring import format_report, load_images, score_images, write_report
-    from .replicas import summary_table
-
     reports: dict[int, dict[str, Any]] = {}
     for seed, target in scored.targets:
         path = samples_path(target)
@@ -93,13 +94,13 @@ def score_run(scored: ScoredRun, classifier: Any, reference: Any, config: ScoreC
         if seed is None:
             return report
         reports[seed] = report
-    aggregate = write_summary(scored, reports)
-    real = reference.summary()
+    aggregate = seeds_summary(reports, tuple(HEADLINES))  # RUN/score.json: each seed's report, and the spread
+    write_json(scored.summary_path, aggregate)
     say(f"{scored.run.path}: {config.samples:,} images of each seed's model")
-    for line in summary_table(aggregate, LABELS, digits=3):
+    for line in summary_table(aggregate, HEADLINES, digits=3):
         say(line)
-    say(f"real vs real ({real['n_images']:,} training images against the test images): Frechet distance "
-        f"{real['frechet_distance']:.3f}, classifier score {real['classifier_score']:.3f}")
+    say(f"real vs real ({reference.n_images:,} training images against the test images): Frechet distance "
+        f"{reference.frechet_distance:.3f}, classifier score {reference.classifier_score:.3f}")
     say(f"written: {scored.summary_path}")
     return aggregate
 
@@ -125,14 +126,7 @@ def what_is_drawn(kind: str, n: int, seed: int, ema_decay: float | None = None) 
     return f"{n:,} images {made_by}, seed {seed}"
 
 
-def write_summary(scored: ScoredRun, reports: dict[int, dict[str, Any]]) -> dict[str, Any]:
-    """RUN/score.json of a replica run: each seed's report and the spread of :data:`HEADLINES`; returned."""
-    aggregate = seeds_summary(reports, HEADLINES)
-    write_json(scored.summary_path, aggregate)
-    return aggregate
-
-
 def check_samples(config: ScoreConfig) -> None:
-    if config.samples < MIN_SAMPLES:
-        raise UsageError(f"--samples {config.samples}: a run's score needs at least {MIN_SAMPLES} images (a "
-                            "covariance)")
+    if config.samples < MIN_IMAGES:
+        raise UsageError(f"--samples {config.samples}: a run's score needs at least {MIN_IMAGES} images (a "
+                         "covariance)")

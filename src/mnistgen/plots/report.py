@@ -1,8 +1,10 @@
-"""Figures the report draws itself from a run's metrics (the models' own figures come from their plots modules)."""
+"""The training curves the report draws itself from a run's metrics.jsonl, when the run has no curves figure of its
+own (the models' figures come from their plots modules): known metrics in their panels, others in one more."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import matplotlib
 
@@ -11,7 +13,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from ..stats import is_number  # noqa: E402
+
 PANEL_SIZE = (5.0, 3.4)  # inches per panel: readable at the report's width
+# The panels of known metrics: (title, y label, {metric: legend}).
+KNOWN_PANELS = (
+    ("GAN losses", "mean over the epoch's steps", {"d_loss": "D: cross-entropy on real and generated",
+                                                    "g_loss": "G: -log D(G(z)) (non-saturating)"}),
+    ("discriminator outputs", "mean probability of 'real'", {"d_real": "D(x) on real images",
+                                                             "d_fake": "D(G(z)) on generated images"}),
+    ("ELBO", "nats per image (higher is better)", {"train_elbo": "training images", "test_elbo": "test images",
+                                                   "validation_elbo": "validation images"}),
+)
+NOT_PLOTTED = ("epoch", "seconds", "train_seconds", "lr")
+Series = list[float | None]  # a metric's value at each epoch of the x axis, None where an epoch lacks it
 
 
 def metric_curves(epochs: Sequence[float], panels: Sequence[tuple[str, str, dict[str, Sequence[float]]]],
@@ -36,3 +51,44 @@ def metric_curves(epochs: Sequence[float], panels: Sequence[tuple[str, str, dict
         axis.legend()
     figure.suptitle(title)
     return figure
+
+
+def numeric_series(records: list[dict[str, Any]], key: str) -> Series:
+    return [r.get(key) if is_number(r.get(key)) else None for r in records]
+
+
+def curve_panels(keys: list[str], lines: Callable[[str, str], dict[str, Series]]
+                 ) -> list[tuple[str, str, dict[str, Series]]]:
+    """The panels of the curves: known metrics in their panels, others in one more. ``lines(key, label)`` gives the
+    lines of one metric, {legend: its values by epoch}: one line for a run, one per seed for a replica run."""
+    panels = []
+    for panel_title, ylabel, legend in KNOWN_PANELS:
+        series = {name: values for key, label in legend.items() if key in keys
+                  for name, values in lines(key, label).items()}
+        if series:
+            panels.append((panel_title, ylabel, series))
+    known = {key for _, _, legend in KNOWN_PANELS for key in legend}
+    others = {name: values for key in keys if key not in known for name, values in lines(key, key).items()}
+    if others:
+        panels.append(("other metrics", "value", others))
+    return panels
+
+
+def history_curves(histories: dict[int | None, list[dict[str, Any]]], title: str) -> Figure | None:
+    """The curves of a run's metrics.jsonl records, ``{None: records}``, or of every seed of a replica run,
+    ``{seed: its records}``: each metric one line per seed, labelled "seed S: metric", on the epochs of all seeds (a
+    seed that lacks an epoch has a gap). None when there is no number to draw."""
+    by_epoch = {seed: {r.get("epoch", i): r for i, r in enumerate(records)} for seed, records in histories.items()}
+    epochs = sorted({epoch for records in by_epoch.values() for epoch in records})
+    records = [r for found in histories.values() for r in found]
+    keys = [k for k in dict.fromkeys(k for r in records for k in r) if k not in NOT_PLOTTED]
+    keys = [k for k in keys if any(v is not None for v in numeric_series(records, k))]
+    if not epochs or not keys:
+        return None
+
+    def lines(key: str, label: str) -> dict[str, Series]:
+        return {label if seed is None else f"seed {seed}: {label}": numeric_series([found.get(e, {}) for e in epochs],
+                                                                                   key)
+                for seed, found in by_epoch.items()}
+
+    return metric_curves(epochs, curve_panels(keys, lines), title)

@@ -1,0 +1,134 @@
+"""The report's "Beyond the spec" section: the training options of ``mnistgen reproduce --beyond`` beside SPEC's.
+
+SPEC's numbers come first in each table, then each option's (:data:`mnistgen.reproduction.GAN_OPTIONS`), every
+number measured on several seeds as the mean ± its 95% Student-t interval with each seed's value beside it; then the
+last grid of SPEC's GAN beside the recommended recipe's (the first seed's).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..evaluate.replicas import seed_folders
+from ..reproduction import (
+    GAN_OPTIONS,
+    GAN_SAMPLE_SET,
+    IWAE_FLAGS,
+    IWAE_TRAIN_SAMPLES,
+    RECOMMENDED_GAN_OPTION,
+    Reproduction,
+    SampleFile,
+)
+from ..runs import RunDir
+from ..scoring import ScoreFile, read_score, score_path
+from ..stats import is_number
+from .html import Markup, escape, figure_html, format_value, interval_name, measured, section, seeds_html, table
+from .results import seed_evaluations
+from .sections import each_seed_pair, score_cells
+
+SET_TITLES = {"average": "the moving average of G", "raw": "the trained G"}
+EVALUATION_KEYS = ("test_elbo", "test_iw_log_likelihood")  # the VAE's numbers compared
+
+
+def read_scores(files: list[SampleFile]) -> dict[int | None, ScoreFile] | None:
+    """Each seed's score of a sample set; None until every seed's score exists."""
+    paths = {file.seed: score_path(file.path) for file in files}
+    if not paths or not all(path.is_file() for path in paths.values()):
+        return None
+    return {seed: read_score(path) for seed, path in paths.items()}
+
+
+def mean_distance(scores: dict[int | None, ScoreFile]) -> float | None:
+    values = [score.frechet_distance for score in scores.values()]
+    return sum(values) / len(values) if all(is_number(v) for v in values) else None
+
+
+def score_row(scores: dict[int | None, ScoreFile], spec_distance: float | None) -> list[Any]:
+    """[Frechet distance, its ratio to SPEC's, classifier score, (each seed's pair)] of a set scored on one seed
+    (the values) or several (mean ± interval, and each seed's)."""
+    distance, each = mean_distance(scores), each_seed_pair(scores)
+    ratio = f"{distance / spec_distance:.2f}" if distance is not None and spec_distance else "—"
+    distance_cell, score_cell = score_cells(scores)
+    return [distance_cell, ratio, score_cell, *([] if each is None else [each])]
+
+
+def gan_table(repro: Reproduction) -> str:
+    rows = []
+    spec = read_scores(repro.sample_files(repro.gan, GAN_SAMPLE_SET))
+    spec_distance = mean_distance(spec) if spec else None
+    if spec is not None:
+        rows.append([Markup("<b>SPEC's defaults</b>"), "(none)", "G", *score_row(spec, spec_distance)])
+    for option in GAN_OPTIONS:
+        for name in option.sample_sets():
+            scores = read_scores(repro.sample_files(repro.beyond_gan(option), name))
+            if scores is not None:
+                rows.append([option.title, Markup(f"<code>{escape(option.flags)}</code>"), SET_TITLES[name],
+                             *score_row(scores, spec_distance)])
+    if not rows:
+        return "<p class='missing'>No GAN option has been scored yet.</p>"
+    headers = ("training", "flags of gan train", "images from", "Frechet distance", "distance / SPEC's",
+               "classifier score", "each seed: distance / score")
+    return table(headers[: len(rows[0])], rows, "scores")
+
+
+def vae_table(repro: Reproduction) -> str:
+    rows = []
+    for title, flags, run in (("SPEC's defaults (Eq. 2)", "", repro.vae),
+                              (f"importance-weighted bound, K = {IWAE_TRAIN_SAMPLES}", IWAE_FLAGS, repro.beyond_vae)):
+        evaluations = seed_evaluations(run) if run.config.is_file() else {}
+        if not evaluations or any(result is None for result in evaluations.values()):
+            continue
+        cells = [measured({seed: result.get(key) for seed, result in evaluations.items()}) for key in EVALUATION_KEYS]
+        if None not in evaluations:
+            cells.append(seeds_html({seed: Markup(" / ".join(format_value(result.get(key)) for key in EVALUATION_KEYS))
+                                     for seed, result in evaluations.items()}))
+        rows.append([title, Markup(f"<code>{escape(flags)}</code>") if flags else "(none)", *cells])
+    if not rows:
+        return "<p class='missing'>No VAE has been evaluated yet.</p>"
+    headers = ("objective", "flags of vae train", "test ELBO", "test log p(x), importance-weighted",
+               "each seed: ELBO / log p(x)")
+    return table(headers[: max(len(row) for row in rows)], rows, "scores")
+
+
+def last_grid(run: RunDir, raw: bool = False) -> tuple[int, bytes] | None:
+    """(epoch, PNG) of the latest saved grid of a run's first seed (its average's, or with ``raw`` G's)."""
+    first = next(iter(seed_folders(run).values()))
+    epochs = first.grid_epochs(raw)
+    if not epochs:
+        return None
+    png, _ = first.grid_paths(epochs[-1], raw)
+    return (epochs[-1], png.read_bytes()) if png.is_file() else None
+
+
+def grids_part(repro: Reproduction) -> str:
+    recommended = RECOMMENDED_GAN_OPTION
+    improved_run = repro.beyond_gan(recommended)
+    shown = [("SPEC's defaults, G", last_grid(repro.gan)),
+             (f"{recommended.title} ({recommended.flags}), the moving average of G", last_grid(improved_run)),
+             (f"{recommended.title}, the trained G", last_grid(improved_run, raw=True))]
+    figures = [figure_html(png, f"{title}, epoch {epoch}: the fixed noise batch of the first seed.",
+                           f"last grid: {title}", "grid") for title, found in shown if found for epoch, png in [found]]
+    if not figures:
+        return ""
+    return ("<h3>The recommended GAN recipe beside SPEC's, the last grids</h3><p>The same fixed noise batch "
+            "(8x8), the last epoch saved, the first seed of each.</p>"
+            f'<div class="gallery">{"".join(figures)}</div>')
+
+
+def beyond_section(repro: Reproduction) -> str:
+    """The section, or "" when the folder holds no RUN/beyond (a reproduction without ``--beyond``)."""
+    if not repro.beyond.is_dir():
+        return ""
+    seeds = len(seed_folders(repro.gan))
+    spread = (f" Each number measured on several seeds is the mean ± the half-width of its {interval_name(seeds)}, "
+              "each seed's value beside it." if seeds > 1 else " One seed each: one sample of the training "
+              "randomness (reproduce --replicas N gives the interval).")
+    intro = ("<p>Training options beyond the specification, each trained with the same networks, data, epochs and "
+             "seeds as SPEC's runs above (which stay exactly SPEC's), and measured the same way: the GAN's samples by "
+             "the Frechet distance (lower is better) and classifier score of <i>Sample quality</i>, the VAE by its "
+             "test ELBO and importance-weighted log p(x) (higher is better)." + escape(spread) + " Each GAN option's "
+             "run keeps a moving average of G's weights beside its training (the average does not change the "
+             "training), so it gives both the trained G and the average.</p>")
+    body = (intro + "<h3>GAN: training options</h3>" + gan_table(repro) + grids_part(repro)
+            + "<h3>VAE: the importance-weighted bound</h3>" + vae_table(repro))
+    return section("beyond", "Beyond the spec", body)
