@@ -5,8 +5,10 @@ The importance weights of a trained model underflow into subnormals (most draws 
 nothing), and subnormal operands slow the CPU's matrix products. An untrained model has none, so the script
 first trains `--warm-epochs` epochs of `--protocol` (untimed), then times epochs from that one state: each
 repetition restores the same weights, Adam moments, batch order and draws, and runs one epoch with IEEE arithmetic
-and one with flushing, in turn, on one CPU thread. It prints the share of subnormal normalized weights at that
-state, the medians, their ratio, and each loop's training value (the two differ by float rounding only).
+and one with flushing, in turn, on one CPU thread. An epoch is the steps of mnistgen's loop (its step inputs, its
+engine, `take_steps`) on the reference step, the one iwae trains with. It prints the share of subnormal normalized
+weights at that state, the medians, their ratio, and each loop's training value (the two differ by float rounding
+only).
 
     python bench/flush_denormals.py --data-dir ../shared/data/mnist --warm-epochs 100 --repeat 5
     python bench/flush_denormals.py --data-dir ../shared/data/mnist --protocol full --warm-epochs 8 --repeat 5
@@ -20,17 +22,22 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 
+from mnistgen.accelerate import Choice
+from mnistgen.accelerate.engines import Replica
+from mnistgen.accelerate.vae import vae_engine
 from mnistgen.config import DataConfig, VAEConfig
-from mnistgen.data.batches import shuffled_batches
+from mnistgen.data.batches import epoch_order, num_batches
 from mnistgen.data.protocols import binarize_batch, load_protocol
 from mnistgen.data.sources import load_raw
 from mnistgen.device import seed_everything, stream_seed
 from mnistgen.losses import standard_normal_draws, vae_elbo
-from mnistgen.train.common import flushed_denormals
-from mnistgen.train.vae import NOISE_STREAM, build_model, make_optimizer, train_epoch
+from mnistgen.models.vae import build_model, draws_per_image, make_optimizer
+from mnistgen.train.common import flushed_denormals, take_steps
+from mnistgen.train.vae import NOISE_STREAM, step_inputs
 
 
 def main() -> None:
@@ -50,25 +57,36 @@ def main() -> None:
     protocol = load_protocol(config.protocol, load_raw(config.data), config.validation_size)
     images = protocol.train_images.to(torch.float32)  # (N, 784): binary (hw) or gray levels binarized per use (full)
     torch.set_num_threads(1)  # one thread: the threads torch starts while flushing would keep flushing after it
+    device = torch.device("cpu")
     order = seed_everything(config.seed)
-    model = build_model(config, torch.device("cpu"))
-    optimizer = make_optimizer(model, config.lr)
+    model = build_model(config, device)
+    optimizer = make_optimizer(model, config)
     noise = torch.Generator().manual_seed(stream_seed(config.seed, NOISE_STREAM))
+    steps = num_batches(len(images), config.batch_size, drop_last=False)
 
-    def epoch(model, optimizer, order, noise) -> float:
-        batches = list(shuffled_batches(len(images), config.batch_size, order))
-        step_elbos = torch.zeros(len(batches))
-        train_epoch(model, optimizer, images, batches, noise=noise, analytic_kl=False,
-                    dynamic_binarization=protocol.dynamic_binarization,
-                    step_elbos=step_elbos, importance_weighted=True, samples=config.train_samples)
-        return float(step_elbos.sum()) / len(images)
+    def epoch_of(model, optimizer) -> Callable[[], float]:
+        """An epoch function of mnistgen's loop for this model and optimizer (the reference step), drawing the batch
+        order and the draws from ``order`` and ``noise``."""
+        engine = vae_engine([Replica({"model": model}, {"model": optimizer})], config, device, Choice(None, ()),
+                            say=print)
+
+        def epoch() -> float:
+            orders = [epoch_order(len(images), config.batch_size, order, device)]
+            step_elbos = torch.zeros(1, steps)
+            take_steps(engine, 0, steps, step_inputs(images, orders, [noise], config.batch_size, config.latent_dim,
+                                                     draws_per_image(config), protocol.dynamic_binarization),
+                       step_elbos)
+            return float(step_elbos.sum()) / len(images)
+
+        return epoch
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"{torch.get_num_threads()} torch thread(s); load average {os.getloadavg()[0]:.1f} at start", flush=True)
+    warm_epoch = epoch_of(model, optimizer)
     started = time.perf_counter()
     with flushed_denormals(True, print):
         for _ in range(args.warm_epochs):
-            value = epoch(model, optimizer, order, noise)
+            value = warm_epoch()
     print(f"warm-up: {args.warm_epochs} {args.protocol} epochs of iwae K={args.samples} in "
           f"{time.perf_counter() - started:.0f} s, training value {value:.2f}", flush=True)
 
@@ -89,13 +107,14 @@ def main() -> None:
     for repetition in range(args.repeat):
         for name in wall:
             model = copy.deepcopy(state[0])
-            optimizer = make_optimizer(model, config.lr)
+            optimizer = make_optimizer(model, config)
             optimizer.load_state_dict(copy.deepcopy(state[1].state_dict()))  # its tensors would be shared
             order.set_state(state[2])
             noise.set_state(state[3])
+            epoch = epoch_of(model, optimizer)
             with flushed_denormals(name == "flushed", print):
                 started = time.perf_counter()
-                value_of[name] = epoch(model, optimizer, order, noise)
+                value_of[name] = epoch()
                 wall[name].append(time.perf_counter() - started)
         print(f"  repetition {repetition + 1}: " + ", ".join(f"{name} {wall[name][-1]:.2f} s" for name in wall),
               flush=True)

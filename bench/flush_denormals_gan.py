@@ -25,13 +25,14 @@ from pathlib import Path
 
 import torch
 
+from mnistgen.accelerate.gan import choose_gan_calls
 from mnistgen.config import GANConfig, from_dict
 from mnistgen.data.protocols import load_protocol
 from mnistgen.data.sources import load_raw
 from mnistgen.distributions import sample_uniform_noise
+from mnistgen.models.gan import REFERENCE, build_models, make_optimizers, train_step
 from mnistgen.runs import load_checkpoint
 from mnistgen.train.common import flushed_denormals
-from mnistgen.train.gan import REFERENCE, build_models, choose_calls, make_optimizers, train_step
 
 
 def main() -> None:
@@ -72,18 +73,24 @@ def main() -> None:
 
     def steps(calls_of, flush: bool) -> tuple[float, list[float]]:
         generator, discriminator = trained_state()
-        calls = calls_of(generator, discriminator)  # before the optimizers: an accelerator may change layouts
         optimizer_g, optimizer_d = make_optimizers(generator, discriminator, config)
+        # before the optimizers hold any state: an accelerator may change the weights' layout
+        calls = calls_of(generator, discriminator, optimizer_g, optimizer_d)
         optimizer_g.load_state_dict(copy.deepcopy(checkpoint["optimizer_g"]))
         optimizer_d.load_state_dict(copy.deepcopy(checkpoint["optimizer_d"]))
         with flushed_denormals(flush, print):
             started = time.perf_counter()
-            for real, z in zip(batches, draws, strict=True):
+            for real, z in zip(batches, draws, strict=True):  # no moving average of G (--ema-decay) is kept
                 values = train_step(generator, discriminator, optimizer_g, optimizer_d, real, z, calls)
             return time.perf_counter() - started, values.tolist()
 
-    loops = {"auto": lambda g, d: choose_calls(g, d, config, device, say=lambda line: None),
-             "reference": lambda g, d: REFERENCE}
+    def chosen_calls(generator, discriminator, optimizer_g, optimizer_d):
+        chosen = choose_gan_calls(generator, discriminator, optimizer_g, optimizer_d, config, device,
+                                  say=lambda line: None)
+        chosen.prepare(generator, discriminator, device)
+        return chosen.calls
+
+    loops = {"auto": chosen_calls, "reference": lambda generator, discriminator, optimizer_g, optimizer_d: REFERENCE}
     wall = {(name, flush): [] for name in loops for flush in (False, True)}
     last = {}
     for repetition in range(args.repeat):

@@ -1,11 +1,11 @@
 """What the importance-weighted objective costs: seconds per hw epoch of `--objective iwae --train-samples K`
 against SPEC's default (Eq. 2, one draw per image), measured in the same run.
 
-Every loop is mnistgen's `train_epoch` on the 10,000 binary images of the hw protocol, from the same initial
-weights: the default with the accelerator `--cpu-kernels auto` chooses here ("default, auto"), the default on
-the reference path (autograd through the modules), and iwae with each K (always the reference path: the
-accelerators step aside for it). Each repetition times one epoch of each loop, in turn, after one untimed
-warm-up epoch each; the medians and their ratios to both defaults are printed.
+Every loop is the steps of mnistgen's loop (its step inputs, its engine, `take_steps`) on the 10,000 binary images
+of the hw protocol, from the same initial weights: the default with the accelerator `--cpu-kernels auto` chooses
+here ("default, auto"), the default on the reference step (autograd through the model's forward), and iwae with
+each K (always the reference step: the accelerators step aside for it). Each repetition times one epoch of each
+loop, in turn, after one untimed warm-up epoch each; the medians and their ratios to both defaults are printed.
 
     python bench/iwae_cost.py --data-dir ../shared/data/mnist --samples 1,5,50 --repeat 3 --threads 1
 """
@@ -22,13 +22,16 @@ from collections.abc import Callable
 
 import torch
 
-from mnistgen.accelerate.vae import choose_vae_accelerator
+from mnistgen.accelerate.engines import Replica
+from mnistgen.accelerate.vae import choose_vae_accelerator, vae_engine
 from mnistgen.config import DataConfig, VAEConfig
-from mnistgen.data.batches import shuffled_batches
+from mnistgen.data.batches import epoch_order, num_batches
 from mnistgen.data.protocols import load_protocol
 from mnistgen.data.sources import load_raw
 from mnistgen.device import seed_everything, stream_seed
-from mnistgen.train.vae import NOISE_STREAM, build_model, make_optimizer, train_epoch
+from mnistgen.models.vae import build_model, draws_per_image, make_optimizer
+from mnistgen.train.common import take_steps
+from mnistgen.train.vae import NOISE_STREAM, step_inputs
 
 
 def main() -> None:
@@ -54,20 +57,20 @@ def main() -> None:
         order = seed_everything(config.seed)
         model = build_model(config, device)
         model.load_state_dict(initial)
-        optimizer = make_optimizer(model, config.lr)
+        optimizer = make_optimizer(model, config)
         noise = torch.Generator(device).manual_seed(stream_seed(config.seed, NOISE_STREAM))
-        choice = choose_vae_accelerator(model, config, device)
-        step = choice.accelerator.implementation(model, optimizer, config) if choice.accelerator else None
+        choice = choose_vae_accelerator(model, optimizer, config, device)
+        engine = vae_engine([Replica({"model": model}, {"model": optimizer})], config, device, choice, say=print)
+        steps = num_batches(len(images), config.batch_size, drop_last=False)
 
         def epoch() -> float:
-            batches = list(shuffled_batches(len(images), config.batch_size, order))
-            step_elbos = torch.zeros(len(batches), device=device)
-            train_epoch(model, optimizer, images, batches, noise=noise, analytic_kl=config.objective == "analytic",
-                        dynamic_binarization=False, step_elbos=step_elbos, accelerator=step,
-                        importance_weighted=config.objective == "iwae", samples=config.train_samples)
+            orders = [epoch_order(len(images), config.batch_size, order, device)]
+            step_elbos = torch.zeros(1, steps, device=device)
+            take_steps(engine, 0, steps, step_inputs(images, orders, [noise], config.batch_size, config.latent_dim,
+                                                     draws_per_image(config), False), step_elbos)
             return float(step_elbos.sum()) / len(images)
 
-        return epoch, choice.name
+        return epoch, engine.name
 
     loops: dict[str, Callable[[], float]] = {}
     auto, auto_name = loop(default)

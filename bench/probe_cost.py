@@ -18,13 +18,13 @@ from collections.abc import Callable
 
 import torch
 
-from mnistgen.accelerate.gan import DISCRIMINATOR_ACCELERATORS, GENERATOR_ACCELERATORS
+from mnistgen.accelerate.gan import DISCRIMINATOR_ACCELERATORS, GENERATOR_ACCELERATORS, choose_gan_calls
 from mnistgen.accelerate.vae import ACCELERATORS as VAE_ACCELERATORS
 from mnistgen.config import GANConfig, VAEConfig
 from mnistgen.device import seed_everything
 from mnistgen.distributions import sample_uniform_noise
-from mnistgen.train import gan as gan_training
-from mnistgen.train import vae as vae_training
+from mnistgen.models import gan as gan_model
+from mnistgen.models import vae as vae_model
 
 
 def median_ms(function: Callable[[], object], repeat: int) -> float:
@@ -50,8 +50,8 @@ def main() -> None:
 
     vae_config = VAEConfig(device="cpu")
     seed_everything(vae_config.seed)
-    model = vae_training.build_model(vae_config, cpu)
-    step = VAE_ACCELERATORS[0].implementation(model, vae_training.make_optimizer(model, vae_config.lr), vae_config)
+    model = vae_model.build_model(vae_config, cpu)
+    step = VAE_ACCELERATORS[0].implementation(model, vae_model.make_optimizer(model, vae_config), vae_config)
     x = (torch.rand(vae_config.batch_size, 784) < 0.13).float()
     eps = torch.randn(vae_config.batch_size, vae_config.latent_dim)
     vae_step = median_ms(lambda: step.step(x, eps), args.repeat)
@@ -62,14 +62,15 @@ def main() -> None:
 
     gan_config = GANConfig(device="cpu")
     seed_everything(gan_config.seed)
-    generator, discriminator = gan_training.build_models(gan_config, cpu)
-    calls = gan_training.choose_calls(generator, discriminator, gan_config, cpu)
-    optimizer_g, optimizer_d = gan_training.make_optimizers(generator, discriminator, gan_config)
+    generator, discriminator = gan_model.build_models(gan_config, cpu)
+    optimizer_g, optimizer_d = gan_model.make_optimizers(generator, discriminator, gan_config)
+    chosen = choose_gan_calls(generator, discriminator, optimizer_g, optimizer_d, gan_config, cpu)
+    chosen.prepare(generator, discriminator, cpu)  # before the optimizers hold any state, as the loop does
     real = torch.rand(gan_config.batch_size, 1, 28, 28)
     z = sample_uniform_noise(gan_config.batch_size, gan_config.zdim, torch.Generator().manual_seed(0))
-    gan_step = median_ms(lambda: gan_training.train_step(generator, discriminator, optimizer_g, optimizer_d, real, z,
-                                                         calls), args.repeat)
-    print(f"GAN: one training step ({calls.trained_by}, batch {gan_config.batch_size}): {gan_step:.2f} ms")
+    gan_step = median_ms(lambda: gan_model.train_step(generator, discriminator, optimizer_g, optimizer_d, real, z,
+                                                      chosen.calls), args.repeat)
+    print(f"GAN: one training step ({chosen.name}, batch {gan_config.batch_size}): {gan_step:.2f} ms")
     for network, module, accelerators in (("G", generator, GENERATOR_ACCELERATORS),
                                           ("D", discriminator, DISCRIMINATOR_ACCELERATORS)):
         for accelerator in accelerators:
