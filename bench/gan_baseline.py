@@ -7,7 +7,7 @@ separately, then G(z) again for G's step, whose ``backward()`` also fills D's gr
 by the next ``zero_grad``), and one ``.item()`` per loss per step.
 
 :func:`classic_step` is one batch of it; tests/test_gan_speed.py gives it and mnistgen's
-:func:`mnistgen.train.gan.train_step` the same weights, batches and noise and checks that both end with
+:func:`mnistgen.models.gan.train_step` the same weights, batches and noise and checks that both end with
 the same weights.
 """
 

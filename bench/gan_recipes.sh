@@ -1,6 +1,6 @@
 #!/bin/sh
-# Issue 15's GAN measurement: SPEC's defaults, each option, their combinations, --recipe improved, 3 seeds each
-# (replicas), scored with `mnistgen score` (10,000 samples per seed) at the given epoch, the moving average and the
+# The GAN's training options measured: SPEC's defaults, each option, their combinations, --recipe improved, 3 seeds
+# each (replicas), scored with `mnistgen score` (10,000 samples per seed) at the given epoch, the moving average and the
 # trained G alike. Run it with 30, then with 100: the second call continues each training from its epoch 30.
 # Every training keeps an EMA of G: it does not change the training, so each run gives the option without the
 # average (--raw) and with it. Two trainings run at a time, one torch thread each.

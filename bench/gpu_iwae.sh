@@ -1,7 +1,7 @@
 #!/bin/sh
-# Issue 15's VAE goal on a lent GPU: 3 seeds (replicas, one process) of SPEC's networks on the full protocol,
-# trained on the importance-weighted bound, then each seed's test log p(x) (K = 1000): the goal is a mean of at
-# least -135.7 nats. A call may run at most 10 minutes: the training stops itself (Ctrl-C, checkpoint kept) after
+# The VAE's goal on a lent GPU: 3 seeds (replicas, one process) of SPEC's networks on the full protocol, trained
+# on the importance-weighted bound, then each seed's test log p(x) (K = 1000): the goal is a mean of at least
+# -135.7 nats. A call may run at most 10 minutes: the training stops itself (Ctrl-C, checkpoint kept) after
 # $LIMIT seconds; run the script again to continue it (--resume ends exactly where one uninterrupted run would).
 #   OUT=/tmp/iwae MNISTGEN_DATA_DIR=... sh bench/gpu_iwae.sh
 set -u

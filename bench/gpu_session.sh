@@ -1,5 +1,5 @@
 #!/bin/sh
-# The GPU checks and timings of issue 14, as one script for a lent GPU machine (results in docs/BENCHMARKS.md).
+# The GPU checks and timings, as one script for a lent GPU machine (results in docs/BENCHMARKS.md).
 # Each part is time-boxed; its output goes to $OUT/<part>.txt, and its tail to stdout.
 set -u
 OUT=${OUT:-/tmp/gpu-out}

@@ -2,7 +2,9 @@
 
 tests/test_replicas.py shows the equality on the CPU (bit for bit one by one, 1e-10 in float64 batched); this
 script shows it where those tests cannot run: the last epoch's numbers of each seed, batched and separate, and the
-largest difference of their weights (float32: the order of sums differs, so a few 1e-4 after Adam's steps).
+largest difference of their weights (float32: the order of sums differs, so a few 1e-4 after Adam's steps). Each
+seed's ``trained_by`` says how its steps were taken (on the CPU with an accelerator the replicas are stepped one
+after another, not batched: then the difference is 0).
 
     python bench/replica_device_check.py --device cuda --data-dir ../shared/data/mnist
 """

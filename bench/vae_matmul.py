@@ -4,8 +4,9 @@ A step of batch 100 needs five products of 100 x 784 x 500 (78.4 MFLOP each): th
 decoder's big layer forward, the decoder's weight gradient and input gradient, and the encoder's weight
 gradient (no gradient flows into the images, so the sixth product autograd could do is not needed).
 Over the 100 steps of an hw epoch that is 39.2 GFLOP (47 GFLOP would count the sixth). The small layers
-(500 x 2) add 0.3 %. This times the five products exactly as train/vae.py calls them, each alone, several
-repetitions, and prints the epoch time the fastest repetition of each sets: no training loop can be faster.
+(500 x 2) add 0.3 %. This times the five products exactly as the hand-derived step calls them
+(``elbo_with_gradients`` in mnistgen/accelerate/vae.py), each alone, several repetitions, and prints the epoch
+time the fastest repetition of each sets: no training loop can be faster.
 
 It then times the sparse alternative for the two encoder products (the images are binary, about 13 % ones):
 a1 = x W1^T + b1 as ``embedding_bag`` sums of the rows of W1^T picked by the nonzero pixels, and
