@@ -1,4 +1,4 @@
-"""The Python API (issue 13, part 2): ``mnistgen.train_vae|train_gan|load_run|score`` and ``mnistgen.MnistgenError``.
+"""The Python API: ``mnistgen.train_vae|train_gan|load_run|score`` and ``mnistgen.MnistgenError``.
 
 Tiny runs are trained through the API (a VAE of 50 hidden units on real MNIST, one epoch; a GAN on the 4,000-image
 sample, one epoch). What the API gives must be what the command line gives: the same config from the same

@@ -1,4 +1,4 @@
-"""Issue 12 (items 9 and 10): faults that must end in one line on stderr and a non-zero exit, with nothing written.
+"""Faults that must end in one line on stderr and a non-zero exit, with nothing written.
 
 - ``score`` of a .npy whose header claims 100 million images: refused from the header against the file's size,
   before anything is allocated (checked in a process whose address space is capped at a few GB);

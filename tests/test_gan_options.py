@@ -1,4 +1,4 @@
-"""The GAN's training-only options (issue 15): ``--ema-decay`` (a moving average of G's weights), ``--betas`` and
+"""The GAN's training-only options: ``--ema-decay`` (a moving average of G's weights), ``--betas`` and
 ``--lr-d`` / ``--lr-g`` (Adam's arguments), ``--recipe``. SPEC's networks stay as they are.
 
 Small random image sets and one CPU thread keep every run here to a few seconds.

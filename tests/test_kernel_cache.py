@@ -1,4 +1,4 @@
-"""The C kernels' cache loads only what this user built, intact (issue 12, item 7).
+"""The C kernels' cache loads only what this user built, intact.
 
 Each test injects a fault into a temporary user cache ($MNISTGEN_CACHE_DIR) and loads the kernels through the normal
 API (``load_gan_library``, ``load_vae_library``):

@@ -51,7 +51,7 @@ def test_hw_is_the_first_10k_and_the_test_set_rounded(hw, mnist_raw):
     assert torch.equal(hw.test_images, torch.from_numpy(expected_test))
     assert set(torch.unique(hw.train_images).tolist()) == {0.0, 1.0}
     gray = torch.from_numpy(mnist_raw.train_images[:10000].reshape(10000, 784).astype(np.float64)) / 255.0
-    assert torch.equal(hw.train_images, torch.round(gray).float())  # round(pixel), as the issue words it
+    assert torch.equal(hw.train_images, torch.round(gray).float())  # round(pixel), as SPEC words it
     assert hw.train_labels.tolist() == mnist_raw.train_labels[:10000].tolist()
     assert torch.equal(hw.eval_images, hw.test_images)
 
