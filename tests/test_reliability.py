@@ -22,9 +22,9 @@ from mnistgen.cli import main
 from mnistgen.config import DataConfig, GANConfig, VAEConfig, to_dict
 from mnistgen.data.protocols import Protocol
 from mnistgen.errors import MnistgenError, NonFiniteLossError, TrainingInterrupted
+from mnistgen.models import gan as gan_models
+from mnistgen.models import vae as vae_models
 from mnistgen.runs import RunDir
-from mnistgen.train import gan as train_gan_module
-from mnistgen.train import vae as train_vae_module
 from mnistgen.train.gan import train_gan
 from mnistgen.train.vae import train_vae
 
@@ -80,33 +80,33 @@ def test_vae_stop_after_a_gradient_overflow_never_saves_nan_weights(tmp_path, mo
     run, protocol = RunDir(tmp_path / "run"), vae_protocol()
     train_vae(dataclasses.replace(VAE_SMALL, epochs=1), run, protocol=protocol, show_progress=False)
     good = run.checkpoint.read_bytes()
-    build = train_vae_module.build_model
+    build = vae_models.build_model
 
     def build_then_overflow(config, device):
         model = build(config, device)
         overflowing_gradient(model, at_call=3)
         return model
 
-    monkeypatch.setattr(train_vae_module, "build_model", build_then_overflow)
+    monkeypatch.setattr(vae_models, "build_model", build_then_overflow)
     with pytest.raises(NonFiniteLossError) as error:
         train_vae(VAE_SMALL, run, resume=True, protocol=protocol, stop=stop_after(3), show_progress=False)
     assert "NaN or infinite" in str(error.value) and "keeps the state after epoch 1" in str(error.value)
     assert run.checkpoint.read_bytes() == good
-    monkeypatch.setattr(train_vae_module, "build_model", build)
+    monkeypatch.setattr(vae_models, "build_model", build)
     history = train_vae(VAE_SMALL, run, resume=True, protocol=protocol, show_progress=False)  # still resumable
     assert [r["epoch"] for r in history] == [1, 2]
 
 
 def test_gan_stop_after_a_gradient_overflow_never_saves_nan_weights(tmp_path, monkeypatch):
     run, images = RunDir(tmp_path / "run"), gan_images()
-    build = train_gan_module.build_models
+    build = gan_models.build_models
 
     def build_then_overflow(config, device):
         generator, discriminator = build(config, device)
         overflowing_gradient(discriminator, at_call=2)  # D's second step, in epoch 1 (3 steps per epoch)
         return generator, discriminator
 
-    monkeypatch.setattr(train_gan_module, "build_models", build_then_overflow)
+    monkeypatch.setattr(gan_models, "build_models", build_then_overflow)
     with pytest.raises(NonFiniteLossError) as error:
         train_gan(GAN_SMALL, images, run, stop=stop_after(2), show_progress=False)
     assert "keeps the state after epoch 0" in str(error.value)  # the untrained state written at the start
@@ -117,8 +117,8 @@ def test_gan_stop_after_a_gradient_overflow_never_saves_nan_weights(tmp_path, mo
 
 def test_a_nan_in_the_first_epoch_says_that_nothing_was_saved(tmp_path, monkeypatch):
     run, protocol = RunDir(tmp_path / "run"), vae_protocol()
-    build = train_vae_module.build_model
-    monkeypatch.setattr(train_vae_module, "build_model",
+    build = vae_models.build_model
+    monkeypatch.setattr(vae_models, "build_model",
                         lambda config, device: (lambda m: (overflowing_gradient(m, 2), m)[1])(build(config, device)))
     with pytest.raises(NonFiniteLossError, match="nothing was saved"):
         train_vae(VAE_SMALL, run, protocol=protocol, stop=stop_after(2), show_progress=False)
