@@ -298,9 +298,7 @@ class RunState:
             "config": to_dict(self.config),
         }
         path = self.checkpoint_path or self.run.checkpoint
-        if self.checkpoint_path is None:
-            self.run.save_checkpoint(state)
-        elif is_main_process():
+        if is_main_process():
             save_checkpoint(path, state)
         self.kept = f"{path} keeps the state {describe_position(epoch, step)}"
 
@@ -409,13 +407,8 @@ class ReplicaRuns:
 
     run: RunDir
     config: Any
-    states: list[RunState]
     command: str
-
-    @classmethod
-    def build(cls, run: RunDir, config: Any, command: str) -> ReplicaRuns:
-        """Without states yet: :meth:`add` one per seed of ``config``, in its order."""
-        return cls(run, config, [], command)
+    states: list[RunState] = dataclasses.field(default_factory=list)  # :meth:`add` one per seed, in their order
 
     def add(self, seed: int, stateful: dict[str, Any], generators: dict[str, torch.Generator],
             values_key: str) -> RunState:

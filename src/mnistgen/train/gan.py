@@ -143,7 +143,7 @@ def _train(config: GANConfig, images: torch.Tensor, run: RunDir, checkpoints: li
            provenance: dict[str, Any] | None, device: torch.device, stop: Callable[[], bool],
            show_progress: bool | None, say: Callable[[str], None]) -> list[list[dict[str, Any]]]:
     with ranks_agree():
-        runs, replicas, chosen = ReplicaRuns.build(run, config, COMMAND), [], None
+        runs, replicas, chosen = ReplicaRuns(run, config, COMMAND), [], None
         for seed in replica_seeds(config):
             order = seed_everything(seed)  # also seeds the global RNG that initialises the weights
             generator, discriminator = gan_model.build_models(config, device)  # what ``models`` defines

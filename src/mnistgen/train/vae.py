@@ -145,7 +145,7 @@ def _train(config: VAEConfig, run: RunDir, checkpoints: list[dict[str, Any] | No
            say: Callable[[str], None]) -> list[list[dict[str, Any]]]:
     keys = metric_keys(config)
     with ranks_agree():
-        runs, replicas = ReplicaRuns.build(run, config, COMMAND), []
+        runs, replicas = ReplicaRuns(run, config, COMMAND), []
         for seed in replica_seeds(config):
             order = seed_everything(seed)  # also seeds the global RNG that initialises the weights
             model = vae_model.build_model(config, device)  # the model and the optimizer that ``models`` defines
