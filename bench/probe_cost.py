@@ -1,5 +1,6 @@
 """What the accelerators' start-up checks cost: each check (structure, then the numerical probe) of the spec's
-models, against one training step of the accelerated path measured in the same run.
+models, and the stacked engine's probe (one step of two replicas, stacked and one after another, in float64),
+against one training step of the accelerated path measured in the same run.
 
 Each check runs once untimed (the C libraries are built or loaded then), then ``--repeat`` times; the
 medians are printed in milliseconds and as a number of training steps.
@@ -18,6 +19,7 @@ from collections.abc import Callable
 
 import torch
 
+from mnistgen.accelerate.engines import Replica, check_stacked
 from mnistgen.accelerate.gan import DISCRIMINATOR_ACCELERATORS, GENERATOR_ACCELERATORS, choose_gan_calls
 from mnistgen.accelerate.vae import ACCELERATORS as VAE_ACCELERATORS
 from mnistgen.config import GANConfig, VAEConfig
@@ -76,6 +78,28 @@ def main() -> None:
         for accelerator in accelerators:
             cost = median_ms(lambda a=accelerator, m=module: a.check(m, gan_config, cpu), args.repeat)
             print(f"  check of {network} {accelerator.name:6s}: {cost:7.2f} ms = {cost / gan_step:5.1f} steps")
+
+    vae_replicas, gan_replicas = [], []
+    for seed in (1, 2):
+        seed_everything(seed)
+        model = vae_model.build_model(vae_config, cpu)
+        vae_replicas.append(Replica({"model": model}, {"model": vae_model.make_optimizer(model, vae_config)}))
+        g, d = gan_model.build_models(gan_config, cpu)
+        gan_replicas.append(Replica({"generator": g, "discriminator": d},
+                                    dict(zip(("generator", "discriminator"),
+                                             gan_model.make_optimizers(g, d, gan_config), strict=True))))
+
+    def vae_bind(replica: Replica) -> Callable:
+        return lambda x, eps: vae_model.train_step(replica.modules["model"], replica.optimizers["model"], x, eps)
+
+    def gan_bind(replica: Replica) -> Callable:
+        return lambda real, z: gan_model.train_step(*replica.modules.values(), *replica.optimizers.values(), real, z)
+
+    for name, replicas, bind, inputs, step in (
+            ("VAE", vae_replicas, vae_bind, [(x[:8], eps[:8])] * 2, vae_step),
+            ("GAN", gan_replicas, gan_bind, [(real[:8], z[:8])] * 2, gan_step)):
+        cost = median_ms(lambda r=replicas, b=bind, i=inputs: check_stacked(r, b, i), args.repeat)
+        print(f"{name}: the stacked engine's probe: {cost:7.2f} ms = {cost / step:5.1f} steps")
 
 
 if __name__ == "__main__":
