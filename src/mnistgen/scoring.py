@@ -13,9 +13,8 @@ probabilities p(y|x). From them:
   (confident and balanced).
 - **Class histogram**: how many images the classifier assigns to each digit.
 
-These numbers are one record, :class:`SetScore`: :func:`score_images` writes them through it into FILE.score.json
-(:func:`write_report`), and :func:`read_score` reads that file back into a :class:`ScoreFile` (checked once, as it
-is read: a file that is not what ``mnistgen score`` wrote is one line naming the file and the field).
+These numbers are one record, :class:`SetScore`, written into FILE.score.json (:func:`write_report`) and read back,
+checked once, by :func:`read_score`.
 
 Every score comes with the **real-vs-real reference**: the same numbers for 10,000 real training
 images (the last 10,000, held out from the classifier's training) against the test images. The
@@ -134,23 +133,8 @@ def check_images(array: Any, what: str = "images") -> np.ndarray:
     return array
 
 
-MAX_IMAGES = 10_000_000  # the most images an .npz may claim (7.8 GB as uint8): refused from its header above
+MAX_IMAGES = 10_000_000  # the most images an .npz may claim (7.8 GB as uint8): the size an archive declares may lie
 _HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-
-
-def _array_header(handle: Any, where: str) -> tuple[tuple[int, ...], bool, np.dtype]:
-    """(shape, fortran_order, dtype) from an open .npy stream (a file, or a member of an .npz archive)."""
-    try:
-        version = np.lib.format.read_magic(handle)
-        if version not in _HEADER_READERS:  # 3.0 only holds structured arrays with non-Latin-1 field names
-            raise MnistgenError(f"{where}: not a .npy array mnistgen reads (format version {version[0]}."
-                                f"{version[1]}; save the array with numpy.save)")
-        shape, fortran_order, dtype = _HEADER_READERS[version](handle)
-    except (ValueError, OSError, EOFError):
-        raise MnistgenError(f"{where}: not a .npy file (not a readable .npy array)") from None
-    if dtype.hasobject:
-        raise MnistgenError(f"{where}: not a .npy file (holds pickled objects)")
-    return shape, fortran_order, dtype
 
 
 def check_finite_values(array: np.ndarray, what: str) -> None:
@@ -163,23 +147,37 @@ def check_finite_values(array: np.ndarray, what: str) -> None:
         raise MnistgenError(f"{what}: {infinite_count} infinite value(s)")
 
 
-def check_npy_header(path: Path) -> None:
-    """Refuse a .npy file from its header alone, before any array is allocated: one of Python objects, or one whose
-    header claims more data than the file holds (say 100 million images in a file of a few bytes, which np.load
-    would first try to allocate)."""
-    with open(path, "rb") as handle:
-        shape, _, dtype = _array_header(handle, str(path))
-        offset = handle.tell()
-    claimed = math.prod(shape) * dtype.itemsize
-    held = path.stat().st_size - offset
+def read_array(handle: Any, where: str, size: int, max_images: int | None = None) -> np.ndarray:
+    """The array of an open .npy stream of ``size`` bytes (a file, or the member of an .npz archive), never unpickled,
+    and read only once its header is checked against ``size`` and ``max_images``: a header that claims 100 million
+    images in a file of a few bytes is refused before anything is allocated."""
+    try:
+        version = np.lib.format.read_magic(handle)
+        if version not in _HEADER_READERS:  # 3.0 only holds structured arrays with non-Latin-1 field names
+            raise MnistgenError(f"{where}: not a .npy array mnistgen reads (format version {version[0]}."
+                                f"{version[1]}; save the array with numpy.save)")
+        shape, fortran_order, dtype = _HEADER_READERS[version](handle)
+    except (ValueError, OSError, EOFError):
+        raise MnistgenError(f"{where}: not a .npy file (not a readable .npy array)") from None
+    if dtype.hasobject:
+        raise MnistgenError(f"{where}: not a .npy file (holds pickled objects)")
+    if max_images is not None and len(shape) == 3 and shape[0] > max_images:
+        raise MnistgenError(f"{where}: its header claims {shape[0]:,} images; mnistgen scores at most "
+                            f"{max_images:,} from an archive")
+    claimed, held = math.prod(shape) * dtype.itemsize, size - handle.tell()
     if held < claimed:
-        raise MnistgenError(f"{path}: not a .npy file (its header claims an array of shape {shape} and dtype {dtype}, "
+        raise MnistgenError(f"{where}: not a .npy file (its header claims an array of shape {shape} and dtype {dtype}, "
                             f"{claimed:,} bytes, but only {held:,} follow it: truncated or damaged)")
+    data = handle.read(claimed)
+    if len(data) != claimed:
+        raise MnistgenError(f"{where}: truncated ({len(data):,} of {claimed:,} bytes)")
+    array = np.frombuffer(bytearray(data), dtype)  # a bytearray: the array is writable, as np.load's
+    return array.reshape(shape[::-1]).T if fortran_order else array.reshape(shape)
 
 
 def load_npz_images(path: Path) -> np.ndarray:
-    """The one array of an .npz archive (``numpy.savez_compressed(FILE, images=ARRAY)``), read member by member:
-    its header is checked against the size the archive declares, and no more than that is ever inflated."""
+    """The one array of an .npz archive (``numpy.savez_compressed(FILE, images=ARRAY)``), inflated no further than
+    the size the archive declares for it."""
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError):
@@ -189,47 +187,30 @@ def load_npz_images(path: Path) -> np.ndarray:
         if len(members) != 1 or not members[0].filename.endswith(".npy"):
             raise MnistgenError(f"{path}: an .npz archive of {len(members)} files; mnistgen reads one array (save it "
                                 "with numpy.savez_compressed(FILE, images=ARRAY), or numpy.save)")
-        info = members[0]
-        where = f"{path} ({info.filename})"
+        where = f"{path} ({members[0].filename})"
         try:
-            with archive.open(info) as handle:
-                shape, fortran_order, dtype = _array_header(handle, where)
-                if len(shape) == 3 and shape[0] > MAX_IMAGES:  # the archive's declared size could be as large
-                    raise MnistgenError(f"{where}: its header claims {shape[0]:,} images; mnistgen scores at most "
-                                        f"{MAX_IMAGES:,} from an archive")
-                claimed = math.prod(shape) * dtype.itemsize
-                if info.file_size - handle.tell() != claimed:
-                    raise MnistgenError(f"{where}: its header claims {claimed:,} bytes of data, the archive "
-                                        f"{info.file_size - handle.tell():,}: damaged")
-                data = handle.read(claimed)  # the archive's reader stops at the declared size
+            with archive.open(members[0]) as handle:
+                return read_array(handle, where, members[0].file_size, MAX_IMAGES)
         except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
             raise MnistgenError(f"{where}: not readable ({exc})") from None
-    if len(data) != claimed:
-        raise MnistgenError(f"{where}: truncated ({len(data):,} of {claimed:,} bytes)")
-    array = np.frombuffer(data, dtype)
-    return array.reshape(shape[::-1]).T if fortran_order else array.reshape(shape)
 
 
 def load_images(path: str | os.PathLike) -> np.ndarray:
-    """Read and check an (N, 28, 28) array from a .npy file, or from an .npz archive of one array (never unpickles;
-    the header is checked against the file's size, or the archive's, before anything is allocated). Returns floats
-    in [0, 1] (see :func:`check_images`)."""
+    """Read and check an (N, 28, 28) array from a .npy file, or from an .npz archive of one array (:func:`read_array`).
+    Returns floats in [0, 1] (see :func:`check_images`)."""
     path = Path(path)
     if not path.is_file():
         raise MnistgenError(f"{path}: no such file")
     with open(path, "rb") as handle:
         magic = handle.read(6)
-    if magic.startswith(b"PK\x03\x04"):  # a zip: an .npz archive
-        return check_images(load_npz_images(path), str(path))
-    if not magic.startswith(b"\x93NUMPY"):
-        raise MnistgenError(f"{path}: not a .npy file (no NumPy header; save the array with numpy.save)")
-    check_npy_header(path)
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        reason = "holds pickled objects" if "pickle" in str(exc) else "not a readable .npy array"
-        raise MnistgenError(f"{path}: not a .npy file ({reason})") from None
-    return check_images(loaded, str(path))
+        handle.seek(0)
+        if magic.startswith(b"PK\x03\x04"):  # a zip: an .npz archive
+            array = load_npz_images(path)
+        elif magic.startswith(b"\x93NUMPY"):
+            array = read_array(handle, str(path), path.stat().st_size)
+        else:
+            raise MnistgenError(f"{path}: not a .npy file (no NumPy header; save the array with numpy.save)")
+    return check_images(array, str(path))
 
 
 def save_images(path: Path, images: np.ndarray) -> None:
@@ -313,10 +294,8 @@ def load_classifier(weights: str | os.PathLike | None = None, device: torch.devi
 @torch.no_grad()
 def classify(classifier: Classifier, images: np.ndarray | torch.Tensor, batch_size: int = DEFAULT_BATCH_SIZE,
              description: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(N, 28, 28) images in [0, 1] -> features (N, 128) and probabilities p(y|x) (N, 10), float64.
-
-    ``description``: show a progress bar (on a terminal) with this title.
-    """
+    """(N, 28, 28) images in [0, 1] -> features (N, 128) and probabilities p(y|x) (N, 10), float64; with a
+    ``description``, a progress bar (on a terminal) of that title."""
     from .progress import progress
 
     images = torch.as_tensor(images)
@@ -356,7 +335,6 @@ class SetScore:
     class_histogram: tuple[int, ...]  # (10,): how many images the classifier assigns to each digit
 
     def as_json(self) -> dict[str, Any]:
-        """These numbers as a score file holds them."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(SetScore)} | {
             "class_histogram": list(self.class_histogram)}
 
@@ -427,11 +405,7 @@ def compute_reference(classifier: Classifier, raw: RawData, batch_size: int = DE
     reference = Reference(REFERENCE_TRAIN_IMAGES, train_distance, classifier_score(train_probabilities),
                           tuple(class_histogram(train_probabilities)), test_mean, test_cov,
                           classifier_score(test_probabilities), key)
-    arrays = {"key": np.array(key), "test_mean": test_mean, "test_cov": test_cov,
-              "frechet_distance": np.array(reference.frechet_distance),
-              "classifier_score": np.array(reference.classifier_score),
-              "class_histogram": np.array(reference.class_histogram),
-              "test_classifier_score": np.array(reference.test_classifier_score)}
+    arrays = {field.name: np.array(getattr(reference, field.name)) for field in dataclasses.fields(Reference)}
     atomic_write(path, lambda h: np.savez(h, **arrays))
     return reference
 
@@ -467,11 +441,8 @@ def load_reference_data(data: DataConfig) -> RawData:
 
 def score_images(images: np.ndarray, classifier: Classifier | None = None, reference: Reference | None = None,
                  config: ScoreConfig | None = None) -> dict[str, Any]:
-    """Score (N, 28, 28) images in [0, 1] against MNIST; returns the JSON-ready report.
-
-    Pass ``classifier`` and ``reference`` to score many arrays without reloading them; otherwise they
-    are loaded as ``config`` says (its weights, its data flags, its device).
-    """
+    """Score (N, 28, 28) images in [0, 1] against MNIST; returns the JSON-ready report. ``classifier`` and
+    ``reference`` are loaded as ``config`` says unless given (to score many arrays without reloading them)."""
     from .device import resolve_device
 
     config = config if config is not None else ScoreConfig()
@@ -531,8 +502,7 @@ class ReferenceScore(SetScore):
 
 @dataclass(frozen=True)
 class ScoreFile(SetScore):
-    """A FILE.score.json as :func:`write_report` writes it, checked field by field once, as :func:`read_score` reads
-    it: what is wrong is a :class:`MnistgenError` naming the field."""
+    """A FILE.score.json as :func:`write_report` writes it; :meth:`from_json` names the first field that is wrong."""
 
     reference: ReferenceScore | None = None  # the real-vs-real reference scored beside the images
     classifier: dict[str, Any] | None = None  # the classifier that scored them: its checksum, test accuracy, ...
