@@ -21,15 +21,6 @@ T_975 = (12.706205, 4.302653, 3.182446, 2.776445, 2.570582, 2.446912, 2.364624, 
 Z_975 = 1.959963984540054
 
 
-@dataclass(frozen=True)
-class Interval:
-    """Mean of n values and the half-width of its 95% Student-t interval (None for a single value)."""
-
-    n: int
-    mean: float
-    half_width: float | None
-
-
 def is_number(value: Any) -> bool:
     """Whether a JSON value is a number (an int or a float; not a boolean, which Python counts as an int)."""
     return isinstance(value, int | float) and not isinstance(value, bool)
@@ -48,12 +39,6 @@ def t_quantile_975(df: int) -> float:
              (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384,
              (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160)
     return z + sum(term / df ** (power + 1) for power, term in enumerate(terms))
-
-
-def interval(values: Sequence[float]) -> Interval:
-    """Mean ± t_{0.975, n-1} · s / sqrt(n), s the sample standard deviation (n - 1 in its denominator)."""
-    found = spread(values)
-    return Interval(len(found.values), found.mean, found.half_width)
 
 
 @dataclass(frozen=True)
@@ -89,3 +74,6 @@ def spread(values: Sequence[float]) -> Spread:
     std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
     half_width = None if std is None else t_quantile_975(n - 1) * std / math.sqrt(n)
     return Spread(tuple(float(v) for v in values), mean, std, half_width)
+
+
+Interval, interval = Spread, spread  # the sweep's names: the mean and half_width of a Spread

@@ -66,11 +66,6 @@ def seed_folders(run: RunDir) -> dict[int | None, RunDir]:
     return (dict(run.replicas()) if run.config.is_file() else {}) or {None: run}
 
 
-def seeds_text(replicas: Sequence[tuple[int, RunDir]]) -> str:
-    """"3 seeds (1234, 1235, 1236)"."""
-    return f"{len(replicas)} seed{'s' if len(replicas) != 1 else ''} ({', '.join(str(s) for s, _ in replicas)})"
-
-
 def first_seed(run: RunDir, what: str, say: Callable[[str], None], kind: str | None = None,
                another: str | None = None) -> RunDir:
     """The folder a one-model command uses: ``run`` itself, or for a replica run its first seed's, RUN/seed=N, with
@@ -86,7 +81,8 @@ def first_seed(run: RunDir, what: str, say: Callable[[str], None], kind: str | N
         return run
     first = replicas[0][1]
     another = another or f"name {run.path / 'seed=N'} for another"
-    say(f"mnistgen: note: {run.path} holds {seeds_text(replicas)}; {what} the first, {first.path} ({another})")
+    seeds = f"{len(replicas)} seed{'s' if len(replicas) != 1 else ''} ({', '.join(str(s) for s, _ in replicas)})"
+    say(f"mnistgen: note: {run.path} holds {seeds}; {what} the first, {first.path} ({another})")
     return first
 
 

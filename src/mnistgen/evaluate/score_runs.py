@@ -1,12 +1,10 @@
-"""``mnistgen score RUN``: samples drawn from a trained run's model and scored against MNIST; a replica run's seeds
-each, then summarized.
+"""``mnistgen score RUN``: samples drawn from a trained run's model (each seed's of a replica run) and scored.
 
 Each seed's draws are what its ``sample`` command gives with its own seed: the VAE's decoder means p(x|z) of
-z ~ N(0, I) (``mnistgen vae sample``), the GAN's G(z) of z ~ U[-1, 1]^zdim (``mnistgen gan sample``). They are saved
-as RUN[/seed=N]/samples.npz (8-bit levels, compressed, as a reproduction stores its samples) and that file is
-scored, so ``mnistgen score RUN/seed=N/samples.npz`` gives the same numbers; its report lies beside it,
-samples.score.json. A replica run gets RUN/score.json too: :func:`mnistgen.evaluate.replicas.seeds_summary` of the
-reports, with :data:`HEADLINES` summarized.
+z ~ N(0, I), the GAN's G(z) of z ~ U[-1, 1]^zdim. They are saved as RUN[/seed=N]/samples.npz (8-bit levels, as a
+reproduction stores its samples) and that file is scored, so ``mnistgen score RUN/seed=N/samples.npz`` gives the same
+numbers, into samples.score.json beside it. A replica run gets RUN/score.json too: the
+:func:`~mnistgen.evaluate.replicas.seeds_summary` of the reports over :data:`HEADLINES`.
 """
 
 from __future__ import annotations
@@ -49,10 +47,6 @@ class ScoredRun:
     kind: str
     targets: list[tuple[int | None, RunDir]]
 
-    @property
-    def summary_path(self) -> Path:
-        return self.run.path / SUMMARY_FILE
-
 
 def samples_path(target: RunDir) -> Path:
     return target.path / SAMPLES_FILE
@@ -77,9 +71,8 @@ def run_to_score(path: str | Path) -> ScoredRun:
 
 def score_run(scored: ScoredRun, classifier: Classifier, reference: Reference, config: ScoreConfig,
               say: Callable[[str], None]) -> dict[str, Any]:
-    """Draw ``config.samples`` images from each model of ``scored``, save and score them (see the module's
-    docstring), saying each report; for a replica run, write RUN/score.json and say its table. Returns the report
-    of a single-seed run, or the replica run's summary."""
+    """Draw, save and score ``config.samples`` images of each model of ``scored``, saying each report; of a replica
+    run, write and say RUN/score.json too. Returns the report of a single-seed run, or the replica run's summary."""
     reports: dict[int, dict[str, Any]] = {}
     for seed, target in scored.targets:
         path = samples_path(target)
@@ -94,14 +87,15 @@ def score_run(scored: ScoredRun, classifier: Classifier, reference: Reference, c
         if seed is None:
             return report
         reports[seed] = report
-    aggregate = seeds_summary(reports, tuple(HEADLINES))  # RUN/score.json: each seed's report, and the spread
-    write_json(scored.summary_path, aggregate)
+    aggregate = seeds_summary(reports, tuple(HEADLINES))  # each seed's report, and the spread
+    summary = scored.run.path / SUMMARY_FILE
+    write_json(summary, aggregate)
     say(f"{scored.run.path}: {config.samples:,} images of each seed's model")
     for line in summary_table(aggregate, HEADLINES, digits=3):
         say(line)
     say(f"real vs real ({reference.n_images:,} training images against the test images): Frechet distance "
         f"{reference.frechet_distance:.3f}, classifier score {reference.classifier_score:.3f}")
-    say(f"written: {scored.summary_path}")
+    say(f"written: {summary}")
     return aggregate
 
 
