@@ -34,34 +34,24 @@ def register(subparsers) -> None:
 
 
 def run_reproduce(args: argparse.Namespace) -> int:
-    from ..config import ReproduceConfig, config_from_args
-    from ..reproduce import quick_config, reproduce
+    from ..config import REPRODUCE_QUICK, ReproduceConfig, config_from_args
+    from ..reproduce import flat_fields, quick_config, reproduce
 
-    base = quick_config() if args.quick else None
-    config = config_from_args(ReproduceConfig, args, base)
-    report = reproduce(args.out, config, resume=args.resume, explicit=explicit_fields(args),
-                       command=command_line(args))
+    names = list(flat_fields(ReproduceConfig()))  # the settings' flags by field name; argparse leaves unset ones None
+    explicit = {name for name in names if getattr(args, name, None) is not None}
+    if args.quick:
+        explicit |= set(REPRODUCE_QUICK)  # the fields --quick sets
+    config = config_from_args(ReproduceConfig, args, quick_config() if args.quick else None)
+    report = reproduce(args.out, config, resume=args.resume, explicit=explicit, command=command_line(args, names))
     print(f"report: {report}")
     return 0
 
 
-def explicit_fields(args: argparse.Namespace) -> set[str]:
-    """Names of the config fields the command line sets (argparse leaves the others None); --quick sets its own."""
-    from ..config import REPRODUCE_QUICK, ReproduceConfig
-    from ..reproduce import flat_fields
-
-    given = {name for name in flat_fields(ReproduceConfig()) if getattr(args, name, None) is not None}
-    return given | (set(REPRODUCE_QUICK) if args.quick else set())
-
-
-def command_line(args: argparse.Namespace) -> list[str]:
+def command_line(args: argparse.Namespace, names: list[str]) -> list[str]:
     """The command as typed, rebuilt from the parsed flags (for the record in RUN/stages.json)."""
-    from ..config import ReproduceConfig
-    from ..reproduce import flat_fields
-
     words = ["mnistgen", "reproduce", "--out", args.out]
     words += [flag for flag, given in (("--quick", args.quick), ("--resume", args.resume)) if given]
-    for name in flat_fields(ReproduceConfig()):
+    for name in names:
         value = getattr(args, name, None)
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
