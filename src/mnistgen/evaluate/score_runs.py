@@ -16,20 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from .. import scoring
 from ..config import ScoreConfig, VAEEvalConfig
 from ..errors import MnistgenError, UsageError
 from ..files import write_json
 from ..runs import RunDir
-from ..scoring import (
-    MIN_IMAGES,
-    Classifier,
-    Reference,
-    format_report,
-    load_images,
-    save_images,
-    score_images,
-    write_report,
-)
 from .replicas import seed_folders, seeds_summary, summary_table
 
 SAMPLES_FILE = "samples.npz"  # in each scored run folder, beside its samples.score.json
@@ -69,19 +60,19 @@ def run_to_score(path: str | Path) -> ScoredRun:
     return ScoredRun(run, kind, targets)
 
 
-def score_run(scored: ScoredRun, classifier: Classifier, reference: Reference, config: ScoreConfig,
+def score_run(scored: ScoredRun, classifier: scoring.Classifier, reference: scoring.Reference, config: ScoreConfig,
               say: Callable[[str], None]) -> dict[str, Any]:
     """Draw, save and score ``config.samples`` images of each model of ``scored``, saying each report; of a replica
     run, write and say RUN/score.json too. Returns the report of a single-seed run, or the replica run's summary."""
     reports: dict[int, dict[str, Any]] = {}
     for seed, target in scored.targets:
         path = samples_path(target)
-        save_images(path, draw_samples(target, scored.kind, config.samples, config.device))
-        report = score_images(load_images(path), classifier, reference, config)
-        written = write_report(path, report)
+        scoring.save_images(path, draw_samples(target, scored.kind, config.samples, config.device))
+        report = scoring.score_images(scoring.load_images(path), classifier, reference, config)
+        written = scoring.write_report(path, report)
         report = {"file": path.name, **report}  # as samples.score.json holds it
         run_seed = seed if seed is not None else target.read_config()["config"].get("seed")
-        say(format_report(report, str(path)))
+        say(scoring.format_report(report, str(path)))
         ema_decay = target.read_config()["config"].get("ema_decay") if scored.kind == "gan" else None
         say(f"written: {path} ({what_is_drawn(scored.kind, config.samples, run_seed, ema_decay)}) and {written}")
         if seed is None:
@@ -121,6 +112,6 @@ def what_is_drawn(kind: str, n: int, seed: int, ema_decay: float | None = None) 
 
 
 def check_samples(config: ScoreConfig) -> None:
-    if config.samples < MIN_IMAGES:
-        raise UsageError(f"--samples {config.samples}: a run's score needs at least {MIN_IMAGES} images (a "
+    if config.samples < scoring.MIN_IMAGES:
+        raise UsageError(f"--samples {config.samples}: a run's score needs at least {scoring.MIN_IMAGES} images (a "
                          "covariance)")

@@ -92,11 +92,9 @@ def is_plain_key(key: Any) -> bool:
 
 
 def value_html(value: Any, settings: bool = False) -> Markup:
-    """Any JSON value as HTML: dicts as key/value tables, lists of dicts as tables, lists of scalars joined.
-
-    Numbers are measurements (:func:`format_value`), or with ``settings`` a configuration's values as typed
-    (:func:`format_setting`); identifiers such as a seed are shown as typed either way.
-    """
+    """Any JSON value as HTML: dicts as key/value tables, lists of dicts as tables, lists of scalars joined. Numbers
+    are measurements (:func:`format_value`), or with ``settings`` as typed (:func:`format_setting`), as identifiers
+    such as a seed always are."""
     if isinstance(value, dict):
         if not value:
             return Markup("—")
@@ -148,7 +146,7 @@ def spread_html(values: Sequence[Any], seeds: int) -> Markup:
 
 def measured(values: dict[int | None, Any]) -> Any:
     """A measurement of a single-seed run, ``{None: value}``, as it is; of a replica run, ``{seed: value}``, the
-    mean ± its 95% interval over the seeds (:func:`spread_html`)."""
+    mean ± its 95% interval."""
     return values[None] if None in values else spread_html(list(values.values()), len(values))
 
 
@@ -170,14 +168,12 @@ def across_seeds(values: dict[int, Any], plain: bool = False) -> tuple[Markup, M
 
 
 def combined(values: dict[int | None, Any]) -> tuple[Any, Markup | None]:
-    """A quantity of a single-seed run, ``{None: value}``, as it is (and no per-seed values), or of a replica run
-    across its seeds (:func:`across_seeds`)."""
+    """:func:`across_seeds` of a replica run's ``{seed: value}``; (value, None) of a single-seed run's {None: value}."""
     return (values[None], None) if None in values else across_seeds(values)
 
 
 def seeds_table(results: dict[int, dict[str, Any]]) -> str:
-    """Each quantity (a row) of every seed (a column each), after their mean ± the 95% interval (for a count or a
-    setting: the value every seed shares)."""
+    """Each quantity (a row): :func:`across_seeds`, then every seed's value (a column each)."""
     rows = []
     for key in dict.fromkeys(k for result in results.values() for k in result):
         values = {seed: result.get(key) for seed, result in results.items()}

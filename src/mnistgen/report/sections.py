@@ -17,7 +17,7 @@ from ..files import figure_png, read_json
 from ..imaging import tile
 from ..plots.report import history_curves
 from ..runs import RunDir
-from ..scoring import SetScore, load_images
+from ..scoring import ReferenceScore, SetScore, load_images
 from ..version import __version__
 from .html import (
     Markup,
@@ -146,18 +146,17 @@ def summary_section(runs: dict[str, RunDir], sets: list[ScoredSet]) -> str:
     if not rows:
         return ""
     if all(each is None for _, _, _, each, _ in rows):
-        return section("summary", "Results at a glance", table(("part", "quantity", "value", "how to read it"),
-                                                               ([p, q, v, note] for p, q, v, _, note in rows),
-                                                               "summary"))
+        body = table(("part", "quantity", "value", "how to read it"), ([p, q, v, note] for p, q, v, _, note in rows),
+                     "summary")
+        return section("summary", "Results at a glance", body)
     replicated = [f"{kind.upper()}: the {interval_name(len(folders))} ({', '.join(str(seed) for seed in folders)})"
                   for kind, run in runs.items() if None not in (folders := seed_folders(run))]
     intro = ("<p>Each number measured on several seeds is their mean ± the half-width of its 95% Student-t interval "
              f"(t<sub>0.975, n-1</sub> s / &radic;n), then each seed's value: {escape('; '.join(replicated))}. A "
              "count or a setting that every seed shares is shown once.</p>")
-    return section("summary", "Results at a glance",
-                   intro + table(("part", "quantity", "mean ± 95% interval", "each seed", "how to read it"),
-                                 ([p, q, v, "—" if each is None else each, note] for p, q, v, each, note in rows),
-                                 "summary"))
+    body = table(("part", "quantity", "mean ± 95% interval", "each seed", "how to read it"),
+                 ([p, q, v, "—" if each is None else each, note] for p, q, v, each, note in rows), "summary")
+    return section("summary", "Results at a glance", intro + body)
 
 
 def model_summary_rows(kind: str, run: RunDir) -> list[list[Any]]:
@@ -180,14 +179,12 @@ def model_summary_rows(kind: str, run: RunDir) -> list[list[Any]]:
 
 
 def score_cells(scores: dict[int | None, SetScore]) -> list[Any]:
-    """[Frechet distance, classifier score] of a set scored on one seed, or their means ± 95% intervals over the
-    seeds of a replica run."""
+    """[Frechet distance, classifier score] of a set scored once, or over a replica run's seeds (:func:`measured`)."""
     return [measured({seed: score.frechet_distance for seed, score in scores.items()}),
             measured({seed: score.classifier_score for seed, score in scores.items()})]
 
 
 def score_pair(scores: dict[int | None, SetScore]) -> Markup:
-    """"Frechet distance / classifier score" (:func:`score_cells`)."""
     return Markup(" / ".join(cell_html(cell) for cell in score_cells(scores)))
 
 
@@ -197,17 +194,14 @@ def each_seed_pair(scores: dict[int | None, SetScore]) -> Markup | None:
 
 
 def score_summary_rows(sets: list[ScoredSet]) -> list[list[Any]]:
-    """The real-vs-real reference, then the Frechet distance and classifier score of each scored set of images (over
-    the seeds of a replica run)."""
-    reference = next((score.reference for found in sets for _, score in found.scores.values() if score.reference),
-                     None)
+    """The real-vs-real reference, then the Frechet distance and classifier score of each scored set of images."""
+    reference = first_reference(sets)
     rows: list[list[Any]] = [] if reference is None else [
         ["score", "real vs real: Frechet distance / classifier score", score_pair({None: reference}), None,
          "the floor: real training images against the real test images"]]
     for found in sets:
-        scores = {seed: score for seed, (_, score) in found.scores.items()}
-        rows.append(["score", f"{found.title}: Frechet distance / classifier score", score_pair(scores),
-                     each_seed_pair(scores), "distance: lower is closer to MNIST; score: up to 10"])
+        rows.append(["score", f"{found.title}: Frechet distance / classifier score", score_pair(found.scores),
+                     each_seed_pair(found.scores), "distance: lower is closer to MNIST; score: up to 10"])
     return rows
 
 
@@ -224,9 +218,8 @@ def run_figures(run: RunDir, kind: str) -> list[tuple[str, bytes, str]]:
 
 
 def seed_figures(run: RunDir, kind: str, folders: dict[int | None, RunDir]) -> list[tuple[str, bytes, str]]:
-    """The figures of a run; a replica run's each say whose model they show: RUN/figures (where the model commands
-    draw the first seed's model, and the training curves of every seed), else the first seed's own figures but its
-    single-seed training curves."""
+    """The figures of a run; a replica run's say whose model they show: those of RUN/figures (the first seed's model,
+    the training curves of every seed), else the first seed's own but its training curves."""
     first_seed, first = next(iter(folders.items()))
     own = run_figures(run, kind)
     if first_seed is None:
@@ -264,8 +257,8 @@ def grids_gallery(run: RunDir, whose: str = "") -> str:
 
 def numbers_part(histories: dict[int | None, list[dict[str, Any]]],
                  evaluations: dict[int | None, dict[str, Any] | None]) -> str:
-    """The last epoch's metrics and the evaluation of a run; of a replica run, after how to read its intervals, each
-    seed's (a column each) beside their mean ± 95% interval."""
+    """The last epoch's metrics and the evaluation of a run; of a replica run, how to read its intervals, then each
+    quantity's :func:`seeds_table`."""
     if None in histories:
         records, evaluation = histories[None], evaluations[None]
         return ((f"<p>{escape(len(records))} epoch(s) trained; last epoch's metrics:</p>"
@@ -285,9 +278,8 @@ def numbers_part(histories: dict[int | None, list[dict[str, Any]]],
 
 
 def run_section(run: RunDir, kind: str) -> str:
-    """Figures, evaluation, curves, metrics, configuration and data provenance of one VAE or GAN run; of a replica
-    run, each seed's numbers after their mean ± 95% interval, the figures of the first seed, the training curves of
-    every seed and each seed's metrics."""
+    """Numbers, figures, curves, metrics, configuration and data provenance of one VAE or GAN run (of a replica run:
+    each seed's, see :func:`numbers_part` and :func:`seed_figures`)."""
     title = MODEL_TITLES[kind]
     if not run.config.is_file():
         return section(kind, title, "<p class='missing'>This stage has not produced a run folder yet.</p>")
@@ -338,16 +330,22 @@ def data_html(provenance: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- sample quality
 
 
-def samples_preview(images_file: Path) -> bytes | None:
-    """The first images of a scored .npy or .npz as one tiled PNG (None if the file is gone or not images)."""
-    if not images_file.is_file():
-        return None
-    try:
-        images = load_images(images_file)  # checked as `score` checks it: (N, 28, 28), in [0, 1]
-    except MnistgenError:
-        return None  # not an array of images (the score was computed from another file, or it was replaced)
-    rows, cols = SAMPLE_PREVIEW
-    return array_png(tile(images[: rows * cols], rows, cols), SAMPLE_PREVIEW_SCALE)
+def first_reference(sets: list[ScoredSet]) -> ReferenceScore | None:
+    """The real-vs-real reference of the first score file that holds one."""
+    return next((score.reference for found in sets for score in found.scores.values() if score.reference), None)
+
+
+def samples_preview(found: ScoredSet) -> bytes | None:
+    """The first of the images a set's (first) score file scored, NAME.npz or NAME.npy beside it, as one tiled PNG;
+    None where neither is there and holds images."""
+    for path in (found.folder / f"{found.name}.npz", found.folder / f"{found.name}.npy"):
+        try:
+            images = load_images(path)  # checked as `score` checks it: (N, 28, 28), in [0, 1]
+        except MnistgenError:
+            continue  # gone, or not images (the score was computed from another file, or it was replaced)
+        rows, cols = SAMPLE_PREVIEW
+        return array_png(tile(images[: rows * cols], rows, cols), SAMPLE_PREVIEW_SCALE)
+    return None
 
 
 def scores_section(sets: list[ScoredSet]) -> str:
@@ -355,8 +353,7 @@ def scores_section(sets: list[ScoredSet]) -> str:
     for each seed of a replica run has a row of its mean ± 95% interval over the seeds, then one row per seed."""
     if not sets:
         return ""
-    scores = [score for found in sets for _, score in found.scores.values()]
-    reference = next((score.reference for score in scores if score.reference is not None), None)
+    reference = first_reference(sets)
     rows = []
     if reference is not None:
         rows.append([Markup(f"<b>real vs real</b> (reference: {escape(reference.what)})"), reference.n_images,
@@ -364,13 +361,12 @@ def scores_section(sets: list[ScoredSet]) -> str:
                      histogram_html(reference.class_histogram)])
     for found in sets:
         if None not in found.scores:
-            each = {seed: score for seed, (_, score) in found.scores.items()}
-            rows.append([Markup(f"<b>{escape(found.title)}</b>: mean ± {escape(interval_name(len(each)))}"),
-                         across_seeds({seed: score.n_images for seed, score in each.items()})[0],
-                         *score_cells(each), ""])
+            rows.append([Markup(f"<b>{escape(found.title)}</b>: mean ± {escape(interval_name(len(found.scores)))}"),
+                         across_seeds({seed: score.n_images for seed, score in found.scores.items()})[0],
+                         *score_cells(found.scores), ""])
         rows += [[found.title if seed is None else f"{found.title}, seed {seed}", score.n_images,
                   score.frechet_distance, score.classifier_score, histogram_html(score.class_histogram)]
-                 for seed, (_, score) in found.scores.items()]
+                 for seed, score in found.scores.items()]
     body = ("<p>Each set of images is passed through mnistgen's own MNIST classifier. <b>Frechet distance</b>: "
             "between the classifier's features of the images and of the 10,000 test images (lower is closer to "
             "MNIST; it grows as the number of images shrinks, so compare sets of equal size). <b>Classifier "
@@ -378,14 +374,13 @@ def scores_section(sets: list[ScoredSet]) -> str:
             "The first row is real against real: the floor a perfect model would reach.</p>"
             + table(("images", "N", "Frechet distance", "classifier score", "predicted classes 0-9"), rows,
                     "scores"))
-    classifier = next((score.classifier for score in scores if score.classifier is not None), None)
+    classifier = next((score.classifier for found in sets for score in found.scores.values()
+                       if score.classifier is not None), None)
     if classifier is not None:
         body += "<p>Classifier: " + value_html(classifier) + "</p>"
     previews = []
     for found in sets:
-        seed, (path, _) = next(iter(found.scores.items()))  # a replica run's: its first seed's
-        png = next((preview for suffix in (".npz", ".npy")
-                    if (preview := samples_preview(path.with_name(found.name + suffix))) is not None), None)
+        seed, png = next(iter(found.scores)), samples_preview(found)  # a replica run's: its first seed's
         whose = "" if seed is None else f", seed {seed} (the first of {len(found.scores)} seeds)"
         if png is not None:
             previews.append(figure_html(png, f"The first {SAMPLE_PREVIEW[0] * SAMPLE_PREVIEW[1]} of the scored "
