@@ -1,25 +1,22 @@
 """Sample quality measured by mnistgen itself: how close a set of 28x28 images in [0, 1] is to MNIST.
 
-A small MNIST classifier of mnistgen's own (:mod:`mnistgen.models.classifier`, shipped in
-``mnistgen/assets`` with its SHA-256) maps each image to a 128-d feature vector and to class
-probabilities p(y|x). From them:
+A small MNIST classifier of mnistgen's own (:mod:`mnistgen.models.classifier`, shipped in ``mnistgen/assets`` with
+its SHA-256) maps each image to a 128-d feature vector and to class probabilities p(y|x). From them:
 
 - **Frechet distance** between the features of the images and of the 10,000 MNIST test images,
-  ``||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2))`` in float64. ``Tr (S1 S2)^(1/2)`` is the sum of
-  the square roots of the eigenvalues of the symmetric PSD matrix ``S1^(1/2) S2 S1^(1/2)`` (same
-  spectrum as ``S1 S2``), so numpy's ``eigh`` suffices and scipy is not needed at runtime.
-- **Classifier score** ``exp(E_x KL(p(y|x) || p(y)))`` with ``p(y)`` the mean of ``p(y|x)`` over the
-  set: the MNIST analogue of the Inception Score, between 1 (one class, or no confidence) and 10
-  (confident and balanced).
+  ``||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2))`` in float64. ``Tr (S1 S2)^(1/2)`` is the sum of the square roots
+  of the eigenvalues of the symmetric PSD matrix ``S1^(1/2) S2 S1^(1/2)`` (same spectrum as ``S1 S2``), so numpy's
+  ``eigh`` suffices and scipy is not needed at runtime.
+- **Classifier score** ``exp(E_x KL(p(y|x) || p(y)))`` with ``p(y)`` the mean of ``p(y|x)`` over the set: the MNIST
+  analogue of the Inception Score, between 1 (one class, or no confidence) and 10 (confident and balanced).
 - **Class histogram**: how many images the classifier assigns to each digit.
 
 These numbers are one record, :class:`SetScore`, written into FILE.score.json (:func:`write_report`) and read back,
 checked once, by :func:`read_score`.
 
-Every score comes with the **real-vs-real reference**: the same numbers for 10,000 real training
-images (the last 10,000, held out from the classifier's training) against the test images. The
-reference statistics are cached in the user cache, keyed by the classifier's checksum and the
-checksums of the image bytes they came from.
+Every score comes with the **real-vs-real reference**: the same numbers for 10,000 real training images (the last
+10,000, held out from the classifier's training) against the test images, cached in the user cache, keyed by the
+classifier's checksum and the checksums of the image bytes they came from.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """The report's HTML: values as a person reads them, tables, figures, sections, and the self-contained page.
 
-Every value from a folder is escaped; only :class:`Markup` (HTML built here) is not. The page loads nothing: no
-script, no font, no stylesheet from anywhere, and a Content-Security-Policy that forbids every request except
-``data:`` images.
+Every value from a folder is escaped; only :class:`Markup` (HTML built here) is not. The page loads nothing: no script,
+no font, no stylesheet from anywhere, and a Content-Security-Policy that forbids every request except ``data:`` images.
 """
 
 from __future__ import annotations
@@ -38,30 +37,21 @@ def escape(value: Any) -> str:
 def format_value(value: Any) -> str:
     """A measured number as a person reads it (ELBOs with 2 decimals, small values with 4 digits, counts of five
     digits or more with thousands separators); text escaped."""
-    if isinstance(value, bool) or value is None:
-        return escape("—" if value is None else value)
-    if isinstance(value, int):
+    if value is None:
+        return "—"
+    if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}" if abs(value) >= SEPARATOR_FROM else str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return escape(value)
-        magnitude = abs(value)
-        if magnitude >= 100:
+    if isinstance(value, float) and math.isfinite(value):
+        if abs(value) >= 100:
             return f"{value:,.2f}"
-        if magnitude >= 1:
-            return f"{value:.4f}"
-        return f"{value:.4g}"
+        return f"{value:.4f}" if abs(value) >= 1 else f"{value:.4g}"
     return escape(value)
 
 
 def format_setting(value: Any) -> str:
     """A setting or an identifier as it was typed: integers without separators (seed 1234), floats in their
     shortest exact form (15.0, 0.0002, 1e-05), never padded to a number of decimals; text escaped."""
-    if isinstance(value, float) and math.isfinite(value):
-        return repr(value)
-    if is_number(value):
-        return str(value)
-    return format_value(value)
+    return str(value) if is_number(value) else format_value(value)
 
 
 def duration(seconds: float | None) -> str:
