@@ -409,17 +409,13 @@ def compute_reference(classifier: Classifier, raw: RawData, batch_size: int = DE
 
 def reference_statistics(classifier: Classifier, data: DataConfig | None = None,
                          batch_size: int = DEFAULT_BATCH_SIZE) -> Reference:
-    """Load real MNIST as ``data`` says (default: the default DataConfig) and return the cached reference."""
+    """The cached reference of full MNIST as ``data`` says (default: the default DataConfig), never of the 5,000-digit
+    stand-in: files that are missing and cannot be had (offline, or no mirror delivered them) are one line with the
+    reason, rather than the stand-in's warning (which suggests a --dataset flag score does not have) followed by the
+    reference's refusal of the stand-in."""
     data = data if data is not None else DataConfig()
     if data.dataset != "mnist":
         raise MnistgenError(f"the score's reference is real MNIST, not {data.dataset}")
-    return compute_reference(classifier, load_reference_data(data), batch_size)
-
-
-def load_reference_data(data: DataConfig) -> RawData:
-    """Full MNIST as ``data`` says, never the 5,000-digit stand-in: files that are missing and cannot be had (offline,
-    or no mirror delivered them) are one line with the reason, rather than the stand-in's warning (which suggests a
-    --dataset flag score does not have) followed by the reference's refusal of the stand-in."""
     store = VerdictStore(cache_root())
     try:
         obtain_files(get_dataset("mnist"), data, store)  # finds and verifies the files, or downloads what is missing
@@ -430,7 +426,8 @@ def load_reference_data(data: DataConfig) -> RawData:
                         "--data-dir with a folder that holds its files") from None
     finally:
         store.save()
-    return load_raw(data)  # every file is there and verified now (the verdicts are remembered: no second hashing)
+    # every file is there and verified now (the verdicts are remembered: no second hashing)
+    return compute_reference(classifier, load_raw(data), batch_size)
 
 
 # --------------------------------------------------------------------------- the score

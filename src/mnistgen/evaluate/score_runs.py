@@ -67,14 +67,14 @@ def score_run(scored: ScoredRun, classifier: scoring.Classifier, reference: scor
     reports: dict[int, dict[str, Any]] = {}
     for seed, target in scored.targets:
         path = samples_path(target)
-        scoring.save_images(path, draw_samples(target, scored.kind, config.samples, config.device))
+        images, drawn = draw_samples(target, scored.kind, config.samples, config.device)
+        scoring.save_images(path, images)
         report = scoring.score_images(scoring.load_images(path), classifier, reference, config)
         written = scoring.write_report(path, report)
         report = {"file": path.name, **report}  # as samples.score.json holds it
         run_seed = seed if seed is not None else target.read_config()["config"].get("seed")
         say(scoring.format_report(report, str(path)))
-        ema_decay = target.read_config()["config"].get("ema_decay") if scored.kind == "gan" else None
-        say(f"written: {path} ({what_is_drawn(scored.kind, config.samples, run_seed, ema_decay)}) and {written}")
+        say(f"written: {path} ({drawn}, seed {run_seed}) and {written}")
         if seed is None:
             return report
         reports[seed] = report
@@ -90,25 +90,18 @@ def score_run(scored: ScoredRun, classifier: scoring.Classifier, reference: scor
     return aggregate
 
 
-def draw_samples(target: RunDir, kind: str, n: int, device: str) -> np.ndarray:
-    """n images (n, 28, 28) float32 in [0, 1] from one run folder's model, with the run's own seed."""
+def draw_samples(target: RunDir, kind: str, n: int, device: str) -> tuple[np.ndarray, str]:
+    """n images (n, 28, 28) float32 in [0, 1] from one run folder's model, with the run's own seed, and what they are
+    in words (a GAN run trained with --ema-decay is sampled from the average of G's weights)."""
     if kind == "vae":
         from .vae import sample_run
 
-        return sample_run(target, n, False, VAEEvalConfig(device=device))
+        return sample_run(target, n, False, VAEEvalConfig(device=device)), f"{n:,} decoder means p(x|z), z ~ N(0, I)"
     from ..device import resolve_device
-    from .gan import load_generator, sample_images
+    from .gan import generator_label, load_generator, sample_images
 
     generator, config = load_generator(target, resolve_device(device))
-    return sample_images(generator, n, config.seed)
-
-
-def what_is_drawn(kind: str, n: int, seed: int, ema_decay: float | None = None) -> str:
-    """The images scored, in words; a GAN run trained with --ema-decay is sampled from the average of G's weights."""
-    if kind == "vae":
-        return f"{n:,} decoder means p(x|z), z ~ N(0, I), seed {seed}"
-    made_by = "G(z)" if ema_decay is None else f"G_ema(z) (G's weights averaged, EMA decay {ema_decay})"
-    return f"{n:,} images {made_by}, seed {seed}"
+    return sample_images(generator, n, config.seed), f"{n:,} images {generator_label(config)}"
 
 
 def check_samples(config: ScoreConfig) -> None:

@@ -78,17 +78,14 @@ CAPTIONS: dict[tuple[str, str], str] = {
         "on generated images. Both near 1/2 means D can no longer tell them apart."),
 }
 CURVES_FIGURE = {"vae": "curves.png", "gan": "training.png"}  # when absent, the report draws the curves itself
-SUMMARY_LABELS = {
-    "test_elbo": "test ELBO (nats per image)",
-    "test_iw_log_likelihood": "test log p(x), importance-weighted estimate",
-    "iw_samples": "K, importance samples per image",
-    "train_elbo": "training ELBO (nats per image)",
-}
-SUMMARY_NOTES = {
-    "test_elbo": "higher is better; SPEC's reference run reaches -162.0 after 200 epochs",
-    "test_iw_log_likelihood": "a tighter lower bound on log p(x) than the ELBO; reference -151.0 (K = 1000)",
-    "train_elbo": "reference -148.7; far above the test ELBO means over-fitting",
-    "iw_samples": "more samples give a tighter estimate of log p(x); SPEC uses K = 1000",
+SUMMARY_ROWS = {  # the evaluation's headline numbers: (what was measured, how to read it)
+    "test_elbo": ("test ELBO (nats per image)",
+                  "higher is better; SPEC's reference run reaches -162.0 after 200 epochs"),
+    "test_iw_log_likelihood": ("test log p(x), importance-weighted estimate",
+                               "a tighter lower bound on log p(x) than the ELBO; reference -151.0 (K = 1000)"),
+    "iw_samples": ("K, importance samples per image",
+                   "more samples give a tighter estimate of log p(x); SPEC uses K = 1000"),
+    "train_elbo": ("training ELBO (nats per image)", "reference -148.7; far above the test ELBO means over-fitting"),
 }
 # "How to read it" of the last epoch's metrics (the summary shows these). At the GAN's equilibrium (G's images
 # indistinguishable from real ones) the best D outputs 1/2 everywhere: D's cross-entropy is log 2 on each of its
@@ -168,10 +165,10 @@ def model_summary_rows(kind: str, run: RunDir) -> list[list[Any]]:
              f"{configured}SPEC trains {SPEC_EPOCHS[kind]}"]]
     evaluations = seed_evaluations(run)
     if any(result is not None for result in evaluations.values()):
-        keys = dict.fromkeys(k for result in evaluations.values() if result for k in result if k in SUMMARY_LABELS)
-        return rows + [[part, SUMMARY_LABELS[k], *combined({seed: (result or {}).get(k)
-                                                            for seed, result in evaluations.items()}),
-                        SUMMARY_NOTES.get(k, "")] for k in keys]
+        keys = dict.fromkeys(k for result in evaluations.values() if result for k in result if k in SUMMARY_ROWS)
+        return rows + [[part, SUMMARY_ROWS[k][0], *combined({seed: (result or {}).get(k)
+                                                             for seed, result in evaluations.items()}),
+                        SUMMARY_ROWS[k][1]] for k in keys]
     last = {seed: records[-1] if records else {} for seed, records in histories.items()}
     keys = dict.fromkeys(k for record in last.values() for k in record if k in LAST_EPOCH_NOTES)
     return rows + [[part, f"{k} (last epoch)", *combined({seed: record.get(k) for seed, record in last.items()}),
