@@ -75,9 +75,6 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-# --------------------------------------------------------------------------- the pipeline
-
-
 def prepare(repro: Reproduction, config: ReproduceConfig, resume: bool, explicit: set[str]) -> ReproduceConfig:
     """Check the folder against the request; return the config to run with (the saved one on resume)."""
     if not resume:
@@ -149,9 +146,6 @@ def reproduce(folder: str | Path, config: ReproduceConfig, resume: bool = False,
         record_stage(stage.name, status="done", seconds=seconds, finished=now(), error=None, **extra)
         say(f"{label}: done in {seconds:.1f} s" + (f" ({extra['note']})" if "note" in extra else ""))
     return write_report(repro.path)
-
-
-# --------------------------------------------------------------------------- training, sampling, scoring a run
 
 
 def vae_config(config: ReproduceConfig, settings: dict[str, Any] | None = None) -> VAEConfig:
@@ -248,9 +242,6 @@ def score_sample_files(repro: Reproduction, config: ReproduceConfig, paths: list
     return None
 
 
-# --------------------------------------------------------------------------- SPEC's stages
-
-
 def stage_vae_plots(repro: Reproduction, config: ReproduceConfig) -> dict[str, Any] | None:
     vae_evaluation.write_figures(repro.vae, VAEEvalConfig(device=config.device))  # a replica run: the first seed's
     note = first_seed_note(repro.vae)
@@ -301,9 +292,6 @@ STAGES: list[Stage] = [
     Stage("scores", "score the samples against MNIST", stage_scores),
     Stage("explorer", "the interactive latent explorer", stage_explorer),
 ]
-
-
-# --------------------------------------------------------------------------- the stages beyond SPEC
 
 
 def stage_beyond_gan_train(repro: Reproduction, config: ReproduceConfig) -> None:

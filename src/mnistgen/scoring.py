@@ -56,9 +56,6 @@ DEFAULT_BATCH_SIZE = ScoreConfig().batch_size
 REFERENCE_KEY = "real_vs_real_reference"  # the key of the reference's numbers in a score file
 
 
-# --------------------------------------------------------------------------- pure statistics
-
-
 def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(N, D) features -> mean (D,) and unbiased covariance (D, D), both float64."""
     features = np.asarray(features, dtype=np.float64)
@@ -105,9 +102,6 @@ def class_histogram(probabilities: np.ndarray) -> list[int]:
     """Number of images whose most probable class is 0, 1, ..., C-1."""
     predictions = np.asarray(probabilities).argmax(axis=1)
     return np.bincount(predictions, minlength=np.shape(probabilities)[1]).astype(int).tolist()
-
-
-# --------------------------------------------------------------------------- input images
 
 
 def check_images(array: Any, what: str = "images") -> np.ndarray:
@@ -223,9 +217,6 @@ def score_path(images_path: str | os.PathLike) -> Path:
     return path.with_name((path.stem if path.suffix in (".npy", ".npz") else path.name) + ".score.json")
 
 
-# --------------------------------------------------------------------------- the classifier
-
-
 def shipped_weights() -> Path:
     """The weights shipped with mnistgen (their checksum lies beside them in classifier.json)."""
     return Path(str(resources.files("mnistgen") / "assets" / WEIGHTS_NAME))
@@ -317,9 +308,6 @@ def accuracy(classifier: Classifier, images: np.ndarray | torch.Tensor, labels: 
     """Fraction of images whose most probable class is their label."""
     _, probabilities = classify(classifier, images, batch_size)
     return float((probabilities.argmax(axis=1) == np.asarray(labels)).mean())
-
-
-# --------------------------------------------------------------------------- the real-vs-real reference
 
 
 @dataclass(frozen=True)
@@ -430,9 +418,6 @@ def reference_statistics(classifier: Classifier, data: DataConfig | None = None,
     return compute_reference(classifier, load_raw(data), batch_size)
 
 
-# --------------------------------------------------------------------------- the score
-
-
 def score_images(images: np.ndarray, classifier: Classifier | None = None, reference: Reference | None = None,
                  config: ScoreConfig | None = None) -> dict[str, Any]:
     """Score (N, 28, 28) images in [0, 1] against MNIST; returns the JSON-ready report. ``classifier`` and
@@ -484,9 +469,6 @@ def write_report(images_path: str | os.PathLike, report: dict[str, Any]) -> Path
     path = score_path(images_path)
     write_json(path, {"file": str(Path(images_path).name), **report})
     return path
-
-
-# --------------------------------------------------------------------------- the score file, read back
 
 
 @dataclass(frozen=True)

@@ -68,10 +68,9 @@ def seed_folders(run: RunDir) -> dict[int | None, RunDir]:
 
 def first_seed(run: RunDir, what: str, say: Callable[[str], None], kind: str | None = None,
                another: str | None = None) -> RunDir:
-    """The folder a one-model command uses: ``run`` itself, or for a replica run its first seed's, RUN/seed=N, with
-    one note to ``say`` naming it (``what``: "sampling", "loading"; ``another``: how to choose another seed, by
-    default naming its folder). ``kind``, where given, is checked first (a one-line error for a run of another
-    kind)."""
+    """The folder a one-model command uses: ``run`` itself, or for a replica run its first seed's, RUN/seed=N, with one
+    note to ``say`` naming it (``what``: "sampling", "loading"; ``another``: how to choose another seed, by default
+    naming its folder). ``kind``, where given, is checked first (a one-line error for a run of another kind)."""
     if kind is not None:
         found = run.read_config().get("kind")
         if found != kind:

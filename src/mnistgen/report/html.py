@@ -113,9 +113,6 @@ def histogram_html(counts: Sequence[int]) -> Markup:
     return Markup(f'<span class="hist">{bars}</span> <small>{escape(listed)}</small>')
 
 
-# --------------------------------------------------------------------------- numbers over the seeds of a replica run
-
-
 def interval_name(n: int) -> str:
     return f"95% Student-t interval over {n} seed{'' if n == 1 else 's'}"
 
@@ -171,9 +168,6 @@ def seeds_table(results: dict[int, dict[str, Any]]) -> str:
                      *(value_html(v, is_plain_key(key)) for v in values.values())])
     headers = ("quantity", f"mean ± {interval_name(len(results))}", *(f"seed {seed}" for seed in results))
     return table(headers, rows, "kv seeds")
-
-
-# --------------------------------------------------------------------------- figures, sections, the page
 
 
 def figure_html(png: bytes, caption: str, alt: str, css_class: str = "") -> str:

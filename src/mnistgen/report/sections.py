@@ -105,9 +105,6 @@ LAST_EPOCH_NOTES = {
 }
 
 
-# --------------------------------------------------------------------------- banners and results at a glance
-
-
 def shortened_banner(settings: dict[str, Any]) -> str:
     """A warning above the results when a reproduction trained for fewer epochs than SPEC's defaults."""
     defaults = ReproduceConfig()
@@ -200,9 +197,6 @@ def score_summary_rows(sets: list[ScoredSet]) -> list[list[Any]]:
         rows.append(["score", f"{found.title}: Frechet distance / classifier score", score_pair(found.scores),
                      each_seed_pair(found.scores), "distance: lower is closer to MNIST; score: up to 10"])
     return rows
-
-
-# --------------------------------------------------------------------------- a run: one seed, or replicas
 
 
 def run_figures(run: RunDir, kind: str) -> list[tuple[str, bytes, str]]:
@@ -324,9 +318,6 @@ def data_html(provenance: dict[str, Any]) -> str:
         provenance)
 
 
-# --------------------------------------------------------------------------- sample quality
-
-
 def first_reference(sets: list[ScoredSet]) -> ReferenceScore | None:
     """The real-vs-real reference of the first score file that holds one."""
     return next((score.reference for found in sets for score in found.scores.values() if score.reference), None)
@@ -386,9 +377,6 @@ def scores_section(sets: list[ScoredSet]) -> str:
     if previews:
         body += f'<div class="gallery">{"".join(previews)}</div>'
     return section("scores", "Sample quality", body)
-
-
-# --------------------------------------------------------------------------- stages, versions, machine
 
 
 def stages_section(stages: dict[str, Any] | None) -> str:
