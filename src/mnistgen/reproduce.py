@@ -10,7 +10,8 @@ the explorer show the first seed's models (the training curves every seed's).
 reproduction's data, epochs, seeds and device and measured as SPEC's runs, which stay exactly as without it.
 
 Each stage finished is recorded in stages.json with its time, so ``--resume`` skips it; an interrupted training
-continues from its last checkpoint, its time added to the time already spent. """
+continues from its last checkpoint, its time added to the time already spent.
+"""
 
 from __future__ import annotations
 

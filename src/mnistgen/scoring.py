@@ -478,22 +478,10 @@ class ReferenceScore(SetScore):
 
 @dataclass(frozen=True)
 class ScoreFile(SetScore):
-    """A FILE.score.json as :func:`write_report` writes it; :meth:`from_json` names the first field that is wrong."""
+    """A FILE.score.json as :func:`write_report` writes it and :func:`read_score` reads it back."""
 
     reference: ReferenceScore | None = None  # the real-vs-real reference scored beside the images
     classifier: dict[str, Any] | None = None  # the classifier that scored them: its checksum, test accuracy, ...
-
-    @classmethod
-    def from_json(cls, value: Any) -> ScoreFile:
-        numbers, reference = set_score_fields(value), None
-        if REFERENCE_KEY in value:
-            reference = ReferenceScore(**set_score_fields(value[REFERENCE_KEY], REFERENCE_KEY),
-                                       what=value[REFERENCE_KEY].get("what", ""))
-            if not isinstance(reference.what, str):
-                raise MnistgenError(f'"{REFERENCE_KEY}.what" is {json_type(reference.what)}, not a string')
-        if "classifier" in value and not isinstance(value["classifier"], dict):
-            raise MnistgenError(f'"classifier" is {json_type(value["classifier"])}, not an object')
-        return cls(**numbers, reference=reference, classifier=value.get("classifier"))
 
 
 JSON_TYPES = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list", dict: "an object",
@@ -535,10 +523,18 @@ def set_score_fields(value: Any, where: str = "") -> dict[str, Any]:
 
 
 def read_score(path: Path) -> ScoreFile:
-    """A FILE.score.json written by mnistgen score; anything else is one line naming the file and what is wrong."""
+    """A FILE.score.json written by mnistgen score; anything else is one line naming the file and the field."""
     value = read_json(path)
     try:
-        return ScoreFile.from_json(value)
+        numbers, reference = set_score_fields(value), None
+        if REFERENCE_KEY in value:
+            reference = ReferenceScore(**set_score_fields(value[REFERENCE_KEY], REFERENCE_KEY),
+                                       what=value[REFERENCE_KEY].get("what", ""))
+            if not isinstance(reference.what, str):
+                raise MnistgenError(f'"{REFERENCE_KEY}.what" is {json_type(reference.what)}, not a string')
+        if "classifier" in value and not isinstance(value["classifier"], dict):
+            raise MnistgenError(f'"classifier" is {json_type(value["classifier"])}, not an object')
+        return ScoreFile(**numbers, reference=reference, classifier=value.get("classifier"))
     except MnistgenError as problem:
         raise MnistgenError(f"{path}: not a score written by mnistgen score ({problem}); score the images again or "
                             "remove the file") from None

@@ -53,9 +53,7 @@ class Spread:
 
     def text(self, digits: int = 2) -> str:
         """"-137.62 ± 0.41" (mean ± half-width), or the single value."""
-        if self.half_width is None:
-            return f"{self.mean:.{digits}f}"
-        return f"{self.mean:.{digits}f} ± {self.half_width:.{digits}f}"
+        return f"{self.mean:.{digits}f}" + ("" if self.half_width is None else f" ± {self.half_width:.{digits}f}")
 
     def as_dict(self) -> dict[str, Any]:
         """What eval.json and score.json hold: n, the values, mean, std, the interval's ends and its name."""

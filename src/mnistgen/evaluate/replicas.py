@@ -37,10 +37,6 @@ def seeds_summary(per_seed: Mapping[int, dict[str, Any]], headlines: Sequence[st
     }
 
 
-def _number(value: float | None, digits: int) -> str:
-    return MISSING if value is None else f"{value:.{digits}f}"
-
-
 def summary_table(aggregate: dict[str, Any], labels: Mapping[str, str], digits: int = 2) -> list[str]:
     """The lines of a table of :func:`seeds_summary`'s result: a header naming the interval, then one line per
     headline number in ``labels`` (key -> label): mean ± half-width of the 95% interval, std, each seed's value."""
@@ -53,9 +49,10 @@ def summary_table(aggregate: dict[str, Any], labels: Mapping[str, str], digits: 
              + "".join(f"{f'seed={seed}':>{seed_width}}" for seed in seeds)]
     for key, label in labels.items():
         numbers = aggregate["summary"][key]
-        half = numbers["ci95_half_width"]
-        centre = _number(numbers["mean"], digits) + ("" if half is None else f" ± {half:.{digits}f}")
-        lines.append(f"{label:{label_width}}{centre:>22}{_number(numbers['std'], digits):>9}"
+        half, std = numbers["ci95_half_width"], numbers["std"]
+        centre = f"{numbers['mean']:.{digits}f}" + ("" if half is None else f" ± {half:.{digits}f}")
+        std = MISSING if std is None else f"{std:.{digits}f}"
+        lines.append(f"{label:{label_width}}{centre:>22}{std:>9}"
                      + "".join(f"{value:>{seed_width}.{digits}f}" for value in numbers["values"]))
     return lines
 

@@ -132,8 +132,8 @@ def spread_html(values: Sequence[Any], seeds: int) -> Markup:
 
 
 def measured(values: dict[int | None, Any]) -> Any:
-    """A measurement of a single-seed run, ``{None: value}``, as it is; of a replica run, ``{seed: value}``, the
-    mean ± its 95% interval."""
+    """A single-seed run's measurement, ``{None: value}``, as it is; a replica run's, {seed: value}, its mean ± 95%
+    interval."""
     return values[None] if None in values else spread_html(list(values.values()), len(values))
 
 

@@ -130,8 +130,7 @@ def sample_banner(runs: dict[str, RunDir]) -> str:
 
 
 def summary_section(runs: dict[str, RunDir], sets: list[ScoredSet]) -> str:
-    """The headline numbers of each part, one table: what was measured, its value, and how to read it. A replica
-    run's measurement is the mean ± its 95% interval over the seeds, each seed's value in a column beside it."""
+    """The headline numbers of each part, one table: what was measured, its value (each seed's too), how to read it."""
     rows = []  # [part, quantity, value, each seed's value (None for a single-seed run), how to read it]
     for kind, run in runs.items():
         if run.config.is_file():
@@ -337,8 +336,8 @@ def samples_preview(found: ScoredSet) -> bytes | None:
 
 
 def scores_section(sets: list[ScoredSet]) -> str:
-    """The scores of every set of images beside the real-vs-real reference, and a preview of each set. A set scored
-    for each seed of a replica run has a row of its mean ± 95% interval over the seeds, then one row per seed."""
+    """The scores of every set of images (of each seed, after their mean ± 95% interval) beside the real-vs-real
+    reference, and a preview of each set."""
     if not sets:
         return ""
     reference = first_reference(sets)
