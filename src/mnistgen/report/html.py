@@ -12,6 +12,7 @@ import io
 import json
 import math
 from collections.abc import Iterable, Sequence
+from importlib import resources
 from typing import Any
 
 import numpy as np
@@ -194,40 +195,9 @@ def details(summary: str, body: str) -> str:
     return f"<details><summary>{escape(summary)}</summary>{body}</details>"
 
 
-STYLE = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d1d1f;background:#fafafa}
-main{max-width:1280px;margin:0 auto;padding:1.5rem 2rem 4rem}
-header{background:#16324f;color:#fff;padding:1.2rem 2rem}
-header h1{margin:0 0 .3rem;font-size:1.6rem} header p{margin:.1rem 0;opacity:.85}
-header code{background:#2a4a6b;color:#fff} header a{color:#fff}
-nav{background:#e8eef5;padding:.5rem 2rem;position:sticky;top:0;z-index:1}
-nav a{margin-right:1.2rem;color:#16324f;text-decoration:none;font-weight:600}
-section{background:#fff;border:1px solid #e2e2e2;border-radius:8px;padding:1rem 1.5rem;margin:1.2rem 0}
-h2{margin-top:.2rem;color:#16324f} h3{color:#34495e}
-figure{margin:1rem 0;text-align:center} figure img{max-width:100%;border:1px solid #ddd}
-figcaption{font-size:.92rem;color:#444;max-width:800px;margin:.4rem auto;text-align:left}
-.gallery{display:flex;flex-wrap:wrap;gap:.6rem} .gallery figure{margin:.3rem}
-.gallery figcaption{text-align:center}
-figure.grid img{width:180px;image-rendering:pixelated}
-table{border-collapse:collapse;margin:.5rem 0;font-size:.9rem}
-th,td{border:1px solid #ddd;padding:.25rem .55rem;text-align:left;vertical-align:top;overflow-wrap:break-word}
-th{white-space:nowrap} .token{word-break:break-all;font-family:ui-monospace,monospace;font-size:.82rem}
-section{overflow-x:auto}
-th{background:#f1f4f8} td{font-variant-numeric:tabular-nums}
-table.kv table.kv{font-size:.85rem;margin:0} table.summary td:nth-child(3){white-space:nowrap}
-.banner{background:#fff4d6;border:1px solid #e0b84c;border-radius:6px;padding:.6rem 1rem;margin:1rem 0 0}
-.hist{display:inline-flex;align-items:flex-end;gap:2px;height:44px;vertical-align:bottom}
-.bar{display:inline-flex;flex-direction:column;align-items:center;justify-content:flex-end;width:12px}
-.bar span{display:block;width:10px;background:#3b7dd8}
-.bar small{font-size:9px;color:#555}
-.missing{color:#a33} code{background:#f3f3f3;padding:0 .2rem}
-details{margin:.5rem 0} summary{cursor:pointer;color:#16324f}
-.spread,.seed{white-space:nowrap}
-"""
-
-
 def page(title: str, subtitle: Sequence[str], sections: Sequence[tuple[str, str, str]]) -> str:
-    """The whole document: sections are (anchor, nav label, html)."""
+    """The whole document: sections are (anchor, nav label, html); the style is ``assets/report.css``."""
+    style = resources.files("mnistgen").joinpath("assets", "report.css").read_text(encoding="utf-8")
     present = [(a, label, body) for a, label, body in sections if body]
     nav = "".join(f'<a href="#{escape(a)}">{escape(label)}</a>' for a, label, _ in present)
     sub = "".join(f"<p>{line}</p>" for line in subtitle)
@@ -235,7 +205,7 @@ def page(title: str, subtitle: Sequence[str], sections: Sequence[tuple[str, str,
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f'<meta http-equiv="Content-Security-Policy" content="{CONTENT_SECURITY_POLICY}">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>"
+        f"<title>{escape(title)}</title><style>\n{style}</style></head><body>"
         f"<header><h1>{escape(title)}</h1>{sub}</header><nav>{nav}</nav><main>"
         + "".join(body for _, _, body in present)
         + "</main></body></html>\n"

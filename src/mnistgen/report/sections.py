@@ -107,10 +107,9 @@ LAST_EPOCH_NOTES = {
 
 def shortened_banner(settings: dict[str, Any]) -> str:
     """A warning above the results when a reproduction trained for fewer epochs than SPEC's defaults."""
-    defaults = ReproduceConfig()
-    short = [f"{name.replace('_', ' ')} {settings[name]} (SPEC: {getattr(defaults, name)})"
-             for name in ("vae_epochs", "gan_epochs") if settings.get(name, getattr(defaults, name)) < getattr(
-                 defaults, name)]
+    spec = {name: getattr(ReproduceConfig(), name) for name in ("vae_epochs", "gan_epochs")}
+    short = [f"{name.replace('_', ' ')} {settings[name]} (SPEC: {default})" for name, default in spec.items()
+             if settings.get(name, default) < default]
     if not short:
         return ""
     return (f'<p class="banner"><b>A shortened run</b> ({escape("; ".join(short))}), e.g. mnistgen reproduce '
