@@ -85,11 +85,11 @@ def prepare(repro: Reproduction, config: ReproduceConfig, resume: bool, explicit
         if repro.path.exists() and any(repro.path.iterdir()):
             raise MnistgenError(f"{repro.path} exists and is not empty: choose another --out")
         repro.path.mkdir(parents=True, exist_ok=True)
-        RunDir(repro.path).write_config(to_dict(config), kind="reproduce")
+        repro.write_config(to_dict(config), kind="reproduce")
         return config
     if not repro.config.is_file():
         raise MnistgenError(f"{repro.path}: nothing to resume (no config.json); run without --resume first")
-    saved = RunDir(repro.path).read_config_as("reproduce", ReproduceConfig, "a reproduction")
+    saved = repro.read_config_as("reproduce", ReproduceConfig, "a reproduction")
     requested, stored = flat_fields(config), flat_fields(saved)
     adds_beyond = "beyond" in explicit and config.beyond and not saved.beyond  # stages added after SPEC's: allowed
     differ = sorted(name for name in explicit if name != "device" and requested[name] != stored[name]
@@ -99,7 +99,7 @@ def prepare(repro: Reproduction, config: ReproduceConfig, resume: bool, explicit
                             + ", ".join(f"--{n.replace('_', '-')}" for n in differ))
     if adds_beyond:
         saved = dataclasses.replace(saved, beyond=True)
-        RunDir(repro.path).write_config(to_dict(saved), kind="reproduce")
+        repro.write_config(to_dict(saved), kind="reproduce")
     # the device is where to compute, not part of the result: it may change on resume
     return dataclasses.replace(saved, device=config.device) if "device" in explicit else saved
 

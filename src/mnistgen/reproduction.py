@@ -79,13 +79,9 @@ class SampleFile:
     path: Path
 
 
-class Reproduction:
-    """Paths of one reproduction folder."""
+class Reproduction(RunDir):
+    """Paths of one reproduction folder: a run folder (its config.json of kind "reproduce") that holds runs."""
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path).expanduser().resolve()
-
-    config = property(lambda self: self.path / "config.json")
     stages = property(lambda self: self.path / "stages.json")
     vae = property(lambda self: RunDir(self.path / "vae"))
     gan = property(lambda self: RunDir(self.path / "gan"))

@@ -80,9 +80,8 @@ def trace_sqrt_product(cov1: np.ndarray, cov2: np.ndarray) -> float:
 
 def frechet_distance(mean1: np.ndarray, cov1: np.ndarray, mean2: np.ndarray, cov2: np.ndarray) -> float:
     """Squared 2-Wasserstein distance between N(mean1, cov1) and N(mean2, cov2), in float64."""
-    mean1, mean2 = np.asarray(mean1, np.float64), np.asarray(mean2, np.float64)
+    difference = np.asarray(mean1, np.float64) - np.asarray(mean2, np.float64)
     cov1, cov2 = np.asarray(cov1, np.float64), np.asarray(cov2, np.float64)
-    difference = mean1 - mean2
     value = difference @ difference + np.trace(cov1) + np.trace(cov2) - 2.0 * trace_sqrt_product(cov1, cov2)
     return max(float(value), 0.0)  # a distance; tiny negative values are round-off
 

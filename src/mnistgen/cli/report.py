@@ -11,9 +11,9 @@ def register(subparsers) -> None:
     quick = ", ".join(f"{name.replace('_', '-')} {value}" for name, value in REPRODUCE_QUICK.items())
     reproduce = subparsers.add_parser(
         "reproduce", help="run the whole specification (VAE, GAN, scores) and write RUN/report.html",
-        description="Train and evaluate the VAE, train the GAN, score both models' samples against the "
-                    "real-vs-real reference, and write RUN/report.html (and RUN/explorer.html). Every stage "
-                    "is recorded with its time in RUN/stages.json.")
+        description="Train and evaluate the VAE, train the GAN, score both models' samples against the real-vs-real "
+                    "reference, and write RUN/report.html (and RUN/explorer.html). Every stage is recorded with its "
+                    "time in RUN/stages.json.")
     reproduce.add_argument("--out", required=True, metavar="RUN", help="folder of the reproduction (created)")
     reproduce.add_argument("--quick", action="store_true",
                            help=f"a first look in a few minutes on a CPU: {quick} (flags given still win)")
@@ -28,8 +28,7 @@ def register(subparsers) -> None:
         description="Build one self-contained HTML page (figures embedded, no network) from a reproduction "
                     "folder (mnistgen reproduce) or from one VAE or GAN run folder.")
     report.add_argument("run", metavar="RUN", help="reproduction, VAE or GAN run folder")
-    report.add_argument("--out", metavar="FILE", default=None,
-                        help="where to write the page (default: RUN/report.html)")
+    report.add_argument("--out", metavar="FILE", help="where to write the page (default: RUN/report.html)")
     report.set_defaults(func=run_report)
 
 

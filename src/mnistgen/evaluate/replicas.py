@@ -9,8 +9,7 @@ RUN/seed=N, and summarized in RUN by :func:`seeds_summary`, a JSON object that o
      "summary": {"<headline>": Spread.as_dict(), ...},     # n, values, mean, std, ci95_low/high/half_width
      "interval": "95% Student-t interval of the mean"}
 
-Commands that use one model (sample, the figures other than the training curves, :func:`mnistgen.load_run`) take
-the first seed's folder, and say so (:func:`first_seed`).
+Commands that use one model (sample, most figures, :func:`mnistgen.load_run`) use the first seed: :func:`first_seed`.
 """
 
 from __future__ import annotations
