@@ -364,10 +364,6 @@ def _read_cached_reference(path: Path, key: str) -> Reference | None:
         return None
 
 
-def _scale(images_uint8: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(images_uint8.astype(np.float32) / 255.0)  # SPEC §1: pixels / 255
-
-
 def compute_reference(classifier: Classifier, raw: RawData, batch_size: int = DEFAULT_BATCH_SIZE) -> Reference:
     """Reference statistics from a loaded dataset (RawData), through the on-disk cache."""
     if raw.provenance.get("sample") or len(raw.train_images) < REFERENCE_TRAIN_IMAGES:
@@ -380,9 +376,9 @@ def compute_reference(classifier: Classifier, raw: RawData, batch_size: int = DE
     cached = _read_cached_reference(path, key)
     if cached is not None:
         return cached
-    test_features, test_probabilities = classify(classifier, _scale(raw.test_images), batch_size,
+    test_features, test_probabilities = classify(classifier, check_images(raw.test_images), batch_size,
                                                  "real-vs-real reference (once, then cached): test images")
-    train_features, train_probabilities = classify(classifier, _scale(reference_images), batch_size,
+    train_features, train_probabilities = classify(classifier, check_images(reference_images), batch_size,
                                                    "real-vs-real reference (once, then cached): training images")
     test_mean, test_cov = feature_statistics(test_features)
     train_distance = frechet_distance(*feature_statistics(train_features), test_mean, test_cov)

@@ -1,10 +1,7 @@
 """``report.html``: one self-contained page describing a reproduction folder (or a single VAE or GAN run).
 
-Everything the page shows is read from the folder (:mod:`mnistgen.reproduction` for a reproduction's layout,
-:mod:`mnistgen.runs` for a run folder's): every figure embedded as a base64 ``data:`` URI with a caption, the metrics
-as tables, the training curves, the configuration, the data's provenance, the sample-quality scores beside the
-real-vs-real reference, the versions, the machine and the time of each stage. The builder only reads the folder; the
-one file it writes is the page itself (atomically).
+Everything the page shows is read from the folder (:mod:`mnistgen.reproduction`'s layout, or :mod:`mnistgen.runs`'s),
+every figure embedded as a ``data:`` URI; the one file the builder writes is the page itself (atomically).
 """
 
 from __future__ import annotations
