@@ -166,8 +166,7 @@ def read_array(handle: Any, where: str, size: int, max_images: int | None = None
 
 
 def load_npz_images(path: Path) -> np.ndarray:
-    """The one array of an .npz archive (``numpy.savez_compressed(FILE, images=ARRAY)``), inflated no further than
-    the size the archive declares for it."""
+    """The one array of an .npz archive (``numpy.savez_compressed(FILE, images=ARRAY)``), read by :func:`read_array`."""
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError):
@@ -332,12 +331,6 @@ class Reference(SetScore):
     test_classifier_score: float  # of the test images themselves
     key: str  # the cache key: classifier checksum and checksums of the images' bytes
 
-    def summary(self) -> dict[str, Any]:
-        """The reference as a score file holds it (:data:`REFERENCE_KEY`)."""
-        return {"what": f"the last {REFERENCE_TRAIN_IMAGES:,} MNIST training images (the shipped classifier's held-out "
-                        "validation images) against the 10,000 test images",
-                **self.as_json(), "test_images_classifier_score": self.test_classifier_score}
-
 
 def _reference_key(classifier: Classifier, reference_images: np.ndarray, test_images: np.ndarray) -> str:
     parts = [REFERENCE_VERSION, classifier.sha256, sha256_bytes(np.ascontiguousarray(reference_images).tobytes()),
@@ -431,7 +424,9 @@ def score_images(images: np.ndarray, classifier: Classifier | None = None, refer
                        classifier_score(probabilities), tuple(class_histogram(probabilities)))
     return {
         **numbers.as_json(),
-        REFERENCE_KEY: reference.summary(),
+        REFERENCE_KEY: {"what": f"the last {REFERENCE_TRAIN_IMAGES:,} MNIST training images (the shipped classifier's "
+                                "held-out validation images) against the 10,000 test images",
+                        **reference.as_json(), "test_images_classifier_score": reference.test_classifier_score},
         "classifier": {"sha256": classifier.sha256, "test_accuracy": classifier.info.get("test_accuracy"),
                        "feature_dim": FEATURE_DIM, "file": str(classifier.path)},
         "mnistgen_version": __version__,

@@ -1,10 +1,8 @@
 """``mnistgen score RUN``: samples drawn from a trained run's model (each seed's of a replica run) and scored.
 
-Each seed's draws are what its ``sample`` command gives with its own seed: the VAE's decoder means p(x|z) of
-z ~ N(0, I), the GAN's G(z) of z ~ U[-1, 1]^zdim. They are saved as RUN[/seed=N]/samples.npz (8-bit levels, as a
-reproduction stores its samples) and that file is scored, so ``mnistgen score RUN/seed=N/samples.npz`` gives the same
-numbers, into samples.score.json beside it. A replica run gets RUN/score.json too: the
-:func:`~mnistgen.evaluate.replicas.seeds_summary` of the reports over :data:`HEADLINES`.
+Each seed's draws are what its ``sample`` command gives with its own seed, saved as RUN[/seed=N]/samples.npz (8-bit
+levels, as a reproduction stores its samples); that file is scored, so ``mnistgen score RUN/seed=N/samples.npz`` gives
+the same numbers, into samples.score.json beside it. A replica run gets RUN/score.json too (:func:`seeds_summary`).
 """
 
 from __future__ import annotations

@@ -74,8 +74,7 @@ class ScoredSet:
 
 def scored_sets(root: Path, runs: dict[str, RunDir]) -> list[ScoredSet]:
     """Each scored set of images: a NAME.score.json of the folder (seed None), or one per seed of a replica run,
-    RUN/seed=S/NAME.score.json (``mnistgen score RUN``, a reproduction's samples); the known sets in the order of
-    :data:`SAMPLE_SET_TITLES`, then the others. Each file is read once, here."""
+    RUN/seed=S/NAME.score.json; the known sets in the order of :data:`SAMPLE_SET_TITLES`, then the others."""
     files: list[tuple[str, str, dict[int | None, Path]]] = []  # (title, NAME, {seed: file})
     for folder in (root, root / "samples", root / "vae", root / "gan"):  # a reproduction's, or a run folder's
         for path in sorted(folder.glob("*" + SCORE_SUFFIX)):

@@ -322,8 +322,7 @@ def first_reference(sets: list[ScoredSet]) -> ReferenceScore | None:
 
 
 def samples_preview(found: ScoredSet) -> bytes | None:
-    """The first of the images a set's (first) score file scored, NAME.npz or NAME.npy beside it, as one tiled PNG;
-    None where neither is there and holds images."""
+    """The first images of a set (NAME.npz, else NAME.npy, beside its first score file) as one tiled PNG, or None."""
     for path in (found.folder / f"{found.name}.npz", found.folder / f"{found.name}.npy"):
         try:
             images = load_images(path)  # checked as `score` checks it: (N, 28, 28), in [0, 1]
