@@ -143,9 +143,12 @@ def seeds_html(values: dict[int, Markup]) -> Markup:
     return Markup("; ".join(f'<span class="seed">seed {seed}: {value}</span>' for seed, value in values.items()))
 
 
-def across_seeds(values: dict[int, Any], plain: bool = False) -> tuple[Markup, Markup]:
+def across_seeds(values: dict[int | None, Any], plain: bool = False) -> tuple[Any, Markup | None]:
     """One quantity of a replica run, ``{seed: value}``: (the value every seed shares, such as a setting, else a
-    measurement's mean ± its 95% interval; each seed's value, "seed S: value; ..."). ``plain``: identifiers."""
+    measurement's mean ± its 95% interval; each seed's value, "seed S: value; ..."). ``plain``: identifiers. Of a
+    single-seed run, ``{None: value}``: (the value, None)."""
+    if None in values:
+        return values[None], None
     each = seeds_html({seed: value_html(value, plain) for seed, value in values.items()})
     listed = list(values.values())
     if len({json.dumps(v, sort_keys=True) for v in listed}) == 1:  # a setting (or a time) every seed shares
@@ -153,11 +156,6 @@ def across_seeds(values: dict[int, Any], plain: bool = False) -> tuple[Markup, M
     if any(isinstance(v, float) for v in listed):
         return spread_html(listed, len(listed)), each
     return Markup("differs by seed"), each
-
-
-def combined(values: dict[int | None, Any]) -> tuple[Any, Markup | None]:
-    """:func:`across_seeds` of a replica run's ``{seed: value}``; (value, None) of a single-seed run's {None: value}."""
-    return (values[None], None) if None in values else across_seeds(values)
 
 
 def seeds_table(results: dict[int, dict[str, Any]]) -> str:

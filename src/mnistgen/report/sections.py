@@ -24,7 +24,6 @@ from .html import (
     across_seeds,
     array_png,
     cell_html,
-    combined,
     details,
     duration,
     escape,
@@ -156,17 +155,17 @@ def model_summary_rows(kind: str, run: RunDir) -> list[list[Any]]:
     part, histories = kind.upper(), {seed: folder.read_metrics() for seed, folder in seed_folders(run).items()}
     asked = run.read_config()["config"].get("epochs")
     configured = f"of {asked} configured; " if isinstance(asked, int) and not isinstance(asked, bool) else ""
-    rows = [[part, "epochs trained", *combined({seed: len(records) for seed, records in histories.items()}),
+    rows = [[part, "epochs trained", *across_seeds({seed: len(records) for seed, records in histories.items()}),
              f"{configured}SPEC trains {SPEC_EPOCHS[kind]}"]]
     evaluations = seed_evaluations(run)
     if any(result is not None for result in evaluations.values()):
         keys = dict.fromkeys(k for result in evaluations.values() if result for k in result if k in SUMMARY_ROWS)
-        return rows + [[part, SUMMARY_ROWS[k][0], *combined({seed: (result or {}).get(k)
-                                                             for seed, result in evaluations.items()}),
+        return rows + [[part, SUMMARY_ROWS[k][0], *across_seeds({seed: (result or {}).get(k)
+                                                                 for seed, result in evaluations.items()}),
                         SUMMARY_ROWS[k][1]] for k in keys]
     last = {seed: records[-1] if records else {} for seed, records in histories.items()}
     keys = dict.fromkeys(k for record in last.values() for k in record if k in LAST_EPOCH_NOTES)
-    return rows + [[part, f"{k} (last epoch)", *combined({seed: record.get(k) for seed, record in last.items()}),
+    return rows + [[part, f"{k} (last epoch)", *across_seeds({seed: record.get(k) for seed, record in last.items()}),
                     LAST_EPOCH_NOTES[k]] for k in keys]
 
 
@@ -274,19 +273,18 @@ def run_section(run: RunDir, kind: str) -> str:
         return section(kind, title, "<p class='missing'>This stage has not produced a run folder yet.</p>")
     folders = seed_folders(run)
     histories = {seed: folder.read_metrics() for seed, folder in folders.items()}
-    (first_seed, first), n = next(iter(folders.items())), len(folders)
+    first_seed, first = next(iter(folders.items()))
     parts = [numbers_part(histories, seed_evaluations(run))]
     figures = seed_figures(run, kind, folders)
     parts += [figure_html(png, caption, f"{title}: {name}") for name, png, caption in figures]
-    whose, caption = "", "Training curves: the metrics of metrics.jsonl after each epoch."
-    if first_seed is not None:
-        whose = f" of {n} seeds"
-        caption = (f"Training curves of every seed ({', '.join(map(str, folders))}), one line per seed and metric "
+    whose = "" if first_seed is None else f" of {len(folders)} seeds"
+    if not any(name == CURVES_FIGURE[kind] for name, _, _ in figures):  # no curves of its own: the report draws them
+        curves = history_curves(histories, f"{title}: training curves{whose}")
+        caption = ("Training curves: the metrics of metrics.jsonl after each epoch." if first_seed is None else
+                   f"Training curves of every seed ({', '.join(map(str, folders))}), one line per seed and metric "
                    "(labelled seed S): the metrics of each seed's metrics.jsonl after each epoch.")
-    curves = None if any(name == CURVES_FIGURE[kind] for name, _, _ in figures) else history_curves(
-        histories, f"{title}: training curves{whose}")
-    if curves is not None:
-        parts.append(figure_html(figure_png(curves), caption, f"{title}: training curves{whose}"))
+        if curves is not None:
+            parts.append(figure_html(figure_png(curves), caption, f"{title}: training curves{whose}"))
     parts.append(grids_gallery(first, "" if first_seed is None else f" of seed {first_seed} (the first seed)"))
     parts.append("<h3>Metrics by epoch</h3>" + "".join(
         ("" if seed is None else f"<p>Seed {seed} (<code>seed={seed}/metrics.jsonl</code>):</p>")
