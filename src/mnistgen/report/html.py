@@ -118,24 +118,21 @@ def interval_name(n: int) -> str:
     return f"95% Student-t interval over {n} seed{'' if n == 1 else 's'}"
 
 
-def spread_html(values: Sequence[Any], seeds: int) -> Markup:
-    """The mean ± the half-width of the 95% Student-t interval of the finite numbers among ``values`` (one per seed
-    of ``seeds``; those a seed lacks are left out, and the count said), to 2 decimals from 100 on, else 4."""
-    numbers = [float(v) for v in values if is_number(v) and math.isfinite(v)]
+def measured(values: dict[int | None, Any]) -> Any:
+    """A single-seed run's measurement, ``{None: value}``, as it is; a replica run's, ``{seed: value}``, the mean ±
+    the half-width of the 95% Student-t interval of its finite numbers (those a seed lacks are left out, and the count
+    said), to 2 decimals from 100 on, else 4."""
+    if None in values:
+        return values[None]
+    numbers = [float(v) for v in values.values() if is_number(v) and math.isfinite(v)]
     if not numbers:
         return Markup("—")
     found = spread(numbers)
     digits = 2 if abs(found.mean) >= 100 else 4
     text = f"{found.mean:,.{digits}f}" + ("" if found.half_width is None else f" ± {found.half_width:,.{digits}f}")
-    if len(numbers) < seeds:
-        text += f" ({len(numbers)} of {seeds} seeds)"
+    if len(numbers) < len(values):
+        text += f" ({len(numbers)} of {len(values)} seeds)"
     return Markup(f'<span class="spread" title="mean ± {escape(interval_name(len(numbers)))}">{escape(text)}</span>')
-
-
-def measured(values: dict[int | None, Any]) -> Any:
-    """A single-seed run's measurement, ``{None: value}``, as it is; a replica run's, {seed: value}, its mean ± 95%
-    interval."""
-    return values[None] if None in values else spread_html(list(values.values()), len(values))
 
 
 def seeds_html(values: dict[int, Markup]) -> Markup:
@@ -154,7 +151,7 @@ def across_seeds(values: dict[int | None, Any], plain: bool = False) -> tuple[An
     if len({json.dumps(v, sort_keys=True) for v in listed}) == 1:  # a setting (or a time) every seed shares
         return value_html(listed[0], plain), each
     if any(isinstance(v, float) for v in listed):
-        return spread_html(listed, len(listed)), each
+        return measured(values), each
     return Markup("differs by seed"), each
 
 
