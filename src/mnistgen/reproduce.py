@@ -20,9 +20,8 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import scoring
 from .config import REPRODUCE_QUICK, GANConfig, ReproduceConfig, ScoreConfig, VAEConfig, VAEEvalConfig, to_dict
@@ -41,8 +40,7 @@ SCORED_DATASETS = ("mnist", "mnist-sample")  # the score's classifier knows digi
 PROGRESS_FRACTIONS = (0.0, 0.3, 0.7)  # the GAN progress figure: epochs 0, 30, 70 of 100 (SPEC §3's example)
 
 
-@dataclass(frozen=True)
-class Stage:
+class Stage(NamedTuple):
     name: str
     description: str
     run: Callable[[Reproduction, ReproduceConfig], dict[str, Any] | None]  # may return fields to record

@@ -43,8 +43,7 @@ def t_quantile_975(df: int) -> float:
 
 @dataclass(frozen=True)
 class Spread:
-    """Each seed's value, their mean, sample standard deviation and the 95% Student-t interval of the mean
-    (``std`` and ``half_width`` are None for a single value)."""
+    """Each seed's value, their mean, sample standard deviation and 95% interval half-width (None for one value)."""
 
     values: tuple[float, ...]
     mean: float

@@ -47,12 +47,10 @@ def summary_table(aggregate: dict[str, Any], labels: Mapping[str, str], digits: 
              f"{'':{label_width}}{'mean ± 95% interval':>22}{'std':>9}"
              + "".join(f"{f'seed={seed}':>{seed_width}}" for seed in seeds)]
     for key, label in labels.items():
-        numbers = aggregate["summary"][key]
-        half, std = numbers["ci95_half_width"], numbers["std"]
-        centre = f"{numbers['mean']:.{digits}f}" + ("" if half is None else f" ± {half:.{digits}f}")
-        std = MISSING if std is None else f"{std:.{digits}f}"
-        lines.append(f"{label:{label_width}}{centre:>22}{std:>9}"
-                     + "".join(f"{value:>{seed_width}.{digits}f}" for value in numbers["values"]))
+        found = spread(aggregate["summary"][key]["values"])  # the summary's numbers, as Spread.text writes them
+        std = MISSING if found.std is None else f"{found.std:.{digits}f}"
+        lines.append(f"{label:{label_width}}{found.text(digits):>22}{std:>9}"
+                     + "".join(f"{value:>{seed_width}.{digits}f}" for value in found.values))
     return lines
 
 

@@ -29,8 +29,7 @@ HEADLINES = {"frechet_distance": "Frechet distance (lower)", "classifier_score":
 
 @dataclass(frozen=True)
 class ScoredRun:
-    """A run folder to score: its kind, and the folders whose models are sampled, (seed, RUN/seed=N) for each seed of
-    a replica run, or (None, RUN) alone."""
+    """A run folder to score, its kind, and (seed, folder) of each model: (S, RUN/seed=S) per seed, or (None, RUN)."""
 
     run: RunDir
     kind: str
@@ -42,8 +41,7 @@ def samples_path(target: RunDir) -> Path:
 
 
 def run_to_score(path: str | Path) -> ScoredRun:
-    """Check, before any work, that ``path`` is a trained VAE or GAN run folder (single-seed or replica) whose every
-    model has a checkpoint; anything else is a one-line error."""
+    """``path`` as a trained VAE or GAN run folder, each model's checkpoint there (checked before any work)."""
     run = RunDir(path).require()
     kind = run.read_config().get("kind")
     if kind == "reproduce":

@@ -266,8 +266,7 @@ def numbers_part(histories: dict[int | None, list[dict[str, Any]]],
 
 
 def run_section(run: RunDir, kind: str) -> str:
-    """Numbers, figures, curves, metrics, configuration and data provenance of one VAE or GAN run (of a replica run:
-    each seed's, see :func:`numbers_part` and :func:`seed_figures`)."""
+    """Numbers, figures, curves, metrics, configuration and data provenance of one VAE or GAN run (of each seed)."""
     title = MODEL_TITLES[kind]
     if not run.config.is_file():
         return section(kind, title, "<p class='missing'>This stage has not produced a run folder yet.</p>")
