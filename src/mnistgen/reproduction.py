@@ -9,8 +9,7 @@
     RUN/samples/NAME.npz   samples of each model (uint8 levels, compressed), NAME.score.json beside (score)
     RUN/explorer.html      the interactive latent explorer (mnistgen explore)
     RUN/report.html        the report (mnistgen report), rebuilt at the end of every reproduce
-    RUN/beyond/FOLDER/     with --beyond: one GAN run per training option beyond SPEC (:data:`GAN_OPTIONS`: gan-ema,
-                           gan-betas, gan-ttur, gan-improved), and vae-iwae/, the VAE on the importance-weighted bound
+    RUN/beyond/FOLDER/     with --beyond: the run of each option beyond SPEC (:data:`GAN_OPTIONS`, :data:`IWAE_OPTION`)
 
 A replica run (``--replicas N``) holds one run folder per seed, RUN/vae/seed=S/, each with its samples,
 RUN/vae/seed=S/NAME.npz, instead of RUN/samples. Each GAN run of RUN/beyond (each of its seeds) holds ``average.npz``,

@@ -50,9 +50,10 @@ class Spread:
     std: float | None
     half_width: float | None
 
-    def text(self, digits: int = 2) -> str:
-        """"-137.62 ± 0.41" (mean ± half-width), or the single value."""
-        return f"{self.mean:.{digits}f}" + ("" if self.half_width is None else f" ± {self.half_width:.{digits}f}")
+    def text(self, digits: int = 2, grouping: str = "") -> str:
+        """"-137.62 ± 0.41" (mean ± half-width), or the single value; ``grouping`` "," for thousands separators."""
+        form = f"{grouping}.{digits}f"
+        return f"{self.mean:{form}}" + ("" if self.half_width is None else f" ± {self.half_width:{form}}")
 
     def as_dict(self) -> dict[str, Any]:
         """What eval.json and score.json hold: n, the values, mean, std, the interval's ends and its name."""

@@ -83,9 +83,8 @@ def is_plain_key(key: Any) -> bool:
 
 
 def value_html(value: Any, settings: bool = False) -> Markup:
-    """Any JSON value as HTML: dicts as key/value tables, lists of dicts as tables, lists of scalars joined. Numbers
-    are measurements (:func:`format_value`), or with ``settings`` as typed (:func:`format_setting`), as identifiers
-    such as a seed always are."""
+    """Any JSON value as HTML (dicts and lists of dicts as tables); numbers as measurements (:func:`format_value`), or
+    with ``settings`` as typed (:func:`format_setting`), as identifiers such as a seed always are."""
     if isinstance(value, dict):
         if not value:
             return Markup("—")
@@ -128,8 +127,7 @@ def measured(values: dict[int | None, Any]) -> Any:
     if not numbers:
         return Markup("—")
     found = spread(numbers)
-    digits = 2 if abs(found.mean) >= 100 else 4
-    text = f"{found.mean:,.{digits}f}" + ("" if found.half_width is None else f" ± {found.half_width:,.{digits}f}")
+    text = found.text(2 if abs(found.mean) >= 100 else 4, ",")
     if len(numbers) < len(values):
         text += f" ({len(numbers)} of {len(values)} seeds)"
     return Markup(f'<span class="spread" title="mean ± {escape(interval_name(len(numbers)))}">{escape(text)}</span>')

@@ -86,9 +86,7 @@ SUMMARY_ROWS = {  # the evaluation's headline numbers: (what was measured, how t
                    "more samples give a tighter estimate of log p(x); SPEC uses K = 1000"),
     "train_elbo": ("training ELBO (nats per image)", "reference -148.7; far above the test ELBO means over-fitting"),
 }
-# "How to read it" of the last epoch's metrics (the summary shows these). At the GAN's equilibrium (G's images
-# indistinguishable from real ones) the best D outputs 1/2 everywhere: D's cross-entropy is log 2 on each of its
-# two batches, G's is log 2.
+# "How to read it" of the last epoch's metrics; at the GAN's equilibrium the best D outputs 1/2 everywhere
 LAST_EPOCH_NOTES = {
     "train_elbo": "mean ELBO over the epoch's training steps, nats per image; higher is better",
     "test_elbo": "ELBO on the test images after the epoch, nats per image; higher is better",
