@@ -59,9 +59,7 @@ def progress_epochs(saved: list[int], epochs: int) -> list[int]:
         return saved
     chosen = sorted({max([e for e in saved if e <= fraction * epochs] or saved[:1]) for fraction in PROGRESS_FRACTIONS})
     for epoch in reversed(saved):  # fewer than three distinct: fill with the latest others
-        if len(chosen) == len(PROGRESS_FRACTIONS):
-            break
-        if epoch not in chosen:
+        if len(chosen) < len(PROGRESS_FRACTIONS):
             chosen = sorted({*chosen, epoch})
     return chosen
 

@@ -385,10 +385,9 @@ def compute_reference(classifier: Classifier, raw: RawData, batch_size: int = DE
 
 def reference_statistics(classifier: Classifier, data: DataConfig | None = None,
                          batch_size: int = DEFAULT_BATCH_SIZE) -> Reference:
-    """The cached reference of full MNIST as ``data`` says (default: the default DataConfig), never of the 5,000-digit
-    stand-in: files that are missing and cannot be had (offline, or no mirror delivered them) are one line with the
-    reason, rather than the stand-in's warning (which suggests a --dataset flag score does not have) followed by the
-    reference's refusal of the stand-in."""
+    """The cached reference of full MNIST as ``data`` says (default: the default DataConfig). Files that are missing
+    and cannot be had are one line with the reason, not the 5,000-digit stand-in's warning (which suggests a --dataset
+    flag score does not have) followed by the reference's refusal of the stand-in."""
     data = data if data is not None else DataConfig()
     if data.dataset != "mnist":
         raise MnistgenError(f"the score's reference is real MNIST, not {data.dataset}")

@@ -1,8 +1,7 @@
 """The report's "Beyond the spec" section: the training options of ``mnistgen reproduce --beyond`` beside SPEC's.
 
-SPEC's numbers come first in each table, then each option's (:data:`mnistgen.reproduction.GAN_OPTIONS`), every
-number measured on several seeds as the mean ± its 95% Student-t interval with each seed's value beside it; then the
-last grid of SPEC's GAN beside the recommended recipe's (the first seed's).
+SPEC's numbers come first in each table, then each option's; then the last grid of SPEC's GAN beside the recommended
+recipe's (the first seed's).
 """
 
 from __future__ import annotations

@@ -118,9 +118,8 @@ def interval_name(n: int) -> str:
 
 
 def measured(values: dict[int | None, Any]) -> Any:
-    """A single-seed run's measurement, ``{None: value}``, as it is; a replica run's, ``{seed: value}``, the mean ±
-    the half-width of the 95% Student-t interval of its finite numbers (those a seed lacks are left out, and the count
-    said), to 2 decimals from 100 on, else 4."""
+    """A single-seed run's measurement, ``{None: value}``, as it is; a replica run's, ``{seed: value}``, the mean ± 95%
+    interval of its finite numbers (the count said where a seed lacks one), 2 decimals from 100 on, else 4."""
     if None in values:
         return values[None]
     numbers = [float(v) for v in values.values() if is_number(v) and math.isfinite(v)]
@@ -139,9 +138,8 @@ def seeds_html(values: dict[int, Markup]) -> Markup:
 
 
 def across_seeds(values: dict[int | None, Any], plain: bool = False) -> tuple[Any, Markup | None]:
-    """One quantity of a replica run, ``{seed: value}``: (the value every seed shares, such as a setting, else a
-    measurement's mean ± its 95% interval; each seed's value, "seed S: value; ..."). ``plain``: identifiers. Of a
-    single-seed run, ``{None: value}``: (the value, None)."""
+    """One quantity of a replica run, ``{seed: value}``: (the value every seed shares, such as a setting, else
+    :func:`measured`; "seed S: value; ..."), ``plain`` for identifiers; of a single-seed run: (its value, None)."""
     if None in values:
         return values[None], None
     each = seeds_html({seed: value_html(value, plain) for seed, value in values.items()})
