@@ -25,6 +25,8 @@ from typing import Any, NamedTuple
 
 from . import scoring
 from .config import REPRODUCE_QUICK, GANConfig, ReproduceConfig, ScoreConfig, VAEConfig, VAEEvalConfig, to_dict
+from .data.protocols import load_protocol
+from .data.sources import load_raw
 from .device import resolve_device
 from .errors import MnistgenError
 from .evaluate import gan as gan_evaluation
@@ -178,8 +180,6 @@ def train_vae_run(run: RunDir, config: VAEConfig) -> None:
 
 def train_gan_run(run: RunDir, config: GANConfig) -> None:
     """Train a GAN run on the GAN protocol's training images (SPEC §3: all 60,000 of the dataset)."""
-    from .data.protocols import load_protocol
-    from .data.sources import load_raw
     from .train.gan import train_gan  # looked up when called: tests replace it
 
     protocol = load_protocol("gan", load_raw(config.data))
@@ -217,8 +217,6 @@ def save_gan_samples(files: list[SampleFile], config: ReproduceConfig, raw: bool
 
 def score_sample_files(repro: Reproduction, config: ReproduceConfig, paths: list[Path]) -> dict[str, Any] | None:
     """Score each of ``paths`` that exists into PATH.score.json; or a note why the score does not apply."""
-    from .data.sources import load_raw
-
     if config.data.dataset not in SCORED_DATASETS:
         return {"note": f"skipped: the score measures closeness to MNIST digits, not to {config.data.dataset}"}
     # the reference is always real MNIST, found where the reproduction's data settings say

@@ -192,12 +192,9 @@ def page(title: str, subtitle: Sequence[str], sections: Sequence[tuple[str, str,
     present = [(a, label, body) for a, label, body in sections if body]
     nav = "".join(f'<a href="#{escape(a)}">{escape(label)}</a>' for a, label, _ in present)
     sub = "".join(f"<p>{line}</p>" for line in subtitle)
-    return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f'<meta http-equiv="Content-Security-Policy" content="{CONTENT_SECURITY_POLICY}">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{escape(title)}</title><style>\n{style}</style></head><body>"
-        f"<header><h1>{escape(title)}</h1>{sub}</header><nav>{nav}</nav><main>"
-        + "".join(body for _, _, body in present)
-        + "</main></body></html>\n"
-    )
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f'<meta http-equiv="Content-Security-Policy" content="{CONTENT_SECURITY_POLICY}">'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{escape(title)}</title><style>\n{style}</style></head><body>"
+            f"<header><h1>{escape(title)}</h1>{sub}</header><nav>{nav}</nav><main>"
+            + "".join(body for _, _, body in present) + "</main></body></html>\n")
