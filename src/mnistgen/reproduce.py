@@ -1,19 +1,16 @@
-"""``mnistgen reproduce``: the whole specification, stage by stage, into one folder, ending with its report.
+"""``mnistgen reproduce``: the whole specification, stage by stage, into one folder (:mod:`mnistgen.reproduction`'s
+layout), ending with its report.
 
-The folder's layout is :mod:`mnistgen.reproduction`'s. With ``--replicas N`` each model trains N seeds (counting up
-from its default seed) as one replica run, RUN/vae/seed=S/ (:meth:`mnistgen.runs.RunDir.replicas`). Each seed is
-evaluated (RUN/vae/seed=S/eval.json, and RUN/vae/eval.json the mean and 95% interval over the seeds), sampled and
-scored. The figures and the explorer show the first seed's models (the training curves every seed's); the report
-shows every number as the mean ± its 95% interval over the seeds, each seed's value beside it.
+With ``--replicas N`` each model trains N seeds (counting up from its default seed) as one replica run; each seed is
+evaluated, sampled and scored, and RUN/vae/eval.json holds the mean and 95% interval over the seeds. The figures and
+the explorer show the first seed's models (the training curves every seed's).
 
-``--beyond`` adds the stages of :data:`BEYOND_STAGES` after SPEC's: the GAN's training options and the VAE's
-importance-weighted bound (:data:`mnistgen.reproduction.GAN_OPTIONS`), each trained with the reproduction's data,
-epochs, seeds and device, scored or evaluated as SPEC's runs, and shown in the report's "Beyond the spec" section.
-SPEC's own runs stay exactly as without it. It may be turned on when resuming a finished reproduction.
+``--beyond`` adds :data:`BEYOND_STAGES` after SPEC's (also when resuming a finished reproduction): the options of
+:data:`mnistgen.reproduction.GAN_OPTIONS` and the VAE's importance-weighted bound, each trained with the
+reproduction's data, epochs, seeds and device and measured as SPEC's runs, which stay exactly as without it.
 
-Stages run in order; each one finished is recorded in stages.json with its time, so ``--resume``
-skips it. A training interrupted (Ctrl-C, a crash, a lost machine) continues from its last
-checkpoint through the models' own resume support, and its time adds to the time already spent.
+Each stage finished is recorded in stages.json with its time, so ``--resume`` skips it; an interrupted training
+continues from its last checkpoint, its time added to the time already spent.
 """
 
 from __future__ import annotations
@@ -23,12 +20,13 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import scoring
 from .config import REPRODUCE_QUICK, GANConfig, ReproduceConfig, ScoreConfig, VAEConfig, VAEEvalConfig, to_dict
+from .data.protocols import load_protocol
+from .data.sources import load_raw
 from .device import resolve_device
 from .errors import MnistgenError
 from .evaluate import gan as gan_evaluation
@@ -36,15 +34,7 @@ from .evaluate import vae as vae_evaluation
 from .evaluate.replicas import seed_folders
 from .files import read_json, write_json
 from .report import write_report
-from .reproduction import (
-    GAN_OPTIONS,
-    GAN_SAMPLE_SET,
-    IWAE_FLAGS,
-    IWAE_SETTINGS,
-    VAE_SAMPLE_SETS,
-    Reproduction,
-    SampleFile,
-)
+from .reproduction import GAN_OPTIONS, GAN_SAMPLE_SET, IWAE_OPTION, VAE_SAMPLE_SETS, Reproduction, SampleFile
 from .runs import SEED_FOLDER_PREFIX, RunDir
 from .stats import spread
 
@@ -52,8 +42,7 @@ SCORED_DATASETS = ("mnist", "mnist-sample")  # the score's classifier knows digi
 PROGRESS_FRACTIONS = (0.0, 0.3, 0.7)  # the GAN progress figure: epochs 0, 30, 70 of 100 (SPEC §3's example)
 
 
-@dataclass(frozen=True)
-class Stage:
+class Stage(NamedTuple):
     name: str
     description: str
     run: Callable[[Reproduction, ReproduceConfig], dict[str, Any] | None]  # may return fields to record
@@ -72,9 +61,7 @@ def progress_epochs(saved: list[int], epochs: int) -> list[int]:
         return saved
     chosen = sorted({max([e for e in saved if e <= fraction * epochs] or saved[:1]) for fraction in PROGRESS_FRACTIONS})
     for epoch in reversed(saved):  # fewer than three distinct: fill with the latest others
-        if len(chosen) == len(PROGRESS_FRACTIONS):
-            break
-        if epoch not in chosen:
+        if len(chosen) < len(PROGRESS_FRACTIONS):
             chosen = sorted({*chosen, epoch})
     return chosen
 
@@ -87,9 +74,6 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-# --------------------------------------------------------------------------- the pipeline
-
-
 def prepare(repro: Reproduction, config: ReproduceConfig, resume: bool, explicit: set[str]) -> ReproduceConfig:
     """Check the folder against the request; return the config to run with (the saved one on resume)."""
     if not resume:
@@ -99,11 +83,11 @@ def prepare(repro: Reproduction, config: ReproduceConfig, resume: bool, explicit
         if repro.path.exists() and any(repro.path.iterdir()):
             raise MnistgenError(f"{repro.path} exists and is not empty: choose another --out")
         repro.path.mkdir(parents=True, exist_ok=True)
-        RunDir(repro.path).write_config(to_dict(config), kind="reproduce")
+        repro.write_config(to_dict(config), kind="reproduce")
         return config
     if not repro.config.is_file():
         raise MnistgenError(f"{repro.path}: nothing to resume (no config.json); run without --resume first")
-    saved = RunDir(repro.path).read_config_as("reproduce", ReproduceConfig, "a reproduction")
+    saved = repro.read_config_as("reproduce", ReproduceConfig, "a reproduction")
     requested, stored = flat_fields(config), flat_fields(saved)
     adds_beyond = "beyond" in explicit and config.beyond and not saved.beyond  # stages added after SPEC's: allowed
     differ = sorted(name for name in explicit if name != "device" and requested[name] != stored[name]
@@ -113,7 +97,7 @@ def prepare(repro: Reproduction, config: ReproduceConfig, resume: bool, explicit
                             + ", ".join(f"--{n.replace('_', '-')}" for n in differ))
     if adds_beyond:
         saved = dataclasses.replace(saved, beyond=True)
-        RunDir(repro.path).write_config(to_dict(saved), kind="reproduce")
+        repro.write_config(to_dict(saved), kind="reproduce")
     # the device is where to compute, not part of the result: it may change on resume
     return dataclasses.replace(saved, device=config.device) if "device" in explicit else saved
 
@@ -163,28 +147,23 @@ def reproduce(folder: str | Path, config: ReproduceConfig, resume: bool = False,
     return write_report(repro.path)
 
 
-# --------------------------------------------------------------------------- training, sampling, scoring a run
-
-
 def vae_config(config: ReproduceConfig, settings: dict[str, Any] | None = None) -> VAEConfig:
-    """SPEC §2's defaults (with the fields ``settings`` of an option beyond it), and the reproduction's data,
-    epochs, replicas and device."""
+    """SPEC §2's defaults (and an option's ``settings``) with the reproduction's data, epochs, replicas and device."""
     spec = VAEConfig(data=config.data, epochs=config.vae_epochs, replicas=config.replicas, device=config.device)
     return dataclasses.replace(spec, **settings) if settings else spec
 
 
 def gan_config(config: ReproduceConfig, settings: dict[str, Any] | None = None) -> GANConfig:
-    """SPEC §3's defaults (with the fields ``settings`` of an option beyond it), and the reproduction's data, epochs,
-    grid interval, replicas and device."""
+    """SPEC §3's defaults (and an option's ``settings``) with the reproduction's data, epochs, grid interval, replicas
+    and device."""
     spec = GANConfig(data=config.data, epochs=config.gan_epochs, grid_every=config.grid_every,
                      replicas=config.replicas, device=config.device)
     return dataclasses.replace(spec, **settings) if settings else spec
 
 
 def fresh_or_resumable(run: RunDir) -> bool:
-    """True if ``run`` holds a checkpoint to resume from (a replica run: a committed position, or a seed's
-    checkpoint). A folder with none never completed an epoch (it was interrupted while loading data or in its
-    first epoch): it is cleared, and training starts over."""
+    """True if ``run`` holds a checkpoint to resume from (of a replica run: a committed position, or a seed's). A
+    folder with none never completed an epoch: it is cleared, and training starts over."""
     seed_checkpoints = (folder / run.checkpoint.name for folder in run.path.glob(f"{SEED_FOLDER_PREFIX}*"))
     if run.checkpoint.is_file() or run.replicas_commit.is_file() or any(p.is_file() for p in seed_checkpoints):
         return True
@@ -201,8 +180,6 @@ def train_vae_run(run: RunDir, config: VAEConfig) -> None:
 
 def train_gan_run(run: RunDir, config: GANConfig) -> None:
     """Train a GAN run on the GAN protocol's training images (SPEC §3: all 60,000 of the dataset)."""
-    from .data.protocols import load_protocol
-    from .data.sources import load_raw
     from .train.gan import train_gan  # looked up when called: tests replace it
 
     protocol = load_protocol("gan", load_raw(config.data))
@@ -232,26 +209,20 @@ def first_seed_note(run: RunDir) -> str | None:
 
 
 def save_gan_samples(files: list[SampleFile], config: ReproduceConfig, raw: bool = False) -> None:
-    """Each seed's own samples, drawn from its own G (its moving average where kept, or with ``raw`` the trained G)
-    with its own seed."""
+    """Each seed's samples, from its own G (its moving average where kept; with ``raw`` the trained G), its own seed."""
     for file in files:
         generator, saved = gan_evaluation.load_generator(file.run, resolve_device(config.device), raw=raw)
         scoring.save_images(file.path, gan_evaluation.sample_images(generator, config.score_samples, saved.seed))
 
 
 def score_sample_files(repro: Reproduction, config: ReproduceConfig, paths: list[Path]) -> dict[str, Any] | None:
-    """Score each of ``paths`` (the .npz of a sample set; those missing are left out) against MNIST's test images,
-    beside the real-vs-real reference, into PATH.score.json; or a note why the score does not apply."""
-    from .data.sources import load_raw
-
+    """Score each of ``paths`` that exists into PATH.score.json; or a note why the score does not apply."""
     if config.data.dataset not in SCORED_DATASETS:
         return {"note": f"skipped: the score measures closeness to MNIST digits, not to {config.data.dataset}"}
     # the reference is always real MNIST, found where the reproduction's data settings say
     score_config = ScoreConfig(data=dataclasses.replace(config.data, dataset="mnist"), device=config.device)
     real = load_raw(score_config.data)
     if real.provenance.get("sample"):
-        # Offline with no MNIST files the rest of the pipeline runs on the bundled sample; the score's
-        # real-vs-real reference cannot (it needs 10k training and 10k test images), so it is left out.
         return {"note": "skipped: the score's real-vs-real reference needs full MNIST, and only the bundled "
                         "5,000-digit sample could be loaded (run `mnistgen data fetch`, or pass --data-dir)"}
     classifier = scoring.load_classifier(score_config.weights, resolve_device(score_config.device))
@@ -264,9 +235,6 @@ def score_sample_files(repro: Reproduction, config: ReproduceConfig, paths: list
             say(f"  {name}: Frechet distance {score['frechet_distance']:.2f} "
                 f"(real vs real {reference.frechet_distance:.2f}), classifier score {score['classifier_score']:.2f}")
     return None
-
-
-# --------------------------------------------------------------------------- SPEC's stages
 
 
 def stage_vae_plots(repro: Reproduction, config: ReproduceConfig) -> dict[str, Any] | None:
@@ -291,7 +259,6 @@ def stage_gan_plots(repro: Reproduction, config: ReproduceConfig) -> dict[str, A
 
 
 def stage_scores(repro: Reproduction, config: ReproduceConfig) -> dict[str, Any] | None:
-    """Score every sample set against MNIST's test images, beside the real-vs-real reference."""
     files = [*(file for name in VAE_SAMPLE_SETS for file in repro.sample_files(repro.vae, name)),
              *repro.sample_files(repro.gan, GAN_SAMPLE_SET)]
     return score_sample_files(repro, config, [file.path for file in files])
@@ -322,18 +289,15 @@ STAGES: list[Stage] = [
 ]
 
 
-# --------------------------------------------------------------------------- the stages beyond SPEC
-
-
 def stage_beyond_gan_train(repro: Reproduction, config: ReproduceConfig) -> None:
     for option in GAN_OPTIONS:
         say(f"  {option.folder}: {option.title} ({option.flags})")
-        train_gan_run(repro.beyond_gan(option), gan_config(config, option.settings))
+        train_gan_run(repro.beyond_run(option), gan_config(config, option.settings))
 
 
 def beyond_sample_files(repro: Reproduction) -> list[tuple[list[SampleFile], bool]]:
     """(each seed's .npz, drawn from the trained G rather than the average) of each sample set of each GAN option."""
-    return [(repro.sample_files(repro.beyond_gan(option), name), raw) for option in GAN_OPTIONS
+    return [(repro.sample_files(repro.beyond_run(option), name), raw) for option in GAN_OPTIONS
             for name, raw in option.sample_sets().items()]
 
 
@@ -351,8 +315,8 @@ BEYOND_STAGES: list[Stage] = [
           + "; ".join(option.flags for option in GAN_OPTIONS), stage_beyond_gan_train),
     Stage("beyond-gan-samples", "samples of each option's GAN for the score", stage_beyond_gan_samples),
     Stage("beyond-scores", "score the options' samples against MNIST", stage_beyond_scores),
-    Stage("beyond-vae-train", f"train the VAE on the importance-weighted bound ({IWAE_FLAGS})",
-          lambda repro, config: train_vae_run(repro.beyond_vae, vae_config(config, IWAE_SETTINGS))),
+    Stage("beyond-vae-train", f"train the VAE on the importance-weighted bound ({IWAE_OPTION.flags})",
+          lambda repro, config: train_vae_run(repro.beyond_run(IWAE_OPTION), vae_config(config, IWAE_OPTION.settings))),
     Stage("beyond-vae-eval", "its test ELBO and importance-weighted log p(x)",
-          lambda repro, config: evaluate_vae(repro.beyond_vae, config)),
+          lambda repro, config: evaluate_vae(repro.beyond_run(IWAE_OPTION), config)),
 ]

@@ -9,14 +9,11 @@
     RUN/samples/NAME.npz   samples of each model (uint8 levels, compressed), NAME.score.json beside (score)
     RUN/explorer.html      the interactive latent explorer (mnistgen explore)
     RUN/report.html        the report (mnistgen report), rebuilt at the end of every reproduce
-    RUN/beyond/FOLDER/     with --beyond: one GAN run per training option beyond SPEC (:data:`GAN_OPTIONS`: gan-ema,
-                           gan-betas, gan-ttur, gan-improved), and vae-iwae/, the VAE on the importance-weighted bound
+    RUN/beyond/FOLDER/     with --beyond: the run of each option beyond SPEC (:data:`GAN_OPTIONS`, :data:`IWAE_OPTION`)
 
-A replica run (``--replicas N``) holds one ordinary run folder per seed, RUN/vae/seed=S/
-(:meth:`mnistgen.runs.RunDir.replicas`), and each seed's samples lie beside it, RUN/vae/seed=S/NAME.npz, instead of
-in RUN/samples. Each GAN run of RUN/beyond (each of its seeds) holds ``average.npz``, the moving average's samples,
-and, where the trained G differs from SPEC's own, ``raw.npz``; each with its ``.score.json``. The VAE run of
-RUN/beyond holds its eval.json.
+A replica run (``--replicas N``) holds one run folder per seed, RUN/vae/seed=S/, each with its samples,
+RUN/vae/seed=S/NAME.npz, instead of RUN/samples. Each GAN run of RUN/beyond (each of its seeds) holds ``average.npz``,
+the moving average's samples, and where the trained G differs from SPEC's own ``raw.npz``, each with its .score.json.
 """
 
 from __future__ import annotations
@@ -41,35 +38,35 @@ OPTION_SAMPLE_SETS = {"average": False, "raw": True}  # the sample sets of a GAN
 
 
 @dataclass(frozen=True)
-class GANOption:
-    """One GAN training option: its folder RUN/beyond/FOLDER, what it is, the flags of ``mnistgen gan train`` that
-    give it, and the :class:`~mnistgen.config.GANConfig` fields they set."""
+class Option:
+    """A training option beyond SPEC: its run RUN/beyond/FOLDER, what it is, the flags of ``gan train`` (or ``vae
+    train``) that give it and the config fields they set."""
 
     folder: str
     title: str
     flags: str
     settings: dict[str, Any]
-    raw_samples: bool = True  # False where the trained G is SPEC's own training (only the average is new)
+    raw_samples: bool = True  # a GAN's: False where the trained G is SPEC's own training (only the average is new)
 
     def sample_sets(self) -> dict[str, bool]:
-        """{name: from the trained G (else the moving average)} of the option's sample sets."""
         return {name: raw for name, raw in OPTION_SAMPLE_SETS.items() if self.raw_samples or not raw}
 
 
-RECOMMENDED_GAN_OPTION = GANOption("gan-improved", "the recommended recipe: " + recipe_text(GAN_RECIPES["improved"]),
-                                   "--recipe improved", {"recipe": "improved", **GAN_RECIPES["improved"]})
+RECOMMENDED_GAN_OPTION = Option("gan-improved", "the recommended recipe: " + recipe_text(GAN_RECIPES["improved"]),
+                                "--recipe improved", {"recipe": "improved", **GAN_RECIPES["improved"]})
 GAN_OPTIONS = (
-    GANOption("gan-ema", "a moving average of G's weights", f"--ema-decay {EMA_DECAY}", {"ema_decay": EMA_DECAY},
-              raw_samples=False),
-    GANOption("gan-betas", f"Adam betas {BETAS}", f"--betas {BETAS} --ema-decay {EMA_DECAY}",
-              {"betas": BETAS, "ema_decay": EMA_DECAY}),
-    GANOption("gan-ttur", f"two learning rates, D {LR_D:g}, G {LR_G:g}",
-              f"--lr-d {LR_D:g} --lr-g {LR_G:g} --ema-decay {EMA_DECAY}",
-              {"lr_d": LR_D, "lr_g": LR_G, "ema_decay": EMA_DECAY}),
+    Option("gan-ema", "a moving average of G's weights", f"--ema-decay {EMA_DECAY}", {"ema_decay": EMA_DECAY},
+           raw_samples=False),
+    Option("gan-betas", f"Adam betas {BETAS}", f"--betas {BETAS} --ema-decay {EMA_DECAY}",
+           {"betas": BETAS, "ema_decay": EMA_DECAY}),
+    Option("gan-ttur", f"two learning rates, D {LR_D:g}, G {LR_G:g}",
+           f"--lr-d {LR_D:g} --lr-g {LR_G:g} --ema-decay {EMA_DECAY}",
+           {"lr_d": LR_D, "lr_g": LR_G, "ema_decay": EMA_DECAY}),
     RECOMMENDED_GAN_OPTION,
 )
-IWAE_SETTINGS = {"objective": "iwae", "train_samples": IWAE_TRAIN_SAMPLES}  # the VAE option's VAEConfig fields
-IWAE_FLAGS = f"--objective iwae --train-samples {IWAE_TRAIN_SAMPLES}"
+IWAE_OPTION = Option("vae-iwae", f"importance-weighted bound, K = {IWAE_TRAIN_SAMPLES}",
+                     f"--objective iwae --train-samples {IWAE_TRAIN_SAMPLES}",
+                     {"objective": "iwae", "train_samples": IWAE_TRAIN_SAMPLES})
 
 
 @dataclass(frozen=True)
@@ -81,22 +78,17 @@ class SampleFile:
     path: Path
 
 
-class Reproduction:
-    """Paths of one reproduction folder."""
+class Reproduction(RunDir):
+    """Paths of one reproduction folder: a run folder (its config.json of kind "reproduce") that holds runs."""
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path).expanduser().resolve()
-
-    config = property(lambda self: self.path / "config.json")
     stages = property(lambda self: self.path / "stages.json")
     vae = property(lambda self: RunDir(self.path / "vae"))
     gan = property(lambda self: RunDir(self.path / "gan"))
     samples = property(lambda self: self.path / "samples")
     explorer = property(lambda self: self.path / "explorer.html")
     beyond = property(lambda self: self.path / "beyond")
-    beyond_vae = property(lambda self: RunDir(self.beyond / "vae-iwae"))
 
-    def beyond_gan(self, option: GANOption) -> RunDir:
+    def beyond_run(self, option: Option) -> RunDir:
         return RunDir(self.beyond / option.folder)
 
     def sample_files(self, run: RunDir, name: str) -> list[SampleFile]:

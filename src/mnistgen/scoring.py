@@ -1,26 +1,22 @@
 """Sample quality measured by mnistgen itself: how close a set of 28x28 images in [0, 1] is to MNIST.
 
-A small MNIST classifier of mnistgen's own (:mod:`mnistgen.models.classifier`, shipped in
-``mnistgen/assets`` with its SHA-256) maps each image to a 128-d feature vector and to class
-probabilities p(y|x). From them:
+A small MNIST classifier of mnistgen's own (:mod:`mnistgen.models.classifier`, shipped in ``mnistgen/assets`` with
+its SHA-256) maps each image to a 128-d feature vector and to class probabilities p(y|x). From them:
 
 - **Frechet distance** between the features of the images and of the 10,000 MNIST test images,
-  ``||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2))`` in float64. ``Tr (S1 S2)^(1/2)`` is the sum of
-  the square roots of the eigenvalues of the symmetric PSD matrix ``S1^(1/2) S2 S1^(1/2)`` (same
-  spectrum as ``S1 S2``), so numpy's ``eigh`` suffices and scipy is not needed at runtime.
-- **Classifier score** ``exp(E_x KL(p(y|x) || p(y)))`` with ``p(y)`` the mean of ``p(y|x)`` over the
-  set: the MNIST analogue of the Inception Score, between 1 (one class, or no confidence) and 10
-  (confident and balanced).
+  ``||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2))`` in float64. ``Tr (S1 S2)^(1/2)`` is the sum of the square roots
+  of the eigenvalues of the symmetric PSD matrix ``S1^(1/2) S2 S1^(1/2)`` (same spectrum as ``S1 S2``), so numpy's
+  ``eigh`` suffices and scipy is not needed at runtime.
+- **Classifier score** ``exp(E_x KL(p(y|x) || p(y)))`` with ``p(y)`` the mean of ``p(y|x)`` over the set: the MNIST
+  analogue of the Inception Score, between 1 (one class, or no confidence) and 10 (confident and balanced).
 - **Class histogram**: how many images the classifier assigns to each digit.
 
-These numbers are one record, :class:`SetScore`: :func:`score_images` writes them through it into FILE.score.json
-(:func:`write_report`), and :func:`read_score` reads that file back into a :class:`ScoreFile` (checked once, as it
-is read: a file that is not what ``mnistgen score`` wrote is one line naming the file and the field).
+These numbers are one record, :class:`SetScore`, written into FILE.score.json (:func:`write_report`) and read back,
+checked once, by :func:`read_score`.
 
-Every score comes with the **real-vs-real reference**: the same numbers for 10,000 real training
-images (the last 10,000, held out from the classifier's training) against the test images. The
-reference statistics are cached in the user cache, keyed by the classifier's checksum and the
-checksums of the image bytes they came from.
+Every score comes with the **real-vs-real reference**: the same numbers for 10,000 real training images (the last
+10,000, held out from the classifier's training) against the test images, cached in the user cache, keyed by the
+classifier's checksum and the checksums of the image bytes they came from.
 """
 
 from __future__ import annotations
@@ -60,9 +56,6 @@ DEFAULT_BATCH_SIZE = ScoreConfig().batch_size
 REFERENCE_KEY = "real_vs_real_reference"  # the key of the reference's numbers in a score file
 
 
-# --------------------------------------------------------------------------- pure statistics
-
-
 def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(N, D) features -> mean (D,) and unbiased covariance (D, D), both float64."""
     features = np.asarray(features, dtype=np.float64)
@@ -87,9 +80,8 @@ def trace_sqrt_product(cov1: np.ndarray, cov2: np.ndarray) -> float:
 
 def frechet_distance(mean1: np.ndarray, cov1: np.ndarray, mean2: np.ndarray, cov2: np.ndarray) -> float:
     """Squared 2-Wasserstein distance between N(mean1, cov1) and N(mean2, cov2), in float64."""
-    mean1, mean2 = np.asarray(mean1, np.float64), np.asarray(mean2, np.float64)
+    difference = np.asarray(mean1, np.float64) - np.asarray(mean2, np.float64)
     cov1, cov2 = np.asarray(cov1, np.float64), np.asarray(cov2, np.float64)
-    difference = mean1 - mean2
     value = difference @ difference + np.trace(cov1) + np.trace(cov2) - 2.0 * trace_sqrt_product(cov1, cov2)
     return max(float(value), 0.0)  # a distance; tiny negative values are round-off
 
@@ -109,9 +101,6 @@ def class_histogram(probabilities: np.ndarray) -> list[int]:
     """Number of images whose most probable class is 0, 1, ..., C-1."""
     predictions = np.asarray(probabilities).argmax(axis=1)
     return np.bincount(predictions, minlength=np.shape(probabilities)[1]).astype(int).tolist()
-
-
-# --------------------------------------------------------------------------- input images
 
 
 def check_images(array: Any, what: str = "images") -> np.ndarray:
@@ -134,23 +123,8 @@ def check_images(array: Any, what: str = "images") -> np.ndarray:
     return array
 
 
-MAX_IMAGES = 10_000_000  # the most images an .npz may claim (7.8 GB as uint8): refused from its header above
+MAX_IMAGES = 10_000_000  # the most images an .npz may claim (7.8 GB as uint8): the size an archive declares may lie
 _HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-
-
-def _array_header(handle: Any, where: str) -> tuple[tuple[int, ...], bool, np.dtype]:
-    """(shape, fortran_order, dtype) from an open .npy stream (a file, or a member of an .npz archive)."""
-    try:
-        version = np.lib.format.read_magic(handle)
-        if version not in _HEADER_READERS:  # 3.0 only holds structured arrays with non-Latin-1 field names
-            raise MnistgenError(f"{where}: not a .npy array mnistgen reads (format version {version[0]}."
-                                f"{version[1]}; save the array with numpy.save)")
-        shape, fortran_order, dtype = _HEADER_READERS[version](handle)
-    except (ValueError, OSError, EOFError):
-        raise MnistgenError(f"{where}: not a .npy file (not a readable .npy array)") from None
-    if dtype.hasobject:
-        raise MnistgenError(f"{where}: not a .npy file (holds pickled objects)")
-    return shape, fortran_order, dtype
 
 
 def check_finite_values(array: np.ndarray, what: str) -> None:
@@ -163,23 +137,36 @@ def check_finite_values(array: np.ndarray, what: str) -> None:
         raise MnistgenError(f"{what}: {infinite_count} infinite value(s)")
 
 
-def check_npy_header(path: Path) -> None:
-    """Refuse a .npy file from its header alone, before any array is allocated: one of Python objects, or one whose
-    header claims more data than the file holds (say 100 million images in a file of a few bytes, which np.load
-    would first try to allocate)."""
-    with open(path, "rb") as handle:
-        shape, _, dtype = _array_header(handle, str(path))
-        offset = handle.tell()
-    claimed = math.prod(shape) * dtype.itemsize
-    held = path.stat().st_size - offset
+def read_array(handle: Any, where: str, size: int, max_images: int | None = None) -> np.ndarray:
+    """The array of an open .npy stream of ``size`` bytes (a file, or the member of an .npz archive), never unpickled,
+    and read only once its header is checked against ``size`` and ``max_images``: a header that claims 100 million
+    images in a file of a few bytes is refused before anything is allocated."""
+    try:
+        version = np.lib.format.read_magic(handle)
+        if version not in _HEADER_READERS:  # 3.0 only holds structured arrays with non-Latin-1 field names
+            raise MnistgenError(f"{where}: not a .npy array mnistgen reads (format version {version[0]}."
+                                f"{version[1]}; save the array with numpy.save)")
+        shape, fortran_order, dtype = _HEADER_READERS[version](handle)
+    except (ValueError, OSError, EOFError):
+        raise MnistgenError(f"{where}: not a .npy file (not a readable .npy array)") from None
+    if dtype.hasobject:
+        raise MnistgenError(f"{where}: not a .npy file (holds pickled objects)")
+    if max_images is not None and len(shape) == 3 and shape[0] > max_images:
+        raise MnistgenError(f"{where}: its header claims {shape[0]:,} images; mnistgen scores at most "
+                            f"{max_images:,} from an archive")
+    claimed, held = math.prod(shape) * dtype.itemsize, size - handle.tell()
     if held < claimed:
-        raise MnistgenError(f"{path}: not a .npy file (its header claims an array of shape {shape} and dtype {dtype}, "
+        raise MnistgenError(f"{where}: not a .npy file (its header claims an array of shape {shape} and dtype {dtype}, "
                             f"{claimed:,} bytes, but only {held:,} follow it: truncated or damaged)")
+    data = handle.read(claimed)
+    if len(data) != claimed:
+        raise MnistgenError(f"{where}: truncated ({len(data):,} of {claimed:,} bytes)")
+    array = np.frombuffer(bytearray(data), dtype)  # a bytearray: the array is writable, as np.load's
+    return array.reshape(shape[::-1]).T if fortran_order else array.reshape(shape)
 
 
 def load_npz_images(path: Path) -> np.ndarray:
-    """The one array of an .npz archive (``numpy.savez_compressed(FILE, images=ARRAY)``), read member by member:
-    its header is checked against the size the archive declares, and no more than that is ever inflated."""
+    """The one array of an .npz archive (``numpy.savez_compressed(FILE, images=ARRAY)``), read by :func:`read_array`."""
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError):
@@ -189,47 +176,30 @@ def load_npz_images(path: Path) -> np.ndarray:
         if len(members) != 1 or not members[0].filename.endswith(".npy"):
             raise MnistgenError(f"{path}: an .npz archive of {len(members)} files; mnistgen reads one array (save it "
                                 "with numpy.savez_compressed(FILE, images=ARRAY), or numpy.save)")
-        info = members[0]
-        where = f"{path} ({info.filename})"
+        where = f"{path} ({members[0].filename})"
         try:
-            with archive.open(info) as handle:
-                shape, fortran_order, dtype = _array_header(handle, where)
-                if len(shape) == 3 and shape[0] > MAX_IMAGES:  # the archive's declared size could be as large
-                    raise MnistgenError(f"{where}: its header claims {shape[0]:,} images; mnistgen scores at most "
-                                        f"{MAX_IMAGES:,} from an archive")
-                claimed = math.prod(shape) * dtype.itemsize
-                if info.file_size - handle.tell() != claimed:
-                    raise MnistgenError(f"{where}: its header claims {claimed:,} bytes of data, the archive "
-                                        f"{info.file_size - handle.tell():,}: damaged")
-                data = handle.read(claimed)  # the archive's reader stops at the declared size
+            with archive.open(members[0]) as handle:
+                return read_array(handle, where, members[0].file_size, MAX_IMAGES)
         except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
             raise MnistgenError(f"{where}: not readable ({exc})") from None
-    if len(data) != claimed:
-        raise MnistgenError(f"{where}: truncated ({len(data):,} of {claimed:,} bytes)")
-    array = np.frombuffer(data, dtype)
-    return array.reshape(shape[::-1]).T if fortran_order else array.reshape(shape)
 
 
 def load_images(path: str | os.PathLike) -> np.ndarray:
-    """Read and check an (N, 28, 28) array from a .npy file, or from an .npz archive of one array (never unpickles;
-    the header is checked against the file's size, or the archive's, before anything is allocated). Returns floats
-    in [0, 1] (see :func:`check_images`)."""
+    """Read and check an (N, 28, 28) array from a .npy file, or from an .npz archive of one array (:func:`read_array`).
+    Returns floats in [0, 1] (see :func:`check_images`)."""
     path = Path(path)
     if not path.is_file():
         raise MnistgenError(f"{path}: no such file")
     with open(path, "rb") as handle:
         magic = handle.read(6)
-    if magic.startswith(b"PK\x03\x04"):  # a zip: an .npz archive
-        return check_images(load_npz_images(path), str(path))
-    if not magic.startswith(b"\x93NUMPY"):
-        raise MnistgenError(f"{path}: not a .npy file (no NumPy header; save the array with numpy.save)")
-    check_npy_header(path)
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        reason = "holds pickled objects" if "pickle" in str(exc) else "not a readable .npy array"
-        raise MnistgenError(f"{path}: not a .npy file ({reason})") from None
-    return check_images(loaded, str(path))
+        handle.seek(0)
+        if magic.startswith(b"PK\x03\x04"):  # a zip: an .npz archive
+            array = load_npz_images(path)
+        elif magic.startswith(b"\x93NUMPY"):
+            array = read_array(handle, str(path), path.stat().st_size)
+        else:
+            raise MnistgenError(f"{path}: not a .npy file (no NumPy header; save the array with numpy.save)")
+    return check_images(array, str(path))
 
 
 def save_images(path: Path, images: np.ndarray) -> None:
@@ -243,9 +213,6 @@ def score_path(images_path: str | os.PathLike) -> Path:
     """``samples.npy`` (or ``samples.npz``) -> ``samples.score.json`` beside it."""
     path = Path(images_path)
     return path.with_name((path.stem if path.suffix in (".npy", ".npz") else path.name) + ".score.json")
-
-
-# --------------------------------------------------------------------------- the classifier
 
 
 def shipped_weights() -> Path:
@@ -313,10 +280,8 @@ def load_classifier(weights: str | os.PathLike | None = None, device: torch.devi
 @torch.no_grad()
 def classify(classifier: Classifier, images: np.ndarray | torch.Tensor, batch_size: int = DEFAULT_BATCH_SIZE,
              description: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(N, 28, 28) images in [0, 1] -> features (N, 128) and probabilities p(y|x) (N, 10), float64.
-
-    ``description``: show a progress bar (on a terminal) with this title.
-    """
+    """(N, 28, 28) images in [0, 1] -> features (N, 128) and probabilities p(y|x) (N, 10), float64; with a
+    ``description``, a progress bar (on a terminal) of that title."""
     from .progress import progress
 
     images = torch.as_tensor(images)
@@ -343,9 +308,6 @@ def accuracy(classifier: Classifier, images: np.ndarray | torch.Tensor, labels: 
     return float((probabilities.argmax(axis=1) == np.asarray(labels)).mean())
 
 
-# --------------------------------------------------------------------------- the real-vs-real reference
-
-
 @dataclass(frozen=True)
 class SetScore:
     """The numbers of one set of images, as a score file holds them for its images and for the reference."""
@@ -356,7 +318,6 @@ class SetScore:
     class_histogram: tuple[int, ...]  # (10,): how many images the classifier assigns to each digit
 
     def as_json(self) -> dict[str, Any]:
-        """These numbers as a score file holds them."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(SetScore)} | {
             "class_histogram": list(self.class_histogram)}
 
@@ -369,12 +330,6 @@ class Reference(SetScore):
     test_cov: np.ndarray  # (128, 128) float64
     test_classifier_score: float  # of the test images themselves
     key: str  # the cache key: classifier checksum and checksums of the images' bytes
-
-    def summary(self) -> dict[str, Any]:
-        """The reference as a score file holds it (:data:`REFERENCE_KEY`)."""
-        return {"what": f"the last {REFERENCE_TRAIN_IMAGES:,} MNIST training images (the shipped classifier's held-out "
-                        "validation images) against the 10,000 test images",
-                **self.as_json(), "test_images_classifier_score": self.test_classifier_score}
 
 
 def _reference_key(classifier: Classifier, reference_images: np.ndarray, test_images: np.ndarray) -> str:
@@ -402,10 +357,6 @@ def _read_cached_reference(path: Path, key: str) -> Reference | None:
         return None
 
 
-def _scale(images_uint8: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(images_uint8.astype(np.float32) / 255.0)  # SPEC §1: pixels / 255
-
-
 def compute_reference(classifier: Classifier, raw: RawData, batch_size: int = DEFAULT_BATCH_SIZE) -> Reference:
     """Reference statistics from a loaded dataset (RawData), through the on-disk cache."""
     if raw.provenance.get("sample") or len(raw.train_images) < REFERENCE_TRAIN_IMAGES:
@@ -418,37 +369,28 @@ def compute_reference(classifier: Classifier, raw: RawData, batch_size: int = DE
     cached = _read_cached_reference(path, key)
     if cached is not None:
         return cached
-    test_features, test_probabilities = classify(classifier, _scale(raw.test_images), batch_size,
+    test_features, test_probabilities = classify(classifier, check_images(raw.test_images), batch_size,
                                                  "real-vs-real reference (once, then cached): test images")
-    train_features, train_probabilities = classify(classifier, _scale(reference_images), batch_size,
+    train_features, train_probabilities = classify(classifier, check_images(reference_images), batch_size,
                                                    "real-vs-real reference (once, then cached): training images")
     test_mean, test_cov = feature_statistics(test_features)
     train_distance = frechet_distance(*feature_statistics(train_features), test_mean, test_cov)
     reference = Reference(REFERENCE_TRAIN_IMAGES, train_distance, classifier_score(train_probabilities),
                           tuple(class_histogram(train_probabilities)), test_mean, test_cov,
                           classifier_score(test_probabilities), key)
-    arrays = {"key": np.array(key), "test_mean": test_mean, "test_cov": test_cov,
-              "frechet_distance": np.array(reference.frechet_distance),
-              "classifier_score": np.array(reference.classifier_score),
-              "class_histogram": np.array(reference.class_histogram),
-              "test_classifier_score": np.array(reference.test_classifier_score)}
+    arrays = {field.name: np.array(getattr(reference, field.name)) for field in dataclasses.fields(Reference)}
     atomic_write(path, lambda h: np.savez(h, **arrays))
     return reference
 
 
 def reference_statistics(classifier: Classifier, data: DataConfig | None = None,
                          batch_size: int = DEFAULT_BATCH_SIZE) -> Reference:
-    """Load real MNIST as ``data`` says (default: the default DataConfig) and return the cached reference."""
+    """The cached reference of full MNIST as ``data`` says (default: the default DataConfig). Files that are missing
+    and cannot be had are one line with the reason, not the 5,000-digit stand-in's warning (which suggests a --dataset
+    flag score does not have) followed by the reference's refusal of the stand-in."""
     data = data if data is not None else DataConfig()
     if data.dataset != "mnist":
         raise MnistgenError(f"the score's reference is real MNIST, not {data.dataset}")
-    return compute_reference(classifier, load_reference_data(data), batch_size)
-
-
-def load_reference_data(data: DataConfig) -> RawData:
-    """Full MNIST as ``data`` says, never the 5,000-digit stand-in: files that are missing and cannot be had (offline,
-    or no mirror delivered them) are one line with the reason, rather than the stand-in's warning (which suggests a
-    --dataset flag score does not have) followed by the reference's refusal of the stand-in."""
     store = VerdictStore(cache_root())
     try:
         obtain_files(get_dataset("mnist"), data, store)  # finds and verifies the files, or downloads what is missing
@@ -459,19 +401,14 @@ def load_reference_data(data: DataConfig) -> RawData:
                         "--data-dir with a folder that holds its files") from None
     finally:
         store.save()
-    return load_raw(data)  # every file is there and verified now (the verdicts are remembered: no second hashing)
-
-
-# --------------------------------------------------------------------------- the score
+    # every file is there and verified now (the verdicts are remembered: no second hashing)
+    return compute_reference(classifier, load_raw(data), batch_size)
 
 
 def score_images(images: np.ndarray, classifier: Classifier | None = None, reference: Reference | None = None,
                  config: ScoreConfig | None = None) -> dict[str, Any]:
-    """Score (N, 28, 28) images in [0, 1] against MNIST; returns the JSON-ready report.
-
-    Pass ``classifier`` and ``reference`` to score many arrays without reloading them; otherwise they
-    are loaded as ``config`` says (its weights, its data flags, its device).
-    """
+    """Score (N, 28, 28) images in [0, 1] against MNIST; returns the JSON-ready report. ``classifier`` and
+    ``reference`` are loaded as ``config`` says unless given (to score many arrays without reloading them)."""
     from .device import resolve_device
 
     config = config if config is not None else ScoreConfig()
@@ -486,7 +423,9 @@ def score_images(images: np.ndarray, classifier: Classifier | None = None, refer
                        classifier_score(probabilities), tuple(class_histogram(probabilities)))
     return {
         **numbers.as_json(),
-        REFERENCE_KEY: reference.summary(),
+        REFERENCE_KEY: {"what": f"the last {REFERENCE_TRAIN_IMAGES:,} MNIST training images (the shipped classifier's "
+                                "held-out validation images) against the 10,000 test images",
+                        **reference.as_json(), "test_images_classifier_score": reference.test_classifier_score},
         "classifier": {"sha256": classifier.sha256, "test_accuracy": classifier.info.get("test_accuracy"),
                        "feature_dim": FEATURE_DIM, "file": str(classifier.path)},
         "mnistgen_version": __version__,
@@ -521,9 +460,6 @@ def write_report(images_path: str | os.PathLike, report: dict[str, Any]) -> Path
     return path
 
 
-# --------------------------------------------------------------------------- the score file, read back
-
-
 @dataclass(frozen=True)
 class ReferenceScore(SetScore):
     what: str = ""  # which real images against which
@@ -531,23 +467,10 @@ class ReferenceScore(SetScore):
 
 @dataclass(frozen=True)
 class ScoreFile(SetScore):
-    """A FILE.score.json as :func:`write_report` writes it, checked field by field once, as :func:`read_score` reads
-    it: what is wrong is a :class:`MnistgenError` naming the field."""
+    """A FILE.score.json as :func:`write_report` writes it and :func:`read_score` reads it back."""
 
     reference: ReferenceScore | None = None  # the real-vs-real reference scored beside the images
     classifier: dict[str, Any] | None = None  # the classifier that scored them: its checksum, test accuracy, ...
-
-    @classmethod
-    def from_json(cls, value: Any) -> ScoreFile:
-        numbers, reference = set_score_fields(value), None
-        if REFERENCE_KEY in value:
-            reference = ReferenceScore(**set_score_fields(value[REFERENCE_KEY], REFERENCE_KEY),
-                                       what=value[REFERENCE_KEY].get("what", ""))
-            if not isinstance(reference.what, str):
-                raise MnistgenError(f'"{REFERENCE_KEY}.what" is {json_type(reference.what)}, not a string')
-        if "classifier" in value and not isinstance(value["classifier"], dict):
-            raise MnistgenError(f'"classifier" is {json_type(value["classifier"])}, not an object')
-        return cls(**numbers, reference=reference, classifier=value.get("classifier"))
 
 
 JSON_TYPES = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list", dict: "an object",
@@ -589,10 +512,18 @@ def set_score_fields(value: Any, where: str = "") -> dict[str, Any]:
 
 
 def read_score(path: Path) -> ScoreFile:
-    """A FILE.score.json written by mnistgen score; anything else is one line naming the file and what is wrong."""
+    """A FILE.score.json written by mnistgen score; anything else is one line naming the file and the field."""
     value = read_json(path)
     try:
-        return ScoreFile.from_json(value)
+        numbers, reference = set_score_fields(value), None
+        if REFERENCE_KEY in value:
+            reference = ReferenceScore(**set_score_fields(value[REFERENCE_KEY], REFERENCE_KEY),
+                                       what=value[REFERENCE_KEY].get("what", ""))
+            if not isinstance(reference.what, str):
+                raise MnistgenError(f'"{REFERENCE_KEY}.what" is {json_type(reference.what)}, not a string')
+        if "classifier" in value and not isinstance(value["classifier"], dict):
+            raise MnistgenError(f'"classifier" is {json_type(value["classifier"])}, not an object')
+        return ScoreFile(**numbers, reference=reference, classifier=value.get("classifier"))
     except MnistgenError as problem:
         raise MnistgenError(f"{path}: not a score written by mnistgen score ({problem}); score the images again or "
                             "remove the file") from None

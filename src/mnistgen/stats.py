@@ -18,16 +18,6 @@ INTERVAL_NAME = "95% Student-t interval of the mean"
 T_975 = (12.706205, 4.302653, 3.182446, 2.776445, 2.570582, 2.446912, 2.364624, 2.306004, 2.262157, 2.228139,
          2.200985, 2.178813, 2.160369, 2.144787, 2.131450, 2.119905, 2.109816, 2.100922, 2.093024, 2.085963,
          2.079614, 2.073873, 2.068658, 2.063899, 2.059539, 2.055529, 2.051831, 2.048407, 2.045230, 2.042272)
-Z_975 = 1.959963984540054
-
-
-@dataclass(frozen=True)
-class Interval:
-    """Mean of n values and the half-width of its 95% Student-t interval (None for a single value)."""
-
-    n: int
-    mean: float
-    half_width: float | None
 
 
 def is_number(value: Any) -> bool:
@@ -42,7 +32,7 @@ def t_quantile_975(df: int) -> float:
         raise ValueError(f"degrees of freedom must be at least 1, got {df}")
     if df <= len(T_975):
         return T_975[df - 1]
-    z = Z_975
+    z = 1.959963984540054  # the normal's 0.975 quantile
     terms = ((z**3 + z) / 4,
              (5 * z**5 + 16 * z**3 + 3 * z) / 96,
              (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384,
@@ -50,27 +40,19 @@ def t_quantile_975(df: int) -> float:
     return z + sum(term / df ** (power + 1) for power, term in enumerate(terms))
 
 
-def interval(values: Sequence[float]) -> Interval:
-    """Mean ± t_{0.975, n-1} · s / sqrt(n), s the sample standard deviation (n - 1 in its denominator)."""
-    found = spread(values)
-    return Interval(len(found.values), found.mean, found.half_width)
-
-
 @dataclass(frozen=True)
 class Spread:
-    """Each seed's value, their mean, sample standard deviation and the 95% Student-t interval of the mean
-    (``std`` and ``half_width`` are None for a single value)."""
+    """Each seed's value, their mean, sample standard deviation and 95% interval half-width (None for one value)."""
 
     values: tuple[float, ...]
     mean: float
     std: float | None
     half_width: float | None
 
-    def text(self, digits: int = 2) -> str:
-        """"-137.62 ± 0.41" (mean ± half-width), or the single value."""
-        if self.half_width is None:
-            return f"{self.mean:.{digits}f}"
-        return f"{self.mean:.{digits}f} ± {self.half_width:.{digits}f}"
+    def text(self, digits: int = 2, grouping: str = "") -> str:
+        """"-137.62 ± 0.41" (mean ± half-width), or the single value; ``grouping`` "," for thousands separators."""
+        form = f"{grouping}.{digits}f"
+        return f"{self.mean:{form}}" + ("" if self.half_width is None else f" ± {self.half_width:{form}}")
 
     def as_dict(self) -> dict[str, Any]:
         """What eval.json and score.json hold: n, the values, mean, std, the interval's ends and its name."""
@@ -89,3 +71,6 @@ def spread(values: Sequence[float]) -> Spread:
     std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
     half_width = None if std is None else t_quantile_975(n - 1) * std / math.sqrt(n)
     return Spread(tuple(float(v) for v in values), mean, std, half_width)
+
+
+Interval, interval = Spread, spread  # the sweep's names: the mean and half_width of a Spread

@@ -11,9 +11,9 @@ def register(subparsers) -> None:
     quick = ", ".join(f"{name.replace('_', '-')} {value}" for name, value in REPRODUCE_QUICK.items())
     reproduce = subparsers.add_parser(
         "reproduce", help="run the whole specification (VAE, GAN, scores) and write RUN/report.html",
-        description="Train and evaluate the VAE, train the GAN, score both models' samples against the "
-                    "real-vs-real reference, and write RUN/report.html (and RUN/explorer.html). Every stage "
-                    "is recorded with its time in RUN/stages.json.")
+        description="Train and evaluate the VAE, train the GAN, score both models' samples against the real-vs-real "
+                    "reference, and write RUN/report.html (and RUN/explorer.html). Every stage is recorded with its "
+                    "time in RUN/stages.json.")
     reproduce.add_argument("--out", required=True, metavar="RUN", help="folder of the reproduction (created)")
     reproduce.add_argument("--quick", action="store_true",
                            help=f"a first look in a few minutes on a CPU: {quick} (flags given still win)")
@@ -28,40 +28,29 @@ def register(subparsers) -> None:
         description="Build one self-contained HTML page (figures embedded, no network) from a reproduction "
                     "folder (mnistgen reproduce) or from one VAE or GAN run folder.")
     report.add_argument("run", metavar="RUN", help="reproduction, VAE or GAN run folder")
-    report.add_argument("--out", metavar="FILE", default=None,
-                        help="where to write the page (default: RUN/report.html)")
+    report.add_argument("--out", metavar="FILE", help="where to write the page (default: RUN/report.html)")
     report.set_defaults(func=run_report)
 
 
 def run_reproduce(args: argparse.Namespace) -> int:
-    from ..config import ReproduceConfig, config_from_args
-    from ..reproduce import quick_config, reproduce
+    from ..config import REPRODUCE_QUICK, ReproduceConfig, config_from_args
+    from ..reproduce import flat_fields, quick_config, reproduce
 
-    base = quick_config() if args.quick else None
-    config = config_from_args(ReproduceConfig, args, base)
-    report = reproduce(args.out, config, resume=args.resume, explicit=explicit_fields(args),
-                       command=command_line(args))
+    names = list(flat_fields(ReproduceConfig()))  # the settings' flags by field name; argparse leaves unset ones None
+    explicit = {name for name in names if getattr(args, name, None) is not None}
+    if args.quick:
+        explicit |= set(REPRODUCE_QUICK)  # the fields --quick sets
+    config = config_from_args(ReproduceConfig, args, quick_config() if args.quick else None)
+    report = reproduce(args.out, config, resume=args.resume, explicit=explicit, command=command_line(args, names))
     print(f"report: {report}")
     return 0
 
 
-def explicit_fields(args: argparse.Namespace) -> set[str]:
-    """Names of the config fields the command line sets (argparse leaves the others None); --quick sets its own."""
-    from ..config import REPRODUCE_QUICK, ReproduceConfig
-    from ..reproduce import flat_fields
-
-    given = {name for name in flat_fields(ReproduceConfig()) if getattr(args, name, None) is not None}
-    return given | (set(REPRODUCE_QUICK) if args.quick else set())
-
-
-def command_line(args: argparse.Namespace) -> list[str]:
+def command_line(args: argparse.Namespace, names: list[str]) -> list[str]:
     """The command as typed, rebuilt from the parsed flags (for the record in RUN/stages.json)."""
-    from ..config import ReproduceConfig
-    from ..reproduce import flat_fields
-
     words = ["mnistgen", "reproduce", "--out", args.out]
     words += [flag for flag, given in (("--quick", args.quick), ("--resume", args.resume)) if given]
-    for name in flat_fields(ReproduceConfig()):
+    for name in names:
         value = getattr(args, name, None)
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):

@@ -9,8 +9,7 @@ RUN/seed=N, and summarized in RUN by :func:`seeds_summary`, a JSON object that o
      "summary": {"<headline>": Spread.as_dict(), ...},     # n, values, mean, std, ci95_low/high/half_width
      "interval": "95% Student-t interval of the mean"}
 
-Commands that use one model (sample, the figures other than the training curves, :func:`mnistgen.load_run`) take
-the first seed's folder, and say so (:func:`first_seed`).
+Commands that use one model (sample, most figures, :func:`mnistgen.load_run`) use the first seed: :func:`first_seed`.
 """
 
 from __future__ import annotations
@@ -37,10 +36,6 @@ def seeds_summary(per_seed: Mapping[int, dict[str, Any]], headlines: Sequence[st
     }
 
 
-def _number(value: float | None, digits: int) -> str:
-    return MISSING if value is None else f"{value:.{digits}f}"
-
-
 def summary_table(aggregate: dict[str, Any], labels: Mapping[str, str], digits: int = 2) -> list[str]:
     """The lines of a table of :func:`seeds_summary`'s result: a header naming the interval, then one line per
     headline number in ``labels`` (key -> label): mean ± half-width of the 95% interval, std, each seed's value."""
@@ -52,11 +47,10 @@ def summary_table(aggregate: dict[str, Any], labels: Mapping[str, str], digits: 
              f"{'':{label_width}}{'mean ± 95% interval':>22}{'std':>9}"
              + "".join(f"{f'seed={seed}':>{seed_width}}" for seed in seeds)]
     for key, label in labels.items():
-        numbers = aggregate["summary"][key]
-        half = numbers["ci95_half_width"]
-        centre = _number(numbers["mean"], digits) + ("" if half is None else f" ± {half:.{digits}f}")
-        lines.append(f"{label:{label_width}}{centre:>22}{_number(numbers['std'], digits):>9}"
-                     + "".join(f"{value:>{seed_width}.{digits}f}" for value in numbers["values"]))
+        found = spread(aggregate["summary"][key]["values"])  # the summary's numbers, as Spread.text writes them
+        std = MISSING if found.std is None else f"{found.std:.{digits}f}"
+        lines.append(f"{label:{label_width}}{found.text(digits):>22}{std:>9}"
+                     + "".join(f"{value:>{seed_width}.{digits}f}" for value in found.values))
     return lines
 
 
@@ -66,17 +60,11 @@ def seed_folders(run: RunDir) -> dict[int | None, RunDir]:
     return (dict(run.replicas()) if run.config.is_file() else {}) or {None: run}
 
 
-def seeds_text(replicas: Sequence[tuple[int, RunDir]]) -> str:
-    """"3 seeds (1234, 1235, 1236)"."""
-    return f"{len(replicas)} seed{'s' if len(replicas) != 1 else ''} ({', '.join(str(s) for s, _ in replicas)})"
-
-
 def first_seed(run: RunDir, what: str, say: Callable[[str], None], kind: str | None = None,
                another: str | None = None) -> RunDir:
-    """The folder a one-model command uses: ``run`` itself, or for a replica run its first seed's, RUN/seed=N, with
-    one note to ``say`` naming it (``what``: "sampling", "loading"; ``another``: how to choose another seed, by
-    default naming its folder). ``kind``, where given, is checked first (a one-line error for a run of another
-    kind)."""
+    """The folder a one-model command uses: ``run`` itself, or for a replica run its first seed's, RUN/seed=N, with one
+    note to ``say`` naming it (``what``: "sampling", "loading"; ``another``: how to choose another seed, by default
+    naming its folder). ``kind``, where given, is checked first (a one-line error for a run of another kind)."""
     if kind is not None:
         found = run.read_config().get("kind")
         if found != kind:
@@ -86,7 +74,8 @@ def first_seed(run: RunDir, what: str, say: Callable[[str], None], kind: str | N
         return run
     first = replicas[0][1]
     another = another or f"name {run.path / 'seed=N'} for another"
-    say(f"mnistgen: note: {run.path} holds {seeds_text(replicas)}; {what} the first, {first.path} ({another})")
+    seeds = f"{len(replicas)} seed{'s' if len(replicas) != 1 else ''} ({', '.join(str(s) for s, _ in replicas)})"
+    say(f"mnistgen: note: {run.path} holds {seeds}; {what} the first, {first.path} ({another})")
     return first
 
 

@@ -1,12 +1,8 @@
-"""``mnistgen score RUN``: samples drawn from a trained run's model and scored against MNIST; a replica run's seeds
-each, then summarized.
+"""``mnistgen score RUN``: samples drawn from a trained run's model (each seed's of a replica run) and scored.
 
-Each seed's draws are what its ``sample`` command gives with its own seed: the VAE's decoder means p(x|z) of
-z ~ N(0, I) (``mnistgen vae sample``), the GAN's G(z) of z ~ U[-1, 1]^zdim (``mnistgen gan sample``). They are saved
-as RUN[/seed=N]/samples.npz (8-bit levels, compressed, as a reproduction stores its samples) and that file is
-scored, so ``mnistgen score RUN/seed=N/samples.npz`` gives the same numbers; its report lies beside it,
-samples.score.json. A replica run gets RUN/score.json too: :func:`mnistgen.evaluate.replicas.seeds_summary` of the
-reports, with :data:`HEADLINES` summarized.
+Each seed's draws are what its ``sample`` command gives with its own seed, saved as RUN[/seed=N]/samples.npz (8-bit
+levels, as a reproduction stores its samples); that file is scored, so ``mnistgen score RUN/seed=N/samples.npz`` gives
+the same numbers, into samples.score.json beside it. A replica run gets RUN/score.json too (:func:`seeds_summary`).
 """
 
 from __future__ import annotations
@@ -18,20 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from .. import scoring
 from ..config import ScoreConfig, VAEEvalConfig
 from ..errors import MnistgenError, UsageError
 from ..files import write_json
 from ..runs import RunDir
-from ..scoring import (
-    MIN_IMAGES,
-    Classifier,
-    Reference,
-    format_report,
-    load_images,
-    save_images,
-    score_images,
-    write_report,
-)
 from .replicas import seed_folders, seeds_summary, summary_table
 
 SAMPLES_FILE = "samples.npz"  # in each scored run folder, beside its samples.score.json
@@ -42,16 +29,11 @@ HEADLINES = {"frechet_distance": "Frechet distance (lower)", "classifier_score":
 
 @dataclass(frozen=True)
 class ScoredRun:
-    """A run folder to score: its kind, and the folders whose models are sampled, (seed, RUN/seed=N) for each seed of
-    a replica run, or (None, RUN) alone."""
+    """A run folder to score, its kind, and (seed, folder) of each model: (S, RUN/seed=S) per seed, or (None, RUN)."""
 
     run: RunDir
     kind: str
     targets: list[tuple[int | None, RunDir]]
-
-    @property
-    def summary_path(self) -> Path:
-        return self.run.path / SUMMARY_FILE
 
 
 def samples_path(target: RunDir) -> Path:
@@ -59,8 +41,7 @@ def samples_path(target: RunDir) -> Path:
 
 
 def run_to_score(path: str | Path) -> ScoredRun:
-    """Check, before any work, that ``path`` is a trained VAE or GAN run folder (single-seed or replica) whose every
-    model has a checkpoint; anything else is a one-line error."""
+    """``path`` as a trained VAE or GAN run folder, each model's checkpoint there (checked before any work)."""
     run = RunDir(path).require()
     kind = run.read_config().get("kind")
     if kind == "reproduce":
@@ -75,58 +56,51 @@ def run_to_score(path: str | Path) -> ScoredRun:
     return ScoredRun(run, kind, targets)
 
 
-def score_run(scored: ScoredRun, classifier: Classifier, reference: Reference, config: ScoreConfig,
+def score_run(scored: ScoredRun, classifier: scoring.Classifier, reference: scoring.Reference, config: ScoreConfig,
               say: Callable[[str], None]) -> dict[str, Any]:
-    """Draw ``config.samples`` images from each model of ``scored``, save and score them (see the module's
-    docstring), saying each report; for a replica run, write RUN/score.json and say its table. Returns the report
-    of a single-seed run, or the replica run's summary."""
+    """Draw, save and score ``config.samples`` images of each model of ``scored``, saying each report; of a replica
+    run, write and say RUN/score.json too. Returns the report of a single-seed run, or the replica run's summary."""
     reports: dict[int, dict[str, Any]] = {}
     for seed, target in scored.targets:
         path = samples_path(target)
-        save_images(path, draw_samples(target, scored.kind, config.samples, config.device))
-        report = score_images(load_images(path), classifier, reference, config)
-        written = write_report(path, report)
+        images, drawn = draw_samples(target, scored.kind, config.samples, config.device)
+        scoring.save_images(path, images)
+        report = scoring.score_images(scoring.load_images(path), classifier, reference, config)
+        written = scoring.write_report(path, report)
         report = {"file": path.name, **report}  # as samples.score.json holds it
         run_seed = seed if seed is not None else target.read_config()["config"].get("seed")
-        say(format_report(report, str(path)))
-        ema_decay = target.read_config()["config"].get("ema_decay") if scored.kind == "gan" else None
-        say(f"written: {path} ({what_is_drawn(scored.kind, config.samples, run_seed, ema_decay)}) and {written}")
+        say(scoring.format_report(report, str(path)))
+        say(f"written: {path} ({drawn}, seed {run_seed}) and {written}")
         if seed is None:
             return report
         reports[seed] = report
-    aggregate = seeds_summary(reports, tuple(HEADLINES))  # RUN/score.json: each seed's report, and the spread
-    write_json(scored.summary_path, aggregate)
+    aggregate = seeds_summary(reports, tuple(HEADLINES))  # each seed's report, and the spread
+    summary = scored.run.path / SUMMARY_FILE
+    write_json(summary, aggregate)
     say(f"{scored.run.path}: {config.samples:,} images of each seed's model")
     for line in summary_table(aggregate, HEADLINES, digits=3):
         say(line)
     say(f"real vs real ({reference.n_images:,} training images against the test images): Frechet distance "
         f"{reference.frechet_distance:.3f}, classifier score {reference.classifier_score:.3f}")
-    say(f"written: {scored.summary_path}")
+    say(f"written: {summary}")
     return aggregate
 
 
-def draw_samples(target: RunDir, kind: str, n: int, device: str) -> np.ndarray:
-    """n images (n, 28, 28) float32 in [0, 1] from one run folder's model, with the run's own seed."""
+def draw_samples(target: RunDir, kind: str, n: int, device: str) -> tuple[np.ndarray, str]:
+    """n images (n, 28, 28) float32 in [0, 1] from one run folder's model, with the run's own seed, and what they are
+    in words (a GAN run trained with --ema-decay is sampled from the average of G's weights)."""
     if kind == "vae":
         from .vae import sample_run
 
-        return sample_run(target, n, False, VAEEvalConfig(device=device))
+        return sample_run(target, n, False, VAEEvalConfig(device=device)), f"{n:,} decoder means p(x|z), z ~ N(0, I)"
     from ..device import resolve_device
-    from .gan import load_generator, sample_images
+    from .gan import generator_label, load_generator, sample_images
 
     generator, config = load_generator(target, resolve_device(device))
-    return sample_images(generator, n, config.seed)
-
-
-def what_is_drawn(kind: str, n: int, seed: int, ema_decay: float | None = None) -> str:
-    """The images scored, in words; a GAN run trained with --ema-decay is sampled from the average of G's weights."""
-    if kind == "vae":
-        return f"{n:,} decoder means p(x|z), z ~ N(0, I), seed {seed}"
-    made_by = "G(z)" if ema_decay is None else f"G_ema(z) (G's weights averaged, EMA decay {ema_decay})"
-    return f"{n:,} images {made_by}, seed {seed}"
+    return sample_images(generator, n, config.seed), f"{n:,} images {generator_label(config)}"
 
 
 def check_samples(config: ScoreConfig) -> None:
-    if config.samples < MIN_IMAGES:
-        raise UsageError(f"--samples {config.samples}: a run's score needs at least {MIN_IMAGES} images (a "
+    if config.samples < scoring.MIN_IMAGES:
+        raise UsageError(f"--samples {config.samples}: a run's score needs at least {scoring.MIN_IMAGES} images (a "
                          "covariance)")

@@ -3,7 +3,7 @@ own (the models' figures come from their plots modules): known metrics in their 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import matplotlib
@@ -31,10 +31,8 @@ Series = list[float | None]  # a metric's value at each epoch of the x axis, Non
 
 def metric_curves(epochs: Sequence[float], panels: Sequence[tuple[str, str, dict[str, Sequence[float]]]],
                   title: str) -> Figure:
-    """One panel per (panel title, y-axis label, {series label: values by epoch}), side by side.
-
-    ``epochs`` (E,) is the shared x axis; each series has E values (None where an epoch lacks it).
-    """
+    """One panel per (panel title, y-axis label, {series label: its value at each of ``epochs``, None where an epoch
+    lacks it}), side by side."""
     figure, axes = plt.subplots(1, len(panels), figsize=(PANEL_SIZE[0] * len(panels), PANEL_SIZE[1]),
                                 squeeze=False, layout="constrained")
     for axis, (panel_title, ylabel, series) in zip(axes[0], panels, strict=True):
@@ -57,23 +55,6 @@ def numeric_series(records: list[dict[str, Any]], key: str) -> Series:
     return [r.get(key) if is_number(r.get(key)) else None for r in records]
 
 
-def curve_panels(keys: list[str], lines: Callable[[str, str], dict[str, Series]]
-                 ) -> list[tuple[str, str, dict[str, Series]]]:
-    """The panels of the curves: known metrics in their panels, others in one more. ``lines(key, label)`` gives the
-    lines of one metric, {legend: its values by epoch}: one line for a run, one per seed for a replica run."""
-    panels = []
-    for panel_title, ylabel, legend in KNOWN_PANELS:
-        series = {name: values for key, label in legend.items() if key in keys
-                  for name, values in lines(key, label).items()}
-        if series:
-            panels.append((panel_title, ylabel, series))
-    known = {key for _, _, legend in KNOWN_PANELS for key in legend}
-    others = {name: values for key in keys if key not in known for name, values in lines(key, key).items()}
-    if others:
-        panels.append(("other metrics", "value", others))
-    return panels
-
-
 def history_curves(histories: dict[int | None, list[dict[str, Any]]], title: str) -> Figure | None:
     """The curves of a run's metrics.jsonl records, ``{None: records}``, or of every seed of a replica run,
     ``{seed: its records}``: each metric one line per seed, labelled "seed S: metric", on the epochs of all seeds (a
@@ -91,4 +72,10 @@ def history_curves(histories: dict[int | None, list[dict[str, Any]]], title: str
                                                                                    key)
                 for seed, found in by_epoch.items()}
 
-    return metric_curves(epochs, curve_panels(keys, lines), title)
+    known = {key for _, _, legend in KNOWN_PANELS for key in legend}
+    panels = [(panel_title, ylabel, {name: values for key, label in legend.items() if key in keys
+                                     for name, values in lines(key, label).items()})
+              for panel_title, ylabel, legend in KNOWN_PANELS]
+    panels.append(("other metrics", "value", {name: values for key in keys if key not in known
+                                              for name, values in lines(key, key).items()}))
+    return metric_curves(epochs, [panel for panel in panels if panel[2]], title)

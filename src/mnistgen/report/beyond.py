@@ -1,8 +1,7 @@
 """The report's "Beyond the spec" section: the training options of ``mnistgen reproduce --beyond`` beside SPEC's.
 
-SPEC's numbers come first in each table, then each option's (:data:`mnistgen.reproduction.GAN_OPTIONS`), every
-number measured on several seeds as the mean ± its 95% Student-t interval with each seed's value beside it; then the
-last grid of SPEC's GAN beside the recommended recipe's (the first seed's).
+SPEC's numbers come first in each table, then each option's; then the last grid of SPEC's GAN beside the recommended
+recipe's (the first seed's).
 """
 
 from __future__ import annotations
@@ -10,18 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..evaluate.replicas import seed_folders
-from ..reproduction import (
-    GAN_OPTIONS,
-    GAN_SAMPLE_SET,
-    IWAE_FLAGS,
-    IWAE_TRAIN_SAMPLES,
-    RECOMMENDED_GAN_OPTION,
-    Reproduction,
-    SampleFile,
-)
+from ..reproduction import GAN_OPTIONS, GAN_SAMPLE_SET, IWAE_OPTION, RECOMMENDED_GAN_OPTION, Reproduction, SampleFile
 from ..runs import RunDir
 from ..scoring import ScoreFile, read_score, score_path
-from ..stats import is_number
 from .html import Markup, escape, figure_html, format_value, interval_name, measured, section, seeds_html, table
 from .results import seed_evaluations
 from .sections import each_seed_pair, score_cells
@@ -40,12 +30,12 @@ def read_scores(files: list[SampleFile]) -> dict[int | None, ScoreFile] | None:
 
 def mean_distance(scores: dict[int | None, ScoreFile]) -> float | None:
     values = [score.frechet_distance for score in scores.values()]
-    return sum(values) / len(values) if all(is_number(v) for v in values) else None
+    return None if None in values else sum(values) / len(values)
 
 
 def score_row(scores: dict[int | None, ScoreFile], spec_distance: float | None) -> list[Any]:
-    """[Frechet distance, its ratio to SPEC's, classifier score, (each seed's pair)] of a set scored on one seed
-    (the values) or several (mean ± interval, and each seed's)."""
+    """[Frechet distance, its ratio to SPEC's, classifier score, (each seed's pair)] of a set scored once or on
+    several seeds (:func:`~mnistgen.report.sections.score_cells`)."""
     distance, each = mean_distance(scores), each_seed_pair(scores)
     ratio = f"{distance / spec_distance:.2f}" if distance is not None and spec_distance else "—"
     distance_cell, score_cell = score_cells(scores)
@@ -60,7 +50,7 @@ def gan_table(repro: Reproduction) -> str:
         rows.append([Markup("<b>SPEC's defaults</b>"), "(none)", "G", *score_row(spec, spec_distance)])
     for option in GAN_OPTIONS:
         for name in option.sample_sets():
-            scores = read_scores(repro.sample_files(repro.beyond_gan(option), name))
+            scores = read_scores(repro.sample_files(repro.beyond_run(option), name))
             if scores is not None:
                 rows.append([option.title, Markup(f"<code>{escape(option.flags)}</code>"), SET_TITLES[name],
                              *score_row(scores, spec_distance)])
@@ -74,7 +64,7 @@ def gan_table(repro: Reproduction) -> str:
 def vae_table(repro: Reproduction) -> str:
     rows = []
     for title, flags, run in (("SPEC's defaults (Eq. 2)", "", repro.vae),
-                              (f"importance-weighted bound, K = {IWAE_TRAIN_SAMPLES}", IWAE_FLAGS, repro.beyond_vae)):
+                              (IWAE_OPTION.title, IWAE_OPTION.flags, repro.beyond_run(IWAE_OPTION))):
         evaluations = seed_evaluations(run) if run.config.is_file() else {}
         if not evaluations or any(result is None for result in evaluations.values()):
             continue
@@ -102,7 +92,7 @@ def last_grid(run: RunDir, raw: bool = False) -> tuple[int, bytes] | None:
 
 def grids_part(repro: Reproduction) -> str:
     recommended = RECOMMENDED_GAN_OPTION
-    improved_run = repro.beyond_gan(recommended)
+    improved_run = repro.beyond_run(recommended)
     shown = [("SPEC's defaults, G", last_grid(repro.gan)),
              (f"{recommended.title} ({recommended.flags}), the moving average of G", last_grid(improved_run)),
              (f"{recommended.title}, the trained G", last_grid(improved_run, raw=True))]

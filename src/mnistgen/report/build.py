@@ -1,10 +1,7 @@
 """``report.html``: one self-contained page describing a reproduction folder (or a single VAE or GAN run).
 
-Everything the page shows is read from the folder (:mod:`mnistgen.reproduction` for a reproduction's layout,
-:mod:`mnistgen.runs` for a run folder's): every figure embedded as a base64 ``data:`` URI with a caption, the metrics
-as tables, the training curves, the configuration, the data's provenance, the sample-quality scores beside the
-real-vs-real reference, the versions, the machine and the time of each stage. The builder only reads the folder; the
-one file it writes is the page itself (atomically).
+Everything the page shows is read from the folder (:mod:`mnistgen.reproduction`'s layout, or :mod:`mnistgen.runs`'s),
+every figure embedded as a ``data:`` URI; the one file the builder writes is the page itself (atomically).
 """
 
 from __future__ import annotations
@@ -17,19 +14,10 @@ from ..errors import MnistgenError
 from ..files import atomic_write, read_json
 from ..reproduction import Reproduction
 from ..runs import RunDir
+from . import sections
 from .beyond import beyond_section
 from .html import escape, page
 from .results import folder_runs, read_json_if_present, scored_sets
-from .sections import (
-    MODEL_TITLES,
-    environment_section,
-    run_section,
-    sample_banner,
-    scores_section,
-    shortened_banner,
-    stages_section,
-    summary_section,
-)
 
 PAGE_TITLES = {"reproduce": "mnistgen: reproduction of the specification", "vae": "mnistgen: VAE run",
                "gan": "mnistgen: GAN run"}
@@ -51,21 +39,21 @@ def build_report(folder: str | Path) -> str:
     subtitle = [f"Folder: <code>{escape(root)}</code>",
                 f"mnistgen {escape(top.get('mnistgen_version', '?'))}; page built "
                 f"{escape(time.strftime('%Y-%m-%d %H:%M:%S %z'))}"]
-    banners = sample_banner(runs)
+    banners = sections.sample_banner(runs)
     if reproduction:
         environments = {"reproduction started": top.get("environment", {}), **environments}
         subtitle.append("Settings: " + escape(json.dumps({k: v for k, v in top.get("config", {}).items()
                                                            if k != "data"})))
         if Reproduction(root).explorer.is_file():
             subtitle.append('Interactive latent explorer: <a href="explorer.html">explorer.html</a>')
-        banners = shortened_banner(top.get("config", {})) + banners
-    sections = [("summary", "Summary", banners + summary_section(runs, sets)),
-                *((name, MODEL_TITLES[name], run_section(run, name)) for name, run in runs.items()),
-                ("scores", "Sample quality", scores_section(sets)),
-                ("beyond", "Beyond the spec", beyond_section(Reproduction(root)) if reproduction else ""),
-                ("stages", "Time", stages_section(read_json_if_present(root / "stages.json"))),
-                ("environment", "Versions", environment_section(environments))]
-    return page(PAGE_TITLES[kind], subtitle, sections)
+        banners = sections.shortened_banner(top.get("config", {})) + banners
+    parts = [("summary", "Summary", banners + sections.summary_section(runs, sets)),
+             *((name, sections.MODEL_TITLES[name], sections.run_section(run, name)) for name, run in runs.items()),
+             ("scores", "Sample quality", sections.scores_section(sets)),
+             ("beyond", "Beyond the spec", beyond_section(Reproduction(root)) if reproduction else ""),
+             ("stages", "Time", sections.stages_section(read_json_if_present(root / "stages.json"))),
+             ("environment", "Versions", sections.environment_section(environments))]
+    return page(PAGE_TITLES[kind], subtitle, parts)
 
 
 def write_report(folder: str | Path, out: str | Path | None = None) -> Path:

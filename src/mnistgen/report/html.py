@@ -1,8 +1,7 @@
 """The report's HTML: values as a person reads them, tables, figures, sections, and the self-contained page.
 
-Every value from a folder is escaped; only :class:`Markup` (HTML built here) is not. The page loads nothing: no
-script, no font, no stylesheet from anywhere, and a Content-Security-Policy that forbids every request except
-``data:`` images.
+Every value from a folder is escaped; only :class:`Markup` (HTML built here) is not. The page loads nothing: no script,
+no font, no stylesheet from anywhere, and a Content-Security-Policy that forbids every request except ``data:`` images.
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ import io
 import json
 import math
 from collections.abc import Iterable, Sequence
+from importlib import resources
 from typing import Any
 
 import numpy as np
@@ -38,30 +38,21 @@ def escape(value: Any) -> str:
 def format_value(value: Any) -> str:
     """A measured number as a person reads it (ELBOs with 2 decimals, small values with 4 digits, counts of five
     digits or more with thousands separators); text escaped."""
-    if isinstance(value, bool) or value is None:
-        return escape("—" if value is None else value)
-    if isinstance(value, int):
+    if value is None:
+        return "—"
+    if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}" if abs(value) >= SEPARATOR_FROM else str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return escape(value)
-        magnitude = abs(value)
-        if magnitude >= 100:
+    if isinstance(value, float) and math.isfinite(value):
+        if abs(value) >= 100:
             return f"{value:,.2f}"
-        if magnitude >= 1:
-            return f"{value:.4f}"
-        return f"{value:.4g}"
+        return f"{value:.4f}" if abs(value) >= 1 else f"{value:.4g}"
     return escape(value)
 
 
 def format_setting(value: Any) -> str:
     """A setting or an identifier as it was typed: integers without separators (seed 1234), floats in their
     shortest exact form (15.0, 0.0002, 1e-05), never padded to a number of decimals; text escaped."""
-    if isinstance(value, float) and math.isfinite(value):
-        return repr(value)
-    if is_number(value):
-        return str(value)
-    return format_value(value)
+    return str(value) if is_number(value) else format_value(value)
 
 
 def duration(seconds: float | None) -> str:
@@ -92,11 +83,8 @@ def is_plain_key(key: Any) -> bool:
 
 
 def value_html(value: Any, settings: bool = False) -> Markup:
-    """Any JSON value as HTML: dicts as key/value tables, lists of dicts as tables, lists of scalars joined.
-
-    Numbers are measurements (:func:`format_value`), or with ``settings`` a configuration's values as typed
-    (:func:`format_setting`); identifiers such as a seed are shown as typed either way.
-    """
+    """Any JSON value as HTML (dicts and lists of dicts as tables); numbers as measurements (:func:`format_value`), or
+    with ``settings`` as typed (:func:`format_setting`), as identifiers such as a seed always are."""
     if isinstance(value, dict):
         if not value:
             return Markup("—")
@@ -125,31 +113,23 @@ def histogram_html(counts: Sequence[int]) -> Markup:
     return Markup(f'<span class="hist">{bars}</span> <small>{escape(listed)}</small>')
 
 
-# --------------------------------------------------------------------------- numbers over the seeds of a replica run
-
-
 def interval_name(n: int) -> str:
     return f"95% Student-t interval over {n} seed{'' if n == 1 else 's'}"
 
 
-def spread_html(values: Sequence[Any], seeds: int) -> Markup:
-    """The mean ± the half-width of the 95% Student-t interval of the finite numbers among ``values`` (one per seed
-    of ``seeds``; those a seed lacks are left out, and the count said), to 2 decimals from 100 on, else 4."""
-    numbers = [float(v) for v in values if is_number(v) and math.isfinite(v)]
+def measured(values: dict[int | None, Any]) -> Any:
+    """A single-seed run's measurement, ``{None: value}``, as it is; a replica run's, ``{seed: value}``, the mean ± 95%
+    interval of its finite numbers (the count said where a seed lacks one), 2 decimals from 100 on, else 4."""
+    if None in values:
+        return values[None]
+    numbers = [float(v) for v in values.values() if is_number(v) and math.isfinite(v)]
     if not numbers:
         return Markup("—")
     found = spread(numbers)
-    digits = 2 if abs(found.mean) >= 100 else 4
-    text = f"{found.mean:,.{digits}f}" + ("" if found.half_width is None else f" ± {found.half_width:,.{digits}f}")
-    if len(numbers) < seeds:
-        text += f" ({len(numbers)} of {seeds} seeds)"
+    text = found.text(2 if abs(found.mean) >= 100 else 4, ",")
+    if len(numbers) < len(values):
+        text += f" ({len(numbers)} of {len(values)} seeds)"
     return Markup(f'<span class="spread" title="mean ± {escape(interval_name(len(numbers)))}">{escape(text)}</span>')
-
-
-def measured(values: dict[int | None, Any]) -> Any:
-    """A measurement of a single-seed run, ``{None: value}``, as it is; of a replica run, ``{seed: value}``, the
-    mean ± its 95% interval over the seeds (:func:`spread_html`)."""
-    return values[None] if None in values else spread_html(list(values.values()), len(values))
 
 
 def seeds_html(values: dict[int, Markup]) -> Markup:
@@ -157,27 +137,22 @@ def seeds_html(values: dict[int, Markup]) -> Markup:
     return Markup("; ".join(f'<span class="seed">seed {seed}: {value}</span>' for seed, value in values.items()))
 
 
-def across_seeds(values: dict[int, Any], plain: bool = False) -> tuple[Markup, Markup]:
-    """One quantity of a replica run, ``{seed: value}``: (the value every seed shares, such as a setting, else a
-    measurement's mean ± its 95% interval; each seed's value, "seed S: value; ..."). ``plain``: identifiers."""
+def across_seeds(values: dict[int | None, Any], plain: bool = False) -> tuple[Any, Markup | None]:
+    """One quantity of a replica run, ``{seed: value}``: (the value every seed shares, such as a setting, else
+    :func:`measured`; "seed S: value; ..."), ``plain`` for identifiers; of a single-seed run: (its value, None)."""
+    if None in values:
+        return values[None], None
     each = seeds_html({seed: value_html(value, plain) for seed, value in values.items()})
     listed = list(values.values())
     if len({json.dumps(v, sort_keys=True) for v in listed}) == 1:  # a setting (or a time) every seed shares
         return value_html(listed[0], plain), each
     if any(isinstance(v, float) for v in listed):
-        return spread_html(listed, len(listed)), each
+        return measured(values), each
     return Markup("differs by seed"), each
 
 
-def combined(values: dict[int | None, Any]) -> tuple[Any, Markup | None]:
-    """A quantity of a single-seed run, ``{None: value}``, as it is (and no per-seed values), or of a replica run
-    across its seeds (:func:`across_seeds`)."""
-    return (values[None], None) if None in values else across_seeds(values)
-
-
 def seeds_table(results: dict[int, dict[str, Any]]) -> str:
-    """Each quantity (a row) of every seed (a column each), after their mean ± the 95% interval (for a count or a
-    setting: the value every seed shares)."""
+    """Each quantity (a row): :func:`across_seeds`, then every seed's value (a column each)."""
     rows = []
     for key in dict.fromkeys(k for result in results.values() for k in result):
         values = {seed: result.get(key) for seed, result in results.items()}
@@ -185,9 +160,6 @@ def seeds_table(results: dict[int, dict[str, Any]]) -> str:
                      *(value_html(v, is_plain_key(key)) for v in values.values())])
     headers = ("quantity", f"mean ± {interval_name(len(results))}", *(f"seed {seed}" for seed in results))
     return table(headers, rows, "kv seeds")
-
-
-# --------------------------------------------------------------------------- figures, sections, the page
 
 
 def figure_html(png: bytes, caption: str, alt: str, css_class: str = "") -> str:
@@ -214,49 +186,15 @@ def details(summary: str, body: str) -> str:
     return f"<details><summary>{escape(summary)}</summary>{body}</details>"
 
 
-STYLE = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d1d1f;background:#fafafa}
-main{max-width:1280px;margin:0 auto;padding:1.5rem 2rem 4rem}
-header{background:#16324f;color:#fff;padding:1.2rem 2rem}
-header h1{margin:0 0 .3rem;font-size:1.6rem} header p{margin:.1rem 0;opacity:.85}
-header code{background:#2a4a6b;color:#fff} header a{color:#fff}
-nav{background:#e8eef5;padding:.5rem 2rem;position:sticky;top:0;z-index:1}
-nav a{margin-right:1.2rem;color:#16324f;text-decoration:none;font-weight:600}
-section{background:#fff;border:1px solid #e2e2e2;border-radius:8px;padding:1rem 1.5rem;margin:1.2rem 0}
-h2{margin-top:.2rem;color:#16324f} h3{color:#34495e}
-figure{margin:1rem 0;text-align:center} figure img{max-width:100%;border:1px solid #ddd}
-figcaption{font-size:.92rem;color:#444;max-width:800px;margin:.4rem auto;text-align:left}
-.gallery{display:flex;flex-wrap:wrap;gap:.6rem} .gallery figure{margin:.3rem}
-.gallery figcaption{text-align:center}
-figure.grid img{width:180px;image-rendering:pixelated}
-table{border-collapse:collapse;margin:.5rem 0;font-size:.9rem}
-th,td{border:1px solid #ddd;padding:.25rem .55rem;text-align:left;vertical-align:top;overflow-wrap:break-word}
-th{white-space:nowrap} .token{word-break:break-all;font-family:ui-monospace,monospace;font-size:.82rem}
-section{overflow-x:auto}
-th{background:#f1f4f8} td{font-variant-numeric:tabular-nums}
-table.kv table.kv{font-size:.85rem;margin:0} table.summary td:nth-child(3){white-space:nowrap}
-.banner{background:#fff4d6;border:1px solid #e0b84c;border-radius:6px;padding:.6rem 1rem;margin:1rem 0 0}
-.hist{display:inline-flex;align-items:flex-end;gap:2px;height:44px;vertical-align:bottom}
-.bar{display:inline-flex;flex-direction:column;align-items:center;justify-content:flex-end;width:12px}
-.bar span{display:block;width:10px;background:#3b7dd8}
-.bar small{font-size:9px;color:#555}
-.missing{color:#a33} code{background:#f3f3f3;padding:0 .2rem}
-details{margin:.5rem 0} summary{cursor:pointer;color:#16324f}
-.spread,.seed{white-space:nowrap}
-"""
-
-
 def page(title: str, subtitle: Sequence[str], sections: Sequence[tuple[str, str, str]]) -> str:
-    """The whole document: sections are (anchor, nav label, html)."""
+    """The whole document: sections are (anchor, nav label, html); the style is ``assets/report.css``."""
+    style = resources.files("mnistgen").joinpath("assets", "report.css").read_text(encoding="utf-8")
     present = [(a, label, body) for a, label, body in sections if body]
     nav = "".join(f'<a href="#{escape(a)}">{escape(label)}</a>' for a, label, _ in present)
     sub = "".join(f"<p>{line}</p>" for line in subtitle)
-    return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f'<meta http-equiv="Content-Security-Policy" content="{CONTENT_SECURITY_POLICY}">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>"
-        f"<header><h1>{escape(title)}</h1>{sub}</header><nav>{nav}</nav><main>"
-        + "".join(body for _, _, body in present)
-        + "</main></body></html>\n"
-    )
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f'<meta http-equiv="Content-Security-Policy" content="{CONTENT_SECURITY_POLICY}">'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{escape(title)}</title><style>\n{style}</style></head><body>"
+            f"<header><h1>{escape(title)}</h1>{sub}</header><nav>{nav}</nav><main>"
+            + "".join(body for _, _, body in present) + "</main></body></html>\n")

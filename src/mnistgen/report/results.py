@@ -68,13 +68,13 @@ class ScoredSet:
 
     title: str
     name: str  # NAME of NAME.score.json
-    scores: dict[int | None, tuple[Path, ScoreFile]]  # {seed: (its NAME.score.json, what it holds)}
+    scores: dict[int | None, ScoreFile]
+    folder: Path  # of the first seed's NAME.score.json, and of the images it scored
 
 
 def scored_sets(root: Path, runs: dict[str, RunDir]) -> list[ScoredSet]:
     """Each scored set of images: a NAME.score.json of the folder (seed None), or one per seed of a replica run,
-    RUN/seed=S/NAME.score.json (``mnistgen score RUN``, a reproduction's samples); the known sets in the order of
-    :data:`SAMPLE_SET_TITLES`, then the others. Each file is read once, here."""
+    RUN/seed=S/NAME.score.json; the known sets in the order of :data:`SAMPLE_SET_TITLES`, then the others."""
     files: list[tuple[str, str, dict[int | None, Path]]] = []  # (title, NAME, {seed: file})
     for folder in (root, root / "samples", root / "vae", root / "gan"):  # a reproduction's, or a run folder's
         for path in sorted(folder.glob("*" + SCORE_SUFFIX)):
@@ -89,5 +89,5 @@ def scored_sets(root: Path, runs: dict[str, RunDir]) -> list[ScoredSet]:
     files += [(title, name, paths) for title, (name, paths) in by_seed.items()]
     order = list(SAMPLE_SET_TITLES)
     files.sort(key=lambda found: order.index(found[1]) if found[1] in order else len(order))
-    return [ScoredSet(title, name, {seed: (path, read_score(path)) for seed, path in paths.items()})
-            for title, name, paths in files]
+    return [ScoredSet(title, name, {seed: read_score(path) for seed, path in paths.items()},
+                      next(iter(paths.values())).parent) for title, name, paths in files]

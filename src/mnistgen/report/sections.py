@@ -17,14 +17,13 @@ from ..files import figure_png, read_json
 from ..imaging import tile
 from ..plots.report import history_curves
 from ..runs import RunDir
-from ..scoring import SetScore, load_images
+from ..scoring import ReferenceScore, SetScore, load_images
 from ..version import __version__
 from .html import (
     Markup,
     across_seeds,
     array_png,
     cell_html,
-    combined,
     details,
     duration,
     escape,
@@ -78,21 +77,16 @@ CAPTIONS: dict[tuple[str, str], str] = {
         "on generated images. Both near 1/2 means D can no longer tell them apart."),
 }
 CURVES_FIGURE = {"vae": "curves.png", "gan": "training.png"}  # when absent, the report draws the curves itself
-SUMMARY_LABELS = {
-    "test_elbo": "test ELBO (nats per image)",
-    "test_iw_log_likelihood": "test log p(x), importance-weighted estimate",
-    "iw_samples": "K, importance samples per image",
-    "train_elbo": "training ELBO (nats per image)",
+SUMMARY_ROWS = {  # the evaluation's headline numbers: (what was measured, how to read it)
+    "test_elbo": ("test ELBO (nats per image)",
+                  "higher is better; SPEC's reference run reaches -162.0 after 200 epochs"),
+    "test_iw_log_likelihood": ("test log p(x), importance-weighted estimate",
+                               "a tighter lower bound on log p(x) than the ELBO; reference -151.0 (K = 1000)"),
+    "iw_samples": ("K, importance samples per image",
+                   "more samples give a tighter estimate of log p(x); SPEC uses K = 1000"),
+    "train_elbo": ("training ELBO (nats per image)", "reference -148.7; far above the test ELBO means over-fitting"),
 }
-SUMMARY_NOTES = {
-    "test_elbo": "higher is better; SPEC's reference run reaches -162.0 after 200 epochs",
-    "test_iw_log_likelihood": "a tighter lower bound on log p(x) than the ELBO; reference -151.0 (K = 1000)",
-    "train_elbo": "reference -148.7; far above the test ELBO means over-fitting",
-    "iw_samples": "more samples give a tighter estimate of log p(x); SPEC uses K = 1000",
-}
-# "How to read it" of the last epoch's metrics (the summary shows these). At the GAN's equilibrium (G's images
-# indistinguishable from real ones) the best D outputs 1/2 everywhere: D's cross-entropy is log 2 on each of its
-# two batches, G's is log 2.
+# "How to read it" of the last epoch's metrics; at the GAN's equilibrium the best D outputs 1/2 everywhere
 LAST_EPOCH_NOTES = {
     "train_elbo": "mean ELBO over the epoch's training steps, nats per image; higher is better",
     "test_elbo": "ELBO on the test images after the epoch, nats per image; higher is better",
@@ -108,15 +102,11 @@ LAST_EPOCH_NOTES = {
 }
 
 
-# --------------------------------------------------------------------------- banners and results at a glance
-
-
 def shortened_banner(settings: dict[str, Any]) -> str:
     """A warning above the results when a reproduction trained for fewer epochs than SPEC's defaults."""
-    defaults = ReproduceConfig()
-    short = [f"{name.replace('_', ' ')} {settings[name]} (SPEC: {getattr(defaults, name)})"
-             for name in ("vae_epochs", "gan_epochs") if settings.get(name, getattr(defaults, name)) < getattr(
-                 defaults, name)]
+    spec = {name: getattr(ReproduceConfig(), name) for name in ("vae_epochs", "gan_epochs")}
+    short = [f"{name.replace('_', ' ')} {settings[name]} (SPEC: {default})" for name, default in spec.items()
+             if settings.get(name, default) < default]
     if not short:
         return ""
     return (f'<p class="banner"><b>A shortened run</b> ({escape("; ".join(short))}), e.g. mnistgen reproduce '
@@ -136,8 +126,7 @@ def sample_banner(runs: dict[str, RunDir]) -> str:
 
 
 def summary_section(runs: dict[str, RunDir], sets: list[ScoredSet]) -> str:
-    """The headline numbers of each part, one table: what was measured, its value, and how to read it. A replica
-    run's measurement is the mean ± its 95% interval over the seeds, each seed's value in a column beside it."""
+    """The headline numbers of each part, one table: what was measured, its value (each seed's too), how to read it."""
     rows = []  # [part, quantity, value, each seed's value (None for a single-seed run), how to read it]
     for kind, run in runs.items():
         if run.config.is_file():
@@ -146,18 +135,17 @@ def summary_section(runs: dict[str, RunDir], sets: list[ScoredSet]) -> str:
     if not rows:
         return ""
     if all(each is None for _, _, _, each, _ in rows):
-        return section("summary", "Results at a glance", table(("part", "quantity", "value", "how to read it"),
-                                                               ([p, q, v, note] for p, q, v, _, note in rows),
-                                                               "summary"))
+        body = table(("part", "quantity", "value", "how to read it"), ([p, q, v, note] for p, q, v, _, note in rows),
+                     "summary")
+        return section("summary", "Results at a glance", body)
     replicated = [f"{kind.upper()}: the {interval_name(len(folders))} ({', '.join(str(seed) for seed in folders)})"
                   for kind, run in runs.items() if None not in (folders := seed_folders(run))]
     intro = ("<p>Each number measured on several seeds is their mean ± the half-width of its 95% Student-t interval "
              f"(t<sub>0.975, n-1</sub> s / &radic;n), then each seed's value: {escape('; '.join(replicated))}. A "
              "count or a setting that every seed shares is shown once.</p>")
-    return section("summary", "Results at a glance",
-                   intro + table(("part", "quantity", "mean ± 95% interval", "each seed", "how to read it"),
-                                 ([p, q, v, "—" if each is None else each, note] for p, q, v, each, note in rows),
-                                 "summary"))
+    body = table(("part", "quantity", "mean ± 95% interval", "each seed", "how to read it"),
+                 ([p, q, v, "—" if each is None else each, note] for p, q, v, each, note in rows), "summary")
+    return section("summary", "Results at a glance", intro + body)
 
 
 def model_summary_rows(kind: str, run: RunDir) -> list[list[Any]]:
@@ -165,29 +153,27 @@ def model_summary_rows(kind: str, run: RunDir) -> list[list[Any]]:
     part, histories = kind.upper(), {seed: folder.read_metrics() for seed, folder in seed_folders(run).items()}
     asked = run.read_config()["config"].get("epochs")
     configured = f"of {asked} configured; " if isinstance(asked, int) and not isinstance(asked, bool) else ""
-    rows = [[part, "epochs trained", *combined({seed: len(records) for seed, records in histories.items()}),
+    rows = [[part, "epochs trained", *across_seeds({seed: len(records) for seed, records in histories.items()}),
              f"{configured}SPEC trains {SPEC_EPOCHS[kind]}"]]
     evaluations = seed_evaluations(run)
     if any(result is not None for result in evaluations.values()):
-        keys = dict.fromkeys(k for result in evaluations.values() if result for k in result if k in SUMMARY_LABELS)
-        return rows + [[part, SUMMARY_LABELS[k], *combined({seed: (result or {}).get(k)
-                                                            for seed, result in evaluations.items()}),
-                        SUMMARY_NOTES.get(k, "")] for k in keys]
+        keys = dict.fromkeys(k for result in evaluations.values() if result for k in result if k in SUMMARY_ROWS)
+        return rows + [[part, SUMMARY_ROWS[k][0], *across_seeds({seed: (result or {}).get(k)
+                                                                 for seed, result in evaluations.items()}),
+                        SUMMARY_ROWS[k][1]] for k in keys]
     last = {seed: records[-1] if records else {} for seed, records in histories.items()}
     keys = dict.fromkeys(k for record in last.values() for k in record if k in LAST_EPOCH_NOTES)
-    return rows + [[part, f"{k} (last epoch)", *combined({seed: record.get(k) for seed, record in last.items()}),
+    return rows + [[part, f"{k} (last epoch)", *across_seeds({seed: record.get(k) for seed, record in last.items()}),
                     LAST_EPOCH_NOTES[k]] for k in keys]
 
 
 def score_cells(scores: dict[int | None, SetScore]) -> list[Any]:
-    """[Frechet distance, classifier score] of a set scored on one seed, or their means ± 95% intervals over the
-    seeds of a replica run."""
+    """[Frechet distance, classifier score] of a set scored once, or over a replica run's seeds (:func:`measured`)."""
     return [measured({seed: score.frechet_distance for seed, score in scores.items()}),
             measured({seed: score.classifier_score for seed, score in scores.items()})]
 
 
 def score_pair(scores: dict[int | None, SetScore]) -> Markup:
-    """"Frechet distance / classifier score" (:func:`score_cells`)."""
     return Markup(" / ".join(cell_html(cell) for cell in score_cells(scores)))
 
 
@@ -197,21 +183,15 @@ def each_seed_pair(scores: dict[int | None, SetScore]) -> Markup | None:
 
 
 def score_summary_rows(sets: list[ScoredSet]) -> list[list[Any]]:
-    """The real-vs-real reference, then the Frechet distance and classifier score of each scored set of images (over
-    the seeds of a replica run)."""
-    reference = next((score.reference for found in sets for _, score in found.scores.values() if score.reference),
-                     None)
+    """The real-vs-real reference, then the Frechet distance and classifier score of each scored set of images."""
+    reference = first_reference(sets)
     rows: list[list[Any]] = [] if reference is None else [
         ["score", "real vs real: Frechet distance / classifier score", score_pair({None: reference}), None,
          "the floor: real training images against the real test images"]]
     for found in sets:
-        scores = {seed: score for seed, (_, score) in found.scores.items()}
-        rows.append(["score", f"{found.title}: Frechet distance / classifier score", score_pair(scores),
-                     each_seed_pair(scores), "distance: lower is closer to MNIST; score: up to 10"])
+        rows.append(["score", f"{found.title}: Frechet distance / classifier score", score_pair(found.scores),
+                     each_seed_pair(found.scores), "distance: lower is closer to MNIST; score: up to 10"])
     return rows
-
-
-# --------------------------------------------------------------------------- a run: one seed, or replicas
 
 
 def run_figures(run: RunDir, kind: str) -> list[tuple[str, bytes, str]]:
@@ -224,9 +204,8 @@ def run_figures(run: RunDir, kind: str) -> list[tuple[str, bytes, str]]:
 
 
 def seed_figures(run: RunDir, kind: str, folders: dict[int | None, RunDir]) -> list[tuple[str, bytes, str]]:
-    """The figures of a run; a replica run's each say whose model they show: RUN/figures (where the model commands
-    draw the first seed's model, and the training curves of every seed), else the first seed's own figures but its
-    single-seed training curves."""
+    """The figures of a run; a replica run's say whose model they show: those of RUN/figures (the first seed's model,
+    the training curves of every seed), else the first seed's own but its training curves."""
     first_seed, first = next(iter(folders.items()))
     own = run_figures(run, kind)
     if first_seed is None:
@@ -264,8 +243,8 @@ def grids_gallery(run: RunDir, whose: str = "") -> str:
 
 def numbers_part(histories: dict[int | None, list[dict[str, Any]]],
                  evaluations: dict[int | None, dict[str, Any] | None]) -> str:
-    """The last epoch's metrics and the evaluation of a run; of a replica run, after how to read its intervals, each
-    seed's (a column each) beside their mean ± 95% interval."""
+    """The last epoch's metrics and the evaluation of a run; of a replica run, how to read its intervals, then each
+    quantity's :func:`seeds_table`."""
     if None in histories:
         records, evaluation = histories[None], evaluations[None]
         return ((f"<p>{escape(len(records))} epoch(s) trained; last epoch's metrics:</p>"
@@ -285,27 +264,24 @@ def numbers_part(histories: dict[int | None, list[dict[str, Any]]],
 
 
 def run_section(run: RunDir, kind: str) -> str:
-    """Figures, evaluation, curves, metrics, configuration and data provenance of one VAE or GAN run; of a replica
-    run, each seed's numbers after their mean ± 95% interval, the figures of the first seed, the training curves of
-    every seed and each seed's metrics."""
+    """Numbers, figures, curves, metrics, configuration and data provenance of one VAE or GAN run (of each seed)."""
     title = MODEL_TITLES[kind]
     if not run.config.is_file():
         return section(kind, title, "<p class='missing'>This stage has not produced a run folder yet.</p>")
     folders = seed_folders(run)
     histories = {seed: folder.read_metrics() for seed, folder in folders.items()}
-    (first_seed, first), n = next(iter(folders.items())), len(folders)
+    first_seed, first = next(iter(folders.items()))
     parts = [numbers_part(histories, seed_evaluations(run))]
     figures = seed_figures(run, kind, folders)
     parts += [figure_html(png, caption, f"{title}: {name}") for name, png, caption in figures]
-    whose, caption = "", "Training curves: the metrics of metrics.jsonl after each epoch."
-    if first_seed is not None:
-        whose = f" of {n} seeds"
-        caption = (f"Training curves of every seed ({', '.join(map(str, folders))}), one line per seed and metric "
+    whose = "" if first_seed is None else f" of {len(folders)} seeds"
+    if not any(name == CURVES_FIGURE[kind] for name, _, _ in figures):  # no curves of its own: the report draws them
+        curves = history_curves(histories, f"{title}: training curves{whose}")
+        caption = ("Training curves: the metrics of metrics.jsonl after each epoch." if first_seed is None else
+                   f"Training curves of every seed ({', '.join(map(str, folders))}), one line per seed and metric "
                    "(labelled seed S): the metrics of each seed's metrics.jsonl after each epoch.")
-    curves = None if any(name == CURVES_FIGURE[kind] for name, _, _ in figures) else history_curves(
-        histories, f"{title}: training curves{whose}")
-    if curves is not None:
-        parts.append(figure_html(figure_png(curves), caption, f"{title}: training curves{whose}"))
+        if curves is not None:
+            parts.append(figure_html(figure_png(curves), caption, f"{title}: training curves{whose}"))
     parts.append(grids_gallery(first, "" if first_seed is None else f" of seed {first_seed} (the first seed)"))
     parts.append("<h3>Metrics by epoch</h3>" + "".join(
         ("" if seed is None else f"<p>Seed {seed} (<code>seed={seed}/metrics.jsonl</code>):</p>")
@@ -335,28 +311,29 @@ def data_html(provenance: dict[str, Any]) -> str:
         provenance)
 
 
-# --------------------------------------------------------------------------- sample quality
+def first_reference(sets: list[ScoredSet]) -> ReferenceScore | None:
+    """The real-vs-real reference of the first score file that holds one."""
+    return next((score.reference for found in sets for score in found.scores.values() if score.reference), None)
 
 
-def samples_preview(images_file: Path) -> bytes | None:
-    """The first images of a scored .npy or .npz as one tiled PNG (None if the file is gone or not images)."""
-    if not images_file.is_file():
-        return None
-    try:
-        images = load_images(images_file)  # checked as `score` checks it: (N, 28, 28), in [0, 1]
-    except MnistgenError:
-        return None  # not an array of images (the score was computed from another file, or it was replaced)
-    rows, cols = SAMPLE_PREVIEW
-    return array_png(tile(images[: rows * cols], rows, cols), SAMPLE_PREVIEW_SCALE)
+def samples_preview(found: ScoredSet) -> bytes | None:
+    """The first images of a set (NAME.npz, else NAME.npy, beside its first score file) as one tiled PNG, or None."""
+    for path in (found.folder / f"{found.name}.npz", found.folder / f"{found.name}.npy"):
+        try:
+            images = load_images(path)  # checked as `score` checks it: (N, 28, 28), in [0, 1]
+        except MnistgenError:
+            continue  # gone, or not images (the score was computed from another file, or it was replaced)
+        rows, cols = SAMPLE_PREVIEW
+        return array_png(tile(images[: rows * cols], rows, cols), SAMPLE_PREVIEW_SCALE)
+    return None
 
 
 def scores_section(sets: list[ScoredSet]) -> str:
-    """The scores of every set of images beside the real-vs-real reference, and a preview of each set. A set scored
-    for each seed of a replica run has a row of its mean ± 95% interval over the seeds, then one row per seed."""
+    """The scores of every set of images (of each seed, after their mean ± 95% interval) beside the real-vs-real
+    reference, and a preview of each set."""
     if not sets:
         return ""
-    scores = [score for found in sets for _, score in found.scores.values()]
-    reference = next((score.reference for score in scores if score.reference is not None), None)
+    reference = first_reference(sets)
     rows = []
     if reference is not None:
         rows.append([Markup(f"<b>real vs real</b> (reference: {escape(reference.what)})"), reference.n_images,
@@ -364,13 +341,12 @@ def scores_section(sets: list[ScoredSet]) -> str:
                      histogram_html(reference.class_histogram)])
     for found in sets:
         if None not in found.scores:
-            each = {seed: score for seed, (_, score) in found.scores.items()}
-            rows.append([Markup(f"<b>{escape(found.title)}</b>: mean ± {escape(interval_name(len(each)))}"),
-                         across_seeds({seed: score.n_images for seed, score in each.items()})[0],
-                         *score_cells(each), ""])
+            rows.append([Markup(f"<b>{escape(found.title)}</b>: mean ± {escape(interval_name(len(found.scores)))}"),
+                         across_seeds({seed: score.n_images for seed, score in found.scores.items()})[0],
+                         *score_cells(found.scores), ""])
         rows += [[found.title if seed is None else f"{found.title}, seed {seed}", score.n_images,
                   score.frechet_distance, score.classifier_score, histogram_html(score.class_histogram)]
-                 for seed, (_, score) in found.scores.items()]
+                 for seed, score in found.scores.items()]
     body = ("<p>Each set of images is passed through mnistgen's own MNIST classifier. <b>Frechet distance</b>: "
             "between the classifier's features of the images and of the 10,000 test images (lower is closer to "
             "MNIST; it grows as the number of images shrinks, so compare sets of equal size). <b>Classifier "
@@ -378,14 +354,13 @@ def scores_section(sets: list[ScoredSet]) -> str:
             "The first row is real against real: the floor a perfect model would reach.</p>"
             + table(("images", "N", "Frechet distance", "classifier score", "predicted classes 0-9"), rows,
                     "scores"))
-    classifier = next((score.classifier for score in scores if score.classifier is not None), None)
+    classifier = next((score.classifier for found in sets for score in found.scores.values()
+                       if score.classifier is not None), None)
     if classifier is not None:
         body += "<p>Classifier: " + value_html(classifier) + "</p>"
     previews = []
     for found in sets:
-        seed, (path, _) = next(iter(found.scores.items()))  # a replica run's: its first seed's
-        png = next((preview for suffix in (".npz", ".npy")
-                    if (preview := samples_preview(path.with_name(found.name + suffix))) is not None), None)
+        seed, png = next(iter(found.scores)), samples_preview(found)  # a replica run's: its first seed's
         whose = "" if seed is None else f", seed {seed} (the first of {len(found.scores)} seeds)"
         if png is not None:
             previews.append(figure_html(png, f"The first {SAMPLE_PREVIEW[0] * SAMPLE_PREVIEW[1]} of the scored "
@@ -394,9 +369,6 @@ def scores_section(sets: list[ScoredSet]) -> str:
     if previews:
         body += f'<div class="gallery">{"".join(previews)}</div>'
     return section("scores", "Sample quality", body)
-
-
-# --------------------------------------------------------------------------- stages, versions, machine
 
 
 def stages_section(stages: dict[str, Any] | None) -> str:
