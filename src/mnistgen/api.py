@@ -158,19 +158,16 @@ class Run:
         the command saves.
         """
         n = _check_count(n)
-        if self.kind == "vae":
-            from .evaluate.vae import sample_prior
+        _validate((VAEEvalConfig if self.kind == "vae" else GANSampleConfig)(seed=seed))
+        seed = self.config.seed if seed is None else seed
+        if self.kind == "gan":
+            from .evaluate.gan import sample_images
 
-            options = VAEEvalConfig(seed=seed)
-            _validate(options)
-            generator = torch.Generator(device=self.device)
-            generator.manual_seed(self.config.seed if seed is None else seed)
-            _, images = sample_prior(self.vae, n, generator)
-            return images.reshape(n, IMAGE_SIDE, IMAGE_SIDE).float().cpu().numpy()
-        from .evaluate.gan import sample_images
+            return sample_images(self.generator, n, seed)
+        from .evaluate.vae import sample_prior
 
-        _validate(GANSampleConfig(seed=seed))
-        return sample_images(self.generator, n, self.config.seed if seed is None else seed)
+        _, images = sample_prior(self.vae, n, torch.Generator(device=self.device).manual_seed(seed))
+        return images.reshape(n, IMAGE_SIDE, IMAGE_SIDE).float().cpu().numpy()
 
     @torch.inference_mode()
     def encode(self, images: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -237,20 +234,19 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "auto", seed:
     a single-seed run).
     """
     from .evaluate.replicas import first_seed
-    from .files import read_json
+    from .files import read_json, to_stderr
 
     top = RunDir(path).require()
     seeds = tuple(replica for replica, _ in top.replicas())
     if seed is None:
-        run = first_seed(top, "loading", say=_note, another="load_run(RUN, seed=N) loads another")
+        run = first_seed(top, "loading", say=to_stderr, another="load_run(RUN, seed=N) loads another")
     elif seed in seeds:
         run = top.seed_run(int(seed))
     elif seeds:
         raise MnistgenError(f"{top.path}: no replica of seed {seed!r} here (its seeds: {', '.join(map(str, seeds))})")
     else:
         raise MnistgenError(f"{top.path}: a single-seed run; seed= chooses one seed of a replica run")
-    saved = run.read_config()
-    kind = saved.get("kind") if isinstance(saved, dict) else None
+    kind = run.read_config().get("kind")
     if kind == "reproduce":
         raise MnistgenError(f"{run.path}: a reproduction folder; load one of its runs: {run.path / 'vae'} or "
                             f"{run.path / 'gan'}")
@@ -278,12 +274,6 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "auto", seed:
         models = {"generator": generator, "discriminator": discriminator.to(resolved).eval()}
     evaluation = read_json(run.eval) if run.eval.is_file() else None
     return Run(run.path, kind, config, run.read_metrics(), evaluation, epochs, resolved, models, seeds)
-
-
-def _note(line: str) -> None:
-    import sys
-
-    print(line, file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- training

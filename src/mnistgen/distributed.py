@@ -45,11 +45,6 @@ EXIT_USER_ERROR = 1  # as mnistgen.cli
 EXIT_INTERRUPTED = 130
 
 
-def launched_by_torchrun() -> bool:
-    """True where torchrun (or another launcher setting its variables) started this process."""
-    return all(name in os.environ for name in TORCHRUN_VARIABLES)
-
-
 def is_main_process() -> bool:
     """True unless this is a non-zero rank of an initialised torch.distributed job."""
     return rank_and_size()[0] == 0
@@ -67,14 +62,13 @@ def rank_and_size() -> tuple[int, int]:
 
 @contextlib.contextmanager
 def torchrun_job() -> Iterator[None]:
-    """Inside the block, this process belongs to its torchrun job's process group (where torchrun started it with
-    more than one process; otherwise nothing happens). The group is destroyed when the block ends, however it ends.
-
-    On ranks other than 0, an error that every rank raised (those of :func:`ranks_agree` and
-    :func:`from_main_rank`, a NaN: rank 0 prints it) and a Ctrl-C end the process with its exit status and no
-    message; another :class:`MnistgenError` (one only this rank met) is named with the rank: ``rank 3: ...``."""
-    if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) <= 1 or (dist.is_available()
-                                                                            and dist.is_initialized()):
+    """Inside the block, this process belongs to its torchrun job's process group, destroyed however the block ends
+    (nothing happens without torchrun's variables, or with one process). On ranks other than 0, an error that every
+    rank raised (those of :func:`ranks_agree` and :func:`from_main_rank`, a NaN: rank 0 prints it) and a Ctrl-C end
+    the process with its exit status and no message; another :class:`MnistgenError` (one only this rank met) is
+    named with the rank: ``rank 3: ...``."""
+    launched = all(name in os.environ for name in TORCHRUN_VARIABLES)  # by torchrun, or a launcher setting them
+    if not launched or int(os.environ["WORLD_SIZE"]) <= 1 or (dist.is_available() and dist.is_initialized()):
         yield
         return
     rank = int(os.environ["RANK"])
@@ -126,15 +120,15 @@ def _join_process_group() -> None:
 
 
 def check_device(device: torch.device) -> None:
-    """Under torchrun on CUDA, each process of a machine needs its own GPU (``cuda:LOCAL_RANK``)."""
-    if device.type == "mps" and rank_and_size()[1] > 1:
+    """Under torchrun on CUDA, each process of a machine needs its own GPU (``cuda:LOCAL_RANK``); MPS has one."""
+    if rank_and_size()[1] == 1:
+        return
+    if device.type == "mps":
         raise MnistgenError("torchrun: training on MPS with more than one process is not supported; "
                             "use --device cpu")
-    if device.type == "cuda" and rank_and_size()[1] > 1:
-        local_rank, gpus = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
-        if local_rank >= gpus:
-            raise MnistgenError(f"torchrun started more processes on this machine than it has GPUs ({gpus}): give "
-                                f"--nproc-per-node {gpus} at most, or --device cpu")
+    if device.type == "cuda" and int(os.environ.get("LOCAL_RANK", 0)) >= (gpus := torch.cuda.device_count()):
+        raise MnistgenError(f"torchrun started more processes on this machine than it has GPUs ({gpus}): give "
+                            f"--nproc-per-node {gpus} at most, or --device cpu")
 
 
 # --------------------------------------------------------------------------- errors that every rank raises
@@ -241,12 +235,8 @@ def rank_share(batch_length: int, rank: int, world_size: int) -> tuple[int, int]
 
 def average_over_ranks(tensors: list[torch.Tensor]) -> None:
     """Replace each tensor by its mean over the ranks of a torchrun job; nothing to do in one process."""
-    world_size = rank_and_size()[1]
-    if world_size == 1:
-        return
     for tensor in tensors:
-        dist.all_reduce(tensor)
-        tensor.div_(world_size)
+        sum_over_ranks(tensor, mean=True)
 
 
 def average_gradients(optimizer: torch.optim.Optimizer) -> None:

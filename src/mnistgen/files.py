@@ -10,6 +10,7 @@ import io
 import json
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,6 +20,11 @@ from typing import Any
 from .errors import MnistgenError
 
 FIGURE_DPI = 100  # every PNG figure mnistgen writes
+
+
+def to_stderr(line: str) -> None:
+    """Print ``line`` on stderr: the default ``say`` of notes and warnings, which are not a command's output."""
+    print(line, file=sys.stderr)
 
 
 def _umask() -> int:
@@ -72,15 +78,12 @@ def replacing(path: str | os.PathLike, suffix: str = TEMPORARY_SUFFIX) -> Iterat
             temporary.unlink(missing_ok=True)  # after the rename there is nothing left to remove
 
 
-def remove_temporaries(folder: str | os.PathLike, names: tuple[str, ...]) -> list[Path]:
+def remove_temporaries(folder: str | os.PathLike, names: tuple[str, ...]) -> None:
     """Remove what :func:`replacing` left in ``folder`` for the files ``names`` when its process was killed
-    (``.<name>.<random>.tmp``); call it only while no other process may be writing them. Returns the removed."""
-    removed = []
+    (``.<name>.<random>.tmp``); call it only while no other process may be writing them."""
     for name in names:
         for leftover in Path(folder).glob(f"{temporary_prefix(Path(name))}*{TEMPORARY_SUFFIX}"):
             leftover.unlink(missing_ok=True)
-            removed.append(leftover)
-    return removed
 
 
 def check_output_file(path: str | os.PathLike, flag: str = "--out") -> Path:

@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .config import NON_NEGATIVE, POSITIVE, GANConfig, VAEConfig, config_from_settings, option
+from .config import NON_NEGATIVE, POSITIVE, GANConfig, VAEConfig, config_from_settings, option, validate
 from .errors import MnistgenError, UsageError
+from .files import atomic_write
 from .stats import Interval, interval, t_quantile_975  # noqa: F401 - t_quantile_975 re-exported
 
 SPEC_KEYS = ("model", "seeds", "replicas", "base", "grid", "list")
@@ -400,8 +401,6 @@ def run_sweep(sweep_file: str | os.PathLike, out: str | os.PathLike, options: Sw
               say: Callable[[str], None] = print) -> SweepResult:
     """Run every trial of ``sweep_file`` not yet finished under ``out``, write the summary, return the results
     (failed trials included)."""
-    from .config import validate
-
     options = options or SweepOptions()
     validate(options)
     sweep = read_sweep(sweep_file)
@@ -529,8 +528,6 @@ def summary_html(sweep: Sweep, summaries: list[ConfigurationSummary], results: S
 
 def write_summary(sweep: Sweep, out: Path, results: Sequence[TrialResult],
                   options: SweepOptions) -> tuple[Path, Path]:
-    from .files import atomic_write
-
     summaries = summarize(sweep, results)
     paths = out / "summary.csv", out / "summary.html"
     for path, text in zip(paths, (summary_csv(sweep, summaries), summary_html(sweep, summaries, results, options)),

@@ -36,19 +36,19 @@ def register(subparsers) -> None:
     fixed.set_defaults(func=_fixed_encoder)
 
 
-def _config(cls, args: argparse.Namespace, run):
-    """Flags override the defaults, and the data settings default to the run's own."""
+def _run_and_config(cls: type, args: argparse.Namespace) -> tuple:
+    """The run folder RUN, and ``cls`` from the flags over the defaults, the data settings defaulting to RUN's."""
     from ..experiments import run_data_config
+    from ..runs import RunDir
 
-    return config_from_args(cls, args, base=cls(data=run_data_config(run)))
+    run = RunDir(args.run).require()
+    return run, config_from_args(cls, args, base=cls(data=run_data_config(run)))
 
 
 def _elbo_estimators(args: argparse.Namespace) -> int:
     from ..experiments import run_elbo_estimators
-    from ..runs import RunDir
 
-    run = RunDir(args.run).require()
-    record = run_elbo_estimators(run, _config(ElboEstimatorsConfig, args, run))
+    record = run_elbo_estimators(*_run_and_config(ElboEstimatorsConfig, args))
     summary, gradients = record["summary"], record["gradients"]
     print(f"ELBO, mean over images and draws: Eq. 1 {record['elbo']['eq1']['mean']:.3f}, "
           f"Eq. 2 {record['elbo']['eq2']['mean']:.3f}")
@@ -64,10 +64,8 @@ def _elbo_estimators(args: argparse.Namespace) -> int:
 
 def _fixed_encoder(args: argparse.Namespace) -> int:
     from ..experiments import run_fixed_encoder
-    from ..runs import RunDir
 
-    run = RunDir(args.run).require()
-    record = run_fixed_encoder(run, _config(FixedEncoderConfig, args, run))
+    record = run_fixed_encoder(*_run_and_config(FixedEncoderConfig, args))
     for name, values in record["test_elbo"].items():
         print(f"test ELBO, q = {name}: {values['mean']:.3f} (standard error {values['standard_error']:.3f})")
     print(f"wrote {record['figure']} and its .json, .npz", file=sys.stderr)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import shlex
-import sys
 from pathlib import Path
 
 from ..config import ClassifierConfig, ScoreConfig, add_config_arguments, config_from_args
@@ -111,5 +110,5 @@ def run_train(args: argparse.Namespace) -> int:
     meta = train_and_save(config, args.out, raw, device, _command_line(args, config))
     print(f"best epoch {meta['best_epoch']}: validation accuracy {meta['validation_accuracy']:.4f}, "
           f"test accuracy {meta['test_accuracy']:.4f}; sha256 {meta['sha256']}")
-    print(f"written: {shlex.quote(args.out)}/{meta['file']} and its .json", file=sys.stdout)
+    print(f"written: {shlex.quote(args.out)}/{meta['file']} and its .json")
     return 0

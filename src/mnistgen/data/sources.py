@@ -14,7 +14,6 @@ mnist-sample`` selects it on purpose. Other datasets, and named folders, have no
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 
 from ..config import DataConfig
 from ..errors import DataError
+from ..files import to_stderr
 from .cache import VerdictStore, cache_root
 from .download import DownloadError, download_file, mirror_list
 from .idx import decode_idx, read_bytes
@@ -89,10 +89,6 @@ class FilesUnavailable(DataError):
     """Some files are neither on disk nor obtainable (offline, or no mirror delivered them)."""
 
 
-def _log(line: str) -> None:
-    print(line, file=sys.stderr)
-
-
 def offline_requested(data: DataConfig) -> bool:
     """``--offline`` or ``MNISTGEN_OFFLINE`` set to 1/true/yes/on (0/false/no/off or empty mean online)."""
     word = os.environ.get(OFFLINE_ENV, "").strip().lower()
@@ -137,7 +133,7 @@ def check_file(path: Path, spec: FileSpec, store: VerdictStore | None) -> LocalF
     return LocalFile(spec, path, hashes, content)
 
 
-def obtain_files(spec: DatasetSpec, data: DataConfig, store: VerdictStore, log: Callable[[str], None] = _log,
+def obtain_files(spec: DatasetSpec, data: DataConfig, store: VerdictStore, log: Callable[[str], None] = to_stderr,
                  folder: DataFolder | None = None) -> tuple[DataFolder, dict[str, LocalFile]]:
     """Every file of ``spec``, verified: found in the data folder (``folder``, default :func:`data_folder`), else
     downloaded into it."""
@@ -183,11 +179,11 @@ def _sample(requested: str | None = None, reason: str | None = None) -> RawData:
         provenance.update(requested_dataset=requested, fallback_reason=reason)
         if requested not in _ANNOUNCED_FALLBACKS:
             _ANNOUNCED_FALLBACKS.add(requested)
-            _log(f"mnistgen: WARNING: using the {len(arrays['train_labels']) + len(arrays['test_labels']):,}-digit "
-                 f"MNIST sample shipped with mnistgen ({len(arrays['train_labels']):,} train / "
-                 f"{len(arrays['test_labels']):,} test images), NOT full MNIST: {reason}. Results are not comparable "
-                 f"with full-MNIST numbers; run `mnistgen data fetch` to get MNIST, or pass --dataset mnist-sample "
-                 f"to use the sample on purpose.")
+            train, test = len(arrays["train_labels"]), len(arrays["test_labels"])
+            to_stderr(f"mnistgen: WARNING: using the {train + test:,}-digit MNIST sample shipped with mnistgen "
+                      f"({train:,} train / {test:,} test images), NOT full MNIST: {reason}. Results are not "
+                      "comparable with full-MNIST numbers; run `mnistgen data fetch` to get MNIST, or pass --dataset "
+                      "mnist-sample to use the sample on purpose.")
     return RawData(**arrays, provenance=provenance)
 
 
@@ -262,7 +258,7 @@ def verify_files(data: DataConfig) -> tuple[DataFolder | None, list[FileReport]]
     return folder, reports
 
 
-def fetch_files(data: DataConfig, log: Callable[[str], None] = _log) -> tuple[DataFolder | None, list[FileReport]]:
+def fetch_files(data: DataConfig, log: Callable[[str], None] = to_stderr) -> tuple[DataFolder | None, list[FileReport]]:
     """Make sure every file is present and verified, downloading what is missing (no stand-in sample)."""
     if data.dataset == SAMPLE_DATASET:
         return None, _sample_report()
