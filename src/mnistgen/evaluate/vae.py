@@ -132,15 +132,6 @@ def choose_pairs(labels: torch.Tensor, pairs: int, generator: torch.Generator) -
     return chosen
 
 
-def latent_grid(points: int = MANIFOLD_POINTS,
-                half_width: float = MANIFOLD_HALF_WIDTH) -> tuple[np.ndarray, torch.Tensor]:
-    """A regular grid over [-half_width, half_width]^2 in image order (rows from high z2 to low, columns
-    from low z1 to high): the axis values (points,) and the points (points*points, 2) as (z1, z2)."""
-    axis = np.linspace(-half_width, half_width, points)
-    z1, z2 = np.meshgrid(axis, axis[::-1])
-    return axis, torch.from_numpy(np.stack([z1.ravel(), z2.ravel()], axis=1).astype(np.float32))
-
-
 @dataclass(frozen=True)
 class TrainedVAE:
     config: VAEConfig
@@ -148,10 +139,6 @@ class TrainedVAE:
     epochs: int  # completed epochs in the checkpoint
     steps: int  # steps of the next epoch already taken (a run stopped by Ctrl-C mid-epoch), else 0
     device: torch.device
-
-
-def load_vae_protocol(config: VAEConfig) -> Protocol:
-    return load_protocol(config.protocol, load_raw(config.data), config.validation_size)
 
 
 def pin_run_data(run: RunDir, config: VAEConfig) -> VAEConfig:
@@ -177,7 +164,8 @@ def check_same_data(run: RunDir, provenance: dict) -> None:
 
 def load_run_protocol(run: RunDir, config: VAEConfig) -> Protocol:
     """The protocol of a trained run, from the very data it was trained on (or a one-line error)."""
-    protocol = load_vae_protocol(pin_run_data(run, config))
+    config = pin_run_data(run, config)
+    protocol = load_protocol(config.protocol, load_raw(config.data), config.validation_size)
     check_same_data(run, protocol.provenance)
     return protocol
 
@@ -310,8 +298,10 @@ def write_figures(run: RunDir, options: VAEEvalConfig | None = None) -> list[Pat
         pair_labels.append((int(data.train_labels[a]), int(data.train_labels[b])))
     figures["interpolation"] = plots.interpolation_figure(np.stack(rows), pair_labels, INTERPOLATION_ALPHAS, classes)
 
-    if config.latent_dim == 2:
-        axis, grid = latent_grid()
+    if config.latent_dim == 2:  # a grid in image order: rows from high z2 to low, columns from low z1 to high
+        axis = np.linspace(-MANIFOLD_HALF_WIDTH, MANIFOLD_HALF_WIDTH, MANIFOLD_POINTS)
+        z1, z2 = np.meshgrid(axis, axis[::-1])
+        grid = torch.from_numpy(np.stack([z1.ravel(), z2.ravel()], axis=1).astype(np.float32))  # (P*P, 2)
         figures["manifold"] = plots.manifold_figure(to_numpy(decode(model, grid.to(device))), axis)
     if replicas:
         figures["curves"] = plots.replica_curves_figure({seed: seed_run.read_metrics() for seed, seed_run in replicas})

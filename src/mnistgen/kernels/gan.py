@@ -18,6 +18,7 @@ import torch
 
 from ..models.gan import Discriminator, Generator
 from .native import check_tensor, checked_pointer, load_gan_library
+from .native import kernel_threads as _threads
 
 # What gan_cpu.c's code is written for, as it reports it (mnistgen_gan_layout)
 LANES = 8  # D's images per vector register
@@ -49,10 +50,6 @@ def _pieces(prefix: str, pieces: tuple[tuple[str, tuple[int, ...]], ...]) -> dic
 LAYOUT = {"lanes": LANES, "pixels": PIXELS, "d.parameters": D_PARAMETERS, **_pieces("d", D_PIECES),
           "g.parameters": G_PARAMETERS, **_pieces("g", G_PIECES), "g.input": G_INPUT, "g.kept": G_KEPT,
           "g.chunk": G_CHUNK}
-
-
-def _threads() -> int:
-    return max(1, torch.get_num_threads())
 
 
 def _check(status: int, what: str) -> None:

@@ -27,6 +27,7 @@ import torch
 from ..errors import MnistgenError
 from ..models.vae import VAE
 from .native import check_tensor, checked_pointer, load_vae_library
+from .native import kernel_threads as _threads
 
 _P = ctypes.c_void_p
 
@@ -228,7 +229,3 @@ class NativeVAEStep:
         adam = _AdamStep(beta1=beta1, beta2=beta2, step_size=lr / (1.0 - beta1 ** self.adam_steps),
                          bias_correction2_sqrt=math.sqrt(1.0 - beta2 ** self.adam_steps), eps=eps)
         self.library.mnistgen_adam(*buffers, count, ctypes.byref(adam), _threads())
-
-
-def _threads() -> int:
-    return max(1, torch.get_num_threads())

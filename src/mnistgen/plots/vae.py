@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
@@ -55,7 +56,7 @@ def latent_figure(means: np.ndarray, labels: np.ndarray, classes: Sequence[str] 
     colored by its class, labels (N,) 0-9."""
     figure = Figure(figsize=(7.5, 6.5), layout="constrained")
     axis = figure.subplots()
-    palette = _tab10()
+    palette = list(colormaps["tab10"].colors)
     order = np.random.default_rng(0).permutation(len(means))  # draw classes interleaved, not one on top
     colors = np.asarray(palette)[labels[order] % len(palette)]
     axis.scatter(means[order, 0], means[order, 1], c=colors, s=2, alpha=0.6, linewidths=0, rasterized=True)
@@ -69,12 +70,6 @@ def latent_figure(means: np.ndarray, labels: np.ndarray, classes: Sequence[str] 
     title = "Latent space: each training image encoded to the mean of q(z|x)"
     axis.set_title(f"{title}\n{subtitle}" if subtitle else title, fontsize=10)
     return figure
-
-
-def _tab10() -> list[Any]:
-    from matplotlib import colormaps
-
-    return list(colormaps["tab10"].colors)
 
 
 def interpolation_figure(rows: np.ndarray, pairs: Sequence[tuple[int, int]], alphas: Sequence[float],
@@ -155,7 +150,7 @@ def replica_curves_figure(histories: Mapping[int, Sequence[dict[str, Any]]]) -> 
     columns = 1 if zoom_from is None else 2
     figure = Figure(figsize=(7.5 if columns == 1 else 12.0, 0.6 + 3.4 * max(1, len(series))), layout="constrained")
     axes = figure.subplots(max(1, len(series)), columns, squeeze=False)
-    colours = _tab10()
+    colours = list(colormaps["tab10"].colors)
     for row, key in enumerate(series):
         last = max(x for curves in per_seed.values() for x, _ in curves.get(key, []))
         for column, axis in enumerate(axes[row]):
