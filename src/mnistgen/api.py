@@ -324,20 +324,27 @@ def train_gan(out: str | os.PathLike, *, resume: bool = False, show_progress: bo
 
     Returns the :class:`Run`, its G and D on the device it trained on: ``run.sample(n)`` -> G(z), (n, 28, 28).
     """
-    from .data.protocols import load_protocol
-    from .data.sources import load_raw
-    from .train.common import check_run_folder
-    from .train.gan import RESUMABLE_FIELDS
-    from .train.gan import train_gan as train
-
     run = RunDir(out)
     base = run.read_config_as("gan", GANConfig, "a GAN run") if resume else None
     config = config_from_settings(GANConfig, settings, base, "train_gan")
-    check_run_folder(run, resume, "gan", config, RESUMABLE_FIELDS, say=lambda line: None)  # before the data
-    protocol = load_protocol("gan", load_raw(config.data))
-    train(config, protocol.train_images, run, resume=resume, provenance=protocol.provenance,
-          show_progress=show_progress)
+    train_gan_into(run, config, resume, show_progress)
     return load_run(run.path, config.device)
+
+
+def train_gan_into(run: RunDir, config: GANConfig, resume: bool, show_progress: bool | None = None) -> list | dict:
+    """Train ``config`` into ``run`` as ``mnistgen gan train`` does, also under torchrun: the folder is checked (by
+    rank 0) before the data are loaded (by each machine's local rank 0 first: a download happens once)."""
+    from .data.protocols import load_protocol
+    from .data.sources import load_raw
+    from .distributed import from_main_rank, main_rank_first
+    from .train.common import check_run_folder
+    from .train.gan import RESUMABLE_FIELDS, train_gan
+
+    from_main_rank(lambda: check_run_folder(run, resume, "gan", config, RESUMABLE_FIELDS, say=lambda line: None)
+                   and None)
+    protocol = main_rank_first(lambda: load_protocol("gan", load_raw(config.data)))
+    return train_gan(config, protocol.train_images, run, resume=resume, provenance=protocol.provenance,
+                     show_progress=show_progress)
 
 
 # --------------------------------------------------------------------------- the score

@@ -61,25 +61,14 @@ def register(subparsers) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from ..config import is_replicated
-    from ..data.protocols import load_protocol
-    from ..data.sources import load_raw
-    from ..distributed import from_main_rank, main_rank_first
-    from ..train.common import check_run_folder
-    from ..train.gan import RESUMABLE_FIELDS, train_gan
-
-    def train(config: GANConfig, run: RunDir) -> list | dict:
-        if not is_replicated(config):
-            from_main_rank(lambda: check_run_folder(run, args.resume, "gan", config, RESUMABLE_FIELDS,
-                                                    say=lambda line: None) and None)  # before the data
-        protocol = main_rank_first(lambda: load_protocol("gan", load_raw(config.data)))  # a download happens once
-        return train_gan(config, protocol.train_images, run, resume=args.resume, provenance=protocol.provenance)
+    from ..api import train_gan_into
 
     def summary(last: dict) -> str:
         return (f"D loss {last['d_loss']:.3f}, G loss {last['g_loss']:.3f}, mean D(x) {last['d_real']:.3f}, "
                 f"mean D(G(z)) {last['d_fake']:.3f}")
 
-    return train_command(args, "gan", GANConfig, train, summary)
+    return train_command(args, "gan", GANConfig, lambda config, run: train_gan_into(run, config, args.resume),
+                         summary)
 
 
 def run_plot(args: argparse.Namespace) -> int:
