@@ -537,8 +537,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, exclude: tu
         help_text = _help(f, default)
         flag = _flag(f.name)
         if tp is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
-                                default=None, help=help_text)
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif typing.get_origin(tp) is Literal:
             choices = list(typing.get_args(tp))
             parser.add_argument(flag, dest=f.name, choices=choices, default=None, help=help_text)

@@ -294,11 +294,7 @@ def experiment_paths(run: RunDir, name: str) -> tuple[Path, Path]:
     return folder / f"{name}.json", folder / f"{name}.png"
 
 
-def run_data_config(run: RunDir) -> DataConfig:
-    return _load_vae_config(run).data
-
-
-def _load_vae_config(run: RunDir) -> VAEConfig:
+def vae_config(run: RunDir) -> VAEConfig:
     return run.read_config_as("vae", VAEConfig, "a VAE run (the experiments need a VAE run, from mnistgen vae train)")
 
 
@@ -320,7 +316,7 @@ def _jsonable(value: Any) -> Any:
 def _load(run: RunDir, device: str, data: DataConfig):
     from .evaluate.vae import load_run_protocol, load_trained_vae
 
-    _load_vae_config(run)  # a clear error for a non-VAE folder before anything heavy
+    vae_config(run)  # a clear error for a non-VAE folder before anything heavy
     trained = load_trained_vae(run, device)
     protocol = load_run_protocol(run, dataclasses.replace(trained.config, data=data)).to(trained.device)
     return trained, protocol

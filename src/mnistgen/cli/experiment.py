@@ -38,11 +38,11 @@ def register(subparsers) -> None:
 
 def _run_and_config(cls: type, args: argparse.Namespace) -> tuple:
     """The run folder RUN, and ``cls`` from the flags over the defaults, the data settings defaulting to RUN's."""
-    from ..experiments import run_data_config
+    from ..experiments import vae_config
     from ..runs import RunDir
 
     run = RunDir(args.run).require()
-    return run, config_from_args(cls, args, base=cls(data=run_data_config(run)))
+    return run, config_from_args(cls, args, base=cls(data=vae_config(run).data))
 
 
 def _elbo_estimators(args: argparse.Namespace) -> int:

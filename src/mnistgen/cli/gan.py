@@ -67,8 +67,7 @@ def run_train(args: argparse.Namespace) -> int:
         return (f"D loss {last['d_loss']:.3f}, G loss {last['g_loss']:.3f}, mean D(x) {last['d_real']:.3f}, "
                 f"mean D(G(z)) {last['d_fake']:.3f}")
 
-    return train_command(args, "gan", GANConfig, lambda config, run: train_gan_into(run, config, args.resume),
-                         summary)
+    return train_command(args, "gan", GANConfig, lambda config, run: train_gan_into(run, config, args.resume), summary)
 
 
 def run_plot(args: argparse.Namespace) -> int:

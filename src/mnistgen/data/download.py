@@ -124,8 +124,7 @@ def _receive(url: str, name: str, part: Path, timeout: float, limit: int) -> Non
                         break
                     received += len(chunk)
                     if received > limit:
-                        raise _MirrorFailed(f"sent more than the {limit} bytes a copy of {name} can have",
-                                            retry=False)
+                        raise _MirrorFailed(f"sent more than the {limit} bytes a copy of {name} can have", retry=False)
                     out.write(chunk)
                     bar.update(len(chunk))
     if expected is not None and received != expected:

@@ -147,8 +147,7 @@ def pin_run_data(run: RunDir, config: VAEConfig) -> VAEConfig:
     recorded = read_json(run.data) if run.data.is_file() else {}
     if config.data.data_dir is not None or not recorded.get("folder") or recorded.get("sample"):
         return config
-    return dataclasses.replace(config, data=dataclasses.replace(config.data, data_dir=recorded["folder"],
-                                                                offline=True))
+    return dataclasses.replace(config, data=dataclasses.replace(config.data, data_dir=recorded["folder"], offline=True))
 
 
 def check_same_data(run: RunDir, provenance: dict) -> None:
