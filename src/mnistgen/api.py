@@ -116,8 +116,7 @@ class Run:
         vae: (VAE runs) the :class:`mnistgen.models.vae.VAE` in eval mode.
         generator, discriminator: (GAN runs) the networks of :mod:`mnistgen.models.gan` in eval mode.
 
-    Build one with :func:`load_run` (or :func:`train_vae` / :func:`train_gan`, which return one).
-    """
+    Build one with :func:`load_run` (or :func:`train_vae` / :func:`train_gan`, which return one)."""
 
     def __init__(self, path: Path, kind: str, config: Any, metrics: list[dict[str, Any]],
                  evaluation: dict[str, Any] | None, epochs: int, device: torch.device,
@@ -155,8 +154,7 @@ class Run:
         VAE: the decoder's probabilities p(x|z) for z ~ N(0, I)^D_z, as ``mnistgen vae sample RUN --n N`` (without
         ``--binary``). GAN: G(z) for z ~ U[-1, 1]^zdim, as ``mnistgen gan sample RUN --n N``. ``seed`` defaults,
         as the CLI's ``--seed``, to the run's training seed; the same seed on the same device gives the very array
-        the command saves.
-        """
+        the command saves."""
         n = _check_count(n)
         _validate((VAEEvalConfig if self.kind == "vae" else GANSampleConfig)(seed=seed))
         seed = self.config.seed if seed is None else seed
@@ -175,8 +173,7 @@ class Run:
 
         images: (N, 28, 28) or (N, 784), a NumPy array or a torch tensor of floats in [0, 1] (uint8 0..255 is
         divided by 255). Returns ``(mean, logvar)``, each a float32 NumPy array (N, D_z) (D_z = 2 with SPEC's
-        defaults).
-        """
+        defaults)."""
         vae = self._model_for("encode", "vae")
         x = torch.from_numpy(_unit_images(images)).to(self.device)
         means, logvars = [], []
@@ -190,8 +187,7 @@ class Run:
     def decode(self, z: Any) -> np.ndarray:
         """(VAE runs) The decoder's pixel probabilities p(x|z): z (N, D_z) -> (N, 28, 28) float32 in [0, 1].
 
-        z: a NumPy array or a torch tensor of finite numbers, D_z = ``run.config.latent_dim``.
-        """
+        z: a NumPy array or a torch tensor of finite numbers, D_z = ``run.config.latent_dim``."""
         from .evaluate.vae import decode
 
         vae = self._model_for("decode", "vae")
@@ -231,8 +227,7 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "auto", seed:
 
     A replica run (``--replicas`` / ``--seeds``) holds one run per seed, RUN/seed=N: ``seed=N`` loads that one;
     without it, the first seed's is loaded, with a note on stderr. ``run.seeds`` lists the folder's seeds (one for
-    a single-seed run).
-    """
+    a single-seed run)."""
     from .evaluate.replicas import first_seed
     from .files import read_json, to_stderr
 
@@ -297,8 +292,7 @@ def train_vae(out: str | os.PathLike, *, resume: bool = False, show_progress: bo
     :class:`mnistgen.train.common.TrainingInterrupted` (a ``KeyboardInterrupt``), whose message says how to go on.
 
     Returns the :class:`Run`, its VAE on the device it trained on: ``run.sample(n)`` -> (n, 28, 28),
-    ``run.encode(images (N, 28, 28))`` -> (mean (N, D_z), logvar (N, D_z)), ``run.decode(z (N, D_z))`` -> (N, 28, 28).
-    """
+    ``run.encode(images (N, 28, 28))`` -> (mean, logvar), each (N, D_z); ``run.decode(z (N, D_z))`` -> (N, 28, 28)."""
     from .train.vae import train_vae as train
 
     run = RunDir(out)
@@ -322,8 +316,7 @@ def train_gan(out: str | os.PathLike, *, resume: bool = False, show_progress: bo
     show_progress: a progress bar on stderr (None: only on a terminal).
     Ctrl-C saves the state after the current step and raises :class:`mnistgen.train.common.TrainingInterrupted`.
 
-    Returns the :class:`Run`, its G and D on the device it trained on: ``run.sample(n)`` -> G(z), (n, 28, 28).
-    """
+    Returns the :class:`Run`, its G and D on the device it trained on: ``run.sample(n)`` -> G(z), (n, 28, 28)."""
     run = RunDir(out)
     base = run.read_config_as("gan", GANConfig, "a GAN run") if resume else None
     config = config_from_settings(GANConfig, settings, base, "train_gan")
@@ -358,8 +351,7 @@ def score(images: Any, **settings: Any) -> dict[str, Any]:
     0..255 (divided by 255). settings: the flags of ``mnistgen score`` (``weights``, ``batch_size``, ``device``,
     ``data_dir``, ``offline``, ...). Returns ``{"n_images", "frechet_distance", "classifier_score",
     "class_histogram" (10 counts), "real_vs_real_reference" {...}, "classifier" {...}, "mnistgen_version"}``.
-    The real-vs-real reference needs full MNIST (found as ``mnistgen score`` finds it; computed once, then cached).
-    """
+    The real-vs-real reference needs full MNIST (found as ``mnistgen score`` finds it; computed once, then cached)."""
     from .scoring import score_images
 
     config = config_from_settings(ScoreConfig, settings, None, "score", exclude=SCORE_NOT_SETTINGS)

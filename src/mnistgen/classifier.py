@@ -113,8 +113,7 @@ def train_and_save(config: ClassifierConfig, out: str, raw: RawData, device: tor
                    argv: list[str] | None = None) -> dict[str, Any]:
     """Train, measure the test accuracy once, and write OUT/classifier.pt + classifier.json (+ config, metrics).
 
-    Copy those two files into ``src/mnistgen/assets/`` to ship them.
-    """
+    Copy those two files into ``src/mnistgen/assets/`` to ship them."""
     from .files import write_json
     from .scoring import WEIGHTS_NAME, accuracy, load_classifier, metadata_path, save_classifier
 

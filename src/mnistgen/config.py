@@ -598,8 +598,7 @@ def config_from_settings(cls: type, settings: dict[str, Any], base: Any | None, 
     DataConfig's fields too: ``data_dir=``, ``dataset=``, ``offline=``), None for "not given", over ``base`` (the
     stored config on resume) or the defaults; validated with the CLI's messages.
 
-    An unknown name is a one-line :class:`MnistgenError` naming it and the closest setting (or all of them).
-    """
+    An unknown name is a one-line :class:`MnistgenError` naming it and the closest setting (or all of them)."""
     known = {f.name: tp for f, tp in _flag_fields(cls, exclude)}  # {name: type}, nested configs' fields too
     unknown = [name for name in settings if name not in known]
     if unknown:

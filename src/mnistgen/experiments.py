@@ -96,8 +96,7 @@ def elbo_estimator_study(parts: VAEParts, images: torch.Tensor, draws: int, gene
                          show_progress: bool | None = None) -> dict:
     """Variance of Eq. 1 and Eq. 2 over ``draws`` independent eps (B, D), for each image (B, 784) and for the
     gradients of each estimator's batch mean per parameter group. eps being independent per image, B times the
-    batch-mean gradient's variance is the average per-image gradient variance (``trace_covariance_per_image``).
-    """
+    batch-mean gradient's variance is the average per-image gradient variance (``trace_covariance_per_image``)."""
     if draws < 2:
         raise ValueError("a variance needs at least 2 draws")
     batch = images.shape[0]

@@ -100,8 +100,7 @@ def _check_drawable(module: torch.nn.Module, build: Callable[[], dict[str, torch
 def decoder_arrays(decoder: torch.nn.Module, config: VAEConfig) -> list[np.ndarray]:
     """SPEC §2's decoder with ``config``'s widths as float32 arrays: w1 (H, 2), b1, w2 (784, H), b2.
 
-    The page computes p(x|z) = sigmoid(w2 tanh(w1 z + b1) + b2) and nothing else; another decoder is refused.
-    """
+    The page computes p(x|z) = sigmoid(w2 tanh(w1 z + b1) + b2) and nothing else; another decoder is refused."""
     from .accelerate.vae import spec_layers
 
     if config.latent_dim != 2:

@@ -86,20 +86,6 @@ def remove_temporaries(folder: str | os.PathLike, names: tuple[str, ...]) -> Non
             leftover.unlink(missing_ok=True)
 
 
-def check_output_file(path: str | os.PathLike, flag: str = "--out") -> Path:
-    """Refuse, before any work, an output file whose folder does not exist (it is not created: a mistyped folder
-    would be made silently) or is not writable; returns the path."""
-    path = Path(path).expanduser()
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise MnistgenError(f"{flag} {path}: the folder {folder} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise MnistgenError(f"{flag} {path}: the folder {folder} is not writable")
-    if path.is_dir():
-        raise MnistgenError(f"{flag} {path}: is a folder, not a file")
-    return path
-
-
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> None:
     """Write ``path`` through ``write(handle)`` (a file opened with ``mode``), atomically (see :func:`replacing`)."""
     with replacing(path) as temporary, open(temporary, mode) as handle:

@@ -84,8 +84,7 @@ def parse_metrics(text: str, path: Path, required: tuple[str, ...] = (),
     ``required``.
 
     A damaged last line is what a crash in the middle of an append leaves: it is dropped with one note to ``say``
-    (default: stderr). A damaged line before it is a one-line :class:`MnistgenError` naming the file and line.
-    """
+    (default: stderr). A damaged line before it is a one-line :class:`MnistgenError` naming the file and line."""
     lines = [(number, line) for number, line in enumerate(text.split("\n"), 1) if line.strip()]
     records = []
     for index, (number, line) in enumerate(lines):
@@ -294,8 +293,7 @@ class RunDir:
         An exclusive ``flock`` on RUN/.lock: a second process that claims the same folder is refused in one line,
         and a crashed or killed process releases it (the kernel drops the lock with the process). While it is
         held, what a killed writer left (``.checkpoint.pt.*.tmp`` and the like) is removed. A folder this call
-        created is removed again if the block leaves nothing in it but the lock.
-        """
+        created is removed again if the block leaves nothing in it but the lock."""
         if not is_main_process():
             yield
             return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -28,15 +29,22 @@ def printable(message: str) -> str:
 
 
 def writable_output(path: str | Path, flag: str = "--out") -> Path:
-    """Refuse, before any work, an output file that could not be written (its folder missing, not a folder, or not
-    writable); returns the path. Writability is tried, by creating and removing a file there: ``os.access`` answers
-    yes to root on read-only file systems and immutable folders, and cannot know some network file systems' rules."""
+    """Refuse, before any work, an output file that could not be written (its folder missing: it is not created, as
+    a mistyped folder would be made silently; not a folder, or not writable); returns the path. Writability is
+    tried, by creating and removing a file there: ``os.access`` answers yes to root on read-only file systems and
+    immutable folders, and cannot know some network file systems' rules."""
     import tempfile
 
-    from ..files import TEMPORARY_SUFFIX, check_output_file, temporary_prefix
+    from ..files import TEMPORARY_SUFFIX, temporary_prefix
 
-    path = check_output_file(path, flag)
+    path = Path(path).expanduser()
     folder = path.parent
+    if not folder.is_dir():
+        raise MnistgenError(f"{flag} {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise MnistgenError(f"{flag} {path}: the folder {folder} is not writable")
+    if path.is_dir():
+        raise MnistgenError(f"{flag} {path}: is a folder, not a file")
     try:
         with tempfile.TemporaryFile(prefix=temporary_prefix(path), suffix=TEMPORARY_SUFFIX, dir=folder):
             pass

@@ -23,8 +23,7 @@ def register(subparsers) -> None:
         "data", help="fetch, verify and describe dataset files",
         description="Dataset files are looked for in --data-dir, else $MNISTGEN_DATA_DIR, else the user cache "
                     "($MNISTGEN_CACHE_DIR or the platform's cache folder); missing ones are downloaded there.")
-    commands = parser.add_subparsers(title="data commands", metavar="COMMAND", parser_class=type(parser))
-    commands.required = True
+    commands = parser.add_subparsers(title="data commands", metavar="COMMAND", parser_class=type(parser), required=True)
 
     fetch = commands.add_parser(
         "fetch", help="download the dataset's missing files and verify all of them",

@@ -13,8 +13,8 @@ def register(subparsers) -> None:
         "experiment", help="theory experiments on a trained VAE (docs/theory.md)",
         description="Experiments that measure statements of docs/theory.md on a trained VAE run folder. "
                     "Each writes RUN/experiments/<name>.json and a figure <name>.png.")
-    commands = parser.add_subparsers(title="experiments", metavar="EXPERIMENT", parser_class=type(parser))
-    commands.required = True
+    commands = parser.add_subparsers(title="experiments", metavar="EXPERIMENT", parser_class=type(parser),
+                                     required=True)
 
     estimators = commands.add_parser(
         "elbo-estimators", help="Eq. 1 vs Eq. 2: variance of the ELBO estimate and of its gradient",

@@ -20,8 +20,7 @@ def register(subparsers) -> None:
         "gan", help="the GAN of SPEC §3: train, plot, sample",
         description="The small convolutional GAN of SPEC §3: train it into a run folder, then draw its progress "
                     "figure and sample from it.")
-    commands = parser.add_subparsers(title="gan commands", metavar="COMMAND", parser_class=type(parser))
-    commands.required = True
+    commands = parser.add_subparsers(title="gan commands", metavar="COMMAND", parser_class=type(parser), required=True)
 
     train = commands.add_parser(
         "train", help="train the GAN into a run folder",

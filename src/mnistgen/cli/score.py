@@ -35,8 +35,7 @@ def register(subparsers) -> None:
         "score-classifier", help="train the MNIST classifier behind mnistgen score",
         description="The classifier that mnistgen score uses; mnistgen ships trained weights in mnistgen/assets.")
     commands = classifier.add_subparsers(title="score-classifier commands", metavar="COMMAND",
-                                         parser_class=type(classifier))
-    commands.required = True
+                                         parser_class=type(classifier), required=True)
     train = commands.add_parser(
         "train", help="train it on the MNIST training split (validation carved from it)",
         description="Train the classifier and write OUT/classifier.pt with OUT/classifier.json (its SHA-256, "

@@ -19,8 +19,7 @@ def register(subparsers) -> None:
         "vae", help="the VAE of SPEC §2: train, eval, plot, sample",
         description="The 2-D-latent VAE of SPEC §2: train it into a run folder, then evaluate it, draw its "
                     "figures and sample from it.")
-    commands = parser.add_subparsers(title="vae commands", metavar="COMMAND", parser_class=type(parser))
-    commands.required = True
+    commands = parser.add_subparsers(title="vae commands", metavar="COMMAND", parser_class=type(parser), required=True)
 
     train = commands.add_parser(
         "train", help="train the VAE into a run folder",
@@ -81,15 +80,12 @@ def run_eval(args: argparse.Namespace) -> int:
     run = RunDir(args.run).require()
     options = config_from_args(VAEEvalConfig, args)
     replicas = run.replicas()
-    bar = progress(total=0, description=f"log p(x), K={options.iw}" + (f", {len(replicas)} seeds" if replicas else ""))
-    try:
+    with progress(0, f"log p(x), K={options.iw}" + (f", {len(replicas)} seeds" if replicas else "")) as bar:
         def advance(done: int, total: int) -> None:
             bar.total = total
             bar.update(done - bar.n)
 
         result = (evaluate_replicas if replicas else evaluate_run)(run, options, on_progress=advance)
-    finally:
-        bar.close()
     if replicas:
         return print_replica_eval(run, result, options)
     error = result["test_elbo_mc_standard_error"]

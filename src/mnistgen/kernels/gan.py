@@ -141,8 +141,7 @@ def phase_kernels(weight: torch.Tensor) -> torch.Tensor:
 
     weight (C_out, C_in, 3, 3) -> (a, b, dy, dx, C_in, C_out): output pixel (2i + a, 2j + b) is the sum over dy, dx
     in {0, 1} of the zero-padded input at (i + a + dy, j + b + dx) times kernel [a, b, dy, dx]. Along each axis
-    phase 0 reads taps (w0, w1 + w2), phase 1 reads (w0 + w1, w2).
-    """
+    phase 0 reads taps (w0, w1 + w2), phase 1 reads (w0 + w1, w2)."""
     def split(w: torch.Tensor, dim: int) -> torch.Tensor:  # 3 taps along dim -> (phase, tap) in its place
         w0, w1, w2 = w.unbind(dim)
         return torch.stack([torch.stack([w0, w1 + w2], dim), torch.stack([w0 + w1, w2], dim)], dim)

@@ -197,8 +197,7 @@ class NativeVAEStep:
     def compute_gradients(self, x: torch.Tensor, eps: torch.Tensor, analytic_kl: bool) -> float:
         """Fill ``self.gradients`` with those of loss = -mean ELBO of the batch; return the batch's ELBO sum.
 
-        x (B, D) float32 images (any values: the sums skip the zeros only); eps (B, D_z): z = mean + std eps.
-        """
+        x (B, D) float32 images (any values: the sums skip the zeros only); eps (B, D_z): z = mean + std eps."""
         batch = x.shape[0]
         if batch > self.capacity:
             raise ValueError(f"a batch of {batch} images exceeds the capacity of {self.capacity}")
