@@ -28,7 +28,13 @@ import numpy as np
 import torch
 
 from .config import GANConfig, GANSampleConfig, ScoreConfig, VAEConfig, VAEEvalConfig, config_from_settings, validate
+from .device import resolve_device
 from .errors import MnistgenError, UsageError
+from .evaluate.gan import load_generator, sample_images
+from .evaluate.replicas import first_seed
+from .evaluate.vae import load_trained_vae, sample_prior
+from .files import read_json, to_stderr
+from .models.gan import Discriminator
 from .runs import RunDir
 from .scoring import check_finite_values
 
@@ -88,8 +94,6 @@ def _check_count(n: Any) -> int:
 
 
 def _resolve_device(device: str | torch.device) -> torch.device:
-    from .device import resolve_device
-
     if isinstance(device, torch.device):
         return device
     if not isinstance(device, str):
@@ -159,11 +163,7 @@ class Run:
         _validate((VAEEvalConfig if self.kind == "vae" else GANSampleConfig)(seed=seed))
         seed = self.config.seed if seed is None else seed
         if self.kind == "gan":
-            from .evaluate.gan import sample_images
-
             return sample_images(self.generator, n, seed)
-        from .evaluate.vae import sample_prior
-
         _, images = sample_prior(self.vae, n, torch.Generator(device=self.device).manual_seed(seed))
         return images.reshape(n, IMAGE_SIDE, IMAGE_SIDE).float().cpu().numpy()
 
@@ -228,9 +228,6 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "auto", seed:
     A replica run (``--replicas`` / ``--seeds``) holds one run per seed, RUN/seed=N: ``seed=N`` loads that one;
     without it, the first seed's is loaded, with a note on stderr. ``run.seeds`` lists the folder's seeds (one for
     a single-seed run)."""
-    from .evaluate.replicas import first_seed
-    from .files import read_json, to_stderr
-
     top = RunDir(path).require()
     seeds = tuple(replica for replica, _ in top.replicas())
     if seed is None:
@@ -249,14 +246,9 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "auto", seed:
         raise MnistgenError(f"{run.path}: a {kind!r} run folder, not a VAE or GAN run")
     resolved = _resolve_device(device)
     if kind == "vae":
-        from .evaluate.vae import load_trained_vae
-
         trained = load_trained_vae(run, "cpu")  # then moved: ``device`` may be a torch.device ("cuda:1")
         config, epochs, models = trained.config, trained.epochs, {"vae": trained.model.to(resolved)}
     else:
-        from .evaluate.gan import load_generator
-        from .models.gan import Discriminator
-
         generator, config = load_generator(run, resolved)
         state = run.load_checkpoint(map_location="cpu")
         discriminator = Discriminator()
