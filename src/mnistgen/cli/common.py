@@ -61,15 +61,6 @@ def npy_output(text: str) -> Path:
     return writable_output(out, "--out")
 
 
-def save_npy(out: Path, array) -> None:
-    """Write ``array`` to ``out`` atomically (a reader never sees half an array)."""
-    import numpy as np
-
-    from ..files import atomic_write
-
-    atomic_write(out, lambda handle: np.save(handle, array))
-
-
 def train_command(args: argparse.Namespace, kind: str, config_class: type, train: Callable[[Any, Any], Any],
                   summary: Callable[[dict[str, Any]], str]) -> int:
     """``mnistgen vae|gan train``, in one process or in each process of a torchrun job (see

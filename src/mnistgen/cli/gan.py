@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import argparse
 
+import numpy as np
+
 from ..config import GANConfig, GANPlotConfig, GANSampleConfig, add_config_arguments, config_from_args
 from ..errors import UsageError
-from ..files import to_stderr
+from ..files import atomic_write, to_stderr
 from ..runs import RunDir
-from .common import npy_output, save_npy, train_command
+from .common import npy_output, train_command
 
 
 def register(subparsers) -> None:
@@ -105,7 +107,7 @@ def run_sample(args: argparse.Namespace) -> int:
     run = first_seed(run, "sampling", say=to_stderr, kind="gan")  # replicas
     generator, config = load_generator(run, resolve_device(options.device), raw=options.raw)
     images = sample_images(generator, args.n, config.seed if options.seed is None else options.seed)
-    save_npy(out, images)
+    atomic_write(out, lambda handle: np.save(handle, images))  # a reader never sees half an array
     print(f"wrote {out}: {images.shape[0]} images {images.shape[1]}x{images.shape[2]}, float32 in [0, 1], "
           f"{generator_label(config, options.raw)}")
     return 0

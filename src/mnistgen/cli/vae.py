@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 
+import numpy as np
+
 from ..config import VAEConfig, VAEEvalConfig, add_config_arguments, config_from_args
-from ..files import to_stderr
+from ..files import atomic_write, to_stderr
 from ..runs import RunDir
-from .common import npy_output, save_npy, train_command
+from .common import npy_output, train_command
 
 
 def register(subparsers) -> None:
@@ -130,7 +132,7 @@ def run_sample(args: argparse.Namespace) -> int:
     out = npy_output(args.out)
     run = first_seed(RunDir(args.run).require(), "sampling", say=to_stderr, kind="vae")
     images = sample_run(run, args.n, args.binary, config_from_args(VAEEvalConfig, args))
-    save_npy(out, images)
+    atomic_write(out, lambda handle: np.save(handle, images))  # a reader never sees half an array
     kind = "binary draws x ~ p(x|z)" if args.binary else "decoder means p(x|z)"
     print(f"wrote {out}: {images.shape[0]} images {images.shape[1]}x{images.shape[2]}, float32, {kind}")
     return 0
