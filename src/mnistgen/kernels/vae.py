@@ -118,11 +118,9 @@ class NativeVAEStep:
             fields[name] = self.parameters[where]
             fields["g_" + name] = self.gradients[where]
             offset += parameter.numel()
-        del fields["g_out_w"]  # PyTorch's product writes it
-        where = {name: view[2] for (name, _, _), view in zip(slots, self._views, strict=True)}
-        self.out_weight = self.parameters[where["out_w"]].view(pixels, hidden)  # (D, H) Wo
-        self.out_bias = self.parameters[where["out_b"]]
-        self.out_weight_gradient = self.gradients[where["out_w"]].view(pixels, hidden)
+        self.out_weight = fields["out_w"].view(pixels, hidden)  # (D, H) Wo
+        self.out_bias = fields["out_b"]
+        self.out_weight_gradient = fields.pop("g_out_w").view(pixels, hidden)  # not in the struct: PyTorch writes it
 
         self.capacity = capacity
         for name in c_shapes.keys() - fields.keys() - {"g_out_w"}:  # the activations of one batch (self.h1, ...)
