@@ -119,8 +119,7 @@ def train_and_save(config: ClassifierConfig, out: str, raw: RawData, device: tor
 
     run = RunDir(out)
     run.path.mkdir(parents=True, exist_ok=True)
-    if run.metrics.is_file():
-        run.metrics.unlink()  # a fresh run: no resume for a few-minute job
+    run.metrics.unlink(missing_ok=True)  # a fresh run: no resume for a few-minute job
     run.write_config(to_dict(config), kind="classifier")
     result = train_classifier(config, raw, device, run)
     weights = run.path / WEIGHTS_NAME
