@@ -29,6 +29,7 @@ from ..files import read_json, write_json
 from ..losses import elbo_samples
 from ..models.vae import IMAGE_SIZE, VAE
 from ..runs import RunDir
+from .replicas import seeds_summary
 
 EVAL_CHUNK_IMAGES = 1000  # images per forward pass when evaluating a data set
 IW_CHUNK_ELEMENTS = 1 << 22  # logits per importance-sampling chunk (16 MiB in float32), whatever K is
@@ -227,8 +228,6 @@ def evaluate_replicas(run: RunDir, options: VAEEvalConfig | None = None,
                       on_progress: Callable[[int, int], Any] | None = None) -> dict[str, Any]:
     """:func:`evaluate_run` of each seed of a replica run, then RUN/eval.json: every seed's result and the summary of
     :data:`HEADLINES` (:func:`mnistgen.evaluate.replicas.seeds_summary`); ``on_progress`` counts all seeds' images."""
-    from .replicas import seeds_summary
-
     run.read_config_as("vae", VAEConfig, "a VAE run")
     replicas = run.replicas()
     if not replicas:
