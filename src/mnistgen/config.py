@@ -45,7 +45,7 @@ class Bound:
         return self.when is None or getattr(config, self.when[0]) == self.when[1]
 
     def admits(self, value: Number, config: Any) -> bool:
-        low, high = _resolve(self.low, config), _resolve(self.high, config)
+        low, high = (getattr(config, end) if isinstance(end, str) else end for end in (self.low, self.high))
         above_low = low is None or (value > low if self.low_open else value >= low)
         below_high = high is None or (value < high if self.high_open else value <= high)
         return above_low and below_high
@@ -79,10 +79,6 @@ NON_NEGATIVE = Bound(low=0)
 SEED_BOUND = Bound(low=0, high=2**64 - 1)
 """NumPy's SeedSequence refuses negative seeds and torch's generators seeds past 64 bits."""
 _WRITTEN_OUT_LIMIT = 2**32  # larger integers of the form 2**k - 1 are written as such in bounds
-
-
-def _resolve(end: Number | str | None, config: Any) -> Number | None:
-    return getattr(config, end) if isinstance(end, str) else end
 
 
 def _end_text(end: Number | str | None, config: Any | None = None) -> str:

@@ -37,7 +37,6 @@ TEMPORARY_SUFFIX = ".tmp"
 
 
 def temporary_prefix(path: Path) -> str:
-    """The name start of :func:`replacing`'s temporary files for ``path``: ``.<name>.``."""
     return f".{path.name}."
 
 

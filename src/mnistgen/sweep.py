@@ -307,7 +307,6 @@ def _check_same_settings(trial: Trial, saved: Any, wanted: Any) -> None:
 
 
 def _failed(trial: Trial, message: str, seconds: float = 0.0) -> TrialResult:
-    """A failed trial's result; its error in one line."""
     one_line = " ".join(message.split()) or "failed without a message"
     return TrialResult(trial.configuration, trial.seed, "failed", error=one_line, seconds=seconds)
 

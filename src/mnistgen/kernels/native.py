@@ -415,13 +415,11 @@ def check_tensor(tensor: torch.Tensor | None, name: str, count: int, dtype: torc
 
 
 def checked_pointer(tensor: torch.Tensor, name: str, count: int, dtype: torch.dtype = torch.float32) -> int:
-    """The address of ``tensor``'s data, after :func:`check_tensor`."""
     check_tensor(tensor, name, count, dtype)
     return tensor.data_ptr()
 
 
 def kernel_threads() -> int:
-    """The threads a C kernel runs on: torch's."""
     return max(1, torch.get_num_threads())
 
 
