@@ -142,15 +142,6 @@ class TrainedVAE:
     device: torch.device
 
 
-def pin_run_data(run: RunDir, config: VAEConfig) -> VAEConfig:
-    """The VAE config with its data pinned (offline) to the folder data.json records: a run that found its data
-    through $MNISTGEN_DATA_DIR reads the same images today, or fails, never another dataset's."""
-    recorded = read_json(run.data) if run.data.is_file() else {}
-    if config.data.data_dir is not None or not recorded.get("folder") or recorded.get("sample"):
-        return config
-    return dataclasses.replace(config, data=dataclasses.replace(config.data, data_dir=recorded["folder"], offline=True))
-
-
 def check_same_data(run: RunDir, provenance: dict) -> None:
     """Refuse to draw other images than the run's (e.g. the bundled sample standing in for missing MNIST)."""
     recorded = read_json(run.data) if run.data.is_file() else {}
@@ -163,8 +154,13 @@ def check_same_data(run: RunDir, provenance: dict) -> None:
 
 
 def load_run_protocol(run: RunDir, config: VAEConfig) -> Protocol:
-    """The protocol of a trained run, from the very data it was trained on (or a one-line error)."""
-    config = pin_run_data(run, config)
+    """The protocol of a trained run, from the very data it was trained on (or a one-line error): unless ``config``
+    names a folder, the data are pinned (offline) to the one data.json records, so that a run that found its data
+    through $MNISTGEN_DATA_DIR reads the same images today, or fails, never another dataset's."""
+    recorded = read_json(run.data) if run.data.is_file() else {}
+    if config.data.data_dir is None and recorded.get("folder") and not recorded.get("sample"):
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, data_dir=recorded["folder"],
+                                                                      offline=True))
     protocol = load_protocol(config.protocol, load_raw(config.data), config.validation_size)
     check_same_data(run, protocol.provenance)
     return protocol
