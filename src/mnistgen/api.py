@@ -28,7 +28,13 @@ import numpy as np
 import torch
 
 from .config import GANConfig, GANSampleConfig, ScoreConfig, VAEConfig, VAEEvalConfig, config_from_settings, validate
+from .device import resolve_device
 from .errors import MnistgenError, UsageError
+from .evaluate.gan import load_generator, sample_images
+from .evaluate.replicas import first_seed
+from .evaluate.vae import load_trained_vae, sample_prior
+from .files import read_json, to_stderr
+from .models.gan import Discriminator
 from .runs import RunDir
 from .scoring import check_finite_values
 
@@ -88,8 +94,6 @@ def _check_count(n: Any) -> int:
 
 
 def _resolve_device(device: str | torch.device) -> torch.device:
-    from .device import resolve_device
-
     if isinstance(device, torch.device):
         return device
     if not isinstance(device, str):
@@ -116,8 +120,7 @@ class Run:
         vae: (VAE runs) the :class:`mnistgen.models.vae.VAE` in eval mode.
         generator, discriminator: (GAN runs) the networks of :mod:`mnistgen.models.gan` in eval mode.
 
-    Build one with :func:`load_run` (or :func:`train_vae` / :func:`train_gan`, which return one).
-    """
+    Build one with :func:`load_run` (or :func:`train_vae` / :func:`train_gan`, which return one)."""
 
     def __init__(self, path: Path, kind: str, config: Any, metrics: list[dict[str, Any]],
                  evaluation: dict[str, Any] | None, epochs: int, device: torch.device,
@@ -155,22 +158,14 @@ class Run:
         VAE: the decoder's probabilities p(x|z) for z ~ N(0, I)^D_z, as ``mnistgen vae sample RUN --n N`` (without
         ``--binary``). GAN: G(z) for z ~ U[-1, 1]^zdim, as ``mnistgen gan sample RUN --n N``. ``seed`` defaults,
         as the CLI's ``--seed``, to the run's training seed; the same seed on the same device gives the very array
-        the command saves.
-        """
+        the command saves."""
         n = _check_count(n)
-        if self.kind == "vae":
-            from .evaluate.vae import sample_prior
-
-            options = VAEEvalConfig(seed=seed)
-            _validate(options)
-            generator = torch.Generator(device=self.device)
-            generator.manual_seed(self.config.seed if seed is None else seed)
-            _, images = sample_prior(self.vae, n, generator)
-            return images.reshape(n, IMAGE_SIDE, IMAGE_SIDE).float().cpu().numpy()
-        from .evaluate.gan import sample_images
-
-        _validate(GANSampleConfig(seed=seed))
-        return sample_images(self.generator, n, self.config.seed if seed is None else seed)
+        _validate((VAEEvalConfig if self.kind == "vae" else GANSampleConfig)(seed=seed))
+        seed = self.config.seed if seed is None else seed
+        if self.kind == "gan":
+            return sample_images(self.generator, n, seed)
+        _, images = sample_prior(self.vae, n, torch.Generator(device=self.device).manual_seed(seed))
+        return images.reshape(n, IMAGE_SIDE, IMAGE_SIDE).float().cpu().numpy()
 
     @torch.inference_mode()
     def encode(self, images: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -178,8 +173,7 @@ class Run:
 
         images: (N, 28, 28) or (N, 784), a NumPy array or a torch tensor of floats in [0, 1] (uint8 0..255 is
         divided by 255). Returns ``(mean, logvar)``, each a float32 NumPy array (N, D_z) (D_z = 2 with SPEC's
-        defaults).
-        """
+        defaults)."""
         vae = self._model_for("encode", "vae")
         x = torch.from_numpy(_unit_images(images)).to(self.device)
         means, logvars = [], []
@@ -193,8 +187,7 @@ class Run:
     def decode(self, z: Any) -> np.ndarray:
         """(VAE runs) The decoder's pixel probabilities p(x|z): z (N, D_z) -> (N, 28, 28) float32 in [0, 1].
 
-        z: a NumPy array or a torch tensor of finite numbers, D_z = ``run.config.latent_dim``.
-        """
+        z: a NumPy array or a torch tensor of finite numbers, D_z = ``run.config.latent_dim``."""
         from .evaluate.vae import decode
 
         vae = self._model_for("decode", "vae")
@@ -234,23 +227,18 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "auto", seed:
 
     A replica run (``--replicas`` / ``--seeds``) holds one run per seed, RUN/seed=N: ``seed=N`` loads that one;
     without it, the first seed's is loaded, with a note on stderr. ``run.seeds`` lists the folder's seeds (one for
-    a single-seed run).
-    """
-    from .evaluate.replicas import first_seed
-    from .files import read_json
-
+    a single-seed run)."""
     top = RunDir(path).require()
     seeds = tuple(replica for replica, _ in top.replicas())
     if seed is None:
-        run = first_seed(top, "loading", say=_note, another="load_run(RUN, seed=N) loads another")
+        run = first_seed(top, "loading", say=to_stderr, another="load_run(RUN, seed=N) loads another")
     elif seed in seeds:
         run = top.seed_run(int(seed))
     elif seeds:
         raise MnistgenError(f"{top.path}: no replica of seed {seed!r} here (its seeds: {', '.join(map(str, seeds))})")
     else:
         raise MnistgenError(f"{top.path}: a single-seed run; seed= chooses one seed of a replica run")
-    saved = run.read_config()
-    kind = saved.get("kind") if isinstance(saved, dict) else None
+    kind = run.read_config().get("kind")
     if kind == "reproduce":
         raise MnistgenError(f"{run.path}: a reproduction folder; load one of its runs: {run.path / 'vae'} or "
                             f"{run.path / 'gan'}")
@@ -258,14 +246,9 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "auto", seed:
         raise MnistgenError(f"{run.path}: a {kind!r} run folder, not a VAE or GAN run")
     resolved = _resolve_device(device)
     if kind == "vae":
-        from .evaluate.vae import load_trained_vae
-
         trained = load_trained_vae(run, "cpu")  # then moved: ``device`` may be a torch.device ("cuda:1")
         config, epochs, models = trained.config, trained.epochs, {"vae": trained.model.to(resolved)}
     else:
-        from .evaluate.gan import load_generator
-        from .models.gan import Discriminator
-
         generator, config = load_generator(run, resolved)
         state = run.load_checkpoint(map_location="cpu")
         discriminator = Discriminator()
@@ -278,12 +261,6 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "auto", seed:
         models = {"generator": generator, "discriminator": discriminator.to(resolved).eval()}
     evaluation = read_json(run.eval) if run.eval.is_file() else None
     return Run(run.path, kind, config, run.read_metrics(), evaluation, epochs, resolved, models, seeds)
-
-
-def _note(line: str) -> None:
-    import sys
-
-    print(line, file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- training
@@ -307,8 +284,7 @@ def train_vae(out: str | os.PathLike, *, resume: bool = False, show_progress: bo
     :class:`mnistgen.train.common.TrainingInterrupted` (a ``KeyboardInterrupt``), whose message says how to go on.
 
     Returns the :class:`Run`, its VAE on the device it trained on: ``run.sample(n)`` -> (n, 28, 28),
-    ``run.encode(images (N, 28, 28))`` -> (mean (N, D_z), logvar (N, D_z)), ``run.decode(z (N, D_z))`` -> (N, 28, 28).
-    """
+    ``run.encode(images (N, 28, 28))`` -> (mean, logvar), each (N, D_z); ``run.decode(z (N, D_z))`` -> (N, 28, 28)."""
     from .train.vae import train_vae as train
 
     run = RunDir(out)
@@ -332,22 +308,28 @@ def train_gan(out: str | os.PathLike, *, resume: bool = False, show_progress: bo
     show_progress: a progress bar on stderr (None: only on a terminal).
     Ctrl-C saves the state after the current step and raises :class:`mnistgen.train.common.TrainingInterrupted`.
 
-    Returns the :class:`Run`, its G and D on the device it trained on: ``run.sample(n)`` -> G(z), (n, 28, 28).
-    """
-    from .data.protocols import load_protocol
-    from .data.sources import load_raw
-    from .train.common import check_run_folder
-    from .train.gan import RESUMABLE_FIELDS
-    from .train.gan import train_gan as train
-
+    Returns the :class:`Run`, its G and D on the device it trained on: ``run.sample(n)`` -> G(z), (n, 28, 28)."""
     run = RunDir(out)
     base = run.read_config_as("gan", GANConfig, "a GAN run") if resume else None
     config = config_from_settings(GANConfig, settings, base, "train_gan")
-    check_run_folder(run, resume, "gan", config, RESUMABLE_FIELDS, say=lambda line: None)  # before the data
-    protocol = load_protocol("gan", load_raw(config.data))
-    train(config, protocol.train_images, run, resume=resume, provenance=protocol.provenance,
-          show_progress=show_progress)
+    train_gan_into(run, config, resume, show_progress)
     return load_run(run.path, config.device)
+
+
+def train_gan_into(run: RunDir, config: GANConfig, resume: bool, show_progress: bool | None = None) -> list | dict:
+    """Train ``config`` into ``run`` as ``mnistgen gan train`` does, also under torchrun: the folder is checked (by
+    rank 0) before the data are loaded (by each machine's local rank 0 first: a download happens once)."""
+    from .data.protocols import load_protocol
+    from .data.sources import load_raw
+    from .distributed import from_main_rank, main_rank_first
+    from .train.common import check_run_folder
+    from .train.gan import RESUMABLE_FIELDS, train_gan
+
+    from_main_rank(lambda: check_run_folder(run, resume, "gan", config, RESUMABLE_FIELDS, say=lambda line: None)
+                   and None)
+    protocol = main_rank_first(lambda: load_protocol("gan", load_raw(config.data)))
+    return train_gan(config, protocol.train_images, run, resume=resume, provenance=protocol.provenance,
+                     show_progress=show_progress)
 
 
 # --------------------------------------------------------------------------- the score
@@ -361,8 +343,7 @@ def score(images: Any, **settings: Any) -> dict[str, Any]:
     0..255 (divided by 255). settings: the flags of ``mnistgen score`` (``weights``, ``batch_size``, ``device``,
     ``data_dir``, ``offline``, ...). Returns ``{"n_images", "frechet_distance", "classifier_score",
     "class_histogram" (10 counts), "real_vs_real_reference" {...}, "classifier" {...}, "mnistgen_version"}``.
-    The real-vs-real reference needs full MNIST (found as ``mnistgen score`` finds it; computed once, then cached).
-    """
+    The real-vs-real reference needs full MNIST (found as ``mnistgen score`` finds it; computed once, then cached)."""
     from .scoring import score_images
 
     config = config_from_settings(ScoreConfig, settings, None, "score", exclude=SCORE_NOT_SETTINGS)

@@ -79,23 +79,22 @@ def train_classifier(config: ClassifierConfig, raw: RawData, device: torch.devic
         started = time.perf_counter()
         model.train()
         loss_sum, correct, seen = 0.0, 0, 0
-        bar = progress(steps_per_epoch, f"classifier epoch {epoch}/{config.epochs}", show_progress)
-        for step, index in enumerate(shuffled_batches(cut, config.batch_size, generator)):
-            index = index.to(device)
-            batch, target = train_images[index], train_labels[index]  # (B, 1, 28, 28), (B,)
-            logits = model(batch)
-            loss = F.cross_entropy(logits, target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            loss_value = loss.item()
-            check_finite(loss_value, "classifier loss", epoch, step)
-            loss_sum += loss_value * len(index)
-            correct += int((logits.argmax(dim=1) == target).sum())
-            seen += len(index)
-            bar.update(1)
-        bar.close()
+        with progress(steps_per_epoch, f"classifier epoch {epoch}/{config.epochs}", show_progress) as bar:
+            for step, index in enumerate(shuffled_batches(cut, config.batch_size, generator)):
+                index = index.to(device)
+                batch, target = train_images[index], train_labels[index]  # (B, 1, 28, 28), (B,)
+                logits = model(batch)
+                loss = F.cross_entropy(logits, target)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                loss_value = loss.item()
+                check_finite(loss_value, "classifier loss", epoch, step)
+                loss_sum += loss_value * len(index)
+                correct += int((logits.argmax(dim=1) == target).sum())
+                seen += len(index)
+                bar.update(1)
         validation_accuracy = _accuracy(model, validation_images, validation_labels, 1000)
         record = {"epoch": epoch, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
                   "validation_accuracy": validation_accuracy, "seconds": time.perf_counter() - started}
@@ -114,15 +113,13 @@ def train_and_save(config: ClassifierConfig, out: str, raw: RawData, device: tor
                    argv: list[str] | None = None) -> dict[str, Any]:
     """Train, measure the test accuracy once, and write OUT/classifier.pt + classifier.json (+ config, metrics).
 
-    Copy those two files into ``src/mnistgen/assets/`` to ship them.
-    """
+    Copy those two files into ``src/mnistgen/assets/`` to ship them."""
     from .files import write_json
     from .scoring import WEIGHTS_NAME, accuracy, load_classifier, metadata_path, save_classifier
 
     run = RunDir(out)
     run.path.mkdir(parents=True, exist_ok=True)
-    if run.metrics.is_file():
-        run.metrics.unlink()  # a fresh run: no resume for a few-minute job
+    run.metrics.unlink(missing_ok=True)  # a fresh run: no resume for a few-minute job
     run.write_config(to_dict(config), kind="classifier")
     result = train_classifier(config, raw, device, run)
     weights = run.path / WEIGHTS_NAME

@@ -17,6 +17,7 @@ import numbers
 import os
 import types
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -44,7 +45,7 @@ class Bound:
         return self.when is None or getattr(config, self.when[0]) == self.when[1]
 
     def admits(self, value: Number, config: Any) -> bool:
-        low, high = _resolve(self.low, config), _resolve(self.high, config)
+        low, high = (getattr(config, end) if isinstance(end, str) else end for end in (self.low, self.high))
         above_low = low is None or (value > low if self.low_open else value >= low)
         below_high = high is None or (value < high if self.high_open else value <= high)
         return above_low and below_high
@@ -78,10 +79,6 @@ NON_NEGATIVE = Bound(low=0)
 SEED_BOUND = Bound(low=0, high=2**64 - 1)
 """NumPy's SeedSequence refuses negative seeds and torch's generators seeds past 64 bits."""
 _WRITTEN_OUT_LIMIT = 2**32  # larger integers of the form 2**k - 1 are written as such in bounds
-
-
-def _resolve(end: Number | str | None, config: Any) -> Number | None:
-    return getattr(config, end) if isinstance(end, str) else end
 
 
 def _end_text(end: Number | str | None, config: Any | None = None) -> str:
@@ -424,17 +421,12 @@ def validate(config: Any) -> None:
             f.metadata["check"](value, config)
 
 
-_TYPE_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
+_TYPE_NAMES = {bool: "true or false", str: "text"}
 
 
 def _check_type(name: str, value: Any, field_type: type) -> None:
-    if field_type is float:
-        right = isinstance(value, int | float) and not isinstance(value, bool)
-    elif field_type is int:
-        right = isinstance(value, int) and not isinstance(value, bool)
-    else:
-        right = isinstance(value, field_type)
-    if not right:
+    """A field without bounds: text or a switch (every number has a bound)."""
+    if not isinstance(value, field_type):
         raise MnistgenError(f"{_flag(name)} must be {_TYPE_NAMES.get(field_type, field_type.__name__)}, got {value!r}")
 
 
@@ -517,22 +509,26 @@ def _help(f: dataclasses.Field, default: Any) -> str:
     return f"{text} ({'; '.join(details)})" if details else text
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str, ...] = ()) -> None:
-    """Add one flag per field of ``cls`` (and of configs nested in it)."""
+def _flag_fields(cls: type, exclude: tuple[str, ...] = ()) -> Iterator[tuple[dataclasses.Field, Any]]:
+    """Each field of ``cls`` that is a flag, with its type (``int | None`` -> ``int``): a nested config's in its
+    place."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if f.name in exclude:
-            continue
         tp = _base_type(hints[f.name])
         if dataclasses.is_dataclass(tp):
-            add_config_arguments(parser, tp, exclude)
-            continue
+            yield from _flag_fields(tp, exclude)
+        elif f.name not in exclude:
+            yield f, tp
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str, ...] = ()) -> None:
+    """Add one flag per field of ``cls`` (and of configs nested in it)."""
+    for f, tp in _flag_fields(cls, exclude):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         help_text = _help(f, default)
         flag = _flag(f.name)
         if tp is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
-                                default=None, help=help_text)
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif typing.get_origin(tp) is Literal:
             choices = list(typing.get_args(tp))
             parser.add_argument(flag, dest=f.name, choices=choices, default=None, help=help_text)
@@ -544,22 +540,19 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, exclude: tu
 def config_from_args(cls: type, args: argparse.Namespace, base: Any | None = None) -> Any:
     """Build ``cls`` from parsed flags, each given one overriding ``base`` (or the defaults), then :func:`validate`
     it (:class:`UsageError`: exit 2). Without ``base``, a ``--recipe`` given first sets its :data:`GAN_RECIPES`
-    fields (flags still win); with ``base`` (a resumed run) a changed recipe is a change of setting."""
-    base = base if base is not None else recipe_defaults(cls, getattr(args, "recipe", None))
+    fields (flags still win; an unknown recipe is left to :func:`validate`); with ``base`` (a resumed run) a changed
+    recipe is a change of setting."""
+    if base is None:
+        base = cls()
+        recipe = getattr(args, "recipe", None)
+        if cls is GANConfig and recipe in GAN_RECIPES:
+            base = dataclasses.replace(base, recipe=recipe, **GAN_RECIPES[recipe])
     config = _replace_from_args(cls, args, base)
     try:
         validate(config)
     except MnistgenError as exc:  # ``base`` was valid: a flag's value is out of bounds
         raise UsageError(str(exc)) from None
     return config
-
-
-def recipe_defaults(cls: type, recipe: str | None) -> Any:
-    """``cls``'s defaults with the values of ``recipe`` (:data:`GAN_RECIPES`; an unknown one is left to
-    :func:`validate`)."""
-    if cls is not GANConfig or recipe not in GAN_RECIPES:
-        return cls()
-    return dataclasses.replace(cls(), recipe=recipe, **GAN_RECIPES[recipe])
 
 
 def _replace_from_args(cls: type, args: argparse.Namespace, base: Any) -> Any:
@@ -575,19 +568,6 @@ def _replace_from_args(cls: type, args: argparse.Namespace, base: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- keyword arguments -> config
-
-def _settings(cls: type, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The flat settings of a config class, as CLI flags see them: ``{name: type}``, nested configs' fields too."""
-    hints = typing.get_type_hints(cls)
-    names: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        tp = _base_type(hints[f.name])
-        if dataclasses.is_dataclass(tp):
-            names.update(_settings(tp, exclude))
-        elif f.name not in exclude:
-            names[f.name] = tp
-    return names
-
 
 def _coerce(value: Any, tp: Any) -> Any:
     """What a notebook naturally passes, as the CLI's parsed flag would hold it: a path for a text setting, a NumPy
@@ -609,9 +589,8 @@ def config_from_settings(cls: type, settings: dict[str, Any], base: Any | None, 
     DataConfig's fields too: ``data_dir=``, ``dataset=``, ``offline=``), None for "not given", over ``base`` (the
     stored config on resume) or the defaults; validated with the CLI's messages.
 
-    An unknown name is a one-line :class:`MnistgenError` naming it and the closest setting (or all of them).
-    """
-    known = _settings(cls, exclude)
+    An unknown name is a one-line :class:`MnistgenError` naming it and the closest setting (or all of them)."""
+    known = {f.name: tp for f, tp in _flag_fields(cls, exclude)}  # {name: type}, nested configs' fields too
     unknown = [name for name in settings if name not in known]
     if unknown:
         close = difflib.get_close_matches(unknown[0], list(known), n=1)

@@ -37,6 +37,4 @@ def seed_everything(seed: int) -> torch.Generator:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    generator = torch.Generator(device="cpu")
-    generator.manual_seed(seed)
-    return generator
+    return torch.Generator(device="cpu").manual_seed(seed)

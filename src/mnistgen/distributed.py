@@ -1,7 +1,7 @@
 """Training under torchrun: ``torchrun --nproc-per-node N -m mnistgen vae train ...`` (or ``gan train``).
 
 torchrun starts N copies of the command on each machine, with RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and
-MASTER_PORT in their environment. :func:`torchrun_job` (``run_train`` of both commands) sees them, joins the job's
+MASTER_PORT in their environment. :func:`torchrun_job` (around both training commands) sees them, joins the job's
 process group (gloo for CPU tensors, and NCCL for CUDA tensors where CUDA is present: ``cpu:gloo,cuda:nccl``; each
 process uses the GPU ``cuda:LOCAL_RANK``) and leaves it at the end, also on an error. Without those variables (one
 process), every function here does what one process does, and nothing else.
@@ -45,11 +45,6 @@ EXIT_USER_ERROR = 1  # as mnistgen.cli
 EXIT_INTERRUPTED = 130
 
 
-def launched_by_torchrun() -> bool:
-    """True where torchrun (or another launcher setting its variables) started this process."""
-    return all(name in os.environ for name in TORCHRUN_VARIABLES)
-
-
 def is_main_process() -> bool:
     """True unless this is a non-zero rank of an initialised torch.distributed job."""
     return rank_and_size()[0] == 0
@@ -67,14 +62,11 @@ def rank_and_size() -> tuple[int, int]:
 
 @contextlib.contextmanager
 def torchrun_job() -> Iterator[None]:
-    """Inside the block, this process belongs to its torchrun job's process group (where torchrun started it with
-    more than one process; otherwise nothing happens). The group is destroyed when the block ends, however it ends.
-
-    On ranks other than 0, an error that every rank raised (those of :func:`ranks_agree` and
-    :func:`from_main_rank`, a NaN: rank 0 prints it) and a Ctrl-C end the process with its exit status and no
-    message; another :class:`MnistgenError` (one only this rank met) is named with the rank: ``rank 3: ...``."""
-    if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) <= 1 or (dist.is_available()
-                                                                            and dist.is_initialized()):
+    """Inside the block, this process belongs to its torchrun job's process group (see above). On ranks other than 0,
+    an error that every rank raised (a NaN too) and a Ctrl-C end the process with its exit status and no message;
+    another :class:`MnistgenError` (one only this rank met) is named with the rank: ``rank 3: ...``."""
+    launched = all(name in os.environ for name in TORCHRUN_VARIABLES)  # by torchrun, or a launcher setting them
+    if not launched or int(os.environ["WORLD_SIZE"]) <= 1 or (dist.is_available() and dist.is_initialized()):
         yield
         return
     rank = int(os.environ["RANK"])
@@ -126,15 +118,15 @@ def _join_process_group() -> None:
 
 
 def check_device(device: torch.device) -> None:
-    """Under torchrun on CUDA, each process of a machine needs its own GPU (``cuda:LOCAL_RANK``)."""
-    if device.type == "mps" and rank_and_size()[1] > 1:
+    """Under torchrun on CUDA, each process of a machine needs its own GPU (``cuda:LOCAL_RANK``); MPS has one."""
+    if rank_and_size()[1] == 1:
+        return
+    if device.type == "mps":
         raise MnistgenError("torchrun: training on MPS with more than one process is not supported; "
                             "use --device cpu")
-    if device.type == "cuda" and rank_and_size()[1] > 1:
-        local_rank, gpus = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
-        if local_rank >= gpus:
-            raise MnistgenError(f"torchrun started more processes on this machine than it has GPUs ({gpus}): give "
-                                f"--nproc-per-node {gpus} at most, or --device cpu")
+    if device.type == "cuda" and int(os.environ.get("LOCAL_RANK", 0)) >= (gpus := torch.cuda.device_count()):
+        raise MnistgenError(f"torchrun started more processes on this machine than it has GPUs ({gpus}): give "
+                            f"--nproc-per-node {gpus} at most, or --device cpu")
 
 
 # --------------------------------------------------------------------------- errors that every rank raises
@@ -217,8 +209,8 @@ def main_rank_first(work: Callable[[], T]) -> T:
 
 
 def check_global_batch(batch_size: int, num_items: int | None = None, drop_last: bool = True) -> None:
-    """Under torchrun ``--batch-size`` is the global batch, shared equally by the ranks: it must be a multiple of
-    their number, and so must the last, partial batch of an epoch of ``num_items`` (when it is not dropped)."""
+    """The global ``--batch-size``, and the last batch of an epoch of ``num_items`` (unless dropped), must be
+    multiples of the number of ranks."""
     world_size = rank_and_size()[1]
     if world_size == 1:
         return
@@ -233,25 +225,19 @@ def check_global_batch(batch_size: int, num_items: int | None = None, drop_last:
 
 
 def rank_share(batch_length: int, rank: int, world_size: int) -> tuple[int, int]:
-    """Rows [start, end) of a global batch of ``batch_length`` rows that are rank ``rank``'s (equal shares, in rank
-    order; :func:`check_global_batch` made ``batch_length`` a multiple of ``world_size``)."""
+    """Rows [start, end) of a global batch of ``batch_length`` rows that are rank ``rank``'s (see above)."""
     share = batch_length // world_size
     return rank * share, (rank + 1) * share
 
 
 def average_over_ranks(tensors: list[torch.Tensor]) -> None:
     """Replace each tensor by its mean over the ranks of a torchrun job; nothing to do in one process."""
-    world_size = rank_and_size()[1]
-    if world_size == 1:
-        return
     for tensor in tensors:
-        dist.all_reduce(tensor)
-        tensor.div_(world_size)
+        sum_over_ranks(tensor, mean=True)
 
 
 def average_gradients(optimizer: torch.optim.Optimizer) -> None:
-    """The gradients of the parameters ``optimizer`` steps, averaged over the ranks of a torchrun job (each rank's
-    loss is the mean over its share of the global batch); nothing to do in one process."""
+    """Average the gradients of ``optimizer``'s parameters over the ranks (each rank's loss is over its share)."""
     average_over_ranks([p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None])
 
 
@@ -266,8 +252,7 @@ def sum_over_ranks(tensor: torch.Tensor, mean: bool = False) -> torch.Tensor:
 
 
 def stop_on_every_rank(stop: Callable[[], bool]) -> Callable[[], bool]:
-    """``stop`` as the loops poll it before each step; under torchrun, True on every rank as soon as it is True on
-    one (one all-reduce of one number on the CPU per poll), so that all ranks stop after the same step."""
+    """``stop`` as the loops poll it before each step, True on every rank as soon as it is on one (see above)."""
     if rank_and_size()[1] == 1:
         return stop
     flag = torch.zeros(1, dtype=torch.int32)

@@ -28,8 +28,10 @@ from .config import DataConfig, ElboEstimatorsConfig, FixedEncoderConfig, VAECon
 from .distributed import is_main_process
 from .distributions import log_bernoulli_logits
 from .errors import MnistgenError
+from .evaluate.vae import load_run_protocol, load_trained_vae
 from .files import atomic_write, read_json, save_figure, write_json
 from .losses import elbo_analytic, elbo_mc
+from .plots.experiments import elbo_estimators_figure, fixed_encoder_figure
 from .progress import progress
 from .runs import RunDir, environment
 from .theory import kl_diag_gaussians, kl_estimator_noise_variance
@@ -96,8 +98,7 @@ def elbo_estimator_study(parts: VAEParts, images: torch.Tensor, draws: int, gene
                          show_progress: bool | None = None) -> dict:
     """Variance of Eq. 1 and Eq. 2 over ``draws`` independent eps (B, D), for each image (B, 784) and for the
     gradients of each estimator's batch mean per parameter group. eps being independent per image, B times the
-    batch-mean gradient's variance is the average per-image gradient variance (``trace_covariance_per_image``).
-    """
+    batch-mean gradient's variance is the average per-image gradient variance (``trace_covariance_per_image``)."""
     if draws < 2:
         raise ValueError("a variance needs at least 2 draws")
     batch = images.shape[0]
@@ -294,11 +295,7 @@ def experiment_paths(run: RunDir, name: str) -> tuple[Path, Path]:
     return folder / f"{name}.json", folder / f"{name}.png"
 
 
-def run_data_config(run: RunDir) -> DataConfig:
-    return _load_vae_config(run).data
-
-
-def _load_vae_config(run: RunDir) -> VAEConfig:
+def vae_config(run: RunDir) -> VAEConfig:
     return run.read_config_as("vae", VAEConfig, "a VAE run (the experiments need a VAE run, from mnistgen vae train)")
 
 
@@ -318,9 +315,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def _load(run: RunDir, device: str, data: DataConfig):
-    from .evaluate.vae import load_run_protocol, load_trained_vae
-
-    _load_vae_config(run)  # a clear error for a non-VAE folder before anything heavy
+    vae_config(run)  # a clear error for a non-VAE folder before anything heavy
     trained = load_trained_vae(run, device)
     protocol = load_run_protocol(run, dataclasses.replace(trained.config, data=data)).to(trained.device)
     return trained, protocol
@@ -328,8 +323,6 @@ def _load(run: RunDir, device: str, data: DataConfig):
 
 def run_elbo_estimators(run: RunDir, config: ElboEstimatorsConfig, show_progress: bool | None = None) -> dict:
     """Experiment 1 on a VAE run folder: writes RUN/experiments/elbo-estimators.{json,png}; returns the record."""
-    from .plots.experiments import elbo_estimators_figure
-
     started = time.perf_counter()
     trained, protocol = _load(run, config.device, config.data)
     if config.images > len(protocol.test_images):
@@ -358,8 +351,6 @@ def run_elbo_estimators(run: RunDir, config: ElboEstimatorsConfig, show_progress
 def run_fixed_encoder(run: RunDir, config: FixedEncoderConfig, show_progress: bool | None = None) -> dict:
     """Experiment 2 on a VAE run folder: writes RUN/experiments/fixed-encoder.{json,png,npz}; returns the record
     (per-image ELBOs only in the .npz)."""
-    from .plots.experiments import fixed_encoder_figure
-
     started = time.perf_counter()
     trained, protocol = _load(run, config.device, config.data)
     generator = torch.Generator().manual_seed(config.seed)

@@ -22,8 +22,14 @@ import torch
 import torch.nn.functional as F
 
 from .accelerate import PROBE_SEED, PROBE_TOLERANCE, layout_mismatch, on_meta_device, probing, relative_difference
+from .accelerate.gan import spec_generator_layers
+from .accelerate.vae import spec_layers
 from .config import VAEConfig
+from .data.protocols import binarize_batch
+from .data.registry import DATASETS
 from .errors import MnistgenError
+from .evaluate.gan import load_generator
+from .evaluate.vae import encode_means, load_run_protocol, load_trained_vae
 from .files import atomic_write
 from .models.gan import GENERATOR_START, LEAKY_SLOPE
 from .runs import RunDir
@@ -100,10 +106,7 @@ def _check_drawable(module: torch.nn.Module, build: Callable[[], dict[str, torch
 def decoder_arrays(decoder: torch.nn.Module, config: VAEConfig) -> list[np.ndarray]:
     """SPEC §2's decoder with ``config``'s widths as float32 arrays: w1 (H, 2), b1, w2 (784, H), b2.
 
-    The page computes p(x|z) = sigmoid(w2 tanh(w1 z + b1) + b2) and nothing else; another decoder is refused.
-    """
-    from .accelerate.vae import spec_layers
-
+    The page computes p(x|z) = sigmoid(w2 tanh(w1 z + b1) + b2) and nothing else; another decoder is refused."""
     if config.latent_dim != 2:
         raise MnistgenError(f"the explorer needs a 2-D latent space; this VAE has {config.latent_dim} dimensions")
 
@@ -126,8 +129,6 @@ def generator_arrays(generator: torch.nn.Module, zdim: int) -> GeneratorWeights:
 
     The page computes Linear -> LeakyReLU -> 2x nearest -> conv -> LeakyReLU -> 2x nearest -> conv -> LeakyReLU
     -> conv -> sigmoid (3x3 convolutions, padding 1)."""
-    from .accelerate.gan import spec_generator_layers
-
     def page(z: torch.Tensor) -> torch.Tensor:
         convs = [(conv.weight.float().cpu(), conv.bias.float().cpu())
                  for conv in (generator.conv1, generator.conv2, generator.conv3)]
@@ -231,10 +232,6 @@ def explorer_from_run(folder: str | Path, device: str = "auto", gan_folder: str 
     """The VAE of a run folder (or of a reproduction's vae/) and the points of its latent figure: the encoder means
     of its protocol's training images (one binary draw of each for the full protocol). The GAN panel comes from
     ``gan_folder``, or from the reproduction's gan/."""
-    from .data.protocols import binarize_batch
-    from .data.registry import DATASETS
-    from .evaluate.vae import encode_means, load_run_protocol, load_trained_vae
-
     run = vae_run_of(folder)
     trained = load_trained_vae(run, device)
     config = trained.config
@@ -242,8 +239,6 @@ def explorer_from_run(folder: str | Path, device: str = "auto", gan_folder: str 
     gan_run = RunDir(gan_folder) if gan_folder is not None else RunDir(RunDir(folder).path / "gan")
     gan = None
     if gan_folder is not None or gan_run.checkpoint.is_file():
-        from .evaluate.gan import load_generator
-
         generator, gan_config = load_generator(gan_run, torch.device("cpu"))
         gan = generator_arrays(generator, gan_config.zdim)
     protocol = load_run_protocol(run, config)

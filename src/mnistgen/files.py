@@ -10,6 +10,7 @@ import io
 import json
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,6 +20,11 @@ from typing import Any
 from .errors import MnistgenError
 
 FIGURE_DPI = 100  # every PNG figure mnistgen writes
+
+
+def to_stderr(line: str) -> None:
+    """Print ``line`` on stderr: the default ``say`` of notes and warnings, which are not a command's output."""
+    print(line, file=sys.stderr)
 
 
 def _umask() -> int:
@@ -31,7 +37,6 @@ TEMPORARY_SUFFIX = ".tmp"
 
 
 def temporary_prefix(path: Path) -> str:
-    """The name start of :func:`replacing`'s temporary files for ``path``: ``.<name>.``."""
     return f".{path.name}."
 
 
@@ -72,29 +77,12 @@ def replacing(path: str | os.PathLike, suffix: str = TEMPORARY_SUFFIX) -> Iterat
             temporary.unlink(missing_ok=True)  # after the rename there is nothing left to remove
 
 
-def remove_temporaries(folder: str | os.PathLike, names: tuple[str, ...]) -> list[Path]:
+def remove_temporaries(folder: str | os.PathLike, names: tuple[str, ...]) -> None:
     """Remove what :func:`replacing` left in ``folder`` for the files ``names`` when its process was killed
-    (``.<name>.<random>.tmp``); call it only while no other process may be writing them. Returns the removed."""
-    removed = []
+    (``.<name>.<random>.tmp``); call it only while no other process may be writing them."""
     for name in names:
         for leftover in Path(folder).glob(f"{temporary_prefix(Path(name))}*{TEMPORARY_SUFFIX}"):
             leftover.unlink(missing_ok=True)
-            removed.append(leftover)
-    return removed
-
-
-def check_output_file(path: str | os.PathLike, flag: str = "--out") -> Path:
-    """Refuse, before any work, an output file whose folder does not exist (it is not created: a mistyped folder
-    would be made silently) or is not writable; returns the path."""
-    path = Path(path).expanduser()
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise MnistgenError(f"{flag} {path}: the folder {folder} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise MnistgenError(f"{flag} {path}: the folder {folder} is not writable")
-    if path.is_dir():
-        raise MnistgenError(f"{flag} {path}: is a folder, not a file")
-    return path
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> None:

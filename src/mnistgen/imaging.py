@@ -34,8 +34,7 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 
 def save_png(path: Path, image: np.ndarray, scale: int = 1) -> None:
     """Save a 2-D array in [0, 1] as an 8-bit grayscale PNG (atomically), optionally enlarged."""
-    pixels = to_uint8(image)
-    picture = Image.fromarray(pixels, mode="L")
+    picture = Image.fromarray(to_uint8(image), mode="L")
     if scale > 1:
         picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
     atomic_write(Path(path), lambda h: picture.save(h, format="PNG"))

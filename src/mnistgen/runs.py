@@ -33,10 +33,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import GANConfig, VAEConfig, from_dict, is_replicated, replica_seeds
+from .config import GANConfig, VAEConfig, from_dict, replica_seeds
 from .distributed import is_main_process
 from .errors import MnistgenError
-from .files import atomic_write, json_line, read_json, remove_temporaries, save_figure, write_json
+from .files import atomic_write, json_line, read_json, remove_temporaries, save_figure, to_stderr, write_json
 from .imaging import save_png, tile
 from .version import __version__
 
@@ -84,8 +84,7 @@ def parse_metrics(text: str, path: Path, required: tuple[str, ...] = (),
     ``required``.
 
     A damaged last line is what a crash in the middle of an append leaves: it is dropped with one note to ``say``
-    (default: stderr). A damaged line before it is a one-line :class:`MnistgenError` naming the file and line.
-    """
+    (default: stderr). A damaged line before it is a one-line :class:`MnistgenError` naming the file and line."""
     lines = [(number, line) for number, line in enumerate(text.split("\n"), 1) if line.strip()]
     records = []
     for index, (number, line) in enumerate(lines):
@@ -93,7 +92,7 @@ def parse_metrics(text: str, path: Path, required: tuple[str, ...] = (),
         if problem is None:
             records.append(json.loads(line))
         elif index == len(lines) - 1:
-            (say or _stderr)(f"mnistgen: note: {path}, line {number}: {problem} (the end of an interrupted write); "
+            (say or to_stderr)(f"mnistgen: note: {path}, line {number}: {problem} (the end of an interrupted write); "
                              "ignored")
         else:
             raise MnistgenError(f"{path}, line {number}: {problem}")
@@ -125,10 +124,6 @@ def _metrics_problem(line: str, required: tuple[str, ...]) -> str | None:
     return None
 
 
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr)
-
-
 # --------------------------------------------------------------------------- the lock
 
 RUN_FILES = ("checkpoint.pt", "config.json", "metrics.jsonl", "data.json", "eval.json")  # written by replacing()
@@ -140,7 +135,7 @@ def _lock_exclusively(lock: Path, folder: Path) -> int:
     try:
         import fcntl
     except ImportError:  # Windows
-        _stderr(f"mnistgen: note: {folder} is not locked against a second process on this platform")
+        to_stderr(f"mnistgen: note: {folder} is not locked against a second process on this platform")
         return os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
     while True:
         try:
@@ -180,13 +175,11 @@ def _lock_holder(lock: Path) -> str:
 
 def environment() -> dict[str, Any]:
     """Versions and machine: saved with every run so a number can be traced to what produced it."""
-    import numpy
-
-    info = {
+    return {
         "mnistgen": __version__,
         "python": sys.version.split()[0],
         "torch": torch.__version__,
-        "numpy": numpy.__version__,
+        "numpy": np.__version__,
         "platform": platform.platform(),
         "machine": platform.machine(),
         "processor": platform.processor() or platform.machine(),
@@ -195,7 +188,6 @@ def environment() -> dict[str, Any]:
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    return info
 
 
 class RunDir:
@@ -229,13 +221,7 @@ class RunDir:
         config_class = _CONFIG_CLASSES.get(saved.get("kind"))
         if config_class is None:
             raise MnistgenError(f"{self.config}: a {saved.get('kind')!r} run cannot hold replicas")
-        try:
-            config = from_dict(config_class, values)
-        except MnistgenError as exc:
-            raise MnistgenError(f"{self.config}: {exc}") from None
-        if not is_replicated(config):
-            return []
-        return [(seed, self.seed_run(seed)) for seed in replica_seeds(config)]
+        return [(seed, self.seed_run(seed)) for seed in replica_seeds(self._config_as(config_class, values))]
 
     def require(self) -> RunDir:
         if not self.config.is_file():
@@ -263,8 +249,11 @@ class RunDir:
         saved = self.read_config()
         if saved.get("kind") != kind:
             raise MnistgenError(f"{self.path}: a {saved.get('kind')!r} run folder, not {expected}")
+        return self._config_as(config_class, saved["config"])
+
+    def _config_as(self, config_class: type, values: dict[str, Any]) -> Any:
         try:
-            return from_dict(config_class, saved["config"])
+            return from_dict(config_class, values)
         except MnistgenError as exc:
             raise MnistgenError(f"{self.config}: {exc}") from None
 
@@ -304,8 +293,7 @@ class RunDir:
         An exclusive ``flock`` on RUN/.lock: a second process that claims the same folder is refused in one line,
         and a crashed or killed process releases it (the kernel drops the lock with the process). While it is
         held, what a killed writer left (``.checkpoint.pt.*.tmp`` and the like) is removed. A folder this call
-        created is removed again if the block leaves nothing in it but the lock.
-        """
+        created is removed again if the block leaves nothing in it but the lock."""
         if not is_main_process():
             yield
             return

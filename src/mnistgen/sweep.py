@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .config import NON_NEGATIVE, POSITIVE, GANConfig, VAEConfig, config_from_settings, option
+from .config import NON_NEGATIVE, POSITIVE, GANConfig, VAEConfig, config_from_settings, option, validate
 from .errors import MnistgenError, UsageError
+from .files import atomic_write
 from .stats import Interval, interval, t_quantile_975  # noqa: F401 - t_quantile_975 re-exported
 
 SPEC_KEYS = ("model", "seeds", "replicas", "base", "grid", "list")
@@ -286,8 +287,7 @@ def run_trial(trial: Trial) -> TrialResult:
         message = str(exc) if isinstance(exc, MnistgenError) else f"{type(exc).__name__}: {exc}"
         if not isinstance(exc, MnistgenError):
             traceback.print_exc(file=sys.stderr)
-        return TrialResult(trial.configuration, trial.seed, "failed", error=_one_line(message),
-                           seconds=time.perf_counter() - start)
+        return _failed(trial, message, seconds=time.perf_counter() - start)
 
 
 def _check_same_settings(trial: Trial, saved: Any, wanted: Any) -> None:
@@ -306,8 +306,9 @@ def _check_same_settings(trial: Trial, saved: Any, wanted: Any) -> None:
                             "choose another --out")
 
 
-def _one_line(message: str) -> str:
-    return " ".join(message.split()) or "failed without a message"
+def _failed(trial: Trial, message: str, seconds: float = 0.0) -> TrialResult:
+    one_line = " ".join(message.split()) or "failed without a message"
+    return TrialResult(trial.configuration, trial.seed, "failed", error=one_line, seconds=seconds)
 
 
 def cpu_cores() -> int:
@@ -333,8 +334,7 @@ def run_local(trials: list[Trial], jobs: int, report: Callable[[TrialResult], No
                 try:
                     result = future.result()
                 except Exception as exc:  # noqa: BLE001 - the worker process died (killed, out of memory)
-                    result = TrialResult(trial.configuration, trial.seed, "failed",
-                                         error=_one_line(f"{type(exc).__name__}: {exc}"))
+                    result = _failed(trial, f"{type(exc).__name__}: {exc}")
                 results.append(result)
                 report(result)
         except KeyboardInterrupt:
@@ -386,8 +386,7 @@ def run_ray(trials: list[Trial], options: SweepOptions, report: Callable[[TrialR
                 result = ray.get(done[0])
             except Exception as exc:  # noqa: BLE001 - the task's worker died, or the node went away
                 first_line = (str(exc).strip().splitlines() or [""])[0]  # a RayTaskError holds a traceback
-                result = TrialResult(trial.configuration, trial.seed, "failed",
-                                     error=_one_line(f"{type(exc).__name__}: {first_line}"))
+                result = _failed(trial, f"{type(exc).__name__}: {first_line}")
             results.append(result)
             report(result)
         return results
@@ -400,8 +399,6 @@ def run_sweep(sweep_file: str | os.PathLike, out: str | os.PathLike, options: Sw
               say: Callable[[str], None] = print) -> SweepResult:
     """Run every trial of ``sweep_file`` not yet finished under ``out``, write the summary, return the results
     (failed trials included)."""
-    from .config import validate
-
     options = options or SweepOptions()
     validate(options)
     sweep = read_sweep(sweep_file)
@@ -527,10 +524,7 @@ def summary_html(sweep: Sweep, summaries: list[ConfigurationSummary], results: S
     return page(f"mnistgen sweep: {sweep.model.upper()}", subtitle, sections)
 
 
-def write_summary(sweep: Sweep, out: Path, results: Sequence[TrialResult],
-                  options: SweepOptions) -> tuple[Path, Path]:
-    from .files import atomic_write
-
+def write_summary(sweep: Sweep, out: Path, results: Sequence[TrialResult], options: SweepOptions) -> tuple[Path, Path]:
     summaries = summarize(sweep, results)
     paths = out / "summary.csv", out / "summary.html"
     for path, text in zip(paths, (summary_csv(sweep, summaries), summary_html(sweep, summaries, results, options)),

@@ -31,8 +31,7 @@ def kl_estimator_noise_variance(mu: torch.Tensor, logvar: torch.Tensor) -> torch
     With z_j = mu_j + s_j eps_j: log p(z) - log q(z|x) = sum_j [-mu_j^2/2 + log s_j - mu_j s_j eps_j
     - (s_j^2 - 1) eps_j^2 / 2]; eps_j and eps_j^2 are uncorrelated and Var eps^2 = 2, so the variance is
     sum_j [mu_j^2 s_j^2 + (s_j^2 - 1)^2 / 2]. It is the noise that Eq. 1's closed-form KL removes; it
-    vanishes only when q = p(z). Shapes: (B, D) -> (B,).
-    """
+    vanishes only when q = p(z). Shapes: (B, D) -> (B,)."""
     variance = logvar.exp()
     return (mu ** 2 * variance + 0.5 * (variance - 1.0) ** 2).sum(dim=-1)
 

@@ -33,8 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="mnistgen", description="Train, evaluate and draw a 2-D-latent VAE and a small "
                                                         "convolutional GAN of digits.")
     parser.add_argument("--version", action="version", version=f"mnistgen {__version__}")
-    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=OneLineParser)
-    subparsers.required = True
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=OneLineParser, required=True)
     for family in (data, vae, gan, score, experiment, report, explore, sweep):  # in mnistgen --help's order
         family.register(subparsers)
     return parser

@@ -1,9 +1,15 @@
-"""What the sub-command modules share: exit codes, one-line messages, output files."""
+"""What the sub-command modules share: exit codes, one-line messages, output files, the training commands."""
 
 from __future__ import annotations
 
+import argparse
+import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from ..config import config_from_args
 from ..errors import MnistgenError, UsageError
 
 EXIT_USER_ERROR = 1
@@ -23,15 +29,22 @@ def printable(message: str) -> str:
 
 
 def writable_output(path: str | Path, flag: str = "--out") -> Path:
-    """Refuse, before any work, an output file that could not be written (its folder missing, not a folder, or not
-    writable); returns the path. Writability is tried, by creating and removing a file there: ``os.access`` answers
-    yes to root on read-only file systems and immutable folders, and cannot know some network file systems' rules."""
+    """Refuse, before any work, an output file that could not be written (its folder missing: it is not created, as
+    a mistyped folder would be made silently; not a folder, or not writable); returns the path. Writability is
+    tried, by creating and removing a file there: ``os.access`` answers yes to root on read-only file systems and
+    immutable folders, and cannot know some network file systems' rules."""
     import tempfile
 
-    from ..files import TEMPORARY_SUFFIX, check_output_file, temporary_prefix
+    from ..files import TEMPORARY_SUFFIX, temporary_prefix
 
-    path = check_output_file(path, flag)
+    path = Path(path).expanduser()
     folder = path.parent
+    if not folder.is_dir():
+        raise MnistgenError(f"{flag} {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise MnistgenError(f"{flag} {path}: the folder {folder} is not writable")
+    if path.is_dir():
+        raise MnistgenError(f"{flag} {path}: is a folder, not a file")
     try:
         with tempfile.TemporaryFile(prefix=temporary_prefix(path), suffix=TEMPORARY_SUFFIX, dir=folder):
             pass
@@ -48,10 +61,32 @@ def npy_output(text: str) -> Path:
     return writable_output(out, "--out")
 
 
-def save_npy(out: Path, array) -> None:
-    """Write ``array`` to ``out`` atomically (a reader never sees half an array)."""
-    import numpy as np
+def train_command(args: argparse.Namespace, kind: str, config_class: type, train: Callable[[Any, Any], Any],
+                  summary: Callable[[dict[str, Any]], str]) -> int:
+    """``mnistgen vae|gan train``, in one process or in each process of a torchrun job (see
+    :mod:`mnistgen.distributed`: rank 0 reads and writes RUN and prints; every rank trains its share of each batch).
+    ``train(config, run)`` returns the history (a dict by seed for replicas); ``summary`` describes a last record."""
+    from ..distributed import from_main_rank, is_main_process, ranks_agree, torchrun_job
+    from ..errors import TrainingInterrupted
+    from ..runs import RunDir
 
-    from ..files import atomic_write
-
-    atomic_write(out, lambda handle: np.save(handle, array))
+    run = RunDir(args.out)
+    with torchrun_job():
+        expected = f"a {kind.upper()} run"
+        base = from_main_rank(lambda: run.read_config_as(kind, config_class, expected)) if args.resume else None
+        with ranks_agree():
+            config = config_from_args(config_class, args, base)
+        try:
+            history = train(config, run)
+        except TrainingInterrupted as exc:
+            if is_main_process():
+                print(f"mnistgen: {exc}", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        if not is_main_process():
+            return 0
+        histories = history if isinstance(history, dict) else {None: history}
+        for seed, records in histories.items():
+            if records:
+                where = run.path if seed is None else run.seed_run(seed).path
+                print(f"epoch {records[-1]['epoch']}/{config.epochs}: {summary(records[-1])}; run folder {where}")
+    return 0

@@ -13,8 +13,8 @@ def register(subparsers) -> None:
         "experiment", help="theory experiments on a trained VAE (docs/theory.md)",
         description="Experiments that measure statements of docs/theory.md on a trained VAE run folder. "
                     "Each writes RUN/experiments/<name>.json and a figure <name>.png.")
-    commands = parser.add_subparsers(title="experiments", metavar="EXPERIMENT", parser_class=type(parser))
-    commands.required = True
+    commands = parser.add_subparsers(title="experiments", metavar="EXPERIMENT", parser_class=type(parser),
+                                     required=True)
 
     estimators = commands.add_parser(
         "elbo-estimators", help="Eq. 1 vs Eq. 2: variance of the ELBO estimate and of its gradient",
@@ -36,19 +36,19 @@ def register(subparsers) -> None:
     fixed.set_defaults(func=_fixed_encoder)
 
 
-def _config(cls, args: argparse.Namespace, run):
-    """Flags override the defaults, and the data settings default to the run's own."""
-    from ..experiments import run_data_config
+def _run_and_config(cls: type, args: argparse.Namespace) -> tuple:
+    """The run folder RUN, and ``cls`` from the flags over the defaults, the data settings defaulting to RUN's."""
+    from ..experiments import vae_config
+    from ..runs import RunDir
 
-    return config_from_args(cls, args, base=cls(data=run_data_config(run)))
+    run = RunDir(args.run).require()
+    return run, config_from_args(cls, args, base=cls(data=vae_config(run).data))
 
 
 def _elbo_estimators(args: argparse.Namespace) -> int:
     from ..experiments import run_elbo_estimators
-    from ..runs import RunDir
 
-    run = RunDir(args.run).require()
-    record = run_elbo_estimators(run, _config(ElboEstimatorsConfig, args, run))
+    record = run_elbo_estimators(*_run_and_config(ElboEstimatorsConfig, args))
     summary, gradients = record["summary"], record["gradients"]
     print(f"ELBO, mean over images and draws: Eq. 1 {record['elbo']['eq1']['mean']:.3f}, "
           f"Eq. 2 {record['elbo']['eq2']['mean']:.3f}")
@@ -64,10 +64,8 @@ def _elbo_estimators(args: argparse.Namespace) -> int:
 
 def _fixed_encoder(args: argparse.Namespace) -> int:
     from ..experiments import run_fixed_encoder
-    from ..runs import RunDir
 
-    run = RunDir(args.run).require()
-    record = run_fixed_encoder(run, _config(FixedEncoderConfig, args, run))
+    record = run_fixed_encoder(*_run_and_config(FixedEncoderConfig, args))
     for name, values in record["test_elbo"].items():
         print(f"test ELBO, q = {name}: {values['mean']:.3f} (standard error {values['standard_error']:.3f})")
     print(f"wrote {record['figure']} and its .json, .npz", file=sys.stderr)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from ..config import DEVICES
+from ..runs import RunDir
+
 
 def register(subparsers) -> None:
-    from ..config import DEVICES
-
     parser = subparsers.add_parser(
         "explore", help="write an interactive page of the VAE's latent plane (decoder runs in the page)",
         description="Write one self-contained HTML page: the encoder means of the run's training images as a "
@@ -24,7 +25,6 @@ def register(subparsers) -> None:
 
 def run_explore(args: argparse.Namespace) -> int:
     from ..explore import explorer_from_run, write_explorer
-    from ..runs import RunDir
 
     out = args.out if args.out else RunDir(args.run).path / "explorer.html"
     print(write_explorer(explorer_from_run(args.run, args.device, args.gan), out))

@@ -6,12 +6,14 @@ The work is done by :mod:`mnistgen.train.gan` (training, grids, figures, samples
 from __future__ import annotations
 
 import argparse
-import sys
+
+import numpy as np
 
 from ..config import GANConfig, GANPlotConfig, GANSampleConfig, add_config_arguments, config_from_args
 from ..errors import UsageError
+from ..files import atomic_write, to_stderr
 from ..runs import RunDir
-from .common import EXIT_INTERRUPTED, npy_output, save_npy
+from .common import npy_output, train_command
 
 
 def register(subparsers) -> None:
@@ -20,8 +22,7 @@ def register(subparsers) -> None:
         "gan", help="the GAN of SPEC §3: train, plot, sample",
         description="The small convolutional GAN of SPEC §3: train it into a run folder, then draw its progress "
                     "figure and sample from it.")
-    commands = parser.add_subparsers(title="gan commands", metavar="COMMAND", parser_class=type(parser))
-    commands.required = True
+    commands = parser.add_subparsers(title="gan commands", metavar="COMMAND", parser_class=type(parser), required=True)
 
     train = commands.add_parser(
         "train", help="train the GAN into a run folder",
@@ -61,42 +62,13 @@ def register(subparsers) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """``mnistgen gan train``, in one process or in each process of a torchrun job (see :mod:`mnistgen.distributed`:
-    rank 0 reads and writes RUN and prints; every rank trains its share of each batch)."""
-    from ..config import is_replicated
-    from ..data.protocols import load_protocol
-    from ..data.sources import load_raw
-    from ..distributed import from_main_rank, is_main_process, main_rank_first, ranks_agree, torchrun_job
-    from ..train.common import check_run_folder
-    from ..train.gan import RESUMABLE_FIELDS, TrainingInterrupted, train_gan
+    from ..api import train_gan_into
 
-    run = RunDir(args.out)
-    with torchrun_job():
-        base = from_main_rank(lambda: run.read_config_as("gan", GANConfig, "a GAN run")) if args.resume else None
-        with ranks_agree():
-            config = config_from_args(GANConfig, args, base)
-        if not is_replicated(config):
-            from_main_rank(lambda: check_run_folder(run, args.resume, "gan", config, RESUMABLE_FIELDS,
-                                                    say=lambda line: None) and None)  # before the data
-        protocol = main_rank_first(lambda: load_protocol("gan", load_raw(config.data)))  # a download happens once
-        try:
-            history = train_gan(config, protocol.train_images, run, resume=args.resume,
-                                provenance=protocol.provenance)
-        except TrainingInterrupted as exc:
-            if is_main_process():
-                print(f"mnistgen: {exc}", file=sys.stderr)
-            return EXIT_INTERRUPTED
-        if not is_main_process():
-            return 0
-        histories = history if isinstance(history, dict) else {None: history}  # by seed for replicas
-        for seed, records in histories.items():
-            if records:
-                last = records[-1]
-                where = run.path if seed is None else run.seed_run(seed).path
-                print(f"epoch {last['epoch']}/{config.epochs}: D loss {last['d_loss']:.3f}, G loss "
-                      f"{last['g_loss']:.3f}, mean D(x) {last['d_real']:.3f}, mean D(G(z)) {last['d_fake']:.3f}; "
-                      f"run folder {where}")
-    return 0
+    def summary(last: dict) -> str:
+        return (f"D loss {last['d_loss']:.3f}, G loss {last['g_loss']:.3f}, mean D(x) {last['d_real']:.3f}, "
+                f"mean D(G(z)) {last['d_fake']:.3f}")
+
+    return train_command(args, "gan", GANConfig, lambda config, run: train_gan_into(run, config, args.resume), summary)
 
 
 def run_plot(args: argparse.Namespace) -> int:
@@ -132,10 +104,10 @@ def run_sample(args: argparse.Namespace) -> int:
         raise UsageError(f"--n must be a positive integer, got {args.n}")
     run = RunDir(args.run).require()
     options = config_from_args(GANSampleConfig, args)
-    run = first_seed(run, "sampling", say=lambda line: print(line, file=sys.stderr), kind="gan")  # replicas
+    run = first_seed(run, "sampling", say=to_stderr, kind="gan")  # replicas
     generator, config = load_generator(run, resolve_device(options.device), raw=options.raw)
     images = sample_images(generator, args.n, config.seed if options.seed is None else options.seed)
-    save_npy(out, images)
+    atomic_write(out, lambda handle: np.save(handle, images))  # a reader never sees half an array
     print(f"wrote {out}: {images.shape[0]} images {images.shape[1]}x{images.shape[2]}, float32 in [0, 1], "
           f"{generator_label(config, options.raw)}")
     return 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import shlex
-import sys
 from pathlib import Path
 
 from ..config import ClassifierConfig, ScoreConfig, add_config_arguments, config_from_args
@@ -36,8 +35,7 @@ def register(subparsers) -> None:
         "score-classifier", help="train the MNIST classifier behind mnistgen score",
         description="The classifier that mnistgen score uses; mnistgen ships trained weights in mnistgen/assets.")
     commands = classifier.add_subparsers(title="score-classifier commands", metavar="COMMAND",
-                                         parser_class=type(classifier))
-    commands.required = True
+                                         parser_class=type(classifier), required=True)
     train = commands.add_parser(
         "train", help="train it on the MNIST training split (validation carved from it)",
         description="Train the classifier and write OUT/classifier.pt with OUT/classifier.json (its SHA-256, "
@@ -111,5 +109,5 @@ def run_train(args: argparse.Namespace) -> int:
     meta = train_and_save(config, args.out, raw, device, _command_line(args, config))
     print(f"best epoch {meta['best_epoch']}: validation accuracy {meta['validation_accuracy']:.4f}, "
           f"test accuracy {meta['test_accuracy']:.4f}; sha256 {meta['sha256']}")
-    print(f"written: {shlex.quote(args.out)}/{meta['file']} and its .json", file=sys.stdout)
+    print(f"written: {shlex.quote(args.out)}/{meta['file']} and its .json")
     return 0

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import argparse
 
+from ..config import add_config_arguments, config_from_args
+from ..errors import MnistgenError
+from ..sweep import SweepOptions, run_sweep
+
 
 def register(subparsers) -> None:
-    from ..config import add_config_arguments
-    from ..sweep import SweepOptions
-
     parser = subparsers.add_parser(
         "sweep", help="train a grid (or list) of settings times seeds; DIR/summary.csv and DIR/summary.html",
         description="Train every configuration of SWEEP.toml with every seed, each trial an ordinary run folder "
@@ -27,12 +28,7 @@ def register(subparsers) -> None:
 
 
 def run_sweep_command(args: argparse.Namespace) -> int:
-    from ..config import config_from_args
-    from ..errors import MnistgenError
-    from ..sweep import SweepOptions, run_sweep
-
-    options = config_from_args(SweepOptions, args)
-    result = run_sweep(args.sweep_file, args.out, options)
+    result = run_sweep(args.sweep_file, args.out, config_from_args(SweepOptions, args))
     if result.failed:
         raise MnistgenError(f"{len(result.failed)} of {len(result.results)} trials failed (their errors are above "
                             f"and in {result.html_path})")

@@ -6,11 +6,13 @@ The work is done by :func:`mnistgen.train.vae.train_vae` and :mod:`mnistgen.eval
 from __future__ import annotations
 
 import argparse
-import sys
+
+import numpy as np
 
 from ..config import VAEConfig, VAEEvalConfig, add_config_arguments, config_from_args
+from ..files import atomic_write, to_stderr
 from ..runs import RunDir
-from .common import EXIT_INTERRUPTED, npy_output, save_npy
+from .common import npy_output, train_command
 
 
 def register(subparsers) -> None:
@@ -19,8 +21,7 @@ def register(subparsers) -> None:
         "vae", help="the VAE of SPEC §2: train, eval, plot, sample",
         description="The 2-D-latent VAE of SPEC §2: train it into a run folder, then evaluate it, draw its "
                     "figures and sample from it.")
-    commands = parser.add_subparsers(title="vae commands", metavar="COMMAND", parser_class=type(parser))
-    commands.required = True
+    commands = parser.add_subparsers(title="vae commands", metavar="COMMAND", parser_class=type(parser), required=True)
 
     train = commands.add_parser(
         "train", help="train the VAE into a run folder",
@@ -62,34 +63,16 @@ def register(subparsers) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """``mnistgen vae train``, in one process or in each process of a torchrun job (see :mod:`mnistgen.distributed`:
-    rank 0 reads and writes RUN and prints; every rank trains its share of each batch)."""
-    from ..distributed import from_main_rank, is_main_process, ranks_agree, torchrun_job
-    from ..train.vae import TrainingInterrupted, train_vae
+    from ..train.vae import train_vae
 
-    run = RunDir(args.out)
-    with torchrun_job():
-        base = from_main_rank(lambda: run.read_config_as("vae", VAEConfig, "a VAE run")) if args.resume else None
-        with ranks_agree():
-            config = config_from_args(VAEConfig, args, base)
-        try:
-            history = train_vae(config, run, resume=args.resume)
-        except TrainingInterrupted as exc:
-            if is_main_process():
-                print(f"mnistgen: {exc}", file=sys.stderr)
-            return EXIT_INTERRUPTED
-        if not is_main_process():
-            return 0
-        histories = history if isinstance(history, dict) else {None: history}  # by seed for replicas
-        for seed, records in histories.items():
-            if records:
-                last = records[-1]
-                held_out = next(k for k in last if k.endswith("_elbo") and k != "train_elbo")
-                trained = f"train {last.get('train_elbo_is', 'ELBO')}"  # iwae, K > 1: what train_elbo is
-                where = run.path if seed is None else run.seed_run(seed).path
-                print(f"epoch {last['epoch']}/{config.epochs}: {trained} {last['train_elbo']:.2f}, "
-                      f"{held_out.replace('_elbo', '')} ELBO {last[held_out]:.2f} nats per image; run folder {where}")
-    return 0
+    def summary(last: dict) -> str:
+        held_out = next(k for k in last if k.endswith("_elbo") and k != "train_elbo")
+        trained = f"train {last.get('train_elbo_is', 'ELBO')}"  # iwae, K > 1: what train_elbo is
+        return (f"{trained} {last['train_elbo']:.2f}, {held_out.replace('_elbo', '')} ELBO {last[held_out]:.2f} "
+                "nats per image")
+
+    return train_command(args, "vae", VAEConfig, lambda config, run: train_vae(config, run, resume=args.resume),
+                         summary)
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -99,15 +82,12 @@ def run_eval(args: argparse.Namespace) -> int:
     run = RunDir(args.run).require()
     options = config_from_args(VAEEvalConfig, args)
     replicas = run.replicas()
-    bar = progress(total=0, description=f"log p(x), K={options.iw}" + (f", {len(replicas)} seeds" if replicas else ""))
-    try:
+    with progress(0, f"log p(x), K={options.iw}" + (f", {len(replicas)} seeds" if replicas else "")) as bar:
         def advance(done: int, total: int) -> None:
             bar.total = total
             bar.update(done - bar.n)
 
         result = (evaluate_replicas if replicas else evaluate_run)(run, options, on_progress=advance)
-    finally:
-        bar.close()
     if replicas:
         return print_replica_eval(run, result, options)
     error = result["test_elbo_mc_standard_error"]
@@ -150,10 +130,9 @@ def run_sample(args: argparse.Namespace) -> int:
     from ..evaluate.vae import sample_run
 
     out = npy_output(args.out)
-    run = first_seed(RunDir(args.run).require(), "sampling", say=lambda line: print(line, file=sys.stderr),
-                     kind="vae")
+    run = first_seed(RunDir(args.run).require(), "sampling", say=to_stderr, kind="vae")
     images = sample_run(run, args.n, args.binary, config_from_args(VAEEvalConfig, args))
-    save_npy(out, images)
+    atomic_write(out, lambda handle: np.save(handle, images))  # a reader never sees half an array
     kind = "binary draws x ~ p(x|z)" if args.binary else "decoder means p(x|z)"
     print(f"wrote {out}: {images.shape[0]} images {images.shape[1]}x{images.shape[2]}, float32, {kind}")
     return 0

@@ -67,8 +67,7 @@ class VerdictStore:
 
     def remember(self, file: Path, hashes: FileHashes) -> None:
         entry = {**self._stamp(file), "md5": hashes.md5, "content_md5": hashes.content_md5}
-        self._entries[self._key(file)] = entry
-        self._changed[self._key(file)] = entry
+        self._entries[self._key(file)] = self._changed[self._key(file)] = entry
 
     def forget(self, file: Path) -> None:
         self._entries.pop(self._key(file), None)

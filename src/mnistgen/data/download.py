@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from ..config import DataConfig
 from ..errors import DataError, MnistgenError
-from ..files import replacing
+from ..files import replacing, to_stderr
 from ..version import __version__
 from .integrity import FileHashes, content_size, hash_stream, mismatch_reason, stored_size_limit
 from .registry import DatasetSpec, FileSpec
@@ -124,8 +124,7 @@ def _receive(url: str, name: str, part: Path, timeout: float, limit: int) -> Non
                         break
                     received += len(chunk)
                     if received > limit:
-                        raise _MirrorFailed(f"sent more than the {limit} bytes a copy of {name} can have",
-                                            retry=False)
+                        raise _MirrorFailed(f"sent more than the {limit} bytes a copy of {name} can have", retry=False)
                     out.write(chunk)
                     bar.update(len(chunk))
     if expected is not None and received != expected:
@@ -152,11 +151,10 @@ def _attempt(url: str, spec: FileSpec, folder: Path, timeout: float) -> Download
 
 
 def download_file(spec: FileSpec, mirrors: Sequence[str], folder: Path, timeout: float, retries: int,
-                  backoff: float = RETRY_BACKOFF_S, log: Callable[[str], None] | None = None) -> Downloaded:
+                  backoff: float = RETRY_BACKOFF_S, log: Callable[[str], None] = to_stderr) -> Downloaded:
     """Fetch ``spec.name`` into ``folder`` from the first mirror that delivers it intact. A mirror that answered a
     server error (5xx, 408, 429) or cut the transfer short is tried again in up to ``retries`` further rounds, after
     ``backoff``, 2x``backoff``, ... seconds."""
-    log = log or (lambda line: print(line, file=sys.stderr))
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -73,8 +73,12 @@ def _copy(stream: BinaryIO, out: io.BytesIO, count: int) -> None:
         count -= len(chunk)
 
 
-def _stream_content(handle: BinaryIO, name: str, size: int | None, tap: Callable[[bytes], object] | None,
-                    idx: bool) -> bytes:
+def read_stream(handle: BinaryIO, name: str, size: int | None = None, tap: Callable[[bytes], object] | None = None,
+                idx: bool = True) -> bytes:
+    """The IDX content (``idx``: capped by its header where ``size`` is not known) of the open, seekable file
+    ``handle``, inflated if it starts with the gzip magic (by content, not name), never read past its cap. ``tap``
+    sees every byte read: the whole file once this returns. A corrupt gzip or content past its cap is a DataError
+    naming ``name``; file system errors are left to the caller."""
     head = handle.read(2)
     handle.seek(-len(head), io.SEEK_CUR)
     packed = head == GZIP_MAGIC
@@ -104,20 +108,12 @@ def _stream_content(handle: BinaryIO, name: str, size: int | None, tap: Callable
     return out.getvalue()
 
 
-def read_stream(handle: BinaryIO, name: str, size: int | None = None,
-                tap: Callable[[bytes], object] | None = None) -> bytes:
-    """The IDX content of the open, seekable file ``handle``, inflated if it starts with the gzip magic (by content,
-    not name), never read past its cap. ``tap`` sees every byte read: the whole file once this returns. A corrupt
-    gzip or content past its cap is a DataError naming ``name``; file system errors are left to the caller."""
-    return _stream_content(handle, name, size, tap, idx=True)
-
-
 def decompress(raw: bytes, name: str = "<bytes>", size: int | None = None) -> bytes:
     """``raw`` inflated if it starts with the gzip magic, to at most ``size`` bytes (default
     :data:`MAX_CONTENT_BYTES`)."""
     if raw[:2] != GZIP_MAGIC:
         return raw
-    return _stream_content(io.BytesIO(raw), name, size, None, idx=False)
+    return read_stream(io.BytesIO(raw), name, size, idx=False)
 
 
 def read_bytes(path: Path, size: int | None = None) -> bytes:

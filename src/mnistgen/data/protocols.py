@@ -12,7 +12,7 @@ Each tensor owns its storage (no view into a larger tensor), so nothing unused s
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -43,10 +43,8 @@ class Protocol:
     provenance: dict[str, Any] = field(default_factory=dict)
 
     def to(self, device: torch.device) -> Protocol:
-        moved = {k: getattr(self, k).to(device) for k in (
-            "train_images", "train_labels", "eval_images", "eval_labels", "test_images", "test_labels")}
-        return Protocol(self.name, **moved, dynamic_binarization=self.dynamic_binarization,
-                        eval_name=self.eval_name, provenance=self.provenance)
+        return replace(self, **{k: getattr(self, k).to(device) for k in (
+            "train_images", "train_labels", "eval_images", "eval_labels", "test_images", "test_labels")})
 
 
 def to_unit(images_uint8: np.ndarray) -> torch.Tensor:
@@ -70,12 +68,11 @@ def _labels(array: np.ndarray) -> torch.Tensor:
 
 
 def load_protocol(name: str, raw: RawData, validation_size: int = 10_000) -> Protocol:
-    total = len(raw.train_images)
+    total, test_labels = len(raw.train_images), _labels(raw.test_labels)
     if name == "hw":
         n = min(HW_TRAIN_SIZE, total)
         train = round_binarize(to_unit(raw.train_images[:n]))
         test = round_binarize(to_unit(raw.test_images))
-        test_labels = _labels(raw.test_labels)
         return Protocol("hw", train, _labels(raw.train_labels[:n]), test, test_labels, test, test_labels,
                         dynamic_binarization=False, eval_name="test",
                         provenance=_provenance(raw, "hw", train=n, eval=len(test)))
@@ -88,13 +85,12 @@ def load_protocol(name: str, raw: RawData, validation_size: int = 10_000) -> Pro
         validation = binarize_batch(to_unit(raw.train_images[cut:]), generator)
         test = binarize_batch(to_unit(raw.test_images), generator)
         return Protocol("full", to_unit(raw.train_images[:cut]), _labels(raw.train_labels[:cut]),
-                        validation, _labels(raw.train_labels[cut:]), test, _labels(raw.test_labels),
+                        validation, _labels(raw.train_labels[cut:]), test, test_labels,
                         dynamic_binarization=True, eval_name="validation",
                         provenance=_provenance(raw, "full", train=cut, eval=validation_size))
     if name == "gan":
         train = to_unit(raw.train_images).view(-1, 1, *IMAGE_SHAPE)
         test = to_unit(raw.test_images).view(-1, 1, *IMAGE_SHAPE)
-        test_labels = _labels(raw.test_labels)
         return Protocol("gan", train, _labels(raw.train_labels), test, test_labels, test, test_labels,
                         dynamic_binarization=False, eval_name="test",
                         provenance=_provenance(raw, "gan", train=total, eval=len(test)))

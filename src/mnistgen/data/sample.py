@@ -21,15 +21,8 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
-
-from ..errors import DataError
 from ..version import __version__
-from .idx import decode_idx
-from .integrity import content_size, hash_file, mismatch_reason
-from .registry import SAMPLE_SPEC
 
-SAMPLE_DATASET = SAMPLE_SPEC.name  # "mnist-sample"
 SAMPLE_LICENSE = "CC BY-SA 3.0"
 SAMPLE_SOURCE = (f"MNIST (Yann LeCun, Corinna Cortes, Christopher J.C. Burges; {SAMPLE_LICENSE}), "
                  f"a 5,000-image subset shipped with mnistgen {__version__}")
@@ -40,32 +33,3 @@ SPLIT_DESCRIPTION = ("train: 400 images of each digit from MNIST's training file
 
 def sample_folder() -> Path:
     return Path(str(resources.files("mnistgen").joinpath("assets", "mnist-sample")))
-
-
-def load_sample_arrays() -> tuple[dict[str, np.ndarray], dict]:
-    """The sample's four arrays (as :class:`~mnistgen.data.sources.RawData` wants them) and its provenance; a
-    missing or damaged file is a one-line DataError naming it."""
-    folder = sample_folder()
-    arrays: dict[str, np.ndarray] = {}
-    files = []
-    for spec in SAMPLE_SPEC.files:
-        path = folder / spec.name
-        if not path.is_file():
-            raise DataError(f"{path}: missing: mnistgen's MNIST sample is incomplete (reinstall mnistgen)")
-        try:
-            hashes, content = hash_file(path, content_size(spec))
-        except DataError as exc:
-            raise DataError(f"{exc} (mnistgen's MNIST sample is damaged: reinstall mnistgen)") from None
-        reason = mismatch_reason(spec, hashes)
-        if reason is not None:
-            raise DataError(f"{path}: {reason} (mnistgen's MNIST sample is damaged: reinstall mnistgen)")
-        array = decode_idx(content, str(path), spec.magic, spec.item_shape)
-        if len(array) != spec.count:  # only a registry typo gets here: the checksum fixes the content
-            raise DataError(f"{path}: {len(array)} items, expected {spec.count}")
-        arrays[spec.role] = array if spec.is_images else array.astype(np.int64)
-        files.append({"role": spec.role, "name": spec.name, "path": str(path), **hashes.to_dict()})
-    provenance = {"dataset": SAMPLE_DATASET, "title": SAMPLE_SPEC.title, "sample": True, "source": SAMPLE_SOURCE,
-                  "license": SAMPLE_LICENSE, "folder": str(folder), "located_by": "mnistgen package data",
-                  "files": files, "split": SPLIT_DESCRIPTION, "train_size": len(arrays["train_labels"]),
-                  "test_size": len(arrays["test_labels"])}
-    return arrays, provenance

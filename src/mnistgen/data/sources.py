@@ -14,7 +14,6 @@ mnist-sample`` selects it on purpose. Other datasets, and named folders, have no
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,12 +23,13 @@ import numpy as np
 
 from ..config import DataConfig
 from ..errors import DataError
+from ..files import to_stderr
+from . import sample
 from .cache import VerdictStore, cache_root
 from .download import DownloadError, download_file, mirror_list
 from .idx import decode_idx, read_bytes
 from .integrity import FileHashes, accepted_md5, content_size, hash_file, mismatch_reason
-from .registry import NUM_CLASSES, DatasetSpec, FileSpec, get_dataset
-from .sample import SAMPLE_DATASET, load_sample_arrays
+from .registry import NUM_CLASSES, SAMPLE_SPEC, DatasetSpec, FileSpec, get_dataset
 
 DATA_DIR_ENV = "MNISTGEN_DATA_DIR"
 OFFLINE_ENV = "MNISTGEN_OFFLINE"
@@ -89,10 +89,6 @@ class FilesUnavailable(DataError):
     """Some files are neither on disk nor obtainable (offline, or no mirror delivered them)."""
 
 
-def _log(line: str) -> None:
-    print(line, file=sys.stderr)
-
-
 def offline_requested(data: DataConfig) -> bool:
     """``--offline`` or ``MNISTGEN_OFFLINE`` set to 1/true/yes/on (0/false/no/off or empty mean online)."""
     word = os.environ.get(OFFLINE_ENV, "").strip().lower()
@@ -137,7 +133,7 @@ def check_file(path: Path, spec: FileSpec, store: VerdictStore | None) -> LocalF
     return LocalFile(spec, path, hashes, content)
 
 
-def obtain_files(spec: DatasetSpec, data: DataConfig, store: VerdictStore, log: Callable[[str], None] = _log,
+def obtain_files(spec: DatasetSpec, data: DataConfig, store: VerdictStore, log: Callable[[str], None] = to_stderr,
                  folder: DataFolder | None = None) -> tuple[DataFolder, dict[str, LocalFile]]:
     """Every file of ``spec``, verified: found in the data folder (``folder``, default :func:`data_folder`), else
     downloaded into it."""
@@ -178,32 +174,55 @@ def obtain_files(spec: DatasetSpec, data: DataConfig, store: VerdictStore, log: 
 
 
 def _sample(requested: str | None = None, reason: str | None = None) -> RawData:
-    arrays, provenance = load_sample_arrays()
+    """mnistgen's own sample (:mod:`.sample`), its files checked on every load; with ``requested``, standing in for
+    that dataset (a missing or damaged file is a one-line DataError naming it)."""
+    folder, files = sample.sample_folder(), {}
+    for spec in SAMPLE_SPEC.files:
+        path = folder / spec.name
+        if not path.is_file():
+            raise DataError(f"{path}: missing: mnistgen's MNIST sample is incomplete (reinstall mnistgen)")
+        try:
+            files[spec.role] = check_file(path, spec, None)
+        except DataError as exc:
+            raise DataError(f"{exc} (mnistgen's MNIST sample is damaged: reinstall mnistgen)") from None
+    arrays = _decoded(SAMPLE_SPEC, files)
+    provenance = {"dataset": SAMPLE_SPEC.name, "title": SAMPLE_SPEC.title, "sample": True,
+                  "source": sample.SAMPLE_SOURCE, "license": sample.SAMPLE_LICENSE, "folder": str(folder),
+                  "located_by": "mnistgen package data",
+                  "files": [{"role": f.spec.role, "name": f.spec.name, "path": str(f.path), **f.hashes.to_dict()}
+                            for f in files.values()],
+                  "split": sample.SPLIT_DESCRIPTION, "train_size": len(arrays["train_labels"]),
+                  "test_size": len(arrays["test_labels"])}
     if requested is not None:
         provenance.update(requested_dataset=requested, fallback_reason=reason)
         if requested not in _ANNOUNCED_FALLBACKS:
             _ANNOUNCED_FALLBACKS.add(requested)
-            _log(f"mnistgen: WARNING: using the {len(arrays['train_labels']) + len(arrays['test_labels']):,}-digit "
-                 f"MNIST sample shipped with mnistgen ({len(arrays['train_labels']):,} train / "
-                 f"{len(arrays['test_labels']):,} test images), NOT full MNIST: {reason}. Results are not comparable "
-                 f"with full-MNIST numbers; run `mnistgen data fetch` to get MNIST, or pass --dataset mnist-sample "
-                 f"to use the sample on purpose.")
+            train, test = len(arrays["train_labels"]), len(arrays["test_labels"])
+            to_stderr(f"mnistgen: WARNING: using the {train + test:,}-digit MNIST sample shipped with mnistgen "
+                      f"({train:,} train / {test:,} test images), NOT full MNIST: {reason}. Results are not "
+                      "comparable with full-MNIST numbers; run `mnistgen data fetch` to get MNIST, or pass --dataset "
+                      "mnist-sample to use the sample on purpose.")
     return RawData(**arrays, provenance=provenance)
 
 
-def _check_arrays(spec: DatasetSpec, arrays: dict[str, np.ndarray], files: dict[str, LocalFile]) -> None:
-    """Counts and labels a checksum-valid file must have (guards registry typos and unusual copies)."""
+def _decoded(spec: DatasetSpec, files: dict[str, LocalFile]) -> dict[str, np.ndarray]:
+    """The arrays of checksum-valid files (labels as int64), with the counts and labels they must have (guards
+    registry typos and unusual copies)."""
+    arrays = {}
     for file_spec in spec.files:
-        array, name = arrays[file_spec.role], files[file_spec.role].path
+        local = files[file_spec.role]
+        array = decode_idx(local.content, str(local.path), file_spec.magic, file_spec.item_shape)
         if len(array) != file_spec.count:
-            raise DataError(f"{name}: {len(array)} items, expected {file_spec.count}")
+            raise DataError(f"{local.path}: {len(array)} items, expected {file_spec.count}")
         if not file_spec.is_images and len(array) and array.max() >= NUM_CLASSES:
-            raise DataError(f"{name}: label {array.max()} outside 0-{NUM_CLASSES - 1}")
+            raise DataError(f"{local.path}: label {array.max()} outside 0-{NUM_CLASSES - 1}")
+        arrays[file_spec.role] = array if file_spec.is_images else array.astype(np.int64)
+    return arrays
 
 
 def load_raw(data: DataConfig) -> RawData:
     """The dataset ``data.dataset`` in memory (see the module docstring for where it comes from)."""
-    if data.dataset == SAMPLE_DATASET:
+    if data.dataset == SAMPLE_SPEC.name:
         return _sample()
     spec = get_dataset(data.dataset)
     store = VerdictStore(cache_root())
@@ -215,13 +234,11 @@ def load_raw(data: DataConfig) -> RawData:
         return _sample(requested=spec.name, reason=str(exc).removeprefix(f"{spec.name}: "))
     finally:
         store.save()
-    arrays = {role: decode_idx(f.content, str(f.path), f.spec.magic, f.spec.item_shape) for role, f in files.items()}
-    _check_arrays(spec, arrays, files)
+    arrays = _decoded(spec, files)
     provenance = {"dataset": spec.name, "title": spec.title, "sample": False, "folder": str(folder.path),
                   "located_by": folder.origin, "files": [files[f.role].provenance() for f in spec.files],
                   "train_size": len(arrays["train_labels"]), "test_size": len(arrays["test_labels"])}
-    return RawData(arrays["train_images"], arrays["train_labels"].astype(np.int64),
-                   arrays["test_images"], arrays["test_labels"].astype(np.int64), provenance)
+    return RawData(**arrays, provenance=provenance)
 
 
 @dataclass(frozen=True)
@@ -241,7 +258,7 @@ def _sample_report() -> list[FileReport]:
 
 def verify_files(data: DataConfig) -> tuple[DataFolder | None, list[FileReport]]:
     """Hash every file of the dataset afresh (never downloads); one report per file."""
-    if data.dataset == SAMPLE_DATASET:
+    if data.dataset == SAMPLE_SPEC.name:
         return None, _sample_report()
     spec = get_dataset(data.dataset)
     folder = data_folder(data, spec.name)
@@ -262,9 +279,9 @@ def verify_files(data: DataConfig) -> tuple[DataFolder | None, list[FileReport]]
     return folder, reports
 
 
-def fetch_files(data: DataConfig, log: Callable[[str], None] = _log) -> tuple[DataFolder | None, list[FileReport]]:
+def fetch_files(data: DataConfig, log: Callable[[str], None] = to_stderr) -> tuple[DataFolder | None, list[FileReport]]:
     """Make sure every file is present and verified, downloading what is missing (no stand-in sample)."""
-    if data.dataset == SAMPLE_DATASET:
+    if data.dataset == SAMPLE_SPEC.name:
         return None, _sample_report()
     spec = get_dataset(data.dataset)
     store = VerdictStore(cache_root())

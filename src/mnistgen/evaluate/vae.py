@@ -29,6 +29,7 @@ from ..files import read_json, write_json
 from ..losses import elbo_samples
 from ..models.vae import IMAGE_SIZE, VAE
 from ..runs import RunDir
+from .replicas import seeds_summary
 
 EVAL_CHUNK_IMAGES = 1000  # images per forward pass when evaluating a data set
 IW_CHUNK_ELEMENTS = 1 << 22  # logits per importance-sampling chunk (16 MiB in float32), whatever K is
@@ -132,15 +133,6 @@ def choose_pairs(labels: torch.Tensor, pairs: int, generator: torch.Generator) -
     return chosen
 
 
-def latent_grid(points: int = MANIFOLD_POINTS,
-                half_width: float = MANIFOLD_HALF_WIDTH) -> tuple[np.ndarray, torch.Tensor]:
-    """A regular grid over [-half_width, half_width]^2 in image order (rows from high z2 to low, columns
-    from low z1 to high): the axis values (points,) and the points (points*points, 2) as (z1, z2)."""
-    axis = np.linspace(-half_width, half_width, points)
-    z1, z2 = np.meshgrid(axis, axis[::-1])
-    return axis, torch.from_numpy(np.stack([z1.ravel(), z2.ravel()], axis=1).astype(np.float32))
-
-
 @dataclass(frozen=True)
 class TrainedVAE:
     config: VAEConfig
@@ -148,20 +140,6 @@ class TrainedVAE:
     epochs: int  # completed epochs in the checkpoint
     steps: int  # steps of the next epoch already taken (a run stopped by Ctrl-C mid-epoch), else 0
     device: torch.device
-
-
-def load_vae_protocol(config: VAEConfig) -> Protocol:
-    return load_protocol(config.protocol, load_raw(config.data), config.validation_size)
-
-
-def pin_run_data(run: RunDir, config: VAEConfig) -> VAEConfig:
-    """The VAE config with its data pinned (offline) to the folder data.json records: a run that found its data
-    through $MNISTGEN_DATA_DIR reads the same images today, or fails, never another dataset's."""
-    recorded = read_json(run.data) if run.data.is_file() else {}
-    if config.data.data_dir is not None or not recorded.get("folder") or recorded.get("sample"):
-        return config
-    return dataclasses.replace(config, data=dataclasses.replace(config.data, data_dir=recorded["folder"],
-                                                                offline=True))
 
 
 def check_same_data(run: RunDir, provenance: dict) -> None:
@@ -176,8 +154,14 @@ def check_same_data(run: RunDir, provenance: dict) -> None:
 
 
 def load_run_protocol(run: RunDir, config: VAEConfig) -> Protocol:
-    """The protocol of a trained run, from the very data it was trained on (or a one-line error)."""
-    protocol = load_vae_protocol(pin_run_data(run, config))
+    """The protocol of a trained run, from the very data it was trained on (or a one-line error): unless ``config``
+    names a folder, the data are pinned (offline) to the one data.json records, so that a run that found its data
+    through $MNISTGEN_DATA_DIR reads the same images today, or fails, never another dataset's."""
+    recorded = read_json(run.data) if run.data.is_file() else {}
+    if config.data.data_dir is None and recorded.get("folder") and not recorded.get("sample"):
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, data_dir=recorded["folder"],
+                                                                      offline=True))
+    protocol = load_protocol(config.protocol, load_raw(config.data), config.validation_size)
     check_same_data(run, protocol.provenance)
     return protocol
 
@@ -240,8 +224,6 @@ def evaluate_replicas(run: RunDir, options: VAEEvalConfig | None = None,
                       on_progress: Callable[[int, int], Any] | None = None) -> dict[str, Any]:
     """:func:`evaluate_run` of each seed of a replica run, then RUN/eval.json: every seed's result and the summary of
     :data:`HEADLINES` (:func:`mnistgen.evaluate.replicas.seeds_summary`); ``on_progress`` counts all seeds' images."""
-    from .replicas import seeds_summary
-
     run.read_config_as("vae", VAEConfig, "a VAE run")
     replicas = run.replicas()
     if not replicas:
@@ -310,8 +292,10 @@ def write_figures(run: RunDir, options: VAEEvalConfig | None = None) -> list[Pat
         pair_labels.append((int(data.train_labels[a]), int(data.train_labels[b])))
     figures["interpolation"] = plots.interpolation_figure(np.stack(rows), pair_labels, INTERPOLATION_ALPHAS, classes)
 
-    if config.latent_dim == 2:
-        axis, grid = latent_grid()
+    if config.latent_dim == 2:  # a grid in image order: rows from high z2 to low, columns from low z1 to high
+        axis = np.linspace(-MANIFOLD_HALF_WIDTH, MANIFOLD_HALF_WIDTH, MANIFOLD_POINTS)
+        z1, z2 = np.meshgrid(axis, axis[::-1])
+        grid = torch.from_numpy(np.stack([z1.ravel(), z2.ravel()], axis=1).astype(np.float32))  # (P*P, 2)
         figures["manifold"] = plots.manifold_figure(to_numpy(decode(model, grid.to(device))), axis)
     if replicas:
         figures["curves"] = plots.replica_curves_figure({seed: seed_run.read_metrics() for seed, seed_run in replicas})

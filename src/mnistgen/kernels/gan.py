@@ -18,6 +18,7 @@ import torch
 
 from ..models.gan import Discriminator, Generator
 from .native import check_tensor, checked_pointer, load_gan_library
+from .native import kernel_threads as _threads
 
 # What gan_cpu.c's code is written for, as it reports it (mnistgen_gan_layout)
 LANES = 8  # D's images per vector register
@@ -49,10 +50,6 @@ def _pieces(prefix: str, pieces: tuple[tuple[str, tuple[int, ...]], ...]) -> dic
 LAYOUT = {"lanes": LANES, "pixels": PIXELS, "d.parameters": D_PARAMETERS, **_pieces("d", D_PIECES),
           "g.parameters": G_PARAMETERS, **_pieces("g", G_PIECES), "g.input": G_INPUT, "g.kept": G_KEPT,
           "g.chunk": G_CHUNK}
-
-
-def _threads() -> int:
-    return max(1, torch.get_num_threads())
 
 
 def _check(status: int, what: str) -> None:
@@ -144,8 +141,7 @@ def phase_kernels(weight: torch.Tensor) -> torch.Tensor:
 
     weight (C_out, C_in, 3, 3) -> (a, b, dy, dx, C_in, C_out): output pixel (2i + a, 2j + b) is the sum over dy, dx
     in {0, 1} of the zero-padded input at (i + a + dy, j + b + dx) times kernel [a, b, dy, dx]. Along each axis
-    phase 0 reads taps (w0, w1 + w2), phase 1 reads (w0 + w1, w2).
-    """
+    phase 0 reads taps (w0, w1 + w2), phase 1 reads (w0 + w1, w2)."""
     def split(w: torch.Tensor, dim: int) -> torch.Tensor:  # 3 taps along dim -> (phase, tap) in its place
         w0, w1, w2 = w.unbind(dim)
         return torch.stack([torch.stack([w0, w1 + w2], dim), torch.stack([w0 + w1, w2], dim)], dim)

@@ -76,7 +76,6 @@ class KernelArgumentError(MnistgenError):
 
 
 def find_compiler() -> str:
-    """$CC, else the first of cc, gcc, clang on PATH; raises NativeKernelsUnavailable if there is none."""
     if os.environ.get("CC"):
         return os.environ["CC"]
     for name in ("cc", "gcc", "clang"):
@@ -116,8 +115,7 @@ def library_path(source: Path, compiler: str, version: str, flags: tuple[str, ..
 
 
 def kernel_folders() -> tuple[Path, Path]:
-    """``CACHE/kernels`` and ``CACHE/kernel-hashes``, CACHE's symbolic links resolved (the folders checked are the
-    ones used)."""
+    """``CACHE/kernels`` and ``CACHE/kernel-hashes``, symbolic links resolved (the folders checked are those used)."""
     root = Path(os.path.realpath(cache_root()))
     return root / KERNELS_FOLDER, root / HASHES_FOLDER
 
@@ -127,8 +125,7 @@ def hash_path(library: Path) -> Path:
 
 
 def build(source: Path, compiler: str, flags: tuple[str, ...], target: Path) -> None:
-    """Compile ``source`` into ``target``, then record its SHA-256: a record never describes an incomplete
-    library."""
+    """Compile ``source`` into ``target``, then record its SHA-256 (so never that of an incomplete library)."""
     try:
         with replacing(target) as temporary:
             command = [compiler, *flags, "-o", str(temporary), str(source)]
@@ -241,8 +238,7 @@ def _recorded_hash(record: bytes, name: str) -> str | None:
 
 
 def open_verified(target: Path, folders: tuple[int | None, int | None]) -> int | None:
-    """An open handle on the library ``target`` if it is a regular file whose SHA-256 is the one recorded, else
-    None."""
+    """An open handle on the library ``target`` if it is a regular file with the SHA-256 recorded, else None."""
     record = hash_path(target)
     try:
         handle = _open_in(record.parent, folders[1], record.name)
@@ -372,8 +368,7 @@ def flag_sets() -> list[tuple[str, ...]]:
 
 @functools.cache
 def load_library(source: Path) -> ctypes.CDLL:
-    """The compiled kernels of ``source``, built on first use and loaded once per process (see the module's
-    docstring); :class:`NativeKernelsUnavailable` (one line) where they cannot be built or loaded."""
+    """The compiled kernels of ``source``, built on first use and loaded once per process (see above)."""
     compiler = find_compiler()
     version = compiler_version(compiler)
     failures = []
@@ -420,9 +415,12 @@ def check_tensor(tensor: torch.Tensor | None, name: str, count: int, dtype: torc
 
 
 def checked_pointer(tensor: torch.Tensor, name: str, count: int, dtype: torch.dtype = torch.float32) -> int:
-    """The address of ``tensor``'s data, after :func:`check_tensor`."""
     check_tensor(tensor, name, count, dtype)
     return tensor.data_ptr()
+
+
+def kernel_threads() -> int:
+    return max(1, torch.get_num_threads())
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

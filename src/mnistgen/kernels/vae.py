@@ -27,6 +27,7 @@ import torch
 from ..errors import MnistgenError
 from ..models.vae import VAE
 from .native import check_tensor, checked_pointer, load_vae_library
+from .native import kernel_threads as _threads
 
 _P = ctypes.c_void_p
 
@@ -117,11 +118,9 @@ class NativeVAEStep:
             fields[name] = self.parameters[where]
             fields["g_" + name] = self.gradients[where]
             offset += parameter.numel()
-        del fields["g_out_w"]  # PyTorch's product writes it
-        where = {name: view[2] for (name, _, _), view in zip(slots, self._views, strict=True)}
-        self.out_weight = self.parameters[where["out_w"]].view(pixels, hidden)  # (D, H) Wo
-        self.out_bias = self.parameters[where["out_b"]]
-        self.out_weight_gradient = self.gradients[where["out_w"]].view(pixels, hidden)
+        self.out_weight = fields["out_w"].view(pixels, hidden)  # (D, H) Wo
+        self.out_bias = fields["out_b"]
+        self.out_weight_gradient = fields.pop("g_out_w").view(pixels, hidden)  # not in the struct: PyTorch writes it
 
         self.capacity = capacity
         for name in c_shapes.keys() - fields.keys() - {"g_out_w"}:  # the activations of one batch (self.h1, ...)
@@ -196,8 +195,7 @@ class NativeVAEStep:
     def compute_gradients(self, x: torch.Tensor, eps: torch.Tensor, analytic_kl: bool) -> float:
         """Fill ``self.gradients`` with those of loss = -mean ELBO of the batch; return the batch's ELBO sum.
 
-        x (B, D) float32 images (any values: the sums skip the zeros only); eps (B, D_z): z = mean + std eps.
-        """
+        x (B, D) float32 images (any values: the sums skip the zeros only); eps (B, D_z): z = mean + std eps."""
         batch = x.shape[0]
         if batch > self.capacity:
             raise ValueError(f"a batch of {batch} images exceeds the capacity of {self.capacity}")
@@ -228,7 +226,3 @@ class NativeVAEStep:
         adam = _AdamStep(beta1=beta1, beta2=beta2, step_size=lr / (1.0 - beta1 ** self.adam_steps),
                          bias_correction2_sqrt=math.sqrt(1.0 - beta2 ** self.adam_steps), eps=eps)
         self.library.mnistgen_adam(*buffers, count, ctypes.byref(adam), _threads())
-
-
-def _threads() -> int:
-    return max(1, torch.get_num_threads())

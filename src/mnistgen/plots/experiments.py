@@ -33,11 +33,8 @@ def elbo_estimators_figure(eq1_variance: np.ndarray, eq2_variance: np.ndarray, e
     scatter.scatter(eq1_variance[~below], eq2_variance[~below], s=14, color="tab:orange",
                     label=f"Eq. 2 lower ({(~below).sum()} images)")
     scatter.plot([low, high], [low, high], color="black", linewidth=1, label="equal variance")
-    scatter.set_xscale("log")
-    scatter.set_yscale("log")
-    scatter.set_xlabel("variance of the Eq. 1 estimate (nats$^2$)")
-    scatter.set_ylabel("variance of the Eq. 2 estimate (nats$^2$)")
-    scatter.set_title("Per-image ELBO estimate: variance over draws")
+    scatter.set(xscale="log", yscale="log", title="Per-image ELBO estimate: variance over draws",
+                xlabel="variance of the Eq. 1 estimate (nats$^2$)", ylabel="variance of the Eq. 2 estimate (nats$^2$)")
     scatter.legend(loc="upper left", fontsize=8)
     scatter.grid(alpha=0.3, which="both")
 
@@ -47,9 +44,8 @@ def elbo_estimators_figure(eq1_variance: np.ndarray, eq2_variance: np.ndarray, e
         histogram.hist(draws, bins=edges, alpha=0.55, color=EQ_COLORS[eq],
                        label=f"{EQ_LABELS[eq]} (sd {draws.std(ddof=1):.2f})")
     histogram.axvline(float(both.mean()), color="black", linestyle="--", linewidth=1, label="mean of all draws")
-    histogram.set_xlabel("one-sample ELBO estimate (nats)")
-    histogram.set_ylabel("number of draws")
-    histogram.set_title(f"One test image, {len(example_draws['eq1'])} draws of eps")
+    histogram.set(xlabel="one-sample ELBO estimate (nats)", ylabel="number of draws",
+                  title=f"One test image, {len(example_draws['eq1'])} draws of eps")
     histogram.legend(fontsize=8)
 
     groups = list(gradient_variance)
@@ -62,9 +58,8 @@ def elbo_estimators_figure(eq1_variance: np.ndarray, eq2_variance: np.ndarray, e
     ratios = [gradient_variance[g]["eq2"] / gradient_variance[g]["eq1"] for g in groups]
     bars.set_xticks(positions, [f"{group} parameters\nEq. 2 / Eq. 1 = {ratio:.3f}"
                                 for group, ratio in zip(groups, ratios, strict=True)])
-    bars.set_yscale("log")
-    bars.set_ylabel("gradient variance per image\n(sum over parameters, nats$^2$)")
-    bars.set_title("Variance of the ELBO gradient over draws")
+    bars.set(yscale="log", ylabel="gradient variance per image\n(sum over parameters, nats$^2$)",
+             title="Variance of the ELBO gradient over draws")
     bars.legend(fontsize=8)
     bars.grid(alpha=0.3, axis="y", which="both")
     figure.suptitle(title)
@@ -92,9 +87,8 @@ def fixed_encoder_figure(per_image: Mapping[str, np.ndarray], pictures: Mapping[
     if reference is not None:
         axis.axvline(reference[1], color="black", linestyle="--", linewidth=1.5,
                      label=f"{reference[0]}: {reference[1]:.1f}")
-    axis.set_xlabel("ELBO of one test image (nats; left edge collects the lowest 0.2%)")
-    axis.set_ylabel("number of test images")
-    axis.set_title(f"Test-set ELBO, {len(per_image[names[0]])} images")
+    axis.set(xlabel="ELBO of one test image (nats; left edge collects the lowest 0.2%)", ylabel="number of test images",
+             title=f"Test-set ELBO, {len(per_image[names[0]])} images")
     axis.legend(fontsize=8, loc="upper left")
 
     grid = right.subplots(len(rows), columns, squeeze=False)
@@ -105,8 +99,7 @@ def fixed_encoder_figure(per_image: Mapping[str, np.ndarray], pictures: Mapping[
         for c in range(columns):
             cell = grid[r][c]
             cell.imshow(pictures[row][c], cmap="gray_r", vmin=0, vmax=1)
-            cell.set_xticks([])
-            cell.set_yticks([])
+            cell.set(xticks=[], yticks=[])
         grid[r][0].set_ylabel(row_titles[row], fontsize=8, rotation=0, ha="right", va="center")
     right.suptitle("What each q decodes to: only the encoder's depends on x", fontsize=10)
     figure.suptitle(title)

@@ -28,8 +28,7 @@ def progress_figure(epochs: Sequence[int], grids: Sequence[np.ndarray], side: in
     for axis, epoch, images in zip(axes, epochs, grids, strict=True):
         axis.imshow(tile(images, side, side, padding=1), cmap=INK, vmin=0.0, vmax=1.0, interpolation="nearest")
         axis.set_title("before training (epoch 0)" if epoch == 0 else f"epoch {epoch}", fontsize=11)
-        axis.set_xticks([])
-        axis.set_yticks([])
+        axis.set(xticks=[], yticks=[])
     # two lines where fewer than three panels (or a longer name of the generator) leave the title too little width
     separator = " " if len(grids) >= 3 and generator == "G(z)" else "\n"
     figure.suptitle(f"GAN samples {generator} for the same {side * side} noise vectors z ~ U[-1, 1]^zdim,"
@@ -52,8 +51,7 @@ def _finish(axis, ylabel: str, reference: float | None, meaning: str | None, hea
     if ylabel.startswith("probability"):
         axis.set_ylim(0.0, 1.0)
     axis.set_title(heading, fontsize=10)
-    axis.set_xlabel("epoch")
-    axis.set_ylabel(ylabel)
+    axis.set(xlabel="epoch", ylabel=ylabel)
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     axis.legend(fontsize=8, **legend)
 

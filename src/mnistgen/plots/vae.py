@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
@@ -29,8 +30,7 @@ def _class_name(label: int, classes: Sequence[str] | None) -> str:
 
 def _image(axis, image: np.ndarray) -> None:
     axis.imshow(image, cmap=INK, vmin=0.0, vmax=1.0, interpolation="nearest")
-    axis.set_xticks([])
-    axis.set_yticks([])
+    axis.set(xticks=[], yticks=[])
 
 
 def samples_figure(probabilities: np.ndarray, binary: np.ndarray, z: np.ndarray) -> Figure:
@@ -55,26 +55,19 @@ def latent_figure(means: np.ndarray, labels: np.ndarray, classes: Sequence[str] 
     colored by its class, labels (N,) 0-9."""
     figure = Figure(figsize=(7.5, 6.5), layout="constrained")
     axis = figure.subplots()
-    palette = _tab10()
+    palette = list(colormaps["tab10"].colors)
     order = np.random.default_rng(0).permutation(len(means))  # draw classes interleaved, not one on top
     colors = np.asarray(palette)[labels[order] % len(palette)]
     axis.scatter(means[order, 0], means[order, 1], c=colors, s=2, alpha=0.6, linewidths=0, rasterized=True)
     handles = [Line2D([], [], marker="o", linestyle="", color=palette[c % len(palette)], markersize=7,
                       label=_class_name(c, classes)) for c in sorted(set(labels.tolist()))]
     axis.legend(handles=handles, title="class", loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-    axis.set_xlabel("z1 (mean of q(z|x))")
-    axis.set_ylabel("z2 (mean of q(z|x))")
+    axis.set(xlabel="z1 (mean of q(z|x))", ylabel="z2 (mean of q(z|x))")
     axis.set_aspect("equal", adjustable="datalim")
     axis.grid(alpha=0.3)
     title = "Latent space: each training image encoded to the mean of q(z|x)"
     axis.set_title(f"{title}\n{subtitle}" if subtitle else title, fontsize=10)
     return figure
-
-
-def _tab10() -> list[Any]:
-    from matplotlib import colormaps
-
-    return list(colormaps["tab10"].colors)
 
 
 def interpolation_figure(rows: np.ndarray, pairs: Sequence[tuple[int, int]], alphas: Sequence[float],
@@ -106,8 +99,7 @@ def manifold_figure(images: np.ndarray, axis_values: np.ndarray) -> Figure:
     figure = Figure(figsize=(8.0, 8.4), layout="constrained")
     axis = figure.subplots()
     axis.imshow(mosaic, cmap=INK, vmin=0.0, vmax=1.0, extent=(low, high, low, high), interpolation="nearest")
-    axis.set_xlabel("z1")
-    axis.set_ylabel("z2")
+    axis.set(xlabel="z1", ylabel="z2")
     axis.set_title(f"Learned manifold: p(x|z) on a {points} x {points} grid of the latent plane "
                    f"[{axis_values[0]:g}, {axis_values[-1]:g}]\u00b2", fontsize=10)
     return figure
@@ -155,7 +147,7 @@ def replica_curves_figure(histories: Mapping[int, Sequence[dict[str, Any]]]) -> 
     columns = 1 if zoom_from is None else 2
     figure = Figure(figsize=(7.5 if columns == 1 else 12.0, 0.6 + 3.4 * max(1, len(series))), layout="constrained")
     axes = figure.subplots(max(1, len(series)), columns, squeeze=False)
-    colours = _tab10()
+    colours = list(colormaps["tab10"].colors)
     for row, key in enumerate(series):
         last = max(x for curves in per_seed.values() for x, _ in curves.get(key, []))
         for column, axis in enumerate(axes[row]):
@@ -181,8 +173,7 @@ def _panel(axis, lines: dict[str, list[tuple[Any, float]]], first: Any | None, c
             xs, ys = zip(*shown, strict=True)
             axis.plot(xs, ys, color=None if colours is None else colours[index % len(colours)],
                       marker="o" if len(xs) < 15 else None, markersize=3, label=label)
-    axis.set_xlabel("epoch")
-    axis.set_ylabel("ELBO (nats per image)")
+    axis.set(xlabel="epoch", ylabel="ELBO (nats per image)")
     axis.grid(alpha=0.3)
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     if lines:
