@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,19 @@ def printable(message: str) -> str:
     """``message`` as one printable line: a control character (a newline, or one from a file's content that a
     terminal would act on) is shown escaped, as Python writes it in a string."""
     return "".join(char if char.isprintable() else repr(char)[1:-1] for char in message)
+
+
+def given_flags(args: argparse.Namespace, names: Iterable[str]) -> list[str]:
+    """The flags of ``names`` given on the command line, as typed: ``--name value``, or ``--name`` / ``--no-name``
+    for a switch (for the record of the command that made a run)."""
+    words = []
+    for name in names:
+        value, flag = getattr(args, name, None), "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            words.append(flag if value else "--no-" + flag[2:])
+        elif value is not None:
+            words += [flag, str(value)]
+    return words
 
 
 def writable_output(path: str | Path, flag: str = "--out") -> Path:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .common import given_flags
+
 
 def register(subparsers) -> None:
     from ..config import REPRODUCE_QUICK, ReproduceConfig, add_config_arguments
@@ -48,16 +50,8 @@ def run_reproduce(args: argparse.Namespace) -> int:
 
 def command_line(args: argparse.Namespace, names: list[str]) -> list[str]:
     """The command as typed, rebuilt from the parsed flags (for the record in RUN/stages.json)."""
-    words = ["mnistgen", "reproduce", "--out", args.out]
-    words += [flag for flag, given in (("--quick", args.quick), ("--resume", args.resume)) if given]
-    for name in names:
-        value = getattr(args, name, None)
-        flag = "--" + name.replace("_", "-")
-        if isinstance(value, bool):
-            words.append(flag if value else "--no-" + flag[2:])
-        elif value is not None:
-            words += [flag, str(value)]
-    return words
+    switches = [flag for flag, given in (("--quick", args.quick), ("--resume", args.resume)) if given]
+    return ["mnistgen", "reproduce", "--out", args.out, *switches, *given_flags(args, names)]
 
 
 def run_report(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..config import ClassifierConfig, ScoreConfig, add_config_arguments, config_from_args
 from ..errors import MnistgenError
+from .common import given_flags, writable_output
 
 # The score is always measured against real MNIST with an MNIST classifier: no --dataset flag.
 NOT_FLAGS = ("dataset",)
@@ -50,7 +51,6 @@ def run_score(args: argparse.Namespace) -> int:
     from .. import scoring
     from ..device import resolve_device
     from ..evaluate.score_runs import check_samples, run_to_score, samples_path, score_run
-    from .common import writable_output
 
     config = config_from_args(ScoreConfig, args)
     inputs = []  # (path, images) of a file, or the ScoredRun of a run folder
@@ -82,18 +82,9 @@ def run_score(args: argparse.Namespace) -> int:
 
 def _command_line(args: argparse.Namespace, config: ClassifierConfig) -> list[str]:
     """The flags that made this run (those given explicitly), for the record shipped with the weights."""
-    words = ["score-classifier", "train", "--out", args.out]
-    for name in [f.name for f in dataclasses.fields(ClassifierConfig)] + [f.name for f in dataclasses.fields(
-            type(config.data))]:
-        value = getattr(args, name, None)
-        if value is None or name in NOT_FLAGS:
-            continue
-        flag = "--" + name.replace("_", "-")
-        if isinstance(value, bool):
-            words.append(flag if value else "--no-" + flag[2:])
-        else:
-            words += [flag, str(value)]
-    return words
+    names = [f.name for f in (*dataclasses.fields(ClassifierConfig), *dataclasses.fields(config.data))]
+    return ["score-classifier", "train", "--out", args.out,
+            *given_flags(args, [name for name in names if name not in NOT_FLAGS])]
 
 
 def run_train(args: argparse.Namespace) -> int:
