@@ -28,7 +28,8 @@ steps are taken (:mod:`mnistgen.accelerate.engines`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +37,6 @@ from torch import nn
 
 from ..config import GANConfig
 from ..kernels.gan import native_discriminate, native_generate
-from ..kernels.native import load_gan_library
 from ..models import gan as gan_model
 from ..models.gan import (
     DISCRIMINATOR_FEATURES,
@@ -109,10 +109,7 @@ def spec_discriminator_layers() -> dict[str, nn.Module]:
 
 
 def _upsample_taps(weight: torch.Tensor, dim: int) -> torch.Tensor:
-    """Upsample-by-2-then-filter along ``dim`` as a stride-2 transposed-convolution filter: 3 taps -> 4 taps.
-
-    (w0, w1, w2) -> (w2, w1 + w2, w0 + w1, w0) (see the comment above).
-    """
+    """(w0, w1, w2) -> (w2, w1 + w2, w0 + w1, w0) along ``dim`` (see the comment above)."""
     w0, w1, w2 = weight.unbind(dim)
     return torch.stack([w2, w1 + w2, w0 + w1, w0], dim)
 
@@ -150,36 +147,20 @@ def torch_generate(generator: Generator, z: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- D's logits
 
 
-def native_discriminate_both(discriminator: Discriminator, real: torch.Tensor,
-                             fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """D's step: the logits (B, 1) of the real and of the generated batch, by the C kernels in one call."""
-    logits = native_discriminate(discriminator, torch.cat([real, fake]))
-    return logits[:len(real)], logits[len(real):]
-
-
-def native_discriminate_generated(discriminator: Discriminator, fake: torch.Tensor) -> torch.Tensor:
-    """G's step: D's logits (B, 1) of G's images by the C kernels; D's parameters get no gradient."""
-    return native_discriminate(discriminator, fake, parameter_gradients=False)
-
-
-def torch_discriminate_both(discriminator: nn.Module, real: torch.Tensor,
+def torch_discriminate_both(discriminator: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor,
                             fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """D's step: the logits of the real and of the generated batch from one call of the module on both."""
+    """D's step: the logits of the real and of the generated batch from one call of D on both."""
     logits = discriminator(torch.cat([real, fake]))  # (2B, 1)
     return logits[:len(real)], logits[len(real):]
 
 
-def torch_discriminate_generated(discriminator: nn.Module, fake: torch.Tensor) -> torch.Tensor:
-    """G's step: the module's logits of G's images (the same call as the reference path's)."""
-    return discriminator(fake)
-
-
-@dataclass(frozen=True)
-class DiscriminatorCalls:
-    """How the step gets D's logits: for D's step (real and generated batch) and for G's step."""
-
-    both: Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-    generated: Callable[[nn.Module, torch.Tensor], torch.Tensor]
+# D's accelerators replace the step's two calls of D (their ``generate`` is the module's own, unused). The C kernels
+# take the real and the generated batch in one call too; in G's step D's parameters get no gradient from them.
+NATIVE_CALLS = GANCalls(
+    REFERENCE.generate,
+    lambda discriminator, real, fake: torch_discriminate_both(partial(native_discriminate, discriminator), real, fake),
+    lambda discriminator, fake: native_discriminate(discriminator, fake, parameter_gradients=False))
+TORCH_CALLS = GANCalls(REFERENCE.generate, torch_discriminate_both, REFERENCE.discriminate)
 
 
 # --------------------------------------------------------------------------- checks
@@ -194,7 +175,7 @@ def _probe_generator(generator: Generator, generate: Callable) -> str | None:
         z = (torch.rand(PROBE_IMAGES, generator.linear.in_features, generator=draws) * 2 - 1).to(device)
         weights = torch.randn(PROBE_IMAGES, *IMAGE_SHAPE, generator=draws).to(device)
         results = []
-        for module, function in ((reference, lambda g, noise: g(noise)), (accelerated, generate)):
+        for module, function in ((reference, REFERENCE.generate), (accelerated, generate)):
             images = function(module, z)
             results.append((images, gradients_of((images * weights).sum(), list(module.parameters()))))
         (expected, expected_gradients), (images, gradients) = results
@@ -204,8 +185,8 @@ def _probe_generator(generator: Generator, generate: Callable) -> str | None:
             for name, mine, theirs in zip(names, gradients, expected_gradients, strict=True)])
 
 
-def _probe_discriminator(discriminator: nn.Module, calls: DiscriminatorCalls) -> str | None:
-    """``calls`` against the module's own calls on small random batches: the logits, and the gradients of a
+def _probe_discriminator(discriminator: nn.Module, calls: GANCalls) -> str | None:
+    """D's ``calls`` against the module's own calls on small random batches: the logits, and the gradients of a
     weighted sum of them with respect to D's parameters and the generated images (D's step), and with respect
     to the generated images alone (G's step); the reason if they differ, else None."""
     device = next(discriminator.parameters()).device
@@ -215,14 +196,13 @@ def _probe_discriminator(discriminator: nn.Module, calls: DiscriminatorCalls) ->
         fake = torch.rand(PROBE_IMAGES, *IMAGE_SHAPE, generator=draws).to(device)
         weights = torch.randn(3, PROBE_IMAGES, 1, generator=draws).to(device)
         results = []
-        for module, both, generated in ((reference, lambda d, r, f: (d(r), d(f)), lambda d, f: d(f)),
-                                        (accelerated, calls.both, calls.generated)):
+        for module, module_calls in ((reference, REFERENCE), (accelerated, calls)):
             fake_input, fake_for_g = fake.clone().requires_grad_(), fake.clone().requires_grad_()
-            real_logits, fake_logits = both(module, real, fake_input)
+            real_logits, fake_logits = module_calls.discriminate_both(module, real, fake_input)
             parameters = list(module.parameters())
             d_gradients = gradients_of((real_logits * weights[0]).sum() + (fake_logits * weights[1]).sum(),
                                        [*parameters, fake_input])
-            g_logits = generated(module, fake_for_g)
+            g_logits = module_calls.discriminate(module, fake_for_g)
             (g_gradient,) = torch.autograd.grad((g_logits * weights[2]).sum(), [fake_for_g])
             results.append((real_logits, fake_logits, d_gradients, g_logits, g_gradient))
         expected, actual = results
@@ -239,17 +219,13 @@ def _probe_discriminator(discriminator: nn.Module, calls: DiscriminatorCalls) ->
 def _generator_mismatch(generator: Generator, config: GANConfig, device: torch.device) -> str | None:
     """Why ``generator`` is not SPEC §3's G in float32 on ``device`` (both G accelerators read its layers)."""
     return (layout_mismatch(generator, on_meta_device(lambda: spec_generator_layers(config.zdim)), "the generator")
-            or parameter_mismatch([generator], device))
+            or parameter_mismatch(generator, device))
 
 
 def check_native_generator(generator: Generator, config: GANConfig, device: torch.device) -> str | None:
-    """Why the C kernels do not apply to ``generator``, or None (NativeKernelsUnavailable where the library cannot
-    be built here)."""
-    reason = _generator_mismatch(generator, config, device)
-    if reason is not None:
-        return reason
-    load_gan_library()
-    return _probe_generator(generator, native_generate)
+    """Why the C kernels do not apply to ``generator``, or None (the probe raises NativeKernelsUnavailable where the
+    library cannot be built here)."""
+    return _generator_mismatch(generator, config, device) or _probe_generator(generator, native_generate)
 
 
 def check_torch_generator(generator: Generator, config: GANConfig, device: torch.device) -> str | None:
@@ -264,25 +240,17 @@ def channels_last_on_cpu(module: nn.Module, device: torch.device) -> None:
         module.to(memory_format=torch.channels_last)
 
 
-NATIVE_CALLS = DiscriminatorCalls(native_discriminate_both, native_discriminate_generated)
-TORCH_CALLS = DiscriminatorCalls(torch_discriminate_both, torch_discriminate_generated)
-
-
 def check_native_discriminator(discriminator: Discriminator, config: GANConfig,
                                device: torch.device) -> str | None:
-    """Why the C kernels do not apply to ``discriminator``, or None (NativeKernelsUnavailable where the library
-    cannot be built here)."""
-    reason = (layout_mismatch(discriminator, on_meta_device(spec_discriminator_layers), "the discriminator")
-              or parameter_mismatch([discriminator], device))
-    if reason is not None:
-        return reason
-    load_gan_library()
-    return _probe_discriminator(discriminator, NATIVE_CALLS)
+    """Why the C kernels do not apply to ``discriminator``, or None (the probe raises NativeKernelsUnavailable where
+    the library cannot be built here)."""
+    return (layout_mismatch(discriminator, on_meta_device(spec_discriminator_layers), "the discriminator")
+            or parameter_mismatch(discriminator, device) or _probe_discriminator(discriminator, NATIVE_CALLS))
 
 
 def check_torch_discriminator(discriminator: nn.Module, config: GANConfig, device: torch.device) -> str | None:
     """Why one call of ``discriminator`` on both batches is not the same as two, or None (any layers)."""
-    return parameter_mismatch([discriminator], device) or _probe_discriminator(discriminator, TORCH_CALLS)
+    return parameter_mismatch(discriminator, device) or _probe_discriminator(discriminator, TORCH_CALLS)
 
 
 GENERATOR_ACCELERATORS = (  # fastest first
@@ -336,9 +304,8 @@ def choose_gan_calls(generator: nn.Module, discriminator: nn.Module, optimizer_g
     for_g, for_d = choose_gan_accelerators(generator, discriminator, optimizer_g, optimizer_d, config, device)
     note_choice("GAN", {"G": for_g, "D": for_d}, say)
     generate = for_g.accelerator.implementation if for_g.accelerator is not None else REFERENCE.generate
-    discriminate = for_d.accelerator.implementation if for_d.accelerator is not None else None
-    calls = GANCalls(generate, discriminate.both if discriminate else REFERENCE.discriminate_both,
-                     discriminate.generated if discriminate else REFERENCE.discriminate)
+    calls = replace(for_d.accelerator.implementation if for_d.accelerator is not None else REFERENCE,
+                                generate=generate)
     return ChosenCalls(calls, f"G {for_g.name}, D {for_d.name}",
                        for_g.accelerator is not None or for_d.accelerator is not None, (for_g, for_d))
 
