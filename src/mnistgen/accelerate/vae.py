@@ -25,7 +25,6 @@ from torch import nn
 
 from ..config import VAEConfig
 from ..distributed import average_gradients, average_over_ranks
-from ..kernels.native import load_vae_library
 from ..kernels.vae import NativeVAEStep
 from ..models import vae as vae_model
 from ..models.vae import IMAGE_PIXELS, VAE, draws_per_image
@@ -129,25 +128,18 @@ def elbo_with_gradients(model: VAE, x: torch.Tensor, eps: torch.Tensor, analytic
     return elbo_sum
 
 
-class TorchVAEStep:
+def torch_vae_steps(model: VAE, optimizer: torch.optim.Optimizer, config: VAEConfig) -> Bound:
     """Training steps with PyTorch's kernels: :func:`elbo_with_gradients`, then ``optimizer.step()``; the
     model's and the optimizer's own tensors are the state."""
+    analytic_kl = config.objective == "analytic"
 
-    name = "torch"
-
-    def __init__(self, model: VAE, optimizer: torch.optim.Optimizer, config: VAEConfig):
-        self.model, self.optimizer = model, optimizer
-        self.analytic_kl = config.objective == "analytic"
-
-    def step(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """One step on x (B, 784) with the draws eps (B, D_z); returns the batch's ELBO sum (0-d tensor)."""
-        elbo_sum = elbo_with_gradients(self.model, x, eps, self.analytic_kl)
-        average_gradients(self.optimizer)
-        self.optimizer.step()
+    def step(x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:  # x (B, 784), eps (B, D_z) -> the ELBO sum, ()
+        elbo_sum = elbo_with_gradients(model, x, eps, analytic_kl)
+        average_gradients(optimizer)
+        optimizer.step()
         return elbo_sum
 
-    def store(self) -> None:
-        """Nothing to do: the model and the optimizer are always up to date."""
+    return Bound(step, "torch")
 
 
 def _torch_gradients(model: VAE, x: torch.Tensor, eps: torch.Tensor, analytic_kl: bool):
@@ -174,7 +166,7 @@ class NativeVAESteps:
         self.native.load(optimizer)
 
     def step(self, x: torch.Tensor, eps: torch.Tensor) -> float:
-        """As :meth:`TorchVAEStep.step`; returns the ELBO sum as a float."""
+        """One step on x (B, 784) with the draws eps (B, D_z); returns the batch's ELBO sum."""
         elbo_sum = self.native.compute_gradients(x, eps, self.analytic_kl)
         average_over_ranks([self.native.gradients])
         group = self.optimizer.param_groups[0]
@@ -227,7 +219,7 @@ def _common_mismatch(model: VAE, config: VAEConfig, device: torch.device) -> str
     if config.train_samples != 1:
         return f"it draws one z per image, not --train-samples {config.train_samples}"
     return (layout_mismatch(model, on_meta_device(lambda: spec_layers(config)), "the VAE")
-            or parameter_mismatch([model], device))
+            or parameter_mismatch(model, device))
 
 
 def check_torch(model: VAE, config: VAEConfig, device: torch.device) -> str | None:
@@ -236,21 +228,17 @@ def check_torch(model: VAE, config: VAEConfig, device: torch.device) -> str | No
 
 
 def check_native(model: VAE, config: VAEConfig, device: torch.device) -> str | None:
-    """Why the C kernels' step does not apply to ``model`` and ``config``, or None (NativeKernelsUnavailable where
-    the library cannot be built here)."""
-    reason = _common_mismatch(model, config, device)
-    if reason is not None:
-        return reason
-    load_vae_library()
-    return _probe(model, config, _native_gradients)
+    """Why the C kernels' step does not apply to ``model`` and ``config``, or None (the probe raises
+    NativeKernelsUnavailable where the library cannot be built here)."""
+    return _common_mismatch(model, config, device) or _probe(model, config, _native_gradients)
 
 
-StepFactory = Callable[[VAE, torch.optim.Optimizer, VAEConfig], TorchVAEStep | NativeVAESteps]
+StepFactory = Callable[[VAE, torch.optim.Optimizer, VAEConfig], Bound | NativeVAESteps]
 NATIVE = Accelerator[StepFactory](name="native", description="mnistgen's C kernels", native=True, devices=("cpu",),
                                   check=check_native, implementation=NativeVAESteps)
 TORCH = Accelerator[StepFactory](name="torch", description="the hand-derived gradient in PyTorch's kernels",
                                  native=False, devices=("cpu", "cuda", "mps"), check=check_torch,
-                                 implementation=TorchVAEStep)
+                                 implementation=torch_vae_steps)
 ACCELERATORS = (NATIVE, TORCH)  # fastest first
 
 
@@ -271,7 +259,7 @@ def vae_engine(replicas: list[Replica], config: VAEConfig, device: torch.device,
         model, optimizer = replica.modules["model"], replica.optimizers["model"]
         return lambda x, eps: vae_model.train_step(model, optimizer, x, eps, config.objective)
 
-    def runner(replica: Replica) -> TorchVAEStep | NativeVAESteps | Bound:
+    def runner(replica: Replica) -> NativeVAESteps | Bound:
         if choice.accelerator is None:
             return Bound(bind(replica))
         return choice.accelerator.implementation(replica.modules["model"], replica.optimizers["model"], config)
