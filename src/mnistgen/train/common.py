@@ -2,8 +2,7 @@
 the run folders of R replicas (:class:`ReplicaRuns`) with their end-of-epoch sequence (NaN guard, interrupt,
 metrics, save), Ctrl-C, threads and subnormal floats.
 
-Kept as small functions and two small records (:class:`RunState`, :class:`ReplicaRuns`), no trainer class: each
-loop in ``train/`` reads top to bottom and calls these where it needs them.
+No trainer class: each loop in ``train/`` reads top to bottom and calls these where it needs them.
 
 A run trains R >= 1 replicas of its model, one per seed (``--seeds``, ``--replicas``). A single-seed run (R = 1)
 writes RUN itself. A replica run writes its config to RUN/config.json and each seed's state to an ordinary
@@ -58,12 +57,10 @@ _NEVER_TRIM_BYTES = 2**30  # free heap memory is given back to the system only b
 def keep_freed_memory() -> bool:
     """Let this process keep and reuse the memory of freed tensors instead of returning it to the system.
 
-    glibc's malloc serves blocks over its (dynamic) mmap threshold with fresh mappings and returns them on
-    free, and trims the heap top; a training loop that allocates and frees the same few-MB tensors every
-    step then page-faults them all back in each time. Fixed thresholds stop that; values and results are
-    unchanged. Returns True if applied; a no-op returning False where the C library is not glibc (macOS,
-    Windows, musl).
-    """
+    glibc's malloc serves blocks over its (dynamic) mmap threshold with fresh mappings and returns them on free,
+    and trims the heap top: a loop that allocates and frees the same few-MB tensors every step page-faults them all
+    back in each time. Fixed thresholds stop that (same results). Returns whether applied (False where the C library
+    is not glibc)."""
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -75,11 +72,8 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, _KEEP_BELOW_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM_BYTES))
 
 
-KEEP_THE_LAST_CHECKPOINT = "the checkpoint of the last completed epoch is kept"
-
-
 def check_finite(value: float, what: str, epoch: int, step: int | None = None,
-                 kept: str = KEEP_THE_LAST_CHECKPOINT) -> None:
+                 kept: str = "the checkpoint of the last completed epoch is kept") -> None:
     """Stop the run with a clear message if ``value`` is NaN or infinite; ``kept`` says what stays on disk."""
     if not math.isfinite(value):
         where = f"epoch {epoch}, step {step}" if step is not None else f"the end of epoch {epoch}"
@@ -90,16 +84,6 @@ def say_on_main_process(line: str) -> None:
     """The default ``say`` of the loops: a note on stderr, from rank 0 only."""
     if is_main_process():
         print(line, file=sys.stderr)
-
-
-def generator_states(generators: dict[str, torch.Generator]) -> dict[str, torch.Tensor]:
-    """The states of named generators, for a checkpoint (plain uint8 tensors: weights_only-safe)."""
-    return {name: g.get_state() for name, g in generators.items()}
-
-
-def restore_generators(generators: dict[str, torch.Generator], states: dict[str, torch.Tensor]) -> None:
-    for name, g in generators.items():
-        g.set_state(states[name].to("cpu") if g.device.type == "cpu" else states[name])
 
 
 @contextmanager
@@ -190,36 +174,6 @@ def check_run_folder(run: RunDir, resume: bool, kind: str, config: Any, may_chan
     return checkpoint
 
 
-def claim_run(held: ExitStack, run: RunDir, resume: bool, kind: str, config: Any, may_change: tuple[str, ...],
-              say: Callable[[str], None] | None = None, metric_keys: tuple[str, ...] = ()) -> dict[str, Any] | None:
-    """Hold ``run`` for this process until ``held`` closes (:meth:`RunDir.claimed`), then :func:`check_run_folder`.
-
-    Under torchrun rank 0 alone does both: it holds the lock and reads the folder, and every rank receives its answer
-    (the checkpoint to continue from, or its one-line error: all ranks stop). This is also the barrier after which
-    rank 0 writes: no rank reads the folder after it."""
-
-    def on_rank_0() -> dict[str, Any] | None:
-        held.enter_context(run.claimed())
-        return check_run_folder(run, resume, kind, config, may_change, say, metric_keys)
-
-    return from_main_rank(on_rank_0)
-
-
-def epochs_left(run: RunDir, config: Any, epochs_done: int, start_step: int,
-                say: Callable[[str], None] | None = None) -> bool:
-    """After a restore: whether ``config.epochs`` leaves epochs to train (False, with one note, when the run is
-    complete); fewer epochs than are done already is a one-line error."""
-    partly_done = epochs_done + (start_step > 0)
-    if config.epochs < partly_done:
-        raise MnistgenError(f"{run.path}: {epochs_done} epochs are done already; give --epochs of at least "
-                            f"{partly_done} to continue")
-    if config.epochs == epochs_done and start_step == 0:
-        (say or say_on_main_process)(f"mnistgen: note: {run.path}: all {epochs_done} epochs are done; nothing left "
-                                     "to do (give a larger --epochs with --resume to train further)")
-        return False
-    return True
-
-
 def match_state_layouts(optimizer: torch.optim.Optimizer) -> None:
     """Give every per-parameter state tensor (Adam's moments) its parameter's memory layout.
 
@@ -289,7 +243,7 @@ class RunState:
                                      f"{self.kept} (try a lower learning rate)")
         state = {
             **states,
-            "generators": generator_states(self.generators),
+            "generators": {name: g.get_state() for name, g in self.generators.items()},  # uint8: weights_only-safe
             "order_state": order_state,
             "epoch": epoch,  # epochs completed
             "step": step,  # steps completed of epoch ``epoch + 1`` (0 between epochs)
@@ -316,7 +270,9 @@ class RunState:
                 value.load_state_dict(checkpoint[key])
                 if isinstance(value, torch.optim.Optimizer):
                     match_state_layouts(value)
-            restore_generators(self.generators, checkpoint["generators"])
+            for name, g in self.generators.items():
+                g.set_state(checkpoint["generators"][name].to("cpu") if g.device.type == "cpu" else
+                            checkpoint["generators"][name])
             self.generators["order"].set_state(checkpoint["order_state"])
         except (KeyError, RuntimeError, ValueError, TypeError, IndexError, AttributeError) as exc:
             problem = f"no {exc}" if isinstance(exc, KeyError) else " ".join(str(exc).split())[:300]
@@ -384,10 +340,19 @@ def check_replica_folder(run: RunDir, resume: bool, kind: str, config: Any, may_
 
 def claim_runs(held: ExitStack, run: RunDir, resume: bool, kind: str, config: Any, may_change: tuple[str, ...],
                say: Callable[[str], None], metric_keys: tuple[str, ...]) -> list[dict[str, Any] | None]:
-    """Hold ``run`` for this process until ``held`` closes, and check it (:func:`claim_run` for a single-seed run,
-    :func:`check_replica_folder` for replicas); returns each replica's checkpoint to continue from, or None."""
+    """Hold ``run`` for this process until ``held`` closes (:meth:`RunDir.claimed`), and check it
+    (:func:`check_run_folder`, :func:`check_replica_folder` for replicas); returns each replica's checkpoint to
+    continue from, or None.
+
+    Under torchrun (one replica) rank 0 alone does both: it holds the lock and reads the folder, and every rank
+    receives its answer (or its one-line error: all ranks stop). This is also the barrier after which rank 0 writes:
+    no rank reads the folder after it."""
     if not is_replicated(config):
-        return [claim_run(held, run, resume, kind, config, may_change, say, metric_keys)]
+        def on_rank_0() -> dict[str, Any] | None:
+            held.enter_context(run.claimed())
+            return check_run_folder(run, resume, kind, config, may_change, say, metric_keys)
+
+        return [from_main_rank(on_rank_0)]
     held.enter_context(run.claimed())
     return check_replica_folder(run, resume, kind, config, may_change, say, metric_keys)
 
@@ -411,14 +376,13 @@ class ReplicaRuns:
     states: list[RunState] = dataclasses.field(default_factory=list)  # :meth:`add` one per seed, in their order
 
     def add(self, seed: int, stateful: dict[str, Any], generators: dict[str, torch.Generator],
-            values_key: str) -> RunState:
-        """The run state of the replica of ``seed`` (its single-seed config), appended."""
+            values_key: str) -> None:
+        """Append the run state of the replica of ``seed`` (its single-seed config)."""
         folder = self.run.seed_run(seed) if is_replicated(self.config) else self.run
         state = RunState(folder, replica_config(self.config, seed), stateful, generators, values_key)
         if is_replicated(self.config):
             state.checkpoint_path = pending_checkpoint(folder)
         self.states.append(state)
-        return state
 
     def label(self, k: int, what: str) -> str:
         """``what`` of replica k as a message names it: "the training ELBO", or "seed 3's the training ELBO"."""
@@ -433,8 +397,13 @@ class ReplicaRuns:
         for k, (state, checkpoint) in enumerate(zip(self.states, checkpoints, strict=True)):
             if checkpoint is not None:
                 epochs_done, start_step, values[k], seconds = state.restore(checkpoint)
-        if any(c is not None for c in checkpoints) and not epochs_left(self.run, self.config, epochs_done,
-                                                                        start_step, say):
+        partly_done = epochs_done + (start_step > 0)
+        if self.config.epochs < partly_done:
+            raise MnistgenError(f"{self.run.path}: {epochs_done} epochs are done already; give --epochs of at least "
+                                f"{partly_done} to continue")
+        if any(c is not None for c in checkpoints) and self.config.epochs == epochs_done and start_step == 0:
+            say(f"mnistgen: note: {self.run.path}: all {epochs_done} epochs are done; nothing left to do (give a "
+                "larger --epochs with --resume to train further)")
             return None
         return epochs_done, start_step, values, seconds
 
@@ -457,13 +426,16 @@ class ReplicaRuns:
             if provenance is not None and is_main_process():
                 write_json(state.run.data, provenance)
 
-    def save(self, *, epoch: int, step: int, order_states: Sequence[torch.Tensor], step_values: torch.Tensor,
-             seconds: float) -> None:
+    def save(self, *, epoch: int, step: int = 0, order_states: Sequence[torch.Tensor] | None = None,
+             step_values: torch.Tensor | None = None, seconds: float = 0.0) -> None:
         """Every replica's checkpoint (:meth:`RunState.save`; ``step_values`` (R, steps, ...)), committed together
-        in a replica run: RUN/replicas.json records the position, then each pending file becomes checkpoint.pt."""
+        in a replica run: RUN/replicas.json records the position, then each pending file becomes checkpoint.pt.
+        The defaults save between epochs: the next epoch's batch order drawn from the present order states."""
+        if order_states is None:
+            order_states = [state.generators["order"].get_state() for state in self.states]
         for k, state in enumerate(self.states):
-            state.save(epoch=epoch, step=step, order_state=order_states[k], step_values=step_values[k],
-                       seconds=seconds)
+            state.save(epoch=epoch, step=step, order_state=order_states[k],
+                       step_values=torch.zeros(0) if step_values is None else step_values[k], seconds=seconds)
         if is_replicated(self.config) and is_main_process():
             self.commit(epoch=epoch, step=step)
 
@@ -513,9 +485,7 @@ class ReplicaRuns:
                     check_finite(value, self.label(k, key), record["epoch"], kept=self.states[k].kept)
         for state, record in zip(self.states, records, strict=True):
             state.run.append_metrics(record)
-        self.save(epoch=records[0]["epoch"], step=0, order_states=[s.generators["order"].get_state()
-                                                                    for s in self.states],
-                  step_values=torch.zeros(len(records), 0), seconds=0.0)
+        self.save(epoch=records[0]["epoch"])
 
 
 def take_steps(engine: Any, start: int, steps: int, inputs: Callable[[int, int], Sequence[torch.Tensor]],

@@ -170,8 +170,7 @@ def _train(config: GANConfig, images: torch.Tensor, run: RunDir, checkpoints: li
     if all(checkpoint is None for checkpoint in checkpoints):
         for state, replica, noise in zip(runs.states, replicas, fixed_noise, strict=True):
             save_grid(state.run, 0, replica, noise)  # the untrained generator
-        runs.save(epoch=0, step=0, order_states=[s.generators["order"].get_state() for s in runs.states],
-                  step_values=torch.zeros(len(replicas), 0, len(STATS)), seconds=0.0)
+        runs.save(epoch=0)
     engine = gan_engine(replicas, config, device, chosen, say)  # after the restore: a graph copies the state
 
     images = images.to(device, next(replicas[0].modules["discriminator"].parameters()).dtype)  # moved once
@@ -190,8 +189,8 @@ def _train(config: GANConfig, images: torch.Tensor, run: RunDir, checkpoints: li
             inputs = step_inputs(images, orders, [state.generators["noise"] for state in runs.states], size,
                                  config.zdim, g_dtype)
             step_stats = torch.zeros(len(replicas), steps, len(STATS), device=device)
-            for k, values in enumerate(saved_values if start_step else []):
-                step_stats[k, :start_step] = values.to(device)
+            if start_step:  # the steps an interrupted run took in this epoch
+                step_stats[:, :start_step] = torch.stack(saved_values).to(device)
             started = time.perf_counter()
             done = take_steps(engine, start_step, steps, inputs, step_stats, stop, bar)
             sum_over_ranks(step_stats[:, start_step:done], mean=True)  # the global batches' values

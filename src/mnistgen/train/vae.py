@@ -192,8 +192,8 @@ def _train(config: VAEConfig, run: RunDir, checkpoints: list[dict[str, Any] | No
             inputs = step_inputs(train_images, orders, [state.generators["noise"] for state in runs.states], size,
                                  config.latent_dim, draws, data.dynamic_binarization)
             step_elbos = torch.zeros(len(replicas), steps, device=device, dtype=dtype)
-            for k, values in enumerate(saved_values if start_step else []):
-                step_elbos[k, :start_step] = values.to(device)
+            if start_step:  # the steps an interrupted run took in this epoch
+                step_elbos[:, :start_step] = torch.stack(saved_values).to(device)
             started = time.perf_counter()
             done = take_steps(engine, start_step, steps, inputs, step_elbos, stop, bar)
             sum_over_ranks(step_elbos[:, start_step:done])  # the global batches' sums (done: the same on every rank)
