@@ -72,26 +72,22 @@ def vae_elbo(model: torch.nn.Module, x: torch.Tensor, eps: torch.Tensor, analyti
     al. (2016), log (1/K) sum_k exp(w_k) with w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x) (Eq. 2's integrand),
     by logsumexp. With K = 1 both are the one-sample value itself. (K, B, D_z) -> (B,).
     """
-    mean, logvar = model.encoder(x)  # (B, D_z) each
-    if eps.dim() == 2:
-        if importance_weighted:
-            raise ValueError("the importance-weighted bound takes eps of shape (K, B, D_z)")
-        z = mean + torch.exp(0.5 * logvar) * eps  # (B, D_z)
-        logits = model.decoder.logits(z)  # (B, 784)
-        if analytic_kl:
-            return elbo_analytic(x, logits, mean, logvar)
-        return elbo_mc(x, logits, z, mean, logvar)
+    if importance_weighted and eps.dim() == 2:
+        raise ValueError("the importance-weighted bound takes eps of shape (K, B, D_z)")
     if importance_weighted and analytic_kl:
         raise ValueError("the importance-weighted bound is built on Eq. 2's integrand, not on Eq. 1")
-    samples, batch = eps.shape[0], x.shape[0]
-    z = (mean + torch.exp(0.5 * logvar) * eps).reshape(samples * batch, -1)  # (K*B, D_z), sample-major
-    logits = model.decoder.logits(z)  # (K*B, 784): the decoder sees K*B rows, as it would K*B images
-    x, mean, logvar = x.repeat(samples, 1), mean.repeat(samples, 1), logvar.repeat(samples, 1)  # row k*B + b
-    if analytic_kl:
-        per_draw = elbo_analytic(x, logits, mean, logvar)
-    else:
-        per_draw = elbo_mc(x, logits, z, mean, logvar)  # (K*B,): Eq. 2's integrand, the log weight w_k
-    per_draw = per_draw.view(samples, batch)
+    mean, logvar = model.encoder(x)  # (B, D_z) each
+    z = mean + torch.exp(0.5 * logvar) * eps  # ([K,] B, D_z)
+    if eps.dim() == 3:  # sample-major rows k*B + b: the decoder sees K*B rows, as it would K*B images
+        samples = eps.shape[0]
+        z = z.reshape(-1, z.shape[-1])  # (K*B, D_z)
+        x, mean, logvar = x.repeat(samples, 1), mean.repeat(samples, 1), logvar.repeat(samples, 1)
+    logits = model.decoder.logits(z)  # ([K*]B, 784)
+    # ([K*]B,); with K draws Eq. 2's integrand is the log weight w_k
+    per_draw = elbo_analytic(x, logits, mean, logvar) if analytic_kl else elbo_mc(x, logits, z, mean, logvar)
+    if eps.dim() == 2:
+        return per_draw
+    per_draw = per_draw.view(samples, -1)  # (K, B)
     if importance_weighted:
         return torch.logsumexp(per_draw, dim=0) - math.log(samples)
     return per_draw.mean(dim=0)
