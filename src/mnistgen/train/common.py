@@ -130,12 +130,10 @@ def check_run_folder(run: RunDir, resume: bool, kind: str, config: Any, may_chan
     """Decide, before anything is written, whether ``run`` starts anew or continues; returns the checkpoint to
     continue from, or None to start from epoch 1. A one-line :class:`MnistgenError` where neither fits.
 
-    - A new run needs a folder without a checkpoint. A config.json without one is what a start that ended before
-      its first checkpoint leaves (killed, disk full, NaN in epoch 1): it starts anew, with one note to ``say``.
-    - ``--resume`` needs a run of ``kind``. Without a checkpoint yet it starts from epoch 1 (with one note);
-      with one, every setting but the fields in ``may_change`` and the data's location (the dataset must stay)
-      must equal those the checkpoint was written with: a config.json edited by hand is refused like a flag,
-      and its metrics.jsonl must hold valid records (with the numbers ``metric_keys``).
+    A config.json without a checkpoint is what a start that ended before its first checkpoint leaves (killed, disk
+    full, NaN in epoch 1): it starts anew, with one note. On ``--resume`` every setting but the fields in
+    ``may_change`` and the data's location (the dataset must stay) must equal the checkpoint's (a config.json edited
+    by hand is refused like a flag), and metrics.jsonl must hold valid records (with the numbers ``metric_keys``).
     """
     say = say or say_on_main_process
     has_checkpoint = run.checkpoint.is_file()
@@ -216,10 +214,9 @@ def describe_position(epoch: int, step: int) -> str:
 
 @dataclass
 class RunState:
-    """What a run's checkpoint holds besides its position: the objects with a ``state_dict`` (models and
-    optimizers) under their checkpoint keys, the random generators (the batch order's under "order"), the
-    config, and the key of the per-step values (the ELBOs, the losses) of a partly done epoch. ``kept`` says
-    what RUN/checkpoint.pt holds now, for the messages of a run that stops."""
+    """What a run's checkpoint holds besides its position: the objects with a ``state_dict`` (models, optimizers)
+    under their keys, the random generators (the batch order's under "order"), the config, and the key of a partly
+    done epoch's per-step values. ``kept`` says what RUN/checkpoint.pt holds now, for the messages of a stop."""
 
     run: RunDir
     config: Any
@@ -232,10 +229,8 @@ class RunState:
     def save(self, *, epoch: int, step: int, order_state: torch.Tensor, step_values: torch.Tensor,
              seconds: float) -> None:
         """RUN/checkpoint.pt, atomically (rank 0): ``epoch`` epochs and ``step`` steps of the next one done;
-        ``order_state``: the state the next epoch's batch order is drawn from.
-
-        Never writes a NaN or an infinity: a weight or an optimizer state (Adam's moments) that is not finite
-        stops the run with :class:`NonFiniteLossError`, and the checkpoint on disk stays as it was."""
+        ``order_state``: the state the next epoch's batch order is drawn from. Never writes a NaN or an infinity: a
+        weight or optimizer state that is not finite raises :class:`NonFiniteLossError`, the file on disk stays."""
         states = {key: value.state_dict() for key, value in self.stateful.items()}
         bad = non_finite_entry(states)
         if bad is not None:
@@ -450,17 +445,11 @@ class ReplicaRuns:
 
     def end_steps(self, *, epoch: int, done: int, steps: int, step_values: torch.Tensor,
                   value_names: tuple[str, ...], order_states: Sequence[torch.Tensor], seconds: float) -> torch.Tensor:
-        """The first half of the end of epoch ``epoch`` (0-based), after its steps:
-
-        1. the NaN guard: every replica's values of the ``done`` steps (``step_values`` (R, steps[, values]), read
-           from the device here, once per epoch) must be finite, else :class:`NonFiniteLossError` and nothing is
-           saved: the checkpoints on disk stay;
-        2. if ``done < steps`` (Ctrl-C): save the position inside the epoch (if the weights and optimizer states are
-           finite, see :meth:`RunState.save`) and raise :class:`TrainingInterrupted` (its message ends with the
-           command that continues the run).
-
-        Returns the values, (R, done, len(value_names)) on the CPU. :meth:`record_epoch` is the second half.
-        """
+        """The first half of the end of epoch ``epoch`` (0-based), after its steps: the NaN guard (every replica's
+        values of the ``done`` steps, ``step_values`` (R, steps[, values]), read from the device once per epoch;
+        where one is not finite nothing is saved), then, if ``done < steps`` (Ctrl-C), the position inside the epoch
+        saved and :class:`TrainingInterrupted` raised. Returns the values, (R, done, len(value_names)) on the CPU;
+        :meth:`record_epoch` is the second half."""
         values = step_values[:, :done].cpu().reshape(len(self.states), done, len(value_names))
         bad = torch.nonzero(~torch.isfinite(values))
         if len(bad):
@@ -476,9 +465,8 @@ class ReplicaRuns:
         return values
 
     def record_epoch(self, records: Sequence[dict[str, Any]]) -> None:
-        """The second half of the end of an epoch: every number of each replica's record (the epoch's metrics,
-        "epoch" being the number of epochs completed) must be finite (an evaluation may fail too), each record is
-        appended to its RUN/metrics.jsonl, and the checkpoints of the completed epoch are saved."""
+        """The second half: every number of each replica's record ("epoch": the epochs completed) must be finite (an
+        evaluation may fail too); each goes to its RUN/metrics.jsonl, then the completed epoch's checkpoints."""
         for k, record in enumerate(records):
             for key, value in record.items():
                 if isinstance(value, float):
@@ -491,9 +479,8 @@ class ReplicaRuns:
 def take_steps(engine: Any, start: int, steps: int, inputs: Callable[[int, int], Sequence[torch.Tensor]],
                values: torch.Tensor, stop: Callable[[], bool] = lambda: False, bar: Any = None) -> int:
     """Steps ``start..steps-1`` of every replica by ``engine`` (:mod:`mnistgen.accelerate.engines`), polling
-    ``stop`` before each run of ``engine.steps_between_polls`` steps; replica k's inputs of step s are
-    ``inputs(k, s)``, its values go to ``values[k, s]``; ``bar`` (a progress bar) advances with them. Returns the
-    number of steps done; the engine has stored its state into the replicas' modules and optimizers."""
+    ``stop`` before each run of ``engine.steps_between_polls`` steps (``inputs``, ``values``: see its ``run``);
+    ``bar`` advances with them. Returns the number of steps done, the engine's state stored into the replicas."""
     done = start
     try:
         for first in range(start, steps, engine.steps_between_polls):

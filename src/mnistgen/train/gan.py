@@ -12,13 +12,10 @@ Training-only options (the networks stay SPEC §3's): ``betas`` are both Adams' 
 exponential moving average of G's weights, starting from G's initial weights, in a copy of G saved in the checkpoint
 as "generator_ema".
 
-The step calls the modules themselves (:data:`mnistgen.models.gan.REFERENCE`). Where an accelerator applies to a
-network as it is (:mod:`mnistgen.accelerate.gan`: mnistgen's C kernels on CPU, or PyTorch-only rewrites), it
-replaces that network's calls with the same function; the losses, autograd and Adam stay. The engine
-(:func:`mnistgen.accelerate.gan.gan_engine`) takes each replica's step in turn, or all at once, stacked, and on CUDA
-captures the step in a CUDA graph. ``--cpu-kernels`` chooses; each metrics line records ``trained_by``. The random
-streams (the batch order, z, the grid's fixed noise), resume and torchrun are as :mod:`mnistgen.train.common`
-describes.
+The step calls the modules themselves (:data:`mnistgen.models.gan.REFERENCE`), or an accelerator's calls of the
+same function (:mod:`mnistgen.accelerate.gan`); the engine (:func:`mnistgen.accelerate.gan.gan_engine`) takes it and
+each metrics line records it as ``trained_by``. The random streams (the batch order, z, the grid's fixed noise),
+resume and torchrun are as :mod:`mnistgen.train.common` describes.
 """
 
 from __future__ import annotations
@@ -109,18 +106,11 @@ def train_gan(config: GANConfig, images: torch.Tensor, run: RunDir, *, resume: b
               provenance: dict[str, Any] | None = None, stop: Callable[[], bool] | None = None,
               show_progress: bool | None = None, say: Callable[[str], None] | None = None
               ) -> list[dict[str, Any]] | dict[int, list[dict[str, Any]]]:
-    """Train (or, with ``resume``, continue) the GAN of ``config`` on ``images`` into ``run``; return the records.
+    """Train (or, with ``resume``, continue) the GAN of ``config`` on ``images`` into ``run``; return the records,
+    as :func:`mnistgen.train.vae.train_vae` does (also ``stop``, ``say``, and NonFiniteLossError for a loss).
 
-    images: (N, 1, 28, 28) float32 in [0, 1] on any device (the CLI passes the "gan" protocol's 60,000
-    training images; tests pass a few). provenance: written to RUN/data.json. ``stop`` is polled before
-    every step; when it returns True the state is saved and :class:`TrainingInterrupted` is raised.
-    Without ``stop``, Ctrl-C does that (a second Ctrl-C aborts at once). ``say`` gets the one-line notes, e.g.
-    when a faster accelerator does not apply (default: stderr, rank 0). Raises
-    :class:`mnistgen.errors.NonFiniteLossError` if a loss becomes NaN or infinite (the checkpoint of the last
-    completed epoch is kept).
-
-    A config with several seeds (``--seeds``, ``--replicas``) trains them as replicas into RUN/seed=N and returns
-    their histories by seed.
+    images: (N, 1, 28, 28) float32 in [0, 1] on any device (the CLI passes the "gan" protocol's 60,000 training
+    images). provenance: written to RUN/data.json.
     """
     say = say or say_on_main_process
     with ranks_agree():  # under torchrun: the same checks on every rank, an error stops them all

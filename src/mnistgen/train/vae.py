@@ -3,16 +3,13 @@
 Per epoch, for each replica: the batch order comes from its order generator
 (:func:`mnistgen.data.batches.shuffled_batches`); each step draws (full protocol: a fresh binary image from each gray
 image, then) one eps ~ N(0, I) per image (K = ``--train-samples`` of them with ``--objective iwae`` or K > 1) from its
-noise generator, and takes the one training step, :func:`mnistgen.models.vae.train_step`: the model's forward (its
-objective: the ELBO by Eq. 2 or Eq. 1, the mean of K one-sample ELBOs, or iwae's K-sample bound), autograd, Adam.
-After the epoch the one-sample ELBO of the evaluation images (test for ``hw``, validation for ``full``; Eq. 2 for
-iwae) is measured, one line is appended to RUN/metrics.jsonl and RUN/checkpoint.pt is replaced atomically.
+noise generator, and takes the one training step, :func:`mnistgen.models.vae.train_step`, by the engine
+(:func:`mnistgen.accelerate.vae.vae_engine`; each metrics line records it as ``trained_by``). After the epoch the
+one-sample ELBO of the evaluation images (test for ``hw``, validation for ``full``; Eq. 2 for iwae) is measured, one
+line is appended to RUN/metrics.jsonl and RUN/checkpoint.pt is replaced atomically.
 
-The engine that takes the steps (:func:`mnistgen.accelerate.vae.vae_engine`) runs each replica's step in turn, with
-an accelerator where one applies to the model as it is (mnistgen's C kernels on CPU, the hand-derived gradient, a
-CUDA graph: ``--cpu-kernels`` chooses), or all replicas' steps at once, stacked; each metrics line records
-``trained_by``. The random streams (the batch order; eps and the full protocol's binary images; the evaluation's,
-seeded anew per epoch), resume and torchrun are as :mod:`mnistgen.train.common` describes.
+The random streams (the batch order; eps and the full protocol's binary images; the evaluation's, seeded anew per
+epoch), resume and torchrun are as :mod:`mnistgen.train.common` describes.
 """
 
 from __future__ import annotations
@@ -113,17 +110,13 @@ def step_inputs(images: torch.Tensor, orders: Sequence[torch.Tensor], noises: Se
 def train_vae(config: VAEConfig, run: RunDir, *, resume: bool = False, protocol: Protocol | None = None,
               stop: Callable[[], bool] | None = None, show_progress: bool | None = None,
               say: Callable[[str], None] | None = None) -> list[dict[str, Any]] | dict[int, list[dict[str, Any]]]:
-    """Train (or, with ``resume``, continue) the VAE of ``config`` into ``run``; return the metric records.
+    """Train (or, with ``resume``, continue) the VAE of ``config`` into ``run``; return the metric records (by seed
+    for a config with several seeds, trained as replicas into RUN/seed=N).
 
-    ``protocol`` defaults to the data ``config`` names (pass one to train on other tensors, e.g. in
-    tests). ``stop`` is polled before every step; when it returns True the state is saved and
-    :class:`TrainingInterrupted` is raised. Without ``stop``, Ctrl-C does that (a second Ctrl-C aborts).
-    ``say`` gets the one-line notes, e.g. when a faster accelerator does not apply (default: stderr, rank 0).
-    Raises :class:`mnistgen.errors.NonFiniteLossError` if the ELBO becomes NaN or infinite (the checkpoint of the
-    last completed epoch is kept).
-
-    A config with several seeds (``--seeds``, ``--replicas``) trains them as replicas into RUN/seed=N and returns
-    their histories by seed.
+    ``protocol`` defaults to the data ``config`` names. ``stop`` is polled before every step; when it returns True
+    the state is saved and :class:`TrainingInterrupted` is raised; without ``stop``, Ctrl-C does that (a second
+    Ctrl-C aborts). ``say`` gets the one-line notes (default: stderr, rank 0). Raises
+    :class:`mnistgen.errors.NonFiniteLossError` if the ELBO becomes NaN or infinite.
     """
     say = say or say_on_main_process
     with ranks_agree():  # under torchrun: the same checks on every rank, an error stops them all
