@@ -25,9 +25,7 @@ ELBO_CHUNK_IMAGES = 1000  # images per forward pass of :func:`elbo_samples`
 
 def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
     """D's binary cross-entropy: -[log D(x) + log(1 - D(G(z)))], the mean over the real and over the fake batch.
-
-    Shapes: real_logits and fake_logits ([R,] B, 1) -> ([R],): one loss per replica where R replicas are stacked.
-    """
+    Shapes: real_logits and fake_logits ([R,] B, 1) -> ([R],): one loss per replica where R replicas are stacked."""
     real = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits), reduction="none")
     fake = F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits), reduction="none")
     return real.mean(dim=(-2, -1)) + fake.mean(dim=(-2, -1))
@@ -45,17 +43,13 @@ def generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
 def elbo_mc(x: torch.Tensor, logits: torch.Tensor, z: torch.Tensor, mean: torch.Tensor,
             logvar: torch.Tensor) -> torch.Tensor:
     """Eq. 2 with one sample: log p(x|z) + log p(z) - log q(z|x), z ~ q(z|x) already drawn.
-
-    Shapes: x, logits (B, 784); z, mean, logvar (B, D_z) -> (B,).
-    """
+    Shapes: x, logits (B, 784); z, mean, logvar (B, D_z) -> (B,)."""
     return log_bernoulli_logits(x, logits) + log_standard_normal(z) - log_normal_logvar(z, mean, logvar)
 
 
 def elbo_analytic(x: torch.Tensor, logits: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """Eq. 1: log p(x|z) (one sample z ~ q) minus the closed-form KL(q(z|x) || N(0, I)).
-
-    Shapes: x, logits (B, 784); mean, logvar (B, D_z) -> (B,).
-    """
+    Shapes: x, logits (B, 784); mean, logvar (B, D_z) -> (B,)."""
     return log_bernoulli_logits(x, logits) - kl_diag_gaussians(mean, logvar)
 
 
@@ -70,8 +64,7 @@ def vae_elbo(model: torch.nn.Module, x: torch.Tensor, eps: torch.Tensor, analyti
     With eps (K, B, D_z), K draws per image (sample-major, as :func:`standard_normal_draws` with ``samples``):
     the mean over k of the K one-sample estimates, or with ``importance_weighted`` the K-sample bound of Burda et
     al. (2016), log (1/K) sum_k exp(w_k) with w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x) (Eq. 2's integrand),
-    by logsumexp. With K = 1 both are the one-sample value itself. (K, B, D_z) -> (B,).
-    """
+    by logsumexp. With K = 1 both are the one-sample value itself. (K, B, D_z) -> (B,)."""
     if importance_weighted and eps.dim() == 2:
         raise ValueError("the importance-weighted bound takes eps of shape (K, B, D_z)")
     if importance_weighted and analytic_kl:
@@ -104,11 +97,8 @@ def standard_normal_draws(count: int, latent_dim: int, generator: torch.Generato
 @torch.inference_mode()
 def elbo_samples(model: torch.nn.Module, images: torch.Tensor, samples: int = 1, analytic_kl: bool = False,
                  generator: torch.Generator | None = None, chunk_size: int = ELBO_CHUNK_IMAGES) -> torch.Tensor:
-    """The ELBO of each image for ``samples`` independent draws of z: (N, 784) -> (samples, N).
-
-    Each draw is :func:`vae_elbo` (Eq. 1 with ``analytic_kl``, else Eq. 2) with eps from ``generator``, chunk
-    by chunk (``chunk_size`` images at a time).
-    """
+    """The ELBO of each image for ``samples`` independent draws of z, (N, 784) -> (samples, N): :func:`vae_elbo`
+    (Eq. 1 with ``analytic_kl``, else Eq. 2) with eps from ``generator``, ``chunk_size`` images at a time."""
     out = torch.empty(samples, len(images), device=images.device, dtype=images.dtype)
     for sample in range(samples):
         for start in range(0, len(images), chunk_size):

@@ -150,8 +150,7 @@ def train_step(generator: nn.Module, discriminator: nn.Module, optimizer_g: torc
     tensors of the moving average of G's weights, in ``optimizer_g``'s order; the decay), or None. Returns (4,)
     detached on the device, in the order of :data:`STATS` (the losses, and mean D(x) and D(G(z)) as probabilities,
     before D's step). The networks may also be R replicas stacked (:mod:`mnistgen.accelerate.engines`): then every
-    tensor gains a leading R and the result is (R, 4), each replica's own.
-    """
+    tensor gains a leading R and the result is (R, 4), each replica's own."""
     fake = calls.generate(generator, z)  # ([R,] B, 1, 28, 28), computed once for both steps
 
     # D step: towards 1 on real and 0 on generated images; G is not reached (fake is detached)
