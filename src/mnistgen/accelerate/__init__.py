@@ -110,8 +110,7 @@ def choose(candidates: Sequence[Accelerator[Implementation]], cpu_kernels: str, 
 
     ``cpu_kernels``: "auto" any; "torch" none with C kernels; "reference" none at all; "native" like "auto",
     but on the CPU the chosen one must be native, otherwise a one-line :class:`MnistgenError` with the reasons.
-    Accelerators for other devices are passed over silently (the C kernels are not missed on a GPU).
-    """
+    Accelerators for other devices are passed over silently (the C kernels are not missed on a GPU)."""
     if cpu_kernels not in CPU_KERNELS:
         raise MnistgenError(f"--cpu-kernels must be one of {', '.join(CPU_KERNELS)}, got {cpu_kernels!r}")
     skipped: list[str] = []
@@ -201,8 +200,7 @@ def probe_generator(device: torch.device) -> torch.Generator:
 
 
 def relative_difference(mine: torch.Tensor | None, reference: torch.Tensor | None) -> float:
-    """||mine - reference|| / ||reference|| in float64 (inf if the shapes differ or one is missing; 0 if both are
-    zero)."""
+    """||mine - reference|| / ||reference|| in float64 (inf for other shapes or a missing one; 0 if both are 0)."""
     if mine is None or reference is None or mine.shape != reference.shape:
         return float("inf")
     mine, reference = mine.detach().double(), reference.detach().double()

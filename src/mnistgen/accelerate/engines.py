@@ -27,8 +27,7 @@ from torch import nn
 from . import adam_mismatch, describe_exception, probe_mismatch, probing
 from .graphs import CapturedStep, capturable_adam, copy_state, graph_problem
 
-STEPS_PER_TURN = 10  # steps each replica takes in turn between two polls of the stop request (its weights and
-# optimizer state stay in the CPU's cache)
+STEPS_PER_TURN = 10  # steps each replica takes in turn between two polls of stop (its state stays in the CPU cache)
 
 
 @dataclass
@@ -202,10 +201,9 @@ def float64_inputs(inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
 
 def check_stacked(replicas: Sequence[Replica], bind: Callable[[Replica], Callable[..., torch.Tensor]],
                   inputs: Sequence[Sequence[torch.Tensor]]) -> str | None:
-    """Why the stacked step is not each replica's own step, or None: one step of the first two replicas, stacked and
-    one after another (``bind(replica)``: the reference step), from float64 copies of their state on the same
-    ``inputs`` (a list of step inputs per replica), must give the same values, parameters, averages and optimizer
-    states."""
+    """Why the stacked step is not each replica's own step (``bind(replica)``, the reference step), or None: one step
+    of the first two replicas, stacked and one after another, from float64 copies of their state on the same
+    ``inputs`` (step inputs per replica), must give the same values, parameters, averages and optimizer states."""
     pair, inputs = list(replicas[:2]), [float64_inputs(x) for x in inputs[:2]]
     with probing(*pair, *pair) as copies:
         in_float64(copies)
@@ -281,9 +279,8 @@ class OneAfterAnother:
     def __init__(self, runners: Sequence[Runner], optimizers: Sequence[torch.optim.Optimizer]):
         self.runners, self.optimizers = list(runners), list(optimizers)
         self.steps_between_polls = 1 if len(self.runners) == 1 else STEPS_PER_TURN
-        inner = self.runners[0].name
-        self.name = inner if len(self.runners) == 1 else f"{len(self.runners)} replicas, one replica after another, " \
-                                                         f"{inner}"
+        count, inner = len(self.runners), self.runners[0].name
+        self.name = inner if count == 1 else f"{count} replicas, one replica after another, {inner}"
 
     def run(self, first: int, last: int, inputs: Callable[[int, int], Sequence[torch.Tensor]],
             values: torch.Tensor) -> None:
@@ -327,7 +324,7 @@ PROBE_BATCH = 8  # images per replica in the stacked engine's probe
 def choose_engine(replicas: Sequence[Replica], *, bind: Callable[[Replica], Callable[..., torch.Tensor]],
                   step: Callable[[Replica], Callable[..., torch.Tensor]], step_name: str,
                   runner: Callable[[Replica], Runner], accelerated: bool,
-                  example: Callable[[int, int], Sequence[torch.Tensor]], batch_size: int, graph_refusal: str | None,
+                  example: Callable[[int, int], Sequence[torch.Tensor]], batch_size: int, cpu_kernels: str,
                   fixed_lr: bool, device: torch.device, say: Callable[[str], None]) -> Engine:
     """How the replicas' steps are taken, with a note where a faster way does not apply: several replicas are
     stacked, except on the CPU where an accelerator applies (one after another is faster there, docs/BENCHMARKS.md)
@@ -337,12 +334,12 @@ def choose_engine(replicas: Sequence[Replica], *, bind: Callable[[Replica], Call
     one replica's step as a CUDA graph captures it (``bind``, or the same step with accelerated calls, named
     ``step_name``); ``runner(replica)``: one replica's runner where no graph is captured (an accelerator's,
     ``accelerated``, or ``step``'s); ``example(k, batch)``: random inputs of replica k for ``batch`` images, for the
-    probes. ``graph_refusal``: why no CUDA graph may be used (``--cpu-kernels reference``), or None.
-    """
+    probes. ``--cpu-kernels reference`` takes no CUDA graph either."""
     count = len(replicas)
 
     def graph_problem_of(stacked: bool, bind: Callable, inputs: Sequence[torch.Tensor]) -> str | None:
-        problem = graph_refusal or check_graph(replicas, stacked, bind, inputs, device, fixed_lr)
+        problem = ("--cpu-kernels reference" if cpu_kernels == "reference" else
+                   check_graph(replicas, stacked, bind, inputs, device, fixed_lr))
         if problem is not None and device.type == "cuda":
             say(f"mnistgen: note: the step is not captured in a CUDA graph: {problem}")
         return problem

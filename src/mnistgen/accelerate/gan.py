@@ -115,10 +115,8 @@ def _upsample_taps(weight: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def upsample_conv(conv: nn.Conv2d, images: torch.Tensor) -> torch.Tensor:
-    """conv(Upsample(scale 2, nearest)(images)) for a 3x3, stride 1, padding 1 ``conv``, as one transposed convolution.
-
-    (B, C_in, H, W) -> (B, C_out, 2H, 2W). Same values and gradients (w.r.t. the images and ``conv``'s parameters).
-    """
+    """conv(Upsample(scale 2, nearest)(images)) for a 3x3, stride 1, padding 1 ``conv``, as one transposed convolution:
+    (B, C_in, H, W) -> (B, C_out, 2H, 2W), the same values and gradients (of the images and ``conv``'s parameters)."""
     kernel = _upsample_taps(_upsample_taps(conv.weight, dim=2), dim=3)  # (C_out, C_in, 4, 4)
     kernel = kernel.transpose(0, 1)  # conv_transpose2d takes (C_in, C_out, kH, kW)
     # the kernel in the memory format of the maps it reads (keeps oneDNN on its channels-last path)
@@ -130,11 +128,9 @@ def upsample_conv(conv: nn.Conv2d, images: torch.Tensor) -> torch.Tensor:
 
 
 def torch_generate(generator: Generator, z: torch.Tensor) -> torch.Tensor:
-    """G(z) for SPEC §3's G: the same function of z and of G's parameters as ``generator(z)``, faster.
-
-    (B, zdim) -> (B, 1, 28, 28) in (0, 1). up1/conv1 and up2/conv2 run as :func:`upsample_conv`; on CPU every
-    map is channels-last (oneDNN's fastest layout for these convolutions).
-    """
+    """G(z) for SPEC §3's G, (B, zdim) -> (B, 1, 28, 28) in (0, 1): the same function of z and of G's parameters as
+    ``generator(z)``, faster. up1/conv1 and up2/conv2 run as :func:`upsample_conv`; on CPU every map is
+    channels-last (oneDNN's fastest layout for these convolutions)."""
     h = generator.act1(generator.linear(z)).view(-1, *GENERATOR_START)  # (B, 32, 7, 7)
     if h.device.type == "cpu":
         h = h.contiguous(memory_format=torch.channels_last)
@@ -270,9 +266,7 @@ DISCRIMINATOR_ACCELERATORS = (
 def choose_gan_accelerators(generator: Generator, discriminator: nn.Module, optimizer_g: torch.optim.Optimizer,
                             optimizer_d: torch.optim.Optimizer, config: GANConfig,
                             device: torch.device) -> tuple[Choice, Choice]:
-    """The accelerators for G(z) and for D's logits under ``config.cpu_kernels`` on ``device`` (None: the
-    module's own calls), with the reasons faster ones do not apply; ``--cpu-kernels native`` where the C
-    kernels do not apply to both networks is a one-line error."""
+    """The choices (:func:`mnistgen.accelerate.choose`) for G(z) and for D's logits under ``config.cpu_kernels``."""
     return (choose(GENERATOR_ACCELERATORS, config.cpu_kernels, device, optimizer_g, generator, config, device),
             choose(DISCRIMINATOR_ACCELERATORS, config.cpu_kernels, device, optimizer_d, discriminator, config, device))
 
@@ -298,14 +292,12 @@ class ChosenCalls:
 def choose_gan_calls(generator: nn.Module, discriminator: nn.Module, optimizer_g: torch.optim.Optimizer,
                      optimizer_d: torch.optim.Optimizer, config: GANConfig, device: torch.device,
                      say: Callable[[str], None] | None = None) -> ChosenCalls:
-    """The calls a step makes under ``config.cpu_kernels``: the accelerators that apply to G and to D (and their
-    optimizers) as they are, the modules' own calls for a network where none does (with one note naming the
-    reasons)."""
+    """The calls a step makes: the accelerators' that apply to G and to D as they are, the modules' own calls for a
+    network where none does (with one note naming the reasons)."""
     for_g, for_d = choose_gan_accelerators(generator, discriminator, optimizer_g, optimizer_d, config, device)
     note_choice("GAN", {"G": for_g, "D": for_d}, say)
     generate = for_g.accelerator.implementation if for_g.accelerator is not None else REFERENCE.generate
-    calls = replace(for_d.accelerator.implementation if for_d.accelerator is not None else REFERENCE,
-                                generate=generate)
+    calls = replace(for_d.accelerator.implementation if for_d.accelerator is not None else REFERENCE, generate=generate)
     return ChosenCalls(calls, f"G {for_g.name}, D {for_d.name}",
                        for_g.accelerator is not None or for_d.accelerator is not None, (for_g, for_d))
 
@@ -337,6 +329,5 @@ def gan_engine(replicas: list[Replica], config: GANConfig, device: torch.device,
 
     return choose_engine(replicas, bind=step_with(REFERENCE), step=step, step_name=chosen.name,
                          runner=lambda replica: Bound(step(replica), chosen.name), accelerated=chosen.accelerated,
-                         example=example, batch_size=config.batch_size,
-                         graph_refusal="--cpu-kernels reference" if config.cpu_kernels == "reference" else None,
+                         example=example, batch_size=config.batch_size, cpu_kernels=config.cpu_kernels,
                          fixed_lr=True, device=device, say=say)

@@ -76,8 +76,7 @@ def elbo_with_gradients(model: VAE, x: torch.Tensor, eps: torch.Tensor, analytic
     - Eq. 2: log q(z|x) = -1/2 sum(eps^2 + logvar + log 2 pi) at z = mean + std eps, so its total
       derivative is 0 in the mean and -1/2 in logvar (its z-path and direct terms cancel);
     - Eq. 1: KL = 1/2 sum(mean^2 + exp(logvar) - logvar - 1) adds s mean and s (exp(logvar) - 1) / 2;
-    - back through the two heads (their gradients add up in h1) and the encoder's hidden layer.
-    """
+    - back through the two heads (their gradients add up in h1) and the encoder's hidden layer."""
     encoder, decoder = model.encoder, model.decoder
     for parameter in model.parameters():
         if parameter.grad is None:
@@ -151,11 +150,10 @@ def _torch_gradients(model: VAE, x: torch.Tensor, eps: torch.Tensor, analytic_kl
 
 
 class NativeVAESteps:
-    """Training steps with mnistgen's C kernels (:class:`mnistgen.kernels.vae.NativeVAEStep`), for batches of
-    at most ``config.batch_size`` images. The weights and Adam's state are copied in once, here, and live in
-    the kernels' flat buffers; :meth:`store` copies them back into the model and the optimizer (the training
-    loop does at the end of every epoch, so evaluation and checkpoints see them). Adam's hyper-parameters are
-    read from the optimizer at every step (the learning rate schedule sets them per epoch)."""
+    """Training steps with mnistgen's C kernels (:class:`mnistgen.kernels.vae.NativeVAEStep`), for batches of at most
+    ``config.batch_size`` images. The weights and Adam's state are copied in once, here, and live in the kernels'
+    flat buffers until :meth:`store`. Adam's hyper-parameters are read from the optimizer at every step (the
+    learning rate schedule sets them per epoch)."""
 
     name = "native"
 
@@ -188,9 +186,8 @@ def _native_gradients(model: VAE, x: torch.Tensor, eps: torch.Tensor, analytic_k
 
 
 def _probe(model: VAE, config: VAEConfig, gradients: Callable) -> str | None:
-    """Run the model's forward (the step's objective, differentiated by autograd) and the accelerator's
-    ``gradients(model, x, eps, analytic_kl)`` on a small random batch; the reason if the objective or any gradient
-    differs, else None."""
+    """The model's forward (the step's objective, differentiated by autograd) against the accelerator's
+    ``gradients(model, x, eps, analytic_kl)`` on a small random batch: why the objective or a gradient differs."""
     with probing(model, model) as (reference, accelerated):
         x, eps = probe_batch(config, next(model.parameters()), PROBE_IMAGES, probe_generator(torch.device("cpu")))
         values = reference(x, eps, config.objective)  # (B,)
@@ -198,8 +195,8 @@ def _probe(model: VAE, config: VAEConfig, gradients: Callable) -> str | None:
         expected = gradients_of(-values.mean(), parameters)
         value_sum, actual = gradients(accelerated, x, eps, config.objective == "analytic")
         return probe_mismatch([("the ELBO", value_sum, values.detach().sum())] + [
-            (f"the gradient of {name}", mine, theirs) for name, mine, theirs in zip(names, actual, expected,
-                                                                                      strict=True)])
+            (f"the gradient of {name}", mine, theirs)
+            for name, mine, theirs in zip(names, actual, expected, strict=True)])
 
 
 def probe_batch(config: VAEConfig, like: torch.Tensor, images: int,
@@ -271,5 +268,4 @@ def vae_engine(replicas: list[Replica], config: VAEConfig, device: torch.device,
 
     return choose_engine(replicas, bind=bind, step=bind, step_name="reference", runner=runner,
                          accelerated=choice.accelerator is not None, example=example, batch_size=config.batch_size,
-                         graph_refusal="--cpu-kernels reference" if config.cpu_kernels == "reference" else None,
-                         fixed_lr=config.lr_schedule == "none", device=device, say=say)
+                         cpu_kernels=config.cpu_kernels, fixed_lr=config.lr_schedule == "none", device=device, say=say)
