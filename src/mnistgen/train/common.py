@@ -55,12 +55,10 @@ _NEVER_TRIM_BYTES = 2**30  # free heap memory is given back to the system only b
 
 
 def keep_freed_memory() -> bool:
-    """Let this process keep and reuse the memory of freed tensors instead of returning it to the system.
-
-    glibc's malloc serves blocks over its (dynamic) mmap threshold with fresh mappings and returns them on free,
-    and trims the heap top: a loop that allocates and frees the same few-MB tensors every step page-faults them all
-    back in each time. Fixed thresholds stop that (same results). Returns whether applied (False where the C library
-    is not glibc)."""
+    """Let this process keep and reuse the memory of freed tensors: glibc's malloc serves blocks over its (dynamic)
+    mmap threshold with fresh mappings and returns them on free, and trims the heap top, so a loop that allocates and
+    frees the same few-MB tensors every step page-faults them all back in each time. Fixed thresholds stop that
+    (same results). Returns whether applied (False where the C library is not glibc)."""
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -133,8 +131,7 @@ def check_run_folder(run: RunDir, resume: bool, kind: str, config: Any, may_chan
     A config.json without a checkpoint is what a start that ended before its first checkpoint leaves (killed, disk
     full, NaN in epoch 1): it starts anew, with one note. On ``--resume`` every setting but the fields in
     ``may_change`` and the data's location (the dataset must stay) must equal the checkpoint's (a config.json edited
-    by hand is refused like a flag), and metrics.jsonl must hold valid records (with the numbers ``metric_keys``).
-    """
+    by hand is refused like a flag), and metrics.jsonl must hold valid records (with the numbers ``metric_keys``)."""
     say = say or say_on_main_process
     has_checkpoint = run.checkpoint.is_file()
     if not resume:
@@ -511,14 +508,11 @@ def subnormals_flushed() -> bool:
 @contextmanager
 def flushed_denormals(flush: bool, say: Callable[[str], None] | None = None) -> Iterator[None]:
     """With ``flush``, the CPU flushes subnormal floats to zero inside the block (``torch.set_flush_denormal``:
-    x86's FTZ and DAZ modes) and the calling thread returns to IEEE arithmetic after it.
+    x86's FTZ and DAZ modes) and the calling thread returns to IEEE arithmetic after it (same results, more speed).
 
-    The mode belongs to each thread: threads torch starts inside the block (its CPU pool, started at its first
-    parallel work or ``torch.set_num_threads``) inherit it, and may keep it after the block. Whether threads started
-    before follow depends on the thread library, so the block checks them (:func:`subnormals_flushed`); where some
-    keep IEEE arithmetic, or the CPU has no such mode, ``say`` gets a one-line note. The results are the same either
-    way; only the speed differs.
-    """
+    The mode belongs to each thread: threads torch starts inside the block (its CPU pool) inherit it, and may keep
+    it after the block. Whether threads started before follow depends on the thread library, so the block checks
+    them (:func:`subnormals_flushed`); where some do not, or the CPU has no such mode, ``say`` gets a one-line note."""
     if not flush:
         yield
         return

@@ -110,8 +110,7 @@ def train_gan(config: GANConfig, images: torch.Tensor, run: RunDir, *, resume: b
     as :func:`mnistgen.train.vae.train_vae` does (also ``stop``, ``say``, and NonFiniteLossError for a loss).
 
     images: (N, 1, 28, 28) float32 in [0, 1] on any device (the CLI passes the "gan" protocol's 60,000 training
-    images). provenance: written to RUN/data.json.
-    """
+    images). provenance: written to RUN/data.json."""
     say = say or say_on_main_process
     with ranks_agree():  # under torchrun: the same checks on every rank, an error stops them all
         validate(config)
@@ -155,8 +154,8 @@ def _train(config: GANConfig, images: torch.Tensor, run: RunDir, checkpoints: li
     epochs_done, start_step, saved_values, seconds_before = position
     histories = runs.histories(STATS, say, epochs_done) if epochs_done else [[] for _ in replicas]
     runs.start("gan", epochs_done, provenance)
-    fixed_noise = [grid_noise(state.config, device).to(next(r.modules["generator"].parameters()).dtype)
-                   for state, r in zip(runs.states, replicas, strict=True)]
+    g_dtype = next(replicas[0].modules["generator"].parameters()).dtype  # every replica's
+    fixed_noise = [grid_noise(state.config, device).to(g_dtype) for state in runs.states]
     if all(checkpoint is None for checkpoint in checkpoints):
         for state, replica, noise in zip(runs.states, replicas, fixed_noise, strict=True):
             save_grid(state.run, 0, replica, noise)  # the untrained generator
@@ -164,7 +163,6 @@ def _train(config: GANConfig, images: torch.Tensor, run: RunDir, checkpoints: li
     engine = gan_engine(replicas, config, device, chosen, say)  # after the restore: a graph copies the state
 
     images = images.to(device, next(replicas[0].modules["discriminator"].parameters()).dtype)  # moved once
-    g_dtype = next(replicas[0].modules["generator"].parameters()).dtype
     size = config.batch_size
     steps = num_batches(len(images), size, drop_last=True)
     seeds = "" if len(replicas) == 1 else f" ({len(replicas)} seeds)"

@@ -75,8 +75,7 @@ def learning_rate(config: VAEConfig, epoch: int) -> float:
 def training_value(config: VAEConfig) -> dict[str, str]:
     """What a metrics line's ``train_elbo`` is, where it is not SPEC's one-sample ELBO: {"train_elbo_is": ...}
     for ``--objective iwae`` (the K-sample bound L_K, above the ELBO for K > 1) or ``--train-samples`` K > 1 (the
-    mean of K one-sample ELBOs); {} otherwise, so the lines of SPEC's objectives stay as they were. The held-out
-    ELBO after each epoch is the one-sample ELBO under every objective (Eq. 2 for iwae)."""
+    mean of K one-sample ELBOs); {} otherwise, so the lines of SPEC's objectives stay as they were."""
     samples = config.train_samples
     if config.objective == "iwae":
         return {"train_elbo_is": f"the importance-weighted bound L_{samples} ({samples} draws per image)"}
@@ -116,8 +115,7 @@ def train_vae(config: VAEConfig, run: RunDir, *, resume: bool = False, protocol:
     ``protocol`` defaults to the data ``config`` names. ``stop`` is polled before every step; when it returns True
     the state is saved and :class:`TrainingInterrupted` is raised; without ``stop``, Ctrl-C does that (a second
     Ctrl-C aborts). ``say`` gets the one-line notes (default: stderr, rank 0). Raises
-    :class:`mnistgen.errors.NonFiniteLossError` if the ELBO becomes NaN or infinite.
-    """
+    :class:`mnistgen.errors.NonFiniteLossError` if the ELBO becomes NaN or infinite."""
     say = say or say_on_main_process
     with ranks_agree():  # under torchrun: the same checks on every rank, an error stops them all
         validate(config)
