@@ -98,27 +98,6 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-@contextmanager
-def sigint_requests_stop() -> Iterator[Callable[[], bool]]:
-    """Inside the block a first Ctrl-C only asks the loop to stop after the current step (it saves, then
-    stops); a second one interrupts at once. Yields the function the loop polls."""
-    requested = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield requested.is_set  # Python delivers signals to the main thread only: nothing to install here
-        return
-
-    def handler(signum, frame):
-        if requested.is_set():
-            raise KeyboardInterrupt
-        requested.set()
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield requested.is_set
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 # --------------------------------------------------------------------------- the run: new or resumed, checkpoints
 
 
@@ -534,11 +513,21 @@ def flushed_denormals(flush: bool, say: Callable[[str], None] | None = None) -> 
 def training_context(threads: int, stop: Callable[[], bool] | None, flush_denormals: bool = False,
                      say: Callable[[str], None] | None = None) -> Iterator[Callable[[], bool]]:
     """``threads`` CPU threads (0: torch's default), subnormals flushed to zero with ``flush_denormals`` (see
-    :func:`flushed_denormals`), and the stop request the loop polls: ``stop`` if given, else Ctrl-C (see
-    :func:`sigint_requests_stop`)."""
-    with flushed_denormals(flush_denormals, say), torch_threads(threads):  # flushing first: new threads inherit it
-        if stop is not None:
-            yield stop
-        else:
-            with sigint_requests_stop() as requested:
-                yield requested
+    :func:`flushed_denormals`), and the stop request the loop polls: ``stop`` if given, else Ctrl-C, a first one only
+    asking the loop to stop after the current step (it saves, then stops), a second one interrupting at once."""
+    requested = threading.Event()
+
+    def handler(signum, frame):
+        if requested.is_set():
+            raise KeyboardInterrupt
+        requested.set()
+
+    # Python delivers signals to the main thread only: elsewhere there is nothing to install
+    install = stop is None and threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, handler) if install else None
+    try:
+        with flushed_denormals(flush_denormals, say), torch_threads(threads):  # flushing first: new threads inherit it
+            yield stop or requested.is_set
+    finally:
+        if install:
+            signal.signal(signal.SIGINT, previous)
