@@ -26,7 +26,6 @@ from contextlib import ExitStack
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..accelerate.engines import Replica
 from ..accelerate.gan import choose_gan_calls, gan_engine
@@ -209,7 +208,7 @@ def save_grid(run: RunDir, epoch: int, replica: Replica, noise: torch.Tensor) ->
     G's own are saved beside it, in RUN/grids/raw/."""
     if not is_main_process():
         return
-    average: nn.Module | None = replica.averages.get("generator")
+    average = replica.averages.get("generator")
     if average is not None:
         run.save_grid(epoch, average(noise)[:, 0].float().cpu().numpy())
     run.save_grid(epoch, replica.modules["generator"](noise)[:, 0].float().cpu().numpy(), raw=average is not None)

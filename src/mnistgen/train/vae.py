@@ -43,7 +43,6 @@ from ..distributed import (
 from ..errors import MnistgenError, TrainingInterrupted
 from ..losses import elbo_samples, standard_normal_draws
 from ..models import vae as vae_model
-from ..models.vae import draws_per_image
 from ..progress import progress
 from ..runs import RunDir
 from .common import ReplicaRuns, check_one_process, claim_runs, say_on_main_process, take_steps, training_context
@@ -165,7 +164,7 @@ def _train(config: VAEConfig, run: RunDir, checkpoints: list[dict[str, Any] | No
     dtype = next(replicas[0].modules["model"].parameters()).dtype
     data = protocol.to(device)  # moved once; every batch is gathered from these tensors
     train_images, eval_images = data.train_images.to(dtype), data.eval_images.to(dtype)
-    draws, size = draws_per_image(config), config.batch_size
+    draws, size = vae_model.draws_per_image(config), config.batch_size
     steps = num_batches(len(train_images), size, drop_last=False)
     seeds = "" if len(replicas) == 1 else f" ({len(replicas)} seeds)"
     bar = progress(total=steps * (config.epochs - epochs_done) - start_step, description="vae",
