@@ -29,10 +29,8 @@ def _sum_events(values: torch.Tensor) -> torch.Tensor:
 
 
 def log_normal(z: torch.Tensor, mean: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
-    """log N(z | mean, diag(variance)). Shapes: z, mean, variance (B, D) (broadcastable) -> (B,).
-
-    Per dimension: -1/2 [log 2 pi + log variance + (z - mean)^2 / variance].
-    """
+    """log N(z | mean, diag(variance)), per dimension -1/2 [log 2 pi + log variance + (z - mean)^2 / variance].
+    Shapes: z, mean, variance (B, D) (broadcastable) -> (B,)."""
     z, mean, variance = torch.broadcast_tensors(z, mean, variance)
     return _sum_events(-0.5 * (LOG_2PI + variance.log() + (z - mean).square() / variance))
 
@@ -41,8 +39,7 @@ def log_normal_logvar(z: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor)
     """log N(z | mean, diag(exp(logvar))), from the log-variance (stable). Shapes (B, D) -> (B,).
 
     The standardized distance is formed as ((z - mean) exp(-logvar / 2))^2: exp(-logvar) alone would
-    overflow to inf (and 0 * inf = NaN) already at logvar < -88 in float32; this form holds to -176.
-    """
+    overflow to inf (and 0 * inf = NaN) already at logvar < -88 in float32; this form holds to -176."""
     z, mean, logvar = torch.broadcast_tensors(z, mean, logvar)
     return _sum_events(-0.5 * (LOG_2PI + logvar + ((z - mean) * torch.exp(-0.5 * logvar)).square()))
 
@@ -56,36 +53,28 @@ def log_bernoulli(x: torch.Tensor, probabilities: torch.Tensor) -> torch.Tensor:
     """log prod_d p_d^x_d (1 - p_d)^(1 - x_d). Shapes: x, probabilities (B, ...) -> (B,).
 
     Uses xlogy so that a pixel with x = 0 and p = 0 (or x = 1 and p = 1) contributes exactly 0
-    rather than 0 * log 0 = NaN. A pixel with x = 1 and p = 0 gives -inf, which is the true value.
-    """
+    rather than 0 * log 0 = NaN. A pixel with x = 1 and p = 0 gives -inf, which is the true value."""
     return _sum_events(torch.xlogy(x, probabilities) + torch.xlogy(1.0 - x, 1.0 - probabilities))
 
 
 def log_bernoulli_logits(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """log Bernoulli(x | sigmoid(logits)), stable for any logits. Shapes (B, ...) -> (B,).
-
-    log p = x log sigmoid(l) + (1 - x) log sigmoid(-l) = x l - softplus(l), finite for every finite l.
-    """
+    """log Bernoulli(x | sigmoid(logits)) = x l - softplus(l) (from x log sigmoid(l) + (1 - x) log sigmoid(-l)),
+    finite for every finite logit l. Shapes (B, ...) -> (B,)."""
     return _sum_events(x * logits - F.softplus(logits))
 
 
 def sample_normal(mean: torch.Tensor, variance: torch.Tensor,
                   generator: torch.Generator | None = None) -> torch.Tensor:
-    """z ~ N(mean, diag(variance)) by reparametrization: z = mean + sqrt(variance) * eps, eps ~ N(0, I).
-
-    Differentiable in ``mean`` and ``variance``. Shapes: mean, variance (B, D) -> z (B, D).
-    """
+    """z ~ N(mean, diag(variance)) by reparametrization: z = mean + sqrt(variance) * eps, eps ~ N(0, I);
+    differentiable in ``mean`` and ``variance``. Shapes: mean, variance (B, D) -> z (B, D)."""
     eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
     return mean + variance.sqrt() * eps
 
 
 def sample_normal_logvar(mean: torch.Tensor, logvar: torch.Tensor,
                          generator: torch.Generator | None = None) -> torch.Tensor:
-    """z = mean + exp(logvar / 2) * eps, eps ~ N(0, I): :func:`sample_normal` from the log-variance.
-
-    Draws eps exactly as :func:`sample_normal` does (same generator, same shape), so with the same
-    generator state both return the same z. Shapes: (B, D) -> (B, D).
-    """
+    """z = mean + exp(logvar / 2) * eps, eps ~ N(0, I): :func:`sample_normal` from the log-variance, with the same
+    draws (the same generator state gives both the same z). Shapes: (B, D) -> (B, D)."""
     eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
     return mean + torch.exp(0.5 * logvar) * eps
 

@@ -25,9 +25,7 @@ ELBO_CHUNK_IMAGES = 1000  # images per forward pass of :func:`elbo_samples`
 
 def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
     """D's binary cross-entropy: -[log D(x) + log(1 - D(G(z)))], the mean over the real and over the fake batch.
-
-    Shapes: real_logits and fake_logits ([R,] B, 1) -> ([R],): one loss per replica where R replicas are stacked.
-    """
+    Shapes: real_logits and fake_logits ([R,] B, 1) -> ([R],): one loss per replica where R replicas are stacked."""
     real = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits), reduction="none")
     fake = F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits), reduction="none")
     return real.mean(dim=(-2, -1)) + fake.mean(dim=(-2, -1))
@@ -45,17 +43,13 @@ def generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
 def elbo_mc(x: torch.Tensor, logits: torch.Tensor, z: torch.Tensor, mean: torch.Tensor,
             logvar: torch.Tensor) -> torch.Tensor:
     """Eq. 2 with one sample: log p(x|z) + log p(z) - log q(z|x), z ~ q(z|x) already drawn.
-
-    Shapes: x, logits (B, 784); z, mean, logvar (B, D_z) -> (B,).
-    """
+    Shapes: x, logits (B, 784); z, mean, logvar (B, D_z) -> (B,)."""
     return log_bernoulli_logits(x, logits) + log_standard_normal(z) - log_normal_logvar(z, mean, logvar)
 
 
 def elbo_analytic(x: torch.Tensor, logits: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """Eq. 1: log p(x|z) (one sample z ~ q) minus the closed-form KL(q(z|x) || N(0, I)).
-
-    Shapes: x, logits (B, 784); mean, logvar (B, D_z) -> (B,).
-    """
+    Shapes: x, logits (B, 784); mean, logvar (B, D_z) -> (B,)."""
     return log_bernoulli_logits(x, logits) - kl_diag_gaussians(mean, logvar)
 
 
@@ -70,28 +64,23 @@ def vae_elbo(model: torch.nn.Module, x: torch.Tensor, eps: torch.Tensor, analyti
     With eps (K, B, D_z), K draws per image (sample-major, as :func:`standard_normal_draws` with ``samples``):
     the mean over k of the K one-sample estimates, or with ``importance_weighted`` the K-sample bound of Burda et
     al. (2016), log (1/K) sum_k exp(w_k) with w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x) (Eq. 2's integrand),
-    by logsumexp. With K = 1 both are the one-sample value itself. (K, B, D_z) -> (B,).
-    """
-    mean, logvar = model.encoder(x)  # (B, D_z) each
-    if eps.dim() == 2:
-        if importance_weighted:
-            raise ValueError("the importance-weighted bound takes eps of shape (K, B, D_z)")
-        z = mean + torch.exp(0.5 * logvar) * eps  # (B, D_z)
-        logits = model.decoder.logits(z)  # (B, 784)
-        if analytic_kl:
-            return elbo_analytic(x, logits, mean, logvar)
-        return elbo_mc(x, logits, z, mean, logvar)
+    by logsumexp. With K = 1 both are the one-sample value itself. (K, B, D_z) -> (B,)."""
+    if importance_weighted and eps.dim() == 2:
+        raise ValueError("the importance-weighted bound takes eps of shape (K, B, D_z)")
     if importance_weighted and analytic_kl:
         raise ValueError("the importance-weighted bound is built on Eq. 2's integrand, not on Eq. 1")
-    samples, batch = eps.shape[0], x.shape[0]
-    z = (mean + torch.exp(0.5 * logvar) * eps).reshape(samples * batch, -1)  # (K*B, D_z), sample-major
-    logits = model.decoder.logits(z)  # (K*B, 784): the decoder sees K*B rows, as it would K*B images
-    x, mean, logvar = x.repeat(samples, 1), mean.repeat(samples, 1), logvar.repeat(samples, 1)  # row k*B + b
-    if analytic_kl:
-        per_draw = elbo_analytic(x, logits, mean, logvar)
-    else:
-        per_draw = elbo_mc(x, logits, z, mean, logvar)  # (K*B,): Eq. 2's integrand, the log weight w_k
-    per_draw = per_draw.view(samples, batch)
+    mean, logvar = model.encoder(x)  # (B, D_z) each
+    z = mean + torch.exp(0.5 * logvar) * eps  # ([K,] B, D_z)
+    if eps.dim() == 3:  # sample-major rows k*B + b: the decoder sees K*B rows, as it would K*B images
+        samples = eps.shape[0]
+        z = z.reshape(-1, z.shape[-1])  # (K*B, D_z)
+        x, mean, logvar = x.repeat(samples, 1), mean.repeat(samples, 1), logvar.repeat(samples, 1)
+    logits = model.decoder.logits(z)  # ([K*]B, 784)
+    # ([K*]B,); with K draws Eq. 2's integrand is the log weight w_k
+    per_draw = elbo_analytic(x, logits, mean, logvar) if analytic_kl else elbo_mc(x, logits, z, mean, logvar)
+    if eps.dim() == 2:
+        return per_draw
+    per_draw = per_draw.view(samples, -1)  # (K, B)
     if importance_weighted:
         return torch.logsumexp(per_draw, dim=0) - math.log(samples)
     return per_draw.mean(dim=0)
@@ -108,11 +97,8 @@ def standard_normal_draws(count: int, latent_dim: int, generator: torch.Generato
 @torch.inference_mode()
 def elbo_samples(model: torch.nn.Module, images: torch.Tensor, samples: int = 1, analytic_kl: bool = False,
                  generator: torch.Generator | None = None, chunk_size: int = ELBO_CHUNK_IMAGES) -> torch.Tensor:
-    """The ELBO of each image for ``samples`` independent draws of z: (N, 784) -> (samples, N).
-
-    Each draw is :func:`vae_elbo` (Eq. 1 with ``analytic_kl``, else Eq. 2) with eps from ``generator``, chunk
-    by chunk (``chunk_size`` images at a time).
-    """
+    """The ELBO of each image for ``samples`` independent draws of z, (N, 784) -> (samples, N): :func:`vae_elbo`
+    (Eq. 1 with ``analytic_kl``, else Eq. 2) with eps from ``generator``, ``chunk_size`` images at a time."""
     out = torch.empty(samples, len(images), device=images.device, dtype=images.dtype)
     for sample in range(samples):
         for start in range(0, len(images), chunk_size):

@@ -10,8 +10,7 @@ from .distributed import is_main_process
 
 
 def progress(total: int, description: str, enabled: bool | None = None) -> tqdm:
-    """A progress bar on stderr; shown only on a terminal unless ``enabled`` says otherwise, and never on a torchrun
-    rank other than 0."""
+    """A progress bar; ``enabled`` None: shown on a terminal only."""
     disable = (not sys.stderr.isatty()) if enabled is None else not enabled
     return tqdm(total=total, desc=description, unit="batch", leave=False, disable=disable or not is_main_process(),
                 dynamic_ncols=True)

@@ -17,10 +17,8 @@ returns ``None`` or the reason it does not apply:
    (:data:`PROBE_TOLERANCE`). This catches what no structure shows: an activation changed inside ``forward``, a
    layer applied twice, a dropout.
 
-:func:`choose` takes the first accelerator of a list (fastest first) that is allowed by ``--cpu-kernels``,
-runs on the device, and passes its check; the reasons of those skipped go into one note. The engines that execute
-the step for several replicas (:mod:`mnistgen.accelerate.engines`) and the CUDA graphs
-(:mod:`mnistgen.accelerate.graphs`) are checked the same way.
+:func:`choose` picks one under ``--cpu-kernels``; the engines (:mod:`mnistgen.accelerate.engines`) and the CUDA
+graphs (:mod:`mnistgen.accelerate.graphs`) are checked the same way.
 """
 
 from __future__ import annotations
@@ -88,16 +86,10 @@ def note_choice(what: str, choices: dict[str, Choice], say: Callable[[str], None
             reasons.setdefault(reason, []).append(network)
     if not reasons or not is_main_process():
         return
-    if list(choices) == [""]:
-        paths = f"with {choices[''].description}"
-    else:
-        paths = ", ".join(f"{network} with {choice.description}" for network, choice in choices.items())
+    paths = ", ".join(f"{network} with {choice.description}".lstrip() for network, choice in choices.items())
     why = "; ".join(_for_networks(reason, networks) for reason, networks in reasons.items())
-    message = f"mnistgen: note: the {what} trains {paths}, as faster paths do not apply: {why}"
-    if say is not None:
-        say(message)
-    else:
-        print(message, file=sys.stderr)
+    say = say or (lambda line: print(line, file=sys.stderr))
+    say(f"mnistgen: note: the {what} trains {paths}, as faster paths do not apply: {why}")
 
 
 def _for_networks(reason: str, networks: list[str]) -> str:
@@ -118,8 +110,7 @@ def choose(candidates: Sequence[Accelerator[Implementation]], cpu_kernels: str, 
 
     ``cpu_kernels``: "auto" any; "torch" none with C kernels; "reference" none at all; "native" like "auto",
     but on the CPU the chosen one must be native, otherwise a one-line :class:`MnistgenError` with the reasons.
-    Accelerators for other devices are passed over silently (the C kernels are not missed on a GPU).
-    """
+    Accelerators for other devices are passed over silently (the C kernels are not missed on a GPU)."""
     if cpu_kernels not in CPU_KERNELS:
         raise MnistgenError(f"--cpu-kernels must be one of {', '.join(CPU_KERNELS)}, got {cpu_kernels!r}")
     skipped: list[str] = []
@@ -172,18 +163,17 @@ def _describe(layer: nn.Module) -> str:
     return f"{type(layer).__name__}({layer.extra_repr()})"
 
 
-def parameter_mismatch(modules: Sequence[nn.Module], device: torch.device) -> str | None:
-    """Why the parameters of ``modules`` are not float32 tensors on ``device``, contiguous (in PyTorch's default
+def parameter_mismatch(module: nn.Module, device: torch.device) -> str | None:
+    """Why the parameters of ``module`` are not float32 tensors on ``device``, contiguous (in PyTorch's default
     or the channels-last layout), or None."""
-    for module in modules:
-        for name, parameter in module.named_parameters():
-            if parameter.dtype != torch.float32:
-                return f"{type(module).__name__}.{name} is {str(parameter.dtype).removeprefix('torch.')}, " \
-                       "the accelerators compute in float32"
-            if parameter.device.type != device.type:
-                return f"{type(module).__name__}.{name} is on {parameter.device}, training on {device}"
-            if not (parameter.is_contiguous() or parameter.is_contiguous(memory_format=torch.channels_last)):
-                return f"{type(module).__name__}.{name} is not contiguous"
+    for name, parameter in module.named_parameters():
+        if parameter.dtype != torch.float32:
+            return f"{type(module).__name__}.{name} is {str(parameter.dtype).removeprefix('torch.')}, " \
+                   "the accelerators compute in float32"
+        if parameter.device.type != device.type:
+            return f"{type(module).__name__}.{name} is on {parameter.device}, training on {device}"
+        if not (parameter.is_contiguous() or parameter.is_contiguous(memory_format=torch.channels_last)):
+            return f"{type(module).__name__}.{name} is not contiguous"
     return None
 
 
@@ -210,8 +200,7 @@ def probe_generator(device: torch.device) -> torch.Generator:
 
 
 def relative_difference(mine: torch.Tensor | None, reference: torch.Tensor | None) -> float:
-    """||mine - reference|| / ||reference|| in float64 (inf if the shapes differ or one is missing; 0 if both are
-    zero)."""
+    """||mine - reference|| / ||reference|| in float64 (inf for other shapes or a missing one; 0 if both are 0)."""
     if mine is None or reference is None or mine.shape != reference.shape:
         return float("inf")
     mine, reference = mine.detach().double(), reference.detach().double()

@@ -1,21 +1,15 @@
 """Engines: the ways of executing the training step of R >= 1 replicas, beside the loop that calls them.
 
-A run trains R replicas of one model, one per seed (a single-seed run is R = 1). A replica is its own modules,
-optimizers and moving averages (:class:`Replica`); the loop draws each replica's batch and random numbers from that
-replica's own streams and hands them to an engine, which takes the step that the model's one step function defines
-(:func:`mnistgen.models.vae.train_step`, :func:`mnistgen.models.gan.train_step`):
+A replica is one seed's modules, optimizers and moving averages (:class:`Replica`); the loop draws each replica's
+batch and random numbers from its own streams and hands them to an engine, which takes the step that the model's one
+step function defines (:func:`mnistgen.models.vae.train_step`, :func:`mnistgen.models.gan.train_step`):
 
-- :class:`OneAfterAnother`: each replica's own step in turn: the reference step (the modules' forward, autograd, the
-  optimizer), or an accelerator's that computes the same (mnistgen's C kernels, PyTorch-only rewrites, a CUDA
-  graph). Every replica ends where its separate run ends, bit for bit. Between two polls of the stop request each
-  replica takes :data:`STEPS_PER_TURN` steps, so that its weights and optimizer state stay in the CPU's cache.
-- :class:`Stacked`: every replica at once. The replicas' parameters are stacked along a new first dimension
-  (:class:`Stack`), each module is called on every replica's slice by ``torch.func.functional_call`` under
-  ``torch.func.vmap`` (:class:`StackedModule`), and the same step function runs on top: autograd, and the
-  optimizers' own step over the stacked tensors (elementwise optimizers such as Adam: the same as R of them).
-  R small steps become one step of R-fold wider kernels, which is what a GPU wants. Like an accelerator, it is
-  checked before training (:func:`check_stacked`): one step of two replicas, stacked and one after another, must
-  agree, or the replicas train one after another, with a note.
+- :class:`OneAfterAnother`: each replica's own step in turn, the reference step or an accelerator's (C kernels,
+  PyTorch-only rewrites, a CUDA graph). Every replica ends where its separate run ends, bit for bit.
+- :class:`Stacked`: every replica at once (:class:`Stack`, :class:`StackedModule`): the same step function on top of
+  parameters stacked along a new first dimension, the optimizers' own step over the stacked tensors (elementwise
+  optimizers such as Adam: the same as R of them). R small steps become one step of R-fold wider kernels, which is
+  what a GPU wants. Like an accelerator, it is checked before training (:func:`check_stacked`).
 - torchrun ranks share the batch of a single replica (:mod:`mnistgen.distributed`): the step averages the gradients.
 """
 
@@ -33,7 +27,7 @@ from torch import nn
 from . import adam_mismatch, describe_exception, probe_mismatch, probing
 from .graphs import CapturedStep, capturable_adam, copy_state, graph_problem
 
-STEPS_PER_TURN = 10  # steps each replica takes in turn between two polls of the stop request (one after another)
+STEPS_PER_TURN = 10  # steps each replica takes in turn between two polls of stop (its state stays in the CPU cache)
 
 
 @dataclass
@@ -62,16 +56,15 @@ class Replica:
 
 
 class Runner(Protocol):
-    """How one replica's (or the stacked replicas') step is taken."""
+    """How one replica's (or the stacked replicas') step is taken: :meth:`step` on a batch and its random draws
+    returns its values, on the device; :meth:`store` hands what the runner keeps aside (C buffers, a captured
+    optimizer's state) back to the replica's modules and optimizers, before a checkpoint or an evaluation."""
 
     name: str  # what each metrics line records ("reference", "native", ...)
 
-    def step(self, *inputs: torch.Tensor) -> torch.Tensor:
-        """One step on the inputs (a batch and its random draws); returns its values, on the device."""
+    def step(self, *inputs: torch.Tensor) -> torch.Tensor: ...
 
-    def store(self) -> None:
-        """Hand what the runner keeps aside (C buffers, a captured optimizer's state) back to the replica's modules
-        and optimizers, before a checkpoint or an evaluation reads them."""
+    def store(self) -> None: ...
 
 
 @dataclass
@@ -208,10 +201,9 @@ def float64_inputs(inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
 
 def check_stacked(replicas: Sequence[Replica], bind: Callable[[Replica], Callable[..., torch.Tensor]],
                   inputs: Sequence[Sequence[torch.Tensor]]) -> str | None:
-    """Why the stacked step is not each replica's own step, or None: one step of the first two replicas, stacked and
-    one after another (``bind(replica)``: the reference step), from float64 copies of their state on the same
-    ``inputs`` (a list of step inputs per replica), must give the same values, parameters, averages and optimizer
-    states."""
+    """Why the stacked step is not each replica's own step (``bind(replica)``, the reference step), or None: one step
+    of the first two replicas, stacked and one after another, from float64 copies of their state on the same
+    ``inputs`` (step inputs per replica), must give the same values, parameters, averages and optimizer states."""
     pair, inputs = list(replicas[:2]), [float64_inputs(x) for x in inputs[:2]]
     with probing(*pair, *pair) as copies:
         in_float64(copies)
@@ -245,11 +237,8 @@ class Captured:
         self.optimizers = replica.optimizers
         self.copies = {key: capturable_adam(optimizer) for key, optimizer in replica.optimizers.items()}
         step = bind(dataclasses.replace(replica, optimizers=self.copies))
-        self.captured = CapturedStep(step, example_inputs, list(replica.tensors().values()), list(self.copies.values()))
+        self.step = CapturedStep(step, example_inputs, replica.parameters(), list(self.copies.values()))
         self.name = name
-
-    def step(self, *inputs: torch.Tensor) -> torch.Tensor:
-        return self.captured(*inputs)
 
     def store(self) -> None:
         for key, optimizer in self.optimizers.items():
@@ -290,9 +279,8 @@ class OneAfterAnother:
     def __init__(self, runners: Sequence[Runner], optimizers: Sequence[torch.optim.Optimizer]):
         self.runners, self.optimizers = list(runners), list(optimizers)
         self.steps_between_polls = 1 if len(self.runners) == 1 else STEPS_PER_TURN
-        inner = self.runners[0].name
-        self.name = inner if len(self.runners) == 1 else f"{len(self.runners)} replicas, one replica after another, " \
-                                                         f"{inner}"
+        count, inner = len(self.runners), self.runners[0].name
+        self.name = inner if count == 1 else f"{count} replicas, one replica after another, {inner}"
 
     def run(self, first: int, last: int, inputs: Callable[[int, int], Sequence[torch.Tensor]],
             values: torch.Tensor) -> None:
@@ -336,25 +324,22 @@ PROBE_BATCH = 8  # images per replica in the stacked engine's probe
 def choose_engine(replicas: Sequence[Replica], *, bind: Callable[[Replica], Callable[..., torch.Tensor]],
                   step: Callable[[Replica], Callable[..., torch.Tensor]], step_name: str,
                   runner: Callable[[Replica], Runner], accelerated: bool,
-                  example: Callable[[int, int], Sequence[torch.Tensor]], batch_size: int, graph_refusal: str | None,
+                  example: Callable[[int, int], Sequence[torch.Tensor]], batch_size: int, cpu_kernels: str,
                   fixed_lr: bool, device: torch.device, say: Callable[[str], None]) -> Engine:
-    """How the replicas' steps are taken, with a note where a faster way does not apply.
+    """How the replicas' steps are taken, with a note where a faster way does not apply: several replicas are
+    stacked, except on the CPU where an accelerator applies (one after another is faster there, docs/BENCHMARKS.md)
+    or where :func:`check_stacked` fails; on CUDA the step is captured where :func:`check_graph` allows it.
 
-    ``bind(replica)``: the reference step (the modules' own calls), which the stacked engine runs on the stacked
-    replicas; ``step(replica)``: one replica's step as a CUDA graph captures it (``bind``, or the same step with
-    accelerated calls, named ``step_name``); ``runner(replica)``: one replica's runner where no graph is captured (an
-    accelerator's, ``accelerated``, or ``step``'s); ``example(k, batch)``: random inputs of replica k for a batch of
-    ``batch`` images, for the probes. ``graph_refusal``: why no CUDA graph may be used on any device
-    (``--cpu-kernels reference``), or None.
-
-    Several replicas are stacked, except on the CPU where an accelerator applies to each replica (one after another
-    is faster there, docs/BENCHMARKS.md) or where the stacked step's probe fails. On CUDA the step (stacked or each
-    replica's) is captured in a CUDA graph where :func:`check_graph` allows it.
-    """
+    ``bind(replica)``: the reference step (the modules' own calls), which the stacked engine runs; ``step(replica)``:
+    one replica's step as a CUDA graph captures it (``bind``, or the same step with accelerated calls, named
+    ``step_name``); ``runner(replica)``: one replica's runner where no graph is captured (an accelerator's,
+    ``accelerated``, or ``step``'s); ``example(k, batch)``: random inputs of replica k for ``batch`` images, for the
+    probes. ``--cpu-kernels reference`` takes no CUDA graph either."""
     count = len(replicas)
 
     def graph_problem_of(stacked: bool, bind: Callable, inputs: Sequence[torch.Tensor]) -> str | None:
-        problem = graph_refusal or check_graph(replicas, stacked, bind, inputs, device, fixed_lr)
+        problem = ("--cpu-kernels reference" if cpu_kernels == "reference" else
+                   check_graph(replicas, stacked, bind, inputs, device, fixed_lr))
         if problem is not None and device.type == "cuda":
             say(f"mnistgen: note: the step is not captured in a CUDA graph: {problem}")
         return problem

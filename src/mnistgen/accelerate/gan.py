@@ -28,7 +28,8 @@ steps are taken (:mod:`mnistgen.accelerate.engines`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +37,6 @@ from torch import nn
 
 from ..config import GANConfig
 from ..kernels.gan import native_discriminate, native_generate
-from ..kernels.native import load_gan_library
 from ..models import gan as gan_model
 from ..models.gan import (
     DISCRIMINATOR_FEATURES,
@@ -109,19 +109,14 @@ def spec_discriminator_layers() -> dict[str, nn.Module]:
 
 
 def _upsample_taps(weight: torch.Tensor, dim: int) -> torch.Tensor:
-    """Upsample-by-2-then-filter along ``dim`` as a stride-2 transposed-convolution filter: 3 taps -> 4 taps.
-
-    (w0, w1, w2) -> (w2, w1 + w2, w0 + w1, w0) (see the comment above).
-    """
+    """(w0, w1, w2) -> (w2, w1 + w2, w0 + w1, w0) along ``dim`` (see the comment above)."""
     w0, w1, w2 = weight.unbind(dim)
     return torch.stack([w2, w1 + w2, w0 + w1, w0], dim)
 
 
 def upsample_conv(conv: nn.Conv2d, images: torch.Tensor) -> torch.Tensor:
-    """conv(Upsample(scale 2, nearest)(images)) for a 3x3, stride 1, padding 1 ``conv``, as one transposed convolution.
-
-    (B, C_in, H, W) -> (B, C_out, 2H, 2W). Same values and gradients (w.r.t. the images and ``conv``'s parameters).
-    """
+    """conv(Upsample(scale 2, nearest)(images)) for a 3x3, stride 1, padding 1 ``conv``, as one transposed convolution:
+    (B, C_in, H, W) -> (B, C_out, 2H, 2W), the same values and gradients (of the images and ``conv``'s parameters)."""
     kernel = _upsample_taps(_upsample_taps(conv.weight, dim=2), dim=3)  # (C_out, C_in, 4, 4)
     kernel = kernel.transpose(0, 1)  # conv_transpose2d takes (C_in, C_out, kH, kW)
     # the kernel in the memory format of the maps it reads (keeps oneDNN on its channels-last path)
@@ -133,11 +128,9 @@ def upsample_conv(conv: nn.Conv2d, images: torch.Tensor) -> torch.Tensor:
 
 
 def torch_generate(generator: Generator, z: torch.Tensor) -> torch.Tensor:
-    """G(z) for SPEC §3's G: the same function of z and of G's parameters as ``generator(z)``, faster.
-
-    (B, zdim) -> (B, 1, 28, 28) in (0, 1). up1/conv1 and up2/conv2 run as :func:`upsample_conv`; on CPU every
-    map is channels-last (oneDNN's fastest layout for these convolutions).
-    """
+    """G(z) for SPEC §3's G, (B, zdim) -> (B, 1, 28, 28) in (0, 1): the same function of z and of G's parameters as
+    ``generator(z)``, faster. up1/conv1 and up2/conv2 run as :func:`upsample_conv`; on CPU every map is
+    channels-last (oneDNN's fastest layout for these convolutions)."""
     h = generator.act1(generator.linear(z)).view(-1, *GENERATOR_START)  # (B, 32, 7, 7)
     if h.device.type == "cpu":
         h = h.contiguous(memory_format=torch.channels_last)
@@ -150,36 +143,20 @@ def torch_generate(generator: Generator, z: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- D's logits
 
 
-def native_discriminate_both(discriminator: Discriminator, real: torch.Tensor,
-                             fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """D's step: the logits (B, 1) of the real and of the generated batch, by the C kernels in one call."""
-    logits = native_discriminate(discriminator, torch.cat([real, fake]))
-    return logits[:len(real)], logits[len(real):]
-
-
-def native_discriminate_generated(discriminator: Discriminator, fake: torch.Tensor) -> torch.Tensor:
-    """G's step: D's logits (B, 1) of G's images by the C kernels; D's parameters get no gradient."""
-    return native_discriminate(discriminator, fake, parameter_gradients=False)
-
-
-def torch_discriminate_both(discriminator: nn.Module, real: torch.Tensor,
+def torch_discriminate_both(discriminator: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor,
                             fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """D's step: the logits of the real and of the generated batch from one call of the module on both."""
+    """D's step: the logits of the real and of the generated batch from one call of D on both."""
     logits = discriminator(torch.cat([real, fake]))  # (2B, 1)
     return logits[:len(real)], logits[len(real):]
 
 
-def torch_discriminate_generated(discriminator: nn.Module, fake: torch.Tensor) -> torch.Tensor:
-    """G's step: the module's logits of G's images (the same call as the reference path's)."""
-    return discriminator(fake)
-
-
-@dataclass(frozen=True)
-class DiscriminatorCalls:
-    """How the step gets D's logits: for D's step (real and generated batch) and for G's step."""
-
-    both: Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-    generated: Callable[[nn.Module, torch.Tensor], torch.Tensor]
+# D's accelerators replace the step's two calls of D (their ``generate`` is the module's own, unused). The C kernels
+# take the real and the generated batch in one call too; in G's step D's parameters get no gradient from them.
+NATIVE_CALLS = GANCalls(
+    REFERENCE.generate,
+    lambda discriminator, real, fake: torch_discriminate_both(partial(native_discriminate, discriminator), real, fake),
+    lambda discriminator, fake: native_discriminate(discriminator, fake, parameter_gradients=False))
+TORCH_CALLS = GANCalls(REFERENCE.generate, torch_discriminate_both, REFERENCE.discriminate)
 
 
 # --------------------------------------------------------------------------- checks
@@ -194,7 +171,7 @@ def _probe_generator(generator: Generator, generate: Callable) -> str | None:
         z = (torch.rand(PROBE_IMAGES, generator.linear.in_features, generator=draws) * 2 - 1).to(device)
         weights = torch.randn(PROBE_IMAGES, *IMAGE_SHAPE, generator=draws).to(device)
         results = []
-        for module, function in ((reference, lambda g, noise: g(noise)), (accelerated, generate)):
+        for module, function in ((reference, REFERENCE.generate), (accelerated, generate)):
             images = function(module, z)
             results.append((images, gradients_of((images * weights).sum(), list(module.parameters()))))
         (expected, expected_gradients), (images, gradients) = results
@@ -204,8 +181,8 @@ def _probe_generator(generator: Generator, generate: Callable) -> str | None:
             for name, mine, theirs in zip(names, gradients, expected_gradients, strict=True)])
 
 
-def _probe_discriminator(discriminator: nn.Module, calls: DiscriminatorCalls) -> str | None:
-    """``calls`` against the module's own calls on small random batches: the logits, and the gradients of a
+def _probe_discriminator(discriminator: nn.Module, calls: GANCalls) -> str | None:
+    """D's ``calls`` against the module's own calls on small random batches: the logits, and the gradients of a
     weighted sum of them with respect to D's parameters and the generated images (D's step), and with respect
     to the generated images alone (G's step); the reason if they differ, else None."""
     device = next(discriminator.parameters()).device
@@ -215,14 +192,13 @@ def _probe_discriminator(discriminator: nn.Module, calls: DiscriminatorCalls) ->
         fake = torch.rand(PROBE_IMAGES, *IMAGE_SHAPE, generator=draws).to(device)
         weights = torch.randn(3, PROBE_IMAGES, 1, generator=draws).to(device)
         results = []
-        for module, both, generated in ((reference, lambda d, r, f: (d(r), d(f)), lambda d, f: d(f)),
-                                        (accelerated, calls.both, calls.generated)):
+        for module, module_calls in ((reference, REFERENCE), (accelerated, calls)):
             fake_input, fake_for_g = fake.clone().requires_grad_(), fake.clone().requires_grad_()
-            real_logits, fake_logits = both(module, real, fake_input)
+            real_logits, fake_logits = module_calls.discriminate_both(module, real, fake_input)
             parameters = list(module.parameters())
             d_gradients = gradients_of((real_logits * weights[0]).sum() + (fake_logits * weights[1]).sum(),
                                        [*parameters, fake_input])
-            g_logits = generated(module, fake_for_g)
+            g_logits = module_calls.discriminate(module, fake_for_g)
             (g_gradient,) = torch.autograd.grad((g_logits * weights[2]).sum(), [fake_for_g])
             results.append((real_logits, fake_logits, d_gradients, g_logits, g_gradient))
         expected, actual = results
@@ -239,17 +215,13 @@ def _probe_discriminator(discriminator: nn.Module, calls: DiscriminatorCalls) ->
 def _generator_mismatch(generator: Generator, config: GANConfig, device: torch.device) -> str | None:
     """Why ``generator`` is not SPEC §3's G in float32 on ``device`` (both G accelerators read its layers)."""
     return (layout_mismatch(generator, on_meta_device(lambda: spec_generator_layers(config.zdim)), "the generator")
-            or parameter_mismatch([generator], device))
+            or parameter_mismatch(generator, device))
 
 
 def check_native_generator(generator: Generator, config: GANConfig, device: torch.device) -> str | None:
-    """Why the C kernels do not apply to ``generator``, or None (NativeKernelsUnavailable where the library cannot
-    be built here)."""
-    reason = _generator_mismatch(generator, config, device)
-    if reason is not None:
-        return reason
-    load_gan_library()
-    return _probe_generator(generator, native_generate)
+    """Why the C kernels do not apply to ``generator``, or None (the probe raises NativeKernelsUnavailable where the
+    library cannot be built here)."""
+    return _generator_mismatch(generator, config, device) or _probe_generator(generator, native_generate)
 
 
 def check_torch_generator(generator: Generator, config: GANConfig, device: torch.device) -> str | None:
@@ -264,25 +236,17 @@ def channels_last_on_cpu(module: nn.Module, device: torch.device) -> None:
         module.to(memory_format=torch.channels_last)
 
 
-NATIVE_CALLS = DiscriminatorCalls(native_discriminate_both, native_discriminate_generated)
-TORCH_CALLS = DiscriminatorCalls(torch_discriminate_both, torch_discriminate_generated)
-
-
 def check_native_discriminator(discriminator: Discriminator, config: GANConfig,
                                device: torch.device) -> str | None:
-    """Why the C kernels do not apply to ``discriminator``, or None (NativeKernelsUnavailable where the library
-    cannot be built here)."""
-    reason = (layout_mismatch(discriminator, on_meta_device(spec_discriminator_layers), "the discriminator")
-              or parameter_mismatch([discriminator], device))
-    if reason is not None:
-        return reason
-    load_gan_library()
-    return _probe_discriminator(discriminator, NATIVE_CALLS)
+    """Why the C kernels do not apply to ``discriminator``, or None (the probe raises NativeKernelsUnavailable where
+    the library cannot be built here)."""
+    return (layout_mismatch(discriminator, on_meta_device(spec_discriminator_layers), "the discriminator")
+            or parameter_mismatch(discriminator, device) or _probe_discriminator(discriminator, NATIVE_CALLS))
 
 
 def check_torch_discriminator(discriminator: nn.Module, config: GANConfig, device: torch.device) -> str | None:
     """Why one call of ``discriminator`` on both batches is not the same as two, or None (any layers)."""
-    return parameter_mismatch([discriminator], device) or _probe_discriminator(discriminator, TORCH_CALLS)
+    return parameter_mismatch(discriminator, device) or _probe_discriminator(discriminator, TORCH_CALLS)
 
 
 GENERATOR_ACCELERATORS = (  # fastest first
@@ -302,9 +266,7 @@ DISCRIMINATOR_ACCELERATORS = (
 def choose_gan_accelerators(generator: Generator, discriminator: nn.Module, optimizer_g: torch.optim.Optimizer,
                             optimizer_d: torch.optim.Optimizer, config: GANConfig,
                             device: torch.device) -> tuple[Choice, Choice]:
-    """The accelerators for G(z) and for D's logits under ``config.cpu_kernels`` on ``device`` (None: the
-    module's own calls), with the reasons faster ones do not apply; ``--cpu-kernels native`` where the C
-    kernels do not apply to both networks is a one-line error."""
+    """The choices (:func:`mnistgen.accelerate.choose`) for G(z) and for D's logits under ``config.cpu_kernels``."""
     return (choose(GENERATOR_ACCELERATORS, config.cpu_kernels, device, optimizer_g, generator, config, device),
             choose(DISCRIMINATOR_ACCELERATORS, config.cpu_kernels, device, optimizer_d, discriminator, config, device))
 
@@ -330,15 +292,12 @@ class ChosenCalls:
 def choose_gan_calls(generator: nn.Module, discriminator: nn.Module, optimizer_g: torch.optim.Optimizer,
                      optimizer_d: torch.optim.Optimizer, config: GANConfig, device: torch.device,
                      say: Callable[[str], None] | None = None) -> ChosenCalls:
-    """The calls a step makes under ``config.cpu_kernels``: the accelerators that apply to G and to D (and their
-    optimizers) as they are, the modules' own calls for a network where none does (with one note naming the
-    reasons)."""
+    """The calls a step makes: the accelerators' that apply to G and to D as they are, the modules' own calls for a
+    network where none does (with one note naming the reasons)."""
     for_g, for_d = choose_gan_accelerators(generator, discriminator, optimizer_g, optimizer_d, config, device)
     note_choice("GAN", {"G": for_g, "D": for_d}, say)
     generate = for_g.accelerator.implementation if for_g.accelerator is not None else REFERENCE.generate
-    discriminate = for_d.accelerator.implementation if for_d.accelerator is not None else None
-    calls = GANCalls(generate, discriminate.both if discriminate else REFERENCE.discriminate_both,
-                     discriminate.generated if discriminate else REFERENCE.discriminate)
+    calls = replace(for_d.accelerator.implementation if for_d.accelerator is not None else REFERENCE, generate=generate)
     return ChosenCalls(calls, f"G {for_g.name}, D {for_d.name}",
                        for_g.accelerator is not None or for_d.accelerator is not None, (for_g, for_d))
 
@@ -370,6 +329,5 @@ def gan_engine(replicas: list[Replica], config: GANConfig, device: torch.device,
 
     return choose_engine(replicas, bind=step_with(REFERENCE), step=step, step_name=chosen.name,
                          runner=lambda replica: Bound(step(replica), chosen.name), accelerated=chosen.accelerated,
-                         example=example, batch_size=config.batch_size,
-                         graph_refusal="--cpu-kernels reference" if config.cpu_kernels == "reference" else None,
+                         example=example, batch_size=config.batch_size, cpu_kernels=config.cpu_kernels,
                          fixed_lr=True, device=device, say=say)

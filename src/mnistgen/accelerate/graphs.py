@@ -7,11 +7,8 @@ Captured`) into a CUDA graph, after warm-up calls on a side stream; each later s
 batch and its random draws, drawn eagerly from the run's own generators) into the graph's input buffers and replays
 it. The arithmetic is the step's own.
 
-What it needs (:func:`graph_problem`, then the probe of :func:`mnistgen.accelerate.engines.check_graph`): a CUDA
-device, one process (no all-reduce inside the graph), a learning rate that stays fixed (a replayed Adam step keeps
-the lr it was captured with), Adam, and inputs of one shape (a batch of another size, such as the last partial batch
-of an epoch, takes the same step eagerly). The warm-up steps change the weights, the averages and the optimizer's
-state; all are put back before training starts.
+What it needs: :func:`graph_problem`, Adam, the probe of :func:`mnistgen.accelerate.engines.check_graph`, and inputs
+of one shape (a batch of another size, such as the last partial batch of an epoch, takes the same step eagerly).
 """
 
 from __future__ import annotations
@@ -67,8 +64,8 @@ def copy_state(source: torch.optim.Optimizer, target: torch.optim.Optimizer) -> 
 
 class CapturedStep:
     """``step(*inputs)`` recorded once in a CUDA graph; calling this object replays it on new inputs of the same
-    shapes (other shapes run ``step`` eagerly). ``parameters`` and ``optimizers`` are what the step changes: they
-    are restored after the warm-up, so the first replay starts from their state at construction."""
+    shapes. ``parameters`` and ``optimizers`` are what the step changes: the warm-up's changes to them are undone,
+    so the first replay starts from their state at construction."""
 
     def __init__(self, step: Callable[..., torch.Tensor], example_inputs: Sequence[torch.Tensor],
                  parameters: Sequence[torch.Tensor], optimizers: Sequence[torch.optim.Optimizer]):

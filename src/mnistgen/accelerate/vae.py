@@ -25,7 +25,6 @@ from torch import nn
 
 from ..config import VAEConfig
 from ..distributed import average_gradients, average_over_ranks
-from ..kernels.native import load_vae_library
 from ..kernels.vae import NativeVAEStep
 from ..models import vae as vae_model
 from ..models.vae import IMAGE_PIXELS, VAE, draws_per_image
@@ -77,8 +76,7 @@ def elbo_with_gradients(model: VAE, x: torch.Tensor, eps: torch.Tensor, analytic
     - Eq. 2: log q(z|x) = -1/2 sum(eps^2 + logvar + log 2 pi) at z = mean + std eps, so its total
       derivative is 0 in the mean and -1/2 in logvar (its z-path and direct terms cancel);
     - Eq. 1: KL = 1/2 sum(mean^2 + exp(logvar) - logvar - 1) adds s mean and s (exp(logvar) - 1) / 2;
-    - back through the two heads (their gradients add up in h1) and the encoder's hidden layer.
-    """
+    - back through the two heads (their gradients add up in h1) and the encoder's hidden layer."""
     encoder, decoder = model.encoder, model.decoder
     for parameter in model.parameters():
         if parameter.grad is None:
@@ -129,25 +127,18 @@ def elbo_with_gradients(model: VAE, x: torch.Tensor, eps: torch.Tensor, analytic
     return elbo_sum
 
 
-class TorchVAEStep:
+def torch_vae_steps(model: VAE, optimizer: torch.optim.Optimizer, config: VAEConfig) -> Bound:
     """Training steps with PyTorch's kernels: :func:`elbo_with_gradients`, then ``optimizer.step()``; the
     model's and the optimizer's own tensors are the state."""
+    analytic_kl = config.objective == "analytic"
 
-    name = "torch"
-
-    def __init__(self, model: VAE, optimizer: torch.optim.Optimizer, config: VAEConfig):
-        self.model, self.optimizer = model, optimizer
-        self.analytic_kl = config.objective == "analytic"
-
-    def step(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """One step on x (B, 784) with the draws eps (B, D_z); returns the batch's ELBO sum (0-d tensor)."""
-        elbo_sum = elbo_with_gradients(self.model, x, eps, self.analytic_kl)
-        average_gradients(self.optimizer)
-        self.optimizer.step()
+    def step(x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:  # x (B, 784), eps (B, D_z) -> the ELBO sum, ()
+        elbo_sum = elbo_with_gradients(model, x, eps, analytic_kl)
+        average_gradients(optimizer)
+        optimizer.step()
         return elbo_sum
 
-    def store(self) -> None:
-        """Nothing to do: the model and the optimizer are always up to date."""
+    return Bound(step, "torch")
 
 
 def _torch_gradients(model: VAE, x: torch.Tensor, eps: torch.Tensor, analytic_kl: bool):
@@ -159,11 +150,10 @@ def _torch_gradients(model: VAE, x: torch.Tensor, eps: torch.Tensor, analytic_kl
 
 
 class NativeVAESteps:
-    """Training steps with mnistgen's C kernels (:class:`mnistgen.kernels.vae.NativeVAEStep`), for batches of
-    at most ``config.batch_size`` images. The weights and Adam's state are copied in once, here, and live in
-    the kernels' flat buffers; :meth:`store` copies them back into the model and the optimizer (the training
-    loop does at the end of every epoch, so evaluation and checkpoints see them). Adam's hyper-parameters are
-    read from the optimizer at every step (the learning rate schedule sets them per epoch)."""
+    """Training steps with mnistgen's C kernels (:class:`mnistgen.kernels.vae.NativeVAEStep`), for batches of at most
+    ``config.batch_size`` images. The weights and Adam's state are copied in once, here, and live in the kernels'
+    flat buffers until :meth:`store`. Adam's hyper-parameters are read from the optimizer at every step (the
+    learning rate schedule sets them per epoch)."""
 
     name = "native"
 
@@ -174,7 +164,7 @@ class NativeVAESteps:
         self.native.load(optimizer)
 
     def step(self, x: torch.Tensor, eps: torch.Tensor) -> float:
-        """As :meth:`TorchVAEStep.step`; returns the ELBO sum as a float."""
+        """One step on x (B, 784) with the draws eps (B, D_z); returns the batch's ELBO sum."""
         elbo_sum = self.native.compute_gradients(x, eps, self.analytic_kl)
         average_over_ranks([self.native.gradients])
         group = self.optimizer.param_groups[0]
@@ -196,9 +186,8 @@ def _native_gradients(model: VAE, x: torch.Tensor, eps: torch.Tensor, analytic_k
 
 
 def _probe(model: VAE, config: VAEConfig, gradients: Callable) -> str | None:
-    """Run the model's forward (the step's objective, differentiated by autograd) and the accelerator's
-    ``gradients(model, x, eps, analytic_kl)`` on a small random batch; the reason if the objective or any gradient
-    differs, else None."""
+    """The model's forward (the step's objective, differentiated by autograd) against the accelerator's
+    ``gradients(model, x, eps, analytic_kl)`` on a small random batch: why the objective or a gradient differs."""
     with probing(model, model) as (reference, accelerated):
         x, eps = probe_batch(config, next(model.parameters()), PROBE_IMAGES, probe_generator(torch.device("cpu")))
         values = reference(x, eps, config.objective)  # (B,)
@@ -206,8 +195,8 @@ def _probe(model: VAE, config: VAEConfig, gradients: Callable) -> str | None:
         expected = gradients_of(-values.mean(), parameters)
         value_sum, actual = gradients(accelerated, x, eps, config.objective == "analytic")
         return probe_mismatch([("the ELBO", value_sum, values.detach().sum())] + [
-            (f"the gradient of {name}", mine, theirs) for name, mine, theirs in zip(names, actual, expected,
-                                                                                      strict=True)])
+            (f"the gradient of {name}", mine, theirs)
+            for name, mine, theirs in zip(names, actual, expected, strict=True)])
 
 
 def probe_batch(config: VAEConfig, like: torch.Tensor, images: int,
@@ -227,7 +216,7 @@ def _common_mismatch(model: VAE, config: VAEConfig, device: torch.device) -> str
     if config.train_samples != 1:
         return f"it draws one z per image, not --train-samples {config.train_samples}"
     return (layout_mismatch(model, on_meta_device(lambda: spec_layers(config)), "the VAE")
-            or parameter_mismatch([model], device))
+            or parameter_mismatch(model, device))
 
 
 def check_torch(model: VAE, config: VAEConfig, device: torch.device) -> str | None:
@@ -236,21 +225,17 @@ def check_torch(model: VAE, config: VAEConfig, device: torch.device) -> str | No
 
 
 def check_native(model: VAE, config: VAEConfig, device: torch.device) -> str | None:
-    """Why the C kernels' step does not apply to ``model`` and ``config``, or None (NativeKernelsUnavailable where
-    the library cannot be built here)."""
-    reason = _common_mismatch(model, config, device)
-    if reason is not None:
-        return reason
-    load_vae_library()
-    return _probe(model, config, _native_gradients)
+    """Why the C kernels' step does not apply to ``model`` and ``config``, or None (the probe raises
+    NativeKernelsUnavailable where the library cannot be built here)."""
+    return _common_mismatch(model, config, device) or _probe(model, config, _native_gradients)
 
 
-StepFactory = Callable[[VAE, torch.optim.Optimizer, VAEConfig], TorchVAEStep | NativeVAESteps]
+StepFactory = Callable[[VAE, torch.optim.Optimizer, VAEConfig], Bound | NativeVAESteps]
 NATIVE = Accelerator[StepFactory](name="native", description="mnistgen's C kernels", native=True, devices=("cpu",),
                                   check=check_native, implementation=NativeVAESteps)
 TORCH = Accelerator[StepFactory](name="torch", description="the hand-derived gradient in PyTorch's kernels",
                                  native=False, devices=("cpu", "cuda", "mps"), check=check_torch,
-                                 implementation=TorchVAEStep)
+                                 implementation=torch_vae_steps)
 ACCELERATORS = (NATIVE, TORCH)  # fastest first
 
 
@@ -271,7 +256,7 @@ def vae_engine(replicas: list[Replica], config: VAEConfig, device: torch.device,
         model, optimizer = replica.modules["model"], replica.optimizers["model"]
         return lambda x, eps: vae_model.train_step(model, optimizer, x, eps, config.objective)
 
-    def runner(replica: Replica) -> TorchVAEStep | NativeVAESteps | Bound:
+    def runner(replica: Replica) -> NativeVAESteps | Bound:
         if choice.accelerator is None:
             return Bound(bind(replica))
         return choice.accelerator.implementation(replica.modules["model"], replica.optimizers["model"], config)
@@ -283,5 +268,4 @@ def vae_engine(replicas: list[Replica], config: VAEConfig, device: torch.device,
 
     return choose_engine(replicas, bind=bind, step=bind, step_name="reference", runner=runner,
                          accelerated=choice.accelerator is not None, example=example, batch_size=config.batch_size,
-                         graph_refusal="--cpu-kernels reference" if config.cpu_kernels == "reference" else None,
-                         fixed_lr=config.lr_schedule == "none", device=device, say=say)
+                         cpu_kernels=config.cpu_kernels, fixed_lr=config.lr_schedule == "none", device=device, say=say)

@@ -120,19 +120,6 @@ def update_ema(ema_params: Sequence[torch.Tensor], params: Sequence[torch.Tensor
     torch._foreach_add_(ema_params, list(params), alpha=1.0 - decay)
 
 
-def _call_generator(generator: nn.Module, z: torch.Tensor) -> torch.Tensor:
-    return generator(z)
-
-
-def _call_discriminator_twice(discriminator: nn.Module, real: torch.Tensor,
-                              fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return discriminator(real), discriminator(fake)
-
-
-def _call_discriminator(discriminator: nn.Module, fake: torch.Tensor) -> torch.Tensor:
-    return discriminator(fake)
-
-
 @dataclass(frozen=True)
 class GANCalls:
     """How the step computes G(z) and D's logits: the modules' own calls (:data:`REFERENCE`), or an accelerator's
@@ -144,7 +131,9 @@ class GANCalls:
     discriminate: Callable[[nn.Module, torch.Tensor], torch.Tensor]  # (D, generated) -> logits, for G's step
 
 
-REFERENCE = GANCalls(_call_generator, _call_discriminator_twice, _call_discriminator)
+REFERENCE = GANCalls(generate=lambda generator, z: generator(z),
+                     discriminate_both=lambda discriminator, real, fake: (discriminator(real), discriminator(fake)),
+                     discriminate=lambda discriminator, fake: discriminator(fake))
 
 
 def optimized_parameters(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
@@ -161,8 +150,7 @@ def train_step(generator: nn.Module, discriminator: nn.Module, optimizer_g: torc
     tensors of the moving average of G's weights, in ``optimizer_g``'s order; the decay), or None. Returns (4,)
     detached on the device, in the order of :data:`STATS` (the losses, and mean D(x) and D(G(z)) as probabilities,
     before D's step). The networks may also be R replicas stacked (:mod:`mnistgen.accelerate.engines`): then every
-    tensor gains a leading R and the result is (R, 4), each replica's own.
-    """
+    tensor gains a leading R and the result is (R, 4), each replica's own."""
     fake = calls.generate(generator, z)  # ([R,] B, 1, 28, 28), computed once for both steps
 
     # D step: towards 1 on real and 0 on generated images; G is not reached (fake is detached)

@@ -24,8 +24,7 @@ IMAGE_PIXELS = IMAGE_SIZE * IMAGE_SIZE  # 784: images enter the encoder flattene
 class Encoder(nn.Module):
     """q_phi(z|x) = N(mean, diag(exp(logvar))): Linear(784, 500) -> tanh -> two heads Linear(500, 2).
 
-    ``mean`` and ``logvar`` are separate modules, as SPEC draws them.
-    """
+    ``mean`` and ``logvar`` are separate modules, as SPEC draws them."""
 
     def __init__(self, input_dim: int = IMAGE_PIXELS, hidden: int = 500, latent_dim: int = 2):
         super().__init__()
@@ -43,8 +42,7 @@ class Decoder(nn.Module):
     """f_theta(z): Linear(2, 500) -> tanh -> Linear(500, 784) -> sigmoid, the probability of each pixel.
 
     :meth:`logits` stops before the sigmoid: the log-likelihood is computed from it (stable);
-    :meth:`forward` returns the probabilities, for figures and sampling.
-    """
+    :meth:`forward` returns the probabilities, for figures and sampling."""
 
     def __init__(self, latent_dim: int = 2, hidden: int = 500, output_dim: int = IMAGE_PIXELS):
         super().__init__()
@@ -105,8 +103,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
     x (B, 784) binary images, eps (B, D_z) or (K, B, D_z) standard normal draws (z = mean + std * eps). Returns the
     batch's sum of the objective, (), detached on the device (no host synchronisation). ``model`` may also be R
     replicas stacked (:mod:`mnistgen.accelerate.engines`): then x (R, B, 784), eps (R, [K,] B, D_z) -> (R,), each
-    replica's own sum, and each replica's gradient is that of its own mean.
-    """
+    replica's own sum, and each replica's gradient is that of its own mean."""
     values = model(x, eps, objective)  # ([R,] B): the objective of each image
     loss = -values.mean(dim=-1).sum()  # each replica's -mean over its batch (the replicas are independent)
     optimizer.zero_grad(set_to_none=True)

@@ -2,8 +2,7 @@
 the run folders of R replicas (:class:`ReplicaRuns`) with their end-of-epoch sequence (NaN guard, interrupt,
 metrics, save), Ctrl-C, threads and subnormal floats.
 
-Kept as small functions and two small records (:class:`RunState`, :class:`ReplicaRuns`), no trainer class: each
-loop in ``train/`` reads top to bottom and calls these where it needs them.
+No trainer class: each loop in ``train/`` reads top to bottom and calls these where it needs them.
 
 A run trains R >= 1 replicas of its model, one per seed (``--seeds``, ``--replicas``). A single-seed run (R = 1)
 writes RUN itself. A replica run writes its config to RUN/config.json and each seed's state to an ordinary
@@ -56,14 +55,10 @@ _NEVER_TRIM_BYTES = 2**30  # free heap memory is given back to the system only b
 
 
 def keep_freed_memory() -> bool:
-    """Let this process keep and reuse the memory of freed tensors instead of returning it to the system.
-
-    glibc's malloc serves blocks over its (dynamic) mmap threshold with fresh mappings and returns them on
-    free, and trims the heap top; a training loop that allocates and frees the same few-MB tensors every
-    step then page-faults them all back in each time. Fixed thresholds stop that; values and results are
-    unchanged. Returns True if applied; a no-op returning False where the C library is not glibc (macOS,
-    Windows, musl).
-    """
+    """Let this process keep and reuse the memory of freed tensors: glibc's malloc serves blocks over its (dynamic)
+    mmap threshold with fresh mappings and returns them on free, and trims the heap top, so a loop that allocates and
+    frees the same few-MB tensors every step page-faults them all back in each time. Fixed thresholds stop that
+    (same results). Returns whether applied (False where the C library is not glibc)."""
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -75,11 +70,8 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, _KEEP_BELOW_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM_BYTES))
 
 
-KEEP_THE_LAST_CHECKPOINT = "the checkpoint of the last completed epoch is kept"
-
-
 def check_finite(value: float, what: str, epoch: int, step: int | None = None,
-                 kept: str = KEEP_THE_LAST_CHECKPOINT) -> None:
+                 kept: str = "the checkpoint of the last completed epoch is kept") -> None:
     """Stop the run with a clear message if ``value`` is NaN or infinite; ``kept`` says what stays on disk."""
     if not math.isfinite(value):
         where = f"epoch {epoch}, step {step}" if step is not None else f"the end of epoch {epoch}"
@@ -90,16 +82,6 @@ def say_on_main_process(line: str) -> None:
     """The default ``say`` of the loops: a note on stderr, from rank 0 only."""
     if is_main_process():
         print(line, file=sys.stderr)
-
-
-def generator_states(generators: dict[str, torch.Generator]) -> dict[str, torch.Tensor]:
-    """The states of named generators, for a checkpoint (plain uint8 tensors: weights_only-safe)."""
-    return {name: g.get_state() for name, g in generators.items()}
-
-
-def restore_generators(generators: dict[str, torch.Generator], states: dict[str, torch.Tensor]) -> None:
-    for name, g in generators.items():
-        g.set_state(states[name].to("cpu") if g.device.type == "cpu" else states[name])
 
 
 @contextmanager
@@ -116,27 +98,6 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-@contextmanager
-def sigint_requests_stop() -> Iterator[Callable[[], bool]]:
-    """Inside the block a first Ctrl-C only asks the loop to stop after the current step (it saves, then
-    stops); a second one interrupts at once. Yields the function the loop polls."""
-    requested = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield requested.is_set  # Python delivers signals to the main thread only: nothing to install here
-        return
-
-    def handler(signum, frame):
-        if requested.is_set():
-            raise KeyboardInterrupt
-        requested.set()
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield requested.is_set
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 # --------------------------------------------------------------------------- the run: new or resumed, checkpoints
 
 
@@ -146,13 +107,10 @@ def check_run_folder(run: RunDir, resume: bool, kind: str, config: Any, may_chan
     """Decide, before anything is written, whether ``run`` starts anew or continues; returns the checkpoint to
     continue from, or None to start from epoch 1. A one-line :class:`MnistgenError` where neither fits.
 
-    - A new run needs a folder without a checkpoint. A config.json without one is what a start that ended before
-      its first checkpoint leaves (killed, disk full, NaN in epoch 1): it starts anew, with one note to ``say``.
-    - ``--resume`` needs a run of ``kind``. Without a checkpoint yet it starts from epoch 1 (with one note);
-      with one, every setting but the fields in ``may_change`` and the data's location (the dataset must stay)
-      must equal those the checkpoint was written with: a config.json edited by hand is refused like a flag,
-      and its metrics.jsonl must hold valid records (with the numbers ``metric_keys``).
-    """
+    A config.json without a checkpoint is what a start that ended before its first checkpoint leaves (killed, disk
+    full, NaN in epoch 1): it starts anew, with one note. On ``--resume`` every setting but the fields in
+    ``may_change`` and the data's location (the dataset must stay) must equal the checkpoint's (a config.json edited
+    by hand is refused like a flag), and metrics.jsonl must hold valid records (with the numbers ``metric_keys``)."""
     say = say or say_on_main_process
     has_checkpoint = run.checkpoint.is_file()
     if not resume:
@@ -188,36 +146,6 @@ def check_run_folder(run: RunDir, resume: bool, kind: str, config: Any, may_chan
                             f"its checkpoint (a flag, or an edited config.json): {names} (--{first.replace('_', '-')} "
                             f"was {getattr(then, first)!r}, now {getattr(now, first)!r})")
     return checkpoint
-
-
-def claim_run(held: ExitStack, run: RunDir, resume: bool, kind: str, config: Any, may_change: tuple[str, ...],
-              say: Callable[[str], None] | None = None, metric_keys: tuple[str, ...] = ()) -> dict[str, Any] | None:
-    """Hold ``run`` for this process until ``held`` closes (:meth:`RunDir.claimed`), then :func:`check_run_folder`.
-
-    Under torchrun rank 0 alone does both: it holds the lock and reads the folder, and every rank receives its answer
-    (the checkpoint to continue from, or its one-line error: all ranks stop). This is also the barrier after which
-    rank 0 writes: no rank reads the folder after it."""
-
-    def on_rank_0() -> dict[str, Any] | None:
-        held.enter_context(run.claimed())
-        return check_run_folder(run, resume, kind, config, may_change, say, metric_keys)
-
-    return from_main_rank(on_rank_0)
-
-
-def epochs_left(run: RunDir, config: Any, epochs_done: int, start_step: int,
-                say: Callable[[str], None] | None = None) -> bool:
-    """After a restore: whether ``config.epochs`` leaves epochs to train (False, with one note, when the run is
-    complete); fewer epochs than are done already is a one-line error."""
-    partly_done = epochs_done + (start_step > 0)
-    if config.epochs < partly_done:
-        raise MnistgenError(f"{run.path}: {epochs_done} epochs are done already; give --epochs of at least "
-                            f"{partly_done} to continue")
-    if config.epochs == epochs_done and start_step == 0:
-        (say or say_on_main_process)(f"mnistgen: note: {run.path}: all {epochs_done} epochs are done; nothing left "
-                                     "to do (give a larger --epochs with --resume to train further)")
-        return False
-    return True
 
 
 def match_state_layouts(optimizer: torch.optim.Optimizer) -> None:
@@ -262,10 +190,9 @@ def describe_position(epoch: int, step: int) -> str:
 
 @dataclass
 class RunState:
-    """What a run's checkpoint holds besides its position: the objects with a ``state_dict`` (models and
-    optimizers) under their checkpoint keys, the random generators (the batch order's under "order"), the
-    config, and the key of the per-step values (the ELBOs, the losses) of a partly done epoch. ``kept`` says
-    what RUN/checkpoint.pt holds now, for the messages of a run that stops."""
+    """What a run's checkpoint holds besides its position: the objects with a ``state_dict`` (models, optimizers)
+    under their keys, the random generators (the batch order's under "order"), the config, and the key of a partly
+    done epoch's per-step values. ``kept`` says what RUN/checkpoint.pt holds now, for the messages of a stop."""
 
     run: RunDir
     config: Any
@@ -278,10 +205,8 @@ class RunState:
     def save(self, *, epoch: int, step: int, order_state: torch.Tensor, step_values: torch.Tensor,
              seconds: float) -> None:
         """RUN/checkpoint.pt, atomically (rank 0): ``epoch`` epochs and ``step`` steps of the next one done;
-        ``order_state``: the state the next epoch's batch order is drawn from.
-
-        Never writes a NaN or an infinity: a weight or an optimizer state (Adam's moments) that is not finite
-        stops the run with :class:`NonFiniteLossError`, and the checkpoint on disk stays as it was."""
+        ``order_state``: the state the next epoch's batch order is drawn from. Never writes a NaN or an infinity: a
+        weight or optimizer state that is not finite raises :class:`NonFiniteLossError`, the file on disk stays."""
         states = {key: value.state_dict() for key, value in self.stateful.items()}
         bad = non_finite_entry(states)
         if bad is not None:
@@ -289,7 +214,7 @@ class RunState:
                                      f"{self.kept} (try a lower learning rate)")
         state = {
             **states,
-            "generators": generator_states(self.generators),
+            "generators": {name: g.get_state() for name, g in self.generators.items()},  # uint8: weights_only-safe
             "order_state": order_state,
             "epoch": epoch,  # epochs completed
             "step": step,  # steps completed of epoch ``epoch + 1`` (0 between epochs)
@@ -316,7 +241,9 @@ class RunState:
                 value.load_state_dict(checkpoint[key])
                 if isinstance(value, torch.optim.Optimizer):
                     match_state_layouts(value)
-            restore_generators(self.generators, checkpoint["generators"])
+            for name, g in self.generators.items():
+                g.set_state(checkpoint["generators"][name].to("cpu") if g.device.type == "cpu" else
+                            checkpoint["generators"][name])
             self.generators["order"].set_state(checkpoint["order_state"])
         except (KeyError, RuntimeError, ValueError, TypeError, IndexError, AttributeError) as exc:
             problem = f"no {exc}" if isinstance(exc, KeyError) else " ".join(str(exc).split())[:300]
@@ -384,10 +311,19 @@ def check_replica_folder(run: RunDir, resume: bool, kind: str, config: Any, may_
 
 def claim_runs(held: ExitStack, run: RunDir, resume: bool, kind: str, config: Any, may_change: tuple[str, ...],
                say: Callable[[str], None], metric_keys: tuple[str, ...]) -> list[dict[str, Any] | None]:
-    """Hold ``run`` for this process until ``held`` closes, and check it (:func:`claim_run` for a single-seed run,
-    :func:`check_replica_folder` for replicas); returns each replica's checkpoint to continue from, or None."""
+    """Hold ``run`` for this process until ``held`` closes (:meth:`RunDir.claimed`), and check it
+    (:func:`check_run_folder`, :func:`check_replica_folder` for replicas); returns each replica's checkpoint to
+    continue from, or None.
+
+    Under torchrun (one replica) rank 0 alone does both: it holds the lock and reads the folder, and every rank
+    receives its answer (or its one-line error: all ranks stop). This is also the barrier after which rank 0 writes:
+    no rank reads the folder after it."""
     if not is_replicated(config):
-        return [claim_run(held, run, resume, kind, config, may_change, say, metric_keys)]
+        def on_rank_0() -> dict[str, Any] | None:
+            held.enter_context(run.claimed())
+            return check_run_folder(run, resume, kind, config, may_change, say, metric_keys)
+
+        return [from_main_rank(on_rank_0)]
     held.enter_context(run.claimed())
     return check_replica_folder(run, resume, kind, config, may_change, say, metric_keys)
 
@@ -411,14 +347,13 @@ class ReplicaRuns:
     states: list[RunState] = dataclasses.field(default_factory=list)  # :meth:`add` one per seed, in their order
 
     def add(self, seed: int, stateful: dict[str, Any], generators: dict[str, torch.Generator],
-            values_key: str) -> RunState:
-        """The run state of the replica of ``seed`` (its single-seed config), appended."""
+            values_key: str) -> None:
+        """Append the run state of the replica of ``seed`` (its single-seed config)."""
         folder = self.run.seed_run(seed) if is_replicated(self.config) else self.run
         state = RunState(folder, replica_config(self.config, seed), stateful, generators, values_key)
         if is_replicated(self.config):
             state.checkpoint_path = pending_checkpoint(folder)
         self.states.append(state)
-        return state
 
     def label(self, k: int, what: str) -> str:
         """``what`` of replica k as a message names it: "the training ELBO", or "seed 3's the training ELBO"."""
@@ -433,8 +368,13 @@ class ReplicaRuns:
         for k, (state, checkpoint) in enumerate(zip(self.states, checkpoints, strict=True)):
             if checkpoint is not None:
                 epochs_done, start_step, values[k], seconds = state.restore(checkpoint)
-        if any(c is not None for c in checkpoints) and not epochs_left(self.run, self.config, epochs_done,
-                                                                        start_step, say):
+        partly_done = epochs_done + (start_step > 0)
+        if self.config.epochs < partly_done:
+            raise MnistgenError(f"{self.run.path}: {epochs_done} epochs are done already; give --epochs of at least "
+                                f"{partly_done} to continue")
+        if any(c is not None for c in checkpoints) and self.config.epochs == epochs_done and start_step == 0:
+            say(f"mnistgen: note: {self.run.path}: all {epochs_done} epochs are done; nothing left to do (give a "
+                "larger --epochs with --resume to train further)")
             return None
         return epochs_done, start_step, values, seconds
 
@@ -457,13 +397,16 @@ class ReplicaRuns:
             if provenance is not None and is_main_process():
                 write_json(state.run.data, provenance)
 
-    def save(self, *, epoch: int, step: int, order_states: Sequence[torch.Tensor], step_values: torch.Tensor,
-             seconds: float) -> None:
+    def save(self, *, epoch: int, step: int = 0, order_states: Sequence[torch.Tensor] | None = None,
+             step_values: torch.Tensor | None = None, seconds: float = 0.0) -> None:
         """Every replica's checkpoint (:meth:`RunState.save`; ``step_values`` (R, steps, ...)), committed together
-        in a replica run: RUN/replicas.json records the position, then each pending file becomes checkpoint.pt."""
+        in a replica run: RUN/replicas.json records the position, then each pending file becomes checkpoint.pt.
+        The defaults save between epochs: the next epoch's batch order drawn from the present order states."""
+        if order_states is None:
+            order_states = [state.generators["order"].get_state() for state in self.states]
         for k, state in enumerate(self.states):
-            state.save(epoch=epoch, step=step, order_state=order_states[k], step_values=step_values[k],
-                       seconds=seconds)
+            state.save(epoch=epoch, step=step, order_state=order_states[k],
+                       step_values=torch.zeros(0) if step_values is None else step_values[k], seconds=seconds)
         if is_replicated(self.config) and is_main_process():
             self.commit(epoch=epoch, step=step)
 
@@ -478,17 +421,11 @@ class ReplicaRuns:
 
     def end_steps(self, *, epoch: int, done: int, steps: int, step_values: torch.Tensor,
                   value_names: tuple[str, ...], order_states: Sequence[torch.Tensor], seconds: float) -> torch.Tensor:
-        """The first half of the end of epoch ``epoch`` (0-based), after its steps:
-
-        1. the NaN guard: every replica's values of the ``done`` steps (``step_values`` (R, steps[, values]), read
-           from the device here, once per epoch) must be finite, else :class:`NonFiniteLossError` and nothing is
-           saved: the checkpoints on disk stay;
-        2. if ``done < steps`` (Ctrl-C): save the position inside the epoch (if the weights and optimizer states are
-           finite, see :meth:`RunState.save`) and raise :class:`TrainingInterrupted` (its message ends with the
-           command that continues the run).
-
-        Returns the values, (R, done, len(value_names)) on the CPU. :meth:`record_epoch` is the second half.
-        """
+        """The first half of the end of epoch ``epoch`` (0-based), after its steps: the NaN guard (every replica's
+        values of the ``done`` steps, ``step_values`` (R, steps[, values]), read from the device once per epoch;
+        where one is not finite nothing is saved), then, if ``done < steps`` (Ctrl-C), the position inside the epoch
+        saved and :class:`TrainingInterrupted` raised. Returns the values, (R, done, len(value_names)) on the CPU;
+        :meth:`record_epoch` is the second half."""
         values = step_values[:, :done].cpu().reshape(len(self.states), done, len(value_names))
         bad = torch.nonzero(~torch.isfinite(values))
         if len(bad):
@@ -504,26 +441,22 @@ class ReplicaRuns:
         return values
 
     def record_epoch(self, records: Sequence[dict[str, Any]]) -> None:
-        """The second half of the end of an epoch: every number of each replica's record (the epoch's metrics,
-        "epoch" being the number of epochs completed) must be finite (an evaluation may fail too), each record is
-        appended to its RUN/metrics.jsonl, and the checkpoints of the completed epoch are saved."""
+        """The second half: every number of each replica's record ("epoch": the epochs completed) must be finite (an
+        evaluation may fail too); each goes to its RUN/metrics.jsonl, then the completed epoch's checkpoints."""
         for k, record in enumerate(records):
             for key, value in record.items():
                 if isinstance(value, float):
                     check_finite(value, self.label(k, key), record["epoch"], kept=self.states[k].kept)
         for state, record in zip(self.states, records, strict=True):
             state.run.append_metrics(record)
-        self.save(epoch=records[0]["epoch"], step=0, order_states=[s.generators["order"].get_state()
-                                                                    for s in self.states],
-                  step_values=torch.zeros(len(records), 0), seconds=0.0)
+        self.save(epoch=records[0]["epoch"])
 
 
 def take_steps(engine: Any, start: int, steps: int, inputs: Callable[[int, int], Sequence[torch.Tensor]],
                values: torch.Tensor, stop: Callable[[], bool] = lambda: False, bar: Any = None) -> int:
     """Steps ``start..steps-1`` of every replica by ``engine`` (:mod:`mnistgen.accelerate.engines`), polling
-    ``stop`` before each run of ``engine.steps_between_polls`` steps; replica k's inputs of step s are
-    ``inputs(k, s)``, its values go to ``values[k, s]``; ``bar`` (a progress bar) advances with them. Returns the
-    number of steps done; the engine has stored its state into the replicas' modules and optimizers."""
+    ``stop`` before each run of ``engine.steps_between_polls`` steps (``inputs``, ``values``: see its ``run``);
+    ``bar`` advances with them. Returns the number of steps done, the engine's state stored into the replicas."""
     done = start
     try:
         for first in range(start, steps, engine.steps_between_polls):
@@ -554,14 +487,11 @@ def subnormals_flushed() -> bool:
 @contextmanager
 def flushed_denormals(flush: bool, say: Callable[[str], None] | None = None) -> Iterator[None]:
     """With ``flush``, the CPU flushes subnormal floats to zero inside the block (``torch.set_flush_denormal``:
-    x86's FTZ and DAZ modes) and the calling thread returns to IEEE arithmetic after it.
+    x86's FTZ and DAZ modes) and the calling thread returns to IEEE arithmetic after it (same results, more speed).
 
-    The mode belongs to each thread: threads torch starts inside the block (its CPU pool, started at its first
-    parallel work or ``torch.set_num_threads``) inherit it, and may keep it after the block. Whether threads started
-    before follow depends on the thread library, so the block checks them (:func:`subnormals_flushed`); where some
-    keep IEEE arithmetic, or the CPU has no such mode, ``say`` gets a one-line note. The results are the same either
-    way; only the speed differs.
-    """
+    The mode belongs to each thread: threads torch starts inside the block (its CPU pool) inherit it, and may keep
+    it after the block. Whether threads started before follow depends on the thread library, so the block checks
+    them (:func:`subnormals_flushed`); where some do not, or the CPU has no such mode, ``say`` gets a one-line note."""
     if not flush:
         yield
         return
@@ -583,11 +513,21 @@ def flushed_denormals(flush: bool, say: Callable[[str], None] | None = None) -> 
 def training_context(threads: int, stop: Callable[[], bool] | None, flush_denormals: bool = False,
                      say: Callable[[str], None] | None = None) -> Iterator[Callable[[], bool]]:
     """``threads`` CPU threads (0: torch's default), subnormals flushed to zero with ``flush_denormals`` (see
-    :func:`flushed_denormals`), and the stop request the loop polls: ``stop`` if given, else Ctrl-C (see
-    :func:`sigint_requests_stop`)."""
-    with flushed_denormals(flush_denormals, say), torch_threads(threads):  # flushing first: new threads inherit it
-        if stop is not None:
-            yield stop
-        else:
-            with sigint_requests_stop() as requested:
-                yield requested
+    :func:`flushed_denormals`), and the stop request the loop polls: ``stop`` if given, else Ctrl-C, a first one only
+    asking the loop to stop after the current step (it saves, then stops), a second one interrupting at once."""
+    requested = threading.Event()
+
+    def handler(signum, frame):
+        if requested.is_set():
+            raise KeyboardInterrupt
+        requested.set()
+
+    # Python delivers signals to the main thread only: elsewhere there is nothing to install
+    install = stop is None and threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, handler) if install else None
+    try:
+        with flushed_denormals(flush_denormals, say), torch_threads(threads):  # flushing first: new threads inherit it
+            yield stop or requested.is_set
+    finally:
+        if install:
+            signal.signal(signal.SIGINT, previous)

@@ -12,13 +12,10 @@ Training-only options (the networks stay SPEC §3's): ``betas`` are both Adams' 
 exponential moving average of G's weights, starting from G's initial weights, in a copy of G saved in the checkpoint
 as "generator_ema".
 
-The step calls the modules themselves (:data:`mnistgen.models.gan.REFERENCE`). Where an accelerator applies to a
-network as it is (:mod:`mnistgen.accelerate.gan`: mnistgen's C kernels on CPU, or PyTorch-only rewrites), it
-replaces that network's calls with the same function; the losses, autograd and Adam stay. The engine
-(:func:`mnistgen.accelerate.gan.gan_engine`) takes each replica's step in turn, or all at once, stacked, and on CUDA
-captures the step in a CUDA graph. ``--cpu-kernels`` chooses; each metrics line records ``trained_by``. The random
-streams (the batch order, z, the grid's fixed noise), resume and torchrun are as :mod:`mnistgen.train.common`
-describes.
+The step calls the modules themselves (:data:`mnistgen.models.gan.REFERENCE`), or an accelerator's calls of the
+same function (:mod:`mnistgen.accelerate.gan`); the engine (:func:`mnistgen.accelerate.gan.gan_engine`) takes it and
+each metrics line records it as ``trained_by``. The random streams (the batch order, z, the grid's fixed noise),
+resume and torchrun are as :mod:`mnistgen.train.common` describes.
 """
 
 from __future__ import annotations
@@ -29,7 +26,6 @@ from contextlib import ExitStack
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..accelerate.engines import Replica
 from ..accelerate.gan import choose_gan_calls, gan_engine
@@ -109,19 +105,11 @@ def train_gan(config: GANConfig, images: torch.Tensor, run: RunDir, *, resume: b
               provenance: dict[str, Any] | None = None, stop: Callable[[], bool] | None = None,
               show_progress: bool | None = None, say: Callable[[str], None] | None = None
               ) -> list[dict[str, Any]] | dict[int, list[dict[str, Any]]]:
-    """Train (or, with ``resume``, continue) the GAN of ``config`` on ``images`` into ``run``; return the records.
+    """Train (or, with ``resume``, continue) the GAN of ``config`` on ``images`` into ``run``; return the records,
+    as :func:`mnistgen.train.vae.train_vae` does (also ``stop``, ``say``, and NonFiniteLossError for a loss).
 
-    images: (N, 1, 28, 28) float32 in [0, 1] on any device (the CLI passes the "gan" protocol's 60,000
-    training images; tests pass a few). provenance: written to RUN/data.json. ``stop`` is polled before
-    every step; when it returns True the state is saved and :class:`TrainingInterrupted` is raised.
-    Without ``stop``, Ctrl-C does that (a second Ctrl-C aborts at once). ``say`` gets the one-line notes, e.g.
-    when a faster accelerator does not apply (default: stderr, rank 0). Raises
-    :class:`mnistgen.errors.NonFiniteLossError` if a loss becomes NaN or infinite (the checkpoint of the last
-    completed epoch is kept).
-
-    A config with several seeds (``--seeds``, ``--replicas``) trains them as replicas into RUN/seed=N and returns
-    their histories by seed.
-    """
+    images: (N, 1, 28, 28) float32 in [0, 1] on any device (the CLI passes the "gan" protocol's 60,000 training
+    images). provenance: written to RUN/data.json."""
     say = say or say_on_main_process
     with ranks_agree():  # under torchrun: the same checks on every rank, an error stops them all
         validate(config)
@@ -165,17 +153,15 @@ def _train(config: GANConfig, images: torch.Tensor, run: RunDir, checkpoints: li
     epochs_done, start_step, saved_values, seconds_before = position
     histories = runs.histories(STATS, say, epochs_done) if epochs_done else [[] for _ in replicas]
     runs.start("gan", epochs_done, provenance)
-    fixed_noise = [grid_noise(state.config, device).to(next(r.modules["generator"].parameters()).dtype)
-                   for state, r in zip(runs.states, replicas, strict=True)]
+    g_dtype = next(replicas[0].modules["generator"].parameters()).dtype  # every replica's
+    fixed_noise = [grid_noise(state.config, device).to(g_dtype) for state in runs.states]
     if all(checkpoint is None for checkpoint in checkpoints):
         for state, replica, noise in zip(runs.states, replicas, fixed_noise, strict=True):
             save_grid(state.run, 0, replica, noise)  # the untrained generator
-        runs.save(epoch=0, step=0, order_states=[s.generators["order"].get_state() for s in runs.states],
-                  step_values=torch.zeros(len(replicas), 0, len(STATS)), seconds=0.0)
+        runs.save(epoch=0)
     engine = gan_engine(replicas, config, device, chosen, say)  # after the restore: a graph copies the state
 
     images = images.to(device, next(replicas[0].modules["discriminator"].parameters()).dtype)  # moved once
-    g_dtype = next(replicas[0].modules["generator"].parameters()).dtype
     size = config.batch_size
     steps = num_batches(len(images), size, drop_last=True)
     seeds = "" if len(replicas) == 1 else f" ({len(replicas)} seeds)"
@@ -190,8 +176,8 @@ def _train(config: GANConfig, images: torch.Tensor, run: RunDir, checkpoints: li
             inputs = step_inputs(images, orders, [state.generators["noise"] for state in runs.states], size,
                                  config.zdim, g_dtype)
             step_stats = torch.zeros(len(replicas), steps, len(STATS), device=device)
-            for k, values in enumerate(saved_values if start_step else []):
-                step_stats[k, :start_step] = values.to(device)
+            if start_step:  # the steps an interrupted run took in this epoch
+                step_stats[:, :start_step] = torch.stack(saved_values).to(device)
             started = time.perf_counter()
             done = take_steps(engine, start_step, steps, inputs, step_stats, stop, bar)
             sum_over_ranks(step_stats[:, start_step:done], mean=True)  # the global batches' values
@@ -222,7 +208,7 @@ def save_grid(run: RunDir, epoch: int, replica: Replica, noise: torch.Tensor) ->
     G's own are saved beside it, in RUN/grids/raw/."""
     if not is_main_process():
         return
-    average: nn.Module | None = replica.averages.get("generator")
+    average = replica.averages.get("generator")
     if average is not None:
         run.save_grid(epoch, average(noise)[:, 0].float().cpu().numpy())
     run.save_grid(epoch, replica.modules["generator"](noise)[:, 0].float().cpu().numpy(), raw=average is not None)

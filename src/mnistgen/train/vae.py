@@ -3,16 +3,13 @@
 Per epoch, for each replica: the batch order comes from its order generator
 (:func:`mnistgen.data.batches.shuffled_batches`); each step draws (full protocol: a fresh binary image from each gray
 image, then) one eps ~ N(0, I) per image (K = ``--train-samples`` of them with ``--objective iwae`` or K > 1) from its
-noise generator, and takes the one training step, :func:`mnistgen.models.vae.train_step`: the model's forward (its
-objective: the ELBO by Eq. 2 or Eq. 1, the mean of K one-sample ELBOs, or iwae's K-sample bound), autograd, Adam.
-After the epoch the one-sample ELBO of the evaluation images (test for ``hw``, validation for ``full``; Eq. 2 for
-iwae) is measured, one line is appended to RUN/metrics.jsonl and RUN/checkpoint.pt is replaced atomically.
+noise generator, and takes the one training step, :func:`mnistgen.models.vae.train_step`, by the engine
+(:func:`mnistgen.accelerate.vae.vae_engine`; each metrics line records it as ``trained_by``). After the epoch the
+one-sample ELBO of the evaluation images (test for ``hw``, validation for ``full``; Eq. 2 for iwae) is measured, one
+line is appended to RUN/metrics.jsonl and RUN/checkpoint.pt is replaced atomically.
 
-The engine that takes the steps (:func:`mnistgen.accelerate.vae.vae_engine`) runs each replica's step in turn, with
-an accelerator where one applies to the model as it is (mnistgen's C kernels on CPU, the hand-derived gradient, a
-CUDA graph: ``--cpu-kernels`` chooses), or all replicas' steps at once, stacked; each metrics line records
-``trained_by``. The random streams (the batch order; eps and the full protocol's binary images; the evaluation's,
-seeded anew per epoch), resume and torchrun are as :mod:`mnistgen.train.common` describes.
+The random streams (the batch order; eps and the full protocol's binary images; the evaluation's, seeded anew per
+epoch), resume and torchrun are as :mod:`mnistgen.train.common` describes.
 """
 
 from __future__ import annotations
@@ -46,7 +43,6 @@ from ..distributed import (
 from ..errors import MnistgenError, TrainingInterrupted
 from ..losses import elbo_samples, standard_normal_draws
 from ..models import vae as vae_model
-from ..models.vae import draws_per_image
 from ..progress import progress
 from ..runs import RunDir
 from .common import ReplicaRuns, check_one_process, claim_runs, say_on_main_process, take_steps, training_context
@@ -78,8 +74,7 @@ def learning_rate(config: VAEConfig, epoch: int) -> float:
 def training_value(config: VAEConfig) -> dict[str, str]:
     """What a metrics line's ``train_elbo`` is, where it is not SPEC's one-sample ELBO: {"train_elbo_is": ...}
     for ``--objective iwae`` (the K-sample bound L_K, above the ELBO for K > 1) or ``--train-samples`` K > 1 (the
-    mean of K one-sample ELBOs); {} otherwise, so the lines of SPEC's objectives stay as they were. The held-out
-    ELBO after each epoch is the one-sample ELBO under every objective (Eq. 2 for iwae)."""
+    mean of K one-sample ELBOs); {} otherwise, so the lines of SPEC's objectives stay as they were."""
     samples = config.train_samples
     if config.objective == "iwae":
         return {"train_elbo_is": f"the importance-weighted bound L_{samples} ({samples} draws per image)"}
@@ -113,18 +108,13 @@ def step_inputs(images: torch.Tensor, orders: Sequence[torch.Tensor], noises: Se
 def train_vae(config: VAEConfig, run: RunDir, *, resume: bool = False, protocol: Protocol | None = None,
               stop: Callable[[], bool] | None = None, show_progress: bool | None = None,
               say: Callable[[str], None] | None = None) -> list[dict[str, Any]] | dict[int, list[dict[str, Any]]]:
-    """Train (or, with ``resume``, continue) the VAE of ``config`` into ``run``; return the metric records.
+    """Train (or, with ``resume``, continue) the VAE of ``config`` into ``run``; return the metric records (by seed
+    for a config with several seeds, trained as replicas into RUN/seed=N).
 
-    ``protocol`` defaults to the data ``config`` names (pass one to train on other tensors, e.g. in
-    tests). ``stop`` is polled before every step; when it returns True the state is saved and
-    :class:`TrainingInterrupted` is raised. Without ``stop``, Ctrl-C does that (a second Ctrl-C aborts).
-    ``say`` gets the one-line notes, e.g. when a faster accelerator does not apply (default: stderr, rank 0).
-    Raises :class:`mnistgen.errors.NonFiniteLossError` if the ELBO becomes NaN or infinite (the checkpoint of the
-    last completed epoch is kept).
-
-    A config with several seeds (``--seeds``, ``--replicas``) trains them as replicas into RUN/seed=N and returns
-    their histories by seed.
-    """
+    ``protocol`` defaults to the data ``config`` names. ``stop`` is polled before every step; when it returns True
+    the state is saved and :class:`TrainingInterrupted` is raised; without ``stop``, Ctrl-C does that (a second
+    Ctrl-C aborts). ``say`` gets the one-line notes (default: stderr, rank 0). Raises
+    :class:`mnistgen.errors.NonFiniteLossError` if the ELBO becomes NaN or infinite."""
     say = say or say_on_main_process
     with ranks_agree():  # under torchrun: the same checks on every rank, an error stops them all
         validate(config)
@@ -174,7 +164,7 @@ def _train(config: VAEConfig, run: RunDir, checkpoints: list[dict[str, Any] | No
     dtype = next(replicas[0].modules["model"].parameters()).dtype
     data = protocol.to(device)  # moved once; every batch is gathered from these tensors
     train_images, eval_images = data.train_images.to(dtype), data.eval_images.to(dtype)
-    draws, size = draws_per_image(config), config.batch_size
+    draws, size = vae_model.draws_per_image(config), config.batch_size
     steps = num_batches(len(train_images), size, drop_last=False)
     seeds = "" if len(replicas) == 1 else f" ({len(replicas)} seeds)"
     bar = progress(total=steps * (config.epochs - epochs_done) - start_step, description="vae",
@@ -192,8 +182,8 @@ def _train(config: VAEConfig, run: RunDir, checkpoints: list[dict[str, Any] | No
             inputs = step_inputs(train_images, orders, [state.generators["noise"] for state in runs.states], size,
                                  config.latent_dim, draws, data.dynamic_binarization)
             step_elbos = torch.zeros(len(replicas), steps, device=device, dtype=dtype)
-            for k, values in enumerate(saved_values if start_step else []):
-                step_elbos[k, :start_step] = values.to(device)
+            if start_step:  # the steps an interrupted run took in this epoch
+                step_elbos[:, :start_step] = torch.stack(saved_values).to(device)
             started = time.perf_counter()
             done = take_steps(engine, start_step, steps, inputs, step_elbos, stop, bar)
             sum_over_ranks(step_elbos[:, start_step:done])  # the global batches' sums (done: the same on every rank)
