@@ -2,28 +2,13 @@
 
 torchrun starts N copies of the command on each machine, with RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and
 MASTER_PORT in their environment. :func:`torchrun_job` (around both training commands) sees them, joins the job's
-process group (gloo for CPU tensors, and NCCL for CUDA tensors where CUDA is present: ``cpu:gloo,cuda:nccl``; each
-process uses the GPU ``cuda:LOCAL_RANK``) and leaves it at the end, also on an error. Without those variables (one
-process), every function here does what one process does, and nothing else.
+process group and leaves it at the end, also on an error. Without those variables (one process), every function here
+does what one process does, and nothing else.
 
-How the work is shared (the loops in :mod:`mnistgen.train.vae` and :mod:`mnistgen.train.gan`):
-
-- ``--batch-size`` is the *global* batch: every rank draws the same batch order and, for each step, the same random
-  numbers for the whole global batch (the VAE's eps and binary images, the GAN's z), then keeps the slice of the
-  batch that is its own (:func:`rank_share`: W equal parts, in rank order). Each rank's loss is the mean over its
-  slice and the gradients are averaged over the ranks, so each step is the one-process step on the same global
-  batch with the same draws: the runs agree to float rounding, whatever the number of processes;
-- the per-step values (ELBOs, losses) are combined over the ranks once per epoch (:func:`sum_over_ranks`), so every
-  rank holds the same numbers and takes the same decisions (the NaN guard);
-- the stop request of Ctrl-C is combined before every step (:func:`stop_on_every_rank`: one one-element all-reduce
-  on the CPU), so all ranks stop after the same step;
-- rank 0 alone reads and writes the run folder (it holds its lock); the others receive what it read, the
-  checkpoint included (:func:`from_main_rank`).
-
-Errors: the checks before training run inside :func:`ranks_agree` or :func:`from_main_rank`: a
-:class:`~mnistgen.errors.MnistgenError` raised there on any rank is raised on every rank, so that all processes
-stop together, and :func:`torchrun_job` lets rank 0 alone print it. An error that only one rank can meet later (rank
-0's disk is full) ends that process; torchrun then stops the others.
+How the ranks share the work is in :mod:`mnistgen.train.common` and docs/SCALING.md. The step values are combined
+(:func:`sum_over_ranks`) so that every rank takes the same decisions, the NaN guard's included. The checks before
+training run inside :func:`ranks_agree` or :func:`from_main_rank`, so that all processes stop together, with one
+message from rank 0; a later error ends its process, and torchrun then stops the others.
 """
 
 from __future__ import annotations
@@ -46,7 +31,6 @@ EXIT_INTERRUPTED = 130
 
 
 def is_main_process() -> bool:
-    """True unless this is a non-zero rank of an initialised torch.distributed job."""
     return rank_and_size()[0] == 0
 
 
@@ -57,14 +41,10 @@ def rank_and_size() -> tuple[int, int]:
     return 0, 1
 
 
-# --------------------------------------------------------------------------- the job
-
-
 @contextlib.contextmanager
 def torchrun_job() -> Iterator[None]:
-    """Inside the block, this process belongs to its torchrun job's process group (see above). On ranks other than 0,
-    an error that every rank raised (a NaN too) and a Ctrl-C end the process with its exit status and no message;
-    another :class:`MnistgenError` (one only this rank met) is named with the rank: ``rank 3: ...``."""
+    """Inside the block, this process belongs to its torchrun job's process group. On ranks other than 0, an error
+    that every rank raised (a NaN too) and a Ctrl-C exit with no message; another names the rank: ``rank 3: ...``."""
     launched = all(name in os.environ for name in TORCHRUN_VARIABLES)  # by torchrun, or a launcher setting them
     if not launched or int(os.environ["WORLD_SIZE"]) <= 1 or (dist.is_available() and dist.is_initialized()):
         yield
@@ -84,21 +64,17 @@ def torchrun_job() -> Iterator[None]:
     except MnistgenError as exc:
         if rank == 0:
             raise
-        if _said_by_rank_0(exc):
+        if getattr(exc, "said_by_rank_0", False) or isinstance(exc, NonFiniteLossError):  # every rank raised it
             raise SystemExit(EXIT_USER_ERROR) from None
         exc.args = (f"rank {rank}: {exc}",)
         raise
     except RuntimeError as exc:
-        if not _peer_ended(exc):
+        peer_ended = isinstance(exc, dist.DistError) or any(  # a collective failed, not a bug of this process
+            words in str(exc) for words in ("Connection closed by peer", "Connection reset by peer", "Broken pipe"))
+        if not peer_ended:
             raise
         first = " ".join(str(exc).split())[:200]
         raise MnistgenError(f"rank {rank}: stopped, as another process of this torchrun job ended ({first})") from None
-
-
-def _peer_ended(exc: RuntimeError) -> bool:
-    """Whether ``exc`` is a collective's failure (another process of the job ended), not a bug of this one."""
-    return isinstance(exc, dist.DistError) or any(
-        words in str(exc) for words in ("Connection closed by peer", "Connection reset by peer", "Broken pipe"))
 
 
 def _join_process_group() -> None:
@@ -129,16 +105,9 @@ def check_device(device: torch.device) -> None:
                             f"--nproc-per-node {gpus} at most, or --device cpu")
 
 
-# --------------------------------------------------------------------------- errors that every rank raises
-
-
 def _agreed(exc: MnistgenError) -> MnistgenError:
     exc.said_by_rank_0 = True
     return exc
-
-
-def _said_by_rank_0(exc: BaseException) -> bool:
-    return getattr(exc, "said_by_rank_0", False) or isinstance(exc, NonFiniteLossError)
 
 
 @contextlib.contextmanager
@@ -205,9 +174,6 @@ def main_rank_first(work: Callable[[], T]) -> T:
     return result
 
 
-# --------------------------------------------------------------------------- the steps
-
-
 def check_global_batch(batch_size: int, num_items: int | None = None, drop_last: bool = True) -> None:
     """The global ``--batch-size``, and the last batch of an epoch of ``num_items`` (unless dropped), must be
     multiples of the number of ranks."""
@@ -225,7 +191,7 @@ def check_global_batch(batch_size: int, num_items: int | None = None, drop_last:
 
 
 def rank_share(batch_length: int, rank: int, world_size: int) -> tuple[int, int]:
-    """Rows [start, end) of a global batch of ``batch_length`` rows that are rank ``rank``'s (see above)."""
+    """Rows [start, end) of a global batch of ``batch_length`` rows that are rank ``rank``'s."""
     share = batch_length // world_size
     return rank * share, (rank + 1) * share
 
@@ -252,7 +218,7 @@ def sum_over_ranks(tensor: torch.Tensor, mean: bool = False) -> torch.Tensor:
 
 
 def stop_on_every_rank(stop: Callable[[], bool]) -> Callable[[], bool]:
-    """``stop`` as the loops poll it before each step, True on every rank as soon as it is on one (see above)."""
+    """``stop`` as the loops poll it before each step, True on every rank as soon as it is on one."""
     if rank_and_size()[1] == 1:
         return stop
     flag = torch.zeros(1, dtype=torch.int32)
