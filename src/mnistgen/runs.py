@@ -11,8 +11,7 @@ Layout of a run folder ``RUN/``::
                           --ema-decay: the average's, and G's own in RUN/grids/raw/)
     RUN/eval.json         results of ``eval``
 
-All file writing of training goes through this module, and only the rank-0 process writes
-(:func:`is_main_process`): under torchrun, rank 0 (see :mod:`mnistgen.distributed`).
+All file writing of training goes through this module, on rank 0 alone under torchrun (:func:`is_main_process`).
 """
 
 from __future__ import annotations
@@ -47,14 +46,9 @@ SEED_FOLDER_PREFIX = "seed="  # a replica run's sub-folder of one seed: RUN/seed
 _CONFIG_CLASSES = {"vae": VAEConfig, "gan": GANConfig}  # the kinds of run that may hold replicas
 
 
-# --------------------------------------------------------------------------- checkpoints
-
-
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Atomically save a dict of tensors and plain values (loadable with ``weights_only=True``).
-
-    Serialized in memory first (a checkpoint is a few MB), so that a full disk or a quota is the file system's
-    one-line error from :func:`mnistgen.files.atomic_write`, and the previous checkpoint stays."""
+    """Atomically save a dict of tensors and plain values (loadable with ``weights_only=True``), serialized in
+    memory first (a few MB) so that a full disk is :func:`mnistgen.files.atomic_write`'s one-line error."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
     data = buffer.getvalue()
@@ -72,19 +66,13 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         raise MnistgenError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from None
 
 
-# --------------------------------------------------------------------------- metrics.jsonl
-
 TEXT_METRICS = ("trained_by", "train_elbo_is")  # the values of metrics.jsonl that are text; the others are numbers
 
 
 def parse_metrics(text: str, path: Path, required: tuple[str, ...] = (),
                   say: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """The records of a metrics.jsonl text: one JSON object per line, each with an integer "epoch" of at least 1,
-    numbers (or null) for its values but the text ones (:data:`TEXT_METRICS`), and a number for each key in
-    ``required``.
-
-    A damaged last line is what a crash in the middle of an append leaves: it is dropped with one note to ``say``
-    (default: stderr). A damaged line before it is a one-line :class:`MnistgenError` naming the file and line."""
+    """The records of a metrics.jsonl text (each line as :func:`_metrics_problem` checks it). A damaged last line is
+    what a crash in the middle of an append leaves: dropped with one note to ``say``; one before it is an error."""
     lines = [(number, line) for number, line in enumerate(text.split("\n"), 1) if line.strip()]
     records = []
     for index, (number, line) in enumerate(lines):
@@ -124,14 +112,12 @@ def _metrics_problem(line: str, required: tuple[str, ...]) -> str | None:
     return None
 
 
-# --------------------------------------------------------------------------- the lock
-
 RUN_FILES = ("checkpoint.pt", "config.json", "metrics.jsonl", "data.json", "eval.json")  # written by replacing()
 
 
 def _lock_exclusively(lock: Path, folder: Path) -> int:
-    """Open and ``flock`` the lock file without waiting; returns its descriptor, or refuses in one line when
-    another process holds it. POSIX only (``fcntl``): elsewhere the folder is not locked, and this says so once."""
+    """The descriptor of the lock file, ``flock``-ed without waiting, or a one-line refusal when another process
+    holds it. Without ``fcntl`` (Windows) the folder is not locked, and a note says so."""
     try:
         import fcntl
     except ImportError:  # Windows
@@ -148,7 +134,11 @@ def _lock_exclusively(lock: Path, folder: Path) -> int:
             os.close(descriptor)
             if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise MnistgenError(f"{lock}: cannot lock it ({exc.strerror or exc})") from None
-            holder = _lock_holder(lock)
+            try:
+                pid = lock.read_text().strip()
+            except OSError:
+                pid = ""
+            holder = f" (pid {pid})" if pid.isdigit() else ""
             raise MnistgenError(f"{folder} is in use by another mnistgen process{holder}; wait for it to end, "
                                 "or choose another --out") from None
         try:
@@ -160,17 +150,6 @@ def _lock_exclusively(lock: Path, folder: Path) -> int:
             os.write(descriptor, f"{os.getpid()}\n".encode())
             return descriptor
         os.close(descriptor)
-
-
-def _lock_holder(lock: Path) -> str:
-    try:
-        pid = lock.read_text().strip()
-    except OSError:
-        return ""
-    return f" (pid {pid})" if pid.isdigit() else ""
-
-
-# --------------------------------------------------------------------------- metadata
 
 
 def environment() -> dict[str, Any]:
@@ -234,8 +213,6 @@ class RunDir:
                                      "environment": environment(), "config": config_dict})
 
     def read_config(self) -> dict[str, Any]:
-        """config.json: a JSON object whose "config" is an object (the settings) and whose "environment", where
-        present, is one too; anything else is a one-line error naming the file."""
         saved = read_json(self.require().config)
         if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict) or not isinstance(
                 saved.get("environment", {}), dict):
@@ -244,8 +221,6 @@ class RunDir:
         return saved
 
     def read_config_as(self, kind: str, config_class: type, expected: str) -> Any:
-        """The run's config as ``config_class``, if config.json says the run is of ``kind``; else a one-line
-        error ``RUN: a 'gan' run folder, not <expected>``."""
         saved = self.read_config()
         if saved.get("kind") != kind:
             raise MnistgenError(f"{self.path}: a {saved.get('kind')!r} run folder, not {expected}")
@@ -288,12 +263,9 @@ class RunDir:
 
     @contextmanager
     def claimed(self) -> Iterator[None]:
-        """Hold the run folder for this process inside the block (rank 0 only), creating it if needed.
-
-        An exclusive ``flock`` on RUN/.lock: a second process that claims the same folder is refused in one line,
-        and a crashed or killed process releases it (the kernel drops the lock with the process). While it is
-        held, what a killed writer left (``.checkpoint.pt.*.tmp`` and the like) is removed. A folder this call
-        created is removed again if the block leaves nothing in it but the lock."""
+        """Hold the run folder for this process inside the block (rank 0 only), creating it if needed: an exclusive
+        ``flock`` on RUN/.lock, which the kernel drops with a crashed or killed process. A folder this call created is
+        removed again if the block leaves nothing in it but the lock."""
         if not is_main_process():
             yield
             return
@@ -327,8 +299,6 @@ class RunDir:
                 save_figure(path, figure)
         return paths
 
-    # ------------------------------------------------------------------ a GAN run's grids
-
     def grid_paths(self, epoch: int, raw: bool = False) -> tuple[Path, Path]:
         """RUN/grids/epoch_NNN.png (the 8x8 picture) and .npy (its 64 images, float32 (64, 28, 28)); with ``raw``,
         in RUN/grids/raw/ (a run with ``--ema-decay``: the trained G's, beside the average's grids)."""
@@ -353,7 +323,6 @@ class RunDir:
         return sorted(epochs)
 
     def load_grid(self, epoch: int, raw: bool = False) -> np.ndarray:
-        """The 64 images of the grid saved at ``epoch``: (64, 28, 28) float32."""
         _, array = self.grid_paths(epoch, raw)
         try:
             return np.load(array, allow_pickle=False)
