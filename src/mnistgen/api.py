@@ -1,20 +1,8 @@
-"""The Python API of mnistgen: train, load, sample, encode, decode and score from a notebook.
+"""The Python API of mnistgen (docs/COMMANDS.md, "From Python"): train, load, sample, encode, decode and score.
 
-The stable surface is what :mod:`mnistgen` exports in ``__all__``: :func:`load_run` and its :class:`Run`,
-:func:`train_vae`, :func:`train_gan`, :func:`score` and :class:`mnistgen.MnistgenError`. Each does what the
-command of the same name does, through the same functions, so a seed gives the same arrays and a bad value the
-same one-line message (:class:`mnistgen.MnistgenError`) as the CLI:
-
-==========================================  ==============================================
-Python                                      command line
-==========================================  ==============================================
-``train_vae(out, epochs=1, data_dir=D)``    ``mnistgen vae train --out OUT --epochs 1 --data-dir D``
-``train_gan(out, resume=True)``             ``mnistgen gan train --out OUT --resume``
-``load_run(out).sample(n, seed=s)``         ``mnistgen vae|gan sample OUT --n N --seed S``
-``score(images)``                           ``mnistgen score F.npy`` (the dict it writes to F.score.json)
-==========================================  ==============================================
-
-Everything else in this module is free to change.
+The stable surface is what :mod:`mnistgen` exports in ``__all__``; everything else in this module is free to change.
+Each function does what the command of the same name does, through the same functions, so a seed gives the same
+arrays and a bad value the same one-line message (:class:`mnistgen.MnistgenError`) as the CLI.
 """
 
 from __future__ import annotations
@@ -49,11 +37,7 @@ class WrongKindError(MnistgenError, AttributeError):
     """``run.vae`` of a GAN run, ``run.generator`` of a VAE run: a one-line error (and ``hasattr`` is False)."""
 
 
-# --------------------------------------------------------------------------- array arguments
-
-
 def _as_array(values: Any, what: str) -> np.ndarray:
-    """A NumPy array from a NumPy array, a torch tensor or nested lists (one-line error for anything else)."""
     if isinstance(values, torch.Tensor):
         return values.detach().cpu().numpy()
     try:
@@ -84,24 +68,6 @@ def _unit_images(images: Any, what: str = "images") -> np.ndarray:
     if low < 0.0 or high > 1.0:
         raise MnistgenError(f"{what}: values outside [0, 1] (min {low:.4g}, max {high:.4g})")
     return array.reshape(len(array), IMAGE_PIXELS).astype(np.float32)
-
-
-def _check_count(n: Any) -> int:
-    """``n`` of :meth:`Run.sample`: a positive integer, refused as ``--n`` is."""
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n <= 0:
-        raise UsageError(f"--n must be a positive integer, got {n!r}")
-    return int(n)
-
-
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if isinstance(device, torch.device):
-        return device
-    if not isinstance(device, str):
-        raise UsageError(f"--device must be one of auto, cpu, cuda, mps, got {device!r}")
-    return resolve_device(device)
-
-
-# --------------------------------------------------------------------------- a trained run
 
 
 class Run:
@@ -159,8 +125,13 @@ class Run:
         ``--binary``). GAN: G(z) for z ~ U[-1, 1]^zdim, as ``mnistgen gan sample RUN --n N``. ``seed`` defaults,
         as the CLI's ``--seed``, to the run's training seed; the same seed on the same device gives the very array
         the command saves."""
-        n = _check_count(n)
-        _validate((VAEEvalConfig if self.kind == "vae" else GANSampleConfig)(seed=seed))
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n <= 0:
+            raise UsageError(f"--n must be a positive integer, got {n!r}")  # as the command refuses --n
+        n = int(n)
+        try:
+            validate((VAEEvalConfig if self.kind == "vae" else GANSampleConfig)(seed=seed))
+        except MnistgenError as exc:
+            raise UsageError(str(exc)) from None
         seed = self.config.seed if seed is None else seed
         if self.kind == "gan":
             return sample_images(self.generator, n, seed)
@@ -208,13 +179,6 @@ class Run:
         return self._models[name]
 
 
-def _validate(config: Any) -> None:
-    try:
-        validate(config)
-    except MnistgenError as exc:
-        raise UsageError(str(exc)) from None
-
-
 def load_run(path: str | os.PathLike, device: str | torch.device = "auto", seed: int | None = None) -> Run:
     """Load a trained run folder (``mnistgen vae train`` or ``mnistgen gan train``, or :func:`train_vae` /
     :func:`train_gan`) with its models on ``device``.
@@ -244,7 +208,9 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "auto", seed:
                             f"{run.path / 'gan'}")
     if kind not in ("vae", "gan"):
         raise MnistgenError(f"{run.path}: a {kind!r} run folder, not a VAE or GAN run")
-    resolved = _resolve_device(device)
+    if not isinstance(device, str | torch.device):
+        raise UsageError(f"--device must be one of auto, cpu, cuda, mps, got {device!r}")
+    resolved = device if isinstance(device, torch.device) else resolve_device(device)
     if kind == "vae":
         trained = load_trained_vae(run, "cpu")  # then moved: ``device`` may be a torch.device ("cuda:1")
         config, epochs, models = trained.config, trained.epochs, {"vae": trained.model.to(resolved)}
@@ -261,9 +227,6 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "auto", seed:
         models = {"generator": generator, "discriminator": discriminator.to(resolved).eval()}
     evaluation = read_json(run.eval) if run.eval.is_file() else None
     return Run(run.path, kind, config, run.read_metrics(), evaluation, epochs, resolved, models, seeds)
-
-
-# --------------------------------------------------------------------------- training
 
 
 def train_vae(out: str | os.PathLike, *, resume: bool = False, show_progress: bool | None = None,
@@ -318,7 +281,7 @@ def train_gan(out: str | os.PathLike, *, resume: bool = False, show_progress: bo
 
 def train_gan_into(run: RunDir, config: GANConfig, resume: bool, show_progress: bool | None = None) -> list | dict:
     """Train ``config`` into ``run`` as ``mnistgen gan train`` does, also under torchrun: the folder is checked (by
-    rank 0) before the data are loaded (by each machine's local rank 0 first: a download happens once)."""
+    rank 0) before the data are loaded (:func:`mnistgen.distributed.main_rank_first`)."""
     from .data.protocols import load_protocol
     from .data.sources import load_raw
     from .distributed import from_main_rank, main_rank_first
@@ -330,9 +293,6 @@ def train_gan_into(run: RunDir, config: GANConfig, resume: bool, show_progress: 
     protocol = main_rank_first(lambda: load_protocol("gan", load_raw(config.data)))
     return train_gan(config, protocol.train_images, run, resume=resume, provenance=protocol.provenance,
                      show_progress=show_progress)
-
-
-# --------------------------------------------------------------------------- the score
 
 
 def score(images: Any, **settings: Any) -> dict[str, Any]:
