@@ -1,8 +1,6 @@
 """Measuring and drawing a trained VAE: ELBO and importance-weighted estimates of log p(x), latent codes,
-decodes and samples, and the run-level operations behind ``mnistgen vae eval|plot|sample``.
-
-The estimators are pure (a model, tensors and a generator in, tensors out); the run-level functions read a run
-folder and write into it: :func:`evaluate_run` (RUN/eval.json), :func:`write_figures` (RUN/figures/*.png).
+decodes and samples (pure: tensors in, tensors out), and the run-level operations behind ``mnistgen vae
+eval|plot|sample``.
 """
 
 from __future__ import annotations
@@ -35,7 +33,6 @@ EVAL_CHUNK_IMAGES = 1000  # images per forward pass when evaluating a data set
 IW_CHUNK_ELEMENTS = 1 << 22  # logits per importance-sampling chunk (16 MiB in float32), whatever K is
 IW_IMAGES_PER_GROUP = 100  # images whose K samples are drawn together
 
-# figures
 SAMPLE_ROWS = 10  # SPEC figure 1: ten z from the prior
 INTERPOLATION_PAIRS = 3  # SPEC figure 3: three pairs of training images...
 INTERPOLATION_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))  # ...and alpha = 0, 0.1, ..., 1
@@ -115,24 +112,6 @@ def sample_prior(model: VAE, n: int, generator: torch.Generator | None = None,
     return z, sample_bernoulli(probabilities, generator) if binary else probabilities
 
 
-def interpolate(mean_a: torch.Tensor, mean_b: torch.Tensor, alphas: tuple[float, ...]) -> torch.Tensor:
-    """SPEC figure 3's line z_alpha = alpha mean_a + (1 - alpha) mean_b: (D_z,), (D_z,) -> (len(alphas), D_z)."""
-    alpha = torch.tensor(alphas, dtype=mean_a.dtype, device=mean_a.device)[:, None]
-    return alpha * mean_a + (1.0 - alpha) * mean_b
-
-
-def choose_pairs(labels: torch.Tensor, pairs: int, generator: torch.Generator) -> list[tuple[int, int]]:
-    """``pairs`` pairs of indices (a, b) of images of different classes, drawn with ``generator`` (reproducible)."""
-    if len(torch.unique(labels)) < 2:
-        raise MnistgenError("interpolation needs images of at least two classes")
-    chosen: list[tuple[int, int]] = []
-    while len(chosen) < pairs:
-        a, b = torch.randint(len(labels), (2,), generator=generator).tolist()
-        if labels[a] != labels[b]:
-            chosen.append((a, b))
-    return chosen
-
-
 @dataclass(frozen=True)
 class TrainedVAE:
     config: VAEConfig
@@ -167,7 +146,6 @@ def load_run_protocol(run: RunDir, config: VAEConfig) -> Protocol:
 
 
 def load_trained_vae(run: RunDir, device: str = "auto") -> TrainedVAE:
-    """Read RUN/config.json and RUN/checkpoint.pt (weights_only) into a model on ``device``."""
     config = run.read_config_as("vae", VAEConfig, "a VAE run")
     state = run.load_checkpoint(map_location="cpu")
     model = VAE(latent_dim=config.latent_dim, hidden=config.hidden)
@@ -177,10 +155,6 @@ def load_trained_vae(run: RunDir, device: str = "auto") -> TrainedVAE:
         raise MnistgenError(f"{run.checkpoint}: weights do not fit the run's config ({type(exc).__name__})") from None
     resolved = resolve_device(device)
     return TrainedVAE(config, model.to(resolved).eval(), int(state["epoch"]), int(state["step"]), resolved)
-
-
-def _generator(device: torch.device, seed: int) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(seed)
 
 
 def evaluate_run(run: RunDir, options: VAEEvalConfig | None = None,
@@ -193,7 +167,7 @@ def evaluate_run(run: RunDir, options: VAEEvalConfig | None = None,
     seed = config.seed if options.seed is None else options.seed
     data = load_run_protocol(run, config).to(trained.device)
     analytic_kl = config.objective == "analytic"
-    generator = _generator(trained.device, seed)
+    generator = torch.Generator(device=trained.device).manual_seed(seed)
     train_images = data.train_images
     if data.dynamic_binarization:
         train_images = binarize_batch(train_images, generator)
@@ -248,7 +222,7 @@ def sample_run(run: RunDir, n: int, binary: bool = False, options: VAEEvalConfig
     options = options or VAEEvalConfig()
     trained = load_trained_vae(run, options.device)
     seed = trained.config.seed if options.seed is None else options.seed
-    _, images = sample_prior(trained.model, n, _generator(trained.device, seed), binary)
+    _, images = sample_prior(trained.model, n, torch.Generator(device=trained.device).manual_seed(seed), binary)
     return images.reshape(n, IMAGE_SIZE, IMAGE_SIZE).float().cpu().numpy()
 
 
@@ -270,12 +244,12 @@ def write_figures(run: RunDir, options: VAEEvalConfig | None = None) -> list[Pat
     classes = DATASETS[config.data.dataset].classes if config.data.dataset in DATASETS else None
     train_images = data.train_images
     if data.dynamic_binarization:  # the model saw binary draws of these gray images: encode one such draw
-        train_images = binarize_batch(train_images, _generator(device, seed))
+        train_images = binarize_batch(train_images, torch.Generator(device=device).manual_seed(seed))
 
     def to_numpy(images: torch.Tensor) -> np.ndarray:
         return images.reshape(*images.shape[:-1], IMAGE_SIZE, IMAGE_SIZE).float().cpu().numpy()
 
-    generator = _generator(device, seed)
+    generator = torch.Generator(device=device).manual_seed(seed)
     z, probabilities = sample_prior(model, SAMPLE_ROWS, generator)
     binary = sample_bernoulli(probabilities, generator)
     figures = {"samples": plots.samples_figure(to_numpy(probabilities), to_numpy(binary), z.cpu().numpy())}
@@ -284,12 +258,16 @@ def write_figures(run: RunDir, options: VAEEvalConfig | None = None) -> list[Pat
     figures["latent"] = plots.latent_figure(means.cpu().numpy(), data.train_labels.cpu().numpy(), classes,
                                             f"{len(means):,} training images ({config.protocol} protocol)")
 
-    pairs = choose_pairs(data.train_labels.cpu(), INTERPOLATION_PAIRS, _generator(torch.device("cpu"), seed))
+    labels, draws = data.train_labels.cpu(), torch.Generator().manual_seed(seed)
+    if len(torch.unique(labels)) < 2:
+        raise MnistgenError("interpolation needs images of at least two classes")
+    alpha = torch.tensor(INTERPOLATION_ALPHAS, dtype=means.dtype, device=means.device)[:, None]
     rows, pair_labels = [], []
-    for a, b in pairs:
-        line = interpolate(means[a], means[b], INTERPOLATION_ALPHAS)
-        rows.append(to_numpy(decode(model, line)))
-        pair_labels.append((int(data.train_labels[a]), int(data.train_labels[b])))
+    while len(rows) < INTERPOLATION_PAIRS:  # pairs of images of different classes, each along SPEC's line z_alpha
+        a, b = torch.randint(len(labels), (2,), generator=draws).tolist()
+        if labels[a] != labels[b]:
+            rows.append(to_numpy(decode(model, alpha * means[a] + (1.0 - alpha) * means[b])))
+            pair_labels.append((int(labels[a]), int(labels[b])))
     figures["interpolation"] = plots.interpolation_figure(np.stack(rows), pair_labels, INTERPOLATION_ALPHAS, classes)
 
     if config.latent_dim == 2:  # a grid in image order: rows from high z2 to low, columns from low z1 to high
