@@ -1,14 +1,5 @@
-"""Where a dataset's files come from, and loading them into memory with their provenance.
-
-One folder, never a silent mix: ``--data-dir``, else ``$MNISTGEN_DATA_DIR``, else the user cache
-``CACHE/<dataset>/``. There each file is looked for as served (``.gz``), then inflated; it is verified against the
-registry once (the verdict remembered by path, size and mtime). A folder the user named must exist (only ``data
-fetch`` creates it) and a bad file there is an error, left untouched; a bad file in the cache is downloaded again.
-Missing files are downloaded into the folder unless offline (``--offline``, ``MNISTGEN_OFFLINE=1``).
-
-Where MNIST cannot be had in the user cache (offline, or every mirror failed), the bundled 5,000-digit sample
-(:mod:`.sample`) stands in, with one loud warning per process and the reason in the provenance; ``--dataset
-mnist-sample`` selects it on purpose. Other datasets, and named folders, have no stand-in: a one-line error.
+"""Where a dataset's files come from, one folder and never a silent mix, and loading them into memory with their
+provenance. docs/DATA.md says where the files are found, how they are checked and when the bundled sample stands in.
 """
 
 from __future__ import annotations
@@ -36,17 +27,13 @@ OFFLINE_ENV = "MNISTGEN_OFFLINE"
 SAMPLE_STANDS_IN_FOR = "mnist"  # the one dataset the sample may replace
 _TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 _FALSE_WORDS = frozenset({"", "0", "false", "no", "off"})
-
-# Datasets whose stand-in warning this process has already printed (the warning is printed once).
-_ANNOUNCED_FALLBACKS: set[str] = set()
+_ANNOUNCED_FALLBACKS: set[str] = set()  # datasets whose stand-in warning this process has printed (once)
 
 
 @dataclass(frozen=True)
 class RawData:
     """A whole dataset in memory: uint8 images (N, 28, 28), read-only views of the decompressed files (copy before
-    writing), and int64 labels (N,). ``provenance`` is what a run folder saves as ``data.json``: dataset, title,
-    ``sample`` (with ``requested_dataset`` and ``fallback_reason`` where the sample stood in for MNIST), folder,
-    each file (name, path, MD5s, size, downloaded_from) and the split sizes."""
+    writing), and int64 labels (N,); ``provenance`` is what a run folder saves as ``data.json``."""
 
     train_images: np.ndarray
     train_labels: np.ndarray
@@ -80,17 +67,12 @@ class LocalFile:
     def matched_md5(self) -> str:
         return accepted_md5(self.spec, self.hashes) or ""
 
-    def provenance(self) -> dict[str, Any]:
-        return {"role": self.spec.role, "name": self.path.name, "path": str(self.path), **self.hashes.to_dict(),
-                "downloaded_from": self.downloaded_from}
-
 
 class FilesUnavailable(DataError):
     """Some files are neither on disk nor obtainable (offline, or no mirror delivered them)."""
 
 
 def offline_requested(data: DataConfig) -> bool:
-    """``--offline`` or ``MNISTGEN_OFFLINE`` set to 1/true/yes/on (0/false/no/off or empty mean online)."""
     word = os.environ.get(OFFLINE_ENV, "").strip().lower()
     if word not in _TRUE_WORDS | _FALSE_WORDS:
         raise DataError(f"${OFFLINE_ENV} must be 1 or 0 (or true/false), got {os.environ[OFFLINE_ENV]!r}")
@@ -120,7 +102,6 @@ def find_local(folder: Path, spec: FileSpec) -> Path | None:
 
 
 def check_file(path: Path, spec: FileSpec, store: VerdictStore | None) -> LocalFile:
-    """Read ``path`` and make sure it is ``spec``'s file; with a ``store``, reuse a remembered verdict."""
     remembered = store.lookup(path) if store is not None else None
     if remembered is not None and mismatch_reason(spec, remembered) is None:
         return LocalFile(spec, path, remembered, read_bytes(path, content_size(spec)))
@@ -174,8 +155,7 @@ def obtain_files(spec: DatasetSpec, data: DataConfig, store: VerdictStore, log: 
 
 
 def _sample(requested: str | None = None, reason: str | None = None) -> RawData:
-    """mnistgen's own sample (:mod:`.sample`), its files checked on every load; with ``requested``, standing in for
-    that dataset (a missing or damaged file is a one-line DataError naming it)."""
+    """mnistgen's own sample (:mod:`.sample`), its files checked on every load; with ``requested``, standing in."""
     folder, files = sample.sample_folder(), {}
     for spec in SAMPLE_SPEC.files:
         path = folder / spec.name
@@ -221,7 +201,7 @@ def _decoded(spec: DatasetSpec, files: dict[str, LocalFile]) -> dict[str, np.nda
 
 
 def load_raw(data: DataConfig) -> RawData:
-    """The dataset ``data.dataset`` in memory (see the module docstring for where it comes from)."""
+    """The dataset ``data.dataset`` in memory, from its folder or, for MNIST in the user cache, the sample."""
     if data.dataset == SAMPLE_SPEC.name:
         return _sample()
     spec = get_dataset(data.dataset)
@@ -236,7 +216,9 @@ def load_raw(data: DataConfig) -> RawData:
         store.save()
     arrays = _decoded(spec, files)
     provenance = {"dataset": spec.name, "title": spec.title, "sample": False, "folder": str(folder.path),
-                  "located_by": folder.origin, "files": [files[f.role].provenance() for f in spec.files],
+                  "located_by": folder.origin,
+                  "files": [{"role": f.spec.role, "name": f.path.name, "path": str(f.path), **f.hashes.to_dict(),
+                             "downloaded_from": f.downloaded_from} for f in (files[s.role] for s in spec.files)],
                   "train_size": len(arrays["train_labels"]), "test_size": len(arrays["test_labels"])}
     return RawData(**arrays, provenance=provenance)
 
@@ -252,8 +234,7 @@ class FileReport:
 
 
 def _sample_report() -> list[FileReport]:
-    raw = _sample()
-    return [FileReport(file["name"], True, file["md5"]) for file in raw.provenance["files"]]
+    return [FileReport(file["name"], True, file["md5"]) for file in _sample().provenance["files"]]
 
 
 def verify_files(data: DataConfig) -> tuple[DataFolder | None, list[FileReport]]:
@@ -271,8 +252,7 @@ def verify_files(data: DataConfig) -> tuple[DataFolder | None, list[FileReport]]
             continue
         try:
             store.forget(path)
-            checked = check_file(path, file_spec, store)
-            reports.append(FileReport(path.name, True, checked.matched_md5))
+            reports.append(FileReport(path.name, True, check_file(path, file_spec, store).matched_md5))
         except DataError as exc:
             reports.append(FileReport(path.name, False, str(exc).removeprefix(f"{path}: ")))
     store.save()
