@@ -1,10 +1,7 @@
-"""``explorer.html``: the VAE's 2-D latent plane, live, in one self-contained page.
-
-Left, the encoder means of the training images colored by class (a legend shows or hides each class); right,
-p(x|z) for the z under the pointer (or the sliders, or the arrow keys). The decoder runs in the page's JavaScript
+"""``explorer.html``: the VAE's 2-D latent plane, live, in one self-contained page: the encoder means of the
+training images colored by class, beside p(x|z) for the z under the pointer. The decoder runs in the page's JavaScript
 (``assets/explorer.js``) from its weights embedded as base64 float32: no server, no network (the page's
-Content-Security-Policy forbids every request). ``window.mnistgenExplorer`` exposes ``decode(z)``, ``setZ(z1, z2)``,
-``z`` and ``pixels`` so tests (and users) can check it against the Python decoder.
+Content-Security-Policy forbids every request).
 """
 
 from __future__ import annotations
@@ -87,10 +84,9 @@ def _arrays(*tensors: torch.Tensor) -> list[np.ndarray]:
 
 def _check_drawable(module: torch.nn.Module, build: Callable[[], dict[str, torch.nn.Module]], what: str,
                     inputs: torch.Tensor, page: Callable[[torch.Tensor], torch.Tensor], formula: str) -> None:
-    """Refuse (one line) a network the page would draw wrongly: its leaf modules differ from ``build()``'s (the
-    accelerators' layout check), or its output at ``inputs`` differs from ``page(inputs)`` (the page's
-    ``formula``, in torch on the CPU) beyond float32 rounding: an activation changed inside ``forward`` shows
-    only there."""
+    """Refuse (one line) a network the page would draw wrongly: its leaf modules differ from ``build()``'s, or its
+    output at ``inputs`` differs from ``page(inputs)`` (the page's ``formula`` in torch on the CPU) beyond float32
+    rounding: an activation changed inside ``forward`` shows only there."""
     reason = layout_mismatch(module, on_meta_device(build), what)
     if reason is None:
         with probing(module) as (copy,), torch.no_grad():
@@ -104,9 +100,8 @@ def _check_drawable(module: torch.nn.Module, build: Callable[[], dict[str, torch
 
 
 def decoder_arrays(decoder: torch.nn.Module, config: VAEConfig) -> list[np.ndarray]:
-    """SPEC §2's decoder with ``config``'s widths as float32 arrays: w1 (H, 2), b1, w2 (784, H), b2.
-
-    The page computes p(x|z) = sigmoid(w2 tanh(w1 z + b1) + b2) and nothing else; another decoder is refused."""
+    """SPEC §2's decoder with ``config``'s widths as float32 arrays: w1 (H, 2), b1, w2 (784, H), b2; the page computes
+    p(x|z) = sigmoid(w2 tanh(w1 z + b1) + b2) and nothing else, so another decoder is refused."""
     if config.latent_dim != 2:
         raise MnistgenError(f"the explorer needs a 2-D latent space; this VAE has {config.latent_dim} dimensions")
 
@@ -125,10 +120,7 @@ def decoder_arrays(decoder: torch.nn.Module, config: VAEConfig) -> list[np.ndarr
 
 
 def generator_arrays(generator: torch.nn.Module, zdim: int) -> GeneratorWeights:
-    """SPEC §3's generator as arrays, with GAN_CORNERS noise vectors; another generator is refused.
-
-    The page computes Linear -> LeakyReLU -> 2x nearest -> conv -> LeakyReLU -> 2x nearest -> conv -> LeakyReLU
-    -> conv -> sigmoid (3x3 convolutions, padding 1)."""
+    """SPEC §3's generator as arrays, with GAN_CORNERS noise vectors; another generator (not ``page``) is refused."""
     def page(z: torch.Tensor) -> torch.Tensor:
         convs = [(conv.weight.float().cpu(), conv.bias.float().cpu())
                  for conv in (generator.conv1, generator.conv2, generator.conv3)]
@@ -147,8 +139,7 @@ def generator_arrays(generator: torch.nn.Module, zdim: int) -> GeneratorWeights:
 
 
 def plane_range(means: np.ndarray) -> tuple[tuple[float, float], tuple[float, float]]:
-    """The square of the latent plane the page shows, ((z1 low, z1 high), (z2 low, z2 high)): see the constants;
-    its centre and half-width are multiples of 0.5."""
+    """The square of the latent plane the page shows, ((z1 low, z1 high), (z2 low, z2 high)): see the constants."""
     if len(means) == 0:
         return (-MIN_SPAN / 2, MIN_SPAN / 2), (-MIN_SPAN / 2, MIN_SPAN / 2)
     tail = (1.0 - RANGE_QUANTILE) / 2.0
@@ -219,24 +210,18 @@ def write_explorer(data: ExplorerData, out: str | Path) -> Path:
     return path
 
 
-def vae_run_of(folder: str | Path) -> RunDir:
-    """The VAE run folder itself, or the ``vae/`` folder of a reproduction."""
-    run = RunDir(folder)
-    if (run.path / "vae" / "config.json").is_file():
-        return RunDir(run.path / "vae")
-    run.read_config_as("vae", VAEConfig, "a VAE run (explore needs a VAE run, or a reproduction folder holding one)")
-    return run
-
-
 def explorer_from_run(folder: str | Path, device: str = "auto", gan_folder: str | Path | None = None) -> ExplorerData:
-    """The VAE of a run folder (or of a reproduction's vae/) and the points of its latent figure: the encoder means
-    of its protocol's training images (one binary draw of each for the full protocol). The GAN panel comes from
-    ``gan_folder``, or from the reproduction's gan/."""
-    run = vae_run_of(folder)
+    """The VAE of a run folder (or of a reproduction's vae/) and the encoder means of its protocol's training images
+    (one binary draw of each for the full protocol); the GAN panel's from ``gan_folder``, or the reproduction's gan/."""
+    top, run = RunDir(folder), RunDir(Path(folder) / "vae")
+    if not run.config.is_file():  # not a reproduction: the VAE run folder itself
+        run = top
+        run.read_config_as("vae", VAEConfig,
+                           "a VAE run (explore needs a VAE run, or a reproduction folder holding one)")
     trained = load_trained_vae(run, device)
     config = trained.config
     decoder = decoder_arrays(trained.model.decoder, config)  # refused before the work, as is a generator
-    gan_run = RunDir(gan_folder) if gan_folder is not None else RunDir(RunDir(folder).path / "gan")
+    gan_run = RunDir(gan_folder) if gan_folder is not None else RunDir(top.path / "gan")
     gan = None
     if gan_folder is not None or gan_run.checkpoint.is_file():
         generator, gan_config = load_generator(gan_run, torch.device("cpu"))
@@ -248,7 +233,7 @@ def explorer_from_run(folder: str | Path, device: str = "auto", gan_folder: str 
     means = encode_means(trained.model, images.to(trained.device)).cpu().numpy()
     dataset = config.data.dataset
     classes = DATASETS[dataset].classes if dataset in DATASETS else tuple(str(d) for d in range(10))
-    title = (f"mnistgen latent explorer: the VAE of {RunDir(folder).path.name} ({dataset}, {config.protocol} protocol, "
+    title = (f"mnistgen latent explorer: the VAE of {top.path.name} ({dataset}, {config.protocol} protocol, "
              f"{trained.epochs} epoch(s))")
     return ExplorerData(*decoder, means=means, labels=protocol.train_labels.numpy(), classes=tuple(classes),
                         title=title, gan=gan)
