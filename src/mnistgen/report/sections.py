@@ -1,8 +1,4 @@
-"""The sections of the report on SPEC's runs: results at a glance, each run, sample quality, time and versions.
-
-A replica run's numbers are each seed's beside their mean ± 95% interval (:mod:`mnistgen.report.html`); a figure
-that shows one model says whose (the first seed's).
-"""
+"""The sections of the report on SPEC's runs: results at a glance, each run, sample quality, time and versions."""
 
 from __future__ import annotations
 
@@ -131,7 +127,12 @@ def summary_section(runs: dict[str, RunDir], sets: list[ScoredSet]) -> str:
     for kind, run in runs.items():
         if run.config.is_file():
             rows += model_summary_rows(kind, run)
-    rows += score_summary_rows(sets)
+    reference = first_reference(sets)
+    if reference is not None:
+        rows.append(["score", "real vs real: Frechet distance / classifier score", score_pair({None: reference}), None,
+                     "the floor: real training images against the real test images"])
+    rows += [["score", f"{found.title}: Frechet distance / classifier score", score_pair(found.scores),
+              each_seed_pair(found.scores), "distance: lower is closer to MNIST; score: up to 10"] for found in sets]
     if not rows:
         return ""
     if all(each is None for _, _, _, each, _ in rows):
@@ -157,18 +158,16 @@ def model_summary_rows(kind: str, run: RunDir) -> list[list[Any]]:
              f"{configured}SPEC trains {SPEC_EPOCHS[kind]}"]]
     evaluations = seed_evaluations(run)
     if any(result is not None for result in evaluations.values()):
-        keys = dict.fromkeys(k for result in evaluations.values() if result for k in result if k in SUMMARY_ROWS)
-        return rows + [[part, SUMMARY_ROWS[k][0], *across_seeds({seed: (result or {}).get(k)
-                                                                 for seed, result in evaluations.items()}),
-                        SUMMARY_ROWS[k][1]] for k in keys]
-    last = {seed: records[-1] if records else {} for seed, records in histories.items()}
-    keys = dict.fromkeys(k for record in last.values() for k in record if k in LAST_EPOCH_NOTES)
-    return rows + [[part, f"{k} (last epoch)", *across_seeds({seed: record.get(k) for seed, record in last.items()}),
-                    LAST_EPOCH_NOTES[k]] for k in keys]
+        found, labels = {seed: result or {} for seed, result in evaluations.items()}, SUMMARY_ROWS
+    else:
+        found = {seed: records[-1] if records else {} for seed, records in histories.items()}
+        labels = {k: (f"{k} (last epoch)", note) for k, note in LAST_EPOCH_NOTES.items()}
+    keys = dict.fromkeys(k for record in found.values() for k in record if k in labels)
+    return rows + [[part, labels[k][0], *across_seeds({seed: record.get(k) for seed, record in found.items()}),
+                    labels[k][1]] for k in keys]
 
 
 def score_cells(scores: dict[int | None, SetScore]) -> list[Any]:
-    """[Frechet distance, classifier score] of a set scored once, or over a replica run's seeds (:func:`measured`)."""
     return [measured({seed: score.frechet_distance for seed, score in scores.items()}),
             measured({seed: score.classifier_score for seed, score in scores.items()})]
 
@@ -178,20 +177,7 @@ def score_pair(scores: dict[int | None, SetScore]) -> Markup:
 
 
 def each_seed_pair(scores: dict[int | None, SetScore]) -> Markup | None:
-    """Each seed's "distance / score" of a set scored on the seeds of a replica run (None for one file)."""
     return None if None in scores else seeds_html({seed: score_pair({None: score}) for seed, score in scores.items()})
-
-
-def score_summary_rows(sets: list[ScoredSet]) -> list[list[Any]]:
-    """The real-vs-real reference, then the Frechet distance and classifier score of each scored set of images."""
-    reference = first_reference(sets)
-    rows: list[list[Any]] = [] if reference is None else [
-        ["score", "real vs real: Frechet distance / classifier score", score_pair({None: reference}), None,
-         "the floor: real training images against the real test images"]]
-    for found in sets:
-        rows.append(["score", f"{found.title}: Frechet distance / classifier score", score_pair(found.scores),
-                     each_seed_pair(found.scores), "distance: lower is closer to MNIST; score: up to 10"])
-    return rows
 
 
 def run_figures(run: RunDir, kind: str) -> list[tuple[str, bytes, str]]:
@@ -204,8 +190,7 @@ def run_figures(run: RunDir, kind: str) -> list[tuple[str, bytes, str]]:
 
 
 def seed_figures(run: RunDir, kind: str, folders: dict[int | None, RunDir]) -> list[tuple[str, bytes, str]]:
-    """The figures of a run; a replica run's say whose model they show: those of RUN/figures (the first seed's model,
-    the training curves of every seed), else the first seed's own but its training curves."""
+    """The figures of a run; a replica run's, from RUN/figures or else its first seed's, say whose model they show."""
     first_seed, first = next(iter(folders.items()))
     own = run_figures(run, kind)
     if first_seed is None:
@@ -219,7 +204,6 @@ def seed_figures(run: RunDir, kind: str, folders: dict[int | None, RunDir]) -> l
 
 
 def metrics_table(records: list[dict[str, Any]]) -> str:
-    """Per-epoch metrics: the last epochs visible, the whole history folded below."""
     if not records:
         return "<p class='missing'>No metrics recorded.</p>"
     headers = list(dict.fromkeys(k for r in records for k in r))
@@ -230,21 +214,9 @@ def metrics_table(records: list[dict[str, Any]]) -> str:
             + details(f"all {len(rows)} epochs", table(headers, rows, "metrics")))
 
 
-def grids_gallery(run: RunDir, whose: str = "") -> str:
-    """The GAN's saved 8x8 grids by epoch, folded ("" when the run has none)."""
-    grids = sorted(run.grids.glob("epoch_*.png"))
-    if not grids:
-        return ""
-    gallery = "".join(figure_html(p.read_bytes(), f"epoch {int(p.stem.split('_')[-1])}", p.name, "grid")
-                      for p in grids)
-    return details(f"all {len(grids)} grids{whose} from the fixed noise batch (8x8, by epoch)",
-                   f'<div class="gallery">{gallery}</div>')
-
-
 def numbers_part(histories: dict[int | None, list[dict[str, Any]]],
                  evaluations: dict[int | None, dict[str, Any] | None]) -> str:
-    """The last epoch's metrics and the evaluation of a run; of a replica run, how to read its intervals, then each
-    quantity's :func:`seeds_table`."""
+    """The last epoch's metrics and the evaluation of a run; of a replica run, each quantity's :func:`seeds_table`."""
     if None in histories:
         records, evaluation = histories[None], evaluations[None]
         return ((f"<p>{escape(len(records))} epoch(s) trained; last epoch's metrics:</p>"
@@ -282,7 +254,13 @@ def run_section(run: RunDir, kind: str) -> str:
                    "(labelled seed S): the metrics of each seed's metrics.jsonl after each epoch.")
         if curves is not None:
             parts.append(figure_html(figure_png(curves), caption, f"{title}: training curves{whose}"))
-    parts.append(grids_gallery(first, "" if first_seed is None else f" of seed {first_seed} (the first seed)"))
+    grids = sorted(first.grids.glob("epoch_*.png"))  # a GAN run's, by epoch
+    if grids:
+        gallery = "".join(figure_html(p.read_bytes(), f"epoch {int(p.stem.split('_')[-1])}", p.name, "grid")
+                          for p in grids)
+        of_seed = "" if first_seed is None else f" of seed {first_seed} (the first seed)"
+        parts.append(details(f"all {len(grids)} grids{of_seed} from the fixed noise batch (8x8, by epoch)",
+                             f'<div class="gallery">{gallery}</div>'))
     parts.append("<h3>Metrics by epoch</h3>" + "".join(
         ("" if seed is None else f"<p>Seed {seed} (<code>seed={seed}/metrics.jsonl</code>):</p>")
         + metrics_table(records) for seed, records in histories.items()))
@@ -312,7 +290,6 @@ def data_html(provenance: dict[str, Any]) -> str:
 
 
 def first_reference(sets: list[ScoredSet]) -> ReferenceScore | None:
-    """The real-vs-real reference of the first score file that holds one."""
     return next((score.reference for found in sets for score in found.scores.values() if score.reference), None)
 
 
@@ -329,8 +306,7 @@ def samples_preview(found: ScoredSet) -> bytes | None:
 
 
 def scores_section(sets: list[ScoredSet]) -> str:
-    """The scores of every set of images (of each seed, after their mean ± 95% interval) beside the real-vs-real
-    reference, and a preview of each set."""
+    """The scores of every set of images beside the real-vs-real reference, and a preview of each set."""
     if not sets:
         return ""
     reference = first_reference(sets)
@@ -386,8 +362,7 @@ def stages_section(stages: dict[str, Any] | None) -> str:
 
 
 def library_versions() -> dict[str, str]:
-    """mnistgen's version and that of each of LIBRARIES that is installed: an optional library that is absent
-    was not used to build the page, so it is left out rather than listed as a fault."""
+    """mnistgen's version and each installed one of LIBRARIES (an absent optional one did not build the page)."""
     versions = {"mnistgen": __version__}
     for name in LIBRARIES:
         try:
