@@ -1,13 +1,5 @@
 """``mnistgen reproduce``: the whole specification, stage by stage, into one folder (:mod:`mnistgen.reproduction`'s
-layout), ending with its report.
-
-With ``--replicas N`` each model trains N seeds (counting up from its default seed) as one replica run; each seed is
-evaluated, sampled and scored, and RUN/vae/eval.json holds the mean and 95% interval over the seeds. The figures and
-the explorer show the first seed's models (the training curves every seed's).
-
-``--beyond`` adds :data:`BEYOND_STAGES` after SPEC's (also when resuming a finished reproduction): the options of
-:data:`mnistgen.reproduction.GAN_OPTIONS` and the VAE's importance-weighted bound, each trained with the
-reproduction's data, epochs, seeds and device and measured as SPEC's runs, which stay exactly as without it.
+layout), ending with its report; docs/COMMANDS.md says what ``--replicas N`` and ``--beyond`` add.
 
 Each stage finished is recorded in stages.json with its time, so ``--resume`` skips it; an interrupted training
 continues from its last checkpoint, its time added to the time already spent.

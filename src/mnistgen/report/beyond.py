@@ -1,8 +1,4 @@
-"""The report's "Beyond the spec" section: the training options of ``mnistgen reproduce --beyond`` beside SPEC's.
-
-SPEC's numbers come first in each table, then each option's; then the last grid of SPEC's GAN beside the recommended
-recipe's (the first seed's).
-"""
+"""The report's "Beyond the spec" section: the training options of ``mnistgen reproduce --beyond`` beside SPEC's."""
 
 from __future__ import annotations
 
