@@ -5,9 +5,8 @@
 - **G after act1** up to the sigmoid: the two upsample-convolutions (in phase form, :func:`phase_kernels`), act2,
   act3 and conv3 for act1's output h0 (B, 1568), with gradients for h0 and the convolutions' parameters.
 
-Both equal the spec's modules to float32 rounding (max-pool ties included); parameters are read from the modules
-at each call, and their gradients reach them through autograd. The sizes below are the C code's as declared here
-(``LAYOUT``); every C call checks each buffer first. Whether they apply is decided in :mod:`mnistgen.accelerate.gan`.
+Both equal the spec's modules to float32 rounding (max-pool ties included). The sizes below are the C code's as
+declared here (``LAYOUT``); every C call checks each buffer first. Whether they apply: :mod:`mnistgen.accelerate.gan`.
 """
 
 from __future__ import annotations
@@ -151,8 +150,7 @@ def phase_kernels(weight: torch.Tensor) -> torch.Tensor:
 
 
 def _g_parameters(generator: Generator) -> torch.Tensor:
-    """(10337,): conv1's phase kernels (a, b, dy, dx, ci, co) and bias, conv2's the same, conv3's weight and bias
-    (G_PIECES)."""
+    """G's parameters packed as the C code reads them, (10337,) in the order and shapes of ``G_PIECES``."""
     return torch.cat([phase_kernels(generator.conv1.weight).reshape(-1), generator.conv1.bias,
                       phase_kernels(generator.conv2.weight).reshape(-1), generator.conv2.bias,
                       generator.conv3.weight.reshape(-1), generator.conv3.bias])
