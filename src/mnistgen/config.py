@@ -26,8 +26,7 @@ Number = int | float
 @dataclass(frozen=True)
 class Bound:
     """The interval a numeric field must lie in: each end a number, the name of another field of the same config
-    (``high="lr"``) or None; an open end excludes itself. ``when=(name, value)``: only while field ``name`` equals
-    ``value``. A float field with any bound must also be finite."""
+    (``high="lr"``) or None. ``when=(name, value)``: only while field ``name`` equals ``value``."""
 
     low: Number | str | None = None
     high: Number | str | None = None
@@ -72,7 +71,6 @@ _WRITTEN_OUT_LIMIT = 2**32  # larger integers of the form 2**k - 1 are written a
 
 
 def _end_text(end: Number | str | None, config: Any | None = None) -> str:
-    """A number as a bound writes it (2**64 - 1 rather than its 20 digits), or a field's flag (with its value)."""
     if isinstance(end, str):
         return _flag(end) if config is None else f"{_flag(end)} ({getattr(config, end)})"
     if isinstance(end, int) and end > _WRITTEN_OUT_LIMIT and (end + 1) & end == 0:
@@ -205,7 +203,6 @@ class VAEConfig:
 
 
 def parse_betas(text: str) -> tuple[float, float]:
-    """``"0.5,0.999"`` -> (0.5, 0.999): Adam's two decay rates, each in [0, 1); anything else is a one-line error."""
     try:
         betas = tuple(float(part) for part in text.split(","))
     except ValueError:

@@ -338,7 +338,6 @@ def _read_cached_reference(path: Path, key: str) -> Reference | None:
 
 
 def compute_reference(classifier: Classifier, raw: RawData, batch_size: int = DEFAULT_BATCH_SIZE) -> Reference:
-    """Reference statistics from a loaded dataset (RawData), through the on-disk cache."""
     if raw.provenance.get("sample") or len(raw.train_images) < REFERENCE_TRAIN_IMAGES:
         reason = raw.provenance.get("fallback_reason") or f"{len(raw.train_images):,} training images"
         raise MnistgenError(f"the score's real-vs-real reference needs full MNIST, not a sample ({reason}); "
@@ -412,7 +411,6 @@ def score_images(images: np.ndarray, classifier: Classifier | None = None, refer
 
 
 def format_report(report: dict[str, Any], name: str) -> str:
-    """The score as a few lines of text, the real-vs-real reference beside every number."""
     reference = report[REFERENCE_KEY]
     histogram = "  ".join(f"{digit}:{count}" for digit, count in enumerate(report["class_histogram"]))
     reference_histogram = "  ".join(f"{digit}:{count}" for digit, count in enumerate(reference["class_histogram"]))

@@ -226,10 +226,7 @@ def _trial_config(trial: Trial, where: str = "") -> Any:
         raise UsageError(message if message.startswith(what) else f"{what}: {message}") from None
 
 
-def headline_keys(model: str) -> tuple[str, ...]:
-    return ("held_out_elbo", "train_elbo") if model == "vae" else ("g_loss", "d_loss")
-
-
+HEADLINE_KEYS = {"vae": ("held_out_elbo", "train_elbo"), "gan": ("g_loss", "d_loss")}  # the primary one first
 HIGHER_IS_BETTER = {"held_out_elbo": True, "g_loss": False}
 PRIMARY_TEXT = {
     "vae": "held_out_elbo: the last epoch's ELBO on the held-out images (test_elbo under the hw protocol, "
@@ -250,8 +247,7 @@ def headline_numbers(model: str, metrics: list[dict[str, Any]]) -> dict[str, flo
 
 
 def run_trial(trial: Trial) -> TrialResult:
-    """Train one trial into its folder (skipped where its checkpoint holds all its epochs, else resumed from one);
-    never raises: an error becomes a failed result with its one line."""
+    """Train one trial into its folder, or skip or resume it; never raises: an error becomes a failed result."""
     start = time.perf_counter()
     try:
         import mnistgen
@@ -432,7 +428,7 @@ class ConfigurationSummary:
 
 def summarize(sweep: Sweep, results: Sequence[TrialResult]) -> list[ConfigurationSummary]:
     """One summary per configuration, best first by the primary headline number (those without numbers last)."""
-    keys = headline_keys(sweep.model)
+    keys = HEADLINE_KEYS[sweep.model]
     summaries = []
     for name, settings in sweep.configurations:
         mine = [r for r in results if r.configuration == name]
@@ -450,7 +446,7 @@ def summarize(sweep: Sweep, results: Sequence[TrialResult]) -> list[Configuratio
 def summary_csv(sweep: Sweep, summaries: list[ConfigurationSummary]) -> str:
     """One row per configuration, best first: rank, configuration, its settings, seeds, then per headline number
     its mean, the half-width of the 95% interval and the per-seed values (``;``-separated, in the seeds' order)."""
-    keys = headline_keys(sweep.model)
+    keys = HEADLINE_KEYS[sweep.model]
     setting_names = list(dict.fromkeys(key for _, settings in sweep.configurations for key in settings))
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -473,7 +469,7 @@ def summary_html(sweep: Sweep, summaries: list[ConfigurationSummary], results: S
                  options: SweepOptions) -> str:
     from .report import Markup, escape, format_value, page, section, table
 
-    keys = headline_keys(sweep.model)
+    keys = HEADLINE_KEYS[sweep.model]
 
     def spread(found: Interval | None) -> str:
         if found is None:

@@ -328,7 +328,6 @@ def expected_layout(source: Path) -> Mapping[str, int]:
 
 
 def check_layout(reported: Mapping[str, int], expected: Mapping[str, int], what: str) -> None:
-    """KernelLayoutMismatch (the first difference, and how many more) unless ``reported`` equals ``expected``."""
     differences = [f"{name} is {reported[name] if name in reported else 'missing'}, mnistgen expects {value}"
                    for name, value in expected.items() if reported.get(name) != value]
     differences += [f"{name} = {reported[name]} is unknown to mnistgen" for name in reported if name not in expected]

@@ -31,8 +31,7 @@ Series = list[float | None]  # a metric's value at each epoch of the x axis, Non
 
 def metric_curves(epochs: Sequence[float], panels: Sequence[tuple[str, str, dict[str, Sequence[float]]]],
                   title: str) -> Figure:
-    """One panel per (panel title, y-axis label, {series label: its value at each of ``epochs``, None where an epoch
-    lacks it}), side by side."""
+    """One panel per (title, y label, {series label: its value at each of ``epochs``, or None}), side by side."""
     figure, axes = plt.subplots(1, len(panels), figsize=(PANEL_SIZE[0] * len(panels), PANEL_SIZE[1]),
                                 squeeze=False, layout="constrained")
     for axis, (panel_title, ylabel, series) in zip(axes[0], panels, strict=True):
