@@ -51,7 +51,6 @@ def _accuracy(model: MnistClassifier, images: torch.Tensor, labels: torch.Tensor
 
 def train_classifier(config: ClassifierConfig, raw: RawData, device: torch.device,
                      run: RunDir | None = None, show_progress: bool | None = None) -> ClassifierResult:
-    """Fit the classifier on the training split; returns the best-validation weights and the history."""
     total = len(raw.train_images)
     if not 0 < config.validation_size < total:
         raise DataError(f"--validation-size must be between 1 and {total - 1}, got {config.validation_size}")

@@ -293,8 +293,7 @@ class ScoreConfig:
 
 @dataclass(frozen=True)
 class ReproduceConfig:
-    """``mnistgen reproduce``: the whole specification (VAE, GAN, scores, report) in one run folder, SPEC's
-    defaults; ``--quick`` sets :data:`REPRODUCE_QUICK`'s fields not given as flags."""
+    """``mnistgen reproduce``; ``--quick`` sets :data:`REPRODUCE_QUICK`'s fields not given as flags: same pipeline."""
 
     data: DataConfig = field(default_factory=DataConfig)
     vae_epochs: int = option(VAEConfig.epochs, "VAE training epochs (hw protocol)", POSITIVE)
@@ -313,7 +312,6 @@ class ReproduceConfig:
 
 
 REPRODUCE_QUICK: dict[str, Any] = {"vae_epochs": 10, "gan_epochs": 3, "grid_every": 1, "iw_samples": 50}
-"""``mnistgen reproduce --quick``: a few epochs and smaller estimates; the same pipeline, minutes on 2 CPU cores."""
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,5 @@
-"""The two experiments of docs/theory.md §12 on a trained VAE (what they measure, and why, is there): computations
-on tensors, then :func:`run_elbo_estimators` and :func:`run_fixed_encoder`, which write RUN/experiments/<name>.json
-and <name>.png."""
+"""The two experiments of docs/theory.md §12 (what they measure, and why) on a trained VAE: computations on tensors,
+then :func:`run_elbo_estimators` and :func:`run_fixed_encoder`, which write RUN/experiments/<name>.{json,png}."""
 
 from __future__ import annotations
 
@@ -174,9 +173,8 @@ def shared_q_elbos(parts: VAEParts, images: torch.Tensor, mu: torch.Tensor, logv
 
 def fit_shared_gaussian(parts: VAEParts, mean_image: torch.Tensor, eps: torch.Tensor, max_iterations: int,
                         start_mu: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """The single diagonal Gaussian q that maximizes the training-set mean ELBO, from q = N(start_mu (0), I): by
-    linearity in x a function of ``mean_image`` (784,), its expectation over the fixed eps (S, D), by L-BFGS with a
-    strong-Wolfe line search (which never accepts a step that lowers it)."""
+    """The diagonal Gaussian q maximizing the training-set mean ELBO, a function of ``mean_image`` (784,) over the fixed
+    eps (S, D), from N(start_mu (0), I) by L-BFGS with a strong-Wolfe line search (it never accepts a lower value)."""
     device = mean_image.device
     start = torch.zeros(parts.latent_dim) if start_mu is None else start_mu
     mu = start.clone().to(device).requires_grad_(True)

@@ -1,10 +1,8 @@
-"""Sample quality measured by mnistgen itself: how close a set of 28x28 images in [0, 1] is to MNIST, from the
-128-d features and class probabilities p(y|x) of a small MNIST classifier of mnistgen's own
-(:mod:`mnistgen.models.classifier`, shipped in ``mnistgen/assets`` with its SHA-256): the Frechet distance to the
-10,000 test images, the classifier score (the MNIST analogue of the Inception Score: 1 for one class or no
-confidence, 10 for confident and balanced) and the class histogram. Every score comes with the real-vs-real
-reference: the same numbers for the last 10,000 training images (held out from the classifier's training).
-"""
+"""Sample quality measured by mnistgen itself: how close a set of 28x28 images in [0, 1] is to MNIST by the 128-d
+features and class probabilities of a small MNIST classifier of mnistgen's own (shipped in ``mnistgen/assets``):
+the Frechet distance to the test images, the classifier score (the Inception Score's MNIST analogue: 1 for one class
+or no confidence, 10 for confident and balanced) and the class histogram, each beside the real-vs-real reference
+(the same numbers for the last 10,000 training images, held out from the classifier's training)."""
 
 from __future__ import annotations
 
@@ -212,9 +210,7 @@ def sha256_bytes(data: bytes) -> str:
 
 @dataclass(frozen=True)
 class Classifier:
-    """The classifier in eval mode on its device, with the checksum of the file it came from."""
-
-    model: MnistClassifier
+    model: MnistClassifier  # in eval mode, on ``device``
     sha256: str
     info: dict[str, Any]  # the .json beside the weights: sha256, test accuracy, command, ...
     device: torch.device

@@ -1,6 +1,5 @@
 """``mnistgen sweep SWEEP.toml --out DIR``: many trainings of one model, a grid (or list) of settings times seeds.
-The sweep file, the trials' folders and the summary are described in docs/SCALING.md ('Sweeps, locally and on a
-cluster')."""
+The sweep file, the trials' folders and the summary: docs/SCALING.md, 'Sweeps, locally and on a cluster'."""
 
 from __future__ import annotations
 

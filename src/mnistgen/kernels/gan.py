@@ -1,12 +1,8 @@
-"""The GAN's forward passes on CPU with mnistgen's C kernels (``gan_cpu.c``), as autograd functions.
-
-- **D**, whole: images (B, 1, 28, 28) -> logits (B, 1), with gradients for the images and/or D's 593 parameters;
-  the C code runs eight images per vector register (D's 1- to 8-channel layers fill none in a library's kernels).
-- **G after act1** up to the sigmoid: the two upsample-convolutions (in phase form, :func:`phase_kernels`), act2,
-  act3 and conv3 for act1's output h0 (B, 1568), with gradients for h0 and the convolutions' parameters.
-
-Both equal the spec's modules to float32 rounding (max-pool ties included). The sizes below are the C code's as
-declared here (``LAYOUT``); every C call checks each buffer first. Whether they apply: :mod:`mnistgen.accelerate.gan`.
+"""The GAN's forward passes on CPU with mnistgen's C kernels (``gan_cpu.c``), as autograd functions: D whole, eight
+images per vector register (D's 1- to 8-channel layers fill none in a library's kernels), and G from act1's output to
+before the sigmoid, its upsample-convolutions in phase form. Both equal the spec's modules to float32 rounding
+(max-pool ties included). The sizes below are the C code's as declared here (``LAYOUT``); every C call checks each
+buffer first. Whether they apply is decided in :mod:`mnistgen.accelerate.gan`.
 """
 
 from __future__ import annotations

@@ -1,11 +1,8 @@
 """Building and loading mnistgen's C kernels (``gan_cpu.c``, ``vae_cpu.c``) with the machine's C compiler, as
-docs/TRAINING.md ('The C kernels') describes; docs/RELIABILITY.md says how the cache is guarded. Loading a library
-runs its code as the user, so only what this user built, intact, is loaded: from folders of the user's own, once its
-bytes hash to the SHA-256 recorded when it was built; on Linux hashed and loaded through one open handle
-(``dlopen("/proc/self/fd/N")``), so renaming anything after the checks changes nothing. Calls go through
-:mod:`ctypes`, which releases the GIL; linked with ``-fopenmp``, a library reuses the ``libgomp.so.1`` torch loaded
-(Linux wheels): the kernels run on torch's OpenMP threads.
-"""
+docs/TRAINING.md ('The C kernels') describes. Loading a library runs its code as the user, so only what this user
+built, intact, is loaded (how: docs/RELIABILITY.md). Calls go through :mod:`ctypes`, which releases the GIL; linked
+with ``-fopenmp``, a library reuses the ``libgomp.so.1`` torch loaded (Linux wheels): the kernels run on torch's
+OpenMP threads."""
 
 from __future__ import annotations
 
