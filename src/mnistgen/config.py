@@ -464,14 +464,6 @@ def _parser_of(tp: type):
     return parse
 
 
-def _help(f: dataclasses.Field, default: Any) -> str:
-    """The field's help text, its default, and its bounds: "... (default: 0.5; in (0, 1])"."""
-    text = f.metadata.get("help", "")
-    shown = default is not None and "(default:" not in text
-    details = [*([f"default: {default}"] if shown else []), *(bound.summary() for bound in bounds_of(f))]
-    return f"{text} ({'; '.join(details)})" if details else text
-
-
 def _flag_fields(cls: type, exclude: tuple[str, ...] = ()) -> Iterator[tuple[dataclasses.Field, Any]]:
     """Each field of ``cls`` (a nested config's in its place) that is a flag, with its type, ``int | None`` -> int."""
     hints = typing.get_type_hints(cls)
@@ -486,7 +478,10 @@ def _flag_fields(cls: type, exclude: tuple[str, ...] = ()) -> Iterator[tuple[dat
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str, ...] = ()) -> None:
     for f, tp in _flag_fields(cls, exclude):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text = _help(f, default)
+        text = f.metadata.get("help", "")
+        shown = default is not None and "(default:" not in text  # not where the help says it, nor as None
+        details = [*([f"default: {default}"] if shown else []), *(bound.summary() for bound in bounds_of(f))]
+        help_text = f"{text} ({'; '.join(details)})" if details else text  # "... (default: 0.5; in (0, 1])"
         flag = _flag(f.name)
         if tp is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)

@@ -62,10 +62,6 @@ def _to_groups(images: torch.Tensor) -> torch.Tensor:
     return flat.view(-1, LANES, PIXELS).transpose(1, 2).contiguous()
 
 
-def _from_groups(grouped: torch.Tensor, count: int) -> torch.Tensor:
-    return grouped.transpose(1, 2).reshape(-1, 1, 28, 28)[:count]
-
-
 def _d_forward(grouped: torch.Tensor, parameters: torch.Tensor, logits: torch.Tensor) -> None:
     """mnistgen_d_forward: logits (G, 8) of the image groups (G, 784, 8), D's parameters (593,); buffers checked."""
     groups = len(grouped)
@@ -115,7 +111,7 @@ class _NativeDiscriminator(torch.autograd.Function):
         grad_parameters = torch.empty(D_PARAMETERS) if want_parameters else None
         scratch = torch.empty(len(grouped), D_PARAMETERS) if want_parameters else None
         _d_backward(grouped, parameters, grad, grad_grouped, grad_parameters, scratch)
-        grad_images = _from_groups(grad_grouped, ctx.count) if want_images else None
+        grad_images = grad_grouped.transpose(1, 2).reshape(-1, 1, 28, 28)[:ctx.count] if want_images else None
         return grad_images, grad_parameters
 
 

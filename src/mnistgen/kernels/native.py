@@ -66,15 +66,6 @@ def find_compiler() -> str:
     raise NativeKernelsUnavailable("no C compiler found (set $CC, or install gcc or clang)")
 
 
-def architecture_flags() -> tuple[str, ...]:
-    """AVX2 and FMA on x86-64 processors where torch found them. Not ``-march=native``: the cached library may be
-    loaded on another machine sharing the home folder."""
-    if platform.machine().lower() in ("x86_64", "amd64") and torch.backends.cpu.get_cpu_capability() in (
-            "AVX2", "AVX512"):
-        return ("-mavx2", "-mfma")
-    return ()
-
-
 def compiler_version(compiler: str) -> str:
     try:
         result = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30)
@@ -342,8 +333,13 @@ def _declare(library: ctypes.CDLL, source: Path) -> ctypes.CDLL:
 
 
 def flag_sets() -> list[tuple[str, ...]]:
-    """Compiler flags, best first: with OpenMP, then without (Apple's clang has none unless libomp is installed)."""
-    flags = (*BASE_FLAGS, *architecture_flags())
+    """Compiler flags, best first: with OpenMP, then without (Apple's clang has none unless libomp is installed); AVX2
+    and FMA on x86-64 processors where torch found them, not ``-march=native``: the cached library may be loaded on
+    another machine sharing the home folder."""
+    flags = BASE_FLAGS
+    if platform.machine().lower() in ("x86_64", "amd64") and torch.backends.cpu.get_cpu_capability() in (
+            "AVX2", "AVX512"):
+        flags = (*flags, "-mavx2", "-mfma")
     return [(*flags, "-fopenmp"), flags]
 
 

@@ -207,10 +207,8 @@ class NativeVAEStep:
     def adam_step(self, lr: float, betas: tuple[float, float], eps: float) -> None:
         """One Adam step of every parameter with ``self.gradients`` (PyTorch's Adam, no weight decay)."""
         count = self._parameter_count
-        buffers = (checked_pointer(self.parameters, "Adam: parameters", count),
-                   checked_pointer(self.gradients, "Adam: gradients", count),
-                   checked_pointer(self.exp_avg, "Adam: exp_avg", count),
-                   checked_pointer(self.exp_avg_sq, "Adam: exp_avg_sq", count))
+        buffers = [checked_pointer(getattr(self, name), f"Adam: {name}", count)
+                   for name in ("parameters", "gradients", "exp_avg", "exp_avg_sq")]
         self.adam_steps += 1
         beta1, beta2 = betas
         adam = _AdamStep(beta1=beta1, beta2=beta2, step_size=lr / (1.0 - beta1 ** self.adam_steps),
