@@ -1,9 +1,6 @@
-"""Training the classifier of ``mnistgen score``: the training split only, validation carved from its end.
-
-The first ``60,000 - validation_size`` training images are fitted (cross-entropy, Adam, cosine decay
-of the learning rate to 0); the last ``validation_size`` pick the epoch whose weights are kept. The
-10k test images are touched once, at the end, to report the accuracy shipped with the weights.
-"""
+"""Training the classifier of ``mnistgen score`` on the training split only (validation carved from its end, as
+:class:`mnistgen.config.ClassifierConfig` says); the 10k test images are touched once, at the end, to report the
+accuracy shipped with the weights."""
 
 from __future__ import annotations
 
@@ -54,7 +51,6 @@ def _accuracy(model: MnistClassifier, images: torch.Tensor, labels: torch.Tensor
 
 def train_classifier(config: ClassifierConfig, raw: RawData, device: torch.device,
                      run: RunDir | None = None, show_progress: bool | None = None) -> ClassifierResult:
-    """Fit the classifier on the training split; returns the best-validation weights and the history."""
     total = len(raw.train_images)
     if not 0 < config.validation_size < total:
         raise DataError(f"--validation-size must be between 1 and {total - 1}, got {config.validation_size}")
@@ -111,9 +107,8 @@ def train_classifier(config: ClassifierConfig, raw: RawData, device: torch.devic
 
 def train_and_save(config: ClassifierConfig, out: str, raw: RawData, device: torch.device,
                    argv: list[str] | None = None) -> dict[str, Any]:
-    """Train, measure the test accuracy once, and write OUT/classifier.pt + classifier.json (+ config, metrics).
-
-    Copy those two files into ``src/mnistgen/assets/`` to ship them."""
+    """Train, measure the test accuracy once, and write OUT/classifier.pt + classifier.json (+ config, metrics); copy
+    those two files into ``src/mnistgen/assets/`` to ship them."""
     from .files import write_json
     from .scoring import WEIGHTS_NAME, accuracy, load_classifier, metadata_path, save_classifier
 

@@ -1,11 +1,5 @@
-"""Every default of mnistgen, as typed frozen dataclasses, their bounds, and their one-to-one mapping onto CLI flags.
-
-Each field is a flag of the same name (``batch_size`` -> ``--batch-size``; a ``Literal`` gives ``choices``, a
-``bool`` an on/off switch, a nested config its own fields' flags). Configs are saved as JSON (:func:`to_dict`) and
-read back with :func:`from_dict`. A numeric field declares its :class:`Bound` s with :func:`option`;
-:func:`validate` refuses the first value out of bounds in one line naming its flag, and :func:`config_from_args`
-and :func:`from_dict` call it, so no config that no run could use leaves this module.
-"""
+"""Every default of mnistgen, as typed frozen dataclasses, their bounds, and their one-to-one mapping onto CLI flags
+(``batch_size`` -> ``--batch-size``). Every config that leaves this module has passed :func:`validate`."""
 
 from __future__ import annotations
 
@@ -32,17 +26,13 @@ Number = int | float
 @dataclass(frozen=True)
 class Bound:
     """The interval a numeric field must lie in: each end a number, the name of another field of the same config
-    (``high="lr"``) or None; an open end excludes itself. ``when=(name, value)``: only while field ``name`` equals
-    ``value``. A float field with any bound must also be finite."""
+    (``high="lr"``) or None. ``when=(name, value)``: only while field ``name`` equals ``value``."""
 
     low: Number | str | None = None
     high: Number | str | None = None
     low_open: bool = False
     high_open: bool = False
     when: tuple[str, Any] | None = None
-
-    def applies(self, config: Any) -> bool:
-        return self.when is None or getattr(config, self.when[0]) == self.when[1]
 
     def admits(self, value: Number, config: Any) -> bool:
         low, high = (getattr(config, end) if isinstance(end, str) else end for end in (self.low, self.high))
@@ -51,8 +41,7 @@ class Bound:
         return above_low and below_high
 
     def requirement(self, integer: bool, config: Any | None = None) -> str:
-        """What the bound asks for, in words: "a positive integer", "0 or more", "in (0, 1]", "<= --lr (0.001)" (the
-        field's value shown with ``config``)."""
+        """What the bound asks for, in words: "a positive integer", "0 or more", "in (0, 1]", "<= --lr (0.001)"."""
         low, high = _end_text(self.low, config), _end_text(self.high, config)
         if self.low == 0 and self.high is None:
             if self.low_open:
@@ -82,7 +71,6 @@ _WRITTEN_OUT_LIMIT = 2**32  # larger integers of the form 2**k - 1 are written a
 
 
 def _end_text(end: Number | str | None, config: Any | None = None) -> str:
-    """A number as a bound writes it (2**64 - 1 rather than its 20 digits), or a field's flag (with its value)."""
     if isinstance(end, str):
         return _flag(end) if config is None else f"{_flag(end)} ({getattr(config, end)})"
     if isinstance(end, int) and end > _WRITTEN_OUT_LIMIT and (end + 1) & end == 0:
@@ -91,8 +79,7 @@ def _end_text(end: Number | str | None, config: Any | None = None) -> str:
 
 
 def option(default: Any, help: str, *bounds: Bound, check: Any = None) -> Any:  # noqa: A002 - mirrors argparse
-    """A field with a default, its flag's help and its bounds; ``check(value, config)`` refuses (one line) what no
-    bound can describe."""
+    """A field with its flag's help and bounds; ``check(value, config)`` refuses (one line) what no bound describes."""
     return field(default=default, metadata={"help": help, "bounds": bounds, "check": check})
 
 
@@ -127,14 +114,12 @@ def _check_replicas(replicas: int, config: Any) -> None:
 
 
 def replica_seeds(config: Any) -> tuple[int, ...]:
-    """The seeds a VAE or GAN config trains: ``--seeds``, else ``--replicas`` seeds counting up from ``--seed``."""
     if config.seeds is not None:
         return parse_seeds(config.seeds)
     return tuple(range(config.seed, config.seed + config.replicas))
 
 
 def is_replicated(config: Any) -> bool:
-    """Whether ``config`` trains replicas (``--seeds`` or ``--replicas`` > 1): a run folder of ``seed=N`` folders."""
     return config.seeds is not None or config.replicas > 1
 
 
@@ -143,11 +128,10 @@ def replica_config(config: Any, seed: int) -> Any:
     return dataclasses.replace(config, seed=seed, replicas=1, seeds=None)
 
 
-_REPLICAS_HELP = ("train this many seeds, counting up from --seed, as replicas of one batched run; RUN then holds "
-                  "one single-seed run folder per seed, RUN/seed=N")
+_REPLICA_FOLDERS = "RUN then holds one single-seed run folder per seed, RUN/seed=N"
+_REPLICAS_HELP = f"train this many seeds, counting up from --seed, as replicas of one batched run; {_REPLICA_FOLDERS}"
 _SEEDS_HELP = ("comma-separated seeds trained as replicas of one batched run, instead of --seed and --replicas "
-               "(e.g. 1234,1235,1236); RUN then holds one single-seed run folder per seed, RUN/seed=N (default: --seed "
-               "and --replicas decide)")
+               f"(e.g. 1234,1235,1236); {_REPLICA_FOLDERS} (default: --seed and --replicas decide)")
 
 
 @dataclass(frozen=True)
@@ -219,7 +203,6 @@ class VAEConfig:
 
 
 def parse_betas(text: str) -> tuple[float, float]:
-    """``"0.5,0.999"`` -> (0.5, 0.999): Adam's two decay rates, each in [0, 1); anything else is a one-line error."""
     try:
         betas = tuple(float(part) for part in text.split(","))
     except ValueError:
@@ -236,8 +219,7 @@ GAN_RECIPES: dict[str, dict[str, Any]] = {
     # the best of the combinations measured over 3 seeds at epochs 30 and 100 (docs/BENCHMARKS.md)
     "improved": {"lr_d": 1e-3, "lr_g": 2e-4, "betas": "0.5,0.999", "ema_decay": 0.999, "batch_size": 64},
 }
-"""``--recipe``: the values a recipe gives the GAN's training options that are not given as flags (or keywords).
-``spec`` is SPEC §3's defaults, exactly the fields' own defaults."""
+"""``--recipe``'s values (applied by :func:`config_from_args`); ``spec`` is SPEC §3's, the fields' own defaults."""
 
 
 def recipe_text(values: dict[str, Any]) -> str:
@@ -246,11 +228,10 @@ def recipe_text(values: dict[str, Any]) -> str:
                      for name, value in values.items())
 
 
-_RECIPE_HELP = (
-    "a set of training options, applied to those not given as flags: "
-    + "; ".join(f"{name} ({recipe_text(values)})" for name, values in GAN_RECIPES.items())
-    + "; improved is the best combination measured (docs/BENCHMARKS.md). config.json records the recipe and every "
-    "value taken")
+_RECIPE_HELP = ("a set of training options, applied to those not given as flags: "
+                + "; ".join(f"{name} ({recipe_text(values)})" for name, values in GAN_RECIPES.items())
+                + "; improved is the best combination measured (docs/BENCHMARKS.md). config.json records the recipe "
+                "and every value taken")
 
 
 @dataclass(frozen=True)
@@ -269,8 +250,7 @@ class GANConfig:
         None, "keep an exponential moving average of G's weights, ema = D*ema + (1-D)*w after each G step, starting "
         "from G's initial weights (so it needs well over 1/(1-D) steps; 234 steps per epoch with SPEC's defaults); "
         "RUN/grids, `gan plot`, `gan sample` and scores then use the average (RUN/grids/raw and --raw: the trained "
-        "G) (default: off, as SPEC §3)",
-        Bound(low=0, high=1, low_open=True, high_open=True))
+        "G) (default: off, as SPEC §3)", Bound(low=0, high=1, low_open=True, high_open=True))
     recipe: Literal["spec", "improved"] = option("spec", _RECIPE_HELP)
     zdim: int = option(64, "dimension of the generator's input noise z ~ U[-1, 1]^zdim", POSITIVE)
     seed: int = option(2, "seed that fixes the whole run", SEED_BOUND)
@@ -301,8 +281,6 @@ class ClassifierConfig:
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    """``mnistgen score``: which classifier, which real data, where to compute."""
-
     data: DataConfig = field(default_factory=DataConfig)
     weights: str | None = option(
         None, "classifier weights, a .pt with its .json beside it (default: the ones shipped with mnistgen)")
@@ -315,8 +293,7 @@ class ScoreConfig:
 
 @dataclass(frozen=True)
 class ReproduceConfig:
-    """``mnistgen reproduce``: the whole specification (VAE, GAN, scores, report) in one run folder, SPEC's
-    defaults; ``--quick`` sets :data:`REPRODUCE_QUICK`'s fields not given as flags."""
+    """``mnistgen reproduce``; ``--quick`` sets :data:`REPRODUCE_QUICK`'s fields not given as flags: same pipeline."""
 
     data: DataConfig = field(default_factory=DataConfig)
     vae_epochs: int = option(VAEConfig.epochs, "VAE training epochs (hw protocol)", POSITIVE)
@@ -335,7 +312,6 @@ class ReproduceConfig:
 
 
 REPRODUCE_QUICK: dict[str, Any] = {"vae_epochs": 10, "gan_epochs": 3, "grid_every": 1, "iw_samples": 50}
-"""``mnistgen reproduce --quick``: a few epochs and smaller estimates; the same pipeline, minutes on 2 CPU cores."""
 
 
 @dataclass(frozen=True)
@@ -378,8 +354,6 @@ class FixedEncoderConfig:
 
 @dataclass(frozen=True)
 class GANSampleConfig:
-    """``mnistgen gan sample RUN``: images from a trained GAN's generator."""
-
     seed: int | None = option(None, "seed of the noise z (default: the run's training seed)", SEED_BOUND)
     device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "where to compute")
     raw: bool = option(False, "a run trained with --ema-decay: sample the trained G rather than the moving average "
@@ -388,16 +362,16 @@ class GANSampleConfig:
 
 @dataclass(frozen=True)
 class GANPlotConfig:
-    """``mnistgen gan plot RUN``: the progress figure of a GAN run."""
-
     epochs: str = option("0,30,70", "comma-separated epochs whose saved grids are shown side by side (SPEC §3)")
     raw: bool = option(False, "a run trained with --ema-decay: show the trained G's grids (RUN/grids/raw) rather "
                        "than those of the moving average of its weights (the default there)")
 
 
+_TYPE_NAMES = {bool: "true or false", str: "text"}
+
+
 def validate(config: Any) -> None:
-    """Refuse, in one line naming the flag, the first value of ``config`` (or of a config nested in it) out of its
-    bounds, its ``Literal``'s choices or its type; an optional field left unset (None) has nothing to check."""
+    """Refuse, in one line naming its flag, the first value of ``config`` (nested configs too) that no run could use."""
     hints = typing.get_type_hints(type(config))
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
@@ -415,24 +389,16 @@ def validate(config: Any) -> None:
                                     f", got {value!r}")
         elif bounds_of(f):  # a bound also refuses a value of the wrong kind, saying which numbers it takes
             _check_bounds(f.name, value, field_type is int, bounds_of(f), config)
-        else:
-            _check_type(f.name, value, field_type)
+        elif not isinstance(value, field_type):  # text or a switch: every number has a bound
+            raise MnistgenError(f"{_flag(f.name)} must be {_TYPE_NAMES.get(field_type, field_type.__name__)}, "
+                                f"got {value!r}")
         if f.metadata.get("check") is not None and value is not None:
             f.metadata["check"](value, config)
 
 
-_TYPE_NAMES = {bool: "true or false", str: "text"}
-
-
-def _check_type(name: str, value: Any, field_type: type) -> None:
-    """A field without bounds: text or a switch (every number has a bound)."""
-    if not isinstance(value, field_type):
-        raise MnistgenError(f"{_flag(name)} must be {_TYPE_NAMES.get(field_type, field_type.__name__)}, got {value!r}")
-
-
 def _check_bounds(name: str, value: Any, integer: bool, bounds: tuple[Bound, ...], config: Any) -> None:
     for bound in bounds:
-        if not bound.applies(config):
+        if bound.when is not None and getattr(config, bound.when[0]) != bound.when[1]:
             continue
         if not (_is_number(value, integer) and bound.admits(value, config)):
             requirement = bound.requirement(integer, config) + bound.condition()
@@ -452,8 +418,7 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 def from_dict(cls: type, values: dict[str, Any]) -> Any:
-    """Rebuild and :func:`validate` a config from :func:`to_dict`'s output; unknown keys are refused, missing ones
-    default."""
+    """Rebuild and validate a config from :func:`to_dict`'s output; unknown keys are refused, missing ones default."""
     config = _build(cls, values)
     validate(config)
     return config
@@ -463,8 +428,7 @@ def _build(cls: type, values: dict[str, Any]) -> Any:
     if not isinstance(values, dict):
         raise MnistgenError(f"a {cls.__name__} must be a JSON object of its fields, got {values!r}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(values) - names
+    unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
     if unknown:
         raise MnistgenError(f"unknown {cls.__name__} field(s): {', '.join(sorted(unknown))}")
     kwargs = {}
@@ -500,18 +464,8 @@ def _parser_of(tp: type):
     return parse
 
 
-def _help(f: dataclasses.Field, default: Any) -> str:
-    """The field's help text, its default, and its bounds: "... (default: 0.5; in (0, 1])". The default is shown
-    once: not where the help text says it already, nor as "None" for a field that is unset by default."""
-    text = f.metadata.get("help", "")
-    shown = default is not None and "(default:" not in text
-    details = [*([f"default: {default}"] if shown else []), *(bound.summary() for bound in bounds_of(f))]
-    return f"{text} ({'; '.join(details)})" if details else text
-
-
 def _flag_fields(cls: type, exclude: tuple[str, ...] = ()) -> Iterator[tuple[dataclasses.Field, Any]]:
-    """Each field of ``cls`` that is a flag, with its type (``int | None`` -> ``int``): a nested config's in its
-    place."""
+    """Each field of ``cls`` (a nested config's in its place) that is a flag, with its type, ``int | None`` -> int."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp = _base_type(hints[f.name])
@@ -522,26 +476,26 @@ def _flag_fields(cls: type, exclude: tuple[str, ...] = ()) -> Iterator[tuple[dat
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str, ...] = ()) -> None:
-    """Add one flag per field of ``cls`` (and of configs nested in it)."""
     for f, tp in _flag_fields(cls, exclude):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text = _help(f, default)
+        text = f.metadata.get("help", "")
+        shown = default is not None and "(default:" not in text  # not where the help says it, nor as None
+        details = [*([f"default: {default}"] if shown else []), *(bound.summary() for bound in bounds_of(f))]
+        help_text = f"{text} ({'; '.join(details)})" if details else text  # "... (default: 0.5; in (0, 1])"
         flag = _flag(f.name)
         if tp is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif typing.get_origin(tp) is Literal:
-            choices = list(typing.get_args(tp))
-            parser.add_argument(flag, dest=f.name, choices=choices, default=None, help=help_text)
+            parser.add_argument(flag, dest=f.name, choices=list(typing.get_args(tp)), default=None, help=help_text)
         else:
             parser.add_argument(flag, dest=f.name, type=_parser_of(tp), default=None,
                                 metavar=f.name.upper(), help=help_text)
 
 
 def config_from_args(cls: type, args: argparse.Namespace, base: Any | None = None) -> Any:
-    """Build ``cls`` from parsed flags, each given one overriding ``base`` (or the defaults), then :func:`validate`
-    it (:class:`UsageError`: exit 2). Without ``base``, a ``--recipe`` given first sets its :data:`GAN_RECIPES`
-    fields (flags still win; an unknown recipe is left to :func:`validate`); with ``base`` (a resumed run) a changed
-    recipe is a change of setting."""
+    """Build ``cls`` from parsed flags, each given one overriding ``base`` (or the defaults), then validate it
+    (:class:`UsageError`: exit 2). Without ``base``, a ``--recipe`` sets its :data:`GAN_RECIPES` fields first (flags
+    still win); with ``base`` (a resumed run) a changed recipe is a change of setting."""
     if base is None:
         base = cls()
         recipe = getattr(args, "recipe", None)
@@ -567,11 +521,8 @@ def _replace_from_args(cls: type, args: argparse.Namespace, base: Any) -> Any:
     return dataclasses.replace(base, **changes)
 
 
-# --------------------------------------------------------------------------- keyword arguments -> config
-
 def _coerce(value: Any, tp: Any) -> Any:
-    """What a notebook naturally passes, as the CLI's parsed flag would hold it: a path for a text setting, a NumPy
-    integer for an int, an int for a float. Anything else is left for :func:`mnistgen.config.validate` to refuse."""
+    """What a notebook passes (a path, a NumPy integer, an int for a float) as the CLI's parsed flag would hold it."""
     if isinstance(value, bool) or value is None:
         return value
     if tp is str and isinstance(value, os.PathLike):
@@ -586,10 +537,8 @@ def _coerce(value: Any, tp: Any) -> Any:
 def config_from_settings(cls: type, settings: dict[str, Any], base: Any | None, what: str,
                          exclude: tuple[str, ...] = ()) -> Any:
     """``cls`` built from keyword settings exactly as the CLI builds it from flags: one keyword per flag (the nested
-    DataConfig's fields too: ``data_dir=``, ``dataset=``, ``offline=``), None for "not given", over ``base`` (the
-    stored config on resume) or the defaults; validated with the CLI's messages.
-
-    An unknown name is a one-line :class:`MnistgenError` naming it and the closest setting (or all of them)."""
+    DataConfig's fields too: ``data_dir=``), None for "not given", over ``base`` (the stored config on resume) or the
+    defaults."""
     known = {f.name: tp for f, tp in _flag_fields(cls, exclude)}  # {name: type}, nested configs' fields too
     unknown = [name for name in settings if name not in known]
     if unknown:

@@ -1,12 +1,5 @@
-"""The two experiments of docs/theory.md §12 on a trained VAE: computations on tensors, then run folders.
-
-- :func:`elbo_estimator_study`: Eq. 1 (closed-form KL) against Eq. 2 (Monte Carlo KL) on the same draws of eps
-  (their difference is exactly the KL term's noise): variance of the per-image estimate and of the gradient.
-- :func:`fixed_encoder_study`: the test ELBO with the trained encoder, with q = N(0, I), and with the best single
-  Gaussian q shared by all x.
-
-:func:`run_elbo_estimators` and :func:`run_fixed_encoder` write RUN/experiments/<name>.json and <name>.png.
-"""
+"""The two experiments of docs/theory.md §12 (what they measure, and why) on a trained VAE: computations on tensors,
+then :func:`run_elbo_estimators` and :func:`run_fixed_encoder`, which write RUN/experiments/<name>.{json,png}."""
 
 from __future__ import annotations
 
@@ -51,15 +44,6 @@ class VAEParts:
     latent_dim: int
 
 
-def one_sample_elbos(parts: VAEParts, images: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eq. 1 (closed-form KL) and Eq. 2 one-sample estimates per image at z = mu + sigma * eps, the same eps:
-    images (B, 784), eps (B, D) -> two (B,) tensors."""
-    mu, logvar = parts.encode(images)
-    z = mu + (0.5 * logvar).exp() * eps
-    logits = parts.decode_logits(z)  # one decoder pass serves both: they differ only in the KL term
-    return elbo_analytic(images, logits, mu, logvar), elbo_mc(images, logits, z, mu, logvar)
-
-
 class _RunningMoments:
     """Running mean and variance of a vector: float64 sums (on the CPU) of deviations from the first value,
     which keeps the sum of squares free of cancellation."""
@@ -97,8 +81,7 @@ def _flat_gradients(value: torch.Tensor, groups: dict[str, Sequence[torch.nn.Par
 def elbo_estimator_study(parts: VAEParts, images: torch.Tensor, draws: int, generator: torch.Generator,
                          show_progress: bool | None = None) -> dict:
     """Variance of Eq. 1 and Eq. 2 over ``draws`` independent eps (B, D), for each image (B, 784) and for the
-    gradients of each estimator's batch mean per parameter group. eps being independent per image, B times the
-    batch-mean gradient's variance is the average per-image gradient variance (``trace_covariance_per_image``)."""
+    gradients of each estimator's batch mean per parameter group (times B: per image, docs/theory.md §12.1)."""
     if draws < 2:
         raise ValueError("a variance needs at least 2 draws")
     batch = images.shape[0]
@@ -109,7 +92,10 @@ def elbo_estimator_study(parts: VAEParts, images: torch.Tensor, draws: int, gene
     with progress(draws, "elbo-estimators draws", enabled=show_progress) as bar:
         for k in range(draws):
             eps = torch.randn(batch, parts.latent_dim, generator=generator).to(device)
-            eq1, eq2 = one_sample_elbos(parts, images, eps)
+            mu, logvar = parts.encode(images)
+            z = mu + (0.5 * logvar).exp() * eps
+            logits = parts.decode_logits(z)  # one decoder pass serves both: they differ only in the KL term
+            eq1, eq2 = elbo_analytic(images, logits, mu, logvar), elbo_mc(images, logits, z, mu, logvar)  # (B,) each
             values["eq1"][k], values["eq2"][k] = eq1.detach().cpu(), eq2.detach().cpu()
             # one backward pass per estimator, for all parameters at once, then split into the groups
             g1 = _flat_gradients(eq1.mean(), parts.parameter_groups)
@@ -187,9 +173,8 @@ def shared_q_elbos(parts: VAEParts, images: torch.Tensor, mu: torch.Tensor, logv
 
 def fit_shared_gaussian(parts: VAEParts, mean_image: torch.Tensor, eps: torch.Tensor, max_iterations: int,
                         start_mu: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """The single diagonal Gaussian q that maximizes the training-set mean ELBO, from q = N(start_mu (0), I): by
-    linearity in x a function of ``mean_image`` (784,), its expectation over the fixed eps (S, D), by L-BFGS with a
-    strong-Wolfe line search (which never accepts a step that lowers it)."""
+    """The diagonal Gaussian q maximizing the training-set mean ELBO, a function of ``mean_image`` (784,) over the fixed
+    eps (S, D), from N(start_mu (0), I) by L-BFGS with a strong-Wolfe line search (it never accepts a lower value)."""
     device = mean_image.device
     start = torch.zeros(parts.latent_dim) if start_mu is None else start_mu
     mu = start.clone().to(device).requires_grad_(True)
@@ -244,9 +229,8 @@ def _mean_and_se(values: torch.Tensor) -> dict[str, float]:
 def fixed_encoder_study(parts: VAEParts, train_images: torch.Tensor, test_images: torch.Tensor, draws: int,
                         shared_samples: int, max_iterations: int, starts: int, generator: torch.Generator,
                         show_progress: bool | None = None) -> dict:
-    """Test-set ELBO with (a) the trained encoder, (b) q = N(0, I) for every x, (c) the best shared Gaussian, fitted
-    (on the mean training image, ``shared_samples`` draws; fresh ones for the test) from ``starts`` points, N(0, I)
-    then N(m, I) with m from the prior, keeping the best (it may have several local maxima)."""
+    """Test-set ELBO with the trained encoder, with q = N(0, I) and with the best shared Gaussian (docs/theory.md
+    §12.2), fitted from ``starts`` points, keeping the best (it may have several local maxima)."""
     device = test_images.device
     latent = parts.latent_dim
     fit_eps = torch.randn(shared_samples, latent, generator=generator).to(device)

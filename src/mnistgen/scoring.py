@@ -1,23 +1,8 @@
-"""Sample quality measured by mnistgen itself: how close a set of 28x28 images in [0, 1] is to MNIST.
-
-A small MNIST classifier of mnistgen's own (:mod:`mnistgen.models.classifier`, shipped in ``mnistgen/assets`` with
-its SHA-256) maps each image to a 128-d feature vector and to class probabilities p(y|x). From them:
-
-- **Frechet distance** between the features of the images and of the 10,000 MNIST test images,
-  ``||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2))`` in float64. ``Tr (S1 S2)^(1/2)`` is the sum of the square roots
-  of the eigenvalues of the symmetric PSD matrix ``S1^(1/2) S2 S1^(1/2)`` (same spectrum as ``S1 S2``), so numpy's
-  ``eigh`` suffices and scipy is not needed at runtime.
-- **Classifier score** ``exp(E_x KL(p(y|x) || p(y)))`` with ``p(y)`` the mean of ``p(y|x)`` over the set: the MNIST
-  analogue of the Inception Score, between 1 (one class, or no confidence) and 10 (confident and balanced).
-- **Class histogram**: how many images the classifier assigns to each digit.
-
-These numbers are one record, :class:`SetScore`, written into FILE.score.json (:func:`write_report`) and read back,
-checked once, by :func:`read_score`.
-
-Every score comes with the **real-vs-real reference**: the same numbers for 10,000 real training images (the last
-10,000, held out from the classifier's training) against the test images, cached in the user cache, keyed by the
-classifier's checksum and the checksums of the image bytes they came from.
-"""
+"""Sample quality measured by mnistgen itself: how close a set of 28x28 images in [0, 1] is to MNIST by the 128-d
+features and class probabilities of a small MNIST classifier of mnistgen's own (shipped in ``mnistgen/assets``):
+the Frechet distance to the test images, the classifier score (the Inception Score's MNIST analogue: 1 for one class
+or no confidence, 10 for confident and balanced) and the class histogram, each beside the real-vs-real reference
+(the same numbers for the last 10,000 training images, held out from the classifier's training)."""
 
 from __future__ import annotations
 
@@ -64,15 +49,12 @@ def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return features.mean(axis=0), np.cov(features, rowvar=False)
 
 
-def _sqrt_psd(matrix: np.ndarray) -> np.ndarray:
-    """Symmetric square root of a symmetric PSD matrix (round-off negative eigenvalues clipped to 0)."""
-    eigenvalues, eigenvectors = np.linalg.eigh((matrix + matrix.T) / 2.0)
-    return (eigenvectors * np.sqrt(np.clip(eigenvalues, 0.0, None))) @ eigenvectors.T
-
-
 def trace_sqrt_product(cov1: np.ndarray, cov2: np.ndarray) -> float:
-    """Tr (S1 S2)^(1/2) for PSD S1, S2: the eigenvalues of S1 S2 are those of S1^(1/2) S2 S1^(1/2) >= 0."""
-    root1 = _sqrt_psd(np.asarray(cov1, dtype=np.float64))
+    """Tr (S1 S2)^(1/2) for PSD S1, S2: the eigenvalues of S1 S2 are those of S1^(1/2) S2 S1^(1/2) >= 0, so numpy's
+    ``eigh`` suffices (no scipy at runtime); round-off negative eigenvalues are clipped to 0."""
+    cov1 = np.asarray(cov1, dtype=np.float64)
+    eigenvalues, eigenvectors = np.linalg.eigh((cov1 + cov1.T) / 2.0)
+    root1 = (eigenvectors * np.sqrt(np.clip(eigenvalues, 0.0, None))) @ eigenvectors.T  # S1^(1/2)
     middle = root1 @ np.asarray(cov2, dtype=np.float64) @ root1  # (D, D), symmetric PSD
     eigenvalues = np.linalg.eigvalsh((middle + middle.T) / 2.0)
     return float(np.sqrt(np.clip(eigenvalues, 0.0, None)).sum())
@@ -104,8 +86,8 @@ def class_histogram(probabilities: np.ndarray) -> list[int]:
 
 
 def check_images(array: Any, what: str = "images") -> np.ndarray:
-    """Accept an (N, 28, 28) array with N >= 2: float32/float64 in [0, 1], or uint8 levels 0-255 (as MNIST stores
-    pixels; read as level / 255, SPEC §1). Returns it as floats in [0, 1]; anything else is a one-line error."""
+    """An (N >= 2, 28, 28) array of float32/float64 in [0, 1], or of uint8 levels 0-255 (as MNIST stores pixels),
+    as floats in [0, 1] (level / 255, SPEC §1); anything else is a one-line error."""
     if not isinstance(array, np.ndarray):
         raise MnistgenError(f"{what}: expected a numpy array, got {type(array).__name__}")
     if array.dtype not in (np.float32, np.float64, np.uint8):
@@ -128,7 +110,6 @@ _HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.f
 
 
 def check_finite_values(array: np.ndarray, what: str) -> None:
-    """Refuse, in one line naming ``what``, an array holding NaN or infinite values (counting each kind)."""
     nan_count = int(np.isnan(array).sum())
     if nan_count:
         raise MnistgenError(f"{what}: {nan_count} NaN value(s)")
@@ -185,8 +166,7 @@ def load_npz_images(path: Path) -> np.ndarray:
 
 
 def load_images(path: str | os.PathLike) -> np.ndarray:
-    """Read and check an (N, 28, 28) array from a .npy file, or from an .npz archive of one array (:func:`read_array`).
-    Returns floats in [0, 1] (see :func:`check_images`)."""
+    """An (N, 28, 28) array from a .npy file or an .npz archive of one array, as :func:`check_images` returns it."""
     path = Path(path)
     if not path.is_file():
         raise MnistgenError(f"{path}: no such file")
@@ -230,9 +210,7 @@ def sha256_bytes(data: bytes) -> str:
 
 @dataclass(frozen=True)
 class Classifier:
-    """The classifier in eval mode on its device, with the checksum of the file it came from."""
-
-    model: MnistClassifier
+    model: MnistClassifier  # in eval mode, on ``device``
     sha256: str
     info: dict[str, Any]  # the .json beside the weights: sha256, test accuracy, command, ...
     device: torch.device
@@ -240,7 +218,6 @@ class Classifier:
 
 
 def save_classifier(weights: Path, state_dict: dict[str, torch.Tensor], info: dict[str, Any]) -> dict[str, Any]:
-    """Write the state_dict and, beside it, a .json with its SHA-256 and ``info``; returns that JSON."""
     buffer = io.BytesIO()
     torch.save({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, buffer)
     data = buffer.getvalue()
@@ -303,7 +280,6 @@ def classify(classifier: Classifier, images: np.ndarray | torch.Tensor, batch_si
 
 def accuracy(classifier: Classifier, images: np.ndarray | torch.Tensor, labels: np.ndarray,
              batch_size: int = DEFAULT_BATCH_SIZE) -> float:
-    """Fraction of images whose most probable class is their label."""
     _, probabilities = classify(classifier, images, batch_size)
     return float((probabilities.argmax(axis=1) == np.asarray(labels)).mean())
 
@@ -358,7 +334,6 @@ def _read_cached_reference(path: Path, key: str) -> Reference | None:
 
 
 def compute_reference(classifier: Classifier, raw: RawData, batch_size: int = DEFAULT_BATCH_SIZE) -> Reference:
-    """Reference statistics from a loaded dataset (RawData), through the on-disk cache."""
     if raw.provenance.get("sample") or len(raw.train_images) < REFERENCE_TRAIN_IMAGES:
         reason = raw.provenance.get("fallback_reason") or f"{len(raw.train_images):,} training images"
         raise MnistgenError(f"the score's real-vs-real reference needs full MNIST, not a sample ({reason}); "
@@ -385,9 +360,8 @@ def compute_reference(classifier: Classifier, raw: RawData, batch_size: int = DE
 
 def reference_statistics(classifier: Classifier, data: DataConfig | None = None,
                          batch_size: int = DEFAULT_BATCH_SIZE) -> Reference:
-    """The cached reference of full MNIST as ``data`` says (default: the default DataConfig). Files that are missing
-    and cannot be had are one line with the reason, not the 5,000-digit stand-in's warning (which suggests a --dataset
-    flag score does not have) followed by the reference's refusal of the stand-in."""
+    """The cached reference of full MNIST as ``data`` says. Missing files that cannot be had are one line with the
+    reason, not the 5,000-digit stand-in's warning (naming a --dataset flag that score lacks) and its refusal."""
     data = data if data is not None else DataConfig()
     if data.dataset != "mnist":
         raise MnistgenError(f"the score's reference is real MNIST, not {data.dataset}")
@@ -433,7 +407,6 @@ def score_images(images: np.ndarray, classifier: Classifier | None = None, refer
 
 
 def format_report(report: dict[str, Any], name: str) -> str:
-    """The score as a few lines of text, the real-vs-real reference beside every number."""
     reference = report[REFERENCE_KEY]
     histogram = "  ".join(f"{digit}:{count}" for digit, count in enumerate(report["class_histogram"]))
     reference_histogram = "  ".join(f"{digit}:{count}" for digit, count in enumerate(reference["class_histogram"]))

@@ -1,18 +1,11 @@
 """``mnistgen sweep SWEEP.toml --out DIR``: many trainings of one model, a grid (or list) of settings times seeds.
-
-The sweep file's format is in the README ('Sweeps, locally and on a cluster'): ``model``, ``seeds`` or ``replicas``,
-``[base]``, and ``[grid]`` or ``[[list]]`` tables whose keys are settings of ``vae train`` or ``gan train``. Each
-trial is an ordinary run folder, ``DIR/trials/<configuration>/seed=<seed>``, trained by :func:`mnistgen.train_vae` /
-:func:`mnistgen.train_gan` in a spawned process (``engine="local"``) or a Ray task (``engine="ray"``); a rerun skips
-finished trials and resumes the others; a failing trial is reported in one line and the others go on.
-``DIR/summary.csv`` and ``DIR/summary.html``: per configuration, each headline number's mean over its seeds with a
-95% Student-t interval, best first.
-"""
+The sweep file, the trials' folders and the summary: docs/SCALING.md, 'Sweeps, locally and on a cluster'."""
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import io
 import itertools
 import math
@@ -34,7 +27,6 @@ from .stats import Interval, interval, t_quantile_975  # noqa: F401 - t_quantile
 SPEC_KEYS = ("model", "seeds", "replicas", "base", "grid", "list")
 MODELS = {"vae": VAEConfig, "gan": GANConfig}
 NAME_LIMIT = 120  # characters of a configuration's folder name; longer ones end in a hash
-RAY_INSTALL = 'pip install "mnistgen[ray]"'
 PRIVATE_RAY_ENVIRONMENT = {
     "RAY_USAGE_STATS_ENABLED": "0",  # no usage report
     # Ray's own name for "a single machine": its node address is 127.0.0.1 (not the address of the interface that
@@ -45,8 +37,6 @@ PRIVATE_RAY_ENVIRONMENT = {
 
 @dataclass(frozen=True)
 class SweepOptions:
-    """How ``mnistgen sweep`` runs its trials (its flags besides SWEEP.toml and ``--out``)."""
-
     engine: Literal["local", "ray"] = option(
         "local", "local: a pool of processes on this machine; ray: one Ray task per trial, on a Ray cluster "
         "(--address) or on a Ray instance started here for the sweep")
@@ -100,8 +90,7 @@ class SweepResult:
 
 
 def read_sweep(path: str | os.PathLike) -> Sweep:
-    """Parse and check a sweep file: a one-line :class:`MnistgenError` for anything wrong (:class:`UsageError` for
-    a setting its flag would refuse)."""
+    """Parse and check a sweep file; anything wrong is one line (:class:`UsageError` where a flag would refuse it)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -210,15 +199,12 @@ def setting_text(value: Any) -> str:
 
 
 def configuration_name(settings: dict[str, Any]) -> str:
-    """A configuration's folder name: ``lr=0.001,hidden=100`` (``base`` for none), other characters than
-    ``[A-Za-z0-9._=,+-]`` as ``_``, a long one cut and ended with a hash of the whole."""
+    """A configuration's folder name: ``lr=0.001,hidden=100`` (``base`` for none), a long one ended with a hash."""
     if not settings:
         return "base"
     name = ",".join(f"{key}={setting_text(value)}" for key, value in settings.items())
     name = re.sub(r"[^A-Za-z0-9._=,+-]", "_", name)
     if len(name) > NAME_LIMIT:
-        import hashlib
-
         name = name[:NAME_LIMIT - 9] + "~" + hashlib.sha1(name.encode()).hexdigest()[:8]
     return name
 
@@ -239,10 +225,7 @@ def _trial_config(trial: Trial, where: str = "") -> Any:
         raise UsageError(message if message.startswith(what) else f"{what}: {message}") from None
 
 
-def headline_keys(model: str) -> tuple[str, ...]:
-    return ("held_out_elbo", "train_elbo") if model == "vae" else ("g_loss", "d_loss")
-
-
+HEADLINE_KEYS = {"vae": ("held_out_elbo", "train_elbo"), "gan": ("g_loss", "d_loss")}  # the primary one first
 HIGHER_IS_BETTER = {"held_out_elbo": True, "g_loss": False}
 PRIMARY_TEXT = {
     "vae": "held_out_elbo: the last epoch's ELBO on the held-out images (test_elbo under the hw protocol, "
@@ -263,8 +246,7 @@ def headline_numbers(model: str, metrics: list[dict[str, Any]]) -> dict[str, flo
 
 
 def run_trial(trial: Trial) -> TrialResult:
-    """Train one trial into its folder (skipped where its checkpoint holds all its epochs, else resumed from one);
-    never raises: an error becomes a failed result with its one line."""
+    """Train one trial into its folder, or skip or resume it; never raises: an error becomes a failed result."""
     start = time.perf_counter()
     try:
         import mnistgen
@@ -345,14 +327,12 @@ def run_local(trials: list[Trial], jobs: int, report: Callable[[TrialResult], No
 
 def run_ray(trials: list[Trial], options: SweepOptions, report: Callable[[TrialResult], None],
             say: Callable[[str], None]) -> list[TrialResult]:
-    """Each trial a Ray task asking for ``cpus_per_trial`` CPUs (and a GPU where it trains on CUDA), on the cluster
-    at ``options.address``, or on a Ray instance started here for the sweep on 127.0.0.1 (usage reporting off)."""
     if not options.address:
         os.environ.update(PRIVATE_RAY_ENVIRONMENT)  # before Ray reads it; inherited by every process of the instance
     try:
         import ray
     except ModuleNotFoundError:
-        raise MnistgenError(f"--engine ray needs Ray, which is not installed: {RAY_INSTALL}") from None
+        raise MnistgenError('--engine ray needs Ray, which is not installed: pip install "mnistgen[ray]"') from None
     from ray._private import ray_constants
 
     cluster_constant = ray_constants.ENABLE_RAY_CLUSTER
@@ -397,8 +377,7 @@ def run_ray(trials: list[Trial], options: SweepOptions, report: Callable[[TrialR
 
 def run_sweep(sweep_file: str | os.PathLike, out: str | os.PathLike, options: SweepOptions | None = None,
               say: Callable[[str], None] = print) -> SweepResult:
-    """Run every trial of ``sweep_file`` not yet finished under ``out``, write the summary, return the results
-    (failed trials included)."""
+    """Run the trials of ``sweep_file`` not yet finished under ``out`` and write the summary; failed ones included."""
     options = options or SweepOptions()
     validate(options)
     sweep = read_sweep(sweep_file)
@@ -425,7 +404,11 @@ def run_sweep(sweep_file: str | os.PathLike, out: str | os.PathLike, options: Sw
         results = run_local(trials, min(jobs, len(trials)), report)
     order = {(t.configuration, t.seed): i for i, t in enumerate(trials)}
     results = tuple(sorted(results, key=lambda r: order[(r.configuration, r.seed)]))
-    csv_path, html_path = write_summary(sweep, out, results, options)
+    summaries = summarize(sweep, results)
+    csv_text, html_text = summary_csv(sweep, summaries), summary_html(sweep, summaries, results, options)
+    csv_path, html_path = out / "summary.csv", out / "summary.html"
+    atomic_write(csv_path, lambda handle: handle.write(csv_text), mode="w")
+    atomic_write(html_path, lambda handle: handle.write(html_text), mode="w")
     counts = {status: sum(r.status == status for r in results) for status in ("trained", "skipped", "failed")}
     say(f"sweep: {counts['trained']} trained, {counts['skipped']} skipped (finished before), {counts['failed']} "
         f"failed; summary: {csv_path}, {html_path}")
@@ -444,7 +427,7 @@ class ConfigurationSummary:
 
 def summarize(sweep: Sweep, results: Sequence[TrialResult]) -> list[ConfigurationSummary]:
     """One summary per configuration, best first by the primary headline number (those without numbers last)."""
-    keys = headline_keys(sweep.model)
+    keys = HEADLINE_KEYS[sweep.model]
     summaries = []
     for name, settings in sweep.configurations:
         mine = [r for r in results if r.configuration == name]
@@ -462,7 +445,7 @@ def summarize(sweep: Sweep, results: Sequence[TrialResult]) -> list[Configuratio
 def summary_csv(sweep: Sweep, summaries: list[ConfigurationSummary]) -> str:
     """One row per configuration, best first: rank, configuration, its settings, seeds, then per headline number
     its mean, the half-width of the 95% interval and the per-seed values (``;``-separated, in the seeds' order)."""
-    keys = headline_keys(sweep.model)
+    keys = HEADLINE_KEYS[sweep.model]
     setting_names = list(dict.fromkeys(key for _, settings in sweep.configurations for key in settings))
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -485,7 +468,7 @@ def summary_html(sweep: Sweep, summaries: list[ConfigurationSummary], results: S
                  options: SweepOptions) -> str:
     from .report import Markup, escape, format_value, page, section, table
 
-    keys = headline_keys(sweep.model)
+    keys = HEADLINE_KEYS[sweep.model]
 
     def spread(found: Interval | None) -> str:
         if found is None:
@@ -522,12 +505,3 @@ def summary_html(sweep: Sweep, summaries: list[ConfigurationSummary], results: S
                  if failures else ""),
                 ("sweep", "Sweep file", section("sweep", "The sweep file", f"<pre>{escape(sweep.source)}</pre>"))]
     return page(f"mnistgen sweep: {sweep.model.upper()}", subtitle, sections)
-
-
-def write_summary(sweep: Sweep, out: Path, results: Sequence[TrialResult], options: SweepOptions) -> tuple[Path, Path]:
-    summaries = summarize(sweep, results)
-    paths = out / "summary.csv", out / "summary.html"
-    for path, text in zip(paths, (summary_csv(sweep, summaries), summary_html(sweep, summaries, results, options)),
-                          strict=True):
-        atomic_write(path, lambda handle, text=text: handle.write(text), mode="w")
-    return paths

@@ -1,13 +1,8 @@
-"""The GAN's forward passes on CPU with mnistgen's C kernels (``gan_cpu.c``), as autograd functions.
-
-- **D**, whole: images (B, 1, 28, 28) -> logits (B, 1), with gradients for the images and/or D's 593 parameters;
-  the C code runs eight images per vector register (D's 1- to 8-channel layers fill none in a library's kernels).
-- **G after act1** up to the sigmoid: the two upsample-convolutions (in phase form, :func:`phase_kernels`), act2,
-  act3 and conv3 for act1's output h0 (B, 1568), with gradients for h0 and the convolutions' parameters.
-
-Both equal the spec's modules to float32 rounding (max-pool ties included); parameters are read from the modules
-at each call, and their gradients reach them through autograd. The sizes below are the C code's as declared here
-(``LAYOUT``); every C call checks each buffer first. Whether they apply is decided in :mod:`mnistgen.accelerate.gan`.
+"""The GAN's forward passes on CPU with mnistgen's C kernels (``gan_cpu.c``), as autograd functions: D whole, eight
+images per vector register (D's 1- to 8-channel layers fill none in a library's kernels), and G from act1's output to
+before the sigmoid, its upsample-convolutions in phase form. Both equal the spec's modules to float32 rounding
+(max-pool ties included). The sizes below are the C code's as declared here (``LAYOUT``); every C call checks each
+buffer first. Whether they apply is decided in :mod:`mnistgen.accelerate.gan`.
 """
 
 from __future__ import annotations
@@ -67,10 +62,6 @@ def _to_groups(images: torch.Tensor) -> torch.Tensor:
     return flat.view(-1, LANES, PIXELS).transpose(1, 2).contiguous()
 
 
-def _from_groups(grouped: torch.Tensor, count: int) -> torch.Tensor:
-    return grouped.transpose(1, 2).reshape(-1, 1, 28, 28)[:count]
-
-
 def _d_forward(grouped: torch.Tensor, parameters: torch.Tensor, logits: torch.Tensor) -> None:
     """mnistgen_d_forward: logits (G, 8) of the image groups (G, 784, 8), D's parameters (593,); buffers checked."""
     groups = len(grouped)
@@ -120,7 +111,7 @@ class _NativeDiscriminator(torch.autograd.Function):
         grad_parameters = torch.empty(D_PARAMETERS) if want_parameters else None
         scratch = torch.empty(len(grouped), D_PARAMETERS) if want_parameters else None
         _d_backward(grouped, parameters, grad, grad_grouped, grad_parameters, scratch)
-        grad_images = _from_groups(grad_grouped, ctx.count) if want_images else None
+        grad_images = grad_grouped.transpose(1, 2).reshape(-1, 1, 28, 28)[:ctx.count] if want_images else None
         return grad_images, grad_parameters
 
 
@@ -151,8 +142,7 @@ def phase_kernels(weight: torch.Tensor) -> torch.Tensor:
 
 
 def _g_parameters(generator: Generator) -> torch.Tensor:
-    """(10337,): conv1's phase kernels (a, b, dy, dx, ci, co) and bias, conv2's the same, conv3's weight and bias
-    (G_PIECES)."""
+    """G's parameters packed as the C code reads them, (10337,) in the order and shapes of ``G_PIECES``."""
     return torch.cat([phase_kernels(generator.conv1.weight).reshape(-1), generator.conv1.bias,
                       phase_kernels(generator.conv2.weight).reshape(-1), generator.conv2.bias,
                       generator.conv3.weight.reshape(-1), generator.conv3.bias])

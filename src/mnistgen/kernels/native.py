@@ -1,27 +1,8 @@
-"""Building and loading mnistgen's C kernels (``gan_cpu.c``, ``vae_cpu.c``) with the machine's C compiler.
-
-The first use of a source compiles it (plain C with OpenMP: about a second) into ``CACHE/kernels/<stem>-<key>.so``
-(the key hashes the source, the compiler, its version and the flags); calls go through :mod:`ctypes`, which releases
-the GIL. Linked with ``-fopenmp``, the library reuses the ``libgomp.so.1`` torch loaded (Linux wheels): the kernels
-run on torch's OpenMP threads. Compiler: ``$CC``, else ``cc``, ``gcc`` or ``clang``; where none works,
-:class:`NativeKernelsUnavailable` (one line) and training uses PyTorch's kernels.
-
-Loading a library runs its code as the user, so only what this user built, intact, is loaded:
-
-- ``CACHE/kernels`` and ``CACHE/kernel-hashes`` are created 0700 and, before each use, opened without following a
-  symbolic link and checked on that handle: a folder, the user's, writable by nobody else (else
-  :class:`UnsafeKernelFolder`). Without ``os.getuid`` (Windows) only the hash is checked.
-- Each build (to a temporary name, flushed, renamed) records the library's SHA-256 in
-  ``CACHE/kernel-hashes/<library name>.sha256`` (``sha256sum``'s format); a library loads only once its bytes hash
-  to that record, else it is built again (once), and if that does not verify either: NativeKernelsUnavailable.
-- On Linux the library is hashed and loaded through one open handle (``dlopen("/proc/self/fd/N")``), so renaming
-  anything after the checks changes nothing. Elsewhere it is loaded by name once the name still leads to the
-  verified file, in a parent folder no one else can rename entries in (else refused).
-
-Each library reports its layout (names and values: parameter offsets, struct sizes), which must equal ``LAYOUT`` in
-:mod:`mnistgen.kernels.gan` / :mod:`mnistgen.kernels.vae` (else :class:`KernelLayoutMismatch`: a stale or foreign
-library). Every tensor whose address goes to C passes :func:`checked_pointer` (else :class:`KernelArgumentError`).
-"""
+"""Building and loading mnistgen's C kernels (``gan_cpu.c``, ``vae_cpu.c``) with the machine's C compiler, as
+docs/TRAINING.md ('The C kernels') describes. Loading a library runs its code as the user, so only what this user
+built, intact, is loaded (how: docs/RELIABILITY.md). Calls go through :mod:`ctypes`, which releases the GIL; linked
+with ``-fopenmp``, a library reuses the ``libgomp.so.1`` torch loaded (Linux wheels): the kernels run on torch's
+OpenMP threads."""
 
 from __future__ import annotations
 
@@ -83,15 +64,6 @@ def find_compiler() -> str:
         if found:
             return found
     raise NativeKernelsUnavailable("no C compiler found (set $CC, or install gcc or clang)")
-
-
-def architecture_flags() -> tuple[str, ...]:
-    """AVX2 and FMA on x86-64 processors where torch found them. Not ``-march=native``: the cached library may be
-    loaded on another machine sharing the home folder."""
-    if platform.machine().lower() in ("x86_64", "amd64") and torch.backends.cpu.get_cpu_capability() in (
-            "AVX2", "AVX512"):
-        return ("-mavx2", "-mfma")
-    return ()
 
 
 def compiler_version(compiler: str) -> str:
@@ -160,8 +132,9 @@ def _refusal(folder: Path, reason: str, advice: str) -> UnsafeKernelFolder:
 
 
 def open_private_folder(folder: Path) -> int | None:
-    """An open handle on ``folder`` (created 0700 where missing) once checked to be the user's own (see the module's
-    docstring); None without ``os.getuid`` (Windows), where the folder is only created."""
+    """An open handle on ``folder`` (created 0700 where missing), opened without following a symbolic link and checked
+    on that handle: a folder, the user's, writable by nobody else; None without ``os.getuid`` (Windows), where only
+    the hash is checked."""
     created = False
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -230,7 +203,7 @@ def _open_in(folder: Path, handle: int | None, name: str) -> int:
 
 
 def _recorded_hash(record: bytes, name: str) -> str | None:
-    """The SHA-256 in a record (``<64 hex digits>  <name>``) for the library ``name``; None if it is not one."""
+    """The SHA-256 in a record (sha256sum's ``<64 hex digits>  <name>``) of the library ``name``, else None."""
     parts = record.decode("ascii", "replace").split()
     if len(parts) == 2 and parts[1] == name and len(parts[0]) == 64 and set(parts[0]) <= set("0123456789abcdef"):
         return parts[0]
@@ -343,7 +316,6 @@ def expected_layout(source: Path) -> Mapping[str, int]:
 
 
 def check_layout(reported: Mapping[str, int], expected: Mapping[str, int], what: str) -> None:
-    """KernelLayoutMismatch (the first difference, and how many more) unless ``reported`` equals ``expected``."""
     differences = [f"{name} is {reported[name] if name in reported else 'missing'}, mnistgen expects {value}"
                    for name, value in expected.items() if reported.get(name) != value]
     differences += [f"{name} = {reported[name]} is unknown to mnistgen" for name in reported if name not in expected]
@@ -361,8 +333,13 @@ def _declare(library: ctypes.CDLL, source: Path) -> ctypes.CDLL:
 
 
 def flag_sets() -> list[tuple[str, ...]]:
-    """Compiler flags, best first: with OpenMP, then without (Apple's clang has none unless libomp is installed)."""
-    flags = (*BASE_FLAGS, *architecture_flags())
+    """Compiler flags, best first: with OpenMP, then without (Apple's clang has none unless libomp is installed); AVX2
+    and FMA on x86-64 processors where torch found them, not ``-march=native``: the cached library may be loaded on
+    another machine sharing the home folder."""
+    flags = BASE_FLAGS
+    if platform.machine().lower() in ("x86_64", "amd64") and torch.backends.cpu.get_cpu_capability() in (
+            "AVX2", "AVX512"):
+        flags = (*flags, "-mavx2", "-mfma")
     return [(*flags, "-fopenmp"), flags]
 
 

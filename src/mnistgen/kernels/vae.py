@@ -1,15 +1,10 @@
 """One VAE training step on CPU with mnistgen's C kernels (``vae_cpu.c``) and PyTorch's matrix multiply.
 
 :class:`NativeVAEStep` holds the parameters of a :class:`mnistgen.models.vae.VAE`, their gradients and Adam's two
-moments as four flat buffers of one layout, and the activations of one batch. A step:
-
-1. C: list the images' nonzero pixels; h1 = tanh(x W1^T + b1) as sums over them (W1^T stored pixel-major, each
-   pixel's weights one contiguous row); the heads; z = mean + std eps; h2 = tanh(z Wd^T + bd);
-2. PyTorch: logits = h2 Wo^T + bo;
-3. C: each image's log p(x|z), dL/dlogits = (sigmoid(logits) - x) / B and the output bias's gradient;
-4. PyTorch: Wo's gradient dL/dlogits^T h2 and dL/dh2 = dL/dlogits Wo;
-5. C: the rest of the backward pass (W1's gradient again over the nonzero pixels) and the ELBO;
-6. C: PyTorch's Adam over the flat buffers.
+moments as four flat buffers of one layout, and the activations of one batch. In a step (:meth:`compute_gradients`),
+C runs the forward to h2 = tanh(z Wd^T + bd) (the encoder's product as sums over the images' nonzero pixels),
+PyTorch the logits h2 Wo^T + bo, C log p(x|z) and dL/dlogits, PyTorch Wo's gradient and dL/dh2, C the rest of the
+backward pass and the ELBO; then C runs PyTorch's Adam over the flat buffers (:meth:`adam_step`).
 
 The mathematics is :func:`mnistgen.accelerate.vae.elbo_with_gradients` then PyTorch's Adam, up to the order of
 float32 additions; :meth:`NativeVAEStep.store` writes the optimizer's state in PyTorch's format. The C structs are
@@ -142,7 +137,11 @@ class NativeVAEStep:
 
     def load(self, optimizer: torch.optim.Adam) -> None:
         """Copy the model's weights and the moments and step count of its optimizer into the flat buffers."""
-        self._check_optimizer(optimizer)
+        groups = optimizer.param_groups
+        if len(groups) != 1 or [id(p) for p in groups[0]["params"]] != [id(p) for p in self.model.parameters()]:
+            raise MnistgenError("the C kernels' Adam needs one parameter group holding the model's parameters")
+        if groups[0].get("weight_decay", 0) or groups[0].get("amsgrad") or groups[0].get("maximize"):
+            raise MnistgenError("the C kernels' Adam has no weight decay, amsgrad or maximize")
         steps = set()
         for parameter, transposed, where, shape in self._views:
             self.parameters[where].view(shape).copy_(parameter.detach().t() if transposed else parameter.detach())
@@ -184,18 +183,9 @@ class NativeVAEStep:
             gradients.append((flat.t() if transposed else flat).clone())
         return gradients
 
-    def _check_optimizer(self, optimizer: torch.optim.Adam) -> None:
-        groups = optimizer.param_groups
-        if len(groups) != 1 or [id(p) for p in groups[0]["params"]] != [id(p) for p in self.model.parameters()]:
-            raise MnistgenError("the C kernels' Adam needs one parameter group holding the model's parameters")
-        group = groups[0]
-        if group.get("weight_decay", 0) or group.get("amsgrad") or group.get("maximize"):
-            raise MnistgenError("the C kernels' Adam has no weight decay, amsgrad or maximize")
-
     def compute_gradients(self, x: torch.Tensor, eps: torch.Tensor, analytic_kl: bool) -> float:
-        """Fill ``self.gradients`` with those of loss = -mean ELBO of the batch; return the batch's ELBO sum.
-
-        x (B, D) float32 images (any values: the sums skip the zeros only); eps (B, D_z): z = mean + std eps."""
+        """Fill ``self.gradients`` with those of loss = -mean ELBO of the batch; return the batch's ELBO sum. x (B, D)
+        float32 images (any values: the sums skip the zeros only); eps (B, D_z): z = mean + std eps."""
         batch = x.shape[0]
         if batch > self.capacity:
             raise ValueError(f"a batch of {batch} images exceeds the capacity of {self.capacity}")
@@ -217,10 +207,8 @@ class NativeVAEStep:
     def adam_step(self, lr: float, betas: tuple[float, float], eps: float) -> None:
         """One Adam step of every parameter with ``self.gradients`` (PyTorch's Adam, no weight decay)."""
         count = self._parameter_count
-        buffers = (checked_pointer(self.parameters, "Adam: parameters", count),
-                   checked_pointer(self.gradients, "Adam: gradients", count),
-                   checked_pointer(self.exp_avg, "Adam: exp_avg", count),
-                   checked_pointer(self.exp_avg_sq, "Adam: exp_avg_sq", count))
+        buffers = [checked_pointer(getattr(self, name), f"Adam: {name}", count)
+                   for name in ("parameters", "gradients", "exp_avg", "exp_avg_sq")]
         self.adam_steps += 1
         beta1, beta2 = betas
         adam = _AdamStep(beta1=beta1, beta2=beta2, step_size=lr / (1.0 - beta1 ** self.adam_steps),

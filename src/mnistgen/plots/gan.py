@@ -1,7 +1,4 @@
-"""The GAN's figures: arrays in, :class:`matplotlib.figure.Figure` out (saving is the caller's job).
-
-Images are (28, 28) arrays of values in [0, 1] shown in gray (white = 1 = ink, as MNIST is stored).
-"""
+"""The GAN's figures: arrays in, :class:`matplotlib.figure.Figure` out (saving is the caller's job)."""
 
 from __future__ import annotations
 
@@ -13,7 +10,7 @@ from matplotlib.ticker import MaxNLocator
 
 from ..imaging import tile
 
-INK = "gray"
+INK = "gray"  # colormap for (28, 28) images in [0, 1]: white = 1 = ink, as MNIST is stored
 PANEL_INCHES = 3.2  # displayed size of one 8x8 grid
 
 

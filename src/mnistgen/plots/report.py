@@ -31,8 +31,7 @@ Series = list[float | None]  # a metric's value at each epoch of the x axis, Non
 
 def metric_curves(epochs: Sequence[float], panels: Sequence[tuple[str, str, dict[str, Sequence[float]]]],
                   title: str) -> Figure:
-    """One panel per (panel title, y-axis label, {series label: its value at each of ``epochs``, None where an epoch
-    lacks it}), side by side."""
+    """One panel per (title, y label, {series label: its value at each of ``epochs``, or None}), side by side."""
     figure, axes = plt.subplots(1, len(panels), figsize=(PANEL_SIZE[0] * len(panels), PANEL_SIZE[1]),
                                 squeeze=False, layout="constrained")
     for axis, (panel_title, ylabel, series) in zip(axes[0], panels, strict=True):
@@ -56,9 +55,8 @@ def numeric_series(records: list[dict[str, Any]], key: str) -> Series:
 
 
 def history_curves(histories: dict[int | None, list[dict[str, Any]]], title: str) -> Figure | None:
-    """The curves of a run's metrics.jsonl records, ``{None: records}``, or of every seed of a replica run,
-    ``{seed: its records}``: each metric one line per seed, labelled "seed S: metric", on the epochs of all seeds (a
-    seed that lacks an epoch has a gap). None when there is no number to draw."""
+    """The curves of a run's metrics.jsonl records, ``{None: records}``, or of every seed of a replica run, ``{seed:
+    its records}`` (one line per seed, "seed S: metric", a gap where a seed lacks an epoch); None if nothing to draw."""
     by_epoch = {seed: {r.get("epoch", i): r for i, r in enumerate(records)} for seed, records in histories.items()}
     epochs = sorted({epoch for records in by_epoch.values() for epoch in records})
     records = [r for found in histories.values() for r in found]

@@ -1,6 +1,5 @@
 """The VAE's figures (SPEC §2 figures 1-3, the 2-D manifold, the training curves): arrays in, a standalone
-:class:`matplotlib.figure.Figure` out. Images are (28, 28) arrays in [0, 1] shown in gray (white = 1 = ink).
-"""
+:class:`matplotlib.figure.Figure` out."""
 
 from __future__ import annotations
 
@@ -15,7 +14,7 @@ from matplotlib.ticker import MaxNLocator
 
 from ..imaging import tile
 
-INK = "gray"  # colormap: 0 black background, 1 white ink, as MNIST is stored
+INK = "gray"  # colormap for (28, 28) images in [0, 1]: 0 black background, 1 white ink, as MNIST is stored
 IMAGE_INCHES = 0.75  # displayed size of one 28x28 image in the grid figures
 CURVE_LABELS = {
     "train_elbo": "train (mean over the epoch's steps)",
@@ -181,8 +180,7 @@ def _panel(axis, lines: dict[str, list[tuple[Any, float]]], first: Any | None, c
 
 
 def _zoom_start(curves: dict[str, list[tuple[Any, float]]]) -> Any | None:
-    """The first epoch of the zoomed panel (the first tenth of the epochs, at least one, left out), or None when
-    all epochs fit in one panel without squashing the later ones."""
+    """The first epoch of the zoomed panel, or None when all epochs fit one panel without squashing the later ones."""
     epochs = sorted({x for points in curves.values() for x, _ in points})
     if len(epochs) < 3:
         return None
