@@ -1,6 +1,6 @@
 """mnistgen: a 2-D-latent VAE and a small convolutional GAN of handwritten digits, built to SPEC.md.
 
-The Python API (the stable surface is ``__all__``; see README.md, "From Python")::
+The Python API (the stable surface is ``__all__``; see docs/COMMANDS.md, "From Python")::
 
     run = mnistgen.train_vae("runs/vae", epochs=1)   # or mnistgen.load_run("runs/vae", device="auto")
     images = run.sample(16, seed=0)                  # (16, 28, 28) float32 in [0, 1]

@@ -19,8 +19,8 @@ def register(subparsers) -> None:
                     "DIR/trials/<configuration>/seed=<seed>, and write DIR/summary.csv and DIR/summary.html: per "
                     "configuration, the mean of its headline numbers over the seeds ± a 95% Student-t interval, "
                     "best first. A rerun skips finished trials and resumes interrupted ones. A failed trial is "
-                    "reported and the others go on; the exit status is then 1. The sweep file's format is in the "
-                    "README (section 'Sweeps, locally and on a cluster').")
+                    "reported and the others go on; the exit status is then 1. The sweep file's format is in "
+                    "docs/SCALING.md (section 'Sweeps, locally and on a cluster').")
     parser.add_argument("sweep_file", metavar="SWEEP.toml", help="the sweep: model, seeds, [base], [grid] or [[list]]")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder of the sweep (created; reused on a rerun)")
     add_config_arguments(parser, SweepOptions)
