@@ -181,22 +181,27 @@ class Stack:
                         for key, value in state.items()}
 
 
-def in_float64(replicas: Sequence[Replica]) -> None:
-    """The replicas (copies, for a probe) in float64: modules, averages and the optimizers' states. There one step's
-    rounding (1e-16) stays far below the probe's tolerance, also where Adam's first step turns the rounding of a
-    gradient near zero into a sign (a parameter that starts at zero, as SPEC's biases do)."""
+def in_float64(replicas: Sequence[Replica]) -> torch.device:
+    """The replicas (copies, for a probe) in float64: modules, averages and the optimizers' states; on the CPU where
+    they are on MPS, which has no float64. There one step's rounding (1e-16) stays far below the probe's tolerance,
+    also where Adam's first step turns the rounding of a gradient near zero into a sign (a parameter that starts at
+    zero, as SPEC's biases do). Returns the device they are on."""
+    device = replicas[0].parameters()[0].device
+    device = torch.device("cpu") if device.type == "mps" else device
     for replica in replicas:
         for module in (*replica.modules.values(), *replica.averages.values()):
-            module.double()  # the parameters stay the same objects: the optimizers keep them
+            module.to(device, torch.float64)  # the parameters stay the same objects: the optimizers keep them
         for optimizer in replica.optimizers.values():
             for state in optimizer.state.values():
                 for key, value in state.items():
-                    if torch.is_tensor(value) and value.is_floating_point() and value.dim() > 0:
-                        state[key] = value.double()
+                    if torch.is_tensor(value):
+                        wide = value.is_floating_point() and value.dim() > 0  # not Adam's step count
+                        state[key] = value.to(device, torch.float64 if wide else value.dtype)
+    return device
 
 
-def float64_inputs(inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    return [x.double() if x.is_floating_point() else x for x in inputs]
+def float64_inputs(inputs: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    return [x.to(device, torch.float64) if x.is_floating_point() else x.to(device) for x in inputs]
 
 
 def check_stacked(replicas: Sequence[Replica], bind: Callable[[Replica], Callable[..., torch.Tensor]],
@@ -204,10 +209,10 @@ def check_stacked(replicas: Sequence[Replica], bind: Callable[[Replica], Callabl
     """Why the stacked step is not each replica's own step (``bind(replica)``, the reference step), or None: one step
     of the first two replicas, stacked and one after another, from float64 copies of their state on the same
     ``inputs`` (step inputs per replica), must give the same values, parameters, averages and optimizer states."""
-    pair, inputs = list(replicas[:2]), [float64_inputs(x) for x in inputs[:2]]
+    pair = list(replicas[:2])
     with probing(*pair, *pair) as copies:
-        in_float64(copies)
-        stacked, separate = copies[:2], copies[2:]
+        device = in_float64(copies)
+        stacked, separate, inputs = copies[:2], copies[2:], [float64_inputs(x, device) for x in inputs[:2]]
         try:
             stack = Stack(stacked)
             stacked_values = bind(stack.replica)(*[torch.stack(parts) for parts in zip(*inputs, strict=True)])
@@ -254,9 +259,9 @@ def check_graph(replicas: Sequence[Replica], stacked: bool, bind: Callable[[Repl
         (reason for reason in map(adam_mismatch, replicas[0].optimizers.values()) if reason), None)
     if problem is not None:
         return problem
-    chosen, inputs = list(replicas if stacked else replicas[:1]), float64_inputs(example_inputs)
+    chosen = list(replicas if stacked else replicas[:1])
     with probing(*chosen, *chosen) as copies:
-        in_float64(copies)
+        inputs = float64_inputs(example_inputs, in_float64(copies))
         captured, eager = ((Stack(copies[:len(chosen)]).replica, Stack(copies[len(chosen):]).replica) if stacked
                            else copies)
         try:
