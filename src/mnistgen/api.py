@@ -244,7 +244,7 @@ def train_vae(out: str | os.PathLike, *, resume: bool = False, show_progress: bo
     (threads started before it may not; one thread, ``threads=1``, always does).
     show_progress: a progress bar on stderr (None: only on a terminal).
     Ctrl-C (a notebook's interrupt) saves the state after the current step and raises
-    :class:`mnistgen.train.common.TrainingInterrupted` (a ``KeyboardInterrupt``), whose message says how to go on.
+    :class:`mnistgen.errors.TrainingInterrupted` (a ``KeyboardInterrupt``), whose message says how to go on.
 
     Returns the :class:`Run`, its VAE on the device it trained on: ``run.sample(n)`` -> (n, 28, 28),
     ``run.encode(images (N, 28, 28))`` -> (mean, logvar), each (N, D_z); ``run.decode(z (N, D_z))`` -> (N, 28, 28)."""
@@ -269,7 +269,7 @@ def train_gan(out: str | os.PathLike, *, resume: bool = False, show_progress: bo
     resume: as ``--resume`` (only ``epochs``, ``grid_every``, ``device``, ``threads``, ``cpu_kernels``,
     ``flush_denormals`` (see :func:`train_vae`) and where the data are found may change).
     show_progress: a progress bar on stderr (None: only on a terminal).
-    Ctrl-C saves the state after the current step and raises :class:`mnistgen.train.common.TrainingInterrupted`.
+    Ctrl-C saves the state after the current step and raises :class:`mnistgen.errors.TrainingInterrupted`.
 
     Returns the :class:`Run`, its G and D on the device it trained on: ``run.sample(n)`` -> G(z), (n, 28, 28)."""
     run = RunDir(out)
