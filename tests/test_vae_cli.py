@@ -48,6 +48,15 @@ def test_usage_errors_name_the_help_of_the_command_that_ran(capsys):
         assert len(err.splitlines()) == 1
 
 
+@pytest.mark.parametrize("flag", ["--epoch", "--lr-sched", "--res"])
+def test_a_flag_is_its_whole_name(flag, capsys, tmp_path):
+    """An abbreviation (``--epoch`` for ``--epochs``) is refused in one line, as the API refuses ``epoch=``."""
+    out = tmp_path / "run"
+    assert run_main(["vae", "train", "--out", str(out), flag, "1"]) == 2
+    one_line_error(capsys, 2, 2, f"unrecognized arguments: {flag}")
+    assert not out.exists()
+
+
 def run_main(argv):
     try:
         return main(argv)

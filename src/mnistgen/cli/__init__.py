@@ -16,10 +16,11 @@ from .common import EXIT_INTERRUPTED, EXIT_USAGE, EXIT_USER_ERROR, printable, us
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (``mnistgen vae train: error: ...``), not a usage dump."""
+    """argparse, but a usage error is one line (``mnistgen vae train: error: ...``), not a usage dump, and a flag is
+    its whole name (``--epoch`` is not taken for ``--epochs``, as the Python API's ``epoch=`` is not either)."""
 
     def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, **{**kwargs, "allow_abbrev": False})
         # the innermost (sub)command's defaults win: after parsing, ``usage_prog`` names the command that ran
         self.set_defaults(usage_prog=self.prog)
 
