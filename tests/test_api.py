@@ -8,6 +8,7 @@ The "From Python" code of docs/COMMANDS.md runs here as written.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -21,6 +22,7 @@ import pytest
 import torch
 
 import mnistgen
+from mnistgen.api import python_words
 from mnistgen.cli import build_parser, main
 from mnistgen.config import GANConfig, VAEConfig, config_from_args
 
@@ -157,8 +159,8 @@ def test_encode_and_decode_shapes_ranges_and_input_forms(vae_run):
     ("encode", np.zeros((2, 784), np.int64), "images: dtype int64, expected floats in [0, 1] (or uint8 0..255)"),
     ("decode", np.zeros((3, 5)), "z: shape (3, 5), expected (N, 2) with N >= 1 (this run's latent dimension is 2)"),
     ("decode", np.array([[0.0, np.inf]]), "z: 1 infinite value(s)"),
-    ("sample", 0, "--n must be a positive integer, got 0"),
-    ("sample", 2.5, "--n must be a positive integer, got 2.5"),
+    ("sample", 0, "n must be a positive integer, got 0"),
+    ("sample", 2.5, "n must be a positive integer, got 2.5"),
 ])
 def test_bad_arrays_and_counts_are_one_line_errors(vae_run, method, value, message):
     with pytest.raises(mnistgen.MnistgenError) as error:
@@ -171,7 +173,7 @@ def test_a_bad_sample_seed_is_the_clis_message(vae_run, tmp_path, capsys):
                              "--seed", "-1"])
     with pytest.raises(mnistgen.MnistgenError) as error:
         vae_run.sample(2, seed=-1)
-    assert str(error.value) in err
+    assert str(error.value) in python_words(err) and "--" not in str(error.value)
 
 
 # --------------------------------------------------------------------------- settings
@@ -204,15 +206,16 @@ def test_a_bad_value_is_the_clis_one_line_message(tmp_path, capsys, family, sett
     train = mnistgen.train_vae if family == "vae" else mnistgen.train_gan
     with pytest.raises(mnistgen.MnistgenError) as error:
         train(tmp_path / "api", **setting)
-    assert str(error.value) in err and str(error.value).startswith("--")
+    assert str(error.value) in python_words(err) and "--" not in str(error.value)  # the keyword, not the flag
+    assert str(error.value).startswith(list(setting)[-1])  # the setting out of bounds, by its keyword
     assert not (tmp_path / "api").exists()
 
 
 @pytest.mark.parametrize(("setting", "message"), [
-    ({"dataset": "cifar"}, "--dataset must be one of mnist, fashion-mnist, kmnist, mnist-sample, got 'cifar'"),
-    ({"offline": "yes"}, "--offline must be true or false, got 'yes'"),
-    ({"epochs": "3"}, "--epochs must be a positive integer, got '3'"),
-    ({"data_dir": 3}, "--data-dir must be text, got 3"),
+    ({"dataset": "cifar"}, "dataset must be one of mnist, fashion-mnist, kmnist, mnist-sample, got 'cifar'"),
+    ({"offline": "yes"}, "offline must be true or false, got 'yes'"),
+    ({"epochs": "3"}, "epochs must be a positive integer, got '3'"),
+    ({"data_dir": 3}, "data_dir must be text, got 3"),
 ])
 def test_values_no_flag_could_hold_are_refused_in_one_line(tmp_path, setting, message):
     with pytest.raises(mnistgen.MnistgenError) as error:
@@ -223,13 +226,41 @@ def test_values_no_flag_could_hold_are_refused_in_one_line(tmp_path, setting, me
 def test_resume_takes_the_stored_settings_and_refuses_changed_ones(vae_run, tmp_path, mnist_dir):
     folder = tmp_path / "copy"
     shutil.copytree(vae_run.path, folder)
-    with pytest.raises(mnistgen.MnistgenError, match="already holds a run: add --resume"):
-        mnistgen.train_vae(folder, epochs=1, hidden=50, data_dir=mnist_dir)
-    with pytest.raises(mnistgen.MnistgenError, match=r"--resume must keep the settings .*: --hidden"):
+    with pytest.raises(mnistgen.MnistgenError, match=r"resume=True must keep the settings .*: hidden \(hidden was"):
         mnistgen.train_vae(folder, resume=True, hidden=60)
     run = mnistgen.train_vae(folder, resume=True, epochs=2)  # the stored data_dir, hidden, lr, device, threads
     assert [record["epoch"] for record in run.metrics] == [1, 2]
     assert run.config == vae_run.config.__class__(**{**vae_run.config.__dict__, "epochs": 2})
+
+
+def test_a_call_run_again_gives_its_finished_run_and_refuses_other_settings(vae_run, tmp_path, capsys):
+    """A notebook's cell run again: the same settings give the finished run back (with a note, nothing trained);
+    another lr is refused naming it; an unfinished run of the same settings names resume=True."""
+    folder = tmp_path / "copy"
+    shutil.copytree(vae_run.path, folder)
+    config = vae_run.config  # every setting the run was trained with, as keywords
+    settings = {**{f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name != "data"},
+                **dataclasses.asdict(config.data)}
+    before = (folder / "checkpoint.pt").read_bytes()
+    capsys.readouterr()
+    again = mnistgen.train_vae(folder, **settings)
+    assert "holds this run, finished: it is returned as it is" in capsys.readouterr().err
+    assert again.epochs == vae_run.epochs and (folder / "checkpoint.pt").read_bytes() == before
+    with pytest.raises(mnistgen.MnistgenError) as error:
+        mnistgen.train_vae(folder, **{**settings, "lr": 2e-3})
+    assert "with other settings (lr: 0.001 there, 0.002 here)" in str(error.value) and "--" not in str(error.value)
+    with pytest.raises(mnistgen.MnistgenError, match=r"other settings \(epochs: 1 there, 2 here\) \(resume=True"):
+        mnistgen.train_vae(folder, **{**settings, "epochs": 2})
+    assert (folder / "checkpoint.pt").read_bytes() == before
+
+
+def test_the_api_speaks_in_keyword_arguments():
+    assert python_words("add --resume to continue it, or choose another --out") == \
+        "add resume=True to continue it, or choose another out"
+    assert python_words("--lr-min must be <= --lr (0.001)") == "lr_min must be <= lr (0.001)"
+    assert python_words("--no-offline") == "offline=False"
+    assert python_words("saved RUN/checkpoint.pt; continue with: mnistgen gan train --out /r/x --resume") == \
+        "saved RUN/checkpoint.pt; continue with: mnistgen.train_gan('/r/x', resume=True)"
 
 
 # --------------------------------------------------------------------------- a GAN run
@@ -279,7 +310,8 @@ def test_ctrl_c_propagates_and_resume_ends_where_the_uninterrupted_run_does(gan_
     monkeypatch.setattr(train, "train_step", step_then_ctrl_c)
     with pytest.raises(TrainingInterrupted, match="interrupted in epoch 1 after step 3") as error:
         mnistgen.train_gan(tmp_path / "run", **GAN_SETTINGS)
-    assert isinstance(error.value, KeyboardInterrupt) and "--resume" in str(error.value)
+    assert isinstance(error.value, KeyboardInterrupt)
+    assert str(error.value).endswith(f"continue with: mnistgen.train_gan({str(tmp_path / 'run')!r}, resume=True)")
     monkeypatch.setattr(train, "train_step", real_step)
     run = mnistgen.train_gan(tmp_path / "run", resume=True)
     for name in ("generator", "discriminator"):
@@ -302,7 +334,7 @@ def test_load_run_refuses_what_is_not_a_run_in_one_line(vae_run, tmp_path, capsy
                              "--device", "gpu"])
     with pytest.raises(mnistgen.MnistgenError) as error:
         mnistgen.load_run(vae_run.path, device="gpu")
-    assert "--device" in str(error.value) and "gpu" in str(error.value) and "gpu" in err
+    assert str(error.value) == "device gpu: unknown device (choose auto, cpu, cuda or mps)" and "'gpu'" in err
 
 
 # --------------------------------------------------------------------------- the score

@@ -241,13 +241,14 @@ def test_a_failing_trial_is_reported_and_the_others_finish(tmp_path, capsys):
     assert main(["sweep", str(tmp_path / "s.toml"), "--out", str(tmp_path / "out"), "--jobs", "2"]) == 1
     captured = capsys.readouterr()
     assert "mnistgen: error: 1 of 2 trials failed" in captured.err
-    assert "protocol=full,validation_size=4000/seed=1: FAILED: --validation-size must be between 1 and 3999" \
+    # in the sweep file's words: its keys are the settings' keyword names
+    assert "protocol=full,validation_size=4000/seed=1: FAILED: validation_size must be between 1 and 3999" \
         in captured.out
     rows = read_rows(tmp_path / "out" / "summary.csv")
     assert [(row["configuration"], row["n"], row["failed"]) for row in rows] == \
         [("lr=0.002", "1", "0"), ("protocol=full,validation_size=4000", "0", "1")]
     page = (tmp_path / "out" / "summary.html").read_text()
-    assert "Failed trials (1)" in page and "--validation-size must be between 1 and 3999" in page
+    assert "Failed trials (1)" in page and "validation_size must be between 1 and 3999" in page
 
 
 def test_the_command_line(tmp_path, capsys):

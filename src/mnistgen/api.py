@@ -7,17 +7,21 @@ arrays and a bad value the same one-line message (:class:`mnistgen.MnistgenError
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import numbers
 import os
+import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
 from .config import GANConfig, GANSampleConfig, ScoreConfig, VAEConfig, VAEEvalConfig, config_from_settings, validate
 from .device import resolve_device
-from .errors import MnistgenError, UsageError
+from .errors import MnistgenError, TrainingInterrupted, UsageError
 from .evaluate.gan import load_generator, sample_images
 from .evaluate.replicas import first_seed
 from .evaluate.vae import load_trained_vae, sample_prior
@@ -35,6 +39,38 @@ SCORE_NOT_SETTINGS = ("dataset", "samples")  # as ``mnistgen score``: always aga
 
 class WrongKindError(MnistgenError, AttributeError):
     """``run.vae`` of a GAN run, ``run.generator`` of a VAE run: a one-line error (and ``hasattr`` is False)."""
+
+
+_FLAG = re.compile(r"--(no-)?([a-z][a-z0-9-]*)")
+_CONTINUE = re.compile(r"mnistgen (vae|gan) train --out (\S+) --resume")
+Function = TypeVar("Function", bound=Callable[..., Any])
+
+
+def python_words(message: str) -> str:
+    """A message of the command line in the Python API's words: "continue with: mnistgen vae train --out RUN
+    --resume" becomes ``mnistgen.train_vae('RUN', resume=True)``, ``--resume`` ``resume=True``, ``--no-offline``
+    ``offline=False`` and ``--lr-min`` ``lr_min`` (the keyword argument of the same setting)."""
+    message = _CONTINUE.sub(lambda match: f"mnistgen.train_{match[1]}({match[2]!r}, resume=True)", message)
+
+    def keyword(match: re.Match) -> str:
+        name = match[2].replace("-", "_")
+        return f"{name}=False" if match[1] else "resume=True" if name == "resume" else name
+
+    return _FLAG.sub(keyword, message)
+
+
+def in_python_words(function: Function) -> Function:
+    """``function`` with the one-line errors it raises (and the message of an interrupted training) in the Python
+    API's words (:func:`python_words`), of the same type."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except (MnistgenError, TrainingInterrupted) as exc:
+            raise type(exc)(python_words(str(exc))) from None
+
+    return wrapper  # type: ignore[return-value]
 
 
 def _as_array(values: Any, what: str) -> np.ndarray:
@@ -118,6 +154,7 @@ class Run:
     discriminator = property(lambda self: self._model("discriminator"),
                              doc="(GAN runs) D, in eval mode on :attr:`device`.")
 
+    @in_python_words
     def sample(self, n: int, seed: int | None = None) -> np.ndarray:
         """n images from the model: (n, 28, 28) float32 in [0, 1].
 
@@ -138,6 +175,7 @@ class Run:
         _, images = sample_prior(self.vae, n, torch.Generator(device=self.device).manual_seed(seed))
         return images.reshape(n, IMAGE_SIDE, IMAGE_SIDE).float().cpu().numpy()
 
+    @in_python_words
     @torch.inference_mode()
     def encode(self, images: Any) -> tuple[np.ndarray, np.ndarray]:
         """(VAE runs) The encoder's q(z|x) = N(mean, diag(exp(logvar))) of each image.
@@ -154,6 +192,7 @@ class Run:
             logvars.append(logvar.float().cpu())
         return torch.cat(means).numpy(), torch.cat(logvars).numpy()
 
+    @in_python_words
     @torch.inference_mode()
     def decode(self, z: Any) -> np.ndarray:
         """(VAE runs) The decoder's pixel probabilities p(x|z): z (N, D_z) -> (N, 28, 28) float32 in [0, 1].
@@ -179,6 +218,7 @@ class Run:
         return self._models[name]
 
 
+@in_python_words
 def load_run(path: str | os.PathLike, device: str | torch.device = "auto", seed: int | None = None) -> Run:
     """Load a trained run folder (``mnistgen vae train`` or ``mnistgen gan train``, or :func:`train_vae` /
     :func:`train_gan`) with its models on ``device``.
@@ -229,6 +269,31 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "auto", seed:
     return Run(run.path, kind, config, run.read_metrics(), evaluation, epochs, resolved, models, seeds)
 
 
+def finished_run(run: RunDir, kind: str, config: Any, resumable: tuple[str, ...]) -> Run | None:
+    """Where ``run`` holds a run already (and no resume was asked for): that run, loaded, if it is ``config``'s and
+    finished, with a note (so a notebook's cell can be run again); else a one-line error naming the settings that
+    differ, or how to continue an unfinished one. None where the folder holds no run yet."""
+    if not (run.checkpoint.is_file() or run.replicas_commit.is_file()):
+        return None
+    saved = run.read_config_as(kind, type(config), f"a {kind.upper()} run")
+    differ = [(f.name, getattr(saved, f.name), getattr(config, f.name)) for f in dataclasses.fields(config)
+              if f.name != "data" and getattr(saved, f.name) != getattr(config, f.name)]
+    if saved.data.dataset != config.data.dataset:
+        differ.append(("dataset", saved.data.dataset, config.data.dataset))
+    if differ:
+        names = "; ".join(f"{name}: {then!r} there, {now!r} here" for name, then, now in differ)
+        hint = " (resume=True continues it with these)" if {name for name, _, _ in differ} <= set(resumable) else ""
+        raise MnistgenError(f"{run.path} holds a {kind.upper()} run with other settings ({names}){hint}; give its "
+                            "settings, or another out")
+    loaded = load_run(run.path, config.device)
+    if loaded.epochs < config.epochs:
+        raise MnistgenError(f"{run.path} holds this run, unfinished ({loaded.epochs} of {config.epochs} epochs): "
+                            "resume=True continues it")
+    to_stderr(f"mnistgen: note: {run.path} holds this run, finished: it is returned as it is")
+    return loaded
+
+
+@in_python_words
 def train_vae(out: str | os.PathLike, *, resume: bool = False, show_progress: bool | None = None,
               **settings: Any) -> Run:
     """Train the VAE into the run folder ``out``, as ``mnistgen vae train --out OUT``; return :func:`load_run` (out).
@@ -240,7 +305,8 @@ def train_vae(out: str | os.PathLike, *, resume: bool = False, show_progress: bo
 
     resume: as ``--resume``, continue the run in ``out`` from its checkpoint with its stored settings (only
     ``epochs``, ``device``, ``threads``, ``cpu_kernels``, ``flush_denormals`` and where the data are found may
-    change). With ``flush_denormals=True`` a one-line note says when some of torch's CPU threads do not follow it
+    change). Without it, a folder that holds this run finished (the same settings) gives that run back, with a
+    note: a notebook's cell may be run again; other settings are a one-line error naming them. With ``flush_denormals=True`` a one-line note says when some of torch's CPU threads do not follow it
     (threads started before it may not; one thread, ``threads=1``, always does).
     show_progress: a progress bar on stderr (None: only on a terminal).
     Ctrl-C (a notebook's interrupt) saves the state after the current step and raises
@@ -248,15 +314,19 @@ def train_vae(out: str | os.PathLike, *, resume: bool = False, show_progress: bo
 
     Returns the :class:`Run`, its VAE on the device it trained on: ``run.sample(n)`` -> (n, 28, 28),
     ``run.encode(images (N, 28, 28))`` -> (mean, logvar), each (N, D_z); ``run.decode(z (N, D_z))`` -> (N, 28, 28)."""
+    from .train.vae import RESUMABLE_FIELDS
     from .train.vae import train_vae as train
 
     run = RunDir(out)
     base = run.read_config_as("vae", VAEConfig, "a VAE run") if resume else None
     config = config_from_settings(VAEConfig, settings, base, "train_vae")
-    train(config, run, resume=resume, show_progress=show_progress)
-    return load_run(run.path, config.device)
+    finished = None if resume else finished_run(run, "vae", config, RESUMABLE_FIELDS)
+    if finished is None:
+        train(config, run, resume=resume, show_progress=show_progress)
+    return finished or load_run(run.path, config.device)
 
 
+@in_python_words
 def train_gan(out: str | os.PathLike, *, resume: bool = False, show_progress: bool | None = None,
               **settings: Any) -> Run:
     """Train the GAN into the run folder ``out``, as ``mnistgen gan train --out OUT``; return :func:`load_run` (out).
@@ -272,11 +342,15 @@ def train_gan(out: str | os.PathLike, *, resume: bool = False, show_progress: bo
     Ctrl-C saves the state after the current step and raises :class:`mnistgen.errors.TrainingInterrupted`.
 
     Returns the :class:`Run`, its G and D on the device it trained on: ``run.sample(n)`` -> G(z), (n, 28, 28)."""
+    from .train.gan import RESUMABLE_FIELDS
+
     run = RunDir(out)
     base = run.read_config_as("gan", GANConfig, "a GAN run") if resume else None
     config = config_from_settings(GANConfig, settings, base, "train_gan")
-    train_gan_into(run, config, resume, show_progress)
-    return load_run(run.path, config.device)
+    finished = None if resume else finished_run(run, "gan", config, RESUMABLE_FIELDS)
+    if finished is None:
+        train_gan_into(run, config, resume, show_progress)
+    return finished or load_run(run.path, config.device)
 
 
 def train_gan_into(run: RunDir, config: GANConfig, resume: bool, show_progress: bool | None = None) -> list | dict:
@@ -295,6 +369,7 @@ def train_gan_into(run: RunDir, config: GANConfig, resume: bool, show_progress: 
                      show_progress=show_progress)
 
 
+@in_python_words
 def score(images: Any, **settings: Any) -> dict[str, Any]:
     """How close a set of images is to MNIST, as ``mnistgen score F.npy``: the dict it writes to F.score.json
     (without its ``"file"`` entry).
