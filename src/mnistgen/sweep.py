@@ -333,15 +333,22 @@ def run_ray(trials: list[Trial], options: SweepOptions, report: Callable[[TrialR
         import ray
     except ModuleNotFoundError:
         raise MnistgenError('--engine ray needs Ray, which is not installed: pip install "mnistgen[ray]"') from None
-    from ray._private import ray_constants
+    from ray._private import ray_constants, services
 
     cluster_constant = ray_constants.ENABLE_RAY_CLUSTER
     if options.address:
         ray.init(address=options.address, logging_level="warning")
     else:
         ray_constants.ENABLE_RAY_CLUSTER = False  # as the variable says, where Ray was imported before it was set
-        ray.init(address="local", num_cpus=options.jobs or cpu_cores(), include_dashboard=False,
-                 _node_ip_address="127.0.0.1", object_store_memory=128 * 2**20, logging_level="warning")
+        # No API server ("dashboard") process: without the dashboard, its one module is the usage report, which asks
+        # the clouds' metadata servers (169.254.169.254:80, metadata.google.internal) from the machine's interface
+        # address even under RAY_USAGE_STATS_ENABLED=0. (None, None) is what Ray goes on with where it fails to start.
+        start_api_server, services.start_api_server = services.start_api_server, lambda *args, **kwargs: (None, None)
+        try:
+            ray.init(address="local", num_cpus=options.jobs or cpu_cores(), include_dashboard=False,
+                     _node_ip_address="127.0.0.1", object_store_memory=128 * 2**20, logging_level="warning")
+        finally:
+            services.start_api_server = start_api_server
     try:
         nodes = sorted({node["NodeManagerAddress"] for node in ray.nodes() if node.get("Alive")})
         gcs = ray.get_runtime_context().gcs_address
