@@ -306,7 +306,8 @@ def train_vae(out: str | os.PathLike, *, resume: bool = False, show_progress: bo
     resume: as ``--resume``, continue the run in ``out`` from its checkpoint with its stored settings (only
     ``epochs``, ``device``, ``threads``, ``cpu_kernels``, ``flush_denormals`` and where the data are found may
     change). Without it, a folder that holds this run finished (the same settings) gives that run back, with a
-    note: a notebook's cell may be run again; other settings are a one-line error naming them. With ``flush_denormals=True`` a one-line note says when some of torch's CPU threads do not follow it
+    note: a notebook's cell may be run again; other settings are a one-line error naming them.
+    With ``flush_denormals=True`` a one-line note says when some of torch's CPU threads do not follow it
     (threads started before it may not; one thread, ``threads=1``, always does).
     show_progress: a progress bar on stderr (None: only on a terminal).
     Ctrl-C (a notebook's interrupt) saves the state after the current step and raises
