@@ -18,6 +18,7 @@ import textwrap
 import pytest
 import torch
 
+from mnistgen.api import load_run
 from mnistgen.cli import main
 from mnistgen.config import DataConfig, GANConfig, VAEConfig, to_dict
 from mnistgen.data.protocols import Protocol
@@ -381,3 +382,52 @@ def test_ctrl_c_then_resume_still_ends_with_the_uninterrupted_weights(tmp_path):
     for name, tensor in whole.load_checkpoint()["model"].items():
         assert torch.equal(tensor, parts.load_checkpoint()["model"][name]), name
     assert to_dict(VAE_SMALL) == parts.load_checkpoint()["config"]
+
+
+# --------------------------------------------------------------------------- 11. run-folder faults
+
+
+def cli(*args: str, prelude: str = "", limit: int = 0, memory: int = 0) -> subprocess.CompletedProcess:
+    """``mnistgen ARGS`` in a fresh process, after ``prelude`` (Python run first), with writes past ``limit`` bytes
+    refused by the kernel (RLIMIT_FSIZE: EFBIG, as ENOSPC would be) and ``memory`` bytes of address space where
+    given."""
+    script = textwrap.dedent(f"""
+        import os, resource, signal, sys
+        if {limit}:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing us
+            resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
+        if {memory}:
+            resource.setrlimit(resource.RLIMIT_AS, ({memory}, {memory}))
+        """) + textwrap.dedent(prelude) + f"from mnistgen.cli import main\nsys.exit(main({list(args)!r}))\n"
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+
+
+SAMPLE_RUN = ("--dataset", "mnist-sample", "--hidden", "16", "--threads", "1")
+
+
+def test_threads_past_the_bound_of_this_machine_are_refused_but_a_stored_run_stays_usable(tmp_path):
+    """--threads 3000 is refused (exit 2, one line naming the flag) before anything is created. A run trained where
+    more threads were allowed (its config.json and checkpoint say 3000) is still read and sampled here; resuming it
+    asks for --threads, and trains with a --threads this machine allows. Every command that could train runs in a
+    process with 4 GiB of address space: without the bound it would fail for want of memory for the threads' stacks,
+    not take the machine."""
+    run = RunDir(tmp_path / "run")
+    train_vae(dataclasses.replace(VAE_SMALL, epochs=1, threads=1), run, protocol=vae_protocol(), show_progress=False)
+    saved = json.loads(run.config.read_text())
+    saved["config"]["threads"] = 3000
+    run.config.write_text(json.dumps(saved))
+    checkpoint = run.load_checkpoint()
+    checkpoint["config"]["threads"] = 3000
+    torch.save(checkpoint, run.checkpoint)
+    assert load_run(run.path, device="cpu").config.threads == 3000
+    assert main(["vae", "sample", str(run.path), "--n", "2", "--out", str(tmp_path / "x.npy")]) == 0
+    out = tmp_path / "new"
+    for args in (("vae", "train", "--out", str(out), "--epochs", "1", "--dataset", "mnist-sample", "--threads", "3000"),
+                 ("gan", "train", "--out", str(out), "--epochs", "1", "--dataset", "mnist-sample", "--threads", "3000"),
+                 ("vae", "train", "--out", str(run.path), "--resume", "--epochs", "2")):
+        refused = cli(*args, memory=4 << 30)
+        assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1, refused.stderr[-2000:]
+        assert ": error: --threads must be <= " in refused.stderr and not out.exists()
+    train_vae(dataclasses.replace(VAE_SMALL, epochs=2, threads=1), run, resume=True, protocol=vae_protocol(),
+              show_progress=False)
+    assert [r["epoch"] for r in run.read_metrics()] == [1, 2]
