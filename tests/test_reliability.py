@@ -181,27 +181,37 @@ def test_a_full_disk_at_the_first_save_is_one_line_and_the_command_then_works(tm
 # --------------------------------------------------------------------------- 3. a damaged metrics.jsonl
 
 
-def test_a_partial_last_metrics_line_is_dropped_with_one_note(tmp_path, capsys):
+@pytest.mark.parametrize(("damage", "problem"), [
+    (b'{"epoch": 2, "train_elbo": -31', "not a complete JSON line"),  # what a kill in the middle of an append leaves
+    (b'{"epoch": 2, "train_elbo": -31.5, "trained_by": "n\xe9\xff"}', "not UTF-8 text"),  # bytes damaged on disk
+], ids=["cut short", "invalid UTF-8"])
+def test_a_partial_last_metrics_line_is_dropped_with_one_note(tmp_path, capsys, damage, problem):
     run, protocol = RunDir(tmp_path / "run"), vae_protocol()
     train_vae(dataclasses.replace(VAE_SMALL, epochs=1), run, protocol=protocol, show_progress=False)
-    with open(run.metrics, "a") as handle:
-        handle.write('{"epoch": 2, "train_elbo": -31')  # what a kill in the middle of an append leaves
+    with open(run.metrics, "ab") as handle:
+        handle.write(damage)
     capsys.readouterr()
     assert [r["epoch"] for r in run.read_metrics()] == [1]
     note = capsys.readouterr().err
-    assert len(note.splitlines()) == 1 and "metrics.jsonl, line 2" in note and "ignored" in note
+    assert len(note.splitlines()) == 1 and f"metrics.jsonl, line 2: {problem}" in note and "ignored" in note
+    assert main(["report", str(run.path), "--out", str(tmp_path / "page.html")]) == 0
+    capsys.readouterr()
     history = train_vae(VAE_SMALL, run, resume=True, protocol=protocol, show_progress=False)
     assert [r["epoch"] for r in history] == [1, 2]
     assert [json.loads(line)["epoch"] for line in run.metrics.read_text().splitlines()] == [1, 2]
     assert capsys.readouterr().err.count("metrics.jsonl, line 2") == 1  # the resume notes it once
 
 
-def test_a_damaged_metrics_line_before_the_last_is_one_error_naming_the_line(tmp_path, capsys):
+@pytest.mark.parametrize(("damage", "problem"), [
+    (b'{"epoch": 1, "train_elbo": "high"}', "'train_elbo' is 'high', not a finite number"),
+    (b'{"epoch": 1, "train_elbo": -31.5, "test_elbo": -32.5, "trained_by": "\xff"}', "not UTF-8 text"),
+], ids=["text for a number", "invalid UTF-8"])
+def test_a_damaged_metrics_line_before_the_last_is_one_error_naming_the_line(tmp_path, capsys, damage, problem):
     run = RunDir(tmp_path / "run")
     train_vae(VAE_SMALL, run, protocol=vae_protocol(), show_progress=False)
-    lines = run.metrics.read_text().splitlines()
-    run.metrics.write_text("\n".join(['{"epoch": 1, "train_elbo": "high"}', *lines[1:]]) + "\n")
-    with pytest.raises(MnistgenError, match=r"metrics.jsonl, line 1: 'train_elbo' is 'high', not a finite number"):
+    lines = run.metrics.read_bytes().splitlines()
+    run.metrics.write_bytes(b"\n".join([damage, *lines[1:]]) + b"\n")
+    with pytest.raises(MnistgenError, match=f"metrics.jsonl, line 1: {problem}$"):
         run.read_metrics()
     assert main(["report", str(run.path)]) == 1
     assert "metrics.jsonl, line 1" in one_line_error(capsys)

@@ -90,6 +90,10 @@ def parse_metrics(text: str, path: Path, required: tuple[str, ...] = (),
 def _metrics_problem(line: str, required: tuple[str, ...]) -> str | None:
     """Why a metrics.jsonl line is not a valid record, or None."""
     try:
+        line.encode()  # a byte that is not UTF-8 was read as a lone surrogate
+    except UnicodeEncodeError:
+        return "not UTF-8 text"
+    try:
         record = json.loads(line, parse_constant=lambda name: name)  # NaN and Infinity stay text: refused below
     except (ValueError, RecursionError):
         return "not a complete JSON line"
@@ -248,8 +252,8 @@ class RunDir:
         if not self.metrics.is_file():
             return []
         try:
-            text = self.metrics.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
+            text = self.metrics.read_bytes().decode("utf-8", "surrogateescape")  # each line's bytes checked alone
+        except OSError as exc:
             raise MnistgenError(f"{self.metrics}: not readable ({exc})") from None
         return parse_metrics(text, self.metrics, required, say)
 
