@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -413,6 +414,48 @@ def cli(*args: str, prelude: str = "", limit: int = 0, memory: int = 0) -> subpr
 
 
 SAMPLE_RUN = ("--dataset", "mnist-sample", "--hidden", "16", "--threads", "1")
+
+
+@pytest.mark.parametrize("content", ["[]", '"x"'])
+def test_a_replicas_json_that_is_not_an_object_is_one_line_naming_it(tmp_path, capsys, content):
+    """A replica run with a pending checkpoint (a commit cut short) beside a replicas.json that holds no position."""
+    run = RunDir(tmp_path / "run")
+    train_vae(dataclasses.replace(VAE_SMALL, epochs=1, seeds="1,2"), run, protocol=vae_protocol(), show_progress=False)
+    seed_run = run.seed_run(1)
+    (seed_run.path / "checkpoint.next.pt").write_bytes(seed_run.checkpoint.read_bytes())
+    run.replicas_commit.write_text(content)
+    before = folder_bytes(run)
+    assert main(["vae", "train", "--out", str(run.path), "--resume", "--epochs", "2"]) == 1
+    assert f"{run.replicas_commit}: not the replicas' saved position" in one_line_error(capsys)
+    assert folder_bytes(run) == before
+
+
+def test_a_killed_replica_writers_temporary_file_is_removed_when_the_run_is_claimed(tmp_path):
+    """A replica run killed (SIGKILL) while it writes a seed's pending checkpoint leaves that writer's temporary file
+    in RUN/seed=N; the next --resume removes it under the folder's lock, and trains to the end."""
+    out = tmp_path / "run"
+    killed = cli("vae", "train", "--out", str(out), "--epochs", "2", "--seeds", "1,2", *SAMPLE_RUN, prelude="""
+        from mnistgen import runs
+        real_write, pending_writes = runs.atomic_write, []
+
+        def atomic_write(path, write, mode="wb"):
+            if path.name == "checkpoint.next.pt":
+                pending_writes.append(path)
+                if len(pending_writes) == 3:  # epoch 2's first seed: killed in the middle of the write
+                    def write(handle):
+                        handle.write(b"half a checkpoint")
+                        handle.flush()
+                        os.kill(os.getpid(), signal.SIGKILL)
+            return real_write(path, write, mode)
+
+        runs.atomic_write = atomic_write
+        """)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    leftovers = list(out.glob("seed=1/.checkpoint.next.pt.*.tmp"))
+    assert len(leftovers) == 1 and leftovers[0].read_bytes() == b"half a checkpoint"
+    resumed = cli("vae", "train", "--out", str(out), "--resume", "--threads", "1")
+    assert resumed.returncode == 0, resumed.stderr
+    assert not list(out.rglob("*.tmp")) and [r["epoch"] for r in RunDir(out / "seed=1").read_metrics()] == [1, 2]
 
 
 def test_threads_past_the_bound_of_this_machine_are_refused_but_a_stored_run_stays_usable(tmp_path):

@@ -116,7 +116,9 @@ def _metrics_problem(line: str, required: tuple[str, ...]) -> str | None:
     return None
 
 
-RUN_FILES = ("checkpoint.pt", "config.json", "metrics.jsonl", "data.json", "eval.json")  # written by replacing()
+PENDING_CHECKPOINT = "checkpoint.next.pt"  # a replica's state written, not yet committed (see mnistgen.train.common)
+RUN_FILES = ("checkpoint.pt", "config.json", "metrics.jsonl", "data.json", "eval.json", "replicas.json",
+             PENDING_CHECKPOINT)  # written by replacing()
 
 
 def _lock_exclusively(lock: Path, folder: Path) -> int:
@@ -268,8 +270,9 @@ class RunDir:
     @contextmanager
     def claimed(self) -> Iterator[None]:
         """Hold the run folder for this process inside the block (rank 0 only), creating it if needed: an exclusive
-        ``flock`` on RUN/.lock, which the kernel drops with a crashed or killed process. A folder this call created is
-        removed again if the block leaves nothing in it but the lock."""
+        ``flock`` on RUN/.lock, which the kernel drops with a crashed or killed process, then remove what killed
+        writers left in RUN and RUN/seed=N. A folder this call created is removed again if the block leaves nothing in
+        it but the lock."""
         if not is_main_process():
             yield
             return
@@ -280,7 +283,8 @@ class RunDir:
             raise MnistgenError(f"{self.path}: cannot create the run folder ({exc.strerror or exc})") from None
         descriptor = _lock_exclusively(self.lock, self.path)
         try:
-            remove_temporaries(self.path, RUN_FILES)
+            for folder in (self.path, *self.path.glob(f"{SEED_FOLDER_PREFIX}*")):  # a replica run's seeds too
+                remove_temporaries(folder, RUN_FILES)
             yield
         finally:
             if created and [p.name for p in self.path.iterdir()] == [self.lock.name]:

@@ -45,7 +45,7 @@ from ..config import from_dict, is_replicated, replica_config, replica_seeds, to
 from ..distributed import from_main_rank, is_main_process, rank_and_size
 from ..errors import MnistgenError, NonFiniteLossError, TrainingInterrupted
 from ..files import read_json, sync_folder, write_json
-from ..runs import RunDir, load_checkpoint, save_checkpoint
+from ..runs import PENDING_CHECKPOINT, RunDir, load_checkpoint, save_checkpoint
 
 # glibc's mallopt parameters (malloc.h) and the values :func:`keep_freed_memory` sets
 _M_TRIM_THRESHOLD = -1
@@ -254,8 +254,6 @@ class RunState:
 
 # --------------------------------------------------------------------------- the run folders of R replicas
 
-PENDING_CHECKPOINT = "checkpoint.next.pt"  # a replica's state written, not yet committed
-
 
 def pending_checkpoint(run: RunDir) -> Path:
     return run.path / PENDING_CHECKPOINT
@@ -264,14 +262,17 @@ def pending_checkpoint(run: RunDir) -> Path:
 def settle_checkpoints(run: RunDir, seeds: Sequence[int]) -> None:
     """Finish or undo a commit that a killed process left half done, so every replica's checkpoint.pt stands at
     the position RUN/replicas.json records (see the module's docstring)."""
-    committed = read_json(run.replicas_commit) if run.replicas_commit.is_file() else None
+    committed = read_json(run.replicas_commit) if run.replicas_commit.is_file() else {}
     for seed in seeds:
         pending = pending_checkpoint(run.seed_run(seed))
         if not pending.is_file():
             continue
+        if not isinstance(committed, dict):
+            raise MnistgenError(f"{run.replicas_commit}: not the replicas' saved position (a JSON object with "
+                                f"\"epoch\" and \"step\"), which {pending} awaits")
         state = load_checkpoint(pending)
         position = (state.get("epoch"), state.get("step")) if isinstance(state, dict) else None
-        if committed is not None and position == (committed.get("epoch"), committed.get("step")):
+        if committed and position == (committed.get("epoch"), committed.get("step")):
             os.replace(pending, run.seed_run(seed).checkpoint)
         else:
             pending.unlink()
