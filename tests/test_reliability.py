@@ -458,6 +458,24 @@ def test_a_killed_replica_writers_temporary_file_is_removed_when_the_run_is_clai
     assert not list(out.rglob("*.tmp")) and [r["epoch"] for r in RunDir(out / "seed=1").read_metrics()] == [1, 2]
 
 
+def test_a_full_disk_at_a_later_save_leaves_no_metrics_line_beyond_the_checkpoint(tmp_path):
+    """The kernel refuses the checkpoint of epoch 2 (a file-size limit, as a full disk): the metrics line of epoch 2,
+    appended before it, is taken back, so metrics.jsonl and checkpoint.pt agree: one epoch each."""
+    out = tmp_path / "run"
+    assert cli("vae", "train", "--out", str(out), "--epochs", "1", *SAMPLE_RUN).returncode == 0
+    before = (out / "checkpoint.pt").read_bytes()
+    full = cli("vae", "train", "--out", str(out), "--resume", "--epochs", "2", limit=len(before) // 2)
+    errors = [line for line in full.stderr.splitlines() if "error" in line]
+    assert full.returncode == 1 and "Traceback" not in full.stderr, full.stderr
+    assert len(errors) == 1 and f"cannot write {out / 'checkpoint.pt'}: File too large" in errors[0]
+    assert (out / "checkpoint.pt").read_bytes() == before and not list(out.glob(".*.tmp"))
+    run = load_run(out, device="cpu")
+    assert run.epochs == 1 and [r["epoch"] for r in run.metrics] == [1]
+    again = cli("vae", "train", "--out", str(out), "--resume", "--epochs", "2")
+    assert again.returncode == 0 and "ignored" not in again.stderr, again.stderr
+    assert [r["epoch"] for r in RunDir(out).read_metrics()] == [1, 2]
+
+
 def test_threads_past_the_bound_of_this_machine_are_refused_but_a_stored_run_stays_usable(tmp_path):
     """--threads 3000 is refused (exit 2, one line naming the flag) before anything is created. A run trained where
     more threads were allowed (its config.json and checkpoint say 3000) is still read and sampled here; resuming it

@@ -243,10 +243,13 @@ class RunDir:
         if not is_main_process():
             return
         self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.metrics, "a") as handle:
-            handle.write(json_line(record) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with open(self.metrics, "a") as handle:
+                handle.write(json_line(record) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            raise MnistgenError(f"cannot write {self.metrics}: {exc.strerror or exc}") from None
 
     def read_metrics(self, required: tuple[str, ...] = (), say: Callable[[str], None] | None = None
                      ) -> list[dict[str, Any]]:

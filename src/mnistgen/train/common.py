@@ -34,7 +34,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -443,14 +443,23 @@ class ReplicaRuns:
 
     def record_epoch(self, records: Sequence[dict[str, Any]]) -> None:
         """The second half: every number of each replica's record ("epoch": the epochs completed) must be finite (an
-        evaluation may fail too); each goes to its RUN/metrics.jsonl, then the completed epoch's checkpoints."""
+        evaluation may fail too); each goes to its RUN/metrics.jsonl, then the completed epoch's checkpoints (where
+        these cannot be saved, the lines are taken back)."""
         for k, record in enumerate(records):
             for key, value in record.items():
                 if isinstance(value, float):
                     check_finite(value, self.label(k, key), record["epoch"], kept=self.states[k].kept)
-        for state, record in zip(self.states, records, strict=True):
-            state.run.append_metrics(record)
-        self.save(epoch=records[0]["epoch"])
+        ends = [state.run.metrics.stat().st_size if state.run.metrics.is_file() else 0 for state in self.states]
+        try:
+            for state, record in zip(self.states, records, strict=True):
+                state.run.append_metrics(record)
+            self.save(epoch=records[0]["epoch"])
+        except MnistgenError:  # a full disk, a NaN weight: the metrics hold no epoch that the checkpoints lack
+            for state, end in zip(self.states, ends, strict=True):
+                if is_main_process():
+                    with suppress(OSError):  # if this fails too, the next --resume drops the line
+                        os.truncate(state.run.metrics, end)
+            raise
 
 
 def take_steps(engine: Any, start: int, steps: int, inputs: Callable[[int, int], Sequence[torch.Tensor]],
