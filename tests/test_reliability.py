@@ -237,10 +237,11 @@ def test_a_non_finite_evaluation_stops_the_run_like_a_non_finite_loss(tmp_path):
 
 
 @pytest.mark.parametrize(("field", "value", "flag"), [("objective", "analytic", "--objective"), ("lr", 1e6, "--lr"),
-                                                      ("hidden", 64, "--hidden")])
+                                                      ("hidden", 64, "--hidden"), ("protocol", "full", "--protocol")])
 def test_resume_refuses_a_config_json_edited_against_the_checkpoint(tmp_path, capsys, field, value, flag):
+    """Two epochs: the first metrics line, not the last, lacks what an edited protocol expects (validation_elbo)."""
     run = RunDir(tmp_path / "run")
-    train_vae(dataclasses.replace(VAE_SMALL, epochs=1), run, protocol=vae_protocol(), show_progress=False)
+    train_vae(VAE_SMALL, run, protocol=vae_protocol(), show_progress=False)
     saved = json.loads(run.config.read_text())
     saved["config"][field] = value
     run.config.write_text(json.dumps(saved))
@@ -248,6 +249,7 @@ def test_resume_refuses_a_config_json_edited_against_the_checkpoint(tmp_path, ca
     assert main(["vae", "train", "--out", str(run.path), "--resume"]) == 1
     err = one_line_error(capsys)
     assert f"differ from its checkpoint (a flag, or an edited config.json): {flag} " in err
+    assert f"({flag} was {getattr(VAE_SMALL, field)!r}, now {value!r})" in err  # not the metrics that config expects
     assert folder_bytes(run) == before
 
 
@@ -474,6 +476,21 @@ def test_a_full_disk_at_a_later_save_leaves_no_metrics_line_beyond_the_checkpoin
     again = cli("vae", "train", "--out", str(out), "--resume", "--epochs", "2")
     assert again.returncode == 0 and "ignored" not in again.stderr, again.stderr
     assert [r["epoch"] for r in RunDir(out).read_metrics()] == [1, 2]
+
+
+def test_resume_of_a_start_killed_before_its_config_says_what_to_run(tmp_path):
+    """Killed (SIGKILL) before config.json was written: --resume names the command that starts the run, which works."""
+    out = tmp_path / "run"
+    killed = cli("vae", "train", "--out", str(out), "--epochs", "1", *SAMPLE_RUN, prelude="""
+        from mnistgen.runs import RunDir
+        RunDir.write_config = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)
+        """)
+    assert killed.returncode == -signal.SIGKILL and out.is_dir() and not (out / "config.json").exists()
+    resumed = cli("vae", "train", "--out", str(out), "--resume")
+    assert resumed.returncode == 1 and len(resumed.stderr.splitlines()) == 1, resumed.stderr
+    assert resumed.stderr == (f"mnistgen: error: {out}: not a run folder (no config.json), nothing to resume; start "
+                              f"the run with `mnistgen vae train --out {out}`, without --resume\n")
+    assert cli("vae", "train", "--out", str(out), "--epochs", "1", *SAMPLE_RUN).returncode == 0
 
 
 def test_threads_past_the_bound_of_this_machine_are_refused_but_a_stored_run_stays_usable(tmp_path):

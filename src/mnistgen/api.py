@@ -251,7 +251,7 @@ def train_vae(out: str | os.PathLike, *, resume: bool = False, show_progress: bo
     from .train.vae import train_vae as train
 
     run = RunDir(out)
-    base = run.read_config_as("vae", VAEConfig, "a VAE run") if resume else None
+    base = run.read_config_to_resume("vae", VAEConfig) if resume else None
     config = config_from_settings(VAEConfig, settings, base, "train_vae")
     train(config, run, resume=resume, show_progress=show_progress)
     return load_run(run.path, config.device)
@@ -273,7 +273,7 @@ def train_gan(out: str | os.PathLike, *, resume: bool = False, show_progress: bo
 
     Returns the :class:`Run`, its G and D on the device it trained on: ``run.sample(n)`` -> G(z), (n, 28, 28)."""
     run = RunDir(out)
-    base = run.read_config_as("gan", GANConfig, "a GAN run") if resume else None
+    base = run.read_config_to_resume("gan", GANConfig) if resume else None
     config = config_from_settings(GANConfig, settings, base, "train_gan")
     train_gan_into(run, config, resume, show_progress)
     return load_run(run.path, config.device)

@@ -232,6 +232,14 @@ class RunDir:
             raise MnistgenError(f"{self.path}: a {saved.get('kind')!r} run folder, not {expected}")
         return self._config_as(config_class, saved["config"])
 
+    def read_config_to_resume(self, kind: str, config_class: type) -> Any:
+        """The stored config that ``--resume`` continues; without one (no run, or a start killed before it wrote its
+        config) a one-line error that says what to run instead."""
+        if not self.config.is_file():
+            raise MnistgenError(f"{self.path}: not a run folder (no config.json), nothing to resume; start the run "
+                                f"with `mnistgen {kind} train --out {self.path}`, without --resume")
+        return self.read_config_as(kind, config_class, f"a {kind.upper()} run")
+
     def _config_as(self, config_class: type, values: dict[str, Any]) -> Any:
         try:
             return from_dict(config_class, values)

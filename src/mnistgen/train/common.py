@@ -119,14 +119,11 @@ def check_run_folder(run: RunDir, resume: bool, kind: str, config: Any, may_chan
         if run.config.is_file():
             say(f"mnistgen: note: {run.path}: an earlier start ended before its first checkpoint; starting anew")
         return None
-    if not run.config.is_file():
-        raise MnistgenError(f"{run.path}: nothing to resume (no run here); train without --resume first")
-    run.read_config_as(kind, type(config), f"a {kind.upper()} run")
+    run.read_config_to_resume(kind, type(config))
     if not has_checkpoint:
         say(f"mnistgen: note: {run.path}: no checkpoint yet (its first start ended before one); starting from "
             "epoch 1 with its settings")
         return None
-    run.read_metrics(metric_keys, say=lambda line: None)  # a damaged line is refused now, before the data load
     checkpoint = run.load_checkpoint(map_location="cpu")
     if not isinstance(checkpoint, dict) or "config" not in checkpoint:
         raise MnistgenError(f"{run.checkpoint}: not a checkpoint of a {kind.upper()} run (no config in it)")
@@ -145,6 +142,7 @@ def check_run_folder(run: RunDir, resume: bool, kind: str, config: Any, may_chan
         raise MnistgenError(f"{run.path}: --resume must keep the settings the run was trained with; these differ from "
                             f"its checkpoint (a flag, or an edited config.json): {names} (--{first.replace('_', '-')} "
                             f"was {getattr(then, first)!r}, now {getattr(now, first)!r})")
+    run.read_metrics(metric_keys, say=lambda line: None)  # a damaged line is refused now, before the data load
     return checkpoint
 
 
@@ -290,9 +288,7 @@ def check_replica_folder(run: RunDir, resume: bool, kind: str, config: Any, may_
         if run.checkpoint.is_file():
             raise MnistgenError(f"{run.path} already holds a single-seed run: choose another --out")
         return [None] * len(seeds)
-    if not run.config.is_file():
-        raise MnistgenError(f"{run.path}: nothing to resume (no run here); train without --resume first")
-    saved = run.read_config_as(kind, type(config), f"a {kind.upper()} run")
+    saved = run.read_config_to_resume(kind, type(config))
     if replica_seeds(saved) != seeds:
         raise MnistgenError(f"{run.path}: --resume must keep the seeds the run was trained with "
                             f"({','.join(map(str, replica_seeds(saved)))})")
