@@ -27,7 +27,7 @@ from .config import DataConfig, ScoreConfig
 from .data.cache import VerdictStore, cache_root
 from .data.registry import get_dataset
 from .data.sources import FilesUnavailable, RawData, load_raw, obtain_files
-from .errors import DataError, MnistgenError
+from .errors import MnistgenError
 from .files import atomic_write, read_json, write_json
 from .imaging import to_uint8
 from .models.classifier import FEATURE_DIM, IMAGE_SIZE, NUM_CLASSES, MnistClassifier
@@ -381,8 +381,8 @@ def reference_statistics(classifier: Classifier, data: DataConfig | None = None,
     except FilesUnavailable as exc:
         reason = str(exc).removeprefix("mnist: ")
         fetch = "" if "mnistgen data fetch" in reason else "run `mnistgen data fetch` once a mirror answers, "
-        raise DataError(f"the score's real-vs-real reference needs full MNIST: {reason}; {fetch or 'or '}pass "
-                        "--data-dir with a folder that holds its files") from None
+        raise FilesUnavailable(f"the score's real-vs-real reference needs full MNIST: {reason}; {fetch or 'or '}"
+                               "pass --data-dir with a folder that holds its files") from None
     finally:
         store.save()
     # every file is there and verified now (the verdicts are remembered: no second hashing)
