@@ -2,6 +2,8 @@
 
 - ``score`` of a .npy whose header claims 100 million images: refused from the header against the file's size,
   before anything is allocated (checked in a process whose address space is capped at a few GB);
+- ``score`` of a 2.9 MB .npz whose member inflates to 3 GB: refused from the member's header by the bytes it declares,
+  before anything is allocated (in the same capped process);
 - ``score`` with no MNIST to be had: only the real reason, not the stand-in sample's warning (which names a
   ``--dataset`` flag ``score`` does not have) followed by the refusal;
 - ``sample --out MISSING/z.npy``: refused, the folder is not created;
@@ -14,11 +16,14 @@
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +31,7 @@ import pytest
 from report_support import GAN_SCORE, make_reproduction
 
 from mnistgen.cli import main
+from mnistgen.errors import MnistgenError
 from mnistgen.runs import RunDir
 from mnistgen.scoring import score_path
 
@@ -115,6 +121,77 @@ def test_score_refuses_a_header_claiming_100_million_images_before_allocating(tm
     assert f"{path}: not a .npy file (its header claims an array of shape (100000000, 28, 28)" in lines[0]
     assert "but only 64 follow it" in lines[0]
     assert not score_path(path).exists()
+
+
+def write_npz_bomb(path: Path, shape: tuple[int, ...], descr: str = "<f8") -> Path:
+    """An .npz of one member, images.npy: a header declaring ``shape`` of ``descr``, then that many bytes of zeros,
+    deflated to about 1/1000 of them. Built in a second and in little memory: the zeros are deflated 16 MiB at a time
+    with a full flush, which resets the compressor, so every full 16 MiB block deflates to the same bytes."""
+    import struct
+    import zlib
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": descr, "fortran_order": False, "shape": shape})
+    head, block = header.getvalue(), 1 << 24
+    size = len(head) + math.prod(shape) * np.dtype(descr).itemsize
+    rest = size - min(block, size)
+    pieces = [head + bytes(min(block, size) - len(head)), *[bytes(block)] * (rest // block), bytes(rest % block)]
+    deflated, crc, known = [], 0, {}
+    for index, piece in enumerate(pieces):
+        key = len(piece) if index else -1  # the header's block, and each length of zeros, deflated once
+        if key not in known:
+            compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+            known[key] = compressor.compress(piece) + compressor.flush(zlib.Z_FULL_FLUSH)
+        deflated.append(known[key])
+        crc = zlib.crc32(piece, crc)
+    data = b"".join(deflated) + zlib.compressobj(9, zlib.DEFLATED, -15).flush()  # the final empty block
+    name = b"images.npy"
+    fields = struct.pack("<HHHHHIII", 20, 0, 8, 0, 0x21, crc, len(data), size)  # deflated, no zip64: size < 4 GiB
+    local = b"PK\x03\x04" + fields + struct.pack("<HH", len(name), 0) + name
+    central = (b"PK\x01\x02" + struct.pack("<H", 20) + fields + struct.pack("<HHHHHII", len(name), 0, 0, 0, 0, 0, 0)
+               + name)  # at offset 0
+    end = b"PK\x05\x06" + struct.pack("<HHHHIIH", 0, 0, 1, 1, len(central), len(local) + len(data), 0)
+    path.write_bytes(local + data + central + end)
+    return path
+
+
+def test_score_refuses_an_npz_member_inflating_to_gigabytes_by_its_declared_bytes(tmp_path):
+    """2.9 MB of .npz whose one member declares (480000, 28, 28) float64: 3.0 GB of zeros, 480,000 images (fewer than
+    any cap by images). Refused from the member's header by its size in bytes, before anything is allocated: in a
+    process limited to 3 GiB of address space, where reading it was a MemoryError (a traceback) before the fix."""
+    path = write_npz_bomb(tmp_path / "bomb.npz", (480_000, 28, 28))
+    assert path.stat().st_size < 3_000_000
+    with zipfile.ZipFile(path) as archive:  # a valid archive: its member inflates, checked, to all of its bytes
+        assert archive.infolist()[0].file_size == 128 + 3_010_560_000
+    script = ("import resource, sys\n"
+              "resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))\n"
+              "from mnistgen.cli import main\n"
+              f"sys.exit(main(['score', {str(path)!r}, '--device', 'cpu']))\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    lines = result.stderr.splitlines()
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert lines == [f"mnistgen: error: {path} (images.npy): its header declares an array of shape (480000, 28, 28) "
+                     "and dtype float64, 3,010,560,000 bytes as scored; mnistgen reads arrays of at most "
+                     "536,870,912 bytes"], result.stderr
+    assert not score_path(path).exists()
+
+
+def test_an_array_is_bounded_by_the_bytes_it_is_scored_in(tmp_path, monkeypatch):
+    """uint8 levels are scored as float32: four bytes each count, in an .npy file as in an .npz member."""
+    from mnistgen import scoring
+
+    levels = np.zeros((10, 28, 28), np.uint8)
+    np.save(tmp_path / "levels.npy", levels)
+    np.savez_compressed(tmp_path / "levels.npz", images=levels)
+    monkeypatch.setattr(scoring, "MAX_ARRAY_BYTES", 4 * levels.size)  # exactly the float32 of the ten images
+    assert scoring.load_images(tmp_path / "levels.npy").shape == (10, 28, 28)
+    monkeypatch.setattr(scoring, "MAX_ARRAY_BYTES", 4 * levels.size - 1)
+    for name, where in (("levels.npy", "levels.npy"), ("levels.npz", "levels.npz (images.npy)")):
+        with pytest.raises(MnistgenError) as info:
+            scoring.load_images(tmp_path / name)
+        assert str(info.value) == (f"{tmp_path / where}: its header declares an array of shape (10, 28, 28) and "
+                                   f"dtype uint8, 31,360 bytes as scored; mnistgen reads arrays of at most 31,359 "
+                                   "bytes")
 
 
 # --------------------------------------------------------------------------- score: no MNIST to be had

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import subprocess
 import sys
 import types
@@ -133,6 +134,7 @@ def test_excluded_fields_have_no_flag_and_keep_their_default():
     (["--download-retries", "-1"], "--download-retries must be 0 or more, got -1"),
     (["--lr-decay", "1.5"], "--lr-decay must be in (0, 1], got 1.5"),
     (["--threads", "-1"], "--threads must be 0 or more, got -1"),
+    (["--threads", "3000"], f"--threads must be <= {4 * (os.cpu_count() or 1)}, got 3000"),  # 4 per CPU
     (["--seed", "-1"], "--seed must be in [0, 2**64 - 1], got -1"),
     (["--lr-schedule", "cosine", "--lr", "0.01", "--lr-min", "0.1"],
      "--lr-min must be <= --lr (0.01) under --lr-schedule cosine, got 0.1"),
@@ -147,7 +149,7 @@ def test_help_shows_each_bound_after_the_default():
     actions = {a.dest: a for a in parser_for(VAEConfig)._actions}
     assert actions["lr_decay"].help.endswith("(default: 0.5; in (0, 1])")
     assert actions["lr_min"].help.endswith("(default: 1e-05; > 0; <= --lr under --lr-schedule cosine)")
-    assert actions["threads"].help.endswith("(default: 0; >= 0)")
+    assert actions["threads"].help.endswith(f"(default: 0; >= 0; <= {4 * (os.cpu_count() or 1)})")  # this machine's
     assert actions["seed"].help.endswith("(default: 1234; in [0, 2**64 - 1])")
     assert actions["objective"].help.endswith("(default: mc)")  # no bound, nothing more
 

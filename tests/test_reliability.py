@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -18,6 +19,7 @@ import textwrap
 import pytest
 import torch
 
+from mnistgen.api import load_run
 from mnistgen.cli import main
 from mnistgen.config import DataConfig, GANConfig, VAEConfig, to_dict
 from mnistgen.data.protocols import Protocol
@@ -180,27 +182,37 @@ def test_a_full_disk_at_the_first_save_is_one_line_and_the_command_then_works(tm
 # --------------------------------------------------------------------------- 3. a damaged metrics.jsonl
 
 
-def test_a_partial_last_metrics_line_is_dropped_with_one_note(tmp_path, capsys):
+@pytest.mark.parametrize(("damage", "problem"), [
+    (b'{"epoch": 2, "train_elbo": -31', "not a complete JSON line"),  # what a kill in the middle of an append leaves
+    (b'{"epoch": 2, "train_elbo": -31.5, "trained_by": "n\xe9\xff"}', "not UTF-8 text"),  # bytes damaged on disk
+], ids=["cut short", "invalid UTF-8"])
+def test_a_partial_last_metrics_line_is_dropped_with_one_note(tmp_path, capsys, damage, problem):
     run, protocol = RunDir(tmp_path / "run"), vae_protocol()
     train_vae(dataclasses.replace(VAE_SMALL, epochs=1), run, protocol=protocol, show_progress=False)
-    with open(run.metrics, "a") as handle:
-        handle.write('{"epoch": 2, "train_elbo": -31')  # what a kill in the middle of an append leaves
+    with open(run.metrics, "ab") as handle:
+        handle.write(damage)
     capsys.readouterr()
     assert [r["epoch"] for r in run.read_metrics()] == [1]
     note = capsys.readouterr().err
-    assert len(note.splitlines()) == 1 and "metrics.jsonl, line 2" in note and "ignored" in note
+    assert len(note.splitlines()) == 1 and f"metrics.jsonl, line 2: {problem}" in note and "ignored" in note
+    assert main(["report", str(run.path), "--out", str(tmp_path / "page.html")]) == 0
+    capsys.readouterr()
     history = train_vae(VAE_SMALL, run, resume=True, protocol=protocol, show_progress=False)
     assert [r["epoch"] for r in history] == [1, 2]
     assert [json.loads(line)["epoch"] for line in run.metrics.read_text().splitlines()] == [1, 2]
     assert capsys.readouterr().err.count("metrics.jsonl, line 2") == 1  # the resume notes it once
 
 
-def test_a_damaged_metrics_line_before_the_last_is_one_error_naming_the_line(tmp_path, capsys):
+@pytest.mark.parametrize(("damage", "problem"), [
+    (b'{"epoch": 1, "train_elbo": "high"}', "'train_elbo' is 'high', not a finite number"),
+    (b'{"epoch": 1, "train_elbo": -31.5, "test_elbo": -32.5, "trained_by": "\xff"}', "not UTF-8 text"),
+], ids=["text for a number", "invalid UTF-8"])
+def test_a_damaged_metrics_line_before_the_last_is_one_error_naming_the_line(tmp_path, capsys, damage, problem):
     run = RunDir(tmp_path / "run")
     train_vae(VAE_SMALL, run, protocol=vae_protocol(), show_progress=False)
-    lines = run.metrics.read_text().splitlines()
-    run.metrics.write_text("\n".join(['{"epoch": 1, "train_elbo": "high"}', *lines[1:]]) + "\n")
-    with pytest.raises(MnistgenError, match=r"metrics.jsonl, line 1: 'train_elbo' is 'high', not a finite number"):
+    lines = run.metrics.read_bytes().splitlines()
+    run.metrics.write_bytes(b"\n".join([damage, *lines[1:]]) + b"\n")
+    with pytest.raises(MnistgenError, match=f"metrics.jsonl, line 1: {problem}$"):
         run.read_metrics()
     assert main(["report", str(run.path)]) == 1
     assert "metrics.jsonl, line 1" in one_line_error(capsys)
@@ -225,10 +237,11 @@ def test_a_non_finite_evaluation_stops_the_run_like_a_non_finite_loss(tmp_path):
 
 
 @pytest.mark.parametrize(("field", "value", "flag"), [("objective", "analytic", "--objective"), ("lr", 1e6, "--lr"),
-                                                      ("hidden", 64, "--hidden")])
+                                                      ("hidden", 64, "--hidden"), ("protocol", "full", "--protocol")])
 def test_resume_refuses_a_config_json_edited_against_the_checkpoint(tmp_path, capsys, field, value, flag):
+    """Two epochs: the first metrics line, not the last, lacks what an edited protocol expects (validation_elbo)."""
     run = RunDir(tmp_path / "run")
-    train_vae(dataclasses.replace(VAE_SMALL, epochs=1), run, protocol=vae_protocol(), show_progress=False)
+    train_vae(VAE_SMALL, run, protocol=vae_protocol(), show_progress=False)
     saved = json.loads(run.config.read_text())
     saved["config"][field] = value
     run.config.write_text(json.dumps(saved))
@@ -236,6 +249,7 @@ def test_resume_refuses_a_config_json_edited_against_the_checkpoint(tmp_path, ca
     assert main(["vae", "train", "--out", str(run.path), "--resume"]) == 1
     err = one_line_error(capsys)
     assert f"differ from its checkpoint (a flag, or an edited config.json): {flag} " in err
+    assert f"({flag} was {getattr(VAE_SMALL, field)!r}, now {value!r})" in err  # not the metrics that config expects
     assert folder_bytes(run) == before
 
 
@@ -381,3 +395,127 @@ def test_ctrl_c_then_resume_still_ends_with_the_uninterrupted_weights(tmp_path):
     for name, tensor in whole.load_checkpoint()["model"].items():
         assert torch.equal(tensor, parts.load_checkpoint()["model"][name]), name
     assert to_dict(VAE_SMALL) == parts.load_checkpoint()["config"]
+
+
+# --------------------------------------------------------------------------- 11. run-folder faults
+
+
+def cli(*args: str, prelude: str = "", limit: int = 0, memory: int = 0) -> subprocess.CompletedProcess:
+    """``mnistgen ARGS`` in a fresh process, after ``prelude`` (Python run first), with writes past ``limit`` bytes
+    refused by the kernel (RLIMIT_FSIZE: EFBIG, as ENOSPC would be) and ``memory`` bytes of address space where
+    given."""
+    script = textwrap.dedent(f"""
+        import os, resource, signal, sys
+        if {limit}:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing us
+            resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
+        if {memory}:
+            resource.setrlimit(resource.RLIMIT_AS, ({memory}, {memory}))
+        """) + textwrap.dedent(prelude) + f"from mnistgen.cli import main\nsys.exit(main({list(args)!r}))\n"
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+
+
+SAMPLE_RUN = ("--dataset", "mnist-sample", "--hidden", "16", "--threads", "1")
+
+
+@pytest.mark.parametrize("content", ["[]", '"x"'])
+def test_a_replicas_json_that_is_not_an_object_is_one_line_naming_it(tmp_path, capsys, content):
+    """A replica run with a pending checkpoint (a commit cut short) beside a replicas.json that holds no position."""
+    run = RunDir(tmp_path / "run")
+    train_vae(dataclasses.replace(VAE_SMALL, epochs=1, seeds="1,2"), run, protocol=vae_protocol(), show_progress=False)
+    seed_run = run.seed_run(1)
+    (seed_run.path / "checkpoint.next.pt").write_bytes(seed_run.checkpoint.read_bytes())
+    run.replicas_commit.write_text(content)
+    before = folder_bytes(run)
+    assert main(["vae", "train", "--out", str(run.path), "--resume", "--epochs", "2"]) == 1
+    assert f"{run.replicas_commit}: not the replicas' saved position" in one_line_error(capsys)
+    assert folder_bytes(run) == before
+
+
+def test_a_killed_replica_writers_temporary_file_is_removed_when_the_run_is_claimed(tmp_path):
+    """A replica run killed (SIGKILL) while it writes a seed's pending checkpoint leaves that writer's temporary file
+    in RUN/seed=N; the next --resume removes it under the folder's lock, and trains to the end."""
+    out = tmp_path / "run"
+    killed = cli("vae", "train", "--out", str(out), "--epochs", "2", "--seeds", "1,2", *SAMPLE_RUN, prelude="""
+        from mnistgen import runs
+        real_write, pending_writes = runs.atomic_write, []
+
+        def atomic_write(path, write, mode="wb"):
+            if path.name == "checkpoint.next.pt":
+                pending_writes.append(path)
+                if len(pending_writes) == 3:  # epoch 2's first seed: killed in the middle of the write
+                    def write(handle):
+                        handle.write(b"half a checkpoint")
+                        handle.flush()
+                        os.kill(os.getpid(), signal.SIGKILL)
+            return real_write(path, write, mode)
+
+        runs.atomic_write = atomic_write
+        """)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    leftovers = list(out.glob("seed=1/.checkpoint.next.pt.*.tmp"))
+    assert len(leftovers) == 1 and leftovers[0].read_bytes() == b"half a checkpoint"
+    resumed = cli("vae", "train", "--out", str(out), "--resume", "--threads", "1")
+    assert resumed.returncode == 0, resumed.stderr
+    assert not list(out.rglob("*.tmp")) and [r["epoch"] for r in RunDir(out / "seed=1").read_metrics()] == [1, 2]
+
+
+def test_a_full_disk_at_a_later_save_leaves_no_metrics_line_beyond_the_checkpoint(tmp_path):
+    """The kernel refuses the checkpoint of epoch 2 (a file-size limit, as a full disk): the metrics line of epoch 2,
+    appended before it, is taken back, so metrics.jsonl and checkpoint.pt agree: one epoch each."""
+    out = tmp_path / "run"
+    assert cli("vae", "train", "--out", str(out), "--epochs", "1", *SAMPLE_RUN).returncode == 0
+    before = (out / "checkpoint.pt").read_bytes()
+    full = cli("vae", "train", "--out", str(out), "--resume", "--epochs", "2", limit=len(before) // 2)
+    errors = [line for line in full.stderr.splitlines() if "error" in line]
+    assert full.returncode == 1 and "Traceback" not in full.stderr, full.stderr
+    assert len(errors) == 1 and f"cannot write {out / 'checkpoint.pt'}: File too large" in errors[0]
+    assert (out / "checkpoint.pt").read_bytes() == before and not list(out.glob(".*.tmp"))
+    run = load_run(out, device="cpu")
+    assert run.epochs == 1 and [r["epoch"] for r in run.metrics] == [1]
+    again = cli("vae", "train", "--out", str(out), "--resume", "--epochs", "2")
+    assert again.returncode == 0 and "ignored" not in again.stderr, again.stderr
+    assert [r["epoch"] for r in RunDir(out).read_metrics()] == [1, 2]
+
+
+def test_resume_of_a_start_killed_before_its_config_says_what_to_run(tmp_path):
+    """Killed (SIGKILL) before config.json was written: --resume names the command that starts the run, which works."""
+    out = tmp_path / "run"
+    killed = cli("vae", "train", "--out", str(out), "--epochs", "1", *SAMPLE_RUN, prelude="""
+        from mnistgen.runs import RunDir
+        RunDir.write_config = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)
+        """)
+    assert killed.returncode == -signal.SIGKILL and out.is_dir() and not (out / "config.json").exists()
+    resumed = cli("vae", "train", "--out", str(out), "--resume")
+    assert resumed.returncode == 1 and len(resumed.stderr.splitlines()) == 1, resumed.stderr
+    assert resumed.stderr == (f"mnistgen: error: {out}: not a run folder (no config.json), nothing to resume; start "
+                              f"the run with `mnistgen vae train --out {out}`, without --resume\n")
+    assert cli("vae", "train", "--out", str(out), "--epochs", "1", *SAMPLE_RUN).returncode == 0
+
+
+def test_threads_past_the_bound_of_this_machine_are_refused_but_a_stored_run_stays_usable(tmp_path):
+    """--threads 3000 is refused (exit 2, one line naming the flag) before anything is created. A run trained where
+    more threads were allowed (its config.json and checkpoint say 3000) is still read and sampled here; resuming it
+    asks for --threads, and trains with a --threads this machine allows. Every command that could train runs in a
+    process with 4 GiB of address space: without the bound it would fail for want of memory for the threads' stacks,
+    not take the machine."""
+    run = RunDir(tmp_path / "run")
+    train_vae(dataclasses.replace(VAE_SMALL, epochs=1, threads=1), run, protocol=vae_protocol(), show_progress=False)
+    saved = json.loads(run.config.read_text())
+    saved["config"]["threads"] = 3000
+    run.config.write_text(json.dumps(saved))
+    checkpoint = run.load_checkpoint()
+    checkpoint["config"]["threads"] = 3000
+    torch.save(checkpoint, run.checkpoint)
+    assert load_run(run.path, device="cpu").config.threads == 3000
+    assert main(["vae", "sample", str(run.path), "--n", "2", "--out", str(tmp_path / "x.npy")]) == 0
+    out = tmp_path / "new"
+    for args in (("vae", "train", "--out", str(out), "--epochs", "1", "--dataset", "mnist-sample", "--threads", "3000"),
+                 ("gan", "train", "--out", str(out), "--epochs", "1", "--dataset", "mnist-sample", "--threads", "3000"),
+                 ("vae", "train", "--out", str(run.path), "--resume", "--epochs", "2")):
+        refused = cli(*args, memory=4 << 30)
+        assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1, refused.stderr[-2000:]
+        assert ": error: --threads must be <= " in refused.stderr and not out.exists()
+    train_vae(dataclasses.replace(VAE_SMALL, epochs=2, threads=1), run, resume=True, protocol=vae_protocol(),
+              show_progress=False)
+    assert [r["epoch"] for r in run.read_metrics()] == [1, 2]

@@ -199,6 +199,34 @@ def test_offline_without_mnist_the_scores_are_skipped_not_fatal(tmp_path, reprod
     assert not list((copy / "samples").glob("*.score.json"))
 
 
+def test_on_the_sample_the_score_stage_touches_no_network(tmp_path, reproduction, monkeypatch, capsys):
+    """A reproduction on the bundled sample (``--dataset mnist-sample``) with no MNIST on disk: its score stage is
+    skipped with the reason, and no mirror is asked (a real listening socket as the only mirror accepts no
+    connection), nor is --dataset mnist-sample suggested."""
+    import socket
+
+    copy = tmp_path / "RUN"
+    shutil.copytree(reproduction, copy)
+    for score in (copy / "samples").glob("*.score.json"):
+        score.unlink()
+    monkeypatch.setenv("MNISTGEN_CACHE_DIR", str(tmp_path / "empty-cache"))
+    monkeypatch.delenv("MNISTGEN_DATA_DIR", raising=False)
+    monkeypatch.delenv("MNISTGEN_OFFLINE", raising=False)
+    with socket.create_server(("127.0.0.1", 0)) as mirror:
+        mirror.setblocking(False)
+        monkeypatch.setenv("MNISTGEN_MIRRORS", f"http://127.0.0.1:{mirror.getsockname()[1]}/")
+        config = ReproduceConfig(data=DataConfig(dataset="mnist-sample", download_timeout=1, download_retries=0))
+        capsys.readouterr()
+        result = pipeline.stage_scores(pipeline.Reproduction(copy), config)
+        with pytest.raises(BlockingIOError):
+            mirror.accept()  # nobody connected
+    assert result is not None and result["note"].startswith(
+        "skipped (on the bundled sample a reproduction downloads nothing): the score's real-vs-real reference needs "
+        "full MNIST: 4 of 4 files missing from "), result
+    assert "--dataset mnist-sample" not in capsys.readouterr().err
+    assert not list((copy / "samples").glob("*.score.json"))
+
+
 BEYOND_STAGES = ["beyond-gan-train", "beyond-gan-samples", "beyond-scores", "beyond-vae-train", "beyond-vae-eval"]
 
 

@@ -244,7 +244,8 @@ def test_cli_refuses_an_npz_of_several_arrays_or_a_lying_header(tmp_path, capsys
     lying = io.BytesIO()
     with zipfile.ZipFile(lying, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("images.npy", header.getvalue() + bytes(784))
-    assert "claims 100,000,000 images" in score_error(tmp_path, capsys, name="lying.npz", raw_bytes=lying.getvalue())
+    assert "(100000000, 28, 28) and dtype uint8, 78,400,000,000 bytes, but only 784 follow it" in score_error(
+        tmp_path, capsys, name="lying.npz", raw_bytes=lying.getvalue())
     small = io.BytesIO()
     np.lib.format.write_array_header_1_0(header := io.BytesIO(), {"descr": "|u1", "fortran_order": False,
                                                                   "shape": (1000, 28, 28)})

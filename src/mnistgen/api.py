@@ -319,7 +319,7 @@ def train_vae(out: str | os.PathLike, *, resume: bool = False, show_progress: bo
     from .train.vae import train_vae as train
 
     run = RunDir(out)
-    base = run.read_config_as("vae", VAEConfig, "a VAE run") if resume else None
+    base = run.read_config_to_resume("vae", VAEConfig) if resume else None
     config = config_from_settings(VAEConfig, settings, base, "train_vae")
     finished = None if resume else finished_run(run, "vae", config, RESUMABLE_FIELDS)
     if finished is None:
@@ -346,7 +346,7 @@ def train_gan(out: str | os.PathLike, *, resume: bool = False, show_progress: bo
     from .train.gan import RESUMABLE_FIELDS
 
     run = RunDir(out)
-    base = run.read_config_as("gan", GANConfig, "a GAN run") if resume else None
+    base = run.read_config_to_resume("gan", GANConfig) if resume else None
     config = config_from_settings(GANConfig, settings, base, "train_gan")
     finished = None if resume else finished_run(run, "gan", config, RESUMABLE_FIELDS)
     if finished is None:

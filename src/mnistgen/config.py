@@ -26,13 +26,15 @@ Number = int | float
 @dataclass(frozen=True)
 class Bound:
     """The interval a numeric field must lie in: each end a number, the name of another field of the same config
-    (``high="lr"``) or None. ``when=(name, value)``: only while field ``name`` equals ``value``."""
+    (``high="lr"``) or None. ``when=(name, value)``: only while field ``name`` equals ``value``. ``machine``: a bound
+    of this machine, not of the run, which a stored config (:func:`from_dict`: perhaps trained elsewhere) may pass."""
 
     low: Number | str | None = None
     high: Number | str | None = None
     low_open: bool = False
     high_open: bool = False
     when: tuple[str, Any] | None = None
+    machine: bool = False
 
     def admits(self, value: Number, config: Any) -> bool:
         low, high = (getattr(config, end) if isinstance(end, str) else end for end in (self.low, self.high))
@@ -67,6 +69,10 @@ POSITIVE = Bound(low=0, low_open=True)
 NON_NEGATIVE = Bound(low=0)
 SEED_BOUND = Bound(low=0, high=2**64 - 1)
 """NumPy's SeedSequence refuses negative seeds and torch's generators seeds past 64 bits."""
+THREADS_PER_CPU = 4  # torch's CPU kernels gain nothing past one thread per logical CPU; 4 leaves room to oversubscribe
+# on purpose, and stays far below the thousands that crash torch or use up the process IDs
+THREADS_BOUND = Bound(high=THREADS_PER_CPU * (os.cpu_count() or 1), machine=True)
+_THREADS_HELP = f"CPU threads torch may use (0: torch's default, one per core; at most {THREADS_PER_CPU} per CPU)"
 _WRITTEN_OUT_LIMIT = 2**32  # larger integers of the form 2**k - 1 are written as such in bounds
 
 
@@ -195,7 +201,7 @@ class VAEConfig:
     lr_decay: float = option(
         0.5, "step schedule: factor applied to the learning rate at each step", Bound(low=0, high=1, low_open=True))
     lr_decay_every: int = option(100, "step schedule: epochs between two decays", POSITIVE)
-    threads: int = option(0, "CPU threads torch may use (0: torch's default, one per core)", NON_NEGATIVE)
+    threads: int = option(0, _THREADS_HELP, NON_NEGATIVE, THREADS_BOUND)
     flush_denormals: bool = option(False, _FLUSH_HELP)
     device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "where to compute")
     cpu_kernels: Literal["auto", "native", "torch", "reference"] = option(
@@ -258,7 +264,7 @@ class GANConfig:
     seeds: str | None = option(None, _SEEDS_HELP, check=_check_seeds)
     grid_every: int = option(10, "save an 8x8 grid from fixed noise every this many epochs", POSITIVE)
     device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "where to compute")
-    threads: int = option(0, "CPU threads torch may use (0: torch's default, one per core)", NON_NEGATIVE)
+    threads: int = option(0, _THREADS_HELP, NON_NEGATIVE, THREADS_BOUND)
     flush_denormals: bool = option(False, _FLUSH_HELP)
     cpu_kernels: Literal["auto", "native", "torch", "reference"] = option(
         "auto", _cpu_kernels_help("generator and discriminator"))
@@ -370,8 +376,9 @@ class GANPlotConfig:
 _TYPE_NAMES = {bool: "true or false", str: "text"}
 
 
-def validate(config: Any) -> None:
-    """Refuse, in one line naming its flag, the first value of ``config`` (nested configs too) that no run could use."""
+def validate(config: Any, stored: bool = False) -> None:
+    """Refuse, in one line naming its flag, the first value of ``config`` (nested configs too) that no run could use
+    (``stored``: a stored config's, bounds of this machine aside)."""
     hints = typing.get_type_hints(type(config))
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
@@ -380,7 +387,7 @@ def validate(config: Any) -> None:
         if dataclasses.is_dataclass(field_type):
             if not isinstance(value, field_type):
                 raise MnistgenError(f"{f.name} must be a JSON object of {field_type.__name__}'s fields, got {value!r}")
-            validate(value)
+            validate(value, stored)
         elif value is None and optional:
             continue
         elif typing.get_origin(field_type) is Literal:
@@ -388,7 +395,7 @@ def validate(config: Any) -> None:
                 raise MnistgenError(f"{_flag(f.name)} must be one of {', '.join(map(str, typing.get_args(field_type)))}"
                                     f", got {value!r}")
         elif bounds_of(f):  # a bound also refuses a value of the wrong kind, saying which numbers it takes
-            _check_bounds(f.name, value, field_type is int, bounds_of(f), config)
+            _check_bounds(f.name, value, field_type is int, bounds_of(f), config, stored)
         elif not isinstance(value, field_type):  # text or a switch: every number has a bound
             raise MnistgenError(f"{_flag(f.name)} must be {_TYPE_NAMES.get(field_type, field_type.__name__)}, "
                                 f"got {value!r}")
@@ -396,9 +403,9 @@ def validate(config: Any) -> None:
             f.metadata["check"](value, config)
 
 
-def _check_bounds(name: str, value: Any, integer: bool, bounds: tuple[Bound, ...], config: Any) -> None:
+def _check_bounds(name: str, value: Any, integer: bool, bounds: tuple[Bound, ...], config: Any, stored: bool) -> None:
     for bound in bounds:
-        if bound.when is not None and getattr(config, bound.when[0]) != bound.when[1]:
+        if (bound.when is not None and getattr(config, bound.when[0]) != bound.when[1]) or (bound.machine and stored):
             continue
         if not (_is_number(value, integer) and bound.admits(value, config)):
             requirement = bound.requirement(integer, config) + bound.condition()
@@ -420,7 +427,7 @@ def to_dict(config: Any) -> dict[str, Any]:
 def from_dict(cls: type, values: dict[str, Any]) -> Any:
     """Rebuild and validate a config from :func:`to_dict`'s output; unknown keys are refused, missing ones default."""
     config = _build(cls, values)
-    validate(config)
+    validate(config, stored=True)
     return config
 
 

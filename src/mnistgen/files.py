@@ -128,6 +128,8 @@ def read_json(path: str | os.PathLike) -> Any:
         raise MnistgenError(f"{path}: no such file") from None
     except json.JSONDecodeError as exc:
         raise MnistgenError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MnistgenError(f"{path}: not readable ({exc})") from None
 
 
 def figure_png(figure: Any) -> bytes:

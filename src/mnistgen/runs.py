@@ -90,6 +90,10 @@ def parse_metrics(text: str, path: Path, required: tuple[str, ...] = (),
 def _metrics_problem(line: str, required: tuple[str, ...]) -> str | None:
     """Why a metrics.jsonl line is not a valid record, or None."""
     try:
+        line.encode()  # a byte that is not UTF-8 was read as a lone surrogate
+    except UnicodeEncodeError:
+        return "not UTF-8 text"
+    try:
         record = json.loads(line, parse_constant=lambda name: name)  # NaN and Infinity stay text: refused below
     except (ValueError, RecursionError):
         return "not a complete JSON line"
@@ -112,7 +116,9 @@ def _metrics_problem(line: str, required: tuple[str, ...]) -> str | None:
     return None
 
 
-RUN_FILES = ("checkpoint.pt", "config.json", "metrics.jsonl", "data.json", "eval.json")  # written by replacing()
+PENDING_CHECKPOINT = "checkpoint.next.pt"  # a replica's state written, not yet committed (see mnistgen.train.common)
+RUN_FILES = ("checkpoint.pt", "config.json", "metrics.jsonl", "data.json", "eval.json", "replicas.json",
+             PENDING_CHECKPOINT)  # written by replacing()
 
 
 def _lock_exclusively(lock: Path, folder: Path) -> int:
@@ -226,6 +232,14 @@ class RunDir:
             raise MnistgenError(f"{self.path}: a {saved.get('kind')!r} run folder, not {expected}")
         return self._config_as(config_class, saved["config"])
 
+    def read_config_to_resume(self, kind: str, config_class: type) -> Any:
+        """The stored config that ``--resume`` continues; without one (no run, or a start killed before it wrote its
+        config) a one-line error that says what to run instead."""
+        if not self.config.is_file():
+            raise MnistgenError(f"{self.path}: not a run folder (no config.json), nothing to resume; start the run "
+                                f"with `mnistgen {kind} train --out {self.path}`, without --resume")
+        return self.read_config_as(kind, config_class, f"a {kind.upper()} run")
+
     def _config_as(self, config_class: type, values: dict[str, Any]) -> Any:
         try:
             return from_dict(config_class, values)
@@ -237,10 +251,13 @@ class RunDir:
         if not is_main_process():
             return
         self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.metrics, "a") as handle:
-            handle.write(json_line(record) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with open(self.metrics, "a") as handle:
+                handle.write(json_line(record) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            raise MnistgenError(f"cannot write {self.metrics}: {exc.strerror or exc}") from None
 
     def read_metrics(self, required: tuple[str, ...] = (), say: Callable[[str], None] | None = None
                      ) -> list[dict[str, Any]]:
@@ -248,8 +265,8 @@ class RunDir:
         if not self.metrics.is_file():
             return []
         try:
-            text = self.metrics.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
+            text = self.metrics.read_bytes().decode("utf-8", "surrogateescape")  # each line's bytes checked alone
+        except OSError as exc:
             raise MnistgenError(f"{self.metrics}: not readable ({exc})") from None
         return parse_metrics(text, self.metrics, required, say)
 
@@ -264,8 +281,9 @@ class RunDir:
     @contextmanager
     def claimed(self) -> Iterator[None]:
         """Hold the run folder for this process inside the block (rank 0 only), creating it if needed: an exclusive
-        ``flock`` on RUN/.lock, which the kernel drops with a crashed or killed process. A folder this call created is
-        removed again if the block leaves nothing in it but the lock."""
+        ``flock`` on RUN/.lock, which the kernel drops with a crashed or killed process, then remove what killed
+        writers left in RUN and RUN/seed=N. A folder this call created is removed again if the block leaves nothing in
+        it but the lock."""
         if not is_main_process():
             yield
             return
@@ -276,7 +294,8 @@ class RunDir:
             raise MnistgenError(f"{self.path}: cannot create the run folder ({exc.strerror or exc})") from None
         descriptor = _lock_exclusively(self.lock, self.path)
         try:
-            remove_temporaries(self.path, RUN_FILES)
+            for folder in (self.path, *self.path.glob(f"{SEED_FOLDER_PREFIX}*")):  # a replica run's seeds too
+                remove_temporaries(folder, RUN_FILES)
             yield
         finally:
             if created and [p.name for p in self.path.iterdir()] == [self.lock.name]:

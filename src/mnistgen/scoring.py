@@ -12,6 +12,7 @@ import io
 import json
 import math
 import os
+import tokenize
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from .config import DataConfig, ScoreConfig
 from .data.cache import VerdictStore, cache_root
 from .data.registry import get_dataset
 from .data.sources import FilesUnavailable, RawData, load_raw, obtain_files
-from .errors import DataError, MnistgenError
+from .errors import MnistgenError
 from .files import atomic_write, read_json, write_json
 from .imaging import to_uint8
 from .models.classifier import FEATURE_DIM, IMAGE_SIZE, NUM_CLASSES, MnistClassifier
@@ -85,17 +86,22 @@ def class_histogram(probabilities: np.ndarray) -> list[int]:
     return np.bincount(predictions, minlength=np.shape(probabilities)[1]).astype(int).tolist()
 
 
+def check_layout(dtype: np.dtype, shape: tuple[int, ...], what: str) -> None:
+    """(N >= 2, 28, 28) of float32, float64 or uint8 (what :func:`check_images` takes); else a one-line error."""
+    if dtype not in (np.float32, np.float64, np.uint8):
+        raise MnistgenError(f"{what}: dtype {dtype}, expected float32 or float64 in [0, 1], or uint8 0-255")
+    if len(shape) != 3 or shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+        raise MnistgenError(f"{what}: shape {shape}, expected (N, {IMAGE_SIZE}, {IMAGE_SIZE})")
+    if shape[0] < MIN_IMAGES:
+        raise MnistgenError(f"{what}: {shape[0]} image(s), need at least {MIN_IMAGES} for a covariance")
+
+
 def check_images(array: Any, what: str = "images") -> np.ndarray:
     """An (N >= 2, 28, 28) array of float32/float64 in [0, 1], or of uint8 levels 0-255 (as MNIST stores pixels),
     as floats in [0, 1] (level / 255, SPEC §1); anything else is a one-line error."""
     if not isinstance(array, np.ndarray):
         raise MnistgenError(f"{what}: expected a numpy array, got {type(array).__name__}")
-    if array.dtype not in (np.float32, np.float64, np.uint8):
-        raise MnistgenError(f"{what}: dtype {array.dtype}, expected float32 or float64 in [0, 1], or uint8 0-255")
-    if array.ndim != 3 or array.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
-        raise MnistgenError(f"{what}: shape {array.shape}, expected (N, {IMAGE_SIZE}, {IMAGE_SIZE})")
-    if len(array) < MIN_IMAGES:
-        raise MnistgenError(f"{what}: {len(array)} image(s), need at least {MIN_IMAGES} for a covariance")
+    check_layout(array.dtype, array.shape, what)
     if array.dtype == np.uint8:
         return array.astype(np.float32) / 255.0
     check_finite_values(array, what)
@@ -105,7 +111,8 @@ def check_images(array: Any, what: str = "images") -> np.ndarray:
     return array
 
 
-MAX_IMAGES = 10_000_000  # the most images an .npz may claim (7.8 GB as uint8): the size an archive declares may lie
+MAX_ARRAY_BYTES = 512 << 20  # the largest array read, as declared and as the float32/64 scored: all 70,000 MNIST
+# images in float64 are 439 MB, 10,000 samples 63 MB; 2.9 MB of .npz may declare 3 GB of zeros
 _HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
@@ -118,27 +125,30 @@ def check_finite_values(array: np.ndarray, what: str) -> None:
         raise MnistgenError(f"{what}: {infinite_count} infinite value(s)")
 
 
-def read_array(handle: Any, where: str, size: int, max_images: int | None = None) -> np.ndarray:
-    """The array of an open .npy stream of ``size`` bytes (a file, or the member of an .npz archive), never unpickled,
-    and read only once its header is checked against ``size`` and ``max_images``: a header that claims 100 million
-    images in a file of a few bytes is refused before anything is allocated."""
+def read_array(handle: Any, where: str, size: int) -> np.ndarray:
+    """The images of an open .npy stream of ``size`` bytes (a file, or the member of an .npz archive), never
+    unpickled, and read only once its header is checked: the layout :func:`check_images` takes, no more bytes than
+    ``size`` and :data:`MAX_ARRAY_BYTES`. A header that claims 100 million images in a file of a few bytes, or an
+    archive member that inflates to gigabytes, is refused before anything is allocated."""
     try:
         version = np.lib.format.read_magic(handle)
         if version not in _HEADER_READERS:  # 3.0 only holds structured arrays with non-Latin-1 field names
             raise MnistgenError(f"{where}: not a .npy array mnistgen reads (format version {version[0]}."
                                 f"{version[1]}; save the array with numpy.save)")
         shape, fortran_order, dtype = _HEADER_READERS[version](handle)
-    except (ValueError, OSError, EOFError):
+    except (ValueError, OSError, EOFError, SyntaxError, tokenize.TokenError):  # what numpy's header parser meets
         raise MnistgenError(f"{where}: not a .npy file (not a readable .npy array)") from None
     if dtype.hasobject:
         raise MnistgenError(f"{where}: not a .npy file (holds pickled objects)")
-    if max_images is not None and len(shape) == 3 and shape[0] > max_images:
-        raise MnistgenError(f"{where}: its header claims {shape[0]:,} images; mnistgen scores at most "
-                            f"{max_images:,} from an archive")
+    check_layout(dtype, shape, where)  # before anything is read
     claimed, held = math.prod(shape) * dtype.itemsize, size - handle.tell()
     if held < claimed:
         raise MnistgenError(f"{where}: not a .npy file (its header claims an array of shape {shape} and dtype {dtype}, "
                             f"{claimed:,} bytes, but only {held:,} follow it: truncated or damaged)")
+    scored = math.prod(shape) * max(dtype.itemsize, 4)  # the declared bytes, or the float32 that uint8 becomes
+    if scored > MAX_ARRAY_BYTES:
+        raise MnistgenError(f"{where}: its header declares an array of shape {shape} and dtype {dtype}, {scored:,} "
+                            f"bytes as scored; mnistgen reads arrays of at most {MAX_ARRAY_BYTES:,} bytes")
     data = handle.read(claimed)
     if len(data) != claimed:
         raise MnistgenError(f"{where}: truncated ({len(data):,} of {claimed:,} bytes)")
@@ -160,7 +170,7 @@ def load_npz_images(path: Path) -> np.ndarray:
         where = f"{path} ({members[0].filename})"
         try:
             with archive.open(members[0]) as handle:
-                return read_array(handle, where, members[0].file_size, MAX_IMAGES)
+                return read_array(handle, where, members[0].file_size)
         except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
             raise MnistgenError(f"{where}: not readable ({exc})") from None
 
@@ -371,8 +381,8 @@ def reference_statistics(classifier: Classifier, data: DataConfig | None = None,
     except FilesUnavailable as exc:
         reason = str(exc).removeprefix("mnist: ")
         fetch = "" if "mnistgen data fetch" in reason else "run `mnistgen data fetch` once a mirror answers, "
-        raise DataError(f"the score's real-vs-real reference needs full MNIST: {reason}; {fetch or 'or '}pass "
-                        "--data-dir with a folder that holds its files") from None
+        raise FilesUnavailable(f"the score's real-vs-real reference needs full MNIST: {reason}; {fetch or 'or '}"
+                               "pass --data-dir with a folder that holds its files") from None
     finally:
         store.save()
     # every file is there and verified now (the verdicts are remembered: no second hashing)

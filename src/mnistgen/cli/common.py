@@ -85,8 +85,7 @@ def train_command(args: argparse.Namespace, kind: str, config_class: type, train
 
     run = RunDir(args.out)
     with torchrun_job():
-        expected = f"a {kind.upper()} run"
-        base = from_main_rank(lambda: run.read_config_as(kind, config_class, expected)) if args.resume else None
+        base = from_main_rank(lambda: run.read_config_to_resume(kind, config_class)) if args.resume else None
         with ranks_agree():
             config = config_from_args(config_class, args, base)
         try:

@@ -34,7 +34,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,7 @@ from ..config import from_dict, is_replicated, replica_config, replica_seeds, to
 from ..distributed import from_main_rank, is_main_process, rank_and_size
 from ..errors import MnistgenError, NonFiniteLossError, TrainingInterrupted
 from ..files import read_json, sync_folder, write_json
-from ..runs import RunDir, load_checkpoint, save_checkpoint
+from ..runs import PENDING_CHECKPOINT, RunDir, load_checkpoint, save_checkpoint
 
 # glibc's mallopt parameters (malloc.h) and the values :func:`keep_freed_memory` sets
 _M_TRIM_THRESHOLD = -1
@@ -119,14 +119,11 @@ def check_run_folder(run: RunDir, resume: bool, kind: str, config: Any, may_chan
         if run.config.is_file():
             say(f"mnistgen: note: {run.path}: an earlier start ended before its first checkpoint; starting anew")
         return None
-    if not run.config.is_file():
-        raise MnistgenError(f"{run.path}: nothing to resume (no run here); train without --resume first")
-    run.read_config_as(kind, type(config), f"a {kind.upper()} run")
+    run.read_config_to_resume(kind, type(config))
     if not has_checkpoint:
         say(f"mnistgen: note: {run.path}: no checkpoint yet (its first start ended before one); starting from "
             "epoch 1 with its settings")
         return None
-    run.read_metrics(metric_keys, say=lambda line: None)  # a damaged line is refused now, before the data load
     checkpoint = run.load_checkpoint(map_location="cpu")
     if not isinstance(checkpoint, dict) or "config" not in checkpoint:
         raise MnistgenError(f"{run.checkpoint}: not a checkpoint of a {kind.upper()} run (no config in it)")
@@ -145,6 +142,7 @@ def check_run_folder(run: RunDir, resume: bool, kind: str, config: Any, may_chan
         raise MnistgenError(f"{run.path}: --resume must keep the settings the run was trained with; these differ from "
                             f"its checkpoint (a flag, or an edited config.json): {names} (--{first.replace('_', '-')} "
                             f"was {getattr(then, first)!r}, now {getattr(now, first)!r})")
+    run.read_metrics(metric_keys, say=lambda line: None)  # a damaged line is refused now, before the data load
     return checkpoint
 
 
@@ -254,8 +252,6 @@ class RunState:
 
 # --------------------------------------------------------------------------- the run folders of R replicas
 
-PENDING_CHECKPOINT = "checkpoint.next.pt"  # a replica's state written, not yet committed
-
 
 def pending_checkpoint(run: RunDir) -> Path:
     return run.path / PENDING_CHECKPOINT
@@ -264,14 +260,17 @@ def pending_checkpoint(run: RunDir) -> Path:
 def settle_checkpoints(run: RunDir, seeds: Sequence[int]) -> None:
     """Finish or undo a commit that a killed process left half done, so every replica's checkpoint.pt stands at
     the position RUN/replicas.json records (see the module's docstring)."""
-    committed = read_json(run.replicas_commit) if run.replicas_commit.is_file() else None
+    committed = read_json(run.replicas_commit) if run.replicas_commit.is_file() else {}
     for seed in seeds:
         pending = pending_checkpoint(run.seed_run(seed))
         if not pending.is_file():
             continue
+        if not isinstance(committed, dict):
+            raise MnistgenError(f"{run.replicas_commit}: not the replicas' saved position (a JSON object with "
+                                f"\"epoch\" and \"step\"), which {pending} awaits")
         state = load_checkpoint(pending)
         position = (state.get("epoch"), state.get("step")) if isinstance(state, dict) else None
-        if committed is not None and position == (committed.get("epoch"), committed.get("step")):
+        if committed and position == (committed.get("epoch"), committed.get("step")):
             os.replace(pending, run.seed_run(seed).checkpoint)
         else:
             pending.unlink()
@@ -289,9 +288,7 @@ def check_replica_folder(run: RunDir, resume: bool, kind: str, config: Any, may_
         if run.checkpoint.is_file():
             raise MnistgenError(f"{run.path} already holds a single-seed run: choose another --out")
         return [None] * len(seeds)
-    if not run.config.is_file():
-        raise MnistgenError(f"{run.path}: nothing to resume (no run here); train without --resume first")
-    saved = run.read_config_as(kind, type(config), f"a {kind.upper()} run")
+    saved = run.read_config_to_resume(kind, type(config))
     if replica_seeds(saved) != seeds:
         raise MnistgenError(f"{run.path}: --resume must keep the seeds the run was trained with "
                             f"({','.join(map(str, replica_seeds(saved)))})")
@@ -442,14 +439,23 @@ class ReplicaRuns:
 
     def record_epoch(self, records: Sequence[dict[str, Any]]) -> None:
         """The second half: every number of each replica's record ("epoch": the epochs completed) must be finite (an
-        evaluation may fail too); each goes to its RUN/metrics.jsonl, then the completed epoch's checkpoints."""
+        evaluation may fail too); each goes to its RUN/metrics.jsonl, then the completed epoch's checkpoints (where
+        these cannot be saved, the lines are taken back)."""
         for k, record in enumerate(records):
             for key, value in record.items():
                 if isinstance(value, float):
                     check_finite(value, self.label(k, key), record["epoch"], kept=self.states[k].kept)
-        for state, record in zip(self.states, records, strict=True):
-            state.run.append_metrics(record)
-        self.save(epoch=records[0]["epoch"])
+        ends = [state.run.metrics.stat().st_size if state.run.metrics.is_file() else 0 for state in self.states]
+        try:
+            for state, record in zip(self.states, records, strict=True):
+                state.run.append_metrics(record)
+            self.save(epoch=records[0]["epoch"])
+        except MnistgenError:  # a full disk, a NaN weight: the metrics hold no epoch that the checkpoints lack
+            for state, end in zip(self.states, ends, strict=True):
+                if is_main_process():
+                    with suppress(OSError):  # if this fails too, the next --resume drops the line
+                        os.truncate(state.run.metrics, end)
+            raise
 
 
 def take_steps(engine: Any, start: int, steps: int, inputs: Callable[[int, int], Sequence[torch.Tensor]],
