@@ -11,6 +11,7 @@ import dataclasses
 import io
 import json
 import math
+import re
 import shutil
 import tempfile
 import tracemalloc
@@ -334,3 +335,120 @@ def test_any_array_file_is_read_or_refused_within_a_bound_on_memory(tmp_path, mo
         assert images.shape[1:] == (28, 28) and images.dtype in (np.float32, np.float64)
         assert images.nbytes <= ARRAY_LIMIT
     assert peak < 3 * ARRAY_LIMIT + MEMORY_SLACK, peak
+
+
+# --------------------------------------------------------------------------- sweep files
+
+SWEEP_LIMIT = 50  # trials: a smaller limit than the command's keeps each example quick; the check is the same
+PLAUSIBLE = {"epochs": st.integers(1, 300), "lr": st.floats(1e-5, 0.1), "batch_size": st.integers(1, 256),
+             "threads": st.integers(1, 4), "device": st.just("cpu"), "dataset": st.just("mnist-sample"),
+             "hidden": st.integers(1, 500), "latent_dim": st.integers(1, 8), "zdim": st.integers(1, 64)}
+SETTING_NAMES = (*PLAUSIBLE, "seed", "seeds", "replicas", "protocol", "epoch", "data_dir", "lr_schedule", "lr_min")
+toml_scalars = (st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
+                | st.sampled_from(["vae", "gan", "mnist-sample", "hw", "full", "cpu", "cosine"]))
+toml_values = st.recursive(toml_scalars, lambda inner: st.lists(inner, max_size=4)
+                           | st.dictionaries(st.sampled_from(SETTING_NAMES) | st.text(max_size=6), inner, max_size=3),
+                           max_leaves=12)
+setting_names = st.sampled_from(SETTING_NAMES) | st.text(max_size=6)
+any_settings = st.dictionaries(setting_names, toml_values, max_size=6)
+plausible_settings = st.sampled_from(sorted(PLAUSIBLE)).flatmap(lambda name: st.tuples(st.just(name), PLAUSIBLE[name]))
+plausible_grids = st.lists(st.sampled_from(sorted(PLAUSIBLE)), min_size=1, max_size=8, unique=True).flatmap(
+    lambda names: st.fixed_dictionaries({name: st.lists(PLAUSIBLE[name], min_size=1, max_size=12, unique=True)
+                                         for name in names}))
+plausible_sweeps = st.fixed_dictionaries(  # a sweep file as one would write it: many valid, many over the limit
+    {"model": st.sampled_from(["vae", "gan"])},
+    optional={"seeds": st.lists(st.integers(0, 99), min_size=1, max_size=8, unique=True),
+              "base": st.lists(plausible_settings, max_size=4).map(dict), "grid": plausible_grids})
+odd_sweeps = st.fixed_dictionaries(  # the same keys holding anything, and keys that a sweep file does not have
+    {"model": st.sampled_from(["vae", "gan"]) | toml_values},
+    optional={"seeds": st.lists(st.integers(), max_size=3) | toml_values, "replicas": st.integers(1, 60) | toml_values,
+              "base": any_settings | toml_values, "list": st.lists(any_settings, max_size=60) | toml_values,
+              "grid": st.dictionaries(setting_names, st.lists(toml_scalars, max_size=12), max_size=10) | toml_values}
+) | st.dictionaries(st.text(max_size=8), toml_values | any_settings, max_size=6)
+
+
+def toml_value(value: object) -> str:
+    """``value`` as TOML writes it: arrays and inline tables, strings with JSON's escapes (TOML's too)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)  # nan, inf, -inf, 1e+100: TOML's spellings too
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list):
+        return "[" + ", ".join(map(toml_value, value)) + "]"
+    return "{" + ", ".join(f"{toml_value(key)} = {toml_value(item)}" for key, item in value.items()) + "}"
+
+
+def toml_text(data: dict) -> str:
+    return "".join(f"{toml_value(key)} = {toml_value(value)}\n" for key, value in data.items())
+
+
+sweep_tables = plausible_sweeps | plausible_sweeps | odd_sweeps
+
+
+@contextlib.contextmanager
+def address_space_limited(extra: int):
+    """Inside the block this process may map only ``extra`` bytes more than it holds now (past that: MemoryError)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    size = int(re.search(r"VmSize:\s+(\d+) kB", Path("/proc/self/status").read_text())[1]) * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (size + extra if hard == resource.RLIM_INFINITY else min(size + extra, hard),
+                                            hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+sweep_texts = (sweep_tables.map(toml_text) | st.text(max_size=300)  # a sweep file's tables, or any text
+               | st.tuples(sweep_tables.map(toml_text), st.text(max_size=20), st.integers(0, 10**6)).map(
+                   lambda parts: parts[0][:parts[2] % (len(parts[0]) + 1)] + parts[1]
+                   + parts[0][parts[2] % (len(parts[0]) + 1):]))  # and with a piece of text inserted anywhere
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=sweep_texts)
+@example(text='model = "vae"\n[grid]\n' + "".join(f"k{i} = {list(range(10))}\n" for i in range(8)))  # 10**8
+@example(text='model = "vae"\n[grid]\n' + "".join(f"{key} = {list(range(1, 11))}\n" for key in (
+    "hidden", "latent_dim", "epochs", "batch_size", "train_samples", "lr_decay_every", "validation_size",
+    "download_retries")))
+@example(text='model = "vae"\nreplicas = 1000000000\n')
+@example(text='model = "gan"\nreplicas = 2\n[[list]]\nzdim = 8\n[[list]]\nzdim = 16\n')  # valid
+@example(text='model = ["vae"]\n')
+@example(text='model = "vae"\n[grid]\nreplicas = [2]\n')
+@example(text='model = "vae"\nseed = [1]\n')
+@example(text='model = "vae"\nx = ' + "[" * 3000 + "]" * 3000 + "\n")
+@example(text='model = "vae"\n[base]\nlr = 1' + "0" * 400 + "\n")
+@example(text='model = "vae"\n[base]\nepochs = 1' + "0" * 5000 + "\n")
+def test_any_sweep_file_is_a_valid_sweep_or_one_clean_line_and_never_more_trials_than_the_limit(text):
+    """Whatever text a sweep file holds, reading it ends in a valid sweep of at most the limit's trials or in one
+    :class:`MnistgenError` (the command's one-line error), never another exception; and no more configurations
+    or trials than the limit are ever made, whatever the grid's size: the check comes before the expansion."""
+    from unittest import mock
+
+    import mnistgen.sweep as sweep_module
+    from mnistgen.cli.common import printable
+    from mnistgen.errors import MnistgenError
+
+    made = {"configurations": 0, "trials": 0}
+
+    def counted(kind: str, make):
+        def counting(*args, **kwargs):
+            made[kind] += 1
+            assert made[kind] <= SWEEP_LIMIT, f"more {kind} made than the limit of {SWEEP_LIMIT}"
+            return make(*args, **kwargs)
+        return counting
+
+    name, trial = counted("configurations", sweep_module.configuration_name), counted("trials", sweep_module.Trial)
+    with mock.patch.object(sweep_module, "configuration_name", name), mock.patch.object(sweep_module, "Trial", trial):
+        try:
+            with address_space_limited(512 << 20):  # a grid expanded before its size is checked: MemoryError
+                sweep = sweep_module.parse_sweep(text, "s.toml", max_trials=SWEEP_LIMIT)
+        except MnistgenError as exc:
+            message = printable(str(exc))  # as the command prints it
+            assert message.startswith("s.toml: ") and "\n" not in message
+            event(" ".join(re.sub(r"[^a-z ]", "", message[8:]).split()[:2]))
+            return
+    event("valid")
+    assert 1 <= len(sweep.configurations) * len(sweep.seeds) <= SWEEP_LIMIT
+    assert made["trials"] == len(sweep.configurations) * len(sweep.seeds)

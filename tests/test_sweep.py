@@ -4,12 +4,17 @@ sweep through a real Ray instance on 127.0.0.1 giving the same summary."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import ipaddress
 import math
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -79,6 +84,8 @@ def test_configuration_names_are_readable_and_safe_for_a_folder():
     assert len(long) == 120 and long != configuration_name({"data_dir": "x" * 301})
 
 
+EIGHT_KEYS = ("hidden", "latent_dim", "epochs", "batch_size", "train_samples", "lr_decay_every", "validation_size",
+              "download_retries")
 ERRORS = [
     ('modle = "vae"\n', MnistgenError, "unknown key(s) 'modle'"),
     ('model = "cnn"\n', MnistgenError, 'model must be "vae" or "gan", got \'cnn\''),
@@ -99,6 +106,25 @@ ERRORS = [
     ('model = "vae"\nseeds = [-1]\n', UsageError, "--seed must be in [0, 2**64 - 1], got -1"),
     ('model = "vae"\n[grid]\nlr = [0.1, 0.10]\n', MnistgenError, "two configurations have the folder name"),
     ('model = "vae\n', MnistgenError, "not valid TOML"),
+    ('model = "vae"\nx = ' + "[" * 5000 + "]" * 5000 + "\n", MnistgenError, "not valid TOML"),
+    # seeds come from seeds or replicas, never from a table (a rerun would find each trial a replica run)
+    ('model = "vae"\n[grid]\nreplicas = [2]\n', MnistgenError,
+     "[grid] sets replicas; give the seeds with seeds = [...] or replicas = N at the top of the file"),
+    ('model = "vae"\n[[list]]\nseeds = "1,2"\n', MnistgenError, "[[list]] sets seeds; give the seeds with seeds"),
+    ('model = "vae"\n[base]\nreplicas = 2\n', MnistgenError, "[base] sets replicas; give the seeds with seeds"),
+    ('model = ["vae"]\n', MnistgenError, "model must be \"vae\" or \"gan\", got ['vae']"),
+    ('model = "vae"\nseed = [1]\n', MnistgenError, "unknown key(s) 'seed' (did you mean 'seeds'?)"),
+    ('model = "vae"\n[base]\nepoch = 2\n[grid]\nlr = [0.1]\n', UsageError,
+     "s.toml: [base]: unknown setting 'epoch' (did you mean 'epochs'?)"),
+    ('model = "vae"\n[base]\nlr = -1.0\n[grid]\nhidden = [8]\n', UsageError,
+     "s.toml: [base]: --lr must be a positive number, got -1.0"),
+    ('model = "vae"\n[grid]\nlrr = [0.1]\n', UsageError, "s.toml: [grid]: unknown setting 'lrr' (did you mean 'lr'?)"),
+    ('model = "gan"\n[[list]]\nzdim = 8\n[[list]]\nzdm = 8\n', UsageError,
+     "s.toml: [[list]]: unknown setting 'zdm' (did you mean 'zdim'?)"),
+    # the size, from the grid's sizes before anything is expanded (a huge grid: in a capped process, below)
+    ('model = "vae"\n[grid]\n' + "".join(f"{key} = {list(range(1, 7))}\n" for key in EIGHT_KEYS[:4]), MnistgenError,
+     "1296 configuration(s) x 1 seed(s) = 1296 trials, more than the limit of 1000 (raise it with --max-trials)"),
+    ('model = "vae"\nseeds = [1, 2]\n' + "[[list]]\n" * 501, MnistgenError, "501 configuration(s) x 2 seed(s)"),
 ]
 
 
@@ -113,6 +139,30 @@ def test_each_bad_sweep_file_is_one_line_naming_the_problem(text, kind, message)
 def test_a_missing_sweep_file_is_one_line(tmp_path):
     with pytest.raises(MnistgenError, match=r"nope\.toml: no such sweep file$"):
         read_sweep(tmp_path / "nope.toml")
+
+
+def test_a_sweep_too_large_is_refused_before_it_is_expanded_and_the_limit_can_be_raised(tmp_path, capsys):
+    """The command, in a process with 1 GiB of address space: 8 keys x 10 values (10**8 configurations, gigabytes
+    once expanded) and replicas = 10**9 are each refused in one line, and nothing is written."""
+    from mnistgen.cli import main
+
+    for name, text in (("grid", '[grid]\n' + "".join(f"{key} = {list(range(1, 11))}\n" for key in EIGHT_KEYS)),
+                       ("replicas", "replicas = 1000000000\n")):
+        (tmp_path / f"{name}.toml").write_text(f'model = "vae"\n{text}')
+        argv = ["sweep", str(tmp_path / f"{name}.toml"), "--out", str(tmp_path / "out")]
+        done = subprocess.run([sys.executable, "-c", "import resource, sys; resource.setrlimit(resource.RLIMIT_AS, "
+                               f"(1 << 30, 1 << 30)); from mnistgen.cli import main; sys.exit(main({argv!r}))"],
+                              capture_output=True, text=True, timeout=300)
+        assert (done.returncode, done.stderr.count("\n")) == (1, 1), done.stderr
+        assert "than the limit of 1000 (raise it with --max-trials)" in done.stderr
+        assert not (tmp_path / "out").exists()
+    six = 'model = "vae"\nreplicas = 2\n[grid]\nhidden = [8, 16, 32]\n'
+    with pytest.raises(MnistgenError, match=r"3 configuration\(s\) x 2 seed\(s\) = 6 trials, more than the limit of 5"):
+        parse_sweep(six, max_trials=5)
+    assert len(trials_of(parse_sweep(six, max_trials=6), tmp_path)) == 6
+    (tmp_path / "six.toml").write_text(six)
+    assert main(["sweep", str(tmp_path / "six.toml"), "--out", str(tmp_path / "out"), "--max-trials", "5"]) == 1
+    assert "6 trials, more than the limit of 5 (raise it with --max-trials)" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- the interval
@@ -257,7 +307,10 @@ def test_the_command_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exited:
         main(["sweep", "--help"])
     assert exited.value.code == 0
-    assert "SWEEP.toml" in capsys.readouterr().out
+    help_text = capsys.readouterr().out
+    for text in ("SWEEP.toml", "--max-trials", "the sweep file (TOML):", 'model = "vae"', "seeds = [1, 2, 3]", "[base]",
+                 "[grid]", "lr = [1e-3, 3e-3]", "# [[list]]", "batch_size for --batch-size"):  # the format itself
+        assert text in help_text
     assert main(["sweep", str(tmp_path / "none.toml"), "--out", str(tmp_path / "out")]) == 1
     assert capsys.readouterr().err.strip().endswith("none.toml: no such sweep file")
     (tmp_path / "s.toml").write_text('model = "vae"\n[grid]\nhidden = [0]\n')
@@ -275,6 +328,149 @@ def test_without_ray_the_ray_engine_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(MnistgenError, match=r'^--engine ray needs Ray, which is not installed: pip install '
                                             r'"mnistgen\[ray\]"$'):
         run_sweep(tmp_path / "s.toml", tmp_path / "out", SweepOptions(engine="ray"), say=lambda line: None)
+
+
+# --------------------------------------------------------------------------- faults: signals, kills, a second sweep
+
+LONG = """\
+model = "vae"
+seeds = [1, 2]
+[base]
+epochs = 100000
+dataset = "mnist-sample"
+device = "cpu"
+threads = 1
+hidden = 8
+[grid]
+lr = [1e-3, 2e-3]
+"""  # 4 trials of an hour each; the first two start first (jobs 2), the others wait
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a living process (a zombie is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def sweep_process(folder: Path, text: str) -> Iterator[tuple[subprocess.Popen, set[int]]]:
+    """``mnistgen sweep`` of ``text`` into folder/out with 2 jobs, in a real process (its output in folder/stdout and
+    folder/stderr); yields it and the set of the processes seen below it, all killed at the end (orphans too)."""
+    (folder / "s.toml").write_text(text)
+    with open(folder / "stdout", "w") as out, open(folder / "stderr", "w") as err:
+        process = subprocess.Popen([sys.executable, "-m", "mnistgen", "sweep", str(folder / "s.toml"), "--out",
+                                    str(folder / "out"), "--jobs", "2"], stdout=out, stderr=err)
+    seen = {process.pid}
+    try:
+        yield process, seen
+    finally:
+        if process.poll() is None:
+            seen |= descendants(process.pid)
+        for pid in seen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        process.wait()
+
+
+def worker_training(trial: Path, process: subprocess.Popen, seen: set[int]) -> int:
+    """The pid of the worker process of the sweep ``process`` that trains ``trial``, once it trains it (the trial's
+    lock names the worker, and its first checkpoint is written)."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        assert process.poll() is None, (trial.parents[3] / "stderr").read_text()
+        seen |= descendants(process.pid)
+        with contextlib.suppress(OSError):
+            holder = (trial / ".lock").read_text().strip()
+            if holder.isdigit() and int(holder) in seen and alive(int(holder)) and (trial / "checkpoint.pt").is_file():
+                return int(holder)
+        time.sleep(0.1)
+    pytest.fail(f"no worker trained {trial} within 300 s")
+
+
+def epochs_recorded(trial: Path) -> int:
+    from mnistgen.runs import RunDir
+
+    return len(RunDir(trial).read_metrics(say=lambda line: None))
+
+
+def test_a_killed_worker_fails_its_own_trial_alone_and_a_new_worker_trains_the_rest(tmp_path):
+    text = ('model = "vae"\nseeds = [1]\n[base]\ndataset = "mnist-sample"\ndevice = "cpu"\nthreads = 1\nhidden = 8\n'
+            + "".join(f"[[list]]\nepochs = {epochs}\nlr = {lr}\n"
+                      for epochs, lr in ((100000, 1e-3), (1, 2e-3), (1, 3e-3), (1, 4e-3))))  # the first: an hour
+    with sweep_process(tmp_path, text) as (process, seen):
+        os.kill(worker_training(tmp_path / "out" / "trials" / "epochs=100000,lr=0.001" / "seed=1", process, seen),
+                signal.SIGKILL)
+        assert process.wait(timeout=300) == 1
+    lines = (tmp_path / "stdout").read_text().splitlines()
+    assert "  epochs=100000,lr=0.001/seed=1: FAILED: its worker process was killed by signal SIGKILL" in lines, lines
+    assert sum(": trained in " in line for line in lines) == 3, lines
+    assert lines[-1].startswith("sweep: 3 trained, 0 skipped (finished before), 1 failed"), lines
+    rows = {row["configuration"]: (row["n"], row["failed"]) for row in read_rows(tmp_path / "out" / "summary.csv")}
+    assert rows == {"epochs=100000,lr=0.001": ("0", "1"), "epochs=1,lr=0.002": ("1", "0"),
+                    "epochs=1,lr=0.003": ("1", "0"), "epochs=1,lr=0.004": ("1", "0")}
+    assert "killed by signal SIGKILL" in (tmp_path / "out" / "summary.html").read_text()
+
+
+def test_ctrl_c_stops_every_trial_at_its_next_step_and_a_rerun_resumes_them(tmp_path):
+    out = tmp_path / "out"
+    started = [out / "trials" / "lr=0.001" / f"seed={seed}" for seed in (1, 2)]
+    with sweep_process(tmp_path, LONG) as (process, seen):
+        for trial in started:
+            worker_training(trial, process, seen)
+        process.send_signal(signal.SIGINT)
+        try:
+            code = process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the sweep went on training after SIGINT")
+    assert code == 130
+    assert (tmp_path / "stderr").read_text().splitlines() == [
+        "mnistgen: interrupted: 2 trial(s) stopped and saved, 2 not started; run the same command again to resume them"]
+    assert sorted(out.glob("trials/*/seed=*")) == started  # the queued trials did not start
+    first_lines = {trial: (trial / "metrics.jsonl").read_text().splitlines()[0] for trial in started}
+    epochs = max(epochs_recorded(trial) for trial in started) + 1
+    (tmp_path / "s.toml").write_text(LONG.replace("epochs = 100000", f"epochs = {epochs}"))
+    lines: list[str] = []
+    run_sweep(tmp_path / "s.toml", out, SweepOptions(jobs=2), say=lines.append)
+    assert lines[-1].startswith("sweep: 4 trained, 0 skipped (finished before), 0 failed"), lines
+    for trial, first in first_lines.items():  # resumed, not started anew (that would rewrite the first epoch)
+        assert (trial / "metrics.jsonl").read_text().splitlines()[0] == first
+        assert epochs_recorded(trial) == epochs
+
+
+def test_the_workers_die_with_a_killed_sweep_and_a_rerun_resumes_their_trials(tmp_path):
+    out = tmp_path / "out"
+    started = [out / "trials" / "lr=0.001" / f"seed={seed}" for seed in (1, 2)]
+    with sweep_process(tmp_path, LONG) as (process, seen):
+        workers = [worker_training(trial, process, seen) for trial in started]
+        process.kill()
+        process.wait()
+        deadline = time.monotonic() + 10
+        while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in workers if alive(pid)], "the workers outlived the sweep"
+    epochs = max(epochs_recorded(trial) for trial in started) + 1
+    (tmp_path / "s.toml").write_text(LONG.replace("epochs = 100000", f"epochs = {epochs}"))
+    lines: list[str] = []
+    run_sweep(tmp_path / "s.toml", out, SweepOptions(jobs=2), say=lines.append)
+    assert lines[-1].startswith("sweep: 4 trained, 0 skipped (finished before), 0 failed"), lines
+
+
+def test_a_second_sweep_into_the_same_folder_is_refused_in_one_line(tmp_path, capsys):
+    from mnistgen.cli import main
+
+    out = tmp_path / "out"
+    with sweep_process(tmp_path, LONG) as (process, seen):
+        worker_training(out / "trials" / "lr=0.001" / "seed=1", process, seen)
+        (tmp_path / "short.toml").write_text(LONG.replace("epochs = 100000", "epochs = 1"))
+        assert main(["sweep", str(tmp_path / "short.toml"), "--out", str(out), "--jobs", "2"]) == 1
+        captured = capsys.readouterr()
+        assert (captured.out, captured.err) == ("", f"mnistgen: error: {out.resolve()} is in use by another mnistgen "
+                                                    f"process (pid {process.pid}); wait for it to end, or choose "
+                                                    "another --out\n")
+        assert process.poll() is None and not (out / "summary.csv").exists()
+        assert not (out / "trials" / "lr=0.002").exists()
 
 
 # --------------------------------------------------------------------------- Ray

@@ -295,7 +295,7 @@ def finished_run(run: RunDir, kind: str, config: Any, resumable: tuple[str, ...]
 
 @in_python_words
 def train_vae(out: str | os.PathLike, *, resume: bool = False, show_progress: bool | None = None,
-              **settings: Any) -> Run:
+              stop: Callable[[], bool] | None = None, **settings: Any) -> Run:
     """Train the VAE into the run folder ``out``, as ``mnistgen vae train --out OUT``; return :func:`load_run` (out).
 
     settings: one keyword per flag of ``mnistgen vae train`` (the fields of :class:`mnistgen.config.VAEConfig`,
@@ -312,6 +312,7 @@ def train_vae(out: str | os.PathLike, *, resume: bool = False, show_progress: bo
     show_progress: a progress bar on stderr (None: only on a terminal).
     Ctrl-C (a notebook's interrupt) saves the state after the current step and raises
     :class:`mnistgen.errors.TrainingInterrupted` (a ``KeyboardInterrupt``), whose message says how to go on.
+    stop: polled before every step instead of Ctrl-C; True stops the run as Ctrl-C does.
 
     Returns the :class:`Run`, its VAE on the device it trained on: ``run.sample(n)`` -> (n, 28, 28),
     ``run.encode(images (N, 28, 28))`` -> (mean, logvar), each (N, D_z); ``run.decode(z (N, D_z))`` -> (N, 28, 28)."""
@@ -323,13 +324,13 @@ def train_vae(out: str | os.PathLike, *, resume: bool = False, show_progress: bo
     config = config_from_settings(VAEConfig, settings, base, "train_vae")
     finished = None if resume else finished_run(run, "vae", config, RESUMABLE_FIELDS)
     if finished is None:
-        train(config, run, resume=resume, show_progress=show_progress)
+        train(config, run, resume=resume, show_progress=show_progress, stop=stop)
     return finished or load_run(run.path, config.device)
 
 
 @in_python_words
 def train_gan(out: str | os.PathLike, *, resume: bool = False, show_progress: bool | None = None,
-              **settings: Any) -> Run:
+              stop: Callable[[], bool] | None = None, **settings: Any) -> Run:
     """Train the GAN into the run folder ``out``, as ``mnistgen gan train --out OUT``; return :func:`load_run` (out).
 
     settings: one keyword per flag of ``mnistgen gan train`` (the fields of :class:`mnistgen.config.GANConfig`,
@@ -340,7 +341,8 @@ def train_gan(out: str | os.PathLike, *, resume: bool = False, show_progress: bo
     resume: as ``--resume`` (only ``epochs``, ``grid_every``, ``device``, ``threads``, ``cpu_kernels``,
     ``flush_denormals`` (see :func:`train_vae`) and where the data are found may change).
     show_progress: a progress bar on stderr (None: only on a terminal).
-    Ctrl-C saves the state after the current step and raises :class:`mnistgen.errors.TrainingInterrupted`.
+    Ctrl-C (or ``stop``, see :func:`train_vae`) saves the state after the current step and raises
+    :class:`mnistgen.errors.TrainingInterrupted`.
 
     Returns the :class:`Run`, its G and D on the device it trained on: ``run.sample(n)`` -> G(z), (n, 28, 28)."""
     from .train.gan import RESUMABLE_FIELDS
@@ -350,11 +352,12 @@ def train_gan(out: str | os.PathLike, *, resume: bool = False, show_progress: bo
     config = config_from_settings(GANConfig, settings, base, "train_gan")
     finished = None if resume else finished_run(run, "gan", config, RESUMABLE_FIELDS)
     if finished is None:
-        train_gan_into(run, config, resume, show_progress)
+        train_gan_into(run, config, resume, show_progress, stop)
     return finished or load_run(run.path, config.device)
 
 
-def train_gan_into(run: RunDir, config: GANConfig, resume: bool, show_progress: bool | None = None) -> list | dict:
+def train_gan_into(run: RunDir, config: GANConfig, resume: bool, show_progress: bool | None = None,
+                   stop: Callable[[], bool] | None = None) -> list | dict:
     """Train ``config`` into ``run`` as ``mnistgen gan train`` does, also under torchrun: the folder is checked (by
     rank 0) before the data are loaded (:func:`mnistgen.distributed.main_rank_first`)."""
     from .data.protocols import load_protocol
@@ -367,7 +370,7 @@ def train_gan_into(run: RunDir, config: GANConfig, resume: bool, show_progress: 
                    and None)
     protocol = main_rank_first(lambda: load_protocol("gan", load_raw(config.data)))
     return train_gan(config, protocol.train_images, run, resume=resume, provenance=protocol.provenance,
-                     show_progress=show_progress)
+                     show_progress=show_progress, stop=stop)
 
 
 @in_python_words

@@ -537,7 +537,10 @@ def _coerce(value: Any, tp: Any) -> Any:
     if tp is int and isinstance(value, numbers.Integral):
         return int(value)
     if tp is float and isinstance(value, numbers.Real):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer past the floats' range (TOML's have no bound): refused as infinite
+            return math.inf if value > 0 else -math.inf
     return value
 
 

@@ -3,15 +3,20 @@ The sweep file, the trials' folders and the summary: docs/SCALING.md, 'Sweeps, l
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import ctypes
 import dataclasses
+import difflib
 import hashlib
 import io
 import itertools
 import math
 import os
 import re
+import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -20,11 +25,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .config import NON_NEGATIVE, POSITIVE, GANConfig, VAEConfig, config_from_settings, option, validate
-from .errors import MnistgenError, UsageError
+from .errors import MnistgenError, TrainingInterrupted
 from .files import atomic_write
 from .stats import Interval, interval, t_quantile_975  # noqa: F401 - t_quantile_975 re-exported
 
 SPEC_KEYS = ("model", "seeds", "replicas", "base", "grid", "list")
+SEED_KEYS = ("seed", "seeds", "replicas")  # only [base] may hold one: seed, the first of replicas = N
 MODELS = {"vae": VAEConfig, "gan": GANConfig}
 NAME_LIMIT = 120  # characters of a configuration's folder name; longer ones end in a hash
 PRIVATE_RAY_ENVIRONMENT = {
@@ -48,6 +54,8 @@ class SweepOptions:
     cpus_per_trial: float = option(
         1.0, "ray engine: CPUs each trial asks Ray for (its torch threads too, unless the sweep sets threads)",
         POSITIVE)
+    max_trials: int = option(1000, "refuse a sweep of more trials (configurations x seeds) than this, before "
+                                   "anything runs", POSITIVE)
 
 
 @dataclass(frozen=True)
@@ -89,7 +97,7 @@ class SweepResult:
         return [result for result in self.results if result.status == "failed"]
 
 
-def read_sweep(path: str | os.PathLike) -> Sweep:
+def read_sweep(path: str | os.PathLike, max_trials: int = SweepOptions.max_trials) -> Sweep:
     """Parse and check a sweep file; anything wrong is one line (:class:`UsageError` where a flag would refuse it)."""
     path = Path(path)
     try:
@@ -98,11 +106,12 @@ def read_sweep(path: str | os.PathLike) -> Sweep:
         raise MnistgenError(f"{path}: no such sweep file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise MnistgenError(f"{path}: cannot read it ({exc})") from None
-    return parse_sweep(text, str(path))
+    return parse_sweep(text, str(path), max_trials)
 
 
-def parse_sweep(text: str, where: str = "SWEEP.toml") -> Sweep:
-    """:func:`read_sweep` of a sweep file's text; ``where`` names it in errors."""
+def parse_sweep(text: str, where: str = "SWEEP.toml", max_trials: int = SweepOptions.max_trials) -> Sweep:
+    """:func:`read_sweep` of a sweep file's text; ``where`` names it in errors. More than ``max_trials`` trials are
+    refused from the grid's sizes, before any trial is made."""
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10: the same module, from PyPI, where installed
@@ -113,27 +122,41 @@ def parse_sweep(text: str, where: str = "SWEEP.toml") -> Sweep:
                                 "pip install tomli") from None
     try:
         data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+    except (ValueError, RecursionError) as exc:  # TOMLDecodeError; an integer of over 4,300 digits; deep nesting
         raise MnistgenError(f"{where}: not valid TOML ({exc})") from None
     unknown = [key for key in data if key not in SPEC_KEYS]
     if unknown:
-        raise MnistgenError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))} (a sweep file has "
-                            f"{', '.join(SPEC_KEYS)})")
+        close = difflib.get_close_matches(unknown[0], SPEC_KEYS, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"a sweep file has {', '.join(SPEC_KEYS)}"
+        raise MnistgenError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))} ({hint})")
     model = data.get("model")
-    if model not in MODELS:
+    if not isinstance(model, str) or model not in MODELS:
         raise MnistgenError(f"{where}: model must be \"vae\" or \"gan\", got {model!r}")
     base = data.get("base", {})
     if not isinstance(base, dict):
         raise MnistgenError(f"{where}: base must be a table ([base]) of settings")
-    configurations = _configurations(data, base, where)
-    seeds = _seeds(data, base, MODELS[model], where)
+    _check_keys("[base]", base, model, base, where)
+    seeds = _seeds(data, base, MODELS[model], where, max_trials)
+    configurations = _configurations(data, base, model, where, len(seeds), max_trials)
     sweep = Sweep(model, seeds, {k: v for k, v in base.items() if k != "seed"}, configurations, text)
     for trial in trials_of(sweep, "."):  # every trial's settings, checked as its flags would be
-        _trial_config(trial, where)
+        _trial_config(trial, where, base)
     return sweep
 
 
-def _configurations(data: dict[str, Any], base: dict[str, Any], where: str) -> tuple[tuple[str, dict], ...]:
+def _check_keys(table: str, settings: dict[str, Any], model: str, base: dict[str, Any], where: str) -> None:
+    """Refuse in ``table`` a key that sets the seeds, one also in [base], or one that is no setting (did you mean)."""
+    for key in settings:
+        if key in SEED_KEYS and (table, key) != ("[base]", "seed"):
+            raise MnistgenError(f"{where}: {table} sets {key}; give the seeds with seeds = [...] or replicas = N at "
+                                "the top of the file, before its tables")
+        if table != "[base]" and key in base:
+            raise MnistgenError(f"{where}: {key} is both in [base] and in {table}")
+    config_from_settings(MODELS[model], dict.fromkeys(settings), None, f"{where}: {table}")  # the names alone
+
+
+def _configurations(data: dict[str, Any], base: dict[str, Any], model: str, where: str, seeds: int,
+                    max_trials: int) -> tuple[tuple[str, dict], ...]:
     if "grid" in data and "list" in data:
         raise MnistgenError(f"{where}: give either [grid] or [[list]] tables, not both")
     if "grid" in data:
@@ -143,21 +166,23 @@ def _configurations(data: dict[str, Any], base: dict[str, Any], where: str) -> t
         for key, values in grid.items():
             if not isinstance(values, list) or not values:
                 raise MnistgenError(f"{where}: [grid] {key} must be a non-empty list of values, got {values!r}")
-        entries = [dict(zip(grid, combination, strict=True)) for combination in itertools.product(*grid.values())]
-        table = "[grid]"
+        tables, count = [("[grid]", grid)], math.prod(len(values) for values in grid.values())
     elif "list" in data:
         entries = data["list"]
         if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
             raise MnistgenError(f"{where}: list must be one or more [[list]] tables of settings")
-        table = "[[list]]"
+        tables, count = [("[[list]]", entry) for entry in entries], len(entries)
     else:
-        entries, table = [{}], ""
-    for entry in entries:
-        for key in entry:
-            if key == "seed":
-                raise MnistgenError(f"{where}: {table} sets seed; give the seeds with seeds = [...] or replicas = N")
-            if key in base:
-                raise MnistgenError(f"{where}: {key} is both in [base] and in {table}")
+        tables, count = [], 1
+    if count * seeds > max_trials:
+        raise MnistgenError(f"{where}: {count} configuration(s) x {seeds} seed(s) = {count * seeds} trials, more "
+                            f"than the limit of {max_trials} (raise it with --max-trials)")
+    for table, settings in tables:
+        _check_keys(table, settings, model, base, where)
+    if "grid" in data:
+        entries = [dict(zip(grid, combination, strict=True)) for combination in itertools.product(*grid.values())]
+    elif "list" not in data:
+        entries = [{}]
     named = [(configuration_name(entry), entry) for entry in entries]
     seen: dict[str, dict] = {}
     for name, entry in named:
@@ -166,7 +191,8 @@ def _configurations(data: dict[str, Any], base: dict[str, Any], where: str) -> t
     return tuple(named)
 
 
-def _seeds(data: dict[str, Any], base: dict[str, Any], config_class: type, where: str) -> tuple[int, ...]:
+def _seeds(data: dict[str, Any], base: dict[str, Any], config_class: type, where: str,
+           max_trials: int) -> tuple[int, ...]:
     if "seeds" in data and "replicas" in data:
         raise MnistgenError(f"{where}: give either seeds = [...] or replicas = N, not both")
     if "seeds" in data:
@@ -181,6 +207,9 @@ def _seeds(data: dict[str, Any], base: dict[str, Any], config_class: type, where
     replicas = data.get("replicas", 1)
     if not _is_int(replicas) or replicas < 1:
         raise MnistgenError(f"{where}: replicas must be a positive whole number, got {replicas!r}")
+    if replicas > max_trials:
+        raise MnistgenError(f"{where}: replicas = {replicas} is more trials than the limit of {max_trials} (raise it "
+                            "with --max-trials)")
     first = base.get("seed", config_class.seed)
     if not _is_int(first):
         raise MnistgenError(f"{where}: [base] seed must be a whole number, got {first!r}")
@@ -216,13 +245,23 @@ def trials_of(sweep: Sweep, out: str | os.PathLike) -> list[Trial]:
             for name, settings in sweep.configurations for seed in sweep.seeds]
 
 
-def _trial_config(trial: Trial, where: str = "") -> Any:
-    what = f"{where + ': ' if where else ''}configuration {trial.configuration}"
+def _trial_config(trial: Trial, where: str = "", base: dict[str, Any] | None = None) -> Any:
+    """The trial's config; a value its flag would refuse is one line naming the configuration, or [base] where
+    [base]'s settings alone are refused the same way."""
     try:
-        return config_from_settings(MODELS[trial.model], trial.settings, None, what)
-    except UsageError as exc:
-        message = str(exc)
-        raise UsageError(message if message.startswith(what) else f"{what}: {message}") from None
+        return config_from_settings(MODELS[trial.model], trial.settings, None, "")
+    except MnistgenError as exc:
+        culprit = "[base]" if base is not None and _refusal(trial.model, base) == str(exc) else \
+            f"configuration {trial.configuration}"
+        raise type(exc)(f"{where + ': ' if where else ''}{culprit}: {exc}") from None
+
+
+def _refusal(model: str, settings: dict[str, Any]) -> str | None:
+    try:
+        config_from_settings(MODELS[model], settings, None, "")
+    except MnistgenError as exc:
+        return str(exc)
+    return None
 
 
 HEADLINE_KEYS = {"vae": ("held_out_elbo", "train_elbo"), "gan": ("g_loss", "d_loss")}  # the primary one first
@@ -245,8 +284,9 @@ def headline_numbers(model: str, metrics: list[dict[str, Any]]) -> dict[str, flo
     return {"g_loss": last["g_loss"], "d_loss": last["d_loss"]}
 
 
-def run_trial(trial: Trial) -> TrialResult:
-    """Train one trial into its folder, or skip or resume it; never raises: an error becomes a failed result."""
+def run_trial(trial: Trial, stop: Callable[[], bool] | None = None) -> TrialResult:
+    """Train one trial into its folder, or skip or resume it; never raises: an error becomes a failed result, and so
+    does ``stop`` (polled before each step) turning True, after the run saved where it stopped (a rerun resumes)."""
     start = time.perf_counter()
     try:
         import mnistgen
@@ -262,12 +302,13 @@ def run_trial(trial: Trial) -> TrialResult:
                 return TrialResult(trial.configuration, trial.seed, "skipped",
                                    headline_numbers(trial.model, loaded.metrics[:config.epochs]))
         train = mnistgen.train_vae if trial.model == "vae" else mnistgen.train_gan
-        trained = train(run.path, resume=run.checkpoint.is_file(), show_progress=False, **trial.settings)
+        trained = train(run.path, resume=run.checkpoint.is_file(), show_progress=False, stop=stop, **trial.settings)
         return TrialResult(trial.configuration, trial.seed, "trained", headline_numbers(trial.model, trained.metrics),
                            seconds=time.perf_counter() - start)
-    except Exception as exc:  # noqa: BLE001 - any failure of one trial is reported, never stops the sweep
-        message = str(exc) if isinstance(exc, MnistgenError) else f"{type(exc).__name__}: {exc}"
-        if not isinstance(exc, MnistgenError):
+    except (Exception, TrainingInterrupted) as exc:  # noqa: BLE001 - a failure of one trial never stops the sweep
+        expected = isinstance(exc, MnistgenError | TrainingInterrupted)
+        message = str(exc) if expected else f"{type(exc).__name__}: {exc}"
+        if not expected:
             traceback.print_exc(file=sys.stderr)
         return _failed(trial, message, seconds=time.perf_counter() - start)
 
@@ -303,26 +344,93 @@ def _with_threads(trials: list[Trial], threads: int) -> list[Trial]:
 
 
 def run_local(trials: list[Trial], jobs: int, report: Callable[[TrialResult], None]) -> list[TrialResult]:
+    """Train ``trials`` in ``jobs`` worker processes. A worker that dies fails its own trial alone, and a new one
+    takes the next. Ctrl-C asks each busy worker to stop at its next step (the run saves), starts no other trial and
+    raises :class:`TrainingInterrupted`. The workers die with this process, a SIGKILL included."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing.connection import wait
 
-    trials = _with_threads(trials, max(1, cpu_cores() // jobs))
+    context = multiprocessing.get_context("spawn")
+    queue = _with_threads(trials, max(1, cpu_cores() // jobs))[::-1]
+    workers: list[tuple[Any, Any]] = []  # (connection, process) of every worker started
+    idle: list[tuple[Any, Any]] = []
+    busy: dict[Any, tuple[Any, Trial]] = {}  # connection: (process, trial)
     results = []
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(run_trial, trial): trial for trial in trials}
-        try:
-            for future in as_completed(futures):
-                trial = futures[future]
+    try:
+        while queue or busy:
+            while queue and len(busy) < jobs:
+                connection, process = idle.pop() if idle else _start_worker(context, workers)
+                if not process.is_alive():  # died while idle
+                    connection, process = _start_worker(context, workers)
+                trial = queue.pop()
+                busy[connection] = (process, trial)
+                connection.send(trial)
+            for connection in wait(list(busy)):
+                process, trial = busy.pop(connection)
                 try:
-                    result = future.result()
-                except Exception as exc:  # noqa: BLE001 - the worker process died (killed, out of memory)
-                    result = _failed(trial, f"{type(exc).__name__}: {exc}")
+                    result = connection.recv()
+                    idle.append((connection, process))
+                except EOFError:  # the worker process died
+                    process.join()
+                    result = _failed(trial, f"its worker process {_ended(process.exitcode)}")
                 results.append(result)
                 report(result)
-        except KeyboardInterrupt:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(f"interrupted: {len(busy)} trial(s) stopped and saved, {len(queue)} not started; "
+                                  "run the same command again to resume them") from None
+    finally:
+        for connection, _ in workers:
+            with contextlib.suppress(OSError):
+                connection.send(None)  # an idle worker ends; a busy one stops at its next step (saved), then ends
+        for _, process in workers:
+            process.join(30)
+            process.kill()
+            process.join()
     return results
+
+
+def _start_worker(context: Any, workers: list[tuple[Any, Any]]) -> tuple[Any, Any]:
+    """A new worker process, added to ``workers``. It starts with SIGINT blocked, so that a Ctrl-C reaches it only as
+    the sweep's message to stop."""
+    connection, child = context.Pipe()
+    process = context.Process(target=_worker, args=(child, os.getpid()), name="mnistgen sweep worker")
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if hasattr(signal, "pthread_sigmask") else None
+    try:
+        process.start()
+        workers.append((connection, process))
+    finally:
+        if mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    child.close()
+    return connection, process
+
+
+def _worker(connection: Any, parent: int) -> None:
+    """A worker process of :func:`run_local`: trains each trial that ``connection`` brings, until None. A message
+    during a trial asks it to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    linux = sys.platform.startswith("linux") and ctypes.CDLL(None).prctl(1, ctypes.c_ulong(signal.SIGKILL)) == 0
+    if not linux:  # no PR_SET_PDEATHSIG (1): a thread watches for the parent's end
+        threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
+    if os.getppid() != parent:  # the parent died before the prctl
+        os._exit(1)
+    for trial in iter(connection.recv, None):
+        connection.send(run_trial(trial, stop=connection.poll))
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1)
+    os._exit(1)
+
+
+def _ended(exitcode: int) -> str:
+    if exitcode >= 0:
+        return f"exited with code {exitcode}"
+    try:
+        return f"was killed by signal {signal.Signals(-exitcode).name}"
+    except ValueError:
+        return f"was killed by signal {-exitcode}"
 
 
 def run_ray(trials: list[Trial], options: SweepOptions, report: Callable[[TrialResult], None],
@@ -387,35 +495,37 @@ def run_sweep(sweep_file: str | os.PathLike, out: str | os.PathLike, options: Sw
     """Run the trials of ``sweep_file`` not yet finished under ``out`` and write the summary; failed ones included."""
     options = options or SweepOptions()
     validate(options)
-    sweep = read_sweep(sweep_file)
+    sweep = read_sweep(sweep_file, options.max_trials)
     out = Path(out).expanduser().resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    trials = trials_of(sweep, out)
-    jobs = options.jobs or cpu_cores()
-    say(f"sweep: {len(sweep.configurations)} configuration(s) x {len(sweep.seeds)} seed(s) = {len(trials)} trials, "
-        f"engine {options.engine}" + (f", {jobs} at a time" if options.engine == "local" else ""))
+    from .runs import RunDir
 
-    def report(result: TrialResult) -> None:
-        label = f"{result.configuration}/seed={result.seed}"
-        if result.status == "failed":
-            say(f"  {label}: FAILED: {result.error}")
-        elif result.status == "skipped":
-            say(f"  {label}: finished before, skipped")
+    with RunDir(out).claimed():  # one sweep at a time in a folder
+        trials = trials_of(sweep, out)
+        jobs = options.jobs or cpu_cores()
+        say(f"sweep: {len(sweep.configurations)} configuration(s) x {len(sweep.seeds)} seed(s) = {len(trials)} "
+            f"trials, engine {options.engine}" + (f", {jobs} at a time" if options.engine == "local" else ""))
+
+        def report(result: TrialResult) -> None:
+            label = f"{result.configuration}/seed={result.seed}"
+            if result.status == "failed":
+                say(f"  {label}: FAILED: {result.error}")
+            elif result.status == "skipped":
+                say(f"  {label}: finished before, skipped")
+            else:
+                numbers = ", ".join(f"{key} {value:.4g}" for key, value in result.numbers.items())
+                say(f"  {label}: trained in {result.seconds:.1f} s: {numbers}")
+
+        if options.engine == "ray":
+            results = run_ray(trials, options, report, say)
         else:
-            numbers = ", ".join(f"{key} {value:.4g}" for key, value in result.numbers.items())
-            say(f"  {label}: trained in {result.seconds:.1f} s: {numbers}")
-
-    if options.engine == "ray":
-        results = run_ray(trials, options, report, say)
-    else:
-        results = run_local(trials, min(jobs, len(trials)), report)
-    order = {(t.configuration, t.seed): i for i, t in enumerate(trials)}
-    results = tuple(sorted(results, key=lambda r: order[(r.configuration, r.seed)]))
-    summaries = summarize(sweep, results)
-    csv_text, html_text = summary_csv(sweep, summaries), summary_html(sweep, summaries, results, options)
-    csv_path, html_path = out / "summary.csv", out / "summary.html"
-    atomic_write(csv_path, lambda handle: handle.write(csv_text), mode="w")
-    atomic_write(html_path, lambda handle: handle.write(html_text), mode="w")
+            results = run_local(trials, min(jobs, len(trials)), report)
+        order = {(t.configuration, t.seed): i for i, t in enumerate(trials)}
+        results = tuple(sorted(results, key=lambda r: order[(r.configuration, r.seed)]))
+        summaries = summarize(sweep, results)
+        csv_text, html_text = summary_csv(sweep, summaries), summary_html(sweep, summaries, results, options)
+        csv_path, html_path = out / "summary.csv", out / "summary.html"
+        atomic_write(csv_path, lambda handle: handle.write(csv_text), mode="w")
+        atomic_write(html_path, lambda handle: handle.write(html_text), mode="w")
     counts = {status: sum(r.status == status for r in results) for status in ("trained", "skipped", "failed")}
     say(f"sweep: {counts['trained']} trained, {counts['skipped']} skipped (finished before), {counts['failed']} "
         f"failed; summary: {csv_path}, {html_path}")
