@@ -1,6 +1,7 @@
 """A real headless Chromium for the tests of pages (Debian's ``chromium``, driven by Playwright; no browser download).
 
-Import the fixture into a test module with ``from browser_support import browser  # noqa: F401``.
+Import the fixture into a test module with ``from browser_support import browser  # noqa: F401``; :func:`overflow`
+checks that a page of mnistgen's fits the window, at WIDTHS.
 Where Chromium or Playwright is missing the browser tests are skipped with the reason, except when
 MNISTGEN_REQUIRE_REAL_DATA=1 (CI), where a missing browser is a failure.
 """
@@ -18,6 +19,25 @@ CHROMIUM_CANDIDATES = ("chromium", "chromium-browser", "/usr/bin/chromium")
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 LOCAL_SCHEMES = ("file:", "data:", "about:")
+WIDTHS = (1280, 900)  # a laptop's window, and a narrow one (a window beside another)
+# Whatever is wider than the card (a section, or the header) that holds it: the page's own sideways scroll, a card
+# that scrolls sideways, a table past its card's content box. Folded tables are opened first.
+OVERFLOW = """() => {
+    document.querySelectorAll('details').forEach(d => d.open = true);
+    const found = [], root = document.documentElement;
+    if (root.scrollWidth > root.clientWidth) found.push(`the page: ${root.scrollWidth} > ${root.clientWidth} px`);
+    for (const card of document.querySelectorAll('header, section')) {
+        const name = card.id || card.localName, style = getComputedStyle(card), box = card.getBoundingClientRect();
+        const right = box.left + card.clientLeft + card.clientWidth - parseFloat(style.paddingRight);
+        if (card.scrollWidth > card.clientWidth) found.push(`${name}: ${card.scrollWidth} > ${card.clientWidth} px`);
+        card.querySelectorAll('table').forEach((table, i) => {
+            const edge = table.getBoundingClientRect().right;
+            if (edge > right + 0.5 || table.scrollWidth > card.clientWidth)
+                found.push(`${name}, table ${i} (${table.className}): ${Math.round(edge - right)} px past its card`);
+        });
+    }
+    return found;
+}"""
 
 
 def chromium_path() -> str | None:
@@ -92,3 +112,16 @@ def open_page(browser, path: Path, viewport=(1400, 1000)):
     page.on("pageerror", lambda error: traffic.console_errors.append(str(error)))
     page.goto(Path(path).resolve().as_uri(), wait_until="load")
     return page, traffic
+
+
+def overflow(browser, path: Path) -> dict[int, list[str]]:
+    """What of the page at ``path`` is wider than its card (:data:`OVERFLOW`), by window width: {} when it all fits."""
+    found = {}
+    for width in WIDTHS:
+        page, traffic = open_page(browser, path, viewport=(width, 900))
+        try:
+            found[width] = page.evaluate(OVERFLOW)
+            assert traffic.console_errors == []
+        finally:
+            page.context.close()
+    return {width: wide for width, wide in found.items() if wide}

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import html
 import re
 
 import numpy as np
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 from report_support import (
     CHECKSUM,
     GAN_SCORE,
@@ -19,7 +22,8 @@ from report_support import (
 from mnistgen.cli import main
 from mnistgen.errors import MnistgenError
 from mnistgen.report import build_report, write_report
-from mnistgen.report.html import duration, format_value
+from mnistgen.report.html import Markup, Measured, duration, format_column, format_value, table
+from mnistgen.stats import spread
 
 
 @pytest.fixture(scope="module")
@@ -268,3 +272,46 @@ def test_libraries_that_are_not_installed_are_left_out(reproduction, monkeypatch
     text = build_report(reproduction)
     assert "not installed" not in text and "no-such-library-for-mnistgen" not in text
     assert f"<td>numpy</td><td>{np.__version__}</td>" in text
+
+
+def cells(text: str) -> list[str]:
+    return [html.unescape(re.sub(r"<[^>]+>", "", cell)) for cell in re.findall(r"<td>(.*?)</td>", text)]
+
+
+def test_numbers_have_one_format_down_a_column():
+    assert format_column([0.5, 0.5486]) == ["0.5000", "0.5486"]  # not "0.5" beside "0.5486"
+    assert format_column([0.75, 123.456]) == ["0.75", "123.46"]  # the decimals of the column's largest number
+    assert format_column([0.00012, 0.000345]) == ["0.0001200", "0.0003450"]  # 4 significant digits of the largest
+    assert format_column([1000, 12345, 2.5]) == ["1,000", "12,345", "2.5000"]  # separators once one number has 5 digits
+    assert format_column([None, "a <b>", Markup("<i>x</i>"), True]) == ["—", "a &lt;b&gt;", "<i>x</i>", "True"]
+    interval = Measured(spread([40.5, 47.25]), 3)  # of 3 seeds, one without the number
+    assert format_column([interval, 131.85]) == [
+        '<span class="spread" title="mean ± 95% Student-t interval over 2 seeds">43.88 ± 42.88 (2 of 3 seeds)</span>',
+        "131.85"]
+    # a table formats each column as a whole; a table whose rows are the quantities, each row
+    assert cells(table(("d_real", "g_loss"), [[0.5, 1.25], [0.5486, 0.5]])) == ["0.5000", "1.2500", "0.5486", "0.5000"]
+    assert cells(table(("quantity", "seed 1", "seed 2"), [["test_elbo", -170.5, -99.125], ["d_real", 0.5, 0.5486]],
+                       by_row=True)) == ["test_elbo", "-170.50", "-99.12", "d_real", "0.5000", "0.5486"]
+
+
+@given(st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=1, max_size=12))
+@example([0.5, 0.5486])
+@example([1e-300, -0.0])
+def test_every_float_of_a_column_has_its_decimals_and_reads_back(column):
+    shown = [text.replace(",", "") for text in cells(table(("x",), [[v] for v in column]))]
+    assert len({len(text.partition(".")[2]) for text in shown}) == 1, shown  # the same decimals down the column
+    places, largest = len(shown[0].partition(".")[2]), max(map(abs, column))
+    assert all(abs(float(text) - v) <= 0.5 * 10 ** -places + 1e-9 for text, v in zip(shown, column, strict=True))
+    if largest >= 1 or largest == 0:  # 2 decimals from 100 on, else 4
+        assert places == (2 if largest >= 100 else 4)
+    elif largest >= 1e-4:  # 4 significant digits of the largest number
+        assert 999.5 <= largest * 10**places < 10_000
+
+
+def test_the_header_shows_the_settings_as_a_key_value_table(text):
+    header = text.split("<header>")[1].split("</header>")[0]
+    assert "{" not in header and "&quot;" not in header  # no JSON
+    settings = cells(header.split("Settings: ")[1].split("</table>")[0])
+    assert dict(zip(settings[::2], settings[1::2], strict=True)) == {
+        "vae_epochs": "200", "gan_epochs": "100", "grid_every": "10", "iw_samples": "1000", "score_samples": "10000",
+        "replicas": "1", "beyond": "False", "device": "auto"}  # as typed (10000, not 10,000); data in Data sections

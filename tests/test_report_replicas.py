@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from browser_support import browser, open_page  # noqa: F401 - browser is a fixture
+from browser_support import browser, open_page, overflow  # noqa: F401 - browser is a fixture
 from report_support import REFERENCE, embedded_images, make_reproduction, parse
 from scipy import stats
 
@@ -45,7 +45,7 @@ def read(path: Path):
 
 
 def plain(cell: str) -> str:
-    return html.unescape(re.sub(r"<[^>]+>", "", cell))
+    return html.unescape(re.sub(r"<[^>]+>", "", cell)).replace("\xa0", " ")
 
 
 def number(text: str) -> float:
@@ -329,6 +329,7 @@ def test_the_interval_is_visible_in_chromium(replicated, browser):  # noqa: F811
         assert traffic.non_local == [] and traffic.failed == [] and traffic.console_errors == []
     finally:
         page.context.close()
+    assert overflow(browser, replicated / "report.html") == {}  # each seed's column beside the mean fits too
 
 
 def test_a_finished_replica_reproduction_resumes_to_nothing(replicated, mnist_dir, capsys):
@@ -381,7 +382,7 @@ def test_an_interrupted_replica_training_resumes_from_its_checkpoints(replicated
             torch.testing.assert_close(weights[key], reference[key], rtol=0, atol=0)
 
 
-def test_beyond_section_shows_each_option_over_the_seeds_beside_spec(replica_folder, tmp_path):
+def test_beyond_section_shows_each_option_over_the_seeds_beside_spec(replica_folder, tmp_path, browser):  # noqa: F811 - fixture
     """RUN/beyond of a replica reproduction: each option's numbers as the mean ± 95% interval over its seeds, each
     seed's beside it, SPEC's first; the ratio of mean distances to SPEC's."""
     root = tmp_path / "RUN"
@@ -401,7 +402,8 @@ def test_beyond_section_shows_each_option_over_the_seeds_beside_spec(replica_fol
         path = iwae / f"seed={seed}" / "eval.json"
         write_json(path, {**read(path), "test_elbo": elbo, "test_iw_log_likelihood": log_px})
 
-    beyond = section_of(build_report(root), "beyond")
+    text = build_report(root)
+    beyond = section_of(text, "beyond")
     rows = [re.findall(r"<td>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", beyond)]
     gan_rows, vae_rows = [row for row in rows if len(row) == 7], [row for row in rows if len(row) == 5]
     assert [plain(row[2]) for row in gan_rows] == ["G", "the moving average of G", "the trained G"]
@@ -423,3 +425,5 @@ def test_beyond_section_shows_each_option_over_the_seeds_beside_spec(replica_fol
     assert_each_seed(vae_rows[1][4], {seed: elbo for seed, (elbo, _) in iwae_numbers.items()})
     # the first seed's last grids: SPEC's and the recipe's (this copy of SPEC's run kept no average: no grids/raw)
     assert len(embedded_images(beyond)) == 2
+    (root / "report.html").write_text(text)
+    assert overflow(browser, root / "report.html") == {}  # 7 columns, each seed's pair among them

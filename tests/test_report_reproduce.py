@@ -13,7 +13,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from browser_support import browser, open_page  # noqa: F401 - browser is a fixture
+from browser_support import browser, open_page, overflow  # noqa: F401 - browser is a fixture
 from report_support import embedded_images, parse
 
 from mnistgen import reproduce as pipeline
@@ -95,6 +95,7 @@ def test_report_and_explorer_of_the_real_run_load_in_chromium(reproduction, brow
         assert traffic.non_local == [] and traffic.failed == [] and traffic.console_errors == []
     finally:
         report.context.close()
+    assert overflow(browser, reproduction / "report.html") == {}  # its data.json's paths and checksums too
     explorer, traffic = open_page(browser, reproduction / "explorer.html")
     try:
         assert traffic.non_local == [] and traffic.failed == [] and traffic.console_errors == []

@@ -583,34 +583,30 @@ def summary_csv(sweep: Sweep, summaries: list[ConfigurationSummary]) -> str:
 
 def summary_html(sweep: Sweep, summaries: list[ConfigurationSummary], results: Sequence[TrialResult],
                  options: SweepOptions) -> str:
-    from .report import Markup, escape, format_value, page, section, table
+    from .report.html import Markup, Measured, escape, number_format, page, section, table, text_html
 
     keys = HEADLINE_KEYS[sweep.model]
+    shown = {key: number_format([v for s in summaries for v in s.values[key]]) for key in keys}  # one per column
 
-    def spread(found: Interval | None) -> str:
-        if found is None:
-            return "—"
-        if found.half_width is None:
-            return f"{format_value(found.mean)} (one seed)"
-        half = f"{found.half_width:,.2f}" if abs(found.mean) >= 1 else format_value(found.half_width)  # as the mean
-        return f"{format_value(found.mean)} ± {half}"
+    def numbers(summary: ConfigurationSummary, key: str) -> Markup | None:
+        found, each = summary.intervals.get(key), ", ".join(map(shown[key], summary.values[key]))
+        return None if found is None else Markup(shown[key](Measured(found, len(found.values)))
+                                                 + (f"<br><small>{each}</small>" if len(found.values) > 1 else ""))
 
-    rows = [[rank, Markup(f"<code>{escape(s.name)}</code>"), len(s.seeds),
-             *(cell for key in keys for cell in (Markup(spread(s.intervals.get(key))),
-                                                 Markup(", ".join(f"{format_value(v)} <small>(seed {seed})</small>"
-                                                                  for v, seed in zip(s.values[key], s.seeds,
-                                                                                     strict=True)) or "—"))),
-             s.failed]
+    def name(configuration: str) -> Markup:  # a line may break after each setting
+        return Markup(f"<code>{',<wbr>'.join(map(text_html, configuration.split(',')))}</code>")
+
+    rows = [[rank, name(s.name), ", ".join(map(str, s.seeds)), *(numbers(s, key) for key in keys), s.failed]
             for rank, s in enumerate(summaries, 1)]
-    headers = ["rank", "configuration", "n seeds", *(h for key in keys for h in (f"{key}: mean ± 95% interval",
-                                                                                 f"{key} per seed")), "failed"]
+    headers = ["rank", "configuration", "seeds", *(f"{key}: mean ± 95% interval, each seed" for key in keys), "failed"]
     explanation = (f"<p>Sorted best first by {escape(PRIMARY_TEXT[sweep.model])}. Each number is the mean over the "
                    "configuration's seeds ± the half-width of its 95% Student-t interval, t<sub>0.975, n−1</sub> · "
-                   "s / √n (s the standard deviation of the seeds' values, n − 1 in its denominator); with one seed "
-                   "no interval is shown. Every number is the last epoch's.</p>")
+                   "s / √n (s the standard deviation of the seeds' values, n − 1 in its denominator), then each "
+                   "seed's value in the order of the seeds column; with one seed no interval is shown. Every number "
+                   "is the last epoch's.</p>")
     failures = [r for r in results if r.status == "failed"]
     failure_html = table(["configuration", "seed", "error"],
-                         [[Markup(f"<code>{escape(r.configuration)}</code>"), Markup(str(r.seed)), r.error]
+                         [[name(r.configuration), Markup(str(r.seed)), r.error]
                           for r in failures]) if failures else ""
     counts = {status: sum(r.status == status for r in results) for status in ("trained", "skipped", "failed")}
     engine = options.engine + (f" at {options.address}" if options.address else "")

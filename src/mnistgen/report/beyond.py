@@ -29,29 +29,29 @@ def mean_distance(scores: dict[int | None, ScoreFile]) -> float | None:
     return None if None in values else sum(values) / len(values)
 
 
-def score_row(scores: dict[int | None, ScoreFile], spec_distance: float | None) -> list[Any]:
+def score_row(scores: dict[int | None, ScoreFile], spec_distance: float | None,
+              column: list[dict[int | None, ScoreFile]]) -> list[Any]:
     """[Frechet distance, its ratio to SPEC's, classifier score, (each seed's pair)] of a set scored once or on
-    several seeds (:func:`~mnistgen.report.sections.score_cells`)."""
-    distance, each = mean_distance(scores), each_seed_pair(scores)
+    several seeds (:func:`~mnistgen.report.sections.score_cells`), among the sets of ``column``."""
+    distance, each = mean_distance(scores), each_seed_pair(scores, column)
     ratio = f"{distance / spec_distance:.2f}" if distance is not None and spec_distance else "—"
     distance_cell, score_cell = score_cells(scores)
     return [distance_cell, ratio, score_cell, *([] if each is None else [each])]
 
 
 def gan_table(repro: Reproduction) -> str:
-    rows = []
     spec = read_scores(repro.sample_files(repro.gan, GAN_SAMPLE_SET))
-    spec_distance = mean_distance(spec) if spec else None
-    if spec is not None:
-        rows.append([Markup("<b>SPEC's defaults</b>"), "(none)", "G", *score_row(spec, spec_distance)])
+    found = [] if spec is None else [([Markup("<b>SPEC's defaults</b>"), "(none)", "G"], spec)]
     for option in GAN_OPTIONS:
         for name in option.sample_sets():
             scores = read_scores(repro.sample_files(repro.beyond_run(option), name))
             if scores is not None:
-                rows.append([option.title, Markup(f"<code>{escape(option.flags)}</code>"), SET_TITLES[name],
-                             *score_row(scores, spec_distance)])
-    if not rows:
+                flags = Markup(f"<code>{escape(option.flags)}</code>")
+                found.append(([option.title, flags, SET_TITLES[name]], scores))
+    if not found:
         return "<p class='missing'>No GAN option has been scored yet.</p>"
+    spec_distance, column = mean_distance(spec) if spec else None, [scores for _, scores in found]
+    rows = [[*cells, *score_row(scores, spec_distance, column)] for cells, scores in found]
     headers = ("training", "flags of gan train", "images from", "Frechet distance", "distance / SPEC's",
                "classifier score", "each seed: distance / score")
     return table(headers[: len(rows[0])], rows, "scores")

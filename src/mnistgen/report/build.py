@@ -6,7 +6,6 @@ every figure embedded as a ``data:`` URI; the one file the builder writes is the
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from ..reproduction import Reproduction
 from ..runs import RunDir
 from . import sections
 from .beyond import beyond_section
-from .html import escape, page
+from .html import escape, page, value_html
 from .results import folder_runs, read_json_if_present, scored_sets
 
 PAGE_TITLES = {"reproduce": "mnistgen: reproduction of the specification", "vae": "mnistgen: VAE run",
@@ -42,8 +41,8 @@ def build_report(folder: str | Path) -> str:
     banners = sections.sample_banner(runs)
     if reproduction:
         environments = {"reproduction started": top.get("environment", {}), **environments}
-        subtitle.append("Settings: " + escape(json.dumps({k: v for k, v in top.get("config", {}).items()
-                                                           if k != "data"})))
+        subtitle.append("Settings: " + value_html({k: v for k, v in top.get("config", {}).items() if k != "data"},
+                                                  settings=True))
         if Reproduction(root).explorer.is_file():
             subtitle.append('Interactive latent explorer: <a href="explorer.html">explorer.html</a>')
         banners = sections.shortened_banner(top.get("config", {})) + banners

@@ -9,20 +9,24 @@ from __future__ import annotations
 import base64
 import html
 import io
+import itertools
 import json
 import math
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 import numpy as np
 
 from ..imaging import to_uint8
-from ..stats import is_number, spread
+from ..stats import Spread, is_number, spread
 
 CONTENT_SECURITY_POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
-LONG_TOKEN = 32  # strings longer than this without a space (paths, checksums) may break anywhere
-SEPARATOR_FROM = 10_000  # counts from here on get thousands separators (10,000 images); 4-digit ones read fine
+LONG_TOKEN = 24  # words longer than this (paths, checksums) may break anywhere
+SEPARATOR_FROM = 10_000  # numbers from here on get thousands separators (10,000 images); 4-digit ones read fine
+MOST_DECIMALS = 8  # of the smallest measurements (4 significant digits of 0.0001234, fewer below)
 PLAIN_KEYS = ("seed",)  # identifiers: shown as typed wherever they appear, never as a count (1234, not 1,234)
 HISTOGRAM_BAR_HEIGHT = 30  # pixels of the tallest bar of a class histogram
 
@@ -35,18 +39,52 @@ def escape(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
+@dataclass(frozen=True)
+class Measured:
+    """A number measured on several seeds, shown as their mean ± 95% interval (:func:`measured`)."""
+
+    spread: Spread
+    seeds: int  # the seeds asked; more than the spread's values where a seed lacks one
+
+
+def number_format(values: Sequence[Any]) -> Callable[[Any], str]:
+    """The one format of a column's numbers, for any of its cells: floats (and :class:`Measured` means ± half-widths)
+    with the decimals its largest float needs as a person reads it (2 from 100 on, as ELBOs; 4 from 1 on; else 4
+    significant digits, 0.0001234), thousands separators when its largest number reaches SEPARATOR_FROM; None as
+    "—", text escaped, :class:`Markup` as it is."""
+    numbers = [x for v in values for x in (v.spread.values if isinstance(v, Measured) else (v,))
+               if is_number(x) and math.isfinite(x)]
+    grouping = "," if max(map(abs, numbers), default=0) >= SEPARATOR_FROM else ""
+    size = max((abs(x) for x in numbers if isinstance(x, float)), default=0.0)
+    places = 2 if size >= 100 else 4 if size >= 1 or not size else min(3 - math.floor(math.log10(size)), MOST_DECIMALS)
+
+    def one(value: Any) -> str:
+        if isinstance(value, Markup):
+            return value
+        if isinstance(value, Measured):
+            found, n = value.spread, len(value.spread.values)
+            text = found.text(places, grouping) + (f" ({n} of {value.seeds} seeds)" if n < value.seeds else "")
+            return f'<span class="spread" title="mean ± {escape(interval_name(n))}">{escape(text)}</span>'
+        if is_number(value) and math.isfinite(value):
+            return f"{value:{grouping}.{places}f}" if isinstance(value, float) else f"{value:{grouping}}"
+        return "—" if value is None else text_html(value)
+
+    return one
+
+
+def format_column(values: Sequence[Any]) -> list[str]:
+    """A column of a table as HTML, its numbers in one format (:func:`number_format`): 0.5 beside 0.5486 is 0.5000."""
+    return list(map(number_format(values), values))
+
+
 def format_value(value: Any) -> str:
-    """A measured number as a person reads it (ELBOs with 2 decimals, small values with 4 digits, counts of five
-    digits or more with thousands separators); text escaped."""
-    if value is None:
-        return "—"
-    if isinstance(value, int) and not isinstance(value, bool):
-        return f"{value:,}" if abs(value) >= SEPARATOR_FROM else str(value)
-    if isinstance(value, float) and math.isfinite(value):
-        if abs(value) >= 100:
-            return f"{value:,.2f}"
-        return f"{value:.4f}" if abs(value) >= 1 else f"{value:.4g}"
-    return escape(value)
+    """One measured number alone as a person reads it (:func:`number_format`); text escaped."""
+    return number_format([value])(value)
+
+
+def text_html(value: Any) -> str:
+    """Text escaped, each word longer than LONG_TOKEN (a path, a checksum) in a span that may break anywhere."""
+    return re.sub(rf"\S{{{LONG_TOKEN + 1},}}", lambda word: f'<span class="token">{word[0]}</span>', escape(value))
 
 
 def format_setting(value: Any) -> str:
@@ -67,14 +105,12 @@ def duration(seconds: float | None) -> str:
     return f"{int(hours)} h {int(minutes)} min"
 
 
-def cell_html(value: Any) -> str:
-    return value if isinstance(value, Markup) else format_value(value)
-
-
-def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], css_class: str = "") -> str:
-    """An HTML table; cells that are already HTML are passed as :class:`Markup`."""
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], css_class: str = "", by_row: bool = False) -> str:
+    """An HTML table, its numbers in one format per column (:func:`format_column`; a short row filled with "—"), or
+    with ``by_row`` per row (a table whose rows are the quantities); cells already HTML passed as :class:`Markup`."""
+    cells = map(format_column, rows) if by_row else zip(*map(format_column, itertools.zip_longest(*rows)), strict=True)
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{cell_html(c)}</td>" for c in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in cells)
     return f'<table class="{css_class}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
@@ -82,23 +118,20 @@ def is_plain_key(key: Any) -> bool:
     return isinstance(key, str) and (key in PLAIN_KEYS or key.endswith("_seed"))
 
 
-def value_html(value: Any, settings: bool = False) -> Markup:
-    """Any JSON value as HTML (dicts and lists of dicts as tables); numbers as measurements (:func:`format_value`), or
-    with ``settings`` as typed (:func:`format_setting`), as identifiers such as a seed always are."""
+def value_html(value: Any, settings: bool = False) -> Any:
+    """Any JSON value for a table's cell: dicts and lists of dicts as tables, other lists as one line; with
+    ``settings`` as typed (:func:`format_setting`), as identifiers such as a seed always are, else as it is: a
+    measurement, formatted with its column (:func:`number_format`)."""
     if isinstance(value, dict):
-        if not value:
-            return Markup("—")
         return Markup(table(("key", "value"), ((k, value_html(v, settings or is_plain_key(k)))
-                                               for k, v in value.items()), "kv"))
+                                               for k, v in value.items()), "kv", by_row=True) if value else "—")
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        headers = list(dict.fromkeys(k for v in value for k in v))
+        return Markup(table(headers, ([value_html(v.get(h), settings or is_plain_key(h)) for h in headers]
+                                      for v in value), "kv"))
     if isinstance(value, list):
-        if value and all(isinstance(v, dict) for v in value):
-            headers = list(dict.fromkeys(k for v in value for k in v))
-            return Markup(table(headers, ([value_html(v.get(h), settings or is_plain_key(h)) for h in headers]
-                                          for v in value), "kv"))
-        return Markup(", ".join(cell_html(value_html(v, settings)) for v in value) or "—")
-    if isinstance(value, str) and len(value) > LONG_TOKEN and " " not in value:  # a path or a checksum
-        return Markup(f'<span class="token">{escape(value)}</span>')
-    return Markup(format_setting(value) if settings else format_value(value))
+        return Markup(", ".join(format_column([value_html(v, settings) for v in value])) or "—")
+    return Markup(format_setting(value)) if settings else value
 
 
 def histogram_html(counts: Sequence[int]) -> Markup:
@@ -109,8 +142,8 @@ def histogram_html(counts: Sequence[int]) -> Markup:
     bars = "".join(
         f'<span class="bar" title="digit {d}: {format_value(c)}"><span style="height:'
         f'{round(HISTOGRAM_BAR_HEIGHT * c / top)}px"></span><small>{d}</small></span>' for d, c in enumerate(counts))
-    listed = ", ".join(format_value(c) for c in counts)
-    return Markup(f'<span class="hist">{bars}</span> <small>{escape(listed)}</small>')
+    listed = ", ".join(format_column(counts))
+    return Markup(f'<span class="hist">{bars}</span> <small>{listed}</small>')
 
 
 def interval_name(n: int) -> str:
@@ -118,23 +151,18 @@ def interval_name(n: int) -> str:
 
 
 def measured(values: dict[int | None, Any]) -> Any:
-    """A single-seed run's measurement, ``{None: value}``, as it is; a replica run's, ``{seed: value}``, the mean ± 95%
-    interval of its finite numbers (the count said where a seed lacks one), 2 decimals from 100 on, else 4."""
+    """A single-seed run's measurement, ``{None: value}``, as it is; a replica run's, ``{seed: value}``, the
+    :class:`Measured` mean ± 95% interval of its finite numbers (None where there is none)."""
     if None in values:
         return values[None]
     numbers = [float(v) for v in values.values() if is_number(v) and math.isfinite(v)]
-    if not numbers:
-        return Markup("—")
-    found = spread(numbers)
-    text = found.text(2 if abs(found.mean) >= 100 else 4, ",")
-    if len(numbers) < len(values):
-        text += f" ({len(numbers)} of {len(values)} seeds)"
-    return Markup(f'<span class="spread" title="mean ± {escape(interval_name(len(numbers)))}">{escape(text)}</span>')
+    return Measured(spread(numbers), len(values)) if numbers else None
 
 
-def seeds_html(values: dict[int, Markup]) -> Markup:
-    """Each seed's value (already HTML): "seed S: value; ...", a line breaking only between seeds."""
-    return Markup("; ".join(f'<span class="seed">seed {seed}: {value}</span>' for seed, value in values.items()))
+def seeds_html(values: dict[int, Any]) -> Markup:
+    """Each seed's value, in one format (:func:`format_column`): "seed S: value; ...", "seed S: value" unbroken."""
+    shown = dict(zip(values, format_column(list(values.values())), strict=True))
+    return Markup("; ".join(f'<span class="seed">seed&nbsp;{seed}:&nbsp;{text}</span>' for seed, text in shown.items()))
 
 
 def across_seeds(values: dict[int | None, Any], plain: bool = False) -> tuple[Any, Markup | None]:
@@ -159,7 +187,7 @@ def seeds_table(results: dict[int, dict[str, Any]]) -> str:
         rows.append([key, across_seeds(values, is_plain_key(key))[0],
                      *(value_html(v, is_plain_key(key)) for v in values.values())])
     headers = ("quantity", f"mean ± {interval_name(len(results))}", *(f"seed {seed}" for seed in results))
-    return table(headers, rows, "kv seeds")
+    return table(headers, rows, "kv seeds", by_row=True)
 
 
 def figure_html(png: bytes, caption: str, alt: str, css_class: str = "") -> str:
@@ -191,7 +219,7 @@ def page(title: str, subtitle: Sequence[str], sections: Sequence[tuple[str, str,
     style = resources.files("mnistgen").joinpath("assets", "report.css").read_text(encoding="utf-8")
     present = [(a, label, body) for a, label, body in sections if body]
     nav = "".join(f'<a href="#{escape(a)}">{escape(label)}</a>' for a, label, _ in present)
-    sub = "".join(f"<p>{line}</p>" for line in subtitle)
+    sub = "".join(f"<div>{line}</div>" for line in subtitle)
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f'<meta http-equiv="Content-Security-Policy" content="{CONTENT_SECURITY_POLICY}">'
             '<meta name="viewport" content="width=device-width, initial-scale=1">'

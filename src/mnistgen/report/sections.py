@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +20,15 @@ from .html import (
     Markup,
     across_seeds,
     array_png,
-    cell_html,
     details,
     duration,
     escape,
     figure_html,
+    format_value,
     histogram_html,
     interval_name,
     measured,
+    number_format,
     section,
     seeds_html,
     seeds_table,
@@ -137,7 +139,7 @@ def summary_section(runs: dict[str, RunDir], sets: list[ScoredSet]) -> str:
         return ""
     if all(each is None for _, _, _, each, _ in rows):
         body = table(("part", "quantity", "value", "how to read it"), ([p, q, v, note] for p, q, v, _, note in rows),
-                     "summary")
+                     "summary", by_row=True)
         return section("summary", "Results at a glance", body)
     replicated = [f"{kind.upper()}: the {interval_name(len(folders))} ({', '.join(str(seed) for seed in folders)})"
                   for kind, run in runs.items() if None not in (folders := seed_folders(run))]
@@ -145,7 +147,8 @@ def summary_section(runs: dict[str, RunDir], sets: list[ScoredSet]) -> str:
              f"(t<sub>0.975, n-1</sub> s / &radic;n), then each seed's value: {escape('; '.join(replicated))}. A "
              "count or a setting that every seed shares is shown once.</p>")
     body = table(("part", "quantity", "mean ± 95% interval", "each seed", "how to read it"),
-                 ([p, q, v, "—" if each is None else each, note] for p, q, v, each, note in rows), "summary")
+                 ([p, q, v, "—" if each is None else each, note] for p, q, v, each, note in rows), "summary",
+                 by_row=True)
     return section("summary", "Results at a glance", intro + body)
 
 
@@ -173,11 +176,19 @@ def score_cells(scores: dict[int | None, SetScore]) -> list[Any]:
 
 
 def score_pair(scores: dict[int | None, SetScore]) -> Markup:
-    return Markup(" / ".join(cell_html(cell) for cell in score_cells(scores)))
+    return Markup(" / ".join(format_value(cell) for cell in score_cells(scores)))
 
 
-def each_seed_pair(scores: dict[int | None, SetScore]) -> Markup | None:
-    return None if None in scores else seeds_html({seed: score_pair({None: score}) for seed, score in scores.items()})
+def each_seed_pair(scores: dict[int | None, SetScore],
+                   column: Sequence[dict[int | None, SetScore]] = ()) -> Markup | None:
+    """"seed S: distance / score; ..." of a replica run's set, in the format of the sets of its ``column``."""
+    if None in scores:
+        return None
+    every = [score for found in column or [scores] for score in found.values()]
+    distance, score = (number_format([getattr(s, name) for s in every])
+                       for name in ("frechet_distance", "classifier_score"))
+    return seeds_html({seed: Markup(f"{distance(s.frechet_distance)} / {score(s.classifier_score)}")
+                       for seed, s in scores.items()})
 
 
 def run_figures(run: RunDir, kind: str) -> list[tuple[str, bytes, str]]:
@@ -376,6 +387,6 @@ def environment_section(environments: dict[str, dict[str, Any]]) -> str:
     """The versions and machine recorded by each run, side by side (one column per run), then the page's libraries."""
     keys = list(dict.fromkeys(k for env in environments.values() for k in env))
     rows = [[key, *[value_html(env.get(key)) for env in environments.values()]] for key in keys]
-    body = table(("", *environments), rows, "kv") if environments else ""
+    body = table(("", *environments), rows, "kv", by_row=True) if environments else ""
     body += "<h3>Libraries used to build this page</h3>" + value_html(library_versions())
     return section("environment", "Versions and machine", body)
