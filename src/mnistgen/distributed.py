@@ -1,15 +1,6 @@
 """Training under torchrun: ``torchrun --nproc-per-node N -m mnistgen vae train ...`` (or ``gan train``).
-
-torchrun starts N copies of the command on each machine, with RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and
-MASTER_PORT in their environment. :func:`torchrun_job` (around both training commands) sees them, joins the job's
-process group and leaves it at the end, also on an error. Without those variables (one process), every function here
-does what one process does, and nothing else.
-
-How the ranks share the work is in :mod:`mnistgen.train.common` and docs/SCALING.md. The step values are combined
-(:func:`sum_over_ranks`) so that every rank takes the same decisions, the NaN guard's included. The checks before
-training run inside :func:`ranks_agree` or :func:`from_main_rank`, so that all processes stop together, with one
-message from rank 0; a later error ends its process, and torchrun then stops the others.
-"""
+:func:`torchrun_job` joins the job's process group from torchrun's environment and leaves it at the end; without
+that environment every function here does what one process does. How the ranks share the work: docs/SCALING.md."""
 
 from __future__ import annotations
 

@@ -1,16 +1,9 @@
 """The four distribution functions of SPEC §2, as pure functions of tensors.
 
-Conventions: batch-first; a log-density is summed over every dimension but the first (the event
-dimensions), so it returns one value per row, shape (B,). Samplers take an optional
-``torch.Generator`` (on the tensors' device) so a run's random draws are reproducible and resumable.
-
-Each density has the form SPEC names (a Gaussian given its variance, a Bernoulli given its
-probabilities) and a numerically stable twin that the ELBO uses:
-
-- ``log_normal_logvar`` takes the log-variance the encoder outputs: ``log_normal`` would need
-  ``log(exp(logvar))``, and ``exp`` underflows to 0 for logvar < -103 (float32), giving log 0 = -inf.
-- ``log_bernoulli_logits`` takes the decoder's logits: ``log sigmoid`` saturates to log 0 = -inf once a
-  probability rounds to 0 or 1 (|logit| > ~17 in float32), the logit form stays finite for any logit.
+Batch-first: a log-density sums over every dimension but the first, one value per row (B,). Samplers take an optional
+``torch.Generator`` so that a run's draws are reproducible and resumable. Each density in SPEC's form has a
+numerically stable twin that the ELBO uses: ``log_normal_logvar`` (from the encoder's log-variance) and
+``log_bernoulli_logits`` (from the decoder's logits), which stay finite where the plain forms reach log 0.
 """
 
 from __future__ import annotations

@@ -1,14 +1,6 @@
-"""Training objectives as pure functions of tensors (no modules, no state).
-
-GAN (SPEC §3): binary cross-entropy on the discriminator's logits. D is trained towards 1 on real
-and 0 on generated images; G uses the non-saturating loss -log D(G(z)).
-
-VAE (SPEC §2): the evidence lower bound per image, in nats, by Eq. 2 (one Monte Carlo sample of
-log p(x|z) + log p(z) - log q(z|x)) or by Eq. 1 (E_q[log p(x|z)] - KL(q(z|x) || p(z)) with the KL in
-closed form, :func:`mnistgen.theory.kl_diag_gaussians`). Training maximizes the batch mean. With K draws per
-image (``--train-samples``), :func:`vae_elbo` gives the mean of the K one-sample estimates, or (``--objective
-iwae``) the importance-weighted bound of Burda et al. (2016) over the K draws (docs/theory.md, section 13).
-"""
+"""Training objectives as pure functions of tensors (no modules, no state): the GAN's binary cross-entropies on
+D's logits (SPEC §3) and the VAE's evidence lower bound per image, in nats, by Eq. 2 or Eq. 1, or with K draws per
+image the mean of K one-sample estimates or the importance-weighted bound (SPEC §2; docs/theory.md, section 13)."""
 
 from __future__ import annotations
 

@@ -1,17 +1,7 @@
-"""Engines: the ways of executing the training step of R >= 1 replicas, beside the loop that calls them.
-
-A replica is one seed's modules, optimizers and moving averages (:class:`Replica`); the loop draws each replica's
-batch and random numbers from its own streams and hands them to an engine, which takes the step that the model's one
-step function defines (:func:`mnistgen.models.vae.train_step`, :func:`mnistgen.models.gan.train_step`):
-
-- :class:`OneAfterAnother`: each replica's own step in turn, the reference step or an accelerator's (C kernels,
-  PyTorch-only rewrites, a CUDA graph). Every replica ends where its separate run ends, bit for bit.
-- :class:`Stacked`: every replica at once (:class:`Stack`, :class:`StackedModule`): the same step function on top of
-  parameters stacked along a new first dimension, the optimizers' own step over the stacked tensors (elementwise
-  optimizers such as Adam: the same as R of them). R small steps become one step of R-fold wider kernels, which is
-  what a GPU wants. Like an accelerator, it is checked before training (:func:`check_stacked`).
-- torchrun ranks share the batch of a single replica (:mod:`mnistgen.distributed`): the step averages the gradients.
-"""
+"""Engines: the ways of executing the training step of R >= 1 replicas: :class:`OneAfterAnother` (each replica's
+own step in turn, bit for bit its separate run), :class:`Stacked` (the same step function over parameters stacked
+along a new first dimension, checked first by :func:`check_stacked`) and :class:`Captured` (a CUDA graph); how each
+works and is chosen: docs/TRAINING.md, 'Engines'."""
 
 from __future__ import annotations
 
@@ -56,9 +46,8 @@ class Replica:
 
 
 class Runner(Protocol):
-    """How one replica's (or the stacked replicas') step is taken: :meth:`step` on a batch and its random draws
-    returns its values, on the device; :meth:`store` hands what the runner keeps aside (C buffers, a captured
-    optimizer's state) back to the replica's modules and optimizers, before a checkpoint or an evaluation."""
+    """How one replica's (or the stacked replicas') step is taken: :meth:`step` returns its values, on the device;
+    :meth:`store` hands what the runner keeps aside (C buffers, a captured optimizer's state) back to the replica."""
 
     name: str  # what each metrics line records ("reference", "native", ...)
 
@@ -117,10 +106,9 @@ class StackedModule:
 
 
 class Stack:
-    """R replicas' tensors stacked along a new first dimension, as one replica of the same keys (:attr:`replica`):
-    its modules are :class:`StackedModule` s, its optimizers the replicas' optimizer type and settings over the
-    stacked parameters, its averages stacked too. Built from the replicas' present values; :meth:`load` copies them
-    (and the optimizers' states) in again, :meth:`store` copies them back out into each replica."""
+    """R replicas' tensors stacked along a new first dimension, as one replica of the same keys (:attr:`replica`:
+    :class:`StackedModule` s, optimizers like the replicas' over the stacked parameters, stacked averages);
+    :meth:`load` copies the replicas' values and optimizer states in, :meth:`store` back out."""
 
     def __init__(self, replicas: Sequence[Replica]):
         self.replicas = list(replicas)
@@ -182,10 +170,9 @@ class Stack:
 
 
 def in_float64(replicas: Sequence[Replica]) -> torch.device:
-    """The replicas (copies, for a probe) in float64: modules, averages and the optimizers' states; on the CPU where
-    they are on MPS, which has no float64. There one step's rounding (1e-16) stays far below the probe's tolerance,
-    also where Adam's first step turns the rounding of a gradient near zero into a sign (a parameter that starts at
-    zero, as SPEC's biases do). Returns the device they are on."""
+    """The replicas (copies, for a probe) in float64, so that one step's rounding stays far below the probe's
+    tolerance (also through Adam's first step): modules, averages and the optimizers' states, on the CPU where they
+    are on MPS (no float64 there). Returns the device they are on."""
     device = replicas[0].parameters()[0].device
     device = torch.device("cpu") if device.type == "mps" else device
     for replica in replicas:
@@ -232,10 +219,8 @@ def check_stacked(replicas: Sequence[Replica], bind: Callable[[Replica], Callabl
 # --------------------------------------------------------------------------- CUDA graphs
 
 class Captured:
-    """A replica's step, ``bind(replica)`` (or the stacked replicas'), captured in a CUDA graph and replayed.
-
-    The step runs on capturable copies of the replica's optimizers (same parameters, settings and state);
-    :meth:`store` copies their state back into the replica's optimizers, which the checkpoint saves."""
+    """A replica's step, ``bind(replica)`` (or the stacked replicas'), captured in a CUDA graph and replayed, on
+    capturable copies of the replica's optimizers; :meth:`store` copies their state back into the replica's."""
 
     def __init__(self, replica: Replica, bind: Callable[[Replica], Callable[..., torch.Tensor]],
                  example_inputs: Sequence[torch.Tensor], name: str):
@@ -331,15 +316,11 @@ def choose_engine(replicas: Sequence[Replica], *, bind: Callable[[Replica], Call
                   runner: Callable[[Replica], Runner], accelerated: bool,
                   example: Callable[[int, int], Sequence[torch.Tensor]], batch_size: int, cpu_kernels: str,
                   fixed_lr: bool, device: torch.device, say: Callable[[str], None]) -> Engine:
-    """How the replicas' steps are taken, with a note where a faster way does not apply: several replicas are
-    stacked, except on the CPU where an accelerator applies (one after another is faster there, docs/BENCHMARKS.md)
-    or where :func:`check_stacked` fails; on CUDA the step is captured where :func:`check_graph` allows it.
+    """How the replicas' steps are taken (docs/TRAINING.md, 'Engines'), with a note where a faster way does not apply.
 
-    ``bind(replica)``: the reference step (the modules' own calls), which the stacked engine runs; ``step(replica)``:
-    one replica's step as a CUDA graph captures it (``bind``, or the same step with accelerated calls, named
-    ``step_name``); ``runner(replica)``: one replica's runner where no graph is captured (an accelerator's,
-    ``accelerated``, or ``step``'s); ``example(k, batch)``: random inputs of replica k for ``batch`` images, for the
-    probes. ``--cpu-kernels reference`` takes no CUDA graph either."""
+    ``bind(replica)``: the reference step, which the stacked engine runs; ``step(replica)``: one replica's step as a
+    CUDA graph captures it (named ``step_name``); ``runner(replica)``: one replica's runner where no graph is
+    captured (an accelerator's where ``accelerated``); ``example(k, batch)``: replica k's random inputs for probes."""
     count = len(replicas)
 
     def graph_problem_of(stacked: bool, bind: Callable, inputs: Sequence[torch.Tensor]) -> str | None:

@@ -1,29 +1,7 @@
-"""The GAN's accelerators: faster ways to compute G(z) and D's logits inside the reference step, their checks,
-and the engine that takes the steps of a run's replicas.
-
-The reference step (:func:`mnistgen.models.gan.train_step`) calls the modules themselves: ``generator(z)``,
-then ``discriminator(real)`` and ``discriminator(fake)`` for D's step and ``discriminator(fake)`` for G's.
-The losses, autograd and Adam stay the same with every accelerator; only these calls are replaced, for each
-network on its own (a changed D keeps G accelerated, and the other way round). So the training-only options apply
-on every path as they are: ``--lr-d``, ``--lr-g`` and ``--betas`` are the Adams' arguments, and the moving average
-of G's weights (``--ema-decay``) is updated after the step, from G's parameters:
-
-G(z):
-- ``native`` (CPU, SPEC §3's G): G's Linear and act1 in PyTorch, the rest by mnistgen's C kernels
-  (:func:`mnistgen.kernels.gan.native_generate`);
-- ``torch`` (every device, SPEC §3's G): each "nearest 2x upsampling, then 3x3 convolution" as one stride-2
-  transposed convolution (:func:`upsample_conv`), on CPU in the channels-last layout (G's weights too).
-
-D's logits:
-- ``native`` (CPU, SPEC §3's D): the C kernels (:func:`mnistgen.kernels.gan.native_discriminate`), the real
-  and the generated batch in one call; in G's step without D's parameter gradients;
-- ``torch`` (every device, any D whose images do not interact): one call of the module on both batches
-  together instead of two (the probe checks that each logit is what a separate call gives: a batch norm,
-  for one, breaks it); on CPU D's weights are channels-last, oneDNN's faster layout for its convolutions.
-
-:func:`choose_gan_calls` picks one for each network under ``--cpu-kernels``; :func:`gan_engine` how the replicas'
-steps are taken (:mod:`mnistgen.accelerate.engines`).
-"""
+"""The GAN's accelerators: faster calls of G(z) and of D's logits inside the reference step
+(:func:`mnistgen.models.gan.train_step`), chosen for each network on its own, their checks, and the engine of a run's
+replicas. The losses, autograd, Adam and the moving average of G stay the step's own; the accelerators and where
+they apply: docs/TRAINING.md, 'Accelerators and --cpu-kernels'."""
 
 from __future__ import annotations
 
@@ -128,9 +106,8 @@ def upsample_conv(conv: nn.Conv2d, images: torch.Tensor) -> torch.Tensor:
 
 
 def torch_generate(generator: Generator, z: torch.Tensor) -> torch.Tensor:
-    """G(z) for SPEC §3's G, (B, zdim) -> (B, 1, 28, 28) in (0, 1): the same function of z and of G's parameters as
-    ``generator(z)``, faster. up1/conv1 and up2/conv2 run as :func:`upsample_conv`; on CPU every map is
-    channels-last (oneDNN's fastest layout for these convolutions)."""
+    """``generator(z)`` for SPEC §3's G, (B, zdim) -> (B, 1, 28, 28), faster: up1/conv1 and up2/conv2 as
+    :func:`upsample_conv`, on CPU every map channels-last (oneDNN's fastest layout for these convolutions)."""
     h = generator.act1(generator.linear(z)).view(-1, *GENERATOR_START)  # (B, 32, 7, 7)
     if h.device.type == "cpu":
         h = h.contiguous(memory_format=torch.channels_last)
@@ -182,9 +159,8 @@ def _probe_generator(generator: Generator, generate: Callable) -> str | None:
 
 
 def _probe_discriminator(discriminator: nn.Module, calls: GANCalls) -> str | None:
-    """D's ``calls`` against the module's own calls on small random batches: the logits, and the gradients of a
-    weighted sum of them with respect to D's parameters and the generated images (D's step), and with respect
-    to the generated images alone (G's step); the reason if they differ, else None."""
+    """D's ``calls`` against the module's own calls on small random batches: the logits and the gradients of a
+    weighted sum of them in D's step and in G's step; the reason if they differ, else None."""
     device = next(discriminator.parameters()).device
     with probing(discriminator, discriminator) as (reference, accelerated):
         draws = probe_generator(torch.device("cpu"))
@@ -212,21 +188,15 @@ def _probe_discriminator(discriminator: nn.Module, calls: GANCalls) -> str | Non
                ("the gradient of the generated images in G's step", actual[4], expected[4])])
 
 
-def _generator_mismatch(generator: Generator, config: GANConfig, device: torch.device) -> str | None:
-    """Why ``generator`` is not SPEC §3's G in float32 on ``device`` (both G accelerators read its layers)."""
-    return (layout_mismatch(generator, on_meta_device(lambda: spec_generator_layers(config.zdim)), "the generator")
-            or parameter_mismatch(generator, device))
+def generator_check(generate: Callable) -> Callable[[Generator, GANConfig, torch.device], str | None]:
+    """The check of a G accelerator that computes ``generate(G, z)``: why it does not apply to a generator (not SPEC
+    §3's G in float32 on the device, or the probe differs), or None."""
 
+    def check(generator: Generator, config: GANConfig, device: torch.device) -> str | None:
+        return (layout_mismatch(generator, on_meta_device(lambda: spec_generator_layers(config.zdim)), "the generator")
+                or parameter_mismatch(generator, device) or _probe_generator(generator, generate))
 
-def check_native_generator(generator: Generator, config: GANConfig, device: torch.device) -> str | None:
-    """Why the C kernels do not apply to ``generator``, or None (the probe raises NativeKernelsUnavailable where the
-    library cannot be built here)."""
-    return _generator_mismatch(generator, config, device) or _probe_generator(generator, native_generate)
-
-
-def check_torch_generator(generator: Generator, config: GANConfig, device: torch.device) -> str | None:
-    """Why the transposed-convolution G(z) does not apply to ``generator``, or None."""
-    return _generator_mismatch(generator, config, device) or _probe_generator(generator, torch_generate)
+    return check
 
 
 def channels_last_on_cpu(module: nn.Module, device: torch.device) -> None:
@@ -236,10 +206,8 @@ def channels_last_on_cpu(module: nn.Module, device: torch.device) -> None:
         module.to(memory_format=torch.channels_last)
 
 
-def check_native_discriminator(discriminator: Discriminator, config: GANConfig,
-                               device: torch.device) -> str | None:
-    """Why the C kernels do not apply to ``discriminator``, or None (the probe raises NativeKernelsUnavailable where
-    the library cannot be built here)."""
+def check_native_discriminator(discriminator: Discriminator, config: GANConfig, device: torch.device) -> str | None:
+    """Why the C kernels do not apply to ``discriminator``, or None."""
     return (layout_mismatch(discriminator, on_meta_device(spec_discriminator_layers), "the discriminator")
             or parameter_mismatch(discriminator, device) or _probe_discriminator(discriminator, NATIVE_CALLS))
 
@@ -251,9 +219,9 @@ def check_torch_discriminator(discriminator: nn.Module, config: GANConfig, devic
 
 GENERATOR_ACCELERATORS = (  # fastest first
     Accelerator(name="native", description="mnistgen's C kernels", native=True, devices=("cpu",),
-                check=check_native_generator, implementation=native_generate),
+                check=generator_check(native_generate), implementation=native_generate),
     Accelerator(name="torch", description="transposed convolutions", native=False, devices=ALL_DEVICES,
-                check=check_torch_generator, implementation=torch_generate, prepare=channels_last_on_cpu),
+                check=generator_check(torch_generate), implementation=torch_generate, prepare=channels_last_on_cpu),
 )
 DISCRIMINATOR_ACCELERATORS = (
     Accelerator(name="native", description="mnistgen's C kernels", native=True, devices=("cpu",),
@@ -304,9 +272,8 @@ def choose_gan_calls(generator: nn.Module, discriminator: nn.Module, optimizer_g
 
 def gan_engine(replicas: list[Replica], config: GANConfig, device: torch.device, chosen: ChosenCalls,
                say: Callable[[str], None]) -> Engine:
-    """How the steps of the replicas (each ``Replica({"generator": G, "discriminator": D}, their optimizers, with
-    {"generator": the moving average of G} where ``--ema-decay`` keeps one)``) are taken: see
-    :func:`mnistgen.accelerate.engines.choose_engine`; each replica's own step makes ``chosen`` 's calls."""
+    """How the steps of the replicas (``Replica({"generator": G, "discriminator": D}, their optimizers, {"generator":
+    G's moving average} or {})``) are taken (:func:`~mnistgen.accelerate.engines.choose_engine`), with ``chosen``."""
 
     def step_with(calls: GANCalls) -> Callable[[Replica], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
         def bind(replica: Replica) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:

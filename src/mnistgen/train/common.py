@@ -1,27 +1,8 @@
 """What the VAE's and the GAN's training loops share: the new-or-resume check, the checkpoint writer and reader,
 the run folders of R replicas (:class:`ReplicaRuns`) with their end-of-epoch sequence (NaN guard, interrupt,
-metrics, save), Ctrl-C, threads and subnormal floats.
-
-No trainer class: each loop in ``train/`` reads top to bottom and calls these where it needs them.
-
-A run trains R >= 1 replicas of its model, one per seed (``--seeds``, ``--replicas``). A single-seed run (R = 1)
-writes RUN itself. A replica run writes its config to RUN/config.json and each seed's state to an ordinary
-single-seed run folder, RUN/seed=N, readable by every command that reads a run; its checkpoints are committed
-together: each replica's state goes to RUN/seed=N/checkpoint.next.pt, then RUN/replicas.json records the position
-(the commit), then each file is renamed to checkpoint.pt. A run killed between these steps is settled when it is
-next opened (:func:`settle_checkpoints`), so every replica resumes from the same step.
-
-Randomness: each replica draws from its own seeded streams (``mnistgen.device.stream_seed``): a CPU generator
-orders the batches, a generator on the device draws the step's random numbers, and so on. Their states are in every
-checkpoint, so ``--resume`` ends with the same weights as an uninterrupted run, whether the run stopped between
-epochs or (Ctrl-C) in the middle of one; replica k takes the steps of a separate run of seed k.
-
-Under torchrun (:mod:`mnistgen.distributed`, one replica) ``--batch-size`` is the global batch: every rank draws the
-same order and, per step, the same random numbers for the whole batch, and trains on its equal share of both; the
-step averages the gradients over the ranks, the step values are combined once per epoch, the stop request before
-each step, and only rank 0 reads and writes the run folder (the others receive the checkpoint from it). So N
-processes take the steps of one process to float rounding.
-"""
+metrics, save), Ctrl-C, threads and subnormal floats. No trainer class: each loop in ``train/`` reads top to bottom
+and calls these where it needs them. Replica folders and their committed checkpoints, random streams and resume,
+torchrun: docs/SCALING.md and docs/TRAINING.md."""
 
 from __future__ import annotations
 

@@ -1,22 +1,7 @@
 """Training the GAN of SPEC §3: the one loop, :func:`train_gan`, for R >= 1 replicas (seeds); returns its history.
-
-Per batch of each replica, the one training step (:func:`mnistgen.models.gan.train_step`): draw z ~ U[-1, 1]^zdim,
-compute G(z) once, take one Adam step of D on the real batch and G(z) (binary cross-entropy towards 1 on real and 0
-on generated images), then one Adam step of G on the non-saturating loss -log D(G(z)) with the D just updated, then
-(``--ema-decay``) the moving average of G's weights. After each epoch one line goes to RUN/metrics.jsonl and
-RUN/checkpoint.pt is replaced atomically; an 8x8 grid of G's images for one fixed batch of noise is saved at epoch 0,
-every ``grid_every`` epochs and at the end (RUN/grids/; with a moving average, the average's, and G's own in
-RUN/grids/raw/).
-
-Training-only options (the networks stay SPEC §3's): ``betas`` are both Adams' (B1, B2); ``ema_decay`` keeps an
-exponential moving average of G's weights, starting from G's initial weights, in a copy of G saved in the checkpoint
-as "generator_ema".
-
-The step calls the modules themselves (:data:`mnistgen.models.gan.REFERENCE`), or an accelerator's calls of the
-same function (:mod:`mnistgen.accelerate.gan`); the engine (:func:`mnistgen.accelerate.gan.gan_engine`) takes it and
-each metrics line records it as ``trained_by``. The random streams (the batch order, z, the grid's fixed noise),
-resume and torchrun are as :mod:`mnistgen.train.common` describes.
-"""
+Each step is :func:`mnistgen.models.gan.train_step`, taken by :func:`mnistgen.accelerate.gan.gan_engine`; after each
+epoch a line of RUN/metrics.jsonl and RUN/checkpoint.pt, and every ``grid_every`` epochs an 8x8 grid of G's images
+for one fixed batch of noise (RUN/grids/; with ``--ema-decay`` the average's, and G's own in RUN/grids/raw/)."""
 
 from __future__ import annotations
 
