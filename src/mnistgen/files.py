@@ -1,8 +1,5 @@
 """Writing files so that a reader never sees half of one: a temporary file in the same folder, then a rename.
-
-Torch-free (``mnistgen data`` must start quickly): :func:`replacing` for files written by someone else (a download,
-a compiler), :func:`atomic_write` for a callback, :func:`write_json` and :func:`save_figure` on top of it.
-"""
+Torch-free (``mnistgen data`` must start quickly)."""
 
 from __future__ import annotations
 

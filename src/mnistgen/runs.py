@@ -1,18 +1,6 @@
-"""The run folder: config, metrics, checkpoints and figures of one run, kept together.
-
-Layout of a run folder ``RUN/``::
-
-    RUN/config.json       the config dataclass as JSON, plus "mnistgen_version" and "environment"
-    RUN/metrics.jsonl     one JSON object per epoch, appended as training goes
-    RUN/checkpoint.pt     the latest state (weights, optimizers, RNG states, epoch), written atomically
-    RUN/data.json         provenance of the data used (dataset, files, checksums, or the sample)
-    RUN/figures/*.png     figures made by ``plot`` commands
-    RUN/grids/epoch_NNN.png, .npy   a GAN run's 8x8 grids of G's images for its fixed noise, by epoch (with
-                          --ema-decay: the average's, and G's own in RUN/grids/raw/)
-    RUN/eval.json         results of ``eval``
-
-All file writing of training goes through this module, on rank 0 alone under torchrun (:func:`is_main_process`).
-"""
+"""The run folder ``RUN/``: config.json (the config, the version, the environment), metrics.jsonl (one line per
+epoch), checkpoint.pt, data.json (the data's provenance), figures/, a GAN run's grids/ (grids/raw/ with
+``--ema-decay``) and eval.json. All file writing of training goes through this module, on rank 0 alone."""
 
 from __future__ import annotations
 
@@ -334,12 +322,9 @@ class RunDir:
 
     def grid_epochs(self, raw: bool = False) -> list[int]:
         """Epochs with a saved grid (its .npy), ascending."""
-        epochs = []
-        for path in (self.grids / "raw" if raw else self.grids).glob("epoch_*.npy"):
-            number = path.stem.removeprefix("epoch_")
-            if number.isdigit():
-                epochs.append(int(number))
-        return sorted(epochs)
+        folder = self.grids / "raw" if raw else self.grids
+        numbers = [path.stem.removeprefix("epoch_") for path in folder.glob("epoch_*.npy")]
+        return sorted(int(number) for number in numbers if number.isdigit())
 
     def load_grid(self, epoch: int, raw: bool = False) -> np.ndarray:
         _, array = self.grid_paths(epoch, raw)

@@ -1,9 +1,5 @@
-"""Numbers with their spread: the mean of a few seeds' values, their standard deviation and a 95% interval.
-
-The interval is Student's t interval of the mean, mean ± t_{0.975, n-1} · s / sqrt(n), with s the sample standard
-deviation (n - 1 in its denominator): it assumes the seeds' values are independent draws from a normal
-distribution, which for 3-10 seeds is the usual and the only checkable assumption. One value has no interval.
-"""
+"""Numbers with their spread over a few seeds: the mean, the sample standard deviation and Student's t interval of
+the mean, mean ± t_{0.975, n-1} · s / sqrt(n) (the seeds' values taken as independent normal draws)."""
 
 from __future__ import annotations
 

@@ -74,8 +74,7 @@ def note_choice(what: str, choices: dict[str, Choice], say: Callable[[str], None
 
 
 def _for_networks(reason: str, networks: list[str]) -> str:
-    """A skipped accelerator's reason with the networks it concerns: ``native: why`` becomes
-    ``native for G and D: why`` (unchanged for a model with one network)."""
+    """A skipped accelerator's reason with the networks it concerns: ``native: why`` -> ``native for G and D: why``."""
     named = [network for network in networks if network]
     if not named:
         return reason
@@ -141,8 +140,7 @@ def _describe(layer: nn.Module) -> str:
 
 
 def parameter_mismatch(module: nn.Module, device: torch.device) -> str | None:
-    """Why the parameters of ``module`` are not float32 tensors on ``device``, contiguous (in PyTorch's default
-    or the channels-last layout), or None."""
+    """Why the parameters of ``module`` are not float32 tensors on ``device``, contiguous or channels-last, or None."""
     for name, parameter in module.named_parameters():
         if parameter.dtype != torch.float32:
             return f"{type(module).__name__}.{name} is {str(parameter.dtype).removeprefix('torch.')}, " \
@@ -211,8 +209,7 @@ def describe_exception(exc: BaseException) -> str:
 
 
 def adam_mismatch(optimizer: torch.optim.Optimizer) -> str | None:
-    """Why ``optimizer`` is not the plain Adam of SPEC's training (one parameter group; no weight decay, amsgrad or
-    maximize), for which every accelerator is written, or None."""
+    """Why ``optimizer`` is not SPEC's plain Adam (one group; no weight decay, amsgrad or maximize), or None."""
     if type(optimizer) is not torch.optim.Adam:
         return f"it is written for SPEC's optimizer, Adam; the optimizer is {type(optimizer).__name__}"
     group = optimizer.param_groups[0]

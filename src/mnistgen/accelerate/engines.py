@@ -22,8 +22,7 @@ STEPS_PER_TURN = 10  # steps each replica takes in turn between two polls of sto
 
 @dataclass
 class Replica:
-    """One replica's trained objects, keyed alike: its modules, the optimizer of each, and the moving averages of
-    some of them (the GAN's G), kept beside."""
+    """One replica's modules, the optimizer of each and the moving averages of some (the GAN's G), keyed alike."""
 
     modules: dict[str, nn.Module]
     optimizers: dict[str, torch.optim.Optimizer]
@@ -72,8 +71,7 @@ class Bound:
 
 def optimizer_like(optimizer: torch.optim.Optimizer, params: Callable[[torch.Tensor], torch.Tensor],
                    **changes: Any) -> torch.optim.Optimizer:
-    """A new optimizer of ``optimizer``'s type and settings (each param group's) over ``params(p)`` for each of its
-    parameters p, without state; ``changes`` override settings (``capturable=True``)."""
+    """A new optimizer of ``optimizer``'s type and group settings (``changes`` override) over ``params(p)``."""
     accepted = inspect.signature(type(optimizer)).parameters
     groups = [{**{k: v for k, v in group.items() if k in accepted and k != "params"}, **changes,
                "params": [params(p) for p in group["params"]]} for group in optimizer.param_groups]
@@ -128,18 +126,12 @@ class Stack:
 
     def _pairs(self, k: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.optim.Optimizer | None,
                                            torch.optim.Optimizer | None]]:
-        """(replica k's tensor, the stacked one, replica k's optimizer, the stacked optimizer) for every parameter
-        and average (optimizers None for an average)."""
+        """(replica k's tensor, the stacked one, their optimizers or None) for every parameter and average."""
         replica, stacked = self.replicas[k], self.replica
-        pairs = []
-        for key, module in replica.modules.items():
-            for name, tensor in module.named_parameters():
-                pairs.append((tensor, stacked.modules[key].params[name], replica.optimizers.get(key),
-                              stacked.optimizers.get(key)))
-        for key, module in replica.averages.items():
-            for name, tensor in module.named_parameters():
-                pairs.append((tensor, stacked.averages[key].params[name], None, None))
-        return pairs
+        return [(tensor, stacked.modules[key].params[name], replica.optimizers.get(key), stacked.optimizers.get(key))
+                for key, module in replica.modules.items() for name, tensor in module.named_parameters()] + [
+                (tensor, stacked.averages[key].params[name], None, None)
+                for key, module in replica.averages.items() for name, tensor in module.named_parameters()]
 
     @torch.no_grad()
     def load(self) -> None:
@@ -263,8 +255,7 @@ def check_graph(replicas: Sequence[Replica], stacked: bool, bind: Callable[[Repl
 
 
 class OneAfterAnother:
-    """Each replica's own runner in turn (see the module). ``optimizers``: the replicas' (the loop sets their
-    learning rate)."""
+    """Each replica's own runner in turn; ``optimizers``: the replicas' (the loop sets their learning rate)."""
 
     def __init__(self, runners: Sequence[Runner], optimizers: Sequence[torch.optim.Optimizer]):
         self.runners, self.optimizers = list(runners), list(optimizers)
@@ -274,8 +265,7 @@ class OneAfterAnother:
 
     def run(self, first: int, last: int, inputs: Callable[[int, int], Sequence[torch.Tensor]],
             values: torch.Tensor) -> None:
-        """Steps ``first..last-1`` of every replica: replica k's inputs of step s are ``inputs(k, s)``, its values
-        go to ``values[k, s]``."""
+        """Steps ``first..last-1`` of every replica: replica k's step s from ``inputs(k, s)`` to ``values[k, s]``."""
         for k, runner in enumerate(self.runners):
             for step in range(first, last):
                 values[k, step] = runner.step(*inputs(k, step))

@@ -140,8 +140,7 @@ TORCH_CALLS = GANCalls(REFERENCE.generate, torch_discriminate_both, REFERENCE.di
 
 
 def _probe_generator(generator: Generator, generate: Callable) -> str | None:
-    """``generate(G, z)`` against ``G(z)`` on a small batch: the images and the gradient of a weighted sum of
-    them with respect to every parameter of G; the reason if they differ, else None."""
+    """``generate(G, z)`` against ``G(z)`` on a small batch, images and gradients: why they differ, or None."""
     device = next(generator.parameters()).device
     with probing(generator, generator) as (reference, accelerated):
         draws = probe_generator(torch.device("cpu"))
@@ -200,8 +199,7 @@ def generator_check(generate: Callable) -> Callable[[Generator, GANConfig, torch
 
 
 def channels_last_on_cpu(module: nn.Module, device: torch.device) -> None:
-    """The module's 4-D weights in the channels-last layout on CPU (same values, same state_dict), where oneDNN
-    runs these small convolutions faster; elsewhere nothing."""
+    """On CPU, the module's 4-D weights channels-last (same values), oneDNN's faster layout; elsewhere nothing."""
     if device.type == "cpu":
         module.to(memory_format=torch.channels_last)
 
@@ -241,8 +239,7 @@ def choose_gan_accelerators(generator: Generator, discriminator: nn.Module, opti
 
 @dataclass(frozen=True)
 class ChosenCalls:
-    """What :func:`choose_gan_calls` decided: the step's calls, their name for the metrics ("G native, D torch"),
-    and whether an accelerator computes any of them."""
+    """What :func:`choose_gan_calls` decided: the calls, their name ("G native, D torch"), whether accelerated."""
 
     calls: GANCalls
     name: str
@@ -260,8 +257,7 @@ class ChosenCalls:
 def choose_gan_calls(generator: nn.Module, discriminator: nn.Module, optimizer_g: torch.optim.Optimizer,
                      optimizer_d: torch.optim.Optimizer, config: GANConfig, device: torch.device,
                      say: Callable[[str], None] | None = None) -> ChosenCalls:
-    """The calls a step makes: the accelerators' that apply to G and to D as they are, the modules' own calls for a
-    network where none does (with one note naming the reasons)."""
+    """The calls a step makes: each network's accelerator where one applies, else its own calls (with one note)."""
     for_g, for_d = choose_gan_accelerators(generator, discriminator, optimizer_g, optimizer_d, config, device)
     note_choice("GAN", {"G": for_g, "D": for_d}, say)
     generate = for_g.accelerator.implementation if for_g.accelerator is not None else REFERENCE.generate

@@ -1,9 +1,6 @@
 """The GAN's forward passes on CPU with mnistgen's C kernels (``gan_cpu.c``), as autograd functions: D whole, eight
-images per vector register (D's 1- to 8-channel layers fill none in a library's kernels), and G from act1's output to
-before the sigmoid, its upsample-convolutions in phase form. Both equal the spec's modules to float32 rounding
-(max-pool ties included). The sizes below are the C code's as declared here (``LAYOUT``); every C call checks each
-buffer first. Whether they apply is decided in :mod:`mnistgen.accelerate.gan`.
-"""
+images per vector register, and G from act1's output to before the sigmoid, its upsample-convolutions in phase form;
+both equal the spec's modules to float32 rounding. The sizes are the C code's, as declared here (``LAYOUT``)."""
 
 from __future__ import annotations
 
