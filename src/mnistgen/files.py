@@ -38,8 +38,7 @@ def temporary_prefix(path: Path) -> str:
 
 
 def sync_folder(folder: str | os.PathLike) -> None:
-    """Flush a folder's entries to disk, so that a rename in it survives a crash of the machine (POSIX; Windows
-    has no handle on a folder to flush and makes renames durable itself)."""
+    """Flush a folder's entries to disk, so that a rename in it survives a crash of the machine (POSIX only)."""
     if os.name != "posix":
         return
     descriptor = os.open(folder, os.O_RDONLY)
@@ -51,9 +50,8 @@ def sync_folder(folder: str | os.PathLike) -> None:
 
 @contextmanager
 def replacing(path: str | os.PathLike, suffix: str = TEMPORARY_SUFFIX) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` for the block to write; when it ends normally the file is flushed,
-    renamed onto ``path`` and the folder flushed; if it raises, ``path`` is left as it was. A failure of the file
-    system is one :class:`MnistgenError` naming ``path``."""
+    """Yield a temporary path beside ``path`` for the block to write, flushed and renamed onto ``path`` when the block
+    ends normally (else ``path`` stays as it was); a failure is one :class:`MnistgenError` naming ``path``."""
     path = Path(path)
     temporary = None
     try:

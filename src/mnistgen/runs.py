@@ -35,8 +35,7 @@ _CONFIG_CLASSES = {"vae": VAEConfig, "gan": GANConfig}  # the kinds of run that 
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Atomically save a dict of tensors and plain values (loadable with ``weights_only=True``), serialized in
-    memory first (a few MB) so that a full disk is :func:`mnistgen.files.atomic_write`'s one-line error."""
+    """Atomically save a dict of tensors and plain values (``weights_only``-loadable), serialized in memory first."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
     data = buffer.getvalue()
@@ -268,10 +267,9 @@ class RunDir:
 
     @contextmanager
     def claimed(self) -> Iterator[None]:
-        """Hold the run folder for this process inside the block (rank 0 only), creating it if needed: an exclusive
-        ``flock`` on RUN/.lock, which the kernel drops with a crashed or killed process, then remove what killed
-        writers left in RUN and RUN/seed=N. A folder this call created is removed again if the block leaves nothing in
-        it but the lock."""
+        """Hold the run folder for this process inside the block (rank 0 only; an exclusive ``flock`` on RUN/.lock that
+        a crash releases), after removing what killed writers left in RUN and RUN/seed=N; a folder created here and
+        left empty is removed."""
         if not is_main_process():
             yield
             return
@@ -307,8 +305,7 @@ class RunDir:
         return paths
 
     def grid_paths(self, epoch: int, raw: bool = False) -> tuple[Path, Path]:
-        """RUN/grids/epoch_NNN.png (the 8x8 picture) and .npy (its 64 images, float32 (64, 28, 28)); with ``raw``,
-        in RUN/grids/raw/ (a run with ``--ema-decay``: the trained G's, beside the average's grids)."""
+        """RUN/grids[/raw]/epoch_NNN.png (the 8x8 picture) and .npy (its 64 images, float32 (64, 28, 28))."""
         stem = (self.grids / "raw" if raw else self.grids) / f"epoch_{epoch:03d}"
         return stem.with_suffix(".png"), stem.with_suffix(".npy")
 

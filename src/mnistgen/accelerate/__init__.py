@@ -110,9 +110,6 @@ def choose(candidates: Sequence[Accelerator[Implementation]], cpu_kernels: str, 
     return Choice(chosen, tuple(skipped))
 
 
-# --------------------------------------------------------------------------- structure
-
-
 def layout_mismatch(module: nn.Module, expected: dict[str, nn.Module], what: str) -> str | None:
     """Why ``module``'s leaf modules and parameters differ from ``expected`` (leaf name -> module, e.g. built on
     the meta device), or None if the names, types, settings and parameter shapes are the same."""
@@ -156,9 +153,6 @@ def on_meta_device(build: Callable[[], dict[str, nn.Module]]) -> dict[str, nn.Mo
     """``build()``'s modules created on the meta device: shapes and settings only, no memory, no initialization."""
     with torch.device("meta"):
         return build()
-
-
-# --------------------------------------------------------------------------- the probe
 
 
 @contextmanager

@@ -66,9 +66,6 @@ class Bound:
         pass
 
 
-# --------------------------------------------------------------------------- copies of optimizers
-
-
 def optimizer_like(optimizer: torch.optim.Optimizer, params: Callable[[torch.Tensor], torch.Tensor],
                    **changes: Any) -> torch.optim.Optimizer:
     """A new optimizer of ``optimizer``'s type and group settings (``changes`` override) over ``params(p)``."""

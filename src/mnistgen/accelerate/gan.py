@@ -68,26 +68,14 @@ def spec_discriminator_layers() -> dict[str, nn.Module]:
             "linear": nn.Linear(features, 1)}
 
 
-# --------------------------------------------------------------------------- G(z) in PyTorch, faster
-#
-# "Nearest 2x upsampling, then a 3x3 convolution with padding 1" is one transposed convolution with stride 2,
-# a 4x4 kernel and padding 1, with the same parameters and the same values:
-#
-# Along one axis, output row 2i of the upsample-conv reads upsampled rows 2i-1, 2i, 2i+1 = input rows i-1, i, i
-# with taps (w0, w1, w2): input i-1 with w0, input i with w1 + w2. Output row 2i+1 reads upsampled rows 2i,
-# 2i+1, 2i+2 = input rows i, i, i+1: input i with w0 + w1, input i+1 with w2.
-# A transposed convolution (stride 2, padding 1) adds input row i into output row o with kernel tap
-# k = o - 2i + 1: row 2i gets input i-1 through k = 3 and input i through k = 1, row 2i+1 gets input i
-# through k = 2 and input i+1 through k = 0. So its 1-D kernel is (w2, w1 + w2, w0 + w1, w0), and the 2-D
-# kernel is that along both axes; the output side is 2 * side (no extra rows, no cropping), and the
-# borders match because an input row outside the image contributes nothing in both forms (zero padding).
-# That is 16 multiply-adds per input pixel and channel pair instead of 36, and the upsampled map is never
-# formed. The kernel is built from the Conv2d's own weight inside the forward, so autograd carries the
-# gradients back to the spec's parameters.
-
-
 def _upsample_taps(weight: torch.Tensor, dim: int) -> torch.Tensor:
-    """(w0, w1, w2) -> (w2, w1 + w2, w0 + w1, w0) along ``dim`` (see the comment above)."""
+    """(w0, w1, w2) -> (w2, w1 + w2, w0 + w1, w0) along ``dim``: "nearest 2x upsampling, then a 3x3 convolution with
+    padding 1" as one transposed convolution (stride 2, padding 1) with this 4x4 kernel, the same values.
+
+    Along one axis, output row 2i reads input rows i-1 (tap w0) and i (w1 + w2), row 2i+1 reads rows i (w0 + w1) and
+    i+1 (w2); a transposed convolution adds input row i into output row o through tap k = o - 2i + 1 (rows 2i: k = 3,
+    1; rows 2i+1: k = 2, 0). Both pad with zeros, so the borders match too. 16 multiply-adds per input pixel and
+    channel pair instead of 36; built from the Conv2d's own weight, so autograd reaches the spec's parameters."""
     w0, w1, w2 = weight.unbind(dim)
     return torch.stack([w2, w1 + w2, w0 + w1, w0], dim)
 
@@ -117,9 +105,6 @@ def torch_generate(generator: Generator, z: torch.Tensor) -> torch.Tensor:
     return generator.sigmoid(generator.conv3(h))  # (B, 1, 28, 28)
 
 
-# --------------------------------------------------------------------------- D's logits
-
-
 def torch_discriminate_both(discriminator: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor,
                             fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """D's step: the logits of the real and of the generated batch from one call of D on both."""
@@ -134,9 +119,6 @@ NATIVE_CALLS = GANCalls(
     lambda discriminator, real, fake: torch_discriminate_both(partial(native_discriminate, discriminator), real, fake),
     lambda discriminator, fake: native_discriminate(discriminator, fake, parameter_gradients=False))
 TORCH_CALLS = GANCalls(REFERENCE.generate, torch_discriminate_both, REFERENCE.discriminate)
-
-
-# --------------------------------------------------------------------------- checks
 
 
 def _probe_generator(generator: Generator, generate: Callable) -> str | None:

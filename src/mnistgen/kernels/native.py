@@ -132,9 +132,8 @@ def _refusal(folder: Path, reason: str, advice: str) -> UnsafeKernelFolder:
 
 
 def open_private_folder(folder: Path) -> int | None:
-    """An open handle on ``folder`` (created 0700 where missing), opened without following a symbolic link and checked
-    on that handle: a folder, the user's, writable by nobody else; None without ``os.getuid`` (Windows), where only
-    the hash is checked."""
+    """An open handle on ``folder`` (created 0700 where missing), not through a symbolic link, checked on that handle:
+    a folder, the user's, writable by nobody else; None without ``os.getuid`` (Windows: only the hash is checked)."""
     created = False
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -368,12 +367,8 @@ def load_library(source: Path) -> ctypes.CDLL:
     raise failures[0]
 
 
-def load_gan_library() -> ctypes.CDLL:
-    return load_library(GAN_SOURCE)
-
-
-def load_vae_library() -> ctypes.CDLL:
-    return load_library(VAE_SOURCE)
+load_gan_library = functools.partial(load_library, GAN_SOURCE)
+load_vae_library = functools.partial(load_library, VAE_SOURCE)
 
 
 def check_tensor(tensor: torch.Tensor | None, name: str, count: int, dtype: torch.dtype = torch.float32,

@@ -210,8 +210,7 @@ class RunState:
                 if isinstance(value, torch.optim.Optimizer):
                     match_state_layouts(value)
             for name, g in self.generators.items():
-                g.set_state(checkpoint["generators"][name].to("cpu") if g.device.type == "cpu" else
-                            checkpoint["generators"][name])
+                g.set_state(checkpoint["generators"][name])  # loaded on the CPU, where set_state wants it
             self.generators["order"].set_state(checkpoint["order_state"])
         except (KeyError, RuntimeError, ValueError, TypeError, IndexError, AttributeError) as exc:
             problem = f"no {exc}" if isinstance(exc, KeyError) else " ".join(str(exc).split())[:300]
