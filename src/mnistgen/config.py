@@ -377,8 +377,7 @@ _TYPE_NAMES = {bool: "true or false", str: "text"}
 
 
 def validate(config: Any, stored: bool = False) -> None:
-    """Refuse, in one line naming its flag, the first value of ``config`` (nested configs too) that no run could use
-    (``stored``: a stored config's, bounds of this machine aside)."""
+    """Refuse, in one line naming its flag, the first value no run could use (``stored``: machine bounds aside)."""
     hints = typing.get_type_hints(type(config))
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)

@@ -73,8 +73,7 @@ def replacing(path: str | os.PathLike, suffix: str = TEMPORARY_SUFFIX) -> Iterat
 
 
 def remove_temporaries(folder: str | os.PathLike, names: tuple[str, ...]) -> None:
-    """Remove what :func:`replacing` left in ``folder`` for the files ``names`` when its process was killed
-    (``.<name>.<random>.tmp``); call it only while no other process may be writing them."""
+    """Remove the ``.<name>.<random>.tmp`` files a killed :func:`replacing` left in ``folder``, while none writes."""
     for name in names:
         for leftover in Path(folder).glob(f"{temporary_prefix(Path(name))}*{TEMPORARY_SUFFIX}"):
             leftover.unlink(missing_ok=True)

@@ -109,8 +109,7 @@ RUN_FILES = ("checkpoint.pt", "config.json", "metrics.jsonl", "data.json", "eval
 
 
 def _lock_exclusively(lock: Path, folder: Path) -> int:
-    """The descriptor of the lock file, ``flock``-ed without waiting, or a one-line refusal when another process
-    holds it. Without ``fcntl`` (Windows) the folder is not locked, and a note says so."""
+    """The lock file's descriptor, ``flock``-ed without waiting, or a one-line refusal (no ``fcntl``: a note)."""
     try:
         import fcntl
     except ImportError:  # Windows
@@ -220,8 +219,7 @@ class RunDir:
         return self._config_as(config_class, saved["config"])
 
     def read_config_to_resume(self, kind: str, config_class: type) -> Any:
-        """The stored config that ``--resume`` continues; without one (no run, or a start killed before it wrote its
-        config) a one-line error that says what to run instead."""
+        """The stored config that ``--resume`` continues; without one, a one-line error saying what to run instead."""
         if not self.config.is_file():
             raise MnistgenError(f"{self.path}: not a run folder (no config.json), nothing to resume; start the run "
                                 f"with `mnistgen {kind} train --out {self.path}`, without --resume")

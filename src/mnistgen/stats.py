@@ -22,8 +22,7 @@ def is_number(value: Any) -> bool:
 
 
 def t_quantile_975(df: int) -> float:
-    """The 0.975 quantile of Student's t with ``df`` degrees of freedom: a table for df <= 30, beyond it the
-    Cornish-Fisher expansion in 1/df about the normal quantile (within 1e-7 there)."""
+    """Student's t 0.975 quantile for ``df``: a table to df 30, beyond it Cornish-Fisher in 1/df (within 1e-7)."""
     if df < 1:
         raise ValueError(f"degrees of freedom must be at least 1, got {df}")
     if df <= len(T_975):

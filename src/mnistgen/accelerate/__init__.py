@@ -84,9 +84,8 @@ def _for_networks(reason: str, networks: list[str]) -> str:
 
 def choose(candidates: Sequence[Accelerator[Implementation]], cpu_kernels: str, device: torch.device,
            optimizer: torch.optim.Optimizer, *check_arguments: Any) -> Choice[Implementation]:
-    """The first of ``candidates`` (fastest first) that ``cpu_kernels`` allows, runs on ``device``, applies to
-    ``optimizer`` (:func:`adam_mismatch`) and whose ``check(*check_arguments)`` passes; ``Choice(None, ...)`` (the
-    reference step) if none does. "native" on the CPU refuses, in one line, any but a native one."""
+    """The first of ``candidates`` (fastest first) that ``cpu_kernels`` allows on ``device`` and that passes
+    :func:`adam_mismatch` and ``check(*check_arguments)``, else ``Choice(None, ...)``; "native" on a CPU insists."""
     if cpu_kernels not in CPU_KERNELS:
         raise MnistgenError(f"--cpu-kernels must be one of {', '.join(CPU_KERNELS)}, got {cpu_kernels!r}")
     skipped: list[str] = []

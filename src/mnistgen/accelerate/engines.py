@@ -75,13 +75,9 @@ def optimizer_like(optimizer: torch.optim.Optimizer, params: Callable[[torch.Ten
     return type(optimizer)(groups)
 
 
-# --------------------------------------------------------------------------- stacked replicas
-
-
 class StackedModule:
-    """R replicas of one module as one callable: the module's own forward on each replica's parameters
-    (``torch.func.functional_call``), vmapped over the leading dimension R of every tensor input; other inputs
-    (an objective's name) are passed to each call as they are."""
+    """R replicas of one module as one callable: the module's own forward on each replica's parameters, vmapped over
+    the leading dimension R of every tensor input (other inputs, an objective's name, passed as they are)."""
 
     def __init__(self, module: nn.Module, params: dict[str, torch.Tensor]):
         self.module, self.params = module, params  # params: name -> (R, ...) tensors
@@ -101,8 +97,7 @@ class StackedModule:
 
 
 class Stack:
-    """R replicas' tensors stacked along a new first dimension, as one replica of the same keys (:attr:`replica`:
-    :class:`StackedModule` s, optimizers like the replicas' over the stacked parameters, stacked averages);
+    """R replicas' tensors stacked along a new first dimension, as one replica of the same keys (:attr:`replica`);
     :meth:`load` copies the replicas' values and optimizer states in, :meth:`store` back out."""
 
     def __init__(self, replicas: Sequence[Replica]):
@@ -159,9 +154,8 @@ class Stack:
 
 
 def in_float64(replicas: Sequence[Replica]) -> torch.device:
-    """The replicas (copies, for a probe) in float64, so that one step's rounding stays far below the probe's
-    tolerance (also through Adam's first step): modules, averages and the optimizers' states, on the CPU where they
-    are on MPS (no float64 there). Returns the device they are on."""
+    """The replicas (copies, for a probe) in float64, so that a step's rounding stays far below the probe's tolerance;
+    on the CPU where they are on MPS (no float64 there). Returns the device they are on."""
     device = replicas[0].parameters()[0].device
     device = torch.device("cpu") if device.type == "mps" else device
     for replica in replicas:
@@ -182,9 +176,8 @@ def float64_inputs(inputs: Sequence[torch.Tensor], device: torch.device) -> list
 
 def check_stacked(replicas: Sequence[Replica], bind: Callable[[Replica], Callable[..., torch.Tensor]],
                   inputs: Sequence[Sequence[torch.Tensor]]) -> str | None:
-    """Why the stacked step is not each replica's own step (``bind(replica)``, the reference step), or None: one step
-    of the first two replicas, stacked and one after another, from float64 copies of their state on the same
-    ``inputs`` (step inputs per replica), must give the same values, parameters, averages and optimizer states."""
+    """Why the stacked step is not each replica's own step ``bind(replica)``, or None: one step of the first two
+    replicas, stacked and one after another, from float64 copies on the same ``inputs``, must give the same state."""
     pair = list(replicas[:2])
     with probing(*pair, *pair) as copies:
         device = in_float64(copies)
@@ -204,8 +197,6 @@ def check_stacked(replicas: Sequence[Replica], bind: Callable[[Replica], Callabl
                           for name, tensor in values(theirs).items()]
         return probe_mismatch(pairs, "each replica's own step")
 
-
-# --------------------------------------------------------------------------- CUDA graphs
 
 class Captured:
     """A replica's step, ``bind(replica)`` (or the stacked replicas'), captured in a CUDA graph and replayed, on
@@ -227,8 +218,7 @@ class Captured:
 def check_graph(replicas: Sequence[Replica], stacked: bool, bind: Callable[[Replica], Callable[..., torch.Tensor]],
                 example_inputs: Sequence[torch.Tensor], device: torch.device, fixed_lr: bool) -> str | None:
     """Why ``bind`` of the first replica (or, ``stacked``, of the replicas stacked) cannot be captured here, or None:
-    :func:`graph_problem`, an optimizer that is not plain Adam, then a probe: one replayed step and one eager step,
-    from float64 copies of the same state on the same inputs, must leave the same weights and averages."""
+    :func:`graph_problem`, not plain Adam, or one replayed and one eager step (float64 copies) that differ."""
     problem = graph_problem(device, fixed_lr) or next(
         (reason for reason in map(adam_mismatch, replicas[0].optimizers.values()) if reason), None)
     if problem is not None:
@@ -246,9 +236,6 @@ def check_graph(replicas: Sequence[Replica], stacked: bool, bind: Callable[[Repl
         theirs = eager.tensors()
         return probe_mismatch([(f"{name} after one step", tensor, theirs[name])
                                for name, tensor in captured.tensors().items()], "the eager step")
-
-
-# --------------------------------------------------------------------------- the engines
 
 
 class OneAfterAnother:
@@ -304,7 +291,6 @@ def choose_engine(replicas: Sequence[Replica], *, bind: Callable[[Replica], Call
                   example: Callable[[int, int], Sequence[torch.Tensor]], batch_size: int, cpu_kernels: str,
                   fixed_lr: bool, device: torch.device, say: Callable[[str], None]) -> Engine:
     """How the replicas' steps are taken (docs/TRAINING.md, 'Engines'), with a note where a faster way does not apply.
-
     ``bind(replica)``: the reference step, which the stacked engine runs; ``step(replica)``: one replica's step as a
     CUDA graph captures it (named ``step_name``); ``runner(replica)``: one replica's runner where no graph is
     captured (an accelerator's where ``accelerated``); ``example(k, batch)``: replica k's random inputs for probes."""

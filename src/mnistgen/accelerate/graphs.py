@@ -54,9 +54,8 @@ def copy_state(source: torch.optim.Optimizer, target: torch.optim.Optimizer) -> 
 
 
 class CapturedStep:
-    """``step(*inputs)`` recorded once in a CUDA graph; calling this object replays it on new inputs of the same
-    shapes. ``parameters`` and ``optimizers`` are what the step changes: the warm-up's changes to them are undone,
-    so the first replay starts from their state at construction."""
+    """``step(*inputs)`` recorded once in a CUDA graph and replayed on new inputs of the same shapes; the warm-up's
+    changes to ``parameters`` and ``optimizers`` are undone, so the first replay starts from their state now."""
 
     def __init__(self, step: Callable[..., torch.Tensor], example_inputs: Sequence[torch.Tensor],
                  parameters: Sequence[torch.Tensor], optimizers: Sequence[torch.optim.Optimizer]):

@@ -147,8 +147,7 @@ def _g_parameters(generator: Generator) -> torch.Tensor:
 
 def _g_forward(h0: torch.Tensor, parameters: torch.Tensor, slope2: float, slope3: float, s: torch.Tensor,
                kept: torch.Tensor) -> None:
-    """mnistgen_g_forward: s (B, 1, 28, 28) and ``kept`` (B, 9408) for h0 (B, 1568), G's packed parameters
-    (10337,); buffers checked."""
+    """mnistgen_g_forward: s (B, 1, 28, 28) and ``kept`` (B, 9408) from h0 (B, 1568), parameters (10337,); checked."""
     images = len(h0)
     _check(load_gan_library().mnistgen_g_forward(
         checked_pointer(h0, "G forward: h0", images * G_INPUT),
@@ -175,8 +174,7 @@ def _g_backward(h0: torch.Tensor, kept: torch.Tensor, parameters: torch.Tensor, 
 
 
 class _NativeGenerator(torch.autograd.Function):
-    """s (B, 1, 28, 28) = G after act1, before the sigmoid, for act1's output h0 (B, 1568) (= (B, 32, 7, 7)),
-    the parameters as :func:`_g_parameters` packs them, act2's and act3's slopes."""
+    """s (B, 1, 28, 28) = G from act1's output h0 (B, 1568) to before the sigmoid, parameters packed for the C code."""
 
     @staticmethod
     def forward(ctx, h0: torch.Tensor, parameters: torch.Tensor, slope2: float, slope3: float) -> torch.Tensor:

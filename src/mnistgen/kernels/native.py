@@ -1,8 +1,6 @@
-"""Building and loading mnistgen's C kernels (``gan_cpu.c``, ``vae_cpu.c``) with the machine's C compiler, as
-docs/TRAINING.md ('The C kernels') describes. Loading a library runs its code as the user, so only what this user
-built, intact, is loaded (how: docs/RELIABILITY.md). Calls go through :mod:`ctypes`, which releases the GIL; linked
-with ``-fopenmp``, a library reuses the ``libgomp.so.1`` torch loaded (Linux wheels): the kernels run on torch's
-OpenMP threads."""
+"""Building and loading mnistgen's C kernels (``gan_cpu.c``, ``vae_cpu.c``) with the machine's C compiler
+(docs/TRAINING.md, 'The C kernels'): only what this user built, intact, is loaded (docs/RELIABILITY.md). Calls go
+through :mod:`ctypes`; with ``-fopenmp`` the kernels run on the OpenMP threads of the ``libgomp`` torch loaded."""
 
 from __future__ import annotations
 
@@ -367,8 +365,12 @@ def load_library(source: Path) -> ctypes.CDLL:
     raise failures[0]
 
 
-load_gan_library = functools.partial(load_library, GAN_SOURCE)
-load_vae_library = functools.partial(load_library, VAE_SOURCE)
+def load_gan_library() -> ctypes.CDLL:
+    return load_library(GAN_SOURCE)
+
+
+def load_vae_library() -> ctypes.CDLL:
+    return load_library(VAE_SOURCE)
 
 
 def check_tensor(tensor: torch.Tensor | None, name: str, count: int, dtype: torch.dtype = torch.float32,

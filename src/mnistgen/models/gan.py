@@ -85,9 +85,6 @@ class Generator(nn.Module):
         return self.sigmoid(self.conv3(h))  # (B, 1, 28, 28)
 
 
-# --------------------------------------------------------------------------- how they train
-
-
 def build_models(config: GANConfig, device: torch.device) -> tuple[Generator, Discriminator]:
     """G and D initialised per SPEC §3 from the global RNG (seeded by the caller), on ``device``."""
     return Generator(config.zdim).to(device), Discriminator().to(device)

@@ -65,9 +65,6 @@ class VAE(nn.Module):
         return vae_elbo(self, x, eps, analytic_kl=objective == "analytic", importance_weighted=objective == "iwae")
 
 
-# --------------------------------------------------------------------------- how it trains
-
-
 def build_model(config: VAEConfig, device: torch.device) -> VAE:
     """SPEC §2's VAE with ``config``'s widths, initialized from the global RNG (seeded by the caller)."""
     return VAE(latent_dim=config.latent_dim, hidden=config.hidden).to(device)

@@ -160,9 +160,8 @@ def describe_position(epoch: int, step: int) -> str:
 
 @dataclass
 class RunState:
-    """What a run's checkpoint holds besides its position: the objects with a ``state_dict`` (models, optimizers)
-    under their keys, the random generators (the batch order's under "order"), the config, and the key of a partly
-    done epoch's per-step values. ``kept`` says what RUN/checkpoint.pt holds now, for the messages of a stop."""
+    """What a run's checkpoint holds besides its position: objects with a ``state_dict``, the random generators (the
+    batch order's: "order"), the config, the key of the step values; ``kept``: what RUN/checkpoint.pt holds now."""
 
     run: RunDir
     config: Any
@@ -276,9 +275,8 @@ def check_replica_folder(run: RunDir, resume: bool, kind: str, config: Any, may_
 
 def claim_runs(held: ExitStack, run: RunDir, resume: bool, kind: str, config: Any, may_change: tuple[str, ...],
                say: Callable[[str], None], metric_keys: tuple[str, ...]) -> list[dict[str, Any] | None]:
-    """Hold ``run`` for this process until ``held`` closes (:meth:`RunDir.claimed`), and check it; returns each
-    replica's checkpoint to continue from, or None. Under torchrun rank 0 alone does both and every rank gets its
-    answer (or its error): also the barrier after which rank 0 writes."""
+    """Hold ``run`` until ``held`` closes and check it: each replica's checkpoint to continue from, or None. Under
+    torchrun rank 0 alone does both, every rank gets its answer: also the barrier after which rank 0 writes."""
     if not is_replicated(config):
         def on_rank_0() -> dict[str, Any] | None:
             held.enter_context(run.claimed())
@@ -378,9 +376,8 @@ class ReplicaRuns:
 
     def end_steps(self, *, epoch: int, done: int, steps: int, step_values: torch.Tensor,
                   value_names: tuple[str, ...], order_states: Sequence[torch.Tensor], seconds: float) -> torch.Tensor:
-        """The first half of the end of epoch ``epoch`` (0-based): the NaN guard on the ``done`` steps' values
-        ``step_values`` (R, steps[, values]), then, if ``done < steps`` (Ctrl-C), save and raise
-        :class:`TrainingInterrupted`. Returns the values, (R, done, len(value_names)) on the CPU."""
+        """The first half of the end of epoch ``epoch`` (0-based): the NaN guard on ``step_values`` (R, steps[, n]),
+        then on Ctrl-C (``done < steps``) save and raise :class:`TrainingInterrupted`; returns (R, done, n), CPU."""
         values = step_values[:, :done].cpu().reshape(len(self.states), done, len(value_names))
         bad = torch.nonzero(~torch.isfinite(values))
         if len(bad):
