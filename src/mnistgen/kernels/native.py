@@ -330,9 +330,8 @@ def _declare(library: ctypes.CDLL, source: Path) -> ctypes.CDLL:
 
 
 def flag_sets() -> list[tuple[str, ...]]:
-    """Compiler flags, best first: with OpenMP, then without (Apple's clang has none unless libomp is installed); AVX2
-    and FMA on x86-64 processors where torch found them, not ``-march=native``: the cached library may be loaded on
-    another machine sharing the home folder."""
+    """Compiler flags, best first: with OpenMP, then without (Apple's clang may have none); AVX2 and FMA where torch
+    found them, not ``-march=native``: the cached library may be loaded on another machine sharing the home folder."""
     flags = BASE_FLAGS
     if platform.machine().lower() in ("x86_64", "amd64") and torch.backends.cpu.get_cpu_capability() in (
             "AVX2", "AVX512"):

@@ -444,9 +444,8 @@ def subnormals_flushed() -> bool:
 
 @contextmanager
 def flushed_denormals(flush: bool, say: Callable[[str], None] | None = None) -> Iterator[None]:
-    """With ``flush``, the CPU flushes subnormal floats to zero inside the block (``torch.set_flush_denormal``), the
-    calling thread back to IEEE arithmetic after it; a note to ``say`` where the CPU cannot, or where torch's threads
-    started before the block keep IEEE arithmetic (the mode belongs to each thread: :func:`subnormals_flushed`)."""
+    """With ``flush``, the CPU flushes subnormal floats to zero inside the block (``torch.set_flush_denormal``); a note
+    to ``say`` where it cannot, or where torch's threads started before keep IEEE arithmetic (a mode per thread)."""
     if not flush:
         yield
         return
