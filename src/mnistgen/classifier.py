@@ -107,8 +107,7 @@ def train_classifier(config: ClassifierConfig, raw: RawData, device: torch.devic
 
 def train_and_save(config: ClassifierConfig, out: str, raw: RawData, device: torch.device,
                    argv: list[str] | None = None) -> dict[str, Any]:
-    """Train, measure the test accuracy once, and write OUT/classifier.pt + classifier.json (+ config, metrics); copy
-    those two files into ``src/mnistgen/assets/`` to ship them."""
+    """Train, measure the test accuracy once, write OUT/classifier.pt and .json (to ship: copy to mnistgen/assets/)."""
     from .files import write_json
     from .scoring import WEIGHTS_NAME, accuracy, load_classifier, metadata_path, save_classifier
 

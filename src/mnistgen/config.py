@@ -377,8 +377,7 @@ _TYPE_NAMES = {bool: "true or false", str: "text"}
 
 
 def validate(config: Any, stored: bool = False) -> None:
-    """Refuse, in one line naming its flag, the first value of ``config`` (nested configs too) that no run could use
-    (``stored``: a stored config's, bounds of this machine aside)."""
+    """Refuse, in one line naming its flag, the first value no run could use (``stored``: machine bounds aside)."""
     hints = typing.get_type_hints(type(config))
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
@@ -500,9 +499,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, exclude: tu
 
 
 def config_from_args(cls: type, args: argparse.Namespace, base: Any | None = None) -> Any:
-    """Build ``cls`` from parsed flags, each given one overriding ``base`` (or the defaults), then validate it
-    (:class:`UsageError`: exit 2). Without ``base``, a ``--recipe`` sets its :data:`GAN_RECIPES` fields first (flags
-    still win); with ``base`` (a resumed run) a changed recipe is a change of setting."""
+    """Build ``cls`` from parsed flags over ``base`` (or the defaults, a ``--recipe``'s :data:`GAN_RECIPES` fields
+    applied first), then validate it (:class:`UsageError`: exit 2)."""
     if base is None:
         base = cls()
         recipe = getattr(args, "recipe", None)
@@ -546,9 +544,8 @@ def _coerce(value: Any, tp: Any) -> Any:
 
 def config_from_settings(cls: type, settings: dict[str, Any], base: Any | None, what: str,
                          exclude: tuple[str, ...] = ()) -> Any:
-    """``cls`` built from keyword settings exactly as the CLI builds it from flags: one keyword per flag (the nested
-    DataConfig's fields too: ``data_dir=``), None for "not given", over ``base`` (the stored config on resume) or the
-    defaults."""
+    """``cls`` built from keyword settings exactly as the CLI builds it from flags: one keyword per flag (``data_dir=``
+    too), None for "not given", over ``base`` (the stored config on resume) or the defaults."""
     known = {f.name: tp for f, tp in _flag_fields(cls, exclude)}  # {name: type}, nested configs' fields too
     unknown = [name for name in settings if name not in known]
     if unknown:

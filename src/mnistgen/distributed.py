@@ -1,15 +1,6 @@
 """Training under torchrun: ``torchrun --nproc-per-node N -m mnistgen vae train ...`` (or ``gan train``).
-
-torchrun starts N copies of the command on each machine, with RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and
-MASTER_PORT in their environment. :func:`torchrun_job` (around both training commands) sees them, joins the job's
-process group and leaves it at the end, also on an error. Without those variables (one process), every function here
-does what one process does, and nothing else.
-
-How the ranks share the work is in :mod:`mnistgen.train.common` and docs/SCALING.md. The step values are combined
-(:func:`sum_over_ranks`) so that every rank takes the same decisions, the NaN guard's included. The checks before
-training run inside :func:`ranks_agree` or :func:`from_main_rank`, so that all processes stop together, with one
-message from rank 0; a later error ends its process, and torchrun then stops the others.
-"""
+:func:`torchrun_job` joins the job's process group from torchrun's environment and leaves it at the end; without
+that environment every function here does what one process does. How the ranks share the work: docs/SCALING.md."""
 
 from __future__ import annotations
 
@@ -112,9 +103,8 @@ def _agreed(exc: MnistgenError) -> MnistgenError:
 
 @contextlib.contextmanager
 def ranks_agree() -> Iterator[None]:
-    """Run the block on every rank; a :class:`MnistgenError` raised in it on any rank is raised, once all the ranks
-    are through the block, on every rank (the lowest failing rank's, named ``rank R: ...`` on the others unless R is
-    0). One all-gather of a short text per use; nothing in one process. Every rank must enter the block."""
+    """Run the block on every rank (each must enter it); a :class:`MnistgenError` raised in it on any rank is then
+    raised on every rank: the lowest failing rank's, named ``rank R: ...`` on the others unless R is 0."""
     rank, world_size = rank_and_size()
     if world_size == 1:
         yield
@@ -135,8 +125,7 @@ def ranks_agree() -> Iterator[None]:
 
 
 def from_main_rank(work: Callable[[], T]) -> T:
-    """``work()`` on rank 0 only (reading the run folder, say); every rank gets its result, or its
-    :class:`MnistgenError`. Also a barrier: no rank goes on before rank 0 is done. In one process: ``work()``."""
+    """``work()`` on rank 0 only; every rank gets its result, or its :class:`MnistgenError` (also a barrier)."""
     rank, world_size = rank_and_size()
     if world_size == 1:
         return work()
@@ -155,9 +144,8 @@ def from_main_rank(work: Callable[[], T]) -> T:
 
 
 def main_rank_first(work: Callable[[], T]) -> T:
-    """``work()`` on every rank: first on each machine's local rank 0 (a download into a shared cache happens once),
-    then on the others, whose messages (notes, progress bars) are not shown: rank 0 shows them. Errors as
-    :func:`ranks_agree`."""
+    """``work()`` on every rank: first on each machine's local rank 0 (a download happens once), then on the others,
+    their stderr silenced (rank 0 shows the notes). Errors as :func:`ranks_agree`."""
     rank, world_size = rank_and_size()
     if world_size == 1:
         return work()
@@ -175,8 +163,7 @@ def main_rank_first(work: Callable[[], T]) -> T:
 
 
 def check_global_batch(batch_size: int, num_items: int | None = None, drop_last: bool = True) -> None:
-    """The global ``--batch-size``, and the last batch of an epoch of ``num_items`` (unless dropped), must be
-    multiples of the number of ranks."""
+    """The global ``--batch-size`` (and an epoch's last batch, unless dropped) must split evenly over the ranks."""
     world_size = rank_and_size()[1]
     if world_size == 1:
         return

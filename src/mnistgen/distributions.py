@@ -1,16 +1,9 @@
 """The four distribution functions of SPEC §2, as pure functions of tensors.
 
-Conventions: batch-first; a log-density is summed over every dimension but the first (the event
-dimensions), so it returns one value per row, shape (B,). Samplers take an optional
-``torch.Generator`` (on the tensors' device) so a run's random draws are reproducible and resumable.
-
-Each density has the form SPEC names (a Gaussian given its variance, a Bernoulli given its
-probabilities) and a numerically stable twin that the ELBO uses:
-
-- ``log_normal_logvar`` takes the log-variance the encoder outputs: ``log_normal`` would need
-  ``log(exp(logvar))``, and ``exp`` underflows to 0 for logvar < -103 (float32), giving log 0 = -inf.
-- ``log_bernoulli_logits`` takes the decoder's logits: ``log sigmoid`` saturates to log 0 = -inf once a
-  probability rounds to 0 or 1 (|logit| > ~17 in float32), the logit form stays finite for any logit.
+Batch-first: a log-density sums over every dimension but the first, one value per row (B,). Samplers take an optional
+``torch.Generator`` so that a run's draws are reproducible and resumable. Each density in SPEC's form has a
+numerically stable twin that the ELBO uses: ``log_normal_logvar`` (from the encoder's log-variance) and
+``log_bernoulli_logits`` (from the decoder's logits), which stay finite where the plain forms reach log 0.
 """
 
 from __future__ import annotations
@@ -36,10 +29,8 @@ def log_normal(z: torch.Tensor, mean: torch.Tensor, variance: torch.Tensor) -> t
 
 
 def log_normal_logvar(z: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """log N(z | mean, diag(exp(logvar))), from the log-variance (stable). Shapes (B, D) -> (B,).
-
-    The standardized distance is formed as ((z - mean) exp(-logvar / 2))^2: exp(-logvar) alone would
-    overflow to inf (and 0 * inf = NaN) already at logvar < -88 in float32; this form holds to -176."""
+    """log N(z | mean, diag(exp(logvar))), from the log-variance (stable). Shapes (B, D) -> (B,). The distance as
+    ((z - mean) exp(-logvar / 2))^2 holds in float32 to logvar -176; exp(-logvar) alone overflows below -88."""
     z, mean, logvar = torch.broadcast_tensors(z, mean, logvar)
     return _sum_events(-0.5 * (LOG_2PI + logvar + ((z - mean) * torch.exp(-0.5 * logvar)).square()))
 
@@ -50,10 +41,8 @@ def log_standard_normal(z: torch.Tensor) -> torch.Tensor:
 
 
 def log_bernoulli(x: torch.Tensor, probabilities: torch.Tensor) -> torch.Tensor:
-    """log prod_d p_d^x_d (1 - p_d)^(1 - x_d). Shapes: x, probabilities (B, ...) -> (B,).
-
-    Uses xlogy so that a pixel with x = 0 and p = 0 (or x = 1 and p = 1) contributes exactly 0
-    rather than 0 * log 0 = NaN. A pixel with x = 1 and p = 0 gives -inf, which is the true value."""
+    """log prod_d p_d^x_d (1 - p_d)^(1 - x_d). Shapes: x, probabilities (B, ...) -> (B,). By xlogy, x = 0 at p = 0
+    (or x = 1 at p = 1) adds exactly 0, not 0 * log 0 = NaN; x = 1 at p = 0 gives -inf, the true value."""
     return _sum_events(torch.xlogy(x, probabilities) + torch.xlogy(1.0 - x, 1.0 - probabilities))
 
 

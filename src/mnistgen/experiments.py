@@ -333,8 +333,7 @@ def run_elbo_estimators(run: RunDir, config: ElboEstimatorsConfig, show_progress
 
 
 def run_fixed_encoder(run: RunDir, config: FixedEncoderConfig, show_progress: bool | None = None) -> dict:
-    """Experiment 2 on a VAE run folder: writes RUN/experiments/fixed-encoder.{json,png,npz}; returns the record
-    (per-image ELBOs only in the .npz)."""
+    """Experiment 2 on a VAE run folder: writes RUN/experiments/fixed-encoder.{json,png,npz}; returns the record."""
     started = time.perf_counter()
     trained, protocol = _load(run, config.device, config.data)
     generator = torch.Generator().manual_seed(config.seed)

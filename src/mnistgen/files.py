@@ -1,8 +1,5 @@
 """Writing files so that a reader never sees half of one: a temporary file in the same folder, then a rename.
-
-Torch-free (``mnistgen data`` must start quickly): :func:`replacing` for files written by someone else (a download,
-a compiler), :func:`atomic_write` for a callback, :func:`write_json` and :func:`save_figure` on top of it.
-"""
+Torch-free (``mnistgen data`` must start quickly)."""
 
 from __future__ import annotations
 
@@ -41,8 +38,7 @@ def temporary_prefix(path: Path) -> str:
 
 
 def sync_folder(folder: str | os.PathLike) -> None:
-    """Flush a folder's entries to disk, so that a rename in it survives a crash of the machine (POSIX; Windows
-    has no handle on a folder to flush and makes renames durable itself)."""
+    """Flush a folder's entries to disk, so that a rename in it survives a crash of the machine (POSIX only)."""
     if os.name != "posix":
         return
     descriptor = os.open(folder, os.O_RDONLY)
@@ -54,9 +50,8 @@ def sync_folder(folder: str | os.PathLike) -> None:
 
 @contextmanager
 def replacing(path: str | os.PathLike, suffix: str = TEMPORARY_SUFFIX) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` for the block to write; when it ends normally the file is flushed,
-    renamed onto ``path`` and the folder flushed; if it raises, ``path`` is left as it was. A failure of the file
-    system is one :class:`MnistgenError` naming ``path``."""
+    """Yield a temporary path beside ``path`` for the block to write, flushed and renamed onto ``path`` when the block
+    ends normally (else ``path`` stays as it was); a failure is one :class:`MnistgenError` naming ``path``."""
     path = Path(path)
     temporary = None
     try:
@@ -78,8 +73,7 @@ def replacing(path: str | os.PathLike, suffix: str = TEMPORARY_SUFFIX) -> Iterat
 
 
 def remove_temporaries(folder: str | os.PathLike, names: tuple[str, ...]) -> None:
-    """Remove what :func:`replacing` left in ``folder`` for the files ``names`` when its process was killed
-    (``.<name>.<random>.tmp``); call it only while no other process may be writing them."""
+    """Remove the ``.<name>.<random>.tmp`` files a killed :func:`replacing` left in ``folder``, while none writes."""
     for name in names:
         for leftover in Path(folder).glob(f"{temporary_prefix(Path(name))}*{TEMPORARY_SUFFIX}"):
             leftover.unlink(missing_ok=True)

@@ -1,14 +1,6 @@
-"""Training objectives as pure functions of tensors (no modules, no state).
-
-GAN (SPEC §3): binary cross-entropy on the discriminator's logits. D is trained towards 1 on real
-and 0 on generated images; G uses the non-saturating loss -log D(G(z)).
-
-VAE (SPEC §2): the evidence lower bound per image, in nats, by Eq. 2 (one Monte Carlo sample of
-log p(x|z) + log p(z) - log q(z|x)) or by Eq. 1 (E_q[log p(x|z)] - KL(q(z|x) || p(z)) with the KL in
-closed form, :func:`mnistgen.theory.kl_diag_gaussians`). Training maximizes the batch mean. With K draws per
-image (``--train-samples``), :func:`vae_elbo` gives the mean of the K one-sample estimates, or (``--objective
-iwae``) the importance-weighted bound of Burda et al. (2016) over the K draws (docs/theory.md, section 13).
-"""
+"""Training objectives as pure functions of tensors (no modules, no state): the GAN's binary cross-entropies on
+D's logits (SPEC §3) and the VAE's evidence lower bound per image, in nats, by Eq. 2 or Eq. 1, or with K draws per
+image the mean of K one-sample estimates or the importance-weighted bound (SPEC §2; docs/theory.md, section 13)."""
 
 from __future__ import annotations
 
@@ -37,9 +29,6 @@ def generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     return loss.mean(dim=(-2, -1))
 
 
-# --------------------------------------------------------------------------- VAE
-
-
 def elbo_mc(x: torch.Tensor, logits: torch.Tensor, z: torch.Tensor, mean: torch.Tensor,
             logvar: torch.Tensor) -> torch.Tensor:
     """Eq. 2 with one sample: log p(x|z) + log p(z) - log q(z|x), z ~ q(z|x) already drawn.
@@ -55,16 +44,11 @@ def elbo_analytic(x: torch.Tensor, logits: torch.Tensor, mean: torch.Tensor, log
 
 def vae_elbo(model: torch.nn.Module, x: torch.Tensor, eps: torch.Tensor, analytic_kl: bool = False,
              importance_weighted: bool = False) -> torch.Tensor:
-    """The ELBO of each image under ``model`` (a :class:`mnistgen.models.vae.VAE`), from the modules' own code.
+    """The ELBO of each image under ``model`` (a :class:`mnistgen.models.vae.VAE`), from the modules' own code:
+    z = mean + exp(logvar / 2) * eps, then Eq. 1 (``analytic_kl``) or Eq. 2. x (B, 784), eps (B, D_z) -> (B,).
 
-    Encodes x with ``model.encoder``, takes z = mean + exp(logvar / 2) * eps (the reparametrization, with the
-    standard normal draws ``eps`` given), decodes with ``model.decoder.logits`` and returns Eq. 1
-    (``analytic_kl``) or Eq. 2. Differentiable. x (B, 784), eps (B, D_z) -> (B,).
-
-    With eps (K, B, D_z), K draws per image (sample-major, as :func:`standard_normal_draws` with ``samples``):
-    the mean over k of the K one-sample estimates, or with ``importance_weighted`` the K-sample bound of Burda et
-    al. (2016), log (1/K) sum_k exp(w_k) with w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x) (Eq. 2's integrand),
-    by logsumexp. With K = 1 both are the one-sample value itself. (K, B, D_z) -> (B,)."""
+    With eps (K, B, D_z) (sample-major): the mean of the K one-sample estimates, or with ``importance_weighted`` the
+    bound of Burda et al. (2016), log (1/K) sum_k exp(w_k), w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x)."""
     if importance_weighted and eps.dim() == 2:
         raise ValueError("the importance-weighted bound takes eps of shape (K, B, D_z)")
     if importance_weighted and analytic_kl:

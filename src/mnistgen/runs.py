@@ -1,18 +1,6 @@
-"""The run folder: config, metrics, checkpoints and figures of one run, kept together.
-
-Layout of a run folder ``RUN/``::
-
-    RUN/config.json       the config dataclass as JSON, plus "mnistgen_version" and "environment"
-    RUN/metrics.jsonl     one JSON object per epoch, appended as training goes
-    RUN/checkpoint.pt     the latest state (weights, optimizers, RNG states, epoch), written atomically
-    RUN/data.json         provenance of the data used (dataset, files, checksums, or the sample)
-    RUN/figures/*.png     figures made by ``plot`` commands
-    RUN/grids/epoch_NNN.png, .npy   a GAN run's 8x8 grids of G's images for its fixed noise, by epoch (with
-                          --ema-decay: the average's, and G's own in RUN/grids/raw/)
-    RUN/eval.json         results of ``eval``
-
-All file writing of training goes through this module, on rank 0 alone under torchrun (:func:`is_main_process`).
-"""
+"""The run folder ``RUN/``: config.json (the config, the version, the environment), metrics.jsonl (one line per
+epoch), checkpoint.pt, data.json (the data's provenance), figures/, a GAN run's grids/ (grids/raw/ with
+``--ema-decay``) and eval.json. All file writing of training goes through this module, on rank 0 alone."""
 
 from __future__ import annotations
 
@@ -47,8 +35,7 @@ _CONFIG_CLASSES = {"vae": VAEConfig, "gan": GANConfig}  # the kinds of run that 
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Atomically save a dict of tensors and plain values (loadable with ``weights_only=True``), serialized in
-    memory first (a few MB) so that a full disk is :func:`mnistgen.files.atomic_write`'s one-line error."""
+    """Atomically save a dict of tensors and plain values (``weights_only``-loadable), serialized in memory first."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
     data = buffer.getvalue()
@@ -122,8 +109,7 @@ RUN_FILES = ("checkpoint.pt", "config.json", "metrics.jsonl", "data.json", "eval
 
 
 def _lock_exclusively(lock: Path, folder: Path) -> int:
-    """The descriptor of the lock file, ``flock``-ed without waiting, or a one-line refusal when another process
-    holds it. Without ``fcntl`` (Windows) the folder is not locked, and a note says so."""
+    """The lock file's descriptor, ``flock``-ed without waiting, or a one-line refusal (no ``fcntl``: a note)."""
     try:
         import fcntl
     except ImportError:  # Windows
@@ -233,8 +219,7 @@ class RunDir:
         return self._config_as(config_class, saved["config"])
 
     def read_config_to_resume(self, kind: str, config_class: type) -> Any:
-        """The stored config that ``--resume`` continues; without one (no run, or a start killed before it wrote its
-        config) a one-line error that says what to run instead."""
+        """The stored config that ``--resume`` continues; without one, a one-line error saying what to run instead."""
         if not self.config.is_file():
             raise MnistgenError(f"{self.path}: not a run folder (no config.json), nothing to resume; start the run "
                                 f"with `mnistgen {kind} train --out {self.path}`, without --resume")
@@ -280,10 +265,9 @@ class RunDir:
 
     @contextmanager
     def claimed(self) -> Iterator[None]:
-        """Hold the run folder for this process inside the block (rank 0 only), creating it if needed: an exclusive
-        ``flock`` on RUN/.lock, which the kernel drops with a crashed or killed process, then remove what killed
-        writers left in RUN and RUN/seed=N. A folder this call created is removed again if the block leaves nothing in
-        it but the lock."""
+        """Hold the run folder for this process inside the block (rank 0 only; an exclusive ``flock`` on RUN/.lock that
+        a crash releases), after removing what killed writers left in RUN and RUN/seed=N; a folder created here and
+        left empty is removed."""
         if not is_main_process():
             yield
             return
@@ -319,8 +303,7 @@ class RunDir:
         return paths
 
     def grid_paths(self, epoch: int, raw: bool = False) -> tuple[Path, Path]:
-        """RUN/grids/epoch_NNN.png (the 8x8 picture) and .npy (its 64 images, float32 (64, 28, 28)); with ``raw``,
-        in RUN/grids/raw/ (a run with ``--ema-decay``: the trained G's, beside the average's grids)."""
+        """RUN/grids[/raw]/epoch_NNN.png (the 8x8 picture) and .npy (its 64 images, float32 (64, 28, 28))."""
         stem = (self.grids / "raw" if raw else self.grids) / f"epoch_{epoch:03d}"
         return stem.with_suffix(".png"), stem.with_suffix(".npy")
 
@@ -334,12 +317,9 @@ class RunDir:
 
     def grid_epochs(self, raw: bool = False) -> list[int]:
         """Epochs with a saved grid (its .npy), ascending."""
-        epochs = []
-        for path in (self.grids / "raw" if raw else self.grids).glob("epoch_*.npy"):
-            number = path.stem.removeprefix("epoch_")
-            if number.isdigit():
-                epochs.append(int(number))
-        return sorted(epochs)
+        folder = self.grids / "raw" if raw else self.grids
+        numbers = [path.stem.removeprefix("epoch_") for path in folder.glob("epoch_*.npy")]
+        return sorted(int(number) for number in numbers if number.isdigit())
 
     def load_grid(self, epoch: int, raw: bool = False) -> np.ndarray:
         _, array = self.grid_paths(epoch, raw)

@@ -1,9 +1,5 @@
-"""Numbers with their spread: the mean of a few seeds' values, their standard deviation and a 95% interval.
-
-The interval is Student's t interval of the mean, mean ± t_{0.975, n-1} · s / sqrt(n), with s the sample standard
-deviation (n - 1 in its denominator): it assumes the seeds' values are independent draws from a normal
-distribution, which for 3-10 seeds is the usual and the only checkable assumption. One value has no interval.
-"""
+"""Numbers with their spread over a few seeds: the mean, the sample standard deviation and Student's t interval of
+the mean, mean ± t_{0.975, n-1} · s / sqrt(n) (the seeds' values taken as independent normal draws)."""
 
 from __future__ import annotations
 
@@ -26,8 +22,7 @@ def is_number(value: Any) -> bool:
 
 
 def t_quantile_975(df: int) -> float:
-    """The 0.975 quantile of Student's t with ``df`` degrees of freedom: a table for df <= 30, beyond it the
-    Cornish-Fisher expansion in 1/df about the normal quantile (within 1e-7 there)."""
+    """Student's t 0.975 quantile for ``df``: a table to df 30, beyond it Cornish-Fisher in 1/df (within 1e-7)."""
     if df < 1:
         raise ValueError(f"degrees of freedom must be at least 1, got {df}")
     if df <= len(T_975):

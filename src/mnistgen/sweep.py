@@ -110,8 +110,7 @@ def read_sweep(path: str | os.PathLike, max_trials: int = SweepOptions.max_trial
 
 
 def parse_sweep(text: str, where: str = "SWEEP.toml", max_trials: int = SweepOptions.max_trials) -> Sweep:
-    """:func:`read_sweep` of a sweep file's text; ``where`` names it in errors. More than ``max_trials`` trials are
-    refused from the grid's sizes, before any trial is made."""
+    """:func:`read_sweep` of a sweep file's text (``where`` names it in errors); too many trials are refused first."""
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10: the same module, from PyPI, where installed
@@ -344,9 +343,8 @@ def _with_threads(trials: list[Trial], threads: int) -> list[Trial]:
 
 
 def run_local(trials: list[Trial], jobs: int, report: Callable[[TrialResult], None]) -> list[TrialResult]:
-    """Train ``trials`` in ``jobs`` worker processes. A worker that dies fails its own trial alone, and a new one
-    takes the next. Ctrl-C asks each busy worker to stop at its next step (the run saves), starts no other trial and
-    raises :class:`TrainingInterrupted`. The workers die with this process, a SIGKILL included."""
+    """Train ``trials`` in ``jobs`` worker processes, which die with this one: a dying worker fails its trial alone;
+    Ctrl-C stops the busy ones at their next step (saved) and raises :class:`TrainingInterrupted`."""
     import multiprocessing
     from multiprocessing.connection import wait
 
@@ -390,8 +388,7 @@ def run_local(trials: list[Trial], jobs: int, report: Callable[[TrialResult], No
 
 
 def _start_worker(context: Any, workers: list[tuple[Any, Any]]) -> tuple[Any, Any]:
-    """A new worker process, added to ``workers``. It starts with SIGINT blocked, so that a Ctrl-C reaches it only as
-    the sweep's message to stop."""
+    """A new worker process, added to ``workers``, started with SIGINT blocked (Ctrl-C reaches it as a message)."""
     connection, child = context.Pipe()
     process = context.Process(target=_worker, args=(child, os.getpid()), name="mnistgen sweep worker")
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if hasattr(signal, "pthread_sigmask") else None
@@ -406,8 +403,7 @@ def _start_worker(context: Any, workers: list[tuple[Any, Any]]) -> tuple[Any, An
 
 
 def _worker(connection: Any, parent: int) -> None:
-    """A worker process of :func:`run_local`: trains each trial that ``connection`` brings, until None. A message
-    during a trial asks it to stop."""
+    """A worker of :func:`run_local`: trains each trial ``connection`` brings, until None; a message asks it to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     linux = sys.platform.startswith("linux") and ctypes.CDLL(None).prctl(1, ctypes.c_ulong(signal.SIGKILL)) == 0
     if not linux:  # no PR_SET_PDEATHSIG (1): a thread watches for the parent's end

@@ -1,10 +1,7 @@
-"""Small pure functions that the product and the checks of SPEC §4 share: Gaussian KLs (torch, batch-first);
-discrete or tabulated densities (NumPy, float64); finite latent spaces by enumeration; distances on the line.
-
-A "tabulated density" is an array of density values on a uniform grid of spacing ``dx``: integrals become
-Riemann sums ``sum(values) * dx``; with ``dx = 1`` the functions take probability vectors. Convention: 0 * log 0 =
-0, and p * log(p / 0) = +inf for p > 0. The derivations are in docs/theory.md.
-"""
+"""Small pure functions that the product and the checks of SPEC §4 share (derivations: docs/theory.md): Gaussian
+KLs (torch, batch-first); tabulated densities (NumPy, float64: values on a grid of spacing ``dx``, integrals as
+``sum(values) * dx``, probability vectors with ``dx = 1``; 0 * log 0 = 0, p * log(p / 0) = +inf for p > 0); finite
+latent spaces by enumeration; distances on the line."""
 
 from __future__ import annotations
 

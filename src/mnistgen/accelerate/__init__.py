@@ -1,25 +1,7 @@
-"""Accelerators: fast ways to compute a training step, beside the reference step, each checking first that it
-computes what the reference step would.
-
-The reference step (:func:`mnistgen.models.vae.train_step`, :func:`mnistgen.models.gan.train_step`) computes the
-objective from the modules' own ``forward``, back-propagates with autograd and steps the optimizer; it trains
-whatever network and optimizer ``models/`` defines. An accelerator computes the same step faster, but it was
-written for one network (the spec's), one dtype, some devices, some objectives and, where it replaces the
-optimizer's step, one optimizer. Before training, its ``check`` inspects the actual models, optimizer and config and
-returns ``None`` or the reason it does not apply:
-
-1. the structure: every leaf module's name, type and settings (``extra_repr``: widths, kernel sizes, slopes,
-   bias) and every parameter's name and shape equal those of the network the accelerator was written for
-   (built here from ``torch.nn`` directly, not from ``models/``, so that an edited model cannot move both);
-2. dtype float32, the device, contiguous parameters, the objective, the optimizer (:func:`adam_mismatch`);
-3. a numerical probe: the reference and the accelerator run on a small batch (copies of the modules, the global
-   random state restored afterwards), and their outputs and gradients must agree to float32 rounding
-   (:data:`PROBE_TOLERANCE`). This catches what no structure shows: an activation changed inside ``forward``, a
-   layer applied twice, a dropout.
-
-:func:`choose` picks one under ``--cpu-kernels``; the engines (:mod:`mnistgen.accelerate.engines`) and the CUDA
-graphs (:mod:`mnistgen.accelerate.graphs`) are checked the same way.
-"""
+"""Accelerators: faster ways to compute a training step than the reference step (autograd through the modules'
+``forward``), each checking first, on the actual models, optimizer and config, that it computes what the reference
+step would: the layers' structure, dtype, device, optimizer, then a numerical probe on copies of the modules
+(:data:`PROBE_TOLERANCE`). :func:`choose` picks one under ``--cpu-kernels`` (docs/TRAINING.md)."""
 
 from __future__ import annotations
 
@@ -77,9 +59,8 @@ class Choice(Generic[Implementation]):
 
 
 def note_choice(what: str, choices: dict[str, Choice], say: Callable[[str], None] | None = None) -> None:
-    """One note (``say``, default stderr; rank 0 only) if a faster accelerator than the chosen one was skipped
-    for any of ``choices`` (by network: "G", "D", or "" for a model with one): what trains with what, and why
-    the faster ones do not apply (a reason shared by several networks is given once)."""
+    """One note (``say``, default stderr; rank 0 only) if a faster accelerator was skipped for any of ``choices`` (by
+    network: "G", "D", or ""): what trains with what, and why the faster ones do not apply."""
     reasons: dict[str, list[str]] = {}  # "native: no C compiler found" -> ["G", "D"]
     for network, choice in choices.items():
         for reason in choice.skipped:
@@ -93,8 +74,7 @@ def note_choice(what: str, choices: dict[str, Choice], say: Callable[[str], None
 
 
 def _for_networks(reason: str, networks: list[str]) -> str:
-    """A skipped accelerator's reason with the networks it concerns: ``native: why`` becomes
-    ``native for G and D: why`` (unchanged for a model with one network)."""
+    """A skipped accelerator's reason with the networks it concerns: ``native: why`` -> ``native for G and D: why``."""
     named = [network for network in networks if network]
     if not named:
         return reason
@@ -104,13 +84,8 @@ def _for_networks(reason: str, networks: list[str]) -> str:
 
 def choose(candidates: Sequence[Accelerator[Implementation]], cpu_kernels: str, device: torch.device,
            optimizer: torch.optim.Optimizer, *check_arguments: Any) -> Choice[Implementation]:
-    """The first of ``candidates`` (fastest first) that ``cpu_kernels`` allows, runs on ``device`` and applies to
-    ``optimizer`` (:func:`adam_mismatch`: every accelerator is written for SPEC's training, with Adam) and whose
-    ``check(*check_arguments)`` passes; ``Choice(None, ...)`` (the reference step) if none does.
-
-    ``cpu_kernels``: "auto" any; "torch" none with C kernels; "reference" none at all; "native" like "auto",
-    but on the CPU the chosen one must be native, otherwise a one-line :class:`MnistgenError` with the reasons.
-    Accelerators for other devices are passed over silently (the C kernels are not missed on a GPU)."""
+    """The first of ``candidates`` (fastest first) that ``cpu_kernels`` allows on ``device`` and that passes
+    :func:`adam_mismatch` and ``check(*check_arguments)``, else ``Choice(None, ...)``; "native" on a CPU insists."""
     if cpu_kernels not in CPU_KERNELS:
         raise MnistgenError(f"--cpu-kernels must be one of {', '.join(CPU_KERNELS)}, got {cpu_kernels!r}")
     skipped: list[str] = []
@@ -132,9 +107,6 @@ def choose(candidates: Sequence[Accelerator[Implementation]], cpu_kernels: str, 
     if cpu_kernels == "native" and device.type == "cpu" and (chosen is None or not chosen.native):
         raise MnistgenError("--cpu-kernels native: the C kernels do not apply: " + "; ".join(skipped))
     return Choice(chosen, tuple(skipped))
-
-
-# --------------------------------------------------------------------------- structure
 
 
 def layout_mismatch(module: nn.Module, expected: dict[str, nn.Module], what: str) -> str | None:
@@ -164,8 +136,7 @@ def _describe(layer: nn.Module) -> str:
 
 
 def parameter_mismatch(module: nn.Module, device: torch.device) -> str | None:
-    """Why the parameters of ``module`` are not float32 tensors on ``device``, contiguous (in PyTorch's default
-    or the channels-last layout), or None."""
+    """Why the parameters of ``module`` are not float32 tensors on ``device``, contiguous or channels-last, or None."""
     for name, parameter in module.named_parameters():
         if parameter.dtype != torch.float32:
             return f"{type(module).__name__}.{name} is {str(parameter.dtype).removeprefix('torch.')}, " \
@@ -181,9 +152,6 @@ def on_meta_device(build: Callable[[], dict[str, nn.Module]]) -> dict[str, nn.Mo
     """``build()``'s modules created on the meta device: shapes and settings only, no memory, no initialization."""
     with torch.device("meta"):
         return build()
-
-
-# --------------------------------------------------------------------------- the probe
 
 
 @contextmanager
@@ -234,8 +202,7 @@ def describe_exception(exc: BaseException) -> str:
 
 
 def adam_mismatch(optimizer: torch.optim.Optimizer) -> str | None:
-    """Why ``optimizer`` is not the plain Adam of SPEC's training (one parameter group; no weight decay, amsgrad or
-    maximize), for which every accelerator is written, or None."""
+    """Why ``optimizer`` is not SPEC's plain Adam (one group; no weight decay, amsgrad or maximize), or None."""
     if type(optimizer) is not torch.optim.Adam:
         return f"it is written for SPEC's optimizer, Adam; the optimizer is {type(optimizer).__name__}"
     group = optimizer.param_groups[0]

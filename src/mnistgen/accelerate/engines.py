@@ -1,17 +1,7 @@
-"""Engines: the ways of executing the training step of R >= 1 replicas, beside the loop that calls them.
-
-A replica is one seed's modules, optimizers and moving averages (:class:`Replica`); the loop draws each replica's
-batch and random numbers from its own streams and hands them to an engine, which takes the step that the model's one
-step function defines (:func:`mnistgen.models.vae.train_step`, :func:`mnistgen.models.gan.train_step`):
-
-- :class:`OneAfterAnother`: each replica's own step in turn, the reference step or an accelerator's (C kernels,
-  PyTorch-only rewrites, a CUDA graph). Every replica ends where its separate run ends, bit for bit.
-- :class:`Stacked`: every replica at once (:class:`Stack`, :class:`StackedModule`): the same step function on top of
-  parameters stacked along a new first dimension, the optimizers' own step over the stacked tensors (elementwise
-  optimizers such as Adam: the same as R of them). R small steps become one step of R-fold wider kernels, which is
-  what a GPU wants. Like an accelerator, it is checked before training (:func:`check_stacked`).
-- torchrun ranks share the batch of a single replica (:mod:`mnistgen.distributed`): the step averages the gradients.
-"""
+"""Engines: the ways of executing the training step of R >= 1 replicas: :class:`OneAfterAnother` (each replica's
+own step in turn, bit for bit its separate run), :class:`Stacked` (the same step function over parameters stacked
+along a new first dimension, checked first by :func:`check_stacked`) and :class:`Captured` (a CUDA graph); how each
+works and is chosen: docs/TRAINING.md, 'Engines'."""
 
 from __future__ import annotations
 
@@ -32,8 +22,7 @@ STEPS_PER_TURN = 10  # steps each replica takes in turn between two polls of sto
 
 @dataclass
 class Replica:
-    """One replica's trained objects, keyed alike: its modules, the optimizer of each, and the moving averages of
-    some of them (the GAN's G), kept beside."""
+    """One replica's modules, the optimizer of each and the moving averages of some (the GAN's G), keyed alike."""
 
     modules: dict[str, nn.Module]
     optimizers: dict[str, torch.optim.Optimizer]
@@ -56,9 +45,8 @@ class Replica:
 
 
 class Runner(Protocol):
-    """How one replica's (or the stacked replicas') step is taken: :meth:`step` on a batch and its random draws
-    returns its values, on the device; :meth:`store` hands what the runner keeps aside (C buffers, a captured
-    optimizer's state) back to the replica's modules and optimizers, before a checkpoint or an evaluation."""
+    """How one replica's (or the stacked replicas') step is taken: :meth:`step` returns its values, on the device;
+    :meth:`store` hands what the runner keeps aside (C buffers, a captured optimizer's state) back to the replica."""
 
     name: str  # what each metrics line records ("reference", "native", ...)
 
@@ -78,26 +66,18 @@ class Bound:
         pass
 
 
-# --------------------------------------------------------------------------- copies of optimizers
-
-
 def optimizer_like(optimizer: torch.optim.Optimizer, params: Callable[[torch.Tensor], torch.Tensor],
                    **changes: Any) -> torch.optim.Optimizer:
-    """A new optimizer of ``optimizer``'s type and settings (each param group's) over ``params(p)`` for each of its
-    parameters p, without state; ``changes`` override settings (``capturable=True``)."""
+    """A new optimizer of ``optimizer``'s type and group settings (``changes`` override) over ``params(p)``."""
     accepted = inspect.signature(type(optimizer)).parameters
     groups = [{**{k: v for k, v in group.items() if k in accepted and k != "params"}, **changes,
                "params": [params(p) for p in group["params"]]} for group in optimizer.param_groups]
     return type(optimizer)(groups)
 
 
-# --------------------------------------------------------------------------- stacked replicas
-
-
 class StackedModule:
-    """R replicas of one module as one callable: the module's own forward on each replica's parameters
-    (``torch.func.functional_call``), vmapped over the leading dimension R of every tensor input; other inputs
-    (an objective's name) are passed to each call as they are."""
+    """R replicas of one module as one callable: the module's own forward on each replica's parameters, vmapped over
+    the leading dimension R of every tensor input (other inputs, an objective's name, passed as they are)."""
 
     def __init__(self, module: nn.Module, params: dict[str, torch.Tensor]):
         self.module, self.params = module, params  # params: name -> (R, ...) tensors
@@ -117,10 +97,8 @@ class StackedModule:
 
 
 class Stack:
-    """R replicas' tensors stacked along a new first dimension, as one replica of the same keys (:attr:`replica`):
-    its modules are :class:`StackedModule` s, its optimizers the replicas' optimizer type and settings over the
-    stacked parameters, its averages stacked too. Built from the replicas' present values; :meth:`load` copies them
-    (and the optimizers' states) in again, :meth:`store` copies them back out into each replica."""
+    """R replicas' tensors stacked along a new first dimension, as one replica of the same keys (:attr:`replica`);
+    :meth:`load` copies the replicas' values and optimizer states in, :meth:`store` back out."""
 
     def __init__(self, replicas: Sequence[Replica]):
         self.replicas = list(replicas)
@@ -140,18 +118,12 @@ class Stack:
 
     def _pairs(self, k: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.optim.Optimizer | None,
                                            torch.optim.Optimizer | None]]:
-        """(replica k's tensor, the stacked one, replica k's optimizer, the stacked optimizer) for every parameter
-        and average (optimizers None for an average)."""
+        """(replica k's tensor, the stacked one, their optimizers or None) for every parameter and average."""
         replica, stacked = self.replicas[k], self.replica
-        pairs = []
-        for key, module in replica.modules.items():
-            for name, tensor in module.named_parameters():
-                pairs.append((tensor, stacked.modules[key].params[name], replica.optimizers.get(key),
-                              stacked.optimizers.get(key)))
-        for key, module in replica.averages.items():
-            for name, tensor in module.named_parameters():
-                pairs.append((tensor, stacked.averages[key].params[name], None, None))
-        return pairs
+        return [(tensor, stacked.modules[key].params[name], replica.optimizers.get(key), stacked.optimizers.get(key))
+                for key, module in replica.modules.items() for name, tensor in module.named_parameters()] + [
+                (tensor, stacked.averages[key].params[name], None, None)
+                for key, module in replica.averages.items() for name, tensor in module.named_parameters()]
 
     @torch.no_grad()
     def load(self) -> None:
@@ -182,10 +154,8 @@ class Stack:
 
 
 def in_float64(replicas: Sequence[Replica]) -> torch.device:
-    """The replicas (copies, for a probe) in float64: modules, averages and the optimizers' states; on the CPU where
-    they are on MPS, which has no float64. There one step's rounding (1e-16) stays far below the probe's tolerance,
-    also where Adam's first step turns the rounding of a gradient near zero into a sign (a parameter that starts at
-    zero, as SPEC's biases do). Returns the device they are on."""
+    """The replicas (copies, for a probe) in float64, so that a step's rounding stays far below the probe's tolerance;
+    on the CPU where they are on MPS (no float64 there). Returns the device they are on."""
     device = replicas[0].parameters()[0].device
     device = torch.device("cpu") if device.type == "mps" else device
     for replica in replicas:
@@ -206,9 +176,8 @@ def float64_inputs(inputs: Sequence[torch.Tensor], device: torch.device) -> list
 
 def check_stacked(replicas: Sequence[Replica], bind: Callable[[Replica], Callable[..., torch.Tensor]],
                   inputs: Sequence[Sequence[torch.Tensor]]) -> str | None:
-    """Why the stacked step is not each replica's own step (``bind(replica)``, the reference step), or None: one step
-    of the first two replicas, stacked and one after another, from float64 copies of their state on the same
-    ``inputs`` (step inputs per replica), must give the same values, parameters, averages and optimizer states."""
+    """Why the stacked step is not each replica's own step ``bind(replica)``, or None: one step of the first two
+    replicas, stacked and one after another, from float64 copies on the same ``inputs``, must give the same state."""
     pair = list(replicas[:2])
     with probing(*pair, *pair) as copies:
         device = in_float64(copies)
@@ -229,13 +198,9 @@ def check_stacked(replicas: Sequence[Replica], bind: Callable[[Replica], Callabl
         return probe_mismatch(pairs, "each replica's own step")
 
 
-# --------------------------------------------------------------------------- CUDA graphs
-
 class Captured:
-    """A replica's step, ``bind(replica)`` (or the stacked replicas'), captured in a CUDA graph and replayed.
-
-    The step runs on capturable copies of the replica's optimizers (same parameters, settings and state);
-    :meth:`store` copies their state back into the replica's optimizers, which the checkpoint saves."""
+    """A replica's step, ``bind(replica)`` (or the stacked replicas'), captured in a CUDA graph and replayed, on
+    capturable copies of the replica's optimizers; :meth:`store` copies their state back into the replica's."""
 
     def __init__(self, replica: Replica, bind: Callable[[Replica], Callable[..., torch.Tensor]],
                  example_inputs: Sequence[torch.Tensor], name: str):
@@ -253,8 +218,7 @@ class Captured:
 def check_graph(replicas: Sequence[Replica], stacked: bool, bind: Callable[[Replica], Callable[..., torch.Tensor]],
                 example_inputs: Sequence[torch.Tensor], device: torch.device, fixed_lr: bool) -> str | None:
     """Why ``bind`` of the first replica (or, ``stacked``, of the replicas stacked) cannot be captured here, or None:
-    :func:`graph_problem`, an optimizer that is not plain Adam, then a probe: one replayed step and one eager step,
-    from float64 copies of the same state on the same inputs, must leave the same weights and averages."""
+    :func:`graph_problem`, not plain Adam, or one replayed and one eager step (float64 copies) that differ."""
     problem = graph_problem(device, fixed_lr) or next(
         (reason for reason in map(adam_mismatch, replicas[0].optimizers.values()) if reason), None)
     if problem is not None:
@@ -274,12 +238,8 @@ def check_graph(replicas: Sequence[Replica], stacked: bool, bind: Callable[[Repl
                                for name, tensor in captured.tensors().items()], "the eager step")
 
 
-# --------------------------------------------------------------------------- the engines
-
-
 class OneAfterAnother:
-    """Each replica's own runner in turn (see the module). ``optimizers``: the replicas' (the loop sets their
-    learning rate)."""
+    """Each replica's own runner in turn; ``optimizers``: the replicas' (the loop sets their learning rate)."""
 
     def __init__(self, runners: Sequence[Runner], optimizers: Sequence[torch.optim.Optimizer]):
         self.runners, self.optimizers = list(runners), list(optimizers)
@@ -289,8 +249,7 @@ class OneAfterAnother:
 
     def run(self, first: int, last: int, inputs: Callable[[int, int], Sequence[torch.Tensor]],
             values: torch.Tensor) -> None:
-        """Steps ``first..last-1`` of every replica: replica k's inputs of step s are ``inputs(k, s)``, its values
-        go to ``values[k, s]``."""
+        """Steps ``first..last-1`` of every replica: replica k's step s from ``inputs(k, s)`` to ``values[k, s]``."""
         for k, runner in enumerate(self.runners):
             for step in range(first, last):
                 values[k, step] = runner.step(*inputs(k, step))
@@ -331,15 +290,10 @@ def choose_engine(replicas: Sequence[Replica], *, bind: Callable[[Replica], Call
                   runner: Callable[[Replica], Runner], accelerated: bool,
                   example: Callable[[int, int], Sequence[torch.Tensor]], batch_size: int, cpu_kernels: str,
                   fixed_lr: bool, device: torch.device, say: Callable[[str], None]) -> Engine:
-    """How the replicas' steps are taken, with a note where a faster way does not apply: several replicas are
-    stacked, except on the CPU where an accelerator applies (one after another is faster there, docs/BENCHMARKS.md)
-    or where :func:`check_stacked` fails; on CUDA the step is captured where :func:`check_graph` allows it.
-
-    ``bind(replica)``: the reference step (the modules' own calls), which the stacked engine runs; ``step(replica)``:
-    one replica's step as a CUDA graph captures it (``bind``, or the same step with accelerated calls, named
-    ``step_name``); ``runner(replica)``: one replica's runner where no graph is captured (an accelerator's,
-    ``accelerated``, or ``step``'s); ``example(k, batch)``: random inputs of replica k for ``batch`` images, for the
-    probes. ``--cpu-kernels reference`` takes no CUDA graph either."""
+    """How the replicas' steps are taken (docs/TRAINING.md, 'Engines'), with a note where a faster way does not apply.
+    ``bind(replica)``: the reference step, which the stacked engine runs; ``step(replica)``: one replica's step as a
+    CUDA graph captures it (named ``step_name``); ``runner(replica)``: one replica's runner where no graph is
+    captured (an accelerator's where ``accelerated``); ``example(k, batch)``: replica k's random inputs for probes."""
     count = len(replicas)
 
     def graph_problem_of(stacked: bool, bind: Callable, inputs: Sequence[torch.Tensor]) -> str | None:

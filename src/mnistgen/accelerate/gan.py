@@ -1,29 +1,7 @@
-"""The GAN's accelerators: faster ways to compute G(z) and D's logits inside the reference step, their checks,
-and the engine that takes the steps of a run's replicas.
-
-The reference step (:func:`mnistgen.models.gan.train_step`) calls the modules themselves: ``generator(z)``,
-then ``discriminator(real)`` and ``discriminator(fake)`` for D's step and ``discriminator(fake)`` for G's.
-The losses, autograd and Adam stay the same with every accelerator; only these calls are replaced, for each
-network on its own (a changed D keeps G accelerated, and the other way round). So the training-only options apply
-on every path as they are: ``--lr-d``, ``--lr-g`` and ``--betas`` are the Adams' arguments, and the moving average
-of G's weights (``--ema-decay``) is updated after the step, from G's parameters:
-
-G(z):
-- ``native`` (CPU, SPEC §3's G): G's Linear and act1 in PyTorch, the rest by mnistgen's C kernels
-  (:func:`mnistgen.kernels.gan.native_generate`);
-- ``torch`` (every device, SPEC §3's G): each "nearest 2x upsampling, then 3x3 convolution" as one stride-2
-  transposed convolution (:func:`upsample_conv`), on CPU in the channels-last layout (G's weights too).
-
-D's logits:
-- ``native`` (CPU, SPEC §3's D): the C kernels (:func:`mnistgen.kernels.gan.native_discriminate`), the real
-  and the generated batch in one call; in G's step without D's parameter gradients;
-- ``torch`` (every device, any D whose images do not interact): one call of the module on both batches
-  together instead of two (the probe checks that each logit is what a separate call gives: a batch norm,
-  for one, breaks it); on CPU D's weights are channels-last, oneDNN's faster layout for its convolutions.
-
-:func:`choose_gan_calls` picks one for each network under ``--cpu-kernels``; :func:`gan_engine` how the replicas'
-steps are taken (:mod:`mnistgen.accelerate.engines`).
-"""
+"""The GAN's accelerators: faster calls of G(z) and of D's logits inside the reference step
+(:func:`mnistgen.models.gan.train_step`), chosen for each network on its own, their checks, and the engine of a run's
+replicas. The losses, autograd, Adam and the moving average of G stay the step's own; the accelerators and where
+they apply: docs/TRAINING.md, 'Accelerators and --cpu-kernels'."""
 
 from __future__ import annotations
 
@@ -90,26 +68,14 @@ def spec_discriminator_layers() -> dict[str, nn.Module]:
             "linear": nn.Linear(features, 1)}
 
 
-# --------------------------------------------------------------------------- G(z) in PyTorch, faster
-#
-# "Nearest 2x upsampling, then a 3x3 convolution with padding 1" is one transposed convolution with stride 2,
-# a 4x4 kernel and padding 1, with the same parameters and the same values:
-#
-# Along one axis, output row 2i of the upsample-conv reads upsampled rows 2i-1, 2i, 2i+1 = input rows i-1, i, i
-# with taps (w0, w1, w2): input i-1 with w0, input i with w1 + w2. Output row 2i+1 reads upsampled rows 2i,
-# 2i+1, 2i+2 = input rows i, i, i+1: input i with w0 + w1, input i+1 with w2.
-# A transposed convolution (stride 2, padding 1) adds input row i into output row o with kernel tap
-# k = o - 2i + 1: row 2i gets input i-1 through k = 3 and input i through k = 1, row 2i+1 gets input i
-# through k = 2 and input i+1 through k = 0. So its 1-D kernel is (w2, w1 + w2, w0 + w1, w0), and the 2-D
-# kernel is that along both axes; the output side is 2 * side (no extra rows, no cropping), and the
-# borders match because an input row outside the image contributes nothing in both forms (zero padding).
-# That is 16 multiply-adds per input pixel and channel pair instead of 36, and the upsampled map is never
-# formed. The kernel is built from the Conv2d's own weight inside the forward, so autograd carries the
-# gradients back to the spec's parameters.
-
-
 def _upsample_taps(weight: torch.Tensor, dim: int) -> torch.Tensor:
-    """(w0, w1, w2) -> (w2, w1 + w2, w0 + w1, w0) along ``dim`` (see the comment above)."""
+    """(w0, w1, w2) -> (w2, w1 + w2, w0 + w1, w0) along ``dim``: "nearest 2x upsampling, then a 3x3 convolution with
+    padding 1" as one transposed convolution (stride 2, padding 1) with this 4x4 kernel, the same values.
+
+    Along one axis, output row 2i reads input rows i-1 (tap w0) and i (w1 + w2), row 2i+1 reads rows i (w0 + w1) and
+    i+1 (w2); a transposed convolution adds input row i into output row o through tap k = o - 2i + 1 (rows 2i: k = 3,
+    1; rows 2i+1: k = 2, 0). Both pad with zeros, so the borders match too. 16 multiply-adds per input pixel and
+    channel pair instead of 36; built from the Conv2d's own weight, so autograd reaches the spec's parameters."""
     w0, w1, w2 = weight.unbind(dim)
     return torch.stack([w2, w1 + w2, w0 + w1, w0], dim)
 
@@ -128,9 +94,8 @@ def upsample_conv(conv: nn.Conv2d, images: torch.Tensor) -> torch.Tensor:
 
 
 def torch_generate(generator: Generator, z: torch.Tensor) -> torch.Tensor:
-    """G(z) for SPEC §3's G, (B, zdim) -> (B, 1, 28, 28) in (0, 1): the same function of z and of G's parameters as
-    ``generator(z)``, faster. up1/conv1 and up2/conv2 run as :func:`upsample_conv`; on CPU every map is
-    channels-last (oneDNN's fastest layout for these convolutions)."""
+    """``generator(z)`` for SPEC §3's G, (B, zdim) -> (B, 1, 28, 28), faster: up1/conv1 and up2/conv2 as
+    :func:`upsample_conv`, on CPU every map channels-last (oneDNN's fastest layout for these convolutions)."""
     h = generator.act1(generator.linear(z)).view(-1, *GENERATOR_START)  # (B, 32, 7, 7)
     if h.device.type == "cpu":
         h = h.contiguous(memory_format=torch.channels_last)
@@ -138,9 +103,6 @@ def torch_generate(generator: Generator, z: torch.Tensor) -> torch.Tensor:
     h = F.leaky_relu(upsample_conv(generator.conv1, h), generator.act2.negative_slope, inplace=True)  # (B, 16, 14, 14)
     h = F.leaky_relu(upsample_conv(generator.conv2, h), generator.act3.negative_slope, inplace=True)  # (B, 8, 28, 28)
     return generator.sigmoid(generator.conv3(h))  # (B, 1, 28, 28)
-
-
-# --------------------------------------------------------------------------- D's logits
 
 
 def torch_discriminate_both(discriminator: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor,
@@ -159,12 +121,8 @@ NATIVE_CALLS = GANCalls(
 TORCH_CALLS = GANCalls(REFERENCE.generate, torch_discriminate_both, REFERENCE.discriminate)
 
 
-# --------------------------------------------------------------------------- checks
-
-
 def _probe_generator(generator: Generator, generate: Callable) -> str | None:
-    """``generate(G, z)`` against ``G(z)`` on a small batch: the images and the gradient of a weighted sum of
-    them with respect to every parameter of G; the reason if they differ, else None."""
+    """``generate(G, z)`` against ``G(z)`` on a small batch, images and gradients: why they differ, or None."""
     device = next(generator.parameters()).device
     with probing(generator, generator) as (reference, accelerated):
         draws = probe_generator(torch.device("cpu"))
@@ -182,9 +140,8 @@ def _probe_generator(generator: Generator, generate: Callable) -> str | None:
 
 
 def _probe_discriminator(discriminator: nn.Module, calls: GANCalls) -> str | None:
-    """D's ``calls`` against the module's own calls on small random batches: the logits, and the gradients of a
-    weighted sum of them with respect to D's parameters and the generated images (D's step), and with respect
-    to the generated images alone (G's step); the reason if they differ, else None."""
+    """D's ``calls`` against the module's own calls on small random batches: the logits and the gradients of a
+    weighted sum of them in D's step and in G's step; the reason if they differ, else None."""
     device = next(discriminator.parameters()).device
     with probing(discriminator, discriminator) as (reference, accelerated):
         draws = probe_generator(torch.device("cpu"))
@@ -212,34 +169,25 @@ def _probe_discriminator(discriminator: nn.Module, calls: GANCalls) -> str | Non
                ("the gradient of the generated images in G's step", actual[4], expected[4])])
 
 
-def _generator_mismatch(generator: Generator, config: GANConfig, device: torch.device) -> str | None:
-    """Why ``generator`` is not SPEC §3's G in float32 on ``device`` (both G accelerators read its layers)."""
-    return (layout_mismatch(generator, on_meta_device(lambda: spec_generator_layers(config.zdim)), "the generator")
-            or parameter_mismatch(generator, device))
+def generator_check(generate: Callable) -> Callable[[Generator, GANConfig, torch.device], str | None]:
+    """The check of a G accelerator that computes ``generate(G, z)``: why it does not apply to a generator (not SPEC
+    §3's G in float32 on the device, or the probe differs), or None."""
 
+    def check(generator: Generator, config: GANConfig, device: torch.device) -> str | None:
+        return (layout_mismatch(generator, on_meta_device(lambda: spec_generator_layers(config.zdim)), "the generator")
+                or parameter_mismatch(generator, device) or _probe_generator(generator, generate))
 
-def check_native_generator(generator: Generator, config: GANConfig, device: torch.device) -> str | None:
-    """Why the C kernels do not apply to ``generator``, or None (the probe raises NativeKernelsUnavailable where the
-    library cannot be built here)."""
-    return _generator_mismatch(generator, config, device) or _probe_generator(generator, native_generate)
-
-
-def check_torch_generator(generator: Generator, config: GANConfig, device: torch.device) -> str | None:
-    """Why the transposed-convolution G(z) does not apply to ``generator``, or None."""
-    return _generator_mismatch(generator, config, device) or _probe_generator(generator, torch_generate)
+    return check
 
 
 def channels_last_on_cpu(module: nn.Module, device: torch.device) -> None:
-    """The module's 4-D weights in the channels-last layout on CPU (same values, same state_dict), where oneDNN
-    runs these small convolutions faster; elsewhere nothing."""
+    """On CPU, the module's 4-D weights channels-last (same values), oneDNN's faster layout; elsewhere nothing."""
     if device.type == "cpu":
         module.to(memory_format=torch.channels_last)
 
 
-def check_native_discriminator(discriminator: Discriminator, config: GANConfig,
-                               device: torch.device) -> str | None:
-    """Why the C kernels do not apply to ``discriminator``, or None (the probe raises NativeKernelsUnavailable where
-    the library cannot be built here)."""
+def check_native_discriminator(discriminator: Discriminator, config: GANConfig, device: torch.device) -> str | None:
+    """Why the C kernels do not apply to ``discriminator``, or None."""
     return (layout_mismatch(discriminator, on_meta_device(spec_discriminator_layers), "the discriminator")
             or parameter_mismatch(discriminator, device) or _probe_discriminator(discriminator, NATIVE_CALLS))
 
@@ -251,9 +199,9 @@ def check_torch_discriminator(discriminator: nn.Module, config: GANConfig, devic
 
 GENERATOR_ACCELERATORS = (  # fastest first
     Accelerator(name="native", description="mnistgen's C kernels", native=True, devices=("cpu",),
-                check=check_native_generator, implementation=native_generate),
+                check=generator_check(native_generate), implementation=native_generate),
     Accelerator(name="torch", description="transposed convolutions", native=False, devices=ALL_DEVICES,
-                check=check_torch_generator, implementation=torch_generate, prepare=channels_last_on_cpu),
+                check=generator_check(torch_generate), implementation=torch_generate, prepare=channels_last_on_cpu),
 )
 DISCRIMINATOR_ACCELERATORS = (
     Accelerator(name="native", description="mnistgen's C kernels", native=True, devices=("cpu",),
@@ -273,8 +221,7 @@ def choose_gan_accelerators(generator: Generator, discriminator: nn.Module, opti
 
 @dataclass(frozen=True)
 class ChosenCalls:
-    """What :func:`choose_gan_calls` decided: the step's calls, their name for the metrics ("G native, D torch"),
-    and whether an accelerator computes any of them."""
+    """What :func:`choose_gan_calls` decided: the calls, their name ("G native, D torch"), whether accelerated."""
 
     calls: GANCalls
     name: str
@@ -292,8 +239,7 @@ class ChosenCalls:
 def choose_gan_calls(generator: nn.Module, discriminator: nn.Module, optimizer_g: torch.optim.Optimizer,
                      optimizer_d: torch.optim.Optimizer, config: GANConfig, device: torch.device,
                      say: Callable[[str], None] | None = None) -> ChosenCalls:
-    """The calls a step makes: the accelerators' that apply to G and to D as they are, the modules' own calls for a
-    network where none does (with one note naming the reasons)."""
+    """The calls a step makes: each network's accelerator where one applies, else its own calls (with one note)."""
     for_g, for_d = choose_gan_accelerators(generator, discriminator, optimizer_g, optimizer_d, config, device)
     note_choice("GAN", {"G": for_g, "D": for_d}, say)
     generate = for_g.accelerator.implementation if for_g.accelerator is not None else REFERENCE.generate
@@ -304,9 +250,8 @@ def choose_gan_calls(generator: nn.Module, discriminator: nn.Module, optimizer_g
 
 def gan_engine(replicas: list[Replica], config: GANConfig, device: torch.device, chosen: ChosenCalls,
                say: Callable[[str], None]) -> Engine:
-    """How the steps of the replicas (each ``Replica({"generator": G, "discriminator": D}, their optimizers, with
-    {"generator": the moving average of G} where ``--ema-decay`` keeps one)``) are taken: see
-    :func:`mnistgen.accelerate.engines.choose_engine`; each replica's own step makes ``chosen`` 's calls."""
+    """How the steps of the replicas (``Replica({"generator": G, "discriminator": D}, their optimizers, {"generator":
+    G's moving average} or {})``) are taken (:func:`~mnistgen.accelerate.engines.choose_engine`), with ``chosen``."""
 
     def step_with(calls: GANCalls) -> Callable[[Replica], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
         def bind(replica: Replica) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:

@@ -1,15 +1,6 @@
-"""The step captured once in a CUDA graph and replayed: the same kernels, without launching them one by one.
-
-On a GPU a step of these small networks is a few dozen tiny kernels, and launching them from Python costs more
-than running them. :class:`CapturedStep` records one call of a step (the model's one step function, with the
-modules' forward, autograd's backward and Adam with ``capturable=True``; see :class:`mnistgen.accelerate.engines.
-Captured`) into a CUDA graph, after warm-up calls on a side stream; each later step copies its inputs (the
-batch and its random draws, drawn eagerly from the run's own generators) into the graph's input buffers and replays
-it. The arithmetic is the step's own.
-
-What it needs: :func:`graph_problem`, Adam, the probe of :func:`mnistgen.accelerate.engines.check_graph`, and inputs
-of one shape (a batch of another size, such as the last partial batch of an epoch, takes the same step eagerly).
-"""
+"""The step captured once in a CUDA graph and replayed (:class:`CapturedStep`): the step's own kernels, without
+launching them one by one from Python, for inputs of one shape (another, such as an epoch's last partial batch, takes
+the step eagerly). Where it applies: :func:`graph_problem` and :func:`mnistgen.accelerate.engines.check_graph`."""
 
 from __future__ import annotations
 
@@ -63,9 +54,8 @@ def copy_state(source: torch.optim.Optimizer, target: torch.optim.Optimizer) -> 
 
 
 class CapturedStep:
-    """``step(*inputs)`` recorded once in a CUDA graph; calling this object replays it on new inputs of the same
-    shapes. ``parameters`` and ``optimizers`` are what the step changes: the warm-up's changes to them are undone,
-    so the first replay starts from their state at construction."""
+    """``step(*inputs)`` recorded once in a CUDA graph and replayed on new inputs of the same shapes; the warm-up's
+    changes to ``parameters`` and ``optimizers`` are undone, so the first replay starts from their state now."""
 
     def __init__(self, step: Callable[..., torch.Tensor], example_inputs: Sequence[torch.Tensor],
                  parameters: Sequence[torch.Tensor], optimizers: Sequence[torch.optim.Optimizer]):

@@ -1,8 +1,5 @@
-"""The ``mnistgen`` command: one parser built on demand; each family's module has ``register(subparsers)``.
-
-A user error (:class:`MnistgenError`) is one line and exit 1; a bad flag or value (:class:`UsageError`) one line and
-exit 2; Ctrl-C exits 130.
-"""
+"""The ``mnistgen`` command: one parser built on demand; each family's module has ``register(subparsers)``. A user
+error is one line and exit 1, a bad flag or value one line and exit 2, Ctrl-C exit 130."""
 
 from __future__ import annotations
 

@@ -23,14 +23,12 @@ def usage_line(prog: str, message: str) -> str:
 
 
 def printable(message: str) -> str:
-    """``message`` as one printable line: a control character (a newline, or one from a file's content that a
-    terminal would act on) is shown escaped, as Python writes it in a string."""
+    """``message`` as one printable line: control characters (a newline, a terminal's escape) as Python escapes them."""
     return "".join(char if char.isprintable() else repr(char)[1:-1] for char in message)
 
 
 def given_flags(args: argparse.Namespace, names: Iterable[str]) -> list[str]:
-    """The flags of ``names`` given on the command line, as typed: ``--name value``, or ``--name`` / ``--no-name``
-    for a switch (for the record of the command that made a run)."""
+    """The flags of ``names`` given on the command line, as typed (``--name value``, ``--name`` or ``--no-name``)."""
     words = []
     for name in names:
         value, flag = getattr(args, name, None), "--" + name.replace("_", "-")
@@ -42,10 +40,8 @@ def given_flags(args: argparse.Namespace, names: Iterable[str]) -> list[str]:
 
 
 def writable_output(path: str | Path, flag: str = "--out") -> Path:
-    """Refuse, before any work, an output file that could not be written (its folder missing: it is not created, as
-    a mistyped folder would be made silently; not a folder, or not writable); returns the path. Writability is
-    tried, by creating and removing a file there: ``os.access`` answers yes to root on read-only file systems and
-    immutable folders, and cannot know some network file systems' rules."""
+    """Refuse, before any work, an output file that could not be written (a missing folder is not created); returns
+    the path. Writability is tried with a file: ``os.access`` answers yes to root on read-only file systems."""
     import tempfile
 
     from ..files import TEMPORARY_SUFFIX, temporary_prefix
@@ -76,9 +72,7 @@ def npy_output(text: str) -> Path:
 
 def train_command(args: argparse.Namespace, kind: str, config_class: type, train: Callable[[Any, Any], Any],
                   summary: Callable[[dict[str, Any]], str]) -> int:
-    """``mnistgen vae|gan train``, in one process or in each process of a torchrun job (see
-    :mod:`mnistgen.distributed`: rank 0 reads and writes RUN and prints; every rank trains its share of each batch).
-    ``train(config, run)`` returns the history (a dict by seed for replicas); ``summary`` describes a last record."""
+    """``mnistgen vae|gan train``, under torchrun too; ``train(config, run)`` returns the history."""
     from ..distributed import from_main_rank, is_main_process, ranks_agree, torchrun_job
     from ..errors import TrainingInterrupted
     from ..runs import RunDir

@@ -1,7 +1,4 @@
-"""``mnistgen gan``: train, draw and sample the GAN of SPEC §3 (argument parsing only).
-
-The work is done by :mod:`mnistgen.train.gan` (training, grids, figures, samples).
-"""
+"""``mnistgen gan``: train, draw and sample the GAN of SPEC §3 (argument parsing only)."""
 
 from __future__ import annotations
 

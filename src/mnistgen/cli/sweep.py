@@ -1,7 +1,4 @@
-"""``mnistgen sweep SWEEP.toml --out DIR``: a grid (or list) of settings times seeds (argument parsing only).
-
-The work is done by :func:`mnistgen.sweep.run_sweep`.
-"""
+"""``mnistgen sweep SWEEP.toml --out DIR`` (argument parsing only; the work: :func:`mnistgen.sweep.run_sweep`)."""
 
 from __future__ import annotations
 

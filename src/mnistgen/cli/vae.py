@@ -1,7 +1,4 @@
-"""``mnistgen vae``: train, evaluate, draw and sample the VAE of SPEC §2 (argument parsing only).
-
-The work is done by :func:`mnistgen.train.vae.train_vae` and :mod:`mnistgen.evaluate`.
-"""
+"""``mnistgen vae``: train, evaluate, draw and sample the VAE of SPEC §2 (argument parsing only)."""
 
 from __future__ import annotations
 

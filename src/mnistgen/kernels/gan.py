@@ -1,9 +1,6 @@
 """The GAN's forward passes on CPU with mnistgen's C kernels (``gan_cpu.c``), as autograd functions: D whole, eight
-images per vector register (D's 1- to 8-channel layers fill none in a library's kernels), and G from act1's output to
-before the sigmoid, its upsample-convolutions in phase form. Both equal the spec's modules to float32 rounding
-(max-pool ties included). The sizes below are the C code's as declared here (``LAYOUT``); every C call checks each
-buffer first. Whether they apply is decided in :mod:`mnistgen.accelerate.gan`.
-"""
+images per vector register, and G from act1's output to before the sigmoid, its upsample-convolutions in phase form;
+both equal the spec's modules to float32 rounding. The sizes are the C code's, as declared here (``LAYOUT``)."""
 
 from __future__ import annotations
 
@@ -150,8 +147,7 @@ def _g_parameters(generator: Generator) -> torch.Tensor:
 
 def _g_forward(h0: torch.Tensor, parameters: torch.Tensor, slope2: float, slope3: float, s: torch.Tensor,
                kept: torch.Tensor) -> None:
-    """mnistgen_g_forward: s (B, 1, 28, 28) and ``kept`` (B, 9408) for h0 (B, 1568), G's packed parameters
-    (10337,); buffers checked."""
+    """mnistgen_g_forward: s (B, 1, 28, 28) and ``kept`` (B, 9408) from h0 (B, 1568), parameters (10337,); checked."""
     images = len(h0)
     _check(load_gan_library().mnistgen_g_forward(
         checked_pointer(h0, "G forward: h0", images * G_INPUT),
@@ -178,8 +174,7 @@ def _g_backward(h0: torch.Tensor, kept: torch.Tensor, parameters: torch.Tensor, 
 
 
 class _NativeGenerator(torch.autograd.Function):
-    """s (B, 1, 28, 28) = G after act1, before the sigmoid, for act1's output h0 (B, 1568) (= (B, 32, 7, 7)),
-    the parameters as :func:`_g_parameters` packs them, act2's and act3's slopes."""
+    """s (B, 1, 28, 28) = G from act1's output h0 (B, 1568) to before the sigmoid, parameters packed for the C code."""
 
     @staticmethod
     def forward(ctx, h0: torch.Tensor, parameters: torch.Tensor, slope2: float, slope3: float) -> torch.Tensor:

@@ -1,8 +1,6 @@
-"""Building and loading mnistgen's C kernels (``gan_cpu.c``, ``vae_cpu.c``) with the machine's C compiler, as
-docs/TRAINING.md ('The C kernels') describes. Loading a library runs its code as the user, so only what this user
-built, intact, is loaded (how: docs/RELIABILITY.md). Calls go through :mod:`ctypes`, which releases the GIL; linked
-with ``-fopenmp``, a library reuses the ``libgomp.so.1`` torch loaded (Linux wheels): the kernels run on torch's
-OpenMP threads."""
+"""Building and loading mnistgen's C kernels (``gan_cpu.c``, ``vae_cpu.c``) with the machine's C compiler
+(docs/TRAINING.md, 'The C kernels'): only what this user built, intact, is loaded (docs/RELIABILITY.md). Calls go
+through :mod:`ctypes`; with ``-fopenmp`` the kernels run on the OpenMP threads of the ``libgomp`` torch loaded."""
 
 from __future__ import annotations
 
@@ -132,9 +130,8 @@ def _refusal(folder: Path, reason: str, advice: str) -> UnsafeKernelFolder:
 
 
 def open_private_folder(folder: Path) -> int | None:
-    """An open handle on ``folder`` (created 0700 where missing), opened without following a symbolic link and checked
-    on that handle: a folder, the user's, writable by nobody else; None without ``os.getuid`` (Windows), where only
-    the hash is checked."""
+    """An open handle on ``folder`` (created 0700 where missing), not through a symbolic link, checked on that handle:
+    a folder, the user's, writable by nobody else; None without ``os.getuid`` (Windows: only the hash is checked)."""
     created = False
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -333,9 +330,8 @@ def _declare(library: ctypes.CDLL, source: Path) -> ctypes.CDLL:
 
 
 def flag_sets() -> list[tuple[str, ...]]:
-    """Compiler flags, best first: with OpenMP, then without (Apple's clang has none unless libomp is installed); AVX2
-    and FMA on x86-64 processors where torch found them, not ``-march=native``: the cached library may be loaded on
-    another machine sharing the home folder."""
+    """Compiler flags, best first: with OpenMP, then without (Apple's clang may have none); AVX2 and FMA where torch
+    found them, not ``-march=native``: the cached library may be loaded on another machine sharing the home folder."""
     flags = BASE_FLAGS
     if platform.machine().lower() in ("x86_64", "amd64") and torch.backends.cpu.get_cpu_capability() in (
             "AVX2", "AVX512"):

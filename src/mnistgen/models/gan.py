@@ -1,12 +1,9 @@
 """SPEC §3's GAN: the discriminator and the generator, layer for layer as the spec's tables list them, and how they
 train: :func:`train_step`, the one training step (D's step, G's step, then the moving average of G's weights).
 
-Each network defines its layers in the constructor in the tables' order, and nothing else: the two
-reshapes (flattening 8x5x5 -> 200 in D, 1568 -> 32x7x7 in G) are views in ``forward``, not layers.
-Initialization (SPEC §3): ``torch.nn.init.kaiming_uniform_`` with its defaults for every weight, zero
-for every bias.
-
-Shapes below are per image; a batch adds a leading dimension B.
+Each network defines its layers in the constructor in the tables' order, and nothing else: the reshapes (8x5x5 ->
+200 in D, 1568 -> 32x7x7 in G) are views in ``forward``. Initialization (SPEC §3): ``torch.nn.init.kaiming_uniform_``
+with its defaults for every weight, zero for every bias. Shapes below are per image; a batch adds a leading B.
 """
 
 from __future__ import annotations
@@ -88,9 +85,6 @@ class Generator(nn.Module):
         return self.sigmoid(self.conv3(h))  # (B, 1, 28, 28)
 
 
-# --------------------------------------------------------------------------- how they train
-
-
 def build_models(config: GANConfig, device: torch.device) -> tuple[Generator, Discriminator]:
     """G and D initialised per SPEC §3 from the global RNG (seeded by the caller), on ``device``."""
     return Generator(config.zdim).to(device), Discriminator().to(device)
@@ -146,11 +140,9 @@ def train_step(generator: nn.Module, discriminator: nn.Module, optimizer_g: torc
                ema: tuple[Sequence[torch.Tensor], float] | None = None) -> torch.Tensor:
     """One D step then one G step on the same z, then the moving average of G's weights where one is kept.
 
-    real (B, 1, 28, 28) in [0, 1]; z (B, zdim). ``calls``: how G(z) and D's logits are computed. ``ema``: (the
-    tensors of the moving average of G's weights, in ``optimizer_g``'s order; the decay), or None. Returns (4,)
-    detached on the device, in the order of :data:`STATS` (the losses, and mean D(x) and D(G(z)) as probabilities,
-    before D's step). The networks may also be R replicas stacked (:mod:`mnistgen.accelerate.engines`): then every
-    tensor gains a leading R and the result is (R, 4), each replica's own."""
+    real (B, 1, 28, 28) in [0, 1]; z (B, zdim); ``ema``: (the average's tensors in ``optimizer_g``'s order, the
+    decay) or None. Returns (4,) detached on the device, :data:`STATS` (D(x) and D(G(z)) before D's step); for R
+    replicas stacked (:mod:`mnistgen.accelerate.engines`) every tensor gains a leading R, the result (R, 4)."""
     fake = calls.generate(generator, z)  # ([R,] B, 1, 28, 28), computed once for both steps
 
     # D step: towards 1 on real and 0 on generated images; G is not reached (fake is detached)

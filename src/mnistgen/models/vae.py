@@ -1,10 +1,6 @@
 """The VAE of SPEC §2: a diagonal-Gaussian encoder q_phi(z|x) and a Bernoulli decoder p_theta(x|z), and how it
-trains: the model's forward is its training objective, and :func:`train_step` is the one training step.
-
-The objective's terms are in :mod:`mnistgen.losses`, the distributions in :mod:`mnistgen.distributions`. Layers
-keep PyTorch's default initialisation (SPEC names none).
-
-Parameter count with the defaults (D = 784, H = 500, D_z = 2):
+trains: the model's forward is its training objective, and :func:`train_step` is the one training step. Layers keep
+PyTorch's default initialisation (SPEC names none). Parameters with the defaults (D = 784, H = 500, D_z = 2):
 encoder 784*500 + 500 + 2 * (500*2 + 2) = 394,504; decoder 2*500 + 500 + 500*784 + 784 = 394,284.
 """
 
@@ -22,9 +18,7 @@ IMAGE_PIXELS = IMAGE_SIZE * IMAGE_SIZE  # 784: images enter the encoder flattene
 
 
 class Encoder(nn.Module):
-    """q_phi(z|x) = N(mean, diag(exp(logvar))): Linear(784, 500) -> tanh -> two heads Linear(500, 2).
-
-    ``mean`` and ``logvar`` are separate modules, as SPEC draws them."""
+    """q_phi(z|x) = N(mean, diag(exp(logvar))): Linear(784, 500) -> tanh -> two heads Linear(500, 2), as SPEC draws."""
 
     def __init__(self, input_dim: int = IMAGE_PIXELS, hidden: int = 500, latent_dim: int = 2):
         super().__init__()
@@ -39,10 +33,8 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """f_theta(z): Linear(2, 500) -> tanh -> Linear(500, 784) -> sigmoid, the probability of each pixel.
-
-    :meth:`logits` stops before the sigmoid: the log-likelihood is computed from it (stable);
-    :meth:`forward` returns the probabilities, for figures and sampling."""
+    """f_theta(z): Linear(2, 500) -> tanh -> Linear(500, 784) -> sigmoid, the probability of each pixel; the
+    log-likelihood is computed from :meth:`logits`, before the sigmoid (stable)."""
 
     def __init__(self, latent_dim: int = 2, hidden: int = 500, output_dim: int = IMAGE_PIXELS):
         super().__init__()
@@ -68,15 +60,9 @@ class VAE(nn.Module):
         self.decoder = Decoder(latent_dim, hidden, input_dim)
 
     def forward(self, x: torch.Tensor, eps: torch.Tensor, objective: str = "mc") -> torch.Tensor:
-        """The training objective of each image: x (B, 784), eps (B, D_z) or (K, B, D_z) -> (B,).
-
-        ``objective`` (``--objective``): "mc" SPEC's Eq. 2, "analytic" Eq. 1 (closed-form KL), both with one z per
-        image (eps (B, D_z)) or the mean of K one-sample estimates; "iwae" the K-sample importance-weighted bound.
-        See :func:`mnistgen.losses.vae_elbo`."""
+        """The training objective of each image (``--objective``: "mc" Eq. 2, "analytic" Eq. 1, "iwae" the K-sample
+        bound; :func:`mnistgen.losses.vae_elbo`): x (B, 784), eps (B, D_z) or (K, B, D_z) -> (B,)."""
         return vae_elbo(self, x, eps, analytic_kl=objective == "analytic", importance_weighted=objective == "iwae")
-
-
-# --------------------------------------------------------------------------- how it trains
 
 
 def build_model(config: VAEConfig, device: torch.device) -> VAE:
@@ -99,11 +85,8 @@ def draws_per_image(config: VAEConfig) -> int | None:
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, eps: torch.Tensor,
                objective: str = "mc") -> torch.Tensor:
     """One step on the batch's negative mean objective: the model's forward, autograd's backward, the optimizer.
-
-    x (B, 784) binary images, eps (B, D_z) or (K, B, D_z) standard normal draws (z = mean + std * eps). Returns the
-    batch's sum of the objective, (), detached on the device (no host synchronisation). ``model`` may also be R
-    replicas stacked (:mod:`mnistgen.accelerate.engines`): then x (R, B, 784), eps (R, [K,] B, D_z) -> (R,), each
-    replica's own sum, and each replica's gradient is that of its own mean."""
+    x (B, 784) binary images, eps (B, D_z) or (K, B, D_z) -> the batch's sum of the objective, (), detached on the
+    device; for R replicas stacked (:mod:`mnistgen.accelerate.engines`) x (R, B, 784), eps (R, [K,] B, D_z) -> (R,)."""
     values = model(x, eps, objective)  # ([R,] B): the objective of each image
     loss = -values.mean(dim=-1).sum()  # each replica's -mean over its batch (the replicas are independent)
     optimizer.zero_grad(set_to_none=True)

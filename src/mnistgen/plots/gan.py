@@ -67,8 +67,7 @@ def training_figure(records: Sequence[dict]) -> Figure:
 
 
 def replica_training_figure(histories: Mapping[int, Sequence[dict]]) -> Figure:
-    """The training curves of a replica run, ``{seed: its metrics.jsonl records}``: one panel per quantity, one line
-    per seed (the same colour in every panel)."""
+    """A replica run's training curves, ``{seed: its records}``: one panel per quantity, one line (colour) per seed."""
     figure = Figure(figsize=(11, 7.2), layout="constrained")
     for axis, (key, title, ylabel, reference, meaning) in zip(figure.subplots(2, 2).ravel(), PANELS, strict=True):
         for index, (seed, records) in enumerate(histories.items()):

@@ -50,8 +50,7 @@ def samples_figure(probabilities: np.ndarray, binary: np.ndarray, z: np.ndarray)
 
 def latent_figure(means: np.ndarray, labels: np.ndarray, classes: Sequence[str] | None = None,
                   subtitle: str = "") -> Figure:
-    """SPEC figure 2: the mean of q(z|x) of every image, (N, D_z) (the first two coordinates drawn), as a point
-    colored by its class, labels (N,) 0-9."""
+    """SPEC figure 2: each image's mean of q(z|x), (N, D_z) (the first two drawn), a point colored by its label (N,)."""
     figure = Figure(figsize=(7.5, 6.5), layout="constrained")
     axis = figure.subplots()
     palette = list(colormaps["tab10"].colors)
@@ -71,8 +70,7 @@ def latent_figure(means: np.ndarray, labels: np.ndarray, classes: Sequence[str] 
 
 def interpolation_figure(rows: np.ndarray, pairs: Sequence[tuple[int, int]], alphas: Sequence[float],
                          classes: Sequence[str] | None = None) -> Figure:
-    """SPEC figure 3: p(x|z_alpha) along z_alpha = alpha mu_a + (1 - alpha) mu_b: rows (P, A, 28, 28) for P pairs
-    of classes (a, b) and A alphas."""
+    """SPEC figure 3: p(x|z), z = alpha mu_a + (1 - alpha) mu_b: rows (P, A, 28, 28), P pairs (a, b), A alphas."""
     count, steps = rows.shape[:2]
     figure = Figure(figsize=(IMAGE_INCHES * steps + 1.6, IMAGE_INCHES * count + 1.4), layout="constrained")
     axes = figure.subplots(count, steps, squeeze=False)

@@ -1,27 +1,8 @@
 """What the VAE's and the GAN's training loops share: the new-or-resume check, the checkpoint writer and reader,
 the run folders of R replicas (:class:`ReplicaRuns`) with their end-of-epoch sequence (NaN guard, interrupt,
-metrics, save), Ctrl-C, threads and subnormal floats.
-
-No trainer class: each loop in ``train/`` reads top to bottom and calls these where it needs them.
-
-A run trains R >= 1 replicas of its model, one per seed (``--seeds``, ``--replicas``). A single-seed run (R = 1)
-writes RUN itself. A replica run writes its config to RUN/config.json and each seed's state to an ordinary
-single-seed run folder, RUN/seed=N, readable by every command that reads a run; its checkpoints are committed
-together: each replica's state goes to RUN/seed=N/checkpoint.next.pt, then RUN/replicas.json records the position
-(the commit), then each file is renamed to checkpoint.pt. A run killed between these steps is settled when it is
-next opened (:func:`settle_checkpoints`), so every replica resumes from the same step.
-
-Randomness: each replica draws from its own seeded streams (``mnistgen.device.stream_seed``): a CPU generator
-orders the batches, a generator on the device draws the step's random numbers, and so on. Their states are in every
-checkpoint, so ``--resume`` ends with the same weights as an uninterrupted run, whether the run stopped between
-epochs or (Ctrl-C) in the middle of one; replica k takes the steps of a separate run of seed k.
-
-Under torchrun (:mod:`mnistgen.distributed`, one replica) ``--batch-size`` is the global batch: every rank draws the
-same order and, per step, the same random numbers for the whole batch, and trains on its equal share of both; the
-step averages the gradients over the ranks, the step values are combined once per epoch, the stop request before
-each step, and only rank 0 reads and writes the run folder (the others receive the checkpoint from it). So N
-processes take the steps of one process to float rounding.
-"""
+metrics, save), Ctrl-C, threads and subnormal floats. No trainer class: each loop in ``train/`` reads top to bottom
+and calls these where it needs them. Replica folders and their committed checkpoints, random streams and resume,
+torchrun: docs/SCALING.md and docs/TRAINING.md."""
 
 from __future__ import annotations
 
@@ -55,10 +36,8 @@ _NEVER_TRIM_BYTES = 2**30  # free heap memory is given back to the system only b
 
 
 def keep_freed_memory() -> bool:
-    """Let this process keep and reuse the memory of freed tensors: glibc's malloc serves blocks over its (dynamic)
-    mmap threshold with fresh mappings and returns them on free, and trims the heap top, so a loop that allocates and
-    frees the same few-MB tensors every step page-faults them all back in each time. Fixed thresholds stop that
-    (same results). Returns whether applied (False where the C library is not glibc)."""
+    """Let this process reuse the memory of freed tensors rather than page-fault the same few-MB blocks back in every
+    step (glibc's malloc maps large blocks afresh and trims the heap; fixed thresholds stop it). Whether applied."""
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -104,13 +83,9 @@ def torch_threads(threads: int) -> Iterator[None]:
 def check_run_folder(run: RunDir, resume: bool, kind: str, config: Any, may_change: tuple[str, ...],
                      say: Callable[[str], None] | None = None, metric_keys: tuple[str, ...] = ()
                      ) -> dict[str, Any] | None:
-    """Decide, before anything is written, whether ``run`` starts anew or continues; returns the checkpoint to
-    continue from, or None to start from epoch 1. A one-line :class:`MnistgenError` where neither fits.
-
-    A config.json without a checkpoint is what a start that ended before its first checkpoint leaves (killed, disk
-    full, NaN in epoch 1): it starts anew, with one note. On ``--resume`` every setting but the fields in
-    ``may_change`` and the data's location (the dataset must stay) must equal the checkpoint's (a config.json edited
-    by hand is refused like a flag), and metrics.jsonl must hold valid records (with the numbers ``metric_keys``)."""
+    """Decide, before anything is written, whether ``run`` starts anew (None) or continues (the checkpoint); a
+    one-line :class:`MnistgenError` where neither fits. On ``--resume`` every setting but ``may_change`` and the data's
+    location must equal the checkpoint's, and metrics.jsonl must hold valid records (with ``metric_keys``)."""
     say = say or say_on_main_process
     has_checkpoint = run.checkpoint.is_file()
     if not resume:
@@ -147,11 +122,8 @@ def check_run_folder(run: RunDir, resume: bool, kind: str, config: Any, may_chan
 
 
 def match_state_layouts(optimizer: torch.optim.Optimizer) -> None:
-    """Give every per-parameter state tensor (Adam's moments) its parameter's memory layout.
-
-    A checkpoint keeps each tensor's layout, and the parameters' layout depends on the accelerator (channels-last
-    weights on CPU, say); PyTorch's fused Adam walks parameter, gradient and moments in memory order, so moments
-    in another layout than their parameter would be mixed up element by element, silently."""
+    """Give every per-parameter state tensor (Adam's moments) its parameter's memory layout, which may differ from
+    the checkpoint's (channels-last weights); fused Adam walks them in memory order and would mix them up silently."""
     for parameter, state in optimizer.state.items():
         for key, value in state.items():
             if torch.is_tensor(value) and value.shape == parameter.shape and value.stride() != parameter.stride():
@@ -188,9 +160,8 @@ def describe_position(epoch: int, step: int) -> str:
 
 @dataclass
 class RunState:
-    """What a run's checkpoint holds besides its position: the objects with a ``state_dict`` (models, optimizers)
-    under their keys, the random generators (the batch order's under "order"), the config, and the key of a partly
-    done epoch's per-step values. ``kept`` says what RUN/checkpoint.pt holds now, for the messages of a stop."""
+    """What a run's checkpoint holds besides its position: objects with a ``state_dict``, the random generators (the
+    batch order's: "order"), the config, the key of the step values; ``kept``: what RUN/checkpoint.pt holds now."""
 
     run: RunDir
     config: Any
@@ -202,9 +173,8 @@ class RunState:
 
     def save(self, *, epoch: int, step: int, order_state: torch.Tensor, step_values: torch.Tensor,
              seconds: float) -> None:
-        """RUN/checkpoint.pt, atomically (rank 0): ``epoch`` epochs and ``step`` steps of the next one done;
-        ``order_state``: the state the next epoch's batch order is drawn from. Never writes a NaN or an infinity: a
-        weight or optimizer state that is not finite raises :class:`NonFiniteLossError`, the file on disk stays."""
+        """RUN/checkpoint.pt, atomically (rank 0): ``epoch`` epochs and ``step`` steps of the next one done. A weight or
+        optimizer state that is not finite raises :class:`NonFiniteLossError` instead; the file on disk stays."""
         states = {key: value.state_dict() for key, value in self.stateful.items()}
         bad = non_finite_entry(states)
         if bad is not None:
@@ -226,9 +196,8 @@ class RunState:
         self.kept = f"{path} keeps the state {describe_position(epoch, step)}"
 
     def restore(self, checkpoint: dict[str, Any]) -> tuple[int, int, torch.Tensor, float]:
-        """Load ``checkpoint`` (from :func:`check_run_folder`) into the objects and generators; returns (epochs
-        done, steps done of the next epoch, those steps' values, seconds spent in them). A checkpoint that does not
-        fit (keys, shapes, types) is a one-line :class:`MnistgenError`; the run stops before writing anything."""
+        """Load ``checkpoint`` into the objects and generators; returns (epochs done, steps done of the next epoch,
+        those steps' values, seconds spent in them). One that does not fit is a one-line :class:`MnistgenError`."""
         try:
             epoch, step = checkpoint["epoch"], checkpoint["step"]
             values, seconds = checkpoint[self.values_key], checkpoint["seconds"]
@@ -240,8 +209,7 @@ class RunState:
                 if isinstance(value, torch.optim.Optimizer):
                     match_state_layouts(value)
             for name, g in self.generators.items():
-                g.set_state(checkpoint["generators"][name].to("cpu") if g.device.type == "cpu" else
-                            checkpoint["generators"][name])
+                g.set_state(checkpoint["generators"][name])  # loaded on the CPU, where set_state wants it
             self.generators["order"].set_state(checkpoint["order_state"])
         except (KeyError, RuntimeError, ValueError, TypeError, IndexError, AttributeError) as exc:
             problem = f"no {exc}" if isinstance(exc, KeyError) else " ".join(str(exc).split())[:300]
@@ -259,7 +227,7 @@ def pending_checkpoint(run: RunDir) -> Path:
 
 def settle_checkpoints(run: RunDir, seeds: Sequence[int]) -> None:
     """Finish or undo a commit that a killed process left half done, so every replica's checkpoint.pt stands at
-    the position RUN/replicas.json records (see the module's docstring)."""
+    the position RUN/replicas.json records (docs/SCALING.md)."""
     committed = read_json(run.replicas_commit) if run.replicas_commit.is_file() else {}
     for seed in seeds:
         pending = pending_checkpoint(run.seed_run(seed))
@@ -279,8 +247,7 @@ def settle_checkpoints(run: RunDir, seeds: Sequence[int]) -> None:
 
 def check_replica_folder(run: RunDir, resume: bool, kind: str, config: Any, may_change: tuple[str, ...],
                          say: Callable[[str], None], metric_keys: tuple[str, ...]) -> list[dict[str, Any] | None]:
-    """The new-or-resume check of a replica run (:func:`check_run_folder` for RUN's own config and for each seed's
-    folder); returns each replica's checkpoint to continue from, or None."""
+    """The new-or-resume check of a replica run: each replica's checkpoint to continue from, or None."""
     seeds = replica_seeds(config)
     if not resume:
         if run.replicas_commit.is_file() or any(run.seed_run(s).checkpoint.is_file() for s in seeds):
@@ -308,13 +275,8 @@ def check_replica_folder(run: RunDir, resume: bool, kind: str, config: Any, may_
 
 def claim_runs(held: ExitStack, run: RunDir, resume: bool, kind: str, config: Any, may_change: tuple[str, ...],
                say: Callable[[str], None], metric_keys: tuple[str, ...]) -> list[dict[str, Any] | None]:
-    """Hold ``run`` for this process until ``held`` closes (:meth:`RunDir.claimed`), and check it
-    (:func:`check_run_folder`, :func:`check_replica_folder` for replicas); returns each replica's checkpoint to
-    continue from, or None.
-
-    Under torchrun (one replica) rank 0 alone does both: it holds the lock and reads the folder, and every rank
-    receives its answer (or its one-line error: all ranks stop). This is also the barrier after which rank 0 writes:
-    no rank reads the folder after it."""
+    """Hold ``run`` until ``held`` closes and check it: each replica's checkpoint to continue from, or None. Under
+    torchrun rank 0 alone does both, every rank gets its answer: also the barrier after which rank 0 writes."""
     if not is_replicated(config):
         def on_rank_0() -> dict[str, Any] | None:
             held.enter_context(run.claimed())
@@ -334,9 +296,8 @@ def check_one_process(config: Any) -> None:
 
 @dataclass
 class ReplicaRuns:
-    """The run folders of a run of R replicas and their end-of-epoch sequence: ``states[k]`` is replica k's
-    (RUN itself for a single-seed run, RUN/seed=N for a replica run, whose checkpoints are committed together).
-    ``command`` continues the run (in the message of an interrupted run)."""
+    """The run folders of a run of R replicas and their end-of-epoch sequence: ``states[k]`` is replica k's (RUN, or
+    RUN/seed=N in a replica run); ``command`` continues the run (in the message of an interrupted run)."""
 
     run: RunDir
     config: Any
@@ -358,9 +319,8 @@ class ReplicaRuns:
 
     def restore(self, checkpoints: Sequence[dict[str, Any] | None], say: Callable[[str], None]
                 ) -> tuple[int, int, list[torch.Tensor | None], float] | None:
-        """Every replica restored from its checkpoint (all stand at one position); returns (epochs done, steps done
-        of the next epoch, each replica's values of those steps, seconds spent in them), or None where the run is
-        complete (with a note)."""
+        """Every replica restored from its checkpoint; returns (epochs done, steps done of the next epoch, each
+        replica's values of those steps, seconds spent in them), or None where the run is complete (with a note)."""
         epochs_done, start_step, values, seconds = 0, 0, [None] * len(self.states), 0.0
         for k, (state, checkpoint) in enumerate(zip(self.states, checkpoints, strict=True)):
             if checkpoint is not None:
@@ -382,8 +342,7 @@ class ReplicaRuns:
                                         r["epoch"] <= epochs] for s in self.states])
 
     def start(self, kind: str, epochs_done: int, provenance: dict[str, Any] | None) -> None:
-        """Before the first step: drop the metric lines the checkpoints lack (all, on a new start), and write the
-        configs and the data's provenance (RUN/data.json)."""
+        """Before the first step: drop the metric lines the checkpoints lack, write the configs and RUN/data.json."""
         if is_replicated(self.config):
             self.run.write_config(to_dict(self.config), kind=kind)
         for state in self.states:
@@ -396,9 +355,8 @@ class ReplicaRuns:
 
     def save(self, *, epoch: int, step: int = 0, order_states: Sequence[torch.Tensor] | None = None,
              step_values: torch.Tensor | None = None, seconds: float = 0.0) -> None:
-        """Every replica's checkpoint (:meth:`RunState.save`; ``step_values`` (R, steps, ...)), committed together
-        in a replica run: RUN/replicas.json records the position, then each pending file becomes checkpoint.pt.
-        The defaults save between epochs: the next epoch's batch order drawn from the present order states."""
+        """Every replica's checkpoint (:meth:`RunState.save`; ``step_values`` (R, steps, ...)), committed together in a
+        replica run (:meth:`commit`); the defaults save between epochs."""
         if order_states is None:
             order_states = [state.generators["order"].get_state() for state in self.states]
         for k, state in enumerate(self.states):
@@ -418,11 +376,8 @@ class ReplicaRuns:
 
     def end_steps(self, *, epoch: int, done: int, steps: int, step_values: torch.Tensor,
                   value_names: tuple[str, ...], order_states: Sequence[torch.Tensor], seconds: float) -> torch.Tensor:
-        """The first half of the end of epoch ``epoch`` (0-based), after its steps: the NaN guard (every replica's
-        values of the ``done`` steps, ``step_values`` (R, steps[, values]), read from the device once per epoch;
-        where one is not finite nothing is saved), then, if ``done < steps`` (Ctrl-C), the position inside the epoch
-        saved and :class:`TrainingInterrupted` raised. Returns the values, (R, done, len(value_names)) on the CPU;
-        :meth:`record_epoch` is the second half."""
+        """The first half of the end of epoch ``epoch`` (0-based): the NaN guard on ``step_values`` (R, steps[, n]),
+        then on Ctrl-C (``done < steps``) save and raise :class:`TrainingInterrupted`; returns (R, done, n), CPU."""
         values = step_values[:, :done].cpu().reshape(len(self.states), done, len(value_names))
         bad = torch.nonzero(~torch.isfinite(values))
         if len(bad):
@@ -438,9 +393,8 @@ class ReplicaRuns:
         return values
 
     def record_epoch(self, records: Sequence[dict[str, Any]]) -> None:
-        """The second half: every number of each replica's record ("epoch": the epochs completed) must be finite (an
-        evaluation may fail too); each goes to its RUN/metrics.jsonl, then the completed epoch's checkpoints (where
-        these cannot be saved, the lines are taken back)."""
+        """The second half: each replica's record (its numbers finite) to its RUN/metrics.jsonl, then the completed
+        epoch's checkpoints (where these cannot be saved, the lines are taken back)."""
         for k, record in enumerate(records):
             for key, value in record.items():
                 if isinstance(value, float):
@@ -460,9 +414,8 @@ class ReplicaRuns:
 
 def take_steps(engine: Any, start: int, steps: int, inputs: Callable[[int, int], Sequence[torch.Tensor]],
                values: torch.Tensor, stop: Callable[[], bool] = lambda: False, bar: Any = None) -> int:
-    """Steps ``start..steps-1`` of every replica by ``engine`` (:mod:`mnistgen.accelerate.engines`), polling
-    ``stop`` before each run of ``engine.steps_between_polls`` steps (``inputs``, ``values``: see its ``run``);
-    ``bar`` advances with them. Returns the number of steps done, the engine's state stored into the replicas."""
+    """Steps ``start..steps-1`` of every replica by ``engine``, polling ``stop`` before each run of
+    ``engine.steps_between_polls`` steps; returns the number of steps done (the engine's state stored)."""
     done = start
     try:
         for first in range(start, steps, engine.steps_between_polls):
@@ -482,9 +435,8 @@ SUBNORMAL_PROBE = 1e-41  # a float32 subnormal: products of it stay subnormal un
 
 
 def subnormals_flushed() -> bool:
-    """Whether the CPU threads of torch's matrix products and elementwise kernels flush subnormal floats to zero:
-    a product of subnormals is exactly 0 where they are flushed, a subnormal elsewhere. The sizes are those of the
-    VAE's decoder product and of kernels that torch splits over its threads."""
+    """Whether the CPU threads of torch's matrix products and elementwise kernels (sizes it splits over its threads)
+    flush subnormal floats to zero: a product of subnormals is then exactly 0."""
     product = torch.full((512, 784), SUBNORMAL_PROBE) @ torch.ones(784, 512)
     elementwise = torch.full((1 << 18,), SUBNORMAL_PROBE) * 1.0
     return int(torch.count_nonzero(product)) == 0 and int(torch.count_nonzero(elementwise)) == 0
@@ -492,12 +444,8 @@ def subnormals_flushed() -> bool:
 
 @contextmanager
 def flushed_denormals(flush: bool, say: Callable[[str], None] | None = None) -> Iterator[None]:
-    """With ``flush``, the CPU flushes subnormal floats to zero inside the block (``torch.set_flush_denormal``:
-    x86's FTZ and DAZ modes) and the calling thread returns to IEEE arithmetic after it (same results, more speed).
-
-    The mode belongs to each thread: threads torch starts inside the block (its CPU pool) inherit it, and may keep
-    it after the block. Whether threads started before follow depends on the thread library, so the block checks
-    them (:func:`subnormals_flushed`); where some do not, or the CPU has no such mode, ``say`` gets a one-line note."""
+    """With ``flush``, the CPU flushes subnormal floats to zero inside the block (``torch.set_flush_denormal``); a note
+    to ``say`` where it cannot, or where torch's threads started before keep IEEE arithmetic (a mode per thread)."""
     if not flush:
         yield
         return
@@ -518,9 +466,8 @@ def flushed_denormals(flush: bool, say: Callable[[str], None] | None = None) -> 
 @contextmanager
 def training_context(threads: int, stop: Callable[[], bool] | None, flush_denormals: bool = False,
                      say: Callable[[str], None] | None = None) -> Iterator[Callable[[], bool]]:
-    """``threads`` CPU threads (0: torch's default), subnormals flushed to zero with ``flush_denormals`` (see
-    :func:`flushed_denormals`), and the stop request the loop polls: ``stop`` if given, else Ctrl-C, a first one only
-    asking the loop to stop after the current step (it saves, then stops), a second one interrupting at once."""
+    """``threads`` CPU threads, subnormals flushed with ``flush_denormals``, and the stop request the loop polls:
+    ``stop`` if given, else Ctrl-C (a first one stops after the current step, a second one at once)."""
     requested = threading.Event()
 
     def handler(signum, frame):

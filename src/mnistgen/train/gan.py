@@ -1,22 +1,7 @@
 """Training the GAN of SPEC §3: the one loop, :func:`train_gan`, for R >= 1 replicas (seeds); returns its history.
-
-Per batch of each replica, the one training step (:func:`mnistgen.models.gan.train_step`): draw z ~ U[-1, 1]^zdim,
-compute G(z) once, take one Adam step of D on the real batch and G(z) (binary cross-entropy towards 1 on real and 0
-on generated images), then one Adam step of G on the non-saturating loss -log D(G(z)) with the D just updated, then
-(``--ema-decay``) the moving average of G's weights. After each epoch one line goes to RUN/metrics.jsonl and
-RUN/checkpoint.pt is replaced atomically; an 8x8 grid of G's images for one fixed batch of noise is saved at epoch 0,
-every ``grid_every`` epochs and at the end (RUN/grids/; with a moving average, the average's, and G's own in
-RUN/grids/raw/).
-
-Training-only options (the networks stay SPEC §3's): ``betas`` are both Adams' (B1, B2); ``ema_decay`` keeps an
-exponential moving average of G's weights, starting from G's initial weights, in a copy of G saved in the checkpoint
-as "generator_ema".
-
-The step calls the modules themselves (:data:`mnistgen.models.gan.REFERENCE`), or an accelerator's calls of the
-same function (:mod:`mnistgen.accelerate.gan`); the engine (:func:`mnistgen.accelerate.gan.gan_engine`) takes it and
-each metrics line records it as ``trained_by``. The random streams (the batch order, z, the grid's fixed noise),
-resume and torchrun are as :mod:`mnistgen.train.common` describes.
-"""
+Each step is :func:`mnistgen.models.gan.train_step`, taken by :func:`mnistgen.accelerate.gan.gan_engine`; after each
+epoch a line of RUN/metrics.jsonl and RUN/checkpoint.pt, and every ``grid_every`` epochs an 8x8 grid of G's images
+for one fixed batch of noise (RUN/grids/; with ``--ema-decay`` the average's, and G's own in RUN/grids/raw/)."""
 
 from __future__ import annotations
 
@@ -85,9 +70,8 @@ def check_images(images: torch.Tensor, config: GANConfig) -> None:
 def step_inputs(images: torch.Tensor, orders: Sequence[torch.Tensor], noises: Sequence[torch.Generator],
                 batch_size: int, zdim: int, dtype: torch.dtype
                 ) -> Callable[[int, int], tuple[torch.Tensor, torch.Tensor]]:
-    """The inputs of an epoch's steps: ``inputs(k, s)`` is replica k's step s, the real images (B, 1, 28, 28) of
-    ``images`` in the epoch's ``orders[k]`` and z (B, zdim) drawn from ``noises[k]`` in ``dtype``; under torchrun
-    this rank's share of both (every rank draws the whole batch)."""
+    """``inputs(k, s)``: replica k's step s, its real images (B, 1, 28, 28) in the epoch's ``orders[k]`` and z (B,
+    zdim) drawn from ``noises[k]``; under torchrun this rank's share of both (every rank draws the whole batch)."""
     rank, world_size = rank_and_size()
 
     def inputs(k: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,11 +89,8 @@ def train_gan(config: GANConfig, images: torch.Tensor, run: RunDir, *, resume: b
               provenance: dict[str, Any] | None = None, stop: Callable[[], bool] | None = None,
               show_progress: bool | None = None, say: Callable[[str], None] | None = None
               ) -> list[dict[str, Any]] | dict[int, list[dict[str, Any]]]:
-    """Train (or, with ``resume``, continue) the GAN of ``config`` on ``images`` into ``run``; return the records,
-    as :func:`mnistgen.train.vae.train_vae` does (also ``stop``, ``say``, and NonFiniteLossError for a loss).
-
-    images: (N, 1, 28, 28) float32 in [0, 1] on any device (the CLI passes the "gan" protocol's 60,000 training
-    images). provenance: written to RUN/data.json."""
+    """Train (or, with ``resume``, continue) the GAN of ``config`` on ``images``, (N, 1, 28, 28) float32 in [0, 1],
+    into ``run``; return the records, as :func:`mnistgen.train.vae.train_vae` does. provenance: RUN/data.json."""
     say = say or say_on_main_process
     with ranks_agree():  # under torchrun: the same checks on every rank, an error stops them all
         validate(config)
@@ -202,10 +183,8 @@ def _train(config: GANConfig, images: torch.Tensor, run: RunDir, checkpoints: li
 
 @torch.no_grad()
 def save_grid(run: RunDir, epoch: int, replica: Replica, noise: torch.Tensor) -> None:
-    """G's 64 images for the fixed noise (the module's own forward), saved as epoch ``epoch``'s grid (rank 0).
-
-    Where the replica keeps a moving average of G's weights (``--ema-decay``) the grid is the average's images and
-    G's own are saved beside it, in RUN/grids/raw/."""
+    """G's 64 images for the fixed noise, saved as epoch ``epoch``'s grid (rank 0); with a moving average of G's
+    weights, the average's, and G's own in RUN/grids/raw/."""
     if not is_main_process():
         return
     average = replica.averages.get("generator")
