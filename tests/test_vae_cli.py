@@ -162,3 +162,15 @@ def test_ctrl_c_saves_and_exits_130_with_one_line(mnist_dir, tmp_path):
     state = torch.load(run.checkpoint, weights_only=True)
     assert 0 <= state["epoch"] < 100 and 0 <= state["step"] < 100
     assert len(run.read_metrics()) == state["epoch"]
+
+
+@pytest.mark.parametrize("kind", ["vae", "gan"])
+def test_the_resume_help_names_every_setting_a_resume_may_change(kind, capsys):
+    import importlib
+
+    resumable = importlib.import_module(f"mnistgen.train.{kind}").RESUMABLE_FIELDS
+    assert run_main([kind, "train", "--help"]) == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    resume_help = help_text.split("--resume continue the run", 1)[1].split("may change", 1)[0]
+    for field in resumable:
+        assert f"--{field.replace('_', '-')}" in resume_help, field

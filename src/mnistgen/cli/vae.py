@@ -28,7 +28,8 @@ def register(subparsers) -> None:
     train.add_argument("--out", required=True, metavar="RUN", help="run folder to create (or continue with --resume)")
     train.add_argument("--resume", action="store_true",
                        help="continue the run in RUN from its checkpoint, with its saved settings (only --epochs, "
-                            "--device, --threads, --cpu-kernels and where the data are found may change)")
+                            "--device, --threads, --cpu-kernels, --flush-denormals and where the data are found may "
+                            "change)")
     add_config_arguments(train, VAEConfig)
     train.set_defaults(func=run_train)
 
