@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -168,6 +169,19 @@ def test_quick_settings_are_defaults_with_fewer_epochs():
         assert getattr(quick, name) == value < getattr(default, name)
     assert quick.data == default.data and quick.score_samples == default.score_samples
 
+
+
+def test_the_quick_time_in_the_help_is_the_one_in_readme_and_commands(capsys):
+    """`reproduce --help` says how long --quick takes; README and docs/COMMANDS.md say the same."""
+    with pytest.raises(SystemExit):
+        main(["reproduce", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    claim = re.search(r"--quick a first look in (.+? CPU):", help_text)
+    assert claim is not None, help_text
+    root = Path(__file__).resolve().parents[1]
+    for doc in ("README.md", "docs/COMMANDS.md"):
+        quick = [line for line in (root / doc).read_text().splitlines() if "reproduce --quick --out" in line]
+        assert quick and all(claim.group(1) in line for line in quick), (doc, claim.group(1), quick)
 
 
 def test_progress_epochs_follow_spec_example():
