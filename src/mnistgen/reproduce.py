@@ -114,14 +114,14 @@ def reproduce(folder: str | Path, config: ReproduceConfig, resume: bool = False,
         record = stages["stages"].get(stage.name, {})
         label = f"[{number}/{len(chosen)}] {stage.name}"
         if record.get("status") == "done":
-            say(f"{label}: done before ({record.get('seconds', 0):.1f} s), skipped")
+            say(f"{label}: done before ({record.get('seconds', 0):.1f} s), kept")
             continue
         say(f"{label}: {stage.description}")
         spent_before = float(record.get("seconds") or 0.0)
         record_stage(stage.name, status="running", started=record.get("started") or now())
         start = time.perf_counter()
         try:
-            extra = stage.run(repro, config) or {}
+            extra = {"status": "done", "note": None, **(stage.run(repro, config) or {})}  # or "skipped", and why
         except BaseException as exc:
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
             record_stage(stage.name, status=status, seconds=spent_before + time.perf_counter() - start,
@@ -130,7 +130,6 @@ def reproduce(folder: str | Path, config: ReproduceConfig, resume: bool = False,
                 f"(the report so far: mnistgen report {repro.path})")
             raise
         seconds = spent_before + time.perf_counter() - start
-        extra = {"status": "done", "note": None, **extra}  # a stage's own status: "skipped", with its note
         record_stage(stage.name, seconds=seconds, finished=now(), error=None, **extra)
         say(f"{label}: {extra['status']} in {seconds:.1f} s" + (f" ({extra['note']})" if extra["note"] else ""))
     return write_report(repro.path)

@@ -20,7 +20,7 @@ def register(subparsers) -> None:
     reproduce.add_argument("--quick", action="store_true",
                            help=f"a first look in about a minute on a 2-core CPU: {quick} (flags given still win)")
     reproduce.add_argument("--resume", action="store_true",
-                           help="continue an interrupted reproduction in RUN: finished stages are skipped, an "
+                           help="continue an interrupted reproduction in RUN: finished stages are kept, an "
                                 "interrupted training continues from its checkpoint (with RUN's saved settings)")
     add_config_arguments(reproduce, ReproduceConfig)
     reproduce.set_defaults(func=run_reproduce)
