@@ -18,6 +18,7 @@ import hashlib
 import http.server
 import os
 import shutil
+import socket
 import stat
 import threading
 from pathlib import Path
@@ -159,6 +160,35 @@ def test_every_mirror_failing_is_one_data_error_listing_them(server, tmp_path):
     assert "HTTP 500" in message and "HTTP 404" in message
     assert server.requests.count(f"e500/{TOY.name}") == 2 and server.requests.count(f"e404/{TOY.name}") == 1
     assert_only(tmp_path, set())
+
+
+@pytest.fixture
+def closed_port():
+    """A port of 127.0.0.1 bound but not listening for the test's duration: every connection to it is refused."""
+    with socket.socket() as bound:
+        bound.bind(("127.0.0.1", 0))
+        yield bound.getsockname()[1]
+
+
+def test_no_mirror_reached_is_one_short_reason_and_no_line_per_mirror(closed_port, tmp_path):
+    """No network: the error says so and names the mirrors, with no exception text and no log line per mirror."""
+    mirrors = [f"http://127.0.0.1:{closed_port}/a/", f"http://127.0.0.1:{closed_port}/b/"]
+    log = []
+    with pytest.raises(DownloadError) as info:
+        download_file(TOY, mirrors, tmp_path, timeout=TIMEOUT, retries=2, backoff=0.01, log=log.append)
+    assert str(info.value) == f"the network is unreachable (no answer from {mirrors[0]}, {mirrors[1]})"
+    assert log == []
+    assert_only(tmp_path, set())
+
+
+def test_a_mirror_that_answered_is_named_beside_one_not_reached(server, closed_port, tmp_path):
+    unreached = f"http://127.0.0.1:{closed_port}/"
+    log = []
+    with pytest.raises(DownloadError) as info:
+        download_file(TOY, [unreached, server.url("e404")], tmp_path, timeout=TIMEOUT, retries=0, log=log.append)
+    assert str(info.value) == (f"{TOY.name}: no mirror delivered it ({unreached}{TOY.name}: no answer; "
+                               f"{server.url('e404')}{TOY.name}: HTTP 404 Not Found)")
+    assert log == [f"mnistgen: {server.url('e404')}{TOY.name}: HTTP 404 Not Found"]
 
 
 # --------------------------------------------------------------------------- integrity

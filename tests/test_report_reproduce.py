@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -170,6 +171,20 @@ def test_quick_settings_are_defaults_with_fewer_epochs():
     assert quick.data == default.data and quick.score_samples == default.score_samples
 
 
+
+def test_the_quick_time_in_the_help_is_the_one_in_readme_and_commands(capsys):
+    """`reproduce --help` says how long --quick takes; README and docs/COMMANDS.md say the same."""
+    with pytest.raises(SystemExit):
+        main(["reproduce", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    claim = re.search(r"--quick a first look in (.+? CPU):", help_text)
+    assert claim is not None, help_text
+    root = Path(__file__).resolve().parents[1]
+    for doc in ("README.md", "docs/COMMANDS.md"):
+        quick = [line for line in (root / doc).read_text().splitlines() if "reproduce --quick --out" in line]
+        assert quick and all(claim.group(1) in line for line in quick), (doc, claim.group(1), quick)
+
+
 def test_progress_epochs_follow_spec_example():
     assert pipeline.progress_epochs(list(range(0, 101, 10)), 100) == [0, 30, 70]
     assert pipeline.progress_epochs([0, 1, 2], 2) == [0, 1, 2]
@@ -196,7 +211,9 @@ def test_offline_without_mnist_the_scores_are_skipped_not_fatal(tmp_path, reprod
     monkeypatch.delenv("MNISTGEN_DATA_DIR", raising=False)
     config = ReproduceConfig(data=DataConfig(dataset="mnist", offline=True))
     result = pipeline.stage_scores(pipeline.Reproduction(copy), config)
-    assert result is not None and "needs full MNIST" in result["note"]
+    assert result is not None and result["status"] == "skipped" and "needs full MNIST" in result["note"]
+    assert result["note"].endswith(f"; to score: `mnistgen data fetch`, then `mnistgen reproduce --out {copy} "
+                                   "--resume`")
     assert not list((copy / "samples").glob("*.score.json"))
 
 
@@ -221,8 +238,8 @@ def test_on_the_sample_the_score_stage_touches_no_network(tmp_path, reproduction
         result = pipeline.stage_scores(pipeline.Reproduction(copy), config)
         with pytest.raises(BlockingIOError):
             mirror.accept()  # nobody connected
-    assert result is not None and result["note"].startswith(
-        "skipped (on the bundled sample a reproduction downloads nothing): the score's real-vs-real reference needs "
+    assert result is not None and result["status"] == "skipped" and result["note"].startswith(
+        "on the bundled sample a reproduction downloads nothing: the score's real-vs-real reference needs "
         "full MNIST: 4 of 4 files missing from "), result
     assert "--dataset mnist-sample" not in capsys.readouterr().err
     assert not list((copy / "samples").glob("*.score.json"))
@@ -303,3 +320,58 @@ def test_beyond_added_on_resume_trains_scores_and_reports_each_option(reproducti
 
     assert main(["reproduce", "--out", str(copy), "--resume", "--no-beyond"]) == 1  # the options stay
     assert "--beyond" in capsys.readouterr().err
+
+
+def test_an_offline_start_says_so_once_and_shows_the_score_stage_skipped_with_its_fix(tmp_path, monkeypatch, capsys):
+    """A fresh machine with no MNIST (an empty user cache) and no network (every mirror a port of 127.0.0.1 that
+    refuses): `reproduce --quick` says in one line where it looked, that the network is unreachable and that it uses
+    the bundled sample; asks the mirrors once in the whole run, not in every stage that loads data; and shows the
+    score stage as skipped, with the reason and the fix, in its terminal lines, stages.json and the report (whose
+    Data sections give the reason once each)."""
+    import socket
+
+    from mnistgen.data import sources
+
+    monkeypatch.setattr(sources, "_ANNOUNCED_FALLBACKS", set())
+    monkeypatch.setattr(sources, "_FAILED_DOWNLOADS", {})
+    for name in ("MNISTGEN_DATA_DIR", "MNISTGEN_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MNISTGEN_CACHE_DIR", str(tmp_path / "cache"))
+    connections = []
+    connect = socket.socket.connect  # conftest's, which refuses any host but 127.0.0.1
+
+    def counted(self, address):
+        connections.append(address)
+        return connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", counted)
+    out = tmp_path / "RUN"
+    with socket.socket() as bound:  # bound, not listening: each connection to it is refused
+        bound.bind(("127.0.0.1", 0))
+        mirrors = [f"http://127.0.0.1:{bound.getsockname()[1]}/{name}/" for name in ("a", "b")]
+        monkeypatch.setenv("MNISTGEN_MIRRORS", ",".join(mirrors))
+        code = main(["reproduce", "--quick", "--out", str(out), "--vae-epochs", "1", "--gan-epochs", "1",
+                     "--iw-samples", "3", "--score-samples", str(SCORE_SAMPLES), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert len(connections) == len(mirrors), connections  # one attempt per mirror in the whole run
+    about = [line for line in err.splitlines()
+             if re.search(r"network|mirror|127\.0\.0\.1|sample shipped|download", line)]
+    assert len(about) <= 3, about
+    assert not re.search(r"Errno|refused|URLError|Traceback", err), err
+    reason = (f"4 of 4 files missing from {tmp_path / 'cache' / 'mnist'} (user cache), and the download failed: the "
+              f"network is unreachable (no answer from {', '.join(mirrors)})")
+    assert sum(reason in line and "5,000-digit MNIST sample" in line for line in err.splitlines()) == 1, err
+    fix = f"`mnistgen data fetch`, then `mnistgen reproduce --out {out} --resume`"
+    [scores_line] = [line for line in err.splitlines() if line.startswith("[8/9] scores: ") and "score the" not in line]
+    assert scores_line.startswith("[8/9] scores: skipped in ") and fix in scores_line, scores_line
+    stages = json.loads((out / "stages.json").read_text())["stages"]
+    assert stages["scores"]["status"] == "skipped" and stages["scores"]["note"].endswith(fix)
+    assert all(record["status"] == "done" for name, record in stages.items() if name != "scores")
+    text = (out / "report.html").read_text()
+    assert re.search(r"<td>scores</td><td>skipped</td>(<td>[^<]*</td>){3}<td>[^<]*mnistgen data fetch", text)
+    assert 'id="scores"' in text and "Not scored: " in text
+    data_sections = [part for part in text.split("<section")[1:] if "<h3>Data</h3>" in part]
+    assert len(data_sections) == 2
+    for part in data_sections:
+        assert part.count("network is unreachable") == 1, part

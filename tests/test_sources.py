@@ -25,6 +25,7 @@ def clean_environment(monkeypatch, tmp_path):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MNISTGEN_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(sources, "_ANNOUNCED_FALLBACKS", set())  # each test sees its own "first" warning
+    monkeypatch.setattr(sources, "_FAILED_DOWNLOADS", {})  # and its own first download
 
 
 def closed_port() -> int:
@@ -190,19 +191,54 @@ def test_offline_mnist_without_files_uses_the_sample_loudly(tmp_path, monkeypatc
     assert [f["md5"] for f in prov["files"]] == [f.gz_md5 for f in SAMPLE_SPEC.files]
 
 
-def test_unreachable_mirrors_use_the_sample_loudly(tmp_path, monkeypatch, capsys):
-    """Every mirror on a closed port of 127.0.0.1: refused at once, no waiting for timeouts."""
+def test_unreachable_mirrors_use_the_sample_in_one_line(tmp_path, monkeypatch, capsys):
+    """Every mirror on a closed port of 127.0.0.1: refused at once, no waiting for timeouts. One line says where
+    mnistgen looked, that the network is unreachable and what it uses instead, with no exception text."""
     monkeypatch.setenv("MNISTGEN_CACHE_DIR", str(tmp_path / "empty"))
     monkeypatch.delenv(sources.DATA_DIR_ENV, raising=False)  # the sample stands in only in the user cache
     port = closed_port()
-    monkeypatch.setenv("MNISTGEN_MIRRORS", f"http://127.0.0.1:{port}/a/,http://127.0.0.1:{port}/b/")
+    mirrors = f"http://127.0.0.1:{port}/a/, http://127.0.0.1:{port}/b/"
+    monkeypatch.setenv("MNISTGEN_MIRRORS", mirrors.replace(" ", ""))
     raw = sources.load_raw(DataConfig())
-    err = capsys.readouterr().err
-    assert len(warning_lines(err)) == 1 and warning_lines(err)[0].startswith(WARNING_MARK)
-    assert raw.provenance["dataset"] == "mnist-sample"
-    assert "connection refused" in raw.provenance["fallback_reason"]
-    assert f"http://127.0.0.1:{port}/b/train-images-idx3-ubyte.gz" in raw.provenance["fallback_reason"]
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(WARNING_MARK)
+    reason = (f"4 of 4 files missing from {tmp_path / 'empty' / 'mnist'} (user cache), and the download failed: the "
+              f"network is unreachable (no answer from {mirrors})")
+    assert reason in line and "Errno" not in line and "refused" not in line
+    assert raw.provenance["dataset"] == "mnist-sample" and raw.provenance["fallback_reason"] == reason
     assert not any((tmp_path / "empty" / "mnist").iterdir())  # nothing partial left behind
+
+
+@pytest.mark.parametrize("mirror", ["closed port", "refusing server"])
+def test_a_failed_download_is_not_tried_again_by_a_later_stage(tmp_path, monkeypatch, capsys, mirror):
+    """What the stages of a reproduction do without MNIST: training loads the data (and gets the sample), the
+    evaluation loads it again, the score looks for MNIST's files. Only the first asks the mirrors, once each."""
+    from test_download import Server
+
+    monkeypatch.setenv("MNISTGEN_CACHE_DIR", str(tmp_path / "empty"))
+    connections = []
+    connect = socket.socket.connect  # conftest's, which refuses any host but 127.0.0.1
+
+    def counted(self, address):
+        connections.append(address)
+        return connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", counted)
+    server = Server({}) if mirror == "refusing server" else None  # answers 404 to every file
+    try:
+        url = server.url("e404") if server else f"http://127.0.0.1:{closed_port()}/"
+        monkeypatch.setenv("MNISTGEN_MIRRORS", url)
+        data = DataConfig(download_retries=0)
+        first, second = sources.load_raw(data), sources.load_raw(data)
+        with pytest.raises(sources.FilesUnavailable) as info:
+            sources.obtain_files(sources.get_dataset("mnist"), data, VerdictStore(cache_root()))
+    finally:
+        if server:
+            server.stop()
+    assert len(connections) == 1, connections
+    assert server is None or server.requests == ["e404/train-images-idx3-ubyte.gz"]
+    assert first.provenance == second.provenance and str(info.value) == f"mnist: {first.provenance['fallback_reason']}"
+    assert len(warning_lines(capsys.readouterr().err)) == 1
 
 
 def test_the_warning_is_printed_once_per_process(tmp_path, monkeypatch, capsys):

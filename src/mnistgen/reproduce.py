@@ -1,15 +1,14 @@
 """``mnistgen reproduce``: the whole specification, stage by stage, into one folder (:mod:`mnistgen.reproduction`'s
 layout), ending with its report; docs/COMMANDS.md says what ``--replicas N`` and ``--beyond`` add.
 
-Each stage finished is recorded in stages.json with its time, so ``--resume`` skips it; an interrupted training
-continues from its last checkpoint, its time added to the time already spent.
+Each stage is recorded in stages.json with its status and time: ``--resume`` skips those done, not those skipped (the
+score without MNIST); an interrupted training continues from its last checkpoint, its time added to the time spent.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +24,7 @@ from .evaluate import gan as gan_evaluation
 from .evaluate import vae as vae_evaluation
 from .evaluate.replicas import seed_folders
 from .files import read_json, write_json
+from .files import to_stderr as say
 from .report import write_report
 from .reproduction import GAN_OPTIONS, GAN_SAMPLE_SET, IWAE_OPTION, VAE_SAMPLE_SETS, Reproduction, SampleFile
 from .runs import SEED_FOLDER_PREFIX, RunDir
@@ -60,10 +60,6 @@ def progress_epochs(saved: list[int], epochs: int) -> list[int]:
 
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def prepare(repro: Reproduction, config: ReproduceConfig, resume: bool, explicit: set[str]) -> ReproduceConfig:
@@ -118,14 +114,14 @@ def reproduce(folder: str | Path, config: ReproduceConfig, resume: bool = False,
         record = stages["stages"].get(stage.name, {})
         label = f"[{number}/{len(chosen)}] {stage.name}"
         if record.get("status") == "done":
-            say(f"{label}: done before ({record.get('seconds', 0):.1f} s), skipped")
+            say(f"{label}: done before ({record.get('seconds', 0):.1f} s), kept")
             continue
         say(f"{label}: {stage.description}")
         spent_before = float(record.get("seconds") or 0.0)
         record_stage(stage.name, status="running", started=record.get("started") or now())
         start = time.perf_counter()
         try:
-            extra = stage.run(repro, config) or {}
+            extra = {"status": "done", "note": None, **(stage.run(repro, config) or {})}  # or "skipped", and why
         except BaseException as exc:
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
             record_stage(stage.name, status=status, seconds=spent_before + time.perf_counter() - start,
@@ -134,8 +130,8 @@ def reproduce(folder: str | Path, config: ReproduceConfig, resume: bool = False,
                 f"(the report so far: mnistgen report {repro.path})")
             raise
         seconds = spent_before + time.perf_counter() - start
-        record_stage(stage.name, status="done", seconds=seconds, finished=now(), error=None, **extra)
-        say(f"{label}: done in {seconds:.1f} s" + (f" ({extra['note']})" if "note" in extra else ""))
+        record_stage(stage.name, seconds=seconds, finished=now(), error=None, **extra)
+        say(f"{label}: {extra['status']} in {seconds:.1f} s" + (f" ({extra['note']})" if extra["note"] else ""))
     return write_report(repro.path)
 
 
@@ -208,9 +204,9 @@ def save_gan_samples(files: list[SampleFile], config: ReproduceConfig, raw: bool
 
 
 def score_sample_files(repro: Reproduction, config: ReproduceConfig, paths: list[Path]) -> dict[str, Any] | None:
-    """Score each of ``paths`` that exists into PATH.score.json; or a note why the score does not apply."""
+    """Score each of ``paths`` that exists into PATH.score.json; or, skipped, a note why the score does not apply."""
     if config.data.dataset not in SCORED_DATASETS:
-        return {"note": f"skipped: the score measures closeness to MNIST digits, not to {config.data.dataset}"}
+        return {"status": "skipped", "note": f"the score measures closeness to MNIST digits, not {config.data.dataset}"}
     # the reference is always real MNIST, found where the reproduction's data settings say; on the bundled sample a
     # reproduction touches no network, so there MNIST is used only if it is on disk already
     sample = config.data.dataset == "mnist-sample" and not config.data.offline
@@ -219,8 +215,10 @@ def score_sample_files(repro: Reproduction, config: ReproduceConfig, paths: list
     classifier = scoring.load_classifier(score_config.weights, resolve_device(score_config.device))
     try:
         reference = scoring.reference_statistics(classifier, score_config.data, score_config.batch_size)
-    except FilesUnavailable as exc:
-        return {"note": f"skipped{' (on the bundled sample a reproduction downloads nothing)' * sample}: {exc}"}
+    except FilesUnavailable as exc:  # the score command's advice (pass --data-dir) is not the fix of a reproduction
+        return {"status": "skipped", "note": "on the bundled sample a reproduction downloads nothing: " * sample
+                + str(exc).rpartition("; ")[0]
+                + f"; to score: `mnistgen data fetch`, then `mnistgen reproduce --out {repro.path} --resume`"}
     for path in paths:
         if path.is_file():
             score = scoring.score_images(scoring.load_images(path), classifier, reference, score_config)

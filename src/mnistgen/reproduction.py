@@ -3,7 +3,7 @@
 ::
 
     RUN/config.json        kind "reproduce": the ReproduceConfig, mnistgen's version and the environment
-    RUN/stages.json        the command, and per stage: status (running|done|interrupted|failed), seconds
+    RUN/stages.json        the command, and per stage: status (running|done|skipped|interrupted|failed), seconds
     RUN/vae/               the VAE run folder (mnistgen vae train/eval/plot)
     RUN/gan/               the GAN run folder (mnistgen gan train/plot)
     RUN/samples/NAME.npz   samples of each model (uint8 levels, compressed), NAME.score.json beside (score)

@@ -50,7 +50,8 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for a corrupt file
-        raise MnistgenError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from None
+        raise MnistgenError(f"{path}: not a readable checkpoint ({type(exc).__name__}); restore it from a copy, or "
+                            "delete it and train the run again (from epoch 1)") from None
 
 
 TEXT_METRICS = ("trained_by", "train_elbo_is")  # the values of metrics.jsonl that are text; the others are numbers

@@ -107,7 +107,8 @@ def check_images(array: Any, what: str = "images") -> np.ndarray:
     check_finite_values(array, what)
     low, high = float(array.min()), float(array.max())
     if low < 0.0 or high > 1.0:
-        raise MnistgenError(f"{what}: values outside [0, 1] (min {low:.4g}, max {high:.4g})")
+        levels = "; pixel levels 0-255? divide them by 255" if low >= 0.0 and 1.5 < high <= 255.0 else ""
+        raise MnistgenError(f"{what}: values outside [0, 1] (min {low:.4g}, max {high:.4g}){levels}")
     return array
 
 

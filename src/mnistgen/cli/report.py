@@ -18,9 +18,9 @@ def register(subparsers) -> None:
                     "time in RUN/stages.json.")
     reproduce.add_argument("--out", required=True, metavar="RUN", help="folder of the reproduction (created)")
     reproduce.add_argument("--quick", action="store_true",
-                           help=f"a first look in a few minutes on a CPU: {quick} (flags given still win)")
+                           help=f"a first look in about a minute on a 2-core CPU: {quick} (flags given still win)")
     reproduce.add_argument("--resume", action="store_true",
-                           help="continue an interrupted reproduction in RUN: finished stages are skipped, an "
+                           help="continue an interrupted reproduction in RUN: finished stages are kept, an "
                                 "interrupted training continues from its checkpoint (with RUN's saved settings)")
     add_config_arguments(reproduce, ReproduceConfig)
     reproduce.set_defaults(func=run_reproduce)

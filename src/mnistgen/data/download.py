@@ -40,6 +40,7 @@ RETRY_HTTP_CODES = frozenset({408, 425, 429})  # 4xx codes that mean "try again 
 USER_AGENT = f"mnistgen/{__version__} (Python urllib)"
 PART_SUFFIX = ".part"  # of the temporary file a download is written to
 NETWORK_ERRORS = (urllib.error.URLError, OSError, http.client.HTTPException)
+NO_ANSWER = "no answer"  # the reason of a mirror that could not be connected to (a bare URLError)
 
 
 class DownloadError(DataError):
@@ -86,8 +87,6 @@ def _describe(error: BaseException, timeout: float) -> tuple[str, bool]:
     if isinstance(error, TimeoutError):
         # A stall: the next mirror is likely faster than waiting on this one again.
         return f"no data for {timeout:g} s (stalled)", False
-    if isinstance(error, ConnectionRefusedError):
-        return "connection refused", False
     if isinstance(error, http.client.IncompleteRead | ConnectionResetError | http.client.RemoteDisconnected):
         return f"transfer cut off ({type(error).__name__})", True
     return f"{type(error).__name__}: {error}".rstrip(": "), isinstance(error, http.client.HTTPException)
@@ -98,7 +97,7 @@ def _progress_bar(total: int | None, name: str) -> tqdm:
                 disable=not sys.stderr.isatty(), dynamic_ncols=True)
 
 
-def _receive(url: str, name: str, part: Path, timeout: float, limit: int) -> None:
+def _receive(url: str, name: str, part: Path, timeout: float, limit: int, log: Callable[[str], None]) -> None:
     """Write the body at ``url`` into ``part``: a failure of the mirror or the network is a :class:`_MirrorFailed`,
     one of the local file system an OSError."""
     with open(part, "wb") as out:
@@ -106,7 +105,10 @@ def _receive(url: str, name: str, part: Path, timeout: float, limit: int) -> Non
             response = urllib.request.urlopen(urllib.request.Request(url, headers={"User-Agent": USER_AGENT}),
                                               timeout=timeout)
         except NETWORK_ERRORS as exc:
+            if type(exc) is urllib.error.URLError and not url.startswith("file:"):  # no name, route or listener
+                raise _MirrorFailed(NO_ANSWER, retry=False) from None
             raise _MirrorFailed(*_describe(exc, timeout)) from None
+        log(f"mnistgen: downloading {name} from {url}")
         with response:
             declared = response.headers.get("Content-Length")
             expected = int(declared) if declared and declared.isdigit() else None
@@ -131,12 +133,12 @@ def _receive(url: str, name: str, part: Path, timeout: float, limit: int) -> Non
         raise _MirrorFailed(f"transfer cut off after {received} of {expected} bytes", retry=True)
 
 
-def _attempt(url: str, spec: FileSpec, folder: Path, timeout: float) -> Downloaded:
+def _attempt(url: str, spec: FileSpec, folder: Path, timeout: float, log: Callable[[str], None]) -> Downloaded:
     """One try from one URL; the file lands at ``folder/spec.name`` only if complete and checksum-valid."""
     target = folder / spec.name
     try:
         with replacing(target, PART_SUFFIX) as part:  # removes the .part file on any exception
-            _receive(url, spec.name, part, timeout, stored_size_limit(spec))
+            _receive(url, spec.name, part, timeout, stored_size_limit(spec), log)
             with open(part, "rb") as handle:
                 try:
                     hashes, content = hash_stream(handle, url, content_size(spec))
@@ -152,9 +154,9 @@ def _attempt(url: str, spec: FileSpec, folder: Path, timeout: float) -> Download
 
 def download_file(spec: FileSpec, mirrors: Sequence[str], folder: Path, timeout: float, retries: int,
                   backoff: float = RETRY_BACKOFF_S, log: Callable[[str], None] = to_stderr) -> Downloaded:
-    """Fetch ``spec.name`` into ``folder`` from the first mirror that delivers it intact. A mirror that answered a
-    server error (5xx, 408, 429) or cut the transfer short is tried again in up to ``retries`` further rounds, after
-    ``backoff``, 2x``backoff``, ... seconds."""
+    """Fetch ``spec.name`` into ``folder`` from the first mirror that delivers it intact (a failure logged unless the
+    mirror could not be reached). A server error (5xx, 408, 429) or a cut-off transfer is tried again in up to
+    ``retries`` further rounds, after ``backoff``, 2x``backoff``, ... seconds."""
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -168,16 +170,18 @@ def download_file(spec: FileSpec, mirrors: Sequence[str], folder: Path, timeout:
         retry_later = []
         for base in active:
             url = base + spec.name
-            log(f"mnistgen: downloading {spec.name} from {url}")
             try:
-                return _attempt(url, spec, folder, timeout)
+                return _attempt(url, spec, folder, timeout, log)
             except _MirrorFailed as failure:
                 last_reason[url] = failure.reason
-                log(f"mnistgen: {url}: {failure.reason}")
+                if failure.reason != NO_ANSWER:
+                    log(f"mnistgen: {url}: {failure.reason}")
                 if failure.retry:
                     retry_later.append(base)
         active = retry_later
         if not active:
             break
+    if last_reason and set(last_reason.values()) == {NO_ANSWER}:
+        raise DownloadError(f"the network is unreachable (no answer from {', '.join(mirrors)})")
     tried = "; ".join(f"{url}: {reason}" for url, reason in last_reason.items()) or "no mirror given"
     raise DownloadError(f"{spec.name}: no mirror delivered it ({tried})")

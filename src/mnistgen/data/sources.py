@@ -28,6 +28,7 @@ SAMPLE_STANDS_IN_FOR = "mnist"  # the one dataset the sample may replace
 _TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 _FALSE_WORDS = frozenset({"", "0", "false", "no", "off"})
 _ANNOUNCED_FALLBACKS: set[str] = set()  # datasets whose stand-in warning this process has printed (once)
+_FAILED_DOWNLOADS: dict[tuple[str, ...], str] = {}  # (dataset, *mirrors) -> why this process got nothing from them
 
 
 @dataclass(frozen=True)
@@ -143,11 +144,15 @@ def obtain_files(spec: DatasetSpec, data: DataConfig, store: VerdictStore, log: 
             raise FilesUnavailable(f"{spec.name}: {what}, and offline mode is on (get them with "
                                    f"`mnistgen data fetch --dataset {spec.name}` while online)")
         mirrors = mirror_list(data, spec)
+        tried = (spec.name, *mirrors)
         for file_spec in missing:
             try:
+                if tried in _FAILED_DOWNLOADS:  # tried once per process: a later stage does not ask the mirrors again
+                    raise DownloadError(_FAILED_DOWNLOADS[tried])
                 got = download_file(file_spec, mirrors, folder.path, data.download_timeout, data.download_retries,
                                     log=log)
             except DownloadError as exc:
+                _FAILED_DOWNLOADS[tried] = str(exc)
                 raise FilesUnavailable(f"{spec.name}: {what}, and the download failed: {exc}") from None
             store.remember(got.path, got.hashes)
             found[file_spec.role] = LocalFile(file_spec, got.path, got.hashes, got.content, got.url)

@@ -32,7 +32,7 @@ def build_report(folder: str | Path) -> str:
     top = read_json(root / "config.json")
     kind = top.get("kind") if isinstance(top, dict) else None
     runs, reproduction = folder_runs(root, kind), kind == "reproduce"
-    sets = scored_sets(root, runs)
+    sets, stages = scored_sets(root, runs), read_json_if_present(root / "stages.json")
     environments = {f"{name.upper()} training": run.read_config().get("environment", {})
                     for name, run in runs.items() if run.config.is_file()}
     subtitle = [f"Folder: <code>{escape(root)}</code>",
@@ -48,9 +48,9 @@ def build_report(folder: str | Path) -> str:
         banners = sections.shortened_banner(top.get("config", {})) + banners
     parts = [("summary", "Summary", banners + sections.summary_section(runs, sets)),
              *((name, sections.MODEL_TITLES[name], sections.run_section(run, name)) for name, run in runs.items()),
-             ("scores", "Sample quality", sections.scores_section(sets)),
+             ("scores", "Sample quality", sections.scores_section(sets, stages)),
              ("beyond", "Beyond the spec", beyond_section(Reproduction(root)) if reproduction else ""),
-             ("stages", "Time", sections.stages_section(read_json_if_present(root / "stages.json"))),
+             ("stages", "Time", sections.stages_section(stages)),
              ("environment", "Versions", sections.environment_section(environments))]
     return page(PAGE_TITLES[kind], subtitle, parts)
 

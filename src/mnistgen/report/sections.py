@@ -284,12 +284,12 @@ def run_section(run: RunDir, kind: str) -> str:
 
 def data_html(provenance: dict[str, Any]) -> str:
     """Which dataset and files, their checksums, and whether it is the full data or the bundled sample."""
-    sample = is_bundled_sample(provenance)
+    sample, provenance = is_bundled_sample(provenance), dict(provenance)
     verdict = ("the bundled sample (not the full dataset): numbers are not comparable with SPEC's"
                if sample else "the full dataset")
-    if sample and provenance.get("requested_dataset"):
-        verdict += (f"; it stood in for {provenance['requested_dataset']}"
-                    f" ({provenance.get('fallback_reason', 'reason not recorded')})")
+    if sample and provenance.get("requested_dataset"):  # said here, so not again in the table below
+        verdict += (f"; it stood in for {provenance.pop('requested_dataset')}"
+                    f" ({provenance.pop('fallback_reason', 'reason not recorded')})")
     folder, files = provenance.get("folder"), provenance.get("files")
     if folder and isinstance(files, list):  # a path that is just folder/name says nothing new: leave it out
         files = [{k: v for k, v in f.items() if not (k == "path" and v == str(Path(folder) / f.get("name", "")))}
@@ -316,10 +316,12 @@ def samples_preview(found: ScoredSet) -> bytes | None:
     return None
 
 
-def scores_section(sets: list[ScoredSet]) -> str:
-    """The scores of every set of images beside the real-vs-real reference, and a preview of each set."""
+def scores_section(sets: list[ScoredSet], stages: dict[str, Any] | None = None) -> str:
+    """The scores of every set of images beside the real-vs-real reference, a preview of each (none: why if skipped)."""
     if not sets:
-        return ""
+        record = (stages or {}).get("stages", {}).get("scores", {})
+        return section("scores", "Sample quality", f"<p class='missing'>Not scored: {escape(record.get('note'))}.</p>"
+                       ) if record.get("status") == "skipped" else ""
     reference = first_reference(sets)
     rows = []
     if reference is not None:
