@@ -232,6 +232,7 @@ def torchrun_command(script: Path, port: int, *args: str) -> list[str]:
     ("gan", ["gan", "train", "--epochs", "1", "--dataset", "mnist-sample", "--device", "cpu"],
      ("generator", "discriminator"), 5418),
 ])
+@pytest.mark.slow
 def test_a_changed_step_is_trained_by_a_torchrun_job(model, arguments, keys, outliers, mnist_dir, tmp_path):
     """The changed step (both changes above at once, in a script that applies them, then runs the CLI) under
     torchrun: the job ends where one process of the changed step ends (to the tolerance of tests/test_torchrun.py)

@@ -142,6 +142,7 @@ def test_the_shared_q_likelihood_matrix_equals_the_per_image_likelihoods(parts, 
         torch.testing.assert_close(shared, by_hand, rtol=1e-5, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_fixed_encoder_on_a_trained_vae(trained_run, data_config):
     """Encoder ELBO > shared-Gaussian ELBO > N(0, I) ELBO on the test set (differences above 5 standard
     errors), the shared fit does not lose on its training objective, the shared q's pictures are the same

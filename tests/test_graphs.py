@@ -142,6 +142,7 @@ def stop_after(steps):
     return stop
 
 
+@pytest.mark.slow
 def test_vae_captured_step_trains_like_the_reference_path_and_resumes_exactly(graphs_on_the_cpu, mnist_raw, tmp_path):
     """550 images: 5 steps of 100 replayed and a last one of 50 taken eagerly, each epoch."""
     protocol = small_hw(mnist_raw)
@@ -168,6 +169,7 @@ def test_vae_captured_step_trains_like_the_reference_path_and_resumes_exactly(gr
         assert torch.equal(stopped.load_checkpoint()["model"][key], value), key
 
 
+@pytest.mark.slow
 def test_gan_captured_step_trains_like_the_reference_path_and_resumes_exactly(graphs_on_the_cpu, mnist_raw, tmp_path):
     images = load_protocol("gan", mnist_raw).train_images[:160].clone()  # 5 steps of 32
     config = GANConfig(epochs=2, batch_size=32, device="cpu", data=DataConfig(offline=True))
@@ -194,6 +196,7 @@ def test_gan_captured_step_trains_like_the_reference_path_and_resumes_exactly(gr
             assert torch.equal(stopped.load_checkpoint()[network][key], value), key
 
 
+@pytest.mark.slow
 def test_replicas_captured_batched_step_equals_the_eager_one(graphs_on_the_cpu, mnist_raw, tmp_path, monkeypatch):
     protocol = small_hw(mnist_raw)
     config = VAEConfig(epochs=2, device="cpu", replicas=2, data=DataConfig(offline=True))  # float64: stacked

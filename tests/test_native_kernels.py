@@ -292,6 +292,7 @@ def test_no_compiler_means_pytorch_kernels_with_a_note_or_a_refusal(fresh_librar
     assert notes == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["gan", "vae"])
 def test_cli_refuses_native_kernels_without_a_compiler_in_one_line(tmp_path, model):
     environment = {**os.environ, "CC": "/nonexistent/cc", "MNISTGEN_CACHE_DIR": str(tmp_path / "cache")}

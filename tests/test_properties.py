@@ -166,6 +166,7 @@ def test_any_metrics_file_gives_a_clean_resume_report_and_plot(runs, no_data, te
         shutil.rmtree(run.parent)
 
 
+@pytest.mark.slow
 @EXAMPLES
 @given(edit=config_edits)
 @example(edit=(("config", "epochs"), "3"))
@@ -224,6 +225,7 @@ def damaged(real: bytes, damage: bytes | tuple) -> bytes:
     return real[:position] + bytes([damage[2]]) + real[position + 1:]
 
 
+@pytest.mark.slow
 @EXAMPLES
 @given(damage=checkpoint_damage)
 @example(damage=("cut", 0))

@@ -460,6 +460,7 @@ def test_a_killed_replica_writers_temporary_file_is_removed_when_the_run_is_clai
     assert not list(out.rglob("*.tmp")) and [r["epoch"] for r in RunDir(out / "seed=1").read_metrics()] == [1, 2]
 
 
+@pytest.mark.slow
 def test_a_full_disk_at_a_later_save_leaves_no_metrics_line_beyond_the_checkpoint(tmp_path):
     """The kernel refuses the checkpoint of epoch 2 (a file-size limit, as a full disk): the metrics line of epoch 2,
     appended before it, is taken back, so metrics.jsonl and checkpoint.pt agree: one epoch each."""
@@ -478,6 +479,7 @@ def test_a_full_disk_at_a_later_save_leaves_no_metrics_line_beyond_the_checkpoin
     assert [r["epoch"] for r in RunDir(out).read_metrics()] == [1, 2]
 
 
+@pytest.mark.slow
 def test_resume_of_a_start_killed_before_its_config_says_what_to_run(tmp_path):
     """Killed (SIGKILL) before config.json was written: --resume names the command that starts the run, which works."""
     out = tmp_path / "run"

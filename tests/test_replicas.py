@@ -376,6 +376,7 @@ def test_a_commit_cut_short_is_settled_on_resume(where, hw, tmp_path, monkeypatc
 # --------------------------------------------------------------------------- the command line
 
 
+@pytest.mark.slow
 def test_cli_trains_replicas_and_prints_each_seed(tmp_path):
     out = tmp_path / "run"
     command = [sys.executable, "-m", "mnistgen", "vae", "train", "--dataset", "mnist-sample", "--epochs", "1",

@@ -28,6 +28,8 @@ from mnistgen.plots import report as report_plots
 from mnistgen.report import build_report
 from mnistgen.runs import RunDir, write_json
 
+pytestmark = pytest.mark.slow  # whole trainings, processes and pipelines: `pytest -m slow`
+
 VAE_SEEDS = (1234, 1235, 1236)  # --replicas 3 from the VAE's default seed
 GAN_SEEDS = (2, 5)  # --seeds 2,5: the report follows the run's own seeds, not a count from its first
 SAMPLE = DataConfig(dataset="mnist-sample", offline=True)

@@ -119,6 +119,7 @@ def test_a_finished_reproduction_resumes_to_nothing_and_refuses_changes(reproduc
     assert "already holds a reproduction" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_interrupted_gan_training_resumes_to_the_same_weights(reproduction, tmp_path, monkeypatch):
     """Copy the finished run, forget its GAN stages, interrupt GAN training mid-epoch, then --resume."""
     copy = tmp_path / "RUN"
@@ -248,6 +249,7 @@ def test_on_the_sample_the_score_stage_touches_no_network(tmp_path, reproduction
 BEYOND_STAGES = ["beyond-gan-train", "beyond-gan-samples", "beyond-scores", "beyond-vae-train", "beyond-vae-eval"]
 
 
+@pytest.mark.slow
 def test_beyond_added_on_resume_trains_scores_and_reports_each_option(reproduction, tmp_path, capsys):
     """``--resume --beyond`` on a finished reproduction: SPEC's stages are not rerun; each option trains with the
     reproduction's data, epochs and seed, is scored or evaluated, and the report puts it beside SPEC's numbers."""
@@ -322,6 +324,7 @@ def test_beyond_added_on_resume_trains_scores_and_reports_each_option(reproducti
     assert "--beyond" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_an_offline_start_says_so_once_and_shows_the_score_stage_skipped_with_its_fix(tmp_path, monkeypatch, capsys):
     """A fresh machine with no MNIST (an empty user cache) and no network (every mirror a port of 127.0.0.1 that
     refuses): `reproduce --quick` says in one line where it looked, that the network is unreachable and that it uses

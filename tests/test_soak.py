@@ -4,7 +4,10 @@ The full form (6 epochs, 30 kills) is recorded in docs/RELIABILITY.md."""
 
 from __future__ import annotations
 
+import pytest
 from bench_support import load_bench_module
+
+pytestmark = pytest.mark.slow  # whole trainings, processes and pipelines: `pytest -m slow`
 
 
 def test_a_run_killed_at_random_moments_ends_as_if_never_killed(mnist_dir, tmp_path, monkeypatch):

@@ -256,6 +256,7 @@ def test_a_rerun_skips_finished_trials_and_rewrites_the_same_summary(local_sweep
     assert (out / "summary.csv").read_text() == summary
 
 
+@pytest.mark.slow
 def test_a_rerun_with_more_epochs_resumes_the_trials(tmp_path):
     (tmp_path / "s.toml").write_text('model = "vae"\nseeds = [3]\n[base]\nepochs = 1\ndataset = "mnist-sample"\n'
                                      'device = "cpu"\nhidden = 8\n')
@@ -395,6 +396,7 @@ def epochs_recorded(trial: Path) -> int:
     return len(RunDir(trial).read_metrics(say=lambda line: None))
 
 
+@pytest.mark.slow
 def test_a_killed_worker_fails_its_own_trial_alone_and_a_new_worker_trains_the_rest(tmp_path):
     text = ('model = "vae"\nseeds = [1]\n[base]\ndataset = "mnist-sample"\ndevice = "cpu"\nthreads = 1\nhidden = 8\n'
             + "".join(f"[[list]]\nepochs = {epochs}\nlr = {lr}\n"
@@ -413,6 +415,7 @@ def test_a_killed_worker_fails_its_own_trial_alone_and_a_new_worker_trains_the_r
     assert "killed by signal SIGKILL" in (tmp_path / "out" / "summary.html").read_text()
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_every_trial_at_its_next_step_and_a_rerun_resumes_them(tmp_path):
     out = tmp_path / "out"
     started = [out / "trials" / "lr=0.001" / f"seed={seed}" for seed in (1, 2)]
@@ -439,6 +442,7 @@ def test_ctrl_c_stops_every_trial_at_its_next_step_and_a_rerun_resumes_them(tmp_
         assert epochs_recorded(trial) == epochs
 
 
+@pytest.mark.slow
 def test_the_workers_die_with_a_killed_sweep_and_a_rerun_resumes_their_trials(tmp_path):
     out = tmp_path / "out"
     started = [out / "trials" / "lr=0.001" / f"seed={seed}" for seed in (1, 2)]
@@ -457,6 +461,7 @@ def test_the_workers_die_with_a_killed_sweep_and_a_rerun_resumes_their_trials(tm
     assert lines[-1].startswith("sweep: 4 trained, 0 skipped (finished before), 0 failed"), lines
 
 
+@pytest.mark.slow
 def test_a_second_sweep_into_the_same_folder_is_refused_in_one_line(tmp_path, capsys):
     from mnistgen.cli import main
 
@@ -529,6 +534,7 @@ def sockets_of(pids: set[int]) -> list[tuple[str, str, str, str]]:
     return found
 
 
+@pytest.mark.slow
 def test_the_same_sweep_through_a_local_ray_instance_on_127_0_0_1_gives_the_same_summary(
         local_sweep, tmp_path, monkeypatch):
     pytest.importorskip("ray")

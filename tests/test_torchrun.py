@@ -26,6 +26,8 @@ import torch
 
 from mnistgen.config import GANConfig
 
+pytestmark = pytest.mark.slow  # whole trainings, processes and pipelines: `pytest -m slow`
+
 VAE_TRAIN = ["vae", "train", "--epochs", "2", "--device", "cpu"]  # hw protocol: 10,000 images, 2 x 100 steps
 GAN_TRAIN = ["gan", "train", "--epochs", "1", "--dataset", "mnist-sample", "--device", "cpu"]  # 15 steps of 256
 RTOL, ATOL = 1e-5, 1e-6

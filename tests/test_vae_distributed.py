@@ -52,6 +52,7 @@ def images(mnist_raw):
     return torch.from_numpy((mnist_raw.train_images[:800].reshape(800, 784) >= 128).astype(np.float32))
 
 
+@pytest.mark.slow
 def test_ranks_agree_and_every_path_agrees(images, needs_native_kernels):
     runs = {name: train_on_two_ranks(name, images) for name in ACCELERATORS}
     for name, results in runs.items():
