@@ -220,9 +220,9 @@ def test_score_without_mnist_gives_only_the_real_reason(tmp_path, monkeypatch, c
     assert code == 1 and "Traceback" not in err, err
     assert "WARNING" not in err and "--dataset mnist-sample" not in err and "not a sample" not in err, err
     *attempts, last = err.splitlines()
-    assert last.startswith("mnistgen: error: the score's real-vs-real reference needs full MNIST: 4 of 4 files "
-                           "missing from "), err
-    assert ("offline mode is on" if offline else f"no mirror delivered it ({UNREACHABLE_MIRROR}") in last
+    assert last.startswith("mnistgen: error: the score needs full MNIST (its test images and 10,000 training images): "
+                           "4 of 4 files missing from "), err
+    assert ("offline mode is on" if offline else "no mirror delivered them") in last and UNREACHABLE_MIRROR not in last
     if offline:
         assert attempts == [], err  # one line
     else:  # the lines of the download attempt that failed, as `mnistgen data fetch` shows them
