@@ -349,6 +349,11 @@ def test_score_is_the_numbers_mnistgen_score_writes(gan_run, mnist_dir, tmp_path
     written = json.loads((tmp_path / "samples.score.json").read_text())
     report = mnistgen.score(images, data_dir=mnist_dir, offline=True, device="cpu")
     assert report["n_images"] == 200 and len(report["class_histogram"]) == 10
+    for numbers in (report, report["real_vs_real_reference"]):  # the class balance beside the real-vs-real reference
+        shares = np.array(numbers["class_histogram"]) / numbers["n_images"]
+        assert numbers["class_tv_distance"] == pytest.approx(np.abs(shares - 0.1).sum() / 2, abs=1e-12)
+        assert numbers["min_class_share"] == pytest.approx(shares.min(), abs=1e-12)
+    assert report["real_vs_real_reference"]["class_tv_distance"] < 0.05  # real digits: near uniform
     assert json.loads(json.dumps(report)) == {key: value for key, value in written.items() if key != "file"}
     # a torch tensor, and uint8 levels (read as level / 255, as the command reads them)
     assert mnistgen.score(torch.from_numpy(images), data_dir=mnist_dir, device="cpu") == report

@@ -225,10 +225,10 @@ def test_score_without_mnist_gives_only_the_real_reason(tmp_path, monkeypatch, c
     assert code == 1 and "Traceback" not in err, err
     assert "WARNING" not in err and "--dataset mnist-sample" not in err and "not a sample" not in err, err
     [line] = err.splitlines()  # no line per mirror not reached, and no exception text
-    assert line.startswith("mnistgen: error: the score's real-vs-real reference needs full MNIST: 4 of 4 files "
-                           "missing from "), err
+    assert line.startswith("mnistgen: error: the score needs full MNIST (its test images and 10,000 training images): "
+                           "4 of 4 files missing from "), err
     assert ("offline mode is on" if offline else f"the network is unreachable (no answer from {UNREACHABLE_MIRROR})"
-            ) in line and "refused" not in line
+            ) in line and "refused" not in line and "mnistgen data fetch" in line, err
     assert not score_path(path).exists()
     if where == "$MNISTGEN_DATA_DIR":
         assert list((tmp_path / "empty").iterdir()) == []

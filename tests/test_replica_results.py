@@ -26,6 +26,7 @@ from mnistgen.data.sources import load_raw
 from mnistgen.evaluate.vae import sample_run
 from mnistgen.imaging import to_uint8
 from mnistgen.runs import RunDir
+from mnistgen.scoring import ScoreFile
 from mnistgen.stats import INTERVAL_NAME
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -275,22 +276,61 @@ def test_score_of_run_folders_per_seed_and_summarized(vae_run, gan_run, mnist_di
             assert aggregate["per_seed"][str(seed)] == own and own["n_images"] == 40
             assert str(folder / "samples.npz") in out
         assert not (run.path / "samples.npz").exists()
+        summary_lines = out.split(f"{run.path}: 40 images of each seed's model\n", 1)[1].split(
+            f"written: {run.path / 'score.json'}\n", 1)[0]
         for key, label in (("frechet_distance", "Frechet distance (lower)"),
-                           ("classifier_score", "classifier score (max 10)")):
+                           ("classifier_score", "classifier score (max 10)"),
+                           ("class_tv_distance", "class TV to uniform (lower)"),
+                           ("min_class_share", "min class share (max 0.1)")):
             values = [aggregate["per_seed"][str(seed)][key] for seed in seeds]
-            assert len(set(values)) == len(seeds)
+            assert len(set(values)) == len(seeds) or key in ("class_tv_distance", "min_class_share")  # shares may tie
             expected = check_summary(aggregate["summary"][key], values)
-            summary_lines = out.split(f"{run.path}: 40 images of each seed's model\n", 1)[1].split(
-                f"written: {run.path / 'score.json'}\n", 1)[0]
             line = table_line(summary_lines, label)
             assert f"{expected['mean']:.3f} ± {expected['half']:.3f}" in line
             assert line.split()[-len(seeds):] == [f"{value:.3f}" for value in values]
+        # each seed's class balance from its histogram by hand, and the worst seed: the largest TV, smallest share
+        shares = {seed: np.array(aggregate["per_seed"][str(seed)]["class_histogram"]) / 40 for seed in seeds}
+        tv = {seed: np.abs(shares[seed] - 0.1).sum() / 2 for seed in seeds}
+        for seed in seeds:
+            assert aggregate["per_seed"][str(seed)]["class_tv_distance"] == pytest.approx(tv[seed], abs=1e-12)
+        worst_tv = [seed for seed in seeds if tv[seed] == max(tv.values())][0]
+        worst_share = [seed for seed in seeds if shares[seed].min() == min(s.min() for s in shares.values())][0]
+        assert aggregate["worst_seed"] == {
+            "class_tv_distance": {"seed": worst_tv, "value": pytest.approx(tv[worst_tv], abs=1e-12)},
+            "min_class_share": {"seed": worst_share, "value": pytest.approx(shares[worst_share].min(), abs=1e-12)}}
+        assert (f"worst seed: class TV to uniform (lower) {tv[worst_tv]:.3f} (seed {worst_tv}), min class share "
+                f"(max 0.1) {shares[worst_share].min():.3f} (seed {worst_share})") in summary_lines
+        for seed in seeds:  # the real-vs-real reference beside each seed's: real digits are near uniform
+            reference = aggregate["per_seed"][str(seed)]["real_vs_real_reference"]
+            shares = np.array(reference["class_histogram"]) / reference["n_images"]
+            assert reference["class_tv_distance"] == pytest.approx(np.abs(shares - 0.1).sum() / 2, abs=1e-12)
+            assert reference["class_tv_distance"] < 0.05
     # what was scored is the stored file: scoring it again gives the same numbers
     seed_folder = gan_run.seed_run(3).path
     with np.load(seed_folder / "samples.npz") as stored:
         again = mnistgen.score(stored["images"], data_dir=mnist_dir, offline=True, device="cpu")
     assert again["frechet_distance"] == pytest.approx(
         json.loads((seed_folder / "samples.score.json").read_text())["frechet_distance"], rel=1e-9)
+
+
+def test_the_class_balance_of_seeds_is_their_mean_and_worst_seed():
+    """Three seeds' histograms of 20 images: TV to uniform 0, 0.2 and 0.1 (by hand), smallest shares 0.1, 0.05, 0."""
+    from mnistgen.report.html import format_value
+    from mnistgen.report.sections import TABLE_KEYS, score_cells
+    from mnistgen.scoring import worst_seeds
+
+    scores = {1: ScoreFile(20, 10.0, 5.0, (2,) * 10),  # balanced
+              2: ScoreFile(20, 12.0, 5.5, (6, 2, 2, 2, 2, 2, 1, 1, 1, 1)),  # (0.2 + 5 * 0 + 4 * 0.05) / 2 = 0.2
+              3: ScoreFile(20, 11.0, 5.2, (3, 2, 2, 2, 2, 2, 2, 2, 3, 0))}  # (0.05 + 0.05 + 0.1) / 2 = 0.1
+    assert worst_seeds({seed: score.balance for seed, score in scores.items()}) == {
+        "class_tv_distance": {"seed": 2, "value": pytest.approx(0.2, abs=1e-12)},
+        "min_class_share": {"seed": 3, "value": 0.0}}
+    frechet, _, tv, share = score_cells(scores, TABLE_KEYS)  # the report's cells of a replica set: mean ± interval
+    expected_tv, expected_share = expected_spread([0.0, 0.2, 0.1]), expected_spread([0.1, 0.05, 0.0])
+    assert f"{expected_tv['mean']:.4f} ± {expected_tv['half']:.4f}</span> (worst: seed 2, 0.2000)" in tv
+    assert f"{expected_share['mean']:.4f} ± {expected_share['half']:.4f}</span> (worst: seed 3, 0.0000)" in share
+    assert "worst" not in format_value(frechet)
+    assert score_cells({None: scores[2]}, TABLE_KEYS)[2:] == [pytest.approx(0.2), pytest.approx(0.05)]  # one seed
 
 
 def test_score_of_a_single_seed_run_writes_no_summary(gan_run, mnist_dir, capsys):

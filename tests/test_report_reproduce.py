@@ -240,8 +240,8 @@ def test_on_the_sample_the_score_stage_touches_no_network(tmp_path, reproduction
         with pytest.raises(BlockingIOError):
             mirror.accept()  # nobody connected
     assert result is not None and result["status"] == "skipped" and result["note"].startswith(
-        "on the bundled sample a reproduction downloads nothing: the score's real-vs-real reference needs "
-        "full MNIST: 4 of 4 files missing from "), result
+        "on the bundled sample a reproduction downloads nothing: the score needs full MNIST (its test images and "
+        "10,000 training images): 4 of 4 files missing from "), result
     assert "--dataset mnist-sample" not in capsys.readouterr().err
     assert not list((copy / "samples").glob("*.score.json"))
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import math
+import socket
 
 import numpy as np
 import pytest
 import scipy.linalg
 
+import mnistgen
 from mnistgen.cli import main
 from mnistgen.data.sources import RawData
 from mnistgen.errors import MnistgenError
@@ -26,6 +28,7 @@ from mnistgen.scoring import (
     classifier_score,
     compute_reference,
     feature_statistics,
+    format_report,
     frechet_distance,
     load_images,
     read_score,
@@ -140,6 +143,40 @@ def test_classifier_score_by_hand_for_two_images():
 def test_class_histogram_counts_the_most_probable_class():
     probabilities = np.array([[0.1, 0.9, 0.0], [0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.2, 0.7, 0.1]])
     assert class_histogram(probabilities) == [1, 3, 0]  # every class listed, even an empty one
+
+
+@pytest.mark.parametrize(("histogram", "tv", "smallest"), [
+    # shares 0.2, 0.1 x 7, 0.05, 0.05: TV = (|0.2 - 0.1| + 7 * 0 + 2 * |0.05 - 0.1|) / 2 = (0.1 + 0.1) / 2 = 0.1
+    ((4, 2, 2, 2, 2, 2, 2, 2, 1, 1), 0.1, 0.05),
+    ((7,) * 10, 0.0, 0.1),  # balanced
+    ((0, 0, 0, 30, 0, 0, 0, 0, 0, 0), 0.9, 0.0),  # one class: (0.9 + 9 * 0.1) / 2
+    # shares 0.3, 0.3, 0.4, then 7 empty classes: (0.2 + 0.2 + 0.3 + 7 * 0.1) / 2 = 0.7
+    ((3, 3, 4, 0, 0, 0, 0, 0, 0, 0), 0.7, 0.0),
+])
+def test_class_balance_is_the_total_variation_from_uniform_by_hand(histogram, tv, smallest):
+    numbers = SetScore(sum(histogram), 1.5, 2.5, histogram)
+    assert numbers.balance == pytest.approx({"class_tv_distance": tv, "min_class_share": smallest}, abs=1e-12)
+    written = numbers.as_json()  # what a score file holds beside the Frechet distance
+    assert written["class_tv_distance"] == pytest.approx(tv, abs=1e-12)
+    assert written["min_class_share"] == pytest.approx(smallest, abs=1e-12)
+
+
+def test_the_class_balance_is_reported_beside_the_real_vs_real_reference(tmp_path, capsys):
+    numbers = SetScore(20, 12.5, 6.25, (4, 2, 2, 2, 2, 2, 2, 2, 1, 1))  # TV 0.1, smallest share 0.05
+    reference = ReferenceScore(10_000, 0.75, 9.61, (1100, 1000, 1000, 1000, 1000, 1000, 1000, 1000, 1000, 900),
+                               what="real against real")  # TV (0.01 + 0.01) / 2 = 0.01, smallest share 0.09
+    report = {**numbers.as_json(), REFERENCE_KEY: {"what": reference.what, **reference.as_json()},
+              "classifier": {"sha256": "ab" * 32}}
+    assert report[REFERENCE_KEY]["class_tv_distance"] == pytest.approx(0.01, abs=1e-12)
+    lines = format_report(report, "x.npy").splitlines()
+    assert [line.split()[-2:] for line in lines if line.startswith(("class TV to uniform", "min class share"))] == [
+        ["0.100", "0.010"], ["0.050", "0.090"]]
+    # a score file read back gives the same numbers; one written before they were recorded gives them too
+    path = write_report(tmp_path / "x.npy", report)
+    assert read_score(path).balance == numbers.balance and read_score(path).reference.balance == reference.balance
+    old = {key: value for key, value in report.items() if key not in numbers.balance}
+    path.write_text(json.dumps(old))
+    assert read_score(path).balance == pytest.approx({"class_tv_distance": 0.1, "min_class_share": 0.05})
 
 
 # --------------------------------------------------------------------------- input checks
@@ -277,6 +314,33 @@ def test_the_reference_refuses_the_mnist_sample_stand_in():
                      {"sample": True, "fallback_reason": "offline and no files in the cache"})
     with pytest.raises(MnistgenError, match=r"needs full MNIST, not a sample \(offline and no files in the cache\)"):
         compute_reference(None, sample)
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]  # nothing listens here once the probe is closed
+
+
+def test_the_score_without_full_mnist_says_what_to_do_in_one_line(tmp_path, monkeypatch, capsys):
+    """No MNIST in $MNISTGEN_DATA_DIR and no mirror answering: one line naming the fix, in flags from the command line
+    and in keyword arguments from Python; not each mirror's failure."""
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("MNISTGEN_DATA_DIR", str(tmp_path / "empty"))
+    mirrors = [f"http://127.0.0.1:{closed_port()}/{name}/" for name in ("a", "b")]
+    monkeypatch.setenv("MNISTGEN_MIRRORS", ",".join(mirrors))
+    monkeypatch.delenv("MNISTGEN_OFFLINE", raising=False)
+    np.save(tmp_path / "x.npy", images())
+    expected = (f"the score needs full MNIST (its test images and 10,000 training images): 4 of 4 files missing from "
+                f"{tmp_path / 'empty'} ($MNISTGEN_DATA_DIR), and the network is unreachable (no answer from "
+                f"{', '.join(mirrors)}); run `mnistgen data fetch` or pass {{}}=FOLDER that holds its files")
+    assert main(["score", str(tmp_path / "x.npy"), "--device", "cpu", "--download-retries", "0"]) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["mnistgen: error: " + expected.format("--data-dir")]  # one line
+    with pytest.raises(MnistgenError) as error:
+        mnistgen.score(images(), device="cpu", download_retries=0)
+    assert str(error.value) == expected.format("data_dir")
+    assert not score_path(tmp_path / "x.npy").exists() and not list((tmp_path / "empty").iterdir())
 
 
 # --------------------------------------------------------------------------- the score file, read back

@@ -380,8 +380,8 @@ def score(images: Any, **settings: Any) -> dict[str, Any]:
 
     images: (N, 28, 28) with N >= 2, a NumPy array (or a torch tensor) of float32/float64 in [0, 1], or uint8
     0..255 (divided by 255). settings: the flags of ``mnistgen score`` (``weights``, ``batch_size``, ``device``,
-    ``data_dir``, ``offline``, ...). Returns ``{"n_images", "frechet_distance", "classifier_score",
-    "class_histogram" (10 counts), "real_vs_real_reference" {...}, "classifier" {...}, "mnistgen_version"}``.
+    ``data_dir``, ``offline``, ...). Returns ``{"n_images", "frechet_distance", "classifier_score", "class_histogram"
+    (10 counts), "class_tv_distance", "min_class_share", "real_vs_real_reference" {...}, "classifier" {...}, ...}``.
     The real-vs-real reference needs full MNIST (found as ``mnistgen score`` finds it; computed once, then cached)."""
     from .scoring import score_images
 

@@ -26,7 +26,7 @@ import torch
 from .config import DataConfig, ScoreConfig
 from .data.cache import VerdictStore, cache_root
 from .data.registry import get_dataset
-from .data.sources import FilesUnavailable, RawData, load_raw, obtain_files
+from .data.sources import FilesUnavailable, RawData, load_raw, obtain_files, offline_requested
 from .errors import MnistgenError
 from .files import atomic_write, read_json, write_json
 from .imaging import to_uint8
@@ -84,6 +84,24 @@ def class_histogram(probabilities: np.ndarray) -> list[int]:
     """Number of images whose most probable class is 0, 1, ..., C-1."""
     predictions = np.asarray(probabilities).argmax(axis=1)
     return np.bincount(predictions, minlength=np.shape(probabilities)[1]).astype(int).tolist()
+
+
+def class_balance(histogram: tuple[int, ...] | list[int]) -> dict[str, float]:
+    """How far the class shares p_k of a histogram are from uniform: the total variation distance to it,
+    1/2 sum_k |p_k - 1/10| (0 balanced, 0.9 one class), and the smallest share (0.1 balanced); NaN of no images."""
+    counts = np.asarray(histogram, np.float64)
+    shares = counts / counts.sum() if counts.sum() > 0 else np.full(NUM_CLASSES, np.nan)
+    return {"class_tv_distance": float(np.abs(shares - 1 / NUM_CLASSES).sum() / 2), "min_class_share": min(shares)}
+
+
+BALANCE_LABELS = {"class_tv_distance": "class TV to uniform (lower)", "min_class_share": "min class share (max 0.1)"}
+
+
+def worst_seeds(per_seed: dict[int, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The least balanced seed by each number of :func:`class_balance`: {key: {"seed": S, "value": v}}."""
+    worst = {key: pick(per_seed, key=lambda seed, key=key: per_seed[seed][key])
+             for key, pick in (("class_tv_distance", max), ("min_class_share", min))}
+    return {key: {"seed": seed, "value": per_seed[seed][key]} for key, seed in worst.items()}
 
 
 def check_layout(dtype: np.dtype, shape: tuple[int, ...], what: str) -> None:
@@ -304,9 +322,13 @@ class SetScore:
     classifier_score: float | None
     class_histogram: tuple[int, ...]  # (10,): how many images the classifier assigns to each digit
 
+    @property
+    def balance(self) -> dict[str, float]:  # the classes' distance from uniform, :func:`class_balance`
+        return class_balance(self.class_histogram)
+
     def as_json(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(SetScore)} | {
-            "class_histogram": list(self.class_histogram)}
+            "class_histogram": list(self.class_histogram)} | self.balance
 
 
 @dataclass(frozen=True)
@@ -379,11 +401,12 @@ def reference_statistics(classifier: Classifier, data: DataConfig | None = None,
     store = VerdictStore(cache_root())
     try:
         obtain_files(get_dataset("mnist"), data, store)  # finds and verifies the files, or downloads what is missing
-    except FilesUnavailable as exc:
-        reason = str(exc).removeprefix("mnist: ")
-        fetch = "" if "mnistgen data fetch" in reason else "run `mnistgen data fetch` once a mirror answers, "
-        raise FilesUnavailable(f"the score's real-vs-real reference needs full MNIST: {reason}; {fetch or 'or '}"
-                               "pass --data-dir with a folder that holds its files") from None
+    except FilesUnavailable as exc:  # one line, not each mirror's failure (each is said as it happens)
+        where, _, why = str(exc).removeprefix("mnist: ").partition(", and the download failed: ")
+        why = "offline mode is on" if offline_requested(data) else why
+        raise FilesUnavailable(f"the score needs full MNIST (its test images and 10,000 training images): "
+                               f"{where.split(', and ')[0]}, and {why}; run `mnistgen data fetch` or pass "
+                               "--data-dir=FOLDER that holds its files") from None
     finally:
         store.save()
     # every file is there and verified now (the verdicts are remembered: no second hashing)
@@ -427,6 +450,7 @@ def format_report(report: dict[str, Any], name: str) -> str:
         f"{'':28}{'these images':>14}{'real vs real':>14}",
         f"{'Frechet distance (lower)':28}{report['frechet_distance']:14.3f}{reference['frechet_distance']:14.3f}",
         f"{'classifier score (max 10)':28}{report['classifier_score']:14.3f}{reference['classifier_score']:14.3f}",
+        *(f"{label:28}{report[key]:14.3f}{reference[key]:14.3f}" for key, label in BALANCE_LABELS.items()),
         f"predicted classes:  {histogram}",
         f"real (10k train):   {reference_histogram}",
         f"real vs real: {reference['what']}",

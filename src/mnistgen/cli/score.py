@@ -19,12 +19,13 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "score", help="how close a set of (N, 28, 28) images in [0, 1], or a run's samples, is to MNIST",
         description="Score images with mnistgen's own MNIST classifier: Frechet distance of its 128-d features "
-                    "to those of the 10,000 test images, classifier score exp(E KL(p(y|x) || p(y))) and the "
-                    "histogram of predicted classes, beside the real-vs-real reference. Writes FILE.score.json "
-                    "beside each FILE.npy (or FILE.npz). A VAE or GAN run folder RUN gets --samples images drawn "
-                    "from its model with its seed (as its sample command draws them), saved as RUN/samples.npz and "
-                    "scored (RUN/samples.score.json); a replica run's seeds each get theirs in RUN/seed=N, and "
-                    "RUN/score.json gives each number's mean, std and 95% Student-t interval over the seeds.")
+                    "to those of the 10,000 test images, classifier score exp(E KL(p(y|x) || p(y))), the histogram "
+                    "of predicted classes and its total variation distance from uniform and smallest share, beside "
+                    "the real-vs-real reference. Writes FILE.score.json beside each FILE.npy (or FILE.npz). A VAE or "
+                    "GAN run folder RUN gets --samples images drawn from its model with its seed (as its sample "
+                    "command draws them), saved as RUN/samples.npz and scored (RUN/samples.score.json); a replica "
+                    "run's seeds each get theirs in RUN/seed=N, and RUN/score.json each number's mean, std and 95% "
+                    "Student-t interval over the seeds, and the worst seed's class balance.")
     parser.add_argument("files", nargs="+", metavar="FILE.npy|RUN",
                         help="(N, 28, 28) array(s), N >= 2: float32/float64 in [0, 1] or uint8 levels 0-255, saved "
                              "with numpy.save, or alone in an .npz (numpy.savez_compressed); or run folder(s) of "

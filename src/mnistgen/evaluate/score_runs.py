@@ -24,7 +24,8 @@ from .replicas import seed_folders, seeds_summary, summary_table
 SAMPLES_FILE = "samples.npz"  # in each scored run folder, beside its samples.score.json
 SUMMARY_FILE = "score.json"  # a replica run's summary over its seeds
 # the numbers of a score report summarized over seeds, with their labels
-HEADLINES = {"frechet_distance": "Frechet distance (lower)", "classifier_score": "classifier score (max 10)"}
+HEADLINES = {"frechet_distance": "Frechet distance (lower)", "classifier_score": "classifier score (max 10)",
+             **scoring.BALANCE_LABELS}
 
 
 @dataclass(frozen=True)
@@ -75,11 +76,13 @@ def score_run(scored: ScoredRun, classifier: scoring.Classifier, reference: scor
             return report
         reports[seed] = report
     aggregate = seeds_summary(reports, tuple(HEADLINES))  # each seed's report, and the spread
+    aggregate["worst_seed"] = worst = scoring.worst_seeds(reports)  # of the class balance
     summary = scored.run.path / SUMMARY_FILE
     write_json(summary, aggregate)
     say(f"{scored.run.path}: {config.samples:,} images of each seed's model")
     for line in summary_table(aggregate, HEADLINES, digits=3):
         say(line)
+    say("worst seed: " + ", ".join(f"{HEADLINES[k]} {w['value']:.3f} (seed {w['seed']})" for k, w in worst.items()))
     say(f"real vs real ({reference.n_images:,} training images against the test images): Frechet distance "
         f"{reference.frechet_distance:.3f}, classifier score {reference.classifier_score:.3f}")
     say(f"written: {summary}")

@@ -14,7 +14,7 @@ from ..files import figure_png, read_json
 from ..imaging import tile
 from ..plots.report import history_curves
 from ..runs import RunDir
-from ..scoring import ReferenceScore, SetScore, load_images
+from ..scoring import BALANCE_LABELS, ReferenceScore, SetScore, load_images, worst_seeds
 from ..version import __version__
 from .html import (
     Markup,
@@ -75,6 +75,12 @@ CAPTIONS: dict[tuple[str, str], str] = {
         "on generated images. Both near 1/2 means D can no longer tell them apart."),
 }
 CURVES_FIGURE = {"vae": "curves.png", "gan": "training.png"}  # when absent, the report draws the curves itself
+SCORE_KEYS = ("frechet_distance", "classifier_score")  # a score's headline numbers
+TABLE_KEYS = (*SCORE_KEYS, *BALANCE_LABELS)  # those of the scores table: and the class balance
+SCORE_ROWS = {  # the rows of each scored set in the results at a glance: (its numbers, how to read them)
+    "Frechet distance / classifier score": (SCORE_KEYS, "distance: lower is closer to MNIST; score: up to 10"),
+    "class TV to uniform / min class share": (TABLE_KEYS[2:], "TV: 0 balanced, 0.9 one digit; share: 0.1 balanced"),
+}
 SUMMARY_ROWS = {  # the evaluation's headline numbers: (what was measured, how to read it)
     "test_elbo": ("test ELBO (nats per image)",
                   "higher is better; SPEC's reference run reaches -162.0 after 200 epochs"),
@@ -130,11 +136,13 @@ def summary_section(runs: dict[str, RunDir], sets: list[ScoredSet]) -> str:
         if run.config.is_file():
             rows += model_summary_rows(kind, run)
     reference = first_reference(sets)
-    if reference is not None:
-        rows.append(["score", "real vs real: Frechet distance / classifier score", score_pair({None: reference}), None,
-                     "the floor: real training images against the real test images"])
-    rows += [["score", f"{found.title}: Frechet distance / classifier score", score_pair(found.scores),
-              each_seed_pair(found.scores), "distance: lower is closer to MNIST; score: up to 10"] for found in sets]
+    for label, (keys, _) in SCORE_ROWS.items():
+        if reference is not None:
+            rows.append(["score", f"real vs real: {label}", score_pair({None: reference}, keys), None,
+                         "the floor: real training images against the real test images"])
+    rows += [["score", f"{found.title}: {label}", score_pair(found.scores, keys),
+              each_seed_pair(found.scores, keys=keys), note]
+             for found in sets for label, (keys, note) in SCORE_ROWS.items()]
     if not rows:
         return ""
     if all(each is None for _, _, _, each, _ in rows):
@@ -170,25 +178,28 @@ def model_summary_rows(kind: str, run: RunDir) -> list[list[Any]]:
                     labels[k][1]] for k in keys]
 
 
-def score_cells(scores: dict[int | None, SetScore]) -> list[Any]:
-    return [measured({seed: score.frechet_distance for seed, score in scores.items()}),
-            measured({seed: score.classifier_score for seed, score in scores.items()})]
+def score_cells(scores: dict[int | None, SetScore], keys: tuple[str, ...] = SCORE_KEYS) -> list[Any]:
+    """The numbers ``keys`` of a set's score; of seeds, the mean ± interval (the class balance's: and the worst)."""
+    found = {seed: score.as_json() for seed, score in scores.items()}
+    worst = {} if None in scores else worst_seeds(found)
+    cells = {key: measured({seed: numbers[key] for seed, numbers in found.items()}) for key in keys}
+    return [Markup(f"{format_value(cell)} (worst: seed {worst[key]['seed']}, {worst[key]['value']:.4f})")
+            if key in worst else cell for key, cell in cells.items()]
 
 
-def score_pair(scores: dict[int | None, SetScore]) -> Markup:
-    return Markup(" / ".join(format_value(cell) for cell in score_cells(scores)))
+def score_pair(scores: dict[int | None, SetScore], keys: tuple[str, ...] = SCORE_KEYS) -> Markup:
+    return Markup(" / ".join(format_value(cell) for cell in score_cells(scores, keys)))
 
 
-def each_seed_pair(scores: dict[int | None, SetScore],
-                   column: Sequence[dict[int | None, SetScore]] = ()) -> Markup | None:
+def each_seed_pair(scores: dict[int | None, SetScore], column: Sequence[dict[int | None, SetScore]] = (),
+                   keys: tuple[str, ...] = SCORE_KEYS) -> Markup | None:
     """"seed S: distance / score; ..." of a replica run's set, in the format of the sets of its ``column``."""
     if None in scores:
         return None
-    every = [score for found in column or [scores] for score in found.values()]
-    distance, score = (number_format([getattr(s, name) for s in every])
-                       for name in ("frechet_distance", "classifier_score"))
-    return seeds_html({seed: Markup(f"{distance(s.frechet_distance)} / {score(s.classifier_score)}")
-                       for seed, s in scores.items()})
+    every = [score.as_json() for found in column or [scores] for score in found.values()]
+    formats = [number_format([numbers[key] for numbers in every]) for key in keys]
+    return seeds_html({seed: Markup(" / ".join(form(numbers[key]) for form, key in zip(formats, keys, strict=True)))
+                       for seed, numbers in ((seed, s.as_json()) for seed, s in scores.items())})
 
 
 def run_figures(run: RunDir, kind: str) -> list[tuple[str, bytes, str]]:
@@ -326,23 +337,24 @@ def scores_section(sets: list[ScoredSet], stages: dict[str, Any] | None = None) 
     rows = []
     if reference is not None:
         rows.append([Markup(f"<b>real vs real</b> (reference: {escape(reference.what)})"), reference.n_images,
-                     reference.frechet_distance, reference.classifier_score,
-                     histogram_html(reference.class_histogram)])
+                     *score_cells({None: reference}, TABLE_KEYS), histogram_html(reference.class_histogram)])
     for found in sets:
         if None not in found.scores:
             rows.append([Markup(f"<b>{escape(found.title)}</b>: mean ± {escape(interval_name(len(found.scores)))}"),
                          across_seeds({seed: score.n_images for seed, score in found.scores.items()})[0],
-                         *score_cells(found.scores), ""])
+                         *score_cells(found.scores, TABLE_KEYS), ""])
         rows += [[found.title if seed is None else f"{found.title}, seed {seed}", score.n_images,
-                  score.frechet_distance, score.classifier_score, histogram_html(score.class_histogram)]
+                  *score_cells({None: score}, TABLE_KEYS), histogram_html(score.class_histogram)]
                  for seed, score in found.scores.items()]
     body = ("<p>Each set of images is passed through mnistgen's own MNIST classifier. <b>Frechet distance</b>: "
             "between the classifier's features of the images and of the 10,000 test images (lower is closer to "
             "MNIST; it grows as the number of images shrinks, so compare sets of equal size). <b>Classifier "
-            "score</b>: exp(E KL(p(y|x) || p(y))), between 1 and 10 (higher: confident and balanced classes). "
-            "The first row is real against real: the floor a perfect model would reach.</p>"
-            + table(("images", "N", "Frechet distance", "classifier score", "predicted classes 0-9"), rows,
-                    "scores"))
+            "score</b>: exp(E KL(p(y|x) || p(y))), between 1 and 10 (higher: confident and balanced classes). <b>Class "
+            "TV</b>: the total variation distance of the predicted classes' shares from uniform (0: each digit a "
+            "tenth; 0.9: one digit), and the <b>smallest share</b>; of seeds, with the worst seed. The first row is "
+            "real against real: the floor a perfect model would reach.</p>"
+            + table(("images", "N", "Frechet distance", "classifier score", "class TV to uniform", "min class share",
+                     "predicted classes 0-9"), rows, "scores"))
     classifier = next((score.classifier for found in sets for score in found.scores.values()
                        if score.classifier is not None), None)
     if classifier is not None:
