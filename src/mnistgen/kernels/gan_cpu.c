@@ -101,18 +101,22 @@ static void forward_group(Work *w, const float *images, int count, const float *
     memset(w->p1, 0, sizeof w->p1);
     for (int y = 0; y < 28; y++)
         for (int x = 0; x < 28; x++)
-            for (int lane = 0; lane < count; lane++) w->x[y + 1][x + 1][lane] = images[lane * 28 * 28 + y * 28 + x];
+            for (int lane = 0; lane < LANES; lane++)
+                w->x[y + 1][x + 1][lane] = lane < count ? images[lane * 28 * 28 + y * 28 + x] : 0.0f;
 
-    /* conv1: 1 -> 2 channels, 3x3, padding 1: (28, 28) -> (2, 28, 28) */
+    /* conv1: 1 -> 2 channels, 3x3, padding 1: (28, 28) -> (2, 28, 28); here and below a row of pixels at a time
+     * (independent sums, so that the multiply-adds overlap instead of each waiting for the previous one) */
     for (int c = 0; c < 2; c++) {
         vf k[9];
         for (int t = 0; t < 9; t++) k[t] = splat(P[W1 + c * 9 + t]);
         for (int y = 0; y < 28; y++)
-            for (int x = 0; x < 28; x++) {
-                vf acc = splat(P[B1 + c]);
+            for (int x0 = 0; x0 < 28; x0 += 14) {
+                vf acc[14];
+                for (int x = 0; x < 14; x++) acc[x] = splat(P[B1 + c]);
                 for (int dy = 0; dy < 3; dy++)
-                    for (int dx = 0; dx < 3; dx++) acc += k[dy * 3 + dx] * w->x[y + dy][x + dx];
-                w->a1[c][y][x] = acc;
+                    for (int dx = 0; dx < 3; dx++)
+                        for (int x = 0; x < 14; x++) acc[x] += k[dy * 3 + dx] * w->x[y + dy][x0 + x + dx];
+                for (int x = 0; x < 14; x++) w->a1[c][y][x0 + x] = acc[x];
             }
     }
     /* relu, max-pool 2x2: -> (2, 14, 14), stored inside a zero border for conv2 */
@@ -125,15 +129,16 @@ static void forward_group(Work *w, const float *images, int count, const float *
             }
     /* conv2: 2 -> 4 channels, 3x3, padding 1: -> (4, 14, 14) */
     for (int c = 0; c < 4; c++)
-        for (int y = 0; y < 14; y++)
-            for (int x = 0; x < 14; x++) {
-                vf acc = splat(P[B2 + c]);
-                for (int ci = 0; ci < 2; ci++)
-                    for (int dy = 0; dy < 3; dy++)
-                        for (int dx = 0; dx < 3; dx++)
-                            acc += P[W2 + ((c * 2 + ci) * 3 + dy) * 3 + dx] * w->p1[ci][y + dy][x + dx];
-                w->a2[c][y][x] = acc;
-            }
+        for (int y = 0; y < 14; y++) {
+            vf acc[14];
+            for (int x = 0; x < 14; x++) acc[x] = splat(P[B2 + c]);
+            for (int ci = 0; ci < 2; ci++)
+                for (int dy = 0; dy < 3; dy++)
+                    for (int dx = 0; dx < 3; dx++)
+                        for (int x = 0; x < 14; x++)
+                            acc[x] += P[W2 + ((c * 2 + ci) * 3 + dy) * 3 + dx] * w->p1[ci][y + dy][x + dx];
+            for (int x = 0; x < 14; x++) w->a2[c][y][x] = acc[x];
+        }
     /* relu, max-pool 2x2: -> (4, 7, 7) */
     for (int c = 0; c < 4; c++)
         for (int i = 0; i < 7; i++)
@@ -145,16 +150,19 @@ static void forward_group(Work *w, const float *images, int count, const float *
     /* conv3: 4 -> 8 channels, 3x3, no padding: -> (8, 5, 5); relu; linear 200 -> 1 */
     vf logit = splat(P[BL]);
     for (int c = 0; c < 8; c++)
-        for (int y = 0; y < 5; y++)
+        for (int y = 0; y < 5; y++) {
+            vf acc[5];
+            for (int x = 0; x < 5; x++) acc[x] = splat(P[B3 + c]);
+            for (int ci = 0; ci < 4; ci++)
+                for (int dy = 0; dy < 3; dy++)
+                    for (int dx = 0; dx < 3; dx++)
+                        for (int x = 0; x < 5; x++)
+                            acc[x] += P[W3 + ((c * 4 + ci) * 3 + dy) * 3 + dx] * w->p2[ci][y + dy][x + dx];
             for (int x = 0; x < 5; x++) {
-                vf acc = splat(P[B3 + c]);
-                for (int ci = 0; ci < 4; ci++)
-                    for (int dy = 0; dy < 3; dy++)
-                        for (int dx = 0; dx < 3; dx++)
-                            acc += P[W3 + ((c * 4 + ci) * 3 + dy) * 3 + dx] * w->p2[ci][y + dy][x + dx];
-                w->a3[c][y][x] = acc;
-                logit += P[WL + (c * 5 + y) * 5 + x] * vmax(acc, splat(0.0f));
+                w->a3[c][y][x] = acc[x];
+                logit += P[WL + (c * 5 + y) * 5 + x] * vmax(acc[x], splat(0.0f));
             }
+        }
     if (logits)
         for (int lane = 0; lane < count; lane++) logits[lane] = logit[lane];
 }
@@ -225,19 +233,20 @@ static void pool_relu_layer_backward(int channels, int side, const vf *a, const 
  * gin[ci][y][x] = sum over c, dy, dx of weight[c][ci][dy][dx] * gout[c][y + offset - dy][x + offset - dx]
  * for y, x < side, where gout (cout planes of stride x stride) holds the output gradient inside a zero border
  * (offset 2 for a valid convolution stored at [2 + y][2 + x], 3 for padding 1). */
-static void input_gradient(int cin, int cout, int side, int stride, int offset, const float *weight, const vf *gout,
-                           vf *gin) {
+static inline __attribute__((always_inline)) void input_gradient(int cin, int cout, int side, int stride, int offset,
+                                                                  const float *weight, const vf *gout, vf *gin) {
     for (int ci = 0; ci < cin; ci++)
-        for (int y = 0; y < side; y++)
-            for (int x = 0; x < side; x++) {
-                vf acc = splat(0.0f);
-                for (int c = 0; c < cout; c++)
-                    for (int dy = 0; dy < 3; dy++)
-                        for (int dx = 0; dx < 3; dx++)
-                            acc += weight[((c * cin + ci) * 3 + dy) * 3 + dx] *
-                                   gout[(c * stride + y + offset - dy) * stride + x + offset - dx];
-                gin[(ci * side + y) * side + x] = acc;
-            }
+        for (int y = 0; y < side; y++) {
+            vf acc[14];  /* a row of side <= 14 pixels */
+            for (int x = 0; x < side; x++) acc[x] = splat(0.0f);
+            for (int c = 0; c < cout; c++)
+                for (int dy = 0; dy < 3; dy++)
+                    for (int dx = 0; dx < 3; dx++)
+                        for (int x = 0; x < side; x++)
+                            acc[x] += weight[((c * cin + ci) * 3 + dy) * 3 + dx] *
+                                      gout[(c * stride + y + offset - dy) * stride + x + offset - dx];
+            for (int x = 0; x < side; x++) gin[(ci * side + y) * side + x] = acc[x];
+        }
 }
 
 /* Given dL/dlogits of a group of count images: dL/dimages (count, 28, 28) into grad_images and the parameters'
@@ -281,12 +290,16 @@ static void backward_group(Work *w, const float *images, int count, const float 
         for (int c = 0; c < 2; c++)
             for (int t = 0; t < 9; t++) k[c][t] = splat(P[W1 + c * 9 + t]);
         for (int y = 0; y < 28; y++)
-            for (int x = 0; x < 28; x++) {
-                vf acc = zero;
+            for (int x0 = 0; x0 < 28; x0 += 14) {
+                vf acc[14];
+                for (int x = 0; x < 14; x++) acc[x] = zero;
                 for (int c = 0; c < 2; c++)
                     for (int dy = 0; dy < 3; dy++)
-                        for (int dx = 0; dx < 3; dx++) acc += k[c][dy * 3 + dx] * w->ga1[c][y + 3 - dy][x + 3 - dx];
-                for (int lane = 0; lane < count; lane++) grad_images[lane * 28 * 28 + y * 28 + x] = acc[lane];
+                        for (int dx = 0; dx < 3; dx++)
+                            for (int x = 0; x < 14; x++)
+                                acc[x] += k[c][dy * 3 + dx] * w->ga1[c][y + 3 - dy][x0 + x + 3 - dx];
+                for (int lane = 0; lane < count; lane++)
+                    for (int x = 0; x < 14; x++) grad_images[lane * 28 * 28 + y * 28 + x0 + x] = acc[x][lane];
             }
     }
     if (want_params)
@@ -325,6 +338,7 @@ static void backward_group(Work *w, const float *images, int count, const float 
 #define ALIGNED __attribute__((aligned(64)))
 
 typedef float v8 __attribute__((vector_size(32)));  /* conv2's 8 output channels */
+typedef float v8u __attribute__((vector_size(32), aligned(4)));  /* the same, at any float alignment */
 
 /* The kernels rearranged once per call (g_prepare) and read by every thread */
 typedef struct {
@@ -338,10 +352,10 @@ typedef struct {
 } GKernels;
 
 typedef struct {
-    float hp0[9][9][32] ALIGNED;     /* h0 with a zero border: [row][column][channel] */
-    float u1[14][14][16] ALIGNED;    /* conv1(upsample(h0)) + bias */
+    float hp0[32][9][9] ALIGNED;     /* h0 with a zero border: [channel][row][column] */
+    float (*u1)[14][16];             /* conv1(upsample(h0)) + bias: in the image's kept outputs, or their copy */
     float hp[16][16][16] ALIGNED;    /* act2(u1) with a zero border */
-    v8 u[28][28] ALIGNED;            /* conv2(upsample(act2(u1))) + bias: the 8 channels */
+    v8u (*u)[28];                    /* conv2(upsample(act2(u1))) + bias: the 8 channels; the same */
     v8 h3[30][30] ALIGNED;           /* act3(u), zero border */
     v8 gs[30][30] ALIGNED;           /* gradient of s, zero border, each value in all 8 lanes */
     v8 gu[28][28] ALIGNED;           /* gradient of u */
@@ -349,6 +363,7 @@ typedef struct {
     float gh1[14][14][16] ALIGNED;   /* gradient of act2(u1), then of u1 */
     float gp1[2][2][9][9][16] ALIGNED; /* the gradient of u1 by phase, zero border */
     float partial[G_PARAMS] ALIGNED; /* one image's parameter gradients */
+    float kept[G_KEPT] ALIGNED;      /* the backward's copy of the image's kept outputs (one sequential read) */
 } GWork;
 
 /* g where u > 0, slope * g elsewhere: leaky(u) = leaky_scale(u, u, slope), and d/du of leaky(u) applied to g */
@@ -379,11 +394,13 @@ static void g_prepare(const float *P, GKernels *kernels) {
 #endif
 }
 
-static void g_load(GWork *w, const float *h0) {
+/* hp0 from h0, and u, u1 in the image's kept outputs (written by the forward, read by the backward) */
+static void g_load(GWork *w, const float *h0, const float *kept) {
     memset(w->hp0, 0, sizeof w->hp0);
     for (int c = 0; c < 32; c++)
-        for (int y = 0; y < 7; y++)
-            for (int x = 0; x < 7; x++) w->hp0[y + 1][x + 1][c] = h0[(c * 7 + y) * 7 + x];
+        for (int y = 0; y < 7; y++) memcpy(&w->hp0[c][y + 1][1], h0 + (c * 7 + y) * 7, 7 * sizeof(float));
+    w->u = (v8u(*)[28])kept;
+    w->u1 = (float(*)[14][16])(kept + 28 * 28 * 8);
 }
 
 /* hp = act2(u1) with a zero border */
@@ -392,7 +409,7 @@ static void g_act2(GWork *w, float slope2) {
     for (int y = 0; y < 14; y++)
         for (int x = 0; x < 14; x++)
             for (int h = 0; h < HALVES; h++) {
-                vf u1 = *(const vf *)&w->u1[y][x][h * LANES];
+                vf u1 = *(const vfu *)&w->u1[y][x][h * LANES];
                 *(vf *)&w->hp[y + 1][x + 1][h * LANES] = leaky_scale(u1, u1, slope2);
             }
 }
@@ -402,7 +419,7 @@ static void g_act3(GWork *w, float slope3) {
     memset(w->h3, 0, sizeof w->h3);
     for (int y = 0; y < 28; y++)
         for (int x = 0; x < 28; x += LANES / 8) {
-            vf u = *(const vf *)&w->u[y][x];
+            vf u = *(const vfu *)&w->u[y][x];
             *(vfu *)&w->h3[y + 1][x + 1] = leaky_scale(u, u, slope3);
         }
 }
@@ -437,7 +454,7 @@ static inline vf sums_of_eights(const vf v[8]) {
 
 static void g_forward_image(GWork *w, const GKernels *kernels, const float *h0, const float *P, float slope2,
                             float slope3, float *s, float *kept) {
-    g_load(w, h0);
+    g_load(w, h0, kept);
     /* conv1(upsample(h0)): (7, 7, 32) -> (14, 14, 16); a row of 7 output pixels of one phase at a time
      * (seven independent sums sharing each load of the kernel), LANES of the 16 channels at a time */
     for (int a = 0; a < 2; a++)
@@ -451,13 +468,13 @@ static void g_forward_image(GWork *w, const GKernels *kernels, const float *h0, 
                         for (int dx = 0; dx < 2; dx++)
                             for (int ci = 0; ci < 32; ci++)
                                 for (int b = 0; b < BLOCK; b++) {
-                                    const float(*row)[32] = &w->hp0[i + a + dy][b0 + b + dx];
+                                    const float *row = &w->hp0[ci][i + a + dy][b0 + b + dx];
                                     vf kernel = *(const vfu *)(P + G_K1 + h * LANES + ci * 16 +
                                                                (((a * 2 + b0 + b) * 2 + dy) * 2 + dx) * 32 * 16);
-                                    for (int q = 0; q < 7; q++) acc[b][q] += row[q][ci] * kernel;
+                                    for (int q = 0; q < 7; q++) acc[b][q] += row[q] * kernel;
                                 }
                     for (int b = 0; b < BLOCK; b++)
-                        for (int q = 0; q < 7; q++) *(vf *)&w->u1[2 * i + a][2 * q + b0 + b][h * LANES] = acc[b][q];
+                        for (int q = 0; q < 7; q++) *(vfu *)&w->u1[2 * i + a][2 * q + b0 + b][h * LANES] = acc[b][q];
                 }
     g_act2(w, slope2);
     /* conv2(upsample(act2(u1))): (14, 14, 16) -> (28, 28, 8), seven output pixels (pairs with 16 lanes) at a time */
@@ -477,7 +494,7 @@ static void g_forward_image(GWork *w, const GKernels *kernels, const float *h0, 
                         for (int q = 0; q < 14; q++) acc[q] += row[q][ci] * kernel;
                     }
                 }
-            for (int q = 0; q < 14; q++) *(vf *)&w->u[2 * i + a][2 * q] = acc[q];
+            for (int q = 0; q < 14; q++) *(vfu *)&w->u[2 * i + a][2 * q] = acc[q];
         }
 #else
     (void)kernels;
@@ -501,8 +518,6 @@ static void g_forward_image(GWork *w, const GKernels *kernels, const float *h0, 
                     for (int q = 0; q < 7; q++) w->u[2 * i + a][2 * (j0 + q) + b] = acc[q];
                 }
 #endif
-    memcpy(kept, w->u, sizeof w->u);
-    memcpy(kept + 28 * 28 * 8, w->u1, sizeof w->u1);
     /* act3, then conv3: 8 -> 1 channel, 3x3, padding 1; LANES pixels at a time (in row-major order), each vector
      * holding LANES / 8 neighbouring ones, their 8 channels summed across the lanes at the end */
     g_act3(w, slope3);
@@ -524,26 +539,22 @@ static void g_forward_image(GWork *w, const GKernels *kernels, const float *h0, 
 static void g_backward_image(GWork *w, const GKernels *kernels, const float *h0, const float *kept, const float *P,
                              float slope2, float slope3, const float *grad_s, float *grad_h0) {
     float *partial = w->partial;
-    g_load(w, h0);
-    memcpy(w->u, kept, sizeof w->u);
-    memcpy(w->u1, kept + 28 * 28 * 8, sizeof w->u1);
+    memcpy(w->kept, kept, sizeof w->kept);
+    g_load(w, h0, w->kept);
     g_act2(w, slope2);
     g_act3(w, slope3);
     vf kernel3[9], zero = splat(0.0f);
     g_kernel3(P, kernel3);
     /* conv3: its parameters' gradients, and d/d act3(u) -> d/du; LANES / 8 neighbouring pixels at a time */
     memset(w->gs, 0, sizeof w->gs);
-    float bias3 = 0.0f;
     for (int y = 0; y < 28; y++)
-        for (int x = 0; x < 28; x++) {
-            w->gs[y + 1][x + 1] = (v8){0} + grad_s[y * 28 + x];
-            bias3 += grad_s[y * 28 + x];
-        }
-    vf taps3[9], bias2 = zero;  /* pixels outside, taps inside: nine independent sums */
+        for (int x = 0; x < 28; x++) w->gs[y + 1][x + 1] = (v8){0} + grad_s[y * 28 + x];
+    vf taps3[9], bias3 = zero, bias2 = zero;  /* pixels outside, taps inside: independent sums */
     for (int t = 0; t < 9; t++) taps3[t] = zero;
     for (int y = 0; y < 28; y++)
         for (int x = 0; x < 28; x += LANES / 8) {
             vf g = *(const vfu *)&w->gs[y + 1][x + 1];
+            bias3 += g;
             for (int dy = 0; dy < 3; dy++)
                 for (int dx = 0; dx < 3; dx++) taps3[dy * 3 + dx] += g * *(const vfu *)&w->h3[y + dy][x + dx];
         }
@@ -552,7 +563,7 @@ static void g_backward_image(GWork *w, const GKernels *kernels, const float *h0,
             vf g = zero;
             for (int dy = 0; dy < 3; dy++)
                 for (int dx = 0; dx < 3; dx++) g += kernel3[dy * 3 + dx] * *(const vfu *)&w->gs[y + 2 - dy][x + 2 - dx];
-            g = leaky_scale(g, *(const vf *)&w->u[y][x], slope3);
+            g = leaky_scale(g, *(const vfu *)&w->u[y][x], slope3);
             *(vf *)&w->gu[y][x] = g;
             bias2 += g;
         }
@@ -582,6 +593,7 @@ static void g_backward_image(GWork *w, const GKernels *kernels, const float *h0,
                                     partial[G_K + (pt * 16 + ci0 + lane) * 8 + co] = acc[dx][co][lane];
                         }
                     }
+    partial[G_B3] = bias3[0];
     for (int c = 0; c < 8; c++) {  /* the sums of the LANES / 8 pixels of a vector added */
         partial[G_B2 + c] = bias2[c];
         for (int t = 0; t < 9; t++) partial[G_W3 + c * 9 + t] = taps3[t][c];
@@ -590,7 +602,7 @@ static void g_backward_image(GWork *w, const GKernels *kernels, const float *h0,
             for (int t = 0; t < 9; t++) partial[G_W3 + c * 9 + t] += taps3[t][p + c];
         }
     }
-    partial[G_B3] = bias3;
+    for (int p = 8; p < LANES; p += 8) partial[G_B3] += bias3[p];
     /* d/d act2(u1): input pixel (padded row r, column c) feeds output (2i + a, 2j + b) through tap
      * (dy, dx) = (r - i - a, c - j - b). d/du is regrouped by phase with a zero border (gp), so that pairs
      * (i, j) outside the image read zeros; lanes: LANES of the 16 channels; seven pixels of a row at a time.
@@ -619,7 +631,7 @@ static void g_backward_image(GWork *w, const GKernels *kernels, const float *h0,
                             }
                 for (int q = 0; q < 7 * BLOCK; q++) {
                     float *gh1 = &w->gh1[r - 1][c0 + q - 1][h * LANES];
-                    *(vf *)gh1 = leaky_scale(acc[q], *(const vf *)&w->u1[r - 1][c0 + q - 1][h * LANES], slope2);
+                    *(vf *)gh1 = leaky_scale(acc[q], *(const vfu *)&w->u1[r - 1][c0 + q - 1][h * LANES], slope2);
                 }
             }
     /* conv1's bias and K1's gradients: sums over the 14x14 output pixels; eight input channels at a time */
@@ -641,8 +653,8 @@ static void g_backward_image(GWork *w, const GKernels *kernels, const float *h0,
                             for (int i = 0; i < 7; i++)
                                 for (int j = 0; j < 7; j++) {
                                     vf g = *(const vf *)&w->gh1[2 * i + a][2 * j + b][h * LANES];
-                                    const float *pixel = &w->hp0[i + a + dy][j + b + dx][ci0];
-                                    for (int k = 0; k < 8 * BLOCK; k++) acc[k] += pixel[k] * g;
+                                    const float *pixel = &w->hp0[ci0][i + a + dy][j + b + dx];
+                                    for (int k = 0; k < 8 * BLOCK; k++) acc[k] += pixel[k * 9 * 9] * g;
                                 }
                             for (int k = 0; k < 8 * BLOCK; k++)
                                 *(vfu *)(partial + G_K1 + (pt * 32 + ci0 + k) * 16 + h * LANES) = acc[k];
