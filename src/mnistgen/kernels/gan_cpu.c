@@ -25,7 +25,9 @@
  * Parameter gradients are summed per group or image, and those sums are added in order by the calling
  * thread: the result does not depend on the number of threads.
  *
- * Threads: each call splits its groups or images over `threads` OpenMP threads (see run_jobs).
+ * Threads: each call splits its groups or images over `threads` OpenMP threads (see run_jobs), each with its own
+ * work area (Work, GWork). Its arrays' zero borders are set once, when the area is allocated: the code below writes
+ * only their insides.
  *
  * The library reports these sizes (parameter counts, offsets, per-image sizes) through mnistgen_gan_layout, at
  * the end: the Python side checks them when it loads the library, and checks every buffer before each call.
@@ -97,8 +99,6 @@ static inline float lane_sum(vf v) {
 
 /* D's logits of a group of count <= LANES images (28, 28) into logits, if not NULL */
 static void forward_group(Work *w, const float *images, int count, const float *P, float *logits) {
-    memset(w->x, 0, sizeof w->x);
-    memset(w->p1, 0, sizeof w->p1);
     for (int y = 0; y < 28; y++)
         for (int x = 0; x < 28; x++)
             for (int lane = 0; lane < LANES; lane++)
@@ -258,9 +258,6 @@ static void backward_group(Work *w, const float *images, int count, const float 
     vf *gP = w->gparam;
     vf zero = splat(0.0f), g = zero;
     for (int lane = 0; lane < count; lane++) g[lane] = grad_logits[lane];
-    memset(w->ga1, 0, sizeof w->ga1);
-    memset(w->ga2, 0, sizeof w->ga2);
-    memset(w->ga3, 0, sizeof w->ga3);
 
     /* linear and relu3 */
     for (int c = 0; c < 8; c++)
@@ -396,7 +393,6 @@ static void g_prepare(const float *P, GKernels *kernels) {
 
 /* hp0 from h0, and u, u1 in the image's kept outputs (written by the forward, read by the backward) */
 static void g_load(GWork *w, const float *h0, const float *kept) {
-    memset(w->hp0, 0, sizeof w->hp0);
     for (int c = 0; c < 32; c++)
         for (int y = 0; y < 7; y++) memcpy(&w->hp0[c][y + 1][1], h0 + (c * 7 + y) * 7, 7 * sizeof(float));
     w->u = (v8u(*)[28])kept;
@@ -405,7 +401,6 @@ static void g_load(GWork *w, const float *h0, const float *kept) {
 
 /* hp = act2(u1) with a zero border */
 static void g_act2(GWork *w, float slope2) {
-    memset(w->hp, 0, sizeof w->hp);
     for (int y = 0; y < 14; y++)
         for (int x = 0; x < 14; x++)
             for (int h = 0; h < HALVES; h++) {
@@ -416,7 +411,6 @@ static void g_act2(GWork *w, float slope2) {
 
 /* h3 = act3(u) with a zero border */
 static void g_act3(GWork *w, float slope3) {
-    memset(w->h3, 0, sizeof w->h3);
     for (int y = 0; y < 28; y++)
         for (int x = 0; x < 28; x += LANES / 8) {
             vf u = *(const vfu *)&w->u[y][x];
@@ -546,7 +540,6 @@ static void g_backward_image(GWork *w, const GKernels *kernels, const float *h0,
     vf kernel3[9], zero = splat(0.0f);
     g_kernel3(P, kernel3);
     /* conv3: its parameters' gradients, and d/d act3(u) -> d/du; LANES / 8 neighbouring pixels at a time */
-    memset(w->gs, 0, sizeof w->gs);
     for (int y = 0; y < 28; y++)
         for (int x = 0; x < 28; x++) w->gs[y + 1][x + 1] = (v8){0} + grad_s[y * 28 + x];
     vf taps3[9], bias3 = zero, bias2 = zero;  /* pixels outside, taps inside: independent sums */
@@ -607,7 +600,6 @@ static void g_backward_image(GWork *w, const GKernels *kernels, const float *h0,
      * (dy, dx) = (r - i - a, c - j - b). d/du is regrouped by phase with a zero border (gp), so that pairs
      * (i, j) outside the image read zeros; lanes: LANES of the 16 channels; seven pixels of a row at a time.
      * Then through act2: d/du1. */
-    memset(w->gp, 0, sizeof w->gp);
     for (int a = 0; a < 2; a++)
         for (int b = 0; b < 2; b++)
             for (int i = 0; i < 14; i++)
@@ -661,7 +653,6 @@ static void g_backward_image(GWork *w, const GKernels *kernels, const float *h0,
                         }
                 }
     /* d/dh0, the same way as d/d act2(u1) above: lanes LANES of the 32 channels, the 7 pixels of a row at once */
-    memset(w->gp1, 0, sizeof w->gp1);
     for (int a = 0; a < 2; a++)
         for (int b = 0; b < 2; b++)
             for (int i = 0; i < 7; i++)
@@ -749,8 +740,11 @@ static int run_jobs(const Job *job, long items, int threads) {
     (void)threads;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
     {
-        void *scratch = NULL;
-        if (posix_memalign(&scratch, 64, size) != 0) scratch = NULL;
+        void *scratch = NULL;  /* zeroed: the zero borders of its arrays, which nothing writes */
+        if (posix_memalign(&scratch, 64, size) != 0)
+            scratch = NULL;
+        else
+            memset(scratch, 0, size);
 #pragma omp for schedule(static)
         for (long item = 0; item < items; item++) {
             if (scratch)
