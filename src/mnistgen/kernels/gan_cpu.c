@@ -342,16 +342,15 @@ typedef struct {
     float kt[16][8][16] ALIGNED;   /* K2 transposed: [phase and tap][co][ci] */
     float k1t[16][16][32] ALIGNED; /* K1 transposed: [phase and tap][co][ci] */
 #if LANES == 16
-    /* conv2's forward for the output pixels (2i + a, 2j) and (2i + a, 2j + 1) at once: input column j + c
-     * (c < 3) times [a][dy][c][ci], lanes (b, co): K2[a][b][dy][c - b] where 0 <= c - b <= 1, else 0 */
-    vf k2x[2][2][3][16];
+    vf k2p[16][16]; /* K2 for conv2's forward two pixels at a time: [phase and tap][ci], lane 2 co + p: K2[.][ci][co] */
 #endif
 } GKernels;
 
 typedef struct {
     float hp0[32][9][9] ALIGNED;     /* h0 with a zero border: [channel][row][column] */
     float (*u1)[14][16];             /* conv1(upsample(h0)) + bias: in the image's kept outputs, or their copy */
-    float hp[16][16][16] ALIGNED;    /* act2(u1) with a zero border */
+    float hp[16][16][16] ALIGNED;    /* act2(u1) with a zero border: [row][column][channel] */
+    float hpr[16][16][16] ALIGNED;   /* the same as [row][channel][column] (the forward's, with 16 lanes) */
     v8u (*u)[28];                    /* conv2(upsample(act2(u1))) + bias: the 8 channels; the same */
     v8 h3[30][30] ALIGNED;           /* act3(u), zero border */
     v8 gs[30][30] ALIGNED;           /* gradient of s, zero border, each value in all 8 lanes */
@@ -369,6 +368,38 @@ static inline vf leaky_scale(vf g, vf u, float slope) {
     return (vf)(((vi)g & positive) | ((vi)(g * slope) & ~positive));
 }
 
+#if LANES == 16
+typedef double vd __attribute__((vector_size(64)));
+
+/* m[r][c] -> m[c][r], 16 x 16: the off-diagonal blocks of 8, 4, 2 and 1 exchanged in turn */
+#define SWAP_LOW(s, c) (((c) & (s)) ? 16 + (c) - (s) : (c))
+#define SWAP_HIGH(s, c) (((c) & (s)) ? 16 + (c) : (c) + (s))
+#define LANES16(F, s)                                                                                                \
+    ((vi){F(s, 0), F(s, 1), F(s, 2), F(s, 3), F(s, 4), F(s, 5), F(s, 6), F(s, 7), F(s, 8), F(s, 9), F(s, 10),          \
+          F(s, 11), F(s, 12), F(s, 13), F(s, 14), F(s, 15)})
+#define EXCHANGE(m, s)                                                                                               \
+    for (int r = 0; r < 16; r++)                                                                                     \
+        if (!(r & (s))) {                                                                                            \
+            vf low = __builtin_shuffle(m[r], m[r + (s)], LANES16(SWAP_LOW, s));                                      \
+            m[r + (s)] = __builtin_shuffle(m[r], m[r + (s)], LANES16(SWAP_HIGH, s));                                 \
+            m[r] = low;                                                                                              \
+        }
+
+static inline void transpose16(vf m[16]) {
+    EXCHANGE(m, 8)
+    EXCHANGE(m, 4)
+    EXCHANGE(m, 2)
+    EXCHANGE(m, 1)
+}
+
+/* p[0], p[1] in every two lanes (their bits moved as one double, never computed with) */
+static inline vf pair(const float *p) {
+    double both;
+    memcpy(&both, p, sizeof both);
+    return (vf)(vd){both, both, both, both, both, both, both, both};
+}
+#endif
+
 static void g_prepare(const float *P, GKernels *kernels) {
     const float *K1 = P + G_K1, *K2 = P + G_K;
     for (int pt = 0; pt < 16; pt++)
@@ -378,16 +409,9 @@ static void g_prepare(const float *P, GKernels *kernels) {
                 for (int ci = 0; ci < 16; ci++) kernels->kt[pt][co][ci] = K2[(pt * 16 + ci) * 8 + co];
         }
 #if LANES == 16
-    for (int a = 0; a < 2; a++)
-        for (int dy = 0; dy < 2; dy++)
-            for (int c = 0; c < 3; c++)
-                for (int ci = 0; ci < 16; ci++)
-                    for (int b = 0; b < 2; b++)
-                        for (int co = 0; co < 8; co++) {
-                            int dx = c - b;
-                            kernels->k2x[a][dy][c][ci][b * 8 + co] =
-                                dx == 0 || dx == 1 ? K2[((((a * 2 + b) * 2 + dy) * 2 + dx) * 16 + ci) * 8 + co] : 0.0f;
-                        }
+    for (int pt = 0; pt < 16; pt++)
+        for (int ci = 0; ci < 16; ci++)
+            for (int lane = 0; lane < 16; lane++) kernels->k2p[pt][ci][lane] = K2[(pt * 16 + ci) * 8 + lane / 2];
 #endif
 }
 
@@ -470,28 +494,45 @@ static void g_forward_image(GWork *w, const GKernels *kernels, const float *h0, 
                     for (int b = 0; b < BLOCK; b++)
                         for (int q = 0; q < 7; q++) *(vfu *)&w->u1[2 * i + a][2 * q + b0 + b][h * LANES] = acc[b][q];
                 }
-    g_act2(w, slope2);
     /* conv2(upsample(act2(u1))): (14, 14, 16) -> (28, 28, 8), seven output pixels (pairs with 16 lanes) at a time */
 #if LANES == 16
+    /* act2(u1) into hpr; then the pixels j and j + 1 of a phase's row at once, lane 2 co + p for pixel j + p: the
+     * input pixels at columns j + b + dx and j + b + dx + 1 broadcast as one double, times k2p; both phases b */
+    for (int y = 0; y < 14; y++) {
+        vf row[16];  /* the row's pixels with their borders, [0, x = 0 ... 13, 0], then its channels */
+        row[0] = row[15] = splat(0.0f);
+        for (int x = 0; x < 14; x++) {
+            vf u1 = *(const vfu *)&w->u1[y][x][0];
+            row[x + 1] = leaky_scale(u1, u1, slope2);
+        }
+        transpose16(row);
+        for (int ci = 0; ci < 16; ci++) *(vf *)&w->hpr[y + 1][ci][0] = row[ci];
+    }
     vf bias2;
-    for (int lane = 0; lane < 16; lane++) bias2[lane] = P[G_B2 + lane % 8];
+    for (int lane = 0; lane < 16; lane++) bias2[lane] = P[G_B2 + lane / 2];
     for (int a = 0; a < 2; a++)
         for (int i = 0; i < 14; i++) {
-            vf acc[14];
-            for (int q = 0; q < 14; q++) acc[q] = bias2;
+            vf acc[2][7];
+            for (int b = 0; b < 2; b++)
+                for (int q = 0; q < 7; q++) acc[b][q] = bias2;
             for (int dy = 0; dy < 2; dy++)
-                for (int c = 0; c < 3; c++) {
-                    const float(*row)[16] = &w->hp[i + a + dy][c];
-                    const vf *k = kernels->k2x[a][dy][c];
-                    for (int ci = 0; ci < 16; ci++) {
-                        vf kernel = k[ci];
-                        for (int q = 0; q < 14; q++) acc[q] += row[q][ci] * kernel;
-                    }
+                for (int dx = 0; dx < 2; dx++)
+                    for (int ci = 0; ci < 16; ci++)
+                        for (int b = 0; b < 2; b++) {
+                            vf kernel = kernels->k2p[((a * 2 + b) * 2 + dy) * 2 + dx][ci];
+                            const float *row = &w->hpr[i + a + dy][ci][b + dx];
+                            for (int q = 0; q < 7; q++) acc[b][q] += pair(row + 2 * q) * kernel;
+                        }
+            for (int b = 0; b < 2; b++)
+                for (int q = 0; q < 7; q++) {  /* lanes (pixel, co): the pixels' 8 channels each */
+                    vf pixels = __builtin_shuffle(acc[b][q], (vi){0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15});
+                    memcpy(&w->u[2 * i + a][4 * q + b], &pixels, sizeof(v8));
+                    memcpy(&w->u[2 * i + a][4 * q + 2 + b], (const float *)&pixels + 8, sizeof(v8));
                 }
-            for (int q = 0; q < 14; q++) *(vfu *)&w->u[2 * i + a][2 * q] = acc[q];
         }
 #else
     (void)kernels;
+    g_act2(w, slope2);
     const vfu *K = (const vfu *)(P + G_K);
     vf bias2 = *(const vfu *)(P + G_B2);
     for (int a = 0; a < 2; a++)
