@@ -18,14 +18,19 @@ reused instead of page-faulted back every step (:func:`mnistgen.train.common.kee
 ``--classic-in-subprocess`` times the classic loop instead in a fresh Python process per repetition
 that does not tune it (what a user of the classic loop gets), alternating with mnistgen's timings here.
 
+``--compare-avx2`` times the accelerated loop a second time, with the C kernels built for AVX2 (as
+``MNISTGEN_NO_AVX512`` has them) where they would be built for AVX-512, in the same rotation.
+
     nice -n 10 python bench/gan_speed.py --data-dir ../shared/data/mnist --batches 20 --repeat 5
     nice -n 10 python bench/gan_speed.py --data-dir ../shared/data/mnist --threads 1 --tune-allocator \
         --classic-in-subprocess
+    nice -n 10 python bench/gan_speed.py --data-dir ../shared/data/mnist --threads 1 --tune-allocator --compare-avx2
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import importlib.util
@@ -47,6 +52,7 @@ from mnistgen.data.batches import epoch_order, num_batches
 from mnistgen.data.protocols import load_protocol
 from mnistgen.data.sources import load_raw
 from mnistgen.device import seed_everything, stream_seed
+from mnistgen.kernels.native import NO_AVX512, instruction_set
 from mnistgen.models.gan import STATS, Discriminator, Generator, build_models, make_optimizers
 from mnistgen.train.common import keep_freed_memory, take_steps
 from mnistgen.train.gan import NOISE_STREAM, step_inputs
@@ -77,6 +83,20 @@ def timed(function) -> tuple[float, float, int]:
     return time.perf_counter() - wall, time.process_time() - cpu, minor_page_faults() - faults
 
 
+@contextlib.contextmanager
+def avx2_kernels():
+    """Inside: the C kernels built for AVX2 whatever the processor has (``MNISTGEN_NO_AVX512``)."""
+    before = os.environ.get(NO_AVX512)
+    os.environ[NO_AVX512] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[NO_AVX512]
+        else:
+            os.environ[NO_AVX512] = before
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=os.environ.get("MNISTGEN_DATA_DIR"),
@@ -91,6 +111,8 @@ def main() -> None:
                         help="time the classic loop in a fresh, untuned Python process per repetition")
     parser.add_argument("--cpu-kernels", choices=("auto", "native", "torch"), default="auto",
                         help="mnistgen's accelerators: its C kernels or PyTorch-only ones (as `mnistgen gan train`)")
+    parser.add_argument("--compare-avx2", action="store_true",
+                        help="also time the accelerated loop with the C kernels built for AVX2")
     parser.add_argument("--only-classic-json", action="store_true",
                         help=argparse.SUPPRESS)  # the subprocess: one timed classic run, printed as JSON
     args = parser.parse_args()
@@ -165,6 +187,15 @@ def main() -> None:
     accelerated_run, accelerated_name = mnistgen_loop(accelerated=True)
     loops = {"classic loop": classic_subprocess if args.classic_in_subprocess else classic_run,
              "mnistgen, reference": reference_run, "mnistgen, accelerated": accelerated_run}
+    if args.compare_avx2:
+        with avx2_kernels():
+            avx2_run, _ = mnistgen_loop(accelerated=True)  # its start-up probe on the AVX2 kernels too
+
+        def accelerated_avx2_run() -> None:
+            with avx2_kernels():
+                avx2_run()
+
+        loops["mnistgen, accel., AVX2"] = accelerated_avx2_run
     for name, run in loops.items():  # warm-up: oneDNN primitives, allocator
         if name != "classic loop" or not args.classic_in_subprocess:
             run()
@@ -185,7 +216,7 @@ def main() -> None:
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; {datetime.date.today().isoformat()}")
     where = ("a fresh untuned subprocess per repetition" if args.classic_in_subprocess
              else "this process")
-    print(f"mnistgen, accelerated: {accelerated_name}")
+    print(f"mnistgen, accelerated: {accelerated_name}; C kernels for {instruction_set()}")
     print(f"allocator: mnistgen {'tuned (keep_freed_memory)' if allocator_tuned else 'glibc default'}; "
           f"classic loop in {where}, "
           + ("glibc default" if args.classic_in_subprocess or not allocator_tuned else "tuned (keep_freed_memory)"))
@@ -199,7 +230,7 @@ def main() -> None:
         print(f"  {name:21s} epoch: median {wall:7.1f} s wall, {cpu:7.1f} s CPU, {faults:7.0f} page faults per batch"
               f"   (wall per repetition: {every})")
     base_wall, base_cpu = medians["classic loop"]
-    for name in ("mnistgen, reference", "mnistgen, accelerated"):
+    for name in list(loops)[1:]:
         ours_wall, ours_cpu = medians[name]
         print(f"speed-up of {name} over the classic loop: {base_wall / ours_wall:.2f}x wall-clock, "
               f"{base_cpu / ours_cpu:.2f}x CPU time")

@@ -132,3 +132,17 @@ def needs_native_kernels():
     reason = native_kernels_unavailable()
     if reason is not None:
         pytest.skip(f"needs mnistgen's C kernels, which cannot be built here: {reason}")
+
+
+@pytest.fixture(params=["best", "avx2"], ids=["best", "no-avx512"])
+def kernel_instruction_set(request, monkeypatch):
+    """Each instruction set the GAN's C kernels are built for on this processor, in turn: the best it has, then
+    AVX2 as ``MNISTGEN_NO_AVX512`` picks it, which is skipped where the best is not AVX-512 (it would repeat it)."""
+    from mnistgen.kernels import native
+
+    best = native.instruction_set()
+    if request.param == "avx2":
+        if best != "avx512":
+            pytest.skip(f"no AVX-512 here: the kernels are tested once, for {best}")
+        monkeypatch.setenv(native.NO_AVX512, "1")
+    return native.instruction_set()

@@ -64,7 +64,8 @@ def expected_libraries(source: Path) -> list[Path]:
     """Where the libraries of ``source`` are cached, one per set of compiler flags (best first)."""
     compiler = native.find_compiler()
     version = native.compiler_version(compiler)
-    return [native.library_path(source, compiler, version, flags) for flags in native.flag_sets()]
+    chosen = native.library_instruction_set(source)
+    return [native.library_path(source, compiler, version, flags, chosen) for flags in native.flag_sets(chosen)]
 
 
 def build_without_loading(source: Path) -> Path:
@@ -72,9 +73,9 @@ def build_without_loading(source: Path) -> Path:
     without loading it into this process: damaging a library that this process has mapped would crash it."""
     compiler = native.find_compiler()
     version = native.compiler_version(compiler)
-    failures = []
-    for flags in native.flag_sets():
-        target = native.library_path(source, compiler, version, flags)
+    failures, chosen = [], native.library_instruction_set(source)
+    for flags in native.flag_sets(chosen):
+        target = native.library_path(source, compiler, version, flags, chosen)
         private_folder(target.parent)
         private_folder(target.parent.parent / "kernel-hashes")
         try:
@@ -102,7 +103,8 @@ def built_library(source: Path) -> Path:
 
 def assert_works(library, source: Path) -> None:
     """The library runs its layout function and reports the layout mnistgen's Python side declares."""
-    assert native.reported_layout(library, source) == native.expected_layout(source)
+    expected = native.expected_layout(source, native.library_instruction_set(source))
+    assert native.reported_layout(library, source) == expected
 
 
 def assert_verified(library: Path) -> None:
@@ -162,7 +164,7 @@ def refusal(load) -> str:
 
 
 @pytest.mark.parametrize("over_a_build", [False, True], ids=["no record", "over a recorded build"])
-def test_a_planted_library_is_never_loaded_but_built_again(cache, tmp_path, over_a_build):
+def test_a_planted_library_is_never_loaded_but_built_again(cache, kernel_instruction_set, tmp_path, over_a_build):
     if over_a_build:  # a library of ours, recorded, then replaced by the planted one (the record is the old one's)
         build_without_loading(native.GAN_SOURCE)
     marker = plant(tmp_path, native.GAN_SOURCE, records=False)
@@ -177,7 +179,8 @@ def test_a_planted_library_is_never_loaded_but_built_again(cache, tmp_path, over
 LOAD_IN_A_CHILD = """
 from mnistgen.kernels import native
 library = native.load_vae_library()
-assert native.reported_layout(library, native.VAE_SOURCE) == native.expected_layout(native.VAE_SOURCE)
+assert native.reported_layout(library, native.VAE_SOURCE) == native.expected_layout(
+    native.VAE_SOURCE, native.library_instruction_set(native.VAE_SOURCE))
 print("loaded and checked")
 """
 
@@ -303,7 +306,7 @@ def test_a_fresh_cache_is_created_private(cache, umask):
         assert stat.S_IMODE(folder.lstat().st_mode) == 0o700, folder
 
 
-def test_the_record_is_the_libraries_sha256(cache):
+def test_the_record_is_the_libraries_sha256(cache, kernel_instruction_set):
     native.load_gan_library()
     native.load_vae_library()
     for source in (native.GAN_SOURCE, native.VAE_SOURCE):

@@ -58,10 +58,11 @@ def cumulative(lengths: list[int]) -> list[int]:
 # --------------------------------------------------------------------------- what the libraries report
 
 
-def test_the_gan_library_reports_what_the_python_side_declares():
+def test_the_gan_library_reports_what_the_python_side_declares(kernel_instruction_set):
     reported = native.reported_layout(loaded(native.load_gan_library), native.GAN_SOURCE)
-    assert reported == kernels.LAYOUT
-    assert reported["lanes"] == kernels.LANES == 8 and reported["pixels"] == kernels.PIXELS == 28 * 28
+    assert reported == native.expected_layout(native.GAN_SOURCE, kernel_instruction_set)
+    assert kernels.LANES == {"avx512": 16, "avx2": 8, "generic": 8}  # one AVX-512 or AVX2 register of floats
+    assert reported["lanes"] == kernels.LANES[kernel_instruction_set] and reported["pixels"] == kernels.PIXELS == 784
 
 
 def test_d_pieces_are_the_discriminators_parameters_in_order():
@@ -154,12 +155,12 @@ def test_a_vae_struct_mirror_with_fields_out_of_order_is_refused_at_load(fresh_l
 ], ids=["gan", "vae"])
 def test_a_library_built_from_another_source_is_refused_at_load(fresh_load, tmp_path, source, old, new, phrase):
     original = getattr(native, source)
-    loaded(lambda: native.load_library(original))
+    loaded(lambda: native.load_library(original, native.library_instruction_set(original)))
     text = original.read_text()
     assert text.count(old) == 1
     stale = tmp_path / original.name  # the same name: the library of an older or newer mnistgen
     stale.write_text(text.replace(old, new))
-    assert_one_line_refusal(lambda: native.load_library(stale), phrase)
+    assert_one_line_refusal(lambda: native.load_library(stale, native.library_instruction_set(stale)), phrase)
 
 
 def test_a_layout_table_without_end_is_refused():
@@ -203,22 +204,21 @@ def defects(tensor: torch.Tensor) -> dict[str, torch.Tensor | None]:
 
 
 def gan_calls() -> dict[str, tuple]:
-    """Each checked C call of the GAN: (function, its arguments for 2 groups / 3 images, the names its refusals
-    give the buffers, which buffers may be None). The first buffer gives the batch size."""
+    """Each checked C call of the GAN: (function, its arguments for 3 images, the names its refusals give the
+    buffers, which buffers may be None). The first buffer gives the batch size."""
     d_parameters = kernels.flat_parameters(Discriminator()).detach()
     g_parameters = kernels._g_parameters(Generator()).detach()
-    groups, images = 2, 3
-    grouped = torch.rand(groups, kernels.PIXELS, kernels.LANES)
+    images = 3
+    d_images = torch.rand(images, 1, 28, 28)
     h0 = torch.randn(images, kernels.G_INPUT)
     kept = torch.zeros(images, kernels.G_KEPT)
     chunks = -(-images // kernels.G_CHUNK)
     return {
-        "d_forward": (kernels._d_forward, [grouped, d_parameters, torch.empty(groups, kernels.LANES)],
+        "d_forward": (kernels._d_forward, [d_images, d_parameters, torch.empty(images, 1)],
                       ["images", "parameters", "logits"], ()),
-        "d_backward": (kernels._d_backward, [grouped, d_parameters, torch.randn(groups, kernels.LANES),
-                                             torch.empty_like(grouped), torch.empty(kernels.D_PARAMETERS),
-                                             torch.empty(groups, kernels.D_PARAMETERS)],
-                       ["images", "parameters", "dL/dlogits", "dL/dimages", "dL/dparameters", "scratch"], (3, 4)),
+        "d_backward": (kernels._d_backward, [d_images, d_parameters, torch.randn(images, 1),
+                                             torch.empty_like(d_images), torch.empty(kernels.D_PARAMETERS)],
+                       ["images", "parameters", "dL/dlogits", "dL/dimages", "dL/dparameters"], (3, 4)),
         "g_forward": (kernels._g_forward, [h0, g_parameters, 0.2, 0.2, torch.empty(images, 1, 28, 28),
                                            torch.empty(images, kernels.G_KEPT)],
                       ["h0", "parameters", None, None, "output", "kept outputs"], ()),
@@ -231,7 +231,7 @@ def gan_calls() -> dict[str, tuple]:
 
 
 @pytest.mark.parametrize("call", ["d_forward", "d_backward", "g_forward", "g_backward"])
-def test_every_gan_buffer_is_checked_before_the_c_call(monkeypatch, call):
+def test_every_gan_buffer_is_checked_before_the_c_call(monkeypatch, kernel_instruction_set, call):
     library = Recording(loaded(native.load_gan_library))
     monkeypatch.setattr(kernels, "load_gan_library", lambda: library)
     function, arguments, names, optional = gan_calls()[call]
@@ -252,14 +252,16 @@ def test_every_gan_buffer_is_checked_before_the_c_call(monkeypatch, call):
     assert library.calls == ["mnistgen_" + call]
 
 
-def test_d_backward_needs_its_scratch_when_it_computes_parameter_gradients(monkeypatch):
-    library = Recording(loaded(native.load_gan_library))
-    monkeypatch.setattr(kernels, "load_gan_library", lambda: library)
+@pytest.mark.parametrize("wanted", [(True, False), (False, True), (False, False)], ids=["images", "parameters", "none"])
+def test_d_backward_writes_only_the_gradients_asked_for(kernel_instruction_set, wanted):
+    loaded(native.load_gan_library)
     function, arguments, _, _ = gan_calls()["d_backward"]
-    with pytest.raises(native.KernelArgumentError, match="D backward: scratch"):
-        function(*arguments[:5], None)
-    function(*arguments[:3], None, None, None)  # no parameter gradients: neither buffer
-    assert library.calls == ["mnistgen_d_backward"]
+    full = [torch.full_like(arguments[index], float("nan")) for index in (3, 4)]
+    function(*arguments[:3], *full)
+    given = [torch.full_like(buffer, float("nan")) if want else None for buffer, want in zip(full, wanted, strict=True)]
+    function(*arguments[:3], *given)  # a NULL buffer that C wrote would crash here
+    for mine, theirs in zip(given, full, strict=True):
+        assert mine is None or torch.equal(mine, theirs)
 
 
 # --------------------------------------------------------------------------- models that are not the kernels'
@@ -274,9 +276,9 @@ def conv1_with_16_channels() -> Discriminator:
 @pytest.mark.parametrize("discriminator, images, phrase", [
     (conv1_with_16_channels, lambda: torch.rand(5, 1, 28, 28), "D forward: parameters: the C kernel takes 593"),
     (lambda: Discriminator().double(), lambda: torch.rand(5, 1, 28, 28), "float64"),
-    (lambda: Discriminator().double(), lambda: torch.rand(5, 1, 28, 28, dtype=torch.float64), "D's images"),
-    (Discriminator, lambda: torch.rand(5, 1, 28, 28, dtype=torch.float64), "D's images"),
-    (Discriminator, lambda: torch.rand(5, 1, 32, 32), "D's images"),
+    (lambda: Discriminator().double(), lambda: torch.rand(5, 1, 28, 28, dtype=torch.float64), "D forward: images"),
+    (Discriminator, lambda: torch.rand(5, 1, 28, 28, dtype=torch.float64), "D forward: images"),
+    (Discriminator, lambda: torch.rand(5, 1, 32, 32), "D forward: images"),
 ], ids=["conv1-16-channels", "float64-D", "float64-D-and-images", "float64-images", "32x32-images"])
 def test_a_discriminator_or_images_the_kernel_was_not_built_for_are_refused(monkeypatch, discriminator, images,
                                                                            phrase):

@@ -30,6 +30,8 @@ from mnistgen.models.gan import Discriminator, Generator
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 needs_native_kernels = pytest.mark.usefixtures("needs_native_kernels")
+# the library for this processor's best instruction set, then (where that is AVX-512) the AVX2 one
+each_instruction_set = pytest.mark.usefixtures("kernel_instruction_set")
 
 
 def digit_like_images(count: int, seed: int = 0) -> torch.Tensor:
@@ -45,7 +47,8 @@ def digit_like_images(count: int, seed: int = 0) -> torch.Tensor:
 
 
 @needs_native_kernels
-@pytest.mark.parametrize("count", [13, 16], ids=["partial-group", "two-groups"])
+@each_instruction_set
+@pytest.mark.parametrize("count", [13, 16, 37], ids=["13-images", "16-images", "37-images"])  # 8 or 16 lanes
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
 def test_native_discriminator_equals_the_module(count, memory_format):
     discriminator = perturbed(Discriminator(), seed=count).to(memory_format=memory_format)
@@ -65,6 +68,7 @@ def test_native_discriminator_equals_the_module(count, memory_format):
 
 
 @needs_native_kernels
+@each_instruction_set
 def test_max_pool_ties_send_the_gradient_to_the_first_maximum():
     # Positive ties: conv1 = its (positive) bias alone, so every window of the first pool holds four equal
     # positive values; PyTorch gives the window's gradient to its first (upper-left) element. conv1's
@@ -83,6 +87,7 @@ def test_max_pool_ties_send_the_gradient_to_the_first_maximum():
 
 
 @needs_native_kernels
+@each_instruction_set
 def test_a_nan_pixel_makes_that_image_logit_nan_as_in_pytorch():
     # the training loop's NaN guard relies on it: PyTorch's max-pool and ReLU pass NaN on
     discriminator = perturbed(Discriminator(), seed=14)
@@ -94,6 +99,7 @@ def test_a_nan_pixel_makes_that_image_logit_nan_as_in_pytorch():
 
 
 @needs_native_kernels
+@each_instruction_set
 def test_the_g_step_gets_no_discriminator_gradients():
     discriminator = perturbed(Discriminator(), seed=5)
     images = digit_like_images(8).requires_grad_()
@@ -104,6 +110,7 @@ def test_the_g_step_gets_no_discriminator_gradients():
 
 
 @needs_native_kernels
+@each_instruction_set
 @pytest.mark.parametrize("count", [5, 11], ids=["one-chunk", "two-chunks"])
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
 def test_native_generator_after_act1_equals_g_s_layers(memory_format, count):
@@ -141,6 +148,7 @@ def test_phase_kernels_by_hand():
 
 
 @needs_native_kernels
+@each_instruction_set
 def test_native_generate_equals_the_layer_by_layer_generator():
     reference = perturbed(Generator(), seed=7)
     fast = Generator()
@@ -157,6 +165,7 @@ def test_native_generate_equals_the_layer_by_layer_generator():
 
 
 @needs_native_kernels
+@each_instruction_set
 def test_the_number_of_threads_does_not_change_any_bit():
     discriminator = perturbed(Discriminator(), seed=11)
     generator = perturbed(Generator(), seed=12).to(memory_format=torch.channels_last)
@@ -191,6 +200,7 @@ def chosen_calls(generator, discriminator, config: GANConfig, say=None) -> Chose
 
 
 @needs_native_kernels
+@each_instruction_set
 def test_training_steps_with_native_kernels_equal_pytorch_kernels_and_the_classic_loop():
     baseline = load_bench_module("gan_baseline")
     config = GANConfig(device="cpu")
@@ -253,6 +263,37 @@ def test_the_library_is_built_into_the_user_cache_once(fresh_library, monkeypatc
 
     monkeypatch.setattr(native, "build", no_second_build)
     native.load_gan_library()
+
+
+def simulate_processor(monkeypatch, machine: str, capability: str) -> None:
+    monkeypatch.setattr(native.platform, "machine", lambda: machine)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+
+
+@pytest.mark.parametrize("machine, capability, no_avx512, expected", [
+    ("x86_64", "AVX512", "", "avx512"), ("x86_64", "AVX512", "1", "avx2"), ("AMD64", "AVX2", "", "avx2"),
+    ("x86_64", "DEFAULT", "", "generic"), ("aarch64", "SVE256", "", "generic"), ("arm64", "DEFAULT", "", "generic"),
+])
+def test_the_instruction_set_is_what_torch_finds_in_the_processor(monkeypatch, machine, capability, no_avx512,
+                                                                   expected):
+    simulate_processor(monkeypatch, machine, capability)
+    monkeypatch.setenv(native.NO_AVX512, no_avx512)
+    assert native.instruction_set() == expected
+    flags = native.flag_sets(expected)[0]
+    assert ("-mavx512f" in flags, "-mavx2" in flags) == (expected == "avx512", expected != "generic")
+    assert not any(flag.startswith("-march") for flag in flags)  # the library may be loaded on another machine
+
+
+@needs_native_kernels
+@pytest.mark.parametrize("capability, expected, lanes", [("AVX2", "avx2", 8), ("AVX512", "avx512", 16)])
+def test_each_library_is_named_by_its_instruction_set(fresh_library, monkeypatch, capability, expected, lanes):
+    # a processor without AVX-512 (simulated where this one has it) gets the AVX2 library, 8 images per register
+    if native.instruction_set() not in {"avx2": ("avx2", "avx512"), "avx512": ("avx512",)}[expected]:
+        pytest.skip(f"this processor cannot run {expected} code")
+    simulate_processor(monkeypatch, "x86_64", capability)
+    library = native.load_gan_library()
+    assert native.reported_layout(library, native.GAN_SOURCE)["lanes"] == lanes
+    assert [path.name.split("-")[:2] for path in fresh_library.iterdir()] == [["gan_cpu", expected]]
 
 
 @needs_native_kernels

@@ -42,7 +42,7 @@ from . import (
 )
 from .engines import Bound, Engine, Replica, choose_engine
 
-PROBE_IMAGES = 9  # images in the start-up probes' batches (one more than the C kernels' group of 8)
+PROBE_IMAGES = 17  # images in the start-up probes' batches (one more than the C kernels' widest group, 16)
 ALL_DEVICES = ("cpu", "cuda", "mps")
 
 

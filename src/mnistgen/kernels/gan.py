@@ -1,6 +1,6 @@
-"""The GAN's forward passes on CPU with mnistgen's C kernels (``gan_cpu.c``), as autograd functions: D whole, eight
-images per vector register, and G from act1's output to before the sigmoid, its upsample-convolutions in phase form;
-both equal the spec's modules to float32 rounding. The sizes are the C code's, as declared here (``LAYOUT``)."""
+"""The GAN's forward passes on CPU with mnistgen's C kernels (``gan_cpu.c``), as autograd functions: D whole, 8 or
+16 images per vector register, and G from act1's output to before the sigmoid, its upsample-convolutions in phase
+form; both equal the spec's modules to float32 rounding. The sizes are the C code's, as declared here (``LAYOUT``)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,12 @@ import math
 import torch
 
 from ..models.gan import Discriminator, Generator
-from .native import check_tensor, checked_pointer, load_gan_library
+from .native import checked_pointer, load_gan_library
 from .native import kernel_threads as _threads
 
 # What gan_cpu.c's code is written for, as it reports it (mnistgen_gan_layout)
-LANES = 8  # D's images per vector register
+LANES = {"avx512": 16, "avx2": 8, "generic": 8}  # D's images per vector register, by the library's instruction set
 PIXELS = 28 * 28  # one image: D's input, G's output
-GROUP = PIXELS * LANES  # floats of one group of D's images, (28, 28, 8)
 D_PARAMETERS = 593
 # D's parameters in its flat vector (Discriminator.parameters() order): name, shape
 D_PIECES = (("conv1.weight", (2, 1, 3, 3)), ("conv1.bias", (2,)), ("conv2.weight", (4, 2, 3, 3)), ("conv2.bias", (4,)),
@@ -49,40 +48,27 @@ def _check(status: int, what: str) -> None:
         raise MemoryError(f"{what}: the C kernel could not allocate its working memory")
 
 
-def _to_groups(images: torch.Tensor) -> torch.Tensor:
-    """(B, 1, 28, 28) float32 -> (ceil(B / 8), 28 * 28, 8): eight images side by side per pixel, zero-padded."""
-    check_tensor(images, "D's images", len(images) * PIXELS, contiguous=False)  # any layout: copied here
-    flat = images.detach().reshape(len(images), PIXELS)
-    padding = -len(images) % LANES
-    if padding:
-        flat = torch.cat([flat, flat.new_zeros(padding, PIXELS)])
-    return flat.view(-1, LANES, PIXELS).transpose(1, 2).contiguous()
-
-
-def _d_forward(grouped: torch.Tensor, parameters: torch.Tensor, logits: torch.Tensor) -> None:
-    """mnistgen_d_forward: logits (G, 8) of the image groups (G, 784, 8), D's parameters (593,); buffers checked."""
-    groups = len(grouped)
+def _d_forward(images: torch.Tensor, parameters: torch.Tensor, logits: torch.Tensor) -> None:
+    """mnistgen_d_forward: logits (B, 1) of the images (B, 1, 28, 28), D's parameters (593,); buffers checked."""
+    count = len(images)
     _check(load_gan_library().mnistgen_d_forward(
-        checked_pointer(grouped, "D forward: images", groups * GROUP),
+        checked_pointer(images, "D forward: images", count * PIXELS),
         checked_pointer(parameters, "D forward: parameters", D_PARAMETERS),
-        checked_pointer(logits, "D forward: logits", groups * LANES), groups, _threads()), "D forward")
+        checked_pointer(logits, "D forward: logits", count), count, _threads()), "D forward")
 
 
-def _d_backward(grouped: torch.Tensor, parameters: torch.Tensor, grad_logits: torch.Tensor,
-                grad_grouped: torch.Tensor | None, grad_parameters: torch.Tensor | None,
-                scratch: torch.Tensor | None) -> None:
-    """mnistgen_d_backward: given dL/dlogits (G, 8), dL/dimages (G, 784, 8) into ``grad_grouped`` and dL/dparameters
-    (593,) into ``grad_parameters`` (with ``scratch`` (G, 593)), each only if given; buffers checked."""
-    groups = len(grouped)
-    want_parameters = grad_parameters is not None
+def _d_backward(images: torch.Tensor, parameters: torch.Tensor, grad_logits: torch.Tensor,
+                grad_images: torch.Tensor | None, grad_parameters: torch.Tensor | None) -> None:
+    """mnistgen_d_backward: given dL/dlogits (B, 1), dL/dimages (B, 1, 28, 28) into ``grad_images`` and
+    dL/dparameters (593,) into ``grad_parameters``, each only if given; buffers checked."""
+    count = len(images)
     _check(load_gan_library().mnistgen_d_backward(
-        checked_pointer(grouped, "D backward: images", groups * GROUP),
+        checked_pointer(images, "D backward: images", count * PIXELS),
         checked_pointer(parameters, "D backward: parameters", D_PARAMETERS),
-        checked_pointer(grad_logits, "D backward: dL/dlogits", groups * LANES),
-        checked_pointer(grad_grouped, "D backward: dL/dimages", groups * GROUP) if grad_grouped is not None else None,
-        checked_pointer(grad_parameters, "D backward: dL/dparameters", D_PARAMETERS) if want_parameters else None,
-        checked_pointer(scratch, "D backward: scratch", groups * D_PARAMETERS) if want_parameters else None,
-        groups, _threads()), "D backward")
+        checked_pointer(grad_logits, "D backward: dL/dlogits", count),
+        checked_pointer(grad_images, "D backward: dL/dimages", count * PIXELS) if grad_images is not None else None,
+        checked_pointer(grad_parameters, "D backward: dL/dparameters", D_PARAMETERS)
+        if grad_parameters is not None else None, count, _threads()), "D backward")
 
 
 class _NativeDiscriminator(torch.autograd.Function):
@@ -90,25 +76,19 @@ class _NativeDiscriminator(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, images: torch.Tensor, parameters: torch.Tensor) -> torch.Tensor:
-        grouped = _to_groups(images)  # (G, 784, 8)
-        parameters = parameters.detach()
-        logits = torch.empty(len(grouped), LANES)
-        _d_forward(grouped, parameters, logits)
-        ctx.save_for_backward(grouped, parameters)
-        ctx.count = len(images)
-        return logits.view(-1, 1)[:len(images)]
+        images, parameters = images.detach().contiguous(), parameters.detach()  # images of another layout: copied
+        logits = torch.empty(len(images), 1)
+        _d_forward(images, parameters, logits)
+        ctx.save_for_backward(images, parameters)
+        return logits
 
     @staticmethod
     def backward(ctx, grad_logits: torch.Tensor):
-        grouped, parameters = ctx.saved_tensors
+        images, parameters = ctx.saved_tensors
         want_images, want_parameters = ctx.needs_input_grad
-        grad = torch.zeros(len(grouped) * LANES)
-        grad[:ctx.count] = grad_logits.reshape(-1)
-        grad_grouped = torch.empty_like(grouped) if want_images else None
+        grad_images = torch.empty_like(images) if want_images else None
         grad_parameters = torch.empty(D_PARAMETERS) if want_parameters else None
-        scratch = torch.empty(len(grouped), D_PARAMETERS) if want_parameters else None
-        _d_backward(grouped, parameters, grad, grad_grouped, grad_parameters, scratch)
-        grad_images = grad_grouped.transpose(1, 2).reshape(-1, 1, 28, 28)[:ctx.count] if want_images else None
+        _d_backward(images, parameters, grad_logits.contiguous(), grad_images, grad_parameters)
         return grad_images, grad_parameters
 
 

@@ -74,14 +74,14 @@ def compiler_version(compiler: str) -> str:
     return result.stdout
 
 
-def library_path(source: Path, compiler: str, version: str, flags: tuple[str, ...]) -> Path:
+def library_path(source: Path, compiler: str, version: str, flags: tuple[str, ...], instruction_set: str) -> Path:
     key = hashlib.sha256()
     for part in (source.read_bytes(), compiler.encode(), version.encode(), " ".join(flags).encode(),
                  platform.machine().encode(), sys.platform.encode()):
         key.update(part)
         key.update(b"\0")
     suffix = ".dylib" if sys.platform == "darwin" else ".so"
-    return kernel_folders()[0] / f"{source.stem}-{key.hexdigest()[:16]}{suffix}"
+    return kernel_folders()[0] / f"{source.stem}-{instruction_set}-{key.hexdigest()[:16]}{suffix}"
 
 
 def kernel_folders() -> tuple[Path, Path]:
@@ -277,7 +277,7 @@ SIGNATURES = {
     "gan_cpu": {
         "mnistgen_gan_layout": _LAYOUT,
         "mnistgen_d_forward": [_P, _P, _P, _N, _THREADS],
-        "mnistgen_d_backward": [_P, _P, _P, _P, _P, _P, _N, _THREADS],
+        "mnistgen_d_backward": [_P, _P, _P, _P, _P, _N, _THREADS],
         "mnistgen_g_forward": [_P, _P, _F, _F, _P, _P, _N, _THREADS],
         "mnistgen_g_backward": [_P, _P, _P, _F, _F, _P, _P, _P, _P, _N, _THREADS],
     },
@@ -308,8 +308,10 @@ def reported_layout(library: ctypes.CDLL, source: Path) -> dict[str, int]:
     raise KernelLayoutMismatch(f"{source.name}'s library reports more than {MAX_LAYOUT_ENTRIES} layout entries")
 
 
-def expected_layout(source: Path) -> Mapping[str, int]:
-    return importlib.import_module(LAYOUTS[source.stem][1]).LAYOUT
+def expected_layout(source: Path, instruction_set: str) -> Mapping[str, int]:
+    """The module's ``LAYOUT``, where an entry given by instruction set is that of ``instruction_set``."""
+    layout = importlib.import_module(LAYOUTS[source.stem][1]).LAYOUT
+    return {name: value[instruction_set] if isinstance(value, Mapping) else value for name, value in layout.items()}
 
 
 def check_layout(reported: Mapping[str, int], expected: Mapping[str, int], what: str) -> None:
@@ -329,25 +331,38 @@ def _declare(library: ctypes.CDLL, source: Path) -> ctypes.CDLL:
     return library
 
 
-def flag_sets() -> list[tuple[str, ...]]:
-    """Compiler flags, best first: with OpenMP, then without (Apple's clang may have none); AVX2 and FMA where torch
-    found them, not ``-march=native``: the cached library may be loaded on another machine sharing the home folder."""
-    flags = BASE_FLAGS
-    if platform.machine().lower() in ("x86_64", "amd64") and torch.backends.cpu.get_cpu_capability() in (
-            "AVX2", "AVX512"):
-        flags = (*flags, "-mavx2", "-mfma")
+# The x86-64 instruction sets a library is built for: their compiler flags (AVX-512: the parts that torch's AVX512
+# capability requires)
+INSTRUCTION_SETS = {"avx512": ("-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq", "-mavx2", "-mfma"),
+                    "avx2": ("-mavx2", "-mfma")}
+NO_AVX512 = "MNISTGEN_NO_AVX512"  # set and not empty: AVX2 even where the processor has AVX-512
+
+
+def instruction_set() -> str:
+    """The best of INSTRUCTION_SETS that torch finds in this processor ("generic": none), never ``-march=native``:
+    the cached library may be loaded on another machine sharing the home folder."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    if platform.machine().lower() not in ("x86_64", "amd64") or capability not in ("AVX2", "AVX512"):
+        return "generic"
+    return "avx512" if capability == "AVX512" and not os.environ.get(NO_AVX512) else "avx2"
+
+
+def flag_sets(instruction_set: str) -> list[tuple[str, ...]]:
+    """Compiler flags, best first: with OpenMP, then without (Apple's clang has none unless libomp is installed)."""
+    flags = (*BASE_FLAGS, *INSTRUCTION_SETS.get(instruction_set, ()))
     return [(*flags, "-fopenmp"), flags]
 
 
 @functools.cache
-def load_library(source: Path) -> ctypes.CDLL:
-    """The compiled kernels of ``source``, built on first use and loaded once per process (see above)."""
+def load_library(source: Path, instruction_set: str) -> ctypes.CDLL:
+    """The kernels of ``source`` compiled for ``instruction_set``, built on first use and loaded once per process
+    (see above)."""
     compiler = find_compiler()
     version = compiler_version(compiler)
     failures = []
     with _private_folders() as folders:
-        for flags in flag_sets():
-            target = library_path(source, compiler, version, flags)
+        for flags in flag_sets(instruction_set):
+            target = library_path(source, compiler, version, flags, instruction_set)
             try:
                 library = _declare(_load_verified(source, compiler, flags, target, folders), source)
             except UnsafeKernelFolder:
@@ -359,17 +374,25 @@ def load_library(source: Path) -> ctypes.CDLL:
                 failures.append(NativeKernelsUnavailable(f"cannot load {target}: {exc}"))
                 continue
             # the layout is the source's, not the flags': a mismatch is final
-            check_layout(reported_layout(library, source), expected_layout(source), f"the library {target.name}")
+            check_layout(reported_layout(library, source), expected_layout(source, instruction_set),
+                         f"the library {target.name}")
             return library
     raise failures[0]
 
 
+def library_instruction_set(source: Path) -> str:
+    """What ``source``'s library is built for here: :func:`instruction_set`, AVX2 at most for the VAE's kernels,
+    which AVX-512 does not make faster (docs/BENCHMARKS.md)."""
+    best = instruction_set()
+    return "avx2" if best == "avx512" and source.stem == VAE_SOURCE.stem else best
+
+
 def load_gan_library() -> ctypes.CDLL:
-    return load_library(GAN_SOURCE)
+    return load_library(GAN_SOURCE, library_instruction_set(GAN_SOURCE))
 
 
 def load_vae_library() -> ctypes.CDLL:
-    return load_library(VAE_SOURCE)
+    return load_library(VAE_SOURCE, library_instruction_set(VAE_SOURCE))
 
 
 def check_tensor(tensor: torch.Tensor | None, name: str, count: int, dtype: torch.dtype = torch.float32,
