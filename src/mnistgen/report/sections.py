@@ -12,6 +12,7 @@ from ..evaluate.replicas import seed_folders
 from ..files import figure_png, read_json
 from ..imaging import tile
 from ..plots.report import history_curves
+from ..pretrained import headline, manifest
 from ..runs import RunDir
 from ..scoring import ReferenceScore, SetScore, load_images
 from ..version import __version__
@@ -107,7 +108,9 @@ def shortened_banner(settings: dict[str, Any]) -> str:
         return ""
     return (f'<p class="banner"><b>A shortened run</b> ({escape("; ".join(short))}), e.g. mnistgen reproduce '
             "--quick: a first look at the whole pipeline. Its numbers are far from the specification's; run "
-            "<code>mnistgen reproduce</code> without --quick for those.</p>")
+            "<code>mnistgen reproduce</code> without --quick for those. What full trainings give, as measured on "
+            "mnistgen's pretrained models (<code>mnistgen pretrained list</code>): "
+            f"{escape('; '.join(headline(name) for name in manifest()))}.</p>")
 
 
 def sample_banner(runs: dict[str, RunDir]) -> str:
