@@ -70,12 +70,12 @@ def test_import_is_light_and_all_names_resolve():
     code = ("import sys, mnistgen; heavy = [m for m in ('torch', 'numpy', 'argparse') if m in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)
-    assert set(mnistgen.__all__) == {"__version__", "MnistgenError", "Run", "load_run", "train_vae", "train_gan",
-                                     "score"}
+    assert set(mnistgen.__all__) == {"__version__", "MnistgenError", "Run", "load_run", "load_pretrained",
+                                     "train_vae", "train_gan", "score"}
     for name in mnistgen.__all__:
         assert getattr(mnistgen, name) is not None
-    for function in (mnistgen.load_run, mnistgen.train_vae, mnistgen.train_gan, mnistgen.score,
-                     mnistgen.Run.sample, mnistgen.Run.encode, mnistgen.Run.decode):
+    for function in (mnistgen.load_run, mnistgen.load_pretrained, mnistgen.train_vae, mnistgen.train_gan,
+                     mnistgen.score, mnistgen.Run.sample, mnistgen.Run.encode, mnistgen.Run.decode):
         assert "(" in (function.__doc__ or "") and "28" in function.__doc__, function  # shapes in every docstring
     from mnistgen.errors import MnistgenError
     assert mnistgen.MnistgenError is MnistgenError

@@ -144,3 +144,26 @@ print(raw.provenance["dataset"], raw.provenance["folder"], len(raw.train_labels)
     assert Path(where).is_relative_to(site)
     assert loaded == f"mnist-sample {site / 'mnistgen' / 'assets' / 'mnist-sample'} 4000 1000"
     assert "WARNING: using the 5,000-digit MNIST sample shipped with mnistgen" in result.stderr
+
+
+PRETRAINED_BYTES = 8_000_000  # what the shipped trained models may add to the wheel, all together
+
+
+def test_the_wheel_ships_the_pretrained_models_within_8_mb_and_an_installed_copy_loads_them(wheel, tmp_path):
+    from mnistgen.pretrained import manifest
+
+    prefix = "mnistgen/assets/pretrained/"
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = {info.filename: info.compress_size for info in archive.infolist() if info.filename.startswith(prefix)}
+        archive.extractall(tmp_path / "site")
+    expected = {prefix + "pretrained.json"} | {f"{prefix}{name}/{file}" for name in manifest()
+                                               for file in ("weights.pt", "config.json", "metrics.jsonl")}
+    assert expected <= set(shipped) and len(manifest()) == 4
+    assert sum(shipped.values()) <= PRETRAINED_BYTES
+    code = "import mnistgen; print(mnistgen.__file__, mnistgen.load_pretrained('gan-spec').sample(4).shape)"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site"), "MNISTGEN_CACHE_DIR": str(tmp_path / "cache")}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    where, shape = result.stdout.strip().split(" ", 1)
+    assert Path(where).is_relative_to(tmp_path / "site") and shape == "(4, 28, 28)"

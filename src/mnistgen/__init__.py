@@ -3,6 +3,7 @@
 The Python API (the stable surface is ``__all__``; see docs/COMMANDS.md, "From Python")::
 
     run = mnistgen.train_vae("runs/vae", epochs=1)   # or mnistgen.load_run("runs/vae", device="auto")
+    run = mnistgen.load_pretrained("vae-spec")       # a shipped trained model (mnistgen pretrained list)
     images = run.sample(16, seed=0)                  # (16, 28, 28) float32 in [0, 1]
     mean, logvar = run.encode(images)                # (16, 2) each
     report = mnistgen.score(images)                  # what `mnistgen score` writes
@@ -19,9 +20,9 @@ from typing import Any
 from .errors import MnistgenError
 from .version import __version__
 
-__all__ = ["__version__", "MnistgenError", "Run", "load_run", "train_vae", "train_gan", "score"]
+__all__ = ["__version__", "MnistgenError", "Run", "load_run", "load_pretrained", "train_vae", "train_gan", "score"]
 
-_API = ("Run", "load_run", "train_vae", "train_gan", "score")
+_API = ("Run", "load_run", "load_pretrained", "train_vae", "train_gan", "score")
 
 
 def __getattr__(name: str) -> Any:

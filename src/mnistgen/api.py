@@ -269,6 +269,16 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "auto", seed:
     return Run(run.path, kind, config, run.read_metrics(), evaluation, epochs, resolved, models, seeds)
 
 
+@in_python_words
+def load_pretrained(name: str, device: str | torch.device = "auto") -> Run:
+    """A trained model shipped with mnistgen (``mnistgen pretrained list`` names them) as :func:`load_run` loads a run
+    folder: exported (:func:`mnistgen.pretrained.export`) into the user cache, then loaded with its models on
+    ``device``; offline. ``run.sample(n)`` -> (n, 28, 28), as for any run of its kind."""
+    from .pretrained import cached_run
+
+    return load_run(cached_run(name), device)
+
+
 def finished_run(run: RunDir, kind: str, config: Any, resumable: tuple[str, ...]) -> Run | None:
     """Where ``run`` holds a run already (and no resume was asked for): that run, loaded, if it is ``config``'s and
     finished, with a note (so a notebook's cell can be run again); else a one-line error naming the settings that

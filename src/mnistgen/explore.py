@@ -210,9 +210,22 @@ def write_explorer(data: ExplorerData, out: str | Path) -> Path:
     return path
 
 
-def explorer_from_run(folder: str | Path, device: str = "auto", gan_folder: str | Path | None = None) -> ExplorerData:
+def explorer_from_pretrained(device: str = "auto", gan_folder: str | Path | None = None) -> ExplorerData:
+    """The shipped VAE and GAN of :data:`mnistgen.pretrained.EXPLORER` (another GAN from ``gan_folder``), with the
+    encoder means stored beside the VAE: no data needed."""
+    from .pretrained import EXPLORER, cached_run, stored
+
+    vae, gan = EXPLORER
+    means = stored(vae)["explorer"]
+    return explorer_from_run(cached_run(vae), device, gan_folder or cached_run(gan),
+                             (means["means"].float().numpy(), means["labels"].numpy()))
+
+
+def explorer_from_run(folder: str | Path, device: str = "auto", gan_folder: str | Path | None = None,
+                      points: tuple[np.ndarray, np.ndarray] | None = None) -> ExplorerData:
     """The VAE of a run folder (or of a reproduction's vae/) and the encoder means of its protocol's training images
-    (one binary draw of each for the full protocol); the GAN panel's from ``gan_folder``, or the reproduction's gan/."""
+    (one binary draw of each for the full protocol), or ``points`` (means, labels); the GAN panel's from
+    ``gan_folder``, or the reproduction's gan/."""
     top, run = RunDir(folder), RunDir(Path(folder) / "vae")
     if not run.config.is_file():  # not a reproduction: the VAE run folder itself
         run = top
@@ -226,14 +239,14 @@ def explorer_from_run(folder: str | Path, device: str = "auto", gan_folder: str 
     if gan_folder is not None or gan_run.checkpoint.is_file():
         generator, gan_config = load_generator(gan_run, torch.device("cpu"))
         gan = generator_arrays(generator, gan_config.zdim)
-    protocol = load_run_protocol(run, config)
-    images = protocol.train_images
-    if protocol.dynamic_binarization:
-        images = binarize_batch(images, torch.Generator().manual_seed(config.seed))
-    means = encode_means(trained.model, images.to(trained.device)).cpu().numpy()
+    if points is None:
+        protocol = load_run_protocol(run, config)
+        images = protocol.train_images
+        if protocol.dynamic_binarization:
+            images = binarize_batch(images, torch.Generator().manual_seed(config.seed))
+        points = encode_means(trained.model, images.to(trained.device)).cpu().numpy(), protocol.train_labels.numpy()
     dataset = config.data.dataset
     classes = DATASETS[dataset].classes if dataset in DATASETS else tuple(str(d) for d in range(10))
     title = (f"mnistgen latent explorer: the VAE of {top.path.name} ({dataset}, {config.protocol} protocol, "
              f"{trained.epochs} epoch(s))")
-    return ExplorerData(*decoder, means=means, labels=protocol.train_labels.numpy(), classes=tuple(classes),
-                        title=title, gan=gan)
+    return ExplorerData(*decoder, means=points[0], labels=points[1], classes=tuple(classes), title=title, gan=gan)

@@ -26,13 +26,13 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import data, experiment, explore, gan, report, score, sweep, vae
+    from . import data, experiment, explore, gan, pretrained, report, score, sweep, vae
 
     parser = OneLineParser(prog="mnistgen", description="Train, evaluate and draw a 2-D-latent VAE and a small "
                                                         "convolutional GAN of digits.")
     parser.add_argument("--version", action="version", version=f"mnistgen {__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=OneLineParser, required=True)
-    for family in (data, vae, gan, score, experiment, report, explore, sweep):  # in mnistgen --help's order
+    for family in (data, vae, gan, score, experiment, report, explore, pretrained, sweep):  # in mnistgen --help's order
         family.register(subparsers)
     return parser
 

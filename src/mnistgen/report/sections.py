@@ -13,6 +13,7 @@ from ..evaluate.replicas import seed_folders
 from ..files import figure_png, read_json
 from ..imaging import tile
 from ..plots.report import history_curves
+from ..pretrained import headline, manifest
 from ..runs import RunDir
 from ..scoring import BALANCE_LABELS, ReferenceScore, SetScore, load_images, worst_seeds
 from ..version import __version__
@@ -115,7 +116,9 @@ def shortened_banner(settings: dict[str, Any]) -> str:
         return ""
     return (f'<p class="banner"><b>A shortened run</b> ({escape("; ".join(short))}), e.g. mnistgen reproduce '
             "--quick: a first look at the whole pipeline. Its numbers are far from the specification's; run "
-            "<code>mnistgen reproduce</code> without --quick for those.</p>")
+            "<code>mnistgen reproduce</code> without --quick for those. What full trainings give, as measured on "
+            "mnistgen's pretrained models (<code>mnistgen pretrained list</code>): "
+            f"{escape('; '.join(headline(name) for name in manifest()))}.</p>")
 
 
 def sample_banner(runs: dict[str, RunDir]) -> str:
