@@ -1,7 +1,5 @@
-"""``explorer.html``: the VAE's 2-D latent plane, live, in one self-contained page: the encoder means of the
-training images colored by class, beside p(x|z) for the z under the pointer. The decoder runs in the page's JavaScript
-(``assets/explorer.js``) from its weights embedded as base64 float32: no server, no network (the page's
-Content-Security-Policy forbids every request).
+"""``explorer.html``: the VAE's 2-D latent plane in one self-contained page, the decoder run by the page's
+JavaScript (``assets/explorer.js``) from its weights embedded as base64 float32: no server, no network.
 """
 
 from __future__ import annotations

@@ -1,8 +1,5 @@
-"""Sample quality measured by mnistgen itself: how close a set of 28x28 images in [0, 1] is to MNIST by the 128-d
-features and class probabilities of a small MNIST classifier of mnistgen's own (shipped in ``mnistgen/assets``):
-the Frechet distance to the test images, the classifier score (the Inception Score's MNIST analogue: 1 for one class
-or no confidence, 10 for confident and balanced) and the class histogram, each beside the real-vs-real reference
-(the same numbers for the last 10,000 training images, held out from the classifier's training)."""
+"""Sample quality by mnistgen's own MNIST classifier (``mnistgen/assets``): the Frechet distance of its 128-d
+features to the test images, the classifier score and the class histogram, each beside the real-vs-real reference."""
 
 from __future__ import annotations
 
