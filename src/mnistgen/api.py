@@ -1,8 +1,7 @@
 """The Python API of mnistgen (docs/COMMANDS.md, "From Python"): train, load, sample, encode, decode and score.
 
-The stable surface is what :mod:`mnistgen` exports in ``__all__``; everything else in this module is free to change.
-Each function does what the command of the same name does, through the same functions, so a seed gives the same
-arrays and a bad value the same one-line message (:class:`mnistgen.MnistgenError`) as the CLI.
+The stable surface is ``mnistgen.__all__``. Each function does what the command of the same name does, through the same
+functions: the same arrays for a seed, the same one-line message (:class:`mnistgen.MnistgenError`) for a bad value.
 """
 
 from __future__ import annotations
@@ -118,9 +117,7 @@ class Run:
         epochs: epochs completed in the checkpoint.
         seeds: the seeds of the folder it was loaded from: a replica run's (``load_run(RUN, seed=N)`` loads another
             one), or this run's alone.
-        device: the torch device the models are on.
-        vae: (VAE runs) the :class:`mnistgen.models.vae.VAE` in eval mode.
-        generator, discriminator: (GAN runs) the networks of :mod:`mnistgen.models.gan` in eval mode.
+        device: the torch device the models (``vae``, or ``generator`` and ``discriminator``) are on, in eval mode.
 
     Build one with :func:`load_run` (or :func:`train_vae` / :func:`train_gan`, which return one)."""
 

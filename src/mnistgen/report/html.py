@@ -1,7 +1,5 @@
-"""The report's HTML: values as a person reads them, tables, figures, sections, and the self-contained page.
-
-Every value from a folder is escaped; only :class:`Markup` (HTML built here) is not. The page loads nothing: no script,
-no font, no stylesheet from anywhere, and a Content-Security-Policy that forbids every request except ``data:`` images.
+"""The report's HTML: values as a person reads them, tables, figures, sections, and the self-contained page; every
+value from a folder is escaped (only :class:`Markup` is not), and the page loads nothing.
 """
 
 from __future__ import annotations
