@@ -1,8 +1,7 @@
 """The Python API of mnistgen (docs/COMMANDS.md, "From Python"): train, load, sample, encode, decode and score.
 
-The stable surface is what :mod:`mnistgen` exports in ``__all__``; everything else in this module is free to change.
-Each function does what the command of the same name does, through the same functions, so a seed gives the same
-arrays and a bad value the same one-line message (:class:`mnistgen.MnistgenError`) as the CLI.
+The stable surface is ``mnistgen.__all__``. Each function does what the command of the same name does, through the same
+functions: the same arrays for a seed, the same one-line message (:class:`mnistgen.MnistgenError`) for a bad value.
 """
 
 from __future__ import annotations
@@ -118,9 +117,7 @@ class Run:
         epochs: epochs completed in the checkpoint.
         seeds: the seeds of the folder it was loaded from: a replica run's (``load_run(RUN, seed=N)`` loads another
             one), or this run's alone.
-        device: the torch device the models are on.
-        vae: (VAE runs) the :class:`mnistgen.models.vae.VAE` in eval mode.
-        generator, discriminator: (GAN runs) the networks of :mod:`mnistgen.models.gan` in eval mode.
+        device: the torch device the models (``vae``, or ``generator`` and ``discriminator``) are on, in eval mode.
 
     Build one with :func:`load_run` (or :func:`train_vae` / :func:`train_gan`, which return one)."""
 
@@ -156,12 +153,9 @@ class Run:
 
     @in_python_words
     def sample(self, n: int, seed: int | None = None) -> np.ndarray:
-        """n images from the model: (n, 28, 28) float32 in [0, 1].
+        """n images from the model, as ``mnistgen vae|gan sample RUN --n N``: (n, 28, 28) float32 in [0, 1].
 
-        VAE: the decoder's probabilities p(x|z) for z ~ N(0, I)^D_z, as ``mnistgen vae sample RUN --n N`` (without
-        ``--binary``). GAN: G(z) for z ~ U[-1, 1]^zdim, as ``mnistgen gan sample RUN --n N``. ``seed`` defaults,
-        as the CLI's ``--seed``, to the run's training seed; the same seed on the same device gives the very array
-        the command saves."""
+        ``seed`` defaults to the run's training seed; the same seed on the same device gives the command's array."""
         if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n <= 0:
             raise UsageError(f"--n must be a positive integer, got {n!r}")  # as the command refuses --n
         n = int(n)
@@ -223,11 +217,9 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "auto", seed:
     """Load a trained run folder (``mnistgen vae train`` or ``mnistgen gan train``, or :func:`train_vae` /
     :func:`train_gan`) with its models on ``device``.
 
-    path: the run folder (``RUN``, holding config.json and checkpoint.pt). device: ``"auto"`` (CUDA, then MPS, then
-    the CPU), ``"cpu"``, ``"cuda"``, ``"mps"`` or a ``torch.device``. Returns a :class:`Run`: ``run.kind``,
-    ``run.config``, ``run.metrics``, ``run.eval``, ``run.vae`` or ``run.generator`` / ``run.discriminator``,
-    ``run.sample(n)`` -> (n, 28, 28), and for a VAE ``run.encode(images)`` -> (mean (N, D_z), logvar (N, D_z))
-    and ``run.decode(z)`` -> (N, 28, 28).
+    device: ``"auto"`` (CUDA, then MPS, then the CPU), ``"cpu"``, ``"cuda"``, ``"mps"`` or a ``torch.device``.
+    Returns a :class:`Run`: ``run.sample(n)`` -> (n, 28, 28), and for a VAE ``run.encode(images)`` -> (mean, logvar),
+    each (N, D_z), and ``run.decode(z)`` -> (N, 28, 28).
 
     A replica run (``--replicas`` / ``--seeds``) holds one run per seed, RUN/seed=N: ``seed=N`` loads that one;
     without it, the first seed's is loaded, with a note on stderr. ``run.seeds`` lists the folder's seeds (one for
@@ -313,15 +305,10 @@ def train_vae(out: str | os.PathLike, *, resume: bool = False, show_progress: bo
     keep their defaults (SPEC's hw protocol: 10,000 images (N, 784) in {0, 1}, batch 100, 200 epochs, seed 1234).
     A name that is no flag, or a value the flag would refuse, is a one-line :class:`mnistgen.MnistgenError`.
 
-    resume: as ``--resume``, continue the run in ``out`` from its checkpoint with its stored settings (only
-    ``epochs``, ``device``, ``threads``, ``cpu_kernels``, ``flush_denormals`` and where the data are found may
-    change). Without it, a folder that holds this run finished (the same settings) gives that run back, with a
-    note: a notebook's cell may be run again; other settings are a one-line error naming them.
-    With ``flush_denormals=True`` a one-line note says when some of torch's CPU threads do not follow it
-    (threads started before it may not; one thread, ``threads=1``, always does).
-    show_progress: a progress bar on stderr (None: only on a terminal).
-    Ctrl-C (a notebook's interrupt) saves the state after the current step and raises
-    :class:`mnistgen.errors.TrainingInterrupted` (a ``KeyboardInterrupt``), whose message says how to go on.
+    resume: as ``--resume``. Without it, a folder that holds this run finished (the same settings) gives that run
+    back, with a note: a notebook's cell may be run again; other settings are a one-line error naming them.
+    show_progress: a progress bar on stderr (None: only on a terminal). Ctrl-C (a notebook's interrupt) saves the
+    state after the current step and raises :class:`mnistgen.errors.TrainingInterrupted` (a ``KeyboardInterrupt``);
     stop: polled before every step instead of Ctrl-C; True stops the run as Ctrl-C does.
 
     Returns the :class:`Run`, its VAE on the device it trained on: ``run.sample(n)`` -> (n, 28, 28),
@@ -348,11 +335,7 @@ def train_gan(out: str | os.PathLike, *, resume: bool = False, show_progress: bo
     defaults (SPEC §3: the 60,000 training images (N, 1, 28, 28) in [0, 1], batch 256, z ~ U[-1, 1]^64, 100 epochs,
     seed 2). A name that is no flag, or a value the flag would refuse, is a one-line :class:`mnistgen.MnistgenError`.
 
-    resume: as ``--resume`` (only ``epochs``, ``grid_every``, ``device``, ``threads``, ``cpu_kernels``,
-    ``flush_denormals`` (see :func:`train_vae`) and where the data are found may change).
-    show_progress: a progress bar on stderr (None: only on a terminal).
-    Ctrl-C (or ``stop``, see :func:`train_vae`) saves the state after the current step and raises
-    :class:`mnistgen.errors.TrainingInterrupted`.
+    resume, show_progress, stop: as in :func:`train_vae`.
 
     Returns the :class:`Run`, its G and D on the device it trained on: ``run.sample(n)`` -> G(z), (n, 28, 28)."""
     from .train.gan import RESUMABLE_FIELDS

@@ -1,7 +1,5 @@
-"""``explorer.html``: the VAE's 2-D latent plane, live, in one self-contained page: the encoder means of the
-training images colored by class, beside p(x|z) for the z under the pointer. The decoder runs in the page's JavaScript
-(``assets/explorer.js``) from its weights embedded as base64 float32: no server, no network (the page's
-Content-Security-Policy forbids every request).
+"""``explorer.html``: the VAE's 2-D latent plane in one self-contained page, the decoder run by the page's
+JavaScript (``assets/explorer.js``) from its weights embedded as base64 float32: no server, no network.
 """
 
 from __future__ import annotations
@@ -84,9 +82,8 @@ def _arrays(*tensors: torch.Tensor) -> list[np.ndarray]:
 
 def _check_drawable(module: torch.nn.Module, build: Callable[[], dict[str, torch.nn.Module]], what: str,
                     inputs: torch.Tensor, page: Callable[[torch.Tensor], torch.Tensor], formula: str) -> None:
-    """Refuse (one line) a network the page would draw wrongly: its leaf modules differ from ``build()``'s, or its
-    output at ``inputs`` differs from ``page(inputs)`` (the page's ``formula`` in torch on the CPU) beyond float32
-    rounding: an activation changed inside ``forward`` shows only there."""
+    """Refuse (one line) a network the page would draw wrongly: leaf modules other than ``build()``'s, or an output
+    at ``inputs`` beyond float32 rounding of ``page(inputs)`` (the page's ``formula`` in torch on the CPU)."""
     reason = layout_mismatch(module, on_meta_device(build), what)
     if reason is None:
         with probing(module) as (copy,), torch.no_grad():
@@ -223,9 +220,8 @@ def explorer_from_pretrained(device: str = "auto", gan_folder: str | Path | None
 
 def explorer_from_run(folder: str | Path, device: str = "auto", gan_folder: str | Path | None = None,
                       points: tuple[np.ndarray, np.ndarray] | None = None) -> ExplorerData:
-    """The VAE of a run folder (or of a reproduction's vae/) and the encoder means of its protocol's training images
-    (one binary draw of each for the full protocol), or ``points`` (means, labels); the GAN panel's from
-    ``gan_folder``, or the reproduction's gan/."""
+    """The VAE of a run folder (or a reproduction's vae/) and the encoder means of its training images, or ``points``
+    (means, labels); the GAN panel's from ``gan_folder``, or the reproduction's gan/."""
     top, run = RunDir(folder), RunDir(Path(folder) / "vae")
     if not run.config.is_file():  # not a reproduction: the VAE run folder itself
         run = top

@@ -1,7 +1,5 @@
-"""The trained models shipped with mnistgen (``mnistgen pretrained``), in ``assets/pretrained/``: ``pretrained.json``
-(each model's provenance and numbers, measured on the weights as stored) and a folder per model holding its run
-folder's small files and ``weights.pt`` (its checkpoint in float16, its grids in 8-bit levels; the explorer's VAE also
-its encoder means). ``scripts/build_pretrained.py`` writes them; :func:`export` turns one back into a run folder.
+"""The trained models shipped with mnistgen (``mnistgen pretrained``) in ``assets/pretrained/``: ``pretrained.json``
+(provenance and numbers) and a folder per model (``weights.pt`` in float16); :func:`export` writes one as a run folder.
 """
 
 from __future__ import annotations

@@ -1,8 +1,5 @@
 """``mnistgen reproduce``: the whole specification, stage by stage, into one folder (:mod:`mnistgen.reproduction`'s
-layout), ending with its report; docs/COMMANDS.md says what ``--replicas N`` and ``--beyond`` add.
-
-Each stage is recorded in stages.json with its status and time: ``--resume`` skips those done, not those skipped (the
-score without MNIST); an interrupted training continues from its last checkpoint, its time added to the time spent.
+layout), ending with its report; each stage's status and time go to stages.json, which ``--resume`` reads.
 """
 
 from __future__ import annotations

@@ -266,9 +266,8 @@ class RunDir:
 
     @contextmanager
     def claimed(self) -> Iterator[None]:
-        """Hold the run folder for this process inside the block (rank 0 only; an exclusive ``flock`` on RUN/.lock that
-        a crash releases), after removing what killed writers left in RUN and RUN/seed=N; a folder created here and
-        left empty is removed."""
+        """Hold the run folder inside the block (rank 0: an exclusive ``flock`` on RUN/.lock), after removing what
+        killed writers left in RUN and RUN/seed=N; a folder created here and left empty is removed."""
         if not is_main_process():
             yield
             return

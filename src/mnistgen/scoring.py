@@ -1,8 +1,5 @@
-"""Sample quality measured by mnistgen itself: how close a set of 28x28 images in [0, 1] is to MNIST by the 128-d
-features and class probabilities of a small MNIST classifier of mnistgen's own (shipped in ``mnistgen/assets``):
-the Frechet distance to the test images, the classifier score (the Inception Score's MNIST analogue: 1 for one class
-or no confidence, 10 for confident and balanced) and the class histogram, each beside the real-vs-real reference
-(the same numbers for the last 10,000 training images, held out from the classifier's training)."""
+"""Sample quality by mnistgen's own MNIST classifier (``mnistgen/assets``): the Frechet distance of its 128-d
+features to the test images, the classifier score and the class histogram, each beside the real-vs-real reference."""
 
 from __future__ import annotations
 
@@ -145,10 +142,8 @@ def check_finite_values(array: np.ndarray, what: str) -> None:
 
 
 def read_array(handle: Any, where: str, size: int) -> np.ndarray:
-    """The images of an open .npy stream of ``size`` bytes (a file, or the member of an .npz archive), never
-    unpickled, and read only once its header is checked: the layout :func:`check_images` takes, no more bytes than
-    ``size`` and :data:`MAX_ARRAY_BYTES`. A header that claims 100 million images in a file of a few bytes, or an
-    archive member that inflates to gigabytes, is refused before anything is allocated."""
+    """The images of an open .npy stream of ``size`` bytes (a file, or an .npz member), never unpickled; its header
+    is checked (layout, at most ``size`` and :data:`MAX_ARRAY_BYTES` bytes) before anything is allocated."""
     try:
         version = np.lib.format.read_magic(handle)
         if version not in _HEADER_READERS:  # 3.0 only holds structured arrays with non-Latin-1 field names

@@ -1,8 +1,5 @@
-"""Mini-batch order: the one place that decides which rows each step sees.
-
-Data lives in memory as one contiguous tensor; a batch is a slice of a shuffled index, so no DataLoader workers,
-no per-image Python. Every rank of a torchrun job draws the same permutation (same generator state on all ranks)
-and takes its share of each batch (:func:`mnistgen.distributed.rank_share`).
+"""Mini-batch order: a batch is a slice of a shuffled index over one in-memory tensor; every rank of a torchrun job
+draws the same permutation and takes its share of each batch (:func:`mnistgen.distributed.rank_share`).
 """
 
 from __future__ import annotations

@@ -1,8 +1,5 @@
-"""The per-user cache: where downloads go by default, and the remembered verdicts of verified files.
-
-``$MNISTGEN_CACHE_DIR``, else platformdirs' user cache folder for "mnistgen": ``CACHE/<dataset>/`` (downloads),
-``CACHE/verified.json`` (hashes of verified files by absolute path, reused only while the file's size and mtime are
-unchanged: a ``stat`` instead of hashing 55 MB), ``CACHE/kernels/`` and ``kernel-hashes/`` (the C kernels).
+"""The per-user cache (``$MNISTGEN_CACHE_DIR``, else platformdirs' for "mnistgen"): ``CACHE/<dataset>/`` (downloads),
+``CACHE/verified.json`` (hashes of verified files, reused while their size and mtime are unchanged) and the C kernels.
 """
 
 from __future__ import annotations

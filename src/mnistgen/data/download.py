@@ -1,15 +1,7 @@
-"""Downloading one dataset file: mirrors in order, timeouts, retries, a progress bar, an atomic rename.
+"""Downloading one dataset file with plain ``urllib``: mirrors in order, timeouts, retries, a progress bar.
 
-Plain ``urllib``: mirrors tried in order, each failure classified (a stalled or refusing mirror is dropped, a
-server error or a cut-off transfer retried in a later round), either checksum accepted. Guarantees:
-
-- the bytes go to a temporary ``.<name>.<random>.part`` file in the destination folder
-  (:func:`mnistgen.files.replacing`), renamed onto ``<folder>/<name>`` only once the whole body arrived
-  (``Content-Length`` honoured) and its checksum matched; on any failure, Ctrl-C included, it is deleted;
-- memory and disk stay bounded: a body longer than a copy of the file can be is cut off, and the file is
-  inflated no further than its content's known size; either is a mirror serving the wrong thing, not asked again;
-- a server that stops sending costs at most ``timeout`` seconds (connection and every read);
-- a failure of the local file system is not blamed on the mirror: one :class:`DataError` naming the file, at once.
+The bytes go to a ``.part`` file renamed onto ``<folder>/<name>`` only once complete and checksum-matched (deleted
+on any failure, Ctrl-C included); memory and disk stay bounded (docs/RELIABILITY.md).
 """
 from __future__ import annotations
 

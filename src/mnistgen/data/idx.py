@@ -1,11 +1,7 @@
 """Reading IDX files (the MNIST format), gzip-compressed or raw, with every header field validated.
 
-Layout (big-endian): two zero bytes, a type code (0x08 = unsigned byte, ...), the number of dimensions n, n uint32
-sizes, the data; MNIST images are ``0x00000803`` and labels ``0x00000801``. Every function returns an array whose
-shape agrees with the file's length (a zero-copy, read-only view of the decompressed bytes), or a one-line
-:class:`DataError` naming the file. Memory is bounded whatever a file holds (a gzip "bomb" included): it is inflated
-in chunks and reading stops one byte past a cap: the content's known size, else the size the IDX header claims (at
-most :data:`MAX_CONTENT_BYTES`, refused before any allocation), else :data:`MAX_CONTENT_BYTES`.
+Each function returns an array whose shape agrees with the file's length (a zero-copy, read-only view), or a one-line
+:class:`DataError` naming the file; inflating stops one byte past a cap (at most :data:`MAX_CONTENT_BYTES`).
 """
 
 from __future__ import annotations

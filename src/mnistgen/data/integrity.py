@@ -1,9 +1,5 @@
-"""Checksums of dataset files: what a file's bytes hash to, and whether that matches the registry.
-
-A file has two MD5s: of its bytes as stored (``md5``: what mirrors publish for the .gz) and of its IDX content
-(``content_md5``: SPEC §1's, the same for any gzip wrapper). Either matching the registry accepts it: a copy
-re-compressed locally still checks out, one flipped bit in the content never does. Files are hashed as read and
-inflated no further than their content's known size (:func:`content_size`): a gzip bomb costs no more memory.
+"""Checksums of dataset files: the MD5s of a file's bytes (``md5``) and of its IDX content (``content_md5``); either
+matching the registry accepts it. Files are inflated no further than their content's known size (:func:`content_size`).
 """
 
 from __future__ import annotations

@@ -1,13 +1,7 @@
-"""The training protocols of SPEC §2 and §3, each loaded once into contiguous float32 tensors.
-
-- ``hw``   (VAE reference): the first 10,000 training images (all, if fewer) and all test images, binarized
-           once by rounding (pixel/255 >= 0.5 -> 1). Flat: (N, 784).
-- ``full`` (VAE): the training images minus the last ``validation_size`` (held out), gray levels in [0, 1],
-           binarized afresh each time they are used (:func:`binarize_batch`); validation and test images
-           binarized once with a fixed seed, so evaluation is repeatable. Flat: (N, 784).
-- ``gan``  (GAN): all training images in [0, 1], shape (N, 1, 28, 28); test images likewise.
-
-Each tensor owns its storage (no view into a larger tensor), so nothing unused stays in memory.
+"""The training protocols of SPEC §2 and §3, each loaded once into contiguous float32 tensors that
+own their storage: ``hw`` (VAE: the first 10,000 training images, binarized once; (N, 784)), ``full`` (VAE: gray
+levels, binarized afresh each use by :func:`binarize_batch`; validation and test once, seeded; (N, 784)) and ``gan``
+(all training images in [0, 1], (N, 1, 28, 28)).
 """
 
 from __future__ import annotations

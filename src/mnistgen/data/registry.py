@@ -1,9 +1,5 @@
-"""The datasets mnistgen knows: file names, checksums and mirrors, in one table.
-
-``gz_md5``: of the compressed file as the mirrors serve it (torchvision's and the datasets' pages publish them);
-``content_md5``: of the decompressed IDX file (SPEC §1's for MNIST; Fashion-MNIST and KMNIST publish none). Either
-matching accepts a file (:mod:`mnistgen.data.integrity`). Mirrors are base URLs tried in order; ``--mirrors`` or
-``$MNISTGEN_MIRRORS`` replace them.
+"""The datasets mnistgen knows: file names, checksums (``gz_md5`` of the served file, ``content_md5`` of the IDX
+content; either accepts it) and mirrors (base URLs tried in order; ``--mirrors`` or ``$MNISTGEN_MIRRORS`` replace them).
 """
 
 from __future__ import annotations

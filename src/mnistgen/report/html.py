@@ -1,7 +1,5 @@
-"""The report's HTML: values as a person reads them, tables, figures, sections, and the self-contained page.
-
-Every value from a folder is escaped; only :class:`Markup` (HTML built here) is not. The page loads nothing: no script,
-no font, no stylesheet from anywhere, and a Content-Security-Policy that forbids every request except ``data:`` images.
+"""The report's HTML: values as a person reads them, tables, figures, sections, and the self-contained page; every
+value from a folder is escaped (only :class:`Markup` is not), and the page loads nothing.
 """
 
 from __future__ import annotations
@@ -48,10 +46,9 @@ class Measured:
 
 
 def number_format(values: Sequence[Any]) -> Callable[[Any], str]:
-    """The one format of a column's numbers, for any of its cells: floats (and :class:`Measured` means ± half-widths)
-    with the decimals its largest float needs as a person reads it (2 from 100 on, as ELBOs; 4 from 1 on; else 4
-    significant digits, 0.0001234), thousands separators when its largest number reaches SEPARATOR_FROM; None as
-    "—", text escaped, :class:`Markup` as it is."""
+    """The one format of a column's numbers: floats (and :class:`Measured` means ± half-widths) with the decimals its
+    largest float needs (2 from 100 on, 4 from 1 on, else 4 significant digits), thousands separators from
+    SEPARATOR_FROM; None as "—", text escaped, :class:`Markup` as it is."""
     numbers = [x for v in values for x in (v.spread.values if isinstance(v, Measured) else (v,))
                if is_number(x) and math.isfinite(x)]
     grouping = "," if max(map(abs, numbers), default=0) >= SEPARATOR_FROM else ""
