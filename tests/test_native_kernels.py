@@ -1,9 +1,11 @@
 """mnistgen's C kernels (src/mnistgen/kernels/gan_cpu.c) compute the spec's networks: D, and G after act1.
 
 Values and every gradient against the torch modules (ties of the max-pools included), independence from
-the number of threads, a training step equal to PyTorch's kernels and to the classic loop, and the build:
-cached once per user, atomic, and a clear one-line refusal where no compiler works. The tests marked
-``needs_native_kernels`` are skipped, with the reason, on a machine without a C compiler.
+the number of threads, a training step equal to PyTorch's kernels and to the classic loop, each with every
+library this processor runs (AVX-512 and AVX2 where it has AVX-512: ``kernel_instruction_set``); and the build:
+the instruction set torch finds, named in the library's file, cached once per user, atomic, and a clear one-line
+refusal where no compiler works. The tests marked ``needs_native_kernels`` are skipped, with the reason, on a
+machine without a C compiler.
 """
 
 from __future__ import annotations

@@ -78,6 +78,7 @@ typedef struct {
     vf gp2[4][7][7];
     vf ga3[8][9][9];     /* d/d a3 at [2 + y][2 + x] */
     vf gparam[NPARAM];
+    vf gx[28][28];       /* d/d x */
 } Work;
 
 static inline vf splat(float value) { return (vf){0} + value; }
@@ -97,12 +98,58 @@ static inline float lane_sum(vf v) {
     return total;
 }
 
+/* Lane shuffles (GCC's __builtin_shuffle of two vectors: lane LANES + c is lane c of the second one); the
+ * masks are EACH_LANE(F, s), lane c of the result taking lane F(s, c) */
+#if LANES == 16
+#define EACH_LANE(F, s)                                                                                              \
+    ((vi){F(s, 0), F(s, 1), F(s, 2), F(s, 3), F(s, 4), F(s, 5), F(s, 6), F(s, 7), F(s, 8), F(s, 9), F(s, 10),          \
+          F(s, 11), F(s, 12), F(s, 13), F(s, 14), F(s, 15)})
+#else
+#define EACH_LANE(F, s) ((vi){F(s, 0), F(s, 1), F(s, 2), F(s, 3), F(s, 4), F(s, 5), F(s, 6), F(s, 7)})
+#endif
+
+/* m[r][c] -> m[c][r], LANES x LANES: the off-diagonal blocks of LANES / 2, ..., 2, 1 exchanged in turn */
+#define SWAP_LOW(s, c) (((c) & (s)) ? LANES + (c) - (s) : (c))
+#define SWAP_HIGH(s, c) (((c) & (s)) ? LANES + (c) : (c) + (s))
+#define EXCHANGE(m, s)                                                                                               \
+    for (int r = 0; r < LANES; r++)                                                                                  \
+        if (!(r & (s))) {                                                                                            \
+            vf low = __builtin_shuffle(m[r], m[r + (s)], EACH_LANE(SWAP_LOW, s));                                    \
+            m[r + (s)] = __builtin_shuffle(m[r], m[r + (s)], EACH_LANE(SWAP_HIGH, s));                               \
+            m[r] = low;                                                                                              \
+        }
+
+static inline void transpose(vf m[LANES]) {
+#if LANES == 16
+    EXCHANGE(m, 8)
+#endif
+    EXCHANGE(m, 4)
+    EXCHANGE(m, 2)
+    EXCHANGE(m, 1)
+}
+
+/* The LANES sums of 8 lanes each of v[0], ..., v[7] in that order: a tree of shuffles and adds, lane r of each
+ * level adding lanes LOW(g, r) and LOW(g, r) + g / 2 of the pair's sums of g lanes */
+#define LOW(g, r) ((r) / ((g) / 2) * (g) + (r) % ((g) / 2))
+#define HIGH(g, r) (LOW(g, r) + (g) / 2)
+#define PAIR_SUM(a, b, g) (__builtin_shuffle(a, b, EACH_LANE(LOW, g)) + __builtin_shuffle(a, b, EACH_LANE(HIGH, g)))
+
+static inline vf sums_of_eights(const vf v[8]) {
+    vf fours[4], twos[2];
+    for (int k = 0; k < 4; k++) fours[k] = PAIR_SUM(v[2 * k], v[2 * k + 1], 8);
+    for (int k = 0; k < 2; k++) twos[k] = PAIR_SUM(fours[2 * k], fours[2 * k + 1], 4);
+    return PAIR_SUM(twos[0], twos[1], 2);
+}
+
 /* D's logits of a group of count <= LANES images (28, 28) into logits, if not NULL */
 static void forward_group(Work *w, const float *images, int count, const float *P, float *logits) {
-    for (int y = 0; y < 28; y++)
-        for (int x = 0; x < 28; x++)
-            for (int lane = 0; lane < LANES; lane++)
-                w->x[y + 1][x + 1][lane] = lane < count ? images[lane * 28 * 28 + y * 28 + x] : 0.0f;
+    for (int p0 = 0; p0 < 28 * 28; p0 += LANES) {  /* LANES pixels of each image, transposed: of each pixel */
+        vf m[LANES];
+        for (int lane = 0; lane < LANES; lane++)
+            m[lane] = lane < count ? *(const vfu *)(images + lane * 28 * 28 + p0) : splat(0.0f);
+        transpose(m);
+        for (int k = 0; k < LANES; k++) w->x[(p0 + k) / 28 + 1][(p0 + k) % 28 + 1] = m[k];
+    }
 
     /* conv1: 1 -> 2 channels, 3x3, padding 1: (28, 28) -> (2, 28, 28); here and below a row of pixels at a time
      * (independent sums, so that the multiply-adds overlap instead of each waiting for the previous one) */
@@ -295,9 +342,14 @@ static void backward_group(Work *w, const float *images, int count, const float 
                         for (int dx = 0; dx < 3; dx++)
                             for (int x = 0; x < 14; x++)
                                 acc[x] += k[c][dy * 3 + dx] * w->ga1[c][y + 3 - dy][x0 + x + 3 - dx];
-                for (int lane = 0; lane < count; lane++)
-                    for (int x = 0; x < 14; x++) grad_images[lane * 28 * 28 + y * 28 + x0 + x] = acc[x][lane];
+                for (int x = 0; x < 14; x++) w->gx[y][x0 + x] = acc[x];
             }
+        for (int p0 = 0; p0 < 28 * 28; p0 += LANES) {  /* LANES pixels, transposed: of each image */
+            vf m[LANES];
+            for (int p = 0; p < LANES; p++) m[p] = w->gx[(p0 + p) / 28][(p0 + p) % 28];
+            transpose(m);
+            for (int lane = 0; lane < count; lane++) *(vfu *)(grad_images + lane * 28 * 28 + p0) = m[lane];
+        }
     }
     if (want_params)
         for (int k = 0; k < NPARAM; k++) grad_param_group[k] = lane_sum(gP[k]);
@@ -371,27 +423,6 @@ static inline vf leaky_scale(vf g, vf u, float slope) {
 #if LANES == 16
 typedef double vd __attribute__((vector_size(64)));
 
-/* m[r][c] -> m[c][r], 16 x 16: the off-diagonal blocks of 8, 4, 2 and 1 exchanged in turn */
-#define SWAP_LOW(s, c) (((c) & (s)) ? 16 + (c) - (s) : (c))
-#define SWAP_HIGH(s, c) (((c) & (s)) ? 16 + (c) : (c) + (s))
-#define LANES16(F, s)                                                                                                \
-    ((vi){F(s, 0), F(s, 1), F(s, 2), F(s, 3), F(s, 4), F(s, 5), F(s, 6), F(s, 7), F(s, 8), F(s, 9), F(s, 10),          \
-          F(s, 11), F(s, 12), F(s, 13), F(s, 14), F(s, 15)})
-#define EXCHANGE(m, s)                                                                                               \
-    for (int r = 0; r < 16; r++)                                                                                     \
-        if (!(r & (s))) {                                                                                            \
-            vf low = __builtin_shuffle(m[r], m[r + (s)], LANES16(SWAP_LOW, s));                                      \
-            m[r + (s)] = __builtin_shuffle(m[r], m[r + (s)], LANES16(SWAP_HIGH, s));                                 \
-            m[r] = low;                                                                                              \
-        }
-
-static inline void transpose16(vf m[16]) {
-    EXCHANGE(m, 8)
-    EXCHANGE(m, 4)
-    EXCHANGE(m, 2)
-    EXCHANGE(m, 1)
-}
-
 /* p[0], p[1] in every two lanes (their bits moved as one double, never computed with) */
 static inline vf pair(const float *p) {
     double both;
@@ -448,28 +479,6 @@ static void g_kernel3(const float *P, vf kernel3[9]) {
         for (int lane = 0; lane < LANES; lane++) kernel3[t][lane] = P[G_W3 + lane % 8 * 9 + t];
 }
 
-/* The LANES sums of 8 lanes each of v[0], ..., v[7] in that order (a tree of shuffles and adds: at each level,
- * lane r of the result adds lanes LOW(g, r) and LOW(g, r) + g / 2 of the pair's sums of g lanes) */
-#define LOW(g, r) ((r) / ((g) / 2) * (g) + (r) % ((g) / 2))
-#if LANES == 16
-#define MASK(g, d)                                                                                                   \
-    ((vi){LOW(g, 0) + d, LOW(g, 1) + d, LOW(g, 2) + d, LOW(g, 3) + d, LOW(g, 4) + d, LOW(g, 5) + d, LOW(g, 6) + d,  \
-          LOW(g, 7) + d, LOW(g, 8) + d, LOW(g, 9) + d, LOW(g, 10) + d, LOW(g, 11) + d, LOW(g, 12) + d,              \
-          LOW(g, 13) + d, LOW(g, 14) + d, LOW(g, 15) + d})
-#else
-#define MASK(g, d)                                                                                                   \
-    ((vi){LOW(g, 0) + d, LOW(g, 1) + d, LOW(g, 2) + d, LOW(g, 3) + d, LOW(g, 4) + d, LOW(g, 5) + d, LOW(g, 6) + d,  \
-          LOW(g, 7) + d})
-#endif
-#define PAIR_SUM(a, b, g) (__builtin_shuffle(a, b, MASK(g, 0)) + __builtin_shuffle(a, b, MASK(g, (g) / 2)))
-
-static inline vf sums_of_eights(const vf v[8]) {
-    vf fours[4], twos[2];
-    for (int k = 0; k < 4; k++) fours[k] = PAIR_SUM(v[2 * k], v[2 * k + 1], 8);
-    for (int k = 0; k < 2; k++) twos[k] = PAIR_SUM(fours[2 * k], fours[2 * k + 1], 4);
-    return PAIR_SUM(twos[0], twos[1], 2);
-}
-
 static void g_forward_image(GWork *w, const GKernels *kernels, const float *h0, const float *P, float slope2,
                             float slope3, float *s, float *kept) {
     g_load(w, h0, kept);
@@ -505,7 +514,7 @@ static void g_forward_image(GWork *w, const GKernels *kernels, const float *h0, 
             vf u1 = *(const vfu *)&w->u1[y][x][0];
             row[x + 1] = leaky_scale(u1, u1, slope2);
         }
-        transpose16(row);
+        transpose(row);
         for (int ci = 0; ci < 16; ci++) *(vf *)&w->hpr[y + 1][ci][0] = row[ci];
     }
     vf bias2;
