@@ -13,7 +13,8 @@ and latent size, both objectives of SPEC with one draw of z per image, float32; 
   autograd, then the optimizer's own step.
 
 :func:`choose_vae_accelerator` picks one for ``--cpu-kernels`` (see :func:`mnistgen.accelerate.choose`);
-:func:`vae_engine` how the replicas' steps are taken (:mod:`mnistgen.accelerate.engines`).
+:func:`vae_engine` how the replicas' steps are taken (:mod:`mnistgen.accelerate.engines`); :func:`held_out_elbo` the
+held-out ELBO after each epoch, by the C kernels' forward where they train.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from torch import nn
 from ..config import VAEConfig
 from ..distributed import average_gradients, average_over_ranks
 from ..kernels.vae import NativeVAEStep
+from ..losses import ELBO_CHUNK_IMAGES, elbo_samples, standard_normal_draws
 from ..models import vae as vae_model
 from ..models.vae import IMAGE_PIXELS, VAE, draws_per_image
 from . import (
@@ -41,7 +43,7 @@ from . import (
     probe_mismatch,
     probing,
 )
-from .engines import Bound, Engine, Replica, choose_engine
+from .engines import Bound, Engine, OneAfterAnother, Replica, choose_engine
 
 OBJECTIVES = ("mc", "analytic")  # the ELBO forms both accelerators compute (Eq. 2 and Eq. 1)
 PROBE_IMAGES = 8  # images in the start-up probe's batch
@@ -245,6 +247,21 @@ def choose_vae_accelerator(model: VAE, optimizer: torch.optim.Optimizer, config:
     reference step) and the reasons faster ones do not apply; ``--cpu-kernels native`` where they do not is a
     one-line error."""
     return choose(ACCELERATORS, config.cpu_kernels, device, optimizer, model, config, device)
+
+
+def held_out_elbo(engine: Engine, k: int, model: VAE, images: torch.Tensor, analytic_kl: bool,
+                  generator: torch.Generator) -> torch.Tensor:
+    """:func:`mnistgen.losses.elbo_samples` of one sample, (N,), of replica k of ``engine`` (``model``), its very draws:
+    by the C kernels' forward where they train it (their probe checked it against the model's), else the model's."""
+    runner = engine.runners[k] if isinstance(engine, OneAfterAnother) else None
+    if not isinstance(runner, NativeVAESteps):
+        return elbo_samples(model, images, 1, analytic_kl, generator)[0]
+    native, values, size = runner.native, [], runner.native.capacity
+    for start in range(0, len(images), ELBO_CHUNK_IMAGES):
+        chunk = images[start:start + ELBO_CHUNK_IMAGES]
+        eps = standard_normal_draws(len(chunk), model.latent_dim, generator, chunk)
+        values += [native.elbo(chunk[s:s + size], eps[s:s + size], analytic_kl) for s in range(0, len(chunk), size)]
+    return torch.cat(values)
 
 
 def vae_engine(replicas: list[Replica], config: VAEConfig, device: torch.device, choice: Choice[StepFactory],
