@@ -3,13 +3,14 @@
 - **The held-out ELBO after each epoch** (hw protocol: the 10,000 test images, one draw each). Before: the model's
   forward in PyTorch (:func:`mnistgen.losses.elbo_samples`, a dense encoder product per 1,000 images). Now:
   :func:`mnistgen.accelerate.vae.held_out_elbo`, the C kernels' forward where they train (the encoder's product as
-  sums over the nonzero pixels). Each repetition trains one epoch of mnistgen's loop (the accelerator that
-  ``--cpu-kernels auto`` chooses), then evaluates its weights both ways, in alternating order, from the same seed.
+  sums over the nonzero pixels, 1,000 images a call). Each repetition trains one epoch of mnistgen's loop (the
+  accelerator that ``--cpu-kernels auto`` chooses), then evaluates its weights both ways, in alternating order, from
+  the same seed.
 - **The importance-weighted estimate of log p(x)** (``mnistgen vae eval``: K = 1,000 draws per image), on
-  ``--iw-images`` test images and the trained weights. Before: :func:`old_iw_log_likelihood` below (the logits of
-  53 draws of 100 images at once, 16 MiB, then x * l, softplus, their difference and its sum, each a pass over
-  memory). Now: :func:`mnistgen.evaluate.vae.iw_log_likelihood` (blocks of logits that stay in cache, x . l and
-  sum softplus(l) read from them). Both draw the same numbers: tests/test_iwae.py checks that they agree.
+  ``--iw-images`` test images and the trained weights. Before: :func:`old_iw_log_likelihood` below (the images
+  repeated for every draw of a chunk, then x * l, softplus, their difference and its sum, each a new 16 MiB array).
+  Now: :func:`mnistgen.evaluate.vae.iw_log_likelihood` (x l - softplus(l) in place in the logits). Both take the
+  same draws: tests/test_iwae.py checks that they agree.
 
 Printed: each repetition's seconds, the medians, and the median of the per-repetition ratios new/old; the held-out
 ELBO's share of an epoch (training + evaluation); the importance-weighted estimate's products per second and its
@@ -50,7 +51,7 @@ FULL_TEST_SET, FULL_DRAWS = 10_000, 1000  # the importance-weighted stage of `mn
 @torch.inference_mode()
 def old_iw_log_likelihood(model: torch.nn.Module, images: torch.Tensor, k: int = 1000,
                           generator: torch.Generator | None = None, max_elements: int = 1 << 22) -> torch.Tensor:
-    """The importance-weighted estimate as it was computed before: the same draws, each chunk's logits at once."""
+    """The importance-weighted estimate as it was computed before: the same draws, log p(x|z) out of place."""
     results = torch.empty(len(images), device=images.device)
     for start in range(0, len(images), IW_IMAGES_PER_GROUP):
         x = images[start:start + IW_IMAGES_PER_GROUP]  # (b, 784)

@@ -334,12 +334,11 @@ def test_the_command_trains_records_and_resumes_iwae(tmp_path, capsys):
 # --------------------------------------------------------------------------- (6) the estimate of log p(x) of eval
 
 
-def test_the_evaluation_estimate_is_the_log_mean_weight_of_the_very_draws_it_takes(monkeypatch):
+def test_the_evaluation_estimate_is_the_log_mean_weight_of_the_very_draws_it_takes():
     """``iw_log_likelihood`` (the log p(x) of ``mnistgen vae eval``) equals log (1/K) sum_k w_k of the NumPy float64
     log weights of its draws: per group of 100 images (here 250: a group of 50 last), eps (n, b, D_z) for n =
-    max_elements // (b * pixels) draws of every image at a time. Here chunks of 4 draws (8 for the last group) and
-    products of 3 (6) draws: the blocks cut the chunks, and K = 23 leaves a short chunk and block at the end."""
-    monkeypatch.setattr(evaluate_vae, "IW_BLOCK_LOGITS", 3 * 100 * PIXELS)
+    max_elements // (b * pixels) draws of every image at a time; here 4 (8 for the last group), and K = 23 leaves
+    a short chunk at the end."""
     model, x, k, max_elements = tiny_model(), binary(250, seed=8), 23, 4 * 100 * PIXELS
     estimate = evaluate_vae.iw_log_likelihood(model, x, k, torch.Generator().manual_seed(3), max_elements)
     generator, expected = torch.Generator().manual_seed(3), []
@@ -357,7 +356,8 @@ def test_the_evaluation_estimate_is_the_log_mean_weight_of_the_very_draws_it_tak
                          ids=["chunks-of-53", "chunks-of-2"])
 def test_the_evaluation_estimate_is_the_number_the_estimator_before_gave_from_the_same_seed(k, max_elements):
     """SPEC's float32 network on 130 binary 784-pixel images: the same seed gives the estimate of the estimator that
-    computed a chunk's logits at once (bench/eval_speed.py keeps it as the baseline it times), to float32 rounding."""
+    computed log p(x|z) out of place from repeated images (bench/eval_speed.py keeps it as the baseline it times), to
+    float32 rounding."""
     old_estimate = load_bench_module("eval_speed").old_iw_log_likelihood
     torch.manual_seed(0)
     model = VAE()

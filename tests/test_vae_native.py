@@ -189,26 +189,29 @@ def test_results_do_not_depend_on_the_number_of_threads(monkeypatch):
 @pytest.mark.parametrize(("hidden", "latent", "analytic_kl"), [(500, 2, False), (136, 3, True)],
                          ids=["spec-eq2", "odd-eq1"])
 def test_the_held_out_elbo_by_the_kernels_forward_is_elbo_samples_from_the_same_draws(hidden, latent, analytic_kl):
-    """``held_out_elbo`` by the C kernels' forward (batches of 64 inside ``elbo_samples``' chunks of 1,000 draws) on
-    2,300 images, gray, binary and empty: each image's value is ``elbo_samples``' from the same seed to float32
-    rounding, the generator ends in the same state, and the kernels' weights and Adam's moments stay as they were."""
+    """``held_out_elbo`` by the C kernels' forward (in ``elbo_samples``' chunks of 1,000 draws) on 2,300 images, gray,
+    binary and empty, after one step and again after another: each image's value is ``elbo_samples``' of the model
+    as trained so far, from the same seed, to float32 rounding; the generator ends in the same state, and the
+    training step's weights and Adam's moments stay as they were."""
     config = VAEConfig(device="cpu", hidden=hidden, latent_dim=latent, batch_size=64,
                        objective="analytic" if analytic_kl else "mc")
     model = perturbed(VAE(latent_dim=latent, hidden=hidden), seed=5)
     runner = NativeVAESteps(model, make_optimizer(model, config), config)
-    runner.step(binary_images(64), torch.randn(64, latent))  # Adam's moments become nonzero
-    runner.store()
+    engine = OneAfterAnother([runner], [runner.optimizer])
     images = binary_images(2300, density=0.2, seed=6)
     images[:1150] *= torch.rand(1150, 784)  # gray levels
     images[5] = 0.0
-    kept = [tensor.clone() for tensor in (runner.native.parameters, runner.native.exp_avg, runner.native.exp_avg_sq)]
-    mine, theirs = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
-    values = held_out_elbo(OneAfterAnother([runner], [runner.optimizer]), 0, model, images, analytic_kl, mine)
-    expected = elbo_samples(model, images, 1, analytic_kl, theirs)[0]
-    torch.testing.assert_close(values.float(), expected, rtol=1e-5, atol=1e-4)
-    assert torch.equal(mine.get_state(), theirs.get_state())
-    assert all(torch.equal(before, after) for before, after in
-               zip(kept, (runner.native.parameters, runner.native.exp_avg, runner.native.exp_avg_sq), strict=True))
+    for step in range(2):
+        runner.step(binary_images(64, seed=step), torch.randn(64, latent))  # Adam's moments become nonzero
+        runner.store()
+        state = (runner.native.parameters, runner.native.exp_avg, runner.native.exp_avg_sq)
+        kept = [tensor.clone() for tensor in state]
+        mine, theirs = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+        values = held_out_elbo(engine, 0, model, images, analytic_kl, mine)
+        expected = elbo_samples(model, images, 1, analytic_kl, theirs)[0]
+        torch.testing.assert_close(values.float(), expected, rtol=1e-5, atol=1e-4)
+        assert torch.equal(mine.get_state(), theirs.get_state())
+        assert all(torch.equal(before, after) for before, after in zip(kept, state, strict=True))
 
 
 def test_a_batch_above_the_capacity_is_refused():

@@ -164,6 +164,7 @@ class NativeVAESteps:
         self.analytic_kl = config.objective == "analytic"
         self.native = NativeVAEStep(model, config.batch_size)
         self.native.load(optimizer)
+        self.evaluator: NativeVAEStep | None = None  # the held-out ELBO's (held_out_elbo)
 
     def step(self, x: torch.Tensor, eps: torch.Tensor) -> float:
         """One step on x (B, 784) with the draws eps (B, D_z); returns the batch's ELBO sum."""
@@ -256,12 +257,12 @@ def held_out_elbo(engine: Engine, k: int, model: VAE, images: torch.Tensor, anal
     runner = engine.runners[k] if isinstance(engine, OneAfterAnother) else None
     if not isinstance(runner, NativeVAESteps):
         return elbo_samples(model, images, 1, analytic_kl, generator)[0]
-    native, values, size = runner.native, [], runner.native.capacity
-    for start in range(0, len(images), ELBO_CHUNK_IMAGES):
-        chunk = images[start:start + ELBO_CHUNK_IMAGES]
-        eps = standard_normal_draws(len(chunk), model.latent_dim, generator, chunk)
-        values += [native.elbo(chunk[s:s + size], eps[s:s + size], analytic_kl) for s in range(0, len(chunk), size)]
-    return torch.cat(values)
+    if runner.evaluator is None:  # one call per chunk of elbo_samples: fewer, larger calls than the steps' batches
+        runner.evaluator = NativeVAEStep(model, ELBO_CHUNK_IMAGES)
+    evaluator = runner.evaluator
+    evaluator.parameters.copy_(runner.native.parameters)  # the weights trained so far (the same layout)
+    return torch.cat([evaluator.elbo(chunk, standard_normal_draws(len(chunk), model.latent_dim, generator, chunk),
+                                     analytic_kl) for chunk in images.split(ELBO_CHUNK_IMAGES)])
 
 
 def vae_engine(replicas: list[Replica], config: VAEConfig, device: torch.device, choice: Choice[StepFactory],

@@ -31,8 +31,7 @@ from ..runs import RunDir
 from .replicas import seeds_summary
 
 EVAL_CHUNK_IMAGES = 1000  # images per forward pass when evaluating a data set
-IW_CHUNK_ELEMENTS = 1 << 22  # logits whose eps are drawn at once in the importance-weighted estimate, whatever K is
-IW_BLOCK_LOGITS = 1 << 18  # logits computed at once there (1 MiB in float32: they stay in the CPU's cache)
+IW_CHUNK_ELEMENTS = 1 << 22  # logits per importance-sampling chunk (16 MiB in float32: in the L3 cache), whatever K is
 IW_IMAGES_PER_GROUP = 100  # images whose K samples are drawn together
 
 SAMPLE_ROWS = 10  # SPEC figure 1: ten z from the prior
@@ -48,27 +47,25 @@ def iw_log_likelihood(model: VAE, images: torch.Tensor, k: int = 1000, generator
                       max_elements: int = IW_CHUNK_ELEMENTS,
                       on_group: Callable[[int], Any] | None = None) -> torch.Tensor:
     """log p(x) ~= log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x), z_k ~ q(z|x) (the one-sample ELBO at K = 1):
-    (N, 784) -> (N,). Memory does not grow with K: eps is drawn for ``max_elements`` logits at a time (the draws
-    depend on it), the logits are computed :data:`IW_BLOCK_LOGITS` at a time, in cache, and read twice: once for
-    x . l, once for sum softplus(l); a running logsumexp combines them. ``on_group(n)`` after each group of n images."""
+    (N, 784) -> (N,). Memory does not grow with K: chunks of at most ``max_elements`` logits (the draws depend on
+    it), each logit's x l - softplus(l) in place, combined by a running logsumexp. ``on_group(n)`` is called after
+    each group of n images."""
     results = torch.empty(len(images), device=images.device, dtype=images.dtype)
     for start in range(0, len(images), IW_IMAGES_PER_GROUP):
         x = images[start:start + IW_IMAGES_PER_GROUP]  # (b, 784)
         b, pixels = x.shape
         mean, logvar = model.encoder(x)  # (b, D_z) each
         std = torch.exp(0.5 * logvar)
-        per_chunk = max(1, max_elements // (b * pixels))  # samples of every image in one draw
-        per_block = max(1, IW_BLOCK_LOGITS // (b * pixels))  # samples of every image in one product
+        per_chunk = max(1, max_elements // (b * pixels))  # samples of every image in one chunk
         running = torch.full((b,), -math.inf, device=x.device, dtype=x.dtype)
         for done in range(0, k, per_chunk):
             n = min(per_chunk, k - done)
             eps = torch.randn((n, b, mean.shape[1]), generator=generator, device=x.device, dtype=x.dtype)
             z = (mean + std * eps).reshape(n * b, -1)  # (n*b, D_z), sample-major
-            log_weights = (log_standard_normal(z) - log_normal_logvar(z, mean.repeat(n, 1), logvar.repeat(n, 1))
-                           ).view(n, b)
-            for first in range(0, n, per_block):
-                logits = model.decoder.logits(z[first * b:(first + per_block) * b]).view(-1, b, pixels)
-                log_weights[first:first + per_block] += (logits * x).sum(2) - F.softplus(logits).sum(2)
+            logits = model.decoder.logits(z).view(n, b, pixels)
+            softplus = F.softplus(logits)
+            log_weights = logits.mul_(x).sub_(softplus).sum(2) + (  # log p(x|z) = sum x l - softplus(l), in place
+                log_standard_normal(z) - log_normal_logvar(z, mean.repeat(n, 1), logvar.repeat(n, 1))).view(n, b)
             running = torch.logaddexp(running, torch.logsumexp(log_weights, dim=0))
         results[start:start + b] = running - math.log(k)
         if on_group is not None:
