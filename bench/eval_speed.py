@@ -16,7 +16,9 @@ Printed: each repetition's seconds, the medians, and the median of the per-repet
 ELBO's share of an epoch (training + evaluation); the importance-weighted estimate's products per second and its
 time extrapolated to 10,000 images. The machine may run other jobs: the load average is printed at start and end.
 
-    python bench/eval_speed.py --data-dir ../shared/data/mnist --repeat 7 [--threads 1] [--iw-images 200]
+With ``--pieces``, only the time of each piece of one chunk of the estimate, against its product.
+
+    python bench/eval_speed.py --data-dir ../shared/data/mnist --repeat 7 [--threads 1] [--iw-images 200] [--pieces]
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import time
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
 from mnistgen.accelerate.engines import Replica
 from mnistgen.accelerate.vae import choose_vae_accelerator, held_out_elbo, vae_engine
@@ -39,7 +42,7 @@ from mnistgen.data.protocols import load_protocol
 from mnistgen.data.sources import load_raw
 from mnistgen.device import seed_everything, stream_seed
 from mnistgen.distributions import log_bernoulli_logits, log_normal_logvar, log_standard_normal
-from mnistgen.evaluate.vae import IW_IMAGES_PER_GROUP, iw_log_likelihood
+from mnistgen.evaluate.vae import IW_CHUNK_ELEMENTS, IW_IMAGES_PER_GROUP, iw_log_likelihood
 from mnistgen.losses import elbo_samples
 from mnistgen.models.vae import IMAGE_PIXELS, build_model, make_optimizer
 from mnistgen.train.common import take_steps
@@ -72,6 +75,33 @@ def old_iw_log_likelihood(model: torch.nn.Module, images: torch.Tensor, k: int =
     return results
 
 
+@torch.inference_mode()
+def chunk_pieces(model: torch.nn.Module, x: torch.Tensor, repeat: int) -> None:
+    """Where one chunk of the estimate (the draws of 100 images in ``IW_CHUNK_ELEMENTS`` logits) spends its time:
+    each piece's median over ``repeat`` rounds, relative to the decoder's output product."""
+    b, pixels = x.shape
+    n = IW_CHUNK_ELEMENTS // (b * pixels)
+    decoder, z = model.decoder, torch.randn(n * b, model.latent_dim)
+    first = decoder.hidden(z)
+    hidden = torch.tanh(first)
+    logits = decoder.output(hidden).view(n, b, pixels)
+    softplus, scratch = F.softplus(logits), torch.empty_like(logits)
+    pieces = {"first layer (2 -> 500)": lambda: decoder.hidden(z), "tanh": lambda: torch.tanh(first),
+              "output product (500 -> 784)": lambda: decoder.output(hidden), "softplus": lambda: F.softplus(logits),
+              "x l - softplus(l) and its sum": lambda: torch.mul(logits, x, out=scratch).sub_(softplus).sum(2),
+              "the whole chunk": lambda: (lambda out: out.mul_(x).sub_(F.softplus(out)).sum(2))(
+                  decoder.logits(z).view(n, b, pixels))}
+    seconds: dict[str, list[float]] = {name: [] for name in pieces}
+    for _ in range(repeat):
+        for name, piece in pieces.items():
+            seconds[name].append(timed(piece)[0])
+    product = statistics.median(seconds["output product (500 -> 784)"])
+    print(f"one chunk of the estimate ({n} draws of {b} images), median of {repeat}:")
+    for name, times in seconds.items():
+        print(f"  {name:30s} {statistics.median(times) * 1e3:8.2f} ms  {statistics.median(times) / product:5.2f}x "
+              "the output product")
+
+
 def timed(function: Callable[[], torch.Tensor]) -> tuple[float, torch.Tensor]:
     started = time.perf_counter()
     value = function()
@@ -86,6 +116,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--iw-images", type=int, default=200, help="test images of the importance-weighted estimate")
     parser.add_argument("--k", type=int, default=1000, help="draws per image of the importance-weighted estimate")
+    parser.add_argument("--pieces", action="store_true", help="only the pieces of one chunk of the estimate")
     args = parser.parse_args()
     if not args.data_dir:
         parser.error("give --data-dir or set MNISTGEN_DATA_DIR")
@@ -106,6 +137,9 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"{torch.get_num_threads()} torch thread(s), trained by {engine.name}; load average "
           f"{os.getloadavg()[0]:.1f} at start", flush=True)
+    if args.pieces:
+        chunk_pieces(model, test_images[:IW_IMAGES_PER_GROUP], args.repeat)
+        return
 
     def epoch() -> None:
         orders = [epoch_order(len(train_images), config.batch_size, order, device)]
