@@ -1,5 +1,5 @@
-"""The importance-weighted objective (``--objective iwae --train-samples K``, Burda et al. 2016) and K draws per
-image for mc and analytic.
+"""The importance-weighted objective (``--objective iwae --train-samples K``, Burda et al. 2016), K draws per
+image for mc and analytic, and the importance-weighted estimate of log p(x) that ``mnistgen vae eval`` reports.
 
 Each value is checked against a computation written out here: the network in NumPy float64 from the weights (the
 log weights from eps directly, not from (z - mean) / std as the product does), log p(x) by quadrature over the
@@ -16,6 +16,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from bench_support import load_bench_module
 from torch.func import grad
 
 from mnistgen.cli import main
@@ -24,6 +25,7 @@ from mnistgen.data.batches import shuffled_batches
 from mnistgen.data.protocols import Protocol
 from mnistgen.device import seed_everything, stream_seed
 from mnistgen.errors import MnistgenError
+from mnistgen.evaluate import vae as evaluate_vae
 from mnistgen.losses import vae_elbo
 from mnistgen.models import vae as vae_models
 from mnistgen.models.vae import VAE
@@ -327,3 +329,41 @@ def test_the_command_trains_records_and_resumes_iwae(tmp_path, capsys):
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "--train-samples" in err and "Traceback" not in err, err
     assert [r["epoch"] for r in RunDir(folder).read_metrics()] == [1, 2]
+
+
+# --------------------------------------------------------------------------- (6) the estimate of log p(x) of eval
+
+
+def test_the_evaluation_estimate_is_the_log_mean_weight_of_the_very_draws_it_takes():
+    """``iw_log_likelihood`` (the log p(x) of ``mnistgen vae eval``) equals log (1/K) sum_k w_k of the NumPy float64
+    log weights of its draws: per group of 100 images (here 250: a group of 50 last), eps (n, b, D_z) for n =
+    max_elements // (b * pixels) draws of every image at a time; here 4 (8 for the last group), and K = 23 leaves
+    a short chunk at the end."""
+    model, x, k, max_elements = tiny_model(), binary(250, seed=8), 23, 4 * 100 * PIXELS
+    estimate = evaluate_vae.iw_log_likelihood(model, x, k, torch.Generator().manual_seed(3), max_elements)
+    generator, expected = torch.Generator().manual_seed(3), []
+    for start in range(0, len(x), 100):
+        group = x[start:start + 100]
+        per_chunk = max_elements // (len(group) * PIXELS)
+        eps = torch.cat([torch.randn((min(per_chunk, k - done), len(group), 2), generator=generator,
+                                     dtype=torch.float64) for done in range(0, k, per_chunk)])  # (K, b, 2)
+        expected.append(numpy_log_mean_exp(numpy_log_weights(model, group.numpy(), eps.numpy())[0]))
+    assert estimate.dtype == torch.float64
+    np.testing.assert_allclose(estimate.numpy(), np.concatenate(expected), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize(("k", "max_elements"), [(60, evaluate_vae.IW_CHUNK_ELEMENTS), (7, 2 * 100 * 784)],
+                         ids=["chunks-of-53", "chunks-of-2"])
+def test_the_evaluation_estimate_is_the_number_the_estimator_before_gave_from_the_same_seed(k, max_elements):
+    """SPEC's float32 network on 130 binary 784-pixel images: the same seed gives the estimate of the estimator that
+    computed log p(x|z) out of place from repeated images (bench/eval_speed.py keeps it as the baseline it times), to
+    float32 rounding."""
+    old_estimate = load_bench_module("eval_speed").old_iw_log_likelihood
+    torch.manual_seed(0)
+    model = VAE()
+    x = (torch.rand(130, 784, generator=torch.Generator().manual_seed(1)) < 0.15).float()
+    mine = evaluate_vae.iw_log_likelihood(model, x, k, torch.Generator().manual_seed(k), max_elements)
+    theirs = old_estimate(model, x, k, torch.Generator().manual_seed(k), max_elements)
+    torch.testing.assert_close(mine, theirs, rtol=2e-6, atol=0)
+    other_seed = evaluate_vae.iw_log_likelihood(model, x, k, torch.Generator().manual_seed(k + 1), max_elements)
+    assert (other_seed - theirs).abs().max() > 1e-2  # other draws, another estimate: the tolerance is far below

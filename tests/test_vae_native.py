@@ -13,9 +13,17 @@ import math
 import numpy as np
 import pytest
 import torch
-from bench_support import vae_epochs
+from bench_support import perturbed, vae_epochs
 
-from mnistgen.accelerate.vae import NATIVE, TORCH, choose_vae_accelerator, elbo_with_gradients
+from mnistgen.accelerate.engines import OneAfterAnother
+from mnistgen.accelerate.vae import (
+    NATIVE,
+    TORCH,
+    NativeVAESteps,
+    choose_vae_accelerator,
+    elbo_with_gradients,
+    held_out_elbo,
+)
 from mnistgen.config import DataConfig, VAEConfig
 from mnistgen.data.protocols import load_protocol
 from mnistgen.device import seed_everything
@@ -24,7 +32,7 @@ from mnistgen.kernels import native as native_build
 from mnistgen.kernels import vae as vae_kernels
 from mnistgen.kernels.native import load_vae_library
 from mnistgen.kernels.vae import NativeVAEStep
-from mnistgen.losses import elbo_analytic, elbo_mc
+from mnistgen.losses import elbo_analytic, elbo_mc, elbo_samples
 from mnistgen.models.vae import VAE, make_optimizer
 from mnistgen.runs import RunDir
 from mnistgen.train.vae import train_vae
@@ -176,6 +184,34 @@ def test_results_do_not_depend_on_the_number_of_threads(monkeypatch):
     for elbo, gradients in results[1:]:
         assert elbo == results[0][0]
         assert all(torch.equal(a, b) for a, b in zip(gradients, results[0][1], strict=True))
+
+
+@pytest.mark.parametrize(("hidden", "latent", "analytic_kl"), [(500, 2, False), (136, 3, True)],
+                         ids=["spec-eq2", "odd-eq1"])
+def test_the_held_out_elbo_by_the_kernels_forward_is_elbo_samples_from_the_same_draws(hidden, latent, analytic_kl):
+    """``held_out_elbo`` by the C kernels' forward (in ``elbo_samples``' chunks of 1,000 draws) on 2,300 images, gray,
+    binary and empty, after one step and again after another: each image's value is ``elbo_samples``' of the model
+    as trained so far, from the same seed, to float32 rounding; the generator ends in the same state, and the
+    training step's weights and Adam's moments stay as they were."""
+    config = VAEConfig(device="cpu", hidden=hidden, latent_dim=latent, batch_size=64,
+                       objective="analytic" if analytic_kl else "mc")
+    model = perturbed(VAE(latent_dim=latent, hidden=hidden), seed=5)
+    runner = NativeVAESteps(model, make_optimizer(model, config), config)
+    engine = OneAfterAnother([runner], [runner.optimizer])
+    images = binary_images(2300, density=0.2, seed=6)
+    images[:1150] *= torch.rand(1150, 784)  # gray levels
+    images[5] = 0.0
+    for step in range(2):
+        runner.step(binary_images(64, seed=step), torch.randn(64, latent))  # Adam's moments become nonzero
+        runner.store()
+        state = (runner.native.parameters, runner.native.exp_avg, runner.native.exp_avg_sq)
+        kept = [tensor.clone() for tensor in state]
+        mine, theirs = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+        values = held_out_elbo(engine, 0, model, images, analytic_kl, mine)
+        expected = elbo_samples(model, images, 1, analytic_kl, theirs)[0]
+        torch.testing.assert_close(values.float(), expected, rtol=1e-5, atol=1e-4)
+        assert torch.equal(mine.get_state(), theirs.get_state())
+        assert all(torch.equal(before, after) for before, after in zip(kept, state, strict=True))
 
 
 def test_a_batch_above_the_capacity_is_refused():

@@ -13,7 +13,8 @@ and latent size, both objectives of SPEC with one draw of z per image, float32; 
   autograd, then the optimizer's own step.
 
 :func:`choose_vae_accelerator` picks one for ``--cpu-kernels`` (see :func:`mnistgen.accelerate.choose`);
-:func:`vae_engine` how the replicas' steps are taken (:mod:`mnistgen.accelerate.engines`).
+:func:`vae_engine` how the replicas' steps are taken (:mod:`mnistgen.accelerate.engines`); :func:`held_out_elbo` the
+held-out ELBO after each epoch, by the C kernels' forward where they train.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from torch import nn
 from ..config import VAEConfig
 from ..distributed import average_gradients, average_over_ranks
 from ..kernels.vae import NativeVAEStep
+from ..losses import ELBO_CHUNK_IMAGES, elbo_samples, standard_normal_draws
 from ..models import vae as vae_model
 from ..models.vae import IMAGE_PIXELS, VAE, draws_per_image
 from . import (
@@ -41,7 +43,7 @@ from . import (
     probe_mismatch,
     probing,
 )
-from .engines import Bound, Engine, Replica, choose_engine
+from .engines import Bound, Engine, OneAfterAnother, Replica, choose_engine
 
 OBJECTIVES = ("mc", "analytic")  # the ELBO forms both accelerators compute (Eq. 2 and Eq. 1)
 PROBE_IMAGES = 8  # images in the start-up probe's batch
@@ -162,6 +164,7 @@ class NativeVAESteps:
         self.analytic_kl = config.objective == "analytic"
         self.native = NativeVAEStep(model, config.batch_size)
         self.native.load(optimizer)
+        self.evaluator: NativeVAEStep | None = None  # the held-out ELBO's (held_out_elbo)
 
     def step(self, x: torch.Tensor, eps: torch.Tensor) -> float:
         """One step on x (B, 784) with the draws eps (B, D_z); returns the batch's ELBO sum."""
@@ -245,6 +248,21 @@ def choose_vae_accelerator(model: VAE, optimizer: torch.optim.Optimizer, config:
     reference step) and the reasons faster ones do not apply; ``--cpu-kernels native`` where they do not is a
     one-line error."""
     return choose(ACCELERATORS, config.cpu_kernels, device, optimizer, model, config, device)
+
+
+def held_out_elbo(engine: Engine, k: int, model: VAE, images: torch.Tensor, analytic_kl: bool,
+                  generator: torch.Generator) -> torch.Tensor:
+    """:func:`mnistgen.losses.elbo_samples` of one sample, (N,), of replica k of ``engine`` (``model``), its very draws:
+    by the C kernels' forward where they train it (their probe checked it against the model's), else the model's."""
+    runner = engine.runners[k] if isinstance(engine, OneAfterAnother) else None
+    if not isinstance(runner, NativeVAESteps):
+        return elbo_samples(model, images, 1, analytic_kl, generator)[0]
+    if runner.evaluator is None:  # one call per chunk of elbo_samples: fewer, larger calls than the steps' batches
+        runner.evaluator = NativeVAEStep(model, ELBO_CHUNK_IMAGES)
+    evaluator = runner.evaluator
+    evaluator.parameters.copy_(runner.native.parameters)  # the weights trained so far (the same layout)
+    return torch.cat([evaluator.elbo(chunk, standard_normal_draws(len(chunk), model.latent_dim, generator, chunk),
+                                     analytic_kl) for chunk in images.split(ELBO_CHUNK_IMAGES)])
 
 
 def vae_engine(replicas: list[Replica], config: VAEConfig, device: torch.device, choice: Choice[StepFactory],

@@ -4,7 +4,8 @@
 moments as four flat buffers of one layout, and the activations of one batch. In a step (:meth:`compute_gradients`),
 C runs the forward to h2 = tanh(z Wd^T + bd) (the encoder's product as sums over the images' nonzero pixels),
 PyTorch the logits h2 Wo^T + bo, C log p(x|z) and dL/dlogits, PyTorch Wo's gradient and dL/dh2, C the rest of the
-backward pass and the ELBO; then C runs PyTorch's Adam over the flat buffers (:meth:`adam_step`).
+backward pass and the ELBO; then C runs PyTorch's Adam over the flat buffers (:meth:`adam_step`). :meth:`elbo` runs
+the forward alone: each image's ELBO, for the evaluation of the weights held in the buffers.
 
 The mathematics is :func:`mnistgen.accelerate.vae.elbo_with_gradients` then PyTorch's Adam, up to the order of
 float32 additions; :meth:`NativeVAEStep.store` writes the optimizer's state in PyTorch's format. The C structs are
@@ -183,26 +184,40 @@ class NativeVAEStep:
             gradients.append((flat.t() if transposed else flat).clone())
         return gradients
 
-    def compute_gradients(self, x: torch.Tensor, eps: torch.Tensor, analytic_kl: bool) -> float:
-        """Fill ``self.gradients`` with those of loss = -mean ELBO of the batch; return the batch's ELBO sum. x (B, D)
-        float32 images (any values: the sums skip the zeros only); eps (B, D_z): z = mean + std eps."""
+    def _forward(self, x: torch.Tensor, eps: torch.Tensor, scale: float) -> tuple[int, int]:
+        """The C forward, the logits and the C output pass (each image's log p(x|z) into ``row_elbo``, dL/dlogits times
+        ``scale``) on x and eps (see :meth:`compute_gradients`); returns B and eps' address."""
         batch = x.shape[0]
         if batch > self.capacity:
             raise ValueError(f"a batch of {batch} images exceeds the capacity of {self.capacity}")
-        buffers = self._buffers
-        x_pointer = checked_pointer(x, "VAE step: x", batch * buffers.pixels)  # (B, D) float32, contiguous
-        eps_pointer = checked_pointer(eps, "VAE step: eps", batch * buffers.latent)  # (B, Z)
-        threads, scale = _threads(), 1.0 / batch
-        library, address = self.library, self._buffers_address
+        x_pointer = checked_pointer(x, "VAE step: x", batch * self._buffers.pixels)  # (B, D) float32, contiguous
+        eps_pointer = checked_pointer(eps, "VAE step: eps", batch * self._buffers.latent)  # (B, Z)
+        library, address, threads = self.library, self._buffers_address, _threads()
         _check(library.mnistgen_vae_forward(address, x_pointer, eps_pointer, batch, threads), "VAE forward")
-        h2, d_logits = self.h2[:batch], self.d_logits[:batch]
-        torch.addmm(self.out_bias, h2, self.out_weight.t(), out=self.logits[:batch])  # (B, D)
+        torch.addmm(self.out_bias, self.h2[:batch], self.out_weight.t(), out=self.logits[:batch])  # (B, D)
         library.mnistgen_vae_output(address, x_pointer, batch, scale, threads)
+        return batch, eps_pointer
+
+    def compute_gradients(self, x: torch.Tensor, eps: torch.Tensor, analytic_kl: bool) -> float:
+        """Fill ``self.gradients`` with those of loss = -mean ELBO of the batch; return the batch's ELBO sum. x (B, D)
+        float32 images (any values: the sums skip the zeros only); eps (B, D_z): z = mean + std eps."""
+        batch, eps_pointer = self._forward(x, eps, 1.0 / x.shape[0])
+        h2, d_logits = self.h2[:batch], self.d_logits[:batch]
         torch.mm(d_logits.t(), h2, out=self.out_weight_gradient)  # (D, H)
         torch.mm(d_logits, self.out_weight, out=self.d_h2[:batch])  # (B, H)
-        _check(library.mnistgen_vae_backward(address, eps_pointer, batch, scale, int(analytic_kl),
-                                             ctypes.byref(self._elbo), threads), "VAE backward")
+        _check(self.library.mnistgen_vae_backward(self._buffers_address, eps_pointer, batch, 1.0 / batch,
+                                                  int(analytic_kl), ctypes.byref(self._elbo), _threads()),
+               "VAE backward")
         return self._elbo.value
+
+    def elbo(self, x: torch.Tensor, eps: torch.Tensor, analytic_kl: bool) -> torch.Tensor:
+        """Each image's ELBO estimate as :meth:`compute_gradients` sums them, by the forward alone: (B,) float64.
+        Changes no parameter, gradient or moment but the output bias's gradient."""
+        batch, _ = self._forward(x, eps, 0.0)
+        mean, logvar, z = (getattr(self, name)[:batch].double() for name in ("mean", "logvar", "z"))
+        prior = (0.5 * (logvar + 1.0 - mean.square() - logvar.exp()) if analytic_kl else
+                 0.5 * (eps.double().square() + logvar - z.square()))  # the backward's log p(z) - log q(z|x), or -KL
+        return self.row_elbo[:batch] + prior.sum(1)
 
     def adam_step(self, lr: float, betas: tuple[float, float], eps: float) -> None:
         """One Adam step of every parameter with ``self.gradients`` (PyTorch's Adam, no weight decay)."""

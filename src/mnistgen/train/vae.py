@@ -24,7 +24,7 @@ import torch
 
 from ..accelerate import note_choice
 from ..accelerate.engines import Replica
-from ..accelerate.vae import choose_vae_accelerator, vae_engine
+from ..accelerate.vae import choose_vae_accelerator, held_out_elbo, vae_engine
 from ..config import VAEConfig, is_replicated, replica_seeds, validate
 from ..data.batches import epoch_order, num_batches
 from ..data.protocols import Protocol, binarize_batch, load_protocol
@@ -41,7 +41,7 @@ from ..distributed import (
     sum_over_ranks,
 )
 from ..errors import MnistgenError, TrainingInterrupted
-from ..losses import elbo_samples, standard_normal_draws
+from ..losses import standard_normal_draws
 from ..models import vae as vae_model
 from ..progress import progress
 from ..runs import RunDir
@@ -195,9 +195,8 @@ def _train(config: VAEConfig, run: RunDir, checkpoints: list[dict[str, Any] | No
             for k, replica in enumerate(replicas):
                 evaluation = torch.Generator(device=device)
                 evaluation.manual_seed(stream_seed(runs.states[k].config.seed, EVAL_STREAM, epoch))
-                eval_elbo = float(elbo_samples(replica.modules["model"], eval_images, samples=1,
-                                               analytic_kl=config.objective == "analytic",
-                                               generator=evaluation).mean())
+                eval_elbo = float(held_out_elbo(engine, k, replica.modules["model"], eval_images,
+                                                config.objective == "analytic", evaluation).mean())
                 records.append({
                     "epoch": epoch + 1, "train_elbo": float(elbos[k].sum()) / len(train_images),
                     f"{data.eval_name}_elbo": eval_elbo, "lr": lr, "train_seconds": train_seconds,
