@@ -327,8 +327,9 @@ def test_the_class_balance_of_seeds_is_their_mean_and_worst_seed():
         "min_class_share": {"seed": 3, "value": 0.0}}
     frechet, _, tv, share = score_cells(scores, TABLE_KEYS)  # the report's cells of a replica set: mean ± interval
     expected_tv, expected_share = expected_spread([0.0, 0.2, 0.1]), expected_spread([0.1, 0.05, 0.0])
-    assert f"{expected_tv['mean']:.4f} ± {expected_tv['half']:.4f}</span> (worst: seed 2, 0.2000)" in tv
-    assert f"{expected_share['mean']:.4f} ± {expected_share['half']:.4f}</span> (worst: seed 3, 0.0000)" in share
+    assert f"{expected_tv['mean']:.4f} ± {expected_tv['half']:.4f}</span><br><small>worst: seed 2, 0.2000</small>" in tv
+    assert (f"{expected_share['mean']:.4f} ± {expected_share['half']:.4f}</span><br><small>worst: seed 3, "
+            "0.0000</small>") in share
     assert "worst" not in format_value(frechet)
     assert score_cells({None: scores[2]}, TABLE_KEYS)[2:] == [pytest.approx(0.2), pytest.approx(0.05)]  # one seed
 

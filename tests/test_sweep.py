@@ -347,6 +347,12 @@ lr = [1e-3, 2e-3]
 """  # 4 trials of an hour each; the first two start first (jobs 2), the others wait
 
 
+def default_sigint() -> None:
+    """In the child before exec: Ctrl-C's default action, which a shell's background job (`cmd &`) would have ignored
+    (and Python then installs no KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def alive(pid: int) -> bool:
     """Whether ``pid`` is a living process (a zombie is not)."""
     try:
@@ -362,7 +368,8 @@ def sweep_process(folder: Path, text: str) -> Iterator[tuple[subprocess.Popen, s
     (folder / "s.toml").write_text(text)
     with open(folder / "stdout", "w") as out, open(folder / "stderr", "w") as err:
         process = subprocess.Popen([sys.executable, "-m", "mnistgen", "sweep", str(folder / "s.toml"), "--out",
-                                    str(folder / "out"), "--jobs", "2"], stdout=out, stderr=err)
+                                    str(folder / "out"), "--jobs", "2"], stdout=out, stderr=err,
+                                   preexec_fn=default_sigint)
     seen = {process.pid}
     try:
         yield process, seen

@@ -186,7 +186,8 @@ def score_cells(scores: dict[int | None, SetScore], keys: tuple[str, ...] = SCOR
     found = {seed: score.as_json() for seed, score in scores.items()}
     worst = {} if None in scores else worst_seeds(found)
     cells = {key: measured({seed: numbers[key] for seed, numbers in found.items()}) for key in keys}
-    return [Markup(f"{format_value(cell)} (worst: seed {worst[key]['seed']}, {worst[key]['value']:.4f})")
+    return [Markup(f"{format_value(cell)}<br><small>worst: seed {worst[key]['seed']}, "
+                   f"{worst[key]['value']:.4f}</small>")
             if key in worst else cell for key, cell in cells.items()]
 
 
