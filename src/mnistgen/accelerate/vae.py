@@ -164,7 +164,7 @@ class NativeVAESteps:
         self.analytic_kl = config.objective == "analytic"
         self.native = NativeVAEStep(model, config.batch_size)
         self.native.load(optimizer)
-        self.evaluator: NativeVAEStep | None = None  # the held-out ELBO's (held_out_elbo)
+        self.evaluator: NativeVAEStep | None = None  # buffers of 1,000 images for held_out_elbo
 
     def step(self, x: torch.Tensor, eps: torch.Tensor) -> float:
         """One step on x (B, 784) with the draws eps (B, D_z); returns the batch's ELBO sum."""
@@ -257,10 +257,11 @@ def held_out_elbo(engine: Engine, k: int, model: VAE, images: torch.Tensor, anal
     runner = engine.runners[k] if isinstance(engine, OneAfterAnother) else None
     if not isinstance(runner, NativeVAESteps):
         return elbo_samples(model, images, 1, analytic_kl, generator)[0]
-    if runner.evaluator is None:  # one call per chunk of elbo_samples: fewer, larger calls than the steps' batches
-        runner.evaluator = NativeVAEStep(model, ELBO_CHUNK_IMAGES)
-    evaluator = runner.evaluator
-    evaluator.parameters.copy_(runner.native.parameters)  # the weights trained so far (the same layout)
+    holder = engine.runners[0]  # one evaluator for every replica (the same shapes), one call per elbo_samples chunk
+    if holder.evaluator is None:
+        holder.evaluator = NativeVAEStep(model, ELBO_CHUNK_IMAGES)
+    evaluator = holder.evaluator
+    evaluator.parameters.copy_(runner.native.parameters)  # replica k's weights, trained so far (the same layout)
     return torch.cat([evaluator.elbo(chunk, standard_normal_draws(len(chunk), model.latent_dim, generator, chunk),
                                      analytic_kl) for chunk in images.split(ELBO_CHUNK_IMAGES)])
 
