@@ -361,7 +361,8 @@ def test_an_offline_start_says_so_once_and_shows_the_score_stage_skipped_with_it
     about = [line for line in err.splitlines()
              if re.search(r"network|mirror|127\.0\.0\.1|sample shipped|download", line)]
     assert len(about) <= 3, about
-    assert not re.search(r"Errno|refused|URLError|Traceback", err), err
+    about_data = "\n".join(line for line in err.splitlines() if "C compiler" not in line)  # not the kernels' note
+    assert not re.search(r"Errno|refused|URLError|Traceback", about_data), err
     reason = (f"4 of 4 files missing from {tmp_path / 'cache' / 'mnist'} (user cache), and the download failed: the "
               f"network is unreachable (no answer from {', '.join(mirrors)})")
     assert sum(reason in line and "5,000-digit MNIST sample" in line for line in err.splitlines()) == 1, err
