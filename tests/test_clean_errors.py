@@ -105,6 +105,15 @@ def read_only(tmp_path):
 # --------------------------------------------------------------------------- score: a header claiming too much
 
 
+def score_in_capped_process(path) -> subprocess.CompletedProcess:
+    """`mnistgen score PATH --device cpu` in a process limited to 3 GiB of address space."""
+    script = ("import resource, sys\n"
+              "resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))\n"
+              "from mnistgen.cli import main\n"
+              f"sys.exit(main(['score', {str(path)!r}, '--device', 'cpu']))\n")
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+
+
 @pytest.mark.parametrize("dtype", ["|u1", "<f4"])
 def test_score_refuses_a_header_claiming_100_million_images_before_allocating(tmp_path, dtype):
     """(100,000,000, 28, 28): 78 GB as uint8, 314 GB as float32, in a file of a few bytes. np.load would allocate it
@@ -114,11 +123,7 @@ def test_score_refuses_a_header_claiming_100_million_images_before_allocating(tm
         np.lib.format.write_array_header_1_0(handle, {"descr": dtype, "fortran_order": False,
                                                       "shape": (100_000_000, 28, 28)})
         handle.write(bytes(64))
-    script = ("import resource, sys\n"
-              "resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))\n"
-              "from mnistgen.cli import main\n"
-              f"sys.exit(main(['score', {str(path)!r}, '--device', 'cpu']))\n")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    result = score_in_capped_process(path)
     lines = result.stderr.splitlines()
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert len(lines) == 1 and lines[0].startswith("mnistgen: error: "), result.stderr
@@ -167,11 +172,7 @@ def test_score_refuses_an_npz_member_inflating_to_gigabytes_by_its_declared_byte
     assert path.stat().st_size < 3_000_000
     with zipfile.ZipFile(path) as archive:  # a valid archive: its member inflates, checked, to all of its bytes
         assert archive.infolist()[0].file_size == 128 + 3_010_560_000
-    script = ("import resource, sys\n"
-              "resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))\n"
-              "from mnistgen.cli import main\n"
-              f"sys.exit(main(['score', {str(path)!r}, '--device', 'cpu']))\n")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    result = score_in_capped_process(path)
     lines = result.stderr.splitlines()
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert lines == [f"mnistgen: error: {path} (images.npy): its header declares an array of shape (480000, 28, 28) "
