@@ -1,4 +1,5 @@
-"""``--flush-denormals``: the CPU flushes subnormal floats to zero while the VAE or the GAN trains, and only then.
+"""Subnormal floats flushed (the default; ``--no-flush-denormals`` for IEEE): the CPU flushes them to zero while the
+VAE or the GAN trains, and only then.
 
 What it must not change is the mathematics: where training produces subnormals (the reason for the flag: the VAE's
 importance weights, the GAN's sigmoid pixels near 0), a step taken with them flushed lands where the IEEE step
@@ -95,7 +96,7 @@ def test_threads_started_before_the_flag_are_named_in_a_note(monkeypatch):
     monkeypatch.setattr(common, "subnormals_flushed", lambda: False)
     with flushed_denormals(True, notes.append):
         pass
-    assert len(notes) == 1 and "--flush-denormals reaches only the threads" in notes[0], notes
+    assert len(notes) == 1 and "flushed to zero only on the threads torch starts" in notes[0], notes
 
 
 def wide_model() -> VAE:
@@ -179,10 +180,12 @@ def test_the_flag_is_saved_and_may_change_on_resume(tmp_path, capsys, model):
     common = [model, "train", "--out", str(folder), "--device", "cpu", "--offline", "--dataset", "mnist-sample"]
     common += ["--hidden", "32", "--objective", "iwae", "--train-samples", "2"] if model == "vae" else \
         ["--batch-size", "1000", "--grid-every", "1"]
-    assert main([*common, "--epochs", "1", "--flush-denormals"]) == 0
-    assert json.loads((folder / "config.json").read_text())["config"]["flush_denormals"] is True
+    assert main([*common, "--epochs", "1"]) == 0
+    assert json.loads((folder / "config.json").read_text())["config"]["flush_denormals"] is True  # the default
     assert main([*common, "--epochs", "2", "--resume", "--no-flush-denormals"]) == 0  # how to compute, not what
-    assert [r["epoch"] for r in RunDir(folder).read_metrics()] == [1, 2]
     assert json.loads((folder / "config.json").read_text())["config"]["flush_denormals"] is False
-    assert (VAEConfig().flush_denormals, GANConfig().flush_denormals) == (False, False)  # IEEE unless asked
+    assert main([*common, "--epochs", "3", "--resume", "--flush-denormals"]) == 0
+    assert [r["epoch"] for r in RunDir(folder).read_metrics()] == [1, 2, 3]
+    assert json.loads((folder / "config.json").read_text())["config"]["flush_denormals"] is True
+    assert (VAEConfig().flush_denormals, GANConfig().flush_denormals) == (True, True)  # flushed unless refused
     capsys.readouterr()

@@ -52,7 +52,7 @@ def test_every_stage_is_done_and_timed(reproduction, mnist_dir):
     assert list(stages["stages"]) == STAGE_NAMES == [s.name for s in pipeline.STAGES]
     for name, record in stages["stages"].items():
         assert record["status"] == "done", name
-        assert record["seconds"] > 0 and record["started"] <= record["finished"], name
+        assert record["seconds"] > 0 and record["cpu_seconds"] > 0 and record["started"] <= record["finished"], name
     assert stages["command"] == ["mnistgen", "reproduce", "--out", str(reproduction), *tiny_flags(mnist_dir)]
 
 
@@ -147,7 +147,7 @@ def test_interrupted_gan_training_resumes_to_the_same_weights(reproduction, tmp_
         pipeline.reproduce(copy, ReproduceConfig(), resume=True)
     record = json.loads(stages_file.read_text())["stages"]["gan-train"]
     assert record["status"] == "interrupted" and record["seconds"] > 0
-    interrupted_seconds = record["seconds"]
+    interrupted_seconds, interrupted_cpu = record["seconds"], record["cpu_seconds"]
     assert torch.load(copy / "gan" / "checkpoint.pt", weights_only=True)["step"] > 0  # saved mid-epoch
     monkeypatch.setattr(gan_training, "train_gan", real_train_gan)
 
@@ -155,6 +155,7 @@ def test_interrupted_gan_training_resumes_to_the_same_weights(reproduction, tmp_
     stages = json.loads(stages_file.read_text())["stages"]
     assert all(stages[name]["status"] == "done" for name in STAGE_NAMES)
     assert stages["gan-train"]["seconds"] > interrupted_seconds  # time before the interruption is kept
+    assert stages["gan-train"]["cpu_seconds"] > interrupted_cpu
     assert (copy / "vae" / "checkpoint.pt").stat().st_mtime_ns == vae_checkpoint  # VAE stages not rerun
     resumed = torch.load(copy / "gan" / "checkpoint.pt", weights_only=True)["generator"]
     uninterrupted = torch.load(reproduction / "gan" / "checkpoint.pt", weights_only=True)["generator"]

@@ -156,10 +156,10 @@ class DataConfig:
 
 
 _FLUSH_HELP = (
-    "on the CPU, flush subnormal floats (below 1.2e-38) to zero while training, as GPUs' fast math does: the same "
-    "mathematics to float rounding, and faster once training produces subnormals, on which the CPU's arithmetic is "
-    "many times slower (the GAN's sigmoid pixels near 0, the VAE's iwae importance weights: 1.2-1.8x where they "
-    "occur, docs/BENCHMARKS.md)")
+    "on the CPU, flush subnormal floats (below 1.2e-38) to zero while training, as GPUs do: the same mathematics to "
+    "float rounding, and faster once training produces subnormals, on which the CPU's arithmetic is many times "
+    "slower (the GAN's sigmoid pixels near 0, the VAE's iwae importance weights: 1.2-1.8x where they occur, "
+    "docs/BENCHMARKS.md); --no-flush-denormals keeps IEEE arithmetic")
 
 
 def _cpu_kernels_help(networks: str) -> str:
@@ -202,7 +202,7 @@ class VAEConfig:
         0.5, "step schedule: factor applied to the learning rate at each step", Bound(low=0, high=1, low_open=True))
     lr_decay_every: int = option(100, "step schedule: epochs between two decays", POSITIVE)
     threads: int = option(0, _THREADS_HELP, NON_NEGATIVE, THREADS_BOUND)
-    flush_denormals: bool = option(False, _FLUSH_HELP)
+    flush_denormals: bool = option(True, _FLUSH_HELP)
     device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "where to compute")
     cpu_kernels: Literal["auto", "native", "torch", "reference"] = option(
         "auto", _cpu_kernels_help("encoder and decoder"))
@@ -265,7 +265,7 @@ class GANConfig:
     grid_every: int = option(10, "save an 8x8 grid from fixed noise every this many epochs", POSITIVE)
     device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "where to compute")
     threads: int = option(0, _THREADS_HELP, NON_NEGATIVE, THREADS_BOUND)
-    flush_denormals: bool = option(False, _FLUSH_HELP)
+    flush_denormals: bool = option(True, _FLUSH_HELP)
     cpu_kernels: Literal["auto", "native", "torch", "reference"] = option(
         "auto", _cpu_kernels_help("generator and discriminator"))
 

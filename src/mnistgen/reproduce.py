@@ -92,6 +92,14 @@ def flat_fields(config: ReproduceConfig) -> dict[str, Any]:
     return {**to_dict(config.data), **{k: v for k, v in to_dict(config).items() if k != "data"}}
 
 
+CLOCKS = {"seconds": time.perf_counter, "cpu_seconds": time.process_time}  # a stage's wall and CPU time (all threads)
+
+
+def spent(start: dict[str, float]) -> dict[str, float]:
+    """Each clock's time since ``start``."""
+    return {key: clock() - start[key] for key, clock in CLOCKS.items()}
+
+
 def reproduce(folder: str | Path, config: ReproduceConfig, resume: bool = False,
               explicit: set[str] | None = None, command: list[str] | None = None) -> Path:
     """Run every stage not yet done, then write the report; returns the report's path."""
@@ -114,21 +122,20 @@ def reproduce(folder: str | Path, config: ReproduceConfig, resume: bool = False,
             say(f"{label}: done before ({record.get('seconds', 0):.1f} s), kept")
             continue
         say(f"{label}: {stage.description}")
-        spent_before = float(record.get("seconds") or 0.0)
         record_stage(stage.name, status="running", started=record.get("started") or now())
-        start = time.perf_counter()
+        start = {key: clock() - float(record.get(key) or 0.0) for key, clock in CLOCKS.items()}  # time before kept
         try:
             extra = {"status": "done", "note": None, **(stage.run(repro, config) or {})}  # or "skipped", and why
         except BaseException as exc:
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-            record_stage(stage.name, status=status, seconds=spent_before + time.perf_counter() - start,
-                         error=f"{type(exc).__name__}: {exc}")
+            record_stage(stage.name, status=status, **spent(start), error=f"{type(exc).__name__}: {exc}")
             say(f"{label}: {status}; continue with: mnistgen reproduce --out {repro.path} --resume "
                 f"(the report so far: mnistgen report {repro.path})")
             raise
-        seconds = spent_before + time.perf_counter() - start
-        record_stage(stage.name, seconds=seconds, finished=now(), error=None, **extra)
-        say(f"{label}: {extra['status']} in {seconds:.1f} s" + (f" ({extra['note']})" if extra["note"] else ""))
+        times = spent(start)
+        record_stage(stage.name, **times, finished=now(), error=None, **extra)
+        say(f"{label}: {extra['status']} in {times['seconds']:.1f} s (CPU {times['cpu_seconds']:.1f} s)"
+            + (f" ({extra['note']})" if extra["note"] else ""))
     return write_report(repro.path)
 
 

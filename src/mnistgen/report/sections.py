@@ -379,15 +379,16 @@ def scores_section(sets: list[ScoredSet], stages: dict[str, Any] | None = None) 
 def stages_section(stages: dict[str, Any] | None) -> str:
     if not stages:
         return ""
-    rows = [[name, record.get("status"), duration(record.get("seconds")), record.get("started"),
-             record.get("finished"), record.get("error") or record.get("note") or ""]
-            for name, record in stages.get("stages", {}).items()]
-    total = sum(record.get("seconds") or 0.0 for record in stages.get("stages", {}).values())
-    rows.append([Markup("<b>total</b>"), "", duration(total), "", "", ""])
+    records = stages.get("stages", {})
+    rows = [[name, record.get("status"), duration(record.get("seconds")), duration(record.get("cpu_seconds")),
+             record.get("started"), record.get("finished"), record.get("error") or record.get("note") or ""]
+            for name, record in records.items()]
+    totals = [sum(record.get(key) or 0.0 for record in records.values()) for key in ("seconds", "cpu_seconds")]
+    rows.append([Markup("<b>total</b>"), "", *(duration(total) for total in totals), "", "", ""])
     command = stages.get("command")
     body = (f"<p>Command: <code>{escape(' '.join(command))}</code></p>" if command else "")
-    return section("stages", "Stages and time", body + table(("stage", "status", "time", "started", "finished", "note"),
-                                                             rows, "stages"))
+    header = ("stage", "status", "time", "CPU time", "started", "finished", "note")
+    return section("stages", "Stages and time", body + table(header, rows, "stages"))
 
 
 def library_versions() -> dict[str, str]:

@@ -455,8 +455,8 @@ def flushed_denormals(flush: bool, say: Callable[[str], None] | None = None) -> 
         yield
         return
     if not subnormals_flushed():
-        say("mnistgen: note: --flush-denormals reaches only the threads torch starts after it: some of its CPU "
-            "threads started before and keep IEEE arithmetic (same results, less speed-up)")
+        say("mnistgen: note: subnormal floats are flushed to zero only on the threads torch starts from now on: "
+            "some of its CPU threads started before and keep IEEE arithmetic (same results, less speed-up)")
     try:
         yield
     finally:
