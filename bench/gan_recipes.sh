@@ -22,6 +22,9 @@ flags() {  # the flags of one named training (beside --seeds, --epochs, --thread
     improved) echo "--recipe improved" ;;  # its values: GAN_RECIPES in src/mnistgen/config.py
     b32) echo "--betas 0.5,0.999 --lr-d 4e-4 --lr-g 1e-4 --batch-size 32 --ema-decay 0.9999" ;;
     fastd) echo "--betas 0.5,0.999 --lr-d 1e-3 --lr-g 2e-4 --batch-size 64 --ema-decay 0.9999" ;;
+    imp-b32) echo "--recipe improved --batch-size 32" ;;
+    imp-lrg1e-4) echo "--recipe improved --lr-g 1e-4" ;;
+    imp-lrd2e-3) echo "--recipe improved --lr-d 2e-3" ;;
     *) echo "gan_recipes.sh: unknown configuration '$1'" >&2; exit 2 ;;
   esac
 }

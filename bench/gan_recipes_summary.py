@@ -1,7 +1,10 @@
-"""The table of bench/gan_recipes.sh: each GAN training option's Fréchet distance and classifier score (mnistgen
-score, 10,000 samples per seed), mean ± the 95% Student-t interval over the seeds, each seed's value beside it.
+"""The tables of bench/gan_recipes.sh: each GAN training option's Fréchet distance and classifier score (mnistgen
+score, 10,000 samples per seed), mean ± the 95% Student-t interval over the seeds, each seed's value beside it;
+with ``--balance``, one table per epoch of the Fréchet distance's worst seed (and its ratio to the mean) and of the
+classes: the total variation distance of the class histogram from uniform (mean, worst seed) and the smallest and
+largest share of a digit over all seeds (which digit).
 
-    python bench/gan_recipes_summary.py runs/recipes
+    python bench/gan_recipes_summary.py runs/recipes [--balance]
 """
 
 from __future__ import annotations
@@ -27,7 +30,33 @@ ROWS = (  # (training, sample set, what it is)
     ("b32", "average", "betas 0.5, TTUR, batch 32, EMA 0.9999"),
     ("fastd", "raw", "betas 0.5, lr-d 1e-3, lr-g 2e-4, batch 64, the trained G"),
     ("fastd", "average", "betas 0.5, lr-d 1e-3, lr-g 2e-4, batch 64, EMA 0.9999"),
+    ("imp-b32", "average", "--recipe improved, batch 32"),
+    ("imp-lrg1e-4", "average", "--recipe improved, lr-g 1e-4"),
+    ("imp-lrd2e-3", "average", "--recipe improved, lr-d 2e-3"),
 )
+
+
+def balance_tables(out: Path, epochs: list[int], seeds: list[int]) -> None:
+    for epoch in epochs:
+        print(f"\nepoch {epoch}, seeds {', '.join(map(str, seeds))}")
+        print("| option | FD | worst seed (x mean) | class TV, mean (worst seed) | smallest digit share | largest |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for training, kind, text in ROWS:
+            files = [out / training / f"seed={seed}" / f"epoch{epoch}-{kind}.score.json" for seed in seeds]
+            if not all(file.is_file() for file in files):
+                continue
+            reports = [json.loads(file.read_text()) for file in files]
+            distances = [r["frechet_distance"] for r in reports]
+            worst = max(range(len(seeds)), key=lambda i: distances[i])
+            mean = spread(distances).mean
+            tv = [r["class_tv_distance"] for r in reports]
+            shares = [(count / r["n_images"], digit, seed) for r, seed in zip(reports, seeds, strict=True)
+                      for digit, count in enumerate(r["class_histogram"])]
+            low, high = min(shares), max(shares)
+            print(f"| {text} | {spread(distances).text(1)} | {distances[worst]:.1f}, seed {seeds[worst]} "
+                  f"({distances[worst] / mean:.2f}x) | {spread(tv).mean:.3f} ({max(tv):.3f}, seed "
+                  f"{seeds[tv.index(max(tv))]}) | {low[0]:.1%} ({low[1]}s, seed {low[2]}) | "
+                  f"{high[0]:.1%} ({high[1]}s, seed {high[2]}) |")
 
 
 def main() -> None:
@@ -53,6 +82,8 @@ def main() -> None:
                 each = ", ".join(f"{v:.{digits}f}" for v in values)
                 cells.append(f"{spread(values).text(digits)} ({each})")
         print(f"| {text} | " + " | ".join(cells) + " |")
+    if "--balance" in sys.argv[2:]:
+        balance_tables(out, epochs, seeds)
 
 
 if __name__ == "__main__":

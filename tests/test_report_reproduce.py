@@ -260,7 +260,8 @@ def test_beyond_added_on_resume_trains_scores_and_reports_each_option(reproducti
     copy = tmp_path / "RUN"
     shutil.copytree(reproduction, copy)
     assert main(["reproduce", "--out", str(copy), "--resume", "--beyond"]) == 0
-    assert capsys.readouterr().err.count("done before") == len(STAGE_NAMES)
+    err = capsys.readouterr().err
+    assert err.count("done before") == len(STAGE_NAMES)
     stages = json.loads((copy / "stages.json").read_text())["stages"]
     assert list(stages) == STAGE_NAMES + BEYOND_STAGES and all(r["status"] == "done" for r in stages.values())
     assert json.loads((copy / "config.json").read_text())["config"]["beyond"] is True  # kept for the next resume
@@ -280,6 +281,11 @@ def test_beyond_added_on_resume_trains_scores_and_reports_each_option(reproducti
         for name in sets:
             score = json.loads((copy / "beyond" / folder / f"{name}.score.json").read_text())
             assert score["n_images"] == SCORE_SAMPLES
+            said = [line for line in err.splitlines() if line.startswith(f"  beyond/{folder}/{name}: ")]
+            assert len(said) == 1, err  # the score said as it is written, the classes' balance beside the distance
+            assert f"Frechet distance {score['frechet_distance']:.2f}" in said[0], said
+            assert f"class TV to uniform {score['class_tv_distance']:.3f}" in said[0], said
+            assert f"smallest class {score['min_class_share']:.1%}" in said[0], said
         assert not (folder == "gan-ema" and (copy / "beyond" / folder / "raw.npz").exists())
         # each sample set is drawn from the weights it names, with the run's own seed
         checkpoint = torch.load(copy / "beyond" / folder / "checkpoint.pt", weights_only=True)
