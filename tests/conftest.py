@@ -75,16 +75,26 @@ def _isolated_user_dirs(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def only_localhost(monkeypatch):
-    """Fail any connection to a host other than 127.0.0.1 (no test may reach the internet)."""
+def only_localhost(monkeypatch) -> list:
+    """Fail any connection to a host other than 127.0.0.1 (no test may reach the internet); returns the addresses
+    this process's sockets connect to during the test, in order (the fixture ``connections``)."""
     real_connect = socket.socket.connect
+    seen = []
 
     def guarded(self, address):
+        seen.append(address)
         if self.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in ("127.0.0.1", "::1"):
             raise AssertionError(f"test tried to connect to {address}")
         return real_connect(self, address)
 
     monkeypatch.setattr(socket.socket, "connect", guarded)
+    return seen
+
+
+@pytest.fixture
+def connections(only_localhost) -> list:
+    """The addresses the test's sockets have connected to so far (each attempt, refused ones too)."""
+    return only_localhost
 
 
 @pytest.fixture(scope="module")

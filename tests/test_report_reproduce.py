@@ -332,7 +332,8 @@ def test_beyond_added_on_resume_trains_scores_and_reports_each_option(reproducti
 
 
 @pytest.mark.slow
-def test_an_offline_start_says_so_once_and_shows_the_score_stage_skipped_with_its_fix(tmp_path, monkeypatch, capsys):
+def test_an_offline_start_says_so_once_and_shows_the_score_stage_skipped_with_its_fix(tmp_path, monkeypatch, capsys,
+                                                                                     connections):
     """A fresh machine with no MNIST (an empty user cache) and no network (every mirror a port of 127.0.0.1 that
     refuses): `reproduce --quick` says in one line where it looked, that the network is unreachable and that it uses
     the bundled sample; asks the mirrors once in the whole run, not in every stage that loads data; and shows the
@@ -347,14 +348,6 @@ def test_an_offline_start_says_so_once_and_shows_the_score_stage_skipped_with_it
     for name in ("MNISTGEN_DATA_DIR", "MNISTGEN_OFFLINE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MNISTGEN_CACHE_DIR", str(tmp_path / "cache"))
-    connections = []
-    connect = socket.socket.connect  # conftest's, which refuses any host but 127.0.0.1
-
-    def counted(self, address):
-        connections.append(address)
-        return connect(self, address)
-
-    monkeypatch.setattr(socket.socket, "connect", counted)
     out = tmp_path / "RUN"
     with socket.socket() as bound:  # bound, not listening: each connection to it is refused
         bound.bind(("127.0.0.1", 0))

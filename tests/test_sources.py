@@ -210,20 +210,12 @@ def test_unreachable_mirrors_use_the_sample_in_one_line(tmp_path, monkeypatch, c
 
 
 @pytest.mark.parametrize("mirror", ["closed port", "refusing server"])
-def test_a_failed_download_is_not_tried_again_by_a_later_stage(tmp_path, monkeypatch, capsys, mirror):
+def test_a_failed_download_is_not_tried_again_by_a_later_stage(tmp_path, monkeypatch, capsys, mirror, connections):
     """What the stages of a reproduction do without MNIST: training loads the data (and gets the sample), the
     evaluation loads it again, the score looks for MNIST's files. Only the first asks the mirrors, once each."""
     from test_download import Server
 
     monkeypatch.setenv("MNISTGEN_CACHE_DIR", str(tmp_path / "empty"))
-    connections = []
-    connect = socket.socket.connect  # conftest's, which refuses any host but 127.0.0.1
-
-    def counted(self, address):
-        connections.append(address)
-        return connect(self, address)
-
-    monkeypatch.setattr(socket.socket, "connect", counted)
     server = Server({}) if mirror == "refusing server" else None  # answers 404 to every file
     try:
         url = server.url("e404") if server else f"http://127.0.0.1:{closed_port()}/"
