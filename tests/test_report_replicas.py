@@ -425,7 +425,14 @@ def test_beyond_section_shows_each_option_over_the_seeds_beside_spec(replica_fol
     assert_interval(vae_rows[1][2], [elbo for elbo, _ in iwae_numbers.values()], 2)
     assert_interval(vae_rows[1][3], [log_px for _, log_px in iwae_numbers.values()], 2)
     assert_each_seed(vae_rows[1][4], {seed: elbo for seed, (elbo, _) in iwae_numbers.items()})
-    # the first seed's last grids: SPEC's and the recipe's (this copy of SPEC's run kept no average: no grids/raw)
-    assert len(embedded_images(beyond)) == 2
+    # SPEC's first seed's last grid, then the recipe's best and worst seed by the average's distance, side by side
+    # (this copy of SPEC's run kept no average: no grids/raw, no trained G's grid)
+    def last_grid_png(run: Path, seed: int) -> bytes:
+        return sorted((run / f"seed={seed}" / "grids").glob("epoch_*.png"))[-1].read_bytes()
+
+    assert embedded_images(beyond) == [last_grid_png(root / "gan", 2), last_grid_png(improved, 2),
+                                       last_grid_png(improved, 5)]
+    assert last_grid_png(improved, 2) != last_grid_png(improved, 5)  # the seeds' grids differ: the order is seen
+    assert "the best seed (2: Frechet distance 40.5)" in beyond and "the worst seed (5: Frechet distance 47.2)" in beyond
     (root / "report.html").write_text(text)
     assert overflow(browser, root / "report.html") == {}  # 7 columns, each seed's pair among them

@@ -76,28 +76,46 @@ def vae_table(repro: Reproduction) -> str:
     return table(headers[: max(len(row) for row in rows)], rows, "scores")
 
 
-def last_grid(run: RunDir, raw: bool = False) -> tuple[int, bytes] | None:
-    """(epoch, PNG) of the latest saved grid of a run's first seed (its average's, or with ``raw`` G's)."""
-    first = next(iter(seed_folders(run).values()))
-    epochs = first.grid_epochs(raw)
+def last_grid(run: RunDir, raw: bool = False, seed: int | None = None) -> tuple[int, bytes] | None:
+    """(epoch, PNG) of the latest saved grid of a run's seed ``seed`` (default: its first; the average's, or with
+    ``raw`` G's)."""
+    folders = seed_folders(run)
+    folder = folders.get(seed) if seed is not None else next(iter(folders.values()))
+    epochs = folder.grid_epochs(raw) if folder is not None else []
     if not epochs:
         return None
-    png, _ = first.grid_paths(epochs[-1], raw)
+    png, _ = folder.grid_paths(epochs[-1], raw)
     return (epochs[-1], png.read_bytes()) if png.is_file() else None
+
+
+def best_and_worst(scores: dict[int | None, ScoreFile] | None) -> list[tuple[str, int, float]]:
+    """[("best", seed, distance), ("worst", seed, distance)] by the Frechet distance of a set scored on several
+    seeds; [] for one seed or none."""
+    distances = {seed: score.frechet_distance for seed, score in (scores or {}).items()
+                 if seed is not None and score.frechet_distance is not None}
+    if len(distances) < 2:
+        return []
+    return [(word, seed, distances[seed]) for word, pick in (("best", min), ("worst", max))
+            for seed in [pick(distances, key=distances.get)]]
 
 
 def grids_part(repro: Reproduction) -> str:
     recommended = RECOMMENDED_GAN_OPTION
     improved_run = repro.beyond_run(recommended)
-    shown = [("SPEC's defaults, G", last_grid(repro.gan)),
-             (f"{recommended.title} ({recommended.flags}), the moving average of G", last_grid(improved_run)),
-             (f"{recommended.title}, the trained G", last_grid(improved_run, raw=True))]
-    figures = [figure_html(png, f"{title}, epoch {epoch}: the fixed noise batch of the first seed.",
-                           f"last grid: {title}", "grid") for title, found in shown if found for epoch, png in [found]]
+    average = f"{recommended.title} ({recommended.flags}), the moving average of G"
+    extremes = best_and_worst(read_scores(repro.sample_files(improved_run, "average")))
+    shown = [("SPEC's defaults, G, the first seed", last_grid(repro.gan))]
+    shown += [(f"{average}, the {word} seed ({seed}: Frechet distance {distance:.1f})",
+               last_grid(improved_run, seed=seed)) for word, seed, distance in extremes] or [
+        (f"{average}, the first seed", last_grid(improved_run))]
+    shown.append((f"{recommended.title}, the trained G, the first seed", last_grid(improved_run, raw=True)))
+    figures = [figure_html(png, f"{title}, epoch {epoch}.", f"last grid: {title}", "grid")
+               for title, found in shown if found for epoch, png in [found]]
     if not figures:
         return ""
     return ("<h3>The recommended GAN recipe beside SPEC's, the last grids</h3><p>The same fixed noise batch "
-            "(8x8), the last epoch saved, the first seed of each.</p>"
+            "(8x8), the last epoch saved; of a recipe trained on several seeds, its best and its worst seed by the "
+            "Frechet distance of the moving average's samples, side by side.</p>"
             f'<div class="gallery">{"".join(figures)}</div>')
 
 
