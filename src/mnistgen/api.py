@@ -6,7 +6,6 @@ functions: the same arrays for a seed, the same one-line message (:class:`mnistg
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import numbers
 import os
@@ -271,20 +270,19 @@ def load_pretrained(name: str, device: str | torch.device = "auto") -> Run:
     return load_run(cached_run(name), device)
 
 
-def finished_run(run: RunDir, kind: str, config: Any, resumable: tuple[str, ...]) -> Run | None:
+def finished_run(run: RunDir, kind: str, config: Any) -> Run | None:
     """Where ``run`` holds a run already (and no resume was asked for): that run, loaded, if it is ``config``'s and
     finished, with a note (so a notebook's cell can be run again); else a one-line error naming the settings that
     differ, or how to continue an unfinished one. None where the folder holds no run yet."""
+    from .config import changed_settings, fixed_settings_changed
+
     if not (run.checkpoint.is_file() or run.replicas_commit.is_file()):
         return None
     saved = run.read_config_as(kind, type(config), f"a {kind.upper()} run")
-    differ = [(f.name, getattr(saved, f.name), getattr(config, f.name)) for f in dataclasses.fields(config)
-              if f.name != "data" and getattr(saved, f.name) != getattr(config, f.name)]
-    if saved.data.dataset != config.data.dataset:
-        differ.append(("dataset", saved.data.dataset, config.data.dataset))
+    differ = changed_settings(saved, config)
     if differ:
         names = "; ".join(f"{name}: {then!r} there, {now!r} here" for name, then, now in differ)
-        hint = " (resume=True continues it with these)" if {name for name, _, _ in differ} <= set(resumable) else ""
+        hint = "" if fixed_settings_changed(saved, config) else " (resume=True continues it with these)"
         raise MnistgenError(f"{run.path} holds a {kind.upper()} run with other settings ({names}){hint}; give its "
                             "settings, or another out")
     loaded = load_run(run.path, config.device)
@@ -313,13 +311,12 @@ def train_vae(out: str | os.PathLike, *, resume: bool = False, show_progress: bo
 
     Returns the :class:`Run`, its VAE on the device it trained on: ``run.sample(n)`` -> (n, 28, 28),
     ``run.encode(images (N, 28, 28))`` -> (mean, logvar), each (N, D_z); ``run.decode(z (N, D_z))`` -> (N, 28, 28)."""
-    from .train.vae import RESUMABLE_FIELDS
     from .train.vae import train_vae as train
 
     run = RunDir(out)
     base = run.read_config_to_resume("vae", VAEConfig) if resume else None
     config = config_from_settings(VAEConfig, settings, base, "train_vae")
-    finished = None if resume else finished_run(run, "vae", config, RESUMABLE_FIELDS)
+    finished = None if resume else finished_run(run, "vae", config)
     if finished is None:
         train(config, run, resume=resume, show_progress=show_progress, stop=stop)
     return finished or load_run(run.path, config.device)
@@ -338,12 +335,10 @@ def train_gan(out: str | os.PathLike, *, resume: bool = False, show_progress: bo
     resume, show_progress, stop: as in :func:`train_vae`.
 
     Returns the :class:`Run`, its G and D on the device it trained on: ``run.sample(n)`` -> G(z), (n, 28, 28)."""
-    from .train.gan import RESUMABLE_FIELDS
-
     run = RunDir(out)
     base = run.read_config_to_resume("gan", GANConfig) if resume else None
     config = config_from_settings(GANConfig, settings, base, "train_gan")
-    finished = None if resume else finished_run(run, "gan", config, RESUMABLE_FIELDS)
+    finished = None if resume else finished_run(run, "gan", config)
     if finished is None:
         train_gan_into(run, config, resume, show_progress, stop)
     return finished or load_run(run.path, config.device)
@@ -357,10 +352,9 @@ def train_gan_into(run: RunDir, config: GANConfig, resume: bool, show_progress: 
     from .data.sources import load_raw
     from .distributed import from_main_rank, main_rank_first
     from .train.common import check_run_folder
-    from .train.gan import RESUMABLE_FIELDS, train_gan
+    from .train.gan import train_gan
 
-    from_main_rank(lambda: check_run_folder(run, resume, "gan", config, RESUMABLE_FIELDS, say=lambda line: None)
-                   and None)
+    from_main_rank(lambda: check_run_folder(run, resume, "gan", config, say=lambda line: None) and None)
     protocol = main_rank_first(lambda: load_protocol("gan", load_raw(config.data)))
     return train_gan(config, protocol.train_images, run, resume=resume, provenance=protocol.provenance,
                      show_progress=show_progress, stop=stop)

@@ -270,6 +270,27 @@ class GANConfig:
         "auto", _cpu_kernels_help("generator and discriminator"))
 
 
+RESUMABLE_FIELDS: dict[type, tuple[str, ...]] = {
+    VAEConfig: ("epochs", "device", "threads", "cpu_kernels", "flush_denormals"),
+    GANConfig: ("epochs", "grid_every", "device", "threads", "cpu_kernels", "flush_denormals")}
+"""The settings a ``--resume`` may change, by config class: how to compute, not what (and where the data are)."""
+
+
+def changed_settings(saved: Any, wanted: Any) -> list[tuple[str, Any, Any]]:
+    """(name, saved value, wanted value) of each setting in which ``wanted`` differs from ``saved``: every field
+    but where the data are found, of which only the dataset counts."""
+    differ = [(f.name, getattr(saved, f.name), getattr(wanted, f.name)) for f in dataclasses.fields(wanted)
+              if f.name != "data" and getattr(saved, f.name) != getattr(wanted, f.name)]
+    if saved.data.dataset != wanted.data.dataset:
+        differ.append(("dataset", saved.data.dataset, wanted.data.dataset))
+    return differ
+
+
+def fixed_settings_changed(saved: Any, wanted: Any) -> list[tuple[str, Any, Any]]:
+    """:func:`changed_settings` less those a ``--resume`` may change (:data:`RESUMABLE_FIELDS`)."""
+    return [change for change in changed_settings(saved, wanted) if change[0] not in RESUMABLE_FIELDS[type(wanted)]]
+
+
 @dataclass(frozen=True)
 class ClassifierConfig:
     """The small MNIST classifier behind ``mnistgen score``: trained once, shipped in ``mnistgen/assets``."""

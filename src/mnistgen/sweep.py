@@ -314,17 +314,12 @@ def run_trial(trial: Trial, stop: Callable[[], bool] | None = None) -> TrialResu
 
 def _check_same_settings(trial: Trial, saved: Any, wanted: Any) -> None:
     """Refuse to count a run folder trained with other settings (the sweep file changed) as this trial's."""
-    from .train.gan import RESUMABLE_FIELDS as GAN_MAY_CHANGE
-    from .train.vae import RESUMABLE_FIELDS as VAE_MAY_CHANGE
+    from .config import fixed_settings_changed
 
-    may_change = VAE_MAY_CHANGE if trial.model == "vae" else GAN_MAY_CHANGE
-    differ = [f.name for f in dataclasses.fields(wanted)
-              if f.name not in (*may_change, "data") and getattr(saved, f.name) != getattr(wanted, f.name)]
-    if saved.data.dataset != wanted.data.dataset:
-        differ.append("dataset")
+    differ = fixed_settings_changed(saved, wanted)
     if differ:
         raise MnistgenError(f"{trial.folder}: holds a run trained with other settings than the sweep file's "
-                            f"({', '.join('--' + name.replace('_', '-') for name in differ)}); move it away or "
+                            f"({', '.join('--' + name.replace('_', '-') for name, _, _ in differ)}); move it away or "
                             "choose another --out")
 
 

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from ..config import config_from_args
+from ..config import RESUMABLE_FIELDS, add_config_arguments, config_from_args
 from ..errors import MnistgenError, UsageError
 
 EXIT_USER_ERROR = 1
@@ -68,6 +68,18 @@ def npy_output(text: str) -> Path:
     if out.suffix != ".npy":
         raise UsageError(f"--out {text}: the file name must end with .npy")
     return writable_output(out, "--out")
+
+
+def add_train_command(commands, config_class: type, run: Callable[[argparse.Namespace], int], help_text: str,
+                      description: str) -> None:
+    """A model's ``train`` sub-command: --out RUN, --resume (naming what may change) and the config's flags."""
+    train = commands.add_parser("train", help=help_text, description=description)
+    train.add_argument("--out", required=True, metavar="RUN", help="run folder to create (or continue with --resume)")
+    flags = ", ".join("--" + name.replace("_", "-") for name in RESUMABLE_FIELDS[config_class])
+    train.add_argument("--resume", action="store_true", help="continue the run in RUN from its checkpoint, with its "
+                       f"saved settings (only {flags} and where the data are found may change)")
+    add_config_arguments(train, config_class)
+    train.set_defaults(func=run)
 
 
 def train_command(args: argparse.Namespace, kind: str, config_class: type, train: Callable[[Any, Any], Any],

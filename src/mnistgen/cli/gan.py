@@ -10,7 +10,7 @@ from ..config import GANConfig, GANPlotConfig, GANSampleConfig, add_config_argum
 from ..errors import UsageError
 from ..files import atomic_write, to_stderr
 from ..runs import RunDir
-from .common import npy_output, train_command
+from .common import add_train_command, npy_output, train_command
 
 
 def register(subparsers) -> None:
@@ -21,22 +21,15 @@ def register(subparsers) -> None:
                     "figure and sample from it.")
     commands = parser.add_subparsers(title="gan commands", metavar="COMMAND", parser_class=type(parser), required=True)
 
-    train = commands.add_parser(
-        "train", help="train the GAN into a run folder",
-        description="Train the GAN (defaults: all 60,000 training images, batch 256, z ~ U[-1, 1]^64, Adam lr 2e-4 "
-                    "for each network, one D step then one G step per batch, 100 epochs, seed 2). RUN gets "
-                    "config.json, data.json, metrics.jsonl (one line per epoch), checkpoint.pt (after every "
-                    "epoch) and grids/epoch_NNN.png, an 8x8 grid of G's images for one fixed batch of noise (epoch 0, "
-                    "every --grid-every epochs and the last). Ctrl-C saves the state and stops; --resume continues. "
-                    "Training-only options (--betas, --ema-decay, --recipe improved) leave SPEC's networks as they "
-                    "are; the defaults, and --recipe spec, are SPEC's.")
-    train.add_argument("--out", required=True, metavar="RUN", help="run folder to create (or continue with --resume)")
-    train.add_argument("--resume", action="store_true",
-                       help="continue the run in RUN from its checkpoint, with its saved settings (only --epochs, "
-                            "--grid-every, --device, --threads, --cpu-kernels, --flush-denormals and where the data "
-                            "are found may change)")
-    add_config_arguments(train, GANConfig)
-    train.set_defaults(func=run_train)
+    add_train_command(
+        commands, GANConfig, run_train, "train the GAN into a run folder",
+        "Train the GAN (defaults: all 60,000 training images, batch 256, z ~ U[-1, 1]^64, Adam lr 2e-4 "
+        "for each network, one D step then one G step per batch, 100 epochs, seed 2). RUN gets "
+        "config.json, data.json, metrics.jsonl (one line per epoch), checkpoint.pt (after every "
+        "epoch) and grids/epoch_NNN.png, an 8x8 grid of G's images for one fixed batch of noise (epoch 0, "
+        "every --grid-every epochs and the last). Ctrl-C saves the state and stops; --resume continues. "
+        "Training-only options (--betas, --ema-decay, --recipe improved) leave SPEC's networks as they "
+        "are; the defaults, and --recipe spec, are SPEC's.")
 
     plot = commands.add_parser(
         "plot", help="draw the progress figure of a run (RUN/figures/progress.png)",

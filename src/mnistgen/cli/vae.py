@@ -9,7 +9,7 @@ import numpy as np
 from ..config import VAEConfig, VAEEvalConfig, add_config_arguments, config_from_args
 from ..files import atomic_write, to_stderr
 from ..runs import RunDir
-from .common import npy_output, train_command
+from .common import add_train_command, npy_output, train_command
 
 
 def register(subparsers) -> None:
@@ -20,18 +20,11 @@ def register(subparsers) -> None:
                     "figures and sample from it.")
     commands = parser.add_subparsers(title="vae commands", metavar="COMMAND", parser_class=type(parser), required=True)
 
-    train = commands.add_parser(
-        "train", help="train the VAE into a run folder",
-        description="Train the VAE (defaults: SPEC's hw protocol, batch 100, Adam lr 1e-3, 200 epochs, seed 1234). "
-                    "RUN gets config.json, data.json, metrics.jsonl (one line per epoch) and checkpoint.pt "
-                    "(after every epoch). Ctrl-C saves the state and stops; --resume continues it.")
-    train.add_argument("--out", required=True, metavar="RUN", help="run folder to create (or continue with --resume)")
-    train.add_argument("--resume", action="store_true",
-                       help="continue the run in RUN from its checkpoint, with its saved settings (only --epochs, "
-                            "--device, --threads, --cpu-kernels, --flush-denormals and where the data are found may "
-                            "change)")
-    add_config_arguments(train, VAEConfig)
-    train.set_defaults(func=run_train)
+    add_train_command(
+        commands, VAEConfig, run_train, "train the VAE into a run folder",
+        "Train the VAE (defaults: SPEC's hw protocol, batch 100, Adam lr 1e-3, 200 epochs, seed 1234). "
+        "RUN gets config.json, data.json, metrics.jsonl (one line per epoch) and checkpoint.pt "
+        "(after every epoch). Ctrl-C saves the state and stops; --resume continues it.")
 
     evaluate = commands.add_parser(
         "eval", help="test ELBO and importance-weighted log p(x) of a trained run (RUN/eval.json)",

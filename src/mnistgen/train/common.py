@@ -22,8 +22,9 @@ from typing import Any
 
 import torch
 
-from ..config import from_dict, is_replicated, replica_config, replica_seeds, to_dict
-from ..distributed import from_main_rank, is_main_process, rank_and_size
+from ..config import fixed_settings_changed, from_dict, is_replicated, replica_config, replica_seeds, to_dict, validate
+from ..device import resolve_device
+from ..distributed import check_device, check_global_batch, from_main_rank, is_main_process, rank_and_size, ranks_agree
 from ..errors import MnistgenError, NonFiniteLossError, TrainingInterrupted
 from ..files import read_json, sync_folder, write_json
 from ..runs import PENDING_CHECKPOINT, RunDir, load_checkpoint, save_checkpoint
@@ -80,12 +81,11 @@ def torch_threads(threads: int) -> Iterator[None]:
 # --------------------------------------------------------------------------- the run: new or resumed, checkpoints
 
 
-def check_run_folder(run: RunDir, resume: bool, kind: str, config: Any, may_change: tuple[str, ...],
-                     say: Callable[[str], None] | None = None, metric_keys: tuple[str, ...] = ()
-                     ) -> dict[str, Any] | None:
+def check_run_folder(run: RunDir, resume: bool, kind: str, config: Any, say: Callable[[str], None] | None = None,
+                     metric_keys: tuple[str, ...] = ()) -> dict[str, Any] | None:
     """Decide, before anything is written, whether ``run`` starts anew (None) or continues (the checkpoint); a
-    one-line :class:`MnistgenError` where neither fits. On ``--resume`` every setting but ``may_change`` and the data's
-    location must equal the checkpoint's, and metrics.jsonl must hold valid records (with ``metric_keys``)."""
+    one-line :class:`MnistgenError` where neither fits. On ``--resume`` every setting but the resumable ones and the
+    data's location must equal the checkpoint's, and metrics.jsonl must hold valid records (with ``metric_keys``)."""
     say = say or say_on_main_process
     has_checkpoint = run.checkpoint.is_file()
     if not resume:
@@ -106,17 +106,12 @@ def check_run_folder(run: RunDir, resume: bool, kind: str, config: Any, may_chan
         saved = from_dict(type(config), checkpoint["config"])
     except MnistgenError as exc:
         raise MnistgenError(f"{run.checkpoint}: its config is not a {kind.upper()} config ({exc})") from None
-    differ = [f.name for f in dataclasses.fields(config)
-              if f.name not in (*may_change, "data") and getattr(saved, f.name) != getattr(config, f.name)]
-    if saved.data.dataset != config.data.dataset:
-        differ.append("dataset")
+    differ = fixed_settings_changed(saved, config)
     if differ:
-        first = differ[0]
-        then, now = (saved.data, config.data) if first == "dataset" else (saved, config)
-        names = ", ".join("--" + name.replace("_", "-") for name in differ)
+        (first, then, now), names = differ[0], ", ".join("--" + name.replace("_", "-") for name, _, _ in differ)
         raise MnistgenError(f"{run.path}: --resume must keep the settings the run was trained with; these differ from "
                             f"its checkpoint (a flag, or an edited config.json): {names} (--{first.replace('_', '-')} "
-                            f"was {getattr(then, first)!r}, now {getattr(now, first)!r})")
+                            f"was {then!r}, now {now!r})")
     run.read_metrics(metric_keys, say=lambda line: None)  # a damaged line is refused now, before the data load
     return checkpoint
 
@@ -245,8 +240,8 @@ def settle_checkpoints(run: RunDir, seeds: Sequence[int]) -> None:
         sync_folder(pending.parent)
 
 
-def check_replica_folder(run: RunDir, resume: bool, kind: str, config: Any, may_change: tuple[str, ...],
-                         say: Callable[[str], None], metric_keys: tuple[str, ...]) -> list[dict[str, Any] | None]:
+def check_replica_folder(run: RunDir, resume: bool, kind: str, config: Any, say: Callable[[str], None],
+                         metric_keys: tuple[str, ...]) -> list[dict[str, Any] | None]:
     """The new-or-resume check of a replica run: each replica's checkpoint to continue from, or None."""
     seeds = replica_seeds(config)
     if not resume:
@@ -260,8 +255,8 @@ def check_replica_folder(run: RunDir, resume: bool, kind: str, config: Any, may_
         raise MnistgenError(f"{run.path}: --resume must keep the seeds the run was trained with "
                             f"({','.join(map(str, replica_seeds(saved)))})")
     settle_checkpoints(run, seeds)
-    checkpoints = [check_run_folder(run.seed_run(seed), True, kind, replica_config(config, seed), may_change,
-                                    lambda line: None, metric_keys) if run.seed_run(seed).config.is_file() else None
+    checkpoints = [check_run_folder(run.seed_run(seed), True, kind, replica_config(config, seed), lambda line: None,
+                                    metric_keys) if run.seed_run(seed).config.is_file() else None
                    for seed in seeds]
     positions = {(c["epoch"], c["step"]) if c is not None else (0, 0) for c in checkpoints}
     if len(positions) > 1:
@@ -273,25 +268,34 @@ def check_replica_folder(run: RunDir, resume: bool, kind: str, config: Any, may_
     return checkpoints
 
 
-def claim_runs(held: ExitStack, run: RunDir, resume: bool, kind: str, config: Any, may_change: tuple[str, ...],
-               say: Callable[[str], None], metric_keys: tuple[str, ...]) -> list[dict[str, Any] | None]:
+def claim_runs(held: ExitStack, run: RunDir, resume: bool, kind: str, config: Any, say: Callable[[str], None],
+               metric_keys: tuple[str, ...]) -> list[dict[str, Any] | None]:
     """Hold ``run`` until ``held`` closes and check it: each replica's checkpoint to continue from, or None. Under
     torchrun rank 0 alone does both, every rank gets its answer: also the barrier after which rank 0 writes."""
     if not is_replicated(config):
         def on_rank_0() -> dict[str, Any] | None:
             held.enter_context(run.claimed())
-            return check_run_folder(run, resume, kind, config, may_change, say, metric_keys)
+            return check_run_folder(run, resume, kind, config, say, metric_keys)
 
         return [from_main_rank(on_rank_0)]
     held.enter_context(run.claimed())
-    return check_replica_folder(run, resume, kind, config, may_change, say, metric_keys)
+    return check_replica_folder(run, resume, kind, config, say, metric_keys)
 
 
-def check_one_process(config: Any) -> None:
-    """Replicas (``--seeds``, ``--replicas``) train in one process: under torchrun, a one-line error."""
-    if is_replicated(config) and rank_and_size()[1] > 1:
-        raise MnistgenError("replicas (--seeds, --replicas) train in one process; run them without torchrun, or "
-                            "train each seed under torchrun on its own")
+def training_device(config: Any, *checks: Callable[[], None]) -> torch.device:
+    """The device ``config`` trains on, after checking it (and running ``checks``) on every torchrun rank alike: an
+    error on one stops them all. Replicas (``--seeds``, ``--replicas``) train in one process, not under torchrun."""
+    with ranks_agree():
+        validate(config)
+        if is_replicated(config) and rank_and_size()[1] > 1:
+            raise MnistgenError("replicas (--seeds, --replicas) train in one process; run them without torchrun, or "
+                                "train each seed under torchrun on its own")
+        device = resolve_device(config.device)
+        check_device(device)
+        check_global_batch(config.batch_size)
+        for check in checks:
+            check()
+    return device
 
 
 @dataclass

@@ -14,19 +14,10 @@ import torch
 
 from ..accelerate.engines import Replica
 from ..accelerate.gan import choose_gan_calls, gan_engine
-from ..config import GANConfig, is_replicated, replica_seeds, validate
+from ..config import GANConfig, is_replicated, replica_seeds
 from ..data.batches import epoch_order, num_batches
-from ..device import resolve_device, seed_everything, stream_seed
-from ..distributed import (
-    check_device,
-    check_global_batch,
-    is_main_process,
-    rank_and_size,
-    rank_share,
-    ranks_agree,
-    stop_on_every_rank,
-    sum_over_ranks,
-)
+from ..device import seed_everything, stream_seed
+from ..distributed import is_main_process, rank_and_size, rank_share, ranks_agree, stop_on_every_rank, sum_over_ranks
 from ..distributions import sample_uniform_noise
 from ..errors import MnistgenError, TrainingInterrupted
 from ..models import gan as gan_model
@@ -35,18 +26,16 @@ from ..progress import progress
 from ..runs import GRID_SIDE, RunDir
 from .common import (
     ReplicaRuns,
-    check_one_process,
     claim_runs,
     keep_freed_memory,
     say_on_main_process,
     take_steps,
     training_context,
+    training_device,
 )
 
 NOISE_STREAM = 1  # key of the generator that draws the training noise z
 GRID_STREAM = 2  # key of the generator of the grid's fixed noise
-RESUMABLE_FIELDS = ("epochs", "grid_every", "device", "threads", "cpu_kernels", "flush_denormals")  # may change:
-# the same mathematics
 COMMAND = "mnistgen gan train"
 
 __all__ = ["TrainingInterrupted", "train_gan"]
@@ -92,16 +81,10 @@ def train_gan(config: GANConfig, images: torch.Tensor, run: RunDir, *, resume: b
     """Train (or, with ``resume``, continue) the GAN of ``config`` on ``images``, (N, 1, 28, 28) float32 in [0, 1],
     into ``run``; return the records, as :func:`mnistgen.train.vae.train_vae` does. provenance: RUN/data.json."""
     say = say or say_on_main_process
-    with ranks_agree():  # under torchrun: the same checks on every rank, an error stops them all
-        validate(config)
-        check_one_process(config)
-        device = resolve_device(config.device)
-        check_device(device)
-        check_images(images, config)
-        check_global_batch(config.batch_size)
+    device = training_device(config, lambda: check_images(images, config))
     keep_freed_memory()  # reuse freed tensors' memory: no page faults every step (same results)
     with ExitStack() as held:  # one process per run folder (rank 0 holds it)
-        checkpoints = claim_runs(held, run, resume, "gan", config, RESUMABLE_FIELDS, say, STATS)
+        checkpoints = claim_runs(held, run, resume, "gan", config, say, STATS)
         with training_context(config.threads, stop, config.flush_denormals, say) as stop_requested:
             histories = _train(config, images, run, checkpoints, provenance, device,
                                stop_on_every_rank(stop_requested), show_progress, say)

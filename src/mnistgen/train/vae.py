@@ -25,13 +25,12 @@ import torch
 from ..accelerate import note_choice
 from ..accelerate.engines import Replica
 from ..accelerate.vae import choose_vae_accelerator, held_out_elbo, vae_engine
-from ..config import VAEConfig, is_replicated, replica_seeds, validate
+from ..config import VAEConfig, is_replicated, replica_seeds
 from ..data.batches import epoch_order, num_batches
 from ..data.protocols import Protocol, binarize_batch, load_protocol
 from ..data.sources import load_raw
-from ..device import resolve_device, seed_everything, stream_seed
+from ..device import seed_everything, stream_seed
 from ..distributed import (
-    check_device,
     check_global_batch,
     main_rank_first,
     rank_and_size,
@@ -45,12 +44,10 @@ from ..losses import standard_normal_draws
 from ..models import vae as vae_model
 from ..progress import progress
 from ..runs import RunDir
-from .common import ReplicaRuns, check_one_process, claim_runs, say_on_main_process, take_steps, training_context
+from .common import ReplicaRuns, claim_runs, say_on_main_process, take_steps, training_context, training_device
 
 NOISE_STREAM = 1  # key of the generator that draws eps and the full protocol's binary images
 EVAL_STREAM = 2  # key of the per-epoch generators of the evaluation ELBO
-RESUMABLE_FIELDS = ("epochs", "device", "threads", "cpu_kernels", "flush_denormals")  # may differ on --resume:
-# the same mathematics
 COMMAND = "mnistgen vae train"
 
 __all__ = ["TrainingInterrupted", "train_vae", "learning_rate"]
@@ -116,14 +113,9 @@ def train_vae(config: VAEConfig, run: RunDir, *, resume: bool = False, protocol:
     Ctrl-C aborts). ``say`` gets the one-line notes (default: stderr, rank 0). Raises
     :class:`mnistgen.errors.NonFiniteLossError` if the ELBO becomes NaN or infinite."""
     say = say or say_on_main_process
-    with ranks_agree():  # under torchrun: the same checks on every rank, an error stops them all
-        validate(config)
-        check_one_process(config)
-        device = resolve_device(config.device)
-        check_device(device)
-        check_global_batch(config.batch_size)
+    device = training_device(config)
     with ExitStack() as held:  # one process per run folder (rank 0 holds it)
-        checkpoints = claim_runs(held, run, resume, "vae", config, RESUMABLE_FIELDS, say, metric_keys(config))
+        checkpoints = claim_runs(held, run, resume, "vae", config, say, metric_keys(config))
         with training_context(config.threads, stop, config.flush_denormals, say) as stop_requested:
             histories = _train(config, run, checkpoints, protocol, device, stop_on_every_rank(stop_requested),
                                show_progress, say)
