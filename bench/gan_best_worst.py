@@ -2,7 +2,8 @@
 grid of the fixed noise batch at one epoch (the moving average's, as the recipe samples), titled with its Fréchet
 distance and its least and most frequent digit (mnistgen score, 10,000 samples of that seed at that epoch).
 
-    python bench/gan_best_worst.py runs/recipes/improved --epoch 30 --out docs/figures/gan-improved-epoch30.png
+    python bench/gan_best_worst.py runs/recipes/improved --epoch 30 --out docs/figures/gan-improved-epoch30.png \
+        --title "--recipe improved"
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ def main() -> None:
     parser.add_argument("--epoch", type=int, required=True, help="the epoch whose grids and scores are shown")
     parser.add_argument("--kind", default="average", help="the scored sample set: average or raw")
     parser.add_argument("--out", required=True, help="the PNG to write")
+    parser.add_argument("--title", help="what the training is, for the figure's title (default: its folder's name)")
     args = parser.parse_args()
     scores = {int(folder.name.split("=")[1]): json.loads(path.read_text())
               for folder in sorted(Path(args.training).glob("seed=*"))
@@ -41,8 +43,9 @@ def main() -> None:
         axis.set_title(f"{word} seed ({seed}): Fréchet distance {distances[seed]:.1f}\n"
                        f"fewest {shares.argmin()}s ({shares.min():.1%}), most {shares.argmax()}s ({shares.max():.1%})",
                        fontsize=10)
-    figure.suptitle(f"{Path(args.training).name}, epoch {args.epoch}: the best and the worst of {len(distances)} "
-                    f"seeds (mean Fréchet distance {mean:.1f}), the same fixed noise", fontsize=10)
+    title = args.title or Path(args.training).name
+    figure.suptitle(f"{title}, epoch {args.epoch}\nthe best and the worst of {len(distances)} seeds (mean Fréchet "
+                    f"distance {mean:.1f}), the same fixed noise", fontsize=10)
     figure.savefig(args.out, dpi=100)
     print(f"best seed {best} ({distances[best]:.1f}), worst seed {worst} ({distances[worst]:.1f}), mean {mean:.1f}: "
           f"{args.out}")
