@@ -126,9 +126,8 @@ def test_an_interrupted_run_resumes_to_the_same_average_bit_for_bit(averaged, tm
 
 
 @pytest.mark.parametrize("change, flag", [({"ema_decay": 0.9}, "--ema-decay"), ({"ema_decay": None}, "--ema-decay"),
-                                          ({"betas": "0.5,0.999"}, "--betas"), ({"recipe": "improved"}, "--recipe"),
-                                          ({"lr_schedule": "cosine"}, "--lr-schedule")])
-def test_resume_refuses_a_changed_average_betas_recipe_or_schedule(averaged, change, flag):
+                                          ({"betas": "0.5,0.999"}, "--betas"), ({"recipe": "improved"}, "--recipe")])
+def test_resume_refuses_a_changed_average_betas_or_recipe(averaged, change, flag):
     with pytest.raises(MnistgenError, match=f"these differ from its checkpoint .*{flag}"):
         train.train_gan(dataclasses.replace(SMALL, **change), images(), averaged, resume=True, show_progress=False)
 
@@ -216,42 +215,6 @@ def test_betas_and_each_learning_rate_reach_their_networks_optimizer(tmp_path, c
         # the optimizer holds that network's parameters: its moments have their shapes, in order
         shapes = [tuple(state[optimizer]["state"][index]["exp_avg"].shape) for index in group["params"]]
         assert shapes == [tuple(value.shape) for value in state[network].values()], optimizer
-
-
-COSINE = dataclasses.replace(SMALL, lr_d=4e-4, lr_g=1e-3, lr_schedule="cosine", lr_end_factor=0.1)  # 3 epochs
-
-
-@pytest.mark.parametrize("cpu_kernels", ["reference", "auto"])
-def test_the_cosine_schedule_gives_each_network_its_rate_in_every_epoch(tmp_path, cpu_kernels):
-    # by hand, f(e) = 0.1 + 0.45 (1 + cos(pi e / 3)): epoch 1 (0-based) 0.775, epoch 2 0.325
-    config = dataclasses.replace(COSINE, cpu_kernels=cpu_kernels)
-    for steps, factor in ((4, 0.775), (None, 0.325)):  # stopped in epoch 2 (0-based 1), then the finished run
-        run = RunDir(tmp_path / f"run-{steps}")
-        if steps is None:
-            train.train_gan(config, images(), run, show_progress=False)
-        else:
-            with pytest.raises(train.TrainingInterrupted, match="in epoch 2 after step 1"):
-                train.train_gan(config, images(), run, stop=stop_after(steps), show_progress=False)
-        state = checkpoint(run)
-        for optimizer, lr in (("optimizer_g", 1e-3), ("optimizer_d", 4e-4)):
-            (group,) = state[optimizer]["param_groups"]
-            assert group["lr"] == pytest.approx(lr * factor, rel=1e-12), (optimizer, steps)
-    if cpu_kernels == "auto":  # a schedule leaves the accelerators as they are on the CPU
-        assert "reference" not in run.read_metrics()[-1]["trained_by"]
-
-
-def test_a_run_under_the_cosine_schedule_resumes_to_the_same_weights(tmp_path):
-    whole, cut = RunDir(tmp_path / "whole"), RunDir(tmp_path / "cut")
-    train.train_gan(COSINE, images(), whole, show_progress=False)
-    with pytest.raises(train.TrainingInterrupted):
-        train.train_gan(COSINE, images(), cut, stop=stop_after(5), show_progress=False)  # in the second epoch
-    train.train_gan(COSINE, images(), cut, resume=True, show_progress=False)
-    mine, theirs = _all_tensors(cut), _all_tensors(whole)
-    for key in theirs:
-        assert torch.equal(mine[key], theirs[key]), key
-    constant = RunDir(tmp_path / "constant")  # the schedule changed the training: the test can fail
-    train.train_gan(dataclasses.replace(COSINE, lr_schedule="none"), images(), constant, show_progress=False)
-    assert any(not torch.equal(_all_tensors(constant)[key], theirs[key]) for key in theirs)
 
 
 def test_parse_betas():

@@ -257,11 +257,6 @@ class GANConfig:
         "from G's initial weights (so it needs well over 1/(1-D) steps; 234 steps per epoch with SPEC's defaults); "
         "RUN/grids, `gan plot`, `gan sample` and scores then use the average (RUN/grids/raw and --raw: the trained "
         "G) (default: off, as SPEC §3)", Bound(low=0, high=1, low_open=True, high_open=True))
-    lr_schedule: Literal["none", "cosine"] = option(
-        "none", "learning rates by epoch: none (constant, SPEC) or cosine (each of --lr-d and --lr-g falls by a "
-        "cosine to --lr-end-factor times itself at the last epoch; it depends on --epochs)")
-    lr_end_factor: float = option(0.01, "cosine schedule: the last epoch's learning rates, as a fraction of the first",
-                                  Bound(low=0, high=1, low_open=True))
     recipe: Literal["spec", "improved"] = option("spec", _RECIPE_HELP)
     zdim: int = option(64, "dimension of the generator's input noise z ~ U[-1, 1]^zdim", POSITIVE)
     seed: int = option(2, "seed that fixes the whole run", SEED_BOUND)

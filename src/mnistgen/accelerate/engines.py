@@ -239,10 +239,9 @@ def check_graph(replicas: Sequence[Replica], stacked: bool, bind: Callable[[Repl
 
 
 class OneAfterAnother:
-    """Each replica's own runner in turn; ``optimizers``: each replica's, by name (the loop sets their learning
-    rates)."""
+    """Each replica's own runner in turn; ``optimizers``: the replicas' (the loop sets their learning rate)."""
 
-    def __init__(self, runners: Sequence[Runner], optimizers: Sequence[dict[str, torch.optim.Optimizer]]):
+    def __init__(self, runners: Sequence[Runner], optimizers: Sequence[torch.optim.Optimizer]):
         self.runners, self.optimizers = list(runners), list(optimizers)
         self.steps_between_polls = 1 if len(self.runners) == 1 else STEPS_PER_TURN
         count, inner = len(self.runners), self.runners[0].name
@@ -267,7 +266,7 @@ class Stacked:
 
     def __init__(self, stack: Stack, runner: Runner):
         self.stack, self.runner, self.name = stack, runner, runner.name
-        self.optimizers = [stack.replica.optimizers]  # by name: the loop sets their learning rates
+        self.optimizers = list(stack.replica.optimizers.values())  # the loop sets their learning rate
 
     def run(self, first: int, last: int, inputs: Callable[[int, int], Sequence[torch.Tensor]],
             values: torch.Tensor) -> None:
@@ -314,7 +313,7 @@ def choose_engine(replicas: Sequence[Replica], *, bind: Callable[[Replica], Call
                 return Stacked(stack, Captured(stack.replica, bind, inputs, f"{name}, captured in a CUDA graph"))
             return Stacked(stack, Bound(bind(stack.replica), name))
         say(f"mnistgen: note: the {count} replicas train one after another, not stacked: {reason}")
-    inputs, optimizers = example(0, batch_size), [r.optimizers for r in replicas]
+    inputs, optimizers = example(0, batch_size), [o for r in replicas for o in r.optimizers.values()]
     if graph_problem_of(False, step, inputs) is None:  # the same models and settings for every replica
         return OneAfterAnother([Captured(r, step, inputs, f"cuda-graph ({step_name})") for r in replicas], optimizers)
     return OneAfterAnother([runner(r) for r in replicas], optimizers)

@@ -275,4 +275,4 @@ def gan_engine(replicas: list[Replica], config: GANConfig, device: torch.device,
     return choose_engine(replicas, bind=step_with(REFERENCE), step=step, step_name=chosen.name,
                          runner=lambda replica: Bound(step(replica), chosen.name), accelerated=chosen.accelerated,
                          example=example, batch_size=config.batch_size, cpu_kernels=config.cpu_kernels,
-                         fixed_lr=config.lr_schedule == "none", device=device, say=say)
+                         fixed_lr=True, device=device, say=say)

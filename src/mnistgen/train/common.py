@@ -435,20 +435,6 @@ def take_steps(engine: Any, start: int, steps: int, inputs: Callable[[int, int],
     return done
 
 
-def cosine_factor(epoch: int, epochs: int, end: float) -> float:
-    """Epoch ``epoch``'s (0-based, of ``epochs``) learning rate as a fraction of the first under a cosine schedule
-    that falls from 1 towards ``end`` (reached after the last epoch)."""
-    return end + 0.5 * (1.0 - end) * (1.0 + math.cos(math.pi * epoch / epochs))
-
-
-def set_learning_rates(engine: Any, rates: dict[str, float]) -> None:
-    """Give each optimizer of ``engine`` the rate of its name in ``rates`` ("model"; "generator", "discriminator")."""
-    for optimizers in engine.optimizers:
-        for name, optimizer in optimizers.items():
-            for group in optimizer.param_groups:
-                group["lr"] = rates[name]
-
-
 SUBNORMAL_PROBE = 1e-41  # a float32 subnormal: products of it stay subnormal unless the CPU flushes them
 
 

@@ -27,10 +27,8 @@ from ..runs import GRID_SIDE, RunDir
 from .common import (
     ReplicaRuns,
     claim_runs,
-    cosine_factor,
     keep_freed_memory,
     say_on_main_process,
-    set_learning_rates,
     take_steps,
     training_context,
     training_device,
@@ -135,8 +133,6 @@ def _train(config: GANConfig, images: torch.Tensor, run: RunDir, checkpoints: li
                    enabled=show_progress)
     try:
         for epoch in range(epochs_done, config.epochs):
-            factor = 1.0 if config.lr_schedule == "none" else cosine_factor(epoch, config.epochs, config.lr_end_factor)
-            set_learning_rates(engine, {"generator": config.lr_g * factor, "discriminator": config.lr_d * factor})
             bar.set_description(f"gan epoch {epoch + 1}/{config.epochs}{seeds}")
             order_states = [state.generators["order"].get_state() for state in runs.states]
             orders = [epoch_order(len(images), size, state.generators["order"], device, drop_last=True)

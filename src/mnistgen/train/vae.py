@@ -14,6 +14,7 @@ epoch), resume and torchrun are as :mod:`mnistgen.train.common` describes.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -43,16 +44,7 @@ from ..losses import standard_normal_draws
 from ..models import vae as vae_model
 from ..progress import progress
 from ..runs import RunDir
-from .common import (
-    ReplicaRuns,
-    claim_runs,
-    cosine_factor,
-    say_on_main_process,
-    set_learning_rates,
-    take_steps,
-    training_context,
-    training_device,
-)
+from .common import ReplicaRuns, claim_runs, say_on_main_process, take_steps, training_context, training_device
 
 NOISE_STREAM = 1  # key of the generator that draws eps and the full protocol's binary images
 EVAL_STREAM = 2  # key of the per-epoch generators of the evaluation ELBO
@@ -70,7 +62,7 @@ def metric_keys(config: VAEConfig) -> tuple[str, ...]:
 def learning_rate(config: VAEConfig, epoch: int) -> float:
     """The learning rate of epoch ``epoch`` (0-based) under ``config.lr_schedule``."""
     if config.lr_schedule == "cosine":
-        return config.lr * cosine_factor(epoch, config.epochs, config.lr_min / config.lr)
+        return config.lr_min + 0.5 * (config.lr - config.lr_min) * (1.0 + math.cos(math.pi * epoch / config.epochs))
     if config.lr_schedule == "step":
         return config.lr * config.lr_decay ** (epoch // config.lr_decay_every)
     return config.lr
@@ -172,7 +164,9 @@ def _train(config: VAEConfig, run: RunDir, checkpoints: list[dict[str, Any] | No
     try:
         for epoch in range(epochs_done, config.epochs):
             lr = learning_rate(config, epoch)
-            set_learning_rates(engine, {"model": lr})
+            for optimizer in engine.optimizers:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
             bar.set_description(f"vae epoch {epoch + 1}/{config.epochs}{seeds}")
             order_states = [state.generators["order"].get_state() for state in runs.states]
             orders = [epoch_order(len(train_images), size, state.generators["order"], device)
