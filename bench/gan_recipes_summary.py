@@ -33,7 +33,7 @@ ROWS = (  # (training, sample set, what it is)
     ("imp-b32", "average", "--recipe improved, batch 32"),
     ("imp-lrg1e-4", "average", "--recipe improved, lr-g 1e-4"),
     ("imp-lrd2e-3", "average", "--recipe improved, lr-d 2e-3"),
-    ("imp-cosine", "average", "--recipe improved, --lr-schedule cosine (over 100 epochs)"),
+    ("imp-cosine", "average", "--recipe improved, both rates by a cosine to 1% over 100 epochs (at 16af1be)"),
 )
 
 
