@@ -1,8 +1,9 @@
 """One GAN training over several seeds, scored on the way: trained with ``--epochs`` from the start (as a user runs
 it; a setting that depends on the number of epochs sees the whole), stopped after each epoch of ``--score-at`` to
-draw 10,000 samples of every seed (the moving average and the trained G) and score them, then continued. The files are those of bench/gan_recipes.sh
-(OUT/seed=N/epochE-{average,raw}.score.json), so that bench/gan_recipes_summary.py and bench/gan_best_worst.py read
-them; a run stopped on the way continues where it stands when the command is given again.
+draw 10,000 samples of every seed (the moving average and the trained G) and score them, then continued. The
+files are those of bench/gan_recipes.sh (OUT/seed=N/epochE-{average,raw}.score.json), so that
+bench/gan_recipes_summary.py and bench/gan_best_worst.py read them; a run stopped on the way continues where it
+stands when the command is given again.
 
     python bench/gan_scored_run.py runs/recipes/imp-b32 --seeds 2,3,4,5,6 --epochs 100 --score-at 30,100 \
         --settings '{"recipe": "improved", "batch_size": 32}'
