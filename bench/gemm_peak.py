@@ -24,6 +24,24 @@ HIDDEN, PIXELS, LATENT = 500, 784, 2
 IMAGES, DRAWS = 10_000, 1000  # the importance-weighted stage of `mnistgen vae eval`
 
 
+def product_rates(rows: int, repeat: int, seconds: float = 0.5) -> list[float]:
+    """``repeat`` timings of (rows x 500) @ (500 x 784) + bias, back to back for about ``seconds`` each, in FLOP/s."""
+    weight, bias = torch.randn(PIXELS, HIDDEN), torch.randn(PIXELS)
+    h2, out = torch.randn(rows, HIDDEN).tanh(), torch.empty(rows, PIXELS)
+    started, calls = time.perf_counter(), 0
+    while time.perf_counter() - started < 0.1:  # warm-up, and calls per timing
+        torch.addmm(bias, h2, weight.t(), out=out)
+        calls += 1
+    calls = max(1, round(calls * seconds / 0.1))
+    rates = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        for _ in range(calls):
+            torch.addmm(bias, h2, weight.t(), out=out)
+        rates.append(2.0 * rows * HIDDEN * PIXELS * calls / (time.perf_counter() - started))
+    return rates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=9, help="timings of each size and thread count")
@@ -33,24 +51,11 @@ def main() -> None:
     total = 2.0 * IMAGES * DRAWS * (LATENT * HIDDEN + HIDDEN * PIXELS)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}; "
           f"load average {os.getloadavg()[0]:.1f} at start", flush=True)
-    weight, bias = torch.randn(PIXELS, HIDDEN), torch.randn(PIXELS)
     for threads in (1, 2):
         torch.set_num_threads(threads)
         best = 0.0
         for rows in (int(text) for text in args.rows.split(",")):
-            h2, out = torch.randn(rows, HIDDEN).tanh(), torch.empty(rows, PIXELS)
-            flop = 2.0 * rows * HIDDEN * PIXELS
-            started, calls = time.perf_counter(), 0
-            while time.perf_counter() - started < 0.1:  # warm-up, and calls per timing
-                torch.addmm(bias, h2, weight.t(), out=out)
-                calls += 1
-            calls = max(1, round(calls * args.seconds / 0.1))
-            rates = []
-            for _ in range(args.repeat):
-                started = time.perf_counter()
-                for _ in range(calls):
-                    torch.addmm(bias, h2, weight.t(), out=out)
-                rates.append(flop * calls / (time.perf_counter() - started) / 1e9)
+            rates = [rate / 1e9 for rate in product_rates(rows, args.repeat, args.seconds)]
             best = max(best, max(rates))
             print(f"{threads} thread(s), {rows:5d} rows: median {statistics.median(rates):6.1f} GFLOP/s, best "
                   f"{max(rates):6.1f}", flush=True)

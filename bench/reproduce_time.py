@@ -34,11 +34,11 @@ import json
 import os
 import platform
 import statistics
-import time
 from itertools import pairwise
 from pathlib import Path
 
 import torch
+from gemm_peak import PIXELS, product_rates  # beside this script
 from torch.utils.flop_counter import FlopCounterMode
 
 from mnistgen.config import DataConfig, GANConfig, VAEConfig
@@ -47,7 +47,6 @@ from mnistgen.data.sources import load_raw
 from mnistgen.models import gan as gan_models
 from mnistgen.models import vae as vae_models
 
-HIDDEN, PIXELS = 500, 784
 HW_TRAIN_IMAGES, TEST_IMAGES, GAN_TRAIN_IMAGES = 10_000, 10_000, 60_000  # SPEC §2's hw protocol, §3's GAN data
 ELBO_DRAWS = 10  # `mnistgen vae eval`'s draws of z per image for the test and training ELBOs
 HEAVY = ("vae-train", "vae-eval", "gan-train")
@@ -96,21 +95,9 @@ def gan_flops(epochs: int) -> float:
     return epochs * (GAN_TRAIN_IMAGES // config.batch_size) * step
 
 
-def product_peak(repeat: int, seconds: float = 0.5, rows: int = 1000) -> float:
-    """The best of ``repeat`` timings of (rows x 500) @ (500 x 784) + bias, back to back, in FLOP/s."""
-    weight, bias = torch.randn(PIXELS, HIDDEN), torch.randn(PIXELS)
-    h2, out = torch.randn(rows, HIDDEN).tanh(), torch.empty(rows, PIXELS)
-    started, calls = time.perf_counter(), 0
-    while time.perf_counter() - started < 0.1:  # warm-up, and calls per timing
-        torch.addmm(bias, h2, weight.t(), out=out)
-        calls += 1
-    calls = max(1, round(calls * seconds / 0.1))
-    rates = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        for _ in range(calls):
-            torch.addmm(bias, h2, weight.t(), out=out)
-        rates.append(2.0 * rows * HIDDEN * PIXELS * calls / (time.perf_counter() - started))
+def product_peak(repeat: int) -> float:
+    """The best of ``repeat`` timings of bench/gemm_peak.py's product with 1,000 rows, in FLOP/s."""
+    rates = product_rates(1000, repeat)
     print(f"products: median {statistics.median(rates) / 1e9:.1f} GFLOP/s, best {max(rates) / 1e9:.1f} "
           f"({torch.get_num_threads()} thread(s), {repeat} timings)", flush=True)
     return max(rates)

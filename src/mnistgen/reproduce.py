@@ -223,12 +223,12 @@ def score_sample_files(repro: Reproduction, config: ReproduceConfig, paths: list
         return {"status": "skipped", "note": "on the bundled sample a reproduction downloads nothing: " * sample
                 + str(exc).rpartition("; ")[0]
                 + f"; to score: `mnistgen data fetch`, then `mnistgen reproduce --out {repro.path} --resume`"}
+    real = reference.balance
     for path in paths:
         if path.is_file():
             score = scoring.score_images(scoring.load_images(path), classifier, reference, score_config)
             scoring.write_report(path, score)
             name = path.stem if path.parent == repro.samples else path.relative_to(repro.path).with_suffix("")
-            real = reference.balance
             say(f"  {name}: Frechet distance {score['frechet_distance']:.2f} "
                 f"(real vs real {reference.frechet_distance:.2f}), classifier score {score['classifier_score']:.2f}, "
                 f"class TV to uniform {score['class_tv_distance']:.3f} ({real['class_tv_distance']:.3f}), "
