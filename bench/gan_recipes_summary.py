@@ -34,6 +34,8 @@ ROWS = (  # (training, sample set, what it is)
     ("imp-lrg1e-4", "average", "--recipe improved, lr-g 1e-4"),
     ("imp-lrd2e-3", "average", "--recipe improved, lr-d 2e-3"),
     ("imp-cosine", "average", "--recipe improved, both rates by a cosine to 1% over 100 epochs (at 16af1be)"),
+    ("imp-b32-r1g1e-2", "average", "--recipe improved, batch 32, R1 gamma 0.01 every 16 steps"),
+    ("imp-b32-r1g1e-1", "average", "--recipe improved, batch 32, R1 gamma 0.1 every 16 steps"),
 )
 
 

@@ -174,6 +174,7 @@ EXPECTED_BOUNDS = {
     "score_samples": POSITIVE_INT, "iw": POSITIVE_INT, "samples": POSITIVE_INT, "images": POSITIVE_INT,
     "draws": POSITIVE_INT, "shared_samples": POSITIVE_INT, "max_iterations": POSITIVE_INT, "starts": POSITIVE_INT,
     "lr": POSITIVE_FLOAT, "lr_d": POSITIVE_FLOAT, "lr_g": POSITIVE_FLOAT, "lr_min": POSITIVE_FLOAT,
+    "r1_gamma": POSITIVE_FLOAT, "r1_every": POSITIVE_INT,
     "lr_decay": [(TINY, 0.0, "in (0, 1]"), (1.0, NEXT_ABOVE_ONE, "in (0, 1]")],
     "ema_decay": [(TINY, 0.0, "in (0, 1)"), (math.nextafter(1.0, 0.0), 1.0, "in (0, 1)")],
     "download_timeout": POSITIVE_FLOAT,

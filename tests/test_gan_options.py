@@ -16,12 +16,19 @@ import torch
 from conftest import native_kernels_build
 
 from mnistgen.cli import main
-from mnistgen.config import GAN_RECIPES, GANConfig, add_config_arguments, config_from_args, parse_betas
+from mnistgen.config import (
+    GAN_RECIPES,
+    GANConfig,
+    add_config_arguments,
+    config_from_args,
+    parse_betas,
+    replica_config,
+)
 from mnistgen.device import seed_everything
 from mnistgen.errors import MnistgenError
 from mnistgen.evaluate import gan as evaluate
 from mnistgen.models import gan as gan_models
-from mnistgen.models.gan import Generator
+from mnistgen.models.gan import Discriminator, Generator
 from mnistgen.runs import RunDir
 from mnistgen.train import gan as train
 
@@ -126,8 +133,9 @@ def test_an_interrupted_run_resumes_to_the_same_average_bit_for_bit(averaged, tm
 
 
 @pytest.mark.parametrize("change, flag", [({"ema_decay": 0.9}, "--ema-decay"), ({"ema_decay": None}, "--ema-decay"),
-                                          ({"betas": "0.5,0.999"}, "--betas"), ({"recipe": "improved"}, "--recipe")])
-def test_resume_refuses_a_changed_average_betas_or_recipe(averaged, change, flag):
+                                          ({"betas": "0.5,0.999"}, "--betas"), ({"recipe": "improved"}, "--recipe"),
+                                          ({"r1_gamma": 0.1}, "--r1-gamma"), ({"r1_every": 4}, "--r1-every")])
+def test_resume_refuses_a_changed_average_betas_recipe_or_penalty(averaged, change, flag):
     with pytest.raises(MnistgenError, match=f"these differ from its checkpoint .*{flag}"):
         train.train_gan(dataclasses.replace(SMALL, **change), images(), averaged, resume=True, show_progress=False)
 
@@ -192,6 +200,119 @@ def test_a_run_without_the_average_is_as_before(tmp_path):
     generator, _ = evaluate.load_generator(run, torch.device("cpu"), raw=False)
     assert all(torch.equal(v, checkpoint(run)["generator"][k]) for k, v in generator.state_dict().items())
     assert evaluate.generator_label(GANConfig()) == "G(z)"
+
+
+# --------------------------------------------------------------------------- the R1 penalty
+
+
+def float64_discriminator(seed: int = 0) -> Discriminator:
+    torch.manual_seed(seed)
+    return Discriminator().double()
+
+
+def test_r1_penalty_is_the_mean_squared_input_gradient_and_its_parameter_gradient_is_right():
+    discriminator, real = float64_discriminator(), images(5).double()
+    penalty = gan_models.r1_penalty(discriminator, real)
+    # independently: each image's gradient by torch.func, no autograd.grad with create_graph
+    params = dict(discriminator.named_parameters())
+
+    def penalty_of(params):
+        logit = lambda x: torch.func.functional_call(discriminator, params, (x[None],))[0, 0]  # noqa: E731
+        gradients = torch.func.vmap(torch.func.grad(logit))(real)  # (5, 1, 28, 28)
+        return gradients.square().sum(dim=(1, 2, 3)).mean()
+
+    torch.testing.assert_close(penalty, penalty_of(params), rtol=1e-12, atol=0)
+    assert penalty > 0
+    # its gradient in D's parameters against a central difference along a random direction of all of them
+    gradients = torch.autograd.grad(penalty, list(params.values()), materialize_grads=True)  # the last bias: 0
+    draws = torch.Generator().manual_seed(1)
+    direction = {name: torch.randn(value.shape, generator=draws, dtype=torch.float64) for name, value in params.items()}
+    step = 1e-6
+    with torch.no_grad():
+        moved = [penalty_of({name: value + sign * step * direction[name] for name, value in params.items()})
+                 for sign in (1, -1)]
+    slope = (moved[0] - moved[1]) / (2 * step)
+    along = sum((gradient * direction[name]).sum() for gradient, name in zip(gradients, params, strict=True))
+    torch.testing.assert_close(along, slope, rtol=1e-6, atol=0)
+
+
+def one_step(r1_weight: torch.Tensor | None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """D's and G's weights after one float64 step (plain SGD, lr 1: each weight less its gradient)."""
+    torch.manual_seed(0)
+    generator, discriminator = Generator(SMALL.zdim).double(), Discriminator().double()
+    optimizers = [torch.optim.SGD(module.parameters(), lr=1.0) for module in (generator, discriminator)]
+    real, z = images(6).double(), torch.rand(6, SMALL.zdim, generator=torch.Generator().manual_seed(2)).double()
+    gan_models.train_step(generator, discriminator, *optimizers, real, z, r1_weight=r1_weight)
+    return generator.state_dict(), discriminator.state_dict()
+
+
+def test_the_step_adds_the_weighted_penalty_to_ds_loss_and_a_zero_weight_changes_nothing():
+    no_r1, zero = one_step(None), one_step(torch.zeros((), dtype=torch.float64))
+    weighted = one_step(torch.tensor(0.3, dtype=torch.float64))
+    for network in (0, 1):  # a zero weight: the step without the penalty, bit for bit
+        assert all(torch.equal(zero[network][name], value) for name, value in no_r1[network].items())
+    # by hand: D's weights move by 0.3 times the penalty's gradient more (at D's start, on the real batch)
+    torch.manual_seed(0)
+    Generator(SMALL.zdim)  # the draws before D's in one_step
+    discriminator = Discriminator().double()
+    penalty = gan_models.r1_penalty(discriminator, images(6).double())
+    gradients = torch.autograd.grad(penalty, list(discriminator.parameters()), materialize_grads=True)
+    for (name, value), gradient in zip(no_r1[1].items(), gradients, strict=True):
+        # (a ReLU network's input gradient is piecewise constant in its biases: they get none from the penalty)
+        assert name.endswith("bias") or not torch.equal(weighted[1][name], value), name
+        torch.testing.assert_close(weighted[1][name], value - 0.3 * gradient, rtol=1e-10, atol=1e-12)
+
+
+def test_the_lazy_penalty_weighs_every_kth_step_of_the_run_by_k():
+    config = dataclasses.replace(SMALL, r1_gamma=0.5, r1_every=3)
+    weights = gan_models.r1_weights(config, 7, torch.zeros((), dtype=torch.float64))  # steps 7, 8, ... of the run
+    assert [float(w) for step in range(6) for w in weights(step)] == [0, 0, 0.75, 0, 0, 0.75]  # 9 and 12: 0.5/2*3
+    assert weights(2)[0].dtype == torch.float64
+    assert gan_models.r1_weights(SMALL, 7, torch.zeros(()))(2) == ()  # without R1: no input
+
+
+# 3 steps an epoch: the penalized steps cross epochs; D's rate high enough for the penalty to show in 9 steps
+R1 = dataclasses.replace(SMALL, r1_gamma=50.0, r1_every=2, lr_d=0.01)
+
+
+def input_gradient_norm(run: RunDir) -> float:
+    """mean ||d D(x) / dx||^2 of the run's D over the training images."""
+    discriminator = Discriminator()
+    discriminator.load_state_dict(checkpoint(run)["discriminator"])
+    return float(gan_models.r1_penalty(discriminator, images()).detach())
+
+
+@pytest.mark.parametrize("cpu_kernels", ["reference", "auto"])
+def test_r1_keeps_d_smooth_is_recorded_and_resumes_bit_for_bit(tmp_path, monkeypatch, cpu_kernels):
+    config = dataclasses.replace(R1, cpu_kernels=cpu_kernels)
+    runs = {name: RunDir(tmp_path / name) for name in ("plain", "r1", "resumed")}
+    train.train_gan(dataclasses.replace(config, r1_gamma=None), images(), runs["plain"], show_progress=False)
+    penalized, penalty = [], gan_models.r1_penalty
+    monkeypatch.setattr(gan_models, "r1_penalty", lambda *args: penalized.append(1) or penalty(*args))
+    train.train_gan(config, images(), runs["r1"], show_progress=False)
+    monkeypatch.undo()
+    if cpu_kernels == "reference":  # no probe: steps 0, 2, 4, 6, 8 of the run (3 epochs of 3), counted across epochs
+        assert len(penalized) == 5
+    assert input_gradient_norm(runs["r1"]) < input_gradient_norm(runs["plain"]) / 2
+    saved = json.loads((runs["r1"].path / "config.json").read_text())["config"]
+    assert (saved["r1_gamma"], saved["r1_every"]) == (50.0, 2)
+    with pytest.raises(train.TrainingInterrupted, match="interrupted in epoch 2 after step 2 of 3"):
+        train.train_gan(config, images(), runs["resumed"], stop=stop_after(5), show_progress=False)
+    train.train_gan(config, images(), runs["resumed"], resume=True, show_progress=False)
+    mine, theirs = _all_tensors(runs["resumed"]), _all_tensors(runs["r1"])
+    assert all(torch.equal(mine[key], theirs[key]) for key in theirs)
+
+
+def test_replicas_with_r1_train_one_after_another_each_as_its_own_run(tmp_path):
+    config = dataclasses.replace(R1, epochs=1, seeds="11,12", cpu_kernels="reference")
+    notes, run = [], RunDir(tmp_path / "replicas")
+    train.train_gan(config, images(), run, show_progress=False, say=notes.append)
+    assert any("not stacked: the stacked step fails" in note for note in notes), notes  # vmap: a data-dependent if
+    for seed in (11, 12):
+        separate = RunDir(tmp_path / f"seed-{seed}")
+        train.train_gan(replica_config(config, seed), images(), separate, show_progress=False)
+        mine, theirs = _all_tensors(run.seed_run(seed)), _all_tensors(separate)
+        assert all(torch.equal(mine[key], theirs[key]) for key in theirs)
 
 
 # --------------------------------------------------------------------------- Adam's arguments

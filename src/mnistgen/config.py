@@ -257,6 +257,11 @@ class GANConfig:
         "from G's initial weights (so it needs well over 1/(1-D) steps; 234 steps per epoch with SPEC's defaults); "
         "RUN/grids, `gan plot`, `gan sample` and scores then use the average (RUN/grids/raw and --raw: the trained "
         "G) (default: off, as SPEC §3)", Bound(low=0, high=1, low_open=True, high_open=True))
+    r1_gamma: float | None = option(
+        None, "R1 penalty on D: D's loss gains gamma/2 times the batch's mean of the squared norm of the gradient of "
+        "D's logit with respect to each real image, which keeps D smooth where the data are; taken on every "
+        "--r1-every-th step, weighted by that many (default: off, as SPEC §3)", Bound(low=0, low_open=True))
+    r1_every: int = option(16, "--r1-gamma: steps from one penalized step to the next", POSITIVE)
     recipe: Literal["spec", "improved"] = option("spec", _RECIPE_HELP)
     zdim: int = option(64, "dimension of the generator's input noise z ~ U[-1, 1]^zdim", POSITIVE)
     seed: int = option(2, "seed that fixes the whole run", SEED_BOUND)

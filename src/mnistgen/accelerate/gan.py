@@ -258,19 +258,20 @@ def gan_engine(replicas: list[Replica], config: GANConfig, device: torch.device,
             generator, discriminator = replica.modules["generator"], replica.modules["discriminator"]
             optimizers, average = replica.optimizers, replica.averages.get("generator")
             ema = None if average is None else (list(average.parameters()), config.ema_decay)
-            return lambda real, z: gan_model.train_step(generator, discriminator, optimizers["generator"],
-                                                        optimizers["discriminator"], real, z, calls, ema)
+            return lambda real, z, *r1_weight: gan_model.train_step(
+                generator, discriminator, optimizers["generator"], optimizers["discriminator"], real, z, calls, ema,
+                *r1_weight)
 
         return bind
 
     step = step_with(chosen.calls)
     like = next(replicas[0].modules["discriminator"].parameters())
 
-    def example(k: int, images: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def example(k: int, images: int) -> tuple[torch.Tensor, ...]:  # a step's inputs; with R1, a penalized step's
         draws = torch.Generator().manual_seed(PROBE_SEED + k)
         real = torch.rand(images, *IMAGE_SHAPE, generator=draws, dtype=torch.float64)
         z = torch.rand(images, config.zdim, generator=draws, dtype=torch.float64) * 2 - 1
-        return real.to(like), z.to(like)
+        return real.to(like), z.to(like), *gan_model.r1_weights(config, 0, like)(0)
 
     return choose_engine(replicas, bind=step_with(REFERENCE), step=step, step_name=chosen.name,
                          runner=lambda replica: Bound(step(replica), chosen.name), accelerated=chosen.accelerated,

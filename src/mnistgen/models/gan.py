@@ -130,6 +130,26 @@ REFERENCE = GANCalls(generate=lambda generator, z: generator(z),
                      discriminate=lambda discriminator, fake: discriminator(fake))
 
 
+def r1_penalty(discriminator: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor) -> torch.Tensor:
+    """R1 (Mescheder et al., 2018): the batch's mean of ||d D(x) / dx||^2, the squared norm of the gradient of D's
+    logit with respect to each real image, through D's own forward and differentiable in D's parameters.
+    real ([R,] B, 1, 28, 28) -> ([R],)."""
+    real = real.detach().requires_grad_(True)
+    (gradient,) = torch.autograd.grad(discriminator(real).sum(), real, create_graph=True)  # like real
+    return gradient.square().sum(dim=(-3, -2, -1)).mean(dim=-1)
+
+
+def r1_weights(config: GANConfig, steps_before: int, like: torch.Tensor) -> Callable[[int], tuple[torch.Tensor, ...]]:
+    """The R1 input of step s after ``steps_before`` steps of the run: (gamma/2 * k,) on every k-th step (``--r1-gamma``
+    and ``--r1-every``: the lazy penalty, counted from the run's first step), (0,) between, () without R1; a 0-d
+    tensor like ``like``."""
+    if config.r1_gamma is None:
+        return lambda step: ()
+    on = torch.tensor(config.r1_gamma / 2 * config.r1_every).to(like)
+    off = torch.zeros((), dtype=like.dtype, device=like.device)
+    return lambda step: (on,) if (steps_before + step) % config.r1_every == 0 else (off,)
+
+
 def optimized_parameters(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     """The tensors ``optimizer`` steps, in its order."""
     return [p for group in optimizer.param_groups for p in group["params"]]
@@ -137,19 +157,25 @@ def optimized_parameters(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]
 
 def train_step(generator: nn.Module, discriminator: nn.Module, optimizer_g: torch.optim.Optimizer,
                optimizer_d: torch.optim.Optimizer, real: torch.Tensor, z: torch.Tensor, calls: GANCalls = REFERENCE,
-               ema: tuple[Sequence[torch.Tensor], float] | None = None) -> torch.Tensor:
+               ema: tuple[Sequence[torch.Tensor], float] | None = None,
+               r1_weight: torch.Tensor | None = None) -> torch.Tensor:
     """One D step then one G step on the same z, then the moving average of G's weights where one is kept.
 
     real (B, 1, 28, 28) in [0, 1]; z (B, zdim); ``ema``: (the average's tensors in ``optimizer_g``'s order, the
-    decay) or None. Returns (4,) detached on the device, :data:`STATS` (D(x) and D(G(z)) before D's step); for R
-    replicas stacked (:mod:`mnistgen.accelerate.engines`) every tensor gains a leading R, the result (R, 4)."""
+    decay) or None; ``r1_weight``: None, or a 0-d tensor w: D's objective gains w * :func:`r1_penalty` where w is
+    not 0 (``--r1-gamma``: gamma/2 times k on every k-th step, 0 between). Returns (4,) detached on the device,
+    :data:`STATS` (D(x) and D(G(z)) before D's step; D's loss without the penalty); for R replicas
+    stacked (:mod:`mnistgen.accelerate.engines`) every tensor gains a leading R, the result (R, 4)."""
     fake = calls.generate(generator, z)  # ([R,] B, 1, 28, 28), computed once for both steps
 
     # D step: towards 1 on real and 0 on generated images; G is not reached (fake is detached)
     real_logits, fake_logits = calls.discriminate_both(discriminator, real, fake.detach())  # ([R,] B, 1) each
     d_loss = discriminator_loss(real_logits, fake_logits)  # ([R],)
+    objective = d_loss
+    if r1_weight is not None and bool(r1_weight):  # a data-dependent branch: no vmap, no CUDA graph (they step aside)
+        objective = d_loss + r1_weight * r1_penalty(discriminator, real)
     optimizer_d.zero_grad(set_to_none=True)
-    d_loss.sum().backward()
+    objective.sum().backward()
     average_gradients(optimizer_d)  # the mean over torchrun ranks (nothing in one process)
     optimizer_d.step()
 

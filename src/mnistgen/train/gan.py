@@ -57,19 +57,21 @@ def check_images(images: torch.Tensor, config: GANConfig) -> None:
 
 
 def step_inputs(images: torch.Tensor, orders: Sequence[torch.Tensor], noises: Sequence[torch.Generator],
-                batch_size: int, zdim: int, dtype: torch.dtype
-                ) -> Callable[[int, int], tuple[torch.Tensor, torch.Tensor]]:
+                batch_size: int, zdim: int, dtype: torch.dtype,
+                r1_weight: Callable[[int], tuple[torch.Tensor, ...]] = lambda step: ()
+                ) -> Callable[[int, int], tuple[torch.Tensor, ...]]:
     """``inputs(k, s)``: replica k's step s, its real images (B, 1, 28, 28) in the epoch's ``orders[k]`` and z (B,
-    zdim) drawn from ``noises[k]``; under torchrun this rank's share of both (every rank draws the whole batch)."""
+    zdim) drawn from ``noises[k]``, under torchrun this rank's share of both (every rank draws the whole batch); then
+    ``r1_weight(s)`` (:func:`mnistgen.models.gan.r1_weights`)."""
     rank, world_size = rank_and_size()
 
-    def inputs(k: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def inputs(k: int, step: int) -> tuple[torch.Tensor, ...]:
         real = images.index_select(0, orders[k][step * batch_size:(step + 1) * batch_size])  # (B, 1, 28, 28)
         z = sample_uniform_noise(len(real), zdim, noises[k]).to(dtype)  # (B, zdim)
         if world_size > 1:  # this rank's share of the global batch and of its draws
             start, end = rank_share(len(real), rank, world_size)
             real, z = real[start:end], z[start:end]
-        return real, z
+        return real, z, *r1_weight(step)
 
     return inputs
 
@@ -138,7 +140,7 @@ def _train(config: GANConfig, images: torch.Tensor, run: RunDir, checkpoints: li
             orders = [epoch_order(len(images), size, state.generators["order"], device, drop_last=True)
                       for state in runs.states]
             inputs = step_inputs(images, orders, [state.generators["noise"] for state in runs.states], size,
-                                 config.zdim, g_dtype)
+                                 config.zdim, g_dtype, gan_model.r1_weights(config, epoch * steps, images))
             step_stats = torch.zeros(len(replicas), steps, len(STATS), device=device)
             if start_step:  # the steps an interrupted run took in this epoch
                 step_stats[:, :start_step] = torch.stack(saved_values).to(device)
