@@ -9,13 +9,14 @@ floor any gzip reader has to pay.
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
+
+from bench_args import bench_parser, parse_bench_args
 
 from mnistgen.config import DataConfig
 from mnistgen.data.idx import read_idx
@@ -34,13 +35,9 @@ def median_seconds(step, repeat: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default=os.environ.get("MNISTGEN_DATA_DIR"),
-                        help="folder with the four MNIST .gz files (default: $MNISTGEN_DATA_DIR)")
+    parser = bench_parser(__doc__, threads=False)
     parser.add_argument("--repeat", type=int, default=7)
-    args = parser.parse_args()
-    if not args.data_dir:
-        parser.error("give --data-dir or set MNISTGEN_DATA_DIR")
+    args = parse_bench_args(parser)
     folder = Path(args.data_dir).resolve()
     train_images = folder / "train-images-idx3-ubyte.gz"
     data = DataConfig(data_dir=str(folder), offline=True)

@@ -23,7 +23,6 @@ With ``--pieces``, only the time of each piece of one chunk of the estimate, aga
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import platform
@@ -33,10 +32,11 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from bench_args import bench_parser, local_data, parse_bench_args
 
 from mnistgen.accelerate.engines import Replica
 from mnistgen.accelerate.vae import choose_vae_accelerator, held_out_elbo, vae_engine
-from mnistgen.config import DataConfig, VAEConfig
+from mnistgen.config import VAEConfig
 from mnistgen.data.batches import epoch_order, num_batches
 from mnistgen.data.protocols import load_protocol
 from mnistgen.data.sources import load_raw
@@ -109,21 +109,14 @@ def timed(function: Callable[[], torch.Tensor]) -> tuple[float, torch.Tensor]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default=os.environ.get("MNISTGEN_DATA_DIR"),
-                        help="folder with the four MNIST .gz files (default: $MNISTGEN_DATA_DIR)")
+    parser = bench_parser(__doc__)
     parser.add_argument("--repeat", type=int, default=7, help="timed repetitions of each evaluation")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--iw-images", type=int, default=200, help="test images of the importance-weighted estimate")
     parser.add_argument("--k", type=int, default=1000, help="draws per image of the importance-weighted estimate")
     parser.add_argument("--pieces", action="store_true", help="only the pieces of one chunk of the estimate")
-    args = parser.parse_args()
-    if not args.data_dir:
-        parser.error("give --data-dir or set MNISTGEN_DATA_DIR")
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    args = parse_bench_args(parser)
     device = torch.device("cpu")
-    config = VAEConfig(data=DataConfig(data_dir=args.data_dir, offline=True), device="cpu")
+    config = VAEConfig(data=local_data(args), device="cpu")
     protocol = load_protocol("hw", load_raw(config.data))
     train_images, test_images = protocol.train_images, protocol.eval_images  # (10000, 784) binary each
     order = seed_everything(config.seed)

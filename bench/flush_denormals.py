@@ -16,7 +16,6 @@ only).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import os
 import platform
@@ -25,11 +24,12 @@ import time
 from collections.abc import Callable
 
 import torch
+from bench_args import bench_parser, local_data, parse_bench_args
 
 from mnistgen.accelerate import Choice
 from mnistgen.accelerate.engines import Replica
 from mnistgen.accelerate.vae import vae_engine
-from mnistgen.config import DataConfig, VAEConfig
+from mnistgen.config import VAEConfig
 from mnistgen.data.batches import epoch_order, num_batches
 from mnistgen.data.protocols import binarize_batch, load_protocol
 from mnistgen.data.sources import load_raw
@@ -41,18 +41,14 @@ from mnistgen.train.vae import NOISE_STREAM, step_inputs
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default=os.environ.get("MNISTGEN_DATA_DIR"),
-                        help="folder with the four MNIST .gz files (default: $MNISTGEN_DATA_DIR)")
+    parser = bench_parser(__doc__, threads=False)
     parser.add_argument("--samples", type=int, default=5, help="K, draws per image of the iwae objective")
     parser.add_argument("--protocol", choices=("hw", "full"), default="hw",
                         help="hw: 10,000 binary images; full: 50,000 images binarized anew at each use")
     parser.add_argument("--warm-epochs", type=int, default=30, help="untimed epochs before the timed ones")
     parser.add_argument("--repeat", type=int, default=5, help="timed epochs of each arithmetic")
-    args = parser.parse_args()
-    if not args.data_dir:
-        parser.error("give --data-dir or set MNISTGEN_DATA_DIR")
-    config = VAEConfig(data=DataConfig(data_dir=args.data_dir, offline=True), device="cpu", objective="iwae",
+    args = parse_bench_args(parser)
+    config = VAEConfig(data=local_data(args), device="cpu", objective="iwae",
                        train_samples=args.samples, protocol=args.protocol)
     protocol = load_protocol(config.protocol, load_raw(config.data), config.validation_size)
     images = protocol.train_images.to(torch.float32)  # (N, 784): binary (hw) or gray levels binarized per use (full)

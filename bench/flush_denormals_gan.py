@@ -14,7 +14,6 @@ pixels in G's images, the medians, their ratios, and the last step's values of e
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import os
@@ -24,6 +23,7 @@ import time
 from pathlib import Path
 
 import torch
+from bench_args import bench_parser, parse_bench_args
 
 from mnistgen.accelerate.gan import choose_gan_calls
 from mnistgen.config import GANConfig, from_dict
@@ -36,15 +36,11 @@ from mnistgen.train.common import flushed_denormals
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__, threads=False)
     parser.add_argument("run", type=Path, help="a trained GAN run folder (its checkpoint.pt)")
-    parser.add_argument("--data-dir", default=os.environ.get("MNISTGEN_DATA_DIR"),
-                        help="folder with the four MNIST .gz files (default: $MNISTGEN_DATA_DIR)")
     parser.add_argument("--steps", type=int, default=50, help="timed steps of each loop per repetition")
     parser.add_argument("--repeat", type=int, default=5, help="repetitions")
-    args = parser.parse_args()
-    if not args.data_dir:
-        parser.error("give --data-dir or set MNISTGEN_DATA_DIR")
+    args = parse_bench_args(parser)
     torch.set_num_threads(1)  # one thread: the threads torch starts while flushing would keep flushing after it
     device = torch.device("cpu")
     checkpoint = load_checkpoint(args.run / "checkpoint.pt")

@@ -44,10 +44,11 @@ import time
 from pathlib import Path
 
 import torch
+from bench_args import bench_parser, local_data, parse_bench_args
 
 from mnistgen.accelerate.engines import Replica
 from mnistgen.accelerate.gan import choose_gan_calls, gan_engine
-from mnistgen.config import DataConfig, GANConfig
+from mnistgen.config import GANConfig
 from mnistgen.data.batches import epoch_order, num_batches
 from mnistgen.data.protocols import load_protocol
 from mnistgen.data.sources import load_raw
@@ -98,13 +99,10 @@ def avx2_kernels():
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default=os.environ.get("MNISTGEN_DATA_DIR"),
-                        help="folder with the four MNIST .gz files (default: $MNISTGEN_DATA_DIR)")
+    parser = bench_parser(__doc__)
     parser.add_argument("--batches", type=int, default=20,
                         help="batches timed per repetition, extrapolated to an epoch (0: whole epochs)")
     parser.add_argument("--repeat", type=int, default=5, help="timed repetitions of each loop")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--tune-allocator", action="store_true",
                         help="keep freed memory in this process, as `mnistgen gan train` does")
     parser.add_argument("--classic-in-subprocess", action="store_true",
@@ -115,15 +113,11 @@ def main() -> None:
                         help="also time the accelerated loop with the C kernels built for AVX2")
     parser.add_argument("--only-classic-json", action="store_true",
                         help=argparse.SUPPRESS)  # the subprocess: one timed classic run, printed as JSON
-    args = parser.parse_args()
-    if not args.data_dir:
-        parser.error("give --data-dir or set MNISTGEN_DATA_DIR")
+    args = parse_bench_args(parser)
     allocator_tuned = keep_freed_memory() if args.tune_allocator else False
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
     baseline = load_baseline()
 
-    config = GANConfig(data=DataConfig(data_dir=args.data_dir, offline=True), device="cpu",
+    config = GANConfig(data=local_data(args), device="cpu",
                        cpu_kernels=args.cpu_kernels)
     images = load_protocol("gan", load_raw(config.data)).train_images  # (60000, 1, 28, 28) in [0, 1]
     device = torch.device("cpu")

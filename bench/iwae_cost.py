@@ -12,7 +12,6 @@ loop, in turn, after one untimed warm-up epoch each; the medians and their ratio
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import platform
@@ -21,10 +20,11 @@ import time
 from collections.abc import Callable
 
 import torch
+from bench_args import bench_parser, local_data, parse_bench_args
 
 from mnistgen.accelerate.engines import Replica
 from mnistgen.accelerate.vae import choose_vae_accelerator, vae_engine
-from mnistgen.config import DataConfig, VAEConfig
+from mnistgen.config import VAEConfig
 from mnistgen.data.batches import epoch_order, num_batches
 from mnistgen.data.protocols import load_protocol
 from mnistgen.data.sources import load_raw
@@ -35,19 +35,12 @@ from mnistgen.train.vae import NOISE_STREAM, step_inputs
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default=os.environ.get("MNISTGEN_DATA_DIR"),
-                        help="folder with the four MNIST .gz files (default: $MNISTGEN_DATA_DIR)")
+    parser = bench_parser(__doc__)
     parser.add_argument("--samples", default="1,5,50", help="comma-separated K of the iwae loops")
     parser.add_argument("--repeat", type=int, default=3, help="timed epochs of each loop")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    args = parser.parse_args()
-    if not args.data_dir:
-        parser.error("give --data-dir or set MNISTGEN_DATA_DIR")
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    args = parse_bench_args(parser)
     device = torch.device("cpu")
-    default = VAEConfig(data=DataConfig(data_dir=args.data_dir, offline=True), device="cpu")
+    default = VAEConfig(data=local_data(args), device="cpu")
     images = load_protocol("hw", load_raw(default.data)).train_images.to(device)  # (10000, 784) binary
     seed_everything(default.seed)
     initial = build_model(default, device).state_dict()  # the weights every loop starts from

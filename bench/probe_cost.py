@@ -10,7 +10,6 @@ medians are printed in milliseconds and as a number of training steps.
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import statistics
@@ -18,6 +17,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from bench_args import bench_parser, parse_bench_args
 
 from mnistgen.accelerate.engines import Replica, check_stacked
 from mnistgen.accelerate.gan import DISCRIMINATOR_ACCELERATORS, GENERATOR_ACCELERATORS, choose_gan_calls
@@ -40,12 +40,9 @@ def median_ms(function: Callable[[], object], repeat: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__, data=False)
     parser.add_argument("--repeat", type=int, default=9, help="timed runs of each check and step")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    args = parser.parse_args()
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    args = parse_bench_args(parser)
     cpu = torch.device("cpu")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"{torch.get_num_threads()} thread(s); {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")

@@ -16,7 +16,6 @@ It also prints the dense products' rate alone (GFLOP/s), which sets the floor fo
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import os
 import statistics
@@ -24,8 +23,8 @@ import sys
 import time
 
 import torch
+from bench_args import bench_parser, local_data, parse_bench_args
 
-from mnistgen.config import DataConfig
 from mnistgen.data.protocols import load_protocol
 from mnistgen.data.sources import load_raw
 from mnistgen.kernels.vae import NativeVAEStep
@@ -36,17 +35,10 @@ PRODUCT_FLOP = 2 * BATCH * 784 * 500
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default=os.environ.get("MNISTGEN_DATA_DIR"),
-                        help="folder with the four MNIST .gz files (default: $MNISTGEN_DATA_DIR)")
+    parser = bench_parser(__doc__)
     parser.add_argument("--repeat", type=int, default=15, help="repetitions (medians are printed)")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    args = parser.parse_args()
-    if not args.data_dir:
-        parser.error("give --data-dir or set MNISTGEN_DATA_DIR")
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    images = load_protocol("hw", load_raw(DataConfig(data_dir=args.data_dir, offline=True))).train_images
+    args = parse_bench_args(parser)
+    images = load_protocol("hw", load_raw(local_data(args))).train_images
     batches = [images[start:start + BATCH] for start in range(0, len(images), BATCH)]  # (100, 784) each
 
     torch.manual_seed(0)

@@ -13,7 +13,6 @@ of this process.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import os
 import platform
@@ -24,11 +23,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from bench_args import bench_parser, local_data, parse_bench_args
 
 from mnistgen.accelerate import Accelerator, Choice
 from mnistgen.accelerate.engines import Replica
 from mnistgen.accelerate.vae import NATIVE, TORCH, choose_vae_accelerator, vae_engine
-from mnistgen.config import DataConfig, VAEConfig
+from mnistgen.config import VAEConfig
 from mnistgen.data.batches import epoch_order, num_batches
 from mnistgen.data.protocols import load_protocol
 from mnistgen.data.sources import load_raw
@@ -48,22 +48,15 @@ def load_baseline():
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default=os.environ.get("MNISTGEN_DATA_DIR"),
-                        help="folder with the four MNIST .gz files (default: $MNISTGEN_DATA_DIR)")
+    parser = bench_parser(__doc__)
     parser.add_argument("--repeat", type=int, default=7, help="timed epochs of each loop")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"], help="where both loops run")
     parser.add_argument("--cpu-kernels", default="auto", choices=["auto", "native", "torch"],
                         help="mnistgen's kernels on CPU, as `mnistgen vae train --cpu-kernels` (default: auto)")
-    args = parser.parse_args()
-    if not args.data_dir:
-        parser.error("give --data-dir or set MNISTGEN_DATA_DIR")
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    args = parse_bench_args(parser)
     baseline = load_baseline()
 
-    config = VAEConfig(data=DataConfig(data_dir=args.data_dir, offline=True), device="cpu",
+    config = VAEConfig(data=local_data(args), device="cpu",
                        cpu_kernels=args.cpu_kernels)
     device = torch.device(args.device)
     images = load_protocol("hw", load_raw(config.data)).train_images.to(device)  # (10000, 784) binary

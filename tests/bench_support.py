@@ -4,6 +4,7 @@ with weights off their init, and epochs of mnistgen's own VAE loop with a chosen
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -23,7 +24,10 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
 def load_bench_module(name: str) -> ModuleType:
-    """bench/<name>.py as a module (bench/ is not a package)."""
+    """bench/<name>.py as a module (bench/ is not a package; its scripts import bench/bench_args.py as a script
+    run from bench/ would)."""
+    if str(BENCH) not in sys.path:
+        sys.path.append(str(BENCH))
     spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
