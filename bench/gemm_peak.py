@@ -42,6 +42,25 @@ def product_rates(rows: int, repeat: int, seconds: float = 0.5) -> list[float]:
     return rates
 
 
+def memory_rates(elements: int, repeat: int, seconds: float = 0.5) -> list[float]:
+    """``repeat`` timings of the sweep a = b + 0.5 c over float32 arrays of ``elements`` (two read, one written: 12
+    bytes an element), back to back for about ``seconds`` each, in bytes/s: the memory speed of a working set of
+    that size, as an elementwise optimizer step sees it."""
+    a, b, c = torch.empty(elements), torch.randn(elements), torch.randn(elements)
+    started, calls = time.perf_counter(), 0
+    while time.perf_counter() - started < 0.1:
+        torch.add(b, c, alpha=0.5, out=a)
+        calls += 1
+    calls = max(1, round(calls * seconds / 0.1))
+    rates = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        for _ in range(calls):
+            torch.add(b, c, alpha=0.5, out=a)
+        rates.append(12.0 * elements * calls / (time.perf_counter() - started))
+    return rates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=9, help="timings of each size and thread count")

@@ -20,8 +20,11 @@ Counted, from the folder's config.json:
 - gan-train: per epoch, 60,000 // batch steps of D and G;
 - the other stages draw, score and plot: their products take far below a second, and no floor is given.
 
-Elementwise work (tanh, softplus, batch statistics, Adam) is not in the count: the floor is a lower bound, and
-time / floor says how far a stage is from the machine's products.
+Adam's step is memory-bound: for each float32 parameter it reads the value, the gradient and two moments and writes
+three of them, 28 bytes a step. The floor adds that traffic of every training step over the memory speed of a
+working set of the parameters' size, measured in the same run (``bench/gemm_peak.py``'s sweep a = b + 0.5 c): the
+steps run their products and then Adam, one after the other. The table gives the floor of the products alone too.
+Other elementwise work (tanh, softplus, batch statistics) is not in the count: the floor is a lower bound.
 
     mnistgen reproduce --out RUN                       # SPEC's defaults; stages.json records each stage's times
     python bench/reproduce_time.py RUN [BEFORE ...] [--threads 2] [--repeat 9]
@@ -38,7 +41,7 @@ from itertools import pairwise
 from pathlib import Path
 
 import torch
-from gemm_peak import PIXELS, product_rates  # beside this script
+from gemm_peak import PIXELS, memory_rates, product_rates  # beside this script
 from torch.utils.flop_counter import FlopCounterMode
 
 from mnistgen.config import DataConfig, GANConfig, VAEConfig
@@ -50,6 +53,7 @@ from mnistgen.models import vae as vae_models
 HW_TRAIN_IMAGES, TEST_IMAGES, GAN_TRAIN_IMAGES = 10_000, 10_000, 60_000  # SPEC §2's hw protocol, §3's GAN data
 ELBO_DRAWS = 10  # `mnistgen vae eval`'s draws of z per image for the test and training ELBOs
 HEAVY = ("vae-train", "vae-eval", "gan-train")
+ADAM_BYTES = 7 * 4  # per float32 parameter and step: value, gradient and two moments read, three of them written
 
 
 def products(run, scale: dict[str, float]) -> float:
@@ -81,6 +85,17 @@ def vae_flops(epochs: int, iw_samples: int, density: float) -> dict[str, float]:
     return {"vae-train": epochs * per_epoch, "vae-eval": elbos + TEST_IMAGES * (encoder + iw_samples * decoder)}
 
 
+def adam_traffic(epochs: int, gan_epochs: int) -> tuple[dict[str, float], int]:
+    """Adam's bytes over each training stage (:data:`ADAM_BYTES` per parameter and step), and the larger model's
+    parameter count (the working set whose memory speed is measured)."""
+    vae = sum(p.numel() for p in vae_models.build_model(VAEConfig(device="cpu"), torch.device("cpu")).parameters())
+    gan = sum(p.numel() for module in gan_models.build_models(GANConfig(device="cpu"), torch.device("cpu"))
+              for p in module.parameters())
+    vae_steps = epochs * -(-HW_TRAIN_IMAGES // VAEConfig().batch_size)  # the last partial batch is a step
+    gan_steps = gan_epochs * (GAN_TRAIN_IMAGES // GANConfig().batch_size)
+    return {"vae-train": vae_steps * vae * ADAM_BYTES, "gan-train": gan_steps * gan * ADAM_BYTES}, max(vae, gan)
+
+
 def gan_flops(epochs: int) -> float:
     config = GANConfig(device="cpu")
     generator, discriminator = gan_models.build_models(config, torch.device("cpu"))
@@ -100,6 +115,14 @@ def product_peak(repeat: int) -> float:
     rates = product_rates(1000, repeat)
     print(f"products: median {statistics.median(rates) / 1e9:.1f} GFLOP/s, best {max(rates) / 1e9:.1f} "
           f"({torch.get_num_threads()} thread(s), {repeat} timings)", flush=True)
+    return max(rates)
+
+
+def memory_peak(elements: int, repeat: int) -> float:
+    """The best of ``repeat`` timings of bench/gemm_peak.py's memory sweep over ``elements`` floats, in bytes/s."""
+    rates = memory_rates(elements, repeat)
+    print(f"memory, {elements:,} floats an array: median {statistics.median(rates) / 1e9:.1f} GB/s, best "
+          f"{max(rates) / 1e9:.1f}", flush=True)
     return max(rates)
 
 
@@ -124,9 +147,12 @@ def main() -> None:
     work = {**vae_flops(config["vae_epochs"], config["iw_samples"], density),
             "gan-train": gan_flops(config["gan_epochs"])}
     peak = product_peak(args.repeat)
+    traffic, parameters = adam_traffic(config["vae_epochs"], config["gan_epochs"])
+    bandwidth = memory_peak(parameters, args.repeat)
 
     header = ["stage"] + [f"{Path(run).name}: wall (CPU)" for run in args.runs]
-    header += [f"{Path(args.runs[0]).name} / {Path(run).name}" for run in args.runs[1:]] + ["TFLOP", "floor", "x floor"]
+    header += [f"{Path(args.runs[0]).name} / {Path(run).name}" for run in args.runs[1:]]
+    header += ["TFLOP", "Adam GB", "floor: products", "x", "floor: + Adam", "x"]
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     totals = [0.0] * len(records)
     for name in records[0]:
@@ -135,11 +161,15 @@ def main() -> None:
         totals = [total + (value or 0.0) for total, value in zip(totals, seconds, strict=True)]
         cells = [name] + [f"{minutes(wall)} ({minutes(used)})" for wall, used in zip(seconds, cpu, strict=True)]
         cells += [f"{seconds[0] / other:.2f}" if other else "-" for other in seconds[1:]]
-        floor = work[name] / peak if name in HEAVY else None
-        cells += [f"{work[name] / 1e12:.2f}", minutes(floor), f"{seconds[0] / floor:.2f}"] if floor else ["", "", ""]
+        if name in HEAVY:
+            floor, adam = work[name] / peak, traffic.get(name, 0.0)
+            cells += [f"{work[name] / 1e12:.2f}", f"{adam / 1e9:.0f}", minutes(floor), f"{seconds[0] / floor:.2f}",
+                      minutes(floor + adam / bandwidth), f"{seconds[0] / (floor + adam / bandwidth):.2f}"]
+        else:
+            cells += [""] * 6
         print("| " + " | ".join(cells) + " |")
     cells = ["total"] + [minutes(total) for total in totals] + [f"{totals[0] / other:.2f}" for other in totals[1:]]
-    print("| " + " | ".join(cells + ["", "", ""]) + " |")
+    print("| " + " | ".join(cells + [""] * 6) + " |")
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
 
 
