@@ -27,6 +27,8 @@ flags() {  # the flags of one named training (beside --seeds, --epochs, --thread
     imp-lrd2e-3) echo "--recipe improved --lr-d 2e-3" ;;
     imp-b32-r1g1e-2) echo "--recipe improved --batch-size 32 --r1-gamma 0.01" ;;
     imp-b32-r1g1e-1) echo "--recipe improved --batch-size 32 --r1-gamma 0.1" ;;
+    imp-r1g1e-1) echo "--recipe improved --r1-gamma 0.1" ;;
+    imp-r1g1) echo "--recipe improved --r1-gamma 1" ;;
     *) echo "gan_recipes.sh: unknown configuration '$1'" >&2; exit 2 ;;
   esac
 }

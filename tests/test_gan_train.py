@@ -197,6 +197,30 @@ def test_resume_refuses_changed_settings_and_missing_runs(uninterrupted, tmp_pat
         train.train_gan(SMALL, images(), RunDir(tmp_path / "empty"), resume=True)
 
 
+def provenance(content: str, folder: str, **more) -> dict:
+    return {"dataset": "mnist", "title": "MNIST", "folder": folder, **more,
+            "files": [{"role": "train_images", "content_md5": content}, {"role": "test_images", "content_md5": "t"}]}
+
+
+def test_a_resume_on_other_data_is_refused_before_a_step_and_a_moved_folder_is_not(tmp_path):
+    run = RunDir(tmp_path / "run")
+    trained_on = provenance("a", "/data/mnist")
+    train.train_gan(dataclasses.replace(SMALL, epochs=1), images(), run, provenance=trained_on, show_progress=False)
+    before = _weights(run)
+    sample = provenance("b", "/assets/mnist-sample", title="MNIST 5,000-digit sample")
+    with pytest.raises(MnistgenError, match=r"was trained on MNIST from /data/mnist, but the data found now are "
+                                            r"MNIST 5,000-digit sample from /assets/mnist-sample: resume it with the "
+                                            r"same files"):
+        train.train_gan(SMALL, images(), run, resume=True, provenance=sample, show_progress=False)
+    assert json.loads(run.data.read_text()) == trained_on  # nothing written, nothing trained
+    assert all(torch.equal(value, before[key]) for key, value in _weights(run).items())
+    assert [r["epoch"] for r in run.read_metrics()] == [1]
+    moved = provenance("a", "/elsewhere/mnist")  # the same files in another folder: it continues
+    train.train_gan(dataclasses.replace(SMALL, epochs=2), images(), run, resume=True, provenance=moved,
+                    show_progress=False)
+    assert json.loads(run.data.read_text()) == moved and [r["epoch"] for r in run.read_metrics()] == [1, 2]
+
+
 def test_bad_images_and_batch_size_are_one_line_errors(tmp_path):
     with pytest.raises(MnistgenError, match=r"\(N, 1, 28, 28\)"):
         train.train_gan(SMALL, torch.rand(10, 784), RunDir(tmp_path / "a"))

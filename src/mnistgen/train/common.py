@@ -298,6 +298,24 @@ def training_device(config: Any, *checks: Callable[[], None]) -> torch.device:
     return device
 
 
+def check_same_data(run: RunDir, provenance: dict[str, Any]) -> None:
+    """A one-line error where ``run`` continues on other data than it was trained on: its data.json's files, by role,
+    against ``provenance``'s, by the MD5 of their decompressed contents (where both record files; the folder may
+    move). A resume that finds the 5,000-digit sample where it was trained on MNIST stops here, before a step."""
+    if not run.data.is_file():
+        return
+
+    def contents(record: dict[str, Any]) -> dict[str, str | None]:
+        return {entry["role"]: entry.get("content_md5") for entry in record.get("files", [])}
+
+    saved = read_json(run.data)
+    if contents(saved) and contents(provenance) and contents(saved) != contents(provenance):
+        raise MnistgenError(
+            f"{run.path} was trained on {saved.get('title', saved.get('dataset'))} from {saved.get('folder')}, but "
+            f"the data found now are {provenance.get('title', provenance.get('dataset'))} from "
+            f"{provenance.get('folder')}: resume it with the same files (--data-dir, or $MNISTGEN_DATA_DIR)")
+
+
 @dataclass
 class ReplicaRuns:
     """The run folders of a run of R replicas and their end-of-epoch sequence: ``states[k]`` is replica k's (RUN, or
@@ -346,7 +364,10 @@ class ReplicaRuns:
                                         r["epoch"] <= epochs] for s in self.states])
 
     def start(self, kind: str, epochs_done: int, provenance: dict[str, Any] | None) -> None:
-        """Before the first step: drop the metric lines the checkpoints lack, write the configs and RUN/data.json."""
+        """Before the first step: drop the metric lines the checkpoints lack, write the configs and RUN/data.json;
+        a run that continues on other data than its data.json names is refused first (:func:`check_same_data`)."""
+        if provenance is not None:
+            from_main_rank(lambda: [check_same_data(state.run, provenance) for state in self.states])
         if is_replicated(self.config):
             self.run.write_config(to_dict(self.config), kind=kind)
         for state in self.states:
