@@ -315,6 +315,28 @@ def test_replicas_with_r1_train_one_after_another_each_as_its_own_run(tmp_path):
         assert all(torch.equal(mine[key], theirs[key]) for key in theirs)
 
 
+def test_a_constant_d_is_said_at_each_epoch_and_a_living_one_is_not(tmp_path, monkeypatch):
+    notes = []
+    train.train_gan(dataclasses.replace(SMALL, epochs=1), images(), RunDir(tmp_path / "alive"), show_progress=False,
+                    say=notes.append)
+    assert not any("constant" in note for note in notes), notes
+    init = gan_models.init_spec_
+
+    def dead_relus(module):  # D's last ReLU is 0 for every image: its logit is its last bias, the same for all
+        init(module)
+        if isinstance(module, Discriminator):
+            torch.nn.init.constant_(module.conv3.bias, -1e4)
+        return module
+
+    monkeypatch.setattr(gan_models, "init_spec_", dead_relus)
+    notes = []
+    train.train_gan(dataclasses.replace(SMALL, epochs=2, seeds="11,12"), images(), RunDir(tmp_path / "dead"),
+                    show_progress=False, say=notes.append)
+    said = [note for note in notes if "constant" in note]
+    assert [note.split(":")[2].strip() for note in said] == ["epoch 1", "epoch 1", "epoch 2", "epoch 2"], notes
+    assert "seed 11's D gave real and generated images the same probability, 0.500, at every step" in said[0]
+
+
 # --------------------------------------------------------------------------- Adam's arguments
 
 

@@ -151,6 +151,10 @@ def _train(config: GANConfig, images: torch.Tensor, run: RunDir, checkpoints: li
             stats = runs.end_steps(epoch=epoch, done=done, steps=steps, step_values=step_stats, value_names=STATS,
                                    order_states=order_states, seconds=seconds)  # (R, steps, 4)
             means = stats.mean(dim=1).tolist()  # (R, 4)
+            for k in constant_discriminators(stats):  # said once an epoch while it lasts: G no longer learns
+                say(f"mnistgen: note: epoch {epoch + 1}: {runs.label(k, 'D')} gave real and generated images the same "
+                    f"probability, {means[k][2]:.3f}, at every step: it is a constant (its ReLUs are dead) and G "
+                    "gets no gradient from it (docs/TRAINING.md, R1)")
             if epoch + 1 == config.epochs or (epoch + 1) % config.grid_every == 0:
                 for state, replica, noise in zip(runs.states, replicas, fixed_noise, strict=True):
                     save_grid(state.run, epoch + 1, replica, noise)
@@ -164,6 +168,12 @@ def _train(config: GANConfig, images: torch.Tensor, run: RunDir, checkpoints: li
     finally:
         bar.close()
     return histories
+
+
+def constant_discriminators(stats: torch.Tensor) -> list[int]:
+    """The replicas whose D(x) and D(G(z)) were the same to the last bit at each of the epoch's steps; stats: (R,
+    steps, 4), :data:`STATS`. Where D's every ReLU is dead, its logit is its last bias whatever the image."""
+    return torch.nonzero((stats[:, :, 2] == stats[:, :, 3]).all(dim=1)).flatten().tolist()
 
 
 @torch.no_grad()
