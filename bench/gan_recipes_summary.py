@@ -36,6 +36,7 @@ ROWS = (  # (training, sample set, what it is)
     ("imp-cosine", "average", "--recipe improved, both rates by a cosine to 1% over 100 epochs (at 16af1be)"),
     ("imp-b32-r1g1e-2", "average", "--recipe improved, batch 32, R1 gamma 0.01 every 16 steps"),
     ("imp-b32-r1g1e-1", "average", "--recipe improved, batch 32, R1 gamma 0.1 every 16 steps"),
+    ("imp-r1g1e-2", "average", "--recipe improved, R1 gamma 0.01 every 16 steps"),
     ("imp-r1g1e-1", "average", "--recipe improved, R1 gamma 0.1 every 16 steps"),
     ("imp-r1g1", "average", "--recipe improved, R1 gamma 1 every 16 steps"),
 )
