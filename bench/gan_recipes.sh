@@ -20,6 +20,7 @@ flags() {  # the flags of one named training (beside --seeds, --epochs, --thread
     ttur) echo "--ema-decay 0.999 --lr-d 4e-4 --lr-g 1e-4" ;;
     combo) echo "--ema-decay 0.999 --betas 0.5,0.999 --lr-d 4e-4 --lr-g 1e-4" ;;
     improved) echo "--recipe improved" ;;  # its values: GAN_RECIPES in src/mnistgen/config.py
+    imp-nor1) echo "--recipe improved --r1-gamma off" ;;  # the recipe as it was before its R1 penalty
     b32) echo "--betas 0.5,0.999 --lr-d 4e-4 --lr-g 1e-4 --batch-size 32 --ema-decay 0.9999" ;;
     fastd) echo "--betas 0.5,0.999 --lr-d 1e-3 --lr-g 2e-4 --batch-size 64 --ema-decay 0.9999" ;;
     imp-b32) echo "--recipe improved --batch-size 32" ;;

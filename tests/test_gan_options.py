@@ -393,6 +393,15 @@ def test_recipe_improved_fills_the_options_not_given():
     assert config != dataclasses.replace(GANConfig(), recipe="improved", lr_g=3e-4)  # it changed other fields
 
 
+def test_off_turns_off_a_recipes_average_or_penalty_and_nothing_else():
+    config = parsed("--recipe", "improved", "--r1-gamma", "off", "--ema-decay", "Off")
+    assert (config.r1_gamma, config.ema_decay) == (None, None)
+    assert config.lr_d == GAN_RECIPES["improved"]["lr_d"] and parsed("--recipe", "improved").r1_gamma is not None
+    for flags in (["--lr-d", "off"], ["--r1-every", "off"], ["--seeds", "off"]):  # no "off" where None is no default
+        with pytest.raises((SystemExit, MnistgenError)):  # argparse's refusal, or --seeds' own check
+            parsed(*flags)
+
+
 def test_recipe_improved_is_recorded_in_config_json(tmp_path, capsys):
     run = tmp_path / "run"
     argv = ["gan", "train", "--dataset", "mnist-sample", "--epochs", "1", "--grid-every", "1", "--device", "cpu",

@@ -487,8 +487,14 @@ def _base_type(tp: Any) -> Any:
     return tp
 
 
-def _parser_of(tp: type):
+OFF = "off"  # the flag value of a setting whose default is None: None ("--ema-decay off" over a recipe's value)
+_TURNED_OFF = object()  # what the parser holds for OFF (None would mean "not given")
+
+
+def _parser_of(tp: type, can_be_off: bool = False):
     def parse(text: str):
+        if can_be_off and text.strip().lower() == OFF:
+            return _TURNED_OFF
         try:
             return tp(text)
         except ValueError:
@@ -522,7 +528,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, exclude: tu
         elif typing.get_origin(tp) is Literal:
             parser.add_argument(flag, dest=f.name, choices=list(typing.get_args(tp)), default=None, help=help_text)
         else:
-            parser.add_argument(flag, dest=f.name, type=_parser_of(tp), default=None,
+            can_be_off = default is None and tp in (int, float)  # "--ema-decay off" over a recipe's value
+            parser.add_argument(flag, dest=f.name, type=_parser_of(tp, can_be_off), default=None,
                                 metavar=f.name.upper(), help=help_text)
 
 
@@ -550,7 +557,7 @@ def _replace_from_args(cls: type, args: argparse.Namespace, base: Any) -> Any:
         if dataclasses.is_dataclass(tp):
             changes[f.name] = _replace_from_args(tp, args, getattr(base, f.name))
         elif getattr(args, f.name, None) is not None:
-            changes[f.name] = getattr(args, f.name)
+            changes[f.name] = None if getattr(args, f.name) is _TURNED_OFF else getattr(args, f.name)
     return dataclasses.replace(base, **changes)
 
 
