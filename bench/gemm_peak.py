@@ -24,22 +24,27 @@ HIDDEN, PIXELS, LATENT = 500, 784, 2
 IMAGES, DRAWS = 10_000, 1000  # the importance-weighted stage of `mnistgen vae eval`
 
 
+def rates(call, work: float, repeat: int, seconds: float = 0.5) -> list[float]:
+    """``repeat`` timings of ``call()`` back to back for about ``seconds`` each, in ``work`` units per second."""
+    started, calls = time.perf_counter(), 0
+    while time.perf_counter() - started < 0.1:  # warm-up, and calls per timing
+        call()
+        calls += 1
+    calls = max(1, round(calls * seconds / 0.1))
+    timings = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        for _ in range(calls):
+            call()
+        timings.append(work * calls / (time.perf_counter() - started))
+    return timings
+
+
 def product_rates(rows: int, repeat: int, seconds: float = 0.5) -> list[float]:
     """``repeat`` timings of (rows x 500) @ (500 x 784) + bias, back to back for about ``seconds`` each, in FLOP/s."""
     weight, bias = torch.randn(PIXELS, HIDDEN), torch.randn(PIXELS)
     h2, out = torch.randn(rows, HIDDEN).tanh(), torch.empty(rows, PIXELS)
-    started, calls = time.perf_counter(), 0
-    while time.perf_counter() - started < 0.1:  # warm-up, and calls per timing
-        torch.addmm(bias, h2, weight.t(), out=out)
-        calls += 1
-    calls = max(1, round(calls * seconds / 0.1))
-    rates = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        for _ in range(calls):
-            torch.addmm(bias, h2, weight.t(), out=out)
-        rates.append(2.0 * rows * HIDDEN * PIXELS * calls / (time.perf_counter() - started))
-    return rates
+    return rates(lambda: torch.addmm(bias, h2, weight.t(), out=out), 2.0 * rows * HIDDEN * PIXELS, repeat, seconds)
 
 
 def memory_rates(elements: int, repeat: int, seconds: float = 0.5) -> list[float]:
@@ -47,18 +52,7 @@ def memory_rates(elements: int, repeat: int, seconds: float = 0.5) -> list[float
     bytes an element), back to back for about ``seconds`` each, in bytes/s: the memory speed of a working set of
     that size, as an elementwise optimizer step sees it."""
     a, b, c = torch.empty(elements), torch.randn(elements), torch.randn(elements)
-    started, calls = time.perf_counter(), 0
-    while time.perf_counter() - started < 0.1:
-        torch.add(b, c, alpha=0.5, out=a)
-        calls += 1
-    calls = max(1, round(calls * seconds / 0.1))
-    rates = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        for _ in range(calls):
-            torch.add(b, c, alpha=0.5, out=a)
-        rates.append(12.0 * elements * calls / (time.perf_counter() - started))
-    return rates
+    return rates(lambda: torch.add(b, c, alpha=0.5, out=a), 12.0 * elements, repeat, seconds)
 
 
 def main() -> None:
