@@ -293,6 +293,9 @@ def test_r1_keeps_d_smooth_is_recorded_and_resumes_bit_for_bit(tmp_path, monkeyp
     monkeypatch.undo()
     if cpu_kernels == "reference":  # no probe: steps 0, 2, 4, 6, 8 of the run (3 epochs of 3), counted across epochs
         assert len(penalized) == 5
+    else:  # R1 leaves SPEC's networks their accelerators
+        fastest = "native" if native_kernels_build() else "torch"
+        assert runs["r1"].read_metrics()[-1]["trained_by"] == f"G {fastest}, D {fastest}"
     assert input_gradient_norm(runs["r1"]) < input_gradient_norm(runs["plain"]) / 2
     saved = json.loads((runs["r1"].path / "config.json").read_text())["config"]
     assert (saved["r1_gamma"], saved["r1_every"]) == (50.0, 2)

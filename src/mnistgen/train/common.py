@@ -309,7 +309,8 @@ def check_same_data(run: RunDir, provenance: dict[str, Any]) -> None:
         return {entry["role"]: entry.get("content_md5") for entry in record.get("files", [])}
 
     saved = read_json(run.data)
-    if contents(saved) and contents(provenance) and contents(saved) != contents(provenance):
+    trained_on, found = contents(saved), contents(provenance)
+    if trained_on and found and trained_on != found:
         raise MnistgenError(
             f"{run.path} was trained on {saved.get('title', saved.get('dataset'))} from {saved.get('folder')}, but "
             f"the data found now are {provenance.get('title', provenance.get('dataset'))} from "
