@@ -9,7 +9,6 @@ lands. The stacked engine is checked by a probe and steps aside where it would n
 from __future__ import annotations
 
 import dataclasses
-import subprocess
 import sys
 from pathlib import Path
 
@@ -237,7 +236,7 @@ def test_a_changed_step_is_trained_by_a_torchrun_job(model, arguments, keys, out
     """The changed step (both changes above at once, in a script that applies them, then runs the CLI) under
     torchrun: the job ends where one process of the changed step ends (to the tolerance of tests/test_torchrun.py)
     and far from one process of the unchanged step."""
-    from test_torchrun import environment, free_port, weight_differences
+    from test_torchrun import environment, free_port, launch_job, weight_differences
 
     env = environment(mnist_dir)
     script = tmp_path / "changed_step.py"
@@ -247,8 +246,8 @@ def test_a_changed_step_is_trained_by_a_torchrun_job(model, arguments, keys, out
                 "changed": [sys.executable, str(script), *arguments, "--out", str(runs["changed"])],
                 "ranks": torchrun_command(script, free_port(), *arguments, "--out", str(runs["ranks"]))}
     for name, command in commands.items():
-        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-        assert result.returncode == 0, (name, result.stderr[-3000:])
+        code, _, err = launch_job(command, env, runs[name])
+        assert code == 0, f"{name}:\n{err[-6000:]}"
     lr = VAEConfig().lr if model == "vae" else GANConfig().lr_g
     rtol, atol = (1e-5, 1e-6) if model == "vae" else (0.0, lr / 10)
     checkpoints = {name: torch.load(run / "checkpoint.pt", weights_only=True) for name, run in runs.items()}

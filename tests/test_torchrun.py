@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -42,7 +45,8 @@ def free_port() -> int:
 
 def environment(mnist_dir: Path) -> dict[str, str]:
     return dict(os.environ, MNISTGEN_DATA_DIR=str(mnist_dir), MNISTGEN_OFFLINE="1", GLOO_SOCKET_IFNAME="lo",
-                PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+                PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1",
+                PYTHONFAULTHANDLER="1")  # a rank that dies of a signal prints its Python stack
 
 
 def torchrun(*args: str) -> list[str]:
@@ -75,6 +79,23 @@ def finish(process: subprocess.Popen) -> tuple[int, str, str]:
 
 def launch(command: list[str], env: dict[str, str]) -> tuple[int, str, str]:
     return finish(start(command, env))
+
+
+WORKER_KILLED_BY_A_SIGNAL = re.compile(r"Signal \d+ \(SIG[A-Z]+\) received by PID")  # torchrun's failure summary
+
+
+def launch_job(command: list[str], env: dict[str, str], out: Path) -> tuple[int, str, str]:
+    """A job that starts a new run in ``out``. Where a worker died of a signal (torchrun reports "Signal 6
+    (SIGABRT) received by PID ...") rather than exiting, the job runs once more from an empty ``out``, with a warning
+    that keeps the first stderr: gloo aborted a worker once in many CI runs, at random, which a bug of mnistgen's
+    collectives (every rank's calls the same in every run) would repeat on the second try."""
+    code, out_text, err = launch(command, env)
+    if code != 0 and WORKER_KILLED_BY_A_SIGNAL.search(err):
+        warnings.warn(f"a worker of {command} died of a signal; running the job once more:\n{err[-6000:]}",
+                      stacklevel=2)
+        shutil.rmtree(out, ignore_errors=True)
+        code, out_text, err = launch(command, env)
+    return code, out_text, err
 
 
 def mnistgen_lines(text: str, run: Path) -> list[str]:
@@ -135,7 +156,7 @@ def vae_runs(mnist_dir, tmp_path_factory) -> dict:
     env = environment(mnist_dir)
     results = {"root": root, "env": env}
     for name, command in (("ranks", torchrun), ("one", one_process)):
-        results[name] = launch(command(*VAE_TRAIN, "--out", str(root / name)), env)
+        results[name] = launch_job(command(*VAE_TRAIN, "--out", str(root / name)), env, root / name)
     return results
 
 
@@ -145,7 +166,7 @@ def gan_runs(tmp_path_factory, mnist_dir) -> dict:
     env = environment(mnist_dir)
     results = {"root": root, "env": env}
     for name, command in (("ranks", torchrun), ("one", one_process)):
-        results[name] = launch(command(*GAN_TRAIN, "--out", str(root / name)), env)
+        results[name] = launch_job(command(*GAN_TRAIN, "--out", str(root / name)), env, root / name)
     return results
 
 
@@ -153,8 +174,8 @@ def check_messages(runs: dict) -> None:
     """Both end well; the job prints what one process prints (each line once: rank 0 alone speaks)."""
     root = runs["root"]
     (code_ranks, out_ranks, err_ranks), (code_one, out_one, err_one) = runs["ranks"], runs["one"]
-    assert code_ranks == 0, err_ranks[-3000:]
-    assert code_one == 0, err_one[-3000:]
+    assert code_ranks == 0, err_ranks[-6000:]
+    assert code_one == 0, err_one[-6000:]
     assert len(mnistgen_lines(out_ranks, root / "ranks")) == 1
     assert mnistgen_lines(out_ranks, root / "ranks") == mnistgen_lines(out_one, root / "one")
     assert mnistgen_lines(err_ranks, root / "ranks") == mnistgen_lines(err_one, root / "one")
