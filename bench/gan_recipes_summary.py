@@ -39,6 +39,10 @@ ROWS = (  # (training, sample set, what it is)
     ("imp-r1g1e-2", "average", "--recipe improved, R1 gamma 0.01 every 16 steps"),
     ("imp-r1g1e-1", "average", "--recipe improved, R1 gamma 0.1 every 16 steps"),
     ("imp-r1g1", "average", "--recipe improved, R1 gamma 1 every 16 steps"),
+    ("imp-r1g3e-2", "average", "--recipe improved, R1 gamma 0.03 every 16 steps"),
+    ("imp-ema9999", "raw", "--recipe improved, the trained G"),
+    ("imp-ema9999", "average", "--recipe improved, EMA 0.9999"),
+    ("imp-b0", "average", "--recipe improved, betas 0,0.99"),
 )
 
 
