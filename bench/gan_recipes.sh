@@ -33,6 +33,7 @@ flags() {  # the flags of one named training (beside --seeds, --epochs, --thread
     imp-r1g3e-2) echo "--recipe improved --r1-gamma 0.03" ;;
     imp-ema9999) echo "--recipe improved --ema-decay 0.9999" ;;
     imp-b0) echo "--recipe improved --betas 0.0,0.99" ;;
+    imp-b0-ema9999) echo "--recipe improved --betas 0.0,0.99 --ema-decay 0.9999" ;;
     *) echo "gan_recipes.sh: unknown configuration '$1'" >&2; exit 2 ;;
   esac
 }

@@ -43,6 +43,7 @@ ROWS = (  # (training, sample set, what it is)
     ("imp-ema9999", "raw", "--recipe improved, the trained G"),
     ("imp-ema9999", "average", "--recipe improved, EMA 0.9999"),
     ("imp-b0", "average", "--recipe improved, betas 0,0.99"),
+    ("imp-b0-ema9999", "average", "--recipe improved, betas 0,0.99, EMA 0.9999"),
 )
 
 
