@@ -87,9 +87,8 @@ WORKER_KILLED_BY_A_SIGNAL = re.compile(r"Signal \d+ \(SIG[A-Z]+\) received by PI
 def launch_job(command: list[str], env: dict[str, str], out: Path) -> tuple[int, str, str]:
     """A job that starts a new run in ``out``. Where a worker died of a signal (torchrun reports "Signal 6
     (SIGABRT) received by PID ...") rather than exiting, the job runs once more from an empty ``out``, with a warning
-    that keeps the first stderr: a worker was aborted once in many CI runs, at random (its message was cut off), and
-    75 runs of that job here never did it again; a bug of mnistgen's collectives (every rank's calls the same in
-    every run) would repeat on the second try."""
+    that keeps the first stderr: a random abort outside mnistgen's code gets a second try, while a bug of mnistgen's
+    collectives (every rank's calls the same in every run) fails both."""
     code, out_text, err = launch(command, env)
     if code != 0 and WORKER_KILLED_BY_A_SIGNAL.search(err):
         warnings.warn(f"a worker of {command} died of a signal; running the job once more:\n{err[-6000:]}",
