@@ -175,6 +175,8 @@ EXPECTED_BOUNDS = {
     "draws": POSITIVE_INT, "shared_samples": POSITIVE_INT, "max_iterations": POSITIVE_INT, "starts": POSITIVE_INT,
     "lr": POSITIVE_FLOAT, "lr_d": POSITIVE_FLOAT, "lr_g": POSITIVE_FLOAT, "lr_min": POSITIVE_FLOAT,
     "r1_gamma": POSITIVE_FLOAT, "r1_every": POSITIVE_INT,
+    "translate": [(0, -1, "in [0, 27]"), (27, 28, "in [0, 27]")],
+    "cutout": [(0, -1, "in [0, 28]"), (28, 29, "in [0, 28]")],
     "lr_decay": [(TINY, 0.0, "in (0, 1]"), (1.0, NEXT_ABOVE_ONE, "in (0, 1]")],
     "ema_decay": [(TINY, 0.0, "in (0, 1)"), (math.nextafter(1.0, 0.0), 1.0, "in (0, 1)")],
     "download_timeout": POSITIVE_FLOAT,

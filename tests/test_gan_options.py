@@ -1,5 +1,6 @@
 """The GAN's training-only options: ``--ema-decay`` (a moving average of G's weights), ``--betas`` and
-``--lr-d`` / ``--lr-g`` (Adam's arguments), ``--recipe``. SPEC's networks stay as they are.
+``--lr-d`` / ``--lr-g`` (Adam's arguments), R1, ``--translate`` and ``--cutout`` (augmentation of D's inputs),
+``--recipe``. SPEC's networks stay as they are.
 
 Small random image sets and one CPU thread keep every run here to a few seconds.
 """
@@ -14,6 +15,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import native_kernels_build
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mnistgen.cli import main
 from mnistgen.config import (
@@ -134,7 +137,8 @@ def test_an_interrupted_run_resumes_to_the_same_average_bit_for_bit(averaged, tm
 
 @pytest.mark.parametrize("change, flag", [({"ema_decay": 0.9}, "--ema-decay"), ({"ema_decay": None}, "--ema-decay"),
                                           ({"betas": "0.5,0.999"}, "--betas"), ({"recipe": "improved"}, "--recipe"),
-                                          ({"r1_gamma": 0.1}, "--r1-gamma"), ({"r1_every": 4}, "--r1-every")])
+                                          ({"r1_gamma": 0.1}, "--r1-gamma"), ({"r1_every": 4}, "--r1-every"),
+                                          ({"translate": 1}, "--translate"), ({"cutout": 3}, "--cutout")])
 def test_resume_refuses_a_changed_average_betas_recipe_or_penalty(averaged, change, flag):
     with pytest.raises(MnistgenError, match=f"these differ from its checkpoint .*{flag}"):
         train.train_gan(dataclasses.replace(SMALL, **change), images(), averaged, resume=True, show_progress=False)
@@ -449,3 +453,124 @@ def test_an_unknown_recipe_is_refused_by_argparse(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "invalid choice: 'best'" in err and err.count("\n") == 1, err
+
+
+# --------------------------------------------------------------------------- augmentation of D's inputs
+
+
+def augmented_by_hand(images: np.ndarray, plan: np.ndarray, cutout: int) -> np.ndarray:
+    """The augmentation pixel by pixel: images (B, 1, 28, 28), plan (B, 4) -> out[a, b] = images[a - dy, b - dx]
+    (0 outside), 0 in the cutout's square."""
+    out = np.zeros_like(images)
+    for k, (dy, dx, top, left) in enumerate(plan):
+        for a in range(28):
+            for b in range(28):
+                inside = 0 <= a - dy < 28 and 0 <= b - dx < 28
+                cut = cutout and top <= a < top + cutout and left <= b < left + cutout
+                out[k, 0, a, b] = images[k, 0, a - dy, b - dx] if inside and not cut else 0.0
+    return out
+
+
+@given(translate=st.integers(0, 27), cutout=st.integers(0, 28), batch=st.integers(1, 3), seed=st.integers(0, 2**32))
+@settings(max_examples=40, deadline=None)
+def test_the_augmentation_is_the_shift_then_the_square_pixel_by_pixel(translate, cutout, batch, seed):
+    augmentation = gan_models.Augmentation(translate, cutout)
+    draws = torch.Generator().manual_seed(seed)
+    plan = augmentation.draw(batch, draws)  # (B, 3, 4)
+    assert plan.shape == (batch, 3, 4) and plan.dtype == torch.long
+    assert plan[..., :2].abs().max() <= translate
+    if cutout:  # the square's centre is a pixel of the image
+        assert (plan[..., 2:] + cutout // 2).min() >= 0 and (plan[..., 2:] + cutout // 2).max() <= 27
+    else:
+        assert (plan[..., 2:] == 0).all()
+    x = torch.rand(batch, 1, 28, 28, generator=draws, dtype=torch.float64)
+    for call in range(3):
+        out = augmentation(x, plan[:, call])
+        assert np.array_equal(out.numpy(), augmented_by_hand(x.numpy(), plan[:, call].numpy(), cutout))
+
+
+def test_the_augmentation_takes_leading_replica_dimensions_and_is_differentiable():
+    augmentation, draws = gan_models.Augmentation(3, 7), torch.Generator().manual_seed(5)
+    plan = torch.stack([augmentation.draw(4, draws) for _ in range(2)])[..., 1, :]  # (R=2, B=4, 4)
+    x = torch.rand(2, 4, 1, 28, 28, generator=draws, dtype=torch.float64, requires_grad=True)
+    out = augmentation(x, plan)
+    for r in range(2):  # each replica's images by its own plan
+        assert torch.equal(out[r], augmentation(x[r], plan[r]))
+    # the gradient: each pixel of the output hands its gradient back to the pixel it came from, once
+    weights = torch.rand(2, 4, 1, 28, 28, generator=draws, dtype=torch.float64)
+    (gradient,) = torch.autograd.grad((out * weights).sum(), x)
+    by_hand = np.zeros((4, 1, 28, 28))
+    kept = augmented_by_hand(np.ones((4, 1, 28, 28)), plan[1].numpy(), 7)  # 1 where a pixel is kept
+    for k, (dy, dx, _, _) in enumerate(plan[1].tolist()):
+        for a in range(28):
+            for b in range(28):
+                if kept[k, 0, a, b]:
+                    by_hand[k, 0, a - dy, b - dx] += weights[1, k, 0, a, b].item()
+    assert np.array_equal(gradient[1].numpy(), by_hand)
+    two = x[:, :2].detach().requires_grad_()
+    assert torch.autograd.gradcheck(lambda images: augmentation(images, plan[:, :2]), (two,))
+
+
+def test_the_step_gives_each_of_ds_three_batches_its_own_plan_and_real_and_generated_the_same_augmentation():
+    torch.manual_seed(0)
+    generator, discriminator = Generator(SMALL.zdim).double(), Discriminator().double()
+    optimizers = [torch.optim.SGD(module.parameters(), lr=1.0) for module in (generator, discriminator)]
+    draws = torch.Generator().manual_seed(3)
+    real, z = images(6).double(), torch.rand(6, SMALL.zdim, generator=draws).double()
+    augmentation = gan_models.Augmentation(2, 9)
+    plan = augmentation.draw(6, draws)
+    seen, fake = [], generator(z).detach()
+    calls = gan_models.GANCalls(
+        generate=gan_models.REFERENCE.generate,
+        discriminate_both=lambda d, a, b: (seen.extend([a.detach(), b.detach()]), (d(a), d(b)))[1],
+        discriminate=lambda d, a: (seen.append(a.detach()), d(a))[1])
+    gan_models.train_step(generator, discriminator, *optimizers, real, z, calls, augment=(augmentation, plan))
+    for call, batch in enumerate((real, fake, fake)):
+        assert torch.equal(seen[call], augmentation(batch, plan[:, call])), call
+    assert not torch.equal(seen[1], seen[2])  # the two looks at the generated images: each its own draw
+
+
+AUGMENTED = dataclasses.replace(SMALL, translate=2, cutout=6)
+
+
+@pytest.mark.parametrize("cpu_kernels", ["reference", "auto"])
+def test_augmentation_changes_the_training_keeps_the_accelerators_and_resumes_bit_for_bit(tmp_path, cpu_kernels):
+    config = dataclasses.replace(AUGMENTED, cpu_kernels=cpu_kernels)
+    runs = {name: RunDir(tmp_path / name) for name in ("plain", "augmented", "resumed")}
+    train.train_gan(dataclasses.replace(config, translate=0, cutout=0), images(), runs["plain"], show_progress=False)
+    train.train_gan(config, images(), runs["augmented"], show_progress=False)
+    if cpu_kernels == "auto":  # the augmentation is outside D: SPEC's networks keep their accelerators
+        fastest = "native" if native_kernels_build() else "torch"
+        assert runs["augmented"].read_metrics()[-1]["trained_by"] == f"G {fastest}, D {fastest}"
+    mine, plain = _all_tensors(runs["augmented"]), _all_tensors(runs["plain"])
+    assert not torch.equal(mine["discriminator.linear.weight"], plain["discriminator.linear.weight"])
+    saved = json.loads((runs["augmented"].path / "config.json").read_text())["config"]
+    assert (saved["translate"], saved["cutout"]) == (2, 6)
+    with pytest.raises(train.TrainingInterrupted, match="interrupted in epoch 2 after step 2 of 3"):
+        train.train_gan(config, images(), runs["resumed"], stop=stop_after(5), show_progress=False)
+    train.train_gan(config, images(), runs["resumed"], resume=True, show_progress=False)
+    resumed = _all_tensors(runs["resumed"])
+    assert all(torch.equal(resumed[key], mine[key]) for key in mine)
+
+
+def test_the_augmentations_draws_leave_the_noise_z_as_it_was(tmp_path, monkeypatch):
+    config = dataclasses.replace(AUGMENTED, epochs=1)
+    noises, sample = [], train.sample_uniform_noise
+    for name, run_config in (("plain", dataclasses.replace(config, translate=0, cutout=0)), ("augmented", config)):
+        drawn: list[torch.Tensor] = []
+        monkeypatch.setattr(train, "sample_uniform_noise",
+                            lambda *args, drawn=drawn: drawn.append(sample(*args)) or drawn[-1])
+        train.train_gan(run_config, images(), RunDir(tmp_path / name), show_progress=False)
+        noises.append(torch.cat(drawn))
+    assert len(noises[0]) == 64 + 3 * 32 and torch.equal(noises[0], noises[1])  # the grid's noise, 3 steps'
+
+
+def test_replicas_with_augmentation_take_each_seeds_own_draws(tmp_path):
+    config = dataclasses.replace(AUGMENTED, epochs=1, seeds="11,12")
+    run = RunDir(tmp_path / "replicas")
+    train.train_gan(config, images(), run, show_progress=False)
+    for seed in (11, 12):
+        separate = RunDir(tmp_path / f"seed-{seed}")
+        train.train_gan(replica_config(config, seed), images(), separate, show_progress=False)
+        mine, theirs = _all_tensors(run.seed_run(seed)), _all_tensors(separate)
+        assert all(torch.equal(mine[key], theirs[key]) for key in theirs)

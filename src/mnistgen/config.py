@@ -18,6 +18,7 @@ from typing import Any, Literal
 from .errors import MnistgenError, UsageError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+IMAGE_SIDE = 28  # the digits are 28x28 pixels (SPEC §1)
 
 
 Number = int | float
@@ -264,6 +265,13 @@ class GANConfig:
         "D's logit with respect to each real image, which keeps D smooth where the data are; taken on every "
         "--r1-every-th step, weighted by that many (default: off, as SPEC §3)", Bound(low=0, low_open=True))
     r1_every: int = option(16, "--r1-gamma: steps from one penalized step to the next", POSITIVE)
+    translate: int = option(
+        0, "augment every image D sees, real and generated alike (DiffAugment): shift it by up to this many pixels "
+        "along each axis, drawn per image, zeros shifted in (default: 0, off, as SPEC §3)",
+        Bound(low=0, high=IMAGE_SIDE - 1))
+    cutout: int = option(
+        0, "augment every image D sees, after any --translate: zero a square of this side centred on a pixel drawn "
+        "per image (default: 0, off, as SPEC §3)", Bound(low=0, high=IMAGE_SIDE))
     recipe: Literal["spec", "improved"] = option("spec", _RECIPE_HELP)
     zdim: int = option(64, "dimension of the generator's input noise z ~ U[-1, 1]^zdim", POSITIVE)
     seed: int = option(2, "seed that fixes the whole run", SEED_BOUND)

@@ -252,15 +252,21 @@ def gan_engine(replicas: list[Replica], config: GANConfig, device: torch.device,
                say: Callable[[str], None]) -> Engine:
     """How the steps of the replicas (``Replica({"generator": G, "discriminator": D}, their optimizers, {"generator":
     G's moving average} or {})``) are taken (:func:`~mnistgen.accelerate.engines.choose_engine`), with ``chosen``."""
+    augmentation = gan_model.augmentation(config)
 
-    def step_with(calls: GANCalls) -> Callable[[Replica], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
-        def bind(replica: Replica) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    def step_with(calls: GANCalls) -> Callable[[Replica], Callable[..., torch.Tensor]]:
+        def bind(replica: Replica) -> Callable[..., torch.Tensor]:
             generator, discriminator = replica.modules["generator"], replica.modules["discriminator"]
             optimizers, average = replica.optimizers, replica.averages.get("generator")
             ema = None if average is None else (list(average.parameters()), config.ema_decay)
-            return lambda real, z, *r1_weight: gan_model.train_step(
-                generator, discriminator, optimizers["generator"], optimizers["discriminator"], real, z, calls, ema,
-                *r1_weight)
+
+            def step(real: torch.Tensor, z: torch.Tensor, *more: torch.Tensor) -> torch.Tensor:  # more: [plan,] [w]
+                augment = None if augmentation is None else (augmentation, more[0])
+                r1_weight = more[-1] if config.r1_gamma is not None else None
+                return gan_model.train_step(generator, discriminator, optimizers["generator"],
+                                            optimizers["discriminator"], real, z, calls, ema, r1_weight, augment)
+
+            return step
 
         return bind
 
@@ -271,7 +277,8 @@ def gan_engine(replicas: list[Replica], config: GANConfig, device: torch.device,
         draws = torch.Generator().manual_seed(PROBE_SEED + k)
         real = torch.rand(images, *IMAGE_SHAPE, generator=draws, dtype=torch.float64)
         z = torch.rand(images, config.zdim, generator=draws, dtype=torch.float64) * 2 - 1
-        return real.to(like), z.to(like), *gan_model.r1_weights(config, 0, like)(0)
+        plan = () if augmentation is None else (augmentation.draw(images, draws).to(like.device),)
+        return real.to(like), z.to(like), *plan, *gan_model.r1_weights(config, 0, like)(0)
 
     return choose_engine(replicas, bind=step_with(REFERENCE), step=step, step_name=chosen.name,
                          runner=lambda replica: Bound(step(replica), chosen.name), accelerated=chosen.accelerated,

@@ -150,6 +150,54 @@ def r1_weights(config: GANConfig, steps_before: int, like: torch.Tensor) -> Call
     return lambda step: (on,) if (steps_before + step) % config.r1_every == 0 else (off,)
 
 
+D_CALLS = 3  # D sees three batches a step: the real images and the generated ones in D's step, the generated in G's
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Differentiable augmentation of every image D sees, real and generated alike (DiffAugment, Zhao et al., 2020;
+    ``--translate``, ``--cutout``): a shift of up to ``translate`` pixels along each axis (the image moved, zeros
+    shifted in), then a ``cutout`` x ``cutout`` square of zeros centred on a pixel of the image (clipped at the
+    border). The random part is a plan of integers drawn by the loop, so the step stays a function of its inputs."""
+
+    translate: int
+    cutout: int
+
+    def draw(self, batch: int, generator: torch.Generator) -> torch.Tensor:
+        """The plan of one step: (B, D_CALLS, 4) integers (dy, dx, top, left) for each image and call of D."""
+        device = generator.device
+        shifts = (torch.randint(-self.translate, self.translate + 1, (batch, D_CALLS, 2), generator=generator,
+                                device=device) if self.translate else torch.zeros(batch, D_CALLS, 2, dtype=torch.long,
+                                                                                  device=device))
+        centres = (torch.randint(0, IMAGE_SHAPE[-1], (batch, D_CALLS, 2), generator=generator, device=device)
+                   if self.cutout else torch.zeros(batch, D_CALLS, 2, dtype=torch.long, device=device))
+        return torch.cat([shifts, centres - self.cutout // 2], dim=-1)
+
+    def __call__(self, images: torch.Tensor, plan: torch.Tensor) -> torch.Tensor:
+        """images ([R,] B, 1, H, W), plan ([R,] B, 4) -> the augmented images, like ``images``: out[a, b] =
+        images[a - dy, b - dx], 0 where that is outside the image or top <= a < top + cutout and left <= b < left +
+        cutout. A gather and a mask: exact, and differentiable (the gradient goes back to the pixel it came from)."""
+        side = images.shape[-1]  # H = W
+        rows = torch.arange(side, device=images.device)
+        dy, dx, top, left = (plan[..., i, None] for i in range(4))  # ([R,] B, 1) each
+        source_row, source_column = rows - dy, rows - dx  # ([R,] B, H): where each row and column comes from
+        keep = (((source_row >= 0) & (source_row < side))[..., :, None]
+                & ((source_column >= 0) & (source_column < side))[..., None, :])  # ([R,] B, H, W)
+        if self.cutout:
+            keep &= ~(((rows >= top) & (rows < top + self.cutout))[..., :, None]
+                      & ((rows >= left) & (rows < left + self.cutout))[..., None, :])
+        flat = images.flatten(-3)  # ([R,] B, H*W)
+        if self.translate:
+            source = source_row.clamp(0, side - 1)[..., :, None] * side + source_column.clamp(0, side - 1)[..., None, :]
+            flat = flat.gather(-1, source.flatten(-2))
+        return (flat * keep.flatten(-2)).view_as(images)
+
+
+def augmentation(config: GANConfig) -> Augmentation | None:
+    """``config``'s augmentation of D's inputs, or None without one."""
+    return Augmentation(config.translate, config.cutout) if config.translate or config.cutout else None
+
+
 def optimized_parameters(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     """The tensors ``optimizer`` steps, in its order."""
     return [p for group in optimizer.param_groups for p in group["params"]]
@@ -158,29 +206,36 @@ def optimized_parameters(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]
 def train_step(generator: nn.Module, discriminator: nn.Module, optimizer_g: torch.optim.Optimizer,
                optimizer_d: torch.optim.Optimizer, real: torch.Tensor, z: torch.Tensor, calls: GANCalls = REFERENCE,
                ema: tuple[Sequence[torch.Tensor], float] | None = None,
-               r1_weight: torch.Tensor | None = None) -> torch.Tensor:
+               r1_weight: torch.Tensor | None = None,
+               augment: tuple[Augmentation, torch.Tensor] | None = None) -> torch.Tensor:
     """One D step then one G step on the same z, then the moving average of G's weights where one is kept.
 
     real (B, 1, 28, 28) in [0, 1]; z (B, zdim); ``ema``: (the average's tensors in ``optimizer_g``'s order, the
     decay) or None; ``r1_weight``: None, or a 0-d tensor w: D's objective gains w * :func:`r1_penalty` where w is
-    not 0 (``--r1-gamma``: gamma/2 times k on every k-th step, 0 between). Returns (4,) detached on the device,
-    :data:`STATS` (D(x) and D(G(z)) before D's step; D's loss without the penalty); for R replicas
-    stacked (:mod:`mnistgen.accelerate.engines`) every tensor gains a leading R, the result (R, 4)."""
+    not 0 (``--r1-gamma``: gamma/2 times k on every k-th step, 0 between); ``augment``: None, or (the augmentation,
+    its plan (B, D_CALLS, 4)): each of D's three input batches augmented by its own plan (the penalty at the real
+    images as D sees them). Returns (4,) detached on the device, :data:`STATS` (D(x) and D(G(z)) before D's step,
+    of D's inputs; D's loss without the penalty); for R replicas stacked (:mod:`mnistgen.accelerate.engines`)
+    every tensor gains a leading R, the result (R, 4)."""
     fake = calls.generate(generator, z)  # ([R,] B, 1, 28, 28), computed once for both steps
 
+    def seen(images: torch.Tensor, call: int) -> torch.Tensor:  # what D's call number ``call`` is given
+        return images if augment is None else augment[0](images, augment[1][..., call, :])
+
     # D step: towards 1 on real and 0 on generated images; G is not reached (fake is detached)
-    real_logits, fake_logits = calls.discriminate_both(discriminator, real, fake.detach())  # ([R,] B, 1) each
+    real_logits, fake_logits = calls.discriminate_both(discriminator, seen(real, 0),
+                                                       seen(fake.detach(), 1))  # ([R,] B, 1) each
     d_loss = discriminator_loss(real_logits, fake_logits)  # ([R],)
     objective = d_loss
     if r1_weight is not None and bool(r1_weight):  # a data-dependent branch: no vmap, no CUDA graph (they step aside)
-        objective = d_loss + r1_weight * r1_penalty(discriminator, real)
+        objective = d_loss + r1_weight * r1_penalty(discriminator, seen(real, 0))
     optimizer_d.zero_grad(set_to_none=True)
     objective.sum().backward()
     average_gradients(optimizer_d)  # the mean over torchrun ranks (nothing in one process)
     optimizer_d.step()
 
     # G step: -log D(G(z)) with the D just updated; only G's parameters get gradients
-    g_loss = generator_loss(calls.discriminate(discriminator, fake))  # ([R],)
+    g_loss = generator_loss(calls.discriminate(discriminator, seen(fake, 2)))  # ([R],)
     optimizer_g.zero_grad(set_to_none=True)
     g_loss.sum().backward(inputs=optimized_parameters(optimizer_g))
     average_gradients(optimizer_g)

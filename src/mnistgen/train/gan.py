@@ -35,6 +35,7 @@ from .common import (
 )
 
 NOISE_STREAM = 1  # key of the generator that draws the training noise z
+AUGMENT_STREAM = 3  # key of the generator that draws the plans of --translate and --cutout
 GRID_STREAM = 2  # key of the generator of the grid's fixed noise
 COMMAND = "mnistgen gan train"
 
@@ -58,20 +59,23 @@ def check_images(images: torch.Tensor, config: GANConfig) -> None:
 
 def step_inputs(images: torch.Tensor, orders: Sequence[torch.Tensor], noises: Sequence[torch.Generator],
                 batch_size: int, zdim: int, dtype: torch.dtype,
-                r1_weight: Callable[[int], tuple[torch.Tensor, ...]] = lambda step: ()
+                r1_weight: Callable[[int], tuple[torch.Tensor, ...]] = lambda step: (),
+                augment: tuple[gan_model.Augmentation, Sequence[torch.Generator]] | None = None
                 ) -> Callable[[int, int], tuple[torch.Tensor, ...]]:
     """``inputs(k, s)``: replica k's step s, its real images (B, 1, 28, 28) in the epoch's ``orders[k]`` and z (B,
-    zdim) drawn from ``noises[k]``, under torchrun this rank's share of both (every rank draws the whole batch); then
-    ``r1_weight(s)`` (:func:`mnistgen.models.gan.r1_weights`)."""
+    zdim) drawn from ``noises[k]``; with ``augment`` (the augmentation, each replica's generator), the plan (B,
+    D_CALLS, 4) drawn from replica k's; under torchrun this rank's share of each (every rank draws the whole batch);
+    then ``r1_weight(s)`` (:func:`mnistgen.models.gan.r1_weights`)."""
     rank, world_size = rank_and_size()
 
     def inputs(k: int, step: int) -> tuple[torch.Tensor, ...]:
         real = images.index_select(0, orders[k][step * batch_size:(step + 1) * batch_size])  # (B, 1, 28, 28)
         z = sample_uniform_noise(len(real), zdim, noises[k]).to(dtype)  # (B, zdim)
+        drawn = (real, z) if augment is None else (real, z, augment[0].draw(len(real), augment[1][k]))
         if world_size > 1:  # this rank's share of the global batch and of its draws
             start, end = rank_share(len(real), rank, world_size)
-            real, z = real[start:end], z[start:end]
-        return real, z, *r1_weight(step)
+            drawn = tuple(tensor[start:end] for tensor in drawn)
+        return *drawn, *r1_weight(step)
 
     return inputs
 
@@ -98,6 +102,7 @@ def _train(config: GANConfig, images: torch.Tensor, run: RunDir, checkpoints: li
            show_progress: bool | None, say: Callable[[str], None]) -> list[list[dict[str, Any]]]:
     with ranks_agree():
         runs, replicas, chosen = ReplicaRuns(run, config, COMMAND), [], None
+        augmentation = gan_model.augmentation(config)
         for seed in replica_seeds(config):
             order = seed_everything(seed)  # also seeds the global RNG that initialises the weights
             generator, discriminator = gan_model.build_models(config, device)  # what ``models`` defines
@@ -107,10 +112,13 @@ def _train(config: GANConfig, images: torch.Tensor, run: RunDir, checkpoints: li
             chosen.prepare(generator, discriminator, device)  # before any optimizer state: the weights' layout
             averages = {} if config.ema_decay is None else {"generator": weight_average(generator)}  # G's initial
             noise = torch.Generator(device=device).manual_seed(stream_seed(seed, NOISE_STREAM))
+            streams = {"order": order, "noise": noise}
+            if augmentation is not None:  # its own stream: z is drawn as without it
+                streams["augment"] = torch.Generator(device=device).manual_seed(stream_seed(seed, AUGMENT_STREAM))
             stateful = {"generator": generator, "discriminator": discriminator, "optimizer_g": optimizer_g,
                         "optimizer_d": optimizer_d}
             runs.add(seed, {**stateful, **{f"{key}_ema": average for key, average in averages.items()}},
-                     {"order": order, "noise": noise}, "step_stats")
+                     streams, "step_stats")
             replicas.append(Replica({"generator": generator, "discriminator": discriminator},
                                     {"generator": optimizer_g, "discriminator": optimizer_d}, averages))
         position = runs.restore(checkpoints, say)
@@ -140,7 +148,9 @@ def _train(config: GANConfig, images: torch.Tensor, run: RunDir, checkpoints: li
             orders = [epoch_order(len(images), size, state.generators["order"], device, drop_last=True)
                       for state in runs.states]
             inputs = step_inputs(images, orders, [state.generators["noise"] for state in runs.states], size,
-                                 config.zdim, g_dtype, gan_model.r1_weights(config, epoch * steps, images))
+                                 config.zdim, g_dtype, gan_model.r1_weights(config, epoch * steps, images),
+                                 None if augmentation is None else
+                                 (augmentation, [state.generators["augment"] for state in runs.states]))
             step_stats = torch.zeros(len(replicas), steps, len(STATS), device=device)
             if start_step:  # the steps an interrupted run took in this epoch
                 step_stats[:, :start_step] = torch.stack(saved_values).to(device)
