@@ -18,6 +18,8 @@ import textwrap
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mnistgen.api import load_run
 from mnistgen.cli import main
@@ -27,6 +29,7 @@ from mnistgen.errors import MnistgenError, NonFiniteLossError, TrainingInterrupt
 from mnistgen.models import gan as gan_models
 from mnistgen.models import vae as vae_models
 from mnistgen.runs import RunDir
+from mnistgen.train.common import non_finite_entry
 from mnistgen.train.gan import train_gan
 from mnistgen.train.vae import train_vae
 
@@ -74,6 +77,28 @@ def one_line_error(capsys) -> str:
 
 
 # --------------------------------------------------------------------------- 1. no checkpoint with a NaN in it
+
+
+@given(where=st.sampled_from(["model.weight", "optimizer.state.0.exp_avg_sq", "optimizer.state.1.exp_avg"]),
+       position=st.integers(0, 59), bad=st.sampled_from([math.nan, math.inf, -math.inf]))
+@settings(max_examples=30, deadline=None)
+def test_the_first_non_finite_entry_is_named_and_large_finite_values_are_not(where, position, bad):
+    def state() -> dict:  # finite values near the largest float32 (their sum overflows), an empty and an int tensor
+        big = torch.full((60,), 3e38)
+        return {"model": {"weight": big.clone(), "empty": torch.zeros(0)},
+                "optimizer": {"state": {0: {"step": torch.tensor(7.0), "exp_avg_sq": -big.clone()},
+                                        1: {"exp_avg": big.clone().view(6, 10)}},
+                              "param_groups": [{"params": [0, 1]}]},
+                "order": torch.arange(5)}
+
+    assert non_finite_entry(state()) is None
+    broken = state()
+    parent = broken
+    *path, last = where.split(".")
+    for key in path:
+        parent = parent[int(key) if key.isdigit() else key]
+    parent[last].view(-1)[position] = bad
+    assert non_finite_entry(broken) == where
 
 
 def test_vae_stop_after_a_gradient_overflow_never_saves_nan_weights(tmp_path, monkeypatch):

@@ -131,7 +131,7 @@ def non_finite_entry(states: dict[str, Any]) -> str | None:
 
     def collect(prefix: str, value: Any) -> None:
         if torch.is_tensor(value):
-            if value.is_floating_point():
+            if value.is_floating_point() and value.numel():
                 tensors.append((prefix, value))
         elif isinstance(value, dict):
             for key, item in value.items():
@@ -143,7 +143,9 @@ def non_finite_entry(states: dict[str, Any]) -> str | None:
     collect("", states)
     if not tensors:
         return None
-    finite = torch.stack([torch.isfinite(tensor).all() for _, tensor in tensors]).cpu()  # one device read
+    # a NaN or an infinity is the smallest or the largest value (NaN propagates): one pass, nothing allocated
+    extremes = torch.stack([torch.stack(torch.aminmax(tensor.detach())) for _, tensor in tensors])  # (n, 2)
+    finite = torch.isfinite(extremes).all(dim=1).cpu()  # one device read
     bad = torch.nonzero(~finite)
     return tensors[int(bad[0])][0] if len(bad) else None
 
