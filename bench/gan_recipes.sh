@@ -36,6 +36,8 @@ flags() {  # the flags of one named training (beside --seeds, --epochs, --thread
     imp-b0-ema9999) echo "--recipe improved --betas 0.0,0.99 --ema-decay 0.9999" ;;
     imp-t3c14) echo "--recipe improved --translate 3 --cutout 14" ;;  # DiffAugment's policy at its sizes
     imp-t2) echo "--recipe improved --translate 2" ;;
+    imp-ema9999-warm) echo "--recipe improved --ema-decay 0.9999 --ema-warmup" ;;
+    imp-b0-ema9999-warm) echo "--recipe improved --betas 0.0,0.99 --ema-decay 0.9999 --ema-warmup" ;;
     *) echo "gan_recipes.sh: unknown configuration '$1'" >&2; exit 2 ;;
   esac
 }

@@ -44,6 +44,10 @@ ROWS = (  # (training, sample set, what it is)
     ("imp-ema9999", "average", "--recipe improved, EMA 0.9999"),
     ("imp-b0", "average", "--recipe improved, betas 0,0.99"),
     ("imp-b0-ema9999", "average", "--recipe improved, betas 0,0.99, EMA 0.9999"),
+    ("imp-t3c14", "average", "--recipe improved, translate 3, cutout 14 (DiffAugment)"),
+    ("imp-t2", "average", "--recipe improved, translate 2"),
+    ("imp-ema9999-warm", "average", "--recipe improved, EMA 0.9999 with the warm-up"),
+    ("imp-b0-ema9999-warm", "average", "--recipe improved, betas 0,0.99, EMA 0.9999 with the warm-up"),
 )
 
 

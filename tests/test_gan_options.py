@@ -87,10 +87,36 @@ def test_update_ema_is_the_formula_on_every_tensor_of_the_lists():
         torch.testing.assert_close(mine.double(), theirs, rtol=0, atol=1e-6)
 
 
-def test_the_average_is_the_formula_by_hand_after_0_to_3_steps_of_a_run(tmp_path):
+def test_update_ema_with_one_decay_per_stacked_replica_is_each_replicas_own_update():
+    draws = torch.Generator().manual_seed(1)
+    ema = [torch.randn(2, 3, 4, generator=draws, dtype=torch.float64), torch.randn(2, 5, generator=draws,
+                                                                                  dtype=torch.float64)]
+    weights = [torch.randn_like(e) for e in ema]
+    decay = torch.tensor([0.25, 0.75], dtype=torch.float64)  # (R,)
+    expected = [[d * e[r] + (1 - d) * w[r] for e, w in zip(ema, weights, strict=True)]
+                for r, d in enumerate(decay.tolist())]
+    gan_models.update_ema(ema, weights, decay)
+    for r in range(2):
+        for mine, theirs in zip((e[r] for e in ema), expected[r], strict=True):
+            torch.testing.assert_close(mine, theirs, rtol=1e-15, atol=1e-15)
+
+
+def test_the_warmup_decay_is_min_of_d_and_1_plus_n_over_10_plus_n_counted_from_the_runs_first_step():
+    like = torch.zeros((), dtype=torch.float64)
+    config = dataclasses.replace(SMALL, ema_decay=0.5, ema_warmup=True)
+    decays = gan_models.ema_decays(config, 7, like)  # the run's steps 7, 8, ...
+    assert [float(d) for step in range(4) for d in decays(step)] == [8 / 17, 0.5, 0.5, 0.5]
+    assert decays(0)[0].dtype == torch.float64 and decays(0)[0].dim() == 0
+    assert gan_models.ema_decays(SMALL, 7, like)(0) == ()  # without the warm-up: the step uses D itself
+
+
+@pytest.mark.parametrize("warmup", [False, True])
+def test_the_average_is_the_formula_by_hand_after_0_to_3_steps_of_a_run(tmp_path, warmup):
     # Stopping the run after k steps leaves G's weights w_k and the average in its checkpoint. By hand:
-    # ema_0 = w_0 (G's initial weights), ema_k = D * ema_(k-1) + (1 - D) * w_k, one update after each G step.
-    config = dataclasses.replace(SMALL, epochs=1)  # 3 steps
+    # ema_0 = w_0 (G's initial weights), ema_k = d_k * ema_(k-1) + (1 - d_k) * w_k, one update after each G step,
+    # d_k = D, or with the warm-up min(D, (1 + n) / (10 + n)) for the run's step n = k - 1.
+    config = dataclasses.replace(SMALL, epochs=1, ema_warmup=warmup)  # 3 steps
+    decays = [min(DECAY, n / (9 + n)) if warmup else DECAY for n in (1, 2, 3)]
     raw, average = [], []
     for steps in range(4):
         run = RunDir(tmp_path / f"after-{steps}")
@@ -107,8 +133,8 @@ def test_the_average_is_the_formula_by_hand_after_0_to_3_steps_of_a_run(tmp_path
     for name in initial:
         assert torch.equal(raw[0][name], initial[name]) and torch.equal(average[0][name], initial[name]), name
         expected = initial[name].double()
-        for steps in (1, 2, 3):
-            expected = DECAY * expected + (1 - DECAY) * raw[steps][name].double()
+        for steps, decay in zip((1, 2, 3), decays, strict=True):
+            expected = decay * expected + (1 - decay) * raw[steps][name].double()
             torch.testing.assert_close(average[steps][name].double(), expected, rtol=0, atol=1e-6)
         # the check can fail: G moved, and the average lies measurably between its start and G
         assert (raw[3][name] - average[3][name]).abs().max() > 1e-5, name
@@ -126,6 +152,15 @@ def test_an_interrupted_run_resumes_to_the_same_average_bit_for_bit(averaged, tm
         train.train_gan(SMALL, images(), run, stop=stop_after(4), show_progress=False)
     train.train_gan(SMALL, images(), run, resume=True, show_progress=False)
     mine, theirs = _all_tensors(run), _all_tensors(averaged)
+    warm = dataclasses.replace(SMALL, ema_warmup=True)  # the warm-up's step count crosses the stop
+    runs = [RunDir(tmp_path / name) for name in ("warm", "warm-resumed")]
+    train.train_gan(warm, images(), runs[0], show_progress=False)
+    with pytest.raises(train.TrainingInterrupted):
+        train.train_gan(warm, images(), runs[1], stop=stop_after(4), show_progress=False)
+    train.train_gan(warm, images(), runs[1], resume=True, show_progress=False)
+    warm_tensors, resumed = _all_tensors(runs[0]), _all_tensors(runs[1])
+    assert all(torch.equal(resumed[key], warm_tensors[key]) for key in warm_tensors)
+    assert not torch.equal(warm_tensors["generator_ema.conv1.weight"], theirs["generator_ema.conv1.weight"])
     assert mine.keys() == theirs.keys() and any(key.startswith("generator_ema.") for key in mine)
     for key in theirs:
         assert torch.equal(mine[key], theirs[key]), key
@@ -138,7 +173,8 @@ def test_an_interrupted_run_resumes_to_the_same_average_bit_for_bit(averaged, tm
 @pytest.mark.parametrize("change, flag", [({"ema_decay": 0.9}, "--ema-decay"), ({"ema_decay": None}, "--ema-decay"),
                                           ({"betas": "0.5,0.999"}, "--betas"), ({"recipe": "improved"}, "--recipe"),
                                           ({"r1_gamma": 0.1}, "--r1-gamma"), ({"r1_every": 4}, "--r1-every"),
-                                          ({"translate": 1}, "--translate"), ({"cutout": 3}, "--cutout")])
+                                          ({"translate": 1}, "--translate"), ({"cutout": 3}, "--cutout"),
+                                          ({"ema_warmup": True}, "--ema-warmup")])
 def test_resume_refuses_a_changed_average_betas_recipe_or_penalty(averaged, change, flag):
     with pytest.raises(MnistgenError, match=f"these differ from its checkpoint .*{flag}"):
         train.train_gan(dataclasses.replace(SMALL, **change), images(), averaged, resume=True, show_progress=False)
@@ -439,6 +475,8 @@ def test_recipe_improved_is_recorded_in_config_json(tmp_path, capsys):
     (["--ema-decay", "0"], "--ema-decay must be in (0, 1)"),
     (["--ema-decay", "nan"], "--ema-decay must be in (0, 1)"),
     (["--lr-g", "0"], "--lr-g must be a positive number"),
+    (["--ema-warmup"], "--ema-warmup changes the moving average's decay; give --ema-decay too"),
+    (["--recipe", "improved", "--ema-decay", "off", "--ema-warmup"], "give --ema-decay too"),
 ])
 def test_bad_values_are_one_line_errors_with_exit_2(tmp_path, capsys, flags, message):
     assert main(["gan", "train", "--out", str(tmp_path / "run"), *flags]) == 2
@@ -574,3 +612,22 @@ def test_replicas_with_augmentation_take_each_seeds_own_draws(tmp_path):
         train.train_gan(replica_config(config, seed), images(), separate, show_progress=False)
         mine, theirs = _all_tensors(run.seed_run(seed)), _all_tensors(separate)
         assert all(torch.equal(mine[key], theirs[key]) for key in theirs)
+
+
+def test_stacked_replicas_with_the_warmup_and_augmentation_follow_their_separate_runs(tmp_path):
+    """The stacked engine (vmap over the reference step) gives each replica its own decay and plans: in float64 each
+    replica is its separate run to rounding."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        config = dataclasses.replace(AUGMENTED, epochs=1, seeds="11,12", ema_warmup=True, cpu_kernels="reference")
+        run = RunDir(tmp_path / "replicas")
+        histories = train.train_gan(config, images().double(), run, show_progress=False)
+        for seed in (11, 12):
+            assert "batched (vmap" in histories[seed][-1]["trained_by"]
+            separate = RunDir(tmp_path / f"seed-{seed}")
+            train.train_gan(replica_config(config, seed), images().double(), separate, show_progress=False)
+            mine, theirs = _all_tensors(run.seed_run(seed)), _all_tensors(separate)
+            for key in theirs:
+                torch.testing.assert_close(mine[key], theirs[key], rtol=1e-10, atol=1e-12, msg=key)
+    finally:
+        torch.set_default_dtype(torch.float32)

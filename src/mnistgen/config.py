@@ -120,6 +120,11 @@ def _check_replicas(replicas: int, config: Any) -> None:
                             f"{_end_text(SEED_BOUND.high)}")
 
 
+def _check_ema_warmup(warmup: bool, config: Any) -> None:
+    if warmup and config.ema_decay is None:
+        raise MnistgenError("--ema-warmup changes the moving average's decay; give --ema-decay too")
+
+
 def replica_seeds(config: Any) -> tuple[int, ...]:
     if config.seeds is not None:
         return parse_seeds(config.seeds)
@@ -260,6 +265,10 @@ class GANConfig:
         "from G's initial weights (so it needs well over 1/(1-D) steps; 234 steps per epoch with SPEC's defaults); "
         "RUN/grids, `gan plot`, `gan sample` and scores then use the average (RUN/grids/raw and --raw: the trained "
         "G) (default: off, as SPEC §3)", Bound(low=0, high=1, low_open=True, high_open=True))
+    ema_warmup: bool = option(
+        False, "with --ema-decay D: G step n of the run (from 0) averages with the decay min(D, (1 + n) / (10 + n)) "
+        "rather than D, so the average follows G closely at first and forgets G's initial weights (TensorFlow's "
+        "ExponentialMovingAverage with num_updates)", check=_check_ema_warmup)
     r1_gamma: float | None = option(
         None, "R1 penalty on D: D's loss gains gamma/2 times the batch's mean of the squared norm of the gradient of "
         "D's logit with respect to each real image, which keeps D smooth where the data are; taken on every "

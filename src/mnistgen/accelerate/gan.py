@@ -260,11 +260,14 @@ def gan_engine(replicas: list[Replica], config: GANConfig, device: torch.device,
             optimizers, average = replica.optimizers, replica.averages.get("generator")
             ema = None if average is None else (list(average.parameters()), config.ema_decay)
 
-            def step(real: torch.Tensor, z: torch.Tensor, *more: torch.Tensor) -> torch.Tensor:  # more: [plan,] [w]
-                augment = None if augmentation is None else (augmentation, more[0])
-                r1_weight = more[-1] if config.r1_gamma is not None else None
+            def step(real: torch.Tensor, z: torch.Tensor, *more: torch.Tensor) -> torch.Tensor:
+                extra = list(more)  # as the loop gives them: [the augmentation's plan,] [the decay,] [R1's weight]
+                augment = None if augmentation is None else (augmentation, extra.pop(0))
+                averaged = ema if ema is None or not config.ema_warmup else (ema[0], extra.pop(0))
+                r1_weight = extra.pop(0) if config.r1_gamma is not None else None
                 return gan_model.train_step(generator, discriminator, optimizers["generator"],
-                                            optimizers["discriminator"], real, z, calls, ema, r1_weight, augment)
+                                            optimizers["discriminator"], real, z, calls, averaged, r1_weight,
+                                            augment)
 
             return step
 
@@ -278,7 +281,8 @@ def gan_engine(replicas: list[Replica], config: GANConfig, device: torch.device,
         real = torch.rand(images, *IMAGE_SHAPE, generator=draws, dtype=torch.float64)
         z = torch.rand(images, config.zdim, generator=draws, dtype=torch.float64) * 2 - 1
         plan = () if augmentation is None else (augmentation.draw(images, draws).to(like.device),)
-        return real.to(like), z.to(like), *plan, *gan_model.r1_weights(config, 0, like)(0)
+        return (real.to(like), z.to(like), *plan, *gan_model.ema_decays(config, 0, like)(0),
+                *gan_model.r1_weights(config, 0, like)(0))
 
     return choose_engine(replicas, bind=step_with(REFERENCE), step=step, step_name=chosen.name,
                          runner=lambda replica: Bound(step(replica), chosen.name), accelerated=chosen.accelerated,

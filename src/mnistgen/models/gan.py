@@ -107,11 +107,27 @@ def weight_average(generator: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def update_ema(ema_params: Sequence[torch.Tensor], params: Sequence[torch.Tensor], decay: float) -> None:
-    """ema = decay * ema + (1 - decay) * w for each pair of tensors (same shapes, device and dtype), in place."""
+def update_ema(ema_params: Sequence[torch.Tensor], params: Sequence[torch.Tensor], decay: float | torch.Tensor) -> None:
+    """ema = decay * ema + (1 - decay) * w for each pair of tensors (same shapes, device and dtype), in place; decay
+    a number, or a tensor ([R]) of the step (``--ema-warmup``: for stacked replicas, one per replica)."""
     ema_params = list(ema_params)
-    torch._foreach_mul_(ema_params, decay)
-    torch._foreach_add_(ema_params, list(params), alpha=1.0 - decay)
+    if not torch.is_tensor(decay):
+        torch._foreach_mul_(ema_params, decay)
+        torch._foreach_add_(ema_params, list(params), alpha=1.0 - decay)
+        return
+    decays = [decay.view(*decay.shape, *[1] * (ema.dim() - decay.dim())) for ema in ema_params]  # ([R,] 1, ...)
+    torch._foreach_mul_(ema_params, decays)
+    torch._foreach_add_(ema_params, torch._foreach_mul(list(params), [1 - d for d in decays]))
+
+
+def ema_decays(config: GANConfig, steps_before: int, like: torch.Tensor) -> Callable[[int], tuple[torch.Tensor, ...]]:
+    """The decay input of step s after ``steps_before`` steps of the run: with ``--ema-warmup``, (min(D, (1 + n) /
+    (10 + n)),) for the run's step n = steps_before + s, a 0-d tensor like ``like``; else () (the step uses D)."""
+    if config.ema_decay is None or not config.ema_warmup:
+        return lambda step: ()
+    decay = config.ema_decay
+    return lambda step: (torch.tensor(min(decay, (1 + steps_before + step) / (10 + steps_before + step)),
+                                      dtype=like.dtype, device=like.device),)
 
 
 @dataclass(frozen=True)

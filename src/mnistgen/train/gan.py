@@ -60,12 +60,14 @@ def check_images(images: torch.Tensor, config: GANConfig) -> None:
 def step_inputs(images: torch.Tensor, orders: Sequence[torch.Tensor], noises: Sequence[torch.Generator],
                 batch_size: int, zdim: int, dtype: torch.dtype,
                 r1_weight: Callable[[int], tuple[torch.Tensor, ...]] = lambda step: (),
-                augment: tuple[gan_model.Augmentation, Sequence[torch.Generator]] | None = None
+                augment: tuple[gan_model.Augmentation, Sequence[torch.Generator]] | None = None,
+                ema_decay: Callable[[int], tuple[torch.Tensor, ...]] = lambda step: ()
                 ) -> Callable[[int, int], tuple[torch.Tensor, ...]]:
     """``inputs(k, s)``: replica k's step s, its real images (B, 1, 28, 28) in the epoch's ``orders[k]`` and z (B,
     zdim) drawn from ``noises[k]``; with ``augment`` (the augmentation, each replica's generator), the plan (B,
     D_CALLS, 4) drawn from replica k's; under torchrun this rank's share of each (every rank draws the whole batch);
-    then ``r1_weight(s)`` (:func:`mnistgen.models.gan.r1_weights`)."""
+    then ``ema_decay(s)`` (:func:`mnistgen.models.gan.ema_decays`) and ``r1_weight(s)``
+    (:func:`mnistgen.models.gan.r1_weights`)."""
     rank, world_size = rank_and_size()
 
     def inputs(k: int, step: int) -> tuple[torch.Tensor, ...]:
@@ -75,7 +77,7 @@ def step_inputs(images: torch.Tensor, orders: Sequence[torch.Tensor], noises: Se
         if world_size > 1:  # this rank's share of the global batch and of its draws
             start, end = rank_share(len(real), rank, world_size)
             drawn = tuple(tensor[start:end] for tensor in drawn)
-        return *drawn, *r1_weight(step)
+        return *drawn, *ema_decay(step), *r1_weight(step)
 
     return inputs
 
@@ -150,7 +152,8 @@ def _train(config: GANConfig, images: torch.Tensor, run: RunDir, checkpoints: li
             inputs = step_inputs(images, orders, [state.generators["noise"] for state in runs.states], size,
                                  config.zdim, g_dtype, gan_model.r1_weights(config, epoch * steps, images),
                                  None if augmentation is None else
-                                 (augmentation, [state.generators["augment"] for state in runs.states]))
+                                 (augmentation, [state.generators["augment"] for state in runs.states]),
+                                 gan_model.ema_decays(config, epoch * steps, images))
             step_stats = torch.zeros(len(replicas), steps, len(STATS), device=device)
             if start_step:  # the steps an interrupted run took in this epoch
                 step_stats[:, :start_step] = torch.stack(saved_values).to(device)
