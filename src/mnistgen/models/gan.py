@@ -239,12 +239,13 @@ def train_step(generator: nn.Module, discriminator: nn.Module, optimizer_g: torc
         return images if augment is None else augment[0](images, augment[1][..., call, :])
 
     # D step: towards 1 on real and 0 on generated images; G is not reached (fake is detached)
-    real_logits, fake_logits = calls.discriminate_both(discriminator, seen(real, 0),
+    real_seen = seen(real, 0)  # what D's step and the penalty see of the real images
+    real_logits, fake_logits = calls.discriminate_both(discriminator, real_seen,
                                                        seen(fake.detach(), 1))  # ([R,] B, 1) each
     d_loss = discriminator_loss(real_logits, fake_logits)  # ([R],)
     objective = d_loss
     if r1_weight is not None and bool(r1_weight):  # a data-dependent branch: no vmap, no CUDA graph (they step aside)
-        objective = d_loss + r1_weight * r1_penalty(discriminator, seen(real, 0))
+        objective = d_loss + r1_weight * r1_penalty(discriminator, real_seen)
     optimizer_d.zero_grad(set_to_none=True)
     objective.sum().backward()
     average_gradients(optimizer_d)  # the mean over torchrun ranks (nothing in one process)

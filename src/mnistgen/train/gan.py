@@ -35,8 +35,8 @@ from .common import (
 )
 
 NOISE_STREAM = 1  # key of the generator that draws the training noise z
-AUGMENT_STREAM = 3  # key of the generator that draws the plans of --translate and --cutout
 GRID_STREAM = 2  # key of the generator of the grid's fixed noise
+AUGMENT_STREAM = 3  # key of the generator that draws the plans of --translate and --cutout
 COMMAND = "mnistgen gan train"
 
 __all__ = ["TrainingInterrupted", "train_gan"]
