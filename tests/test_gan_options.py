@@ -308,6 +308,8 @@ def test_the_lazy_penalty_weighs_every_kth_step_of_the_run_by_k():
     weights = gan_models.r1_weights(config, 7, torch.zeros((), dtype=torch.float64))  # steps 7, 8, ... of the run
     assert [float(w) for step in range(6) for w in weights(step)] == [0, 0, 0.75, 0, 0, 0.75]  # 9 and 12: 0.5/2*3
     assert weights(2)[0].dtype == torch.float64
+    recipe = dataclasses.replace(SMALL, r1_gamma=0.01, r1_every=16)  # 0.08: no float32 rounding on the way
+    assert float(gan_models.r1_weights(recipe, 0, torch.zeros((), dtype=torch.float64))(0)[0]) == 0.01 / 2 * 16
     assert gan_models.r1_weights(SMALL, 7, torch.zeros(()))(2) == ()  # without R1: no input
 
 

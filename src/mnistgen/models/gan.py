@@ -161,7 +161,7 @@ def r1_weights(config: GANConfig, steps_before: int, like: torch.Tensor) -> Call
     tensor like ``like``."""
     if config.r1_gamma is None:
         return lambda step: ()
-    on = torch.tensor(config.r1_gamma / 2 * config.r1_every).to(like)
+    on = torch.tensor(config.r1_gamma / 2 * config.r1_every, dtype=like.dtype, device=like.device)
     off = torch.zeros((), dtype=like.dtype, device=like.device)
     return lambda step: (on,) if (steps_before + step) % config.r1_every == 0 else (off,)
 
