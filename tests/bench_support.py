@@ -30,6 +30,7 @@ def load_bench_module(name: str) -> ModuleType:
         sys.path.append(str(BENCH))
     spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # as an import would: a dataclass looks its module up there
     spec.loader.exec_module(module)
     return module
 
