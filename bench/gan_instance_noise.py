@@ -12,7 +12,8 @@ bench/gan_scored_run.py's (same files, read by bench/gan_recipes_summary.py), it
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import gan_scored_run
@@ -44,9 +45,11 @@ class InstanceNoise:
         return images + plan.to(images.dtype).view_as(images)  # ([R,] B, 1, 28, 28)
 
 
-def install(noise: InstanceNoise) -> None:
-    """Make mnistgen's loop and engine use ``noise`` as the augmentation and tell it the step of each draw."""
-    ema_decays, step_inputs = gan_model.ema_decays, gan_train.step_inputs
+@contextmanager
+def installed(noise: InstanceNoise) -> Iterator[InstanceNoise]:
+    """Within the block, mnistgen's loop and engine use ``noise`` as the augmentation and tell it the step of each
+    draw; mnistgen's own functions are back after it."""
+    ema_decays, step_inputs, augmentation = gan_model.ema_decays, gan_train.step_inputs, gan_model.augmentation
 
     def recording_ema_decays(config, steps_before: int, like: torch.Tensor):  # called by the loop once an epoch
         noise.steps_before = steps_before
@@ -66,6 +69,10 @@ def install(noise: InstanceNoise) -> None:
     gan_model.augmentation = lambda config: noise
     gan_model.ema_decays = recording_ema_decays
     gan_train.step_inputs = stepped_inputs
+    try:
+        yield noise
+    finally:
+        gan_model.augmentation, gan_model.ema_decays, gan_train.step_inputs = augmentation, ema_decays, step_inputs
 
 
 def main() -> None:
@@ -78,9 +85,9 @@ def main() -> None:
         sys.exit("gan_instance_noise.py: give --sigma S (and the arguments of gan_scored_run.py)")
     del args[at:at + 2]
     batch_size = 64  # --recipe improved's; the run's epochs have 60,000 // 64 = 937 steps
-    install(InstanceNoise(sigma, epochs * (60_000 // batch_size)))
     sys.argv = [sys.argv[0], *args]
-    gan_scored_run.main()
+    with installed(InstanceNoise(sigma, epochs * (60_000 // batch_size))):
+        gan_scored_run.main()
 
 
 if __name__ == "__main__":

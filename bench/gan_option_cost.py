@@ -5,21 +5,29 @@ rotated each repetition); the medians and their ratio to the first set's.
     MNISTGEN_DATA_DIR=../shared/data/mnist python bench/gan_option_cost.py --repeat 3 \
         '{"recipe": "improved"}' '{"recipe": "improved", "batch_size": 32}' \
         '{"recipe": "improved", "batch_size": 32, "r1_gamma": 0.01}'
+
+``{"instance_noise": sigma}`` in a set trains it with bench/gan_instance_noise.py's noise (sigma at every step).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import tempfile
 from pathlib import Path
 
+from gan_instance_noise import InstanceNoise, installed
+
 import mnistgen
 
 
 def epoch_seconds(settings: dict, folder: Path, epochs: int) -> float:
-    mnistgen.train_gan(folder, show_progress=False, epochs=epochs, threads=1, **settings)
+    settings = dict(settings)
+    sigma = settings.pop("instance_noise", None)  # bench/gan_instance_noise.py's, not a mnistgen setting
+    with installed(InstanceNoise(sigma, total_steps=10**9)) if sigma else contextlib.nullcontext():
+        mnistgen.train_gan(folder, show_progress=False, epochs=epochs, threads=1, **settings)
     return statistics.mean(json.loads(line)["seconds"] for line in (folder / "metrics.jsonl").read_text().splitlines())
 
 

@@ -80,7 +80,7 @@ def balance_tables(out: Path, epochs: list[int], seeds: list[int]) -> None:
 
 def main() -> None:
     out = Path(sys.argv[1])
-    epochs = sorted(int(p.stem.split("epoch")[1]) for p in out.glob("score-epoch*.txt"))
+    epochs = sorted({int(p.name.split("-")[0].removeprefix("epoch")) for p in out.glob("*/seed=*/epoch*.score.json")})
     seeds = sorted({int(p.name.split("=")[1]) for p in out.glob("*/seed=*")})
     print(f"seeds {', '.join(map(str, seeds))}; Fréchet distance (lower is better) and classifier score, "
           "mean ± 95% Student-t interval over the seeds, then each seed's value")

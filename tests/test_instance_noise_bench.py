@@ -19,20 +19,19 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 STEPS = 3  # SMALL's batch of 32 on 100 images
 
 
-def noisy_run(monkeypatch, tmp_path, sigma: float):
-    """SMALL's 3 epochs with instance noise ``sigma`` installed (mnistgen's functions restored afterwards)."""
+def noisy_run(tmp_path, sigma: float):
+    """SMALL's 3 epochs with instance noise ``sigma``; mnistgen's own functions are back afterwards."""
     bench = load_bench_module("gan_instance_noise")
-    for module, name in ((gan_model, "augmentation"), (gan_model, "ema_decays"), (gan_train, "step_inputs")):
-        monkeypatch.setattr(module, name, getattr(module, name))  # recorded: put back at the test's end
-    noise = bench.InstanceNoise(sigma, total_steps=SMALL.epochs * STEPS)
-    bench.install(noise)
+    originals = gan_model.augmentation, gan_model.ema_decays, gan_train.step_inputs
     run = RunDir(tmp_path / f"noise-{sigma}")
-    gan_train.train_gan(dataclasses.replace(SMALL, ema_warmup=True), images(), run, show_progress=False)
+    with bench.installed(bench.InstanceNoise(sigma, total_steps=SMALL.epochs * STEPS)) as noise:
+        gan_train.train_gan(dataclasses.replace(SMALL, ema_warmup=True), images(), run, show_progress=False)
+    assert (gan_model.augmentation, gan_model.ema_decays, gan_train.step_inputs) == originals
     return noise, checkpoint(run)
 
 
-def test_the_noise_falls_linearly_to_zero_over_the_runs_steps(monkeypatch, tmp_path):
-    noise, _ = noisy_run(monkeypatch, tmp_path, 0.6)
+def test_the_noise_falls_linearly_to_zero_over_the_runs_steps(tmp_path):
+    noise, _ = noisy_run(tmp_path, 0.6)
     assert noise.seen == pytest.approx([0.6, 0.6 * (1 - 3 / 9), 0.6 * (1 - 6 / 9)])  # each epoch's first step
     assert noise.step == SMALL.epochs * STEPS - 1  # the last step drawn
     plan = noise.draw(5000, torch.Generator().manual_seed(0))  # at the last step: sigma 0.6 / 9
@@ -40,11 +39,11 @@ def test_the_noise_falls_linearly_to_zero_over_the_runs_steps(monkeypatch, tmp_p
     assert plan.std().item() == pytest.approx(0.6 / 9, rel=0.01)
 
 
-def test_without_noise_the_run_is_mnistgens_own_to_the_bit(monkeypatch, tmp_path):
+def test_without_noise_the_run_is_mnistgens_own_to_the_bit(tmp_path):
     plain = RunDir(tmp_path / "plain")
     gan_train.train_gan(dataclasses.replace(SMALL, ema_warmup=True), images(), plain, show_progress=False)
-    _, silent = noisy_run(monkeypatch, tmp_path, 0.0)  # the noise's plumbing, adding zeros
-    _, noisy = noisy_run(monkeypatch, tmp_path, 0.6)
+    _, silent = noisy_run(tmp_path, 0.0)  # the noise's plumbing, adding zeros
+    _, noisy = noisy_run(tmp_path, 0.6)
     for key in ("generator", "discriminator", "generator_ema"):
         for name, value in checkpoint(plain)[key].items():
             assert torch.equal(silent[key][name], value), (key, name)  # z and the steps as without the plumbing
