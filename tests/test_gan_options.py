@@ -431,11 +431,12 @@ def test_recipe_spec_is_exactly_todays_defaults():
 
 
 def test_recipe_improved_fills_the_options_not_given():
-    config = parsed("--recipe", "improved", "--lr-g", "3e-4")
-    assert config.recipe == "improved" and config.lr_g == 3e-4  # a flag given wins
+    config = parsed("--recipe", "improved", "--lr-g", "5e-4")
+    assert GAN_RECIPES["improved"]["lr_g"] != 5e-4
+    assert config.recipe == "improved" and config.lr_g == 5e-4  # a flag given wins
     assert {name: getattr(config, name) for name in GAN_RECIPES["improved"] if name != "lr_g"} == {
         name: value for name, value in GAN_RECIPES["improved"].items() if name != "lr_g"}
-    assert config != dataclasses.replace(GANConfig(), recipe="improved", lr_g=3e-4)  # it changed other fields
+    assert config != dataclasses.replace(GANConfig(), recipe="improved", lr_g=5e-4)  # it changed other fields
 
 
 def test_off_turns_off_a_recipes_average_or_penalty_and_nothing_else():
