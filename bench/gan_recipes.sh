@@ -38,6 +38,7 @@ flags() {  # the flags of one named training (beside --seeds, --epochs, --thread
     imp-t2) echo "--recipe improved --translate 2" ;;
     imp-ema9999-warm) echo "--recipe improved --ema-decay 0.9999 --ema-warmup" ;;
     imp-b0-ema9999-warm) echo "--recipe improved --betas 0.0,0.99 --ema-decay 0.9999 --ema-warmup" ;;
+    imp-b05) echo "--recipe improved --betas 0.5,0.999 --lr-d 1e-3 --lr-g 2e-4" ;;  # the recipe before StyleGAN2's Adam
     imp-b0-lr15) echo "--recipe improved --betas 0.0,0.99 --lr-d 1.5e-3 --lr-g 3e-4" ;;
     imp-b0-lr15-ema999) echo "--recipe improved --betas 0.0,0.99 --lr-d 1.5e-3 --lr-g 3e-4 --ema-decay 0.999" ;;
     *) echo "gan_recipes.sh: unknown configuration '$1'" >&2; exit 2 ;;

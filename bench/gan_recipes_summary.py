@@ -50,6 +50,7 @@ ROWS = (  # (training, sample set, what it is)
     ("imp-b0-ema9999-warm", "average", "--recipe improved, betas 0,0.99, EMA 0.9999 with the warm-up"),
     ("imp-noise1", "average", "--recipe improved, instance noise 0.1 falling to 0 (bench/gan_instance_noise.py)"),
     ("imp-noise2", "average", "--recipe improved, instance noise 0.2 falling to 0 (bench/gan_instance_noise.py)"),
+    ("imp-b05", "average", "--recipe improved, betas 0.5,0.999, lr-d 1e-3, lr-g 2e-4 (the recipe before its betas)"),
     ("imp-b0-lr15", "average", "--recipe improved, betas 0,0.99, lr-d 1.5e-3, lr-g 3e-4"),
     ("imp-b0-lr15-ema999", "average", "--recipe improved, betas 0,0.99, lr-d 1.5e-3, lr-g 3e-4, EMA 0.999"),
 )
