@@ -4,7 +4,8 @@ the given folders (OUT/TRAINING/seed=N/epochE-{average,raw}.score.json):
 - by the Fréchet distance of the moving average of G: how many seeds, their mean class TV (distance of the class
   histogram from uniform), and how many have every digit between 7% and 13% of the samples; the Pearson
   correlation of log(FD) with the TV;
-- the moving average against the trained G of the same training and seed: each one's smallest and largest share.
+- the moving average against the trained G of the same seeds, per training and epoch: the mean Fréchet distance and
+  how many seeds have every digit between 7% and 13%.
 
     python bench/gan_class_shares.py runs/recipes-a runs/recipes-b ...
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -29,12 +31,6 @@ def in_band(low_high: tuple[float, float]) -> bool:
     return BAND[0] <= low_high[0] and low_high[1] <= BAND[1]
 
 
-def pearson(xs: list[float], ys: list[float]) -> float:
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    covariance = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
-    return covariance / math.sqrt(sum((x - mx) ** 2 for x in xs) * sum((y - my) ** 2 for y in ys))
-
-
 def main() -> None:
     folders = [Path(arg) for arg in sys.argv[1:]]
     averages = sorted(path for folder in folders for path in folder.glob("*/seed=*/epoch*-average.score.json"))
@@ -45,11 +41,11 @@ def main() -> None:
     for low, high in zip(BINS, BINS[1:], strict=False):
         chosen = [r for r in reports.values() if low <= r["frechet_distance"] < high]
         if chosen:
-            tv = sum(r["class_tv_distance"] for r in chosen) / len(chosen)
+            tv = statistics.fmean(r["class_tv_distance"] for r in chosen)
             band = sum(in_band(shares(r)) for r in chosen)
             print(f"| {low}-{high} | {len(chosen)} | {tv:.3f} | {band} ({band / len(chosen):.0%}) |")
-    r = pearson([math.log(x["frechet_distance"]) for x in reports.values()],
-                [x["class_tv_distance"] for x in reports.values()])
+    r = statistics.correlation([math.log(x["frechet_distance"]) for x in reports.values()],
+                               [x["class_tv_distance"] for x in reports.values()])
     print(f"Pearson correlation of log(FD) with the class TV: {r:.2f}")
 
     pairs = [(path, path.with_name(path.name.replace("-average.", "-raw."))) for path in averages]
@@ -67,13 +63,14 @@ def main() -> None:
     for (training, epoch), both in sorted(groups.items()):
         cells = []
         for index in (0, 1):
-            distances = [pair[index]["frechet_distance"] for pair in both]
+            distance = statistics.fmean(pair[index]["frechet_distance"] for pair in both)
             band = sum(in_band(shares(pair[index])) for pair in both)
             totals[index] += band
-            cells.append(f"{sum(distances) / len(distances):.1f} | {band}")
+            cells.append(f"{distance:.1f} | {band}")
         totals[2] += len(both)
         print(f"| {training}, {epoch} | {len(both)} | " + " | ".join(cells) + " |")
     print(f"every digit 7-13%: the average {totals[0]} of {totals[2]} seeds, the trained G {totals[1]}")
+
 
 if __name__ == "__main__":
     main()

@@ -11,6 +11,7 @@ bench/gan_scored_run.py's (same files, read by bench/gan_recipes_summary.py), it
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,8 +20,12 @@ from dataclasses import dataclass, field
 import gan_scored_run
 import torch
 
+from mnistgen.config import GANConfig, config_from_settings
+from mnistgen.errors import MnistgenError
 from mnistgen.models import gan as gan_model
 from mnistgen.train import gan as gan_train
+
+MNIST_TRAINING_IMAGES = 60_000  # the run's data: an epoch is this // batch size steps (the last part dropped)
 
 
 @dataclass
@@ -81,12 +86,16 @@ def main() -> None:
         at = args.index("--sigma")
         sigma = float(args[at + 1])
         epochs = int(args[args.index("--epochs") + 1]) if "--epochs" in args else 100
+        settings = json.loads(args[args.index("--settings") + 1]) if "--settings" in args else {}
     except (ValueError, IndexError):
         sys.exit("gan_instance_noise.py: give --sigma S (and the arguments of gan_scored_run.py)")
     del args[at:at + 2]
-    batch_size = 64  # --recipe improved's; the run's epochs have 60,000 // 64 = 937 steps
+    try:
+        config = config_from_settings(GANConfig, {**settings, "epochs": epochs}, None, "gan_instance_noise.py")
+    except MnistgenError as error:
+        sys.exit(str(error))
     sys.argv = [sys.argv[0], *args]
-    with installed(InstanceNoise(sigma, epochs * (60_000 // batch_size))):
+    with installed(InstanceNoise(sigma, config.epochs * (MNIST_TRAINING_IMAGES // config.batch_size))):
         gan_scored_run.main()
 
 
