@@ -4,16 +4,15 @@ uninterrupted run of the same command.
     python bench/soak.py                      # the full form: a 6-epoch hw run, 30 kills (a few minutes)
     python bench/soak.py --epochs 2 --kills 4 # the short form the test suite runs
 
-Each attempt is the real command in a fresh process (``mnistgen vae train --out RUN``, with ``--resume`` once the
-folder holds a config.json); it is killed after a random delay drawn uniformly from [0, W] seconds. W starts at
-S + 1.5 P (S: the uninterrupted run's start-up time, to its first metrics line less one epoch; P: its time per
-epoch) and adapts, x1.05 after a kill before the attempt's first epoch and x0.7 after one later: about one kill
-in eight then comes after an epoch was recorded, so that the run advances slowly and most kills fall on the one
-run, in the start-up (before the first checkpoint too), in the middle of epochs and in their end-of-epoch
-writes. After ``--kills`` kills, or once the run is complete, the last attempt runs to the end (and remaining
-kills go to a second run of the command). Each run must then hold exactly the uninterrupted run's weights,
-optimizer state and metrics (all but the timings). Data: as the command finds them ($MNISTGEN_DATA_DIR,
---data-dir, the user cache).
+Each attempt is the real command in a fresh process (``mnistgen vae train --out RUN --checkpoint-seconds 0``, with
+``--resume`` once the folder holds a config.json); it is killed after a random delay drawn uniformly from [0, W]
+seconds. W starts at S + 1.5 P (S: the uninterrupted run's start-up time, to its first metrics line less one epoch;
+P: its time per epoch) and adapts, x1.05 after a kill before the attempt's first epoch and x0.7 after one later:
+about one kill in eight then comes after an epoch was recorded, so that the run advances slowly and most kills fall
+on the one run, in the start-up (before the first checkpoint too), in the middle of epochs and in their end-of-epoch
+writes. After ``--kills`` kills, or once the run is complete, the last attempt runs to the end (and remaining kills
+go to a second run of the command). Each run must then hold exactly the uninterrupted run's weights, optimizer state
+and metrics (all but the timings). Data: as the command finds them ($MNISTGEN_DATA_DIR, --data-dir, the user cache).
 """
 
 from __future__ import annotations
@@ -35,8 +34,9 @@ WIDEN, NARROW = 1.05, 0.7  # the kill window after a kill that cost the attempt'
 
 
 def command(out: Path, epochs: int, extra: list[str], resume: bool) -> list[str]:
-    return [sys.executable, "-m", "mnistgen", "vae", "train", "--out", str(out), "--epochs", str(epochs), *extra,
-            *(["--resume"] if resume else [])]
+    """The command, writing its checkpoint after every epoch: the most writes a kill can land in."""
+    return [sys.executable, "-m", "mnistgen", "vae", "train", "--out", str(out), "--epochs", str(epochs),
+            "--checkpoint-seconds", "0", *extra, *(["--resume"] if resume else [])]
 
 
 def metrics_without_timings(run: Path) -> list[dict]:

@@ -182,6 +182,7 @@ EXPECTED_BOUNDS = {
     "download_timeout": POSITIVE_FLOAT,
     "download_retries": NON_NEGATIVE_INT,
     "threads": NON_NEGATIVE_INT,
+    "checkpoint_seconds": [(0.0, -TINY, "0 or more"), (BIGGEST, math.inf, "0 or more")],
     "seed": SEED,
     "replicas": POSITIVE_INT,
     "train_samples": POSITIVE_INT,

@@ -461,7 +461,8 @@ def test_a_killed_replica_writers_temporary_file_is_removed_when_the_run_is_clai
     """A replica run killed (SIGKILL) while it writes a seed's pending checkpoint leaves that writer's temporary file
     in RUN/seed=N; the next --resume removes it under the folder's lock, and trains to the end."""
     out = tmp_path / "run"
-    killed = cli("vae", "train", "--out", str(out), "--epochs", "2", "--seeds", "1,2", *SAMPLE_RUN, prelude="""
+    killed = cli("vae", "train", "--out", str(out), "--epochs", "2", "--seeds", "1,2", "--checkpoint-seconds", "0",
+                 *SAMPLE_RUN, prelude="""
         from mnistgen import runs
         real_write, pending_writes = runs.atomic_write, []
 

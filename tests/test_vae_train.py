@@ -101,6 +101,28 @@ def test_interrupt_in_mid_epoch_saves_and_resumes_exactly(name, protocols, unint
     assert without_times(run.read_metrics()) == without_times(reference.read_metrics())
 
 
+@pytest.mark.parametrize("seconds, written_after", [(0.0, [1, 2, 3]), (1e300, [3])])
+def test_the_checkpoint_and_its_metric_lines_are_written_together_every_checkpoint_seconds(
+        seconds, written_after, protocols, uninterrupted, tmp_path, monkeypatch):
+    """0: after every epoch; a long interval: after the last epoch only. Either way each write holds the metric
+    lines of exactly the epochs the checkpoint holds, and the run ends as the uninterrupted one."""
+    from mnistgen.train import common
+
+    run, writes, real_save = RunDir(tmp_path), [], common.save_checkpoint
+
+    def save_checkpoint(path, state):
+        writes.append((state["epoch"], len(run.read_metrics())))
+        real_save(path, state)
+
+    monkeypatch.setattr(common, "save_checkpoint", save_checkpoint)
+    train_vae(config_for("hw", checkpoint_seconds=seconds), run, protocol=protocols["hw"], show_progress=False)
+    assert writes == [(epoch, epoch) for epoch in written_after]
+    reference, _ = uninterrupted["hw"]
+    for key, value in weights(reference).items():
+        assert torch.equal(weights(run)[key], value), key
+    assert without_times(run.read_metrics()) == without_times(reference.read_metrics())
+
+
 def test_run_folder_holds_config_data_metrics_and_a_loadable_checkpoint(uninterrupted, protocols):
     run, history = uninterrupted["full"]
     saved = run.read_config()

@@ -161,6 +161,11 @@ _FLUSH_HELP = (
     "float rounding, and faster once training produces subnormals, on which the CPU's arithmetic is many times "
     "slower (the GAN's sigmoid pixels near 0, the VAE's iwae importance weights: 1.2-1.8x where they occur, "
     "docs/BENCHMARKS.md); --no-flush-denormals keeps IEEE arithmetic")
+CHECKPOINT_SECONDS = 10.0  # the training a kill may cost, against ~15 ms a write of the VAE's 9.5 MB (BENCHMARKS)
+_CHECKPOINT_HELP = (
+    "write RUN/checkpoint.pt, and the epochs' lines of RUN/metrics.jsonl with it, at the end of the first epoch that "
+    "ends this many seconds or more after the last write (0: after every epoch); the last epoch and Ctrl-C always "
+    "write. A run killed otherwise resumes from the last write, to the same result")
 
 
 def _cpu_kernels_help(networks: str) -> str:
@@ -204,6 +209,7 @@ class VAEConfig:
     lr_decay_every: int = option(100, "step schedule: epochs between two decays", POSITIVE)
     threads: int = option(0, _THREADS_HELP, NON_NEGATIVE, THREADS_BOUND)
     flush_denormals: bool = option(True, _FLUSH_HELP)
+    checkpoint_seconds: float = option(CHECKPOINT_SECONDS, _CHECKPOINT_HELP, NON_NEGATIVE)
     device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "where to compute")
     cpu_kernels: Literal["auto", "native", "torch", "reference"] = option(
         "auto", _cpu_kernels_help("encoder and decoder"))
@@ -287,6 +293,7 @@ class GANConfig:
     replicas: int = option(1, _REPLICAS_HELP, POSITIVE, check=_check_replicas)
     seeds: str | None = option(None, _SEEDS_HELP, check=_check_seeds)
     grid_every: int = option(10, "save an 8x8 grid from fixed noise every this many epochs", POSITIVE)
+    checkpoint_seconds: float = option(CHECKPOINT_SECONDS, _CHECKPOINT_HELP, NON_NEGATIVE)
     device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "where to compute")
     threads: int = option(0, _THREADS_HELP, NON_NEGATIVE, THREADS_BOUND)
     flush_denormals: bool = option(True, _FLUSH_HELP)
@@ -295,8 +302,8 @@ class GANConfig:
 
 
 RESUMABLE_FIELDS: dict[type, tuple[str, ...]] = {
-    VAEConfig: ("epochs", "device", "threads", "cpu_kernels", "flush_denormals"),
-    GANConfig: ("epochs", "grid_every", "device", "threads", "cpu_kernels", "flush_denormals")}
+    VAEConfig: ("epochs", "device", "threads", "cpu_kernels", "flush_denormals", "checkpoint_seconds"),
+    GANConfig: ("epochs", "grid_every", "device", "threads", "cpu_kernels", "flush_denormals", "checkpoint_seconds")}
 """The settings a ``--resume`` may change, by config class: how to compute, not what (and where the data are)."""
 
 

@@ -232,14 +232,14 @@ class RunDir:
         except MnistgenError as exc:
             raise MnistgenError(f"{self.config}: {exc}") from None
 
-    def append_metrics(self, record: dict[str, Any]) -> None:
-        """Append one line to metrics.jsonl (flushed and fsynced: an interrupted run keeps its history)."""
+    def append_metrics(self, *records: dict[str, Any]) -> None:
+        """Append one line per record to metrics.jsonl (flushed and fsynced: an interrupted run keeps its history)."""
         if not is_main_process():
             return
         self.path.mkdir(parents=True, exist_ok=True)
         try:
             with open(self.metrics, "a") as handle:
-                handle.write(json_line(record) + "\n")
+                handle.write("".join(json_line(record) + "\n" for record in records))
                 handle.flush()
                 os.fsync(handle.fileno())
         except OSError as exc:

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
@@ -328,6 +329,8 @@ class ReplicaRuns:
     config: Any
     command: str
     states: list[RunState] = dataclasses.field(default_factory=list)  # :meth:`add` one per seed, in their order
+    unwritten: list[Sequence[dict[str, Any]]] = dataclasses.field(default_factory=list)  # epochs' records to write
+    last_write: float = dataclasses.field(default_factory=time.monotonic)  # of the checkpoints (or the start)
 
     def add(self, seed: int, stateful: dict[str, Any], generators: dict[str, torch.Generator],
             values_key: str) -> None:
@@ -369,6 +372,7 @@ class ReplicaRuns:
     def start(self, kind: str, epochs_done: int, provenance: dict[str, Any] | None) -> None:
         """Before the first step: drop the metric lines the checkpoints lack, write the configs and RUN/data.json;
         a run that continues on other data than its data.json names is refused first (:func:`check_same_data`)."""
+        self.last_write = time.monotonic()
         if provenance is not None:
             from_main_rank(lambda: [check_same_data(state.run, provenance) for state in self.states])
         if is_replicated(self.config):
@@ -392,6 +396,7 @@ class ReplicaRuns:
                        step_values=torch.zeros(0) if step_values is None else step_values[k], seconds=seconds)
         if is_replicated(self.config) and is_main_process():
             self.commit(epoch=epoch, step=step)
+        self.last_write = time.monotonic()
 
     def commit(self, *, epoch: int, step: int) -> None:
         """Once every replica's state is in its pending file: record the position, then rename each file."""
@@ -413,7 +418,8 @@ class ReplicaRuns:
             check_finite(float(values[k, step, column]), self.label(k, value_names[column]), epoch + 1, step + 1,
                          self.states[k].kept)
         if done < steps:
-            self.save(epoch=epoch, step=done, order_states=order_states, step_values=step_values, seconds=seconds)
+            self.write(lambda: self.save(epoch=epoch, step=done, order_states=order_states, step_values=step_values,
+                                         seconds=seconds))
             saved = (f"every replica's checkpoint in {self.run.path}" if is_replicated(self.config) else
                      str(self.run.checkpoint))
             raise TrainingInterrupted(f"interrupted in epoch {epoch + 1} after step {done} of {steps}; saved {saved}; "
@@ -421,24 +427,35 @@ class ReplicaRuns:
         return values
 
     def record_epoch(self, records: Sequence[dict[str, Any]]) -> None:
-        """The second half: each replica's record (its numbers finite) to its RUN/metrics.jsonl, then the completed
-        epoch's checkpoints (where these cannot be saved, the lines are taken back)."""
+        """The second half: each replica's record (its numbers finite) kept for RUN/metrics.jsonl; then, on the last
+        epoch or once ``config.checkpoint_seconds`` have passed since the last write (rank 0's clock decides), the
+        kept records and the completed epoch's checkpoints written (:meth:`write`)."""
         for k, record in enumerate(records):
             for key, value in record.items():
                 if isinstance(value, float):
                     check_finite(value, self.label(k, key), record["epoch"], kept=self.states[k].kept)
+        self.unwritten.append(records)
+        epoch = records[0]["epoch"]
+        if epoch == self.config.epochs or from_main_rank(
+                lambda: time.monotonic() - self.last_write >= self.config.checkpoint_seconds):
+            self.write(lambda: self.save(epoch=epoch))
+
+    def write(self, save: Callable[[], None]) -> None:
+        """Append the kept records to each replica's RUN/metrics.jsonl, then ``save()`` the checkpoints; where these
+        cannot be saved (a full disk, a NaN weight), the lines are taken back: the metrics never hold an epoch the
+        checkpoints lack."""
         ends = [state.run.metrics.stat().st_size if state.run.metrics.is_file() else 0 for state in self.states]
         try:
-            for state, record in zip(self.states, records, strict=True):
-                state.run.append_metrics(record)
-            self.save(epoch=records[0]["epoch"])
-        except MnistgenError:  # a full disk, a NaN weight: the metrics hold no epoch that the checkpoints lack
+            for k, state in enumerate(self.states):
+                state.run.append_metrics(*(records[k] for records in self.unwritten))
+            save()
+        except MnistgenError:
             for state, end in zip(self.states, ends, strict=True):
                 if is_main_process():
-                    with suppress(OSError):  # if this fails too, the next --resume drops the line
+                    with suppress(OSError):  # if this fails too, the next --resume drops the lines
                         os.truncate(state.run.metrics, end)
             raise
-
+        self.unwritten.clear()
 
 def take_steps(engine: Any, start: int, steps: int, inputs: Callable[[int, int], Sequence[torch.Tensor]],
                values: torch.Tensor, stop: Callable[[], bool] = lambda: False, bar: Any = None) -> int:

@@ -5,8 +5,9 @@ Per epoch, for each replica: the batch order comes from its order generator
 image, then) one eps ~ N(0, I) per image (K = ``--train-samples`` of them with ``--objective iwae`` or K > 1) from its
 noise generator, and takes the one training step, :func:`mnistgen.models.vae.train_step`, by the engine
 (:func:`mnistgen.accelerate.vae.vae_engine`; each metrics line records it as ``trained_by``). After the epoch the
-one-sample ELBO of the evaluation images (test for ``hw``, validation for ``full``; Eq. 2 for iwae) is measured, one
-line is appended to RUN/metrics.jsonl and RUN/checkpoint.pt is replaced atomically.
+one-sample ELBO of the evaluation images (test for ``hw``, validation for ``full``; Eq. 2 for iwae) is measured and the
+epoch's line kept for RUN/metrics.jsonl, written with RUN/checkpoint.pt (replaced atomically) every
+``--checkpoint-seconds`` (:meth:`mnistgen.train.common.ReplicaRuns.record_epoch`).
 
 The random streams (the batch order; eps and the full protocol's binary images; the evaluation's, seeded anew per
 epoch), resume and torchrun are as :mod:`mnistgen.train.common` describes.
