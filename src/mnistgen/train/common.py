@@ -418,8 +418,7 @@ class ReplicaRuns:
             check_finite(float(values[k, step, column]), self.label(k, value_names[column]), epoch + 1, step + 1,
                          self.states[k].kept)
         if done < steps:
-            self.write(lambda: self.save(epoch=epoch, step=done, order_states=order_states, step_values=step_values,
-                                         seconds=seconds))
+            self.write(epoch=epoch, step=done, order_states=order_states, step_values=step_values, seconds=seconds)
             saved = (f"every replica's checkpoint in {self.run.path}" if is_replicated(self.config) else
                      str(self.run.checkpoint))
             raise TrainingInterrupted(f"interrupted in epoch {epoch + 1} after step {done} of {steps}; saved {saved}; "
@@ -438,17 +437,17 @@ class ReplicaRuns:
         epoch = records[0]["epoch"]
         if epoch == self.config.epochs or from_main_rank(
                 lambda: time.monotonic() - self.last_write >= self.config.checkpoint_seconds):
-            self.write(lambda: self.save(epoch=epoch))
+            self.write(epoch=epoch)
 
-    def write(self, save: Callable[[], None]) -> None:
-        """Append the kept records to each replica's RUN/metrics.jsonl, then ``save()`` the checkpoints; where these
-        cannot be saved (a full disk, a NaN weight), the lines are taken back: the metrics never hold an epoch the
-        checkpoints lack."""
+    def write(self, **position: Any) -> None:
+        """Append the kept records to each replica's RUN/metrics.jsonl, then :meth:`save` the checkpoints at
+        ``position`` (its keyword arguments); where these cannot be saved (a full disk, a NaN weight), the lines are
+        taken back: the metrics never hold an epoch the checkpoints lack."""
         ends = [state.run.metrics.stat().st_size if state.run.metrics.is_file() else 0 for state in self.states]
         try:
             for k, state in enumerate(self.states):
                 state.run.append_metrics(*(records[k] for records in self.unwritten))
-            save()
+            self.save(**position)
         except MnistgenError:
             for state, end in zip(self.states, ends, strict=True):
                 if is_main_process():
@@ -456,6 +455,7 @@ class ReplicaRuns:
                         os.truncate(state.run.metrics, end)
             raise
         self.unwritten.clear()
+
 
 def take_steps(engine: Any, start: int, steps: int, inputs: Callable[[int, int], Sequence[torch.Tensor]],
                values: torch.Tensor, stop: Callable[[], bool] = lambda: False, bar: Any = None) -> int:
