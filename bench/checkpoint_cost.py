@@ -48,12 +48,11 @@ def main() -> None:
                 result = timed_run(Path(folder) / f"{repetition}-{seconds:g}", args.data_dir, args.epochs, seconds)
                 results[name].append(result)
                 print(f"{name}: {result[0]:.2f} s, {1e3 * result[1]:.1f} ms an epoch outside the epochs", flush=True)
-    (every, walls_every), (default, walls_default) = ((name, [r[0] for r in rs]) for name, rs in results.items())
+    every, default = SETTINGS
+    wall = {name: statistics.median(r[0] for r in rs) for name, rs in results.items()}
     outside = {name: statistics.median(r[1] for r in rs) for name, rs in results.items()}
-    print(f"medians over {args.repeat}: {every} {statistics.median(walls_every):.2f} s, {default} "
-          f"{statistics.median(walls_default):.2f} s; wall ratio {statistics.median(walls_every):.2f} / "
-          f"{statistics.median(walls_default):.2f} = "
-          f"{statistics.median(walls_every) / statistics.median(walls_default):.3f}")
+    print(f"medians over {args.repeat}: {every} {wall[every]:.2f} s, {default} {wall[default]:.2f} s; wall ratio "
+          f"{wall[every]:.2f} / {wall[default]:.2f} = {wall[every] / wall[default]:.3f}")
     print(f"outside the epochs, per epoch: {1e3 * outside[every]:.1f} ms against {1e3 * outside[default]:.1f} ms: "
           f"{1e3 * (outside[every] - outside[default]):.1f} ms an epoch")
     elbos = {r[2] for rs in results.values() for r in rs}

@@ -21,11 +21,12 @@ import gan_scored_run
 import torch
 
 from mnistgen.config import GANConfig, config_from_settings
+from mnistgen.data.batches import num_batches
 from mnistgen.errors import MnistgenError
 from mnistgen.models import gan as gan_model
 from mnistgen.train import gan as gan_train
 
-MNIST_TRAINING_IMAGES = 60_000  # the run's data: an epoch is this // batch size steps (the last part dropped)
+MNIST_TRAINING_IMAGES = 60_000  # the run's data: an epoch is its full batches (the loop drops the last part)
 
 
 @dataclass
@@ -95,7 +96,8 @@ def main() -> None:
     except MnistgenError as error:
         sys.exit(str(error))
     sys.argv = [sys.argv[0], *args]
-    with installed(InstanceNoise(sigma, config.epochs * (MNIST_TRAINING_IMAGES // config.batch_size))):
+    steps = num_batches(MNIST_TRAINING_IMAGES, config.batch_size, drop_last=True)  # as the loop counts them
+    with installed(InstanceNoise(sigma, config.epochs * steps)):
         gan_scored_run.main()
 
 
