@@ -26,6 +26,10 @@ working set of the parameters' size, measured in the same run (``bench/gemm_peak
 steps run their products and then Adam, one after the other. The table gives the floor of the products alone too.
 Other elementwise work (tanh, softplus, batch statistics) is not in the count: the floor is a lower bound.
 
+Last, for each folder, the median time of vae-train's steps over each 20 epochs (metrics.jsonl): on a VM whose two
+vCPUs the hypervisor moves, they take about 0.17 s an epoch while the two CPUs share a cache and 0.22 s while they
+are far apart (``bench/core_round_trip.py``).
+
     mnistgen reproduce --out RUN                       # SPEC's defaults; stages.json records each stage's times
     python bench/reproduce_time.py RUN [BEFORE ...] [--threads 2] [--repeat 9]
 """
@@ -53,6 +57,7 @@ from mnistgen.models import vae as vae_models
 HW_TRAIN_IMAGES, TEST_IMAGES, GAN_TRAIN_IMAGES = 10_000, 10_000, 60_000  # SPEC §2's hw protocol, §3's GAN data
 ELBO_DRAWS = 10  # `mnistgen vae eval`'s draws of z per image for the test and training ELBOs
 HEAVY = ("vae-train", "vae-eval", "gan-train")
+STRETCH = 20  # epochs of vae-train whose steps' median is printed: the host's state lasts minutes
 ADAM_BYTES = 7 * 4  # per float32 parameter and step: value, gradient and two moments read, three of them written
 
 
@@ -171,6 +176,15 @@ def main() -> None:
     cells = ["total"] + [minutes(total) for total in totals] + [f"{totals[0] / other:.2f}" for other in totals[1:]]
     print("| " + " | ".join(cells + [""] * 6) + " |")
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
+    for run in args.runs:  # the VAE's steps show the host's state: `bench/core_round_trip.py` gives its cause
+        path = Path(run) / "vae" / "metrics.jsonl"
+        if not path.is_file():
+            continue
+        metrics = [json.loads(line) for line in path.read_text().splitlines()]
+        steps = [record["train_seconds"] for record in metrics]
+        stretches = [statistics.median(steps[start:start + STRETCH]) for start in range(0, len(steps), STRETCH)]
+        print(f"{Path(run).name}: vae-train's steps, median seconds an epoch of each {STRETCH} epochs: "
+              + " ".join(f"{seconds:.3f}" for seconds in stretches))
 
 
 if __name__ == "__main__":
