@@ -4,8 +4,8 @@ answered from CPU 1), in turn, for ``--seconds``.
 
 A VM's two vCPUs may sit on two cores that share a last-level cache (a round trip of about 100 ns) or, when the
 hypervisor moves them, farther apart (several times that). The step's two threads hand data to each other in every
-phase, so the step is slower while they are far apart. The summary gives the median
-epoch with the CPUs near (round trip under twice the fastest tenth's) and far, and their ratio.
+phase, so the step is slower while they are far apart. The summary gives the median epoch with the CPUs near
+(round trip under twice the fastest tenth's) and far, and their ratio.
 
     python bench/core_round_trip.py --data-dir ../shared/data/mnist [--seconds 120] [--threads 2]
 """
