@@ -20,15 +20,11 @@ import time
 from pathlib import Path
 
 import torch
-from bench_args import bench_parser, local_data, parse_bench_args
+from bench_args import bench_parser, parse_bench_args
+from vae_native_pieces import BATCH, hw_batches_and_native_step  # beside this script
 
-from mnistgen.data.protocols import load_protocol
-from mnistgen.data.sources import load_raw
 from mnistgen.kernels.native import find_compiler
-from mnistgen.kernels.vae import NativeVAEStep
-from mnistgen.models.vae import VAE
 
-BATCH = 100
 SOURCE = Path(__file__).with_name("core_round_trip.c")
 
 
@@ -36,12 +32,7 @@ def main() -> None:
     parser = bench_parser(__doc__)
     parser.add_argument("--seconds", type=float, default=120.0, help="how long to alternate the two (default 120)")
     args = parse_bench_args(parser)
-    images = load_protocol("hw", load_raw(local_data(args))).train_images
-    batches = [images[start:start + BATCH] for start in range(0, len(images), BATCH)]  # (100, 784) each
-    torch.manual_seed(0)
-    model = VAE()
-    native = NativeVAEStep(model, BATCH)
-    native.load(torch.optim.Adam(model.parameters()))
+    batches, native = hw_batches_and_native_step(args)
     eps = torch.randn(BATCH, 2)
 
     with tempfile.TemporaryDirectory() as folder:

@@ -16,6 +16,7 @@ It also prints the dense products' rate alone (GFLOP/s), which sets the floor fo
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import os
 import statistics
@@ -34,17 +35,21 @@ BATCH = 100
 PRODUCT_FLOP = 2 * BATCH * 784 * 500
 
 
+def hw_batches_and_native_step(args: argparse.Namespace) -> tuple[list[torch.Tensor], NativeVAEStep]:
+    """The hw training images in batches of 100, and the C kernels' step of a seeded VAE with Adam's state loaded."""
+    images = load_protocol("hw", load_raw(local_data(args))).train_images
+    batches = [images[start:start + BATCH] for start in range(0, len(images), BATCH)]  # (100, 784) each
+    torch.manual_seed(0)
+    native = NativeVAEStep(VAE(), BATCH)
+    native.load(torch.optim.Adam(native.model.parameters()))
+    return batches, native
+
+
 def main() -> None:
     parser = bench_parser(__doc__)
     parser.add_argument("--repeat", type=int, default=15, help="repetitions (medians are printed)")
     args = parse_bench_args(parser)
-    images = load_protocol("hw", load_raw(local_data(args))).train_images
-    batches = [images[start:start + BATCH] for start in range(0, len(images), BATCH)]  # (100, 784) each
-
-    torch.manual_seed(0)
-    model = VAE()
-    native = NativeVAEStep(model, BATCH)
-    native.load(torch.optim.Adam(model.parameters()))
+    batches, native = hw_batches_and_native_step(args)
     library, buffers, threads = native.library, native._buffers_address, torch.get_num_threads()
     eps = torch.randn(BATCH, 2)
     elbo = ctypes.c_float()
