@@ -55,6 +55,7 @@ ROWS = (  # (training, sample set, what it is)
     ("imp-b0-lr15-ema999", "average", "--recipe improved, betas 0,0.99, lr-d 1.5e-3, lr-g 3e-4, EMA 0.999"),
     ("imp-la5", "raw", "--recipe improved, lookahead every 5 steps at 0.5 (bench/gan_lookahead.py), the trained G"),
     ("imp-la5", "average", "--recipe improved, lookahead every 5 steps at 0.5 (bench/gan_lookahead.py)"),
+    ("imp-la5-lr2", "average", "--recipe improved, lookahead every 5 steps at 0.5, lr-d 3e-3, lr-g 6e-4"),
 )
 
 
