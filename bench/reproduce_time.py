@@ -57,7 +57,7 @@ from mnistgen.models import vae as vae_models
 HW_TRAIN_IMAGES, TEST_IMAGES, GAN_TRAIN_IMAGES = 10_000, 10_000, 60_000  # SPEC §2's hw protocol, §3's GAN data
 ELBO_DRAWS = 10  # `mnistgen vae eval`'s draws of z per image for the test and training ELBOs
 HEAVY = ("vae-train", "vae-eval", "gan-train")
-STRETCH = 20  # epochs of vae-train whose steps' median is printed: the host's state lasts minutes
+STRETCH = 20  # epochs of vae-train (about 5 s) whose steps' median is printed
 ADAM_BYTES = 7 * 4  # per float32 parameter and step: value, gradient and two moments read, three of them written
 
 
