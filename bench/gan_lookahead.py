@@ -39,17 +39,23 @@ class Lookahead:
     def __post_init__(self) -> None:
         self.state: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # generator -> [steps, slow weights]
 
+    @staticmethod
+    def players(generator: torch.nn.Module, discriminator: torch.nn.Module) -> list[torch.Tensor]:
+        return [*generator.parameters(), *discriminator.parameters()]
+
     @torch.no_grad()
-    def after_step(self, generator: torch.nn.Module, discriminator: torch.nn.Module,
-                   before: list[torch.Tensor] | None) -> None:
-        """Count the step just taken; on every k-th, move the slow weights and put the fast ones on them."""
-        fast = [*generator.parameters(), *discriminator.parameters()]
+    def before_step(self, generator: torch.nn.Module, discriminator: torch.nn.Module) -> None:
+        """A pair seen for the first time: its slow weights start at its weights now."""
         if generator not in self.state:
-            self.state[generator] = [0, before]  # the weights before the pair's first step
+            self.state[generator] = [0, [weight.clone() for weight in self.players(generator, discriminator)]]
+
+    @torch.no_grad()
+    def after_step(self, generator: torch.nn.Module, discriminator: torch.nn.Module) -> None:
+        """Count the step just taken; on every k-th, move the slow weights and put the fast ones on them."""
         entry = self.state[generator]
         entry[0] += 1
         if entry[0] % self.k == 0:
-            for slow, weight in zip(entry[1], fast, strict=True):
+            for slow, weight in zip(entry[1], self.players(generator, discriminator), strict=True):
                 slow.lerp_(weight, self.alpha)  # slow + alpha (fast - slow); exactly fast at alpha 1
                 weight.copy_(slow)
 
@@ -60,11 +66,9 @@ def installed(lookahead: Lookahead) -> Iterator[Lookahead]:
     train_step = gan_model.train_step
 
     def step_with_lookahead(generator, discriminator, *args, **kwargs):
-        first = generator not in lookahead.state
-        before = [weight.detach().clone() for weight in (*generator.parameters(), *discriminator.parameters())] \
-            if first else None
+        lookahead.before_step(generator, discriminator)
         values = train_step(generator, discriminator, *args, **kwargs)
-        lookahead.after_step(generator, discriminator, before)
+        lookahead.after_step(generator, discriminator)
         return values
 
     gan_model.train_step = step_with_lookahead
