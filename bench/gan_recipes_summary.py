@@ -53,8 +53,8 @@ ROWS = (  # (training, sample set, what it is)
     ("imp-b05", "average", "--recipe improved, betas 0.5,0.999, lr-d 1e-3, lr-g 2e-4 (the recipe before its betas)"),
     ("imp-b0-lr15", "average", "--recipe improved, betas 0,0.99, lr-d 1.5e-3, lr-g 3e-4"),
     ("imp-b0-lr15-ema999", "average", "--recipe improved, betas 0,0.99, lr-d 1.5e-3, lr-g 3e-4, EMA 0.999"),
-    ("imp-la5", "raw", "--recipe improved, lookahead every 5 steps at 0.5 (bench/gan_lookahead.py), the trained G"),
-    ("imp-la5", "average", "--recipe improved, lookahead every 5 steps at 0.5 (bench/gan_lookahead.py)"),
+    ("imp-la5", "raw", "--recipe improved, lookahead every 5 steps at 0.5, the trained G"),
+    ("imp-la5", "average", "--recipe improved, lookahead every 5 steps at 0.5"),
     ("imp-la5-lr2", "average", "--recipe improved, lookahead every 5 steps at 0.5, lr-d 3e-3, lr-g 6e-4"),
 )
 

@@ -4,7 +4,8 @@ tests/ run on the CPU, where no graph can be captured; this script shows on a GP
 other accelerators: (1) one run of each model with the captured step (``--cpu-kernels auto``) against the eager
 reference path (``--cpu-kernels reference``): the same numbers to float rounding; (2) a captured run stopped in
 the middle of an epoch and resumed ends bit for bit where an uninterrupted captured run ends; (3) replicas, their
-batched step captured, against separate captured single-seed runs. TF32 is off, so only the order of sums differs.
+batched step captured, against separate captured single-seed runs. The GAN keeps a moving average of G and takes
+lookahead, so that their inputs are captured too. TF32 is off, so only the order of sums differs.
 
     python bench/graph_device_check.py --data-dir ../shared/data/mnist
 """
@@ -27,7 +28,7 @@ from mnistgen.runs import RunDir
 from mnistgen.train.gan import train_gan
 from mnistgen.train.vae import train_vae
 
-VAE_KEYS, GAN_KEYS = ("model",), ("generator", "discriminator")
+VAE_KEYS, GAN_KEYS = ("model",), ("generator", "discriminator", "generator_ema", "generator_slow", "discriminator_slow")
 
 
 def largest_difference(a: RunDir, b: RunDir, keys: tuple[str, ...]) -> float:
@@ -63,7 +64,8 @@ def main() -> None:
 
         offline = DataConfig(offline=True)
         for kind, config, keys in (("vae", VAEConfig(epochs=2, device="cuda", data=offline), VAE_KEYS),
-                                   ("gan", GANConfig(epochs=2, device="cuda", data=offline), GAN_KEYS)):
+                                   ("gan", GANConfig(epochs=2, device="cuda", data=offline, ema_decay=0.999,
+                                                     lookahead_steps=5), GAN_KEYS)):
             graph_run, graph_history = train(kind, config, f"{kind}-graph")
             eager = dataclasses.replace(config, cpu_kernels="reference")
             eager_run, eager_history = train(kind, eager, f"{kind}-eager")

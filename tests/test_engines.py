@@ -207,10 +207,10 @@ def test_the_stacked_probe_passes_the_steps_as_written(gan_images, small_hw):
         optimizers = gan_models.make_optimizers(generator, discriminator, config)
         replicas.append(engines.Replica({"generator": generator, "discriminator": discriminator},
                                         dict(zip(("generator", "discriminator"), optimizers, strict=True)),
-                                        {"generator": gan_models.weight_average(generator)}))
+                                        {"generator_ema": gan_models.weight_average(generator)}))
 
     def bind(replica):
-        ema = (list(replica.averages["generator"].parameters()), 0.99)
+        ema = (list(replica.averages["generator_ema"].parameters()), 0.99)
         return lambda real, z: gan_models.train_step(*replica.modules.values(), *replica.optimizers.values(),
                                                      real, z, ema=ema)
 

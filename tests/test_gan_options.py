@@ -174,7 +174,9 @@ def test_an_interrupted_run_resumes_to_the_same_average_bit_for_bit(averaged, tm
                                           ({"betas": "0.5,0.999"}, "--betas"), ({"recipe": "improved"}, "--recipe"),
                                           ({"r1_gamma": 0.1}, "--r1-gamma"), ({"r1_every": 4}, "--r1-every"),
                                           ({"translate": 1}, "--translate"), ({"cutout": 3}, "--cutout"),
-                                          ({"ema_warmup": True}, "--ema-warmup")])
+                                          ({"ema_warmup": True}, "--ema-warmup"),
+                                          ({"lookahead_steps": 5}, "--lookahead-steps"),
+                                          ({"lookahead_alpha": 0.25}, "--lookahead-alpha")])
 def test_resume_refuses_a_changed_average_betas_recipe_or_penalty(averaged, change, flag):
     with pytest.raises(MnistgenError, match=f"these differ from its checkpoint .*{flag}"):
         train.train_gan(dataclasses.replace(SMALL, **change), images(), averaged, resume=True, show_progress=False)
@@ -479,6 +481,9 @@ def test_recipe_improved_is_recorded_in_config_json(tmp_path, capsys):
     (["--ema-decay", "0"], "--ema-decay must be in (0, 1)"),
     (["--ema-decay", "nan"], "--ema-decay must be in (0, 1)"),
     (["--lr-g", "0"], "--lr-g must be a positive number"),
+    (["--lookahead-steps", "0"], "--lookahead-steps must be"),
+    (["--lookahead-alpha", "0"], "--lookahead-alpha must be in (0, 1]"),
+    (["--lookahead-alpha", "1.5"], "--lookahead-alpha must be in (0, 1]"),
 ])
 def test_bad_values_are_one_line_errors_with_exit_2(tmp_path, capsys, flags, message):
     assert main(["gan", "train", "--out", str(tmp_path / "run"), *flags]) == 2

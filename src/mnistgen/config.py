@@ -229,10 +229,10 @@ def parse_betas(text: str) -> tuple[float, float]:
 
 GAN_RECIPES: dict[str, dict[str, Any]] = {
     "spec": {"lr_d": 2e-4, "lr_g": 2e-4, "betas": "0.9,0.999", "ema_decay": None, "ema_warmup": False,
-             "batch_size": 256, "r1_gamma": None},
+             "batch_size": 256, "r1_gamma": None, "lookahead_steps": None},
     # the best of the trainings measured over 5 seeds at epochs 30 and 100 (docs/BENCHMARKS.md)
     "improved": {"lr_d": 1.5e-3, "lr_g": 3e-4, "betas": "0.0,0.99", "ema_decay": 0.9999, "ema_warmup": True,
-                 "batch_size": 64, "r1_gamma": 0.01},
+                 "batch_size": 64, "r1_gamma": 0.01, "lookahead_steps": None},
 }
 """``--recipe``'s values (applied by :func:`config_from_args`); ``spec`` is SPEC §3's, the fields' own defaults."""
 
@@ -287,6 +287,14 @@ class GANConfig:
     cutout: int = option(
         0, "augment every image D sees, after any --translate: zero a square of this side centred on a pixel drawn "
         "per image (default: 0, off, as SPEC §3)", Bound(low=0, high=IMAGE_SIDE))
+    lookahead_steps: int | None = option(
+        None, "lookahead on both players (Lookahead-minmax, Chavdarova et al., 2021): on every this many steps of the "
+        "run, slow copies of G's and D's weights step --lookahead-alpha of the way towards the weights, which are "
+        "then put back on them (the slow copies start at the initial weights; Adam's moments are kept); it damps the "
+        "players' rotation around each other (default: off, as SPEC §3)", POSITIVE)
+    lookahead_alpha: float = option(
+        0.5, "--lookahead-steps: how far the slow weights step towards the weights, a fraction of the way",
+        Bound(low=0, high=1, low_open=True))
     recipe: Literal["spec", "improved"] = option("spec", _RECIPE_HELP)
     zdim: int = option(64, "dimension of the generator's input noise z ~ U[-1, 1]^zdim", POSITIVE)
     seed: int = option(2, "seed that fixes the whole run", SEED_BOUND)

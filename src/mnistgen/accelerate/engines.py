@@ -22,7 +22,8 @@ STEPS_PER_TURN = 10  # steps each replica takes in turn between two polls of sto
 
 @dataclass
 class Replica:
-    """One replica's modules, the optimizer of each and the moving averages of some (the GAN's G), keyed alike."""
+    """One replica's modules, the optimizer of each, and the averages of their weights that the step keeps (the GAN's:
+    G's moving average, the lookahead's slow weights of G and D), by the names its checkpoint gives them."""
 
     modules: dict[str, nn.Module]
     optimizers: dict[str, torch.optim.Optimizer]

@@ -1,7 +1,7 @@
 """The GAN's accelerators: faster calls of G(z) and of D's logits inside the reference step
 (:func:`mnistgen.models.gan.train_step`), chosen for each network on its own, their checks, and the engine of a run's
-replicas. The losses, autograd, Adam and the moving average of G stay the step's own; the accelerators and where
-they apply: docs/TRAINING.md, 'Accelerators and --cpu-kernels'."""
+replicas. The losses, autograd, Adam, the moving average of G and the lookahead stay the step's own; the accelerators
+and where they apply: docs/TRAINING.md, 'Accelerators and --cpu-kernels'."""
 
 from __future__ import annotations
 
@@ -250,24 +250,28 @@ def choose_gan_calls(generator: nn.Module, discriminator: nn.Module, optimizer_g
 
 def gan_engine(replicas: list[Replica], config: GANConfig, device: torch.device, chosen: ChosenCalls,
                say: Callable[[str], None]) -> Engine:
-    """How the steps of the replicas (``Replica({"generator": G, "discriminator": D}, their optimizers, {"generator":
-    G's moving average} or {})``) are taken (:func:`~mnistgen.accelerate.engines.choose_engine`), with ``chosen``."""
+    """How the steps of the replicas (``Replica({"generator": G, "discriminator": D}, their optimizers, the averages
+    the config keeps: {AVERAGE: G's moving average, SLOW[0]: G's slow weights, SLOW[1]: D's}, of
+    :mod:`mnistgen.models.gan`)``) are taken (:func:`~mnistgen.accelerate.engines.choose_engine`), with ``chosen``."""
     augmentation = gan_model.augmentation(config)
 
     def step_with(calls: GANCalls) -> Callable[[Replica], Callable[..., torch.Tensor]]:
         def bind(replica: Replica) -> Callable[..., torch.Tensor]:
             generator, discriminator = replica.modules["generator"], replica.modules["discriminator"]
-            optimizers, average = replica.optimizers, replica.averages.get("generator")
+            optimizers, average = replica.optimizers, replica.averages.get(gan_model.AVERAGE)
             ema = None if average is None else (list(average.parameters()), config.ema_decay)
+            slow = [p for key in gan_model.SLOW if key in replica.averages for p in replica.averages[key].parameters()]
 
             def step(real: torch.Tensor, z: torch.Tensor, *more: torch.Tensor) -> torch.Tensor:
-                extra = list(more)  # as the loop gives them: [the augmentation's plan,] [the decay,] [R1's weight]
+                extra = list(more)  # as the loop gives them: [the augmentation's plan,] [the decay,] [R1's weight,]
+                # [the lookahead's sync]
                 augment = None if augmentation is None else (augmentation, extra.pop(0))
                 averaged = ema if ema is None or not config.ema_warmup else (ema[0], extra.pop(0))
                 r1_weight = extra.pop(0) if config.r1_gamma is not None else None
+                ahead = (slow, config.lookahead_alpha, extra.pop(0)) if slow else None
                 return gan_model.train_step(generator, discriminator, optimizers["generator"],
                                             optimizers["discriminator"], real, z, calls, averaged, r1_weight,
-                                            augment)
+                                            augment, ahead)
 
             return step
 
@@ -276,13 +280,15 @@ def gan_engine(replicas: list[Replica], config: GANConfig, device: torch.device,
     step = step_with(chosen.calls)
     like = next(replicas[0].modules["discriminator"].parameters())
 
-    def example(k: int, images: int) -> tuple[torch.Tensor, ...]:  # a step's inputs; with R1, a penalized step's
+    # a step's inputs; with R1, a penalized step's; with lookahead, one that syncs (the run's step k - 1)
+    def example(k: int, images: int) -> tuple[torch.Tensor, ...]:
         draws = torch.Generator().manual_seed(PROBE_SEED + k)
         real = torch.rand(images, *IMAGE_SHAPE, generator=draws, dtype=torch.float64)
         z = torch.rand(images, config.zdim, generator=draws, dtype=torch.float64) * 2 - 1
         plan = () if augmentation is None else (augmentation.draw(images, draws).to(like.device),)
         return (real.to(like), z.to(like), *plan, *gan_model.ema_decays(config, 0, like)(0),
-                *gan_model.r1_weights(config, 0, like)(0))
+                *gan_model.r1_weights(config, 0, like)(0),
+                *gan_model.lookahead_syncs(config, (config.lookahead_steps or 1) - 1, like)(0))
 
     return choose_engine(replicas, bind=step_with(REFERENCE), step=step, step_name=chosen.name,
                          runner=lambda replica: Bound(step(replica), chosen.name), accelerated=chosen.accelerated,

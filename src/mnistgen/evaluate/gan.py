@@ -15,7 +15,7 @@ from ..config import GANConfig
 from ..device import stream_seed
 from ..distributions import sample_uniform_noise
 from ..errors import MnistgenError
-from ..models.gan import STATS, Generator
+from ..models.gan import AVERAGE, STATS, Generator
 from ..runs import GRID_SIDE, RunDir
 
 SAMPLE_STREAM = 3  # key of the generator of ``mnistgen gan sample`` (with the sample seed)
@@ -38,9 +38,9 @@ def load_generator(run: RunDir, device: torch.device, raw: bool = False) -> tupl
     run's config."""
     config = run.read_config_as("gan", GANConfig, "a GAN run")
     state = run.load_checkpoint(map_location="cpu")
-    key = "generator_ema" if uses_average(config, raw) else "generator"
+    key = AVERAGE if uses_average(config, raw) else "generator"
     if key not in state:
-        what = "averaged generator (--ema-decay)" if key == "generator_ema" else "generator"
+        what = "averaged generator (--ema-decay)" if key == AVERAGE else "generator"
         raise MnistgenError(f"{run.checkpoint}: no {what} weights in this checkpoint")
     generator = Generator(config.zdim)
     try:

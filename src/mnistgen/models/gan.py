@@ -1,5 +1,6 @@
 """SPEC §3's GAN: the discriminator and the generator, layer for layer as the spec's tables list them, and how they
-train: :func:`train_step`, the one training step (D's step, G's step, then the moving average of G's weights).
+train: :func:`train_step`, the one training step (D's step, G's step, then the moving average of G's weights and the
+lookahead where they are kept).
 
 Each network defines its layers in the constructor in the tables' order, and nothing else: the reshapes (8x5x5 ->
 200 in D, 1568 -> 32x7x7 in G) are views in ``forward``. Initialization (SPEC §3): ``torch.nn.init.kaiming_uniform_``
@@ -24,6 +25,8 @@ GENERATOR_START = (32, 7, 7)  # the Linear's 1568 outputs, viewed as 32 channels
 DISCRIMINATOR_FEATURES = (8, 5, 5)  # what the last convolution leaves, flattened into the Linear
 LEAKY_SLOPE = 0.2
 STATS = ("d_loss", "g_loss", "d_real", "d_fake")  # what a training step returns, in this order
+AVERAGE = "generator_ema"  # the key of G's moving average (--ema-decay), in a run's checkpoint and its Replica
+SLOW = ("generator_slow", "discriminator_slow")  # the keys of the slow weights (--lookahead-steps) of G, then D
 
 
 def init_spec_(module: nn.Module) -> nn.Module:
@@ -100,10 +103,10 @@ def make_optimizers(generator: nn.Module, discriminator: nn.Module,
             torch.optim.Adam(discriminator.parameters(), lr=config.lr_d, betas=betas, fused=fused))
 
 
-def weight_average(generator: nn.Module) -> nn.Module:
-    """A copy of ``generator`` to hold the moving average of its weights (``--ema-decay``), starting from its
-    present weights, in their memory layout; its parameters take no gradients."""
-    return copy.deepcopy(generator).requires_grad_(False)
+def weight_average(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` to hold an average of its weights (G's moving average, ``--ema-decay``; the slow weights
+    of ``--lookahead-steps``), starting from its present weights, in their memory layout; it takes no gradients."""
+    return copy.deepcopy(module).requires_grad_(False)
 
 
 @torch.no_grad()
@@ -128,6 +131,33 @@ def ema_decays(config: GANConfig, steps_before: int, like: torch.Tensor) -> Call
     decay = config.ema_decay
     return lambda step: (torch.tensor(min(decay, (1 + steps_before + step) / (10 + steps_before + step)),
                                       dtype=like.dtype, device=like.device),)
+
+
+def lookahead_syncs(config: GANConfig, steps_before: int,
+                    like: torch.Tensor) -> Callable[[int], tuple[torch.Tensor, ...]]:
+    """The lookahead input of step s after ``steps_before`` steps of the run: (1,) where the run's step n =
+    steps_before + s, from 0, ends a period of ``--lookahead-steps`` k (n + 1 a multiple of k), (0,) between, ()
+    without lookahead; a 0-d tensor like ``like``."""
+    if config.lookahead_steps is None:
+        return lambda step: ()
+    on, off = (torch.full((), value, dtype=like.dtype, device=like.device) for value in (1.0, 0.0))
+    return lambda step: (on,) if (steps_before + step + 1) % config.lookahead_steps == 0 else (off,)
+
+
+@torch.no_grad()
+def sync_lookahead(slow: Sequence[torch.Tensor], fast: Sequence[torch.Tensor], alpha: float,
+                   sync: torch.Tensor) -> None:
+    """Lookahead (Zhang et al., 2019) on each pair of tensors, in place: where ``sync`` is 1, slow <- slow + alpha
+    (fast - slow), then fast <- slow; where it is 0, nothing changes. ``sync``: a 0-d tensor, or [R] for stacked
+    replicas. Without a branch, so that a stacked or captured step takes it too: two lerps, by alpha * sync and by
+    sync, each exact at weight 0 (slow + 0) and 1 (fast - 0)."""
+    slow, fast, step = list(slow), list(fast), alpha * sync
+    if sync.dim() == 0:  # one replica: the 0-d weights broadcast
+        steps, syncs = [step] * len(slow), [sync] * len(slow)
+    else:  # stacked: ([R], 1, ...) like each tensor
+        steps, syncs = ([x.view(*x.shape, *[1] * (tensor.dim() - x.dim())) for tensor in slow] for x in (step, sync))
+    torch._foreach_lerp_(slow, fast, steps)
+    torch._foreach_lerp_(fast, slow, syncs)
 
 
 @dataclass(frozen=True)
@@ -223,15 +253,19 @@ def train_step(generator: nn.Module, discriminator: nn.Module, optimizer_g: torc
                optimizer_d: torch.optim.Optimizer, real: torch.Tensor, z: torch.Tensor, calls: GANCalls = REFERENCE,
                ema: tuple[Sequence[torch.Tensor], float] | None = None,
                r1_weight: torch.Tensor | None = None,
-               augment: tuple[Augmentation, torch.Tensor] | None = None) -> torch.Tensor:
-    """One D step then one G step on the same z, then the moving average of G's weights where one is kept.
+               augment: tuple[Augmentation, torch.Tensor] | None = None,
+               lookahead: tuple[Sequence[torch.Tensor], float, torch.Tensor] | None = None) -> torch.Tensor:
+    """One D step then one G step on the same z, then the moving average of G's weights and the lookahead where they
+    are kept.
 
     real (B, 1, 28, 28) in [0, 1]; z (B, zdim); ``ema``: (the average's tensors in ``optimizer_g``'s order, the
     decay) or None; ``r1_weight``: None, or a 0-d tensor w: D's objective gains w * :func:`r1_penalty` where w is
     not 0 (``--r1-gamma``: gamma/2 times k on every k-th step, 0 between); ``augment``: None, or (the augmentation,
     its plan (B, D_CALLS, 4)): each of D's three input batches augmented by its own plan (the penalty at the real
-    images as D sees them). Returns (4,) detached on the device, :data:`STATS` (D(x) and D(G(z)) before D's step,
-    of D's inputs; D's loss without the penalty); for R replicas stacked (:mod:`mnistgen.accelerate.engines`)
+    images as D sees them); ``lookahead``: None, or (the slow weights, of ``optimizer_g``'s tensors then
+    ``optimizer_d``'s, alpha, the sync input of :func:`lookahead_syncs`): :func:`sync_lookahead` on both players
+    after the average. Returns (4,) detached on the device, :data:`STATS` (D(x) and D(G(z)) before D's step, of D's
+    inputs; D's loss without the penalty); for R replicas stacked (:mod:`mnistgen.accelerate.engines`)
     every tensor gains a leading R, the result (R, 4)."""
     fake = calls.generate(generator, z)  # ([R,] B, 1, 28, 28), computed once for both steps
 
@@ -259,6 +293,9 @@ def train_step(generator: nn.Module, discriminator: nn.Module, optimizer_g: torc
     optimizer_g.step()
     if ema is not None:
         update_ema(ema[0], optimized_parameters(optimizer_g), ema[1])
+    if lookahead is not None:
+        slow, alpha, sync = lookahead
+        sync_lookahead(slow, optimized_parameters(optimizer_g) + optimized_parameters(optimizer_d), alpha, sync)
 
     with torch.no_grad():
         return torch.stack([d_loss.detach(), g_loss.detach(), torch.sigmoid(real_logits).mean(dim=(-2, -1)),

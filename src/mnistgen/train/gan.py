@@ -21,7 +21,7 @@ from ..distributed import is_main_process, rank_and_size, rank_share, ranks_agre
 from ..distributions import sample_uniform_noise
 from ..errors import MnistgenError, TrainingInterrupted
 from ..models import gan as gan_model
-from ..models.gan import IMAGE_SHAPE, STATS, weight_average
+from ..models.gan import AVERAGE, IMAGE_SHAPE, SLOW, STATS, weight_average
 from ..progress import progress
 from ..runs import GRID_SIDE, RunDir
 from .common import (
@@ -61,13 +61,14 @@ def step_inputs(images: torch.Tensor, orders: Sequence[torch.Tensor], noises: Se
                 batch_size: int, zdim: int, dtype: torch.dtype,
                 r1_weight: Callable[[int], tuple[torch.Tensor, ...]] = lambda step: (),
                 augment: tuple[gan_model.Augmentation, Sequence[torch.Generator]] | None = None,
-                ema_decay: Callable[[int], tuple[torch.Tensor, ...]] = lambda step: ()
+                ema_decay: Callable[[int], tuple[torch.Tensor, ...]] = lambda step: (),
+                lookahead_sync: Callable[[int], tuple[torch.Tensor, ...]] = lambda step: ()
                 ) -> Callable[[int, int], tuple[torch.Tensor, ...]]:
     """``inputs(k, s)``: replica k's step s, its real images (B, 1, 28, 28) in the epoch's ``orders[k]`` and z (B,
     zdim) drawn from ``noises[k]``; with ``augment`` (the augmentation, each replica's generator), the plan (B,
     D_CALLS, 4) drawn from replica k's; under torchrun this rank's share of each (every rank draws the whole batch);
-    then ``ema_decay(s)`` (:func:`mnistgen.models.gan.ema_decays`) and ``r1_weight(s)``
-    (:func:`mnistgen.models.gan.r1_weights`)."""
+    then ``ema_decay(s)`` (:func:`mnistgen.models.gan.ema_decays`), ``r1_weight(s)``
+    (:func:`mnistgen.models.gan.r1_weights`) and ``lookahead_sync(s)`` (:func:`mnistgen.models.gan.lookahead_syncs`)."""
     rank, world_size = rank_and_size()
 
     def inputs(k: int, step: int) -> tuple[torch.Tensor, ...]:
@@ -77,7 +78,7 @@ def step_inputs(images: torch.Tensor, orders: Sequence[torch.Tensor], noises: Se
         if world_size > 1:  # this rank's share of the global batch and of its draws
             start, end = rank_share(len(real), rank, world_size)
             drawn = tuple(tensor[start:end] for tensor in drawn)
-        return *drawn, *ema_decay(step), *r1_weight(step)
+        return *drawn, *ema_decay(step), *r1_weight(step), *lookahead_sync(step)
 
     return inputs
 
@@ -112,15 +113,16 @@ def _train(config: GANConfig, images: torch.Tensor, run: RunDir, checkpoints: li
             if chosen is None:  # the same models and settings for every replica: one choice, before any file is
                 chosen = choose_gan_calls(generator, discriminator, optimizer_g, optimizer_d, config, device, say)
             chosen.prepare(generator, discriminator, device)  # before any optimizer state: the weights' layout
-            averages = {} if config.ema_decay is None else {"generator": weight_average(generator)}  # G's initial
+            averages = {} if config.ema_decay is None else {AVERAGE: weight_average(generator)}  # G's initial
+            if config.lookahead_steps is not None:  # the initial weights of both
+                averages.update(zip(SLOW, map(weight_average, (generator, discriminator)), strict=True))
             noise = torch.Generator(device=device).manual_seed(stream_seed(seed, NOISE_STREAM))
             streams = {"order": order, "noise": noise}
             if augmentation is not None:  # its own stream: z is drawn as without it
                 streams["augment"] = torch.Generator(device=device).manual_seed(stream_seed(seed, AUGMENT_STREAM))
             stateful = {"generator": generator, "discriminator": discriminator, "optimizer_g": optimizer_g,
                         "optimizer_d": optimizer_d}
-            runs.add(seed, {**stateful, **{f"{key}_ema": average for key, average in averages.items()}},
-                     streams, "step_stats")
+            runs.add(seed, {**stateful, **averages}, streams, "step_stats")
             replicas.append(Replica({"generator": generator, "discriminator": discriminator},
                                     {"generator": optimizer_g, "discriminator": optimizer_d}, averages))
         position = runs.restore(checkpoints, say)
@@ -153,7 +155,8 @@ def _train(config: GANConfig, images: torch.Tensor, run: RunDir, checkpoints: li
                                  config.zdim, g_dtype, gan_model.r1_weights(config, epoch * steps, images),
                                  None if augmentation is None else
                                  (augmentation, [state.generators["augment"] for state in runs.states]),
-                                 gan_model.ema_decays(config, epoch * steps, images))
+                                 gan_model.ema_decays(config, epoch * steps, images),
+                                 gan_model.lookahead_syncs(config, epoch * steps, images))
             step_stats = torch.zeros(len(replicas), steps, len(STATS), device=device)
             if start_step:  # the steps an interrupted run took in this epoch
                 step_stats[:, :start_step] = torch.stack(saved_values).to(device)
@@ -195,7 +198,7 @@ def save_grid(run: RunDir, epoch: int, replica: Replica, noise: torch.Tensor) ->
     weights, the average's, and G's own in RUN/grids/raw/."""
     if not is_main_process():
         return
-    average = replica.averages.get("generator")
+    average = replica.averages.get(AVERAGE)
     if average is not None:
         run.save_grid(epoch, average(noise)[:, 0].float().cpu().numpy())
     run.save_grid(epoch, replica.modules["generator"](noise)[:, 0].float().cpu().numpy(), raw=average is not None)
