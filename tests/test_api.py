@@ -263,6 +263,17 @@ def test_the_api_speaks_in_keyword_arguments():
         "saved RUN/checkpoint.pt; continue with: mnistgen.train_gan('/r/x', resume=True)"
 
 
+def test_none_turns_a_recipes_optional_setting_off_as_the_flags_off_does(tmp_path):
+    """train_gan(recipe="improved", lookahead_steps=None) is --recipe improved --lookahead-steps off; None for a
+    setting that cannot be None is "not given" (its default, or the recipe's value)."""
+    flags = ["--recipe", "improved", "--lookahead-steps", "off", "--r1-gamma", "off"]
+    expected = config_from_args(GANConfig, build_parser().parse_args(["gan", "train", "--out", "x", *flags]))
+    settings = {"recipe": "improved", "lookahead_steps": None, "r1_gamma": None, "lr_d": None, "seeds": None}
+    config = mnistgen.config.config_from_settings(GANConfig, settings, None, "train_gan")
+    assert config == expected and (config.lookahead_steps, config.r1_gamma) == (None, None)
+    assert config.lr_d == mnistgen.config.GAN_RECIPES["improved"]["lr_d"] and config.ema_decay is not None
+
+
 # --------------------------------------------------------------------------- a GAN run
 
 

@@ -536,6 +536,11 @@ def _parser_of(tp: type, can_be_off: bool = False):
     return parse
 
 
+def _can_be_off(f: dataclasses.Field, tp: Any) -> bool:
+    """A number whose default is None (``--ema-decay``): ``off`` sets it to None over a recipe's value."""
+    return f.default is None and tp in (int, float)
+
+
 def _flag_fields(cls: type, exclude: tuple[str, ...] = ()) -> Iterator[tuple[dataclasses.Field, Any]]:
     """Each field of ``cls`` (a nested config's in its place) that is a flag, with its type, ``int | None`` -> int."""
     hints = typing.get_type_hints(cls)
@@ -560,8 +565,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, exclude: tu
         elif typing.get_origin(tp) is Literal:
             parser.add_argument(flag, dest=f.name, choices=list(typing.get_args(tp)), default=None, help=help_text)
         else:
-            can_be_off = default is None and tp in (int, float)  # "--ema-decay off" over a recipe's value
-            parser.add_argument(flag, dest=f.name, type=_parser_of(tp, can_be_off), default=None,
+            parser.add_argument(flag, dest=f.name, type=_parser_of(tp, _can_be_off(f, tp)), default=None,
                                 metavar=f.name.upper(), help=help_text)
 
 
@@ -612,13 +616,18 @@ def _coerce(value: Any, tp: Any) -> Any:
 def config_from_settings(cls: type, settings: dict[str, Any], base: Any | None, what: str,
                          exclude: tuple[str, ...] = ()) -> Any:
     """``cls`` built from keyword settings exactly as the CLI builds it from flags: one keyword per flag (``data_dir=``
-    too), None for "not given", over ``base`` (the stored config on resume) or the defaults."""
-    known = {f.name: tp for f, tp in _flag_fields(cls, exclude)}  # {name: type}, nested configs' fields too
+    too), None for "not given", over ``base`` (the stored config on resume) or the defaults; but None for a number
+    whose default is None (``ema_decay``, ``r1_gamma``, ``lookahead_steps``) is that setting off, as its flag's
+    ``off`` is (over a recipe's value)."""
+    fields = list(_flag_fields(cls, exclude))
+    known = {f.name: tp for f, tp in fields}  # {name: type}, nested configs' fields too
+    can_be_off = {f.name for f, tp in fields if _can_be_off(f, tp)}
     unknown = [name for name in settings if name not in known]
     if unknown:
         close = difflib.get_close_matches(unknown[0], list(known), n=1)
         names = ", ".join(repr(name) for name in unknown)
         hint = f"did you mean {close[0]!r}?" if close else f"the settings are: {', '.join(known)}"
         raise UsageError(f"{what}: unknown setting{'s' if len(unknown) > 1 else ''} {names} ({hint})")
-    values = {name: _coerce(value, known[name]) for name, value in settings.items()}
+    values = {name: _TURNED_OFF if value is None and name in can_be_off else _coerce(value, known[name])
+              for name, value in settings.items()}
     return config_from_args(cls, argparse.Namespace(**values), base)
