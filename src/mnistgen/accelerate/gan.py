@@ -280,7 +280,7 @@ def gan_engine(replicas: list[Replica], config: GANConfig, device: torch.device,
     step = step_with(chosen.calls)
     like = next(replicas[0].modules["discriminator"].parameters())
 
-    # a step's inputs; with R1, a penalized step's; with lookahead, one that syncs (the run's step k - 1)
+    # replica k's inputs of a step; with R1, a penalized step's; with lookahead, one that syncs (--lookahead-steps - 1)
     def example(k: int, images: int) -> tuple[torch.Tensor, ...]:
         draws = torch.Generator().manual_seed(PROBE_SEED + k)
         real = torch.rand(images, *IMAGE_SHAPE, generator=draws, dtype=torch.float64)
