@@ -58,6 +58,7 @@ ROWS = (  # (training, sample set, what it is)
     ("imp-la5-lr2", "average", "--recipe improved, lookahead every 5 steps at 0.5, lr-d 3e-3, lr-g 6e-4"),
     ("imp-b0-lr15-xeon", "average", "--recipe improved without lookahead (lr-d 1.5e-3, lr-g 3e-4), the Xeon VM"),
     ("imp-la5-lr2-xeon", "average", "--recipe improved, lookahead 5 steps at 0.5, lr-d 3e-3, lr-g 6e-4, the Xeon VM"),
+    ("imp-la10-xeon", "average", "--recipe improved --lookahead-steps 10, the Xeon VM"),
 )
 
 
