@@ -15,7 +15,7 @@ import torch
 from conftest import native_kernels_build
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_gan_options import SMALL, checkpoint, images, stop_after
+from test_gan_options import SMALL, assert_stacked_replicas_follow_their_separate_runs, checkpoint, images, stop_after
 
 from mnistgen.config import replica_config
 from mnistgen.models import gan as gan_models
@@ -148,18 +148,5 @@ def test_replicas_with_lookahead_one_after_another_and_stacked_follow_their_sepa
         theirs = run(tmp_path, f"seed-{seed}", replica_config(config, seed))
         for key in (*PLAYERS, *SLOW.values()):
             assert all(torch.equal(mine[key][name], value) for name, value in theirs[key].items()), key
-    torch.set_default_dtype(torch.float64)
-    try:
-        config = dataclasses.replace(config, cpu_kernels="reference")
-        stacked = RunDir(tmp_path / "stacked")
-        histories = train.train_gan(config, images().double(), stacked, show_progress=False)
-        for seed in (11, 12):
-            assert "batched (vmap" in histories[seed][-1]["trained_by"]
-            separate = RunDir(tmp_path / f"separate-{seed}")
-            train.train_gan(replica_config(config, seed), images().double(), separate, show_progress=False)
-            mine, theirs = checkpoint(stacked.seed_run(seed)), checkpoint(separate)
-            for key in (*PLAYERS, *SLOW.values(), "generator_ema"):
-                for name, value in theirs[key].items():
-                    torch.testing.assert_close(mine[key][name], value, rtol=1e-10, atol=1e-12, msg=f"{key}.{name}")
-    finally:
-        torch.set_default_dtype(torch.float32)
+    assert_stacked_replicas_follow_their_separate_runs(config, tmp_path / "stacked",
+                                                        (*PLAYERS, *SLOW.values(), "generator_ema"))

@@ -140,10 +140,30 @@ def test_the_average_is_the_formula_by_hand_after_0_to_3_steps_of_a_run(tmp_path
         assert (raw[3][name] - average[3][name]).abs().max() > 1e-5, name
 
 
-def _all_tensors(run: RunDir) -> dict[str, torch.Tensor]:
+def _all_tensors(run: RunDir, keys: tuple[str, ...] = ("generator", "discriminator", "generator_ema")
+                 ) -> dict[str, torch.Tensor]:
     state = checkpoint(run)
-    return {f"{net}.{key}": value for net in ("generator", "discriminator", "generator_ema")
-            for key, value in state[net].items()}
+    return {f"{net}.{key}": value for net in keys for key, value in state[net].items()}
+
+
+def assert_stacked_replicas_follow_their_separate_runs(config: GANConfig, tmp_path, keys: tuple[str, ...] = (
+        "generator", "discriminator", "generator_ema")) -> None:
+    """``config``'s replicas (seeds 11 and 12, ``--cpu-kernels reference``) train stacked (vmap over the reference
+    step) and, in float64, each ends where its separate run ends, to rounding (the checkpoint's ``keys``)."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        config = dataclasses.replace(config, seeds="11,12", cpu_kernels="reference")
+        run = RunDir(tmp_path / "replicas")
+        histories = train.train_gan(config, images().double(), run, show_progress=False)
+        for seed in (11, 12):
+            assert "batched (vmap" in histories[seed][-1]["trained_by"]
+            separate = RunDir(tmp_path / f"seed-{seed}")
+            train.train_gan(replica_config(config, seed), images().double(), separate, show_progress=False)
+            mine, theirs = _all_tensors(run.seed_run(seed), keys), _all_tensors(separate, keys)
+            for key in theirs:
+                torch.testing.assert_close(mine[key], theirs[key], rtol=1e-10, atol=1e-12, msg=key)
+    finally:
+        torch.set_default_dtype(torch.float32)
 
 
 def test_an_interrupted_run_resumes_to_the_same_average_bit_for_bit(averaged, tmp_path):
@@ -624,17 +644,5 @@ def test_replicas_with_augmentation_take_each_seeds_own_draws(tmp_path):
 def test_stacked_replicas_with_the_warmup_and_augmentation_follow_their_separate_runs(tmp_path):
     """The stacked engine (vmap over the reference step) gives each replica its own decay and plans: in float64 each
     replica is its separate run to rounding."""
-    torch.set_default_dtype(torch.float64)
-    try:
-        config = dataclasses.replace(AUGMENTED, epochs=1, seeds="11,12", ema_warmup=True, cpu_kernels="reference")
-        run = RunDir(tmp_path / "replicas")
-        histories = train.train_gan(config, images().double(), run, show_progress=False)
-        for seed in (11, 12):
-            assert "batched (vmap" in histories[seed][-1]["trained_by"]
-            separate = RunDir(tmp_path / f"seed-{seed}")
-            train.train_gan(replica_config(config, seed), images().double(), separate, show_progress=False)
-            mine, theirs = _all_tensors(run.seed_run(seed)), _all_tensors(separate)
-            for key in theirs:
-                torch.testing.assert_close(mine[key], theirs[key], rtol=1e-10, atol=1e-12, msg=key)
-    finally:
-        torch.set_default_dtype(torch.float32)
+    assert_stacked_replicas_follow_their_separate_runs(dataclasses.replace(AUGMENTED, epochs=1, ema_warmup=True),
+                                                        tmp_path)
