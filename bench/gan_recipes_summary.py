@@ -2,7 +2,8 @@
 score, 10,000 samples per seed), mean ± the 95% Student-t interval over the seeds, each seed's value beside it;
 with ``--balance``, one table per epoch of the Fréchet distance's worst seed (and its ratio to the mean) and of the
 classes: the total variation distance of the class histogram from uniform (mean, worst seed) and the smallest and
-largest share of a digit over all seeds (which digit).
+largest share of a digit over all seeds (which digit), and how many seeds have every digit within the goal's
+7-13% of their samples.
 
     python bench/gan_recipes_summary.py runs/recipes [--balance]
 """
@@ -59,14 +60,18 @@ ROWS = (  # (training, sample set, what it is)
     ("imp-b0-lr15-xeon", "average", "--recipe improved without lookahead (lr-d 1.5e-3, lr-g 3e-4), the Xeon VM"),
     ("imp-la5-lr2-xeon", "average", "--recipe improved, lookahead 5 steps at 0.5, lr-d 3e-3, lr-g 6e-4, the Xeon VM"),
     ("imp-la10-xeon", "average", "--recipe improved --lookahead-steps 10, the Xeon VM"),
+    ("imp-balanced-xeon", "average", "--recipe improved, every digit equally often in D's real batches, the Xeon VM"),
+    ("imp-topk-xeon", "average", "--recipe improved, top-k training of G, the Xeon VM"),
 )
+EVEN_SHARES = (0.07, 0.13)  # the goal: every digit between 7% and 13% of each seed's samples
 
 
 def balance_tables(out: Path, epochs: list[int], seeds: list[int]) -> None:
     for epoch in epochs:
         print(f"\nepoch {epoch}, seeds {', '.join(map(str, seeds))}")
-        print("| option | FD | worst seed (x mean) | class TV, mean (worst seed) | smallest digit share | largest |")
-        print("|---|---:|---:|---:|---:|---:|")
+        print("| option | FD | worst seed (x mean) | class TV, mean (worst seed) | smallest digit share | largest | "
+              "seeds with every digit 7-13% |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
         for training, kind, text in ROWS:
             files = [out / training / f"seed={seed}" / f"epoch{epoch}-{kind}.score.json" for seed in seeds]
             if not all(file.is_file() for file in files):
@@ -79,10 +84,12 @@ def balance_tables(out: Path, epochs: list[int], seeds: list[int]) -> None:
             shares = [(count / r["n_images"], digit, seed) for r, seed in zip(reports, seeds, strict=True)
                       for digit, count in enumerate(r["class_histogram"])]
             low, high = min(shares), max(shares)
+            even = sum(all(EVEN_SHARES[0] <= count / r["n_images"] <= EVEN_SHARES[1] for count in r["class_histogram"])
+                       for r in reports)
             print(f"| {text} | {spread(distances).text(1)} | {distances[worst]:.1f}, seed {seeds[worst]} "
                   f"({distances[worst] / mean:.2f}x) | {spread(tv).mean:.3f} ({max(tv):.3f}, seed "
                   f"{seeds[tv.index(max(tv))]}) | {low[0]:.1%} ({low[1]}s, seed {low[2]}) | "
-                  f"{high[0]:.1%} ({high[1]}s, seed {high[2]}) |")
+                  f"{high[0]:.1%} ({high[1]}s, seed {high[2]}) | {even} of {len(seeds)} |")
 
 
 def main() -> None:
