@@ -29,23 +29,3 @@ def epoch_order(num_items: int, batch_size: int, generator: torch.Generator, dev
     items ``order[s * batch_size:(s + 1) * batch_size]``."""
     return torch.cat(list(shuffled_batches(num_items, batch_size, generator, drop_last))).to(device)
 
-
-def balanced_epoch_order(labels: torch.Tensor, batch_size: int, generator: torch.Generator, device: torch.device,
-                         drop_last: bool = False) -> torch.Tensor:
-    """One epoch's order in which each of the C classes of ``labels`` (N,) is N // C of the items: a fresh random
-    subset of a larger class, every item of a smaller one and a random subset again to make up; then shuffled
-    together, all drawn from ``generator``. Cut as :func:`epoch_order` cuts (step s reads ``order[s * batch_size:
-    (s + 1) * batch_size]``)."""
-    labels = labels.cpu()
-    classes = torch.unique(labels)  # sorted: the same draws on every rank and resume
-    per_class = len(labels) // len(classes)
-    picks = []
-    for label in classes:
-        members = torch.nonzero(labels == label).flatten()
-        rounds = -(-per_class // len(members))
-        drawn = torch.cat([members[torch.randperm(len(members), generator=generator)] for _ in range(rounds)])
-        picks.append(drawn[:per_class])
-    order = torch.cat(picks)  # (C * per_class,)
-    order = order[torch.randperm(len(order), generator=generator)]
-    stop = len(order) - len(order) % batch_size if drop_last else len(order)
-    return order[:stop].to(device)
