@@ -13,20 +13,23 @@ bench/gan_recipes_summary.py), its config.json without top-k. The arguments are 
 
 from __future__ import annotations
 
+import json
 import math
 import sys
-from pathlib import Path
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+import gan_scored_run
 import torch
 
+from mnistgen.config import GANConfig, config_from_settings
+from mnistgen.data.batches import num_batches
+from mnistgen.errors import MnistgenError
 from mnistgen.losses import generator_loss
 from mnistgen.models import gan as gan_model
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import gan_scored_run  # noqa: E402  (bench/'s own script)
-
 GAMMA, NU = 0.99, 0.5  # the paper's decay of k per epoch and its floor, a fraction of the batch
-MNIST_TRAINING_IMAGES = 60_000
+MNIST_TRAINING_IMAGES = 60_000  # the run's data: an epoch is its full batches (the loop drops the last part)
 
 
 def kept(epoch: int, batch_size: int) -> int:
@@ -34,22 +37,43 @@ def kept(epoch: int, batch_size: int) -> int:
     return max(math.floor(GAMMA ** epoch * batch_size), math.ceil(NU * batch_size))
 
 
-def main() -> None:
-    epoch = [0]  # the run's current epoch, told by the loop's once-an-epoch ema_decays call
-    ema_decays = gan_model.ema_decays
+def top_k_generator_loss(fake_logits: torch.Tensor, k: int) -> torch.Tensor:
+    """:func:`mnistgen.losses.generator_loss` over the k logits of each batch that D finds most real: ([R,] B, 1) ->
+    ([R],)."""
+    return generator_loss(fake_logits.topk(min(k, fake_logits.shape[-2]), dim=-2).values)  # ([R,] k, 1)
+
+
+@contextmanager
+def installed(steps_per_epoch: int) -> Iterator[list[int]]:
+    """Within the block, mnistgen's GAN step takes G's loss over the top k of :func:`kept` for the epoch the loop is
+    in (told by its once-an-epoch ema_decays call, ``steps_per_epoch`` steps an epoch); yields the epochs seen, one
+    entry an epoch. mnistgen's own functions are back after it."""
+    ema_decays, loss = gan_model.ema_decays, gan_model.generator_loss
+    epochs: list[int] = []
 
     def recording_ema_decays(config, steps_before: int, like: torch.Tensor):
-        epoch[0] = steps_before // (MNIST_TRAINING_IMAGES // config.batch_size)
+        epochs.append(steps_before // steps_per_epoch)
         return ema_decays(config, steps_before, like)
 
-    def top_k_generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:  # ([R,] B, 1) -> ([R],)
-        batch = fake_logits.shape[-2]
-        best = fake_logits.topk(min(kept(epoch[0], batch), batch), dim=-2).values  # ([R,] k, 1): D's most real
-        return generator_loss(best)
+    def top_k(fake_logits: torch.Tensor) -> torch.Tensor:
+        return top_k_generator_loss(fake_logits, kept(epochs[-1] if epochs else 0, fake_logits.shape[-2]))
 
-    gan_model.ema_decays = recording_ema_decays
-    gan_model.generator_loss = top_k_generator_loss
-    gan_scored_run.main()
+    gan_model.ema_decays, gan_model.generator_loss = recording_ema_decays, top_k
+    try:
+        yield epochs
+    finally:
+        gan_model.ema_decays, gan_model.generator_loss = ema_decays, loss
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    settings = json.loads(args[args.index("--settings") + 1]) if "--settings" in args else {}
+    try:
+        config = config_from_settings(GANConfig, settings, None, "gan_top_k.py")
+    except MnistgenError as error:
+        sys.exit(str(error))
+    with installed(num_batches(MNIST_TRAINING_IMAGES, config.batch_size, drop_last=True)):
+        gan_scored_run.main()
 
 
 if __name__ == "__main__":
