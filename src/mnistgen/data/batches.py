@@ -28,4 +28,3 @@ def epoch_order(num_items: int, batch_size: int, generator: torch.Generator, dev
     """One epoch's order of the items, as :func:`shuffled_batches` draws it, on ``device``: step s reads the
     items ``order[s * batch_size:(s + 1) * batch_size]``."""
     return torch.cat(list(shuffled_batches(num_items, batch_size, generator, drop_last))).to(device)
-
