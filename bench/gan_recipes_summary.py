@@ -14,6 +14,8 @@ import json
 import sys
 from pathlib import Path
 
+import gan_class_shares
+
 from mnistgen.stats import spread
 
 ROWS = (  # (training, sample set, what it is)
@@ -63,7 +65,6 @@ ROWS = (  # (training, sample set, what it is)
     ("imp-balanced-xeon", "average", "--recipe improved, every digit equally often in D's real batches, the Xeon VM"),
     ("imp-topk-xeon", "average", "--recipe improved, top-k training of G, the Xeon VM"),
 )
-EVEN_SHARES = (0.07, 0.13)  # the goal: every digit between 7% and 13% of each seed's samples
 
 
 def balance_tables(out: Path, epochs: list[int], seeds: list[int]) -> None:
@@ -84,8 +85,7 @@ def balance_tables(out: Path, epochs: list[int], seeds: list[int]) -> None:
             shares = [(count / r["n_images"], digit, seed) for r, seed in zip(reports, seeds, strict=True)
                       for digit, count in enumerate(r["class_histogram"])]
             low, high = min(shares), max(shares)
-            even = sum(all(EVEN_SHARES[0] <= count / r["n_images"] <= EVEN_SHARES[1] for count in r["class_histogram"])
-                       for r in reports)
+            even = sum(gan_class_shares.in_band(gan_class_shares.shares(r)) for r in reports)  # all 7-13%
             print(f"| {text} | {spread(distances).text(1)} | {distances[worst]:.1f}, seed {seeds[worst]} "
                   f"({distances[worst] / mean:.2f}x) | {spread(tv).mean:.3f} ({max(tv):.3f}, seed "
                   f"{seeds[tv.index(max(tv))]}) | {low[0]:.1%} ({low[1]}s, seed {low[2]}) | "
