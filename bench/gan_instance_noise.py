@@ -26,8 +26,6 @@ from mnistgen.errors import MnistgenError
 from mnistgen.models import gan as gan_model
 from mnistgen.train import gan as gan_train
 
-MNIST_TRAINING_IMAGES = 60_000  # the run's data: an epoch is its full batches (the loop drops the last part)
-
 
 @dataclass
 class InstanceNoise:
@@ -96,7 +94,7 @@ def main() -> None:
     except MnistgenError as error:
         sys.exit(str(error))
     sys.argv = [sys.argv[0], *args]
-    steps = num_batches(MNIST_TRAINING_IMAGES, config.batch_size, drop_last=True)  # as the loop counts them
+    steps = num_batches(gan_scored_run.MNIST_TRAINING_IMAGES, config.batch_size, drop_last=True)  # as the loop does
     with installed(InstanceNoise(sigma, config.epochs * steps)):
         gan_scored_run.main()
 

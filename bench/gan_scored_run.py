@@ -20,6 +20,8 @@ from pathlib import Path
 import mnistgen
 from mnistgen.errors import TrainingInterrupted
 
+MNIST_TRAINING_IMAGES = 60_000  # the run's data: an epoch is its full batches (the loop drops the last part)
+
 
 def epochs_done(out: Path, seed: int) -> int:
     metrics = out / f"seed={seed}" / "metrics.jsonl"

@@ -13,23 +13,18 @@ bench/gan_recipes_summary.py), its config.json without top-k. The arguments are 
 
 from __future__ import annotations
 
-import json
 import math
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import gan_scored_run
 import torch
 
-from mnistgen.config import GANConfig, config_from_settings
 from mnistgen.data.batches import num_batches
-from mnistgen.errors import MnistgenError
 from mnistgen.losses import generator_loss
 from mnistgen.models import gan as gan_model
 
 GAMMA, NU = 0.99, 0.5  # the paper's decay of k per epoch and its floor, a fraction of the batch
-MNIST_TRAINING_IMAGES = 60_000  # the run's data: an epoch is its full batches (the loop drops the last part)
 
 
 def kept(epoch: int, batch_size: int) -> int:
@@ -44,15 +39,15 @@ def top_k_generator_loss(fake_logits: torch.Tensor, k: int) -> torch.Tensor:
 
 
 @contextmanager
-def installed(steps_per_epoch: int) -> Iterator[list[int]]:
+def installed(training_images: int) -> Iterator[list[int]]:
     """Within the block, mnistgen's GAN step takes G's loss over the top k of :func:`kept` for the epoch the loop is
-    in (told by its once-an-epoch ema_decays call, ``steps_per_epoch`` steps an epoch); yields the epochs seen, one
-    entry an epoch. mnistgen's own functions are back after it."""
+    in, told by its once-an-epoch ema_decays call (steps before the epoch over the full batches of
+    ``training_images``); yields the epochs told, one entry a call. mnistgen's own functions are back after it."""
     ema_decays, loss = gan_model.ema_decays, gan_model.generator_loss
     epochs: list[int] = []
 
     def recording_ema_decays(config, steps_before: int, like: torch.Tensor):
-        epochs.append(steps_before // steps_per_epoch)
+        epochs.append(steps_before // num_batches(training_images, config.batch_size, drop_last=True))
         return ema_decays(config, steps_before, like)
 
     def top_k(fake_logits: torch.Tensor) -> torch.Tensor:
@@ -66,15 +61,8 @@ def installed(steps_per_epoch: int) -> Iterator[list[int]]:
 
 
 def main() -> None:
-    args = sys.argv[1:]
-    settings = json.loads(args[args.index("--settings") + 1]) if "--settings" in args else {}
-    try:
-        config = config_from_settings(GANConfig, settings, None, "gan_top_k.py")
-    except MnistgenError as error:
-        sys.exit(str(error))
-    with installed(num_batches(MNIST_TRAINING_IMAGES, config.batch_size, drop_last=True)):
+    with installed(gan_scored_run.MNIST_TRAINING_IMAGES):
         gan_scored_run.main()
-
 
 if __name__ == "__main__":
     main()
