@@ -174,7 +174,7 @@ EXPECTED_BOUNDS = {
     "score_samples": POSITIVE_INT, "iw": POSITIVE_INT, "samples": POSITIVE_INT, "images": POSITIVE_INT,
     "draws": POSITIVE_INT, "shared_samples": POSITIVE_INT, "max_iterations": POSITIVE_INT, "starts": POSITIVE_INT,
     "lr": POSITIVE_FLOAT, "lr_d": POSITIVE_FLOAT, "lr_g": POSITIVE_FLOAT, "lr_min": POSITIVE_FLOAT,
-    "r1_gamma": POSITIVE_FLOAT, "r1_every": POSITIVE_INT, "lookahead_steps": POSITIVE_INT,
+    "r1_gamma": POSITIVE_FLOAT, "r1_every": POSITIVE_INT, "lookahead_steps": POSITIVE_INT, "mmd_weight": POSITIVE_FLOAT,
     "lookahead_alpha": [(TINY, 0.0, "in (0, 1]"), (1.0, NEXT_ABOVE_ONE, "in (0, 1]")],
     "translate": [(0, -1, "in [0, 27]"), (27, 28, "in [0, 27]")],
     "cutout": [(0, -1, "in [0, 28]"), (28, 29, "in [0, 28]")],

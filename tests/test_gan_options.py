@@ -196,7 +196,8 @@ def test_an_interrupted_run_resumes_to_the_same_average_bit_for_bit(averaged, tm
                                           ({"translate": 1}, "--translate"), ({"cutout": 3}, "--cutout"),
                                           ({"ema_warmup": True}, "--ema-warmup"),
                                           ({"lookahead_steps": 5}, "--lookahead-steps"),
-                                          ({"lookahead_alpha": 0.25}, "--lookahead-alpha")])
+                                          ({"lookahead_alpha": 0.25}, "--lookahead-alpha"),
+                                          ({"mmd_weight": 1.0}, "--mmd-weight")])
 def test_resume_refuses_a_changed_average_betas_recipe_or_penalty(averaged, change, flag):
     with pytest.raises(MnistgenError, match=f"these differ from its checkpoint .*{flag}"):
         train.train_gan(dataclasses.replace(SMALL, **change), images(), averaged, resume=True, show_progress=False)
@@ -504,6 +505,8 @@ def test_recipe_improved_is_recorded_in_config_json(tmp_path, capsys):
     (["--lookahead-steps", "0"], "--lookahead-steps must be"),
     (["--lookahead-alpha", "0"], "--lookahead-alpha must be in (0, 1]"),
     (["--lookahead-alpha", "1.5"], "--lookahead-alpha must be in (0, 1]"),
+    (["--mmd-weight", "0"], "--mmd-weight must be a positive number"),
+    (["--mmd-weight", "-1"], "--mmd-weight must be a positive number"),
 ])
 def test_bad_values_are_one_line_errors_with_exit_2(tmp_path, capsys, flags, message):
     assert main(["gan", "train", "--out", str(tmp_path / "run"), *flags]) == 2

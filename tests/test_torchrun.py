@@ -32,8 +32,10 @@ from mnistgen.config import GANConfig
 pytestmark = pytest.mark.slow  # whole trainings, processes and pipelines: `pytest -m slow`
 
 VAE_TRAIN = ["vae", "train", "--epochs", "2", "--device", "cpu"]  # hw protocol: 10,000 images, 2 x 100 steps
-# 15 steps of 256, with lookahead (steps 4, 8 and 12 sync): each rank syncs its copy of the weights
-GAN_TRAIN = ["gan", "train", "--epochs", "1", "--dataset", "mnist-sample", "--device", "cpu", "--lookahead-steps", "4"]
+# 15 steps of 256, with lookahead (steps 4, 8 and 12 sync): each rank syncs its copy of the weights; and the MMD
+# term in G's objective, of the global batch: each rank gathers the others' shares
+GAN_TRAIN = ["gan", "train", "--epochs", "1", "--dataset", "mnist-sample", "--device", "cpu", "--lookahead-steps", "4",
+             "--mmd-weight", "10"]
 RTOL, ATOL = 1e-5, 1e-6
 TIMEOUT_S = 240
 

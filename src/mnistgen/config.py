@@ -229,10 +229,10 @@ def parse_betas(text: str) -> tuple[float, float]:
 
 GAN_RECIPES: dict[str, dict[str, Any]] = {
     "spec": {"lr_d": 2e-4, "lr_g": 2e-4, "betas": "0.9,0.999", "ema_decay": None, "ema_warmup": False,
-             "batch_size": 256, "r1_gamma": None, "lookahead_steps": None},
+             "batch_size": 256, "r1_gamma": None, "lookahead_steps": None, "mmd_weight": None},
     # the best of the trainings measured over 5 seeds at epochs 30 and 100 (docs/BENCHMARKS.md)
     "improved": {"lr_d": 3e-3, "lr_g": 6e-4, "betas": "0.0,0.99", "ema_decay": 0.9999, "ema_warmup": True,
-                 "batch_size": 64, "r1_gamma": 0.01, "lookahead_steps": 5},
+                 "batch_size": 64, "r1_gamma": 0.01, "lookahead_steps": 5, "mmd_weight": 10.0},
 }
 """``--recipe``'s values (applied by :func:`config_from_args`); ``spec`` is SPEC §3's, the fields' own defaults."""
 
@@ -295,6 +295,11 @@ class GANConfig:
     lookahead_alpha: float = option(
         0.5, "--lookahead-steps: how far the slow weights step towards the weights, a fraction of the way",
         Bound(low=0, high=1, low_open=True))
+    mmd_weight: float | None = option(
+        None, "G's objective gains this weight times the squared maximum mean discrepancy between its batch and the "
+        "step's real batch, in pixel space (Gaussian kernels, widths from nearest neighbours to the whole set): D "
+        "judges one image at a time, so only this term sees how often G draws each kind of digit; it evens out the "
+        "digits' shares (default: off, as SPEC §3)", Bound(low=0, low_open=True))
     recipe: Literal["spec", "improved"] = option("spec", _RECIPE_HELP)
     zdim: int = option(64, "dimension of the generator's input noise z ~ U[-1, 1]^zdim", POSITIVE)
     seed: int = option(2, "seed that fixes the whole run", SEED_BOUND)

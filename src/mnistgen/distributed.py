@@ -194,6 +194,19 @@ def average_gradients(optimizer: torch.optim.Optimizer) -> None:
     average_over_ranks([p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None])
 
 
+def gathered_over_ranks(tensor: torch.Tensor, dim: int) -> torch.Tensor:
+    """Every rank's ``tensor`` concatenated along ``dim`` in rank order (the global batch, where each rank holds its
+    share), this rank's part being ``tensor`` itself: gradients flow into it, the other ranks' parts are constants.
+    ``tensor`` itself in one process."""
+    rank, world_size = rank_and_size()
+    if world_size == 1:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(world_size)]
+    dist.all_gather(parts, tensor.detach().contiguous())
+    parts[rank] = tensor
+    return torch.cat(parts, dim=dim)
+
+
 def sum_over_ranks(tensor: torch.Tensor, mean: bool = False) -> torch.Tensor:
     """``tensor`` (contiguous) replaced in place by its sum (or mean) over the ranks; unchanged in one process."""
     world_size = rank_and_size()[1]

@@ -1,6 +1,7 @@
 """Training objectives as pure functions of tensors (no modules, no state): the GAN's binary cross-entropies on
-D's logits (SPEC §3) and the VAE's evidence lower bound per image, in nats, by Eq. 2 or Eq. 1, or with K draws per
-image the mean of K one-sample estimates or the importance-weighted bound (SPEC §2; docs/theory.md, section 13)."""
+D's logits (SPEC §3), the maximum mean discrepancy between two batches of images (``--mmd-weight``), and the VAE's
+evidence lower bound per image, in nats, by Eq. 2 or Eq. 1, or with K draws per image the mean of K one-sample
+estimates or the importance-weighted bound (SPEC §2; docs/theory.md, section 13)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,33 @@ def generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     """G's non-saturating loss: the mean of -log D(G(z)) = BCE(logits, 1). ([R,] B, 1) -> ([R],)."""
     loss = F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits), reduction="none")
     return loss.mean(dim=(-2, -1))
+
+
+# the variances of mmd_squared's Gaussian kernels, in squared pixel distance (pixels in [0, 1]): MNIST's pairs of
+# training images lie at medians from 45 (two 1s) to 127 (a 0 and another digit), so the widths run from the nearest
+# neighbours to the whole set
+MMD_BANDWIDTHS = (5.0, 10.0, 20.0, 40.0, 80.0)
+
+
+def mmd_squared(generated: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """The unbiased estimate of the squared maximum mean discrepancy (Gretton et al., 2012) between two batches of
+    images: the mean kernel value over the pairs of distinct images within each batch, less twice the mean over the
+    pairs across them; the kernel is the sum over :data:`MMD_BANDWIDTHS` s of exp(-||x - y||^2 / (2 s)). It is 0 in
+    expectation where the batches come from one distribution and grows as their distributions part, the share of a
+    kind of image included. Shapes: ([R,] B, 1, 28, 28) each -> ([R],)."""
+    x, y = generated.flatten(-3), real.flatten(-3)  # ([R,] B, 784)
+
+    def kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # ([R,] B, 784) twice -> ([R,] B, B)
+        squared = (a * a).sum(-1).unsqueeze(-1) + (b * b).sum(-1).unsqueeze(-2) - 2 * a @ b.mT
+        squared = squared.clamp_min(0)  # rounding can leave -1e-5 where an image meets itself
+        return sum(torch.exp(squared / (-2 * s)) for s in MMD_BANDWIDTHS)
+
+    def within(a: torch.Tensor) -> torch.Tensor:  # the mean over the pairs of distinct images
+        n = a.shape[-2]
+        pairs = kernel(a, a)
+        return (pairs.sum((-2, -1)) - pairs.diagonal(dim1=-2, dim2=-1).sum(-1)) / (n * (n - 1))
+
+    return within(x) + within(y) - 2 * kernel(x, y).mean((-2, -1))
 
 
 def elbo_mc(x: torch.Tensor, logits: torch.Tensor, z: torch.Tensor, mean: torch.Tensor,

@@ -271,7 +271,7 @@ def gan_engine(replicas: list[Replica], config: GANConfig, device: torch.device,
                 ahead = (slow, config.lookahead_alpha, extra.pop(0)) if slow else None
                 return gan_model.train_step(generator, discriminator, optimizers["generator"],
                                             optimizers["discriminator"], real, z, calls, averaged, r1_weight,
-                                            augment, ahead)
+                                            augment, ahead, config.mmd_weight)
 
             return step
 

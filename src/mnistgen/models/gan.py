@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from ..config import GANConfig, parse_betas
-from ..distributed import average_gradients
-from ..losses import discriminator_loss, generator_loss
+from ..distributed import average_gradients, gathered_over_ranks, rank_and_size
+from ..losses import discriminator_loss, generator_loss, mmd_squared
 
 IMAGE_SHAPE = (1, 28, 28)
 GENERATOR_START = (32, 7, 7)  # the Linear's 1568 outputs, viewed as 32 channels of 7x7
@@ -254,7 +254,8 @@ def train_step(generator: nn.Module, discriminator: nn.Module, optimizer_g: torc
                ema: tuple[Sequence[torch.Tensor], float] | None = None,
                r1_weight: torch.Tensor | None = None,
                augment: tuple[Augmentation, torch.Tensor] | None = None,
-               lookahead: tuple[Sequence[torch.Tensor], float, torch.Tensor] | None = None) -> torch.Tensor:
+               lookahead: tuple[Sequence[torch.Tensor], float, torch.Tensor] | None = None,
+               mmd_weight: float | None = None) -> torch.Tensor:
     """One D step then one G step on the same z, then the moving average of G's weights and the lookahead where they
     are kept.
 
@@ -264,9 +265,10 @@ def train_step(generator: nn.Module, discriminator: nn.Module, optimizer_g: torc
     its plan (B, D_CALLS, 4)): each of D's three input batches augmented by its own plan (the penalty at the real
     images as D sees them); ``lookahead``: None, or (the slow weights, of ``optimizer_g``'s tensors then
     ``optimizer_d``'s, alpha, the sync input of :func:`lookahead_syncs`): :func:`sync_lookahead` on both players
-    after the average. Returns (4,) detached on the device, :data:`STATS` (D(x) and D(G(z)) before D's step, of D's
-    inputs; D's loss without the penalty); for R replicas stacked (:mod:`mnistgen.accelerate.engines`)
-    every tensor gains a leading R, the result (R, 4)."""
+    after the average; ``mmd_weight``: None, or w: G's objective gains w * :func:`mmd_squared` of the generated and
+    the real batch (the global batch under torchrun). Returns (4,) detached on the device, :data:`STATS` (D(x) and
+    D(G(z)) before D's step, of D's inputs; D's loss without the penalty, G's without the discrepancy); for R
+    replicas stacked (:mod:`mnistgen.accelerate.engines`) every tensor gains a leading R, the result (R, 4)."""
     fake = calls.generate(generator, z)  # ([R,] B, 1, 28, 28), computed once for both steps
 
     def seen(images: torch.Tensor, call: int) -> torch.Tensor:  # what D's call number ``call`` is given
@@ -287,8 +289,13 @@ def train_step(generator: nn.Module, discriminator: nn.Module, optimizer_g: torc
 
     # G step: -log D(G(z)) with the D just updated; only G's parameters get gradients
     g_loss = generator_loss(calls.discriminate(discriminator, seen(fake, 2)))  # ([R],)
+    objective = g_loss
+    if mmd_weight is not None:  # each rank's gradient is of its share of the global batch; the average adds them up
+        ranks = rank_and_size()[1]
+        objective = g_loss + ranks * mmd_weight * mmd_squared(gathered_over_ranks(fake, dim=-4),
+                                                               gathered_over_ranks(real, dim=-4))
     optimizer_g.zero_grad(set_to_none=True)
-    g_loss.sum().backward(inputs=optimized_parameters(optimizer_g))
+    objective.sum().backward(inputs=optimized_parameters(optimizer_g))
     average_gradients(optimizer_g)
     optimizer_g.step()
     if ema is not None:
