@@ -64,6 +64,10 @@ ROWS = (  # (training, sample set, what it is)
     ("imp-la10-xeon", "average", "--recipe improved --lookahead-steps 10, the Xeon VM"),
     ("imp-balanced-xeon", "average", "--recipe improved, every digit equally often in D's real batches, the Xeon VM"),
     ("imp-topk-xeon", "average", "--recipe improved, top-k training of G, the Xeon VM"),
+    ("imp-mmd1-xeon", "average", "--recipe improved with --mmd-weight 1 (lookahead, rates doubled), the Xeon VM"),
+    ("imp-mmd3-xeon", "average", "--recipe improved with --mmd-weight 3 (lookahead, rates doubled), the Xeon VM"),
+    ("imp-mmd10-xeon", "average", "--recipe improved with --mmd-weight 10 (lookahead, rates doubled), the Xeon VM"),
+    ("imp-mmd30-xeon", "average", "--recipe improved with --mmd-weight 30 (lookahead, rates doubled), the Xeon VM"),
 )
 
 
