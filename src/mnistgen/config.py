@@ -298,8 +298,8 @@ class GANConfig:
     mmd_weight: float | None = option(
         None, "G's objective gains this weight times the squared maximum mean discrepancy between its batch and the "
         "step's real batch, in pixel space (Gaussian kernels, widths from nearest neighbours to the whole set): D "
-        "judges one image at a time, so only this term sees how often G draws each kind of digit; it evens out the "
-        "digits' shares (default: off, as SPEC §3)", Bound(low=0, low_open=True))
+        "judges one image at a time, so only this term sees how often G draws each kind of digit; it brings the "
+        "digits' shares nearer the data's (default: off, as SPEC §3)", Bound(low=0, low_open=True))
     recipe: Literal["spec", "improved"] = option("spec", _RECIPE_HELP)
     zdim: int = option(64, "dimension of the generator's input noise z ~ U[-1, 1]^zdim", POSITIVE)
     seed: int = option(2, "seed that fixes the whole run", SEED_BOUND)
