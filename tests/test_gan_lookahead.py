@@ -15,7 +15,7 @@ import torch
 from conftest import native_kernels_build
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_gan_options import SMALL, assert_stacked_replicas_follow_their_separate_runs, checkpoint, images, stop_after
+from test_gan_options import SMALL, assert_stacked_replicas_follow_their_separate_runs, checkpoint, images, trained
 
 from mnistgen.config import replica_config
 from mnistgen.models import gan as gan_models
@@ -77,28 +77,17 @@ def test_the_sync_comes_on_every_kth_step_counted_from_the_runs_first():
 # --------------------------------------------------------------------------- runs
 
 
-def run(tmp_path, name: str, config=AHEAD, steps: int | None = None) -> dict:
-    """``config``'s run, or its first ``steps`` steps; returns the checkpoint."""
-    folder = RunDir(tmp_path / name)
-    if steps is None:
-        train.train_gan(config, images(), folder, show_progress=False)
-    else:
-        with pytest.raises(train.TrainingInterrupted):
-            train.train_gan(config, images(), folder, stop=stop_after(steps), show_progress=False)
-    return checkpoint(folder)
-
-
 def test_the_kth_step_puts_both_players_on_their_start_stepped_alpha_of_the_way_to_plain_training(tmp_path):
     plain = dataclasses.replace(AHEAD, lookahead_steps=None)
-    start = run(tmp_path, "start", plain, steps=0)  # the weights before the first step
-    fast = run(tmp_path, "fast", plain, steps=2)  # two of mnistgen's steps from them
-    slowed = run(tmp_path, "slowed", steps=2)  # the first sync, after step 2
+    start = trained(tmp_path, "start", plain, steps=0)  # the weights before the first step
+    fast = trained(tmp_path, "fast", plain, steps=2)  # two of mnistgen's steps from them
+    slowed = trained(tmp_path, "slowed", AHEAD, steps=2)  # the first sync, after step 2
     for player in PLAYERS:
         for name, weight in start[player].items():
             expected = weight + 0.25 * (fast[player][name] - weight)
             torch.testing.assert_close(slowed[player][name], expected, rtol=0, atol=1e-7, msg=f"{player}.{name}")
             assert torch.equal(slowed[SLOW[player]][name], slowed[player][name])
-    before = run(tmp_path, "before", steps=1)  # between two syncs: the slow weights are still the start
+    before = trained(tmp_path, "before", AHEAD, steps=1)  # between two syncs: the slow weights are still the start
     for player in PLAYERS:
         assert all(torch.equal(before[SLOW[player]][name], weight) for name, weight in start[player].items())
     moved = [name for name, weight in start["generator"].items() if not torch.equal(weight, fast["generator"][name])]
@@ -108,9 +97,9 @@ def test_the_kth_step_puts_both_players_on_their_start_stepped_alpha_of_the_way_
 @pytest.mark.parametrize("cpu_kernels", ["reference", "auto"])
 def test_alpha_one_is_plain_training_to_the_bit_and_alpha_a_quarter_is_not(tmp_path, cpu_kernels):
     config = dataclasses.replace(AHEAD, cpu_kernels=cpu_kernels)
-    plain = run(tmp_path, "plain", dataclasses.replace(config, lookahead_steps=None))
-    same = run(tmp_path, "alpha-one", dataclasses.replace(config, lookahead_alpha=1.0))  # slow = fast at each sync
-    slowed = run(tmp_path, "alpha-quarter", config)
+    plain = trained(tmp_path, "plain", dataclasses.replace(config, lookahead_steps=None))
+    same = trained(tmp_path, "alpha-one", dataclasses.replace(config, lookahead_alpha=1.0))  # slow = fast at each sync
+    slowed = trained(tmp_path, "alpha-quarter", config)
     for key in (*PLAYERS, "generator_ema"):
         for name, value in plain[key].items():
             assert torch.equal(same[key][name], value), (key, name)
@@ -124,8 +113,8 @@ def test_alpha_one_is_plain_training_to_the_bit_and_alpha_a_quarter_is_not(tmp_p
 @pytest.mark.parametrize("cpu_kernels", ["reference", "auto"])
 def test_lookahead_is_recorded_and_a_run_stopped_between_two_syncs_resumes_bit_for_bit(tmp_path, cpu_kernels):
     config = dataclasses.replace(AHEAD, cpu_kernels=cpu_kernels)
-    whole = run(tmp_path, "whole", config)
-    stopped = run(tmp_path, "resumed", config, steps=5)  # in epoch 2, one step after the sync of step 4
+    whole = trained(tmp_path, "whole", config)
+    stopped = trained(tmp_path, "resumed", config, steps=5)  # in epoch 2, one step after the sync of step 4
     # what the checkpoint must carry: slow weights that are not the weights (a resume that started them afresh from
     # the weights restored would differ)
     assert not torch.equal(stopped["generator_slow"]["linear.weight"], stopped["generator"]["linear.weight"])
@@ -145,7 +134,7 @@ def test_replicas_with_lookahead_one_after_another_and_stacked_follow_their_sepa
     assert histories[11][-1]["trained_by"].startswith("2 replicas, one replica after another")
     for seed in (11, 12):
         mine = checkpoint(RunDir(tmp_path / "in-turn").seed_run(seed))
-        theirs = run(tmp_path, f"seed-{seed}", replica_config(config, seed))
+        theirs = trained(tmp_path, f"seed-{seed}", replica_config(config, seed))
         for key in (*PLAYERS, *SLOW.values()):
             assert all(torch.equal(mine[key][name], value) for name, value in theirs[key].items()), key
     assert_stacked_replicas_follow_their_separate_runs(config, tmp_path / "stacked",

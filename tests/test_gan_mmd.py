@@ -19,7 +19,7 @@ import torch
 from conftest import native_kernels_build
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_gan_options import SMALL, assert_stacked_replicas_follow_their_separate_runs, checkpoint, images, stop_after
+from test_gan_options import SMALL, assert_stacked_replicas_follow_their_separate_runs, checkpoint, images, trained
 
 from mnistgen.config import replica_config
 from mnistgen.losses import MMD_BANDWIDTHS, generator_loss, mmd_squared
@@ -99,25 +99,14 @@ def test_gs_step_descends_the_written_objective_ds_step_is_unchanged_and_gs_loss
 # --------------------------------------------------------------------------- runs
 
 
-def run(tmp_path, name: str, config=MATCHED, steps: int | None = None) -> dict:
-    """``config``'s run, or its first ``steps`` steps; returns the checkpoint."""
-    folder = RunDir(tmp_path / name)
-    if steps is None:
-        train.train_gan(config, images(), folder, show_progress=False)
-    else:
-        with pytest.raises(train.TrainingInterrupted):
-            train.train_gan(config, images(), folder, stop=stop_after(steps), show_progress=False)
-    return checkpoint(folder)
-
-
 @pytest.mark.parametrize("cpu_kernels", ["reference", "auto"])
 def test_the_term_changes_gs_training_keeps_the_accelerators_is_recorded_and_resumes_bit_for_bit(tmp_path,
                                                                                                  cpu_kernels):
     config = dataclasses.replace(MATCHED, cpu_kernels=cpu_kernels)
-    plain = run(tmp_path, "plain", dataclasses.replace(config, mmd_weight=None))
-    whole = run(tmp_path, "whole", config)
+    plain = trained(tmp_path, "plain", dataclasses.replace(config, mmd_weight=None))
+    whole = trained(tmp_path, "whole", config)
     assert any(not torch.equal(whole["generator"][name], value) for name, value in plain["generator"].items())
-    run(tmp_path, "resumed", config, steps=4)  # in epoch 2
+    trained(tmp_path, "resumed", config, steps=4)  # in epoch 2
     train.train_gan(config, images(), RunDir(tmp_path / "resumed"), resume=True, show_progress=False)
     resumed = checkpoint(RunDir(tmp_path / "resumed"))
     for key in (*PLAYERS, "generator_ema"):
@@ -136,7 +125,7 @@ def test_replicas_with_the_term_one_after_another_and_stacked_follow_their_separ
     assert histories[11][-1]["trained_by"].startswith("2 replicas, one replica after another")
     for seed in (11, 12):
         mine = checkpoint(RunDir(tmp_path / "in-turn").seed_run(seed))
-        theirs = run(tmp_path, f"seed-{seed}", replica_config(config, seed))
+        theirs = trained(tmp_path, f"seed-{seed}", replica_config(config, seed))
         for key in PLAYERS:
             assert all(torch.equal(mine[key][name], value) for name, value in theirs[key].items()), key
     assert_stacked_replicas_follow_their_separate_runs(config, tmp_path / "stacked", (*PLAYERS, "generator_ema"))

@@ -59,6 +59,18 @@ def stop_after(steps: int):
     return lambda: next(polls) == steps
 
 
+def trained(tmp_path, name: str, config: GANConfig, steps: int | None = None) -> dict:
+    """``config``'s run on :func:`images` in ``tmp_path / name``, or its first ``steps`` steps; returns the
+    checkpoint."""
+    folder = RunDir(tmp_path / name)
+    if steps is None:
+        train.train_gan(config, images(), folder, show_progress=False)
+    else:
+        with pytest.raises(train.TrainingInterrupted):
+            train.train_gan(config, images(), folder, stop=stop_after(steps), show_progress=False)
+    return checkpoint(folder)
+
+
 def generator_with(weights: dict[str, torch.Tensor]) -> Generator:
     generator = Generator(SMALL.zdim)
     generator.load_state_dict(weights)
