@@ -68,6 +68,8 @@ ROWS = (  # (training, sample set, what it is)
     ("imp-mmd3-xeon", "average", "--recipe improved with --mmd-weight 3 (lookahead, rates doubled), the Xeon VM"),
     ("imp-mmd10-xeon", "average", "--recipe improved with --mmd-weight 10 (lookahead, rates doubled), the Xeon VM"),
     ("imp-mmd30-xeon", "average", "--recipe improved with --mmd-weight 30 (lookahead, rates doubled), the Xeon VM"),
+    ("imp-cluster100-xeon", "average", "--recipe improved + a cluster MMD term, weight 100, the Xeon VM"),
+    ("imp-cluster500-xeon", "average", "--recipe improved + a cluster MMD term, weight 500, the Xeon VM"),
 )
 
 
