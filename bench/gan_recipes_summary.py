@@ -70,6 +70,7 @@ ROWS = (  # (training, sample set, what it is)
     ("imp-mmd30-xeon", "average", "--recipe improved with --mmd-weight 30 (lookahead, rates doubled), the Xeon VM"),
     ("imp-cluster100-xeon", "average", "--recipe improved + a cluster MMD term, weight 100, the Xeon VM"),
     ("imp-cluster500-xeon", "average", "--recipe improved + a cluster MMD term, weight 500, the Xeon VM"),
+    ("imp-balmmd-xeon", "average", "--recipe improved (--mmd-weight 10), every digit equally often, the Xeon VM"),
 )
 
 
