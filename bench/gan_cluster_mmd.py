@@ -41,12 +41,16 @@ def squared_distances(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     return (x * x).sum(-1, keepdim=True) - 2 * x @ centroids.T + (centroids * centroids).sum(-1)
 
 
+def nearest_centroid(images: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:  # (N, 784), (K, 784) -> (N,)
+    return squared_distances(images, centroids).argmin(-1)
+
+
 def kmeans(images: torch.Tensor, clusters: int) -> torch.Tensor:
     """Lloyd's k-means of ``images`` (N, 784): (K, 784) centroids, started from K images drawn by
     :data:`CENTROID_SEED`; an empty cluster keeps its centroid."""
     centroids = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(CENTROID_SEED))[:clusters]]
     for _ in range(KMEANS_ROUNDS):
-        nearest = squared_distances(images, centroids).argmin(-1)  # (N,)
+        nearest = nearest_centroid(images, centroids)  # (N,)
         centroids = torch.stack([images[nearest == k].mean(0) if bool((nearest == k).any()) else centroids[k]
                                  for k in range(clusters)])
     return centroids
@@ -83,20 +87,19 @@ def installed(ratio: float, centroids: torch.Tensor, data_mean: torch.Tensor, te
         gan_model.mmd_squared = mmd_squared
 
 
-def nearest_shares(images: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
-    """The share of images (N, 784) whose nearest centroid is each of the K: (K,)."""
-    nearest = squared_distances(images, centroids).argmin(-1)
-    return torch.bincount(nearest, minlength=len(centroids)) / len(images)
+def nearest_shares(nearest: torch.Tensor, clusters: int) -> torch.Tensor:
+    """The share of the images whose nearest centroid (N,) is each of the K: (K,)."""
+    return torch.bincount(nearest, minlength=clusters) / len(nearest)
 
 
 def print_cluster_shares(paths: list[str], images: torch.Tensor, labels: torch.Tensor, centroids: torch.Tensor) -> None:
-    nearest = squared_distances(images, centroids).argmin(-1)
-    purity = sum(int(torch.bincount(labels[nearest == k]).max()) for k in range(len(centroids)) if (nearest == k).any())
-    print(f"{len(centroids)} centroids; their training images are {purity / len(images):.1%} one digit on average")
-    data = nearest_shares(images, centroids)
+    nearest, clusters = nearest_centroid(images, centroids), len(centroids)
+    purity = sum(int(torch.bincount(labels[nearest == k]).max()) for k in range(clusters) if (nearest == k).any())
+    print(f"{clusters} centroids; their training images are {purity / len(images):.1%} one digit on average")
+    data = nearest_shares(nearest, clusters)
     for path in paths:
         samples = torch.from_numpy(load_images(path)).float().flatten(1)  # (N, 784) in [0, 1]
-        distance = float((nearest_shares(samples, centroids) - data).abs().sum()) / 2
+        distance = float((nearest_shares(nearest_centroid(samples, centroids), clusters) - data).abs().sum()) / 2
         print(f"{path}: total variation of the nearest centroids' shares from the training images' {distance:.3f}")
 
 

@@ -67,9 +67,9 @@ def test_kmeans_finds_separated_groups_and_the_term_sees_their_shares():
     means = torch.stack([images[groups == g].mean(0) for g in range(3)])
     assert sorted(torch.cdist(means, centroids).argmin(1).tolist()) == [0, 1, 2]  # one centroid each
     assert torch.allclose(torch.cdist(means, centroids).min(1).values, torch.zeros(3), atol=1e-4)
-    data_mean = bench.assignments(images, centroids, 1.0).mean(0)
-    shares = bench.nearest_shares(images[groups == 0], centroids)
+    shares = bench.nearest_shares(bench.nearest_centroid(images[groups == 0], centroids), 3)
     assert sorted(shares.tolist()) == [0.0, 0.0, 1.0]  # one group: all nearest one centroid
+    data_mean = bench.assignments(images, centroids, 1.0).mean(0)
     assert torch.allclose(data_mean, torch.full((3,), 1 / 3), atol=1e-6)  # hard assignments, equal groups
     even = images[:60].view(60, 1, 28, 28)  # 20 of each group
     one_group = images[groups == 0][:60].view(60, 1, 28, 28)
@@ -93,10 +93,9 @@ def test_the_term_reaches_gs_step_and_mnistgens_own_function_is_back_after_it(tm
     assert all(torch.equal(again["generator"][name], value) for name, value in plain["generator"].items())
     assert any(not torch.equal(with_term["generator"][name], value) for name, value in plain["generator"].items())
     # D's first step precedes any G step with the term: the same to the bit; G's first step is not
-    first = {name: trained(tmp_path, name, config, steps=1) for name in ("plain-step",)}
+    plain_step = trained(tmp_path, "plain-step", config, steps=1)
     with bench.installed(3.0, centroids, data_mean, 100.0):
-        first["term-step"] = trained(tmp_path, "term-step", config, steps=1)
-    for name, value in first["plain-step"]["discriminator"].items():
-        assert torch.equal(first["term-step"]["discriminator"][name], value), name
-    assert any(not torch.equal(first["term-step"]["generator"][name], value)
-               for name, value in first["plain-step"]["generator"].items())
+        term_step = trained(tmp_path, "term-step", config, steps=1)
+    for name, value in plain_step["discriminator"].items():
+        assert torch.equal(term_step["discriminator"][name], value), name
+    assert any(not torch.equal(term_step["generator"][name], value) for name, value in plain_step["generator"].items())
